@@ -1,0 +1,206 @@
+"""One nested dataclass tree for a whole run, loaded from TOML with command-line overrides.
+
+Every section is a ``@dataclass(kw_only=True, slots=True)`` owned by the component it configures
+(``ModelConfig`` in ``tenacia.model.llama``, ``CheckpointConfig`` in ``tenacia.train.checkpoint``
+and so on); ``RunConfig`` in ``tenacia.run_config`` gathers them. This module only knows how to
+turn a dict (from TOML and ``-o a.b=value`` overrides) into such a tree and back.
+
+Contract:
+- An unknown key, a value of the wrong type, or a value a section's ``__post_init__`` rejects,
+  raises ``ConfigError`` naming the dotted field, the value and what is allowed, before any work
+  starts.
+- Sections check their own invariants in ``__post_init__`` by calling ``check``/``check_choice``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. The message names the field, the value and what is allowed."""
+
+    def __init__(self, field: str, value: Any, allowed: str):
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(f"config field '{field}' = {value!r} is not valid: {allowed}")
+
+
+def check(ok: bool, field: str, value: Any, allowed: str) -> None:
+    """Raise ConfigError for ``field`` unless ``ok``; sections call this in ``__post_init__``."""
+    if not ok:
+        raise ConfigError(field, value, allowed)
+
+
+def check_choice(field: str, value: Any, choices: typing.Iterable[Any]) -> None:
+    choices = list(choices)
+    check(value in choices, field, value, f"one of {', '.join(repr(c) for c in choices)}")
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if get_origin(tp) in (list, tuple):
+        return f"list of {_type_name(get_args(tp)[0])}" if get_args(tp) else "list"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(path: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert the few lossless cases."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        check_choice(path, value, get_args(tp))
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(path, arg, value)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(path, value, f"expected {_type_name(tp)}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, f"expected {_type_name(tp)}")
+        (item,) = get_args(tp)[:1] or (Any,)
+        items = [_coerce(f"{path}[{i}]", item, v) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "expected a table")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, f"expected a table of {tp.__name__} fields")
+        return from_dict(tp, value, prefix=path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(path, value, "expected true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(path, value, "expected an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(path, value, "expected a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(path, value, "expected a string")
+    if isinstance(value, tp):
+        return value
+    raise ConfigError(path, value, f"expected {_type_name(tp)}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise ConfigError(path, value, f"unknown key; allowed keys here: {', '.join(sorted(fields))}")
+        kwargs[key] = _coerce(path, hints[key], value)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        if prefix and not e.field.startswith(prefix + "."):
+            raise ConfigError(f"{prefix}.{e.field}", e.value, e.allowed) from None
+        raise
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain dict/list tree of a dataclass tree (for TOML/JSON output and checkpoint manifests)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'optim.lr=3e-4'`` -> (['optim', 'lr'], 3e-4). The value is read as a TOML literal when it
+    parses as one (numbers, booleans, quoted strings, arrays), else taken as a bare string."""
+    if "=" not in text:
+        raise ConfigError(text, text, "an override looks like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(key, raw, "an override looks like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def merge_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(".".join(path), value, f"'{part}' is not a section")
+    node[path[-1]] = value
+
+
+def load(cls: type[T], toml_path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
+    """Load ``cls`` from an optional TOML file plus ``a.b=value`` overrides (applied in order)."""
+    data: dict[str, Any] = {}
+    if toml_path is not None:
+        path = Path(toml_path)
+        if not path.is_file():
+            raise ConfigError("config file", str(path), "a path to an existing TOML file")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("config file", str(path), f"valid TOML ({e})") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        merge_override(data, key, value)
+    return from_dict(cls, data)
+
+
+def dumps_toml(obj: Any) -> str:
+    """Render a dataclass tree as TOML (values only; None values are left out, TOML has no null)."""
+    tree = to_dict(obj)
+    lines: list[str] = []
+
+    def emit(table: dict[str, Any], name: str) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict) and v is not None}
+        subs = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if scalars and name:
+            lines.append(f"[{name}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+        if scalars:
+            lines.append("")
+        for k, v in subs.items():
+            emit(v, f"{name}.{k}" if name else k)
+
+    emit(tree, "")
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""The only place in tenacia that knows hardware vendors.
+
+Everything else asks this module for a ``Device``: the torch device to compute on, the
+torch.distributed backend for collectives, and the dtype to compute in. Detection goes through
+``torch.accelerator`` (PyTorch >= 2.6), after importing ``torch_npu`` when it is installed so that
+Ascend NPUs register themselves as the accelerator.
+
+| accelerator | backend | compute dtype              |
+|-------------|---------|----------------------------|
+| cuda        | nccl    | bfloat16 autocast          |
+| npu         | hccl    | bfloat16 autocast          |
+| xpu         | xccl    | bfloat16 autocast          |
+| none (cpu)  | gloo    | float32 (no fast bf16 here)|
+
+CUDA, NPU and XPU paths are written for, not tested on: CI and development run on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .config import check_choice
+
+BACKENDS = {"cuda": "nccl", "npu": "hccl", "xpu": "xccl", "mps": "gloo", "cpu": "gloo"}
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "npu", "xpu", "mps")
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """Where a process computes and how it talks to its peers."""
+
+    type: str  # 'cpu' | 'cuda' | 'npu' | 'xpu' | 'mps'
+    index: int | None
+    backend: str  # torch.distributed backend
+    autocast_dtype: torch.dtype | None  # None: compute in the parameters' dtype (float32)
+    name: str
+
+    @property
+    def torch(self) -> torch.device:
+        return torch.device(self.type if self.index is None else f"{self.type}:{self.index}")
+
+    @property
+    def is_accelerator(self) -> bool:
+        return self.type != "cpu"
+
+    @property
+    def serve_dtype(self) -> torch.dtype:
+        """Weights dtype for inference: bf16 on accelerators, float32 on CPU."""
+        return self.autocast_dtype or torch.float32
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the forward pass (a no-op on CPU)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.type, dtype=self.autocast_dtype)
+
+    def synchronize(self) -> None:
+        if self.is_accelerator and hasattr(torch, "accelerator"):
+            torch.accelerator.synchronize()
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "device": str(self.torch),
+            "name": self.name,
+            "backend": self.backend,
+            "compute dtype": str(self.autocast_dtype or torch.float32).removeprefix("torch."),
+            "torch": torch.__version__,
+            "cpu threads": str(torch.get_num_threads()),
+        }
+
+
+def _load_vendor_plugins() -> None:
+    """Ascend registers its device type only once torch_npu is imported."""
+    if importlib.util.find_spec("torch_npu") is not None:
+        import torch_npu  # noqa: F401
+
+
+def _accelerator_type() -> str | None:
+    _load_vendor_plugins()
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and acc.is_available():
+        dev = acc.current_accelerator()
+        return dev.type if dev is not None else None
+    if torch.cuda.is_available():
+        return "cuda"
+    return None
+
+
+def _device_name(kind: str) -> str:
+    if kind == "cpu":
+        import platform
+
+        return platform.processor() or platform.machine() or "cpu"
+    module = getattr(torch, kind, None)
+    get_name = getattr(module, "get_device_name", None)
+    try:
+        return get_name() if get_name else kind
+    except Exception:  # a vendor plugin that cannot name its device is not fatal
+        return kind
+
+
+def detect(prefer: str = "auto", local_index: int | None = None) -> Device:
+    """Pick the device. ``prefer='auto'`` takes the accelerator if one is present, else the CPU.
+
+    ``local_index`` selects the accelerator for one process of several on a host (its local rank);
+    it is ignored on CPU.
+    """
+    check_choice("device", prefer, DEVICE_CHOICES)
+    kind = _accelerator_type() if prefer == "auto" else prefer
+    kind = kind or "cpu"
+    if kind != "cpu" and prefer != "auto" and _accelerator_type() != kind:
+        raise RuntimeError(f"device '{kind}' was asked for but torch finds no such accelerator")
+    if kind == "cpu":
+        return Device("cpu", None, "gloo", None, _device_name("cpu"))
+    index = local_index if local_index is not None else int(os.environ.get("LOCAL_RANK", 0))
+    index = index % max(1, torch.accelerator.device_count())
+    torch.accelerator.set_device_index(index)
+    autocast = torch.bfloat16 if kind in ("cuda", "npu", "xpu") else None
+    return Device(kind, index, BACKENDS.get(kind, "gloo"), autocast, _device_name(kind))

@@ -1,0 +1,97 @@
+"""One training step, split at the point where replicas must agree.
+
+``train_step`` = ``compute_gradients`` -> ``sync`` -> ``apply_update``. A single process passes
+no sync. The replica layer passes a ``GradSync`` that averages gradients over its quorum and says
+whether every member completed the step; when it says no, the gradients are dropped and the
+optimizer is not touched, so the step can be redone with the same samples by a new quorum.
+
+Gradients are normalised by the *global* batch (``loss_denominator`` samples), not by the local
+share: a member holding k of the batch's B samples contributes sum(per-sample loss)/B, so a
+sum all-reduce gives the exact mean over the global batch whatever the shares are. This is how the
+global batch keeps its size when a replica is missing: survivors take larger shares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..chaos import killpoints
+from ..device import Device
+from ..model.llama import loss_fn
+
+GradSync = Callable[[nn.Module], bool]
+"""Average gradients across members in place; return False if the step must be thrown away."""
+
+
+@dataclass(slots=True)
+class StepResult:
+    loss: float  # mean loss over this member's samples
+    samples: int  # samples this member processed
+    tokens: int  # target tokens this member processed
+    grad_norm: float  # global gradient norm before clipping (nan when unknown)
+
+
+def compute_gradients(model: nn.Module, batch: torch.Tensor, micro_batch_size: int,
+                      loss_denominator: int, device: Device) -> tuple[float, int]:
+    """Forward and backward over ``batch`` (n, T+1) in micro-batches; grads hold
+    sum(per-sample mean loss) / loss_denominator. Returns (mean loss of these samples, tokens)."""
+    total, n = 0.0, batch.size(0)
+    for start in range(0, n, micro_batch_size):
+        micro = batch[start:start + micro_batch_size].to(device.torch, non_blocking=True)
+        inputs, targets = micro[:, :-1], micro[:, 1:]  # (b, T)
+        with device.autocast():
+            loss = loss_fn(model(inputs), targets)  # mean over b*T tokens
+        weight = micro.size(0) / loss_denominator
+        (loss * weight).backward()
+        total += loss.item() * micro.size(0)
+    return total / max(n, 1), n * (batch.size(1) - 1)
+
+
+def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, grad_clip: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if grad_clip > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    else:
+        norm = float(torch.linalg.vector_norm(
+            torch.stack([p.grad.detach().norm() for p in model.parameters() if p.grad is not None])))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, *, step: int,
+               lr: float, grad_clip: float, micro_batch_size: int, device: Device,
+               loss_denominator: int | None = None, sync: GradSync | None = None) -> StepResult | None:
+    """Run one step on this member's share ``batch``. Returns None when ``sync`` abandoned it."""
+    loss, tokens = compute_gradients(model, batch, micro_batch_size, loss_denominator or batch.size(0), device)
+    killpoints.hit("mid_step", step)
+    if sync is not None and not sync(model):
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    norm = apply_update(model, optimizer, lr, grad_clip)
+    return StepResult(loss=loss, samples=batch.size(0), tokens=tokens, grad_norm=norm)
+
+
+def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine down to ``min_lr_ratio * lr``.
+    ``step`` counts from 1."""
+    if warmup_steps and step <= warmup_steps:
+        return lr * step / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float],
+                    eps: float, device: Device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only. ``foreach`` kernels; fused on accelerators."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device.is_accelerator or None)

@@ -1,0 +1,199 @@
+"""The single-process trainer: data, model, optimizer, checkpoints, metrics, around ``train_step``.
+
+The replica layer builds on the same object: it calls ``batch_for``/``run_step``/``commit`` itself
+with its own shard and gradient sync instead of ``fit``.
+
+Resume contract: ``resume()`` restores parameters, AdamW moments, RNG states, the sampler position,
+the step and the token counter from the newest checkpoint that verifies, and rewinds the sample
+ledger to that step. With the same thread count, N steps straight and N steps with any number of
+kills and resumes in between give ``torch.equal`` weights on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import config as cfglib
+from ..chaos import killpoints
+from ..data.dataset import prepare_data
+from ..data.ledger import Ledger
+from ..data.sampler import Sampler
+from ..device import Device, detect
+from ..events import EventLog
+from ..model.llama import Llama, loss_fn
+from ..run_config import RunConfig
+from . import checkpoint as ckpt
+from .progress import Progress
+from .step import GradSync, StepResult, build_optimizer, lr_at, train_step
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, *, source: str = "trainer", write_ledger: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.train.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        killpoints.arm(cfg.chaos.kill_at)
+        self.device: Device = detect(cfg.train.device)
+        self.events = EventLog(self.run_dir / "events.jsonl", source)
+        self.data = prepare_data(cfg.data, cfg.model.vocab_size)
+        vocab = self.data.tokenizer.get_vocab_size()
+        cfglib.check(vocab <= cfg.model.vocab_size, "model.vocab_size", cfg.model.vocab_size,
+                     f"at least the tokenizer's vocabulary size {vocab}")
+        torch.manual_seed(cfg.train.seed)
+        self.model = Llama(cfg.model)
+        self.model.reset_parameters(seed=cfg.train.seed)
+        self.model.to(self.device.torch)
+        o = cfg.optim
+        self.optimizer = build_optimizer(self.model, lr=o.lr, weight_decay=o.weight_decay,
+                                         betas=(o.beta1, o.beta2), eps=o.eps, device=self.device)
+        self.sampler = Sampler(len(self.data.train), cfg.data.seed)
+        self.ledger = Ledger(self.run_dir / "ledger.jsonl") if write_ledger else None
+        self.checkpoints = ckpt.CheckpointWriter(self.run_dir / "checkpoints", cfg.checkpoint.keep,
+                                                 cfg.checkpoint.background, self.events)
+        self.step = 0  # last committed step
+        self.tokens_seen = 0  # committed target tokens, all members together
+        self._write_run_files()
+
+    # ----- run directory -------------------------------------------------------------------
+    def _write_run_files(self) -> None:
+        (self.run_dir / "config.toml").write_text(cfglib.dumps_toml(self.cfg))
+        target = self.run_dir / "tokenizer.json"
+        if not target.exists() or target.read_bytes() != self.data.tokenizer_path.read_bytes():
+            shutil.copyfile(self.data.tokenizer_path, target)
+
+    def meta(self) -> dict[str, Any]:
+        return {"config": cfglib.to_dict(self.cfg), "sampler": self.sampler.state_dict(),
+                "tokens_seen": self.tokens_seen, "data_fingerprint": self.data.fingerprint}
+
+    # ----- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        snap = ckpt.take_snapshot(self.step, self.model, self.optimizer, self.device.type, self.meta())
+        self.checkpoints.save(snap)
+
+    def resume(self) -> bool:
+        """Load the newest verified checkpoint, if any. Returns whether one was loaded."""
+        found = ckpt.latest_verified(self.run_dir / "checkpoints", self.events)
+        if found is None:
+            return False
+        path, manifest = found
+        self.load_state(path, manifest)
+        self.events.emit("resumed", step=self.step, path=str(path))
+        return True
+
+    def load_state(self, path: Path, manifest: dict[str, Any]) -> None:
+        if manifest.get("data_fingerprint") != self.data.fingerprint:
+            raise ckpt.CorruptCheckpoint(f"checkpoint {path} was trained on other data (fingerprint differs)")
+        ckpt.load_model_weights(self.model, path)
+        ckpt.load_optimizer_tensors(self.model, self.optimizer, ckpt.load_file(path, "optimizer.safetensors"))
+        ckpt.restore_rng(ckpt.load_file(path, "state.safetensors"), self.device.type)
+        self.sampler.load_state_dict(manifest["sampler"])
+        self.step = int(manifest["step"])
+        self.tokens_seen = int(manifest["tokens_seen"])
+        if self.ledger is not None:
+            self.ledger.rewind(self.step)
+
+    # ----- one step ----------------------------------------------------------------------------
+    def lr(self, step: int) -> float:
+        o = self.cfg.optim
+        return lr_at(step, lr=o.lr, warmup_steps=o.warmup_steps, total_steps=self.cfg.train.steps,
+                     min_lr_ratio=o.min_lr_ratio)
+
+    def batch_ids(self) -> tuple[int, list[int]]:
+        """The next global batch: (stream position of its first sample, sample ids)."""
+        return self.sampler.position, self.sampler.peek(self.cfg.train.batch_size)
+
+    def run_step(self, ids: list[int], *, sync: GradSync | None = None) -> StepResult | None:
+        """Forward/backward/sync/update on this member's ``ids`` for step ``self.step + 1``."""
+        batch = self.data.train.get(ids)
+        return train_step(self.model, self.optimizer, batch, step=self.step + 1, lr=self.lr(self.step + 1),
+                          grad_clip=self.cfg.optim.grad_clip, micro_batch_size=self.cfg.train.micro_batch_size,
+                          device=self.device, loss_denominator=self.cfg.train.batch_size, sync=sync)
+
+    def commit(self, start: int, ids: list[int], tokens: int) -> None:
+        """Record a step that was applied: advance the sampler, the ledger and the counters."""
+        self.step += 1
+        self.sampler.advance(len(ids))
+        self.tokens_seen += tokens
+        if self.ledger is not None:
+            self.ledger.record(self.step, start, ids)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over a fixed set of held-out windows."""
+        self.model.eval()
+        n = min(len(self.data.eval), self.cfg.train.eval_batches * self.cfg.train.micro_batch_size)
+        total = 0.0
+        for start in range(0, n, self.cfg.train.micro_batch_size):
+            ids = list(range(start, min(n, start + self.cfg.train.micro_batch_size)))
+            batch = self.data.eval.get(ids).to(self.device.torch)
+            with self.device.autocast():
+                total += loss_fn(self.model(batch[:, :-1]), batch[:, 1:]).item() * len(ids)
+        self.model.train()
+        return total / max(n, 1)
+
+    # ----- the loop ------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to ``train.steps`` on this process alone; returns a summary."""
+        tc = self.cfg.train
+        if self.cfg.checkpoint.resume:
+            self.resume()
+        self.events.emit("run_started", step=self.step, replicas=1, device=self.device.describe())
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        progress = Progress(total=tc.steps, start=self.step, enabled=tc.progress)
+        t_start = time.perf_counter()
+        window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+        eval_loss = None
+        with progress:
+            while self.step < tc.steps:
+                start, ids = self.batch_ids()
+                result = self.run_step(ids)
+                self.commit(start, ids, result.tokens)
+                killpoints.hit("between_steps", self.step)
+                window_loss += result.loss
+                window_tokens += result.tokens
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    n = (self.step - 1) % tc.log_every + 1
+                    dt = time.perf_counter() - t_window
+                    record = metrics.write(step=self.step, loss=window_loss / n, lr=self.lr(self.step),
+                                           grad_norm=result.grad_norm, tokens_per_s=window_tokens / dt,
+                                           tokens=self.tokens_seen)
+                    progress.update(self.step, loss=record["loss"], tokens_per_s=record["tokens_per_s"])
+                    window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+                else:
+                    progress.update(self.step)
+                if tc.eval_every and self.step % tc.eval_every == 0 and self.step < tc.steps:
+                    eval_loss = self.evaluate()
+                    metrics.write(step=self.step, eval_loss=eval_loss)
+                    self.events.emit("eval", step=self.step, eval_loss=eval_loss)
+                if self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0:
+                    self.save_checkpoint()
+        eval_loss = self.evaluate()
+        metrics.write(step=self.step, eval_loss=eval_loss)
+        self.events.emit("eval", step=self.step, eval_loss=eval_loss)
+        self.save_checkpoint()
+        self.checkpoints.wait()
+        wall = time.perf_counter() - t_start
+        self.events.emit("run_finished", step=self.step, wall_s=wall, committed_tokens=self.tokens_seen)
+        return {"step": self.step, "eval_loss": eval_loss, "wall_s": wall, "tokens": self.tokens_seen,
+                "checkpoint": str(self.checkpoints.last_path)}
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per logged step (train loss, lr, tokens/s; eval loss)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, **record: Any) -> dict[str, Any]:
+        record = {"t": time.time(), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record

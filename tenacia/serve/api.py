@@ -1,0 +1,236 @@
+"""The OpenAI-compatible HTTP API and the chat page, in front of an ``AsyncEngine``.
+
+Routes: ``GET /`` (chat page), ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``,
+``POST /v1/chat/completions``, ``POST /v1/completions``.
+
+Contract:
+- Invalid input is a 400 with OpenAI's error JSON naming the parameter (never FastAPI's 422); an
+  unknown route 404, a wrong model 404, a missing or wrong API key 401, an oversized body 413,
+  more than ``max_concurrent_requests`` requests in flight 429. Nothing a client sends produces a
+  5xx; a failure inside the engine is a 500 for the requests it hit, and the server keeps going.
+- ``usage`` counts the prompt once per prompt and every generated token of every choice.
+- A client that disconnects, streaming or not, has its generation cancelled at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .config import ServerConfig
+from .engine.async_engine import AsyncEngine, EngineError, RequestHandle
+from .engine.sequence import InvalidRequest
+from .guard import BodyTooLarge, Guard
+from .metrics import CONTENT_TYPE, ServeMetrics
+from .models import ServedModel
+from .protocol import ApiError, ChatRequest, CompletionRequest, error_body, parse, sampling_params
+from .responses import Collected, Shape, TokenText
+
+WEB_DIR = Path(__file__).parent / "web"
+MAX_PROMPTS = 16
+
+
+def create_app(served: ServedModel, engine: AsyncEngine, cfg: ServerConfig, metrics: ServeMetrics) -> Guard:
+    """The ASGI app. The engine thread starts with the app and stops after the drain."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        engine.start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="tenacia", lifespan=lifespan, docs_url=None, redoc_url=None)
+    api = _Api(served, engine, cfg)
+    created = int(time.time())
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, e: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(error_body(413, str(e), None, "body_too_large"), status_code=413)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(e.status_code, str(e.detail)), status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body(400, str(e)), status_code=400)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": served.name}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [api.model_card(created)]}
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str) -> dict[str, Any]:
+        api.check_model(model_id)
+        return api.model_card(created)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        req: ChatRequest = parse(await request.body(), ChatRequest)
+        api.check_model(req.model)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        try:
+            text = served.chat_template.render([m.model_dump() for m in req.messages])
+        except InvalidRequest as e:
+            raise ApiError(400, str(e), e.param) from None
+        ids = served.tokenizer.encode(text, add_special_tokens=False).ids
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        return await api.generate(request, req, [ids], max_tokens, logprobs, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        req: CompletionRequest = parse(await request.body(), CompletionRequest)
+        api.check_model(req.model)
+        if req.echo:
+            raise ApiError(400, "echo is not supported", "echo")
+        if req.suffix:
+            raise ApiError(400, "suffix is not supported", "suffix")
+        if req.best_of is not None and req.best_of != req.n:
+            raise ApiError(400, "best_of must equal n (or be left out)", "best_of")
+        prompts = api.tokenize_prompts(req.prompt)
+        return await api.generate(request, req, prompts, req.max_tokens, req.logprobs, chat=False)
+
+    return Guard(app, api_keys=cfg.api_keys, max_body_bytes=cfg.max_body_bytes)
+
+
+class _Api:
+    """The routes' shared logic: limits, submission, streamed and whole answers."""
+
+    def __init__(self, served: ServedModel, engine: AsyncEngine, cfg: ServerConfig):
+        self.served, self.engine, self.cfg = served, engine, cfg
+        self.token_text = TokenText(served.tokenizer)
+        context = served.max_context
+        self.max_prompt = min(cfg.max_prompt_tokens or context, context - 1)
+        self.in_flight = 0
+
+    def model_card(self, created: int) -> dict[str, Any]:
+        return {"id": self.served.name, "object": "model", "created": created, "owned_by": "tenacia",
+                "max_model_len": self.served.max_context}
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.served.name:
+            raise ApiError(404, f"the model '{name}' does not exist; this server serves '{self.served.name}'",
+                           "model", "model_not_found")
+
+    def tokenize_prompts(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not prompt:
+            raise ApiError(400, "prompt must not be empty", "prompt")
+        if all(isinstance(p, int) for p in prompt):
+            prompt = [prompt]
+        if len(prompt) > MAX_PROMPTS:
+            raise ApiError(400, f"at most {MAX_PROMPTS} prompts per request, got {len(prompt)}", "prompt")
+        encode = self.served.tokenizer.encode
+        return [encode(p).ids if isinstance(p, str) else list(p) for p in prompt]
+
+    async def generate(self, request: Request, req: ChatRequest | CompletionRequest, prompts: list[list[int]],
+                       max_tokens: int | None, logprobs: int | None, chat: bool) -> Response:
+        param = "messages" if chat else "prompt"
+        longest = max(len(p) for p in prompts)
+        if any(not p for p in prompts):
+            raise ApiError(400, f"{param} encodes to no tokens", param)
+        if longest > self.max_prompt:
+            raise ApiError(400, f"the prompt has {longest} tokens; this server takes at most {self.max_prompt}", param)
+        limit = self.cfg.max_tokens_limit
+        if max_tokens is None:
+            max_tokens = min(limit, self.served.max_context - longest)
+        elif max_tokens > limit:
+            raise ApiError(400, f"max_tokens must be at most {limit}, got {max_tokens}", "max_tokens")
+        if req.stream_options is not None and not req.stream:
+            raise ApiError(400, "stream_options is only allowed with stream: true", "stream_options")
+        params = sampling_params(req, max_tokens, logprobs)
+        if self.in_flight >= self.cfg.max_concurrent_requests:
+            raise ApiError(429, f"the server is at its limit of {self.cfg.max_concurrent_requests} "
+                           "requests in flight; retry later", None, "rate_limit_exceeded")
+        try:
+            handle = self.engine.submit(prompts, params)
+        except InvalidRequest as e:
+            raise ApiError(400, str(e), e.param) from None
+        self.in_flight += 1
+        shape = Shape(chat, self.served.name, self.token_text, logprobs is not None)
+        got = Collected(prompt_tokens=sum(len(p) for p in prompts))
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(self._stream(handle, shape, got, include_usage, len(prompts) * req.n),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            return await self._whole(request, handle, shape, got)
+        finally:
+            handle.cancel()
+            self.in_flight -= 1
+
+    async def _whole(self, request: Request, handle: RequestHandle, shape: Shape, got: Collected) -> Response:
+        async def collect() -> None:
+            async for deltas in handle.deltas():
+                got.add(deltas)
+
+        work = asyncio.ensure_future(collect())
+        gone = asyncio.ensure_future(_disconnected(request))
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if not work.done():  # the client left: stop generating for nobody
+            work.cancel()
+            return Response(status_code=499)
+        try:
+            work.result()
+        except EngineError as e:
+            return JSONResponse(error_body(500, str(e)), status_code=500)
+        return JSONResponse(shape.response(got))
+
+    async def _stream(self, handle: RequestHandle, shape: Shape, got: Collected, include_usage: bool, choices: int):
+        offsets: dict[int, int] = {}
+        try:
+            if shape.chat:
+                yield shape.role_chunk(range(choices), include_usage)
+            async for deltas in handle.deltas():
+                got.add(deltas)
+                chunk = shape.chunk(deltas, include_usage, offsets)
+                if chunk:
+                    yield chunk
+            if include_usage:
+                yield shape.usage_chunk(got)
+            yield "data: [DONE]\n\n"
+        except EngineError as e:
+            yield "data: " + json.dumps(error_body(500, str(e))) + "\n\n"
+        finally:
+            handle.cancel()
+            self.in_flight -= 1
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client closes the connection (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

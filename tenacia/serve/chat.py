@@ -1,0 +1,66 @@
+"""Chat messages -> prompt text, through the model's own Jinja chat template.
+
+Templates run in Jinja's sandbox, with the options and helpers transformers gives them
+(``trim_blocks``, ``lstrip_blocks``, ``raise_exception``), so a template renders here exactly as
+``AutoTokenizer.apply_chat_template`` renders it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .engine.sequence import InvalidRequest
+
+ROLES = ("system", "developer", "user", "assistant")
+
+
+def _raise(message: str) -> None:
+    raise TemplateError(message)
+
+
+class ChatTemplate:
+    def __init__(self, source: str, special_tokens: dict[str, str] | None = None):
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        env.globals["raise_exception"] = _raise
+        self.source = source
+        self.template = env.from_string(source)
+        self.special_tokens = dict(special_tokens or {})
+
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """messages: OpenAI chat messages (role, content as a string or a list of text parts)."""
+        plain = [{"role": _role(m, i), "content": _content(m, i)} for i, m in enumerate(messages)]
+        try:
+            return self.template.render(messages=plain, add_generation_prompt=add_generation_prompt,
+                                        **self.special_tokens)
+        except TemplateError as e:
+            raise InvalidRequest("messages", f"the model's chat template rejected the messages: {e}") from None
+
+
+def _role(message: dict[str, Any], i: int) -> str:
+    role = message.get("role")
+    if role not in ROLES:
+        raise InvalidRequest(f"messages[{i}].role", f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
+    return "system" if role == "developer" else role
+
+
+def _content(message: dict[str, Any], i: int) -> str:
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidRequest(f"messages[{i}].content[{j}]",
+                                     f"messages[{i}].content[{j}] must be a text part "
+                                     "{'type': 'text', 'text': '...'}; this model reads text only")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise InvalidRequest(f"messages[{i}].content",
+                         f"messages[{i}].content must be a string or a list of text parts")

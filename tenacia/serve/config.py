@@ -1,0 +1,59 @@
+"""Configuration of the serving engine and of the HTTP server in front of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import check
+from ..device import DEVICE_CHOICES
+
+
+@dataclass(kw_only=True, slots=True)
+class EngineConfig:
+    """How much the engine keeps in memory and how much it runs in one step."""
+
+    kv_cache_tokens: int = 16384  # tokens of keys/values the paged cache holds, all sequences together
+    block_size: int = 16  # tokens per cache block; a sequence holds ceil(len / block_size) blocks
+    max_num_seqs: int = 32  # sequences decoded together in one step
+    max_batched_tokens: int = 2048  # prompt tokens prefilled in one step (longer prompts are chunked)
+    device: str = "auto"  # see tenacia.device: "auto" takes the accelerator if there is one
+
+    def __post_init__(self) -> None:
+        check(self.block_size > 0, "engine.block_size", self.block_size, "a positive integer")
+        check(self.kv_cache_tokens >= self.block_size, "engine.kv_cache_tokens", self.kv_cache_tokens,
+              f"at least one block (block_size={self.block_size})")
+        check(self.max_num_seqs > 0, "engine.max_num_seqs", self.max_num_seqs, "a positive integer")
+        check(self.max_batched_tokens > 0, "engine.max_batched_tokens", self.max_batched_tokens,
+              "a positive integer")
+        check(self.device in DEVICE_CHOICES, "engine.device", self.device, f"one of {', '.join(DEVICE_CHOICES)}")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv_cache_tokens // self.block_size
+
+
+@dataclass(kw_only=True, slots=True)
+class ServerConfig:
+    """The HTTP front: where it listens, who may call it and how much one call may ask for."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0 picks a free port (printed at start)
+    api_keys: list[str] = field(default_factory=list)  # empty: no key needed
+    model_name: str = ""  # the id /v1/models reports; "" derives it from the model
+    max_body_bytes: int = 1 << 20  # a larger request body gets 413
+    max_prompt_tokens: int = 0  # 0: the model's context length
+    max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
+    max_concurrent_requests: int = 64  # requests in flight; one more gets 429
+    drain_timeout_s: float = 30.0  # on shutdown, how long in-flight requests may take to finish
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        check(0 <= self.port < 65536, "port", self.port, "0 (pick a free port) or 1..65535")
+        check(all(k.strip() for k in self.api_keys), "api_keys", self.api_keys, "non-empty strings")
+        check(self.max_body_bytes >= 1024, "max_body_bytes", self.max_body_bytes, "at least 1024")
+        check(self.max_prompt_tokens >= 0, "max_prompt_tokens", self.max_prompt_tokens,
+              "0 (the model's context length) or a positive integer")
+        check(self.max_tokens_limit > 0, "max_tokens_limit", self.max_tokens_limit, "a positive integer")
+        check(self.max_concurrent_requests > 0, "max_concurrent_requests", self.max_concurrent_requests,
+              "a positive integer")
+        check(self.drain_timeout_s >= 0, "drain_timeout_s", self.drain_timeout_s, "a number of seconds >= 0")

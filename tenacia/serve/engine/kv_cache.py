@@ -1,0 +1,143 @@
+"""A paged key/value cache of bounded size, and the attention over it.
+
+Memory is ``num_blocks`` blocks of ``block_size`` token slots per layer, allocated when the engine
+starts and never grown. A sequence holds a list of blocks (its block table); token ``p`` of a
+sequence lives in slot ``block_table[p // block_size] * block_size + p % block_size``.
+
+``PagedKVCache`` is the ``AttentionCache`` the model calls from every layer. Before each forward
+the runner hands it the step's layout with ``begin_prefill`` or ``begin_decode``:
+
+- prefill: the new tokens of several sequences are packed into one row ``(1, N)``; attention runs
+  per sequence, causal, over its cached prefix (non-empty when a long prompt is chunked) plus its
+  new tokens, so no compute is spent on padding;
+- decode: one new token per sequence ``(B, 1)``; each sequence's cached keys are gathered block
+  by block into ``(B, L)`` and positions past its own length are masked out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class BlockAllocator:
+    """Free list of cache blocks. Not thread-safe: only the engine thread touches it."""
+
+    def __init__(self, num_blocks: int, block_size: int):
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self._free = list(range(num_blocks - 1, -1, -1))  # pop() hands out low ids first
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def usage(self) -> float:
+        """Share of blocks in use, in [0, 1]."""
+        return 1.0 - len(self._free) / self.num_blocks
+
+    def allocate(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise RuntimeError(f"asked for {n} cache blocks, {len(self._free)} free (the scheduler should have checked)")
+        return [self._free.pop() for _ in range(n)]
+
+    def free(self, blocks: list[int]) -> None:
+        self._free.extend(reversed(blocks))
+
+
+@dataclass(slots=True)
+class PrefillLayout:
+    """New tokens of several sequences packed into one row."""
+
+    slots: Tensor  # (N,) int64: cache slot of every new token
+    seq_lens: list[int]  # new tokens per sequence; they sum to N
+    starts: list[int]  # tokens already cached per sequence (0 unless a prompt is chunked)
+    context_slots: list[Tensor | None]  # per sequence with start > 0: (start + len,) slots to attend over
+
+
+@dataclass(slots=True)
+class DecodeLayout:
+    """One new token per sequence."""
+
+    slots: Tensor  # (B,) int64: cache slot of each new token
+    block_tables: Tensor  # (B, max_blocks) int64, padded with block 0
+    mask: Tensor  # (B, 1, 1, max_blocks * block_size) bool: True where a key may be attended
+
+
+class PagedKVCache:
+    """Keys and values of every layer, ``(n_layers, num_blocks * block_size, n_kv_heads, head_dim)``."""
+
+    def __init__(self, *, n_layers: int, n_kv_heads: int, head_dim: int, num_blocks: int,
+                 block_size: int, dtype: torch.dtype, device: torch.device):
+        shape = (n_layers, num_blocks * block_size, n_kv_heads, head_dim)
+        # Zeros, not empty: a masked-out slot still enters softmax(QK)V with weight 0, and 0 * NaN
+        # from uninitialised memory would poison the whole row.
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.allocator = BlockAllocator(num_blocks, block_size)
+        self.block_size = block_size
+        self._layout: PrefillLayout | DecodeLayout | None = None
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.allocator.num_blocks * self.block_size
+
+    @staticmethod
+    def bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * n_layers * n_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+    def slot(self, block_table: list[int], position: int) -> int:
+        return block_table[position // self.block_size] * self.block_size + position % self.block_size
+
+    def begin_prefill(self, layout: PrefillLayout) -> None:
+        self._layout = layout
+
+    def begin_decode(self, layout: DecodeLayout) -> None:
+        self._layout = layout
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q: (B, H, T, hd); k, v: (B, KVH, T, hd), rotated. Returns (B, H, T, hd)."""
+        layout = self._layout
+        if isinstance(layout, DecodeLayout):
+            return self._attend_decode(layer, layout, q, k, v)
+        if isinstance(layout, PrefillLayout):
+            return self._attend_prefill(layer, layout, q, k, v)
+        raise RuntimeError("PagedKVCache.attend called before begin_prefill/begin_decode")
+
+    def _attend_prefill(self, layer: int, layout: PrefillLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        # q: (1, H, N, hd); k, v: (1, KVH, N, hd)
+        self.k[layer].index_copy_(0, layout.slots, k[0].transpose(0, 1))  # (N, KVH, hd)
+        self.v[layer].index_copy_(0, layout.slots, v[0].transpose(0, 1))
+        gqa = q.size(1) != k.size(1)
+        outs, offset = [], 0
+        for n, start, ctx in zip(layout.seq_lens, layout.starts, layout.context_slots, strict=True):
+            qi = q[:, :, offset:offset + n]
+            if ctx is None:  # the whole sequence is new: plain causal attention on the fresh k/v
+                outs.append(F.scaled_dot_product_attention(
+                    qi, k[:, :, offset:offset + n], v[:, :, offset:offset + n], is_causal=True, enable_gqa=gqa))
+            else:  # a later chunk of a long prompt: attend over the cached prefix too
+                kc = self.k[layer][ctx].transpose(0, 1).unsqueeze(0)  # (1, KVH, start + n, hd)
+                vc = self.v[layer][ctx].transpose(0, 1).unsqueeze(0)
+                rows = torch.arange(n, device=q.device).unsqueeze(1) + start  # (n, 1) query positions
+                mask = torch.arange(start + n, device=q.device).unsqueeze(0) <= rows  # (n, start + n)
+                outs.append(F.scaled_dot_product_attention(qi, kc, vc, attn_mask=mask, enable_gqa=gqa))
+            offset += n
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+    def _attend_decode(self, layer: int, layout: DecodeLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        # q: (B, H, 1, hd); k, v: (B, KVH, 1, hd)
+        B = q.size(0)
+        self.k[layer].index_copy_(0, layout.slots, k[:, :, 0])  # (B, KVH, hd)
+        self.v[layer].index_copy_(0, layout.slots, v[:, :, 0])
+        blocks_k = self.k[layer].view(-1, self.block_size, k.size(1), k.size(3))  # (blocks, bs, KVH, hd)
+        blocks_v = self.v[layer].view(-1, self.block_size, k.size(1), k.size(3))
+        kc = blocks_k[layout.block_tables].view(B, -1, k.size(1), k.size(3)).transpose(1, 2)  # (B, KVH, L, hd)
+        vc = blocks_v[layout.block_tables].view(B, -1, k.size(1), k.size(3)).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, kc, vc, attn_mask=layout.mask,
+                                              enable_gqa=q.size(1) != k.size(1))

@@ -1,0 +1,179 @@
+"""The engine: requests in, tokens and text out, one ``step()`` at a time.
+
+``step()`` is schedule, run, postprocess. It is synchronous and single-threaded; ``AsyncEngine``
+drives it from a background thread for the HTTP server, and tests and benchmarks may call it
+directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from tokenizers import Tokenizer
+
+from ...model.llama import Llama
+from ..config import EngineConfig
+from .detokenizer import Detokenizer, TextState
+from .kv_cache import PagedKVCache
+from .runner import ModelRunner
+from .scheduler import Scheduler
+from .sequence import InvalidRequest, SamplingParams, Sequence, TokenLogprob, make_generator
+
+
+@dataclass(slots=True)
+class ChoiceDelta:
+    """What one step added to one choice of a request."""
+
+    request_id: str
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob]
+    finish_reason: str | None  # "stop", "length", "abort" or None while running
+    prompt_tokens: int
+    completion_tokens: int  # so far
+
+
+class EngineMetrics(Protocol):
+    """What the engine reports as it runs (see ``tenacia.serve.metrics``)."""
+
+    def token(self, ttft: float | None, itl: float | None) -> None: ...
+    def finished(self, reason: str, prompt_tokens: int, completion_tokens: int, latency: float) -> None: ...
+    def step(self, prefill: bool, seconds: float) -> None: ...
+    def queue(self, running: int, waiting: int, cache_usage: float) -> None: ...
+
+
+@dataclass(slots=True)
+class _Text:
+    state: TextState
+    pending: list[int] = field(default_factory=list)  # tokens since the last delta
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+class LLMEngine:
+    def __init__(self, model: Llama, tokenizer: Tokenizer, *, eos_ids: set[int], cfg: EngineConfig,
+                 device: torch.device, metrics: EngineMetrics | None = None):
+        mc = model.cfg
+        self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
+        self.eos_ids = frozenset(eos_ids)
+        self.max_context = mc.max_seq_len
+        dtype = next(model.parameters()).dtype
+        self.cache = PagedKVCache(n_layers=mc.n_layers, n_kv_heads=mc.n_kv_heads, head_dim=mc.head_dim,
+                                  num_blocks=cfg.num_blocks, block_size=cfg.block_size, dtype=dtype, device=device)
+        self.scheduler = Scheduler(self.cache.allocator, max_num_seqs=cfg.max_num_seqs,
+                                   max_batched_tokens=cfg.max_batched_tokens)
+        self.runner = ModelRunner(model, self.cache, device)
+        self.detokenizer = Detokenizer(tokenizer)
+        self.metrics = metrics
+        self._texts: dict[int, _Text] = {}
+        self._ids = itertools.count()
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.cache.capacity_tokens
+
+    def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Raise InvalidRequest unless the request could run alone on an idle engine."""
+        n = len(prompt_ids)
+        if n == 0:
+            raise InvalidRequest("prompt", "the prompt is empty")
+        vocab = self.model.cfg.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise InvalidRequest("prompt", f"token ids must be in [0, {vocab})")
+        if n + params.max_tokens > self.max_context:
+            raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
+                                 f"exceeds the model's context length of {self.max_context} tokens")
+        if n + params.max_tokens > self.capacity_tokens:
+            raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
+                                 f"exceeds the whole KV cache ({self.capacity_tokens} tokens); "
+                                 "ask for fewer tokens or start the server with a larger cache")
+
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> list[Sequence]:
+        """Queue ``params.n`` sequences for ``prompt_ids``; they start at a later ``step()``."""
+        self.check(prompt_ids, params)
+        seqs = []
+        for index in range(params.n):
+            seq = Sequence(next(self._ids), request_id, index, list(prompt_ids), params,
+                           make_generator(params.seed, index, self.device), self.eos_ids)
+            self._texts[seq.seq_id] = _Text(TextState(stops=list(params.stop)))
+            self.scheduler.add(seq)
+            seqs.append(seq)
+        self._report_queue()
+        return seqs
+
+    def abort(self, request_id: str) -> list[ChoiceDelta]:
+        """Stop every sequence of ``request_id`` now and free its blocks."""
+        deltas = [self._finish(seq, "abort") for seq in self.scheduler.abort(request_id)]
+        self._report_queue()
+        return deltas
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self) -> list[ChoiceDelta]:
+        t0 = time.perf_counter()
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        sampled = self.runner.run(batch)
+        deltas = self._postprocess(sampled)
+        if self.metrics is not None:
+            self.metrics.step(batch.prefill, time.perf_counter() - t0)
+        self._report_queue()
+        return deltas
+
+    def _report_queue(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue(len(self.scheduler.running), len(self.scheduler.waiting),
+                               self.cache.allocator.usage)
+
+    def _postprocess(self, sampled: list[tuple[Sequence, int, TokenLogprob | None]]) -> list[ChoiceDelta]:
+        now = time.perf_counter()
+        deltas = []
+        for seq, token, logprob in sampled:
+            seq.output_ids.append(token)
+            if self.metrics is not None:
+                self.metrics.token(None if seq.first_token_at else now - seq.arrival,
+                                   now - seq.last_token_at if seq.last_token_at else None)
+            seq.first_token_at = seq.first_token_at or now
+            seq.last_token_at = now
+            text = self._texts[seq.seq_id]
+            text.pending.append(token)
+            if logprob is not None:
+                text.pending_logprobs.append(logprob)
+            reason = self._stop_reason(seq, token, text.state)
+            if reason is not None:
+                deltas.append(self._finish(seq, reason))
+            else:
+                deltas.append(self._delta(seq, text, final=False))
+        return deltas
+
+    def _stop_reason(self, seq: Sequence, token: int, state: TextState) -> str | None:
+        p = seq.params
+        if (token in seq.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
+            return "stop"  # the stop token's text is not part of the answer
+        if self.detokenizer.append(state, seq.output_ids):
+            return "stop"
+        if len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_context:
+            return "length"
+        return None
+
+    def _delta(self, seq: Sequence, text: _Text, final: bool) -> ChoiceDelta:
+        delta = ChoiceDelta(seq.request_id, seq.index, self.detokenizer.take(text.state, final),
+                            text.pending, text.pending_logprobs, seq.finish_reason,
+                            len(seq.prompt_ids), len(seq.output_ids))
+        text.pending, text.pending_logprobs = [], []
+        return delta
+
+    def _finish(self, seq: Sequence, reason: str) -> ChoiceDelta:
+        if not seq.finished:
+            self.scheduler.finish(seq, reason)
+        text = self._texts.pop(seq.seq_id)
+        if self.metrics is not None:
+            self.metrics.finished(reason, len(seq.prompt_ids), len(seq.output_ids),
+                                  time.perf_counter() - seq.arrival)
+        return self._delta(seq, text, final=True)

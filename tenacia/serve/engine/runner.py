@@ -1,0 +1,92 @@
+"""Turns a scheduled batch into model inputs, runs the model, and samples.
+
+The model runs its own layers; the runner only lays out tokens, positions and cache slots, and
+computes the output projection for the rows that will be sampled (the last prompt token of each
+finished prefill, every row of a decode) rather than for every prompt token.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...model.llama import Llama
+from .kv_cache import DecodeLayout, PagedKVCache, PrefillLayout
+from .sampling import Sampler
+from .scheduler import Batch
+from .sequence import Sequence, TokenLogprob
+
+
+class ModelRunner:
+    def __init__(self, model: Llama, cache: PagedKVCache, device: torch.device):
+        self.model, self.cache, self.device = model, cache, device
+        self.sampler = Sampler()
+
+    @torch.inference_mode()
+    def run(self, batch: Batch) -> list[tuple[Sequence, int, TokenLogprob | None]]:
+        """Run one step; return (sequence, new token, logprob) for each sequence that sampled.
+        Advances every scheduled sequence's ``num_cached``."""
+        if batch.prefill:
+            tokens, positions, rows, sampling = self._prepare_prefill(batch)
+        else:
+            tokens, positions, rows, sampling = self._prepare_decode(batch)
+        for seq, n in zip(batch.seqs, batch.chunks, strict=True):
+            seq.num_cached += n
+        if not sampling:
+            self._hidden(tokens, positions)  # a prompt chunk: fill the cache only
+            return []
+        hidden = self._hidden(tokens, positions)
+        hidden = hidden.reshape(-1, hidden.size(-1))[rows]  # (S, dim)
+        logits = self.model.output(self.model.norm(hidden)).float()  # (S, vocab)
+        chosen, logprobs = self.sampler(logits, sampling)
+        return list(zip(sampling, chosen, logprobs, strict=True))
+
+    def _hidden(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """Llama.forward without the output projection. tokens, positions: (B, T) -> (B, T, dim)."""
+        m = self.model
+        cos = m.rope_cos[positions].unsqueeze(-3)  # (B, 1, T, hd)
+        sin = m.rope_sin[positions].unsqueeze(-3)
+        h = m.tok_embeddings(tokens)
+        for block in m.layers:
+            h = block(h, cos, sin, self.cache)
+        return h
+
+    def _tensor(self, values: list[int]) -> Tensor:
+        return torch.tensor(values, dtype=torch.int64, device=self.device)
+
+    def _prepare_prefill(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, list[Sequence]]:
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts, context_slots, rows, sampling = [], [], [], []
+        bs = self.cache.block_size
+        for seq, n in zip(batch.seqs, batch.chunks, strict=True):
+            start = seq.num_cached
+            table = seq.block_table
+            seq_slots = [table[p // bs] * bs + p % bs for p in range(start + n)]
+            tokens += seq.tokens[start:start + n]
+            positions += range(start, start + n)
+            slots += seq_slots[start:]
+            starts.append(start)
+            context_slots.append(self._tensor(seq_slots) if start > 0 else None)
+            if start + n == seq.num_tokens:  # the prompt is complete: sample from its last token
+                rows.append(len(tokens) - 1)
+                sampling.append(seq)
+        self.cache.begin_prefill(PrefillLayout(self._tensor(slots), list(batch.chunks), starts, context_slots))
+        return (self._tensor(tokens).unsqueeze(0), self._tensor(positions).unsqueeze(0),
+                self._tensor(rows), sampling)
+
+    def _prepare_decode(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, list[Sequence]]:
+        seqs = batch.seqs
+        bs = self.cache.block_size
+        width = max(len(s.block_table) for s in seqs)
+        tables = self._tensor([t for s in seqs for t in s.block_table + [0] * (width - len(s.block_table))])
+        lengths = self._tensor([s.num_tokens for s in seqs])  # keys to attend, the new one included
+        last = [s.num_tokens - 1 for s in seqs]
+        slots = [self.cache.slot(s.block_table, p) for s, p in zip(seqs, last, strict=True)]
+        mask = torch.arange(width * bs, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, L)
+        layout = DecodeLayout(self._tensor(slots), tables.view(len(seqs), width), mask[:, None, None, :])
+        self.cache.begin_decode(layout)
+        tokens = self._tensor([s.last_token for s in seqs]).unsqueeze(1)  # (B, 1)
+        positions = self._tensor(last).unsqueeze(1)
+        return tokens, positions, torch.arange(len(seqs), device=self.device), seqs

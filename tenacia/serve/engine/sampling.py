@@ -1,0 +1,98 @@
+"""Next-token choice for a batch of sequences, each with its own parameters and generator.
+
+Every operation works row by row (penalties, temperature, top-k, top-p, the draw itself), and each
+row draws from its own ``torch.Generator``: a sequence's tokens depend on its logits and its seed
+only, not on which other sequences share the batch. Rows that need no sampling (greedy) take the
+argmax and leave their generator untouched.
+
+Log-probabilities are those of the model's distribution, before penalties, temperature and
+truncation (as OpenAI and vLLM report them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .sequence import Sequence, TokenLogprob
+
+
+def apply_penalties(logits: Tensor, seqs: list[Sequence]) -> Tensor:
+    """Subtract ``frequency_penalty * count + presence_penalty * (count > 0)`` of each token
+    generated so far, per row. logits: (B, V) float32, modified in place and returned."""
+    rows = [i for i, s in enumerate(seqs) if s.params.penalized and s.output_ids]
+    if not rows:
+        return logits
+    V = logits.size(1)
+    counts = torch.zeros(len(rows), V, dtype=logits.dtype, device=logits.device)
+    for j, i in enumerate(rows):
+        ids = torch.tensor(seqs[i].output_ids, dtype=torch.int64, device=logits.device)
+        counts[j].index_add_(0, ids, torch.ones_like(ids, dtype=logits.dtype))
+    freq = torch.tensor([seqs[i].params.frequency_penalty for i in rows], device=logits.device)
+    pres = torch.tensor([seqs[i].params.presence_penalty for i in rows], device=logits.device)
+    idx = torch.tensor(rows, device=logits.device)
+    logits[idx] -= freq[:, None] * counts + pres[:, None] * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def truncate(logits: Tensor, top_k: Tensor, top_p: Tensor) -> Tensor:
+    """Keep each row's ``top_k`` best tokens (0: all) and its smallest nucleus of mass ``top_p``.
+    logits: (B, V); top_k: (B,) int64; top_p: (B,) float32. Returns masked logits (-inf outside)."""
+    V = logits.size(1)
+    if bool((top_k > 0).any()):
+        k = torch.where(top_k > 0, top_k.clamp(max=V), torch.full_like(top_k, V))
+        kth = logits.topk(int(k.max()), dim=1).values.gather(1, (k - 1).unsqueeze(1))  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if bool((top_p < 1.0).any()):
+        sorted_logits, order = logits.sort(dim=1, descending=True)
+        probs = sorted_logits.softmax(dim=1)
+        before = probs.cumsum(dim=1) - probs  # mass of the tokens strictly better than this one
+        drop = before >= top_p.unsqueeze(1)  # the best token always stays (before == 0)
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
+    return logits
+
+
+class Sampler:
+    """Chooses one token per row of ``logits`` (B, V) float32."""
+
+    def __call__(self, logits: Tensor, seqs: list[Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
+        want_logprobs = [s.params.logprobs is not None for s in seqs]
+        logprobs = logits.log_softmax(dim=1) if any(want_logprobs) else None
+        logits = apply_penalties(logits, seqs)
+        choice = logits.argmax(dim=1)  # (B,): the greedy rows' answer
+        sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
+        if sampled:
+            chosen = self._sample([seqs[i] for i in sampled], logits[sampled])
+            choice[sampled] = chosen
+        tokens = choice.tolist()
+        return tokens, self._logprobs(logprobs, tokens, seqs, want_logprobs)
+
+    @staticmethod
+    def _sample(seqs: list[Sequence], logits: Tensor) -> Tensor:
+        device = logits.device
+        temperature = torch.tensor([s.params.temperature for s in seqs], device=device)
+        top_k = torch.tensor([s.params.top_k for s in seqs], dtype=torch.int64, device=device)
+        top_p = torch.tensor([s.params.top_p for s in seqs], dtype=torch.float32, device=device)
+        probs = truncate(logits / temperature.unsqueeze(1), top_k, top_p).softmax(dim=1)
+        out = torch.empty(len(seqs), dtype=torch.int64, device=device)
+        for i, seq in enumerate(seqs):  # one draw per row, from that row's own generator
+            out[i] = torch.multinomial(probs[i], 1, generator=seq.generator)[0]
+        return out
+
+    @staticmethod
+    def _logprobs(logprobs: Tensor | None, tokens: list[int], seqs: list[Sequence],
+                  want: list[bool]) -> list[TokenLogprob | None]:
+        if logprobs is None:
+            return [None] * len(seqs)
+        rows = [i for i, w in enumerate(want) if w]
+        idx = torch.tensor(rows, device=logprobs.device)
+        chosen = logprobs[idx, torch.tensor([tokens[i] for i in rows], device=logprobs.device)].tolist()
+        k = max(seqs[i].params.logprobs for i in rows)
+        top_v, top_i = logprobs[idx].topk(k, dim=1) if k > 0 else (None, None)
+        out: list[TokenLogprob | None] = [None] * len(seqs)
+        for j, i in enumerate(rows):
+            ki = seqs[i].params.logprobs
+            top = list(zip(top_i[j, :ki].tolist(), top_v[j, :ki].tolist(), strict=True)) if ki else []
+            out[i] = TokenLogprob(token_id=tokens[i], logprob=chosen[j], top=top)
+        return out

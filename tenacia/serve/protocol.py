@@ -1,0 +1,127 @@
+"""The OpenAI request bodies the server accepts, and its error shape.
+
+Fields OpenAI defines and tenacia does not use are accepted and ignored (``extra="allow"``), so
+any OpenAI client works. Types are checked strictly: ``"max_tokens": "10"`` is an error, as it
+is for OpenAI. Every invalid input becomes ``ApiError(400, ...)``, rendered as OpenAI's
+``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .engine.sequence import InvalidRequest, SamplingParams
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+               500: "server_error", 503: "server_error"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status, self.message, self.param, self.code)
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"),
+                      "param": param, "code": code}}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # not OpenAI's; vLLM's extension, 0 or -1: off
+    n: int = 1
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    ignore_eos: bool = False  # vLLM's extension, used by benchmarks
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+def parse(raw: bytes, cls: type[BaseModel]) -> Any:
+    """Body bytes -> a ``cls`` instance, or ApiError(400) naming the first bad field."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = _clean_loc(err["loc"])
+        value = err.get("input")
+        shown = json.dumps(value)[:80] if _jsonable(value) else type(value).__name__
+        if err["type"] == "missing":
+            raise ApiError(400, f"missing required parameter '{loc}'", loc) from None
+        raise ApiError(400, f"invalid value for '{loc}': {err['msg']} (got {shown})", loc) from None
+
+
+def _clean_loc(loc: tuple) -> str:
+    """Pydantic's location without union branch names: ('prompt', 'str') -> 'prompt'."""
+    parts = [str(p) if isinstance(p, str) else f"[{p}]" for p in loc]
+    kept = [p for p in parts if p not in ("str", "int", "list[str]", "list[int]", "list[list[int]]",
+                                          "list[dict[str,any]]", "bool", "float", "none")]
+    return ".".join(kept).replace(".[", "[") or "body"
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def sampling_params(req: ChatRequest | CompletionRequest, max_tokens: int | None,
+                    logprobs: int | None) -> SamplingParams:
+    """The engine's parameters for a request; ApiError(400) for a value out of range."""
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    try:
+        return SamplingParams(n=req.n, max_tokens=max_tokens, temperature=req.temperature,
+                              top_p=req.top_p, top_k=req.top_k, presence_penalty=req.presence_penalty,
+                              frequency_penalty=req.frequency_penalty, stop=stop, seed=req.seed,
+                              ignore_eos=req.ignore_eos, logprobs=logprobs)
+    except InvalidRequest as e:
+        raise ApiError(400, str(e), e.param) from None

@@ -1,0 +1,147 @@
+"""Engine output -> OpenAI response objects, whole or as server-sent-event chunks.
+
+``Shape`` knows the two endpoints' formats (``chat.completion`` and ``text_completion``);
+``Collected`` gathers the deltas of a request for a non-streamed answer and for ``usage``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from .engine.llm_engine import ChoiceDelta
+from .engine.sequence import TokenLogprob
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: the character a byte-level BPE uses -> the byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+_BYTES = _byte_decoder()
+
+
+class TokenText:
+    """A token's text and bytes, as OpenAI's logprobs report them."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    def bytes(self, token_id: int) -> list[int]:
+        piece = self.tokenizer.id_to_token(token_id) or ""
+        if piece and all(c in _BYTES for c in piece):
+            return [_BYTES[c] for c in piece]
+        return list(self.text(token_id).encode("utf-8"))
+
+
+@dataclass(slots=True)
+class Collected:
+    """Everything a request produced so far, per choice index."""
+
+    prompt_tokens: int
+    texts: dict[int, str] = field(default_factory=dict)
+    tokens: dict[int, int] = field(default_factory=dict)
+    logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)
+    finish: dict[int, str | None] = field(default_factory=dict)
+
+    def add(self, deltas: list[ChoiceDelta]) -> None:
+        for d in deltas:
+            self.texts[d.index] = self.texts.get(d.index, "") + d.text
+            self.tokens[d.index] = d.completion_tokens
+            self.logprobs.setdefault(d.index, []).extend(d.logprobs)
+            self.finish[d.index] = d.finish_reason
+
+    def usage(self) -> dict[str, int]:
+        completion = sum(self.tokens.values())
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+
+class Shape:
+    """Response format of one endpoint. ``chat``: chat.completion; else text_completion."""
+
+    def __init__(self, chat: bool, model: str, token_text: TokenText, want_logprobs: bool):
+        self.chat, self.model, self.tt, self.want_logprobs = chat, model, token_text, want_logprobs
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+
+    def _envelope(self, chunk: bool) -> dict[str, Any]:
+        obj = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    def logprobs(self, items: list[TokenLogprob], text_offset: int = 0) -> dict[str, Any] | None:
+        if not self.want_logprobs:
+            return None
+        if self.chat:
+            return {"content": [{"token": self.tt.text(lp.token_id), "logprob": lp.logprob,
+                                 "bytes": self.tt.bytes(lp.token_id),
+                                 "top_logprobs": [{"token": self.tt.text(t), "logprob": v,
+                                                   "bytes": self.tt.bytes(t)} for t, v in lp.top]}
+                                for lp in items]}
+        tokens = [self.tt.text(lp.token_id) for lp in items]
+        offsets, pos = [], text_offset
+        for t in tokens:
+            offsets.append(pos)
+            pos += len(t)
+        return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in items],
+                "top_logprobs": [{self.tt.text(t): v for t, v in lp.top} for lp in items],
+                "text_offset": offsets}
+
+    def response(self, got: Collected) -> dict[str, Any]:
+        choices = []
+        for i in sorted(got.texts):
+            choice: dict[str, Any] = {"index": i}
+            if self.chat:
+                choice["message"] = {"role": "assistant", "content": got.texts[i]}
+            else:
+                choice["text"] = got.texts[i]
+            choice["logprobs"] = self.logprobs(got.logprobs.get(i, []))
+            choice["finish_reason"] = got.finish[i]
+            choices.append(choice)
+        return {**self._envelope(chunk=False), "choices": choices, "usage": got.usage()}
+
+    def role_chunk(self, indices: range, include_usage: bool) -> str:
+        """Chat streams open each choice with the assistant role."""
+        choices = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                    "finish_reason": None} for i in indices]
+        return self._sse(choices, include_usage)
+
+    def chunk(self, deltas: list[ChoiceDelta], include_usage: bool, offsets: dict[int, int]) -> str | None:
+        choices = []
+        for d in deltas:
+            if not d.text and d.finish_reason is None and not (self.want_logprobs and d.logprobs):
+                continue  # nothing to say yet (held-back bytes or a possible stop string)
+            choice: dict[str, Any] = {"index": d.index}
+            if self.chat:
+                choice["delta"] = {"content": d.text} if d.text else {}
+            else:
+                choice["text"] = d.text
+            choice["logprobs"] = self.logprobs(d.logprobs, offsets.get(d.index, 0)) if d.logprobs else None
+            choice["finish_reason"] = d.finish_reason
+            offsets[d.index] = offsets.get(d.index, 0) + len(d.text)
+            choices.append(choice)
+        return self._sse(choices, include_usage) if choices else None
+
+    def usage_chunk(self, got: Collected) -> str:
+        return "data: " + json.dumps({**self._envelope(chunk=True), "choices": [], "usage": got.usage()}) + "\n\n"
+
+    def _sse(self, choices: list[dict[str, Any]], include_usage: bool) -> str:
+        body = {**self._envelope(chunk=True), "choices": choices}
+        if include_usage:
+            body["usage"] = None
+        return "data: " + json.dumps(body) + "\n\n"

@@ -1,0 +1,95 @@
+"""Start a server: load the model on the detected device, bind the socket, run uvicorn.
+
+Contract:
+- The socket is bound before the model loads' end is announced; with port 0 the OS picks a free
+  port. One line, ``tenacia serve: listening on http://HOST:PORT (model NAME, ...)``, is printed
+  and flushed once the socket accepts connections, so scripts and tests can read the port.
+- SIGTERM or SIGINT drains: the socket stops accepting, requests in flight run to their end (at
+  most ``drain_timeout_s``), then the engine thread stops and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+from collections.abc import Callable
+
+import torch
+
+from ..device import detect
+from .api import create_app
+from .config import ServerConfig
+from .engine.async_engine import AsyncEngine
+from .engine.llm_engine import LLMEngine
+from .metrics import ServeMetrics
+from .models import load_model
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def usage_examples(base_url: str, model: str, api_key: str | None = None) -> str:
+    """A curl and an ``openai`` client call against this server, ready to paste."""
+    auth = f" -H 'Authorization: Bearer {api_key}'" if api_key else ""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 64})
+    return (
+        f"  chat page:  {base_url}/\n"
+        f"  curl:       curl -s {base_url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
+        f"-d '{body}'\n"
+        f"  python:     from openai import OpenAI\n"
+        f"              client = OpenAI(base_url='{base_url}/v1', api_key='{api_key or 'none'}')\n"
+        f"              r = client.chat.completions.create(model='{model}', "
+        f"messages=[{{'role': 'user', 'content': 'Hello!'}}], max_tokens=64)\n"
+        f"              print(r.choices[0].message.content)"
+    )
+
+
+def serve(model: str, cfg: ServerConfig, *, threads: int = 0, log_level: str = "warning",
+          announce: Callable[[str], None] | None = None) -> int:
+    """Serve ``model`` until SIGTERM/SIGINT (see module contract). Returns the exit code."""
+    import uvicorn
+
+    if threads:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    device = detect(cfg.engine.device)
+    served = load_model(model, device.torch, device.serve_dtype)
+    if cfg.model_name:
+        served.name = cfg.model_name
+    metrics = ServeMetrics(served.name)
+    engine = LLMEngine(served.model, served.tokenizer, eos_ids=served.eos_ids, cfg=cfg.engine,
+                       device=device.torch, metrics=metrics)
+    app = create_app(served, AsyncEngine(engine), cfg, metrics)
+    sock = bind(cfg.host, cfg.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{port}"
+    say = announce or (lambda line: print(line, flush=True))
+    say(f"tenacia serve: listening on {base} (model {served.name} from {served.source}; "
+        f"{device.type}, {str(device.serve_dtype).removeprefix('torch.')}; "
+        f"KV cache {engine.capacity_tokens} tokens)")
+    say(usage_examples(base, served.name, cfg.api_keys[0] if cfg.api_keys else None))
+    config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False,
+                            timeout_graceful_shutdown=cfg.drain_timeout_s or None)
+    server = uvicorn.Server(config)
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handlers it found; ours
+    # only records it, so that a drained shutdown exits 0 instead of dying by the signal.
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda s, _f: caught.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    say(f"tenacia serve: stopped{' after a signal' if caught else ''}")
+    return 0

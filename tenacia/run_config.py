@@ -12,7 +12,7 @@ from .chaos.config import ChaosConfig
 from .config import check
 from .data.config import DataConfig
 from .model.llama import ModelConfig
-from .train.config import CheckpointConfig, OptimConfig, TrainConfig
+from .train.config import CheckpointConfig, OptimConfig, ReplicaConfig, TrainConfig
 
 
 @dataclass(kw_only=True, slots=True)
@@ -23,6 +23,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
+    replicas: ReplicaConfig = field(default_factory=ReplicaConfig)
 
     def __post_init__(self) -> None:
         if self.data.tokenizer == "train":

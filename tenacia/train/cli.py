@@ -66,6 +66,10 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_run_config(args)
+    if cfg.replicas.count > 1 or cfg.replicas.join:
+        from .launcher import Launcher
+
+        return Launcher(cfg).run()
     from .trainer import Trainer
 
     summary = Trainer(cfg).fit()

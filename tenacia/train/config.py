@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import check, check_choice
 from ..device import DEVICE_CHOICES
@@ -73,3 +73,38 @@ class CheckpointConfig:
     def __post_init__(self) -> None:
         check(self.every >= 0, "checkpoint.every", self.every, "an integer >= 0")
         check(self.keep >= 1, "checkpoint.keep", self.keep, "a positive integer")
+
+
+@dataclass(kw_only=True, slots=True)
+class ReplicaConfig:
+    """Fault-tolerant data-parallel replicas (``tenacia train --replicas N``).
+
+    Failure detection needs no hand-set timeout: a crash is seen when its connections close, a
+    hang after ``max(hang_floor_s, hang_factor x median step time)`` measured over recent steps.
+    """
+
+    count: int = 1  # replicas the launcher starts on this host (1: plain single-process training)
+    min_replicas: int = 1  # never form a quorum smaller than this (training waits instead)
+    max_replicas: int = 64  # newcomers beyond this wait outside the quorum
+    host: str = "127.0.0.1"  # address replicas listen on and advertise to peers
+    join: list[str] = field(default_factory=list)  # HOST:PORT of any live replica, to join a running job
+    restart_budget: int = 20  # process restarts the launcher allows in a run, all replicas together
+    restart_backoff_s: float = 0.2  # first restart delay; doubles per consecutive crash of a replica, max 5 s
+    hang_floor_s: float = 0.75  # hang detection never fires sooner than this
+    hang_factor: float = 2.5  # ... nor sooner than this many median step times
+    join_grace_s: float = 20.0  # at start, how long the first leader waits for all `count` replicas
+    threads: int = 1  # torch threads per replica process (several replicas share the cores)
+
+    def __post_init__(self) -> None:
+        check(self.count >= 1, "replicas.count", self.count, "a positive integer")
+        check(1 <= self.min_replicas <= max(self.count, 1), "replicas.min_replicas", self.min_replicas,
+              f"an integer in 1..replicas.count={self.count}")
+        check(self.max_replicas >= self.count, "replicas.max_replicas", self.max_replicas,
+              f"at least replicas.count={self.count}")
+        check(self.restart_budget >= 0, "replicas.restart_budget", self.restart_budget, "an integer >= 0")
+        check(self.restart_backoff_s >= 0, "replicas.restart_backoff_s", self.restart_backoff_s, "a number >= 0")
+        check(self.hang_floor_s > 0, "replicas.hang_floor_s", self.hang_floor_s, "a positive number of seconds")
+        check(self.hang_factor >= 1, "replicas.hang_factor", self.hang_factor, "a number >= 1")
+        check(self.threads >= 1, "replicas.threads", self.threads, "a positive integer")
+        for addr in self.join:
+            check(":" in addr and addr.rpartition(":")[2].isdigit(), "replicas.join", addr, "HOST:PORT addresses")

@@ -12,7 +12,7 @@ kills and resumes in between give ``torch.equal`` weights on CPU.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import torch
 from .. import config as cfglib
 from ..chaos import killpoints
 from ..data.dataset import prepare_data
-from ..data.ledger import Ledger
+from ..data.ledger import SampleLedger
 from ..data.sampler import Sampler
 from ..device import Device, detect
 from ..events import EventLog
@@ -55,7 +55,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, lr=o.lr, weight_decay=o.weight_decay,
                                          betas=(o.beta1, o.beta2), eps=o.eps, device=self.device)
         self.sampler = Sampler(len(self.data.train), cfg.data.seed)
-        self.ledger = Ledger(self.run_dir / "ledger.jsonl") if write_ledger else None
+        self.ledger = SampleLedger(self.run_dir / "ledger.jsonl") if write_ledger else None
         self.checkpoints = ckpt.CheckpointWriter(self.run_dir / "checkpoints", cfg.checkpoint.keep,
                                                  cfg.checkpoint.background, self.events)
         self.step = 0  # last committed step
@@ -64,10 +64,15 @@ class Trainer:
 
     # ----- run directory -------------------------------------------------------------------
     def _write_run_files(self) -> None:
-        (self.run_dir / "config.toml").write_text(cfglib.dumps_toml(self.cfg))
-        target = self.run_dir / "tokenizer.json"
-        if not target.exists() or target.read_bytes() != self.data.tokenizer_path.read_bytes():
-            shutil.copyfile(self.data.tokenizer_path, target)
+        """config.toml and tokenizer.json, each replaced atomically (replicas share the run dir)."""
+        for name, data in (("config.toml", cfglib.dumps_toml(self.cfg).encode()),
+                           ("tokenizer.json", self.data.tokenizer_path.read_bytes())):
+            target = self.run_dir / name
+            if target.exists() and target.read_bytes() == data:
+                continue
+            tmp = target.with_name(f".{name}.{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
 
     def meta(self) -> dict[str, Any]:
         return {"config": cfglib.to_dict(self.cfg), "sampler": self.sampler.state_dict(),

@@ -1,0 +1,136 @@
+"""Runs a run's ``[chaos]`` schedule from the launcher, against real processes, with real signals.
+
+It follows the run by tailing ``events.jsonl`` (committed steps, the current leader, healing) and
+fires each fault once its step is committed. Every fault is logged as ``fault_injected`` with the
+time it was sent, which the report uses to measure detection and stall.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..events import EventLog
+from .schedule import Fault, parse_fault, random_kills
+
+SLOW_PERIOD_S = 0.1  # one SIGSTOP/SIGCONT cycle of a slowed replica
+
+
+def send(pid: int, sig: signal.Signals) -> bool:
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def freeze_for(pid: int, seconds: float) -> threading.Timer:
+    """SIGSTOP now, SIGCONT after ``seconds`` (from a timer thread)."""
+    send(pid, signal.SIGSTOP)
+    timer = threading.Timer(seconds, send, args=(pid, signal.SIGCONT))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+class Slowdown(threading.Thread):
+    """Runs a process ``factor`` times slower: stopped for (1 - 1/factor) of every period."""
+
+    def __init__(self, pid_of: Callable[[], int | None], factor: float):
+        super().__init__(daemon=True, name="chaos-slow")
+        self.pid_of, self.factor, self.stopped = pid_of, factor, threading.Event()
+
+    def run(self) -> None:
+        run_s = SLOW_PERIOD_S / self.factor
+        while not self.stopped.is_set():
+            pid = self.pid_of()
+            if pid is not None and self.factor > 1:
+                send(pid, signal.SIGSTOP)
+                time.sleep(SLOW_PERIOD_S - run_s)
+                send(pid, signal.SIGCONT)
+            time.sleep(run_s)
+
+
+class ChaosInjector:
+    def __init__(self, cfg, run_dir: Path, events: EventLog, pid_of: Callable[[int], int | None]):
+        chaos = cfg.chaos
+        self.events = EventLog(events.path, "chaos")
+        self.pid_of = pid_of
+        self.faults: list[Fault] = [parse_fault(f) for f in chaos.faults]
+        self.kill_point = chaos.kill_at
+        for f in self.faults:
+            if f.kind == "kill_checkpoint":  # in-process: the leader kills itself mid-write
+                self.kill_point = f"checkpoint:model.safetensors@{f.step}"
+        self.random = random_kills(chaos.kill_rate, chaos.kill_rate_duration_s, cfg.replicas.count, chaos.seed)
+        self.path = run_dir / "events.jsonl"
+        self._offset = 0
+        self.step, self.leader = 0, 0
+        self.t0 = time.monotonic()
+        self.arm_healing = False
+        self._timers: list[threading.Timer] = []
+        self._slow: list[Slowdown] = []
+
+    def _follow(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        out = []
+        for line in data[:end].splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def tick(self) -> None:
+        for e in self._follow():
+            if e["event"] == "step_committed" and e.get("step"):
+                self.step = max(self.step, e["step"])
+            elif e["event"] == "coordinator_changed":
+                self.leader = e["coordinator"]
+            elif e["event"] == "heal_started" and self.arm_healing:
+                self.arm_healing = False
+                self.fire(Fault("kill", self.step, e["replica"]), why="kill_healing")
+        for f in [f for f in self.faults if f.step <= self.step]:
+            self.faults.remove(f)
+            if f.kind == "kill_coordinator":
+                self.fire(Fault("kill", f.step, self.leader), why="kill_coordinator")
+            elif f.kind == "kill_healing":
+                self.arm_healing = True
+            elif f.kind != "kill_checkpoint":
+                self.fire(f)
+        elapsed = time.monotonic() - self.t0
+        while self.random and self.random[0][0] <= elapsed:
+            _, replica = self.random.pop(0)
+            self.fire(Fault("kill", self.step, replica), why="kill_rate")
+
+    def fire(self, f: Fault, why: str | None = None) -> None:
+        pid = self.pid_of(f.replica)
+        if pid is None:
+            return
+        if f.kind == "kill":
+            send(pid, signal.SIGKILL)
+        elif f.kind == "hang":
+            self._timers.append(freeze_for(pid, f.param))
+        elif f.kind == "slow":
+            s = Slowdown(lambda r=f.replica: self.pid_of(r), f.param)
+            s.start()
+            self._slow.append(s)
+        self.events.emit("fault_injected", step=self.step, kind=why or f.kind, replica=f.replica,
+                         params={"spec": f.spec, "pid": pid})
+
+    def close(self) -> None:
+        for s in self._slow:
+            s.stopped.set()
+        for t in self._timers:
+            t.cancel()

@@ -1,0 +1,178 @@
+"""The launcher: starts this host's replica processes, restarts the ones that die, runs chaos.
+
+It holds no training state and takes no part in coordination: if it dies, its replicas die with
+it (parent-death signal) and the replicas on other hosts go on without them. Each replica runs in
+its own session, so a signal meant for one never reaches another.
+
+Supervision contract: a replica that exits non-zero is restarted after ``restart_backoff_s``,
+doubling per consecutive failure of that replica (capped at 5 s), while the run's restart budget
+lasts. It rejoins through the control address of any live replica and heals from a peer. When the
+leader writes ``finished.json`` nothing is restarted any more.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import config as cfglib
+from ..chaos.injector import ChaosInjector
+from ..events import EventLog
+from ..run_config import RunConfig
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the launcher dies."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class Child:
+    replica: int
+    proc: subprocess.Popen
+    started: float = field(default_factory=time.monotonic)
+    failures: int = 0  # consecutive non-zero exits
+
+
+class Launcher:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.train.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.events = EventLog(self.run_dir / "events.jsonl", "launcher")
+        self.children: dict[int, Child] = {}
+        self.restarts = 0
+        self.config_path = self.run_dir / "config.toml"
+        self.chaos = ChaosInjector(cfg, self.run_dir, self.events, self.pid_of)
+
+    def pid_of(self, replica: int) -> int | None:
+        c = self.children.get(replica)
+        return c.proc.pid if c is not None and c.proc.poll() is None else None
+
+    def addresses(self, exclude: int | None = None) -> list[str]:
+        """Control addresses of live replicas, as published in ``replicas/r*.json``."""
+        out = []
+        for f in sorted((self.run_dir / "replicas").glob("r*.json")):
+            try:
+                info = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if info["replica"] != exclude and self.pid_of(info["replica"]) == info["pid"]:
+                out.append(info["control"])
+        return out
+
+    def spawn(self, replica: int, join: list[str]) -> Child:
+        log = open(self.run_dir / "logs" / f"r{replica}.log", "ab")
+        cmd = [sys.executable, "-m", "tenacia.train.replica", "--config", str(self.config_path),
+               "--replica", str(replica)]
+        for addr in join:
+            cmd += ["--join", addr]
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.cfg.replicas.threads))
+        if self.chaos.kill_point:
+            env["TENACIA_KILL_AT"] = self.chaos.kill_point
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+        log.close()
+        return Child(replica, proc)
+
+    def wait_address(self, replica: int, timeout: float = 120.0) -> str:
+        f = self.run_dir / "replicas" / f"r{replica}.json"
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            child = self.children[replica]
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"replica {replica} exited with code {child.proc.returncode} while starting; "
+                                   f"see {self.run_dir / 'logs' / f'r{replica}.log'}")
+            try:
+                info = json.loads(f.read_text())
+                if info["pid"] == child.proc.pid:
+                    return info["control"]
+            except (OSError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"replica {replica} did not publish its address within {timeout:.0f}s")
+
+    def run(self) -> int:
+        from ..data.dataset import prepare_data
+
+        prepare_data(self.cfg.data, self.cfg.model.vocab_size)  # once here, so replicas hit the cache
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        (self.run_dir / "replicas").mkdir(exist_ok=True)
+        for stale in (self.run_dir / "replicas").glob("r*.json"):
+            stale.unlink()
+        (self.run_dir / "finished.json").unlink(missing_ok=True)
+        tmp = self.config_path.with_name(f".config.toml.{os.getpid()}")
+        tmp.write_text(cfglib.dumps_toml(self.cfg))
+        os.replace(tmp, self.config_path)
+        n = self.cfg.replicas.count
+        self.events.emit("run_started", replicas=n, config=cfglib.to_dict(self.cfg))
+        seeds = list(self.cfg.replicas.join)
+        try:
+            self.children[0] = self.spawn(0, seeds)
+            first = self.wait_address(0)
+            for r in range(1, n):
+                self.children[r] = self.spawn(r, seeds or [first])
+            return self.supervise()
+        finally:
+            self.shutdown()
+
+    def finished(self) -> bool:
+        return (self.run_dir / "finished.json").exists()
+
+    def supervise(self) -> int:
+        pending: dict[int, float] = {}  # replica -> restart time
+        while True:
+            time.sleep(0.05)
+            now = time.monotonic()
+            self.chaos.tick()
+            for r, child in list(self.children.items()):
+                code = child.proc.poll()
+                if code is None or r in pending:
+                    continue
+                if code == 0 or self.finished():
+                    continue
+                if self.restarts >= self.cfg.replicas.restart_budget:
+                    self.events.emit("restart_budget_exhausted", replica=r, restarts=self.restarts)
+                    continue
+                child.failures += 1
+                backoff = min(5.0, self.cfg.replicas.restart_backoff_s * 2 ** (child.failures - 1))
+                pending[r] = now + backoff
+                self.events.emit("replica_exited", replica=r, code=code, backoff_s=backoff)
+            for r, at in list(pending.items()):
+                if now >= at:
+                    del pending[r]
+                    self.restarts += 1
+                    old = self.children[r]
+                    join = self.addresses(exclude=r) or list(self.cfg.replicas.join)
+                    self.children[r] = self.spawn(r, join)
+                    self.children[r].failures = old.failures
+                    self.events.emit("replica_restarted", replica=r, attempt=self.restarts, join=join)
+            alive = [c for c in self.children.values() if c.proc.poll() is None]
+            if not alive and not pending:
+                ok = self.finished()
+                self.events.emit("launcher_done", finished=ok, restarts=self.restarts)
+                return 0 if ok else 1
+
+    def shutdown(self) -> None:
+        self.chaos.close()
+        for child in self.children.values():
+            if child.proc.poll() is None:
+                try:
+                    os.killpg(child.proc.pid, signal.SIGCONT)
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for child in self.children.values():
+            try:
+                child.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass

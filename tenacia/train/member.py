@@ -1,0 +1,220 @@
+"""A replica's side of coordination: its control server, its link to the leader, and failover.
+
+Every replica listens on a control address. While it leads, hellos it receives go to its
+``Coordinator``; otherwise it answers ``redirect`` with the leader it knows, or ``retry`` when it
+has itself lost the leader and is about to decide who leads next.
+
+Failover contract: a member that loses the leader (connection closed: a crash, seen at once; or no
+message for longer than the quorum's ``hang_timeout``: a freeze) picks the lowest replica id of
+the last quorum other than the lost leader. If that is itself, it starts a ``Coordinator`` (a new
+term) and waits for the survivors; otherwise it connects there, skipping candidates that refuse
+connections. A member that finds it was frozen itself (its heartbeat clock jumped past the hang
+timeout) assumes it was expelled, steps down if it led, and rejoins as a newcomer that heals.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .coordinator import Coordinator
+from .wire import Conn, listen, sock_addr
+
+HEARTBEAT_S = 0.1
+
+
+class ControlServer:
+    """Accepts control connections; hands them to the coordinator while this replica leads."""
+
+    def __init__(self, replica: int, host: str, advertise: str):
+        self.replica, self.term = replica, 0
+        self.sock = listen(host)
+        self.addr = sock_addr(self.sock, advertise)
+        self.coordinator: Coordinator | None = None
+        self.leader_addr: str | None = None
+        self.lost_leader = False
+        threading.Thread(target=self._accept, name="control-accept", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(Conn(sock),), daemon=True).start()
+
+    def _serve(self, conn: Conn) -> None:
+        try:
+            msg, _ = conn.recv()
+        except ConnectionError:
+            return
+        coord = self.coordinator
+        if msg.get("type") != "hello":
+            conn.close()
+            return
+        if coord is None or coord.stopped:
+            if self.lost_leader or self.leader_addr is None:
+                conn.try_send({"type": "retry", "replica": self.replica, "term": self.term})
+            else:
+                conn.try_send({"type": "redirect", "leader": self.leader_addr})
+            conn.close()
+            return
+        rid = int(msg["replica"])
+        coord.on_hello(conn, msg)
+        try:
+            while True:
+                msg, _ = conn.recv()
+                coord.on_message(rid, msg)
+        except ConnectionError:
+            coord.on_disconnect(rid, conn)
+
+
+class LeaderLink:
+    """The member's connection to the current leader, with heartbeats and failover."""
+
+    def __init__(self, replica: int, server: ControlServer, heal_addr: str, status: Callable[[], dict[str, Any]],
+                 make_coordinator: Callable[..., Coordinator], events: Any):
+        self.replica, self.server, self.heal_addr = replica, server, heal_addr
+        self.status = status  # committed step, pending step, phase, ... of the training thread
+        self.make_coordinator = make_coordinator
+        self.events = events
+        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.conn: Conn | None = None
+        self.leader: int | None = None
+        self.last_quorum: dict[str, Any] | None = None
+        self.term = 0
+        self._last_rx = time.monotonic()
+        self._stop = False
+        self.frozen = threading.Event()  # set when we find we were frozen: rejoin as newcomer
+
+    # ----- connecting -----------------------------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        s = self.status()
+        return {"type": "hello", "replica": self.replica, "control": self.server.addr, "heal": self.heal_addr,
+                "committed": s["committed"], "pending": s["pending"], "pending_vote": s.get("pending_vote"),
+                "quorum_seen": self.last_quorum["quorum_id"] if self.last_quorum else 0}
+
+    def connect(self, seeds: Callable[[], list[str]], deadline_s: float = 60.0, elect_after_s: float = 0.75) -> None:
+        """Join through any seed address (following redirects). If every reachable seed is itself
+        leaderless for ``elect_after_s`` and this replica has the lowest id among them, lead."""
+        t0 = time.monotonic()
+        leaderless_since: float | None = None
+        while time.monotonic() - t0 < deadline_s:
+            self._retries: dict[int, int] = {}
+            if any(self._try(addr) for addr in seeds()):
+                return
+            now = time.monotonic()
+            if all(r > self.replica for r in self._retries):
+                leaderless_since = leaderless_since or now
+                if now - leaderless_since >= elect_after_s:
+                    term = max([self.term, *self._retries.values()]) + 1
+                    self.server.coordinator = self.make_coordinator(term=term, expected={self.replica, *self._retries})
+                    if self._try(self.server.addr):
+                        return
+            else:
+                leaderless_since = None
+            time.sleep(0.05)
+        raise TimeoutError(f"replica {self.replica}: no leader reachable through {seeds()} in {deadline_s:.0f}s")
+
+    def _try(self, addr: str, hops: int = 4) -> bool:
+        try:
+            conn = Conn.connect(addr, timeout=1.0)
+            conn.send(self.hello())
+            msg, _ = conn.recv()
+        except (OSError, ConnectionError):
+            return False
+        if msg["type"] == "redirect" and hops > 0:
+            conn.close()
+            return self._try(msg["leader"], hops - 1)
+        if msg["type"] == "retry" and hasattr(self, "_retries"):
+            self._retries[int(msg["replica"])] = int(msg.get("term", 0))
+        if msg["type"] != "welcome":
+            conn.close()
+            return False
+        self.conn, self.leader, self.term = conn, msg["leader"], msg["term"]
+        self.server.term = self.term
+        self.server.leader_addr, self.server.lost_leader = addr, False
+        self._last_rx = time.monotonic()
+        threading.Thread(target=self._read, args=(conn,), name="leader-reader", daemon=True).start()
+        return True
+
+    def start_heartbeats(self) -> None:
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+
+    # ----- running ---------------------------------------------------------------------------------
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.conn is not None:
+            self.conn.try_send(msg)
+
+    def _read(self, conn: Conn) -> None:
+        try:
+            while True:
+                msg, _ = conn.recv()
+                self._last_rx = time.monotonic()
+                if msg["type"] == "quorum":
+                    self.last_quorum = msg
+                self.inbox.put(msg)
+        except ConnectionError:
+            if conn is self.conn and not self._stop:
+                self.inbox.put({"type": "leader_lost", "why": "connection closed"})
+
+    def _heartbeat(self) -> None:
+        last = time.monotonic()
+        while not self._stop:
+            time.sleep(HEARTBEAT_S)
+            now = time.monotonic()
+            timeout = (self.last_quorum or {}).get("hang_timeout", 1.0)
+            if now - last > max(timeout, 0.5):
+                self.frozen.set()  # we were stopped: the others have moved on without us
+                self.inbox.put({"type": "frozen", "gap_s": now - last})
+                return
+            last = now
+            s = self.status()
+            self.send({"type": "heartbeat", "replica": self.replica, **s, "pending_vote": None})
+            if self.conn is not None and self.leader != self.replica and now - self._last_rx > max(timeout, 0.5):
+                conn, self.conn = self.conn, None
+                conn.close()
+                self.inbox.put({"type": "leader_lost", "why": f"silent for {now - self._last_rx:.2f}s"})
+
+    def failover(self) -> None:
+        """Find or become the next leader after losing the current one."""
+        t0 = time.monotonic()
+        if self.frozen.is_set():
+            return  # we were the frozen one: the training thread rejoins instead
+        self.server.lost_leader = True
+        old = self.leader
+        q = self.last_quorum
+        candidates = sorted(int(r) for r in (q["addrs"] if q else {}) if int(r) != old)
+        addrs = q["addrs"] if q else {}
+        for cand in candidates:
+            if cand == self.replica:
+                coord = self.make_coordinator(term=self.term + 1, expected=set(candidates),
+                                              last_quorum_id=q["quorum_id"] if q else 0, takeover_from=t0)
+                self.server.coordinator = coord
+                if self._try(self.server.addr):
+                    return
+            elif self._try_for(addrs[str(cand)]["control"], 3.0):
+                return
+        raise ConnectionError(f"replica {self.replica}: no surviving leader candidate among {candidates}")
+
+    def _try_for(self, addr: str, seconds: float) -> bool:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                conn = Conn.connect(addr, timeout=0.5)
+                conn.close()
+            except OSError:
+                return False  # refused: that candidate is dead too
+            if self._try(addr):
+                return True
+            time.sleep(0.03)
+        return False
+
+    def close(self) -> None:
+        self._stop = True
+        if self.conn is not None:
+            self.conn.try_send({"type": "bye", "replica": self.replica})
+            self.conn.close()

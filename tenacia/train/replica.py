@@ -1,0 +1,353 @@
+"""One replica process: a full copy of the model that trains in a quorum of peers.
+
+The replica boundary is this process: inside it, the model could later be split over a group of
+ranks (tensor/pipeline parallel); across replicas only averaged gradients and healing state move.
+
+Per step (see ``coordinator.py`` for the contract): apply the quorum's ``resolve``; donors offer
+their state, newcomers start fetching it; compute gradients on this replica's share of the global
+batch; all-reduce them (sum) in the quorum's own process group, polling so that a newer quorum
+abandons the collective at once; vote; apply on ``commit``. A fresh gloo group and fresh buffers
+are used for every quorum; old groups are parked, never torn down on the training thread (tearing
+down a gloo group with a collective in flight can block for many seconds).
+
+Exit codes: 0 finished; 75 expelled or found frozen (the launcher restarts it, it heals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .. import config as cfglib
+from ..chaos import killpoints
+from ..data.ledger import SampleLedger
+from ..data.sampler import shard
+from ..events import EventLog
+from ..run_config import RunConfig
+from . import checkpoint as ckpt
+from .coordinator import Coordinator
+from .heal import HealFetch, HealServer
+from .member import ControlServer, LeaderLink
+from .step import apply_update, compute_gradients
+from .trainer import Trainer
+
+EXIT_REJOIN = 75
+
+
+class Superseded(Exception):
+    """A newer quorum (or a stop) arrived: drop the step in flight."""
+
+
+class Rejoin(Exception):
+    """This replica was expelled or frozen: exit and come back as a newcomer."""
+
+
+class GroupBuilder:
+    """Builds the quorum's gloo group in a thread; the training thread keeps polling meanwhile."""
+
+    def __init__(self, store_addr: str, quorum_id: int, rank: int, world: int, host: str):
+        self.pg: Any = None
+        self.error: str | None = None
+        self.done = threading.Event()
+        args = (store_addr, quorum_id, rank, world, host)
+        threading.Thread(target=self._build, args=args, name=f"pg-{quorum_id}", daemon=True).start()
+
+    def _build(self, store_addr: str, quorum_id: int, rank: int, world: int, host: str) -> None:
+        try:
+            shost, port = store_addr.rsplit(":", 1)
+            store = dist.TCPStore(shost, int(port), is_master=False, timeout=timedelta(seconds=10))
+            opts = dist.ProcessGroupGloo._Options()
+            opts._timeout = timedelta(seconds=30)
+            iface = os.environ.get("GLOO_SOCKET_IFNAME")
+            device = (dist.ProcessGroupGloo.create_device(interface=iface) if iface
+                      else dist.ProcessGroupGloo.create_device(hostname=host))
+            opts._devices = [device]
+            self.pg = dist.ProcessGroupGloo(dist.PrefixStore(f"q{quorum_id}", store), rank, world, opts)
+        except Exception as e:  # noqa: BLE001 - any failure means: this quorum cannot run
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            self.done.set()
+
+
+class Replica:
+    def __init__(self, cfg: RunConfig, replica: int, seeds: list[str]):
+        self.cfg, self.id, self.seeds = cfg, replica, seeds
+        torch.set_num_threads(cfg.replicas.threads)
+        self.trainer = Trainer(cfg, source=f"replica:{replica}", write_ledger=False)
+        self.events = self.trainer.events
+        host = cfg.replicas.host
+        self.server = ControlServer(replica, host, host)
+        self.heal_server = HealServer(host, host)
+        self.phase, self.pending, self.pending_vote = "idle", None, None
+        self.pending_grads: torch.Tensor | None = None
+        self.link = LeaderLink(replica, self.server, self.heal_server.addr, self.status,
+                               self.make_coordinator, self.events)
+        self.groups: dict[int, GroupBuilder] = {}  # quorum id -> group (old ones parked here)
+        self._publish_address()
+
+    # ----- plumbing --------------------------------------------------------------------------------
+    def _publish_address(self) -> None:
+        d = Path(self.cfg.train.run_dir) / "replicas"
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".r{self.id}.json.{os.getpid()}"
+        tmp.write_text(json.dumps({"replica": self.id, "pid": os.getpid(), "control": self.server.addr,
+                                   "heal": self.heal_server.addr}))
+        os.replace(tmp, d / f"r{self.id}.json")
+
+    def peer_addresses(self) -> list[str]:
+        """Seeds given at start, then every other replica published in the run directory."""
+        out = list(self.seeds)
+        for f in sorted((Path(self.cfg.train.run_dir) / "replicas").glob("r*.json")):
+            try:
+                info = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if info.get("replica") != self.id and info.get("control") not in out:
+                out.append(info["control"])
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {"step": self.trainer.step + 1, "phase": self.phase, "committed": self.trainer.step,
+                "pending": self.pending, "pending_vote": self.pending_vote}
+
+    def make_coordinator(self, *, term: int, expected: set[int], last_quorum_id: int = 0,
+                         takeover_from: float | None = None) -> Coordinator:
+        ledger = SampleLedger(Path(self.cfg.train.run_dir) / "ledger.jsonl")
+        coord = Coordinator(replica=self.id, term=term, host=self.cfg.replicas.host, cfg=self.cfg.replicas,
+                            total_steps=self.cfg.train.steps, events=EventLog(self.events.path, f"coordinator:{self.id}"),
+                            ledger=ledger, expected=expected, last_quorum_id=last_quorum_id,
+                            takeover_from=takeover_from)
+        return coord
+
+    def poll(self, block: float = 0.0) -> dict[str, Any] | None:
+        """Next message from the leader; handles failover and rejoin on the way."""
+        if self.link.frozen.is_set():
+            raise Rejoin("this process was frozen longer than the hang timeout")
+        try:
+            msg = self.link.inbox.get(timeout=block) if block else self.link.inbox.get_nowait()
+        except queue.Empty:
+            return None
+        kind = msg["type"]
+        if kind in ("expelled", "frozen"):
+            raise Rejoin(f"{kind}: {msg.get('reason', msg.get('gap_s'))}")
+        if kind == "leader_lost":
+            self.link.failover()
+            return None
+        return msg
+
+    # ----- the loop ---------------------------------------------------------------------------------
+    def run(self) -> int:
+        if self.cfg.checkpoint.resume:
+            self.trainer.resume()
+        if self.trainer.step >= self.cfg.train.steps:
+            return 0  # restarted after the job finished: nothing left to do
+        if not self.seeds:  # the first replica of the job leads
+            self.server.coordinator = self.make_coordinator(term=1, expected=set(range(self.cfg.replicas.count)))
+        self.link.connect(self.peer_addresses if self.seeds else lambda: [self.server.addr])
+        self.link.start_heartbeats()
+        self.events.emit("run_started", step=self.trainer.step, replicas=self.cfg.replicas.count, replica=self.id)
+        q: dict[str, Any] | None = None
+        try:
+            while True:
+                msg = q or self.poll(block=0.05)
+                q = None
+                if msg is None or msg["type"] in ("verdict", "wait"):
+                    continue
+                if msg["type"] == "stop":
+                    return self.finish()
+                if msg["type"] == "quorum":
+                    q = self.run_quorum(msg)
+        except Rejoin as e:
+            self.events.emit("replica_expelled", replica=self.id, reason=str(e))
+            return EXIT_REJOIN
+        finally:
+            self.link.close()
+
+    def run_quorum(self, q: dict[str, Any]) -> dict[str, Any] | None:
+        """Run steps in quorum ``q`` until a newer quorum or a stop arrives; return that message."""
+        self.apply_resolve(q.get("resolve"))
+        builder = self.groups.get(q["quorum_id"]) or GroupBuilder(
+            q["store"], q["quorum_id"], q["members"].index(self.id), len(q["members"]), self.cfg.replicas.host)
+        self.groups[q["quorum_id"]] = builder
+        first = True
+        while True:
+            try:
+                self.run_step(q, builder, heal=first)
+            except Superseded as s:
+                self.pending = self.pending if self.pending_vote else None
+                return s.args[0]
+            first = False
+            q["step"] += 1
+
+    def apply_resolve(self, resolve: dict[str, Any] | None) -> None:
+        if resolve is None or self.pending is None or resolve["step"] != self.pending:
+            self.pending, self.pending_vote, self.pending_grads = None, None, None
+            return
+        if resolve["commit"]:
+            self.apply(self.pending_vote)
+        self.pending, self.pending_vote, self.pending_grads = None, None, None
+
+    def wait_until(self, done: threading.Event | Any, what: str) -> None:
+        """Poll the leader until ``done`` is set; a newer quorum or stop supersedes the wait."""
+        while not done():
+            msg = self.poll(block=0.0005)
+            if msg is not None and msg["type"] in ("quorum", "stop"):
+                raise Superseded(msg)
+            if msg is not None and msg["type"] == "verdict":
+                self._verdict = msg
+
+    def run_step(self, q: dict[str, Any], builder: GroupBuilder, heal: bool) -> None:
+        step, qid = q["step"], q["quorum_id"]
+        self._verdict: dict[str, Any] | None = None
+        t = self.trainer
+        fetch = None
+        newcomer = str(self.id) in q["heal"]
+        if heal and newcomer:
+            donor = q["heal"][str(self.id)]
+            fetch = HealFetch(q["addrs"][str(donor)]["heal"], qid)
+            self.events.emit("heal_started", step=step, replica=self.id, peer=donor)
+        if heal and self.id in q["heal"].values():
+            t.model.zero_grad(set_to_none=True)
+            self.heal_server.offer(qid, {"step": t.step, "sampler": t.sampler.state_dict(), "tokens_seen": t.tokens_seen,
+                                         "data_fingerprint": t.data.fingerprint},
+                                   ckpt.model_tensors(t.model), ckpt.optimizer_tensors(t.model, t.optimizer))
+        if not newcomer and step != t.step + 1:
+            raise Rejoin(f"quorum runs step {step} but this replica committed {t.step}")
+        B = self.cfg.train.batch_size
+        start, ids, my_ids = t.sampler.position, [], []
+        self.phase = "compute"
+        loss, tokens = 0.0, 0
+        if self.id in q["sharers"]:
+            ids = t.sampler.peek(B)
+            my_ids = shard(ids, q["sharers"].index(self.id), len(q["sharers"]))
+            loss, tokens = compute_gradients(t.model, t.data.train.get(my_ids), self.cfg.train.micro_batch_size,
+                                             B, t.device)
+        killpoints.hit("mid_step", step)
+        params = [p for p in t.model.parameters()]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        t.model.zero_grad(set_to_none=True)
+        self.wait_until(builder.done.is_set, "process group")
+        if builder.error:
+            raise Superseded(self._await_next(f"group failed: {builder.error}"))
+        self.phase = "allreduce"
+        ok = True
+        try:
+            work = builder.pg.allreduce([flat])
+            self.wait_until(work.is_completed, "all-reduce")
+            work.wait()
+        except Superseded:
+            raise
+        except Exception:  # noqa: BLE001 - a peer died mid-collective: vote no
+            ok = False
+        if fetch is not None:
+            self.wait_until(fetch.done.is_set, "healing")
+            if fetch.error:
+                ok = False
+            else:
+                self.load_healed(fetch, q)
+        self.phase = "vote"
+        vote = {"type": "vote", "replica": self.id, "quorum_id": qid, "step": step, "ok": ok, "start": start,
+                "ids": my_ids, "batch": ids, "tokens": tokens, "loss": loss}
+        self.pending, self.pending_vote, self.pending_grads = (step, vote, flat) if ok else (None, None, None)
+        self.link.send(vote)
+        self.wait_until(lambda: self._verdict is not None and self._verdict["step"] == step, "verdict")
+        self.phase = "idle"
+        if self._verdict["commit"]:
+            self.apply(vote)
+            self.pending, self.pending_vote, self.pending_grads = None, None, None
+            self.after_commit()
+        else:
+            raise Superseded(self._await_next("step discarded"))
+
+    def _await_next(self, why: str) -> dict[str, Any]:
+        while True:
+            msg = self.poll(block=0.05)
+            if msg is not None and msg["type"] in ("quorum", "stop"):
+                return msg
+
+    def apply(self, vote: dict[str, Any]) -> None:
+        """Apply the reduced gradients held for the voted step, and commit it locally."""
+        t, flat = self.trainer, self.pending_grads
+        offset = 0
+        for p in t.model.parameters():
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+        apply_update(t.model, t.optimizer, t.lr(vote["step"]), self.cfg.optim.grad_clip)
+        t.step += 1
+        t.sampler.advance(self.cfg.train.batch_size)
+        t.tokens_seen += self.cfg.train.batch_size * self.cfg.data.seq_len
+        killpoints.hit("between_steps", t.step)
+
+    def after_commit(self) -> None:
+        t = self.trainer
+        leading = self.server.coordinator is not None and not self.server.coordinator.stopped
+        every = self.cfg.checkpoint.every
+        if leading and every and t.step % every == 0 and t.step < self.cfg.train.steps:
+            t.save_checkpoint()
+
+    def load_healed(self, fetch: HealFetch, q: dict[str, Any]) -> None:
+        meta, model, optim = fetch.result
+        t = self.trainer
+        t.model.load_state_dict(model, strict=False)
+        ckpt.load_optimizer_tensors(t.model, t.optimizer, optim)
+        t.sampler.load_state_dict(meta["sampler"])
+        t.step, t.tokens_seen = int(meta["step"]), int(meta["tokens_seen"])
+        self.events.emit("heal_done", step=t.step, replica=self.id, peer=q["heal"][str(self.id)],
+                         heal_s=round(time.monotonic() - fetch.t0, 4), bytes=fetch.nbytes)
+
+    def finish(self) -> int:
+        t = self.trainer
+        self.events.emit("state_fingerprint", step=t.step, replica=self.id, fingerprint=state_fingerprint(t))
+        coord = self.server.coordinator
+        if coord is not None:  # the leader writes the final checkpoint and the eval
+            eval_loss = t.evaluate()
+            t.events.emit("eval", step=t.step, eval_loss=eval_loss)
+            t.save_checkpoint()
+            t.checkpoints.wait()
+            (Path(self.cfg.train.run_dir) / "finished.json").write_text(json.dumps(
+                {"step": t.step, "eval_loss": eval_loss, "checkpoint": str(t.checkpoints.last_path)}))
+            t.events.emit("run_finished", step=t.step, eval_loss=eval_loss)
+        return 0
+
+
+def state_fingerprint(t: Trainer) -> str:
+    """SHA-256 over weights, AdamW moments, step and sampler position: equal iff replicas agree."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([t.step, t.sampler.state_dict()]).encode())
+    for tensors in (ckpt.model_tensors(t.model), ckpt.optimizer_tensors(t.model, t.optimizer)):
+        for name in sorted(tensors):
+            h.update(name.encode())
+            h.update(tensors[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tenacia.train.replica")
+    p.add_argument("--config", required=True)
+    p.add_argument("--replica", type=int, required=True)
+    p.add_argument("--join", action="append", default=[])
+    p.add_argument("-o", "--override", action="append", default=[])
+    args = p.parse_args(argv)
+    cfg = cfglib.load(RunConfig, args.config, args.override)
+    return Replica(cfg, args.replica, args.join).run()
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: destroying a gloo group with a collective in flight can block.
+    os._exit(code)

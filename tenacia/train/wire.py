@@ -1,0 +1,107 @@
+"""Framing for the replicas' control and healing channels: length-prefixed messages over TCP.
+
+A message is a JSON header, optionally followed by binary blobs:
+``[u32 header length][header JSON][u64 blob length][blob bytes]...`` where the header's ``"blobs"``
+field says how many blobs follow. Sends on one connection are serialised by a lock, so a
+heartbeat thread and the training thread can share it. A peer that goes away (crash, reset,
+closed socket) makes ``recv`` raise ``ConnectionError``: the kernel reports a killed process's
+socket closed at once, which is how crashes are detected in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+from typing import Any
+
+_U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
+MAX_HEADER = 16 << 20
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address {addr!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class Conn:
+    """One TCP connection carrying messages both ways."""
+
+    def __init__(self, sock: socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self._send_lock = threading.Lock()
+        self.closed = False
+
+    @classmethod
+    def connect(cls, addr: str, timeout: float = 2.0) -> Conn:
+        sock = socket.create_connection(parse_addr(addr), timeout=timeout)
+        sock.settimeout(None)
+        return cls(sock)
+
+    def send(self, header: dict[str, Any], *blobs: bytes | memoryview) -> None:
+        data = json.dumps(dict(header, blobs=len(blobs))).encode()
+        with self._send_lock:
+            self.sock.sendall(_U32.pack(len(data)) + data)
+            for blob in blobs:
+                self.sock.sendall(_U64.pack(len(blob)))
+                self.sock.sendall(blob)
+
+    def try_send(self, header: dict[str, Any]) -> bool:
+        """Send, swallowing a broken connection (the reader side reports it)."""
+        try:
+            self.send(header)
+            return True
+        except OSError:
+            return False
+
+    def _recv_exact(self, n: int) -> bytearray:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self.sock.recv_into(view[got:], n - got)
+            if k == 0:
+                raise ConnectionError("peer closed the connection")
+            got += k
+        return buf
+
+    def recv(self) -> tuple[dict[str, Any], list[bytearray]]:
+        try:
+            (n,) = _U32.unpack(self._recv_exact(4))
+            if n > MAX_HEADER:
+                raise ConnectionError(f"message header of {n} bytes is too large")
+            header = json.loads(self._recv_exact(n))
+            blobs = []
+            for _ in range(header.get("blobs", 0)):
+                (size,) = _U64.unpack(self._recv_exact(8))
+                blobs.append(self._recv_exact(size))
+        except OSError as e:
+            raise ConnectionError(str(e)) from e
+        return header, blobs
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def listen(host: str) -> socket.socket:
+    """A listening socket on ``host`` and a port the kernel picks (port 0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(64)
+    return sock
+
+
+def sock_addr(sock: socket.socket, advertise: str) -> str:
+    return f"{advertise}:{sock.getsockname()[1]}"

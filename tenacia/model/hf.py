@@ -115,15 +115,16 @@ def from_hf_state_dict(state: Mapping[str, Tensor], cfg: ModelConfig) -> dict[st
             f"missing weight(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
             f"({len(missing)} of {len(expected)}) for a {cfg.n_layers}-layer Llama"
         )
-    for k, v in out.items():
+    for k in out:
         if k not in expected:
             raise HFFormatError(
                 f"unexpected weight '{hf_key(k)}': the config has {cfg.n_layers} layers"
             )
-        if tuple(v.shape) != expected[k]:
+    for k, shape in expected.items():  # in model order, so the first mismatch is reported
+        if tuple(out[k].shape) != shape:
             raise HFFormatError(
-                f"weight '{hf_key(k)}' has shape {tuple(v.shape)}, but config.json implies "
-                f"{expected[k]}"
+                f"weight '{hf_key(k)}' has shape {tuple(out[k].shape)}, but config.json implies "
+                f"{shape}"
             )
     return out
 

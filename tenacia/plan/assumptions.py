@@ -1,0 +1,77 @@
+"""Every efficiency, overlap and accounting factor of the training-time model, as named inputs.
+
+Nothing in ``training.py`` hides a constant: what is not physics (FLOPs, bytes, bandwidths from
+the catalog) is a field here, documented with where its default comes from. docs/planning.md
+lists them with their limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import check
+
+
+@dataclass(kw_only=True, slots=True)
+class Assumptions:
+    # Fraction of the dense peak that a training step's matmuls reach on their own. Default:
+    # calibrated once on the Llama 3 405B run (Llama 3 paper Table 4: 400 TFLOPs/GPU, 41% BF16
+    # MFU, on 16,384 H100 with TP8 PP16 DP128) through this same model; see docs/planning.md.
+    compute_efficiency: float = 0.57
+    # Matmul speedup of FP8 over BF16 actually realized in training, capped by the chip's peak
+    # ratio. Default 1.3: the fine-grained (per-tile/per-block scaled) FP8 recipes that train
+    # stably run well below the 2x peak ratio of Hopper (NVIDIA NeMo FP8 recipe benchmarks;
+    # TorchAO MXFP8 on B200 measured 1.22-1.28x end to end at 1,856 GPUs).
+    fp8_speedup: float = 1.3
+    # Fraction of HBM bandwidth that memory-bound operations reach (msmodeling default 0.6).
+    memory_efficiency: float = 0.6
+    # Fraction of link bandwidth that collectives reach (msmodeling default 0.7).
+    comm_efficiency: float = 0.7
+    # Share of each kind of communication hidden behind computation (0: fully exposed).
+    tp_overlap: float = 0.0
+    ep_overlap: float = 0.0
+    pp_overlap: float = 1.0  # point-to-point sends between stages overlap with the next micro-batch
+    dp_overlap: float = 0.5  # gradient reduction overlaps with the last micro-batch's backward
+    # Share of a chip's compute units that communication kernels take while overlapping
+    # (DeepSeek-V3 report s3.2.2: 20 of 132 SMs on H800 = 0.15). Only charged when some
+    # communication is overlapped.
+    comm_sm_fraction: float = 0.0
+    # Tokens on the most loaded expert rank / the mean (1: perfectly balanced routing). Routed
+    # expert matmuls and all-to-all traffic wait for the most loaded rank.
+    moe_imbalance: float = 1.0
+    # Fraction of device memory a plan may use (the rest: allocator fragmentation, workspaces,
+    # communication buffers).
+    usable_memory: float = 0.9
+    # Multiplier on the activation-memory model (layout.activation_bytes_per_token_layer), for
+    # frameworks that cache activations in FP8 or recompute parts this model does not know.
+    # DeepSeek-V3 (report s3.3) caches MoE inputs in FP8 and recomputes MLA up-projections:
+    # about 0.4 of our BF16 count (docs/planning.md). Decides only whether a layout fits.
+    activation_memory_scale: float = 1.0
+    # Bytes per parameter of optimizer state: FP32 master weights + Adam's two moments = 12.
+    optimizer_bytes_per_param: float = 12.0
+    # Bytes per gradient element in the data-parallel reduction (2: BF16, 4: FP32).
+    grad_reduce_bytes: float = 2.0
+    # Average power drawn / TDP, and the data centre's power usage effectiveness. Defaults count
+    # chips at TDP and nothing else: an upper bound for the chips, a lower one for the facility.
+    power_fraction: float = 1.0
+    pue: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("compute_efficiency", "memory_efficiency", "comm_efficiency", "usable_memory",
+                    "power_fraction"):
+            value = getattr(self, key)
+            check(0 < value <= 1, f"assumptions.{key}", value, "a fraction in (0, 1]")
+        for key in ("tp_overlap", "ep_overlap", "pp_overlap", "dp_overlap"):
+            value = getattr(self, key)
+            check(0 <= value <= 1, f"assumptions.{key}", value, "a fraction in [0, 1]")
+        check(0 <= self.comm_sm_fraction < 1, "assumptions.comm_sm_fraction", self.comm_sm_fraction,
+              "a fraction in [0, 1)")
+        check(self.fp8_speedup >= 1, "assumptions.fp8_speedup", self.fp8_speedup, "a number >= 1")
+        check(self.moe_imbalance >= 1, "assumptions.moe_imbalance", self.moe_imbalance, "a number >= 1")
+        check(0 < self.activation_memory_scale <= 1, "assumptions.activation_memory_scale",
+              self.activation_memory_scale, "a fraction in (0, 1]")
+        check(self.optimizer_bytes_per_param >= 0, "assumptions.optimizer_bytes_per_param",
+              self.optimizer_bytes_per_param, "a number >= 0")
+        check(self.grad_reduce_bytes > 0, "assumptions.grad_reduce_bytes", self.grad_reduce_bytes,
+              "a positive number")
+        check(self.pue >= 1, "assumptions.pue", self.pue, "a number >= 1")

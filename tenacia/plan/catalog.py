@@ -1,0 +1,129 @@
+"""The chip catalog: what each accelerator can do, and where each figure comes from.
+
+The catalog is data (``catalog.toml`` in this package); a user file in the same format extends
+or overrides it chip by chip. Every figure keeps its source and an ``uncertain`` flag so that a
+plan can say which of its inputs nobody has published.
+
+Contract: ``load_catalog`` returns chips keyed by a short name (``h100``, ``ascend-910c``); a
+missing required figure, a non-positive value or an unknown key raises ``ConfigError`` naming
+the chip and the figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from ..config import ConfigError, check
+
+REQUIRED = ("bf16_tflops", "memory_gb", "memory_tbs", "scale_up_gbs", "scale_up_domain",
+            "scale_up_latency_us", "scale_out_gbs", "scale_out_latency_us", "power_w",
+            "price_per_hour", "crash_per_chip_year", "hang_per_chip_year", "sdc_per_chip_year")
+OPTIONAL = ("fp8_tflops",)
+HOURS_PER_YEAR = 24 * 365.25
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class Figure:
+    """One published (or assumed) number."""
+
+    value: float
+    source: str
+    uncertain: bool
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class Chip:
+    """One accelerator type. Units: TFLOPS dense, GB, TB/s, GB/s per direction, µs, W, $/h,
+    events per chip-year."""
+
+    key: str
+    name: str
+    bf16_tflops: float
+    fp8_tflops: float | None
+    memory_gb: float
+    memory_tbs: float
+    scale_up_gbs: float
+    scale_up_domain: int
+    scale_up_latency_us: float
+    scale_out_gbs: float
+    scale_out_latency_us: float
+    power_w: float
+    price_per_hour: float
+    crash_per_chip_year: float
+    hang_per_chip_year: float
+    sdc_per_chip_year: float
+    figures: dict[str, Figure] = field(default_factory=dict, compare=False)
+
+    def peak_flops(self, precision: str) -> float:
+        """Dense peak in FLOP/s for ``precision`` ('bf16' or 'fp8')."""
+        if precision == "fp8":
+            if self.fp8_tflops is None:
+                raise ConfigError("precision", precision,
+                                  f"'bf16': the catalog has no FP8 throughput for {self.key} ({self.name})")
+            return self.fp8_tflops * 1e12
+        return self.bf16_tflops * 1e12
+
+    def failure_per_s(self, kind: str, scale: float = 1.0) -> float:
+        """Rate of one failure kind ('crash', 'hang', 'sdc') per chip per second."""
+        return scale * getattr(self, f"{kind}_per_chip_year") / (HOURS_PER_YEAR * 3600)
+
+    def uncertain_figures(self) -> list[str]:
+        return [k for k, f in self.figures.items() if f.uncertain]
+
+
+def _chip(key: str, table: dict[str, Any], origin: str) -> Chip:
+    where = f"catalog {origin}: chips.{key}"
+    allowed = {"name", *REQUIRED, *OPTIONAL}
+    for name in table:
+        check(name in allowed, f"{where}.{name}", table[name], f"a known figure: {', '.join(sorted(allowed))}")
+    check(isinstance(table.get("name"), str), f"{where}.name", table.get("name"), "a string")
+    figures: dict[str, Figure] = {}
+    for name in (*REQUIRED, *OPTIONAL):
+        raw = table.get(name)
+        if raw is None:
+            check(name in OPTIONAL, f"{where}.{name}", None, "a figure: { value = ..., source = \"...\", uncertain = false }")
+            continue
+        ok = (isinstance(raw, dict) and set(raw) == {"value", "source", "uncertain"}
+              and isinstance(raw["value"], (int, float)) and not isinstance(raw["value"], bool)
+              and isinstance(raw["source"], str) and isinstance(raw["uncertain"], bool))
+        check(ok, f"{where}.{name}", raw, "an inline table { value = <number>, source = \"...\", uncertain = true|false }")
+        zero_ok = name.endswith("_per_chip_year")
+        check(raw["value"] >= 0 if zero_ok else raw["value"] > 0, f"{where}.{name}", raw["value"],
+              "a number >= 0" if zero_ok else "a positive number")
+        figures[name] = Figure(value=float(raw["value"]), source=raw["source"], uncertain=raw["uncertain"])
+    domain = figures["scale_up_domain"].value
+    check(domain == int(domain) and domain >= 1, f"{where}.scale_up_domain", domain, "a whole number of chips >= 1")
+    values = {k: f.value for k, f in figures.items()}
+    values["scale_up_domain"] = int(domain)
+    return Chip(key=key, name=table["name"], fp8_tflops=values.pop("fp8_tflops", None), figures=figures, **values)
+
+
+def _read(text: str, origin: str) -> dict[str, Chip]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("catalog", origin, f"valid TOML ({e})") from None
+    chips = data.get("chips")
+    check(isinstance(chips, dict) and set(data) == {"chips"}, f"catalog {origin}", sorted(data),
+          "one top-level table [chips.<key>] per chip and nothing else")
+    return {key: _chip(key, table, origin) for key, table in chips.items()}
+
+
+def load_catalog(extra: str | Path | None = None) -> dict[str, Chip]:
+    """The built-in catalog, with the chips of ``extra`` (a TOML file) added or replacing."""
+    chips = _read(resources.files(__package__).joinpath("catalog.toml").read_text(), "built-in")
+    if extra is not None:
+        path = Path(extra)
+        check(path.is_file(), "catalog", str(path), "a path to an existing TOML file")
+        chips.update(_read(path.read_text(), str(path)))
+    return chips
+
+
+def get_chip(chips: dict[str, Chip], key: str, field_name: str = "chip") -> Chip:
+    check(key in chips, field_name, key, f"a chip of the catalog: {', '.join(chips)}")
+    return chips[key]

@@ -1,0 +1,99 @@
+"""From command-line words to a plan's config tree.
+
+A plan is a dict built in this order, later steps winning: the ``-c`` TOML file, the shorthand
+flags (``--model``, ``--fleet``, ``--layout``, ...), then ``-o key=value`` overrides; then
+``tenacia.config.from_dict`` checks it into a dataclass tree. Shorthands:
+
+- model: a preset name (``deepseek-v3``) or a TOML file of ``ModelSpec`` fields
+- fleet: a preset name (``seed-cluster``), a TOML file of ``FleetSpec`` fields, or
+  ``chip:count`` groups joined by ``,`` or ``+`` (``h20:30000+h800:10000``)
+- layout: ``auto`` (search) or ``key=value`` pairs joined by ``,`` (``tp=1,pp=16,ep=64``)
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from .. import config
+from ..config import ConfigError
+from . import fleet as fleet_mod
+from . import models
+
+
+def _toml_file(kind: str, value: str) -> dict | None:
+    path = Path(value)
+    if not (value.endswith(".toml") or path.is_file()):
+        return None
+    if not path.is_file():
+        raise ConfigError(kind, value, "a preset name or a path to an existing TOML file")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(kind, value, f"valid TOML ({e})") from None
+
+
+def shorthand(kind: str, value: str) -> list[tuple[list[str], Any]]:
+    """(path, value) pairs that a shorthand sets in the plan dict."""
+    if kind == "model":
+        table = _toml_file("model", value)
+        if table is not None:
+            return [(["model"], table)]
+        if value not in models.PRESETS:
+            raise ConfigError("model", value, f"a preset ({', '.join(models.PRESETS)}) or a TOML file of model fields")
+        return [(["model"], {"preset": value})]
+    if kind == "fleet":
+        table = _toml_file("fleet", value)
+        if table is not None:
+            return [(["fleet"], table)]
+        if value in fleet_mod.PRESETS:
+            return [(["fleet"], {"preset": value})]
+        if ":" not in value:
+            raise ConfigError("fleet", value, f"a preset ({', '.join(fleet_mod.PRESETS)}), a TOML file, "
+                              "or chip:count[+chip:count...]")
+        return [(["fleet"], {"preset": "", "groups": fleet_mod.parse_fleet_shorthand(value.replace("+", ","))})]
+    if kind == "layout":
+        if value == "auto":
+            return [(["layout", k], 0) for k in ("tp", "pp", "ep")]
+        pairs = []
+        for part in value.split(","):
+            key, value_ = config.parse_override(f"layout.{part.strip()}")
+            pairs.append((key, value_))
+        return pairs
+    if kind == "recovery":
+        return [(["recovery", "strategy"], value)]
+    key, parsed = config.parse_override(f"{kind}={value}")
+    return [(key, parsed)]
+
+
+def build(toml_path: str | None, flags: list[tuple[str, str]], overrides: list[str]) -> dict[str, Any]:
+    """The plan dict: ``toml_path`` then ``flags`` ((kind, value) shorthands) then overrides."""
+    data: dict[str, Any] = {}
+    if toml_path is not None:
+        if not Path(toml_path).is_file():
+            raise ConfigError("config file", toml_path, "a path to an existing TOML file")
+        data = _toml_file("config file", toml_path) or {}
+    for kind, value in flags:
+        for path, v in shorthand(kind, value):
+            if path in (["model"], ["fleet"]):
+                data[path[0]] = v
+            else:
+                config.merge_override(data, path, v)
+    for text in overrides:
+        path, v = config.parse_override(text)
+        config.merge_override(data, path, v)
+    return data
+
+
+def variations(specs: list[str]) -> list[list[tuple[str, str]]]:
+    """``['fleet=a,b', 'recovery=checkpoint,live']`` -> the cartesian product as flag lists."""
+    axes = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ConfigError("--vary", spec, "KEY=V1,V2,... e.g. recovery=checkpoint,live or fleet=h800-8k,ascend-910c-8k")
+        axes.append([(key.strip(), v.strip()) for v in values.split(",") if v.strip()])
+    return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]

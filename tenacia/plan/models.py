@@ -1,0 +1,148 @@
+"""Model descriptions for planning: dense or mixture-of-experts shapes, and named presets.
+
+A ``ModelSpec`` holds what the planner needs from a model, not its weights: parameter counts
+(total and activated per token), depth, width, attention shape (for attention FLOPs and KV-cache
+size), the expert layout of MoE layers, and the published run's token count and batch, which a
+plan uses unless told otherwise. ``preset`` fills every field left unset, as in
+``tenacia.model.llama.ModelConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import check
+
+PRESETS: dict[str, dict] = {
+    # DeepSeek-V3 technical report and its config.json: 61 layers (first 3 dense), MLA attention
+    # (q/k head dim 128+64, v head dim 128, cached latent 512+64 per token and layer), 256 routed
+    # + 1 shared experts of width 2048, top-8 routing limited to 4 nodes; 14.8T tokens at a final
+    # batch of 15,360 sequences of 4,096. extra_activated_params_b: the multi-token-prediction
+    # module run in training (one MoE block ~0.585B activated + 2h x h projection 0.103B + the
+    # shared output head 0.927B), derived from config.json.
+    "deepseek-v3": dict(
+        total_params_b=671.0, activated_params_b=37.0, layers=61, hidden=7168, ffn=18432,
+        heads=128, head_dim=192, v_head_dim=128, kv_heads=128, kv_dim=576, vocab=129280,
+        moe_layers=58, experts=256, shared_experts=1, experts_per_token=8, expert_ffn=2048,
+        routing_max_groups=4, extra_activated_params_b=1.6, seq_len=4096,
+        train_tokens=14.8e12, global_batch_seqs=15360),
+    # Llama 3 paper (405B): 126 layers, width 16,384, FFN 53,248, 128 heads with 8 KV heads of
+    # 128, vocabulary 128,256; pre-trained on 15.6T tokens at 8,192 context, 16M-token batches.
+    "llama-3-405b": dict(
+        total_params_b=405.0, activated_params_b=405.0, layers=126, hidden=16384, ffn=53248,
+        heads=128, head_dim=128, v_head_dim=128, kv_heads=8, kv_dim=0, vocab=128256,
+        moe_layers=0, experts=0, shared_experts=0, experts_per_token=0, expert_ffn=0,
+        routing_max_groups=0, extra_activated_params_b=0.0, seq_len=8192,
+        train_tokens=15.6e12, global_batch_seqs=2048),
+    # A GUESS, not a published model: R2's size was reported only by unverified press rumour
+    # (about 1.2T total, 78B activated). Shapes are DeepSeek-V3's family scaled to those counts
+    # (width 8,192, 72 layers with 3 dense, 192 routed experts of width 3,584, top-8); tokens
+    # (20T) and batch are guesses too. Use it to ask "what if", never as a fact.
+    "r2-guess": dict(
+        total_params_b=1200.0, activated_params_b=78.0, layers=72, hidden=8192, ffn=24576,
+        heads=128, head_dim=192, v_head_dim=128, kv_heads=128, kv_dim=576, vocab=129280,
+        moe_layers=69, experts=192, shared_experts=1, experts_per_token=8, expert_ffn=3584,
+        routing_max_groups=4, extra_activated_params_b=2.0, seq_len=4096,
+        train_tokens=20e12, global_batch_seqs=15360),
+}
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelSpec:
+    """Shape of a model for planning. Parameters in billions; widths in elements."""
+
+    preset: str = ""  # a key of PRESETS, or "" to give every field
+    total_params_b: float | None = None  # all parameters, experts included
+    activated_params_b: float | None = None  # parameters one token passes through (= total for dense)
+    layers: int | None = None
+    hidden: int | None = None  # model width
+    ffn: int | None = None  # SwiGLU width of a dense layer
+    heads: int | None = None  # query heads
+    head_dim: int | None = None  # query/key width per head
+    v_head_dim: int | None = None  # value width per head
+    kv_heads: int | None = None  # key/value heads (grouped-query attention when < heads)
+    kv_dim: int | None = None  # cached elements per token and layer; 0: 2 * kv_heads * head_dim
+    vocab: int | None = None
+    moe_layers: int | None = None  # layers whose FFN is a mixture of experts (0 for dense)
+    experts: int | None = None  # routed experts per MoE layer
+    shared_experts: int | None = None  # experts every token passes through
+    experts_per_token: int | None = None  # top-k routing
+    expert_ffn: int | None = None  # SwiGLU width of one expert
+    routing_max_groups: int | None = None  # node-limited routing: a token reaches at most this
+    # many scale-up domains (DeepSeek-V3: 4); 0: unlimited
+    extra_activated_params_b: float | None = None  # run in training only (e.g. MTP modules)
+    seq_len: int | None = None  # training sequence length
+    train_tokens: float | None = None  # the published run's token count (a plan's default)
+    global_batch_seqs: int | None = None  # the published run's batch in sequences (a plan's default)
+
+    def __post_init__(self) -> None:
+        if self.preset:
+            check(self.preset in PRESETS, "model.preset", self.preset,
+                  f"one of {', '.join(PRESETS)}, or \"\" with every field given")
+            for key, value in PRESETS[self.preset].items():
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
+        for key in self.__slots__:
+            if key != "preset":
+                check(getattr(self, key) is not None, f"model.{key}", None,
+                      "a value (or a model.preset that fills it)")
+        for key in ("total_params_b", "activated_params_b", "layers", "hidden", "ffn", "heads",
+                    "head_dim", "v_head_dim", "kv_heads", "vocab", "seq_len", "train_tokens",
+                    "global_batch_seqs"):
+            check(getattr(self, key) > 0, f"model.{key}", getattr(self, key), "a positive number")
+        for key in ("kv_dim", "moe_layers", "experts", "shared_experts", "experts_per_token",
+                    "expert_ffn", "routing_max_groups", "extra_activated_params_b"):
+            check(getattr(self, key) >= 0, f"model.{key}", getattr(self, key), "a number >= 0")
+        check(self.activated_params_b <= self.total_params_b, "model.activated_params_b",
+              self.activated_params_b, f"at most total_params_b={self.total_params_b}")
+        check(self.heads % self.kv_heads == 0, "model.kv_heads", self.kv_heads,
+              f"a divisor of heads={self.heads}")
+        check(self.moe_layers <= self.layers, "model.moe_layers", self.moe_layers,
+              f"at most layers={self.layers}")
+        if self.moe_layers:
+            check(self.experts > 0 and self.expert_ffn > 0, "model.experts", self.experts,
+                  "a positive count (with a positive expert_ffn) when moe_layers > 0")
+            check(0 < self.experts_per_token <= self.experts, "model.experts_per_token",
+                  self.experts_per_token, f"between 1 and experts={self.experts}")
+            check(self.expert_params_b < self.total_params_b, "model.total_params_b",
+                  self.total_params_b,
+                  f"more than the routed-expert parameters the shape implies ({self.expert_params_b:.1f}B)")
+        else:
+            check(self.activated_params_b == self.total_params_b, "model.activated_params_b",
+                  self.activated_params_b, "equal to total_params_b for a dense model (moe_layers = 0)")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe_layers > 0
+
+    @property
+    def expert_params_b(self) -> float:
+        """Routed-expert parameters (sharded by expert parallelism)."""
+        return self.moe_layers * self.experts * 3 * self.hidden * self.expert_ffn / 1e9
+
+    @property
+    def dense_params_b(self) -> float:
+        """Everything else: attention, shared experts, dense FFNs, embeddings."""
+        return self.total_params_b - self.expert_params_b
+
+    @property
+    def routed_activated_params_b(self) -> float:
+        """Routed-expert parameters one token passes through."""
+        return self.moe_layers * self.experts_per_token * 3 * self.hidden * self.expert_ffn / 1e9
+
+    @property
+    def matmul_params(self) -> float:
+        """Parameters whose matmuls run per token in training: activated, without the input
+        embedding (a lookup), plus modules run in training only."""
+        return (self.activated_params_b + self.extra_activated_params_b) * 1e9 - self.vocab * self.hidden
+
+    def attention_flops_fwd(self, context: float) -> float:
+        """Forward FLOPs of the attention scores and weighted sum for one token that attends to
+        ``context`` earlier tokens, over all layers (QK^T and AV, 2 FLOPs per multiply-add)."""
+        return self.layers * 2 * self.heads * (self.head_dim + self.v_head_dim) * context
+
+    @property
+    def kv_elements_per_token(self) -> int:
+        """Cached key/value elements per token, all layers."""
+        per_layer = self.kv_dim or 2 * self.kv_heads * self.head_dim
+        return self.layers * per_layer

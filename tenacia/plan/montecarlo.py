@@ -1,0 +1,127 @@
+"""Discrete-event Monte Carlo of a training run under failures, vectorized across trials.
+
+Chips fail independently with exponential lifetimes and are replaced, so the fleet's failures
+of each kind form a Poisson process whose rate is the sum over chips: the simulator draws the
+fleet's next failure directly (one draw per trial per event), never chip by chip. Its loop is
+over events, each step handling every unfinished trial at once with numpy:
+
+    draw the gap to the next failure and its kind
+    run from the resume time to the failure: finished? else advance the checkpoint cycle
+    apply the failure: roll back to the last checkpoint and/or add its downtime
+
+The job alternates ``interval`` seconds of work with a ``write`` stall; progress at a failure
+is committed up to the last completed write. A failure during a recovery restarts a rolling-back
+recovery, or adds its downtime to a live one. Work is measured in failure-free wall seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import check
+from .reliability import FailureModel
+
+
+@dataclass(kw_only=True, slots=True)
+class MonteCarloConfig:
+    trials: int = 1000
+    seed: int = 0
+    deadline_days: float = 0.0  # report P(finish by it); 0: failure-free time x 1.1
+    horizon: float = 20.0  # a trial still running after horizon x failure-free time counts as unfinished
+
+    def __post_init__(self) -> None:
+        check(self.trials > 0, "montecarlo.trials", self.trials, "a positive integer")
+        check(self.deadline_days >= 0, "montecarlo.deadline_days", self.deadline_days, "days >= 0")
+        check(self.horizon > 1, "montecarlo.horizon", self.horizon, "a number > 1")
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class Outcome:
+    """Per trial: completion wall time (inf when unfinished), failures suffered."""
+
+    work_s: float
+    completion_s: np.ndarray  # (trials,)
+    interruptions: np.ndarray  # (trials,) failures before the run finished
+
+    @property
+    def finished(self) -> np.ndarray:
+        return np.isfinite(self.completion_s)
+
+    @property
+    def goodput(self) -> np.ndarray:
+        """Effective training time ratio: failure-free time / wall time (0 when unfinished)."""
+        return np.where(self.finished, self.work_s / np.where(self.finished, self.completion_s, 1.0), 0.0)
+
+    def p_by(self, deadline_s: float) -> float:
+        return float(np.mean(self.completion_s <= deadline_s))
+
+    def summary(self, deadline_s: float) -> dict:
+        days = self.completion_s / 86400
+        done = days[np.isfinite(days)]
+        q = np.percentile(done, [5, 50, 95]) if done.size else [np.inf] * 3
+        return {
+            "trials": int(self.completion_s.size), "finished": float(self.finished.mean()),
+            "days_mean": float(done.mean()) if done.size else float("inf"),
+            "days_p5": float(q[0]), "days_p50": float(q[1]), "days_p95": float(q[2]),
+            "goodput_mean": float(self.goodput.mean()),
+            "interruptions_mean": float(self.interruptions.mean()),
+            "deadline_days": deadline_s / 86400, "p_by_deadline": self.p_by(deadline_s),
+        }
+
+
+def simulate(work_s: float, fm: FailureModel, trials: int, seed: int = 0, horizon: float = 20.0) -> Outcome:
+    """Simulate ``trials`` runs that each need ``work_s`` failure-free seconds."""
+    rng = np.random.default_rng(seed)
+    tau = float(min(fm.interval_s, work_s))  # work per checkpoint cycle
+    cycle = tau + fm.write_s
+    rates = np.array([k.rate_per_s for k in fm.kinds])
+    total_rate = rates.sum()
+    completion = np.full(trials, np.inf)
+    interruptions = np.zeros(trials, dtype=np.int64)
+    if total_rate == 0:
+        need = _wall_needed(work_s, np.zeros(trials), np.zeros(trials), tau, cycle)
+        return Outcome(work_s=work_s, completion_s=need, interruptions=interruptions)
+    cum = np.cumsum(rates / total_rate)
+    rollback = np.array([k.rollback for k in fm.kinds])
+    downtime = np.array([k.downtime_s for k in fm.kinds])
+    limit = horizon * work_s
+
+    idx = np.arange(trials)  # trials still running
+    t = np.zeros(trials)  # time of the last failure
+    resume = np.zeros(trials)  # when the job runs again
+    committed = np.zeros(trials)  # work saved by the last completed checkpoint
+    pos = np.zeros(trials)  # wall position inside the current checkpoint cycle
+    count = np.zeros(trials, dtype=np.int64)
+    while idx.size:
+        n = idx.size
+        t_next = t + rng.exponential(1 / total_rate, n)
+        run = np.maximum(t_next - resume, 0.0)
+        need = _wall_needed(work_s, committed, pos, tau, cycle)
+        done = need <= run
+        completion[idx[done]] = resume[done] + need[done]
+        interruptions[idx[done]] = count[done]
+        late = ~done & (t_next > limit)
+        interruptions[idx[late]] = count[late]
+        keep = ~done & ~late
+        idx, t_next, run = idx[keep], t_next[keep], run[keep]
+        resume, committed, pos, count = resume[keep], committed[keep], pos[keep], count[keep]
+        cycles = np.floor((pos + run) / cycle)
+        committed = committed + cycles * tau
+        pos = pos + run - cycles * cycle
+        kind = np.minimum(np.searchsorted(cum, rng.random(idx.size)), len(cum) - 1)
+        back = rollback[kind]
+        pos = np.where(back, 0.0, pos)
+        resume = np.where(back, t_next, np.maximum(resume, t_next)) + downtime[kind]
+        t = t_next
+        count = count + 1
+    return Outcome(work_s=work_s, completion_s=completion, interruptions=interruptions)
+
+
+def _wall_needed(work_s: float, committed: np.ndarray, pos: np.ndarray, tau: float, cycle: float) -> np.ndarray:
+    """Failure-free wall time from cycle position ``pos`` to the end of the run: full cycles of
+    (tau work + write) until the last partial one, which needs no checkpoint after it."""
+    need = work_s - committed
+    full = np.ceil(need / tau) - 1
+    return full * cycle + (need - full * tau) - pos

@@ -1,0 +1,129 @@
+"""Failures and what they cost: per-kind fleet rates, recovery strategies, Young/Daly.
+
+Kinds of failure (rates per chip type in the catalog, scaled by ``failure_scale``):
+- crash: the chip or its host dies; noticed at once.
+- hang: the chip stops making progress; noticed by a timeout.
+- sdc (silent data corruption): wrong numbers, noticed ``sdc_detect_s`` later; every strategy
+  must roll back to a checkpoint older than the corruption.
+
+Strategies:
+- checkpoint: every crash or hang stops the whole job; it restarts from the last checkpoint
+  (``restart_s`` after the failure, plus the hang timeout for hangs). Checkpoints are written
+  every ``checkpoint_interval_s`` of work (0: the Young/Daly optimum), each stalling the job for
+  ``checkpoint_write_s``.
+- live: replicas that hold a whole model copy (``dp / ep`` groups of ``tp*pp*ep`` chips) form a
+  quorum, as tenacia's replicas do. A crash or hang costs every survivor ``max(detection_s,
+  stall_s)`` without a committed step plus the discarded in-flight step (half a step on
+  average), and the fleet runs one group short until the replacement has started
+  (``rejoin_s``) and healed from a peer (``heal_s``): ``(rejoin_s + heal_s) / groups`` of
+  whole-fleet time. Corruption still needs a checkpoint rollback; checkpoints are then sized by
+  Young/Daly for the corruption rate alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..config import check, check_choice
+
+KINDS = ("crash", "hang", "sdc")
+
+
+@dataclass(kw_only=True, slots=True)
+class Recovery:
+    strategy: str = "checkpoint"  # 'checkpoint' or 'live'
+    checkpoint_interval_s: float = 0.0  # work between checkpoints; 0: Young/Daly optimum
+    checkpoint_write_s: float = 60.0  # job stall per checkpoint (a guess; async saving: seconds)
+    restart_s: float = 600.0  # failure -> training again under checkpoint-restart (a guess)
+    hang_timeout_s: float = 600.0  # a hang is declared after this (torch's default NCCL timeout)
+    sdc_detect_s: float = 3600.0  # corruption noticed after this (a guess: loss spikes, checks)
+    detection_s: float = 3.0  # live: failure declared (torchft heartbeat timeout, FACTS.md)
+    stall_s: float = 3.0  # live: survivors' time without a committed step (FACTS.md: 3.0 s)
+    rejoin_s: float = 300.0  # live: a replacement is up (spare node + process start; a guess)
+    heal_s: float = 60.0  # live: the replacement receives state from a peer (a guess)
+    failure_scale: float = 1.0  # multiplies every catalog failure rate (for sweeps)
+
+    def __post_init__(self) -> None:
+        check_choice("recovery.strategy", self.strategy, ("checkpoint", "live"))
+        check(self.checkpoint_interval_s >= 0, "recovery.checkpoint_interval_s", self.checkpoint_interval_s,
+              "seconds >= 0 (0: the Young/Daly optimum)")
+        check(self.checkpoint_write_s > 0, "recovery.checkpoint_write_s", self.checkpoint_write_s, "seconds > 0")
+        for key in ("restart_s", "hang_timeout_s", "sdc_detect_s", "detection_s", "stall_s",
+                    "rejoin_s", "heal_s"):
+            check(getattr(self, key) >= 0, f"recovery.{key}", getattr(self, key), "seconds >= 0")
+        check(self.failure_scale >= 0, "recovery.failure_scale", self.failure_scale, "a number >= 0")
+
+
+def young_daly_interval(write_s: float, mtbf_s: float) -> float:
+    """Work between checkpoints that minimizes expected run time (Daly 2006, higher-order
+    estimate; Young 1974 is its first term sqrt(2 * write * MTBF)). MTBF of the whole job."""
+    if not math.isfinite(mtbf_s):
+        return math.inf
+    if write_s >= 2 * mtbf_s:
+        return mtbf_s
+    x = write_s / (2 * mtbf_s)
+    return math.sqrt(2 * write_s * mtbf_s) * (1 + math.sqrt(x) / 3 + x / 9) - write_s
+
+
+def daly_expected_wall(work_s: float, interval_s: float, write_s: float, restart_s: float,
+                       mtbf_s: float) -> float:
+    """Expected wall time of checkpoint-restart under exponential failures, a failure also
+    possible while restarting or writing (Daly 2006, eq. 14): W/tau * M e^(R/M) (e^((tau+d)/M) - 1)."""
+    return work_s / interval_s * mtbf_s * math.exp(restart_s / mtbf_s) * math.expm1((interval_s + write_s) / mtbf_s)
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class FailureKind:
+    """One failure kind as the simulator sees it: fleet rate, whether it rolls back to the last
+    checkpoint, and the wall time it costs beyond any lost work."""
+
+    name: str
+    rate_per_s: float
+    rollback: bool
+    downtime_s: float
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class FailureModel:
+    kinds: list[FailureKind]
+    interval_s: float  # work between checkpoints
+    write_s: float
+
+    @property
+    def rollback_rate(self) -> float:
+        return sum(k.rate_per_s for k in self.kinds if k.rollback)
+
+    def summary(self) -> dict:
+        total = sum(k.rate_per_s for k in self.kinds)
+        return {
+            "fleet_mtbf_h": 1 / total / 3600 if total else math.inf,
+            "checkpoint_interval_min": self.interval_s / 60,
+            "checkpoint_write_s": self.write_s,
+            "kinds": {k.name: {"per_day": k.rate_per_s * 86400, "rollback": k.rollback,
+                               "downtime_s": k.downtime_s} for k in self.kinds},
+        }
+
+
+def failure_model(chip_rates: dict[str, float], recovery: Recovery, step_time_s: float,
+                  groups: int) -> FailureModel:
+    """Build the simulator's failure kinds. ``chip_rates``: fleet rate per kind, per second
+    (sum over active chips of the catalog rate); ``groups``: replica groups that each hold a
+    whole model (live recovery's unit)."""
+    r = recovery
+    rates = {k: chip_rates[k] * r.failure_scale for k in KINDS}
+    live = r.strategy == "live"
+    live_loss = max(r.detection_s, r.stall_s) + step_time_s / 2 + (r.rejoin_s + r.heal_s) / max(groups, 1)
+    kinds = [
+        FailureKind(name="crash", rate_per_s=rates["crash"], rollback=not live,
+                    downtime_s=live_loss if live else r.restart_s),
+        FailureKind(name="hang", rate_per_s=rates["hang"], rollback=not live,
+                    downtime_s=live_loss if live else r.hang_timeout_s + r.restart_s),
+        FailureKind(name="sdc", rate_per_s=rates["sdc"], rollback=True,
+                    downtime_s=r.sdc_detect_s + r.restart_s),
+    ]
+    rollback_rate = sum(k.rate_per_s for k in kinds if k.rollback)
+    interval = r.checkpoint_interval_s
+    if interval == 0:
+        interval = young_daly_interval(r.checkpoint_write_s, 1 / rollback_rate if rollback_rate else math.inf)
+    return FailureModel(kinds=kinds, interval_s=interval, write_s=r.checkpoint_write_s)

@@ -1,0 +1,135 @@
+"""Tables (rich) and JSON for plan results. Input: the ``summary()`` dicts of results."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from rich.table import Table
+
+from .catalog import Chip
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON tree: numpy scalars to floats, infinities and NaN to null."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(jsonable(obj), indent=2)
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "never"
+    if abs(x) >= 1e5:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def _layout(t: dict) -> str:
+    lay = t["layout"]
+    return (f"TP{lay['tp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']} ({lay['schedule']}, "
+            f"ZeRO-{lay['zero']}, recompute {lay['recompute']}, {t['layouts_fitting']} layouts fit)")
+
+
+def train_table(s: dict, title: str = "tenacia plan train") -> Table:
+    t, sim, rel, exp = s["training"], s["simulation"], s["reliability"], s["expected"]
+    inputs = s["inputs"]
+    fleet = " + ".join(f"{g['chips']:,} {g['chip']}" for g in t["groups"])
+    table = Table(title=title, show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    rows = [
+        ("model", f"{inputs['model']['preset'] or 'custom'}: {inputs['model']['activated_params_b']:g}B "
+                  f"activated / {inputs['model']['total_params_b']:g}B, {t['tokens']:.3g} tokens, {t['precision']}"),
+        ("fleet", fleet),
+        ("layout", _layout(t)),
+        ("step time", f"{_num(t['step_time_s'])} s  ({_num(t['tokens_per_s'])} tokens/s)"),
+    ]
+    for g in t["groups"]:
+        rows.append((f"  per micro-batch, {g['chip']}",
+                     f"{_num(g['microbatch_s'])} s: matmul {_num(g['matmul_s'])}, attention {_num(g['attention_s'])}, "
+                     f"memory {_num(g['memory_s'])}, TP {_num(g['tp_s'])}, EP {_num(g['ep_s'])}, PP {_num(g['pp_s'])}; "
+                     f"{_num(g['memory_gb'])} GB/chip"))
+    rows += [
+        ("MFU", f"{t['mfu_bf16']:.1%} of {t['mfu_peak']}"
+                + (f"; {t['mfu_precision']:.1%} of FP8 peak" if t["mfu_precision"] else "")),
+        ("failure-free", f"{t['ideal_days']:.1f} days, {_num(t['chip_hours'])} chip-hours, "
+                         f"${_num(t['cost'])}, {_num(t['energy_mwh'])} MWh"),
+        ("failures", f"{rel['strategy']}; fleet MTBF {_num(rel['fleet_mtbf_h'])} h; checkpoint every "
+                     f"{_num(rel['checkpoint_interval_min'])} min ({_num(rel['checkpoint_write_s'])} s stall)"),
+        ("completion (days)", f"mean {_num(sim['days_mean'])}, p5 {_num(sim['days_p5'])}, p50 {_num(sim['days_p50'])}, "
+                              f"p95 {_num(sim['days_p95'])} over {sim['trials']} trials"),
+        ("goodput", f"{sim['goodput_mean']:.1%} (effective training time); {_num(sim['interruptions_mean'])} interruptions"),
+        ("P(finish by deadline)", f"{sim['p_by_deadline']:.1%} by day {_num(sim['deadline_days'])}"
+                                  + (f"; {1 - sim['finished']:.1%} never finish" if sim["finished"] < 1 else "")),
+        ("expected with failures", f"{_num(exp['chip_hours'])} chip-hours, ${_num(exp['cost'])}, {_num(exp['energy_mwh'])} MWh"),
+    ]
+    if s.get("calibration"):
+        cal = s["calibration"]
+        rows.append(("calibrated from", f"{cal['run_dir']}: " + ", ".join(
+            f"{k} {v:.3g} s (n={cal['samples'][k]})" for k, v in cal["medians"].items())))
+    flagged = sorted({f"{chip}: {', '.join(f)}" for chip, f in s["uncertain_inputs"].items() if f})
+    if flagged:
+        rows.append(("uncertain inputs", "; ".join(flagged)))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def compare_table(rows: list[tuple[str, dict]]) -> Table:
+    table = Table(title="tenacia plan compare")
+    for col in ("scenario", "layout", "MFU", "failure-free days", "mean days", "p95 days", "goodput",
+                "P(deadline)", "cost"):
+        table.add_column(col, justify="left" if col in ("scenario", "layout") else "right")
+    for label, s in rows:
+        t, sim, exp = s["training"], s["simulation"], s["expected"]
+        lay = t["layout"]
+        table.add_row(label, f"TP{lay['tp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']}", f"{t['mfu_bf16']:.1%}",
+                      _num(t["ideal_days"]), _num(sim["days_mean"]), _num(sim["days_p95"]),
+                      f"{sim['goodput_mean']:.1%}", f"{sim['p_by_deadline']:.0%} @ {_num(sim['deadline_days'])} d",
+                      f"${_num(exp['cost'])}")
+    return table
+
+
+def serve_table(s: dict) -> Table:
+    table = Table(title="tenacia plan serve", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    rows = [
+        ("instance", f"{s['tp']} x {s['chip']}, batch {s['batch']} (memory allows {s['max_batch_memory']})"),
+        ("time per output token", f"{s['step_s'] * 1000:.1f} ms"),
+        ("decode", f"{_num(s['decode_tps_per_chip'])} tokens/s per chip"),
+        ("prefill", f"{_num(s['prefill_tps_per_chip'])} tokens/s per chip"),
+        ("chips for the demand", f"{s['chips']:,} ({s['prefill_chips']:,} prefill + {s['decode_chips']:,} decode)"),
+        ("cost", f"${_num(s['cost_per_day'])} per day, ${s['cost_per_million_tokens']:.3g} per million tokens"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def chips_table(chips: dict[str, Chip]) -> Table:
+    table = Table(title="chip catalog (* = uncertain figure; see catalog.toml for sources)")
+    cols = ("bf16_tflops", "fp8_tflops", "memory_gb", "memory_tbs", "scale_up_gbs", "scale_up_domain",
+            "scale_out_gbs", "power_w", "price_per_hour", "crash_per_chip_year")
+    table.add_column("chip")
+    for col in cols:
+        table.add_column(col.replace("_per_chip_year", "/chip-yr").replace("_", " "), justify="right")
+    for key, chip in chips.items():
+        cells = []
+        for col in cols:
+            fig = chip.figures.get(col)
+            cells.append("-" if fig is None else f"{fig.value:g}{'*' if fig.uncertain else ''}")
+        table.add_row(key, *cells)
+    return table

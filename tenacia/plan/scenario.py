@@ -1,0 +1,122 @@
+"""One training scenario from inputs to answers: the config tree of ``tenacia plan train`` and
+the function that runs it (layout, step time, failures, Monte Carlo)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import check, check_choice, to_dict
+from .assumptions import Assumptions
+from .calibrate import Calibration
+from .catalog import Chip, load_catalog
+from .estimate import TrainingEstimate, estimate_training, search_layout
+from .fleet import FleetSpec
+from .layout import Layout
+from .models import ModelSpec
+from .montecarlo import MonteCarloConfig, Outcome, simulate
+from .reliability import KINDS, FailureModel, Recovery, failure_model
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainPlan:
+    """Inputs of a training plan. ``tokens``/``global_batch_seqs`` 0: the model preset's."""
+
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="deepseek-v3"))
+    fleet: FleetSpec = field(default_factory=lambda: FleetSpec(preset="deepseek-v3"))
+    layout: Layout = field(default_factory=Layout)
+    assumptions: Assumptions = field(default_factory=Assumptions)
+    recovery: Recovery = field(default_factory=Recovery)
+    montecarlo: MonteCarloConfig = field(default_factory=MonteCarloConfig)
+    precision: str = "bf16"  # matmul precision: 'bf16' or 'fp8' (attention stays BF16)
+    tokens: float = 0.0
+    global_batch_seqs: int = 0
+    catalog: str = ""  # a TOML file of extra chips, added to the built-in catalog
+
+    def __post_init__(self) -> None:
+        check_choice("precision", self.precision, ("bf16", "fp8"))
+        check(self.tokens >= 0, "tokens", self.tokens, "a token count >= 0 (0: the model preset's)")
+        check(self.global_batch_seqs >= 0, "global_batch_seqs", self.global_batch_seqs,
+              "sequences >= 0 (0: the model preset's)")
+        self.tokens = self.tokens or self.model.train_tokens
+        self.global_batch_seqs = self.global_batch_seqs or self.model.global_batch_seqs
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class TrainResult:
+    plan: TrainPlan
+    estimate: TrainingEstimate
+    layouts_fitting: int
+    failures: FailureModel
+    outcome: Outcome
+    deadline_s: float
+    uncertain: dict[str, list[str]]  # chip -> catalog figures flagged uncertain
+    calibration: Calibration | None
+
+    def summary(self) -> dict:
+        est, sim = self.estimate, self.outcome.summary(self.deadline_s)
+        stretch = sim["days_mean"] / est.ideal_days if np.isfinite(sim["days_mean"]) else float("inf")
+        return {
+            "inputs": to_dict(self.plan),
+            "training": est.summary() | {"layouts_fitting": self.layouts_fitting},
+            "reliability": self.failures.summary() | {"strategy": self.plan.recovery.strategy},
+            "simulation": sim,
+            "expected": {"days": sim["days_mean"], "chip_hours": est.chip_hours * stretch,
+                         "cost": est.cost * stretch, "energy_mwh": est.energy_mwh * stretch},
+            "uncertain_inputs": self.uncertain,
+            "calibration": self.calibration.summary() if self.calibration else None,
+        }
+
+
+def apply_calibration(plan: TrainPlan, calibration: Calibration) -> TrainPlan:
+    """The plan with measured live-recovery medians in place of the configured ones."""
+    recovery = dataclasses.replace(plan.recovery, **calibration.medians)
+    return dataclasses.replace(plan, recovery=recovery)
+
+
+def fleet_failure_rates(est: TrainingEstimate) -> dict[str, float]:
+    """Failures per second of each kind over the chips the layout uses (idle chips are spares)."""
+    return {kind: sum((g.chips - g.idle) * g.chip.failure_per_s(kind) for g in est.groups) for kind in KINDS}
+
+
+def estimate(plan: TrainPlan, chips: dict[str, Chip] | None = None) -> tuple[TrainingEstimate, int]:
+    """Failure-free estimate, searching the layout when any of tp/pp/ep is 0."""
+    chips = chips if chips is not None else load_catalog(plan.catalog or None)
+    fleet = plan.fleet.resolve(chips)
+    args = (plan.model, fleet, plan.layout, plan.assumptions, plan.precision, plan.tokens,
+            plan.global_batch_seqs, plan.fleet.balance)
+    if plan.layout.searched:
+        return search_layout(*args)
+    return estimate_training(*args), 1
+
+
+def failures_for(plan: TrainPlan, est: TrainingEstimate, recovery: Recovery | None = None) -> FailureModel:
+    groups = est.layout.dp // est.layout.ep  # replica groups holding a whole model
+    return failure_model(fleet_failure_rates(est), recovery or plan.recovery, est.step_time_s, groups)
+
+
+def run_train(plan: TrainPlan, calibration: Calibration | None = None) -> TrainResult:
+    if calibration is not None:
+        plan = apply_calibration(plan, calibration)
+    chips = load_catalog(plan.catalog or None)
+    est, fitting = estimate(plan, chips)
+    fm = failures_for(plan, est)
+    mc = plan.montecarlo
+    outcome = simulate(est.ideal_s, fm, mc.trials, mc.seed, mc.horizon)
+    deadline = mc.deadline_days * 86400 or est.ideal_s * 1.1
+    uncertain = {g.chip.key: g.chip.uncertain_figures() for g in est.groups}
+    return TrainResult(plan=plan, estimate=est, layouts_fitting=fitting, failures=fm, outcome=outcome,
+                       deadline_s=deadline, uncertain=uncertain, calibration=calibration)
+
+
+def goodput_curve(result: TrainResult, scales: list[float], trials: int = 200) -> list[float]:
+    """Mean goodput of the result's run when every failure rate is multiplied by each scale."""
+    out = []
+    for scale in scales:
+        recovery = dataclasses.replace(result.plan.recovery, failure_scale=result.plan.recovery.failure_scale * scale)
+        fm = failures_for(result.plan, result.estimate, recovery)
+        mc = result.plan.montecarlo
+        out.append(float(simulate(result.estimate.ideal_s, fm, trials, mc.seed, mc.horizon).goodput.mean()))
+    return out

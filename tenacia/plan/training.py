@@ -1,0 +1,182 @@
+"""Training time from first principles: compute, memory traffic and communication per link level.
+
+For one micro-batch on one chip (the work of one pipeline stage, split ``tp`` ways):
+
+    t_compute = matmul FLOPs / (peak * compute_efficiency [* FP8 speedup])
+              + attention FLOPs / (BF16 peak * compute_efficiency)
+              + elementwise bytes / (HBM bandwidth * memory_efficiency)
+    t_comm    = TP collectives (scale-up link) + EP all-to-all (scale-up and scale-out at once)
+              + pipeline sends; each kind a share ``*_overlap`` hidden behind compute
+    t_micro   = max(t_compute / (1 - comm_sm_fraction if anything overlaps), hidden) + exposed
+
+A step is ``(micro-batches + bubble) * t_micro`` plus the exposed data-parallel gradient
+reduction and the optimizer update. Model FLOPs (for MFU) count 6 per parameter per token plus
+attention (3x its forward); executed FLOPs add flash attention's recomputation in backward
+(3.5x forward, Dao 2023) and full activation recomputation when chosen. Every factor that is not
+a FLOP, a byte or a catalog bandwidth is a field of ``Assumptions``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..config import ConfigError
+from .assumptions import Assumptions
+from .catalog import Chip
+from .layout import Layout, memory_per_chip
+from .models import ModelSpec
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class MicroBatch:
+    """Seconds one chip spends per micro-batch, by cause, and the resulting micro-batch time."""
+
+    matmul: float
+    attention: float
+    memory: float
+    tp: float
+    ep: float
+    pp: float
+    total: float
+
+
+def model_flops_per_token(model: ModelSpec) -> float:
+    """Training FLOPs per token counted for MFU: 6 per matmul parameter + 3x attention forward
+    (causal: a token attends to seq_len/2 earlier tokens on average)."""
+    return 6 * model.matmul_params + 3 * model.attention_flops_fwd(model.seq_len / 2)
+
+
+def _elementwise_bytes_per_token(model: ModelSpec, precision: str) -> float:
+    """HBM bytes of the non-matmul operations of one token's forward pass, all layers.
+
+    Per layer: two norms (read+write h), two residual adds (read 2h, write h), rotary on q and k
+    (read+write), SwiGLU (read gate and up, write the product) over the active FFN width, and in
+    MoE layers the permutation to and from the k expert copies (read+write k*h, twice). BF16
+    elements; FP8 adds a quantization pass (read 2 bytes, write 1) of each matmul input.
+    """
+    h = model.hidden
+    total = 0.0
+    for moe, count in ((False, model.layers - model.moe_layers), (True, model.moe_layers)):
+        ffn = (model.experts_per_token + model.shared_experts) * model.expert_ffn if moe else model.ffn
+        rotary = 2 * (model.heads + model.kv_heads) * model.head_dim
+        elems = 4 * h + 6 * h + rotary + 3 * ffn + (4 * model.experts_per_token * h if moe else 0)
+        layer = 2.0 * elems
+        if precision == "fp8":
+            ffn_in = (model.experts_per_token + model.shared_experts) * h if moe else h
+            layer += 3.0 * (h + model.heads * model.v_head_dim + ffn_in + ffn)
+        total += count * layer
+    return total
+
+
+def _link(chip: Chip, scale_up: bool) -> tuple[float, float]:
+    """(bytes/s per direction, latency s) of one link level."""
+    if scale_up:
+        return chip.scale_up_gbs * 1e9, chip.scale_up_latency_us * 1e-6
+    return chip.scale_out_gbs * 1e9, chip.scale_out_latency_us * 1e-6
+
+
+def microbatch_time(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: int, ep: int,
+                    a: Assumptions, precision: str) -> MicroBatch:
+    """Forward + backward of one micro-batch through one pipeline stage, on one chip."""
+    tokens = layout.microbatch_seqs * model.seq_len  # tokens entering the replica
+    per_chip = tokens / (tp * pp)  # token-layers of work a chip holds, in units of whole models
+    passes = 4 if layout.recompute == "full" else 3  # forward, backward (2x), recomputed forward
+    routed = model.routed_activated_params_b * 1e9
+    matmul_flops = 2 * passes * (model.matmul_params - routed + routed * a.moe_imbalance) * per_chip
+    speed = chip.peak_flops("bf16") * a.compute_efficiency
+    if precision == "fp8":
+        speed *= min(a.fp8_speedup, chip.peak_flops("fp8") / chip.peak_flops("bf16"))
+    attn_fwd = model.attention_flops_fwd(model.seq_len / 2)
+    attn_flops = attn_fwd * (3.5 + (passes - 3)) * per_chip
+    t_matmul = matmul_flops / speed
+    t_attn = attn_flops / (chip.peak_flops("bf16") * a.compute_efficiency)
+    mem_passes = passes + (1 if layout.recompute == "selective" else 0)  # rerun elementwise ops
+    mem_bytes = _elementwise_bytes_per_token(model, precision) * mem_passes * per_chip
+    t_mem = mem_bytes / (chip.memory_tbs * 1e12 * a.memory_efficiency)
+
+    h, layers_here = model.hidden, model.layers / pp
+    t_tp = 0.0
+    if tp > 1:  # sequence parallel: all-gather + reduce-scatter around attention and FFN
+        collectives = 4 * (passes - 1) * layers_here  # 4 per pass: forward, backward (x2 comms)
+        volume = collectives * (tp - 1) / tp * tokens * h * 2
+        bw, lat = _link(chip, tp <= chip.scale_up_domain)
+        t_tp = volume / (bw * a.comm_efficiency) + collectives * (tp - 1) * lat
+
+    t_ep = 0.0
+    if model.is_moe and ep > 1:
+        k = model.experts_per_token
+        ranks_per_domain = min(ep, max(1, chip.scale_up_domain // tp))
+        domains = math.ceil(ep / ranks_per_domain)
+        if model.routing_max_groups and domains > 1:  # node-limited routing, one copy per domain
+            out_copies = min(model.routing_max_groups, domains) * (domains - 1) / domains
+        else:
+            out_copies = k * (ep - ranks_per_domain) / ep
+        up_copies = k * (ranks_per_domain - 1) / ranks_per_domain
+        dispatch = 1 + 4 / 128 if precision == "fp8" else 2.0  # FP8 with one FP32 scale per 128
+        per_copy = h * (dispatch + 2.0) * (passes - 1)  # dispatch + combine, each pass's direction
+        moe_here = model.moe_layers / pp
+        token_share = tokens / tp * moe_here * a.moe_imbalance
+        bw_out, lat_out = _link(chip, domains == 1)
+        bw_up, lat_up = _link(chip, True)
+        t_out = token_share * out_copies * per_copy / (bw_out * a.comm_efficiency)
+        t_up = token_share * up_copies * per_copy / (bw_up * a.comm_efficiency)
+        t_ep = max(t_out, t_up) + 2 * (passes - 1) * moe_here * (lat_out if domains > 1 else lat_up)
+
+    t_pp = 0.0
+    if pp > 1:  # activations forward and gradients backward across one stage boundary
+        bw, lat = _link(chip, tp * pp <= chip.scale_up_domain)
+        t_pp = 2 * tokens / tp * h * 2 / (bw * a.comm_efficiency) + 2 * lat
+
+    compute = t_matmul + t_attn + t_mem
+    hidden = a.tp_overlap * t_tp + a.ep_overlap * t_ep + a.pp_overlap * t_pp
+    exposed = (t_tp + t_ep + t_pp) - hidden
+    if hidden > 0:
+        compute /= 1 - a.comm_sm_fraction
+    total = max(compute, hidden) + exposed
+    return MicroBatch(matmul=t_matmul, attention=t_attn, memory=t_mem, tp=t_tp, ep=t_ep, pp=t_pp,
+                      total=total)
+
+
+def grad_sync_time(model: ModelSpec, chip: Chip, tp: int, pp: int, ep: int, dp: int,
+                   replica_chips_in_domain: bool, a: Assumptions) -> float:
+    """Exposed data-parallel gradient reduction per step: reduce-scatter + all-gather (ZeRO) or
+    all-reduce, 2(n-1)/n of the gradient bytes per chip, over the scale-out link unless the
+    whole group sits in one scale-up domain; latency of a tree, 2 log2(n) hops."""
+    if dp <= 1:
+        return 0.0
+    dense = model.dense_params_b * 1e9 / (tp * pp)
+    experts = model.expert_params_b * 1e9 / (pp * ep)
+    expert_group = max(dp // ep, 1)
+    volume = 2 * (dp - 1) / dp * dense * a.grad_reduce_bytes
+    if expert_group > 1:
+        volume += 2 * (expert_group - 1) / expert_group * experts * a.grad_reduce_bytes
+    bw, lat = _link(chip, replica_chips_in_domain and tp * pp * dp <= chip.scale_up_domain)
+    t = volume / (bw * a.comm_efficiency) + 2 * math.log2(dp) * lat
+    return (1 - a.dp_overlap) * t
+
+
+def optimizer_time(model: ModelSpec, chip: Chip, tp: int, pp: int, ep: int, dp: int, zero: int,
+                   a: Assumptions) -> float:
+    """Adam update, memory-bound: read+write master weights and both moments, read the gradient,
+    write the BF16 weight, for the parameters this chip updates."""
+    dense = model.dense_params_b * 1e9 / (tp * pp)
+    experts = model.expert_params_b * 1e9 / (pp * ep)
+    local = dense / dp + experts / max(dp // ep, 1) if zero >= 1 else dense + experts
+    touched = local * (2 * a.optimizer_bytes_per_param + 2 + 2)
+    return touched / (chip.memory_tbs * 1e12 * a.memory_efficiency)
+
+
+def check_fits(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: int, ep: int, dp: int,
+               a: Assumptions) -> None:
+    """Raise ConfigError when the layout does not fit the chip's memory."""
+    use = memory_per_chip(model, layout, tp, pp, ep, dp, a.optimizer_bytes_per_param,
+                          a.activation_memory_scale)
+    limit = chip.memory_gb * 1e9 * a.usable_memory
+    if use.total > limit:
+        raise ConfigError("layout", f"tp={tp} pp={pp} ep={ep} dp={dp} on {chip.key}",
+                          f"a layout that fits {chip.memory_gb:g} GB x usable_memory "
+                          f"{a.usable_memory:g}: it needs {use.total / 1e9:.1f} GB per chip "
+                          f"(weights {use.weights / 1e9:.1f}, gradients {use.gradients / 1e9:.1f}, "
+                          f"optimizer {use.optimizer / 1e9:.1f}, activations {use.activations / 1e9:.1f}); "
+                          "raise tp/pp/ep, use layout.zero=2 or layout.recompute='full'")

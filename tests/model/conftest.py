@@ -26,9 +26,9 @@ def torch_threads(n: int) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def pinned_threads() -> Iterator[int]:
-    """Run a test with PARITY_THREADS torch threads, restoring the previous count after."""
+    """Run every model test with PARITY_THREADS torch threads, restoring the count after."""
     with torch_threads(PARITY_THREADS) as n:
         yield n
 

@@ -53,7 +53,7 @@ def assert_logits_close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
 
 
 @pytest.fixture(params=[True, False], ids=["tied", "untied"])
-def hf_pair(request, tmp_path, pinned_threads):
+def hf_pair(request, tmp_path):
     """(transformers model, tenacia model loaded from its save_pretrained directory)."""
     hf = random_hf_model(tied=request.param)
     hf.save_pretrained(tmp_path / "hf")
@@ -97,7 +97,7 @@ def test_sharded_checkpoint_loads_the_same(hf_pair, tmp_path):
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_round_trip_through_save_hf_dir(tied, tmp_path, pinned_threads):
+def test_round_trip_through_save_hf_dir(tied, tmp_path):
     ours = random_tenacia_model(tied)
     out = save_hf_dir(ours, tmp_path / "export", bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
@@ -120,3 +120,22 @@ def test_round_trip_through_save_hf_dir(tied, tmp_path, pinned_threads):
     for name, tensor in ours.state_dict().items():
         assert torch.equal(back.state_dict()[name], tensor), name
     assert dataclasses.replace(back.cfg, preset=ours.cfg.preset) == ours.cfg
+
+
+def test_bfloat16_load_and_save(tmp_path):
+    ours = random_tenacia_model(tied=True)
+    save_hf_dir(ours, tmp_path / "f32")
+    half = load_hf_dir(tmp_path / "f32", dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half.output.weight is half.tok_embeddings.weight
+    assert half.rope_cos.dtype == torch.float32  # the rotary table is not rounded to bf16
+    tokens = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        reference = ours(tokens)
+        assert float((half(tokens) - reference).abs().max()) < 0.05 * float(reference.abs().max())
+
+    save_hf_dir(half, tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16")
+    assert theirs.dtype == torch.bfloat16
+    assert torch.equal(theirs.model.embed_tokens.weight, half.tok_embeddings.weight)

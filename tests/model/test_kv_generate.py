@@ -40,13 +40,13 @@ def greedy_without_cache(model: Llama, ids: list[int], n: int) -> tuple[list[int
     return out, steps
 
 
-def test_greedy_with_cache_equals_recomputation(model, pinned_threads):
+def test_greedy_with_cache_equals_recomputation(model):
     ids = prompt(10, seed=1)
     want, _ = greedy_without_cache(model, ids, NEW_TOKENS)
     assert generate(model, ids, NEW_TOKENS) == want
 
 
-def test_cached_logits_equal_full_forward_logits(model, pinned_threads):
+def test_cached_logits_equal_full_forward_logits(model):
     ids = prompt(9, seed=2)
     tokens, reference = greedy_without_cache(model, ids, 12)
     cache = StaticKVCache(model.cfg, batch_size=1, max_len=32)
@@ -59,7 +59,7 @@ def test_cached_logits_equal_full_forward_logits(model, pinned_threads):
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 7])
-def test_chunked_prefill_equals_one_pass(model, chunk, pinned_threads):
+def test_chunked_prefill_equals_one_pass(model, chunk):
     ids = torch.tensor([prompt(19, seed=3)])
     with torch.inference_mode():
         whole = model(ids)[:, -1]
@@ -74,7 +74,7 @@ def test_chunked_prefill_equals_one_pass(model, chunk, pinned_threads):
         torch.testing.assert_close(cache.v[layer][:, :, :19], one_pass.v[layer][:, :, :19], rtol=0, atol=1e-5)
 
 
-def test_batched_sequences_do_not_interact(model, pinned_threads):
+def test_batched_sequences_do_not_interact(model):
     a, b = prompt(8, seed=4), prompt(8, seed=5)
     cache = StaticKVCache(model.cfg, batch_size=2, max_len=8 + 10)
     rows = []
@@ -88,7 +88,7 @@ def test_batched_sequences_do_not_interact(model, pinned_threads):
     assert batched == [generate(model, a, 10), generate(model, b, 10)]
 
 
-def test_sampling_is_seeded_and_respects_top_k(model, pinned_threads):
+def test_sampling_is_seeded_and_respects_top_k(model):
     ids = prompt(6, seed=6)
     draw = lambda seed, **kw: generate(model, ids, 24, temperature=1.0,  # noqa: E731
                                        generator=torch.Generator().manual_seed(seed), **kw)

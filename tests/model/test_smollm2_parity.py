@@ -40,7 +40,7 @@ def test_converted_dir_is_a_clean_transformers_checkpoint(smollm2_path, smollm2_
 
 
 @pytest.mark.slow
-def test_converted_dir_reproduces_gguf_logits(smollm2_path, smollm2_models, pinned_threads):
+def test_converted_dir_reproduces_gguf_logits(smollm2_path, smollm2_models):
     """Re-checks a cached conversion against the GGUF itself (the conversion checks it once)."""
     from transformers import AutoModelForCausalLM
 
@@ -56,7 +56,7 @@ def test_converted_dir_reproduces_gguf_logits(smollm2_path, smollm2_models, pinn
         torch.testing.assert_close(ours(ids), want, rtol=0, atol=1e-4 * float(want.abs().max()))
 
 
-def test_logits_match_transformers(smollm2_models, pinned_threads):
+def test_logits_match_transformers(smollm2_models):
     hf, ours, tokenizer = smollm2_models
     ids = torch.tensor([chat_ids(tokenizer, "Explain in one sentence why the sky is blue.")])
     with torch.inference_mode():
@@ -66,7 +66,7 @@ def test_logits_match_transformers(smollm2_models, pinned_threads):
     assert diff <= bound, f"max |logit diff| {diff:.3g} > 1e-4 * max|logit| = {bound:.3g}"
 
 
-def test_greedy_32_tokens_match_transformers(smollm2_models, pinned_threads):
+def test_greedy_32_tokens_match_transformers(smollm2_models):
     hf, ours, tokenizer = smollm2_models
     prompt = chat_ids(tokenizer, "Write a short story about a lighthouse keeper.")
     with torch.inference_mode():

@@ -43,9 +43,6 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct"
 CONVERSION_RECORD = "tenacia_conversion.json"  # what the conversion checked, for the curious
 MAX_LENGTH = 8192  # the model's context, also the tokenizer's model_max_length
-# Tokens of a chat prompt; the reloaded model must reproduce the GGUF model's logits on them.
-_CHECK_IDS = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018,
-              411, 407, 19712, 8182, 2, 198, 1, 4093, 198, 6004, 2, 198, 1, 520, 9531, 198]
 
 
 class SmolLM2Unavailable(RuntimeError):
@@ -143,19 +140,23 @@ def convert(gguf: Path, out: Path) -> None:
     (out / GENERATION_CONFIG_FILE).write_text(json.dumps(generation, indent=2) + "\n")
     _save_tokenizer(tok, out)
 
+    # The saved tokenizer must render and encode a chat as the GGUF's does, and the reloaded
+    # model must reproduce the GGUF model's logits on it.
     chat = [{"role": "user", "content": "Name three colours."}]
-    if AutoTokenizer.from_pretrained(out).apply_chat_template(chat) != tok.apply_chat_template(chat):
+    text = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    check_ids = tok(text, add_special_tokens=False)["input_ids"]
+    saved = AutoTokenizer.from_pretrained(out)
+    if (saved.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) != text
+            or saved(text, add_special_tokens=False)["input_ids"] != check_ids):
         raise RuntimeError(f"the tokenizer saved in {out} encodes a chat differently from the GGUF's")
-
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    ids = torch.tensor([_CHECK_IDS])
     with torch.inference_mode():
-        want, got = src(ids).logits, reloaded(ids).logits
+        want, got = src(torch.tensor([check_ids])).logits, reloaded(torch.tensor([check_ids])).logits
     diff, scale = float((got - want).abs().max()), float(want.abs().max())
     if diff > 1e-5 * scale:
         raise RuntimeError(f"converted SmolLM2 in {out} does not reproduce the GGUF model's logits "
                            f"(max |diff| {diff:.3g}, max |logit| {scale:.3g})")
-    record = {"source": gguf.name, "check_tokens": len(_CHECK_IDS),
+    record = {"source": gguf.name, "check_tokens": len(check_ids),
               "max_abs_logit_diff_vs_gguf": diff, "max_abs_logit": scale}
     (out / CONVERSION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 

@@ -165,6 +165,8 @@ def search_layout(model: ModelSpec, fleet: list[tuple[Chip, int, float]], layout
     (tp within the smallest scale-up domain, ep a divisor of the experts), with ZeRO stage and
     recomputation tried at the given setting and at the memory-saving one. Returns the best
     estimate and how many layouts fit."""
+    for chip, _, _ in fleet:
+        chip.peak_flops(precision)  # a chip without this precision is an error, not a misfit
     domain = min(chip.scale_up_domain for chip, _, _ in fleet)
     tps = [layout.tp] if layout.tp else [t for t in _powers_of_two(domain) if model.heads % t == 0]
     pps = [layout.pp] if layout.pp else _powers_of_two(model.layers)

@@ -31,8 +31,8 @@ class FleetGroup:
     price_per_hour: float = 0.0
 
     def __post_init__(self) -> None:
-        check(self.count > 0, "fleet.groups.count", self.count, "a positive number of chips")
-        check(self.price_per_hour >= 0, "fleet.groups.price_per_hour", self.price_per_hour,
+        check(self.count > 0, "count", self.count, "a positive number of chips")
+        check(self.price_per_hour >= 0, "price_per_hour", self.price_per_hour,
               "a number >= 0 (0: the catalog's default)")
 
 
@@ -46,7 +46,7 @@ class FleetSpec:
     its speed (needs a framework that supports uneven batches; an upper bound).
     """
 
-    preset: str = ""
+    preset: str = "deepseek-v3"  # a key of PRESETS; explicit groups take precedence
     groups: list[FleetGroup] = field(default_factory=list)
     balance: str = "slowest"
 
@@ -55,7 +55,9 @@ class FleetSpec:
         if self.preset:
             check(self.preset in PRESETS, "fleet.preset", self.preset,
                   f"one of {', '.join(PRESETS)}, or \"\" with fleet.groups given")
-            if not self.groups:
+            if self.groups:
+                self.preset = ""  # explicit groups win; say so in the resolved config
+            else:
                 self.groups = [FleetGroup(**g) for g in PRESETS[self.preset]]
         check(bool(self.groups), "fleet.groups", self.groups,
               "at least one group (or a fleet.preset), e.g. --fleet h800:2048")

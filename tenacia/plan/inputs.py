@@ -8,6 +8,9 @@ flags (``--model``, ``--fleet``, ``--layout``, ...), then ``-o key=value`` overr
 - fleet: a preset name (``seed-cluster``), a TOML file of ``FleetSpec`` fields, or
   ``chip:count`` groups joined by ``,`` or ``+`` (``h20:30000+h800:10000``)
 - layout: ``auto`` (search) or ``key=value`` pairs joined by ``,`` (``tp=1,pp=16,ep=64``)
+
+``-c`` takes a TOML path or the name of a scenario shipped in ``tenacia/plan/scenarios/``
+(``deepseek-v3-report``, ``llama-3-405b-report``, ``r2-ascend-910c``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from .. import config
 from ..config import ConfigError
 from . import fleet as fleet_mod
 from . import models
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def scenario_names() -> list[str]:
+    return sorted(p.stem for p in SCENARIOS.glob("*.toml"))
 
 
 def _toml_file(kind: str, value: str) -> dict | None:
@@ -73,8 +82,11 @@ def build(toml_path: str | None, flags: list[tuple[str, str]], overrides: list[s
     """The plan dict: ``toml_path`` then ``flags`` ((kind, value) shorthands) then overrides."""
     data: dict[str, Any] = {}
     if toml_path is not None:
+        if not Path(toml_path).is_file() and toml_path in scenario_names():
+            toml_path = str(SCENARIOS / f"{toml_path}.toml")
         if not Path(toml_path).is_file():
-            raise ConfigError("config file", toml_path, "a path to an existing TOML file")
+            raise ConfigError("config file", toml_path, "a path to an existing TOML file or a scenario: "
+                              + ", ".join(scenario_names()))
         data = _toml_file("config file", toml_path) or {}
     for kind, value in flags:
         for path, v in shorthand(kind, value):

@@ -3,8 +3,8 @@
 A ``ModelSpec`` holds what the planner needs from a model, not its weights: parameter counts
 (total and activated per token), depth, width, attention shape (for attention FLOPs and KV-cache
 size), the expert layout of MoE layers, and the published run's token count and batch, which a
-plan uses unless told otherwise. ``preset`` fills every field left unset, as in
-``tenacia.model.llama.ModelConfig``.
+plan uses unless told otherwise. ``preset`` (default ``deepseek-v3``) fills every field left
+unset, as in ``tenacia.model.llama.ModelConfig``; set it to ``""`` to give every field.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ PRESETS: dict[str, dict] = {
 class ModelSpec:
     """Shape of a model for planning. Parameters in billions; widths in elements."""
 
-    preset: str = ""  # a key of PRESETS, or "" to give every field
+    preset: str = "deepseek-v3"  # a key of PRESETS, or "" to give every field yourself
     total_params_b: float | None = None  # all parameters, experts included
     activated_params_b: float | None = None  # parameters one token passes through (= total for dense)
     layers: int | None = None

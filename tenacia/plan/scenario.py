@@ -24,8 +24,8 @@ from .reliability import KINDS, FailureModel, Recovery, failure_model
 class TrainPlan:
     """Inputs of a training plan. ``tokens``/``global_batch_seqs`` 0: the model preset's."""
 
-    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="deepseek-v3"))
-    fleet: FleetSpec = field(default_factory=lambda: FleetSpec(preset="deepseek-v3"))
+    model: ModelSpec = field(default_factory=ModelSpec)
+    fleet: FleetSpec = field(default_factory=FleetSpec)
     layout: Layout = field(default_factory=Layout)
     assumptions: Assumptions = field(default_factory=Assumptions)
     recovery: Recovery = field(default_factory=Recovery)

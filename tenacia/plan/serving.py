@@ -1,15 +1,20 @@
 """Serving: prefill and decode throughput per chip, the batch that meets a time-per-output-token
 target, and the chips a demand needs.
 
-A decode instance is ``tp`` chips holding one copy of the weights (tensor/expert parallel inside
-it). One decode step of a batch of B sequences takes
+A decode instance is ``tp`` chips holding one copy of the weights. A dense model is split
+tensor-parallel (two all-reduces of the batch's hidden states per layer). An MoE model runs as
+DeepSeek serves V3: attention and other dense weights replicated on every chip, each chip
+decoding its own B/tp sequences, routed experts spread over the chips, and one all-to-all
+dispatch + combine per MoE layer. One decode step of a batch of B sequences takes
 
-    max(matmul FLOPs / compute, (weights read + KV cache read) / HBM bandwidth) + collectives
+    max(matmul FLOPs / compute, (weights read + KV cache read) / HBM bandwidth, hidden comm)
+    + exposed comm
 
-(compute and memory traffic overlap: a roofline), where an MoE step reads only the experts its
-B tokens touch: E * (1 - (1 - k/E)^B) per layer. Prefill is compute-bound. Prefill and decode
-run on separate chips (disaggregated serving); a prefix-cache hit skips the prefill of that share
-of input tokens. Time to first token and queueing are not modelled.
+(compute and memory traffic overlap: a roofline; ``tp_overlap``/``ep_overlap`` of the
+assumptions hide communication), where an MoE step reads only the experts its B tokens touch:
+E * (1 - (1 - k/E)^B) per layer. Prefill is compute-bound. Prefill and decode run on separate
+chips (disaggregated serving); a prefix-cache hit skips the prefill of that share of input
+tokens. Time to first token and queueing are not modelled.
 """
 
 from __future__ import annotations
@@ -50,13 +55,13 @@ class Demand:
 
 @dataclass(kw_only=True, slots=True)
 class ServePlan:
-    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="deepseek-v3"))
+    model: ModelSpec = field(default_factory=ModelSpec)
     chip: str = "h800"
     precision: str = "fp8"  # weights and matmuls; attention and the KV cache as kv_bytes says
     kv_bytes: float = 0.0  # bytes per cached element; 0: 1 for fp8, 2 for bf16
     tp: int = 0  # chips per decode instance; 0: the power of two with most tokens/s per chip
     tpot_ms: float = 50.0  # time-per-output-token target
-    max_batch: int = 4096  # largest decode batch considered
+    max_batch: int = 65536  # largest decode batch considered (per instance)
     demand: Demand = field(default_factory=Demand)
     assumptions: Assumptions = field(default_factory=Assumptions)
     catalog: str = ""
@@ -96,6 +101,21 @@ def _speed(chip: Chip, precision: str, a: Assumptions) -> float:
     return speed
 
 
+def _link(chip: Chip, chips: int, a: Assumptions) -> tuple[float, float]:
+    scale_up = chips <= chip.scale_up_domain
+    bw = (chip.scale_up_gbs if scale_up else chip.scale_out_gbs) * 1e9 * a.comm_efficiency
+    lat = (chip.scale_up_latency_us if scale_up else chip.scale_out_latency_us) * 1e-6
+    return bw, lat
+
+
+def weight_bytes_per_chip(m: ModelSpec, tp: int, precision: str) -> float:
+    """Resident weights on one chip of a ``tp``-chip instance."""
+    wb = WEIGHT_BYTES[precision]
+    if m.is_moe:  # dense weights replicated, routed experts spread
+        return (m.dense_params_b + m.expert_params_b / tp) * 1e9 * wb
+    return m.total_params_b * 1e9 * wb / tp
+
+
 def decode_step_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> float:
     """One decode step of ``batch`` sequences on a ``tp``-chip instance, context at its mean
     (prompt + half the output)."""
@@ -105,22 +125,20 @@ def decode_step_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int
     attn = m.attention_flops_fwd(context)
     compute = batch * (2 * params / _speed(chip, plan.precision, a)
                        + attn / (chip.peak_flops("bf16") * a.compute_efficiency)) / tp
-    weights = m.dense_params_b * 1e9
+    kv = batch * context * m.kv_elements_per_token * plan.kv_bytes / tp
+    bw, lat = _link(chip, tp, a)
     if m.is_moe:
         touched = m.experts * -math.expm1(batch * math.log1p(-m.experts_per_token / m.experts))
-        weights += m.moe_layers * touched * 3 * m.hidden * m.expert_ffn
+        weights = (m.dense_params_b * 1e9 + m.moe_layers * touched * 3 * m.hidden * m.expert_ffn / tp) * wb
+        copies = m.experts_per_token * (tp - 1) / tp  # token copies leaving their chip
+        per_layer = batch / tp * copies * m.hidden * (wb + 2) / bw + 2 * lat  # dispatch + BF16 combine
+        comm, overlap = m.moe_layers * per_layer if tp > 1 else 0.0, a.ep_overlap
     else:
-        weights = m.total_params_b * 1e9
-    kv = batch * context * m.kv_elements_per_token * plan.kv_bytes
-    memory = (weights * wb + kv) / (tp * chip.memory_tbs * 1e12 * a.memory_efficiency)
-    comm = 0.0
-    if tp > 1:  # two all-reduces of the batch's hidden states per layer, over the instance
-        scale_up = tp <= chip.scale_up_domain
-        bw = (chip.scale_up_gbs if scale_up else chip.scale_out_gbs) * 1e9 * a.comm_efficiency
-        lat = (chip.scale_up_latency_us if scale_up else chip.scale_out_latency_us) * 1e-6
+        weights = m.total_params_b * 1e9 * wb / tp
         per = 2 * (tp - 1) / tp * batch * m.hidden * 2 / bw + 2 * math.log2(tp) * lat
-        comm = 2 * m.layers * per
-    return max(compute, memory) + comm
+        comm, overlap = 2 * m.layers * per if tp > 1 else 0.0, a.tp_overlap
+    memory = (weights + kv) / (chip.memory_tbs * 1e12 * a.memory_efficiency)
+    return max(compute, memory, overlap * comm) + (1 - overlap) * comm
 
 
 def _largest_batch(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, limit: int) -> int:
@@ -140,11 +158,10 @@ def _largest_batch(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, limit: in
 
 def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
     m, a, d = plan.model, plan.assumptions, plan.demand
-    weight_bytes = m.total_params_b * 1e9 * WEIGHT_BYTES[plan.precision]
     kv_per_seq = (d.input_len + d.output_len) * m.kv_elements_per_token * plan.kv_bytes
     best = None
     for tp in ([plan.tp] if plan.tp else [2 ** i for i in range(11)]):
-        free = tp * chip.memory_gb * 1e9 * a.usable_memory - weight_bytes
+        free = tp * (chip.memory_gb * 1e9 * a.usable_memory - weight_bytes_per_chip(m, tp, plan.precision))
         max_mem = int(free // kv_per_seq) if free > 0 else 0
         batch = _largest_batch(m, chip, plan, tp, min(max_mem, plan.max_batch))
         if batch == 0:

@@ -1,0 +1,55 @@
+"""Calibration from a tenacia run's event log (schema: docs/events.md)."""
+
+import json
+
+import pytest
+
+from tenacia.config import ConfigError
+from tenacia.plan.calibrate import read_calibration
+from tenacia.plan.scenario import run_train
+
+
+def write_events(run_dir, detection=(1.0, 2.0, 9.0), stall=(3.0, 4.0, 30.0), heal=(0.5, 0.7)):
+    """A synthetic events.jsonl: three recovered failures, noise, and a truncated last line."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [{"t": 0.0, "event": "run_started", "source": "launcher", "step": None, "replicas": 3, "config": {}}]
+    for i, d in enumerate(detection):
+        lines.append({"t": 10.0 + i, "event": "failure_detected", "source": "coordinator", "step": 5 + i,
+                      "kind": "crash", "replica": 1, "detection_s": d})
+    for i, s in enumerate(stall):
+        lines.append({"t": 11.0 + i, "event": "quorum_changed", "source": "coordinator", "step": 5 + i,
+                      "quorum_id": i + 1, "members": [0, 2], "stall_s": s})
+    for i, h in enumerate(heal):
+        lines.append({"t": 12.0 + i, "event": "heal_done", "source": "replica:1", "step": 5 + i,
+                      "replica": 1, "peer": 0, "heal_s": h, "bytes": 39_000_000})
+    lines.append({"t": 20.0, "event": "step_committed", "source": "coordinator", "step": 9, "loss": 2.0,
+                  "tokens": 4096, "members": [0, 1, 2], "step_time_s": 0.1})
+    text = "\n".join(json.dumps(x) for x in lines) + '\n{"t": 21.0, "event": "heal_do'
+    (run_dir / "events.jsonl").write_text(text)
+    return run_dir
+
+
+def test_medians_of_each_measurement(tmp_path):
+    cal = read_calibration(write_events(tmp_path / "run"))
+    assert cal.medians == {"detection_s": 2.0, "stall_s": 4.0, "heal_s": pytest.approx(0.6)}
+    assert cal.samples == {"detection_s": 3, "stall_s": 3, "heal_s": 2}
+
+
+def test_calibration_replaces_the_live_recovery_inputs(tmp_path, plan_from):
+    cal = read_calibration(write_events(tmp_path / "run"))
+    plan = plan_from(overrides=["recovery.strategy='live'", "recovery.stall_s=600", "montecarlo.trials=50"])
+    slow = run_train(plan)
+    fast = run_train(plan, cal)
+    assert (fast.plan.recovery.detection_s, fast.plan.recovery.stall_s) == (2.0, 4.0)
+    crash_slow, crash_fast = slow.failures.kinds[0], fast.failures.kinds[0]
+    assert crash_fast.downtime_s < crash_slow.downtime_s - 500
+    assert fast.summary()["calibration"]["samples"]["stall_s"] == 3
+
+
+def test_missing_or_empty_log_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="events.jsonl"):
+        read_calibration(tmp_path / "nothing")
+    (tmp_path / "quiet").mkdir()
+    (tmp_path / "quiet" / "events.jsonl").write_text('{"t": 0, "event": "run_started", "source": "x", "step": null}\n')
+    with pytest.raises(ConfigError, match="recovered failure"):
+        read_calibration(tmp_path / "quiet")

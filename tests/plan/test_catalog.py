@@ -1,0 +1,67 @@
+"""The chip catalog: every figure has a source and an uncertainty flag; users extend it."""
+
+import pytest
+
+from tenacia.config import ConfigError
+from tenacia.plan.catalog import REQUIRED, load_catalog
+
+EXTRA = """
+[chips.h800]
+name = "H800, my price"
+{figures}
+
+[chips.my-chip]
+name = "a chip from a datasheet I trust"
+{figures}
+"""
+
+
+def _figures(**values):
+    base = {k: 1.0 for k in REQUIRED} | {"crash_per_chip_year": 0.1, "hang_per_chip_year": 0.0,
+                                        "sdc_per_chip_year": 0.0, "scale_up_domain": 8} | values
+    return "\n".join(f'{k} = {{ value = {v}, source = "test", uncertain = true }}' for k, v in base.items())
+
+
+def test_builtin_catalog_has_every_chip_of_the_issue_with_sources(chips):
+    assert {"h100", "h800", "h20", "a100", "b200", "ascend-910b", "ascend-910c"} <= set(chips)
+    for chip in chips.values():
+        for name in REQUIRED:
+            fig = chip.figures[name]
+            assert fig.source and fig.value == pytest.approx(getattr(chip, name))
+    h100, h20 = chips["h100"], chips["h20"]
+    assert h100.bf16_tflops == 989.4 and h100.peak_flops("fp8") == pytest.approx(1978.9e12)
+    assert not h100.figures["bf16_tflops"].uncertain and h20.figures["bf16_tflops"].uncertain
+    assert chips["ascend-910c"].fp8_tflops is None and chips["ascend-910c"].scale_up_domain == 384
+    # unpublished Ascend failure rates are marked as guesses
+    assert "crash_per_chip_year" in chips["ascend-910c"].uncertain_figures()
+
+
+def test_fp8_on_a_chip_without_fp8_is_a_clear_error(chips):
+    with pytest.raises(ConfigError, match="ascend-910c") as e:
+        chips["ascend-910c"].peak_flops("fp8")
+    assert e.value.field == "precision"
+
+
+def test_user_catalog_adds_and_replaces_chips(tmp_path):
+    f = tmp_path / "mine.toml"
+    f.write_text(EXTRA.format(figures=_figures(price_per_hour=3.5)))
+    chips = load_catalog(f)
+    assert chips["h800"].price_per_hour == 3.5 and chips["h800"].name == "H800, my price"
+    assert chips["my-chip"].figures["bf16_tflops"].source == "test"
+    assert chips["h100"].price_per_hour == 2.0  # untouched built-in
+
+
+@pytest.mark.parametrize("figures, field, allowed", [
+    (_figures(memory_gb=-1), "chips.h800.memory_gb", "positive"),
+    (_figures().replace("power_w = { value = 1.0, source = \"test\", uncertain = true }", ""),
+     "chips.h800.power_w", "a figure"),
+    (_figures() + "\nwatts = 3", "chips.h800.watts", "a known figure"),
+    (_figures().replace('source = "test", uncertain = true }', 'source = "test" }', 1), "chips.h800",
+     "inline table"),
+])
+def test_bad_catalog_names_chip_and_figure(tmp_path, figures, field, allowed):
+    f = tmp_path / "bad.toml"
+    f.write_text(f'[chips.h800]\nname = "x"\n{figures}\n')
+    with pytest.raises(ConfigError) as e:
+        load_catalog(f)
+    assert field in e.value.field and allowed in e.value.allowed

@@ -1,0 +1,85 @@
+"""`tenacia plan ...` end to end, in a subprocess, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .test_calibrate import write_events
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tenacia(*args, check=True):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "tenacia", "plan", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_train_json_for_the_deepseek_v3_scenario():
+    out = json.loads(tenacia("train", "-c", "deepseek-v3-report", "--trials", "100", "--json").stdout)
+    t = out["training"]
+    assert t["chips"] == 2048 and t["layout"]["ep"] == 64 and t["precision"] == "fp8"
+    assert 0.85 < t["chip_hours"] / 2_664_000 < 1.15
+    assert "BF16" in t["mfu_peak"] and 0 < t["mfu_bf16"] < 1
+    assert out["simulation"]["trials"] == 100 and 0 < out["simulation"]["goodput_mean"] <= 1
+    assert out["inputs"]["assumptions"]["compute_efficiency"] == 0.56  # every assumption is reported
+
+
+def test_train_table_with_shorthands_and_a_searched_layout():
+    out = tenacia("train", "--model", "llama-3-405b", "--fleet", "h100:4096+h800:4096", "--tokens", "1e12",
+                  "--layout", "auto", "--recovery", "live", "--trials", "100", "--deadline-days", "90").stdout
+    for text in ("4,096 h100 + 4,096 h800", "layouts fit", "MFU", "dense BF16 peak", "goodput",
+                 "P(finish by deadline)", "by day 90", "live", "uncertain inputs"):
+        assert text in out, text
+
+
+def test_compare_writes_charts(tmp_path):
+    proc = tenacia("compare", "-c", "r2-ascend-910c", "--vary", "recovery=checkpoint,live",
+                   "--trials", "100", "--charts", str(tmp_path), "--json")
+    out = json.loads(proc.stdout)
+    labels = [s["label"] for s in out["scenarios"]]
+    assert labels == ["recovery=checkpoint", "recovery=live"]
+    ckpt, live = (s["simulation"] for s in out["scenarios"])
+    assert live["goodput_mean"] > ckpt["goodput_mean"]
+    for name in ("completion.png", "goodput.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_calibrate_from_a_run_directory(tmp_path):
+    run = write_events(tmp_path / "run")
+    out = json.loads(tenacia("train", "--recovery", "live", "--calibrate", str(run), "--trials", "50", "--json").stdout)
+    assert out["calibration"]["medians"]["stall_s"] == 4.0
+    assert out["inputs"]["recovery"]["stall_s"] == 4.0 and out["inputs"]["recovery"]["heal_s"] == pytest.approx(0.6)
+
+
+def test_serve_and_chips():
+    serve = json.loads(tenacia("serve", "--chip", "h800", "--tpot-ms", "50", "--json").stdout)
+    assert serve["chips"] == serve["prefill_chips"] + serve["decode_chips"] > 0
+    assert serve["step_s"] <= 0.050
+    chips = json.loads(tenacia("chips", "--json").stdout)
+    assert chips["ascend-910c"]["crash_per_chip_year"]["uncertain"] is True
+    assert "DeepSeek-V3 report" in chips["h800"]["scale_out_gbs"]["source"]
+
+
+@pytest.mark.parametrize("args, field", [
+    (["train", "--fleet", "h100:0"], "fleet"),
+    (["train", "--fleet", "tpu:64"], "fleet.groups[0].chip"),
+    (["train", "--model", "gpt-5"], "model"),
+    (["train", "--model", "llama-3-405b", "--fleet", "h100:1024", "--layout", "tp=3,pp=8,ep=1"], "layout.tp"),
+    (["train", "--precision", "fp8", "--fleet", "ascend-910c:4096"], "precision"),
+    (["train", "-o", "recovery.restart_s=-5"], "recovery.restart_s"),
+    (["train", "-c", "no-such-scenario"], "config file"),
+    (["serve", "--tpot-ms", "0"], "tpot_ms"),
+])
+def test_bad_input_exits_2_naming_the_field(args, field):
+    proc = tenacia(*args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert f"config field '{field}'" in proc.stderr and "Traceback" not in proc.stderr

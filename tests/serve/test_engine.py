@@ -1,0 +1,204 @@
+"""The engine in-process on a tiny random model: paged attention against a plain forward,
+chunked prefill, preemption under a small cache, sampling parameters, seeds, stop strings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tenacia.serve.config import EngineConfig
+from tenacia.serve.engine.detokenizer import Detokenizer, TextState
+from tenacia.serve.engine.llm_engine import LLMEngine
+from tenacia.serve.engine.sampling import apply_penalties
+from tenacia.serve.engine.sequence import InvalidRequest, SamplingParams, Sequence
+
+from .tiny import tiny_model, train_tokenizer
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_model(tokenizer.get_vocab_size())
+
+
+def make_engine(model, tokenizer, **cfg) -> LLMEngine:
+    return LLMEngine(model, tokenizer, eos_ids={2}, cfg=EngineConfig(**cfg), device=CPU)
+
+
+def run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]]) -> dict:
+    """Add all requests, step until done; returns request id -> {index: (tokens, text, logprobs, reason)}."""
+    out: dict = {}
+    for rid, (prompt, params) in requests.items():
+        engine.add_request(rid, prompt, params)
+    steps = 0
+    while engine.has_work():
+        for d in engine.step():
+            tokens, text, lps, _ = out.setdefault(d.request_id, {}).get(d.index, ([], "", [], None))
+            out[d.request_id][d.index] = (tokens + d.token_ids, text + d.text, lps + d.logprobs, d.finish_reason)
+        steps += 1
+        assert steps < 10_000
+    return out
+
+
+def prompts(tokenizer) -> list[list[int]]:
+    texts = ["def", "import json\nclass Decoder(object):\n    def decode(self, s):",
+             "The quick brown fox jumps over the lazy dog. " * 4]
+    return [tokenizer.encode(t).ids for t in texts]
+
+
+def reference_greedy(model, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
+    """Greedy decoding with a full forward over the whole sequence at every step (no cache)."""
+    ids, lps = list(prompt), []
+    with torch.inference_mode():
+        for _ in range(n):
+            logp = model(torch.tensor([ids]))[0, -1].log_softmax(-1)
+            ids.append(int(logp.argmax()))
+            lps.append(float(logp[ids[-1]]))
+    return ids[len(prompt):], lps
+
+
+def test_paged_batched_chunked_matches_plain_forward(model, tokenizer):
+    # Small blocks and a small prefill budget: sequences cross block boundaries and the longest
+    # prompt is prefilled in chunks, while other sequences decode around it.
+    engine = make_engine(model, tokenizer, block_size=4, max_batched_tokens=16, kv_cache_tokens=1024)
+    ps = prompts(tokenizer)
+    assert len(ps[2]) > 16  # chunked
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=0)
+    out = run(engine, {f"r{i}": (p, params) for i, p in enumerate(ps)})
+    for i, p in enumerate(ps):
+        tokens, _, lps, reason = out[f"r{i}"][0]
+        want_tokens, want_lps = reference_greedy(model, p, 12)
+        assert tokens == want_tokens
+        assert reason == "length"
+        assert max(abs(a.logprob - b) for a, b in zip(lps, want_lps, strict=True)) < 1e-4
+    assert engine.cache.allocator.num_free == engine.cache.allocator.num_blocks  # all blocks back
+
+
+def test_small_cache_waits_and_preempts_but_answers_the_same(model, tokenizer):
+    ps = prompts(tokenizer)[:2] * 3  # six sequences of 1 and ~20 prompt tokens
+    params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+    alone = {i: run(make_engine(model, tokenizer), {"a": (p, params)})["a"][0][0] for i, p in enumerate(ps)}
+    engine = make_engine(model, tokenizer, block_size=4, kv_cache_tokens=64)  # ~1.5 sequences at a time
+    out = run(engine, {f"r{i}": (p, params) for i, p in enumerate(ps)})
+    assert {i: out[f"r{i}"][0][0] for i in range(len(ps))} == alone
+    assert engine.scheduler.num_preemptions > 0
+    assert engine.cache.allocator.num_free == engine.cache.allocator.num_blocks
+
+
+def test_request_larger_than_the_whole_cache_is_rejected(model, tokenizer):
+    engine = make_engine(model, tokenizer, block_size=4, kv_cache_tokens=64)
+    with pytest.raises(InvalidRequest, match="whole KV cache") as err:
+        engine.add_request("big", [5] * 40, SamplingParams(max_tokens=40))
+    assert err.value.param == "max_tokens"
+    with pytest.raises(InvalidRequest, match="context length"):
+        engine.add_request("long", [5] * 10, SamplingParams(max_tokens=model.cfg.max_seq_len))
+    assert not engine.has_work()
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(model, tokenizer):
+    ps = prompts(tokenizer)
+    seeded = SamplingParams(max_tokens=24, temperature=1.0, seed=1234, ignore_eos=True)
+    alone = run(make_engine(model, tokenizer), {"x": (ps[1], seeded)})["x"][0][0]
+    others = {f"o{i}": (p, SamplingParams(max_tokens=30, temperature=1.0, ignore_eos=True)) for i, p in enumerate(ps)}
+    crowded = run(make_engine(model, tokenizer, block_size=4), {**others, "x": (ps[1], seeded)})["x"][0][0]
+    assert crowded == alone
+    other_seed = run(make_engine(model, tokenizer), {"x": (ps[1], SamplingParams(
+        max_tokens=24, temperature=1.0, seed=99, ignore_eos=True))})["x"][0][0]
+    assert other_seed != alone
+
+
+def test_n_choices_are_distinct_and_reproducible(model, tokenizer):
+    params = SamplingParams(n=3, max_tokens=16, temperature=1.0, seed=5, ignore_eos=True)
+    first = run(make_engine(model, tokenizer), {"r": (prompts(tokenizer)[1], params)})["r"]
+    again = run(make_engine(model, tokenizer), {"r": (prompts(tokenizer)[1], params)})["r"]
+    assert sorted(first) == [0, 1, 2]
+    assert {i: c[0] for i, c in first.items()} == {i: c[0] for i, c in again.items()}
+    assert len({tuple(c[0]) for c in first.values()}) == 3
+
+
+def test_truncation_to_one_token_is_greedy(model, tokenizer):
+    p = prompts(tokenizer)[1]
+    greedy = run(make_engine(model, tokenizer), {"g": (p, SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))})
+    top_k = run(make_engine(model, tokenizer), {"k": (p, SamplingParams(max_tokens=10, temperature=1.5, top_k=1, ignore_eos=True))})
+    top_p = run(make_engine(model, tokenizer), {"p": (p, SamplingParams(max_tokens=10, temperature=1.5, top_p=1e-6, ignore_eos=True))})
+    assert greedy["g"][0][0] == top_k["k"][0][0] == top_p["p"][0][0]
+
+
+def test_penalties_subtract_counts_of_generated_tokens():
+    seq = Sequence(0, "r", 0, [9, 9], SamplingParams(frequency_penalty=0.5, presence_penalty=1.0),
+                   torch.Generator(), frozenset())
+    seq.output_ids = [5, 5, 7]
+    plain = Sequence(1, "q", 0, [5], SamplingParams(), torch.Generator(), frozenset())
+    plain.output_ids = [5]
+    logits = apply_penalties(torch.zeros(2, 10), [seq, plain])
+    assert logits[0, 5] == -2.0 and logits[0, 7] == -1.5 and logits[0, 9] == 0.0  # prompt tokens don't count
+    assert bool((logits[1] == 0).all())
+
+
+def test_negative_presence_penalty_makes_greedy_repeat(model, tokenizer):
+    p = prompts(tokenizer)[0]
+    plain = run(make_engine(model, tokenizer), {"a": (p, SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True))})
+    loop = run(make_engine(model, tokenizer), {"a": (p, SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True,
+                                                                         presence_penalty=-2.0))})
+    assert len(set(loop["a"][0][0])) < len(set(plain["a"][0][0]))
+
+
+def test_stop_string_cuts_the_text_before_it(model, tokenizer):
+    p = prompts(tokenizer)[1]
+    params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
+    full = run(make_engine(model, tokenizer), {"a": (p, params)})["a"][0][1]
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    assert len(stop) == 3
+    params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True, stop=[stop, "never-seen-xyz"])
+    _, text, _, reason = run(make_engine(model, tokenizer), {"a": (p, params)})["a"][0]
+    assert reason == "stop"
+    assert text == full[:full.index(stop)]
+
+
+def test_abort_frees_the_cache(model, tokenizer):
+    engine = make_engine(model, tokenizer)
+    engine.add_request("a", prompts(tokenizer)[2], SamplingParams(n=2, max_tokens=100, ignore_eos=True))
+    for _ in range(3):
+        engine.step()
+    assert engine.cache.allocator.num_free < engine.cache.allocator.num_blocks
+    deltas = engine.abort("a")
+    assert [d.finish_reason for d in deltas] == ["abort", "abort"]
+    assert not engine.has_work()
+    assert engine.cache.allocator.num_free == engine.cache.allocator.num_blocks
+
+
+def test_incremental_decoding_never_splits_a_character(tokenizer):
+    text = "naïve café — 😀 ünïcödé ✓"
+    ids = tokenizer.encode(text).ids
+    assert len(ids) > len(text) // 2  # multi-byte characters span several byte-level tokens
+    state, detok, pieces = TextState(), Detokenizer(tokenizer), []
+    for i in range(1, len(ids) + 1):
+        detok.append(state, ids[:i])
+        pieces.append(Detokenizer.take(state, final=i == len(ids)))
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == text
+
+
+def test_streamed_text_never_shows_a_stop_string(tokenizer):
+    ids = tokenizer.encode("alpha beta STOP gamma").ids
+    state, detok, shown = TextState(stops=["STOP"]), Detokenizer(tokenizer), ""
+    for i in range(1, len(ids) + 1):
+        hit = detok.append(state, ids[:i])
+        shown += Detokenizer.take(state, final=hit)
+        if hit:
+            break
+    assert hit and shown == "alpha beta "

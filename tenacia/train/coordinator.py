@@ -199,11 +199,17 @@ class Coordinator:
             self._maybe_form(f"replica {rid} lost ({kind})")
 
     def _monitor(self) -> None:
-        last_beat = 0.0
+        last_beat = last_tick = time.monotonic()
         while not self.stopped:
             time.sleep(TICK_S)
             with self.lock:
                 now = time.monotonic()
+                if now - last_tick > max(self.hang_timeout, 0.5):
+                    # this process was frozen: the members have elected another leader meanwhile
+                    self.stopped = True
+                    self.events.emit("coordinator_frozen", coordinator=self.replica, gap_s=round(now - last_tick, 3))
+                    return
+                last_tick = now
                 if now - last_beat >= HEARTBEAT_S:  # members fail over when the leader goes silent
                     self._broadcast({"type": "heartbeat"})
                     last_beat = now

@@ -86,7 +86,7 @@ class LeaderLink:
         self.leader: int | None = None
         self.last_quorum: dict[str, Any] | None = None
         self.term = 0
-        self._last_rx = time.monotonic()
+        self._last_rx = self._tick = time.monotonic()
         self._stop = False
         self.frozen = threading.Event()  # set when we find we were frozen: rejoin as newcomer
 
@@ -161,20 +161,28 @@ class LeaderLink:
             if conn is self.conn and not self._stop:
                 self.inbox.put({"type": "leader_lost", "why": "connection closed"})
 
+    def freeze_limit(self) -> float:
+        return max((self.last_quorum or {}).get("hang_timeout", 1.0), 0.5)
+
+    def was_frozen(self) -> bool:
+        """True once this process has been stopped longer than the hang timeout (a stale heartbeat
+        clock tells the training thread at once after SIGCONT, before any stale message is acted on)."""
+        if not self.frozen.is_set() and time.monotonic() - self._tick > self.freeze_limit():
+            self.frozen.set()
+        return self.frozen.is_set()
+
     def _heartbeat(self) -> None:
-        last = time.monotonic()
         while not self._stop:
             time.sleep(HEARTBEAT_S)
             now = time.monotonic()
-            timeout = (self.last_quorum or {}).get("hang_timeout", 1.0)
-            if now - last > max(timeout, 0.5):
-                self.frozen.set()  # we were stopped: the others have moved on without us
-                self.inbox.put({"type": "frozen", "gap_s": now - last})
+            timeout = self.freeze_limit()
+            if self.was_frozen():
+                self.inbox.put({"type": "frozen", "gap_s": now - self._tick})
                 return
-            last = now
+            self._tick = now
             s = self.status()
             self.send({"type": "heartbeat", "replica": self.replica, **s, "pending_vote": None})
-            if self.conn is not None and self.leader != self.replica and now - self._last_rx > max(timeout, 0.5):
+            if self.conn is not None and self.leader != self.replica and now - self._last_rx > timeout:
                 conn, self.conn = self.conn, None
                 conn.close()
                 self.inbox.put({"type": "leader_lost", "why": f"silent for {now - self._last_rx:.2f}s"})
@@ -213,8 +221,9 @@ class LeaderLink:
             time.sleep(0.03)
         return False
 
-    def close(self) -> None:
+    def close(self, bye: bool = True) -> None:
         self._stop = True
         if self.conn is not None:
-            self.conn.try_send({"type": "bye", "replica": self.replica})
+            if bye:
+                self.conn.try_send({"type": "bye", "replica": self.replica})
             self.conn.close()

@@ -10,7 +10,8 @@ abandons the collective at once; vote; apply on ``commit``. A fresh gloo group a
 are used for every quorum; old groups are parked, never torn down on the training thread (tearing
 down a gloo group with a collective in flight can block for many seconds).
 
-Exit codes: 0 finished; 75 expelled or found frozen (the launcher restarts it, it heals).
+A replica that was expelled (declared hung) or finds it was frozen rejoins in-process as a
+newcomer and heals; a crashed one is restarted by the launcher and does the same.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ from .heal import HealFetch, HealServer
 from .member import ControlServer, LeaderLink
 from .step import apply_update, compute_gradients
 from .trainer import Trainer
-
-EXIT_REJOIN = 75
 
 
 class Superseded(Exception):
@@ -132,7 +131,7 @@ class Replica:
 
     def poll(self, block: float = 0.0) -> dict[str, Any] | None:
         """Next message from the leader; handles failover and rejoin on the way."""
-        if self.link.frozen.is_set():
+        if self.link.was_frozen():
             raise Rejoin("this process was frozen longer than the hang timeout")
         try:
             msg = self.link.inbox.get(timeout=block) if block else self.link.inbox.get_nowait()
@@ -157,22 +156,44 @@ class Replica:
         self.link.connect(self.peer_addresses if self.seeds else lambda: [self.server.addr])
         self.link.start_heartbeats()
         self.events.emit("run_started", step=self.trainer.step, replicas=self.cfg.replicas.count, replica=self.id)
-        q: dict[str, Any] | None = None
         try:
             while True:
-                msg = q or self.poll(block=0.05)
-                q = None
-                if msg is None or msg["type"] in ("verdict", "wait"):
-                    continue
-                if msg["type"] == "stop":
-                    return self.finish()
-                if msg["type"] == "quorum":
-                    q = self.run_quorum(msg)
-        except Rejoin as e:
-            self.events.emit("replica_expelled", replica=self.id, reason=str(e))
-            return EXIT_REJOIN
+                try:
+                    return self.follow_quorums()
+                except Rejoin as e:
+                    self.events.emit("replica_expelled", replica=self.id, reason=str(e))
+                    self.rejoin()
         finally:
             self.link.close()
+
+    def follow_quorums(self) -> int:
+        q: dict[str, Any] | None = None
+        while True:
+            msg = q or self.poll(block=0.05)
+            q = None
+            if msg is None or msg["type"] in ("verdict", "wait", "heartbeat"):
+                continue
+            if msg["type"] == "stop":
+                return self.finish()
+            if msg["type"] == "quorum":
+                q = self.run_quorum(msg)
+
+    def rejoin(self) -> None:
+        """Come back as a newcomer after being expelled or frozen: step down if leading, drop what
+        is pending, find the current leader through the peers, and heal in the next quorum."""
+        if self.server.coordinator is not None:
+            self.server.coordinator.close()
+            self.server.coordinator = None
+        self.link.close(bye=False)
+        self.pending, self.pending_vote, self.pending_grads = None, None, None
+        self.trainer.model.zero_grad(set_to_none=True)
+        last = self.link.last_quorum
+        self.link = LeaderLink(self.id, self.server, self.heal_server.addr, self.status,
+                               self.make_coordinator, self.events)
+        self.link.last_quorum = last
+        self.server.lost_leader = True
+        self.link.connect(self.peer_addresses)
+        self.link.start_heartbeats()
 
     def run_quorum(self, q: dict[str, Any]) -> dict[str, Any] | None:
         """Run steps in quorum ``q`` until a newer quorum or a stop arrives; return that message."""

@@ -148,8 +148,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to ``train.steps`` on this process alone; returns a summary."""
         tc = self.cfg.train
-        if self.cfg.checkpoint.resume:
-            self.resume()
+        if not (self.cfg.checkpoint.resume and self.resume()) and self.ledger is not None:
+            self.ledger.rewind(0)  # from scratch: records of an earlier, lost attempt no longer count
         self.events.emit("run_started", step=self.step, replicas=1, device=self.device.describe())
         metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         progress = Progress(total=tc.steps, start=self.step, enabled=tc.progress)

@@ -33,9 +33,9 @@ class Assumptions:
     ep_overlap: float = 0.0
     pp_overlap: float = 1.0  # point-to-point sends between stages overlap with the next micro-batch
     dp_overlap: float = 0.5  # gradient reduction overlaps with the last micro-batch's backward
-    # Share of a chip's compute units that communication kernels take while overlapping
-    # (DeepSeek-V3 report s3.2.2: 20 of 132 SMs on H800 = 0.15). Only charged when some
-    # communication is overlapped.
+    # Share of a chip's compute units that communication kernels hold while they run hidden
+    # behind compute (DeepSeek-V3 report s3.2.2: 20 of 132 SMs on H800 = 0.15): compute loses
+    # this share for the duration of the hidden communication.
     comm_sm_fraction: float = 0.0
     # Tokens on the most loaded expert rank / the mean (1: perfectly balanced routing). Routed
     # expert matmuls and all-to-all traffic wait for the most loaded rank.

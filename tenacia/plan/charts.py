@@ -46,13 +46,19 @@ def completion_chart(series: list[tuple[str, np.ndarray, float]], deadline_days:
 
 def goodput_chart(series: list[tuple[str, list[float], list[float]]], path: str | Path,
                   title: str = "Goodput against failure rate") -> Path:
-    """Mean goodput per scenario against a multiplier of the catalog failure rates (log x)."""
+    """Mean goodput per scenario against the per-chip failure rate (failures per chip-year,
+    averaged over the fleet; log x). ``series``: (label, rates, goodputs)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for i, (label, scales, goodput) in enumerate(series):
-        ax.plot(scales, goodput, marker="o", color=f"C{i}", label=label)
+    for i, (label, rates, goodput) in enumerate(series):
+        ax.plot(rates, goodput, marker="o", color=f"C{i}", label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("failure rate (x the catalog's per-chip rates)")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("failures per chip-year (crash + hang + silent corruption)")
     ax.set_ylabel("effective training time ratio")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3, which="both")

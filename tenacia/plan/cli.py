@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary["charts"] = [str(completion_chart(
             [(label, result.outcome.completion_s / 86400, result.estimate.ideal_days)],
             result.deadline_s / 86400, f"{args.charts}/completion.png")), str(goodput_chart(
-            [(label, GOODPUT_SCALES, goodput_curve(result, GOODPUT_SCALES))], f"{args.charts}/goodput.png"))]
+            [(label, *goodput_curve(result, GOODPUT_SCALES))], f"{args.charts}/goodput.png"))]
     _print(args, summary, train_table(summary))
     return 0
 
@@ -143,7 +143,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         summary["charts"] = [
             str(completion_chart([(label, r.outcome.completion_s / 86400, r.estimate.ideal_days) for label, r in results],
                                  deadline, f"{args.charts}/completion.png")),
-            str(goodput_chart([(label, GOODPUT_SCALES, goodput_curve(r, GOODPUT_SCALES)) for label, r in results],
+            str(goodput_chart([(label, *goodput_curve(r, GOODPUT_SCALES)) for label, r in results],
                               f"{args.charts}/goodput.png"))]
     _print(args, summary, compare_table(rows))
     return 0

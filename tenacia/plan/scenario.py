@@ -11,7 +11,7 @@ import numpy as np
 from ..config import check, check_choice, to_dict
 from .assumptions import Assumptions
 from .calibrate import Calibration
-from .catalog import Chip, load_catalog
+from .catalog import HOURS_PER_YEAR, Chip, load_catalog
 from .estimate import TrainingEstimate, estimate_training, search_layout
 from .fleet import FleetSpec
 from .layout import Layout
@@ -111,12 +111,21 @@ def run_train(plan: TrainPlan, calibration: Calibration | None = None) -> TrainR
                        deadline_s=deadline, uncertain=uncertain, calibration=calibration)
 
 
-def goodput_curve(result: TrainResult, scales: list[float], trials: int = 200) -> list[float]:
-    """Mean goodput of the result's run when every failure rate is multiplied by each scale."""
+def chip_year_rate(result: TrainResult) -> float:
+    """Failures per chip-year of the result's run, averaged over its active chips."""
+    chips = sum(g.chips - g.idle for g in result.estimate.groups)
+    per_s = sum(k.rate_per_s for k in result.failures.kinds)
+    return per_s / chips * HOURS_PER_YEAR * 3600
+
+
+def goodput_curve(result: TrainResult, scales: list[float], trials: int = 200) -> tuple[list[float], list[float]]:
+    """(failures per chip-year, mean goodput) of the result's run with every failure rate
+    multiplied by each scale."""
+    base = chip_year_rate(result)
     out = []
     for scale in scales:
         recovery = dataclasses.replace(result.plan.recovery, failure_scale=result.plan.recovery.failure_scale * scale)
         fm = failures_for(result.plan, result.estimate, recovery)
         mc = result.plan.montecarlo
         out.append(float(simulate(result.estimate.ideal_s, fm, trials, mc.seed, mc.horizon).goodput.mean()))
-    return out
+    return [base * s for s in scales], out

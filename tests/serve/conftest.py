@@ -1,0 +1,41 @@
+"""Servers shared by the serving tests: each is a real ``tenacia serve`` process on port 0."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .tiny import ServerProcess, make_tiny_hf_dir
+
+API_KEY = "sk-tenacia-test"
+# Limits of the shared tiny server, asserted by the tests.
+MAX_TOKENS_LIMIT = 512
+MAX_PROMPT_TOKENS = 300
+MAX_BODY_BYTES = 64 * 1024
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return make_tiny_hf_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_dir) -> Iterator[ServerProcess]:
+    """The tiny random model behind an API key, with small limits."""
+    with ServerProcess(tiny_dir, "--api-key", API_KEY, "--name", "tiny",
+                       "--max-tokens-limit", str(MAX_TOKENS_LIMIT),
+                       "--max-prompt-tokens", str(MAX_PROMPT_TOKENS),
+                       "--max-body-bytes", str(MAX_BODY_BYTES),
+                       "--kv-cache-tokens", "8192") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def client(tiny_server):
+    from openai import OpenAI
+
+    # max_retries=0: the client would otherwise retry 429s and 5xxs and hide them.
+    with OpenAI(base_url=tiny_server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=60) as c:
+        yield c

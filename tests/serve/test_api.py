@@ -1,0 +1,234 @@
+"""The OpenAI API of a real server process, through the official ``openai`` client."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import openai
+import pytest
+
+from .conftest import API_KEY, MAX_BODY_BYTES, MAX_PROMPT_TOKENS, MAX_TOKENS_LIMIT
+
+CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Write a function."}]
+GREEDY = {"temperature": 0.0}
+NO_EOS = {"ignore_eos": True}  # vLLM's extension: random weights would otherwise stop anywhere
+
+
+def test_models_list(client):
+    models = client.models.list().data
+    assert [m.id for m in models] == ["tiny"]
+    assert models[0].owned_by == "tenacia"
+
+
+def test_chat_counts_usage_with_the_models_template(client, tiny_dir):
+    from transformers import AutoTokenizer
+
+    encoded = AutoTokenizer.from_pretrained(tiny_dir).apply_chat_template(CHAT, add_generation_prompt=True, return_dict=True)
+    want_prompt = len(encoded["input_ids"])
+    r = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=12, extra_body=NO_EOS, **GREEDY)
+    assert r.object == "chat.completion"
+    assert r.choices[0].finish_reason == "length"
+    assert r.choices[0].message.role == "assistant" and r.choices[0].message.content
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (want_prompt, 12, want_prompt + 12)
+
+
+def test_chat_stream_equals_whole_answer_and_ends_with_usage(client):
+    whole = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=16, extra_body=NO_EOS, **GREEDY)
+    chunks = list(client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=16, stream=True,
+                                                 stream_options={"include_usage": True}, extra_body=NO_EOS, **GREEDY))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert all(c.usage is None for c in chunks[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+
+
+def test_chat_stream_without_usage_option_has_no_usage_chunk(client):
+    chunks = list(client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=4, stream=True,
+                                                 extra_body=NO_EOS))
+    assert all(c.choices for c in chunks)
+
+
+def test_completions_whole_and_streamed(client):
+    whole = client.completions.create(model="tiny", prompt="def parse(", max_tokens=10, extra_body=NO_EOS, **GREEDY)
+    assert whole.object == "text_completion" and whole.usage.completion_tokens == 10
+    chunks = list(client.completions.create(model="tiny", prompt="def parse(", max_tokens=10, stream=True,
+                                            stream_options={"include_usage": True}, extra_body=NO_EOS, **GREEDY))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 10
+
+
+def test_completions_take_token_ids_and_several_prompts(client):
+    ids = client.completions.create(model="tiny", prompt=[100, 200, 300], max_tokens=3, extra_body=NO_EOS, **GREEDY)
+    assert ids.usage.prompt_tokens == 3
+    many = client.completions.create(model="tiny", prompt=["a", "import os"], n=2, max_tokens=3, extra_body=NO_EOS)
+    assert sorted(c.index for c in many.choices) == [0, 1, 2, 3]
+    assert many.usage.completion_tokens == 12
+
+
+def test_stop_string_ends_the_answer_before_it(client):
+    full = client.completions.create(model="tiny", prompt="class A:", max_tokens=30, extra_body=NO_EOS, **GREEDY)
+    text = full.choices[0].text
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    r = client.completions.create(model="tiny", prompt="class A:", max_tokens=30, stop=[stop], extra_body=NO_EOS, **GREEDY)
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].text == text[:text.index(stop)]
+    streamed = client.completions.create(model="tiny", prompt="class A:", max_tokens=30, stop=stop, stream=True,
+                                         extra_body=NO_EOS, **GREEDY)
+    assert "".join(c.choices[0].text for c in streamed) == r.choices[0].text
+
+
+def test_seed_gives_the_same_tokens_while_other_requests_run(client):
+    def seeded() -> str:
+        return client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=24, temperature=1.0, seed=42,
+                                              extra_body=NO_EOS).choices[0].message.content
+
+    alone = seeded()
+    results: dict[str, str] = {}
+
+    def other(i: int) -> None:
+        r = client.completions.create(model="tiny", prompt=f"noise {i} " * (i + 1), max_tokens=40 + 7 * i,
+                                      temperature=1.0, extra_body=NO_EOS)
+        results[f"o{i}"] = r.choices[0].text
+
+    threads = [threading.Thread(target=other, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    results["seeded"] = seeded()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 4
+    assert results["seeded"] == alone
+    different = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=24, temperature=1.0, seed=43,
+                                               extra_body=NO_EOS).choices[0].message.content
+    assert different != alone
+
+
+def test_n_choices(client):
+    r = client.chat.completions.create(model="tiny", messages=CHAT, n=3, max_tokens=8, temperature=1.0, seed=1,
+                                       extra_body=NO_EOS)
+    assert sorted(c.index for c in r.choices) == [0, 1, 2]
+    assert len({c.message.content for c in r.choices}) == 3
+    assert r.usage.completion_tokens == 24
+
+
+def test_logprobs(client):
+    r = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=5, logprobs=True, top_logprobs=3,
+                                       extra_body=NO_EOS, **GREEDY)
+    content = r.choices[0].logprobs.content
+    assert len(content) == 5
+    for item in content:
+        tops = [t.logprob for t in item.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True)
+        assert item.logprob == pytest.approx(tops[0], abs=1e-5)  # greedy picks the most likely token
+    assert "".join(item.token for item in content) == r.choices[0].message.content
+    c = client.completions.create(model="tiny", prompt="x = ", max_tokens=4, logprobs=2, extra_body=NO_EOS)
+    assert len(c.choices[0].logprobs.token_logprobs) == 4 and all(len(t) == 2 for t in c.choices[0].logprobs.top_logprobs)
+
+
+def test_unknown_fields_are_tolerated(client):
+    r = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=2, user="someone",
+                                       extra_body={"metadata": {"a": 1}, "some_future_field": [1, 2]})
+    assert r.choices[0].message.content is not None
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    ({"max_tokens": "ten"}, "max_tokens"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"temperature": 5.0}, "temperature"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"n": 0}, "n"),
+    ({"max_tokens": MAX_TOKENS_LIMIT + 1}, "max_tokens"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ({"messages": "hello"}, "messages"),
+    ({"messages": [{"role": "user", "content": "word " * (2 * MAX_PROMPT_TOKENS)}]}, "messages"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"presence_penalty": -3}, "presence_penalty"),
+])
+def test_bad_chat_input_is_400_naming_the_parameter(client, kwargs, param):
+    body = {"model": "tiny", "messages": CHAT, "max_tokens": 4, **kwargs}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(**body)
+    assert err.value.status_code == 400
+    assert err.value.body["type"] == "invalid_request_error"
+    assert err.value.body["param"] == param and err.value.body["message"]
+
+
+def test_wrong_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="gpt-9", messages=CHAT, max_tokens=2)
+    assert err.value.body["code"] == "model_not_found"
+
+
+def test_api_key_is_required_on_v1_only(tiny_server):
+    with openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="wrong-key", max_retries=0) as c:
+        with pytest.raises(openai.AuthenticationError) as err:
+            c.models.list()
+        assert err.value.status_code == 401 and err.value.body["code"] == "invalid_api_key"
+    missing = httpx.post(tiny_server.url + "/v1/completions", json={"prompt": "x"})
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(tiny_server.url + "/health").json()["status"] == "ok"
+    assert httpx.get(tiny_server.url + "/metrics").status_code == 200
+    assert "chat.js" in httpx.get(tiny_server.url + "/").text
+    assert "EventSource" not in httpx.get(tiny_server.url + "/static/chat.js").text  # plain fetch streaming
+
+
+MALFORMED = [
+    b"", b"{", b"null", b"[]", b"42", b'"text"', b"\xff\xfe\x00garbage", b'{"messages": null}',
+    b'{"messages": [null]}', b'{"messages": [{"role": "user", "content": {"x": 1}}]}',
+    b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e400}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "stop": [1, 2]}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["a", ""]}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 99}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "seed": "x"}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "n": 1000}',
+    b'{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
+]
+MALFORMED_COMPLETIONS = [
+    b'{"prompt": []}', b'{"prompt": [[]]}', b'{"prompt": [-1, 5]}', b'{"prompt": [99999999]}',
+    b'{"prompt": 7}', b'{"prompt": "x", "echo": true}', b'{"prompt": "x", "logprobs": 50}',
+    b'{"prompt": ' + json.dumps(["a"] * 40).encode() + b"}", b'{"prompt": "x", "best_of": 3}',
+]
+
+
+def test_malformed_and_oversized_requests_never_5xx(tiny_server):
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=tiny_server.url, headers=headers, timeout=30) as http:
+        for body in MALFORMED:
+            r = http.post("/v1/chat/completions", content=body)
+            assert r.status_code == 400, (body, r.status_code, r.text)
+            assert r.json()["error"]["type"] == "invalid_request_error"
+        for body in MALFORMED_COMPLETIONS:
+            r = http.post("/v1/completions", content=body)
+            assert r.status_code == 400, (body, r.status_code, r.text)
+        big = b'{"prompt": "' + b"a" * MAX_BODY_BYTES + b'"}'
+        assert http.post("/v1/completions", content=big).status_code == 413
+
+        def chunks():  # no Content-Length: the limit must hold for a streamed body too
+            for _ in range(MAX_BODY_BYTES // 1024 + 2):
+                yield b" " * 1024
+
+        r = http.post("/v1/completions", content=chunks())
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+        assert http.get("/v1/nowhere").status_code == 404
+        assert http.get("/v1/chat/completions").status_code == 405
+        assert http.get("/health").status_code == 200
+        ok = http.post("/v1/completions", json={"prompt": "still alive", "max_tokens": 2})
+        assert ok.status_code == 200
+
+
+def test_metrics_report_latencies_queues_and_tokens(client, tiny_server):
+    client.completions.create(model="tiny", prompt="metrics", max_tokens=3, extra_body=NO_EOS)
+    text = httpx.get(tiny_server.url + "/metrics").text
+    for name in ("tenacia_time_to_first_token_seconds_bucket", "tenacia_inter_token_latency_seconds_bucket",
+                 "tenacia_requests_running", "tenacia_requests_waiting", "tenacia_generation_tokens_total",
+                 "tenacia_prompt_tokens_total", "tenacia_kv_cache_usage_ratio"):
+        assert name in text
+    generated = next(line for line in text.splitlines() if line.startswith("tenacia_generation_tokens_total"))
+    assert float(generated.split()[-1]) >= 3

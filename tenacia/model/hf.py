@@ -273,7 +273,7 @@ def load_hf_dir(path: str | Path, device: torch.device | str | None = None,
         raise HFFormatError(f"{path} is not a Hugging Face model directory: no {CONFIG_FILE}")
     cfg = model_config_from_hf(json.loads((path / CONFIG_FILE).read_text()))
     state = from_hf_state_dict(read_hf_state_dict(path), cfg)
-    model = Llama(cfg)
+    model = Llama(cfg, init_weights=False)
     model.load_state_dict(state, strict=True)
     model.to(device=device)
     # Cast parameters only: the rotary table buffers stay float32.

@@ -151,7 +151,8 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, init_weights: bool = True):
+        """``init_weights=False`` skips the random init, for weights about to be loaded."""
         super().__init__()
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
@@ -163,7 +164,15 @@ class Llama(nn.Module):
         cos, sin = rotary_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.reset_parameters()
+        if init_weights:
+            self.reset_parameters()
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's own signature
+        """Casts (``.to(torch.bfloat16)``) leave the rotary tables in float32: rounding them to bf16
+        loses precision at long positions."""
+        super()._apply(fn, recurse)
+        self.rope_cos, self.rope_sin = self.rope_cos.float(), self.rope_sin.float()
+        return self
 
     def reset_parameters(self, seed: int | None = None) -> None:
         """GPT-2 style init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers)."""

@@ -287,3 +287,31 @@ class CheckpointWriter:
         if self._error is not None:
             err, self._error = self._error, None
             raise RuntimeError(f"checkpoint write failed: {err}") from err
+
+
+def load_run_for_inference(run_dir: str | Path, device: torch.device | str | None = None,
+                           dtype: torch.dtype = torch.float32):
+    """The newest verified checkpoint of a tenacia run as an eval-mode model.
+
+    Returns ``(model, model_config, tokenizer_json_path)``. Only the ``[model]`` section of the
+    run's config.toml is read, so a run directory copied to another machine (without its corpus)
+    still serves. Raises ``CorruptCheckpoint`` naming the run directory when it holds no checkpoint
+    that verifies.
+    """
+    import tomllib
+
+    from .. import config as cfglib
+    from ..model.llama import Llama, ModelConfig
+
+    run = Path(run_dir)
+    if not (run / "config.toml").is_file():
+        raise CorruptCheckpoint(f"{run} is not a tenacia run directory: config.toml is missing")
+    cfg = cfglib.from_dict(ModelConfig, tomllib.loads((run / "config.toml").read_text()).get("model", {}),
+                           prefix="model")
+    found = latest_verified(run / "checkpoints")
+    if found is None:
+        raise CorruptCheckpoint(f"run {run} has no checkpoint that verifies under {run / 'checkpoints'}")
+    model = Llama(cfg, init_weights=False)
+    load_model_weights(model, found[0])
+    model.to(device=device or "cpu", dtype=dtype).eval()
+    return model, cfg, run / "tokenizer.json"

@@ -26,6 +26,7 @@ from .. import config as cfglib
 from ..chaos.injector import ChaosInjector
 from ..events import EventLog
 from ..run_config import RunConfig
+from .monitor import RunMonitor
 
 PR_SET_PDEATHSIG = 1
 
@@ -129,11 +130,18 @@ class Launcher:
         return (self.run_dir / "finished.json").exists()
 
     def supervise(self) -> int:
+        tc = self.cfg.train
+        with RunMonitor(self.run_dir, tc.steps, tc.batch_size * self.cfg.data.seq_len, tc.progress,
+                        tc.log_every) as monitor:
+            return self._supervise(monitor)
+
+    def _supervise(self, monitor: RunMonitor) -> int:
         pending: dict[int, float] = {}  # replica -> restart time
         while True:
             time.sleep(0.05)
             now = time.monotonic()
             self.chaos.tick()
+            monitor.tick()
             for r, child in list(self.children.items()):
                 code = child.proc.poll()
                 if code is None or r in pending:

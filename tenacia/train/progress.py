@@ -16,8 +16,8 @@ from rich.progress import Progress as RichProgress
 
 
 class Progress:
-    def __init__(self, total: int, start: int = 0, enabled: bool = True, label: str = "train"):
-        self.total, self.start, self.label = total, start, label
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, label: str = "train", every: int = 1):
+        self.total, self.start, self.label, self.every = total, start, label, every
         self.live = enabled and sys.stdout.isatty()
         self.plain = enabled and not self.live
         self._bar: RichProgress | None = None
@@ -40,11 +40,18 @@ class Progress:
             if loss is not None:
                 fields = {"loss": f"{loss:.3f}", "tps": f"{tokens_per_s:,.0f}"}
             self._bar.update(self._task, completed=step, **fields)
-        elif self.plain and loss is not None:
+        elif self.plain and loss is not None and (step % self.every == 0 or step == self.total):
             done = step - self.start
             eta = (time.perf_counter() - self._t0) / max(done, 1) * (self.total - step)
             print(f"{self.label} step {step}/{self.total}  loss {loss:.3f}  {tokens_per_s:,.0f} tok/s  ETA {eta:.0f}s",
                   flush=True)
+
+    def log(self, text: str) -> None:
+        """A line above the bar (or a plain line without one)."""
+        if self._bar is not None:
+            self._bar.console.print(text)
+        elif self.plain or self.live:
+            print(text, flush=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

@@ -45,7 +45,7 @@ def tiny_model(vocab_size: int, seed: int = 0):
     temperature 1 stays diverse (entropy about 5.9 of 6.2 nats)."""
     from tenacia.model.llama import Llama, ModelConfig
 
-    model = Llama(ModelConfig(preset="micro", vocab_size=vocab_size, tie_embeddings=False))
+    model = Llama(ModelConfig(preset="micro", vocab_size=vocab_size, tie_embeddings=False, max_seq_len=4096))
     model.reset_parameters(seed=seed)
     with torch.no_grad():
         model.tok_embeddings.weight.mul_(50.0)

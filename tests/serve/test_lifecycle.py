@@ -1,0 +1,78 @@
+"""Concurrency limit, client disconnects and draining shutdown, on a server of their own."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import openai
+import pytest
+
+from .tiny import ServerProcess
+
+LONG = {"max_tokens": 3000, "ignore_eos": True}  # seconds of work for the tiny model
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir):
+    with ServerProcess(tiny_dir, "--name", "tiny", "--max-concurrent-requests", "2", "--max-tokens-limit", "4000") as s:
+        yield s
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_over_the_limit_is_429_and_disconnects_cancel(server):
+    aborted = 'tenacia_sequences_finished_total{finish_reason="abort"}'
+    before = metric(server.url, aborted)
+    body = {"prompt": "stream me", "stream": True, **LONG}
+    with httpx.Client(base_url=server.url, timeout=30) as a, httpx.Client(base_url=server.url, timeout=30) as b:
+        with a.stream("POST", "/v1/completions", json=body) as s1, b.stream("POST", "/v1/completions", json=body) as s2:
+            lines = [s1.iter_lines(), s2.iter_lines()]  # kept referenced: a closed iterator closes the stream
+            assert all(next(it).startswith("data: ") for it in lines)  # both are generating
+            with openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0) as client:
+                with pytest.raises(openai.RateLimitError) as err:
+                    client.completions.create(model="tiny", prompt="one too many", max_tokens=2)
+            assert err.value.status_code == 429
+        # Leaving the blocks closed both connections mid-stream.
+    assert wait_for(lambda: metric(server.url, aborted) >= before + 2)
+    assert wait_for(lambda: metric(server.url, "tenacia_requests_running") == 0)
+    assert metric(server.url, "tenacia_kv_cache_usage_ratio") == 0.0
+
+    # A non-streamed request is cancelled too when its client gives up.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", json={"prompt": "slow", **LONG}, timeout=0.5)
+    assert wait_for(lambda: metric(server.url, aborted) >= before + 3)
+    ok = httpx.post(server.url + "/v1/completions", json={"prompt": "room again", "max_tokens": 2})
+    assert ok.status_code == 200
+
+
+def test_sigterm_drains_requests_in_flight(server):
+    body = {"prompt": "finish me", "stream": True, "stream_options": {"include_usage": True},
+            "max_tokens": 300, "ignore_eos": True}
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        with http.stream("POST", "/v1/completions", json=body) as stream:
+            lines = stream.iter_lines()
+            first = next(lines)
+            assert first.startswith("data: ")
+            server.terminate()
+            rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"
+    assert '"completion_tokens": 300' in rest[-2]
+    assert server.wait(30) == 0
+    assert "stopped after a signal" in server.output()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url + "/health", timeout=2)

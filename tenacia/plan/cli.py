@@ -85,9 +85,7 @@ def _plan(args: argparse.Namespace, extra: list[tuple[str, str]] = ()):
     from .inputs import build
     from .scenario import TrainPlan
 
-    flags = _flags(args, FLAGS)
-    flags = [(k, f'"{v}"' if k == "catalog" else v) for k, v in flags]
-    return config.from_dict(TrainPlan, build(args.config, flags + list(extra), args.override))
+    return config.from_dict(TrainPlan, build(args.config, _flags(args, FLAGS) + list(extra), args.override))
 
 
 def _print(args: argparse.Namespace, summary: dict, table) -> None:
@@ -156,8 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .report import serve_table
     from .serving import ServePlan, estimate_serving
 
-    flags = [(k, f'"{v}"' if k in ("catalog", "chip") else v) for k, v in _flags(args, SERVE_FLAGS)]
-    plan = config.from_dict(ServePlan, build(args.config, flags, args.override))
+    plan = config.from_dict(ServePlan, build(args.config, _flags(args, SERVE_FLAGS), args.override))
     chip = get_chip(load_catalog(plan.catalog or None), plan.chip)
     summary = {"inputs": config.to_dict(plan)} | estimate_serving(plan, chip).summary()
     _print(args, summary, serve_table(summary))

@@ -74,6 +74,8 @@ def shorthand(kind: str, value: str) -> list[tuple[list[str], Any]]:
         return pairs
     if kind == "recovery":
         return [(["recovery", "strategy"], value)]
+    if kind in ("catalog", "chip"):  # file paths and names, taken verbatim
+        return [([kind], value)]
     key, parsed = config.parse_override(f"{kind}={value}")
     return [(key, parsed)]
 

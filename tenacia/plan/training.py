@@ -80,7 +80,7 @@ def microbatch_time(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: i
                     a: Assumptions, precision: str) -> MicroBatch:
     """Forward + backward of one micro-batch through one pipeline stage, on one chip."""
     tokens = layout.microbatch_seqs * model.seq_len  # tokens entering the replica
-    per_chip = tokens / (tp * pp)  # token-layers of work a chip holds, in units of whole models
+    per_chip = tokens / (tp * pp)  # a chip's share of the micro-batch, in tokens through the whole model
     passes = 4 if layout.recompute == "full" else 3  # forward, backward (2x), recomputed forward
     routed = model.routed_activated_params_b * 1e9
     matmul_flops = 2 * passes * (model.matmul_params - routed + routed * a.moe_imbalance) * per_chip

@@ -40,6 +40,28 @@ def test_train_table_with_shorthands_and_a_searched_layout():
         assert text in out, text
 
 
+def test_model_fleet_and_catalog_from_files(tmp_path):
+    model = tmp_path / "dense70b.toml"
+    model.write_text('preset = ""\ntotal_params_b = 70.6\nactivated_params_b = 70.6\nlayers = 80\nhidden = 8192\n'
+                     'ffn = 28672\nheads = 64\nhead_dim = 128\nv_head_dim = 128\nkv_heads = 8\nkv_dim = 0\n'
+                     'vocab = 128256\nmoe_layers = 0\nexperts = 0\nshared_experts = 0\nexperts_per_token = 0\n'
+                     'expert_ffn = 0\nrouting_max_groups = 0\nextra_activated_params_b = 0\nseq_len = 8192\n'
+                     'train_tokens = 15e12\nglobal_batch_seqs = 2048\n')
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('groups = [{ chip = "h100", count = 1024, price_per_hour = 3.0 }]\n')
+    # the same H100 with a quarter of the scale-out bandwidth, from a user catalog
+    text = (ROOT / "tenacia/plan/catalog.toml").read_text()
+    block = text[text.index("[chips.h100]"):text.index("[chips.h800]")]
+    (tmp_path / "slow.toml").write_text(block.replace("scale_out_gbs = { value = 50,", "scale_out_gbs = { value = 12.5,"))
+    args = ["train", "--model", str(model), "--fleet", str(fleet), "--layout", "tp=8,pp=4,ep=1",
+            "--trials", "20", "--json"]
+    fast = json.loads(tenacia(*args).stdout)
+    slow = json.loads(tenacia(*args, "--catalog", str(tmp_path / "slow.toml")).stdout)
+    assert fast["inputs"]["model"]["layers"] == 80 and fast["training"]["chips"] == 1024
+    assert fast["training"]["cost"] == pytest.approx(1024 * 3.0 * fast["training"]["ideal_days"] * 24)
+    assert slow["training"]["step_time_s"] > fast["training"]["step_time_s"]
+
+
 def test_compare_writes_charts(tmp_path):
     proc = tenacia("compare", "-c", "r2-ascend-910c", "--vary", "recovery=checkpoint,live",
                    "--trials", "100", "--charts", str(tmp_path), "--json")

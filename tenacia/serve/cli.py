@@ -69,9 +69,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..train.checkpoint import CorruptCheckpoint
     from .export import export_run
 
-    out = export_run(args.run_dir, args.out)
+    try:
+        out = export_run(args.run_dir, args.out)
+    except CorruptCheckpoint as e:
+        print(f"tenacia: {e}", file=sys.stderr)
+        return 2
     print(f"exported {args.run_dir} to {out}: load it with transformers' AutoModelForCausalLM, "
           f"or serve it with `tenacia serve {out}` or `vllm serve {out}`")
     return 0

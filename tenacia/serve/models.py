@@ -73,9 +73,7 @@ def load_model(spec: str, device: torch.device, dtype: torch.dtype) -> ServedMod
 def _load_run(path: Path, device: torch.device, dtype: torch.dtype) -> ServedModel:
     from ..train.checkpoint import load_run_for_inference
 
-    model, _cfg, tokenizer_path = load_run_for_inference(path, device)
-    for p in model.parameters():
-        p.data = p.data.to(dtype)
+    model, _cfg, tokenizer_path = load_run_for_inference(path, device, dtype)
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     return ServedModel(path.resolve().name, model.eval(), tokenizer, ChatTemplate(chatml_template()),
                        _special_ids(tokenizer, ("<|endoftext|>", "<|im_end|>")), f"tenacia run {path}")

@@ -27,7 +27,8 @@ Definitions (docs/fault-model.md repeats them):
   else its ``silence_s``; stall = the ``stall_s`` of the first commit after the fault (the
   survivors' time without a committed step), else the first ``quorum_changed.stall_s``, else the
   gap between the commits around the fault; healing = ``heal_done.heal_s`` of that replica;
-  back = time from the fault to the first quorum that holds the replica again.
+  back = time from the fault to the first step committed with the replica among its members
+  after it was declared failed.
 """
 
 from __future__ import annotations
@@ -184,8 +185,8 @@ def faults(events: list[dict[str, Any]], commits: list[dict[str, Any]]) -> list[
                 rec["heal_s"], rec["heal_bytes"] = heal.get("heal_s"), heal.get("bytes")
             left = _first(events, start, end, "failure_detected", replica=replica)
             if left is not None:
-                back = next((e for e in events if e["event"] == "quorum_changed" and left["t"] < e["t"] < end
-                             and replica in (e.get("members") or [])), None)
+                back = next((c for c in commits if left["t"] < c["t"] < end
+                             and replica in (c.get("members") or [])), None)
                 if back is not None:
                     rec["back_s"] = back["t"] - start
         out.append(rec)

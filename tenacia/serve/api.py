@@ -192,8 +192,12 @@ class _Api:
         got = Collected(prompt_tokens=sum(len(p) for p in prompts))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(self._stream(handle, shape, got, include_usage, len(prompts) * req.n),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+            def close() -> None:
+                handle.cancel()
+                self.in_flight -= 1
+
+            return _EventStream(self._stream(handle, shape, got, include_usage, len(prompts) * req.n), close)
         try:
             return await self._whole(request, handle, shape, got)
         finally:
@@ -235,7 +239,22 @@ class _Api:
             yield "data: " + json.dumps(error_body(500, str(e))) + "\n\n"
         finally:
             handle.cancel()
-            self.in_flight -= 1
+
+
+class _EventStream(StreamingResponse):
+    """A server-sent-event response that runs ``on_close`` exactly once however it ends, even
+    when the client is gone before the first event (the generator's own ``finally`` would then
+    never run)."""
+
+    def __init__(self, events, on_close):
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
 
 
 async def _disconnected(request: Request) -> None:

@@ -66,7 +66,9 @@ class ChaosInjector:
         for f in self.faults:
             if f.kind == "kill_checkpoint":  # in-process: the leader kills itself mid-write
                 self.kill_point = f"checkpoint:model.safetensors@{f.step}"
-        self.random = random_kills(chaos.kill_rate, chaos.kill_rate_duration_s, cfg.replicas.count, chaos.seed)
+        first = cfg.replicas.first_id
+        self.random = [(t, first + r) for t, r in
+                       random_kills(chaos.kill_rate, chaos.kill_rate_duration_s, cfg.replicas.count, chaos.seed)]
         self.path = run_dir / "events.jsonl"
         self._offset = 0
         self.step, self.leader = 0, 0

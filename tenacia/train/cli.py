@@ -66,7 +66,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_run_config(args)
-    if cfg.replicas.count > 1 or cfg.replicas.join:
+    if args.replicas is not None or cfg.replicas.count > 1 or cfg.replicas.join:
         from .launcher import Launcher
 
         return Launcher(cfg).run()

@@ -83,7 +83,8 @@ class ReplicaConfig:
     hang after ``max(hang_floor_s, hang_factor x median step time)`` measured over recent steps.
     """
 
-    count: int = 1  # replicas the launcher starts on this host (1: plain single-process training)
+    count: int = 1  # replicas the launcher starts on this host (1 without --replicas: one plain process)
+    first_id: int = 0  # replica ids on this host are first_id .. first_id + count - 1 (unique per job)
     min_replicas: int = 1  # never form a quorum smaller than this (training waits instead)
     max_replicas: int = 64  # newcomers beyond this wait outside the quorum
     host: str = "127.0.0.1"  # address replicas listen on and advertise to peers
@@ -97,6 +98,7 @@ class ReplicaConfig:
 
     def __post_init__(self) -> None:
         check(self.count >= 1, "replicas.count", self.count, "a positive integer")
+        check(self.first_id >= 0, "replicas.first_id", self.first_id, "an integer >= 0")
         check(1 <= self.min_replicas <= max(self.count, 1), "replicas.min_replicas", self.min_replicas,
               f"an integer in 1..replicas.count={self.count}")
         check(self.max_replicas >= self.count, "replicas.max_replicas", self.max_replicas,

@@ -52,7 +52,9 @@ class Launcher:
         self.events = EventLog(self.run_dir / "events.jsonl", "launcher")
         self.children: dict[int, Child] = {}
         self.restarts = 0
-        self.config_path = self.run_dir / "config.toml"
+        self.primary = not cfg.replicas.join  # the launcher that starts the job (not one that joins it)
+        self.ids = range(cfg.replicas.first_id, cfg.replicas.first_id + cfg.replicas.count)
+        self.config_path = self.run_dir / "replicas" / f"config-{cfg.replicas.first_id}.toml"
         self.chaos = ChaosInjector(cfg, self.run_dir, self.events, self.pid_of)
 
     def pid_of(self, replica: int) -> int | None:
@@ -108,19 +110,21 @@ class Launcher:
         prepare_data(self.cfg.data, self.cfg.model.vocab_size)  # once here, so replicas hit the cache
         (self.run_dir / "logs").mkdir(exist_ok=True)
         (self.run_dir / "replicas").mkdir(exist_ok=True)
-        for stale in (self.run_dir / "replicas").glob("r*.json"):
-            stale.unlink()
-        (self.run_dir / "finished.json").unlink(missing_ok=True)
+        for r in self.ids:
+            (self.run_dir / "replicas" / f"r{r}.json").unlink(missing_ok=True)
+        if self.primary:
+            (self.run_dir / "finished.json").unlink(missing_ok=True)
         tmp = self.config_path.with_name(f".config.toml.{os.getpid()}")
         tmp.write_text(cfglib.dumps_toml(self.cfg))
         os.replace(tmp, self.config_path)
-        n = self.cfg.replicas.count
-        self.events.emit("run_started", replicas=n, config=cfglib.to_dict(self.cfg))
+        self.events.emit("run_started", replicas=self.cfg.replicas.count, first_id=self.ids[0],
+                         config=cfglib.to_dict(self.cfg))
         seeds = list(self.cfg.replicas.join)
         try:
-            self.children[0] = self.spawn(0, seeds)
-            first = self.wait_address(0)
-            for r in range(1, n):
+            first_id = self.ids[0]
+            self.children[first_id] = self.spawn(first_id, seeds)
+            first = self.wait_address(first_id)
+            for r in self.ids[1:]:
                 self.children[r] = self.spawn(r, seeds or [first])
             return self.supervise()
         finally:
@@ -166,7 +170,8 @@ class Launcher:
                     self.events.emit("replica_restarted", replica=r, attempt=self.restarts, join=join)
             alive = [c for c in self.children.values() if c.proc.poll() is None]
             if not alive and not pending:
-                ok = self.finished()
+                # a replica exits 0 only after the leader's stop; the leader may be on another host
+                ok = self.finished() or all(c.proc.returncode == 0 for c in self.children.values())
                 self.events.emit("launcher_done", finished=ok, restarts=self.restarts)
                 return 0 if ok else 1
 

@@ -152,7 +152,8 @@ class Replica:
         if self.trainer.step >= self.cfg.train.steps:
             return 0  # restarted after the job finished: nothing left to do
         if not self.seeds:  # the first replica of the job leads
-            self.server.coordinator = self.make_coordinator(term=1, expected=set(range(self.cfg.replicas.count)))
+            first = self.cfg.replicas.first_id
+            self.server.coordinator = self.make_coordinator(term=1, expected=set(range(first, first + self.cfg.replicas.count)))
         self.link.connect(self.peer_addresses if self.seeds else lambda: [self.server.addr])
         self.link.start_heartbeats()
         self.events.emit("run_started", step=self.trainer.step, replicas=self.cfg.replicas.count, replica=self.id)

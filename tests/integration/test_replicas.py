@@ -76,8 +76,13 @@ def first_after(events, name, t, **match):
 
 
 def test_kill_at_random_step(tmp_path, procs, reference):
+    """kill -9 by hand with `tenacia chaos`, at a seeded random step."""
     step = random.Random(2026).randint(20, 90)
-    run_replicas(procs, tmp_path, 3, [f"kill:1@{step}"])
+    launcher = procs.start(train_args(tmp_path, *RUN, "replicas.count=3"), log=tmp_path / "launcher.log")
+    wait_for(lambda: any(e["event"] == "step_committed" and e["step"] >= step
+                         for e in read_events(tmp_path / "events.jsonl")), 60, f"step {step}")
+    assert procs.run(["chaos", "kill", str(tmp_path), "--replica", "1"], timeout=30) == 0
+    assert launcher.wait(timeout=80) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
     events = check_run(tmp_path, reference)
     fault = first_after(events, "fault_injected", 0, replica=1)
     detected = first_after(events, "failure_detected", fault["t"], replica=1)

@@ -8,9 +8,12 @@ restart, plus plain gloo DDP for the no-fault step time.
 Each arm runs twice: without faults (``--nofault-duration`` s, for the step time and the
 overhead against plain DDP) and with the schedule (``--duration`` s from the moment every replica
 has committed a step): one SIGKILL of a worker every ``--crash-every`` s and one
-``--hang-s``-second SIGSTOP every ``--hang-every`` s, replicas taken in turn. The peers get their
-faults from the outside (bench/peers/arms.py); tenacia gets the same schedule through its
-[chaos] config, converted from seconds to steps with its measured no-fault step time.
+``--hang-s``-second SIGSTOP every ``--hang-every`` s, replicas taken in turn. Every arm gets its
+faults from the outside on the same clock (bench/peers/arms.py): the peers' worker pids come
+from their worker logs, tenacia's from ``replicas/r<k>.json`` in its run directory.
+``--tenacia-chaos config`` instead hands tenacia the schedule in its own [chaos] section,
+seconds turned into steps with its no-fault step time (steps slow down while a replica is
+missing, so faults then land later than in the peers' runs).
 
 Every arm is measured by ``tenacia.report`` with the same definitions (goodput, detection,
 stall, time back in the quorum); the peers' worker records are first turned into a tenacia
@@ -36,7 +39,18 @@ PEERS = ROOT / "bench" / "peers"
 sys.path[:0] = [str(ROOT), str(PEERS)]
 
 from analyze import write_run  # noqa: E402
-from arms import Fault, Injector, Procs, lighthouse_port, peer_commits, records, schedule, wait_full  # noqa: E402
+from arms import (  # noqa: E402
+    Fault,
+    Injector,
+    Procs,
+    lighthouse_port,
+    peer_commits,
+    records,
+    schedule,
+    tenacia_pids,
+    wait_full,
+    worker_pids,
+)
 
 from tenacia import report as tenacia_report  # noqa: E402
 
@@ -107,7 +121,7 @@ def run_peer(arm: str, a: argparse.Namespace, out: Path, duration: float, faults
         else:  # plain DDP: the no-fault baseline
             procs.start("ddp", torchrun + [str(PEERS / "ddp_worker.py"), *workload_args(a)], env)
         t0 = wait_full(peer_commits(log), a.replicas, a.startup_timeout, procs)
-        injector = Injector(faults, t0, log)
+        injector = Injector(faults, t0, worker_pids(log))
         injector.start()
         while time.time() < t0 + duration:
             time.sleep(0.1)
@@ -131,8 +145,8 @@ def run_tenacia(a: argparse.Namespace, out: Path, duration: float, faults: list[
     if run_dir.exists():
         for f in sorted(run_dir.rglob("*"), reverse=True):
             f.unlink() if f.is_file() else f.rmdir()
-    entries = []
-    for f in faults:
+    entries = []  # --tenacia-chaos config: the schedule in [chaos], seconds turned into steps
+    for f in faults if a.tenacia_chaos == "config" else []:
         step = max(2, round(f.at_s / (step_s or 1.0)))
         entries.append(f"kill:{f.replica}@{step}" if f.kind == "kill" else f"hang:{f.replica}@{step}:{f.seconds:g}")
     cfg = out / "bench.toml"
@@ -151,10 +165,19 @@ def run_tenacia(a: argparse.Namespace, out: Path, duration: float, faults: list[
         procs.start("tenacia", [sys.executable, "-m", "tenacia", "train", "--replicas", str(a.replicas),
                                 "-c", str(cfg), "--run-dir", str(run_dir)], dict(os.environ, PYTHONPATH=str(ROOT)))
         t0 = wait_full(poll, a.replicas, a.startup_timeout, procs)
+        injector = Injector(faults if a.tenacia_chaos == "external" else [], t0, tenacia_pids(run_dir))
+        injector.start()
         while time.time() < t0 + duration and procs.started[0].poll() is None:
             time.sleep(0.2)
+        injector.stop()
     finally:
         procs.stop(None)
+    # The bench's own injections join the run's event log (whole lines, as every writer does).
+    with open(events, "a") as f:
+        for inj in injector.injections:
+            f.write(json.dumps({"t": inj["t"], "event": "fault_injected", "source": "bench", "step": None,
+                                "kind": inj["kind"], "replica": inj["replica"],
+                                "params": {**inj.get("params", {}), "pid": inj.get("pid")}}) + "\n")
     return run_dir
 
 
@@ -248,6 +271,9 @@ def main() -> int:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch", type=int, default=4, help="samples per replica per step")
     p.add_argument("--checkpoint-every", type=int, default=10, help="steps between torchrun-arm checkpoints")
+    p.add_argument("--tenacia-chaos", choices=("external", "config"), default="external",
+                   help="external: the bench signals tenacia's replica pids on the same clock as the peers; "
+                        "config: tenacia's own [chaos] schedule, seconds converted to steps")
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     a = p.parse_args()

@@ -130,8 +130,11 @@ def _first(events: list[dict[str, Any]], t0: float, t1: float, kind: str, **matc
     return None
 
 
-def faults(events: list[dict[str, Any]], commits: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per fault with its detection, stall, healing and time back to full strength."""
+def faults(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per fault with its detection, stall, healing and time back to full strength.
+    Stall and back are read from every commit in time order (also the ones a later resume
+    throws away: they were committed when they happened)."""
+    timeline = [e for e in events if e["event"] == "step_committed"]
     injected = [e for e in events if e["event"] == "fault_injected"]
     detected = [e for e in events if e["event"] == "failure_detected"]
     used: set[int] = set()
@@ -167,8 +170,8 @@ def faults(events: list[dict[str, Any]], commits: list[dict[str, Any]]) -> list[
                 rec["detection_s"] = d["t"] - f["t"]
             else:
                 rec["detection_s"] = d.get("silence_s")
-        after = next((c for c in commits if c["t"] > start), None)
-        before = next((c for c in reversed(commits) if c["t"] <= start), None)
+        after = next((c for c in timeline if c["t"] > start), None)
+        before = next((c for c in reversed(timeline) if c["t"] <= start), None)
         qc = _first(events, start, end, "quorum_changed")
         if after is not None and after.get("stall_s") is not None:
             rec["stall_s"] = after["stall_s"]
@@ -185,7 +188,7 @@ def faults(events: list[dict[str, Any]], commits: list[dict[str, Any]]) -> list[
                 rec["heal_s"], rec["heal_bytes"] = heal.get("heal_s"), heal.get("bytes")
             left = _first(events, start, end, "failure_detected", replica=replica)
             if left is not None:
-                back = next((c for c in commits if left["t"] < c["t"] < end
+                back = next((c for c in timeline if left["t"] < c["t"] < end
                              and replica in (c.get("members") or [])), None)
                 if back is not None:
                     rec["back_s"] = back["t"] - start
@@ -259,7 +262,7 @@ def analyze(run_dir: str | Path) -> dict[str, Any]:
     span = commits[-1]["t"] - commits[0]["t"] if len(commits) > 1 else 0.0
     useful = sum(c["tokens"] for c in commits[1:])
     goodput = useful / (rate["tokens_per_s"] * span) if rate["tokens_per_s"] and span > 0 else None
-    per_fault = faults(events, commits)
+    per_fault = faults(events)
     count = {k: sum(1 for e in events if e["event"] == k) for k in (
         "fault_injected", "failure_detected", "quorum_changed", "step_discarded", "heal_done",
         "replica_restarted", "coordinator_changed", "checkpoint_saved", "resumed")}

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,20 +114,34 @@ def peer_commits(worker_log: Path):
     return poll
 
 
-class Injector(threading.Thread):
-    """Sends ``faults`` to the current pid of each target replica, as read from the worker log."""
+def worker_pids(worker_log: Path) -> Callable[[int], int | None]:
+    """A peer replica's current pid: the last one its worker log announced, if alive."""
+    def pid_of(replica: int) -> int | None:
+        pids = [r["pid"] for r in records(worker_log) if r.get("event") == "worker_started" and r["replica"] == replica]
+        return pids[-1] if pids and alive(pids[-1]) else None
+    return pid_of
 
-    def __init__(self, faults: list[Fault], t0: float, worker_log: Path):
+
+def tenacia_pids(run_dir: Path) -> Callable[[int], int | None]:
+    """A tenacia replica's current pid, as it publishes it in ``replicas/r<k>.json``."""
+    def pid_of(replica: int) -> int | None:
+        try:
+            pid = json.loads((run_dir / "replicas" / f"r{replica}.json").read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return pid if alive(pid) else None
+    return pid_of
+
+
+class Injector(threading.Thread):
+    """Sends ``faults`` to the current pid of each target replica (``pid_of``)."""
+
+    def __init__(self, faults: list[Fault], t0: float, pid_of: Callable[[int], int | None]):
         super().__init__(daemon=True, name="injector")
-        self.faults, self.t0, self.worker_log = faults, t0, worker_log
+        self.faults, self.t0, self.pid_of = faults, t0, pid_of
         self.done = threading.Event()
         self.injections: list[dict[str, Any]] = []
         self.timers: list[threading.Timer] = []
-
-    def pid_of(self, replica: int) -> int | None:
-        pids = [r["pid"] for r in records(self.worker_log)
-                if r.get("event") == "worker_started" and r["replica"] == replica]
-        return pids[-1] if pids and alive(pids[-1]) else None
 
     def run(self) -> None:
         for f in self.faults:

@@ -4,6 +4,7 @@ and a bandwidth cap, and teardown that leaves nothing behind."""
 from __future__ import annotations
 
 import json
+import os
 import select
 import subprocess
 import sys
@@ -35,9 +36,8 @@ class Pair:
     """Rank 0 in node 0 (hosting the TCPStore), rank 1 in node 1."""
 
     def __init__(self, lab: LinkLab):
-        env = {"PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-        base = dict(__import__("os").environ, **env)
-        kw = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=base)
+        env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+        kw = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         host = lab.nodes[0].address
         self.r0 = lab.popen(0, [sys.executable, WORKER, "--rank", "0", "--host", host], **kw)
         port = read_line(self.r0, 30).split()[1]

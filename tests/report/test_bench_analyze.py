@@ -55,4 +55,5 @@ def test_a_torchrun_like_restart_resumes_and_loses_steps(tmp_path):
     assert r["steps_committed"] == 20
     (f,) = r["faults"]
     assert f["detection_s"] == pytest.approx(0.2)  # the launcher's SIGTERM to a survivor
+    assert f["stall_s"] == pytest.approx(20.0 - 15.0)  # last commit before the kill to the first after
     assert f["back_s"] == pytest.approx(20.0 - 15.5)

@@ -8,6 +8,8 @@ the report as a dict, ``write`` stores it as ``RUN_DIR/report.json`` and draws
 ``RUN_DIR/timeline.png``.
 
 Definitions (docs/fault-model.md repeats them):
+- Commits: the ``step_committed`` events; a log without any (the single-process trainer) uses
+  the training lines of ``metrics.jsonl`` instead (``commits_from`` says which), one per line.
 - Useful steps: the committed steps of the run's final lineage, one per step number. A resume
   from a disk checkpoint at step s drops the steps above s committed before it (they are lost);
   a step committed twice without a resume counts once. A commit without ``tokens`` (a step
@@ -74,6 +76,26 @@ def _median(values: list[float]) -> float | None:
 def _stats(values: list[float | None]) -> dict[str, float | None]:
     vals = [v for v in values if v is not None]
     return {"n": len(vals), "median": _median(vals), "max": max(vals) if vals else None}
+
+
+def commits_from_metrics(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``step_committed`` events made from the training lines of ``metrics.jsonl``, for runs whose
+    event log has none (the single-process trainer): one per logged line, its tokens the growth
+    of the cumulative ``tokens`` since the previous line of the same lineage (a line whose step
+    is not above the previous one's follows a resume, which drops the lines at or above it)."""
+    out: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []
+    for m in metrics:
+        if not isinstance(m.get("tokens"), (int, float)) or not isinstance(m.get("t"), (int, float)) \
+                or m.get("step") is None or m.get("loss") is None:
+            continue
+        while kept and kept[-1]["step"] >= m["step"]:
+            kept.pop()
+        prev = kept[-1]["tokens"] if kept else 0
+        kept.append(m)
+        out.append({"t": m["t"], "event": "step_committed", "source": "metrics", "step": m["step"],
+                    "loss": m["loss"], "tokens": m["tokens"] - prev})
+    return out
 
 
 def lineage(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
@@ -257,6 +279,9 @@ def analyze(run_dir: str | Path) -> dict[str, Any]:
     replicas = max((int(e.get("replicas") or 1) for e in started), default=1)
     t_start = started[0]["t"] if started else events[0]["t"]
     t_end = max([events[-1]["t"]] + [m["t"] for m in metrics if isinstance(m.get("t"), (int, float))])
+    from_metrics = not any(e["event"] == "step_committed" for e in events)
+    if from_metrics:
+        events = sorted(events + commits_from_metrics(metrics), key=lambda e: e["t"])
     commits, lost = lineage(events)
     rate = fault_free_rate(commits, events, replicas)
     span = commits[-1]["t"] - commits[0]["t"] if len(commits) > 1 else 0.0
@@ -275,6 +300,7 @@ def analyze(run_dir: str | Path) -> dict[str, Any]:
         "wall_s": t_end - t_start,
         "span_s": span,
         "steps_committed": len(commits),
+        "commits_from": "metrics.jsonl" if from_metrics else "events.jsonl",
         "last_step": commits[-1]["step"] if commits else None,
         "useful_tokens": useful,
         "fault_free": rate,

@@ -104,3 +104,27 @@ def test_cli_prints_the_report_and_rejects_a_wrong_directory(run, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tenacia", "report", str(tmp_path / "nope")], capture_output=True,
                          text=True, env=env, timeout=50)
     assert bad.returncode == 2 and "events.jsonl" in bad.stderr
+
+
+def test_a_single_process_run_is_read_from_its_metrics(tmp_path):
+    """The plain trainer logs no step_committed: commits come from metrics.jsonl lines (cumulative
+    tokens every 10 steps), and a resume drops the lines it rolled back."""
+    run = tmp_path / "run"
+    run.mkdir()
+    ev = [{"t": T0, "event": "run_started", "source": "trainer", "step": 0, "replicas": 1},
+          {"t": T0 + 9.5, "event": "resumed", "source": "trainer", "step": 20, "path": "checkpoints/step-20"}]
+    lines = [(T0 + 1, 10), (T0 + 2, 20), (T0 + 3, 30)]  # killed after step 30, resumed at 20
+    lines += [(T0 + 10, 30), (T0 + 11, 40), (T0 + 12, 50)]
+    metrics = [{"t": t, "step": s, "loss": 3.0, "lr": 1e-3, "tokens_per_s": 1000.0, "tokens": s * 100}
+               for t, s in lines]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in ev))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    r = analyze(run)
+    assert r["commits_from"] == "metrics.jsonl"
+    assert r["steps_committed"] == 5 and r["last_step"] == 50
+    assert r["counts"]["lost_to_resume"] == 1
+    assert r["useful_tokens"] == 4 * 1000  # steps 10-50 of the final lineage, after the first line
+    assert r["fault_free"]["tokens_per_s"] == pytest.approx(1000.0)
+    assert r["goodput"] == pytest.approx(4000 / (1000 * 11))  # 7 s lost to the crash and resume
+    write(run)  # no replica lanes to draw: the timeline is still made
+    assert (run / "timeline.png").stat().st_size > 10_000

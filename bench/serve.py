@@ -232,13 +232,19 @@ def bench_vllm(args, prompts, model_dir: Path) -> dict:
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_KVCACHE_SPACE": "2",
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
+    # vLLM's CPU guide asks for Intel's OpenMP (installed with vllm-cpu) and tcmalloc (if the
+    # system has it) preloaded: give the peer its own recommended setup.
+    preload = [str(p) for p in (VLLM_VENV / "lib" / "libiomp5.so", *Path("/usr/lib/x86_64-linux-gnu").glob(
+        "libtcmalloc_minimal.so.4")) if p.is_file()]
+    if preload:
+        env["LD_PRELOAD"] = ":".join(preload)
     server = Server([str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                      "--served-model-name", "smollm2", "--dtype", "float32", "--max-model-len", "2048",
                      "--port", str(port), "--host", "127.0.0.1"], env, RESULTS / "serve-vllm.log")
     try:
         url = f"http://127.0.0.1:{port}"
         server.wait_healthy(url, 900)
-        return {"version": version, "sweep": run_sweep(url, "smollm2", prompts, args.levels, args.output_tokens)}
+        return {"version": version, "ld_preload": env.get("LD_PRELOAD", ""), "sweep": run_sweep(url, "smollm2", prompts, args.levels, args.output_tokens)}
     finally:
         server.stop()
 

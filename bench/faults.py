@@ -282,11 +282,12 @@ def main() -> int:
     if bad:
         p.error(f"--arms: unknown {', '.join(bad)}; allowed: {', '.join(ARMS)}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    load_start = os.getloadavg()
     results = Path(a.results) / f"faults-{stamp}"
     rows = [run_arm(arm, a, results) for arm in arms]
     print_table(rows)
     doc = {"date": time.strftime("%Y-%m-%d"), "args": vars(a), "cpus": os.cpu_count(),
-           "loadavg_end": os.getloadavg(), "arms": rows,
+           "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "arms": rows,
            "schedule": [dataclasses.asdict(f) for f in schedule(a.duration, a.replicas, a.crash_every,
                                                                  a.hang_every, a.hang_s)]}
     path = Path(a.results) / f"faults-{stamp}.json"

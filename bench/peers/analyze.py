@@ -5,7 +5,8 @@ Derived events:
 - ``step_committed``: one per step of each generation (a torchrun restart from a checkpoint
   starts a new generation and a ``resumed`` event); members = the replicas that committed it,
   t = the last of their commit times, tokens = the sum of theirs.
-- ``step_discarded`` for a step some replica logged as not committed; ``quorum_changed`` when the
+- ``step_discarded`` for a step some replica logged as not committed before it was (if ever)
+  committed: torchft redoes a failed step under the same number; ``quorum_changed`` when the
   members of consecutive committed steps differ.
 - ``failure_detected`` per injected fault: the first sign of it seen by another replica (a step
   not committed, fewer participants, a SIGTERM from the launcher, an error) before the next
@@ -50,12 +51,13 @@ def commits(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[d
             steps.setdefault((gen, r["step"]), []).append(r)
     for (_, step), recs in steps.items():
         done = [r for r in recs if r["committed"]]
+        t_done = max((r["t"] for r in done), default=float("inf"))
+        failed = [r for r in recs if not r["committed"] and r["t"] <= t_done]
+        if failed:  # thrown away (and, when it was then committed, redone)
+            out.append(_e(min(r["t"] for r in failed), "step_discarded", step=step, reason="not committed"))
         if done:
-            out.append(_e(max(r["t"] for r in done), "step_committed", step=step,
-                          members=sorted({r["replica"] for r in done}), tokens=sum(r["tokens"] for r in done),
-                          loss=sum(r["loss"] for r in done) / len(done)))
-        else:
-            out.append(_e(min(r["t"] for r in recs), "step_discarded", step=step, reason="not committed"))
+            out.append(_e(t_done, "step_committed", step=step, members=sorted({r["replica"] for r in done}),
+                          tokens=sum(r["tokens"] for r in done), loss=sum(r["loss"] for r in done) / len(done)))
     out.sort(key=lambda e: e["t"])
     quorums, members, qid = [], None, 0
     for e in out:

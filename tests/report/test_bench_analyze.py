@@ -30,7 +30,9 @@ def test_a_torchft_like_crash_is_detected_healed_and_counted(tmp_path):
             recs.append(step(21.0 + s - 20 + 0.01, 1, s, pid=201))
     inj = [{"t": 20.5, "kind": "kill", "replica": 1, "pid": 101}]
     write_run(tmp_path, sorted(recs, key=lambda r: r["t"]), inj, replicas=2, t_launch=-1.0, t_end=40.0)
-    (f,) = analyze(tmp_path)["faults"]
+    r = analyze(tmp_path)
+    assert r["counts"]["discarded_steps"] == 1  # step 21 failed once, then was redone
+    (f,) = r["faults"]
     assert f["kind"] == "kill" and f["replica"] == 1
     assert f["detection_s"] == pytest.approx(0.1)  # the survivor's failed step
     assert f["stall_s"] == pytest.approx(22.0 - 20.01)  # last commit before to first after

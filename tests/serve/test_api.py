@@ -173,7 +173,8 @@ def test_api_key_is_required_on_v1_only(tiny_server):
     assert httpx.get(tiny_server.url + "/health").json()["status"] == "ok"
     assert httpx.get(tiny_server.url + "/metrics").status_code == 200
     assert "chat.js" in httpx.get(tiny_server.url + "/").text
-    assert "EventSource" not in httpx.get(tiny_server.url + "/static/chat.js").text  # plain fetch streaming
+    script = httpx.get(tiny_server.url + "/static/chat.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
 
 
 MALFORMED = [

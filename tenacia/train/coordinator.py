@@ -244,7 +244,10 @@ class Coordinator:
             resolve = self._resolve_takeover(live)
         elif self.quorum is None and self.quorum_id_start is not None and self.ledger is not None:
             # the first quorum of a job: the ledger restarts at the step the members resumed from
-            self.ledger.rewind(max(self.members[r].committed for r in live))
+            start = max(self.members[r].committed for r in live)
+            self.ledger.rewind(start)
+            if start:
+                self.events.emit("resumed", step=start, path=None, replicas=live)
         self.quorum_id_start = None
         committed = {r: self.members[r].committed for r in live}
         if resolve is not None and resolve["commit"]:
@@ -268,7 +271,7 @@ class Coordinator:
         }
         self.votes = {}
         self.events.emit("quorum_changed", step=step, quorum_id=self.quorum_id, members=live, reason=reason,
-                         healing=heal, stall_s=None if self.stalled_since is None
+                         healing=heal, since_commit_s=None if self.stalled_since is None
                          else round(time.monotonic() - self.stalled_since, 4))
         self._broadcast(self.quorum)
 

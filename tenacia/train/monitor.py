@@ -18,7 +18,8 @@ NOTABLE = {
     "coordinator_changed": lambda e: f"replica {e['coordinator']} leads (term {e['term']})"
     + (f", took over in {e['takeover_s']:.3f}s" if e.get("takeover_s") is not None else ""),
     "replica_restarted": lambda e: f"launcher restarted replica {e['replica']} (restart #{e['attempt']})",
-    "resumed": lambda e: f"{e['source']} resumed from disk at step {e['step']}",
+    "resumed": lambda e: f"the job resumed from its disk checkpoint at step {e['step']}",
+    "replica_checkpoint_loaded": lambda e: f"{e['source']} starts from the disk checkpoint of step {e['step']}",
 }
 
 

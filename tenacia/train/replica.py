@@ -148,7 +148,8 @@ class Replica:
     # ----- the loop ---------------------------------------------------------------------------------
     def run(self) -> int:
         if self.cfg.checkpoint.resume:
-            self.trainer.resume()
+            # a starting point only: the job resumes (or not) when the first quorum forms
+            self.trainer.resume(event="replica_checkpoint_loaded")
         if self.trainer.step >= self.cfg.train.steps:
             return 0  # restarted after the job finished: nothing left to do
         if not self.seeds:  # the first replica of the job leads

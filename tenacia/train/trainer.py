@@ -83,14 +83,15 @@ class Trainer:
         snap = ckpt.take_snapshot(self.step, self.model, self.optimizer, self.device.type, self.meta())
         self.checkpoints.save(snap)
 
-    def resume(self) -> bool:
-        """Load the newest verified checkpoint, if any. Returns whether one was loaded."""
+    def resume(self, event: str = "resumed") -> bool:
+        """Load the newest verified checkpoint, if any. Returns whether one was loaded. ``event``
+        names what is logged: the run resumed, or (a replica) one process loaded a starting point."""
         found = ckpt.latest_verified(self.run_dir / "checkpoints", self.events)
         if found is None:
             return False
         path, manifest = found
         self.load_state(path, manifest)
-        self.events.emit("resumed", step=self.step, path=str(path))
+        self.events.emit(event, step=self.step, path=str(path))
         return True
 
     def load_state(self, path: Path, manifest: dict[str, Any]) -> None:

@@ -89,6 +89,11 @@ def test_kill_at_random_step(tmp_path, procs, reference):
     assert detected["kind"] == "crash" and detected["t"] - fault["t"] < 3.0  # goal: 1 s
     healed = first_after(events, "heal_done", fault["t"], replica=1)
     assert healed["bytes"] > 0
+    # the planner takes this run's measured recovery times as its live-recovery inputs
+    from tenacia.plan.calibrate import read_calibration
+
+    cal = read_calibration(tmp_path)
+    assert 0 < cal.medians["detection_s"] < 3.0 and cal.medians["heal_s"] == healed["heal_s"]
 
 
 def test_sigstop_then_sigcont(tmp_path, procs, reference):

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .wire import Conn, listen, sock_addr
+from .wire import Conn, listen, serve_forever, sock_addr
 
 
 class HealServer:
@@ -28,27 +28,19 @@ class HealServer:
     def __init__(self, host: str, advertise: str):
         self.sock = listen(host)
         self.addr = sock_addr(self.sock, advertise)
-        self._offers: dict[int, tuple[dict[str, Any], bytes, bytes]] = {}
+        self._offers: dict[int, tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
         self._cond = threading.Condition()
-        threading.Thread(target=self._accept, name="heal-accept", daemon=True).start()
+        serve_forever(self.sock, self._serve, "heal-accept")
 
     def offer(self, quorum_id: int, meta: dict[str, Any], model: dict[str, torch.Tensor],
               optim: dict[str, torch.Tensor]) -> None:
         """Post the state for ``quorum_id`` (tensors are copied to host memory first)."""
         host = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.items()}
         host_opt = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in optim.items()}
-        with self._cond:
+        with self._cond:  # serialised by the sending thread, off the training thread
             self._offers = {q: o for q, o in self._offers.items() if q >= quorum_id - 2}
-            self._offers[quorum_id] = (meta, st_save(host), st_save(host_opt))
+            self._offers[quorum_id] = (meta, host, host_opt)
             self._cond.notify_all()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(Conn(sock),), daemon=True).start()
 
     def _serve(self, conn: Conn) -> None:
         try:
@@ -59,7 +51,7 @@ class HealServer:
                     conn.try_send({"type": "error", "reason": f"no state offered for quorum {qid}"})
                     return
                 meta, model, optim = self._offers[qid]
-            conn.send({"type": "state", **meta}, model, optim)
+            conn.send({"type": "state", **meta}, st_save(model), st_save(optim))
         except (ConnectionError, OSError):
             pass  # the newcomer went away; it will be healed again in a later quorum
         finally:

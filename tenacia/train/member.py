@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .coordinator import Coordinator
-from .wire import Conn, listen, sock_addr
+from .wire import Conn, listen, serve_forever, sock_addr
 
 HEARTBEAT_S = 0.1
 
@@ -36,15 +36,7 @@ class ControlServer:
         self.coordinator: Coordinator | None = None
         self.leader_addr: str | None = None
         self.lost_leader = False
-        threading.Thread(target=self._accept, name="control-accept", daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(Conn(sock),), daemon=True).start()
+        serve_forever(self.sock, self._serve, "control-accept")
 
     def _serve(self, conn: Conn) -> None:
         try:

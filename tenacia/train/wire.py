@@ -14,6 +14,7 @@ import json
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 _U32 = struct.Struct("!I")
@@ -101,6 +102,20 @@ def listen(host: str) -> socket.socket:
     sock.bind((host, 0))
     sock.listen(64)
     return sock
+
+
+def serve_forever(sock: socket.socket, handle: Callable[[Conn], None], name: str) -> None:
+    """Accept connections on ``sock`` in a daemon thread, each handled in a thread of its own."""
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(Conn(client),), daemon=True).start()
+
+    threading.Thread(target=accept, name=name, daemon=True).start()
 
 
 def sock_addr(sock: socket.socket, advertise: str) -> str:

@@ -230,6 +230,31 @@ def run_arm(arm: str, a: argparse.Namespace, results: Path) -> dict[str, Any]:
     return out
 
 
+def reanalyze(results: Path, replicas: int) -> list[dict[str, Any]]:
+    """Measure the saved runs of an earlier invocation again (after a change of definitions):
+    peers' event logs are rebuilt from their worker records and the injections they hold."""
+    rows = []
+    for arm in [x for x in ARMS if (results / x).is_dir()]:
+        row: dict[str, Any] = {"arm": arm, "status": "ok"}
+        for kind in ("nofault", "faults"):
+            run = results / arm / kind / "run"
+            if not (run / "events.jsonl").exists():
+                continue
+            if arm != "tenacia":
+                old = records(run / "events.jsonl")
+                injections = [{"t": e["t"], "kind": e["kind"], "replica": e["replica"], "params": e.get("params", {})}
+                              for e in old if e["event"] == "fault_injected"]
+                t_launch = next(e["t"] for e in old if e["event"] == "run_started")
+                t_end = next(e["t"] for e in old if e["event"] == "run_finished")
+                write_run(run, sorted(records(results / arm / kind / "workers.jsonl"), key=lambda r: r["t"]),
+                          injections, replicas, t_launch, t_end)
+            if kind == "nofault":
+                row["nofault_step_s"] = median_step_s(run, replicas)
+            row[kind] = summarize(tenacia_report.write(run))
+        rows.append(row)
+    return rows
+
+
 def fmt(stat: dict[str, Any] | None, unit: str = "s") -> str:
     if not stat or stat.get("median") is None:
         return "-"
@@ -276,7 +301,16 @@ def main() -> int:
                         "config: tenacia's own [chaos] schedule, seconds converted to steps")
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--reanalyze", metavar="DIR", help="only measure again the runs saved in DIR "
+                   "(a bench/results/faults-<time> directory) and print the table")
     a = p.parse_args()
+    if a.reanalyze:
+        rows = reanalyze(Path(a.reanalyze), a.replicas)
+        print_table(rows)
+        path = Path(a.reanalyze).with_suffix(".reanalyzed.json")
+        path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "arms": rows}, indent=1) + "\n")
+        print(f"wrote {path}")
+        return 0
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
     bad = [x for x in arms if x not in ARMS]
     if bad:

@@ -26,9 +26,9 @@ Definitions (docs/fault-model.md repeats them):
 - Goodput: useful tokens committed after the first commit over (fault-free rate x span).
 - Per fault (each ``fault_injected``, and each ``failure_detected`` with no injected fault
   before it): detection = ``failure_detected.detection_s``, else its time minus the fault's,
-  else its ``silence_s``; stall = the ``stall_s`` of the first commit after the fault (the
-  survivors' time without a committed step), else the first ``quorum_changed.stall_s``, else the
-  gap between the commits around the fault; healing = ``heal_done.heal_s`` of that replica;
+  else its ``silence_s``; stall = the survivors' longest time without a committed step, from the
+  last commit before the fault to the commit that holds the replica again (or the next fault,
+  at most 60 s later), else the first ``quorum_changed.stall_s``; healing = ``heal_done.heal_s``;
   back = time from the fault to the first step committed with the replica among its members
   after it was declared failed.
 """
@@ -192,15 +192,6 @@ def faults(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 rec["detection_s"] = d["t"] - f["t"]
             else:
                 rec["detection_s"] = d.get("silence_s")
-        after = next((c for c in timeline if c["t"] > start), None)
-        before = next((c for c in reversed(timeline) if c["t"] <= start), None)
-        qc = _first(events, start, end, "quorum_changed")
-        if after is not None and after.get("stall_s") is not None:
-            rec["stall_s"] = after["stall_s"]
-        elif qc is not None and qc.get("stall_s") is not None:
-            rec["stall_s"] = qc["stall_s"]
-        elif after is not None and before is not None:
-            rec["stall_s"] = after["t"] - before["t"]
         coord = _first(events, start, end, "coordinator_changed")
         if coord is not None and f is not None and "coordinator" in str(f.get("kind")):
             rec["takeover_s"] = coord.get("takeover_s")
@@ -214,8 +205,23 @@ def faults(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                              and replica in (c.get("members") or [])), None)
                 if back is not None:
                     rec["back_s"] = back["t"] - start
+        rec["stall_s"] = _stall(timeline, events, start, end, rec["back_s"])
         out.append(rec)
     return out
+
+
+def _stall(timeline: list[dict[str, Any]], events: list[dict[str, Any]], start: float, end: float,
+           back_s: float | None) -> float | None:
+    """The longest time without a committed step from the last commit before the fault to the
+    commit that holds the replica again (else the next fault, at most 60 s on). A step that was
+    already under way can still commit just after a fault; the stall comes after it."""
+    horizon = min(end, start + 60.0, start + back_s if back_s is not None else math.inf)
+    before = [c["t"] for c in timeline if c["t"] <= start][-1:]
+    times = before + [c["t"] for c in timeline if start < c["t"] <= horizon]
+    if len(times) >= 2:
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
+    qc = _first(events, start, end, "quorum_changed")  # no commits to read: the writer's figure
+    return qc.get("stall_s") if qc is not None else None
 
 
 def membership(events: list[dict[str, Any]], t_end: float) -> dict[str, list[tuple[float, float, str]]]:

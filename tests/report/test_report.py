@@ -41,7 +41,7 @@ def test_each_fault_gets_its_detection_stall_and_healing(run):
     kill, hang = r["faults"]
     assert (kill["kind"], kill["replica"], kill["detected_as"]) == ("kill", 2, "crash")
     assert kill["detection_s"] == pytest.approx(0.4)  # detection time minus injection time
-    assert kill["stall_s"] == pytest.approx(0.7)  # stall_s of the first commit after the fault
+    assert kill["stall_s"] == pytest.approx(0.7)  # the longest gap between commits around it
     assert kill["heal_s"] == 0.5 and kill["heal_bytes"] == 39_000_000
     assert kill["back_s"] == pytest.approx(3.6)  # first commit holding replica 2 again
     assert (hang["kind"], hang["replica"], hang["detected_as"]) == ("hang", 1, "hang")

@@ -131,6 +131,14 @@ class Trainer:
         if self.ledger is not None:
             self.ledger.record(self.step, start, ids)
 
+    def step_once(self) -> StepResult:
+        """One committed step of single-process training: draw, compute, apply, record."""
+        start, ids = self.batch_ids()
+        result = self.run_step(ids)
+        self.commit(start, ids, result.tokens)
+        killpoints.hit("between_steps", self.step)
+        return result
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss over a fixed set of held-out windows."""
@@ -159,10 +167,7 @@ class Trainer:
         eval_loss = None
         with progress:
             while self.step < tc.steps:
-                start, ids = self.batch_ids()
-                result = self.run_step(ids)
-                self.commit(start, ids, result.tokens)
-                killpoints.hit("between_steps", self.step)
+                result = self.step_once()
                 window_loss += result.loss
                 window_tokens += result.tokens
                 if self.step % tc.log_every == 0 or self.step == tc.steps:

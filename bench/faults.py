@@ -169,11 +169,14 @@ def run_tenacia(a: argparse.Namespace, out: Path, duration: float, faults: list[
         injector.start()
         while time.time() < t0 + duration and procs.started[0].poll() is None:
             time.sleep(0.2)
+        t_end = time.time()
         injector.stop()
     finally:
         procs.stop(None)
-    # The bench's own injections join the run's event log (whole lines, as every writer does).
+    # The bench's own injections and the end it chose join the run's event log (whole lines, as
+    # every writer does).
     with open(events, "a") as f:
+        f.write(json.dumps({"t": t_end, "event": "run_finished", "source": "bench", "step": None}) + "\n")
         for inj in injector.injections:
             f.write(json.dumps({"t": inj["t"], "event": "fault_injected", "source": "bench", "step": None,
                                 "kind": inj["kind"], "replica": inj["replica"],

@@ -16,7 +16,9 @@ Definitions (docs/fault-model.md repeats them):
   decided by a new leader after a takeover) counts the tokens of the commit before it, since the
   global batch is constant.
 - Span: from the first to the last committed step. Start-up before the first commit and the
-  final eval/save after the last are paid alike by a fault-free run, so they are left out.
+  final eval/save after the last are paid alike by a fault-free run, so they are left out. When a
+  fault or recovery event comes after the last commit (the run ended stalled), the span runs to
+  the end of the log instead.
 - Fault-free rate: split the commits into consecutive windows of ``WINDOW_STEPS`` steps; a window
   is fault-free when every commit in it has the run's full membership and no disruptive event
   (``DISRUPTIVE``) has its time inside it. Its rate is its committed tokens over its duration
@@ -26,7 +28,9 @@ Definitions (docs/fault-model.md repeats them):
 - Goodput: useful tokens committed after the first commit over (fault-free rate x span).
 - Per fault (each ``fault_injected``, and each ``failure_detected`` with no injected fault
   before it): detection = ``failure_detected.detection_s``, else its time minus the fault's,
-  else its ``silence_s``; stall = the survivors' longest time without a committed step, from the
+  else its ``silence_s`` (a declaration more than ``DETECT_WITHIN_S`` after a fault is not
+  matched to it; a fault of the coordinating replica with no declaration is detected by the
+  next ``coordinator_changed``); stall = the survivors' longest time without a committed step, from the
   last commit before the fault to the commit that holds the replica again (or the next fault,
   at most 60 s later), else the first ``quorum_changed.stall_s``; healing = ``heal_done.heal_s``;
   back = time from the fault to the first step committed with the replica among its members
@@ -42,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 WINDOW_STEPS = 10
+DETECT_WITHIN_S = 30.0  # a failure declared later than this after a fault is a fault of its own
 DISRUPTIVE = frozenset({
     "fault_injected", "failure_detected", "quorum_changed", "step_discarded", "heal_started",
     "heal_done", "replica_restarted", "coordinator_changed", "resumed",
@@ -164,7 +169,7 @@ def faults(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for f in injected:
         later = [g["t"] for g in injected if g["t"] > f["t"] and g.get("replica") == f.get("replica")]
         end = min(later, default=math.inf)
-        d = next((d for d in detected if id(d) not in used and f["t"] <= d["t"] < end
+        d = next((d for d in detected if id(d) not in used and f["t"] <= d["t"] < min(end, f["t"] + DETECT_WITHIN_S)
                   and (f.get("replica") is None or d.get("replica") == f.get("replica"))), None)
         if d is not None:
             used.add(id(d))
@@ -185,6 +190,10 @@ def faults(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "detected_as": d.get("kind") if d else None, "detection_s": None,
             "stall_s": None, "heal_s": None, "heal_bytes": None, "back_s": None, "takeover_s": None,
         }
+        if d is None and f is not None and replica is not None and _coordinator_at(events, start) == replica:
+            takeover = _first(events, start, min(end, start + DETECT_WITHIN_S), "coordinator_changed")
+            if takeover is not None:  # the leader itself failed: a survivor taking over detects it
+                rec["detected_as"], rec["detection_s"] = "coordinator takeover", takeover["t"] - start
         if d is not None:
             if d.get("detection_s") is not None:
                 rec["detection_s"] = d["detection_s"]
@@ -208,6 +217,12 @@ def faults(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rec["stall_s"] = _stall(timeline, events, start, end, rec["back_s"])
         out.append(rec)
     return out
+
+
+def _coordinator_at(events: list[dict[str, Any]], t: float) -> int | None:
+    """The replica coordinating at time ``t`` (the last ``coordinator_changed`` before it)."""
+    changes = [e for e in events if e["event"] == "coordinator_changed" and e["t"] <= t]
+    return changes[-1].get("coordinator") if changes else None
 
 
 def _stall(timeline: list[dict[str, Any]], events: list[dict[str, Any]], start: float, end: float,
@@ -290,7 +305,9 @@ def analyze(run_dir: str | Path) -> dict[str, Any]:
         events = sorted(events + commits_from_metrics(metrics), key=lambda e: e["t"])
     commits, lost = lineage(events)
     rate = fault_free_rate(commits, events, replicas)
-    span = commits[-1]["t"] - commits[0]["t"] if len(commits) > 1 else 0.0
+    last_fault = max((e["t"] for e in events if e["event"] in DISRUPTIVE), default=-math.inf)
+    span_end = t_end if commits and last_fault > commits[-1]["t"] else (commits[-1]["t"] if commits else 0.0)
+    span = span_end - commits[0]["t"] if len(commits) > 1 else 0.0
     useful = sum(c["tokens"] for c in commits[1:])
     goodput = useful / (rate["tokens_per_s"] * span) if rate["tokens_per_s"] and span > 0 else None
     per_fault = faults(events)

@@ -128,3 +128,44 @@ def test_a_single_process_run_is_read_from_its_metrics(tmp_path):
     assert r["goodput"] == pytest.approx(4000 / (1000 * 11))  # 7 s lost to the crash and resume
     write(run)  # no replica lanes to draw: the timeline is still made
     assert (run / "timeline.png").stat().st_size > 10_000
+
+
+def _log(run: Path, events: list[dict]) -> Path:
+    run.mkdir(parents=True, exist_ok=True)
+    base = {"source": "coordinator", "step": None}
+    (run / "events.jsonl").write_text("".join(json.dumps({**base, **e}) + "\n" for e in events))
+    return run
+
+
+def _steady(n: int, members: list[int]) -> list[dict]:
+    """n commits of 100 tokens, one a second from T0 + 1."""
+    return [{"t": T0 + 1 + i, "event": "step_committed", "step": i + 1, "tokens": 100, "members": members}
+            for i in range(n)]
+
+
+def test_a_run_that_ends_stalled_is_charged_to_its_end(tmp_path):
+    ev = [{"t": T0, "event": "run_started", "replicas": 2}] + _steady(21, [0, 1])
+    ev += [{"t": T0 + 22, "event": "fault_injected", "kind": "kill", "replica": 1},
+           {"t": T0 + 41, "event": "run_finished"}]
+    r = analyze(_log(tmp_path / "run", ev))
+    assert r["span_s"] == pytest.approx(40.0)  # first commit at T0+1 to the end of the log
+    assert r["goodput"] == pytest.approx(0.5)  # 20 useful steps of 1 s in 40 s
+
+
+def test_the_coordinators_own_fault_is_detected_by_the_takeover(tmp_path):
+    ev = [{"t": T0, "event": "run_started", "replicas": 2},
+          {"t": T0 + 0.5, "event": "coordinator_changed", "coordinator": 0, "takeover_s": None}]
+    ev += _steady(30, [0, 1])
+    ev += [{"t": T0 + 10.2, "event": "fault_injected", "kind": "hang", "replica": 0},
+           {"t": T0 + 11.0, "event": "coordinator_changed", "coordinator": 1, "takeover_s": 0.8}]
+    (f,) = analyze(_log(tmp_path / "run", sorted(ev, key=lambda e: e["t"])))["faults"]
+    assert f["detected_as"] == "coordinator takeover" and f["detection_s"] == pytest.approx(0.8)
+
+
+def test_a_much_later_failure_is_not_pinned_on_an_earlier_fault(tmp_path):
+    ev = [{"t": T0, "event": "run_started", "replicas": 2}] + _steady(60, [0, 1])
+    ev += [{"t": T0 + 5.5, "event": "fault_injected", "kind": "kill", "replica": 1},
+           {"t": T0 + 45.5, "event": "failure_detected", "kind": "hang", "replica": 1, "silence_s": 0.9}]
+    kill, later = analyze(_log(tmp_path / "run", sorted(ev, key=lambda e: e["t"])))["faults"]
+    assert kill["detection_s"] is None
+    assert later["kind"] == "unplanned hang" and later["detection_s"] == 0.9

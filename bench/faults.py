@@ -171,8 +171,10 @@ def run_tenacia(a: argparse.Namespace, out: Path, duration: float, faults: list[
             time.sleep(0.2)
         t_end = time.time()
         injector.stop()
-    finally:
-        procs.stop(None)
+    finally:  # the launcher's session, then each replica (they run in sessions of their own)
+        procs.stop()
+        pid_of = tenacia_pids(run_dir)
+        procs.stop(pids=[p for p in (pid_of(r) for r in range(a.replicas)) if p is not None])
     # The bench's own injections and the end it chose join the run's event log (whole lines, as
     # every writer does).
     with open(events, "a") as f:

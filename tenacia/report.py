@@ -349,7 +349,7 @@ def write(run_dir: str | Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     report = analyze(run_dir)
-    _, metrics, _ = load(run_dir)
-    draw_timeline(report, metrics, run_dir / "timeline.png")
+    events, metrics, _ = load(run_dir)
+    draw_timeline(report, metrics, events, run_dir / "timeline.png")
     (run_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report

@@ -80,13 +80,15 @@ class Procs:
         self.started.append(proc)
         return proc
 
-    def stop(self, worker_log: Path | None) -> None:
+    def stop(self, worker_log: Path | None = None, pids: list[int] = ()) -> None:
+        """SIGKILL every session started here, every worker the log names and ``pids``."""
         for proc in self.started:
             kill_group(proc)
-        for r in records(worker_log) if worker_log else []:
-            if r.get("event") == "worker_started" and alive(r["pid"]):
+        named = [r["pid"] for r in records(worker_log) if r.get("event") == "worker_started"] if worker_log else []
+        for pid in [*named, *pids]:
+            if alive(pid):
                 try:
-                    os.kill(r["pid"], signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
 

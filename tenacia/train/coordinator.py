@@ -27,18 +27,21 @@ Contract (what is decided when, what each party may assume):
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
 from ..data.ledger import SampleLedger
 from ..events import EventLog
+from .lease import newest_term
 from .wire import Conn
 
 TICK_S = 0.02
@@ -62,9 +65,12 @@ class MemberState:
 
 class Coordinator:
     def __init__(self, *, replica: int, term: int, host: str, cfg: Any, total_steps: int,
-                 events: EventLog, ledger: SampleLedger | None, expected: set[int],
-                 last_quorum_id: int = 0, takeover_from: float | None = None):
+                 events: EventLog, ledger: SampleLedger | None, expected: set[int], run_dir: Path,
+                 log_every: int = 10, last_quorum_id: int = 0, takeover_from: float | None = None):
         self.replica, self.term, self.cfg, self.total_steps = replica, term, cfg, total_steps
+        self.run_dir = run_dir
+        self.log_every = log_every
+        self._window: list[tuple[float, float, int]] = []  # (t, loss, tokens) since the last metrics line
         self.events, self.ledger = events, ledger
         self.expected = set(expected)  # who we wait for before the first quorum
         self.takeover = takeover_from is not None
@@ -140,6 +146,8 @@ class Coordinator:
         self.votes[rid] = msg
         if set(self.votes) != set(q["members"]):
             return
+        if self.superseded():
+            return
         step = q["step"]
         ok = all(v["ok"] for v in self.votes.values())
         sharers = [self.votes[r] for r in q["sharers"]]
@@ -165,6 +173,7 @@ class Coordinator:
                              members=q["members"], step_time_s=None if self.last_commit_t is None else round(now - self.last_commit_t, 4),
                              stall_s=stall, quorum_id=q["quorum_id"])
             self.last_commit_t, self.stalled_since = now, None
+            self._log_metrics(step, loss, sum(v["tokens"] for v in sharers))
             q["step"] = step + 1
             q["resolve"] = None
             if step >= self.total_steps:
@@ -177,6 +186,30 @@ class Coordinator:
         waiting = [r for r in self.members if r not in q["members"]]
         if waiting or not ok:
             self._maybe_form("join" if ok else "retry")
+
+    def _log_metrics(self, step: int, loss: float, tokens: int) -> None:
+        """``metrics.jsonl`` as the single-process trainer writes it: mean loss and tokens/s."""
+        self._window.append((time.time(), loss, tokens))
+        if step % self.log_every and step < self.total_steps:
+            return
+        t0 = self._window[0][0] if len(self._window) > 1 else None
+        record = {"t": time.time(), "step": step, "loss": sum(w[1] for w in self._window) / len(self._window),
+                  "tokens_per_s": sum(w[2] for w in self._window[1:]) / (self._window[-1][0] - t0) if t0 else None,
+                  "members": len(self.quorum["members"]) if self.quorum else None}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self._window = self._window[-1:]
+
+    def superseded(self) -> bool:
+        """The fence (see ``lease.py``): a newer term exists, so another leader was elected while we
+        were frozen, slow or cut off. Step down and send our members to it."""
+        newest = newest_term(self.run_dir)
+        if newest <= self.term:
+            return False
+        self.stopped = True
+        self.events.emit("coordinator_superseded", coordinator=self.replica, term=self.term, newest_term=newest)
+        self._broadcast({"type": "expelled", "reason": f"leader {self.replica} of term {self.term} was superseded by term {newest}"})
+        return True
 
     # ----- failures ------------------------------------------------------------------------------------
     def _lose(self, rid: int, kind: str, why: str) -> None:
@@ -199,7 +232,7 @@ class Coordinator:
             self._maybe_form(f"replica {rid} lost ({kind})")
 
     def _monitor(self) -> None:
-        last_beat = last_tick = time.monotonic()
+        last_beat = last_tick = last_fence = time.monotonic()
         while not self.stopped:
             time.sleep(TICK_S)
             with self.lock:
@@ -214,17 +247,31 @@ class Coordinator:
                     self._broadcast({"type": "heartbeat"})
                     last_beat = now
                 timeout = self.hang_timeout
-                waiting_in_allreduce = any(m.phase == "allreduce" for m in self.members.values())
+                q = self.quorum
+                in_quorum = [self.members[r] for r in (q["members"] if q else []) if r in self.members]
+                waiting_in_allreduce = any(m.phase == "allreduce" for m in in_quorum)
+                stuck_bound = max(10.0, 4 * timeout)  # a slow step is a straggler, not a hang
                 for rid, m in list(self.members.items()):
                     if rid == self.replica:
                         continue  # our own member side lives in this process
                     if now - m.last_hb > timeout:
                         self._lose(rid, "hang", f"silent for {now - m.last_hb:.2f}s > {timeout:.2f}s")
-                    elif (m.phase == "compute" and waiting_in_allreduce and self.quorum is not None
-                          and rid in self.quorum["members"] and now - m.phase_since > timeout):
-                        self._lose(rid, "hang", f"stuck in its step for {now - m.phase_since:.2f}s > {timeout:.2f}s")
+                    elif (m.phase == "compute" and waiting_in_allreduce and m in in_quorum
+                          and now - m.phase_since > stuck_bound):
+                        self._lose(rid, "hang", f"stuck in its step for {now - m.phase_since:.2f}s > {stuck_bound:.2f}s")
+                if (q is not None and in_quorum and len(in_quorum) == len(q["members"])
+                        and all(m.phase == "allreduce" and now - m.phase_since > timeout for m in in_quorum)):
+                    # everyone is alive and waiting in the collective: the collective itself is stuck
+                    self.events.emit("step_discarded", step=q["step"], reason=f"all-reduce stuck for > {timeout:.2f}s")
+                    q["resolve"] = {"step": q["step"], "commit": False}
+                    for m in in_quorum:
+                        m.phase_since = now
+                    self._maybe_form("stuck collective")
                 if self.quorum is None:
                     self._maybe_form("waiting")
+                elif now - last_fence > 0.5:
+                    last_fence = now
+                    self.superseded()
 
     # ----- quorum formation ----------------------------------------------------------------------------
     def _maybe_form(self, reason: str) -> None:

@@ -73,6 +73,7 @@ class HealFetch:
     def _run(self) -> None:
         try:
             conn = Conn.connect(self.donor_addr, timeout=2.0)
+            conn.settimeout(60.0)  # the donor answers once its training thread offers the state
             try:
                 conn.send({"type": "fetch", "quorum_id": self.quorum_id})
                 meta, blobs = conn.recv()

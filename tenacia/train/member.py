@@ -96,10 +96,11 @@ class LeaderLink:
         leaderless_since: float | None = None
         while time.monotonic() - t0 < deadline_s:
             self._retries: dict[int, int] = {}
+            self._silent = 0  # seeds that neither answered nor refused: alive maybe, so no election
             if any(self._try(addr) for addr in seeds()):
                 return
             now = time.monotonic()
-            if all(r > self.replica for r in self._retries):
+            if not self._silent and all(r > self.replica for r in self._retries):
                 leaderless_since = leaderless_since or now
                 if now - leaderless_since >= elect_after_s:
                     term = max([self.term, *self._retries.values()]) + 1
@@ -114,9 +115,17 @@ class LeaderLink:
     def _try(self, addr: str, hops: int = 4) -> bool:
         try:
             conn = Conn.connect(addr, timeout=1.0)
+        except ConnectionRefusedError:
+            return False  # nobody listens there: that replica is gone
+        except OSError:
+            self._silent = getattr(self, "_silent", 0) + 1
+            return False
+        try:
             conn.send(self.hello())
             msg, _ = conn.recv()
         except (OSError, ConnectionError):
+            self._silent = getattr(self, "_silent", 0) + 1
+            conn.close()
             return False
         if msg["type"] == "redirect" and hops > 0:
             conn.close()
@@ -126,6 +135,7 @@ class LeaderLink:
         if msg["type"] != "welcome":
             conn.close()
             return False
+        conn.settimeout(None)
         self.conn, self.leader, self.term = conn, msg["leader"], msg["term"]
         self.server.term = self.term
         self.server.leader_addr, self.server.lost_leader = addr, False

@@ -39,6 +39,7 @@ from ..run_config import RunConfig
 from . import checkpoint as ckpt
 from .coordinator import Coordinator
 from .heal import HealFetch, HealServer
+from .lease import claim_term, leader_of
 from .member import ControlServer, LeaderLink
 from .step import apply_update, compute_gradients
 from .trainer import Trainer
@@ -105,8 +106,11 @@ class Replica:
         os.replace(tmp, d / f"r{self.id}.json")
 
     def peer_addresses(self) -> list[str]:
-        """Seeds given at start, then every other replica published in the run directory."""
-        out = list(self.seeds)
+        """The newest term's leader, the seeds given at start, then every other replica published
+        in the run directory."""
+        lead = leader_of(Path(self.cfg.train.run_dir))
+        out = [lead["control"]] if lead and lead["replica"] != self.id else []
+        out += [s for s in self.seeds if s not in out]
         for f in sorted((Path(self.cfg.train.run_dir) / "replicas").glob("r*.json")):
             try:
                 info = json.loads(f.read_text())
@@ -122,12 +126,13 @@ class Replica:
 
     def make_coordinator(self, *, term: int, expected: set[int], last_quorum_id: int = 0,
                          takeover_from: float | None = None) -> Coordinator:
-        ledger = SampleLedger(Path(self.cfg.train.run_dir) / "ledger.jsonl")
-        coord = Coordinator(replica=self.id, term=term, host=self.cfg.replicas.host, cfg=self.cfg.replicas,
-                            total_steps=self.cfg.train.steps, events=EventLog(self.events.path, f"coordinator:{self.id}"),
-                            ledger=ledger, expected=expected, last_quorum_id=last_quorum_id,
-                            takeover_from=takeover_from)
-        return coord
+        run_dir = Path(self.cfg.train.run_dir)
+        term = claim_term(run_dir, self.id, self.server.addr, at_least=term)
+        return Coordinator(replica=self.id, term=term, host=self.cfg.replicas.host, cfg=self.cfg.replicas,
+                           total_steps=self.cfg.train.steps, events=EventLog(self.events.path, f"coordinator:{self.id}"),
+                           ledger=SampleLedger(run_dir / "ledger.jsonl"), expected=expected, run_dir=run_dir,
+                           log_every=self.cfg.train.log_every,
+                           last_quorum_id=last_quorum_id, takeover_from=takeover_from)
 
     def poll(self, block: float = 0.0) -> dict[str, Any] | None:
         """Next message from the leader; handles failover and rejoin on the way."""

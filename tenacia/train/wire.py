@@ -40,9 +40,12 @@ class Conn:
 
     @classmethod
     def connect(cls, addr: str, timeout: float = 2.0) -> Conn:
-        sock = socket.create_connection(parse_addr(addr), timeout=timeout)
-        sock.settimeout(None)
-        return cls(sock)
+        """Connect; ``timeout`` also bounds every send and receive until ``settimeout(None)``
+        (a stopped process's kernel still accepts connections, then never answers)."""
+        return cls(socket.create_connection(parse_addr(addr), timeout=timeout))
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
 
     def send(self, header: dict[str, Any], *blobs: bytes | memoryview) -> None:
         data = json.dumps(dict(header, blobs=len(blobs))).encode()

@@ -83,7 +83,7 @@ class Coordinator:
         self.step_times: deque[float] = deque(maxlen=20)
         self.last_commit_t: float | None = None
         self.stalled_since: float | None = None
-        self.started = time.monotonic()
+        self.started = self._tick = time.monotonic()
         self.quorum_id_start: int | None = None if self.takeover else last_quorum_id
         self.stopped = False
         self.store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False,
@@ -117,6 +117,8 @@ class Coordinator:
 
     def on_message(self, rid: int, msg: dict[str, Any]) -> None:
         with self.lock:
+            if self.stopped or self._frozen():
+                return
             m = self.members.get(rid)
             if m is None:
                 return
@@ -187,6 +189,17 @@ class Coordinator:
         if waiting or not ok:
             self._maybe_form("join" if ok else "retry")
 
+    def _frozen(self) -> bool:
+        """Was this process stopped longer than the hang bound? Then the members have elected
+        another leader meanwhile: stop, whichever thread notices first."""
+        gap = time.monotonic() - self._tick
+        if gap <= max(self.hang_timeout, 0.5):
+            return False
+        if not self.stopped:
+            self.stopped = True
+            self.events.emit("coordinator_frozen", coordinator=self.replica, gap_s=round(gap, 3))
+        return True
+
     def _log_metrics(self, step: int, loss: float, tokens: int) -> None:
         """``metrics.jsonl`` as the single-process trainer writes it: mean loss and tokens/s."""
         self._window.append((time.time(), loss, tokens))
@@ -213,8 +226,10 @@ class Coordinator:
 
     # ----- failures ------------------------------------------------------------------------------------
     def _lose(self, rid: int, kind: str, why: str) -> None:
+        if self.stopped or self._frozen():
+            return  # a frozen leader's members left because it froze: not failures of theirs
         m = self.members.pop(rid, None)
-        if m is None or self.stopped:
+        if m is None:
             return
         if kind == "hang":
             m.conn.try_send({"type": "expelled", "reason": why})
@@ -232,17 +247,14 @@ class Coordinator:
             self._maybe_form(f"replica {rid} lost ({kind})")
 
     def _monitor(self) -> None:
-        last_beat = last_tick = last_fence = time.monotonic()
+        last_beat = last_fence = time.monotonic()
         while not self.stopped:
             time.sleep(TICK_S)
             with self.lock:
                 now = time.monotonic()
-                if now - last_tick > max(self.hang_timeout, 0.5):
-                    # this process was frozen: the members have elected another leader meanwhile
-                    self.stopped = True
-                    self.events.emit("coordinator_frozen", coordinator=self.replica, gap_s=round(now - last_tick, 3))
+                if self._frozen():
                     return
-                last_tick = now
+                self._tick = now
                 if now - last_beat >= HEARTBEAT_S:  # members fail over when the leader goes silent
                     self._broadcast({"type": "heartbeat"})
                     last_beat = now

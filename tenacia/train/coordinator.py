@@ -112,8 +112,10 @@ class Coordinator:
                                             msg.get("pending_vote"))
             self.quorum_id = max(self.quorum_id, int(msg.get("quorum_seen", 0)))
             conn.try_send({"type": "welcome", "leader": self.replica, "term": self.term})
-            if self.quorum is None or rid not in self.quorum["members"]:
+            if self.quorum is None:
                 self._maybe_form("join")
+            # else: newcomers are admitted at the next step boundary (after the verdict), so the
+            # step in flight is not thrown away for them
 
     def on_message(self, rid: int, msg: dict[str, Any]) -> None:
         with self.lock:

@@ -83,4 +83,15 @@ def run_demo(run_dir: str = "runs/demo", steps: int | None = None, serve: bool =
     from ..serve.server import serve as run_server
 
     console.print("\n[bold]Serving the model just trained[/bold] (Ctrl-C to stop; --no-serve skips this)")
-    return run_server(str(run), ServerConfig(port=8000))
+    return run_server(str(run), ServerConfig(port=8000 if port_free(8000) else 0))
+
+
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

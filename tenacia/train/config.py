@@ -90,6 +90,7 @@ class ReplicaConfig:
     host: str = "127.0.0.1"  # address replicas listen on and advertise to peers
     join: list[str] = field(default_factory=list)  # HOST:PORT of any live replica, to join a running job
     restart_budget: int = 20  # process restarts the launcher allows in a run, all replicas together
+    spares: int = 1  # warm replica processes kept ready (imported, built, loaded) to replace a dead one
     restart_backoff_s: float = 0.2  # first restart delay; doubles per consecutive crash of a replica, max 5 s
     hang_floor_s: float = 0.75  # hang detection never fires sooner than this
     hang_factor: float = 2.5  # ... nor sooner than this many median step times
@@ -104,6 +105,7 @@ class ReplicaConfig:
         check(self.max_replicas >= self.count, "replicas.max_replicas", self.max_replicas,
               f"at least replicas.count={self.count}")
         check(self.restart_budget >= 0, "replicas.restart_budget", self.restart_budget, "an integer >= 0")
+        check(self.spares in (0, 1), "replicas.spares", self.spares, "0 or 1")
         check(self.restart_backoff_s >= 0, "replicas.restart_backoff_s", self.restart_backoff_s, "a number >= 0")
         check(self.hang_floor_s > 0, "replicas.hang_floor_s", self.hang_floor_s, "a positive number of seconds")
         check(self.hang_factor >= 1, "replicas.hang_factor", self.hang_factor, "a number >= 1")

@@ -51,6 +51,7 @@ class Launcher:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.events = EventLog(self.run_dir / "events.jsonl", "launcher")
         self.children: dict[int, Child] = {}
+        self.spare: subprocess.Popen | None = None  # a warm replica process waiting for an id
         self.restarts = 0
         self.primary = not cfg.replicas.join  # the launcher that starts the job (not one that joins it)
         self.ids = range(cfg.replicas.first_id, cfg.replicas.first_id + cfg.replicas.count)
@@ -73,19 +74,37 @@ class Launcher:
                 out.append(info["control"])
         return out
 
-    def spawn(self, replica: int, join: list[str]) -> Child:
-        log = open(self.run_dir / "logs" / f"r{replica}.log", "ab")
-        cmd = [sys.executable, "-m", "tenacia.train.replica", "--config", str(self.config_path),
-               "--replica", str(replica)]
+    def spawn(self, replica: int | None, join: list[str]) -> Child | subprocess.Popen:
+        """Start replica ``replica``, or a spare (``None``) that waits on stdin for an id."""
+        name = f"r{replica}" if replica is not None else f"spare-{self.restarts}-{time.monotonic_ns()}"
+        log = open(self.run_dir / "logs" / f"{name}.log", "ab")
+        cmd = [sys.executable, "-m", "tenacia.train.replica", "--config", str(self.config_path)]
+        if replica is not None:
+            cmd += ["--replica", str(replica)]
         for addr in join:
             cmd += ["--join", addr]
         env = dict(os.environ, OMP_NUM_THREADS=str(self.cfg.replicas.threads))
         if self.chaos.kill_point:
             env["TENACIA_KILL_AT"] = self.chaos.kill_point
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=_die_with_parent, stdin=subprocess.PIPE if replica is None else None)
         log.close()
-        return Child(replica, proc)
+        return Child(replica, proc) if replica is not None else proc
+
+    def replace(self, replica: int, join: list[str]) -> tuple[Child, str]:
+        """A process for replica ``replica``: the warm spare if one is ready, else a new one."""
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.poll() is None:
+            try:
+                spare.stdin.write((json.dumps({"replica": replica, "join": join}) + "\n").encode())
+                spare.stdin.flush()
+                self.spare = self.spawn(None, [])  # the next spare warms up in the background
+                return Child(replica, spare), "spare"
+            except OSError:
+                pass
+        if self.cfg.replicas.spares:
+            self.spare = self.spawn(None, [])
+        return self.spawn(replica, join), "new process"
 
     def wait_address(self, replica: int, timeout: float = 120.0) -> str:
         f = self.run_dir / "replicas" / f"r{replica}.json"
@@ -126,6 +145,8 @@ class Launcher:
             first = self.wait_address(first_id)
             for r in self.ids[1:]:
                 self.children[r] = self.spawn(r, seeds or [first])
+            if self.cfg.replicas.spares:
+                self.spare = self.spawn(None, [])
             return self.supervise()
         finally:
             self.shutdown()
@@ -165,9 +186,9 @@ class Launcher:
                     self.restarts += 1
                     old = self.children[r]
                     join = self.addresses(exclude=r) or list(self.cfg.replicas.join)
-                    self.children[r] = self.spawn(r, join)
+                    self.children[r], how = self.replace(r, join)
                     self.children[r].failures = old.failures
-                    self.events.emit("replica_restarted", replica=r, attempt=self.restarts, join=join)
+                    self.events.emit("replica_restarted", replica=r, attempt=self.restarts, join=join, using=how)
             alive = [c for c in self.children.values() if c.proc.poll() is None]
             if not alive and not pending:
                 # a replica exits 0 only after the leader's stop; the leader may be on another host
@@ -177,6 +198,8 @@ class Launcher:
 
     def shutdown(self) -> None:
         self.chaos.close()
+        if self.spare is not None:
+            self.children[-1] = Child(-1, self.spare)  # killed with the others below
         for child in self.children.values():
             if child.proc.poll() is None:
                 try:

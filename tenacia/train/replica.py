@@ -81,10 +81,13 @@ class GroupBuilder:
 
 
 class Replica:
-    def __init__(self, cfg: RunConfig, replica: int, seeds: list[str]):
+    def __init__(self, cfg: RunConfig, replica: int, seeds: list[str], trainer: Trainer | None = None):
+        """``trainer``: one built (and loaded from disk) ahead of time by a spare process."""
         self.cfg, self.id, self.seeds = cfg, replica, seeds
         torch.set_num_threads(cfg.replicas.threads)
-        self.trainer = Trainer(cfg, source=f"replica:{replica}", write_ledger=False)
+        self.preloaded = trainer is not None
+        self.trainer = trainer or Trainer(cfg, source=f"replica:{replica}", write_ledger=False)
+        self.trainer.events.source = f"replica:{replica}"
         self.events = self.trainer.events
         host = cfg.replicas.host
         self.server = ControlServer(replica, host, host)
@@ -152,7 +155,7 @@ class Replica:
 
     # ----- the loop ---------------------------------------------------------------------------------
     def run(self) -> int:
-        if self.cfg.checkpoint.resume:
+        if self.cfg.checkpoint.resume and not self.preloaded:
             # a starting point only: the job resumes (or not) when the first quorum forms
             self.trainer.resume(event="replica_checkpoint_loaded")
         if self.trainer.step >= self.cfg.train.steps:
@@ -362,14 +365,32 @@ def state_fingerprint(t: Trainer) -> str:
     return h.hexdigest()
 
 
+def wait_as_spare(cfg: RunConfig) -> tuple[int, list[str], Trainer]:
+    """A spare process: import, build the model and optimizer, load the newest disk checkpoint,
+    then wait on stdin for the launcher's ``{"replica": id, "join": [...]}``. A dead replica is
+    thus replaced in the time healing takes, not the time a Python process takes to start."""
+    torch.set_num_threads(cfg.replicas.threads)
+    trainer = Trainer(cfg, source="replica:spare", write_ledger=False)
+    if cfg.checkpoint.resume:
+        trainer.resume(event="replica_checkpoint_loaded")
+    line = sys.stdin.readline()
+    if not line:
+        raise SystemExit(0)  # the launcher closed our stdin: not needed any more
+    order = json.loads(line)
+    return int(order["replica"]), list(order["join"]), trainer
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tenacia.train.replica")
     p.add_argument("--config", required=True)
-    p.add_argument("--replica", type=int, required=True)
+    p.add_argument("--replica", type=int, default=None, help="this replica's id (omit for a spare)")
     p.add_argument("--join", action="append", default=[])
     p.add_argument("-o", "--override", action="append", default=[])
     args = p.parse_args(argv)
     cfg = cfglib.load(RunConfig, args.config, args.override)
+    if args.replica is None:
+        replica, join, trainer = wait_as_spare(cfg)
+        return Replica(cfg, replica, join, trainer).run()
     return Replica(cfg, args.replica, args.join).run()
 
 

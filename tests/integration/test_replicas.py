@@ -121,7 +121,7 @@ def test_coordinator_killed(tmp_path, procs, reference):
 
 
 def test_replica_killed_while_healing(tmp_path, procs, reference):
-    run_replicas(procs, tmp_path, 3, ["kill:1@20", "kill_healing@25"])
+    run_replicas(procs, tmp_path, 3, ["kill:1@20", "kill_healing@20"])
     events = check_run(tmp_path, reference)
     healing_kill = first_after(events, "fault_injected", 0, kind="kill_healing")
     assert healing_kill["replica"] == 1

@@ -47,8 +47,11 @@ def test_kill_and_resume_is_bit_identical(tmp_path, procs):
 
     events = [json.loads(line) for line in (faulty / "events.jsonl").read_text().splitlines()]
     resumed = [e["step"] for e in events if e["event"] == "resumed"]
-    # mid_step@3: nothing saved yet; model.safetensors@8 leaves 8 unfinished; manifest@16 too
-    assert resumed == [4, 4, 8, 8, 12, 20, 20], resumed
+    # Checkpoints are written in the background, so which one a kill lands after depends on
+    # timing; what does not: every resume is from a whole checkpoint, never backwards, and a kill
+    # after the rename of 20 (and the mid-step kill at 22) resume from 20.
+    assert len(resumed) >= 5 and all(s % 4 == 0 for s in resumed), resumed
+    assert resumed == sorted(resumed) and resumed[-2:] == [20, 20], resumed
     cfg = config.load(RunConfig, faulty / "config.toml")
     data = prepare_data(cfg.data, cfg.model.vocab_size)
     report = SampleLedger(faulty / "ledger.jsonl").verify(cfg.data.seed, len(data.train))

@@ -34,7 +34,10 @@ from pathlib import Path
 from ..config import ConfigError
 
 STDLIB = "stdlib"
-SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+# Test suites, installed packages, and generated tables (codec maps, pydoc topics) that would teach
+# the model lookup tables rather than Python.
+SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__",
+                          "encodings", "pydoc_data"})
 USER_SUFFIXES = (".txt", ".jsonl")
 
 

@@ -52,3 +52,29 @@ def read_events(path: str | Path) -> list[dict[str, Any]]:
         if isinstance(record, dict) and "event" in record:
             events.append(record)
     return events
+
+
+class EventTail:
+    """Follows a growing event log: each ``new()`` returns the whole lines appended since the
+    last call (a partly written last line waits for the next call)."""
+
+    def __init__(self, path: str | Path, from_end: bool = False):
+        self.path = Path(path)
+        self.offset = self.path.stat().st_size if from_end and self.path.exists() else 0
+
+    def new(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        out = []
+        for line in data[:end].splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out

@@ -7,7 +7,6 @@ time it was sent, which the report uses to measure detection and stall.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -15,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..events import EventLog
+from ..events import EventLog, EventTail
 from .schedule import Fault, parse_fault, random_kills
 
 SLOW_PERIOD_S = 0.1  # one SIGSTOP/SIGCONT cycle of a slowed replica
@@ -69,33 +68,15 @@ class ChaosInjector:
         first = cfg.replicas.first_id
         self.random = [(t, first + r) for t, r in
                        random_kills(chaos.kill_rate, chaos.kill_rate_duration_s, cfg.replicas.count, chaos.seed)]
-        self.path = run_dir / "events.jsonl"
-        self._offset = 0
+        self.tail = EventTail(run_dir / "events.jsonl")
         self.step, self.leader = 0, 0
         self.t0 = time.monotonic()
         self.arm_healing = False
         self._timers: list[threading.Timer] = []
         self._slow: list[Slowdown] = []
 
-    def _follow(self) -> list[dict]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self._offset += end
-        out = []
-        for line in data[:end].splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
-
     def tick(self) -> None:
-        for e in self._follow():
+        for e in self.tail.new():
             if e["event"] == "step_committed" and e.get("step"):
                 self.step = max(self.step, e["step"])
             elif e["event"] == "coordinator_changed":

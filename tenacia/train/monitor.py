@@ -3,9 +3,9 @@ per fault, detection, quorum change and recovery."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ..events import EventTail
 from .progress import Progress
 
 NOTABLE = {
@@ -26,8 +26,7 @@ NOTABLE = {
 class RunMonitor:
     def __init__(self, run_dir: Path, total_steps: int, tokens_per_step: int, enabled: bool = True,
                  every: int = 10):
-        self.path = run_dir / "events.jsonl"
-        self.offset = self.path.stat().st_size if self.path.exists() else 0
+        self.tail = EventTail(run_dir / "events.jsonl", from_end=True)
         self.tokens_per_step = tokens_per_step
         self.progress = Progress(total=total_steps, enabled=enabled, label="replicas", every=every)
         self.enabled = enabled
@@ -41,19 +40,7 @@ class RunMonitor:
         self.progress.__exit__(*exc)
 
     def tick(self) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        for line in data[:end].splitlines():
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for e in self.tail.new():
             kind = e.get("event")
             if kind == "step_committed" and e.get("loss") is not None:
                 self._window = [*self._window[-20:], (e["t"], e["step"])]

@@ -10,8 +10,9 @@ the runner hands it the step's layout with ``begin_prefill`` or ``begin_decode``
 - prefill: the new tokens of several sequences are packed into one row ``(1, N)``; attention runs
   per sequence, causal, over its cached prefix (non-empty when a long prompt is chunked) plus its
   new tokens, so no compute is spent on padding;
-- decode: one new token per sequence ``(B, 1)``; each sequence's cached keys are gathered block
-  by block into ``(B, L)`` and positions past its own length are masked out.
+- decode: one new token per sequence ``(B, 1)``; each sequence's cached keys are gathered into
+  ``(B, L)`` (L: the longest context, rounded up to a block) and positions past its own length
+  are masked out.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ class DecodeLayout:
     """One new token per sequence."""
 
     slots: Tensor  # (B,) int64: cache slot of each new token
-    block_tables: Tensor  # (B, max_blocks) int64, padded with block 0
-    mask: Tensor  # (B, 1, 1, max_blocks * block_size) bool: True where a key may be attended
+    context: Tensor  # (B * L,) int64: the cache slots of each sequence's keys, padded with slot 0
+    mask: Tensor  # (B, 1, 1, L) bool: True where a key may be attended
 
 
 class PagedKVCache:
@@ -132,12 +133,11 @@ class PagedKVCache:
 
     def _attend_decode(self, layer: int, layout: DecodeLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         # q: (B, H, 1, hd); k, v: (B, KVH, 1, hd)
-        B = q.size(0)
+        B, KVH, _, hd = k.shape
         self.k[layer].index_copy_(0, layout.slots, k[:, :, 0])  # (B, KVH, hd)
         self.v[layer].index_copy_(0, layout.slots, v[:, :, 0])
-        blocks_k = self.k[layer].view(-1, self.block_size, k.size(1), k.size(3))  # (blocks, bs, KVH, hd)
-        blocks_v = self.v[layer].view(-1, self.block_size, k.size(1), k.size(3))
-        kc = blocks_k[layout.block_tables].view(B, -1, k.size(1), k.size(3)).transpose(1, 2)  # (B, KVH, L, hd)
-        vc = blocks_v[layout.block_tables].view(B, -1, k.size(1), k.size(3)).transpose(1, 2)
+        # index_select copies whole rows; advanced indexing (tensor[idx]) is several times slower.
+        kc = self.k[layer].index_select(0, layout.context).view(B, -1, KVH, hd).transpose(1, 2)  # (B, KVH, L, hd)
+        vc = self.v[layer].index_select(0, layout.context).view(B, -1, KVH, hd).transpose(1, 2)
         return F.scaled_dot_product_attention(q, kc, vc, attn_mask=layout.mask,
                                               enable_gqa=q.size(1) != k.size(1))

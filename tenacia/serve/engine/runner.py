@@ -81,12 +81,13 @@ class ModelRunner:
         bs = self.cache.block_size
         width = max(len(s.block_table) for s in seqs)
         tables = self._tensor([t for s in seqs for t in s.block_table + [0] * (width - len(s.block_table))])
+        offsets = torch.arange(bs, device=self.device)
+        context = (tables.view(-1, 1) * bs + offsets).view(-1)  # (B * width * bs,) cache slots
         lengths = self._tensor([s.num_tokens for s in seqs])  # keys to attend, the new one included
         last = [s.num_tokens - 1 for s in seqs]
         slots = [self.cache.slot(s.block_table, p) for s, p in zip(seqs, last, strict=True)]
         mask = torch.arange(width * bs, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, L)
-        layout = DecodeLayout(self._tensor(slots), tables.view(len(seqs), width), mask[:, None, None, :])
-        self.cache.begin_decode(layout)
+        self.cache.begin_decode(DecodeLayout(self._tensor(slots), context, mask[:, None, None, :]))
         tokens = self._tensor([s.last_token for s in seqs]).unsqueeze(1)  # (B, 1)
         positions = self._tensor(last).unsqueeze(1)
         return tokens, positions, torch.arange(len(seqs), device=self.device), seqs

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP API and the chat page, in front of an ``AsyncEngine``.
+"""The OpenAI-compatible HTTP API and the chat page, in front of a ``ProcessEngine``.
 
 Routes: ``GET /`` (chat page), ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``,
 ``POST /v1/chat/completions``, ``POST /v1/completions``.
@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import ServerConfig
-from .engine.async_engine import AsyncEngine, EngineError, RequestHandle
+from .engine.process_engine import EngineError, ProcessEngine, RequestHandle
 from .engine.sequence import InvalidRequest
 from .guard import BodyTooLarge, Guard
 from .metrics import CONTENT_TYPE, ServeMetrics
@@ -40,8 +40,9 @@ WEB_DIR = Path(__file__).parent / "web"
 MAX_PROMPTS = 16
 
 
-def create_app(served: ServedModel, engine: AsyncEngine, cfg: ServerConfig, metrics: ServeMetrics) -> Guard:
-    """The ASGI app. The engine thread starts with the app and stops after the drain."""
+def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, metrics: ServeMetrics) -> Guard:
+    """The ASGI app. The engine's reader thread starts with the app; the engine process stops
+    after the drain."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -130,7 +131,7 @@ def create_app(served: ServedModel, engine: AsyncEngine, cfg: ServerConfig, metr
 class _Api:
     """The routes' shared logic: limits, submission, streamed and whole answers."""
 
-    def __init__(self, served: ServedModel, engine: AsyncEngine, cfg: ServerConfig):
+    def __init__(self, served: ServedModel, engine: ProcessEngine, cfg: ServerConfig):
         self.served, self.engine, self.cfg = served, engine, cfg
         self.token_text = TokenText(served.tokenizer)
         context = served.max_context

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from ..model.llama import Llama
+from ..model.llama import Llama, ModelConfig
 from .chat import ChatTemplate
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,8 @@ class ModelNotFound(ValueError):
 @dataclass(slots=True)
 class ServedModel:
     name: str  # the id clients pass as "model"
-    model: Llama
+    model: Llama | None  # None when loaded with weights=False (the HTTP side needs no weights)
+    config: ModelConfig
     tokenizer: Tokenizer
     chat_template: ChatTemplate
     eos_ids: set[int]
@@ -39,7 +40,7 @@ class ServedModel:
 
     @property
     def max_context(self) -> int:
-        return self.model.cfg.max_seq_len
+        return self.config.max_seq_len
 
 
 def chatml_template() -> str:
@@ -52,17 +53,18 @@ def _special_ids(tokenizer: Tokenizer, names: tuple[str, ...]) -> set[int]:
     return {i for i in (tokenizer.token_to_id(n) for n in names) if i is not None}
 
 
-def load_model(spec: str, device: torch.device, dtype: torch.dtype) -> ServedModel:
-    """Resolve MODEL (see module docstring) and load it; raises ModelNotFound otherwise."""
+def load_model(spec: str, device: torch.device, dtype: torch.dtype, weights: bool = True) -> ServedModel:
+    """Resolve MODEL (see module docstring) and load it (without its weights if ``weights`` is
+    False: tokenizer, template and config only); raises ModelNotFound otherwise."""
     if spec in BUILTIN:
         from ..model.smollm2 import smollm2_dir
 
-        return _load_hf(smollm2_dir(), device, dtype, name="smollm2-135m-instruct")
+        return _load_hf(smollm2_dir(), device, dtype, "smollm2-135m-instruct", weights)
     path = Path(spec)
     if (path / "config.toml").is_file() and (path / "checkpoints").is_dir():
-        return _load_run(path, device, dtype)
+        return _load_run(path, device, dtype, weights)
     if (path / "config.json").is_file():
-        return _load_hf(path, device, dtype, name=path.resolve().name)
+        return _load_hf(path, device, dtype, path.resolve().name, weights)
     raise ModelNotFound(
         f"MODEL '{spec}' is not servable: expected one of {', '.join(BUILTIN)}, a tenacia run "
         "directory (with config.toml and checkpoints/), or a Hugging Face Llama directory (with "
@@ -70,19 +72,27 @@ def load_model(spec: str, device: torch.device, dtype: torch.dtype) -> ServedMod
     )
 
 
-def _load_run(path: Path, device: torch.device, dtype: torch.dtype) -> ServedModel:
+def _load_run(path: Path, device: torch.device, dtype: torch.dtype, weights: bool) -> ServedModel:
+    import tomllib
+
+    from ..config import from_dict
     from ..train.checkpoint import load_run_for_inference
 
-    model, _cfg, tokenizer_path = load_run_for_inference(path, device, dtype)
+    if weights:
+        model, cfg, tokenizer_path = load_run_for_inference(path, device, dtype)
+    else:
+        model, tokenizer_path = None, path / "tokenizer.json"
+        cfg = from_dict(ModelConfig, tomllib.loads((path / "config.toml").read_text()).get("model", {}), prefix="model")
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    return ServedModel(path.resolve().name, model.eval(), tokenizer, ChatTemplate(chatml_template()),
+    return ServedModel(path.resolve().name, model, cfg, tokenizer, ChatTemplate(chatml_template()),
                        _special_ids(tokenizer, ("<|endoftext|>", "<|im_end|>")), f"tenacia run {path}")
 
 
-def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, name: str) -> ServedModel:
-    from ..model.hf import load_hf_dir
+def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, name: str, weights: bool) -> ServedModel:
+    from ..model.hf import load_hf_dir, model_config_from_hf
 
-    model = load_hf_dir(path, device=device, dtype=dtype)
+    model = load_hf_dir(path, device=device, dtype=dtype) if weights else None
+    config = model.cfg if model is not None else model_config_from_hf(_read_json(path / "config.json"))
     if not (path / "tokenizer.json").is_file():
         raise ModelNotFound(f"{path} has no tokenizer.json (a fast tokenizer is needed to serve it)")
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
@@ -103,7 +113,8 @@ def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, name: str) ->
         eos |= set(value) if isinstance(value, list) else {value} if isinstance(value, int) else set()
     if special.get("eos_token"):
         eos |= _special_ids(tokenizer, (special["eos_token"],))
-    return ServedModel(name, model, tokenizer, ChatTemplate(source, special), eos, f"Hugging Face directory {path}")
+    return ServedModel(name, model, config, tokenizer, ChatTemplate(source, special), eos,
+                       f"Hugging Face directory {path}")
 
 
 def _token_text(value: object) -> str | None:

@@ -1,4 +1,5 @@
-"""Start a server: load the model on the detected device, bind the socket, run uvicorn.
+"""Start a server: the engine process loads the model on the detected device; this process binds
+the socket and runs uvicorn.
 
 Contract:
 - The socket is bound before the model loads' end is announced; with port 0 the OS picks a free
@@ -18,11 +19,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..device import detect
 from .api import create_app
 from .config import ServerConfig
-from .engine.async_engine import AsyncEngine
-from .engine.llm_engine import LLMEngine
+from .engine.process_engine import ProcessEngine
 from .metrics import ServeMetrics
 from .models import load_model
 
@@ -58,24 +57,23 @@ def serve(model: str, cfg: ServerConfig, *, threads: int = 0, log_level: str = "
     """Serve ``model`` until SIGTERM/SIGINT (see module contract). Returns the exit code."""
     import uvicorn
 
-    if threads:
-        torch.set_num_threads(threads)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    device = detect(cfg.engine.device)
-    served = load_model(model, device.torch, device.serve_dtype)
+    # The HTTP side needs the tokenizer, the template and the config; the engine process loads
+    # the weights onto the device.
+    served = load_model(model, torch.device("cpu"), torch.float32, weights=False)
     if cfg.model_name:
         served.name = cfg.model_name
     metrics = ServeMetrics(served.name)
-    engine = LLMEngine(served.model, served.tokenizer, eos_ids=served.eos_ids, cfg=cfg.engine,
-                       device=device.torch, metrics=metrics)
-    app = create_app(served, AsyncEngine(engine), cfg, metrics)
+    engine = ProcessEngine(model, cfg.engine, threads, metrics)
+    info = engine.start_process()
+    app = create_app(served, engine, cfg, metrics)
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     base = f"http://{shown}:{port}"
     say = announce or (lambda line: print(line, flush=True))
     say(f"tenacia serve: listening on {base} (model {served.name} from {served.source}; "
-        f"{device.type}, {str(device.serve_dtype).removeprefix('torch.')}; "
+        f"{info['device']}, {info['dtype']}; "
         f"KV cache {engine.capacity_tokens} tokens)")
     say(usage_examples(base, served.name, cfg.api_keys[0] if cfg.api_keys else None))
     config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False,

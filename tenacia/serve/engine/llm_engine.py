@@ -1,7 +1,7 @@
 """The engine: requests in, tokens and text out, one ``step()`` at a time.
 
-``step()`` is schedule, run, postprocess. It is synchronous and single-threaded; ``AsyncEngine``
-drives it from a background thread for the HTTP server, and tests and benchmarks may call it
+``step()`` is schedule, run, postprocess. It is synchronous and single-threaded; ``ProcessEngine``
+drives it in a process of its own for the HTTP server, and tests and benchmarks may call it
 directly.
 """
 
@@ -36,6 +36,22 @@ class ChoiceDelta:
     finish_reason: str | None  # "stop", "length", "abort" or None while running
     prompt_tokens: int
     completion_tokens: int  # so far
+
+
+def check_request(prompt_ids: list[int], params: SamplingParams, *, vocab: int, context: int, capacity: int) -> None:
+    """Raise InvalidRequest unless the request could run alone on an idle engine."""
+    n = len(prompt_ids)
+    if n == 0:
+        raise InvalidRequest("prompt", "the prompt is empty")
+    if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+        raise InvalidRequest("prompt", f"token ids must be in [0, {vocab})")
+    if n + params.max_tokens > context:
+        raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
+                             f"exceeds the model's context length of {context} tokens")
+    if n + params.max_tokens > capacity:
+        raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
+                             f"exceeds the whole KV cache ({capacity} tokens); "
+                             "ask for fewer tokens or start the server with a larger cache")
 
 
 class EngineMetrics(Protocol):
@@ -77,20 +93,8 @@ class LLMEngine:
         return self.cache.capacity_tokens
 
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Raise InvalidRequest unless the request could run alone on an idle engine."""
-        n = len(prompt_ids)
-        if n == 0:
-            raise InvalidRequest("prompt", "the prompt is empty")
-        vocab = self.model.cfg.vocab_size
-        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise InvalidRequest("prompt", f"token ids must be in [0, {vocab})")
-        if n + params.max_tokens > self.max_context:
-            raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
-                                 f"exceeds the model's context length of {self.max_context} tokens")
-        if n + params.max_tokens > self.capacity_tokens:
-            raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
-                                 f"exceeds the whole KV cache ({self.capacity_tokens} tokens); "
-                                 "ask for fewer tokens or start the server with a larger cache")
+        check_request(prompt_ids, params, vocab=self.model.cfg.vocab_size, context=self.max_context,
+                      capacity=self.capacity_tokens)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> list[Sequence]:
         """Queue ``params.n`` sequences for ``prompt_ids``; they start at a later ``step()``."""

@@ -1,0 +1,267 @@
+"""Runs the ``LLMEngine`` in a process of its own, for the asyncio HTTP server.
+
+Why a process: the HTTP event loop and the engine then share neither a GIL nor a thread pool.
+In one process, every one of the ~1,500 torch calls of a decode step has to take the GIL back
+from the event loop, and the loop's work for each streamed token lands in the middle of the
+engine's OpenMP parallel regions.
+
+Contract:
+- ``start_process`` spawns the worker, which loads the model on its device, and blocks until it
+  is ready (raising with the worker's error otherwise); ``check`` then knows the model's limits.
+- ``submit`` checks a request at once and returns a ``RequestHandle``; ``cancel`` aborts it.
+- Engine metrics are recorded in the worker and replayed into the parent's ``ServeMetrics``.
+- If the worker dies, every request in flight fails with ``EngineError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing as mp
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..config import EngineConfig
+from .llm_engine import ChoiceDelta, check_request
+from .sequence import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """The engine failed while running this request (the message says why)."""
+
+
+class RequestHandle:
+    """One API request: one or more prompts, ``n`` choices each. Choice ``j`` of prompt ``p`` is
+    reported as index ``p * n + j``."""
+
+    def __init__(self, engine: ProcessEngine, request_id: str, num_prompts: int, n: int,
+                 loop: asyncio.AbstractEventLoop):
+        self.engine, self.request_id, self.n = engine, request_id, n
+        self.parts = [f"{request_id}-{p}" for p in range(num_prompts)]
+        self.remaining = num_prompts * n
+        self.loop = loop
+        self.queue: asyncio.Queue[list[ChoiceDelta] | BaseException] = asyncio.Queue()
+
+    async def deltas(self) -> AsyncIterator[list[ChoiceDelta]]:
+        try:
+            while self.remaining:
+                item = await self.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                self.remaining -= sum(1 for d in item if d.finish_reason is not None)
+                yield item
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Abort whatever is still running (a no-op once every choice finished)."""
+        if self.remaining:
+            self.remaining = 0
+            self.engine._post(("abort", self))
+
+    def _put(self, item: list[ChoiceDelta] | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+
+class Recorder:
+    """``EngineMetrics`` that buffers calls, to replay them in another process."""
+
+    def __init__(self):
+        self.events: list[tuple[str, tuple]] = []
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args: self.events.append((name, args))
+
+    def drain(self) -> list[tuple[str, tuple]]:
+        events, self.events = self.events, []
+        return events
+
+
+def worker_main(conn: Any, model: str, cfg: EngineConfig, threads: int) -> None:
+    """The engine process: load, report ready, then step whenever there is work."""
+    import torch
+
+    from ...device import detect
+    from ..models import load_model
+    from .llm_engine import LLMEngine
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        device = detect(cfg.device)
+        served = load_model(model, device.torch, device.serve_dtype)
+        recorder = Recorder()
+        engine = LLMEngine(served.model, served.tokenizer, eos_ids=served.eos_ids, cfg=cfg,
+                           device=device.torch, metrics=recorder)
+    except Exception as e:
+        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", {"max_context": engine.max_context, "vocab_size": served.model.cfg.vocab_size,
+                         "capacity_tokens": engine.capacity_tokens, "device": device.type,
+                         "dtype": str(device.serve_dtype).removeprefix("torch.")}))
+    while True:
+        if conn.poll(0 if engine.has_work() else 1.0):
+            while conn.poll(0):
+                command = conn.recv()
+                if command[0] == "stop":
+                    conn.send(("stopped",))
+                    return
+                if command[0] == "add":
+                    _, parts, prompts, params = command
+                    try:
+                        for part, prompt in zip(parts, prompts, strict=True):
+                            engine.add_request(part, prompt, params)
+                    except Exception as e:
+                        for part in parts:
+                            engine.abort(part)
+                        conn.send(("error", parts, str(e)))
+                else:
+                    for part in command[1]:
+                        engine.abort(part)
+            if recorder.events and not engine.has_work():  # aborts' metrics, with no step to carry them
+                conn.send(("deltas", [], recorder.drain()))
+        if not engine.has_work():
+            continue
+        try:
+            deltas = engine.step()
+        except Exception as e:  # fail what is running, keep serving
+            log.exception("engine step failed")
+            parts = sorted({s.request_id for s in (*engine.scheduler.running, *engine.scheduler.waiting)})
+            for part in parts:
+                engine.abort(part)
+            conn.send(("error", parts, f"the engine failed during a step: {type(e).__name__}: {e}"))
+            continue
+        conn.send(("deltas", deltas, recorder.drain()))
+
+
+class ProcessEngine:
+    def __init__(self, model: str, cfg: EngineConfig, threads: int = 0, metrics: Any = None):
+        self.model, self.cfg, self.threads, self.metrics = model, cfg, threads, metrics
+        self.info: dict[str, Any] = {}
+        self._parts: dict[str, list] = {}  # engine request id -> [handle, index offset, choices left]
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._conn = None
+        self._proc = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.info["capacity_tokens"]
+
+    def start_process(self, timeout: float = 600.0) -> dict[str, Any]:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=worker_main, args=(child, self.model, self.cfg, self.threads),
+                                 name="tenacia-engine", daemon=True)
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(timeout):
+            self._proc.kill()
+            raise RuntimeError(f"the engine process did not start within {timeout:.0f} s")
+        try:
+            message = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the engine process died while loading (exit code {self._proc.exitcode})") from None
+        if message[0] != "ready":
+            raise RuntimeError(f"the engine process failed to load the model: {message[1]}")
+        self.info = message[1]
+        return self.info
+
+    def start(self) -> None:
+        self._reader = threading.Thread(target=self._read, name="tenacia-engine-reader", daemon=True)
+        self._reader.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        try:
+            self._send(("stop",))
+        except (OSError, ValueError):
+            pass
+        if self._reader is not None:
+            self._reader.join(timeout)
+        if self._proc is not None:
+            self._proc.join(timeout)
+            if self._proc.is_alive():
+                self._proc.kill()
+
+    def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Raise InvalidRequest unless the request could run alone on an idle engine."""
+        check_request(prompt_ids, params, vocab=self.info["vocab_size"], context=self.info["max_context"],
+                      capacity=self.info["capacity_tokens"])
+
+    def submit(self, prompts: list[list[int]], params: SamplingParams) -> RequestHandle:
+        for prompt in prompts:
+            self.check(prompt, params)
+        handle = RequestHandle(self, f"req{next(self._ids)}", len(prompts), params.n, asyncio.get_running_loop())
+        with self._lock:
+            for p, part in enumerate(handle.parts):
+                self._parts[part] = [handle, p * params.n, params.n]
+        self._send(("add", handle.parts, prompts, params))
+        return handle
+
+    def _post(self, command: tuple) -> None:
+        """RequestHandle.cancel's way in: ("abort", handle)."""
+        handle = command[1]
+        with self._lock:
+            for part in handle.parts:
+                self._parts.pop(part, None)
+        self._send(("abort", handle.parts))
+
+    def _send(self, message: tuple) -> None:
+        with self._lock:
+            self._conn.send(message)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                self._fail_all(EngineError("the engine process exited"))
+                return
+            if message[0] == "stopped":
+                return
+            if message[0] == "error":
+                _, parts, text = message
+                with self._lock:
+                    handles = {id(e[0]): e[0] for e in (self._parts.pop(p, None) for p in parts) if e}
+                for handle in handles.values():
+                    handle._put(EngineError(text))
+                continue
+            _, deltas, events = message
+            if self.metrics is not None:
+                for name, args in events:
+                    getattr(self.metrics, name)(*args)
+            self._dispatch(deltas)
+
+    def _dispatch(self, deltas: list[ChoiceDelta]) -> None:
+        by_handle: dict[int, tuple[RequestHandle, list[ChoiceDelta]]] = {}
+        with self._lock:
+            for d in deltas:
+                entry = self._parts.get(d.request_id)
+                if entry is None:
+                    continue
+                handle, offset, _ = entry
+                d.index += offset
+                if d.finish_reason is not None:
+                    entry[2] -= 1
+                    if entry[2] == 0:
+                        del self._parts[d.request_id]
+                by_handle.setdefault(id(handle), (handle, []))[1].append(d)
+        for handle, items in by_handle.values():
+            handle._put(items)
+
+    def _fail_all(self, error: EngineError) -> None:
+        with self._lock:
+            handles = {id(e[0]): e[0] for e in self._parts.values()}
+            self._parts.clear()
+        for handle in handles.values():
+            handle._put(error)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 
 import httpx
@@ -60,7 +62,9 @@ def test_over_the_limit_is_429_and_disconnects_cancel(server):
     assert ok.status_code == 200
 
 
-def test_sigterm_drains_requests_in_flight(server):
+def test_ctrl_c_drains_requests_in_flight(server):
+    """SIGINT to the whole process group, as Ctrl-C sends it: the engine process must not die
+    with the server's requests still running."""
     body = {"prompt": "finish me", "stream": True, "stream_options": {"include_usage": True},
             "max_tokens": 300, "ignore_eos": True}
     with httpx.Client(base_url=server.url, timeout=60) as http:
@@ -68,7 +72,7 @@ def test_sigterm_drains_requests_in_flight(server):
             lines = stream.iter_lines()
             first = next(lines)
             assert first.startswith("data: ")
-            server.terminate()
+            os.killpg(server.proc.pid, signal.SIGINT)
             rest = [line for line in lines if line.startswith("data: ")]
     assert rest[-1] == "data: [DONE]"
     assert '"completion_tokens": 300' in rest[-2]

@@ -87,8 +87,15 @@ class Recorder:
 
 
 def worker_main(conn: Any, model: str, cfg: EngineConfig, threads: int) -> None:
-    """The engine process: load, report ready, then step whenever there is work."""
+    """The engine process: load, report ready, then step whenever there is work. It ignores
+    SIGINT and SIGTERM (Ctrl-C reaches the whole process group): the server drains, then stops it
+    with a "stop" message; if the server dies, the closed pipe ends it."""
+    import signal
+
     import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     from ...device import detect
     from ..models import load_model
@@ -111,7 +118,10 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, threads: int) -> None:
     while True:
         if conn.poll(0 if engine.has_work() else 1.0):
             while conn.poll(0):
-                command = conn.recv()
+                try:
+                    command = conn.recv()
+                except EOFError:  # the server is gone
+                    return
                 if command[0] == "stop":
                     conn.send(("stopped",))
                     return

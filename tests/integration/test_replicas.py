@@ -155,3 +155,15 @@ def test_all_replicas_lost_then_resume_with_other_count(tmp_path, procs, referen
     events = check_run(tmp_path, reference)
     resumed = [e for e in events if e["event"] == "resumed"]
     assert [e["step"] for e in resumed] == [newest] and newest >= 40
+
+
+def test_slow_replica_is_a_straggler_not_a_failure(tmp_path, procs, reference):
+    """A replica slowed 3x (SIGSTOP duty cycle) slows the steps but is never declared failed."""
+    run_replicas(procs, tmp_path, 2, ["slow:1@20:3"])
+    events = check_run(tmp_path, reference)
+    fault = first_after(events, "fault_injected", 0, kind="slow")
+    assert not [e for e in events if e["event"] == "failure_detected"]
+    times = [e for e in events if e["event"] == "step_committed" and e.get("step_time_s")]
+    before = statistics.median(e["step_time_s"] for e in times if e["t"] < fault["t"])
+    after = statistics.median(e["step_time_s"] for e in times if e["t"] > fault["t"] + 1)
+    assert after > 1.5 * before, (before, after)

@@ -56,14 +56,14 @@ def server_config(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .models import ModelNotFound
-    from .server import serve
+    from .server import EngineStartError, serve
 
     cfg = server_config(args)
     if args.threads < 0:
         raise ConfigError("threads", args.threads, "0 (torch default) or a positive integer")
     try:
         return serve(args.model, cfg, threads=args.threads, log_level=args.log_level)
-    except ModelNotFound as e:
+    except (ModelNotFound, EngineStartError, OSError) as e:
         print(f"tenacia: {e}", file=sys.stderr)
         return 2
 

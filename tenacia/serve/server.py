@@ -2,11 +2,13 @@
 the socket and runs uvicorn.
 
 Contract:
-- The socket is bound before the model loads' end is announced; with port 0 the OS picks a free
-  port. One line, ``tenacia serve: listening on http://HOST:PORT (model NAME, ...)``, is printed
-  and flushed once the socket accepts connections, so scripts and tests can read the port.
+- The socket is bound first (with port 0 the OS picks a free port), then the engine process
+  loads the model; once it is ready, one line, ``tenacia serve: listening on http://HOST:PORT
+  (model NAME, ...)``, is printed and flushed, so scripts and tests can read the port.
 - SIGTERM or SIGINT drains: the socket stops accepting, requests in flight run to their end (at
-  most ``drain_timeout_s``), then the engine thread stops and the process exits 0.
+  most ``drain_timeout_s``), then the engine process stops and this one exits 0.
+- If the engine process cannot load the model, ``EngineStartError`` says why; nothing is left
+  running.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from .config import ServerConfig
 from .engine.process_engine import ProcessEngine
 from .metrics import ServeMetrics
 from .models import load_model
+
+
+class EngineStartError(RuntimeError):
+    """The engine process could not load the model (the message says why)."""
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -64,10 +70,15 @@ def serve(model: str, cfg: ServerConfig, *, threads: int = 0, log_level: str = "
     if cfg.model_name:
         served.name = cfg.model_name
     metrics = ServeMetrics(served.name)
-    engine = ProcessEngine(model, cfg.engine, threads, metrics)
-    info = engine.start_process()
-    app = create_app(served, engine, cfg, metrics)
     sock = bind(cfg.host, cfg.port)
+    engine = ProcessEngine(model, cfg.engine, threads, metrics)
+    try:
+        info = engine.start_process()
+    except RuntimeError as e:
+        sock.close()
+        engine.stop()
+        raise EngineStartError(str(e)) from None
+    app = create_app(served, engine, cfg, metrics)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     base = f"http://{shown}:{port}"

@@ -192,6 +192,8 @@ class ProcessEngine:
         self._reader.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self._conn is None:
+            return
         try:
             self._send(("stop",))
         except (OSError, ValueError):

@@ -60,6 +60,7 @@ class MemberState:
     pending_vote: dict[str, Any] | None = None
     last_hb: float = field(default_factory=time.monotonic)
     phase: str = "idle"
+    phase_step: int | None = None
     phase_since: float = 0.0
 
 
@@ -127,9 +128,8 @@ class Coordinator:
             m.last_hb = time.monotonic()
             kind = msg["type"]
             if kind == "heartbeat":
-                if msg["phase"] != m.phase or msg["step"] != getattr(m, "_phase_step", None):
-                    m.phase, m.phase_since = msg["phase"], time.monotonic()
-                    m._phase_step = msg["step"]  # type: ignore[attr-defined]
+                if msg["phase"] != m.phase or msg["step"] != m.phase_step:
+                    m.phase, m.phase_step, m.phase_since = msg["phase"], msg["step"], time.monotonic()
                 m.committed = max(m.committed, int(msg["committed"]))  # verdicts may be ahead of it
             elif kind == "vote":
                 self._on_vote(rid, msg)

@@ -9,10 +9,13 @@ the runner hands it the step's layout with ``begin_prefill`` or ``begin_decode``
 
 - prefill: the new tokens of several sequences are packed into one row ``(1, N)``; attention runs
   per sequence, causal, over its cached prefix (non-empty when a long prompt is chunked) plus its
-  new tokens, so no compute is spent on padding;
+  new tokens, so no compute is spent on padding (neighbouring new sequences of equal length run
+  as one batched call);
 - decode: one new token per sequence ``(B, 1)``; each sequence's cached keys are gathered into
   ``(B, L)`` (L: the longest context, rounded up to a block) and positions past its own length
-  are masked out.
+  are masked out. The query heads that share a key/value head attend as one group of queries
+  ``(B, KVH, H / KVH, hd)``: the same result as grouped-query attention with the heads repeated,
+  in less than half the time on CPU.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class DecodeLayout:
 
     slots: Tensor  # (B,) int64: cache slot of each new token
     context: Tensor  # (B * L,) int64: the cache slots of each sequence's keys, padded with slot 0
-    mask: Tensor  # (B, 1, 1, L) bool: True where a key may be attended
+    bias: Tensor  # (B, 1, 1, L) float: 0 where a key may be attended, -inf past the sequence
 
 
 class PagedKVCache:
@@ -116,19 +119,26 @@ class PagedKVCache:
         self.k[layer].index_copy_(0, layout.slots, k[0].transpose(0, 1))  # (N, KVH, hd)
         self.v[layer].index_copy_(0, layout.slots, v[0].transpose(0, 1))
         gqa = q.size(1) != k.size(1)
-        outs, offset = [], 0
-        for n, start, ctx in zip(layout.seq_lens, layout.starts, layout.context_slots, strict=True):
+        outs, offset, i = [], 0, 0
+        lens, starts, ctxs = layout.seq_lens, layout.starts, layout.context_slots
+        while i < len(lens):
+            n, ctx = lens[i], ctxs[i]
+            if ctx is None:  # whole new sequences: causal attention on the fresh k/v, equal lengths batched
+                j = i + 1
+                while j < len(lens) and ctxs[j] is None and lens[j] == n:
+                    j += 1
+                outs.append(_causal(q, k, v, offset, n, j - i, gqa))
+                offset, i = offset + n * (j - i), j
+                continue
+            # a later chunk of a long prompt: attend over the cached prefix too
+            start = starts[i]
             qi = q[:, :, offset:offset + n]
-            if ctx is None:  # the whole sequence is new: plain causal attention on the fresh k/v
-                outs.append(F.scaled_dot_product_attention(
-                    qi, k[:, :, offset:offset + n], v[:, :, offset:offset + n], is_causal=True, enable_gqa=gqa))
-            else:  # a later chunk of a long prompt: attend over the cached prefix too
-                kc = self.k[layer][ctx].transpose(0, 1).unsqueeze(0)  # (1, KVH, start + n, hd)
-                vc = self.v[layer][ctx].transpose(0, 1).unsqueeze(0)
-                rows = torch.arange(n, device=q.device).unsqueeze(1) + start  # (n, 1) query positions
-                mask = torch.arange(start + n, device=q.device).unsqueeze(0) <= rows  # (n, start + n)
-                outs.append(F.scaled_dot_product_attention(qi, kc, vc, attn_mask=mask, enable_gqa=gqa))
-            offset += n
+            kc = self.k[layer][ctx].transpose(0, 1).unsqueeze(0)  # (1, KVH, start + n, hd)
+            vc = self.v[layer][ctx].transpose(0, 1).unsqueeze(0)
+            rows = torch.arange(n, device=q.device).unsqueeze(1) + start  # (n, 1) query positions
+            mask = torch.arange(start + n, device=q.device).unsqueeze(0) <= rows  # (n, start + n)
+            outs.append(F.scaled_dot_product_attention(qi, kc, vc, attn_mask=mask, enable_gqa=gqa))
+            offset, i = offset + n, i + 1
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def _attend_decode(self, layer: int, layout: DecodeLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -139,5 +149,19 @@ class PagedKVCache:
         # index_select copies whole rows; advanced indexing (tensor[idx]) is several times slower.
         kc = self.k[layer].index_select(0, layout.context).view(B, -1, KVH, hd).transpose(1, 2)  # (B, KVH, L, hd)
         vc = self.v[layer].index_select(0, layout.context).view(B, -1, KVH, hd).transpose(1, 2)
-        return F.scaled_dot_product_attention(q, kc, vc, attn_mask=layout.mask,
-                                              enable_gqa=q.size(1) != k.size(1))
+        H = q.size(1)
+        qg = q.reshape(B, KVH, H // KVH, hd)  # heads k*G .. k*G+G-1 read key/value head k
+        out = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=layout.bias)
+        return out.view(B, H, 1, hd)
+
+
+def _causal(q: Tensor, k: Tensor, v: Tensor, offset: int, n: int, count: int, gqa: bool) -> Tensor:
+    """Causal attention for ``count`` packed sequences of ``n`` tokens each, starting at ``offset``
+    of the packed row, as one batched call. Returns (1, H, count * n, hd)."""
+    end = offset + n * count
+    H, KVH, hd = q.size(1), k.size(1), q.size(3)
+    qb = q[0, :, offset:end].view(H, count, n, hd).transpose(0, 1)  # (count, H, n, hd)
+    kb = k[0, :, offset:end].view(KVH, count, n, hd).transpose(0, 1)
+    vb = v[0, :, offset:end].view(KVH, count, n, hd).transpose(0, 1)
+    out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=gqa)
+    return out.transpose(0, 1).reshape(1, H, count * n, hd)

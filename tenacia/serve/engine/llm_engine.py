@@ -19,6 +19,7 @@ from ...model.llama import Llama
 from ..config import EngineConfig
 from .detokenizer import Detokenizer, TextState
 from .kv_cache import PagedKVCache
+from .packed import PackedLlama
 from .runner import ModelRunner
 from .scheduler import Scheduler
 from .sequence import InvalidRequest, SamplingParams, Sequence, TokenLogprob, make_generator
@@ -73,8 +74,10 @@ class _Text:
 class LLMEngine:
     def __init__(self, model: Llama, tokenizer: Tokenizer, *, eos_ids: set[int], cfg: EngineConfig,
                  device: torch.device, metrics: EngineMetrics | None = None):
+        """``model`` is repacked for serving (``PackedLlama``); the engine keeps no reference to it,
+        so its caller may drop it and free the training layout's memory."""
         mc = model.cfg
-        self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
+        self.model_cfg, self.tokenizer, self.cfg, self.device = mc, tokenizer, cfg, device
         self.eos_ids = frozenset(eos_ids)
         self.max_context = mc.max_seq_len
         dtype = next(model.parameters()).dtype
@@ -82,7 +85,7 @@ class LLMEngine:
                                   num_blocks=cfg.num_blocks, block_size=cfg.block_size, dtype=dtype, device=device)
         self.scheduler = Scheduler(self.cache.allocator, max_num_seqs=cfg.max_num_seqs,
                                    max_batched_tokens=cfg.max_batched_tokens)
-        self.runner = ModelRunner(model, self.cache, device)
+        self.runner = ModelRunner(PackedLlama(model), self.cache, device)
         self.detokenizer = Detokenizer(tokenizer)
         self.metrics = metrics
         self._texts: dict[int, _Text] = {}
@@ -93,7 +96,7 @@ class LLMEngine:
         return self.cache.capacity_tokens
 
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        check_request(prompt_ids, params, vocab=self.model.cfg.vocab_size, context=self.max_context,
+        check_request(prompt_ids, params, vocab=self.model_cfg.vocab_size, context=self.max_context,
                       capacity=self.capacity_tokens)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> list[Sequence]:

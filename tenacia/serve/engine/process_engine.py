@@ -16,6 +16,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import multiprocessing as mp
@@ -99,20 +100,24 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, threads: int) -> None:
 
     from ...device import detect
     from ..models import load_model
+    from .host import keep_freed_memory
     from .llm_engine import LLMEngine
 
     if threads:
         torch.set_num_threads(threads)
+    keep_freed_memory()
     try:
         device = detect(cfg.device)
         served = load_model(model, device.torch, device.serve_dtype)
         recorder = Recorder()
         engine = LLMEngine(served.model, served.tokenizer, eos_ids=served.eos_ids, cfg=cfg,
                            device=device.torch, metrics=recorder)
+        served.model = None  # the engine holds its own packed copy of the weights
+        gc.collect()
     except Exception as e:
         conn.send(("failed", f"{type(e).__name__}: {e}"))
         return
-    conn.send(("ready", {"max_context": engine.max_context, "vocab_size": served.model.cfg.vocab_size,
+    conn.send(("ready", {"max_context": engine.max_context, "vocab_size": served.config.vocab_size,
                          "capacity_tokens": engine.capacity_tokens, "device": device.type,
                          "dtype": str(device.serve_dtype).removeprefix("torch.")}))
     while True:

@@ -1,8 +1,9 @@
 """Turns a scheduled batch into model inputs, runs the model, and samples.
 
-The model runs its own layers; the runner only lays out tokens, positions and cache slots, and
-computes the output projection for the rows that will be sampled (the last prompt token of each
-finished prefill, every row of a decode) rather than for every prompt token.
+The model (``PackedLlama``, the serving layout of a ``Llama``) runs its own layers; the runner only
+lays out tokens, positions and cache slots, and computes the output projection for the rows that
+will be sampled (the last prompt token of each finished prefill, every row of a decode) rather than
+for every prompt token.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...model.llama import Llama
 from .kv_cache import DecodeLayout, PagedKVCache, PrefillLayout
+from .packed import PackedLlama
 from .sampling import Sampler
 from .scheduler import Batch
 from .sequence import Sequence, TokenLogprob
 
 
 class ModelRunner:
-    def __init__(self, model: Llama, cache: PagedKVCache, device: torch.device):
+    def __init__(self, model: PackedLlama, cache: PagedKVCache, device: torch.device):
         self.model, self.cache, self.device = model, cache, device
         self.sampler = Sampler()
 
@@ -32,24 +33,12 @@ class ModelRunner:
             tokens, positions, rows, sampling = self._prepare_decode(batch)
         for seq, n in zip(batch.seqs, batch.chunks, strict=True):
             seq.num_cached += n
-        if not sampling:
-            self._hidden(tokens, positions)  # a prompt chunk: fill the cache only
+        hidden = self.model.hidden(tokens, positions, self.cache)
+        if not sampling:  # a prompt chunk: it only filled the cache
             return []
-        hidden = self._hidden(tokens, positions)
-        hidden = hidden.reshape(-1, hidden.size(-1))[rows]  # (S, dim)
-        logits = self.model.output(self.model.norm(hidden)).float()  # (S, vocab)
+        logits = self.model.logits(hidden.reshape(-1, hidden.size(-1))[rows])  # (S, vocab)
         chosen, logprobs = self.sampler(logits, sampling)
         return list(zip(sampling, chosen, logprobs, strict=True))
-
-    def _hidden(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        """Llama.forward without the output projection. tokens, positions: (B, T) -> (B, T, dim)."""
-        m = self.model
-        cos = m.rope_cos[positions].unsqueeze(-3)  # (B, 1, T, hd)
-        sin = m.rope_sin[positions].unsqueeze(-3)
-        h = m.tok_embeddings(tokens)
-        for block in m.layers:
-            h = block(h, cos, sin, self.cache)
-        return h
 
     def _tensor(self, values: list[int]) -> Tensor:
         return torch.tensor(values, dtype=torch.int64, device=self.device)
@@ -86,8 +75,9 @@ class ModelRunner:
         lengths = self._tensor([s.num_tokens for s in seqs])  # keys to attend, the new one included
         last = [s.num_tokens - 1 for s in seqs]
         slots = [self.cache.slot(s.block_table, p) for s, p in zip(seqs, last, strict=True)]
-        mask = torch.arange(width * bs, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, L)
-        self.cache.begin_decode(DecodeLayout(self._tensor(slots), context, mask[:, None, None, :]))
+        past = torch.arange(width * bs, device=self.device).unsqueeze(0) >= lengths.unsqueeze(1)  # (B, L)
+        bias = torch.zeros(past.shape, dtype=self.model.dtype, device=self.device).masked_fill_(past, float("-inf"))
+        self.cache.begin_decode(DecodeLayout(self._tensor(slots), context, bias[:, None, None, :]))
         tokens = self._tensor([s.last_token for s in seqs]).unsqueeze(1)  # (B, 1)
         positions = self._tensor(last).unsqueeze(1)
         return tokens, positions, torch.arange(len(seqs), device=self.device), seqs

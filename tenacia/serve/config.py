@@ -16,6 +16,7 @@ class EngineConfig:
     block_size: int = 16  # tokens per cache block; a sequence holds ceil(len / block_size) blocks
     max_num_seqs: int = 32  # sequences decoded together in one step
     max_batched_tokens: int = 2048  # prompt tokens prefilled in one step (longer prompts are chunked)
+    prefix_caching: bool = True  # share the cache blocks of prompts' common prefixes (block_pool.py)
     device: str = "auto"  # see tenacia.device: "auto" takes the accelerator if there is one
 
     def __post_init__(self) -> None:

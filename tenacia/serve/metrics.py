@@ -30,6 +30,10 @@ class ServeMetrics:
         self.running = Gauge("tenacia_requests_running", "Sequences holding cache blocks", registry=r)
         self.waiting = Gauge("tenacia_requests_waiting", "Sequences waiting for cache blocks", registry=r)
         self.cache_usage = Gauge("tenacia_kv_cache_usage_ratio", "Share of KV cache blocks in use", registry=r)
+        self.prefix_queries = Gauge("tenacia_prefix_cache_queries_tokens",
+                                    "Prompt tokens looked up in the prefix cache since start", registry=r)
+        self.prefix_hits = Gauge("tenacia_prefix_cache_hits_tokens",
+                                 "Prompt tokens found in the prefix cache (not prefilled) since start", registry=r)
         self.prompt_tokens = Counter("tenacia_prompt_tokens", "Prompt tokens of finished sequences", registry=r)
         self.generation_tokens = Counter("tenacia_generation_tokens", "Generated tokens", registry=r)
         self.sequences = Counter("tenacia_sequences_finished", "Finished sequences by finish reason",
@@ -56,6 +60,10 @@ class ServeMetrics:
         self.running.set(running)
         self.waiting.set(waiting)
         self.cache_usage.set(cache_usage)
+
+    def prefix_cache(self, query_tokens: int, hit_tokens: int) -> None:
+        self.prefix_queries.set(query_tokens)
+        self.prefix_hits.set(hit_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

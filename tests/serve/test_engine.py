@@ -202,3 +202,37 @@ def test_streamed_text_never_shows_a_stop_string(tokenizer):
         if hit:
             break
     assert hit and shown == "alpha beta "
+
+
+def test_prefix_caching_reuses_a_shared_prompt_start_and_answers_the_same(model, tokenizer):
+    base = prompts(tokenizer)[2]  # ~40 tokens
+    asks = [base + tokenizer.encode(s).ids for s in (" Again?", " Why?", " And the cat")]
+    params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True, logprobs=0)
+    plain = make_engine(model, tokenizer, block_size=4, prefix_caching=False)
+    want = {i: run(plain, {"a": (p, params)})["a"][0] for i, p in enumerate(asks)}
+    cached = make_engine(model, tokenizer, block_size=4)
+    got = {}
+    for i, p in enumerate(asks):  # one after another: later ones find the first one's blocks
+        got[i] = run(cached, {"a": (p, params)})["a"][0]
+    pool = cached.cache.allocator
+    assert pool.hit_tokens >= 2 * (len(base) // 4) * 4  # the 2nd and 3rd skipped the shared blocks
+    assert pool.query_tokens == sum(len(p) for p in asks)
+    for i in want:
+        assert got[i][0] == want[i][0]  # same tokens
+        assert max(abs(a.logprob - b.logprob) for a, b in zip(got[i][2], want[i][2], strict=True)) < 1e-4
+    assert plain.cache.allocator.hit_tokens == 0
+    assert pool.num_free == pool.num_blocks  # cached blocks count as free
+
+
+def test_prefix_cache_under_memory_pressure_evicts_and_stays_correct(model, tokenizer):
+    ps = prompts(tokenizer)
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    alone = {i: run(make_engine(model, tokenizer, prefix_caching=False), {"a": (p, params)})["a"][0][0]
+             for i, p in enumerate(ps)}
+    engine = make_engine(model, tokenizer, block_size=4, kv_cache_tokens=160)  # tight: cached blocks get evicted
+    for _ in range(2):
+        out = run(engine, {f"r{i}": (p, params) for i, p in enumerate(ps * 2)})
+        assert {i: out[f"r{i}"][0][0] for i in range(len(ps))} == alone
+        assert {i: out[f"r{i + len(ps)}"][0][0] for i in range(len(ps))} == alone
+    assert engine.cache.allocator.hit_tokens > 0 and engine.cache.allocator.evictions > 0
+    assert engine.cache.allocator.num_free == engine.cache.allocator.num_blocks

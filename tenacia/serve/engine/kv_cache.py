@@ -26,33 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-class BlockAllocator:
-    """Free list of cache blocks. Not thread-safe: only the engine thread touches it."""
-
-    def __init__(self, num_blocks: int, block_size: int):
-        self.num_blocks, self.block_size = num_blocks, block_size
-        self._free = list(range(num_blocks - 1, -1, -1))  # pop() hands out low ids first
-
-    def blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
-
-    @property
-    def num_free(self) -> int:
-        return len(self._free)
-
-    @property
-    def usage(self) -> float:
-        """Share of blocks in use, in [0, 1]."""
-        return 1.0 - len(self._free) / self.num_blocks
-
-    def allocate(self, n: int) -> list[int]:
-        if n > len(self._free):
-            raise RuntimeError(f"asked for {n} cache blocks, {len(self._free)} free (the scheduler should have checked)")
-        return [self._free.pop() for _ in range(n)]
-
-    def free(self, blocks: list[int]) -> None:
-        self._free.extend(reversed(blocks))
+from .block_pool import BlockPool
 
 
 @dataclass(slots=True)
@@ -78,13 +52,13 @@ class PagedKVCache:
     """Keys and values of every layer, ``(n_layers, num_blocks * block_size, n_kv_heads, head_dim)``."""
 
     def __init__(self, *, n_layers: int, n_kv_heads: int, head_dim: int, num_blocks: int,
-                 block_size: int, dtype: torch.dtype, device: torch.device):
+                 block_size: int, dtype: torch.dtype, device: torch.device, prefix_caching: bool = True):
         shape = (n_layers, num_blocks * block_size, n_kv_heads, head_dim)
         # Zeros, not empty: a masked-out slot still enters softmax(QK)V with weight 0, and 0 * NaN
         # from uninitialised memory would poison the whole row.
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.allocator = BlockAllocator(num_blocks, block_size)
+        self.allocator = BlockPool(num_blocks, block_size, prefix_caching)
         self.block_size = block_size
         self._layout: PrefillLayout | DecodeLayout | None = None
 
@@ -130,15 +104,23 @@ class PagedKVCache:
                 outs.append(_causal(q, k, v, offset, n, j - i, gqa))
                 offset, i = offset + n * (j - i), j
                 continue
-            # a later chunk of a long prompt: attend over the cached prefix too
-            start = starts[i]
-            qi = q[:, :, offset:offset + n]
-            kc = self.k[layer][ctx].transpose(0, 1).unsqueeze(0)  # (1, KVH, start + n, hd)
-            vc = self.v[layer][ctx].transpose(0, 1).unsqueeze(0)
+            # a cached prefix (prefix caching, or a long prompt's earlier chunks): attend over it too;
+            # neighbours with the same prefix length and chunk length run as one batched call
+            start, j = starts[i], i + 1
+            while j < len(lens) and ctxs[j] is not None and lens[j] == n and starts[j] == start:
+                j += 1
+            count = j - i
+            slots = ctxs[i] if count == 1 else torch.cat(ctxs[i:j])
+            KVH, hd = k.size(1), k.size(3)
+            kc = self.k[layer].index_select(0, slots).view(count, start + n, KVH, hd).transpose(1, 2)
+            vc = self.v[layer].index_select(0, slots).view(count, start + n, KVH, hd).transpose(1, 2)
+            H = q.size(1)
+            qb = q[0, :, offset:offset + n * count].view(H, count, n, hd).transpose(0, 1)  # (count, H, n, hd)
             rows = torch.arange(n, device=q.device).unsqueeze(1) + start  # (n, 1) query positions
             mask = torch.arange(start + n, device=q.device).unsqueeze(0) <= rows  # (n, start + n)
-            outs.append(F.scaled_dot_product_attention(qi, kc, vc, attn_mask=mask, enable_gqa=gqa))
-            offset, i = offset + n, i + 1
+            out = F.scaled_dot_product_attention(qb, kc, vc, attn_mask=mask, enable_gqa=gqa)
+            outs.append(out.transpose(0, 1).reshape(1, H, count * n, hd))
+            offset, i = offset + n * count, j
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def _attend_decode(self, layer: int, layout: DecodeLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

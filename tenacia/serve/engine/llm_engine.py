@@ -21,7 +21,7 @@ from .detokenizer import Detokenizer, TextState
 from .kv_cache import PagedKVCache
 from .packed import PackedLlama
 from .runner import ModelRunner
-from .scheduler import Scheduler
+from .scheduler import Batch, Scheduler
 from .sequence import InvalidRequest, SamplingParams, Sequence, TokenLogprob, make_generator
 
 
@@ -62,6 +62,7 @@ class EngineMetrics(Protocol):
     def finished(self, reason: str, prompt_tokens: int, completion_tokens: int, latency: float) -> None: ...
     def step(self, prefill: bool, seconds: float) -> None: ...
     def queue(self, running: int, waiting: int, cache_usage: float) -> None: ...
+    def prefix_cache(self, query_tokens: int, hit_tokens: int) -> None: ...  # totals since start
 
 
 @dataclass(slots=True)
@@ -82,7 +83,8 @@ class LLMEngine:
         self.max_context = mc.max_seq_len
         dtype = next(model.parameters()).dtype
         self.cache = PagedKVCache(n_layers=mc.n_layers, n_kv_heads=mc.n_kv_heads, head_dim=mc.head_dim,
-                                  num_blocks=cfg.num_blocks, block_size=cfg.block_size, dtype=dtype, device=device)
+                                  num_blocks=cfg.num_blocks, block_size=cfg.block_size, dtype=dtype, device=device,
+                                  prefix_caching=cfg.prefix_caching)
         self.scheduler = Scheduler(self.cache.allocator, max_num_seqs=cfg.max_num_seqs,
                                    max_batched_tokens=cfg.max_batched_tokens)
         self.runner = ModelRunner(PackedLlama(model), self.cache, device)
@@ -127,16 +129,25 @@ class LLMEngine:
         if batch is None:
             return []
         sampled = self.runner.run(batch)
+        self._register_blocks(batch)
         deltas = self._postprocess(sampled)
         if self.metrics is not None:
             self.metrics.step(batch.prefill, time.perf_counter() - t0)
         self._report_queue()
         return deltas
 
+    def _register_blocks(self, batch: Batch) -> None:
+        """Offer the blocks this step filled to the prefix cache."""
+        pool, bs = self.cache.allocator, self.cache.block_size
+        for seq in batch.seqs:
+            if seq.num_cached // bs > seq.registered:
+                seq.registered = pool.register(seq.block_table, seq.tokens, seq.num_cached, seq.registered)
+
     def _report_queue(self) -> None:
         if self.metrics is not None:
-            self.metrics.queue(len(self.scheduler.running), len(self.scheduler.waiting),
-                               self.cache.allocator.usage)
+            pool = self.cache.allocator
+            self.metrics.queue(len(self.scheduler.running), len(self.scheduler.waiting), pool.usage)
+            self.metrics.prefix_cache(pool.query_tokens, pool.hit_tokens)
 
     def _postprocess(self, sampled: list[tuple[Sequence, int, TokenLogprob | None]]) -> list[ChoiceDelta]:
         now = time.perf_counter()

@@ -4,6 +4,8 @@ Contract:
 - Sequences join the running set between steps, as soon as the cache has blocks for their tokens
   and fewer than ``max_num_seqs`` are running; they leave as soon as they finish. A sequence that
   does not fit yet waits, in arrival order.
+- A sequence that joins takes the cached blocks of its prompt's longest cached prefix
+  (``block_pool.py``); only the rest of its prompt is prefilled.
 - A step is either a prefill (new prompts, up to ``max_batched_tokens`` tokens; a longer prompt is
   split into chunks over several steps) or a decode (one token for every running sequence whose
   prompt is in the cache). Prefill goes first, so a new request waits at most one decode step.
@@ -18,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .kv_cache import BlockAllocator
+from .block_pool import BlockPool
 from .sequence import Sequence, Status
 
 
@@ -33,7 +35,7 @@ class Batch:
 
 
 class Scheduler:
-    def __init__(self, allocator: BlockAllocator, *, max_num_seqs: int, max_batched_tokens: int):
+    def __init__(self, allocator: BlockPool, *, max_num_seqs: int, max_batched_tokens: int):
         self.allocator = allocator
         self.max_num_seqs, self.max_batched_tokens = max_num_seqs, max_batched_tokens
         self.waiting: deque[Sequence] = deque()
@@ -67,7 +69,7 @@ class Scheduler:
 
     def _release(self, seq: Sequence) -> None:
         self.allocator.free(seq.block_table)
-        seq.block_table, seq.num_cached = [], 0
+        seq.block_table, seq.num_cached, seq.registered = [], 0, 0
 
     def _schedule_prefill(self) -> Batch | None:
         budget = self.max_batched_tokens
@@ -82,14 +84,20 @@ class Scheduler:
                 budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            need = self.allocator.blocks_for(seq.num_tokens)
+            tokens = seq.tokens
+            hits = self.allocator.match(tokens)  # blocks of a cached prefix (prefix caching)
+            need = self.allocator.blocks_for(seq.num_tokens) - len(hits)
             if need > self.allocator.num_free:
+                self.allocator.free(hits)
                 break  # first come, first served: later arrivals do not overtake it
             self.waiting.popleft()
-            seq.block_table = self.allocator.allocate(need)
+            self.allocator.count_lookup(len(tokens), len(hits))
+            seq.block_table = hits + self.allocator.allocate(need)
+            seq.num_cached = seq.registered = len(hits)
+            seq.num_cached *= self.allocator.block_size
             seq.status = Status.RUNNING
             self.running.append(seq)
-            n = min(seq.num_tokens, budget)
+            n = min(seq.num_tokens - seq.num_cached, budget)
             seqs.append(seq)
             chunks.append(n)
             budget -= n

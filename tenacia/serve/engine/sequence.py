@@ -103,6 +103,7 @@ class Sequence:
     status: Status = Status.WAITING
     block_table: list[int] = field(default_factory=list)
     num_cached: int = 0  # tokens whose keys/values are in the cache
+    registered: int = 0  # leading blocks of block_table registered for prefix caching
     finish_reason: str | None = None
     arrival: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None

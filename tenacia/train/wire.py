@@ -47,6 +47,14 @@ class Conn:
     def settimeout(self, seconds: float | None) -> None:
         self.sock.settimeout(seconds)
 
+    def set_kernel_timeout(self, seconds: int) -> None:
+        """Block in the kernel (no Python-side polling), but fail a send or receive that makes no
+        progress for ``seconds`` (``SO_SNDTIMEO``/``SO_RCVTIMEO``): a stopped peer cannot hang us."""
+        self.sock.settimeout(None)
+        tv = struct.pack("ll", seconds, 0)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
     def send(self, header: dict[str, Any], *blobs: bytes | memoryview) -> None:
         data = json.dumps(dict(header, blobs=len(blobs))).encode()
         with self._send_lock:
@@ -67,8 +75,11 @@ class Conn:
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
+        # A blocking socket waits in the kernel for all n bytes: one system call and one GIL hand-off
+        # for a large blob, where a socket with a timeout polls and wakes Python per arriving chunk.
+        flags = socket.MSG_WAITALL if self.sock.gettimeout() is None else 0
         while got < n:
-            k = self.sock.recv_into(view[got:], n - got)
+            k = self.sock.recv_into(view[got:], n - got, flags)
             if k == 0:
                 raise ConnectionError("peer closed the connection")
             got += k

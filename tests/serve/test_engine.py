@@ -236,3 +236,24 @@ def test_prefix_cache_under_memory_pressure_evicts_and_stays_correct(model, toke
         assert {i: out[f"r{i + len(ps)}"][0][0] for i in range(len(ps))} == alone
     assert engine.cache.allocator.hit_tokens > 0 and engine.cache.allocator.evictions > 0
     assert engine.cache.allocator.num_free == engine.cache.allocator.num_blocks
+
+
+def test_warm_up_leaves_no_trace(model, tokenizer):
+    events = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return lambda *args: events.append(name)
+
+    engine = LLMEngine(model, tokenizer, eos_ids={2}, cfg=EngineConfig(block_size=4, max_batched_tokens=64),
+                       device=CPU, metrics=Spy())
+    assert engine.warm_up() > 0
+    pool = engine.cache.allocator
+    assert events == [] and not engine.has_work()
+    assert pool.num_free == pool.num_blocks and pool.num_cached_blocks == 0 and pool.query_tokens == 0
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    p = prompts(tokenizer)[1]
+    assert run(engine, {"a": (p, params)})["a"][0][0] == run(make_engine(model, tokenizer), {"a": (p, params)})["a"][0][0]
+    with pytest.raises(RuntimeError, match="before any request"):
+        engine.add_request("b", p, params)
+        engine.warm_up()

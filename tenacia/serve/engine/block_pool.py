@@ -91,6 +91,12 @@ class BlockPool:
                 self._number.pop(block, None)  # a private copy of a cached block's contents
                 self._free.append(block)
 
+    def reset(self) -> None:
+        """Forget every cached prefix and the counters; only valid when no block is held."""
+        if any(self._refs):
+            raise RuntimeError("reset() with blocks still held")
+        self.__init__(self.num_blocks, self.block_size, self.prefix_caching)
+
     # ----- prefix caching ----------------------------------------------------------------------------
     def match(self, tokens: list[int]) -> list[int]:
         """Hold and return the registered blocks of ``tokens``' longest cached prefix, leaving at

@@ -120,6 +120,29 @@ class LLMEngine:
         self._report_queue()
         return deltas
 
+    def warm_up(self) -> float:
+        """Run one full-size prefill and a few decode steps on dummy prompts before serving, as
+        vLLM's profile run does: the first real burst then finds its activation memory allocated
+        and faulted in (on the dev machine the first 1,600-token prefill of a fresh process took
+        2.4-2.9 s, later ones 1.4-1.5 s). Leaves no trace: no metrics, no cached prefixes.
+        Returns the seconds it took."""
+        if self.has_work():
+            raise RuntimeError("warm_up() must run before any request")
+        t0, metrics, self.metrics = time.perf_counter(), self.metrics, None
+        try:
+            per_seq = max(1, min(self.cfg.max_batched_tokens, self.max_context - 4, self.capacity_tokens // 2) // 4)
+            count = max(1, min(self.cfg.max_num_seqs, self.cfg.max_batched_tokens // per_seq,
+                               self.capacity_tokens // (per_seq + 4)))
+            params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+            for i in range(count):
+                self.add_request(f"__warm_up_{i}", [i % self.model_cfg.vocab_size] * per_seq, params)
+            while self.has_work():
+                self.step()
+        finally:
+            self.metrics = metrics
+            self.cache.allocator.reset()
+        return time.perf_counter() - t0
+
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 

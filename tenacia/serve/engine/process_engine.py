@@ -114,6 +114,7 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, threads: int) -> None:
                            device=device.torch, metrics=recorder)
         served.model = None  # the engine holds its own packed copy of the weights
         gc.collect()
+        log.info("engine warm-up took %.2f s", engine.warm_up())
     except Exception as e:
         conn.send(("failed", f"{type(e).__name__}: {e}"))
         return

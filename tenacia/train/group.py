@@ -35,3 +35,34 @@ class GroupBuilder:
             self.error = f"{type(e).__name__}: {e}"
         finally:
             self.done.set()
+
+
+def retire(builder: GroupBuilder) -> threading.Thread:
+    """Tear down a quorum's old group off the training thread; returns the (daemon) thread doing it.
+
+    Every parked gloo group keeps its own TCP loop thread, worker threads, sockets and store
+    connection. Kept forever, a group whose peer was SIGKILLed mid-collective can leave its
+    ``gloo_tcp_loop`` spinning (measured: 40-80% of a core per such group in a survivor, growing
+    with each fault). ``shutdown()`` returns at once, even with a collective still in flight
+    against a dead or stopped peer; the group's destructor, though, waits for that collective to
+    finish or time out (up to the group timeout, 30 s), without holding the GIL. So this thread,
+    not the caller, drops the last reference. A group still being built is waited for first.
+    The caller must hold no other reference to ``builder.pg`` (the builder is left without one),
+    nor any of its ``Work`` objects: a Work keeps its group alive, and whoever drops the last
+    reference runs the destructor.
+    """
+
+    def _retire() -> None:
+        builder.done.wait()
+        pg, builder.pg = builder.pg, None
+        if pg is None:
+            return
+        try:
+            pg.shutdown()
+        except Exception:  # noqa: BLE001 - a group that is already broken is torn down all the same
+            pass
+        del pg  # the destructor may block here until an abandoned collective times out
+
+    t = threading.Thread(target=_retire, name="pg-retire", daemon=True)
+    t.start()
+    return t

@@ -8,7 +8,8 @@ their state, newcomers start fetching it; compute gradients on this replica's sh
 batch; all-reduce them (sum) in the quorum's own process group, polling so that a newer quorum
 abandons the collective at once; vote; apply on ``commit``. A fresh gloo group and fresh buffers
 are used for every quorum; old groups are parked, never torn down on the training thread (tearing
-down a gloo group with a collective in flight can block for many seconds).
+down a gloo group with a collective in flight can block for many seconds), and retired in a
+background thread once a newer quorum has committed a step (see ``Replica.retire_groups``).
 
 A replica that was expelled (declared hung) or finds it was frozen rejoins in-process as a
 newcomer and heals; a crashed one is restarted by the launcher and does the same.
@@ -36,7 +37,7 @@ from ..events import EventLog
 from ..run_config import RunConfig
 from . import checkpoint as ckpt
 from .coordinator import Coordinator
-from .group import GroupBuilder
+from .group import GroupBuilder, retire
 from .heal import HealFetch, HealServer
 from .lease import claim_term, leader_of
 from .member import ControlServer, LeaderLink
@@ -68,7 +69,7 @@ class Replica:
         self.pending_grads: torch.Tensor | None = None
         self.link = LeaderLink(replica, self.server, self.heal_server.addr, self.status,
                                self.make_coordinator, self.events)
-        self.groups: dict[int, GroupBuilder] = {}  # quorum id -> group (old ones parked here)
+        self.groups: dict[int, GroupBuilder] = {}  # quorum id -> group (old ones parked until retired)
         self._publish_address()
 
     # ----- plumbing --------------------------------------------------------------------------------
@@ -183,6 +184,7 @@ class Replica:
         builder = self.groups.get(q["quorum_id"]) or GroupBuilder(
             q["store"], q["quorum_id"], q["members"].index(self.id), len(q["members"]), self.cfg.replicas.host)
         self.groups[q["quorum_id"]] = builder
+        self.retire_groups(q["quorum_id"], keep=self.MAX_PARKED)
         first = True
         while True:
             try:
@@ -276,8 +278,25 @@ class Replica:
             self.apply(vote)
             self.pending, self.pending_vote, self.pending_grads = None, None, None
             self.after_commit()
+            self.retire_groups(qid)
         else:
             raise Superseded(self._await_next("step discarded"))
+
+    MAX_PARKED = 3  # groups of older quorums kept while the current one has not committed yet
+
+    def retire_groups(self, current: int, keep: int = 0) -> None:
+        """Retire the groups of quorums older than ``current``, all but the newest ``keep`` of them.
+
+        Called with ``keep=0`` once quorum ``current`` committed a step: every member then left the
+        older quorums for good, so their groups will never run a collective again (a peer still
+        inside one, say an expelled replica, gets an error instead of waiting for the timeout).
+        Called with ``keep=MAX_PARKED`` when a quorum starts, so that quorums changing faster than
+        they commit cannot pile groups up. Each group is torn down by ``group.retire`` in a daemon
+        thread: the training thread never blocks on it, whatever collective is still in flight.
+        """
+        old = sorted(k for k in self.groups if k < current)
+        for qid in old[:max(0, len(old) - keep)]:
+            retire(self.groups.pop(qid))
 
     def _await_next(self, why: str) -> dict[str, Any]:
         while True:

@@ -285,15 +285,11 @@ class Replica:
     MAX_PARKED = 3  # groups of older quorums kept while the current one has not committed yet
 
     def retire_groups(self, current: int, keep: int = 0) -> None:
-        """Retire the groups of quorums older than ``current``, all but the newest ``keep`` of them.
-
-        Called with ``keep=0`` once quorum ``current`` committed a step: every member then left the
-        older quorums for good, so their groups will never run a collective again (a peer still
-        inside one, say an expelled replica, gets an error instead of waiting for the timeout).
-        Called with ``keep=MAX_PARKED`` when a quorum starts, so that quorums changing faster than
-        they commit cannot pile groups up. Each group is torn down by ``group.retire`` in a daemon
-        thread: the training thread never blocks on it, whatever collective is still in flight.
-        """
+        """Retire the groups of quorums older than ``current``, all but the newest ``keep``: with
+        ``keep=0`` once ``current`` committed a step (every member left the older quorums for good;
+        a peer still inside one gets an error, not a timeout), with ``keep=MAX_PARKED`` when a quorum
+        starts (fast changes cannot pile groups up). ``group.retire`` tears each down in a daemon
+        thread: the training thread never blocks, whatever collective is still in flight."""
         old = sorted(k for k in self.groups if k < current)
         for qid in old[:max(0, len(old) - keep)]:
             retire(self.groups.pop(qid))

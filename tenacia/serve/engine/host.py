@@ -4,9 +4,10 @@ glibc's allocator serves blocks above its mmap threshold (128 KiB at start, rais
 32 MiB) with fresh ``mmap`` calls and returns freed memory at the top of the heap to the kernel
 past its trim threshold. A prefill allocates and frees activations of several megabytes per layer;
 each one handed back to the kernel is faulted in again, page by page, on the next use. On the
-project's 2-core machine a 1,600-token prefill of SmolLM2-135M took 1.67-2.29 s (one outlier
-6.9 s) with the defaults and 1.48-1.54 s with freed memory kept (``/tmp`` script in
-docs/serving.md "Speed"). vLLM's CPU backend gets the same effect by preloading tcmalloc.
+project's 2-core machine, ``bench/serve_engine.py`` (16 x 100-token prefill of SmolLM2-135M, five
+rounds) measured 1.32-1.34 s with freed memory kept and 1.32-1.50 s (median 1.47 s) with
+``--no-keep-freed-memory``; earlier ad-hoc runs saw outliers of several seconds with the defaults.
+vLLM's CPU backend gets the same effect by preloading tcmalloc.
 
 The engine's memory is bounded anyway (weights, the KV cache allocated once, activations of at
 most ``max_batched_tokens`` tokens), so keeping freed blocks costs no more than the peak.

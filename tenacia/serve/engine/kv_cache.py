@@ -62,6 +62,7 @@ class PagedKVCache:
         self.block_size = block_size
         self._layout: PrefillLayout | DecodeLayout | None = None
         self._gathered: tuple[Tensor, Tensor] | None = None
+        self._groups: list = []  # the prefill's attention groups (see _plan)
 
     @property
     def capacity_tokens(self) -> int:
@@ -76,6 +77,32 @@ class PagedKVCache:
 
     def begin_prefill(self, layout: PrefillLayout) -> None:
         self._layout = layout
+        self._groups = self._plan(layout)
+
+    @staticmethod
+    def _plan(layout: PrefillLayout) -> list[tuple[int, int, int, int, Tensor | None, Tensor | None]]:
+        """Group neighbouring sequences that can attend in one batched call, once per step (the
+        layers all reuse it): (offset, tokens each, count, cached prefix, context slots, mask).
+        New whole sequences of equal length form a group with no context; sequences with a cached
+        prefix (prefix caching, or a long prompt's earlier chunks) group by equal prefix and chunk
+        lengths, with their context slots concatenated and one causal mask."""
+        lens, starts, ctxs = layout.seq_lens, layout.starts, layout.context_slots
+        groups, offset, i = [], 0, 0
+        while i < len(lens):
+            n, start, fresh = lens[i], starts[i], ctxs[i] is None
+            j = i + 1
+            while j < len(lens) and lens[j] == n and (ctxs[j] is None) == fresh and (fresh or starts[j] == start):
+                j += 1
+            count = j - i
+            if fresh:
+                groups.append((offset, n, count, 0, None, None))
+            else:
+                slots = ctxs[i] if count == 1 else torch.cat(ctxs[i:j])
+                rows = torch.arange(n, device=slots.device).unsqueeze(1) + start  # (n, 1) query positions
+                mask = torch.arange(start + n, device=slots.device).unsqueeze(0) <= rows  # (n, start + n)
+                groups.append((offset, n, count, start, slots, mask))
+            offset, i = offset + n * count, j
+        return groups
 
     def begin_decode(self, layout: DecodeLayout) -> None:
         self._layout = layout
@@ -98,34 +125,18 @@ class PagedKVCache:
         self.k[layer].index_copy_(0, layout.slots, k[0].transpose(0, 1))  # (N, KVH, hd)
         self.v[layer].index_copy_(0, layout.slots, v[0].transpose(0, 1))
         gqa = q.size(1) != k.size(1)
-        outs, offset, i = [], 0, 0
-        lens, starts, ctxs = layout.seq_lens, layout.starts, layout.context_slots
-        while i < len(lens):
-            n, ctx = lens[i], ctxs[i]
-            if ctx is None:  # whole new sequences: causal attention on the fresh k/v, equal lengths batched
-                j = i + 1
-                while j < len(lens) and ctxs[j] is None and lens[j] == n:
-                    j += 1
-                outs.append(_causal(q, k, v, offset, n, j - i, gqa))
-                offset, i = offset + n * (j - i), j
+        outs = []
+        for offset, n, count, start, slots, mask in self._groups:
+            if slots is None:  # whole new sequences: causal attention on the fresh k/v
+                outs.append(_causal(q, k, v, offset, n, count, gqa))
                 continue
-            # a cached prefix (prefix caching, or a long prompt's earlier chunks): attend over it too;
-            # neighbours with the same prefix length and chunk length run as one batched call
-            start, j = starts[i], i + 1
-            while j < len(lens) and ctxs[j] is not None and lens[j] == n and starts[j] == start:
-                j += 1
-            count = j - i
-            slots = ctxs[i] if count == 1 else torch.cat(ctxs[i:j])
-            KVH, hd = k.size(1), k.size(3)
+            # a cached prefix (prefix caching, or a long prompt's earlier chunks): attend over it too
+            KVH, hd, H = k.size(1), k.size(3), q.size(1)
             kc = self.k[layer].index_select(0, slots).view(count, start + n, KVH, hd).transpose(1, 2)
             vc = self.v[layer].index_select(0, slots).view(count, start + n, KVH, hd).transpose(1, 2)
-            H = q.size(1)
             qb = q[0, :, offset:offset + n * count].view(H, count, n, hd).transpose(0, 1)  # (count, H, n, hd)
-            rows = torch.arange(n, device=q.device).unsqueeze(1) + start  # (n, 1) query positions
-            mask = torch.arange(start + n, device=q.device).unsqueeze(0) <= rows  # (n, start + n)
             out = F.scaled_dot_product_attention(qb, kc, vc, attn_mask=mask, enable_gqa=gqa)
             outs.append(out.transpose(0, 1).reshape(1, H, count * n, hd))
-            offset, i = offset + n * count, j
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def _attend_decode(self, layer: int, layout: DecodeLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -101,6 +101,10 @@ class ChaosInjector:
         pid = self.pid_of(f.replica)
         if pid is None:
             return
+        # logged before the signal is sent: a kill is detected within milliseconds, and the
+        # detection must never carry an earlier time than the fault it detects
+        self.events.emit("fault_injected", step=self.step, kind=why or f.kind, replica=f.replica,
+                         params={"spec": f.spec, "pid": pid})
         if f.kind == "kill":
             send(pid, signal.SIGKILL)
         elif f.kind == "hang":
@@ -109,8 +113,6 @@ class ChaosInjector:
             s = Slowdown(lambda r=f.replica: self.pid_of(r), f.param)
             s.start()
             self._slow.append(s)
-        self.events.emit("fault_injected", step=self.step, kind=why or f.kind, replica=f.replica,
-                         params={"spec": f.spec, "pid": pid})
 
     def close(self) -> None:
         for s in self._slow:

@@ -81,6 +81,17 @@ def optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
     return out
 
 
+def state_fingerprint(step: int, sampler_state: dict[str, Any], model: torch.nn.Module,
+                      optimizer: torch.optim.Optimizer) -> str:
+    """SHA-256 over weights, AdamW moments, step and sampler position: equal iff replicas agree."""
+    h = hashlib.sha256(json.dumps([step, sampler_state]).encode())
+    for tensors in (model_tensors(model), optimizer_tensors(model, optimizer)):
+        for name in sorted(tensors):
+            h.update(name.encode())
+            h.update(tensors[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                            tensors: dict[str, torch.Tensor]) -> None:
     """Restore optimizer state from ``optimizer_tensors`` output (exact, bit for bit)."""

@@ -18,6 +18,11 @@ Contract (what is decided when, what each party may assume):
   apply this rule on their own: no new quorum, no new process group).
   A new quorum is formed when a member is lost (at once), and when newcomers wait (at the next
   step boundary). It is never formed with fewer than ``min_replicas`` members.
+- Shares. The quorum names each sharer's ``shares``: positions in the step's global batch
+  (``shares.py``), even shares on every normal step. When the new quorum runs the step that was
+  just discarded (a member lost mid-step, also after a takeover), each surviving sharer keeps the
+  share it had, and only the lost members' positions are handed out again (salvage): survivors
+  reuse the gradients they computed for that step, the batch is still covered exactly once.
 - Commit. After its all-reduce each member votes. When every member of the quorum voted ok, the
   leader records the step in the sample ledger, then sends ``verdict commit``; members apply the
   step only on that verdict. If a member is lost before that, the step is discarded everywhere:
@@ -45,6 +50,7 @@ import torch.distributed as dist
 from ..data.ledger import SampleLedger
 from ..events import EventLog
 from .lease import newest_term
+from .shares import even_shares, salvage_shares
 from .wire import Conn
 
 TICK_S = 0.02
@@ -69,11 +75,13 @@ class MemberState:
 
 class Coordinator:
     def __init__(self, *, replica: int, term: int, host: str, cfg: Any, total_steps: int,
-                 events: EventLog, ledger: SampleLedger | None, expected: set[int], run_dir: Path,
-                 log_every: int = 10, last_quorum_id: int = 0, takeover_from: float | None = None):
+                 events: EventLog, ledger: SampleLedger | None, expected: set[int], run_dir: Path, batch_size: int,
+                 log_every: int = 10, last_quorum_id: int = 0, takeover_from: float | None = None,
+                 previous: dict[str, Any] | None = None):
         self.replica, self.term, self.cfg, self.total_steps = replica, term, cfg, total_steps
-        self.run_dir = run_dir
+        self.run_dir, self.batch_size = run_dir, batch_size
         self.log_every = log_every
+        self.previous = previous  # after a takeover: the old leader's quorum as this member last saw it
         self._window: list[tuple[float, float, int]] = []  # (t, loss, tokens) since the last metrics line
         self.events, self.ledger = events, ledger
         self.expected = set(expected)  # who we wait for before the first quorum
@@ -165,6 +173,7 @@ class Coordinator:
         for r in q["members"]:
             self.members[r].committed = step if ok else self.members[r].committed
             self.members[r].pending = None
+        phases = self._phases()
         self.votes = {}
         if ok:
             samples = sum(len(v["ids"]) for v in sharers)
@@ -178,12 +187,14 @@ class Coordinator:
                     stall = round(now - self.stalled_since, 4)
             self.events.emit("step_committed", step=step, loss=loss, tokens=sum(v["tokens"] for v in sharers),
                              members=q["members"], step_time_s=None if self.last_commit_t is None else round(now - self.last_commit_t, 4),
-                             stall_s=stall, quorum_id=q["quorum_id"])
+                             stall_s=stall, quorum_id=q["quorum_id"], phases=phases,
+                             reused=sum(v.get("reused", 0) for v in sharers))
             self.last_commit_t, self.stalled_since = now, None
             self._log_metrics(step, loss, sum(v["tokens"] for v in sharers))
             q["step"] = step + 1
             q["resolve"] = None
             q["sharers"], q["heal"] = list(q["members"]), {}  # healed newcomers are in sync now
+            q["shares"] = even_shares(q["members"], self.batch_size)
             if step >= self.total_steps:
                 self._broadcast({"type": "stop", "reason": "finished", "step": step})
                 self.stopped = True
@@ -194,6 +205,16 @@ class Coordinator:
         waiting = [r for r in self.members if r not in q["members"]]
         if waiting or not ok:
             self._maybe_form("join" if ok else "retry")
+
+    def _phases(self) -> dict[str, Any] | None:
+        """The first step of a quorum: when each member received the quorum, computed, found the
+        process group ready and had the sum, in seconds after the quorum was formed."""
+        formed = self.quorum.get("formed_t") if self.quorum else None
+        timing = {r: v["timing"] for r, v in self.votes.items() if v.get("timing")}
+        if formed is None or not timing:
+            return None
+        out = {str(r): {k: round(t - formed, 4) for k, t in tm.items() if t is not None} for r, tm in timing.items()}
+        return {"members": out, "commit": round(time.time() - formed, 4)}
 
     def _frozen(self) -> bool:
         """Was this process stopped longer than the hang bound? Then the members have elected
@@ -325,14 +346,19 @@ class Coordinator:
             self.stopped = True
             return
         in_sync = [r for r in live if committed[r] == step]
+        prev, self.previous = self.quorum or self.previous, None
+        if prev is not None and prev["step"] == step + 1 and prev.get("shares"):
+            shares = salvage_shares(prev["shares"], in_sync, self.batch_size)  # the same step again
+        else:
+            shares = even_shares(in_sync, self.batch_size)
         heal = {r: in_sync[i % len(in_sync)] for i, r in enumerate(r for r in live if committed[r] != step)}
         self.quorum_id += 1
         self.quorum = {
             "type": "quorum", "quorum_id": self.quorum_id, "term": self.term, "members": live,
-            "sharers": in_sync, "heal": {str(k): v for k, v in heal.items()}, "step": step + 1,
+            "sharers": in_sync, "shares": shares, "heal": {str(k): v for k, v in heal.items()}, "step": step + 1,
             "store": self.store_addr, "resolve": resolve, "hang_timeout": self.hang_timeout,
             "addrs": {str(r): {"control": self.members[r].control, "heal": self.members[r].heal} for r in live},
-            "leader": self.replica,
+            "leader": self.replica, "formed_t": time.time(),
         }
         self.votes = {}
         self.events.emit("quorum_changed", step=step, quorum_id=self.quorum_id, members=live, reason=reason,

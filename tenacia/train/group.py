@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ class GroupBuilder:
     def __init__(self, store_addr: str, quorum_id: int, rank: int, world: int, host: str):
         self.pg: Any = None
         self.error: str | None = None
+        self.ready_t: float | None = None  # wall-clock time the group was built (or failed)
         self.done = threading.Event()
         args = (store_addr, quorum_id, rank, world, host)
         threading.Thread(target=self._build, args=args, name=f"pg-{quorum_id}", daemon=True).start()
@@ -34,6 +36,7 @@ class GroupBuilder:
         except Exception as e:  # noqa: BLE001 - any failure means: this quorum cannot run
             self.error = f"{type(e).__name__}: {e}"
         finally:
+            self.ready_t = time.time()
             self.done.set()
 
 

@@ -8,7 +8,10 @@ Failover contract: a member that loses the leader (connection closed: a crash, s
 message for longer than the quorum's ``hang_timeout``: a freeze) picks the lowest replica id of
 the last quorum other than the lost leader. If that is itself, it starts a ``Coordinator`` (a new
 term) and waits for the survivors; otherwise it connects there, skipping candidates that refuse
-connections. A member that finds it was frozen itself (its heartbeat clock jumped past the hang
+connections. A candidate that has not noticed the loss yet redirects to the lost leader: that
+redirect is not followed before one hang bound has passed since the loss was noticed (the
+candidate is asked again every 30 ms meanwhile), and then at most once per failover, with a
+timeout of at most the hang bound. A member that finds it was frozen itself (its heartbeat clock jumped past the hang
 timeout) assumes it was expelled, steps down if it led, and rejoins as a newcomer that heals.
 """
 
@@ -80,6 +83,7 @@ class LeaderLink:
         self.term = 0
         self._last_rx = self._tick = time.monotonic()
         self._stop = False
+        self._lost: tuple[str, float] | None = None  # (lost leader's address, ask it not before)
         self.frozen = threading.Event()  # set when we find we were frozen: rejoin as newcomer
 
     # ----- connecting -----------------------------------------------------------------------------
@@ -112,9 +116,9 @@ class LeaderLink:
             time.sleep(0.05)
         raise TimeoutError(f"replica {self.replica}: no leader reachable through {seeds()} in {deadline_s:.0f}s")
 
-    def _try(self, addr: str, hops: int = 4) -> bool:
+    def _try(self, addr: str, hops: int = 4, timeout: float = 1.0) -> bool:
         try:
-            conn = Conn.connect(addr, timeout=1.0)
+            conn = Conn.connect(addr, timeout=timeout)
         except ConnectionRefusedError:
             return False  # nobody listens there: that replica is gone
         except OSError:
@@ -129,7 +133,12 @@ class LeaderLink:
             return False
         if msg["type"] == "redirect" and hops > 0:
             conn.close()
-            return self._try(msg["leader"], hops - 1)
+            if msg["leader"] != (self._lost or ("",))[0]:
+                return self._try(msg["leader"], hops - 1)
+            if time.monotonic() < self._lost[1]:
+                return False  # a peer that has not noticed the loss yet: ask it again shortly
+            self._lost = None  # ask the lost leader once (only our link to it may have broken)
+            return self._try(msg["leader"], hops - 1, timeout=min(1.0, self.freeze_limit()))
         if msg["type"] == "retry" and hasattr(self, "_retries"):
             self._retries[int(msg["replica"])] = int(msg.get("term", 0))
         if msg["type"] != "welcome":
@@ -157,11 +166,12 @@ class LeaderLink:
                 msg, _ = conn.recv()
                 self._last_rx = time.monotonic()
                 if msg["type"] == "quorum":
+                    msg["received_t"] = time.time()  # for the quorum's phase timings (docs/events.md)
                     self.last_quorum = msg
                 self.inbox.put(msg)
         except ConnectionError:
             if conn is self.conn and not self._stop:
-                self.inbox.put({"type": "leader_lost", "why": "connection closed"})
+                self.inbox.put({"type": "leader_lost", "why": "connection closed", "at": time.monotonic()})
 
     def freeze_limit(self) -> float:
         return max((self.last_quorum or {}).get("hang_timeout", 1.0), 0.5)
@@ -187,13 +197,25 @@ class LeaderLink:
             if self.conn is not None and self.leader != self.replica and now - self._last_rx > timeout:
                 conn, self.conn = self.conn, None
                 conn.close()
-                self.inbox.put({"type": "leader_lost", "why": f"silent for {now - self._last_rx:.2f}s"})
+                self.inbox.put({"type": "leader_lost", "why": f"silent for {now - self._last_rx:.2f}s", "at": now})
 
-    def failover(self) -> None:
-        """Find or become the next leader after losing the current one."""
+    def failover(self, lost: dict[str, Any]) -> None:
+        """Find or become the next leader after losing the current one (``lost``: the
+        ``leader_lost`` notice, with why and when)."""
         t0 = time.monotonic()
         if self.frozen.is_set():
             return  # we were the frozen one: the training thread rejoins instead
+        old = self.leader
+        self._failover(t0)
+        self._lost = None
+        self.events.emit("failover_done", replica=self.replica, old_leader=old, leader=self.leader,
+                         why=lost.get("why"), failover_s=round(time.monotonic() - lost.get("at", t0), 4))
+
+    def _failover(self, t0: float) -> None:
+        # Peers that have not noticed the loss yet redirect us to the lost leader, and a stopped
+        # process's kernel still accepts connections: asking it costs a whole timeout. So it is
+        # not asked before one hang bound has passed, and then at most once.
+        self._lost = (self.server.leader_addr or "", t0 + self.freeze_limit())
         self.server.lost_leader = True
         old = self.leader
         q = self.last_quorum
@@ -202,7 +224,8 @@ class LeaderLink:
         for cand in candidates:
             if cand == self.replica:
                 coord = self.make_coordinator(term=self.term + 1, expected=set(candidates),
-                                              last_quorum_id=q["quorum_id"] if q else 0, takeover_from=t0)
+                                              last_quorum_id=q["quorum_id"] if q else 0, takeover_from=t0,
+                                              previous=dict(q) if q else None)
                 self.server.coordinator = coord
                 if self._try(self.server.addr):
                     return

@@ -5,7 +5,8 @@ ranks (tensor/pipeline parallel); across replicas only averaged gradients and he
 
 Per step (see ``coordinator.py`` for the contract): apply the quorum's ``resolve``; donors offer
 their state, newcomers start fetching it; compute gradients on this replica's share of the global
-batch; all-reduce them (sum) in the quorum's own process group, polling so that a newer quorum
+batch (its positions in the quorum's ``shares``; gradients it still holds for the same step, from
+a run of it that was discarded, are reused: ``shares.LocalGradients``); all-reduce them (sum) in the quorum's own process group, polling so that a newer quorum
 abandons the collective at once; vote; apply on ``commit``. A fresh gloo group and fresh buffers
 are used for every quorum; old groups are parked, never torn down on the training thread (tearing
 down a gloo group with a collective in flight can block for many seconds), and retired in a
@@ -32,7 +33,6 @@ import torch
 from .. import config as cfglib
 from ..chaos import killpoints
 from ..data.ledger import SampleLedger
-from ..data.sampler import shard
 from ..events import EventLog
 from ..run_config import RunConfig
 from . import checkpoint as ckpt
@@ -41,7 +41,8 @@ from .group import GroupBuilder, retire
 from .heal import HealFetch, HealServer
 from .lease import claim_term, leader_of
 from .member import ControlServer, LeaderLink
-from .step import apply_update, compute_gradients
+from .shares import LocalGradients, even_shares
+from .step import apply_update
 from .trainer import Trainer
 
 
@@ -67,6 +68,7 @@ class Replica:
         self.heal_server = HealServer(host, host)
         self.phase, self.pending, self.pending_vote = "idle", None, None
         self.pending_grads: torch.Tensor | None = None
+        self.grads = LocalGradients(self.trainer.model)  # this member's share of the step in flight
         self.link = LeaderLink(replica, self.server, self.heal_server.addr, self.status,
                                self.make_coordinator, self.events)
         self.groups: dict[int, GroupBuilder] = {}  # quorum id -> group (old ones parked until retired)
@@ -101,14 +103,14 @@ class Replica:
                 "pending": self.pending, "pending_vote": self.pending_vote}
 
     def make_coordinator(self, *, term: int, expected: set[int], last_quorum_id: int = 0,
-                         takeover_from: float | None = None) -> Coordinator:
+                         takeover_from: float | None = None, previous: dict[str, Any] | None = None) -> Coordinator:
         run_dir = Path(self.cfg.train.run_dir)
         term = claim_term(run_dir, self.id, self.server.addr, at_least=term)
         return Coordinator(replica=self.id, term=term, host=self.cfg.replicas.host, cfg=self.cfg.replicas,
                            total_steps=self.cfg.train.steps, events=EventLog(self.events.path, f"coordinator:{self.id}"),
                            ledger=SampleLedger(run_dir / "ledger.jsonl"), expected=expected, run_dir=run_dir,
-                           log_every=self.cfg.train.log_every,
-                           last_quorum_id=last_quorum_id, takeover_from=takeover_from)
+                           log_every=self.cfg.train.log_every, batch_size=self.cfg.train.batch_size,
+                           last_quorum_id=last_quorum_id, takeover_from=takeover_from, previous=previous)
 
     def poll(self, block: float = 0.0) -> dict[str, Any] | None:
         """Next message from the leader; handles failover and rejoin on the way."""
@@ -122,7 +124,7 @@ class Replica:
         if kind in ("expelled", "frozen"):
             raise Rejoin(f"{kind}: {msg.get('reason', msg.get('gap_s'))}")
         if kind == "leader_lost":
-            self.link.failover()
+            self.link.failover(msg)
             return None
         return msg
 
@@ -169,7 +171,7 @@ class Replica:
             self.server.coordinator = None
         self.link.close(bye=False)
         self.pending, self.pending_vote, self.pending_grads = None, None, None
-        self.trainer.model.zero_grad(set_to_none=True)
+        self.grads.drop()
         last = self.link.last_quorum
         self.link = LeaderLink(self.id, self.server, self.heal_server.addr, self.status,
                                self.make_coordinator, self.events)
@@ -195,6 +197,7 @@ class Replica:
             first = False
             q["step"] += 1
             q["sharers"], q["heal"] = q["members"], {}  # healed newcomers share from the 2nd step on
+            q["shares"] = even_shares(q["members"], self.cfg.train.batch_size)
 
     def apply_resolve(self, resolve: dict[str, Any] | None) -> None:
         if resolve is None or self.pending is None or resolve["step"] != self.pending:
@@ -229,25 +232,30 @@ class Replica:
             fetch = HealFetch(q["addrs"][str(donor)]["heal"], qid)
             self.events.emit("heal_started", step=step, replica=self.id, peer=donor)
         if heal and self.id in q["heal"].values():
-            t.model.zero_grad(set_to_none=True)
             self.heal_server.offer(qid, {"step": t.step, "sampler": t.sampler.state_dict(), "tokens_seen": t.tokens_seen,
                                          "data_fingerprint": t.data.fingerprint},
                                    ckpt.model_tensors(t.model), ckpt.optimizer_tensors(t.model, t.optimizer))
         if not newcomer and step != t.step + 1:
             raise Rejoin(f"quorum runs step {step} but this replica committed {t.step}")
         B = self.cfg.train.batch_size
-        start, ids, my_ids = t.sampler.position, [], []
+        start, ids, my_ids, reused = t.sampler.position, [], [], 0
         self.phase = "compute"
+        timing = {"received": q.get("received_t"), "compute_start": time.time()} if heal else None
         loss, tokens = 0.0, 0
         if self.id in q["sharers"]:
             ids = t.sampler.peek(B)
-            my_ids = shard(ids, q["sharers"].index(self.id), len(q["sharers"]))
-            loss, tokens = compute_gradients(t.model, t.data.train.get(my_ids), self.cfg.train.micro_batch_size,
-                                             B, t.device)
+            positions = q["shares"][str(self.id)]
+            my_ids = [ids[p] for p in positions]
+            loss, tokens, reused = self.grads.compute(step, positions, ids, t.data.train.get,
+                                                      self.cfg.train.micro_batch_size, t.device)
+        else:
+            self.grads.drop()
         killpoints.hit("mid_step", step)
-        params = [p for p in t.model.parameters()]
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        t.model.zero_grad(set_to_none=True)
+        # the sum is taken over a flat copy: the parameters' own .grad stay this member's share (salvage)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in t.model.parameters()])
+        if timing:
+            timing["compute_end"] = time.time()
         self.wait_until(builder.done.is_set, "process group")
         if builder.error:
             raise Superseded(self._await_next(f"group failed: {builder.error}"))
@@ -257,6 +265,8 @@ class Replica:
             work = builder.pg.allreduce([flat])
             self.wait_until(work.is_completed, "all-reduce")
             work.wait()
+            if timing:
+                timing.update(group_ready=builder.ready_t, reduced=time.time())
         except Superseded:
             raise
         except Exception:  # noqa: BLE001 - a peer died mid-collective: vote no
@@ -269,7 +279,7 @@ class Replica:
                 self.load_healed(fetch, q)
         self.phase = "vote"
         vote = {"type": "vote", "replica": self.id, "quorum_id": qid, "step": step, "ok": ok, "start": start,
-                "ids": my_ids, "batch": ids, "tokens": tokens, "loss": loss}
+                "ids": my_ids, "batch": ids, "tokens": tokens, "loss": loss, "reused": reused, "timing": timing}
         self.pending, self.pending_vote, self.pending_grads = (step, vote, flat) if ok else (None, None, None)
         self.link.send(vote)
         self.wait_until(lambda: self._verdict is not None and self._verdict["step"] == step, "verdict")
@@ -309,6 +319,7 @@ class Replica:
             p.grad = flat[offset:offset + n].view_as(p).clone()
             offset += n
         apply_update(t.model, t.optimizer, t.lr(vote["step"]), self.cfg.optim.grad_clip)
+        self.grads.drop()
         t.step += 1
         t.sampler.advance(self.cfg.train.batch_size)
         t.tokens_seen += self.cfg.train.batch_size * self.cfg.data.seq_len
@@ -334,7 +345,8 @@ class Replica:
 
     def finish(self) -> int:
         t = self.trainer
-        self.events.emit("state_fingerprint", step=t.step, replica=self.id, fingerprint=state_fingerprint(t))
+        self.events.emit("state_fingerprint", step=t.step, replica=self.id, fingerprint=ckpt.state_fingerprint(
+            t.step, t.sampler.state_dict(), t.model, t.optimizer))
         coord = self.server.coordinator
         if coord is not None:  # the leader writes the final checkpoint and the eval
             eval_loss = t.evaluate()
@@ -345,18 +357,6 @@ class Replica:
                 {"step": t.step, "eval_loss": eval_loss, "checkpoint": str(t.checkpoints.last_path)}))
             t.events.emit("run_finished", step=t.step, eval_loss=eval_loss)
         return 0
-
-
-def state_fingerprint(t: Trainer) -> str:
-    """SHA-256 over weights, AdamW moments, step and sampler position: equal iff replicas agree."""
-    import hashlib
-
-    h = hashlib.sha256(json.dumps([t.step, t.sampler.state_dict()]).encode())
-    for tensors in (ckpt.model_tensors(t.model), ckpt.optimizer_tensors(t.model, t.optimizer)):
-        for name in sorted(tensors):
-            h.update(name.encode())
-            h.update(tensors[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def wait_as_spare(cfg: RunConfig) -> tuple[int, list[str], Trainer]:

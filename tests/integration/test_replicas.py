@@ -107,7 +107,24 @@ def test_sigstop_then_sigcont(tmp_path, procs, reference):
     # the survivors go on: a step is committed while replica 2 is still stopped
     nxt = first_after(events, "step_committed", detected["t"])
     assert nxt["t"] < fault["t"] + 2.5 and 2 not in nxt["members"]
+    # salvage: the survivors had computed their shares of the step in flight and kept them
+    assert nxt["reused"] > 0, nxt
     first_after(events, "heal_done", fault["t"], replica=2)
+
+
+def test_frozen_leader_is_replaced_with_every_survivor_in_the_first_quorum(tmp_path, procs, reference):
+    """A survivor sent back to the stopped leader (by a peer that has not noticed yet) must not wait
+    out a connect timeout there and miss the new leader's first quorum."""
+    run_replicas(procs, tmp_path, 3, ["hang:0@40:2.5"])
+    events = check_run(tmp_path, reference)
+    fault = first_after(events, "fault_injected", 0, replica=0)
+    takeover = first_after(events, "coordinator_changed", fault["t"])
+    quorum = first_after(events, "quorum_changed", takeover["t"])
+    assert takeover["coordinator"] == 1 and quorum["members"] == [1, 2], quorum
+    nxt = first_after(events, "step_committed", takeover["t"])
+    assert nxt["members"] == [1, 2] and nxt["reused"] > 0, nxt
+    bound = max(1.0, 3 * median_step(events))
+    assert nxt["t"] - fault["t"] < 2 * bound
 
 
 def test_coordinator_killed(tmp_path, procs, reference):

@@ -79,7 +79,7 @@ def test_retired_groups_release_their_threads_without_blocking():
 
         peer.send_signal(signal.SIGKILL)  # the abandoned collective now fails...
         peer.wait(10)
-        with pytest.raises(Exception):
+        with pytest.raises(RuntimeError):  # gloo raises DistBackendError, a RuntimeError
             work.wait()
         del work  # ...and once its work is dropped too (a Work keeps its group alive), the group goes
         deadline = time.monotonic() + 15

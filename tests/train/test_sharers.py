@@ -25,7 +25,7 @@ def vote(replica: int, q: dict, ids: list[int]) -> dict:
 def test_healed_newcomer_joins_the_sharers_after_the_heal_step_commits(tmp_path):
     coord = Coordinator(replica=0, term=1, host="127.0.0.1", cfg=ReplicaConfig(count=3), total_steps=100,
                         events=EventLog(tmp_path / "events.jsonl", "coordinator:0"), ledger=None,
-                        expected={0, 1, 2}, run_dir=tmp_path)
+                        expected={0, 1, 2}, run_dir=tmp_path, batch_size=12)
     try:
         conns = {r: FakeConn() for r in range(3)}
         for r, committed in ((0, 5), (1, 5), (2, 0)):  # replica 2 is a restarted newcomer

@@ -22,16 +22,27 @@ def policies(pid: int) -> set[int]:
     return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
 
 
+def autogroup_nice(pid: int) -> int | None:
+    """``/proc/PID/autogroup`` reads ``/autogroup-N nice K``; None without autogroup scheduling."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as f:
+            return int(f.read().split()[-1])
+    except OSError:
+        return None
+
+
 @pytest.mark.skipif(not can_leave_idle(), reason="needs CAP_SYS_NICE or RLIMIT_NICE >= 20")
 def test_spare_threads_are_idle_until_activated_then_all_normal():
     child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             preexec_fn=_idle_and_die_with_parent)
+                             preexec_fn=_idle_and_die_with_parent, start_new_session=True)
     try:
         assert child.stdout.readline() == b"ready\n"
         assert len(os.listdir(f"/proc/{child.pid}/task")) >= 4
         assert policies(child.pid) == {os.SCHED_IDLE}  # threads inherit the policy
+        assert autogroup_nice(child.pid) in (None, 19)  # its session's group weighs almost nothing
         to_normal_priority(child.pid)
         assert policies(child.pid) == {os.SCHED_OTHER}
+        assert autogroup_nice(child.pid) in (None, 0)
     finally:
         child.kill()
         child.wait(timeout=10)

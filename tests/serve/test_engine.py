@@ -257,3 +257,32 @@ def test_warm_up_leaves_no_trace(model, tokenizer):
     with pytest.raises(RuntimeError, match="before any request"):
         engine.add_request("b", p, params)
         engine.warm_up()
+
+
+def test_decode_mirror_follows_joins_leaves_and_growth(model, tokenizer):
+    """The decode mirror (kv_cache.py) is appended to while the batch stays the same and rebuilt
+    when a sequence leaves, a new one is prefilled, or a row outgrows its headroom: tokens equal
+    a cache-free forward throughout."""
+    from tenacia.serve.engine.kv_cache import MIRROR_HEADROOM
+
+    engine = make_engine(model, tokenizer, block_size=4, kv_cache_tokens=2048)
+    ps = prompts(tokenizer)
+    lengths = [5, MIRROR_HEADROOM + 20, 30]  # the first leaves early; the second outgrows its row
+    out: dict = {}
+    for i, (p, n) in enumerate(zip(ps, lengths, strict=True)):
+        engine.add_request(f"r{i}", p, SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, logprobs=0))
+        if i == 1:  # r2 joins while r0 and r1 decode
+            for _ in range(8):
+                for d in engine.step():
+                    out.setdefault(d.request_id, []).extend(d.logprobs)
+    decode_steps = 0
+    while engine.has_work():
+        decode_steps += 1
+        for d in engine.step():
+            out.setdefault(d.request_id, []).extend(d.logprobs)
+    for i, (p, n) in enumerate(zip(ps, lengths, strict=True)):
+        tokens, lps = reference_greedy(model, p, n)
+        assert [lp.token_id for lp in out[f"r{i}"]] == tokens, i
+        assert max(abs(a.logprob - b) for a, b in zip(out[f"r{i}"], lps, strict=True)) < 1e-4, i
+    rebuilds = engine.cache.mirror_rebuilds
+    assert 3 <= rebuilds <= decode_steps // 4, (rebuilds, decode_steps)

@@ -67,17 +67,10 @@ class ModelRunner:
 
     def _prepare_decode(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, list[Sequence]]:
         seqs = batch.seqs
-        bs = self.cache.block_size
-        width = max(len(s.block_table) for s in seqs)
-        tables = self._tensor([t for s in seqs for t in s.block_table + [0] * (width - len(s.block_table))])
-        offsets = torch.arange(bs, device=self.device)
-        context = (tables.view(-1, 1) * bs + offsets).view(-1)  # (B * width * bs,) cache slots
-        lengths = self._tensor([s.num_tokens for s in seqs])  # keys to attend, the new one included
         last = [s.num_tokens - 1 for s in seqs]
         slots = [self.cache.slot(s.block_table, p) for s, p in zip(seqs, last, strict=True)]
-        past = torch.arange(width * bs, device=self.device).unsqueeze(0) >= lengths.unsqueeze(1)  # (B, L)
-        bias = torch.zeros(past.shape, dtype=self.model.dtype, device=self.device).masked_fill_(past, float("-inf"))
-        self.cache.begin_decode(DecodeLayout(self._tensor(slots), context, bias[:, None, None, :]))
+        self.cache.begin_decode(DecodeLayout(self._tensor(slots), tuple((s.request_id, s.index) for s in seqs),
+                                             [s.num_tokens for s in seqs], [s.block_table for s in seqs]))
         tokens = self._tensor([s.last_token for s in seqs]).unsqueeze(1)  # (B, 1)
         positions = self._tensor(last).unsqueeze(1)
         return tokens, positions, torch.arange(len(seqs), device=self.device), seqs

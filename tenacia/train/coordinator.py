@@ -10,7 +10,9 @@ Contract (what is decided when, what each party may assume):
   ``hang_timeout`` (SIGSTOP, a frozen host), or it stays in its compute phase longer than
   ``hang_timeout`` while a peer already waits in the all-reduce (a stuck step). ``hang_timeout``
   is ``max(hang_floor_s, hang_factor x median step time)``, from measured steps: no user-tuned
-  timeout. A member declared hung is told ``expelled`` and must rejoin and heal.
+  timeout. Silence counts only while the leader hears its own member's heartbeats (they take the
+  same path through this process): a leader starved of CPU, hearing nobody, expels nobody. A
+  member declared hung is told ``expelled`` and must rejoin and heal.
 - Quorum. A ``quorum`` message names the members, the step they run next (all hold the same
   committed state), which of them share the batch, and which newcomers heal from which donor.
   Healing takes the quorum's first step; once that step commits every member holds the same
@@ -290,10 +292,12 @@ class Coordinator:
                 in_quorum = [self.members[r] for r in (q["members"] if q else []) if r in self.members]
                 waiting_in_allreduce = any(m.phase == "allreduce" for m in in_quorum)
                 stuck_bound = max(10.0, 4 * timeout)  # a slow step is a straggler, not a hang
+                own = self.members.get(self.replica)  # heard through our own reader threads too
+                hearing = own is None or now - own.last_hb < timeout / 2
                 for rid, m in list(self.members.items()):
                     if rid == self.replica:
                         continue  # our own member side lives in this process
-                    if now - m.last_hb > timeout:
+                    if now - m.last_hb > timeout and hearing:
                         self._lose(rid, "hang", f"silent for {now - m.last_hb:.2f}s > {timeout:.2f}s")
                     elif (m.phase == "compute" and waiting_in_allreduce and m in in_quorum
                           and now - m.phase_since > stuck_bound):

@@ -1,0 +1,50 @@
+"""The leader declares a silent member hung only while it still hears its own member."""
+
+import time
+
+from tenacia.events import EventLog, read_events
+from tenacia.train.config import ReplicaConfig
+from tenacia.train.coordinator import Coordinator
+
+
+class FakeConn:
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def try_send(self, msg: dict) -> bool:
+        self.sent.append(msg)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_silence_counts_only_while_the_leader_hears_its_own_member(tmp_path):
+    coord = Coordinator(replica=0, term=1, host="127.0.0.1", cfg=ReplicaConfig(count=3, hang_floor_s=0.3),
+                        total_steps=100, events=EventLog(tmp_path / "events.jsonl", "coordinator:0"),
+                        ledger=None, expected={0, 1, 2}, run_dir=tmp_path, batch_size=12)
+    try:
+        conns = {r: FakeConn() for r in range(3)}
+        for r in range(3):
+            coord.on_hello(conns[r], {"type": "hello", "replica": r, "control": f"c{r}", "heal": f"h{r}",
+                                      "committed": 5})
+
+        def beat(*replicas: int) -> None:
+            for r in replicas:
+                coord.on_message(r, {"type": "heartbeat", "phase": "compute", "step": 6, "committed": 5})
+
+        end = time.monotonic() + 1.0  # nobody heard, our own member included: a starved leader
+        while time.monotonic() < end:
+            coord._tick = time.monotonic()  # this process itself was not frozen
+            time.sleep(0.02)
+        assert set(coord.members) == {0, 1, 2}
+        end = time.monotonic() + 0.6  # our own member and replica 2 heard, replica 1 silent
+        while time.monotonic() < end and 1 in coord.members:
+            beat(0, 2)
+            time.sleep(0.05)
+        assert set(coord.members) == {0, 2}
+        lost = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "failure_detected"]
+        assert [(e["replica"], e["kind"]) for e in lost] == [(1, "hang")]
+        assert conns[1].sent[-1]["type"] == "expelled"
+    finally:
+        coord.close()

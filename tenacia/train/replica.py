@@ -8,9 +8,9 @@ their state, newcomers start fetching it; compute gradients on this replica's sh
 batch (its positions in the quorum's ``shares``; gradients it still holds for the same step, from
 a run of it that was discarded, are reused: ``shares.LocalGradients``); all-reduce them (sum) in the quorum's own process group, polling so that a newer quorum
 abandons the collective at once; vote; apply on ``commit``. A fresh gloo group and fresh buffers
-are used for every quorum; old groups are parked, never torn down on the training thread (tearing
-down a gloo group with a collective in flight can block for many seconds), and retired in a
-background thread once a newer quorum has committed a step (see ``Replica.retire_groups``).
+are used for every quorum; an older quorum's group is retired as soon as a newer quorum starts,
+in a background thread, never on the training thread (tearing down a gloo group with a
+collective in flight can block for many seconds; see ``Replica.retire_groups``).
 
 A replica that was expelled (declared hung) or finds it was frozen rejoins in-process as a
 newcomer and heals; a crashed one is restarted by the launcher and does the same.
@@ -71,7 +71,7 @@ class Replica:
         self.grads = LocalGradients(self.trainer.model)  # this member's share of the step in flight
         self.link = LeaderLink(replica, self.server, self.heal_server.addr, self.status,
                                self.make_coordinator, self.events)
-        self.groups: dict[int, GroupBuilder] = {}  # quorum id -> group (old ones parked until retired)
+        self.groups: dict[int, GroupBuilder] = {}  # quorum id -> group (the current quorum's)
         self._publish_address()
 
     # ----- plumbing --------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ class Replica:
         builder = self.groups.get(q["quorum_id"]) or GroupBuilder(
             q["store"], q["quorum_id"], q["members"].index(self.id), len(q["members"]), self.cfg.replicas.host)
         self.groups[q["quorum_id"]] = builder
-        self.retire_groups(q["quorum_id"], keep=self.MAX_PARKED)
+        self.retire_groups(q["quorum_id"])
         first = True
         while True:
             try:
@@ -288,20 +288,17 @@ class Replica:
             self.apply(vote)
             self.pending, self.pending_vote, self.pending_grads = None, None, None
             self.after_commit()
-            self.retire_groups(qid)
         else:
             raise Superseded(self._await_next("step discarded"))
 
-    MAX_PARKED = 3  # groups of older quorums kept while the current one has not committed yet
-
-    def retire_groups(self, current: int, keep: int = 0) -> None:
-        """Retire the groups of quorums older than ``current``, all but the newest ``keep``: with
-        ``keep=0`` once ``current`` committed a step (every member left the older quorums for good;
-        a peer still inside one gets an error, not a timeout), with ``keep=MAX_PARKED`` when a quorum
-        starts (fast changes cannot pile groups up). ``group.retire`` tears each down in a daemon
-        thread: the training thread never blocks, whatever collective is still in flight."""
-        old = sorted(k for k in self.groups if k < current)
-        for qid in old[:max(0, len(old) - keep)]:
+    def retire_groups(self, current: int) -> None:
+        """Retire the groups of quorums older than ``current`` when it starts: no member uses them
+        again (a peer still inside one of their collectives gets an error at once, and its vote
+        for an old quorum is ignored), and a group whose peer was killed mid-collective can keep
+        its TCP loop spinning, taking CPU from the step that redoes the lost work. ``group.retire``
+        tears each down in a daemon thread: the training thread never blocks, whatever collective
+        is still in flight."""
+        for qid in [k for k in self.groups if k < current]:
             retire(self.groups.pop(qid))
 
     def _await_next(self, why: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ together. Prints a table and writes bench/results/serve-engine-<time>.json:
 
     .venv/bin/python bench/serve_engine.py                         # as `tenacia serve` runs it
     .venv/bin/python bench/serve_engine.py --no-keep-freed-memory  # glibc's allocator defaults
+    .venv/bin/python bench/serve_engine.py --no-huge-pages         # 4 KiB pages (host.py)
 
 This is where the per-change figures of docs/serving.md ("Speed") come from: a prefill of 16 x 100
 tokens and a decode step of 16 sequences, each repeated ``--rounds`` times.
@@ -13,16 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tenacia.serve.engine.host import HUGE_PAGES_ENV, huge_pages_in_use  # noqa: E402  (imports no torch)
+
+if "--no-huge-pages" not in sys.argv:  # as `tenacia serve` starts its engine process: before torch
+    os.environ.update(HUGE_PAGES_ENV)
+import torch  # noqa: E402
 
 
 def main() -> int:
@@ -33,6 +38,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-keep-freed-memory", action="store_true")
+    p.add_argument("--no-huge-pages", action="store_true")
     args = p.parse_args()
 
     from tenacia.serve.config import EngineConfig
@@ -68,6 +74,7 @@ def main() -> int:
     ms = lambda xs: round(statistics.median(xs) * 1000, 1)  # noqa: E731
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([".venv/bin/python", *sys.argv]),
               "args": vars(args), "mkl_packed": engine.runner.model.packed,
+              "huge_page_mib": huge_pages_in_use() >> 20,
               f"prefill_1x{args.prompt_tokens}_ms": {"median": ms(single[1:]), "all": [round(x * 1000, 1) for x in single[1:]]},
               f"prefill_{args.seqs}x{args.prompt_tokens}_ms": {"median": ms(burst[1:]), "all": [round(x * 1000, 1) for x in burst[1:]]},
               f"decode_step_{args.seqs}_seqs_ms": {"median": ms(decode[len(decode) // (args.rounds + 1):])}}
@@ -75,7 +82,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("| measure | median ms | rounds |\n|---|---|---|")
-    for key in list(result)[4:]:
+    for key in list(result)[5:]:
         print(f"| {key} | {result[key]['median']} | {result[key].get('all', '')} |")
     print(f"written {out.relative_to(ROOT)}")
     return 0

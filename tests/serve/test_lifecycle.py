@@ -18,7 +18,8 @@ LONG = {"max_tokens": 3000, "ignore_eos": True}  # seconds of work for the tiny 
 
 @pytest.fixture(scope="module")
 def server(tiny_dir):
-    with ServerProcess(tiny_dir, "--name", "tiny", "--max-concurrent-requests", "2", "--max-tokens-limit", "4000") as s:
+    with ServerProcess(tiny_dir, "--name", "tiny", "--max-concurrent-requests", "2", "--max-tokens-limit", "4000",
+                       "--no-huge-pages") as s:
         yield s
 
 
@@ -35,6 +36,25 @@ def wait_for(predicate, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def thp_mode() -> str:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return "unavailable"
+    return text.split("[")[1].split("]")[0]
+
+
+def test_engine_buffers_on_huge_pages_unless_told_not_to(server, tiny_server):
+    """The engine process puts its weights and KV cache on transparent huge pages (host.py), which
+    the start-up line reports from the process's own /proc/self/smaps_rollup."""
+    listening = [line for line in tiny_server.lines if "listening on" in line][0]
+    mode = thp_mode()
+    if mode in ("madvise", "always"):
+        assert re.search(r"; [1-9]\d* MiB on huge pages\)", listening), listening
+    if mode == "madvise":  # "always" puts every large mapping on huge pages, asked or not
+        assert not any("on huge pages" in line for line in server.lines), server.lines
 
 
 def test_over_the_limit_is_429_and_disconnects_cancel(server):

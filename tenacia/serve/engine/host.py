@@ -11,6 +11,15 @@ vLLM's CPU backend gets the same effect by preloading tcmalloc.
 
 The engine's memory is bounded anyway (weights, the KV cache allocated once, activations of at
 most ``max_batched_tokens`` tokens), so keeping freed blocks costs no more than the peak.
+
+Huge pages: a decode step streams every weight from memory once (540 MB for SmolLM2-135M in
+float32), and with 4 KiB pages that is ~130,000 TLB misses a step. torch's CPU allocator puts
+allocations of 2 MiB or more on transparent huge pages when ``THP_MEM_ALLOC_ENABLE=1`` is in the
+environment before its first allocation, so it must be set before the engine process starts
+(``HUGE_PAGES_ENV``; the kernel must allow THP: ``madvise`` or ``always`` in
+/sys/kernel/mm/transparent_hugepage/enabled, else it is a no-op). Measured on the project's
+machine: the 30 layers' packed projections for 16 decode rows took 27.0-28.0 ms with huge pages
+against 31.9 ms without (``bench/serve_engine.py --no-huge-pages`` for the engine alone).
 """
 
 from __future__ import annotations
@@ -21,6 +30,21 @@ import logging
 log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
+
+
+HUGE_PAGES_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
+
+
+def huge_pages_in_use() -> int:
+    """Bytes of this process's anonymous memory on transparent huge pages (0 if unknown)."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def keep_freed_memory() -> bool:

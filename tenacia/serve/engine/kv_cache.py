@@ -66,7 +66,7 @@ class _Mirror:
     keys: tuple
     lengths: list[int]
     cap: int  # token positions per row
-    k: Tensor  # (n_layers, B * cap, KVH, hd)
+    k: Tensor  # (n_layers, B, KVH, cap, hd): head-major, so each head's keys are one contiguous run
     v: Tensor
 
 
@@ -139,7 +139,9 @@ class PagedKVCache:
             m = self._mirror = self._rebuild(layout)
         m.lengths = lengths
         device = self.k.device
-        self._rows = torch.tensor([b * m.cap + n - 1 for b, n in enumerate(lengths)], device=device)
+        kvh = self.k.size(2)
+        self._rows = torch.tensor([(b * kvh + h) * m.cap + n - 1 for b, n in enumerate(lengths) for h in range(kvh)],
+                                  device=device)
         past = torch.arange(longest, device=device).unsqueeze(0) >= torch.tensor(lengths, device=device).unsqueeze(1)
         self._bias = torch.zeros(past.shape, dtype=self.k.dtype, device=device).masked_fill_(past, float("-inf"))[:, None, None, :]
 
@@ -155,8 +157,14 @@ class PagedKVCache:
             cached = [table[p // bs] * bs + p % bs for p in range(n - 1)]
             slots += cached + [0] * (cap - len(cached))  # slot 0: finite values, masked out
         context = torch.tensor(slots, device=self.k.device)
-        return _Mirror(layout.keys, [n - 1 for n in layout.lengths], cap,
-                       self.k.index_select(1, context), self.v.index_select(1, context))
+        n_layers, _, kvh, hd = self.k.shape
+        B = len(layout.lengths)
+
+        def gather(cache: Tensor) -> Tensor:
+            rows = cache.index_select(1, context).view(n_layers, B, cap, kvh, hd)
+            return rows.transpose(2, 3).contiguous()
+
+        return _Mirror(layout.keys, [n - 1 for n in layout.lengths], cap, gather(self.k), gather(self.v))
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q: (B, H, T, hd); k, v: (B, KVH, T, hd), rotated. Returns (B, H, T, hd)."""
@@ -193,12 +201,11 @@ class PagedKVCache:
         self.k[layer].index_copy_(0, layout.slots, new_k)
         self.v[layer].index_copy_(0, layout.slots, new_v)
         m = self._mirror
-        mk, mv = m.k[layer], m.v[layer]  # (B * cap, KVH, hd)
-        mk.index_copy_(0, self._rows, new_k)
-        mv.index_copy_(0, self._rows, new_v)
+        mk, mv = m.k[layer], m.v[layer]  # (B, KVH, cap, hd)
+        mk.view(-1, hd).index_copy_(0, self._rows, new_k.reshape(-1, hd))
+        mv.view(-1, hd).index_copy_(0, self._rows, new_v.reshape(-1, hd))
         L = self._bias.size(-1)
-        kc = mk.view(B, m.cap, KVH, hd)[:, :L].transpose(1, 2)  # (B, KVH, L, hd), a view
-        vc = mv.view(B, m.cap, KVH, hd)[:, :L].transpose(1, 2)
+        kc, vc = mk[:, :, :L], mv[:, :, :L]  # (B, KVH, L, hd), views
         H = q.size(1)
         qg = q.reshape(B, KVH, H // KVH, hd)  # heads k*G .. k*G+G-1 read key/value head k
         out = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=self._bias)

@@ -20,11 +20,13 @@ import gc
 import itertools
 import logging
 import multiprocessing as mp
+import os
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ..config import EngineConfig
+from .host import HUGE_PAGES_ENV
 from .llm_engine import ChoiceDelta, check_request
 from .sequence import SamplingParams
 
@@ -100,7 +102,7 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, threads: int) -> None:
 
     from ...device import detect
     from ..models import load_model
-    from .host import keep_freed_memory
+    from .host import huge_pages_in_use, keep_freed_memory
     from .llm_engine import LLMEngine
 
     if threads:
@@ -120,7 +122,8 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, threads: int) -> None:
         return
     conn.send(("ready", {"max_context": engine.max_context, "vocab_size": served.config.vocab_size,
                          "capacity_tokens": engine.capacity_tokens, "device": device.type,
-                         "dtype": str(device.serve_dtype).removeprefix("torch.")}))
+                         "dtype": str(device.serve_dtype).removeprefix("torch."),
+                         "huge_page_bytes": huge_pages_in_use()}))
     while True:
         if conn.poll(0 if engine.has_work() else 1.0):
             while conn.poll(0):
@@ -179,7 +182,17 @@ class ProcessEngine:
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=worker_main, args=(child, self.model, self.cfg, self.threads),
                                  name="tenacia-engine", daemon=True)
-        self._proc.start()
+        saved = {k: os.environ.get(k) for k in HUGE_PAGES_ENV}
+        if self.cfg.huge_pages:
+            os.environ.update(HUGE_PAGES_ENV)  # read by torch in the child before its first allocation
+        try:
+            self._proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         child.close()
         if not self._conn.poll(timeout):
             self._proc.kill()

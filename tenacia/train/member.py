@@ -11,7 +11,9 @@ term) and waits for the survivors; otherwise it connects there, skipping candida
 connections. A candidate that has not noticed the loss yet redirects to the lost leader: that
 redirect is not followed before one hang bound has passed since the loss was noticed (the
 candidate is asked again every 30 ms meanwhile), and then at most once per failover, with a
-timeout of at most the hang bound. A member that finds it was frozen itself (its heartbeat clock jumped past the hang
+timeout of at most the hang bound. A replica following its own coordinator never fails over on
+silence; once that coordinator has stopped (superseded, frozen) for a hang bound, the replica
+rejoins as a newcomer even if the coordinator's ``expelled`` never reached it. A member that finds it was frozen itself (its heartbeat clock jumped past the hang
 timeout) assumes it was expelled, steps down if it led, and rejoins as a newcomer that heals.
 """
 
@@ -84,6 +86,7 @@ class LeaderLink:
         self._last_rx = self._tick = time.monotonic()
         self._stop = False
         self._lost: tuple[str, float] | None = None  # (lost leader's address, ask it not before)
+        self._own_stopped_since: float | None = None
         self.frozen = threading.Event()  # set when we find we were frozen: rejoin as newcomer
 
     # ----- connecting -----------------------------------------------------------------------------
@@ -198,6 +201,22 @@ class LeaderLink:
                 conn, self.conn = self.conn, None
                 conn.close()
                 self.inbox.put({"type": "leader_lost", "why": f"silent for {now - self._last_rx:.2f}s", "at": now})
+            if self._own_leader_stopped(now, timeout):
+                self.inbox.put({"type": "expelled", "reason": "this replica's own coordinator stopped"})
+                return
+
+    def _own_leader_stopped(self, now: float, timeout: float) -> bool:
+        """While this replica follows its own coordinator, silence is never a reason to fail over;
+        but once that coordinator has stopped (superseded or frozen) for a hang bound, its member
+        must rejoin elsewhere even if the coordinator's ``expelled`` never reached it (it would
+        otherwise wait for its own silent coordinator forever). A finished run's ``stop`` came
+        before: by then the training thread no longer reads this inbox."""
+        coord = self.server.coordinator
+        if self.leader != self.replica or coord is None or not coord.stopped:
+            self._own_stopped_since = None
+            return False
+        self._own_stopped_since = self._own_stopped_since or now
+        return now - self._own_stopped_since > timeout
 
     def failover(self, lost: dict[str, Any]) -> None:
         """Find or become the next leader after losing the current one (``lost``: the

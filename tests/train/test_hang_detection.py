@@ -1,10 +1,16 @@
-"""The leader declares a silent member hung only while it still hears its own member."""
+"""The leader declares a silent member hung only while it still hears its own member; a member
+whose own coordinator stopped does not wait for it forever."""
 
+import queue
 import time
+import types
+
+import pytest
 
 from tenacia.events import EventLog, read_events
 from tenacia.train.config import ReplicaConfig
 from tenacia.train.coordinator import Coordinator
+from tenacia.train.member import LeaderLink
 
 
 class FakeConn:
@@ -48,3 +54,22 @@ def test_silence_counts_only_while_the_leader_hears_its_own_member(tmp_path):
         assert conns[1].sent[-1]["type"] == "expelled"
     finally:
         coord.close()
+
+
+def test_a_replica_whose_own_coordinator_stopped_rejoins_elsewhere():
+    """Following its own coordinator, a member never fails over on silence; once that coordinator
+    stopped (superseded, frozen) for a hang bound, the member is told to rejoin even if the
+    coordinator's own ``expelled`` never reached it."""
+    server = types.SimpleNamespace(addr="127.0.0.1:1", coordinator=types.SimpleNamespace(stopped=False))
+    link = LeaderLink(0, server, "127.0.0.1:2", lambda: {"step": 1, "phase": "idle", "committed": 0,
+                                                          "pending": None}, None, None)
+    link.leader = 0
+    link.start_heartbeats()
+    try:
+        with pytest.raises(queue.Empty):
+            link.inbox.get(timeout=1.5)  # a silent but running own coordinator: nothing
+        server.coordinator.stopped = True
+        msg = link.inbox.get(timeout=3.0)  # freeze_limit is 1 s before any quorum
+        assert msg["type"] == "expelled", msg
+    finally:
+        link.close(bye=False)

@@ -308,12 +308,15 @@ class Replica:
                 return msg
 
     def apply(self, vote: dict[str, Any]) -> None:
-        """Apply the reduced gradients held for the voted step, and commit it locally."""
+        """Apply the reduced gradients held for the voted step, and commit it locally. The
+        parameters' ``.grad`` become views of the reduced buffer, not copies: nothing reads that
+        buffer after the step is applied, and this member's own share (``self.grads``) is released
+        here, once the step can no longer be salvaged."""
         t, flat = self.trainer, self.pending_grads
         offset = 0
         for p in t.model.parameters():
             n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = flat[offset:offset + n].view_as(p)
             offset += n
         apply_update(t.model, t.optimizer, t.lr(vote["step"]), self.cfg.optim.grad_clip)
         self.grads.drop()

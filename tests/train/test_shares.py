@@ -1,9 +1,12 @@
 """Shares of the global batch, and salvage: a re-run of a discarded step reuses what survivors hold."""
 
+import types
+
 import torch
 
 from tenacia.device import detect
 from tenacia.model.llama import Llama, ModelConfig
+from tenacia.train import replica as replica_mod
 from tenacia.train.shares import LocalGradients, even_shares, salvage_shares
 from tenacia.train.step import compute_gradients
 
@@ -43,3 +46,37 @@ def test_reused_gradients_equal_a_fresh_computation():
     # another step, or positions that do not cover what is held: computed from scratch
     assert grads.compute(8, [1, 2], batch, lambda ids: data[ids], 2, dev)[2] == 0
     assert grads.compute(8, [3], batch, lambda ids: data[ids], 2, dev)[2] == 0
+
+
+def test_apply_uses_the_reduced_buffer_and_releases_the_local_share(monkeypatch):
+    """Committing a step applies the all-reduced buffer itself (no copy of it), and only then drops
+    this member's own gradients, which were kept through the all-reduce for salvage."""
+    torch.manual_seed(0)
+    dev = detect("cpu")
+    model = Llama(ModelConfig(preset="micro"))
+    grads = LocalGradients(model)
+    grads.compute(3, [0, 1], list(range(4)), lambda ids: torch.randint(0, 512, (len(ids), 17)), 2, dev)
+    local = [p.grad for p in model.parameters()]
+    reduced = torch.randn(sum(p.numel() for p in model.parameters()))
+    expected = reduced.clone()
+    seen = {}
+
+    def fake_update(model, optimizer, lr, grad_clip):
+        params = list(model.parameters())
+        seen["shares_buffer"] = all(p.grad.untyped_storage().data_ptr() == reduced.untyped_storage().data_ptr()
+                                    for p in params)
+        seen["values"] = torch.cat([p.grad.reshape(-1) for p in params])
+        model.zero_grad(set_to_none=True)
+        return 0.0
+
+    monkeypatch.setattr(replica_mod, "apply_update", fake_update)
+    trainer = types.SimpleNamespace(model=model, optimizer=None, step=2, tokens_seen=0, lr=lambda step: 1e-3,
+                                    sampler=types.SimpleNamespace(advance=lambda n: None))
+    cfg = types.SimpleNamespace(optim=types.SimpleNamespace(grad_clip=1.0),
+                                train=types.SimpleNamespace(batch_size=4), data=types.SimpleNamespace(seq_len=16))
+    member = types.SimpleNamespace(trainer=trainer, cfg=cfg, grads=grads, pending_grads=reduced)
+    assert all(g is not None for g in local) and grads.held == [0, 1]
+    replica_mod.Replica.apply(member, {"step": 3})
+    assert seen["shares_buffer"] and torch.equal(seen["values"], expected)
+    assert (grads.step, grads.held, trainer.step) == (None, [], 3)
+    assert all(p.grad is None for p in model.parameters())

@@ -42,6 +42,16 @@ class TokenText:
     def text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
+    def key(self, token_id: int) -> str:
+        """The token as the completions endpoint names it. A token that is only part of a UTF-8
+        character decodes to U+FFFD, like every other such token, so it is named by its bytes
+        instead, as OpenAI does ("bytes:\\xe2\\x80"): the top alternatives are a dict keyed by
+        this name, and two different byte tokens must not collapse into one entry."""
+        text = self.text(token_id)
+        if "\ufffd" not in text:
+            return text
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in self.bytes(token_id))
+
     def bytes(self, token_id: int) -> list[int]:
         piece = self.tokenizer.id_to_token(token_id) or ""
         if piece and all(c in _BYTES for c in piece):
@@ -93,13 +103,12 @@ class Shape:
                                  "top_logprobs": [{"token": self.tt.text(t), "logprob": v,
                                                    "bytes": self.tt.bytes(t)} for t, v in lp.top]}
                                 for lp in items]}
-        tokens = [self.tt.text(lp.token_id) for lp in items]
         offsets, pos = [], text_offset
-        for t in tokens:
+        for lp in items:
             offsets.append(pos)
-            pos += len(t)
-        return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in items],
-                "top_logprobs": [{self.tt.text(t): v for t, v in lp.top} for lp in items],
+            pos += len(self.tt.text(lp.token_id))
+        return {"tokens": [self.tt.key(lp.token_id) for lp in items], "token_logprobs": [lp.logprob for lp in items],
+                "top_logprobs": [{self.tt.key(t): v for t, v in lp.top} for lp in items],
                 "text_offset": offsets}
 
     def response(self, got: Collected) -> dict[str, Any]:

@@ -250,3 +250,28 @@ def test_a_repeated_prompt_start_is_served_from_the_prefix_cache(client, tiny_se
     assert hits() - before >= 16  # at least one whole block of the shared system prompt
     assert again.choices[0].message.content == first.choices[0].message.content
     assert again.usage.prompt_tokens == first.usage.prompt_tokens  # usage counts every prompt token
+
+
+def test_partial_character_tokens_keep_their_own_top_logprob_entries():
+    """Byte tokens that are only part of a UTF-8 character all decode to U+FFFD; the completions
+    endpoint's top_logprobs is a dict keyed by token, so they are named by their bytes (as OpenAI
+    does) and never collapse into one entry."""
+    from tenacia.serve.engine.sequence import TokenLogprob
+    from tenacia.serve.responses import Shape, TokenText
+
+    from .tiny import train_tokenizer
+
+    tok = train_tokenizer()
+    tt = TokenText(tok)
+    partial = [i for i in range(tok.get_vocab_size()) if tt.text(i) == "\ufffd"][:2]
+    assert len(partial) == 2, "the byte-level vocabulary has tokens for lone high bytes"
+    keys = [tt.key(i) for i in partial]
+    assert keys[0] != keys[1] and all(k.startswith("bytes:\\x") for k in keys), keys
+    whole = next(i for i in range(tok.get_vocab_size()) if tt.text(i).isalpha())
+    assert tt.key(whole) == tt.text(whole)
+    shape = Shape(chat=False, model="tiny", token_text=tt, want_logprobs=True)
+    out = shape.logprobs([TokenLogprob(token_id=partial[0], logprob=-1.0, top=[(partial[0], -1.0), (partial[1], -2.0)]),
+                          TokenLogprob(token_id=whole, logprob=-0.5, top=[(whole, -0.5)])])
+    assert out["tokens"] == [keys[0], tt.text(whole)]
+    assert len(out["top_logprobs"][0]) == 2
+    assert out["text_offset"] == [0, 1]  # offsets count the text, U+FFFD is one character

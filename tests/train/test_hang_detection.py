@@ -12,17 +12,7 @@ from tenacia.train.config import ReplicaConfig
 from tenacia.train.coordinator import Coordinator
 from tenacia.train.member import LeaderLink
 
-
-class FakeConn:
-    def __init__(self) -> None:
-        self.sent: list[dict] = []
-
-    def try_send(self, msg: dict) -> bool:
-        self.sent.append(msg)
-        return True
-
-    def close(self) -> None:
-        pass
+from .fakes import FakeConn
 
 
 def test_silence_counts_only_while_the_leader_hears_its_own_member(tmp_path):

@@ -4,17 +4,7 @@ from tenacia.events import EventLog
 from tenacia.train.config import ReplicaConfig
 from tenacia.train.coordinator import Coordinator
 
-
-class FakeConn:
-    def __init__(self) -> None:
-        self.sent: list[dict] = []
-
-    def try_send(self, msg: dict) -> bool:
-        self.sent.append(msg)
-        return True
-
-    def close(self) -> None:
-        pass
+from .fakes import FakeConn
 
 
 def vote(replica: int, q: dict, ids: list[int]) -> dict:

@@ -13,8 +13,9 @@ redirect is not followed before one hang bound has passed since the loss was not
 candidate is asked again every 30 ms meanwhile), and then at most once per failover, with a
 timeout of at most the hang bound. A replica following its own coordinator never fails over on
 silence; once that coordinator has stopped (superseded, frozen) for a hang bound, the replica
-rejoins as a newcomer even if the coordinator's ``expelled`` never reached it. A member that finds it was frozen itself (its heartbeat clock jumped past the hang
-timeout) assumes it was expelled, steps down if it led, and rejoins as a newcomer that heals.
+rejoins as a newcomer even if the coordinator's ``expelled`` never reached it. A member that
+finds it was frozen itself (its heartbeat clock jumped past the hang timeout) assumes it was
+expelled, steps down if it led, and rejoins as a newcomer that heals.
 """
 
 from __future__ import annotations

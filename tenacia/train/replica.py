@@ -6,11 +6,12 @@ ranks (tensor/pipeline parallel); across replicas only averaged gradients and he
 Per step (see ``coordinator.py`` for the contract): apply the quorum's ``resolve``; donors offer
 their state, newcomers start fetching it; compute gradients on this replica's share of the global
 batch (its positions in the quorum's ``shares``; gradients it still holds for the same step, from
-a run of it that was discarded, are reused: ``shares.LocalGradients``); all-reduce them (sum) in the quorum's own process group, polling so that a newer quorum
-abandons the collective at once; vote; apply on ``commit``. A fresh gloo group and fresh buffers
-are used for every quorum; an older quorum's group is retired as soon as a newer quorum starts,
-in a background thread, never on the training thread (tearing down a gloo group with a
-collective in flight can block for many seconds; see ``Replica.retire_groups``).
+a run of it that was discarded, are reused: ``shares.LocalGradients``); all-reduce them (sum) in
+the quorum's own process group, polling so that a newer quorum abandons the collective at once;
+vote; apply on ``commit``. A fresh gloo group and fresh buffers are used for every quorum; an
+older quorum's group is retired as soon as a newer quorum starts, in a background thread, never on
+the training thread (tearing down a gloo group with a collective in flight can block for many
+seconds; see ``Replica.retire_groups``).
 
 A replica that was expelled (declared hung) or finds it was frozen rejoins in-process as a
 newcomer and heals; a crashed one is restarted by the launcher and does the same.

@@ -66,10 +66,12 @@ class LocalGradients:
                 micro_batch_size: int, device: Device) -> tuple[float, int, int]:
         """Gradients over ``positions`` of ``batch`` (the step's sample ids); returns the mean loss
         over them, their tokens, and how many positions were reused rather than computed."""
-        if self.step != step or not set(self.held) <= set(positions) or not positions:
+        held = set(self.held)
+        if self.step != step or not held <= set(positions) or not positions:
             self.drop()
-        reused = len(self.held)
-        todo = [p for p in positions if p not in set(self.held)]
+            held = set()
+        reused = len(held)
+        todo = [p for p in positions if p not in held]
         if todo:
             loss, tokens = compute_gradients(self.model, samples([batch[p] for p in todo]), micro_batch_size,
                                              len(batch), device)

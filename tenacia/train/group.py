@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -12,10 +13,13 @@ import torch.distributed as dist
 
 
 class GroupBuilder:
-    """Builds the quorum's gloo group in a thread; the training thread keeps polling meanwhile."""
+    """Builds the quorum's gloo group in a thread; the training thread goes on meanwhile and is
+    told by ``notify`` (called from the builder's thread) once the group is ready or failed."""
 
-    def __init__(self, store_addr: str, quorum_id: int, rank: int, world: int, host: str):
+    def __init__(self, store_addr: str, quorum_id: int, rank: int, world: int, host: str,
+                 notify: Callable[[], None] | None = None):
         self.pg: Any = None
+        self.notify = notify
         self.error: str | None = None
         self.ready_t: float | None = None  # wall-clock time the group was built (or failed)
         self.done = threading.Event()
@@ -38,6 +42,8 @@ class GroupBuilder:
         finally:
             self.ready_t = time.time()
             self.done.set()
+            if self.notify is not None:
+                self.notify()
 
 
 def retire(builder: GroupBuilder) -> threading.Thread:

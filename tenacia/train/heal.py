@@ -22,6 +22,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -109,8 +110,8 @@ class HealFetch:
     are copied into the parameters on load); optimizer tensors are copies, as the optimizer keeps
     them."""
 
-    def __init__(self, donor_addr: str, quorum_id: int):
-        self.donor_addr, self.quorum_id = donor_addr, quorum_id
+    def __init__(self, donor_addr: str, quorum_id: int, notify: Callable[[], None] | None = None):
+        self.donor_addr, self.quorum_id, self.notify = donor_addr, quorum_id, notify
         self.result: tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self.error: str | None = None
         self.nbytes = 0
@@ -141,3 +142,5 @@ class HealFetch:
             self.error = str(e)
         finally:
             self.done.set()
+            if self.notify is not None:
+                self.notify()

@@ -7,8 +7,8 @@ Per step (see ``coordinator.py`` for the contract): apply the quorum's ``resolve
 their state, newcomers start fetching it; compute gradients on this replica's share of the global
 batch (its positions in the quorum's ``shares``; gradients it still holds for the same step, from
 a run of it that was discarded, are reused: ``shares.LocalGradients``); all-reduce them (sum) in
-the quorum's own process group, polling so that a newer quorum abandons the collective at once;
-vote; apply on ``commit``. A fresh gloo group and fresh buffers are used for every quorum; an
+the quorum's own process group, asleep on the leader's inbox (the collective's future wakes it) so
+that a newer quorum abandons the collective at once; vote; apply on ``commit``. A fresh gloo group and fresh buffers are used for every quorum; an
 older quorum's group is retired as soon as a newer quorum starts, in a background thread, never on
 the training thread (tearing down a gloo group with a collective in flight can block for many
 seconds; see ``Replica.retire_groups``).
@@ -43,6 +43,7 @@ from .heal import HealFetch, HealServer
 from .lease import claim_term, leader_of
 from .member import ControlServer, LeaderLink
 from .shares import LocalGradients, even_shares
+from .spare import wait_as_spare
 from .step import apply_update
 from .trainer import Trainer
 
@@ -117,10 +118,14 @@ class Replica:
         """Next message from the leader; handles failover and rejoin on the way."""
         if self.link.was_frozen():
             raise Rejoin("this process was frozen longer than the hang timeout")
-        try:
-            msg = self.link.inbox.get(timeout=block) if block else self.link.inbox.get_nowait()
-        except queue.Empty:
-            return None
+        while True:
+            try:
+                msg = self.link.inbox.get(timeout=block) if block else self.link.inbox.get_nowait()
+            except queue.Empty:
+                return None
+            if msg["type"] != "wake":
+                break
+            block = 0.0  # a wake is a nudge only: take what else is queued without waiting again
         kind = msg["type"]
         if kind in ("expelled", "frozen"):
             raise Rejoin(f"{kind}: {msg.get('reason', msg.get('gap_s'))}")
@@ -185,7 +190,8 @@ class Replica:
         """Run steps in quorum ``q`` until a newer quorum or a stop arrives; return that message."""
         self.apply_resolve(q.get("resolve"))
         builder = self.groups.get(q["quorum_id"]) or GroupBuilder(
-            q["store"], q["quorum_id"], q["members"].index(self.id), len(q["members"]), self.cfg.replicas.host)
+            q["store"], q["quorum_id"], q["members"].index(self.id), len(q["members"]), self.cfg.replicas.host,
+            notify=self.wake)
         self.groups[q["quorum_id"]] = builder
         self.retire_groups(q["quorum_id"])
         first = True
@@ -208,10 +214,16 @@ class Replica:
             self.apply(self.pending_vote)
         self.pending, self.pending_vote, self.pending_grads = None, None, None
 
+    def wake(self, *_: Any) -> None:
+        """Nudge a training thread blocked in ``wait_until`` (from a group, fetch or collective)."""
+        self.link.inbox.put({"type": "wake"})
+
     def wait_until(self, done: threading.Event | Any, what: str) -> None:
-        """Poll the leader until ``done`` is set; a newer quorum or stop supersedes the wait."""
+        """Sleep on the leader's inbox until ``done()`` holds; a newer quorum or stop supersedes the
+        wait. Whatever ``done`` watches must call ``wake`` when it changes: the thread sleeps, it does
+        not spin (four replicas on two cores: a polling waiter takes CPU from the members computing)."""
         while not done():
-            msg = self.poll(block=0.0005)
+            msg = self.poll(block=0.05)
             if msg is not None and msg["type"] in ("quorum", "stop"):
                 raise Superseded(msg)
             if msg is not None and msg["type"] == "verdict":
@@ -230,7 +242,7 @@ class Replica:
         newcomer = str(self.id) in q["heal"]
         if heal and newcomer:
             donor = q["heal"][str(self.id)]
-            fetch = HealFetch(q["addrs"][str(donor)]["heal"], qid)
+            fetch = HealFetch(q["addrs"][str(donor)]["heal"], qid, notify=self.wake)
             self.events.emit("heal_started", step=step, replica=self.id, peer=donor)
         if heal and self.id in q["heal"].values():
             self.heal_server.offer(qid, {"step": t.step, "sampler": t.sampler.state_dict(), "tokens_seen": t.tokens_seen,
@@ -264,7 +276,11 @@ class Replica:
         ok = True
         try:
             work = builder.pg.allreduce([flat])
-            self.wait_until(work.is_completed, "all-reduce")
+            # the future completes (and runs its callbacks) just before the work marks itself
+            # completed: wait on the future, or the wake finds the work not done yet
+            done = work.get_future()
+            done.add_done_callback(self.wake)  # also on error: a peer died mid-collective
+            self.wait_until(done.done, "all-reduce")
             work.wait()
             if timing:
                 timing.update(group_ready=builder.ready_t, reduced=time.time())
@@ -358,21 +374,6 @@ class Replica:
                 {"step": t.step, "eval_loss": eval_loss, "checkpoint": str(t.checkpoints.last_path)}))
             t.events.emit("run_finished", step=t.step, eval_loss=eval_loss)
         return 0
-
-
-def wait_as_spare(cfg: RunConfig) -> tuple[int, list[str], Trainer]:
-    """A spare process: import, build the model and optimizer, load the newest disk checkpoint,
-    then wait on stdin for the launcher's ``{"replica": id, "join": [...]}``. A dead replica is
-    thus replaced in the time healing takes, not the time a Python process takes to start."""
-    torch.set_num_threads(cfg.replicas.threads)
-    trainer = Trainer(cfg, source="replica:spare", write_ledger=False)
-    if cfg.checkpoint.resume:
-        trainer.resume(event="replica_checkpoint_loaded")
-    line = sys.stdin.readline()
-    if not line:
-        raise SystemExit(0)  # the launcher closed our stdin: not needed any more
-    order = json.loads(line)
-    return int(order["replica"]), list(order["join"]), trainer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,8 @@ restart, plus plain gloo DDP for the no-fault step time.
     .venv/bin/python bench/faults.py                       # everything: ~25 min on 2 cores
     .venv/bin/python bench/faults.py --arms torchft,torchrun --duration 120
 
-Each arm runs twice: without faults (``--nofault-duration`` s, for the step time and the
-overhead against plain DDP) and with the schedule (``--duration`` s from the moment every replica
+Each arm runs without faults (``--nofault-duration`` s, ``--nofault-rounds`` times, arms
+interleaved, for the step time and the overhead against plain DDP) and with the schedule (``--duration`` s from the moment every replica
 has committed a step): one SIGKILL of a worker every ``--crash-every`` s and one
 ``--hang-s``-second SIGSTOP every ``--hang-every`` s, replicas taken in turn. Every arm gets its
 faults from the outside on the same clock (bench/peers/arms.py): the peers' worker pids come
@@ -208,18 +208,25 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
             "fault_free_tokens_per_s": report["fault_free"]["tokens_per_s"]}
 
 
-def run_arm(arm: str, a: argparse.Namespace, results: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"arm": arm}
+def run_nofault(arm: str, a: argparse.Namespace, results: Path, rnd: int) -> tuple[float | None, dict[str, Any]]:
+    """One no-fault run of ``arm`` (round ``rnd``): its median full-quorum step and its summary."""
+    print(f"[{arm}] no faults, {a.nofault_duration:.0f} s (round {rnd + 1} of {a.nofault_rounds})", flush=True)
+    out = results / arm / nofault_dir(rnd)
+    nf = (run_tenacia(a, out, a.nofault_duration, [], None) if arm == "tenacia"
+          else run_peer(arm, a, out, a.nofault_duration, []))
+    return median_step_s(nf, a.replicas), summarize(tenacia_report.write(nf))
+
+
+def nofault_dir(rnd: int) -> str:
+    return "nofault" if rnd == 0 else f"nofault-{rnd + 1}"
+
+
+def run_arm(arm: str, a: argparse.Namespace, results: Path, out: dict[str, Any]) -> dict[str, Any]:
+    """The fault run of ``arm`` (``out`` holds its no-fault rounds already)."""
     faults = schedule(a.duration, a.replicas, a.crash_every, a.hang_every, a.hang_s)
+    if out.get("status", "ok") != "ok":
+        return out
     try:
-        if not a.skip_nofault:
-            print(f"[{arm}] no faults, {a.nofault_duration:.0f} s", flush=True)
-            if arm == "tenacia":
-                nf = run_tenacia(a, results / arm / "nofault", a.nofault_duration, [], None)
-            else:
-                nf = run_peer(arm, a, results / arm / "nofault", a.nofault_duration, [])
-            out["nofault_step_s"] = median_step_s(nf, a.replicas)
-            out["nofault"] = summarize(tenacia_report.write(nf))
         if arm != "ddp" and a.duration > 0:
             print(f"[{arm}] {len(faults)} faults in {a.duration:.0f} s", flush=True)
             if arm == "tenacia":
@@ -235,13 +242,39 @@ def run_arm(arm: str, a: argparse.Namespace, results: Path) -> dict[str, Any]:
     return out
 
 
+def nofault_rounds(arms: list[str], a: argparse.Namespace, results: Path) -> dict[str, dict[str, Any]]:
+    """The no-fault runs, arms interleaved round by round (ddp, tenacia, ..., ddp, tenacia, ...),
+    so that a slow spell of the shared machine falls on every arm rather than on one. Each arm's
+    step is the median of its rounds' medians; ``nofault_rounds_s`` keeps them all."""
+    rows: dict[str, dict[str, Any]] = {arm: {"arm": arm, "status": "ok", "nofault_rounds_s": []} for arm in arms}
+    for rnd in range(0 if a.skip_nofault else a.nofault_rounds):
+        for arm in arms:
+            row = rows[arm]
+            if row["status"] != "ok":
+                continue
+            try:
+                step, summary = run_nofault(arm, a, results, rnd)
+            except Exception as e:  # noqa: BLE001 - reported in the table, the other arms go on
+                row["status"] = f"failed: {type(e).__name__}: {e}"
+                print(f"[{arm}] {row['status']}", flush=True)
+                continue
+            row["nofault_rounds_s"].append(step)
+            row.setdefault("nofault", summary)
+    for row in rows.values():
+        steps = [s for s in row["nofault_rounds_s"] if s is not None]
+        if steps:
+            row["nofault_step_s"] = statistics.median(steps)
+    return rows
+
+
 def reanalyze(results: Path, replicas: int) -> list[dict[str, Any]]:
     """Measure the saved runs of an earlier invocation again (after a change of definitions):
     peers' event logs are rebuilt from their worker records and the injections they hold."""
     rows = []
     for arm in [x for x in ARMS if (results / x).is_dir()]:
         row: dict[str, Any] = {"arm": arm, "status": "ok"}
-        for kind in ("nofault", "faults"):
+        kinds = sorted(p.name for p in (results / arm).iterdir() if p.name.startswith("nofault")) + ["faults"]
+        for kind in kinds:
             run = results / arm / kind / "run"
             if not (run / "events.jsonl").exists():
                 continue
@@ -253,8 +286,12 @@ def reanalyze(results: Path, replicas: int) -> list[dict[str, Any]]:
                 t_end = next(e["t"] for e in old if e["event"] == "run_finished")
                 write_run(run, sorted(records(results / arm / kind / "workers.jsonl"), key=lambda r: r["t"]),
                           injections, replicas, t_launch, t_end)
-            if kind == "nofault":
-                row["nofault_step_s"] = median_step_s(run, replicas)
+            if kind.startswith("nofault"):
+                row.setdefault("nofault_rounds_s", []).append(median_step_s(run, replicas))
+                steps = [x for x in row["nofault_rounds_s"] if x is not None]
+                row["nofault_step_s"] = statistics.median(steps) if steps else None
+                if kind != "nofault":
+                    continue
             row[kind] = summarize(tenacia_report.write(run))
         rows.append(row)
     return rows
@@ -264,6 +301,13 @@ def fmt(stat: dict[str, Any] | None, unit: str = "s") -> str:
     if not stat or stat.get("median") is None:
         return "-"
     return f"{stat['median']:.2f} / {stat['max']:.2f} {unit}"
+
+
+def step_cell(step: float | None, rounds: list[float | None]) -> str:
+    if step is None:
+        return "-"
+    each = ", ".join("-" if x is None else f"{x:.3f}" for x in rounds)
+    return f"{step:.3f} s" + (f" ({each})" if len(rounds) > 1 else "")
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -282,7 +326,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         gp = f.get("goodput")
         t.add_row(r["arm"], fmt(f.get("crash_detection_s")), fmt(f.get("crash_stall_s")), fmt(f.get("crash_back_s")),
                   fmt(f.get("hang_detection_s")), fmt(f.get("hang_stall_s")),
-                  "-" if gp is None else f"{100 * gp:.1f}%", "-" if step is None else f"{step:.3f} s", over,
+                  "-" if gp is None else f"{100 * gp:.1f}%", step_cell(step, r.get("nofault_rounds_s") or []), over,
                   r["status"][:40])
     Console(width=200).print(t)
 
@@ -293,6 +337,8 @@ def main() -> int:
     p.add_argument("--replicas", type=int, default=4)
     p.add_argument("--duration", type=float, default=300.0, help="seconds of the fault schedule per arm")
     p.add_argument("--nofault-duration", type=float, default=45.0)
+    p.add_argument("--nofault-rounds", type=int, default=2,
+                   help="no-fault runs per arm, arms interleaved; the step is the median of the rounds")
     p.add_argument("--skip-nofault", action="store_true")
     p.add_argument("--crash-every", type=float, default=30.0)
     p.add_argument("--hang-every", type=float, default=120.0)
@@ -323,7 +369,10 @@ def main() -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     load_start = os.getloadavg()
     results = Path(a.results) / f"faults-{stamp}"
-    rows = [run_arm(arm, a, results) for arm in arms]
+    if a.nofault_rounds < 1:
+        p.error(f"--nofault-rounds must be >= 1, got {a.nofault_rounds}")
+    first = nofault_rounds(arms, a, results)
+    rows = [run_arm(arm, a, results, first[arm]) for arm in arms]
     print_table(rows)
     doc = {"date": time.strftime("%Y-%m-%d"), "args": vars(a), "cpus": os.cpu_count(),
            "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "arms": rows,

@@ -63,8 +63,8 @@ def median_step(events):
     return statistics.median(times)
 
 
-def run_replicas(procs, run, n, faults, timeout=80):
-    args = train_args(run, *RUN, f"replicas.count={n}", f"chaos.faults={json.dumps(faults)}")
+def run_replicas(procs, run, n, faults, *extra, timeout=80):
+    args = train_args(run, *RUN, f"replicas.count={n}", f"chaos.faults={json.dumps(faults)}", *extra)
     code = procs.run(args, timeout=timeout, log=run / "launcher.log")
     assert code == 0, (run / "launcher.log").read_text()[-3000:]
 
@@ -95,6 +95,31 @@ def test_kill_at_random_step(tmp_path, procs, reference):
 
     cal = read_calibration(tmp_path)
     assert 0 < cal.medians["detection_s"] < 3.0 and cal.medians["heal_s"] == healed["heal_s"]
+
+
+def test_random_kills_at_a_seeded_rate(tmp_path, procs, reference):
+    """[chaos] kill_rate: Poisson kills, times and replicas drawn from the seed (seed 9 at 0.1 per
+    second over 12 s: replica 1 at 6.2 s, then replica 0, the first leader, at 9.3 s)."""
+    from tenacia.chaos.schedule import random_kills
+
+    planned = random_kills(0.1, 12.0, 3, seed=9)
+    assert [r for _, r in planned] == [1, 0]
+    run_replicas(procs, tmp_path, 3, [], "chaos.kill_rate=0.1", "chaos.kill_rate_duration_s=12", "chaos.seed=9")
+    events = check_run(tmp_path, reference)
+    kills = [e for e in events if e["event"] == "fault_injected" and e["kind"] == "kill_rate"]
+    assert [e["replica"] for e in kills] == [1, 0], kills
+    start = next(e["t"] for e in events if e["event"] == "run_started")
+    for (offset, _), kill in zip(planned, kills, strict=True):
+        assert offset <= kill["t"] - start < offset + 1.0  # the kill_rate clock starts at run_started
+        leader = [e["coordinator"] for e in events if e["event"] == "coordinator_changed" and e["t"] < kill["t"]][-1]
+        if kill["replica"] == leader:  # a survivor takes over coordination: that is the detection
+            detected = first_after(events, "coordinator_changed", kill["t"])
+            assert detected["coordinator"] != leader
+        else:
+            detected = first_after(events, "failure_detected", kill["t"], replica=kill["replica"])
+            assert detected["kind"] == "crash"
+        assert detected["t"] - kill["t"] < 3.0  # goals: 1 s for a crash, 2 s for a takeover
+        first_after(events, "heal_done", kill["t"], replica=kill["replica"])
 
 
 def test_sigstop_then_sigcont(tmp_path, procs, reference):

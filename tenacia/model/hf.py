@@ -1,16 +1,24 @@
-"""Hugging Face interop: tenacia's ``Llama`` <-> a ``LlamaForCausalLM`` checkpoint directory.
+"""Hugging Face interop: tenacia's ``Llama`` <-> a Llama-family checkpoint directory.
 
-A Hugging Face Llama directory holds ``config.json`` and its weights in ``model.safetensors`` or in
+A Hugging Face directory holds ``config.json`` and its weights in ``model.safetensors`` or in
 shards listed by ``model.safetensors.index.json``. This module maps parameter names both ways, turns
 ``config.json`` into a ``ModelConfig`` and back, and loads or saves such a directory. Pickle
 checkpoints (``pytorch_model.bin``) are never read.
 
-Both models use the "rotate half" rotary layout, so q/k projections load without a permutation.
+Three model types load (``ARCHITECTURES``), all with the same parameter names:
+- ``llama`` (``LlamaForCausalLM``);
+- ``mistral`` (``MistralForCausalLM``): Llama's weights plus an attention window, which tenacia
+  reproduces by capping the context at the window (see ``model_config_from_hf``);
+- ``qwen2`` (``Qwen2ForCausalLM``): Llama plus biases on the q, k and v projections
+  (``ModelConfig.qkv_bias``), without sliding-window attention.
+
+All use the "rotate half" rotary layout, so q/k projections load without a permutation.
 
 Contract:
 - ``model_config_from_hf`` rejects what the model cannot reproduce exactly (another architecture,
-  rope scaling, biases, another activation) with an ``HFFormatError`` naming the field, its value
-  and what is allowed, rather than loading a model that silently computes something else.
+  rope scaling, biases other than Qwen2's, another activation, sliding-window attention it
+  cannot cap) with an ``HFFormatError`` naming the field, its value and what is allowed, rather
+  than loading a model that silently computes something else.
 - Loading checks every tensor's name and shape: a missing, unexpected or misshapen weight is an
   ``HFFormatError`` naming it. A tied ``lm_head.weight`` is ignored when present.
 - Saving writes each file atomically (temporary file, fsync, rename) and leaves other files in
@@ -48,6 +56,9 @@ _LAYER_KEYS = {
     "attention.wq.weight": "self_attn.q_proj.weight",
     "attention.wk.weight": "self_attn.k_proj.weight",
     "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wq.bias": "self_attn.q_proj.bias",  # qkv_bias models (Qwen2) only
+    "attention.wk.bias": "self_attn.k_proj.bias",
+    "attention.wv.bias": "self_attn.v_proj.bias",
     "attention.wo.weight": "self_attn.o_proj.weight",
     "feed_forward.w1.weight": "mlp.gate_proj.weight",
     "feed_forward.w3.weight": "mlp.up_proj.weight",
@@ -66,10 +77,20 @@ _OURS_LAYER = re.compile(r"layers\.(\d+)\.(.+)")
 _HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 # Buffers some older exports stored; they are recomputed, never loaded.
 _HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+# model_type -> the one architecture of it that loads.
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                 "qwen2": "Qwen2ForCausalLM"}
+# transformers' defaults (5.x, as of 4.x) for fields a config.json may leave out, where they
+# differ from one model type to another.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"max_position_embeddings": 2048},
+    "mistral": {"max_position_embeddings": 131072, "num_key_value_heads": 8, "sliding_window": 4096},
+    "qwen2": {"max_position_embeddings": 32768, "num_key_value_heads": 32},
+}
 
 
 def hf_key(name: str) -> str:
-    """tenacia parameter name -> HF LlamaForCausalLM name (``layers.3.attention.wq.weight`` ->
+    """tenacia parameter name -> HF name (``layers.3.attention.wq.weight`` ->
     ``model.layers.3.self_attn.q_proj.weight``). Raises ``HFFormatError`` for an unknown name."""
     if name in _TOP_KEYS:
         return _TOP_KEYS[name]
@@ -80,15 +101,16 @@ def hf_key(name: str) -> str:
 
 
 def tenacia_key(name: str) -> str:
-    """HF LlamaForCausalLM name -> tenacia parameter name; the inverse of ``hf_key``."""
+    """HF parameter name -> tenacia parameter name; the inverse of ``hf_key``."""
     if name in _TOP_KEYS_FROM_HF:
         return _TOP_KEYS_FROM_HF[name]
     m = _HF_LAYER.fullmatch(name)
     if m and m.group(2) in _LAYER_KEYS_FROM_HF:
         return f"layers.{m.group(1)}.{_LAYER_KEYS_FROM_HF[m.group(2)]}"
     raise HFFormatError(
-        f"weight '{name}' is not part of a Llama model tenacia can load (no biases, no extra "
-        "modules; expected model.embed_tokens, model.layers.N.{self_attn.{q,k,v,o}_proj, "
+        f"weight '{name}' is not part of a Llama-family model tenacia can load (no extra "
+        "modules, biases only on q/k/v_proj; expected model.embed_tokens, "
+        "model.layers.N.{self_attn.{q,k,v,o}_proj.weight, self_attn.{q,k,v}_proj.bias, "
         "mlp.{gate,up,down}_proj, input_layernorm, post_attention_layernorm}, model.norm, lm_head)"
     )
 
@@ -117,9 +139,9 @@ def from_hf_state_dict(state: Mapping[str, Tensor], cfg: ModelConfig) -> dict[st
         )
     for k in out:
         if k not in expected:
-            raise HFFormatError(
-                f"unexpected weight '{hf_key(k)}': the config has {cfg.n_layers} layers"
-            )
+            why = ("the config has no q/k/v biases (only model_type 'qwen2' has them)"
+                   if k.endswith(".bias") and not cfg.qkv_bias else f"the config has {cfg.n_layers} layers")
+            raise HFFormatError(f"unexpected weight '{hf_key(k)}': {why}")
     for k, shape in expected.items():  # in model order, so the first mismatch is reported
         if tuple(out[k].shape) != shape:
             raise HFFormatError(
@@ -144,6 +166,9 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "attention_norm.weight": (cfg.dim,),
         "ffn_norm.weight": (cfg.dim,),
     }
+    if cfg.qkv_bias:
+        per_layer.update({"attention.wq.bias": (cfg.n_heads * hd,), "attention.wk.bias": (kv,),
+                          "attention.wv.bias": (kv,)})
     for i in range(cfg.n_layers):
         shapes.update({f"layers.{i}.{k}": s for k, s in per_layer.items()})
     return shapes
@@ -173,17 +198,42 @@ def _rope_theta(config: Mapping[str, Any]) -> float:
 
 
 def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
-    """A transformers ``LlamaConfig`` dict (a parsed config.json) -> ``ModelConfig``.
-    Raises ``HFFormatError`` for anything the model cannot reproduce exactly."""
+    """A transformers ``LlamaConfig``, ``MistralConfig`` or ``Qwen2Config`` dict (a parsed
+    config.json) -> ``ModelConfig``. Raises ``HFFormatError`` for anything the model cannot
+    reproduce exactly.
+
+    Mistral's ``sliding_window`` W lets each token attend to the last W positions only. tenacia
+    has no windowed attention, so it caps ``max_seq_len`` at W: no sequence it runs is longer than
+    the window, and there windowed and full causal attention are the same computation. A
+    ``null`` window leaves the context at ``max_position_embeddings``."""
     model_type = config.get("model_type")
-    _require(model_type == "llama", "model_type", model_type,
-             "tenacia loads Llama-family decoders only (model_type 'llama')")
-    arch = config.get("architectures") or ["LlamaForCausalLM"]
-    _require("LlamaForCausalLM" in arch, "architectures", arch, "['LlamaForCausalLM']")
+    _require(model_type in ARCHITECTURES, "model_type", model_type,
+             f"one of {', '.join(repr(t) for t in ARCHITECTURES)} (the Llama-family decoders "
+             "tenacia reproduces exactly)")
+    config = {**_DEFAULTS[model_type], **config}
+    want = ARCHITECTURES[model_type]
+    arch = config.get("architectures") or [want]
+    _require(want in arch, "architectures", arch, f"['{want}'] for model_type '{model_type}'")
     act = config.get("hidden_act", "silu")
     _require(act == "silu", "hidden_act", act, "'silu' (SwiGLU)")
-    for field in ("attention_bias", "mlp_bias"):
-        _require(not config.get(field, False), field, config.get(field), "false (no biases)")
+    if model_type == "llama":  # the others have no such switches
+        for field in ("attention_bias", "mlp_bias"):
+            _require(not config.get(field, False), field, config.get(field), "false (no biases)")
+    layer_types = config.get("layer_types") or []
+    _require(all(t == "full_attention" for t in layer_types), "layer_types", layer_types,
+             "'full_attention' for every layer (tenacia has no sliding-window attention)")
+    max_seq_len = config["max_position_embeddings"]
+    if model_type == "mistral":
+        window = config["sliding_window"]
+        _require(window is None or (isinstance(window, int) and not isinstance(window, bool)
+                                    and window > 0), "sliding_window", window,
+                 "null, or a positive integer (tenacia then caps the context at it)")
+        max_seq_len = min(max_seq_len, window or max_seq_len)
+    if model_type == "qwen2":
+        _require(not config.get("use_sliding_window", False), "use_sliding_window",
+                 config.get("use_sliding_window"),
+                 "false (tenacia has no sliding-window attention; every layer attends to the "
+                 "whole context)")
     dim, n_heads = config["hidden_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim")
     if head_dim is not None:
@@ -196,25 +246,33 @@ def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
         n_heads=n_heads,
         n_kv_heads=config.get("num_key_value_heads") or n_heads,
         ffn_dim=config["intermediate_size"],
-        norm_eps=float(config.get("rms_norm_eps", 1e-6)),  # LlamaConfig's defaults
+        norm_eps=float(config.get("rms_norm_eps", 1e-6)),  # transformers' default for all three
         rope_theta=_rope_theta(config),
-        max_seq_len=config.get("max_position_embeddings", 2048),
+        max_seq_len=max_seq_len,
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        qkv_bias=model_type == "qwen2",
     )
 
 
 def hf_config_from_model(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32,
                          **token_ids: int | list[int] | None) -> dict[str, Any]:
-    """``ModelConfig`` -> a config.json dict that transformers loads as ``LlamaForCausalLM``.
+    """``ModelConfig`` -> a config.json dict that transformers loads as ``LlamaForCausalLM``, or
+    as ``Qwen2ForCausalLM`` (full attention in every layer) when ``cfg.qkv_bias`` is set.
     ``token_ids``: bos_token_id, eos_token_id, pad_token_id (others are rejected). Both rope
     layouts are written so that transformers 4.x and >= 5 read the same theta."""
     allowed = {"bos_token_id", "eos_token_id", "pad_token_id"}
     unknown = set(token_ids) - allowed
     if unknown:
         raise TypeError(f"unknown token id argument(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    model_type = "qwen2" if cfg.qkv_bias else "llama"
+    if model_type == "qwen2":
+        own = {"use_sliding_window": False, "sliding_window": None,
+                  "max_window_layers": cfg.n_layers}
+    else:
+        own = {"attention_bias": False, "mlp_bias": False}
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [ARCHITECTURES[model_type]],
+        "model_type": model_type,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.dim,
         "intermediate_size": cfg.ffn_dim,
@@ -228,9 +286,8 @@ def hf_config_from_model(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32
         "rope_theta": cfg.rope_theta,
         "rope_scaling": None,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "attention_bias": False,
+        **own,  # the fields of this model type alone
         "attention_dropout": 0.0,
-        "mlp_bias": False,
         "tie_word_embeddings": bool(cfg.tie_embeddings),
         "initializer_range": 0.02,
         "use_cache": True,
@@ -266,7 +323,7 @@ def read_hf_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 def load_hf_dir(path: str | Path, device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> Llama:
-    """A Hugging Face Llama directory -> ``Llama`` in eval mode, parameters in ``dtype`` on
+    """A Hugging Face Llama-family directory -> ``Llama`` in eval mode, parameters in ``dtype`` on
     ``device`` (default cpu). Raises ``HFFormatError`` for an unsupported config or weights."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
@@ -302,7 +359,8 @@ def _write_json(target: Path, data: Mapping[str, Any]) -> None:
 def save_hf_dir(model: Llama, out_dir: str | Path, *, bos_token_id: int | None = None,
                 eos_token_id: int | Iterable[int] | None = None,
                 pad_token_id: int | None = None) -> Path:
-    """Write ``model`` as a transformers ``LlamaForCausalLM`` directory: config.json,
+    """Write ``model`` as a transformers ``LlamaForCausalLM`` directory (``Qwen2ForCausalLM``
+    when it has q/k/v biases): config.json,
     model.safetensors (in the parameters' dtype, tied lm_head left out) and
     generation_config.json. Other files in ``out_dir`` are kept. Returns ``out_dir``."""
     out = Path(out_dir)

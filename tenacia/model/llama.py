@@ -1,5 +1,5 @@
 """A Llama-family decoder: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention, optional
-tied embeddings. It knows nothing of parallelism, devices or serving; those wrap it.
+tied embeddings, optional biases on the q/k/v projections (Qwen2). It knows nothing of parallelism, devices or serving; those wrap it.
 
 The one seam for inference engines is ``cache``: when given, each attention layer hands its
 rotated queries, keys and values to ``cache.attend(layer, q, k, v)`` (an ``AttentionCache``),
@@ -39,6 +39,7 @@ class ModelConfig:
     rope_theta: float | None = None
     max_seq_len: int | None = None  # longest position the rotary table covers
     tie_embeddings: bool | None = None  # output projection shares the embedding matrix
+    qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2); none on o or the MLP
 
     def __post_init__(self) -> None:
         check(self.preset in PRESETS, "model.preset", self.preset, f"one of {', '.join(PRESETS)}")
@@ -61,6 +62,8 @@ class ModelConfig:
     def num_params(self) -> int:
         """Parameters, counting a tied embedding once."""
         attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+        if self.qkv_bias:
+            attn += self.head_dim * (self.n_heads + 2 * self.n_kv_heads)
         layer = attn + 3 * self.dim * self.ffn_dim + 2 * self.dim
         emb = self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
         return self.n_layers * layer + emb + self.dim
@@ -106,9 +109,9 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer, self.n_heads, self.n_kv_heads, self.head_dim = layer, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: AttentionCache | None) -> Tensor:
@@ -175,13 +178,16 @@ class Llama(nn.Module):
         return self
 
     def reset_parameters(self, seed: int | None = None) -> None:
-        """GPT-2 style init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers)."""
+        """GPT-2 style init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layers),
+        biases zero."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
         with torch.no_grad():
             for name, p in self.named_parameters():
                 if name.endswith("norm.weight"):
                     p.fill_(1.0)
+                elif name.endswith(".bias"):
+                    p.zero_()
                 else:
                     std = resid_std if name.endswith(("wo.weight", "w2.weight")) else 0.02
                     p.copy_(torch.randn(p.shape, generator=gen) * std)

@@ -33,9 +33,18 @@ def with_(**changes):
 
 
 @pytest.mark.parametrize("config, field, allowed", [
-    (with_(model_type="gpt2"), "model_type", "Llama-family decoders only"),
-    (with_(model_type="qwen2", attention_bias=True), "model_type", "'llama'"),
+    (with_(model_type="gpt2"), "model_type", "one of 'llama', 'mistral', 'qwen2'"),
+    (with_(model_type="gemma"), "model_type", "one of 'llama', 'mistral', 'qwen2'"),
     (with_(architectures=["LlamaForSequenceClassification"]), "architectures", "LlamaForCausalLM"),
+    (with_(model_type="qwen2"), "architectures", "['Qwen2ForCausalLM'] for model_type 'qwen2'"),
+    (with_(model_type="qwen2", architectures=["Qwen2ForCausalLM"], use_sliding_window=True),
+     "use_sliding_window", "false (tenacia has no sliding-window attention"),
+    (with_(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=0),
+     "sliding_window", "null, or a positive integer"),
+    (with_(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window="4096"),
+     "sliding_window", "null, or a positive integer"),
+    (with_(layer_types=["full_attention", "sliding_attention"]), "layer_types",
+     "'full_attention' for every layer"),
     (with_(attention_bias=True), "attention_bias", "no biases"),
     (with_(mlp_bias=True), "mlp_bias", "no biases"),
     (with_(hidden_act="gelu"), "hidden_act", "'silu'"),
@@ -69,9 +78,11 @@ def test_llama_defaults_fill_optional_fields():
         4, 1e-6, 10000.0, 2048, False)
 
 
-def test_key_mapping_is_a_bijection():
-    model = Llama(ModelConfig(preset="micro", tie_embeddings=False))
+@pytest.mark.parametrize("qkv_bias", [False, True], ids=["llama", "qwen2"])
+def test_key_mapping_is_a_bijection(qkv_bias):
+    model = Llama(ModelConfig(preset="micro", tie_embeddings=False, qkv_bias=qkv_bias))
     names = list(model.state_dict())
+    assert any(n.endswith(".bias") for n in names) is qkv_bias
     assert [tenacia_key(hf_key(n)) for n in names] == names
     assert hf_key("layers.1.feed_forward.w1.weight") == "model.layers.1.mlp.gate_proj.weight"
     with pytest.raises(HFFormatError, match="has no Hugging Face Llama counterpart"):
@@ -109,7 +120,13 @@ def test_bias_weight_is_refused(export):
     out, tensors = export
     tensors["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
     rewrite(out, tensors)
-    with pytest.raises(HFFormatError, match="'model.layers.0.self_attn.q_proj.bias' is not part of"):
+    with pytest.raises(HFFormatError, match=r"unexpected weight 'model.layers.0.self_attn.q_proj.bias': "
+                       r"the config has no q/k/v biases \(only model_type 'qwen2' has them\)"):
+        load_hf_dir(out)
+    del tensors["model.layers.0.self_attn.q_proj.bias"]
+    tensors["model.layers.0.self_attn.o_proj.bias"] = torch.zeros(64)  # no model type has this one
+    rewrite(out, tensors)
+    with pytest.raises(HFFormatError, match="'model.layers.0.self_attn.o_proj.bias' is not part of"):
         load_hf_dir(out)
 
 

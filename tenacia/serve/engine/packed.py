@@ -3,7 +3,9 @@
 Training wants one ``nn.Linear`` per projection; serving wants fewer, larger matrix products
 and no autograd bookkeeping. ``PackedLlama`` takes a trained ``Llama`` and keeps:
 
-- q, k and v as one fused projection (five matrix products a layer instead of seven);
+- q, k and v as one fused projection (five matrix products a layer instead of seven), with
+  their biases fused the same way when the model has them (Qwen2); a bias-free model passes
+  ``None`` and runs no bias op;
 - on CPU with MKL (``torch._C.has_mkl``) every projection pre-packed with MKL's GEMM packing
   (``torch.ops.mkl._mkl_reorder_linear_weight``). MKL's plain float32 GEMM is slow for the few
   rows of a decode step (16 rows: ~80 GFLOP/s on this project's machine against ~330 for a long
@@ -43,11 +45,13 @@ def _mkl_usable(weight: Tensor) -> bool:
 
 
 class PackedLinear:
-    """``y = x @ weight.T`` for ``x`` of shape (..., in), with the weight in its fastest layout."""
+    """``y = x @ weight.T + bias`` for ``x`` of shape (..., in), with the weight in its fastest
+    layout. ``bias`` (out,) or None; both kernels add it inside the product's own call."""
 
-    def __init__(self, weight: Tensor):
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
         weight = weight.detach().contiguous()
         self.out_features, self.in_features = weight.shape
+        self.bias = bias.detach().contiguous() if bias is not None else None
         self.packed: Tensor | None = None
         self.weight: Tensor | None = weight
         if _mkl_usable(weight):
@@ -70,16 +74,16 @@ class PackedLinear:
         gen = torch.Generator().manual_seed(0)
         for rows in CHECK_ROWS:
             x = torch.randn(rows, self.in_features, generator=gen)
-            want = F.linear(x, weight)
+            want = F.linear(x, weight, self.bias)
             if not torch.allclose(self(x), want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
                 return False
         return True
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.packed is None:
-            return F.linear(x, self.weight)
+            return F.linear(x, self.weight, self.bias)
         flat = x.reshape(-1, self.in_features)
-        y = torch.ops.mkl._mkl_linear(flat, self.packed, self._shape, None, flat.size(0))
+        y = torch.ops.mkl._mkl_linear(flat, self.packed, self._shape, self.bias, flat.size(0))
         return y.view(*x.shape[:-1], self.out_features)
 
 
@@ -92,7 +96,8 @@ class PackedBlock:
         self.attn_norm = block.attention_norm.weight.detach()
         self.ffn_norm = block.ffn_norm.weight.detach()
         self.eps = block.attention_norm.eps
-        self.qkv = PackedLinear(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]))
+        qkv_bias = torch.cat([a.wq.bias, a.wk.bias, a.wv.bias]) if a.wq.bias is not None else None
+        self.qkv = PackedLinear(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), qkv_bias)
         self.wo = PackedLinear(a.wo.weight)
         # gate and up stay two products: for long prompts, one fused product is ~15% slower (its
         # output no longer fits in cache)

@@ -14,7 +14,8 @@ API_KEY_ENV = "TENACIA_API_KEY"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model: OpenAI-compatible API, chat page, metrics")
     p.add_argument("model", metavar="MODEL",
-                   help="'smollm2', a tenacia run directory, or a Hugging Face Llama directory")
+                   help="'smollm2', a tenacia run directory, or a Hugging Face directory of "
+                        "model_type llama, mistral or qwen2")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one and prints it")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY",

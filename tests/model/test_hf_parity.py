@@ -3,7 +3,6 @@ greedy decoding, and the round trip tenacia -> save_hf_dir -> transformers / loa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -14,6 +13,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from tenacia.model.generate import generate
 from tenacia.model.hf import load_hf_dir, save_hf_dir
 from tenacia.model.llama import Llama, ModelConfig
+
+from .roundtrip import assert_export_round_trips, assert_logits_close, randomize_
 
 GREEDY_TOKENS = 32
 
@@ -29,11 +30,7 @@ def random_hf_model(tied: bool, seed: int = 0) -> LlamaForCausalLM:
         bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )
     model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            base = 1.0 if name.endswith("norm.weight") else 0.0
-            p.copy_(base + torch.randn(p.shape) * (0.2 if base else 0.15))
-    return model
+    return randomize_(model)
 
 
 def random_tenacia_model(tied: bool, seed: int = 1) -> Llama:
@@ -44,12 +41,6 @@ def random_tenacia_model(tied: bool, seed: int = 1) -> Llama:
             if name.endswith("norm.weight"):
                 p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.2)
     return model.eval()
-
-
-def assert_logits_close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
-    bound = 1e-4 * float(theirs.abs().max())
-    diff = float((ours - theirs).abs().max())
-    assert diff <= bound, f"max |logit diff| {diff:.3g} > 1e-4 * max|logit| = {bound:.3g}"
 
 
 @pytest.fixture(params=[True, False], ids=["tied", "untied"])
@@ -108,18 +99,8 @@ def test_round_trip_through_save_hf_dir(tied, tmp_path):
     assert json.loads((out / "generation_config.json").read_text()) == {
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 
-    theirs, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
-    assert isinstance(theirs, LlamaForCausalLM)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    theirs = assert_export_round_trips(ours, out, LlamaForCausalLM, 512)
     assert theirs.dtype == torch.float32 and theirs.config.eos_token_id == 2
-    tokens = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(5))
-    with torch.inference_mode():
-        assert_logits_close(ours(tokens), theirs.eval()(tokens).logits)
-
-    back = load_hf_dir(out)
-    for name, tensor in ours.state_dict().items():
-        assert torch.equal(back.state_dict()[name], tensor), name
-    assert dataclasses.replace(back.cfg, preset=ours.cfg.preset) == ours.cfg
 
 
 def test_bfloat16_load_and_save(tmp_path):

@@ -12,17 +12,11 @@ from tenacia.serve.engine.llm_engine import LLMEngine
 from tenacia.serve.engine.sampling import apply_penalties
 from tenacia.serve.engine.sequence import InvalidRequest, SamplingParams, Sequence
 
-from .tiny import tiny_model, train_tokenizer
+from .tiny import one_thread, tiny_model, train_tokenizer  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

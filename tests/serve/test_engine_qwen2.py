@@ -12,17 +12,11 @@ from tenacia.serve.config import EngineConfig
 from tenacia.serve.engine.llm_engine import LLMEngine
 from tenacia.serve.engine.sequence import SamplingParams
 
-from .tiny import train_tokenizer
+from .tiny import one_thread, train_tokenizer  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NEW_TOKENS = 20
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def random_qwen2(vocab_size: int) -> Qwen2ForCausalLM:

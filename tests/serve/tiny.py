@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,3 +138,13 @@ class ServerProcess:
 
     def output(self) -> str:
         return "".join(self.lines)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for an in-process engine test (a module imports it and marks itself
+    ``usefixtures("one_thread")``): results then do not depend on the machine's core count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,7 +16,7 @@ class ChaosConfig:
     kill_at: str = ""  # one named in-process kill point '<point>@<step>' (tenacia.chaos.killpoints)
     faults: list[str] = field(default_factory=list)  # schedule entries (tenacia.chaos.schedule)
     kill_rate: float = 0.0  # random kills per second across the job (Poisson), replica drawn by seed
-    kill_rate_duration_s: float = 3600.0  # window over which random kills are drawn, from run_started
+    kill_rate_duration_s: float = 3600.0  # window over which random kills are drawn, from the first committed step
     seed: int = 0
 
     def __post_init__(self) -> None:

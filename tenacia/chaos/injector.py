@@ -70,7 +70,7 @@ class ChaosInjector:
                        random_kills(chaos.kill_rate, chaos.kill_rate_duration_s, cfg.replicas.count, chaos.seed)]
         self.tail = EventTail(run_dir / "events.jsonl")
         self.step, self.leader = 0, 0
-        self.t0 = time.monotonic()
+        self.t0: float | None = None  # kill_rate's clock: starts at the first committed step
         self.arm_healing = False
         self._timers: list[threading.Timer] = []
         self._slow: list[Slowdown] = []
@@ -79,6 +79,8 @@ class ChaosInjector:
         for e in self.tail.new():
             if e["event"] == "step_committed" and e.get("step"):
                 self.step = max(self.step, e["step"])
+                if self.t0 is None:
+                    self.t0 = time.monotonic()
             elif e["event"] == "coordinator_changed":
                 self.leader = e["coordinator"]
             elif e["event"] == "heal_started" and self.arm_healing:
@@ -92,7 +94,7 @@ class ChaosInjector:
                 self.arm_healing = True
             elif f.kind != "kill_checkpoint":
                 self.fire(f)
-        elapsed = time.monotonic() - self.t0
+        elapsed = -1.0 if self.t0 is None else time.monotonic() - self.t0
         while self.random and self.random[0][0] <= elapsed:
             _, replica = self.random.pop(0)
             self.fire(Fault("kill", self.step, replica), why="kill_rate")

@@ -215,7 +215,6 @@ class Launcher:
         os.replace(tmp, self.config_path)
         self.events.emit("run_started", replicas=self.cfg.replicas.count, first_id=self.ids[0],
                          config=cfglib.to_dict(self.cfg))
-        self.chaos.t0 = time.monotonic()  # kill_rate's clock starts with the run
         seeds = list(self.cfg.replicas.join)
         try:
             first_id = self.ids[0]

@@ -1,7 +1,8 @@
 """The OpenAI request bodies the server accepts, and its error shape.
 
 Fields OpenAI defines and tenacia does not use are accepted and ignored (``extra="allow"``), so
-any OpenAI client works. Types are checked strictly: ``"max_tokens": "10"`` is an error, as it
+any OpenAI client works; the sampling fields it does use include vLLM's extensions (``top_k``,
+``min_p``, ``repetition_penalty``, ``min_tokens``, ``stop_token_ids``, ``ignore_eos``). Types are checked strictly: ``"max_tokens": "10"`` is an error, as it
 is for OpenAI. Every invalid input becomes ``ApiError(400, ...)``, rendered as OpenAI's
 ``{"error": {"message", "type", "param", "code"}}``.
 """
@@ -9,6 +10,7 @@ is for OpenAI. Every invalid input becomes ``ApiError(400, ...)``, rendered as O
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -55,6 +57,11 @@ class _Common(BaseModel):
     frequency_penalty: float = 0.0
     seed: int | None = None
     ignore_eos: bool = False  # vLLM's extension, used by benchmarks
+    logit_bias: dict[str, float] | None = None  # token id (a JSON key, so a string) -> bias
+    stop_token_ids: list[int] | None = None  # vLLM's extensions from here on
+    min_tokens: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
 
 class ChatMessage(BaseModel):
@@ -122,6 +129,18 @@ def sampling_params(req: ChatRequest | CompletionRequest, max_tokens: int | None
         return SamplingParams(n=req.n, max_tokens=max_tokens, temperature=req.temperature,
                               top_p=req.top_p, top_k=req.top_k, presence_penalty=req.presence_penalty,
                               frequency_penalty=req.frequency_penalty, stop=stop, seed=req.seed,
-                              ignore_eos=req.ignore_eos, logprobs=logprobs)
+                              ignore_eos=req.ignore_eos, logprobs=logprobs,
+                              logit_bias=_token_keys(req.logit_bias or {}),
+                              stop_token_ids=list(req.stop_token_ids or []), min_tokens=req.min_tokens,
+                              min_p=req.min_p, repetition_penalty=req.repetition_penalty)
     except InvalidRequest as e:
         raise ApiError(400, str(e), e.param) from None
+
+
+def _token_keys(bias: dict[str, float]) -> dict[int, float]:
+    """OpenAI's ``logit_bias`` keys are token ids written as strings: {"50256": -100}."""
+    for key in bias:
+        if not re.fullmatch(r"[0-9]{1,12}", key):
+            raise ApiError(400, f"logit_bias keys must be token ids (non-negative integers, as strings), "
+                           f"got {json.dumps(key)[:40]}", "logit_bias")
+    return {int(key): value for key, value in bias.items()}

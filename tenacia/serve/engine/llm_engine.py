@@ -46,6 +46,10 @@ def check_request(prompt_ids: list[int], params: SamplingParams, *, vocab: int, 
         raise InvalidRequest("prompt", "the prompt is empty")
     if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
         raise InvalidRequest("prompt", f"token ids must be in [0, {vocab})")
+    for name, ids in (("logit_bias", params.logit_bias), ("stop_token_ids", params.stop_token_ids)):
+        outside = [t for t in ids if not 0 <= t < vocab]
+        if outside:
+            raise InvalidRequest(name, f"{name} names token id {outside[0]}; token ids must be in [0, {vocab})")
     if n + params.max_tokens > context:
         raise InvalidRequest("max_tokens", f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) "
                              f"exceeds the model's context length of {context} tokens")

@@ -1,12 +1,17 @@
 """Next-token choice for a batch of sequences, each with its own parameters and generator.
 
-Every operation works row by row (penalties, temperature, top-k, top-p, the draw itself), and each
-row draws from its own ``torch.Generator``: a sequence's tokens depend on its logits and its seed
-only, not on which other sequences share the batch. Rows that need no sampling (greedy) take the
-argmax and leave their generator untouched.
+The order is vLLM's: logit bias, the ``min_tokens`` mask of EOS and stop tokens, repetition
+penalty, presence and frequency penalties (these four apply to greedy rows too); then, for sampled
+rows only, temperature, min-p, top-k, top-p and the draw.
 
-Log-probabilities are those of the model's distribution, before penalties, temperature and
-truncation (as OpenAI and vLLM report them).
+Every operation works row by row, and each row draws from its own ``torch.Generator``: a
+sequence's tokens depend on its logits and its seed only, not on which other sequences share the
+batch. Rows that need no sampling (greedy) take the argmax and leave their generator untouched.
+Each step touches only the rows that use it, and a batch in which no row does pays a Python scan
+of its parameters, no tensor work: the decode step of plain requests stays as fast as before.
+
+Log-probabilities are those of the model's distribution, before bias, masks, penalties,
+temperature and truncation (as OpenAI and vLLM report them).
 """
 
 from __future__ import annotations
@@ -15,6 +20,63 @@ import torch
 from torch import Tensor
 
 from .sequence import Sequence, TokenLogprob
+
+
+def apply_logit_bias(logits: Tensor, seqs: list[Sequence]) -> Tensor:
+    """Add each row's ``logit_bias`` (token id -> bias) to its logits. logits: (B, V) float32,
+    modified in place and returned."""
+    rows = [i for i, s in enumerate(seqs) if s.params.logit_bias]
+    if not rows:
+        return logits
+    row_idx = [i for i in rows for _ in seqs[i].params.logit_bias]
+    cols = [t for i in rows for t in seqs[i].params.logit_bias]
+    bias = [b for i in rows for b in seqs[i].params.logit_bias.values()]
+    device = logits.device
+    logits.index_put_((torch.tensor(row_idx, device=device), torch.tensor(cols, device=device)),
+                      torch.tensor(bias, dtype=logits.dtype, device=device), accumulate=True)
+    return logits
+
+
+def early_stop_ids(seq: Sequence) -> list[int]:
+    """The tokens ``seq`` may not produce yet: EOS (unless ignored) and its stop_token_ids while
+    fewer than ``min_tokens`` tokens were generated; none afterwards."""
+    p = seq.params
+    if len(seq.output_ids) >= p.min_tokens:
+        return []
+    return ([] if p.ignore_eos else sorted(seq.eos_ids)) + list(p.stop_token_ids)
+
+
+def mask_early_stops(logits: Tensor, seqs: list[Sequence]) -> Tensor:
+    """Set the logits of each row's ``early_stop_ids`` to -inf (vLLM's ``min_tokens``).
+    logits: (B, V) float32, modified in place and returned."""
+    masked = [(i, ids) for i, s in enumerate(seqs) if (ids := early_stop_ids(s))]
+    if not masked:
+        return logits
+    row_idx = [i for i, ids in masked for _ in ids]
+    cols = [t for _, ids in masked for t in ids]
+    device = logits.device
+    logits[torch.tensor(row_idx, device=device), torch.tensor(cols, device=device)] = float("-inf")
+    return logits
+
+
+def apply_repetition_penalty(logits: Tensor, seqs: list[Sequence]) -> Tensor:
+    """Hugging Face's ``RepetitionPenaltyLogitsProcessor``, row by row: the logit of every token in
+    the prompt or the output so far is divided by ``repetition_penalty`` when positive and
+    multiplied by it when negative. logits: (B, V) float32, modified in place and returned."""
+    rows = [i for i, s in enumerate(seqs) if s.params.repetition_penalized]
+    if not rows:
+        return logits
+    device = logits.device
+    seen = torch.zeros(len(rows), logits.size(1), dtype=torch.bool, device=device)  # (R, V)
+    for j, i in enumerate(rows):
+        seen[j, torch.tensor(seqs[i].tokens, dtype=torch.int64, device=device)] = True
+    penalty = torch.tensor([seqs[i].params.repetition_penalty for i in rows], dtype=logits.dtype,
+                           device=device).unsqueeze(1)  # (R, 1)
+    idx = torch.tensor(rows, device=device)
+    sub = logits[idx]
+    penalized = torch.where(sub < 0, sub * penalty, sub / penalty)
+    logits[idx] = torch.where(seen, penalized, sub)
+    return logits
 
 
 def apply_penalties(logits: Tensor, seqs: list[Sequence]) -> Tensor:
@@ -35,10 +97,15 @@ def apply_penalties(logits: Tensor, seqs: list[Sequence]) -> Tensor:
     return logits
 
 
-def truncate(logits: Tensor, top_k: Tensor, top_p: Tensor) -> Tensor:
-    """Keep each row's ``top_k`` best tokens (0: all) and its smallest nucleus of mass ``top_p``.
-    logits: (B, V); top_k: (B,) int64; top_p: (B,) float32. Returns masked logits (-inf outside)."""
+def truncate(logits: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor | None = None) -> Tensor:
+    """Keep each row's tokens at least ``min_p`` times as likely as its best (None: all), then its
+    ``top_k`` best tokens (0: all) and its smallest nucleus of mass ``top_p``. logits: (B, V),
+    temperature applied; top_k: (B,) int64; top_p, min_p: (B,) float32. Returns masked logits
+    (-inf outside)."""
     V = logits.size(1)
+    if min_p is not None:  # p < min_p * p_max  <=>  logit < max logit + log(min_p)
+        floor = logits.max(dim=1, keepdim=True).values + min_p.log().unsqueeze(1)  # (B, 1)
+        logits = logits.masked_fill(logits < floor, float("-inf"))
     if bool((top_k > 0).any()):
         k = torch.where(top_k > 0, top_k.clamp(max=V), torch.full_like(top_k, V))
         kth = logits.topk(int(k.max()), dim=1).values.gather(1, (k - 1).unsqueeze(1))  # (B, 1)
@@ -59,6 +126,9 @@ class Sampler:
     def __call__(self, logits: Tensor, seqs: list[Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
         want_logprobs = [s.params.logprobs is not None for s in seqs]
         logprobs = logits.log_softmax(dim=1) if any(want_logprobs) else None
+        logits = apply_logit_bias(logits, seqs)
+        logits = mask_early_stops(logits, seqs)
+        logits = apply_repetition_penalty(logits, seqs)
         logits = apply_penalties(logits, seqs)
         choice = logits.argmax(dim=1)  # (B,): the greedy rows' answer
         sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
@@ -74,7 +144,9 @@ class Sampler:
         temperature = torch.tensor([s.params.temperature for s in seqs], device=device)
         top_k = torch.tensor([s.params.top_k for s in seqs], dtype=torch.int64, device=device)
         top_p = torch.tensor([s.params.top_p for s in seqs], dtype=torch.float32, device=device)
-        probs = truncate(logits / temperature.unsqueeze(1), top_k, top_p).softmax(dim=1)
+        min_ps = [s.params.min_p for s in seqs]
+        min_p = torch.tensor(min_ps, dtype=torch.float32, device=device) if any(min_ps) else None
+        probs = truncate(logits / temperature.unsqueeze(1), top_k, top_p, min_p).softmax(dim=1)
         out = torch.empty(len(seqs), dtype=torch.int64, device=device)
         for i, seq in enumerate(seqs):  # one draw per row, from that row's own generator
             out[i] = torch.multinomial(probs[i], 1, generator=seq.generator)[0]

@@ -8,6 +8,7 @@ so its tokens depend only on its own logits, never on what else is in the batch.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -16,6 +17,8 @@ import torch
 MAX_N = 16
 MAX_LOGPROBS = 20
 MAX_STOP = 16
+MAX_STOP_TOKEN_IDS = 64
+MAX_LOGIT_BIAS = 300  # OpenAI's limit
 
 
 class InvalidRequest(ValueError):
@@ -33,7 +36,9 @@ def _require(ok: bool, param: str, message: str) -> None:
 
 @dataclass(kw_only=True, slots=True)
 class SamplingParams:
-    """OpenAI's sampling fields. ``temperature == 0`` means greedy; ``top_k <= 0`` disables top-k."""
+    """OpenAI's sampling fields and vLLM's extensions. ``temperature == 0`` means greedy;
+    ``top_k <= 0``, ``min_p == 0`` and ``repetition_penalty == 1`` are off. Token ids are checked
+    against the vocabulary by ``check_request`` (the engine knows its size, this class does not)."""
 
     n: int = 1
     max_tokens: int = 16
@@ -43,8 +48,12 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)  # end the sequence like EOS
     ignore_eos: bool = False
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    min_p: float = 0.0  # drop tokens less likely than min_p x the most likely one (sampled rows)
+    repetition_penalty: float = 1.0  # HF's: shrinks the logits of tokens in the prompt or output
+    min_tokens: int = 0  # EOS and stop_token_ids are masked until this many tokens were generated
     seed: int | None = None
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's logprob and the top k
 
@@ -62,6 +71,25 @@ class SamplingParams:
         _require(all(isinstance(s, str) and s for s in self.stop), "stop", "stop strings must be non-empty strings")
         _require(self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS, "logprobs",
                  f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        self._check_extensions()
+
+    def _check_extensions(self) -> None:
+        """logit_bias, min_p, repetition_penalty, min_tokens and stop_token_ids."""
+        _require(len(self.logit_bias) <= MAX_LOGIT_BIAS, "logit_bias",
+                 f"logit_bias may hold at most {MAX_LOGIT_BIAS} entries, got {len(self.logit_bias)}")
+        for token, bias in self.logit_bias.items():
+            _require(_is_token_id(token), "logit_bias", f"logit_bias keys must be token ids (integers >= 0), got {token!r}")
+            _require(-100.0 <= bias <= 100.0, "logit_bias",
+                     f"logit_bias values must be in [-100, 100], got {bias} for token {token}")
+        _require(0.0 <= self.min_p <= 1.0, "min_p", f"min_p must be in [0, 1], got {self.min_p}")
+        _require(math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0.0, "repetition_penalty",
+                 f"repetition_penalty must be a finite number > 0 (1 is off), got {self.repetition_penalty}")
+        _require(0 <= self.min_tokens <= self.max_tokens, "min_tokens",
+                 f"min_tokens must be in [0, max_tokens] = [0, {self.max_tokens}], got {self.min_tokens}")
+        _require(len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS, "stop_token_ids",
+                 f"at most {MAX_STOP_TOKEN_IDS} stop_token_ids, got {len(self.stop_token_ids)}")
+        _require(all(_is_token_id(t) for t in self.stop_token_ids), "stop_token_ids",
+                 f"stop_token_ids must be token ids (integers >= 0), got {self.stop_token_ids}")
 
     @property
     def greedy(self) -> bool:
@@ -70,6 +98,14 @@ class SamplingParams:
     @property
     def penalized(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    @property
+    def repetition_penalized(self) -> bool:
+        return self.repetition_penalty != 1.0
+
+
+def _is_token_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class Status(enum.Enum):

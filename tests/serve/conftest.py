@@ -1,4 +1,5 @@
-"""Servers shared by the serving tests: each is a real ``tenacia serve`` process on port 0."""
+"""Servers shared by the serving tests: each is a real ``tenacia serve`` process on port 0; and
+the tiny random model with its tokenizer for the in-process engine tests."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .tiny import ServerProcess, make_tiny_hf_dir
+from .tiny import ServerProcess, make_tiny_hf_dir, tiny_model, train_tokenizer
 
 API_KEY = "sk-tenacia-test"
 # Limits of the shared tiny server, asserted by the tests.
@@ -39,3 +40,15 @@ def client(tiny_server):
     # max_retries=0: the client would otherwise retry 429s and 5xxs and hide them.
     with OpenAI(base_url=tiny_server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The tiny byte-level BPE (trained once per session)."""
+    return train_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def model(tokenizer):
+    """A ``micro`` Llama with random weights, sized to the tiny tokenizer. Read-only in tests."""
+    return tiny_model(tokenizer.get_vocab_size())

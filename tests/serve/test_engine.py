@@ -12,21 +12,11 @@ from tenacia.serve.engine.llm_engine import LLMEngine
 from tenacia.serve.engine.sampling import apply_penalties
 from tenacia.serve.engine.sequence import InvalidRequest, SamplingParams, Sequence
 
-from .tiny import one_thread, tiny_model, train_tokenizer  # noqa: F401 (a fixture)
+from .tiny import one_thread  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return tiny_model(tokenizer.get_vocab_size())
 
 
 def make_engine(model, tokenizer, **cfg) -> LLMEngine:

@@ -12,21 +12,11 @@ from tenacia.serve.engine.sampling import Sampler, apply_repetition_penalty, tru
 from tenacia.serve.engine.sequence import InvalidRequest, SamplingParams, Sequence
 
 from .test_engine import make_engine, prompts, run
-from .tiny import one_thread, tiny_model, train_tokenizer  # noqa: F401 (a fixture)
+from .tiny import one_thread  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EOS = 2
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return tiny_model(tokenizer.get_vocab_size())
 
 
 def greedy(**kw) -> SamplingParams:

@@ -29,10 +29,12 @@ Contract (what is decided when, what each party may assume):
   leader records the step in the sample ledger, then sends ``verdict commit``; members apply the
   step only on that verdict. If a member is lost before that, the step is discarded everywhere:
   the next quorum carries ``resolve = {step, commit: false}``.
-- Takeover. A new leader does not know the old votes. It asks the survivors: if every survivor has
-  committed step S or holds S's reduced gradients ready, S is committed (the old leader can only
-  have committed what all members had ready); otherwise S is discarded (the old leader cannot have
-  committed it). Either way the survivors agree.
+- Takeover. A new leader does not know the old votes. It asks the survivors in step with the newest
+  step S any of them knows (a newcomer still healing had no part in S; it is healed afterwards): if
+  one has committed S, S is committed (a member applies S only on the verdict, sent after the
+  ledger recorded S); if each holds S's reduced gradients ready, S is committed (the old leader can
+  only have committed what all members had ready; the ledger records S again); otherwise S is
+  discarded (the old leader cannot have committed it). Either way the survivors agree.
 """
 
 from __future__ import annotations
@@ -371,16 +373,22 @@ class Coordinator:
         self._broadcast(self.quorum)
 
     def _resolve_takeover(self, live: list[int]) -> dict[str, Any] | None:
+        """The fate of the step ``top`` the old leader may have been committing ("Takeover" above)."""
         self.takeover = False
         top = max(max(self.members[r].committed, self.members[r].pending or 0) for r in live)
-        if all(self.members[r].committed == top for r in live):
+        voters = [r for r in live if self.members[r].committed >= top - 1 or self.members[r].pending == top]
+        if all(self.members[r].committed == top for r in voters):
             return None
-        ready = all(self.members[r].committed == top or self.members[r].pending == top for r in live)
+        if any(self.members[r].committed == top for r in voters):
+            # a member applies a step only on the commit verdict, which the old leader sent after
+            # recording the step in the ledger: `top` is committed and already recorded
+            return {"step": top, "commit": True}
+        ready = all(self.members[r].pending == top for r in voters)
         if self.ledger is not None:
             # The old leader may or may not have recorded `top` before it died: drop it either way,
             # and record it again if the survivors commit it.
             self.ledger.rewind(top - 1)
-            votes = [self.members[r].pending_vote for r in live if self.members[r].pending_vote]
+            votes = [self.members[r].pending_vote for r in voters if self.members[r].pending_vote]
             if ready and votes:
                 self.ledger.record(top, votes[0]["start"], votes[0]["batch"])
         self.events.emit("step_committed" if ready else "step_discarded", step=top, members=live,

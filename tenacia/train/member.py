@@ -198,7 +198,10 @@ class LeaderLink:
             self._tick = now
             s = self.status()
             self.send({"type": "heartbeat", "replica": self.replica, **s, "pending_vote": None})
-            if self.conn is not None and self.leader != self.replica and now - self._last_rx > timeout:
+            # silence counts only if nothing waits unread: a member starved of CPU may run this
+            # thread before its reader thread has taken the leader's pending messages
+            if (self.conn is not None and self.leader != self.replica and now - self._last_rx > timeout
+                    and not self.conn.has_unread()):
                 conn, self.conn = self.conn, None
                 conn.close()
                 self.inbox.put({"type": "leader_lost", "why": f"silent for {now - self._last_rx:.2f}s", "at": now})

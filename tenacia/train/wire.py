@@ -11,6 +11,7 @@ socket closed at once, which is how crashes are detected in milliseconds.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import struct
 import threading
@@ -62,6 +63,15 @@ class Conn:
             for blob in blobs:
                 self.sock.sendall(_U64.pack(len(blob)))
                 self.sock.sendall(blob)
+
+    def has_unread(self) -> bool:
+        """The peer's bytes (or its close) wait in the kernel, not read yet: the peer has spoken,
+        whether or not a reader thread got the CPU to take them."""
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+        return bool(readable)
 
     def try_send(self, header: dict[str, Any]) -> bool:
         """Send, swallowing a broken connection (the reader side reports it)."""

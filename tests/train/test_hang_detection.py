@@ -1,7 +1,9 @@
 """The leader declares a silent member hung only while it still hears its own member; a member
-whose own coordinator stopped does not wait for it forever."""
+whose own coordinator stopped does not wait for it forever; a member does not take unread
+messages of its leader for silence."""
 
 import queue
+import socket
 import time
 import types
 
@@ -11,6 +13,7 @@ from tenacia.events import EventLog, read_events
 from tenacia.train.config import ReplicaConfig
 from tenacia.train.coordinator import Coordinator
 from tenacia.train.member import LeaderLink
+from tenacia.train.wire import Conn
 
 from .fakes import FakeConn
 
@@ -63,3 +66,29 @@ def test_a_replica_whose_own_coordinator_stopped_rejoins_elsewhere():
         assert msg["type"] == "expelled", msg
     finally:
         link.close(bye=False)
+
+
+def test_unread_leader_messages_are_not_silence():
+    """A member starved of CPU can run its heartbeat thread before its reader thread: while the
+    leader's messages wait unread in the socket, the leader is not declared lost; once they are
+    taken and nothing more comes, it is."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    conn = Conn.connect(f"127.0.0.1:{listener.getsockname()[1]}")
+    leader_side = Conn(listener.accept()[0])
+    server = types.SimpleNamespace(addr="127.0.0.1:1", coordinator=None)
+    link = LeaderLink(0, server, "127.0.0.1:2", lambda: {"step": 1, "phase": "idle", "committed": 0,
+                                                          "pending": None}, None, None)
+    link.conn, link.leader = conn, 1  # no reader thread: as if it had not got the CPU yet
+    leader_side.send({"type": "heartbeat"})
+    link._last_rx = time.monotonic() - 5.0  # far beyond the 1 s bound before any quorum
+    link.start_heartbeats()
+    try:
+        with pytest.raises(queue.Empty):
+            link.inbox.get(timeout=1.0)  # the leader's heartbeat waits unread: not silence
+        assert conn.recv()[0]["type"] == "heartbeat"  # the reader finally takes it
+        msg = link.inbox.get(timeout=3.0)
+        assert msg["type"] == "leader_lost" and msg["why"].startswith("silent"), msg
+    finally:
+        link.close(bye=False)
+        leader_side.close()
+        listener.close()

@@ -25,16 +25,20 @@ from .sequence import Sequence, TokenLogprob
 def apply_logit_bias(logits: Tensor, seqs: list[Sequence]) -> Tensor:
     """Add each row's ``logit_bias`` (token id -> bias) to its logits. logits: (B, V) float32,
     modified in place and returned."""
-    rows = [i for i, s in enumerate(seqs) if s.params.logit_bias]
-    if not rows:
+    biased = [(i, s.params.logit_bias) for i, s in enumerate(seqs) if s.params.logit_bias]
+    if not biased:
         return logits
-    row_idx = [i for i in rows for _ in seqs[i].params.logit_bias]
-    cols = [t for i in rows for t in seqs[i].params.logit_bias]
-    bias = [b for i in rows for b in seqs[i].params.logit_bias.values()]
-    device = logits.device
-    logits.index_put_((torch.tensor(row_idx, device=device), torch.tensor(cols, device=device)),
-                      torch.tensor(bias, dtype=logits.dtype, device=device), accumulate=True)
+    bias = [b for _, row in biased for b in row.values()]
+    logits.index_put_(_cells(biased, logits.device), torch.tensor(bias, dtype=logits.dtype, device=logits.device),
+                      accumulate=True)
     return logits
+
+
+def _cells(per_row: list, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Index tensors (rows, columns) of every pair (i, t), t in ids, for (i, ids) in ``per_row``."""
+    rows = [i for i, ids in per_row for _ in ids]
+    cols = [t for _, ids in per_row for t in ids]
+    return torch.tensor(rows, device=device), torch.tensor(cols, device=device)
 
 
 def early_stop_ids(seq: Sequence) -> list[int]:
@@ -52,10 +56,7 @@ def mask_early_stops(logits: Tensor, seqs: list[Sequence]) -> Tensor:
     masked = [(i, ids) for i, s in enumerate(seqs) if (ids := early_stop_ids(s))]
     if not masked:
         return logits
-    row_idx = [i for i, ids in masked for _ in ids]
-    cols = [t for _, ids in masked for t in ids]
-    device = logits.device
-    logits[torch.tensor(row_idx, device=device), torch.tensor(cols, device=device)] = float("-inf")
+    logits[_cells(masked, logits.device)] = float("-inf")
     return logits
 
 

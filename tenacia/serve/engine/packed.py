@@ -13,6 +13,9 @@ and no autograd bookkeeping. ``PackedLlama`` takes a trained ``Llama`` and keeps
   (bit-identical for 16 rows or more, within 1e-6 relative below). The packed buffer does not
   depend on the row count; each call passes its own. A self-check at load time compares packed
   and plain products for several row counts and keeps the plain ones if they disagree;
+- on CPU with AVX-512, for the few rows of a decode step (<= 16), a second copy of every
+  projection in the panels of ``small_gemm.SmallLinear``, which streams the weights from memory
+  faster than MKL does for so few rows (``small=False`` keeps one copy);
 - everywhere else (CUDA, Ascend NPU, CPU without MKL) the fused weights with ``F.linear``.
 
 The original module's projection weights are not referenced afterwards: drop the ``Llama`` to
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...model.llama import AttentionCache, Llama
+from . import small_gemm
 
 log = logging.getLogger(__name__)
 # The row count MKL is told when packing. Any count may be used afterwards, but the layout it
@@ -46,14 +50,21 @@ def _mkl_usable(weight: Tensor) -> bool:
 
 class PackedLinear:
     """``y = x @ weight.T + bias`` for ``x`` of shape (..., in), with the weight in its fastest
-    layout. ``bias`` (out,) or None; both kernels add it inside the product's own call."""
+    layout. ``bias`` (out,) or None; every kernel adds it inside the product's own call.
+    ``small``: also keep the panels of ``small_gemm.SmallLinear`` for products of few rows."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, *, small: bool = False):
         weight = weight.detach().contiguous()
         self.out_features, self.in_features = weight.shape
         self.bias = bias.detach().contiguous() if bias is not None else None
         self.packed: Tensor | None = None
         self.weight: Tensor | None = weight
+        self.small: small_gemm.SmallLinear | None = None
+        if small and _mkl_usable(weight) and small_gemm.available() is None:
+            try:
+                self.small = small_gemm.SmallLinear(weight, bias)
+            except small_gemm.Unavailable as e:
+                log.warning("%s; decoding with MKL", e)
         if _mkl_usable(weight):
             try:
                 packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, PACK_ROWS)
@@ -80,15 +91,17 @@ class PackedLinear:
         return True
 
     def __call__(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if self.small is not None and flat.size(0) <= small_gemm.MAX_ROWS:
+            return self.small(flat).view(*x.shape[:-1], self.out_features)
         if self.packed is None:
             return F.linear(x, self.weight, self.bias)
-        flat = x.reshape(-1, self.in_features)
         y = torch.ops.mkl._mkl_linear(flat, self.packed, self._shape, self.bias, flat.size(0))
         return y.view(*x.shape[:-1], self.out_features)
 
 
 class PackedBlock:
-    def __init__(self, block, layer: int):
+    def __init__(self, block, layer: int, small: bool):
         a, f = block.attention, block.feed_forward
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
@@ -97,12 +110,12 @@ class PackedBlock:
         self.ffn_norm = block.ffn_norm.weight.detach()
         self.eps = block.attention_norm.eps
         qkv_bias = torch.cat([a.wq.bias, a.wk.bias, a.wv.bias]) if a.wq.bias is not None else None
-        self.qkv = PackedLinear(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), qkv_bias)
-        self.wo = PackedLinear(a.wo.weight)
+        self.qkv = PackedLinear(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), qkv_bias, small=small)
+        self.wo = PackedLinear(a.wo.weight, small=small)
         # gate and up stay two products: for long prompts, one fused product is ~15% slower (its
         # output no longer fits in cache)
-        self.gate, self.up = PackedLinear(f.w1.weight), PackedLinear(f.w3.weight)
-        self.down = PackedLinear(f.w2.weight)
+        self.gate, self.up = PackedLinear(f.w1.weight, small=small), PackedLinear(f.w3.weight, small=small)
+        self.down = PackedLinear(f.w2.weight, small=small)
 
     def __call__(self, x: Tensor, cos: Tensor, sin: Tensor, cache: AttentionCache) -> Tensor:
         B, T, dim = x.shape
@@ -135,18 +148,20 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class PackedLlama:
-    """Inference-only view of a ``Llama`` (see module docstring). Call under ``inference_mode``."""
+    """Inference-only view of a ``Llama`` (see module docstring). Call under ``inference_mode``.
+    ``small``: keep ``small_gemm`` panels for decode steps where the kernel can run."""
 
-    def __init__(self, model: Llama):
+    def __init__(self, model: Llama, *, small: bool = True):
         self.cfg = model.cfg
         self.embeddings = model.tok_embeddings.weight.detach()
         self.rope_cos, self.rope_sin = model.rope_cos, model.rope_sin
-        self.layers = [PackedBlock(b, i) for i, b in enumerate(model.layers)]
+        self.layers = [PackedBlock(b, i, small) for i, b in enumerate(model.layers)]
         self.norm = model.norm.weight.detach()
         self.eps = model.norm.eps
-        self.output = PackedLinear(model.output.weight)
+        self.output = PackedLinear(model.output.weight, small=small)
         self.dtype = self.embeddings.dtype
         self.packed = any(layer.qkv.packed is not None for layer in self.layers)
+        self.small = any(layer.qkv.small is not None for layer in self.layers)
 
     def hidden(self, tokens: Tensor, positions: Tensor, cache: AttentionCache) -> Tensor:
         """tokens, positions: (B, T) -> last hidden states (B, T, dim), before the final norm."""

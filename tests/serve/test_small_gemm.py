@@ -1,0 +1,94 @@
+"""The decode-step GEMM (small_gemm.c): built with the system compiler, equal to F.linear for every
+row count it takes, used by PackedLinear for few rows only, and invisible in the engine's answers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tenacia.serve.config import EngineConfig
+from tenacia.serve.engine import small_gemm
+from tenacia.serve.engine.llm_engine import LLMEngine
+from tenacia.serve.engine.packed import PackedLinear
+from tenacia.serve.engine.sequence import SamplingParams
+
+CAN_BUILD = (torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+             and bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")))
+needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="needs a CPU with AVX-512 and a C compiler")
+
+
+@needs_kernel
+def test_the_kernel_builds_and_loads_here():
+    assert small_gemm.available() is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("out_features, in_features, bias", [(37, 19, True), (64, 576, False), (960, 576, True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_equals_f_linear_for_every_row_count(out_features, in_features, bias, threads):
+    gen = torch.Generator().manual_seed(out_features)
+    weight = torch.randn(out_features, in_features, generator=gen)
+    b = torch.randn(out_features, generator=gen) if bias else None
+    lin = small_gemm.SmallLinear(weight, b)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in range(1, small_gemm.MAX_ROWS + 1):
+            x = torch.randn(rows, in_features, generator=gen)
+            want = F.linear(x, weight, b)
+            got = lin(x)
+            assert got.shape == (rows, out_features)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+        wide = torch.randn(5, 2 * in_features, generator=gen)[:, ::2]  # not contiguous
+        torch.testing.assert_close(lin(wide), F.linear(wide, weight, b), rtol=1e-5, atol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernel
+def test_packed_linear_sends_few_rows_to_the_kernel_and_many_to_mkl():
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(96, 64, generator=gen)
+    lin = PackedLinear(weight, small=True)
+    assert lin.small is not None
+    calls = []
+    kernel = lin.small
+    lin.small = lambda x: calls.append(x.size(0)) or kernel(x)
+    for rows in (1, 16, 17, 200):
+        x = torch.randn(rows, 64, generator=gen)
+        torch.testing.assert_close(lin(x), F.linear(x, weight), rtol=1e-5, atol=1e-4)
+    assert calls == [1, 16]
+    assert PackedLinear(weight, small=False).small is None
+
+
+def test_a_failing_compiler_is_reported_with_its_message(tmp_path, monkeypatch):
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\n[ \"$1\" = --version ] && exit 0\necho 'cc: fatal error: boom' >&2\nexit 1\n")
+    cc.chmod(0o755)
+    monkeypatch.setenv("TENACIA_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(small_gemm.Unavailable, match="boom"):
+        small_gemm._compile(str(cc))
+    assert not list((tmp_path / "cache" / "kernels").glob("*.so"))  # nothing half-built left behind
+
+
+@needs_kernel
+def test_the_engine_answers_the_same_with_and_without_the_kernel(model, tokenizer):
+    texts = ["def", "import json\nclass Decoder(object):", "The quick brown fox jumps over the lazy dog. " * 3]
+    answers = []
+    for small in (True, False):
+        engine = LLMEngine(model, tokenizer, eos_ids={2}, cfg=EngineConfig(small_gemm=small), device=torch.device("cpu"))
+        assert engine.runner.model.small is small
+        params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+        for i, t in enumerate(texts):
+            engine.add_request(f"r{i}", tokenizer.encode(t).ids, params)
+        tokens: dict[str, list[int]] = {}
+        while engine.has_work():
+            for d in engine.step():
+                tokens.setdefault(d.request_id, []).extend(d.token_ids)
+        answers.append(tokens)
+    assert answers[0] == answers[1]
+    assert all(len(v) == 16 for v in answers[0].values())

@@ -39,7 +39,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-keep-freed-memory", action="store_true")
     p.add_argument("--no-huge-pages", action="store_true")
-    p.add_argument("--no-small-gemm", action="store_true", help="decode with MKL alone (small_gemm.py)")
+    p.add_argument("--no-decode-kernels", action="store_true", help="torch ops and MKL alone (decode_kernels.py)")
     args = p.parse_args()
 
     from tenacia.serve.config import EngineConfig
@@ -53,7 +53,7 @@ def main() -> int:
         keep_freed_memory()
     served = load_model("smollm2", torch.device("cpu"), torch.float32)
     engine = LLMEngine(served.model, served.tokenizer, eos_ids=served.eos_ids,
-                       cfg=EngineConfig(prefix_caching=False, small_gemm=not args.no_small_gemm),
+                       cfg=EngineConfig(prefix_caching=False, decode_kernels=not args.no_decode_kernels),
                        device=torch.device("cpu"))
     rng = random.Random(0)
     single, burst, decode = [], [], []
@@ -76,7 +76,7 @@ def main() -> int:
     ms = lambda xs: round(statistics.median(xs) * 1000, 1)  # noqa: E731
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([".venv/bin/python", *sys.argv]),
               "args": vars(args), "mkl_packed": engine.runner.model.packed,
-              "small_gemm": engine.runner.model.small,
+              "decode_kernels": engine.runner.model.fast_decode,
               "huge_page_mib": huge_pages_in_use() >> 20,
               f"prefill_1x{args.prompt_tokens}_ms": {"median": ms(single[1:]), "all": [round(x * 1000, 1) for x in single[1:]]},
               f"prefill_{args.seqs}x{args.prompt_tokens}_ms": {"median": ms(burst[1:]), "all": [round(x * 1000, 1) for x in burst[1:]]},

@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not share cache blocks between prompts that start alike")
     p.add_argument("--no-huge-pages", action="store_true",
                    help="keep the engine's weights and cache off transparent huge pages")
-    p.add_argument("--no-small-gemm", action="store_true",
-                   help="decode with MKL alone (one copy of the weights instead of two; CPU with AVX-512 only)")
+    p.add_argument("--no-decode-kernels", action="store_true",
+                   help="decode with torch ops and MKL alone (one copy of the weights, not two; CPU with AVX-512 only)")
     p.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
     p.add_argument("--max-batched-tokens", type=int, default=2048, help="prompt tokens prefilled per step")
     p.add_argument("--max-prompt-tokens", type=int, default=0, help="longest prompt (0: the model's context)")
@@ -54,7 +54,7 @@ def server_config(args: argparse.Namespace):
     engine = EngineConfig(kv_cache_tokens=args.kv_cache_tokens, block_size=args.block_size,
                           max_num_seqs=args.max_num_seqs, max_batched_tokens=args.max_batched_tokens,
                           prefix_caching=not args.no_prefix_caching, huge_pages=not args.no_huge_pages,
-                          small_gemm=not args.no_small_gemm, device=args.device)
+                          decode_kernels=not args.no_decode_kernels, device=args.device)
     return ServerConfig(host=args.host, port=args.port, api_keys=keys, model_name=args.name,
                         max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                         max_tokens_limit=args.max_tokens_limit,

@@ -17,7 +17,7 @@ class EngineConfig:
     max_num_seqs: int = 32  # sequences decoded together in one step
     max_batched_tokens: int = 2048  # prompt tokens prefilled in one step (longer prompts are chunked)
     prefix_caching: bool = True  # share the cache blocks of prompts' common prefixes (block_pool.py)
-    small_gemm: bool = True  # CPU with AVX-512: a decode kernel with its own copy of the weights (small_gemm.py)
+    decode_kernels: bool = True  # CPU with AVX-512: hand-written decode kernels, a 2nd copy of the weights (decode_kernels.py)
     huge_pages: bool = True  # the engine process's large buffers on transparent huge pages (host.py)
     device: str = "auto"  # see tenacia.device: "auto" takes the accelerator if there is one
 

@@ -91,7 +91,7 @@ class LLMEngine:
                                   prefix_caching=cfg.prefix_caching)
         self.scheduler = Scheduler(self.cache.allocator, max_num_seqs=cfg.max_num_seqs,
                                    max_batched_tokens=cfg.max_batched_tokens)
-        self.runner = ModelRunner(PackedLlama(model, small=cfg.small_gemm), self.cache, device)
+        self.runner = ModelRunner(PackedLlama(model, kernels=cfg.decode_kernels), self.cache, device)
         self.detokenizer = Detokenizer(tokenizer)
         self.metrics = metrics
         self._texts: dict[int, _Text] = {}

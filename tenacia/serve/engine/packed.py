@@ -14,8 +14,10 @@ and no autograd bookkeeping. ``PackedLlama`` takes a trained ``Llama`` and keeps
   depend on the row count; each call passes its own. A self-check at load time compares packed
   and plain products for several row counts and keeps the plain ones if they disagree;
 - on CPU with AVX-512, for the few rows of a decode step (<= 16), a second copy of every
-  projection in the panels of ``small_gemm.SmallLinear``, which streams the weights from memory
-  faster than MKL does for so few rows (``small=False`` keeps one copy);
+  projection in the panels of ``decode_kernels.SmallLinear`` (gate and up fused), which streams
+  the weights from memory faster than MKL does for so few rows, and a decode path
+  (``PackedBlock.decode``) whose elementwise work runs in fused kernels (``kernels=False`` keeps
+  one copy and the torch ops);
 - everywhere else (CUDA, Ascend NPU, CPU without MKL) the fused weights with ``F.linear``.
 
 The original module's projection weights are not referenced afterwards: drop the ``Llama`` to
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...model.llama import AttentionCache, Llama
-from . import small_gemm
+from . import decode_kernels as dk
 
 log = logging.getLogger(__name__)
 # The row count MKL is told when packing. Any count may be used afterwards, but the layout it
@@ -51,7 +53,7 @@ def _mkl_usable(weight: Tensor) -> bool:
 class PackedLinear:
     """``y = x @ weight.T + bias`` for ``x`` of shape (..., in), with the weight in its fastest
     layout. ``bias`` (out,) or None; every kernel adds it inside the product's own call.
-    ``small``: also keep the panels of ``small_gemm.SmallLinear`` for products of few rows."""
+    ``small``: also keep the panels of ``decode_kernels.SmallLinear`` for products of few rows."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, *, small: bool = False):
         weight = weight.detach().contiguous()
@@ -59,12 +61,7 @@ class PackedLinear:
         self.bias = bias.detach().contiguous() if bias is not None else None
         self.packed: Tensor | None = None
         self.weight: Tensor | None = weight
-        self.small: small_gemm.SmallLinear | None = None
-        if small and _mkl_usable(weight) and small_gemm.available() is None:
-            try:
-                self.small = small_gemm.SmallLinear(weight, bias)
-            except small_gemm.Unavailable as e:
-                log.warning("%s; decoding with MKL", e)
+        self.small = _small_linear(weight, bias) if small else None
         if _mkl_usable(weight):
             try:
                 packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, PACK_ROWS)
@@ -92,7 +89,7 @@ class PackedLinear:
 
     def __call__(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)
-        if self.small is not None and flat.size(0) <= small_gemm.MAX_ROWS:
+        if self.small is not None and flat.size(0) <= dk.MAX_ROWS:
             return self.small(flat).view(*x.shape[:-1], self.out_features)
         if self.packed is None:
             return F.linear(x, self.weight, self.bias)
@@ -100,8 +97,18 @@ class PackedLinear:
         return y.view(*x.shape[:-1], self.out_features)
 
 
+def _small_linear(weight: Tensor, bias: Tensor | None) -> dk.SmallLinear | None:
+    if not _mkl_usable(weight) or dk.available() is not None:
+        return None
+    try:
+        return dk.SmallLinear(weight, bias)
+    except dk.Unavailable as e:
+        log.warning("%s; decoding with MKL", e)
+        return None
+
+
 class PackedBlock:
-    def __init__(self, block, layer: int, small: bool):
+    def __init__(self, block, layer: int, kernels: bool):
         a, f = block.attention, block.feed_forward
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
@@ -110,12 +117,16 @@ class PackedBlock:
         self.ffn_norm = block.ffn_norm.weight.detach()
         self.eps = block.attention_norm.eps
         qkv_bias = torch.cat([a.wq.bias, a.wk.bias, a.wv.bias]) if a.wq.bias is not None else None
-        self.qkv = PackedLinear(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), qkv_bias, small=small)
-        self.wo = PackedLinear(a.wo.weight, small=small)
+        self.qkv = PackedLinear(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), qkv_bias, small=kernels)
+        self.wo = PackedLinear(a.wo.weight, small=kernels)
         # gate and up stay two products: for long prompts, one fused product is ~15% slower (its
         # output no longer fits in cache)
-        self.gate, self.up = PackedLinear(f.w1.weight, small=small), PackedLinear(f.w3.weight, small=small)
-        self.down = PackedLinear(f.w2.weight, small=small)
+        self.gate, self.up = PackedLinear(f.w1.weight), PackedLinear(f.w3.weight)
+        self.down = PackedLinear(f.w2.weight, small=kernels)
+        # the decode path (``decode``): every product in the small kernel, gate and up as one
+        self.gate_up = _small_linear(torch.cat([f.w1.weight, f.w3.weight]), None) if kernels else None
+        self.fast_decode = (self.gate_up is not None and self.head_dim % 2 == 0
+                            and None not in (self.qkv.small, self.wo.small, self.down.small))
 
     def __call__(self, x: Tensor, cos: Tensor, sin: Tensor, cache: AttentionCache) -> Tensor:
         B, T, dim = x.shape
@@ -130,6 +141,21 @@ class PackedBlock:
         x = x + self.wo(out.transpose(1, 2).reshape(B, T, self.q_size))
         h = rms_norm(x, self.ffn_norm, self.eps)
         return x + self.down(F.silu(self.gate(h)).mul_(self.up(h)))
+
+    def decode(self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, cache: AttentionCache) -> Tensor:
+        """The same layer for one token per sequence, in the decode kernels (``fast_decode``).
+        x: (B, dim), the residual stream before this layer, still missing ``delta`` (the previous
+        layer's output; None for the first layer), which is added in place here. cos, sin: (B, hd).
+        Returns this layer's own delta (B, dim); the caller adds the last one."""
+        B = x.size(0)
+        qkv = self.qkv.small(dk.add_rms_norm(x, delta, self.attn_norm, self.eps))  # (B, q + 2 kv)
+        dk.rotary_(qkv, self.n_heads + self.n_kv_heads, self.head_dim, cos, sin)  # q and k, in place
+        q = qkv[:, :self.q_size].view(B, self.n_heads, 1, self.head_dim)
+        k = qkv[:, self.q_size:self.q_size + self.kv_size].view(B, self.n_kv_heads, 1, self.head_dim)
+        v = qkv[:, self.q_size + self.kv_size:].view(B, self.n_kv_heads, 1, self.head_dim)
+        out = cache.attend(self.layer, q, k, v).reshape(B, self.q_size)
+        h = dk.add_rms_norm(x, self.wo.small(out), self.ffn_norm, self.eps)
+        return self.down.small(dk.silu_mul(self.gate_up(h)))
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -149,28 +175,39 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class PackedLlama:
     """Inference-only view of a ``Llama`` (see module docstring). Call under ``inference_mode``.
-    ``small``: keep ``small_gemm`` panels for decode steps where the kernel can run."""
+    ``kernels``: build the decode kernels' path (``decode_kernels``) where they can run."""
 
-    def __init__(self, model: Llama, *, small: bool = True):
+    def __init__(self, model: Llama, *, kernels: bool = True):
         self.cfg = model.cfg
         self.embeddings = model.tok_embeddings.weight.detach()
         self.rope_cos, self.rope_sin = model.rope_cos, model.rope_sin
-        self.layers = [PackedBlock(b, i, small) for i, b in enumerate(model.layers)]
+        self.layers = [PackedBlock(b, i, kernels) for i, b in enumerate(model.layers)]
         self.norm = model.norm.weight.detach()
         self.eps = model.norm.eps
-        self.output = PackedLinear(model.output.weight, small=small)
+        self.output = PackedLinear(model.output.weight, small=kernels)
         self.dtype = self.embeddings.dtype
         self.packed = any(layer.qkv.packed is not None for layer in self.layers)
-        self.small = any(layer.qkv.small is not None for layer in self.layers)
+        self.fast_decode = all(layer.fast_decode for layer in self.layers)
 
     def hidden(self, tokens: Tensor, positions: Tensor, cache: AttentionCache) -> Tensor:
         """tokens, positions: (B, T) -> last hidden states (B, T, dim), before the final norm."""
+        B, T = tokens.shape
+        if T == 1 and B <= dk.MAX_ROWS and self.fast_decode:
+            return self._decode(tokens[:, 0], positions[:, 0], cache).view(B, 1, -1)
         cos = self.rope_cos[positions].unsqueeze(-3)  # (B, 1, T, hd)
         sin = self.rope_sin[positions].unsqueeze(-3)
         h = F.embedding(tokens, self.embeddings)
         for layer in self.layers:
             h = layer(h, cos, sin, cache)
         return h
+
+    def _decode(self, tokens: Tensor, positions: Tensor, cache: AttentionCache) -> Tensor:
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B, hd)
+        x = F.embedding(tokens, self.embeddings)  # (B, dim), a new tensor: updated in place below
+        delta = None
+        for layer in self.layers:
+            delta = layer.decode(x, delta, cos, sin, cache)
+        return x.add_(delta)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden: (S, dim) -> float32 logits (S, vocab)."""

@@ -1,5 +1,6 @@
-"""The decode-step GEMM (small_gemm.c): built with the system compiler, equal to F.linear for every
-row count it takes, used by PackedLinear for few rows only, and invisible in the engine's answers."""
+"""The decode kernels (decode_kernels.c): built with the system compiler; the GEMM equal to F.linear
+for every row count it takes and used by PackedLinear for few rows only; the fused elementwise
+kernels equal to the torch ops they replace; all of it invisible in the engine's answers."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from tenacia.serve.config import EngineConfig
-from tenacia.serve.engine import small_gemm
+from tenacia.serve.engine import decode_kernels
 from tenacia.serve.engine.llm_engine import LLMEngine
-from tenacia.serve.engine.packed import PackedLinear
+from tenacia.serve.engine.packed import PackedLinear, rms_norm, rotate
 from tenacia.serve.engine.sequence import SamplingParams
 
 CAN_BUILD = (torch.backends.cpu.get_cpu_capability().startswith("AVX512")
@@ -22,8 +23,8 @@ needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="needs a CPU with AVX-51
 
 
 @needs_kernel
-def test_the_kernel_builds_and_loads_here():
-    assert small_gemm.available() is None
+def test_the_kernels_build_and_load_here():
+    assert decode_kernels.available() is None
 
 
 @needs_kernel
@@ -33,11 +34,11 @@ def test_equals_f_linear_for_every_row_count(out_features, in_features, bias, th
     gen = torch.Generator().manual_seed(out_features)
     weight = torch.randn(out_features, in_features, generator=gen)
     b = torch.randn(out_features, generator=gen) if bias else None
-    lin = small_gemm.SmallLinear(weight, b)
+    lin = decode_kernels.SmallLinear(weight, b)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for rows in range(1, small_gemm.MAX_ROWS + 1):
+        for rows in range(1, decode_kernels.MAX_ROWS + 1):
             x = torch.randn(rows, in_features, generator=gen)
             want = F.linear(x, weight, b)
             got = lin(x)
@@ -65,13 +66,59 @@ def test_packed_linear_sends_few_rows_to_the_kernel_and_many_to_mkl():
     assert PackedLinear(weight, small=False).small is None
 
 
+@needs_kernel
+@pytest.mark.parametrize("dim", [576, 37])
+def test_add_rms_norm_equals_the_residual_add_and_rms_norm(dim):
+    gen = torch.Generator().manual_seed(dim)
+    x, delta = torch.randn(5, dim, generator=gen) * 3, torch.randn(5, dim, generator=gen)
+    weight = torch.randn(dim, generator=gen)
+    want_x = x + delta
+    want = rms_norm(want_x, weight, 1e-5)
+    got = decode_kernels.add_rms_norm(x, delta, weight, 1e-5)  # x is updated in place
+    torch.testing.assert_close(x, want_x, rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(decode_kernels.add_rms_norm(x, None, weight, 1e-5), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x, want_x, rtol=0, atol=0)  # no delta: x untouched
+
+
+@needs_kernel
+@pytest.mark.parametrize("hd", [64, 16, 40])
+def test_rotary_rotates_q_and_k_in_place_and_leaves_v(hd):
+    from tenacia.model.llama import rotary_table
+
+    gen = torch.Generator().manual_seed(2)
+    heads, kv, rows = 9, 3, 4
+    x = torch.randn(rows, (heads + 2 * kv) * hd, generator=gen)
+    cos, sin = rotary_table(hd, 512, 10000.0)
+    positions = torch.tensor([0, 7, 100, 511])
+    want = rotate(x[:, :(heads + kv) * hd].view(rows, heads + kv, 1, hd),
+                  cos[positions].unsqueeze(1).unsqueeze(1), sin[positions].unsqueeze(1).unsqueeze(1))
+    v = x[:, (heads + kv) * hd:].clone()
+    decode_kernels.rotary_(x, heads + kv, hd, cos[positions].contiguous(), sin[positions].contiguous())
+    torch.testing.assert_close(x[:, :(heads + kv) * hd], want.reshape(rows, -1), rtol=1e-6, atol=1e-6)
+    assert torch.equal(x[:, (heads + kv) * hd:], v)
+    with pytest.raises(ValueError, match="must be even"):
+        decode_kernels.rotary_(x, 1, hd - 1, cos[:4, :hd - 1].contiguous(), sin[:4, :hd - 1].contiguous())
+
+
+@needs_kernel
+def test_silu_mul_equals_torch_over_the_whole_float_range():
+    gen = torch.Generator().manual_seed(3)
+    gate = torch.cat([torch.linspace(-120, 120, 1001), torch.randn(999, generator=gen) * 4])  # exp under/overflow too
+    up = torch.randn(2000, generator=gen)
+    got = decode_kernels.silu_mul(torch.cat([gate, up]).view(1, -1))
+    torch.testing.assert_close(got[0], F.silu(gate) * up, rtol=2e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        decode_kernels.silu_mul(torch.zeros(2, 8, dtype=torch.float64))
+
+
 def test_a_failing_compiler_is_reported_with_its_message(tmp_path, monkeypatch):
     cc = tmp_path / "cc"
     cc.write_text("#!/bin/sh\n[ \"$1\" = --version ] && exit 0\necho 'cc: fatal error: boom' >&2\nexit 1\n")
     cc.chmod(0o755)
     monkeypatch.setenv("TENACIA_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(small_gemm.Unavailable, match="boom"):
-        small_gemm._compile(str(cc))
+    with pytest.raises(decode_kernels.Unavailable, match="boom"):
+        decode_kernels._compile(str(cc))
     assert not list((tmp_path / "cache" / "kernels").glob("*.so"))  # nothing half-built left behind
 
 
@@ -80,8 +127,8 @@ def test_the_engine_answers_the_same_with_and_without_the_kernel(model, tokenize
     texts = ["def", "import json\nclass Decoder(object):", "The quick brown fox jumps over the lazy dog. " * 3]
     answers = []
     for small in (True, False):
-        engine = LLMEngine(model, tokenizer, eos_ids={2}, cfg=EngineConfig(small_gemm=small), device=torch.device("cpu"))
-        assert engine.runner.model.small is small
+        engine = LLMEngine(model, tokenizer, eos_ids={2}, cfg=EngineConfig(decode_kernels=small), device=torch.device("cpu"))
+        assert engine.runner.model.fast_decode is small
         params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
         for i, t in enumerate(texts):
             engine.add_request(f"r{i}", tokenizer.encode(t).ids, params)

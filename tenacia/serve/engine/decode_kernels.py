@@ -1,12 +1,20 @@
-"""A float32 matrix product for the few rows of a decode step, on CPUs with AVX-512.
+"""Hand-written float32 kernels for the decode step on CPUs with AVX-512 (``decode_kernels.c``).
 
-Why: a decode step of 16 sequences reads every weight once for 16 rows, so its products are bound
+A decode step of a small model is ~150 matrix products of a few rows and ~1,000 small torch ops.
+Two kinds of kernel here:
+
+``SmallLinear``, the products. Why: a decode step of 16 sequences reads every weight once for 16 rows, so its products are bound
 by how fast the weights stream from memory. MKL's packed GEMM (``packed.PackedLinear``) reads them
-at ~16 GB/s on this project's machine, which streams 28-35 GB/s; ``small_gemm.c`` (16-column
+at ~16 GB/s on this project's machine, which streams 28-35 GB/s; its GEMM (16-column
 panels, one 64-byte line per inner step, software prefetch far ahead) reads them at ~21 GB/s:
 SmolLM2's 30 layers of products for 16 rows in 20.5 ms instead of 26.3 ms (``/tmp``-free
-measurement: ``bench/serve_engine.py --no-small-gemm`` against the default). For more than
+measurement: ``bench/serve_engine.py --no-decode-kernels`` against the default). For more than
 ``MAX_ROWS`` rows (prefill) MKL stays faster and is used.
+
+``add_rms_norm``, ``rotary_``, ``silu_mul``, the elementwise work between the products: one call
+each where torch runs five to eight ops of a few microseconds (residual add and RMSNorm; rotary on
+q and k in place; SiLU(gate) * up on the fused gate/up product). ``packed.PackedBlock.decode``
+strings them together.
 
 How: the C file is compiled once with the system C compiler (``$CC``, else ``cc``) into
 ``<cache_root()>/kernels/`` keyed by a hash of its source, flags and compiler, then loaded with
@@ -15,10 +23,11 @@ already loaded, so the loader resolves to it); if two OpenMP runtimes end up map
 AVX-512, no OpenMP build of torch, or no compiler, ``available()`` says why and the engine keeps
 MKL. Nothing here changes the math: float32 products with float32 accumulation, in a different
 summation order (within ~1e-6 relative of ``F.linear``; every ``SmallLinear`` checks itself
-against ``F.linear`` when it is built).
+against ``F.linear`` when it is built); SiLU's exponential is a degree-7 polynomial (relative
+error < 2e-7, as float32's own rounding).
 
 Memory: a layer keeps its weights twice (MKL's packed copy for prefill, the panels for decode).
-``EngineConfig.small_gemm = False`` (``tenacia serve --no-small-gemm``) keeps one copy.
+``EngineConfig.decode_kernels = False`` (``tenacia serve --no-decode-kernels``) keeps one copy.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from torch import Tensor
 from ...model.smollm2 import cache_root
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("small_gemm.c")
+SOURCE = Path(__file__).with_name("decode_kernels.c")
 FLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-fPIC", "-shared"]
 MAX_ROWS = 16  # above this many rows MKL's packed GEMM is as fast or faster (32 rows: equal)
 PADDED_ROWS = (1, 2, 4, 8, 16)  # rows are padded up to one of these: one kernel pass per panel
@@ -63,7 +72,7 @@ def _openmp_runtimes() -> set[str]:
 def _compile(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
-    out = cache_root() / "kernels" / f"small_gemm-{key}.so"
+    out = cache_root() / "kernels" / f"decode_kernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -93,13 +102,17 @@ def _library() -> ctypes.CDLL | str:
         if len(after := _openmp_runtimes()) > 1:
             raise Unavailable(f"two OpenMP runtimes would run side by side: {sorted(after)} (torch's: {sorted(before)})")
     except (Unavailable, OSError) as e:
-        log.info("small-batch GEMM unavailable, using MKL for decode: %s", e)
+        log.info("decode kernels unavailable, decoding with torch ops and MKL: %s", e)
         return str(e)
     lib.tenacia_small_gemm_pack.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
     lib.tenacia_small_gemm_pack.restype = None
     lib.tenacia_small_gemm.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     lib.tenacia_small_gemm.restype = None
+    p, i, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
+    for name, args in (("tenacia_add_rms_norm", [p, p, p, f, p, i, i]), ("tenacia_rotary", [p, i, i, i, i, p, p]),
+                       ("tenacia_silu_mul", [p, i, i, p])):
+        getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
     return lib
 
 
@@ -130,7 +143,7 @@ class SmallLinear:
             x = torch.randn(rows, self.in_features, generator=gen)
             want = F.linear(x, weight, self.bias)
             if not torch.allclose(self(x), want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
-                raise Unavailable(f"the small-batch GEMM disagrees with F.linear for {rows} rows")
+                raise Unavailable(f"the decode GEMM disagrees with F.linear for {rows} rows")
 
     def __call__(self, x: Tensor) -> Tensor:
         """x: (rows, in) float32, rows <= MAX_ROWS -> (rows, out)."""
@@ -145,3 +158,46 @@ class SmallLinear:
                                      self.bias.data_ptr() if self.bias is not None else None, y.data_ptr(),
                                      torch.get_num_threads())
         return y[:rows] if padded != rows else y
+
+
+def _loaded() -> ctypes.CDLL:
+    lib = _library()
+    if isinstance(lib, str):
+        raise Unavailable(lib)
+    return lib
+
+
+def _check(t: Tensor, name: str) -> None:
+    if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError(f"{name}: a contiguous float32 CPU tensor, got {t.dtype} on {t.device} "
+                         f"(contiguous: {t.is_contiguous()})")
+
+
+def add_rms_norm(x: Tensor, delta: Tensor | None, weight: Tensor, eps: float) -> Tensor:
+    """``x += delta`` in place (when given), then return RMSNorm(x) * weight; x: (rows, dim)."""
+    for t, name in ((x, "x"), (weight, "weight")) + (((delta, "delta"),) if delta is not None else ()):
+        _check(t, name)
+    out = torch.empty_like(x)
+    _loaded().tenacia_add_rms_norm(x.data_ptr(), delta.data_ptr() if delta is not None else None, weight.data_ptr(),
+                                   eps, out.data_ptr(), x.size(0), x.size(1))
+    return out
+
+
+def rotary_(x: Tensor, heads: int, head_dim: int, cos: Tensor, sin: Tensor) -> None:
+    """Rotary embedding in place on the first ``heads`` heads of each row of ``x`` (rows, >= heads *
+    head_dim), "rotate half" layout; cos, sin: (rows, head_dim). ``head_dim`` even."""
+    if head_dim % 2 or x.size(1) < heads * head_dim or cos.shape != (x.size(0), head_dim) or sin.shape != cos.shape:
+        raise ValueError(f"rotary_: head_dim {head_dim} must be even, rows of x hold {heads} heads "
+                         f"(x: {tuple(x.shape)}), cos and sin ({x.size(0)}, {head_dim}) (got {tuple(cos.shape)})")
+    for t, name in ((x, "x"), (cos, "cos"), (sin, "sin")):
+        _check(t, name)
+    _loaded().tenacia_rotary(x.data_ptr(), x.size(0), x.size(1), heads, head_dim, cos.data_ptr(), sin.data_ptr())
+
+
+def silu_mul(gate_up: Tensor) -> Tensor:
+    """gate_up (rows, 2n) = [gate | up] -> silu(gate) * up, (rows, n)."""
+    _check(gate_up, "gate_up")
+    rows, n = gate_up.size(0), gate_up.size(1) // 2
+    out = torch.empty(rows, n, dtype=torch.float32)
+    _loaded().tenacia_silu_mul(gate_up.data_ptr(), rows, n, out.data_ptr())
+    return out

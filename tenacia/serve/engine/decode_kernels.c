@@ -1,0 +1,150 @@
+/* The decode step's CPU kernels, float32, AVX-512: built and loaded by decode_kernels.py (see there
+ * for why they exist and when they are used).
+ *
+ * 1. tenacia_small_gemm: y (M x N) = x (M x K) . W^T + bias for the few rows of a decode step. A decode
+ * step's products read every weight once for a handful of rows, so they are bound by how fast the
+ * weights stream from memory, not by arithmetic: MKL's packed GEMM for 16 rows overlaps its loads
+ * with its arithmetic poorly (16 GB/s on a machine that reads 28-35 GB/s). This kernel keeps the
+ * weights in panels of 16 output columns, k-major, so that every step of the inner loop reads the
+ * next 64-byte line of one stream, and prefetches that stream far ahead in software.
+ *
+ * Layout: panel p holds columns 16p .. 16p+15 (zero-padded past N):
+ *   P[(p * K + k) * 16 + j] = W[16p + j][k]
+ * Threads (OpenMP, the same runtime torch uses) take contiguous runs of panels.
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#define FAR 1024 /* 64-byte lines ahead prefetched towards the outer caches */
+#define NEAR 64  /* lines ahead prefetched into L1 */
+
+void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
+  long panels = (n + 15) / 16;
+  for (long q = 0; q < panels; q++)
+    for (long kk = 0; kk < k; kk++)
+      for (long j = 0; j < 16; j++) {
+        long col = q * 16 + j;
+        p[(q * k + kk) * 16 + j] = col < n ? w[col * k + kk] : 0.0f;
+      }
+}
+
+/* MR rows of x against one panel: MR accumulators of 16 columns each. */
+#define BLOCK(MR)                                                                                \
+  static inline void block##MR(const float *x, long k, const float *panel, float *y, long ldy,  \
+                               const float *bias, __mmask16 mask) {                             \
+    __m512 acc[MR];                                                                              \
+    __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();                 \
+    for (int m = 0; m < MR; m++) acc[m] = b;                                                     \
+    for (long kk = 0; kk < k; kk++) {                                                            \
+      _mm_prefetch((const char *)(panel + (kk + FAR) * 16), _MM_HINT_T2);                       \
+      _mm_prefetch((const char *)(panel + (kk + NEAR) * 16), _MM_HINT_T0);                      \
+      __m512 w = _mm512_loadu_ps(panel + kk * 16);                                               \
+      for (int m = 0; m < MR; m++) acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(x[m * k + kk]), w, acc[m]); \
+    }                                                                                            \
+    for (int m = 0; m < MR; m++) _mm512_mask_storeu_ps(y + m * ldy, mask, acc[m]);              \
+  }
+BLOCK(16)
+BLOCK(8)
+BLOCK(4)
+BLOCK(2)
+BLOCK(1)
+
+/* x: (m, k) row-major; p: packed (see above); bias: (n,) or NULL; y: (m, n) row-major. */
+void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, const float *bias,
+                        float *y, int threads) {
+  long panels = (n + 15) / 16;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long q = 0; q < panels; q++) {
+    const float *panel = p + q * k * 16;
+    long col = q * 16;
+    __mmask16 mask = n - col >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - col)) - 1);
+    const float *b = bias ? bias + col : 0;
+    long r = 0;
+    for (; r + 16 <= m; r += 16) block16(x + r * k, k, panel, y + r * n + col, n, b, mask);
+    if (m - r >= 8) { block8(x + r * k, k, panel, y + r * n + col, n, b, mask); r += 8; }
+    if (m - r >= 4) { block4(x + r * k, k, panel, y + r * n + col, n, b, mask); r += 4; }
+    if (m - r >= 2) { block2(x + r * k, k, panel, y + r * n + col, n, b, mask); r += 2; }
+    if (m - r >= 1) block1(x + r * k, k, panel, y + r * n + col, n, b, mask);
+  }
+}
+
+/* 2. Elementwise work between the products, one call each instead of five to eight torch ops.
+ * Single-threaded: a decode step's rows are a few KB, less than an OpenMP fork costs. */
+
+/* exp(x) for 16 floats: 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, p of degree 7 (Taylor);
+ * relative error < 2e-7. Inputs below -87.3 give 0 (the underflow of expf). */
+static inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  x = _mm512_min_ps(x, _mm512_set1_ps(88.3f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  /* ln2, high part */
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);    /* ln2, low part */
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+static inline __mmask16 tail(long left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
+/* x (rows, dim) += delta (when not NULL); out = x / sqrt(mean(x^2) + eps) * w. */
+void tenacia_add_rms_norm(float *x, const float *delta, const float *w, float eps, float *out, long rows, long dim) {
+  for (long r = 0; r < rows; r++) {
+    float *xr = x + r * dim;
+    __m512 ss = _mm512_setzero_ps();
+    for (long i = 0; i < dim; i += 16) {
+      __mmask16 m = tail(dim - i);
+      __m512 v = _mm512_maskz_loadu_ps(m, xr + i);
+      if (delta) {
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, delta + r * dim + i));
+        _mm512_mask_storeu_ps(xr + i, m, v);
+      }
+      ss = _mm512_fmadd_ps(v, v, ss);
+    }
+    __m512 scale = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(ss) / (float)dim + eps));
+    for (long i = 0; i < dim; i += 16) {
+      __mmask16 m = tail(dim - i);
+      __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + i), scale);
+      _mm512_mask_storeu_ps(out + r * dim + i, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i)));
+    }
+  }
+}
+
+/* Rotary embedding in place, "rotate half" layout, on the first `heads` heads of each row of x
+ * (rows, ld): x1, x2 = halves; x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin. cos, sin: (rows, hd),
+ * each half repeated as in llama.rotary_table. hd even. */
+void tenacia_rotary(float *x, long rows, long ld, long heads, long hd, const float *cos, const float *sin) {
+  long half = hd / 2;
+  for (long r = 0; r < rows; r++)
+    for (long h = 0; h < heads; h++) {
+      float *a = x + r * ld + h * hd, *b = a + half;
+      const float *c = cos + r * hd, *s = sin + r * hd;
+      for (long i = 0; i < half; i += 16) {
+        __mmask16 m = tail(half - i);
+        __m512 x1 = _mm512_maskz_loadu_ps(m, a + i), x2 = _mm512_maskz_loadu_ps(m, b + i);
+        __m512 c1 = _mm512_maskz_loadu_ps(m, c + i), s1 = _mm512_maskz_loadu_ps(m, s + i);
+        __m512 c2 = _mm512_maskz_loadu_ps(m, c + half + i), s2 = _mm512_maskz_loadu_ps(m, s + half + i);
+        _mm512_mask_storeu_ps(a + i, m, _mm512_fnmadd_ps(x2, s1, _mm512_mul_ps(x1, c1)));
+        _mm512_mask_storeu_ps(b + i, m, _mm512_fmadd_ps(x1, s2, _mm512_mul_ps(x2, c2)));
+      }
+    }
+}
+
+/* gate_up (rows, 2n) = [gate | up]; out (rows, n) = silu(gate) * up, silu(g) = g / (1 + exp(-g)). */
+void tenacia_silu_mul(const float *gate_up, long rows, long n, float *out) {
+  for (long r = 0; r < rows; r++) {
+    const float *g = gate_up + r * 2 * n, *u = g + n;
+    for (long i = 0; i < n; i += 16) {
+      __mmask16 m = tail(n - i);
+      __m512 gv = _mm512_maskz_loadu_ps(m, g + i);
+      __m512 sg = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+      _mm512_mask_storeu_ps(out + r * n + i, m, _mm512_mul_ps(sg, _mm512_maskz_loadu_ps(m, u + i)));
+    }
+  }
+}

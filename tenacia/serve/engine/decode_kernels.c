@@ -148,3 +148,106 @@ void tenacia_silu_mul(const float *gate_up, long rows, long n, float *out) {
     }
   }
 }
+
+/* 3. Attention of one new token per sequence over its cached keys and values.
+ * q: query head h of sequence b at q + b * q_row + h * hd; k, v: (B, KVH, cap, hd), the decode
+ * mirror of kv_cache.py (sequence b's keys are its first lengths[b] rows); query heads
+ * kvh * G .. kvh * G + G - 1 read key/value head kvh (G = H / KVH, G <= 16, hd <= 512). out: (B, H, hd). Softmax(q.k * scale) v, computed online over blocks of
+ * keys (the running maximum rescales what came before), so any length runs in fixed memory. One
+ * task per (sequence, key/value head), taken dynamically: tasks differ in length. */
+#define KEYS 32
+#define MAX_GROUP 16
+#define MAX_HD 512
+void tenacia_decode_attention(const float *q, long q_row, const float *k, const float *v, long cap,
+                              const long *lengths, long B, long H, long KVH, long hd, float scale,
+                              float *out, int threads) {
+  long G = H / KVH;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (long task = 0; task < B * KVH; task++) {
+    long b = task / KVH, kvh = task % KVH, L = lengths[b];
+    const float *K = k + (b * KVH + kvh) * cap * hd, *V = v + (b * KVH + kvh) * cap * hd;
+    const float *Q = q + b * q_row + kvh * G * hd;
+    float acc[MAX_GROUP][MAX_HD], m[MAX_GROUP], l[MAX_GROUP], s[MAX_GROUP][KEYS];
+    for (long g = 0; g < G; g++) {
+      m[g] = -INFINITY;
+      l[g] = 0.0f;
+      for (long d = 0; d < hd; d++) acc[g][d] = 0.0f;
+    }
+    for (long t0 = 0; t0 < L; t0 += KEYS) {
+      long n = L - t0 < KEYS ? L - t0 : KEYS;
+      for (long j = 0; j < n; j++) {
+        const float *kt = K + (t0 + j) * hd;
+        _mm_prefetch((const char *)(kt + KEYS * hd), _MM_HINT_T0);
+        for (long g = 0; g < G; g++) {
+          __m512 dot = _mm512_setzero_ps();
+          for (long d = 0; d < hd; d += 16) {
+            __mmask16 mk = tail(hd - d);
+            dot = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, Q + g * hd + d), _mm512_maskz_loadu_ps(mk, kt + d), dot);
+          }
+          s[g][j] = _mm512_reduce_add_ps(dot) * scale;
+        }
+      }
+      for (long g = 0; g < G; g++) {
+        float top = m[g];
+        for (long j = 0; j < n; j++) top = s[g][j] > top ? s[g][j] : top;
+        float corr = expf(m[g] - top);  /* 0 on the first block (m = -inf) */
+        l[g] *= corr;
+        __m512 c = _mm512_set1_ps(corr);
+        for (long d = 0; d < hd; d += 16) {
+          __mmask16 mk = tail(hd - d);
+          _mm512_mask_storeu_ps(acc[g] + d, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, acc[g] + d), c));
+        }
+        __m512 sum = _mm512_setzero_ps();
+        for (long j = 0; j < n; j += 16) {
+          __mmask16 mk = tail(n - j);
+          __m512 p = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s[g] + j), _mm512_set1_ps(top)));
+          p = _mm512_maskz_mov_ps(mk, p);
+          _mm512_mask_storeu_ps(s[g] + j, mk, p);
+          sum = _mm512_add_ps(sum, p);
+        }
+        l[g] += _mm512_reduce_add_ps(sum);
+        m[g] = top;
+      }
+      for (long j = 0; j < n; j++) {
+        const float *vt = V + (t0 + j) * hd;
+        _mm_prefetch((const char *)(vt + KEYS * hd), _MM_HINT_T0);
+        for (long g = 0; g < G; g++) {
+          __m512 p = _mm512_set1_ps(s[g][j]);
+          for (long d = 0; d < hd; d += 16) {
+            __mmask16 mk = tail(hd - d);
+            _mm512_mask_storeu_ps(acc[g] + d, mk,
+                                  _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk, vt + d), _mm512_maskz_loadu_ps(mk, acc[g] + d)));
+          }
+        }
+      }
+    }
+    for (long g = 0; g < G; g++) {
+      __m512 inv = _mm512_set1_ps(1.0f / l[g]);
+      float *o = out + (b * H + kvh * G + g) * hd;
+      for (long d = 0; d < hd; d += 16) {
+        __mmask16 mk = tail(hd - d);
+        _mm512_mask_storeu_ps(o + d, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, acc[g] + d), inv));
+      }
+    }
+  }
+}
+
+/* 4. The new token's key and value of every sequence, into its paged-cache slot and its decode
+ * mirror row, in one call (four index_copy_ calls and two copies in torch).
+ * k, v: head h of sequence b at k + b * kv_row + h * hd; cache_k, cache_v: one layer's
+ * (slots, KVH, hd); mirror_k, mirror_v: (B, KVH, cap, hd), row lengths[b] - 1 of sequence b. */
+void tenacia_store_kv(const float *k, const float *v, long kv_row, long B, long KVH, long hd,
+                      float *cache_k, float *cache_v, const long *slots,
+                      float *mirror_k, float *mirror_v, long cap, const long *lengths) {
+  for (long b = 0; b < B; b++)
+    for (long h = 0; h < KVH; h++) {
+      const float *ks = k + b * kv_row + h * hd, *vs = v + b * kv_row + h * hd;
+      float *ck = cache_k + (slots[b] * KVH + h) * hd, *cv = cache_v + (slots[b] * KVH + h) * hd;
+      float *mk = mirror_k + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
+      float *mv = mirror_v + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
+      for (long d = 0; d < hd; d++) {
+        ck[d] = mk[d] = ks[d];
+        cv[d] = mv[d] = vs[d];
+      }
+    }
+}

@@ -16,6 +16,11 @@ each where torch runs five to eight ops of a few microseconds (residual add and 
 q and k in place; SiLU(gate) * up on the fused gate/up product). ``packed.PackedBlock.decode``
 strings them together.
 
+``store_kv`` and ``decode_attention``, one new token per sequence written to its cache slot and
+its row of the decode mirror of ``kv_cache.py``, then attending over the mirror:
+each sequence reads only its own keys (no padding, no mask), one task per (sequence, key/value
+head) taken dynamically by the threads.
+
 How: the C file is compiled once with the system C compiler (``$CC``, else ``cc``) into
 ``<cache_root()>/kernels/`` keyed by a hash of its source, flags and compiler, then loaded with
 ``ctypes``. It uses OpenMP and must share torch's runtime (torch's own ``libgomp.so.1`` is
@@ -111,7 +116,9 @@ def _library() -> ctypes.CDLL | str:
     lib.tenacia_small_gemm.restype = None
     p, i, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
     for name, args in (("tenacia_add_rms_norm", [p, p, p, f, p, i, i]), ("tenacia_rotary", [p, i, i, i, i, p, p]),
-                       ("tenacia_silu_mul", [p, i, i, p])):
+                       ("tenacia_silu_mul", [p, i, i, p]),
+                       ("tenacia_decode_attention", [p, i, p, p, i, p, i, i, i, i, f, p, ctypes.c_int]),
+                       ("tenacia_store_kv", [p, p, i, i, i, i, p, p, p, p, p, i, p])):
         getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
     return lib
 
@@ -201,3 +208,47 @@ def silu_mul(gate_up: Tensor) -> Tensor:
     out = torch.empty(rows, n, dtype=torch.float32)
     _loaded().tenacia_silu_mul(gate_up.data_ptr(), rows, n, out.data_ptr())
     return out
+
+
+MAX_GROUP, MAX_HEAD_DIM = 16, 512  # decode_attention's limits (query heads per key/value head; head size)
+
+
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor) -> Tensor:
+    """q: (B, H, 1, hd), each sequence's heads contiguous (a view of the fused q/k/v product is
+    fine); k, v: (B, KVH, cap, hd) contiguous, sequence b's keys in its first ``lengths[b]`` rows;
+    lengths: (B,) int64, each >= 1. Returns softmax(q k^T / sqrt(hd)) v as (B, H, 1, hd)."""
+    B, H, _, hd = q.shape
+    KVH, cap = k.size(1), k.size(2)
+    if q.stride(3) != 1 or q.stride(1) != hd or q.dtype != torch.float32:
+        raise ValueError(f"decode_attention: q must be float32 with contiguous heads, got {q.dtype} strides {q.stride()}")
+    if H % KVH or H // KVH > MAX_GROUP or hd > MAX_HEAD_DIM:
+        raise ValueError(f"decode_attention: {H} query heads on {KVH} key/value heads of size {hd}: needs at most "
+                         f"{MAX_GROUP} query heads per key/value head and a head size of at most {MAX_HEAD_DIM}")
+    for t, name in ((k, "k"), (v, "v"), (lengths, "lengths")):
+        if not t.is_contiguous():
+            raise ValueError(f"decode_attention: {name} must be contiguous")
+    if lengths.dtype != torch.int64 or lengths.shape != (B,):
+        raise ValueError(f"decode_attention: lengths must be ({B},) int64, got {tuple(lengths.shape)} {lengths.dtype}")
+    out = torch.empty(B, H, 1, hd, dtype=torch.float32)
+    _loaded().tenacia_decode_attention(q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), cap, lengths.data_ptr(),
+                                       B, H, KVH, hd, hd ** -0.5, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def store_kv(k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, slots: Tensor,
+             mirror_k: Tensor, mirror_v: Tensor, lengths: Tensor) -> None:
+    """k, v: (B, KVH, 1, hd), each sequence's heads contiguous, the same row stride; cache_k,
+    cache_v: one layer's (slots, KVH, hd); slots: (B,) int64; mirror_k, mirror_v: (B, KVH, cap, hd);
+    lengths: (B,) int64. Writes k[b], v[b] to cache slot slots[b] and to mirror row lengths[b] - 1."""
+    B, KVH, _, hd = k.shape
+    if k.stride(0) != v.stride(0) or k.stride(1) != hd or v.stride(1) != hd or k.stride(3) != 1 or v.stride(3) != 1:
+        raise ValueError(f"store_kv: k and v need contiguous heads and one row stride, got {k.stride()} {v.stride()}")
+    for t, name in ((cache_k, "cache_k"), (cache_v, "cache_v"), (mirror_k, "mirror_k"), (mirror_v, "mirror_v"),
+                    (slots, "slots"), (lengths, "lengths")):
+        if not t.is_contiguous():
+            raise ValueError(f"store_kv: {name} must be contiguous")
+    if slots.dtype != torch.int64 or lengths.dtype != torch.int64 or k.dtype != torch.float32:
+        raise ValueError("store_kv: float32 keys and values, int64 slots and lengths")
+    _loaded().tenacia_store_kv(k.data_ptr(), v.data_ptr(), k.stride(0), B, KVH, hd, cache_k.data_ptr(),
+                               cache_v.data_ptr(), slots.data_ptr(), mirror_k.data_ptr(), mirror_v.data_ptr(),
+                               mirror_k.size(2), lengths.data_ptr())

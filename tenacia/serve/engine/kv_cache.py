@@ -22,7 +22,9 @@ the runner hands it the step's layout with ``begin_prefill`` or ``begin_decode``
   padded to the longest plus ``MIRROR_HEADROOM`` tokens) and is freed with the batch. Positions
   past a sequence's own length are masked out. The query heads that share a key/value head
   attend as one group of queries ``(B, KVH, H / KVH, hd)``: the same result as grouped-query
-  attention with the heads repeated, in less than half the time on CPU.
+  attention with the heads repeated, in less than half the time on CPU. With ``kernels=True``
+  (float32 on a CPU where ``decode_kernels`` builds), ``decode_kernels.decode_attention`` reads each
+  sequence's own keys in the mirror instead: no padded positions, no mask.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import decode_kernels as dk
 from .block_pool import BlockPool
 
 
@@ -74,7 +77,8 @@ class PagedKVCache:
     """Keys and values of every layer, ``(n_layers, num_blocks * block_size, n_kv_heads, head_dim)``."""
 
     def __init__(self, *, n_layers: int, n_kv_heads: int, head_dim: int, num_blocks: int,
-                 block_size: int, dtype: torch.dtype, device: torch.device, prefix_caching: bool = True):
+                 block_size: int, dtype: torch.dtype, device: torch.device, prefix_caching: bool = True,
+                 kernels: bool = False):
         shape = (n_layers, num_blocks * block_size, n_kv_heads, head_dim)
         # Zeros, not empty: a masked-out slot still enters softmax(QK)V with weight 0, and 0 * NaN
         # from uninitialised memory would poison the whole row.
@@ -88,6 +92,9 @@ class PagedKVCache:
         self._rows: Tensor | None = None  # where each new token goes in the mirror
         self._bias: Tensor | None = None  # (B, 1, 1, L): 0 where a key may be attended, -inf past it
         self.mirror_rebuilds = 0
+        self.kernels = (kernels and dtype == torch.float32 and torch.device(device).type == "cpu"
+                        and dk.available() is None)
+        self._lengths: Tensor | None = None  # (B,) int64: keys each decode sequence attends to (kernels)
 
     @property
     def capacity_tokens(self) -> int:
@@ -143,6 +150,8 @@ class PagedKVCache:
         self._rows = torch.tensor([(b * kvh + h) * m.cap + n - 1 for b, n in enumerate(lengths) for h in range(kvh)],
                                   device=device)
         past = torch.arange(longest, device=device).unsqueeze(0) >= torch.tensor(lengths, device=device).unsqueeze(1)
+        if self.kernels:
+            self._lengths = torch.tensor(lengths, dtype=torch.int64)
         self._bias = torch.zeros(past.shape, dtype=self.k.dtype, device=device).masked_fill_(past, float("-inf"))[:, None, None, :]
 
     def _rebuild(self, layout: DecodeLayout) -> _Mirror:
@@ -197,16 +206,20 @@ class PagedKVCache:
     def _attend_decode(self, layer: int, layout: DecodeLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         # q: (B, H, 1, hd); k, v: (B, KVH, 1, hd)
         B, KVH, _, hd = k.shape
+        H = q.size(1)
+        m = self._mirror
+        mk, mv = m.k[layer], m.v[layer]  # (B, KVH, cap, hd)
+        if (self.kernels and H // KVH <= dk.MAX_GROUP and hd <= dk.MAX_HEAD_DIM and q.stride(1) == hd
+                and k.stride(1) == v.stride(1) == hd and k.stride(0) == v.stride(0)):
+            dk.store_kv(k, v, self.k[layer], self.v[layer], layout.slots, mk, mv, self._lengths)
+            return dk.decode_attention(q, mk, mv, self._lengths)
         new_k, new_v = k[:, :, 0], v[:, :, 0]  # (B, KVH, hd)
         self.k[layer].index_copy_(0, layout.slots, new_k)
         self.v[layer].index_copy_(0, layout.slots, new_v)
-        m = self._mirror
-        mk, mv = m.k[layer], m.v[layer]  # (B, KVH, cap, hd)
         mk.view(-1, hd).index_copy_(0, self._rows, new_k.reshape(-1, hd))
         mv.view(-1, hd).index_copy_(0, self._rows, new_v.reshape(-1, hd))
         L = self._bias.size(-1)
         kc, vc = mk[:, :, :L], mv[:, :, :L]  # (B, KVH, L, hd), views
-        H = q.size(1)
         qg = q.reshape(B, KVH, H // KVH, hd)  # heads k*G .. k*G+G-1 read key/value head k
         out = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=self._bias)
         return out.view(B, H, 1, hd)

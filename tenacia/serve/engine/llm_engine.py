@@ -88,7 +88,7 @@ class LLMEngine:
         dtype = next(model.parameters()).dtype
         self.cache = PagedKVCache(n_layers=mc.n_layers, n_kv_heads=mc.n_kv_heads, head_dim=mc.head_dim,
                                   num_blocks=cfg.num_blocks, block_size=cfg.block_size, dtype=dtype, device=device,
-                                  prefix_caching=cfg.prefix_caching)
+                                  prefix_caching=cfg.prefix_caching, kernels=cfg.decode_kernels)
         self.scheduler = Scheduler(self.cache.allocator, max_num_seqs=cfg.max_num_seqs,
                                    max_batched_tokens=cfg.max_batched_tokens)
         self.runner = ModelRunner(PackedLlama(model, kernels=cfg.decode_kernels), self.cache, device)

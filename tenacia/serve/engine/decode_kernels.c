@@ -168,6 +168,10 @@ void tenacia_decode_attention(const float *q, long q_row, const float *k, const 
     const float *K = k + (b * KVH + kvh) * cap * hd, *V = v + (b * KVH + kvh) * cap * hd;
     const float *Q = q + b * q_row + kvh * G * hd;
     float acc[MAX_GROUP][MAX_HD], m[MAX_GROUP], l[MAX_GROUP], s[MAX_GROUP][KEYS];
+    for (long t = 0; t < KEYS && t < L; t++) {  /* the first block's keys and values: start both streams */
+      _mm_prefetch((const char *)(K + t * hd), _MM_HINT_T0);
+      _mm_prefetch((const char *)(V + t * hd), _MM_HINT_T0);
+    }
     for (long g = 0; g < G; g++) {
       m[g] = -INFINITY;
       l[g] = 0.0f;
@@ -177,7 +181,10 @@ void tenacia_decode_attention(const float *q, long q_row, const float *k, const 
       long n = L - t0 < KEYS ? L - t0 : KEYS;
       for (long j = 0; j < n; j++) {
         const float *kt = K + (t0 + j) * hd;
-        _mm_prefetch((const char *)(kt + KEYS * hd), _MM_HINT_T0);
+        for (long d = 0; d < hd; d += 16) {  /* the next block's keys and values, a block ahead */
+          _mm_prefetch((const char *)(kt + KEYS * hd + d), _MM_HINT_T0);
+          _mm_prefetch((const char *)(V + (t0 + j + KEYS) * hd + d), _MM_HINT_T0);
+        }
         for (long g = 0; g < G; g++) {
           __m512 dot = _mm512_setzero_ps();
           for (long d = 0; d < hd; d += 16) {
@@ -210,7 +217,6 @@ void tenacia_decode_attention(const float *q, long q_row, const float *k, const 
       }
       for (long j = 0; j < n; j++) {
         const float *vt = V + (t0 + j) * hd;
-        _mm_prefetch((const char *)(vt + KEYS * hd), _MM_HINT_T0);
         for (long g = 0; g < G; g++) {
           __m512 p = _mm512_set1_ps(s[g][j]);
           for (long d = 0; d < hd; d += 16) {

@@ -86,7 +86,8 @@ def serve(model: str, cfg: ServerConfig, *, threads: int = 0, log_level: str = "
     say(f"tenacia serve: listening on {base} (model {served.name} from {served.source}; "
         f"{info['device']}, {info['dtype']}; "
         f"KV cache {engine.capacity_tokens} tokens"
-        + (f"; {info['huge_page_bytes'] >> 20} MiB on huge pages" if info.get("huge_page_bytes") else "") + ")")
+        + (f"; {info['huge_page_bytes'] >> 20} MiB on huge pages" if info.get("huge_page_bytes") else "")
+        + (f"; decode kernels {info['decode_kernels']}" if info.get("decode_kernels") else "") + ")")
     say(usage_examples(base, served.name, cfg.api_keys[0] if cfg.api_keys else None))
     config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False,
                             timeout_graceful_shutdown=cfg.drain_timeout_s or None)

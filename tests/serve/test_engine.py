@@ -55,10 +55,11 @@ def reference_greedy(model, prompt: list[int], n: int) -> tuple[list[int], list[
     return ids[len(prompt):], lps
 
 
-def test_paged_batched_chunked_matches_plain_forward(model, tokenizer):
+@pytest.mark.parametrize("kernels", [True, False], ids=["decode-kernels", "torch-ops"])
+def test_paged_batched_chunked_matches_plain_forward(model, tokenizer, kernels):
     # Small blocks and a small prefill budget: sequences cross block boundaries and the longest
     # prompt is prefilled in chunks, while other sequences decode around it.
-    engine = make_engine(model, tokenizer, block_size=4, max_batched_tokens=16, kv_cache_tokens=1024)
+    engine = make_engine(model, tokenizer, block_size=4, max_batched_tokens=16, kv_cache_tokens=1024, decode_kernels=kernels)
     ps = prompts(tokenizer)
     assert len(ps[2]) > 16  # chunked
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=0)
@@ -70,6 +71,7 @@ def test_paged_batched_chunked_matches_plain_forward(model, tokenizer):
         assert reason == "length"
         assert max(abs(a.logprob - b) for a, b in zip(lps, want_lps, strict=True)) < 1e-4
     assert engine.cache.allocator.num_free == engine.cache.allocator.num_blocks  # all blocks back
+    assert engine.runner.model.fast_decode is kernels and engine.cache.kernels is kernels
 
 
 def test_small_cache_waits_and_preempts_but_answers_the_same(model, tokenizer):
@@ -243,13 +245,14 @@ def test_warm_up_leaves_no_trace(model, tokenizer):
         engine.warm_up()
 
 
-def test_decode_mirror_follows_joins_leaves_and_growth(model, tokenizer):
+@pytest.mark.parametrize("kernels", [True, False], ids=["decode-kernels", "torch-ops"])
+def test_decode_mirror_follows_joins_leaves_and_growth(model, tokenizer, kernels):
     """The decode mirror (kv_cache.py) is appended to while the batch stays the same and rebuilt
     when a sequence leaves, a new one is prefilled, or a row outgrows its headroom: tokens equal
     a cache-free forward throughout."""
     from tenacia.serve.engine.kv_cache import MIRROR_HEADROOM
 
-    engine = make_engine(model, tokenizer, block_size=4, kv_cache_tokens=2048)
+    engine = make_engine(model, tokenizer, block_size=4, kv_cache_tokens=2048, decode_kernels=kernels)
     ps = prompts(tokenizer)
     lengths = [5, MIRROR_HEADROOM + 20, 30]  # the first leaves early; the second outgrows its row
     out: dict = {}

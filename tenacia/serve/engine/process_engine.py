@@ -123,7 +123,7 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, threads: int) -> None:
     conn.send(("ready", {"max_context": engine.max_context, "vocab_size": served.config.vocab_size,
                          "capacity_tokens": engine.capacity_tokens, "device": device.type,
                          "dtype": str(device.serve_dtype).removeprefix("torch."),
-                         "huge_page_bytes": huge_pages_in_use()}))
+                         "huge_page_bytes": huge_pages_in_use(), "decode_kernels": _kernels_state(engine, cfg)}))
     while True:
         if conn.poll(0 if engine.has_work() else 1.0):
             while conn.poll(0):
@@ -160,6 +160,21 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, threads: int) -> None:
             conn.send(("error", parts, f"the engine failed during a step: {type(e).__name__}: {e}"))
             continue
         conn.send(("deltas", deltas, recorder.drain()))
+
+
+def _kernels_state(engine: Any, cfg: EngineConfig) -> str:
+    """For the start-up line: whether decode steps run in ``decode_kernels`` and, if not, why."""
+    import torch
+
+    from .decode_kernels import available
+
+    if engine.runner.model.fast_decode:
+        return "on"
+    if not cfg.decode_kernels:
+        return "off (--no-decode-kernels)"
+    if engine.device.type != "cpu" or engine.runner.model.dtype != torch.float32:
+        return ""  # accelerators: not applicable, say nothing
+    return f"off ({available() or 'this model shape is not supported'})"
 
 
 class ProcessEngine:

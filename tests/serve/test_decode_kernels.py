@@ -139,3 +139,21 @@ def test_the_engine_answers_the_same_with_and_without_the_kernel(model, tokenize
         answers.append(tokens)
     assert answers[0] == answers[1]
     assert all(len(v) == 16 for v in answers[0].values())
+
+
+@needs_kernel
+@pytest.mark.parametrize("heads, kv_heads, hd", [(9, 3, 64), (4, 2, 128), (10, 2, 48), (4, 4, 16)])
+def test_decode_attention_equals_sdpa_over_each_sequences_own_keys(heads, kv_heads, hd):
+    """(9, 3, 64) and (4, 2, 128) take the register-resident path, (10, 2, 48) and (4, 4, 16) the
+    general one; lengths cross the kernel's 32-key blocks and stop short of the mirror's capacity."""
+    gen = torch.Generator().manual_seed(hd)
+    lengths = [1, 31, 32, 33, 100, 7]
+    B, cap = len(lengths), 128
+    fused = torch.randn(B, (heads + 2 * kv_heads) * hd, generator=gen)  # q is a view of a fused product
+    q = fused[:, :heads * hd].view(B, heads, 1, hd)
+    k = torch.randn(B, kv_heads, cap, hd, generator=gen)
+    v = torch.randn(B, kv_heads, cap, hd, generator=gen)
+    got = decode_kernels.decode_attention(q, k, v, torch.tensor(lengths))
+    for b, n in enumerate(lengths):
+        want = F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], enable_gqa=True)
+        torch.testing.assert_close(got[b:b + 1], want, rtol=1e-5, atol=1e-6)

@@ -152,89 +152,167 @@ void tenacia_silu_mul(const float *gate_up, long rows, long n, float *out) {
 /* 3. Attention of one new token per sequence over its cached keys and values.
  * q: query head h of sequence b at q + b * q_row + h * hd; k, v: (B, KVH, cap, hd), the decode
  * mirror of kv_cache.py (sequence b's keys are its first lengths[b] rows); query heads
- * kvh * G .. kvh * G + G - 1 read key/value head kvh (G = H / KVH, G <= 16, hd <= 512). out: (B, H, hd). Softmax(q.k * scale) v, computed online over blocks of
- * keys (the running maximum rescales what came before), so any length runs in fixed memory. One
- * task per (sequence, key/value head), taken dynamically: tasks differ in length. */
+ * kvh * G .. kvh * G + G - 1 read key/value head kvh (G = H / KVH, G <= 16, hd <= 512).
+ * out: (B, H, hd). Softmax(q.k * scale) v, computed online over blocks of keys (the running
+ * maximum rescales what came before), so any length runs in fixed memory. One task per
+ * (sequence, key/value head), taken dynamically: tasks differ in length. The common shapes
+ * (G * hd / 16 <= 16: SmolLM2's 3 x 64, Llama's 4 x 64, ...) run attend_fast, whose accumulators
+ * stay in registers (the compiler specialises it for each constant G and NV); others attend_any. */
 #define KEYS 32
 #define MAX_GROUP 16
 #define MAX_HD 512
+
+static inline __attribute__((always_inline)) void attend_fast(const float *Q, const float *K, const float *V, long L,
+                                                              float scale, float *O, const int G, const int NV) {
+  const long hd = NV * 16;
+  __m512 acc[16];
+  float m[16], l[16];
+  float s[16][KEYS] __attribute__((aligned(64)));
+  for (int g = 0; g < G; g++) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+    for (int v = 0; v < NV; v++) acc[g * NV + v] = _mm512_setzero_ps();
+  }
+  for (long t = 0; t < KEYS && t < L; t++) {
+    _mm_prefetch((const char *)(K + t * hd), _MM_HINT_T0);
+    _mm_prefetch((const char *)(V + t * hd), _MM_HINT_T0);
+  }
+  for (long t0 = 0; t0 < L; t0 += KEYS) {
+    long n = L - t0 < KEYS ? L - t0 : KEYS;
+    for (long j = 0; j < n; j++) {
+      const float *kt = K + (t0 + j) * hd;
+      for (int v = 0; v < NV; v++) {
+        _mm_prefetch((const char *)(kt + KEYS * hd + v * 16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(V + (t0 + j + KEYS) * hd + v * 16), _MM_HINT_T0);
+      }
+      __m512 kv[8];
+      for (int v = 0; v < NV; v++) kv[v] = _mm512_loadu_ps(kt + v * 16);
+      for (int g = 0; g < G; g++) {
+        __m512 dot = _mm512_mul_ps(_mm512_loadu_ps(Q + g * hd), kv[0]);
+        for (int v = 1; v < NV; v++) dot = _mm512_fmadd_ps(_mm512_loadu_ps(Q + g * hd + v * 16), kv[v], dot);
+        s[g][j] = _mm512_reduce_add_ps(dot) * scale;
+      }
+    }
+    for (int g = 0; g < G; g++) {
+      float top = m[g];
+      for (long j = 0; j < n; j++) top = s[g][j] > top ? s[g][j] : top;
+      float corr = expf(m[g] - top); /* 0 on the first block (m = -inf) */
+      l[g] *= corr;
+      __m512 c = _mm512_set1_ps(corr);
+      for (int v = 0; v < NV; v++) acc[g * NV + v] = _mm512_mul_ps(acc[g * NV + v], c);
+      __m512 sum = _mm512_setzero_ps();
+      for (long j = 0; j < n; j += 16) {
+        __mmask16 mk = tail(n - j);
+        __m512 p = _mm512_maskz_mov_ps(mk, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s[g] + j), _mm512_set1_ps(top))));
+        _mm512_mask_storeu_ps(s[g] + j, mk, p);
+        sum = _mm512_add_ps(sum, p);
+      }
+      l[g] += _mm512_reduce_add_ps(sum);
+      m[g] = top;
+    }
+    for (long j = 0; j < n; j++) {
+      const float *vt = V + (t0 + j) * hd;
+      __m512 vv[8];
+      for (int v = 0; v < NV; v++) vv[v] = _mm512_loadu_ps(vt + v * 16);
+      for (int g = 0; g < G; g++) {
+        __m512 p = _mm512_set1_ps(s[g][j]);
+        for (int v = 0; v < NV; v++) acc[g * NV + v] = _mm512_fmadd_ps(p, vv[v], acc[g * NV + v]);
+      }
+    }
+  }
+  for (int g = 0; g < G; g++) {
+    __m512 inv = _mm512_set1_ps(1.0f / l[g]);
+    for (int v = 0; v < NV; v++) _mm512_storeu_ps(O + g * hd + v * 16, _mm512_mul_ps(acc[g * NV + v], inv));
+  }
+}
+
+static void attend_any(const float *Q, const float *K, const float *V, long L, float scale, float *O, long G,
+                       long hd) {
+  float acc[MAX_GROUP][MAX_HD], m[MAX_GROUP], l[MAX_GROUP], s[MAX_GROUP][KEYS];
+  for (long t = 0; t < KEYS && t < L; t++) {  /* the first block's keys and values: start both streams */
+    _mm_prefetch((const char *)(K + t * hd), _MM_HINT_T0);
+    _mm_prefetch((const char *)(V + t * hd), _MM_HINT_T0);
+  }
+  for (long g = 0; g < G; g++) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+    for (long d = 0; d < hd; d++) acc[g][d] = 0.0f;
+  }
+  for (long t0 = 0; t0 < L; t0 += KEYS) {
+    long n = L - t0 < KEYS ? L - t0 : KEYS;
+    for (long j = 0; j < n; j++) {
+      const float *kt = K + (t0 + j) * hd;
+      for (long d = 0; d < hd; d += 16) {  /* the next block's keys and values, a block ahead */
+        _mm_prefetch((const char *)(kt + KEYS * hd + d), _MM_HINT_T0);
+        _mm_prefetch((const char *)(V + (t0 + j + KEYS) * hd + d), _MM_HINT_T0);
+      }
+      for (long g = 0; g < G; g++) {
+        __m512 dot = _mm512_setzero_ps();
+        for (long d = 0; d < hd; d += 16) {
+          __mmask16 mk = tail(hd - d);
+          dot = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, Q + g * hd + d), _mm512_maskz_loadu_ps(mk, kt + d), dot);
+        }
+        s[g][j] = _mm512_reduce_add_ps(dot) * scale;
+      }
+    }
+    for (long g = 0; g < G; g++) {
+      float top = m[g];
+      for (long j = 0; j < n; j++) top = s[g][j] > top ? s[g][j] : top;
+      float corr = expf(m[g] - top);  /* 0 on the first block (m = -inf) */
+      l[g] *= corr;
+      __m512 c = _mm512_set1_ps(corr);
+      for (long d = 0; d < hd; d += 16) {
+        __mmask16 mk = tail(hd - d);
+        _mm512_mask_storeu_ps(acc[g] + d, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, acc[g] + d), c));
+      }
+      __m512 sum = _mm512_setzero_ps();
+      for (long j = 0; j < n; j += 16) {
+        __mmask16 mk = tail(n - j);
+        __m512 p = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s[g] + j), _mm512_set1_ps(top)));
+        p = _mm512_maskz_mov_ps(mk, p);
+        _mm512_mask_storeu_ps(s[g] + j, mk, p);
+        sum = _mm512_add_ps(sum, p);
+      }
+      l[g] += _mm512_reduce_add_ps(sum);
+      m[g] = top;
+    }
+    for (long j = 0; j < n; j++) {
+      const float *vt = V + (t0 + j) * hd;
+      for (long g = 0; g < G; g++) {
+        __m512 p = _mm512_set1_ps(s[g][j]);
+        for (long d = 0; d < hd; d += 16) {
+          __mmask16 mk = tail(hd - d);
+          _mm512_mask_storeu_ps(acc[g] + d, mk,
+                                _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk, vt + d), _mm512_maskz_loadu_ps(mk, acc[g] + d)));
+        }
+      }
+    }
+  }
+  for (long g = 0; g < G; g++) {
+    __m512 inv = _mm512_set1_ps(1.0f / l[g]);
+    float *o = O + g * hd;
+    for (long d = 0; d < hd; d += 16) {
+      __mmask16 mk = tail(hd - d);
+      _mm512_mask_storeu_ps(o + d, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, acc[g] + d), inv));
+    }
+  }
+}
+
 void tenacia_decode_attention(const float *q, long q_row, const float *k, const float *v, long cap,
                               const long *lengths, long B, long H, long KVH, long hd, float scale,
                               float *out, int threads) {
-  long G = H / KVH;
+  long G = H / KVH, NV = hd % 16 ? 0 : hd / 16;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (long task = 0; task < B * KVH; task++) {
     long b = task / KVH, kvh = task % KVH, L = lengths[b];
     const float *K = k + (b * KVH + kvh) * cap * hd, *V = v + (b * KVH + kvh) * cap * hd;
     const float *Q = q + b * q_row + kvh * G * hd;
-    float acc[MAX_GROUP][MAX_HD], m[MAX_GROUP], l[MAX_GROUP], s[MAX_GROUP][KEYS];
-    for (long t = 0; t < KEYS && t < L; t++) {  /* the first block's keys and values: start both streams */
-      _mm_prefetch((const char *)(K + t * hd), _MM_HINT_T0);
-      _mm_prefetch((const char *)(V + t * hd), _MM_HINT_T0);
-    }
-    for (long g = 0; g < G; g++) {
-      m[g] = -INFINITY;
-      l[g] = 0.0f;
-      for (long d = 0; d < hd; d++) acc[g][d] = 0.0f;
-    }
-    for (long t0 = 0; t0 < L; t0 += KEYS) {
-      long n = L - t0 < KEYS ? L - t0 : KEYS;
-      for (long j = 0; j < n; j++) {
-        const float *kt = K + (t0 + j) * hd;
-        for (long d = 0; d < hd; d += 16) {  /* the next block's keys and values, a block ahead */
-          _mm_prefetch((const char *)(kt + KEYS * hd + d), _MM_HINT_T0);
-          _mm_prefetch((const char *)(V + (t0 + j + KEYS) * hd + d), _MM_HINT_T0);
-        }
-        for (long g = 0; g < G; g++) {
-          __m512 dot = _mm512_setzero_ps();
-          for (long d = 0; d < hd; d += 16) {
-            __mmask16 mk = tail(hd - d);
-            dot = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, Q + g * hd + d), _mm512_maskz_loadu_ps(mk, kt + d), dot);
-          }
-          s[g][j] = _mm512_reduce_add_ps(dot) * scale;
-        }
-      }
-      for (long g = 0; g < G; g++) {
-        float top = m[g];
-        for (long j = 0; j < n; j++) top = s[g][j] > top ? s[g][j] : top;
-        float corr = expf(m[g] - top);  /* 0 on the first block (m = -inf) */
-        l[g] *= corr;
-        __m512 c = _mm512_set1_ps(corr);
-        for (long d = 0; d < hd; d += 16) {
-          __mmask16 mk = tail(hd - d);
-          _mm512_mask_storeu_ps(acc[g] + d, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, acc[g] + d), c));
-        }
-        __m512 sum = _mm512_setzero_ps();
-        for (long j = 0; j < n; j += 16) {
-          __mmask16 mk = tail(n - j);
-          __m512 p = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s[g] + j), _mm512_set1_ps(top)));
-          p = _mm512_maskz_mov_ps(mk, p);
-          _mm512_mask_storeu_ps(s[g] + j, mk, p);
-          sum = _mm512_add_ps(sum, p);
-        }
-        l[g] += _mm512_reduce_add_ps(sum);
-        m[g] = top;
-      }
-      for (long j = 0; j < n; j++) {
-        const float *vt = V + (t0 + j) * hd;
-        for (long g = 0; g < G; g++) {
-          __m512 p = _mm512_set1_ps(s[g][j]);
-          for (long d = 0; d < hd; d += 16) {
-            __mmask16 mk = tail(hd - d);
-            _mm512_mask_storeu_ps(acc[g] + d, mk,
-                                  _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk, vt + d), _mm512_maskz_loadu_ps(mk, acc[g] + d)));
-          }
-        }
-      }
-    }
-    for (long g = 0; g < G; g++) {
-      __m512 inv = _mm512_set1_ps(1.0f / l[g]);
-      float *o = out + (b * H + kvh * G + g) * hd;
-      for (long d = 0; d < hd; d += 16) {
-        __mmask16 mk = tail(hd - d);
-        _mm512_mask_storeu_ps(o + d, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, acc[g] + d), inv));
-      }
-    }
+    float *O = out + (b * H + kvh * G) * hd;
+#define FAST(g, nv) else if (G == g && NV == nv) attend_fast(Q, K, V, L, scale, O, g, nv);
+    if (0) {}
+    FAST(1, 4) FAST(2, 4) FAST(3, 4) FAST(4, 4) FAST(1, 8) FAST(2, 8)
+    else attend_any(Q, K, V, L, scale, O, G, hd);
+#undef FAST
   }
 }
 

@@ -19,7 +19,7 @@ LONG = {"max_tokens": 3000, "ignore_eos": True}  # seconds of work for the tiny 
 @pytest.fixture(scope="module")
 def server(tiny_dir):
     with ServerProcess(tiny_dir, "--name", "tiny", "--max-concurrent-requests", "2", "--max-tokens-limit", "4000",
-                       "--no-huge-pages") as s:
+                       "--no-huge-pages", "--no-decode-kernels") as s:
         yield s
 
 
@@ -52,9 +52,18 @@ def test_engine_buffers_on_huge_pages_unless_told_not_to(server, tiny_server):
     listening = [line for line in tiny_server.lines if "listening on" in line][0]
     mode = thp_mode()
     if mode in ("madvise", "always"):
-        assert re.search(r"; [1-9]\d* MiB on huge pages\)", listening), listening
+        assert re.search(r"; [1-9]\d* MiB on huge pages[;)]", listening), listening
     if mode == "madvise":  # "always" puts every large mapping on huge pages, asked or not
         assert not any("on huge pages" in line for line in server.lines), server.lines
+
+
+def test_start_up_line_says_whether_decode_kernels_run(server, tiny_server):
+    from .test_decode_kernels import CAN_BUILD
+
+    listening = [line for line in tiny_server.lines if "listening on" in line][0]
+    if CAN_BUILD:
+        assert "; decode kernels on)" in listening, listening
+    assert "; decode kernels off (--no-decode-kernels))" in [ln for ln in server.lines if "listening on" in ln][0]
 
 
 def test_over_the_limit_is_429_and_disconnects_cancel(server):

@@ -22,8 +22,12 @@ CAN_BUILD = (torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="needs a CPU with AVX-512 and a C compiler")
 
 
-@needs_kernel
 def test_the_kernels_build_and_load_here():
+    """In CI on a CPU with AVX-512 the kernels must build (.ci/run installs gcc): a missing compiler
+    fails here rather than skipping every kernel test."""
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    if not avx512 or (not CAN_BUILD and os.environ.get("CI") != "true"):
+        pytest.skip("needs a CPU with AVX-512 and a C compiler")
     assert decode_kernels.available() is None
 
 
@@ -38,7 +42,7 @@ def test_equals_f_linear_for_every_row_count(out_features, in_features, bias, th
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for rows in range(1, decode_kernels.MAX_ROWS + 1):
+        for rows in [*range(1, decode_kernels.MAX_ROWS + 1), 37]:
             x = torch.randn(rows, in_features, generator=gen)
             want = F.linear(x, weight, b)
             got = lin(x)

@@ -162,6 +162,25 @@ void tenacia_silu_mul(const float *gate_up, long rows, long n, float *out) {
 #define MAX_GROUP 16
 #define MAX_HD 512
 
+/* One block of n scores (s, in place) joins a running softmax: the block's maximum updates the
+ * running maximum *m, s becomes exp(s - *m), *l the running sum. Returns the factor by which the
+ * caller rescales what it accumulated before (0 on the first block, when *m was -inf). */
+static inline float softmax_block(float *s, long n, float *m, float *l) {
+  float top = *m;
+  for (long j = 0; j < n; j++) top = s[j] > top ? s[j] : top;
+  float corr = expf(*m - top);
+  __m512 sum = _mm512_setzero_ps();
+  for (long j = 0; j < n; j += 16) {
+    __mmask16 mk = tail(n - j);
+    __m512 p = _mm512_maskz_mov_ps(mk, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + j), _mm512_set1_ps(top))));
+    _mm512_mask_storeu_ps(s + j, mk, p);
+    sum = _mm512_add_ps(sum, p);
+  }
+  *l = *l * corr + _mm512_reduce_add_ps(sum);
+  *m = top;
+  return corr;
+}
+
 static inline __attribute__((always_inline)) void attend_fast(const float *Q, const float *K, const float *V, long L,
                                                               float scale, float *O, const int G, const int NV) {
   const long hd = NV * 16;
@@ -194,21 +213,8 @@ static inline __attribute__((always_inline)) void attend_fast(const float *Q, co
       }
     }
     for (int g = 0; g < G; g++) {
-      float top = m[g];
-      for (long j = 0; j < n; j++) top = s[g][j] > top ? s[g][j] : top;
-      float corr = expf(m[g] - top); /* 0 on the first block (m = -inf) */
-      l[g] *= corr;
-      __m512 c = _mm512_set1_ps(corr);
+      __m512 c = _mm512_set1_ps(softmax_block(s[g], n, &m[g], &l[g]));
       for (int v = 0; v < NV; v++) acc[g * NV + v] = _mm512_mul_ps(acc[g * NV + v], c);
-      __m512 sum = _mm512_setzero_ps();
-      for (long j = 0; j < n; j += 16) {
-        __mmask16 mk = tail(n - j);
-        __m512 p = _mm512_maskz_mov_ps(mk, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s[g] + j), _mm512_set1_ps(top))));
-        _mm512_mask_storeu_ps(s[g] + j, mk, p);
-        sum = _mm512_add_ps(sum, p);
-      }
-      l[g] += _mm512_reduce_add_ps(sum);
-      m[g] = top;
     }
     for (long j = 0; j < n; j++) {
       const float *vt = V + (t0 + j) * hd;
@@ -256,25 +262,11 @@ static void attend_any(const float *Q, const float *K, const float *V, long L, f
       }
     }
     for (long g = 0; g < G; g++) {
-      float top = m[g];
-      for (long j = 0; j < n; j++) top = s[g][j] > top ? s[g][j] : top;
-      float corr = expf(m[g] - top);  /* 0 on the first block (m = -inf) */
-      l[g] *= corr;
-      __m512 c = _mm512_set1_ps(corr);
+      __m512 c = _mm512_set1_ps(softmax_block(s[g], n, &m[g], &l[g]));
       for (long d = 0; d < hd; d += 16) {
         __mmask16 mk = tail(hd - d);
         _mm512_mask_storeu_ps(acc[g] + d, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, acc[g] + d), c));
       }
-      __m512 sum = _mm512_setzero_ps();
-      for (long j = 0; j < n; j += 16) {
-        __mmask16 mk = tail(n - j);
-        __m512 p = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s[g] + j), _mm512_set1_ps(top)));
-        p = _mm512_maskz_mov_ps(mk, p);
-        _mm512_mask_storeu_ps(s[g] + j, mk, p);
-        sum = _mm512_add_ps(sum, p);
-      }
-      l[g] += _mm512_reduce_add_ps(sum);
-      m[g] = top;
     }
     for (long j = 0; j < n; j++) {
       const float *vt = V + (t0 + j) * hd;

@@ -219,9 +219,13 @@ def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
     if model_type == "llama":  # the others have no such switches
         for field in ("attention_bias", "mlp_bias"):
             _require(not config.get(field, False), field, config.get(field), "false (no biases)")
+    # layer_types marks the layers a sliding window applies to, when the model has one: a Qwen2
+    # with use_sliding_window false has none (transformers then sets its window to None whatever
+    # layer_types says), and Mistral's window is handled below by capping the context.
     layer_types = config.get("layer_types") or []
-    _require(all(t == "full_attention" for t in layer_types), "layer_types", layer_types,
-             "'full_attention' for every layer (tenacia has no sliding-window attention)")
+    if model_type == "llama":
+        _require(all(t == "full_attention" for t in layer_types), "layer_types", layer_types,
+                 "'full_attention' for every layer (tenacia has no sliding-window attention)")
     max_seq_len = config["max_position_embeddings"]
     if model_type == "mistral":
         window = config["sliding_window"]

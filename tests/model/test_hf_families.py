@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from tenacia.model.generate import generate
-from tenacia.model.hf import load_hf_dir, model_config_from_hf, save_hf_dir
+from tenacia.model.hf import HFFormatError, load_hf_dir, model_config_from_hf, save_hf_dir
 from tenacia.model.llama import Llama, ModelConfig
 
 from .roundtrip import assert_export_round_trips, assert_logits_close, randomize_
@@ -88,6 +88,14 @@ def test_qwen2_sliding_window_is_ignored_unless_used(tmp_path):
     config.update(use_sliding_window=False, sliding_window=16, max_window_layers=1)
     cfg = model_config_from_hf(config)
     assert cfg.max_seq_len == 256 and cfg.qkv_bias
+    # As transformers writes it when the window is off but layer_types was given: still no window.
+    sliding = {**config, "layer_types": ["full_attention", "sliding_attention"]}
+    assert model_config_from_hf(sliding).max_seq_len == 256
+    with pytest.raises(HFFormatError, match="use_sliding_window"):
+        model_config_from_hf({**sliding, "use_sliding_window": True})
+    with pytest.raises(HFFormatError, match="layer_types"):  # a Llama has no windows to switch on
+        model_config_from_hf({**config, "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                              "layer_types": ["full_attention", "sliding_attention"]})
 
 
 def test_qkv_bias_model_exports_as_qwen2_and_round_trips(tmp_path):

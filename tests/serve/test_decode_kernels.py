@@ -127,6 +127,16 @@ def test_a_failing_compiler_is_reported_with_its_message(tmp_path, monkeypatch):
 
 
 @needs_kernel
+def test_a_cached_build_that_does_not_load_is_built_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("TENACIA_CACHE", str(tmp_path))
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    built = decode_kernels._compile(cc)
+    built.write_bytes(b"not a shared object")  # as a truncated file would be
+    lib = decode_kernels._build_and_load(cc)
+    assert hasattr(lib, "tenacia_small_gemm") and built.stat().st_size > 1000
+
+
+@needs_kernel
 def test_the_engine_answers_the_same_with_and_without_the_kernel(model, tokenizer):
     texts = ["def", "import json\nclass Decoder(object):", "The quick brown fox jumps over the lazy dog. " * 3]
     answers = []

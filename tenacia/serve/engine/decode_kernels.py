@@ -91,6 +91,18 @@ def _compile(cc: str) -> Path:
     return out
 
 
+def _build_and_load(cc: str) -> ctypes.CDLL:
+    """Load the cached build, or build it. A cached file that does not load (truncated by a full
+    disk, a crash mid-copy on a filesystem without atomic rename) is removed and built again once."""
+    path = _compile(cc)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as e:
+        log.warning("cached %s does not load (%s); building it again", path, e)
+        path.unlink(missing_ok=True)
+        return ctypes.CDLL(str(_compile(cc)))
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | str:
     """The loaded kernel, or the reason it cannot be used."""
@@ -103,7 +115,7 @@ def _library() -> ctypes.CDLL | str:
         if cc is None:
             raise Unavailable("no C compiler (set CC, or install gcc)")
         before = _openmp_runtimes()
-        lib = ctypes.CDLL(str(_compile(cc)))
+        lib = _build_and_load(cc)
         if len(after := _openmp_runtimes()) > 1:
             raise Unavailable(f"two OpenMP runtimes would run side by side: {sorted(after)} (torch's: {sorted(before)})")
     except (Unavailable, OSError) as e:

@@ -72,9 +72,10 @@ def test_packed_linear_sends_few_rows_to_the_kernel_and_many_to_mkl():
 
 @needs_kernel
 @pytest.mark.parametrize("dim", [576, 37])
-def test_add_rms_norm_equals_the_residual_add_and_rms_norm(dim):
+@pytest.mark.parametrize("rows", [5, 100])  # a decode step's rows on one thread, a prefill's shared
+def test_add_rms_norm_equals_the_residual_add_and_rms_norm(dim, rows):
     gen = torch.Generator().manual_seed(dim)
-    x, delta = torch.randn(5, dim, generator=gen) * 3, torch.randn(5, dim, generator=gen)
+    x, delta = torch.randn(rows, dim, generator=gen) * 3, torch.randn(rows, dim, generator=gen)
     weight = torch.randn(dim, generator=gen)
     want_x = x + delta
     want = rms_norm(want_x, weight, 1e-5)
@@ -86,15 +87,15 @@ def test_add_rms_norm_equals_the_residual_add_and_rms_norm(dim):
 
 
 @needs_kernel
-@pytest.mark.parametrize("hd", [64, 16, 40])
-def test_rotary_rotates_q_and_k_in_place_and_leaves_v(hd):
+@pytest.mark.parametrize("hd, rows", [(64, 4), (16, 4), (40, 4), (64, 100)])
+def test_rotary_rotates_q_and_k_in_place_and_leaves_v(hd, rows):
     from tenacia.model.llama import rotary_table
 
     gen = torch.Generator().manual_seed(2)
-    heads, kv, rows = 9, 3, 4
+    heads, kv = 9, 3
     x = torch.randn(rows, (heads + 2 * kv) * hd, generator=gen)
     cos, sin = rotary_table(hd, 512, 10000.0)
-    positions = torch.tensor([0, 7, 100, 511])
+    positions = torch.tensor([0, 7, 100, 511] * (rows // 4))
     want = rotate(x[:, :(heads + kv) * hd].view(rows, heads + kv, 1, hd),
                   cos[positions].unsqueeze(1).unsqueeze(1), sin[positions].unsqueeze(1).unsqueeze(1))
     v = x[:, (heads + kv) * hd:].clone()
@@ -102,7 +103,7 @@ def test_rotary_rotates_q_and_k_in_place_and_leaves_v(hd):
     torch.testing.assert_close(x[:, :(heads + kv) * hd], want.reshape(rows, -1), rtol=1e-6, atol=1e-6)
     assert torch.equal(x[:, (heads + kv) * hd:], v)
     with pytest.raises(ValueError, match="must be even"):
-        decode_kernels.rotary_(x, 1, hd - 1, cos[:4, :hd - 1].contiguous(), sin[:4, :hd - 1].contiguous())
+        decode_kernels.rotary_(x, 1, hd - 1, cos[:rows, :hd - 1].contiguous(), sin[:rows, :hd - 1].contiguous())
 
 
 @needs_kernel
@@ -114,6 +115,15 @@ def test_silu_mul_equals_torch_over_the_whole_float_range():
     torch.testing.assert_close(got[0], F.silu(gate) * up, rtol=2e-6, atol=1e-7)
     with pytest.raises(ValueError, match="contiguous float32"):
         decode_kernels.silu_mul(torch.zeros(2, 8, dtype=torch.float64))
+
+
+@needs_kernel
+def test_silu_mul_pair_takes_gate_and_up_from_two_products():
+    gen = torch.Generator().manual_seed(4)
+    gate, up = torch.randn(100, 1536, generator=gen) * 4, torch.randn(100, 1536, generator=gen)
+    torch.testing.assert_close(decode_kernels.silu_mul_pair(gate, up), F.silu(gate) * up, rtol=2e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="same"):
+        decode_kernels.silu_mul_pair(gate, up[:, :8].contiguous())
 
 
 def test_a_failing_compiler_is_reported_with_its_message(tmp_path, monkeypatch):

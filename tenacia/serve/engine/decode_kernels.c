@@ -69,7 +69,9 @@ void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, 
 }
 
 /* 2. Elementwise work between the products, one call each instead of five to eight torch ops.
- * Single-threaded: a decode step's rows are a few KB, less than an OpenMP fork costs. */
+ * A decode step's few rows run on the calling thread (a few KB: less than an OpenMP fork costs);
+ * a prefill's rows (PARALLEL_ROWS or more) are shared among the threads. */
+#define PARALLEL_ROWS 64
 
 /* exp(x) for 16 floats: 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, p of degree 7 (Taylor);
  * relative error < 2e-7. Inputs below -87.3 give 0 (the underflow of expf). */
@@ -94,7 +96,9 @@ static inline __m512 exp16(__m512 x) {
 static inline __mmask16 tail(long left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
 
 /* x (rows, dim) += delta (when not NULL); out = x / sqrt(mean(x^2) + eps) * w. */
-void tenacia_add_rms_norm(float *x, const float *delta, const float *w, float eps, float *out, long rows, long dim) {
+void tenacia_add_rms_norm(float *x, const float *delta, const float *w, float eps, float *out, long rows, long dim,
+                          int threads) {
+#pragma omp parallel for schedule(static) if (rows >= PARALLEL_ROWS) num_threads(threads)
   for (long r = 0; r < rows; r++) {
     float *xr = x + r * dim;
     __m512 ss = _mm512_setzero_ps();
@@ -119,8 +123,10 @@ void tenacia_add_rms_norm(float *x, const float *delta, const float *w, float ep
 /* Rotary embedding in place, "rotate half" layout, on the first `heads` heads of each row of x
  * (rows, ld): x1, x2 = halves; x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin. cos, sin: (rows, hd),
  * each half repeated as in llama.rotary_table. hd even. */
-void tenacia_rotary(float *x, long rows, long ld, long heads, long hd, const float *cos, const float *sin) {
+void tenacia_rotary(float *x, long rows, long ld, long heads, long hd, const float *cos, const float *sin,
+                    int threads) {
   long half = hd / 2;
+#pragma omp parallel for schedule(static) if (rows >= PARALLEL_ROWS) num_threads(threads)
   for (long r = 0; r < rows; r++)
     for (long h = 0; h < heads; h++) {
       float *a = x + r * ld + h * hd, *b = a + half;
@@ -136,10 +142,12 @@ void tenacia_rotary(float *x, long rows, long ld, long heads, long hd, const flo
     }
 }
 
-/* gate_up (rows, 2n) = [gate | up]; out (rows, n) = silu(gate) * up, silu(g) = g / (1 + exp(-g)). */
-void tenacia_silu_mul(const float *gate_up, long rows, long n, float *out) {
+/* out (rows, n) = silu(gate) * up, silu(g) = g / (1 + exp(-g)); row r of gate at gate + r * ld, of
+ * up at up + r * ld (a fused [gate | up] product: up = gate + n, ld = 2n; two products: ld = n). */
+void tenacia_silu_mul(const float *gate, const float *up, long ld, long rows, long n, float *out, int threads) {
+#pragma omp parallel for schedule(static) if (rows >= PARALLEL_ROWS) num_threads(threads)
   for (long r = 0; r < rows; r++) {
-    const float *g = gate_up + r * 2 * n, *u = g + n;
+    const float *g = gate + r * ld, *u = up + r * ld;
     for (long i = 0; i < n; i += 16) {
       __mmask16 m = tail(n - i);
       __m512 gv = _mm512_maskz_loadu_ps(m, g + i);

@@ -15,9 +15,9 @@ and no autograd bookkeeping. ``PackedLlama`` takes a trained ``Llama`` and keeps
   and plain products for several row counts and keeps the plain ones if they disagree;
 - on CPU with AVX-512, for the few rows of a decode step (<= 16), a second copy of every
   projection in the panels of ``decode_kernels.SmallLinear`` (gate and up fused), which streams
-  the weights from memory faster than MKL does for so few rows, and a decode path
-  (``PackedBlock.decode``) whose elementwise work runs in fused kernels (``kernels=False`` keeps
-  one copy and the torch ops);
+  the weights from memory faster than MKL does for so few rows, and decode and prefill paths
+  (``PackedBlock.decode``, ``PackedBlock.prefill``) whose elementwise work runs in fused kernels
+  (``kernels=False`` keeps one copy and the torch ops);
 - everywhere else (CUDA, Ascend NPU, CPU without MKL) the fused weights with ``F.linear``.
 
 The original module's projection weights are not referenced afterwards: drop the ``Llama`` to
@@ -157,6 +157,20 @@ class PackedBlock:
         h = dk.add_rms_norm(x, self.wo.small(out), self.ffn_norm, self.eps)
         return self.down.small(dk.silu_mul(self.gate_up(h)))
 
+    def prefill(self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, cache: AttentionCache) -> Tensor:
+        """The same layer for a prefill's packed prompt tokens, x: (N, dim) (as ``decode``: x still
+        misses ``delta``; returns this layer's delta), with the elementwise work in the kernels
+        and the products in MKL (the small GEMM for N <= 16). cos, sin: (N, hd)."""
+        N = x.size(0)
+        qkv = self.qkv(dk.add_rms_norm(x, delta, self.attn_norm, self.eps))  # (N, q + 2 kv)
+        dk.rotary_(qkv, self.n_heads + self.n_kv_heads, self.head_dim, cos, sin)
+        q = qkv[:, :self.q_size].view(1, N, self.n_heads, self.head_dim).transpose(1, 2)
+        k = qkv[:, self.q_size:self.q_size + self.kv_size].view(1, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = qkv[:, self.q_size + self.kv_size:].view(1, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        out = cache.attend(self.layer, q, k, v)  # (1, H, N, hd)
+        h = dk.add_rms_norm(x, self.wo(out.transpose(1, 2).reshape(N, self.q_size)), self.ffn_norm, self.eps)
+        return self.down(dk.silu_mul_pair(self.gate(h), self.up(h)))
+
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """RMSNorm in float32. ``vector_norm`` makes one pass where ``pow().mean()`` (and
@@ -194,6 +208,8 @@ class PackedLlama:
         B, T = tokens.shape
         if T == 1 and B <= dk.MAX_ROWS and self.fast_decode:
             return self._decode(tokens[:, 0], positions[:, 0], cache).view(B, 1, -1)
+        if B == 1 and self.fast_decode:  # a prefill: the prompts' tokens packed into one row
+            return self._prefill(tokens[0], positions[0], cache).view(1, T, -1)
         cos = self.rope_cos[positions].unsqueeze(-3)  # (B, 1, T, hd)
         sin = self.rope_sin[positions].unsqueeze(-3)
         h = F.embedding(tokens, self.embeddings)
@@ -207,6 +223,14 @@ class PackedLlama:
         delta = None
         for layer in self.layers:
             delta = layer.decode(x, delta, cos, sin, cache)
+        return x.add_(delta)
+
+    def _prefill(self, tokens: Tensor, positions: Tensor, cache: AttentionCache) -> Tensor:
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (N, hd)
+        x = F.embedding(tokens, self.embeddings)  # (N, dim)
+        delta = None
+        for layer in self.layers:
+            delta = layer.prefill(x, delta, cos, sin, cache)
         return x.add_(delta)
 
     def logits(self, hidden: Tensor) -> Tensor:

@@ -53,6 +53,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     table = Table(title="tenacia info", show_header=False)
     for key, value in dev.describe().items():
         table.add_row(key, value)
+    from ..serve.engine.decode_kernels import available  # builds them if they can be (~1 s, once)
+
+    why_not = available()
+    table.add_row("serve: CPU decode kernels", "available" if why_not is None else f"off: {why_not}")
     Console().print(table)
     return 0
 

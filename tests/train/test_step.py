@@ -66,3 +66,4 @@ def test_device_on_cpu_is_gloo_in_float32():
     assert (dev.type, dev.backend, dev.autocast_dtype, dev.serve_dtype) == ("cpu", "gloo", None, torch.float32)
     r = subprocess.run([sys.executable, "-m", "tenacia", "info"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "gloo" in r.stdout and "float32" in r.stdout
+    assert "CPU decode kernels" in r.stdout  # "available" or "off: <why>"

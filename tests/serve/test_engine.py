@@ -155,6 +155,26 @@ def test_stop_string_cuts_the_text_before_it(model, tokenizer):
     assert text == full[:full.index(stop)]
 
 
+def test_min_tokens_holds_back_stop_strings_too(model, tokenizer):
+    """As vLLM: no stop string is looked for before min_tokens tokens; one that ended there does
+    not stop the sequence later."""
+    p = prompts(tokenizer)[1]
+    params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
+    full_tokens, full, _, _ = run(make_engine(model, tokenizer), {"a": (p, params)})["a"][0]
+    stop = full[2:5]  # in the first few tokens' text
+    assert len(stop) == 3 and full.index(stop) == 2
+    without = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True, stop=[stop])
+    _, text, _, reason = run(make_engine(model, tokenizer), {"a": (p, without)})["a"][0]
+    assert (text, reason) == (full[:2], "stop")  # without min_tokens it stops there
+    params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True, stop=[stop], min_tokens=12)
+    tokens, text, _, reason = run(make_engine(model, tokenizer), {"a": (p, params)})["a"][0]
+    later = full.find(stop, len(tokenizer.decode(full_tokens[:12])) - len(stop) + 1)
+    if later < 0:
+        assert (tokens, text, reason) == (full_tokens, full, "length")
+    else:
+        assert reason == "stop" and text == full[:later] and len(tokens) >= 12
+
+
 def test_abort_frees_the_cache(model, tokenizer):
     engine = make_engine(model, tokenizer)
     engine.add_request("a", prompts(tokenizer)[2], SamplingParams(n=2, max_tokens=100, ignore_eos=True))

@@ -33,15 +33,20 @@ class Detokenizer:
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
 
-    def append(self, state: TextState, output_ids: list[int]) -> bool:
+    def append(self, state: TextState, output_ids: list[int], scan: bool = True) -> bool:
         """Decode the newest token of ``output_ids`` into ``state.text``. Returns True when a stop
-        string appeared; the text is then cut just before it."""
+        string appeared; the text is then cut just before it. ``scan=False`` (``min_tokens`` not
+        reached yet) looks for none: a stop string that ends there does not stop the sequence later
+        either, as in vLLM (only one reaching into later text can)."""
         prefix = self.tokenizer.decode(output_ids[state.prefix_offset:state.read_offset])
         full = self.tokenizer.decode(output_ids[state.prefix_offset:])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
             state.text += full[len(prefix):]
             state.prefix_offset, state.read_offset = state.read_offset, len(output_ids)
         if not state.stops:
+            return False
+        if not scan:
+            state.stop_scan_from = len(state.text)
             return False
         begin = max(0, state.stop_scan_from - state.holdback)
         hits = [i for i in (state.text.find(s, begin) for s in state.stops) if i >= 0]

@@ -201,7 +201,7 @@ class LLMEngine:
         p = seq.params
         if (token in seq.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
             return "stop"  # the stop token's text is not part of the answer
-        if self.detokenizer.append(state, seq.output_ids):
+        if self.detokenizer.append(state, seq.output_ids, scan=len(seq.output_ids) >= p.min_tokens):
             return "stop"
         if len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_context:
             return "length"

@@ -53,7 +53,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
     min_p: float = 0.0  # drop tokens less likely than min_p x the most likely one (sampled rows)
     repetition_penalty: float = 1.0  # HF's: shrinks the logits of tokens in the prompt or output
-    min_tokens: int = 0  # EOS and stop_token_ids are masked until this many tokens were generated
+    min_tokens: int = 0  # EOS and stop_token_ids masked, stop strings not looked for, until this many tokens
     seed: int | None = None
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's logprob and the top k
 

@@ -92,6 +92,20 @@ def test_repetition_penalty_equals_hugging_faces_processor():
         assert torch.equal(got[row], want[0])
 
 
+def test_repetition_penalty_mask_grows_with_the_output_as_a_fresh_one_would():
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    torch.manual_seed(1)
+    seq = seq_with(SamplingParams(repetition_penalty=1.3), [4, 7], [])
+    for new in ([9], [9, 21], [9, 21, 3, 33]):  # the output grows between steps, as in decoding
+        seq.output_ids = list(new)
+        logits = torch.randn(1, 50) * 3
+        got = apply_repetition_penalty(logits.clone(), [seq])
+        want = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([[4, 7, *new]]), logits.clone())
+        assert torch.equal(got, want)
+    assert seq.seen_upto == 6  # two prompt tokens and four output tokens, each marked once
+
+
 def test_repetition_penalty_changes_greedy_text_that_repeats(model, tokenizer):
     p = prompts(tokenizer)[1]
     plain, _, _ = tokens_of(model, tokenizer, p, greedy(max_tokens=24))

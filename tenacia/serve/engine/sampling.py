@@ -60,6 +60,20 @@ def mask_early_stops(logits: Tensor, seqs: list[Sequence]) -> Tensor:
     return logits
 
 
+def _seen(seq: Sequence, vocab: int, device: torch.device) -> Tensor:
+    """The sequence's (vocab,) mask of tokens in its prompt or output, kept on the sequence and
+    extended by the tokens added since the last step (not rebuilt from the whole context)."""
+    if seq.seen is None:
+        seq.seen, seq.seen_upto = torch.zeros(vocab, dtype=torch.bool, device=device), 0
+    n_prompt = len(seq.prompt_ids)
+    new = (seq.prompt_ids[seq.seen_upto:] + seq.output_ids if seq.seen_upto < n_prompt
+           else seq.output_ids[seq.seen_upto - n_prompt:])
+    if new:
+        seq.seen[torch.tensor(new, dtype=torch.int64, device=device)] = True
+        seq.seen_upto += len(new)
+    return seq.seen
+
+
 def apply_repetition_penalty(logits: Tensor, seqs: list[Sequence]) -> Tensor:
     """Hugging Face's ``RepetitionPenaltyLogitsProcessor``, row by row: the logit of every token in
     the prompt or the output so far is divided by ``repetition_penalty`` when positive and
@@ -68,9 +82,7 @@ def apply_repetition_penalty(logits: Tensor, seqs: list[Sequence]) -> Tensor:
     if not rows:
         return logits
     device = logits.device
-    seen = torch.zeros(len(rows), logits.size(1), dtype=torch.bool, device=device)  # (R, V)
-    for j, i in enumerate(rows):
-        seen[j, torch.tensor(seqs[i].tokens, dtype=torch.int64, device=device)] = True
+    seen = torch.stack([_seen(seqs[i], logits.size(1), device) for i in rows])  # (R, V)
     penalty = torch.tensor([seqs[i].params.repetition_penalty for i in rows], dtype=logits.dtype,
                            device=device).unsqueeze(1)  # (R, 1)
     idx = torch.tensor(rows, device=device)

@@ -144,6 +144,8 @@ class Sequence:
     arrival: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     last_token_at: float | None = None
+    seen: torch.Tensor | None = None  # (vocab,) bool, tokens of prompt and output: repetition_penalty's
+    seen_upto: int = 0  # how many of ``tokens`` ``seen`` holds (it grows by the new ones each step)
 
     @property
     def tokens(self) -> list[int]:

@@ -3,12 +3,13 @@
 A decode step of a small model is ~150 matrix products of a few rows and ~1,000 small torch ops.
 Two kinds of kernel here:
 
-``SmallLinear``, the products. Why: a decode step of 16 sequences reads every weight once for 16 rows, so its products are bound
-by how fast the weights stream from memory. MKL's packed GEMM (``packed.PackedLinear``) reads them
-at ~16 GB/s on this project's machine, which streams 28-35 GB/s; its GEMM (16-column
-panels, one 64-byte line per inner step, software prefetch far ahead) reads them at ~21 GB/s:
-SmolLM2's 30 layers of products for 16 rows in 20.5 ms instead of 26.3 ms (``/tmp``-free
-measurement: ``bench/serve_engine.py --no-decode-kernels`` against the default). For more than
+``SmallLinear``, the products. Why: a decode step of 16 sequences reads every weight once for 16
+rows, so its products are bound by how fast the weights stream from memory. MKL's packed GEMM
+(``packed.PackedLinear``) reads them at ~15 GB/s on this project's machine, which streams 28-35
+GB/s; this GEMM (16-column panels, one 64-byte line per inner step, software prefetch far ahead)
+reads them at ~19 GB/s: SmolLM2's 30 layers of products for 16 rows in 22.6 ms instead of 28.0 ms
+(``bench/decode_kernels.py``; the whole decode step: ``bench/serve_engine.py`` with and without
+``--no-decode-kernels``, 38.4 against 49.7 ms). For more than
 ``MAX_ROWS`` rows (prefill) MKL stays faster and is used.
 
 ``add_rms_norm``, ``rotary_``, ``silu_mul``, the elementwise work between the products: one call

@@ -1,7 +1,7 @@
 """Hand-written float32 kernels for the decode step on CPUs with AVX-512 (``decode_kernels.c``).
 
 A decode step of a small model is ~150 matrix products of a few rows and ~1,000 small torch ops.
-Two kinds of kernel here:
+Three kinds of kernel here:
 
 ``SmallLinear``, the products. Why: a decode step of 16 sequences reads every weight once for 16
 rows, so its products are bound by how fast the weights stream from memory. MKL's packed GEMM

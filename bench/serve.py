@@ -428,6 +428,9 @@ def main() -> int:
         if not args.skip_tenacia:
             server, url, model = start_tenacia(args)
             servers["tenacia"] = (server, url, model)
+            # its start-up line: device, dtype, huge pages, and whether the decode kernels run
+            results["tenacia_startup"] = next((ln.strip() for ln in server.log_path.read_text().splitlines()
+                                               if "listening on" in ln), "")
         if not args.skip_vllm:
             try:
                 server, url, model, version = start_vllm(model_dir)

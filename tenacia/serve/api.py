@@ -27,13 +27,23 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import __version__
 from .config import ServerConfig
 from .engine.process_engine import EngineError, ProcessEngine, RequestHandle
 from .engine.sequence import InvalidRequest
 from .guard import BodyTooLarge, Guard
 from .metrics import CONTENT_TYPE, ServeMetrics
 from .models import ServedModel
-from .protocol import ApiError, ChatRequest, CompletionRequest, error_body, parse, sampling_params
+from .protocol import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    error_body,
+    parse,
+    sampling_params,
+)
 from .responses import Collected, Shape, TokenText
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -97,17 +107,40 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
         api.check_model(model_id)
         return api.model_card(created)
 
+    @app.get("/version")
+    async def version() -> dict[str, Any]:
+        return {"version": __version__}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        """vLLM's tokenizer endpoint (outside /v1/, as vLLM has it)."""
+        req: TokenizeRequest = parse(await request.body(), TokenizeRequest)
+        api.check_model(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise ApiError(400, "give either prompt or messages", "prompt")
+        if req.messages is not None:
+            text = api.render_chat(req.messages, req.add_generation_prompt)
+            ids = api.encode(text, "messages", add_special_tokens=False)
+        else:
+            ids = api.encode(req.prompt, "prompt", add_special_tokens=req.add_special_tokens)
+        return {"tokens": ids, "count": len(ids), "max_model_len": served.max_context}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        req: DetokenizeRequest = parse(await request.body(), DetokenizeRequest)
+        api.check_model(req.model)
+        vocab = served.tokenizer.get_vocab_size()
+        if bad := [t for t in req.tokens if not 0 <= t < vocab]:
+            raise ApiError(400, f"tokens must be ids in [0, {vocab}), got {bad[:5]}", "tokens")
+        return {"prompt": served.tokenizer.decode(req.tokens, skip_special_tokens=False)}
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         req: ChatRequest = parse(await request.body(), ChatRequest)
         api.check_model(req.model)
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
-        try:
-            text = served.chat_template.render([m.model_dump() for m in req.messages])
-        except InvalidRequest as e:
-            raise ApiError(400, str(e), e.param) from None
-        ids = api.encode(text, "messages", add_special_tokens=False)
+        ids = api.encode(api.render_chat(req.messages), "messages", add_special_tokens=False)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         return await api.generate(request, req, [ids], max_tokens, logprobs, chat=True)
@@ -146,6 +179,12 @@ class _Api:
         if name is not None and name != self.served.name:
             raise ApiError(404, f"the model '{name}' does not exist; this server serves '{self.served.name}'",
                            "model", "model_not_found")
+
+    def render_chat(self, messages: list, add_generation_prompt: bool = True) -> str:
+        try:
+            return self.served.chat_template.render([m.model_dump() for m in messages], add_generation_prompt)
+        except InvalidRequest as e:
+            raise ApiError(400, str(e), e.param) from None
 
     def tokenize_prompts(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
         if isinstance(prompt, str):

@@ -85,6 +85,25 @@ class CompletionRequest(_Common):
     best_of: int | None = None
 
 
+class TokenizeRequest(BaseModel):
+    """vLLM's ``POST /tokenize``: a ``prompt``, or chat ``messages`` rendered by the chat template."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True  # prompt only (a rendered chat template has its own)
+    add_generation_prompt: bool = True  # messages only
+
+
+class DetokenizeRequest(BaseModel):
+    """vLLM's ``POST /detokenize``."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    model: str | None = None
+    tokens: list[int]
+
+
 def parse(raw: bytes, cls: type[BaseModel]) -> Any:
     """Body bytes -> a ``cls`` instance, or ApiError(400) naming the first bad field."""
     try:

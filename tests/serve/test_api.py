@@ -275,3 +275,31 @@ def test_partial_character_tokens_keep_their_own_top_logprob_entries():
     assert out["tokens"] == [keys[0], tt.text(whole)]
     assert len(out["top_logprobs"][0]) == 2
     assert out["text_offset"] == [0, 1]  # offsets count the text, U+FFFD is one character
+
+
+def test_tokenize_and_detokenize_as_vllm(tiny_server, tiny_dir):
+    """vLLM's /tokenize (a prompt, or chat messages through the template) and /detokenize, outside
+    /v1/ as in vLLM; plus /version."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(tiny_dir)
+    with httpx.Client(base_url=tiny_server.url, timeout=30) as http:
+        r = http.post("/tokenize", json={"model": "tiny", "prompt": "def decode(self, s):"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["tokens"] == hf("def decode(self, s):")["input_ids"]
+        assert body["count"] == len(body["tokens"]) and body["max_model_len"] > 0
+        back = http.post("/detokenize", json={"tokens": body["tokens"]}).json()
+        assert back == {"prompt": "def decode(self, s):"}
+
+        chat = http.post("/tokenize", json={"messages": CHAT}).json()
+        assert chat["tokens"] == hf.apply_chat_template(CHAT, add_generation_prompt=True, return_dict=True)["input_ids"]
+
+        for payload, status, param in [({"prompt": "x", "messages": CHAT}, 400, "prompt"), ({}, 400, "prompt"),
+                                       ({"prompt": 7}, 400, "prompt"), ({"model": "other", "prompt": "x"}, 404, "model")]:
+            r = http.post("/tokenize", json=payload)
+            assert (r.status_code, r.json()["error"]["param"]) == (status, param), r.text
+        r = http.post("/detokenize", json={"tokens": [1, 10**9]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tokens"
+        assert http.post("/detokenize", json={"tokens": "1 2"}).status_code == 400
+        assert http.get("/version").json()["version"]

@@ -14,9 +14,9 @@ reads them at ~19 GB/s: SmolLM2's 30 layers of products for 16 rows in 22.6 ms i
 
 ``add_rms_norm``, ``rotary_``, ``silu_mul``, the elementwise work between the products: one call
 each where torch runs five to eight ops of a few microseconds (residual add and RMSNorm; rotary on
-q and k in place; SiLU(gate) * up). ``packed.PackedBlock.decode`` strings them together with the
-small GEMM; ``packed.PackedBlock.prefill`` uses them between MKL's products for a prefill's
-packed prompt tokens, shared among the threads (16 prompts of 100 tokens: 1.18 -> 1.08 s).
+q and k in place; SiLU(gate) * up). ``packed.PackedBlock.fused`` strings them together with the
+small GEMM in a decode step, and uses them between MKL's products for a prefill's packed prompt
+tokens, shared among the threads (16 prompts of 100 tokens: 1.18 -> 1.08 s).
 
 ``store_kv`` and ``decode_attention``, one new token per sequence written to its cache slot and
 its row of the decode mirror of ``kv_cache.py``, then attending over the mirror:

@@ -15,8 +15,8 @@ and no autograd bookkeeping. ``PackedLlama`` takes a trained ``Llama`` and keeps
   and plain products for several row counts and keeps the plain ones if they disagree;
 - on CPU with AVX-512, for the few rows of a decode step (<= 16), a second copy of every
   projection in the panels of ``decode_kernels.SmallLinear`` (gate and up fused), which streams
-  the weights from memory faster than MKL does for so few rows, and decode and prefill paths
-  (``PackedBlock.decode``, ``PackedBlock.prefill``) whose elementwise work runs in fused kernels
+  the weights from memory faster than MKL does for so few rows, and a path for decode and prefill
+  (``PackedBlock.fused``) whose elementwise work runs in fused kernels
   (``kernels=False`` keeps one copy and the torch ops);
 - everywhere else (CUDA, Ascend NPU, CPU without MKL) the fused weights with ``F.linear``.
 
@@ -123,10 +123,10 @@ class PackedBlock:
         # output no longer fits in cache)
         self.gate, self.up = PackedLinear(f.w1.weight), PackedLinear(f.w3.weight)
         self.down = PackedLinear(f.w2.weight, small=kernels)
-        # the decode path (``decode``): every product in the small kernel, gate and up as one
+        # ``fused`` in a decode: every product in the small kernel, gate and up as one
         self.gate_up = _small_linear(torch.cat([f.w1.weight, f.w3.weight]), None) if kernels else None
-        self.fast_decode = (self.gate_up is not None and self.head_dim % 2 == 0
-                            and None not in (self.qkv.small, self.wo.small, self.down.small))
+        self._small = (self.qkv.small, self.wo.small, self.down.small)
+        self.fast_decode = self.gate_up is not None and self.head_dim % 2 == 0 and None not in self._small
 
     def __call__(self, x: Tensor, cos: Tensor, sin: Tensor, cache: AttentionCache) -> Tensor:
         B, T, dim = x.shape
@@ -142,35 +142,27 @@ class PackedBlock:
         h = rms_norm(x, self.ffn_norm, self.eps)
         return x + self.down(F.silu(self.gate(h)).mul_(self.up(h)))
 
-    def decode(self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, cache: AttentionCache) -> Tensor:
-        """The same layer for one token per sequence, in the decode kernels (``fast_decode``).
-        x: (B, dim), the residual stream before this layer, still missing ``delta`` (the previous
-        layer's output; None for the first layer), which is added in place here. cos, sin: (B, hd).
-        Returns this layer's own delta (B, dim); the caller adds the last one."""
-        B = x.size(0)
-        qkv = self.qkv.small(dk.add_rms_norm(x, delta, self.attn_norm, self.eps))  # (B, q + 2 kv)
-        dk.rotary_(qkv, self.n_heads + self.n_kv_heads, self.head_dim, cos, sin)  # q and k, in place
-        q = qkv[:, :self.q_size].view(B, self.n_heads, 1, self.head_dim)
-        k = qkv[:, self.q_size:self.q_size + self.kv_size].view(B, self.n_kv_heads, 1, self.head_dim)
-        v = qkv[:, self.q_size + self.kv_size:].view(B, self.n_kv_heads, 1, self.head_dim)
-        out = cache.attend(self.layer, q, k, v).reshape(B, self.q_size)
-        h = dk.add_rms_norm(x, self.wo.small(out), self.ffn_norm, self.eps)
-        return self.down.small(dk.silu_mul(self.gate_up(h)))
-
-    def prefill(self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, cache: AttentionCache) -> Tensor:
-        """The same layer for a prefill's packed prompt tokens, x: (N, dim) (as ``decode``: x still
-        misses ``delta``; returns this layer's delta), with the elementwise work in the kernels
-        and the products in MKL (the small GEMM for N <= 16). cos, sin: (N, hd)."""
-        N = x.size(0)
-        qkv = self.qkv(dk.add_rms_norm(x, delta, self.attn_norm, self.eps))  # (N, q + 2 kv)
-        dk.rotary_(qkv, self.n_heads + self.n_kv_heads, self.head_dim, cos, sin)
-        q = qkv[:, :self.q_size].view(1, N, self.n_heads, self.head_dim).transpose(1, 2)
-        k = qkv[:, self.q_size:self.q_size + self.kv_size].view(1, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = qkv[:, self.q_size + self.kv_size:].view(1, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        out = cache.attend(self.layer, q, k, v)  # (1, H, N, hd)
-        h = dk.add_rms_norm(x, self.wo(out.transpose(1, 2).reshape(N, self.q_size)), self.ffn_norm, self.eps)
-        return self.down(dk.silu_mul_pair(self.gate(h), self.up(h)))
-
+    def fused(self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, cache: AttentionCache,
+              decode: bool) -> Tensor:
+        """The same layer with its elementwise work in the decode kernels (``fast_decode``), for
+        rows x: (rows, dim) that are one token per sequence (``decode``) or a prefill's prompt
+        tokens packed into one row. x is the residual stream before this layer, still missing
+        ``delta`` (the previous layer's output; None for the first layer), which is added in place
+        here; cos, sin: (rows, hd). Returns this layer's own delta; the caller adds the last one.
+        Products of <= 16 rows run in the small GEMM (``PackedLinear``), gate and up as one in a
+        decode; more rows in MKL."""
+        rows, hd, q_size, kv_end = x.size(0), self.head_dim, self.q_size, self.q_size + self.kv_size
+        qkv_proj, wo, down = self._small if decode else (self.qkv, self.wo, self.down)
+        qkv = qkv_proj(dk.add_rms_norm(x, delta, self.attn_norm, self.eps))  # (rows, q + 2 kv)
+        dk.rotary_(qkv, self.n_heads + self.n_kv_heads, hd, cos, sin)  # q and k, in place
+        q, k, v = qkv[:, :q_size], qkv[:, q_size:kv_end], qkv[:, kv_end:]
+        if decode:  # (B, heads, 1, hd): one token per sequence
+            q, k, v = q.view(rows, -1, 1, hd), k.view(rows, -1, 1, hd), v.view(rows, -1, 1, hd)
+        else:  # (1, heads, N, hd): the prompt tokens packed into one row
+            q, k, v = (t.view(1, rows, -1, hd).transpose(1, 2) for t in (q, k, v))
+        out = cache.attend(self.layer, q, k, v).transpose(1, 2).reshape(rows, q_size)
+        h = dk.add_rms_norm(x, wo(out), self.ffn_norm, self.eps)
+        return down(dk.silu_mul(self.gate_up(h)) if decode else dk.silu_mul_pair(self.gate(h), self.up(h)))
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """RMSNorm in float32. ``vector_norm`` makes one pass where ``pow().mean()`` (and
@@ -207,9 +199,9 @@ class PackedLlama:
         """tokens, positions: (B, T) -> last hidden states (B, T, dim), before the final norm."""
         B, T = tokens.shape
         if T == 1 and B <= dk.MAX_ROWS and self.fast_decode:
-            return self._decode(tokens[:, 0], positions[:, 0], cache).view(B, 1, -1)
+            return self._fused(tokens[:, 0], positions[:, 0], cache, decode=True).view(B, 1, -1)
         if B == 1 and self.fast_decode:  # a prefill: the prompts' tokens packed into one row
-            return self._prefill(tokens[0], positions[0], cache).view(1, T, -1)
+            return self._fused(tokens[0], positions[0], cache, decode=False).view(1, T, -1)
         cos = self.rope_cos[positions].unsqueeze(-3)  # (B, 1, T, hd)
         sin = self.rope_sin[positions].unsqueeze(-3)
         h = F.embedding(tokens, self.embeddings)
@@ -217,20 +209,12 @@ class PackedLlama:
             h = layer(h, cos, sin, cache)
         return h
 
-    def _decode(self, tokens: Tensor, positions: Tensor, cache: AttentionCache) -> Tensor:
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B, hd)
-        x = F.embedding(tokens, self.embeddings)  # (B, dim), a new tensor: updated in place below
+    def _fused(self, tokens: Tensor, positions: Tensor, cache: AttentionCache, decode: bool) -> Tensor:
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (rows, hd)
+        x = F.embedding(tokens, self.embeddings)  # (rows, dim), a new tensor: updated in place below
         delta = None
         for layer in self.layers:
-            delta = layer.decode(x, delta, cos, sin, cache)
-        return x.add_(delta)
-
-    def _prefill(self, tokens: Tensor, positions: Tensor, cache: AttentionCache) -> Tensor:
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (N, hd)
-        x = F.embedding(tokens, self.embeddings)  # (N, dim)
-        delta = None
-        for layer in self.layers:
-            delta = layer.prefill(x, delta, cos, sin, cache)
+            delta = layer.fused(x, delta, cos, sin, cache, decode)
         return x.add_(delta)
 
     def logits(self, hidden: Tensor) -> Tensor:

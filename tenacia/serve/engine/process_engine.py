@@ -25,7 +25,10 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+import torch
+
 from ..config import EngineConfig
+from . import decode_kernels
 from .host import HUGE_PAGES_ENV
 from .llm_engine import ChoiceDelta, check_request
 from .sequence import SamplingParams
@@ -164,17 +167,13 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, threads: int) -> None:
 
 def _kernels_state(engine: Any, cfg: EngineConfig) -> str:
     """For the start-up line: whether decode steps run in ``decode_kernels`` and, if not, why."""
-    import torch
-
-    from .decode_kernels import available
-
     if engine.runner.model.fast_decode:
         return "on"
     if not cfg.decode_kernels:
         return "off (--no-decode-kernels)"
     if engine.device.type != "cpu" or engine.runner.model.dtype != torch.float32:
         return ""  # accelerators: not applicable, say nothing
-    return f"off ({available() or 'this model shape is not supported'})"
+    return f"off ({decode_kernels.available() or 'this model shape is not supported'})"
 
 
 class ProcessEngine:

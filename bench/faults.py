@@ -52,7 +52,7 @@ from arms import (  # noqa: E402
     worker_pids,
 )
 
-from tenacia import report as tenacia_report  # noqa: E402
+from tenacia.report import summary as tenacia_report  # noqa: E402
 
 TORCHFT_VENV = ROOT / "bench" / ".venvs" / "torchft"
 ARMS = ("ddp", "tenacia", "torchft", "torchrun")

@@ -410,7 +410,7 @@ def main() -> int:
     if not re.fullmatch(r"\d+(,\d+)*", args.concurrency):
         p.error("--concurrency: comma-separated integers, e.g. 1,4,16")
 
-    from tenacia.model.smollm2 import smollm2_dir
+    from tenacia.data.smollm2 import smollm2_dir
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     model_dir = smollm2_dir()

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tenacia import config  # noqa: E402
 from tenacia.device import detect  # noqa: E402
 from tenacia.model.llama import Llama, loss_fn  # noqa: E402
-from tenacia.run_config import RunConfig  # noqa: E402
+from tenacia.train.config import RunConfig  # noqa: E402
 from tenacia.train.step import build_optimizer  # noqa: E402
 from tenacia.train.trainer import Trainer  # noqa: E402
 
@@ -47,7 +47,7 @@ def main() -> None:
         cfg = config.load(RunConfig, None, [
             f"model.preset={args.preset}", f"data.seq_len={args.seq_len}", f"train.batch_size={args.batch}",
             f"train.micro_batch_size={args.batch}", f"train.steps={args.steps + 3}", "train.progress=false",
-            f"train.threads={args.threads}", f'train.run_dir="{tmp}/run"', "checkpoint.resume=false"])
+            f"device.threads={args.threads}", f'train.run_dir="{tmp}/run"', "checkpoint.resume=false"])
         trainer = Trainer(cfg)
         torch.manual_seed(0)
         model = Llama(cfg.model)

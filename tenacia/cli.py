@@ -2,7 +2,8 @@
 
 Each pillar registers its subcommands through a ``register(subparsers)`` function in its own
 ``cli`` module, listed in ``PILLARS``; handlers import their heavy dependencies lazily so that
-``tenacia --help`` stays fast.
+``tenacia --help`` stays fast. Every command that takes a config tree takes it the same way
+(``tenacia.config.add_config_args``: ``-c FILE.toml`` and ``-o a.b=value``).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import sys
 from .config import ConfigError
 
 PILLARS = (
-    "tenacia.train.cli",  # info, config, train, demo
+    "tenacia.info",  # info
+    "tenacia.run",  # config, train (and the launcher's replica)
     "tenacia.chaos.cli",  # chaos
-    "tenacia.report_cli",  # report
-    "tenacia.serve.cli",  # serve, export
+    "tenacia.report.cli",  # report
+    "tenacia.checkpoint.cli",  # export
+    "tenacia.serve.cli",  # serve
     "tenacia.plan.cli",  # plan
+    "tenacia.demo",  # demo
 )
 
 
@@ -29,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in PILLARS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # a pillar not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -49,10 +47,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    """The two ways every run-level subcommand takes its config: a TOML file and overrides."""
-    p.add_argument("--config", "-c", default=None, help="TOML file with the run config")
-    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one field, e.g. -o optim.lr=3e-4 (repeatable)")

@@ -1,21 +1,30 @@
-"""One nested dataclass tree for a whole run, loaded from TOML with command-line overrides.
+"""One loader for the three config trees: a training run, a server, a plan.
 
 Every section is a ``@dataclass(kw_only=True, slots=True)`` owned by the component it configures
-(``ModelConfig`` in ``tenacia.model.llama``, ``CheckpointConfig`` in ``tenacia.train.checkpoint``
-and so on); ``RunConfig`` in ``tenacia.run_config`` gathers them. This module only knows how to
-turn a dict (from TOML and ``-o a.b=value`` overrides) into such a tree and back.
+(``ModelConfig`` in ``tenacia.shape``, ``CheckpointConfig`` in ``tenacia.checkpoint`` and so on);
+a root gathers them: ``RunConfig`` (``tenacia.train.config``), ``ServeConfig``
+(``tenacia.serve.config``), ``TrainPlan``/``ServePlan`` (``tenacia.plan``). This module only knows
+how to turn a dict (from a TOML file and ``-o a.b=value`` overrides) into such a tree and back.
 
 Contract:
 - An unknown key, a value of the wrong type, or a value a section's ``__post_init__`` rejects,
   raises ``ConfigError`` naming the dotted field, the value and what is allowed, before any work
   starts.
-- Sections check their own invariants in ``__post_init__`` by calling ``check``/``check_choice``.
+- Sections check their own invariants in ``__post_init__`` by calling ``check``/``check_choice``
+  with their bare field names; the loader adds the section's path (``lr`` -> ``optim.lr``).
+- A root may declare ``MOVED`` (old dotted name -> new one): a value found at an old name is read
+  at the new one, with a warning on stderr, so configs and run directories written before a
+  field moved keep working. A value given at both names is an error naming both.
+- Command-line short flags are aliases: they become overrides of tree fields (``flag_overrides``),
+  never a second set of defaults.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
 from pathlib import Path
@@ -126,9 +135,10 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        if prefix and not e.field.startswith(prefix + "."):
-            raise ConfigError(f"{prefix}.{e.field}", e.value, e.allowed) from None
-        raise
+        if prefix and not getattr(e, "_placed", False):
+            e = ConfigError(f"{prefix}.{e.field}", e.value, e.allowed)
+        e._placed = True  # the innermost section that raised it has given it its path
+        raise e from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -169,21 +179,70 @@ def merge_override(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def read_toml(toml_path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError naming the file when it is missing or not TOML."""
+    path = Path(toml_path)
+    if not path.is_file():
+        raise ConfigError("config file", str(path), "a path to an existing TOML file")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config file", str(path), f"valid TOML ({e})") from None
+
+
+def apply_moved(data: dict[str, Any], moved: typing.Mapping[str, str], warn: bool = True) -> None:
+    """Read values found at old dotted names at their new ones (module contract)."""
+    for old, new in moved.items():
+        *parents, leaf = old.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *new_parents, new_leaf = new.split(".")
+        target = data
+        for part in new_parents:
+            target = target.setdefault(part, {})
+        if new_leaf in target and target[new_leaf] != value:
+            raise ConfigError(old, value, f"set only once: '{old}' is now '{new}', which is set to "
+                              f"{target[new_leaf]!r}")
+        target[new_leaf] = value
+        if warn:
+            print(f"tenacia: config field '{old}' is now '{new}'; read as such (update the config)",
+                  file=sys.stderr)
+
+
+def load_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build root ``cls`` from a plain dict, reading moved fields at their new names."""
+    apply_moved(data, getattr(cls, "MOVED", {}))
+    return from_dict(cls, data)
+
+
 def load(cls: type[T], toml_path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
-    """Load ``cls`` from an optional TOML file plus ``a.b=value`` overrides (applied in order)."""
-    data: dict[str, Any] = {}
-    if toml_path is not None:
-        path = Path(toml_path)
-        if not path.is_file():
-            raise ConfigError("config file", str(path), "a path to an existing TOML file")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError("config file", str(path), f"valid TOML ({e})") from None
+    """Load root ``cls`` from an optional TOML file plus ``a.b=value`` overrides (in order)."""
+    data: dict[str, Any] = read_toml(toml_path) if toml_path is not None else {}
+    moved = getattr(cls, "MOVED", {})
+    apply_moved(data, moved)
     for text in overrides:
         key, value = parse_override(text)
+        dotted = ".".join(key)
+        if dotted in moved:
+            print(f"tenacia: config field '{dotted}' is now '{moved[dotted]}'; read as such", file=sys.stderr)
+            key = moved[dotted].split(".")
         merge_override(data, key, value)
     return from_dict(cls, data)
+
+
+def flag_overrides(values: typing.Mapping[str, Any], aliases: typing.Mapping[str, str]) -> list[str]:
+    """``-o`` overrides for the command-line flags that were given: ``aliases`` maps a flag's
+    argparse dest to the dotted tree field it stands for; flags left at None are not given."""
+    out = []
+    for dest, path in aliases.items():
+        value = values.get(dest)
+        if value is not None:
+            out.append(f"{path}={json.dumps(value)}")
+    return out
 
 
 def dumps_toml(obj: Any) -> str:
@@ -205,3 +264,10 @@ def dumps_toml(obj: Any) -> str:
 
     emit(tree, "")
     return "\n".join(lines)
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """The two ways every command with a config tree takes it: a TOML file and overrides."""
+    p.add_argument("--config", "-c", default=None, help="TOML file with the config tree")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. -o optim.lr=3e-4 (repeatable)")

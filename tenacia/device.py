@@ -13,6 +13,8 @@ Ascend NPUs register themselves as the accelerator.
 | none (cpu)  | gloo    | float32 (no fast bf16 here)|
 
 CUDA, NPU and XPU paths are written for, not tested on: CI and development run on CPU.
+
+``DeviceConfig`` is the one ``[device]`` section that training runs and the server share.
 """
 
 from __future__ import annotations
@@ -24,10 +26,24 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import check_choice
+from .config import check, check_choice
 
 BACKENDS = {"cuda": "nccl", "npu": "hccl", "xpu": "xccl", "mps": "gloo", "cpu": "gloo"}
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "npu", "xpu", "mps")
+
+
+@dataclass(kw_only=True, slots=True)
+class DeviceConfig:
+    """Where a process computes and with how many CPU threads (``[device]``)."""
+
+    type: str = "auto"  # "auto" takes the accelerator if there is one, else the CPU
+    # torch intra-op threads; 0 leaves torch's default in one process, and gives each replica
+    # process 1 (several replicas share a host's cores). Pin it for bit-identical results.
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("type", self.type, DEVICE_CHOICES)
+        check(self.threads >= 0, "threads", self.threads, "0 (torch's default) or a positive integer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +88,33 @@ class Device:
             "torch": torch.__version__,
             "cpu threads": str(torch.get_num_threads()),
         }
+
+
+CPU_MASK_ENV = "TENACIA_CPU_MASK"
+
+
+def cpu_features(cpuinfo: str | None = None, mask: str | None = None) -> frozenset[str]:
+    """The instruction sets this CPU and kernel offer, as Linux names them in ``/proc/cpuinfo``
+    (x86: ``avx512f``, ``avx2``, ``fma``, ...; ARM: ``asimd`` is reported as ``neon`` too), less
+    those named in ``$TENACIA_CPU_MASK`` (comma-separated: ``avx512f`` runs tenacia and its tests
+    as on a CPU without AVX-512). Kernels and the tests of kernels choose by this, never by the
+    vendor or model name."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    mask = os.environ.get(CPU_MASK_ENV, "") if mask is None else mask
+    found: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            found = set(value.split())
+            if "asimd" in found:
+                found.add("neon")
+            break
+    return frozenset(found - {m.strip() for m in mask.split(",")})
 
 
 def _load_vendor_plugins() -> None:

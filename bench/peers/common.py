@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from tenacia.model.llama import Llama, ModelConfig, loss_fn
+from tenacia.model.llama import Llama, loss_fn
+from tenacia.shape import ModelConfig
 
 STRIDE = 97
 STREAM_BYTES = 4_000_000

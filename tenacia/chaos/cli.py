@@ -1,13 +1,12 @@
 """`tenacia chaos`: inject a fault into a running tenacia job by hand, as the schedule would.
 
-Targets are found through the run directory: ``replicas/r<id>.json`` holds each replica's pid,
-and the event log says which replica leads. Every fault is logged as ``fault_injected``.
+Targets are found through the run directory: each replica's published address record
+(``tenacia.train.replicas.addresses``) holds its pid, and the event log says which replica leads. Every fault is logged as ``fault_injected``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -35,12 +34,13 @@ def leader(run_dir: Path) -> int | None:
 
 
 def replica_pid(run_dir: Path, replica: int) -> int:
-    f = run_dir / "replicas" / f"r{replica}.json"
-    try:
-        return int(json.loads(f.read_text())["pid"])
-    except (OSError, ValueError, KeyError):
-        known = sorted(p.stem[1:] for p in (run_dir / "replicas").glob("r*.json"))
-        raise SystemExit(f"tenacia chaos: no replica {replica} in {run_dir} (known: {', '.join(known) or 'none'})") from None
+    from ..train.replicas import addresses
+
+    info = addresses.read(run_dir, replica)
+    if info is None:
+        known = [str(i["replica"]) for i in addresses.read_all(run_dir)]
+        raise SystemExit(f"tenacia chaos: no replica {replica} in {run_dir} (known: {', '.join(known) or 'none'})")
+    return int(info["pid"])
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:

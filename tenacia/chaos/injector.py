@@ -1,13 +1,17 @@
-"""Runs a run's ``[chaos]`` schedule from the launcher, against real processes, with real signals.
+"""Runs a run's ``[chaos]`` schedule (``tenacia.faults``) against real processes, with real signals.
 
-It follows the run by tailing ``events.jsonl`` (committed steps, the current leader, healing) and
-fires each fault once its step is committed. Every fault is logged as ``fault_injected`` with the
-time it was sent, which the report uses to measure detection and stall.
+It is a supervision plug-in of the launcher (``tenacia.train.replicas.launcher.Supervision``):
+the launcher calls ``tick`` every ``poll_s`` and starts every replica process with ``child_env``,
+which arms in-process kill points there (``killpoints``). It follows the run by tailing
+``events.jsonl`` (committed steps, the current leader, healing) and fires each fault once its
+step is committed. Every fault is logged as ``fault_injected`` with the time it was sent, which
+the report uses to measure detection and stall.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 import time
@@ -15,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..events import EventLog, EventTail
-from .schedule import Fault, parse_fault, random_kills
+from ..faults import Fault, parse_fault
+from . import killpoints
 
 SLOW_PERIOD_S = 0.1  # one SIGSTOP/SIGCONT cycle of a slowed replica
 
@@ -55,6 +60,18 @@ class Slowdown(threading.Thread):
             time.sleep(run_s)
 
 
+def random_kills(rate_per_s: float, duration_s: float, replicas: int, seed: int) -> list[tuple[float, int]]:
+    """(time offset, replica) of Poisson kills: the same list for the same seed on every machine."""
+    rng = random.Random(seed)
+    out, t = [], 0.0
+    while rate_per_s > 0:
+        t += rng.expovariate(rate_per_s)
+        if t >= duration_s:
+            break
+        out.append((t, rng.randrange(replicas)))
+    return out
+
+
 class ChaosInjector:
     def __init__(self, cfg, run_dir: Path, events: EventLog, pid_of: Callable[[int], int | None]):
         chaos = cfg.chaos
@@ -74,6 +91,16 @@ class ChaosInjector:
         self.arm_healing = False
         self._timers: list[threading.Timer] = []
         self._slow: list[Slowdown] = []
+
+    @property
+    def poll_s(self) -> float:
+        """A kill_healing fault must land inside a heal (tens of ms on a small model): the
+        launcher ticks every 5 ms while one is armed, else every 50 ms."""
+        return 0.005 if self.arm_healing else 0.05
+
+    def child_env(self) -> dict[str, str]:
+        """Environment for a replica process: its armed in-process kill point, if any."""
+        return {killpoints.ENV_VAR: self.kill_point} if self.kill_point else {}
 
     def tick(self) -> None:
         for e in self.tail.new():

@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import check, check_choice
+from ..config import check, check_choice, from_dict
 from . import netns
 
 SUBNET = "10.213.0"
@@ -54,13 +54,13 @@ class LinkConfig:
     mtu: int = 1500
 
     def __post_init__(self) -> None:
-        check(2 <= self.nodes <= 250, "link.nodes", self.nodes, "an integer from 2 to 250")
-        check_choice("link.link", self.link, ("auto", "veth", "tun"))
-        check(self.delay_ms >= 0, "link.delay_ms", self.delay_ms, "a number of milliseconds >= 0")
-        check(self.link != "veth" or self.delay_ms == 0, "link.delay_ms", self.delay_ms,
+        check(2 <= self.nodes <= 250, "nodes", self.nodes, "an integer from 2 to 250")
+        check_choice("link", self.link, ("auto", "veth", "tun"))
+        check(self.delay_ms >= 0, "delay_ms", self.delay_ms, "a number of milliseconds >= 0")
+        check(self.link != "veth" or self.delay_ms == 0, "delay_ms", self.delay_ms,
               "0 with link = 'veth' (delay needs the user-space forwarder: link = 'tun' or 'auto')")
-        check(self.rate_mbit >= 0, "link.rate_mbit", self.rate_mbit, "a rate in megabit/s >= 0 (0: no cap)")
-        check(576 <= self.mtu <= 65000, "link.mtu", self.mtu, "an integer from 576 to 65000")
+        check(self.rate_mbit >= 0, "rate_mbit", self.rate_mbit, "a rate in megabit/s >= 0 (0: no cap)")
+        check(576 <= self.mtu <= 65000, "mtu", self.mtu, "an integer from 576 to 65000")
 
     @property
     def kind(self) -> str:
@@ -82,7 +82,7 @@ class LinkLab:
     and removes everything the lab made, whatever state it is in."""
 
     def __init__(self, config: LinkConfig | None = None, **fields: object):
-        self.config = config if config is not None else LinkConfig(**fields)
+        self.config = config if config is not None else from_dict(LinkConfig, fields, prefix="link")
         self.prefix = f"tn-{os.getpid()}-{next(_labs)}"
         self.hub = f"{self.prefix}-hub"
         self.nodes = [Node(k, f"{self.prefix}-{k}", f"{SUBNET}.{k + 1}") for k in range(self.config.nodes)]

@@ -32,14 +32,14 @@ class DataConfig:
     cache_dir: str = ""  # token and tokenizer cache; "" means $TENACIA_CACHE or ~/.cache/tenacia
 
     def __post_init__(self) -> None:
-        check(self.seq_len > 0, "data.seq_len", self.seq_len, "a positive integer")
-        check(0.0 < self.eval_fraction < 0.5, "data.eval_fraction", self.eval_fraction,
+        check(self.seq_len > 0, "seq_len", self.seq_len, "a positive integer")
+        check(0.0 < self.eval_fraction < 0.5, "eval_fraction", self.eval_fraction,
               "a number strictly between 0 and 0.5")
-        check(self.max_bytes >= 0, "data.max_bytes", self.max_bytes, "0 (no limit) or a positive integer")
-        check(self.seed >= 0, "data.seed", self.seed, "an integer >= 0")
-        check(bool(self.jsonl_field), "data.jsonl_field", self.jsonl_field, "a non-empty field name")
-        check(self.corpus == "stdlib" or Path(self.corpus).expanduser().exists(), "data.corpus",
+        check(self.max_bytes >= 0, "max_bytes", self.max_bytes, "0 (no limit) or a positive integer")
+        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        check(bool(self.jsonl_field), "jsonl_field", self.jsonl_field, "a non-empty field name")
+        check(self.corpus == "stdlib" or Path(self.corpus).expanduser().exists(), "corpus",
               self.corpus, "'stdlib' or a path to an existing .txt/.jsonl file or a directory of them")
         check(self.tokenizer in NAMED_TOKENIZERS or Path(self.tokenizer).expanduser().is_file(),
-              "data.tokenizer", self.tokenizer,
+              "tokenizer", self.tokenizer,
               "'train', 'smollm2' or a path to an existing tokenizer.json")

@@ -24,7 +24,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..config import ConfigError
-from .cache import cache_root
+from ..storage import cache_root
 from .config import DataConfig
 from .corpus import read_corpus
 from .tokenizer import resolve_tokenizer

@@ -26,7 +26,7 @@ import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..config import ConfigError
-from .cache import atomic_write_bytes
+from ..storage import atomic_write
 from .corpus import Corpus
 
 ENDOFTEXT = "<|endoftext|>"
@@ -90,7 +90,7 @@ def resolve_tokenizer(spec: str, corpus: Corpus, vocab_size: int, cache_dir: Pat
         return _trained(corpus, vocab_size, cache_dir)
     if spec == "smollm2":
         # Imported here: converting SmolLM2 is slow and needs transformers.
-        from ..model.smollm2 import SmolLM2Unavailable, smollm2_dir
+        from .smollm2 import SmolLM2Unavailable, smollm2_dir
 
         try:
             path = Path(smollm2_dir()) / "tokenizer.json"
@@ -115,7 +115,7 @@ def _trained(corpus: Corpus, vocab_size: int, cache_dir: Path) -> ResolvedTokeni
         except ConfigError as e:  # only disk damage gets here: cache files are written atomically
             warnings.warn(f"retraining: cached tokenizer {path} is unreadable ({e})", stacklevel=2)
     data = train_bpe(corpus.documents, vocab_size).to_str().encode("utf-8")
-    atomic_write_bytes(path, data)
+    atomic_write(path, data)
     tokenizer = Tokenizer.from_str(data.decode("utf-8"))
     return ResolvedTokenizer(tokenizer=tokenizer, path=path, sha256=hashlib.sha256(data).hexdigest(),
                              end_of_text_id=ENDOFTEXT_ID, id_bound=_id_bound(tokenizer), trained=True)

@@ -18,11 +18,10 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
-from .cache import atomic_write, atomic_write_bytes
+from ..storage import atomic_write, atomic_write_json
 from .corpus import Corpus
 from .tokenizer import ResolvedTokenizer
 
@@ -65,18 +64,19 @@ def token_file(corpus: Corpus, tokenizer: ResolvedTokenizer, cache_dir: Path) ->
 
     written = 0
 
-    def write(f: BinaryIO) -> None:
+    def write(tmp: Path) -> None:
         nonlocal written
-        for chunk in _encoded(corpus.documents, tokenizer, dtype):
-            f.write(chunk.tobytes())
-            written += chunk.size
+        with open(tmp, "wb") as f:
+            for chunk in _encoded(corpus.documents, tokenizer, dtype):
+                f.write(chunk.tobytes())
+                written += chunk.size
 
     atomic_write(path, write)
     meta = {"format": FORMAT_VERSION, "dtype": dtype.name, "count": written,
             "corpus_fingerprint": corpus.fingerprint, "corpus_source": corpus.source,
             "corpus_bytes": corpus.num_bytes, "documents": len(corpus.documents),
             "tokenizer_sha256": tokenizer.sha256, "end_of_text_id": tokenizer.end_of_text_id}
-    atomic_write_bytes(sidecar, json.dumps(meta, indent=1).encode())
+    atomic_write_json(sidecar, meta, indent=1)
     return TokenFile(path=path, dtype=dtype, count=written, key=key, built=True)
 
 

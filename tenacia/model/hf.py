@@ -1,54 +1,44 @@
-"""Hugging Face interop: tenacia's ``Llama`` <-> a Llama-family checkpoint directory.
+"""Hugging Face weights: tenacia's ``Llama`` <-> a Llama-family checkpoint directory.
 
-A Hugging Face directory holds ``config.json`` and its weights in ``model.safetensors`` or in
-shards listed by ``model.safetensors.index.json``. This module maps parameter names both ways, turns
-``config.json`` into a ``ModelConfig`` and back, and loads or saves such a directory. Pickle
-checkpoints (``pytorch_model.bin``) are never read.
-
-Three model types load (``ARCHITECTURES``), all with the same parameter names:
-- ``llama`` (``LlamaForCausalLM``);
-- ``mistral`` (``MistralForCausalLM``): Llama's weights plus an attention window, which tenacia
-  reproduces by capping the context at the window (see ``model_config_from_hf``);
-- ``qwen2`` (``Qwen2ForCausalLM``): Llama plus biases on the q, k and v projections
-  (``ModelConfig.qkv_bias``), without sliding-window attention.
-
-All use the "rotate half" rotary layout, so q/k projections load without a permutation.
+A Hugging Face directory holds ``config.json`` (mapped to a ``ModelConfig`` by
+``tenacia.shape.hf``, which also says which model types load) and its weights in
+``model.safetensors`` or in shards listed by ``model.safetensors.index.json``. This module maps
+parameter names both ways and loads or saves such a directory. Pickle checkpoints
+(``pytorch_model.bin``) are never read. All three model types use the "rotate half" rotary
+layout, so q/k projections load without a permutation.
 
 Contract:
-- ``model_config_from_hf`` rejects what the model cannot reproduce exactly (another architecture,
-  rope scaling, biases other than Qwen2's, another activation, sliding-window attention it
-  cannot cap) with an ``HFFormatError`` naming the field, its value and what is allowed, rather
-  than loading a model that silently computes something else.
 - Loading checks every tensor's name and shape: a missing, unexpected or misshapen weight is an
   ``HFFormatError`` naming it. A tied ``lm_head.weight`` is ignored when present.
-- Saving writes each file atomically (temporary file, fsync, rename) and leaves other files in
+- Saving writes each file atomically (``tenacia.storage``) and leaves other files in
   ``out_dir`` (a tokenizer, say) alone. A tied ``lm_head`` is not stored, as transformers does.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .llama import Llama, ModelConfig
+from ..shape import ModelConfig
+from ..shape.hf import (
+    CONFIG_FILE,
+    GENERATION_CONFIG_FILE,
+    HFFormatError,
+    hf_config_from_model,
+    model_config_from_hf,
+)
+from ..storage import atomic_write, atomic_write_json
+from .llama import Llama
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-GENERATION_CONFIG_FILE = "generation_config.json"
-
-
-class HFFormatError(ValueError):
-    """A Hugging Face directory, config or state dict that tenacia cannot load faithfully."""
 
 
 # tenacia name suffix inside layers.N <-> HF name suffix inside model.layers.N
@@ -77,18 +67,6 @@ _OURS_LAYER = re.compile(r"layers\.(\d+)\.(.+)")
 _HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 # Buffers some older exports stored; they are recomputed, never loaded.
 _HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
-# model_type -> the one architecture of it that loads.
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                 "qwen2": "Qwen2ForCausalLM"}
-# transformers' defaults (5.x, as of 4.x) for fields a config.json may leave out, where they
-# differ from one model type to another.
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": {"max_position_embeddings": 2048},
-    "mistral": {"max_position_embeddings": 131072, "num_key_value_heads": 8, "sliding_window": 4096},
-    "qwen2": {"max_position_embeddings": 32768, "num_key_value_heads": 32},
-}
-
-
 def hf_key(name: str) -> str:
     """tenacia parameter name -> HF name (``layers.3.attention.wq.weight`` ->
     ``model.layers.3.self_attn.q_proj.weight``). Raises ``HFFormatError`` for an unknown name."""
@@ -174,132 +152,6 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise HFFormatError(f"config.json field '{field}' = {value!r} is not supported: {allowed}")
-
-
-def _rope_theta(config: Mapping[str, Any]) -> float:
-    """rope_theta from either layout: transformers >= 5 ``rope_parameters``, or the older
-    top-level ``rope_theta`` plus ``rope_scaling``. Only unscaled ("default") rope is supported."""
-    params = config.get("rope_parameters")
-    field = "rope_parameters"
-    if params is None:
-        params, field = config.get("rope_scaling") or {}, "rope_scaling"
-    _require(isinstance(params, Mapping), field, params, "a table of rope parameters")
-    kind = params.get("rope_type", params.get("type", "default"))
-    _require(kind == "default", f"{field}.rope_type", kind,
-             "only 'default' (unscaled) rotary embeddings; linear/dynamic/yarn/llama3 scaling "
-             "are not implemented by tenacia's model")
-    theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
-    _require(isinstance(theta, (int, float)) and theta > 0, "rope_theta", theta,
-             "a positive number")
-    return float(theta)
-
-
-def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
-    """A transformers ``LlamaConfig``, ``MistralConfig`` or ``Qwen2Config`` dict (a parsed
-    config.json) -> ``ModelConfig``. Raises ``HFFormatError`` for anything the model cannot
-    reproduce exactly.
-
-    Mistral's ``sliding_window`` W lets each token attend to the last W positions only. tenacia
-    has no windowed attention, so it caps ``max_seq_len`` at W: no sequence it runs is longer than
-    the window, and there windowed and full causal attention are the same computation. A
-    ``null`` window leaves the context at ``max_position_embeddings``."""
-    model_type = config.get("model_type")
-    _require(model_type in ARCHITECTURES, "model_type", model_type,
-             f"one of {', '.join(repr(t) for t in ARCHITECTURES)} (the Llama-family decoders "
-             "tenacia reproduces exactly)")
-    config = {**_DEFAULTS[model_type], **config}
-    want = ARCHITECTURES[model_type]
-    arch = config.get("architectures") or [want]
-    _require(want in arch, "architectures", arch, f"['{want}'] for model_type '{model_type}'")
-    act = config.get("hidden_act", "silu")
-    _require(act == "silu", "hidden_act", act, "'silu' (SwiGLU)")
-    if model_type == "llama":  # the others have no such switches
-        for field in ("attention_bias", "mlp_bias"):
-            _require(not config.get(field, False), field, config.get(field), "false (no biases)")
-    # layer_types marks the layers a sliding window applies to, when the model has one: a Qwen2
-    # with use_sliding_window false has none (transformers then sets its window to None whatever
-    # layer_types says), and Mistral's window is handled below by capping the context.
-    layer_types = config.get("layer_types") or []
-    if model_type == "llama":
-        _require(all(t == "full_attention" for t in layer_types), "layer_types", layer_types,
-                 "'full_attention' for every layer (tenacia has no sliding-window attention)")
-    max_seq_len = config["max_position_embeddings"]
-    if model_type == "mistral":
-        window = config["sliding_window"]
-        _require(window is None or (isinstance(window, int) and not isinstance(window, bool)
-                                    and window > 0), "sliding_window", window,
-                 "null, or a positive integer (tenacia then caps the context at it)")
-        max_seq_len = min(max_seq_len, window or max_seq_len)
-    if model_type == "qwen2":
-        _require(not config.get("use_sliding_window", False), "use_sliding_window",
-                 config.get("use_sliding_window"),
-                 "false (tenacia has no sliding-window attention; every layer attends to the "
-                 "whole context)")
-    dim, n_heads = config["hidden_size"], config["num_attention_heads"]
-    head_dim = config.get("head_dim")
-    if head_dim is not None:
-        _require(head_dim * n_heads == dim, "head_dim", head_dim,
-                 f"hidden_size / num_attention_heads = {dim / n_heads:g}")
-    return ModelConfig(
-        vocab_size=config["vocab_size"],
-        dim=dim,
-        n_layers=config["num_hidden_layers"],
-        n_heads=n_heads,
-        n_kv_heads=config.get("num_key_value_heads") or n_heads,
-        ffn_dim=config["intermediate_size"],
-        norm_eps=float(config.get("rms_norm_eps", 1e-6)),  # transformers' default for all three
-        rope_theta=_rope_theta(config),
-        max_seq_len=max_seq_len,
-        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-        qkv_bias=model_type == "qwen2",
-    )
-
-
-def hf_config_from_model(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32,
-                         **token_ids: int | list[int] | None) -> dict[str, Any]:
-    """``ModelConfig`` -> a config.json dict that transformers loads as ``LlamaForCausalLM``, or
-    as ``Qwen2ForCausalLM`` (full attention in every layer) when ``cfg.qkv_bias`` is set.
-    ``token_ids``: bos_token_id, eos_token_id, pad_token_id (others are rejected). Both rope
-    layouts are written so that transformers 4.x and >= 5 read the same theta."""
-    allowed = {"bos_token_id", "eos_token_id", "pad_token_id"}
-    unknown = set(token_ids) - allowed
-    if unknown:
-        raise TypeError(f"unknown token id argument(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    model_type = "qwen2" if cfg.qkv_bias else "llama"
-    if model_type == "qwen2":
-        own = {"use_sliding_window": False, "sliding_window": None,
-                  "max_window_layers": cfg.n_layers}
-    else:
-        own = {"attention_bias": False, "mlp_bias": False}
-    return {
-        "architectures": [ARCHITECTURES[model_type]],
-        "model_type": model_type,
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.dim,
-        "intermediate_size": cfg.ffn_dim,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_seq_len,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_scaling": None,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        **own,  # the fields of this model type alone
-        "attention_dropout": 0.0,
-        "tie_word_embeddings": bool(cfg.tie_embeddings),
-        "initializer_range": 0.02,
-        "use_cache": True,
-        "torch_dtype": str(dtype).removeprefix("torch."),
-        **{k: v for k, v in token_ids.items() if v is not None},
-    }
-
-
 def read_hf_state_dict(path: str | Path) -> dict[str, Tensor]:
     """All tensors of a HF directory: ``model.safetensors`` or the shards named by
     ``model.safetensors.index.json``. Never unpickles."""
@@ -343,23 +195,6 @@ def load_hf_dir(path: str | Path, device: torch.device | str | None = None,
     return model.eval()
 
 
-def _write_atomic(target: Path, write: Any) -> None:
-    """Write through ``write(tmp_path)`` to a temporary sibling, fsync, rename onto ``target``."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # safetensors creates 0600 files; an export is meant to be shared
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(target: Path, data: Mapping[str, Any]) -> None:
-    _write_atomic(target, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
-
-
 def save_hf_dir(model: Llama, out_dir: str | Path, *, bos_token_id: int | None = None,
                 eos_token_id: int | Iterable[int] | None = None,
                 pad_token_id: int | None = None) -> Path:
@@ -376,7 +211,8 @@ def save_hf_dir(model: Llama, out_dir: str | Path, *, bos_token_id: int | None =
     # safetensors refuses shared or strided storage: give each tensor its own contiguous copy.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     dtype = next(iter(tensors.values())).dtype
-    _write_json(out / CONFIG_FILE, hf_config_from_model(cfg, dtype=dtype, **ids))
-    _write_atomic(out / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _write_json(out / GENERATION_CONFIG_FILE, {k: v for k, v in ids.items() if v is not None})
+    dtype_name = str(dtype).removeprefix("torch.")
+    atomic_write_json(out / CONFIG_FILE, hf_config_from_model(cfg, dtype=dtype_name, **ids), indent=2)
+    atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write_json(out / GENERATION_CONFIG_FILE, {k: v for k, v in ids.items() if v is not None}, indent=2)
     return out

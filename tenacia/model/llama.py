@@ -13,60 +13,13 @@ without permuting q/k projections.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import check
-from .presets import PRESETS
-
-
-@dataclass(kw_only=True, slots=True)
-class ModelConfig:
-    """Shape of the decoder. ``preset`` fills every field left unset (see ``model/presets.py``)."""
-
-    preset: str = "tiny"
-    vocab_size: int | None = None  # tokens; for a trained tokenizer it must match its vocabulary
-    dim: int | None = None  # model width
-    n_layers: int | None = None
-    n_heads: int | None = None  # query heads
-    n_kv_heads: int | None = None  # key/value heads (grouped-query attention when < n_heads)
-    ffn_dim: int | None = None  # SwiGLU hidden size
-    norm_eps: float | None = None
-    rope_theta: float | None = None
-    max_seq_len: int | None = None  # longest position the rotary table covers
-    tie_embeddings: bool | None = None  # output projection shares the embedding matrix
-    qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2); none on o or the MLP
-
-    def __post_init__(self) -> None:
-        check(self.preset in PRESETS, "model.preset", self.preset, f"one of {', '.join(PRESETS)}")
-        for key, value in PRESETS[self.preset].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-        for key in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
-            check(getattr(self, key) > 0, f"model.{key}", getattr(self, key), "a positive integer")
-        check(self.dim % self.n_heads == 0, "model.dim", self.dim, f"a multiple of n_heads={self.n_heads}")
-        check(self.head_dim % 2 == 0, "model.dim", self.dim, "dim / n_heads must be even for rotary embeddings")
-        check(self.n_heads % self.n_kv_heads == 0, "model.n_kv_heads", self.n_kv_heads,
-              f"a divisor of n_heads={self.n_heads}")
-        check(self.norm_eps > 0, "model.norm_eps", self.norm_eps, "a positive number")
-        check(self.rope_theta > 0, "model.rope_theta", self.rope_theta, "a positive number")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    def num_params(self) -> int:
-        """Parameters, counting a tied embedding once."""
-        attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
-        if self.qkv_bias:
-            attn += self.head_dim * (self.n_heads + 2 * self.n_kv_heads)
-        layer = attn + 3 * self.dim * self.ffn_dim + 2 * self.dim
-        emb = self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
-        return self.n_layers * layer + emb + self.dim
+from ..shape import ModelConfig
 
 
 class AttentionCache(Protocol):

@@ -61,18 +61,18 @@ class Assumptions:
         for key in ("compute_efficiency", "memory_efficiency", "comm_efficiency", "usable_memory",
                     "power_fraction"):
             value = getattr(self, key)
-            check(0 < value <= 1, f"assumptions.{key}", value, "a fraction in (0, 1]")
+            check(0 < value <= 1, key, value, "a fraction in (0, 1]")
         for key in ("tp_overlap", "ep_overlap", "pp_overlap", "dp_overlap"):
             value = getattr(self, key)
-            check(0 <= value <= 1, f"assumptions.{key}", value, "a fraction in [0, 1]")
-        check(0 <= self.comm_sm_fraction < 1, "assumptions.comm_sm_fraction", self.comm_sm_fraction,
+            check(0 <= value <= 1, key, value, "a fraction in [0, 1]")
+        check(0 <= self.comm_sm_fraction < 1, "comm_sm_fraction", self.comm_sm_fraction,
               "a fraction in [0, 1)")
-        check(self.fp8_speedup >= 1, "assumptions.fp8_speedup", self.fp8_speedup, "a number >= 1")
-        check(self.moe_imbalance >= 1, "assumptions.moe_imbalance", self.moe_imbalance, "a number >= 1")
-        check(0 < self.activation_memory_scale <= 1, "assumptions.activation_memory_scale",
+        check(self.fp8_speedup >= 1, "fp8_speedup", self.fp8_speedup, "a number >= 1")
+        check(self.moe_imbalance >= 1, "moe_imbalance", self.moe_imbalance, "a number >= 1")
+        check(0 < self.activation_memory_scale <= 1, "activation_memory_scale",
               self.activation_memory_scale, "a fraction in (0, 1]")
-        check(self.optimizer_bytes_per_param >= 0, "assumptions.optimizer_bytes_per_param",
+        check(self.optimizer_bytes_per_param >= 0, "optimizer_bytes_per_param",
               self.optimizer_bytes_per_param, "a number >= 0")
-        check(self.grad_reduce_bytes > 0, "assumptions.grad_reduce_bytes", self.grad_reduce_bytes,
+        check(self.grad_reduce_bytes > 0, "grad_reduce_bytes", self.grad_reduce_bytes,
               "a positive number")
-        check(self.pue >= 1, "assumptions.pue", self.pue, "a number >= 1")
+        check(self.pue >= 1, "pue", self.pue, "a number >= 1")

@@ -41,7 +41,7 @@ def read_calibration(run_dir: str | Path) -> Calibration:
     path = Path(run_dir) / "events.jsonl"
     if not path.is_file():
         raise ConfigError("calibrate", str(run_dir), f"a tenacia run directory containing events.jsonl ({path} not found)")
-    from ..report import faults
+    from ..report.summary import faults
 
     events = read_events(path)
     values: dict[str, list[float]] = {key: [] for key in SOURCES}

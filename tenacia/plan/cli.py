@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_config_args
+from ..config import add_config_args
 
 GOODPUT_SCALES = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
 

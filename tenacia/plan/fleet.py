@@ -51,15 +51,15 @@ class FleetSpec:
     balance: str = "slowest"
 
     def __post_init__(self) -> None:
-        check_choice("fleet.balance", self.balance, ("slowest", "proportional"))
+        check_choice("balance", self.balance, ("slowest", "proportional"))
         if self.preset:
-            check(self.preset in PRESETS, "fleet.preset", self.preset,
+            check(self.preset in PRESETS, "preset", self.preset,
                   f"one of {', '.join(PRESETS)}, or \"\" with fleet.groups given")
             if self.groups:
                 self.preset = ""  # explicit groups win; say so in the resolved config
             else:
                 self.groups = [FleetGroup(**g) for g in PRESETS[self.preset]]
-        check(bool(self.groups), "fleet.groups", self.groups,
+        check(bool(self.groups), "groups", self.groups,
               "at least one group (or a fleet.preset), e.g. --fleet h800:2048")
 
     @property

@@ -4,7 +4,9 @@ A plan is a dict built in this order, later steps winning: the ``-c`` TOML file,
 flags (``--model``, ``--fleet``, ``--layout``, ...), then ``-o key=value`` overrides; then
 ``tenacia.config.from_dict`` checks it into a dataclass tree. Shorthands:
 
-- model: a preset name (``deepseek-v3``) or a TOML file of ``ModelSpec`` fields
+- model: a preset name (``deepseek-v3``), a TOML file of ``ModelSpec`` fields, or a model tenacia
+  runs, through ``tenacia.shape``: one of its presets (``smollm2-135m``), a run directory (its
+  ``[model]``), or a Hugging Face ``config.json`` (or the directory holding it)
 - fleet: a preset name (``seed-cluster``), a TOML file of ``FleetSpec`` fields, or
   ``chip:count`` groups joined by ``,`` or ``+`` (``h20:30000+h800:10000``)
 - layout: ``auto`` (search) or ``key=value`` pairs joined by ``,`` (``tp=1,pp=16,ep=64``)
@@ -16,6 +18,7 @@ flags (``--model``, ``--fleet``, ``--layout``, ...), then ``-o key=value`` overr
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,9 @@ import tomllib
 
 from .. import config
 from ..config import ConfigError
+from ..shape import PRESETS as SHAPE_PRESETS
+from ..shape import ModelConfig
+from ..shape.hf import HFFormatError, model_config_from_hf
 from . import fleet as fleet_mod
 from . import models
 
@@ -45,14 +51,36 @@ def _toml_file(kind: str, value: str) -> dict | None:
         raise ConfigError(kind, value, f"valid TOML ({e})") from None
 
 
+def _tenacia_shape(value: str) -> ModelConfig | None:
+    """The shape ``--model`` names when it is a model tenacia runs (module docstring), else None."""
+    path = Path(value)
+    if value in SHAPE_PRESETS and value not in models.PRESETS:
+        return ModelConfig(preset=value)
+    if (path / "config.toml").is_file():  # a tenacia run directory
+        table = _toml_file("model", str(path / "config.toml")) or {}
+        return config.from_dict(ModelConfig, table.get("model", {}), prefix="model")
+    hf = path / "config.json" if path.is_dir() else path
+    if hf.name.endswith(".json") and hf.is_file():
+        try:
+            return model_config_from_hf(json.loads(hf.read_text()))
+        except (json.JSONDecodeError, HFFormatError, KeyError) as e:
+            raise ConfigError("model", value, f"a Hugging Face config.json of a Llama-family model ({e})") from None
+    return None
+
+
 def shorthand(kind: str, value: str) -> list[tuple[list[str], Any]]:
     """(path, value) pairs that a shorthand sets in the plan dict."""
     if kind == "model":
+        shape = _tenacia_shape(value)
+        if shape is not None:
+            return [(["model"], models.from_shape(shape))]
         table = _toml_file("model", value)
         if table is not None:
             return [(["model"], table)]
         if value not in models.PRESETS:
-            raise ConfigError("model", value, f"a preset ({', '.join(models.PRESETS)}) or a TOML file of model fields")
+            raise ConfigError("model", value, f"a preset ({', '.join(models.PRESETS)}), a tenacia preset "
+                              f"({', '.join(SHAPE_PRESETS)}), a run directory, a Hugging Face config.json, "
+                              "or a TOML file of model fields")
         return [(["model"], {"preset": value})]
     if kind == "fleet":
         table = _toml_file("fleet", value)

@@ -33,14 +33,14 @@ class Layout:
 
     def __post_init__(self) -> None:
         for key in ("tp", "pp", "ep", "dp"):
-            check(getattr(self, key) >= 0, f"layout.{key}", getattr(self, key), "an integer >= 0 (0: search/fill)")
-        check(self.microbatch_seqs > 0, "layout.microbatch_seqs", self.microbatch_seqs, "a positive integer")
-        check_choice("layout.schedule", self.schedule, SCHEDULES)
-        check(self.virtual_stages >= 1, "layout.virtual_stages", self.virtual_stages, "an integer >= 1")
-        check(self.virtual_stages == 1 or self.schedule == "interleaved", "layout.virtual_stages",
+            check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0 (0: search/fill)")
+        check(self.microbatch_seqs > 0, "microbatch_seqs", self.microbatch_seqs, "a positive integer")
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check(self.virtual_stages >= 1, "virtual_stages", self.virtual_stages, "an integer >= 1")
+        check(self.virtual_stages == 1 or self.schedule == "interleaved", "virtual_stages",
               self.virtual_stages, "1 unless layout.schedule = 'interleaved'")
-        check_choice("layout.zero", self.zero, (0, 1, 2))
-        check_choice("layout.recompute", self.recompute, ("none", "selective", "full"))
+        check_choice("zero", self.zero, (0, 1, 2))
+        check_choice("recompute", self.recompute, ("none", "selective", "full"))
 
     @property
     def searched(self) -> bool:

@@ -4,7 +4,11 @@ A ``ModelSpec`` holds what the planner needs from a model, not its weights: para
 (total and activated per token), depth, width, attention shape (for attention FLOPs and KV-cache
 size), the expert layout of MoE layers, and the published run's token count and batch, which a
 plan uses unless told otherwise. ``preset`` (default ``deepseek-v3``) fills every field left
-unset, as in ``tenacia.model.llama.ModelConfig``; set it to ``""`` to give every field.
+unset, as in ``tenacia.shape.ModelConfig``; set it to ``""`` to give every field.
+
+``from_shape`` describes any model tenacia itself trains or serves (a ``tenacia.shape``
+``ModelConfig``: one of its presets, a run directory's ``[model]``, a Hugging Face config.json),
+so the planner sizes the same model the rest of tenacia runs, without importing torch.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import check
+from ..shape import ModelConfig
 
 PRESETS: dict[str, dict] = {
     # DeepSeek-V3 technical report and its config.json: 61 layers (first 3 dense), MLA attention
@@ -72,43 +77,43 @@ class ModelSpec:
     # many scale-up domains (DeepSeek-V3: 4); 0: unlimited
     extra_activated_params_b: float | None = None  # run in training only (e.g. MTP modules)
     seq_len: int | None = None  # training sequence length
-    train_tokens: float | None = None  # the published run's token count (a plan's default)
-    global_batch_seqs: int | None = None  # the published run's batch in sequences (a plan's default)
+    train_tokens: float | None = None  # the published run's token count (a plan's default; 0: none)
+    global_batch_seqs: int | None = None  # the published run's batch in sequences (a plan's default; 0: none)
 
     def __post_init__(self) -> None:
         if self.preset:
-            check(self.preset in PRESETS, "model.preset", self.preset,
+            check(self.preset in PRESETS, "preset", self.preset,
                   f"one of {', '.join(PRESETS)}, or \"\" with every field given")
             for key, value in PRESETS[self.preset].items():
                 if getattr(self, key) is None:
                     setattr(self, key, value)
         for key in self.__slots__:
             if key != "preset":
-                check(getattr(self, key) is not None, f"model.{key}", None,
+                check(getattr(self, key) is not None, key, None,
                       "a value (or a model.preset that fills it)")
         for key in ("total_params_b", "activated_params_b", "layers", "hidden", "ffn", "heads",
-                    "head_dim", "v_head_dim", "kv_heads", "vocab", "seq_len", "train_tokens",
-                    "global_batch_seqs"):
-            check(getattr(self, key) > 0, f"model.{key}", getattr(self, key), "a positive number")
+                    "head_dim", "v_head_dim", "kv_heads", "vocab", "seq_len"):
+            check(getattr(self, key) > 0, key, getattr(self, key), "a positive number")
         for key in ("kv_dim", "moe_layers", "experts", "shared_experts", "experts_per_token",
-                    "expert_ffn", "routing_max_groups", "extra_activated_params_b"):
-            check(getattr(self, key) >= 0, f"model.{key}", getattr(self, key), "a number >= 0")
-        check(self.activated_params_b <= self.total_params_b, "model.activated_params_b",
+                    "expert_ffn", "routing_max_groups", "extra_activated_params_b", "train_tokens",
+                    "global_batch_seqs"):
+            check(getattr(self, key) >= 0, key, getattr(self, key), "a number >= 0")
+        check(self.activated_params_b <= self.total_params_b, "activated_params_b",
               self.activated_params_b, f"at most total_params_b={self.total_params_b}")
-        check(self.heads % self.kv_heads == 0, "model.kv_heads", self.kv_heads,
+        check(self.heads % self.kv_heads == 0, "kv_heads", self.kv_heads,
               f"a divisor of heads={self.heads}")
-        check(self.moe_layers <= self.layers, "model.moe_layers", self.moe_layers,
+        check(self.moe_layers <= self.layers, "moe_layers", self.moe_layers,
               f"at most layers={self.layers}")
         if self.moe_layers:
-            check(self.experts > 0 and self.expert_ffn > 0, "model.experts", self.experts,
+            check(self.experts > 0 and self.expert_ffn > 0, "experts", self.experts,
                   "a positive count (with a positive expert_ffn) when moe_layers > 0")
-            check(0 < self.experts_per_token <= self.experts, "model.experts_per_token",
+            check(0 < self.experts_per_token <= self.experts, "experts_per_token",
                   self.experts_per_token, f"between 1 and experts={self.experts}")
-            check(self.expert_params_b < self.total_params_b, "model.total_params_b",
+            check(self.expert_params_b < self.total_params_b, "total_params_b",
                   self.total_params_b,
                   f"more than the routed-expert parameters the shape implies ({self.expert_params_b:.1f}B)")
         else:
-            check(self.activated_params_b == self.total_params_b, "model.activated_params_b",
+            check(self.activated_params_b == self.total_params_b, "activated_params_b",
                   self.activated_params_b, "equal to total_params_b for a dense model (moe_layers = 0)")
 
     @property
@@ -146,3 +151,19 @@ class ModelSpec:
         """Cached key/value elements per token, all layers."""
         per_layer = self.kv_dim or 2 * self.kv_heads * self.head_dim
         return self.layers * per_layer
+
+
+def from_shape(cfg: ModelConfig) -> dict:
+    """``ModelSpec`` fields of a tenacia model shape (a dense Llama-family decoder). It has no
+    published run, so ``train_tokens`` and ``global_batch_seqs`` are 0: a plan gives them. A tied
+    output projection is stored once but still runs per token: it is counted as
+    ``extra_activated_params_b`` so that the matmul work includes it."""
+    params_b = cfg.num_params() / 1e9
+    return dict(
+        preset="", total_params_b=params_b, activated_params_b=params_b, layers=cfg.n_layers,
+        hidden=cfg.dim, ffn=cfg.ffn_dim, heads=cfg.n_heads, head_dim=cfg.head_dim,
+        v_head_dim=cfg.head_dim, kv_heads=cfg.n_kv_heads, kv_dim=0, vocab=cfg.vocab_size,
+        moe_layers=0, experts=0, shared_experts=0, experts_per_token=0, expert_ffn=0,
+        routing_max_groups=0,
+        extra_activated_params_b=cfg.vocab_size * cfg.dim / 1e9 if cfg.tie_embeddings else 0.0,
+        seq_len=cfg.max_seq_len, train_tokens=0.0, global_batch_seqs=0)

@@ -32,9 +32,9 @@ class MonteCarloConfig:
     horizon: float = 20.0  # a trial still running after horizon x failure-free time counts as unfinished
 
     def __post_init__(self) -> None:
-        check(self.trials > 0, "montecarlo.trials", self.trials, "a positive integer")
-        check(self.deadline_days >= 0, "montecarlo.deadline_days", self.deadline_days, "days >= 0")
-        check(self.horizon > 1, "montecarlo.horizon", self.horizon, "a number > 1")
+        check(self.trials > 0, "trials", self.trials, "a positive integer")
+        check(self.deadline_days >= 0, "deadline_days", self.deadline_days, "days >= 0")
+        check(self.horizon > 1, "horizon", self.horizon, "a number > 1")
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)

@@ -45,14 +45,14 @@ class Recovery:
     failure_scale: float = 1.0  # multiplies every catalog failure rate (for sweeps)
 
     def __post_init__(self) -> None:
-        check_choice("recovery.strategy", self.strategy, ("checkpoint", "live"))
-        check(self.checkpoint_interval_s >= 0, "recovery.checkpoint_interval_s", self.checkpoint_interval_s,
+        check_choice("strategy", self.strategy, ("checkpoint", "live"))
+        check(self.checkpoint_interval_s >= 0, "checkpoint_interval_s", self.checkpoint_interval_s,
               "seconds >= 0 (0: the Young/Daly optimum)")
-        check(self.checkpoint_write_s > 0, "recovery.checkpoint_write_s", self.checkpoint_write_s, "seconds > 0")
+        check(self.checkpoint_write_s > 0, "checkpoint_write_s", self.checkpoint_write_s, "seconds > 0")
         for key in ("restart_s", "hang_timeout_s", "sdc_detect_s", "detection_s", "stall_s",
                     "rejoin_s", "heal_s"):
-            check(getattr(self, key) >= 0, f"recovery.{key}", getattr(self, key), "seconds >= 0")
-        check(self.failure_scale >= 0, "recovery.failure_scale", self.failure_scale, "a number >= 0")
+            check(getattr(self, key) >= 0, key, getattr(self, key), "seconds >= 0")
+        check(self.failure_scale >= 0, "failure_scale", self.failure_scale, "a number >= 0")
 
 
 def young_daly_interval(write_s: float, mtbf_s: float) -> float:

@@ -42,6 +42,9 @@ class TrainPlan:
               "sequences >= 0 (0: the model preset's)")
         self.tokens = self.tokens or self.model.train_tokens
         self.global_batch_seqs = self.global_batch_seqs or self.model.global_batch_seqs
+        check(self.tokens > 0, "tokens", self.tokens, "a token count (this model has no published run: give --tokens)")
+        check(self.global_batch_seqs > 0, "global_batch_seqs", self.global_batch_seqs,
+              "a batch in sequences (this model has no published run: give --batch)")
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)

@@ -40,12 +40,12 @@ class Demand:
     peak_requests_per_s: float = 0.0  # when > 0, the peak rate itself (peak_factor is ignored)
 
     def __post_init__(self) -> None:
-        check(self.tokens_per_day > 0, "demand.tokens_per_day", self.tokens_per_day, "a positive number")
-        check(self.input_len > 0, "demand.input_len", self.input_len, "a positive integer")
-        check(self.output_len > 0, "demand.output_len", self.output_len, "a positive integer")
-        check(0 <= self.cache_hit_rate < 1, "demand.cache_hit_rate", self.cache_hit_rate, "a fraction in [0, 1)")
-        check(self.peak_factor >= 1, "demand.peak_factor", self.peak_factor, "a number >= 1")
-        check(self.peak_requests_per_s >= 0, "demand.peak_requests_per_s", self.peak_requests_per_s, "a number >= 0")
+        check(self.tokens_per_day > 0, "tokens_per_day", self.tokens_per_day, "a positive number")
+        check(self.input_len > 0, "input_len", self.input_len, "a positive integer")
+        check(self.output_len > 0, "output_len", self.output_len, "a positive integer")
+        check(0 <= self.cache_hit_rate < 1, "cache_hit_rate", self.cache_hit_rate, "a fraction in [0, 1)")
+        check(self.peak_factor >= 1, "peak_factor", self.peak_factor, "a number >= 1")
+        check(self.peak_requests_per_s >= 0, "peak_requests_per_s", self.peak_requests_per_s, "a number >= 0")
 
     @property
     def peak_rps(self) -> float:

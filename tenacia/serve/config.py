@@ -1,11 +1,18 @@
-"""Configuration of the serving engine and of the HTTP server in front of it."""
+"""The config tree of a server: ``ServeConfig`` and the sections serving owns.
+
+``tenacia serve`` loads it like every tree (``-c file.toml``, ``-o a.b=value``); its short
+flags (``--port``, ``--kv-cache-tokens`` ...) are aliases of these fields (``serve/cli.py``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from ..config import check
-from ..device import DEVICE_CHOICES
+from ..config import check, check_choice
+from ..device import DeviceConfig
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -19,16 +26,14 @@ class EngineConfig:
     prefix_caching: bool = True  # share the cache blocks of prompts' common prefixes (block_pool.py)
     decode_kernels: bool = True  # CPU with AVX-512: hand-written decode kernels, a 2nd copy of the weights (decode_kernels.py)
     huge_pages: bool = True  # the engine process's large buffers on transparent huge pages (host.py)
-    device: str = "auto"  # see tenacia.device: "auto" takes the accelerator if there is one
 
     def __post_init__(self) -> None:
-        check(self.block_size > 0, "engine.block_size", self.block_size, "a positive integer")
-        check(self.kv_cache_tokens >= self.block_size, "engine.kv_cache_tokens", self.kv_cache_tokens,
+        check(self.block_size > 0, "block_size", self.block_size, "a positive integer")
+        check(self.kv_cache_tokens >= self.block_size, "kv_cache_tokens", self.kv_cache_tokens,
               f"at least one block (block_size={self.block_size})")
-        check(self.max_num_seqs > 0, "engine.max_num_seqs", self.max_num_seqs, "a positive integer")
-        check(self.max_batched_tokens > 0, "engine.max_batched_tokens", self.max_batched_tokens,
+        check(self.max_num_seqs > 0, "max_num_seqs", self.max_num_seqs, "a positive integer")
+        check(self.max_batched_tokens > 0, "max_batched_tokens", self.max_batched_tokens,
               "a positive integer")
-        check(self.device in DEVICE_CHOICES, "engine.device", self.device, f"one of {', '.join(DEVICE_CHOICES)}")
 
     @property
     def num_blocks(self) -> int:
@@ -48,7 +53,7 @@ class ServerConfig:
     max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
     max_concurrent_requests: int = 64  # requests in flight; one more gets 429
     drain_timeout_s: float = 30.0  # on shutdown, how long in-flight requests may take to finish
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    log_level: str = "warning"  # the server's log: debug, info, warning or error
 
     def __post_init__(self) -> None:
         check(0 <= self.port < 65536, "port", self.port, "0 (pick a free port) or 1..65535")
@@ -60,3 +65,18 @@ class ServerConfig:
         check(self.max_concurrent_requests > 0, "max_concurrent_requests", self.max_concurrent_requests,
               "a positive integer")
         check(self.drain_timeout_s >= 0, "drain_timeout_s", self.drain_timeout_s, "a number of seconds >= 0")
+        check_choice("log_level", self.log_level, LOG_LEVELS)
+
+
+@dataclass(kw_only=True, slots=True)
+class ServeConfig:
+    """The whole config of ``tenacia serve``."""
+
+    # 'smollm2', a tenacia run directory, or a Hugging Face directory (serve/models.py)
+    model: str = ""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+    # old dotted name -> new one (tenacia 0.1.0 before the one [device] section)
+    MOVED: ClassVar[dict[str, str]] = {"engine.device": "device.type"}

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from ..model.llama import Llama, ModelConfig
+from ..model.llama import Llama
+from ..shape import ModelConfig
 from .chat import ChatTemplate
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def load_model(spec: str, device: torch.device, dtype: torch.dtype, weights: boo
     """Resolve MODEL (see module docstring) and load it (without its weights if ``weights`` is
     False: tokenizer, template and config only); raises ModelNotFound otherwise."""
     if spec in BUILTIN:
-        from ..model.smollm2 import smollm2_dir
+        from ..data.smollm2 import smollm2_dir
 
         return _load_hf(smollm2_dir(), device, dtype, "smollm2-135m-instruct", weights)
     path = Path(spec)
@@ -74,23 +75,20 @@ def load_model(spec: str, device: torch.device, dtype: torch.dtype, weights: boo
 
 
 def _load_run(path: Path, device: torch.device, dtype: torch.dtype, weights: bool) -> ServedModel:
-    import tomllib
-
-    from ..config import from_dict
-    from ..train.checkpoint import load_run_for_inference
+    from ..checkpoint.inference import load_run_for_inference, run_model_config
 
     if weights:
         model, cfg, tokenizer_path = load_run_for_inference(path, device, dtype)
     else:
-        model, tokenizer_path = None, path / "tokenizer.json"
-        cfg = from_dict(ModelConfig, tomllib.loads((path / "config.toml").read_text()).get("model", {}), prefix="model")
+        model, cfg, tokenizer_path = None, run_model_config(path), path / "tokenizer.json"
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     return ServedModel(path.resolve().name, model, cfg, tokenizer, ChatTemplate(chatml_template()),
                        _special_ids(tokenizer, ("<|endoftext|>", "<|im_end|>")), f"tenacia run {path}")
 
 
 def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, name: str, weights: bool) -> ServedModel:
-    from ..model.hf import load_hf_dir, model_config_from_hf
+    from ..model.hf import load_hf_dir
+    from ..shape.hf import model_config_from_hf
 
     model = load_hf_dir(path, device=device, dtype=dtype) if weights else None
     config = model.cfg if model is not None else model_config_from_hf(_read_json(path / "config.json"))

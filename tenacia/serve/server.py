@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 
 from .api import create_app
-from .config import ServerConfig
+from .config import ServeConfig
 from .engine.process_engine import ProcessEngine
 from .metrics import ServeMetrics
 from .models import load_model
@@ -58,11 +58,11 @@ def usage_examples(base_url: str, model: str, api_key: str | None = None) -> str
     )
 
 
-def serve(model: str, cfg: ServerConfig, *, threads: int = 0, log_level: str = "warning",
-          announce: Callable[[str], None] | None = None) -> int:
-    """Serve ``model`` until SIGTERM/SIGINT (see module contract). Returns the exit code."""
+def serve(root: ServeConfig, *, announce: Callable[[str], None] | None = None) -> int:
+    """Serve ``root.model`` until SIGTERM/SIGINT (see module contract). Returns the exit code."""
     import uvicorn
 
+    model, cfg, log_level = root.model, root.server, root.server.log_level
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The HTTP side needs the tokenizer, the template and the config; the engine process loads
     # the weights onto the device.
@@ -71,7 +71,7 @@ def serve(model: str, cfg: ServerConfig, *, threads: int = 0, log_level: str = "
         served.name = cfg.model_name
     metrics = ServeMetrics(served.name)
     sock = bind(cfg.host, cfg.port)
-    engine = ProcessEngine(model, cfg.engine, threads, metrics)
+    engine = ProcessEngine(model, root.engine, root.device, metrics)
     try:
         info = engine.start_process()
     except RuntimeError as e:

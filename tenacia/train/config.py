@@ -1,11 +1,23 @@
-"""Configuration of the optimizer and of the training loop."""
+"""The config tree of a training run: ``RunConfig`` and the sections training owns.
+
+``RunConfig`` gathers every section a run reads: the model's shape (``tenacia.shape``), data,
+optimizer, loop, checkpoints, device, replicas and the faults to inject (``tenacia.faults``).
+``tenacia config show`` prints it whole with its defaults. Fields that moved keep working from
+old TOML files, run directories and ``-o`` overrides for now (``RunConfig.MOVED``): the loader
+reads them at their new place and says so once.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from ..config import check, check_choice
-from ..device import DEVICE_CHOICES
+from ..checkpoint import CheckpointConfig
+from ..config import check
+from ..data.config import DataConfig
+from ..device import DeviceConfig
+from ..faults import ChaosConfig
+from ..shape import ModelConfig
 
 
 @dataclass(kw_only=True, slots=True)
@@ -22,14 +34,14 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
 
     def __post_init__(self) -> None:
-        check(self.lr > 0, "optim.lr", self.lr, "a positive number")
-        check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
-        check(0 <= self.beta1 < 1, "optim.beta1", self.beta1, "a number in [0, 1)")
-        check(0 <= self.beta2 < 1, "optim.beta2", self.beta2, "a number in [0, 1)")
-        check(self.eps > 0, "optim.eps", self.eps, "a positive number")
-        check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "an integer >= 0")
-        check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
-        check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "a number >= 0 (0 disables)")
+        check(self.lr > 0, "lr", self.lr, "a positive number")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        check(0 <= self.beta1 < 1, "beta1", self.beta1, "a number in [0, 1)")
+        check(0 <= self.beta2 < 1, "beta2", self.beta2, "a number in [0, 1)")
+        check(self.eps > 0, "eps", self.eps, "a positive number")
+        check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0")
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+        check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0 (0 disables)")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -44,35 +56,17 @@ class TrainConfig:
     eval_batches: int = 4
     log_every: int = 10
     seed: int = 0  # model init and any randomness in the step
-    device: str = "auto"
-    threads: int = 0  # torch intra-op threads (0: leave torch's default). Pin for bit-identity.
     progress: bool = True  # live progress bar on a terminal
 
     def __post_init__(self) -> None:
-        check(self.steps > 0, "train.steps", self.steps, "a positive integer")
-        check(self.batch_size > 0, "train.batch_size", self.batch_size, "a positive integer")
-        check(self.micro_batch_size > 0, "train.micro_batch_size", self.micro_batch_size, "a positive integer")
-        check(self.batch_size % self.micro_batch_size == 0, "train.batch_size", self.batch_size,
+        check(self.steps > 0, "steps", self.steps, "a positive integer")
+        check(self.batch_size > 0, "batch_size", self.batch_size, "a positive integer")
+        check(self.micro_batch_size > 0, "micro_batch_size", self.micro_batch_size, "a positive integer")
+        check(self.batch_size % self.micro_batch_size == 0, "batch_size", self.batch_size,
               f"a multiple of train.micro_batch_size={self.micro_batch_size}")
-        check(self.eval_every >= 0, "train.eval_every", self.eval_every, "an integer >= 0")
-        check(self.eval_batches > 0, "train.eval_batches", self.eval_batches, "a positive integer")
-        check(self.log_every > 0, "train.log_every", self.log_every, "a positive integer")
-        check(self.threads >= 0, "train.threads", self.threads, "0 (torch default) or a positive integer")
-        check_choice("train.device", self.device, DEVICE_CHOICES)
-
-
-@dataclass(kw_only=True, slots=True)
-class CheckpointConfig:
-    """Crash-safe checkpoints under ``<run_dir>/checkpoints``."""
-
-    every: int = 100  # steps between checkpoints (0: only the final one)
-    keep: int = 3  # newest K verified checkpoints kept on disk
-    background: bool = True  # write files in a background thread after an in-memory copy
-    resume: bool = True  # start from the newest checkpoint that verifies, if any
-
-    def __post_init__(self) -> None:
-        check(self.every >= 0, "checkpoint.every", self.every, "an integer >= 0")
-        check(self.keep >= 1, "checkpoint.keep", self.keep, "a positive integer")
+        check(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0")
+        check(self.eval_batches > 0, "eval_batches", self.eval_batches, "a positive integer")
+        check(self.log_every > 0, "log_every", self.log_every, "a positive integer")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -97,20 +91,52 @@ class ReplicaConfig:
     hang_floor_s: float = 0.5  # hang detection never fires sooner than this
     hang_factor: float = 1.5  # ... nor sooner than this many median step times
     join_grace_s: float = 20.0  # at start, how long the first leader waits for all `count` replicas
-    threads: int = 1  # torch threads per replica process (several replicas share the cores)
 
     def __post_init__(self) -> None:
-        check(self.count >= 1, "replicas.count", self.count, "a positive integer")
-        check(self.first_id >= 0, "replicas.first_id", self.first_id, "an integer >= 0")
-        check(1 <= self.min_replicas <= max(self.count, 1), "replicas.min_replicas", self.min_replicas,
+        check(self.count >= 1, "count", self.count, "a positive integer")
+        check(self.first_id >= 0, "first_id", self.first_id, "an integer >= 0")
+        check(1 <= self.min_replicas <= max(self.count, 1), "min_replicas", self.min_replicas,
               f"an integer in 1..replicas.count={self.count}")
-        check(self.max_replicas >= self.count, "replicas.max_replicas", self.max_replicas,
+        check(self.max_replicas >= self.count, "max_replicas", self.max_replicas,
               f"at least replicas.count={self.count}")
-        check(self.restart_budget >= 0, "replicas.restart_budget", self.restart_budget, "an integer >= 0")
-        check(self.spares in (0, 1), "replicas.spares", self.spares, "0 or 1")
-        check(self.restart_backoff_s >= 0, "replicas.restart_backoff_s", self.restart_backoff_s, "a number >= 0")
-        check(self.hang_floor_s > 0, "replicas.hang_floor_s", self.hang_floor_s, "a positive number of seconds")
-        check(self.hang_factor >= 1, "replicas.hang_factor", self.hang_factor, "a number >= 1")
-        check(self.threads >= 1, "replicas.threads", self.threads, "a positive integer")
+        check(self.restart_budget >= 0, "restart_budget", self.restart_budget, "an integer >= 0")
+        check(self.spares in (0, 1), "spares", self.spares, "0 or 1")
+        check(self.restart_backoff_s >= 0, "restart_backoff_s", self.restart_backoff_s, "a number >= 0")
+        check(self.hang_floor_s > 0, "hang_floor_s", self.hang_floor_s, "a positive number of seconds")
+        check(self.hang_factor >= 1, "hang_factor", self.hang_factor, "a number >= 1")
         for addr in self.join:
-            check(":" in addr and addr.rpartition(":")[2].isdigit(), "replicas.join", addr, "HOST:PORT addresses")
+            check(":" in addr and addr.rpartition(":")[2].isdigit(), "join", addr, "HOST:PORT addresses")
+
+
+@dataclass(kw_only=True, slots=True)
+class RunConfig:
+    """The whole config of a training run (one process or replicas)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    replicas: ReplicaConfig = field(default_factory=ReplicaConfig)
+    chaos: ChaosConfig = field(default_factory=ChaosConfig)
+
+    # old dotted name -> new one (tenacia 0.1.0 before the one [device] section)
+    MOVED: ClassVar[dict[str, str]] = {
+        "train.device": "device.type",
+        "train.threads": "device.threads",
+        "replicas.threads": "device.threads",
+    }
+
+    def __post_init__(self) -> None:
+        if self.data.tokenizer == "train":
+            check(self.model.vocab_size >= 300, "model.vocab_size", self.model.vocab_size,
+                  "at least 300 for a trained byte-level BPE (256 bytes plus special tokens and merges)")
+        check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len", self.data.seq_len,
+              f"at most model.max_seq_len={self.model.max_seq_len}")
+
+    @property
+    def replica_threads(self) -> int:
+        """torch threads of one replica process: ``device.threads``, or 1 when it is 0 (several
+        replicas share the host's cores; more than one thread each oversubscribes them)."""
+        return self.device.threads or 1

@@ -1,9 +1,9 @@
 """One training step, split at the point where replicas must agree.
 
-``train_step`` = ``compute_gradients`` -> ``sync`` -> ``apply_update``. A single process passes
-no sync. The replica layer passes a ``GradSync`` that averages gradients over its quorum and says
-whether every member completed the step; when it says no, the gradients are dropped and the
-optimizer is not touched, so the step can be redone with the same samples by a new quorum.
+``train_step`` = ``compute_gradients`` -> ``apply_update``, for a single process. Replicas
+(``tenacia.train.replicas``) call the two halves themselves and put their quorum's all-reduce and
+vote between them: a step the quorum abandons never reaches ``apply_update``, so it can be redone
+with the same samples by a new quorum.
 
 Gradients are normalised by the *global* batch (``loss_denominator`` samples), not by the local
 share: a member holding k of the batch's B samples contributes sum(per-sample loss)/B, so a
@@ -14,18 +14,14 @@ global batch keeps its size when a replica is missing: survivors take larger sha
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..chaos import killpoints
+from .. import hooks
 from ..device import Device
 from ..model.llama import loss_fn
-
-GradSync = Callable[[nn.Module], bool]
-"""Average gradients across members in place; return False if the step must be thrown away."""
 
 
 @dataclass(slots=True)
@@ -67,13 +63,11 @@ def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, *, step: int,
                lr: float, grad_clip: float, micro_batch_size: int, device: Device,
-               loss_denominator: int | None = None, sync: GradSync | None = None) -> StepResult | None:
-    """Run one step on this member's share ``batch``. Returns None when ``sync`` abandoned it."""
+               loss_denominator: int | None = None) -> StepResult:
+    """Run one step on ``batch``, normalised by ``loss_denominator`` samples (default: all of
+    ``batch``). The ``mid_step`` point of ``tenacia.hooks`` lies between the two halves."""
     loss, tokens = compute_gradients(model, batch, micro_batch_size, loss_denominator or batch.size(0), device)
-    killpoints.hit("mid_step", step)
-    if sync is not None and not sync(model):
-        optimizer.zero_grad(set_to_none=True)
-        return None
+    hooks.reach("mid_step", step)
     norm = apply_update(model, optimizer, lr, grad_clip)
     return StepResult(loss=loss, samples=batch.size(0), tokens=tokens, grad_norm=norm)
 

@@ -1,7 +1,8 @@
 """The single-process trainer: data, model, optimizer, checkpoints, metrics, around ``train_step``.
 
-The replica layer builds on the same object: it calls ``batch_for``/``run_step``/``commit`` itself
-with its own shard and gradient sync instead of ``fit``.
+The replica layer (``tenacia.train.replicas``) builds on the same object: it calls
+``batch_ids``/``commit`` itself, and runs its share of each step with its quorum's all-reduce
+between the two halves of ``step.py``, instead of ``fit``.
 
 Resume contract: ``resume()`` restores parameters, AdamW moments, RNG states, the sampler position,
 the step and the token counter from the newest checkpoint that verifies, and rewinds the sample
@@ -11,26 +12,26 @@ kills and resumes in between give ``torch.equal`` weights on CPU.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import checkpoint as ckpt
 from .. import config as cfglib
-from ..chaos import killpoints
+from .. import hooks
 from ..data.dataset import prepare_data
 from ..data.ledger import SampleLedger
 from ..data.sampler import Sampler
 from ..device import Device, detect
 from ..events import EventLog
 from ..model.llama import Llama, loss_fn
-from ..run_config import RunConfig
-from . import checkpoint as ckpt
+from ..storage import atomic_write
+from .config import RunConfig
+from .metrics import MetricsLog
 from .progress import Progress
-from .step import GradSync, StepResult, build_optimizer, lr_at, train_step
+from .step import StepResult, build_optimizer, lr_at, train_step
 
 
 class Trainer:
@@ -38,10 +39,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(cfg.train.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        killpoints.arm(cfg.chaos.kill_at)
-        self.device: Device = detect(cfg.train.device)
+        if cfg.device.threads:
+            torch.set_num_threads(cfg.device.threads)
+        self.device: Device = detect(cfg.device.type)
         self.events = EventLog(self.run_dir / "events.jsonl", source)
         self.data = prepare_data(cfg.data, cfg.model.vocab_size)
         vocab = self.data.tokenizer.get_vocab_size()
@@ -70,9 +70,7 @@ class Trainer:
             target = self.run_dir / name
             if target.exists() and target.read_bytes() == data:
                 continue
-            tmp = target.with_name(f".{name}.{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            atomic_write(target, data)
 
     def meta(self) -> dict[str, Any]:
         return {"config": cfglib.to_dict(self.cfg), "sampler": self.sampler.state_dict(),
@@ -116,12 +114,12 @@ class Trainer:
         """The next global batch: (stream position of its first sample, sample ids)."""
         return self.sampler.position, self.sampler.peek(self.cfg.train.batch_size)
 
-    def run_step(self, ids: list[int], *, sync: GradSync | None = None) -> StepResult | None:
-        """Forward/backward/sync/update on this member's ``ids`` for step ``self.step + 1``."""
+    def run_step(self, ids: list[int]) -> StepResult:
+        """Forward/backward/update on ``ids`` for step ``self.step + 1``."""
         batch = self.data.train.get(ids)
         return train_step(self.model, self.optimizer, batch, step=self.step + 1, lr=self.lr(self.step + 1),
                           grad_clip=self.cfg.optim.grad_clip, micro_batch_size=self.cfg.train.micro_batch_size,
-                          device=self.device, loss_denominator=self.cfg.train.batch_size, sync=sync)
+                          device=self.device, loss_denominator=self.cfg.train.batch_size)
 
     def commit(self, start: int, ids: list[int], tokens: int) -> None:
         """Record a step that was applied: advance the sampler, the ledger and the counters."""
@@ -136,7 +134,7 @@ class Trainer:
         start, ids = self.batch_ids()
         result = self.run_step(ids)
         self.commit(start, ids, result.tokens)
-        killpoints.hit("between_steps", self.step)
+        hooks.reach("between_steps", self.step)
         return result
 
     @torch.no_grad()
@@ -160,7 +158,7 @@ class Trainer:
         if not (self.cfg.checkpoint.resume and self.resume()) and self.ledger is not None:
             self.ledger.rewind(0)  # from scratch: records of an earlier, lost attempt no longer count
         self.events.emit("run_started", step=self.step, replicas=1, device=self.device.describe())
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        metrics = MetricsLog(self.run_dir)
         progress = Progress(total=tc.steps, start=self.step, enabled=tc.progress)
         t_start = time.perf_counter()
         window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
@@ -196,15 +194,3 @@ class Trainer:
         return {"step": self.step, "eval_loss": eval_loss, "wall_s": wall, "tokens": self.tokens_seen,
                 "checkpoint": str(self.checkpoints.last_path)}
 
-
-class MetricsLog:
-    """``metrics.jsonl``: one JSON object per logged step (train loss, lr, tokens/s; eval loss)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def write(self, **record: Any) -> dict[str, Any]:
-        record = {"t": time.time(), **record}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        return record

@@ -3,8 +3,9 @@
 import pytest
 
 from tenacia import config
-from tenacia.chaos.schedule import Fault, parse_fault, random_kills
-from tenacia.run_config import RunConfig
+from tenacia.chaos.injector import random_kills
+from tenacia.faults import Fault, parse_fault
+from tenacia.train.config import RunConfig
 
 
 @pytest.mark.parametrize("text, fault", [

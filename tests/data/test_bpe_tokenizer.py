@@ -114,16 +114,16 @@ def test_existing_tokenizer_file(stdlib_tokenizer: ResolvedTokenizer, tmp_path: 
         resolve_tokenizer(str(path), corpus, SMALL_VOCAB - 1, tmp_path / "cache")
 
 
-def test_smollm2_name_resolves_through_the_model_package(stdlib_tokenizer: ResolvedTokenizer, tmp_path: Path,
+def test_smollm2_name_resolves_through_the_smollm2_module(stdlib_tokenizer: ResolvedTokenizer, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copy(stdlib_tokenizer.path, tmp_path / "tokenizer.json")
     class Unavailable(RuntimeError):
         pass
 
-    fake = types.ModuleType("tenacia.model.smollm2")
+    fake = types.ModuleType("tenacia.data.smollm2")
     fake.SmolLM2Unavailable = Unavailable  # type: ignore[attr-defined]
     fake.smollm2_dir = lambda: tmp_path  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tenacia.model.smollm2", fake)
+    monkeypatch.setitem(sys.modules, "tenacia.data.smollm2", fake)
     corpus = read_corpus("stdlib", max_bytes=1000)
     resolved = resolve_tokenizer("smollm2", corpus, SMALL_VOCAB, tmp_path / "cache")
     assert resolved.path == tmp_path / "tokenizer.json" and not resolved.trained
@@ -156,7 +156,7 @@ def test_bad_tokenizer_inputs(stdlib_tokenizer: ResolvedTokenizer, tmp_path: Pat
 
 @pytest.mark.smollm2
 def test_real_smollm2_tokenizer(tmp_path: Path) -> None:
-    smollm2 = pytest.importorskip("tenacia.model.smollm2")
+    smollm2 = pytest.importorskip("tenacia.data.smollm2")
     corpus = read_corpus("stdlib", max_bytes=1000)
     resolved = resolve_tokenizer("smollm2", corpus, 49152, tmp_path)
     assert resolved.path == Path(smollm2.smollm2_dir()) / "tokenizer.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tenacia.config import ConfigError
+from tenacia.config import ConfigError, from_dict
 from tenacia.data.config import DataConfig
 from tenacia.data.corpus import SKIPPED_DIRS, Corpus, CorpusError, corpus_files, read_corpus
 
@@ -78,7 +78,7 @@ def test_missing_path_names_it(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match=r"nope\.txt.*'stdlib' or an existing \.txt/\.jsonl"):
         read_corpus(str(missing))
     with pytest.raises(ConfigError, match=r"data\.corpus.*nope\.txt"):
-        DataConfig(corpus=str(missing))
+        from_dict(DataConfig, {"corpus": str(missing)}, prefix="data")  # as the loader builds the section
 
 
 def test_bad_jsonl_names_file_line_and_expectation(tmp_path: Path) -> None:

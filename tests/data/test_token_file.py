@@ -131,7 +131,7 @@ def test_kill_9_mid_write_leaves_nothing_that_loads(stdlib_corpus: Corpus, stdli
                           timeout=60, capture_output=True, text=True)
     assert done.returncode == -9, done.stderr
     left = sorted(p.name for p in (tmp_path / "tokens").iterdir())
-    assert len(left) == 1 and ".bin.tmp-" in left[0]  # only the stray temporary file
+    assert len(left) == 1 and left[0].startswith(".tmp-") and ".bin-" in left[0]  # only the stray temporary file
     rebuilt = token_file(stdlib_corpus, stdlib_tokenizer, tmp_path)
     assert rebuilt.built
     assert rebuilt.tokens().tolist() == direct_encoding(stdlib_corpus, stdlib_tokenizer)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from tenacia.config import ConfigError
+from tenacia.config import ConfigError, from_dict
 from tenacia.data import tokenizer as tokenizer_module
 from tenacia.data import tokens as tokens_module
-from tenacia.data.cache import cache_root
 from tenacia.data.config import DataConfig
 from tenacia.data.dataset import prepare_data, split_windows
+from tenacia.storage import cache_root
 
 
 def config(corpus: Path, cache: Path, **overrides: object) -> DataConfig:
@@ -89,8 +89,8 @@ def test_cache_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_config_rejects_bad_values(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"data\.tokenizer.*'train', 'smollm2' or a path"):
-        DataConfig(tokenizer=str(tmp_path / "missing.json"))
+        from_dict(DataConfig, {"tokenizer": str(tmp_path / "missing.json")}, prefix="data")
     with pytest.raises(ConfigError, match=r"data\.seed"):
-        DataConfig(seed=-1)
+        from_dict(DataConfig, {"seed": -1}, prefix="data")
     with pytest.raises(ConfigError, match=r"data\.jsonl_field"):
-        DataConfig(jsonl_field="")
+        from_dict(DataConfig, {"jsonl_field": ""}, prefix="data")

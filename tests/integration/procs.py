@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 SMALL = [
     "model.preset=micro", "data.seq_len=64", "data.max_bytes=300000", "train.batch_size=8",
     "train.micro_batch_size=4", "train.eval_batches=8", "train.eval_every=0", "train.progress=false",
-    "train.threads=1", "replicas.threads=1",
+    "device.threads=1",
 ]
 
 

@@ -19,7 +19,7 @@ from tenacia import config
 from tenacia.data.dataset import prepare_data
 from tenacia.data.ledger import SampleLedger
 from tenacia.events import read_events
-from tenacia.run_config import RunConfig
+from tenacia.train.config import RunConfig
 
 from .procs import train_args, wait_for
 
@@ -56,11 +56,6 @@ def check_run(run, reference, survivors_at_least=2):
     final = json.loads((run / "finished.json").read_text())["eval_loss"]
     assert abs(final - reference) <= 0.02 * reference, (final, reference)
     return events
-
-
-def median_step(events):
-    times = [e["step_time_s"] for e in events if e["event"] == "step_committed" and e.get("step_time_s")]
-    return statistics.median(times)
 
 
 def run_replicas(procs, run, n, faults, *extra, timeout=80):
@@ -102,7 +97,7 @@ def test_random_kills_at_a_seeded_rate(tmp_path, procs, reference):
     second over 4 s: replica 1 at 1.5 s, then replica 0, the first leader, at 3.1 s, counted from
     the first committed step; the fastest run seen lasts 6.7 s from there, and a replica started
     afresh heals ~1.9 s after its kill)."""
-    from tenacia.chaos.schedule import random_kills
+    from tenacia.chaos.injector import random_kills
 
     planned = random_kills(0.3, 4.0, 3, seed=541)
     assert [r for _, r in planned] == [1, 0]
@@ -131,8 +126,9 @@ def test_sigstop_then_sigcont(tmp_path, procs, reference):
     events = check_run(tmp_path, reference)
     fault = first_after(events, "fault_injected", 0, replica=2)
     detected = first_after(events, "failure_detected", fault["t"], replica=2)
-    bound = max(1.0, 3 * median_step(events))
-    assert detected["kind"] == "hang" and detected["t"] - fault["t"] < 3 * bound
+    # declared while the replica is still stopped (SIGCONT comes 2.5 s after the fault); the rule
+    # itself (no heartbeat for the hang bound) is tested with a fake clock in test_hang_detection
+    assert detected["kind"] == "hang" and detected["t"] < fault["t"] + 2.5
     # the survivors go on: a step is committed while replica 2 is still stopped
     nxt = first_after(events, "step_committed", detected["t"])
     assert nxt["t"] < fault["t"] + 2.5 and 2 not in nxt["members"]
@@ -152,8 +148,7 @@ def test_frozen_leader_is_replaced_with_every_survivor_in_the_first_quorum(tmp_p
     assert takeover["coordinator"] == 1 and quorum["members"] == [1, 2], quorum
     nxt = first_after(events, "step_committed", takeover["t"])
     assert nxt["members"] == [1, 2] and nxt["reused"] > 0, nxt
-    bound = max(1.0, 3 * median_step(events))
-    assert nxt["t"] - fault["t"] < 2 * bound
+    assert nxt["t"] < fault["t"] + 2.5  # committed while the old leader is still frozen
 
 
 def test_coordinator_killed(tmp_path, procs, reference):

@@ -12,7 +12,7 @@ import torch
 from tenacia import config
 from tenacia.data.dataset import prepare_data
 from tenacia.data.ledger import SampleLedger
-from tenacia.run_config import RunConfig
+from tenacia.train.config import RunConfig
 
 from .procs import final_weights, train_args
 

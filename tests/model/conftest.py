@@ -36,7 +36,7 @@ def pinned_threads() -> Iterator[int]:
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The converted SmolLM2 directory; converting it (about 20 s) happens once per machine."""
-    from tenacia.model.smollm2 import smollm2_dir
+    from tenacia.data.smollm2 import smollm2_dir
 
     with torch_threads(PARITY_THREADS):
         return smollm2_dir()

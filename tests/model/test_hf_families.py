@@ -17,7 +17,8 @@ from transformers import (
 
 from tenacia.model.generate import generate
 from tenacia.model.hf import HFFormatError, load_hf_dir, model_config_from_hf, save_hf_dir
-from tenacia.model.llama import Llama, ModelConfig
+from tenacia.model.llama import Llama
+from tenacia.shape import ModelConfig
 
 from .roundtrip import assert_export_round_trips, assert_logits_close, randomize_
 

@@ -18,7 +18,8 @@ from tenacia.model.hf import (
     save_hf_dir,
     tenacia_key,
 )
-from tenacia.model.llama import Llama, ModelConfig
+from tenacia.model.llama import Llama
+from tenacia.shape import ModelConfig
 
 LLAMA = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 512,

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from tenacia.model.generate import generate
 from tenacia.model.hf import load_hf_dir, save_hf_dir
-from tenacia.model.llama import Llama, ModelConfig
+from tenacia.model.llama import Llama
+from tenacia.shape import ModelConfig
 
 from .roundtrip import assert_export_round_trips, assert_logits_close, randomize_
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tenacia.model.generate import StaticKVCache, decode_one_token, generate, prefill, sample
-from tenacia.model.llama import Llama, ModelConfig
+from tenacia.model.llama import Llama
+from tenacia.shape import ModelConfig
 
 NEW_TOKENS = 32
 

@@ -44,7 +44,7 @@ def test_converted_dir_reproduces_gguf_logits(smollm2_path, smollm2_models):
     """Re-checks a cached conversion against the GGUF itself (the conversion checks it once)."""
     from transformers import AutoModelForCausalLM
 
-    from tenacia.model.smollm2 import gguf_path
+    from tenacia.data.smollm2 import gguf_path
 
     gguf = gguf_path()
     source = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -104,3 +104,27 @@ def test_bad_inputs_name_the_field(plan_from, override, field):
     with pytest.raises(ConfigError) as e:
         plan_from(overrides=[override])
     assert e.value.field.startswith(field)
+
+
+def test_a_model_tenacia_runs_plans_from_its_own_shape(plan_from, tmp_path):
+    """--model takes what the rest of tenacia runs, through the torch-free tenacia.shape: one of its
+    presets, a run directory, or a Hugging Face config.json; all three describe the same model."""
+    import json
+
+    from tenacia.shape import ModelConfig
+    from tenacia.shape.hf import hf_config_from_model
+
+    shape = ModelConfig(preset="smollm2-135m")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(hf_config_from_model(shape)))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.toml").write_text('[model]\npreset = "smollm2-135m"\n')
+    given = [("tokens", "2e12"), ("global_batch_seqs", "1024"), ("fleet", "h100:64")]
+    plans = [plan_from(flags=[("model", m), *given]) for m in
+             ("smollm2-135m", str(tmp_path / "hf"), str(tmp_path / "run"))]
+    assert plans[0].model == plans[1].model == plans[2].model
+    assert plans[0].model.total_params_b == pytest.approx(shape.num_params() / 1e9)
+    assert plans[0].model.layers == 30 and plans[0].model.kv_heads == 3
+    with pytest.raises(ConfigError) as e:  # no published run to take the token count from
+        plan_from(flags=[("model", "smollm2-135m"), ("fleet", "h100:64")])
+    assert e.value.field == "tokens" and "--tokens" in str(e.value)

@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "peers"))
 from analyze import write_run  # noqa: E402
 
-from tenacia.report import analyze  # noqa: E402
+from tenacia.report.summary import analyze  # noqa: E402
 
 
 def step(t, replica, s, committed=True, participants=2, pid=None):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from report_scenario import T0, commit_time, resumed, two_faults
 
-from tenacia.report import analyze, write
+from tenacia.report.summary import analyze, write
 
 ROOT = str(Path(__file__).resolve().parents[2])
 

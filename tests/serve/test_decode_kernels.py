@@ -17,17 +17,19 @@ from tenacia.serve.engine.llm_engine import LLMEngine
 from tenacia.serve.engine.packed import PackedLinear, rms_norm, rotate
 from tenacia.serve.engine.sequence import SamplingParams
 
-CAN_BUILD = (torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-             and bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")))
-needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="needs a CPU with AVX-512 and a C compiler")
+from ..conftest import needs_cc
 
 
+def needs_kernel(test):
+    """A CPU with AVX-512 and a C compiler (tests/conftest.py)."""
+    return pytest.mark.avx512(needs_cc(test))
+
+
+@pytest.mark.avx512
+@needs_cc
 def test_the_kernels_build_and_load_here():
-    """In CI on a CPU with AVX-512 the kernels must build (.ci/run installs gcc): a missing compiler
-    fails here rather than skipping every kernel test."""
-    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    if not avx512 or (not CAN_BUILD and os.environ.get("CI") != "true"):
-        pytest.skip("needs a CPU with AVX-512 and a C compiler")
+    """On a CPU with AVX-512 the kernels must build: in CI (where .ci/run installs gcc) a missing
+    compiler fails here rather than skipping every kernel test."""
     assert decode_kernels.available() is None
 
 

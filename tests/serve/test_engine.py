@@ -12,11 +12,15 @@ from tenacia.serve.engine.llm_engine import LLMEngine
 from tenacia.serve.engine.sampling import apply_penalties
 from tenacia.serve.engine.sequence import InvalidRequest, SamplingParams, Sequence
 
+from ..conftest import needs_cc
 from .tiny import one_thread  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
+# the engine with and without the CPU decode kernels (which need AVX-512 and a C compiler)
+KERNELS = [pytest.param(True, id="decode-kernels", marks=[pytest.mark.avx512, needs_cc]),
+           pytest.param(False, id="torch-ops")]
 
 
 def make_engine(model, tokenizer, **cfg) -> LLMEngine:
@@ -55,7 +59,7 @@ def reference_greedy(model, prompt: list[int], n: int) -> tuple[list[int], list[
     return ids[len(prompt):], lps
 
 
-@pytest.mark.parametrize("kernels", [True, False], ids=["decode-kernels", "torch-ops"])
+@pytest.mark.parametrize("kernels", KERNELS)
 def test_paged_batched_chunked_matches_plain_forward(model, tokenizer, kernels):
     # Small blocks and a small prefill budget: sequences cross block boundaries and the longest
     # prompt is prefilled in chunks, while other sequences decode around it.
@@ -265,7 +269,7 @@ def test_warm_up_leaves_no_trace(model, tokenizer):
         engine.warm_up()
 
 
-@pytest.mark.parametrize("kernels", [True, False], ids=["decode-kernels", "torch-ops"])
+@pytest.mark.parametrize("kernels", KERNELS)
 def test_decode_mirror_follows_joins_leaves_and_growth(model, tokenizer, kernels):
     """The decode mirror (kv_cache.py) is appended to while the batch stays the same and rebuilt
     when a sequence leaves, a new one is prefilled, or a row outgrows its headroom: tokens equal

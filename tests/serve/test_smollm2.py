@@ -14,7 +14,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def smollm2_dir():
-    from tenacia.model.smollm2 import smollm2_dir
+    from tenacia.data.smollm2 import smollm2_dir
 
     return smollm2_dir()
 

@@ -44,7 +44,8 @@ def tiny_model(vocab_size: int, seed: int = 0):
     """A random ``micro`` Llama, untied, with weights scaled so that greedy decoding wanders
     through the vocabulary (a tied random model repeats its last token) while sampling at
     temperature 1 stays diverse (entropy about 5.9 of 6.2 nats)."""
-    from tenacia.model.llama import Llama, ModelConfig
+    from tenacia.model.llama import Llama
+    from tenacia.shape import ModelConfig
 
     model = Llama(ModelConfig(preset="micro", vocab_size=vocab_size, tie_embeddings=False, max_seq_len=4096))
     model.reset_parameters(seed=seed)

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from tenacia import config
-from tenacia.run_config import RunConfig
+from tenacia.train.config import RunConfig
 
 
 def test_defaults_overrides_and_toml(tmp_path):
@@ -30,7 +30,7 @@ def test_defaults_overrides_and_toml(tmp_path):
     ("train.steps=ten", "train.steps", "integer"),
     ("train.batch_size=10", "train.batch_size", "multiple of train.micro_batch_size"),
     ("model.n_kv_heads=3", "model.n_kv_heads", "divisor of n_heads"),
-    ("train.device=tpu", "train.device", "'cpu'"),
+    ("device.type=tpu", "device.type", "'cpu'"),
     ("data.eval_fraction=0.9", "data.eval_fraction", "between 0 and 0.5"),
     ("nosuch.key=1", "nosuch", "allowed keys here"),
     ("chaos.kill_at=soon", "chaos.kill_at", "<point>@<step>"),
@@ -55,3 +55,30 @@ def test_cli_config_show_prints_resolved_tree():
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "[model]" in r.stdout and 'preset = "micro"' in r.stdout and "dim = 64" in r.stdout
+
+
+OLD_CONFIG = """[model]
+preset = "micro"
+
+[train]
+device = "cpu"
+threads = 2
+steps = 7
+
+[replicas]
+threads = 2
+"""
+
+
+def test_a_config_from_before_the_device_section_still_loads(tmp_path, capsys):
+    """TOML files and run directories written by tenacia 0.1.0 kept device and threads under
+    [train] and [replicas]: they load, read at [device], with a note on stderr."""
+    f = tmp_path / "config.toml"
+    f.write_text(OLD_CONFIG)
+    cfg = config.load(RunConfig, f, ["replicas.threads=2"])
+    assert (cfg.device.type, cfg.device.threads, cfg.train.steps) == ("cpu", 2, 7)
+    assert "'train.threads' is now 'device.threads'" in capsys.readouterr().err
+    f.write_text(OLD_CONFIG + "\n[device]\nthreads = 1\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(RunConfig, f)
+    assert e.value.field == "train.threads" and "device.threads" in str(e.value)

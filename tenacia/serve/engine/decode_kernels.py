@@ -46,14 +46,14 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...model.smollm2 import cache_root
+from ...device import cpu_features
+from ...storage import atomic_write, cache_root
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("decode_kernels.c")
@@ -82,14 +82,13 @@ def _compile(cc: str) -> Path:
     out = cache_root() / "kernels" / f"decode_kernels-{key}.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        built = Path(tmp) / out.name
-        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True, check=False)
+
+    def build(tmp: Path) -> None:
+        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise Unavailable(f"{cc} failed to build {SOURCE.name}: {done.stderr.strip()[-500:]}")
-        built.chmod(0o755)
-        os.replace(built, out)  # atomic: a concurrent build of the same key writes the same bytes
+
+    atomic_write(out, build)  # a concurrent build of the same key writes the same bytes
     return out
 
 
@@ -109,7 +108,7 @@ def _build_and_load(cc: str) -> ctypes.CDLL:
 def _library() -> ctypes.CDLL | str:
     """The loaded kernel, or the reason it cannot be used."""
     try:
-        if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        if "avx512f" not in cpu_features():
             raise Unavailable(f"this CPU has no AVX-512 (torch sees {torch.backends.cpu.get_cpu_capability()})")
         if not torch.backends.openmp.is_available():
             raise Unavailable("this torch build has no OpenMP")

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ...device import DeviceConfig
 from ..config import EngineConfig
 from . import decode_kernels
 from .host import HUGE_PAGES_ENV
@@ -92,7 +93,7 @@ class Recorder:
         return events
 
 
-def worker_main(conn: Any, model: str, cfg: EngineConfig, threads: int) -> None:
+def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConfig) -> None:
     """The engine process: load, report ready, then step whenever there is work. It ignores
     SIGINT and SIGTERM (Ctrl-C reaches the whole process group): the server drains, then stops it
     with a "stop" message; if the server dies, the closed pipe ends it."""
@@ -108,11 +109,11 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, threads: int) -> None:
     from .host import huge_pages_in_use, keep_freed_memory
     from .llm_engine import LLMEngine
 
-    if threads:
-        torch.set_num_threads(threads)
+    if device_cfg.threads:
+        torch.set_num_threads(device_cfg.threads)
     keep_freed_memory()
     try:
-        device = detect(cfg.device)
+        device = detect(device_cfg.type)
         served = load_model(model, device.torch, device.serve_dtype)
         recorder = Recorder()
         engine = LLMEngine(served.model, served.tokenizer, eos_ids=served.eos_ids, cfg=cfg,
@@ -177,8 +178,9 @@ def _kernels_state(engine: Any, cfg: EngineConfig) -> str:
 
 
 class ProcessEngine:
-    def __init__(self, model: str, cfg: EngineConfig, threads: int = 0, metrics: Any = None):
-        self.model, self.cfg, self.threads, self.metrics = model, cfg, threads, metrics
+    def __init__(self, model: str, cfg: EngineConfig, device: DeviceConfig | None = None, metrics: Any = None):
+        self.model, self.cfg, self.metrics = model, cfg, metrics
+        self.device = device or DeviceConfig()
         self.info: dict[str, Any] = {}
         self._parts: dict[str, list] = {}  # engine request id -> [handle, index offset, choices left]
         self._lock = threading.Lock()
@@ -194,7 +196,7 @@ class ProcessEngine:
     def start_process(self, timeout: float = 600.0) -> dict[str, Any]:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=worker_main, args=(child, self.model, self.cfg, self.threads),
+        self._proc = ctx.Process(target=worker_main, args=(child, self.model, self.cfg, self.device),
                                  name="tenacia-engine", daemon=True)
         saved = {k: os.environ.get(k) for k in HUGE_PAGES_ENV}
         if self.cfg.huge_pages:

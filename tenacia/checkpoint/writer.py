@@ -1,0 +1,85 @@
+"""Saving checkpoints without stopping training, and keeping the newest few.
+
+Contract: ``CheckpointWriter.save`` stalls the caller only for the in-memory ``Snapshot`` it is
+given; the files are written by a background thread (``format.write_snapshot``). At most one save
+is in flight: a second waits. An error in the background write is raised in the training thread
+at the next ``save`` or ``wait``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import check
+from ..events import EventLog
+from ..storage import remove_stale_temporaries
+from .format import list_checkpoints, write_snapshot
+from .state import Snapshot
+
+
+@dataclass(kw_only=True, slots=True)
+class CheckpointConfig:
+    """Crash-safe checkpoints under ``<run_dir>/checkpoints``."""
+
+    every: int = 100  # steps between checkpoints (0: only the final one)
+    keep: int = 3  # newest K verified checkpoints kept on disk
+    background: bool = True  # write files in a background thread after an in-memory copy
+    resume: bool = True  # start from the newest checkpoint that verifies, if any
+
+    def __post_init__(self) -> None:
+        check(self.every >= 0, "every", self.every, "an integer >= 0")
+        check(self.keep >= 1, "keep", self.keep, "a positive integer")
+
+
+class CheckpointWriter:
+    """Saves snapshots in a background thread and keeps the newest ``keep`` checkpoints."""
+
+    def __init__(self, root: Path, keep: int, background: bool = True, events: EventLog | None = None):
+        self.root, self.keep, self.background, self.events = root, keep, background, events
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.last_path: Path | None = None
+
+    def save(self, snap: Snapshot) -> None:
+        self.wait()
+        if self.background:
+            self._thread = threading.Thread(target=self._write, args=(snap,), name="checkpoint-writer", daemon=True)
+            self._thread.start()
+        else:
+            self._write(snap)
+            self._raise()
+
+    def _write(self, snap: Snapshot) -> None:
+        t0 = time.perf_counter()
+        try:
+            path = write_snapshot(self.root, snap)
+            self._prune()
+        except BaseException as e:  # reported to the training thread at the next wait()
+            self._error = e
+            return
+        self.last_path = path
+        if self.events is not None:
+            size = sum(f.stat().st_size for f in path.iterdir())
+            self.events.emit("checkpoint_saved", step=snap.step, path=str(path),
+                             seconds=round(time.perf_counter() - t0, 4), bytes=size)
+
+    def _prune(self) -> None:
+        for old in list_checkpoints(self.root)[self.keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+        remove_stale_temporaries(self.root)
+
+    def wait(self) -> None:
+        """Block until the save in flight is on disk; re-raise its error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise RuntimeError(f"checkpoint write failed: {err}") from err

@@ -1,0 +1,27 @@
+"""Subcommand ``info``: what this machine gives each pillar (device, collectives, CPU kernels)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="show the device, collective backend and versions found")
+    p.set_defaults(handler=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .device import detect
+    from .serve.engine.decode_kernels import available  # builds them if they can be (~1 s, once)
+
+    dev = detect()
+    table = Table(title="tenacia info", show_header=False)
+    for key, value in dev.describe().items():
+        table.add_row(key, value)
+    why_not = available()
+    table.add_row("serve: CPU decode kernels", "available" if why_not is None else f"off: {why_not}")
+    Console().print(table)
+    return 0

@@ -1,0 +1,19 @@
+"""Fault-tolerant data-parallel replicas: training that survives crashes and hangs without a
+global restart. Each replica is one process holding a full model copy; it builds on the
+single-process trainer (``tenacia.train.trainer``), which never imports this package.
+
+Along a step's path:
+- ``launcher.py``: this host's replica processes, their restarts, a warm spare, plug-ins;
+- ``replica.py``: one replica process, its step (compute, all-reduce, vote, apply);
+- ``coordinator.py``: the leader role inside the lowest live replica: quorums, votes, commits,
+  takeover (the fault-tolerance contract is its docstring);
+- ``member.py``: a member's link to its leader (heartbeats, silence, failover);
+- ``lease.py``: leader terms claimed in the run directory, and the fence;
+- ``shares.py``: who computes which samples of the global batch, and salvaged gradients;
+- ``group.py``: a fresh gloo group per quorum, old ones retired off the training thread;
+- ``heal.py``: a newcomer's state streamed from a live peer;
+- ``wire.py``: length-prefixed messages over TCP;
+- ``addresses.py``: where each replica can be reached (``replicas/r<id>.json``);
+- ``spare.py``: a warm replica process waiting for an id;
+- ``monitor.py``: the launcher's live progress line.
+"""

@@ -1,0 +1,402 @@
+"""The coordinator: membership from heartbeats, a quorum for each step, and the commit verdict.
+
+It runs as threads inside one replica process, the *leader*; it is not a separate service. Any
+replica can become leader: the lowest-numbered survivor of the last quorum takes over when the
+leader dies or freezes (``member.py``), so there is no single point of failure.
+
+Contract (what is decided when, what each party may assume):
+- Membership. A replica is a member from its ``hello`` until its connection breaks (a crash is
+  seen at once: the kernel closes a dead process's sockets) or it is silent for longer than
+  ``hang_timeout`` (SIGSTOP, a frozen host), or it stays in its compute phase longer than
+  ``hang_timeout`` while a peer already waits in the all-reduce (a stuck step). ``hang_timeout``
+  is ``max(hang_floor_s, hang_factor x median step time)``, from measured steps: no user-tuned
+  timeout. Silence counts only while the leader hears its own member's heartbeats (they take the
+  same path through this process): a leader starved of CPU, hearing nobody, expels nobody. A
+  member declared hung is told ``expelled`` and must rejoin and heal.
+- Quorum. A ``quorum`` message names the members, the step they run next (all hold the same
+  committed state), which of them share the batch, and which newcomers heal from which donor.
+  Healing takes the quorum's first step; once that step commits every member holds the same
+  state, so from the quorum's second step on all members share the batch (members and leader
+  apply this rule on their own: no new quorum, no new process group).
+  A new quorum is formed when a member is lost (at once), and when newcomers wait (at the next
+  step boundary). It is never formed with fewer than ``min_replicas`` members.
+- Shares. The quorum names each sharer's ``shares``: positions in the step's global batch
+  (``shares.py``), even shares on every normal step. When the new quorum runs the step that was
+  just discarded (a member lost mid-step, also after a takeover), each surviving sharer keeps the
+  share it had, and only the lost members' positions are handed out again (salvage): survivors
+  reuse the gradients they computed for that step, the batch is still covered exactly once.
+- Commit. After its all-reduce each member votes. When every member of the quorum voted ok, the
+  leader records the step in the sample ledger, then sends ``verdict commit``; members apply the
+  step only on that verdict. If a member is lost before that, the step is discarded everywhere:
+  the next quorum carries ``resolve = {step, commit: false}``.
+- Takeover. A new leader does not know the old votes. It asks the survivors in step with the newest
+  step S any of them knows (a newcomer still healing had no part in S; it is healed afterwards): if
+  one has committed S, S is committed (a member applies S only on the verdict, sent after the
+  ledger recorded S); if each holds S's reduced gradients ready, S is committed (the old leader can
+  only have committed what all members had ready; the ledger records S again); otherwise S is
+  discarded (the old leader cannot have committed it). Either way the survivors agree.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from ...data.ledger import SampleLedger
+from ...events import EventLog
+from ..metrics import MetricsLog
+from .lease import newest_term
+from .shares import even_shares, salvage_shares
+from .wire import Conn
+
+TICK_S = 0.02
+HEARTBEAT_S = 0.1
+
+
+@dataclass
+class MemberState:
+    replica: int
+    conn: Conn
+    control: str
+    heal: str
+    committed: int
+    pending: int | None  # step whose reduced gradients it holds, awaiting a verdict
+    quorum_seen: int
+    pending_vote: dict[str, Any] | None = None
+    last_hb: float = field(default_factory=time.monotonic)
+    phase: str = "idle"
+    phase_step: int | None = None
+    phase_since: float = 0.0
+
+
+class Coordinator:
+    def __init__(self, *, replica: int, term: int, host: str, cfg: Any, total_steps: int,
+                 events: EventLog, ledger: SampleLedger | None, expected: set[int], run_dir: Path, batch_size: int,
+                 log_every: int = 10, last_quorum_id: int = 0, takeover_from: float | None = None,
+                 previous: dict[str, Any] | None = None):
+        self.replica, self.term, self.cfg, self.total_steps = replica, term, cfg, total_steps
+        self.run_dir, self.batch_size = run_dir, batch_size
+        self.log_every = log_every
+        self.previous = previous  # after a takeover: the old leader's quorum as this member last saw it
+        self._window: list[tuple[float, float, int]] = []  # (t, loss, tokens) since the last metrics line
+        self.events, self.ledger = events, ledger
+        self.expected = set(expected)  # who we wait for before the first quorum
+        self.takeover = takeover_from is not None
+        self.takeover_from = takeover_from
+        self.lock = threading.RLock()
+        self.members: dict[int, MemberState] = {}
+        self.quorum: dict[str, Any] | None = None
+        self.quorum_id = last_quorum_id
+        self.votes: dict[int, dict[str, Any]] = {}
+        self.step_times: deque[float] = deque(maxlen=20)
+        self.last_commit_t: float | None = None
+        self.stalled_since: float | None = None
+        self.started = self._tick = time.monotonic()
+        self.quorum_id_start: int | None = None if self.takeover else last_quorum_id
+        self.stopped = False
+        self.store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False,
+                                   timeout=timedelta(seconds=60))
+        self.store_addr = f"{host}:{self.store.port}"
+        self._thread = threading.Thread(target=self._monitor, name="coordinator", daemon=True)
+        self._thread.start()
+        events.emit("coordinator_changed", coordinator=replica, term=term,
+                    takeover_s=None if takeover_from is None else round(time.monotonic() - takeover_from, 4))
+
+    # ----- timing ---------------------------------------------------------------------------------
+    @property
+    def hang_timeout(self) -> float:
+        median = statistics.median(self.step_times) if len(self.step_times) >= 3 else 0.0
+        return max(self.cfg.hang_floor_s, self.cfg.hang_factor * median)
+
+    # ----- messages from members (called by the control server's reader threads) ---------------------
+    def on_hello(self, conn: Conn, msg: dict[str, Any]) -> None:
+        rid = int(msg["replica"])
+        with self.lock:
+            old = self.members.get(rid)
+            if old is not None and old.conn is not conn:
+                self._lose(rid, "crash", "restarted process replaced its old connection")
+            self.members[rid] = MemberState(rid, conn, msg["control"], msg["heal"], int(msg["committed"]),
+                                            msg.get("pending"), int(msg.get("quorum_seen", 0)),
+                                            msg.get("pending_vote"))
+            self.quorum_id = max(self.quorum_id, int(msg.get("quorum_seen", 0)))
+            conn.try_send({"type": "welcome", "leader": self.replica, "term": self.term})
+            if self.quorum is None:
+                self._maybe_form("join")
+            # else: newcomers are admitted at the next step boundary (after the verdict), so the
+            # step in flight is not thrown away for them
+
+    def on_message(self, rid: int, msg: dict[str, Any]) -> None:
+        with self.lock:
+            if self.stopped or self._frozen():
+                return
+            m = self.members.get(rid)
+            if m is None:
+                return
+            m.last_hb = time.monotonic()
+            kind = msg["type"]
+            if kind == "heartbeat":
+                if msg["phase"] != m.phase or msg["step"] != m.phase_step:
+                    m.phase, m.phase_step, m.phase_since = msg["phase"], msg["step"], time.monotonic()
+                m.committed = max(m.committed, int(msg["committed"]))  # verdicts may be ahead of it
+            elif kind == "vote":
+                self._on_vote(rid, msg)
+            elif kind == "bye":
+                self._lose(rid, "leave", "left cleanly")
+
+    def on_disconnect(self, rid: int, conn: Conn) -> None:
+        with self.lock:
+            m = self.members.get(rid)
+            if m is not None and m.conn is conn:
+                self._lose(rid, "crash", "connection closed")
+
+    # ----- commit ------------------------------------------------------------------------------------
+    def _on_vote(self, rid: int, msg: dict[str, Any]) -> None:
+        q = self.quorum
+        if q is None or msg["quorum_id"] != q["quorum_id"] or msg["step"] != q["step"]:
+            return
+        self.votes[rid] = msg
+        if set(self.votes) != set(q["members"]):
+            return
+        if self.superseded():
+            return
+        step = q["step"]
+        ok = all(v["ok"] for v in self.votes.values())
+        sharers = [self.votes[r] for r in q["sharers"]]
+        if ok and self.ledger is not None:
+            self.ledger.record(step, sharers[0]["start"], sharers[0]["batch"])
+        self._broadcast({"type": "verdict", "quorum_id": q["quorum_id"], "step": step, "commit": ok})
+        now = time.monotonic()
+        for r in q["members"]:
+            self.members[r].committed = step if ok else self.members[r].committed
+            self.members[r].pending = None
+        phases = self._phases()
+        self.votes = {}
+        if ok:
+            samples = sum(len(v["ids"]) for v in sharers)
+            loss = sum(v["loss"] * len(v["ids"]) for v in sharers) / max(samples, 1)
+            stall = None
+            if self.last_commit_t is not None:
+                dt = now - self.last_commit_t
+                if self.stalled_since is None:
+                    self.step_times.append(dt)
+                else:
+                    stall = round(now - self.stalled_since, 4)
+            self.events.emit("step_committed", step=step, loss=loss, tokens=sum(v["tokens"] for v in sharers),
+                             members=q["members"], step_time_s=None if self.last_commit_t is None else round(now - self.last_commit_t, 4),
+                             stall_s=stall, quorum_id=q["quorum_id"], phases=phases,
+                             reused=sum(v.get("reused", 0) for v in sharers))
+            self.last_commit_t, self.stalled_since = now, None
+            self._log_metrics(step, loss, sum(v["tokens"] for v in sharers))
+            q["step"] = step + 1
+            q["resolve"] = None
+            q["sharers"], q["heal"] = list(q["members"]), {}  # healed newcomers are in sync now
+            q["shares"] = even_shares(q["members"], self.batch_size)
+            if step >= self.total_steps:
+                self._broadcast({"type": "stop", "reason": "finished", "step": step})
+                self.stopped = True
+                return
+        else:
+            self.events.emit("step_discarded", step=step, reason="a member failed the step")
+            q["resolve"] = {"step": step, "commit": False}
+        waiting = [r for r in self.members if r not in q["members"]]
+        if waiting or not ok:
+            self._maybe_form("join" if ok else "retry")
+
+    def _phases(self) -> dict[str, Any] | None:
+        """The first step of a quorum: when each member received the quorum, computed, found the
+        process group ready and had the sum, in seconds after the quorum was formed."""
+        formed = self.quorum.get("formed_t") if self.quorum else None
+        timing = {r: v["timing"] for r, v in self.votes.items() if v.get("timing")}
+        if formed is None or not timing:
+            return None
+        out = {str(r): {k: round(t - formed, 4) for k, t in tm.items() if t is not None} for r, tm in timing.items()}
+        return {"members": out, "commit": round(time.time() - formed, 4)}
+
+    def _frozen(self) -> bool:
+        """Was this process stopped longer than the hang bound? Then the members have elected
+        another leader meanwhile: stop, whichever thread notices first."""
+        gap = time.monotonic() - self._tick
+        if gap <= max(self.hang_timeout, 0.5):
+            return False
+        if not self.stopped:
+            self.stopped = True
+            self.events.emit("coordinator_frozen", coordinator=self.replica, gap_s=round(gap, 3))
+        return True
+
+    def _log_metrics(self, step: int, loss: float, tokens: int) -> None:
+        """``metrics.jsonl`` as the single-process trainer writes it: mean loss and tokens/s."""
+        self._window.append((time.time(), loss, tokens))
+        if step % self.log_every and step < self.total_steps:
+            return
+        t0 = self._window[0][0] if len(self._window) > 1 else None
+        MetricsLog(self.run_dir).write(
+            step=step, loss=sum(w[1] for w in self._window) / len(self._window),
+            tokens_per_s=sum(w[2] for w in self._window[1:]) / (self._window[-1][0] - t0) if t0 else None,
+            members=len(self.quorum["members"]) if self.quorum else None)
+        self._window = self._window[-1:]
+
+    def superseded(self) -> bool:
+        """The fence (see ``lease.py``): a newer term exists, so another leader was elected while we
+        were frozen, slow or cut off. Step down and send our members to it."""
+        newest = newest_term(self.run_dir)
+        if newest <= self.term:
+            return False
+        self.stopped = True
+        self.events.emit("coordinator_superseded", coordinator=self.replica, term=self.term, newest_term=newest)
+        self._broadcast({"type": "expelled", "reason": f"leader {self.replica} of term {self.term} was superseded by term {newest}"})
+        return True
+
+    # ----- failures ------------------------------------------------------------------------------------
+    def _lose(self, rid: int, kind: str, why: str) -> None:
+        if self.stopped or self._frozen():
+            return  # a frozen leader's members left because it froze: not failures of theirs
+        m = self.members.pop(rid, None)
+        if m is None:
+            return
+        if kind == "hang":
+            m.conn.try_send({"type": "expelled", "reason": why})
+        m.conn.close()
+        if kind != "leave":
+            self.events.emit("failure_detected", kind=kind, replica=rid, reason=why,
+                             silence_s=round(time.monotonic() - m.last_hb, 4))
+        q = self.quorum
+        if q is not None and rid in q["members"]:
+            if self.stalled_since is None:
+                self.stalled_since = self.last_commit_t or time.monotonic()
+            self.events.emit("step_discarded", step=q["step"], reason=f"replica {rid} lost ({kind})")
+            q["resolve"] = {"step": q["step"], "commit": False}
+            self.votes = {}
+            self._maybe_form(f"replica {rid} lost ({kind})")
+
+    def _monitor(self) -> None:
+        last_beat = last_fence = time.monotonic()
+        while not self.stopped:
+            time.sleep(TICK_S)
+            with self.lock:
+                now = time.monotonic()
+                if self._frozen():
+                    return
+                self._tick = now
+                if now - last_beat >= HEARTBEAT_S:  # members fail over when the leader goes silent
+                    self._broadcast({"type": "heartbeat"})
+                    last_beat = now
+                timeout = self.hang_timeout
+                q = self.quorum
+                in_quorum = [self.members[r] for r in (q["members"] if q else []) if r in self.members]
+                waiting_in_allreduce = any(m.phase == "allreduce" for m in in_quorum)
+                stuck_bound = max(10.0, 4 * timeout)  # a slow step is a straggler, not a hang
+                own = self.members.get(self.replica)  # heard through our own reader threads too
+                hearing = own is None or now - own.last_hb < timeout / 2
+                for rid, m in list(self.members.items()):
+                    if rid == self.replica:
+                        continue  # our own member side lives in this process
+                    if now - m.last_hb > timeout and hearing:
+                        self._lose(rid, "hang", f"silent for {now - m.last_hb:.2f}s > {timeout:.2f}s")
+                    elif (m.phase == "compute" and waiting_in_allreduce and m in in_quorum
+                          and now - m.phase_since > stuck_bound):
+                        self._lose(rid, "hang", f"stuck in its step for {now - m.phase_since:.2f}s > {stuck_bound:.2f}s")
+                if (q is not None and in_quorum and len(in_quorum) == len(q["members"])
+                        and all(m.phase == "allreduce" and now - m.phase_since > timeout for m in in_quorum)):
+                    # everyone is alive and waiting in the collective: the collective itself is stuck
+                    self.events.emit("step_discarded", step=q["step"], reason=f"all-reduce stuck for > {timeout:.2f}s")
+                    q["resolve"] = {"step": q["step"], "commit": False}
+                    for m in in_quorum:
+                        m.phase_since = now
+                    self._maybe_form("stuck collective")
+                if self.quorum is None:
+                    self._maybe_form("waiting")
+                elif now - last_fence > 0.5:
+                    last_fence = now
+                    self.superseded()
+
+    # ----- quorum formation ----------------------------------------------------------------------------
+    def _maybe_form(self, reason: str) -> None:
+        live = sorted(self.members)
+        if self.quorum is None and self.expected - set(live):
+            grace = self.cfg.join_grace_s if not self.takeover else self.hang_timeout
+            if time.monotonic() - self.started < grace:
+                return  # still waiting for the first members to say hello
+        if len(live) < self.cfg.min_replicas or not live:
+            if self.quorum is not None:
+                self.quorum = None
+                self._broadcast({"type": "wait", "reason": f"{len(live)} live < min_replicas {self.cfg.min_replicas}"})
+            return
+        live = live[: self.cfg.max_replicas]
+        resolve = self.quorum["resolve"] if self.quorum is not None else None
+        if resolve is None and self.takeover and self.quorum is None:
+            resolve = self._resolve_takeover(live)
+        elif self.quorum is None and self.quorum_id_start is not None and self.ledger is not None:
+            # the first quorum of a job: the ledger restarts at the step the members resumed from
+            start = max(self.members[r].committed for r in live)
+            self.ledger.rewind(start)
+            if start:
+                self.events.emit("resumed", step=start, path=None, replicas=live)
+        self.quorum_id_start = None
+        committed = {r: self.members[r].committed for r in live}
+        if resolve is not None and resolve["commit"]:
+            for r in live:
+                if self.members[r].pending == resolve["step"]:
+                    committed[r] = resolve["step"]
+        step = max(committed.values())
+        if step >= self.total_steps:
+            self._broadcast({"type": "stop", "reason": "finished", "step": step})
+            self.stopped = True
+            return
+        in_sync = [r for r in live if committed[r] == step]
+        prev, self.previous = self.quorum or self.previous, None
+        if prev is not None and prev["step"] == step + 1 and prev.get("shares"):
+            shares = salvage_shares(prev["shares"], in_sync, self.batch_size)  # the same step again
+        else:
+            shares = even_shares(in_sync, self.batch_size)
+        heal = {r: in_sync[i % len(in_sync)] for i, r in enumerate(r for r in live if committed[r] != step)}
+        self.quorum_id += 1
+        self.quorum = {
+            "type": "quorum", "quorum_id": self.quorum_id, "term": self.term, "members": live,
+            "sharers": in_sync, "shares": shares, "heal": {str(k): v for k, v in heal.items()}, "step": step + 1,
+            "store": self.store_addr, "resolve": resolve, "hang_timeout": self.hang_timeout,
+            "addrs": {str(r): {"control": self.members[r].control, "heal": self.members[r].heal} for r in live},
+            "leader": self.replica, "formed_t": time.time(),
+        }
+        self.votes = {}
+        self.events.emit("quorum_changed", step=step, quorum_id=self.quorum_id, members=live, reason=reason,
+                         healing=heal, since_commit_s=None if self.stalled_since is None
+                         else round(time.monotonic() - self.stalled_since, 4))
+        self._broadcast(self.quorum)
+
+    def _resolve_takeover(self, live: list[int]) -> dict[str, Any] | None:
+        """The fate of the step ``top`` the old leader may have been committing ("Takeover" above)."""
+        self.takeover = False
+        top = max(max(self.members[r].committed, self.members[r].pending or 0) for r in live)
+        voters = [r for r in live if self.members[r].committed >= top - 1 or self.members[r].pending == top]
+        if all(self.members[r].committed == top for r in voters):
+            return None
+        if any(self.members[r].committed == top for r in voters):
+            # a member applies a step only on the commit verdict, which the old leader sent after
+            # recording the step in the ledger: `top` is committed and already recorded
+            return {"step": top, "commit": True}
+        ready = all(self.members[r].pending == top for r in voters)
+        if self.ledger is not None:
+            # The old leader may or may not have recorded `top` before it died: drop it either way,
+            # and record it again if the survivors commit it.
+            self.ledger.rewind(top - 1)
+            votes = [self.members[r].pending_vote for r in voters if self.members[r].pending_vote]
+            if ready and votes:
+                self.ledger.record(top, votes[0]["start"], votes[0]["batch"])
+        self.events.emit("step_committed" if ready else "step_discarded", step=top, members=live,
+                         reason="decided by the new leader after takeover")
+        return {"step": top, "commit": ready}
+
+    def _broadcast(self, msg: dict[str, Any]) -> None:
+        for m in list(self.members.values()):
+            m.conn.try_send(msg)
+
+    def close(self) -> None:
+        self.stopped = True

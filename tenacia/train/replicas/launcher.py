@@ -1,0 +1,299 @@
+"""The launcher: starts this host's replica processes, restarts the ones that die, runs its plug-ins.
+
+It holds no training state and takes no part in coordination: if it dies, its replicas die with
+it (parent-death signal) and the replicas on other hosts go on without them. Each replica runs in
+its own session, so a signal meant for one never reaches another.
+
+Supervision contract: a replica that exits non-zero is restarted after ``restart_backoff_s``,
+doubling per consecutive failure of that replica (capped at 5 s), while the run's restart budget
+lasts. It rejoins through the control address of any live replica and heals from a peer. When the
+leader writes ``finished.json`` nothing is restarted any more.
+
+Supervision plug-ins (``Supervision``): objects the caller adds to ``Launcher.plugins`` before
+``run``. The launcher calls each one's ``tick`` at least every ``poll_s`` seconds, starts every
+replica process with each one's ``child_env`` added to its environment, and ``close``s them at
+the end. ``tenacia train`` adds the chaos injector this way; the launcher knows nothing of it.
+
+Warm spare: one process that has imported torch, built the model and loaded the data, waiting for
+a replica id. Its warm-up (seconds of CPU) runs under ``SCHED_IDLE`` in an autogroup of nice 19
+(``set_autogroup_nice``), so it takes only CPU time the training replicas leave idle; on
+activation the launcher moves every thread of it back to ``SCHED_OTHER`` and its group to nice 0
+before handing it the id. Leaving ``SCHED_IDLE`` needs ``CAP_SYS_NICE`` or an
+``RLIMIT_NICE`` of at least 20; without either the spare warms up at normal priority.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ... import config as cfglib
+from ...events import EventLog
+from ...storage import atomic_write
+from ..config import RunConfig
+from . import addresses
+from .monitor import RunMonitor
+
+PR_SET_PDEATHSIG = 1
+
+
+CAP_SYS_NICE = 23
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the launcher dies."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _idle_and_die_with_parent() -> None:
+    """preexec_fn of a spare: ``SCHED_IDLE`` (inherited by every thread it starts) in an autogroup
+    of nice 19 (it runs after the new session's ``setsid``), then as above."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    set_autogroup_nice("self", 19)
+    _die_with_parent()
+
+
+def set_autogroup_nice(pid: int | str, nice: int) -> bool:
+    """Weigh the autogroup of ``pid``'s session by ``nice``; False where that is not possible.
+
+    With autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``, on by default in
+    most distributions' kernels), every session is first weighed against the others as a group,
+    whatever the policy of its threads: a ``SCHED_IDLE`` spare in a session of its own took a
+    whole fair share (measured: steps 11% slower while a spare warmed up beside 4 replicas on 2
+    cores). At nice 19 its group weighs 15 against a replica's 1024. Raising a nice, or setting
+    it back to 0, needs no privilege; without ``CAP_SYS_ADMIN`` the kernel accepts one change
+    per 100 ms per host, hence the retries."""
+    for _ in range(30):
+        try:
+            with open(f"/proc/{pid}/autogroup", "w") as f:
+                f.write(str(nice))
+            return True
+        except BlockingIOError:
+            time.sleep(0.01)
+        except OSError:
+            return False
+    return False
+
+
+def can_leave_idle() -> bool:
+    """Whether a process of ours may be moved from ``SCHED_IDLE`` back to ``SCHED_OTHER``."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    try:
+        with open("/proc/self/status") as f:
+            caps = next((int(line.split()[1], 16) for line in f if line.startswith("CapEff:")), 0)
+    except OSError:
+        caps = 0
+    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    return bool(caps >> CAP_SYS_NICE & 1) or soft == resource.RLIM_INFINITY or soft >= 20
+
+
+def to_normal_priority(pid: int) -> None:
+    """Move every thread of process ``pid`` to ``SCHED_OTHER`` (the main thread first, then the
+    others, twice over: a thread started meanwhile by an idle thread would be idle too), and its
+    autogroup back to nice 0."""
+    set_autogroup_nice(pid, 0)
+    for _ in range(2):
+        try:
+            tids = sorted((int(t) for t in os.listdir(f"/proc/{pid}/task")), key=lambda t: t != pid)
+        except OSError:
+            return  # the process is gone
+        for tid in tids:
+            try:
+                if os.sched_getscheduler(tid) != os.SCHED_OTHER:
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+class Supervision(Protocol):
+    """A plug-in the launcher runs beside its replicas (module docstring)."""
+
+    poll_s: float  # the longest the launcher may wait between two ticks
+
+    def child_env(self) -> dict[str, str]: ...
+
+    def tick(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Child:
+    replica: int
+    proc: subprocess.Popen
+    started: float = field(default_factory=time.monotonic)
+    failures: int = 0  # consecutive non-zero exits
+
+
+class Launcher:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.train.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.events = EventLog(self.run_dir / "events.jsonl", "launcher")
+        self.children: dict[int, Child] = {}
+        self.spare: subprocess.Popen | None = None  # a warm replica process waiting for an id
+        self.restarts = 0
+        self.primary = not cfg.replicas.join  # the launcher that starts the job (not one that joins it)
+        self.ids = range(cfg.replicas.first_id, cfg.replicas.first_id + cfg.replicas.count)
+        self.config_path = self.run_dir / "replicas" / f"config-{cfg.replicas.first_id}.toml"
+        self.plugins: list[Supervision] = []
+        self.idle_spares = can_leave_idle()
+
+    def pid_of(self, replica: int) -> int | None:
+        c = self.children.get(replica)
+        return c.proc.pid if c is not None and c.proc.poll() is None else None
+
+    def addresses(self, exclude: int | None = None) -> list[str]:
+        """Control addresses of live replicas, as published in ``replicas/r*.json``."""
+        return [info["control"] for info in addresses.read_all(self.run_dir)
+                if info["replica"] != exclude and self.pid_of(info["replica"]) == info["pid"]]
+
+    def spawn(self, replica: int | None, join: list[str]) -> Child | subprocess.Popen:
+        """Start replica ``replica``, or a spare (``None``) that waits on stdin for an id."""
+        name = f"r{replica}" if replica is not None else f"spare-{self.restarts}-{time.monotonic_ns()}"
+        log = open(self.run_dir / "logs" / f"{name}.log", "ab")
+        cmd = [sys.executable, "-m", "tenacia", "replica", "--config", str(self.config_path)]
+        if replica is not None:
+            cmd += ["--replica", str(replica)]
+        for addr in join:
+            cmd += ["--join", addr]
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.cfg.replica_threads))
+        for plugin in self.plugins:
+            env.update(plugin.child_env())
+        spare_idle = replica is None and self.idle_spares
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=_idle_and_die_with_parent if spare_idle else _die_with_parent,
+                                stdin=subprocess.PIPE if replica is None else None)
+        log.close()
+        return Child(replica, proc) if replica is not None else proc
+
+    def replace(self, replica: int, join: list[str]) -> tuple[Child, str]:
+        """A process for replica ``replica``: the warm spare if one is ready, else a new one."""
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.poll() is None:
+            try:
+                if self.idle_spares:
+                    to_normal_priority(spare.pid)
+                spare.stdin.write((json.dumps({"replica": replica, "join": join}) + "\n").encode())
+                spare.stdin.flush()
+                self.spare = self.spawn(None, [])  # the next spare warms up in the background
+                return Child(replica, spare), "spare"
+            except OSError:
+                pass
+        if self.cfg.replicas.spares:
+            self.spare = self.spawn(None, [])
+        return self.spawn(replica, join), "new process"
+
+    def wait_address(self, replica: int, timeout: float = 120.0) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            child = self.children[replica]
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"replica {replica} exited with code {child.proc.returncode} while starting; "
+                                   f"see {self.run_dir / 'logs' / f'r{replica}.log'}")
+            info = addresses.read(self.run_dir, replica)
+            if info is not None and info["pid"] == child.proc.pid:
+                return info["control"]
+            time.sleep(0.05)
+        raise TimeoutError(f"replica {replica} did not publish its address within {timeout:.0f}s")
+
+    def run(self) -> int:
+        from ..data.dataset import prepare_data
+
+        prepare_data(self.cfg.data, self.cfg.model.vocab_size)  # once here, so replicas hit the cache
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        (self.run_dir / "replicas").mkdir(exist_ok=True)
+        for r in self.ids:
+            addresses.forget(self.run_dir, r)
+        if self.primary:
+            (self.run_dir / "finished.json").unlink(missing_ok=True)
+        atomic_write(self.config_path, cfglib.dumps_toml(self.cfg))
+        self.events.emit("run_started", replicas=self.cfg.replicas.count, first_id=self.ids[0],
+                         config=cfglib.to_dict(self.cfg))
+        seeds = list(self.cfg.replicas.join)
+        try:
+            first_id = self.ids[0]
+            self.children[first_id] = self.spawn(first_id, seeds)
+            first = self.wait_address(first_id)
+            for r in self.ids[1:]:
+                self.children[r] = self.spawn(r, seeds or [first])
+            if self.cfg.replicas.spares:
+                self.spare = self.spawn(None, [])
+            return self.supervise()
+        finally:
+            self.shutdown()
+
+    def finished(self) -> bool:
+        return (self.run_dir / "finished.json").exists()
+
+    def supervise(self) -> int:
+        tc = self.cfg.train
+        with RunMonitor(self.run_dir, tc.steps, tc.batch_size * self.cfg.data.seq_len, tc.progress,
+                        tc.log_every) as monitor:
+            return self._supervise(monitor)
+
+    def _supervise(self, monitor: RunMonitor) -> int:
+        pending: dict[int, float] = {}  # replica -> restart time
+        while True:
+            time.sleep(min([0.05] + [plugin.poll_s for plugin in self.plugins]))
+            now = time.monotonic()
+            for plugin in self.plugins:
+                plugin.tick()
+            monitor.tick()
+            for r, child in list(self.children.items()):
+                code = child.proc.poll()
+                if code is None or r in pending:
+                    continue
+                if code == 0 or self.finished():
+                    continue
+                if self.restarts >= self.cfg.replicas.restart_budget:
+                    self.events.emit("restart_budget_exhausted", replica=r, restarts=self.restarts)
+                    continue
+                child.failures += 1
+                backoff = min(5.0, self.cfg.replicas.restart_backoff_s * 2 ** (child.failures - 1))
+                pending[r] = now + backoff
+                self.events.emit("replica_exited", replica=r, code=code, backoff_s=backoff)
+            for r, at in list(pending.items()):
+                if now >= at:
+                    del pending[r]
+                    self.restarts += 1
+                    old = self.children[r]
+                    join = self.addresses(exclude=r) or list(self.cfg.replicas.join)
+                    self.children[r], how = self.replace(r, join)
+                    self.children[r].failures = old.failures
+                    self.events.emit("replica_restarted", replica=r, attempt=self.restarts, join=join, using=how)
+            alive = [c for c in self.children.values() if c.proc.poll() is None]
+            if not alive and not pending:
+                # a replica exits 0 only after the leader's stop; the leader may be on another host
+                ok = self.finished() or all(c.proc.returncode == 0 for c in self.children.values())
+                self.events.emit("launcher_done", finished=ok, restarts=self.restarts)
+                return 0 if ok else 1
+
+    def shutdown(self) -> None:
+        for plugin in self.plugins:
+            plugin.close()
+        if self.spare is not None:
+            self.children[-1] = Child(-1, self.spare)  # killed with the others below
+        for child in self.children.values():
+            if child.proc.poll() is None:
+                try:
+                    os.killpg(child.proc.pid, signal.SIGCONT)
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for child in self.children.values():
+            try:
+                child.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass

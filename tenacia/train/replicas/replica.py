@@ -1,0 +1,377 @@
+"""One replica process: a full copy of the model that trains in a quorum of peers.
+
+The replica boundary is this process: inside it, the model could later be split over a group of
+ranks (tensor/pipeline parallel); across replicas only averaged gradients and healing state move.
+
+Per step (see ``coordinator.py`` for the contract): apply the quorum's ``resolve``; donors offer
+their state, newcomers start fetching it; compute gradients on this replica's share of the global
+batch (its positions in the quorum's ``shares``; gradients it still holds for the same step, from
+a run of it that was discarded, are reused: ``shares.LocalGradients``); all-reduce them (sum) in
+the quorum's own process group, asleep on the leader's inbox (the collective's future wakes it) so
+that a newer quorum abandons the collective at once; vote; apply on ``commit``. A fresh gloo group and fresh buffers are used for every quorum; an
+older quorum's group is retired as soon as a newer quorum starts, in a background thread, never on
+the training thread (tearing down a gloo group with a collective in flight can block for many
+seconds; see ``Replica.retire_groups``).
+
+A replica that was expelled (declared hung) or finds it was frozen rejoins in-process as a
+newcomer and heals; a crashed one is restarted by the launcher and does the same.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ... import checkpoint as ckpt
+from ... import hooks
+from ...data.ledger import SampleLedger
+from ...events import EventLog
+from ...storage import atomic_write_json
+from ..config import RunConfig
+from ..step import apply_update
+from ..trainer import Trainer
+from . import addresses
+from .coordinator import Coordinator
+from .group import GroupBuilder, retire
+from .heal import HealFetch, HealServer
+from .lease import claim_term, leader_of
+from .member import ControlServer, LeaderLink
+from .shares import LocalGradients, even_shares
+from .spare import wait_as_spare
+
+
+class Superseded(Exception):
+    """A newer quorum (or a stop) arrived: drop the step in flight."""
+
+
+class Rejoin(Exception):
+    """This replica was expelled or frozen: exit and come back as a newcomer."""
+
+
+class Replica:
+    def __init__(self, cfg: RunConfig, replica: int, seeds: list[str], trainer: Trainer | None = None):
+        """``trainer``: one built (and loaded from disk) ahead of time by a spare process."""
+        self.cfg, self.id, self.seeds = cfg, replica, seeds
+        torch.set_num_threads(cfg.replica_threads)
+        self.preloaded = trainer is not None
+        self.trainer = trainer or Trainer(cfg, source=f"replica:{replica}", write_ledger=False)
+        self.trainer.events.source = f"replica:{replica}"
+        self.events = self.trainer.events
+        host = cfg.replicas.host
+        self.server = ControlServer(replica, host, host)
+        self.heal_server = HealServer(host, host)
+        self.phase, self.pending, self.pending_vote = "idle", None, None
+        self.pending_grads: torch.Tensor | None = None
+        self.grads = LocalGradients(self.trainer.model)  # this member's share of the step in flight
+        self.link = LeaderLink(replica, self.server, self.heal_server.addr, self.status,
+                               self.make_coordinator, self.events)
+        self.groups: dict[int, GroupBuilder] = {}  # quorum id -> group (the current quorum's)
+        self._publish_address()
+
+    # ----- plumbing --------------------------------------------------------------------------------
+    def _publish_address(self) -> None:
+        addresses.publish(self.cfg.train.run_dir, self.id, self.server.addr, self.heal_server.addr)
+
+    def peer_addresses(self) -> list[str]:
+        """The newest term's leader, the seeds given at start, then every other replica published
+        in the run directory."""
+        lead = leader_of(Path(self.cfg.train.run_dir))
+        out = [lead["control"]] if lead and lead["replica"] != self.id else []
+        out += [s for s in self.seeds if s not in out]
+        for info in addresses.read_all(self.cfg.train.run_dir):
+            if info["replica"] != self.id and info["control"] not in out:
+                out.append(info["control"])
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {"step": self.trainer.step + 1, "phase": self.phase, "committed": self.trainer.step,
+                "pending": self.pending, "pending_vote": self.pending_vote}
+
+    def make_coordinator(self, *, term: int, expected: set[int], last_quorum_id: int = 0,
+                         takeover_from: float | None = None, previous: dict[str, Any] | None = None) -> Coordinator:
+        run_dir = Path(self.cfg.train.run_dir)
+        term = claim_term(run_dir, self.id, self.server.addr, at_least=term)
+        return Coordinator(replica=self.id, term=term, host=self.cfg.replicas.host, cfg=self.cfg.replicas,
+                           total_steps=self.cfg.train.steps, events=EventLog(self.events.path, f"coordinator:{self.id}"),
+                           ledger=SampleLedger(run_dir / "ledger.jsonl"), expected=expected, run_dir=run_dir,
+                           log_every=self.cfg.train.log_every, batch_size=self.cfg.train.batch_size,
+                           last_quorum_id=last_quorum_id, takeover_from=takeover_from, previous=previous)
+
+    def poll(self, block: float = 0.0) -> dict[str, Any] | None:
+        """Next message from the leader; handles failover and rejoin on the way."""
+        if self.link.was_frozen():
+            raise Rejoin("this process was frozen longer than the hang timeout")
+        while True:
+            try:
+                msg = self.link.inbox.get(timeout=block) if block else self.link.inbox.get_nowait()
+            except queue.Empty:
+                return None
+            if msg["type"] != "wake":
+                break
+            block = 0.0  # a wake is a nudge only: take what else is queued without waiting again
+        kind = msg["type"]
+        if kind in ("expelled", "frozen"):
+            raise Rejoin(f"{kind}: {msg.get('reason', msg.get('gap_s'))}")
+        if kind == "leader_lost":
+            self.link.failover(msg)
+            return None
+        return msg
+
+    # ----- the loop ---------------------------------------------------------------------------------
+    def run(self) -> int:
+        if self.cfg.checkpoint.resume and not self.preloaded:
+            # a starting point only: the job resumes (or not) when the first quorum forms
+            self.trainer.resume(event="replica_checkpoint_loaded")
+        if self.trainer.step >= self.cfg.train.steps:
+            return 0  # restarted after the job finished: nothing left to do
+        if not self.seeds:  # the first replica of the job leads
+            first = self.cfg.replicas.first_id
+            self.server.coordinator = self.make_coordinator(term=1, expected=set(range(first, first + self.cfg.replicas.count)))
+        self.link.connect(self.peer_addresses if self.seeds else lambda: [self.server.addr])
+        self.link.start_heartbeats()
+        self.events.emit("run_started", step=self.trainer.step, replicas=self.cfg.replicas.count, replica=self.id)
+        try:
+            while True:
+                try:
+                    return self.follow_quorums()
+                except Rejoin as e:
+                    self.events.emit("replica_expelled", replica=self.id, reason=str(e))
+                    self.rejoin()
+        finally:
+            self.link.close()
+
+    def follow_quorums(self) -> int:
+        q: dict[str, Any] | None = None
+        while True:
+            msg = q or self.poll(block=0.05)
+            q = None
+            if msg is None or msg["type"] in ("verdict", "wait", "heartbeat"):
+                continue
+            if msg["type"] == "stop":
+                return self.finish()
+            if msg["type"] == "quorum":
+                q = self.run_quorum(msg)
+
+    def rejoin(self) -> None:
+        """Come back as a newcomer after being expelled or frozen: step down if leading, drop what
+        is pending, find the current leader through the peers, and heal in the next quorum."""
+        if self.server.coordinator is not None:
+            self.server.coordinator.close()
+            self.server.coordinator = None
+        self.link.close(bye=False)
+        self.pending, self.pending_vote, self.pending_grads = None, None, None
+        self.grads.drop()
+        last = self.link.last_quorum
+        self.link = LeaderLink(self.id, self.server, self.heal_server.addr, self.status,
+                               self.make_coordinator, self.events)
+        self.link.last_quorum = last
+        self.server.lost_leader = True
+        self.link.connect(self.peer_addresses)
+        self.link.start_heartbeats()
+
+    def run_quorum(self, q: dict[str, Any]) -> dict[str, Any] | None:
+        """Run steps in quorum ``q`` until a newer quorum or a stop arrives; return that message."""
+        self.apply_resolve(q.get("resolve"))
+        builder = self.groups.get(q["quorum_id"]) or GroupBuilder(
+            q["store"], q["quorum_id"], q["members"].index(self.id), len(q["members"]), self.cfg.replicas.host,
+            notify=self.wake)
+        self.groups[q["quorum_id"]] = builder
+        self.retire_groups(q["quorum_id"])
+        first = True
+        while True:
+            try:
+                self.run_step(q, builder, heal=first)
+            except Superseded as s:
+                self.pending = self.pending if self.pending_vote else None
+                return s.args[0]
+            first = False
+            q["step"] += 1
+            q["sharers"], q["heal"] = q["members"], {}  # healed newcomers share from the 2nd step on
+            q["shares"] = even_shares(q["members"], self.cfg.train.batch_size)
+
+    def apply_resolve(self, resolve: dict[str, Any] | None) -> None:
+        if resolve is None or self.pending is None or resolve["step"] != self.pending:
+            self.pending, self.pending_vote, self.pending_grads = None, None, None
+            return
+        if resolve["commit"]:
+            self.apply(self.pending_vote)
+        self.pending, self.pending_vote, self.pending_grads = None, None, None
+
+    def wake(self, *_: Any) -> None:
+        """Nudge a training thread blocked in ``wait_until`` (from a group, fetch or collective)."""
+        self.link.inbox.put({"type": "wake"})
+
+    def wait_until(self, done: threading.Event | Any, what: str) -> None:
+        """Sleep on the leader's inbox until ``done()`` holds; a newer quorum or stop supersedes the
+        wait. Whatever ``done`` watches must call ``wake`` when it changes: the thread sleeps, it does
+        not spin (four replicas on two cores: a polling waiter takes CPU from the members computing)."""
+        while not done():
+            msg = self.poll(block=0.05)
+            if msg is not None and msg["type"] in ("quorum", "stop"):
+                raise Superseded(msg)
+            if msg is not None and msg["type"] == "verdict":
+                self._verdict = msg
+
+    def run_step(self, q: dict[str, Any], builder: GroupBuilder, heal: bool) -> None:
+        step, qid = q["step"], q["quorum_id"]
+        self._verdict: dict[str, Any] | None = None
+        # A join's quorum is sent right after the verdict we just applied: take it before computing
+        # a step of the old quorum that it would throw away (and before a donor's offer waits on it).
+        while (msg := self.poll()) is not None:
+            if msg["type"] in ("quorum", "stop"):
+                raise Superseded(msg)
+        t = self.trainer
+        fetch = None
+        newcomer = str(self.id) in q["heal"]
+        if heal and newcomer:
+            donor = q["heal"][str(self.id)]
+            fetch = HealFetch(q["addrs"][str(donor)]["heal"], qid, notify=self.wake)
+            self.events.emit("heal_started", step=step, replica=self.id, peer=donor)
+        if heal and self.id in q["heal"].values():
+            self.heal_server.offer(qid, {"step": t.step, "sampler": t.sampler.state_dict(), "tokens_seen": t.tokens_seen,
+                                         "data_fingerprint": t.data.fingerprint},
+                                   ckpt.model_tensors(t.model), ckpt.optimizer_tensors(t.model, t.optimizer))
+        if not newcomer and step != t.step + 1:
+            raise Rejoin(f"quorum runs step {step} but this replica committed {t.step}")
+        B = self.cfg.train.batch_size
+        start, ids, my_ids, reused = t.sampler.position, [], [], 0
+        self.phase = "compute"
+        timing = {"received": q.get("received_t"), "compute_start": time.time()} if heal else None
+        loss, tokens = 0.0, 0
+        if self.id in q["sharers"]:
+            ids = t.sampler.peek(B)
+            positions = q["shares"][str(self.id)]
+            my_ids = [ids[p] for p in positions]
+            loss, tokens, reused = self.grads.compute(step, positions, ids, t.data.train.get,
+                                                      self.cfg.train.micro_batch_size, t.device)
+        else:
+            self.grads.drop()
+        hooks.reach("mid_step", step)
+        # the sum is taken over a flat copy: the parameters' own .grad stay this member's share (salvage)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in t.model.parameters()])
+        if timing:
+            timing["compute_end"] = time.time()
+        self.wait_until(builder.done.is_set, "process group")
+        if builder.error:
+            raise Superseded(self._await_next(f"group failed: {builder.error}"))
+        self.phase = "allreduce"
+        ok = True
+        try:
+            work = builder.pg.allreduce([flat])
+            # the future completes (and runs its callbacks) just before the work marks itself
+            # completed: wait on the future, or the wake finds the work not done yet
+            done = work.get_future()
+            done.add_done_callback(self.wake)  # also on error: a peer died mid-collective
+            self.wait_until(done.done, "all-reduce")
+            work.wait()
+            if timing:
+                timing.update(group_ready=builder.ready_t, reduced=time.time())
+        except Superseded:
+            raise
+        except Exception:  # noqa: BLE001 - a peer died mid-collective: vote no
+            ok = False
+        if fetch is not None:
+            self.wait_until(fetch.done.is_set, "healing")
+            if fetch.error:
+                ok = False
+            else:
+                self.load_healed(fetch, q)
+        self.phase = "vote"
+        vote = {"type": "vote", "replica": self.id, "quorum_id": qid, "step": step, "ok": ok, "start": start,
+                "ids": my_ids, "batch": ids, "tokens": tokens, "loss": loss, "reused": reused, "timing": timing}
+        self.pending, self.pending_vote, self.pending_grads = (step, vote, flat) if ok else (None, None, None)
+        self.link.send(vote)
+        self.wait_until(lambda: self._verdict is not None and self._verdict["step"] == step, "verdict")
+        self.phase = "idle"
+        if self._verdict["commit"]:
+            self.apply(vote)
+            self.pending, self.pending_vote, self.pending_grads = None, None, None
+            self.after_commit()
+        else:
+            raise Superseded(self._await_next("step discarded"))
+
+    def retire_groups(self, current: int) -> None:
+        """Retire the groups of quorums older than ``current`` when it starts: no member uses them
+        again (a peer still inside one of their collectives gets an error at once, and its vote
+        for an old quorum is ignored), and a group whose peer was killed mid-collective can keep
+        its TCP loop spinning, taking CPU from the step that redoes the lost work. ``group.retire``
+        tears each down in a daemon thread: the training thread never blocks, whatever collective
+        is still in flight."""
+        for qid in [k for k in self.groups if k < current]:
+            retire(self.groups.pop(qid))
+
+    def _await_next(self, why: str) -> dict[str, Any]:
+        while True:
+            msg = self.poll(block=0.05)
+            if msg is not None and msg["type"] in ("quorum", "stop"):
+                return msg
+
+    def apply(self, vote: dict[str, Any]) -> None:
+        """Apply the reduced gradients held for the voted step, and commit it locally. The
+        parameters' ``.grad`` become views of the reduced buffer, not copies: nothing reads that
+        buffer after the step is applied, and this member's own share (``self.grads``) is released
+        here, once the step can no longer be salvaged."""
+        t, flat = self.trainer, self.pending_grads
+        offset = 0
+        for p in t.model.parameters():
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p)
+            offset += n
+        apply_update(t.model, t.optimizer, t.lr(vote["step"]), self.cfg.optim.grad_clip)
+        self.grads.drop()
+        t.step += 1
+        t.sampler.advance(self.cfg.train.batch_size)
+        t.tokens_seen += self.cfg.train.batch_size * self.cfg.data.seq_len
+        hooks.reach("between_steps", t.step)
+
+    def after_commit(self) -> None:
+        t = self.trainer
+        leading = self.server.coordinator is not None and not self.server.coordinator.stopped
+        every = self.cfg.checkpoint.every
+        if leading and every and t.step % every == 0 and t.step < self.cfg.train.steps:
+            t.save_checkpoint()
+
+    def load_healed(self, fetch: HealFetch, q: dict[str, Any]) -> None:
+        meta, model, optim = fetch.result
+        t = self.trainer
+        t.model.load_state_dict(model, strict=False)
+        ckpt.load_optimizer_tensors(t.model, t.optimizer, optim)
+        t.sampler.load_state_dict(meta["sampler"])
+        t.step, t.tokens_seen = int(meta["step"]), int(meta["tokens_seen"])
+        self.events.emit("heal_done", step=t.step, replica=self.id, peer=q["heal"][str(self.id)],
+                         heal_s=round(time.monotonic() - fetch.t0, 4), transfer_s=round(fetch.transfer_s, 4),
+                         bytes=fetch.nbytes)
+
+    def finish(self) -> int:
+        t = self.trainer
+        self.events.emit("state_fingerprint", step=t.step, replica=self.id, fingerprint=ckpt.state_fingerprint(
+            t.step, t.sampler.state_dict(), t.model, t.optimizer))
+        coord = self.server.coordinator
+        if coord is not None:  # the leader writes the final checkpoint and the eval
+            eval_loss = t.evaluate()
+            t.events.emit("eval", step=t.step, eval_loss=eval_loss)
+            t.save_checkpoint()
+            t.checkpoints.wait()
+            atomic_write_json(Path(self.cfg.train.run_dir) / "finished.json",
+                              {"step": t.step, "eval_loss": eval_loss, "checkpoint": str(t.checkpoints.last_path)})
+            t.events.emit("run_finished", step=t.step, eval_loss=eval_loss)
+        return 0
+
+
+def run_replica(cfg: RunConfig, replica: int | None, join: list[str]) -> int:
+    """One replica process's life; ``replica`` None makes it a warm spare that waits for an id.
+    The process entry is ``tenacia replica`` (``tenacia.run``), which the launcher starts."""
+    # Heartbeat, heal and group threads wait on the training thread's GIL: hand it over every 1 ms
+    # (CPython's default is 5 ms), so they answer within a few milliseconds.
+    sys.setswitchinterval(0.001)
+    if replica is None:
+        replica, join, trainer = wait_as_spare(cfg)
+        return Replica(cfg, replica, join, trainer).run()
+    return Replica(cfg, replica, join).run()

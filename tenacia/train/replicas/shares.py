@@ -1,0 +1,81 @@
+"""Which samples of a step's global batch each member of a quorum computes gradients for.
+
+A *share* is a list of positions in the step's global batch (``0 .. batch-1``); the sampler gives
+every replica the same batch for a step, so positions name the same samples everywhere. The
+shares of a quorum's sharers partition the batch: every position is computed exactly once.
+
+- ``even_shares``: contiguous shares whose sizes differ by at most one (every normal step).
+- ``salvage_shares``: the step in flight was discarded because a member was lost, and the next
+  quorum runs the *same* step. A survivor that already computed its share keeps it (its gradients
+  are those of the same samples on the same committed weights); only the positions of the lost
+  members are computed again, spread over the new sharers, fewest positions first. A survivor
+  that had not computed its share yet simply computes all of it: the plan is correct whatever each
+  member holds, and members never need to report what they hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ...data.sampler import shard
+from ...device import Device
+from ..step import compute_gradients
+
+Shares = dict[str, list[int]]  # replica id (as a JSON key) -> positions in the global batch
+
+
+def even_shares(sharers: list[int], batch: int) -> Shares:
+    return {str(r): shard(range(batch), i, len(sharers)) for i, r in enumerate(sharers)}
+
+
+def salvage_shares(previous: Shares, sharers: list[int], batch: int) -> Shares:
+    """Shares for re-running a discarded step: ``previous`` shares kept where their member is
+    still a sharer, the rest of the batch spread over ``sharers``, least loaded first (ties by
+    rank order)."""
+    out = {str(r): list(previous.get(str(r), [])) for r in sharers}
+    covered = {p for share in out.values() for p in share}
+    for pos in (p for p in range(batch) if p not in covered):
+        min(out.values(), key=len).append(pos)
+    return {r: sorted(share) for r, share in out.items()}
+
+
+class LocalGradients:
+    """The gradients this member computed for a step, kept in the parameters' ``.grad`` (the
+    all-reduce works on a flat copy) until the step is applied or dropped, so that a re-run of the
+    same step computes only the positions it does not hold yet.
+
+    Invariant: every ``.grad`` is None, or holds sum(per-sample loss)/batch over exactly the
+    positions ``held`` names for step ``step``, computed on the weights committed at ``step - 1``.
+    Whoever changes the weights or the gradients otherwise calls ``drop``.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.step: int | None = None
+        self.held: list[int] = []
+        self.loss_sum, self.tokens = 0.0, 0
+
+    def drop(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        self.step, self.held, self.loss_sum, self.tokens = None, [], 0.0, 0
+
+    def compute(self, step: int, positions: list[int], batch: list[int], samples: Callable[[list[int]], torch.Tensor],
+                micro_batch_size: int, device: Device) -> tuple[float, int, int]:
+        """Gradients over ``positions`` of ``batch`` (the step's sample ids); returns the mean loss
+        over them, their tokens, and how many positions were reused rather than computed."""
+        held = set(self.held)
+        if self.step != step or not held <= set(positions) or not positions:
+            self.drop()
+            held = set()
+        reused = len(held)
+        todo = [p for p in positions if p not in held]
+        if todo:
+            loss, tokens = compute_gradients(self.model, samples([batch[p] for p in todo]), micro_batch_size,
+                                             len(batch), device)
+            self.loss_sum += loss * len(todo)
+            self.tokens += tokens
+        self.step, self.held = step, list(positions)
+        return self.loss_sum / max(len(positions), 1), self.tokens, reused

@@ -209,7 +209,7 @@ class Launcher:
         raise TimeoutError(f"replica {replica} did not publish its address within {timeout:.0f}s")
 
     def run(self) -> int:
-        from ..data.dataset import prepare_data
+        from ...data.dataset import prepare_data
 
         prepare_data(self.cfg.data, self.cfg.model.vocab_size)  # once here, so replicas hit the cache
         (self.run_dir / "logs").mkdir(exist_ok=True)

@@ -17,6 +17,8 @@ from .state import (
     Snapshot,
     load_model_weights,
     load_optimizer_tensors,
+    model_tensors,
+    optimizer_tensors,
     restore_rng,
     state_fingerprint,
     take_snapshot,
@@ -25,6 +27,7 @@ from .writer import CheckpointConfig, CheckpointWriter
 
 __all__ = [
     "FORMAT", "CheckpointConfig", "CheckpointWriter", "CorruptCheckpoint", "Snapshot", "latest_verified",
-    "list_checkpoints", "load_file", "load_model_weights", "load_optimizer_tensors", "restore_rng",
+    "list_checkpoints", "load_file", "load_model_weights", "load_optimizer_tensors", "model_tensors",
+    "optimizer_tensors", "restore_rng",
     "state_fingerprint", "take_snapshot", "verify",
 ]

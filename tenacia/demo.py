@@ -12,9 +12,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.panel import Panel
-
 DEMO_STEPS = 160
 
 
@@ -58,6 +55,9 @@ def sample_text(run_dir: Path, prompt: str = "def ", tokens: int = 80) -> str:
 
 
 def run_demo(run_dir: str = "runs/demo", steps: int | None = None, serve: bool = True) -> int:
+    from rich.console import Console
+    from rich.panel import Panel
+
     from . import config
     from .report.cli import render
     from .report.summary import write as write_report

@@ -12,22 +12,23 @@ into a trainer (``format.latest_verified``, ``state.load_*``), into the server
 - ``export.py``: a run as a Hugging Face directory for transformers, vLLM, SGLang.
 """
 
-from .format import FORMAT, CorruptCheckpoint, latest_verified, list_checkpoints, load_file, verify
-from .state import (
-    Snapshot,
-    load_model_weights,
-    load_optimizer_tensors,
-    model_tensors,
-    optimizer_tensors,
-    restore_rng,
-    state_fingerprint,
-    take_snapshot,
-)
-from .writer import CheckpointConfig, CheckpointWriter
+import importlib
+from typing import Any
 
-__all__ = [
-    "FORMAT", "CheckpointConfig", "CheckpointWriter", "CorruptCheckpoint", "Snapshot", "latest_verified",
-    "list_checkpoints", "load_file", "load_model_weights", "load_optimizer_tensors", "model_tensors",
-    "optimizer_tensors", "restore_rng",
-    "state_fingerprint", "take_snapshot", "verify",
-]
+# name -> submodule: imported on first use (PEP 562), so that `tenacia export --help` and every
+# other command line, which imports ``checkpoint.cli``, does not import torch.
+_API = {
+    "FORMAT": "format", "CorruptCheckpoint": "format", "latest_verified": "format",
+    "list_checkpoints": "format", "load_file": "format", "verify": "format",
+    "Snapshot": "state", "load_model_weights": "state", "load_optimizer_tensors": "state",
+    "model_tensors": "state", "optimizer_tensors": "state", "restore_rng": "state",
+    "state_fingerprint": "state", "take_snapshot": "state",
+    "CheckpointConfig": "writer", "CheckpointWriter": "writer",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_API[name]}", __name__), name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..checkpoint import CheckpointConfig
+from ..checkpoint.writer import CheckpointConfig
 from ..config import check
 from ..data.config import DataConfig
 from ..device import DeviceConfig

@@ -26,21 +26,11 @@ from .procs import train_args, wait_for
 STEPS = 200
 RUN = [f"train.steps={STEPS}", "checkpoint.every=40", "optim.warmup_steps=10", "train.batch_size=32",
        "train.micro_batch_size=16"]
-pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """Eval loss of a fault-free single-process run of the same job."""
-    from .procs import Procs
-
-    run = tmp_path_factory.mktemp("reference")
-    p = Procs()
-    try:
-        assert p.run(train_args(run, *RUN), timeout=90, log=run / "log") == 0
-    finally:
-        p.kill_all()
-    return [e for e in read_events(run / "events.jsonl") if e["event"] == "eval"][-1]["eval_loss"]
+# Safety limits, not speed assertions: a run takes 30-50 s on the 2-core machines this suite runs
+# on, the first test also pays for the module's reference run, and a slow CPU must not turn a
+# working run into a failure (the speed of recovery is asserted from the event log's times).
+RUN_LIMIT_S = 240
+pytestmark = pytest.mark.timeout(2 * RUN_LIMIT_S + 60)
 
 
 def check_run(run, reference, survivors_at_least=2):
@@ -58,7 +48,7 @@ def check_run(run, reference, survivors_at_least=2):
     return events
 
 
-def run_replicas(procs, run, n, faults, *extra, timeout=80):
+def run_replicas(procs, run, n, faults, *extra, timeout=RUN_LIMIT_S):
     args = train_args(run, *RUN, f"replicas.count={n}", f"chaos.faults={json.dumps(faults)}", *extra)
     code = procs.run(args, timeout=timeout, log=run / "launcher.log")
     assert code == 0, (run / "launcher.log").read_text()[-3000:]
@@ -76,9 +66,9 @@ def test_kill_at_random_step(tmp_path, procs, reference):
     step = random.Random(2026).randint(20, 60)  # early enough for the replacement to heal before the end
     launcher = procs.start(train_args(tmp_path, *RUN, "replicas.count=3"), log=tmp_path / "launcher.log")
     wait_for(lambda: any(e["event"] == "step_committed" and e["step"] >= step
-                         for e in read_events(tmp_path / "events.jsonl")), 60, f"step {step}")
+                         for e in read_events(tmp_path / "events.jsonl")), RUN_LIMIT_S, f"step {step}")
     assert procs.run(["chaos", "kill", str(tmp_path), "--replica", "1"], timeout=30) == 0
-    assert launcher.wait(timeout=80) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
+    assert launcher.wait(timeout=RUN_LIMIT_S) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
     events = check_run(tmp_path, reference)
     fault = first_after(events, "fault_injected", 0, replica=1)
     detected = first_after(events, "failure_detected", fault["t"], replica=1)
@@ -188,7 +178,7 @@ def test_all_replicas_lost_then_resume_with_other_count(tmp_path, procs, referen
     ckpt = tmp_path / "checkpoints" / "step_00000040"
     wait_for(lambda: ckpt.exists() and any(
         e["event"] == "step_committed" and e["step"] >= 50 for e in read_events(tmp_path / "events.jsonl")),
-        60, "step 50")
+        RUN_LIMIT_S, "step 50")
     procs.kill(launcher)  # every replica dies with it (parent-death signal)
     time.sleep(0.5)  # let the kernel finish delivering those signals
     newest = max(int(p.name[5:]) for p in (tmp_path / "checkpoints").glob("step_*"))

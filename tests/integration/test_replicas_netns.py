@@ -12,17 +12,11 @@ from tenacia.chaos.link import LinkLab
 from tenacia.events import read_events
 
 from .procs import train_args, wait_for
-from .test_replicas import RUN, STEPS, check_run, first_after
+from .test_replicas import RUN, RUN_LIMIT_S, STEPS, check_run, first_after
 
 ok, why = netns.available()
-pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(not ok, reason=f"network namespaces: {why}")]
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    from .test_replicas import reference as ref
-
-    return ref.__wrapped__(tmp_path_factory)
+pytestmark = [pytest.mark.timeout(2 * RUN_LIMIT_S + 60),
+              pytest.mark.skipif(not ok, reason=f"network namespaces: {why}")]
 
 
 def test_replicas_as_separate_hosts_joining_by_address(tmp_path, reference):
@@ -33,7 +27,7 @@ def test_replicas_as_separate_hosts_joining_by_address(tmp_path, reference):
         host0 = lab.popen(0, [sys.executable, "-m", "tenacia", *args0, "--replicas", "1"], stdout=log0,
                           stderr=log0)
         addr_file = tmp_path / "replicas" / "r0.json"
-        wait_for(addr_file.exists, 60, "replica 0 to publish its address")
+        wait_for(addr_file.exists, RUN_LIMIT_S, "replica 0 to publish its address")
         control = json.loads(addr_file.read_text())["control"]
         assert control.startswith(a + ":")
         log1 = open(tmp_path / "host1.log", "wb")
@@ -41,8 +35,8 @@ def test_replicas_as_separate_hosts_joining_by_address(tmp_path, reference):
                            f'replicas.join=["{control}"]', 'chaos.faults=["hang:1@80:1.5"]')
         host1 = lab.popen(1, [sys.executable, "-m", "tenacia", *args1, "--replicas", "1"], stdout=log1,
                           stderr=log1)
-        assert host0.wait(timeout=100) == 0, (tmp_path / "host0.log").read_text()[-2000:]
-        assert host1.wait(timeout=30) == 0, (tmp_path / "host1.log").read_text()[-2000:]
+        assert host0.wait(timeout=RUN_LIMIT_S) == 0, (tmp_path / "host0.log").read_text()[-2000:]
+        assert host1.wait(timeout=60) == 0, (tmp_path / "host1.log").read_text()[-2000:]
     events = check_run(tmp_path, reference)
     joined = first_after(events, "heal_done", 0, replica=1)
     assert joined["peer"] == 0 and joined["bytes"] > 0

@@ -1,4 +1,4 @@
-"""Subcommand ``demo``: the whole path on this machine in about two minutes.
+"""Subcommand ``demo``: the whole path on this machine in a few minutes (README.md, ``make demo``).
 
 Two replicas train the tiny model on the Python standard library's source while chaos kills one
 and later freezes it; the report shows what that cost; a sample of generated text shows what the

@@ -15,7 +15,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .device import detect
-    from .serve.engine.decode_kernels import available  # builds them if they can be (~1 s, once)
+    from .serve.engine.decode_kernels import available  # builds them if it can (docs/serving.md)
 
     dev = detect()
     table = Table(title="tenacia info", show_header=False)

@@ -11,7 +11,8 @@ Two kinds of link:
 - ``tun``: each node has a TUN device whose other side is a user-space forwarder
   (``tenacia.chaos.forwarder``) in the hub namespace; it holds every packet ``delay_ms`` (one
   way, so a round trip gains ``2 * delay_ms``) and keeps packet order. Linux netem is not in
-  every kernel, this works without it. A single Python forwarder moves ~150 MB/s at most.
+  every kernel, this works without it. A single Python forwarder is much slower than a veth
+  (measured in docs/fault-model.md, "The network lab").
 Either kind can cap each node's sending rate with a ``tbf`` qdisc (``rate_mbit``).
 
 Inside node k the interface is ``lab0``; ``lo`` is up. ``env(k)`` sets ``GLOO_SOCKET_IFNAME=lab0``
@@ -181,7 +182,8 @@ class LinkLab:
                 continue
             bytes_per_s = rate_mbit * 1e6 / 8
             # A veth hands tbf segmentation-offload packets of up to 64 KiB: a smaller bucket
-            # would split them and undershoot the rate (measured: 8 kB gave 60-80% of 16 Mbit).
+            # would split them and undershoot the rate (an 8 kB bucket did: docs/fault-model.md,
+            # "The network lab").
             burst = max(int(bytes_per_s * 0.004), 65536 + self.config.mtu)
             netns.run("tc", "-n", n.netns, "qdisc", "replace", "dev", n.ifname, "root", "tbf",
                       "rate", f"{rate_mbit}mbit", "burst", str(burst), "latency", "200ms")

@@ -70,7 +70,8 @@ def gguf_path() -> Path:
 
 def smollm2_dir(cache_dir: str | Path | None = None) -> Path:
     """The converted SmolLM2-135M-Instruct directory, ``<cache_dir or cache_root()>/
-    smollm2-135m-instruct``; converts it first if missing (20 to 35 s on 2 shared CPU cores)."""
+    smollm2-135m-instruct``; converts it first if missing, which takes a while (docs/serving.md,
+    "Recorded observations")."""
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / CACHE_NAME
     if not (final / CONFIG_FILE).is_file():
@@ -87,7 +88,8 @@ def smollm2_dir(cache_dir: str | Path | None = None) -> Path:
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     """Hold an advisory lock on ``lock_path``, so that concurrent converters run one at a time
-    (on 2 shared cores, two at once took 120 s each; one alone, 35 s). Released if we die."""
+    (on shared cores, two at once each took several times as long as one alone: docs/serving.md,
+    "Recorded observations"). Released if we die."""
     with open(lock_path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

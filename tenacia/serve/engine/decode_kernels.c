@@ -4,7 +4,8 @@
  * 1. tenacia_small_gemm: y (M x N) = x (M x K) . W^T + bias for the few rows of a decode step. A decode
  * step's products read every weight once for a handful of rows, so they are bound by how fast the
  * weights stream from memory, not by arithmetic: MKL's packed GEMM for 16 rows overlaps its loads
- * with its arithmetic poorly (16 GB/s on a machine that reads 28-35 GB/s). This kernel keeps the
+ * with its arithmetic poorly and reads the weights well below what the machine can stream
+ * (measured in docs/serving.md, "Where a decode step's time went"). This kernel keeps the
  * weights in panels of 16 output columns, k-major, so that every step of the inner loop reads the
  * next 64-byte line of one stream, and prefetches that stream far ahead in software.
  *

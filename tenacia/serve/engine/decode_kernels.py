@@ -5,18 +5,19 @@ Three kinds of kernel here:
 
 ``SmallLinear``, the products. Why: a decode step of 16 sequences reads every weight once for 16
 rows, so its products are bound by how fast the weights stream from memory. MKL's packed GEMM
-(``packed.PackedLinear``) reads them at ~15 GB/s on this project's machine, which streams 28-35
-GB/s; this GEMM (16-column panels, one 64-byte line per inner step, software prefetch far ahead)
-reads them at ~19 GB/s: SmolLM2's 30 layers of products for 16 rows in 22.6 ms instead of 28.0 ms
-(``bench/decode_kernels.py``; the whole decode step: ``bench/serve_engine.py`` with and without
-``--no-decode-kernels``, 38.4 against 49.7 ms). For more than
-``MAX_ROWS`` rows (prefill) MKL stays faster and is used.
+(``packed.PackedLinear``) reads them well below what the machine can stream; this GEMM (16-column
+panels, one 64-byte line per inner step, software prefetch far ahead) reads them faster, and the
+whole decode step is shorter with it (measured in docs/serving.md, "Where a decode step's time
+went, and the decode kernels": ``bench/decode_kernels.py`` for the products alone,
+``bench/serve_engine.py`` with and without ``--no-decode-kernels`` for the step). For more than
+``MAX_ROWS`` rows (prefill) MKL is as fast or faster and is used.
 
 ``add_rms_norm``, ``rotary_``, ``silu_mul``, the elementwise work between the products: one call
 each where torch runs five to eight ops of a few microseconds (residual add and RMSNorm; rotary on
 q and k in place; SiLU(gate) * up). ``packed.PackedBlock.fused`` strings them together with the
 small GEMM in a decode step, and uses them between MKL's products for a prefill's packed prompt
-tokens, shared among the threads (16 prompts of 100 tokens: 1.18 -> 1.08 s).
+tokens, shared among the threads, which shortens a prefill too (measured in docs/serving.md,
+"Speed", the table of changes).
 
 ``store_kv`` and ``decode_attention``, one new token per sequence written to its cache slot and
 its row of the decode mirror of ``kv_cache.py``, then attending over the mirror:
@@ -58,7 +59,9 @@ from ...storage import atomic_write, cache_root
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("decode_kernels.c")
 FLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-fPIC", "-shared"]
-MAX_ROWS = 16  # above this many rows MKL's packed GEMM is as fast or faster (32 rows: equal)
+# Above this many rows MKL's packed GEMM is as fast or faster (measured in docs/serving.md,
+# "Where a decode step's time went, and the decode kernels").
+MAX_ROWS = 16
 PADDED_ROWS = (1, 2, 4, 8, 16)  # rows are padded up to one of these: one kernel pass per panel
 CHECK_ROWS = (1, 3, 16)
 

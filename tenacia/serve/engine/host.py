@@ -3,10 +3,9 @@
 glibc's allocator serves blocks above its mmap threshold (128 KiB at start, raised adaptively up to
 32 MiB) with fresh ``mmap`` calls and returns freed memory at the top of the heap to the kernel
 past its trim threshold. A prefill allocates and frees activations of several megabytes per layer;
-each one handed back to the kernel is faulted in again, page by page, on the next use. On the
-project's 2-core machine, ``bench/serve_engine.py`` (16 x 100-token prefill of SmolLM2-135M, five
-rounds) measured 1.32-1.34 s with freed memory kept and 1.32-1.50 s (median 1.47 s) with
-``--no-keep-freed-memory``; earlier ad-hoc runs saw outliers of several seconds with the defaults.
+each one handed back to the kernel is faulted in again, page by page, on the next use. Keeping
+freed memory makes a prefill faster and steadier (``bench/serve_engine.py`` against
+``--no-keep-freed-memory``; measured in docs/serving.md, "Speed").
 vLLM's CPU backend gets the same effect by preloading tcmalloc.
 
 The engine's memory is bounded anyway (weights, the KV cache allocated once, activations of at
@@ -17,9 +16,9 @@ float32), and with 4 KiB pages that is ~130,000 TLB misses a step. torch's CPU a
 allocations of 2 MiB or more on transparent huge pages when ``THP_MEM_ALLOC_ENABLE=1`` is in the
 environment before its first allocation, so it must be set before the engine process starts
 (``HUGE_PAGES_ENV``; the kernel must allow THP: ``madvise`` or ``always`` in
-/sys/kernel/mm/transparent_hugepage/enabled, else it is a no-op). Measured on the project's
-machine: the 30 layers' packed projections for 16 decode rows took 27.0-28.0 ms with huge pages
-against 31.9 ms without (``bench/serve_engine.py --no-huge-pages`` for the engine alone).
+/sys/kernel/mm/transparent_hugepage/enabled, else it is a no-op). Fewer TLB misses make the
+decode step shorter (``bench/serve_engine.py`` against ``--no-huge-pages``; measured in
+docs/serving.md, "Speed", and for the projections alone in "Recorded observations").
 """
 
 from __future__ import annotations

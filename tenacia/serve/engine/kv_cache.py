@@ -22,9 +22,10 @@ the runner hands it the step's layout with ``begin_prefill`` or ``begin_decode``
   padded to the longest plus ``MIRROR_HEADROOM`` tokens) and is freed with the batch. Positions
   past a sequence's own length are masked out. The query heads that share a key/value head
   attend as one group of queries ``(B, KVH, H / KVH, hd)``: the same result as grouped-query
-  attention with the heads repeated, in less than half the time on CPU. With ``kernels=True``
-  (float32 on a CPU where ``decode_kernels`` builds), ``decode_kernels.decode_attention`` reads each
-  sequence's own keys in the mirror instead: no padded positions, no mask.
+  attention with the heads repeated, in less time on CPU (docs/serving.md, "Recorded
+  observations"). With ``kernels=True`` (float32 on a CPU where ``decode_kernels`` builds),
+  ``decode_kernels.decode_attention`` reads each sequence's own keys in the mirror instead: no
+  padded positions, no mask.
 """
 
 from __future__ import annotations

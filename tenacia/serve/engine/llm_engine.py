@@ -127,9 +127,9 @@ class LLMEngine:
     def warm_up(self) -> float:
         """Run one full-size prefill and a few decode steps on dummy prompts before serving, as
         vLLM's profile run does: the first real burst then finds its activation memory allocated
-        and faulted in (on the dev machine the first 1,600-token prefill of a fresh process took
-        2.4-2.9 s, later ones 1.4-1.5 s). Leaves no trace: no metrics, no cached prefixes.
-        Returns the seconds it took."""
+        and faulted in (a fresh process's first large prefill was much slower than the later ones:
+        docs/serving.md, "Speed", the table of changes). Leaves no trace: no metrics, no cached
+        prefixes. Returns the seconds it took."""
         if self.has_work():
             raise RuntimeError("warm_up() must run before any request")
         t0, metrics, self.metrics = time.perf_counter(), self.metrics, None

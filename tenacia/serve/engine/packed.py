@@ -8,8 +8,8 @@ and no autograd bookkeeping. ``PackedLlama`` takes a trained ``Llama`` and keeps
   ``None`` and runs no bias op;
 - on CPU with MKL (``torch._C.has_mkl``) every projection pre-packed with MKL's GEMM packing
   (``torch.ops.mkl._mkl_reorder_linear_weight``). MKL's plain float32 GEMM is slow for the few
-  rows of a decode step (16 rows: ~80 GFLOP/s on this project's machine against ~330 for a long
-  prompt); packed, the same 30-layer product takes ~35% less time, with the same float32 math
+  rows of a decode step (far below its rate on a long prompt); packed, the same product takes
+  markedly less time (docs/serving.md, "Recorded observations"), with the same float32 math
   (bit-identical for 16 rows or more, within 1e-6 relative below). The packed buffer does not
   depend on the row count; each call passes its own. A self-check at load time compares packed
   and plain products for several row counts and keeps the plain ones if they disagree;
@@ -38,9 +38,9 @@ from . import decode_kernels as dk
 
 log = logging.getLogger(__name__)
 # The row count MKL is told when packing. Any count may be used afterwards, but the layout it
-# picks depends on it: for SmolLM2's 30 layers on the dev machine, packed for 16 rows a
-# 100-token prompt took 98.6 ms and 16 decode rows 30.0 ms; packed for 128: 71.1 and 28.8 ms
-# (packed for 1,600: 135.9 and 57.4). 64 to 256 were within 5% of each other.
+# picks depends on it: for SmolLM2's 30 layers, packing for 128 rows made both a 100-token prompt
+# and 16 decode rows faster than packing for 16, packing for 1,600 made both slower, and 64 to
+# 256 were about level (measured in docs/serving.md, "Recorded observations").
 PACK_ROWS = 128
 CHECK_ROWS = (1, 3, 16, 37)
 
@@ -119,8 +119,8 @@ class PackedBlock:
         qkv_bias = torch.cat([a.wq.bias, a.wk.bias, a.wv.bias]) if a.wq.bias is not None else None
         self.qkv = PackedLinear(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), qkv_bias, small=kernels)
         self.wo = PackedLinear(a.wo.weight, small=kernels)
-        # gate and up stay two products: for long prompts, one fused product is ~15% slower (its
-        # output no longer fits in cache)
+        # gate and up stay two products: for long prompts, one fused product is slower (its
+        # output no longer fits in cache; docs/serving.md, "Recorded observations")
         self.gate, self.up = PackedLinear(f.w1.weight), PackedLinear(f.w3.weight)
         self.down = PackedLinear(f.w2.weight, small=kernels)
         # ``fused`` in a decode: every product in the small kernel, gate and up as one
@@ -166,7 +166,8 @@ class PackedBlock:
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """RMSNorm in float32. ``vector_norm`` makes one pass where ``pow().mean()`` (and
-    ``F.rms_norm`` on CPU) make several: 5x faster on a 1,600-token prompt, equal within 2e-6."""
+    ``F.rms_norm`` on CPU) make several: several times faster on a long prompt (docs/serving.md,
+    "Recorded observations"), equal within 2e-6."""
     xf = x.float()
     ms = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(x.size(-1))
     return (xf * ms.add_(eps).rsqrt_()).to(x.dtype).mul_(weight)

@@ -51,11 +51,12 @@ def retire(builder: GroupBuilder) -> threading.Thread:
 
     Every parked gloo group keeps its own TCP loop thread, worker threads, sockets and store
     connection. Kept forever, a group whose peer was SIGKILLed mid-collective can leave its
-    ``gloo_tcp_loop`` spinning (measured: 40-80% of a core per such group in a survivor, growing
-    with each fault). ``shutdown()`` returns at once, even with a collective still in flight
-    against a dead or stopped peer; the group's destructor, though, waits for that collective to
-    finish or time out (up to the group timeout, 30 s), without holding the GIL. So this thread,
-    not the caller, drops the last reference. A group still being built is waited for first.
+    ``gloo_tcp_loop`` spinning, a large share of a core per such group in a survivor, growing
+    with each fault (docs/benchmarks.md, "Runs of 22:11-22:41"). ``shutdown()`` returns at once,
+    even with a collective still in flight against a dead or stopped peer; the group's
+    destructor, though, waits for that collective to finish or time out (up to the group
+    timeout, 30 s), without holding the GIL. So this thread, not the caller, drops the last
+    reference. A group still being built is waited for first.
     The caller must hold no other reference to ``builder.pg`` (the builder is left without one),
     nor any of its ``Work`` objects: a Work keeps its group alive, and whoever drops the last
     reference runs the destructor.

@@ -68,10 +68,11 @@ def set_autogroup_nice(pid: int | str, nice: int) -> bool:
     With autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``, on by default in
     most distributions' kernels), every session is first weighed against the others as a group,
     whatever the policy of its threads: a ``SCHED_IDLE`` spare in a session of its own took a
-    whole fair share (measured: steps 11% slower while a spare warmed up beside 4 replicas on 2
-    cores). At nice 19 its group weighs 15 against a replica's 1024. Raising a nice, or setting
-    it back to 0, needs no privilege; without ``CAP_SYS_ADMIN`` the kernel accepts one change
-    per 100 ms per host, hence the retries."""
+    whole fair share (the replicas' steps ran slower while a spare warmed up beside them:
+    docs/benchmarks.md, "Run of 2026-11-24, 01:25-01:38", the spare). At nice 19 its group
+    weighs 15 against a replica's 1024. Raising a nice, or setting it back to 0, needs no
+    privilege; without ``CAP_SYS_ADMIN`` the kernel accepts one change per 100 ms per host,
+    hence the retries."""
     for _ in range(30):
         try:
             with open(f"/proc/{pid}/autogroup", "w") as f:

@@ -213,12 +213,6 @@ def apply_moved(data: dict[str, Any], moved: typing.Mapping[str, str], warn: boo
                   file=sys.stderr)
 
 
-def load_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build root ``cls`` from a plain dict, reading moved fields at their new names."""
-    apply_moved(data, getattr(cls, "MOVED", {}))
-    return from_dict(cls, data)
-
-
 def load(cls: type[T], toml_path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
     """Load root ``cls`` from an optional TOML file plus ``a.b=value`` overrides (in order)."""
     data: dict[str, Any] = read_toml(toml_path) if toml_path is not None else {}

@@ -39,7 +39,7 @@ def parse_kill_point(spec: str, field_name: str = "kill_at") -> tuple[str, int] 
         return None
     name, sep, step = spec.rpartition("@")
     check(bool(sep) and bool(name) and step.isdigit(), field_name, spec,
-          "'<point>@<step>' with point one of mid_step, between_steps, checkpoint:<file>")
+          f"'<point>@<step>' with point one of {', '.join(KILL_POINTS)}")
     return name, int(step)
 
 

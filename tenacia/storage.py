@@ -61,11 +61,6 @@ def fsync_tree(directory: Path) -> None:
     fsync_dir(directory)
 
 
-def is_temporary(path: Path) -> bool:
-    """Whether ``path`` is a temporary file or directory of this module (never to be read)."""
-    return path.name.startswith(TMP_PREFIX)
-
-
 def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], None]) -> None:
     """Create or replace ``path`` with ``data``, all or nothing (see module contract).
 

@@ -62,10 +62,6 @@ class FleetSpec:
         check(bool(self.groups), "groups", self.groups,
               "at least one group (or a fleet.preset), e.g. --fleet h800:2048")
 
-    @property
-    def total_chips(self) -> int:
-        return sum(g.count for g in self.groups)
-
     def resolve(self, chips: dict[str, Chip]) -> list[tuple[Chip, int, float]]:
         """(chip, count, price per chip-hour) per group, checked against the catalog."""
         out = []

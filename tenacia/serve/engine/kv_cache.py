@@ -101,10 +101,6 @@ class PagedKVCache:
     def capacity_tokens(self) -> int:
         return self.allocator.num_blocks * self.block_size
 
-    @staticmethod
-    def bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
-        return 2 * n_layers * n_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
-
     def slot(self, block_table: list[int], position: int) -> int:
         return block_table[position // self.block_size] * self.block_size + position % self.block_size
 

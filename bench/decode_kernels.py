@@ -1,8 +1,9 @@
-"""The decode kernels (tenacia/serve/engine/decode_kernels.c) against what they replace, alone:
-SmolLM2-135M's 30 layers of projections (random float32 weights of its shapes, 424 MB, each
-layer's its own so that they stream from memory as in a decode step) for a few rows, MKL's packed
-GEMM against the small GEMM; and attention of 16 sequences over their keys, torch's SDPA on the
-padded mirror against decode_attention. Prints a table and writes
+"""The decode kernels (tenacia/serve/engine/decode_kernels*.c), every build this CPU runs,
+against what they replace, alone: SmolLM2-135M's 30 layers of projections (random float32 weights
+of its shapes, 424 MB, each layer's its own so that they stream from memory as in a decode step)
+for a few rows, MKL's packed GEMM against each build's small GEMM; and attention of 16 sequences
+over their keys, torch's SDPA on the padded mirror against each build's decode_attention. Also the
+machine's read bandwidth (a 1 GiB sum), to read the products against. Prints a table and writes
 bench/results/decode-kernels-<time>.json:
 
     .venv/bin/python bench/decode_kernels.py
@@ -57,27 +58,37 @@ def run_sdpa(grouped_q, mk: list, mv: list, keys: int, bias) -> None:
         F.scaled_dot_product_attention(grouped_q, k[:, :, :keys], v[:, :, :keys], attn_mask=bias)
 
 
-def run_kernel(q, mk: list, mv: list, lengths) -> None:
+def run_kernel(kernels, q, mk: list, mv: list, lengths) -> None:
     for layer in range(LAYERS):
-        dk.decode_attention(q, mk[layer % len(mk)], mv[layer % len(mv)], lengths)
+        kernels.decode_attention(q, mk[layer % len(mk)], mv[layer % len(mv)], lengths)
 
 
-def products(rows_list: list[int], repeats: int) -> list[dict]:
+def read_bandwidth_gbps(repeats: int = 5) -> float:
+    """The machine's read bandwidth: the fastest of ``repeats`` sums of 1 GiB of float32."""
+    x = torch.ones(1 << 28)
+    best = min(median_ms(x.sum, 1) for _ in range(repeats))
+    return round(x.numel() * 4 / best / 1e6, 1)
+
+
+def products(builds: list, rows_list: list[int], repeats: int) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     weights = [[torch.randn(*s, generator=gen) for s in SHAPES] for _ in range(LAYERS)]
-    mkl = [[PackedLinear(w) for w in layer] for layer in weights]
-    small = [[dk.SmallLinear(w) for w in layer] for layer in weights]
+    arms = {"mkl_packed": [[PackedLinear(w) for w in layer] for layer in weights]}
+    for kernels in builds:
+        arms[kernels.isa] = [[kernels.small_linear(w) for w in layer] for layer in weights]
     total_bytes = sum(w.numel() * 4 for layer in weights for w in layer)
     out = []
     for rows in rows_list:
         xs = {k: torch.randn(rows, k, generator=gen) for k in (576, 1536)}
-        a, b = median_ms(partial(run_products, mkl, xs), repeats), median_ms(partial(run_products, small, xs), repeats)
-        out.append({"rows": rows, "mkl_packed_ms": a, "small_gemm_ms": b,
-                    "mkl_GBps": round(total_bytes / a / 1e6, 1), "small_GBps": round(total_bytes / b / 1e6, 1)})
+        row = {"rows": rows}
+        for name, arm in arms.items():
+            ms = median_ms(partial(run_products, arm, xs), repeats)
+            row[f"{name}_ms"], row[f"{name}_GBps"] = ms, round(total_bytes / ms / 1e6, 1)
+        out.append(row)
     return out
 
 
-def attention(repeats: int, seqs: int = 16, keys: int = 130) -> list[dict]:
+def attention(builds: list, repeats: int, seqs: int = 16, keys: int = 130) -> list[dict]:
     gen = torch.Generator().manual_seed(1)
     heads, kv_heads, hd, cap = 9, 3, 64, 208
     q = torch.randn(seqs, heads, 1, hd, generator=gen)
@@ -88,9 +99,18 @@ def attention(repeats: int, seqs: int = 16, keys: int = 130) -> list[dict]:
         mk = [torch.randn(seqs, kv_heads, cap, hd, generator=gen) for _ in range(distinct)]
         mv = [torch.randn(seqs, kv_heads, cap, hd, generator=gen) for _ in range(distinct)]
         sdpa = partial(run_sdpa, q.reshape(seqs, kv_heads, heads // kv_heads, hd), mk, mv, keys, bias)
-        kernel = partial(run_kernel, q, mk, mv, lengths)
-        out.append({"keys": where, "sdpa_ms": median_ms(sdpa, repeats), "decode_attention_ms": median_ms(kernel, repeats)})
+        row = {"keys": where, "sdpa_ms": median_ms(sdpa, repeats)}
+        for kernels in builds:
+            row[f"{kernels.isa}_ms"] = median_ms(partial(run_kernel, kernels, q, mk, mv, lengths), repeats)
+        out.append(row)
     return out
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 def main() -> int:
@@ -99,19 +119,24 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    if (why := dk.available()) is not None:
-        print(f"decode kernels unavailable here: {why}")
+    builds = [dk.Kernels(isa, lib) for isa in dk.ISAS if not isinstance(lib := dk._library(isa), str)]
+    if not builds:
+        print(f"no build of the decode kernels runs here: {dk.available()}")
         return 1
     torch.set_num_threads(args.threads)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([".venv/bin/python", *sys.argv]),
-              "threads": args.threads, "products_30_layers": products([int(r) for r in args.rows.split(",")], args.repeats),
-              "attention_30_layers_16x130_keys": attention(args.repeats)}
-    print("| rows | MKL packed ms | small GEMM ms | MKL GB/s | small GB/s |\n|---|---|---|---|---|")
+              "cpu": cpu_model(), "threads": args.threads, "builds": [k.isa for k in builds],
+              "read_GBps": read_bandwidth_gbps(),
+              "products_30_layers": products(builds, [int(r) for r in args.rows.split(",")], args.repeats),
+              "attention_30_layers_16x130_keys": attention(builds, args.repeats)}
+    arms = ["mkl_packed"] + [k.isa for k in builds]
+    print(f"{result['cpu']}, {args.threads} threads; read bandwidth {result['read_GBps']} GB/s\n")
+    print("| rows | " + " | ".join(f"{a} ms (GB/s)" for a in arms) + " |\n|---|" + "---|" * len(arms))
     for r in result["products_30_layers"]:
-        print(f"| {r['rows']} | {r['mkl_packed_ms']} | {r['small_gemm_ms']} | {r['mkl_GBps']} | {r['small_GBps']} |")
-    print("\n| keys | SDPA ms | decode_attention ms |\n|---|---|---|")
+        print(f"| {r['rows']} | " + " | ".join(f"{r[a + '_ms']} ({r[a + '_GBps']})" for a in arms) + " |")
+    print("\n| keys | SDPA ms | " + " | ".join(f"{k.isa} ms" for k in builds) + " |\n|---|---|" + "---|" * len(builds))
     for r in result["attention_30_layers_16x130_keys"]:
-        print(f"| {r['keys']} | {r['sdpa_ms']} | {r['decode_attention_ms']} |")
+        print(f"| {r['keys']} | {r['sdpa_ms']} | " + " | ".join(str(r[k.isa + '_ms']) for k in builds) + " |")
     out = ROOT / "bench" / "results" / f"decode-kernels-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

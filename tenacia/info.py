@@ -15,13 +15,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .device import detect
-    from .serve.engine.decode_kernels import available  # builds them if it can (docs/serving.md)
+    from .serve.engine.decode_kernels import choose  # builds them if it can (docs/serving.md)
 
     dev = detect()
     table = Table(title="tenacia info", show_header=False)
     for key, value in dev.describe().items():
         table.add_row(key, value)
-    why_not = available()
-    table.add_row("serve: CPU decode kernels", "available" if why_not is None else f"off: {why_not}")
+    kernels, state = choose()
+    table.add_row("serve: CPU decode kernels", state if kernels is not None else f"off: {state}")
     Console().print(table)
     return 0

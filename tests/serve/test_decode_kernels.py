@@ -1,6 +1,8 @@
-"""The decode kernels (decode_kernels.c): built with the system compiler; the GEMM equal to F.linear
-for every row count it takes and used by PackedLinear for few rows only; the fused elementwise
-kernels equal to the torch ops they replace; all of it invisible in the engine's answers."""
+"""The decode kernels, every build this CPU runs (avx512: decode_kernels.c; avx2 and generic:
+decode_kernels_vec.c): built with the system compiler; the GEMM equal to F.linear for every row
+count it takes and used by PackedLinear for few rows only; the fused elementwise kernels equal to
+the torch ops they replace; all of it invisible in the engine's answers. A build the CPU lacks
+the instruction set for is skipped with the reason (tests/conftest.py); one it has must build."""
 
 from __future__ import annotations
 
@@ -19,28 +21,48 @@ from tenacia.serve.engine.sequence import SamplingParams
 
 from ..conftest import needs_cc
 
-
-def needs_kernel(test):
-    """A CPU with AVX-512 and a C compiler (tests/conftest.py)."""
-    return pytest.mark.avx512(needs_cc(test))
-
-
-@pytest.mark.avx512
-@needs_cc
-def test_the_kernels_build_and_load_here():
-    """On a CPU with AVX-512 the kernels must build: in CI (where .ci/run installs gcc) a missing
-    compiler fails here rather than skipping every kernel test."""
-    assert decode_kernels.available() is None
+ISAS = [pytest.param("avx512", marks=[pytest.mark.avx512, needs_cc]),
+        pytest.param("avx2", marks=[pytest.mark.avx2, needs_cc]),
+        pytest.param("generic", marks=[needs_cc])]
 
 
-@needs_kernel
+@pytest.fixture(params=ISAS)
+def kernels(request) -> decode_kernels.Kernels:
+    """One build of the kernels. On a CPU with its instruction set it must build and load: in CI
+    (where .ci/run installs gcc) a missing compiler fails here rather than skipping."""
+    lib = decode_kernels._library(request.param)
+    assert not isinstance(lib, str), lib
+    return decode_kernels.Kernels(request.param, lib)
+
+
+def test_the_kernels_build_and_load_here(kernels):
+    assert decode_kernels.missing(kernels.isa) is None
+
+
+def test_the_engine_takes_the_best_build_or_the_one_forced(monkeypatch):
+    monkeypatch.delenv(decode_kernels.ISA_ENV, raising=False)
+    chosen, isa = decode_kernels.choose()
+    best = next((i for i in decode_kernels.ISAS if decode_kernels.missing(i) is None), None)
+    assert chosen is None or isa == best == chosen.isa
+    assert decode_kernels.choose(enabled=False) == (None, "--no-decode-kernels")
+    monkeypatch.setenv(decode_kernels.ISA_ENV, "torch")
+    assert decode_kernels.choose() == (None, "TENACIA_ISA=torch")
+    monkeypatch.setenv(decode_kernels.ISA_ENV, "sse9")
+    with pytest.raises(ValueError, match="avx512, avx2, generic, torch"):
+        decode_kernels.choose()
+    for isa in decode_kernels.ISAS:
+        monkeypatch.setenv(decode_kernels.ISA_ENV, isa)
+        forced, state = decode_kernels.choose()
+        assert (forced.isa if forced else state) == isa or state == decode_kernels.missing(isa)
+
+
 @pytest.mark.parametrize("out_features, in_features, bias", [(37, 19, True), (64, 576, False), (960, 576, True)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_equals_f_linear_for_every_row_count(out_features, in_features, bias, threads):
+def test_equals_f_linear_for_every_row_count(kernels, out_features, in_features, bias, threads):
     gen = torch.Generator().manual_seed(out_features)
     weight = torch.randn(out_features, in_features, generator=gen)
     b = torch.randn(out_features, generator=gen) if bias else None
-    lin = decode_kernels.SmallLinear(weight, b)
+    lin = kernels.small_linear(weight, b)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -56,11 +78,10 @@ def test_equals_f_linear_for_every_row_count(out_features, in_features, bias, th
         torch.set_num_threads(before)
 
 
-@needs_kernel
-def test_packed_linear_sends_few_rows_to_the_kernel_and_many_to_mkl():
+def test_packed_linear_sends_few_rows_to_the_kernel_and_many_to_mkl(kernels):
     gen = torch.Generator().manual_seed(1)
     weight = torch.randn(96, 64, generator=gen)
-    lin = PackedLinear(weight, small=True)
+    lin = PackedLinear(weight, kernels=kernels)
     assert lin.small is not None
     calls = []
     kernel = lin.small
@@ -69,28 +90,26 @@ def test_packed_linear_sends_few_rows_to_the_kernel_and_many_to_mkl():
         x = torch.randn(rows, 64, generator=gen)
         torch.testing.assert_close(lin(x), F.linear(x, weight), rtol=1e-5, atol=1e-4)
     assert calls == [1, 16]
-    assert PackedLinear(weight, small=False).small is None
+    assert PackedLinear(weight, kernels=None).small is None
 
 
-@needs_kernel
 @pytest.mark.parametrize("dim", [576, 37])
 @pytest.mark.parametrize("rows", [5, 100])  # a decode step's rows on one thread, a prefill's shared
-def test_add_rms_norm_equals_the_residual_add_and_rms_norm(dim, rows):
+def test_add_rms_norm_equals_the_residual_add_and_rms_norm(kernels, dim, rows):
     gen = torch.Generator().manual_seed(dim)
     x, delta = torch.randn(rows, dim, generator=gen) * 3, torch.randn(rows, dim, generator=gen)
     weight = torch.randn(dim, generator=gen)
     want_x = x + delta
     want = rms_norm(want_x, weight, 1e-5)
-    got = decode_kernels.add_rms_norm(x, delta, weight, 1e-5)  # x is updated in place
+    got = kernels.add_rms_norm(x, delta, weight, 1e-5)  # x is updated in place
     torch.testing.assert_close(x, want_x, rtol=0, atol=0)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(decode_kernels.add_rms_norm(x, None, weight, 1e-5), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(kernels.add_rms_norm(x, None, weight, 1e-5), want, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(x, want_x, rtol=0, atol=0)  # no delta: x untouched
 
 
-@needs_kernel
 @pytest.mark.parametrize("hd, rows", [(64, 4), (16, 4), (40, 4), (64, 100)])
-def test_rotary_rotates_q_and_k_in_place_and_leaves_v(hd, rows):
+def test_rotary_rotates_q_and_k_in_place_and_leaves_v(kernels, hd, rows):
     from tenacia.model.llama import rotary_table
 
     gen = torch.Generator().manual_seed(2)
@@ -101,31 +120,29 @@ def test_rotary_rotates_q_and_k_in_place_and_leaves_v(hd, rows):
     want = rotate(x[:, :(heads + kv) * hd].view(rows, heads + kv, 1, hd),
                   cos[positions].unsqueeze(1).unsqueeze(1), sin[positions].unsqueeze(1).unsqueeze(1))
     v = x[:, (heads + kv) * hd:].clone()
-    decode_kernels.rotary_(x, heads + kv, hd, cos[positions].contiguous(), sin[positions].contiguous())
+    kernels.rotary_(x, heads + kv, hd, cos[positions].contiguous(), sin[positions].contiguous())
     torch.testing.assert_close(x[:, :(heads + kv) * hd], want.reshape(rows, -1), rtol=1e-6, atol=1e-6)
     assert torch.equal(x[:, (heads + kv) * hd:], v)
     with pytest.raises(ValueError, match="must be even"):
-        decode_kernels.rotary_(x, 1, hd - 1, cos[:rows, :hd - 1].contiguous(), sin[:rows, :hd - 1].contiguous())
+        kernels.rotary_(x, 1, hd - 1, cos[:rows, :hd - 1].contiguous(), sin[:rows, :hd - 1].contiguous())
 
 
-@needs_kernel
-def test_silu_mul_equals_torch_over_the_whole_float_range():
+def test_silu_mul_equals_torch_over_the_whole_float_range(kernels):
     gen = torch.Generator().manual_seed(3)
     gate = torch.cat([torch.linspace(-120, 120, 1001), torch.randn(999, generator=gen) * 4])  # exp under/overflow too
     up = torch.randn(2000, generator=gen)
-    got = decode_kernels.silu_mul(torch.cat([gate, up]).view(1, -1))
+    got = kernels.silu_mul(torch.cat([gate, up]).view(1, -1))
     torch.testing.assert_close(got[0], F.silu(gate) * up, rtol=2e-6, atol=1e-7)
     with pytest.raises(ValueError, match="contiguous float32"):
-        decode_kernels.silu_mul(torch.zeros(2, 8, dtype=torch.float64))
+        kernels.silu_mul(torch.zeros(2, 8, dtype=torch.float64))
 
 
-@needs_kernel
-def test_silu_mul_pair_takes_gate_and_up_from_two_products():
+def test_silu_mul_pair_takes_gate_and_up_from_two_products(kernels):
     gen = torch.Generator().manual_seed(4)
     gate, up = torch.randn(100, 1536, generator=gen) * 4, torch.randn(100, 1536, generator=gen)
-    torch.testing.assert_close(decode_kernels.silu_mul_pair(gate, up), F.silu(gate) * up, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(kernels.silu_mul_pair(gate, up), F.silu(gate) * up, rtol=2e-6, atol=1e-6)
     with pytest.raises(ValueError, match="same"):
-        decode_kernels.silu_mul_pair(gate, up[:, :8].contiguous())
+        kernels.silu_mul_pair(gate, up[:, :8].contiguous())
 
 
 def test_a_failing_compiler_is_reported_with_its_message(tmp_path, monkeypatch):
@@ -138,18 +155,18 @@ def test_a_failing_compiler_is_reported_with_its_message(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache" / "kernels").glob("*.so"))  # nothing half-built left behind
 
 
-@needs_kernel
+@needs_cc
 def test_a_cached_build_that_does_not_load_is_built_again(tmp_path, monkeypatch):
     monkeypatch.setenv("TENACIA_CACHE", str(tmp_path))
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    built = decode_kernels._compile(cc)
+    built = decode_kernels._compile(cc, "generic")
     built.write_bytes(b"not a shared object")  # as a truncated file would be
-    lib = decode_kernels._build_and_load(cc)
+    lib = decode_kernels._build_and_load(cc, "generic")
     assert hasattr(lib, "tenacia_small_gemm") and built.stat().st_size > 1000
 
 
-@needs_kernel
-def test_the_engine_answers_the_same_with_and_without_the_kernel(model, tokenizer):
+def test_the_engine_answers_the_same_with_and_without_the_kernel(kernels, model, tokenizer, monkeypatch):
+    monkeypatch.setenv(decode_kernels.ISA_ENV, kernels.isa)
     texts = ["def", "import json\nclass Decoder(object):", "The quick brown fox jumps over the lazy dog. " * 3]
     answers = []
     for small in (True, False):
@@ -167,9 +184,8 @@ def test_the_engine_answers_the_same_with_and_without_the_kernel(model, tokenize
     assert all(len(v) == 16 for v in answers[0].values())
 
 
-@needs_kernel
 @pytest.mark.parametrize("heads, kv_heads, hd", [(9, 3, 64), (4, 2, 128), (10, 2, 48), (4, 4, 16)])
-def test_decode_attention_equals_sdpa_over_each_sequences_own_keys(heads, kv_heads, hd):
+def test_decode_attention_equals_sdpa_over_each_sequences_own_keys(kernels, heads, kv_heads, hd):
     """(9, 3, 64) and (4, 2, 128) take the register-resident path, (10, 2, 48) and (4, 4, 16) the
     general one; lengths cross the kernel's 32-key blocks and stop short of the mirror's capacity."""
     gen = torch.Generator().manual_seed(hd)
@@ -179,7 +195,7 @@ def test_decode_attention_equals_sdpa_over_each_sequences_own_keys(heads, kv_hea
     q = fused[:, :heads * hd].view(B, heads, 1, hd)
     k = torch.randn(B, kv_heads, cap, hd, generator=gen)
     v = torch.randn(B, kv_heads, cap, hd, generator=gen)
-    got = decode_kernels.decode_attention(q, k, v, torch.tensor(lengths))
+    got = kernels.decode_attention(q, k, v, torch.tensor(lengths))
     for b, n in enumerate(lengths):
         want = F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], enable_gqa=True)
         torch.testing.assert_close(got[b:b + 1], want, rtol=1e-5, atol=1e-6)

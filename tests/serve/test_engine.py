@@ -18,9 +18,8 @@ from .tiny import one_thread  # noqa: F401 (a fixture)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
-# the engine with and without the CPU decode kernels (which need AVX-512 and a C compiler)
-KERNELS = [pytest.param(True, id="decode-kernels", marks=[pytest.mark.avx512, needs_cc]),
-           pytest.param(False, id="torch-ops")]
+# the engine with and without the CPU decode kernels (the best build this CPU runs; a compiler)
+KERNELS = [pytest.param(True, id="decode-kernels", marks=[needs_cc]), pytest.param(False, id="torch-ops")]
 
 
 def make_engine(model, tokenizer, **cfg) -> LLMEngine:
@@ -75,7 +74,7 @@ def test_paged_batched_chunked_matches_plain_forward(model, tokenizer, kernels):
         assert reason == "length"
         assert max(abs(a.logprob - b) for a, b in zip(lps, want_lps, strict=True)) < 1e-4
     assert engine.cache.allocator.num_free == engine.cache.allocator.num_blocks  # all blocks back
-    assert engine.runner.model.fast_decode is kernels and engine.cache.kernels is kernels
+    assert engine.runner.model.fast_decode is kernels and (engine.cache.kernels is not None) is kernels
 
 
 def test_small_cache_waits_and_preempts_but_answers_the_same(model, tokenizer):

@@ -1,4 +1,4 @@
-"""Hand-written float32 kernels for the decode step on CPUs with AVX-512 (``decode_kernels.c``).
+"""Hand-written float32 kernels for the decode step, one build per instruction set.
 
 A decode step of a small model is ~150 matrix products of a few rows and ~1,000 small torch ops.
 Three kinds of kernel here:
@@ -24,12 +24,20 @@ its row of the decode mirror of ``kv_cache.py``, then attending over the mirror:
 each sequence reads only its own keys (no padding, no mask), one task per (sequence, key/value
 head) taken dynamically by the threads.
 
+Which build (``ISAS``, best first): ``avx512`` is the hand-written ``decode_kernels.c``;
+``avx2`` (AVX2 + FMA) and ``generic`` (the compiler's baseline: SSE2 on x86-64, NEON on aarch64)
+are ``decode_kernels_vec.c``, written once with vector types and compiled for each. ``choose``
+takes the best one this CPU offers (``tenacia.device.cpu_features``), once, at the engine's start;
+``$TENACIA_ISA`` (``avx512``, ``avx2``, ``generic`` or ``torch`` for none) forces one, so a run can
+be reproduced exactly. The engine passes the ``Kernels`` it got (or None) to the model and the
+cache; nothing else decides.
+
 How: the C file is compiled once with the system C compiler (``$CC``, else ``cc``) into
 ``<cache_root()>/kernels/`` keyed by a hash of its source, flags and compiler, then loaded with
 ``ctypes``. It uses OpenMP and must share torch's runtime (torch's own ``libgomp.so.1`` is
-already loaded, so the loader resolves to it); if two OpenMP runtimes end up mapped, or there is no
-AVX-512, no OpenMP build of torch, or no compiler, ``available()`` says why and the engine keeps
-MKL. Nothing here changes the math: float32 products with float32 accumulation, in a different
+already loaded, so the loader resolves to it); if two OpenMP runtimes end up mapped, or the CPU
+lacks the instruction set, or there is no OpenMP build of torch or no compiler, ``choose`` says
+why and the engine keeps torch's ops and MKL. Nothing here changes the math: float32 products with float32 accumulation, in a different
 summation order (within ~1e-6 relative of ``F.linear``; every ``SmallLinear`` checks itself
 against ``F.linear`` when it is built); SiLU's exponential is a degree-7 polynomial (relative
 error < 2e-7, as float32's own rounding).
@@ -58,7 +66,16 @@ from ...storage import atomic_write, cache_root
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("decode_kernels.c")
-FLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-fPIC", "-shared"]
+VEC_SOURCE = Path(__file__).with_name("decode_kernels_vec.c")
+COMMON = ["-O3", "-fopenmp", "-fPIC", "-shared"]
+# instruction set -> (source, compiler flags, the cpu_features words it needs); best first
+BUILDS: dict[str, tuple[Path, list[str], tuple[str, ...]]] = {
+    "avx512": (SOURCE, ["-mavx512f", "-mfma"], ("avx512f", "fma")),
+    "avx2": (VEC_SOURCE, ["-DVEC=8", "-mavx2", "-mfma"], ("avx2", "fma")),
+    "generic": (VEC_SOURCE, ["-DVEC=4"], ()),
+}
+ISAS = tuple(BUILDS)
+ISA_ENV = "TENACIA_ISA"
 # Above this many rows MKL's packed GEMM is as fast or faster (measured in docs/serving.md,
 # "Where a decode step's time went, and the decode kernels").
 MAX_ROWS = 16
@@ -79,47 +96,55 @@ def _openmp_runtimes() -> set[str]:
     return {line.split()[-1] for line in maps.splitlines() if any(n in line.rsplit("/", 1)[-1] for n in names)}
 
 
-def _compile(cc: str) -> Path:
+def _compile(cc: str, isa: str = "avx512") -> Path:
+    source, flags, _ = BUILDS[isa]
+    flags = COMMON + flags
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
-    out = cache_root() / "kernels" / f"decode_kernels-{key}.so"
+    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
+    out = cache_root() / "kernels" / f"decode_kernels-{isa}-{key}.so"
     if out.exists():
         return out
 
     def build(tmp: Path) -> None:
-        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, check=False)
+        done = subprocess.run([cc, *flags, str(source), "-o", str(tmp)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise Unavailable(f"{cc} failed to build {SOURCE.name}: {done.stderr.strip()[-500:]}")
+            raise Unavailable(f"{cc} failed to build {source.name} for {isa}: {done.stderr.strip()[-500:]}")
 
     atomic_write(out, build)  # a concurrent build of the same key writes the same bytes
     return out
 
 
-def _build_and_load(cc: str) -> ctypes.CDLL:
+def _build_and_load(cc: str, isa: str = "avx512") -> ctypes.CDLL:
     """Load the cached build, or build it. A cached file that does not load (truncated by a full
     disk, a crash mid-copy on a filesystem without atomic rename) is removed and built again once."""
-    path = _compile(cc)
+    path = _compile(cc, isa)
     try:
         return ctypes.CDLL(str(path))
     except OSError as e:
         log.warning("cached %s does not load (%s); building it again", path, e)
         path.unlink(missing_ok=True)
-        return ctypes.CDLL(str(_compile(cc)))
+        return ctypes.CDLL(str(_compile(cc, isa)))
+
+
+def missing(isa: str) -> str | None:
+    """Why this CPU cannot run ``isa``'s build (None if it can)."""
+    lacks = [word for word in BUILDS[isa][2] if word not in cpu_features()]
+    return f"this CPU has no {', '.join(lacks)} for the {isa} kernels" if lacks else None
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | str:
-    """The loaded kernel, or the reason it cannot be used."""
+def _library(isa: str = "avx512") -> ctypes.CDLL | str:
+    """The loaded kernels of ``isa``, or the reason they cannot be used."""
     try:
-        if "avx512f" not in cpu_features():
-            raise Unavailable(f"this CPU has no AVX-512 (torch sees {torch.backends.cpu.get_cpu_capability()})")
+        if (why := missing(isa)) is not None:
+            raise Unavailable(why)
         if not torch.backends.openmp.is_available():
             raise Unavailable("this torch build has no OpenMP")
         cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
         if cc is None:
             raise Unavailable("no C compiler (set CC, or install gcc)")
         before = _openmp_runtimes()
-        lib = _build_and_load(cc)
+        lib = _build_and_load(cc, isa)
         if len(after := _openmp_runtimes()) > 1:
             raise Unavailable(f"two OpenMP runtimes would run side by side: {sorted(after)} (torch's: {sorted(before)})")
     except (Unavailable, OSError) as e:
@@ -140,20 +165,42 @@ def _library() -> ctypes.CDLL | str:
     return lib
 
 
+def choose(enabled: bool = True) -> tuple[Kernels | None, str]:
+    """The kernels the engine uses, chosen once: ``$TENACIA_ISA`` if set, else the best build this
+    CPU runs. Returns (kernels, their instruction set) or (None, why there are none)."""
+    if not enabled:
+        return None, "--no-decode-kernels"
+    forced = os.environ.get(ISA_ENV, "").strip()
+    if forced:
+        if forced == "torch":
+            return None, f"{ISA_ENV}=torch"
+        if forced not in BUILDS:
+            raise ValueError(f"{ISA_ENV}={forced!r} is not one of {', '.join(ISAS)}, torch")
+        lib = _library(forced)
+        return (Kernels(forced, lib), forced) if not isinstance(lib, str) else (None, lib)
+    reasons = []
+    for isa in ISAS:
+        lib = _library(isa)
+        if not isinstance(lib, str):
+            return Kernels(isa, lib), isa
+        reasons.append(lib)
+    return None, reasons[-1]
+
+
 def available() -> str | None:
-    """None if the kernel can be used here, else why not."""
-    lib = _library()
-    return lib if isinstance(lib, str) else None
+    """None if some build of the kernels runs here (``choose``), else why not."""
+    kernels, why = choose()
+    return None if kernels is not None else why
+
+
+MAX_GROUP, MAX_HEAD_DIM = 16, 512  # decode_attention's limits (query heads per key/value head; head size)
 
 
 class SmallLinear:
     """``y = x @ weight.T + bias`` for ``x`` of shape (rows, in) with rows <= ``MAX_ROWS``.
-    Build only when ``available()`` is None; float32 CPU tensors only."""
+    Built by ``Kernels.small_linear``; float32 CPU tensors only."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None):
-        lib = _library()
-        if isinstance(lib, str):
-            raise Unavailable(lib)
+    def __init__(self, lib: ctypes.CDLL, weight: Tensor, bias: Tensor | None = None):
         if weight.dtype != torch.float32 or weight.device.type != "cpu":
             raise Unavailable(f"float32 CPU weights only, got {weight.dtype} on {weight.device}")
         self._lib = lib
@@ -185,102 +232,101 @@ class SmallLinear:
         return y[:rows] if padded != rows else y
 
 
-def _loaded() -> ctypes.CDLL:
-    lib = _library()
-    if isinstance(lib, str):
-        raise Unavailable(lib)
-    return lib
-
-
 def _check(t: Tensor, name: str) -> None:
     if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
         raise ValueError(f"{name}: a contiguous float32 CPU tensor, got {t.dtype} on {t.device} "
                          f"(contiguous: {t.is_contiguous()})")
 
 
-def add_rms_norm(x: Tensor, delta: Tensor | None, weight: Tensor, eps: float) -> Tensor:
-    """``x += delta`` in place (when given), then return RMSNorm(x) * weight; x: (rows, dim)."""
-    for t, name in ((x, "x"), (weight, "weight")) + (((delta, "delta"),) if delta is not None else ()):
-        _check(t, name)
-    out = torch.empty_like(x)
-    _loaded().tenacia_add_rms_norm(x.data_ptr(), delta.data_ptr() if delta is not None else None, weight.data_ptr(),
-                                   eps, out.data_ptr(), x.size(0), x.size(1), torch.get_num_threads())
-    return out
+class Kernels:
+    """One build of the kernels, for one instruction set (``choose``): the products of few rows
+    (``small_linear``) and the elementwise work and attention of a decode step."""
 
+    def __init__(self, isa: str, lib: ctypes.CDLL):
+        self.isa, self._lib = isa, lib
 
-def rotary_(x: Tensor, heads: int, head_dim: int, cos: Tensor, sin: Tensor) -> None:
-    """Rotary embedding in place on the first ``heads`` heads of each row of ``x`` (rows, >= heads *
-    head_dim), "rotate half" layout; cos, sin: (rows, head_dim). ``head_dim`` even."""
-    if head_dim % 2 or x.size(1) < heads * head_dim or cos.shape != (x.size(0), head_dim) or sin.shape != cos.shape:
-        raise ValueError(f"rotary_: head_dim {head_dim} must be even, rows of x hold {heads} heads "
-                         f"(x: {tuple(x.shape)}), cos and sin ({x.size(0)}, {head_dim}) (got {tuple(cos.shape)})")
-    for t, name in ((x, "x"), (cos, "cos"), (sin, "sin")):
-        _check(t, name)
-    _loaded().tenacia_rotary(x.data_ptr(), x.size(0), x.size(1), heads, head_dim, cos.data_ptr(), sin.data_ptr(),
-                             torch.get_num_threads())
+    def __repr__(self) -> str:
+        return f"Kernels({self.isa!r})"
 
+    def small_linear(self, weight: Tensor, bias: Tensor | None = None) -> SmallLinear:
+        """The panels of ``weight`` for products of few rows; checks itself against F.linear."""
+        return SmallLinear(self._lib, weight, bias)
 
-def silu_mul(gate_up: Tensor) -> Tensor:
-    """gate_up (rows, 2n) = [gate | up] -> silu(gate) * up, (rows, n)."""
-    _check(gate_up, "gate_up")
-    rows, n = gate_up.size(0), gate_up.size(1) // 2
-    out = torch.empty(rows, n, dtype=torch.float32)
-    _loaded().tenacia_silu_mul(gate_up.data_ptr(), gate_up.data_ptr() + 4 * n, 2 * n, rows, n, out.data_ptr(),
-                               torch.get_num_threads())
-    return out
+    def add_rms_norm(self, x: Tensor, delta: Tensor | None, weight: Tensor, eps: float) -> Tensor:
+        """``x += delta`` in place (when given), then return RMSNorm(x) * weight; x: (rows, dim)."""
+        for t, name in ((x, "x"), (weight, "weight")) + (((delta, "delta"),) if delta is not None else ()):
+            _check(t, name)
+        out = torch.empty_like(x)
+        self._lib.tenacia_add_rms_norm(x.data_ptr(), delta.data_ptr() if delta is not None else None, weight.data_ptr(),
+                                       eps, out.data_ptr(), x.size(0), x.size(1), torch.get_num_threads())
+        return out
 
+    def rotary_(self, x: Tensor, heads: int, head_dim: int, cos: Tensor, sin: Tensor) -> None:
+        """Rotary embedding in place on the first ``heads`` heads of each row of ``x`` (rows, >= heads *
+        head_dim), "rotate half" layout; cos, sin: (rows, head_dim). ``head_dim`` even."""
+        if head_dim % 2 or x.size(1) < heads * head_dim or cos.shape != (x.size(0), head_dim) or sin.shape != cos.shape:
+            raise ValueError(f"rotary_: head_dim {head_dim} must be even, rows of x hold {heads} heads "
+                             f"(x: {tuple(x.shape)}), cos and sin ({x.size(0)}, {head_dim}) (got {tuple(cos.shape)})")
+        for t, name in ((x, "x"), (cos, "cos"), (sin, "sin")):
+            _check(t, name)
+        self._lib.tenacia_rotary(x.data_ptr(), x.size(0), x.size(1), heads, head_dim, cos.data_ptr(), sin.data_ptr(),
+                                 torch.get_num_threads())
 
-def silu_mul_pair(gate: Tensor, up: Tensor) -> Tensor:
-    """gate, up (rows, n), two products -> silu(gate) * up, (rows, n)."""
-    _check(gate, "gate")
-    _check(up, "up")
-    if gate.shape != up.shape or gate.dim() != 2:
-        raise ValueError(f"silu_mul_pair: gate and up must be the same (rows, n), got {tuple(gate.shape)} {tuple(up.shape)}")
-    out = torch.empty_like(gate)
-    _loaded().tenacia_silu_mul(gate.data_ptr(), up.data_ptr(), gate.size(1), gate.size(0), gate.size(1),
-                               out.data_ptr(), torch.get_num_threads())
-    return out
+    def silu_mul(self, gate_up: Tensor) -> Tensor:
+        """gate_up (rows, 2n) = [gate | up] -> silu(gate) * up, (rows, n)."""
+        _check(gate_up, "gate_up")
+        rows, n = gate_up.size(0), gate_up.size(1) // 2
+        out = torch.empty(rows, n, dtype=torch.float32)
+        self._lib.tenacia_silu_mul(gate_up.data_ptr(), gate_up.data_ptr() + 4 * n, 2 * n, rows, n, out.data_ptr(),
+                                   torch.get_num_threads())
+        return out
 
+    def silu_mul_pair(self, gate: Tensor, up: Tensor) -> Tensor:
+        """gate, up (rows, n), two products -> silu(gate) * up, (rows, n)."""
+        _check(gate, "gate")
+        _check(up, "up")
+        if gate.shape != up.shape or gate.dim() != 2:
+            raise ValueError(f"silu_mul_pair: gate and up must be the same (rows, n), got {tuple(gate.shape)} {tuple(up.shape)}")
+        out = torch.empty_like(gate)
+        self._lib.tenacia_silu_mul(gate.data_ptr(), up.data_ptr(), gate.size(1), gate.size(0), gate.size(1),
+                                   out.data_ptr(), torch.get_num_threads())
+        return out
 
-MAX_GROUP, MAX_HEAD_DIM = 16, 512  # decode_attention's limits (query heads per key/value head; head size)
+    def decode_attention(self, q: Tensor, k: Tensor, v: Tensor, lengths: Tensor) -> Tensor:
+        """q: (B, H, 1, hd), each sequence's heads contiguous (a view of the fused q/k/v product is
+        fine); k, v: (B, KVH, cap, hd) contiguous, sequence b's keys in its first ``lengths[b]`` rows;
+        lengths: (B,) int64, each >= 1. Returns softmax(q k^T / sqrt(hd)) v as (B, H, 1, hd)."""
+        B, H, _, hd = q.shape
+        KVH, cap = k.size(1), k.size(2)
+        if q.stride(3) != 1 or q.stride(1) != hd or q.dtype != torch.float32:
+            raise ValueError(f"decode_attention: q must be float32 with contiguous heads, got {q.dtype} strides {q.stride()}")
+        if H % KVH or H // KVH > MAX_GROUP or hd > MAX_HEAD_DIM:
+            raise ValueError(f"decode_attention: {H} query heads on {KVH} key/value heads of size {hd}: needs at most "
+                             f"{MAX_GROUP} query heads per key/value head and a head size of at most {MAX_HEAD_DIM}")
+        for t, name in ((k, "k"), (v, "v"), (lengths, "lengths")):
+            if not t.is_contiguous():
+                raise ValueError(f"decode_attention: {name} must be contiguous")
+        if lengths.dtype != torch.int64 or lengths.shape != (B,):
+            raise ValueError(f"decode_attention: lengths must be ({B},) int64, got {tuple(lengths.shape)} {lengths.dtype}")
+        out = torch.empty(B, H, 1, hd, dtype=torch.float32)
+        self._lib.tenacia_decode_attention(q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), cap, lengths.data_ptr(),
+                                           B, H, KVH, hd, hd ** -0.5, out.data_ptr(), torch.get_num_threads())
+        return out
 
-
-def decode_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor) -> Tensor:
-    """q: (B, H, 1, hd), each sequence's heads contiguous (a view of the fused q/k/v product is
-    fine); k, v: (B, KVH, cap, hd) contiguous, sequence b's keys in its first ``lengths[b]`` rows;
-    lengths: (B,) int64, each >= 1. Returns softmax(q k^T / sqrt(hd)) v as (B, H, 1, hd)."""
-    B, H, _, hd = q.shape
-    KVH, cap = k.size(1), k.size(2)
-    if q.stride(3) != 1 or q.stride(1) != hd or q.dtype != torch.float32:
-        raise ValueError(f"decode_attention: q must be float32 with contiguous heads, got {q.dtype} strides {q.stride()}")
-    if H % KVH or H // KVH > MAX_GROUP or hd > MAX_HEAD_DIM:
-        raise ValueError(f"decode_attention: {H} query heads on {KVH} key/value heads of size {hd}: needs at most "
-                         f"{MAX_GROUP} query heads per key/value head and a head size of at most {MAX_HEAD_DIM}")
-    for t, name in ((k, "k"), (v, "v"), (lengths, "lengths")):
-        if not t.is_contiguous():
-            raise ValueError(f"decode_attention: {name} must be contiguous")
-    if lengths.dtype != torch.int64 or lengths.shape != (B,):
-        raise ValueError(f"decode_attention: lengths must be ({B},) int64, got {tuple(lengths.shape)} {lengths.dtype}")
-    out = torch.empty(B, H, 1, hd, dtype=torch.float32)
-    _loaded().tenacia_decode_attention(q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), cap, lengths.data_ptr(),
-                                       B, H, KVH, hd, hd ** -0.5, out.data_ptr(), torch.get_num_threads())
-    return out
-
-
-def store_kv(k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, slots: Tensor,
-             mirror_k: Tensor, mirror_v: Tensor, lengths: Tensor) -> None:
-    """k, v: (B, KVH, 1, hd), each sequence's heads contiguous, the same row stride; cache_k,
-    cache_v: one layer's (slots, KVH, hd); slots: (B,) int64; mirror_k, mirror_v: (B, KVH, cap, hd);
-    lengths: (B,) int64. Writes k[b], v[b] to cache slot slots[b] and to mirror row lengths[b] - 1."""
-    B, KVH, _, hd = k.shape
-    if k.stride(0) != v.stride(0) or k.stride(1) != hd or v.stride(1) != hd or k.stride(3) != 1 or v.stride(3) != 1:
-        raise ValueError(f"store_kv: k and v need contiguous heads and one row stride, got {k.stride()} {v.stride()}")
-    for t, name in ((cache_k, "cache_k"), (cache_v, "cache_v"), (mirror_k, "mirror_k"), (mirror_v, "mirror_v"),
-                    (slots, "slots"), (lengths, "lengths")):
-        if not t.is_contiguous():
-            raise ValueError(f"store_kv: {name} must be contiguous")
-    if slots.dtype != torch.int64 or lengths.dtype != torch.int64 or k.dtype != torch.float32:
-        raise ValueError("store_kv: float32 keys and values, int64 slots and lengths")
-    _loaded().tenacia_store_kv(k.data_ptr(), v.data_ptr(), k.stride(0), B, KVH, hd, cache_k.data_ptr(),
-                               cache_v.data_ptr(), slots.data_ptr(), mirror_k.data_ptr(), mirror_v.data_ptr(),
-                               mirror_k.size(2), lengths.data_ptr())
+    def store_kv(self, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, slots: Tensor,
+                 mirror_k: Tensor, mirror_v: Tensor, lengths: Tensor) -> None:
+        """k, v: (B, KVH, 1, hd), each sequence's heads contiguous, the same row stride; cache_k,
+        cache_v: one layer's (slots, KVH, hd); slots: (B,) int64; mirror_k, mirror_v: (B, KVH, cap, hd);
+        lengths: (B,) int64. Writes k[b], v[b] to cache slot slots[b] and to mirror row lengths[b] - 1."""
+        B, KVH, _, hd = k.shape
+        if k.stride(0) != v.stride(0) or k.stride(1) != hd or v.stride(1) != hd or k.stride(3) != 1 or v.stride(3) != 1:
+            raise ValueError(f"store_kv: k and v need contiguous heads and one row stride, got {k.stride()} {v.stride()}")
+        for t, name in ((cache_k, "cache_k"), (cache_v, "cache_v"), (mirror_k, "mirror_k"), (mirror_v, "mirror_v"),
+                        (slots, "slots"), (lengths, "lengths")):
+            if not t.is_contiguous():
+                raise ValueError(f"store_kv: {name} must be contiguous")
+        if slots.dtype != torch.int64 or lengths.dtype != torch.int64 or k.dtype != torch.float32:
+            raise ValueError("store_kv: float32 keys and values, int64 slots and lengths")
+        self._lib.tenacia_store_kv(k.data_ptr(), v.data_ptr(), k.stride(0), B, KVH, hd, cache_k.data_ptr(),
+                                   cache_v.data_ptr(), slots.data_ptr(), mirror_k.data_ptr(), mirror_v.data_ptr(),
+                                   mirror_k.size(2), lengths.data_ptr())

@@ -23,8 +23,8 @@ the runner hands it the step's layout with ``begin_prefill`` or ``begin_decode``
   past a sequence's own length are masked out. The query heads that share a key/value head
   attend as one group of queries ``(B, KVH, H / KVH, hd)``: the same result as grouped-query
   attention with the heads repeated, in less time on CPU (docs/serving.md, "Recorded
-  observations"). With ``kernels=True`` (float32 on a CPU where ``decode_kernels`` builds),
-  ``decode_kernels.decode_attention`` reads each sequence's own keys in the mirror instead: no
+  observations"). Given the engine's ``decode_kernels.Kernels`` (float32 on a CPU),
+  ``Kernels.decode_attention`` reads each sequence's own keys in the mirror instead: no
   padded positions, no mask.
 """
 
@@ -79,7 +79,7 @@ class PagedKVCache:
 
     def __init__(self, *, n_layers: int, n_kv_heads: int, head_dim: int, num_blocks: int,
                  block_size: int, dtype: torch.dtype, device: torch.device, prefix_caching: bool = True,
-                 kernels: bool = False):
+                 kernels: dk.Kernels | None = None):
         shape = (n_layers, num_blocks * block_size, n_kv_heads, head_dim)
         # Zeros, not empty: a masked-out slot still enters softmax(QK)V with weight 0, and 0 * NaN
         # from uninitialised memory would poison the whole row.
@@ -93,8 +93,8 @@ class PagedKVCache:
         self._rows: Tensor | None = None  # where each new token goes in the mirror
         self._bias: Tensor | None = None  # (B, 1, 1, L): 0 where a key may be attended, -inf past it
         self.mirror_rebuilds = 0
-        self.kernels = (kernels and dtype == torch.float32 and torch.device(device).type == "cpu"
-                        and dk.available() is None)
+        # the decode kernels the engine chose, where they apply (float32 on the CPU), else None
+        self.kernels = kernels if dtype == torch.float32 and torch.device(device).type == "cpu" else None
         self._lengths: Tensor | None = None  # (B,) int64: keys each decode sequence attends to (kernels)
 
     @property
@@ -147,7 +147,7 @@ class PagedKVCache:
         self._rows = torch.tensor([(b * kvh + h) * m.cap + n - 1 for b, n in enumerate(lengths) for h in range(kvh)],
                                   device=device)
         past = torch.arange(longest, device=device).unsqueeze(0) >= torch.tensor(lengths, device=device).unsqueeze(1)
-        if self.kernels:
+        if self.kernels is not None:
             self._lengths = torch.tensor(lengths, dtype=torch.int64)
         self._bias = torch.zeros(past.shape, dtype=self.k.dtype, device=device).masked_fill_(past, float("-inf"))[:, None, None, :]
 
@@ -206,10 +206,10 @@ class PagedKVCache:
         H = q.size(1)
         m = self._mirror
         mk, mv = m.k[layer], m.v[layer]  # (B, KVH, cap, hd)
-        if (self.kernels and H // KVH <= dk.MAX_GROUP and hd <= dk.MAX_HEAD_DIM and q.stride(1) == hd
+        if (self.kernels is not None and H // KVH <= dk.MAX_GROUP and hd <= dk.MAX_HEAD_DIM and q.stride(1) == hd
                 and k.stride(1) == v.stride(1) == hd and k.stride(0) == v.stride(0)):
-            dk.store_kv(k, v, self.k[layer], self.v[layer], layout.slots, mk, mv, self._lengths)
-            return dk.decode_attention(q, mk, mv, self._lengths)
+            self.kernels.store_kv(k, v, self.k[layer], self.v[layer], layout.slots, mk, mv, self._lengths)
+            return self.kernels.decode_attention(q, mk, mv, self._lengths)
         new_k, new_v = k[:, :, 0], v[:, :, 0]  # (B, KVH, hd)
         self.k[layer].index_copy_(0, layout.slots, new_k)
         self.v[layer].index_copy_(0, layout.slots, new_v)

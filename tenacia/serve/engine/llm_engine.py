@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 
 from ...model.llama import Llama
 from ..config import EngineConfig
+from . import decode_kernels
 from .detokenizer import Detokenizer, TextState
 from .kv_cache import PagedKVCache
 from .packed import PackedLlama
@@ -86,12 +87,17 @@ class LLMEngine:
         self.eos_ids = frozenset(eos_ids)
         self.max_context = mc.max_seq_len
         dtype = next(model.parameters()).dtype
+        # the decode kernels, chosen once here and handed to the model and the cache
+        on_cpu = device.type == "cpu" and dtype == torch.float32
+        self.kernels, self.kernels_state = decode_kernels.choose(cfg.decode_kernels and on_cpu)
+        if not on_cpu:
+            self.kernels_state = ""  # accelerators: not applicable
         self.cache = PagedKVCache(n_layers=mc.n_layers, n_kv_heads=mc.n_kv_heads, head_dim=mc.head_dim,
                                   num_blocks=cfg.num_blocks, block_size=cfg.block_size, dtype=dtype, device=device,
-                                  prefix_caching=cfg.prefix_caching, kernels=cfg.decode_kernels)
+                                  prefix_caching=cfg.prefix_caching, kernels=self.kernels)
         self.scheduler = Scheduler(self.cache.allocator, max_num_seqs=cfg.max_num_seqs,
                                    max_batched_tokens=cfg.max_batched_tokens)
-        self.runner = ModelRunner(PackedLlama(model, kernels=cfg.decode_kernels), self.cache, device)
+        self.runner = ModelRunner(PackedLlama(model, kernels=self.kernels), self.cache, device)
         self.detokenizer = Detokenizer(tokenizer)
         self.metrics = metrics
         self._texts: dict[int, _Text] = {}

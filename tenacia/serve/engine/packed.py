@@ -53,15 +53,15 @@ def _mkl_usable(weight: Tensor) -> bool:
 class PackedLinear:
     """``y = x @ weight.T + bias`` for ``x`` of shape (..., in), with the weight in its fastest
     layout. ``bias`` (out,) or None; every kernel adds it inside the product's own call.
-    ``small``: also keep the panels of ``decode_kernels.SmallLinear`` for products of few rows."""
+    ``kernels``: also keep the panels of ``decode_kernels.SmallLinear`` for products of few rows."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None, *, small: bool = False):
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, *, kernels: dk.Kernels | None = None):
         weight = weight.detach().contiguous()
         self.out_features, self.in_features = weight.shape
         self.bias = bias.detach().contiguous() if bias is not None else None
         self.packed: Tensor | None = None
         self.weight: Tensor | None = weight
-        self.small = _small_linear(weight, bias) if small else None
+        self.small = _small_linear(kernels, weight, bias)
         if _mkl_usable(weight):
             try:
                 packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, PACK_ROWS)
@@ -97,18 +97,18 @@ class PackedLinear:
         return y.view(*x.shape[:-1], self.out_features)
 
 
-def _small_linear(weight: Tensor, bias: Tensor | None) -> dk.SmallLinear | None:
-    if not _mkl_usable(weight) or dk.available() is not None:
+def _small_linear(kernels: dk.Kernels | None, weight: Tensor, bias: Tensor | None) -> dk.SmallLinear | None:
+    if kernels is None or weight.device.type != "cpu" or weight.dtype != torch.float32:
         return None
     try:
-        return dk.SmallLinear(weight, bias)
+        return kernels.small_linear(weight, bias)
     except dk.Unavailable as e:
         log.warning("%s; decoding with MKL", e)
         return None
 
 
 class PackedBlock:
-    def __init__(self, block, layer: int, kernels: bool):
+    def __init__(self, block, layer: int, kernels: dk.Kernels | None):
         a, f = block.attention, block.feed_forward
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
@@ -117,14 +117,15 @@ class PackedBlock:
         self.ffn_norm = block.ffn_norm.weight.detach()
         self.eps = block.attention_norm.eps
         qkv_bias = torch.cat([a.wq.bias, a.wk.bias, a.wv.bias]) if a.wq.bias is not None else None
-        self.qkv = PackedLinear(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), qkv_bias, small=kernels)
-        self.wo = PackedLinear(a.wo.weight, small=kernels)
+        self.qkv = PackedLinear(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), qkv_bias, kernels=kernels)
+        self.wo = PackedLinear(a.wo.weight, kernels=kernels)
         # gate and up stay two products: for long prompts, one fused product is slower (its
         # output no longer fits in cache; docs/serving.md, "Recorded observations")
         self.gate, self.up = PackedLinear(f.w1.weight), PackedLinear(f.w3.weight)
-        self.down = PackedLinear(f.w2.weight, small=kernels)
+        self.down = PackedLinear(f.w2.weight, kernels=kernels)
         # ``fused`` in a decode: every product in the small kernel, gate and up as one
-        self.gate_up = _small_linear(torch.cat([f.w1.weight, f.w3.weight]), None) if kernels else None
+        self.kernels = kernels
+        self.gate_up = _small_linear(kernels, torch.cat([f.w1.weight, f.w3.weight]), None)
         self._small = (self.qkv.small, self.wo.small, self.down.small)
         self.fast_decode = self.gate_up is not None and self.head_dim % 2 == 0 and None not in self._small
 
@@ -153,16 +154,17 @@ class PackedBlock:
         decode; more rows in MKL."""
         rows, hd, q_size, kv_end = x.size(0), self.head_dim, self.q_size, self.q_size + self.kv_size
         qkv_proj, wo, down = self._small if decode else (self.qkv, self.wo, self.down)
-        qkv = qkv_proj(dk.add_rms_norm(x, delta, self.attn_norm, self.eps))  # (rows, q + 2 kv)
-        dk.rotary_(qkv, self.n_heads + self.n_kv_heads, hd, cos, sin)  # q and k, in place
+        kn = self.kernels
+        qkv = qkv_proj(kn.add_rms_norm(x, delta, self.attn_norm, self.eps))  # (rows, q + 2 kv)
+        kn.rotary_(qkv, self.n_heads + self.n_kv_heads, hd, cos, sin)  # q and k, in place
         q, k, v = qkv[:, :q_size], qkv[:, q_size:kv_end], qkv[:, kv_end:]
         if decode:  # (B, heads, 1, hd): one token per sequence
             q, k, v = q.view(rows, -1, 1, hd), k.view(rows, -1, 1, hd), v.view(rows, -1, 1, hd)
         else:  # (1, heads, N, hd): the prompt tokens packed into one row
             q, k, v = (t.view(1, rows, -1, hd).transpose(1, 2) for t in (q, k, v))
         out = cache.attend(self.layer, q, k, v).transpose(1, 2).reshape(rows, q_size)
-        h = dk.add_rms_norm(x, wo(out), self.ffn_norm, self.eps)
-        return down(dk.silu_mul(self.gate_up(h)) if decode else dk.silu_mul_pair(self.gate(h), self.up(h)))
+        h = kn.add_rms_norm(x, wo(out), self.ffn_norm, self.eps)
+        return down(kn.silu_mul(self.gate_up(h)) if decode else kn.silu_mul_pair(self.gate(h), self.up(h)))
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """RMSNorm in float32. ``vector_norm`` makes one pass where ``pow().mean()`` (and
@@ -182,16 +184,16 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class PackedLlama:
     """Inference-only view of a ``Llama`` (see module docstring). Call under ``inference_mode``.
-    ``kernels``: build the decode kernels' path (``decode_kernels``) where they can run."""
+    ``kernels``: the decode kernels the engine chose (``decode_kernels.choose``), or None."""
 
-    def __init__(self, model: Llama, *, kernels: bool = True):
+    def __init__(self, model: Llama, *, kernels: dk.Kernels | None = None):
         self.cfg = model.cfg
         self.embeddings = model.tok_embeddings.weight.detach()
         self.rope_cos, self.rope_sin = model.rope_cos, model.rope_sin
         self.layers = [PackedBlock(b, i, kernels) for i, b in enumerate(model.layers)]
         self.norm = model.norm.weight.detach()
         self.eps = model.norm.eps
-        self.output = PackedLinear(model.output.weight, small=kernels)
+        self.output = PackedLinear(model.output.weight, kernels=kernels)
         self.dtype = self.embeddings.dtype
         self.packed = any(layer.qkv.packed is not None for layer in self.layers)
         self.fast_decode = all(layer.fast_decode for layer in self.layers)

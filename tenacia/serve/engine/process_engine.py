@@ -29,7 +29,6 @@ import torch
 
 from ...device import DeviceConfig
 from ..config import EngineConfig
-from . import decode_kernels
 from .host import HUGE_PAGES_ENV
 from .llm_engine import ChoiceDelta, check_request
 from .sequence import SamplingParams
@@ -99,8 +98,6 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
     with a "stop" message; if the server dies, the closed pipe ends it."""
     import signal
 
-    import torch
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -127,7 +124,7 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
     conn.send(("ready", {"max_context": engine.max_context, "vocab_size": served.config.vocab_size,
                          "capacity_tokens": engine.capacity_tokens, "device": device.type,
                          "dtype": str(device.serve_dtype).removeprefix("torch."),
-                         "huge_page_bytes": huge_pages_in_use(), "decode_kernels": _kernels_state(engine, cfg)}))
+                         "huge_page_bytes": huge_pages_in_use(), "decode_kernels": _kernels_state(engine)}))
     while True:
         if conn.poll(0 if engine.has_work() else 1.0):
             while conn.poll(0):
@@ -166,15 +163,15 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
         conn.send(("deltas", deltas, recorder.drain()))
 
 
-def _kernels_state(engine: Any, cfg: EngineConfig) -> str:
-    """For the start-up line: whether decode steps run in ``decode_kernels`` and, if not, why."""
+def _kernels_state(engine: Any) -> str:
+    """For the start-up line: which decode kernels the steps run in and, if none, why."""
     if engine.runner.model.fast_decode:
-        return "on"
-    if not cfg.decode_kernels:
-        return "off (--no-decode-kernels)"
-    if engine.device.type != "cpu" or engine.runner.model.dtype != torch.float32:
+        return f"on ({engine.kernels.isa})"
+    if not engine.kernels_state:
         return ""  # accelerators: not applicable, say nothing
-    return f"off ({decode_kernels.available() or 'this model shape is not supported'})"
+    if engine.kernels is not None:
+        return f"off (this model shape is not supported by the {engine.kernels.isa} kernels)"
+    return f"off ({engine.kernels_state})"
 
 
 class ProcessEngine:

@@ -1,0 +1,334 @@
+/* The decode step's CPU kernels, float32, written once with GCC/Clang vector types and compiled
+ * once per instruction set: -DVEC=8 -mavx2 -mfma (x86 with AVX2), -DVEC=4 with the compiler's
+ * baseline (SSE2 on x86-64, NEON on aarch64). decode_kernels.py builds and chooses; the AVX-512
+ * machines keep their hand-written decode_kernels.c. Both files export the same functions with
+ * the same contracts (see there); only the code inside differs.
+ *
+ * The products' weights are packed in panels of PW = 16 output columns, k-major, whatever VEC is
+ * (the same layout as decode_kernels.c): P[(p * K + k) * 16 + j] = W[16p + j][k], zero past N.
+ * A panel row is one 64-byte line; a block of MR rows keeps MR x (16 / VEC) accumulators in
+ * registers and reads the panel once from memory (the next blocks of rows find it in L1/L2).
+ */
+#include <math.h>
+#include <string.h>
+
+#ifndef VEC
+#define VEC 4
+#endif
+#define PW 16
+#define NVP (PW / VEC) /* vectors per panel row */
+/* rows per block: MR x NVP accumulators plus NVP panel vectors and a broadcast fit the 16
+ * registers of AVX2 and SSE (NEON has 32) */
+#define MRMAX (12 / NVP)
+#ifndef FAR
+#define FAR 1024 /* 64-byte lines ahead prefetched towards the outer caches */
+#endif
+#ifndef NEAR
+#define NEAR 64 /* lines ahead prefetched into L1 */
+#endif
+
+typedef float vf __attribute__((vector_size(VEC * 4)));
+typedef int vi __attribute__((vector_size(VEC * 4)));
+
+static inline vf vload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
+/* one broadcast instruction: written out, since 0 + x costs an addition and a loop inserts */
+#if VEC == 16
+static inline vf splat(float x) { return (vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+#elif VEC == 8
+static inline vf splat(float x) { return (vf){x, x, x, x, x, x, x, x}; }
+#else
+static inline vf splat(float x) { return (vf){x, x, x, x}; }
+#endif
+static inline vf vsel(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+static inline vf vmax(vf a, vf b) { return vsel(a > b, a, b); }
+static inline vf vmin(vf a, vf b) { return vsel(a < b, a, b); }
+static inline float hsum(vf v) {
+  float s = 0.0f;
+  for (int i = 0; i < VEC; i++) s += v[i];
+  return s;
+}
+
+void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
+  long panels = (n + PW - 1) / PW;
+  for (long q = 0; q < panels; q++)
+    for (long kk = 0; kk < k; kk++)
+      for (long j = 0; j < PW; j++) {
+        long col = q * PW + j;
+        p[(q * k + kk) * PW + j] = col < n ? w[col * k + kk] : 0.0f;
+      }
+}
+
+/* mr (<= MRMAX) rows of x against one panel; cols (<= 16) columns of y are written. */
+static inline __attribute__((always_inline)) void block(const float *x, long k, const float *panel, float *y,
+                                                        long ldy, const float *bias, long cols, const int mr) {
+  vf acc[12][NVP]; /* rows up to 11 (mr < MRMAX in practice) */
+  float b[PW] = {0};
+  if (bias) memcpy(b, bias, cols * sizeof(float));
+  for (int m = 0; m < mr; m++)
+    for (int v = 0; v < NVP; v++) acc[m][v] = vload(b + v * VEC);
+  for (long kk = 0; kk < k; kk++) {
+    __builtin_prefetch(panel + (kk + FAR) * PW, 0, 1);
+    __builtin_prefetch(panel + (kk + NEAR) * PW, 0, 3);
+    vf w[NVP];
+    for (int v = 0; v < NVP; v++) w[v] = vload(panel + kk * PW + v * VEC);
+    for (int m = 0; m < mr; m++) {
+      vf xm = splat(x[m * k + kk]);
+      for (int v = 0; v < NVP; v++) acc[m][v] += xm * w[v];
+    }
+  }
+  for (int m = 0; m < mr; m++) {
+    if (cols == PW) {
+      for (int v = 0; v < NVP; v++) vstore(y + m * ldy + v * VEC, acc[m][v]);
+    } else {
+      float out[PW];
+      for (int v = 0; v < NVP; v++) vstore(out + v * VEC, acc[m][v]);
+      memcpy(y + m * ldy, out, cols * sizeof(float));
+    }
+  }
+}
+
+/* x: (m, k) row-major; p: packed (see above); bias: (n,) or NULL; y: (m, n) row-major. */
+void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
+                        int threads) {
+  long panels = (n + PW - 1) / PW;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long q = 0; q < panels; q++) {
+    const float *panel = p + q * k * PW;
+    long col = q * PW, cols = n - col < PW ? n - col : PW;
+    const float *b = bias ? bias + col : 0;
+    long r = 0;
+    for (; r + MRMAX <= m; r += MRMAX) block(x + r * k, k, panel, y + r * n + col, n, b, cols, MRMAX);
+    switch (m - r) { /* the compiler specialises block for each constant row count */
+#define LEFT(R) case R: block(x + r * k, k, panel, y + r * n + col, n, b, cols, R); break;
+      LEFT(1) LEFT(2) LEFT(3) LEFT(4) LEFT(5) LEFT(6) LEFT(7) LEFT(8) LEFT(9) LEFT(10) LEFT(11)
+#undef LEFT
+      default: break;
+    }
+  }
+}
+
+/* 2. Elementwise work between the products (contracts in decode_kernels.c). */
+#define PARALLEL_ROWS 64
+
+/* exp(x): 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, p of degree 7 (Taylor); relative error
+ * < 2e-7. Inputs below -87.3 give ~0 (the underflow of expf). */
+static inline vf vexp(vf x) {
+  x = vmax(x, splat(-87.3f));
+  x = vmin(x, splat(88.3f));
+  const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to the nearest integer */
+  vf n = (x * 1.44269504088896341f + magic) - magic;
+  vf r = x - n * 0.693145751953125f; /* ln2, high part */
+  r = r - n * 1.428606765330187e-06f;  /* ln2, low part */
+  vf p = splat(1.0f / 5040);
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  vi e = (__builtin_convertvector(n, vi) + 127) << 23; /* 2^n, n in [-126, 128) */
+  return p * (vf)e;
+}
+
+void tenacia_add_rms_norm(float *x, const float *delta, const float *w, float eps, float *out, long rows, long dim,
+                          int threads) {
+#pragma omp parallel for schedule(static) if (rows >= PARALLEL_ROWS) num_threads(threads)
+  for (long r = 0; r < rows; r++) {
+    float *xr = x + r * dim;
+    const float *dr = delta ? delta + r * dim : 0;
+    vf ss = splat(0.0f);
+    long i = 0;
+    for (; i + VEC <= dim; i += VEC) {
+      vf v = vload(xr + i);
+      if (dr) {
+        v += vload(dr + i);
+        vstore(xr + i, v);
+      }
+      ss += v * v;
+    }
+    float sum = hsum(ss);
+    for (; i < dim; i++) {
+      if (dr) xr[i] += dr[i];
+      sum += xr[i] * xr[i];
+    }
+    float scale = 1.0f / sqrtf(sum / (float)dim + eps);
+    for (i = 0; i + VEC <= dim; i += VEC) vstore(out + r * dim + i, vload(xr + i) * scale * vload(w + i));
+    for (; i < dim; i++) out[r * dim + i] = xr[i] * scale * w[i];
+  }
+}
+
+void tenacia_rotary(float *x, long rows, long ld, long heads, long hd, const float *cos, const float *sin,
+                    int threads) {
+  long half = hd / 2;
+#pragma omp parallel for schedule(static) if (rows >= PARALLEL_ROWS) num_threads(threads)
+  for (long r = 0; r < rows; r++)
+    for (long h = 0; h < heads; h++) {
+      float *a = x + r * ld + h * hd, *b = a + half;
+      const float *c = cos + r * hd, *s = sin + r * hd;
+      long i = 0;
+      for (; i + VEC <= half; i += VEC) {
+        vf x1 = vload(a + i), x2 = vload(b + i);
+        vstore(a + i, x1 * vload(c + i) - x2 * vload(s + i));
+        vstore(b + i, x2 * vload(c + half + i) + x1 * vload(s + half + i));
+      }
+      for (; i < half; i++) {
+        float x1 = a[i], x2 = b[i];
+        a[i] = x1 * c[i] - x2 * s[i];
+        b[i] = x2 * c[half + i] + x1 * s[half + i];
+      }
+    }
+}
+
+void tenacia_silu_mul(const float *gate, const float *up, long ld, long rows, long n, float *out, int threads) {
+#pragma omp parallel for schedule(static) if (rows >= PARALLEL_ROWS) num_threads(threads)
+  for (long r = 0; r < rows; r++) {
+    const float *g = gate + r * ld, *u = up + r * ld;
+    float *o = out + r * n;
+    long i = 0;
+    for (; i + VEC <= n; i += VEC) {
+      vf gv = vload(g + i);
+      vstore(o + i, gv / (1.0f + vexp(-gv)) * vload(u + i));
+    }
+    for (; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  }
+}
+
+/* 3. Attention of one new token per sequence over its cached keys and values (contract in
+ * decode_kernels.c): online softmax over blocks of KEYS keys, one task per (sequence, key/value
+ * head). Head sizes that are a multiple of VEC keep their accumulators in registers for the
+ * common shapes (attend_fast, specialised per constant G and NV); others run attend_any. */
+#define KEYS 32
+#define MAX_GROUP 16
+#define MAX_HD 512
+
+static inline float softmax_block(float *s, long n, float *m, float *l) {
+  float top = *m;
+  for (long j = 0; j < n; j++) top = s[j] > top ? s[j] : top;
+  float corr = expf(*m - top), sum = 0.0f;
+  long j = 0;
+  vf acc = splat(0.0f);
+  for (; j + VEC <= n; j += VEC) {
+    vf p = vexp(vload(s + j) - top);
+    vstore(s + j, p);
+    acc += p;
+  }
+  sum = hsum(acc);
+  for (; j < n; j++) {
+    s[j] = expf(s[j] - top);
+    sum += s[j];
+  }
+  *l = *l * corr + sum;
+  *m = top;
+  return corr;
+}
+
+static inline __attribute__((always_inline)) void attend_fast(const float *Q, const float *K, const float *V, long L,
+                                                              float scale, float *O, const int G, const int NV) {
+  const long hd = NV * VEC;
+  vf acc[MAX_GROUP * 128 / VEC > 64 ? 64 : MAX_GROUP * 128 / VEC];
+  float m[MAX_GROUP], l[MAX_GROUP], s[MAX_GROUP][KEYS];
+  for (int g = 0; g < G; g++) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+    for (int v = 0; v < NV; v++) acc[g * NV + v] = splat(0.0f);
+  }
+  for (long t0 = 0; t0 < L; t0 += KEYS) {
+    long n = L - t0 < KEYS ? L - t0 : KEYS;
+    for (long j = 0; j < n; j++) {
+      const float *kt = K + (t0 + j) * hd;
+      __builtin_prefetch(kt + KEYS * hd, 0, 3);
+      __builtin_prefetch(V + (t0 + j + KEYS) * hd, 0, 3);
+      for (int g = 0; g < G; g++) {
+        vf dot = vload(Q + g * hd) * vload(kt);
+        for (int v = 1; v < NV; v++) dot += vload(Q + g * hd + v * VEC) * vload(kt + v * VEC);
+        s[g][j] = hsum(dot) * scale;
+      }
+    }
+    for (int g = 0; g < G; g++) {
+      float c = softmax_block(s[g], n, &m[g], &l[g]);
+      for (int v = 0; v < NV; v++) acc[g * NV + v] *= c;
+    }
+    for (long j = 0; j < n; j++) {
+      const float *vt = V + (t0 + j) * hd;
+      for (int g = 0; g < G; g++) {
+        vf p = splat(s[g][j]);
+        for (int v = 0; v < NV; v++) acc[g * NV + v] += p * vload(vt + v * VEC);
+      }
+    }
+  }
+  for (int g = 0; g < G; g++) {
+    float inv = 1.0f / l[g];
+    for (int v = 0; v < NV; v++) vstore(O + g * hd + v * VEC, acc[g * NV + v] * inv);
+  }
+}
+
+static void attend_any(const float *Q, const float *K, const float *V, long L, float scale, float *O, long G,
+                       long hd) {
+  float acc[MAX_GROUP][MAX_HD], m[MAX_GROUP], l[MAX_GROUP], s[MAX_GROUP][KEYS];
+  for (long g = 0; g < G; g++) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+    for (long d = 0; d < hd; d++) acc[g][d] = 0.0f;
+  }
+  for (long t0 = 0; t0 < L; t0 += KEYS) {
+    long n = L - t0 < KEYS ? L - t0 : KEYS;
+    for (long j = 0; j < n; j++) {
+      const float *kt = K + (t0 + j) * hd;
+      for (long g = 0; g < G; g++) {
+        float dot = 0.0f;
+        for (long d = 0; d < hd; d++) dot += Q[g * hd + d] * kt[d];
+        s[g][j] = dot * scale;
+      }
+    }
+    for (long g = 0; g < G; g++) {
+      float c = softmax_block(s[g], n, &m[g], &l[g]);
+      for (long d = 0; d < hd; d++) acc[g][d] *= c;
+    }
+    for (long j = 0; j < n; j++) {
+      const float *vt = V + (t0 + j) * hd;
+      for (long g = 0; g < G; g++)
+        for (long d = 0; d < hd; d++) acc[g][d] += s[g][j] * vt[d];
+    }
+  }
+  for (long g = 0; g < G; g++)
+    for (long d = 0; d < hd; d++) O[g * hd + d] = acc[g][d] / l[g];
+}
+
+void tenacia_decode_attention(const float *q, long q_row, const float *k, const float *v, long cap,
+                              const long *lengths, long B, long H, long KVH, long hd, float scale, float *out,
+                              int threads) {
+  long G = H / KVH, NV = hd % VEC ? 0 : hd / VEC;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (long task = 0; task < B * KVH; task++) {
+    long b = task / KVH, kvh = task % KVH, L = lengths[b];
+    const float *K = k + (b * KVH + kvh) * cap * hd, *V = v + (b * KVH + kvh) * cap * hd;
+    const float *Q = q + b * q_row + kvh * G * hd;
+    float *O = out + (b * H + kvh * G) * hd;
+#define FAST(g, nv) else if (G == g && NV == nv && g * nv <= 64) attend_fast(Q, K, V, L, scale, O, g, nv);
+    if (0) {
+    }
+    FAST(1, 64 / VEC) FAST(2, 64 / VEC) FAST(3, 64 / VEC) FAST(4, 64 / VEC) FAST(1, 128 / VEC) FAST(2, 128 / VEC)
+    else attend_any(Q, K, V, L, scale, O, G, hd);
+#undef FAST
+  }
+}
+
+/* 4. The new token's key and value of every sequence, into its cache slot and its decode mirror
+ * row (contract in decode_kernels.c). */
+void tenacia_store_kv(const float *k, const float *v, long kv_row, long B, long KVH, long hd, float *cache_k,
+                      float *cache_v, const long *slots, float *mirror_k, float *mirror_v, long cap,
+                      const long *lengths) {
+  for (long b = 0; b < B; b++)
+    for (long h = 0; h < KVH; h++) {
+      const float *ks = k + b * kv_row + h * hd, *vs = v + b * kv_row + h * hd;
+      float *ck = cache_k + (slots[b] * KVH + h) * hd, *cv = cache_v + (slots[b] * KVH + h) * hd;
+      float *mk = mirror_k + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
+      float *mv = mirror_v + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
+      memcpy(ck, ks, hd * sizeof(float));
+      memcpy(mk, ks, hd * sizeof(float));
+      memcpy(cv, vs, hd * sizeof(float));
+      memcpy(mv, vs, hd * sizeof(float));
+    }
+}

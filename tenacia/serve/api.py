@@ -91,8 +91,11 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": served.name}
+    async def health() -> Response:
+        """200 while the engine runs; 503 once its process is gone (restart the server)."""
+        if engine.dead is not None:
+            return JSONResponse({"status": "error", "model": served.name, "error": engine.dead}, status_code=503)
+        return JSONResponse({"status": "ok", "model": served.name})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -227,6 +230,8 @@ class _Api:
             handle = self.engine.submit(prompts, params)
         except InvalidRequest as e:
             raise ApiError(400, str(e), e.param) from None
+        except EngineError as e:  # the engine process is gone: nothing here can serve it
+            raise ApiError(503, str(e), None, "engine_unavailable") from None
         self.in_flight += 1
         shape = Shape(chat, self.served.name, self.token_text, logprobs is not None)
         got = Collected(prompt_tokens=sum(len(p) for p in prompts))

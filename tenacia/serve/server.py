@@ -84,10 +84,10 @@ def serve(root: ServeConfig, *, announce: Callable[[str], None] | None = None) -
     base = f"http://{shown}:{port}"
     say = announce or (lambda line: print(line, flush=True))
     say(f"tenacia serve: listening on {base} (model {served.name} from {served.source}; "
-        f"{info['device']}, {info['dtype']}; "
+        f"{info.device}, {info.dtype}; "
         f"KV cache {engine.capacity_tokens} tokens"
-        + (f"; {info['huge_page_bytes'] >> 20} MiB on huge pages" if info.get("huge_page_bytes") else "")
-        + (f"; decode kernels {info['decode_kernels']}" if info.get("decode_kernels") else "") + ")")
+        + (f"; {info.huge_page_bytes >> 20} MiB on huge pages" if info.huge_page_bytes else "")
+        + (f"; decode kernels {info.decode_kernels}" if info.decode_kernels else "") + ")")
     say(usage_examples(base, served.name, cfg.api_keys[0] if cfg.api_keys else None))
     config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False,
                             timeout_graceful_shutdown=cfg.drain_timeout_s or None)

@@ -19,7 +19,9 @@
 #define NVP (PW / VEC) /* vectors per panel row */
 /* rows per block: MR x NVP accumulators plus NVP panel vectors and a broadcast fit the 16
  * registers of AVX2 and SSE (NEON has 32) */
+#ifndef MRMAX
 #define MRMAX (12 / NVP)
+#endif
 #ifndef FAR
 #define FAR 1024 /* 64-byte lines ahead prefetched towards the outer caches */
 #endif

@@ -10,7 +10,9 @@ Contract:
   is ready (raising with the worker's error otherwise); ``check`` then knows the model's limits.
 - ``submit`` checks a request at once and returns a ``RequestHandle``; ``cancel`` aborts it.
 - Engine metrics are recorded in the worker and replayed into the parent's ``ServeMetrics``.
-- If the worker dies, every request in flight fails with ``EngineError``.
+- If the worker dies, every request in flight fails with ``EngineError``, and so does every
+  later ``submit`` (``dead`` says why; the server's /health reports it).
+- The two processes talk only in the typed messages of ``messages.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ...device import DeviceConfig
 from ..config import EngineConfig
 from .host import HUGE_PAGES_ENV
 from .llm_engine import ChoiceDelta, check_request
+from .messages import Abort, Add, Deltas, EngineInfo, Failed, Ready, StepFailed, Stop, Stopped
 from .sequence import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,7 @@ class RequestHandle:
         """Abort whatever is still running (a no-op once every choice finished)."""
         if self.remaining:
             self.remaining = 0
-            self.engine._post(("abort", self))
+            self.engine._cancel(self)
 
     def _put(self, item: list[ChoiceDelta] | BaseException) -> None:
         try:
@@ -93,9 +96,9 @@ class Recorder:
 
 
 def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConfig) -> None:
-    """The engine process: load, report ready, then step whenever there is work. It ignores
-    SIGINT and SIGTERM (Ctrl-C reaches the whole process group): the server drains, then stops it
-    with a "stop" message; if the server dies, the closed pipe ends it."""
+    """The engine process: load, report ``Ready`` (or ``Failed``), then serve messages and step
+    (``EngineWorker``). It ignores SIGINT and SIGTERM (Ctrl-C reaches the whole process group):
+    the server drains, then stops it with ``Stop``; if the server dies, the closed pipe ends it."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -119,48 +122,68 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
         gc.collect()
         log.info("engine warm-up took %.2f s", engine.warm_up())
     except Exception as e:
-        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        conn.send(Failed(f"{type(e).__name__}: {e}"))
         return
-    conn.send(("ready", {"max_context": engine.max_context, "vocab_size": served.config.vocab_size,
-                         "capacity_tokens": engine.capacity_tokens, "device": device.type,
-                         "dtype": str(device.serve_dtype).removeprefix("torch."),
-                         "huge_page_bytes": huge_pages_in_use(), "decode_kernels": _kernels_state(engine)}))
-    while True:
-        if conn.poll(0 if engine.has_work() else 1.0):
-            while conn.poll(0):
-                try:
-                    command = conn.recv()
-                except EOFError:  # the server is gone
-                    return
-                if command[0] == "stop":
-                    conn.send(("stopped",))
-                    return
-                if command[0] == "add":
-                    _, parts, prompts, params = command
+    conn.send(Ready(EngineInfo(
+        max_context=engine.max_context, vocab_size=served.config.vocab_size, capacity_tokens=engine.capacity_tokens,
+        device=device.type, dtype=str(device.serve_dtype).removeprefix("torch."),
+        huge_page_bytes=huge_pages_in_use(), decode_kernels=_kernels_state(engine), pid=os.getpid())))
+    EngineWorker(engine, conn, recorder).serve()
+
+
+class EngineWorker:
+    """The engine process's loop: messages in (``messages.ToEngine``), steps while there is
+    work, messages out. A request the engine refuses, or a step that raises, fails the requests
+    it concerns (``StepFailed``) and the loop goes on serving the others."""
+
+    def __init__(self, engine: Any, conn: Any, recorder: Recorder):
+        self.engine, self.conn, self.recorder = engine, conn, recorder
+
+    def serve(self) -> None:
+        while self.receive():
+            self.step()
+
+    def receive(self) -> bool:
+        """Handle every waiting message (waiting up to 1 s for one when idle); False to stop."""
+        if not self.conn.poll(0 if self.engine.has_work() else 1.0):
+            return True
+        while self.conn.poll(0):
+            try:
+                message = self.conn.recv()
+            except EOFError:  # the server is gone
+                return False
+            match message:
+                case Stop():
+                    self.conn.send(Stopped())
+                    return False
+                case Add(parts=parts, prompts=prompts, params=params):
                     try:
                         for part, prompt in zip(parts, prompts, strict=True):
-                            engine.add_request(part, prompt, params)
+                            self.engine.add_request(part, prompt, params)
                     except Exception as e:
                         for part in parts:
-                            engine.abort(part)
-                        conn.send(("error", parts, str(e)))
-                else:
-                    for part in command[1]:
-                        engine.abort(part)
-            if recorder.events and not engine.has_work():  # aborts' metrics, with no step to carry them
-                conn.send(("deltas", [], recorder.drain()))
-        if not engine.has_work():
-            continue
+                            self.engine.abort(part)
+                        self.conn.send(StepFailed(parts, str(e)))
+                case Abort(parts=parts):
+                    for part in parts:
+                        self.engine.abort(part)
+        if self.recorder.events and not self.engine.has_work():  # aborts' metrics, with no step to carry them
+            self.conn.send(Deltas([], self.recorder.drain()))
+        return True
+
+    def step(self) -> None:
+        if not self.engine.has_work():
+            return
         try:
-            deltas = engine.step()
+            deltas = self.engine.step()
         except Exception as e:  # fail what is running, keep serving
             log.exception("engine step failed")
-            parts = sorted({s.request_id for s in (*engine.scheduler.running, *engine.scheduler.waiting)})
+            parts = sorted({s.request_id for s in (*self.engine.scheduler.running, *self.engine.scheduler.waiting)})
             for part in parts:
-                engine.abort(part)
-            conn.send(("error", parts, f"the engine failed during a step: {type(e).__name__}: {e}"))
-            continue
-        conn.send(("deltas", deltas, recorder.drain()))
+                self.engine.abort(part)
+            self.conn.send(StepFailed(parts, f"the engine failed during a step: {type(e).__name__}: {e}"))
+            return
+        self.conn.send(Deltas(deltas, self.recorder.drain()))
 
 
 def _kernels_state(engine: Any) -> str:
@@ -178,7 +201,8 @@ class ProcessEngine:
     def __init__(self, model: str, cfg: EngineConfig, device: DeviceConfig | None = None, metrics: Any = None):
         self.model, self.cfg, self.metrics = model, cfg, metrics
         self.device = device or DeviceConfig()
-        self.info: dict[str, Any] = {}
+        self.info: EngineInfo | None = None
+        self.dead: str | None = None  # why the engine process is gone, once it is
         self._parts: dict[str, list] = {}  # engine request id -> [handle, index offset, choices left]
         self._lock = threading.Lock()
         self._ids = itertools.count()
@@ -188,9 +212,9 @@ class ProcessEngine:
 
     @property
     def capacity_tokens(self) -> int:
-        return self.info["capacity_tokens"]
+        return self.info.capacity_tokens
 
-    def start_process(self, timeout: float = 600.0) -> dict[str, Any]:
+    def start_process(self, timeout: float = 600.0) -> EngineInfo:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=worker_main, args=(child, self.model, self.cfg, self.device),
@@ -214,9 +238,9 @@ class ProcessEngine:
             message = self._conn.recv()
         except EOFError:
             raise RuntimeError(f"the engine process died while loading (exit code {self._proc.exitcode})") from None
-        if message[0] != "ready":
-            raise RuntimeError(f"the engine process failed to load the model: {message[1]}")
-        self.info = message[1]
+        if not isinstance(message, Ready):
+            raise RuntimeError(f"the engine process failed to load the model: {message.reason}")
+        self.info = message.info
         return self.info
 
     def start(self) -> None:
@@ -227,7 +251,7 @@ class ProcessEngine:
         if self._conn is None:
             return
         try:
-            self._send(("stop",))
+            self._send(Stop())
         except (OSError, ValueError):
             pass
         if self._reader is not None:
@@ -239,28 +263,40 @@ class ProcessEngine:
 
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Raise InvalidRequest unless the request could run alone on an idle engine."""
-        check_request(prompt_ids, params, vocab=self.info["vocab_size"], context=self.info["max_context"],
-                      capacity=self.info["capacity_tokens"])
+        check_request(prompt_ids, params, vocab=self.info.vocab_size, context=self.info.max_context,
+                      capacity=self.info.capacity_tokens)
 
     def submit(self, prompts: list[list[int]], params: SamplingParams) -> RequestHandle:
+        """Queue a request (after ``check``); EngineError once the engine process is gone."""
         for prompt in prompts:
             self.check(prompt, params)
+        if self.dead is not None:
+            raise EngineError(self.dead)
         handle = RequestHandle(self, f"req{next(self._ids)}", len(prompts), params.n, asyncio.get_running_loop())
         with self._lock:
             for p, part in enumerate(handle.parts):
                 self._parts[part] = [handle, p * params.n, params.n]
-        self._send(("add", handle.parts, prompts, params))
+        try:
+            self._send(Add(handle.parts, prompts, params))
+        except (OSError, ValueError):  # the pipe broke: the reader thread is failing everything
+            with self._lock:
+                for part in handle.parts:
+                    self._parts.pop(part, None)
+            raise EngineError(self.dead or "the engine process exited") from None
         return handle
 
-    def _post(self, command: tuple) -> None:
-        """RequestHandle.cancel's way in: ("abort", handle)."""
-        handle = command[1]
+    def _cancel(self, handle: RequestHandle) -> None:
+        """RequestHandle.cancel's way in."""
         with self._lock:
             for part in handle.parts:
                 self._parts.pop(part, None)
-        self._send(("abort", handle.parts))
+        if self.dead is None:
+            try:
+                self._send(Abort(handle.parts))
+            except (OSError, ValueError):
+                pass
 
-    def _send(self, message: tuple) -> None:
+    def _send(self, message: Add | Abort | Stop) -> None:
         with self._lock:
             self._conn.send(message)
 
@@ -269,22 +305,23 @@ class ProcessEngine:
             try:
                 message = self._conn.recv()
             except (EOFError, OSError):
-                self._fail_all(EngineError("the engine process exited"))
+                self._proc.join(1.0)
+                self.dead = f"the engine process exited (exit code {self._proc.exitcode}); restart the server"
+                self._fail_all(EngineError(self.dead))
                 return
-            if message[0] == "stopped":
-                return
-            if message[0] == "error":
-                _, parts, text = message
-                with self._lock:
-                    handles = {id(e[0]): e[0] for e in (self._parts.pop(p, None) for p in parts) if e}
-                for handle in handles.values():
-                    handle._put(EngineError(text))
-                continue
-            _, deltas, events = message
-            if self.metrics is not None:
-                for name, args in events:
-                    getattr(self.metrics, name)(*args)
-            self._dispatch(deltas)
+            match message:
+                case Stopped():
+                    return
+                case StepFailed(parts=parts, reason=reason):
+                    with self._lock:
+                        handles = {id(e[0]): e[0] for e in (self._parts.pop(p, None) for p in parts) if e}
+                    for handle in handles.values():
+                        handle._put(EngineError(reason))
+                case Deltas(deltas=deltas, metrics=events):
+                    if self.metrics is not None:
+                        for name, args in events:
+                            getattr(self.metrics, name)(*args)
+                    self._dispatch(deltas)
 
     def _dispatch(self, deltas: list[ChoiceDelta]) -> None:
         by_handle: dict[int, tuple[RequestHandle, list[ChoiceDelta]]] = {}

@@ -1,0 +1,91 @@
+"""The engine process's failure paths: a step that raises fails only the requests it ran and the
+engine serves on; a refused request fails alone; an engine process that dies fails every request
+in flight, every later one with 503, and /health says so."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tenacia.serve.config import EngineConfig
+from tenacia.serve.engine.llm_engine import LLMEngine
+from tenacia.serve.engine.messages import Add, Deltas, StepFailed, Stop, Stopped
+from tenacia.serve.engine.process_engine import EngineWorker, Recorder
+from tenacia.serve.engine.sequence import SamplingParams
+
+from .tiny import ServerProcess
+
+GREEDY = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+
+
+def drain(worker: EngineWorker, conn) -> list:
+    """Run the worker until it is idle; every message it sent, in order."""
+    got = []
+    worker.receive()
+    while worker.engine.has_work():
+        worker.step()
+        worker.receive()
+    while conn.poll(0.2):
+        got.append(conn.recv())
+    return got
+
+
+def test_a_step_that_raises_fails_its_requests_and_the_engine_serves_on(model, tokenizer, monkeypatch):
+    import torch
+
+    engine = LLMEngine(model, tokenizer, eos_ids={2}, cfg=EngineConfig(decode_kernels=False),
+                       device=torch.device("cpu"))
+    server, worker_end = mp.Pipe()
+    worker = EngineWorker(engine, worker_end, Recorder())
+    real_step = engine.step
+    monkeypatch.setattr(engine, "step", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    server.send(Add(["a-0", "a-1"], [tokenizer.encode("def").ids, tokenizer.encode("class").ids], GREEDY))
+    got = drain(worker, server)
+    assert [type(m) for m in got] == [StepFailed] and got[0].parts == ["a-0", "a-1"]
+    assert "boom" in got[0].reason and not engine.has_work()
+
+    monkeypatch.setattr(engine, "step", real_step)
+    server.send(Add(["b-0"], [tokenizer.encode("import").ids], GREEDY))
+    got = drain(worker, server)
+    deltas = [d for m in got if isinstance(m, Deltas) for d in m.deltas]
+    assert all(isinstance(m, Deltas) for m in got)
+    assert sum(len(d.token_ids) for d in deltas) == 4 and deltas[-1].finish_reason == "length"
+
+    too_long = SamplingParams(max_tokens=10**6, temperature=0.0)  # refused by the engine's check
+    server.send(Add(["c-0"], [tokenizer.encode("x").ids], too_long))
+    got = drain(worker, server)
+    assert [type(m) for m in got] == [StepFailed] and got[0].parts == ["c-0"]
+    server.send(Stop())
+    assert worker.receive() is False and isinstance(server.recv(), Stopped)
+
+
+def _engine_pid(server_pid: int) -> int:
+    """The spawned engine process among the server's children (not multiprocessing's tracker)."""
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    raise AssertionError("no engine process found")
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_engine_process_fails_requests_in_flight_then_503(tiny_dir):
+    with ServerProcess(tiny_dir, "--name", "tiny") as server:
+        body = {"model": "tiny", "prompt": "def", "max_tokens": 3000, "stream": True, "temperature": 0.0,
+                "ignore_eos": True}
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            with http.stream("POST", "/v1/completions", json=body) as stream:
+                lines = stream.iter_lines()
+                assert next(lines).startswith("data: ")  # generating
+                os.kill(_engine_pid(server.proc.pid), signal.SIGKILL)
+                rest = [line for line in lines if line]
+            assert any("engine process exited" in line for line in rest), rest[-3:]
+            health = http.get("/health")
+            assert health.status_code == 503 and "exited" in health.json()["error"]
+            after = http.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2})
+            assert after.status_code == 503 and after.json()["error"]["code"] == "engine_unavailable"

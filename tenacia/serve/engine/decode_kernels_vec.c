@@ -61,31 +61,50 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
       }
 }
 
-/* mr (<= MRMAX) rows of x against one panel; cols (<= 16) columns of y are written. */
-static inline __attribute__((always_inline)) void block(const float *x, long k, const float *panel, float *y,
-                                                        long ldy, const float *bias, long cols, const int mr) {
+/* The k loop runs in chunks of KC: a chunk of a panel (KC x 64 bytes) is read from memory once,
+ * by the first block of rows, which prefetches it (non-temporal: a weight is used once a step and
+ * should not push the activations out of the caches), and stays in L1 for the other blocks of the
+ * same rows; each block keeps its running sums in `part` between chunks. */
+#ifndef KC
+#define KC 128
+#endif
+#define ROWS 16 /* rows a panel's chunk is shared by */
+
+/* mr (<= MRMAX) rows of x (row stride ldx) against k0 .. k1 of one panel; running sums in part
+ * (mr x PW), started from b (PW) when first. */
+static inline __attribute__((always_inline)) void block(const float *x, long ldx, long k0, long k1,
+                                                        const float *panel, float *part, const float *b,
+                                                        int first, int prefetch, const int mr) {
   vf acc[12][NVP]; /* rows up to 11 (mr < MRMAX in practice) */
-  float b[PW] = {0};
-  if (bias) memcpy(b, bias, cols * sizeof(float));
   for (int m = 0; m < mr; m++)
-    for (int v = 0; v < NVP; v++) acc[m][v] = vload(b + v * VEC);
-  for (long kk = 0; kk < k; kk++) {
-    __builtin_prefetch(panel + (kk + FAR) * PW, 0, 1);
-    __builtin_prefetch(panel + (kk + NEAR) * PW, 0, 3);
+    for (int v = 0; v < NVP; v++) acc[m][v] = vload((first ? b : part + m * PW) + v * VEC);
+  for (long kk = k0; kk < k1; kk++) {
+    if (prefetch) {
+      __builtin_prefetch(panel + (kk + FAR) * PW, 0, 0);
+      __builtin_prefetch(panel + (kk + NEAR) * PW, 0, 3);
+    }
     vf w[NVP];
     for (int v = 0; v < NVP; v++) w[v] = vload(panel + kk * PW + v * VEC);
     for (int m = 0; m < mr; m++) {
-      vf xm = splat(x[m * k + kk]);
+      vf xm = splat(x[m * ldx + kk]);
       for (int v = 0; v < NVP; v++) acc[m][v] += xm * w[v];
     }
   }
-  for (int m = 0; m < mr; m++) {
-    if (cols == PW) {
-      for (int v = 0; v < NVP; v++) vstore(y + m * ldy + v * VEC, acc[m][v]);
-    } else {
-      float out[PW];
-      for (int v = 0; v < NVP; v++) vstore(out + v * VEC, acc[m][v]);
-      memcpy(y + m * ldy, out, cols * sizeof(float));
+  for (int m = 0; m < mr; m++)
+    for (int v = 0; v < NVP; v++) vstore(part + m * PW + v * VEC, acc[m][v]);
+}
+
+/* rows r0 .. r0 + rows - 1 (rows <= ROWS) against one panel, into part (rows x PW) */
+static void panel_rows(const float *x, long k, const float *panel, float *part, const float *b, long rows) {
+  for (long k0 = 0; k0 < k; k0 += KC) {
+    long k1 = k0 + KC < k ? k0 + KC : k, r = 0;
+    for (; r + MRMAX <= rows; r += MRMAX)
+      block(x + r * k, k, k0, k1, panel, part + r * PW, b, k0 == 0, r == 0, MRMAX);
+    switch (rows - r) { /* the compiler specialises block for each constant row count */
+#define LEFT(R) case R: block(x + r * k, k, k0, k1, panel, part + r * PW, b, k0 == 0, r == 0, R); break;
+      LEFT(1) LEFT(2) LEFT(3) LEFT(4) LEFT(5) LEFT(6) LEFT(7) LEFT(8) LEFT(9) LEFT(10) LEFT(11)
+#undef LEFT
+      default: break;
     }
   }
 }
@@ -98,14 +117,12 @@ void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, 
   for (long q = 0; q < panels; q++) {
     const float *panel = p + q * k * PW;
     long col = q * PW, cols = n - col < PW ? n - col : PW;
-    const float *b = bias ? bias + col : 0;
-    long r = 0;
-    for (; r + MRMAX <= m; r += MRMAX) block(x + r * k, k, panel, y + r * n + col, n, b, cols, MRMAX);
-    switch (m - r) { /* the compiler specialises block for each constant row count */
-#define LEFT(R) case R: block(x + r * k, k, panel, y + r * n + col, n, b, cols, R); break;
-      LEFT(1) LEFT(2) LEFT(3) LEFT(4) LEFT(5) LEFT(6) LEFT(7) LEFT(8) LEFT(9) LEFT(10) LEFT(11)
-#undef LEFT
-      default: break;
+    float b[PW] = {0}, part[ROWS * PW];
+    if (bias) memcpy(b, bias + col, cols * sizeof(float));
+    for (long r0 = 0; r0 < m; r0 += ROWS) {
+      long rows = m - r0 < ROWS ? m - r0 : ROWS;
+      panel_rows(x + r0 * k, k, panel, part, b, rows);
+      for (long r = 0; r < rows; r++) memcpy(y + (r0 + r) * n + col, part + r * PW, cols * sizeof(float));
     }
   }
 }

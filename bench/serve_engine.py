@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tenacia.serve.engine.host import HUGE_PAGES_ENV, huge_pages_in_use  # noqa: E402  (imports no torch)
+from tenacia.serve.engine.cpu.host import HUGE_PAGES_ENV, huge_pages_in_use  # noqa: E402  (imports no torch)
 
 if "--no-huge-pages" not in sys.argv:  # as `tenacia serve` starts its engine process: before torch
     os.environ.update(HUGE_PAGES_ENV)
@@ -43,7 +43,7 @@ def main() -> int:
     args = p.parse_args()
 
     from tenacia.serve.config import EngineConfig
-    from tenacia.serve.engine.host import keep_freed_memory
+    from tenacia.serve.engine.cpu.host import keep_freed_memory
     from tenacia.serve.engine.llm_engine import LLMEngine
     from tenacia.serve.engine.sequence import SamplingParams
     from tenacia.serve.models import load_model

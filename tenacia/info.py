@@ -15,7 +15,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .device import detect
-    from .serve.engine.decode_kernels import choose  # builds them if it can (docs/serving.md)
+    from .serve.engine.cpu.kernels import choose  # builds them if it can (docs/serving.md)
 
     dev = detect()
     table = Table(title="tenacia info", show_header=False)

@@ -24,8 +24,8 @@ class EngineConfig:
     max_num_seqs: int = 32  # sequences decoded together in one step
     max_batched_tokens: int = 2048  # prompt tokens prefilled in one step (longer prompts are chunked)
     prefix_caching: bool = True  # share the cache blocks of prompts' common prefixes (block_pool.py)
-    decode_kernels: bool = True  # CPU with AVX-512: hand-written decode kernels, a 2nd copy of the weights (decode_kernels.py)
-    huge_pages: bool = True  # the engine process's large buffers on transparent huge pages (host.py)
+    decode_kernels: bool = True  # CPU: hand-written decode kernels, a 2nd copy of the weights (engine/cpu/kernels.py)
+    huge_pages: bool = True  # the engine process's large buffers on transparent huge pages (engine/cpu/host.py)
 
     def __post_init__(self) -> None:
         check(self.block_size > 0, "block_size", self.block_size, "a positive integer")

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import decode_kernels as dk
 from .block_pool import BlockPool
+from .cpu import kernels as dk
 
 
 @dataclass(slots=True)

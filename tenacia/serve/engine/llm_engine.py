@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from ...model.llama import Llama
 from ..config import EngineConfig
-from . import decode_kernels
+from .cpu import kernels as decode_kernels
 from .detokenizer import Detokenizer, TextState
 from .kv_cache import PagedKVCache
 from .packed import PackedLlama

@@ -13,8 +13,9 @@ and no autograd bookkeeping. ``PackedLlama`` takes a trained ``Llama`` and keeps
   (bit-identical for 16 rows or more, within 1e-6 relative below). The packed buffer does not
   depend on the row count; each call passes its own. A self-check at load time compares packed
   and plain products for several row counts and keeps the plain ones if they disagree;
-- on CPU with AVX-512, for the few rows of a decode step (<= 16), a second copy of every
-  projection in the panels of ``decode_kernels.SmallLinear`` (gate and up fused), which streams
+- given the decode kernels the engine chose (``cpu.kernels.choose``), for the few rows of a
+  decode step (<= 16), a second copy of every projection in the panels of
+  ``cpu.kernels.SmallLinear`` (gate and up fused), which streams
   the weights from memory faster than MKL does for so few rows, and a path for decode and prefill
   (``PackedBlock.fused``) whose elementwise work runs in fused kernels
   (``kernels=False`` keeps one copy and the torch ops);
@@ -34,79 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...model.llama import AttentionCache, Llama
-from . import decode_kernels as dk
+from .cpu import kernels as dk
+from .cpu.products import PackedLinear, small_linear
 
 log = logging.getLogger(__name__)
-# The row count MKL is told when packing. Any count may be used afterwards, but the layout it
-# picks depends on it: for SmolLM2's 30 layers, packing for 128 rows made both a 100-token prompt
-# and 16 decode rows faster than packing for 16, packing for 1,600 made both slower, and 64 to
-# 256 were about level (measured in docs/serving.md, "Recorded observations").
-PACK_ROWS = 128
-CHECK_ROWS = (1, 3, 16, 37)
-
-
-def _mkl_usable(weight: Tensor) -> bool:
-    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch._C.has_mkl
-            and hasattr(torch.ops.mkl, "_mkl_linear"))
-
-
-class PackedLinear:
-    """``y = x @ weight.T + bias`` for ``x`` of shape (..., in), with the weight in its fastest
-    layout. ``bias`` (out,) or None; every kernel adds it inside the product's own call.
-    ``kernels``: also keep the panels of ``decode_kernels.SmallLinear`` for products of few rows."""
-
-    def __init__(self, weight: Tensor, bias: Tensor | None = None, *, kernels: dk.Kernels | None = None):
-        weight = weight.detach().contiguous()
-        self.out_features, self.in_features = weight.shape
-        self.bias = bias.detach().contiguous() if bias is not None else None
-        self.packed: Tensor | None = None
-        self.weight: Tensor | None = weight
-        self.small = _small_linear(kernels, weight, bias)
-        if _mkl_usable(weight):
-            try:
-                packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, PACK_ROWS)
-            except RuntimeError as e:  # an MKL build without packing: keep the plain weight
-                log.debug("MKL packing unavailable: %s", e)
-                return
-            # _mkl_linear reads only the shape of its "original weight" (it falls back to it when
-            # the row count differs from the one it is given, which never happens here).
-            self._shape = torch.zeros((), dtype=weight.dtype).expand(self.out_features, self.in_features)
-            self.packed = packed
-            if self._agrees(weight):
-                self.weight = None
-            else:
-                log.warning("MKL packed GEMM disagrees with F.linear; serving with plain weights")
-                self.packed = None
-
-    def _agrees(self, weight: Tensor) -> bool:
-        gen = torch.Generator().manual_seed(0)
-        for rows in CHECK_ROWS:
-            x = torch.randn(rows, self.in_features, generator=gen)
-            want = F.linear(x, weight, self.bias)
-            if not torch.allclose(self(x), want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
-                return False
-        return True
-
-    def __call__(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, self.in_features)
-        if self.small is not None and flat.size(0) <= dk.MAX_ROWS:
-            return self.small(flat).view(*x.shape[:-1], self.out_features)
-        if self.packed is None:
-            return F.linear(x, self.weight, self.bias)
-        y = torch.ops.mkl._mkl_linear(flat, self.packed, self._shape, self.bias, flat.size(0))
-        return y.view(*x.shape[:-1], self.out_features)
-
-
-def _small_linear(kernels: dk.Kernels | None, weight: Tensor, bias: Tensor | None) -> dk.SmallLinear | None:
-    if kernels is None or weight.device.type != "cpu" or weight.dtype != torch.float32:
-        return None
-    try:
-        return kernels.small_linear(weight, bias)
-    except dk.Unavailable as e:
-        log.warning("%s; decoding with MKL", e)
-        return None
-
-
 class PackedBlock:
     def __init__(self, block, layer: int, kernels: dk.Kernels | None):
         a, f = block.attention, block.feed_forward
@@ -125,7 +57,7 @@ class PackedBlock:
         self.down = PackedLinear(f.w2.weight, kernels=kernels)
         # ``fused`` in a decode: every product in the small kernel, gate and up as one
         self.kernels = kernels
-        self.gate_up = _small_linear(kernels, torch.cat([f.w1.weight, f.w3.weight]), None)
+        self.gate_up = small_linear(kernels, torch.cat([f.w1.weight, f.w3.weight]), None)
         self._small = (self.qkv.small, self.wo.small, self.down.small)
         self.fast_decode = self.gate_up is not None and self.head_dim % 2 == 0 and None not in self._small
 
@@ -184,7 +116,7 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class PackedLlama:
     """Inference-only view of a ``Llama`` (see module docstring). Call under ``inference_mode``.
-    ``kernels``: the decode kernels the engine chose (``decode_kernels.choose``), or None."""
+    ``kernels``: the decode kernels the engine chose (``cpu.kernels.choose``), or None."""
 
     def __init__(self, model: Llama, *, kernels: dk.Kernels | None = None):
         self.cfg = model.cfg

@@ -31,7 +31,7 @@ import torch
 
 from ...device import DeviceConfig
 from ..config import EngineConfig
-from .host import HUGE_PAGES_ENV
+from .cpu.host import HUGE_PAGES_ENV
 from .llm_engine import ChoiceDelta, check_request
 from .messages import Abort, Add, Deltas, EngineInfo, Failed, Ready, StepFailed, Stop, Stopped
 from .sequence import SamplingParams
@@ -106,7 +106,7 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
 
     from ...device import detect
     from ..models import load_model
-    from .host import huge_pages_in_use, keep_freed_memory
+    from .cpu.host import huge_pages_in_use, keep_freed_memory
     from .llm_engine import LLMEngine
 
     if device_cfg.threads:

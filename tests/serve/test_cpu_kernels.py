@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from tenacia.serve.config import EngineConfig
-from tenacia.serve.engine import decode_kernels
+from tenacia.serve.engine.cpu import kernels as decode_kernels
+from tenacia.serve.engine.cpu.products import PackedLinear
 from tenacia.serve.engine.llm_engine import LLMEngine
-from tenacia.serve.engine.packed import PackedLinear, rms_norm, rotate
+from tenacia.serve.engine.packed import rms_norm, rotate
 from tenacia.serve.engine.sequence import SamplingParams
 
 from ..conftest import needs_cc

@@ -24,9 +24,9 @@ its row of the decode mirror of ``kv_cache.py``, then attending over the mirror:
 each sequence reads only its own keys (no padding, no mask), one task per (sequence, key/value
 head) taken dynamically by the threads.
 
-Which build (``ISAS``, best first): ``avx512`` is the hand-written ``decode_kernels.c``;
+Which build (``ISAS``, best first): ``avx512`` is the hand-written ``kernels_avx512.c``;
 ``avx2`` (AVX2 + FMA) and ``generic`` (the compiler's baseline: SSE2 on x86-64, NEON on aarch64)
-are ``decode_kernels_vec.c``, written once with vector types and compiled for each. ``choose``
+are ``kernels_vec.c``, written once with vector types and compiled for each. ``choose``
 takes the best one this CPU offers (``tenacia.device.cpu_features``), once, at the engine's start;
 ``$TENACIA_ISA`` (``avx512``, ``avx2``, ``generic`` or ``torch`` for none) forces one, so a run can
 be reproduced exactly. The engine passes the ``Kernels`` it got (or None) to the model and the
@@ -61,12 +61,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...device import cpu_features
-from ...storage import atomic_write, cache_root
+from ....device import cpu_features
+from ....storage import atomic_write, cache_root
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("decode_kernels.c")
-VEC_SOURCE = Path(__file__).with_name("decode_kernels_vec.c")
+SOURCE = Path(__file__).with_name("kernels_avx512.c")
+VEC_SOURCE = Path(__file__).with_name("kernels_vec.c")
 COMMON = ["-O3", "-fopenmp", "-fPIC", "-shared"]
 # instruction set -> (source, compiler flags, the cpu_features words it needs); best first
 BUILDS: dict[str, tuple[Path, list[str], tuple[str, ...]]] = {

@@ -1,4 +1,4 @@
-/* The decode step's CPU kernels, float32, AVX-512: built and loaded by decode_kernels.py (see there
+/* The decode step's CPU kernels, float32, AVX-512: built and loaded by kernels.py (see there
  * for why they exist and when they are used).
  *
  * 1. tenacia_small_gemm: y (M x N) = x (M x K) . W^T + bias for the few rows of a decode step. A decode

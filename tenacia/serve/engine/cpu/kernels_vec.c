@@ -1,11 +1,11 @@
 /* The decode step's CPU kernels, float32, written once with GCC/Clang vector types and compiled
  * once per instruction set: -DVEC=8 -mavx2 -mfma (x86 with AVX2), -DVEC=4 with the compiler's
- * baseline (SSE2 on x86-64, NEON on aarch64). decode_kernels.py builds and chooses; the AVX-512
- * machines keep their hand-written decode_kernels.c. Both files export the same functions with
+ * baseline (SSE2 on x86-64, NEON on aarch64). kernels.py builds and chooses; the AVX-512
+ * machines keep their hand-written kernels_avx512.c. Both files export the same functions with
  * the same contracts (see there); only the code inside differs.
  *
  * The products' weights are packed in panels of PW = 16 output columns, k-major, whatever VEC is
- * (the same layout as decode_kernels.c): P[(p * K + k) * 16 + j] = W[16p + j][k], zero past N.
+ * (the same layout as kernels_avx512.c): P[(p * K + k) * 16 + j] = W[16p + j][k], zero past N.
  * A panel row is one 64-byte line; a block of MR rows keeps MR x (16 / VEC) accumulators in
  * registers and reads the panel once from memory (the next blocks of rows find it in L1/L2).
  */
@@ -127,7 +127,7 @@ void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, 
   }
 }
 
-/* 2. Elementwise work between the products (contracts in decode_kernels.c). */
+/* 2. Elementwise work between the products (contracts in kernels_avx512.c). */
 #define PARALLEL_ROWS 64
 
 /* exp(x): 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, p of degree 7 (Taylor); relative error
@@ -215,7 +215,7 @@ void tenacia_silu_mul(const float *gate, const float *up, long ld, long rows, lo
 }
 
 /* 3. Attention of one new token per sequence over its cached keys and values (contract in
- * decode_kernels.c): online softmax over blocks of KEYS keys, one task per (sequence, key/value
+ * kernels_avx512.c): online softmax over blocks of KEYS keys, one task per (sequence, key/value
  * head). Head sizes that are a multiple of VEC keep their accumulators in registers for the
  * common shapes (attend_fast, specialised per constant G and NV); others run attend_any. */
 #define KEYS 32
@@ -335,7 +335,7 @@ void tenacia_decode_attention(const float *q, long q_row, const float *k, const 
 }
 
 /* 4. The new token's key and value of every sequence, into its cache slot and its decode mirror
- * row (contract in decode_kernels.c). */
+ * row (contract in kernels_avx512.c). */
 void tenacia_store_kv(const float *k, const float *v, long kv_row, long B, long KVH, long hd, float *cache_k,
                       float *cache_v, const long *slots, float *mirror_k, float *mirror_v, long cap,
                       const long *lengths) {

@@ -1,0 +1,8 @@
+"""What the engine runs on a CPU: the decode kernels, MKL's packed products and the host's memory.
+
+- ``kernels.py`` + ``kernels_avx512.c``, ``kernels_vec.c``: hand-written float32 kernels for the
+  decode step, one build per instruction set, chosen once at the engine's start;
+- ``products.py``: a projection's weight in the layouts it runs in (MKL packed, the kernels'
+  panels) and the product that uses them;
+- ``host.py``: huge pages and the allocator of the engine process.
+"""

@@ -26,6 +26,10 @@ class EngineConfig:
     prefix_caching: bool = True  # share the cache blocks of prompts' common prefixes (block_pool.py)
     decode_kernels: bool = True  # CPU: hand-written decode kernels, a 2nd copy of the weights (engine/cpu/kernels.py)
     huge_pages: bool = True  # the engine process's large buffers on transparent huge pages (engine/cpu/host.py)
+    # CPU: "timed" times each product's implementations (MKL packed, plain, kernel) at start and
+    # keeps the fastest (engine/cpu/products.py); "default" takes the kernel for a decode and
+    # MKL's packed GEMM for a prefill untimed, for runs that must be reproduced exactly
+    products: str = "timed"
 
     def __post_init__(self) -> None:
         check(self.block_size > 0, "block_size", self.block_size, "a positive integer")
@@ -34,6 +38,7 @@ class EngineConfig:
         check(self.max_num_seqs > 0, "max_num_seqs", self.max_num_seqs, "a positive integer")
         check(self.max_batched_tokens > 0, "max_batched_tokens", self.max_batched_tokens,
               "a positive integer")
+        check_choice("products", self.products, ("timed", "default"))
 
     @property
     def num_blocks(self) -> int:

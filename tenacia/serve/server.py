@@ -87,7 +87,8 @@ def serve(root: ServeConfig, *, announce: Callable[[str], None] | None = None) -
         f"{info.device}, {info.dtype}; "
         f"KV cache {engine.capacity_tokens} tokens"
         + (f"; {info.huge_page_bytes >> 20} MiB on huge pages" if info.huge_page_bytes else "")
-        + (f"; decode kernels {info.decode_kernels}" if info.decode_kernels else "") + ")")
+        + (f"; decode kernels {info.decode_kernels}" if info.decode_kernels else "")
+        + (f"; products {info.products}" if info.products else "") + ")")
     say(usage_examples(base, served.name, cfg.api_keys[0] if cfg.api_keys else None))
     config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False,
                             timeout_graceful_shutdown=cfg.drain_timeout_s or None)

@@ -65,10 +65,11 @@ def test_start_up_line_says_whether_decode_kernels_run(server, tiny_server):
     listening = [line for line in tiny_server.lines if "listening on" in line][0]
     if HAS_CC:  # the best build this CPU runs (the generic one runs on every CPU)
         best = "avx512" if "avx512f" in cpu_features() else "avx2" if "avx2" in cpu_features() else "generic"
-        assert f"; decode kernels on ({best}))" in listening, listening
+        assert re.search(rf"; decode kernels on \({best}\)[;)]", listening), listening
+        assert re.search(r"; products decode .+, prefill .+ \(timed in [\d.]+ s\)\)", listening), listening
     else:  # and says why not
-        assert re.search(r"; decode kernels off \(.+\)\)", listening), listening
-    assert "; decode kernels off (--no-decode-kernels))" in [ln for ln in server.lines if "listening on" in ln][0]
+        assert re.search(r"; decode kernels off \(.+\)[;)]", listening), listening
+    assert "; decode kernels off (--no-decode-kernels)" in [ln for ln in server.lines if "listening on" in ln][0]
 
 
 def test_over_the_limit_is_429_and_disconnects_cancel(server):

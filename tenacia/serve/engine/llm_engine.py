@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 from ...model.llama import Llama
 from ..config import EngineConfig
 from .cpu import kernels as decode_kernels
+from .cpu.products import ProductChooser
 from .detokenizer import Detokenizer, TextState
 from .kv_cache import PagedKVCache
 from .packed import PackedLlama
@@ -97,7 +98,8 @@ class LLMEngine:
                                   prefix_caching=cfg.prefix_caching, kernels=self.kernels)
         self.scheduler = Scheduler(self.cache.allocator, max_num_seqs=cfg.max_num_seqs,
                                    max_batched_tokens=cfg.max_batched_tokens)
-        self.runner = ModelRunner(PackedLlama(model, kernels=self.kernels), self.cache, device)
+        self.chooser = ProductChooser() if on_cpu and cfg.products == "timed" else None
+        self.runner = ModelRunner(PackedLlama(model, kernels=self.kernels, chooser=self.chooser), self.cache, device)
         self.detokenizer = Detokenizer(tokenizer)
         self.metrics = metrics
         self._texts: dict[int, _Text] = {}

@@ -47,6 +47,7 @@ class EngineInfo:
     dtype: str
     huge_page_bytes: int
     decode_kernels: str  # "on (avx2)", "off (why)", or "" where not applicable
+    products: str  # which implementation each product runs ("" untimed)
     pid: int  # the engine process
 
 

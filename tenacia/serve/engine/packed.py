@@ -36,11 +36,11 @@ from torch import Tensor
 
 from ...model.llama import AttentionCache, Llama
 from .cpu import kernels as dk
-from .cpu.products import PackedLinear, small_linear
+from .cpu.products import PackedLinear, ProductChooser
 
 log = logging.getLogger(__name__)
 class PackedBlock:
-    def __init__(self, block, layer: int, kernels: dk.Kernels | None):
+    def __init__(self, block, layer: int, kernels: dk.Kernels | None, chooser: ProductChooser | None = None):
         a, f = block.attention, block.feed_forward
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
@@ -49,17 +49,20 @@ class PackedBlock:
         self.ffn_norm = block.ffn_norm.weight.detach()
         self.eps = block.attention_norm.eps
         qkv_bias = torch.cat([a.wq.bias, a.wk.bias, a.wv.bias]) if a.wq.bias is not None else None
-        self.qkv = PackedLinear(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), qkv_bias, kernels=kernels)
-        self.wo = PackedLinear(a.wo.weight, kernels=kernels)
+        linear = lambda w, b=None, **kw: PackedLinear(w, b, kernels=kernels, chooser=chooser, **kw)  # noqa: E731
+        self.qkv = linear(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), qkv_bias)
+        self.wo = linear(a.wo.weight)
         # gate and up stay two products: for long prompts, one fused product is slower (its
         # output no longer fits in cache; docs/serving.md, "Recorded observations")
-        self.gate, self.up = PackedLinear(f.w1.weight), PackedLinear(f.w3.weight)
-        self.down = PackedLinear(f.w2.weight, kernels=kernels)
-        # ``fused`` in a decode: every product in the small kernel, gate and up as one
+        # gate and up: in a prefill (and in a decode without the kernels, which fuse them)
+        gu_runs = "prefill" if kernels is not None else "both"
+        self.gate = PackedLinear(f.w1.weight, chooser=chooser, runs_in=gu_runs)
+        self.up = PackedLinear(f.w3.weight, chooser=chooser, runs_in=gu_runs)
+        self.down = linear(f.w2.weight)
+        # ``fused`` in a decode: gate and up as one product
         self.kernels = kernels
-        self.gate_up = small_linear(kernels, torch.cat([f.w1.weight, f.w3.weight]), None)
-        self._small = (self.qkv.small, self.wo.small, self.down.small)
-        self.fast_decode = self.gate_up is not None and self.head_dim % 2 == 0 and None not in self._small
+        self.gate_up = linear(torch.cat([f.w1.weight, f.w3.weight]), runs_in="decode") if kernels else None
+        self.fast_decode = kernels is not None and self.head_dim % 2 == 0
 
     def __call__(self, x: Tensor, cos: Tensor, sin: Tensor, cache: AttentionCache) -> Tensor:
         B, T, dim = x.shape
@@ -82,10 +85,10 @@ class PackedBlock:
         tokens packed into one row. x is the residual stream before this layer, still missing
         ``delta`` (the previous layer's output; None for the first layer), which is added in place
         here; cos, sin: (rows, hd). Returns this layer's own delta; the caller adds the last one.
-        Products of <= 16 rows run in the small GEMM (``PackedLinear``), gate and up as one in a
-        decode; more rows in MKL."""
+        Each product runs the implementation chosen for its row count (``cpu.products``), gate and
+        up as one in a decode."""
         rows, hd, q_size, kv_end = x.size(0), self.head_dim, self.q_size, self.q_size + self.kv_size
-        qkv_proj, wo, down = self._small if decode else (self.qkv, self.wo, self.down)
+        qkv_proj, wo, down = self.qkv, self.wo, self.down
         kn = self.kernels
         qkv = qkv_proj(kn.add_rms_norm(x, delta, self.attn_norm, self.eps))  # (rows, q + 2 kv)
         kn.rotary_(qkv, self.n_heads + self.n_kv_heads, hd, cos, sin)  # q and k, in place
@@ -118,14 +121,15 @@ class PackedLlama:
     """Inference-only view of a ``Llama`` (see module docstring). Call under ``inference_mode``.
     ``kernels``: the decode kernels the engine chose (``cpu.kernels.choose``), or None."""
 
-    def __init__(self, model: Llama, *, kernels: dk.Kernels | None = None):
+    def __init__(self, model: Llama, *, kernels: dk.Kernels | None = None, chooser: ProductChooser | None = None):
         self.cfg = model.cfg
         self.embeddings = model.tok_embeddings.weight.detach()
         self.rope_cos, self.rope_sin = model.rope_cos, model.rope_sin
-        self.layers = [PackedBlock(b, i, kernels) for i, b in enumerate(model.layers)]
+        self.layers = [PackedBlock(b, i, kernels, chooser) for i, b in enumerate(model.layers)]
         self.norm = model.norm.weight.detach()
         self.eps = model.norm.eps
-        self.output = PackedLinear(model.output.weight, kernels=kernels)
+        # the output projection runs on each sequence's last token only: decode-sized
+        self.output = PackedLinear(model.output.weight, kernels=kernels, chooser=chooser, runs_in="decode")
         self.dtype = self.embeddings.dtype
         self.packed = any(layer.qkv.packed is not None for layer in self.layers)
         self.fast_decode = all(layer.fast_decode for layer in self.layers)

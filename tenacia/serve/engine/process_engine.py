@@ -127,7 +127,8 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
     conn.send(Ready(EngineInfo(
         max_context=engine.max_context, vocab_size=served.config.vocab_size, capacity_tokens=engine.capacity_tokens,
         device=device.type, dtype=str(device.serve_dtype).removeprefix("torch."),
-        huge_page_bytes=huge_pages_in_use(), decode_kernels=_kernels_state(engine), pid=os.getpid())))
+        huge_page_bytes=huge_pages_in_use(), decode_kernels=_kernels_state(engine),
+        products=engine.chooser.summary() if engine.chooser is not None else "", pid=os.getpid())))
     EngineWorker(engine, conn, recorder).serve()
 
 

@@ -1,16 +1,28 @@
-"""The matrix products of the serving layout, on the CPU: MKL's packed GEMM, and the decode
-kernels' panels for products of few rows.
+"""The matrix products of the serving layout, and which implementation runs each, chosen by timing
+them on this CPU once at the engine's start.
 
-A ``PackedLinear`` holds one projection's weight in the layouts it runs in: MKL's packed layout
-(``torch.ops.mkl._mkl_reorder_linear_weight``) where MKL is there, the plain weight otherwise,
-and, given the engine's ``kernels.Kernels``, the 16-column panels of ``kernels.SmallLinear`` for
-products of at most ``kernels.MAX_ROWS`` rows (a decode step). Each layout checks itself against
-``F.linear`` when it is built and is dropped if it disagrees.
+A ``PackedLinear`` holds one projection's weight in the layouts it can run in:
+- ``mkl``: the plain weight, ``F.linear`` (MKL's float32 GEMM on x86 CPUs);
+- ``mkl-packed``: MKL's packed layout (``torch.ops.mkl._mkl_reorder_linear_weight``), where MKL
+  has packing;
+- ``kernel``: the 16-column panels of the engine's decode kernels (``kernels.SmallLinear``), for
+  at most ``kernels.MAX_ROWS`` rows.
+Each layout checks itself against ``F.linear`` when it is built and is dropped if it disagrees.
+
+Which one runs is decided twice, for a decode step (``MAX_ROWS`` rows or fewer) and for a prefill
+(more), by ``ProductChooser``: it times every candidate on the first weight of each shape, at 16
+rows and at ``PREFILL_ROWS`` rows, and keeps the fastest; the later layers of the same shape take
+the same choice without timing. A layout neither regime chose is dropped, so that a weight is
+kept only in the layouts that run. Without a chooser (accelerators, tests), the defaults are the
+kernel for a decode and MKL's packed layout (else plain) for a prefill. Every implementation is
+the same float32 product in another summation order (within ~1e-6 relative of each other).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +32,14 @@ from . import kernels as dk
 
 log = logging.getLogger(__name__)
 
-
 # The row count MKL is told when packing. Any count may be used afterwards, but the layout it
 # picks depends on it: for SmolLM2's 30 layers, packing for 128 rows made both a 100-token prompt
 # and 16 decode rows faster than packing for 16, packing for 1,600 made both slower, and 64 to
 # 256 were about level (measured in docs/serving.md, "Recorded observations").
 PACK_ROWS = 128
+PREFILL_ROWS = 128  # the prefill a choice is timed at
 CHECK_ROWS = (1, 3, 16, 37)
+IMPLS = ("kernel", "mkl-packed", "mkl")
 
 
 def _mkl_usable(weight: Tensor) -> bool:
@@ -35,50 +48,112 @@ def _mkl_usable(weight: Tensor) -> bool:
 
 
 class PackedLinear:
-    """``y = x @ weight.T + bias`` for ``x`` of shape (..., in), with the weight in its fastest
-    layout. ``bias`` (out,) or None; every kernel adds it inside the product's own call.
-    ``kernels``: also keep the panels of ``kernels.SmallLinear`` for products of few rows."""
+    """``y = x @ weight.T + bias`` for ``x`` of shape (..., in). ``bias`` (out,) or None; every
+    implementation adds it inside the product's own call. ``kernels``: also build the decode
+    kernels' panels; ``chooser``: time the implementations (module docstring); ``runs_in``:
+    "both", or "decode" / "prefill" for a product that runs in one regime only (the other takes
+    the same choice, untimed)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None, *, kernels: dk.Kernels | None = None):
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, *, kernels: dk.Kernels | None = None,
+                 chooser: ProductChooser | None = None, runs_in: str = "both"):
         weight = weight.detach().contiguous()
         self.out_features, self.in_features = weight.shape
         self.bias = bias.detach().contiguous() if bias is not None else None
-        self.packed: Tensor | None = None
         self.weight: Tensor | None = weight
         self.small = small_linear(kernels, weight, bias)
-        if _mkl_usable(weight):
-            try:
-                packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, PACK_ROWS)
-            except RuntimeError as e:  # an MKL build without packing: keep the plain weight
-                log.debug("MKL packing unavailable: %s", e)
-                return
-            # _mkl_linear reads only the shape of its "original weight" (it falls back to it when
-            # the row count differs from the one it is given, which never happens here).
-            self._shape = torch.zeros((), dtype=weight.dtype).expand(self.out_features, self.in_features)
-            self.packed = packed
-            if self._agrees(weight):
-                self.weight = None
-            else:
-                log.warning("MKL packed GEMM disagrees with F.linear; serving with plain weights")
-                self.packed = None
+        self.packed: Tensor | None = self._pack(weight)
+        available = [name for name, layout in zip(IMPLS, (self.small, self.packed, weight), strict=True)
+                     if layout is not None]
+        if chooser is not None:
+            self.decode_impl, self.prefill_impl = chooser.choose(self, available, runs_in)
+        else:
+            self.decode_impl = available[0]
+            self.prefill_impl = "mkl-packed" if self.packed is not None else "mkl"
+        used = {self.decode_impl, self.prefill_impl}
+        if "kernel" not in used:
+            self.small = None
+        if "mkl-packed" not in used:
+            self.packed = None
+        if "mkl" not in used:
+            self.weight = None
 
-    def _agrees(self, weight: Tensor) -> bool:
+    def _pack(self, weight: Tensor) -> Tensor | None:
+        if not _mkl_usable(weight):
+            return None
+        try:
+            packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, PACK_ROWS)
+        except RuntimeError as e:  # an MKL build without packing: keep the plain weight
+            log.debug("MKL packing unavailable: %s", e)
+            return None
+        # _mkl_linear reads only the shape of its "original weight" (it falls back to it when
+        # the row count differs from the one it is given, which never happens here).
+        self._shape = torch.zeros((), dtype=weight.dtype).expand(self.out_features, self.in_features)
         gen = torch.Generator().manual_seed(0)
         for rows in CHECK_ROWS:
             x = torch.randn(rows, self.in_features, generator=gen)
             want = F.linear(x, weight, self.bias)
-            if not torch.allclose(self(x), want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
-                return False
-        return True
+            got = torch.ops.mkl._mkl_linear(x, packed, self._shape, self.bias, rows)
+            if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
+                log.warning("MKL packed GEMM disagrees with F.linear; serving with plain weights")
+                return None
+        return packed
+
+    def run(self, impl: str, flat: Tensor) -> Tensor:
+        """flat: (rows, in) -> (rows, out) with implementation ``impl``."""
+        if impl == "kernel":
+            return self.small(flat)
+        if impl == "mkl-packed":
+            return torch.ops.mkl._mkl_linear(flat, self.packed, self._shape, self.bias, flat.size(0))
+        return F.linear(flat, self.weight, self.bias)
 
     def __call__(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)
-        if self.small is not None and flat.size(0) <= dk.MAX_ROWS:
-            return self.small(flat).view(*x.shape[:-1], self.out_features)
-        if self.packed is None:
-            return F.linear(x, self.weight, self.bias)
-        y = torch.ops.mkl._mkl_linear(flat, self.packed, self._shape, self.bias, flat.size(0))
-        return y.view(*x.shape[:-1], self.out_features)
+        impl = self.decode_impl if flat.size(0) <= dk.MAX_ROWS else self.prefill_impl
+        return self.run(impl, flat).view(*x.shape[:-1], self.out_features)
+
+
+class ProductChooser:
+    """Times the implementations of each weight shape once and remembers the fastest for a decode
+    step and for a prefill (module docstring). ``summary`` is what the start-up line says."""
+
+    def __init__(self, decode_rows: int = dk.MAX_ROWS, prefill_rows: int = PREFILL_ROWS, repeats: int = 2):
+        self.decode_rows, self.prefill_rows, self.repeats = decode_rows, prefill_rows, repeats
+        self.choices: dict[tuple, tuple[str, str]] = {}
+        self.seconds = 0.0
+
+    def choose(self, lin: PackedLinear, available: list[str], runs_in: str = "both") -> tuple[str, str]:
+        """(decode, prefill) implementations for ``lin``'s shape, timed in the regimes it runs in."""
+        key = (lin.out_features, lin.in_features, lin.bias is not None, tuple(available), runs_in)
+        if key not in self.choices:
+            t0 = time.perf_counter()
+            decode = self._fastest(lin, available, self.decode_rows) if runs_in != "prefill" else None
+            prefill = self._fastest(lin, available, self.prefill_rows) if runs_in != "decode" else None
+            self.choices[key] = (decode or prefill, prefill or decode)
+            self.seconds += time.perf_counter() - t0
+        return self.choices[key]
+
+    def _fastest(self, lin: PackedLinear, impls: list[str], rows: int) -> str:
+        if len(impls) == 1:
+            return impls[0]
+        x = torch.randn(rows, lin.in_features, generator=torch.Generator().manual_seed(0))
+        best: dict[str, float] = {}
+        for impl in impls:
+            lin.run(impl, x)  # warm
+            times = []
+            for _ in range(self.repeats):
+                t = time.perf_counter()
+                lin.run(impl, x)
+                times.append(time.perf_counter() - t)
+            best[impl] = min(times)
+        return min(best, key=best.get)
+
+    def summary(self) -> str:
+        """e.g. "decode kernel x5, prefill mkl-packed x3 mkl x1 (chosen in 0.21 s)"."""
+        def count(i: int, regime: str) -> str:
+            chosen = Counter(c[i] for key, c in self.choices.items() if key[-1] in ("both", regime))
+            return " ".join(f"{impl} x{n}" for impl, n in chosen.most_common())
+
+        return f"decode {count(0, 'decode')}, prefill {count(1, 'prefill')} (timed in {self.seconds:.2f} s)"
 
 
 def small_linear(kernels: dk.Kernels | None, weight: Tensor, bias: Tensor | None) -> dk.SmallLinear | None:

@@ -1,0 +1,74 @@
+"""Which implementation runs each product: timed once per shape, the fastest kept for a decode and
+for a prefill, the layouts neither chose dropped; the timing rule checked with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tenacia.serve.engine.cpu import kernels as dk
+from tenacia.serve.engine.cpu import products
+from tenacia.serve.engine.cpu.products import PackedLinear, ProductChooser
+
+from ..conftest import needs_cc
+
+
+class FakeClock:
+    """perf_counter that only moves when a product runs (by its cost)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def generic_kernels():
+    lib = dk._library("generic")
+    if isinstance(lib, str):
+        pytest.skip(lib)
+    return dk.Kernels("generic", lib)
+
+
+@needs_cc
+def test_the_fastest_is_kept_per_regime_and_the_others_dropped(generic_kernels, monkeypatch):
+    # kernel fastest for 16 rows, plain MKL fastest for 128: mkl-packed is never chosen
+    cost = {("kernel", 16): 1.0, ("mkl-packed", 16): 2.0, ("mkl", 16): 3.0,
+            ("kernel", 128): 9.0, ("mkl-packed", 128): 8.0, ("mkl", 128): 5.0}
+    clock = FakeClock()
+    monkeypatch.setattr(products.time, "perf_counter", clock)
+    real_run = PackedLinear.run
+
+    def run(self, impl, flat):
+        clock.now += cost.get((impl, flat.size(0)), 0.0)
+        return real_run(self, impl, flat)
+
+    monkeypatch.setattr(PackedLinear, "run", run)
+    chooser = ProductChooser(repeats=2)
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(48, 32, generator=gen)
+    lin = PackedLinear(w, kernels=generic_kernels, chooser=chooser)
+    assert (lin.decode_impl, lin.prefill_impl) == ("kernel", "mkl")
+    assert lin.packed is None and lin.small is not None and lin.weight is not None  # only what runs
+    for rows in (1, 16, 17, 200):
+        x = torch.randn(rows, 32, generator=gen)
+        torch.testing.assert_close(lin(x), F.linear(x, w), rtol=1e-5, atol=1e-4)
+    timed = clock.now
+    again = PackedLinear(torch.randn(48, 32, generator=gen), kernels=generic_kernels, chooser=chooser)
+    assert (again.decode_impl, again.prefill_impl) == ("kernel", "mkl") and clock.now == timed  # not timed again
+    assert chooser.summary().startswith("decode kernel x1, prefill mkl x1")
+
+
+@needs_cc
+def test_without_a_chooser_decode_takes_the_kernel_and_prefill_mkl(generic_kernels):
+    w = torch.randn(48, 32)
+    lin = PackedLinear(w, kernels=generic_kernels)
+    assert lin.decode_impl == "kernel" and lin.prefill_impl in ("mkl-packed", "mkl")
+    plain = PackedLinear(w, kernels=None)
+    assert plain.decode_impl == plain.prefill_impl == lin.prefill_impl and plain.small is None
+    for rows in (3, 20):
+        x = torch.randn(rows, 32)
+        torch.testing.assert_close(lin(x), F.linear(x, w), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(plain(x), F.linear(x, w), rtol=1e-5, atol=1e-4)

@@ -4,8 +4,10 @@ A decode step of B sequences reads every weight of the layers and of the output 
 and each sequence's cached keys and values, and does 2 x (those weights) x B floating-point
 operations. Its memory floor is those bytes over the machine's read bandwidth (the fastest of a
 few sums of 1 GiB of float32, all threads); its compute floor is those operations over the
-machine's float32 matrix-product rate (the fastest of a few 1,024 x 576 x 1,536 products, all
-threads, on weights already in cache). A step can be no faster than the larger of the two;
+machine's float32 matrix-product rate (the fastest of many 1,024 x 576 x 1,536 products, all
+threads, on weights already in cache, in oneDNN's layout where torch has it, else MKL's: the
+fastest the machine was seen to multiply). Both are measured at the start and at the end of a
+run, and the larger is kept: a shared machine only ever makes them look slower. A step can be no faster than the larger of the two;
 `bench/serve.py` reports each engine's time per output token against them.
 """
 
@@ -26,7 +28,7 @@ def _fastest(fn, repeats: int) -> float:
     return best
 
 
-def machine_rates(threads: int, repeats: int = 5) -> dict:
+def machine_rates(threads: int, repeats: int = 20) -> dict:
     """Read bandwidth (GB/s) and float32 matrix-product rate (GFLOP/s) of this machine."""
     import torch
 
@@ -37,7 +39,11 @@ def machine_rates(threads: int, repeats: int = 5) -> dict:
         read = x.numel() * 4 / _fastest(x.sum, repeats) / 1e9
         del x
         a, w = torch.randn(1024, 576), torch.randn(1536, 576)
-        flops = 2 * 1024 * 576 * 1536 / _fastest(lambda: torch.nn.functional.linear(a, w), repeats) / 1e9
+        product = lambda: torch.nn.functional.linear(a, w)  # noqa: E731
+        if torch.backends.mkldnn.is_available():
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 1024)
+            product = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")  # noqa: E731
+        flops = 2 * 1024 * 576 * 1536 / _fastest(product, repeats) / 1e9
     finally:
         torch.set_num_threads(before)
     return {"read_GBps": round(read, 1), "matmul_GFLOPs": round(flops, 1)}

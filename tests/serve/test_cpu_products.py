@@ -34,9 +34,9 @@ def generic_kernels():
 
 @needs_cc
 def test_the_fastest_is_kept_per_regime_and_the_others_dropped(generic_kernels, monkeypatch):
-    # kernel fastest for 16 rows, plain MKL fastest for 128: mkl-packed is never chosen
-    cost = {("kernel", 16): 1.0, ("mkl-packed", 16): 2.0, ("mkl", 16): 3.0,
-            ("kernel", 128): 9.0, ("mkl-packed", 128): 8.0, ("mkl", 128): 5.0}
+    # the kernel fastest for 16 rows; MKL (packed where it can pack) fastest for 128; oneDNN never
+    cost = {("kernel", 16): 1.0, ("onednn", 16): 2.0, ("mkl-packed", 16): 3.0, ("mkl", 16): 3.0,
+            ("kernel", 128): 9.0, ("onednn", 128): 8.0, ("mkl-packed", 128): 5.0, ("mkl", 128): 5.0}
     clock = FakeClock()
     monkeypatch.setattr(products.time, "perf_counter", clock)
     real_run = PackedLinear.run
@@ -50,15 +50,17 @@ def test_the_fastest_is_kept_per_regime_and_the_others_dropped(generic_kernels, 
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(48, 32, generator=gen)
     lin = PackedLinear(w, kernels=generic_kernels, chooser=chooser)
-    assert (lin.decode_impl, lin.prefill_impl) == ("kernel", "mkl")
-    assert lin.packed is None and lin.small is not None and lin.weight is not None  # only what runs
+    mkl = "mkl-packed" if products._mkl_usable(w) and lin.packed is not None else "mkl"
+    assert (lin.decode_impl, lin.prefill_impl) == ("kernel", mkl)
+    assert lin.onednn is None and lin.small is not None  # only what runs is kept
+    assert (lin.packed is not None) == (mkl == "mkl-packed") and (lin.weight is not None) == (mkl == "mkl")
     for rows in (1, 16, 17, 200):
         x = torch.randn(rows, 32, generator=gen)
         torch.testing.assert_close(lin(x), F.linear(x, w), rtol=1e-5, atol=1e-4)
     timed = clock.now
     again = PackedLinear(torch.randn(48, 32, generator=gen), kernels=generic_kernels, chooser=chooser)
-    assert (again.decode_impl, again.prefill_impl) == ("kernel", "mkl") and clock.now == timed  # not timed again
-    assert chooser.summary().startswith("decode kernel x1, prefill mkl x1")
+    assert (again.decode_impl, again.prefill_impl) == ("kernel", mkl) and clock.now == timed  # not timed again
+    assert chooser.summary().startswith(f"decode kernel x1, prefill {mkl} x1")
 
 
 @needs_cc

@@ -5,13 +5,16 @@ A ``PackedLinear`` holds one projection's weight in the layouts it can run in:
 - ``mkl``: the plain weight, ``F.linear`` (MKL's float32 GEMM on x86 CPUs);
 - ``mkl-packed``: MKL's packed layout (``torch.ops.mkl._mkl_reorder_linear_weight``), where MKL
   has packing;
+- ``onednn``: oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, the layout
+  torch's own compiler uses for CPU linears), where torch is built with oneDNN;
 - ``kernel``: the 16-column panels of the engine's decode kernels (``kernels.SmallLinear``), for
   at most ``kernels.MAX_ROWS`` rows.
 Each layout checks itself against ``F.linear`` when it is built and is dropped if it disagrees.
 
 Which one runs is decided twice, for a decode step (``MAX_ROWS`` rows or fewer) and for a prefill
 (more), by ``ProductChooser``: it times every candidate on the first weight of each shape, at 16
-rows and at ``PREFILL_ROWS`` rows, and keeps the fastest; the later layers of the same shape take
+rows and at ``PREFILL_ROWS`` rows, in turns, and keeps the fastest (plain MKL only races where MKL
+cannot pack); the later layers of the same shape take
 the same choice without timing. A layout neither regime chose is dropped, so that a weight is
 kept only in the layouts that run. Without a chooser (accelerators, tests), the defaults are the
 kernel for a decode and MKL's packed layout (else plain) for a prefill. Every implementation is
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 PACK_ROWS = 128
 PREFILL_ROWS = 128  # the prefill a choice is timed at
 CHECK_ROWS = (1, 3, 16, 37)
-IMPLS = ("kernel", "mkl-packed", "mkl")
+IMPLS = ("kernel", "mkl-packed", "onednn", "mkl")
 
 
 def _mkl_usable(weight: Tensor) -> bool:
@@ -62,8 +65,10 @@ class PackedLinear:
         self.weight: Tensor | None = weight
         self.small = small_linear(kernels, weight, bias)
         self.packed: Tensor | None = self._pack(weight)
-        available = [name for name, layout in zip(IMPLS, (self.small, self.packed, weight), strict=True)
-                     if layout is not None]
+        self.onednn: Tensor | None = self._onednn(weight) if chooser is not None else None
+        # plain MKL only where MKL cannot pack: its packed layout runs the same GEMM, faster
+        layouts = (self.small, self.packed, self.onednn, weight if self.packed is None else None)
+        available = [name for name, layout in zip(IMPLS, layouts, strict=True) if layout is not None]
         if chooser is not None:
             self.decode_impl, self.prefill_impl = chooser.choose(self, available, runs_in)
         else:
@@ -74,6 +79,8 @@ class PackedLinear:
             self.small = None
         if "mkl-packed" not in used:
             self.packed = None
+        if "onednn" not in used:
+            self.onednn = None
         if "mkl" not in used:
             self.weight = None
 
@@ -88,15 +95,31 @@ class PackedLinear:
         # _mkl_linear reads only the shape of its "original weight" (it falls back to it when
         # the row count differs from the one it is given, which never happens here).
         self._shape = torch.zeros((), dtype=weight.dtype).expand(self.out_features, self.in_features)
+        if not self._agrees(weight, lambda x: torch.ops.mkl._mkl_linear(x, packed, self._shape, self.bias, x.size(0))):
+            log.warning("MKL packed GEMM disagrees with F.linear; serving with plain weights")
+            return None
+        return packed
+
+    def _onednn(self, weight: Tensor) -> Tensor | None:
+        if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+            return None
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+            if self._agrees(weight, lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")):
+                return packed
+            log.warning("oneDNN's linear disagrees with F.linear; not using it")
+        except (RuntimeError, AttributeError) as e:  # a torch without these ops
+            log.debug("oneDNN packing unavailable: %s", e)
+        return None
+
+    def _agrees(self, weight: Tensor, product) -> bool:
         gen = torch.Generator().manual_seed(0)
         for rows in CHECK_ROWS:
             x = torch.randn(rows, self.in_features, generator=gen)
             want = F.linear(x, weight, self.bias)
-            got = torch.ops.mkl._mkl_linear(x, packed, self._shape, self.bias, rows)
-            if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
-                log.warning("MKL packed GEMM disagrees with F.linear; serving with plain weights")
-                return None
-        return packed
+            if not torch.allclose(product(x), want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
+                return False
+        return True
 
     def run(self, impl: str, flat: Tensor) -> Tensor:
         """flat: (rows, in) -> (rows, out) with implementation ``impl``."""
@@ -104,6 +127,8 @@ class PackedLinear:
             return self.small(flat)
         if impl == "mkl-packed":
             return torch.ops.mkl._mkl_linear(flat, self.packed, self._shape, self.bias, flat.size(0))
+        if impl == "onednn":
+            return torch.ops.mkldnn._linear_pointwise(flat, self.onednn, self.bias, "none", [], "")
         return F.linear(flat, self.weight, self.bias)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -116,7 +141,7 @@ class ProductChooser:
     """Times the implementations of each weight shape once and remembers the fastest for a decode
     step and for a prefill (module docstring). ``summary`` is what the start-up line says."""
 
-    def __init__(self, decode_rows: int = dk.MAX_ROWS, prefill_rows: int = PREFILL_ROWS, repeats: int = 2):
+    def __init__(self, decode_rows: int = dk.MAX_ROWS, prefill_rows: int = PREFILL_ROWS, repeats: int = 3):
         self.decode_rows, self.prefill_rows, self.repeats = decode_rows, prefill_rows, repeats
         self.choices: dict[tuple, tuple[str, str]] = {}
         self.seconds = 0.0
@@ -136,15 +161,14 @@ class ProductChooser:
         if len(impls) == 1:
             return impls[0]
         x = torch.randn(rows, lin.in_features, generator=torch.Generator().manual_seed(0))
-        best: dict[str, float] = {}
         for impl in impls:
             lin.run(impl, x)  # warm
-            times = []
-            for _ in range(self.repeats):
+        best = dict.fromkeys(impls, float("inf"))
+        for _ in range(self.repeats):  # in turns, so that a burst of load elsewhere hits them alike
+            for impl in impls:
                 t = time.perf_counter()
                 lin.run(impl, x)
-                times.append(time.perf_counter() - t)
-            best[impl] = min(times)
+                best[impl] = min(best[impl], time.perf_counter() - t)
         return min(best, key=best.get)
 
     def summary(self) -> str:

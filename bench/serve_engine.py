@@ -75,8 +75,8 @@ def main() -> int:
             decode.append(time.perf_counter() - t)
     ms = lambda xs: round(statistics.median(xs) * 1000, 1)  # noqa: E731
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([".venv/bin/python", *sys.argv]),
-              "args": vars(args), "mkl_packed": engine.runner.model.packed,
-              "decode_kernels": engine.runner.model.fast_decode,
+              "args": vars(args), "backend": type(engine.backend).__name__,
+              "decode_kernels": engine.backend.describe()[0], "products": engine.backend.describe()[1],
               "huge_page_mib": huge_pages_in_use() >> 20,
               f"prefill_1x{args.prompt_tokens}_ms": {"median": ms(single[1:]), "all": [round(x * 1000, 1) for x in single[1:]]},
               f"prefill_{args.seqs}x{args.prompt_tokens}_ms": {"median": ms(burst[1:]), "all": [round(x * 1000, 1) for x in burst[1:]]},

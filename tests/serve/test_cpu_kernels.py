@@ -14,13 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from tenacia.serve.config import EngineConfig
+from tenacia.serve.engine.backend import rms_norm, rotate
 from tenacia.serve.engine.cpu import kernels as decode_kernels
+from tenacia.serve.engine.cpu.backend import KernelBackend
 from tenacia.serve.engine.cpu.products import PackedLinear
 from tenacia.serve.engine.llm_engine import LLMEngine
-from tenacia.serve.engine.packed import rms_norm, rotate
 from tenacia.serve.engine.sequence import SamplingParams
 
 from ..conftest import needs_cc
+from .tiny import one_thread  # noqa: F401 (a fixture)
 
 ISAS = [pytest.param("avx512", marks=[pytest.mark.avx512, needs_cc]),
         pytest.param("avx2", marks=[pytest.mark.avx2, needs_cc]),
@@ -172,7 +174,7 @@ def test_the_engine_answers_the_same_with_and_without_the_kernel(kernels, model,
     answers = []
     for small in (True, False):
         engine = LLMEngine(model, tokenizer, eos_ids={2}, cfg=EngineConfig(decode_kernels=small), device=torch.device("cpu"))
-        assert engine.runner.model.fast_decode is small
+        assert isinstance(engine.backend, KernelBackend) is small
         params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
         for i, t in enumerate(texts):
             engine.add_request(f"r{i}", tokenizer.encode(t).ids, params)
@@ -200,3 +202,40 @@ def test_decode_attention_equals_sdpa_over_each_sequences_own_keys(kernels, head
     for b, n in enumerate(lengths):
         want = F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], enable_gqa=True)
         torch.testing.assert_close(got[b:b + 1], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("heads, kv_heads, hd", [(9, 3, 64), (10, 2, 48)])
+def test_the_kernel_backends_decode_attention_equals_the_torch_backends_for_every_batch_size(kernels, heads, kv_heads,
+                                                                                             hd, one_thread):
+    """Store and attend through a real decode mirror, for every batch from 1 sequence to the
+    engine's largest (``EngineConfig.max_num_seqs``), on both attention paths of the kernel
+    (register-resident for (9, 3, 64), general for (10, 2, 48)): the same output, cache and mirror
+    as the torch backend (SDPA with a mask)."""
+    from tenacia.serve.engine.backend import TorchBackend
+    from tenacia.serve.engine.kv_cache import PagedKVCache
+    from tenacia.serve.engine.mirror import DecodeLayout, DecodeMirror
+
+    bs, gen = 16, torch.Generator().manual_seed(hd)
+    for B in range(1, EngineConfig().max_num_seqs + 1):
+        lengths = [1 + (37 * b + B) % 90 for b in range(B)]
+        per_seq = -(-max(lengths) // bs)
+        tables = [list(range(b * per_seq, (b + 1) * per_seq)) for b in range(B)]
+        slots = torch.tensor([t[(n - 1) // bs] * bs + (n - 1) % bs for t, n in zip(tables, lengths, strict=True)])
+        layout = DecodeLayout(slots, tuple(range(B)), lengths, tables)
+        fused = torch.randn(B, (heads + 2 * kv_heads) * hd, generator=gen)  # q, k, v: views of one product
+        q = fused[:, :heads * hd].view(B, heads, 1, hd)
+        k = fused[:, heads * hd:(heads + kv_heads) * hd].view(B, kv_heads, 1, hd)
+        v = fused[:, (heads + kv_heads) * hd:].view(B, kv_heads, 1, hd)
+        stored = torch.randn(2, 1, B * per_seq * bs, kv_heads, hd, generator=gen)
+        results = []
+        for backend in (KernelBackend(kernels, None), TorchBackend()):
+            cache = PagedKVCache(n_layers=1, n_kv_heads=kv_heads, head_dim=hd, num_blocks=B * per_seq, block_size=bs,
+                                 dtype=torch.float32, device=torch.device("cpu"))
+            cache.k.copy_(stored[0])
+            cache.v.copy_(stored[1])
+            mirror = DecodeMirror(cache)
+            mirror.begin(layout)
+            out = backend.decode_attention(0, q, k, v, cache.k[0], cache.v[0], slots, mirror)
+            results.append((out, cache.k, cache.v, mirror.k, mirror.v))
+        for got, want in zip(*results, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m, B=B: f"{B} sequences: {m}")

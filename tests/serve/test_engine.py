@@ -3,10 +3,17 @@ chunked prefill, preemption under a small cache, sampling parameters, seeds, sto
 
 from __future__ import annotations
 
+import os
+from unittest import mock
+
 import pytest
 import torch
 
 from tenacia.serve.config import EngineConfig
+from tenacia.serve.engine.backend import TorchBackend
+from tenacia.serve.engine.cpu import kernels as dk
+from tenacia.serve.engine.cpu.backend import CpuBackend, KernelBackend
+from tenacia.serve.engine.cpu.kernels import ISA_ENV
 from tenacia.serve.engine.detokenizer import Detokenizer, TextState
 from tenacia.serve.engine.llm_engine import LLMEngine
 from tenacia.serve.engine.sampling import apply_penalties
@@ -18,12 +25,22 @@ from .tiny import one_thread  # noqa: F401 (a fixture)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
-# the engine with and without the CPU decode kernels (the best build this CPU runs; a compiler)
-KERNELS = [pytest.param(True, id="decode-kernels", marks=[needs_cc]), pytest.param(False, id="torch-ops")]
+# the engine's backends on a CPU: the decode kernels (the best build this CPU runs; a compiler),
+# torch ops with the timed CPU products (--no-decode-kernels), and the plain torch backend an
+# accelerator runs (TENACIA_ISA=torch)
+KERNELS = [pytest.param(True, id="decode-kernels", marks=[needs_cc]), pytest.param(False, id="cpu-products"),
+           pytest.param("torch", id="torch-backend")]
+BACKENDS = {True: KernelBackend, False: CpuBackend, "torch": TorchBackend}
 
 
-def make_engine(model, tokenizer, **cfg) -> LLMEngine:
-    return LLMEngine(model, tokenizer, eos_ids={2}, cfg=EngineConfig(**cfg), device=CPU)
+def make_engine(model, tokenizer, decode_kernels=True, **cfg) -> LLMEngine:
+    """``decode_kernels``: True, False or "torch" (the plain torch backend, as TENACIA_ISA=torch)."""
+    env = {ISA_ENV: "torch"} if decode_kernels == "torch" else {}
+    with mock.patch.dict(os.environ, env):
+        engine = LLMEngine(model, tokenizer, eos_ids={2}, cfg=EngineConfig(decode_kernels=bool(decode_kernels), **cfg),
+                           device=CPU)
+    assert type(engine.backend) is BACKENDS[decode_kernels] or (decode_kernels is True and dk.available())
+    return engine
 
 
 def run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]]) -> dict:
@@ -74,7 +91,6 @@ def test_paged_batched_chunked_matches_plain_forward(model, tokenizer, kernels):
         assert reason == "length"
         assert max(abs(a.logprob - b) for a, b in zip(lps, want_lps, strict=True)) < 1e-4
     assert engine.cache.allocator.num_free == engine.cache.allocator.num_blocks  # all blocks back
-    assert engine.runner.model.fast_decode is kernels and (engine.cache.kernels is not None) is kernels
 
 
 def test_small_cache_waits_and_preempts_but_answers_the_same(model, tokenizer):
@@ -270,10 +286,10 @@ def test_warm_up_leaves_no_trace(model, tokenizer):
 
 @pytest.mark.parametrize("kernels", KERNELS)
 def test_decode_mirror_follows_joins_leaves_and_growth(model, tokenizer, kernels):
-    """The decode mirror (kv_cache.py) is appended to while the batch stays the same and rebuilt
+    """The decode mirror (mirror.py) is appended to while the batch stays the same and rebuilt
     when a sequence leaves, a new one is prefilled, or a row outgrows its headroom: tokens equal
     a cache-free forward throughout."""
-    from tenacia.serve.engine.kv_cache import MIRROR_HEADROOM
+    from tenacia.serve.engine.mirror import MIRROR_HEADROOM
 
     engine = make_engine(model, tokenizer, block_size=4, kv_cache_tokens=2048, decode_kernels=kernels)
     ps = prompts(tokenizer)
@@ -294,5 +310,5 @@ def test_decode_mirror_follows_joins_leaves_and_growth(model, tokenizer, kernels
         tokens, lps = reference_greedy(model, p, n)
         assert [lp.token_id for lp in out[f"r{i}"]] == tokens, i
         assert max(abs(a.logprob - b) for a, b in zip(out[f"r{i}"], lps, strict=True)) < 1e-4, i
-    rebuilds = engine.cache.mirror_rebuilds
+    rebuilds = engine.attention.mirror.rebuilds
     assert 3 <= rebuilds <= decode_steps // 4, (rebuilds, decode_steps)

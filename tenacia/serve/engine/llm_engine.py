@@ -17,8 +17,9 @@ from tokenizers import Tokenizer
 
 from ...model.llama import Llama
 from ..config import EngineConfig
-from .cpu import kernels as decode_kernels
-from .cpu.products import ProductChooser
+from .attention import PagedAttention
+from .backend import TorchBackend
+from .cpu.backend import cpu_backend
 from .detokenizer import Detokenizer, TextState
 from .kv_cache import PagedKVCache
 from .packed import PackedLlama
@@ -88,18 +89,20 @@ class LLMEngine:
         self.eos_ids = frozenset(eos_ids)
         self.max_context = mc.max_seq_len
         dtype = next(model.parameters()).dtype
-        # the decode kernels, chosen once here and handed to the model and the cache
-        on_cpu = device.type == "cpu" and dtype == torch.float32
-        self.kernels, self.kernels_state = decode_kernels.choose(cfg.decode_kernels and on_cpu)
-        if not on_cpu:
-            self.kernels_state = ""  # accelerators: not applicable
+        # the backend, chosen once here: the model's every operation runs in it
+        if device.type == "cpu" and dtype == torch.float32:
+            self.backend: TorchBackend = cpu_backend(kernels=cfg.decode_kernels, products=cfg.products,
+                                                     n_heads=mc.n_heads, n_kv_heads=mc.n_kv_heads,
+                                                     head_dim=mc.head_dim)
+        else:
+            self.backend = TorchBackend()
         self.cache = PagedKVCache(n_layers=mc.n_layers, n_kv_heads=mc.n_kv_heads, head_dim=mc.head_dim,
                                   num_blocks=cfg.num_blocks, block_size=cfg.block_size, dtype=dtype, device=device,
-                                  prefix_caching=cfg.prefix_caching, kernels=self.kernels)
+                                  prefix_caching=cfg.prefix_caching)
+        self.attention = PagedAttention(self.cache, self.backend)
         self.scheduler = Scheduler(self.cache.allocator, max_num_seqs=cfg.max_num_seqs,
                                    max_batched_tokens=cfg.max_batched_tokens)
-        self.chooser = ProductChooser() if on_cpu and cfg.products == "timed" else None
-        self.runner = ModelRunner(PackedLlama(model, kernels=self.kernels, chooser=self.chooser), self.cache, device)
+        self.runner = ModelRunner(PackedLlama(model, self.backend), self.attention, device)
         self.detokenizer = Detokenizer(tokenizer)
         self.metrics = metrics
         self._texts: dict[int, _Text] = {}

@@ -124,11 +124,11 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
     except Exception as e:
         conn.send(Failed(f"{type(e).__name__}: {e}"))
         return
+    kernels, products = engine.backend.describe()
     conn.send(Ready(EngineInfo(
         max_context=engine.max_context, vocab_size=served.config.vocab_size, capacity_tokens=engine.capacity_tokens,
         device=device.type, dtype=str(device.serve_dtype).removeprefix("torch."),
-        huge_page_bytes=huge_pages_in_use(), decode_kernels=_kernels_state(engine),
-        products=engine.chooser.summary() if engine.chooser is not None else "", pid=os.getpid())))
+        huge_page_bytes=huge_pages_in_use(), decode_kernels=kernels, products=products, pid=os.getpid())))
     EngineWorker(engine, conn, recorder).serve()
 
 
@@ -185,17 +185,6 @@ class EngineWorker:
             self.conn.send(StepFailed(parts, f"the engine failed during a step: {type(e).__name__}: {e}"))
             return
         self.conn.send(Deltas(deltas, self.recorder.drain()))
-
-
-def _kernels_state(engine: Any) -> str:
-    """For the start-up line: which decode kernels the steps run in and, if none, why."""
-    if engine.runner.model.fast_decode:
-        return f"on ({engine.kernels.isa})"
-    if not engine.kernels_state:
-        return ""  # accelerators: not applicable, say nothing
-    if engine.kernels is not None:
-        return f"off (this model shape is not supported by the {engine.kernels.isa} kernels)"
-    return f"off ({engine.kernels_state})"
 
 
 class ProcessEngine:

@@ -1,9 +1,9 @@
 """Turns a scheduled batch into model inputs, runs the model, and samples.
 
 The model (``PackedLlama``, the serving layout of a ``Llama``) runs its own layers; the runner only
-lays out tokens, positions and cache slots, and computes the output projection for the rows that
-will be sampled (the last prompt token of each finished prefill, every row of a decode) rather than
-for every prompt token.
+lays out tokens, positions and cache slots (handing the step's layout to ``PagedAttention``), and
+computes the output projection for the rows that will be sampled (the last prompt token of each
+finished prefill, every row of a decode) rather than for every prompt token.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .kv_cache import DecodeLayout, PagedKVCache, PrefillLayout
+from .attention import PagedAttention, PrefillLayout
+from .mirror import DecodeLayout
 from .packed import PackedLlama
 from .sampling import Sampler
 from .scheduler import Batch
@@ -19,8 +20,9 @@ from .sequence import Sequence, TokenLogprob
 
 
 class ModelRunner:
-    def __init__(self, model: PackedLlama, cache: PagedKVCache, device: torch.device):
-        self.model, self.cache, self.device = model, cache, device
+    def __init__(self, model: PackedLlama, attention: PagedAttention, device: torch.device):
+        self.model, self.attention, self.device = model, attention, device
+        self.cache = attention.cache
         self.sampler = Sampler()
 
     @torch.inference_mode()
@@ -33,10 +35,10 @@ class ModelRunner:
             tokens, positions, rows, sampling = self._prepare_decode(batch)
         for seq, n in zip(batch.seqs, batch.chunks, strict=True):
             seq.num_cached += n
-        hidden = self.model.hidden(tokens, positions, self.cache)
+        hidden = self.model.hidden(tokens, positions, self.attention, decode=not batch.prefill)
         if not sampling:  # a prompt chunk: it only filled the cache
             return []
-        logits = self.model.logits(hidden.reshape(-1, hidden.size(-1))[rows])  # (S, vocab)
+        logits = self.model.logits(hidden[rows])  # (S, vocab)
         chosen, logprobs = self.sampler(logits, sampling)
         return list(zip(sampling, chosen, logprobs, strict=True))
 
@@ -61,16 +63,15 @@ class ModelRunner:
             if start + n == seq.num_tokens:  # the prompt is complete: sample from its last token
                 rows.append(len(tokens) - 1)
                 sampling.append(seq)
-        self.cache.begin_prefill(PrefillLayout(self._tensor(slots), list(batch.chunks), starts, context_slots))
-        return (self._tensor(tokens).unsqueeze(0), self._tensor(positions).unsqueeze(0),
-                self._tensor(rows), sampling)
+        self.attention.begin_prefill(PrefillLayout(self._tensor(slots), list(batch.chunks), starts, context_slots))
+        return self._tensor(tokens), self._tensor(positions), self._tensor(rows), sampling
 
     def _prepare_decode(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, list[Sequence]]:
         seqs = batch.seqs
         last = [s.num_tokens - 1 for s in seqs]
         slots = [self.cache.slot(s.block_table, p) for s, p in zip(seqs, last, strict=True)]
-        self.cache.begin_decode(DecodeLayout(self._tensor(slots), tuple((s.request_id, s.index) for s in seqs),
+        self.attention.begin_decode(DecodeLayout(self._tensor(slots), tuple((s.request_id, s.index) for s in seqs),
                                              [s.num_tokens for s in seqs], [s.block_table for s in seqs]))
-        tokens = self._tensor([s.last_token for s in seqs]).unsqueeze(1)  # (B, 1)
-        positions = self._tensor(last).unsqueeze(1)
+        tokens = self._tensor([s.last_token for s in seqs])  # (B,)
+        positions = self._tensor(last)
         return tokens, positions, torch.arange(len(seqs), device=self.device), seqs

@@ -1,5 +1,6 @@
 """What the engine runs on a CPU: the decode kernels, MKL's packed products and the host's memory.
 
+- ``backend.py``: the CPU backends the engine chooses among (``engine/backend.py``);
 - ``kernels.py`` + ``kernels_avx512.c``, ``kernels_vec.c``: hand-written float32 kernels for the
   decode step, one build per instruction set, chosen once at the engine's start;
 - ``products.py``: a projection's weight in the layouts it runs in (MKL packed, the kernels'

@@ -14,13 +14,13 @@ went, and the decode kernels": ``bench/decode_kernels.py`` for the products alon
 
 ``add_rms_norm``, ``rotary_``, ``silu_mul``, the elementwise work between the products: one call
 each where torch runs five to eight ops of a few microseconds (residual add and RMSNorm; rotary on
-q and k in place; SiLU(gate) * up). ``packed.PackedBlock.fused`` strings them together with the
-small GEMM in a decode step, and uses them between MKL's products for a prefill's packed prompt
-tokens, shared among the threads, which shortens a prefill too (measured in docs/serving.md,
+q and k in place; SiLU(gate) * up). ``backend.KernelBackend`` hands them to the model's one
+forward (``packed.py``), between the products of a decode step and of a prefill's packed prompt
+tokens alike, shared among the threads, which shortens a prefill too (measured in docs/serving.md,
 "Speed", the table of changes).
 
 ``store_kv`` and ``decode_attention``, one new token per sequence written to its cache slot and
-its row of the decode mirror of ``kv_cache.py``, then attending over the mirror:
+its row of the decode mirror (``engine/mirror.py``), then attending over the mirror:
 each sequence reads only its own keys (no padding, no mask), one task per (sequence, key/value
 head) taken dynamically by the threads.
 
@@ -29,8 +29,8 @@ Which build (``ISAS``, best first): ``avx512`` is the hand-written ``kernels_avx
 are ``kernels_vec.c``, written once with vector types and compiled for each. ``choose``
 takes the best one this CPU offers (``tenacia.device.cpu_features``), once, at the engine's start;
 ``$TENACIA_ISA`` (``avx512``, ``avx2``, ``generic`` or ``torch`` for none) forces one, so a run can
-be reproduced exactly. The engine passes the ``Kernels`` it got (or None) to the model and the
-cache; nothing else decides.
+be reproduced exactly. ``backend.cpu_backend`` turns the ``Kernels`` it got (or None) into the
+engine's backend; nothing else decides.
 
 How: the C file is compiled once with the system C compiler (``$CC``, else ``cc``) into
 ``<cache_root()>/kernels/`` keyed by a hash of its source, flags and compiler, then loaded with

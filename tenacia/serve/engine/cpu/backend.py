@@ -1,0 +1,89 @@
+"""The CPU backends (see ``engine/backend.py``), and the choice among them.
+
+- ``CpuBackend``: float32 on a CPU, the products as ``products.PackedLinear`` (each projection's
+  implementation timed on this CPU at start by ``products.ProductChooser``, or the defaults
+  without one), the elementwise work and attention as torch ops;
+- ``KernelBackend``: the same, given one build of the decode kernels (``kernels.choose``): the
+  products of a decode step may also run in the kernels' panels, gate and up run as one product
+  in a decode, and the elementwise work and the decode attention run in the kernels.
+
+``cpu_backend`` picks once, at the engine's start: ``KernelBackend`` where a build runs on this
+CPU and the model's shape suits it, else ``CpuBackend``; ``$TENACIA_ISA`` forces a build
+(``avx512``, ``avx2``, ``generic``) or ``torch``: the plain ``TorchBackend`` (torch ops and
+``F.linear``, what an accelerator runs), so that a run can be reproduced exactly.
+``describe()`` says which, and why not the kernels.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import Tensor
+
+from ..backend import DecodeRows, TorchBackend
+from . import kernels as dk
+from .products import PackedLinear, ProductChooser
+
+
+class CpuBackend(TorchBackend):
+    """Torch ops and the timed products (module docstring). ``why``: why no kernels run."""
+
+    def __init__(self, chooser: ProductChooser | None, why: str):
+        super().__init__(why)
+        self.chooser = chooser
+        self.kernels: dk.Kernels | None = None
+
+    def linear(self, weight: Tensor, bias: Tensor | None = None, runs_in: str = "both") -> PackedLinear:
+        return PackedLinear(weight, bias, kernels=self.kernels, chooser=self.chooser, runs_in=runs_in)
+
+    def describe(self) -> tuple[str, str]:
+        return f"off ({self.why})", self.chooser.summary() if self.chooser is not None else ""
+
+
+class KernelBackend(CpuBackend):
+    """The decode kernels of one instruction set (module docstring); ``supports`` says whether a
+    model's shape suits them."""
+
+    fuse_gate_up = True
+
+    def __init__(self, kernels: dk.Kernels, chooser: ProductChooser | None):
+        super().__init__(chooser, "")
+        self.kernels = kernels
+        self.add_rms_norm = kernels.add_rms_norm
+        self.rotary_ = kernels.rotary_
+        self.silu_mul = kernels.silu_mul
+        self.silu_mul_pair = kernels.silu_mul_pair
+
+    @staticmethod
+    def supports(n_heads: int, n_kv_heads: int, head_dim: int) -> str | None:
+        """None where the kernels run this attention shape, else why not."""
+        if head_dim % 2 or head_dim > dk.MAX_HEAD_DIM:
+            return f"a head size of {head_dim}: the kernels need an even head size of at most {dk.MAX_HEAD_DIM}"
+        if n_heads % n_kv_heads or n_heads // n_kv_heads > dk.MAX_GROUP:
+            return (f"{n_heads} query heads on {n_kv_heads} key/value heads: the kernels need at most "
+                    f"{dk.MAX_GROUP} query heads per key/value head")
+        return None
+
+    def decode_attention(self, layer: int, q: Tensor, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor,
+                         slots: Tensor, mirror: DecodeRows) -> Tensor:
+        mk, mv = mirror.k[layer], mirror.v[layer]
+        self.kernels.store_kv(k, v, cache_k, cache_v, slots, mk, mv, mirror.lengths)
+        return self.kernels.decode_attention(q, mk, mv, mirror.lengths)
+
+    def describe(self) -> tuple[str, str]:
+        return f"on ({self.kernels.isa})", self.chooser.summary() if self.chooser is not None else ""
+
+
+def cpu_backend(*, kernels: bool, products: str, n_heads: int, n_kv_heads: int, head_dim: int) -> TorchBackend:
+    """The backend for float32 on this CPU. ``kernels``: allow the decode kernels (False:
+    ``--no-decode-kernels``); ``products``: "timed" or "default" (``EngineConfig.products``)."""
+    chosen, state = dk.choose(kernels)
+    if kernels and os.environ.get(dk.ISA_ENV, "").strip() == "torch":
+        return TorchBackend(f"{state}: torch ops and F.linear")
+    chooser = ProductChooser() if products == "timed" else None
+    if chosen is None:
+        return CpuBackend(chooser, state)
+    unsuited = KernelBackend.supports(n_heads, n_kv_heads, head_dim)
+    if unsuited:
+        return CpuBackend(chooser, f"this model's shape does not suit the {chosen.isa} kernels: {unsuited}")
+    return KernelBackend(chosen, chooser)

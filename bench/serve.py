@@ -236,6 +236,8 @@ def free_port() -> int:
 def start_tenacia(args) -> tuple[Server, str, str]:
     log("tenacia: starting `tenacia serve smollm2`")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if args.isa:  # tenacia's kernels forced (avx512, avx2, generic) or none (torch)
+        env["TENACIA_ISA"] = args.isa
     port = free_port()
     cmd = [sys.executable, "-m", "tenacia", "serve", "smollm2", "--port", str(port), "--threads", str(args.threads)]
     if not args.prefix_caching:
@@ -406,11 +408,20 @@ def ratios(results: dict, levels: list[int]) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    """The CPU (model name, x86 family/model, the instruction sets the kernels choose by), cores,
+    versions and load."""
+    info = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+    from tenacia.device import cpu_features
+
+    return {"cpu": info.get("model name") or platform.processor(),
+            "cpu_family_model": f"{info.get('cpu family', '?')}/{info.get('model', '?')}",
+            "isa": sorted(cpu_features() & {"avx512f", "avx2", "fma", "neon"}),
+            "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "load_average": os.getloadavg()}
 
 
@@ -424,6 +435,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, help="repeat each measurement; report the fastest round")
     p.add_argument("--prefix-caching", action="store_true",
                    help="leave tenacia's prefix caching on (repeated prompts then hit the cache)")
+    p.add_argument("--isa", choices=("avx512", "avx2", "generic", "torch"),
+                   help="force tenacia's kernel build (TENACIA_ISA), or torch for the plain torch backend")
     p.add_argument("--skip-vllm", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-tenacia", action="store_true")
@@ -448,7 +461,7 @@ def main() -> int:
                      "setup": {"model": "SmolLM2-135M-Instruct", "dtype": "float32", "prompts": args.prompts,
                                "prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens,
                                "greedy": True, "ignore_eos": True, "threads": args.threads,
-                               "tenacia_prefix_caching": args.prefix_caching,
+                               "tenacia_prefix_caching": args.prefix_caching, "tenacia_isa": args.isa or "best",
                                "rounds": args.rounds},
                      "machine_before": machine(), "machine_rates": rates,
                      "floors": {str(c): decode_floors(shape, c, context, rates) for c in args.levels}}

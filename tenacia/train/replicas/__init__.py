@@ -8,6 +8,8 @@ Along a step's path:
 - ``coordinator.py``: the leader role inside the lowest live replica: quorums, votes, commits,
   takeover (the fault-tolerance contract is its docstring);
 - ``member.py``: a member's link to its leader (heartbeats, silence, failover);
+- ``protocol.py``: every message, typed, and its one conversion to and from the wire;
+- ``timing.py``: every period and timeout, in one ``Timing`` built from the config;
 - ``lease.py``: leader terms claimed in the run directory, and the fence;
 - ``shares.py``: who computes which samples of the global batch, and salvaged gradients;
 - ``group.py``: a fresh gloo group per quorum, old ones retired off the training thread;

@@ -24,12 +24,39 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .coordinator import Coordinator
+from .protocol import (
+    Bye,
+    Expelled,
+    Frozen,
+    Heartbeat,
+    Hello,
+    LeaderLost,
+    Message,
+    Notice,
+    Quorum,
+    Redirect,
+    Retry,
+    Vote,
+    Welcome,
+)
+from .timing import Timing
 from .wire import Conn, listen, serve_forever, sock_addr
 
-HEARTBEAT_S = 0.1
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """What the training thread is doing, as its hellos and heartbeats report it: in ``phase`` of
+    ``step``, with ``committed`` applied and ``pending`` (with its vote) awaiting a verdict."""
+
+    step: int
+    phase: str
+    committed: int
+    pending: int | None = None
+    pending_vote: Vote | None = None
 
 
 class ControlServer:
@@ -50,17 +77,17 @@ class ControlServer:
         except ConnectionError:
             return
         coord = self.coordinator
-        if msg.get("type") != "hello":
+        if not isinstance(msg, Hello):
             conn.close()
             return
         if coord is None or coord.stopped:
             if self.lost_leader or self.leader_addr is None:
-                conn.try_send({"type": "retry", "replica": self.replica, "term": self.term})
+                conn.try_send(Retry(replica=self.replica, term=self.term))
             else:
-                conn.try_send({"type": "redirect", "leader": self.leader_addr})
+                conn.try_send(Redirect(self.leader_addr))
             conn.close()
             return
-        rid = int(msg["replica"])
+        rid = msg.replica
         coord.on_hello(conn, msg)
         try:
             while True:
@@ -73,16 +100,18 @@ class ControlServer:
 class LeaderLink:
     """The member's connection to the current leader, with heartbeats and failover."""
 
-    def __init__(self, replica: int, server: ControlServer, heal_addr: str, status: Callable[[], dict[str, Any]],
-                 make_coordinator: Callable[..., Coordinator], events: Any):
+    def __init__(self, replica: int, server: ControlServer, heal_addr: str, status: Callable[[], MemberStatus],
+                 make_coordinator: Callable[..., Coordinator], events: Any, timing: Timing):
         self.replica, self.server, self.heal_addr = replica, server, heal_addr
         self.status = status  # committed step, pending step, phase, ... of the training thread
         self.make_coordinator = make_coordinator
         self.events = events
-        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.timing = timing
+        self.inbox: queue.Queue[Message | Notice] = queue.Queue()
         self.conn: Conn | None = None
         self.leader: int | None = None
-        self.last_quorum: dict[str, Any] | None = None
+        self._quorum_lock = threading.Lock()
+        self.last_quorum: Quorum | None = None  # the newest quorum received, at the step its members run
         self.term = 0
         self._last_rx = self._tick = time.monotonic()
         self._stop = False
@@ -91,17 +120,25 @@ class LeaderLink:
         self.frozen = threading.Event()  # set when we find we were frozen: rejoin as newcomer
 
     # ----- connecting -----------------------------------------------------------------------------
-    def hello(self) -> dict[str, Any]:
+    def hello(self) -> Hello:
         s = self.status()
-        return {"type": "hello", "replica": self.replica, "control": self.server.addr, "heal": self.heal_addr,
-                "committed": s["committed"], "pending": s["pending"], "pending_vote": s.get("pending_vote"),
-                "quorum_seen": self.last_quorum["quorum_id"] if self.last_quorum else 0}
+        return Hello(replica=self.replica, control=self.server.addr, heal=self.heal_addr, committed=s.committed,
+                     pending=s.pending, pending_vote=s.pending_vote,
+                     quorum_seen=self.last_quorum.quorum_id if self.last_quorum else 0)
 
-    def connect(self, seeds: Callable[[], list[str]], deadline_s: float = 60.0, elect_after_s: float = 0.75) -> None:
+    def advance(self, q: Quorum) -> None:
+        """The training thread moved quorum ``q`` on a step: remember it at that step (a takeover
+        salvages from it), unless a newer quorum arrived meanwhile."""
+        with self._quorum_lock:
+            if self.last_quorum is None or self.last_quorum.quorum_id == q.quorum_id:
+                self.last_quorum = q
+
+    def connect(self, seeds: Callable[[], list[str]]) -> None:
         """Join through any seed address (following redirects). If every reachable seed is itself
-        leaderless for ``elect_after_s`` and this replica has the lowest id among them, lead."""
+        leaderless for ``Timing.elect_after_s`` and this replica has the lowest id among them, lead."""
         t0 = time.monotonic()
         leaderless_since: float | None = None
+        deadline_s, elect_after_s = self.timing.join_deadline_s, self.timing.elect_after_s
         while time.monotonic() - t0 < deadline_s:
             self._retries: dict[int, int] = {}
             self._silent = 0  # seeds that neither answered nor refused: alive maybe, so no election
@@ -117,12 +154,12 @@ class LeaderLink:
                         return
             else:
                 leaderless_since = None
-            time.sleep(0.05)
+            time.sleep(self.timing.retry_s)
         raise TimeoutError(f"replica {self.replica}: no leader reachable through {seeds()} in {deadline_s:.0f}s")
 
-    def _try(self, addr: str, hops: int = 4, timeout: float = 1.0) -> bool:
+    def _try(self, addr: str, hops: int = 4, timeout: float | None = None) -> bool:
         try:
-            conn = Conn.connect(addr, timeout=timeout)
+            conn = Conn.connect(addr, timeout=timeout or self.timing.connect_s)
         except ConnectionRefusedError:
             return False  # nobody listens there: that replica is gone
         except OSError:
@@ -135,21 +172,21 @@ class LeaderLink:
             self._silent = getattr(self, "_silent", 0) + 1
             conn.close()
             return False
-        if msg["type"] == "redirect" and hops > 0:
+        if isinstance(msg, Redirect) and hops > 0:
             conn.close()
-            if msg["leader"] != (self._lost or ("",))[0]:
-                return self._try(msg["leader"], hops - 1)
+            if msg.address != (self._lost or ("",))[0]:
+                return self._try(msg.address, hops - 1)
             if time.monotonic() < self._lost[1]:
                 return False  # a peer that has not noticed the loss yet: ask it again shortly
             self._lost = None  # ask the lost leader once (only our link to it may have broken)
-            return self._try(msg["leader"], hops - 1, timeout=min(1.0, self.freeze_limit()))
-        if msg["type"] == "retry" and hasattr(self, "_retries"):
-            self._retries[int(msg["replica"])] = int(msg.get("term", 0))
-        if msg["type"] != "welcome":
+            return self._try(msg.address, hops - 1, timeout=min(self.timing.connect_s, self.freeze_limit()))
+        if isinstance(msg, Retry) and hasattr(self, "_retries"):
+            self._retries[msg.replica] = msg.term
+        if not isinstance(msg, Welcome):
             conn.close()
             return False
         conn.settimeout(None)
-        self.conn, self.leader, self.term = conn, msg["leader"], msg["term"]
+        self.conn, self.leader, self.term = conn, msg.leader, msg.term
         self.server.term = self.term
         self.server.leader_addr, self.server.lost_leader = addr, False
         self._last_rx = time.monotonic()
@@ -160,7 +197,7 @@ class LeaderLink:
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
 
     # ----- running ---------------------------------------------------------------------------------
-    def send(self, msg: dict[str, Any]) -> None:
+    def send(self, msg: Message) -> None:
         if self.conn is not None:
             self.conn.try_send(msg)
 
@@ -169,16 +206,18 @@ class LeaderLink:
             while True:
                 msg, _ = conn.recv()
                 self._last_rx = time.monotonic()
-                if msg["type"] == "quorum":
-                    msg["received_t"] = time.time()  # for the quorum's phase timings (docs/events.md)
-                    self.last_quorum = msg
+                if isinstance(msg, Quorum):
+                    msg = replace(msg, received_t=time.time())  # for the quorum's phase timings (docs/events.md)
+                    with self._quorum_lock:
+                        self.last_quorum = msg
                 self.inbox.put(msg)
         except ConnectionError:
             if conn is self.conn and not self._stop:
-                self.inbox.put({"type": "leader_lost", "why": "connection closed", "at": time.monotonic()})
+                self.inbox.put(LeaderLost(why="connection closed", at=time.monotonic()))
 
     def freeze_limit(self) -> float:
-        return max((self.last_quorum or {}).get("hang_timeout", 1.0), 0.5)
+        q = self.last_quorum
+        return self.timing.frozen_after(q.hang_timeout if q else self.timing.hang_before_quorum_s)
 
     def was_frozen(self) -> bool:
         """True once this process has been stopped longer than the hang timeout (a stale heartbeat
@@ -189,24 +228,25 @@ class LeaderLink:
 
     def _heartbeat(self) -> None:
         while not self._stop:
-            time.sleep(HEARTBEAT_S)
+            time.sleep(self.timing.heartbeat_s)
             now = time.monotonic()
             timeout = self.freeze_limit()
             if self.was_frozen():
-                self.inbox.put({"type": "frozen", "gap_s": now - self._tick})
+                self.inbox.put(Frozen(gap_s=now - self._tick))
                 return
             self._tick = now
             s = self.status()
-            self.send({"type": "heartbeat", "replica": self.replica, **s, "pending_vote": None})
+            self.send(Heartbeat(replica=self.replica, step=s.step, phase=s.phase, committed=s.committed,
+                                pending=s.pending))
             # silence counts only if nothing waits unread: a member starved of CPU may run this
             # thread before its reader thread has taken the leader's pending messages
             if (self.conn is not None and self.leader != self.replica and now - self._last_rx > timeout
                     and not self.conn.has_unread()):
                 conn, self.conn = self.conn, None
                 conn.close()
-                self.inbox.put({"type": "leader_lost", "why": f"silent for {now - self._last_rx:.2f}s", "at": now})
+                self.inbox.put(LeaderLost(why=f"silent for {now - self._last_rx:.2f}s", at=now))
             if self._own_leader_stopped(now, timeout):
-                self.inbox.put({"type": "expelled", "reason": "this replica's own coordinator stopped"})
+                self.inbox.put(Expelled("this replica's own coordinator stopped"))
                 return
 
     def _own_leader_stopped(self, now: float, timeout: float) -> bool:
@@ -222,7 +262,7 @@ class LeaderLink:
         self._own_stopped_since = self._own_stopped_since or now
         return now - self._own_stopped_since > timeout
 
-    def failover(self, lost: dict[str, Any]) -> None:
+    def failover(self, lost: LeaderLost) -> None:
         """Find or become the next leader after losing the current one (``lost``: the
         ``leader_lost`` notice, with why and when)."""
         t0 = time.monotonic()
@@ -232,7 +272,7 @@ class LeaderLink:
         self._failover(t0)
         self._lost = None
         self.events.emit("failover_done", replica=self.replica, old_leader=old, leader=self.leader,
-                         why=lost.get("why"), failover_s=round(time.monotonic() - lost.get("at", t0), 4))
+                         why=lost.why, failover_s=round(time.monotonic() - lost.at, 4))
 
     def _failover(self, t0: float) -> None:
         # Peers that have not noticed the loss yet redirect us to the lost leader, and a stopped
@@ -242,17 +282,16 @@ class LeaderLink:
         self.server.lost_leader = True
         old = self.leader
         q = self.last_quorum
-        candidates = sorted(int(r) for r in (q["addrs"] if q else {}) if int(r) != old)
-        addrs = q["addrs"] if q else {}
+        addrs = q.addrs if q else {}
+        candidates = sorted(r for r in addrs if r != old)
         for cand in candidates:
             if cand == self.replica:
                 coord = self.make_coordinator(term=self.term + 1, expected=set(candidates),
-                                              last_quorum_id=q["quorum_id"] if q else 0, takeover_from=t0,
-                                              previous=dict(q) if q else None)
+                                              last_quorum_id=q.quorum_id if q else 0, takeover_from=t0, previous=q)
                 self.server.coordinator = coord
                 if self._try(self.server.addr):
                     return
-            elif self._try_for(addrs[str(cand)]["control"], 3.0):
+            elif self._try_for(addrs[cand].control, self.timing.candidate_s):
                 return
         raise ConnectionError(f"replica {self.replica}: no surviving leader candidate among {candidates}")
 
@@ -260,18 +299,18 @@ class LeaderLink:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             try:
-                conn = Conn.connect(addr, timeout=0.5)
+                conn = Conn.connect(addr, timeout=self.timing.probe_s)
                 conn.close()
             except OSError:
                 return False  # refused: that candidate is dead too
             if self._try(addr):
                 return True
-            time.sleep(0.03)
+            time.sleep(self.timing.candidate_retry_s)
         return False
 
     def close(self, bye: bool = True) -> None:
         self._stop = True
         if self.conn is not None:
             if bye:
-                self.conn.try_send({"type": "bye", "replica": self.replica})
+                self.conn.try_send(Bye(self.replica))
             self.conn.close()

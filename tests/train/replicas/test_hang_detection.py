@@ -12,25 +12,27 @@ import pytest
 from tenacia.events import EventLog, read_events
 from tenacia.train.config import ReplicaConfig
 from tenacia.train.replicas.coordinator import Coordinator
-from tenacia.train.replicas.member import LeaderLink
+from tenacia.train.replicas.member import LeaderLink, MemberStatus
+from tenacia.train.replicas.protocol import Expelled, Heartbeat, Hello, LeaderHeartbeat, LeaderLost
+from tenacia.train.replicas.timing import Timing
 from tenacia.train.replicas.wire import Conn
 
 from .fakes import FakeConn
 
 
 def test_silence_counts_only_while_the_leader_hears_its_own_member(tmp_path):
-    coord = Coordinator(replica=0, term=1, host="127.0.0.1", cfg=ReplicaConfig(count=3, hang_floor_s=0.3),
+    cfg = ReplicaConfig(count=3, hang_floor_s=0.3)
+    coord = Coordinator(replica=0, term=1, host="127.0.0.1", cfg=cfg, timing=Timing.from_config(cfg),
                         total_steps=100, events=EventLog(tmp_path / "events.jsonl", "coordinator:0"),
                         ledger=None, expected={0, 1, 2}, run_dir=tmp_path, batch_size=12)
     try:
         conns = {r: FakeConn() for r in range(3)}
         for r in range(3):
-            coord.on_hello(conns[r], {"type": "hello", "replica": r, "control": f"c{r}", "heal": f"h{r}",
-                                      "committed": 5})
+            coord.on_hello(conns[r], Hello(replica=r, control=f"c{r}", heal=f"h{r}", committed=5))
 
         def beat(*replicas: int) -> None:
             for r in replicas:
-                coord.on_message(r, {"type": "heartbeat", "phase": "compute", "step": 6, "committed": 5})
+                coord.on_message(r, Heartbeat(replica=r, phase="compute", step=6, committed=5))
 
         end = time.monotonic() + 1.0  # nobody heard, our own member included: a starved leader
         while time.monotonic() < end:
@@ -44,7 +46,7 @@ def test_silence_counts_only_while_the_leader_hears_its_own_member(tmp_path):
         assert set(coord.members) == {0, 2}
         lost = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "failure_detected"]
         assert [(e["replica"], e["kind"]) for e in lost] == [(1, "hang")]
-        assert conns[1].sent[-1]["type"] == "expelled"
+        assert isinstance(conns[1].sent[-1], Expelled)
     finally:
         coord.close()
 
@@ -54,8 +56,8 @@ def test_a_replica_whose_own_coordinator_stopped_rejoins_elsewhere():
     stopped (superseded, frozen) for a hang bound, the member is told to rejoin even if the
     coordinator's own ``expelled`` never reached it."""
     server = types.SimpleNamespace(addr="127.0.0.1:1", coordinator=types.SimpleNamespace(stopped=False))
-    link = LeaderLink(0, server, "127.0.0.1:2", lambda: {"step": 1, "phase": "idle", "committed": 0,
-                                                          "pending": None}, None, None)
+    link = LeaderLink(0, server, "127.0.0.1:2", lambda: MemberStatus(step=1, phase="idle", committed=0),
+                      None, None, Timing())
     link.leader = 0
     link.start_heartbeats()
     try:
@@ -63,7 +65,7 @@ def test_a_replica_whose_own_coordinator_stopped_rejoins_elsewhere():
             link.inbox.get(timeout=1.5)  # a silent but running own coordinator: nothing
         server.coordinator.stopped = True
         msg = link.inbox.get(timeout=3.0)  # freeze_limit is 1 s before any quorum
-        assert msg["type"] == "expelled", msg
+        assert isinstance(msg, Expelled), msg
     finally:
         link.close(bye=False)
 
@@ -73,21 +75,21 @@ def test_unread_leader_messages_are_not_silence():
     leader's messages wait unread in the socket, the leader is not declared lost; once they are
     taken and nothing more comes, it is."""
     listener = socket.create_server(("127.0.0.1", 0))
-    conn = Conn.connect(f"127.0.0.1:{listener.getsockname()[1]}")
+    conn = Conn.connect(f"127.0.0.1:{listener.getsockname()[1]}", timeout=2.0)
     leader_side = Conn(listener.accept()[0])
     server = types.SimpleNamespace(addr="127.0.0.1:1", coordinator=None)
-    link = LeaderLink(0, server, "127.0.0.1:2", lambda: {"step": 1, "phase": "idle", "committed": 0,
-                                                          "pending": None}, None, None)
+    link = LeaderLink(0, server, "127.0.0.1:2", lambda: MemberStatus(step=1, phase="idle", committed=0),
+                      None, None, Timing())
     link.conn, link.leader = conn, 1  # no reader thread: as if it had not got the CPU yet
-    leader_side.send({"type": "heartbeat"})
+    leader_side.send(LeaderHeartbeat())
     link._last_rx = time.monotonic() - 5.0  # far beyond the 1 s bound before any quorum
     link.start_heartbeats()
     try:
         with pytest.raises(queue.Empty):
             link.inbox.get(timeout=1.0)  # the leader's heartbeat waits unread: not silence
-        assert conn.recv()[0]["type"] == "heartbeat"  # the reader finally takes it
+        assert isinstance(conn.recv()[0], LeaderHeartbeat)  # the reader finally takes it
         msg = link.inbox.get(timeout=3.0)
-        assert msg["type"] == "leader_lost" and msg["why"].startswith("silent"), msg
+        assert isinstance(msg, LeaderLost) and msg.why.startswith("silent"), msg
     finally:
         link.close(bye=False)
         leader_side.close()

@@ -40,9 +40,8 @@ Contract (what is decided when, what each party may assume):
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,7 @@ from .protocol import (
     Welcome,
 )
 from .shares import even_shares, salvage_shares
-from .timing import Timing
+from .timing import Clock, Timing
 from .wire import Conn
 
 
@@ -83,8 +82,8 @@ class MemberState:
     committed: int
     pending: int | None  # step whose reduced gradients it holds, awaiting a verdict
     quorum_seen: int
+    last_hb: float  # when it was last heard (Clock.now)
     pending_vote: Vote | None = None
-    last_hb: float = field(default_factory=time.monotonic)
     phase: str = "idle"
     phase_step: int | None = None
     phase_since: float = 0.0
@@ -94,9 +93,10 @@ class Coordinator:
     def __init__(self, *, replica: int, term: int, host: str, cfg: ReplicaConfig, timing: Timing, total_steps: int,
                  events: EventLog, ledger: SampleLedger | None, expected: set[int], run_dir: Path, batch_size: int,
                  log_every: int = 10, last_quorum_id: int = 0, takeover_from: float | None = None,
-                 previous: Quorum | None = None):
+                 previous: Quorum | None = None, clock: Clock | None = None):
+        """The leader's state; its monitor thread runs from ``start`` (a test drives ``tick``)."""
         self.replica, self.term, self.cfg, self.total_steps = replica, term, cfg, total_steps
-        self.timing = timing
+        self.timing, self.clock = timing, clock or Clock()
         self.run_dir, self.batch_size = run_dir, batch_size
         self.log_every = log_every
         self.previous = previous  # after a takeover: the old leader's quorum as this member last saw it
@@ -115,16 +115,19 @@ class Coordinator:
         self.step_times: deque[float] = deque(maxlen=timing.step_window)
         self.last_commit_t: float | None = None
         self.stalled_since: float | None = None
-        self.started = self._tick = time.monotonic()
+        self.started = self._tick = self._last_beat = self._last_fence = self.clock.now()
         self.quorum_id_start: int | None = None if self.takeover else last_quorum_id
         self.stopped = False
         self.store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False,
                                    timeout=timedelta(seconds=timing.store_s))
         self.store_addr = f"{host}:{self.store.port}"
-        self._thread = threading.Thread(target=self._monitor, name="coordinator", daemon=True)
-        self._thread.start()
         events.emit("coordinator_changed", coordinator=replica, term=term,
-                    takeover_s=None if takeover_from is None else round(time.monotonic() - takeover_from, 4))
+                    takeover_s=None if takeover_from is None else round(self.clock.now() - takeover_from, 4))
+
+    def start(self) -> Coordinator:
+        """Run the monitor (``tick`` every ``Timing.tick_s``) in a daemon thread until stopped."""
+        threading.Thread(target=self._monitor, name="coordinator", daemon=True).start()
+        return self
 
     # ----- timing ---------------------------------------------------------------------------------
     @property
@@ -139,7 +142,7 @@ class Coordinator:
             if old is not None and old.conn is not conn:
                 self._lose(rid, "crash", "restarted process replaced its old connection")
             self.members[rid] = MemberState(rid, conn, Addrs(msg.control, msg.heal), msg.committed, msg.pending,
-                                            msg.quorum_seen, msg.pending_vote)
+                                            msg.quorum_seen, self.clock.now(), msg.pending_vote)
             self.quorum_id = max(self.quorum_id, msg.quorum_seen)
             conn.try_send(Welcome(leader=self.replica, term=self.term))
             if self.quorum is None:
@@ -154,10 +157,10 @@ class Coordinator:
             m = self.members.get(rid)
             if m is None:
                 return
-            m.last_hb = time.monotonic()
+            m.last_hb = self.clock.now()
             if isinstance(msg, Heartbeat):
                 if msg.phase != m.phase or msg.step != m.phase_step:
-                    m.phase, m.phase_step, m.phase_since = msg.phase, msg.step, time.monotonic()
+                    m.phase, m.phase_step, m.phase_since = msg.phase, msg.step, self.clock.now()
                 m.committed = max(m.committed, msg.committed)  # verdicts may be ahead of it
             elif isinstance(msg, Vote):
                 self._on_vote(rid, msg)
@@ -186,7 +189,7 @@ class Coordinator:
         if ok and self.ledger is not None:
             self.ledger.record(step, sharers[0].start, list(sharers[0].batch))
         self._broadcast(Verdict(quorum_id=q.quorum_id, step=step, commit=ok))
-        now = time.monotonic()
+        now = self.clock.now()
         for r in q.members:
             self.members[r].committed = step if ok else self.members[r].committed
             self.members[r].pending = None
@@ -229,12 +232,12 @@ class Coordinator:
         if not formed or not timing:
             return None
         out = {str(r): {k: round(t - formed, 4) for k, t in tm.items() if t is not None} for r, tm in timing.items()}
-        return {"members": out, "commit": round(time.time() - formed, 4)}
+        return {"members": out, "commit": round(self.clock.wall() - formed, 4)}
 
     def _frozen(self) -> bool:
         """Was this process stopped longer than the hang bound? Then the members have elected
         another leader meanwhile: stop, whichever thread notices first."""
-        gap = time.monotonic() - self._tick
+        gap = self.clock.now() - self._tick
         if gap <= self.timing.frozen_after(self.hang_timeout):
             return False
         if not self.stopped:
@@ -244,7 +247,7 @@ class Coordinator:
 
     def _log_metrics(self, step: int, loss: float, tokens: int) -> None:
         """``metrics.jsonl`` as the single-process trainer writes it: mean loss and tokens/s."""
-        self._window.append((time.time(), loss, tokens))
+        self._window.append((self.clock.wall(), loss, tokens))
         if step % self.log_every and step < self.total_steps:
             return
         t0 = self._window[0][0] if len(self._window) > 1 else None
@@ -277,63 +280,66 @@ class Coordinator:
         m.conn.close()
         if kind != "leave":
             self.events.emit("failure_detected", kind=kind, replica=rid, reason=why,
-                             silence_s=round(time.monotonic() - m.last_hb, 4))
+                             silence_s=round(self.clock.now() - m.last_hb, 4))
         q = self.quorum
         if q is not None and rid in q.members:
             if self.stalled_since is None:
-                self.stalled_since = self.last_commit_t or time.monotonic()
+                self.stalled_since = self.last_commit_t or self.clock.now()
             self.events.emit("step_discarded", step=q.step, reason=f"replica {rid} lost ({kind})")
             self.quorum = replace(q, resolve=Resolve(q.step, commit=False))
             self.votes = {}
             self._maybe_form(f"replica {rid} lost ({kind})")
 
     def _monitor(self) -> None:
-        last_beat = last_fence = time.monotonic()
         while not self.stopped:
-            time.sleep(self.timing.tick_s)
-            with self.lock:
-                now = time.monotonic()
-                if self._frozen():
-                    return
-                self._tick = now
-                if now - last_beat >= self.timing.heartbeat_s:  # members fail over when the leader goes silent
-                    self._broadcast(LeaderHeartbeat())
-                    last_beat = now
-                timeout = self.hang_timeout
-                q = self.quorum
-                in_quorum = [self.members[r] for r in (q.members if q else ()) if r in self.members]
-                waiting_in_allreduce = any(m.phase == "allreduce" for m in in_quorum)
-                stuck_bound = self.timing.stuck_bound(timeout)  # a slow step is a straggler, not a hang
-                own = self.members.get(self.replica)  # heard through our own reader threads too
-                hearing = own is None or now - own.last_hb < timeout / 2
-                for rid, m in list(self.members.items()):
-                    if rid == self.replica:
-                        continue  # our own member side lives in this process
-                    if now - m.last_hb > timeout and hearing:
-                        self._lose(rid, "hang", f"silent for {now - m.last_hb:.2f}s > {timeout:.2f}s")
-                    elif (m.phase == "compute" and waiting_in_allreduce and m in in_quorum
-                          and now - m.phase_since > stuck_bound):
-                        self._lose(rid, "hang", f"stuck in its step for {now - m.phase_since:.2f}s > {stuck_bound:.2f}s")
-                if (q is not None and in_quorum and len(in_quorum) == len(q.members)
-                        and all(m.phase == "allreduce" and now - m.phase_since > timeout for m in in_quorum)):
-                    # everyone is alive and waiting in the collective: the collective itself is stuck
-                    self.events.emit("step_discarded", step=q.step, reason=f"all-reduce stuck for > {timeout:.2f}s")
-                    self.quorum = replace(q, resolve=Resolve(q.step, commit=False))
-                    for m in in_quorum:
-                        m.phase_since = now
-                    self._maybe_form("stuck collective")
-                if self.quorum is None:
-                    self._maybe_form("waiting")
-                elif now - last_fence > self.timing.fence_check_s:
-                    last_fence = now
-                    self.superseded()
+            self.clock.sleep(self.timing.tick_s)
+            self.tick(self.clock.now())
+
+    def tick(self, now: float) -> None:
+        """The periodic rules at time ``now`` (``Clock.now``): the leader's heartbeat, hang and stuck
+        expulsion, a stuck collective, a waiting quorum, the fence; a frozen leader stops."""
+        with self.lock:
+            if self.stopped or self._frozen():
+                return
+            self._tick = now
+            if now - self._last_beat >= self.timing.heartbeat_s:  # members fail over when the leader goes silent
+                self._broadcast(LeaderHeartbeat())
+                self._last_beat = now
+            timeout = self.hang_timeout
+            q = self.quorum
+            in_quorum = [self.members[r] for r in (q.members if q else ()) if r in self.members]
+            waiting_in_allreduce = any(m.phase == "allreduce" for m in in_quorum)
+            stuck_bound = self.timing.stuck_bound(timeout)  # a slow step is a straggler, not a hang
+            own = self.members.get(self.replica)  # heard through our own reader threads too
+            hearing = own is None or now - own.last_hb < timeout / 2
+            for rid, m in list(self.members.items()):
+                if rid == self.replica:
+                    continue  # our own member side lives in this process
+                if now - m.last_hb > timeout and hearing:
+                    self._lose(rid, "hang", f"silent for {now - m.last_hb:.2f}s > {timeout:.2f}s")
+                elif (m.phase == "compute" and waiting_in_allreduce and m in in_quorum
+                      and now - m.phase_since > stuck_bound):
+                    self._lose(rid, "hang", f"stuck in its step for {now - m.phase_since:.2f}s > {stuck_bound:.2f}s")
+            if (q is not None and in_quorum and len(in_quorum) == len(q.members)
+                    and all(m.phase == "allreduce" and now - m.phase_since > timeout for m in in_quorum)):
+                # everyone is alive and waiting in the collective: the collective itself is stuck
+                self.events.emit("step_discarded", step=q.step, reason=f"all-reduce stuck for > {timeout:.2f}s")
+                self.quorum = replace(q, resolve=Resolve(q.step, commit=False))
+                for m in in_quorum:
+                    m.phase_since = now
+                self._maybe_form("stuck collective")
+            if self.quorum is None:
+                self._maybe_form("waiting")
+            elif now - self._last_fence > self.timing.fence_check_s:
+                self._last_fence = now
+                self.superseded()
 
     # ----- quorum formation ----------------------------------------------------------------------------
     def _maybe_form(self, reason: str) -> None:
         live = sorted(self.members)
         if self.quorum is None and self.expected - set(live):
             grace = self.timing.join_grace_s if not self.takeover else self.hang_timeout
-            if time.monotonic() - self.started < grace:
+            if self.clock.now() - self.started < grace:
                 return  # still waiting for the first members to say hello
         if len(live) < self.cfg.min_replicas or not live:
             if self.quorum is not None:
@@ -373,11 +379,11 @@ class Coordinator:
             quorum_id=self.quorum_id, term=self.term, leader=self.replica, step=step + 1, members=tuple(live),
             sharers=tuple(in_sync), shares=shares, heal=heal, store=self.store_addr,
             addrs={r: self.members[r].addrs for r in live}, hang_timeout=self.hang_timeout, resolve=resolve,
-            formed_t=time.time())
+            formed_t=self.clock.wall())
         self.votes = {}
         self.events.emit("quorum_changed", step=step, quorum_id=self.quorum_id, members=live, reason=reason,
                          healing=heal, since_commit_s=None if self.stalled_since is None
-                         else round(time.monotonic() - self.stalled_since, 4))
+                         else round(self.clock.now() - self.stalled_since, 4))
         self._broadcast(self.quorum)
 
     def _resolve_takeover(self, live: list[int]) -> Resolve | None:

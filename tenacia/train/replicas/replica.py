@@ -138,7 +138,7 @@ class Replica:
                            events=EventLog(self.events.path, f"coordinator:{self.id}"),
                            ledger=SampleLedger(run_dir / "ledger.jsonl"), expected=expected, run_dir=run_dir,
                            log_every=self.cfg.train.log_every, batch_size=self.cfg.train.batch_size,
-                           last_quorum_id=last_quorum_id, takeover_from=takeover_from, previous=previous)
+                           last_quorum_id=last_quorum_id, takeover_from=takeover_from, previous=previous).start()
 
     def poll(self, block: float = 0.0) -> Message | None:
         """Next message from the leader; handles failover and rejoin on the way."""

@@ -16,11 +16,16 @@ The rules they feed (``coordinator.py`` and ``member.py`` state the contracts):
 - a process (leader or member) whose own clock jumped by more than ``max(hang bound,
   frozen_floor_s)`` between two ticks was frozen (SIGSTOP) and must rejoin;
 - before a member has seen a quorum, it takes ``hang_before_quorum_s`` as its leader's hang bound.
+
+Time itself is read through a ``Clock`` (``now``: monotonic seconds for every decision, ``wall``:
+the wall clock for timestamps that leave the process, ``sleep``): the coordinator takes one, so its
+rules can be driven in a test by a clock the test moves.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,3 +90,16 @@ class Timing:
     def restart_backoff(self, failures: int) -> float:
         """Delay before restarting a replica after its ``failures``-th consecutive failure (>= 1)."""
         return min(self.restart_backoff_max_s, self.restart_backoff_s * 2 ** (failures - 1))
+
+
+class Clock:
+    """The process's clocks; a test passes a stand-in with the same three methods."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)

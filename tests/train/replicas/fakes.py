@@ -15,3 +15,19 @@ class FakeConn:
 
     def close(self) -> None:
         pass
+
+
+class FakeClock:
+    """A clock the test moves: ``now`` (monotonic) and ``wall`` advance together."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return 1.7e9 + self.t
+
+    def sleep(self, seconds: float) -> None:
+        raise AssertionError("a driven coordinator never sleeps: the test calls tick()")

@@ -17,35 +17,37 @@ from tenacia.train.replicas.protocol import Expelled, Heartbeat, Hello, LeaderHe
 from tenacia.train.replicas.timing import Timing
 from tenacia.train.replicas.wire import Conn
 
-from .fakes import FakeConn
+from .fakes import FakeClock, FakeConn
 
 
 def test_silence_counts_only_while_the_leader_hears_its_own_member(tmp_path):
     cfg = ReplicaConfig(count=3, hang_floor_s=0.3)
+    clock = FakeClock()
     coord = Coordinator(replica=0, term=1, host="127.0.0.1", cfg=cfg, timing=Timing.from_config(cfg),
                         total_steps=100, events=EventLog(tmp_path / "events.jsonl", "coordinator:0"),
-                        ledger=None, expected={0, 1, 2}, run_dir=tmp_path, batch_size=12)
+                        ledger=None, expected={0, 1, 2}, run_dir=tmp_path, batch_size=12, clock=clock)
     try:
         conns = {r: FakeConn() for r in range(3)}
         for r in range(3):
             coord.on_hello(conns[r], Hello(replica=r, control=f"c{r}", heal=f"h{r}", committed=5))
 
-        def beat(*replicas: int) -> None:
-            for r in replicas:
-                coord.on_message(r, Heartbeat(replica=r, phase="compute", step=6, committed=5))
+        def run_for(seconds: float, *heard: int) -> None:
+            """Tick every 20 ms (this process itself is not frozen), ``heard`` beating every 100 ms."""
+            end = clock.t + seconds
+            while clock.t < end and 1 in coord.members:
+                clock.t += 0.02
+                if round(clock.t * 50) % 5 == 0:
+                    for r in heard:
+                        coord.on_message(r, Heartbeat(replica=r, phase="compute", step=6, committed=5))
+                coord.tick(clock.now())
 
-        end = time.monotonic() + 1.0  # nobody heard, our own member included: a starved leader
-        while time.monotonic() < end:
-            coord._tick = time.monotonic()  # this process itself was not frozen
-            time.sleep(0.02)
+        run_for(1.0)  # nobody heard, our own member included: a starved leader
         assert set(coord.members) == {0, 1, 2}
-        end = time.monotonic() + 0.6  # our own member and replica 2 heard, replica 1 silent
-        while time.monotonic() < end and 1 in coord.members:
-            beat(0, 2)
-            time.sleep(0.05)
+        run_for(0.6, 0, 2)  # our own member and replica 2 heard, replica 1 silent
         assert set(coord.members) == {0, 2}
         lost = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "failure_detected"]
         assert [(e["replica"], e["kind"]) for e in lost] == [(1, "hang")]
+        assert lost[0]["silence_s"] > 0.3  # declared after the bound, from its last heartbeat
         assert isinstance(conns[1].sent[-1], Expelled)
     finally:
         coord.close()

@@ -4,7 +4,8 @@ single-process trainer (``tenacia.train.trainer``), which never imports this pac
 
 Along a step's path:
 - ``launcher.py``: this host's replica processes, their restarts, a warm spare, plug-ins;
-- ``replica.py``: one replica process, its step (compute, all-reduce, vote, apply);
+- ``replica.py``: one replica process, its step (quorum, shares, compute, reduce, vote, apply);
+- ``apply.py``: a member's own state changes: the pending step, applying it, loading a healed state;
 - ``coordinator.py``: the leader role inside the lowest live replica: quorums, votes, commits,
   takeover (the fault-tolerance contract is its docstring);
 - ``member.py``: a member's link to its leader (heartbeats, silence, failover);

@@ -25,7 +25,7 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,9 @@ from ...data.ledger import SampleLedger
 from ...events import EventLog
 from ...storage import atomic_write_json
 from ..config import RunConfig
-from ..step import apply_update
 from ..trainer import Trainer
 from . import addresses
+from .apply import PendingStep, apply_step, flat_gradients, load_healed
 from .coordinator import Coordinator
 from .group import GroupBuilder, retire
 from .heal import HealFetch, HealServer
@@ -68,20 +68,6 @@ class Superseded(Exception):
 
 class Rejoin(Exception):
     """This replica was expelled or frozen: exit and come back as a newcomer."""
-
-
-@dataclass(frozen=True, slots=True)
-class PendingStep:
-    """A step this member voted ok on, held until the verdict: its vote and the all-reduced
-    gradients (a flat buffer in parameter order). Applied on ``commit`` (or a quorum's
-    ``resolve``), dropped otherwise."""
-
-    vote: Vote
-    grads: torch.Tensor
-
-    @property
-    def step(self) -> int:
-        return self.vote.step
 
 
 class Replica:
@@ -260,7 +246,7 @@ class Replica:
         self.phase = "compute"
         timing = {"received": q.received_t, "compute_start": time.time()} if heal else None
         share = self.compute_share(q)
-        flat = self.flat_gradients()
+        flat = flat_gradients(self.trainer.model)
         if timing:
             timing["compute_end"] = time.time()
         ok = self.reduce(flat, builder, timing)
@@ -318,12 +304,6 @@ class Replica:
         hooks.reach("mid_step", q.step)
         return vote
 
-    def flat_gradients(self) -> torch.Tensor:
-        """A flat copy of the gradients for the sum: the parameters' own ``.grad`` stay this
-        member's share (salvage)."""
-        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in self.trainer.model.parameters()])
-
     def reduce(self, flat: torch.Tensor, builder: GroupBuilder, timing: dict[str, Any] | None) -> bool:
         """Sum ``flat`` over the quorum in place; False when a peer died mid-collective."""
         self.wait_until(builder.done.is_set, "process group")
@@ -371,22 +351,7 @@ class Replica:
                 return msg
 
     def apply(self, pending: PendingStep) -> None:
-        """Apply the reduced gradients held for the voted step, and commit it locally. The
-        parameters' ``.grad`` become views of the reduced buffer, not copies: nothing reads that
-        buffer after the step is applied, and this member's own share (``self.grads``) is released
-        here, once the step can no longer be salvaged."""
-        t, flat = self.trainer, pending.grads
-        offset = 0
-        for p in t.model.parameters():
-            n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p)
-            offset += n
-        apply_update(t.model, t.optimizer, t.lr(pending.step), self.cfg.optim.grad_clip)
-        self.grads.drop()
-        t.step += 1
-        t.sampler.advance(self.cfg.train.batch_size)
-        t.tokens_seen += self.cfg.train.batch_size * self.cfg.data.seq_len
-        hooks.reach("between_steps", t.step)
+        apply_step(self.trainer, self.grads, pending, self.cfg)
 
     def after_commit(self) -> None:
         t = self.trainer
@@ -396,12 +361,8 @@ class Replica:
             t.save_checkpoint()
 
     def load_healed(self, fetch: HealFetch, q: Quorum) -> None:
-        meta, model, optim = fetch.result
+        load_healed(self.trainer, *fetch.result)
         t = self.trainer
-        t.model.load_state_dict(model, strict=False)
-        ckpt.load_optimizer_tensors(t.model, t.optimizer, optim)
-        t.sampler.load_state_dict(meta["sampler"])
-        t.step, t.tokens_seen = int(meta["step"]), int(meta["tokens_seen"])
         self.events.emit("heal_done", step=t.step, replica=self.id, peer=q.heal[self.id],
                          heal_s=round(time.monotonic() - fetch.t0, 4), transfer_s=round(fetch.transfer_s, 4),
                          bytes=fetch.nbytes)

@@ -7,7 +7,7 @@ import torch
 from tenacia.device import detect
 from tenacia.model.llama import Llama
 from tenacia.shape import ModelConfig
-from tenacia.train.replicas import replica as replica_mod
+from tenacia.train.replicas import apply as apply_mod
 from tenacia.train.replicas.protocol import Vote
 from tenacia.train.replicas.shares import LocalGradients, even_shares, salvage_shares
 from tenacia.train.step import compute_gradients
@@ -71,14 +71,14 @@ def test_apply_uses_the_reduced_buffer_and_releases_the_local_share(monkeypatch)
         model.zero_grad(set_to_none=True)
         return 0.0
 
-    monkeypatch.setattr(replica_mod, "apply_update", fake_update)
+    monkeypatch.setattr(apply_mod, "apply_update", fake_update)
     trainer = types.SimpleNamespace(model=model, optimizer=None, step=2, tokens_seen=0, lr=lambda step: 1e-3,
                                     sampler=types.SimpleNamespace(advance=lambda n: None))
     cfg = types.SimpleNamespace(optim=types.SimpleNamespace(grad_clip=1.0),
                                 train=types.SimpleNamespace(batch_size=4), data=types.SimpleNamespace(seq_len=16))
-    member = types.SimpleNamespace(trainer=trainer, cfg=cfg, grads=grads)
     assert all(g is not None for g in local) and grads.held == [0, 1]
-    replica_mod.Replica.apply(member, replica_mod.PendingStep(Vote(replica=0, quorum_id=1, step=3, ok=True), reduced))
+    pending = apply_mod.PendingStep(Vote(replica=0, quorum_id=1, step=3, ok=True), reduced)
+    apply_mod.apply_step(trainer, grads, pending, cfg)
     assert seen["shares_buffer"] and torch.equal(seen["values"], expected)
     assert (grads.step, grads.held, trainer.step) == (None, [], 3)
     assert all(p.grad is None for p in model.parameters())

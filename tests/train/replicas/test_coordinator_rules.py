@@ -4,6 +4,8 @@ down and refuses its commit."""
 
 import json
 
+import pytest
+
 from tenacia.data.ledger import SampleLedger
 from tenacia.events import EventLog, read_events
 from tenacia.train.config import ReplicaConfig
@@ -37,6 +39,7 @@ class Leader:
                                  expected=set(members), run_dir=tmp_path, batch_size=12, clock=self.clock)
         self.conns: dict[int, FakeConn] = {}
         self.phase: dict[int, str] = {}
+        self.mute: set[int] = set()  # members that stop beating (SIGSTOP)
 
     def hello(self, *replicas: int, committed: int = 5) -> None:
         for r in replicas:
@@ -53,7 +56,7 @@ class Leader:
             n += 1
             if n % 5 == 0:
                 step = self.coord.quorum.step if self.coord.quorum else 6
-                for r in list(self.coord.members):
+                for r in set(self.coord.members) - self.mute:
                     self.coord.on_message(r, Heartbeat(replica=r, step=step, phase=self.phase[r], committed=5))
             self.coord.tick(self.clock.now())
 
@@ -168,5 +171,30 @@ def test_the_fence_is_checked_between_commits_too(tmp_path):
         claim_term(tmp_path, replica=1, control="c1", at_least=2)
         lead.run_for(0.6)  # at most one fence period later
         assert lead.coord.stopped and lead.events("coordinator_superseded")
+    finally:
+        lead.coord.close()
+
+
+def test_the_hang_bound_follows_the_measured_step_times(tmp_path):
+    """Steps of 1 s make the bound 1.5 s (hang_factor x median): a member silent for 1.2 s is a
+    slow one, silent for longer than 1.5 s a hung one."""
+    lead = Leader(tmp_path)
+    try:
+        lead.hello(0, 1, 2)
+        for _ in range(5):
+            q = lead.coord.quorum
+            lead.run_for(1.0)
+            for r in (0, 1, 2):
+                lead.coord.on_message(r, Vote(replica=r, quorum_id=q.quorum_id, step=q.step, ok=True, start=0,
+                                              ids=tuple(range(4 * r, 4 * r + 4)), batch=tuple(range(12))))
+        assert [e["step_time_s"] for e in lead.events("step_committed")][1:] == [1.0] * 4
+        assert lead.coord.hang_timeout == pytest.approx(1.5)
+        lead.mute.add(1)
+        lead.run_for(1.4)  # silent for 1.4 s: over the 0.5 s floor, under the measured bound
+        assert lead.events("failure_detected") == []
+        lead.run_for(0.3)
+        lost = lead.events("failure_detected")
+        assert [(e["replica"], e["kind"]) for e in lost] == [(1, "hang")] and "> 1.50s" in lost[0]["reason"]
+        assert 1.5 < lost[0]["silence_s"] <= 1.6
     finally:
         lead.coord.close()

@@ -8,6 +8,7 @@ Along a step's path:
 - ``apply.py``: a member's own state changes: the pending step, applying it, loading a healed state;
 - ``coordinator.py``: the leader role inside the lowest live replica: quorums, votes, commits,
   takeover (the fault-tolerance contract is its docstring);
+- ``steplog.py``: what the leader records of each committed step, and the measured step times;
 - ``member.py``: a member's link to its leader (heartbeats, silence, failover);
 - ``protocol.py``: every message, typed, and its one conversion to and from the wire;
 - ``timing.py``: every period and timeout, in one ``Timing`` built from the config;

@@ -40,18 +40,15 @@ Contract (what is decided when, what each party may assume):
 from __future__ import annotations
 
 import threading
-from collections import deque
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import torch.distributed as dist
 
 from ...data.ledger import SampleLedger
 from ...events import EventLog
 from ..config import ReplicaConfig
-from ..metrics import MetricsLog
 from .lease import newest_term
 from .protocol import (
     Addrs,
@@ -70,6 +67,7 @@ from .protocol import (
     Welcome,
 )
 from .shares import even_shares, salvage_shares
+from .steplog import StepLog
 from .timing import Clock, Timing
 from .wire import Conn
 
@@ -98,9 +96,7 @@ class Coordinator:
         self.replica, self.term, self.cfg, self.total_steps = replica, term, cfg, total_steps
         self.timing, self.clock = timing, clock or Clock()
         self.run_dir, self.batch_size = run_dir, batch_size
-        self.log_every = log_every
         self.previous = previous  # after a takeover: the old leader's quorum as this member last saw it
-        self._window: list[tuple[float, float, int]] = []  # (t, loss, tokens) since the last metrics line
         self.events, self.ledger = events, ledger
         self.expected = set(expected)  # who we wait for before the first quorum
         self.takeover = takeover_from is not None
@@ -112,9 +108,8 @@ class Coordinator:
         self.quorum: Quorum | None = None
         self.quorum_id = last_quorum_id
         self.votes: dict[int, Vote] = {}
-        self.step_times: deque[float] = deque(maxlen=timing.step_window)
-        self.last_commit_t: float | None = None
-        self.stalled_since: float | None = None
+        self.steps = StepLog(events=events, run_dir=run_dir, log_every=log_every, total_steps=total_steps,
+                             timing=timing, clock=self.clock)
         self.started = self._tick = self._last_beat = self._last_fence = self.clock.now()
         self.quorum_id_start: int | None = None if self.takeover else last_quorum_id
         self.stopped = False
@@ -132,7 +127,7 @@ class Coordinator:
     # ----- timing ---------------------------------------------------------------------------------
     @property
     def hang_timeout(self) -> float:
-        return self.timing.hang_bound(self.step_times)
+        return self.timing.hang_bound(self.steps.step_times)
 
     # ----- messages from members (called by the control server's reader threads) ---------------------
     def on_hello(self, conn: Conn, msg: Hello) -> None:
@@ -185,33 +180,16 @@ class Coordinator:
             return
         step = q.step
         ok = all(v.ok for v in self.votes.values())
-        sharers = [self.votes[r] for r in q.sharers]
+        first = self.votes[q.sharers[0]]
         if ok and self.ledger is not None:
-            self.ledger.record(step, sharers[0].start, list(sharers[0].batch))
+            self.ledger.record(step, first.start, list(first.batch))
         self._broadcast(Verdict(quorum_id=q.quorum_id, step=step, commit=ok))
-        now = self.clock.now()
         for r in q.members:
             self.members[r].committed = step if ok else self.members[r].committed
             self.members[r].pending = None
-        phases = self._phases()
-        self.votes = {}
+        votes, self.votes = self.votes, {}
         if ok:
-            samples = sum(len(v.ids) for v in sharers)
-            loss = sum(v.loss * len(v.ids) for v in sharers) / max(samples, 1)
-            tokens = sum(v.tokens for v in sharers)
-            stall = None
-            if self.last_commit_t is not None:
-                dt = now - self.last_commit_t
-                if self.stalled_since is None:
-                    self.step_times.append(dt)
-                else:
-                    stall = round(now - self.stalled_since, 4)
-            self.events.emit("step_committed", step=step, loss=loss, tokens=tokens,
-                             members=list(q.members), step_time_s=None if self.last_commit_t is None else round(now - self.last_commit_t, 4),
-                             stall_s=stall, quorum_id=q.quorum_id, phases=phases,
-                             reused=sum(v.reused for v in sharers))
-            self.last_commit_t, self.stalled_since = now, None
-            self._log_metrics(step, loss, tokens)
+            self.steps.committed(q, votes)
             self.quorum = q.next_step(self.batch_size)  # healed newcomers are in sync now
             if step >= self.total_steps:
                 self._broadcast(Stop(reason="finished", step=step))
@@ -224,16 +202,6 @@ class Coordinator:
         if waiting or not ok:
             self._maybe_form("join" if ok else "retry")
 
-    def _phases(self) -> dict[str, Any] | None:
-        """The first step of a quorum: when each member received the quorum, computed, found the
-        process group ready and had the sum, in seconds after the quorum was formed."""
-        formed = self.quorum.formed_t if self.quorum else None
-        timing = {r: v.timing for r, v in self.votes.items() if v.timing}
-        if not formed or not timing:
-            return None
-        out = {str(r): {k: round(t - formed, 4) for k, t in tm.items() if t is not None} for r, tm in timing.items()}
-        return {"members": out, "commit": round(self.clock.wall() - formed, 4)}
-
     def _frozen(self) -> bool:
         """Was this process stopped longer than the hang bound? Then the members have elected
         another leader meanwhile: stop, whichever thread notices first."""
@@ -244,18 +212,6 @@ class Coordinator:
             self.stopped = True
             self.events.emit("coordinator_frozen", coordinator=self.replica, gap_s=round(gap, 3))
         return True
-
-    def _log_metrics(self, step: int, loss: float, tokens: int) -> None:
-        """``metrics.jsonl`` as the single-process trainer writes it: mean loss and tokens/s."""
-        self._window.append((self.clock.wall(), loss, tokens))
-        if step % self.log_every and step < self.total_steps:
-            return
-        t0 = self._window[0][0] if len(self._window) > 1 else None
-        MetricsLog(self.run_dir).write(
-            step=step, loss=sum(w[1] for w in self._window) / len(self._window),
-            tokens_per_s=sum(w[2] for w in self._window[1:]) / (self._window[-1][0] - t0) if t0 else None,
-            members=len(self.quorum.members) if self.quorum else None)
-        self._window = self._window[-1:]
 
     def superseded(self) -> bool:
         """The fence (see ``lease.py``): a newer term exists, so another leader was elected while we
@@ -283,8 +239,7 @@ class Coordinator:
                              silence_s=round(self.clock.now() - m.last_hb, 4))
         q = self.quorum
         if q is not None and rid in q.members:
-            if self.stalled_since is None:
-                self.stalled_since = self.last_commit_t or self.clock.now()
+            self.steps.stall_began()
             self.events.emit("step_discarded", step=q.step, reason=f"replica {rid} lost ({kind})")
             self.quorum = replace(q, resolve=Resolve(q.step, commit=False))
             self.votes = {}
@@ -382,8 +337,7 @@ class Coordinator:
             formed_t=self.clock.wall())
         self.votes = {}
         self.events.emit("quorum_changed", step=step, quorum_id=self.quorum_id, members=live, reason=reason,
-                         healing=heal, since_commit_s=None if self.stalled_since is None
-                         else round(self.clock.now() - self.stalled_since, 4))
+                         healing=heal, since_commit_s=self.steps.stalled_for())
         self._broadcast(self.quorum)
 
     def _resolve_takeover(self, live: list[int]) -> Resolve | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -43,7 +42,7 @@ from .protocol import (
     Vote,
     Welcome,
 )
-from .timing import Timing
+from .timing import Clock, Timing
 from .wire import Conn, listen, serve_forever, sock_addr
 
 
@@ -101,19 +100,20 @@ class LeaderLink:
     """The member's connection to the current leader, with heartbeats and failover."""
 
     def __init__(self, replica: int, server: ControlServer, heal_addr: str, status: Callable[[], MemberStatus],
-                 make_coordinator: Callable[..., Coordinator], events: Any, timing: Timing):
+                 make_coordinator: Callable[..., Coordinator], events: Any, timing: Timing,
+                 clock: Clock | None = None):
         self.replica, self.server, self.heal_addr = replica, server, heal_addr
         self.status = status  # committed step, pending step, phase, ... of the training thread
         self.make_coordinator = make_coordinator
         self.events = events
-        self.timing = timing
+        self.timing, self.clock = timing, clock or Clock()
         self.inbox: queue.Queue[Message | Notice] = queue.Queue()
         self.conn: Conn | None = None
         self.leader: int | None = None
         self._quorum_lock = threading.Lock()
         self.last_quorum: Quorum | None = None  # the newest quorum received, at the step its members run
         self.term = 0
-        self._last_rx = self._tick = time.monotonic()
+        self._last_rx = self._tick = self.clock.now()
         self._stop = False
         self._lost: tuple[str, float] | None = None  # (lost leader's address, ask it not before)
         self._own_stopped_since: float | None = None
@@ -136,15 +136,15 @@ class LeaderLink:
     def connect(self, seeds: Callable[[], list[str]]) -> None:
         """Join through any seed address (following redirects). If every reachable seed is itself
         leaderless for ``Timing.elect_after_s`` and this replica has the lowest id among them, lead."""
-        t0 = time.monotonic()
+        t0 = self.clock.now()
         leaderless_since: float | None = None
         deadline_s, elect_after_s = self.timing.join_deadline_s, self.timing.elect_after_s
-        while time.monotonic() - t0 < deadline_s:
+        while self.clock.now() - t0 < deadline_s:
             self._retries: dict[int, int] = {}
             self._silent = 0  # seeds that neither answered nor refused: alive maybe, so no election
             if any(self._try(addr) for addr in seeds()):
                 return
-            now = time.monotonic()
+            now = self.clock.now()
             if not self._silent and all(r > self.replica for r in self._retries):
                 leaderless_since = leaderless_since or now
                 if now - leaderless_since >= elect_after_s:
@@ -154,7 +154,7 @@ class LeaderLink:
                         return
             else:
                 leaderless_since = None
-            time.sleep(self.timing.retry_s)
+            self.clock.sleep(self.timing.retry_s)
         raise TimeoutError(f"replica {self.replica}: no leader reachable through {seeds()} in {deadline_s:.0f}s")
 
     def _try(self, addr: str, hops: int = 4, timeout: float | None = None) -> bool:
@@ -176,7 +176,7 @@ class LeaderLink:
             conn.close()
             if msg.address != (self._lost or ("",))[0]:
                 return self._try(msg.address, hops - 1)
-            if time.monotonic() < self._lost[1]:
+            if self.clock.now() < self._lost[1]:
                 return False  # a peer that has not noticed the loss yet: ask it again shortly
             self._lost = None  # ask the lost leader once (only our link to it may have broken)
             return self._try(msg.address, hops - 1, timeout=min(self.timing.connect_s, self.freeze_limit()))
@@ -189,7 +189,7 @@ class LeaderLink:
         self.conn, self.leader, self.term = conn, msg.leader, msg.term
         self.server.term = self.term
         self.server.leader_addr, self.server.lost_leader = addr, False
-        self._last_rx = time.monotonic()
+        self._last_rx = self.clock.now()
         threading.Thread(target=self._read, args=(conn,), name="leader-reader", daemon=True).start()
         return True
 
@@ -205,49 +205,57 @@ class LeaderLink:
         try:
             while True:
                 msg, _ = conn.recv()
-                self._last_rx = time.monotonic()
+                self._last_rx = self.clock.now()
                 if isinstance(msg, Quorum):
-                    msg = replace(msg, received_t=time.time())  # for the quorum's phase timings (docs/events.md)
+                    msg = replace(msg, received_t=self.clock.wall())  # for the quorum's phase timings (docs/events.md)
                     with self._quorum_lock:
                         self.last_quorum = msg
                 self.inbox.put(msg)
         except ConnectionError:
             if conn is self.conn and not self._stop:
-                self.inbox.put(LeaderLost(why="connection closed", at=time.monotonic()))
+                self.inbox.put(LeaderLost(why="connection closed", at=self.clock.now()))
 
     def freeze_limit(self) -> float:
         q = self.last_quorum
         return self.timing.frozen_after(q.hang_timeout if q else self.timing.hang_before_quorum_s)
 
-    def was_frozen(self) -> bool:
+    def was_frozen(self, now: float | None = None) -> bool:
         """True once this process has been stopped longer than the hang timeout (a stale heartbeat
         clock tells the training thread at once after SIGCONT, before any stale message is acted on)."""
-        if not self.frozen.is_set() and time.monotonic() - self._tick > self.freeze_limit():
+        now = self.clock.now() if now is None else now
+        if not self.frozen.is_set() and now - self._tick > self.freeze_limit():
             self.frozen.set()
         return self.frozen.is_set()
 
     def _heartbeat(self) -> None:
         while not self._stop:
-            time.sleep(self.timing.heartbeat_s)
-            now = time.monotonic()
-            timeout = self.freeze_limit()
-            if self.was_frozen():
-                self.inbox.put(Frozen(gap_s=now - self._tick))
+            self.clock.sleep(self.timing.heartbeat_s)
+            if not self.beat(self.clock.now()):
                 return
-            self._tick = now
-            s = self.status()
-            self.send(Heartbeat(replica=self.replica, step=s.step, phase=s.phase, committed=s.committed,
-                                pending=s.pending))
-            # silence counts only if nothing waits unread: a member starved of CPU may run this
-            # thread before its reader thread has taken the leader's pending messages
-            if (self.conn is not None and self.leader != self.replica and now - self._last_rx > timeout
-                    and not self.conn.has_unread()):
-                conn, self.conn = self.conn, None
-                conn.close()
-                self.inbox.put(LeaderLost(why=f"silent for {now - self._last_rx:.2f}s", at=now))
-            if self._own_leader_stopped(now, timeout):
-                self.inbox.put(Expelled("this replica's own coordinator stopped"))
-                return
+
+    def beat(self, now: float) -> bool:
+        """One heartbeat at ``now`` (``Clock.now``): tell the leader what the training thread does,
+        and tell the training thread (its inbox) when the leader went silent, when this process
+        was frozen, or when its own coordinator stopped; False once heartbeats must stop."""
+        timeout = self.freeze_limit()
+        if self.was_frozen(now):
+            self.inbox.put(Frozen(gap_s=now - self._tick))
+            return False
+        self._tick = now
+        s = self.status()
+        self.send(Heartbeat(replica=self.replica, step=s.step, phase=s.phase, committed=s.committed,
+                            pending=s.pending))
+        # silence counts only if nothing waits unread: a member starved of CPU may run this
+        # thread before its reader thread has taken the leader's pending messages
+        if (self.conn is not None and self.leader != self.replica and now - self._last_rx > timeout
+                and not self.conn.has_unread()):
+            conn, self.conn = self.conn, None
+            conn.close()
+            self.inbox.put(LeaderLost(why=f"silent for {now - self._last_rx:.2f}s", at=now))
+        if self._own_leader_stopped(now, timeout):
+            self.inbox.put(Expelled("this replica's own coordinator stopped"))
+            return False
+        return True
 
     def _own_leader_stopped(self, now: float, timeout: float) -> bool:
         """While this replica follows its own coordinator, silence is never a reason to fail over;
@@ -265,14 +273,14 @@ class LeaderLink:
     def failover(self, lost: LeaderLost) -> None:
         """Find or become the next leader after losing the current one (``lost``: the
         ``leader_lost`` notice, with why and when)."""
-        t0 = time.monotonic()
+        t0 = self.clock.now()
         if self.frozen.is_set():
             return  # we were the frozen one: the training thread rejoins instead
         old = self.leader
         self._failover(t0)
         self._lost = None
         self.events.emit("failover_done", replica=self.replica, old_leader=old, leader=self.leader,
-                         why=lost.why, failover_s=round(time.monotonic() - lost.at, 4))
+                         why=lost.why, failover_s=round(self.clock.now() - lost.at, 4))
 
     def _failover(self, t0: float) -> None:
         # Peers that have not noticed the loss yet redirect us to the lost leader, and a stopped
@@ -296,8 +304,8 @@ class LeaderLink:
         raise ConnectionError(f"replica {self.replica}: no surviving leader candidate among {candidates}")
 
     def _try_for(self, addr: str, seconds: float) -> bool:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        end = self.clock.now() + seconds
+        while self.clock.now() < end:
             try:
                 conn = Conn.connect(addr, timeout=self.timing.probe_s)
                 conn.close()
@@ -305,7 +313,7 @@ class LeaderLink:
                 return False  # refused: that candidate is dead too
             if self._try(addr):
                 return True
-            time.sleep(self.timing.candidate_retry_s)
+            self.clock.sleep(self.timing.candidate_retry_s)
         return False
 
     def close(self, bye: bool = True) -> None:

@@ -2,12 +2,9 @@
 whose own coordinator stopped does not wait for it forever; a member does not take unread
 messages of its leader for silence."""
 
-import queue
 import socket
 import time
 import types
-
-import pytest
 
 from tenacia.events import EventLog, read_events
 from tenacia.train.config import ReplicaConfig
@@ -53,45 +50,56 @@ def test_silence_counts_only_while_the_leader_hears_its_own_member(tmp_path):
         coord.close()
 
 
+def beats(link: LeaderLink, clock: FakeClock, seconds: float) -> list:
+    """Heartbeats every 100 ms for ``seconds``; what they put in the training thread's inbox."""
+    for _ in range(round(seconds / 0.1)):
+        clock.t += 0.1
+        if not link.beat(clock.now()):
+            break
+    out = []
+    while not link.inbox.empty():
+        out.append(link.inbox.get_nowait())
+    return out
+
+
 def test_a_replica_whose_own_coordinator_stopped_rejoins_elsewhere():
     """Following its own coordinator, a member never fails over on silence; once that coordinator
     stopped (superseded, frozen) for a hang bound, the member is told to rejoin even if the
     coordinator's own ``expelled`` never reached it."""
+    clock = FakeClock()
     server = types.SimpleNamespace(addr="127.0.0.1:1", coordinator=types.SimpleNamespace(stopped=False))
     link = LeaderLink(0, server, "127.0.0.1:2", lambda: MemberStatus(step=1, phase="idle", committed=0),
-                      None, None, Timing())
+                      None, None, Timing(), clock)
     link.leader = 0
-    link.start_heartbeats()
-    try:
-        with pytest.raises(queue.Empty):
-            link.inbox.get(timeout=1.5)  # a silent but running own coordinator: nothing
-        server.coordinator.stopped = True
-        msg = link.inbox.get(timeout=3.0)  # freeze_limit is 1 s before any quorum
-        assert isinstance(msg, Expelled), msg
-    finally:
-        link.close(bye=False)
+    assert beats(link, clock, 1.5) == []  # a silent but running own coordinator: nothing
+    server.coordinator.stopped = True
+    assert beats(link, clock, 0.9) == []  # stopped for less than the bound (1 s before any quorum)
+    msgs = beats(link, clock, 0.3)
+    assert len(msgs) == 1 and isinstance(msgs[0], Expelled), msgs
 
 
 def test_unread_leader_messages_are_not_silence():
     """A member starved of CPU can run its heartbeat thread before its reader thread: while the
     leader's messages wait unread in the socket, the leader is not declared lost; once they are
     taken and nothing more comes, it is."""
+    clock = FakeClock()
     listener = socket.create_server(("127.0.0.1", 0))
     conn = Conn.connect(f"127.0.0.1:{listener.getsockname()[1]}", timeout=2.0)
     leader_side = Conn(listener.accept()[0])
     server = types.SimpleNamespace(addr="127.0.0.1:1", coordinator=None)
     link = LeaderLink(0, server, "127.0.0.1:2", lambda: MemberStatus(step=1, phase="idle", committed=0),
-                      None, None, Timing())
+                      None, None, Timing(), clock)
     link.conn, link.leader = conn, 1  # no reader thread: as if it had not got the CPU yet
     leader_side.send(LeaderHeartbeat())
-    link._last_rx = time.monotonic() - 5.0  # far beyond the 1 s bound before any quorum
-    link.start_heartbeats()
+    link._last_rx = clock.now() - 5.0  # far beyond the 1 s bound before any quorum
     try:
-        with pytest.raises(queue.Empty):
-            link.inbox.get(timeout=1.0)  # the leader's heartbeat waits unread: not silence
+        deadline = time.monotonic() + 5
+        while not conn.has_unread() and time.monotonic() < deadline:  # the bytes cross loopback
+            time.sleep(0.01)
+        assert beats(link, clock, 1.0) == []  # the leader's heartbeat waits unread: not silence
         assert isinstance(conn.recv()[0], LeaderHeartbeat)  # the reader finally takes it
-        msg = link.inbox.get(timeout=3.0)
-        assert isinstance(msg, LeaderLost) and msg.why.startswith("silent"), msg
+        msgs = beats(link, clock, 0.1)
+        assert len(msgs) == 1 and isinstance(msgs[0], LeaderLost) and msgs[0].why.startswith("silent"), msgs
     finally:
         link.close(bye=False)
         leader_side.close()

@@ -52,6 +52,10 @@ class CorruptCheckpoint(ValueError):
     """A checkpoint that does not verify. The message names the directory and what is wrong."""
 
 
+class ForeignFormat(CorruptCheckpoint):
+    """A checkpoint of another format version: whole, maybe, but not readable by this version."""
+
+
 def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
@@ -82,7 +86,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptCheckpoint(f"checkpoint {path}: manifest.json is not valid JSON ({e})") from None
     if manifest.get("format") != FORMAT:
-        raise CorruptCheckpoint(f"checkpoint {path}: format {manifest.get('format')!r}, this version of "
+        raise ForeignFormat(f"checkpoint {path}: format {manifest.get('format')!r}, this version of "
                                 f"tenacia reads {FORMAT!r}; resume or serve it with the tenacia that wrote it")
     return manifest
 

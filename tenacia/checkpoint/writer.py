@@ -4,6 +4,14 @@ Contract: ``CheckpointWriter.save`` stalls the caller only for the in-memory ``S
 given; the files are written by a background thread (``format.write_snapshot``). At most one save
 is in flight: a second waits. An error in the background write is raised in the training thread
 at the next ``save`` or ``wait``.
+
+Pruning, after each save: the newest ``keep`` checkpoints that verify are kept, and every older
+``step_*`` directory is removed; a corrupt one among the newest is removed too (resume skips it
+anyway), logged as ``checkpoint_removed`` with the reason. A corrupt checkpoint therefore never
+takes the place of a verified one. A checkpoint of another format version is left alone, and not
+counted. Each checkpoint is verified (SHA-256 of every file) once per writer; the one the writer
+has just written counts as verified (its hashes were taken from the bytes written, and the
+directory was fsynced).
 """
 
 from __future__ import annotations
@@ -17,7 +25,14 @@ from pathlib import Path
 from ..config import check
 from ..events import EventLog
 from ..storage import remove_stale_temporaries
-from .format import list_checkpoints, write_snapshot
+from .format import (
+    CorruptCheckpoint,
+    ForeignFormat,
+    list_checkpoints,
+    read_manifest,
+    verify,
+    write_snapshot,
+)
 from .state import Snapshot
 
 
@@ -43,6 +58,7 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.last_path: Path | None = None
+        self._verified: set[Path] = set()  # checkpoints this writer wrote or verified
 
     def save(self, snap: Snapshot) -> None:
         self.wait()
@@ -57,6 +73,7 @@ class CheckpointWriter:
         t0 = time.perf_counter()
         try:
             path = write_snapshot(self.root, snap)
+            self._verified.add(path)
             self._prune()
         except BaseException as e:  # reported to the training thread at the next wait()
             self._error = e
@@ -68,9 +85,27 @@ class CheckpointWriter:
                              seconds=round(time.perf_counter() - t0, 4), bytes=size)
 
     def _prune(self) -> None:
-        for old in list_checkpoints(self.root)[self.keep:]:
-            shutil.rmtree(old, ignore_errors=True)
+        kept = 0
+        for path in list_checkpoints(self.root):
+            try:
+                if kept < self.keep:
+                    self._verify(path)
+                    kept += 1
+                    continue
+                read_manifest(path)  # only to leave another version's checkpoints alone
+            except ForeignFormat:
+                continue
+            except CorruptCheckpoint as e:
+                if kept < self.keep and self.events is not None:
+                    self.events.emit("checkpoint_removed", path=str(path), reason=str(e))
+            shutil.rmtree(path, ignore_errors=True)
+            self._verified.discard(path)
         remove_stale_temporaries(self.root)
+
+    def _verify(self, path: Path) -> None:
+        if path not in self._verified:
+            verify(path)
+            self._verified.add(path)
 
     def wait(self) -> None:
         """Block until the save in flight is on disk; re-raise its error, if any."""

@@ -86,9 +86,10 @@ class ReplicaConfig:
     restart_budget: int = 20  # process restarts the launcher allows in a run, all replicas together
     spares: int = 1  # warm replica processes kept ready (imported, built, loaded) to replace a dead one
     restart_backoff_s: float = 0.2  # first restart delay; doubles per consecutive crash of a replica, max 5 s
-    # Heartbeats come every 0.1 s from a thread of their own; the bounds below sit above the
-    # longest gap at the leader seen with crashes, hangs and heals on 2 cores (docs/benchmarks.md,
-    # "Run of 2026-11-24, 01:25-01:38", hang bound).
+    # Heartbeats come every 0.1 s (``replicas.timing.Timing``, which holds every other duration)
+    # from a thread of their own; the bounds below sit above the longest gap at the leader seen
+    # with crashes, hangs and heals on 2 cores (docs/benchmarks.md, "Run of 2026-11-24,
+    # 01:25-01:38", hang bound).
     hang_floor_s: float = 0.5  # hang detection never fires sooner than this
     hang_factor: float = 1.5  # ... nor sooner than this many median step times
     join_grace_s: float = 20.0  # at start, how long the first leader waits for all `count` replicas

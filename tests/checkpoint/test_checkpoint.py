@@ -124,3 +124,32 @@ def test_save_stalls_only_for_the_memory_copy(tmp_path, monkeypatch):
     w.wait()
     saved = ckpt.load_file(w.last_path, "model.safetensors")["tok_embeddings.weight"]
     assert torch.equal(saved + 1.0, model.tok_embeddings.weight)
+
+
+def test_pruning_keeps_verified_checkpoints_not_corrupt_ones(tmp_path):
+    """keep=2 with the newest checkpoint corrupt: the next save keeps itself and the newest one
+    that verifies, and removes the corrupt one (logged), instead of keeping the corrupt one and
+    deleting the verified one."""
+    model, opt = make_state()
+    for step in (1, 2):
+        save(tmp_path, step, model, opt, keep=2)
+    target = tmp_path / "step_00000002" / "model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    events = EventLog(tmp_path / "events.jsonl", "test")
+    save(tmp_path, 3, model, opt, keep=2, events=events)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000003", "step_00000001"]
+    assert all(ckpt.verify(p) for p in ckpt.list_checkpoints(tmp_path))
+    removed = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "checkpoint_removed"]
+    assert [e["path"].rsplit("/", 1)[1] for e in removed] == ["step_00000002"] and "SHA-256" in removed[0]["reason"]
+
+
+def test_pruning_leaves_another_format_version_alone(tmp_path):
+    model, opt = make_state()
+    old = save(tmp_path, 1, model, opt, keep=1)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps(dict(manifest, format="tenacia-checkpoint/0")))
+    for step in (2, 3):
+        save(tmp_path, step, model, opt, keep=1)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000003", "step_00000001"]

@@ -4,10 +4,14 @@ single-process trainer (``tenacia.train.trainer``), which never imports this pac
 
 Along a step's path:
 - ``launcher.py``: this host's replica processes, their restarts, a warm spare, plug-ins;
-- ``replica.py``: one replica process, its step (compute, all-reduce, vote, apply);
+- ``replica.py``: one replica process, its step (quorum, shares, compute, reduce, vote, apply);
+- ``apply.py``: a member's own state changes: the pending step, applying it, loading a healed state;
 - ``coordinator.py``: the leader role inside the lowest live replica: quorums, votes, commits,
   takeover (the fault-tolerance contract is its docstring);
+- ``steplog.py``: what the leader records of each committed step, and the measured step times;
 - ``member.py``: a member's link to its leader (heartbeats, silence, failover);
+- ``protocol.py``: every message, typed, and its one conversion to and from the wire;
+- ``timing.py``: every period and timeout, in one ``Timing`` built from the config;
 - ``lease.py``: leader terms claimed in the run directory, and the fence;
 - ``shares.py``: who computes which samples of the global batch, and salvaged gradients;
 - ``group.py``: a fresh gloo group per quorum, old ones retired off the training thread;

@@ -39,116 +39,127 @@ Contract (what is decided when, what each party may assume):
 
 from __future__ import annotations
 
-import statistics
 import threading
-import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import torch.distributed as dist
 
 from ...data.ledger import SampleLedger
 from ...events import EventLog
-from ..metrics import MetricsLog
+from ..config import ReplicaConfig
 from .lease import newest_term
+from .protocol import (
+    Addrs,
+    Bye,
+    Expelled,
+    Heartbeat,
+    Hello,
+    LeaderHeartbeat,
+    Message,
+    Quorum,
+    Resolve,
+    Stop,
+    Verdict,
+    Vote,
+    Wait,
+    Welcome,
+)
 from .shares import even_shares, salvage_shares
+from .steplog import StepLog
+from .timing import Clock, Timing
 from .wire import Conn
-
-TICK_S = 0.02
-HEARTBEAT_S = 0.1
 
 
 @dataclass
 class MemberState:
     replica: int
     conn: Conn
-    control: str
-    heal: str
+    addrs: Addrs
     committed: int
     pending: int | None  # step whose reduced gradients it holds, awaiting a verdict
     quorum_seen: int
-    pending_vote: dict[str, Any] | None = None
-    last_hb: float = field(default_factory=time.monotonic)
+    last_hb: float  # when it was last heard (Clock.now)
+    pending_vote: Vote | None = None
     phase: str = "idle"
     phase_step: int | None = None
     phase_since: float = 0.0
 
 
 class Coordinator:
-    def __init__(self, *, replica: int, term: int, host: str, cfg: Any, total_steps: int,
+    def __init__(self, *, replica: int, term: int, host: str, cfg: ReplicaConfig, timing: Timing, total_steps: int,
                  events: EventLog, ledger: SampleLedger | None, expected: set[int], run_dir: Path, batch_size: int,
                  log_every: int = 10, last_quorum_id: int = 0, takeover_from: float | None = None,
-                 previous: dict[str, Any] | None = None):
+                 previous: Quorum | None = None, clock: Clock | None = None):
+        """The leader's state; its monitor thread runs from ``start`` (a test drives ``tick``)."""
         self.replica, self.term, self.cfg, self.total_steps = replica, term, cfg, total_steps
+        self.timing, self.clock = timing, clock or Clock()
         self.run_dir, self.batch_size = run_dir, batch_size
-        self.log_every = log_every
         self.previous = previous  # after a takeover: the old leader's quorum as this member last saw it
-        self._window: list[tuple[float, float, int]] = []  # (t, loss, tokens) since the last metrics line
         self.events, self.ledger = events, ledger
         self.expected = set(expected)  # who we wait for before the first quorum
         self.takeover = takeover_from is not None
         self.takeover_from = takeover_from
         self.lock = threading.RLock()
         self.members: dict[int, MemberState] = {}
-        self.quorum: dict[str, Any] | None = None
+        # the current quorum at its current step; its ``resolve`` is the fate of the step in
+        # flight once that step was discarded (the next quorum carries it)
+        self.quorum: Quorum | None = None
         self.quorum_id = last_quorum_id
-        self.votes: dict[int, dict[str, Any]] = {}
-        self.step_times: deque[float] = deque(maxlen=20)
-        self.last_commit_t: float | None = None
-        self.stalled_since: float | None = None
-        self.started = self._tick = time.monotonic()
+        self.votes: dict[int, Vote] = {}
+        self.steps = StepLog(events=events, run_dir=run_dir, log_every=log_every, total_steps=total_steps,
+                             timing=timing, clock=self.clock)
+        self.started = self._tick = self._last_beat = self._last_fence = self.clock.now()
         self.quorum_id_start: int | None = None if self.takeover else last_quorum_id
         self.stopped = False
         self.store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False,
-                                   timeout=timedelta(seconds=60))
+                                   timeout=timedelta(seconds=timing.store_s))
         self.store_addr = f"{host}:{self.store.port}"
-        self._thread = threading.Thread(target=self._monitor, name="coordinator", daemon=True)
-        self._thread.start()
         events.emit("coordinator_changed", coordinator=replica, term=term,
-                    takeover_s=None if takeover_from is None else round(time.monotonic() - takeover_from, 4))
+                    takeover_s=None if takeover_from is None else round(self.clock.now() - takeover_from, 4))
+
+    def start(self) -> Coordinator:
+        """Run the monitor (``tick`` every ``Timing.tick_s``) in a daemon thread until stopped."""
+        threading.Thread(target=self._monitor, name="coordinator", daemon=True).start()
+        return self
 
     # ----- timing ---------------------------------------------------------------------------------
     @property
     def hang_timeout(self) -> float:
-        median = statistics.median(self.step_times) if len(self.step_times) >= 3 else 0.0
-        return max(self.cfg.hang_floor_s, self.cfg.hang_factor * median)
+        return self.timing.hang_bound(self.steps.step_times)
 
     # ----- messages from members (called by the control server's reader threads) ---------------------
-    def on_hello(self, conn: Conn, msg: dict[str, Any]) -> None:
-        rid = int(msg["replica"])
+    def on_hello(self, conn: Conn, msg: Hello) -> None:
+        rid = msg.replica
         with self.lock:
             old = self.members.get(rid)
             if old is not None and old.conn is not conn:
                 self._lose(rid, "crash", "restarted process replaced its old connection")
-            self.members[rid] = MemberState(rid, conn, msg["control"], msg["heal"], int(msg["committed"]),
-                                            msg.get("pending"), int(msg.get("quorum_seen", 0)),
-                                            msg.get("pending_vote"))
-            self.quorum_id = max(self.quorum_id, int(msg.get("quorum_seen", 0)))
-            conn.try_send({"type": "welcome", "leader": self.replica, "term": self.term})
+            self.members[rid] = MemberState(rid, conn, Addrs(msg.control, msg.heal), msg.committed, msg.pending,
+                                            msg.quorum_seen, self.clock.now(), msg.pending_vote)
+            self.quorum_id = max(self.quorum_id, msg.quorum_seen)
+            conn.try_send(Welcome(leader=self.replica, term=self.term))
             if self.quorum is None:
                 self._maybe_form("join")
             # else: newcomers are admitted at the next step boundary (after the verdict), so the
             # step in flight is not thrown away for them
 
-    def on_message(self, rid: int, msg: dict[str, Any]) -> None:
+    def on_message(self, rid: int, msg: Message) -> None:
         with self.lock:
             if self.stopped or self._frozen():
                 return
             m = self.members.get(rid)
             if m is None:
                 return
-            m.last_hb = time.monotonic()
-            kind = msg["type"]
-            if kind == "heartbeat":
-                if msg["phase"] != m.phase or msg["step"] != m.phase_step:
-                    m.phase, m.phase_step, m.phase_since = msg["phase"], msg["step"], time.monotonic()
-                m.committed = max(m.committed, int(msg["committed"]))  # verdicts may be ahead of it
-            elif kind == "vote":
+            m.last_hb = self.clock.now()
+            if isinstance(msg, Heartbeat):
+                if msg.phase != m.phase or msg.step != m.phase_step:
+                    m.phase, m.phase_step, m.phase_since = msg.phase, msg.step, self.clock.now()
+                m.committed = max(m.committed, msg.committed)  # verdicts may be ahead of it
+            elif isinstance(msg, Vote):
                 self._on_vote(rid, msg)
-            elif kind == "bye":
+            elif isinstance(msg, Bye):
                 self._lose(rid, "leave", "left cleanly")
 
     def on_disconnect(self, rid: int, conn: Conn) -> None:
@@ -158,90 +169,49 @@ class Coordinator:
                 self._lose(rid, "crash", "connection closed")
 
     # ----- commit ------------------------------------------------------------------------------------
-    def _on_vote(self, rid: int, msg: dict[str, Any]) -> None:
+    def _on_vote(self, rid: int, msg: Vote) -> None:
         q = self.quorum
-        if q is None or msg["quorum_id"] != q["quorum_id"] or msg["step"] != q["step"]:
+        if q is None or msg.quorum_id != q.quorum_id or msg.step != q.step:
             return
         self.votes[rid] = msg
-        if set(self.votes) != set(q["members"]):
+        if set(self.votes) != set(q.members):
             return
         if self.superseded():
             return
-        step = q["step"]
-        ok = all(v["ok"] for v in self.votes.values())
-        sharers = [self.votes[r] for r in q["sharers"]]
+        step = q.step
+        ok = all(v.ok for v in self.votes.values())
+        first = self.votes[q.sharers[0]]
         if ok and self.ledger is not None:
-            self.ledger.record(step, sharers[0]["start"], sharers[0]["batch"])
-        self._broadcast({"type": "verdict", "quorum_id": q["quorum_id"], "step": step, "commit": ok})
-        now = time.monotonic()
-        for r in q["members"]:
+            self.ledger.record(step, first.start, list(first.batch))
+        self._broadcast(Verdict(quorum_id=q.quorum_id, step=step, commit=ok))
+        for r in q.members:
             self.members[r].committed = step if ok else self.members[r].committed
             self.members[r].pending = None
-        phases = self._phases()
-        self.votes = {}
+        votes, self.votes = self.votes, {}
         if ok:
-            samples = sum(len(v["ids"]) for v in sharers)
-            loss = sum(v["loss"] * len(v["ids"]) for v in sharers) / max(samples, 1)
-            stall = None
-            if self.last_commit_t is not None:
-                dt = now - self.last_commit_t
-                if self.stalled_since is None:
-                    self.step_times.append(dt)
-                else:
-                    stall = round(now - self.stalled_since, 4)
-            self.events.emit("step_committed", step=step, loss=loss, tokens=sum(v["tokens"] for v in sharers),
-                             members=q["members"], step_time_s=None if self.last_commit_t is None else round(now - self.last_commit_t, 4),
-                             stall_s=stall, quorum_id=q["quorum_id"], phases=phases,
-                             reused=sum(v.get("reused", 0) for v in sharers))
-            self.last_commit_t, self.stalled_since = now, None
-            self._log_metrics(step, loss, sum(v["tokens"] for v in sharers))
-            q["step"] = step + 1
-            q["resolve"] = None
-            q["sharers"], q["heal"] = list(q["members"]), {}  # healed newcomers are in sync now
-            q["shares"] = even_shares(q["members"], self.batch_size)
+            self.steps.committed(q, votes)
+            self.quorum = q.next_step(self.batch_size)  # healed newcomers are in sync now
             if step >= self.total_steps:
-                self._broadcast({"type": "stop", "reason": "finished", "step": step})
+                self._broadcast(Stop(reason="finished", step=step))
                 self.stopped = True
                 return
         else:
             self.events.emit("step_discarded", step=step, reason="a member failed the step")
-            q["resolve"] = {"step": step, "commit": False}
-        waiting = [r for r in self.members if r not in q["members"]]
+            self.quorum = replace(q, resolve=Resolve(step, commit=False))
+        waiting = [r for r in self.members if r not in q.members]
         if waiting or not ok:
             self._maybe_form("join" if ok else "retry")
-
-    def _phases(self) -> dict[str, Any] | None:
-        """The first step of a quorum: when each member received the quorum, computed, found the
-        process group ready and had the sum, in seconds after the quorum was formed."""
-        formed = self.quorum.get("formed_t") if self.quorum else None
-        timing = {r: v["timing"] for r, v in self.votes.items() if v.get("timing")}
-        if formed is None or not timing:
-            return None
-        out = {str(r): {k: round(t - formed, 4) for k, t in tm.items() if t is not None} for r, tm in timing.items()}
-        return {"members": out, "commit": round(time.time() - formed, 4)}
 
     def _frozen(self) -> bool:
         """Was this process stopped longer than the hang bound? Then the members have elected
         another leader meanwhile: stop, whichever thread notices first."""
-        gap = time.monotonic() - self._tick
-        if gap <= max(self.hang_timeout, 0.5):
+        gap = self.clock.now() - self._tick
+        if gap <= self.timing.frozen_after(self.hang_timeout):
             return False
         if not self.stopped:
             self.stopped = True
             self.events.emit("coordinator_frozen", coordinator=self.replica, gap_s=round(gap, 3))
         return True
-
-    def _log_metrics(self, step: int, loss: float, tokens: int) -> None:
-        """``metrics.jsonl`` as the single-process trainer writes it: mean loss and tokens/s."""
-        self._window.append((time.time(), loss, tokens))
-        if step % self.log_every and step < self.total_steps:
-            return
-        t0 = self._window[0][0] if len(self._window) > 1 else None
-        MetricsLog(self.run_dir).write(
-            step=step, loss=sum(w[1] for w in self._window) / len(self._window),
-            tokens_per_s=sum(w[2] for w in self._window[1:]) / (self._window[-1][0] - t0) if t0 else None,
-            members=len(self.quorum["members"]) if self.quorum else None)
-        self._window = self._window[-1:]
 
     def superseded(self) -> bool:
         """The fence (see ``lease.py``): a newer term exists, so another leader was elected while we
@@ -251,7 +221,7 @@ class Coordinator:
             return False
         self.stopped = True
         self.events.emit("coordinator_superseded", coordinator=self.replica, term=self.term, newest_term=newest)
-        self._broadcast({"type": "expelled", "reason": f"leader {self.replica} of term {self.term} was superseded by term {newest}"})
+        self._broadcast(Expelled(f"leader {self.replica} of term {self.term} was superseded by term {newest}"))
         return True
 
     # ----- failures ------------------------------------------------------------------------------------
@@ -262,75 +232,77 @@ class Coordinator:
         if m is None:
             return
         if kind == "hang":
-            m.conn.try_send({"type": "expelled", "reason": why})
+            m.conn.try_send(Expelled(why))
         m.conn.close()
         if kind != "leave":
             self.events.emit("failure_detected", kind=kind, replica=rid, reason=why,
-                             silence_s=round(time.monotonic() - m.last_hb, 4))
+                             silence_s=round(self.clock.now() - m.last_hb, 4))
         q = self.quorum
-        if q is not None and rid in q["members"]:
-            if self.stalled_since is None:
-                self.stalled_since = self.last_commit_t or time.monotonic()
-            self.events.emit("step_discarded", step=q["step"], reason=f"replica {rid} lost ({kind})")
-            q["resolve"] = {"step": q["step"], "commit": False}
+        if q is not None and rid in q.members:
+            self.steps.stall_began()
+            self.events.emit("step_discarded", step=q.step, reason=f"replica {rid} lost ({kind})")
+            self.quorum = replace(q, resolve=Resolve(q.step, commit=False))
             self.votes = {}
             self._maybe_form(f"replica {rid} lost ({kind})")
 
     def _monitor(self) -> None:
-        last_beat = last_fence = time.monotonic()
         while not self.stopped:
-            time.sleep(TICK_S)
-            with self.lock:
-                now = time.monotonic()
-                if self._frozen():
-                    return
-                self._tick = now
-                if now - last_beat >= HEARTBEAT_S:  # members fail over when the leader goes silent
-                    self._broadcast({"type": "heartbeat"})
-                    last_beat = now
-                timeout = self.hang_timeout
-                q = self.quorum
-                in_quorum = [self.members[r] for r in (q["members"] if q else []) if r in self.members]
-                waiting_in_allreduce = any(m.phase == "allreduce" for m in in_quorum)
-                stuck_bound = max(10.0, 4 * timeout)  # a slow step is a straggler, not a hang
-                own = self.members.get(self.replica)  # heard through our own reader threads too
-                hearing = own is None or now - own.last_hb < timeout / 2
-                for rid, m in list(self.members.items()):
-                    if rid == self.replica:
-                        continue  # our own member side lives in this process
-                    if now - m.last_hb > timeout and hearing:
-                        self._lose(rid, "hang", f"silent for {now - m.last_hb:.2f}s > {timeout:.2f}s")
-                    elif (m.phase == "compute" and waiting_in_allreduce and m in in_quorum
-                          and now - m.phase_since > stuck_bound):
-                        self._lose(rid, "hang", f"stuck in its step for {now - m.phase_since:.2f}s > {stuck_bound:.2f}s")
-                if (q is not None and in_quorum and len(in_quorum) == len(q["members"])
-                        and all(m.phase == "allreduce" and now - m.phase_since > timeout for m in in_quorum)):
-                    # everyone is alive and waiting in the collective: the collective itself is stuck
-                    self.events.emit("step_discarded", step=q["step"], reason=f"all-reduce stuck for > {timeout:.2f}s")
-                    q["resolve"] = {"step": q["step"], "commit": False}
-                    for m in in_quorum:
-                        m.phase_since = now
-                    self._maybe_form("stuck collective")
-                if self.quorum is None:
-                    self._maybe_form("waiting")
-                elif now - last_fence > 0.5:
-                    last_fence = now
-                    self.superseded()
+            self.clock.sleep(self.timing.tick_s)
+            self.tick(self.clock.now())
+
+    def tick(self, now: float) -> None:
+        """The periodic rules at time ``now`` (``Clock.now``): the leader's heartbeat, hang and stuck
+        expulsion, a stuck collective, a waiting quorum, the fence; a frozen leader stops."""
+        with self.lock:
+            if self.stopped or self._frozen():
+                return
+            self._tick = now
+            if now - self._last_beat >= self.timing.heartbeat_s:  # members fail over when the leader goes silent
+                self._broadcast(LeaderHeartbeat())
+                self._last_beat = now
+            timeout = self.hang_timeout
+            q = self.quorum
+            in_quorum = [self.members[r] for r in (q.members if q else ()) if r in self.members]
+            waiting_in_allreduce = any(m.phase == "allreduce" for m in in_quorum)
+            stuck_bound = self.timing.stuck_bound(timeout)  # a slow step is a straggler, not a hang
+            own = self.members.get(self.replica)  # heard through our own reader threads too
+            hearing = own is None or now - own.last_hb < timeout / 2
+            for rid, m in list(self.members.items()):
+                if rid == self.replica:
+                    continue  # our own member side lives in this process
+                if now - m.last_hb > timeout and hearing:
+                    self._lose(rid, "hang", f"silent for {now - m.last_hb:.2f}s > {timeout:.2f}s")
+                elif (m.phase == "compute" and waiting_in_allreduce and m in in_quorum
+                      and now - m.phase_since > stuck_bound):
+                    self._lose(rid, "hang", f"stuck in its step for {now - m.phase_since:.2f}s > {stuck_bound:.2f}s")
+            if (q is not None and in_quorum and len(in_quorum) == len(q.members)
+                    and all(m.phase == "allreduce" and now - m.phase_since > timeout for m in in_quorum)):
+                # everyone is alive and waiting in the collective: the collective itself is stuck
+                self.events.emit("step_discarded", step=q.step, reason=f"all-reduce stuck for > {timeout:.2f}s")
+                self.quorum = replace(q, resolve=Resolve(q.step, commit=False))
+                for m in in_quorum:
+                    m.phase_since = now
+                self._maybe_form("stuck collective")
+            if self.quorum is None:
+                self._maybe_form("waiting")
+            elif now - self._last_fence > self.timing.fence_check_s:
+                self._last_fence = now
+                self.superseded()
 
     # ----- quorum formation ----------------------------------------------------------------------------
     def _maybe_form(self, reason: str) -> None:
         live = sorted(self.members)
         if self.quorum is None and self.expected - set(live):
-            grace = self.cfg.join_grace_s if not self.takeover else self.hang_timeout
-            if time.monotonic() - self.started < grace:
+            grace = self.timing.join_grace_s if not self.takeover else self.hang_timeout
+            if self.clock.now() - self.started < grace:
                 return  # still waiting for the first members to say hello
         if len(live) < self.cfg.min_replicas or not live:
             if self.quorum is not None:
                 self.quorum = None
-                self._broadcast({"type": "wait", "reason": f"{len(live)} live < min_replicas {self.cfg.min_replicas}"})
+                self._broadcast(Wait(f"{len(live)} live < min_replicas {self.cfg.min_replicas}"))
             return
         live = live[: self.cfg.max_replicas]
-        resolve = self.quorum["resolve"] if self.quorum is not None else None
+        resolve = self.quorum.resolve if self.quorum is not None else None
         if resolve is None and self.takeover and self.quorum is None:
             resolve = self._resolve_takeover(live)
         elif self.quorum is None and self.quorum_id_start is not None and self.ledger is not None:
@@ -341,37 +313,34 @@ class Coordinator:
                 self.events.emit("resumed", step=start, path=None, replicas=live)
         self.quorum_id_start = None
         committed = {r: self.members[r].committed for r in live}
-        if resolve is not None and resolve["commit"]:
+        if resolve is not None and resolve.commit:
             for r in live:
-                if self.members[r].pending == resolve["step"]:
-                    committed[r] = resolve["step"]
+                if self.members[r].pending == resolve.step:
+                    committed[r] = resolve.step
         step = max(committed.values())
         if step >= self.total_steps:
-            self._broadcast({"type": "stop", "reason": "finished", "step": step})
+            self._broadcast(Stop(reason="finished", step=step))
             self.stopped = True
             return
         in_sync = [r for r in live if committed[r] == step]
         prev, self.previous = self.quorum or self.previous, None
-        if prev is not None and prev["step"] == step + 1 and prev.get("shares"):
-            shares = salvage_shares(prev["shares"], in_sync, self.batch_size)  # the same step again
+        if prev is not None and prev.step == step + 1 and prev.shares:
+            shares = salvage_shares(prev.shares, in_sync, self.batch_size)  # the same step again
         else:
             shares = even_shares(in_sync, self.batch_size)
         heal = {r: in_sync[i % len(in_sync)] for i, r in enumerate(r for r in live if committed[r] != step)}
         self.quorum_id += 1
-        self.quorum = {
-            "type": "quorum", "quorum_id": self.quorum_id, "term": self.term, "members": live,
-            "sharers": in_sync, "shares": shares, "heal": {str(k): v for k, v in heal.items()}, "step": step + 1,
-            "store": self.store_addr, "resolve": resolve, "hang_timeout": self.hang_timeout,
-            "addrs": {str(r): {"control": self.members[r].control, "heal": self.members[r].heal} for r in live},
-            "leader": self.replica, "formed_t": time.time(),
-        }
+        self.quorum = Quorum(
+            quorum_id=self.quorum_id, term=self.term, leader=self.replica, step=step + 1, members=tuple(live),
+            sharers=tuple(in_sync), shares=shares, heal=heal, store=self.store_addr,
+            addrs={r: self.members[r].addrs for r in live}, hang_timeout=self.hang_timeout, resolve=resolve,
+            formed_t=self.clock.wall())
         self.votes = {}
         self.events.emit("quorum_changed", step=step, quorum_id=self.quorum_id, members=live, reason=reason,
-                         healing=heal, since_commit_s=None if self.stalled_since is None
-                         else round(time.monotonic() - self.stalled_since, 4))
+                         healing=heal, since_commit_s=self.steps.stalled_for())
         self._broadcast(self.quorum)
 
-    def _resolve_takeover(self, live: list[int]) -> dict[str, Any] | None:
+    def _resolve_takeover(self, live: list[int]) -> Resolve | None:
         """The fate of the step ``top`` the old leader may have been committing ("Takeover" above)."""
         self.takeover = False
         top = max(max(self.members[r].committed, self.members[r].pending or 0) for r in live)
@@ -381,7 +350,7 @@ class Coordinator:
         if any(self.members[r].committed == top for r in voters):
             # a member applies a step only on the commit verdict, which the old leader sent after
             # recording the step in the ledger: `top` is committed and already recorded
-            return {"step": top, "commit": True}
+            return Resolve(top, commit=True)
         ready = all(self.members[r].pending == top for r in voters)
         if self.ledger is not None:
             # The old leader may or may not have recorded `top` before it died: drop it either way,
@@ -389,12 +358,12 @@ class Coordinator:
             self.ledger.rewind(top - 1)
             votes = [self.members[r].pending_vote for r in voters if self.members[r].pending_vote]
             if ready and votes:
-                self.ledger.record(top, votes[0]["start"], votes[0]["batch"])
+                self.ledger.record(top, votes[0].start, list(votes[0].batch))
         self.events.emit("step_committed" if ready else "step_discarded", step=top, members=live,
                          reason="decided by the new leader after takeover")
-        return {"step": top, "commit": ready}
+        return Resolve(top, commit=ready)
 
-    def _broadcast(self, msg: dict[str, Any]) -> None:
+    def _broadcast(self, msg: Message) -> None:
         for m in list(self.members.values()):
             m.conn.try_send(msg)
 

@@ -11,14 +11,17 @@ from typing import Any
 
 import torch.distributed as dist
 
+from .timing import Timing
+
 
 class GroupBuilder:
     """Builds the quorum's gloo group in a thread; the training thread goes on meanwhile and is
     told by ``notify`` (called from the builder's thread) once the group is ready or failed."""
 
     def __init__(self, store_addr: str, quorum_id: int, rank: int, world: int, host: str,
-                 notify: Callable[[], None] | None = None):
+                 notify: Callable[[], None] | None = None, timing: Timing | None = None):
         self.pg: Any = None
+        self.timing = timing or Timing()
         self.notify = notify
         self.error: str | None = None
         self.ready_t: float | None = None  # wall-clock time the group was built (or failed)
@@ -29,9 +32,10 @@ class GroupBuilder:
     def _build(self, store_addr: str, quorum_id: int, rank: int, world: int, host: str) -> None:
         try:
             shost, port = store_addr.rsplit(":", 1)
-            store = dist.TCPStore(shost, int(port), is_master=False, timeout=timedelta(seconds=10))
+            store = dist.TCPStore(shost, int(port), is_master=False,
+                                  timeout=timedelta(seconds=self.timing.store_client_s))
             opts = dist.ProcessGroupGloo._Options()
-            opts._timeout = timedelta(seconds=30)
+            opts._timeout = timedelta(seconds=self.timing.collective_s)
             iface = os.environ.get("GLOO_SOCKET_IFNAME")
             device = (dist.ProcessGroupGloo.create_device(interface=iface) if iface
                       else dist.ProcessGroupGloo.create_device(hostname=host))
@@ -55,7 +59,7 @@ def retire(builder: GroupBuilder) -> threading.Thread:
     with each fault (docs/benchmarks.md, "Runs of 22:11-22:41"). ``shutdown()`` returns at once,
     even with a collective still in flight against a dead or stopped peer; the group's
     destructor, though, waits for that collective to finish or time out (up to the group
-    timeout, 30 s), without holding the GIL. So this thread, not the caller, drops the last
+    timeout, ``Timing.collective_s``), without holding the GIL. So this thread, not the caller, drops the last
     reference. A group still being built is waited for first.
     The caller must hold no other reference to ``builder.pg`` (the builder is left without one),
     nor any of its ``Work`` objects: a Work keeps its group alive, and whoever drops the last

@@ -9,8 +9,8 @@ the same reduced gradients as everyone: after the step all members hold equal st
 side dies meanwhile, the step is discarded like any other and the next quorum names a donor again.
 
 Wire format: the snapshot is packed by ``offer`` into one contiguous byte buffer (each tensor's raw
-bytes at a 64-byte aligned offset) and sent as a single blob; the header carries the layout
-(name, dtype, shape, offset, bytes). Nothing is serialised: the donor's sending thread hands the
+bytes at a 64-byte aligned offset) and sent as a single blob after a ``protocol.HealState`` that
+carries the layout (name, dtype, shape, offset, bytes) and the donor's counters. Nothing is serialised: the donor's sending thread hands the
 buffer to the kernel in one ``sendall``, the newcomer receives it with one blocking ``recv_into``
 (``MSG_WAITALL``) into one preallocated buffer and takes tensor views of it. Python holds the GIL for only a few calls on
 either side, so the transfer does not wait on the training thread and hides behind a step's
@@ -28,11 +28,12 @@ from typing import Any
 
 import torch
 
+from .protocol import HealError, HealRequest, HealState, Layout
+from .timing import Timing
 from .wire import Conn, listen, serve_forever, sock_addr
 
 ALIGN = 64
 SOCK_BUF = 8 << 20  # bytes of kernel socket buffer per side of a heal connection
-Layout = list[tuple[str, str, list[int], int, int]]  # (name, dtype, shape, offset, nbytes)
 
 
 def pack(*parts: dict[str, torch.Tensor]) -> tuple[list[Layout], torch.Tensor]:
@@ -41,12 +42,12 @@ def pack(*parts: dict[str, torch.Tensor]) -> tuple[list[Layout], torch.Tensor]:
     layouts: list[Layout] = []
     size = 0
     for tensors in parts:
-        layout: Layout = []
+        layout = []
         for name, t in tensors.items():
             nbytes = t.numel() * t.element_size()
-            layout.append((name, str(t.dtype).removeprefix("torch."), list(t.shape), size, nbytes))
+            layout.append((name, str(t.dtype).removeprefix("torch."), tuple(t.shape), size, nbytes))
             size += -(-nbytes // ALIGN) * ALIGN
-        layouts.append(layout)
+        layouts.append(tuple(layout))
     buf = torch.empty(size, dtype=torch.uint8)
     for layout, tensors in zip(layouts, parts, strict=True):
         for (_, _, _, off, nbytes), t in zip(layout, tensors.values(), strict=True):
@@ -69,10 +70,11 @@ def unpack(layout: Layout, buf: torch.Tensor) -> dict[str, torch.Tensor]:
 class HealServer:
     """Serves this replica's state snapshots to newcomers, keyed by quorum id."""
 
-    def __init__(self, host: str, advertise: str):
+    def __init__(self, host: str, advertise: str, timing: Timing | None = None):
         self.sock = listen(host)
         self.addr = sock_addr(self.sock, advertise)
-        self._offers: dict[int, tuple[dict[str, Any], torch.Tensor]] = {}
+        self.timing = timing or Timing()
+        self._offers: dict[int, tuple[HealState, torch.Tensor]] = {}
         self._cond = threading.Condition()
         serve_forever(self.sock, self._serve, "heal-accept")
 
@@ -80,7 +82,7 @@ class HealServer:
               optim: dict[str, torch.Tensor]) -> None:
         """Post the state for ``quorum_id``: one copy into a packed host buffer, then return."""
         (model_layout, optim_layout), buf = pack(model, optim)
-        header = dict(meta, model=model_layout, optim=optim_layout)
+        header = HealState(model=model_layout, optim=optim_layout, meta=dict(meta))
         with self._cond:
             self._offers = {q: o for q, o in self._offers.items() if q >= quorum_id - 2}
             self._offers[quorum_id] = (header, buf)
@@ -89,15 +91,18 @@ class HealServer:
     def _serve(self, conn: Conn) -> None:
         try:
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCK_BUF)
-            conn.set_kernel_timeout(60)
+            conn.set_kernel_timeout(self.timing.heal_io_s)
             req, _ = conn.recv()
-            qid = int(req["quorum_id"])
+            if not isinstance(req, HealRequest):
+                conn.try_send(HealError(f"expected a heal request, got {type(req).__name__}"))
+                return
+            qid = req.quorum_id
             with self._cond:
-                if not self._cond.wait_for(lambda: qid in self._offers, timeout=30):
-                    conn.try_send({"type": "error", "reason": f"no state offered for quorum {qid}"})
+                if not self._cond.wait_for(lambda: qid in self._offers, timeout=self.timing.heal_offer_s):
+                    conn.try_send(HealError(f"no state offered for quorum {qid}"))
                     return
                 header, buf = self._offers[qid]
-            conn.send({"type": "state", **header}, memoryview(buf.numpy()))
+            conn.send(header, memoryview(buf.numpy()))
         except (ConnectionError, OSError):
             pass  # the newcomer went away; it will be healed again in a later quorum
         finally:
@@ -111,8 +116,10 @@ class HealFetch:
     are copied into the parameters on load); optimizer tensors are copies, as the optimizer keeps
     them."""
 
-    def __init__(self, donor_addr: str, quorum_id: int, notify: Callable[[], None] | None = None):
+    def __init__(self, donor_addr: str, quorum_id: int, notify: Callable[[], None] | None = None,
+                 timing: Timing | None = None):
         self.donor_addr, self.quorum_id, self.notify = donor_addr, quorum_id, notify
+        self.timing = timing or Timing()
         self.result: tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self.error: str | None = None
         self.nbytes = 0
@@ -123,23 +130,26 @@ class HealFetch:
 
     def _run(self) -> None:
         try:
-            conn = Conn.connect(self.donor_addr, timeout=2.0)
+            conn = Conn.connect(self.donor_addr, timeout=self.timing.heal_connect_s)
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCK_BUF)
-            conn.set_kernel_timeout(60)  # the donor answers once its training thread offers the state
+            # the donor answers once its training thread offers the state
+            conn.set_kernel_timeout(self.timing.heal_io_s)
             try:
-                conn.send({"type": "fetch", "quorum_id": self.quorum_id})
-                meta, blobs = conn.recv()
+                conn.send(HealRequest(self.quorum_id))
+                reply, blobs = conn.recv()
             finally:
                 conn.close()
-            if meta.get("type") != "state" or len(blobs) != 1:
-                raise ConnectionError(meta.get("reason", "bad reply from donor"))
+            if isinstance(reply, HealError):
+                raise ConnectionError(reply.reason)
+            if not isinstance(reply, HealState) or len(blobs) != 1:
+                raise ConnectionError(f"bad reply from donor: {type(reply).__name__} with {len(blobs)} blobs")
             self.nbytes = len(blobs[0])
             buf = torch.frombuffer(blobs[0], dtype=torch.uint8) if self.nbytes else torch.empty(0, dtype=torch.uint8)
-            model = unpack(meta.pop("model"), buf)
-            optim = {k: v.clone() for k, v in unpack(meta.pop("optim"), buf).items()}
-            self.result = (meta, model, optim)
+            model = unpack(reply.model, buf)
+            optim = {k: v.clone() for k, v in unpack(reply.optim, buf).items()}
+            self.result = (dict(reply.meta), model, optim)
             self.transfer_s = time.monotonic() - self.t0
-        except (OSError, ConnectionError, ValueError, KeyError, RuntimeError) as e:
+        except (OSError, ValueError, RuntimeError) as e:
             self.error = str(e)
         finally:
             self.done.set()

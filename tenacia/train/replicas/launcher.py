@@ -5,9 +5,18 @@ it (parent-death signal) and the replicas on other hosts go on without them. Eac
 its own session, so a signal meant for one never reaches another.
 
 Supervision contract: a replica that exits non-zero is restarted after ``restart_backoff_s``,
-doubling per consecutive failure of that replica (capped at 5 s), while the run's restart budget
-lasts. It rejoins through the control address of any live replica and heals from a peer. When the
-leader writes ``finished.json`` nothing is restarted any more.
+doubling per consecutive failure of that replica (capped at ``Timing.restart_backoff_max_s``),
+while the run's restart budget lasts. It rejoins through the control address of any live replica
+and heals from a peer. Once the budget is spent, a replica that exits non-zero is left dead and
+``restart_budget_exhausted`` is logged once for it. When the leader writes ``finished.json``
+nothing is restarted any more. ``supervise_once(now)`` is one look at the children, so these rules
+can be driven with a fake clock.
+
+Stopping: on SIGTERM the launcher stops this host's replicas cleanly: its plug-ins are closed,
+every replica process (and the spare) is sent SIGCONT and SIGTERM, killed if still alive after
+``Timing.exit_grace_s``, and reaped; ``launcher_stopped`` is logged and the launcher exits with
+code 143 (128 + SIGTERM). A second SIGTERM meanwhile is ignored. Replicas on other hosts see this
+host's replicas crash and go on; a job stopped whole resumes from its newest checkpoint.
 
 Supervision plug-ins (``Supervision``): objects the caller adds to ``Launcher.plugins`` before
 ``run``. The launcher calls each one's ``tick`` at least every ``poll_s`` seconds, starts every
@@ -42,11 +51,15 @@ from ...storage import atomic_write
 from ..config import RunConfig
 from . import addresses
 from .monitor import RunMonitor
+from .timing import Timing
 
 PR_SET_PDEATHSIG = 1
-
-
 CAP_SYS_NICE = 23
+EXIT_TERMINATED = 128 + signal.SIGTERM  # the launcher's exit code after a SIGTERM
+
+
+class Terminated(Exception):
+    """The launcher was sent SIGTERM."""
 
 
 def _die_with_parent() -> None:
@@ -79,7 +92,7 @@ def set_autogroup_nice(pid: int | str, nice: int) -> bool:
                 f.write(str(nice))
             return True
         except BlockingIOError:
-            time.sleep(0.01)
+            time.sleep(0.01)  # the kernel's rate limit, not a timeout
         except OSError:
             return False
     return False
@@ -139,12 +152,15 @@ class Child:
 class Launcher:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+        self.timing = Timing.from_config(cfg.replicas)
         self.run_dir = Path(cfg.train.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.events = EventLog(self.run_dir / "events.jsonl", "launcher")
         self.children: dict[int, Child] = {}
         self.spare: subprocess.Popen | None = None  # a warm replica process waiting for an id
         self.restarts = 0
+        self.pending: dict[int, float] = {}  # replica -> when to restart it (monotonic)
+        self.given_up: set[int] = set()  # replicas left dead once the restart budget was spent
         self.primary = not cfg.replicas.join  # the launcher that starts the job (not one that joins it)
         self.ids = range(cfg.replicas.first_id, cfg.replicas.first_id + cfg.replicas.count)
         self.config_path = self.run_dir / "replicas" / f"config-{cfg.replicas.first_id}.toml"
@@ -196,7 +212,8 @@ class Launcher:
             self.spare = self.spawn(None, [])
         return self.spawn(replica, join), "new process"
 
-    def wait_address(self, replica: int, timeout: float = 120.0) -> str:
+    def wait_address(self, replica: int) -> str:
+        timeout = self.timing.start_s
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             child = self.children[replica]
@@ -206,10 +223,32 @@ class Launcher:
             info = addresses.read(self.run_dir, replica)
             if info is not None and info["pid"] == child.proc.pid:
                 return info["control"]
-            time.sleep(0.05)
+            time.sleep(self.timing.launcher_poll_s)
         raise TimeoutError(f"replica {replica} did not publish its address within {timeout:.0f}s")
 
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not interrupt the shutdown
+        raise Terminated()
+
     def run(self) -> int:
+        """Start this host's replicas and supervise them until the run ends; returns the exit code
+        (0: finished, 1: replicas failed for good, ``EXIT_TERMINATED`` after a SIGTERM)."""
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            try:
+                code = self._run()
+            except Terminated:
+                code = EXIT_TERMINATED
+            finally:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the shutdown runs whole, whatever comes
+                self.shutdown()
+            if code == EXIT_TERMINATED:
+                self.events.emit("launcher_stopped", signal="SIGTERM", restarts=self.restarts)
+            return code
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _run(self) -> int:
         from ...data.dataset import prepare_data
 
         prepare_data(self.cfg.data, self.cfg.model.vocab_size)  # once here, so replicas hit the cache
@@ -223,17 +262,14 @@ class Launcher:
         self.events.emit("run_started", replicas=self.cfg.replicas.count, first_id=self.ids[0],
                          config=cfglib.to_dict(self.cfg))
         seeds = list(self.cfg.replicas.join)
-        try:
-            first_id = self.ids[0]
-            self.children[first_id] = self.spawn(first_id, seeds)
-            first = self.wait_address(first_id)
-            for r in self.ids[1:]:
-                self.children[r] = self.spawn(r, seeds or [first])
-            if self.cfg.replicas.spares:
-                self.spare = self.spawn(None, [])
-            return self.supervise()
-        finally:
-            self.shutdown()
+        first_id = self.ids[0]
+        self.children[first_id] = self.spawn(first_id, seeds)
+        first = self.wait_address(first_id)
+        for r in self.ids[1:]:
+            self.children[r] = self.spawn(r, seeds or [first])
+        if self.cfg.replicas.spares:
+            self.spare = self.spawn(None, [])
+        return self.supervise()
 
     def finished(self) -> bool:
         return (self.run_dir / "finished.json").exists()
@@ -242,59 +278,78 @@ class Launcher:
         tc = self.cfg.train
         with RunMonitor(self.run_dir, tc.steps, tc.batch_size * self.cfg.data.seq_len, tc.progress,
                         tc.log_every) as monitor:
-            return self._supervise(monitor)
+            while True:
+                time.sleep(min([self.timing.launcher_poll_s] + [plugin.poll_s for plugin in self.plugins]))
+                for plugin in self.plugins:
+                    plugin.tick()
+                monitor.tick()
+                code = self.supervise_once(time.monotonic())
+                if code is not None:
+                    return code
 
-    def _supervise(self, monitor: RunMonitor) -> int:
-        pending: dict[int, float] = {}  # replica -> restart time
-        while True:
-            time.sleep(min([0.05] + [plugin.poll_s for plugin in self.plugins]))
-            now = time.monotonic()
-            for plugin in self.plugins:
-                plugin.tick()
-            monitor.tick()
-            for r, child in list(self.children.items()):
-                code = child.proc.poll()
-                if code is None or r in pending:
-                    continue
-                if code == 0 or self.finished():
-                    continue
-                if self.restarts >= self.cfg.replicas.restart_budget:
-                    self.events.emit("restart_budget_exhausted", replica=r, restarts=self.restarts)
-                    continue
-                child.failures += 1
-                backoff = min(5.0, self.cfg.replicas.restart_backoff_s * 2 ** (child.failures - 1))
-                pending[r] = now + backoff
-                self.events.emit("replica_exited", replica=r, code=code, backoff_s=backoff)
-            for r, at in list(pending.items()):
-                if now >= at:
-                    del pending[r]
-                    self.restarts += 1
-                    old = self.children[r]
-                    join = self.addresses(exclude=r) or list(self.cfg.replicas.join)
-                    self.children[r], how = self.replace(r, join)
-                    self.children[r].failures = old.failures
-                    self.events.emit("replica_restarted", replica=r, attempt=self.restarts, join=join, using=how)
-            alive = [c for c in self.children.values() if c.proc.poll() is None]
-            if not alive and not pending:
-                # a replica exits 0 only after the leader's stop; the leader may be on another host
-                ok = self.finished() or all(c.proc.returncode == 0 for c in self.children.values())
-                self.events.emit("launcher_done", finished=ok, restarts=self.restarts)
-                return 0 if ok else 1
+    def supervise_once(self, now: float) -> int | None:
+        """One look at the children at time ``now`` (monotonic seconds): schedule the restart of
+        each that failed, restart those whose backoff is over; the launcher's exit code once none is
+        alive nor waiting for a restart, else None."""
+        for r, child in list(self.children.items()):
+            code = child.proc.poll()
+            if code is None or r in self.pending or r in self.given_up:
+                continue
+            if code == 0 or self.finished():
+                continue
+            if self.restarts >= self.cfg.replicas.restart_budget:
+                self.given_up.add(r)
+                self.events.emit("restart_budget_exhausted", replica=r, code=code, restarts=self.restarts)
+                continue
+            child.failures += 1
+            backoff = self.timing.restart_backoff(child.failures)
+            self.pending[r] = now + backoff
+            self.events.emit("replica_exited", replica=r, code=code, backoff_s=backoff)
+        for r, at in list(self.pending.items()):
+            if now >= at:
+                del self.pending[r]
+                self.restarts += 1
+                old = self.children[r]
+                join = self.addresses(exclude=r) or list(self.cfg.replicas.join)
+                self.children[r], how = self.replace(r, join)
+                self.children[r].failures = old.failures
+                self.events.emit("replica_restarted", replica=r, attempt=self.restarts, join=join, using=how)
+        alive = [c for c in self.children.values() if c.proc.poll() is None]
+        if alive or self.pending:
+            return None
+        # a replica exits 0 only after the leader's stop; the leader may be on another host
+        ok = self.finished() or all(c.proc.returncode == 0 for c in self.children.values())
+        self.events.emit("launcher_done", finished=ok, restarts=self.restarts)
+        return 0 if ok else 1
 
     def shutdown(self) -> None:
+        """Close the plug-ins, then stop every replica process and the spare: SIGTERM (after a
+        SIGCONT, as a stopped process cannot act on it), SIGKILL for those still alive after
+        ``Timing.exit_grace_s``; each is reaped."""
         for plugin in self.plugins:
             plugin.close()
         if self.spare is not None:
-            self.children[-1] = Child(-1, self.spare)  # killed with the others below
-        for child in self.children.values():
-            if child.proc.poll() is None:
-                try:
-                    os.killpg(child.proc.pid, signal.SIGCONT)
-                    os.killpg(child.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for child in self.children.values():
+            self.children[-1] = Child(-1, self.spare)  # stopped with the others below
+            self.spare = None
+        procs = [c.proc for c in self.children.values()]
+        for sig in (signal.SIGCONT, signal.SIGTERM):
+            signal_groups(procs, sig)
+        end = time.monotonic() + self.timing.exit_grace_s
+        while any(p.poll() is None for p in procs) and time.monotonic() < end:
+            time.sleep(self.timing.launcher_poll_s)
+        signal_groups(procs, signal.SIGKILL)
+        for p in procs:
             try:
-                child.proc.wait(timeout=10)
+                p.wait(timeout=self.timing.reap_s)
             except subprocess.TimeoutExpired:
+                pass
+
+
+def signal_groups(procs: list[subprocess.Popen], sig: int) -> None:
+    """Send ``sig`` to the process group (session) of each process still running."""
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
                 pass

@@ -22,14 +22,40 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .coordinator import Coordinator
+from .protocol import (
+    Bye,
+    Expelled,
+    Frozen,
+    Heartbeat,
+    Hello,
+    LeaderLost,
+    Message,
+    Notice,
+    Quorum,
+    Redirect,
+    Retry,
+    Vote,
+    Welcome,
+)
+from .timing import Clock, Timing
 from .wire import Conn, listen, serve_forever, sock_addr
 
-HEARTBEAT_S = 0.1
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """What the training thread is doing, as its hellos and heartbeats report it: in ``phase`` of
+    ``step``, with ``committed`` applied and ``pending`` (with its vote) awaiting a verdict."""
+
+    step: int
+    phase: str
+    committed: int
+    pending: int | None = None
+    pending_vote: Vote | None = None
 
 
 class ControlServer:
@@ -50,17 +76,17 @@ class ControlServer:
         except ConnectionError:
             return
         coord = self.coordinator
-        if msg.get("type") != "hello":
+        if not isinstance(msg, Hello):
             conn.close()
             return
         if coord is None or coord.stopped:
             if self.lost_leader or self.leader_addr is None:
-                conn.try_send({"type": "retry", "replica": self.replica, "term": self.term})
+                conn.try_send(Retry(replica=self.replica, term=self.term))
             else:
-                conn.try_send({"type": "redirect", "leader": self.leader_addr})
+                conn.try_send(Redirect(self.leader_addr))
             conn.close()
             return
-        rid = int(msg["replica"])
+        rid = msg.replica
         coord.on_hello(conn, msg)
         try:
             while True:
@@ -73,41 +99,52 @@ class ControlServer:
 class LeaderLink:
     """The member's connection to the current leader, with heartbeats and failover."""
 
-    def __init__(self, replica: int, server: ControlServer, heal_addr: str, status: Callable[[], dict[str, Any]],
-                 make_coordinator: Callable[..., Coordinator], events: Any):
+    def __init__(self, replica: int, server: ControlServer, heal_addr: str, status: Callable[[], MemberStatus],
+                 make_coordinator: Callable[..., Coordinator], events: Any, timing: Timing,
+                 clock: Clock | None = None):
         self.replica, self.server, self.heal_addr = replica, server, heal_addr
         self.status = status  # committed step, pending step, phase, ... of the training thread
         self.make_coordinator = make_coordinator
         self.events = events
-        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.timing, self.clock = timing, clock or Clock()
+        self.inbox: queue.Queue[Message | Notice] = queue.Queue()
         self.conn: Conn | None = None
         self.leader: int | None = None
-        self.last_quorum: dict[str, Any] | None = None
+        self._quorum_lock = threading.Lock()
+        self.last_quorum: Quorum | None = None  # the newest quorum received, at the step its members run
         self.term = 0
-        self._last_rx = self._tick = time.monotonic()
+        self._last_rx = self._tick = self.clock.now()
         self._stop = False
         self._lost: tuple[str, float] | None = None  # (lost leader's address, ask it not before)
         self._own_stopped_since: float | None = None
         self.frozen = threading.Event()  # set when we find we were frozen: rejoin as newcomer
 
     # ----- connecting -----------------------------------------------------------------------------
-    def hello(self) -> dict[str, Any]:
+    def hello(self) -> Hello:
         s = self.status()
-        return {"type": "hello", "replica": self.replica, "control": self.server.addr, "heal": self.heal_addr,
-                "committed": s["committed"], "pending": s["pending"], "pending_vote": s.get("pending_vote"),
-                "quorum_seen": self.last_quorum["quorum_id"] if self.last_quorum else 0}
+        return Hello(replica=self.replica, control=self.server.addr, heal=self.heal_addr, committed=s.committed,
+                     pending=s.pending, pending_vote=s.pending_vote,
+                     quorum_seen=self.last_quorum.quorum_id if self.last_quorum else 0)
 
-    def connect(self, seeds: Callable[[], list[str]], deadline_s: float = 60.0, elect_after_s: float = 0.75) -> None:
+    def advance(self, q: Quorum) -> None:
+        """The training thread moved quorum ``q`` on a step: remember it at that step (a takeover
+        salvages from it), unless a newer quorum arrived meanwhile."""
+        with self._quorum_lock:
+            if self.last_quorum is None or self.last_quorum.quorum_id == q.quorum_id:
+                self.last_quorum = q
+
+    def connect(self, seeds: Callable[[], list[str]]) -> None:
         """Join through any seed address (following redirects). If every reachable seed is itself
-        leaderless for ``elect_after_s`` and this replica has the lowest id among them, lead."""
-        t0 = time.monotonic()
+        leaderless for ``Timing.elect_after_s`` and this replica has the lowest id among them, lead."""
+        t0 = self.clock.now()
         leaderless_since: float | None = None
-        while time.monotonic() - t0 < deadline_s:
+        deadline_s, elect_after_s = self.timing.join_deadline_s, self.timing.elect_after_s
+        while self.clock.now() - t0 < deadline_s:
             self._retries: dict[int, int] = {}
             self._silent = 0  # seeds that neither answered nor refused: alive maybe, so no election
             if any(self._try(addr) for addr in seeds()):
                 return
-            now = time.monotonic()
+            now = self.clock.now()
             if not self._silent and all(r > self.replica for r in self._retries):
                 leaderless_since = leaderless_since or now
                 if now - leaderless_since >= elect_after_s:
@@ -117,12 +154,12 @@ class LeaderLink:
                         return
             else:
                 leaderless_since = None
-            time.sleep(0.05)
+            self.clock.sleep(self.timing.retry_s)
         raise TimeoutError(f"replica {self.replica}: no leader reachable through {seeds()} in {deadline_s:.0f}s")
 
-    def _try(self, addr: str, hops: int = 4, timeout: float = 1.0) -> bool:
+    def _try(self, addr: str, hops: int = 4, timeout: float | None = None) -> bool:
         try:
-            conn = Conn.connect(addr, timeout=timeout)
+            conn = Conn.connect(addr, timeout=timeout or self.timing.connect_s)
         except ConnectionRefusedError:
             return False  # nobody listens there: that replica is gone
         except OSError:
@@ -135,24 +172,24 @@ class LeaderLink:
             self._silent = getattr(self, "_silent", 0) + 1
             conn.close()
             return False
-        if msg["type"] == "redirect" and hops > 0:
+        if isinstance(msg, Redirect) and hops > 0:
             conn.close()
-            if msg["leader"] != (self._lost or ("",))[0]:
-                return self._try(msg["leader"], hops - 1)
-            if time.monotonic() < self._lost[1]:
+            if msg.address != (self._lost or ("",))[0]:
+                return self._try(msg.address, hops - 1)
+            if self.clock.now() < self._lost[1]:
                 return False  # a peer that has not noticed the loss yet: ask it again shortly
             self._lost = None  # ask the lost leader once (only our link to it may have broken)
-            return self._try(msg["leader"], hops - 1, timeout=min(1.0, self.freeze_limit()))
-        if msg["type"] == "retry" and hasattr(self, "_retries"):
-            self._retries[int(msg["replica"])] = int(msg.get("term", 0))
-        if msg["type"] != "welcome":
+            return self._try(msg.address, hops - 1, timeout=min(self.timing.connect_s, self.freeze_limit()))
+        if isinstance(msg, Retry) and hasattr(self, "_retries"):
+            self._retries[msg.replica] = msg.term
+        if not isinstance(msg, Welcome):
             conn.close()
             return False
         conn.settimeout(None)
-        self.conn, self.leader, self.term = conn, msg["leader"], msg["term"]
+        self.conn, self.leader, self.term = conn, msg.leader, msg.term
         self.server.term = self.term
         self.server.leader_addr, self.server.lost_leader = addr, False
-        self._last_rx = time.monotonic()
+        self._last_rx = self.clock.now()
         threading.Thread(target=self._read, args=(conn,), name="leader-reader", daemon=True).start()
         return True
 
@@ -160,7 +197,7 @@ class LeaderLink:
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
 
     # ----- running ---------------------------------------------------------------------------------
-    def send(self, msg: dict[str, Any]) -> None:
+    def send(self, msg: Message) -> None:
         if self.conn is not None:
             self.conn.try_send(msg)
 
@@ -168,46 +205,57 @@ class LeaderLink:
         try:
             while True:
                 msg, _ = conn.recv()
-                self._last_rx = time.monotonic()
-                if msg["type"] == "quorum":
-                    msg["received_t"] = time.time()  # for the quorum's phase timings (docs/events.md)
-                    self.last_quorum = msg
+                self._last_rx = self.clock.now()
+                if isinstance(msg, Quorum):
+                    msg = replace(msg, received_t=self.clock.wall())  # for the quorum's phase timings (docs/events.md)
+                    with self._quorum_lock:
+                        self.last_quorum = msg
                 self.inbox.put(msg)
         except ConnectionError:
             if conn is self.conn and not self._stop:
-                self.inbox.put({"type": "leader_lost", "why": "connection closed", "at": time.monotonic()})
+                self.inbox.put(LeaderLost(why="connection closed", at=self.clock.now()))
 
     def freeze_limit(self) -> float:
-        return max((self.last_quorum or {}).get("hang_timeout", 1.0), 0.5)
+        q = self.last_quorum
+        return self.timing.frozen_after(q.hang_timeout if q else self.timing.hang_before_quorum_s)
 
-    def was_frozen(self) -> bool:
+    def was_frozen(self, now: float | None = None) -> bool:
         """True once this process has been stopped longer than the hang timeout (a stale heartbeat
         clock tells the training thread at once after SIGCONT, before any stale message is acted on)."""
-        if not self.frozen.is_set() and time.monotonic() - self._tick > self.freeze_limit():
+        now = self.clock.now() if now is None else now
+        if not self.frozen.is_set() and now - self._tick > self.freeze_limit():
             self.frozen.set()
         return self.frozen.is_set()
 
     def _heartbeat(self) -> None:
         while not self._stop:
-            time.sleep(HEARTBEAT_S)
-            now = time.monotonic()
-            timeout = self.freeze_limit()
-            if self.was_frozen():
-                self.inbox.put({"type": "frozen", "gap_s": now - self._tick})
+            self.clock.sleep(self.timing.heartbeat_s)
+            if not self.beat(self.clock.now()):
                 return
-            self._tick = now
-            s = self.status()
-            self.send({"type": "heartbeat", "replica": self.replica, **s, "pending_vote": None})
-            # silence counts only if nothing waits unread: a member starved of CPU may run this
-            # thread before its reader thread has taken the leader's pending messages
-            if (self.conn is not None and self.leader != self.replica and now - self._last_rx > timeout
-                    and not self.conn.has_unread()):
-                conn, self.conn = self.conn, None
-                conn.close()
-                self.inbox.put({"type": "leader_lost", "why": f"silent for {now - self._last_rx:.2f}s", "at": now})
-            if self._own_leader_stopped(now, timeout):
-                self.inbox.put({"type": "expelled", "reason": "this replica's own coordinator stopped"})
-                return
+
+    def beat(self, now: float) -> bool:
+        """One heartbeat at ``now`` (``Clock.now``): tell the leader what the training thread does,
+        and tell the training thread (its inbox) when the leader went silent, when this process
+        was frozen, or when its own coordinator stopped; False once heartbeats must stop."""
+        timeout = self.freeze_limit()
+        if self.was_frozen(now):
+            self.inbox.put(Frozen(gap_s=now - self._tick))
+            return False
+        self._tick = now
+        s = self.status()
+        self.send(Heartbeat(replica=self.replica, step=s.step, phase=s.phase, committed=s.committed,
+                            pending=s.pending))
+        # silence counts only if nothing waits unread: a member starved of CPU may run this
+        # thread before its reader thread has taken the leader's pending messages
+        if (self.conn is not None and self.leader != self.replica and now - self._last_rx > timeout
+                and not self.conn.has_unread()):
+            conn, self.conn = self.conn, None
+            conn.close()
+            self.inbox.put(LeaderLost(why=f"silent for {now - self._last_rx:.2f}s", at=now))
+        if self._own_leader_stopped(now, timeout):
+            self.inbox.put(Expelled("this replica's own coordinator stopped"))
+            return False
+        return True
 
     def _own_leader_stopped(self, now: float, timeout: float) -> bool:
         """While this replica follows its own coordinator, silence is never a reason to fail over;
@@ -222,17 +270,17 @@ class LeaderLink:
         self._own_stopped_since = self._own_stopped_since or now
         return now - self._own_stopped_since > timeout
 
-    def failover(self, lost: dict[str, Any]) -> None:
+    def failover(self, lost: LeaderLost) -> None:
         """Find or become the next leader after losing the current one (``lost``: the
         ``leader_lost`` notice, with why and when)."""
-        t0 = time.monotonic()
+        t0 = self.clock.now()
         if self.frozen.is_set():
             return  # we were the frozen one: the training thread rejoins instead
         old = self.leader
         self._failover(t0)
         self._lost = None
         self.events.emit("failover_done", replica=self.replica, old_leader=old, leader=self.leader,
-                         why=lost.get("why"), failover_s=round(time.monotonic() - lost.get("at", t0), 4))
+                         why=lost.why, failover_s=round(self.clock.now() - lost.at, 4))
 
     def _failover(self, t0: float) -> None:
         # Peers that have not noticed the loss yet redirect us to the lost leader, and a stopped
@@ -242,36 +290,35 @@ class LeaderLink:
         self.server.lost_leader = True
         old = self.leader
         q = self.last_quorum
-        candidates = sorted(int(r) for r in (q["addrs"] if q else {}) if int(r) != old)
-        addrs = q["addrs"] if q else {}
+        addrs = q.addrs if q else {}
+        candidates = sorted(r for r in addrs if r != old)
         for cand in candidates:
             if cand == self.replica:
                 coord = self.make_coordinator(term=self.term + 1, expected=set(candidates),
-                                              last_quorum_id=q["quorum_id"] if q else 0, takeover_from=t0,
-                                              previous=dict(q) if q else None)
+                                              last_quorum_id=q.quorum_id if q else 0, takeover_from=t0, previous=q)
                 self.server.coordinator = coord
                 if self._try(self.server.addr):
                     return
-            elif self._try_for(addrs[str(cand)]["control"], 3.0):
+            elif self._try_for(addrs[cand].control, self.timing.candidate_s):
                 return
         raise ConnectionError(f"replica {self.replica}: no surviving leader candidate among {candidates}")
 
     def _try_for(self, addr: str, seconds: float) -> bool:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        end = self.clock.now() + seconds
+        while self.clock.now() < end:
             try:
-                conn = Conn.connect(addr, timeout=0.5)
+                conn = Conn.connect(addr, timeout=self.timing.probe_s)
                 conn.close()
             except OSError:
                 return False  # refused: that candidate is dead too
             if self._try(addr):
                 return True
-            time.sleep(0.03)
+            self.clock.sleep(self.timing.candidate_retry_s)
         return False
 
     def close(self, bye: bool = True) -> None:
         self._stop = True
         if self.conn is not None:
             if bye:
-                self.conn.try_send({"type": "bye", "replica": self.replica})
+                self.conn.try_send(Bye(self.replica))
             self.conn.close()

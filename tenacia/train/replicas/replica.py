@@ -3,12 +3,14 @@
 The replica boundary is this process: inside it, the model could later be split over a group of
 ranks (tensor/pipeline parallel); across replicas only averaged gradients and healing state move.
 
-Per step (see ``coordinator.py`` for the contract): apply the quorum's ``resolve``; donors offer
-their state, newcomers start fetching it; compute gradients on this replica's share of the global
-batch (its positions in the quorum's ``shares``; gradients it still holds for the same step, from
-a run of it that was discarded, are reused: ``shares.LocalGradients``); all-reduce them (sum) in
-the quorum's own process group, asleep on the leader's inbox (the collective's future wakes it) so
-that a newer quorum abandons the collective at once; vote; apply on ``commit``. A fresh gloo group and fresh buffers are used for every quorum; an
+Per step (``run_step``; see ``coordinator.py`` for the contract): take a newer quorum first; in a
+quorum's first step, donors offer their state and newcomers start fetching it; compute gradients
+on this replica's share of the global batch (its positions in the quorum's ``shares``; gradients
+it still holds for the same step, from a run of it that was discarded, are reused:
+``shares.LocalGradients``); all-reduce them (sum) in the quorum's own process group, asleep on the
+leader's inbox (the collective's future wakes it) so that a newer quorum abandons the collective
+at once; vote, holding the step as one ``PendingStep`` (vote and reduced gradients) until the
+verdict; apply on ``commit``. A quorum's ``resolve`` decides a step left pending by the last one. A fresh gloo group and fresh buffers are used for every quorum; an
 older quorum's group is retired as soon as a newer quorum starts, in a background thread, never on
 the training thread (tearing down a gloo group with a collective in flight can block for many
 seconds; see ``Replica.retire_groups``).
@@ -23,6 +25,7 @@ import queue
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +37,29 @@ from ...data.ledger import SampleLedger
 from ...events import EventLog
 from ...storage import atomic_write_json
 from ..config import RunConfig
-from ..step import apply_update
 from ..trainer import Trainer
 from . import addresses
+from .apply import PendingStep, apply_step, flat_gradients, load_healed
 from .coordinator import Coordinator
 from .group import GroupBuilder, retire
 from .heal import HealFetch, HealServer
 from .lease import claim_term, leader_of
-from .member import ControlServer, LeaderLink
-from .shares import LocalGradients, even_shares
+from .member import ControlServer, LeaderLink, MemberStatus
+from .protocol import (
+    Expelled,
+    Frozen,
+    LeaderLost,
+    Message,
+    Quorum,
+    Resolve,
+    Stop,
+    Verdict,
+    Vote,
+    Wake,
+)
+from .shares import LocalGradients
 from .spare import wait_as_spare
+from .timing import Timing
 
 
 class Superseded(Exception):
@@ -58,6 +74,7 @@ class Replica:
     def __init__(self, cfg: RunConfig, replica: int, seeds: list[str], trainer: Trainer | None = None):
         """``trainer``: one built (and loaded from disk) ahead of time by a spare process."""
         self.cfg, self.id, self.seeds = cfg, replica, seeds
+        self.timing = Timing.from_config(cfg.replicas)
         torch.set_num_threads(cfg.replica_threads)
         self.preloaded = trainer is not None
         self.trainer = trainer or Trainer(cfg, source=f"replica:{replica}", write_ledger=False)
@@ -65,16 +82,20 @@ class Replica:
         self.events = self.trainer.events
         host = cfg.replicas.host
         self.server = ControlServer(replica, host, host)
-        self.heal_server = HealServer(host, host)
-        self.phase, self.pending, self.pending_vote = "idle", None, None
-        self.pending_grads: torch.Tensor | None = None
+        self.heal_server = HealServer(host, host, timing=self.timing)
+        self.phase = "idle"
+        self.pending: PendingStep | None = None
         self.grads = LocalGradients(self.trainer.model)  # this member's share of the step in flight
-        self.link = LeaderLink(replica, self.server, self.heal_server.addr, self.status,
-                               self.make_coordinator, self.events)
+        self.link = self._new_link()
         self.groups: dict[int, GroupBuilder] = {}  # quorum id -> group (the current quorum's)
+        self._verdict: Verdict | None = None
         self._publish_address()
 
     # ----- plumbing --------------------------------------------------------------------------------
+    def _new_link(self) -> LeaderLink:
+        return LeaderLink(self.id, self.server, self.heal_server.addr, self.status, self.make_coordinator,
+                          self.events, self.timing)
+
     def _publish_address(self) -> None:
         addresses.publish(self.cfg.train.run_dir, self.id, self.server.addr, self.heal_server.addr)
 
@@ -89,21 +110,23 @@ class Replica:
                 out.append(info["control"])
         return out
 
-    def status(self) -> dict[str, Any]:
-        return {"step": self.trainer.step + 1, "phase": self.phase, "committed": self.trainer.step,
-                "pending": self.pending, "pending_vote": self.pending_vote}
+    def status(self) -> MemberStatus:
+        p = self.pending
+        return MemberStatus(step=self.trainer.step + 1, phase=self.phase, committed=self.trainer.step,
+                            pending=p.step if p else None, pending_vote=p.vote if p else None)
 
     def make_coordinator(self, *, term: int, expected: set[int], last_quorum_id: int = 0,
-                         takeover_from: float | None = None, previous: dict[str, Any] | None = None) -> Coordinator:
+                         takeover_from: float | None = None, previous: Quorum | None = None) -> Coordinator:
         run_dir = Path(self.cfg.train.run_dir)
         term = claim_term(run_dir, self.id, self.server.addr, at_least=term)
         return Coordinator(replica=self.id, term=term, host=self.cfg.replicas.host, cfg=self.cfg.replicas,
-                           total_steps=self.cfg.train.steps, events=EventLog(self.events.path, f"coordinator:{self.id}"),
+                           timing=self.timing, total_steps=self.cfg.train.steps,
+                           events=EventLog(self.events.path, f"coordinator:{self.id}"),
                            ledger=SampleLedger(run_dir / "ledger.jsonl"), expected=expected, run_dir=run_dir,
                            log_every=self.cfg.train.log_every, batch_size=self.cfg.train.batch_size,
-                           last_quorum_id=last_quorum_id, takeover_from=takeover_from, previous=previous)
+                           last_quorum_id=last_quorum_id, takeover_from=takeover_from, previous=previous).start()
 
-    def poll(self, block: float = 0.0) -> dict[str, Any] | None:
+    def poll(self, block: float = 0.0) -> Message | None:
         """Next message from the leader; handles failover and rejoin on the way."""
         if self.link.was_frozen():
             raise Rejoin("this process was frozen longer than the hang timeout")
@@ -112,13 +135,14 @@ class Replica:
                 msg = self.link.inbox.get(timeout=block) if block else self.link.inbox.get_nowait()
             except queue.Empty:
                 return None
-            if msg["type"] != "wake":
+            if not isinstance(msg, Wake):
                 break
             block = 0.0  # a wake is a nudge only: take what else is queued without waiting again
-        kind = msg["type"]
-        if kind in ("expelled", "frozen"):
-            raise Rejoin(f"{kind}: {msg.get('reason', msg.get('gap_s'))}")
-        if kind == "leader_lost":
+        if isinstance(msg, Expelled):
+            raise Rejoin(f"expelled: {msg.reason}")
+        if isinstance(msg, Frozen):
+            raise Rejoin(f"frozen: {msg.gap_s}")
+        if isinstance(msg, LeaderLost):
             self.link.failover(msg)
             return None
         return msg
@@ -147,16 +171,15 @@ class Replica:
             self.link.close()
 
     def follow_quorums(self) -> int:
-        q: dict[str, Any] | None = None
+        nxt: Message | None = None
         while True:
-            msg = q or self.poll(block=0.05)
-            q = None
-            if msg is None or msg["type"] in ("verdict", "wait", "heartbeat"):
-                continue
-            if msg["type"] == "stop":
+            msg = nxt or self.poll(block=self.timing.poll_s)
+            nxt = None
+            if isinstance(msg, Stop):
                 return self.finish()
-            if msg["type"] == "quorum":
-                q = self.run_quorum(msg)
+            if isinstance(msg, Quorum):
+                nxt = self.run_quorum(msg)
+            # a verdict, wait or heartbeat between quorums needs no action
 
     def rejoin(self) -> None:
         """Come back as a newcomer after being expelled or frozen: step down if leading, drop what
@@ -165,104 +188,128 @@ class Replica:
             self.server.coordinator.close()
             self.server.coordinator = None
         self.link.close(bye=False)
-        self.pending, self.pending_vote, self.pending_grads = None, None, None
+        self.pending = None
         self.grads.drop()
         last = self.link.last_quorum
-        self.link = LeaderLink(self.id, self.server, self.heal_server.addr, self.status,
-                               self.make_coordinator, self.events)
+        self.link = self._new_link()
         self.link.last_quorum = last
         self.server.lost_leader = True
         self.link.connect(self.peer_addresses)
         self.link.start_heartbeats()
 
-    def run_quorum(self, q: dict[str, Any]) -> dict[str, Any] | None:
+    def run_quorum(self, q: Quorum) -> Message:
         """Run steps in quorum ``q`` until a newer quorum or a stop arrives; return that message."""
-        self.apply_resolve(q.get("resolve"))
-        builder = self.groups.get(q["quorum_id"]) or GroupBuilder(
-            q["store"], q["quorum_id"], q["members"].index(self.id), len(q["members"]), self.cfg.replicas.host,
-            notify=self.wake)
-        self.groups[q["quorum_id"]] = builder
-        self.retire_groups(q["quorum_id"])
+        self.apply_resolve(q.resolve)
+        builder = self.groups.get(q.quorum_id) or GroupBuilder(
+            q.store, q.quorum_id, q.rank(self.id), len(q.members), self.cfg.replicas.host,
+            notify=self.wake, timing=self.timing)
+        self.groups[q.quorum_id] = builder
+        self.retire_groups(q.quorum_id)
         first = True
         while True:
             try:
                 self.run_step(q, builder, heal=first)
             except Superseded as s:
-                self.pending = self.pending if self.pending_vote else None
                 return s.args[0]
             first = False
-            q["step"] += 1
-            q["sharers"], q["heal"] = q["members"], {}  # healed newcomers share from the 2nd step on
-            q["shares"] = even_shares(q["members"], self.cfg.train.batch_size)
+            q = q.next_step(self.cfg.train.batch_size)  # healed newcomers share from the 2nd step on
+            self.link.advance(q)
 
-    def apply_resolve(self, resolve: dict[str, Any] | None) -> None:
-        if resolve is None or self.pending is None or resolve["step"] != self.pending:
-            self.pending, self.pending_vote, self.pending_grads = None, None, None
-            return
-        if resolve["commit"]:
-            self.apply(self.pending_vote)
-        self.pending, self.pending_vote, self.pending_grads = None, None, None
+    def apply_resolve(self, resolve: Resolve | None) -> None:
+        pending, self.pending = self.pending, None
+        if resolve is not None and pending is not None and resolve.step == pending.step and resolve.commit:
+            self.apply(pending)
 
     def wake(self, *_: Any) -> None:
         """Nudge a training thread blocked in ``wait_until`` (from a group, fetch or collective)."""
-        self.link.inbox.put({"type": "wake"})
+        self.link.inbox.put(Wake())
 
     def wait_until(self, done: threading.Event | Any, what: str) -> None:
         """Sleep on the leader's inbox until ``done()`` holds; a newer quorum or stop supersedes the
         wait. Whatever ``done`` watches must call ``wake`` when it changes: the thread sleeps, it does
         not spin (four replicas on two cores: a polling waiter takes CPU from the members computing)."""
         while not done():
-            msg = self.poll(block=0.05)
-            if msg is not None and msg["type"] in ("quorum", "stop"):
+            msg = self.poll(block=self.timing.poll_s)
+            if isinstance(msg, (Quorum, Stop)):
                 raise Superseded(msg)
-            if msg is not None and msg["type"] == "verdict":
+            if isinstance(msg, Verdict):
                 self._verdict = msg
 
-    def run_step(self, q: dict[str, Any], builder: GroupBuilder, heal: bool) -> None:
-        step, qid = q["step"], q["quorum_id"]
-        self._verdict: dict[str, Any] | None = None
-        # A join's quorum is sent right after the verdict we just applied: take it before computing
-        # a step of the old quorum that it would throw away (and before a donor's offer waits on it).
-        while (msg := self.poll()) is not None:
-            if msg["type"] in ("quorum", "stop"):
-                raise Superseded(msg)
-        t = self.trainer
-        fetch = None
-        newcomer = str(self.id) in q["heal"]
-        if heal and newcomer:
-            donor = q["heal"][str(self.id)]
-            fetch = HealFetch(q["addrs"][str(donor)]["heal"], qid, notify=self.wake)
-            self.events.emit("heal_started", step=step, replica=self.id, peer=donor)
-        if heal and self.id in q["heal"].values():
-            self.heal_server.offer(qid, {"step": t.step, "sampler": t.sampler.state_dict(), "tokens_seen": t.tokens_seen,
-                                         "data_fingerprint": t.data.fingerprint},
-                                   ckpt.model_tensors(t.model), ckpt.optimizer_tensors(t.model, t.optimizer))
-        if not newcomer and step != t.step + 1:
-            raise Rejoin(f"quorum runs step {step} but this replica committed {t.step}")
-        B = self.cfg.train.batch_size
-        start, ids, my_ids, reused = t.sampler.position, [], [], 0
+    # ----- one step: quorum, shares, compute, reduce, vote, apply ------------------------------------
+    def run_step(self, q: Quorum, builder: GroupBuilder, heal: bool) -> None:
+        """Step ``q.step`` of quorum ``q`` (``heal``: the quorum's first step, when newcomers heal)."""
+        self._verdict = None
+        self.take_newer_quorum()
+        fetch = self.start_healing(q) if heal else None
+        if self.id not in q.heal and q.step != self.trainer.step + 1:
+            raise Rejoin(f"quorum runs step {q.step} but this replica committed {self.trainer.step}")
         self.phase = "compute"
-        timing = {"received": q.get("received_t"), "compute_start": time.time()} if heal else None
-        loss, tokens = 0.0, 0
-        if self.id in q["sharers"]:
-            ids = t.sampler.peek(B)
-            positions = q["shares"][str(self.id)]
-            my_ids = [ids[p] for p in positions]
-            loss, tokens, reused = self.grads.compute(step, positions, ids, t.data.train.get,
-                                                      self.cfg.train.micro_batch_size, t.device)
-        else:
-            self.grads.drop()
-        hooks.reach("mid_step", step)
-        # the sum is taken over a flat copy: the parameters' own .grad stay this member's share (salvage)
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in t.model.parameters()])
+        timing = {"received": q.received_t, "compute_start": time.time()} if heal else None
+        share = self.compute_share(q)
+        flat = flat_gradients(self.trainer.model)
         if timing:
             timing["compute_end"] = time.time()
+        ok = self.reduce(flat, builder, timing)
+        if fetch is not None:
+            ok = self.finish_healing(fetch, q) and ok
+        self.phase = "vote"
+        vote = replace(share, ok=ok, timing=timing)
+        pending = PendingStep(vote, flat)
+        self.pending = pending if ok else None
+        self.link.send(vote)
+        self.wait_until(lambda: self._verdict is not None and self._verdict.step == q.step, "verdict")
+        self.phase = "idle"
+        if not self._verdict.commit:
+            raise Superseded(self._await_next("step discarded"))
+        self.apply(pending)
+        self.pending = None
+        self.after_commit()
+
+    def take_newer_quorum(self) -> None:
+        """A join's quorum is sent right after the verdict just applied: take it before computing a
+        step of the old quorum that it would throw away (and before a donor's offer waits on it)."""
+        while (msg := self.poll()) is not None:
+            if isinstance(msg, (Quorum, Stop)):
+                raise Superseded(msg)
+
+    def start_healing(self, q: Quorum) -> HealFetch | None:
+        """A quorum's first step: a donor offers its state (before touching the step), a newcomer
+        starts fetching its donor's; returns the newcomer's fetch."""
+        t = self.trainer
+        fetch = None
+        if self.id in q.heal:
+            donor = q.heal[self.id]
+            fetch = HealFetch(q.addrs[donor].heal, q.quorum_id, notify=self.wake, timing=self.timing)
+            self.events.emit("heal_started", step=q.step, replica=self.id, peer=donor)
+        if self.id in q.heal.values():
+            self.heal_server.offer(q.quorum_id, {"step": t.step, "sampler": t.sampler.state_dict(),
+                                                 "tokens_seen": t.tokens_seen, "data_fingerprint": t.data.fingerprint},
+                                   ckpt.model_tensors(t.model), ckpt.optimizer_tensors(t.model, t.optimizer))
+        return fetch
+
+    def compute_share(self, q: Quorum) -> Vote:
+        """Gradients of this member's share of the step's batch into the parameters' ``.grad``
+        (none for a newcomer); returns the vote that describes them, not ok until reduced."""
+        t = self.trainer
+        vote = Vote(replica=self.id, quorum_id=q.quorum_id, step=q.step, ok=False, start=t.sampler.position)
+        if self.id in q.sharers:
+            ids = t.sampler.peek(self.cfg.train.batch_size)
+            positions = q.shares[self.id]
+            loss, tokens, reused = self.grads.compute(q.step, positions, ids, t.data.train.get,
+                                                      self.cfg.train.micro_batch_size, t.device)
+            vote = replace(vote, ids=tuple(ids[p] for p in positions), batch=tuple(ids), tokens=tokens, loss=loss,
+                           reused=reused)
+        else:
+            self.grads.drop()
+        hooks.reach("mid_step", q.step)
+        return vote
+
+    def reduce(self, flat: torch.Tensor, builder: GroupBuilder, timing: dict[str, Any] | None) -> bool:
+        """Sum ``flat`` over the quorum in place; False when a peer died mid-collective."""
         self.wait_until(builder.done.is_set, "process group")
         if builder.error:
             raise Superseded(self._await_next(f"group failed: {builder.error}"))
         self.phase = "allreduce"
-        ok = True
         try:
             work = builder.pg.allreduce([flat])
             # the future completes (and runs its callbacks) just before the work marks itself
@@ -276,26 +323,16 @@ class Replica:
         except Superseded:
             raise
         except Exception:  # noqa: BLE001 - a peer died mid-collective: vote no
-            ok = False
-        if fetch is not None:
-            self.wait_until(fetch.done.is_set, "healing")
-            if fetch.error:
-                ok = False
-            else:
-                self.load_healed(fetch, q)
-        self.phase = "vote"
-        vote = {"type": "vote", "replica": self.id, "quorum_id": qid, "step": step, "ok": ok, "start": start,
-                "ids": my_ids, "batch": ids, "tokens": tokens, "loss": loss, "reused": reused, "timing": timing}
-        self.pending, self.pending_vote, self.pending_grads = (step, vote, flat) if ok else (None, None, None)
-        self.link.send(vote)
-        self.wait_until(lambda: self._verdict is not None and self._verdict["step"] == step, "verdict")
-        self.phase = "idle"
-        if self._verdict["commit"]:
-            self.apply(vote)
-            self.pending, self.pending_vote, self.pending_grads = None, None, None
-            self.after_commit()
-        else:
-            raise Superseded(self._await_next("step discarded"))
+            return False
+        return True
+
+    def finish_healing(self, fetch: HealFetch, q: Quorum) -> bool:
+        """Wait for the donor's state and load it; False when the transfer failed."""
+        self.wait_until(fetch.done.is_set, "healing")
+        if fetch.error:
+            return False
+        self.load_healed(fetch, q)
+        return True
 
     def retire_groups(self, current: int) -> None:
         """Retire the groups of quorums older than ``current`` when it starts: no member uses them
@@ -307,29 +344,14 @@ class Replica:
         for qid in [k for k in self.groups if k < current]:
             retire(self.groups.pop(qid))
 
-    def _await_next(self, why: str) -> dict[str, Any]:
+    def _await_next(self, why: str) -> Message:
         while True:
-            msg = self.poll(block=0.05)
-            if msg is not None and msg["type"] in ("quorum", "stop"):
+            msg = self.poll(block=self.timing.poll_s)
+            if isinstance(msg, (Quorum, Stop)):
                 return msg
 
-    def apply(self, vote: dict[str, Any]) -> None:
-        """Apply the reduced gradients held for the voted step, and commit it locally. The
-        parameters' ``.grad`` become views of the reduced buffer, not copies: nothing reads that
-        buffer after the step is applied, and this member's own share (``self.grads``) is released
-        here, once the step can no longer be salvaged."""
-        t, flat = self.trainer, self.pending_grads
-        offset = 0
-        for p in t.model.parameters():
-            n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p)
-            offset += n
-        apply_update(t.model, t.optimizer, t.lr(vote["step"]), self.cfg.optim.grad_clip)
-        self.grads.drop()
-        t.step += 1
-        t.sampler.advance(self.cfg.train.batch_size)
-        t.tokens_seen += self.cfg.train.batch_size * self.cfg.data.seq_len
-        hooks.reach("between_steps", t.step)
+    def apply(self, pending: PendingStep) -> None:
+        apply_step(self.trainer, self.grads, pending, self.cfg)
 
     def after_commit(self) -> None:
         t = self.trainer
@@ -338,14 +360,10 @@ class Replica:
         if leading and every and t.step % every == 0 and t.step < self.cfg.train.steps:
             t.save_checkpoint()
 
-    def load_healed(self, fetch: HealFetch, q: dict[str, Any]) -> None:
-        meta, model, optim = fetch.result
+    def load_healed(self, fetch: HealFetch, q: Quorum) -> None:
+        load_healed(self.trainer, *fetch.result)
         t = self.trainer
-        t.model.load_state_dict(model, strict=False)
-        ckpt.load_optimizer_tensors(t.model, t.optimizer, optim)
-        t.sampler.load_state_dict(meta["sampler"])
-        t.step, t.tokens_seen = int(meta["step"]), int(meta["tokens_seen"])
-        self.events.emit("heal_done", step=t.step, replica=self.id, peer=q["heal"][str(self.id)],
+        self.events.emit("heal_done", step=t.step, replica=self.id, peer=q.heal[self.id],
                          heal_s=round(time.monotonic() - fetch.t0, 4), transfer_s=round(fetch.transfer_s, 4),
                          bytes=fetch.nbytes)
 

@@ -15,7 +15,7 @@ shares of a quorum's sharers partition the batch: every position is computed exa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -24,22 +24,22 @@ from ...data.sampler import shard
 from ...device import Device
 from ..step import compute_gradients
 
-Shares = dict[str, list[int]]  # replica id (as a JSON key) -> positions in the global batch
+Shares = dict[int, tuple[int, ...]]  # replica id -> positions in the global batch
 
 
-def even_shares(sharers: list[int], batch: int) -> Shares:
-    return {str(r): shard(range(batch), i, len(sharers)) for i, r in enumerate(sharers)}
+def even_shares(sharers: Sequence[int], batch: int) -> Shares:
+    return {r: tuple(shard(range(batch), i, len(sharers))) for i, r in enumerate(sharers)}
 
 
-def salvage_shares(previous: Shares, sharers: list[int], batch: int) -> Shares:
+def salvage_shares(previous: Shares, sharers: Sequence[int], batch: int) -> Shares:
     """Shares for re-running a discarded step: ``previous`` shares kept where their member is
     still a sharer, the rest of the batch spread over ``sharers``, least loaded first (ties by
     rank order)."""
-    out = {str(r): list(previous.get(str(r), [])) for r in sharers}
+    out = {r: list(previous.get(r, ())) for r in sharers}
     covered = {p for share in out.values() for p in share}
     for pos in (p for p in range(batch) if p not in covered):
         min(out.values(), key=len).append(pos)
-    return {r: sorted(share) for r, share in out.items()}
+    return {r: tuple(sorted(share)) for r, share in out.items()}
 
 
 class LocalGradients:
@@ -62,7 +62,7 @@ class LocalGradients:
         self.model.zero_grad(set_to_none=True)
         self.step, self.held, self.loss_sum, self.tokens = None, [], 0.0, 0
 
-    def compute(self, step: int, positions: list[int], batch: list[int], samples: Callable[[list[int]], torch.Tensor],
+    def compute(self, step: int, positions: Sequence[int], batch: Sequence[int], samples: Callable[[list[int]], torch.Tensor],
                 micro_batch_size: int, device: Device) -> tuple[float, int, int]:
         """Gradients over ``positions`` of ``batch`` (the step's sample ids); returns the mean loss
         over them, their tokens, and how many positions were reused rather than computed."""

@@ -1,11 +1,14 @@
 """Framing for the replicas' control and healing channels: length-prefixed messages over TCP.
 
-A message is a JSON header, optionally followed by binary blobs:
+A message (``protocol.py``: typed, converted by ``protocol.encode``/``decode`` here and nowhere
+else) is a JSON header, optionally followed by binary blobs:
 ``[u32 header length][header JSON][u64 blob length][blob bytes]...`` where the header's ``"blobs"``
 field says how many blobs follow. Sends on one connection are serialised by a lock, so a
 heartbeat thread and the training thread can share it. A peer that goes away (crash, reset,
 closed socket) makes ``recv`` raise ``ConnectionError``: the kernel reports a killed process's
-socket closed at once, which is how crashes are detected in milliseconds.
+socket closed at once, which is how crashes are detected in milliseconds. A header that is not a
+valid message makes ``recv`` raise ``ConnectionError`` too, naming what is wrong: the connection is
+dropped like a broken one.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any
+
+from .protocol import Message, ProtocolError, decode, encode
 
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
@@ -40,7 +44,7 @@ class Conn:
         self.closed = False
 
     @classmethod
-    def connect(cls, addr: str, timeout: float = 2.0) -> Conn:
+    def connect(cls, addr: str, timeout: float) -> Conn:
         """Connect; ``timeout`` also bounds every send and receive until ``settimeout(None)``
         (a stopped process's kernel still accepts connections, then never answers)."""
         return cls(socket.create_connection(parse_addr(addr), timeout=timeout))
@@ -56,8 +60,8 @@ class Conn:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
-    def send(self, header: dict[str, Any], *blobs: bytes | memoryview) -> None:
-        data = json.dumps(dict(header, blobs=len(blobs))).encode()
+    def send(self, msg: Message, *blobs: bytes | memoryview) -> None:
+        data = json.dumps(dict(encode(msg), blobs=len(blobs))).encode()
         with self._send_lock:
             self.sock.sendall(_U32.pack(len(data)) + data)
             for blob in blobs:
@@ -73,10 +77,10 @@ class Conn:
             return False
         return bool(readable)
 
-    def try_send(self, header: dict[str, Any]) -> bool:
+    def try_send(self, msg: Message) -> bool:
         """Send, swallowing a broken connection (the reader side reports it)."""
         try:
-            self.send(header)
+            self.send(msg)
             return True
         except OSError:
             return False
@@ -95,19 +99,25 @@ class Conn:
             got += k
         return buf
 
-    def recv(self) -> tuple[dict[str, Any], list[bytearray]]:
+    def recv(self) -> tuple[Message, list[bytearray]]:
         try:
             (n,) = _U32.unpack(self._recv_exact(4))
             if n > MAX_HEADER:
                 raise ConnectionError(f"message header of {n} bytes is too large")
             header = json.loads(self._recv_exact(n))
+            count = header.pop("blobs", 0) if isinstance(header, dict) else 0
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise ProtocolError(f"blob count {count!r} is not an integer >= 0")
             blobs = []
-            for _ in range(header.get("blobs", 0)):
+            for _ in range(count):
                 (size,) = _U64.unpack(self._recv_exact(8))
                 blobs.append(self._recv_exact(size))
+            msg = decode(header)
+        except (ProtocolError, ValueError) as e:  # ValueError: a header that is not JSON
+            raise ConnectionError(f"malformed message: {e}") from e
         except OSError as e:
             raise ConnectionError(str(e)) from e
-        return header, blobs
+        return msg, blobs
 
     def close(self) -> None:
         self.closed = True

@@ -7,31 +7,33 @@ from tenacia.data.ledger import SampleLedger
 from tenacia.events import EventLog
 from tenacia.train.config import ReplicaConfig
 from tenacia.train.replicas.coordinator import Coordinator
+from tenacia.train.replicas.protocol import Hello, Quorum, Resolve, Verdict, Vote
+from tenacia.train.replicas.timing import Timing
 
 from .fakes import FakeConn
 
 
-def vote(replica: int, q: dict, ids: list[int]) -> dict:
-    return {"type": "vote", "replica": replica, "quorum_id": q["quorum_id"], "step": q["step"], "ok": True,
-            "start": 0, "ids": ids, "batch": list(range(12)), "tokens": 16 * len(ids), "loss": 1.0}
+def vote(replica: int, q: Quorum, ids: list[int]) -> Vote:
+    return Vote(replica=replica, quorum_id=q.quorum_id, step=q.step, ok=True, start=0, ids=tuple(ids),
+                batch=tuple(range(12)), tokens=16 * len(ids), loss=1.0)
 
 
 def test_healed_newcomer_joins_the_sharers_after_the_heal_step_commits(tmp_path):
-    coord = Coordinator(replica=0, term=1, host="127.0.0.1", cfg=ReplicaConfig(count=3), total_steps=100,
+    coord = Coordinator(replica=0, term=1, host="127.0.0.1", cfg=ReplicaConfig(count=3), timing=Timing(),
+                        total_steps=100,
                         events=EventLog(tmp_path / "events.jsonl", "coordinator:0"), ledger=None,
                         expected={0, 1, 2}, run_dir=tmp_path, batch_size=12)
     try:
         conns = {r: FakeConn() for r in range(3)}
         for r, committed in ((0, 5), (1, 5), (2, 0)):  # replica 2 is a restarted newcomer
-            coord.on_hello(conns[r], {"type": "hello", "replica": r, "control": f"c{r}", "heal": f"h{r}",
-                                      "committed": committed})
-        q = next(m for m in conns[2].sent if m["type"] == "quorum")
-        assert (q["step"], q["sharers"], q["heal"]) == (6, [0, 1], {"2": 0})
+            coord.on_hello(conns[r], Hello(replica=r, control=f"c{r}", heal=f"h{r}", committed=committed))
+        q = next(m for m in conns[2].sent if isinstance(m, Quorum))
+        assert (q.step, q.sharers, q.heal) == (6, (0, 1), {2: 0})
         for r, ids in ((0, list(range(6))), (1, list(range(6, 12))), (2, [])):
             coord.on_message(r, vote(r, q, ids))
-        assert conns[2].sent[-1] == {"type": "verdict", "quorum_id": q["quorum_id"], "step": 6, "commit": True}
-        assert coord.quorum["quorum_id"] == q["quorum_id"]  # no new quorum, no new process group
-        assert (coord.quorum["step"], coord.quorum["sharers"], coord.quorum["heal"]) == (7, [0, 1, 2], {})
+        assert conns[2].sent[-1] == Verdict(quorum_id=q.quorum_id, step=6, commit=True)
+        assert coord.quorum.quorum_id == q.quorum_id  # no new quorum, no new process group
+        assert (coord.quorum.step, coord.quorum.sharers, coord.quorum.heal) == (7, (0, 1, 2), {})
     finally:
         coord.close()
 
@@ -47,14 +49,16 @@ def takeover_coordinator(tmp_path, members):
     ledger = SampleLedger(tmp_path / "ledger.jsonl")
     for step in range(1, 71):
         ledger.record(step, 12 * (step - 1), list(range(12)))
-    coord = Coordinator(replica=1, term=2, host="127.0.0.1", cfg=ReplicaConfig(count=3), total_steps=100,
+    coord = Coordinator(replica=1, term=2, host="127.0.0.1", cfg=ReplicaConfig(count=3), timing=Timing(),
+                        total_steps=100,
                         events=EventLog(tmp_path / "events.jsonl", "coordinator:1"), ledger=ledger,
                         expected=set(members), run_dir=tmp_path, batch_size=12, takeover_from=0.0)
     conns = {r: FakeConn() for r in members}
     for r, (committed, pending) in members.items():
-        vote_ = {"start": 12 * (pending - 1), "batch": list(range(12))} if pending else None
-        coord.on_hello(conns[r], {"type": "hello", "replica": r, "control": f"c{r}", "heal": f"h{r}",
-                                  "committed": committed, "pending": pending, "pending_vote": vote_})
+        vote_ = Vote(replica=r, quorum_id=1, step=pending, ok=True, start=12 * (pending - 1),
+                     batch=tuple(range(12))) if pending else None
+        coord.on_hello(conns[r], Hello(replica=r, control=f"c{r}", heal=f"h{r}", committed=committed,
+                                       pending=pending, pending_vote=vote_))
     return coord, conns, ledger
 
 
@@ -63,8 +67,8 @@ def test_takeover_ignores_a_newcomer_still_healing(tmp_path):
     takes over; step 70 stays committed in the ledger (a newcomer's lag is not a missing vote)."""
     coord, conns, ledger = takeover_coordinator(tmp_path, {1: (40, None), 2: (70, None)})
     try:
-        q = next(m for m in conns[2].sent if m["type"] == "quorum")
-        assert (q["step"], q["sharers"], q["heal"], q["resolve"]) == (71, [2], {"1": 2}, None)
+        q = next(m for m in conns[2].sent if isinstance(m, Quorum))
+        assert (q.step, q.sharers, q.heal, q.resolve) == (71, (2,), {1: 2}, None)
         assert recorded(ledger) == list(range(1, 71))
     finally:
         coord.close()
@@ -75,9 +79,9 @@ def test_takeover_commits_a_step_one_survivor_applied(tmp_path):
     70 is committed for both, and the ledger keeps it once."""
     coord, conns, ledger = takeover_coordinator(tmp_path, {1: (40, None), 2: (70, None), 3: (69, 70)})
     try:
-        q = next(m for m in conns[3].sent if m["type"] == "quorum")
-        assert q["resolve"] == {"step": 70, "commit": True}
-        assert (q["step"], q["sharers"]) == (71, [2, 3])
+        q = next(m for m in conns[3].sent if isinstance(m, Quorum))
+        assert q.resolve == Resolve(step=70, commit=True)
+        assert (q.step, q.sharers) == (71, (2, 3))
         assert recorded(ledger) == list(range(1, 71))
     finally:
         coord.close()

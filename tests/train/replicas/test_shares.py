@@ -7,22 +7,23 @@ import torch
 from tenacia.device import detect
 from tenacia.model.llama import Llama
 from tenacia.shape import ModelConfig
-from tenacia.train.replicas import replica as replica_mod
+from tenacia.train.replicas import apply as apply_mod
+from tenacia.train.replicas.protocol import Vote
 from tenacia.train.replicas.shares import LocalGradients, even_shares, salvage_shares
 from tenacia.train.step import compute_gradients
 
 
 def test_even_shares_partition_the_batch():
-    assert even_shares([0, 2, 5], 8) == {"0": [0, 1, 2], "2": [3, 4, 5], "5": [6, 7]}
+    assert even_shares([0, 2, 5], 8) == {0: (0, 1, 2), 2: (3, 4, 5), 5: (6, 7)}
 
 
 def test_salvage_keeps_survivors_shares_and_spreads_the_lost_one_over_the_least_loaded():
     before = even_shares([0, 1, 2, 3], 16)
     after = salvage_shares(before, [0, 2, 3], 16)
-    assert after == {"0": [0, 1, 2, 3, 4, 7], "2": [5, 8, 9, 10, 11], "3": [6, 12, 13, 14, 15]}
+    assert after == {0: (0, 1, 2, 3, 4, 7), 2: (5, 8, 9, 10, 11), 3: (6, 12, 13, 14, 15)}
     # a second loss during the re-run, and a healed newcomer (4) that holds nothing yet
     again = salvage_shares(after, [0, 3, 4], 16)
-    assert again["0"] == after["0"] and set(after["3"]) <= set(again["3"])
+    assert again[0] == after[0] and set(after[3]) <= set(again[3])
     assert sorted(p for s in again.values() for p in s) == list(range(16))
     assert max(map(len, again.values())) - min(map(len, again.values())) <= 1
 
@@ -70,14 +71,14 @@ def test_apply_uses_the_reduced_buffer_and_releases_the_local_share(monkeypatch)
         model.zero_grad(set_to_none=True)
         return 0.0
 
-    monkeypatch.setattr(replica_mod, "apply_update", fake_update)
+    monkeypatch.setattr(apply_mod, "apply_update", fake_update)
     trainer = types.SimpleNamespace(model=model, optimizer=None, step=2, tokens_seen=0, lr=lambda step: 1e-3,
                                     sampler=types.SimpleNamespace(advance=lambda n: None))
     cfg = types.SimpleNamespace(optim=types.SimpleNamespace(grad_clip=1.0),
                                 train=types.SimpleNamespace(batch_size=4), data=types.SimpleNamespace(seq_len=16))
-    member = types.SimpleNamespace(trainer=trainer, cfg=cfg, grads=grads, pending_grads=reduced)
     assert all(g is not None for g in local) and grads.held == [0, 1]
-    replica_mod.Replica.apply(member, {"step": 3})
+    pending = apply_mod.PendingStep(Vote(replica=0, quorum_id=1, step=3, ok=True), reduced)
+    apply_mod.apply_step(trainer, grads, pending, cfg)
     assert seen["shares_buffer"] and torch.equal(seen["values"], expected)
     assert (grads.step, grads.held, trainer.step) == (None, [], 3)
     assert all(p.grad is None for p in model.parameters())

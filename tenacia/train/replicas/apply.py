@@ -1,0 +1,70 @@
+"""What a member does to its own trainer: hold a voted step, apply it on commit, load a healed state.
+
+Contract: a member changes its weights, optimizer, sampler and counters only here, and only on
+the leader's word (a ``commit`` verdict, a quorum's ``resolve``) or with a donor's whole state. A
+``PendingStep`` is the one value a member holds between its vote and the verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ... import checkpoint as ckpt
+from ... import hooks
+from ..config import RunConfig
+from ..step import apply_update
+from ..trainer import Trainer
+from .protocol import Vote
+from .shares import LocalGradients
+
+
+@dataclass(frozen=True, slots=True)
+class PendingStep:
+    """A step this member voted ok on, held until the verdict: its vote and the all-reduced
+    gradients (a flat buffer in parameter order, ``flat_gradients``). Applied on ``commit`` (or a
+    quorum's ``resolve``), dropped otherwise."""
+
+    vote: Vote
+    grads: torch.Tensor
+
+    @property
+    def step(self) -> int:
+        return self.vote.step
+
+
+def flat_gradients(model: torch.nn.Module) -> torch.Tensor:
+    """A flat copy of the gradients for the sum (zeros where a parameter has none): the
+    parameters' own ``.grad`` stay this member's share (salvage)."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in model.parameters()])
+
+
+def apply_step(trainer: Trainer, grads: LocalGradients, pending: PendingStep, cfg: RunConfig) -> None:
+    """Apply the reduced gradients held for the voted step, and commit it locally. The
+    parameters' ``.grad`` become views of the reduced buffer, not copies: nothing reads that
+    buffer after the step is applied, and this member's own share (``grads``) is released here,
+    once the step can no longer be salvaged."""
+    t, flat = trainer, pending.grads
+    offset = 0
+    for p in t.model.parameters():
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p)
+        offset += n
+    apply_update(t.model, t.optimizer, t.lr(pending.step), cfg.optim.grad_clip)
+    grads.drop()
+    t.step += 1
+    t.sampler.advance(cfg.train.batch_size)
+    t.tokens_seen += cfg.train.batch_size * cfg.data.seq_len
+    hooks.reach("between_steps", t.step)
+
+
+def load_healed(trainer: Trainer, meta: dict[str, Any], model: dict[str, torch.Tensor],
+                optim: dict[str, torch.Tensor]) -> None:
+    """Take a donor's state (``heal.HealFetch.result``) as this trainer's own."""
+    trainer.model.load_state_dict(model, strict=False)
+    ckpt.load_optimizer_tensors(trainer.model, trainer.optimizer, optim)
+    trainer.sampler.load_state_dict(meta["sampler"])
+    trainer.step, trainer.tokens_seen = int(meta["step"]), int(meta["tokens_seen"])

@@ -1,0 +1,394 @@
+"""Every message the replicas exchange, as a typed value, and its one conversion to and from the wire.
+
+Contract:
+- A message is a frozen dataclass below; code outside this module never sees its wire form. Replica
+  ids, steps, quorum ids and terms are ``int`` everywhere (JSON object keys are strings only on
+  the wire: ``encode`` and ``decode`` convert them).
+- ``encode(msg)`` gives the JSON-ready header ``wire.Conn`` sends (``{"type": TAG, field: ...}``);
+  ``decode(header)`` gives the message back, or raises ``ProtocolError`` naming the message type,
+  the field and what it expected: an unknown type, a missing or unknown field, a value of the
+  wrong type. The wire is compatible only within one version of tenacia (all processes of a run
+  come from one install); nothing on disk uses it.
+- The quorum knows its own next step (``Quorum.next_step``): whoever advances a quorum, leader or
+  member, calls it, so the sharing rule is written once.
+
+Channels and who sends what:
+- control, member -> leader: ``Hello`` (first message of a connection), ``Heartbeat``, ``Vote``, ``Bye``;
+- control, leader -> member: ``Welcome``, ``Retry``, ``Redirect`` (answers to a hello),
+  ``LeaderHeartbeat``, ``Quorum``, ``Verdict``, ``Wait``, ``Stop``, ``Expelled``;
+- heal: ``HealRequest`` from the newcomer, ``HealState`` (with one blob) or ``HealError`` from the donor.
+Notices a replica's own threads put in its training thread's inbox are never sent: ``Wake``,
+``LeaderLost``, ``Frozen`` (and ``Expelled``, which also arrives from the leader).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Union
+
+from .shares import even_shares
+
+
+class ProtocolError(ValueError):
+    """A header that is not a valid message; the text names the message type and the field."""
+
+
+# ----- parts of messages -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Addrs:
+    """Where a member can be reached: its control server and its heal server (HOST:PORT)."""
+
+    control: str
+    heal: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    """The fate of a step a previous quorum left undecided: apply it (``commit``) or drop it."""
+
+    step: int
+    commit: bool
+
+
+# (name, dtype, shape, byte offset, byte count) of each tensor in a heal buffer (``heal.pack``)
+LayoutEntry = tuple[str, str, tuple[int, ...], int, int]
+Layout = tuple[LayoutEntry, ...]
+
+
+# ----- control channel, member -> leader ---------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """A member's result for ``step`` of quorum ``quorum_id``: ``ok`` once its all-reduce (and heal)
+    succeeded. ``start`` is the sampler position and ``batch`` the sample ids of the step's global
+    batch; ``ids`` the ones this member computed (its share), with their ``tokens`` and mean
+    ``loss``; ``reused`` how many of them came from a discarded run of the same step; ``timing``
+    wall-clock phase times of a quorum's first step (``docs/events.md``), else None."""
+
+    TAG: ClassVar[str] = "vote"
+    replica: int
+    quorum_id: int
+    step: int
+    ok: bool
+    start: int = 0
+    ids: tuple[int, ...] = ()
+    batch: tuple[int, ...] = ()
+    tokens: int = 0
+    loss: float = 0.0
+    reused: int = 0
+    timing: dict[str, float | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A replica asks to join: where it listens, what it has committed, the step whose reduced
+    gradients it holds awaiting a verdict (``pending``, with its vote), the newest quorum id it saw."""
+
+    TAG: ClassVar[str] = "hello"
+    replica: int
+    control: str
+    heal: str
+    committed: int
+    pending: int | None = None
+    pending_vote: Vote | None = None
+    quorum_seen: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A member is alive; it is in ``phase`` (idle, compute, allreduce, vote) of ``step``."""
+
+    TAG: ClassVar[str] = "heartbeat"
+    replica: int
+    step: int
+    phase: str
+    committed: int
+    pending: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """A member leaves cleanly (its run finished or it steps aside)."""
+
+    TAG: ClassVar[str] = "bye"
+    replica: int
+
+
+# ----- control channel, leader -> member ---------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """A hello was accepted by ``leader``, which leads term ``term``."""
+
+    TAG: ClassVar[str] = "welcome"
+    leader: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The replica asked has lost its leader too (or knows none): ask again shortly."""
+
+    TAG: ClassVar[str] = "retry"
+    replica: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """The replica asked does not lead; the leader it knows listens at ``address``."""
+
+    TAG: ClassVar[str] = "redirect"
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderHeartbeat:
+    """The leader is alive (members fail over when it goes silent)."""
+
+    TAG: ClassVar[str] = "leader_heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class Quorum:
+    """Who runs which step, with what share of the batch (``coordinator.py`` states the contract).
+
+    ``members`` run ``step`` in the quorum's process group (rank = position in ``members``, group
+    rendezvous on ``store``); ``sharers`` are those in sync, each computing ``shares[replica]``
+    (positions in the global batch); ``heal`` maps each newcomer to its donor for this first step.
+    ``resolve`` decides the step a previous quorum left pending. ``hang_timeout`` is the leader's
+    current hang bound (members use it to notice a silent leader). ``formed_t`` is the leader's
+    wall clock at formation; ``received_t`` the member's, set on receipt (None at the leader)."""
+
+    TAG: ClassVar[str] = "quorum"
+    quorum_id: int
+    term: int
+    leader: int
+    step: int
+    members: tuple[int, ...]
+    sharers: tuple[int, ...]
+    shares: dict[int, tuple[int, ...]]
+    heal: dict[int, int]
+    store: str
+    addrs: dict[int, Addrs]
+    hang_timeout: float
+    resolve: Resolve | None = None
+    formed_t: float = 0.0
+    received_t: float | None = None
+
+    def next_step(self, batch_size: int) -> Quorum:
+        """The same quorum one step on, after ``step`` committed: every member then holds the same
+        state, so all share the batch evenly and nobody heals (no new quorum, no new group)."""
+        return replace(self, step=self.step + 1, sharers=self.members, heal={}, resolve=None,
+                       shares=even_shares(self.members, batch_size))
+
+    def rank(self, replica: int) -> int:
+        return self.members.index(replica)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Every member voted: apply ``step`` (``commit``) or drop it."""
+
+    TAG: ClassVar[str] = "verdict"
+    quorum_id: int
+    step: int
+    commit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Too few members for a quorum (``min_replicas``): hold, a new quorum will come."""
+
+    TAG: ClassVar[str] = "wait"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The run is over at ``step``: write the final state and exit."""
+
+    TAG: ClassVar[str] = "stop"
+    reason: str
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expelled:
+    """This member must rejoin as a newcomer and heal (declared hung, or its leader was superseded)."""
+
+    TAG: ClassVar[str] = "expelled"
+    reason: str
+
+
+# ----- heal channel --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class HealRequest:
+    """A newcomer asks its donor for the state offered for quorum ``quorum_id``."""
+
+    TAG: ClassVar[str] = "fetch"
+    quorum_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class HealState:
+    """The donor's state, in the one blob that follows: tensors at the offsets of ``model`` and
+    ``optim``; ``meta`` the trainer's counters as the donor offered them (step, sampler, ...)."""
+
+    TAG: ClassVar[str] = "state"
+    model: Layout
+    optim: Layout
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HealError:
+    """The donor cannot serve the request."""
+
+    TAG: ClassVar[str] = "heal_error"
+    reason: str
+
+
+# ----- notices inside one replica (never on the wire) ----------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Something the training thread waits on changed (a group, a fetch, a collective)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderLost:
+    """The link to the leader broke (``why``) at ``at`` (monotonic seconds): fail over."""
+
+    why: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Frozen:
+    """This process was stopped for ``gap_s`` seconds, longer than the hang bound: rejoin."""
+
+    gap_s: float
+
+
+Message = (Hello | Heartbeat | Vote | Bye | Welcome | Retry | Redirect | LeaderHeartbeat | Quorum | Verdict
+           | Wait | Stop | Expelled | HealRequest | HealState | HealError)
+WIRE: dict[str, type] = {cls.TAG: cls for cls in typing.get_args(Message)}
+Notice = Wake | LeaderLost | Frozen
+
+
+# ----- the wire form ---------------------------------------------------------------------------------
+
+def encode(msg: Message) -> dict[str, Any]:
+    """``msg`` as a JSON-ready dict: ``type`` is its tag, int keys become strings, tuples lists."""
+    tag = getattr(type(msg), "TAG", None)
+    if WIRE.get(tag) is not type(msg):
+        raise ProtocolError(f"{type(msg).__name__} is not a wire message")
+    return {"type": tag, **_to_json(msg)}
+
+
+def decode(header: dict[str, Any]) -> Message:
+    """The message ``header`` encodes; ``ProtocolError`` naming the type and field if it is malformed."""
+    if not isinstance(header, dict):
+        raise ProtocolError(f"a message is a JSON object, not {type(header).__name__}")
+    tag = header.get("type")
+    cls = WIRE.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {tag!r}; known: {', '.join(sorted(WIRE))}")
+    return _from_json({k: v for k, v in header.items() if k != "type"}, cls, tag)
+
+
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    return value
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls, vars(sys.modules[__name__]))
+    return _HINTS[cls]
+
+
+def _from_json(value: Any, tp: Any, where: str) -> Any:
+    """``value`` (parsed JSON) checked and converted to type ``tp``; ``where`` names it in errors."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for i, option in enumerate(options):
+            try:
+                return _from_json(value, option, where)
+            except ProtocolError:
+                if i == len(options) - 1:
+                    raise
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected an object, got {_kind(value)}")
+        hints, names = _hints(tp), {f.name for f in dataclasses.fields(tp)}
+        if unknown := sorted(set(value) - names):
+            raise ProtocolError(f"{where}: unknown field {unknown[0]!r}")
+        out = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                out[f.name] = _from_json(value[f.name], hints[f.name], f"{where}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ProtocolError(f"{where}: missing field {f.name!r}")
+        return tp(**out)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ProtocolError(f"{where}: expected a list, got {_kind(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ProtocolError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_from_json(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected an object, got {_kind(value)}")
+        key_t, val_t = args
+        out = {}
+        for k, v in value.items():
+            if key_t is int:
+                if not (isinstance(k, str) and k.lstrip("-").isdigit()):
+                    raise ProtocolError(f"{where}: key {k!r} is not an integer")
+                k = int(k)
+            out[k] = _from_json(v, val_t, f"{where}[{k!r}]")
+        return out
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{where}: expected true or false, got {_kind(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError(f"{where}: expected an integer, got {_kind(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProtocolError(f"{where}: expected a number, got {_kind(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ProtocolError(f"{where}: expected a string, got {_kind(value)}")
+        return value
+    raise ProtocolError(f"{where}: no conversion to {tp!r}")  # a type this module does not use
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"[:80]

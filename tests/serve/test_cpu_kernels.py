@@ -204,9 +204,10 @@ def test_decode_attention_equals_sdpa_over_each_sequences_own_keys(kernels, head
         torch.testing.assert_close(got[b:b + 1], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("heads, kv_heads, hd", [(9, 3, 64), (10, 2, 48)])
 def test_the_kernel_backends_decode_attention_equals_the_torch_backends_for_every_batch_size(kernels, heads, kv_heads,
-                                                                                             hd, one_thread):
+                                                                                             hd):
     """Store and attend through a real decode mirror, for every batch from 1 sequence to the
     engine's largest (``EngineConfig.max_num_seqs``), on both attention paths of the kernel
     (register-resident for (9, 3, 64), general for (10, 2, 48)): the same output, cache and mirror

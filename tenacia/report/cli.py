@@ -1,5 +1,6 @@
 """Subcommand `report`: print a run's goodput and recovery times, write report.json and
-timeline.png into the run directory."""
+timeline.png into the run directory, and whether the run proves itself (``check.py``: the sample
+ledger exactly once, the replicas' final states equal); ``--check`` makes that the exit status."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="goodput, fault detection/stall/healing times and a PNG timeline of a run")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding events.jsonl (and metrics.jsonl)")
     p.add_argument("--json", action="store_true", help="print report.json to stdout instead of tables")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 unless the sample ledger verifies (every sample once) and every replica's final "
+                        "state fingerprint is equal; 2 if the run directory cannot be checked")
     p.set_defaults(handler=cmd_report)
 
 
@@ -72,10 +76,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"tenacia report: {run_dir / 'events.jsonl'} does not exist; give the run directory of a "
               "tenacia train run (its train.run_dir)", file=sys.stderr)
         return 2
+    from .check import check
+
     report = write(run_dir)
+    proof = check(run_dir)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         render(report)
         print(f"wrote {run_dir / 'report.json'} and {run_dir / 'timeline.png'}")
-    return 0
+    print("\n".join(proof.lines()), file=sys.stderr if args.json else sys.stdout)
+    if not args.check:
+        return 0
+    return 2 if proof.unchecked else (0 if proof.ok else 1)

@@ -151,13 +151,18 @@ class Trainer:
         self.model.train()
         return total / max(n, 1)
 
+    def sampler_identity(self) -> dict[str, int]:
+        """What ``tenacia report --check`` replays the sample ledger against (``run_started``)."""
+        return {"samples": len(self.data.train), "sampler_seed": self.cfg.data.seed}
+
     # ----- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train to ``train.steps`` on this process alone; returns a summary."""
         tc = self.cfg.train
         if not (self.cfg.checkpoint.resume and self.resume()) and self.ledger is not None:
             self.ledger.rewind(0)  # from scratch: records of an earlier, lost attempt no longer count
-        self.events.emit("run_started", step=self.step, replicas=1, device=self.device.describe())
+        self.events.emit("run_started", step=self.step, replicas=1, device=self.device.describe(),
+                         **self.sampler_identity())
         metrics = MetricsLog(self.run_dir)
         progress = Progress(total=tc.steps, start=self.step, enabled=tc.progress)
         t_start = time.perf_counter()
@@ -189,6 +194,8 @@ class Trainer:
         self.events.emit("eval", step=self.step, eval_loss=eval_loss)
         self.save_checkpoint()
         self.checkpoints.wait()
+        self.events.emit("state_fingerprint", step=self.step, replica=0, fingerprint=ckpt.state_fingerprint(
+            self.step, self.sampler.state_dict(), self.model, self.optimizer))
         wall = time.perf_counter() - t_start
         self.events.emit("run_finished", step=self.step, wall_s=wall, committed_tokens=self.tokens_seen)
         return {"step": self.step, "eval_loss": eval_loss, "wall_s": wall, "tokens": self.tokens_seen,

@@ -33,7 +33,8 @@ RUN_LIMIT_S = 240
 pytestmark = pytest.mark.timeout(2 * RUN_LIMIT_S + 60)
 
 
-def check_run(run, reference, survivors_at_least=2):
+def check_run(run, reference, survivors_at_least=2, procs=None):
+    """The run's own proofs, read in Python; given ``procs``, also through `tenacia report --check`."""
     assert (run / "finished.json").exists(), (run / "logs").iterdir()
     events = read_events(run / "events.jsonl")
     prints = {e["replica"]: e["fingerprint"] for e in events if e["event"] == "state_fingerprint" and e["step"] == STEPS}
@@ -45,6 +46,11 @@ def check_run(run, reference, survivors_at_least=2):
     assert report.ok and report.steps == STEPS, report
     final = json.loads((run / "finished.json").read_text())["eval_loss"]
     assert abs(final - reference) <= 0.02 * reference, (final, reference)
+    if procs is not None:  # what a user or a CI job asserts without Python
+        assert procs.run(["report", "--check", str(run)], timeout=120, log=run / "report.log") == 0, \
+            (run / "report.log").read_text()[-2000:]
+        out = (run / "report.log").read_text()
+        assert f"sample ledger: ok: {STEPS} committed steps" in out and "fingerprint(s) equal" in out, out[-2000:]
     return events
 
 
@@ -69,7 +75,7 @@ def test_kill_at_random_step(tmp_path, procs, reference):
                          for e in read_events(tmp_path / "events.jsonl")), RUN_LIMIT_S, f"step {step}")
     assert procs.run(["chaos", "kill", str(tmp_path), "--replica", "1"], timeout=30) == 0
     assert launcher.wait(timeout=RUN_LIMIT_S) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
-    events = check_run(tmp_path, reference)
+    events = check_run(tmp_path, reference, procs=procs)
     fault = first_after(events, "fault_injected", 0, replica=1)
     detected = first_after(events, "failure_detected", fault["t"], replica=1)
     assert detected["kind"] == "crash" and detected["t"] - fault["t"] < 3.0  # goal: 1 s

@@ -159,7 +159,8 @@ class Replica:
             self.server.coordinator = self.make_coordinator(term=1, expected=set(range(first, first + self.cfg.replicas.count)))
         self.link.connect(self.peer_addresses if self.seeds else lambda: [self.server.addr])
         self.link.start_heartbeats()
-        self.events.emit("run_started", step=self.trainer.step, replicas=self.cfg.replicas.count, replica=self.id)
+        self.events.emit("run_started", step=self.trainer.step, replicas=self.cfg.replicas.count, replica=self.id,
+                         **self.trainer.sampler_identity())
         try:
             while True:
                 try:

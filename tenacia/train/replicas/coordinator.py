@@ -20,6 +20,17 @@ Contract (what is decided when, what each party may assume):
   apply this rule on their own: no new quorum, no new process group).
   A new quorum is formed when a member is lost (at once), and when newcomers wait (at the next
   step boundary). It is never formed with fewer than ``min_replicas`` members.
+- Majority. A member lost to silence may be alive on the other side of a partition, leading a
+  quorum of its own. So a leader without a valid exclusive lease (``lease.py``) forms a quorum only
+  with more than half of the last quorum's members, or exactly half if that half holds the lowest
+  id among them. The last quorum is the newest one that committed a step as far as this leader or
+  any live member knows (``Hello.settled``): a quorum formed but never committed may not have
+  reached the members it names, so it is no base; a job's first quorum is the base until then;
+  members proven dead (their connection closed: a crash, a clean leave) do not count. Otherwise it
+  waits (``quorum_refused``) until they come back or a newer term fences it. A leader with a valid
+  exclusive lease (etcd) may go on with any quorum, since nobody else can lead meanwhile; but once
+  it hears none of the last quorum's other members, it releases the lease and steps down
+  (``coordinator_alone``), so the members it cannot hear can elect a leader they can.
 - Shares. The quorum names each sharer's ``shares``: positions in the step's global batch
   (``shares.py``), even shares on every normal step. When the new quorum runs the step that was
   just discarded (a member lost mid-step, also after a takeover), each surviving sharer keeps the
@@ -49,7 +60,7 @@ import torch.distributed as dist
 from ...data.ledger import SampleLedger
 from ...events import EventLog
 from ..config import ReplicaConfig
-from .lease import newest_term
+from .lease import DirLease, Lease
 from .protocol import (
     Addrs,
     Bye,
@@ -91,9 +102,13 @@ class Coordinator:
     def __init__(self, *, replica: int, term: int, host: str, cfg: ReplicaConfig, timing: Timing, total_steps: int,
                  events: EventLog, ledger: SampleLedger | None, expected: set[int], run_dir: Path, batch_size: int,
                  log_every: int = 10, last_quorum_id: int = 0, takeover_from: float | None = None,
-                 previous: Quorum | None = None, clock: Clock | None = None):
-        """The leader's state; its monitor thread runs from ``start`` (a test drives ``tick``)."""
-        self.replica, self.term, self.cfg, self.total_steps = replica, term, cfg, total_steps
+                 previous: Quorum | None = None, clock: Clock | None = None, lease: Lease | None = None,
+                 dead: set[int] | None = None):
+        """The leader's state; its monitor thread runs from ``start`` (a test drives ``tick``).
+        ``lease``: the term it holds (default: term ``term`` in the run directory); ``dead``: members
+        of ``previous`` proven dead (the old leader, when its connection closed)."""
+        self.lease = lease or DirLease(run_dir, term)
+        self.replica, self.term, self.cfg, self.total_steps = replica, self.lease.term, cfg, total_steps
         self.timing, self.clock = timing, clock or Clock()
         self.run_dir, self.batch_size = run_dir, batch_size
         self.previous = previous  # after a takeover: the old leader's quorum as this member last saw it
@@ -108,6 +123,11 @@ class Coordinator:
         self.quorum: Quorum | None = None
         self.quorum_id = last_quorum_id
         self.votes: dict[int, Vote] = {}
+        # the majority rule's base: (step, members) of the newest commit known here (module docstring)
+        self.settled: tuple[int, tuple[int, ...]] = (0, ())
+        self.dead: set[int] = set(dead or ())  # lost with a closed connection: cannot lead elsewhere
+        self.parked: Quorum | None = None  # the last quorum while a minority waits (its resolve, its shares)
+        self.refused: str | None = None
         self.steps = StepLog(events=events, run_dir=run_dir, log_every=log_every, total_steps=total_steps,
                              timing=timing, clock=self.clock)
         self.started = self._tick = self._last_beat = self._last_fence = self.clock.now()
@@ -120,7 +140,10 @@ class Coordinator:
                     takeover_s=None if takeover_from is None else round(self.clock.now() - takeover_from, 4))
 
     def start(self) -> Coordinator:
-        """Run the monitor (``tick`` every ``Timing.tick_s``) in a daemon thread until stopped."""
+        """Run the monitor (``tick`` every ``Timing.tick_s``) and the lease's renewals in daemon
+        threads until stopped."""
+        self.lease.start(on_lost=lambda why: self.events.emit("lease_lost", coordinator=self.replica,
+                                                               term=self.term, reason=why))
         threading.Thread(target=self._monitor, name="coordinator", daemon=True).start()
         return self
 
@@ -136,6 +159,9 @@ class Coordinator:
             old = self.members.get(rid)
             if old is not None and old.conn is not conn:
                 self._lose(rid, "crash", "restarted process replaced its old connection")
+            self.dead.discard(rid)
+            if msg.settled and msg.settled_step > self.settled[0]:
+                self.settled = (msg.settled_step, msg.settled)
             self.members[rid] = MemberState(rid, conn, Addrs(msg.control, msg.heal), msg.committed, msg.pending,
                                             msg.quorum_seen, self.clock.now(), msg.pending_vote)
             self.quorum_id = max(self.quorum_id, msg.quorum_seen)
@@ -189,11 +215,12 @@ class Coordinator:
             self.members[r].pending = None
         votes, self.votes = self.votes, {}
         if ok:
+            self.settled = (step, q.members)
             self.steps.committed(q, votes)
             self.quorum = q.next_step(self.batch_size)  # healed newcomers are in sync now
             if step >= self.total_steps:
                 self._broadcast(Stop(reason="finished", step=step))
-                self.stopped = True
+                self._stop()
                 return
         else:
             self.events.emit("step_discarded", step=step, reason="a member failed the step")
@@ -209,20 +236,27 @@ class Coordinator:
         if gap <= self.timing.frozen_after(self.hang_timeout):
             return False
         if not self.stopped:
-            self.stopped = True
+            self._stop()
             self.events.emit("coordinator_frozen", coordinator=self.replica, gap_s=round(gap, 3))
         return True
 
     def superseded(self) -> bool:
-        """The fence (see ``lease.py``): a newer term exists, so another leader was elected while we
-        were frozen, slow or cut off. Step down and send our members to it."""
-        newest = newest_term(self.run_dir)
-        if newest <= self.term:
+        """The fence (``lease.py``): our lease no longer holds (a newer term exists; for etcd also:
+        the lease expired unrenewed), so another leader may lead: step down and send our members
+        away. A local check for etcd (the renewals run in their own thread)."""
+        if self.lease.valid():
             return False
-        self.stopped = True
+        self._stop()
+        newest = self.lease.newest
         self.events.emit("coordinator_superseded", coordinator=self.replica, term=self.term, newest_term=newest)
-        self._broadcast(Expelled(f"leader {self.replica} of term {self.term} was superseded by term {newest}"))
+        self._broadcast(Expelled(f"leader {self.replica} of term {self.term} lost its lease"
+                                 + (f" to term {newest}" if newest > self.term else "")))
         return True
+
+    def _stop(self) -> None:
+        """Stop leading and give the lease up (etcd: revoked, in the background)."""
+        self.stopped = True
+        threading.Thread(target=self.lease.release, name="lease-release", daemon=True).start()
 
     # ----- failures ------------------------------------------------------------------------------------
     def _lose(self, rid: int, kind: str, why: str) -> None:
@@ -234,6 +268,8 @@ class Coordinator:
         if kind == "hang":
             m.conn.try_send(Expelled(why))
         m.conn.close()
+        if kind in ("crash", "leave"):
+            self.dead.add(rid)
         if kind != "leave":
             self.events.emit("failure_detected", kind=kind, replica=rid, reason=why,
                              silence_s=round(self.clock.now() - m.last_hb, 4))
@@ -285,8 +321,8 @@ class Coordinator:
                 self._maybe_form("stuck collective")
             if self.quorum is None:
                 self._maybe_form("waiting")
-            elif now - self._last_fence > self.timing.fence_check_s:
-                self._last_fence = now
+            elif self.lease.exclusive or now - self._last_fence > self.timing.fence_check_s:
+                self._last_fence = now  # exclusive: a local comparison, every tick
                 self.superseded()
 
     # ----- quorum formation ----------------------------------------------------------------------------
@@ -301,8 +337,14 @@ class Coordinator:
                 self.quorum = None
                 self._broadcast(Wait(f"{len(live)} live < min_replicas {self.cfg.min_replicas}"))
             return
+        refused = self._minority(live)
+        if refused is not None:
+            self._refuse(refused)
+            return
+        self.refused = None
         live = live[: self.cfg.max_replicas]
-        resolve = self.quorum.resolve if self.quorum is not None else None
+        last = self.quorum or self.parked
+        resolve = last.resolve if last is not None else None
         if resolve is None and self.takeover and self.quorum is None:
             resolve = self._resolve_takeover(live)
         elif self.quorum is None and self.quorum_id_start is not None and self.ledger is not None:
@@ -320,10 +362,10 @@ class Coordinator:
         step = max(committed.values())
         if step >= self.total_steps:
             self._broadcast(Stop(reason="finished", step=step))
-            self.stopped = True
+            self._stop()
             return
         in_sync = [r for r in live if committed[r] == step]
-        prev, self.previous = self.quorum or self.previous, None
+        prev, self.previous, self.parked = self.quorum or self.parked or self.previous, None, None
         if prev is not None and prev.step == step + 1 and prev.shares:
             shares = salvage_shares(prev.shares, in_sync, self.batch_size)  # the same step again
         else:
@@ -336,9 +378,38 @@ class Coordinator:
             addrs={r: self.members[r].addrs for r in live}, hang_timeout=self.hang_timeout, resolve=resolve,
             formed_t=self.clock.wall())
         self.votes = {}
+        if not self.settled[1]:
+            self.settled = (0, tuple(live))  # a job's first quorum: the base until a step commits
         self.events.emit("quorum_changed", step=step, quorum_id=self.quorum_id, members=live, reason=reason,
                          healing=heal, since_commit_s=self.steps.stalled_for())
         self._broadcast(self.quorum)
+
+    def _minority(self, live: list[int]) -> str | None:
+        """Why ``live`` may not form a quorum under the majority rule (module docstring), or None."""
+        voters = [r for r in self.settled[1] if r not in self.dead]
+        have = [r for r in voters if r in live]
+        if not voters:
+            return None
+        if self.lease.exclusive:
+            return "alone" if have == [self.replica] and len(voters) > 1 else None
+        if 2 * len(have) > len(voters) or (2 * len(have) == len(voters) and min(voters) in have):
+            return None
+        return (f"only {have} of the last quorum's {voters} are here; the others went silent and may "
+                "be leading on their side of a partition")
+
+    def _refuse(self, why: str) -> None:
+        if self.quorum is not None:
+            self.parked, self.quorum = self.quorum, None
+        if why == "alone":
+            self.events.emit("coordinator_alone", coordinator=self.replica, term=self.term,
+                             last_quorum=list(self.settled[1]))
+            self._stop()
+            self._broadcast(Expelled(f"leader {self.replica} hears none of its last quorum: stepped down"))
+            return
+        if why != self.refused:
+            self.refused = why
+            self.events.emit("quorum_refused", coordinator=self.replica, reason=why)
+            self._broadcast(Wait(why))
 
     def _resolve_takeover(self, live: list[int]) -> Resolve | None:
         """The fate of the step ``top`` the old leader may have been committing ("Takeover" above)."""
@@ -368,4 +439,4 @@ class Coordinator:
             m.conn.try_send(msg)
 
     def close(self) -> None:
-        self.stopped = True
+        self._stop()

@@ -16,6 +16,12 @@ silence; once that coordinator has stopped (superseded, frozen) for a hang bound
 rejoins as a newcomer even if the coordinator's ``expelled`` never reached it. A member that
 finds it was frozen itself (its heartbeat clock jumped past the hang timeout) assumes it was
 expelled, steps down if it led, and rejoins as a newcomer that heals.
+
+Leases (``lease.py``): a candidate claims its term from the lease store. With an exclusive store
+(etcd) the claim is refused while the lost leader's lease is valid; the candidate asks again
+every ``Timing.retry_s`` for up to one lease TTL, and follows whoever claimed meanwhile. A member
+that lost its leader because the connection closed (the process died) tells the store, which
+revokes that leader's lease at once: a crash costs no TTL, a silence costs up to one.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .coordinator import Coordinator
+from .lease import LeaseHeld
 from .protocol import (
     Bye,
     Expelled,
@@ -39,6 +46,7 @@ from .protocol import (
     Quorum,
     Redirect,
     Retry,
+    Verdict,
     Vote,
     Welcome,
 )
@@ -112,6 +120,7 @@ class LeaderLink:
         self.leader: int | None = None
         self._quorum_lock = threading.Lock()
         self.last_quorum: Quorum | None = None  # the newest quorum received, at the step its members run
+        self.settled: tuple[int, tuple[int, ...]] = (0, ())  # (step, members) of the newest commit seen
         self.term = 0
         self._last_rx = self._tick = self.clock.now()
         self._stop = False
@@ -124,7 +133,8 @@ class LeaderLink:
         s = self.status()
         return Hello(replica=self.replica, control=self.server.addr, heal=self.heal_addr, committed=s.committed,
                      pending=s.pending, pending_vote=s.pending_vote,
-                     quorum_seen=self.last_quorum.quorum_id if self.last_quorum else 0)
+                     quorum_seen=self.last_quorum.quorum_id if self.last_quorum else 0,
+                     settled=self.settled[1], settled_step=self.settled[0])
 
     def advance(self, q: Quorum) -> None:
         """The training thread moved quorum ``q`` on a step: remember it at that step (a takeover
@@ -149,9 +159,14 @@ class LeaderLink:
                 leaderless_since = leaderless_since or now
                 if now - leaderless_since >= elect_after_s:
                     term = max([self.term, *self._retries.values()]) + 1
-                    self.server.coordinator = self.make_coordinator(term=term, expected={self.replica, *self._retries})
-                    if self._try(self.server.addr):
-                        return
+                    try:
+                        self.server.coordinator = self.make_coordinator(term=term,
+                                                                        expected={self.replica, *self._retries})
+                    except LeaseHeld as held:  # a leader holds the lease: ask it next round
+                        self._try(held.control)
+                    else:
+                        if self._try(self.server.addr):
+                            return
             else:
                 leaderless_since = None
             self.clock.sleep(self.timing.retry_s)
@@ -210,6 +225,10 @@ class LeaderLink:
                     msg = replace(msg, received_t=self.clock.wall())  # for the quorum's phase timings (docs/events.md)
                     with self._quorum_lock:
                         self.last_quorum = msg
+                elif isinstance(msg, Verdict) and msg.commit:
+                    q = self.last_quorum
+                    if q is not None and q.quorum_id == msg.quorum_id:
+                        self.settled = (msg.step, q.members)
                 self.inbox.put(msg)
         except ConnectionError:
             if conn is self.conn and not self._stop:
@@ -277,12 +296,12 @@ class LeaderLink:
         if self.frozen.is_set():
             return  # we were the frozen one: the training thread rejoins instead
         old = self.leader
-        self._failover(t0)
+        self._failover(t0, dead=lost.why == "connection closed")
         self._lost = None
         self.events.emit("failover_done", replica=self.replica, old_leader=old, leader=self.leader,
                          why=lost.why, failover_s=round(self.clock.now() - lost.at, 4))
 
-    def _failover(self, t0: float) -> None:
+    def _failover(self, t0: float, dead: bool) -> None:
         # Peers that have not noticed the loss yet redirect us to the lost leader, and a stopped
         # process's kernel still accepts connections: asking it costs a whole timeout. So it is
         # not asked before one hang bound has passed, and then at most once.
@@ -294,14 +313,31 @@ class LeaderLink:
         candidates = sorted(r for r in addrs if r != old)
         for cand in candidates:
             if cand == self.replica:
-                coord = self.make_coordinator(term=self.term + 1, expected=set(candidates),
-                                              last_quorum_id=q.quorum_id if q else 0, takeover_from=t0, previous=q)
-                self.server.coordinator = coord
-                if self._try(self.server.addr):
+                if self._lead_after(t0, old if dead else None, candidates, q):
                     return
             elif self._try_for(addrs[cand].control, self.timing.candidate_s):
                 return
         raise ConnectionError(f"replica {self.replica}: no surviving leader candidate among {candidates}")
+
+    def _lead_after(self, t0: float, dead: int | None, candidates: list[int], q: Quorum | None) -> bool:
+        """Become leader after losing leader ``old`` (``dead``: proven dead), waiting up to one lease
+        TTL for its lease to lapse; or follow whoever claimed meanwhile. True once connected."""
+        end = self.clock.now() + self.timing.lease_ttl_s + self.timing.candidate_s
+        while True:
+            try:
+                coord = self.make_coordinator(term=self.term + 1, expected=set(candidates),
+                                              last_quorum_id=q.quorum_id if q else 0, takeover_from=t0, previous=q,
+                                              dead_term=self.term if dead is not None else None,
+                                              dead=set() if dead is None else {dead})
+            except LeaseHeld as held:
+                if held.term > self.term and held.replica != self.replica and self._try(held.control):
+                    return True
+                if self.clock.now() > end:
+                    return False
+                self.clock.sleep(self.timing.retry_s)
+                continue
+            self.server.coordinator = coord
+            return self._try(self.server.addr)
 
     def _try_for(self, addr: str, seconds: float) -> bool:
         end = self.clock.now() + seconds

@@ -87,7 +87,9 @@ class Vote:
 @dataclass(frozen=True, slots=True)
 class Hello:
     """A replica asks to join: where it listens, what it has committed, the step whose reduced
-    gradients it holds awaiting a verdict (``pending``, with its vote), the newest quorum id it saw."""
+    gradients it holds awaiting a verdict (``pending``, with its vote), the newest quorum id it saw,
+    and the members of the newest quorum it saw commit a step (``settled``, at ``settled_step``):
+    the majority rule counts against the newest such set any live member knows."""
 
     TAG: ClassVar[str] = "hello"
     replica: int
@@ -97,6 +99,8 @@ class Hello:
     pending: int | None = None
     pending_vote: Vote | None = None
     quorum_seen: int = 0
+    settled: tuple[int, ...] = ()
+    settled_step: int = 0
 
 
 @dataclass(frozen=True, slots=True)

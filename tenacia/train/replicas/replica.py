@@ -43,7 +43,7 @@ from .apply import PendingStep, apply_step, flat_gradients, load_healed
 from .coordinator import Coordinator
 from .group import GroupBuilder, retire
 from .heal import HealFetch, HealServer
-from .lease import claim_term, leader_of
+from .lease import LeaseHeld, open_store
 from .member import ControlServer, LeaderLink, MemberStatus
 from .protocol import (
     Expelled,
@@ -80,6 +80,8 @@ class Replica:
         self.trainer = trainer or Trainer(cfg, source=f"replica:{replica}", write_ledger=False)
         self.trainer.events.source = f"replica:{replica}"
         self.events = self.trainer.events
+        self.leases = open_store(cfg.replicas.lease, Path(cfg.train.run_dir), self.timing.lease_ttl_s,
+                                 self.timing.lease_request_s)
         host = cfg.replicas.host
         self.server = ControlServer(replica, host, host)
         self.heal_server = HealServer(host, host, timing=self.timing)
@@ -102,7 +104,10 @@ class Replica:
     def peer_addresses(self) -> list[str]:
         """The newest term's leader, the seeds given at start, then every other replica published
         in the run directory."""
-        lead = leader_of(Path(self.cfg.train.run_dir))
+        try:
+            lead = self.leases.leader()
+        except (OSError, ValueError, RuntimeError):  # etcd unreachable: ask the peers
+            lead = None
         out = [lead["control"]] if lead and lead["replica"] != self.id else []
         out += [s for s in self.seeds if s not in out]
         for info in addresses.read_all(self.cfg.train.run_dir):
@@ -116,15 +121,29 @@ class Replica:
                             pending=p.step if p else None, pending_vote=p.vote if p else None)
 
     def make_coordinator(self, *, term: int, expected: set[int], last_quorum_id: int = 0,
-                         takeover_from: float | None = None, previous: Quorum | None = None) -> Coordinator:
+                         takeover_from: float | None = None, previous: Quorum | None = None,
+                         dead_term: int | None = None, dead: set[int] | None = None) -> Coordinator:
+        """Claim a term (``LeaseHeld`` while another leader's exclusive lease is valid) and lead."""
         run_dir = Path(self.cfg.train.run_dir)
-        term = claim_term(run_dir, self.id, self.server.addr, at_least=term)
-        return Coordinator(replica=self.id, term=term, host=self.cfg.replicas.host, cfg=self.cfg.replicas,
+        lease = self.leases.claim(self.id, self.server.addr, at_least=term, dead_term=dead_term)
+        return Coordinator(replica=self.id, term=lease.term, lease=lease, dead=dead, host=self.cfg.replicas.host, cfg=self.cfg.replicas,
                            timing=self.timing, total_steps=self.cfg.train.steps,
                            events=EventLog(self.events.path, f"coordinator:{self.id}"),
                            ledger=SampleLedger(run_dir / "ledger.jsonl"), expected=expected, run_dir=run_dir,
                            log_every=self.cfg.train.log_every, batch_size=self.cfg.train.batch_size,
                            last_quorum_id=last_quorum_id, takeover_from=takeover_from, previous=previous).start()
+
+    def _first_coordinator(self) -> Coordinator:
+        """Lead the job's first term; an earlier job's leader may hold the lease for one more TTL."""
+        first = self.cfg.replicas.first_id
+        end = time.monotonic() + self.timing.lease_ttl_s + self.timing.connect_s
+        while True:
+            try:
+                return self.make_coordinator(term=1, expected=set(range(first, first + self.cfg.replicas.count)))
+            except LeaseHeld:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(self.timing.retry_s)
 
     def poll(self, block: float = 0.0) -> Message | None:
         """Next message from the leader; handles failover and rejoin on the way."""
@@ -155,8 +174,7 @@ class Replica:
         if self.trainer.step >= self.cfg.train.steps:
             return 0  # restarted after the job finished: nothing left to do
         if not self.seeds:  # the first replica of the job leads
-            first = self.cfg.replicas.first_id
-            self.server.coordinator = self.make_coordinator(term=1, expected=set(range(first, first + self.cfg.replicas.count)))
+            self.server.coordinator = self._first_coordinator()
         self.link.connect(self.peer_addresses if self.seeds else lambda: [self.server.addr])
         self.link.start_heartbeats()
         self.events.emit("run_started", step=self.trainer.step, replicas=self.cfg.replicas.count, replica=self.id,

@@ -46,6 +46,8 @@ class Timing:
     frozen_floor_s: float = 0.5  # a clock jump under this is never taken for a freeze
     hang_before_quorum_s: float = 1.0  # a member's bound for its leader's silence before any quorum
     fence_check_s: float = 0.5  # how often a leader checks for a newer term between commits
+    lease_ttl_s: int = 3  # ReplicaConfig.lease_ttl_s: an etcd lease outlives its last renewal by this
+    lease_request_s: float = 2.0  # one request to etcd; a renewal that takes longer counts as failed
     # membership and election
     join_grace_s: float = 20.0  # ReplicaConfig.join_grace_s
     join_deadline_s: float = 60.0  # a replica that finds no leader within this gives up
@@ -74,7 +76,7 @@ class Timing:
     @classmethod
     def from_config(cls, cfg: ReplicaConfig) -> Timing:
         return cls(hang_floor_s=cfg.hang_floor_s, hang_factor=cfg.hang_factor, join_grace_s=cfg.join_grace_s,
-                   restart_backoff_s=cfg.restart_backoff_s)
+                   lease_ttl_s=cfg.lease_ttl_s, restart_backoff_s=cfg.restart_backoff_s)
 
     def hang_bound(self, step_times: Sequence[float]) -> float:
         """The hang bound from the measured step times (module docstring)."""

@@ -29,14 +29,14 @@ from .fakes import FakeClock, FakeConn
 class Leader:
     """A coordinator (replica 0) with stand-in members, moved by a fake clock."""
 
-    def __init__(self, tmp_path, members=(0, 1, 2), ledger=False, **cfg):
+    def __init__(self, tmp_path, members=(0, 1, 2), ledger=False, lease=None, **cfg):
         self.cfg = ReplicaConfig(**{"count": len(members), "join_grace_s": 1.0, **cfg})
         self.clock, self.path = FakeClock(), tmp_path / "events.jsonl"
         self.ledger = SampleLedger(tmp_path / "ledger.jsonl") if ledger else None
         self.coord = Coordinator(replica=0, term=1, host="127.0.0.1", cfg=self.cfg,
                                  timing=Timing.from_config(self.cfg), total_steps=100,
                                  events=EventLog(self.path, "coordinator:0"), ledger=self.ledger,
-                                 expected=set(members), run_dir=tmp_path, batch_size=12, clock=self.clock)
+                                 expected=set(members), run_dir=tmp_path, batch_size=12, clock=self.clock, lease=lease)
         self.conns: dict[int, FakeConn] = {}
         self.phase: dict[int, str] = {}
         self.mute: set[int] = set()  # members that stop beating (SIGSTOP)

@@ -1,0 +1,149 @@
+"""The majority rule, driven with a fake clock: a leader without an exclusive lease never forms a
+quorum with a minority of the last quorum's members lost to silence (they may lead on the other
+side of a partition); members proven dead do not count; a leader holding an exclusive (etcd)
+lease may go on with any quorum, steps down when it hears none of its last quorum, and stops
+committing the moment its lease stops being valid."""
+
+import json
+import threading
+
+from tenacia.train.replicas.protocol import Expelled, Hello, Verdict, Vote, Wait
+
+from .test_coordinator_rules import Leader
+
+
+class FakeLease:
+    """An exclusive lease whose validity the test sets."""
+
+    exclusive = True
+
+    def __init__(self, term: int = 1):
+        self.term, self.newest, self.ok, self.gone = term, term, True, threading.Event()
+
+    def valid(self) -> bool:
+        return self.ok
+
+    def release(self) -> None:
+        self.gone.set()
+
+    @property
+    def released(self) -> bool:
+        return self.gone.wait(5)  # released from a thread of the coordinator's
+
+    def start(self, on_lost=None) -> None:
+        pass
+
+
+def vote_all(lead: Leader, members) -> None:
+    q = lead.coord.quorum
+    for r in members:
+        lead.coord.on_message(r, Vote(replica=r, quorum_id=q.quorum_id, step=q.step, ok=True, start=60,
+                                      ids=(r,), batch=tuple(range(12)), tokens=64, loss=1.0))
+
+
+def test_a_cut_off_leader_never_forms_a_quorum_of_itself(tmp_path):
+    lead = Leader(tmp_path, ledger=True)
+    try:
+        lead.hello(0, 1, 2)
+        lead.mute |= {1, 2}  # a partition: both alive on the other side, silent here
+        lead.run_for(1.0)
+        assert {e["replica"] for e in lead.events("failure_detected")} == {1, 2}
+        # losing 1 left 2 of 3 (a majority); losing 2 too left 1 of the last committed quorum's 3
+        assert lead.coord.quorum is None and [q.members for q in lead.quorums(0)] == [(0, 1, 2), (0, 2)]
+        refused = lead.events("quorum_refused")
+        assert len(refused) == 1 and "only [0] of the last quorum's [0, 1, 2]" in refused[0]["reason"]
+        assert [m for m in lead.conns[0].sent if isinstance(m, Wait)][-1].reason == refused[0]["reason"]
+        lead.mute.clear()
+        lead.hello(1)  # the link is back: 2 of 3 is a majority
+        lead.run_for(0.1)
+        assert lead.quorums(0)[-1].members == (0, 1)
+    finally:
+        lead.coord.close()
+
+
+def test_members_that_crashed_do_not_count_against_the_majority(tmp_path):
+    lead = Leader(tmp_path)
+    try:
+        lead.hello(0, 1, 2)
+        for r in (1, 2):
+            lead.coord.on_disconnect(r, lead.conns[r])  # their connections closed: dead
+        assert lead.quorums(0)[-1].members == (0,) and lead.events("quorum_refused") == []
+    finally:
+        lead.coord.close()
+
+
+def test_half_goes_on_only_with_the_lowest_id(tmp_path):
+    lead = Leader(tmp_path, members=(0, 1, 2, 3))
+    try:
+        lead.hello(0, 1, 2, 3)
+        lead.mute |= {2, 3}
+        lead.run_for(1.0)
+        assert lead.quorums(0)[-1].members == (0, 1)  # half, holding 0: the other half cannot go on
+    finally:
+        lead.coord.close()
+    other = Leader(tmp_path / "b", members=(0, 1, 2, 3))
+    try:
+        other.hello(0, 1, 2, 3)
+        other.mute |= {2, 3}
+        other.coord.settled = (9, (2, 3, 4, 5))  # as a member's hello reported: a newer committed quorum
+        other.run_for(1.0)
+        assert other.coord.quorum is None and other.events("quorum_refused")  # half, without its lowest id
+    finally:
+        other.coord.close()
+
+
+def test_an_exclusive_lease_lets_a_minority_go_on_and_a_lone_leader_step_down(tmp_path):
+    lease = FakeLease()
+    lead = Leader(tmp_path, members=(0, 1, 2, 3), lease=lease)
+    try:
+        lead.hello(0, 1, 2, 3)
+        lead.mute |= {2, 3}
+        lead.run_for(1.0)
+        assert lead.quorums(0)[-1].members == (0, 1)
+        lead.mute.add(1)
+        lead.run_for(1.0)  # it hears none of its last quorum: whoever it cannot hear may elect another
+        assert lead.coord.stopped and lease.released
+        assert lead.events("coordinator_alone")[0]["last_quorum"] == [0, 1, 2, 3]  # no step committed since
+        assert isinstance(lead.conns[0].sent[-1], Expelled)
+    finally:
+        lead.coord.close()
+
+
+def test_a_leader_stops_committing_the_moment_its_lease_is_not_valid(tmp_path):
+    lease = FakeLease(term=3)
+    lead = Leader(tmp_path, ledger=True, lease=lease)
+    try:
+        lead.hello(0, 1, 2)
+        vote_all(lead, (0, 1, 2))
+        assert any(isinstance(m, Verdict) and m.commit for m in lead.conns[1].sent)
+        lease.ok = False  # etcd unreachable for one TTL (or the record gone): a local comparison
+        vote_all(lead, (0, 1, 2))
+        assert lead.coord.stopped, "alive, and refused"
+        lines = [json.loads(x) for x in lead.ledger.path.read_text().splitlines()]
+        assert [e["step"] for e in lines if e["kind"] == "step"] == [6]
+        assert lead.events("coordinator_superseded")[0]["term"] == 3
+        assert isinstance(lead.conns[2].sent[-1], Expelled) and lease.released
+    finally:
+        lead.coord.close()
+
+
+def test_the_base_is_the_newest_committed_quorum_any_member_reports(tmp_path):
+    """A member that missed the commits of a smaller quorum must not let a stale, larger view
+    make a majority: the newest base reported in a hello wins."""
+    lead = Leader(tmp_path, members=(1, 2))
+    try:
+        lead.coord.on_hello(lead_conn(lead, 1), Hello(replica=1, control="c1", heal="h1", committed=5,
+                                                      settled=(0, 1, 2), settled_step=5))
+        lead.coord.on_hello(lead_conn(lead, 2), Hello(replica=2, control="c2", heal="h2", committed=7,
+                                                      settled=(0, 2), settled_step=7))
+        lead.run_for(1.5)  # past the join grace: {1, 2} is 2 of 3 in the stale view, 1 of 2 in the newest
+        assert lead.coord.quorum is None and lead.coord.settled == (7, (0, 2))
+        assert "of the last quorum's [0, 2]" in lead.events("quorum_refused")[0]["reason"]
+    finally:
+        lead.coord.close()
+
+
+def lead_conn(lead: Leader, r: int):
+    from .fakes import FakeConn
+    lead.conns[r], lead.phase[r] = FakeConn(), "idle"
+    return lead.conns[r]

@@ -197,6 +197,17 @@ class LinkLab:
         n = self.nodes[node]
         netns.run("ip", "-n", n.netns, "link", "set", n.ifname, "up")
 
+    def cut(self, a: int, b: int) -> None:
+        """Partition nodes ``a`` and ``b`` from each other only (each still reaches every other
+        node): a blackhole route each way, so packets between them vanish without an error."""
+        for x, y in ((a, b), (b, a)):
+            netns.run("ip", "-n", self.nodes[x].netns, "route", "add", "blackhole", f"{self.nodes[y].address}/32")
+
+    def mend(self, a: int, b: int) -> None:
+        for x, y in ((a, b), (b, a)):
+            netns.run("ip", "-n", self.nodes[x].netns, "route", "del", "blackhole", f"{self.nodes[y].address}/32",
+                      check=False)
+
     # ----- running things in a node --------------------------------------------------------------
     def env(self, node: int, base: dict[str, str] | None = None) -> dict[str, str]:
         """Environment for a process in ``node``: ``base`` (default: ours) plus GLOO_SOCKET_IFNAME."""

@@ -327,6 +327,8 @@ class Coordinator:
 
     # ----- quorum formation ----------------------------------------------------------------------------
     def _maybe_form(self, reason: str) -> None:
+        if self.stopped:
+            return
         live = sorted(self.members)
         if self.quorum is None and self.expected - set(live):
             grace = self.timing.join_grace_s if not self.takeover else self.hang_timeout

@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import Etcd3Exception
 
-from .lease import LeaseHeld
+from .lease import LeaseHeld, StoreUnreachable
 
 
 def _b64(text: str) -> str:
@@ -66,7 +66,7 @@ class EtcdLease:
         try:
             ttl = self.store.keepalive(self.lease_id)
             record = self.store.leader()
-        except (Etcd3Exception, OSError, ValueError):
+        except (StoreUnreachable, ValueError):
             return False  # etcd unreachable: the deadline is not moved
         if record is not None and record.get("term") != self.term:
             self.newest = max(self.newest, int(record.get("term", 0)))
@@ -97,8 +97,8 @@ class EtcdLease:
         self.lost = self.lost or "released"
         try:
             self.store.revoke(self.lease_id)
-        except (Etcd3Exception, OSError):
-            pass  # unreachable: it expires on its own within the TTL
+        except StoreUnreachable:
+            pass  # it expires on its own within the TTL
 
 
 class EtcdLeaseStore:
@@ -113,9 +113,15 @@ class EtcdLeaseStore:
         self.k_term, self.k_leader = prefix + "/term", prefix + "/leader"
         self.client = Etcd3Client(parsed.hostname, parsed.port, timeout=request_s, api_path="/v3/")
 
-    # ----- reads ---------------------------------------------------------------------------------------
+    # ----- requests ------------------------------------------------------------------------------------
+    def _ask(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except Etcd3Exception as e:
+            raise StoreUnreachable(f"etcd at {self.url}: {what} failed: {type(e).__name__}: {e}") from e
+
     def _read(self, key: str) -> bytes | None:
-        found = self.client.get(key)
+        found = self._ask(f"reading {key}", self.client.get, key)
         return found[0] if found else None
 
     def newest_term(self) -> int:
@@ -127,11 +133,12 @@ class EtcdLeaseStore:
         return json.loads(raw) if raw else None
 
     def keepalive(self, lease_id: int) -> float:
-        result = self.client.post(self.client.get_url("/lease/keepalive"), json={"ID": lease_id})
+        result = self._ask("a lease renewal", self.client.post, self.client.get_url("/lease/keepalive"),
+                           json={"ID": lease_id})
         return float(result.get("result", {}).get("TTL", -1))
 
     def revoke(self, lease_id: int) -> None:
-        self.client.post(self.client.get_url("/lease/revoke"), json={"ID": lease_id})
+        self._ask("a lease revocation", self.client.post, self.client.get_url("/lease/revoke"), json={"ID": lease_id})
 
     # ----- the claim ---------------------------------------------------------------------------------
     def claim(self, replica: int, control: str, *, at_least: int = 1, dead_term: int | None = None) -> EtcdLease:
@@ -145,13 +152,13 @@ class EtcdLeaseStore:
                 raise LeaseHeld(int(holder["term"]), int(holder["replica"]), str(holder["control"]), self.ttl_s)
             term = max(at_least, int(current or 0) + 1)
             sent = time.monotonic()
-            lease_id = int(self.client.lease(self.ttl_s).id)
+            lease_id = int(self._ask("a lease grant", self.client.lease, self.ttl_s).id)
             record = {"term": term, "replica": replica, "control": control, "pid": os.getpid(), "lease": lease_id}
             same_term = ({"key": _b64(self.k_term), "result": "EQUAL", "target": "VALUE", "value": _b64(current.decode())}
                          if current is not None else
                          {"key": _b64(self.k_term), "result": "EQUAL", "target": "VERSION", "version": 0})
             no_leader = {"key": _b64(self.k_leader), "result": "EQUAL", "target": "VERSION", "version": 0}
-            done = self.client.transaction({
+            done = self._ask("the claim transaction", self.client.transaction, {
                 "compare": [same_term, no_leader],
                 "success": [{"request_put": {"key": _b64(self.k_term), "value": _b64(str(term))}},
                             {"request_put": {"key": _b64(self.k_leader), "value": _b64(json.dumps(record)),

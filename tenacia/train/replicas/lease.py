@@ -45,6 +45,10 @@ class LeaseHeld(Exception):
         self.term, self.replica, self.control, self.ttl_s = term, replica, control, ttl_s
 
 
+class StoreUnreachable(OSError):
+    """The lease store could not be asked (etcd down or cut off): nothing was claimed."""
+
+
 class Lease(Protocol):
     term: int
     exclusive: bool
@@ -62,7 +66,8 @@ class LeaseStore(Protocol):
 
     def claim(self, replica: int, control: str, *, at_least: int = 1, dead_term: int | None = None) -> Lease:
         """Claim the next free term >= ``at_least``; ``dead_term``: the term whose leader this caller saw
-        die (its connection closed), whose lease may be revoked. Raises ``LeaseHeld``."""
+        die (its connection closed), whose lease may be revoked. Raises ``LeaseHeld``, or
+        ``StoreUnreachable`` (an ``OSError``) when the store cannot be asked."""
         ...
 
     def newest_term(self) -> int: ...

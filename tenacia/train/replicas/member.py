@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .coordinator import Coordinator
-from .lease import LeaseHeld
+from .lease import LeaseHeld, StoreUnreachable
 from .protocol import (
     Bye,
     Expelled,
@@ -164,6 +164,8 @@ class LeaderLink:
                                                                         expected={self.replica, *self._retries})
                     except LeaseHeld as held:  # a leader holds the lease: ask it next round
                         self._try(held.control)
+                    except StoreUnreachable:
+                        pass  # no term without the store: ask the peers again
                     else:
                         if self._try(self.server.addr):
                             return
@@ -329,8 +331,9 @@ class LeaderLink:
                                               last_quorum_id=q.quorum_id if q else 0, takeover_from=t0, previous=q,
                                               dead_term=self.term if dead is not None else None,
                                               dead=set() if dead is None else {dead})
-            except LeaseHeld as held:
-                if held.term > self.term and held.replica != self.replica and self._try(held.control):
+            except (LeaseHeld, StoreUnreachable) as refused:
+                held = refused if isinstance(refused, LeaseHeld) else None
+                if held and held.term > self.term and held.replica != self.replica and self._try(held.control):
                     return True
                 if self.clock.now() > end:
                     return False

@@ -43,7 +43,7 @@ from .apply import PendingStep, apply_step, flat_gradients, load_healed
 from .coordinator import Coordinator
 from .group import GroupBuilder, retire
 from .heal import HealFetch, HealServer
-from .lease import LeaseHeld, open_store
+from .lease import LeaseHeld, StoreUnreachable, open_store
 from .member import ControlServer, LeaderLink, MemberStatus
 from .protocol import (
     Expelled,
@@ -106,7 +106,7 @@ class Replica:
         in the run directory."""
         try:
             lead = self.leases.leader()
-        except (OSError, ValueError, RuntimeError):  # etcd unreachable: ask the peers
+        except (OSError, ValueError):  # the lease store is unreachable (StoreUnreachable): ask the peers
             lead = None
         out = [lead["control"]] if lead and lead["replica"] != self.id else []
         out += [s for s in self.seeds if s not in out]
@@ -140,7 +140,7 @@ class Replica:
         while True:
             try:
                 return self.make_coordinator(term=1, expected=set(range(first, first + self.cfg.replicas.count)))
-            except LeaseHeld:
+            except (LeaseHeld, StoreUnreachable):
                 if time.monotonic() > end:
                     raise
                 time.sleep(self.timing.retry_s)

@@ -1,0 +1,91 @@
+"""Leader terms as etcd leases, across a real partition: three hosts and an etcd host in the
+project's network namespaces (veth), one launcher and replica per host, the run directory shared.
+
+1. The leader is cut off from its members but still reaches etcd (blackhole routes between it
+   and each member): it hears none of them, so after one hang bound it releases its lease and
+   steps down; the others elect a leader and go on; when the link comes back it heals.
+2. The new leader's host is cut off from everyone, etcd included: it cannot renew, so it stops
+   committing within one lease TTL; the others claim the next term once etcd expires the lease.
+Then: the run finishes, the ledger is exact, every replica holds the same state.
+"""
+
+import json
+import sys
+import time
+
+import pytest
+
+from tenacia.chaos import netns
+from tenacia.chaos.link import LinkLab
+from tenacia.events import read_events
+from tests.etcd_server import ETCD, MISSING, EtcdServer
+
+from .procs import train_args, wait_for
+from .test_replicas import RUN, RUN_LIMIT_S, check_run, first_after
+
+ok, why = netns.available()
+TTL = 2
+CUT_S = 4.0
+pytestmark = [pytest.mark.timeout(2 * RUN_LIMIT_S + 60),
+              pytest.mark.skipif(not ok, reason=f"network namespaces: {why}"),
+              pytest.mark.skipif(ETCD is None, reason=MISSING)]
+
+
+def all_three_after(run, t):
+    """The step of a commit by all three replicas after time ``t`` (None before one)."""
+    path = run / "events.jsonl"
+    steps = [e["step"] for e in read_events(path) if path.exists() and e["event"] == "step_committed"
+             and e.get("members") == [0, 1, 2] and e["t"] > t] if path.exists() else []
+    return steps[0] if steps else None
+
+
+def test_a_partitioned_leader_steps_down_or_stops_within_its_lease(tmp_path, reference):
+    with LinkLab(nodes=4, link="veth") as lab:
+        etcd_node = lab.nodes[3]
+        with EtcdServer(tmp_path / "etcd", host=etcd_node.address, argv_prefix=lab.exec_argv(3, [])) as etcd:
+            common = [*RUN, "replicas.spares=0", f"replicas.lease={etcd.url}", f"replicas.lease_ttl_s={TTL}", "replicas.join_grace_s=1"]
+            hosts = []
+            for k in range(3):
+                extra = [f"replicas.host={lab.nodes[k].address}"]
+                if k:
+                    control = json.loads((tmp_path / "replicas" / "r0.json").read_text())["control"]
+                    extra += [f"replicas.first_id={k}", f'replicas.join=["{control}"]']
+                log = open(tmp_path / f"host{k}.log", "wb")
+                hosts.append(lab.popen(k, [sys.executable, "-m", "tenacia", *train_args(tmp_path, *common, *extra),
+                                           "--replicas", "1"], stdout=log, stderr=log))
+                if k == 0:
+                    wait_for((tmp_path / "replicas" / "r0.json").exists, RUN_LIMIT_S, "replica 0's address")
+
+            wait_for(lambda: all_three_after(tmp_path, 0), RUN_LIMIT_S, "a step of all three replicas")
+            cut1 = time.time()
+            lab.cut(0, 1), lab.cut(0, 2)  # the leader still reaches etcd (node 3)
+            time.sleep(CUT_S)
+            lab.mend(0, 1), lab.mend(0, 2)
+
+            wait_for(lambda: all_three_after(tmp_path, cut1 + CUT_S), RUN_LIMIT_S, "all three again")
+            events = read_events(tmp_path / "events.jsonl")
+            leader = max((e for e in events if e["event"] == "coordinator_changed"), key=lambda e: e["term"])
+            cut2 = time.time()
+            lab.disconnect(leader["coordinator"])  # from its members and from etcd
+            time.sleep(CUT_S)
+            lab.reconnect(leader["coordinator"])
+
+            for k, host in enumerate(hosts):
+                assert host.wait(timeout=RUN_LIMIT_S) == 0, (tmp_path / f"host{k}.log").read_text()[-3000:]
+
+    events = check_run(tmp_path, reference, survivors_at_least=3)
+    # 1. the cut-off leader stepped down on its own, the others went on under a newer term
+    alone = first_after(events, "coordinator_alone", cut1, coordinator=0)
+    assert alone["t"] - cut1 < 3 * 1.5 * 2  # a hang bound (< 2 s here) with a 3x margin
+    new1 = first_after(events, "coordinator_changed", cut1)
+    assert new1["coordinator"] != 0 and new1["term"] > 1
+    assert first_after(events, "heal_done", cut1, replica=0)["t"] > cut1
+    # 2. the leader cut off from etcd committed nothing after its lease ran out
+    old = leader["coordinator"]
+    late = [e for e in events if e["event"] == "step_committed" and e["source"] == f"coordinator:{old}"
+            and e["t"] > cut2 + TTL]
+    assert late == [], late
+    new2 = first_after(events, "coordinator_changed", cut2)
+    assert new2["coordinator"] != old and new2["term"] > leader["term"]
+    assert first_after(events, "step_committed", new2["t"])
+    assert first_after(events, "heal_done", cut2, replica=old)

@@ -12,7 +12,9 @@ Along a step's path:
 - ``member.py``: a member's link to its leader (heartbeats, silence, failover);
 - ``protocol.py``: every message, typed, and its one conversion to and from the wire;
 - ``timing.py``: every period and timeout, in one ``Timing`` built from the config;
-- ``lease.py``: leader terms claimed in the run directory, and the fence;
+- ``lease.py``: leader terms and leases (the run directory's store), and the fence;
+- ``etcd_lease.py``: the same as etcd leases, exclusive and renewed in the background;
+- ``majority.py``: who may form a quorum when members went silent;
 - ``shares.py``: who computes which samples of the global batch, and salvaged gradients;
 - ``group.py``: a fresh gloo group per quorum, old ones retired off the training thread;
 - ``heal.py``: a newcomer's state streamed from a live peer;

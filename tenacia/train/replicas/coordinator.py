@@ -20,17 +20,8 @@ Contract (what is decided when, what each party may assume):
   apply this rule on their own: no new quorum, no new process group).
   A new quorum is formed when a member is lost (at once), and when newcomers wait (at the next
   step boundary). It is never formed with fewer than ``min_replicas`` members.
-- Majority. A member lost to silence may be alive on the other side of a partition, leading a
-  quorum of its own. So a leader without a valid exclusive lease (``lease.py``) forms a quorum only
-  with more than half of the last quorum's members, or exactly half if that half holds the lowest
-  id among them. The last quorum is the newest one that committed a step as far as this leader or
-  any live member knows (``Hello.settled``): a quorum formed but never committed may not have
-  reached the members it names, so it is no base; a job's first quorum is the base until then;
-  members proven dead (their connection closed: a crash, a clean leave) do not count. Otherwise it
-  waits (``quorum_refused``) until they come back or a newer term fences it. A leader with a valid
-  exclusive lease (etcd) may go on with any quorum, since nobody else can lead meanwhile; but once
-  it hears none of the last quorum's other members, it releases the lease and steps down
-  (``coordinator_alone``), so the members it cannot hear can elect a leader they can.
+- Majority (``majority.py``): without a valid exclusive lease, no quorum from a minority of the
+  last committed quorum; a lone leader with an exclusive lease steps down.
 - Shares. The quorum names each sharer's ``shares``: positions in the step's global batch
   (``shares.py``), even shares on every normal step. When the new quorum runs the step that was
   just discarded (a member lost mid-step, also after a takeover), each surviving sharer keeps the
@@ -61,6 +52,7 @@ from ...data.ledger import SampleLedger
 from ...events import EventLog
 from ..config import ReplicaConfig
 from .lease import DirLease, Lease
+from .majority import minority
 from .protocol import (
     Addrs,
     Bye,
@@ -339,7 +331,7 @@ class Coordinator:
                 self.quorum = None
                 self._broadcast(Wait(f"{len(live)} live < min_replicas {self.cfg.min_replicas}"))
             return
-        refused = self._minority(live)
+        refused = minority(self.settled[1], self.dead, live, self.replica, self.lease.exclusive)
         if refused is not None:
             self._refuse(refused)
             return
@@ -385,19 +377,6 @@ class Coordinator:
         self.events.emit("quorum_changed", step=step, quorum_id=self.quorum_id, members=live, reason=reason,
                          healing=heal, since_commit_s=self.steps.stalled_for())
         self._broadcast(self.quorum)
-
-    def _minority(self, live: list[int]) -> str | None:
-        """Why ``live`` may not form a quorum under the majority rule (module docstring), or None."""
-        voters = [r for r in self.settled[1] if r not in self.dead]
-        have = [r for r in voters if r in live]
-        if not voters:
-            return None
-        if self.lease.exclusive:
-            return "alone" if have == [self.replica] and len(voters) > 1 else None
-        if 2 * len(have) > len(voters) or (2 * len(have) == len(voters) and min(voters) in have):
-            return None
-        return (f"only {have} of the last quorum's {voters} are here; the others went silent and may "
-                "be leading on their side of a partition")
 
     def _refuse(self, why: str) -> None:
         if self.quorum is not None:

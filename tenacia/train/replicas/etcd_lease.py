@@ -68,9 +68,9 @@ class EtcdLease:
             record = self.store.leader()
         except (StoreUnreachable, ValueError):
             return False  # etcd unreachable: the deadline is not moved
-        if record is not None and record.get("term") != self.term:
-            self.newest = max(self.newest, int(record.get("term", 0)))
-            self._lose(f"term {record.get('term')} of replica {record.get('replica')} leads now")
+        if record is not None and record["term"] != self.term:
+            self.newest = max(self.newest, int(record["term"]))
+            self._lose(f"term {record['term']} of replica {record['replica']} leads now")
         elif record is None or ttl <= 0:
             self._lose("the etcd lease expired or was revoked")
         else:

@@ -229,6 +229,8 @@ class Coordinator:
             return False
         if not self.stopped:
             self._stop()
+            if (self.run_dir / "finished.json").exists():
+                return True  # frozen through the job's finish: its records are final, write nothing
             self.events.emit("coordinator_frozen", coordinator=self.replica, gap_s=round(gap, 3))
         return True
 

@@ -9,7 +9,8 @@ doubling per consecutive failure of that replica (capped at ``Timing.restart_bac
 while the run's restart budget lasts. It rejoins through the control address of any live replica
 and heals from a peer. Once the budget is spent, a replica that exits non-zero is left dead and
 ``restart_budget_exhausted`` is logged once for it. When the leader writes ``finished.json``
-nothing is restarted any more. ``supervise_once(now)`` is one look at the children, so these rules
+nothing is restarted any more, and a replica still alive ``Timing.after_finish_s`` later (one
+frozen through the finish and never continued) is stopped as on SIGTERM, so the launcher ends. ``supervise_once(now)`` is one look at the children, so these rules
 can be driven with a fake clock.
 
 Stopping: on SIGTERM the launcher stops this host's replicas cleanly: its plug-ins are closed,
@@ -161,6 +162,7 @@ class Launcher:
         self.restarts = 0
         self.pending: dict[int, float] = {}  # replica -> when to restart it (monotonic)
         self.given_up: set[int] = set()  # replicas left dead once the restart budget was spent
+        self.finished_at: float | None = None  # when supervision first saw finished.json
         self.primary = not cfg.replicas.join  # the launcher that starts the job (not one that joins it)
         self.ids = range(cfg.replicas.first_id, cfg.replicas.first_id + cfg.replicas.count)
         self.config_path = self.run_dir / "replicas" / f"config-{cfg.replicas.first_id}.toml"
@@ -315,6 +317,12 @@ class Launcher:
                 self.children[r].failures = old.failures
                 self.events.emit("replica_restarted", replica=r, attempt=self.restarts, join=join, using=how)
         alive = [c for c in self.children.values() if c.proc.poll() is None]
+        if alive and self.finished():
+            self.finished_at = self.finished_at or now
+            if now - self.finished_at > self.timing.after_finish_s:
+                self.events.emit("replicas_stopped_after_finish", replicas=sorted(c.replica for c in alive))
+                self.shutdown()
+                return None
         if alive or self.pending:
             return None
         # a replica exits 0 only after the leader's stop; the leader may be on another host

@@ -70,6 +70,12 @@ class Rejoin(Exception):
     """This replica was expelled or frozen: exit and come back as a newcomer."""
 
 
+class JobFinished(Exception):
+    """The run directory holds ``finished.json``: the job is over and its records are final. A
+    replica that finds this (one frozen until after the finish, then continued) must not lead,
+    rejoin or write anything: it exits 0."""
+
+
 class Replica:
     def __init__(self, cfg: RunConfig, replica: int, seeds: list[str], trainer: Trainer | None = None):
         """``trainer``: one built (and loaded from disk) ahead of time by a spare process."""
@@ -120,10 +126,15 @@ class Replica:
         return MemberStatus(step=self.trainer.step + 1, phase=self.phase, committed=self.trainer.step,
                             pending=p.step if p else None, pending_vote=p.vote if p else None)
 
+    def refuse_if_finished(self) -> None:
+        if (Path(self.cfg.train.run_dir) / "finished.json").exists():
+            raise JobFinished(f"{self.cfg.train.run_dir} holds finished.json: the job is over")
+
     def make_coordinator(self, *, term: int, expected: set[int], last_quorum_id: int = 0,
                          takeover_from: float | None = None, previous: Quorum | None = None,
                          dead_term: int | None = None, dead: set[int] | None = None) -> Coordinator:
         """Claim a term (``LeaseHeld`` while another leader's exclusive lease is valid) and lead."""
+        self.refuse_if_finished()
         run_dir = Path(self.cfg.train.run_dir)
         lease = self.leases.claim(self.id, self.server.addr, at_least=term, dead_term=dead_term)
         return Coordinator(replica=self.id, term=lease.term, lease=lease, dead=dead, host=self.cfg.replicas.host, cfg=self.cfg.replicas,
@@ -184,8 +195,12 @@ class Replica:
                 try:
                     return self.follow_quorums()
                 except Rejoin as e:
+                    self.refuse_if_finished()
                     self.events.emit("replica_expelled", replica=self.id, reason=str(e))
                     self.rejoin()
+        except JobFinished as e:  # not in the event log: a finished run's records stay as they are
+            print(f"replica {self.id}: {e}; exiting without writing", file=sys.stderr, flush=True)
+            return 0
         finally:
             self.link.close()
 

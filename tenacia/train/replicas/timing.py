@@ -71,6 +71,7 @@ class Timing:
     restart_backoff_max_s: float = 5.0  # the doubling backoff's cap
     start_s: float = 120.0  # a started replica must publish its address within this
     exit_grace_s: float = 5.0  # on shutdown, a replica sent SIGTERM is killed after this
+    after_finish_s: float = 10.0  # a replica still alive this long after finished.json is stopped
     reap_s: float = 10.0  # wait for a killed replica's exit status
 
     @classmethod

@@ -73,3 +73,16 @@ def test_nothing_is_restarted_once_the_run_finished(tmp_path):
     assert lau.supervise_once(0.0) == 0
     assert started == [] and not events(tmp_path, "replica_exited")
     assert events(tmp_path, "launcher_done")[-1]["finished"] is True
+
+
+def test_a_replica_still_alive_after_the_finish_is_stopped_so_the_launcher_ends(tmp_path):
+    lau, started = launcher(tmp_path)
+    stopped = []
+    lau.shutdown = lambda: stopped.append(True) or setattr(lau.children[1].proc, "returncode", -15)
+    (tmp_path / "finished.json").write_text("{}")
+    lau.children[0].proc.returncode = 0  # replica 1 was frozen through the finish and never continued
+    assert lau.supervise_once(100.0) is None and stopped == []
+    assert lau.supervise_once(100.0 + lau.timing.after_finish_s - 0.1) is None and stopped == []
+    assert lau.supervise_once(100.0 + lau.timing.after_finish_s + 0.1) is None and stopped == [True]
+    assert events(tmp_path, "replicas_stopped_after_finish")[0]["replicas"] == [1]
+    assert lau.supervise_once(111.0) == 0 and started == []  # the stopped one is not restarted

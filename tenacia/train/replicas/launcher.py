@@ -24,20 +24,17 @@ Supervision plug-ins (``Supervision``): objects the caller adds to ``Launcher.pl
 replica process with each one's ``child_env`` added to its environment, and ``close``s them at
 the end. ``tenacia train`` adds the chaos injector this way; the launcher knows nothing of it.
 
-Warm spare: one process that has imported torch, built the model and loaded the data, waiting for
-a replica id. Its warm-up (seconds of CPU) runs under ``SCHED_IDLE`` in an autogroup of nice 19
-(``set_autogroup_nice``), so it takes only CPU time the training replicas leave idle; on
-activation the launcher moves every thread of it back to ``SCHED_OTHER`` and its group to nice 0
-before handing it the id. Leaving ``SCHED_IDLE`` needs ``CAP_SYS_NICE`` or an
-``RLIMIT_NICE`` of at least 20; without either the spare warms up at normal priority.
+Warm spare (``spare.py``, ``forked.py``): one process, started with the replicas, that imports
+torch, builds the model and loads the data once, then forks a ready replica for each replacement
+and stays for the next one. Its warm-up runs at normal priority, once per job: at idle priority
+(as before) it never ran on a busy host, and the replacement it was for waited for a whole
+Python start-up (docs/benchmarks.md, issue 13).
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -51,11 +48,11 @@ from ...events import EventLog
 from ...storage import atomic_write
 from ..config import RunConfig
 from . import addresses
+from .forked import REPORT_ENV, SpareProcess
 from .monitor import RunMonitor
 from .timing import Timing
 
 PR_SET_PDEATHSIG = 1
-CAP_SYS_NICE = 23
 EXIT_TERMINATED = 128 + signal.SIGTERM  # the launcher's exit code after a SIGTERM
 
 
@@ -66,68 +63,6 @@ class Terminated(Exception):
 def _die_with_parent() -> None:
     """preexec_fn: SIGKILL this child when the launcher dies."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _idle_and_die_with_parent() -> None:
-    """preexec_fn of a spare: ``SCHED_IDLE`` (inherited by every thread it starts) in an autogroup
-    of nice 19 (it runs after the new session's ``setsid``), then as above."""
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    set_autogroup_nice("self", 19)
-    _die_with_parent()
-
-
-def set_autogroup_nice(pid: int | str, nice: int) -> bool:
-    """Weigh the autogroup of ``pid``'s session by ``nice``; False where that is not possible.
-
-    With autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``, on by default in
-    most distributions' kernels), every session is first weighed against the others as a group,
-    whatever the policy of its threads: a ``SCHED_IDLE`` spare in a session of its own took a
-    whole fair share (the replicas' steps ran slower while a spare warmed up beside them:
-    docs/benchmarks.md, "Run of 2026-11-24, 01:25-01:38", the spare). At nice 19 its group
-    weighs 15 against a replica's 1024. Raising a nice, or setting it back to 0, needs no
-    privilege; without ``CAP_SYS_ADMIN`` the kernel accepts one change per 100 ms per host,
-    hence the retries."""
-    for _ in range(30):
-        try:
-            with open(f"/proc/{pid}/autogroup", "w") as f:
-                f.write(str(nice))
-            return True
-        except BlockingIOError:
-            time.sleep(0.01)  # the kernel's rate limit, not a timeout
-        except OSError:
-            return False
-    return False
-
-
-def can_leave_idle() -> bool:
-    """Whether a process of ours may be moved from ``SCHED_IDLE`` back to ``SCHED_OTHER``."""
-    if not hasattr(os, "SCHED_IDLE"):
-        return False
-    try:
-        with open("/proc/self/status") as f:
-            caps = next((int(line.split()[1], 16) for line in f if line.startswith("CapEff:")), 0)
-    except OSError:
-        caps = 0
-    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
-    return bool(caps >> CAP_SYS_NICE & 1) or soft == resource.RLIM_INFINITY or soft >= 20
-
-
-def to_normal_priority(pid: int) -> None:
-    """Move every thread of process ``pid`` to ``SCHED_OTHER`` (the main thread first, then the
-    others, twice over: a thread started meanwhile by an idle thread would be idle too), and its
-    autogroup back to nice 0."""
-    set_autogroup_nice(pid, 0)
-    for _ in range(2):
-        try:
-            tids = sorted((int(t) for t in os.listdir(f"/proc/{pid}/task")), key=lambda t: t != pid)
-        except OSError:
-            return  # the process is gone
-        for tid in tids:
-            try:
-                if os.sched_getscheduler(tid) != os.SCHED_OTHER:
-                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 class Supervision(Protocol):
@@ -167,7 +102,6 @@ class Launcher:
         self.ids = range(cfg.replicas.first_id, cfg.replicas.first_id + cfg.replicas.count)
         self.config_path = self.run_dir / "replicas" / f"config-{cfg.replicas.first_id}.toml"
         self.plugins: list[Supervision] = []
-        self.idle_spares = can_leave_idle()
 
     def pid_of(self, replica: int) -> int | None:
         c = self.children.get(replica)
@@ -178,8 +112,8 @@ class Launcher:
         return [info["control"] for info in addresses.read_all(self.run_dir)
                 if info["replica"] != exclude and self.pid_of(info["replica"]) == info["pid"]]
 
-    def spawn(self, replica: int | None, join: list[str]) -> Child | subprocess.Popen:
-        """Start replica ``replica``, or a spare (``None``) that waits on stdin for an id."""
+    def spawn(self, replica: int | None, join: list[str]) -> Child | SpareProcess:
+        """Start replica ``replica``, or the spare (``None``) that forks a replica per order."""
         name = f"r{replica}" if replica is not None else f"spare-{self.restarts}-{time.monotonic_ns()}"
         log = open(self.run_dir / "logs" / f"{name}.log", "ab")
         cmd = [sys.executable, "-m", "tenacia", "replica", "--config", str(self.config_path)]
@@ -190,28 +124,30 @@ class Launcher:
         env = dict(os.environ, OMP_NUM_THREADS=str(self.cfg.replica_threads))
         for plugin in self.plugins:
             env.update(plugin.child_env())
-        spare_idle = replica is None and self.idle_spares
+        report_r, report_w = os.pipe() if replica is None else (-1, -1)
+        if replica is None:
+            env[REPORT_ENV] = str(report_w)
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_idle_and_die_with_parent if spare_idle else _die_with_parent,
-                                stdin=subprocess.PIPE if replica is None else None)
+                                preexec_fn=_die_with_parent,
+                                stdin=subprocess.PIPE if replica is None else None,
+                                pass_fds=(report_w,) if replica is None else ())
         log.close()
-        return Child(replica, proc) if replica is not None else proc
+        if replica is not None:
+            return Child(replica, proc)
+        os.close(report_w)
+        return SpareProcess(proc, report_r, self.timing.launcher_poll_s)
 
     def replace(self, replica: int, join: list[str]) -> tuple[Child, str]:
-        """A process for replica ``replica``: the warm spare if one is ready, else a new one."""
-        spare, self.spare = self.spare, None
+        """A process for replica ``replica``: forked by the warm spare if it is alive (the spare
+        stays for the next one), else a new process (and a new spare)."""
+        spare = self.spare
         if spare is not None and spare.poll() is None:
             try:
-                if self.idle_spares:
-                    to_normal_priority(spare.pid)
-                spare.stdin.write((json.dumps({"replica": replica, "join": join}) + "\n").encode())
-                spare.stdin.flush()
-                self.spare = self.spawn(None, [])  # the next spare warms up in the background
-                return Child(replica, spare), "spare"
+                log = self.run_dir / "logs" / f"r{replica}.log"
+                return Child(replica, spare.fork(replica, join, log)), "spare"
             except OSError:
                 pass
-        if self.cfg.replicas.spares:
-            self.spare = self.spawn(None, [])
+        self.spare = self.spawn(None, []) if self.cfg.replicas.spares else None
         return self.spawn(replica, join), "new process"
 
     def wait_address(self, replica: int) -> str:
@@ -356,7 +292,7 @@ class Launcher:
 def signal_groups(procs: list[subprocess.Popen], sig: int) -> None:
     """Send ``sig`` to the process group (session) of each process still running."""
     for p in procs:
-        if p.poll() is None:
+        if p.poll() is None and p.pid is not None:  # a forked replica has no pid until the spare forked it
             try:
                 os.killpg(p.pid, sig)
             except ProcessLookupError:

@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,11 +196,19 @@ class SampleLedger:
         replay, _, _ = self._replay()
         return replay.newest
 
-    def term_at(self, step: int) -> int:
-        """The term of the newest record that counts at or before ``step``: a checkpoint of
-        ``step`` written under an older term belongs to a deposed leader (0 when none)."""
+    def terms(self) -> Callable[[int], int]:
+        """``term_at(step)``: the term of the newest record that counts at or before ``step`` (0
+        when none); a checkpoint of ``step`` saved under an older term was saved by a deposed
+        leader. The file is replayed once, now; a problem in it ends the replay there."""
         replay, _, _ = self._replay()
-        return max((e.term for e in replay.entries if e.step <= step), default=0)
+        steps = [e.step for e in replay.entries]  # along what counts, steps and terms never decrease
+        terms = [e.term for e in replay.entries]
+
+        def term_at(step: int) -> int:
+            i = bisect_right(steps, step)
+            return terms[i - 1] if i else 0
+
+        return term_at
 
     def verify(self, sampler_seed: int, num_samples: int) -> LedgerReport:
         """Replay the ledger against ``Sampler(num_samples, sampler_seed)``; see the module docstring."""

@@ -143,6 +143,7 @@ def test_the_term_at_a_step_names_who_recorded_it(tmp_path: Path) -> None:
     path = write(tmp_path / "ledger.jsonl", [step(1, 3), step(2, 3), step(3, 3), step(3, 5), step(4, 5),
                                              step(5, 4)])
     ledger = SampleLedger(path)
-    assert [ledger.term_at(n) for n in range(0, 6)] == [0, 3, 3, 5, 5, 5]
+    term_at = ledger.terms()
+    assert [term_at(n) for n in range(0, 7)] == [0, 3, 3, 5, 5, 5, 5]
     assert ledger.newest_term() == 5
     assert SampleLedger(tmp_path / "none.jsonl").newest_term() == 0

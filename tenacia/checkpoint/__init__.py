@@ -19,7 +19,8 @@ from typing import Any
 # other command line, which imports ``checkpoint.cli``, does not import torch.
 _API = {
     "FORMAT": "format", "CorruptCheckpoint": "format", "latest_verified": "format",
-    "list_checkpoints": "format", "load_file": "format", "verify": "format",
+    "list_checkpoints": "format", "load_file": "format", "verify": "format", "manifest_term": "format",
+    "ForeignFormat": "format", "Superseded": "format",
     "Snapshot": "state", "load_model_weights": "state", "load_optimizer_tensors": "state",
     "model_tensors": "state", "optimizer_tensors": "state", "restore_rng": "state",
     "state_fingerprint": "state", "take_snapshot": "state",

@@ -3,7 +3,8 @@
 Contract: ``CheckpointWriter.save`` stalls the caller only for the in-memory ``Snapshot`` it is
 given; the files are written by a background thread (``format.write_snapshot``). At most one save
 is in flight: a second waits. An error in the background write is raised in the training thread
-at the next ``save`` or ``wait``.
+at the next ``save`` or ``wait``. A save refused because a newer leader term saved the same step
+(``format.Superseded``) is no error: it is logged as ``checkpoint_skipped`` and the newer one kept.
 
 Pruning, after each save: the newest ``keep`` checkpoints that verify are kept, and every older
 ``step_*`` directory is removed; a corrupt one among the newest is removed too (resume skips it
@@ -28,6 +29,7 @@ from ..storage import remove_stale_temporaries
 from .format import (
     CorruptCheckpoint,
     ForeignFormat,
+    Superseded,
     list_checkpoints,
     read_manifest,
     verify,
@@ -75,6 +77,10 @@ class CheckpointWriter:
             path = write_snapshot(self.root, snap)
             self._verified.add(path)
             self._prune()
+        except Superseded as e:
+            if self.events is not None:
+                self.events.emit("checkpoint_skipped", step=snap.step, path=str(self.root), reason=str(e))
+            return
         except BaseException as e:  # reported to the training thread at the next wait()
             self._error = e
             return

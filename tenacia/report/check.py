@@ -5,6 +5,8 @@ directory cannot be checked):
 
 - **Exactly once.** The sample ledger (``ledger.jsonl``, ``tenacia.data.ledger``) replays to
   committed steps 1, 2, 3, ... that consumed every sample of the sampler's stream once, in order.
+  The samples that records deliberately skipped (with a reason) and the records of a deposed
+  leader's term that the replay ignored are printed beside the committed steps.
   The sampler is the one the run used: its seed and number of training samples are recorded in
   the run's ``run_started`` events (``sampler_seed``, ``samples``). A run directory written
   before they were recorded cannot be checked and says so.
@@ -39,7 +41,8 @@ class RunCheck:
         if self.unchecked:
             return [f"cannot check: {self.unchecked}"]
         lg = self.ledger
-        out = [f"sample ledger: {'ok' if lg.ok else 'FAILED'}: {lg.steps} committed steps, {lg.samples} samples"
+        out = [f"sample ledger: {'ok' if lg.ok else 'FAILED'}: {lg.steps} committed steps, {lg.samples} samples, "
+               f"{lg.skipped_samples} skipped, {lg.ignored_stale} stale record(s) ignored"
                + ("" if lg.ok else f": {lg.problem}") + (" (a last line cut short by a crash was ignored)"
                                                           if lg.truncated_tail else "")]
         if not self.fingerprints:

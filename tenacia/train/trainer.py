@@ -5,9 +5,15 @@ The replica layer (``tenacia.train.replicas``) builds on the same object: it cal
 between the two halves of ``step.py``, instead of ``fit``.
 
 Resume contract: ``resume()`` restores parameters, AdamW moments, RNG states, the sampler position,
-the step and the token counter from the newest checkpoint that verifies, and rewinds the sample
-ledger to that step. With the same thread count, N steps straight and N steps with any number of
-kills and resumes in between give ``torch.equal`` weights on CPU.
+the step and the token counter from the newest checkpoint that verifies and that no deposed leader
+saved (its term is not older than the sample ledger's at its step), and rewinds the sample ledger
+to that step. With the same thread count, N steps straight and N steps with any number of kills
+and resumes in between give ``torch.equal`` weights on CPU.
+
+Terms: a single process writes its ledger records and checkpoint manifests under ``term``, the
+newest term its ledger already holds (0 unless a replica run wrote the ledger before), so that it
+continues a replica run's ledger instead of being read as a deposed leader. A replica's leader
+passes its own term to ``save_checkpoint``.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class Trainer:
                                          betas=(o.beta1, o.beta2), eps=o.eps, device=self.device)
         self.sampler = Sampler(len(self.data.train), cfg.data.seed)
         self.ledger = SampleLedger(self.run_dir / "ledger.jsonl") if write_ledger else None
+        self.term = self.ledger.newest_term() if self.ledger is not None else 0
         self.checkpoints = ckpt.CheckpointWriter(self.run_dir / "checkpoints", cfg.checkpoint.keep,
                                                  cfg.checkpoint.background, self.events)
         self.step = 0  # last committed step
@@ -77,14 +84,17 @@ class Trainer:
                 "tokens_seen": self.tokens_seen, "data_fingerprint": self.data.fingerprint}
 
     # ----- checkpoints -----------------------------------------------------------------------
-    def save_checkpoint(self) -> None:
-        snap = ckpt.take_snapshot(self.step, self.model, self.optimizer, self.device.type, self.meta())
+    def save_checkpoint(self, term: int | None = None) -> None:
+        """Save under leader term ``term`` (default: this process's ``term``)."""
+        meta = dict(self.meta(), term=self.term if term is None else term)
+        snap = ckpt.take_snapshot(self.step, self.model, self.optimizer, self.device.type, meta)
         self.checkpoints.save(snap)
 
     def resume(self, event: str = "resumed") -> bool:
         """Load the newest verified checkpoint, if any. Returns whether one was loaded. ``event``
         names what is logged: the run resumed, or (a replica) one process loaded a starting point."""
-        found = ckpt.latest_verified(self.run_dir / "checkpoints", self.events)
+        found = ckpt.latest_verified(self.run_dir / "checkpoints", self.events,
+                                     term_at=SampleLedger(self.run_dir / "ledger.jsonl").terms())
         if found is None:
             return False
         path, manifest = found
@@ -102,7 +112,7 @@ class Trainer:
         self.step = int(manifest["step"])
         self.tokens_seen = int(manifest["tokens_seen"])
         if self.ledger is not None:
-            self.ledger.rewind(self.step)
+            self.ledger.rewind(self.step, term=self.term)
 
     # ----- one step ----------------------------------------------------------------------------
     def lr(self, step: int) -> float:
@@ -127,7 +137,7 @@ class Trainer:
         self.sampler.advance(len(ids))
         self.tokens_seen += tokens
         if self.ledger is not None:
-            self.ledger.record(self.step, start, ids)
+            self.ledger.record(self.step, start, ids, term=self.term)
 
     def step_once(self) -> StepResult:
         """One committed step of single-process training: draw, compute, apply, record."""
@@ -160,7 +170,7 @@ class Trainer:
         """Train to ``train.steps`` on this process alone; returns a summary."""
         tc = self.cfg.train
         if not (self.cfg.checkpoint.resume and self.resume()) and self.ledger is not None:
-            self.ledger.rewind(0)  # from scratch: records of an earlier, lost attempt no longer count
+            self.ledger.rewind(0, term=self.term)  # from scratch: records of an earlier, lost attempt no longer count
         self.events.emit("run_started", step=self.step, replicas=1, device=self.device.describe(),
                          **self.sampler_identity())
         metrics = MetricsLog(self.run_dir)

@@ -48,7 +48,7 @@ def test_clean_run_verifies(ledger_path: Path) -> None:
     assert report.ok and report.problem is None
     assert (report.steps, report.samples, report.truncated_tail) == (7, 28, False)
     first = lines(ledger_path)[0]
-    assert first == {"kind": "step", "step": 1, "start": 0, "ids": Sampler(N, SEED).peek(BATCH)}
+    assert first == {"kind": "step", "step": 1, "start": 0, "ids": Sampler(N, SEED).peek(BATCH), "term": 0}
     # The same ledger read with the wrong sampler does not verify.
     assert not SampleLedger(ledger_path).verify(SEED + 1, N).ok
     assert not SampleLedger(ledger_path).verify(SEED, N + 1).ok

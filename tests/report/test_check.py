@@ -72,3 +72,17 @@ def test_a_run_directory_without_its_sampler_cannot_be_checked_and_says_why(tmp_
     plain = subprocess.run([sys.executable, "-m", "tenacia", "report", str(run)], capture_output=True, text=True,
                            timeout=120)
     assert plain.returncode == 0  # without --check the report is printed and the exit status is 0
+
+
+def test_skipped_samples_and_a_deposed_leaders_records_are_counted_and_printed(tmp_path):
+    run = write_run(tmp_path / "run", fingerprints={0: "abc", 1: "abc"})
+    start = STEPS * BATCH
+    with SampleLedger(run / "ledger.jsonl") as ledger:
+        # the leader of term 1 drops the batch drawn for step 13; then the old leader of term 0,
+        # paused between its fence check and its write, records a step 12 of its own
+        ledger.skip(STEPS + 1, start, Sampler(SAMPLES, SEED).ids_at(start, BATCH), "loss not finite", term=1)
+        ledger.record(STEPS, start - BATCH, [0] * BATCH, term=0)
+    done = report(run)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (f"sample ledger: ok: {STEPS} committed steps, {STEPS * BATCH} samples, {BATCH} skipped, "
+            "1 stale record(s) ignored") in done.stdout, done.stdout

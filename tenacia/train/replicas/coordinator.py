@@ -200,7 +200,7 @@ class Coordinator:
         ok = all(v.ok for v in self.votes.values())
         first = self.votes[q.sharers[0]]
         if ok and self.ledger is not None:
-            self.ledger.record(step, first.start, list(first.batch))
+            self.ledger.record(step, first.start, list(first.batch), term=self.term)
         self._broadcast(Verdict(quorum_id=q.quorum_id, step=step, commit=ok))
         for r in q.members:
             self.members[r].committed = step if ok else self.members[r].committed
@@ -346,7 +346,7 @@ class Coordinator:
         elif self.quorum is None and self.quorum_id_start is not None and self.ledger is not None:
             # the first quorum of a job: the ledger restarts at the step the members resumed from
             start = max(self.members[r].committed for r in live)
-            self.ledger.rewind(start)
+            self.ledger.rewind(start, term=self.term)
             if start:
                 self.events.emit("resumed", step=start, path=None, replicas=live)
         self.quorum_id_start = None
@@ -409,10 +409,10 @@ class Coordinator:
         if self.ledger is not None:
             # The old leader may or may not have recorded `top` before it died: drop it either way,
             # and record it again if the survivors commit it.
-            self.ledger.rewind(top - 1)
+            self.ledger.rewind(top - 1, term=self.term)
             votes = [self.members[r].pending_vote for r in voters if self.members[r].pending_vote]
             if ready and votes:
-                self.ledger.record(top, votes[0].start, list(votes[0].batch))
+                self.ledger.record(top, votes[0].start, list(votes[0].batch), term=self.term)
         self.events.emit("step_committed" if ready else "step_discarded", step=top, members=live,
                          reason="decided by the new leader after takeover")
         return Resolve(top, commit=ready)

@@ -392,7 +392,7 @@ class Replica:
         leading = self.server.coordinator is not None and not self.server.coordinator.stopped
         every = self.cfg.checkpoint.every
         if leading and every and t.step % every == 0 and t.step < self.cfg.train.steps:
-            t.save_checkpoint()
+            t.save_checkpoint(term=self.server.coordinator.term)
 
     def load_healed(self, fetch: HealFetch, q: Quorum) -> None:
         load_healed(self.trainer, *fetch.result)
@@ -409,7 +409,7 @@ class Replica:
         if coord is not None:  # the leader writes the final checkpoint and the eval
             eval_loss = t.evaluate()
             t.events.emit("eval", step=t.step, eval_loss=eval_loss)
-            t.save_checkpoint()
+            t.save_checkpoint(term=coord.term)
             t.checkpoints.wait()
             atomic_write_json(Path(self.cfg.train.run_dir) / "finished.json",
                               {"step": t.step, "eval_loss": eval_loss, "checkpoint": str(t.checkpoints.last_path)})

@@ -1,0 +1,60 @@
+"""Nothing written before breaks: a run directory as the landed version wrote it (``landed_run/``,
+see its README: a ledger whose records carry no term, a checkpoint whose manifest carries none)
+resumes with this version, bit for bit as if it had run straight, and proves itself with
+``tenacia report --check``."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tenacia.data.ledger import SampleLedger
+
+LANDED = Path(__file__).parent / "landed_run"
+ARGS = ["model.preset=micro", "model.dim=32", "model.n_layers=1", "model.ffn_dim=64", "data.seq_len=32",
+        "train.batch_size=8", "train.micro_batch_size=4", "train.eval_batches=2", "train.eval_every=0",
+        "train.progress=false", "device.threads=1", "checkpoint.every=3", "checkpoint.keep=1",
+        "checkpoint.background=false", f"data.corpus={LANDED / 'corpus.txt'}",
+        f"data.tokenizer={LANDED / 'run' / 'tokenizer.json'}", "train.steps=9"]
+
+
+def train(run: Path, cache: Path) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "tenacia", "train", "--run-dir", str(run)]
+    for o in [*ARGS, f"data.cache_dir={cache}"]:
+        args += ["-o", o]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(sorted((run / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
+
+
+def test_a_landed_run_directory_resumes_bit_for_bit_and_proves_itself(tmp_path):
+    run = shutil.copytree(LANDED / "run", tmp_path / "run")
+    old = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+    assert all("term" not in r for r in old)
+    assert "term" not in json.loads((run / "checkpoints" / "step_00000006" / "manifest.json").read_text())
+
+    done = train(run, tmp_path / "cache")  # 6 steps done; go on to 9
+    assert done.returncode == 0, done.stdout + done.stderr
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "resumed"] == [6]
+    new = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()][len(old):]
+    assert [(r["kind"], r["step"], r["term"]) for r in new] == [("rewind", 6, 0), ("step", 7, 0), ("step", 8, 0),
+                                                                 ("step", 9, 0)]
+    report = SampleLedger(run / "ledger.jsonl").verify(0, events[0]["samples"])
+    assert report.ok and (report.steps, report.ignored_stale) == (9, 0), report
+
+    straight = tmp_path / "straight"
+    assert train(straight, tmp_path / "cache").returncode == 0
+    a, b = weights(straight), weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    check = subprocess.run([sys.executable, "-m", "tenacia", "report", "--check", str(run)], capture_output=True,
+                           text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "sample ledger: ok: 9 committed steps, 72 samples" in check.stdout

@@ -6,6 +6,12 @@ is in flight: a second waits. An error in the background write is raised in the 
 at the next ``save`` or ``wait``. A save refused because a newer leader term saved the same step
 (``format.Superseded``) is no error: it is logged as ``checkpoint_skipped`` and the newer one kept.
 
+Storage failures are not training failures: when writing a checkpoint fails with an ``OSError``
+(the disk or quota is full, an I/O error, a read-only filesystem), what was written of it is
+removed, the error is logged once as ``checkpoint_failed`` (step, path, errno name, message) and
+as a warning, training goes on, and the next interval tries again. Checkpoints already published
+are never touched by a failed save; ``last_path`` stays the newest good one.
+
 Pruning, after each save: the newest ``keep`` checkpoints that verify are kept, and every older
 ``step_*`` directory is removed; a corrupt one among the newest is removed too (resume skips it
 anyway), logged as ``checkpoint_removed`` with the reason. A corrupt checkpoint therefore never
@@ -17,6 +23,8 @@ directory was fsynced).
 
 from __future__ import annotations
 
+import errno
+import logging
 import shutil
 import threading
 import time
@@ -36,6 +44,8 @@ from .format import (
     write_snapshot,
 )
 from .state import Snapshot
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -61,6 +71,7 @@ class CheckpointWriter:
         self._error: BaseException | None = None
         self.last_path: Path | None = None
         self._verified: set[Path] = set()  # checkpoints this writer wrote or verified
+        self.failures = 0  # saves the storage refused (checkpoint_failed)
 
     def save(self, snap: Snapshot) -> None:
         self.wait()
@@ -74,7 +85,11 @@ class CheckpointWriter:
     def _write(self, snap: Snapshot) -> None:
         t0 = time.perf_counter()
         try:
-            path = write_snapshot(self.root, snap)
+            try:
+                path = write_snapshot(self.root, snap)
+            except OSError as e:
+                self._failed(snap.step, e)
+                return
             self._verified.add(path)
             self._prune()
         except Superseded as e:
@@ -89,6 +104,17 @@ class CheckpointWriter:
             size = sum(f.stat().st_size for f in path.iterdir())
             self.events.emit("checkpoint_saved", step=snap.step, path=str(path),
                              seconds=round(time.perf_counter() - t0, 4), bytes=size)
+
+    def _failed(self, step: int, e: OSError) -> None:
+        """A save the storage refused (module docstring): no debris, named once, training goes on."""
+        remove_stale_temporaries(self.root)
+        self.failures += 1
+        name = errno.errorcode.get(e.errno, "") if e.errno else ""
+        message = f"checkpoint of step {step} not saved in {self.root}: {name + ': ' if name else ''}{e.strerror or e}"
+        log.warning("%s; training goes on, the next checkpoint interval tries again", message)
+        if self.events is not None:
+            self.events.emit("checkpoint_failed", step=step, path=str(self.root), errno=name or None,
+                             error=message)
 
     def _prune(self) -> None:
         kept = 0

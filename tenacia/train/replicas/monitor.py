@@ -19,6 +19,7 @@ NOTABLE = {
     + (f", took over in {e['takeover_s']:.3f}s" if e.get("takeover_s") is not None else ""),
     "replica_restarted": lambda e: f"launcher restarted replica {e['replica']} (restart #{e['attempt']})",
     "resumed": lambda e: f"the job resumed from its disk checkpoint at step {e['step']}",
+    "checkpoint_failed": lambda e: f"checkpoint FAILED ({e['source']}): {e['error']}; training goes on",
     "replica_checkpoint_loaded": lambda e: f"{e['source']} starts from the disk checkpoint of step {e['step']}",
 }
 

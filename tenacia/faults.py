@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 from .config import ConfigError, check
 
-KILL_POINTS = ("mid_step", "between_steps", "checkpoint:<file>", "checkpoint:renamed")
+KILL_POINTS = ("mid_step", "between_steps", "phase:compute", "phase:allreduce", "phase:vote", "phase:idle",
+               "phase:apply", "checkpoint:<file>", "checkpoint:renamed")
 KINDS = ("kill", "hang", "slow", "kill_coordinator", "kill_healing", "kill_checkpoint")
 _ENTRY = re.compile(r"^(?P<kind>[a-z_]+)(?::(?P<replica>\d+))?@(?P<step>\d+)(?::(?P<param>[0-9.]+))?$")
 _ALLOWED = ("kill:R@S, hang:R@S:SECONDS, slow:R@S:FACTOR, kill_coordinator@S, kill_healing@S, "

@@ -9,6 +9,8 @@ and each replica process do, from their config and environment).
 Points (the names users arm in ``chaos.kill_at``; ``tenacia.faults.KILL_POINTS``):
 - ``mid_step``: gradients computed, optimizer not yet stepped;
 - ``between_steps``: a step committed, the next not begun;
+- ``phase:<name>``: a replica enters a phase of its step (``compute``, ``allreduce``, ``vote``,
+  ``idle`` once the verdict came) or applies a committed step (``apply``);
 - ``checkpoint:<file>``: one file of a checkpoint written into its temporary directory
   (``model.safetensors``, ``optimizer.safetensors``, ``state.safetensors``, ``manifest.json``),
   and ``checkpoint:renamed`` once the checkpoint is in place.

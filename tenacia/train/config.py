@@ -98,6 +98,8 @@ class ReplicaConfig:
     # the background; a leader cut off from etcd stops committing within lease_ttl_s).
     lease: str = "dir"
     lease_ttl_s: int = 3  # etcd only: seconds an etcd lease outlives its last renewal
+    sync: str = "every_step"  # what a step reduces and when (replicas/sync.py): every_step
+    vote_checks: list[str] = field(default_factory=list)  # checks on every vote (replicas/votecheck.py)
 
     def __post_init__(self) -> None:
         check(self.count >= 1, "count", self.count, "a positive integer")
@@ -111,6 +113,7 @@ class ReplicaConfig:
         check(self.restart_backoff_s >= 0, "restart_backoff_s", self.restart_backoff_s, "a number >= 0")
         check(self.hang_floor_s > 0, "hang_floor_s", self.hang_floor_s, "a positive number of seconds")
         check(self.hang_factor >= 1, "hang_factor", self.hang_factor, "a number >= 1")
+        check(self.sync == "every_step", "sync", self.sync, "'every_step'")
         check(self.lease == "dir" or self.lease.startswith("etcd://"), "lease", self.lease,
               "'dir' or 'etcd://HOST:PORT[/PREFIX]'")
         check(isinstance(self.lease_ttl_s, int) and self.lease_ttl_s >= 2, "lease_ttl_s", self.lease_ttl_s,

@@ -12,9 +12,14 @@ Along a step's path:
 - ``member.py``: a member's link to its leader (heartbeats, silence, failover);
 - ``protocol.py``: every message, typed, and its one conversion to and from the wire;
 - ``timing.py``: every period and timeout, in one ``Timing`` built from the config;
+- ``leadership.py``: how a replica comes to lead (a term from the lease store), and never after the finish;
 - ``lease.py``: leader terms and leases (the run directory's store), and the fence;
 - ``etcd_lease.py``: the same as etcd leases, exclusive and renewed in the background;
+- ``takeover.py``: a new leader's decision on the step the old one may have been committing;
 - ``majority.py``: who may form a quorum when members went silent;
+- ``sync.py``: the sync strategy: what a step reduces and what the reduced value does;
+- ``votecheck.py``: fields other modules add to the vote, judged by the leader before a commit;
+- ``spare.py``, ``forked.py``: the warm spare that forks a ready replica, and the launcher's handle;
 - ``shares.py``: who computes which samples of the global batch, and salvaged gradients;
 - ``group.py``: a fresh gloo group per quorum, old ones retired off the training thread;
 - ``heal.py``: a newcomer's state streamed from a live peer;

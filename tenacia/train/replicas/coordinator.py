@@ -31,12 +31,8 @@ Contract (what is decided when, what each party may assume):
   leader records the step in the sample ledger, then sends ``verdict commit``; members apply the
   step only on that verdict. If a member is lost before that, the step is discarded everywhere:
   the next quorum carries ``resolve = {step, commit: false}``.
-- Takeover. A new leader does not know the old votes. It asks the survivors in step with the newest
-  step S any of them knows (a newcomer still healing had no part in S; it is healed afterwards): if
-  one has committed S, S is committed (a member applies S only on the verdict, sent after the
-  ledger recorded S); if each holds S's reduced gradients ready, S is committed (the old leader can
-  only have committed what all members had ready; the ledger records S again); otherwise S is
-  discarded (the old leader cannot have committed it). Either way the survivors agree.
+- Takeover (``takeover.py``): a new leader decides the fate of the step the old one may have been
+  committing from what the survivors hold.
 """
 
 from __future__ import annotations
@@ -51,6 +47,7 @@ import torch.distributed as dist
 from ...data.ledger import SampleLedger
 from ...events import EventLog
 from ..config import ReplicaConfig
+from . import votecheck
 from .lease import DirLease, Lease
 from .majority import minority
 from .protocol import (
@@ -71,6 +68,7 @@ from .protocol import (
 )
 from .shares import even_shares, salvage_shares
 from .steplog import StepLog
+from .takeover import resolve_takeover
 from .timing import Clock, Timing
 from .wire import Conn
 
@@ -115,6 +113,7 @@ class Coordinator:
         self.quorum: Quorum | None = None
         self.quorum_id = last_quorum_id
         self.votes: dict[int, Vote] = {}
+        self.checks = votecheck.build(cfg.vote_checks)  # judged on every step's votes (votecheck.py)
         # the majority rule's base: (step, members) of the newest commit known here (module docstring)
         self.settled: tuple[int, tuple[int, ...]] = (0, ())
         self.dead: set[int] = set(dead or ())  # lost with a closed connection: cannot lead elsewhere
@@ -197,7 +196,8 @@ class Coordinator:
         if self.superseded():
             return
         step = q.step
-        ok = all(v.ok for v in self.votes.values())
+        objection = votecheck.objection(self.checks, self.votes) if self.checks else None
+        ok = all(v.ok for v in self.votes.values()) and objection is None
         first = self.votes[q.sharers[0]]
         if ok and self.ledger is not None:
             self.ledger.record(step, first.start, list(first.batch), term=self.term)
@@ -215,7 +215,7 @@ class Coordinator:
                 self._stop()
                 return
         else:
-            self.events.emit("step_discarded", step=step, reason="a member failed the step")
+            self.events.emit("step_discarded", step=step, reason=objection or "a member failed the step")
             self.quorum = replace(q, resolve=Resolve(step, commit=False))
         waiting = [r for r in self.members if r not in q.members]
         if waiting or not ok:
@@ -395,27 +395,8 @@ class Coordinator:
             self._broadcast(Wait(why))
 
     def _resolve_takeover(self, live: list[int]) -> Resolve | None:
-        """The fate of the step ``top`` the old leader may have been committing ("Takeover" above)."""
         self.takeover = False
-        top = max(max(self.members[r].committed, self.members[r].pending or 0) for r in live)
-        voters = [r for r in live if self.members[r].committed >= top - 1 or self.members[r].pending == top]
-        if all(self.members[r].committed == top for r in voters):
-            return None
-        if any(self.members[r].committed == top for r in voters):
-            # a member applies a step only on the commit verdict, which the old leader sent after
-            # recording the step in the ledger: `top` is committed and already recorded
-            return Resolve(top, commit=True)
-        ready = all(self.members[r].pending == top for r in voters)
-        if self.ledger is not None:
-            # The old leader may or may not have recorded `top` before it died: drop it either way,
-            # and record it again if the survivors commit it.
-            self.ledger.rewind(top - 1, term=self.term)
-            votes = [self.members[r].pending_vote for r in voters if self.members[r].pending_vote]
-            if ready and votes:
-                self.ledger.record(top, votes[0].start, list(votes[0].batch), term=self.term)
-        self.events.emit("step_committed" if ready else "step_discarded", step=top, members=live,
-                         reason="decided by the new leader after takeover")
-        return Resolve(top, commit=ready)
+        return resolve_takeover({r: self.members[r] for r in live}, self.ledger, self.events, self.term)
 
     def _broadcast(self, msg: Message) -> None:
         for m in list(self.members.values()):

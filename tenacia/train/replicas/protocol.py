@@ -68,7 +68,8 @@ class Vote:
     succeeded. ``start`` is the sampler position and ``batch`` the sample ids of the step's global
     batch; ``ids`` the ones this member computed (its share), with their ``tokens`` and mean
     ``loss``; ``reused`` how many of them came from a discarded run of the same step; ``timing``
-    wall-clock phase times of a quorum's first step (``docs/events.md``), else None."""
+    wall-clock phase times of a quorum's first step (``docs/events.md``), else None; ``checks``
+    the values of the configured vote checks (``votecheck.py``), by check name."""
 
     TAG: ClassVar[str] = "vote"
     replica: int
@@ -82,6 +83,7 @@ class Vote:
     loss: float = 0.0
     reused: int = 0
     timing: dict[str, float | None] | None = None
+    checks: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,17 +33,14 @@ import torch
 
 from ... import checkpoint as ckpt
 from ... import hooks
-from ...data.ledger import SampleLedger
-from ...events import EventLog
 from ...storage import atomic_write_json
 from ..config import RunConfig
 from ..trainer import Trainer
-from . import addresses
-from .apply import PendingStep, apply_step, flat_gradients, load_healed
-from .coordinator import Coordinator
+from . import addresses, votecheck
+from .apply import PendingStep, load_healed
 from .group import GroupBuilder, retire
 from .heal import HealFetch, HealServer
-from .lease import LeaseHeld, StoreUnreachable, open_store
+from .leadership import JobFinished, Leadership
 from .member import ControlServer, LeaderLink, MemberStatus
 from .protocol import (
     Expelled,
@@ -59,6 +56,7 @@ from .protocol import (
 )
 from .shares import LocalGradients
 from .spare import wait_as_spare
+from .sync import strategy
 from .timing import Timing
 
 
@@ -68,12 +66,6 @@ class Superseded(Exception):
 
 class Rejoin(Exception):
     """This replica was expelled or frozen: exit and come back as a newcomer."""
-
-
-class JobFinished(Exception):
-    """The run directory holds ``finished.json``: the job is over and its records are final. A
-    replica that finds this (one frozen until after the finish, then continued) must not lead,
-    rejoin or write anything: it exits 0."""
 
 
 class Replica:
@@ -86,12 +78,14 @@ class Replica:
         self.trainer = trainer or Trainer(cfg, source=f"replica:{replica}", write_ledger=False)
         self.trainer.events.source = f"replica:{replica}"
         self.events = self.trainer.events
-        self.leases = open_store(cfg.replicas.lease, Path(cfg.train.run_dir), self.timing.lease_ttl_s,
-                                 self.timing.lease_request_s)
         host = cfg.replicas.host
         self.server = ControlServer(replica, host, host)
+        self.leadership = Leadership(cfg, replica, seeds, self.server, self.timing, self.events)
         self.heal_server = HealServer(host, host, timing=self.timing)
         self.phase = "idle"
+        self.pending_step = 0
+        self.sync = strategy(cfg.replicas.sync)
+        self.checks = votecheck.build(cfg.replicas.vote_checks)
         self.pending: PendingStep | None = None
         self.grads = LocalGradients(self.trainer.model)  # this member's share of the step in flight
         self.link = self._new_link()
@@ -101,60 +95,16 @@ class Replica:
 
     # ----- plumbing --------------------------------------------------------------------------------
     def _new_link(self) -> LeaderLink:
-        return LeaderLink(self.id, self.server, self.heal_server.addr, self.status, self.make_coordinator,
-                          self.events, self.timing)
+        return LeaderLink(self.id, self.server, self.heal_server.addr, self.status,
+                          self.leadership.make_coordinator, self.events, self.timing)
 
     def _publish_address(self) -> None:
         addresses.publish(self.cfg.train.run_dir, self.id, self.server.addr, self.heal_server.addr)
-
-    def peer_addresses(self) -> list[str]:
-        """The newest term's leader, the seeds given at start, then every other replica published
-        in the run directory."""
-        try:
-            lead = self.leases.leader()
-        except (OSError, ValueError):  # the lease store is unreachable (StoreUnreachable): ask the peers
-            lead = None
-        out = [lead["control"]] if lead and lead["replica"] != self.id else []
-        out += [s for s in self.seeds if s not in out]
-        for info in addresses.read_all(self.cfg.train.run_dir):
-            if info["replica"] != self.id and info["control"] not in out:
-                out.append(info["control"])
-        return out
 
     def status(self) -> MemberStatus:
         p = self.pending
         return MemberStatus(step=self.trainer.step + 1, phase=self.phase, committed=self.trainer.step,
                             pending=p.step if p else None, pending_vote=p.vote if p else None)
-
-    def refuse_if_finished(self) -> None:
-        if (Path(self.cfg.train.run_dir) / "finished.json").exists():
-            raise JobFinished(f"{self.cfg.train.run_dir} holds finished.json: the job is over")
-
-    def make_coordinator(self, *, term: int, expected: set[int], last_quorum_id: int = 0,
-                         takeover_from: float | None = None, previous: Quorum | None = None,
-                         dead_term: int | None = None, dead: set[int] | None = None) -> Coordinator:
-        """Claim a term (``LeaseHeld`` while another leader's exclusive lease is valid) and lead."""
-        self.refuse_if_finished()
-        run_dir = Path(self.cfg.train.run_dir)
-        lease = self.leases.claim(self.id, self.server.addr, at_least=term, dead_term=dead_term)
-        return Coordinator(replica=self.id, term=lease.term, lease=lease, dead=dead, host=self.cfg.replicas.host, cfg=self.cfg.replicas,
-                           timing=self.timing, total_steps=self.cfg.train.steps,
-                           events=EventLog(self.events.path, f"coordinator:{self.id}"),
-                           ledger=SampleLedger(run_dir / "ledger.jsonl"), expected=expected, run_dir=run_dir,
-                           log_every=self.cfg.train.log_every, batch_size=self.cfg.train.batch_size,
-                           last_quorum_id=last_quorum_id, takeover_from=takeover_from, previous=previous).start()
-
-    def _first_coordinator(self) -> Coordinator:
-        """Lead the job's first term; an earlier job's leader may hold the lease for one more TTL."""
-        first = self.cfg.replicas.first_id
-        end = time.monotonic() + self.timing.lease_ttl_s + self.timing.connect_s
-        while True:
-            try:
-                return self.make_coordinator(term=1, expected=set(range(first, first + self.cfg.replicas.count)))
-            except (LeaseHeld, StoreUnreachable):
-                if time.monotonic() > end:
-                    raise
-                time.sleep(self.timing.retry_s)
 
     def poll(self, block: float = 0.0) -> Message | None:
         """Next message from the leader; handles failover and rejoin on the way."""
@@ -185,8 +135,8 @@ class Replica:
         if self.trainer.step >= self.cfg.train.steps:
             return 0  # restarted after the job finished: nothing left to do
         if not self.seeds:  # the first replica of the job leads
-            self.server.coordinator = self._first_coordinator()
-        self.link.connect(self.peer_addresses if self.seeds else lambda: [self.server.addr])
+            self.server.coordinator = self.leadership.first_coordinator()
+        self.link.connect(self.leadership.peer_addresses if self.seeds else lambda: [self.server.addr])
         self.link.start_heartbeats()
         self.events.emit("run_started", step=self.trainer.step, replicas=self.cfg.replicas.count, replica=self.id,
                          **self.trainer.sampler_identity())
@@ -195,7 +145,7 @@ class Replica:
                 try:
                     return self.follow_quorums()
                 except Rejoin as e:
-                    self.refuse_if_finished()
+                    self.leadership.refuse_if_finished()
                     self.events.emit("replica_expelled", replica=self.id, reason=str(e))
                     self.rejoin()
         except JobFinished as e:  # not in the event log: a finished run's records stay as they are
@@ -228,7 +178,7 @@ class Replica:
         self.link = self._new_link()
         self.link.last_quorum = last
         self.server.lost_leader = True
-        self.link.connect(self.peer_addresses)
+        self.link.connect(self.leadership.peer_addresses)
         self.link.start_heartbeats()
 
     def run_quorum(self, q: Quorum) -> Message:
@@ -277,22 +227,24 @@ class Replica:
         fetch = self.start_healing(q) if heal else None
         if self.id not in q.heal and q.step != self.trainer.step + 1:
             raise Rejoin(f"quorum runs step {q.step} but this replica committed {self.trainer.step}")
-        self.phase = "compute"
+        self.pending_step = q.step
+        self.enter("compute", q.step)
         timing = {"received": q.received_t, "compute_start": time.time()} if heal else None
         share = self.compute_share(q)
-        flat = flat_gradients(self.trainer.model)
+        flat = self.sync.contribution(self.trainer)
         if timing:
             timing["compute_end"] = time.time()
         ok = self.reduce(flat, builder, timing)
         if fetch is not None:
             ok = self.finish_healing(fetch, q) and ok
-        self.phase = "vote"
-        vote = replace(share, ok=ok, timing=timing)
+        self.enter("vote", q.step)
+        vote = replace(share, ok=ok, timing=timing,
+                       checks=votecheck.measure_all(self.checks, self.trainer, flat) if self.checks else None)
         pending = PendingStep(vote, flat)
         self.pending = pending if ok else None
         self.link.send(vote)
         self.wait_until(lambda: self._verdict is not None and self._verdict.step == q.step, "verdict")
-        self.phase = "idle"
+        self.enter("idle", q.step)
         if not self._verdict.commit:
             raise Superseded(self._await_next("step discarded"))
         self.apply(pending)
@@ -339,19 +291,13 @@ class Replica:
         return vote
 
     def reduce(self, flat: torch.Tensor, builder: GroupBuilder, timing: dict[str, Any] | None) -> bool:
-        """Sum ``flat`` over the quorum in place; False when a peer died mid-collective."""
+        """Combine ``flat`` over the quorum (the sync strategy); False when a peer died mid-collective."""
         self.wait_until(builder.done.is_set, "process group")
         if builder.error:
             raise Superseded(self._await_next(f"group failed: {builder.error}"))
-        self.phase = "allreduce"
+        self.enter("allreduce", self.pending_step)
         try:
-            work = builder.pg.allreduce([flat])
-            # the future completes (and runs its callbacks) just before the work marks itself
-            # completed: wait on the future, or the wake finds the work not done yet
-            done = work.get_future()
-            done.add_done_callback(self.wake)  # also on error: a peer died mid-collective
-            self.wait_until(done.done, "all-reduce")
-            work.wait()
+            self.sync.reduce(flat, builder.pg, lambda done: self.wait_until(done, "all-reduce"), self.wake)
             if timing:
                 timing.update(group_ready=builder.ready_t, reduced=time.time())
         except Superseded:
@@ -385,7 +331,14 @@ class Replica:
                 return msg
 
     def apply(self, pending: PendingStep) -> None:
-        apply_step(self.trainer, self.grads, pending, self.cfg)
+        hooks.reach("phase:apply", pending.step)
+        self.sync.apply(self.trainer, self.grads, pending, self.cfg)
+
+    def enter(self, phase: str, step: int) -> None:
+        """The step's phases (``compute``, ``allreduce``, ``vote``, ``idle``): heartbeats report
+        the phase; ``hooks`` point ``phase:<name>`` is reached on entering it (fault injection)."""
+        self.phase = phase
+        hooks.reach(f"phase:{phase}", step)
 
     def after_commit(self) -> None:
         t = self.trainer

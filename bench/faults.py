@@ -1,6 +1,8 @@
 """Fault-tolerance comparison (issue 3, "Speed"): the same model, data and fault schedule for
 tenacia, torchft-nightly (its Manager with DDP) and torchrun --max-restarts with checkpoint
-restart, plus plain gloo DDP for the no-fault step time.
+restart, plus plain gloo DDP for the no-fault step time; the ``tenacia-etcd`` arm (not in the default set)
+is tenacia with its leader leases in an etcd the bench starts on loopback (issue 13: the lease's
+cost per step).
 
     .venv/bin/python bench/faults.py                       # everything: ~25 min on 2 cores
     .venv/bin/python bench/faults.py --arms torchft,torchrun --duration 120
@@ -24,6 +26,7 @@ plus each arm's run directory (events.jsonl, report.json, timeline.png) under be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -52,10 +55,12 @@ from arms import (  # noqa: E402
     worker_pids,
 )
 
+from tenacia.chaos.etcd import EtcdServer  # noqa: E402
 from tenacia.report import summary as tenacia_report  # noqa: E402
 
 TORCHFT_VENV = ROOT / "bench" / ".venvs" / "torchft"
-ARMS = ("ddp", "tenacia", "torchft", "torchrun")
+ARMS = ("ddp", "tenacia", "torchft", "torchrun", "tenacia-etcd")
+DEFAULT_ARMS = ARMS[:4]  # tenacia-etcd: tenacia with its leader leases in an etcd the bench starts
 
 
 def ensure_torchft_venv() -> Path:
@@ -138,8 +143,9 @@ def run_peer(arm: str, a: argparse.Namespace, out: Path, duration: float, faults
 
 
 def run_tenacia(a: argparse.Namespace, out: Path, duration: float, faults: list[Fault],
-                step_s: float | None) -> Path:
-    """One run of `tenacia train --replicas N` with the schedule in its [chaos] section."""
+                step_s: float | None, lease: str = "dir") -> Path:
+    """One run of `tenacia train --replicas N` with the schedule in its [chaos] section; ``lease``:
+    ``replicas.lease`` (the tenacia-etcd arm: an etcd this bench started)."""
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / "run"
     if run_dir.exists():
@@ -154,7 +160,7 @@ def run_tenacia(a: argparse.Namespace, out: Path, duration: float, faults: list[
         f'[model]\npreset = "{a.preset}"\n[data]\nseq_len = {a.seq_len}\n'
         f"[train]\nsteps = 100000\nbatch_size = {a.batch * a.replicas}\nmicro_batch_size = {a.batch}\n"
         "eval_every = 0\nthreads = 1\nprogress = false\n[checkpoint]\nevery = 0\n"
-        f"[chaos]\nfaults = {json.dumps(entries)}\n")
+        f"[chaos]\nfaults = {json.dumps(entries)}\n[replicas]\nlease = \"{lease}\"\n")
     procs = Procs(out)
     events = run_dir / "events.jsonl"
 
@@ -212,9 +218,13 @@ def run_nofault(arm: str, a: argparse.Namespace, results: Path, rnd: int) -> tup
     """One no-fault run of ``arm`` (round ``rnd``): its median full-quorum step and its summary."""
     print(f"[{arm}] no faults, {a.nofault_duration:.0f} s (round {rnd + 1} of {a.nofault_rounds})", flush=True)
     out = results / arm / nofault_dir(rnd)
-    nf = (run_tenacia(a, out, a.nofault_duration, [], None) if arm == "tenacia"
+    nf = (run_tenacia(a, out, a.nofault_duration, [], None, lease_of(arm, a)) if arm.startswith("tenacia")
           else run_peer(arm, a, out, a.nofault_duration, []))
     return median_step_s(nf, a.replicas), summarize(tenacia_report.write(nf))
+
+
+def lease_of(arm: str, a: argparse.Namespace) -> str:
+    return a.etcd_url if arm == "tenacia-etcd" else "dir"
 
 
 def nofault_dir(rnd: int) -> str:
@@ -229,8 +239,9 @@ def run_arm(arm: str, a: argparse.Namespace, results: Path, out: dict[str, Any])
     try:
         if arm != "ddp" and a.duration > 0:
             print(f"[{arm}] {len(faults)} faults in {a.duration:.0f} s", flush=True)
-            if arm == "tenacia":
-                run = run_tenacia(a, results / arm / "faults", a.duration, faults, out.get("nofault_step_s"))
+            if arm.startswith("tenacia"):
+                run = run_tenacia(a, results / arm / "faults", a.duration, faults, out.get("nofault_step_s"),
+                                  lease_of(arm, a))
             else:
                 run = run_peer(arm, a, results / arm / "faults", a.duration, faults)
             out["faults"] = summarize(tenacia_report.write(run))
@@ -278,7 +289,7 @@ def reanalyze(results: Path, replicas: int) -> list[dict[str, Any]]:
             run = results / arm / kind / "run"
             if not (run / "events.jsonl").exists():
                 continue
-            if arm != "tenacia":
+            if not arm.startswith("tenacia"):
                 old = records(run / "events.jsonl")
                 injections = [{"t": e["t"], "kind": e["kind"], "replica": e["replica"], "params": e.get("params", {})}
                               for e in old if e["event"] == "fault_injected"]
@@ -333,7 +344,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
+    p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
     p.add_argument("--replicas", type=int, default=4)
     p.add_argument("--duration", type=float, default=300.0, help="seconds of the fault schedule per arm")
     p.add_argument("--nofault-duration", type=float, default=45.0)
@@ -371,8 +382,13 @@ def main() -> int:
     results = Path(a.results) / f"faults-{stamp}"
     if a.nofault_rounds < 1:
         p.error(f"--nofault-rounds must be >= 1, got {a.nofault_rounds}")
-    first = nofault_rounds(arms, a, results)
-    rows = [run_arm(arm, a, results, first[arm]) for arm in arms]
+    with contextlib.ExitStack() as stack:
+        a.etcd_url = None
+        if "tenacia-etcd" in arms:  # one etcd for the arm's runs, on loopback, data under the results
+            (results / "etcd").mkdir(parents=True, exist_ok=True)
+            a.etcd_url = stack.enter_context(EtcdServer(results / "etcd" / "data")).url
+        first = nofault_rounds(arms, a, results)
+        rows = [run_arm(arm, a, results, first[arm]) for arm in arms]
     print_table(rows)
     doc = {"date": time.strftime("%Y-%m-%d"), "args": vars(a), "cpus": os.cpu_count(),
            "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "arms": rows,

@@ -16,19 +16,24 @@ import time
 import pytest
 
 from tenacia.chaos import netns
+from tenacia.chaos.etcd import ETCD, MISSING, EtcdServer
 from tenacia.chaos.link import LinkLab
 from tenacia.events import read_events
-from tests.etcd_server import ETCD, MISSING, EtcdServer
 
 from .procs import train_args, wait_for
 from .test_replicas import RUN, RUN_LIMIT_S, check_run, first_after
 
 ok, why = netns.available()
 TTL = 2
-CUT_S = 4.0
 pytestmark = [pytest.mark.timeout(2 * RUN_LIMIT_S + 60),
               pytest.mark.skipif(not ok, reason=f"network namespaces: {why}"),
               pytest.mark.skipif(ETCD is None, reason=MISSING)]
+
+
+def committed_by_other(run, old, t):
+    """A step committed after time ``t`` by a leader other than replica ``old``."""
+    return any(e["event"] == "step_committed" and e["t"] > t and e["source"] != f"coordinator:{old}"
+               and e["source"].startswith("coordinator:") for e in read_events(run / "events.jsonl"))
 
 
 def all_three_after(run, t):
@@ -59,15 +64,17 @@ def test_a_partitioned_leader_steps_down_or_stops_within_its_lease(tmp_path, ref
             wait_for(lambda: all_three_after(tmp_path, 0), RUN_LIMIT_S, "a step of all three replicas")
             cut1 = time.time()
             lab.cut(0, 1), lab.cut(0, 2)  # the leader still reaches etcd (node 3)
-            time.sleep(CUT_S)
+            wait_for(lambda: committed_by_other(tmp_path, 0, cut1), RUN_LIMIT_S, "the others to go on")
             lab.mend(0, 1), lab.mend(0, 2)
+            mended = time.time()
 
-            wait_for(lambda: all_three_after(tmp_path, cut1 + CUT_S), RUN_LIMIT_S, "all three again")
+            wait_for(lambda: all_three_after(tmp_path, mended), RUN_LIMIT_S, "all three again")
             events = read_events(tmp_path / "events.jsonl")
             leader = max((e for e in events if e["event"] == "coordinator_changed"), key=lambda e: e["term"])
             cut2 = time.time()
             lab.disconnect(leader["coordinator"])  # from its members and from etcd
-            time.sleep(CUT_S)
+            wait_for(lambda: committed_by_other(tmp_path, leader["coordinator"], cut2), RUN_LIMIT_S,
+                     "the others to go on")
             lab.reconnect(leader["coordinator"])
 
             for k, host in enumerate(hosts):

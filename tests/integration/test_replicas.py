@@ -11,7 +11,7 @@ import json
 import random
 import signal
 import statistics
-import time
+from pathlib import Path
 
 import pytest
 
@@ -185,8 +185,9 @@ def test_all_replicas_lost_then_resume_with_other_count(tmp_path, procs, referen
     wait_for(lambda: ckpt.exists() and any(
         e["event"] == "step_committed" and e["step"] >= 50 for e in read_events(tmp_path / "events.jsonl")),
         RUN_LIMIT_S, "step 50")
+    pids = [json.loads(p.read_text())["pid"] for p in (tmp_path / "replicas").glob("r*.json")]
     procs.kill(launcher)  # every replica dies with it (parent-death signal)
-    time.sleep(0.5)  # let the kernel finish delivering those signals
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 30, "the replicas to be gone")
     newest = max(int(p.name[5:]) for p in (tmp_path / "checkpoints").glob("step_*"))
     run_replicas(procs, tmp_path, 2, [])
     events = check_run(tmp_path, reference)

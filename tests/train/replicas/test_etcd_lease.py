@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from tenacia.chaos.etcd import ETCD, MISSING, EtcdServer
 from tenacia.train.replicas.lease import LeaseHeld, open_store
-from tests.etcd_server import ETCD, MISSING, EtcdServer
 
 pytestmark = [pytest.mark.skipif(ETCD is None, reason=MISSING), pytest.mark.timeout(60)]
 TTL = 2

@@ -1,6 +1,7 @@
-"""A real etcd server for tests (Debian's ``etcd-server``), on free loopback ports or an address a
-test gives (inside one of the project's network namespaces), with its data in a temporary
-directory. Tests that need it skip when the ``etcd`` binary is absent (``.ci/run`` installs it)."""
+"""A throwaway etcd server for labs, tests and benchmarks (Debian's ``etcd-server``): on free
+loopback ports or on an address the caller gives (inside one of the project's network namespaces,
+with ``argv_prefix = LinkLab.exec_argv(k, [])``), its data in a directory the caller owns, killed
+on exit. Tests that need it skip when the ``etcd`` binary is absent (``.ci/run`` installs it)."""
 
 from __future__ import annotations
 

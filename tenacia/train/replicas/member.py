@@ -6,7 +6,7 @@ has itself lost the leader and is about to decide who leads next.
 
 Failover contract: a member that loses the leader (connection closed: a crash, seen at once; or no
 message for longer than the quorum's ``hang_timeout``: a freeze) picks the lowest replica id of
-the last quorum other than the lost leader. If that is itself, it starts a ``Coordinator`` (a new
+the last quorum other than the lost leader, in-sync members before newcomers still healing. If that is itself, it starts a ``Coordinator`` (a new
 term) and waits for the survivors; otherwise it connects there, skipping candidates that refuse
 connections. A candidate that has not noticed the loss yet redirects to the lost leader: that
 redirect is not followed before one hang bound has passed since the loss was noticed (the
@@ -312,7 +312,9 @@ class LeaderLink:
         old = self.leader
         q = self.last_quorum
         addrs = q.addrs if q else {}
-        candidates = sorted(r for r in addrs if r != old)
+        # in-sync survivors first: a newcomer still healing has no part in the step in flight
+        healing = set(q.heal) if q else set()
+        candidates = sorted((r for r in addrs if r != old), key=lambda r: (r in healing, r))
         for cand in candidates:
             if cand == self.replica:
                 if self._lead_after(t0, old if dead else None, candidates, q):

@@ -10,7 +10,15 @@ from tenacia.events import EventLog, read_events
 from tenacia.train.config import ReplicaConfig
 from tenacia.train.replicas.coordinator import Coordinator
 from tenacia.train.replicas.member import LeaderLink, MemberStatus
-from tenacia.train.replicas.protocol import Expelled, Heartbeat, Hello, LeaderHeartbeat, LeaderLost
+from tenacia.train.replicas.protocol import (
+    Addrs,
+    Expelled,
+    Heartbeat,
+    Hello,
+    LeaderHeartbeat,
+    LeaderLost,
+    Quorum,
+)
 from tenacia.train.replicas.timing import Timing
 from tenacia.train.replicas.wire import Conn
 
@@ -104,3 +112,28 @@ def test_unread_leader_messages_are_not_silence():
         link.close(bye=False)
         leader_side.close()
         listener.close()
+
+
+def test_a_newcomer_still_healing_is_not_elected_an_in_sync_survivor_is():
+    """Leader 0 is lost while replica 1 (the lowest id left) still heals in the quorum's first
+    step: replica 2, in sync, takes over; replica 1 asks 2 first."""
+    q = Quorum(quorum_id=3, term=1, leader=0, step=9, members=(0, 1, 2), sharers=(0, 2), shares={}, heal={1: 0},
+               store="s", addrs={r: Addrs(f"127.0.0.1:{9 + r}", "h") for r in (0, 1, 2)}, hang_timeout=0.5)
+    led, asked = [], []
+
+    def link_of(replica):
+        server = types.SimpleNamespace(addr=f"127.0.0.1:{9 + replica}", coordinator=None, leader_addr=None,
+                                       lost_leader=False)
+        link = LeaderLink(replica, server, "h", lambda: MemberStatus(step=9, phase="idle", committed=8),
+                          lambda **kw: led.append((replica, kw["term"])) or types.SimpleNamespace(stopped=False),
+                          types.SimpleNamespace(emit=lambda *a, **k: None), Timing(), FakeClock())
+        link.last_quorum, link.leader, link.term = q, 0, 1
+        link._try = lambda addr, *a, **k: asked.append((replica, addr)) or addr == "127.0.0.1:11"
+        link._try_for = lambda addr, seconds: link._try(addr)
+        return link
+
+    link_of(2)._failover(0.0, dead=True)
+    assert led == [(2, 2)] and asked == [(2, "127.0.0.1:11")]  # it leads, and joins its own coordinator
+    asked.clear()
+    link_of(1)._failover(0.0, dead=True)
+    assert asked == [(1, "127.0.0.1:11")] and led == [(2, 2)]  # it follows 2, leads nothing

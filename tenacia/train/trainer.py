@@ -131,10 +131,12 @@ class Trainer:
                           grad_clip=self.cfg.optim.grad_clip, micro_batch_size=self.cfg.train.micro_batch_size,
                           device=self.device, loss_denominator=self.cfg.train.batch_size)
 
-    def commit(self, start: int, ids: list[int], tokens: int) -> None:
-        """Record a step that was applied: advance the sampler, the ledger and the counters."""
+    def commit(self, start: int, ids: list[int], tokens: int, samples: int | None = None) -> None:
+        """Record a step that was applied: advance the sampler (by ``samples``, default the ids'
+        count), the ledger and the counters. The only place a step is committed: single-process
+        training and every replica (``replicas/apply.py``) go through it."""
         self.step += 1
-        self.sampler.advance(len(ids))
+        self.sampler.advance(len(ids) if samples is None else samples)
         self.tokens_seen += tokens
         if self.ledger is not None:
             self.ledger.record(self.step, start, ids, term=self.term)

@@ -55,9 +55,9 @@ def apply_step(trainer: Trainer, grads: LocalGradients, pending: PendingStep, cf
         offset += n
     apply_update(t.model, t.optimizer, t.lr(pending.step), cfg.optim.grad_clip)
     grads.drop()
-    t.step += 1
-    t.sampler.advance(cfg.train.batch_size)
-    t.tokens_seen += cfg.train.batch_size * cfg.data.seq_len
+    # a newcomer that healed this step computed no share: it knows the step's size, not its ids
+    t.commit(pending.vote.start, list(pending.vote.batch), cfg.train.batch_size * cfg.data.seq_len,
+             samples=cfg.train.batch_size)
     hooks.reach("between_steps", t.step)
 
 

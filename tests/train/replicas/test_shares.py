@@ -72,13 +72,15 @@ def test_apply_uses_the_reduced_buffer_and_releases_the_local_share(monkeypatch)
         return 0.0
 
     monkeypatch.setattr(apply_mod, "apply_update", fake_update)
+    commits = []
     trainer = types.SimpleNamespace(model=model, optimizer=None, step=2, tokens_seen=0, lr=lambda step: 1e-3,
-                                    sampler=types.SimpleNamespace(advance=lambda n: None))
+                                    commit=lambda *a, **k: commits.append((a, k)))
     cfg = types.SimpleNamespace(optim=types.SimpleNamespace(grad_clip=1.0),
                                 train=types.SimpleNamespace(batch_size=4), data=types.SimpleNamespace(seq_len=16))
     assert all(g is not None for g in local) and grads.held == [0, 1]
     pending = apply_mod.PendingStep(Vote(replica=0, quorum_id=1, step=3, ok=True), reduced)
     apply_mod.apply_step(trainer, grads, pending, cfg)
     assert seen["shares_buffer"] and torch.equal(seen["values"], expected)
-    assert (grads.step, grads.held, trainer.step) == (None, [], 3)
+    assert (grads.step, grads.held) == (None, [])
+    assert commits == [((0, [], 4 * 16), {"samples": 4})]  # the trainer's one commit path
     assert all(p.grad is None for p in model.parameters())

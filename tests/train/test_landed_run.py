@@ -58,3 +58,13 @@ def test_a_landed_run_directory_resumes_bit_for_bit_and_proves_itself(tmp_path):
                            text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "sample ledger: ok: 9 committed steps, 72 samples" in check.stdout
+
+
+def test_the_landed_versions_config_loads_with_the_new_fields_at_their_defaults():
+    from tenacia import config
+    from tenacia.train.config import RunConfig
+
+    cfg = config.load(RunConfig, LANDED / "run" / "config.toml")
+    assert cfg.train.steps == 6 and cfg.train.batch_size == 8
+    assert (cfg.replicas.lease, cfg.replicas.lease_ttl_s, cfg.replicas.sync, cfg.replicas.vote_checks) == \
+        ("dir", 3, "every_step", [])

@@ -19,7 +19,6 @@ Contract:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import fcntl
 import heapq
@@ -31,10 +30,11 @@ import struct
 import sys
 import time
 
+from ..process import die_with_parent
+
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
-PR_SET_PDEATHSIG = 1
 MAX_PACKET = 65536
 
 
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="one TUN device to create and the IPv4 address its node owns (repeatable)")
     p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay for every packet")
     args = p.parse_args(argv)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     fds, routes = [], {}
     for spec in args.node:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import check, check_choice, from_dict
+from ..process import alive
 from . import netns
 
 SUBNET = "10.213.0"
@@ -234,21 +235,11 @@ def cleanup_stale() -> list[str]:
     removed = []
     for name in netns.names():
         match = _STALE.match(name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or alive(int(match.group(1))):
             continue
         netns.delete(name)
         removed.append(name)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _pythonpath_env() -> dict[str, str]:

@@ -7,14 +7,13 @@ there, and why not when they are not.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
 import subprocess
 import time
 
-PR_SET_PDEATHSIG = 1
+from ..process import die_with_parent
 
 
 class NetnsError(RuntimeError):
@@ -76,8 +75,7 @@ def child_setup() -> None:
     Use with ``start_new_session=True`` so that the process and its children form one group
     that teardown kills with ``os.killpg``.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent()
 
 
 def kill_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:

@@ -3,14 +3,13 @@ that does not fit is removed, named once (event and warning), training is not in
 the checkpoint already on that disk still verifies."""
 
 import logging
-import os
 import shutil
-import subprocess
 
 import pytest
 
 from tenacia import checkpoint as ckpt
 from tenacia.events import EventLog, read_events
+from tests.tmpfs import small_tmpfs
 
 from .test_checkpoint import make_state
 
@@ -18,17 +17,8 @@ from .test_checkpoint import make_state
 @pytest.fixture
 def small_disk(tmp_path):
     """``tmp_path/checkpoints`` on a 2.4 MB tmpfs (one micro-model checkpoint is about 1.6 MB)."""
-    root = tmp_path / "checkpoints"
-    root.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2400k", "tmpfs", str(root)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "checkpoints", "2400k") as root:
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 def test_a_save_that_does_not_fit_is_removed_named_once_and_training_goes_on(tmp_path, small_disk, caplog):

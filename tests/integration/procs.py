@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -13,16 +12,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tenacia.process import die_with_parent
+
 # A run small enough for many processes on 2 cores: the micro model on 300 kB of stdlib source.
 SMALL = [
     "model.preset=micro", "data.seq_len=64", "data.max_bytes=300000", "train.batch_size=8",
     "train.micro_batch_size=4", "train.eval_batches=8", "train.eval_every=0", "train.progress=false",
     "device.threads=1",
 ]
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class Procs:
@@ -35,7 +32,7 @@ class Procs:
         out = open(log, "ab") if log else subprocess.DEVNULL
         p = subprocess.Popen([sys.executable, "-m", "tenacia", *args], stdout=out, stderr=subprocess.STDOUT,
                              env={**os.environ, **(env or {})}, start_new_session=True,
-                             preexec_fn=_die_with_parent)
+                             preexec_fn=die_with_parent)
         self.procs.append(p)
         return p
 

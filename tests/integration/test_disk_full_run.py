@@ -2,12 +2,11 @@
 one checkpoint): every save fails, each failure is named once in the event log and the launcher's
 output, no replica exits, nothing is left behind, and the run finishes with an exact ledger."""
 
-import os
-import subprocess
 
 import pytest
 
 from tenacia.events import read_events
+from tests.tmpfs import small_tmpfs
 
 from .procs import train_args
 
@@ -17,20 +16,11 @@ pytestmark = pytest.mark.timeout(LIMIT_S + 60)
 
 
 def test_a_full_checkpoint_disk_costs_the_checkpoints_not_the_run(tmp_path, procs):
-    disk = tmp_path / "checkpoints"
-    disk.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "checkpoints", "1m") as disk:
         args = train_args(tmp_path, f"train.steps={STEPS}", "checkpoint.every=20", "optim.warmup_steps=10",
                           "replicas.count=3", "replicas.spares=0", "train.progress=true")
         code = procs.run(args, timeout=LIMIT_S, log=tmp_path / "launcher.log")
         leftovers = sorted(p.name for p in disk.iterdir())
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
     out = (tmp_path / "launcher.log").read_text()
     assert code == 0, out[-3000:]
     events = read_events(tmp_path / "events.jsonl")

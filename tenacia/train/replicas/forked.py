@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+from ...process import alive
+
 REPORT_ENV = "TENACIA_SPARE_REPORT"  # names the fd of the pipe the spare writes its reports to
 KILLED = -9  # a forked replica whose spare died: killed with it (parent-death signal)
 
@@ -87,7 +89,7 @@ class ForkedReplica:
             return self.returncode
         pid = self.pid
         code = self.spare.code_of(pid) if pid is not None else None
-        if code is None and self.spare.poll() is not None and not _exists(pid):
+        if code is None and self.spare.poll() is not None and not alive(pid):
             code = KILLED
         self.returncode = code
         return code
@@ -99,15 +101,3 @@ class ForkedReplica:
                 raise subprocess.TimeoutExpired(f"replica {self.replica} (forked)", timeout)
             time.sleep(self.spare.poll_s)
         return self.returncode
-
-
-def _exists(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -33,7 +33,6 @@ Python start-up (docs/benchmarks.md, issue 13).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -45,6 +44,7 @@ from typing import Protocol
 
 from ... import config as cfglib
 from ...events import EventLog
+from ...process import die_with_parent
 from ...storage import atomic_write
 from ..config import RunConfig
 from . import addresses
@@ -52,17 +52,11 @@ from .forked import REPORT_ENV, SpareProcess
 from .monitor import RunMonitor
 from .timing import Timing
 
-PR_SET_PDEATHSIG = 1
 EXIT_TERMINATED = 128 + signal.SIGTERM  # the launcher's exit code after a SIGTERM
 
 
 class Terminated(Exception):
     """The launcher was sent SIGTERM."""
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL this child when the launcher dies."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Supervision(Protocol):
@@ -128,7 +122,7 @@ class Launcher:
         if replica is None:
             env[REPORT_ENV] = str(report_w)
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent,
+                                preexec_fn=die_with_parent,
                                 stdin=subprocess.PIPE if replica is None else None,
                                 pass_fds=(report_w,) if replica is None else ())
         log.close()

@@ -15,7 +15,6 @@ Closing stdin ends the spare.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -23,11 +22,10 @@ import sys
 
 import torch
 
+from ...process import die_with_parent
 from ..config import RunConfig
 from ..trainer import Trainer
 from .forked import REPORT_ENV
-
-PR_SET_PDEATHSIG = 1
 
 
 def _report(fd: int, **fields: object) -> None:
@@ -49,7 +47,7 @@ def _become_replica(cfg: RunConfig, report_fd: int, log: str) -> None:
     """In the forked child: a session of its own, dies with the spare, logs to ``log``."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent()
     os.close(report_fd)
     out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     devnull = os.open(os.devnull, os.O_RDONLY)

@@ -13,10 +13,11 @@ import time
 import pytest
 
 from tenacia import config
+from tenacia.process import die_with_parent
 from tenacia.train.config import RunConfig
 from tenacia.train.replicas.forked import KILLED, REPORT_ENV, SpareProcess
 
-from ...integration.procs import SMALL, _die_with_parent
+from ...integration.procs import SMALL
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,7 +46,7 @@ def test_one_warm_up_then_a_ready_replica_per_order(tmp_path):
     report_r, report_w = os.pipe()
     proc = subprocess.Popen([sys.executable, "-c", SPARE, str(path), str(tmp_path / "stop")], stdin=subprocess.PIPE,
                             env={**os.environ, REPORT_ENV: str(report_w)}, pass_fds=(report_w,),
-                            start_new_session=True, preexec_fn=_die_with_parent)
+                            start_new_session=True, preexec_fn=die_with_parent)
     os.close(report_w)
     spare = SpareProcess(proc, report_r, 0.01)
     try:

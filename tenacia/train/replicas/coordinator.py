@@ -20,6 +20,7 @@ Contract (what is decided when, what each party may assume):
   apply this rule on their own: no new quorum, no new process group).
   A new quorum is formed when a member is lost (at once), and when newcomers wait (at the next
   step boundary). It is never formed with fewer than ``min_replicas`` members.
+- Ahead: a quorum never starts below the step a recently lost replica holds (``_behind``).
 - Majority (``majority.py``): without a valid exclusive lease, no quorum from a minority of the
   last committed quorum; a lone leader with an exclusive lease steps down.
 - Shares. The quorum names each sharer's ``shares``: positions in the step's global batch
@@ -119,6 +120,8 @@ class Coordinator:
         self.dead: set[int] = set(dead or ())  # lost with a closed connection: cannot lead elsewhere
         self.parked: Quorum | None = None  # the last quorum while a minority waits (its resolve, its shares)
         self.refused: str | None = None
+        self.reported: dict[int, int] = {}  # the step each replica last said it holds ("Ahead")
+        self.lost_at: dict[int, float] = {}
         self.steps = StepLog(events=events, run_dir=run_dir, log_every=log_every, total_steps=total_steps,
                              timing=timing, clock=self.clock)
         self.started = self._tick = self._last_beat = self._last_fence = self.clock.now()
@@ -151,6 +154,7 @@ class Coordinator:
             if old is not None and old.conn is not conn:
                 self._lose(rid, "crash", "restarted process replaced its old connection")
             self.dead.discard(rid)
+            self.reported[rid] = msg.committed
             if msg.settled and msg.settled_step > self.settled[0]:
                 self.settled = (msg.settled_step, msg.settled)
             self.members[rid] = MemberState(rid, conn, Addrs(msg.control, msg.heal), msg.committed, msg.pending,
@@ -174,6 +178,7 @@ class Coordinator:
                 if msg.phase != m.phase or msg.step != m.phase_step:
                     m.phase, m.phase_step, m.phase_since = msg.phase, msg.step, self.clock.now()
                 m.committed = max(m.committed, msg.committed)  # verdicts may be ahead of it
+                self.reported[rid] = m.committed
             elif isinstance(msg, Vote):
                 self._on_vote(rid, msg)
             elif isinstance(msg, Bye):
@@ -204,6 +209,7 @@ class Coordinator:
         self._broadcast(Verdict(quorum_id=q.quorum_id, step=step, commit=ok))
         for r in q.members:
             self.members[r].committed = step if ok else self.members[r].committed
+            self.reported[r] = self.members[r].committed
             self.members[r].pending = None
         votes, self.votes = self.votes, {}
         if ok:
@@ -259,6 +265,7 @@ class Coordinator:
         m = self.members.pop(rid, None)
         if m is None:
             return
+        self.lost_at[rid] = self.clock.now()
         if kind == "hang":
             m.conn.try_send(Expelled(why))
         m.conn.close()
@@ -333,7 +340,7 @@ class Coordinator:
                 self.quorum = None
                 self._broadcast(Wait(f"{len(live)} live < min_replicas {self.cfg.min_replicas}"))
             return
-        refused = minority(self.settled[1], self.dead, live, self.replica, self.lease.exclusive)
+        refused = minority(self.settled[1], self.dead, live, self.replica, self.lease.exclusive) or self._behind(live)
         if refused is not None:
             self._refuse(refused)
             return
@@ -356,6 +363,14 @@ class Coordinator:
                 if self.members[r].pending == resolve.step:
                     committed[r] = resolve.step
         step = max(committed.values())
+        if self.ledger is not None and self.reported and step < max(self.reported.values()):
+            # every replica that held the newer steps is gone for good: the run goes on from here
+            self.ledger.rewind(step, term=self.term)
+            self.events.emit("resumed", step=step, path=None, replicas=live,
+                             reason=f"no live replica holds step {max(self.reported.values())}")
+        self.reported.update(committed)
+        for r in [r for r in self.reported if r not in self.members]:
+            self.reported[r] = min(self.reported[r], step)
         if step >= self.total_steps:
             self._broadcast(Stop(reason="finished", step=step))
             self._stop()
@@ -379,6 +394,19 @@ class Coordinator:
         self.events.emit("quorum_changed", step=step, quorum_id=self.quorum_id, members=live, reason=reason,
                          healing=heal, since_commit_s=self.steps.stalled_for())
         self._broadcast(self.quorum)
+
+    def _behind(self, live: list[int]) -> str | None:
+        """Ahead: a quorum never starts below the step a replica that left recently still holds (it
+        may be rejoining: a frozen process, a closed connection), for up to the stuck bound after
+        it was lost; then the run goes on from the live replicas' step (the ledger is rewound)."""
+        now, grace = self.clock.now(), self.timing.stuck_bound(self.hang_timeout)
+        have = max(max(self.members[r].committed, self.members[r].pending or 0) for r in live)
+        ahead = {r: s for r, s in self.reported.items()
+                 if r not in self.members and s > have and now - self.lost_at.get(r, now) <= grace}
+        if not ahead:
+            return None
+        return (f"replica(s) {sorted(ahead)} hold step {max(ahead.values())} but the live ones only {have}: "
+                "waiting for one to come back")
 
     def _refuse(self, why: str) -> None:
         if self.quorum is not None:

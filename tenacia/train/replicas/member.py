@@ -74,6 +74,7 @@ class ControlServer:
         self.sock = listen(host)
         self.addr = sock_addr(self.sock, advertise)
         self.coordinator: Coordinator | None = None
+        self.status: Callable[[], MemberStatus] | None = None  # the training thread's, set by the replica
         self.leader_addr: str | None = None
         self.lost_leader = False
         serve_forever(self.sock, self._serve, "control-accept")
@@ -89,7 +90,8 @@ class ControlServer:
             return
         if coord is None or coord.stopped:
             if self.lost_leader or self.leader_addr is None:
-                conn.try_send(Retry(replica=self.replica, term=self.term))
+                committed = self.status().committed if self.status is not None else 0
+                conn.try_send(Retry(replica=self.replica, term=self.term, committed=committed))
             else:
                 conn.try_send(Redirect(self.leader_addr))
             conn.close()
@@ -151,11 +153,16 @@ class LeaderLink:
         deadline_s, elect_after_s = self.timing.join_deadline_s, self.timing.elect_after_s
         while self.clock.now() - t0 < deadline_s:
             self._retries: dict[int, int] = {}
+            self._holds: dict[int, int] = {}  # committed step of each leaderless peer
             self._silent = 0  # seeds that neither answered nor refused: alive maybe, so no election
             if any(self._try(addr) for addr in seeds()):
                 return
             now = self.clock.now()
-            if not self._silent and all(r > self.replica for r in self._retries):
+            mine = self.status().committed
+            # a leaderless election goes to the lowest id among the replicas holding the newest
+            # state: a fresh replacement never leads (and rewinds the ledger) beside peers ahead of it
+            if (not self._silent and all(h <= mine for h in self._holds.values())
+                    and all(r > self.replica for r, h in self._holds.items() if h == mine)):
                 leaderless_since = leaderless_since or now
                 if now - leaderless_since >= elect_after_s:
                     term = max([self.term, *self._retries.values()]) + 1
@@ -199,6 +206,7 @@ class LeaderLink:
             return self._try(msg.address, hops - 1, timeout=min(self.timing.connect_s, self.freeze_limit()))
         if isinstance(msg, Retry) and hasattr(self, "_retries"):
             self._retries[msg.replica] = msg.term
+            self._holds[msg.replica] = msg.committed
         if not isinstance(msg, Welcome):
             conn.close()
             return False
@@ -211,6 +219,9 @@ class LeaderLink:
         return True
 
     def start_heartbeats(self) -> None:
+        """Heartbeats from now on; the freeze clock starts now, not when the link was made (a
+        connect that took a while, an election, is not a freeze)."""
+        self._tick = self.clock.now()
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
 
     # ----- running ---------------------------------------------------------------------------------

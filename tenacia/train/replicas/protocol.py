@@ -138,11 +138,13 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """The replica asked has lost its leader too (or knows none): ask again shortly."""
+    """The replica asked has lost its leader too (or knows none): ask again shortly. ``committed``:
+    the step it holds (a leaderless election goes to the lowest id among those holding the most)."""
 
     TAG: ClassVar[str] = "retry"
     replica: int
     term: int
+    committed: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,6 +88,7 @@ class Replica:
         self.checks = votecheck.build(cfg.replicas.vote_checks)
         self.pending: PendingStep | None = None
         self.grads = LocalGradients(self.trainer.model)  # this member's share of the step in flight
+        self.server.status = self.status
         self.link = self._new_link()
         self.groups: dict[int, GroupBuilder] = {}  # quorum id -> group (the current quorum's)
         self._verdict: Verdict | None = None
@@ -174,9 +175,9 @@ class Replica:
         self.link.close(bye=False)
         self.pending = None
         self.grads.drop()
-        last = self.link.last_quorum
+        last, settled = self.link.last_quorum, self.link.settled
         self.link = self._new_link()
-        self.link.last_quorum = last
+        self.link.last_quorum, self.link.settled = last, settled
         self.server.lost_leader = True
         self.link.connect(self.leadership.peer_addresses)
         self.link.start_heartbeats()

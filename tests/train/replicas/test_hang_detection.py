@@ -137,3 +137,30 @@ def test_a_newcomer_still_healing_is_not_elected_an_in_sync_survivor_is():
     asked.clear()
     link_of(1)._failover(0.0, dead=True)
     assert asked == [(1, "127.0.0.1:11")] and led == [(2, 2)]  # it follows 2, leads nothing
+
+
+def test_a_leaderless_election_goes_to_a_replica_holding_the_newest_state():
+    """A fresh replacement (replica 0, at step 0) finds only leaderless peers: it leads only if no
+    peer holds a newer step (real control servers on loopback)."""
+    from tenacia.train.replicas.member import ControlServer
+
+    def peer(committed):
+        server = ControlServer(1, "127.0.0.1", "127.0.0.1")
+        server.lost_leader = True  # it lost its leader too: it answers retry
+        server.status = lambda: MemberStatus(step=committed + 1, phase="idle", committed=committed)
+        return server
+
+    def fresh_replica_leads(peer_server) -> bool:
+        led = []
+        own = ControlServer(0, "127.0.0.1", "127.0.0.1")
+        link = LeaderLink(0, own, "h", lambda: MemberStatus(step=1, phase="idle", committed=0),
+                          lambda **kw: led.append(kw) or (_ for _ in ()).throw(TimeoutError("stop here")),
+                          types.SimpleNamespace(emit=lambda *a, **k: None), Timing(join_deadline_s=1.5))
+        try:
+            link.connect(lambda: [peer_server.addr])
+        except TimeoutError:
+            pass
+        return bool(led)
+
+    assert not fresh_replica_leads(peer(20))  # the peer holds step 20: it is the one to lead
+    assert fresh_replica_leads(peer(0))  # same state: the lowest id leads

@@ -147,3 +147,42 @@ def lead_conn(lead: Leader, r: int):
     from .fakes import FakeConn
     lead.conns[r], lead.phase[r] = FakeConn(), "idle"
     return lead.conns[r]
+
+
+def test_a_quorum_never_starts_below_the_step_a_replica_that_just_left_holds(tmp_path):
+    """Replica 1 holds step 20; it rejoins (its old connection closes) while two fresh replacements
+    at step 0 are live: no quorum at step 1 meanwhile. Back, it heals the others."""
+    lead = Leader(tmp_path, ledger=True, members=(0, 1, 2))
+    try:
+        lead.hello(0, committed=0)
+        lead.hello(1, committed=20)
+        lead.hello(2, committed=0)
+        assert lead.quorums(0)[-1].step == 21
+        lead.coord.on_disconnect(1, lead.conns[1])
+        assert lead.coord.quorum is None and "hold step 20" in lead.events("quorum_refused")[-1]["reason"]
+        lead.run_for(1.0)
+        assert lead.coord.quorum is None
+        lead.hello(1, committed=20)
+        q = lead.quorums(0)[-1]
+        assert (q.step, q.heal) == (21, {0: 1, 2: 1})
+        assert [e["step"] for e in lead.events("resumed")] == [20]  # the first quorum only: no rewind
+    finally:
+        lead.coord.close()
+
+
+def test_once_every_holder_is_gone_for_good_the_run_goes_on_from_the_live_step(tmp_path):
+    lead = Leader(tmp_path, ledger=True, members=(0, 1, 2))
+    try:
+        lead.hello(0, committed=0)
+        lead.hello(1, committed=20)
+        lead.hello(2, committed=0)
+        lead.coord.on_disconnect(1, lead.conns[1])
+        lead.run_for(lead.coord.timing.stuck_bound(lead.coord.hang_timeout) + 0.5)
+        q = lead.quorums(0)[-1]  # the stand-in members' heartbeats say they hold step 5
+        assert (q.step, q.members) == (6, (0, 2))
+        resumed = lead.events("resumed")[-1]
+        assert resumed["step"] == 5 and "no live replica holds step 20" in resumed["reason"]
+        lines = [json.loads(x) for x in lead.ledger.path.read_text().splitlines()]
+        assert lines[-1] == {"kind": "rewind", "step": 5, "term": 1}
+    finally:
+        lead.coord.close()

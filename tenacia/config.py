@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -47,6 +48,15 @@ def check(ok: bool, field: str, value: Any, allowed: str) -> None:
     """Raise ConfigError for ``field`` unless ``ok``; sections call this in ``__post_init__``."""
     if not ok:
         raise ConfigError(field, value, allowed)
+
+
+def check_finite(section: Any) -> None:
+    """Raise ConfigError for the first float field of dataclass ``section`` that is NaN or
+    infinite: a rate, time or count of infinity is never a meaningful input."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f.name, value, "a finite number")
 
 
 def check_choice(field: str, value: Any, choices: typing.Iterable[Any]) -> None:
@@ -132,6 +142,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         if key not in fields:
             raise ConfigError(path, value, f"unknown key; allowed keys here: {', '.join(sorted(fields))}")
         kwargs[key] = _coerce(path, hints[key], value)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}.{name}" if prefix else name, None, "a value: this field is required")
     try:
         return cls(**kwargs)
     except ConfigError as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check
+from ..config import check, check_finite
 
 
 @dataclass(kw_only=True, slots=True)
@@ -58,6 +58,7 @@ class Assumptions:
     pue: float = 1.0
 
     def __post_init__(self) -> None:
+        check_finite(self)
         for key in ("compute_efficiency", "memory_efficiency", "comm_efficiency", "usable_memory",
                     "power_fraction"):
             value = getattr(self, key)

@@ -11,6 +11,7 @@ the chip and the figure.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -92,6 +93,7 @@ def _chip(key: str, table: dict[str, Any], origin: str) -> Chip:
               and isinstance(raw["value"], (int, float)) and not isinstance(raw["value"], bool)
               and isinstance(raw["source"], str) and isinstance(raw["uncertain"], bool))
         check(ok, f"{where}.{name}", raw, "an inline table { value = <number>, source = \"...\", uncertain = true|false }")
+        check(math.isfinite(raw["value"]), f"{where}.{name}", raw["value"], "a finite number")
         zero_ok = name.endswith("_per_chip_year")
         check(raw["value"] >= 0 if zero_ok else raw["value"] > 0, f"{where}.{name}", raw["value"],
               "a number >= 0" if zero_ok else "a positive number")

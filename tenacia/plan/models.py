@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check
+from ..config import check, check_finite
 from ..shape import ModelConfig
 
 PRESETS: dict[str, dict] = {
@@ -91,6 +91,7 @@ class ModelSpec:
             if key != "preset":
                 check(getattr(self, key) is not None, key, None,
                       "a value (or a model.preset that fills it)")
+        check_finite(self)
         for key in ("total_params_b", "activated_params_b", "layers", "hidden", "ffn", "heads",
                     "head_dim", "v_head_dim", "kv_heads", "vocab", "seq_len"):
             check(getattr(self, key) > 0, key, getattr(self, key), "a positive number")

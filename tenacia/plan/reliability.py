@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config import check, check_choice
+from ..config import check, check_choice, check_finite
 
 KINDS = ("crash", "hang", "sdc")
 
@@ -45,6 +45,7 @@ class Recovery:
     failure_scale: float = 1.0  # multiplies every catalog failure rate (for sweeps)
 
     def __post_init__(self) -> None:
+        check_finite(self)
         check_choice("strategy", self.strategy, ("checkpoint", "live"))
         check(self.checkpoint_interval_s >= 0, "checkpoint_interval_s", self.checkpoint_interval_s,
               "seconds >= 0 (0: the Young/Daly optimum)")
@@ -127,3 +128,25 @@ def failure_model(chip_rates: dict[str, float], recovery: Recovery, step_time_s:
     if interval == 0:
         interval = young_daly_interval(r.checkpoint_write_s, 1 / rollback_rate if rollback_rate else math.inf)
     return FailureModel(kinds=kinds, interval_s=interval, write_s=r.checkpoint_write_s)
+
+
+def expected_wall(work_s: float, fm: FailureModel) -> float:
+    """Expected wall time of a run needing ``work_s`` failure-free seconds under ``fm``, in
+    closed form: Daly's checkpoint-restart formula for the kinds that roll back (their mean
+    downtime as the restart), stretched by 1 / (1 - rate x downtime) for the kinds that do not
+    (each costs its downtime, failures during it included). Infinite when the fleet cannot make
+    progress: the non-rollback kinds alone keep it down all the time, or a checkpoint cycle
+    almost never completes between rollbacks (the exponent overflows)."""
+    live = [k for k in fm.kinds if not k.rollback]
+    busy = sum(k.rate_per_s * k.downtime_s for k in live)
+    if busy >= 1:
+        return math.inf
+    rate = fm.rollback_rate
+    if rate == 0:
+        return work_s / (1 - busy)
+    restart = sum(k.rate_per_s * k.downtime_s for k in fm.kinds if k.rollback) / rate
+    tau = min(fm.interval_s, work_s)
+    exponent = max(restart, tau + fm.write_s) * rate
+    if exponent > 700:  # e^700 ~ 1e304: beyond float range, and beyond any horizon
+        return math.inf
+    return daly_expected_wall(work_s, tau, fm.write_s, restart, 1 / rate) / (1 - busy)

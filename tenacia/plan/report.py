@@ -75,6 +75,8 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
                                   + (f"; {1 - sim['finished']:.1%} never finish" if sim["finished"] < 1 else "")),
         ("expected with failures", f"{_num(exp['chip_hours'])} chip-hours, ${_num(exp['cost'])}, {_num(exp['energy_mwh'])} MWh"),
     ]
+    if sim.get("never_finishes"):
+        rows.append(("progress", sim["never_finishes"]))
     if s.get("calibration"):
         cal = s["calibration"]
         rows.append(("calibrated from", f"{cal['run_dir']}: " + ", ".join(

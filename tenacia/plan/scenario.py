@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import check, check_choice, to_dict
+from ..config import check, check_choice, check_finite, to_dict
 from .assumptions import Assumptions
 from .calibrate import Calibration
 from .catalog import HOURS_PER_YEAR, Chip, load_catalog
@@ -36,6 +36,7 @@ class TrainPlan:
     catalog: str = ""  # a TOML file of extra chips, added to the built-in catalog
 
     def __post_init__(self) -> None:
+        check_finite(self)
         check_choice("precision", self.precision, ("bf16", "fp8"))
         check(self.tokens >= 0, "tokens", self.tokens, "a token count >= 0 (0: the model preset's)")
         check(self.global_batch_seqs >= 0, "global_batch_seqs", self.global_batch_seqs,
@@ -107,7 +108,7 @@ def run_train(plan: TrainPlan, calibration: Calibration | None = None) -> TrainR
     est, fitting = estimate(plan, chips)
     fm = failures_for(plan, est)
     mc = plan.montecarlo
-    outcome = simulate(est.ideal_s, fm, mc.trials, mc.seed, mc.horizon)
+    outcome = simulate(est.ideal_s, fm, mc.trials, mc.seed, mc.horizon, mc.max_events)
     deadline = mc.deadline_days * 86400 or est.ideal_s * 1.1
     uncertain = {g.chip.key: g.chip.uncertain_figures() for g in est.groups}
     return TrainResult(plan=plan, estimate=est, layouts_fitting=fitting, failures=fm, outcome=outcome,
@@ -130,5 +131,5 @@ def goodput_curve(result: TrainResult, scales: list[float], trials: int = 200) -
         recovery = dataclasses.replace(result.plan.recovery, failure_scale=result.plan.recovery.failure_scale * scale)
         fm = failures_for(result.plan, result.estimate, recovery)
         mc = result.plan.montecarlo
-        out.append(float(simulate(result.estimate.ideal_s, fm, trials, mc.seed, mc.horizon).goodput.mean()))
+        out.append(float(simulate(result.estimate.ideal_s, fm, trials, mc.seed, mc.horizon, mc.max_events).goodput.mean()))
     return [base * s for s in scales], out

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..config import ConfigError, check, check_choice
+from ..config import ConfigError, check, check_choice, check_finite
 from .assumptions import Assumptions
 from .catalog import Chip
 from .models import ModelSpec
@@ -40,6 +40,7 @@ class Demand:
     peak_requests_per_s: float = 0.0  # when > 0, the peak rate itself (peak_factor is ignored)
 
     def __post_init__(self) -> None:
+        check_finite(self)
         check(self.tokens_per_day > 0, "tokens_per_day", self.tokens_per_day, "a positive number")
         check(self.input_len > 0, "input_len", self.input_len, "a positive integer")
         check(self.output_len > 0, "output_len", self.output_len, "a positive integer")
@@ -67,6 +68,7 @@ class ServePlan:
     catalog: str = ""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         check_choice("precision", self.precision, tuple(WEIGHT_BYTES))
         check(self.kv_bytes >= 0, "kv_bytes", self.kv_bytes, "bytes >= 0 (0: by precision)")
         check(self.tp >= 0, "tp", self.tp, "chips >= 0 (0: search)")

@@ -72,7 +72,7 @@ class TrainingEstimate:
             "layout": {"tp": lay.tp, "pp": lay.pp, "ep": lay.ep, "dp": lay.dp,
                        "microbatch_seqs": lay.microbatch_seqs, "schedule": lay.schedule,
                        "zero": lay.zero, "recompute": lay.recompute},
-            "groups": [{"chip": g.chip.key, "chips": g.chips, "replicas": g.replicas, "idle": g.idle,
+            "groups": [{"chip": g.chip.key, "bf16_tflops": g.chip.bf16_tflops, "chips": g.chips, "replicas": g.replicas, "idle": g.idle,
                         "microbatch_s": g.micro.total, "matmul_s": g.micro.matmul,
                         "attention_s": g.micro.attention, "memory_s": g.micro.memory,
                         "tp_s": g.micro.tp, "ep_s": g.micro.ep, "pp_s": g.micro.pp,

@@ -135,3 +135,19 @@ def chips_table(chips: dict[str, Chip]) -> Table:
             cells.append("-" if fig is None else f"{fig.value:g}{'*' if fig.uncertain else ''}")
         table.add_row(key, *cells)
     return table
+
+
+def validation_table(s: dict) -> Table:
+    """One row per case, grouped by set, then each set's median and largest absolute error."""
+    table = Table(title="tenacia plan validate (error = predicted / published - 1)")
+    for col in ("set", "case", "kind", "published", "predicted", "error"):
+        table.add_column(col, justify="right" if col in ("published", "predicted", "error") else "left")
+    for name, agg in s["sets"].items():
+        for c in (c for c in s["cases"] if c["set"] == name):
+            error = f"{c['error']:+.1%}" if c["error"] is not None else "cannot plan"
+            table.add_row(name, c["id"], c["kind"], _num(c["published"]), _num(c["predicted"]) if c["predicted"] is not None else "-", error)
+        median = f"{agg['median_abs_error']:.1%}" if agg["median_abs_error"] is not None else "-"
+        largest = f"{agg['max_abs_error']:.1%}" if agg["max_abs_error"] is not None else "-"
+        table.add_row(name, f"[bold]{agg['planned']} of {agg['cases']} planned[/]", "", "", "median |error|",
+                      f"[bold]{median}[/] (max {largest})", end_section=True)
+    return table

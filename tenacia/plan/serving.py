@@ -92,6 +92,8 @@ class ServeEstimate:
     cost_per_day: float
     cost_per_million_tokens: float
 
+    prefill_input_tps_per_chip: float  # input tokens per prefill chip-second, prefix-cache hits included
+
     def summary(self) -> dict:
         return {f.name: getattr(self, f.name) for f in self.__dataclass_fields__.values()}
 
@@ -189,4 +191,5 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
     return ServeEstimate(chip=chip.key, tp=tp, batch=batch, step_s=step,
                          decode_tps_per_chip=decode_per_chip, prefill_tps_per_chip=prefill_per_chip,
                          max_batch_memory=max_mem, prefill_chips=prefill_chips, decode_chips=decode_chips,
-                         chips=chips, cost_per_day=cost, cost_per_million_tokens=cost / d.tokens_per_day * 1e6)
+                         chips=chips, cost_per_day=cost, cost_per_million_tokens=cost / d.tokens_per_day * 1e6,
+                         prefill_input_tps_per_chip=prefill_per_chip / (1 - d.cache_hit_rate))

@@ -61,7 +61,8 @@ def check_finite(section: Any) -> None:
 
 def check_choice(field: str, value: Any, choices: typing.Iterable[Any]) -> None:
     choices = list(choices)
-    check(value in choices, field, value, f"one of {', '.join(repr(c) for c in choices)}")
+    if value not in choices:  # the message is built only when it is needed (hot in plan searches)
+        raise ConfigError(field, value, f"one of {', '.join(repr(c) for c in choices)}")
 
 
 def _type_name(tp: Any) -> str:

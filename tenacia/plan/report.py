@@ -38,8 +38,10 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 def _layout(t: dict) -> str:
     lay = t["layout"]
-    return (f"TP{lay['tp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']} ({lay['schedule']}, "
-            f"ZeRO-{lay['zero']}, recompute {lay['recompute']}, {t['layouts_fitting']} layouts fit)")
+    schedule = lay["schedule"] + (f" v={lay['virtual_stages']}" if lay["schedule"] == "interleaved" else "")
+    return (f"TP{lay['tp']} CP{lay['cp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']} ({schedule}, "
+            f"micro-batch {lay['microbatch_seqs']}, ZeRO-{lay['zero']}, recompute {lay['recompute']}, "
+            f"{t['layouts_fitting']} layouts fit)")
 
 
 def train_table(s: dict, title: str = "tenacia plan train") -> Table:
@@ -97,7 +99,7 @@ def compare_table(rows: list[tuple[str, dict]]) -> Table:
     for label, s in rows:
         t, sim, exp = s["training"], s["simulation"], s["expected"]
         lay = t["layout"]
-        table.add_row(label, f"TP{lay['tp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']}", f"{t['mfu_bf16']:.1%}",
+        table.add_row(label, f"TP{lay['tp']} CP{lay['cp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']}", f"{t['mfu_bf16']:.1%}",
                       _num(t["ideal_days"]), _num(sim["days_mean"]), _num(sim["days_p95"]),
                       f"{sim['goodput_mean']:.1%}", f"{sim['p_by_deadline']:.0%} @ {_num(sim['deadline_days'])} d",
                       f"${_num(exp['cost'])}")

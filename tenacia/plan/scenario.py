@@ -12,12 +12,13 @@ from ..config import check, check_choice, check_finite, to_dict
 from .assumptions import Assumptions
 from .calibrate import Calibration
 from .catalog import HOURS_PER_YEAR, Chip, load_catalog
-from .estimate import TrainingEstimate, estimate_training, search_layout
+from .estimate import TrainingEstimate, estimate_training
 from .fleet import FleetSpec
 from .layout import Layout
 from .models import ModelSpec
 from .montecarlo import MonteCarloConfig, Outcome, simulate
 from .reliability import KINDS, FailureModel, Recovery, failure_model
+from .search import search_layout
 
 
 @dataclass(kw_only=True, slots=True)

@@ -16,7 +16,7 @@ from tenacia.plan.reliability import (
     failure_model,
     young_daly_interval,
 )
-from tenacia.plan.scenario import run_train
+from tenacia.plan.scenario import goodput_curve, run_train
 
 HOUR, DAY = 3600.0, 86400.0
 
@@ -66,16 +66,14 @@ def test_llama3_54_day_snapshot(plan_from):
 def test_goodput_falls_as_failures_rise_and_live_recovery_beats_restarts(plan_from):
     plan = plan_from(flags=[("model", "r2-guess"), ("fleet", "ascend-910c-8k")],
                      overrides=["montecarlo.trials=200"])
+    scales = [0.5, 1, 2, 4, 8]
     goodput = {}
     for strategy in ("checkpoint", "live"):
-        for scale in (0.5, 1, 2, 4, 8):
-            p = dataclasses.replace(plan, recovery=dataclasses.replace(plan.recovery, strategy=strategy,
-                                                                       failure_scale=scale))
-            goodput[strategy, scale] = run_train(p).outcome.goodput.mean()
-    for strategy in ("checkpoint", "live"):
-        series = [goodput[strategy, s] for s in (0.5, 1, 2, 4, 8)]
+        p = dataclasses.replace(plan, recovery=dataclasses.replace(plan.recovery, strategy=strategy))
+        goodput[strategy] = goodput_curve(run_train(p), scales, trials=200)[1]
+    for strategy, series in goodput.items():
         assert all(a > b for a, b in zip(series, series[1:], strict=False)), (strategy, series)
-    assert all(goodput["live", s] > goodput["checkpoint", s] for s in (0.5, 1, 2, 4, 8))
+    assert all(live > ckpt for live, ckpt in zip(goodput["live"], goodput["checkpoint"], strict=True))
 
 
 def test_live_recovery_costs_follow_the_inputs():

@@ -21,7 +21,7 @@ import tomllib
 
 from ..config import ConfigError, check
 
-REQUIRED = ("bf16_tflops", "memory_gb", "memory_tbs", "scale_up_gbs", "scale_up_domain",
+REQUIRED = ("bf16_tflops", "matmul_efficiency", "memory_gb", "memory_tbs", "scale_up_gbs", "scale_up_domain",
             "scale_up_latency_us", "scale_out_gbs", "scale_out_latency_us", "power_w",
             "price_per_hour", "crash_per_chip_year", "hang_per_chip_year", "sdc_per_chip_year")
 OPTIONAL = ("fp8_tflops",)
@@ -45,6 +45,7 @@ class Chip:
     key: str
     name: str
     bf16_tflops: float
+    matmul_efficiency: float  # fraction of the dense peak a large GEMM reaches (efficiency.py)
     fp8_tflops: float | None
     memory_gb: float
     memory_tbs: float
@@ -98,6 +99,8 @@ def _chip(key: str, table: dict[str, Any], origin: str) -> Chip:
         check(raw["value"] >= 0 if zero_ok else raw["value"] > 0, f"{where}.{name}", raw["value"],
               "a number >= 0" if zero_ok else "a positive number")
         figures[name] = Figure(value=float(raw["value"]), source=raw["source"], uncertain=raw["uncertain"])
+    check(figures["matmul_efficiency"].value <= 1, f"{where}.matmul_efficiency",
+          figures["matmul_efficiency"].value, "a fraction of the peak in (0, 1]")
     domain = figures["scale_up_domain"].value
     check(domain == int(domain) and domain >= 1, f"{where}.scale_up_domain", domain, "a whole number of chips >= 1")
     values = {k: f.value for k, f in figures.items()}

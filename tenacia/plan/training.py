@@ -2,8 +2,8 @@
 
 For one micro-batch on one chip (the work of one pipeline stage, split ``tp`` ways):
 
-    t_compute = matmul FLOPs / (peak * compute_efficiency [* FP8 speedup])
-              + attention FLOPs / (BF16 peak * compute_efficiency)
+    t_compute = matmul FLOPs / (peak * matmul_efficiency * GEMM shape factor [* FP8 speedup])
+              + attention FLOPs / (BF16 peak * matmul_efficiency * attention shape factor)
               + elementwise bytes / (HBM bandwidth * memory_efficiency)
     t_comm    = TP collectives (scale-up link) + EP all-to-all (scale-up and scale-out at once)
               + pipeline sends; each kind a share ``*_overlap`` hidden behind compute
@@ -13,7 +13,8 @@ A step is ``(micro-batches + bubble) * t_micro`` plus the exposed data-parallel 
 reduction and the optimizer update. Model FLOPs (for MFU) count 6 per parameter per token plus
 attention (3x its forward); executed FLOPs add flash attention's recomputation in backward
 (3.5x forward, Dao 2023) and full activation recomputation when chosen. Every factor that is not
-a FLOP, a byte or a catalog bandwidth is a field of ``Assumptions``.
+a FLOP, a byte or a catalog figure is a field of ``Assumptions``; ``efficiency.py`` turns GEMM
+shapes into the fraction of peak they reach (``compute_efficiency`` multiplies it: 1 by default).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from ..config import ConfigError
 from .assumptions import Assumptions
 from .catalog import Chip
+from .efficiency import attention_shape_factor, model_shape_factor
 from .layout import Layout, memory_per_chip
 from .models import ModelSpec
 
@@ -96,13 +98,14 @@ def microbatch_time(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: i
     passes = 4 if layout.recompute == "full" else 3  # forward, backward (2x), recomputed forward
     routed = model.routed_activated_params_b * 1e9
     matmul_flops = 2 * passes * (model.matmul_params - routed + routed * a.moe_imbalance) * per_chip
-    speed = chip.peak_flops("bf16") * a.compute_efficiency
+    rate = chip.peak_flops("bf16") * chip.matmul_efficiency * a.compute_efficiency  # a large GEMM's
+    speed = rate * model_shape_factor(model, tp, tokens, ep, a.gemm_k_overhead)
     if precision == "fp8":
         speed *= min(a.fp8_speedup, chip.peak_flops("fp8") / chip.peak_flops("bf16"))
     attn_fwd = model.attention_flops_fwd(model.seq_len / 2)
     attn_flops = attn_fwd * (3.5 + (passes - 3)) * per_chip
     t_matmul = matmul_flops / speed
-    t_attn = attn_flops / (chip.peak_flops("bf16") * a.compute_efficiency)
+    t_attn = attn_flops / (rate * attention_shape_factor(model, model.seq_len / cp, a.gemm_k_overhead))
     mem_passes = passes + (1 if layout.recompute == "selective" else 0)  # rerun elementwise ops
     mem_bytes = _elementwise_bytes_per_token(model, precision) * mem_passes * per_chip
     t_mem = mem_bytes / (chip.memory_tbs * 1e12 * a.memory_efficiency)

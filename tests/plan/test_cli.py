@@ -29,7 +29,7 @@ def test_train_json_for_the_deepseek_v3_scenario():
     assert 0.85 < t["chip_hours"] / 2_664_000 < 1.15
     assert "BF16" in t["mfu_peak"] and 0 < t["mfu_bf16"] < 1
     assert out["simulation"]["trials"] == 100 and 0 < out["simulation"]["goodput_mean"] <= 1
-    assert out["inputs"]["assumptions"]["compute_efficiency"] == 0.56  # every assumption is reported
+    assert out["inputs"]["assumptions"]["compute_efficiency"] == 1.0  # every assumption is reported
 
 
 def test_train_table_with_shorthands_and_a_searched_layout():

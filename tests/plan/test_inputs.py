@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tenacia.config import ConfigError
-from tenacia.plan.catalog import load_catalog
+from tenacia.plan.catalog import REQUIRED, load_catalog
 from tenacia.plan.montecarlo import simulate
 from tenacia.plan.reliability import (
     FailureKind,
@@ -45,9 +45,7 @@ def test_a_chip_with_an_infinite_failure_rate_is_rejected(tmp_path):
     text = (tmp_path / "c.toml")
     text.write_text('[chips.bad]\nname = "bad"\n' + "\n".join(
         f'{k} = {{ value = {"inf" if k == "crash_per_chip_year" else 1}, source = "t", uncertain = true }}'
-        for k in ("bf16_tflops", "memory_gb", "memory_tbs", "scale_up_gbs", "scale_up_domain",
-                  "scale_up_latency_us", "scale_out_gbs", "scale_out_latency_us", "power_w",
-                  "price_per_hour", "crash_per_chip_year", "hang_per_chip_year", "sdc_per_chip_year")))
+        for k in REQUIRED))
     with pytest.raises(ConfigError) as e:
         load_catalog(text)
     assert e.value.field.endswith("chips.bad.crash_per_chip_year") and "finite" in e.value.allowed

@@ -26,13 +26,15 @@ def test_deepseek_v3_pretraining_gpu_hours_within_15_percent(plan_from):
     assert est.ideal_days / 14.8 == pytest.approx(3.7, rel=0.15)
 
 
-def test_llama3_405b_calibration_reproduces_table4(plan_from):
-    """compute_efficiency's default comes from the 16,384-GPU row (400 TFLOPs/GPU); the 8,192-GPU
-    row (430 TFLOPs/GPU, DP64, 32 sequences per replica) is reproduced without refitting."""
+def test_llama3_405b_table4_held_out(plan_from):
+    """Held out: nothing is fitted to Table 4 (400 TFLOPs/GPU on 16,384 H100, 430 on 8,192); the
+    paper's TP8 PP16 and interleaved schedule are given, the rest is searched."""
     est16k, _ = estimate(plan_from("llama-3-405b-report"))
-    assert est16k.mfu_bf16 * 989.4 == pytest.approx(400, rel=0.02)
+    assert est16k.layout.schedule == "interleaved" and est16k.layout.virtual_stages > 1
+    assert est16k.mfu_bf16 * 989.4 == pytest.approx(400, rel=0.05)
     est8k, _ = estimate(plan_from("llama-3-405b-report", [("fleet", "h100:8192")]))
-    assert est8k.mfu_bf16 * 989.4 == pytest.approx(430, rel=0.02)
+    assert est8k.mfu_bf16 * 989.4 == pytest.approx(430, rel=0.05)
+    assert est8k.mfu_bf16 > est16k.mfu_bf16  # half the replicas: twice the micro-batches per bubble
 
 
 def explicit(**fields) -> Layout:
@@ -75,7 +77,7 @@ def test_mfu_uses_the_bf16_peak_and_fp8_is_faster_but_not_twice(chips):
     assert fp8.step_time_s < bf16.step_time_s < 2 * fp8.step_time_s
     assert bf16.mfu_precision is None
     assert fp8.mfu_precision == pytest.approx(fp8.mfu_bf16 / 2, rel=1e-3)
-    assert 0 < bf16.mfu_bf16 < 0.56  # never above the compute efficiency
+    assert 0 < bf16.mfu_bf16 < chips["h800"].matmul_efficiency  # never above a large GEMM's rate
 
 
 def test_layout_that_does_not_fit_memory_names_what_it_needs(chips):

@@ -32,3 +32,12 @@ def test_validate_command_prints_both_sets():
     assert set(out["sets"]) == set(SETS)
     assert {c["set"] for c in out["cases"]} == set(SETS)
     assert all(c["source"] for c in out["cases"])
+
+
+def test_held_out_training_cases_within_the_issues_bar():
+    """Done-when of issue 18, for the training cases: median |error| <= 15%, none over 25%, on
+    cases nothing was fitted to."""
+    results = [run_case(c) for c in load_cases() if c.set == "held-out" and c.kind == "training"]
+    assert len(results) >= 5 and all(r.error is not None for r in results), [r.problem for r in results]
+    agg = by_set(results)["held-out"]
+    assert agg["median_abs_error"] <= 0.15 and agg["max_abs_error"] <= 0.25, [(r.case.id, r.error) for r in results]

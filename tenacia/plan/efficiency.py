@@ -33,14 +33,15 @@ def gemm_factor(m: float, n: float, k: float, k0: float) -> float:
     return (m * n / pad) * k / (k + k0)
 
 
-def shape_factor(gemms: list[tuple[float, float, float]], k0: float, backward: bool = True) -> float:
-    """FLOP-weighted harmonic mean of ``gemm_factor`` over forward GEMMs (m, n, k), with each one's
-    two backward GEMMs when ``backward``."""
+def shape_factor(gemms: list[tuple[float, float, float]], k0: float, backward: bool = True,
+                 counts: list[float] | None = None) -> float:
+    """FLOP-weighted harmonic mean of ``gemm_factor`` over forward GEMMs (m, n, k), each run
+    ``counts[i]`` times (default once), with each one's two backward GEMMs when ``backward``."""
     flops = time = 0.0
-    for m, n, k in gemms:
+    for (m, n, k), count in zip(gemms, counts or [1.0] * len(gemms), strict=True):
         shapes = [(m, n, k), (m, k, n), (k, n, m)] if backward else [(m, n, k)]
+        f = 2 * m * n * k * count
         for shape in shapes:
-            f = 2 * m * n * k
             flops += f
             time += f / gemm_factor(*shape, k0)
     return flops / time if time else 1.0
@@ -65,11 +66,15 @@ def layer_gemms(model, tp: int, tokens: float, ep: int, moe: bool) -> list[tuple
 def model_shape_factor(model, tp: int, tokens: float, ep: int, k0: float) -> float:
     """``shape_factor`` over every layer's GEMMs and the output head, weighted by FLOPs."""
     dense, moe = model.layers - model.moe_layers, model.moe_layers
-    gemms = layer_gemms(model, tp, tokens, ep, False) * dense if dense else []
-    if moe:
-        gemms += layer_gemms(model, tp, tokens, ep, True) * moe
+    gemms, counts = [], []
+    for is_moe, layers in ((False, dense), (True, moe)):
+        if layers:
+            layer = layer_gemms(model, tp, tokens, ep, is_moe)
+            gemms += layer
+            counts += [layers] * len(layer)
     gemms.append((tokens, model.vocab / tp, model.hidden))
-    return shape_factor(gemms, k0)
+    counts.append(1)
+    return shape_factor(gemms, k0, counts=counts)
 
 
 def attention_shape_factor(model, context: float, k0: float) -> float:

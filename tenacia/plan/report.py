@@ -77,6 +77,11 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
                                   + (f"; {1 - sim['finished']:.1%} never finish" if sim["finished"] < 1 else "")),
         ("expected with failures", f"{_num(exp['chip_hours'])} chip-hours, ${_num(exp['cost'])}, {_num(exp['energy_mwh'])} MWh"),
     ]
+    if s.get("band"):
+        lo, hi = s["band"]["low"], s["band"]["high"]
+        rows.append(("failure-rate band", f"catalog low / high rates: mean {_num(lo['days_mean'])} / {_num(hi['days_mean'])} "
+                                          f"days, goodput {lo['goodput_mean']:.1%} / {hi['goodput_mean']:.1%}, "
+                                          f"P(deadline) {lo['p_by_deadline']:.0%} / {hi['p_by_deadline']:.0%}"))
     if sim.get("never_finishes"):
         rows.append(("progress", sim["never_finishes"]))
     if s.get("calibration"):
@@ -144,7 +149,7 @@ def validation_table(s: dict) -> Table:
     table = Table(title="tenacia plan validate (error = predicted / published - 1)")
     for col in ("set", "case", "kind", "published", "predicted", "error"):
         table.add_column(col, justify="right" if col in ("published", "predicted", "error") else "left")
-    for name, agg in s["sets"].items():
+    for name, agg in ((n, a) for n, a in s["sets"].items() if a["cases"]):
         for c in (c for c in s["cases"] if c["set"] == name):
             error = f"{c['error']:+.1%}" if c["error"] is not None else "cannot plan"
             table.add_row(name, c["id"], c["kind"], _num(c["published"]), _num(c["predicted"]) if c["predicted"] is not None else "-", error)

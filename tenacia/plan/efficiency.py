@@ -7,7 +7,7 @@ A GEMM of an (M x K) by a (K x N) matrix on a chip runs at
 - ``matmul_efficiency``: the fraction of the dense peak a large, well-shaped GEMM reaches on
   this chip family (catalog, with its source);
 - tile quantization: outputs are computed in ``TILE`` x ``TILE`` tiles, so M and N are padded
-  up to a multiple of it;
+  up to a multiple of it (not below one tile: ``_padded``);
 - ``k0`` (``Assumptions.gemm_k_overhead``): each output tile pays a fixed cost (loading its
   first operand tiles, filling the pipeline, writing C) worth ``k0`` steps of its K loop, so a
   GEMM with a short inner dimension (a narrow tensor-parallel shard, an attention head) runs
@@ -29,8 +29,15 @@ TILE = 128
 
 def gemm_factor(m: float, n: float, k: float, k0: float) -> float:
     """Fraction of the large-GEMM rate an (m x k) @ (k x n) product reaches (module docstring)."""
-    pad = math.ceil(m / TILE) * TILE * math.ceil(n / TILE) * TILE
+    pad = _padded(m) * _padded(n)
     return (m * n / pad) * k / (k + k0)
+
+
+def _padded(x: float) -> float:
+    """A dimension padded to whole tiles; below one tile (a small decode batch) kernels use a
+    narrower tile or run as a memory-bound GEMV, so no padding is charged there (the roofline's
+    memory term bounds such a GEMM)."""
+    return math.ceil(x / TILE) * TILE if x >= TILE else x
 
 
 def shape_factor(gemms: list[tuple[float, float, float]], k0: float, backward: bool = True,
@@ -63,8 +70,9 @@ def layer_gemms(model, tp: int, tokens: float, ep: int, moe: bool) -> list[tuple
     return out + [(rows, 2 * model.expert_ffn, h), (rows, h, model.expert_ffn)]
 
 
-def model_shape_factor(model, tp: int, tokens: float, ep: int, k0: float) -> float:
-    """``shape_factor`` over every layer's GEMMs and the output head, weighted by FLOPs."""
+def model_shape_factor(model, tp: int, tokens: float, ep: int, k0: float, backward: bool = True) -> float:
+    """``shape_factor`` over every layer's GEMMs and the output head, weighted by FLOPs (forward
+    only when not ``backward``: inference)."""
     dense, moe = model.layers - model.moe_layers, model.moe_layers
     gemms, counts = [], []
     for is_moe, layers in ((False, dense), (True, moe)):
@@ -74,10 +82,10 @@ def model_shape_factor(model, tp: int, tokens: float, ep: int, k0: float) -> flo
             counts += [layers] * len(layer)
     gemms.append((tokens, model.vocab / tp, model.hidden))
     counts.append(1)
-    return shape_factor(gemms, k0, counts=counts)
+    return shape_factor(gemms, k0, backward, counts)
 
 
-def attention_shape_factor(model, context: float, k0: float) -> float:
+def attention_shape_factor(model, context: float, k0: float, backward: bool = True) -> float:
     """Flash attention's two GEMMs per head: scores (K = head width), weighted sum (K = context)."""
     rows = max(context, 1.0)
-    return shape_factor([(rows, rows, model.head_dim), (rows, model.v_head_dim, rows)], k0)
+    return shape_factor([(rows, rows, model.head_dim), (rows, model.v_head_dim, rows)], k0, backward)

@@ -121,6 +121,8 @@ def serve_table(s: dict) -> Table:
         ("decode", f"{_num(s['decode_tps_per_chip'])} tokens/s per chip"),
         ("prefill", f"{_num(s['prefill_tps_per_chip'])} tokens/s per chip"),
         ("chips for the demand", f"{s['chips']:,} ({s['prefill_chips']:,} prefill + {s['decode_chips']:,} decode)"),
+        ("decode vs TPOT target", ", ".join(f"{p['tpot_ms']:g} ms: {_num(p['decode_tps_per_chip'])}" for p in s["curve"])
+         + " tokens/s per chip"),
         ("cost", f"${_num(s['cost_per_day'])} per day, ${s['cost_per_million_tokens']:.3g} per million tokens"),
     ]
     for key, value in rows:

@@ -41,7 +41,7 @@ def _layout(t: dict) -> str:
     schedule = lay["schedule"] + (f" v={lay['virtual_stages']}" if lay["schedule"] == "interleaved" else "")
     return (f"TP{lay['tp']} CP{lay['cp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']} ({schedule}, "
             f"micro-batch {lay['microbatch_seqs']}, ZeRO-{lay['zero']}, recompute {lay['recompute']}, "
-            f"{t['layouts_fitting']} layouts fit)")
+            f"{t['layouts_fitting']} layouts estimated)")
 
 
 def train_table(s: dict, title: str = "tenacia plan train") -> Table:
@@ -99,7 +99,7 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
 def compare_table(rows: list[tuple[str, dict]]) -> Table:
     table = Table(title="tenacia plan compare")
     for col in ("scenario", "layout", "MFU", "failure-free days", "mean days", "p95 days", "goodput",
-                "P(deadline)", "cost"):
+                "P(deadline)", "band: mean days (low-high rates)", "cost"):
         table.add_column(col, justify="left" if col in ("scenario", "layout") else "right")
     for label, s in rows:
         t, sim, exp = s["training"], s["simulation"], s["expected"]
@@ -107,6 +107,7 @@ def compare_table(rows: list[tuple[str, dict]]) -> Table:
         table.add_row(label, f"TP{lay['tp']} CP{lay['cp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']}", f"{t['mfu_bf16']:.1%}",
                       _num(t["ideal_days"]), _num(sim["days_mean"]), _num(sim["days_p95"]),
                       f"{sim['goodput_mean']:.1%}", f"{sim['p_by_deadline']:.0%} @ {_num(sim['deadline_days'])} d",
+                      f"{_num(s['band']['low']['days_mean'])}-{_num(s['band']['high']['days_mean'])}",
                       f"${_num(exp['cost'])}")
     return table
 

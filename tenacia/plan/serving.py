@@ -10,11 +10,11 @@ all-to-all dispatch + combine per MoE layer. One decode step of a batch of B seq
     max(matmul FLOPs / compute, (weights read + KV cache read) / HBM bandwidth, hidden comm)
     + exposed comm
 
-- comm: per MoE layer a dispatch and a combine, each paying the link's latency, plus, when the
-  instance spans several scale-up domains, ``alltoall_overhead_us``: the fixed cost of an
-  all-to-all over the scale-out network (its kernels' setup, synchronisation and RDMA round
-  trips), the per-step fixed cost of cross-node expert parallelism, fitted on the serving tuning
-  set of ``tenacia plan validate``;
+- comm: per MoE layer a dispatch and a combine, each paying the link's latency, plus
+  ``alltoall_overhead_us``: the fixed cost of one expert-parallel all-to-all (its kernels'
+  setup, the synchronisation of every rank, round trips), the per-step fixed cost of expert
+  parallelism, fitted on the serving tuning set of ``tenacia plan validate``. One tuning case
+  cannot tell a scale-up fabric's cost from a scale-out one's, so every fabric pays the same;
 - compute: the chip's large-GEMM rate (catalog ``matmul_efficiency``) times the GEMM shape factor
   of ``efficiency.py`` at the rows each GEMM really gets (B/tp per chip, B k / E per expert: small
   decode batches pad to whole tiles); routed experts wait for the most loaded rank
@@ -82,7 +82,7 @@ class ServePlan:
     tp: int = 0  # chips per decode instance; 0: the power of two with most tokens/s per chip
     tpot_ms: float = 50.0  # time-per-output-token target
     max_batch: int = 65536  # largest decode batch considered (per instance)
-    # Fixed cost of one all-to-all (dispatch + combine of a MoE layer) across scale-up domains, µs.
+    # Fixed cost of one expert-parallel all-to-all (dispatch + combine of a MoE layer), µs.
     # Fitted on the serving tuning set (DeepSeek's decode throughput on H800): bench/plan_tune.py.
     alltoall_overhead_us: float = 500.0
     # Tokens on the most loaded expert rank / the mean, in serving. Fitted on the serving tuning
@@ -177,7 +177,7 @@ def _all_to_all_s(m: ModelSpec, chip: Chip, plan: ServePlan, chips: int, tokens:
     bw_out, lat_out = _link(chip, chips, a)
     bw_up, lat_up = _link(chip, 1, a)
     per_layer = max(out_copies * per_copy / bw_out, up_copies * per_copy / bw_up)
-    fixed = 2 * lat_out + plan.alltoall_overhead_us * 1e-6 if domains > 1 else 2 * lat_up
+    fixed = 2 * (lat_out if domains > 1 else lat_up) + plan.alltoall_overhead_us * 1e-6
     return m.moe_layers * (per_layer + fixed)
 
 

@@ -65,7 +65,7 @@ def test_throughput_falls_as_the_tpot_target_tightens(chips, model, chip, precis
     assert [p["tpot_ms"] for p in curve] == sorted(p["tpot_ms"] for p in curve)
     # never rises as the target tightens (it plateaus only where KV memory, not time, caps the batch)
     assert all(a <= b for a, b in zip(rates, rates[1:], strict=False)), rates
-    assert rates[-1] > 2 * rates[[r > 0 for r in rates].index(True)]  # the tight end is far below the loose one
+    assert rates[-1] > 1.2 * rates[[r > 0 for r in rates].index(True)]  # the tight end is well below the loose one
     per_chip = [p["batch"] / p["tp"] for p in curve if p["batch"]]  # sequences each chip decodes
     assert per_chip[0] < per_chip[-1]
 
@@ -88,13 +88,15 @@ def test_expert_imbalance_and_all_to_all_slow_moe_serving(chips):
     assert estimate_serving(base, slow_link).prefill_tps_per_chip < s.prefill_tps_per_chip
 
 
-def test_cross_node_all_to_all_pays_its_fixed_cost_per_moe_layer(chips):
-    """An instance within one scale-up domain pays link latencies only; beyond it, each MoE layer's
-    dispatch + combine also pays alltoall_overhead_us (what caps small decode batches)."""
+def test_every_moe_layer_pays_the_all_to_all_fixed_cost_and_dense_models_none(chips):
+    """Each MoE layer's dispatch + combine pays alltoall_overhead_us per step, inside one
+    scale-up domain or across several alike; a dense model has no all-to-all."""
     plan = _plan("tp=16", "assumptions.ep_overlap=0.0")
     free = dataclasses.replace(plan, alltoall_overhead_us=0.0)
     m = plan.model
-    step, step_free = (decode_step_s(m, chips["h800"], p, 16, 1) for p in (plan, free))
-    assert step - step_free == pytest.approx(m.moe_layers * plan.alltoall_overhead_us * 1e-6)
-    one_node = dataclasses.replace(chips["h800"], scale_up_domain=16)  # the same 16 chips in one domain
-    assert decode_step_s(m, one_node, plan, 16, 1) == pytest.approx(decode_step_s(m, one_node, free, 16, 1))
+    for chip in (chips["h800"], dataclasses.replace(chips["h800"], scale_up_domain=16)):
+        step, step_free = (decode_step_s(m, chip, p, 16, 1) for p in (plan, free))
+        assert step - step_free == pytest.approx(m.moe_layers * plan.alltoall_overhead_us * 1e-6)
+    dense = _plan("model.preset='llama-3-405b'", "tp=8")
+    dense_free = dataclasses.replace(dense, alltoall_overhead_us=0.0)
+    assert decode_step_s(dense.model, chips["h100"], dense, 8, 4) == decode_step_s(dense.model, chips["h100"], dense_free, 8, 4)

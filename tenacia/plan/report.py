@@ -147,6 +147,10 @@ def chips_table(chips: dict[str, Chip]) -> Table:
     return table
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else "cannot plan" if not math.isfinite(x) else f"{x:.1%}"
+
+
 def validation_table(s: dict) -> Table:
     """One row per case, grouped by set, then each set's median and largest absolute error."""
     table = Table(title="tenacia plan validate (error = predicted / published - 1)")
@@ -156,8 +160,10 @@ def validation_table(s: dict) -> Table:
         for c in (c for c in s["cases"] if c["set"] == name):
             error = f"{c['error']:+.1%}" if c["error"] is not None else "cannot plan"
             table.add_row(name, c["id"], c["kind"], _num(c["published"]), _num(c["predicted"]) if c["predicted"] is not None else "-", error)
-        median = f"{agg['median_abs_error']:.1%}" if agg["median_abs_error"] is not None else "-"
-        largest = f"{agg['max_abs_error']:.1%}" if agg["max_abs_error"] is not None else "-"
         table.add_row(name, f"[bold]{agg['planned']} of {agg['cases']} planned[/]", "", "", "median |error|",
-                      f"[bold]{median}[/] (max {largest})", end_section=True)
+                      f"[bold]{_pct(agg['median_abs_error'])}[/] (max {_pct(agg['max_abs_error'])})")
+        for kind, k in agg["kinds"].items():
+            table.add_row(name, f"  {kind}: {k['planned']} of {k['cases']}", "", "", "median |error|",
+                          f"{_pct(k['median_abs_error'])} (max {_pct(k['max_abs_error'])})",
+                          end_section=kind == list(agg["kinds"])[-1])
     return table

@@ -8,11 +8,13 @@ reports the ConfigError instead of a number and counts as a failure of its set.
 
 Contract: ``load_cases`` raises ConfigError on a malformed case; ``run_case`` never raises for
 a plan the planner rejects (it returns the message); ``by_set`` gives the median and largest
-absolute error of each set over the cases that produced a number.
+absolute error of each set (and of each kind within it), an unplannable case counting as an
+infinite error.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,12 +127,18 @@ def run_case(case: Case) -> Result:
 
 
 def by_set(results: list[Result]) -> dict[str, dict]:
-    """Per set: cases, how many produced a number, median and largest absolute error."""
+    """Per set: cases, how many produced a number, and the median and largest absolute error,
+    a case the planner could not plan counting as an infinite error; the same per kind."""
+
+    def errors(rs: list[Result]) -> dict:
+        values = sorted(abs(r.error) if r.error is not None else math.inf for r in rs)
+        return {"cases": len(rs), "planned": sum(r.error is not None for r in rs),
+                "median_abs_error": statistics.median(values) if values else None,
+                "max_abs_error": values[-1] if values else None}
+
     out = {}
     for name in SETS:
         mine = [r for r in results if r.case.set == name]
-        errors = [abs(r.error) for r in mine if r.error is not None]
-        out[name] = {"cases": len(mine), "planned": len(errors),
-                     "median_abs_error": statistics.median(errors) if errors else None,
-                     "max_abs_error": max(errors) if errors else None}
+        out[name] = errors(mine) | {"kinds": {k: errors([r for r in mine if r.case.kind == k])
+                                              for k in KINDS if any(r.case.kind == k for r in mine)}}
     return out

@@ -2,7 +2,7 @@
 
 import json
 
-from tenacia.plan.validation import SETS, by_set, load_cases, run_case
+from tenacia.plan.validation import SETS, Result, by_set, load_cases, run_case
 
 from .test_cli import tenacia
 
@@ -25,6 +25,10 @@ def test_a_case_reports_its_error_and_a_set_its_median():
     assert result.error == result.predicted / 430 - 1
     agg = by_set([result])["held-out"]
     assert agg["cases"] == agg["planned"] == 1 and agg["median_abs_error"] == abs(result.error)
+    assert agg["kinds"]["training"]["max_abs_error"] == abs(result.error)
+    # a case the planner cannot plan is an error of its set, never left out
+    unplanned = Result(case=case, predicted=None, problem="no")
+    assert by_set([result, unplanned])["held-out"]["max_abs_error"] == float("inf")
 
 
 def test_validate_command_prints_both_sets():

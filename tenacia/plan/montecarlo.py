@@ -43,7 +43,7 @@ class MonteCarloConfig:
 
     def __post_init__(self) -> None:
         check_finite(self)
-        check(self.trials > 0, "trials", self.trials, "a positive integer")
+        check(0 < self.trials <= 1_000_000, "trials", self.trials, "an integer in 1..1,000,000 (memory grows with it)")
         check(self.deadline_days >= 0, "deadline_days", self.deadline_days, "days >= 0")
         check(1 < self.horizon <= 1000, "horizon", self.horizon, "a number in (1, 1000]")
         check(self.max_events >= 1, "max_events", self.max_events, "a number >= 1")

@@ -64,7 +64,7 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
                      f"memory {_num(g['memory_s'])}, TP {_num(g['tp_s'])}, EP {_num(g['ep_s'])}, PP {_num(g['pp_s'])}; "
                      f"{_num(g['memory_gb'])} GB/chip"))
     rows += [
-        ("MFU", f"{t['mfu_bf16']:.1%} of {t['mfu_peak']}"
+        ("MFU", f"{t['mfu_bf16']:.1%} (hardware FLOPs: {t['hfu_bf16']:.1%}) of {t['mfu_peak']}"
                 + (f"; {t['mfu_precision']:.1%} of FP8 peak" if t["mfu_precision"] else "")),
         ("failure-free", f"{t['ideal_days']:.1f} days, {_num(t['chip_hours'])} chip-hours, "
                          f"${_num(t['cost'])}, {_num(t['energy_mwh'])} MWh"),

@@ -34,6 +34,12 @@ DAY = 86400.0
     ("model.total_params_b=inf", "model.total_params_b"),
     ("fleet.groups=[{chip='h100'}]", "fleet.groups[0].count"),
     ("fleet.groups=[{count=8}]", "fleet.groups[0].chip"),
+    ("montecarlo.trials=1000000000", "montecarlo.trials"),
+    ("recovery.software_per_chip_year=inf", "recovery.software_per_chip_year"),
+    ("recovery.site_scale=-1", "recovery.site_scale"),
+    ("recovery.rate_band='worst'", "recovery.rate_band"),
+    ("layout.cp=-2", "layout.cp"),
+    ("layout.zero=4", "layout.zero"),
 ])
 def test_non_finite_or_missing_inputs_name_the_field(plan_from, override, field):
     with pytest.raises(ConfigError) as e:
@@ -95,3 +101,19 @@ def test_a_run_too_large_to_simulate_is_an_error_naming_the_budget():
     with pytest.raises(ConfigError) as e:
         simulate(60 * DAY, fm, trials=1000)
     assert e.value.field == "montecarlo.max_events"
+
+
+@pytest.mark.parametrize("override, field", [
+    ("tpot_ms=inf", "tpot_ms"),
+    ("precision='int4'", "precision"),
+    ("demand.tokens_per_day=nan", "demand.tokens_per_day"),
+    ("expert_imbalance=0.5", "expert_imbalance"),
+    ("alltoall_overhead_us=inf", "alltoall_overhead_us"),
+])
+def test_bad_serving_inputs_name_the_field(override, field):
+    from tenacia import config
+    from tenacia.plan.serving import ServePlan
+
+    with pytest.raises(ConfigError) as e:
+        config.load(ServePlan, None, [override])
+    assert e.value.field == field

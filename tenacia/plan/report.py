@@ -133,11 +133,13 @@ def serve_table(s: dict) -> Table:
 
 def chips_table(chips: dict[str, Chip]) -> Table:
     table = Table(title="chip catalog (* = uncertain figure; see catalog.toml for sources)")
-    cols = ("bf16_tflops", "fp8_tflops", "memory_gb", "memory_tbs", "scale_up_gbs", "scale_up_domain",
-            "scale_out_gbs", "power_w", "price_per_hour", "crash_per_chip_year")
+    cols = ("bf16_tflops", "fp8_tflops", "matmul_efficiency", "memory_gb", "memory_tbs", "scale_up_gbs",
+            "scale_up_domain", "scale_out_gbs", "power_w", "price_per_hour", "crash_per_chip_year",
+            "host_per_chip_year", "failure_rate_low", "failure_rate_high")
     table.add_column("chip")
     for col in cols:
-        table.add_column(col.replace("_per_chip_year", "/chip-yr").replace("_", " "), justify="right")
+        table.add_column(col.replace("_per_chip_year", "/chip-yr").replace("failure_rate_", "hw/chip-yr ")
+                         .replace("_", " "), justify="right")
     for key, chip in chips.items():
         cells = []
         for col in cols:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 
+from .models import ModelSpec
+
 TILE = 128
 
 
@@ -54,7 +56,7 @@ def shape_factor(gemms: list[tuple[float, float, float]], k0: float, backward: b
     return flops / time if time else 1.0
 
 
-def layer_gemms(model, tp: int, tokens: float, ep: int, moe: bool) -> list[tuple[float, float, float]]:
+def layer_gemms(model: ModelSpec, tp: int, tokens: float, ep: int, moe: bool) -> list[tuple[float, float, float]]:
     """Forward GEMMs (m, n, k) of one layer on one chip: ``tokens`` rows enter the layer on this
     tensor-parallel group; weights are split ``tp`` ways (routed experts are not, and receive
     ``tokens * ep * k / experts`` rows each)."""
@@ -70,7 +72,7 @@ def layer_gemms(model, tp: int, tokens: float, ep: int, moe: bool) -> list[tuple
     return out + [(rows, 2 * model.expert_ffn, h), (rows, h, model.expert_ffn)]
 
 
-def model_shape_factor(model, tp: int, tokens: float, ep: int, k0: float, backward: bool = True) -> float:
+def model_shape_factor(model: ModelSpec, tp: int, tokens: float, ep: int, k0: float, backward: bool = True) -> float:
     """``shape_factor`` over every layer's GEMMs and the output head, weighted by FLOPs (forward
     only when not ``backward``: inference)."""
     dense, moe = model.layers - model.moe_layers, model.moe_layers
@@ -85,7 +87,7 @@ def model_shape_factor(model, tp: int, tokens: float, ep: int, k0: float, backwa
     return shape_factor(gemms, k0, backward, counts)
 
 
-def attention_shape_factor(model, context: float, k0: float, backward: bool = True) -> float:
+def attention_shape_factor(model: ModelSpec, context: float, k0: float, backward: bool = True) -> float:
     """Flash attention's two GEMMs per head: scores (K = head width), weighted sum (K = context)."""
     rows = max(context, 1.0)
     return shape_factor([(rows, rows, model.head_dim), (rows, model.v_head_dim, rows)], k0, backward)

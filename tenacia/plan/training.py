@@ -1,12 +1,15 @@
 """Training time from first principles: compute, memory traffic and communication per link level.
 
-For one micro-batch on one chip (the work of one pipeline stage, split ``tp`` ways):
+For one micro-batch on one chip (the work of one pipeline stage, split ``tp`` ways, on the
+``seq_len / cp`` tokens of its context-parallel rank):
 
     t_compute = matmul FLOPs / (peak * matmul_efficiency * GEMM shape factor [* FP8 speedup])
               + attention FLOPs / (BF16 peak * matmul_efficiency * attention shape factor)
               + elementwise bytes / (HBM bandwidth * memory_efficiency)
     t_comm    = TP collectives (scale-up link) + EP all-to-all (scale-up and scale-out at once)
-              + pipeline sends; each kind a share ``*_overlap`` hidden behind compute
+              + pipeline sends (x v chunks) + ZeRO-3 weight gathers; each kind a share
+              ``*_overlap`` hidden behind compute; + the context-parallel ring's part that
+              outlasts the attention it overlaps
     t_micro   = max(t_compute + comm_sm_fraction * hidden, hidden) + exposed
 
 A step is ``(micro-batches + bubble) * t_micro`` plus the exposed data-parallel gradient

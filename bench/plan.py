@@ -9,7 +9,6 @@ prints a table and writes bench/results/plan.json. The issue's bar: 50,000 chips
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
@@ -28,10 +27,12 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from tenacia import config  # noqa: E402
+from tenacia.plan.catalog import HARDWARE, HOURS_PER_YEAR  # noqa: E402
 from tenacia.plan.inputs import build  # noqa: E402
 from tenacia.plan.montecarlo import simulate  # noqa: E402
-from tenacia.plan.reliability import KINDS, failure_model  # noqa: E402
-from tenacia.plan.scenario import TrainPlan, estimate, run_train  # noqa: E402
+from tenacia.plan.reliability import failure_model  # noqa: E402
+from tenacia.plan.scenario import TrainPlan, estimate  # noqa: E402
+from tenacia.plan.validation import load_cases, run_case  # noqa: E402
 
 DAYS = 60
 TRIALS = 1000
@@ -48,7 +49,8 @@ def time_monte_carlo(strategy: str, failure_scale: float) -> dict:
              overrides=[f"recovery.failure_scale={failure_scale}"])
     est, _ = estimate(p)
     # every chip of the fleet fails and is replaced, idle ones included: 50,000 in the process
-    rates = {kind: sum(g.chips * g.chip.failure_per_s(kind) for g in est.groups) for kind in KINDS}
+    rates = {kind: sum(g.chips * g.chip.failure_per_s(kind) for g in est.groups) for kind in HARDWARE}
+    rates["software"] = sum(g.chips for g in est.groups) * p.recovery.software_per_chip_year / (HOURS_PER_YEAR * 3600)
     fm = failure_model(rates, p.recovery, est.step_time_s, est.layout.dp // est.layout.ep)
     walls, out = [], None
     for _ in range(REPEATS):
@@ -63,31 +65,20 @@ def time_monte_carlo(strategy: str, failure_scale: float) -> dict:
 
 
 def validation() -> list[dict]:
-    t0 = time.perf_counter()
-    ds, _ = estimate(plan("deepseek-v3-report"))
-    ds_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    llama = run_train(plan("llama-3-405b-report"))
-    llama_s = time.perf_counter() - t0
-    sim = llama.outcome
-    per_54 = float(np.mean(sim.interruptions / (sim.completion_s / 86400) * 54))
-    t0 = time.perf_counter()
-    r2 = plan("r2-ascend-910c")
-    r2 = dataclasses.replace(r2, layout=dataclasses.replace(r2.layout, tp=0, pp=0, ep=0))
-    _, fits = estimate(r2)
-    search_s = time.perf_counter() - t0
-    return [
-        {"case": "DeepSeek-V3 H800 GPU-hours", "published": 2_664_000, "planned": ds.chip_hours,
-         "error": ds.chip_hours / 2_664_000 - 1, "wall_s": ds_s},
-        {"case": "Llama 3 405B MFU (16,384 H100; calibration)", "published": 400 / 989.4,
-         "planned": llama.estimate.mfu_bf16, "error": llama.estimate.mfu_bf16 / (400 / 989.4) - 1, "wall_s": llama_s},
-        {"case": "Llama 3 interruptions per 54 days", "published": 419, "planned": per_54,
-         "error": per_54 / 419 - 1, "wall_s": llama_s},
-        {"case": "Llama 3 effective training time", "published": "> 0.90",
-         "planned": float(sim.goodput.mean()), "error": None, "wall_s": llama_s},
-        {"case": f"layout search, R2 guess on 8,064 Ascend 910C ({fits} layouts fit)", "published": None,
-         "planned": None, "error": None, "wall_s": search_s},
-    ]
+    """Every case of `tenacia plan validate`, timed, and layout searches at two scales."""
+    rows = []
+    for case in load_cases():
+        t0 = time.perf_counter()
+        r = run_case(case)
+        rows.append({"case": f"{case.set}: {case.id}", "published": case.published, "planned": r.predicted,
+                     "error": r.error, "wall_s": time.perf_counter() - t0})
+    for label, flags in (("R2 guess on 8,064 Ascend 910C", [("fleet", "ascend-910c-8k")]),
+                         ("R2 guess on 200,000 H100", [("fleet", "h100:200000")])):
+        t0 = time.perf_counter()
+        _, fits = estimate(plan(flags=[("model", "r2-guess"), *flags]))
+        rows.append({"case": f"layout search, {label} ({fits} layouts estimated)", "published": None,
+                     "planned": None, "error": None, "wall_s": time.perf_counter() - t0})
+    return rows
 
 
 def _fmt(v: float | str | None) -> str:

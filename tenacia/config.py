@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -49,9 +50,19 @@ def check(ok: bool, field: str, value: Any, allowed: str) -> None:
         raise ConfigError(field, value, allowed)
 
 
+def check_finite(section: Any) -> None:
+    """Raise ConfigError for the first float field of dataclass ``section`` that is NaN or
+    infinite: a rate, time or count of infinity is never a meaningful input."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f.name, value, "a finite number")
+
+
 def check_choice(field: str, value: Any, choices: typing.Iterable[Any]) -> None:
     choices = list(choices)
-    check(value in choices, field, value, f"one of {', '.join(repr(c) for c in choices)}")
+    if value not in choices:  # the message is built only when it is needed (hot in plan searches)
+        raise ConfigError(field, value, f"one of {', '.join(repr(c) for c in choices)}")
 
 
 def _type_name(tp: Any) -> str:
@@ -132,6 +143,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         if key not in fields:
             raise ConfigError(path, value, f"unknown key; allowed keys here: {', '.join(sorted(fields))}")
         kwargs[key] = _coerce(path, hints[key], value)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}.{name}" if prefix else name, None, "a value: this field is required")
     try:
         return cls(**kwargs)
     except ConfigError as e:

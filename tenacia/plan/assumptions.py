@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check
+from ..config import check, check_finite
 
 
 @dataclass(kw_only=True, slots=True)
 class Assumptions:
-    # Fraction of the dense peak that a training step's matmuls reach on their own. Default:
-    # calibrated once on the Llama 3 405B run (Llama 3 paper Table 4: 400 TFLOPs/GPU on 16,384
-    # H100 with TP8 PP16 DP128) through this same model: 0.564 reproduces it; rounded down.
-    # The scenario llama-3-405b-report and docs/planning.md show the calibration.
-    compute_efficiency: float = 0.56
+    # Correction on the per-chip matmul efficiency (catalog matmul_efficiency x the GEMM shape
+    # factor of efficiency.py): 1 trusts them; lower it for a software stack known to be slower
+    # (e.g. Pangu Ultra MoE's published 30% MFU on 910B, arXiv 2505.04519).
+    compute_efficiency: float = 1.0
+    # k0 of efficiency.py: the fixed cost of one output tile of a GEMM, in steps of its K loop.
+    # Fitted on the tuning set of `tenacia plan validate` (Megatron GPT 22B and 1T on A100:
+    # their MFU ratio is the width effect); `python bench/plan_tune.py` reproduces the fit.
+    gemm_k_overhead: float = 384.0
     # Matmul speedup of FP8 over BF16 actually realized in training, capped by the chip's peak
     # ratio. Default 1.3: the fine-grained (per-tile/per-block scaled) FP8 recipes that train
     # stably run well below the 2x peak ratio of Hopper (NVIDIA NeMo FP8 recipe benchmarks;
@@ -58,6 +61,7 @@ class Assumptions:
     pue: float = 1.0
 
     def __post_init__(self) -> None:
+        check_finite(self)
         for key in ("compute_efficiency", "memory_efficiency", "comm_efficiency", "usable_memory",
                     "power_fraction"):
             value = getattr(self, key)
@@ -67,6 +71,7 @@ class Assumptions:
             check(0 <= value <= 1, key, value, "a fraction in [0, 1]")
         check(0 <= self.comm_sm_fraction < 1, "comm_sm_fraction", self.comm_sm_fraction,
               "a fraction in [0, 1)")
+        check(self.gemm_k_overhead >= 0, "gemm_k_overhead", self.gemm_k_overhead, "a number >= 0")
         check(self.fp8_speedup >= 1, "fp8_speedup", self.fp8_speedup, "a number >= 1")
         check(self.moe_imbalance >= 1, "moe_imbalance", self.moe_imbalance, "a number >= 1")
         check(0 < self.activation_memory_scale <= 1, "activation_memory_scale",

@@ -11,6 +11,7 @@ the chip and the figure.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,9 +21,12 @@ import tomllib
 
 from ..config import ConfigError, check
 
-REQUIRED = ("bf16_tflops", "memory_gb", "memory_tbs", "scale_up_gbs", "scale_up_domain",
+REQUIRED = ("bf16_tflops", "matmul_efficiency", "memory_gb", "memory_tbs", "scale_up_gbs", "scale_up_domain",
             "scale_up_latency_us", "scale_out_gbs", "scale_out_latency_us", "power_w",
-            "price_per_hour", "crash_per_chip_year", "hang_per_chip_year", "sdc_per_chip_year")
+            "price_per_hour", "crash_per_chip_year", "host_per_chip_year", "hang_per_chip_year",
+            "sdc_per_chip_year", "failure_rate_low", "failure_rate_high")
+HARDWARE = ("crash", "host", "hang", "sdc")  # failure kinds a chip or its server causes
+BANDS = ("low", "central", "high")
 OPTIONAL = ("fp8_tflops",)
 HOURS_PER_YEAR = 24 * 365.25
 
@@ -44,6 +48,7 @@ class Chip:
     key: str
     name: str
     bf16_tflops: float
+    matmul_efficiency: float  # fraction of the dense peak a large GEMM reaches (efficiency.py)
     fp8_tflops: float | None
     memory_gb: float
     memory_tbs: float
@@ -55,8 +60,11 @@ class Chip:
     power_w: float
     price_per_hour: float
     crash_per_chip_year: float
+    host_per_chip_year: float
     hang_per_chip_year: float
     sdc_per_chip_year: float
+    failure_rate_low: float  # total hardware failures per chip-year, low end of the band
+    failure_rate_high: float  # and high end
     figures: dict[str, Figure] = field(default_factory=dict, compare=False)
 
     def peak_flops(self, precision: str) -> float:
@@ -68,9 +76,19 @@ class Chip:
             return self.fp8_tflops * 1e12
         return self.bf16_tflops * 1e12
 
-    def failure_per_s(self, kind: str, scale: float = 1.0) -> float:
-        """Rate of one failure kind ('crash', 'hang', 'sdc') per chip per second."""
-        return scale * getattr(self, f"{kind}_per_chip_year") / (HOURS_PER_YEAR * 3600)
+    @property
+    def hardware_per_chip_year(self) -> float:
+        """Central total of the hardware kinds."""
+        return sum(getattr(self, f"{kind}_per_chip_year") for kind in HARDWARE)
+
+    def failure_per_s(self, kind: str, scale: float = 1.0, band: str = "central") -> float:
+        """Rate of one hardware failure kind (``HARDWARE``) per chip per second, at the ``band``
+        end of the catalog's range (every kind scaled alike)."""
+        rate = getattr(self, f"{kind}_per_chip_year")
+        central = self.hardware_per_chip_year
+        if band != "central" and central > 0:
+            rate *= getattr(self, f"failure_rate_{band}") / central
+        return scale * rate / (HOURS_PER_YEAR * 3600)
 
     def uncertain_figures(self) -> list[str]:
         return [k for k, f in self.figures.items() if f.uncertain]
@@ -92,10 +110,17 @@ def _chip(key: str, table: dict[str, Any], origin: str) -> Chip:
               and isinstance(raw["value"], (int, float)) and not isinstance(raw["value"], bool)
               and isinstance(raw["source"], str) and isinstance(raw["uncertain"], bool))
         check(ok, f"{where}.{name}", raw, "an inline table { value = <number>, source = \"...\", uncertain = true|false }")
-        zero_ok = name.endswith("_per_chip_year")
+        check(math.isfinite(raw["value"]), f"{where}.{name}", raw["value"], "a finite number")
+        zero_ok = name.endswith("_per_chip_year") or name.startswith("failure_rate_")
         check(raw["value"] >= 0 if zero_ok else raw["value"] > 0, f"{where}.{name}", raw["value"],
               "a number >= 0" if zero_ok else "a positive number")
         figures[name] = Figure(value=float(raw["value"]), source=raw["source"], uncertain=raw["uncertain"])
+    check(figures["matmul_efficiency"].value <= 1, f"{where}.matmul_efficiency",
+          figures["matmul_efficiency"].value, "a fraction of the peak in (0, 1]")
+    central = sum(figures[f"{kind}_per_chip_year"].value for kind in HARDWARE)
+    low, high = figures["failure_rate_low"].value, figures["failure_rate_high"].value
+    check(low <= central <= high, f"{where}.failure_rate_low", [low, central, high],
+          "failure_rate_low <= crash + host + hang + sdc per chip-year <= failure_rate_high")
     domain = figures["scale_up_domain"].value
     check(domain == int(domain) and domain >= 1, f"{where}.scale_up_domain", domain, "a whole number of chips >= 1")
     values = {k: f.value for k, f in figures.items()}

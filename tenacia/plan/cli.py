@@ -70,6 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--peak-factor", help="peak / mean request rate")
     s.set_defaults(handler=cmd_serve)
 
+    v = psub.add_parser("validate", help="the planner against published figures, tuning and held-out sets apart")
+    v.add_argument("--set", choices=("tuning", "held-out"), help="only this set")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(handler=cmd_validate)
+
     k = psub.add_parser("chips", help="the chip catalog, with uncertain figures marked")
     k.add_argument("--catalog", default=None, help="TOML file of extra chips")
     k.add_argument("--json", action="store_true")
@@ -171,4 +176,17 @@ def cmd_chips(args: argparse.Namespace) -> int:
     summary = {key: {name: asdict(fig) for name, fig in chip.figures.items()} | {"name": chip.name}
                for key, chip in chips.items()}
     _print(args, summary, chips_table(chips))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .report import validation_table
+    from .validation import by_set, load_cases, run_case
+
+    results = [run_case(c) for c in load_cases() if args.set in (None, c.set)]
+    summary = {"cases": [{"id": r.case.id, "set": r.case.set, "kind": r.case.kind, "what": r.case.what,
+                          "published": r.case.published, "predicted": r.predicted, "error": r.error,
+                          "problem": r.problem, "source": r.case.source} for r in results],
+               "sets": by_set(results)}
+    _print(args, summary, validation_table(summary))
     return 0

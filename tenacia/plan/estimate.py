@@ -1,5 +1,5 @@
-"""A training run on a whole (possibly mixed) fleet: step time, days, chip-hours, cost, energy,
-MFU; and the search for the fastest layout that fits memory.
+"""A training run on a whole (possibly mixed) fleet, for one explicit layout: step time, days,
+chip-hours, cost, energy, MFU and hardware FLOPs utilization. ``search.py`` finds the layout.
 
 Chip types never share a tensor, pipeline or expert group: each type forms its own replicas of
 the same layout, and all replicas meet in the data-parallel gradient reduction. How a step's
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import ConfigError, check
+from ..config import check
 from .assumptions import Assumptions
 from .catalog import Chip
 from .layout import Layout, MemoryUse, memory_per_chip
@@ -20,6 +20,7 @@ from .training import (
     MicroBatch,
     check_fits,
     grad_sync_time,
+    hardware_flops_per_token,
     microbatch_time,
     model_flops_per_token,
     optimizer_time,
@@ -59,6 +60,7 @@ class TrainingEstimate:
     cost: float
     energy_mwh: float
     mfu_bf16: float
+    hfu_bf16: float  # executed FLOPs (recomputation and flash attention's backward included)
     mfu_precision: float | None  # against the FP8 peak when precision is fp8
 
     @property
@@ -69,61 +71,78 @@ class TrainingEstimate:
         lay = self.layout
         return {
             "precision": self.precision,
-            "layout": {"tp": lay.tp, "pp": lay.pp, "ep": lay.ep, "dp": lay.dp,
+            "layout": {"tp": lay.tp, "cp": lay.cp, "pp": lay.pp, "ep": lay.ep, "dp": lay.dp,
                        "microbatch_seqs": lay.microbatch_seqs, "schedule": lay.schedule,
-                       "zero": lay.zero, "recompute": lay.recompute},
-            "groups": [{"chip": g.chip.key, "chips": g.chips, "replicas": g.replicas, "idle": g.idle,
+                       "virtual_stages": lay.chunks, "zero": lay.zero, "recompute": lay.recompute},
+            "groups": [{"chip": g.chip.key, "bf16_tflops": g.chip.bf16_tflops, "chips": g.chips, "replicas": g.replicas, "idle": g.idle,
                         "microbatch_s": g.micro.total, "matmul_s": g.micro.matmul,
                         "attention_s": g.micro.attention, "memory_s": g.micro.memory,
-                        "tp_s": g.micro.tp, "ep_s": g.micro.ep, "pp_s": g.micro.pp,
+                        "tp_s": g.micro.tp, "ep_s": g.micro.ep, "pp_s": g.micro.pp, "cp_s": g.micro.cp,
+                        "zero3_s": g.micro.zero3,
                         "grad_sync_s": g.grad_sync_s, "optimizer_s": g.optimizer_s,
                         "memory_gb": g.memory.total / 1e9} for g in self.groups],
             "step_time_s": self.step_time_s, "tokens": self.tokens, "steps": self.steps,
             "tokens_per_s": self.tokens_per_s, "ideal_days": self.ideal_days, "chips": self.chips,
             "chip_hours": self.chip_hours, "cost": self.cost, "energy_mwh": self.energy_mwh,
-            "mfu_bf16": self.mfu_bf16, "mfu_precision": self.mfu_precision,
+            "mfu_bf16": self.mfu_bf16, "hfu_bf16": self.hfu_bf16, "mfu_precision": self.mfu_precision,
             "mfu_peak": "dense BF16 peak of every chip in the fleet (catalog bf16_tflops)",
         }
+
+
+def check_given(model: ModelSpec, layout: Layout) -> None:
+    """Raise ConfigError naming the field when a given (non-search) layout field cannot suit
+    ``model``: tp must divide the heads, cp the sequence, ep the experts; pp at most the layers;
+    virtual stages at most the layers of a stage."""
+    tp, cp, pp, ep = layout.tp, layout.cp, layout.pp, layout.ep
+    check(not tp or model.heads % tp == 0, "layout.tp", tp, f"a divisor of the model's heads={model.heads}")
+    check(not cp or model.seq_len % cp == 0, "layout.cp", cp, f"a divisor of the sequence length {model.seq_len}")
+    check(pp <= model.layers, "layout.pp", pp, f"at most the model's layers={model.layers}")
+    check(not pp or layout.chunks <= model.layers / pp, "layout.virtual_stages", layout.virtual_stages,
+          f"at most the {model.layers / max(pp, 1):g} layers per stage (stages may differ by a layer)")
+    check(not ep or model.is_moe or ep == 1, "layout.ep", ep, "1 for a dense model")
+    check(not ep or not model.is_moe or model.experts % ep == 0, "layout.ep", ep,
+          f"a divisor of the model's experts={model.experts}")
 
 
 def estimate_training(model: ModelSpec, fleet: list[tuple[Chip, int, float]], layout: Layout,
                       a: Assumptions, precision: str, tokens: float, global_batch_seqs: int,
                       balance: str = "slowest") -> TrainingEstimate:
-    """Failure-free estimate for an explicit layout (tp, pp, ep > 0). Raises ConfigError when it
-    does not fit memory or the fleet/batch cannot hold it."""
-    tp, pp, ep = layout.tp, layout.pp, layout.ep
-    check(min(tp, pp, ep) > 0, "layout", f"tp={tp} pp={pp} ep={ep}", "all set (> 0) here; 0 means search")
-    check(model.heads % tp == 0, "layout.tp", tp, f"a divisor of the model's heads={model.heads}")
-    check(pp <= model.layers, "layout.pp", pp, f"at most the model's layers={model.layers}")
-    check(model.is_moe or ep == 1, "layout.ep", ep, "1 for a dense model")
-    check(not model.is_moe or model.experts % ep == 0, "layout.ep", ep,
-          f"a divisor of the model's experts={model.experts}")
+    """Failure-free estimate for an explicit layout (``not layout.searched``). Raises ConfigError
+    when it does not fit memory or the fleet/batch cannot hold it."""
+    tp, cp, pp, ep = layout.tp, layout.cp, layout.pp, layout.ep
+    check(not layout.searched, "layout", layout, "every field set here; 0/'auto'/None mean search")
+    check_given(model, layout)
     check(layout.dp == 0 or len(fleet) == 1, "layout.dp", layout.dp, "0 (fill the fleet) for a mixed fleet")
     replicas = []
+    size = tp * cp * pp  # chips per replica
     for chip, count, _ in fleet:
-        r = count // (tp * pp)
+        r = count // size
         if layout.dp:
-            check(layout.dp <= r, "layout.dp", layout.dp, f"at most {r} replicas of tp*pp={tp * pp} on {count} {chip.key}")
+            check(layout.dp <= r, "layout.dp", layout.dp, f"at most {r} replicas of tp*cp*pp={size} on {count} {chip.key}")
             r = layout.dp
         check(r >= 1 and r % ep == 0, "layout.ep", ep,
-              f"a divisor of the {r} replicas that {count} {chip.key} make with tp*pp={tp * pp}")
+              f"a divisor of the {r} replicas that {count} {chip.key} make with tp*cp*pp={size}")
         replicas.append(r)
     dp = sum(replicas)
     micro_total = global_batch_seqs / layout.microbatch_seqs
     check(micro_total >= dp, "plan.global_batch_seqs", global_batch_seqs,
           f"at least dp * microbatch_seqs = {dp * layout.microbatch_seqs} sequences: every replica needs a "
           "micro-batch (lower layout.dp or raise the batch)")
+    check(layout.chunks == 1 or micro_total / dp >= pp, "layout.virtual_stages", layout.virtual_stages,
+          f"1: the interleaved schedule needs at least pp={pp} micro-batches per replica, "
+          f"this batch gives {micro_total / dp:g}")
     resolved = dataclasses.replace(layout, dp=dp)
+    shards = dp * cp  # chips holding the same weights
     groups = []
     for (chip, count, price), r in zip(fleet, replicas, strict=True):
         check_fits(model, chip, resolved, tp, pp, ep, dp, a)
         groups.append(GroupPlan(
-            chip=chip, chips=count, replicas=r, idle=count - r * tp * pp, price_per_hour=price,
+            chip=chip, chips=count, replicas=r, idle=count - r * size, price_per_hour=price,
             micro=microbatch_time(model, chip, resolved, tp, pp, ep, a, precision),
             memory=memory_per_chip(model, resolved, tp, pp, ep, dp, a.optimizer_bytes_per_param,
                                    a.activation_memory_scale),
-            grad_sync_s=grad_sync_time(model, chip, tp, pp, ep, dp, True, a),
-            optimizer_s=optimizer_time(model, chip, tp, pp, ep, dp, layout.zero, a)))
+            grad_sync_s=grad_sync_time(model, chip, tp, pp, ep, shards, True, a),
+            optimizer_s=optimizer_time(model, chip, tp, pp, ep, shards, layout.zero, a)))
     bubble = layout.bubble_microbatches(pp)
     if balance == "proportional":
         pipe = (micro_total + dp * bubble) / sum(g.replicas / g.micro.total for g in groups)
@@ -137,6 +156,7 @@ def estimate_training(model: ModelSpec, fleet: list[tuple[Chip, int, float]], la
     chips = sum(count for _, count, _ in fleet)
     tokens_per_s = tokens_per_step / step
     model_flops = model_flops_per_token(model) * tokens_per_s
+    hardware_flops = hardware_flops_per_token(model, layout.recompute) * tokens_per_s
     bf16_peak = sum(count * chip.peak_flops("bf16") for chip, count, _ in fleet)
     fp8_peak = None
     if precision == "fp8":
@@ -147,51 +167,5 @@ def estimate_training(model: ModelSpec, fleet: list[tuple[Chip, int, float]], la
         tokens=tokens, tokens_per_s=tokens_per_s, ideal_s=ideal_s, chips=chips,
         chip_hours=chips * hours, cost=sum(count * price for _, count, price in fleet) * hours,
         energy_mwh=sum(count * chip.power_w for chip, count, _ in fleet) * a.power_fraction * a.pue * hours / 1e6,
-        mfu_bf16=model_flops / bf16_peak, mfu_precision=model_flops / fp8_peak if fp8_peak else None)
-
-
-def _powers_of_two(limit: int) -> list[int]:
-    out, v = [], 1
-    while v <= limit:
-        out.append(v)
-        v *= 2
-    return out
-
-
-def search_layout(model: ModelSpec, fleet: list[tuple[Chip, int, float]], layout: Layout,
-                  a: Assumptions, precision: str, tokens: float, global_batch_seqs: int,
-                  balance: str = "slowest") -> tuple[TrainingEstimate, int]:
-    """The fastest layout that fits: tp, pp, ep each a power of two where the given layout has 0
-    (tp within the smallest scale-up domain, ep a divisor of the experts), with ZeRO stage and
-    recomputation tried at the given setting and at the memory-saving one. Returns the best
-    estimate and how many layouts fit."""
-    for chip, _, _ in fleet:
-        chip.peak_flops(precision)  # a chip without this precision is an error, not a misfit
-    domain = min(chip.scale_up_domain for chip, _, _ in fleet)
-    tps = [layout.tp] if layout.tp else [t for t in _powers_of_two(domain) if model.heads % t == 0]
-    pps = [layout.pp] if layout.pp else _powers_of_two(model.layers)
-    if not model.is_moe:
-        eps = [1]
-    else:
-        eps = [layout.ep] if layout.ep else [e for e in _powers_of_two(model.experts) if model.experts % e == 0]
-    best, fits = None, 0
-    for zero in sorted({layout.zero, 2}):
-        for recompute in dict.fromkeys((layout.recompute, "full")):
-            for tp in tps:
-                for pp in pps:
-                    for ep in eps:
-                        trial = dataclasses.replace(layout, tp=tp, pp=pp, ep=ep, zero=zero, recompute=recompute)
-                        try:
-                            est = estimate_training(model, fleet, trial, a, precision, tokens,
-                                                    global_batch_seqs, balance)
-                        except ConfigError:
-                            continue
-                        fits += 1
-                        if best is None or est.step_time_s < best.step_time_s * (1 - 1e-9):
-                            best = est
-    if best is None:
-        raise ConfigError("layout", "search",
-                          f"a layout that fits: none of tp in {tps}, pp in {pps}, ep in {eps} with ZeRO "
-                          "1-2 and recomputation fits memory and the batch; add chips or memory, or "
-                          "lower layout.microbatch_seqs")
-    return best, fits
+        mfu_bf16=model_flops / bf16_peak, hfu_bf16=hardware_flops / bf16_peak,
+        mfu_precision=model_flops / fp8_peak if fp8_peak else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import ConfigError, check, check_choice
+from ..config import ConfigError, check, check_choice, check_finite
 from .catalog import Chip, get_chip
 
 PRESETS: dict[str, list[dict]] = {
@@ -31,6 +31,7 @@ class FleetGroup:
     price_per_hour: float = 0.0
 
     def __post_init__(self) -> None:
+        check_finite(self)
         check(self.count > 0, "count", self.count, "a positive number of chips")
         check(self.price_per_hour >= 0, "price_per_hour", self.price_per_hour,
               "a number >= 0 (0: the catalog's default)")

@@ -9,7 +9,8 @@ flags (``--model``, ``--fleet``, ``--layout``, ...), then ``-o key=value`` overr
   ``[model]``), or a Hugging Face ``config.json`` (or the directory holding it)
 - fleet: a preset name (``seed-cluster``), a TOML file of ``FleetSpec`` fields, or
   ``chip:count`` groups joined by ``,`` or ``+`` (``h20:30000+h800:10000``)
-- layout: ``auto`` (search) or ``key=value`` pairs joined by ``,`` (``tp=1,pp=16,ep=64``)
+- layout: ``auto`` (search every field) or ``key=value`` pairs joined by ``,``
+  (``tp=8,pp=16,schedule=interleaved``: the rest is searched)
 
 ``-c`` takes a TOML path or the name of a scenario shipped in ``tenacia/plan/scenarios/``
 (``deepseek-v3-report``, ``llama-3-405b-report``, ``r2-ascend-910c``).
@@ -93,8 +94,9 @@ def shorthand(kind: str, value: str) -> list[tuple[list[str], Any]]:
                               "or chip:count[+chip:count...]")
         return [(["fleet"], {"preset": "", "groups": fleet_mod.parse_fleet_shorthand(value.replace("+", ","))})]
     if kind == "layout":
-        if value == "auto":
-            return [(["layout", k], 0) for k in ("tp", "pp", "ep")]
+        if value == "auto":  # every field back to its search value (zero: drop a given stage)
+            return ([(["layout", k], 0) for k in ("tp", "cp", "pp", "ep", "microbatch_seqs", "virtual_stages")]
+                    + [(["layout", k], "auto") for k in ("schedule", "recompute")] + [(["layout", "zero"], None)])
         pairs = []
         for part in value.split(","):
             key, value_ = config.parse_override(f"layout.{part.strip()}")

@@ -1,10 +1,23 @@
 """Parallel layout of a training run, and the memory it needs per chip.
 
-A replica is ``tp * pp`` chips (tensor x pipeline); ``dp`` replicas run data-parallel, and
-expert parallelism (``ep``) shards each MoE layer's routed experts over ``ep`` of those replicas
-(as in DeepSeek-V3 and Megatron: EP lives inside the data-parallel dimension). Routed experts are
-not tensor-parallel (expert tensor parallelism = 1). A field left at 0 is searched (see
-``training.search_layout``).
+A replica is ``tp * cp * pp`` chips (tensor x context x pipeline); ``dp`` replicas run
+data-parallel, and expert parallelism (``ep``) shards each MoE layer's routed experts over ``ep``
+of those replicas (as in DeepSeek-V3 and Megatron: EP lives inside the data-parallel dimension).
+Context parallelism splits every sequence over ``cp`` chips (ring attention: keys and values
+travel round the ring). Routed experts are not tensor-parallel (expert tensor parallelism = 1).
+
+Every field has a "search" value (0, 'auto' or None) that ``search.search_layout`` fills; a
+layout given in part (e.g. tp and pp) fixes those fields and searches the rest. An explicit
+layout (``resolved``) has none left.
+
+Pipeline bubbles (``bubble_microbatches``), in micro-batch times, with a micro-batch's forward,
+backward-for-inputs and backward-for-weights taking a third each (F = B = W):
+
+    1f1b          pp - 1                                   (Narayanan et al. 2021)
+    interleaved   (pp - 1) / v, v model chunks per stage   (Narayanan et al. 2021)
+    zb-h1         (pp - 1)(F + B - W) = (pp - 1) / 3        (Qi et al. 2023, ZB-H1; 1F1B's memory)
+    zero-bubble   (pp - 1)(F + B - 2W) = 0                  (Qi et al. 2023, ZB-H2; ~2x activations)
+    dualpipe      (pp/2 - 1)(F&B + B - 3W) = (pp/2 - 1) / 3 (DeepSeek-V3 report, Table 2)
 """
 
 from __future__ import annotations
@@ -14,52 +27,73 @@ from dataclasses import dataclass
 from ..config import check, check_choice
 from .models import ModelSpec
 
-SCHEDULES = ("1f1b", "interleaved", "dualpipe", "zero-bubble")
+SCHEDULES = ("1f1b", "interleaved", "zb-h1", "zero-bubble", "dualpipe")
+RECOMPUTE = ("none", "selective", "full")
+ZERO = (0, 1, 2, 3)
 
 
 @dataclass(kw_only=True, slots=True)
 class Layout:
     tp: int = 0  # tensor parallel (0: search)
+    cp: int = 0  # context parallel: chips sharing one sequence (0: search)
     pp: int = 0  # pipeline stages (0: search)
     ep: int = 0  # expert parallel, a divisor of dp (0: search; 1 for dense models)
     dp: int = 0  # data-parallel replicas; 0: every replica the fleet holds
-    microbatch_seqs: int = 1  # sequences per micro-batch
-    schedule: str = "1f1b"  # pipeline schedule: 1f1b, interleaved, dualpipe, zero-bubble
-    virtual_stages: int = 1  # model chunks per stage (interleaved schedule)
-    zero: int = 1  # 0: replicated states; 1: optimizer states sharded over dp; 2: + gradients
+    microbatch_seqs: int = 0  # sequences per micro-batch (0: search 1, 2, 4)
+    schedule: str = "auto"  # pipeline schedule: one of SCHEDULES, or 'auto' (search)
+    virtual_stages: int = 0  # model chunks per stage, interleaved only (0: search; 1 otherwise)
+    # 0: replicated states; 1: optimizer states sharded over the data-parallel group;
+    # 2: + gradients; 3: + weights (gathered per micro-batch). None: the lowest stage that fits
+    zero: int | None = None
     # 'none' keeps every activation; 'selective' drops norm and SwiGLU outputs and recomputes
-    # them (elementwise work only); 'full' keeps layer inputs and reruns the whole forward
-    recompute: str = "none"
+    # them (elementwise work only); 'full' keeps layer inputs and reruns the whole forward;
+    # 'auto': search
+    recompute: str = "auto"
 
     def __post_init__(self) -> None:
-        for key in ("tp", "pp", "ep", "dp"):
+        for key in ("tp", "cp", "pp", "ep", "dp", "microbatch_seqs", "virtual_stages"):
             check(getattr(self, key) >= 0, key, getattr(self, key), "an integer >= 0 (0: search/fill)")
-        check(self.microbatch_seqs > 0, "microbatch_seqs", self.microbatch_seqs, "a positive integer")
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check(self.virtual_stages >= 1, "virtual_stages", self.virtual_stages, "an integer >= 1")
-        check(self.virtual_stages == 1 or self.schedule == "interleaved", "virtual_stages",
-              self.virtual_stages, "1 unless layout.schedule = 'interleaved'")
-        check_choice("zero", self.zero, (0, 1, 2))
-        check_choice("recompute", self.recompute, ("none", "selective", "full"))
+        check_choice("schedule", self.schedule, ("auto", *SCHEDULES))
+        check(self.virtual_stages <= 1 or self.schedule in ("interleaved", "auto"), "virtual_stages",
+              self.virtual_stages, "0 or 1 unless layout.schedule = 'interleaved'")
+        if self.zero is not None:
+            check_choice("zero", self.zero, ZERO)
+        check_choice("recompute", self.recompute, ("auto", *RECOMPUTE))
 
     @property
     def searched(self) -> bool:
-        return 0 in (self.tp, self.pp, self.ep)
+        """Whether any field is left to the search."""
+        return (0 in (self.tp, self.cp, self.pp, self.ep, self.microbatch_seqs) or self.zero is None
+                or "auto" in (self.schedule, self.recompute)
+                or (self.schedule == "interleaved" and self.virtual_stages == 0))
+
+    @property
+    def chunks(self) -> int:
+        """Model chunks per pipeline stage (v): virtual_stages for interleaved, else 1."""
+        return max(self.virtual_stages, 1) if self.schedule == "interleaved" else 1
 
     def bubble_microbatches(self, pp: int) -> float:
-        """Pipeline bubble in units of one micro-batch's forward+backward time.
-
-        1F1B: pp-1. Interleaved with v chunks: (pp-1)/v (Narayanan et al. 2021). DualPipe:
-        (pp/2-1)(F&B + B - 3W) (DeepSeek-V3 report Table 2) with F = B = W = 1/3 of a
-        micro-batch, i.e. (pp/2-1)/3. Zero-bubble schedules: 0.
-        """
+        """Pipeline bubble in units of one micro-batch's forward+backward time (module docstring)."""
         if self.schedule == "1f1b":
             return pp - 1
         if self.schedule == "interleaved":
-            return (pp - 1) / self.virtual_stages
+            return (pp - 1) / self.chunks
+        if self.schedule == "zb-h1":
+            return (pp - 1) / 3
         if self.schedule == "dualpipe":
             return max(pp / 2 - 1, 0) / 3
         return 0.0
+
+    def in_flight(self, pp: int) -> float:
+        """Activations the first stage holds, in units of one micro-batch through the whole model
+        (1F1B: pp micro-batches of layers/pp layers each = 1)."""
+        if self.schedule == "interleaved":  # Narayanan et al. 2021: 1 + (pp-1)/(pp*v)
+            return 1 + (pp - 1) / (pp * self.chunks)
+        if self.schedule == "zero-bubble":  # ZB-H2 keeps up to 2pp-1 micro-batches in flight
+            return (2 * pp - 1) / pp
+        if self.schedule == "dualpipe":
+            return (pp + 1) / pp
+        return 1.0
 
 
 def activation_bytes_per_token_layer(model: ModelSpec, moe: bool, selective: bool = False) -> float:
@@ -98,26 +132,29 @@ class MemoryUse:
 def memory_per_chip(model: ModelSpec, layout: Layout, tp: int, pp: int, ep: int, dp: int,
                     optimizer_bytes_per_param: float, activation_scale: float = 1.0) -> MemoryUse:
     """Weights and gradients in BF16, optimizer states (FP32 master + Adam moments by default)
-    sharded over the data-parallel group under ZeRO, and in-flight activations.
+    sharded over the data-parallel group (``dp * cp`` chips hold the same weights) under ZeRO,
+    and in-flight activations (``Layout.in_flight`` micro-batches' worth on the first stage).
 
-    1F1B-like schedules keep ``pp`` micro-batches in flight on the first stage, each holding
-    ``layers/pp`` layers: ``layers`` layer-activations of one micro-batch in all (interleaving
-    adds a factor 1 + (pp-1)/(pp*v)). DualPipe keeps two copies of the weights and ``(pp+1)/pp`` of that activation volume (DeepSeek-V3 report).
-    The last stage also holds FP32 logits of one micro-batch (counted on every stage: a bound).
+    ZeRO-2 shards gradients, ZeRO-3 weights too (one stage's layer gathered at a time: counted
+    as 1/layers of the stage's weights on top). DualPipe keeps two copies of the weights
+    (DeepSeek-V3 report). The last stage also holds FP32 logits of one micro-batch (counted on
+    every stage: a bound). Context parallelism divides activations by ``cp``.
     ``activation_scale`` multiplies the layer activations (``Assumptions.activation_memory_scale``).
     """
+    cp = max(layout.cp, 1)
+    shards = dp * cp
     dense = model.dense_params_b * 1e9 / (tp * pp)
     experts = model.expert_params_b * 1e9 / (pp * ep)
+    sharded = dense / shards + experts / max(shards // ep, 1)
     params = dense + experts
     copies = 2 if layout.schedule == "dualpipe" else 1
+    zero = layout.zero or 0
     weights = 2.0 * params * copies
-    grads = 2.0 * params * copies
-    if layout.zero >= 2:
-        grads = 2.0 * (dense / dp + experts / max(dp // ep, 1)) * copies
-    optim = optimizer_bytes_per_param * (dense + experts)
-    if layout.zero >= 1:
-        optim = optimizer_bytes_per_param * (dense / dp + experts / max(dp // ep, 1))
-    tokens = layout.microbatch_seqs * model.seq_len
+    if zero >= 3:
+        weights = 2.0 * (sharded + params * pp / model.layers) * copies
+    grads = 2.0 * (sharded if zero >= 2 else params) * copies
+    optim = optimizer_bytes_per_param * (sharded if zero >= 1 else params)
+    tokens = layout.microbatch_seqs * model.seq_len / cp
     if layout.recompute == "full":
         per_token = 2.0 * model.hidden * model.layers
     else:
@@ -125,11 +162,6 @@ def memory_per_chip(model: ModelSpec, layout: Layout, tp: int, pp: int, ep: int,
         sel = layout.recompute == "selective"
         per_token = (dense_layers * activation_bytes_per_token_layer(model, False, sel)
                      + model.moe_layers * activation_bytes_per_token_layer(model, True, sel))
-    in_flight = 1.0
-    if layout.schedule == "dualpipe":
-        in_flight = (pp + 1) / pp
-    elif layout.schedule == "interleaved":  # Narayanan et al. 2021: 1 + (pp-1)/(pp*v)
-        in_flight = 1 + (pp - 1) / (pp * layout.virtual_stages)
     logits = 4.0 * tokens * model.vocab
-    activations = (tokens * per_token * in_flight * activation_scale + logits) / tp
+    activations = (tokens * per_token * layout.in_flight(pp) * activation_scale + logits) / tp
     return MemoryUse(weights=weights, gradients=grads, optimizer=optim, activations=activations)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check
+from ..config import check, check_finite
 from ..shape import ModelConfig
 
 PRESETS: dict[str, dict] = {
@@ -39,6 +39,35 @@ PRESETS: dict[str, dict] = {
         moe_layers=0, experts=0, shared_experts=0, experts_per_token=0, expert_ffn=0,
         routing_max_groups=0, extra_activated_params_b=0.0, seq_len=8192,
         train_tokens=15.6e12, global_batch_seqs=2048),
+    # Megatron-LM's GPT benchmark models (Korthikanti et al. 2022, arXiv 2205.05198, Table 3;
+    # the MFU table of Megatron-LM's README at commit 2e90a342): vocabulary 51,200, sequence
+    # 2,048, tied input/output embedding (its output matmul counted as extra activated
+    # parameters), 4h GELU MLP written as the SwiGLU width 8h/3 with the same parameter count.
+    # Parameters: 12 l h^2 + V h. No published run length: plans give tokens and batch.
+    "gpt-22b": dict(
+        total_params_b=22.06, activated_params_b=22.06, layers=48, hidden=6144, ffn=16384,
+        heads=64, head_dim=96, v_head_dim=96, kv_heads=64, kv_dim=0, vocab=51200,
+        moe_layers=0, experts=0, shared_experts=0, experts_per_token=0, expert_ffn=0,
+        routing_max_groups=0, extra_activated_params_b=0.315, seq_len=2048,
+        train_tokens=0.0, global_batch_seqs=0),
+    "gpt-175b": dict(
+        total_params_b=174.6, activated_params_b=174.6, layers=96, hidden=12288, ffn=32768,
+        heads=96, head_dim=128, v_head_dim=128, kv_heads=96, kv_dim=0, vocab=51200,
+        moe_layers=0, experts=0, shared_experts=0, experts_per_token=0, expert_ffn=0,
+        routing_max_groups=0, extra_activated_params_b=0.629, seq_len=2048,
+        train_tokens=0.0, global_batch_seqs=0),
+    "gpt-530b": dict(
+        total_params_b=529.5, activated_params_b=529.5, layers=105, hidden=20480, ffn=54613,
+        heads=128, head_dim=160, v_head_dim=160, kv_heads=128, kv_dim=0, vocab=51200,
+        moe_layers=0, experts=0, shared_experts=0, experts_per_token=0, expert_ffn=0,
+        routing_max_groups=0, extra_activated_params_b=1.049, seq_len=2048,
+        train_tokens=0.0, global_batch_seqs=0),
+    "gpt-1t": dict(
+        total_params_b=1007.9, activated_params_b=1007.9, layers=128, hidden=25600, ffn=68267,
+        heads=160, head_dim=160, v_head_dim=160, kv_heads=160, kv_dim=0, vocab=51200,
+        moe_layers=0, experts=0, shared_experts=0, experts_per_token=0, expert_ffn=0,
+        routing_max_groups=0, extra_activated_params_b=1.311, seq_len=2048,
+        train_tokens=0.0, global_batch_seqs=0),
     # A GUESS, not a published model: R2's size was reported only by unverified press rumour
     # (about 1.2T total, 78B activated). Shapes are DeepSeek-V3's family scaled to those counts
     # (width 8,192, 72 layers with 3 dense, 192 routed experts of width 3,584, top-8); tokens
@@ -91,6 +120,7 @@ class ModelSpec:
             if key != "preset":
                 check(getattr(self, key) is not None, key, None,
                       "a value (or a model.preset that fills it)")
+        check_finite(self)
         for key in ("total_params_b", "activated_params_b", "layers", "hidden", "ffn", "heads",
                     "head_dim", "v_head_dim", "kv_heads", "vocab", "seq_len"):
             check(getattr(self, key) > 0, key, getattr(self, key), "a positive number")

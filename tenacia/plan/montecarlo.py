@@ -12,6 +12,13 @@ over events, each step handling every unfinished trial at once with numpy:
 The job alternates ``interval`` seconds of work with a ``write`` stall; progress at a failure
 is committed up to the last completed write. A failure during a recovery restarts a rolling-back
 recovery, or adds its downtime to a live one. Work is measured in failure-free wall seconds.
+
+Bounded by construction, never by a clock: before the loop, the closed form of
+``reliability.expected_wall`` decides whether the fleet can make progress at all; when its
+expected wall time exceeds ``horizon`` x the failure-free time by more than ``NEVER`` (or is
+infinite), every trial is reported unfinished with the reason, without simulating. Otherwise the
+failures the loop would draw (trials x fleet rate x expected time, capped at the horizon) must
+stay under ``max_events``, or ``simulate`` raises ``ConfigError`` naming that budget.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import check
-from .reliability import FailureModel
+from ..config import ConfigError, check, check_finite
+from .reliability import FailureModel, expected_wall
+
+NEVER = 10.0  # expected time / horizon beyond which a run is declared never to finish
 
 
 @dataclass(kw_only=True, slots=True)
@@ -30,11 +39,14 @@ class MonteCarloConfig:
     seed: int = 0
     deadline_days: float = 0.0  # report P(finish by it); 0: failure-free time x 1.1
     horizon: float = 20.0  # a trial still running after horizon x failure-free time counts as unfinished
+    max_events: float = 5e7  # failures the simulation may draw in all (~10 s on one core)
 
     def __post_init__(self) -> None:
-        check(self.trials > 0, "trials", self.trials, "a positive integer")
+        check_finite(self)
+        check(0 < self.trials <= 1_000_000, "trials", self.trials, "an integer in 1..1,000,000 (memory grows with it)")
         check(self.deadline_days >= 0, "deadline_days", self.deadline_days, "days >= 0")
-        check(self.horizon > 1, "horizon", self.horizon, "a number > 1")
+        check(1 < self.horizon <= 1000, "horizon", self.horizon, "a number in (1, 1000]")
+        check(self.max_events >= 1, "max_events", self.max_events, "a number >= 1")
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
@@ -44,6 +56,7 @@ class Outcome:
     work_s: float
     completion_s: np.ndarray  # (trials,)
     interruptions: np.ndarray  # (trials,) failures before the run finished
+    stuck: str = ""  # why no trial can finish, when the closed form says so (not simulated then)
 
     @property
     def finished(self) -> np.ndarray:
@@ -68,11 +81,14 @@ class Outcome:
             "goodput_mean": float(self.goodput.mean()),
             "interruptions_mean": float(self.interruptions.mean()),
             "deadline_days": deadline_s / 86400, "p_by_deadline": self.p_by(deadline_s),
+            "never_finishes": self.stuck,
         }
 
 
-def simulate(work_s: float, fm: FailureModel, trials: int, seed: int = 0, horizon: float = 20.0) -> Outcome:
-    """Simulate ``trials`` runs that each need ``work_s`` failure-free seconds."""
+def simulate(work_s: float, fm: FailureModel, trials: int, seed: int = 0, horizon: float = 20.0,
+             max_events: float = 5e7) -> Outcome:
+    """Simulate ``trials`` runs that each need ``work_s`` failure-free seconds (module docstring
+    for the progress check and the event budget)."""
     rng = np.random.default_rng(seed)
     tau = float(min(fm.interval_s, work_s))  # work per checkpoint cycle
     cycle = tau + fm.write_s
@@ -83,6 +99,19 @@ def simulate(work_s: float, fm: FailureModel, trials: int, seed: int = 0, horizo
     if total_rate == 0:
         need = _wall_needed(work_s, np.zeros(trials), np.zeros(trials), tau, cycle)
         return Outcome(work_s=work_s, completion_s=need, interruptions=interruptions)
+    expected = expected_wall(work_s, fm)
+    if expected > NEVER * horizon * work_s:
+        mtbf = 1 / total_rate
+        ratio = "no finite" if expected == np.inf else f"{expected / work_s:.3g}x the failure-free"
+        stuck = (f"never finishes: the fleet fails every {mtbf:.3g} s, too often to make progress "
+                 f"({ratio} expected time; the horizon is {horizon:g}x)")
+        return Outcome(work_s=work_s, completion_s=np.full(trials, np.inf),
+                       interruptions=np.zeros(trials, dtype=np.int64), stuck=stuck)
+    events = trials * total_rate * min(expected, horizon * work_s)
+    if events > max_events:
+        raise ConfigError("montecarlo.max_events", max_events,
+                          f"at least {events:.3g}: {trials} trials of this run draw that many failures "
+                          f"(fleet MTBF {1 / total_rate:.3g} s); raise the budget or lower montecarlo.trials")
     cum = np.cumsum(rates / total_rate)
     rollback = np.array([k.rollback for k in fm.kinds])
     downtime = np.array([k.downtime_s for k in fm.kinds])

@@ -38,8 +38,10 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 def _layout(t: dict) -> str:
     lay = t["layout"]
-    return (f"TP{lay['tp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']} ({lay['schedule']}, "
-            f"ZeRO-{lay['zero']}, recompute {lay['recompute']}, {t['layouts_fitting']} layouts fit)")
+    schedule = lay["schedule"] + (f" v={lay['virtual_stages']}" if lay["schedule"] == "interleaved" else "")
+    return (f"TP{lay['tp']} CP{lay['cp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']} ({schedule}, "
+            f"micro-batch {lay['microbatch_seqs']}, ZeRO-{lay['zero']}, recompute {lay['recompute']}, "
+            f"{t['layouts_fitting']} layouts estimated)")
 
 
 def train_table(s: dict, title: str = "tenacia plan train") -> Table:
@@ -62,7 +64,7 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
                      f"memory {_num(g['memory_s'])}, TP {_num(g['tp_s'])}, EP {_num(g['ep_s'])}, PP {_num(g['pp_s'])}; "
                      f"{_num(g['memory_gb'])} GB/chip"))
     rows += [
-        ("MFU", f"{t['mfu_bf16']:.1%} of {t['mfu_peak']}"
+        ("MFU", f"{t['mfu_bf16']:.1%} (hardware FLOPs: {t['hfu_bf16']:.1%}) of {t['mfu_peak']}"
                 + (f"; {t['mfu_precision']:.1%} of FP8 peak" if t["mfu_precision"] else "")),
         ("failure-free", f"{t['ideal_days']:.1f} days, {_num(t['chip_hours'])} chip-hours, "
                          f"${_num(t['cost'])}, {_num(t['energy_mwh'])} MWh"),
@@ -75,6 +77,13 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
                                   + (f"; {1 - sim['finished']:.1%} never finish" if sim["finished"] < 1 else "")),
         ("expected with failures", f"{_num(exp['chip_hours'])} chip-hours, ${_num(exp['cost'])}, {_num(exp['energy_mwh'])} MWh"),
     ]
+    if s.get("band"):
+        lo, hi = s["band"]["low"], s["band"]["high"]
+        rows.append(("failure-rate band", f"catalog low / high rates: mean {_num(lo['days_mean'])} / {_num(hi['days_mean'])} "
+                                          f"days, goodput {lo['goodput_mean']:.1%} / {hi['goodput_mean']:.1%}, "
+                                          f"P(deadline) {lo['p_by_deadline']:.0%} / {hi['p_by_deadline']:.0%}"))
+    if sim.get("never_finishes"):
+        rows.append(("progress", sim["never_finishes"]))
     if s.get("calibration"):
         cal = s["calibration"]
         rows.append(("calibrated from", f"{cal['run_dir']}: " + ", ".join(
@@ -90,14 +99,15 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
 def compare_table(rows: list[tuple[str, dict]]) -> Table:
     table = Table(title="tenacia plan compare")
     for col in ("scenario", "layout", "MFU", "failure-free days", "mean days", "p95 days", "goodput",
-                "P(deadline)", "cost"):
+                "P(deadline)", "band: mean days (low-high rates)", "cost"):
         table.add_column(col, justify="left" if col in ("scenario", "layout") else "right")
     for label, s in rows:
         t, sim, exp = s["training"], s["simulation"], s["expected"]
         lay = t["layout"]
-        table.add_row(label, f"TP{lay['tp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']}", f"{t['mfu_bf16']:.1%}",
+        table.add_row(label, f"TP{lay['tp']} CP{lay['cp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']}", f"{t['mfu_bf16']:.1%}",
                       _num(t["ideal_days"]), _num(sim["days_mean"]), _num(sim["days_p95"]),
                       f"{sim['goodput_mean']:.1%}", f"{sim['p_by_deadline']:.0%} @ {_num(sim['deadline_days'])} d",
+                      f"{_num(s['band']['low']['days_mean'])}-{_num(s['band']['high']['days_mean'])}",
                       f"${_num(exp['cost'])}")
     return table
 
@@ -112,6 +122,8 @@ def serve_table(s: dict) -> Table:
         ("decode", f"{_num(s['decode_tps_per_chip'])} tokens/s per chip"),
         ("prefill", f"{_num(s['prefill_tps_per_chip'])} tokens/s per chip"),
         ("chips for the demand", f"{s['chips']:,} ({s['prefill_chips']:,} prefill + {s['decode_chips']:,} decode)"),
+        ("decode vs TPOT target", ", ".join(f"{p['tpot_ms']:g} ms: {_num(p['decode_tps_per_chip'])}" for p in s["curve"])
+         + " tokens/s per chip"),
         ("cost", f"${_num(s['cost_per_day'])} per day, ${s['cost_per_million_tokens']:.3g} per million tokens"),
     ]
     for key, value in rows:
@@ -121,15 +133,39 @@ def serve_table(s: dict) -> Table:
 
 def chips_table(chips: dict[str, Chip]) -> Table:
     table = Table(title="chip catalog (* = uncertain figure; see catalog.toml for sources)")
-    cols = ("bf16_tflops", "fp8_tflops", "memory_gb", "memory_tbs", "scale_up_gbs", "scale_up_domain",
-            "scale_out_gbs", "power_w", "price_per_hour", "crash_per_chip_year")
+    cols = ("bf16_tflops", "fp8_tflops", "matmul_efficiency", "memory_gb", "memory_tbs", "scale_up_gbs",
+            "scale_up_domain", "scale_out_gbs", "power_w", "price_per_hour", "crash_per_chip_year",
+            "host_per_chip_year", "failure_rate_low", "failure_rate_high")
     table.add_column("chip")
     for col in cols:
-        table.add_column(col.replace("_per_chip_year", "/chip-yr").replace("_", " "), justify="right")
+        table.add_column(col.replace("_per_chip_year", "/chip-yr").replace("failure_rate_", "hw/chip-yr ")
+                         .replace("_", " "), justify="right")
     for key, chip in chips.items():
         cells = []
         for col in cols:
             fig = chip.figures.get(col)
             cells.append("-" if fig is None else f"{fig.value:g}{'*' if fig.uncertain else ''}")
         table.add_row(key, *cells)
+    return table
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else "cannot plan" if not math.isfinite(x) else f"{x:.1%}"
+
+
+def validation_table(s: dict) -> Table:
+    """One row per case, grouped by set, then each set's median and largest absolute error."""
+    table = Table(title="tenacia plan validate (error = predicted / published - 1)")
+    for col in ("set", "case", "kind", "published", "predicted", "error"):
+        table.add_column(col, justify="right" if col in ("published", "predicted", "error") else "left")
+    for name, agg in ((n, a) for n, a in s["sets"].items() if a["cases"]):
+        for c in (c for c in s["cases"] if c["set"] == name):
+            error = f"{c['error']:+.1%}" if c["error"] is not None else "cannot plan"
+            table.add_row(name, c["id"], c["kind"], _num(c["published"]), _num(c["predicted"]) if c["predicted"] is not None else "-", error)
+        table.add_row(name, f"[bold]{agg['planned']} of {agg['cases']} planned[/]", "", "", "median |error|",
+                      f"[bold]{_pct(agg['median_abs_error'])}[/] (max {_pct(agg['max_abs_error'])})")
+        for kind, k in agg["kinds"].items():
+            table.add_row(name, f"  {kind}: {k['planned']} of {k['cases']}", "", "", "median |error|",
+                          f"{_pct(k['median_abs_error'])} (max {_pct(k['max_abs_error'])})",
+                          end_section=kind == list(agg["kinds"])[-1])
     return table

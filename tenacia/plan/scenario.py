@@ -8,16 +8,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import check, check_choice, to_dict
+from ..config import check, check_choice, check_finite, to_dict
 from .assumptions import Assumptions
 from .calibrate import Calibration
-from .catalog import HOURS_PER_YEAR, Chip, load_catalog
-from .estimate import TrainingEstimate, estimate_training, search_layout
+from .catalog import HARDWARE, HOURS_PER_YEAR, Chip, load_catalog
+from .estimate import TrainingEstimate, estimate_training
 from .fleet import FleetSpec
 from .layout import Layout
 from .models import ModelSpec
 from .montecarlo import MonteCarloConfig, Outcome, simulate
-from .reliability import KINDS, FailureModel, Recovery, failure_model
+from .reliability import FailureModel, Recovery, failure_model
+from .search import search_layout
 
 
 @dataclass(kw_only=True, slots=True)
@@ -36,6 +37,7 @@ class TrainPlan:
     catalog: str = ""  # a TOML file of extra chips, added to the built-in catalog
 
     def __post_init__(self) -> None:
+        check_finite(self)
         check_choice("precision", self.precision, ("bf16", "fp8"))
         check(self.tokens >= 0, "tokens", self.tokens, "a token count >= 0 (0: the model preset's)")
         check(self.global_batch_seqs >= 0, "global_batch_seqs", self.global_batch_seqs,
@@ -54,6 +56,7 @@ class TrainResult:
     layouts_fitting: int
     failures: FailureModel
     outcome: Outcome
+    bands: dict[str, Outcome]  # the same run at the low and high ends of the catalog's failure rates
     deadline_s: float
     uncertain: dict[str, list[str]]  # chip -> catalog figures flagged uncertain
     calibration: Calibration | None
@@ -66,6 +69,9 @@ class TrainResult:
             "training": est.summary() | {"layouts_fitting": self.layouts_fitting},
             "reliability": self.failures.summary() | {"strategy": self.plan.recovery.strategy},
             "simulation": sim,
+            "band": {name: {k: v for k, v in out.summary(self.deadline_s).items()
+                            if k in ("days_mean", "days_p95", "goodput_mean", "p_by_deadline", "never_finishes")}
+                     for name, out in self.bands.items()},
             "expected": {"days": sim["days_mean"], "chip_hours": est.chip_hours * stretch,
                          "cost": est.cost * stretch, "energy_mwh": est.energy_mwh * stretch},
             "uncertain_inputs": self.uncertain,
@@ -79,9 +85,13 @@ def apply_calibration(plan: TrainPlan, calibration: Calibration) -> TrainPlan:
     return dataclasses.replace(plan, recovery=recovery)
 
 
-def fleet_failure_rates(est: TrainingEstimate) -> dict[str, float]:
-    """Failures per second of each kind over the chips the layout uses (idle chips are spares)."""
-    return {kind: sum((g.chips - g.idle) * g.chip.failure_per_s(kind) for g in est.groups) for kind in KINDS}
+def fleet_failure_rates(est: TrainingEstimate, recovery: Recovery) -> dict[str, float]:
+    """Failures per second of each kind over the chips the layout uses (idle chips are spares),
+    hardware at the recovery's rate band; software per active chip."""
+    active = sum(g.chips - g.idle for g in est.groups)
+    rates = {kind: sum((g.chips - g.idle) * g.chip.failure_per_s(kind, band=recovery.rate_band) for g in est.groups)
+             for kind in HARDWARE}
+    return rates | {"software": active * recovery.software_per_chip_year / (HOURS_PER_YEAR * 3600)}
 
 
 def estimate(plan: TrainPlan, chips: dict[str, Chip] | None = None) -> tuple[TrainingEstimate, int]:
@@ -97,7 +107,8 @@ def estimate(plan: TrainPlan, chips: dict[str, Chip] | None = None) -> tuple[Tra
 
 def failures_for(plan: TrainPlan, est: TrainingEstimate, recovery: Recovery | None = None) -> FailureModel:
     groups = est.layout.dp // est.layout.ep  # replica groups holding a whole model
-    return failure_model(fleet_failure_rates(est), recovery or plan.recovery, est.step_time_s, groups)
+    recovery = recovery or plan.recovery
+    return failure_model(fleet_failure_rates(est, recovery), recovery, est.step_time_s, groups)
 
 
 def run_train(plan: TrainPlan, calibration: Calibration | None = None) -> TrainResult:
@@ -107,10 +118,15 @@ def run_train(plan: TrainPlan, calibration: Calibration | None = None) -> TrainR
     est, fitting = estimate(plan, chips)
     fm = failures_for(plan, est)
     mc = plan.montecarlo
-    outcome = simulate(est.ideal_s, fm, mc.trials, mc.seed, mc.horizon)
+    outcome = simulate(est.ideal_s, fm, mc.trials, mc.seed, mc.horizon, mc.max_events)
+    bands = {}
+    for band in ("low", "high"):
+        other = dataclasses.replace(plan.recovery, rate_band=band)
+        bands[band] = simulate(est.ideal_s, failures_for(plan, est, other), mc.trials, mc.seed, mc.horizon,
+                               mc.max_events)
     deadline = mc.deadline_days * 86400 or est.ideal_s * 1.1
     uncertain = {g.chip.key: g.chip.uncertain_figures() for g in est.groups}
-    return TrainResult(plan=plan, estimate=est, layouts_fitting=fitting, failures=fm, outcome=outcome,
+    return TrainResult(plan=plan, estimate=est, layouts_fitting=fitting, failures=fm, outcome=outcome, bands=bands,
                        deadline_s=deadline, uncertain=uncertain, calibration=calibration)
 
 
@@ -130,5 +146,5 @@ def goodput_curve(result: TrainResult, scales: list[float], trials: int = 200) -
         recovery = dataclasses.replace(result.plan.recovery, failure_scale=result.plan.recovery.failure_scale * scale)
         fm = failures_for(result.plan, result.estimate, recovery)
         mc = result.plan.montecarlo
-        out.append(float(simulate(result.estimate.ideal_s, fm, trials, mc.seed, mc.horizon).goodput.mean()))
+        out.append(float(simulate(result.estimate.ideal_s, fm, trials, mc.seed, mc.horizon, mc.max_events).goodput.mean()))
     return [base * s for s in scales], out

@@ -1,19 +1,23 @@
 """Training time from first principles: compute, memory traffic and communication per link level.
 
-For one micro-batch on one chip (the work of one pipeline stage, split ``tp`` ways):
+For one micro-batch on one chip (the work of one pipeline stage, split ``tp`` ways, on the
+``seq_len / cp`` tokens of its context-parallel rank):
 
-    t_compute = matmul FLOPs / (peak * compute_efficiency [* FP8 speedup])
-              + attention FLOPs / (BF16 peak * compute_efficiency)
+    t_compute = matmul FLOPs / (peak * matmul_efficiency * GEMM shape factor [* FP8 speedup])
+              + attention FLOPs / (BF16 peak * matmul_efficiency * attention shape factor)
               + elementwise bytes / (HBM bandwidth * memory_efficiency)
     t_comm    = TP collectives (scale-up link) + EP all-to-all (scale-up and scale-out at once)
-              + pipeline sends; each kind a share ``*_overlap`` hidden behind compute
+              + pipeline sends (x v chunks) + ZeRO-3 weight gathers; each kind a share
+              ``*_overlap`` hidden behind compute; + the context-parallel ring's part that
+              outlasts the attention it overlaps
     t_micro   = max(t_compute + comm_sm_fraction * hidden, hidden) + exposed
 
 A step is ``(micro-batches + bubble) * t_micro`` plus the exposed data-parallel gradient
 reduction and the optimizer update. Model FLOPs (for MFU) count 6 per parameter per token plus
 attention (3x its forward); executed FLOPs add flash attention's recomputation in backward
 (3.5x forward, Dao 2023) and full activation recomputation when chosen. Every factor that is not
-a FLOP, a byte or a catalog bandwidth is a field of ``Assumptions``.
+a FLOP, a byte or a catalog figure is a field of ``Assumptions``; ``efficiency.py`` turns GEMM
+shapes into the fraction of peak they reach (``compute_efficiency`` multiplies it: 1 by default).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from ..config import ConfigError
 from .assumptions import Assumptions
 from .catalog import Chip
+from .efficiency import attention_shape_factor, model_shape_factor
 from .layout import Layout, memory_per_chip
 from .models import ModelSpec
 
@@ -38,6 +43,8 @@ class MicroBatch:
     tp: float
     ep: float
     pp: float
+    cp: float  # exposed part of the ring-attention exchange
+    zero3: float  # ZeRO-3 weight gathers
     total: float
 
 
@@ -45,6 +52,15 @@ def model_flops_per_token(model: ModelSpec) -> float:
     """Training FLOPs per token counted for MFU: 6 per matmul parameter + 3x attention forward
     (causal: a token attends to seq_len/2 earlier tokens on average)."""
     return 6 * model.matmul_params + 3 * model.attention_flops_fwd(model.seq_len / 2)
+
+
+def hardware_flops_per_token(model: ModelSpec, recompute: str) -> float:
+    """FLOPs per token a chip actually executes: matmuls 6 per parameter (8 under full
+    recomputation), attention 3.5x its forward (flash attention recomputes scores in backward;
+    +1 forward under full recomputation)."""
+    passes = 4 if recompute == "full" else 3
+    return (2 * passes * model.matmul_params
+            + (3.5 + passes - 3) * model.attention_flops_fwd(model.seq_len / 2))
 
 
 def _elementwise_bytes_per_token(model: ModelSpec, precision: str) -> float:
@@ -79,18 +95,20 @@ def _link(chip: Chip, scale_up: bool) -> tuple[float, float]:
 def microbatch_time(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: int, ep: int,
                     a: Assumptions, precision: str) -> MicroBatch:
     """Forward + backward of one micro-batch through one pipeline stage, on one chip."""
-    tokens = layout.microbatch_seqs * model.seq_len  # tokens entering the replica
+    cp = max(layout.cp, 1)
+    tokens = layout.microbatch_seqs * model.seq_len / cp  # tokens entering one context-parallel rank
     per_chip = tokens / (tp * pp)  # a chip's share of the micro-batch, in tokens through the whole model
     passes = 4 if layout.recompute == "full" else 3  # forward, backward (2x), recomputed forward
     routed = model.routed_activated_params_b * 1e9
     matmul_flops = 2 * passes * (model.matmul_params - routed + routed * a.moe_imbalance) * per_chip
-    speed = chip.peak_flops("bf16") * a.compute_efficiency
+    rate = chip.peak_flops("bf16") * chip.matmul_efficiency * a.compute_efficiency  # a large GEMM's
+    speed = rate * model_shape_factor(model, tp, tokens, ep, a.gemm_k_overhead)
     if precision == "fp8":
         speed *= min(a.fp8_speedup, chip.peak_flops("fp8") / chip.peak_flops("bf16"))
     attn_fwd = model.attention_flops_fwd(model.seq_len / 2)
     attn_flops = attn_fwd * (3.5 + (passes - 3)) * per_chip
     t_matmul = matmul_flops / speed
-    t_attn = attn_flops / (chip.peak_flops("bf16") * a.compute_efficiency)
+    t_attn = attn_flops / (rate * attention_shape_factor(model, model.seq_len / cp, a.gemm_k_overhead))
     mem_passes = passes + (1 if layout.recompute == "selective" else 0)  # rerun elementwise ops
     mem_bytes = _elementwise_bytes_per_token(model, precision) * mem_passes * per_chip
     t_mem = mem_bytes / (chip.memory_tbs * 1e12 * a.memory_efficiency)
@@ -124,17 +142,32 @@ def microbatch_time(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: i
         t_ep = max(t_out, t_up) + 2 * (passes - 1) * moe_here * (lat_out if domains > 1 else lat_up)
 
     t_pp = 0.0
-    if pp > 1:  # activations forward and gradients backward across one stage boundary
-        bw, lat = _link(chip, tp * pp <= chip.scale_up_domain)
-        t_pp = 2 * tokens / tp * h * 2 / (bw * a.comm_efficiency) + 2 * lat
+    if pp > 1:  # activations forward and gradients backward across the stage boundaries (v per stage)
+        bw, lat = _link(chip, tp * cp * pp <= chip.scale_up_domain)
+        t_pp = layout.chunks * (2 * tokens / tp * h * 2 / (bw * a.comm_efficiency) + 2 * lat)
+
+    t_cp = 0.0
+    if cp > 1:  # ring attention: every rank's K and V pass the ring forward, K, V, dK, dV backward
+        kv = model.kv_elements_per_token / pp * tokens / tp * 2  # BF16 bytes of this rank's K and V
+        bw, lat = _link(chip, tp * cp <= chip.scale_up_domain)
+        # forward: K, V; backward: K, V again and dK, dV back (3x); full recomputation: +1
+        t_cp = (cp - 1) * passes * (kv / (bw * a.comm_efficiency) + model.layers / pp * lat)
+        t_cp = max(t_cp - t_attn, 0.0)  # each hop overlaps one block of attention
+
+    t_zero3 = 0.0
+    if layout.zero == 3 and layout.dp > 1:  # weights gathered forward and again backward
+        shards = layout.dp * cp
+        stage = (model.dense_params_b / tp + model.expert_params_b / ep) * 1e9 / pp  # this chip's weights
+        bw, lat = _link(chip, False)
+        t_zero3 = (passes - 1) * (shards - 1) / shards * stage * 2 / (bw * a.comm_efficiency)
 
     compute = t_matmul + t_attn + t_mem
-    hidden = a.tp_overlap * t_tp + a.ep_overlap * t_ep + a.pp_overlap * t_pp
-    exposed = (t_tp + t_ep + t_pp) - hidden
+    hidden = a.tp_overlap * t_tp + a.ep_overlap * t_ep + a.pp_overlap * t_pp + a.dp_overlap * t_zero3
+    exposed = (t_tp + t_ep + t_pp + t_cp + t_zero3) - hidden
     # while hidden communication runs, its kernels hold comm_sm_fraction of the compute units
     total = max(compute + a.comm_sm_fraction * hidden, hidden) + exposed
     return MicroBatch(matmul=t_matmul, attention=t_attn, memory=t_mem, tp=t_tp, ep=t_ep, pp=t_pp,
-                      total=total)
+                      cp=t_cp, zero3=t_zero3, total=total)
 
 
 def grad_sync_time(model: ModelSpec, chip: Chip, tp: int, pp: int, ep: int, dp: int,
@@ -155,13 +188,13 @@ def grad_sync_time(model: ModelSpec, chip: Chip, tp: int, pp: int, ep: int, dp: 
     return (1 - a.dp_overlap) * t
 
 
-def optimizer_time(model: ModelSpec, chip: Chip, tp: int, pp: int, ep: int, dp: int, zero: int,
+def optimizer_time(model: ModelSpec, chip: Chip, tp: int, pp: int, ep: int, dp: int, zero: int | None,
                    a: Assumptions) -> float:
     """Adam update, memory-bound: read+write master weights and both moments, read the gradient,
     write the BF16 weight, for the parameters this chip updates."""
     dense = model.dense_params_b * 1e9 / (tp * pp)
     experts = model.expert_params_b * 1e9 / (pp * ep)
-    local = dense / dp + experts / max(dp // ep, 1) if zero >= 1 else dense + experts
+    local = dense / dp + experts / max(dp // ep, 1) if (zero or 0) >= 1 else dense + experts
     touched = local * (2 * a.optimizer_bytes_per_param + 2 + 2)
     return touched / (chip.memory_tbs * 1e12 * a.memory_efficiency)
 
@@ -173,9 +206,9 @@ def check_fits(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: int, e
                           a.activation_memory_scale)
     limit = chip.memory_gb * 1e9 * a.usable_memory
     if use.total > limit:
-        raise ConfigError("layout", f"tp={tp} pp={pp} ep={ep} dp={dp} on {chip.key}",
+        raise ConfigError("layout", f"tp={tp} cp={layout.cp} pp={pp} ep={ep} dp={dp} on {chip.key}",
                           f"a layout that fits {chip.memory_gb:g} GB x usable_memory "
                           f"{a.usable_memory:g}: it needs {use.total / 1e9:.1f} GB per chip "
                           f"(weights {use.weights / 1e9:.1f}, gradients {use.gradients / 1e9:.1f}, "
                           f"optimizer {use.optimizer / 1e9:.1f}, activations {use.activations / 1e9:.1f}); "
-                          "raise tp/pp/ep, use layout.zero=2 or layout.recompute='full'")
+                          "raise tp/cp/pp/ep, use a higher layout.zero or layout.recompute='full'")

@@ -29,13 +29,13 @@ def test_train_json_for_the_deepseek_v3_scenario():
     assert 0.85 < t["chip_hours"] / 2_664_000 < 1.15
     assert "BF16" in t["mfu_peak"] and 0 < t["mfu_bf16"] < 1
     assert out["simulation"]["trials"] == 100 and 0 < out["simulation"]["goodput_mean"] <= 1
-    assert out["inputs"]["assumptions"]["compute_efficiency"] == 0.56  # every assumption is reported
+    assert out["inputs"]["assumptions"]["compute_efficiency"] == 1.0  # every assumption is reported
 
 
 def test_train_table_with_shorthands_and_a_searched_layout():
     out = tenacia("train", "--model", "llama-3-405b", "--fleet", "h100:4096+h800:4096", "--tokens", "1e12",
                   "--layout", "auto", "--recovery", "live", "--trials", "100", "--deadline-days", "90").stdout
-    for text in ("4,096 h100 + 4,096 h800", "layouts fit", "MFU", "dense BF16 peak", "goodput",
+    for text in ("4,096 h100 + 4,096 h800", "layouts estimated", "MFU", "dense BF16 peak", "goodput",
                  "P(finish by deadline)", "by day 90", "live", "uncertain inputs"):
         assert text in out, text
 

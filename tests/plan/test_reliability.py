@@ -16,7 +16,7 @@ from tenacia.plan.reliability import (
     failure_model,
     young_daly_interval,
 )
-from tenacia.plan.scenario import run_train
+from tenacia.plan.scenario import goodput_curve, run_train
 
 HOUR, DAY = 3600.0, 86400.0
 
@@ -66,16 +66,14 @@ def test_llama3_54_day_snapshot(plan_from):
 def test_goodput_falls_as_failures_rise_and_live_recovery_beats_restarts(plan_from):
     plan = plan_from(flags=[("model", "r2-guess"), ("fleet", "ascend-910c-8k")],
                      overrides=["montecarlo.trials=200"])
+    scales = [0.5, 1, 2, 4, 8]
     goodput = {}
     for strategy in ("checkpoint", "live"):
-        for scale in (0.5, 1, 2, 4, 8):
-            p = dataclasses.replace(plan, recovery=dataclasses.replace(plan.recovery, strategy=strategy,
-                                                                       failure_scale=scale))
-            goodput[strategy, scale] = run_train(p).outcome.goodput.mean()
-    for strategy in ("checkpoint", "live"):
-        series = [goodput[strategy, s] for s in (0.5, 1, 2, 4, 8)]
+        p = dataclasses.replace(plan, recovery=dataclasses.replace(plan.recovery, strategy=strategy))
+        goodput[strategy] = goodput_curve(run_train(p), scales, trials=200)[1]
+    for strategy, series in goodput.items():
         assert all(a > b for a, b in zip(series, series[1:], strict=False)), (strategy, series)
-    assert all(goodput["live", s] > goodput["checkpoint", s] for s in (0.5, 1, 2, 4, 8))
+    assert all(live > ckpt for live, ckpt in zip(goodput["live"], goodput["checkpoint"], strict=True))
 
 
 def test_live_recovery_costs_follow_the_inputs():
@@ -84,7 +82,22 @@ def test_live_recovery_costs_follow_the_inputs():
                          step_time_s=10, groups=4)
     crash = live.kinds[0]
     assert not crash.rollback and crash.downtime_s == pytest.approx(5 + 10 / 2 + 120 / 4)
-    assert live.kinds[2].rollback  # corruption still rolls back to a checkpoint
+    assert {k.name: k for k in live.kinds}["sdc"].rollback  # corruption still rolls back to a checkpoint
     # checkpoints sized for the corruption rate only: far rarer than under checkpoint-restart
     ckpt = failure_model(rates, Recovery(strategy="checkpoint"), step_time_s=10, groups=4)
     assert live.interval_s > 5 * ckpt.interval_s
+
+
+def test_software_failures_their_own_kind_and_the_site_scales_host_and_software():
+    rates = {"crash": 1e-5, "host": 2e-6, "software": 3e-6, "hang": 0.0, "sdc": 0.0}
+    base = {k.name: k.rate_per_s for k in failure_model(rates, Recovery(), 10, 4).kinds}
+    site = {k.name: k.rate_per_s for k in failure_model(rates, Recovery(site_scale=2.0), 10, 4).kinds}
+    assert base["software"] == 3e-6 and site["software"] == 6e-6 and site["host"] == 4e-6
+    assert site["crash"] == base["crash"]  # the accelerator's own rate is the chip's, not the site's
+
+
+def test_results_report_the_band_over_the_catalog_rates(plan_from):
+    result = run_train(plan_from("r2-ascend-910c", overrides=["montecarlo.trials=100"]))
+    band, central = result.summary()["band"], result.summary()["simulation"]
+    assert band["low"]["days_mean"] < central["days_mean"] < band["high"]["days_mean"]
+    assert band["low"]["goodput_mean"] > central["goodput_mean"] > band["high"]["goodput_mean"]

@@ -6,10 +6,11 @@ import pytest
 
 from tenacia.config import ConfigError
 from tenacia.plan.assumptions import Assumptions
-from tenacia.plan.estimate import estimate_training, search_layout
+from tenacia.plan.estimate import estimate_training
 from tenacia.plan.layout import Layout
 from tenacia.plan.models import ModelSpec
 from tenacia.plan.scenario import estimate
+from tenacia.plan.search import search_layout
 
 DEEPSEEK_V3_GPU_HOURS = 2_664_000  # DeepSeek-V3 report, Table 1: pre-training on H800
 
@@ -25,13 +26,21 @@ def test_deepseek_v3_pretraining_gpu_hours_within_15_percent(plan_from):
     assert est.ideal_days / 14.8 == pytest.approx(3.7, rel=0.15)
 
 
-def test_llama3_405b_calibration_reproduces_table4(plan_from):
-    """compute_efficiency's default comes from the 16,384-GPU row (400 TFLOPs/GPU); the 8,192-GPU
-    row (430 TFLOPs/GPU, DP64, 32 sequences per replica) is reproduced without refitting."""
+def test_llama3_405b_table4_held_out(plan_from):
+    """Held out: nothing is fitted to Table 4 (400 TFLOPs/GPU on 16,384 H100, 430 on 8,192); the
+    paper's TP8 PP16 and interleaved schedule are given, the rest is searched."""
     est16k, _ = estimate(plan_from("llama-3-405b-report"))
-    assert est16k.mfu_bf16 * 989.4 == pytest.approx(400, rel=0.02)
+    assert est16k.layout.schedule == "interleaved" and est16k.layout.virtual_stages > 1
+    assert est16k.mfu_bf16 * 989.4 == pytest.approx(400, rel=0.05)
     est8k, _ = estimate(plan_from("llama-3-405b-report", [("fleet", "h100:8192")]))
-    assert est8k.mfu_bf16 * 989.4 == pytest.approx(430, rel=0.02)
+    assert est8k.mfu_bf16 * 989.4 == pytest.approx(430, rel=0.05)
+    assert est8k.mfu_bf16 > est16k.mfu_bf16  # half the replicas: twice the micro-batches per bubble
+
+
+def explicit(**fields) -> Layout:
+    """A layout with nothing left to search: the given fields over 1F1B, no recomputation, ZeRO-1."""
+    return Layout(**({"tp": 1, "cp": 1, "pp": 1, "ep": 1, "microbatch_seqs": 1, "schedule": "1f1b",
+                      "zero": 1, "recompute": "none"} | fields))
 
 
 def _step(model, chip, count, layout, a=None, precision="bf16"):
@@ -42,7 +51,7 @@ def _step(model, chip, count, layout, a=None, precision="bf16"):
 @pytest.mark.parametrize("link", ["scale_out_gbs", "scale_up_gbs"])
 def test_step_time_never_grows_with_link_bandwidth(chips, link):
     model = ModelSpec(preset="deepseek-v3")
-    layout = Layout(tp=2, pp=8, ep=32, recompute="full")
+    layout = explicit(tp=2, pp=8, ep=32, recompute="full")
     times = [_step(model, dataclasses.replace(chips["h800"], **{link: bw}), 2048, layout).step_time_s
              for bw in (12.5, 25, 50, 100, 400)]
     assert all(a >= b for a, b in zip(times, times[1:], strict=False)), times
@@ -51,7 +60,7 @@ def test_step_time_never_grows_with_link_bandwidth(chips, link):
 
 def test_more_chips_finish_sooner_and_search_never_loses_to_a_fixed_layout(chips):
     model = ModelSpec(preset="llama-3-405b")
-    fixed = Layout(tp=8, pp=16, ep=1, recompute="selective")
+    fixed = explicit(tp=8, pp=16, ep=1, recompute="selective")
     days = [_step(model, chips["h100"], n, fixed).ideal_days for n in (2048, 4096, 8192, 16384)]
     assert all(a > b for a, b in zip(days, days[1:], strict=False)), days
     best, fits = search_layout(model, [(chips["h100"], 8192, 2.0)], Layout(), Assumptions(), "bf16",
@@ -62,19 +71,19 @@ def test_more_chips_finish_sooner_and_search_never_loses_to_a_fixed_layout(chips
 
 def test_mfu_uses_the_bf16_peak_and_fp8_is_faster_but_not_twice(chips):
     model = ModelSpec(preset="deepseek-v3")
-    layout = Layout(tp=1, pp=16, ep=64, schedule="dualpipe", recompute="full")
+    layout = explicit(tp=1, pp=16, ep=64, schedule="dualpipe", recompute="full")
     bf16 = _step(model, chips["h800"], 2048, layout)
     fp8 = _step(model, chips["h800"], 2048, layout, precision="fp8")
     assert fp8.step_time_s < bf16.step_time_s < 2 * fp8.step_time_s
     assert bf16.mfu_precision is None
     assert fp8.mfu_precision == pytest.approx(fp8.mfu_bf16 / 2, rel=1e-3)
-    assert 0 < bf16.mfu_bf16 < 0.56  # never above the compute efficiency
+    assert 0 < bf16.mfu_bf16 < chips["h800"].matmul_efficiency  # never above a large GEMM's rate
 
 
 def test_layout_that_does_not_fit_memory_names_what_it_needs(chips):
     model = ModelSpec(preset="llama-3-405b")
     with pytest.raises(ConfigError) as e:
-        _step(model, chips["h100"], 64, Layout(tp=8, pp=1, ep=1))
+        _step(model, chips["h100"], 64, explicit(tp=8, pp=1, ep=1))
     assert e.value.field == "layout" and "GB per chip" in e.value.allowed
     with pytest.raises(ConfigError) as e:
         search_layout(model, [(chips["a100"], 8, 2.0)], Layout(), Assumptions(), "bf16", 1e12, 2048)

@@ -1,0 +1,144 @@
+"""`tenacia plan validate`: the planner against published figures it was, or was not, tuned on.
+
+The cases live in ``validation.toml`` (this package), each with its published figure, its
+source, its set ('tuning' or 'held-out') and the plan inputs. A case runs as the command line
+would run it (``inputs.build`` + ``config.from_dict``), then one named metric (``METRICS``) reads
+the answer. Error = predicted / published - 1. A case whose inputs the planner cannot plan
+reports the ConfigError instead of a number and counts as a failure of its set.
+
+Contract: ``load_cases`` raises ConfigError on a malformed case; ``run_case`` never raises for
+a plan the planner rejects (it returns the message); ``by_set`` gives the median and largest
+absolute error of each set (and of each kind within it), an unplannable case counting as an
+infinite error.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+
+import tomllib
+
+from .. import config
+from ..config import ConfigError, check, check_choice
+
+SETS = ("tuning", "held-out")
+KINDS = ("training", "reliability", "serving")
+HARDWARE = ("crash", "host", "sdc")  # Llama 3's "hardware" (NCCL watchdog hangs: "unknown")
+ACCELERATOR = ("crash", "sdc")  # Llama 3's "GPU issues"
+
+
+@dataclass(kw_only=True, slots=True)
+class Case:
+    id: str
+    set: str
+    kind: str
+    what: str
+    published: float
+    source: str
+    metric: str
+    command: str = "train"  # 'train' or 'serve'
+    scenario: str = ""
+    flags: list[list[str]] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_choice("set", self.set, SETS)
+        check_choice("kind", self.kind, KINDS)
+        check_choice("command", self.command, ("train", "serve"))
+        check_choice("metric", self.metric, tuple(METRICS))
+        check(self.published > 0, "published", self.published, "a positive number")
+        check(all(len(f) == 2 for f in self.flags), "flags", self.flags, "[kind, value] pairs")
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class Result:
+    case: Case
+    predicted: float | None
+    problem: str  # the planner's error message when it could not plan the case
+
+    @property
+    def error(self) -> float | None:
+        return None if self.predicted is None else self.predicted / self.case.published - 1
+
+
+METRICS: dict[str, Callable[[dict], float]] = {
+    # training, failure-free
+    "mfu": lambda s: s["training"]["mfu_bf16"],
+    "tflops_per_chip": lambda s: s["training"]["mfu_bf16"] * s["training"]["groups"][0]["bf16_tflops"],
+    "chip_hours": lambda s: s["training"]["chip_hours"],
+    # with failures
+    "expected_chip_hours": lambda s: s["expected"]["chip_hours"],
+    "interruptions_per_54_days": lambda s: s["simulation"]["interruptions_mean"] / s["simulation"]["days_mean"] * 54,
+    "goodput": lambda s: s["simulation"]["goodput_mean"],
+    "hardware_share": lambda s: _share(s, HARDWARE),
+    "chip_share": lambda s: _share(s, ACCELERATOR),
+    # serving
+    "decode_tps_per_chip": lambda s: s["decode_tps_per_chip"],
+    "prefill_input_tps_per_chip": lambda s: s["prefill_input_tps_per_chip"],
+}
+NEEDS_SIMULATION = {"expected_chip_hours", "interruptions_per_54_days", "goodput", "hardware_share", "chip_share"}
+
+
+def _share(s: dict, kinds: tuple[str, ...]) -> float:
+    """Share of the fleet's failure rate in ``kinds``."""
+    rates = {name: k["per_day"] for name, k in s["reliability"]["kinds"].items()}
+    return sum(rates[k] for k in kinds) / sum(rates.values())
+
+
+def load_cases() -> list[Case]:
+    data = tomllib.loads(resources.files(__package__).joinpath("validation.toml").read_text())
+    cases = [config.from_dict(Case, c, prefix=f"validation case {i}") for i, c in enumerate(data["case"])]
+    ids = [c.id for c in cases]
+    check(len(set(ids)) == len(ids), "validation case ids", ids, "unique ids")
+    return cases
+
+
+def _summary(case: Case) -> dict:
+    from .inputs import build
+
+    flags = [(k, v) for k, v in case.flags]
+    data = build(case.scenario or None, flags, case.overrides)
+    if case.command == "serve":
+        from .catalog import get_chip, load_catalog
+        from .serving import ServePlan, estimate_serving
+
+        plan = config.from_dict(ServePlan, data)
+        return estimate_serving(plan, get_chip(load_catalog(plan.catalog or None), plan.chip)).summary()
+    from .scenario import TrainPlan, run_train
+
+    plan = config.from_dict(TrainPlan, data)
+    if case.metric in NEEDS_SIMULATION:
+        return run_train(plan).summary()
+    from .scenario import estimate
+
+    est, fitting = estimate(plan)
+    return {"training": est.summary() | {"layouts_fitting": fitting}}
+
+
+def run_case(case: Case) -> Result:
+    try:
+        return Result(case=case, predicted=float(METRICS[case.metric](_summary(case))), problem="")
+    except ConfigError as e:
+        return Result(case=case, predicted=None, problem=str(e))
+
+
+def by_set(results: list[Result]) -> dict[str, dict]:
+    """Per set: cases, how many produced a number, and the median and largest absolute error,
+    a case the planner could not plan counting as an infinite error; the same per kind."""
+
+    def errors(rs: list[Result]) -> dict:
+        values = sorted(abs(r.error) if r.error is not None else math.inf for r in rs)
+        return {"cases": len(rs), "planned": sum(r.error is not None for r in rs),
+                "median_abs_error": statistics.median(values) if values else None,
+                "max_abs_error": values[-1] if values else None}
+
+    out = {}
+    for name in SETS:
+        mine = [r for r in results if r.case.set == name]
+        out[name] = errors(mine) | {"kinds": {k: errors([r for r in mine if r.case.kind == k])
+                                              for k in KINDS if any(r.case.kind == k for r in mine)}}
+    return out

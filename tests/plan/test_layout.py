@@ -1,0 +1,119 @@
+"""Layout features, each against a hand-computed case: pipeline bubbles against their closed
+forms, recomputation, context parallelism, ZeRO stages, and a layout given in part."""
+
+import dataclasses
+
+import pytest
+
+from tenacia.config import ConfigError
+from tenacia.plan.assumptions import Assumptions
+from tenacia.plan.estimate import estimate_training
+from tenacia.plan.layout import Layout, memory_per_chip
+from tenacia.plan.models import ModelSpec
+from tenacia.plan.search import search_layout
+from tenacia.plan.training import hardware_flops_per_token, model_flops_per_token
+
+from .test_training import explicit
+
+LLAMA = ModelSpec(preset="llama-3-405b")
+
+
+@pytest.mark.parametrize("schedule, v, pp, bubble", [
+    ("1f1b", 1, 16, 15),  # pp - 1
+    ("interleaved", 4, 16, 15 / 4),  # (pp - 1) / v
+    ("interleaved", 7, 16, 15 / 7),
+    ("zb-h1", 1, 16, 5),  # (pp - 1)(F + B - W) with F = B = W = 1/3
+    ("zero-bubble", 1, 16, 0),  # (pp - 1)(F + B - 2W) = 0
+    ("dualpipe", 1, 16, 7 / 3),  # (pp/2 - 1)(F&B + B - 3W) = (pp/2 - 1)/3
+    ("1f1b", 1, 1, 0),
+])
+def test_bubble_of_each_schedule_is_its_closed_form(schedule, v, pp, bubble):
+    assert Layout(schedule=schedule, virtual_stages=v).bubble_microbatches(pp) == pytest.approx(bubble)
+
+
+def test_step_is_microbatches_plus_bubble_times_the_microbatch(chips):
+    """Hand computation: 2,048 sequences over DP128 = 16 micro-batches per replica; the step is
+    (16 + bubble) micro-batch times + gradient reduction + optimizer."""
+    fleet = [(chips["h100"], 16384, 2.0)]
+    for schedule, v, bubble in (("1f1b", 1, 15), ("interleaved", 5, 3), ("zb-h1", 1, 5)):
+        est = estimate_training(LLAMA, fleet, explicit(tp=8, pp=16, schedule=schedule, virtual_stages=v,
+                                                       recompute="selective"),
+                                Assumptions(), "bf16", 1e12, 2048)
+        g = est.groups[0]
+        assert est.bubble == bubble
+        assert est.step_time_s == pytest.approx((16 + bubble) * g.micro.total + g.grad_sync_s + g.optimizer_s)
+
+
+def test_interleaving_multiplies_pipeline_sends_and_activation_memory(chips):
+    a, fleet = Assumptions(), [(chips["h100"], 16384, 2.0)]
+    one = estimate_training(LLAMA, fleet, explicit(tp=8, pp=16, schedule="1f1b", recompute="selective"), a, "bf16", 1e12, 2048)
+    four = estimate_training(LLAMA, fleet, explicit(tp=8, pp=16, schedule="interleaved", virtual_stages=4,
+                                                    recompute="selective"), a, "bf16", 1e12, 2048)
+    assert four.groups[0].micro.pp == pytest.approx(4 * one.groups[0].micro.pp)
+    act = one.groups[0].memory.activations - 4.0 * 8192 * LLAMA.vocab / 8  # minus the logits
+    act4 = four.groups[0].memory.activations - 4.0 * 8192 * LLAMA.vocab / 8
+    assert act4 == pytest.approx(act * (1 + 15 / (16 * 4)))  # Narayanan et al.: 1 + (p-1)/(p v)
+
+
+def test_recomputation_hardware_flops_and_memory():
+    """Full recomputation runs the forward twice: 8 FLOPs per parameter instead of 6; MFU counts 6."""
+    n, attn = LLAMA.matmul_params, LLAMA.attention_flops_fwd(LLAMA.seq_len / 2)
+    assert model_flops_per_token(LLAMA) == pytest.approx(6 * n + 3 * attn)
+    assert hardware_flops_per_token(LLAMA, "none") == pytest.approx(6 * n + 3.5 * attn)
+    assert hardware_flops_per_token(LLAMA, "full") == pytest.approx(8 * n + 4.5 * attn)
+    mem = {r: memory_per_chip(LLAMA, explicit(tp=8, pp=16, recompute=r), 8, 16, 1, 128, 12.0).activations
+           for r in ("none", "selective", "full")}
+    assert mem["none"] > mem["selective"] > mem["full"]
+    # full: one BF16 layer input per token and layer, 8,192 tokens, split 8 ways, plus FP32 logits
+    assert mem["full"] == pytest.approx((8192 * 2 * 16384 * 126 + 4 * 8192 * LLAMA.vocab) / 8)
+
+
+def test_context_parallelism_splits_the_sequence(chips):
+    long = dataclasses.replace(LLAMA, seq_len=131072)
+    a, fleet = Assumptions(), [(chips["h100"], 16384, 2.0)]
+    one = memory_per_chip(long, explicit(tp=8, pp=16, cp=1, recompute="full"), 8, 16, 1, 128, 12.0)
+    four = memory_per_chip(long, explicit(tp=8, pp=16, cp=4, recompute="full"), 8, 16, 1, 32, 12.0)
+    assert four.activations == pytest.approx(one.activations / 4)
+    est = estimate_training(long, fleet, explicit(tp=8, pp=16, cp=16, recompute="full"), a, "bf16", 1e12, 128)
+    assert est.layout.dp == 8 and est.groups[0].replicas * 8 * 16 * 16 == 16384
+    # cp=16 leaves 8,192 tokens per rank: the same matmul work per chip as an 8K-token sequence
+    short = estimate_training(LLAMA, fleet, explicit(tp=8, pp=16, recompute="full"), a, "bf16", 1e12, 2048)
+    assert est.groups[0].micro.matmul == pytest.approx(short.groups[0].micro.matmul)
+    with pytest.raises(ConfigError) as e:
+        estimate_training(LLAMA, fleet, explicit(tp=8, pp=16, cp=3), a, "bf16", 1e12, 2048)
+    assert e.value.field == "layout.cp"
+
+
+def test_zero_stages_shard_states_and_zero3_gathers_weights(chips):
+    use = {z: memory_per_chip(LLAMA, explicit(tp=8, pp=16, zero=z), 8, 16, 1, 128, 12.0) for z in (0, 1, 2, 3)}
+    params = 405e9 / 128  # per chip of a TP8 PP16 replica
+    assert use[0].optimizer == pytest.approx(12 * params) and use[1].optimizer == pytest.approx(12 * params / 128)
+    assert use[1].gradients == pytest.approx(2 * params) and use[2].gradients == pytest.approx(2 * params / 128)
+    assert use[3].weights < use[2].weights / 4
+    a, fleet = Assumptions(), [(chips["h100"], 16384, 2.0)]
+    z1 = estimate_training(LLAMA, fleet, explicit(tp=8, pp=16, zero=1, recompute="full"), a, "bf16", 1e12, 2048)
+    z3 = estimate_training(LLAMA, fleet, explicit(tp=8, pp=16, zero=3, recompute="full"), a, "bf16", 1e12, 2048)
+    assert z1.groups[0].micro.zero3 == 0 < z3.groups[0].micro.zero3 and z3.step_time_s > z1.step_time_s
+
+
+def test_a_layout_given_in_part_fixes_those_fields_and_searches_the_rest(chips):
+    fleet = [(chips["h100"], 16384, 2.0)]
+    given = Layout(tp=8, pp=16, cp=1, ep=1, schedule="interleaved")
+    best, fits = search_layout(LLAMA, fleet, given, Assumptions(), "bf16", 1e12, 2048)
+    lay = best.layout
+    assert (lay.tp, lay.pp, lay.cp, lay.schedule) == (8, 16, 1, "interleaved") and fits >= 1
+    assert lay.virtual_stages > 1 and lay.recompute in ("none", "selective", "full") and lay.zero in (1, 2, 3)
+    # the search's answer is the best of every explicit alternative it had
+    for v in (2, 4, 7):
+        for recompute in ("none", "selective", "full"):
+            try:
+                other = estimate_training(LLAMA, fleet, dataclasses.replace(lay, dp=0, virtual_stages=v,
+                                                                            recompute=recompute),
+                                          Assumptions(), "bf16", 1e12, 2048)
+            except ConfigError:
+                continue
+            assert best.step_time_s <= other.step_time_s * (1 + 1e-9)
+    # a field that cannot suit the model is an error naming it, even in a search
+    with pytest.raises(ConfigError) as e:
+        search_layout(LLAMA, fleet, Layout(tp=3), Assumptions(), "bf16", 1e12, 2048)
+    assert e.value.field == "layout.tp"

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API and the chat page, in front of a ``ProcessEngine``.
 
 Routes: ``GET /`` (chat page), ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``,
-``POST /v1/chat/completions``, ``POST /v1/completions``.
+``POST /v1/chat/completions``, ``POST /v1/completions``; vLLM's ``POST /tokenize``,
+``POST /detokenize`` and ``GET /tokenizer_info``.
 
 Contract:
 - Invalid input is a 400 with OpenAI's error JSON naming the parameter (never FastAPI's 422); an
@@ -128,6 +129,12 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
             ids = api.encode(req.prompt, "prompt", add_special_tokens=req.add_special_tokens)
         return {"tokens": ids, "count": len(ids), "max_model_len": served.max_context}
 
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        """vLLM's tokenizer description (lm-evaluation-harness's remote tokenizer reads it): the
+        special tokens as text and id (None where the model has none) and the chat template."""
+        return api.tokenizer_info()
+
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict[str, Any]:
         req: DetokenizeRequest = parse(await request.body(), DetokenizeRequest)
@@ -152,14 +159,13 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
     async def completions(request: Request) -> Response:
         req: CompletionRequest = parse(await request.body(), CompletionRequest)
         api.check_model(req.model)
-        if req.echo:
-            raise ApiError(400, "echo is not supported", "echo")
         if req.suffix:
             raise ApiError(400, "suffix is not supported", "suffix")
         if req.best_of is not None and req.best_of != req.n:
             raise ApiError(400, "best_of must equal n (or be left out)", "best_of")
         prompts = api.tokenize_prompts(req.prompt)
-        return await api.generate(request, req, prompts, req.max_tokens, req.logprobs, chat=False)
+        return await api.generate(request, req, prompts, req.max_tokens, req.logprobs, chat=False,
+                                  echo=req.echo)
 
     return Guard(app, api_keys=cfg.api_keys, max_body_bytes=cfg.max_body_bytes)
 
@@ -178,6 +184,18 @@ class _Api:
         return {"id": self.served.name, "object": "model", "created": created, "owned_by": "tenacia",
                 "max_model_len": self.served.max_context}
 
+    def tokenizer_info(self) -> dict[str, Any]:
+        tok, template = self.served.tokenizer, self.served.chat_template
+        special = dict(template.special_tokens)
+        if "eos_token" not in special and self.served.eos_ids:
+            special["eos_token"] = tok.id_to_token(min(self.served.eos_ids))
+        info: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "vocab_size": tok.get_vocab_size(),
+                                "model_max_length": self.served.max_context, "chat_template": template.source}
+        for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            text = special.get(name)
+            info[name], info[f"{name}_id"] = text, tok.token_to_id(text) if text else None
+        return info
+
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.served.name:
             raise ApiError(404, f"the model '{name}' does not exist; this server serves '{self.served.name}'",
@@ -194,7 +212,7 @@ class _Api:
             prompt = [prompt]
         if not prompt:
             raise ApiError(400, "prompt must not be empty", "prompt")
-        if all(isinstance(p, int) for p in prompt):
+        if all(isinstance(p, int) for p in prompt):  # token ids, scored as given: nothing added
             prompt = [prompt]
         if len(prompt) > MAX_PROMPTS:
             raise ApiError(400, f"at most {MAX_PROMPTS} prompts per request, got {len(prompt)}", "prompt")
@@ -208,7 +226,9 @@ class _Api:
         return self.served.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     async def generate(self, request: Request, req: ChatRequest | CompletionRequest, prompts: list[list[int]],
-                       max_tokens: int | None, logprobs: int | None, chat: bool) -> Response:
+                       max_tokens: int | None, logprobs: int | None, chat: bool, echo: bool = False) -> Response:
+        """Submit ``prompts`` and answer, whole or streamed. ``echo``: each completion starts with
+        its prompt (scored when ``logprobs`` is given)."""
         param = "messages" if chat else "prompt"
         longest = max(len(p) for p in prompts)
         if any(not p for p in prompts):
@@ -220,9 +240,11 @@ class _Api:
             max_tokens = min(limit, self.served.max_context - longest)
         elif max_tokens > limit:
             raise ApiError(400, f"max_tokens must be at most {limit}, got {max_tokens}", "max_tokens")
+        elif max_tokens == 0 and not echo:
+            raise ApiError(400, "max_tokens may be 0 only with echo: true (to score the prompt)", "max_tokens")
         if req.stream_options is not None and not req.stream:
             raise ApiError(400, "stream_options is only allowed with stream: true", "stream_options")
-        params = sampling_params(req, max_tokens, logprobs)
+        params = sampling_params(req, max_tokens, logprobs, logprobs if echo else None)
         if self.in_flight >= self.cfg.max_concurrent_requests:
             raise ApiError(429, f"the server is at its limit of {self.cfg.max_concurrent_requests} "
                            "requests in flight; retry later", None, "rate_limit_exceeded")
@@ -233,7 +255,7 @@ class _Api:
         except EngineError as e:  # the engine process is gone: nothing here can serve it
             raise ApiError(503, str(e), None, "engine_unavailable") from None
         self.in_flight += 1
-        shape = Shape(chat, self.served.name, self.token_text, logprobs is not None)
+        shape = Shape(chat, self.served.name, self.token_text, logprobs is not None, prompts if echo else None, req.n)
         got = Collected(prompt_tokens=sum(len(p) for p in prompts))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)

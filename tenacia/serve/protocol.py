@@ -141,14 +141,14 @@ def _jsonable(value: Any) -> bool:
 
 
 def sampling_params(req: ChatRequest | CompletionRequest, max_tokens: int | None,
-                    logprobs: int | None) -> SamplingParams:
+                    logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
     """The engine's parameters for a request; ApiError(400) for a value out of range."""
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     try:
         return SamplingParams(n=req.n, max_tokens=max_tokens, temperature=req.temperature,
                               top_p=req.top_p, top_k=req.top_k, presence_penalty=req.presence_penalty,
                               frequency_penalty=req.frequency_penalty, stop=stop, seed=req.seed,
-                              ignore_eos=req.ignore_eos, logprobs=logprobs,
+                              ignore_eos=req.ignore_eos, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
                               logit_bias=_token_keys(req.logit_bias or {}),
                               stop_token_ids=list(req.stop_token_ids or []), min_tokens=req.min_tokens,
                               min_p=req.min_p, repetition_penalty=req.repetition_penalty)

@@ -2,6 +2,8 @@
 
 ``Shape`` knows the two endpoints' formats (``chat.completion`` and ``text_completion``);
 ``Collected`` gathers the deltas of a request for a non-streamed answer and for ``usage``.
+A completion with ``echo`` starts each choice with its prompt's text and, with ``logprobs``, its
+prompt's tokens (the first token has no logprob: ``null``), then the generated ones.
 """
 
 from __future__ import annotations
@@ -67,10 +69,13 @@ class Collected:
     texts: dict[int, str] = field(default_factory=dict)
     tokens: dict[int, int] = field(default_factory=dict)
     logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)
+    prompt_logprobs: dict[int, list[TokenLogprob | None]] = field(default_factory=dict)
     finish: dict[int, str | None] = field(default_factory=dict)
 
     def add(self, deltas: list[ChoiceDelta]) -> None:
         for d in deltas:
+            if d.prompt_logprobs is not None:
+                self.prompt_logprobs[d.index] = d.prompt_logprobs
             self.texts[d.index] = self.texts.get(d.index, "") + d.text
             self.tokens[d.index] = d.completion_tokens
             self.logprobs.setdefault(d.index, []).extend(d.logprobs)
@@ -83,10 +88,14 @@ class Collected:
 
 
 class Shape:
-    """Response format of one endpoint. ``chat``: chat.completion; else text_completion."""
+    """Response format of one endpoint. ``chat``: chat.completion; else text_completion.
+    ``echo``: each prompt's token ids when the completion echoes them (choice ``i`` answers
+    prompt ``i // n``), else None."""
 
-    def __init__(self, chat: bool, model: str, token_text: TokenText, want_logprobs: bool):
+    def __init__(self, chat: bool, model: str, token_text: TokenText, want_logprobs: bool,
+                 echo: list[list[int]] | None = None, n: int = 1):
         self.chat, self.model, self.tt, self.want_logprobs = chat, model, token_text, want_logprobs
+        self.echo, self.n = echo, n
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
 
@@ -94,7 +103,20 @@ class Shape:
         obj = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
+    def echoed(self, index: int, prompt_logprobs: list[TokenLogprob | None] | None) -> tuple[str, list]:
+        """The echoed prompt of choice ``index``: its text and, with logprobs, its scored tokens."""
+        if self.echo is None:
+            return "", []
+        ids = self.echo[index // self.n]
+        text = self.tt.tokenizer.decode(ids, skip_special_tokens=False)
+        if not self.want_logprobs:
+            return text, []
+        scored = prompt_logprobs or [None] * len(ids)
+        return text, [lp if lp is not None else TokenLogprob(token_id=t, logprob=None, top=None)
+                      for t, lp in zip(ids, scored, strict=True)]
+
     def logprobs(self, items: list[TokenLogprob], text_offset: int = 0) -> dict[str, Any] | None:
+        """OpenAI's logprobs of ``items``; a prompt's first token has ``logprob`` and ``top`` None."""
         if not self.want_logprobs:
             return None
         if self.chat:
@@ -108,7 +130,7 @@ class Shape:
             offsets.append(pos)
             pos += len(self.tt.text(lp.token_id))
         return {"tokens": [self.tt.key(lp.token_id) for lp in items], "token_logprobs": [lp.logprob for lp in items],
-                "top_logprobs": [{self.tt.key(t): v for t, v in lp.top} for lp in items],
+                "top_logprobs": [None if lp.top is None else {self.tt.key(t): v for t, v in lp.top} for lp in items],
                 "text_offset": offsets}
 
     def response(self, got: Collected) -> dict[str, Any]:
@@ -117,9 +139,11 @@ class Shape:
             choice: dict[str, Any] = {"index": i}
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": got.texts[i]}
+                choice["logprobs"] = self.logprobs(got.logprobs.get(i, []))
             else:
-                choice["text"] = got.texts[i]
-            choice["logprobs"] = self.logprobs(got.logprobs.get(i, []))
+                text, items = self.echoed(i, got.prompt_logprobs.get(i))
+                choice["text"] = text + got.texts[i]
+                choice["logprobs"] = self.logprobs(items + got.logprobs.get(i, []))
             choice["finish_reason"] = got.finish[i]
             choices.append(choice)
         return {**self._envelope(chunk=False), "choices": choices, "usage": got.usage()}
@@ -133,16 +157,21 @@ class Shape:
     def chunk(self, deltas: list[ChoiceDelta], include_usage: bool, offsets: dict[int, int]) -> str | None:
         choices = []
         for d in deltas:
-            if not d.text and d.finish_reason is None and not (self.want_logprobs and d.logprobs):
+            echo_due = self.echo is not None and d.index not in offsets
+            if not d.text and d.finish_reason is None and not (self.want_logprobs and d.logprobs) and not echo_due:
                 continue  # nothing to say yet (held-back bytes or a possible stop string)
             choice: dict[str, Any] = {"index": d.index}
+            text, items = self.echoed(d.index, d.prompt_logprobs) if echo_due else ("", [])
+            text, items = text + d.text, items + d.logprobs
             if self.chat:
-                choice["delta"] = {"content": d.text} if d.text else {}
+                choice["delta"] = {"content": text} if text else {}
             else:
-                choice["text"] = d.text
-            choice["logprobs"] = self.logprobs(d.logprobs, offsets.get(d.index, 0)) if d.logprobs else None
+                choice["text"] = text
+            choice["logprobs"] = self.logprobs(items, offsets.get(d.index, 0)) if items else None
             choice["finish_reason"] = d.finish_reason
-            offsets[d.index] = offsets.get(d.index, 0) + len(d.text)
+            # text_offset counts each token's own text, as the whole answer does (a held-back
+            # partial character would otherwise shift the streamed offsets)
+            offsets[d.index] = offsets.get(d.index, 0) + sum(len(self.tt.text(lp.token_id)) for lp in items)
             choices.append(choice)
         return self._sse(choices, include_usage) if choices else None
 

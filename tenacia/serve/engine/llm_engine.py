@@ -40,6 +40,9 @@ class ChoiceDelta:
     finish_reason: str | None  # "stop", "length", "abort" or None while running
     prompt_tokens: int
     completion_tokens: int  # so far
+    # the prompt's tokens scored (SamplingParams.prompt_logprobs; the first is None), on the first
+    # delta of the choice only
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 def check_request(prompt_ids: list[int], params: SamplingParams, *, vocab: int, context: int, capacity: int) -> None:
@@ -77,6 +80,7 @@ class _Text:
     state: TextState
     pending: list[int] = field(default_factory=list)  # tokens since the last delta
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_sent: bool = False  # the prompt's logprobs went out with a delta
 
 
 class LLMEngine:
@@ -191,6 +195,9 @@ class LLMEngine:
         now = time.perf_counter()
         deltas = []
         for seq, token, logprob in sampled:
+            if seq.params.max_tokens == 0:  # the prompt only was wanted (scored): nothing to generate
+                deltas.append(self._finish(seq, "length"))
+                continue
             seq.output_ids.append(token)
             if self.metrics is not None:
                 self.metrics.token(None if seq.first_token_at else now - seq.arrival,
@@ -223,6 +230,8 @@ class LLMEngine:
                             text.pending, text.pending_logprobs, seq.finish_reason,
                             len(seq.prompt_ids), len(seq.output_ids))
         text.pending, text.pending_logprobs = [], []
+        if seq.params.prompt_logprobs is not None and not text.prompt_sent and not seq.scores_prompt:
+            delta.prompt_logprobs, text.prompt_sent = seq.prompt_logprobs, True
         return delta
 
     def _finish(self, seq: Sequence, reason: str) -> ChoiceDelta:

@@ -3,7 +3,10 @@
 The model (``PackedLlama``, the serving layout of a ``Llama``) runs its own layers; the runner only
 lays out tokens, positions and cache slots (handing the step's layout to ``PagedAttention``), and
 computes the output projection for the rows that will be sampled (the last prompt token of each
-finished prefill, every row of a decode) rather than for every prompt token.
+finished prefill, every row of a decode) rather than for every prompt token. A sequence that asks
+for its prompt's logprobs (``SamplingParams.prompt_logprobs``) also has every prompt row of its
+prefill projected, ``SCORE_ROWS`` rows at a time (a (rows, vocab) float32 block each), and scored
+by the same ``token_logprobs`` as a generated token.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from torch import Tensor
 from .attention import PagedAttention, PrefillLayout
 from .mirror import DecodeLayout
 from .packed import PackedLlama
-from .sampling import Sampler
+from .sampling import Sampler, token_logprobs
 from .scheduler import Batch
 from .sequence import Sequence, TokenLogprob
 
+SCORE_ROWS = 256  # prompt rows projected to logits at once when scoring a prompt
 
 class ModelRunner:
     def __init__(self, model: PackedLlama, attention: PagedAttention, device: torch.device):
@@ -36,11 +40,30 @@ class ModelRunner:
         for seq, n in zip(batch.seqs, batch.chunks, strict=True):
             seq.num_cached += n
         hidden = self.model.hidden(tokens, positions, self.attention, decode=not batch.prefill)
+        if batch.prefill:
+            self._score_prompts(batch, hidden)
         if not sampling:  # a prompt chunk: it only filled the cache
             return []
         logits = self.model.logits(hidden[rows])  # (S, vocab)
         chosen, logprobs = self.sampler(logits, sampling)
         return list(zip(sampling, chosen, logprobs, strict=True))
+
+    def _score_prompts(self, batch: Batch, hidden: Tensor) -> None:
+        """Extend ``prompt_logprobs`` of each sequence in ``batch`` that scores its prompt: the row
+        at position p (of this step's chunk) predicts prompt token p + 1. hidden: (tokens, dim)."""
+        first_row = 0
+        for seq, n in zip(batch.seqs, batch.chunks, strict=True):
+            start = seq.num_cached - n  # run() advanced num_cached already
+            if seq.scores_prompt:
+                lo = max(start, len(seq.prompt_logprobs) - 1)
+                hi = min(start + n, len(seq.prompt_ids) - 1)
+                k = seq.params.prompt_logprobs
+                for p in range(lo, hi, SCORE_ROWS):
+                    q = min(p + SCORE_ROWS, hi)
+                    rows = hidden[first_row + p - start:first_row + q - start]
+                    logprobs = self.model.logits(rows).log_softmax(dim=1)  # (q - p, vocab)
+                    seq.prompt_logprobs += token_logprobs(logprobs, seq.prompt_ids[p + 1:q + 1], [k] * (q - p))
+            first_row += n
 
     def _tensor(self, values: list[int]) -> Tensor:
         return torch.tensor(values, dtype=torch.int64, device=self.device)

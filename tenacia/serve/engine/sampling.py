@@ -173,13 +173,22 @@ class Sampler:
         if logprobs is None:
             return [None] * len(seqs)
         rows = [i for i, w in enumerate(want) if w]
-        idx = torch.tensor(rows, device=logprobs.device)
-        chosen = logprobs[idx, torch.tensor([tokens[i] for i in rows], device=logprobs.device)].tolist()
-        k = max(seqs[i].params.logprobs for i in rows)
-        top_v, top_i = logprobs[idx].topk(k, dim=1) if k > 0 else (None, None)
+        scored = token_logprobs(logprobs[torch.tensor(rows, device=logprobs.device)], [tokens[i] for i in rows],
+                                [seqs[i].params.logprobs for i in rows])
         out: list[TokenLogprob | None] = [None] * len(seqs)
-        for j, i in enumerate(rows):
-            ki = seqs[i].params.logprobs
-            top = list(zip(top_i[j, :ki].tolist(), top_v[j, :ki].tolist(), strict=True)) if ki else []
-            out[i] = TokenLogprob(token_id=tokens[i], logprob=chosen[j], top=top)
+        for i, lp in zip(rows, scored, strict=True):
+            out[i] = lp
         return out
+
+
+def token_logprobs(logprobs: Tensor, tokens: list[int], ks: list[int]) -> list[TokenLogprob]:
+    """Score one token per row. logprobs: (R, V), the log-softmax of the raw logits; tokens: (R,)
+    the token of each row; ks: how many top alternatives each row reports. The token's value and
+    the alternatives are read from the same tensor, so a token that is its row's most likely has
+    exactly (bit for bit) the value of the top entry. Used for generated and prompt tokens alike."""
+    device = logprobs.device
+    chosen = logprobs[torch.arange(len(tokens), device=device), torch.tensor(tokens, device=device)].tolist()
+    k = max(ks, default=0)
+    top_v, top_i = (t.tolist() for t in logprobs.topk(k, dim=1)) if k > 0 else ([], [])
+    return [TokenLogprob(token_id=t, logprob=c, top=list(zip(top_i[j][:ki], top_v[j][:ki], strict=True)) if ki else [])
+            for j, (t, c, ki) in enumerate(zip(tokens, chosen, ks, strict=True))]

@@ -56,10 +56,14 @@ class SamplingParams:
     min_tokens: int = 0  # EOS and stop_token_ids masked, stop strings not looked for, until this many tokens
     seed: int | None = None
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's logprob and the top k
+    # None: none; k >= 0: every prompt token's logprob (the first has none) and its top k, as
+    # ``logprobs`` for a generated token (completions' ``echo``). Such a prompt is prefilled whole,
+    # never taken from the prefix cache, so that every one of its tokens is scored.
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         _require(1 <= self.n <= MAX_N, "n", f"n must be an integer in [1, {MAX_N}], got {self.n}")
-        _require(self.max_tokens >= 1, "max_tokens", f"max_tokens must be at least 1, got {self.max_tokens}")
+        _require(self.max_tokens >= 0, "max_tokens", f"max_tokens must be at least 0, got {self.max_tokens}")
         _require(0.0 <= self.temperature <= 2.0, "temperature",
                  f"temperature must be in [0, 2], got {self.temperature}")
         _require(0.0 < self.top_p <= 1.0, "top_p", f"top_p must be in (0, 1], got {self.top_p}")
@@ -69,8 +73,10 @@ class SamplingParams:
             _require(-2.0 <= value <= 2.0, name, f"{name} must be in [-2, 2], got {value}")
         _require(len(self.stop) <= MAX_STOP, "stop", f"at most {MAX_STOP} stop strings, got {len(self.stop)}")
         _require(all(isinstance(s, str) and s for s in self.stop), "stop", "stop strings must be non-empty strings")
-        _require(self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS, "logprobs",
-                 f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            _require(value is None or 0 <= value <= MAX_LOGPROBS, name,
+                     f"{name} must be in [0, {MAX_LOGPROBS}], got {value}")
         self._check_extensions()
 
     def _check_extensions(self) -> None:
@@ -116,11 +122,12 @@ class Status(enum.Enum):
 
 @dataclass(kw_only=True, slots=True)
 class TokenLogprob:
-    """The chosen token's log-probability under the model, and the ``k`` most likely tokens."""
+    """The chosen token's log-probability under the model, and the ``k`` most likely tokens. Both
+    are None for a prompt's first token, which nothing before it predicts."""
 
     token_id: int
-    logprob: float
-    top: list[tuple[int, float]]
+    logprob: float | None
+    top: list[tuple[int, float]] | None
 
 
 @dataclass(slots=True, eq=False)
@@ -146,6 +153,8 @@ class Sequence:
     last_token_at: float | None = None
     seen: torch.Tensor | None = None  # (vocab,) bool, tokens of prompt and output: repetition_penalty's
     seen_upto: int = 0  # how many of ``tokens`` ``seen`` holds (it grows by the new ones each step)
+    # prompt tokens scored so far (params.prompt_logprobs): entry p is token p's; the first is None
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])
 
     @property
     def tokens(self) -> list[int]:
@@ -164,6 +173,11 @@ class Sequence:
         """True once every token but the last sampled one is cached: the next step decodes it.
         A preempted sequence loses its cache and is prefilled again, outputs included."""
         return bool(self.output_ids) and self.num_cached == self.num_tokens - 1
+
+    @property
+    def scores_prompt(self) -> bool:
+        """True while some prompt token still needs its logprob (``params.prompt_logprobs``)."""
+        return self.params.prompt_logprobs is not None and len(self.prompt_logprobs) < len(self.prompt_ids)
 
     @property
     def finished(self) -> bool:

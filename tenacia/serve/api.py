@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from .config import ServerConfig
@@ -35,6 +36,7 @@ from .engine.sequence import InvalidRequest
 from .guard import BodyTooLarge, Guard
 from .metrics import CONTENT_TYPE, ServeMetrics
 from .models import ServedModel
+from .openapi import install, request_body
 from .protocol import (
     ApiError,
     ChatRequest,
@@ -72,6 +74,10 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, e: BodyTooLarge) -> JSONResponse:
         return JSONResponse(error_body(413, str(e), None, "body_too_large"), status_code=413)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, e: ClientDisconnect) -> Response:
+        return Response(status_code=499)  # the client left during its upload: nobody to answer
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -115,7 +121,7 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
     async def version() -> dict[str, Any]:
         return {"version": __version__}
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", openapi_extra=request_body(TokenizeRequest))
     async def tokenize(request: Request) -> dict[str, Any]:
         """vLLM's tokenizer endpoint (outside /v1/, as vLLM has it)."""
         req: TokenizeRequest = parse(await request.body(), TokenizeRequest)
@@ -135,7 +141,7 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
         special tokens as text and id (None where the model has none) and the chat template."""
         return api.tokenizer_info()
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", openapi_extra=request_body(DetokenizeRequest))
     async def detokenize(request: Request) -> dict[str, Any]:
         req: DetokenizeRequest = parse(await request.body(), DetokenizeRequest)
         api.check_model(req.model)
@@ -144,7 +150,7 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
             raise ApiError(400, f"tokens must be ids in [0, {vocab}), got {bad[:5]}", "tokens")
         return {"prompt": served.tokenizer.decode(req.tokens, skip_special_tokens=False)}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatRequest))
     async def chat_completions(request: Request) -> Response:
         req: ChatRequest = parse(await request.body(), ChatRequest)
         api.check_model(req.model)
@@ -155,7 +161,7 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         return await api.generate(request, req, [ids], max_tokens, logprobs, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         req: CompletionRequest = parse(await request.body(), CompletionRequest)
         api.check_model(req.model)
@@ -167,6 +173,7 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
         return await api.generate(request, req, prompts, req.max_tokens, req.logprobs, chat=False,
                                   echo=req.echo)
 
+    install(app, [ChatRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest])
     return Guard(app, api_keys=cfg.api_keys, max_body_bytes=cfg.max_body_bytes)
 
 

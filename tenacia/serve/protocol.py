@@ -107,13 +107,19 @@ class DetokenizeRequest(BaseModel):
 def parse(raw: bytes, cls: type[BaseModel]) -> Any:
     """Body bytes -> a ``cls`` instance, or ApiError(400) naming the first bad field."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "the request body nests JSON too deeply") from None
+    except ValueError as e:  # an integer longer than Python converts (4,300 digits), NaN, Infinity
+        raise ApiError(400, f"the request body holds a value this server does not take: {e}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
     try:
         return cls.model_validate(data)
+    except RecursionError:
+        raise ApiError(400, "the request body nests JSON too deeply") from None
     except ValidationError as e:
         err = e.errors()[0]
         loc = _clean_loc(err["loc"])
@@ -122,6 +128,11 @@ def parse(raw: bytes, cls: type[BaseModel]) -> Any:
         if err["type"] == "missing":
             raise ApiError(400, f"missing required parameter '{loc}'", loc) from None
         raise ApiError(400, f"invalid value for '{loc}': {err['msg']} (got {shown})", loc) from None
+
+
+def _no_constant(name: str) -> None:
+    """NaN, Infinity and -Infinity are not JSON (Python's parser takes them by default)."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _clean_loc(loc: tuple) -> str:

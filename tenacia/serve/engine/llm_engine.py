@@ -37,12 +37,13 @@ class ChoiceDelta:
     text: str
     token_ids: list[int]
     logprobs: list[TokenLogprob]
-    finish_reason: str | None  # "stop", "length", "abort" or None while running
+    finish_reason: str | None  # "stop", "length", "abort", "error" or None while running
     prompt_tokens: int
     completion_tokens: int  # so far
     # the prompt's tokens scored (SamplingParams.prompt_logprobs; the first is None), on the first
     # delta of the choice only
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    error: str | None = None  # why the choice failed (finish_reason "error"); its request fails
 
 
 def check_request(prompt_ids: list[int], params: SamplingParams, *, vocab: int, context: int, capacity: int) -> None:
@@ -170,9 +171,13 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if batch is None:
             return []
-        sampled = self.runner.run(batch)
+        sampled, failed = self.runner.run(batch)
         self._register_blocks(batch)
         deltas = self._postprocess(sampled)
+        for seq, why in failed:
+            delta = self._finish(seq, "error")
+            delta.error = why
+            deltas.append(delta)
         if self.metrics is not None:
             self.metrics.step(batch.prefill, time.perf_counter() - t0)
         self._report_queue()

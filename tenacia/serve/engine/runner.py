@@ -30,9 +30,10 @@ class ModelRunner:
         self.sampler = Sampler()
 
     @torch.inference_mode()
-    def run(self, batch: Batch) -> list[tuple[Sequence, int, TokenLogprob | None]]:
-        """Run one step; return (sequence, new token, logprob) for each sequence that sampled.
-        Advances every scheduled sequence's ``num_cached``."""
+    def run(self, batch: Batch) -> tuple[list[tuple[Sequence, int, TokenLogprob | None]], list[tuple[Sequence, str]]]:
+        """Run one step; return (sequence, new token, logprob) for each sequence that sampled, and
+        (sequence, why) for each whose sampling failed: a failure is one sequence's, never the
+        batch's. Advances every scheduled sequence's ``num_cached``."""
         if batch.prefill:
             tokens, positions, rows, sampling = self._prepare_prefill(batch)
         else:
@@ -43,10 +44,27 @@ class ModelRunner:
         if batch.prefill:
             self._score_prompts(batch, hidden)
         if not sampling:  # a prompt chunk: it only filled the cache
-            return []
+            return [], []
         logits = self.model.logits(hidden[rows])  # (S, vocab)
-        chosen, logprobs = self.sampler(logits, sampling)
-        return list(zip(sampling, chosen, logprobs, strict=True))
+        try:
+            chosen, logprobs = self.sampler(logits, sampling)
+        except Exception:  # one row's failure: find it, sample the others
+            return self._sample_alone(self.model.logits(hidden[rows]), sampling)
+        return list(zip(sampling, chosen, logprobs, strict=True)), []
+
+    def _sample_alone(self, logits: Tensor, sampling: list[Sequence]):
+        """Sample each row by itself after the batch's sampling raised. The sampler fails before
+        any row draws (``Sampler``), so every generator is where it was and the rows that succeed
+        get the tokens they would have got in the batch."""
+        sampled, failed = [], []
+        for i, seq in enumerate(sampling):
+            try:
+                (token,), (logprob,) = self.sampler(logits[i:i + 1], [seq])
+            except Exception as e:  # reported to this sequence's request alone
+                failed.append((seq, f"sampling failed: {type(e).__name__}: {e}"))
+            else:
+                sampled.append((seq, token, logprob))
+        return sampled, failed
 
     def _score_prompts(self, batch: Batch, hidden: Tensor) -> None:
         """Extend ``prompt_logprobs`` of each sequence in ``batch`` that scores its prompt: the row

@@ -127,7 +127,8 @@ def truncate(logits: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor | None 
         sorted_logits, order = logits.sort(dim=1, descending=True)
         probs = sorted_logits.softmax(dim=1)
         before = probs.cumsum(dim=1) - probs  # mass of the tokens strictly better than this one
-        drop = before >= top_p.unsqueeze(1)  # the best token always stays (before == 0)
+        drop = before >= top_p.unsqueeze(1)
+        drop[:, 0] = False  # the best token always stays, even for a top_p that rounds to 0 in float32
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
     return logits
@@ -162,6 +163,11 @@ class Sampler:
         min_ps = [s.params.min_p for s in seqs]
         min_p = torch.tensor(min_ps, dtype=torch.float32, device=device) if any(min_ps) else None
         probs = truncate(logits / temperature.unsqueeze(1), top_k, top_p, min_p).softmax(dim=1)
+        # checked before any row draws, so a failing row leaves every generator untouched
+        valid = torch.isfinite(probs).all(dim=1) & (probs.sum(dim=1) > 0)
+        if not bool(valid.all()):
+            raise FloatingPointError(f"no valid distribution to sample from for {int((~valid).sum())} "
+                                     "sequence(s): their sampling parameters overflow float32")
         out = torch.empty(len(seqs), dtype=torch.int64, device=device)
         for i, seq in enumerate(seqs):  # one draw per row, from that row's own generator
             out[i] = torch.multinomial(probs[i], 1, generator=seq.generator)[0]

@@ -8,7 +8,6 @@ so its tokens depend only on its own logits, never on what else is in the batch.
 from __future__ import annotations
 
 import enum
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +18,13 @@ MAX_LOGPROBS = 20
 MAX_STOP = 16
 MAX_STOP_TOKEN_IDS = 64
 MAX_LOGIT_BIAS = 300  # OpenAI's limit
+# The ranges below are those the sampler's float32 arithmetic carries: logits / temperature and
+# logits / repetition_penalty stay finite for any logit a model produces, so no request can turn
+# a row of probabilities into NaN (tests/serve/test_hostile.py).
+MIN_TEMPERATURE = 1e-3  # below it (but above 0, greedy) logits / temperature overflows float32
+REPETITION_PENALTY = (1e-2, 1e2)
+MAX_TOP_K = (1 << 31) - 1  # any k at least the vocabulary keeps every token
+SEED_RANGE = (-(1 << 63), 1 << 63)  # int64, as OpenAI's seed
 
 
 class InvalidRequest(ValueError):
@@ -64,10 +70,13 @@ class SamplingParams:
     def __post_init__(self) -> None:
         _require(1 <= self.n <= MAX_N, "n", f"n must be an integer in [1, {MAX_N}], got {self.n}")
         _require(self.max_tokens >= 0, "max_tokens", f"max_tokens must be at least 0, got {self.max_tokens}")
-        _require(0.0 <= self.temperature <= 2.0, "temperature",
-                 f"temperature must be in [0, 2], got {self.temperature}")
+        _require(self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= 2.0, "temperature",
+                 f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, 2], got {self.temperature}")
         _require(0.0 < self.top_p <= 1.0, "top_p", f"top_p must be in (0, 1], got {self.top_p}")
-        _require(self.top_k >= -1, "top_k", f"top_k must be -1 or 0 (disabled) or a positive integer, got {self.top_k}")
+        _require(-1 <= self.top_k <= MAX_TOP_K, "top_k",
+                 f"top_k must be -1 or 0 (disabled) or an integer in [1, {MAX_TOP_K}], got {self.top_k}")
+        _require(self.seed is None or SEED_RANGE[0] <= self.seed < SEED_RANGE[1], "seed",
+                 f"seed must be a 64-bit signed integer, got {self.seed}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             _require(-2.0 <= value <= 2.0, name, f"{name} must be in [-2, 2], got {value}")
@@ -88,8 +97,9 @@ class SamplingParams:
             _require(-100.0 <= bias <= 100.0, "logit_bias",
                      f"logit_bias values must be in [-100, 100], got {bias} for token {token}")
         _require(0.0 <= self.min_p <= 1.0, "min_p", f"min_p must be in [0, 1], got {self.min_p}")
-        _require(math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0.0, "repetition_penalty",
-                 f"repetition_penalty must be a finite number > 0 (1 is off), got {self.repetition_penalty}")
+        low, high = REPETITION_PENALTY
+        _require(low <= self.repetition_penalty <= high, "repetition_penalty",
+                 f"repetition_penalty must be in [{low}, {high}] (1 is off), got {self.repetition_penalty}")
         _require(0 <= self.min_tokens <= self.max_tokens, "min_tokens",
                  f"min_tokens must be in [0, max_tokens] = [0, {self.max_tokens}], got {self.min_tokens}")
         _require(len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS, "stop_token_ids",

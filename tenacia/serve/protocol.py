@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .engine.grammar import compile_format
 from .engine.sequence import InvalidRequest, SamplingParams
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -62,6 +63,9 @@ class _Common(BaseModel):
     min_tokens: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    # {"type": "text" | "json_object" | "json_schema", "json_schema": {...}}: enforced by
+    # constrained decoding (engine/grammar.py)
+    response_format: dict[str, Any] | None = None
 
 
 class ChatMessage(BaseModel):
@@ -156,13 +160,14 @@ def sampling_params(req: ChatRequest | CompletionRequest, max_tokens: int | None
     """The engine's parameters for a request; ApiError(400) for a value out of range."""
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     try:
+        grammar = compile_format(req.response_format) if req.response_format is not None else None
         return SamplingParams(n=req.n, max_tokens=max_tokens, temperature=req.temperature,
                               top_p=req.top_p, top_k=req.top_k, presence_penalty=req.presence_penalty,
                               frequency_penalty=req.frequency_penalty, stop=stop, seed=req.seed,
                               ignore_eos=req.ignore_eos, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
                               logit_bias=_token_keys(req.logit_bias or {}),
                               stop_token_ids=list(req.stop_token_ids or []), min_tokens=req.min_tokens,
-                              min_p=req.min_p, repetition_penalty=req.repetition_penalty)
+                              min_p=req.min_p, repetition_penalty=req.repetition_penalty, grammar=grammar)
     except InvalidRequest as e:
         raise ApiError(400, str(e), e.param) from None
 

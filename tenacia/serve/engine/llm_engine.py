@@ -21,6 +21,7 @@ from .attention import PagedAttention
 from .backend import TorchBackend
 from .cpu.backend import cpu_backend
 from .detokenizer import Detokenizer, TextState
+from .grammar import Grammars, advance
 from .kv_cache import PagedKVCache
 from .packed import PackedLlama
 from .runner import ModelRunner
@@ -107,7 +108,8 @@ class LLMEngine:
         self.attention = PagedAttention(self.cache, self.backend)
         self.scheduler = Scheduler(self.cache.allocator, max_num_seqs=cfg.max_num_seqs,
                                    max_batched_tokens=cfg.max_batched_tokens)
-        self.runner = ModelRunner(PackedLlama(model, self.backend), self.attention, device)
+        self.grammars = Grammars(tokenizer, mc.vocab_size, self.eos_ids)
+        self.runner = ModelRunner(PackedLlama(model, self.backend), self.attention, device, self.grammars)
         self.detokenizer = Detokenizer(tokenizer)
         self.metrics = metrics
         self._texts: dict[int, _Text] = {}
@@ -128,6 +130,8 @@ class LLMEngine:
         for index in range(params.n):
             seq = Sequence(next(self._ids), request_id, index, list(prompt_ids), params,
                            make_generator(params.seed, index, self.device), self.eos_ids)
+            if params.grammar is not None:
+                seq.matcher = self.grammars.matcher(params.grammar)
             self._texts[seq.seq_id] = _Text(TextState(stops=list(params.stop)))
             self.scheduler.add(seq)
             seqs.append(seq)
@@ -213,7 +217,13 @@ class LLMEngine:
             text.pending.append(token)
             if logprob is not None:
                 text.pending_logprobs.append(logprob)
-            reason = self._stop_reason(seq, token, text.state)
+            try:
+                reason = self._stop_reason(seq, token, text.state)
+            except ValueError as e:  # the token broke the sequence's grammar
+                delta = self._finish(seq, "error")
+                delta.error = str(e)
+                deltas.append(delta)
+                continue
             if reason is not None:
                 deltas.append(self._finish(seq, reason))
             else:
@@ -222,9 +232,11 @@ class LLMEngine:
 
     def _stop_reason(self, seq: Sequence, token: int, state: TextState) -> str | None:
         p = seq.params
-        if (token in seq.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
+        constrained = seq.matcher is not None  # its grammar allows EOS only once complete: EOS ends it
+        if (token in seq.eos_ids and (constrained or not p.ignore_eos)) or token in p.stop_token_ids:
             return "stop"  # the stop token's text is not part of the answer
-        if self.detokenizer.append(state, seq.output_ids, scan=len(seq.output_ids) >= p.min_tokens):
+        complete = constrained and advance(seq.matcher, token)
+        if self.detokenizer.append(state, seq.output_ids, scan=len(seq.output_ids) >= p.min_tokens) or complete:
             return "stop"
         if len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_context:
             return "length"

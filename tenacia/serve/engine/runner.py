@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .attention import PagedAttention, PrefillLayout
+from .grammar import Grammars
 from .mirror import DecodeLayout
 from .packed import PackedLlama
 from .sampling import Sampler, token_logprobs
@@ -24,10 +25,11 @@ from .sequence import Sequence, TokenLogprob
 SCORE_ROWS = 256  # prompt rows projected to logits at once when scoring a prompt
 
 class ModelRunner:
-    def __init__(self, model: PackedLlama, attention: PagedAttention, device: torch.device):
+    def __init__(self, model: PackedLlama, attention: PagedAttention, device: torch.device,
+                 grammars: Grammars | None = None):
         self.model, self.attention, self.device = model, attention, device
         self.cache = attention.cache
-        self.sampler = Sampler()
+        self.sampler = Sampler(grammars)
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> tuple[list[tuple[Sequence, int, TokenLogprob | None]], list[tuple[Sequence, str]]]:

@@ -1,6 +1,6 @@
 """Next-token choice for a batch of sequences, each with its own parameters and generator.
 
-The order is vLLM's: logit bias, the ``min_tokens`` mask of EOS and stop tokens, repetition
+The order is vLLM's: the response format's grammar mask (``grammar.py``), logit bias, the ``min_tokens`` mask of EOS and stop tokens, repetition
 penalty, presence and frequency penalties (these four apply to greedy rows too); then, for sampled
 rows only, temperature, min-p, top-k, top-p and the draw.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .grammar import Grammars
 from .sequence import Sequence, TokenLogprob
 
 
@@ -135,11 +136,17 @@ def truncate(logits: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor | None 
 
 
 class Sampler:
-    """Chooses one token per row of ``logits`` (B, V) float32."""
+    """Chooses one token per row of ``logits`` (B, V) float32. ``grammars``: the engine's
+    ``Grammars``, which masks the rows of sequences with a response format (None: no such rows)."""
+
+    def __init__(self, grammars: Grammars | None = None):
+        self.grammars = grammars
 
     def __call__(self, logits: Tensor, seqs: list[Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
         want_logprobs = [s.params.logprobs is not None for s in seqs]
         logprobs = logits.log_softmax(dim=1) if any(want_logprobs) else None
+        if self.grammars is not None:
+            logits = self.grammars.mask_logits(logits, seqs)
         logits = apply_logit_bias(logits, seqs)
         logits = mask_early_stops(logits, seqs)
         logits = apply_repetition_penalty(logits, seqs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -66,6 +67,9 @@ class SamplingParams:
     # ``logprobs`` for a generated token (completions' ``echo``). Such a prompt is prefilled whole,
     # never taken from the prefix cache, so that every one of its tokens is scored.
     prompt_logprobs: int | None = None
+    # an llguidance grammar (``grammar.compile_format``, from ``response_format``): the output
+    # must match it, token by token
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         _require(1 <= self.n <= MAX_N, "n", f"n must be an integer in [1, {MAX_N}], got {self.n}")
@@ -87,6 +91,8 @@ class SamplingParams:
             _require(value is None or 0 <= value <= MAX_LOGPROBS, name,
                      f"{name} must be in [0, {MAX_LOGPROBS}], got {value}")
         self._check_extensions()
+        _require(self.grammar is None or self.min_tokens == 0, "min_tokens",
+                 "min_tokens cannot be combined with response_format: the format decides where the output ends")
 
     def _check_extensions(self) -> None:
         """logit_bias, min_p, repetition_penalty, min_tokens and stop_token_ids."""
@@ -165,6 +171,7 @@ class Sequence:
     seen_upto: int = 0  # how many of ``tokens`` ``seen`` holds (it grows by the new ones each step)
     # prompt tokens scored so far (params.prompt_logprobs): entry p is token p's; the first is None
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])
+    matcher: Any = None  # the grammar's state (llguidance LLMatcher) when params.grammar is set
 
     @property
     def tokens(self) -> list[int]:

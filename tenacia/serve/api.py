@@ -45,6 +45,7 @@ from .protocol import (
     TokenizeRequest,
     error_body,
     parse,
+    refuse_unsupported,
     sampling_params,
 )
 from .responses import Collected, Shape, TokenText
@@ -154,6 +155,7 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
     async def chat_completions(request: Request) -> Response:
         req: ChatRequest = parse(await request.body(), ChatRequest)
         api.check_model(req.model)
+        refuse_unsupported(req)
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
         ids = api.encode(api.render_chat(req.messages), "messages", add_special_tokens=False)
@@ -165,6 +167,7 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
     async def completions(request: Request) -> Response:
         req: CompletionRequest = parse(await request.body(), CompletionRequest)
         api.check_model(req.model)
+        refuse_unsupported(req)
         if req.suffix:
             raise ApiError(400, "suffix is not supported", "suffix")
         if req.best_of is not None and req.best_of != req.n:

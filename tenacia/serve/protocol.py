@@ -1,7 +1,10 @@
 """The OpenAI request bodies the server accepts, and its error shape.
 
-Fields OpenAI defines and tenacia does not use are accepted and ignored (``extra="allow"``), so
-any OpenAI client works; the sampling fields it does use include vLLM's extensions (``top_k``,
+Nothing is silently ignored: of the fields OpenAI defines and tenacia does not use, those that
+cannot change the output (``NO_OPS``: ``user``, ``metadata``, ``store: false`` ...) are accepted
+and have no effect; those that would change it (``UNSUPPORTED``: ``tools``, ``audio`` ...) are a
+400 naming the field. A field OpenAI does not define is tolerated (clients send their own). The
+sampling fields it does use include vLLM's extensions (``top_k``,
 ``min_p``, ``repetition_penalty``, ``min_tokens``, ``stop_token_ids``, ``ignore_eos``). Types are checked strictly: ``"max_tokens": "10"`` is an error, as it
 is for OpenAI. Every invalid input becomes ``ApiError(400, ...)``, rendered as OpenAI's
 ``{"error": {"message", "type", "param", "code"}}``.
@@ -35,6 +38,36 @@ class ApiError(Exception):
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"),
                       "param": param, "code": code}}
+
+
+# OpenAI fields that cannot change the output: accepted, no effect (docs/serving.md lists them)
+NO_OPS = ("user", "metadata", "service_tier", "prompt_cache_key", "safety_identifier", "prediction",
+          "parallel_tool_calls", "store")
+# OpenAI fields that would change the output and are not implemented: field -> why, or None when
+# a value that means "off" is fine (``ALLOWED_OFF``)
+UNSUPPORTED = {
+    "tools": "tool calling is not implemented",
+    "tool_choice": "tool calling is not implemented",
+    "functions": "function calling is not implemented",
+    "function_call": "function calling is not implemented",
+    "audio": "this server answers in text only",
+    "modalities": "this server answers in text only",
+    "web_search_options": "this server has no web search",
+    "reasoning_effort": "this model has no reasoning effort setting",
+    "verbosity": "this model has no verbosity setting",
+    "store": "responses are not stored (store: false is accepted)",
+}
+ALLOWED_OFF = {"tools": ([],), "tool_choice": ("none",), "functions": ([],), "modalities": (["text"],),
+               "store": (False,)}
+
+
+def refuse_unsupported(req: BaseModel) -> None:
+    """ApiError(400) for the first field of ``UNSUPPORTED`` the request sets to a value that
+    would change the output (None and the "off" values of ``ALLOWED_OFF`` do not)."""
+    extra = req.model_extra or {}
+    for name, why in UNSUPPORTED.items():
+        if name in extra and extra[name] is not None and extra[name] not in ALLOWED_OFF.get(name, ()):
+            raise ApiError(400, f"'{name}' is not supported: {why}", name, "unsupported_parameter")
 
 
 class StreamOptions(BaseModel):

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ from .protocol import (
     refuse_unsupported,
     sampling_params,
 )
+from .reasoning import ThinkSplitter, thinks
 from .responses import Collected, Shape, TokenText
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -158,10 +161,12 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
         refuse_unsupported(req)
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
-        ids = api.encode(api.render_chat(req.messages), "messages", add_special_tokens=False)
+        prompt = api.render_chat(req.messages)
+        ids = api.encode(prompt, "messages", add_special_tokens=False)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        return await api.generate(request, req, [ids], max_tokens, logprobs, chat=True)
+        think = partial(ThinkSplitter.for_prompt, prompt) if api.thinks else None
+        return await api.generate(request, req, [ids], max_tokens, logprobs, chat=True, think=think)
 
     @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(request: Request) -> Response:
@@ -188,6 +193,7 @@ class _Api:
         self.token_text = TokenText(served.tokenizer)
         context = served.max_context
         self.max_prompt = min(cfg.max_prompt_tokens or context, context - 1)
+        self.thinks = thinks(cfg.reasoning, served.chat_template.source)
         self.in_flight = 0
 
     def model_card(self, created: int) -> dict[str, Any]:
@@ -236,9 +242,11 @@ class _Api:
         return self.served.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     async def generate(self, request: Request, req: ChatRequest | CompletionRequest, prompts: list[list[int]],
-                       max_tokens: int | None, logprobs: int | None, chat: bool, echo: bool = False) -> Response:
+                       max_tokens: int | None, logprobs: int | None, chat: bool, echo: bool = False,
+                       think: Callable[[], ThinkSplitter] | None = None) -> Response:
         """Submit ``prompts`` and answer, whole or streamed. ``echo``: each completion starts with
-        its prompt (scored when ``logprobs`` is given)."""
+        its prompt (scored when ``logprobs`` is given). ``think``: a splitter per choice, to send
+        a thinking model's reasoning apart from its content (``reasoning.py``)."""
         param = "messages" if chat else "prompt"
         longest = max(len(p) for p in prompts)
         if any(not p for p in prompts):
@@ -266,7 +274,7 @@ class _Api:
             raise ApiError(503, str(e), None, "engine_unavailable") from None
         self.in_flight += 1
         shape = Shape(chat, self.served.name, self.token_text, logprobs is not None, prompts if echo else None, req.n)
-        got = Collected(prompt_tokens=sum(len(p) for p in prompts))
+        got = Collected(prompt_tokens=sum(len(p) for p in prompts), think=think)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -305,8 +313,7 @@ class _Api:
             if shape.chat:
                 yield shape.role_chunk(range(choices), include_usage)
             async for deltas in handle.deltas():
-                got.add(deltas)
-                chunk = shape.chunk(deltas, include_usage, offsets)
+                chunk = shape.chunk(deltas, include_usage, offsets, got.add(deltas))
                 if chunk:
                     yield chunk
             if include_usage:

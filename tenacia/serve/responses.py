@@ -2,6 +2,8 @@
 
 ``Shape`` knows the two endpoints' formats (``chat.completion`` and ``text_completion``);
 ``Collected`` gathers the deltas of a request for a non-streamed answer and for ``usage``.
+For a thinking model (``reasoning.py``) ``Collected`` splits each chat choice's text into
+reasoning and content as the deltas arrive, and both answers show what it split.
 A completion with ``echo`` starts each choice with its prompt's text and, with ``logprobs``, its
 prompt's tokens (the first token has no logprob: ``null``), then the generated ones.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +21,7 @@ from tokenizers import Tokenizer
 
 from .engine.llm_engine import ChoiceDelta
 from .engine.sequence import TokenLogprob
+from .reasoning import ThinkSplitter
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -63,28 +67,45 @@ class TokenText:
 
 @dataclass(slots=True)
 class Collected:
-    """Everything a request produced so far, per choice index."""
+    """Everything a request produced so far, per choice index. ``think``: a new splitter for a
+    choice (``ThinkSplitter.for_prompt``) when answers are split into reasoning and content."""
 
     prompt_tokens: int
+    think: Callable[[], ThinkSplitter] | None = None
+    splitters: dict[int, ThinkSplitter] = field(default_factory=dict)
+    reasoning: dict[int, str] = field(default_factory=dict)
     texts: dict[int, str] = field(default_factory=dict)
     tokens: dict[int, int] = field(default_factory=dict)
     logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)
     prompt_logprobs: dict[int, list[TokenLogprob | None]] = field(default_factory=dict)
     finish: dict[int, str | None] = field(default_factory=dict)
 
-    def add(self, deltas: list[ChoiceDelta]) -> None:
+    def add(self, deltas: list[ChoiceDelta]) -> list[tuple[str, str]]:
+        """Take ``deltas``; returns each one's (reasoning, content) text ("" reasoning unless split)."""
+        pieces = []
         for d in deltas:
             if d.prompt_logprobs is not None:
                 self.prompt_logprobs[d.index] = d.prompt_logprobs
-            self.texts[d.index] = self.texts.get(d.index, "") + d.text
+            reasoning, content = "", d.text
+            if self.think is not None:
+                splitter = self.splitters.setdefault(d.index, self.think())
+                reasoning, content = splitter.feed(d.text, len(d.token_ids), final=d.finish_reason is not None)
+                self.reasoning[d.index] = self.reasoning.get(d.index, "") + reasoning
+            pieces.append((reasoning, content))
+            self.texts[d.index] = self.texts.get(d.index, "") + content
             self.tokens[d.index] = d.completion_tokens
             self.logprobs.setdefault(d.index, []).extend(d.logprobs)
             self.finish[d.index] = d.finish_reason
+        return pieces
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         completion = sum(self.tokens.values())
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": self.prompt_tokens + completion}
+        usage: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                                 "total_tokens": self.prompt_tokens + completion}
+        if self.think is not None:
+            reasoning = sum(s.reasoning_tokens for s in self.splitters.values())
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+        return usage
 
 
 class Shape:
@@ -139,6 +160,9 @@ class Shape:
             choice: dict[str, Any] = {"index": i}
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": got.texts[i]}
+                if got.think is not None:  # both names: DeepSeek's (and SGLang's, llama.cpp's), vLLM's
+                    reasoning = got.reasoning.get(i) or None
+                    choice["message"].update(reasoning_content=reasoning, reasoning=reasoning)
                 choice["logprobs"] = self.logprobs(got.logprobs.get(i, []))
             else:
                 text, items = self.echoed(i, got.prompt_logprobs.get(i))
@@ -154,17 +178,23 @@ class Shape:
                     "finish_reason": None} for i in indices]
         return self._sse(choices, include_usage)
 
-    def chunk(self, deltas: list[ChoiceDelta], include_usage: bool, offsets: dict[int, int]) -> str | None:
+    def chunk(self, deltas: list[ChoiceDelta], include_usage: bool, offsets: dict[int, int],
+              pieces: list[tuple[str, str]]) -> str | None:
+        """The event for ``deltas``; ``pieces``: each one's (reasoning, content), from
+        ``Collected.add``."""
         choices = []
-        for d in deltas:
+        for d, (reasoning, content) in zip(deltas, pieces, strict=True):
             echo_due = self.echo is not None and d.index not in offsets
-            if not d.text and d.finish_reason is None and not (self.want_logprobs and d.logprobs) and not echo_due:
-                continue  # nothing to say yet (held-back bytes or a possible stop string)
+            if (not content and not reasoning and d.finish_reason is None and not (self.want_logprobs and d.logprobs)
+                    and not echo_due):
+                continue  # nothing to say yet (held-back bytes, a possible stop string or tag)
             choice: dict[str, Any] = {"index": d.index}
             text, items = self.echoed(d.index, d.prompt_logprobs) if echo_due else ("", [])
-            text, items = text + d.text, items + d.logprobs
+            text, items = text + content, items + d.logprobs
             if self.chat:
                 choice["delta"] = {"content": text} if text else {}
+                if reasoning:
+                    choice["delta"].update(reasoning_content=reasoning, reasoning=reasoning)
             else:
                 choice["text"] = text
             choice["logprobs"] = self.logprobs(items, offsets.get(d.index, 0)) if items else None

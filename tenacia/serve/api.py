@@ -52,6 +52,7 @@ from .protocol import (
 )
 from .reasoning import ThinkSplitter, thinks
 from .responses import Collected, Shape, TokenText
+from .tools import ToolCallParser, check_tools, tool_grammar
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_PROMPTS = 16
@@ -161,12 +162,19 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
         refuse_unsupported(req)
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
-        prompt = api.render_chat(req.messages)
+        try:
+            tools, choice = check_tools(req.tools, req.tool_choice, served.chat_template.source)
+            forced = tool_grammar(tools, choice, req.parallel_tool_calls) if tools else None
+        except InvalidRequest as e:
+            raise ApiError(400, str(e), e.param) from None
+        prompt = api.render_chat(req.messages, tools=tools)
         ids = api.encode(prompt, "messages", add_special_tokens=False)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         think = partial(ThinkSplitter.for_prompt, prompt) if api.thinks else None
-        return await api.generate(request, req, [ids], max_tokens, logprobs, chat=True, think=think)
+        parser = partial(ToolCallParser, req.parallel_tool_calls) if tools else None
+        return await api.generate(request, req, [ids], max_tokens, logprobs, chat=True, think=think,
+                                  tools=parser, grammar=forced)
 
     @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(request: Request) -> Response:
@@ -217,9 +225,9 @@ class _Api:
             raise ApiError(404, f"the model '{name}' does not exist; this server serves '{self.served.name}'",
                            "model", "model_not_found")
 
-    def render_chat(self, messages: list, add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: list, add_generation_prompt: bool = True, tools: list | None = None) -> str:
         try:
-            return self.served.chat_template.render([m.model_dump() for m in messages], add_generation_prompt)
+            return self.served.chat_template.render([m.model_dump() for m in messages], add_generation_prompt, tools)
         except InvalidRequest as e:
             raise ApiError(400, str(e), e.param) from None
 
@@ -243,10 +251,12 @@ class _Api:
 
     async def generate(self, request: Request, req: ChatRequest | CompletionRequest, prompts: list[list[int]],
                        max_tokens: int | None, logprobs: int | None, chat: bool, echo: bool = False,
-                       think: Callable[[], ThinkSplitter] | None = None) -> Response:
+                       think: Callable[[], ThinkSplitter] | None = None,
+                       tools: Callable[[], ToolCallParser] | None = None, grammar: str | None = None) -> Response:
         """Submit ``prompts`` and answer, whole or streamed. ``echo``: each completion starts with
         its prompt (scored when ``logprobs`` is given). ``think``: a splitter per choice, to send
-        a thinking model's reasoning apart from its content (``reasoning.py``)."""
+        a thinking model's reasoning apart from its content (``reasoning.py``); ``tools``: a tool-call
+        parser per choice (``tools.py``); ``grammar``: one the output must follow (a forced call)."""
         param = "messages" if chat else "prompt"
         longest = max(len(p) for p in prompts)
         if any(not p for p in prompts):
@@ -262,7 +272,7 @@ class _Api:
             raise ApiError(400, "max_tokens may be 0 only with echo: true (to score the prompt)", "max_tokens")
         if req.stream_options is not None and not req.stream:
             raise ApiError(400, "stream_options is only allowed with stream: true", "stream_options")
-        params = sampling_params(req, max_tokens, logprobs, logprobs if echo else None)
+        params = sampling_params(req, max_tokens, logprobs, logprobs if echo else None, grammar)
         if self.in_flight >= self.cfg.max_concurrent_requests:
             raise ApiError(429, f"the server is at its limit of {self.cfg.max_concurrent_requests} "
                            "requests in flight; retry later", None, "rate_limit_exceeded")
@@ -274,7 +284,7 @@ class _Api:
             raise ApiError(503, str(e), None, "engine_unavailable") from None
         self.in_flight += 1
         shape = Shape(chat, self.served.name, self.token_text, logprobs is not None, prompts if echo else None, req.n)
-        got = Collected(prompt_tokens=sum(len(p) for p in prompts), think=think)
+        got = Collected(prompt_tokens=sum(len(p) for p in prompts), think=think, tools=tools)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
 

@@ -41,15 +41,12 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 
 # OpenAI fields that cannot change the output: accepted, no effect (docs/serving.md lists them)
-NO_OPS = ("user", "metadata", "service_tier", "prompt_cache_key", "safety_identifier", "prediction",
-          "parallel_tool_calls", "store")
+NO_OPS = ("user", "metadata", "service_tier", "prompt_cache_key", "safety_identifier", "prediction", "store")
 # OpenAI fields that would change the output and are not implemented: field -> why, or None when
 # a value that means "off" is fine (``ALLOWED_OFF``)
 UNSUPPORTED = {
-    "tools": "tool calling is not implemented",
-    "tool_choice": "tool calling is not implemented",
-    "functions": "function calling is not implemented",
-    "function_call": "function calling is not implemented",
+    "functions": "the deprecated functions are not implemented: send tools",
+    "function_call": "the deprecated function_call is not implemented: send tool_choice",
     "audio": "this server answers in text only",
     "modalities": "this server answers in text only",
     "web_search_options": "this server has no web search",
@@ -57,7 +54,7 @@ UNSUPPORTED = {
     "verbosity": "this model has no verbosity setting",
     "store": "responses are not stored (store: false is accepted)",
 }
-ALLOWED_OFF = {"tools": ([],), "tool_choice": ("none",), "functions": ([],), "modalities": (["text"],),
+ALLOWED_OFF = {"functions": ([],), "modalities": (["text"],),
                "store": (False,)}
 
 
@@ -112,6 +109,9 @@ class ChatRequest(_Common):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None  # OpenAI's function tools (serve/tools.py)
+    tool_choice: str | dict[str, Any] | None = None  # "none", "auto", "required" or a named function
+    parallel_tool_calls: bool = True
 
 
 class CompletionRequest(_Common):
@@ -188,12 +188,17 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
-def sampling_params(req: ChatRequest | CompletionRequest, max_tokens: int | None,
-                    logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
-    """The engine's parameters for a request; ApiError(400) for a value out of range."""
+def sampling_params(req: ChatRequest | CompletionRequest, max_tokens: int | None, logprobs: int | None,
+                    prompt_logprobs: int | None = None, grammar: str | None = None) -> SamplingParams:
+    """The engine's parameters for a request; ApiError(400) for a value out of range. ``grammar``:
+    one the output must follow besides ``response_format`` (a forced tool call); not both."""
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     try:
-        grammar = compile_format(req.response_format) if req.response_format is not None else None
+        if req.response_format is not None and req.response_format.get("type") != "text" and grammar is not None:
+            raise InvalidRequest("response_format", "response_format cannot be combined with a required or "
+                                 "named tool_choice (both decide the output's form)")
+        if grammar is None and req.response_format is not None:
+            grammar = compile_format(req.response_format)
         return SamplingParams(n=req.n, max_tokens=max_tokens, temperature=req.temperature,
                               top_p=req.top_p, top_k=req.top_k, presence_penalty=req.presence_penalty,
                               frequency_penalty=req.frequency_penalty, stop=stop, seed=req.seed,

@@ -56,7 +56,7 @@ class ThinkSplitter:
             if end >= 0:
                 reasoning, buf, self.state = buf[:end], buf[end + len(CLOSE):], "answer"
             else:
-                keep = 0 if final else _partial_suffix(buf, CLOSE)
+                keep = 0 if final else partial_suffix(buf, CLOSE)
                 reasoning, self.held, buf = buf[:len(buf) - keep], buf[len(buf) - keep:], ""
         if self.state == "answer":
             content = buf
@@ -65,7 +65,7 @@ class ThinkSplitter:
         return reasoning, content
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest end of ``text`` that is a proper start of ``tag``."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if tag.startswith(text[-n:]):

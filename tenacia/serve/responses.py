@@ -3,7 +3,8 @@
 ``Shape`` knows the two endpoints' formats (``chat.completion`` and ``text_completion``);
 ``Collected`` gathers the deltas of a request for a non-streamed answer and for ``usage``.
 For a thinking model (``reasoning.py``) ``Collected`` splits each chat choice's text into
-reasoning and content as the deltas arrive, and both answers show what it split.
+reasoning and content as the deltas arrive, and with tools (``tools.py``) it takes the tool calls
+out of the content; both answers show what it split, so streamed equals whole.
 A completion with ``echo`` starts each choice with its prompt's text and, with ``logprobs``, its
 prompt's tokens (the first token has no logprob: ``null``), then the generated ones.
 """
@@ -15,13 +16,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokenizers import Tokenizer
 
 from .engine.llm_engine import ChoiceDelta
 from .engine.sequence import TokenLogprob
 from .reasoning import ThinkSplitter
+from .tools import ToolCallParser
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -65,6 +67,15 @@ class TokenText:
         return list(self.text(token_id).encode("utf-8"))
 
 
+class Piece(NamedTuple):
+    """What one delta adds to its choice, once split."""
+
+    reasoning: str
+    content: str
+    tool_calls: list[dict]  # OpenAI tool_calls deltas
+    finish_reason: str | None  # "tool_calls" instead of "stop" once the choice made calls
+
+
 @dataclass(slots=True)
 class Collected:
     """Everything a request produced so far, per choice index. ``think``: a new splitter for a
@@ -72,7 +83,9 @@ class Collected:
 
     prompt_tokens: int
     think: Callable[[], ThinkSplitter] | None = None
+    tools: Callable[[], ToolCallParser] | None = None  # a parser per choice, when tools are shown
     splitters: dict[int, ThinkSplitter] = field(default_factory=dict)
+    parsers: dict[int, ToolCallParser] = field(default_factory=dict)
     reasoning: dict[int, str] = field(default_factory=dict)
     texts: dict[int, str] = field(default_factory=dict)
     tokens: dict[int, int] = field(default_factory=dict)
@@ -80,22 +93,28 @@ class Collected:
     prompt_logprobs: dict[int, list[TokenLogprob | None]] = field(default_factory=dict)
     finish: dict[int, str | None] = field(default_factory=dict)
 
-    def add(self, deltas: list[ChoiceDelta]) -> list[tuple[str, str]]:
-        """Take ``deltas``; returns each one's (reasoning, content) text ("" reasoning unless split)."""
+    def add(self, deltas: list[ChoiceDelta]) -> list[Piece]:
+        """Take ``deltas``; returns what each adds, split into reasoning, content and tool calls."""
         pieces = []
         for d in deltas:
             if d.prompt_logprobs is not None:
                 self.prompt_logprobs[d.index] = d.prompt_logprobs
-            reasoning, content = "", d.text
+            final = d.finish_reason is not None
+            reasoning, content, calls, reason = "", d.text, [], d.finish_reason
             if self.think is not None:
                 splitter = self.splitters.setdefault(d.index, self.think())
-                reasoning, content = splitter.feed(d.text, len(d.token_ids), final=d.finish_reason is not None)
+                reasoning, content = splitter.feed(d.text, len(d.token_ids), final=final)
                 self.reasoning[d.index] = self.reasoning.get(d.index, "") + reasoning
-            pieces.append((reasoning, content))
+            if self.tools is not None:
+                parser = self.parsers.setdefault(d.index, self.tools())
+                content, calls = parser.feed(content, final=final)
+                if parser.calls and reason == "stop":
+                    reason = "tool_calls"
+            pieces.append(Piece(reasoning, content, calls, reason))
             self.texts[d.index] = self.texts.get(d.index, "") + content
             self.tokens[d.index] = d.completion_tokens
             self.logprobs.setdefault(d.index, []).extend(d.logprobs)
-            self.finish[d.index] = d.finish_reason
+            self.finish[d.index] = reason
         return pieces
 
     def usage(self) -> dict[str, Any]:
@@ -163,6 +182,10 @@ class Shape:
                 if got.think is not None:  # both names: DeepSeek's (and SGLang's, llama.cpp's), vLLM's
                     reasoning = got.reasoning.get(i) or None
                     choice["message"].update(reasoning_content=reasoning, reasoning=reasoning)
+                calls = got.parsers[i].calls if i in got.parsers else []
+                if calls:
+                    choice["message"]["tool_calls"] = calls
+                    choice["message"]["content"] = got.texts[i] if got.texts[i].strip() else None
                 choice["logprobs"] = self.logprobs(got.logprobs.get(i, []))
             else:
                 text, items = self.echoed(i, got.prompt_logprobs.get(i))
@@ -179,14 +202,13 @@ class Shape:
         return self._sse(choices, include_usage)
 
     def chunk(self, deltas: list[ChoiceDelta], include_usage: bool, offsets: dict[int, int],
-              pieces: list[tuple[str, str]]) -> str | None:
-        """The event for ``deltas``; ``pieces``: each one's (reasoning, content), from
-        ``Collected.add``."""
+              pieces: list[Piece]) -> str | None:
+        """The event for ``deltas``; ``pieces``: what each adds, from ``Collected.add``."""
         choices = []
-        for d, (reasoning, content) in zip(deltas, pieces, strict=True):
+        for d, (reasoning, content, calls, reason) in zip(deltas, pieces, strict=True):
             echo_due = self.echo is not None and d.index not in offsets
-            if (not content and not reasoning and d.finish_reason is None and not (self.want_logprobs and d.logprobs)
-                    and not echo_due):
+            if (not content and not reasoning and not calls and reason is None
+                    and not (self.want_logprobs and d.logprobs) and not echo_due):
                 continue  # nothing to say yet (held-back bytes, a possible stop string or tag)
             choice: dict[str, Any] = {"index": d.index}
             text, items = self.echoed(d.index, d.prompt_logprobs) if echo_due else ("", [])
@@ -195,10 +217,12 @@ class Shape:
                 choice["delta"] = {"content": text} if text else {}
                 if reasoning:
                     choice["delta"].update(reasoning_content=reasoning, reasoning=reasoning)
+                if calls:
+                    choice["delta"]["tool_calls"] = calls
             else:
                 choice["text"] = text
             choice["logprobs"] = self.logprobs(items, offsets.get(d.index, 0)) if items else None
-            choice["finish_reason"] = d.finish_reason
+            choice["finish_reason"] = reason
             # text_offset counts each token's own text, as the whole answer does (a held-back
             # partial character would otherwise shift the streamed offsets)
             offsets[d.index] = offsets.get(d.index, 0) + sum(len(self.tt.text(lp.token_id)) for lp in items)

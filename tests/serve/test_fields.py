@@ -11,9 +11,8 @@ from tenacia.serve.protocol import NO_OPS, UNSUPPORTED
 CHAT = [{"role": "user", "content": "hi"}]
 NO_OP_VALUES = {"user": "u-1", "metadata": {"k": "v"}, "service_tier": "auto", "prompt_cache_key": "k",
                 "safety_identifier": "s", "prediction": {"type": "content", "content": "x"},
-                "parallel_tool_calls": False, "store": False}
-REFUSED = {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}], "tool_choice": "auto",
-           "functions": [{"name": "f"}], "function_call": "auto", "audio": {"voice": "alloy", "format": "wav"},
+                "store": False}
+REFUSED = {"functions": [{"name": "f"}], "function_call": "auto", "audio": {"voice": "alloy", "format": "wav"},
            "modalities": ["text", "audio"], "web_search_options": {}, "reasoning_effort": "high",
            "verbosity": "low", "store": True}
 

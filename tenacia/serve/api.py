@@ -16,7 +16,6 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -52,6 +51,7 @@ from .protocol import (
 )
 from .reasoning import ThinkSplitter, thinks
 from .responses import Collected, Shape, TokenText
+from .responses_api import ResponseShape, ResponsesRequest, to_chat_request
 from .tools import ToolCallParser, check_tools, tool_grammar
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -160,21 +160,18 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
         req: ChatRequest = parse(await request.body(), ChatRequest)
         api.check_model(req.model)
         refuse_unsupported(req)
-        if req.top_logprobs is not None and not req.logprobs:
-            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        return await api.chat(request, req)
+
+    @app.post("/v1/responses", openapi_extra=request_body(ResponsesRequest))
+    async def responses(request: Request) -> Response:
+        """OpenAI's Responses API, stateless: run as a chat request, answered as a response."""
+        req: ResponsesRequest = parse(await request.body(), ResponsesRequest)
+        api.check_model(req.model)
         try:
-            tools, choice = check_tools(req.tools, req.tool_choice, served.chat_template.source)
-            forced = tool_grammar(tools, choice, req.parallel_tool_calls) if tools else None
+            chat = to_chat_request(req)
         except InvalidRequest as e:
             raise ApiError(400, str(e), e.param) from None
-        prompt = api.render_chat(req.messages, tools=tools)
-        ids = api.encode(prompt, "messages", add_special_tokens=False)
-        logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        think = partial(ThinkSplitter.for_prompt, prompt) if api.thinks else None
-        parser = partial(ToolCallParser, req.parallel_tool_calls) if tools else None
-        return await api.generate(request, req, [ids], max_tokens, logprobs, chat=True, think=think,
-                                  tools=parser, grammar=forced)
+        return await api.chat(request, chat, partial(ResponseShape, req, served.name))
 
     @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(request: Request) -> Response:
@@ -207,6 +204,25 @@ class _Api:
     def model_card(self, created: int) -> dict[str, Any]:
         return {"id": self.served.name, "object": "model", "created": created, "owned_by": "tenacia",
                 "max_model_len": self.served.max_context}
+
+    async def chat(self, request: Request, req: ChatRequest, shape: Callable[..., Any] | None = None) -> Response:
+        """A chat request: tools checked, messages rendered, then ``generate``. ``shape``: makes
+        the answer's shape (``ResponseShape`` for /v1/responses), else chat.completion's."""
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        try:
+            tools, choice = check_tools(req.tools, req.tool_choice, self.served.chat_template.source)
+            forced = tool_grammar(tools, choice, req.parallel_tool_calls) if tools else None
+        except InvalidRequest as e:
+            raise ApiError(400, str(e), e.param) from None
+        prompt = self.render_chat(req.messages, tools=tools)
+        ids = self.encode(prompt, "messages", add_special_tokens=False)
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        think = partial(ThinkSplitter.for_prompt, prompt) if self.thinks else None
+        parser = partial(ToolCallParser, req.parallel_tool_calls) if tools else None
+        return await self.generate(request, req, [ids], max_tokens, logprobs, chat=True, think=think,
+                                   tools=parser, grammar=forced, shape=shape)
 
     def tokenizer_info(self) -> dict[str, Any]:
         tok, template = self.served.tokenizer, self.served.chat_template
@@ -252,7 +268,8 @@ class _Api:
     async def generate(self, request: Request, req: ChatRequest | CompletionRequest, prompts: list[list[int]],
                        max_tokens: int | None, logprobs: int | None, chat: bool, echo: bool = False,
                        think: Callable[[], ThinkSplitter] | None = None,
-                       tools: Callable[[], ToolCallParser] | None = None, grammar: str | None = None) -> Response:
+                       tools: Callable[[], ToolCallParser] | None = None, grammar: str | None = None,
+                       shape: Callable[..., Any] | None = None) -> Response:
         """Submit ``prompts`` and answer, whole or streamed. ``echo``: each completion starts with
         its prompt (scored when ``logprobs`` is given). ``think``: a splitter per choice, to send
         a thinking model's reasoning apart from its content (``reasoning.py``); ``tools``: a tool-call
@@ -283,7 +300,8 @@ class _Api:
         except EngineError as e:  # the engine process is gone: nothing here can serve it
             raise ApiError(503, str(e), None, "engine_unavailable") from None
         self.in_flight += 1
-        shape = Shape(chat, self.served.name, self.token_text, logprobs is not None, prompts if echo else None, req.n)
+        shape = (shape(self.token_text) if shape is not None else
+                 Shape(chat, self.served.name, self.token_text, logprobs is not None, prompts if echo else None, req.n))
         got = Collected(prompt_tokens=sum(len(p) for p in prompts), think=think, tools=tools)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -320,17 +338,15 @@ class _Api:
     async def _stream(self, handle: RequestHandle, shape: Shape, got: Collected, include_usage: bool, choices: int):
         offsets: dict[int, int] = {}
         try:
-            if shape.chat:
-                yield shape.role_chunk(range(choices), include_usage)
+            if opening := shape.start(range(choices), include_usage):
+                yield opening
             async for deltas in handle.deltas():
                 chunk = shape.chunk(deltas, include_usage, offsets, got.add(deltas))
                 if chunk:
                     yield chunk
-            if include_usage:
-                yield shape.usage_chunk(got)
-            yield "data: [DONE]\n\n"
+            yield shape.end(got, include_usage)
         except EngineError as e:
-            yield "data: " + json.dumps(error_body(500, str(e))) + "\n\n"
+            yield shape.error(error_body(500, str(e)))
         finally:
             handle.cancel()
 

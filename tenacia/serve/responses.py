@@ -195,11 +195,20 @@ class Shape:
             choices.append(choice)
         return {**self._envelope(chunk=False), "choices": choices, "usage": got.usage()}
 
-    def role_chunk(self, indices: range, include_usage: bool) -> str:
-        """Chat streams open each choice with the assistant role."""
+    def start(self, indices: range, include_usage: bool) -> str:
+        """A stream's first event: chat streams open each choice with the assistant role."""
+        if not self.chat:
+            return ""
         choices = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                     "finish_reason": None} for i in indices]
         return self._sse(choices, include_usage)
+
+    def end(self, got: Collected, include_usage: bool) -> str:
+        """A stream's last events: the usage chunk (when asked for), then ``[DONE]``."""
+        return (self.usage_chunk(got) if include_usage else "") + "data: [DONE]\n\n"
+
+    def error(self, body: dict[str, Any]) -> str:
+        return "data: " + json.dumps(body) + "\n\n"
 
     def chunk(self, deltas: list[ChoiceDelta], include_usage: bool, offsets: dict[int, int],
               pieces: list[Piece]) -> str | None:

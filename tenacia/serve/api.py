@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API and the chat page, in front of a ``ProcessEngine``.
 
 Routes: ``GET /`` (chat page), ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``,
-``POST /v1/chat/completions``, ``POST /v1/completions``.
+``POST /v1/chat/completions``, ``POST /v1/completions``; vLLM's ``POST /tokenize``,
+``POST /detokenize`` and ``GET /tokenizer_info``.
 
 Contract:
 - Invalid input is a 400 with OpenAI's error JSON naming the parameter (never FastAPI's 422); an
@@ -15,9 +16,10 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from .config import ServerConfig
@@ -34,6 +37,7 @@ from .engine.sequence import InvalidRequest
 from .guard import BodyTooLarge, Guard
 from .metrics import CONTENT_TYPE, ServeMetrics
 from .models import ServedModel
+from .openapi import install, request_body
 from .protocol import (
     ApiError,
     ChatRequest,
@@ -42,9 +46,13 @@ from .protocol import (
     TokenizeRequest,
     error_body,
     parse,
+    refuse_unsupported,
     sampling_params,
 )
+from .reasoning import ThinkSplitter, thinks
 from .responses import Collected, Shape, TokenText
+from .responses_api import ResponseShape, ResponsesRequest, to_chat_request
+from .tools import ToolCallParser, check_tools, tool_grammar
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_PROMPTS = 16
@@ -71,6 +79,10 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, e: BodyTooLarge) -> JSONResponse:
         return JSONResponse(error_body(413, str(e), None, "body_too_large"), status_code=413)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, e: ClientDisconnect) -> Response:
+        return Response(status_code=499)  # the client left during its upload: nobody to answer
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -114,7 +126,7 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
     async def version() -> dict[str, Any]:
         return {"version": __version__}
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", openapi_extra=request_body(TokenizeRequest))
     async def tokenize(request: Request) -> dict[str, Any]:
         """vLLM's tokenizer endpoint (outside /v1/, as vLLM has it)."""
         req: TokenizeRequest = parse(await request.body(), TokenizeRequest)
@@ -128,7 +140,13 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
             ids = api.encode(req.prompt, "prompt", add_special_tokens=req.add_special_tokens)
         return {"tokens": ids, "count": len(ids), "max_model_len": served.max_context}
 
-    @app.post("/detokenize")
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        """vLLM's tokenizer description (lm-evaluation-harness's remote tokenizer reads it): the
+        special tokens as text and id (None where the model has none) and the chat template."""
+        return api.tokenizer_info()
+
+    @app.post("/detokenize", openapi_extra=request_body(DetokenizeRequest))
     async def detokenize(request: Request) -> dict[str, Any]:
         req: DetokenizeRequest = parse(await request.body(), DetokenizeRequest)
         api.check_model(req.model)
@@ -137,30 +155,38 @@ def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, me
             raise ApiError(400, f"tokens must be ids in [0, {vocab}), got {bad[:5]}", "tokens")
         return {"prompt": served.tokenizer.decode(req.tokens, skip_special_tokens=False)}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatRequest))
     async def chat_completions(request: Request) -> Response:
         req: ChatRequest = parse(await request.body(), ChatRequest)
         api.check_model(req.model)
-        if req.top_logprobs is not None and not req.logprobs:
-            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
-        ids = api.encode(api.render_chat(req.messages), "messages", add_special_tokens=False)
-        logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        return await api.generate(request, req, [ids], max_tokens, logprobs, chat=True)
+        refuse_unsupported(req)
+        return await api.chat(request, req)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/responses", openapi_extra=request_body(ResponsesRequest))
+    async def responses(request: Request) -> Response:
+        """OpenAI's Responses API, stateless: run as a chat request, answered as a response."""
+        req: ResponsesRequest = parse(await request.body(), ResponsesRequest)
+        api.check_model(req.model)
+        try:
+            chat = to_chat_request(req)
+        except InvalidRequest as e:
+            raise ApiError(400, str(e), e.param) from None
+        return await api.chat(request, chat, partial(ResponseShape, req, served.name))
+
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         req: CompletionRequest = parse(await request.body(), CompletionRequest)
         api.check_model(req.model)
-        if req.echo:
-            raise ApiError(400, "echo is not supported", "echo")
+        refuse_unsupported(req)
         if req.suffix:
             raise ApiError(400, "suffix is not supported", "suffix")
         if req.best_of is not None and req.best_of != req.n:
             raise ApiError(400, "best_of must equal n (or be left out)", "best_of")
         prompts = api.tokenize_prompts(req.prompt)
-        return await api.generate(request, req, prompts, req.max_tokens, req.logprobs, chat=False)
+        return await api.generate(request, req, prompts, req.max_tokens, req.logprobs, chat=False,
+                                  echo=req.echo)
 
+    install(app, [ChatRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest])
     return Guard(app, api_keys=cfg.api_keys, max_body_bytes=cfg.max_body_bytes)
 
 
@@ -172,20 +198,52 @@ class _Api:
         self.token_text = TokenText(served.tokenizer)
         context = served.max_context
         self.max_prompt = min(cfg.max_prompt_tokens or context, context - 1)
+        self.thinks = thinks(cfg.reasoning, served.chat_template.source)
         self.in_flight = 0
 
     def model_card(self, created: int) -> dict[str, Any]:
         return {"id": self.served.name, "object": "model", "created": created, "owned_by": "tenacia",
                 "max_model_len": self.served.max_context}
 
+    async def chat(self, request: Request, req: ChatRequest, shape: Callable[..., Any] | None = None) -> Response:
+        """A chat request: tools checked, messages rendered, then ``generate``. ``shape``: makes
+        the answer's shape (``ResponseShape`` for /v1/responses), else chat.completion's."""
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        try:
+            tools, choice = check_tools(req.tools, req.tool_choice, self.served.chat_template.source)
+            forced = tool_grammar(tools, choice, req.parallel_tool_calls) if tools else None
+        except InvalidRequest as e:
+            raise ApiError(400, str(e), e.param) from None
+        prompt = self.render_chat(req.messages, tools=tools)
+        ids = self.encode(prompt, "messages", add_special_tokens=False)
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        think = partial(ThinkSplitter.for_prompt, prompt) if self.thinks else None
+        parser = partial(ToolCallParser, req.parallel_tool_calls) if tools else None
+        return await self.generate(request, req, [ids], max_tokens, logprobs, chat=True, think=think,
+                                   tools=parser, grammar=forced, shape=shape)
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        tok, template = self.served.tokenizer, self.served.chat_template
+        special = dict(template.special_tokens)
+        if "eos_token" not in special and self.served.eos_ids:
+            special["eos_token"] = tok.id_to_token(min(self.served.eos_ids))
+        info: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "vocab_size": tok.get_vocab_size(),
+                                "model_max_length": self.served.max_context, "chat_template": template.source}
+        for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            text = special.get(name)
+            info[name], info[f"{name}_id"] = text, tok.token_to_id(text) if text else None
+        return info
+
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.served.name:
             raise ApiError(404, f"the model '{name}' does not exist; this server serves '{self.served.name}'",
                            "model", "model_not_found")
 
-    def render_chat(self, messages: list, add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: list, add_generation_prompt: bool = True, tools: list | None = None) -> str:
         try:
-            return self.served.chat_template.render([m.model_dump() for m in messages], add_generation_prompt)
+            return self.served.chat_template.render([m.model_dump() for m in messages], add_generation_prompt, tools)
         except InvalidRequest as e:
             raise ApiError(400, str(e), e.param) from None
 
@@ -194,7 +252,7 @@ class _Api:
             prompt = [prompt]
         if not prompt:
             raise ApiError(400, "prompt must not be empty", "prompt")
-        if all(isinstance(p, int) for p in prompt):
+        if all(isinstance(p, int) for p in prompt):  # token ids, scored as given: nothing added
             prompt = [prompt]
         if len(prompt) > MAX_PROMPTS:
             raise ApiError(400, f"at most {MAX_PROMPTS} prompts per request, got {len(prompt)}", "prompt")
@@ -208,7 +266,14 @@ class _Api:
         return self.served.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     async def generate(self, request: Request, req: ChatRequest | CompletionRequest, prompts: list[list[int]],
-                       max_tokens: int | None, logprobs: int | None, chat: bool) -> Response:
+                       max_tokens: int | None, logprobs: int | None, chat: bool, echo: bool = False,
+                       think: Callable[[], ThinkSplitter] | None = None,
+                       tools: Callable[[], ToolCallParser] | None = None, grammar: str | None = None,
+                       shape: Callable[..., Any] | None = None) -> Response:
+        """Submit ``prompts`` and answer, whole or streamed. ``echo``: each completion starts with
+        its prompt (scored when ``logprobs`` is given). ``think``: a splitter per choice, to send
+        a thinking model's reasoning apart from its content (``reasoning.py``); ``tools``: a tool-call
+        parser per choice (``tools.py``); ``grammar``: one the output must follow (a forced call)."""
         param = "messages" if chat else "prompt"
         longest = max(len(p) for p in prompts)
         if any(not p for p in prompts):
@@ -220,9 +285,11 @@ class _Api:
             max_tokens = min(limit, self.served.max_context - longest)
         elif max_tokens > limit:
             raise ApiError(400, f"max_tokens must be at most {limit}, got {max_tokens}", "max_tokens")
+        elif max_tokens == 0 and not echo:
+            raise ApiError(400, "max_tokens may be 0 only with echo: true (to score the prompt)", "max_tokens")
         if req.stream_options is not None and not req.stream:
             raise ApiError(400, "stream_options is only allowed with stream: true", "stream_options")
-        params = sampling_params(req, max_tokens, logprobs)
+        params = sampling_params(req, max_tokens, logprobs, logprobs if echo else None, grammar)
         if self.in_flight >= self.cfg.max_concurrent_requests:
             raise ApiError(429, f"the server is at its limit of {self.cfg.max_concurrent_requests} "
                            "requests in flight; retry later", None, "rate_limit_exceeded")
@@ -233,8 +300,9 @@ class _Api:
         except EngineError as e:  # the engine process is gone: nothing here can serve it
             raise ApiError(503, str(e), None, "engine_unavailable") from None
         self.in_flight += 1
-        shape = Shape(chat, self.served.name, self.token_text, logprobs is not None)
-        got = Collected(prompt_tokens=sum(len(p) for p in prompts))
+        shape = (shape(self.token_text) if shape is not None else
+                 Shape(chat, self.served.name, self.token_text, logprobs is not None, prompts if echo else None, req.n))
+        got = Collected(prompt_tokens=sum(len(p) for p in prompts), think=think, tools=tools)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -270,18 +338,15 @@ class _Api:
     async def _stream(self, handle: RequestHandle, shape: Shape, got: Collected, include_usage: bool, choices: int):
         offsets: dict[int, int] = {}
         try:
-            if shape.chat:
-                yield shape.role_chunk(range(choices), include_usage)
+            if opening := shape.start(range(choices), include_usage):
+                yield opening
             async for deltas in handle.deltas():
-                got.add(deltas)
-                chunk = shape.chunk(deltas, include_usage, offsets)
+                chunk = shape.chunk(deltas, include_usage, offsets, got.add(deltas))
                 if chunk:
                     yield chunk
-            if include_usage:
-                yield shape.usage_chunk(got)
-            yield "data: [DONE]\n\n"
+            yield shape.end(got, include_usage)
         except EngineError as e:
-            yield "data: " + json.dumps(error_body(500, str(e))) + "\n\n"
+            yield shape.error(error_body(500, str(e)))
         finally:
             handle.cancel()
 

@@ -7,6 +7,7 @@ Templates run in Jinja's sandbox, with the options and helpers transformers give
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from jinja2 import TemplateError
@@ -15,7 +16,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .engine.sequence import InvalidRequest
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 def _raise(message: str) -> None:
@@ -30,14 +31,46 @@ class ChatTemplate:
         self.template = env.from_string(source)
         self.special_tokens = dict(special_tokens or {})
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """messages: OpenAI chat messages (role, content as a string or a list of text parts)."""
-        plain = [{"role": _role(m, i), "content": _content(m, i)} for i, m in enumerate(messages)]
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+               tools: list[dict[str, Any]] | None = None) -> str:
+        """messages: OpenAI chat messages (role, content as a string or a list of text parts; an
+        assistant's ``tool_calls``, a tool result's ``tool_call_id``); ``tools``: OpenAI tools,
+        shown to the template as ``tools`` when there are any."""
+        plain = [_plain(m, i) for i, m in enumerate(messages)]
+        extra = {"tools": tools} if tools else {}
         try:
             return self.template.render(messages=plain, add_generation_prompt=add_generation_prompt,
-                                        **self.special_tokens)
+                                        **self.special_tokens, **extra)
         except TemplateError as e:
             raise InvalidRequest("messages", f"the model's chat template rejected the messages: {e}") from None
+
+
+def _plain(message: dict[str, Any], i: int) -> dict[str, Any]:
+    """A message as templates read it: role and text content, plus an assistant's ``tool_calls``
+    (arguments as an object, as Hugging Face templates expect, when the JSON string parses) and a
+    tool result's ``tool_call_id`` and ``name``."""
+    plain = {"role": _role(message, i), "content": _content(message, i)}
+    calls = message.get("tool_calls")
+    if calls:
+        if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)
+                                                  for c in calls):
+            raise InvalidRequest(f"messages[{i}].tool_calls", f"messages[{i}].tool_calls must be a list of "
+                                 "{'id': ..., 'type': 'function', 'function': {'name': ..., 'arguments': '...'}}")
+        plain["tool_calls"] = [{**c, "function": {**c["function"], "arguments": _arguments(c["function"].get("arguments"))}}
+                               for c in calls]
+    for key in ("tool_call_id", "name"):
+        if isinstance(message.get(key), str):
+            plain[key] = message[key]
+    return plain
+
+
+def _arguments(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _role(message: dict[str, Any], i: int) -> str:

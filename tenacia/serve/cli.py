@@ -23,7 +23,7 @@ FLAGS = {
     "max_batched_tokens": "engine.max_batched_tokens", "max_prompt_tokens": "server.max_prompt_tokens",
     "max_tokens_limit": "server.max_tokens_limit", "max_body_bytes": "server.max_body_bytes",
     "max_concurrent_requests": "server.max_concurrent_requests", "drain_timeout": "server.drain_timeout_s",
-    "log_level": "server.log_level",
+    "log_level": "server.log_level", "reasoning": "server.reasoning",
 }
 
 
@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--max-concurrent-requests", type=int, help="requests in flight before 429 (server.max_concurrent_requests)")
     a("--drain-timeout", type=float, help="seconds in-flight requests get at shutdown (server.drain_timeout_s)")
     a("--log-level", help="debug, info, warning or error (server.log_level)")
+    a("--reasoning", help="auto, think or none: send <think> blocks as reasoning_content (server.reasoning)")
     p.set_defaults(handler=cmd_serve)
 
 

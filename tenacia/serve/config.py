@@ -13,6 +13,7 @@ from ..config import check, check_choice
 from ..device import DeviceConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+REASONING_MODES = ("auto", "think", "none")  # serve/reasoning.py
 
 
 @dataclass(kw_only=True, slots=True)
@@ -59,6 +60,9 @@ class ServerConfig:
     max_concurrent_requests: int = 64  # requests in flight; one more gets 429
     drain_timeout_s: float = 30.0  # on shutdown, how long in-flight requests may take to finish
     log_level: str = "warning"  # the server's log: debug, info, warning or error
+    # chat answers of a model that thinks in <think>...</think>: its reasoning apart from its
+    # content ("auto": when the chat template writes </think>; "think": always; "none": never)
+    reasoning: str = "auto"
 
     def __post_init__(self) -> None:
         check(0 <= self.port < 65536, "port", self.port, "0 (pick a free port) or 1..65535")
@@ -71,6 +75,7 @@ class ServerConfig:
               "a positive integer")
         check(self.drain_timeout_s >= 0, "drain_timeout_s", self.drain_timeout_s, "a number of seconds >= 0")
         check_choice("log_level", self.log_level, LOG_LEVELS)
+        check_choice("reasoning", self.reasoning, REASONING_MODES)
 
 
 @dataclass(kw_only=True, slots=True)

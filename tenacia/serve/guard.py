@@ -4,6 +4,9 @@
   for one of them; otherwise 401. The chat page, ``/health`` and ``/metrics`` stay open.
 - A body larger than ``max_body_bytes`` gets 413, whether it announces its length or streams
   chunks: reading past the limit raises ``BodyTooLarge``, which the app turns into 413.
+- A POST must say ``Content-Type: application/json``; anything else gets 415. A web page may
+  send a cross-site ``text/plain`` or form POST without asking the browser first (a "simple
+  request"), so a JSON body under another type would let any page drive a keyless local server.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class Guard:
         if self.api_keys and scope["path"].startswith("/v1/") and not self._authorized(headers):
             return await _reply(send, 401, "invalid or missing API key: pass 'Authorization: Bearer <key>'",
                                 code="invalid_api_key")
+        if scope["method"] == "POST" and not _is_json(headers.get(b"content-type", b"")):
+            return await _reply(send, 415, "the request body must be sent as 'Content-Type: application/json'",
+                                code="unsupported_media_type")
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit():
@@ -59,6 +65,10 @@ class Guard:
             return False
         key = auth[7:].strip()
         return any(hmac.compare_digest(key, k) for k in self.api_keys)
+
+
+def _is_json(content_type: bytes) -> bool:
+    return content_type.split(b";")[0].strip().lower() == b"application/json"
 
 
 async def _reply(send: Any, status: int, message: str, code: str | None = None) -> None:

@@ -193,7 +193,7 @@ MALFORMED = [
 ]
 MALFORMED_COMPLETIONS = [
     b'{"prompt": []}', b'{"prompt": [[]]}', b'{"prompt": [-1, 5]}', b'{"prompt": [99999999]}',
-    b'{"prompt": 7}', b'{"prompt": "x", "echo": true}', b'{"prompt": "x", "logprobs": 50}',
+    b'{"prompt": 7}', b'{"prompt": "x", "max_tokens": 0}', b'{"prompt": "x", "logprobs": 50}',
     b'{"prompt": ' + json.dumps(["a"] * 40).encode() + b"}", b'{"prompt": "x", "best_of": 3}',
 ]
 

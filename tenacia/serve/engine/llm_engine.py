@@ -21,6 +21,7 @@ from .attention import PagedAttention
 from .backend import TorchBackend
 from .cpu.backend import cpu_backend
 from .detokenizer import Detokenizer, TextState
+from .grammar import Grammars, advance
 from .kv_cache import PagedKVCache
 from .packed import PackedLlama
 from .runner import ModelRunner
@@ -37,9 +38,13 @@ class ChoiceDelta:
     text: str
     token_ids: list[int]
     logprobs: list[TokenLogprob]
-    finish_reason: str | None  # "stop", "length", "abort" or None while running
+    finish_reason: str | None  # "stop", "length", "abort", "error" or None while running
     prompt_tokens: int
     completion_tokens: int  # so far
+    # the prompt's tokens scored (SamplingParams.prompt_logprobs; the first is None), on the first
+    # delta of the choice only
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    error: str | None = None  # why the choice failed (finish_reason "error"); its request fails
 
 
 def check_request(prompt_ids: list[int], params: SamplingParams, *, vocab: int, context: int, capacity: int) -> None:
@@ -77,6 +82,7 @@ class _Text:
     state: TextState
     pending: list[int] = field(default_factory=list)  # tokens since the last delta
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_sent: bool = False  # the prompt's logprobs went out with a delta
 
 
 class LLMEngine:
@@ -102,7 +108,8 @@ class LLMEngine:
         self.attention = PagedAttention(self.cache, self.backend)
         self.scheduler = Scheduler(self.cache.allocator, max_num_seqs=cfg.max_num_seqs,
                                    max_batched_tokens=cfg.max_batched_tokens)
-        self.runner = ModelRunner(PackedLlama(model, self.backend), self.attention, device)
+        self.grammars = Grammars(tokenizer, mc.vocab_size, self.eos_ids)
+        self.runner = ModelRunner(PackedLlama(model, self.backend), self.attention, device, self.grammars)
         self.detokenizer = Detokenizer(tokenizer)
         self.metrics = metrics
         self._texts: dict[int, _Text] = {}
@@ -123,6 +130,8 @@ class LLMEngine:
         for index in range(params.n):
             seq = Sequence(next(self._ids), request_id, index, list(prompt_ids), params,
                            make_generator(params.seed, index, self.device), self.eos_ids)
+            if params.grammar is not None:
+                seq.matcher = self.grammars.matcher(params.grammar)
             self._texts[seq.seq_id] = _Text(TextState(stops=list(params.stop)))
             self.scheduler.add(seq)
             seqs.append(seq)
@@ -166,9 +175,13 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if batch is None:
             return []
-        sampled = self.runner.run(batch)
+        sampled, failed = self.runner.run(batch)
         self._register_blocks(batch)
         deltas = self._postprocess(sampled)
+        for seq, why in failed:
+            delta = self._finish(seq, "error")
+            delta.error = why
+            deltas.append(delta)
         if self.metrics is not None:
             self.metrics.step(batch.prefill, time.perf_counter() - t0)
         self._report_queue()
@@ -191,6 +204,9 @@ class LLMEngine:
         now = time.perf_counter()
         deltas = []
         for seq, token, logprob in sampled:
+            if seq.params.max_tokens == 0:  # the prompt only was wanted (scored): nothing to generate
+                deltas.append(self._finish(seq, "length"))
+                continue
             seq.output_ids.append(token)
             if self.metrics is not None:
                 self.metrics.token(None if seq.first_token_at else now - seq.arrival,
@@ -201,7 +217,13 @@ class LLMEngine:
             text.pending.append(token)
             if logprob is not None:
                 text.pending_logprobs.append(logprob)
-            reason = self._stop_reason(seq, token, text.state)
+            try:
+                reason = self._stop_reason(seq, token, text.state)
+            except ValueError as e:  # the token broke the sequence's grammar
+                delta = self._finish(seq, "error")
+                delta.error = str(e)
+                deltas.append(delta)
+                continue
             if reason is not None:
                 deltas.append(self._finish(seq, reason))
             else:
@@ -210,9 +232,11 @@ class LLMEngine:
 
     def _stop_reason(self, seq: Sequence, token: int, state: TextState) -> str | None:
         p = seq.params
-        if (token in seq.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
+        constrained = seq.matcher is not None  # its grammar allows EOS only once complete: EOS ends it
+        if (token in seq.eos_ids and (constrained or not p.ignore_eos)) or token in p.stop_token_ids:
             return "stop"  # the stop token's text is not part of the answer
-        if self.detokenizer.append(state, seq.output_ids, scan=len(seq.output_ids) >= p.min_tokens):
+        complete = constrained and advance(seq.matcher, token)
+        if self.detokenizer.append(state, seq.output_ids, scan=len(seq.output_ids) >= p.min_tokens) or complete:
             return "stop"
         if len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_context:
             return "length"
@@ -223,6 +247,8 @@ class LLMEngine:
                             text.pending, text.pending_logprobs, seq.finish_reason,
                             len(seq.prompt_ids), len(seq.output_ids))
         text.pending, text.pending_logprobs = [], []
+        if seq.params.prompt_logprobs is not None and not text.prompt_sent and not seq.scores_prompt:
+            delta.prompt_logprobs, text.prompt_sent = seq.prompt_logprobs, True
         return delta
 
     def _finish(self, seq: Sequence, reason: str) -> ChoiceDelta:

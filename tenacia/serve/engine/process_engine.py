@@ -10,6 +10,7 @@ Contract:
   is ready (raising with the worker's error otherwise); ``check`` then knows the model's limits.
 - ``submit`` checks a request at once and returns a ``RequestHandle``; ``cancel`` aborts it.
 - Engine metrics are recorded in the worker and replayed into the parent's ``ServeMetrics``.
+- A choice whose sampling fails fails its own request with ``EngineError``, no other.
 - If the worker dies, every request in flight fails with ``EngineError``, and so does every
   later ``submit`` (``dead`` says why; the server's /health reports it).
 - The two processes talk only in the typed messages of ``messages.py``.
@@ -121,6 +122,7 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
         served.model = None  # the engine holds its own packed copy of the weights
         gc.collect()
         log.info("engine warm-up took %.2f s", engine.warm_up())
+        engine.grammars.prepare()  # here, not in the middle of serving the first response_format
     except Exception as e:
         conn.send(Failed(f"{type(e).__name__}: {e}"))
         return
@@ -314,21 +316,33 @@ class ProcessEngine:
                     self._dispatch(deltas)
 
     def _dispatch(self, deltas: list[ChoiceDelta]) -> None:
+        """Hand each delta to its request's handle. A failed choice (``error``) fails its whole
+        request: the handle gets the error, and its end aborts the request's other choices."""
         by_handle: dict[int, tuple[RequestHandle, list[ChoiceDelta]]] = {}
+        failed: dict[int, tuple[RequestHandle, str]] = {}
         with self._lock:
             for d in deltas:
                 entry = self._parts.get(d.request_id)
                 if entry is None:
                     continue
                 handle, offset, _ = entry
+                if d.error is not None:
+                    failed[id(handle)] = (handle, d.error)
+                    continue
                 d.index += offset
                 if d.finish_reason is not None:
                     entry[2] -= 1
                     if entry[2] == 0:
                         del self._parts[d.request_id]
                 by_handle.setdefault(id(handle), (handle, []))[1].append(d)
-        for handle, items in by_handle.values():
-            handle._put(items)
+            for handle, _ in failed.values():
+                for part in handle.parts:
+                    self._parts.pop(part, None)
+        for key, (handle, items) in by_handle.items():
+            if key not in failed:
+                handle._put(items)
+        for handle, why in failed.values():
+            handle._put(EngineError(why))
 
     def _fail_all(self, error: EngineError) -> None:
         with self._lock:

@@ -3,7 +3,10 @@
 The model (``PackedLlama``, the serving layout of a ``Llama``) runs its own layers; the runner only
 lays out tokens, positions and cache slots (handing the step's layout to ``PagedAttention``), and
 computes the output projection for the rows that will be sampled (the last prompt token of each
-finished prefill, every row of a decode) rather than for every prompt token.
+finished prefill, every row of a decode) rather than for every prompt token. A sequence that asks
+for its prompt's logprobs (``SamplingParams.prompt_logprobs``) also has every prompt row of its
+prefill projected, ``SCORE_ROWS`` rows at a time (a (rows, vocab) float32 block each), and scored
+by the same ``token_logprobs`` as a generated token.
 """
 
 from __future__ import annotations
@@ -12,23 +15,27 @@ import torch
 from torch import Tensor
 
 from .attention import PagedAttention, PrefillLayout
+from .grammar import Grammars
 from .mirror import DecodeLayout
 from .packed import PackedLlama
-from .sampling import Sampler
+from .sampling import Sampler, token_logprobs
 from .scheduler import Batch
 from .sequence import Sequence, TokenLogprob
 
+SCORE_ROWS = 256  # prompt rows projected to logits at once when scoring a prompt
 
 class ModelRunner:
-    def __init__(self, model: PackedLlama, attention: PagedAttention, device: torch.device):
+    def __init__(self, model: PackedLlama, attention: PagedAttention, device: torch.device,
+                 grammars: Grammars | None = None):
         self.model, self.attention, self.device = model, attention, device
         self.cache = attention.cache
-        self.sampler = Sampler()
+        self.sampler = Sampler(grammars)
 
     @torch.inference_mode()
-    def run(self, batch: Batch) -> list[tuple[Sequence, int, TokenLogprob | None]]:
-        """Run one step; return (sequence, new token, logprob) for each sequence that sampled.
-        Advances every scheduled sequence's ``num_cached``."""
+    def run(self, batch: Batch) -> tuple[list[tuple[Sequence, int, TokenLogprob | None]], list[tuple[Sequence, str]]]:
+        """Run one step; return (sequence, new token, logprob) for each sequence that sampled, and
+        (sequence, why) for each whose sampling failed: a failure is one sequence's, never the
+        batch's. Advances every scheduled sequence's ``num_cached``."""
         if batch.prefill:
             tokens, positions, rows, sampling = self._prepare_prefill(batch)
         else:
@@ -36,11 +43,47 @@ class ModelRunner:
         for seq, n in zip(batch.seqs, batch.chunks, strict=True):
             seq.num_cached += n
         hidden = self.model.hidden(tokens, positions, self.attention, decode=not batch.prefill)
+        if batch.prefill:
+            self._score_prompts(batch, hidden)
         if not sampling:  # a prompt chunk: it only filled the cache
-            return []
+            return [], []
         logits = self.model.logits(hidden[rows])  # (S, vocab)
-        chosen, logprobs = self.sampler(logits, sampling)
-        return list(zip(sampling, chosen, logprobs, strict=True))
+        try:
+            chosen, logprobs = self.sampler(logits, sampling)
+        except Exception:  # one row's failure: find it, sample the others
+            return self._sample_alone(self.model.logits(hidden[rows]), sampling)
+        return list(zip(sampling, chosen, logprobs, strict=True)), []
+
+    def _sample_alone(self, logits: Tensor, sampling: list[Sequence]):
+        """Sample each row by itself after the batch's sampling raised. The sampler fails before
+        any row draws (``Sampler``), so every generator is where it was and the rows that succeed
+        get the tokens they would have got in the batch."""
+        sampled, failed = [], []
+        for i, seq in enumerate(sampling):
+            try:
+                (token,), (logprob,) = self.sampler(logits[i:i + 1], [seq])
+            except Exception as e:  # reported to this sequence's request alone
+                failed.append((seq, f"sampling failed: {type(e).__name__}: {e}"))
+            else:
+                sampled.append((seq, token, logprob))
+        return sampled, failed
+
+    def _score_prompts(self, batch: Batch, hidden: Tensor) -> None:
+        """Extend ``prompt_logprobs`` of each sequence in ``batch`` that scores its prompt: the row
+        at position p (of this step's chunk) predicts prompt token p + 1. hidden: (tokens, dim)."""
+        first_row = 0
+        for seq, n in zip(batch.seqs, batch.chunks, strict=True):
+            start = seq.num_cached - n  # run() advanced num_cached already
+            if seq.scores_prompt:
+                lo = max(start, len(seq.prompt_logprobs) - 1)
+                hi = min(start + n, len(seq.prompt_ids) - 1)
+                k = seq.params.prompt_logprobs
+                for p in range(lo, hi, SCORE_ROWS):
+                    q = min(p + SCORE_ROWS, hi)
+                    rows = hidden[first_row + p - start:first_row + q - start]
+                    logprobs = self.model.logits(rows).log_softmax(dim=1)  # (q - p, vocab)
+                    seq.prompt_logprobs += token_logprobs(logprobs, seq.prompt_ids[p + 1:q + 1], [k] * (q - p))
+            first_row += n
 
     def _tensor(self, values: list[int]) -> Tensor:
         return torch.tensor(values, dtype=torch.int64, device=self.device)

@@ -1,6 +1,6 @@
 """Next-token choice for a batch of sequences, each with its own parameters and generator.
 
-The order is vLLM's: logit bias, the ``min_tokens`` mask of EOS and stop tokens, repetition
+The order is vLLM's: the response format's grammar mask (``grammar.py``), logit bias, the ``min_tokens`` mask of EOS and stop tokens, repetition
 penalty, presence and frequency penalties (these four apply to greedy rows too); then, for sampled
 rows only, temperature, min-p, top-k, top-p and the draw.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .grammar import Grammars
 from .sequence import Sequence, TokenLogprob
 
 
@@ -127,18 +128,25 @@ def truncate(logits: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor | None 
         sorted_logits, order = logits.sort(dim=1, descending=True)
         probs = sorted_logits.softmax(dim=1)
         before = probs.cumsum(dim=1) - probs  # mass of the tokens strictly better than this one
-        drop = before >= top_p.unsqueeze(1)  # the best token always stays (before == 0)
+        drop = before >= top_p.unsqueeze(1)
+        drop[:, 0] = False  # the best token always stays, even for a top_p that rounds to 0 in float32
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
     return logits
 
 
 class Sampler:
-    """Chooses one token per row of ``logits`` (B, V) float32."""
+    """Chooses one token per row of ``logits`` (B, V) float32. ``grammars``: the engine's
+    ``Grammars``, which masks the rows of sequences with a response format (None: no such rows)."""
+
+    def __init__(self, grammars: Grammars | None = None):
+        self.grammars = grammars
 
     def __call__(self, logits: Tensor, seqs: list[Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
         want_logprobs = [s.params.logprobs is not None for s in seqs]
         logprobs = logits.log_softmax(dim=1) if any(want_logprobs) else None
+        if self.grammars is not None:
+            logits = self.grammars.mask_logits(logits, seqs)
         logits = apply_logit_bias(logits, seqs)
         logits = mask_early_stops(logits, seqs)
         logits = apply_repetition_penalty(logits, seqs)
@@ -162,6 +170,11 @@ class Sampler:
         min_ps = [s.params.min_p for s in seqs]
         min_p = torch.tensor(min_ps, dtype=torch.float32, device=device) if any(min_ps) else None
         probs = truncate(logits / temperature.unsqueeze(1), top_k, top_p, min_p).softmax(dim=1)
+        # checked before any row draws, so a failing row leaves every generator untouched
+        valid = torch.isfinite(probs).all(dim=1) & (probs.sum(dim=1) > 0)
+        if not bool(valid.all()):
+            raise FloatingPointError(f"no valid distribution to sample from for {int((~valid).sum())} "
+                                     "sequence(s): their sampling parameters overflow float32")
         out = torch.empty(len(seqs), dtype=torch.int64, device=device)
         for i, seq in enumerate(seqs):  # one draw per row, from that row's own generator
             out[i] = torch.multinomial(probs[i], 1, generator=seq.generator)[0]
@@ -173,13 +186,22 @@ class Sampler:
         if logprobs is None:
             return [None] * len(seqs)
         rows = [i for i, w in enumerate(want) if w]
-        idx = torch.tensor(rows, device=logprobs.device)
-        chosen = logprobs[idx, torch.tensor([tokens[i] for i in rows], device=logprobs.device)].tolist()
-        k = max(seqs[i].params.logprobs for i in rows)
-        top_v, top_i = logprobs[idx].topk(k, dim=1) if k > 0 else (None, None)
+        scored = token_logprobs(logprobs[torch.tensor(rows, device=logprobs.device)], [tokens[i] for i in rows],
+                                [seqs[i].params.logprobs for i in rows])
         out: list[TokenLogprob | None] = [None] * len(seqs)
-        for j, i in enumerate(rows):
-            ki = seqs[i].params.logprobs
-            top = list(zip(top_i[j, :ki].tolist(), top_v[j, :ki].tolist(), strict=True)) if ki else []
-            out[i] = TokenLogprob(token_id=tokens[i], logprob=chosen[j], top=top)
+        for i, lp in zip(rows, scored, strict=True):
+            out[i] = lp
         return out
+
+
+def token_logprobs(logprobs: Tensor, tokens: list[int], ks: list[int]) -> list[TokenLogprob]:
+    """Score one token per row. logprobs: (R, V), the log-softmax of the raw logits; tokens: (R,)
+    the token of each row; ks: how many top alternatives each row reports. The token's value and
+    the alternatives are read from the same tensor, so a token that is its row's most likely has
+    exactly (bit for bit) the value of the top entry. Used for generated and prompt tokens alike."""
+    device = logprobs.device
+    chosen = logprobs[torch.arange(len(tokens), device=device), torch.tensor(tokens, device=device)].tolist()
+    k = max(ks, default=0)
+    top_v, top_i = (t.tolist() for t in logprobs.topk(k, dim=1)) if k > 0 else ([], [])
+    return [TokenLogprob(token_id=t, logprob=c, top=list(zip(top_i[j][:ki], top_v[j][:ki], strict=True)) if ki else [])
+            for j, (t, c, ki) in enumerate(zip(tokens, chosen, ks, strict=True))]

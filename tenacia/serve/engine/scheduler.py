@@ -5,7 +5,8 @@ Contract:
   and fewer than ``max_num_seqs`` are running; they leave as soon as they finish. A sequence that
   does not fit yet waits, in arrival order.
 - A sequence that joins takes the cached blocks of its prompt's longest cached prefix
-  (``block_pool.py``); only the rest of its prompt is prefilled.
+  (``block_pool.py``); only the rest of its prompt is prefilled. One that scores its prompt
+  (``Sequence.scores_prompt``) takes none: each of its prompt tokens must be run to be scored.
 - A step is either a prefill (new prompts, up to ``max_batched_tokens`` tokens; a longer prompt is
   split into chunks over several steps) or a decode (one token for every running sequence whose
   prompt is in the cache). Prefill goes first, so a new request waits at most one decode step.
@@ -85,7 +86,7 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             tokens = seq.tokens
-            hits = self.allocator.match(tokens)  # blocks of a cached prefix (prefix caching)
+            hits = [] if seq.scores_prompt else self.allocator.match(tokens)  # a cached prefix's blocks
             need = self.allocator.blocks_for(seq.num_tokens) - len(hits)
             if need > self.allocator.num_free:
                 self.allocator.free(hits)

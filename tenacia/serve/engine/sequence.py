@@ -8,9 +8,9 @@ so its tokens depend only on its own logits, never on what else is in the batch.
 from __future__ import annotations
 
 import enum
-import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -19,6 +19,13 @@ MAX_LOGPROBS = 20
 MAX_STOP = 16
 MAX_STOP_TOKEN_IDS = 64
 MAX_LOGIT_BIAS = 300  # OpenAI's limit
+# The ranges below are those the sampler's float32 arithmetic carries: logits / temperature and
+# logits / repetition_penalty stay finite for any logit a model produces, so no request can turn
+# a row of probabilities into NaN (tests/serve/test_hostile.py).
+MIN_TEMPERATURE = 1e-3  # below it (but above 0, greedy) logits / temperature overflows float32
+REPETITION_PENALTY = (1e-2, 1e2)
+MAX_TOP_K = (1 << 31) - 1  # any k at least the vocabulary keeps every token
+SEED_RANGE = (-(1 << 63), 1 << 63)  # int64, as OpenAI's seed
 
 
 class InvalidRequest(ValueError):
@@ -56,22 +63,36 @@ class SamplingParams:
     min_tokens: int = 0  # EOS and stop_token_ids masked, stop strings not looked for, until this many tokens
     seed: int | None = None
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's logprob and the top k
+    # None: none; k >= 0: every prompt token's logprob (the first has none) and its top k, as
+    # ``logprobs`` for a generated token (completions' ``echo``). Such a prompt is prefilled whole,
+    # never taken from the prefix cache, so that every one of its tokens is scored.
+    prompt_logprobs: int | None = None
+    # an llguidance grammar (``grammar.compile_format``, from ``response_format``): the output
+    # must match it, token by token
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         _require(1 <= self.n <= MAX_N, "n", f"n must be an integer in [1, {MAX_N}], got {self.n}")
-        _require(self.max_tokens >= 1, "max_tokens", f"max_tokens must be at least 1, got {self.max_tokens}")
-        _require(0.0 <= self.temperature <= 2.0, "temperature",
-                 f"temperature must be in [0, 2], got {self.temperature}")
+        _require(self.max_tokens >= 0, "max_tokens", f"max_tokens must be at least 0, got {self.max_tokens}")
+        _require(self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= 2.0, "temperature",
+                 f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, 2], got {self.temperature}")
         _require(0.0 < self.top_p <= 1.0, "top_p", f"top_p must be in (0, 1], got {self.top_p}")
-        _require(self.top_k >= -1, "top_k", f"top_k must be -1 or 0 (disabled) or a positive integer, got {self.top_k}")
+        _require(-1 <= self.top_k <= MAX_TOP_K, "top_k",
+                 f"top_k must be -1 or 0 (disabled) or an integer in [1, {MAX_TOP_K}], got {self.top_k}")
+        _require(self.seed is None or SEED_RANGE[0] <= self.seed < SEED_RANGE[1], "seed",
+                 f"seed must be a 64-bit signed integer, got {self.seed}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             _require(-2.0 <= value <= 2.0, name, f"{name} must be in [-2, 2], got {value}")
         _require(len(self.stop) <= MAX_STOP, "stop", f"at most {MAX_STOP} stop strings, got {len(self.stop)}")
         _require(all(isinstance(s, str) and s for s in self.stop), "stop", "stop strings must be non-empty strings")
-        _require(self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS, "logprobs",
-                 f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            _require(value is None or 0 <= value <= MAX_LOGPROBS, name,
+                     f"{name} must be in [0, {MAX_LOGPROBS}], got {value}")
         self._check_extensions()
+        _require(self.grammar is None or self.min_tokens == 0, "min_tokens",
+                 "min_tokens cannot be combined with response_format: the format decides where the output ends")
 
     def _check_extensions(self) -> None:
         """logit_bias, min_p, repetition_penalty, min_tokens and stop_token_ids."""
@@ -82,8 +103,9 @@ class SamplingParams:
             _require(-100.0 <= bias <= 100.0, "logit_bias",
                      f"logit_bias values must be in [-100, 100], got {bias} for token {token}")
         _require(0.0 <= self.min_p <= 1.0, "min_p", f"min_p must be in [0, 1], got {self.min_p}")
-        _require(math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0.0, "repetition_penalty",
-                 f"repetition_penalty must be a finite number > 0 (1 is off), got {self.repetition_penalty}")
+        low, high = REPETITION_PENALTY
+        _require(low <= self.repetition_penalty <= high, "repetition_penalty",
+                 f"repetition_penalty must be in [{low}, {high}] (1 is off), got {self.repetition_penalty}")
         _require(0 <= self.min_tokens <= self.max_tokens, "min_tokens",
                  f"min_tokens must be in [0, max_tokens] = [0, {self.max_tokens}], got {self.min_tokens}")
         _require(len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS, "stop_token_ids",
@@ -116,11 +138,12 @@ class Status(enum.Enum):
 
 @dataclass(kw_only=True, slots=True)
 class TokenLogprob:
-    """The chosen token's log-probability under the model, and the ``k`` most likely tokens."""
+    """The chosen token's log-probability under the model, and the ``k`` most likely tokens. Both
+    are None for a prompt's first token, which nothing before it predicts."""
 
     token_id: int
-    logprob: float
-    top: list[tuple[int, float]]
+    logprob: float | None
+    top: list[tuple[int, float]] | None
 
 
 @dataclass(slots=True, eq=False)
@@ -146,6 +169,9 @@ class Sequence:
     last_token_at: float | None = None
     seen: torch.Tensor | None = None  # (vocab,) bool, tokens of prompt and output: repetition_penalty's
     seen_upto: int = 0  # how many of ``tokens`` ``seen`` holds (it grows by the new ones each step)
+    # prompt tokens scored so far (params.prompt_logprobs): entry p is token p's; the first is None
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])
+    matcher: Any = None  # the grammar's state (llguidance LLMatcher) when params.grammar is set
 
     @property
     def tokens(self) -> list[int]:
@@ -164,6 +190,11 @@ class Sequence:
         """True once every token but the last sampled one is cached: the next step decodes it.
         A preempted sequence loses its cache and is prefilled again, outputs included."""
         return bool(self.output_ids) and self.num_cached == self.num_tokens - 1
+
+    @property
+    def scores_prompt(self) -> bool:
+        """True while some prompt token still needs its logprob (``params.prompt_logprobs``)."""
+        return self.params.prompt_logprobs is not None and len(self.prompt_logprobs) < len(self.prompt_ids)
 
     @property
     def finished(self) -> bool:

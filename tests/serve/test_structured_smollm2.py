@@ -1,4 +1,4 @@
-"""The schema suite on SmolLM2-135M-Instruct: 50 schemas (nested objects, arrays, enums, numbers
+"""The schema suite on SmolLM2-135M-Instruct: 50 schemas (16 of them in CI) (nested objects, arrays, enums, numbers
 with bounds, required and optional fields, strings with patterns and formats), all requested at
 once, greedy and sampled; every output finishes with ``stop`` and validates. And json_object."""
 
@@ -61,7 +61,9 @@ def client():
 
 
 @pytest.mark.timeout(900)
-def test_fifty_schemas_all_valid(client):
+@pytest.mark.parametrize("count", [16, pytest.param(50, marks=pytest.mark.slow)])
+def test_schemas_all_valid(client, count):
+    """The first 16 schemas (every field of FIELDS among them) in CI; all 50 under ``make test-slow``."""
     def one(case: tuple[int, tuple[dict, str]]):
         i, (schema, ask) = case
         sampling = {"temperature": 0.0} if i % 2 == 0 else {"temperature": 0.9, "top_p": 0.95, "seed": i}
@@ -71,7 +73,7 @@ def test_fifty_schemas_all_valid(client):
         return schema, r.choices[0].message.content, r.choices[0].finish_reason
 
     with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(one, enumerate(suite())))
+        results = list(pool.map(one, enumerate(suite()[:count])))
     bad = []
     for schema, text, reason in results:
         try:

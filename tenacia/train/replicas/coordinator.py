@@ -50,7 +50,7 @@ from ...events import EventLog
 from ..config import ReplicaConfig
 from . import votecheck
 from .lease import DirLease, Lease
-from .majority import minority
+from .majority import behind, minority
 from .protocol import (
     Addrs,
     Bye,
@@ -396,17 +396,9 @@ class Coordinator:
         self._broadcast(self.quorum)
 
     def _behind(self, live: list[int]) -> str | None:
-        """Ahead: a quorum never starts below the step a replica that left recently still holds (it
-        may be rejoining: a frozen process, a closed connection), for up to the stuck bound after
-        it was lost; then the run goes on from the live replicas' step (the ledger is rewound)."""
-        now, grace = self.clock.now(), self.timing.stuck_bound(self.hang_timeout)
         have = max(max(self.members[r].committed, self.members[r].pending or 0) for r in live)
-        ahead = {r: s for r, s in self.reported.items()
-                 if r not in self.members and s > have and now - self.lost_at.get(r, now) <= grace}
-        if not ahead:
-            return None
-        return (f"replica(s) {sorted(ahead)} hold step {max(ahead.values())} but the live ones only {have}: "
-                "waiting for one to come back")
+        away = {r: (s, self.lost_at.get(r)) for r, s in self.reported.items() if r not in self.members}
+        return behind(away, have, self.clock.now(), self.timing.stuck_bound(self.hang_timeout))
 
     def _refuse(self, why: str) -> None:
         if self.quorum is not None:

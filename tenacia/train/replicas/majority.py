@@ -11,6 +11,10 @@ waits (``quorum_refused``) until they come back or a newer term fences it. A lea
 exclusive lease (etcd) may go on with any quorum, since nobody else can lead meanwhile; but once
 it hears none of the last quorum's other members, it releases the lease and steps down
 (``coordinator_alone``), so the members it cannot hear can elect a leader they can.
+
+Ahead (``behind``): a quorum never starts below the step a replica that left recently still holds
+(it may be rejoining: a frozen process, a closed connection), for up to the stuck bound after it
+was lost; then the run goes on from the live replicas' step (the leader rewinds the ledger).
 """
 
 from __future__ import annotations
@@ -34,3 +38,13 @@ def minority(base: Sequence[int], dead: Collection[int], live: Collection[int], 
         return None
     return (f"only {have} of the last quorum's {voters} are here; the others went silent and may "
             "be leading on their side of a partition")
+
+
+def behind(away: dict[int, tuple[int, float | None]], have: int, now: float, grace: float) -> str | None:
+    """Why a quorum of live replicas holding at most step ``have`` must wait (None: it need not).
+    ``away``: replicas not live, by id: (the step each last reported, when it was lost)."""
+    ahead = {r: s for r, (s, lost) in away.items() if s > have and now - (now if lost is None else lost) <= grace}
+    if not ahead:
+        return None
+    return (f"replica(s) {sorted(ahead)} hold step {max(ahead.values())} but the live ones only {have}: "
+            "waiting for one to come back")

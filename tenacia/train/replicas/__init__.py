@@ -15,6 +15,7 @@ Along a step's path:
 - ``leadership.py``: how a replica comes to lead (a term from the lease store), and never after the finish;
 - ``lease.py``: leader terms and leases (the run directory's store), and the fence;
 - ``etcd_lease.py``: the same as etcd leases, exclusive and renewed in the background;
+- ``liveness.py``: what the leader knows of each member, and the rules that expel one;
 - ``takeover.py``: a new leader's decision on the step the old one may have been committing;
 - ``majority.py``: who may form a quorum when members went silent;
 - ``sync.py``: the sync strategy: what a step reduces and what the reduced value does;

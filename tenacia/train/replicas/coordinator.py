@@ -39,7 +39,7 @@ Contract (what is decided when, what each party may assume):
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -50,6 +50,7 @@ from ...events import EventLog
 from ..config import ReplicaConfig
 from . import votecheck
 from .lease import DirLease, Lease
+from .liveness import MemberState, collective_stuck, expulsions
 from .majority import behind, minority
 from .protocol import (
     Addrs,
@@ -72,21 +73,6 @@ from .steplog import StepLog
 from .takeover import resolve_takeover
 from .timing import Clock, Timing
 from .wire import Conn
-
-
-@dataclass
-class MemberState:
-    replica: int
-    conn: Conn
-    addrs: Addrs
-    committed: int
-    pending: int | None  # step whose reduced gradients it holds, awaiting a verdict
-    quorum_seen: int
-    last_hb: float  # when it was last heard (Clock.now)
-    pending_vote: Vote | None = None
-    phase: str = "idle"
-    phase_step: int | None = None
-    phase_since: float = 0.0
 
 
 class Coordinator:
@@ -297,23 +283,11 @@ class Coordinator:
             if now - self._last_beat >= self.timing.heartbeat_s:  # members fail over when the leader goes silent
                 self._broadcast(LeaderHeartbeat())
                 self._last_beat = now
-            timeout = self.hang_timeout
-            q = self.quorum
+            timeout, q = self.hang_timeout, self.quorum
+            for rid, why in expulsions(self.members, self.replica, q, now, timeout, self.timing.stuck_bound(timeout)):
+                self._lose(rid, "hang", why)
             in_quorum = [self.members[r] for r in (q.members if q else ()) if r in self.members]
-            waiting_in_allreduce = any(m.phase == "allreduce" for m in in_quorum)
-            stuck_bound = self.timing.stuck_bound(timeout)  # a slow step is a straggler, not a hang
-            own = self.members.get(self.replica)  # heard through our own reader threads too
-            hearing = own is None or now - own.last_hb < timeout / 2
-            for rid, m in list(self.members.items()):
-                if rid == self.replica:
-                    continue  # our own member side lives in this process
-                if now - m.last_hb > timeout and hearing:
-                    self._lose(rid, "hang", f"silent for {now - m.last_hb:.2f}s > {timeout:.2f}s")
-                elif (m.phase == "compute" and waiting_in_allreduce and m in in_quorum
-                      and now - m.phase_since > stuck_bound):
-                    self._lose(rid, "hang", f"stuck in its step for {now - m.phase_since:.2f}s > {stuck_bound:.2f}s")
-            if (q is not None and in_quorum and len(in_quorum) == len(q.members)
-                    and all(m.phase == "allreduce" and now - m.phase_since > timeout for m in in_quorum)):
+            if q is not None and collective_stuck(q, in_quorum, now, timeout):
                 # everyone is alive and waiting in the collective: the collective itself is stuck
                 self.events.emit("step_discarded", step=q.step, reason=f"all-reduce stuck for > {timeout:.2f}s")
                 self.quorum = replace(q, resolve=Resolve(q.step, commit=False))

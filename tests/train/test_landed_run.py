@@ -68,3 +68,29 @@ def test_the_landed_versions_config_loads_with_the_new_fields_at_their_defaults(
     assert cfg.train.steps == 6 and cfg.train.batch_size == 8
     assert (cfg.replicas.lease, cfg.replicas.lease_ttl_s, cfg.replicas.sync, cfg.replicas.vote_checks) == \
         ("dir", 3, "every_step", [])
+
+
+REPLICA_RUN = Path(__file__).parent / "landed_replica_run"
+
+
+def test_a_landed_replica_run_resumes_with_replicas_and_proves_itself(tmp_path):
+    """Three replicas of the landed version trained 8 steps; two replicas of this version train on
+    to 12: the run resumes at its checkpoint, the old records (no term) and the new ones (a newer
+    term) verify together, and both replicas end equal."""
+    run = shutil.copytree(REPLICA_RUN / "run", tmp_path / "run")
+    args = [sys.executable, "-m", "tenacia", "train", "--replicas", "2", "--run-dir", str(run)]
+    overrides = [o for o in ARGS if not o.startswith(("train.steps", "train.batch_size", "checkpoint."))]
+    for o in [*overrides, "train.batch_size=12", "train.steps=12", "checkpoint.every=4", "checkpoint.keep=1",
+              f"data.tokenizer={run / 'tokenizer.json'}", f"data.cache_dir={tmp_path / 'cache'}",
+              "replicas.spares=0", "replicas.join_grace_s=5"]:
+        args += ["-o", o]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    resumed = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in resumed if e["event"] == "resumed"] == [8]
+    records = [json.loads(x) for x in (run / "ledger.jsonl").read_text().splitlines()]
+    assert all("term" not in r for r in records[:9]) and all(r["term"] >= 2 for r in records[9:])
+    check = subprocess.run([sys.executable, "-m", "tenacia", "report", "--check", str(run)],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout[-2000:]
+    assert "sample ledger: ok: 12 committed steps" in check.stdout and "2 fingerprint(s) equal" in check.stdout

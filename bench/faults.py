@@ -218,13 +218,9 @@ def run_nofault(arm: str, a: argparse.Namespace, results: Path, rnd: int) -> tup
     """One no-fault run of ``arm`` (round ``rnd``): its median full-quorum step and its summary."""
     print(f"[{arm}] no faults, {a.nofault_duration:.0f} s (round {rnd + 1} of {a.nofault_rounds})", flush=True)
     out = results / arm / nofault_dir(rnd)
-    nf = (run_tenacia(a, out, a.nofault_duration, [], None, lease_of(arm, a)) if arm.startswith("tenacia")
+    nf = (run_tenacia(a, out, a.nofault_duration, [], None, (a.etcd_url if arm == "tenacia-etcd" else "dir")) if arm.startswith("tenacia")
           else run_peer(arm, a, out, a.nofault_duration, []))
     return median_step_s(nf, a.replicas), summarize(tenacia_report.write(nf))
-
-
-def lease_of(arm: str, a: argparse.Namespace) -> str:
-    return a.etcd_url if arm == "tenacia-etcd" else "dir"
 
 
 def nofault_dir(rnd: int) -> str:
@@ -241,7 +237,7 @@ def run_arm(arm: str, a: argparse.Namespace, results: Path, out: dict[str, Any])
             print(f"[{arm}] {len(faults)} faults in {a.duration:.0f} s", flush=True)
             if arm.startswith("tenacia"):
                 run = run_tenacia(a, results / arm / "faults", a.duration, faults, out.get("nofault_step_s"),
-                                  lease_of(arm, a))
+                                  (a.etcd_url if arm == "tenacia-etcd" else "dir"))
             else:
                 run = run_peer(arm, a, results / arm / "faults", a.duration, faults)
             out["faults"] = summarize(tenacia_report.write(run))

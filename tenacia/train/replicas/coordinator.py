@@ -20,9 +20,9 @@ Contract (what is decided when, what each party may assume):
   apply this rule on their own: no new quorum, no new process group).
   A new quorum is formed when a member is lost (at once), and when newcomers wait (at the next
   step boundary). It is never formed with fewer than ``min_replicas`` members.
-- Ahead: a quorum never starts below the step a recently lost replica holds (``_behind``).
-- Majority (``majority.py``): without a valid exclusive lease, no quorum from a minority of the
-  last committed quorum; a lone leader with an exclusive lease steps down.
+- Ahead and Majority (``majority.py``): no quorum starts below a step a recently lost replica
+  holds; without a valid exclusive lease, none from a minority of the last committed quorum; a
+  lone leader with an exclusive lease steps down.
 - Shares. The quorum names each sharer's ``shares``: positions in the step's global batch
   (``shares.py``), even shares on every normal step. When the new quorum runs the step that was
   just discarded (a member lost mid-step, also after a takeover), each surviving sharer keeps the
@@ -32,8 +32,7 @@ Contract (what is decided when, what each party may assume):
   leader records the step in the sample ledger, then sends ``verdict commit``; members apply the
   step only on that verdict. If a member is lost before that, the step is discarded everywhere:
   the next quorum carries ``resolve = {step, commit: false}``.
-- Takeover (``takeover.py``): a new leader decides the fate of the step the old one may have been
-  committing from what the survivors hold.
+- Takeover (``takeover.py``): a new leader decides the step the old one may have been committing.
 """
 
 from __future__ import annotations
@@ -240,9 +239,10 @@ class Coordinator:
         return True
 
     def _stop(self) -> None:
-        """Stop leading and give the lease up (etcd: revoked, in the background)."""
-        self.stopped = True
-        threading.Thread(target=self.lease.release, name="lease-release", daemon=True).start()
+        """Stop leading and give the lease up, once (etcd: revoked, in the background)."""
+        if not self.stopped:
+            self.stopped = True
+            threading.Thread(target=self.lease.release, name="lease-release", daemon=True).start()
 
     # ----- failures ------------------------------------------------------------------------------------
     def _lose(self, rid: int, kind: str, why: str) -> None:

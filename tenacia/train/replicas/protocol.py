@@ -6,19 +6,17 @@ Contract:
   the wire: ``encode`` and ``decode`` convert them).
 - ``encode(msg)`` gives the JSON-ready header ``wire.Conn`` sends (``{"type": TAG, field: ...}``);
   ``decode(header)`` gives the message back, or raises ``ProtocolError`` naming the message type,
-  the field and what it expected: an unknown type, a missing or unknown field, a value of the
-  wrong type. The wire is compatible only within one version of tenacia (all processes of a run
-  come from one install); nothing on disk uses it.
+  the field and what it expected (unknown type, missing or unknown field, wrong type). The wire is
+  compatible only within one tenacia version (one install per run); nothing on disk uses it.
 - The quorum knows its own next step (``Quorum.next_step``): whoever advances a quorum, leader or
   member, calls it, so the sharing rule is written once.
 
-Channels and who sends what:
-- control, member -> leader: ``Hello`` (first message of a connection), ``Heartbeat``, ``Vote``, ``Bye``;
-- control, leader -> member: ``Welcome``, ``Retry``, ``Redirect`` (answers to a hello),
-  ``LeaderHeartbeat``, ``Quorum``, ``Verdict``, ``Wait``, ``Stop``, ``Expelled``;
-- heal: ``HealRequest`` from the newcomer, ``HealState`` (with one blob) or ``HealError`` from the donor.
-Notices a replica's own threads put in its training thread's inbox are never sent: ``Wake``,
-``LeaderLost``, ``Frozen`` (and ``Expelled``, which also arrives from the leader).
+Who sends what. Control, member -> leader: ``Hello`` (first message of a connection), ``Heartbeat``, ``Vote``, ``Bye``;
+- leader -> member: ``Welcome``/``Retry``/``Redirect`` (answers to a hello), ``LeaderHeartbeat``,
+  ``Quorum``, ``Verdict``, ``Wait``, ``Stop``, ``Expelled``; heal: ``HealRequest`` (newcomer),
+  ``HealState`` (one blob) or ``HealError`` (donor).
+Never sent: notices a replica's threads put in its training thread's inbox (``Wake``, ``LeaderLost``,
+``Frozen``; ``Expelled`` also arrives from the leader).
 """
 
 from __future__ import annotations

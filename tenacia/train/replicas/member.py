@@ -6,8 +6,8 @@ has itself lost the leader and is about to decide who leads next.
 
 Failover contract: a member that loses the leader (connection closed: a crash, seen at once; or no
 message for longer than the quorum's ``hang_timeout``: a freeze) picks the lowest replica id of
-the last quorum other than the lost leader, in-sync members before newcomers still healing. If that is itself, it starts a ``Coordinator`` (a new
-term) and waits for the survivors; otherwise it connects there, skipping candidates that refuse
+the last quorum other than the lost leader, in-sync members before newcomers still healing. If
+that is itself, it starts a ``Coordinator`` (a new term) and waits for the survivors; otherwise it connects there, skipping candidates that refuse
 connections. A candidate that has not noticed the loss yet redirects to the lost leader: that
 redirect is not followed before one hang bound has passed since the loss was noticed (the
 candidate is asked again every 30 ms meanwhile), and then at most once per failover, with a
@@ -152,8 +152,7 @@ class LeaderLink:
         leaderless_since: float | None = None
         deadline_s, elect_after_s = self.timing.join_deadline_s, self.timing.elect_after_s
         while self.clock.now() - t0 < deadline_s:
-            self._retries: dict[int, int] = {}
-            self._holds: dict[int, int] = {}  # committed step of each leaderless peer
+            self._retries: dict[int, Retry] = {}  # the answers of leaderless peers (their term, their step)
             self._silent = 0  # seeds that neither answered nor refused: alive maybe, so no election
             if any(self._try(addr) for addr in seeds()):
                 return
@@ -161,11 +160,11 @@ class LeaderLink:
             mine = self.status().committed
             # a leaderless election goes to the lowest id among the replicas holding the newest
             # state: a fresh replacement never leads (and rewinds the ledger) beside peers ahead of it
-            if (not self._silent and all(h <= mine for h in self._holds.values())
-                    and all(r > self.replica for r, h in self._holds.items() if h == mine)):
+            if (not self._silent and all(a.committed <= mine for a in self._retries.values())
+                    and all(r > self.replica for r, a in self._retries.items() if a.committed == mine)):
                 leaderless_since = leaderless_since or now
                 if now - leaderless_since >= elect_after_s:
-                    term = max([self.term, *self._retries.values()]) + 1
+                    term = max([self.term, *(a.term for a in self._retries.values())]) + 1
                     try:
                         self.server.coordinator = self.make_coordinator(term=term,
                                                                         expected={self.replica, *self._retries})
@@ -205,8 +204,7 @@ class LeaderLink:
             self._lost = None  # ask the lost leader once (only our link to it may have broken)
             return self._try(msg.address, hops - 1, timeout=min(self.timing.connect_s, self.freeze_limit()))
         if isinstance(msg, Retry) and hasattr(self, "_retries"):
-            self._retries[msg.replica] = msg.term
-            self._holds[msg.replica] = msg.committed
+            self._retries[msg.replica] = msg
         if not isinstance(msg, Welcome):
             conn.close()
             return False

@@ -1,7 +1,7 @@
 """The config tree of a training run: ``RunConfig`` and the sections training owns.
 
 ``RunConfig`` gathers every section a run reads: the model's shape (``tenacia.shape``), data,
-optimizer, loop, checkpoints, device, replicas and the faults to inject (``tenacia.faults``).
+optimizer, loop, checkpoints, device, replicas, their numeric checks and the faults to inject (``tenacia.faults``).
 ``tenacia config show`` prints it whole with its defaults. Fields that moved keep working from
 old TOML files, run directories and ``-o`` overrides for now (``RunConfig.MOVED``): the loader
 reads them at their new place and says so once.
@@ -123,6 +123,35 @@ class ReplicaConfig:
 
 
 @dataclass(kw_only=True, slots=True)
+class NumericsConfig:
+    """How replicas check each other's numbers (``tenacia.train.numerics``, ``docs/fault-model.md``).
+
+    Triggers are cheap and heuristic (non-finite values, spikes against robust baselines, a sampled
+    recomputation that disagrees); a trigger only starts a re-execution, and every verdict (a
+    transient fault, a faulty replica, an unstable batch) comes from comparing re-executions bit
+    for bit. Needs two or more replicas; naming the replica whose state or reduced gradients differ
+    needs a majority, so three or more.
+    """
+
+    check: bool = True  # finite flags, spike statistics and fingerprints on every vote (replicas only)
+    audit_p: float = 1 / 32  # per step, the chance a healthy peer recomputes another's share (0: never)
+    spike_z: float = 12.0  # a value this many robust deviations above its baseline is a spike ...
+    spike_ratio: float = 4.0  # ... if it is also this many times the baseline
+    warmup_steps: int = 20  # steps before spikes over time are judged (the baseline settles first)
+    strikes_to_evict: int = 2  # strikes within the window that evict a replica by name
+    strike_window_steps: int = 1000  # how far back strikes count
+    seed: int = 0  # which steps are audited, and by whom (the same on every replica)
+
+    def __post_init__(self) -> None:
+        check(0 <= self.audit_p <= 1, "audit_p", self.audit_p, "a probability in [0, 1]")
+        check(self.spike_z > 0, "spike_z", self.spike_z, "a positive number of deviations")
+        check(self.spike_ratio > 1, "spike_ratio", self.spike_ratio, "a number > 1")
+        check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0")
+        check(self.strikes_to_evict >= 1, "strikes_to_evict", self.strikes_to_evict, "an integer >= 1")
+        check(self.strike_window_steps >= 1, "strike_window_steps", self.strike_window_steps, "an integer >= 1")
+
+
+@dataclass(kw_only=True, slots=True)
 class RunConfig:
     """The whole config of a training run (one process or replicas)."""
 
@@ -133,6 +162,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     replicas: ReplicaConfig = field(default_factory=ReplicaConfig)
+    numerics: NumericsConfig = field(default_factory=NumericsConfig)
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
 
     # old dotted name -> new one (tenacia 0.1.0 before the one [device] section)

@@ -33,15 +33,19 @@ class StepResult:
 
 
 def compute_gradients(model: nn.Module, batch: torch.Tensor, micro_batch_size: int,
-                      loss_denominator: int, device: Device) -> tuple[float, int]:
+                      loss_denominator: int, device: Device, step: int = 0) -> tuple[float, int]:
     """Forward and backward over ``batch`` (n, T+1) in micro-batches; grads hold
-    sum(per-sample mean loss) / loss_denominator. Returns (mean loss of these samples, tokens)."""
+    sum(per-sample mean loss) / loss_denominator. Returns (mean loss of these samples, tokens).
+    Each micro-batch's logits pass the ``activations`` tamper site of ``tenacia.hooks`` (``step``)."""
     total, n = 0.0, batch.size(0)
     for start in range(0, n, micro_batch_size):
         micro = batch[start:start + micro_batch_size].to(device.torch, non_blocking=True)
         inputs, targets = micro[:, :-1], micro[:, 1:]  # (b, T)
         with device.autocast():
-            loss = loss_fn(model(inputs), targets)  # mean over b*T tokens
+            logits = model(inputs)  # (b, T, vocab)
+            if hooks.tampering():
+                logits = hooks.tamper("activations", step, logits)
+            loss = loss_fn(logits, targets)  # mean over b*T tokens
         weight = micro.size(0) / loss_denominator
         (loss * weight).backward()
         total += loss.item() * micro.size(0)
@@ -66,7 +70,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.
                loss_denominator: int | None = None) -> StepResult:
     """Run one step on ``batch``, normalised by ``loss_denominator`` samples (default: all of
     ``batch``). The ``mid_step`` point of ``tenacia.hooks`` lies between the two halves."""
-    loss, tokens = compute_gradients(model, batch, micro_batch_size, loss_denominator or batch.size(0), device)
+    loss, tokens = compute_gradients(model, batch, micro_batch_size, loss_denominator or batch.size(0), device, step)
     hooks.reach("mid_step", step)
     norm = apply_update(model, optimizer, lr, grad_clip)
     return StepResult(loss=loss, samples=batch.size(0), tokens=tokens, grad_norm=norm)

@@ -46,8 +46,10 @@ import torch.distributed as dist
 
 from ...data.ledger import SampleLedger
 from ...events import EventLog
-from ..config import ReplicaConfig
+from ..config import NumericsConfig, ReplicaConfig
+from ..numerics.judge import Judge
 from . import votecheck
+from .commit import StepCommit
 from .lease import DirLease, Lease
 from .liveness import MemberState, collective_stuck, expulsions
 from .majority import behind, minority
@@ -60,9 +62,9 @@ from .protocol import (
     LeaderHeartbeat,
     Message,
     Quorum,
+    Rechecked,
     Resolve,
     Stop,
-    Verdict,
     Vote,
     Wait,
     Welcome,
@@ -74,15 +76,16 @@ from .timing import Clock, Timing
 from .wire import Conn
 
 
-class Coordinator:
+class Coordinator(StepCommit):
     def __init__(self, *, replica: int, term: int, host: str, cfg: ReplicaConfig, timing: Timing, total_steps: int,
                  events: EventLog, ledger: SampleLedger | None, expected: set[int], run_dir: Path, batch_size: int,
                  log_every: int = 10, last_quorum_id: int = 0, takeover_from: float | None = None,
                  previous: Quorum | None = None, clock: Clock | None = None, lease: Lease | None = None,
-                 dead: set[int] | None = None):
+                 dead: set[int] | None = None, numerics: NumericsConfig | None = None):
         """The leader's state; its monitor thread runs from ``start`` (a test drives ``tick``).
         ``lease``: the term it holds (default: term ``term`` in the run directory); ``dead``: members
-        of ``previous`` proven dead (the old leader, when its connection closed)."""
+        of ``previous`` proven dead (the old leader, when its connection closed); ``numerics``: the
+        numeric checks (``commit.py``), none when None or off."""
         self.lease = lease or DirLease(run_dir, term)
         self.replica, self.term, self.cfg, self.total_steps = replica, self.lease.term, cfg, total_steps
         self.timing, self.clock = timing, clock or Clock()
@@ -100,6 +103,8 @@ class Coordinator:
         self.quorum_id = last_quorum_id
         self.votes: dict[int, Vote] = {}
         self.checks = votecheck.build(cfg.vote_checks)  # judged on every step's votes (votecheck.py)
+        self.judge = Judge(numerics) if numerics is not None and numerics.check else None
+        self.rechecks, self.benched, self.must_heal, self.devices = {}, set(), set(), {}
         # the majority rule's base: (step, members) of the newest commit known here (module docstring)
         self.settled: tuple[int, tuple[int, ...]] = (0, ())
         self.dead: set[int] = set(dead or ())  # lost with a closed connection: cannot lead elsewhere
@@ -144,6 +149,7 @@ class Coordinator:
                 self.settled = (msg.settled_step, msg.settled)
             self.members[rid] = MemberState(rid, conn, Addrs(msg.control, msg.heal), msg.committed, msg.pending,
                                             msg.quorum_seen, self.clock.now(), msg.pending_vote)
+            self.devices[rid] = msg.device
             self.quorum_id = max(self.quorum_id, msg.quorum_seen)
             conn.try_send(Welcome(leader=self.replica, term=self.term))
             if self.quorum is None:
@@ -166,6 +172,8 @@ class Coordinator:
                 self.reported[rid] = m.committed
             elif isinstance(msg, Vote):
                 self._on_vote(rid, msg)
+            elif isinstance(msg, Rechecked):
+                self._on_rechecked(rid, msg)
             elif isinstance(msg, Bye):
                 self._lose(rid, "leave", "left cleanly")
 
@@ -175,43 +183,7 @@ class Coordinator:
             if m is not None and m.conn is conn:
                 self._lose(rid, "crash", "connection closed")
 
-    # ----- commit ------------------------------------------------------------------------------------
-    def _on_vote(self, rid: int, msg: Vote) -> None:
-        q = self.quorum
-        if q is None or msg.quorum_id != q.quorum_id or msg.step != q.step:
-            return
-        self.votes[rid] = msg
-        if set(self.votes) != set(q.members):
-            return
-        if self.superseded():
-            return
-        step = q.step
-        objection = votecheck.objection(self.checks, self.votes) if self.checks else None
-        ok = all(v.ok for v in self.votes.values()) and objection is None
-        first = self.votes[q.sharers[0]]
-        if ok and self.ledger is not None:
-            self.ledger.record(step, first.start, list(first.batch), term=self.term)
-        self._broadcast(Verdict(quorum_id=q.quorum_id, step=step, commit=ok))
-        for r in q.members:
-            self.members[r].committed = step if ok else self.members[r].committed
-            self.reported[r] = self.members[r].committed
-            self.members[r].pending = None
-        votes, self.votes = self.votes, {}
-        if ok:
-            self.settled = (step, q.members)
-            self.steps.committed(q, votes)
-            self.quorum = q.next_step(self.batch_size)  # healed newcomers are in sync now
-            if step >= self.total_steps:
-                self._broadcast(Stop(reason="finished", step=step))
-                self._stop()
-                return
-        else:
-            self.events.emit("step_discarded", step=step, reason=objection or "a member failed the step")
-            self.quorum = replace(q, resolve=Resolve(step, commit=False))
-        waiting = [r for r in self.members if r not in q.members]
-        if waiting or not ok:
-            self._maybe_form("join" if ok else "retry")
-
+    # ----- commit: commit.py ---------------------------------------------------------------------------
     def _frozen(self) -> bool:
         """Was this process stopped longer than the hang bound? Then the members have elected
         another leader meanwhile: stop, whichever thread notices first."""
@@ -252,10 +224,10 @@ class Coordinator:
         if m is None:
             return
         self.lost_at[rid] = self.clock.now()
-        if kind == "hang":
-            m.conn.try_send(Expelled(why))
+        if kind in ("hang", "evicted"):
+            m.conn.try_send(Expelled(why, evict=kind == "evicted"))
         m.conn.close()
-        if kind in ("crash", "leave"):
+        if kind in ("crash", "leave", "evicted"):
             self.dead.add(rid)
         if kind != "leave":
             self.events.emit("failure_detected", kind=kind, replica=rid, reason=why,
@@ -349,19 +321,22 @@ class Coordinator:
             self._broadcast(Stop(reason="finished", step=step))
             self._stop()
             return
-        in_sync = [r for r in live if committed[r] == step]
+        # corrupt state heals from a peer; a replica found faulty computes no share of the redo
+        in_sync = [r for r in live if committed[r] == step and r not in self.must_heal] or live
+        sharers = [r for r in in_sync if r not in self.benched] or in_sync
+        self.must_heal, self.benched = set(), set()
         prev, self.previous, self.parked = self.quorum or self.parked or self.previous, None, None
         if prev is not None and prev.step == step + 1 and prev.shares:
-            shares = salvage_shares(prev.shares, in_sync, self.batch_size)  # the same step again
+            shares = salvage_shares(prev.shares, sharers, self.batch_size)  # the same step again
         else:
-            shares = even_shares(in_sync, self.batch_size)
-        heal = {r: in_sync[i % len(in_sync)] for i, r in enumerate(r for r in live if committed[r] != step)}
+            shares = even_shares(sharers, self.batch_size)
+        heal = {r: in_sync[i % len(in_sync)] for i, r in enumerate(r for r in live if r not in in_sync)}
         self.quorum_id += 1
         self.quorum = Quorum(
             quorum_id=self.quorum_id, term=self.term, leader=self.replica, step=step + 1, members=tuple(live),
-            sharers=tuple(in_sync), shares=shares, heal=heal, store=self.store_addr,
+            sharers=tuple(sharers), shares=shares, heal=heal, store=self.store_addr,
             addrs={r: self.members[r].addrs for r in live}, hang_timeout=self.hang_timeout, resolve=resolve,
-            formed_t=self.clock.wall())
+            formed_t=self.clock.wall(), watch=self.judge.watched(step + 1) if self.judge else {})
         self.votes = {}
         if not self.settled[1]:
             self.settled = (0, tuple(live))  # a job's first quorum: the base until a step commits

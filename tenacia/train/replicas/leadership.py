@@ -67,7 +67,8 @@ class Leadership:
                            events=EventLog(self.events.path, f"coordinator:{self.id}"),
                            ledger=SampleLedger(self.run_dir / "ledger.jsonl"), expected=expected,
                            run_dir=self.run_dir, log_every=cfg.train.log_every, batch_size=cfg.train.batch_size,
-                           last_quorum_id=last_quorum_id, takeover_from=takeover_from, previous=previous).start()
+                           last_quorum_id=last_quorum_id, takeover_from=takeover_from, previous=previous,
+                           numerics=cfg.numerics).start()
 
     def first_coordinator(self) -> Coordinator:
         first = self.cfg.replicas.first_id

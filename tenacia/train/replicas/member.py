@@ -74,6 +74,7 @@ class ControlServer:
         self.sock = listen(host)
         self.addr = sock_addr(self.sock, advertise)
         self.coordinator: Coordinator | None = None
+        self.device = ""  # host:slot this replica computes on (numeric_member.device_name)
         self.status: Callable[[], MemberStatus] | None = None  # the training thread's, set by the replica
         self.leader_addr: str | None = None
         self.lost_leader = False
@@ -136,7 +137,7 @@ class LeaderLink:
         return Hello(replica=self.replica, control=self.server.addr, heal=self.heal_addr, committed=s.committed,
                      pending=s.pending, pending_vote=s.pending_vote,
                      quorum_seen=self.last_quorum.quorum_id if self.last_quorum else 0,
-                     settled=self.settled[1], settled_step=self.settled[0])
+                     settled=self.settled[1], settled_step=self.settled[0], device=self.server.device)
 
     def advance(self, q: Quorum) -> None:
         """The training thread moved quorum ``q`` on a step: remember it at that step (a takeover

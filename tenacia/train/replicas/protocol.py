@@ -11,9 +11,10 @@ Contract:
 - The quorum knows its own next step (``Quorum.next_step``): whoever advances a quorum, leader or
   member, calls it, so the sharing rule is written once.
 
-Who sends what. Control, member -> leader: ``Hello`` (first message of a connection), ``Heartbeat``, ``Vote``, ``Bye``;
+Who sends what. Control, member -> leader: ``Hello`` (first message of a connection), ``Heartbeat``, ``Vote``,
+``Rechecked``, ``Bye``;
 - leader -> member: ``Welcome``/``Retry``/``Redirect`` (answers to a hello), ``LeaderHeartbeat``,
-  ``Quorum``, ``Verdict``, ``Wait``, ``Stop``, ``Expelled``; heal: ``HealRequest`` (newcomer),
+  ``Quorum``, ``Verdict``, ``Recheck``, ``Wait``, ``Stop``, ``Expelled``; heal: ``HealRequest`` (newcomer),
   ``HealState`` (one blob) or ``HealError`` (donor).
 Never sent: notices a replica's threads put in its training thread's inbox (``Wake``, ``LeaderLost``,
 ``Frozen``; ``Expelled`` also arrives from the leader).
@@ -21,19 +22,13 @@ Never sent: notices a replica's threads put in its training thread's inbox (``Wa
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import types
 import typing
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
+from .codec import ProtocolError, from_json, to_json
 from .shares import even_shares
-
-
-class ProtocolError(ValueError):
-    """A header that is not a valid message; the text names the message type and the field."""
-
 
 # ----- parts of messages -------------------------------------------------------------------------
 
@@ -89,7 +84,8 @@ class Hello:
     """A replica asks to join: where it listens, what it has committed, the step whose reduced
     gradients it holds awaiting a verdict (``pending``, with its vote), the newest quorum id it saw,
     and the members of the newest quorum it saw commit a step (``settled``, at ``settled_step``):
-    the majority rule counts against the newest such set any live member knows."""
+    the majority rule counts against the newest such set any live member knows. ``device`` names
+    the chip it runs on (``host:slot``), for an eviction by name."""
 
     TAG: ClassVar[str] = "hello"
     replica: int
@@ -101,6 +97,7 @@ class Hello:
     quorum_seen: int = 0
     settled: tuple[int, ...] = ()
     settled_step: int = 0
+    device: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +118,19 @@ class Bye:
 
     TAG: ClassVar[str] = "bye"
     replica: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rechecked:
+    """The outcome of a re-execution the leader asked for (``Recheck``): the gradient
+    fingerprint, loss and norm (``numerics.judge.Outcome``) of ``suspect``'s share of ``step``."""
+
+    TAG: ClassVar[str] = "rechecked"
+    replica: int
+    quorum_id: int
+    step: int
+    suspect: int
+    outcome: dict[str, Any]
 
 
 # ----- control channel, leader -> member ---------------------------------------------------------
@@ -167,7 +177,8 @@ class Quorum:
     ``members`` run ``step`` in the quorum's process group (rank = position in ``members``, group
     rendezvous on ``store``); ``sharers`` are those in sync, each computing ``shares[replica]``
     (positions in the global batch); ``heal`` maps each newcomer to its donor for this first step.
-    ``resolve`` decides the step a previous quorum left pending. ``hang_timeout`` is the leader's
+    ``resolve`` decides the step a previous quorum left pending; ``watch`` names replicas whose share
+    a peer recomputes on every step up to the given step (``numeric_member.audit_plan``). ``hang_timeout`` is the leader's
     current hang bound (members use it to notice a silent leader). ``formed_t`` is the leader's
     wall clock at formation; ``received_t`` the member's, set on receipt (None at the leader)."""
 
@@ -186,6 +197,7 @@ class Quorum:
     resolve: Resolve | None = None
     formed_t: float = 0.0
     received_t: float | None = None
+    watch: dict[int, int] = field(default_factory=dict)
 
     def next_step(self, batch_size: int) -> Quorum:
         """The same quorum one step on, after ``step`` committed: every member then holds the same
@@ -199,12 +211,26 @@ class Quorum:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """Every member voted: apply ``step`` (``commit``) or drop it."""
+    """Every member voted: apply ``step`` (``commit``) or drop it; ``skip``: drop it and its batch
+    too (the numbers were right and the model or data unstable: the sampler moves past the batch)."""
 
     TAG: ClassVar[str] = "verdict"
     quorum_id: int
     step: int
     commit: bool
+    skip: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Recheck:
+    """Re-execute ``suspect``'s share of ``step`` (its ``chunks`` of positions, in order) from the
+    step's starting state, and answer ``Rechecked`` (the suspect itself and one healthy peer are asked)."""
+
+    TAG: ClassVar[str] = "recheck"
+    quorum_id: int
+    step: int
+    suspect: int
+    chunks: tuple[tuple[int, ...], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,10 +252,12 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class Expelled:
-    """This member must rejoin as a newcomer and heal (declared hung, or its leader was superseded)."""
+    """This member must rejoin as a newcomer and heal (declared hung, or its leader was superseded);
+    ``evict``: it must not: its device computes wrong numbers (the process exits, ``EXIT_EVICTED``)."""
 
     TAG: ClassVar[str] = "expelled"
     reason: str
+    evict: bool = False
 
 
 # ----- heal channel --------------------------------------------------------------------------------
@@ -283,8 +311,8 @@ class Frozen:
     gap_s: float
 
 
-Message = (Hello | Heartbeat | Vote | Bye | Welcome | Retry | Redirect | LeaderHeartbeat | Quorum | Verdict
-           | Wait | Stop | Expelled | HealRequest | HealState | HealError)
+Message = (Hello | Heartbeat | Vote | Bye | Rechecked | Welcome | Retry | Redirect | LeaderHeartbeat | Quorum
+           | Verdict | Recheck | Wait | Stop | Expelled | HealRequest | HealState | HealError)
 WIRE: dict[str, type] = {cls.TAG: cls for cls in typing.get_args(Message)}
 Notice = Wake | LeaderLost | Frozen
 
@@ -296,7 +324,7 @@ def encode(msg: Message) -> dict[str, Any]:
     tag = getattr(type(msg), "TAG", None)
     if WIRE.get(tag) is not type(msg):
         raise ProtocolError(f"{type(msg).__name__} is not a wire message")
-    return {"type": tag, **_to_json(msg)}
+    return {"type": tag, **to_json(msg)}
 
 
 def decode(header: dict[str, Any]) -> Message:
@@ -307,17 +335,7 @@ def decode(header: dict[str, Any]) -> Message:
     cls = WIRE.get(tag) if isinstance(tag, str) else None
     if cls is None:
         raise ProtocolError(f"unknown message type {tag!r}; known: {', '.join(sorted(WIRE))}")
-    return _from_json({k: v for k, v in header.items() if k != "type"}, cls, tag)
-
-
-def _to_json(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (tuple, list)):
-        return [_to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _to_json(v) for k, v in value.items()}
-    return value
+    return from_json({k: v for k, v in header.items() if k != "type"}, cls, tag, _hints)
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -327,74 +345,3 @@ def _hints(cls: type) -> dict[str, Any]:
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls, vars(sys.modules[__name__]))
     return _HINTS[cls]
-
-
-def _from_json(value: Any, tp: Any, where: str) -> Any:
-    """``value`` (parsed JSON) checked and converted to type ``tp``; ``where`` names it in errors."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        for i, option in enumerate(options):
-            try:
-                return _from_json(value, option, where)
-            except ProtocolError:
-                if i == len(options) - 1:
-                    raise
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{where}: expected an object, got {_kind(value)}")
-        hints, names = _hints(tp), {f.name for f in dataclasses.fields(tp)}
-        if unknown := sorted(set(value) - names):
-            raise ProtocolError(f"{where}: unknown field {unknown[0]!r}")
-        out = {}
-        for f in dataclasses.fields(tp):
-            if f.name in value:
-                out[f.name] = _from_json(value[f.name], hints[f.name], f"{where}.{f.name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ProtocolError(f"{where}: missing field {f.name!r}")
-        return tp(**out)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ProtocolError(f"{where}: expected a list, got {_kind(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_from_json(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ProtocolError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(_from_json(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{where}: expected an object, got {_kind(value)}")
-        key_t, val_t = args
-        out = {}
-        for k, v in value.items():
-            if key_t is int:
-                if not (isinstance(k, str) and k.lstrip("-").isdigit()):
-                    raise ProtocolError(f"{where}: key {k!r} is not an integer")
-                k = int(k)
-            out[k] = _from_json(v, val_t, f"{where}[{k!r}]")
-        return out
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ProtocolError(f"{where}: expected true or false, got {_kind(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ProtocolError(f"{where}: expected an integer, got {_kind(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ProtocolError(f"{where}: expected a number, got {_kind(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ProtocolError(f"{where}: expected a string, got {_kind(value)}")
-        return value
-    raise ProtocolError(f"{where}: no conversion to {tp!r}")  # a type this module does not use
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else f"{type(value).__name__} {value!r}"[:80]

@@ -42,12 +42,14 @@ from .group import GroupBuilder, retire
 from .heal import HealFetch, HealServer
 from .leadership import JobFinished, Leadership
 from .member import ControlServer, LeaderLink, MemberStatus
+from .numeric_member import NumericMember, device_name
 from .protocol import (
     Expelled,
     Frozen,
     LeaderLost,
     Message,
     Quorum,
+    Recheck,
     Resolve,
     Stop,
     Verdict,
@@ -66,6 +68,13 @@ class Superseded(Exception):
 
 class Rejoin(Exception):
     """This replica was expelled or frozen: exit and come back as a newcomer."""
+
+
+class Evicted(Exception):
+    """This replica's device computes wrong numbers: leave the job for good (``EXIT_EVICTED``)."""
+
+
+EXIT_EVICTED = 75  # the launcher places no replica on this device again in this run
 
 
 class Replica:
@@ -88,6 +97,8 @@ class Replica:
         self.checks = votecheck.build(cfg.replicas.vote_checks)
         self.pending: PendingStep | None = None
         self.grads = LocalGradients(self.trainer.model)  # this member's share of the step in flight
+        self.numerics = NumericMember(cfg.numerics, self.trainer, self.grads, cfg.train.micro_batch_size)
+        self.server.device = device_name(replica)
         self.server.status = self.status
         self.link = self._new_link()
         self.groups: dict[int, GroupBuilder] = {}  # quorum id -> group (the current quorum's)
@@ -120,7 +131,7 @@ class Replica:
                 break
             block = 0.0  # a wake is a nudge only: take what else is queued without waiting again
         if isinstance(msg, Expelled):
-            raise Rejoin(f"expelled: {msg.reason}")
+            raise (Evicted if msg.evict else Rejoin)(f"expelled: {msg.reason}")
         if isinstance(msg, Frozen):
             raise Rejoin(f"frozen: {msg.gap_s}")
         if isinstance(msg, LeaderLost):
@@ -135,6 +146,7 @@ class Replica:
             self.trainer.resume(event="replica_checkpoint_loaded")
         if self.trainer.step >= self.cfg.train.steps:
             return 0  # restarted after the job finished: nothing left to do
+        self.numerics.settle()
         if not self.seeds:  # the first replica of the job leads
             self.server.coordinator = self.leadership.first_coordinator()
         self.link.connect(self.leadership.peer_addresses if self.seeds else lambda: [self.server.addr])
@@ -152,6 +164,9 @@ class Replica:
         except JobFinished as e:  # not in the event log: a finished run's records stay as they are
             print(f"replica {self.id}: {e}; exiting without writing", file=sys.stderr, flush=True)
             return 0
+        except Evicted as e:
+            print(f"replica {self.id} on {self.server.device}: {e}", file=sys.stderr, flush=True)
+            return EXIT_EVICTED
         finally:
             self.link.close()
 
@@ -219,6 +234,10 @@ class Replica:
                 raise Superseded(msg)
             if isinstance(msg, Verdict):
                 self._verdict = msg
+            elif isinstance(msg, Recheck):
+                self.enter("recheck", msg.step)
+                self.link.send(self.numerics.answer(msg, self.id))
+                self.enter("vote", msg.step)
 
     # ----- one step: quorum, shares, compute, reduce, vote, apply ------------------------------------
     def run_step(self, q: Quorum, builder: GroupBuilder, heal: bool) -> None:
@@ -230,23 +249,34 @@ class Replica:
             raise Rejoin(f"quorum runs step {q.step} but this replica committed {self.trainer.step}")
         self.pending_step = q.step
         self.enter("compute", q.step)
+        self.numerics.at_rest(q.step)
         timing = {"received": q.received_t, "compute_start": time.time()} if heal else None
         share = self.compute_share(q)
         flat = self.sync.contribution(self.trainer)
+        check = self.cfg.numerics.check
+        own = None
+        if check and self.id in q.sharers:
+            flat, own = self.numerics.outcome(q.step, flat, share.loss)
+        audits = self.numerics.audits(q, q.watch, self.id) if check else []
         if timing:
             timing["compute_end"] = time.time()
         ok = self.reduce(flat, builder, timing)
         if fetch is not None:
             ok = self.finish_healing(fetch, q) and ok
         self.enter("vote", q.step)
-        vote = replace(share, ok=ok, timing=timing,
-                       checks=votecheck.measure_all(self.checks, self.trainer, flat) if self.checks else None)
+        checks = votecheck.measure_all(self.checks, self.trainer, flat) if self.checks else {}
+        if check:
+            checks["numerics"] = self.numerics.report(own, flat, q.step, audits)
+        vote = replace(share, ok=ok, timing=timing, checks=checks or None)
         pending = PendingStep(vote, flat)
         self.pending = pending if ok else None
         self.link.send(vote)
         self.wait_until(lambda: self._verdict is not None and self._verdict.step == q.step, "verdict")
         self.enter("idle", q.step)
         if not self._verdict.commit:
+            if self._verdict.skip:  # the batch is dropped: its samples are recorded as skipped
+                self.grads.drop()
+                self.trainer.sampler.advance(self.cfg.train.batch_size)
             raise Superseded(self._await_next("step discarded"))
         self.apply(pending)
         self.pending = None
@@ -334,6 +364,7 @@ class Replica:
     def apply(self, pending: PendingStep) -> None:
         hooks.reach("phase:apply", pending.step)
         self.sync.apply(self.trainer, self.grads, pending, self.cfg)
+        self.numerics.settle()
 
     def enter(self, phase: str, step: int) -> None:
         """The step's phases (``compute``, ``allreduce``, ``vote``, ``idle``): heartbeats report
@@ -350,6 +381,7 @@ class Replica:
 
     def load_healed(self, fetch: HealFetch, q: Quorum) -> None:
         load_healed(self.trainer, *fetch.result)
+        self.numerics.settle()
         t = self.trainer
         self.events.emit("heal_done", step=t.step, replica=self.id, peer=q.heal[self.id],
                          heal_s=round(time.monotonic() - fetch.t0, 4), transfer_s=round(fetch.transfer_s, 4),

@@ -48,19 +48,21 @@ class LocalGradients:
     same step computes only the positions it does not hold yet.
 
     Invariant: every ``.grad`` is None, or holds sum(per-sample loss)/batch over exactly the
-    positions ``held`` names for step ``step``, computed on the weights committed at ``step - 1``.
-    Whoever changes the weights or the gradients otherwise calls ``drop``.
+    positions ``held`` names for step ``step``, computed on the weights committed at ``step - 1``,
+    by one call per entry of ``chunks`` in that order (a re-execution replays them: the same calls
+    give the same bits). Whoever changes the weights or the gradients otherwise calls ``drop``.
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.step: int | None = None
         self.held: list[int] = []
+        self.chunks: list[tuple[int, ...]] = []
         self.loss_sum, self.tokens = 0.0, 0
 
     def drop(self) -> None:
         self.model.zero_grad(set_to_none=True)
-        self.step, self.held, self.loss_sum, self.tokens = None, [], 0.0, 0
+        self.step, self.held, self.chunks, self.loss_sum, self.tokens = None, [], [], 0.0, 0
 
     def compute(self, step: int, positions: Sequence[int], batch: Sequence[int], samples: Callable[[list[int]], torch.Tensor],
                 micro_batch_size: int, device: Device) -> tuple[float, int, int]:
@@ -74,8 +76,9 @@ class LocalGradients:
         todo = [p for p in positions if p not in held]
         if todo:
             loss, tokens = compute_gradients(self.model, samples([batch[p] for p in todo]), micro_batch_size,
-                                             len(batch), device)
+                                             len(batch), device, step=step)
             self.loss_sum += loss * len(todo)
             self.tokens += tokens
+            self.chunks.append(tuple(todo))
         self.step, self.held = step, list(positions)
         return self.loss_sum / max(len(positions), 1), self.tokens, reused

@@ -23,6 +23,8 @@ from tenacia.train.replicas.protocol import (
     LeaderLost,
     ProtocolError,
     Quorum,
+    Recheck,
+    Rechecked,
     Redirect,
     Resolve,
     Retry,
@@ -48,6 +50,9 @@ EXAMPLES = [
     Heartbeat(replica=2, step=41, phase="allreduce", committed=40, pending=None),
     VOTE, Bye(replica=2), Welcome(leader=0, term=3), Retry(replica=1, term=2), Redirect(address="h:9"),
     LeaderHeartbeat(), QUORUM, Verdict(quorum_id=7, step=41, commit=True), Wait(reason="1 live < 2"),
+    Verdict(quorum_id=7, step=41, commit=False, skip=True), Recheck(quorum_id=7, step=41, suspect=2, chunks=((0, 1), (5,))),
+    Rechecked(replica=1, quorum_id=7, step=41, suspect=2, outcome={"grad": "00ff", "loss": 2.5, "gnorm": 0.75}),
+    Expelled(reason="faulty", evict=True),
     Stop(reason="finished", step=200), Expelled(reason="silent"), HealRequest(quorum_id=7),
     HealState(model=(("w", "float32", (2, 3), 0, 24),), optim=(), meta={"step": 40, "sampler": {"position": 8}}),
     HealError(reason="no state offered for quorum 7"),
@@ -60,7 +65,7 @@ def over_json(msg):
 
 def test_every_wire_message_has_an_example_with_a_tag_of_its_own():
     assert {type(m) for m in EXAMPLES} == set(WIRE.values())
-    assert len(WIRE) == len({cls.TAG for cls in WIRE.values()}) == 16
+    assert len(WIRE) == len({cls.TAG for cls in WIRE.values()}) == 18
 
 
 @pytest.mark.parametrize("msg", EXAMPLES, ids=lambda m: type(m).__name__)

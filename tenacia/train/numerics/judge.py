@@ -1,0 +1,253 @@
+"""The leader's numeric judgement of a step: triggers, re-executions, verdicts, strikes. Pure.
+
+Contract (issue #14; ``docs/fault-model.md``, "Wrong numbers"):
+- Every member's vote carries a ``Report`` (``member.py`` measures it): its local loss and
+  gradient norm and the fingerprint of its contribution (sharers), the reduced gradients' norm
+  and fingerprint, the fingerprint of its whole state (weights and moments) at the vote, whether
+  that state still equals the one it committed (``rest_ok``), and an audit when it recomputed a
+  peer's share.
+- **Direct verdicts** need no re-execution. A member whose state changed since its own commit, or
+  whose state or reduced gradients differ from the strict majority's, holds corrupt numbers: the
+  step is discarded, that member heals from a peer and takes a strike. Without a strict majority
+  (two replicas that disagree) the step is discarded and nobody is blamed.
+- **Triggers** only start a re-execution: a non-finite loss or norm; a local gradient norm far
+  above the other sharers' (median/MAD, ``stats.outliers``); the step's loss or reduced norm far
+  above its baseline over time (``stats.Ema``); an audit whose recomputation differs.
+- **Attribution** compares outcomes bit for bit (``Outcome``: gradient fingerprint, loss, norm):
+  the suspect's re-execution differs from its vote: a transient fault, the step is redone; it
+  reproduces and a healthy peer's re-execution of the same share differs: the suspect is faulty
+  (a strike; it computes no share in the redo, and is audited every step for a while); the peer
+  agrees: the numbers are right. Then a spike or non-finite value is the model's or the data's
+  (the batch is skipped, its samples recorded as skipped, nobody evicted), and an audit that
+  disagreed was the auditor's error (the step is redone, the auditor watched).
+- **Eviction**: ``strikes_to_evict`` strikes within ``strike_window_steps`` evict the replica.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import NumericsConfig
+from .stats import Ema, outliers
+
+WATCH_STEPS = 16  # a struck or suspect replica is audited on every step for this many steps
+
+
+def _bits(x: float | None) -> bytes:
+    return b"" if x is None else struct.pack("<d", x)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one computation of a share gave: compared bit for bit (NaN equals NaN here)."""
+
+    grad: str
+    loss: float
+    gnorm: float
+
+    def same(self, other: Outcome) -> bool:
+        return (self.grad, _bits(self.loss), _bits(self.gnorm)) == (other.grad, _bits(other.loss), _bits(other.gnorm))
+
+    @staticmethod
+    def of(d: Mapping[str, Any]) -> Outcome:
+        return Outcome(str(d["grad"]), float(d["loss"]), float(d["gnorm"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One member's numeric vote (``member.measure``); ``own`` is None for a member with no share."""
+
+    own: Outcome | None
+    rnorm: float
+    reduced: str
+    state: str
+    rest_ok: bool
+    chunks: tuple[tuple[int, ...], ...] = ()
+    audits: tuple[tuple[int, Outcome], ...] = ()  # (a replica whose share it recomputed, the outcome)
+
+    @staticmethod
+    def of(d: Mapping[str, Any]) -> Report:
+        return Report(own=Outcome.of(d["own"]) if d.get("own") else None, rnorm=float(d["rnorm"]),
+                      reduced=str(d["reduced"]), state=str(d["state"]), rest_ok=bool(d["rest_ok"]),
+                      chunks=tuple(tuple(c) for c in d.get("chunks", ())),
+                      audits=tuple((int(a["of"]), Outcome.of(a)) for a in d.get("audits", ())))
+
+
+@dataclass(frozen=True, slots=True)
+class Recheck:
+    """A re-execution round: ``suspect`` and ``peer`` both recompute the suspect's share."""
+
+    suspect: int
+    peer: int
+    kind: str  # nonfinite, spike or audit
+    why: str
+    original: Outcome
+    chunks: tuple[tuple[int, ...], ...]
+    auditor: int | None = None
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the leader does with a step: ``commit``, ``discard`` (redo it), ``skip`` (drop the
+    batch, record its samples as skipped) or ``recheck`` (start ``recheck``). ``heal``: members whose
+    state is corrupt (they rejoin and heal); ``evict``: members evicted by name; ``bench``: members
+    that compute no share when the step is redone; ``verdict``: the event's name for it."""
+
+    action: str
+    reason: str = ""
+    verdict: str = ""
+    suspect: int | None = None
+    heal: list[int] = field(default_factory=list)
+    evict: list[int] = field(default_factory=list)
+    bench: list[int] = field(default_factory=list)
+    strikes: dict[int, int] = field(default_factory=dict)
+    recheck: Recheck | None = None
+
+
+def minority(values: Mapping[int, str]) -> tuple[list[int], bool]:
+    """Members whose value differs from the strict majority's, and whether a majority exists."""
+    counts = Counter(values.values()).most_common()
+    if len(counts) <= 1:
+        return [], True
+    if counts[0][1] * 2 <= len(values):
+        return [], False
+    top = counts[0][0]
+    return sorted(r for r, v in values.items() if v != top), True
+
+
+class Judge:
+    """The leader's numeric state across steps: baselines, the recheck in flight, strikes, watches."""
+
+    def __init__(self, cfg: NumericsConfig):
+        self.cfg = cfg
+        self.loss, self.norm = Ema(), Ema()
+        self.round: Recheck | None = None
+        self.strikes: dict[int, list[int]] = {}  # replica -> steps of its strikes
+        self.watch: dict[int, int] = {}  # replica -> the last step it is audited on every step
+
+    # ----- votes ------------------------------------------------------------------------------------
+    def on_votes(self, step: int, reports: Mapping[int, Report], sharers: Sequence[int]) -> Decision:
+        """Judge a step every member voted ok on (module docstring)."""
+        self.round = None
+        direct = self._direct(step, reports)
+        if direct is not None:
+            return direct
+        suspects = self._triggers(step, reports, sharers)
+        if suspects:
+            suspect, kind, why, auditor = suspects[0]
+            # a lone sharer is its own peer: it can tell a transient fault, not a chip from the model
+            others = [r for r in sharers if r not in (suspect, auditor)] or [r for r in sharers if r != suspect] or [suspect]
+            self.round = Recheck(suspect, others[0], kind, why, reports[suspect].own, reports[suspect].chunks, auditor)
+            return Decision("recheck", why, suspect=suspect, recheck=self.round)
+        self._learn(reports, sharers)
+        return Decision("commit")
+
+    def _direct(self, step: int, reports: Mapping[int, Report]) -> Decision | None:
+        bad: dict[int, str] = {r: "its state changed since it committed (corrupted at rest)"
+                               for r, rep in reports.items() if not rep.rest_ok}
+        tie = []
+        for what, attr in (("state", "state"), ("reduced gradients", "reduced")):
+            odd, majority = minority({r: getattr(rep, attr) for r, rep in reports.items() if r not in bad})
+            for r in odd:
+                bad.setdefault(r, f"its {what} fingerprint differs from the majority's")
+            if not majority:
+                tie.append(what)
+        if bad:
+            strikes = {r: self.strike(r, step) for r in bad}
+            evict = [r for r, n in strikes.items() if n >= self.cfg.strikes_to_evict]
+            why = "; ".join(f"replica {r}: {w}" for r, w in sorted(bad.items()))
+            return Decision("discard", why, "corrupt_state", heal=[r for r in bad if r not in evict], evict=evict,
+                            strikes=strikes)
+        if tie:
+            return Decision("discard", f"{' and '.join(tie)} fingerprints split with no majority: nobody blamed",
+                            "no_majority")
+        return None
+
+    def _triggers(self, step: int, reports: Mapping[int, Report],
+                  sharers: Sequence[int]) -> list[tuple[int, str, str, int | None]]:
+        own = {r: reports[r].own for r in sharers if reports[r].own is not None}
+        out: list[tuple[int, str, str, int | None]] = []
+        for r, o in own.items():
+            if not (math.isfinite(o.loss) and math.isfinite(o.gnorm)):
+                out.append((r, "nonfinite", f"replica {r}: loss {o.loss}, gradient norm {o.gnorm}", None))
+        if out or not own:
+            return out
+        worst = max(own, key=lambda r: own[r].gnorm)
+        rnorm = statistics_rnorm(reports)
+        if not math.isfinite(rnorm):
+            return [(worst, "nonfinite", f"reduced gradient norm {rnorm}", None)]
+        cfg = self.cfg
+        for r in outliers({r: o.gnorm for r, o in own.items()}, cfg.spike_z, cfg.spike_ratio):
+            out.append((r, "spike", f"replica {r}: gradient norm {own[r].gnorm:.4g} far above the other sharers'", None))
+        loss = sum(o.loss for o in own.values()) / len(own)
+        if self.norm.spike(rnorm, cfg.spike_z, cfg.spike_ratio, cfg.warmup_steps):
+            out.append((worst, "spike", f"gradient norm {rnorm:.4g} against a baseline of {self.norm.mean:.4g}", None))
+        elif self.loss.spike(loss, cfg.spike_z, cfg.spike_ratio, cfg.warmup_steps):
+            out.append((worst, "spike", f"loss {loss:.4g} against a baseline of {self.loss.mean:.4g}", None))
+        for auditor, rep in sorted(reports.items()):
+            for target, seen in rep.audits:
+                if target not in own or seen.same(own[target]):
+                    continue
+                out.append((target, "audit", f"replica {auditor} recomputed replica {target}'s share and got "
+                                             f"other numbers", auditor))
+        return out
+
+    def _learn(self, reports: Mapping[int, Report], sharers: Sequence[int]) -> None:
+        own = [reports[r].own for r in sharers if reports[r].own is not None]
+        if own:
+            self.loss.update(sum(o.loss for o in own) / len(own))
+        self.norm.update(statistics_rnorm(reports))
+
+    # ----- re-executions ----------------------------------------------------------------------------
+    def on_rechecked(self, step: int, suspect_run: Outcome, peer_run: Outcome) -> Decision:
+        """The verdict once the suspect and the peer re-executed the suspect's share."""
+        rc, self.round = self.round, None
+        assert rc is not None, "no recheck in flight"
+        s = rc.suspect
+        self.watch[s] = step + WATCH_STEPS
+        if not suspect_run.same(rc.original):
+            return Decision("discard", f"{rc.why}: not reproduced when replica {s} re-executed it: a transient fault",
+                            "transient", suspect=s)
+        if not peer_run.same(rc.original):
+            n = self.strike(s, step)
+            evict = n >= self.cfg.strikes_to_evict
+            return Decision("discard", f"{rc.why}: reproduced by replica {s}, but replica {rc.peer} computed other "
+                                       f"numbers from the same state: replica {s} is faulty (strike {n})",
+                            "faulty", suspect=s, evict=[s] if evict else [], bench=[] if evict else [s],
+                            strikes={s: n})
+        if rc.kind == "audit" and rc.auditor is not None:
+            self.watch[rc.auditor] = step + WATCH_STEPS
+            return Decision("discard", f"{rc.why}: but replica {rc.peer} reproduced replica {s}'s numbers: the "
+                                       f"auditor {rc.auditor} erred", "auditor_erred", suspect=rc.auditor)
+        self.loss.reset(rc.original.loss)
+        self.norm.reset(rc.original.gnorm)
+        return Decision("skip", f"{rc.why}: reproduced by replica {s} and by replica {rc.peer}: the numbers are "
+                                f"right, the model or the batch is unstable", "unstable", suspect=s)
+
+    # ----- strikes and watches ----------------------------------------------------------------------
+    def strike(self, replica: int, step: int) -> int:
+        """Record a strike; returns the replica's strikes within the window."""
+        recent = [s for s in self.strikes.get(replica, []) if s > step - self.cfg.strike_window_steps]
+        self.strikes[replica] = [*recent, step]
+        return len(self.strikes[replica])
+
+    def watched(self, step: int) -> dict[int, int]:
+        """Replicas audited on every step, until which step (expired ones dropped)."""
+        self.watch = {r: until for r, until in self.watch.items() if until >= step}
+        return dict(self.watch)
+
+    def forget(self, replica: int) -> None:
+        """An evicted replica's id may come back on another device: its strikes stay with the device."""
+        self.strikes.pop(replica, None)
+        self.watch.pop(replica, None)
+
+
+def statistics_rnorm(reports: Mapping[int, Report]) -> float:
+    """The reduced gradient norm the majority of members report."""
+    values = Counter(r.rnorm for r in reports.values() if math.isfinite(r.rnorm)).most_common(1)
+    return values[0][0] if values else math.inf

@@ -1,0 +1,132 @@
+"""A member's side of the numeric checks (``numerics/judge.py`` holds the contract): what it
+measures for its vote, the peers' shares it audits, and how it re-executes a share bit for bit.
+
+Determinism is what every verdict rests on: the same share (the same positions, computed in the
+same chunks of calls) from the same state with the same one-thread kernels gives the same bits, on
+this replica or on any other (``tests/train/numerics/test_determinism.py`` proves it on the machine
+the suite runs on). ``LocalGradients.chunks`` records the calls that made a member's gradients, so
+a re-execution replays exactly those. Values pass the ``hooks.tamper`` sites on the way, on
+re-execution too: a chip that computes wrong numbers every time does so when asked again.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ... import hooks
+from ..config import NumericsConfig
+from ..numerics.fingerprint import fingerprint, state_fingerprint
+from ..trainer import Trainer
+from .apply import flat_gradients
+from .protocol import Quorum, Recheck, Rechecked
+from .shares import LocalGradients
+
+SLOT_ENV = "TENACIA_DEVICE_SLOT"  # the launcher's place for a replica on its host (a GPU index would be one)
+
+
+def device_name(replica: int) -> str:
+    """``host:slot`` of the device this process computes on; on CPU the slot is the replica's
+    place on its host (``SLOT_ENV``, set by the launcher; the replica id when started by hand)."""
+    return f"{socket.gethostname()}:{os.environ.get(SLOT_ENV, replica)}"
+
+
+def norm64(flat: torch.Tensor) -> float:
+    """The L2 norm in float64: finite whenever every element is (float32 squares overflow at 1e19)."""
+    return float(torch.linalg.vector_norm(flat, dtype=torch.float64))
+
+
+def audit_plan(step: int, sharers: Sequence[int], watch: Mapping[int, int], p: float, seed: int) -> dict[int, int]:
+    """Which shares are recomputed by which peer at ``step``: audited replica -> auditor. Watched
+    replicas (until their step) every step, by the next sharer; and with probability ``p`` one
+    sharer drawn by the seed, by another drawn likewise. The same on every member."""
+    ring = sorted(sharers)
+    if len(ring) < 2:
+        return {}
+    plan = {r: ring[(ring.index(r) + 1) % len(ring)] for r in sorted(watch) if r in ring and watch[r] >= step}
+    rng = random.Random(seed * 1_000_003 + step)
+    if p > 0 and rng.random() < p:
+        target = rng.choice(ring)
+        plan.setdefault(target, ring[(ring.index(target) + 1 + rng.randrange(len(ring) - 1)) % len(ring)])
+    return plan
+
+
+class NumericMember:
+    """The numeric side of one replica's steps (``Replica`` calls it at each phase)."""
+
+    def __init__(self, cfg: NumericsConfig, trainer: Trainer, grads: LocalGradients, micro_batch_size: int):
+        self.cfg, self.trainer, self.grads, self.mbs = cfg, trainer, grads, micro_batch_size
+        self.committed: str | None = None  # state fingerprint right after the last commit, heal or load
+
+    def settle(self) -> None:
+        """The state just changed legitimately (a commit, a heal, a resume): remember its fingerprint."""
+        t = self.trainer
+        self.committed = state_fingerprint(t.model, t.optimizer) if self.cfg.check else None
+
+    def at_rest(self, step: int) -> None:
+        """The state as it starts ``step``: passed to the ``params`` and ``moments`` tamper sites."""
+        if hooks.tampering():
+            t = self.trainer
+            hooks.tamper("params", step, [p.data for p in t.model.parameters()])
+            hooks.tamper("moments", step, [v for s in t.optimizer.state.values() for k, v in sorted(s.items())
+                                           if k != "step" and isinstance(v, torch.Tensor)])
+
+    def outcome(self, step: int, flat: torch.Tensor, loss: float) -> tuple[torch.Tensor, dict[str, Any]]:
+        """A share's contribution and outcome (``judge.Outcome``) through the ``local_grads`` and
+        ``loss`` tamper sites."""
+        flat = hooks.tamper("local_grads", step, flat)
+        loss = hooks.tamper("loss", step, loss)
+        return flat, {"grad": fingerprint([flat]), "loss": float(loss), "gnorm": norm64(flat)}
+
+    def recompute(self, step: int, chunks: Sequence[Sequence[int]], own: bool) -> dict[str, Any]:
+        """Re-execute the share made of ``chunks`` (positions in the step's batch) from the current
+        state. ``own``: this member's share, recomputed into its own gradients (they replace the
+        ones it held: a transient fault is gone from its share for the redo); otherwise a peer's,
+        computed aside, this member's gradients left as they were."""
+        t = self.trainer
+        model = t.model
+        kept = None if own else [p.grad for p in model.parameters()]
+        target = self.grads if own else LocalGradients(model)
+        target.drop()
+        batch = t.sampler.peek(t.cfg.train.batch_size)
+        positions: list[int] = []
+        loss = float("nan")
+        for chunk in chunks:
+            positions = sorted([*positions, *chunk])
+            loss, _, _ = target.compute(step, positions, batch, t.data.train.get, self.mbs, t.device)
+        _, result = self.outcome(step, flat_gradients(model), loss)
+        if kept is not None:
+            for p, g in zip(model.parameters(), kept, strict=True):
+                p.grad = g
+        return result
+
+    def audits(self, q: Quorum, watch: Mapping[int, int], me: int) -> list[dict[str, Any]]:
+        """Recompute the peers' shares this member audits at ``q.step`` (normal steps only: every
+        sharer then computed its share in one call from the same state)."""
+        if q.heal or q.resolve is not None or not self.cfg.check:
+            return []
+        plan = audit_plan(q.step, q.sharers, watch, self.cfg.audit_p, self.cfg.seed)
+        return [{"of": r, **self.recompute(q.step, [q.shares[r]], own=False)}
+                for r, auditor in sorted(plan.items()) if auditor == me]
+
+    def report(self, own: dict[str, Any] | None, reduced: torch.Tensor, step: int,
+               audits: list[dict[str, Any]]) -> dict[str, Any]:
+        """This member's numeric vote (``judge.Report``), through the ``reduced_grads`` and ``vote``
+        tamper sites."""
+        t = self.trainer
+        reduced = hooks.tamper("reduced_grads", step, reduced)
+        state = state_fingerprint(t.model, t.optimizer)
+        report = {"own": own, "rnorm": norm64(reduced), "reduced": fingerprint([reduced]), "state": state,
+                  "rest_ok": self.committed is None or state == self.committed,
+                  "chunks": [list(c) for c in self.grads.chunks] if own else [], "audits": audits}
+        return hooks.tamper("vote", step, report)
+
+    def answer(self, msg: Recheck, me: int) -> Rechecked:
+        """Re-execute the suspect's share as the leader asked (as the suspect or as the peer)."""
+        result = self.recompute(msg.step, msg.chunks, own=msg.suspect == me)
+        return Rechecked(replica=me, quorum_id=msg.quorum_id, step=msg.step, suspect=msg.suspect, outcome=result)

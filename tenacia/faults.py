@@ -2,7 +2,8 @@
 
 Training reads this section but never injects anything itself: ``tenacia.chaos`` does, through
 the points of ``tenacia.hooks`` (in-process kill points), its tamper sites (wrong numbers) and
-the launcher's supervision plug-ins (signals to replica processes). This module is what both sides agree on.
+the launcher's supervision plug-ins (signals to replica processes). This module is what both
+sides agree on.
 
 A kill point is armed by ``"<point>@<step>"``: ``mid_step@17``, ``checkpoint:model.safetensors@20``
 (the points are listed in ``tenacia.hooks``). A schedule entry is a string:

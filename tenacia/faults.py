@@ -1,8 +1,9 @@
 """The fault vocabulary: what a run may ask to suffer (the ``[chaos]`` section), as plain data.
 
 Training reads this section but never injects anything itself: ``tenacia.chaos`` does, through
-the points of ``tenacia.hooks`` (in-process kill points) and the launcher's supervision plug-ins
-(signals to replica processes). This module is what both sides agree on.
+the points of ``tenacia.hooks`` (in-process kill points), its tamper sites (wrong numbers) and
+the launcher's supervision plug-ins (signals to replica processes). This module is what both
+sides agree on.
 
 A kill point is armed by ``"<point>@<step>"``: ``mid_step@17``, ``checkpoint:model.safetensors@20``
 (the points are listed in ``tenacia.hooks``). A schedule entry is a string:
@@ -15,12 +16,25 @@ A kill point is armed by ``"<point>@<step>"``: ``mid_step@17``, ``checkpoint:mod
 | ``kill_coordinator@S``    | SIGKILL whichever replica leads at step S                         |
 | ``kill_healing@S``        | after step S, SIGKILL the next replica that starts healing        |
 | ``kill_checkpoint@S``     | the leader dies right after writing model.safetensors of step S's checkpoint |
+| ``sdc:SLOT@S:SITE:BITS[:WHEN]`` | wrong numbers: from step S on, corrupt one element of the value at tamper site SITE on the replica running on device slot SLOT |
+| ``lr_spike@S:F``          | on every replica, the learning rate of step S times F (a negative control: a real instability, no chip at fault) |
 
 plus ``kill_rate`` (kills per second, Poisson, replica chosen by the seeded RNG).
+
+Wrong numbers (``tenacia.chaos.sdc`` injects them in-process, through ``tenacia.hooks.tamper``):
+- SITE: one of ``SDC_SITES`` (``tenacia.hooks.TAMPER_SITES`` but ``lr``); SLOT: the device slot
+  (a fresh job runs replica R on slot R);
+- BITS, what happens to one float32 element: ``sign`` (bit 31), ``exponent`` (bit 30, the top
+  exponent bit), ``mantissa_high`` (one of bits 18..22), ``mantissa_low`` (one of bits 0..4),
+  ``multi`` (3 distinct bits of the 32), ``nan``, ``inf``, ``zero`` (stuck at 0.0);
+- WHEN: ``once`` (default, transient: the first call at a step >= S), ``every`` (persistent:
+  every call from S on, re-executions of a step included) or ``q=P`` (intermittent: each call
+  from S on, with probability 0 < P <= 1).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -29,9 +43,18 @@ from .config import ConfigError, check
 KILL_POINTS = ("mid_step", "between_steps", "phase:compute", "phase:allreduce", "phase:vote", "phase:idle",
                "phase:apply", "checkpoint:<file>", "checkpoint:renamed")
 KINDS = ("kill", "hang", "slow", "kill_coordinator", "kill_healing", "kill_checkpoint")
+NUMERIC_KINDS = ("sdc", "lr_spike")
+SDC_SITES = ("params", "moments", "activations", "local_grads", "reduced_grads", "loss", "vote")
+BITS = ("sign", "exponent", "mantissa_high", "mantissa_low", "multi", "nan", "inf", "zero")
+WHENS = ("once", "every", "q=<prob> with 0 < prob <= 1")
 _ENTRY = re.compile(r"^(?P<kind>[a-z_]+)(?::(?P<replica>\d+))?@(?P<step>\d+)(?::(?P<param>[0-9.]+))?$")
+_SDC = re.compile(r"^sdc:(?P<slot>\d+)@(?P<step>\d+):(?P<site>[^:]*):(?P<bits>[^:]*)(?::(?P<when>[^:]*))?$")
+_LR_SPIKE = re.compile(r"^lr_spike@(?P<step>\d+):(?P<factor>[^:]+)$")
 _ALLOWED = ("kill:R@S, hang:R@S:SECONDS, slow:R@S:FACTOR, kill_coordinator@S, kill_healing@S, "
             "kill_checkpoint@S")
+_ALLOWED_SDC = "sdc:SLOT@STEP:SITE:BITS[:WHEN]"
+_ALLOWED_SPIKE = "lr_spike@STEP:FACTOR"
+_ALLOWED_ALL = f"{_ALLOWED}, {_ALLOWED_SDC}, {_ALLOWED_SPIKE}"
 
 
 def parse_kill_point(spec: str, field_name: str = "kill_at") -> tuple[str, int] | None:
@@ -75,6 +98,89 @@ def parse_fault(text: str, field_name: str = "faults") -> Fault:
     return Fault(kind, int(m["step"]), int(replica) if replica is not None else None, param)
 
 
+@dataclass(frozen=True, slots=True)
+class NumericFault:
+    """A wrong number (``sdc:...``): from ``step`` on, one element at ``site`` on device slot
+    ``slot`` is corrupted as ``bits`` says, ``when`` (``once``, ``every``, or ``q``: each call
+    with probability ``q``)."""
+
+    slot: int
+    step: int
+    site: str
+    bits: str
+    when: str = "once"
+    q: float = 1.0  # the probability per call; 1 unless when == "q"
+
+    @property
+    def spec(self) -> str:
+        when = {"once": "", "every": ":every"}.get(self.when, f":q={self.q:g}")
+        return f"sdc:{self.slot}@{self.step}:{self.site}:{self.bits}{when}"
+
+
+@dataclass(frozen=True, slots=True)
+class LrSpike:
+    """``lr_spike@S:F``: on every replica, the learning rate of step ``step`` times ``factor``."""
+
+    step: int
+    factor: float
+
+    @property
+    def spec(self) -> str:
+        return f"lr_spike@{self.step}:{self.factor:g}"
+
+
+def _parse_sdc(text: str, field_name: str) -> NumericFault:
+    m = _SDC.match(text)
+    if not m:
+        raise ConfigError(field_name, text, f"{_ALLOWED_SDC} (e.g. sdc:1@20:local_grads:exponent:every)")
+    check(m["site"] in SDC_SITES, field_name, text, f"{_ALLOWED_SDC} with SITE one of {', '.join(SDC_SITES)}")
+    check(m["bits"] in BITS, field_name, text, f"{_ALLOWED_SDC} with BITS one of {', '.join(BITS)}")
+    when, q = m["when"] or "once", 1.0
+    if when.startswith("q="):
+        try:
+            q = float(when[2:])
+        except ValueError:
+            q = math.nan
+        when = "q"
+    check(when in ("once", "every", "q") and 0 < q <= 1, field_name, text,
+          f"{_ALLOWED_SDC} with WHEN one of {', '.join(WHENS)}")
+    return NumericFault(int(m["slot"]), int(m["step"]), m["site"], m["bits"], when, q)
+
+
+def _parse_lr_spike(text: str, field_name: str) -> LrSpike:
+    m = _LR_SPIKE.match(text)
+    try:
+        factor = float(m["factor"]) if m else math.nan
+    except ValueError:
+        factor = math.nan
+    check(math.isfinite(factor) and factor > 0, field_name, text,
+          f"{_ALLOWED_SPIKE} with FACTOR a finite number > 0 (e.g. lr_spike@30:10)")
+    return LrSpike(int(m["step"]), factor)
+
+
+def parse_entry(text: str, field_name: str = "faults") -> Fault | NumericFault | LrSpike:
+    """Any schedule entry: a process fault (``parse_fault``), a wrong number or an lr spike."""
+    text = text.strip()
+    kind = re.match(r"^[a-z_]*", text)[0]
+    if kind == "sdc":
+        return _parse_sdc(text, field_name)
+    if kind == "lr_spike":
+        return _parse_lr_spike(text, field_name)
+    if kind not in KINDS:
+        raise ConfigError(field_name, text, f"one of {_ALLOWED_ALL}")
+    return parse_fault(text, field_name)
+
+
+def process_faults(chaos: ChaosConfig) -> list[Fault]:
+    """The schedule's faults sent to processes (``tenacia.chaos.injector``), in schedule order."""
+    return [f for f in map(parse_entry, chaos.faults) if isinstance(f, Fault)]
+
+
+def numeric_faults(chaos: ChaosConfig) -> list[NumericFault | LrSpike]:
+    """The schedule's wrong numbers and lr spikes (``tenacia.chaos.sdc``), in schedule order."""
+    return [f for f in map(parse_entry, chaos.faults) if not isinstance(f, Fault)]
+
+
 @dataclass(kw_only=True, slots=True)
 class ChaosConfig:
     """Faults to inject into this run, deterministically by step or by seed."""
@@ -88,7 +194,7 @@ class ChaosConfig:
     def __post_init__(self) -> None:
         parse_kill_point(self.kill_at)
         for i, text in enumerate(self.faults):
-            parse_fault(text, f"faults[{i}]")
+            parse_entry(text, f"faults[{i}]")
         check(self.kill_rate >= 0, "kill_rate", self.kill_rate, "a number of kills per second >= 0")
         check(self.kill_rate_duration_s > 0, "kill_rate_duration_s", self.kill_rate_duration_s,
               "a positive number of seconds")

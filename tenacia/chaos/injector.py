@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..events import EventLog, EventTail
-from ..faults import Fault, parse_fault
+from ..faults import Fault, process_faults
 from . import killpoints
 
 SLOW_PERIOD_S = 0.1  # one SIGSTOP/SIGCONT cycle of a slowed replica
@@ -77,7 +77,7 @@ class ChaosInjector:
         chaos = cfg.chaos
         self.events = EventLog(events.path, "chaos")
         self.pid_of = pid_of
-        self.faults: list[Fault] = [parse_fault(f) for f in chaos.faults]
+        self.faults: list[Fault] = process_faults(chaos)  # wrong numbers are in-process: chaos.sdc
         self.kill_point = chaos.kill_at
         for f in self.faults:
             if f.kind == "kill_checkpoint":  # in-process: the leader kills itself mid-write

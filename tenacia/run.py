@@ -3,7 +3,8 @@ with the faults it asks for.
 
 This is the one place that joins training and fault injection. Training never imports
 ``tenacia.chaos``; here, at each process's start, chaos installs its hooks: the in-process kill
-point (``chaos.killpoints`` on ``tenacia.hooks``) and, for a replica run, the fault schedule as a
+point (``chaos.killpoints`` on ``tenacia.hooks``), a replica's wrong numbers (``chaos.sdc`` on the
+tamper sites of ``tenacia.hooks``) and, for a replica run, the fault schedule as a
 supervision plug-in of the launcher, which arms the kill point in every replica process it starts
 through the environment.
 """
@@ -84,13 +85,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_replica(args: argparse.Namespace) -> int:
     from . import config
-    from .chaos import killpoints
+    from .chaos import killpoints, sdc
     from .train.config import RunConfig
+    from .train.replicas.device_slot import SLOT_ENV
     from .train.replicas.replica import run_replica
 
     cfg = config.load(RunConfig, args.config, args.override)
     killpoints.install(cfg.chaos.kill_at)
-    code = run_replica(cfg, args.replica, args.join)
+
+    def wrong_numbers(replica: int, events) -> None:  # this device's share of the schedule's wrong numbers
+        slot = int(os.environ.get(SLOT_ENV, replica))
+        sdc.install(cfg.chaos, slot, lambda event, **fields: events.emit(event, replica=replica, **fields))
+
+    code = run_replica(cfg, args.replica, args.join, on_start=wrong_numbers)
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: destroying a gloo group with a collective in flight can block.

@@ -11,7 +11,9 @@ in the process that runs on device slot SLOT; each ``lr_spike@S:F`` one in every
   ``random.Random`` seeded through SHA-256 by (chaos seed, slot, step, site, call number at that
   site and step, the entry's spec): the same config corrupts the same numbers on every machine;
 - ``once`` fires at the first call at a step >= S that has a number to corrupt, then never again;
-  ``every`` at every call from S on (re-executions of a step included, each a new call number);
+  ``every`` at every call from S on, re-executions included, and the same way at every call of a
+  step (its generator ignores the call number): a chip that computes a wrong number computes the
+  same wrong number when asked again, which is how a re-execution tells it from a transient fault;
   ``q=P`` at each call from S on with probability P;
 - every injection is reported as ``emit("fault_injected", ...)`` (fields in docs/events.md;
   NaN and infinities as the strings ``"nan"``, ``"inf"``, ``"-inf"``); nothing goes to stdout.
@@ -178,7 +180,7 @@ def _sdc(f: NumericFault, seed: int, emit: Emit) -> hooks.Tamperer:
         if site != f.site or step < f.step or (f.when == "once" and fired):
             return value
         call = calls[step] = calls.get(step, -1) + 1
-        rng = rng_for(seed, f.slot, step, site, call, f.spec)
+        rng = rng_for(seed, f.slot, step, site, 0 if f.when == "every" else call, f.spec)
         if f.when == "q" and rng.random() >= f.q:
             return value
         value, rec = corrupt(value, f.bits, rng)

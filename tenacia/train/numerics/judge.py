@@ -182,12 +182,12 @@ class Judge:
         if not math.isfinite(rnorm):
             return [(worst, "nonfinite", f"reduced gradient norm {rnorm}", None)]
         cfg = self.cfg
-        for r in outliers({r: o.gnorm for r, o in own.items()}, cfg.spike_z, cfg.spike_ratio):
+        for r in outliers({r: o.gnorm for r, o in own.items()}, cfg.spike_z, cfg.norm_ratio):
             out.append((r, "spike", f"replica {r}: gradient norm {own[r].gnorm:.4g} far above the other sharers'", None))
         loss = sum(o.loss for o in own.values()) / len(own)
-        if self.norm.spike(rnorm, cfg.spike_z, cfg.spike_ratio, cfg.warmup_steps):
+        if self.norm.spike(rnorm, cfg.spike_z, cfg.norm_ratio, cfg.warmup_steps):
             out.append((worst, "spike", f"gradient norm {rnorm:.4g} against a baseline of {self.norm.mean:.4g}", None))
-        elif self.loss.spike(loss, cfg.spike_z, cfg.spike_ratio, cfg.warmup_steps):
+        elif self.loss.spike(loss, cfg.spike_z, cfg.loss_ratio, cfg.warmup_steps):
             out.append((worst, "spike", f"loss {loss:.4g} against a baseline of {self.loss.mean:.4g}", None))
         for auditor, rep in sorted(reports.items()):
             for target, seen in rep.audits:

@@ -1,6 +1,6 @@
 """Robust baselines that flag spikes: across replicas (median and MAD of one step's values) and
 over time (an exponential moving mean and mean absolute deviation). Pure; the thresholds come from
-``NumericsConfig`` (a value must be both ``spike_z`` deviations and ``spike_ratio`` times above
+``NumericsConfig`` (a value must be both ``spike_z`` deviations and a ratio times above
 its baseline: a relative floor keeps a quiet baseline's tiny deviation from flagging noise)."""
 
 from __future__ import annotations

@@ -55,11 +55,13 @@ class SpareProcess:
     def wait(self, timeout: float | None = None) -> int:
         return self.proc.wait(timeout=timeout)
 
-    def fork(self, replica: int, join: list[str], log: Path) -> ForkedReplica:
-        """Order replica ``replica`` (raises ``OSError`` when the spare cannot be told)."""
+    def fork(self, replica: int, join: list[str], log: Path, slot: int | None = None) -> ForkedReplica:
+        """Order replica ``replica`` on device slot ``slot`` (default: the replica id; raises
+        ``OSError`` when the spare cannot be told)."""
         with self._lock:
             self._pids.pop(replica, None)
-        self.proc.stdin.write((json.dumps({"replica": replica, "join": join, "log": str(log)}) + "\n").encode())
+        self.proc.stdin.write((json.dumps({"replica": replica, "join": join, "log": str(log),
+                                          "slot": replica if slot is None else slot}) + "\n").encode())
         self.proc.stdin.flush()
         self.orders += 1
         return ForkedReplica(self, replica)

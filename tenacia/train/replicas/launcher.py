@@ -6,7 +6,8 @@ its own session, so a signal meant for one never reaches another.
 
 Supervision contract: a replica that exits non-zero is restarted after ``restart_backoff_s``,
 doubling per consecutive failure of that replica (capped at ``Timing.restart_backoff_max_s``),
-while the run's restart budget lasts. It rejoins through the control address of any live replica
+while the run's restart budget lasts; one evicted for wrong numbers (``device_slot.EXIT_EVICTED``)
+is restarted at once on a device slot never used before, its old slot banned for the run. It rejoins through the control address of any live replica
 and heals from a peer. Once the budget is spent, a replica that exits non-zero is left dead and
 ``restart_budget_exhausted`` is logged once for it. When the leader writes ``finished.json``
 nothing is restarted any more, and a replica still alive ``Timing.after_finish_s`` later (one
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +50,7 @@ from ...process import die_with_parent
 from ...storage import atomic_write
 from ..config import RunConfig
 from . import addresses
+from .device_slot import EXIT_EVICTED, SLOT_ENV
 from .forked import REPORT_ENV, SpareProcess
 from .monitor import RunMonitor
 from .timing import Timing
@@ -94,6 +97,9 @@ class Launcher:
         self.finished_at: float | None = None  # when supervision first saw finished.json
         self.primary = not cfg.replicas.join  # the launcher that starts the job (not one that joins it)
         self.ids = range(cfg.replicas.first_id, cfg.replicas.first_id + cfg.replicas.count)
+        # device slot of each replica: its place on this host; an evicted device's slot is never reused
+        self.slots = {r: i for i, r in enumerate(self.ids)}
+        self.banned: set[int] = set()
         self.config_path = self.run_dir / "replicas" / f"config-{cfg.replicas.first_id}.toml"
         self.plugins: list[Supervision] = []
 
@@ -116,6 +122,8 @@ class Launcher:
         for addr in join:
             cmd += ["--join", addr]
         env = dict(os.environ, OMP_NUM_THREADS=str(self.cfg.replica_threads))
+        if replica is not None:
+            env[SLOT_ENV] = str(self.slots[replica])
         for plugin in self.plugins:
             env.update(plugin.child_env())
         report_r, report_w = os.pipe() if replica is None else (-1, -1)
@@ -138,7 +146,7 @@ class Launcher:
         if spare is not None and spare.poll() is None:
             try:
                 log = self.run_dir / "logs" / f"r{replica}.log"
-                return Child(replica, spare.fork(replica, join, log)), "spare"
+                return Child(replica, spare.fork(replica, join, log, self.slots[replica])), "spare"
             except OSError:
                 pass
         self.spare = self.spawn(None, []) if self.cfg.replicas.spares else None
@@ -203,6 +211,16 @@ class Launcher:
             self.spare = self.spawn(None, [])
         return self.supervise()
 
+    def evicted(self, replica: int, now: float) -> None:
+        """Replica ``replica`` was evicted by name: ban its device slot for the rest of the run and
+        restart it at once on the next slot never used (it heals from a peer like any newcomer)."""
+        old = self.slots[replica]
+        self.banned.add(old)
+        self.slots[replica] = max([*self.slots.values(), *self.banned]) + 1
+        self.pending[replica] = now
+        self.events.emit("device_banned", replica=replica, slot=old, host=socket.gethostname(),
+                         replacement_slot=self.slots[replica])
+
     def finished(self) -> bool:
         return (self.run_dir / "finished.json").exists()
 
@@ -228,6 +246,9 @@ class Launcher:
             if code is None or r in self.pending or r in self.given_up:
                 continue
             if code == 0 or self.finished():
+                continue
+            if code == EXIT_EVICTED:  # its device computes wrong numbers: a replacement on another one
+                self.evicted(r, now)
                 continue
             if self.restarts >= self.cfg.replicas.restart_budget:
                 self.given_up.add(r)

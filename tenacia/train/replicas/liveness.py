@@ -2,7 +2,8 @@
 ``coordinator.py``, "Membership"; the bounds in ``timing.py``): silent longer than the hang bound
 (counted only while the leader hears its own member), stuck in its compute phase longer than the
 stuck bound while a peer already waits in the all-reduce; and a collective in which every member
-has waited longer than the hang bound is stuck itself. Pure functions of the members' records and
+has waited longer than the hang bound is stuck itself; a member re-executing a share for the
+leader's numeric checks longer than the stuck bound is stuck too. Pure functions of the members' records and
 the time: the coordinator acts on what they return.
 """
 
@@ -45,6 +46,8 @@ def expulsions(members: Mapping[int, MemberState], leader: int, q: Quorum | None
             out.append((rid, f"silent for {now - m.last_hb:.2f}s > {timeout:.2f}s"))
         elif m.phase == "compute" and waiting_in_allreduce and m in in_quorum and now - m.phase_since > stuck_bound:
             out.append((rid, f"stuck in its step for {now - m.phase_since:.2f}s > {stuck_bound:.2f}s"))
+        elif m.phase == "recheck" and m in in_quorum and now - m.phase_since > stuck_bound:
+            out.append((rid, f"stuck re-executing a share for {now - m.phase_since:.2f}s > {stuck_bound:.2f}s"))
     return out
 
 

@@ -11,9 +11,7 @@ re-execution too: a chip that computes wrong numbers every time does so when ask
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,14 +24,6 @@ from ..trainer import Trainer
 from .apply import flat_gradients
 from .protocol import Quorum, Recheck, Rechecked
 from .shares import LocalGradients
-
-SLOT_ENV = "TENACIA_DEVICE_SLOT"  # the launcher's place for a replica on its host (a GPU index would be one)
-
-
-def device_name(replica: int) -> str:
-    """``host:slot`` of the device this process computes on; on CPU the slot is the replica's
-    place on its host (``SLOT_ENV``, set by the launcher; the replica id when started by hand)."""
-    return f"{socket.gethostname()}:{os.environ.get(SLOT_ENV, replica)}"
 
 
 def norm64(flat: torch.Tensor) -> float:

@@ -25,6 +25,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,14 @@ from ...storage import atomic_write_json
 from ..config import RunConfig
 from ..trainer import Trainer
 from . import addresses, votecheck
-from .apply import PendingStep, load_healed
+from .apply import PendingStep
+from .device_slot import EXIT_EVICTED, device_name
 from .group import GroupBuilder, retire
-from .heal import HealFetch, HealServer
+from .heal import HealServer
+from .healing import NewcomerHealing
 from .leadership import JobFinished, Leadership
 from .member import ControlServer, LeaderLink, MemberStatus
-from .numeric_member import NumericMember, device_name
+from .numeric_member import NumericMember
 from .protocol import (
     Expelled,
     Frozen,
@@ -74,10 +77,7 @@ class Evicted(Exception):
     """This replica's device computes wrong numbers: leave the job for good (``EXIT_EVICTED``)."""
 
 
-EXIT_EVICTED = 75  # the launcher places no replica on this device again in this run
-
-
-class Replica:
+class Replica(NewcomerHealing):
     def __init__(self, cfg: RunConfig, replica: int, seeds: list[str], trainer: Trainer | None = None):
         """``trainer``: one built (and loaded from disk) ahead of time by a spare process."""
         self.cfg, self.id, self.seeds = cfg, replica, seeds
@@ -289,21 +289,6 @@ class Replica:
             if isinstance(msg, (Quorum, Stop)):
                 raise Superseded(msg)
 
-    def start_healing(self, q: Quorum) -> HealFetch | None:
-        """A quorum's first step: a donor offers its state (before touching the step), a newcomer
-        starts fetching its donor's; returns the newcomer's fetch."""
-        t = self.trainer
-        fetch = None
-        if self.id in q.heal:
-            donor = q.heal[self.id]
-            fetch = HealFetch(q.addrs[donor].heal, q.quorum_id, notify=self.wake, timing=self.timing)
-            self.events.emit("heal_started", step=q.step, replica=self.id, peer=donor)
-        if self.id in q.heal.values():
-            self.heal_server.offer(q.quorum_id, {"step": t.step, "sampler": t.sampler.state_dict(),
-                                                 "tokens_seen": t.tokens_seen, "data_fingerprint": t.data.fingerprint},
-                                   ckpt.model_tensors(t.model), ckpt.optimizer_tensors(t.model, t.optimizer))
-        return fetch
-
     def compute_share(self, q: Quorum) -> Vote:
         """Gradients of this member's share of the step's batch into the parameters' ``.grad``
         (none for a newcomer); returns the vote that describes them, not ok until reduced."""
@@ -335,14 +320,6 @@ class Replica:
             raise
         except Exception:  # noqa: BLE001 - a peer died mid-collective: vote no
             return False
-        return True
-
-    def finish_healing(self, fetch: HealFetch, q: Quorum) -> bool:
-        """Wait for the donor's state and load it; False when the transfer failed."""
-        self.wait_until(fetch.done.is_set, "healing")
-        if fetch.error:
-            return False
-        self.load_healed(fetch, q)
         return True
 
     def retire_groups(self, current: int) -> None:
@@ -379,14 +356,6 @@ class Replica:
         if leading and every and t.step % every == 0 and t.step < self.cfg.train.steps:
             t.save_checkpoint(term=self.server.coordinator.term)
 
-    def load_healed(self, fetch: HealFetch, q: Quorum) -> None:
-        load_healed(self.trainer, *fetch.result)
-        self.numerics.settle()
-        t = self.trainer
-        self.events.emit("heal_done", step=t.step, replica=self.id, peer=q.heal[self.id],
-                         heal_s=round(time.monotonic() - fetch.t0, 4), transfer_s=round(fetch.transfer_s, 4),
-                         bytes=fetch.nbytes)
-
     def finish(self) -> int:
         t = self.trainer
         self.events.emit("state_fingerprint", step=t.step, replica=self.id, fingerprint=ckpt.state_fingerprint(
@@ -403,13 +372,18 @@ class Replica:
         return 0
 
 
-def run_replica(cfg: RunConfig, replica: int | None, join: list[str]) -> int:
+def run_replica(cfg: RunConfig, replica: int | None, join: list[str],
+                on_start: Callable[[int, Any], None] | None = None) -> int:
     """One replica process's life; ``replica`` None makes it a warm spare that waits for an id.
-    The process entry is ``tenacia replica`` (``tenacia.run``), which the launcher starts."""
+    The process entry is ``tenacia replica`` (``tenacia.run``), which the launcher starts;
+    ``on_start(replica, events)`` runs once the id is known (fault injection installs itself)."""
     # Heartbeat, heal and group threads wait on the training thread's GIL: hand it over every 1 ms
     # (CPython's default is 5 ms), so they answer within a few milliseconds.
     sys.setswitchinterval(0.001)
+    trainer = None
     if replica is None:
         replica, join, trainer = wait_as_spare(cfg)
-        return Replica(cfg, replica, join, trainer).run()
-    return Replica(cfg, replica, join).run()
+    member = Replica(cfg, replica, join, trainer)
+    if on_start is not None:
+        on_start(replica, member.events)
+    return member.run()

@@ -25,6 +25,7 @@ import torch
 from ...process import die_with_parent
 from ..config import RunConfig
 from ..trainer import Trainer
+from .device_slot import SLOT_ENV
 from .forked import REPORT_ENV
 
 
@@ -73,6 +74,7 @@ def wait_as_spare(cfg: RunConfig) -> tuple[int, list[str], Trainer]:
         pid = os.fork()
         if pid == 0:
             _become_replica(cfg, report_fd, order["log"])
+            os.environ[SLOT_ENV] = str(order.get("slot", order["replica"]))
             return int(order["replica"]), list(order["join"]), trainer
         _report(report_fd, forked=order["replica"], pid=pid)
     raise SystemExit(0)  # the launcher closed our stdin: not needed any more

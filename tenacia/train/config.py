@@ -135,11 +135,11 @@ class NumericsConfig:
 
     check: bool = True  # finite flags, spike statistics and fingerprints on every vote (replicas only)
     audit_p: float = 1 / 32  # per step, the chance a healthy peer recomputes another's share (0: never)
-    spike_z: float = 12.0  # a value this many robust deviations above its baseline is a spike ...
+    spike_z: float = 6.0  # a value this many robust deviations above its baseline is a spike ...
     # ... if it is also this many times the baseline: gradient norms swing 10x in clean runs of small
-    # models (an exponent flip makes them 1e30x), the step's loss rarely doubles unless the model broke
+    # models (an exponent flip makes them 1e30x), the step's loss rarely grows by half unless the model broke
     norm_ratio: float = 50.0
-    loss_ratio: float = 2.0
+    loss_ratio: float = 1.5
     warmup_steps: int = 20  # steps before spikes over time are judged (the baseline settles first)
     strikes_to_evict: int = 2  # strikes within the window that evict a replica by name
     strike_window_steps: int = 1000  # how far back strikes count

@@ -53,7 +53,8 @@ def apply_step(trainer: Trainer, grads: LocalGradients, pending: PendingStep, cf
         n = p.numel()
         p.grad = flat[offset:offset + n].view_as(p)
         offset += n
-    apply_update(t.model, t.optimizer, t.lr(pending.step), cfg.optim.grad_clip)
+    lr = hooks.tamper("lr", pending.step, t.lr(pending.step))  # a chaos lr spike changes it here
+    apply_update(t.model, t.optimizer, lr, cfg.optim.grad_clip)
     grads.drop()
     # a newcomer that healed this step computed no share: it knows the step's size, not its ids
     t.commit(pending.vote.start, list(pending.vote.batch), cfg.train.batch_size * cfg.data.seq_len,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import numbers
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="goodput, fault detection/stall/healing times and a PNG timeline of a run")
@@ -62,6 +64,7 @@ def render(report: dict[str, Any]) -> None:
         summary = report["summary"]
         console.print("median / max: " + "; ".join(
             f"{k.removesuffix('_s')} {_s(v['median'])} / {_s(v['max'])}" for k, v in summary.items() if v["n"]))
+    numbers.render(report, console)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

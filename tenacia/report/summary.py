@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ..storage import atomic_write_json, read_jsonl
+from .numbers import is_numeric, numbers
 
 WINDOW_STEPS = 10
 DETECT_WITHIN_S = 30.0  # a failure declared later than this after a fault is a fault of its own
@@ -143,7 +144,7 @@ def faults(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Stall and back are read from every commit in time order (also the ones a later resume
     throws away: they were committed when they happened)."""
     timeline = [e for e in events if e["event"] == "step_committed"]
-    injected = [e for e in events if e["event"] == "fault_injected"]
+    injected = [e for e in events if e["event"] == "fault_injected" and not is_numeric(e)]
     detected = [e for e in events if e["event"] == "failure_detected"]
     used: set[int] = set()
     roots: list[dict[str, Any]] = []
@@ -321,6 +322,7 @@ def analyze(run_dir: str | Path) -> dict[str, Any]:
         "t_start": t_start,
         "t_end": t_end,
         "membership": membership(events, t_end),
+        "numbers": numbers(events),
     }
 
 

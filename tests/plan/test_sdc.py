@@ -39,7 +39,7 @@ def test_closed_form_matches_the_monte_carlo(policy, strategy):
 def test_a_zero_sdc_rate_leaves_the_plan_as_without_corruption(plan_from):
     """Policy 'none' at a zero rate: no overhead, and the simulation draws exactly what a failure
     model without any SDC kind draws (same seed, same completion times)."""
-    plan = plan_from("r2-ascend-910c", overrides=["sdc.rate_scale=0", "montecarlo.trials=50"])
+    plan = plan_from("deepseek-v3-report", overrides=["sdc.rate_scale=0", "montecarlo.trials=50"])
     result = run_train(plan)
     assert work_s(result.estimate, plan.sdc) == result.estimate.ideal_s
     without = FailureModel(kinds=[k for k in result.failures.kinds if k.name != "sdc"],
@@ -106,6 +106,6 @@ def test_the_r2_sdc_scenario_through_the_cli(capsys):
     assert "sdc-lemon" in out["reliability"]["kinds"]
     # the flags: policy none, the 910C rate at 10x H100
     assert main(["plan", "train", "-c", "r2-ascend-sdc", "--sdc-policy", "none", "--sdc-scale", "3.333",
-                 "--trials", "20"]) == 0
+                 "--trials", "10"]) == 0
     table = capsys.readouterr().out
     assert "policy none" in table and "none vs in_band" in table and "0.0248 per chip-year" in table

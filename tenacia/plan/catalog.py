@@ -81,13 +81,19 @@ class Chip:
         """Central total of the hardware kinds."""
         return sum(getattr(self, f"{kind}_per_chip_year") for kind in HARDWARE)
 
+    def band_factor(self, band: str) -> float:
+        """What the ``band`` end of the catalog's range multiplies every hardware kind by."""
+        central = self.hardware_per_chip_year
+        if band == "central" or central <= 0:
+            return 1.0
+        return getattr(self, f"failure_rate_{band}") / central
+
     def failure_per_s(self, kind: str, scale: float = 1.0, band: str = "central") -> float:
         """Rate of one hardware failure kind (``HARDWARE``) per chip per second, at the ``band``
         end of the catalog's range (every kind scaled alike)."""
         rate = getattr(self, f"{kind}_per_chip_year")
-        central = self.hardware_per_chip_year
-        if band != "central" and central > 0:
-            rate *= getattr(self, f"failure_rate_{band}") / central
+        if band != "central":
+            rate *= self.band_factor(band)
         return scale * rate / (HOURS_PER_YEAR * 3600)
 
     def uncertain_figures(self) -> list[str]:

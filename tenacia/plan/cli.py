@@ -25,6 +25,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", help="auto (search, the default) or tp=..,pp=..,ep=..,schedule=..")
     p.add_argument("--recovery", help="checkpoint or live")
     p.add_argument("--failure-scale", help="multiply every catalog failure rate")
+    p.add_argument("--sdc-policy", help="how silent corruptions are caught: none (noticed later, rolled back) "
+                   "or in_band (caught at the step, re-executed)")
+    p.add_argument("--sdc-scale", help="multiply every chip's silent-corruption rate")
     p.add_argument("--trials", help="Monte Carlo trials (default 1000)")
     p.add_argument("--deadline-days", help="report P(finish by this day); default failure-free time x 1.1")
     p.add_argument("--calibrate", metavar="RUN_DIR", help="use a tenacia run's measured detection, stall "
@@ -34,7 +37,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 FLAGS = {"model": "model", "fleet": "fleet", "tokens": "tokens", "batch": "global_batch_seqs",
          "precision": "precision", "layout": "layout", "recovery": "recovery",
-         "failure_scale": "recovery.failure_scale", "trials": "montecarlo.trials",
+         "failure_scale": "recovery.failure_scale", "sdc_policy": "sdc.policy", "sdc_scale": "sdc.rate_scale",
+         "trials": "montecarlo.trials",
          "deadline_days": "montecarlo.deadline_days", "catalog": "catalog"}
 SERVE_FLAGS = {"model": "model", "chip": "chip", "precision": "precision", "tp": "tp", "tpot_ms": "tpot_ms",
                "tokens_per_day": "demand.tokens_per_day", "input_len": "demand.input_len",

@@ -17,8 +17,9 @@ PRESETS: dict[str, list[dict]] = {
     "llama-3": [dict(chip="h100", count=16384)],
     # 21 CloudMatrix384 supernodes (arXiv 2506.12708): the Ascend side of the seed question.
     "ascend-910c-8k": [dict(chip="ascend-910c", count=21 * 384)],
-    # The same chip count of H800, to compare with the line above.
+    # The same chip count of H800, and of Ascend 910B (1,008 eight-NPU servers), to compare.
     "h800-8k": [dict(chip="h800", count=21 * 384)],
+    "ascend-910b-8k": [dict(chip="ascend-910b", count=21 * 384)],
 }
 
 

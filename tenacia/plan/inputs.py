@@ -13,7 +13,7 @@ flags (``--model``, ``--fleet``, ``--layout``, ...), then ``-o key=value`` overr
   (``tp=8,pp=16,schedule=interleaved``: the rest is searched)
 
 ``-c`` takes a TOML path or the name of a scenario shipped in ``tenacia/plan/scenarios/``
-(``deepseek-v3-report``, ``llama-3-405b-report``, ``r2-ascend-910c``).
+(``deepseek-v3-report``, ``llama-3-405b-report``, ``r2-ascend-910c``, ``r2-ascend-sdc``).
 """
 
 from __future__ import annotations

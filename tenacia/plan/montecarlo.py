@@ -51,11 +51,16 @@ class MonteCarloConfig:
 
 @dataclass(kw_only=True, slots=True, frozen=True)
 class Outcome:
-    """Per trial: completion wall time (inf when unfinished), failures suffered."""
+    """Per trial: completion wall time (inf when unfinished), failures suffered, in all and by
+    kind. ``useful_s``: the part of ``work_s`` that is training (0: all of it; less when an
+    always-on check stretches every step), the numerator of goodput."""
 
     work_s: float
     completion_s: np.ndarray  # (trials,)
     interruptions: np.ndarray  # (trials,) failures before the run finished
+    by_kind: np.ndarray | None = None  # (trials, kinds) the same, by failure kind
+    kinds: tuple[str, ...] = ()  # names of by_kind's columns
+    useful_s: float = 0.0
     stuck: str = ""  # why no trial can finish, when the closed form says so (not simulated then)
 
     @property
@@ -65,7 +70,8 @@ class Outcome:
     @property
     def goodput(self) -> np.ndarray:
         """Effective training time ratio: failure-free time / wall time (0 when unfinished)."""
-        return np.where(self.finished, self.work_s / np.where(self.finished, self.completion_s, 1.0), 0.0)
+        useful = self.useful_s or self.work_s
+        return np.where(self.finished, useful / np.where(self.finished, self.completion_s, 1.0), 0.0)
 
     def p_by(self, deadline_s: float) -> float:
         return float(np.mean(self.completion_s <= deadline_s))
@@ -80,16 +86,20 @@ class Outcome:
             "days_p5": float(q[0]), "days_p50": float(q[1]), "days_p95": float(q[2]),
             "goodput_mean": float(self.goodput.mean()),
             "interruptions_mean": float(self.interruptions.mean()),
+            "events_mean": {name: float(self.by_kind[:, i].mean()) for i, name in enumerate(self.kinds)}
+            if self.by_kind is not None else {},
             "deadline_days": deadline_s / 86400, "p_by_deadline": self.p_by(deadline_s),
             "never_finishes": self.stuck,
         }
 
 
 def simulate(work_s: float, fm: FailureModel, trials: int, seed: int = 0, horizon: float = 20.0,
-             max_events: float = 5e7) -> Outcome:
+             max_events: float = 5e7, useful_s: float = 0.0) -> Outcome:
     """Simulate ``trials`` runs that each need ``work_s`` failure-free seconds (module docstring
-    for the progress check and the event budget)."""
+    for the progress check and the event budget); ``useful_s`` as in ``Outcome``."""
     rng = np.random.default_rng(seed)
+    names = tuple(k.name for k in fm.kinds)
+    by_kind = np.zeros((trials, len(names)), dtype=np.int64)
     tau = float(min(fm.interval_s, work_s))  # work per checkpoint cycle
     cycle = tau + fm.write_s
     rates = np.array([k.rate_per_s for k in fm.kinds])
@@ -98,7 +108,8 @@ def simulate(work_s: float, fm: FailureModel, trials: int, seed: int = 0, horizo
     interruptions = np.zeros(trials, dtype=np.int64)
     if total_rate == 0:
         need = _wall_needed(work_s, np.zeros(trials), np.zeros(trials), tau, cycle)
-        return Outcome(work_s=work_s, completion_s=need, interruptions=interruptions)
+        return Outcome(work_s=work_s, completion_s=need, interruptions=interruptions, by_kind=by_kind,
+                       kinds=names, useful_s=useful_s)
     expected = expected_wall(work_s, fm)
     if expected > NEVER * horizon * work_s:
         mtbf = 1 / total_rate
@@ -106,7 +117,8 @@ def simulate(work_s: float, fm: FailureModel, trials: int, seed: int = 0, horizo
         stuck = (f"never finishes: the fleet fails every {mtbf:.3g} s, too often to make progress "
                  f"({ratio} expected time; the horizon is {horizon:g}x)")
         return Outcome(work_s=work_s, completion_s=np.full(trials, np.inf),
-                       interruptions=np.zeros(trials, dtype=np.int64), stuck=stuck)
+                       interruptions=np.zeros(trials, dtype=np.int64), by_kind=by_kind, kinds=names,
+                       useful_s=useful_s, stuck=stuck)
     events = trials * total_rate * min(expected, horizon * work_s)
     if events > max_events:
         raise ConfigError("montecarlo.max_events", max_events,
@@ -140,12 +152,14 @@ def simulate(work_s: float, fm: FailureModel, trials: int, seed: int = 0, horizo
         committed = committed + cycles * tau
         pos = pos + run - cycles * cycle
         kind = np.minimum(np.searchsorted(cum, rng.random(idx.size)), len(cum) - 1)
+        by_kind[idx, kind] += 1
         back = rollback[kind]
         pos = np.where(back, 0.0, pos)
         resume = np.where(back, t_next, np.maximum(resume, t_next)) + downtime[kind]
         t = t_next
         count = count + 1
-    return Outcome(work_s=work_s, completion_s=completion, interruptions=interruptions)
+    return Outcome(work_s=work_s, completion_s=completion, interruptions=interruptions, by_kind=by_kind,
+                   kinds=names, useful_s=useful_s)
 
 
 def _wall_needed(work_s: float, committed: np.ndarray, pos: np.ndarray, tau: float, cycle: float) -> np.ndarray:

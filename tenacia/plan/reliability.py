@@ -7,8 +7,11 @@ scaled by ``failure_scale``; host and software rates also by the site's ``site_s
 - software: a software bug or dependency kills the job (Llama 3: 13.4% of unexpected
   interruptions); a rate per chip-year (``software_per_chip_year``), recovered like a crash.
 - hang: the chip stops making progress; noticed by a timeout.
-- sdc (silent data corruption): wrong numbers, noticed ``sdc_detect_s`` later; every strategy
-  must roll back to a checkpoint older than the corruption.
+- sdc (silent data corruption): wrong numbers; what they cost depends on how they are caught
+  (``sdc.SilentCorruption.policy``): under 'none' noticed ``detect_steps`` steps later and rolled
+  back to a checkpoint older than the corruption whatever the strategy; under 'in_band'
+  re-executed at the step (kind ``sdc``), a persistent faulty chip evicted and replaced as a
+  crashed one is (kind ``sdc-lemon``).
 
 Strategies:
 - checkpoint: every crash or hang stops the whole job; it restarts from the last checkpoint
@@ -20,8 +23,8 @@ Strategies:
   stall_s)`` without a committed step plus the discarded in-flight step (half a step on
   average), and the fleet runs one group short until the replacement has started
   (``rejoin_s``) and healed from a peer (``heal_s``): ``(rejoin_s + heal_s) / groups`` of
-  whole-fleet time. Corruption still needs a checkpoint rollback; checkpoints are then sized by
-  Young/Daly for the corruption rate alone.
+  whole-fleet time. Corruption caught late still needs a checkpoint rollback; checkpoints are
+  then sized by Young/Daly for the rolling-back kinds alone (none at all under 'in_band').
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import math
 from dataclasses import dataclass
 
 from ..config import check, check_choice, check_finite
+from .sdc import SilentCorruption
 
 KINDS = ("crash", "host", "software", "hang", "sdc")
 
@@ -41,7 +45,6 @@ class Recovery:
     checkpoint_write_s: float = 60.0  # job stall per checkpoint (a guess; async saving: seconds)
     restart_s: float = 600.0  # failure -> training again under checkpoint-restart (a guess)
     hang_timeout_s: float = 600.0  # a hang is declared after this (torch's default NCCL timeout)
-    sdc_detect_s: float = 3600.0  # corruption noticed after this (a guess: loss spikes, checks)
     detection_s: float = 3.0  # live: failure declared (torchft heartbeat timeout, FACTS.md)
     stall_s: float = 3.0  # live: survivors' time without a committed step (FACTS.md: 3.0 s)
     rejoin_s: float = 300.0  # live: a replacement is up (spare node + process start; a guess)
@@ -60,8 +63,7 @@ class Recovery:
         check(self.checkpoint_interval_s >= 0, "checkpoint_interval_s", self.checkpoint_interval_s,
               "seconds >= 0 (0: the Young/Daly optimum)")
         check(self.checkpoint_write_s > 0, "checkpoint_write_s", self.checkpoint_write_s, "seconds > 0")
-        for key in ("restart_s", "hang_timeout_s", "sdc_detect_s", "detection_s", "stall_s",
-                    "rejoin_s", "heal_s"):
+        for key in ("restart_s", "hang_timeout_s", "detection_s", "stall_s", "rejoin_s", "heal_s"):
             check(getattr(self, key) >= 0, key, getattr(self, key), "seconds >= 0")
         check(self.failure_scale >= 0, "failure_scale", self.failure_scale, "a number >= 0")
         check(self.software_per_chip_year >= 0, "software_per_chip_year", self.software_per_chip_year, "a number >= 0")
@@ -120,12 +122,12 @@ class FailureModel:
 
 
 def failure_model(chip_rates: dict[str, float], recovery: Recovery, step_time_s: float,
-                  groups: int) -> FailureModel:
+                  groups: int, sdc: SilentCorruption | None = None) -> FailureModel:
     """Build the simulator's failure kinds. ``chip_rates``: fleet rate per kind of ``KINDS``, per
     second (sum over active chips of the catalog rate at the plan's band, and of
     ``software_per_chip_year``); ``groups``: replica groups that each hold a whole model (live
-    recovery's unit)."""
-    r = recovery
+    recovery's unit); ``sdc``: how corruptions are caught (default: policy 'none')."""
+    r, sdc = recovery, sdc or SilentCorruption()
     rates = {k: chip_rates.get(k, 0.0) * r.failure_scale * (r.site_scale if k in ("host", "software") else 1.0)
              for k in KINDS}
     live = r.strategy == "live"
@@ -135,14 +137,26 @@ def failure_model(chip_rates: dict[str, float], recovery: Recovery, step_time_s:
                       downtime_s=live_loss if live else r.restart_s) for name in ("crash", "host", "software")),
         FailureKind(name="hang", rate_per_s=rates["hang"], rollback=not live,
                     downtime_s=live_loss if live else r.hang_timeout_s + r.restart_s),
-        FailureKind(name="sdc", rate_per_s=rates["sdc"], rollback=True,
-                    downtime_s=r.sdc_detect_s + r.restart_s),
+        *_corruption_kinds(rates["sdc"], sdc, step_time_s, r.restart_s,
+                           crash_downtime_s=live_loss if live else r.restart_s, crash_rollback=not live),
     ]
     rollback_rate = sum(k.rate_per_s for k in kinds if k.rollback)
     interval = r.checkpoint_interval_s
     if interval == 0:
         interval = young_daly_interval(r.checkpoint_write_s, 1 / rollback_rate if rollback_rate else math.inf)
     return FailureModel(kinds=kinds, interval_s=interval, write_s=r.checkpoint_write_s)
+
+
+def _corruption_kinds(rate_per_s: float, sdc: SilentCorruption, step_time_s: float, restart_s: float,
+                      crash_downtime_s: float, crash_rollback: bool) -> list[FailureKind]:
+    """The SDC kinds of ``sdc.policy`` (``sdc`` module docstring) at fleet rate ``rate_per_s``."""
+    if sdc.policy == "none":
+        return [FailureKind(name="sdc", rate_per_s=rate_per_s, rollback=True,
+                            downtime_s=sdc.detect_steps * step_time_s + restart_s)]
+    return [FailureKind(name="sdc", rate_per_s=rate_per_s * (1 - sdc.lemon_share), rollback=False,
+                        downtime_s=sdc.reexec_steps * step_time_s),
+            FailureKind(name="sdc-lemon", rate_per_s=rate_per_s * sdc.lemon_share, rollback=crash_rollback,
+                        downtime_s=sdc.evict_steps * step_time_s + crash_downtime_s)]
 
 
 def expected_wall(work_s: float, fm: FailureModel) -> float:

@@ -68,8 +68,9 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
                 + (f"; {t['mfu_precision']:.1%} of FP8 peak" if t["mfu_precision"] else "")),
         ("failure-free", f"{t['ideal_days']:.1f} days, {_num(t['chip_hours'])} chip-hours, "
                          f"${_num(t['cost'])}, {_num(t['energy_mwh'])} MWh"),
-        ("failures", f"{rel['strategy']}; fleet MTBF {_num(rel['fleet_mtbf_h'])} h; checkpoint every "
-                     f"{_num(rel['checkpoint_interval_min'])} min ({_num(rel['checkpoint_write_s'])} s stall)"),
+        ("failures", f"{rel['strategy']}; fleet MTBF {_num(rel['fleet_mtbf_h'])} h; " + (
+            f"checkpoint every {_num(rel['checkpoint_interval_min'])} min ({_num(rel['checkpoint_write_s'])} s stall)"
+            if math.isfinite(rel["checkpoint_interval_min"]) else "no checkpoints (no failure kind rolls back)")),
         ("completion (days)", f"mean {_num(sim['days_mean'])}, p5 {_num(sim['days_p5'])}, p50 {_num(sim['days_p50'])}, "
                               f"p95 {_num(sim['days_p95'])} over {sim['trials']} trials"),
         ("goodput", f"{sim['goodput_mean']:.1%} (effective training time); {_num(sim['interruptions_mean'])} interruptions"),
@@ -77,6 +78,7 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
                                   + (f"; {1 - sim['finished']:.1%} never finish" if sim["finished"] < 1 else "")),
         ("expected with failures", f"{_num(exp['chip_hours'])} chip-hours, ${_num(exp['cost'])}, {_num(exp['energy_mwh'])} MWh"),
     ]
+    rows += _sdc_rows(s["sdc"])
     if s.get("band"):
         lo, hi = s["band"]["low"], s["band"]["high"]
         rows.append(("failure-rate band", f"catalog low / high rates: mean {_num(lo['days_mean'])} / {_num(hi['days_mean'])} "
@@ -96,20 +98,43 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
     return table
 
 
+def _sdc_rows(c: dict) -> list[tuple[str, str]]:
+    """Silent corruption: the plan's policy as simulated, then both policies in closed form."""
+    mine = c[c["policy"]]
+    none, inb = c["none"], c["in_band"]
+    even = c["break_even_per_chip_year"]
+    pays = ("never" if even == math.inf else "at any rate" if even == 0 else
+            f"above {_num(even)} per chip-year" if even is not None and math.isfinite(even) else "-")
+    return [
+        ("silent corruption", f"{_num(c['per_chip_year'])} per chip-year; policy {c['policy']}: "
+                              f"{_num(c['events_mean'])} events simulated ({_num(mine['events'])} expected), "
+                              f"caught after {_num(mine['detection_steps'])} steps on average"),
+        ("  none vs in_band", f"none {_num(none['lost_days'])} days lost; in_band {_num(inb['lost_days'])} days lost "
+                              f"+ {_num(inb['overhead_days'])} days overhead; in_band - none: "
+                              f"{c['in_band_minus_none_days']:+.3g} days (closed form); in_band pays off {pays}"),
+    ]
+
+
 def compare_table(rows: list[tuple[str, dict]]) -> Table:
     table = Table(title="tenacia plan compare")
     for col in ("scenario", "layout", "MFU", "failure-free days", "mean days", "p95 days", "goodput",
-                "P(deadline)", "band: mean days (low-high rates)", "cost"):
-        table.add_column(col, justify="left" if col in ("scenario", "layout") else "right")
+                "P(deadline)", "band: mean days (low-high rates)", "SDC events, days (lost + overhead)", "cost"):
+        table.add_column(col, justify="left" if col in ("scenario", "layout") else "right",
+                         max_width=None if col == "scenario" else 13 if col == "layout" else 12)
     for label, s in rows:
         t, sim, exp = s["training"], s["simulation"], s["expected"]
         lay = t["layout"]
-        table.add_row(label, f"TP{lay['tp']} CP{lay['cp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']}", f"{t['mfu_bf16']:.1%}",
+        table.add_row(label.replace(", ", ",\n"), f"TP{lay['tp']} CP{lay['cp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']}", f"{t['mfu_bf16']:.1%}",
                       _num(t["ideal_days"]), _num(sim["days_mean"]), _num(sim["days_p95"]),
                       f"{sim['goodput_mean']:.1%}", f"{sim['p_by_deadline']:.0%} @ {_num(sim['deadline_days'])} d",
                       f"{_num(s['band']['low']['days_mean'])}-{_num(s['band']['high']['days_mean'])}",
-                      f"${_num(exp['cost'])}")
+                      _sdc_cell(s["sdc"]), f"${_num(exp['cost'])}")
     return table
+
+
+def _sdc_cell(c: dict) -> str:
+    mine = c[c["policy"]]
+    return f"{_num(c['events_mean'])}, {_num(mine['lost_days'] + mine['overhead_days'])}"
 
 
 def serve_table(s: dict) -> Table:

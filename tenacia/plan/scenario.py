@@ -1,9 +1,12 @@
 """One training scenario from inputs to answers: the config tree of ``tenacia plan train`` and
-the function that runs it (layout, step time, failures, Monte Carlo)."""
+the function that runs it (layout, step time, failures, Monte Carlo, what silent corruption
+costs under each detection policy)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +20,8 @@ from .fleet import FleetSpec
 from .layout import Layout
 from .models import ModelSpec
 from .montecarlo import MonteCarloConfig, Outcome, simulate
-from .reliability import FailureModel, Recovery, failure_model
+from .reliability import FailureModel, Recovery, expected_wall, failure_model
+from .sdc import POLICIES, SilentCorruption
 from .search import search_layout
 
 
@@ -31,6 +35,7 @@ class TrainPlan:
     assumptions: Assumptions = field(default_factory=Assumptions)
     recovery: Recovery = field(default_factory=Recovery)
     montecarlo: MonteCarloConfig = field(default_factory=MonteCarloConfig)
+    sdc: SilentCorruption = field(default_factory=SilentCorruption)
     precision: str = "bf16"  # matmul precision: 'bf16' or 'fp8' (attention stays BF16)
     tokens: float = 0.0
     global_batch_seqs: int = 0
@@ -60,6 +65,7 @@ class TrainResult:
     deadline_s: float
     uncertain: dict[str, list[str]]  # chip -> catalog figures flagged uncertain
     calibration: Calibration | None
+    corruption: dict  # corruption_summary()
 
     def summary(self) -> dict:
         est, sim = self.estimate, self.outcome.summary(self.deadline_s)
@@ -74,6 +80,8 @@ class TrainResult:
                      for name, out in self.bands.items()},
             "expected": {"days": sim["days_mean"], "chip_hours": est.chip_hours * stretch,
                          "cost": est.cost * stretch, "energy_mwh": est.energy_mwh * stretch},
+            "sdc": self.corruption | {"events_mean": sum(
+                n for k, n in sim["events_mean"].items() if k.startswith("sdc"))},
             "uncertain_inputs": self.uncertain,
             "calibration": self.calibration.summary() if self.calibration else None,
         }
@@ -85,13 +93,22 @@ def apply_calibration(plan: TrainPlan, calibration: Calibration) -> TrainPlan:
     return dataclasses.replace(plan, recovery=recovery)
 
 
-def fleet_failure_rates(est: TrainingEstimate, recovery: Recovery) -> dict[str, float]:
+def fleet_failure_rates(est: TrainingEstimate, recovery: Recovery, sdc: SilentCorruption) -> dict[str, float]:
     """Failures per second of each kind over the chips the layout uses (idle chips are spares),
-    hardware at the recovery's rate band; software per active chip."""
+    hardware at the recovery's rate band (SDC as ``sdc`` sets it); software per active chip."""
     active = sum(g.chips - g.idle for g in est.groups)
     rates = {kind: sum((g.chips - g.idle) * g.chip.failure_per_s(kind, band=recovery.rate_band) for g in est.groups)
              for kind in HARDWARE}
+    rates["sdc"] = sum((g.chips - g.idle) * sdc.chip_rate_per_s(g.chip, recovery.rate_band) for g in est.groups)
     return rates | {"software": active * recovery.software_per_chip_year / (HOURS_PER_YEAR * 3600)}
+
+
+def work_s(est: TrainingEstimate, sdc: SilentCorruption) -> float:
+    """Failure-free seconds of the run with the policy's always-on overhead: a share of the step
+    is forward-backward (what sampled recomputation redoes), the rest gradient reduction and
+    the optimizer."""
+    fixed = max(g.grad_sync_s for g in est.groups) + max(g.optimizer_s for g in est.groups)
+    return est.ideal_s * (1 + sdc.overhead(max(1 - fixed / est.step_time_s, 0.0)))
 
 
 def estimate(plan: TrainPlan, chips: dict[str, Chip] | None = None) -> tuple[TrainingEstimate, int]:
@@ -105,29 +122,79 @@ def estimate(plan: TrainPlan, chips: dict[str, Chip] | None = None) -> tuple[Tra
     return estimate_training(*args), 1
 
 
-def failures_for(plan: TrainPlan, est: TrainingEstimate, recovery: Recovery | None = None) -> FailureModel:
+def failures_for(plan: TrainPlan, est: TrainingEstimate, recovery: Recovery | None = None,
+                 sdc: SilentCorruption | None = None) -> FailureModel:
     groups = est.layout.dp // est.layout.ep  # replica groups holding a whole model
-    recovery = recovery or plan.recovery
-    return failure_model(fleet_failure_rates(est, recovery), recovery, est.step_time_s, groups)
+    recovery, sdc = recovery or plan.recovery, sdc or plan.sdc
+    return failure_model(fleet_failure_rates(est, recovery, sdc), recovery, est.step_time_s, groups, sdc)
+
+
+def corruption_summary(plan: TrainPlan, est: TrainingEstimate) -> dict:
+    """Silent corruption under each policy, in closed form (``reliability.expected_wall``):
+    expected SDC events (fleet rate x expected wall time: exact for a Poisson process), days lost
+    to them (expected days minus the same policy's at a zero SDC rate), days of always-on
+    overhead (that minus policy 'none' at a zero rate), and ``in_band_minus_none_days``. Also the
+    SDC rate per active chip-year of this plan and the rate at which in_band's overhead equals
+    what it saves (``break_even_per_chip_year``; inf: never, 0: at any rate, nan: this plan's
+    rate is zero, nothing to scale)."""
+    chips = sum(g.chips - g.idle for g in est.groups)
+    rate = fleet_failure_rates(est, plan.recovery, plan.sdc)["sdc"] * plan.recovery.failure_scale
+
+    def days(policy: str, scale: float) -> float:
+        sdc = dataclasses.replace(plan.sdc, policy=policy, rate_scale=plan.sdc.rate_scale * scale)
+        return expected_wall(work_s(est, sdc), failures_for(plan, est, sdc=sdc)) / 86400
+
+    quiet = days("none", 0.0)
+    out: dict = {"policy": plan.sdc.policy, "per_chip_year": rate / chips * HOURS_PER_YEAR * 3600,
+                 "detection_steps": plan.sdc.detection_steps()}
+    for policy in POLICIES:
+        total, zero = days(policy, 1.0), days(policy, 0.0)
+        out[policy] = {"days": total, "events": rate * total * 86400, "lost_days": total - zero,
+                       "overhead_days": zero - quiet,
+                       "detection_steps": dataclasses.replace(plan.sdc, policy=policy).detection_steps()}
+    out["in_band_minus_none_days"] = out["in_band"]["days"] - out["none"]["days"]
+    out["break_even_per_chip_year"] = math.nan if rate == 0 else out["per_chip_year"] * _break_even_scale(
+        lambda x: math.isinf(days("none", x)) or days("in_band", x) <= days("none", x))
+    return out
+
+
+def _break_even_scale(in_band_wins: Callable[[float], bool]) -> float:
+    """Smallest SDC rate multiple (of the plan's) at which in_band is no slower than none:
+    doubled from 1 until in_band wins (inf if it never does by 2^40), then bisected."""
+    if in_band_wins(0.0):
+        return 0.0
+    hi = 1.0
+    while not in_band_wins(hi):
+        hi *= 2
+        if hi > 2.0**40:
+            return math.inf
+    lo = hi / 2 if hi > 1 else 0.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if in_band_wins(mid) else (mid, hi)
+    return hi
 
 
 def run_train(plan: TrainPlan, calibration: Calibration | None = None) -> TrainResult:
     if calibration is not None:
         plan = apply_calibration(plan, calibration)
     chips = load_catalog(plan.catalog or None)
+    plan.sdc.check_chips(chips)
     est, fitting = estimate(plan, chips)
     fm = failures_for(plan, est)
     mc = plan.montecarlo
-    outcome = simulate(est.ideal_s, fm, mc.trials, mc.seed, mc.horizon, mc.max_events)
+    work = work_s(est, plan.sdc)
+    outcome = simulate(work, fm, mc.trials, mc.seed, mc.horizon, mc.max_events, useful_s=est.ideal_s)
     bands = {}
     for band in ("low", "high"):
         other = dataclasses.replace(plan.recovery, rate_band=band)
-        bands[band] = simulate(est.ideal_s, failures_for(plan, est, other), mc.trials, mc.seed, mc.horizon,
-                               mc.max_events)
+        bands[band] = simulate(work, failures_for(plan, est, other), mc.trials, mc.seed, mc.horizon,
+                               mc.max_events, useful_s=est.ideal_s)
     deadline = mc.deadline_days * 86400 or est.ideal_s * 1.1
     uncertain = {g.chip.key: g.chip.uncertain_figures() for g in est.groups}
     return TrainResult(plan=plan, estimate=est, layouts_fitting=fitting, failures=fm, outcome=outcome, bands=bands,
-                       deadline_s=deadline, uncertain=uncertain, calibration=calibration)
+                       deadline_s=deadline, uncertain=uncertain, calibration=calibration,
+                       corruption=corruption_summary(plan, est))
 
 
 def chip_year_rate(result: TrainResult) -> float:
@@ -146,5 +213,7 @@ def goodput_curve(result: TrainResult, scales: list[float], trials: int = 200) -
         recovery = dataclasses.replace(result.plan.recovery, failure_scale=result.plan.recovery.failure_scale * scale)
         fm = failures_for(result.plan, result.estimate, recovery)
         mc = result.plan.montecarlo
-        out.append(float(simulate(result.estimate.ideal_s, fm, trials, mc.seed, mc.horizon, mc.max_events).goodput.mean()))
+        est = result.estimate
+        out.append(float(simulate(work_s(est, result.plan.sdc), fm, trials, mc.seed, mc.horizon, mc.max_events,
+                                  useful_s=est.ideal_s).goodput.mean()))
     return [base * s for s in scales], out

@@ -64,7 +64,8 @@ def test_the_landed_versions_config_loads_with_the_new_fields_at_their_defaults(
     from tenacia import config
     from tenacia.train.config import RunConfig
 
-    cfg = config.load(RunConfig, LANDED / "run" / "config.toml")
+    # the corpus path it was written with lived on the machine that wrote it: point at the copy here
+    cfg = config.load(RunConfig, LANDED / "run" / "config.toml", [f"data.corpus={LANDED / 'corpus.txt'}"])
     assert cfg.train.steps == 6 and cfg.train.batch_size == 8
     assert (cfg.replicas.lease, cfg.replicas.lease_ttl_s, cfg.replicas.sync, cfg.replicas.vote_checks) == \
         ("dir", 3, "every_step", [])

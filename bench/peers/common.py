@@ -9,8 +9,14 @@ peers do.
 
 Every worker appends its records to ``$BENCH_LOG`` (one JSON object a line, one ``write`` each):
 ``worker_started``, ``worker_step`` (step, committed, participants, tokens, loss),
-``worker_resumed``, ``worker_sigterm``, ``worker_error``; ``bench/peers/analyze.py`` turns them
-into a tenacia event log.
+``worker_resumed``, ``worker_sigterm``, ``worker_error``, ``worker_eval``; ``bench/peers/analyze.py``
+turns them into a tenacia event log.
+
+For bench/numeric_faults.py: ``$BENCH_STEPS`` ends a worker after that many steps (then it logs
+``worker_eval``: the loss on held-out windows), and ``$BENCH_CORRUPT`` (a JSON list of
+``{"replica", "step", "bits", "every"}``) makes ``WrongNumbers`` flip bits of this worker's local
+gradient, through ``tenacia.chaos.sdc.flip``, before DDP averages it (a tensor hook on a weight:
+it runs before the gradient is accumulated and reduced).
 """
 
 from __future__ import annotations
@@ -76,6 +82,44 @@ class Workload:
     @property
     def tokens_per_step(self) -> int:
         return self.batch * self.seq_len
+
+    @torch.no_grad()
+    def eval_loss(self, module: torch.nn.Module, windows: int = 32) -> float:
+        """Mean loss on ``windows`` fixed windows from the stream's last tenth (no training step
+        reaches them in a bench run: steps x replicas x batch stays far below 90% of the windows)."""
+        n = self.tokens.numel() - self.seq_len - 1
+        starts = [int(n * 0.9) + i * (self.seq_len + 1) for i in range(windows)]
+        block = torch.stack([self.tokens[s:s + self.seq_len + 1] for s in starts])
+        return float(loss_fn(module(block[:, :-1]), block[:, 1:]))
+
+
+def step_limit() -> int | None:
+    return int(os.environ["BENCH_STEPS"]) if os.environ.get("BENCH_STEPS") else None
+
+
+class WrongNumbers:
+    """This worker's share of ``$BENCH_CORRUPT``: flips in its local gradient (module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, replica: int, log: Log):
+        import random
+
+        from tenacia.chaos import sdc
+
+        self.step = 0
+        plan = [c for c in json.loads(os.environ.get("BENCH_CORRUPT", "[]")) if c["replica"] == replica]
+        weight = next(p for p in model.parameters() if p.dim() == 2)
+
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            for c in plan:
+                if self.step == c["step"] or (c.get("every") and self.step >= c["step"]):
+                    rng = random.Random(f"{c['step']}/{replica}/{self.step if not c.get('every') else 0}")
+                    grad = grad.clone()
+                    rec = sdc.flip(grad, rng.randrange(grad.numel()), c["bits"], rng)
+                    log.write("worker_corrupted", step=self.step, bits=c["bits"], old=str(rec.old), new=str(rec.new))
+            return grad
+
+        if plan:
+            weight.register_hook(hook)
 
 
 class Log:

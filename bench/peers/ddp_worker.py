@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from common import Log, Workload, deadline_passed, die_with_parent, log_sigterm, main_guard
+from common import Log, Workload, WrongNumbers, deadline_passed, die_with_parent, log_sigterm, main_guard, step_limit
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -56,8 +56,11 @@ def train(args: argparse.Namespace, rank: int, log: Log) -> None:
         optim.load_state_dict(state["optim"])
         step = int(state["step"])
         log.write("worker_resumed", step=step)
+    wrong = WrongNumbers(w.model, rank, log)
     model = DistributedDataParallel(w.model)
-    while not deadline_passed():
+    limit = step_limit()
+    while not deadline_passed() and (limit is None or step < limit):
+        wrong.step = step + 1
         optim.zero_grad()
         loss = w.loss(model, step)
         loss.backward()
@@ -69,6 +72,8 @@ def train(args: argparse.Namespace, rank: int, log: Log) -> None:
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"model": w.model.state_dict(), "optim": optim.state_dict(), "step": step}, tmp)
             os.replace(tmp, ckpt)
+    if limit is not None and rank == 0:
+        log.write("worker_eval", step=step, eval_loss=w.eval_loss(w.model))
     dist.destroy_process_group()
 
 

@@ -13,7 +13,7 @@ import os
 from datetime import timedelta
 
 import torch.distributed as dist
-from common import Log, Workload, deadline_passed, die_with_parent, log_sigterm, main_guard
+from common import Log, Workload, WrongNumbers, deadline_passed, die_with_parent, log_sigterm, main_guard, step_limit
 from torchft import DistributedDataParallel, Manager, ProcessGroupGloo
 
 
@@ -51,12 +51,16 @@ def train(args: argparse.Namespace, log: Log) -> None:
         state_dict=state_dict, replica_id=f"bench_{args.replica}", store_addr="127.0.0.1",
         store_port=store.port, rank=0, world_size=1, lighthouse_addr=os.environ["TORCHFT_LIGHTHOUSE"],
         timeout=timeout, quorum_timeout=timedelta(seconds=60))
+    wrong = WrongNumbers(w.model, args.replica, log)
     model = DistributedDataParallel(manager, w.model)
     optim = w.optimizer(w.model.parameters())
-    while not deadline_passed():
+    limit = step_limit()
+    step = 0
+    while not deadline_passed() and (limit is None or step < limit):
         optim.zero_grad()
         manager.start_quorum()
         step = manager.current_step()
+        wrong.step = step + 1
         loss = w.loss(model, step)
         loss.backward()
         committed = manager.should_commit()
@@ -67,6 +71,8 @@ def train(args: argparse.Namespace, log: Log) -> None:
         step = manager.current_step() if committed else manager.current_step() + 1
         log.write("worker_step", step=step, committed=committed, participants=manager.num_participants(),
                   tokens=w.tokens_per_step, loss=loss.item())
+    if limit is not None and args.replica == 0:
+        log.write("worker_eval", step=step, eval_loss=w.eval_loss(w.model))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ checkpoint: dequantize first), biases, softmax or greedy routing (DeepSeek-V2's)
 routing weights, MoE layers at a frequency other than every layer. ``num_key_value_heads`` is
 read and ignored: latent attention has one key and value per head whatever it says.
 
-Fields a config.json never holds (training-only: ``mtp_loss_weight``, ``bias_update_speed``)
-come from the ``deepseek-v3-671b`` preset, the values of the technical report.
+Training-only fields a config.json does not hold (``mtp_loss_weight``, ``bias_update_speed``;
+``balance_loss_weight`` unless ``aux_loss_alpha`` is there) come from the ``deepseek-v3-671b``
+preset, the values of the technical report.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
         moe=MoEConfig(n_dense_layers=c["first_k_dense_replace"], n_routed_experts=c["n_routed_experts"],
                       n_shared_experts=c["n_shared_experts"] or 0, top_k=c["num_experts_per_tok"],
                       n_expert_groups=c["n_group"] or 1, n_limited_groups=c["topk_group"] or 1,
-                      expert_ffn_dim=c["moe_intermediate_size"], route_scale=float(c["routed_scaling_factor"])),
+                      expert_ffn_dim=c["moe_intermediate_size"], route_scale=float(c["routed_scaling_factor"]),
+                      balance_loss_weight=float(c["aux_loss_alpha"]) if "aux_loss_alpha" in c else None),
         mtp_depth=c["num_nextn_predict_layers"],
     )
 

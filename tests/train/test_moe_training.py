@@ -9,26 +9,10 @@ import pytest
 import torch
 
 from tenacia import checkpoint as ckpt
-from tenacia import config
 from tenacia.model import DeepSeekV3
-from tenacia.train.config import RunConfig
 from tenacia.train.trainer import Trainer
 
-# moe-tiny shrunk to seconds: 2 layers (1 dense, 1 MoE of 8 experts) plus the MTP module.
-SMALL_MOE = ["model.preset=moe-tiny", "model.vocab_size=512", "model.dim=64", "model.n_layers=2",
-             "model.n_heads=4", "model.n_kv_heads=4", "model.ffn_dim=128", "model.max_seq_len=64",
-             "model.mla.q_lora_rank=32", "model.mla.kv_lora_rank=16", "model.mla.qk_nope_head_dim=8",
-             "model.mla.qk_rope_head_dim=8", "model.mla.v_head_dim=16", "model.moe.expert_ffn_dim=32",
-             "model.moe.bias_update_speed=0.01"]
-
-
-def run_config(root, steps: int, **extra: str) -> RunConfig:
-    overrides = [*SMALL_MOE, f"train.steps={steps}", "data.max_bytes=60000", "data.seq_len=32",
-                 "train.batch_size=4", "train.micro_batch_size=2", "train.eval_every=0", "train.log_every=2",
-                 "train.progress=false", "device.threads=1", "checkpoint.background=false",
-                 "optim.warmup_steps=2", f'train.run_dir="{root / "run"}"', f'data.cache_dir="{root / "cache"}"',
-                 *(f"{k}={v}" for k, v in extra.items())]
-    return config.load(RunConfig, None, overrides)
+from .moe_run import run_config
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """deepseek-v3 <-> transformers' DeepseekV3ForCausalLM: equal logits both ways (float32, one
-thread), with and without the low-rank query path; the published names, MTP layer included."""
+thread), with and without the low-rank query path; the published names, MTP layer included, which
+transformers' own MTP drafter reads with equal logits."""
 
 from __future__ import annotations
 
@@ -113,3 +114,27 @@ def test_the_published_config_maps_to_the_671b_preset_shape():
     cfg = model_config_from_hf({"model_type": "deepseek_v3", "max_position_embeddings": 4096})
     assert (cfg.mla, cfg.moe.n_routed_experts, cfg.num_params()) == (
         published.mla, published.moe.n_routed_experts, published.num_params())
+
+
+def test_transformers_mtp_module_reads_the_extra_layer_with_equal_logits(exported, monkeypatch):
+    """transformers' own MTP drafter (``MtpModel``) loads the exported layer by its documented
+    names and predicts the token after next as tenacia's MTP module does. It looks for the MTP
+    layer at index 61 (DeepSeek-V3's); the tiny model's is 3."""
+    from transformers import AutoModelForCausalLM, DeepseekV3ForCausalLM
+    from transformers.modeling_layers import MtpModel
+
+    ours, path = exported
+    n = ours.cfg.n_layers
+    monkeypatch.setattr(DeepseekV3ForCausalLM, "_keys_to_ignore_on_load_unexpected", [rf"model\.layers\.{n}.*"])
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    drafter = MtpModel.from_pretrained(hf).eval()
+    inputs, targets = IDS[:, :-1], IDS[:, 1:]
+    T = inputs.size(1)
+    with torch.inference_mode():
+        h, _ = ours.hidden(inputs)
+        want = ours.mtp_logits(h, targets)[0][0]
+        last = hf(inputs, output_hidden_states=True).hidden_states[-1]  # after the final norm
+        positions = torch.arange(1, T).expand(len(inputs), -1)  # the embedded tokens' positions
+        got = drafter._project_to_logits(drafter.forward_layer(0, last[:, :-1], positions, None,
+                                                                input_ids=targets[:, :-1]))
+    assert (got - want).abs().max().item() < 1e-5

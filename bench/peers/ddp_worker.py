@@ -17,7 +17,16 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from common import Log, Workload, WrongNumbers, deadline_passed, die_with_parent, log_sigterm, main_guard, step_limit
+from common import (
+    Log,
+    Workload,
+    WrongNumbers,
+    deadline_passed,
+    die_with_parent,
+    log_sigterm,
+    main_guard,
+    step_limit,
+)
 from torch.nn.parallel import DistributedDataParallel
 
 

@@ -13,7 +13,16 @@ import os
 from datetime import timedelta
 
 import torch.distributed as dist
-from common import Log, Workload, WrongNumbers, deadline_passed, die_with_parent, log_sigterm, main_guard, step_limit
+from common import (
+    Log,
+    Workload,
+    WrongNumbers,
+    deadline_passed,
+    die_with_parent,
+    log_sigterm,
+    main_guard,
+    step_limit,
+)
 from torchft import DistributedDataParallel, Manager, ProcessGroupGloo
 
 

@@ -1,12 +1,12 @@
 """`tenacia export RUN_DIR --out DIR`: a run's newest verified checkpoint as a standard Hugging
-Face Llama directory (Qwen2 for a model with q/k/v biases), for transformers, vLLM, vllm-ascend
-and SGLang.
+Face Llama directory (Qwen2 for a model with q/k/v biases, DeepSeek-V3 for the deepseek-v3
+family, MTP layer included), for transformers, vLLM, vllm-ascend and SGLang.
 
 Files: ``config.json``, ``model.safetensors`` (float32), ``generation_config.json`` (end-of-turn
 and end-of-text as stop tokens), ``tokenizer.json``, ``tokenizer_config.json`` (with the ChatML
 chat template, for loaders that read it there) and ``chat_template.jinja`` (for those that read
 the file). transformers' ``AutoModelForCausalLM`` computes the same logits as tenacia's model
-(tests/checkpoint/test_export.py checks 1e-4 in float32).
+(tests/checkpoint/test_export.py checks 1e-4 in float32; test_export_deepseek.py 1e-5).
 
 Contract: the directory appears whole or not at all (``tenacia.storage.atomic_directory``); an
 existing ``DIR`` is replaced only if it is empty or an earlier export.

@@ -13,7 +13,7 @@ import tomllib
 import torch
 
 from .. import config as cfglib
-from ..model.llama import Llama
+from ..model import build_model
 from ..shape import ModelConfig
 from .format import CorruptCheckpoint, latest_verified
 from .state import load_model_weights
@@ -33,7 +33,8 @@ def run_model_config(run_dir: str | Path) -> ModelConfig:
 
 def load_run_for_inference(run_dir: str | Path, device: torch.device | str | None = None,
                            dtype: torch.dtype = torch.float32):
-    """The newest verified checkpoint of a tenacia run as an eval-mode model.
+    """The newest verified checkpoint of a tenacia run as an eval-mode model of its family
+    (``tenacia.model.build_model``).
 
     Returns ``(model, model_config, tokenizer_json_path)``. Only the ``[model]`` section of the
     run's config.toml is read, so a run directory copied to another machine (without its corpus)
@@ -45,7 +46,7 @@ def load_run_for_inference(run_dir: str | Path, device: torch.device | str | Non
     found = latest_verified(run / "checkpoints")
     if found is None:
         raise CorruptCheckpoint(f"run {run} has no checkpoint that verifies under {run / 'checkpoints'}")
-    model = Llama(cfg, init_weights=False)
+    model = build_model(cfg, init_weights=False)
     load_model_weights(model, found[0])
     model.to(device=device or "cpu", dtype=dtype).eval()
     return model, cfg, run / "tokenizer.json"

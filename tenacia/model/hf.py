@@ -1,4 +1,5 @@
-"""Hugging Face weights: tenacia's ``Llama`` <-> a Llama-family checkpoint directory.
+"""Hugging Face weights: tenacia's ``Llama`` <-> a Llama-family checkpoint directory, and
+``DeepSeekV3`` <-> a ``deepseek_v3`` one (its names in ``deepseek/hf.py``).
 
 A Hugging Face directory holds ``config.json`` (mapped to a ``ModelConfig`` by
 ``tenacia.shape.hf``, which also says which model types load) and its weights in
@@ -34,8 +35,10 @@ from ..shape.hf import (
     hf_config_from_model,
     model_config_from_hf,
 )
+from ..shape.hf_deepseek import rope_interleaved
 from ..storage import atomic_write, atomic_write_json
-from .llama import Llama
+from . import build_model
+from .deepseek import hf as deepseek_hf
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -178,28 +181,33 @@ def read_hf_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def load_hf_dir(path: str | Path, device: torch.device | str | None = None,
-                dtype: torch.dtype = torch.float32) -> Llama:
-    """A Hugging Face Llama-family directory -> ``Llama`` in eval mode, parameters in ``dtype`` on
-    ``device`` (default cpu). Raises ``HFFormatError`` for an unsupported config or weights."""
+                dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A Hugging Face Llama-family directory -> ``Llama`` (a ``deepseek_v3`` one ->
+    ``DeepSeekV3``) in eval mode, parameters in ``dtype`` on ``device`` (default cpu). Raises
+    ``HFFormatError`` for an unsupported config or weights."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise HFFormatError(f"{path} is not a Hugging Face model directory: no {CONFIG_FILE}")
-    cfg = model_config_from_hf(json.loads((path / CONFIG_FILE).read_text()))
-    state = from_hf_state_dict(read_hf_state_dict(path), cfg)
-    model = Llama(cfg, init_weights=False)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    cfg = model_config_from_hf(config)
+    if cfg.is_moe:
+        state, cfg = deepseek_hf.from_hf_state_dict(read_hf_state_dict(path), cfg, rope_interleaved(config))
+    else:
+        state = from_hf_state_dict(read_hf_state_dict(path), cfg)
+    model = build_model(cfg, init_weights=False)
     model.load_state_dict(state, strict=True)
     model.to(device=device)
-    # Cast parameters only: the rotary table buffers stay float32.
+    # Cast parameters only: the rotary tables and balancing biases (buffers) stay float32.
     for p in model.parameters():
         p.data = p.data.to(dtype)
     return model.eval()
 
 
-def save_hf_dir(model: Llama, out_dir: str | Path, *, bos_token_id: int | None = None,
+def save_hf_dir(model: torch.nn.Module, out_dir: str | Path, *, bos_token_id: int | None = None,
                 eos_token_id: int | Iterable[int] | None = None,
                 pad_token_id: int | None = None) -> Path:
     """Write ``model`` as a transformers ``LlamaForCausalLM`` directory (``Qwen2ForCausalLM``
-    when it has q/k/v biases): config.json,
+    when it has q/k/v biases, ``DeepseekV3ForCausalLM`` for a ``DeepSeekV3``): config.json,
     model.safetensors (in the parameters' dtype, tied lm_head left out) and
     generation_config.json. Other files in ``out_dir`` are kept. Returns ``out_dir``."""
     out = Path(out_dir)
@@ -207,7 +215,10 @@ def save_hf_dir(model: Llama, out_dir: str | Path, *, bos_token_id: int | None =
     eos = list(eos_token_id) if isinstance(eos_token_id, Iterable) else eos_token_id
     ids = {"bos_token_id": bos_token_id, "eos_token_id": eos, "pad_token_id": pad_token_id}
     cfg = model.cfg
-    state = to_hf_state_dict(model.state_dict(), bool(cfg.tie_embeddings))
+    if cfg.is_moe:
+        state = deepseek_hf.to_hf_state_dict(model.state_dict(), cfg)
+    else:
+        state = to_hf_state_dict(model.state_dict(), bool(cfg.tie_embeddings))
     # safetensors refuses shared or strided storage: give each tensor its own contiguous copy.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     dtype = next(iter(tensors.values())).dtype

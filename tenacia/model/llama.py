@@ -161,6 +161,12 @@ class Llama(nn.Module):
             h = block(h, cos, sin, cache)
         return self.output(self.norm(h)).float()
 
+    def loss(self, tokens: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """tokens, targets (B, T) -> (next-token cross-entropy, its parts: ``lm`` alone). The
+        training loss every model family has (``DeepSeekV3.loss`` adds more parts)."""
+        lm = loss_fn(self(tokens), targets)
+        return lm, {"lm": lm.detach()}
+
 
 def loss_fn(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean next-token cross-entropy. logits (B, T, V), targets (B, T)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..config import check, check_finite
 from ..shape import ModelConfig
+from ..shape.deepseek import num_mtp_params
 
 PRESETS: dict[str, dict] = {
     # DeepSeek-V3 technical report and its config.json: 61 layers (first 3 dense), MLA attention
@@ -184,16 +185,24 @@ class ModelSpec:
 
 
 def from_shape(cfg: ModelConfig) -> dict:
-    """``ModelSpec`` fields of a tenacia model shape (a dense Llama-family decoder). It has no
-    published run, so ``train_tokens`` and ``global_batch_seqs`` are 0: a plan gives them. A tied
-    output projection is stored once but still runs per token: it is counted as
-    ``extra_activated_params_b`` so that the matmul work includes it."""
-    params_b = cfg.num_params() / 1e9
-    return dict(
-        preset="", total_params_b=params_b, activated_params_b=params_b, layers=cfg.n_layers,
-        hidden=cfg.dim, ffn=cfg.ffn_dim, heads=cfg.n_heads, head_dim=cfg.head_dim,
-        v_head_dim=cfg.head_dim, kv_heads=cfg.n_kv_heads, kv_dim=0, vocab=cfg.vocab_size,
-        moe_layers=0, experts=0, shared_experts=0, experts_per_token=0, expert_ffn=0,
-        routing_max_groups=0,
-        extra_activated_params_b=cfg.vocab_size * cfg.dim / 1e9 if cfg.tie_embeddings else 0.0,
-        seq_len=cfg.max_seq_len, train_tokens=0.0, global_batch_seqs=0)
+    """``ModelSpec`` fields of a tenacia model shape (a dense Llama-family decoder, or the
+    deepseek-v3 family). It has no published run, so ``train_tokens`` and ``global_batch_seqs`` are
+    0: a plan gives them. A tied output projection is stored once but still runs per token: it is
+    counted as ``extra_activated_params_b`` so that the matmul work includes it; so are the MTP
+    modules run in training, with their second pass through the shared output head. DeepSeek's
+    expert groups are its nodes: a token's ``n_limited_groups`` are ``routing_max_groups``."""
+    head = cfg.vocab_size * cfg.dim
+    tied = head if cfg.tie_embeddings else 0
+    common = dict(preset="", total_params_b=cfg.num_params() / 1e9, activated_params_b=cfg.num_active_params() / 1e9,
+                  layers=cfg.n_layers, hidden=cfg.dim, ffn=cfg.ffn_dim, heads=cfg.n_heads, vocab=cfg.vocab_size,
+                  seq_len=cfg.max_seq_len, train_tokens=0.0, global_batch_seqs=0)
+    if cfg.is_moe:
+        a, m = cfg.mla, cfg.moe
+        mtp = num_mtp_params(cfg, active=True) + head if cfg.mtp_depth else 0
+        return dict(common, head_dim=a.qk_head_dim, v_head_dim=a.v_head_dim, kv_heads=cfg.n_heads,
+                    kv_dim=a.cache_dim, moe_layers=cfg.n_layers - m.n_dense_layers, experts=m.n_routed_experts,
+                    shared_experts=m.n_shared_experts, experts_per_token=m.top_k, expert_ffn=m.expert_ffn_dim,
+                    routing_max_groups=m.n_limited_groups, extra_activated_params_b=(tied + mtp) / 1e9)
+    return dict(common, head_dim=cfg.head_dim, v_head_dim=cfg.head_dim, kv_heads=cfg.n_kv_heads, kv_dim=0,
+                moe_layers=0, experts=0, shared_experts=0, experts_per_token=0, expert_ffn=0,
+                routing_max_groups=0, extra_activated_params_b=tied / 1e9)

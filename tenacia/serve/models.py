@@ -77,6 +77,7 @@ def load_model(spec: str, device: torch.device, dtype: torch.dtype, weights: boo
 def _load_run(path: Path, device: torch.device, dtype: torch.dtype, weights: bool) -> ServedModel:
     from ..checkpoint.inference import load_run_for_inference, run_model_config
 
+    _refuse_unservable(run_model_config(path), path)
     if weights:
         model, cfg, tokenizer_path = load_run_for_inference(path, device, dtype)
     else:
@@ -90,6 +91,7 @@ def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, name: str, we
     from ..model.hf import load_hf_dir
     from ..shape.hf import model_config_from_hf
 
+    _refuse_unservable(model_config_from_hf(_read_json(path / "config.json")), path)
     model = load_hf_dir(path, device=device, dtype=dtype) if weights else None
     config = model.cfg if model is not None else model_config_from_hf(_read_json(path / "config.json"))
     if not (path / "tokenizer.json").is_file():
@@ -114,6 +116,13 @@ def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, name: str, we
         eos |= _special_ids(tokenizer, (special["eos_token"],))
     return ServedModel(name, model, config, tokenizer, ChatTemplate(source, special), eos,
                        f"Hugging Face directory {path}")
+
+
+def _refuse_unservable(cfg: ModelConfig, path: Path) -> None:
+    if cfg.is_moe:
+        raise ModelNotFound(f"{path} holds a deepseek-v3 model: the server runs Llama-family models only "
+                            "so far (no latent-attention engine yet); transformers or vLLM can serve its "
+                            "`tenacia export`")
 
 
 def _token_text(value: object) -> str | None:

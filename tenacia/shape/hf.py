@@ -1,8 +1,9 @@
 """A model's shape in Hugging Face's spelling: ``config.json`` <-> ``ModelConfig``, torch-free.
 
-Three model types map (``ARCHITECTURES``): ``llama``; ``mistral`` (an attention window, which
-tenacia reproduces by capping the context at the window); ``qwen2`` (biases on the q, k and v
-projections, ``ModelConfig.qkv_bias``, without sliding-window attention).
+Three model types of the Llama family map (``ARCHITECTURES``): ``llama``; ``mistral`` (an
+attention window, which tenacia reproduces by capping the context at the window); ``qwen2``
+(biases on the q, k and v projections, ``ModelConfig.qkv_bias``, without sliding-window
+attention). ``deepseek_v3`` maps to the deepseek-v3 family (``hf_deepseek.py``).
 
 Contract: ``model_config_from_hf`` rejects what the model cannot reproduce exactly (another
 architecture, rope scaling, biases other than Qwen2's, another activation, sliding-window
@@ -42,7 +43,7 @@ def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
         raise HFFormatError(f"config.json field '{field}' = {value!r} is not supported: {allowed}")
 
 
-def _rope_theta(config: Mapping[str, Any]) -> float:
+def rope_theta(config: Mapping[str, Any]) -> float:
     """rope_theta from either layout: transformers >= 5 ``rope_parameters``, or the older
     top-level ``rope_theta`` plus ``rope_scaling``. Only unscaled ("default") rope is supported."""
     params = config.get("rope_parameters")
@@ -70,9 +71,13 @@ def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
     the window, and there windowed and full causal attention are the same computation. A
     ``null`` window leaves the context at ``max_position_embeddings``."""
     model_type = config.get("model_type")
+    from . import hf_deepseek  # it builds on this module's errors
+
+    if model_type == hf_deepseek.MODEL_TYPE:
+        return hf_deepseek.model_config_from_hf(config)
     _require(model_type in ARCHITECTURES, "model_type", model_type,
-             f"one of {', '.join(repr(t) for t in ARCHITECTURES)} (the Llama-family decoders "
-             "tenacia reproduces exactly)")
+             f"one of {', '.join(repr(t) for t in [*ARCHITECTURES, hf_deepseek.MODEL_TYPE])} (the "
+             "decoders tenacia reproduces exactly)")
     config = {**_DEFAULTS[model_type], **config}
     want = ARCHITECTURES[model_type]
     arch = config.get("architectures") or [want]
@@ -114,7 +119,7 @@ def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
         n_kv_heads=config.get("num_key_value_heads") or n_heads,
         ffn_dim=config["intermediate_size"],
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),  # transformers' default for all three
-        rope_theta=_rope_theta(config),
+        rope_theta=rope_theta(config),
         max_seq_len=max_seq_len,
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         qkv_bias=model_type == "qwen2",
@@ -124,13 +129,18 @@ def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
 def hf_config_from_model(cfg: ModelConfig, *, dtype: str = "float32",
                          **token_ids: int | list[int] | None) -> dict[str, Any]:
     """``ModelConfig`` -> a config.json dict that transformers loads as ``LlamaForCausalLM``, or
-    as ``Qwen2ForCausalLM`` (full attention in every layer) when ``cfg.qkv_bias`` is set.
+    as ``Qwen2ForCausalLM`` (full attention in every layer) when ``cfg.qkv_bias`` is set, or as
+    ``DeepseekV3ForCausalLM`` for the deepseek-v3 family.
     ``token_ids``: bos_token_id, eos_token_id, pad_token_id (others are rejected). Both rope
     layouts are written so that transformers 4.x and >= 5 read the same theta."""
     allowed = {"bos_token_id", "eos_token_id", "pad_token_id"}
     unknown = set(token_ids) - allowed
     if unknown:
         raise TypeError(f"unknown token id argument(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    if cfg.is_moe:
+        from . import hf_deepseek
+
+        return hf_deepseek.hf_config_from_model(cfg, dtype=dtype, token_ids=token_ids)
     model_type = "qwen2" if cfg.qkv_bias else "llama"
     if model_type == "qwen2":
         own = {"use_sliding_window": False, "sliding_window": None,

@@ -9,6 +9,11 @@ Gradients are normalised by the *global* batch (``loss_denominator`` samples), n
 share: a member holding k of the batch's B samples contributes sum(per-sample loss)/B, so a
 sum all-reduce gives the exact mean over the global batch whatever the shares are. This is how the
 global batch keeps its size when a replica is missing: survivors take larger shares.
+
+A mixture-of-experts model (``DeepSeekV3``) also moves its balancing biases after each applied
+step, from the tokens each expert received during it (``balance_experts``). ``train_step`` does
+it for a single process; replicas do not yet (their loads would have to be summed over every live
+replica first, so that all biases move alike), so under replicas the biases stay at zero.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from torch import nn
 
 from .. import hooks
 from ..device import Device
-from ..model.llama import loss_fn
+from ..model import DeepSeekV3
 
 
 @dataclass(slots=True)
@@ -30,25 +35,31 @@ class StepResult:
     samples: int  # samples this member processed
     tokens: int  # target tokens this member processed
     grad_norm: float  # global gradient norm before clipping (nan when unknown)
+    expert_loads: list[list[int]] | None = None  # MoE: tokens per expert and layer in this step
 
 
 def compute_gradients(model: nn.Module, batch: torch.Tensor, micro_batch_size: int,
                       loss_denominator: int, device: Device, step: int = 0) -> tuple[float, int]:
     """Forward and backward over ``batch`` (n, T+1) in micro-batches; grads hold
-    sum(per-sample mean loss) / loss_denominator. Returns (mean loss of these samples, tokens).
-    Each micro-batch's logits pass the ``activations`` tamper site of ``tenacia.hooks`` (``step``)."""
+    sum(per-sample mean loss) / loss_denominator. Returns (mean next-token loss of these samples,
+    tokens); the model's other training terms (MTP, balance) are in the gradients only. The logits
+    of the output head pass the ``activations`` tamper site of ``tenacia.hooks`` (``step``)."""
     total, n = 0.0, batch.size(0)
-    for start in range(0, n, micro_batch_size):
-        micro = batch[start:start + micro_batch_size].to(device.torch, non_blocking=True)
-        inputs, targets = micro[:, :-1], micro[:, 1:]  # (b, T)
-        with device.autocast():
-            logits = model(inputs)  # (b, T, vocab)
-            if hooks.tampering():
-                logits = hooks.tamper("activations", step, logits)
-            loss = loss_fn(logits, targets)  # mean over b*T tokens
-        weight = micro.size(0) / loss_denominator
-        (loss * weight).backward()
-        total += loss.item() * micro.size(0)
+    head = getattr(model, "output", None)
+    tap = (head.register_forward_hook(lambda _m, _i, logits: hooks.tamper("activations", step, logits))
+           if hooks.tampering() and head is not None else None)
+    try:
+        for start in range(0, n, micro_batch_size):
+            micro = batch[start:start + micro_batch_size].to(device.torch, non_blocking=True)
+            inputs, targets = micro[:, :-1], micro[:, 1:]  # (b, T)
+            with device.autocast():
+                loss, parts = model.loss(inputs, targets)  # means over b*T tokens
+            weight = micro.size(0) / loss_denominator
+            (loss * weight).backward()
+            total += parts["lm"].item() * micro.size(0)
+    finally:
+        if tap is not None:
+            tap.remove()
     return total / max(n, 1), n * (batch.size(1) - 1)
 
 
@@ -65,6 +76,17 @@ def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, 
     return norm
 
 
+def balance_experts(model: nn.Module) -> list[list[int]] | None:
+    """After an applied step of one process: move a mixture-of-experts model's balancing biases
+    by the tokens each expert received during the step; returns those loads (layers x experts),
+    None for a dense model."""
+    if not isinstance(model, DeepSeekV3):
+        return None
+    loads = model.expert_loads()
+    model.update_bias(loads)
+    return loads.tolist()
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, *, step: int,
                lr: float, grad_clip: float, micro_batch_size: int, device: Device,
                loss_denominator: int | None = None) -> StepResult:
@@ -73,7 +95,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.
     loss, tokens = compute_gradients(model, batch, micro_batch_size, loss_denominator or batch.size(0), device, step)
     hooks.reach("mid_step", step)
     norm = apply_update(model, optimizer, lr, grad_clip)
-    return StepResult(loss=loss, samples=batch.size(0), tokens=tokens, grad_norm=norm)
+    loads = balance_experts(model)
+    return StepResult(loss=loss, samples=batch.size(0), tokens=tokens, grad_norm=norm, expert_loads=loads)
 
 
 def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:

@@ -32,10 +32,10 @@ from ..data.ledger import SampleLedger
 from ..data.sampler import Sampler
 from ..device import Device, detect
 from ..events import EventLog
-from ..model.llama import Llama, loss_fn
+from ..model import build_model, loss_fn
 from ..storage import atomic_write
 from .config import RunConfig
-from .metrics import MetricsLog
+from .metrics import MetricsLog, expert_metrics
 from .progress import Progress
 from .step import StepResult, build_optimizer, lr_at, train_step
 
@@ -54,7 +54,7 @@ class Trainer:
         cfglib.check(vocab <= cfg.model.vocab_size, "model.vocab_size", cfg.model.vocab_size,
                      f"at least the tokenizer's vocabulary size {vocab}")
         torch.manual_seed(cfg.train.seed)
-        self.model = Llama(cfg.model)
+        self.model = build_model(cfg.model)
         self.model.reset_parameters(seed=cfg.train.seed)
         self.model.to(self.device.torch)
         o = cfg.optim
@@ -179,20 +179,25 @@ class Trainer:
         progress = Progress(total=tc.steps, start=self.step, enabled=tc.progress)
         t_start = time.perf_counter()
         window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+        window_loads: list[list[list[int]]] = []  # MoE: each step's expert loads since the last line
         eval_loss = None
         with progress:
             while self.step < tc.steps:
                 result = self.step_once()
                 window_loss += result.loss
                 window_tokens += result.tokens
+                if result.expert_loads is not None:
+                    window_loads.append(result.expert_loads)
                 if self.step % tc.log_every == 0 or self.step == tc.steps:
                     n = (self.step - 1) % tc.log_every + 1
                     dt = time.perf_counter() - t_window
+                    moe = expert_metrics(window_loads, self.model.expert_biases().tolist()) if window_loads else {}
                     record = metrics.write(step=self.step, loss=window_loss / n, lr=self.lr(self.step),
                                            grad_norm=result.grad_norm, tokens_per_s=window_tokens / dt,
-                                           tokens=self.tokens_seen)
+                                           tokens=self.tokens_seen, **moe)
                     progress.update(self.step, loss=record["loss"], tokens_per_s=record["tokens_per_s"])
                     window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+                    window_loads = []
                 else:
                     progress.update(self.step)
                 if tc.eval_every and self.step % tc.eval_every == 0 and self.step < tc.steps:

@@ -8,6 +8,7 @@ from tenacia.train.numerics.judge import Judge, Outcome, Report, minority
 from tenacia.train.numerics.stats import Ema, outliers
 
 GOOD = Outcome("g", 3.0, 1.0)
+BAD = Outcome("bad", 3.0, math.inf)
 
 
 def report(own=GOOD, state="s", reduced="r", rest_ok=True, audits=(), rnorm=1.0):
@@ -64,7 +65,7 @@ def test_a_nonfinite_local_value_starts_a_recheck_with_a_healthy_peer():
     assert d.action == "recheck" and (d.recheck.suspect, d.recheck.peer, d.recheck.kind) == (1, 0, "nonfinite")
 
 
-def attributed(suspect_run, peer_run, kind_bad=Outcome("bad", 3.0, math.inf), audits=None):
+def attributed(suspect_run, peer_run, kind_bad=BAD, audits=None):
     j = Judge(NumericsConfig())
     reps = clean(3)
     reps[2] = report(own=kind_bad)

@@ -13,8 +13,9 @@ Sections (each prints a table; all results go to bench/results/numeric_faults-<t
   lemon (replica 2's local gradient flipped the same way at every step from ``--lemon-at``).
   tenacia gets it as ``[chaos]`` entries (``sdc:R@S:local_grads:exponent``); the peers' workers
   (bench/peers) flip the same bit of their local gradient before DDP averages it. Columns: final
-  eval loss without and with faults, whether the run recovered (finite, within 5% of its own
-  fault-free loss), steps lost (tenacia: steps discarded and redone or skipped; peers: steps
+  eval loss without and with faults, whether every final weight and optimizer tensor is finite
+  (an overflowed AdamW moment freezes its weight for good, whatever the loss says), whether the
+  run recovered (state finite, loss within 5% of its own fault-free loss), steps lost (tenacia: steps discarded and redone or skipped; peers: steps
   trained after the first non-finite loss), the verdicts, and how many steps after its first
   wrong number the lemon was evicted. ``tenacia-nocheck`` is tenacia with the checks off: the
   same pipeline averaging every gradient, as DDP and torchft do. Eval losses are comparable
@@ -77,8 +78,16 @@ def tenacia_run(out: Path, a: argparse.Namespace, steps: int, replicas: int, fau
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=a.timeout).returncode
     events = records(run / "events.jsonl")
     finished = run / "finished.json"
-    loss = json.loads(finished.read_text())["eval_loss"] if finished.exists() else math.nan
-    return {"code": code, "wall_s": time.time() - t0, "events": events, "eval_loss": loss}
+    loss, finite = math.nan, None
+    if finished.exists():
+        done = json.loads(finished.read_text())
+        loss = done["eval_loss"]
+        from safetensors.torch import load_file
+
+        tensors = [t for f in ("model.safetensors", "optimizer.safetensors")
+                   for t in load_file(str(Path(done["checkpoint"]) / f)).values()]
+        finite = all(bool(t.float().isfinite().all()) for t in tensors)
+    return {"code": code, "wall_s": time.time() - t0, "events": events, "eval_loss": loss, "finite_state": finite}
 
 
 def step_time(events: list[dict[str, Any]], skip: int = 10) -> float | None:
@@ -114,10 +123,11 @@ def peer_run(arm: str, out: Path, a: argparse.Namespace, steps: int, corrupt: li
     finally:
         procs.stop(log)
     recs = records(log)
-    evals = [r["eval_loss"] for r in recs if r.get("event") == "worker_eval"]
+    evals = [r for r in recs if r.get("event") == "worker_eval"]
     steps0 = [r for r in recs if r.get("event") == "worker_step" and r["replica"] == 0]
     bad = [r["step"] for r in steps0 if not math.isfinite(r["loss"])]
-    return {"wall_s": time.time() - t0, "eval_loss": evals[-1] if evals else math.nan,
+    return {"wall_s": time.time() - t0, "eval_loss": evals[-1]["eval_loss"] if evals else math.nan,
+            "finite_state": evals[-1].get("finite_state") if evals else None,
             "steps": max((r["step"] for r in steps0), default=0),
             "lost": max(r["step"] for r in steps0) - bad[0] + 1 if bad else 0,
             "errors": [r["error"] for r in recs if r.get("event") == "worker_error"]}
@@ -180,15 +190,18 @@ def section_schedule(a: argparse.Namespace, out: Path) -> dict[str, Any]:
                 r = peer_run(arm, d, a, a.steps, peer_faults if faulty else [])
             row[label] = r
         clean, bad = row["clean"]["eval_loss"], row["faults"]["eval_loss"]
-        row["recovered"] = bool(math.isfinite(bad) and math.isfinite(clean) and bad <= 1.05 * clean)
+        row["recovered"] = bool(math.isfinite(bad) and math.isfinite(clean) and bad <= 1.05 * clean
+                                and row["faults"]["finite_state"])
         rows[arm] = row
     print(f"\nschedule: an exponent flip every {a.flip_every} steps, a lemon from step {a.lemon_at} ({a.steps} steps)")
-    print(f"  {'arm':<16}{'eval clean':>11}{'eval faults':>12}{'recovered':>10}{'steps lost':>11}  verdicts / lemon")
+    print(f"  {'arm':<16}{'eval clean':>11}{'eval faults':>12}{'state finite':>13}{'recovered':>10}{'steps lost':>11}"
+          "  verdicts / lemon")
     for arm, row in rows.items():
         f = row["faults"]
         extra = (f"{f.get('verdicts')} / evicted {f.get('lemon_evicted_after')} steps after"
                  if arm == "tenacia" else "")
-        print(f"  {arm:<16}{row['clean']['eval_loss']:>11.4f}{f['eval_loss']:>12.4f}{str(row['recovered']):>10}"
+        print(f"  {arm:<16}{row['clean']['eval_loss']:>11.4f}{f['eval_loss']:>12.4f}{str(f['finite_state']):>13}"
+              f"{str(row['recovered']):>10}"
               f"{f['lost']:>11}  {extra}")
     return rows
 

@@ -93,6 +93,13 @@ class Workload:
         return float(loss_fn(module(block[:, :-1]), block[:, 1:]))
 
 
+def finite_state(model: torch.nn.Module, optim: torch.optim.Optimizer) -> bool:
+    """Whether every weight and every optimizer tensor is finite (an overflowed AdamW moment is
+    not: it freezes its weight for the rest of the run)."""
+    tensors = [*model.parameters(), *(v for s in optim.state.values() for v in s.values() if torch.is_tensor(v))]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 def step_limit() -> int | None:
     return int(os.environ["BENCH_STEPS"]) if os.environ.get("BENCH_STEPS") else None
 
@@ -112,7 +119,7 @@ class WrongNumbers:
         def hook(grad: torch.Tensor) -> torch.Tensor:
             for c in plan:
                 if self.step == c["step"] or (c.get("every") and self.step >= c["step"]):
-                    rng = random.Random(f"{c['step']}/{replica}/{self.step if not c.get('every') else 0}")
+                    rng = random.Random(f"{c['step']}/{replica}/{self.step}")
                     grad = grad.clone()
                     rec = sdc.flip(grad, rng.randrange(grad.numel()), c["bits"], rng)
                     log.write("worker_corrupted", step=self.step, bits=c["bits"], old=str(rec.old), new=str(rec.new))

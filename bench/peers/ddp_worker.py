@@ -23,6 +23,7 @@ from common import (
     WrongNumbers,
     deadline_passed,
     die_with_parent,
+    finite_state,
     log_sigterm,
     main_guard,
     step_limit,
@@ -82,7 +83,7 @@ def train(args: argparse.Namespace, rank: int, log: Log) -> None:
             torch.save({"model": w.model.state_dict(), "optim": optim.state_dict(), "step": step}, tmp)
             os.replace(tmp, ckpt)
     if limit is not None and rank == 0:
-        log.write("worker_eval", step=step, eval_loss=w.eval_loss(w.model))
+        log.write("worker_eval", step=step, eval_loss=w.eval_loss(w.model), finite_state=finite_state(w.model, optim))
     dist.destroy_process_group()
 
 

@@ -19,6 +19,7 @@ from common import (
     WrongNumbers,
     deadline_passed,
     die_with_parent,
+    finite_state,
     log_sigterm,
     main_guard,
     step_limit,
@@ -81,7 +82,7 @@ def train(args: argparse.Namespace, log: Log) -> None:
         log.write("worker_step", step=step, committed=committed, participants=manager.num_participants(),
                   tokens=w.tokens_per_step, loss=loss.item())
     if limit is not None and args.replica == 0:
-        log.write("worker_eval", step=step, eval_loss=w.eval_loss(w.model))
+        log.write("worker_eval", step=step, eval_loss=w.eval_loss(w.model), finite_state=finite_state(w.model, optim))
 
 
 if __name__ == "__main__":

@@ -66,11 +66,15 @@ class NumericMember:
             hooks.tamper("moments", step, [v for s in t.optimizer.state.values() for k, v in sorted(s.items())
                                            if k != "step" and isinstance(v, torch.Tensor)])
 
+    @staticmethod
+    def tampered(step: int, flat: torch.Tensor, loss: float) -> tuple[torch.Tensor, float]:
+        """A share's contribution and loss through the ``local_grads`` and ``loss`` tamper sites
+        (whether or not checks run: a faulty chip does not ask)."""
+        return hooks.tamper("local_grads", step, flat), hooks.tamper("loss", step, loss)
+
     def outcome(self, step: int, flat: torch.Tensor, loss: float) -> tuple[torch.Tensor, dict[str, Any]]:
-        """A share's contribution and outcome (``judge.Outcome``) through the ``local_grads`` and
-        ``loss`` tamper sites."""
-        flat = hooks.tamper("local_grads", step, flat)
-        loss = hooks.tamper("loss", step, loss)
+        """A share's contribution (tampered) and its outcome (``judge.Outcome``)."""
+        flat, loss = self.tampered(step, flat, loss)
         return flat, {"grad": fingerprint([flat]), "loss": float(loss), "gnorm": norm64(flat)}
 
     def recompute(self, step: int, chunks: Sequence[Sequence[int]], own: bool) -> dict[str, Any]:
@@ -106,10 +110,9 @@ class NumericMember:
 
     def report(self, own: dict[str, Any] | None, reduced: torch.Tensor, step: int,
                audits: list[dict[str, Any]]) -> dict[str, Any]:
-        """This member's numeric vote (``judge.Report``), through the ``reduced_grads`` and ``vote``
-        tamper sites."""
+        """This member's numeric vote (``judge.Report``; ``reduced`` has passed its tamper site),
+        through the ``vote`` tamper site."""
         t = self.trainer
-        reduced = hooks.tamper("reduced_grads", step, reduced)
         state = state_fingerprint(t.model, t.optimizer)
         report = {"own": own, "rnorm": norm64(reduced), "reduced": fingerprint([reduced]), "state": state,
                   "rest_ok": self.committed is None or state == self.committed,

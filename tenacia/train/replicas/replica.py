@@ -257,10 +257,15 @@ class Replica(NewcomerHealing):
         own = None
         if check and self.id in q.sharers:
             flat, own = self.numerics.outcome(q.step, flat, share.loss)
+            share = replace(share, loss=own["loss"])
+        elif hooks.tampering():
+            flat, loss = self.numerics.tampered(q.step, flat, share.loss)
+            share = replace(share, loss=loss)
         audits = self.numerics.audits(q, q.watch, self.id) if check else []
         if timing:
             timing["compute_end"] = time.time()
         ok = self.reduce(flat, builder, timing)
+        flat = hooks.tamper("reduced_grads", q.step, flat)
         if fetch is not None:
             ok = self.finish_healing(fetch, q) and ok
         self.enter("vote", q.step)

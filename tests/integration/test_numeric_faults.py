@@ -100,3 +100,16 @@ def test_numeric_fault_matrix(tmp_path, procs, site, bits, when):
     for e in events:
         if e["event"] == "replica_evicted":
             assert e["replica"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)
+def test_no_verdict_and_no_eviction_in_10000_clean_steps_of_4_replicas(tmp_path, procs):
+    """The false-alarm figure (bench/numeric_faults.py --sections clean publishes it): triggers may
+    cost a re-execution, but a clean run gets no verdict and evicts nobody."""
+    args = train_args(tmp_path, "train.steps=10000", "replicas.count=4", "train.batch_size=8",
+                      "checkpoint.every=1000", "optim.warmup_steps=100")
+    assert procs.run(args, timeout=4 * 3600 - 60, log=tmp_path / "launcher.log") == 0
+    events = read_events(tmp_path / "events.jsonl")
+    assert sum(1 for e in events if e["event"] == "step_committed") >= 10000
+    assert not [e for e in events if e["event"] in ("numeric_verdict", "replica_evicted")]

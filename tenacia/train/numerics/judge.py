@@ -20,7 +20,8 @@ Contract (issue #14; ``docs/fault-model.md``, "Wrong numbers"):
   agrees: the numbers are right. Then a spike or non-finite value is the model's or the data's
   (the batch is skipped, its samples recorded as skipped, nobody evicted), and an audit that
   disagreed was the auditor's error (the step is redone, the auditor watched).
-- **Eviction**: ``strikes_to_evict`` strikes within ``strike_window_steps`` evict the replica.
+- **Eviction**: ``strikes_to_evict`` strikes within ``strike_window_steps`` evict the replica. A new
+  leader takes the strikes from the event log (``restore``).
 """
 
 from __future__ import annotations
@@ -240,6 +241,16 @@ class Judge:
         """Replicas audited on every step, until which step (expired ones dropped)."""
         self.watch = {r: until for r, until in self.watch.items() if until >= step}
         return dict(self.watch)
+
+    def restore(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Take the strikes an earlier leader gave (its ``numeric_verdict`` and ``replica_evicted``
+        events, in order): a new leader does not start a lemon's count again."""
+        for e in events:
+            if e.get("event") == "numeric_verdict" and isinstance(e.get("step"), int):
+                for r in (e.get("strikes") or {}):
+                    self.strikes.setdefault(int(r), []).append(e["step"])
+            elif e.get("event") == "replica_evicted" and isinstance(e.get("replica"), int):
+                self.forget(e["replica"])
 
     def forget(self, replica: int) -> None:
         """An evicted replica's id may come back on another device: its strikes stay with the device."""

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ...data.ledger import SampleLedger
-from ...events import EventLog
+from ...events import EventLog, read_events
 from ..config import NumericsConfig, ReplicaConfig
 from ..numerics.judge import Judge
 from . import votecheck
@@ -104,6 +104,8 @@ class Coordinator(StepCommit):
         self.votes: dict[int, Vote] = {}
         self.checks = votecheck.build(cfg.vote_checks)  # judged on every step's votes (votecheck.py)
         self.judge = Judge(numerics) if numerics is not None and numerics.check else None
+        if self.judge is not None and events.path is not None:
+            self.judge.restore(read_events(events.path))  # strikes an earlier leader gave
         self.rechecks, self.benched, self.must_heal, self.devices = {}, set(), set(), {}
         # the majority rule's base: (step, members) of the newest commit known here (module docstring)
         self.settled: tuple[int, tuple[int, ...]] = (0, ())

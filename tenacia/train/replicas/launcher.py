@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ... import config as cfglib
-from ...events import EventLog
+from ...events import EventLog, read_events
 from ...process import die_with_parent
 from ...storage import atomic_write
 from ..config import RunConfig
@@ -192,6 +192,7 @@ class Launcher:
         from ...data.dataset import prepare_data
 
         prepare_data(self.cfg.data, self.cfg.model.vocab_size)  # once here, so replicas hit the cache
+        self.restore_bans()
         (self.run_dir / "logs").mkdir(exist_ok=True)
         (self.run_dir / "replicas").mkdir(exist_ok=True)
         for r in self.ids:
@@ -210,6 +211,20 @@ class Launcher:
         if self.cfg.replicas.spares:
             self.spare = self.spawn(None, [])
         return self.supervise()
+
+    def restore_bans(self) -> None:
+        """Slots of this host banned earlier in this run (its event log; a resumed job) stay banned:
+        each replica takes its own place unless banned, else the next slot never used."""
+        host = socket.gethostname()
+        self.banned |= {int(e["slot"]) for e in read_events(self.run_dir / "events.jsonl")
+                        if e.get("event") == "device_banned" and e.get("host") == host}
+        taken = set(self.banned)
+        for r in self.ids:
+            slot = self.slots[r]
+            while slot in taken:
+                slot = max(taken) + 1
+            self.slots[r] = slot
+            taken.add(slot)
 
     def evicted(self, replica: int, now: float) -> None:
         """Replica ``replica`` was evicted by name: ban its device slot for the rest of the run and

@@ -124,3 +124,14 @@ def test_robust_statistics():
         e.update(2.0)
     assert e.spike(200.0, z=6, ratio=50, warmup=20) and not e.spike(4.0, z=6, ratio=50, warmup=20)
     assert not e.spike(math.nan, z=6, ratio=50, warmup=20)
+
+
+def test_a_new_leader_takes_the_strikes_from_the_event_log():
+    j = Judge(NumericsConfig())
+    j.restore([{"event": "numeric_verdict", "step": 40, "strikes": {"2": 1}},
+               {"event": "numeric_verdict", "step": 41, "strikes": {"1": 1}},
+               {"event": "replica_evicted", "step": 41, "replica": 1}])
+    assert j.strikes == {2: [40]}
+    reps = clean(3)
+    reps[2] = report(own=reps[2].own, rest_ok=False)
+    assert j.on_votes(45, reps, [0, 1, 2]).evict == [2]  # its second strike

@@ -86,3 +86,19 @@ def test_a_replica_still_alive_after_the_finish_is_stopped_so_the_launcher_ends(
     assert lau.supervise_once(100.0 + lau.timing.after_finish_s + 0.1) is None and stopped == [True]
     assert events(tmp_path, "replicas_stopped_after_finish")[0]["replicas"] == [1]
     assert lau.supervise_once(111.0) == 0 and started == []  # the stopped one is not restarted
+
+
+def test_an_evicted_replica_comes_back_at_once_on_a_slot_never_used_and_its_slot_stays_banned(tmp_path):
+    from tenacia.train.replicas.device_slot import EXIT_EVICTED
+
+    lau, started = launcher(tmp_path, restart_budget=5, restart_backoff_s=3.0)
+    assert lau.slots == {0: 0, 1: 1}
+    lau.children[1].proc.returncode = EXIT_EVICTED
+    lau.supervise_once(10.0)
+    assert len(started) == 1 and lau.slots == {0: 0, 1: 2} and lau.banned == {1}  # no backoff
+    assert not events(tmp_path, "replica_exited")
+    banned = events(tmp_path, "device_banned")
+    assert [(e["replica"], e["slot"], e["replacement_slot"]) for e in banned] == [(1, 1, 2)]
+    again, _ = launcher(tmp_path)  # the job's launcher started again (a resume): the ban holds
+    again.restore_bans()
+    assert again.banned == {1} and again.slots == {0: 0, 1: 2}

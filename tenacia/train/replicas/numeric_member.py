@@ -19,7 +19,7 @@ import torch
 
 from ... import hooks
 from ..config import NumericsConfig
-from ..numerics.fingerprint import fingerprint, state_fingerprint
+from ..numerics.fingerprint import StateFingerprint, fingerprint
 from ..trainer import Trainer
 from .apply import flat_gradients
 from .protocol import Quorum, Recheck, Rechecked
@@ -52,11 +52,11 @@ class NumericMember:
     def __init__(self, cfg: NumericsConfig, trainer: Trainer, grads: LocalGradients, micro_batch_size: int):
         self.cfg, self.trainer, self.grads, self.mbs = cfg, trainer, grads, micro_batch_size
         self.committed: str | None = None  # state fingerprint right after the last commit, heal or load
+        self.state = StateFingerprint(trainer.model, trainer.optimizer)
 
     def settle(self) -> None:
         """The state just changed legitimately (a commit, a heal, a resume): remember its fingerprint."""
-        t = self.trainer
-        self.committed = state_fingerprint(t.model, t.optimizer) if self.cfg.check else None
+        self.committed = self.state() if self.cfg.check else None
 
     def at_rest(self, step: int) -> None:
         """The state as it starts ``step``: passed to the ``params`` and ``moments`` tamper sites."""
@@ -112,8 +112,7 @@ class NumericMember:
                audits: list[dict[str, Any]]) -> dict[str, Any]:
         """This member's numeric vote (``judge.Report``; ``reduced`` has passed its tamper site),
         through the ``vote`` tamper site."""
-        t = self.trainer
-        state = state_fingerprint(t.model, t.optimizer)
+        state = self.state()
         report = {"own": own, "rnorm": norm64(reduced), "reduced": fingerprint([reduced]), "state": state,
                   "rest_ok": self.committed is None or state == self.committed,
                   "chunks": [list(c) for c in self.grads.chunks] if own else [], "audits": audits}

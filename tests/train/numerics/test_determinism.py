@@ -112,3 +112,21 @@ def test_audits_are_drawn_the_same_on_every_member_at_the_rate_asked():
     assert all(len(p) == 1 and next(iter(p.items()))[0] != next(iter(p.items()))[1] for p in audited)
     assert audit_plan(9, [0, 1, 2], {1: 12}, 0.0, seed=0) == {1: 2}  # a watched replica, every step
     assert audit_plan(13, [0, 1, 2], {1: 12}, 0.0, seed=0) == {}  # ... until its watch ends
+
+
+def test_the_kept_views_fingerprint_follow_in_place_updates_and_replaced_tensors():
+    from tenacia.checkpoint import load_optimizer_tensors, optimizer_tensors
+    from tenacia.train.numerics.fingerprint import StateFingerprint
+
+    t, g, _ = replica()
+    share(t, g, 1, list(range(BATCH)))
+    t.optimizer.step()
+    kept = StateFingerprint(t.model, t.optimizer)
+    assert kept() == state_fingerprint(t.model, t.optimizer)
+    share(t, g, 2, list(range(BATCH)))
+    t.optimizer.step()  # in place
+    assert kept() == state_fingerprint(t.model, t.optimizer)
+    saved = {k: v.clone() for k, v in optimizer_tensors(t.model, t.optimizer).items()}
+    next(iter(saved.values())).view(-1)[0] += 1.0
+    load_optimizer_tensors(t.model, t.optimizer, saved)  # new moment tensors, as a heal makes
+    assert kept() == state_fingerprint(t.model, t.optimizer)

@@ -22,8 +22,9 @@ Sections (each prints a table; all results go to bench/results/numeric_faults-<t
   within an arm only (tenacia trains its own tokenizer's data, the peers byte tokens).
 - ``latency``: a plausible corruption (a high mantissa bit, ``mantissa_high``) in replica 1's
   local gradient at every step from step 20, for each p and seed: steps until its first trigger
-  and until its eviction; and transient plausible flips in replica 0 (one every 7 steps): the
-  fraction a sampled recomputation caught.
+  and until its eviction (an audit finds it as the audited share or as the auditor: expected
+  about R / 2p steps); and transient plausible flips in replica 0 (one every 7 steps): the
+  fraction a sampled recomputation caught (expected p / R).
 - ``clean``: fault-free runs; every ``numeric_trigger``, verdict and eviction counted (false alarms).
 
 The peers run from their own venv (bench/.venvs/torchft, made by bench/faults.py); torchrun from
@@ -228,9 +229,10 @@ def section_latency(a: argparse.Namespace, out: Path) -> dict[str, Any]:
         caught = sum(x["transients_caught"] for x in runs) / max(1, sum(x["transients"] for x in runs))
         rows[f"{p:g}"] = {"runs": runs, "evicted_median_steps": statistics.median(hit) if hit else None,
                           "evicted_in": f"{len(hit)}/{len(runs)}", "transient_rate": caught,
-                          "expected_steps": a.replicas / p, "expected_transient_rate": p / a.replicas}
+                          # the lemon is drawn as the audited share or as the auditor: 2 in R each audit
+                          "expected_steps": a.replicas / (2 * p), "expected_transient_rate": p / a.replicas}
     print("\nlatency of a plausible corruption (mantissa_high) against the audit probability p")
-    print(f"  {'p':>8}{'lemon evicted after (median steps)':>36}{'expected R/p':>14}{'transients caught':>19}"
+    print(f"  {'p':>8}{'lemon evicted after (median steps)':>36}{'expected R/2p':>14}{'transients caught':>19}"
           f"{'expected p/R':>14}")
     for p, r in rows.items():
         print(f"  {p:>8}{str(r['evicted_median_steps']) + ' (' + r['evicted_in'] + ')':>36}{r['expected_steps']:>14.0f}"
@@ -265,7 +267,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--p", type=lambda s: [1 / float(x[2:]) if x.startswith("1/") else float(x) for x in s.split(",")],
                    default=[1 / 4, 1 / 8, 1 / 16, 1 / 32], help="audit probabilities, e.g. 1/4,1/32")
-    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--latency-cap", type=int, default=400)
     p.add_argument("--clean-steps", type=int, default=10000)
     p.add_argument("--clean-replicas", type=int, default=4)

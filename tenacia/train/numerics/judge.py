@@ -19,7 +19,10 @@ Contract (issue #14; ``docs/fault-model.md``, "Wrong numbers"):
   (a strike; it computes no share in the redo, and is audited every step for a while); the peer
   agrees: the numbers are right. Then a spike or non-finite value is the model's or the data's
   (the batch is skipped, its samples recorded as skipped, nobody evicted), and an audit that
-  disagreed was the auditor's error (the step is redone, the auditor watched).
+  disagreed was the auditor's error: the auditor re-executes its audit once more (a second round,
+  the peer's result already known); not reproduced, a transient error, and the step commits (two
+  devices computed its numbers alike); reproduced, the auditor is faulty (a strike, it sits out
+  the redo: its own share is as suspect as its audit).
 - **Eviction**: ``strikes_to_evict`` strikes within ``strike_window_steps`` evict the replica. A new
   leader takes the strikes from the event log (``restore``).
 """
@@ -81,15 +84,24 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class Recheck:
-    """A re-execution round: ``suspect`` and ``peer`` both recompute the suspect's share."""
+    """A re-execution round: ``suspect`` and ``peer`` both recompute the share of ``share_of`` (the
+    suspect's own, except when an auditor is the suspect); ``peer_run``: the peer's result when it
+    is known already (then only the suspect is asked)."""
 
     suspect: int
     peer: int
-    kind: str  # nonfinite, spike or audit
+    kind: str  # nonfinite, spike, audit, or auditor (the second round after an audit)
     why: str
     original: Outcome
     chunks: tuple[tuple[int, ...], ...]
     auditor: int | None = None
+    seen: Outcome | None = None  # what the auditor's audit gave
+    share_of: int | None = None
+    peer_run: Outcome | None = None
+
+    @property
+    def of(self) -> int:
+        return self.suspect if self.share_of is None else self.share_of
 
 
 @dataclass(slots=True)
@@ -140,10 +152,11 @@ class Judge:
             return direct
         suspects = self._triggers(step, reports, sharers)
         if suspects:
-            suspect, kind, why, auditor = suspects[0]
+            suspect, kind, why, auditor, seen = suspects[0]
             # a lone sharer is its own peer: it can tell a transient fault, not a chip from the model
             others = [r for r in sharers if r not in (suspect, auditor)] or [r for r in sharers if r != suspect] or [suspect]
-            self.round = Recheck(suspect, others[0], kind, why, reports[suspect].own, reports[suspect].chunks, auditor)
+            self.round = Recheck(suspect, others[0], kind, why, reports[suspect].own, reports[suspect].chunks, auditor,
+                                 seen)
             return Decision("recheck", why, suspect=suspect, recheck=self.round)
         self._learn(reports, sharers)
         return Decision("commit")
@@ -170,32 +183,34 @@ class Judge:
         return None
 
     def _triggers(self, step: int, reports: Mapping[int, Report],
-                  sharers: Sequence[int]) -> list[tuple[int, str, str, int | None]]:
+                  sharers: Sequence[int]) -> list[tuple[int, str, str, int | None, Outcome | None]]:
         own = {r: reports[r].own for r in sharers if reports[r].own is not None}
-        out: list[tuple[int, str, str, int | None]] = []
+        out: list[tuple[int, str, str, int | None, Outcome | None]] = []
         for r, o in own.items():
             if not (math.isfinite(o.loss) and math.isfinite(o.gnorm)):
-                out.append((r, "nonfinite", f"replica {r}: loss {o.loss}, gradient norm {o.gnorm}", None))
+                out.append((r, "nonfinite", f"replica {r}: loss {o.loss}, gradient norm {o.gnorm}", None, None))
         if out or not own:
             return out
         worst = max(own, key=lambda r: own[r].gnorm)
         rnorm = statistics_rnorm(reports)
         if not math.isfinite(rnorm):
-            return [(worst, "nonfinite", f"reduced gradient norm {rnorm}", None)]
+            return [(worst, "nonfinite", f"reduced gradient norm {rnorm}", None, None)]
         cfg = self.cfg
         for r in outliers({r: o.gnorm for r, o in own.items()}, cfg.spike_z, cfg.norm_ratio):
-            out.append((r, "spike", f"replica {r}: gradient norm {own[r].gnorm:.4g} far above the other sharers'", None))
+            out.append((r, "spike", f"replica {r}: gradient norm {own[r].gnorm:.4g} far above the other sharers'", None,
+                        None))
         loss = sum(o.loss for o in own.values()) / len(own)
         if self.norm.spike(rnorm, cfg.spike_z, cfg.norm_ratio, cfg.warmup_steps):
-            out.append((worst, "spike", f"gradient norm {rnorm:.4g} against a baseline of {self.norm.mean:.4g}", None))
+            out.append((worst, "spike", f"gradient norm {rnorm:.4g} against a baseline of {self.norm.mean:.4g}", None,
+                        None))
         elif self.loss.spike(loss, cfg.spike_z, cfg.loss_ratio, cfg.warmup_steps):
-            out.append((worst, "spike", f"loss {loss:.4g} against a baseline of {self.loss.mean:.4g}", None))
+            out.append((worst, "spike", f"loss {loss:.4g} against a baseline of {self.loss.mean:.4g}", None, None))
         for auditor, rep in sorted(reports.items()):
             for target, seen in rep.audits:
                 if target not in own or seen.same(own[target]):
                     continue
                 out.append((target, "audit", f"replica {auditor} recomputed replica {target}'s share and got "
-                                             f"other numbers", auditor))
+                                             f"other numbers", auditor, seen))
         return out
 
     def _learn(self, reports: Mapping[int, Report], sharers: Sequence[int]) -> None:
@@ -209,6 +224,8 @@ class Judge:
         """The verdict once the suspect and the peer re-executed the suspect's share."""
         rc, self.round = self.round, None
         assert rc is not None, "no recheck in flight"
+        if rc.kind == "auditor":
+            return self._auditor_verdict(step, rc, suspect_run)
         s = rc.suspect
         self.watch[s] = step + WATCH_STEPS
         if not suspect_run.same(rc.original):
@@ -221,14 +238,27 @@ class Judge:
                                        f"numbers from the same state: replica {s} is faulty (strike {n})",
                             "faulty", suspect=s, evict=[s] if evict else [], bench=[] if evict else [s],
                             strikes={s: n})
-        if rc.kind == "audit" and rc.auditor is not None:
-            self.watch[rc.auditor] = step + WATCH_STEPS
-            return Decision("discard", f"{rc.why}: but replica {rc.peer} reproduced replica {s}'s numbers: the "
-                                       f"auditor {rc.auditor} erred", "auditor_erred", suspect=rc.auditor)
+        if rc.kind == "audit" and rc.auditor is not None and rc.seen is not None:
+            a = rc.auditor
+            self.round = Recheck(a, rc.peer, "auditor", f"{rc.why}, but replica {rc.peer} reproduced replica {s}'s numbers",
+                                 rc.seen, rc.chunks, share_of=s, peer_run=peer_run)
+            return Decision("recheck", f"auditor {a} asked to repeat its audit", suspect=a, recheck=self.round)
         self.loss.reset(rc.original.loss)
         self.norm.reset(rc.original.gnorm)
         return Decision("skip", f"{rc.why}: reproduced by replica {s} and by replica {rc.peer}: the numbers are "
                                 f"right, the model or the batch is unstable", "unstable", suspect=s)
+
+    def _auditor_verdict(self, step: int, rc: Recheck, auditor_run: Outcome) -> Decision:
+        a = rc.suspect
+        if not auditor_run.same(rc.original):
+            return Decision("commit", f"{rc.why}; auditor {a} did not reproduce its audit: a transient error of the "
+                                      f"auditor, the step's numbers stand", "auditor_transient", suspect=a)
+        n = self.strike(a, step)
+        evict = n >= self.cfg.strikes_to_evict
+        self.watch[a] = step + WATCH_STEPS
+        return Decision("discard", f"{rc.why}; auditor {a} reproduced its wrong audit: replica {a} is faulty "
+                                   f"(strike {n})", "faulty", suspect=a, evict=[a] if evict else [],
+                        bench=[] if evict else [a], strikes={a: n})
 
     # ----- strikes and watches ----------------------------------------------------------------------
     def strike(self, replica: int, step: int) -> int:

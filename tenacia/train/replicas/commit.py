@@ -59,11 +59,12 @@ class StepCommit:
             return
         self.events.emit("numeric_reexecuted", step=q.step, replica=rid, suspect=rc.suspect,
                          reproduced=self.rechecks[rid].same(rc.original))
-        if rc.suspect in self.rechecks and rc.peer in self.rechecks:
-            self._decide(q, self.judge.on_rechecked(q.step, self.rechecks[rc.suspect], self.rechecks[rc.peer]))
+        peer_run = rc.peer_run or self.rechecks.get(rc.peer)
+        if rc.suspect in self.rechecks and peer_run is not None:
+            self._decide(q, self.judge.on_rechecked(q.step, self.rechecks[rc.suspect], peer_run))
 
     def _decide(self: Any, q: Any, d: Decision) -> None:
-        if d.action == "commit":
+        if d.action == "commit" and not d.verdict:
             self._finish_step(q, True)
             return
         if d.action == "recheck":
@@ -71,13 +72,16 @@ class StepCommit:
             self.rechecks = {}
             self.events.emit("numeric_trigger", step=q.step, kind=rc.kind, suspect=rc.suspect, peer=rc.peer,
                              auditor=rc.auditor, reason=d.reason)
-            for r in {rc.suspect, rc.peer}:
+            for r in {rc.suspect} if rc.peer_run is not None else {rc.suspect, rc.peer}:
                 self.members[r].conn.try_send(Recheck(quorum_id=q.quorum_id, step=q.step, suspect=rc.suspect,
-                                                      chunks=rc.chunks))
+                                                      share_of=rc.of, chunks=rc.chunks))
             return
         self.events.emit("numeric_verdict", step=q.step, verdict=d.verdict, suspect=d.suspect, reason=d.reason,
                          heal=d.heal, evict=d.evict, strikes=d.strikes,
                          devices={r: self.devices.get(r, "") for r in {*d.heal, *d.evict, *d.strikes}})
+        if d.action == "commit":  # a verdict that lets the step stand
+            self._finish_step(q, True)
+            return
         if d.action == "skip":
             first = self.votes[q.sharers[0]]
             if self.ledger is not None:

@@ -120,5 +120,5 @@ class NumericMember:
 
     def answer(self, msg: Recheck, me: int) -> Rechecked:
         """Re-execute the suspect's share as the leader asked (as the suspect or as the peer)."""
-        result = self.recompute(msg.step, msg.chunks, own=msg.suspect == me)
+        result = self.recompute(msg.step, msg.chunks, own=msg.share_of == me)
         return Rechecked(replica=me, quorum_id=msg.quorum_id, step=msg.step, suspect=msg.suspect, outcome=result)

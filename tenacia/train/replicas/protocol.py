@@ -223,13 +223,15 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class Recheck:
-    """Re-execute ``suspect``'s share of ``step`` (its ``chunks`` of positions, in order) from the
-    step's starting state, and answer ``Rechecked`` (the suspect itself and one healthy peer are asked)."""
+    """Re-execute the share of ``share_of`` at ``step`` (its ``chunks`` of positions, in order) from
+    the step's starting state, and answer ``Rechecked`` (asked: ``suspect`` and one healthy peer;
+    ``share_of`` is the suspect itself unless the suspect is an auditor repeating its audit)."""
 
     TAG: ClassVar[str] = "recheck"
     quorum_id: int
     step: int
     suspect: int
+    share_of: int
     chunks: tuple[tuple[int, ...], ...]
 
 

@@ -95,12 +95,18 @@ def test_reproduced_and_confirmed_by_a_peer_is_instability_the_batch_is_skipped_
     assert j.strikes == {}
 
 
-def test_an_audit_that_disagrees_is_a_trigger_and_an_auditor_in_error_blames_the_auditor():
-    audit = ((2, Outcome("other", 3.02, 1.02)),)
-    j, d = attributed(Outcome("g2", 3.02, 1.02), Outcome("g2", 3.02, 1.02), audits=audit)
-    assert (d.verdict, d.suspect) == ("auditor_erred", 0) and 0 in j.watch
-    j, d = attributed(Outcome("g2", 3.02, 1.02), Outcome("other", 3.02, 1.02), audits=audit)
-    assert (d.verdict, d.strikes) == ("faulty", {2: 1})
+def test_an_audit_that_disagrees_is_a_trigger_and_an_auditor_in_error_repeats_its_audit():
+    seen = Outcome("other", 3.02, 1.02)
+    right = Outcome("g2", 3.02, 1.02)
+    j, d = attributed(right, Outcome("other", 3.02, 1.02), audits=((2, seen),))
+    assert (d.verdict, d.strikes) == ("faulty", {2: 1})  # the audited replica reproduced, the peer did not
+    j, d = attributed(right, right, audits=((2, seen),))  # two devices agree: the auditor (0) is the suspect
+    assert d.action == "recheck" and (d.recheck.suspect, d.recheck.of, d.recheck.peer_run) == (0, 2, right)
+    d = j.on_rechecked(9, seen, right)  # it repeats its wrong audit: faulty, sits out the redo
+    assert (d.action, d.verdict, d.strikes, d.bench) == ("discard", "faulty", {0: 1}, [0])
+    j, d = attributed(right, right, audits=((2, seen),))
+    d = j.on_rechecked(9, right, right)  # not reproduced: a transient error, the step stands
+    assert (d.action, d.verdict, d.strikes) == ("commit", "auditor_transient", {})
 
 
 def test_a_spike_over_time_triggers_only_after_the_warmup_and_when_far_above_the_baseline():

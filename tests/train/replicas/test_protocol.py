@@ -50,7 +50,7 @@ EXAMPLES = [
     Heartbeat(replica=2, step=41, phase="allreduce", committed=40, pending=None),
     VOTE, Bye(replica=2), Welcome(leader=0, term=3), Retry(replica=1, term=2), Redirect(address="h:9"),
     LeaderHeartbeat(), QUORUM, Verdict(quorum_id=7, step=41, commit=True), Wait(reason="1 live < 2"),
-    Verdict(quorum_id=7, step=41, commit=False, skip=True), Recheck(quorum_id=7, step=41, suspect=2, chunks=((0, 1), (5,))),
+    Verdict(quorum_id=7, step=41, commit=False, skip=True), Recheck(quorum_id=7, step=41, suspect=2, share_of=2, chunks=((0, 1), (5,))),
     Rechecked(replica=1, quorum_id=7, step=41, suspect=2, outcome={"grad": "00ff", "loss": 2.5, "gnorm": 0.75}),
     Expelled(reason="faulty", evict=True),
     Stop(reason="finished", step=200), Expelled(reason="silent"), HealRequest(quorum_id=7),

@@ -39,7 +39,7 @@ class NewcomerHealing:
 
     def load_healed(self: Any, fetch: HealFetch, q: Quorum) -> None:
         load_healed(self.trainer, *fetch.result)
-        self.numerics.settle()
+        self.numerics.settle(len(q.members))
         t = self.trainer
         self.events.emit("heal_done", step=t.step, replica=self.id, peer=q.heal[self.id],
                          heal_s=round(time.monotonic() - fetch.t0, 4), transfer_s=round(fetch.transfer_s, 4),

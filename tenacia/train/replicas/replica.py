@@ -346,7 +346,8 @@ class Replica(NewcomerHealing):
     def apply(self, pending: PendingStep) -> None:
         hooks.reach("phase:apply", pending.step)
         self.sync.apply(self.trainer, self.grads, pending, self.cfg)
-        self.numerics.settle()
+        q = self.link.last_quorum
+        self.numerics.settle(len(q.members) if q is not None else None)
 
     def enter(self, phase: str, step: int) -> None:
         """The step's phases (``compute``, ``allreduce``, ``vote``, ``idle``): heartbeats report

@@ -237,7 +237,36 @@ def section_latency(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     for p, r in rows.items():
         print(f"  {p:>8}{str(r['evicted_median_steps']) + ' (' + r['evicted_in'] + ')':>36}{r['expected_steps']:>14.0f}"
               f"{r['transient_rate']:>19.3f}{r['expected_transient_rate']:>14.3f}")
+    draw_latency(rows, a.replicas, Path(a.figure) if a.figure else out / "latency.png")
     return rows
+
+
+def draw_latency(rows: dict[str, Any], replicas: int, path: Path) -> None:
+    """Detection latency of a persistent plausible corruption, and the share of transient ones
+    caught, against p (every seed's eviction as a point, the expectation as a line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ps = sorted(float(p) for p in rows)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for p in ps:
+        hits = [x["evicted"] for x in rows[f"{p:g}"]["runs"] if x["evicted"] is not None]
+        left.scatter([p] * len(hits), hits, color="tab:blue", s=18, zorder=3)
+    left.plot(ps, [replicas / (2 * p) for p in ps], color="gray", ls="--", label=f"expected {replicas}/(2p)")
+    left.set(xscale="log", yscale="log", xlabel="audit probability p per step",
+             ylabel="steps to eviction", title="a lemon: mantissa flips every step")
+    left.legend()
+    right.plot(ps, [rows[f"{p:g}"]["transient_rate"] for p in ps], "o-", label="measured")
+    right.plot(ps, [p / replicas for p in ps], color="gray", ls="--", label=f"expected p/{replicas}")
+    right.set(xscale="log", xlabel="audit probability p per step", ylabel="share caught",
+              title="single transient mantissa flips")
+    right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 def section_clean(a: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -269,6 +298,7 @@ def main() -> None:
                    default=[1 / 4, 1 / 8, 1 / 16, 1 / 32], help="audit probabilities, e.g. 1/4,1/32")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--latency-cap", type=int, default=400)
+    p.add_argument("--figure", default="", help="where the latency figure goes (default: the results folder)")
     p.add_argument("--clean-steps", type=int, default=10000)
     p.add_argument("--clean-replicas", type=int, default=4)
     p.add_argument("--timeout", type=float, default=7200)

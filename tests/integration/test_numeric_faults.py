@@ -51,7 +51,7 @@ def clean(tmp_path_factory):
 
     p = Procs()
     try:
-        events, fingerprint, _ = run(p, tmp_path_factory.mktemp("clean"), [])
+        events, fingerprint, _ = run(p, tmp_path_factory.mktemp("clean"), [], "replicas.spares=0")
     finally:
         p.kill_all()
     assert not [e for e in events if e["event"].startswith("numeric_")], "a false trigger in a clean run"
@@ -60,7 +60,7 @@ def clean(tmp_path_factory):
 
 def test_transient_faults_are_redone_and_the_run_ends_bit_identical_to_the_fault_free_one(tmp_path, procs, clean):
     faults = ["sdc:1@12:local_grads:nan", "sdc:2@18:loss:inf", "sdc:0@24:activations:nan", "sdc:2@30:vote:nan"]
-    events, fingerprint, _ = run(procs, tmp_path, faults)
+    events, fingerprint, _ = run(procs, tmp_path, faults, "replicas.spares=0")  # nobody dies: no spare needed
     assert verdicts(events)[:3] == [(12, "transient", 1, [], []), (18, "transient", 2, [], []),
                                     (24, "transient", 0, [], [])]
     assert all(v[1] == "transient" for v in verdicts(events))

@@ -64,7 +64,7 @@ def mistral_id() -> str:
 def as_call(data: Any, keys: tuple[str, ...] = ("arguments", "parameters")) -> tuple[str, str] | None:
     """A decoded call object -> (name, arguments as a JSON string), or None when it is no call:
     a dict with a non-empty string ``name`` and, under the first of ``keys`` present, an object
-    (re-encoded as ``json.dumps`` writes it) or a JSON string (kept as written)."""
+    (re-encoded by ``json.dumps``, non-ASCII kept) or a JSON string (kept as written)."""
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
         return None
     arguments = next((data[k] for k in keys if k in data), {})
@@ -72,7 +72,7 @@ def as_call(data: Any, keys: tuple[str, ...] = ("arguments", "parameters")) -> t
         return data["name"], arguments
     if not isinstance(arguments, dict):
         return None
-    return data["name"], json.dumps(arguments)
+    return data["name"], json.dumps(arguments, ensure_ascii=False)
 
 
 def skip_ws(text: str, pos: int) -> int:

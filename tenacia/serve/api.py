@@ -52,7 +52,7 @@ from .protocol import (
 from .reasoning import ThinkSplitter, thinks
 from .responses import Collected, Shape, TokenText
 from .responses_api import ResponseShape, ResponsesRequest, to_chat_request
-from .tools import ToolCallParser, check_tools, tool_grammar
+from .tools import ToolCallParser, check_tools, make_parser, tool_format, tool_grammar
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_PROMPTS = 16
@@ -199,6 +199,7 @@ class _Api:
         context = served.max_context
         self.max_prompt = min(cfg.max_prompt_tokens or context, context - 1)
         self.thinks = thinks(cfg.reasoning, served.chat_template.source)
+        self.tool_format = tool_format(cfg.tool_parser, served.chat_template.source)
         self.in_flight = 0
 
     def model_card(self, created: int) -> dict[str, Any]:
@@ -212,7 +213,7 @@ class _Api:
             raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
         try:
             tools, choice = check_tools(req.tools, req.tool_choice, self.served.chat_template.source)
-            forced = tool_grammar(tools, choice, req.parallel_tool_calls) if tools else None
+            forced = tool_grammar(self.tool_format, tools, choice, req.parallel_tool_calls) if tools else None
         except InvalidRequest as e:
             raise ApiError(400, str(e), e.param) from None
         prompt = self.render_chat(req.messages, tools=tools)
@@ -220,7 +221,7 @@ class _Api:
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         think = partial(ThinkSplitter.for_prompt, prompt) if self.thinks else None
-        parser = partial(ToolCallParser, req.parallel_tool_calls) if tools else None
+        parser = partial(make_parser, self.tool_format, req.parallel_tool_calls) if tools else None
         return await self.generate(request, req, [ids], max_tokens, logprobs, chat=True, think=think,
                                    tools=parser, grammar=forced, shape=shape)
 
@@ -273,7 +274,7 @@ class _Api:
         """Submit ``prompts`` and answer, whole or streamed. ``echo``: each completion starts with
         its prompt (scored when ``logprobs`` is given). ``think``: a splitter per choice, to send
         a thinking model's reasoning apart from its content (``reasoning.py``); ``tools``: a tool-call
-        parser per choice (``tools.py``); ``grammar``: one the output must follow (a forced call)."""
+        parser per choice (``tools/``); ``grammar``: one the output must follow (a forced call)."""
         param = "messages" if chat else "prompt"
         longest = max(len(p) for p in prompts)
         if any(not p for p in prompts):

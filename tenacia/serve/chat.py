@@ -1,7 +1,9 @@
 """Chat messages -> prompt text, through the model's own Jinja chat template.
 
 Templates run in Jinja's sandbox, with the options and helpers transformers gives them
-(``trim_blocks``, ``lstrip_blocks``, ``raise_exception``), so a template renders here exactly as
+(``trim_blocks``, ``lstrip_blocks``, ``raise_exception``, and their ``tojson``: keys in the
+order given, non-ASCII and ``<>&'`` written as they are, where Jinja's own sorts keys and escapes
+for HTML), so a template renders here exactly as
 ``AutoTokenizer.apply_chat_template`` renders it.
 """
 
@@ -23,10 +25,17 @@ def _raise(message: str) -> None:
     raise TemplateError(message)
 
 
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    """transformers' ``tojson`` filter: a tool call's arguments render as the model wrote them."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 class ChatTemplate:
     def __init__(self, source: str, special_tokens: dict[str, str] | None = None):
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
         env.globals["raise_exception"] = _raise
+        env.filters["tojson"] = _tojson
         self.source = source
         self.template = env.from_string(source)
         self.special_tokens = dict(special_tokens or {})

@@ -24,6 +24,7 @@ FLAGS = {
     "max_tokens_limit": "server.max_tokens_limit", "max_body_bytes": "server.max_body_bytes",
     "max_concurrent_requests": "server.max_concurrent_requests", "drain_timeout": "server.drain_timeout_s",
     "log_level": "server.log_level", "reasoning": "server.reasoning",
+    "tool_parser": "server.tool_parser",
 }
 
 
@@ -58,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--drain-timeout", type=float, help="seconds in-flight requests get at shutdown (server.drain_timeout_s)")
     a("--log-level", help="debug, info, warning or error (server.log_level)")
     a("--reasoning", help="auto, think or none: send <think> blocks as reasoning_content (server.reasoning)")
+    a("--tool-parser", help="auto, hermes, llama3_json or mistral: the model's tool-call format (server.tool_parser)")
     p.set_defaults(handler=cmd_serve)
 
 

@@ -14,6 +14,7 @@ from ..device import DeviceConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 REASONING_MODES = ("auto", "think", "none")  # serve/reasoning.py
+TOOL_PARSERS = ("auto", "hermes", "llama3_json", "mistral")  # serve/tools/
 
 
 @dataclass(kw_only=True, slots=True)
@@ -63,6 +64,10 @@ class ServerConfig:
     # chat answers of a model that thinks in <think>...</think>: its reasoning apart from its
     # content ("auto": when the chat template writes </think>; "think": always; "none": never)
     reasoning: str = "auto"
+    # the format of the model's tool calls, read and forced: "hermes" (<tool_call> blocks),
+    # "llama3_json" ({"name", "parameters"}), "mistral" ([TOOL_CALLS][...]); "auto": from the
+    # chat template's markup (serve/tools/__init__.py)
+    tool_parser: str = "auto"
 
     def __post_init__(self) -> None:
         check(0 <= self.port < 65536, "port", self.port, "0 (pick a free port) or 1..65535")
@@ -76,6 +81,7 @@ class ServerConfig:
         check(self.drain_timeout_s >= 0, "drain_timeout_s", self.drain_timeout_s, "a number of seconds >= 0")
         check_choice("log_level", self.log_level, LOG_LEVELS)
         check_choice("reasoning", self.reasoning, REASONING_MODES)
+        check_choice("tool_parser", self.tool_parser, TOOL_PARSERS)
 
 
 @dataclass(kw_only=True, slots=True)

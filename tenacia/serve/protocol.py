@@ -109,7 +109,7 @@ class ChatRequest(_Common):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None  # OpenAI's function tools (serve/tools.py)
+    tools: list[dict[str, Any]] | None = None  # OpenAI's function tools (serve/tools/)
     tool_choice: str | dict[str, Any] | None = None  # "none", "auto", "required" or a named function
     parallel_tool_calls: bool = True
 

@@ -3,7 +3,7 @@
 ``Shape`` knows the two endpoints' formats (``chat.completion`` and ``text_completion``);
 ``Collected`` gathers the deltas of a request for a non-streamed answer and for ``usage``.
 For a thinking model (``reasoning.py``) ``Collected`` splits each chat choice's text into
-reasoning and content as the deltas arrive, and with tools (``tools.py``) it takes the tool calls
+reasoning and content as the deltas arrive, and with tools (``tools/``) it takes the tool calls
 out of the content; both answers show what it split, so streamed equals whole.
 A completion with ``echo`` starts each choice with its prompt's text and, with ``logprobs``, its
 prompt's tokens (the first token has no logprob: ``null``), then the generated ones.

@@ -25,6 +25,7 @@ def test_file_then_flags_then_overrides(tmp_path, monkeypatch):
                 "-o", "engine.block_size=32", "--api-key", "k")
     assert (cfg.model, cfg.server.port, cfg.engine.block_size, cfg.device.threads) == ("runs/x", 0, 32, 1)
     assert not cfg.engine.prefix_caching and cfg.server.max_tokens_limit == 99 and cfg.server.api_keys == ["k"]
+    assert cfg.server.tool_parser == "auto" and parse("m", "--tool-parser", "mistral").server.tool_parser == "mistral"
 
 
 @pytest.mark.parametrize("argv, field", [
@@ -34,6 +35,7 @@ def test_file_then_flags_then_overrides(tmp_path, monkeypatch):
     (["m", "-o", "engine.nosuch=1"], "engine.nosuch"),
     (["m", "--device", "tpu"], "device.type"),
     (["m", "--log-level", "loud"], "server.log_level"),
+    (["m", "--tool-parser", "qwen"], "server.tool_parser"),
     ([], "model"),
 ])
 def test_bad_values_name_the_field(argv, field, monkeypatch):

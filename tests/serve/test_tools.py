@@ -12,7 +12,7 @@ import jsonschema
 import openai
 import pytest
 
-from tenacia.serve.tools import ToolCallParser
+from tenacia.serve.tools import HermesParser, ToolCallParser
 
 from .tiny import ServerProcess, tiny_model, train_tokenizer
 
@@ -61,7 +61,7 @@ def merged(deltas: list[dict]) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("cut", ["whole", "chars", "threes"])
 def test_parser_matrix(text, content, calls, cut):
     pieces = {"whole": [text], "chars": list(text), "threes": [text[i:i + 3] for i in range(0, len(text), 3)]}[cut]
-    got_content, deltas = run(ToolCallParser(), pieces)
+    got_content, deltas = run(HermesParser(), pieces)
     assert got_content == content and merged(deltas) == calls
     for k in range(len(calls)):  # id, type and name come first, in one delta
         first = next(d for d in deltas if d["index"] == k)
@@ -69,7 +69,7 @@ def test_parser_matrix(text, content, calls, cut):
 
 
 def test_parallel_false_keeps_the_first_call():
-    _, deltas = run(ToolCallParser(parallel=False), [CALL_A + CALL_B])
+    _, deltas = run(HermesParser(parallel=False), [CALL_A + CALL_B])
     assert [name for name, _ in merged(deltas)] == ["get_weather"]
 
 

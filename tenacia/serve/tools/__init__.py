@@ -1,0 +1,70 @@
+"""Tool calling: the chat template shows the model its ``tools``, the model answers with calls
+in its own format, and the server turns them into OpenAI ``tool_calls``.
+
+Formats (``FORMATS``; one module each, ``calls.py`` holds their common contract):
+- ``hermes`` (Hermes, Qwen): ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``;
+- ``llama3_json`` (Llama 3.1-3.3): ``{"name": ..., "parameters": {...}}``, possibly after
+  ``<|python_tag|>``, several separated by ``;``;
+- ``mistral``: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]``, ids of 9 letters/digits.
+
+Contract:
+- ``tool_format`` picks the format once, at start: the server's ``tool_parser`` setting, or for
+  "auto" the chat template's own markup (``[TOOL_CALLS]``: mistral; ``<tool_call>``: hermes;
+  ``<|python_tag|>`` or the ``ipython`` role: llama3_json; else hermes).
+- ``check_tools`` (``request.py``) validates a request's ``tools`` and ``tool_choice``.
+- ``tool_choice``: "none" shows no tools and parses nothing; "auto" parses what the model writes;
+  "required" and a named function are enforced by a grammar in the format's own syntax
+  (``tool_grammar``: llguidance's Lark with each function's parameters as a JSON schema), so even
+  a model never trained on tools writes a valid call.
+- ``make_parser`` gives a choice's parser; streamed deltas equal the whole answer (``calls.py``).
+"""
+
+from __future__ import annotations
+
+from ..config import TOOL_PARSERS
+from ..engine.sequence import InvalidRequest
+from . import hermes, llama3_json, mistral
+from .calls import ToolCallParser
+from .hermes import HermesParser
+from .llama3_json import Llama3JsonParser
+from .mistral import MistralParser
+from .request import check_tools
+
+FORMATS = TOOL_PARSERS  # "auto" and the three formats
+_MODULES = {"hermes": hermes, "llama3_json": llama3_json, "mistral": mistral}
+_PARSERS = {"hermes": HermesParser, "llama3_json": Llama3JsonParser, "mistral": MistralParser}
+
+__all__ = ["FORMATS", "HermesParser", "Llama3JsonParser", "MistralParser", "ToolCallParser", "check_tools", "make_parser", "tool_format", "tool_grammar"]
+
+
+def tool_format(setting: str, template_source: str) -> str:
+    """The format of the served model's calls: ``setting`` unless "auto" (module docstring)."""
+    if setting != "auto":
+        return setting
+    if mistral.TAG in template_source:
+        return "mistral"
+    if hermes.OPEN in template_source:
+        return "hermes"
+    if llama3_json.TAG in template_source or "ipython" in template_source:
+        return "llama3_json"
+    return "hermes"
+
+
+def make_parser(fmt: str, parallel: bool = True) -> ToolCallParser:
+    return _PARSERS[fmt](parallel)
+
+
+def tool_grammar(fmt: str, tools: list[dict], choice: str, parallel: bool) -> str | None:
+    """The llguidance grammar forcing a call in format ``fmt`` ("required": any tool, one or more
+    when ``parallel``; a name: that function, once); None for "auto"."""
+    from llguidance import LLMatcher
+
+    if choice == "auto":
+        return None
+    chosen = [t for t in tools if choice == "required" or t["function"]["name"] == choice]
+    lark = _MODULES[fmt].grammar(chosen, parallel and choice == "required")
+    grammar = LLMatcher.grammar_from_lark(lark)
+    failed, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    if failed:
+        raise InvalidRequest("tools", f"the tools' parameters cannot be enforced: {messages[0]}")
+    return grammar

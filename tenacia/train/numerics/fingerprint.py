@@ -41,11 +41,14 @@ def fingerprint(tensors: Iterable[torch.Tensor]) -> str:
 
 def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """What must be bit-identical across replicas after a commit: the parameters, then each
-    parameter's optimizer tensors (AdamW: exp_avg, exp_avg_sq, step), in parameter order."""
+    parameter's optimizer tensors (AdamW: exp_avg, exp_avg_sq, step), in parameter order, then
+    the persistent buffers (a mixture of experts' balancing biases move with training)."""
     out = list(model.parameters())
+    params = {id(p) for p in out}
     for p in model.parameters():
         state = optimizer.state.get(p, {})
         out += [state[k] for k in sorted(state) if isinstance(state[k], torch.Tensor)]
+    out += [t for t in model.state_dict(keep_vars=True).values() if id(t) not in params]
     return out
 
 

@@ -28,8 +28,8 @@ RUN = [*SMALL_MOE, f"train.steps={STEPS}", f"train.batch_size={BATCH}", "train.m
 pytestmark = pytest.mark.timeout(240)
 
 
-def run_moe(procs, run, faults):
-    args = train_args(run, *RUN, f"chaos.faults={json.dumps(faults)}")
+def run_moe(procs, run, faults, *extra):
+    args = train_args(run, *RUN, f"chaos.faults={json.dumps(faults)}", *extra)
     code = procs.run(args, timeout=180, log=run / "launcher.log")
     assert code == 0, (run / "launcher.log").read_text()[-3000:]
 
@@ -54,13 +54,17 @@ def check_moe_run(run, survivors=3):
     return events
 
 
+@pytest.mark.slow  # the kill test below covers the fault-free steps too
 def test_replicas_sum_expert_loads_and_stay_identical(tmp_path, procs):
     run_moe(procs, tmp_path, [])
     check_moe_run(tmp_path)
 
 
 def test_a_killed_replica_heals_its_expert_biases(tmp_path, procs):
-    run_moe(procs, tmp_path, ["kill:1@7"])
+    """Every normal step audited (peers' shares recomputed: their forwards must not count), a
+    replica killed mid-step (the survivors salvage their shares: counted once), healed."""
+    run_moe(procs, tmp_path, ["kill:1@7"], "numerics.audit_p=1")
     events = check_moe_run(tmp_path)
     assert any(e["event"] == "fault_injected" and e.get("replica") == 1 for e in events)
     assert any(e["event"] == "heal_done" and e.get("replica") == 1 for e in events)
+    assert any(e["event"] == "step_committed" and e["reused"] for e in events)

@@ -55,3 +55,13 @@ def test_the_contribution_carries_the_loads_after_the_gradients_and_the_sum_spli
     model.update_bias(reduced_loads(model, reduced))
     assert out["expert_bias"] == tuple(tuple(b) for b in model.expert_biases().tolist())
     assert not torch.equal(before, model.expert_biases())
+
+
+def test_the_numeric_state_fingerprint_sees_a_bias_that_differs():
+    from tenacia.train.numerics.fingerprint import StateFingerprint
+
+    model = tiny_model(tiny_config())
+    state = StateFingerprint(model, torch.optim.AdamW(model.parameters()))
+    before = state()
+    model.moe_layers()[0].router.expert_bias[3] += 1e-3
+    assert state() != before

@@ -87,7 +87,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=1))
     else:
         render(report)
-        print(f"wrote {run_dir / 'report.json'} and {run_dir / 'timeline.png'}")
+        experts = " and experts.png" if (run_dir / "experts.png").exists() else ""
+        print(f"wrote {run_dir / 'report.json'} and {run_dir / 'timeline.png'}{experts}")
     print("\n".join(proof.lines()), file=sys.stderr if args.json else sys.stdout)
     if not args.check:
         return 0

@@ -5,7 +5,7 @@ Inputs (``RUN_DIR``): ``events.jsonl`` (schema in docs/events.md) and ``metrics.
 with ``step, loss, lr, tokens_per_s, tokens, t`` and lines with ``step, eval_loss``). A truncated
 or garbled line (a writer killed mid-line) is skipped and counted. Outputs: ``analyze`` returns
 the report as a dict, ``write`` stores it as ``RUN_DIR/report.json`` and draws
-``RUN_DIR/timeline.png``.
+``RUN_DIR/timeline.png`` (and, for a mixture of experts, ``RUN_DIR/experts.png``: ``experts.py``).
 
 Definitions (docs/fault-model.md repeats them):
 - Commits: the ``step_committed`` events; a log without any (the single-process trainer) uses
@@ -327,12 +327,16 @@ def analyze(run_dir: str | Path) -> dict[str, Any]:
 
 
 def write(run_dir: str | Path) -> dict[str, Any]:
-    """Analyze ``run_dir``, write ``report.json`` and ``timeline.png`` there; returns the report."""
+    """Analyze ``run_dir``, write ``report.json`` and ``timeline.png`` there (and ``experts.png``
+    for a mixture of experts); returns the report."""
+    from .experts import draw_experts, imbalance_by_layer
     from .plot import draw_timeline
 
     run_dir = Path(run_dir)
     report = analyze(run_dir)
     events, metrics, _ = load(run_dir)
     draw_timeline(report, metrics, events, run_dir / "timeline.png")
+    if (experts := imbalance_by_layer(metrics)) is not None:
+        draw_experts(experts, run_dir / "experts.png")
     atomic_write_json(run_dir / "report.json", report, indent=1)
     return report

@@ -12,8 +12,9 @@ global batch keeps its size when a replica is missing: survivors take larger sha
 
 A mixture-of-experts model (``DeepSeekV3``) also moves its balancing biases after each applied
 step, from the tokens each expert received during it (``balance_experts``). ``train_step`` does
-it for a single process; replicas do not yet (their loads would have to be summed over every live
-replica first, so that all biases move alike), so under replicas the biases stay at zero.
+it for a single process. Replicas take each share's loads with its gradients
+(``take_expert_loads``), sum them over the quorum with the gradients and move every bias by the
+sum (``replicas/apply.py``), so that all replicas' biases move alike.
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, 
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
+
+
+def take_expert_loads(model: nn.Module) -> torch.Tensor | None:
+    """The tokens each expert received in the training forwards since the last take (or bias
+    update), (MoE layers, experts) int64, and clear the counts; None for a dense model."""
+    if not isinstance(model, DeepSeekV3):
+        return None
+    loads = model.expert_loads().clone()
+    for moe in model.moe_layers():
+        moe.step_loads.zero_()
+    return loads
 
 
 def balance_experts(model: nn.Module) -> list[list[int]] | None:

@@ -39,14 +39,23 @@ def fingerprint(tensors: Iterable[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+def persistent_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The buffers a checkpoint saves (a mixture of experts' balancing biases move with training),
+    in state-dict order. Loading a state copies into them: the list stays valid."""
+    params = {id(p) for p in model.parameters()}
+    return [t for t in model.state_dict(keep_vars=True).values() if id(t) not in params]
+
+
+def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  buffers: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """What must be bit-identical across replicas after a commit: the parameters, then each
-    parameter's optimizer tensors (AdamW: exp_avg, exp_avg_sq, step), in parameter order."""
+    parameter's optimizer tensors (AdamW: exp_avg, exp_avg_sq, step), in parameter order, then
+    ``buffers`` (default: ``persistent_buffers``)."""
     out = list(model.parameters())
     for p in model.parameters():
         state = optimizer.state.get(p, {})
         out += [state[k] for k in sorted(state) if isinstance(state[k], torch.Tensor)]
-    return out
+    return out + (persistent_buffers(model) if buffers is None else buffers)
 
 
 def state_fingerprint(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str:
@@ -61,11 +70,12 @@ class StateFingerprint:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         self.model, self.optimizer = model, optimizer
+        self._buffers = persistent_buffers(model)  # a state dict a call would cost more than the hash
         self._ids: tuple[int, ...] = ()
         self._parts: list[tuple[bytes, memoryview]] = []
 
     def __call__(self) -> str:
-        tensors = state_tensors(self.model, self.optimizer)
+        tensors = state_tensors(self.model, self.optimizer, self._buffers)
         ids = tuple(id(t) for t in tensors)
         if not all(t.device.type == "cpu" and t.is_contiguous() for t in tensors):
             return fingerprint(tensors)  # a host copy each time: nothing to keep

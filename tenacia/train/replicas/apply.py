@@ -14,6 +14,8 @@ import torch
 
 from ... import checkpoint as ckpt
 from ... import hooks
+from ...model import DeepSeekV3
+from ...model.deepseek.moe import update_bias
 from ..config import RunConfig
 from ..step import apply_update
 from ..trainer import Trainer
@@ -24,7 +26,7 @@ from .shares import LocalGradients
 @dataclass(frozen=True, slots=True)
 class PendingStep:
     """A step this member voted ok on, held until the verdict: its vote and the all-reduced
-    gradients (a flat buffer in parameter order, ``flat_gradients``). Applied on ``commit`` (or a
+    contribution (``contribution``: the gradients in parameter order, then any expert loads). Applied on ``commit`` (or a
     quorum's ``resolve``), dropped otherwise."""
 
     vote: Vote
@@ -42,11 +44,52 @@ def flat_gradients(model: torch.nn.Module) -> torch.Tensor:
                       for p in model.parameters()])
 
 
+def gradient_numel(model: torch.nn.Module) -> int:
+    """How many leading elements of a ``contribution`` are gradients."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def contribution(model: torch.nn.Module, grads: LocalGradients) -> torch.Tensor:
+    """This member's tensor for the step's sum: ``flat_gradients``, then, for a mixture-of-experts
+    model, the expert loads of its share (``grads.loads``; zeros for a member without a share) as
+    float32 counts, exact below 2**24 tokens per expert and step whatever order the sum takes."""
+    flat = flat_gradients(model)
+    if not isinstance(model, DeepSeekV3):
+        return flat
+    loads = grads.loads if grads.loads is not None else torch.zeros_like(model.expert_loads())
+    return torch.cat([flat, loads.to(device=flat.device, dtype=torch.float32).reshape(-1)])
+
+
+def reduced_loads(model: torch.nn.Module, reduced: torch.Tensor) -> torch.Tensor | None:
+    """The summed expert loads (MoE layers, experts) int64 at the end of a reduced
+    ``contribution``; None for a dense model."""
+    if not isinstance(model, DeepSeekV3):
+        return None
+    shape = model.expert_loads().shape
+    return reduced[gradient_numel(model):].round().to(torch.int64).view(shape).cpu()
+
+
+def expert_outcome(model: torch.nn.Module, reduced: torch.Tensor) -> dict[str, Any]:
+    """The vote's MoE fields (``protocol.Vote``) from a reduced ``contribution``: the summed loads
+    and the biases a commit of them sets (computed aside: the model's own move on apply). Empty
+    for a dense model."""
+    loads = reduced_loads(model, reduced)
+    if loads is None:
+        return {}
+    biases = []
+    for moe, layer_loads in zip(model.moe_layers(), loads, strict=True):
+        bias = moe.router.expert_bias.detach().clone()
+        update_bias(bias, layer_loads, moe.cfg.bias_update_speed)
+        biases.append(tuple(bias.tolist()))
+    return {"expert_loads": tuple(tuple(layer) for layer in loads.tolist()), "expert_bias": tuple(biases)}
+
+
 def apply_step(trainer: Trainer, grads: LocalGradients, pending: PendingStep, cfg: RunConfig) -> None:
     """Apply the reduced gradients held for the voted step, and commit it locally. The
     parameters' ``.grad`` become views of the reduced buffer, not copies: nothing reads that
     buffer after the step is applied, and this member's own share (``grads``) is released here,
-    once the step can no longer be salvaged."""
+    once the step can no longer be salvaged. A mixture-of-experts model then moves its balancing
+    biases by the loads summed over the quorum: the same on every member."""
     t, flat = trainer, pending.grads
     offset = 0
     for p in t.model.parameters():
@@ -55,6 +98,9 @@ def apply_step(trainer: Trainer, grads: LocalGradients, pending: PendingStep, cf
         offset += n
     lr = hooks.tamper("lr", pending.step, t.lr(pending.step))  # a chaos lr spike changes it here
     apply_update(t.model, t.optimizer, lr, cfg.optim.grad_clip)
+    loads = reduced_loads(t.model, flat)
+    if loads is not None:
+        t.model.update_bias(loads)
     grads.drop()
     # a newcomer that healed this step computed no share: it knows the step's size, not its ids
     t.commit(pending.vote.start, list(pending.vote.batch), cfg.train.batch_size * cfg.data.seq_len,

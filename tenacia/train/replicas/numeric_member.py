@@ -21,7 +21,7 @@ from ... import hooks
 from ..config import NumericsConfig
 from ..numerics.fingerprint import StateFingerprint, fingerprint
 from ..trainer import Trainer
-from .apply import flat_gradients
+from .apply import contribution, gradient_numel
 from .protocol import Quorum, Recheck, Rechecked
 from .shares import LocalGradients
 
@@ -54,6 +54,7 @@ class NumericMember:
         self.cfg, self.trainer, self.grads, self.mbs = cfg, trainer, grads, micro_batch_size
         self.committed: str | None = None  # state fingerprint right after the last commit, heal or load
         self.state = StateFingerprint(trainer.model, trainer.optimizer)
+        self.n_grads = gradient_numel(trainer.model)  # norms skip the expert loads after the gradients
 
     def settle(self, members: int | None = None) -> None:
         """The state just changed legitimately (a commit, a heal, a resume) in a quorum of
@@ -78,9 +79,10 @@ class NumericMember:
         return hooks.tamper("local_grads", step, flat), hooks.tamper("loss", step, loss)
 
     def outcome(self, step: int, flat: torch.Tensor, loss: float) -> tuple[torch.Tensor, dict[str, Any]]:
-        """A share's contribution (tampered) and its outcome (``judge.Outcome``)."""
+        """A share's contribution (tampered) and its outcome (``judge.Outcome``): the fingerprint
+        covers the whole contribution, the norm its gradients only."""
         flat, loss = self.tampered(step, flat, loss)
-        return flat, {"grad": fingerprint([flat]), "loss": float(loss), "gnorm": norm(flat)}
+        return flat, {"grad": fingerprint([flat]), "loss": float(loss), "gnorm": norm(flat[:self.n_grads])}
 
     def recompute(self, step: int, chunks: Sequence[Sequence[int]], own: bool) -> dict[str, Any]:
         """Re-execute the share made of ``chunks`` (positions in the step's batch) from the current
@@ -98,7 +100,7 @@ class NumericMember:
         for chunk in chunks:
             positions = sorted([*positions, *chunk])
             loss, _, _ = target.compute(step, positions, batch, t.data.train.get, self.mbs, t.device)
-        _, result = self.outcome(step, flat_gradients(model), loss)
+        _, result = self.outcome(step, contribution(model, target), loss)
         if kept is not None:
             for p, g in zip(model.parameters(), kept, strict=True):
                 p.grad = g
@@ -118,7 +120,7 @@ class NumericMember:
         """This member's numeric vote (``judge.Report``; ``reduced`` has passed its tamper site),
         through the ``vote`` tamper site."""
         state = self.state()
-        report = {"own": own, "rnorm": norm(reduced), "reduced": fingerprint([reduced]), "state": state,
+        report = {"own": own, "rnorm": norm(reduced[:self.n_grads]), "reduced": fingerprint([reduced]), "state": state,
                   "rest_ok": self.committed is None or state == self.committed,
                   "chunks": [list(c) for c in self.grads.chunks] if own else [], "audits": audits}
         return hooks.tamper("vote", step, report)

@@ -62,7 +62,9 @@ class Vote:
     batch; ``ids`` the ones this member computed (its share), with their ``tokens`` and mean
     ``loss``; ``reused`` how many of them came from a discarded run of the same step; ``timing``
     wall-clock phase times of a quorum's first step (``docs/events.md``), else None; ``checks``
-    the values of the configured vote checks (``votecheck.py``), by check name."""
+    the values of the configured vote checks (``votecheck.py``), by check name. A mixture of
+    experts adds ``expert_loads``, the tokens per expert and MoE layer summed over the quorum (the
+    reduce's, alike on every member), and ``expert_bias``, the biases a commit sets from them."""
 
     TAG: ClassVar[str] = "vote"
     replica: int
@@ -77,6 +79,8 @@ class Vote:
     reused: int = 0
     timing: dict[str, float | None] | None = None
     checks: dict[str, Any] | None = None
+    expert_loads: tuple[tuple[int, ...], ...] | None = None
+    expert_bias: tuple[tuple[float, ...], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

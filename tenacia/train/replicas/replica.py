@@ -38,7 +38,7 @@ from ...storage import atomic_write_json
 from ..config import RunConfig
 from ..trainer import Trainer
 from . import addresses, votecheck
-from .apply import PendingStep
+from .apply import PendingStep, expert_outcome
 from .device_slot import EXIT_EVICTED, device_name
 from .group import GroupBuilder, retire
 from .heal import HealServer
@@ -252,7 +252,7 @@ class Replica(NewcomerHealing):
         self.numerics.at_rest(q.step)
         timing = {"received": q.received_t, "compute_start": time.time()} if heal else None
         share = self.compute_share(q)
-        flat = self.sync.contribution(self.trainer)
+        flat = self.sync.contribution(self.trainer, self.grads)
         check = self.cfg.numerics.check
         own = None
         if check and self.id in q.sharers:
@@ -272,7 +272,8 @@ class Replica(NewcomerHealing):
         checks = votecheck.measure_all(self.checks, self.trainer, flat) if self.checks else {}
         if check:
             checks["numerics"] = self.numerics.report(own, flat, q.step, audits)
-        vote = replace(share, ok=ok, timing=timing, checks=checks or None)
+        experts = expert_outcome(self.trainer.model, flat) if ok else {}
+        vote = replace(share, ok=ok, timing=timing, checks=checks or None, **experts)
         pending = PendingStep(vote, flat)
         self.pending = pending if ok else None
         self.link.send(vote)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ...data.sampler import shard
 from ...device import Device
-from ..step import compute_gradients
+from ..step import compute_gradients, take_expert_loads
 
 Shares = dict[int, tuple[int, ...]]  # replica id -> positions in the global batch
 
@@ -51,6 +51,11 @@ class LocalGradients:
     positions ``held`` names for step ``step``, computed on the weights committed at ``step - 1``,
     by one call per entry of ``chunks`` in that order (a re-execution replays them: the same calls
     give the same bits). Whoever changes the weights or the gradients otherwise calls ``drop``.
+
+    A mixture-of-experts model's expert loads are kept alike: ``loads`` (MoE layers, experts) is
+    None or the tokens each expert received over exactly the ``held`` positions, each counted
+    once (taken from the model's counters around each call, so forwards of audits, rechecks or
+    evals between calls never reach it).
     """
 
     def __init__(self, model: nn.Module):
@@ -59,10 +64,12 @@ class LocalGradients:
         self.held: list[int] = []
         self.chunks: list[tuple[int, ...]] = []
         self.loss_sum, self.tokens = 0.0, 0
+        self.loads: torch.Tensor | None = None
 
     def drop(self) -> None:
         self.model.zero_grad(set_to_none=True)
         self.step, self.held, self.chunks, self.loss_sum, self.tokens = None, [], [], 0.0, 0
+        self.loads = None
 
     def compute(self, step: int, positions: Sequence[int], batch: Sequence[int], samples: Callable[[list[int]], torch.Tensor],
                 micro_batch_size: int, device: Device) -> tuple[float, int, int]:
@@ -75,10 +82,14 @@ class LocalGradients:
         reused = len(held)
         todo = [p for p in positions if p not in held]
         if todo:
+            take_expert_loads(self.model)  # counts of forwards outside any share are not this share's
             loss, tokens = compute_gradients(self.model, samples([batch[p] for p in todo]), micro_batch_size,
                                              len(batch), device, step=step)
             self.loss_sum += loss * len(todo)
             self.tokens += tokens
             self.chunks.append(tuple(todo))
+            loads = take_expert_loads(self.model)
+            if loads is not None:
+                self.loads = loads if self.loads is None else self.loads + loads
         self.step, self.held = step, list(positions)
         return self.loss_sum / max(len(positions), 1), self.tokens, reused

@@ -5,7 +5,8 @@ Contract (one ``StepLog`` per coordinator):
   ``step_committed`` (loss averaged over the sharers' samples, their tokens, the members, the step
   time or, after a failure, the stall; the phase timings of a quorum's first step) and writes a
   ``metrics.jsonl`` line every ``log_every`` steps and at the last step (mean loss and tokens/s
-  over the window since the previous line).
+  over the window since the previous line; for a mixture of experts, the fields
+  ``metrics.expert_metrics`` writes, from the votes' summed loads and the biases they set).
 - ``step_times`` holds the times between consecutive commits with no failure between them: a
   step that follows a lost member is a stall, not a step time, so recoveries never raise the
   hang bound.
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ...events import EventLog
-from ..metrics import MetricsLog
+from ..metrics import MetricsLog, expert_metrics
 from .protocol import Quorum, Vote
 from .timing import Clock, Timing
 
@@ -34,6 +35,8 @@ class StepLog:
         self.last_commit_t: float | None = None
         self.stalled_since: float | None = None
         self._window: list[tuple[float, float, int]] = []  # (wall t, loss, tokens) since the last metrics line
+        self._loads: list[list[list[int]]] = []  # MoE: each committed step's loads since the last line
+        self._bias: list[list[float]] | None = None  # MoE: the biases the last committed step set
 
     def stall_began(self) -> None:
         if self.stalled_since is None:
@@ -59,6 +62,10 @@ class StepLog:
                          step_time_s=step_time, stall_s=stall, quorum_id=q.quorum_id, phases=self._phases(q, votes),
                          reused=sum(v.reused for v in sharers))
         self.last_commit_t, self.stalled_since = now, None
+        moe = next((v for v in votes.values() if v.expert_loads is not None), None)
+        if moe is not None:
+            self._loads.append([list(layer) for layer in moe.expert_loads])
+            self._bias = [list(layer) for layer in moe.expert_bias or ()]
         self._log_metrics(q.step, loss, tokens, len(q.members))
 
     def _phases(self, q: Quorum, votes: dict[int, Vote]) -> dict[str, Any] | None:
@@ -78,6 +85,8 @@ class StepLog:
             return
         w = self._window
         t0 = w[0][0] if len(w) > 1 else None
+        moe = expert_metrics(self._loads, self._bias) if self._loads and self._bias else {}
         self.metrics.write(step=step, loss=sum(x[1] for x in w) / len(w),
-                           tokens_per_s=sum(x[2] for x in w[1:]) / (w[-1][0] - t0) if t0 else None, members=members)
-        self._window = w[-1:]
+                           tokens_per_s=sum(x[2] for x in w[1:]) / (w[-1][0] - t0) if t0 else None, members=members,
+                           **moe)
+        self._window, self._loads = w[-1:], []

@@ -3,11 +3,13 @@
 A seam for the low-communication strategies (DiLoCo and its family reduce parameter deltas every
 H steps and apply an outer optimizer step): the replica's step asks its strategy, never decides
 itself. One implementation today, ``EveryStep`` (``replicas.sync = "every_step"``): every step,
-each member contributes its flat gradients (zeros for a newcomer), the quorum sums them with one
+each member contributes its flat gradients and, for a mixture-of-experts model, its share's
+expert loads (``apply.contribution``; zeros for a newcomer), the quorum sums them with one
 all-reduce, and on commit the sum is applied as the step's gradient (``apply.apply_step``).
 
 Contract of a strategy, per step (``Replica.run_step``):
-- ``contribution(trainer)``: this member's tensor for the reduce, after its share was computed;
+- ``contribution(trainer, grads)``: this member's tensor for the reduce, after its share
+  (``grads``) was computed;
 - ``reduce(flat, group, wait, wake)``: combine it over the quorum in place; ``wait(done)`` sleeps
   the training thread on its inbox until ``done()`` (a newer quorum interrupts it), ``wake`` is to
   be called when the collective completes or fails; raises when a peer died mid-collective;
@@ -24,14 +26,14 @@ import torch
 
 from ..config import RunConfig
 from ..trainer import Trainer
-from .apply import PendingStep, apply_step, flat_gradients
+from .apply import PendingStep, apply_step, contribution
 from .shares import LocalGradients
 
 
 class SyncStrategy(Protocol):
     name: str
 
-    def contribution(self, trainer: Trainer) -> torch.Tensor: ...
+    def contribution(self, trainer: Trainer, grads: LocalGradients) -> torch.Tensor: ...
 
     def reduce(self, flat: torch.Tensor, group: Any, wait: Callable[[Callable[[], bool]], None],
                wake: Callable[..., None]) -> None: ...
@@ -44,8 +46,8 @@ class EveryStep:
 
     name = "every_step"
 
-    def contribution(self, trainer: Trainer) -> torch.Tensor:
-        return flat_gradients(trainer.model)
+    def contribution(self, trainer: Trainer, grads: LocalGradients) -> torch.Tensor:
+        return contribution(trainer.model, grads)
 
     def reduce(self, flat: torch.Tensor, group: Any, wait: Callable[[Callable[[], bool]], None],
                wake: Callable[..., None]) -> None:

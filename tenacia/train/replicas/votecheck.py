@@ -8,7 +8,7 @@ all votes and commits the step only if every vote is ok and no check objects. Th
 
 Contract of a check (``replicas.vote_checks`` names them, from ``CHECKS``):
 - ``measure(trainer, flat) -> value``: on the member, after the reduce (``flat``: the reduced
-  contribution); cheap, no communication;
+  contribution, ``apply.contribution``: the gradients, then a mixture of experts' loads); cheap, no communication;
 - ``judge(votes) -> str | None``: on the leader, ``votes`` by replica id; a reason to discard the
   step, or None.
 The vote's own ``ok`` (the reduce, and a newcomer's heal, succeeded) is the check every step has;

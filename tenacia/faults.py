@@ -13,13 +13,15 @@ A kill point is armed by ``"<point>@<step>"``: ``mid_step@17``, ``checkpoint:mod
 | ``kill:R@S``              | SIGKILL replica R once step S is committed                        |
 | ``hang:R@S:T``            | SIGSTOP replica R at step S, SIGCONT it T seconds later           |
 | ``slow:R@S:F``            | from step S on, replica R runs F times slower (SIGSTOP duty cycle)|
+| ``cpu:R@S:C``             | from step S on, replica R gets C CPUs (a cgroup CPU quota: a chip that turns slow; 0 lifts it) |
 | ``kill_coordinator@S``    | SIGKILL whichever replica leads at step S                         |
 | ``kill_healing@S``        | after step S, SIGKILL the next replica that starts healing        |
 | ``kill_checkpoint@S``     | the leader dies right after writing model.safetensors of step S's checkpoint |
 | ``sdc:SLOT@S:SITE:BITS[:WHEN]`` | wrong numbers: from step S on, corrupt one element of the value at tamper site SITE on the replica running on device slot SLOT |
 | ``lr_spike@S:F``          | on every replica, the learning rate of step S times F (a negative control: a real instability, no chip at fault) |
 
-plus ``kill_rate`` (kills per second, Poisson, replica chosen by the seeded RNG).
+plus ``kill_rate`` (kills per second, Poisson, replica chosen by the seeded RNG) and
+``cpu_quotas`` (CPUs per replica from the start: chips of different speeds, ``tenacia.chaos.cpuquota``).
 
 Wrong numbers (``tenacia.chaos.sdc`` injects them in-process, through ``tenacia.hooks.tamper``):
 - SITE: one of ``SDC_SITES`` (``tenacia.hooks.TAMPER_SITES`` but ``lr``); SLOT: the device slot
@@ -42,7 +44,7 @@ from .config import ConfigError, check
 
 KILL_POINTS = ("mid_step", "between_steps", "phase:compute", "phase:allreduce", "phase:vote", "phase:idle",
                "phase:apply", "checkpoint:<file>", "checkpoint:renamed")
-KINDS = ("kill", "hang", "slow", "kill_coordinator", "kill_healing", "kill_checkpoint")
+KINDS = ("kill", "hang", "slow", "cpu", "kill_coordinator", "kill_healing", "kill_checkpoint")
 NUMERIC_KINDS = ("sdc", "lr_spike")
 SDC_SITES = ("params", "moments", "activations", "local_grads", "reduced_grads", "loss", "vote")
 BITS = ("sign", "exponent", "mantissa_high", "mantissa_low", "multi", "nan", "inf", "zero")
@@ -50,7 +52,7 @@ WHENS = ("once", "every", "q=<prob> with 0 < prob <= 1")
 _ENTRY = re.compile(r"^(?P<kind>[a-z_]+)(?::(?P<replica>\d+))?@(?P<step>\d+)(?::(?P<param>[0-9.]+))?$")
 _SDC = re.compile(r"^sdc:(?P<slot>\d+)@(?P<step>\d+):(?P<site>[^:]*):(?P<bits>[^:]*)(?::(?P<when>[^:]*))?$")
 _LR_SPIKE = re.compile(r"^lr_spike@(?P<step>\d+):(?P<factor>[^:]+)$")
-_ALLOWED = ("kill:R@S, hang:R@S:SECONDS, slow:R@S:FACTOR, kill_coordinator@S, kill_healing@S, "
+_ALLOWED = ("kill:R@S, hang:R@S:SECONDS, slow:R@S:FACTOR, cpu:R@S:CPUS, kill_coordinator@S, kill_healing@S, "
             "kill_checkpoint@S")
 _ALLOWED_SDC = "sdc:SLOT@STEP:SITE:BITS[:WHEN]"
 _ALLOWED_SPIKE = "lr_spike@STEP:FACTOR"
@@ -72,7 +74,7 @@ class Fault:
     kind: str
     step: int
     replica: int | None = None
-    param: float | None = None  # seconds for hang, factor for slow
+    param: float | None = None  # seconds for hang, factor for slow, CPUs for cpu
 
     @property
     def spec(self) -> str:
@@ -86,10 +88,10 @@ def parse_fault(text: str, field_name: str = "faults") -> Fault:
     if not m or m["kind"] not in KINDS:
         raise ConfigError(field_name, text, f"one of {_ALLOWED}")
     kind, replica = m["kind"], m["replica"]
-    needs_replica = kind in ("kill", "hang", "slow")
+    needs_replica = kind in ("kill", "hang", "slow", "cpu")
     if needs_replica != (replica is not None):
         raise ConfigError(field_name, text, f"{kind} {'needs' if needs_replica else 'takes no'} replica number; {_ALLOWED}")
-    needs_param = kind in ("hang", "slow")
+    needs_param = kind in ("hang", "slow", "cpu")
     if needs_param != (m["param"] is not None):
         raise ConfigError(field_name, text, f"{kind} {'needs' if needs_param else 'takes no'} ':value'; {_ALLOWED}")
     param = float(m["param"]) if m["param"] else None
@@ -189,6 +191,7 @@ class ChaosConfig:
     faults: list[str] = field(default_factory=list)  # schedule entries (module docstring)
     kill_rate: float = 0.0  # random kills per second across the job (Poisson), replica drawn by seed
     kill_rate_duration_s: float = 3600.0  # window over which random kills are drawn, from the first committed step
+    cpu_quotas: list[float] = field(default_factory=list)  # CPUs per replica id from the start (0: no limit); [] none
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -196,10 +199,13 @@ class ChaosConfig:
         for i, text in enumerate(self.faults):
             parse_entry(text, f"faults[{i}]")
         check(self.kill_rate >= 0, "kill_rate", self.kill_rate, "a number of kills per second >= 0")
+        for i, cores in enumerate(self.cpu_quotas):
+            check(isinstance(cores, (int, float)) and math.isfinite(cores) and cores >= 0, f"cpu_quotas[{i}]",
+                  cores, "a number of CPUs >= 0 (0: no limit), e.g. [0.5, 0.5, 0.25, 0.125]")
         check(self.kill_rate_duration_s > 0, "kill_rate_duration_s", self.kill_rate_duration_s,
               "a positive number of seconds")
 
     @property
     def any(self) -> bool:
         """Whether this run asks for any fault at all."""
-        return bool(self.kill_at or self.faults or self.kill_rate)
+        return bool(self.kill_at or self.faults or self.kill_rate or any(self.cpu_quotas))

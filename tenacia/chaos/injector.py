@@ -5,7 +5,9 @@ the launcher calls ``tick`` every ``poll_s`` and starts every replica process wi
 which arms in-process kill points there (``killpoints``). It follows the run by tailing
 ``events.jsonl`` (committed steps, the current leader, healing) and fires each fault once its
 step is committed. Every fault is logged as ``fault_injected`` with the time it was sent, which
-the report uses to measure detection and stall.
+the report uses to measure detection and stall. CPU quotas (``cpu_quotas``, ``cpu:R@S:C``) hold a
+replica id's processes to a number of CPUs through a cgroup (``cpuquota``); every tick places a
+replica's new process (a restart, a fork from the spare) in its id's cgroup.
 """
 
 from __future__ import annotations
@@ -91,6 +93,22 @@ class ChaosInjector:
         self.arm_healing = False
         self._timers: list[threading.Timer] = []
         self._slow: list[Slowdown] = []
+        self.quotas, self._placed = self._open_quotas(chaos, first), {}
+
+    def _open_quotas(self, chaos, first: int):
+        """The cgroups for ``cpu_quotas`` and ``cpu:`` faults, or None when the run asks for none."""
+        if not any(chaos.cpu_quotas) and not any(f.kind == "cpu" for f in self.faults):
+            return None
+        from .cpuquota import CpuQuotas, available
+
+        why = available()
+        if why is not None:
+            raise RuntimeError(f"chaos.cpu_quotas / cpu: faults need cgroup CPU quotas here: {why}")
+        quotas = CpuQuotas()
+        for i, cores in enumerate(chaos.cpu_quotas):
+            if cores > 0:  # 0: this id runs unlimited until a cpu: fault says otherwise
+                quotas.set(first + i, cores)
+        return quotas
 
     @property
     def poll_s(self) -> float:
@@ -102,7 +120,17 @@ class ChaosInjector:
         """Environment for a replica process: its armed in-process kill point, if any."""
         return {killpoints.ENV_VAR: self.kill_point} if self.kill_point else {}
 
+    def _place(self) -> None:
+        for replica in self.quotas.groups:
+            pid = self.pid_of(replica)
+            if pid is not None and self._placed.get(replica) != pid and self.quotas.place(replica, pid):
+                self._placed[replica] = pid
+                self.events.emit("cpu_quota", step=self.step, replica=replica, pid=pid,
+                                 cpus=self.quotas.cores[replica])
+
     def tick(self) -> None:
+        if self.quotas is not None:
+            self._place()
         for e in self.tail.new():
             if e["event"] == "step_committed" and e.get("step"):
                 self.step = max(self.step, e["step"])
@@ -128,6 +156,10 @@ class ChaosInjector:
 
     def fire(self, f: Fault, why: str | None = None) -> None:
         pid = self.pid_of(f.replica)
+        if f.kind == "cpu":  # the slot's quota holds for its later processes too
+            self.quotas.set(f.replica, f.param)
+            self._placed.pop(f.replica, None)
+            self._place()
         if pid is None:
             return
         # logged before the signal is sent: a kill is detected within milliseconds, and the
@@ -144,6 +176,8 @@ class ChaosInjector:
             self._slow.append(s)
 
     def close(self) -> None:
+        if self.quotas is not None:
+            self.quotas.close()
         for s in self._slow:
             s.stopped.set()
         for t in self._timers:

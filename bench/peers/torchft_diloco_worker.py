@@ -1,0 +1,119 @@
+"""One torchft replica training the shared workload with torchft's low-communication sync:
+``--algo localsgd`` (average the weights every H steps) or ``--algo diloco`` (an outer Nesterov
+SGD step on the averaged pseudo-gradient every H steps; ``--fragments F > 1`` is its Streaming
+DiLoCo, fragments synced in turn).
+
+Run by bench/slow_links.py from its own venv (bench/.venvs/torchft) with TORCHFT_LIGHTHOUSE set;
+the replica hosts its own replica-group TCPStore on port 0 (on ``--host``, its address on the
+emulated link). torchft's quantized exchange (``should_quantize``) imports Triton, which a CPU
+install of torch does not have: ``--quantize`` is refused here rather than silently dropped.
+The inner step is the workload's AdamW; the outer optimizer is SGD(lr, momentum, nesterov), as
+DiLoCo's paper and torchft's examples use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from common import (
+    Log,
+    Workload,
+    deadline_passed,
+    die_with_parent,
+    log_sigterm,
+    main_guard,
+    step_limit,
+)
+from torchft import Manager, ProcessGroupGloo
+from torchft.local_sgd import DiLoCo, LocalSGD
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--replica", type=int, required=True)
+    p.add_argument("--replicas", type=int, required=True)
+    p.add_argument("--algo", choices=("localsgd", "diloco"), required=True)
+    p.add_argument("--inner-steps", type=int, default=50, help="H: inner steps between syncs")
+    p.add_argument("--fragments", type=int, default=1, help="diloco only: > 1 is Streaming DiLoCo")
+    p.add_argument("--outer-lr", type=float, default=0.7)
+    p.add_argument("--outer-momentum", type=float, default=0.9)
+    p.add_argument("--quantize", action="store_true", help="torchft's fp8 exchange (needs Triton)")
+    p.add_argument("--host", default="127.0.0.1", help="this replica's address on the link")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--timeout-s", type=float, default=60.0)
+    args = p.parse_args()
+    if args.quantize:
+        try:
+            import torchft.collectives  # noqa: F401  (imports triton)
+        except ImportError as e:
+            raise SystemExit(f"torchft's quantized exchange is unavailable here: {e}") from None
+    die_with_parent()
+    log = Log(args.replica)
+    log_sigterm(log)
+    main_guard(log, lambda: train(args, log))
+
+
+def fragments(model: torch.nn.Module, n: int) -> list[torch.nn.Module]:
+    """``n`` contiguous groups of the model's top-level blocks (embedding, layers..., head), each
+    wrapped as one module, as torchft's Streaming DiLoCo wants its fragments."""
+    blocks = list(model.children())
+    layers = [m for m in blocks if isinstance(m, torch.nn.ModuleList)]
+    units = [*(m for m in blocks if not isinstance(m, torch.nn.ModuleList)), *(x for ml in layers for x in ml)]
+    size = -(-len(units) // n)
+    return [torch.nn.ModuleList(units[i:i + size]) for i in range(0, len(units), size)][:n]
+
+
+def train(args: argparse.Namespace, log: Log) -> None:
+    w = Workload(args.preset, args.seq_len, args.batch, args.replicas, args.replica)
+    log.write("worker_started", arm=f"torchft-{args.algo}")
+    store = dist.TCPStore(args.host, 0, is_master=True, wait_for_workers=False)
+    inner = w.optimizer(w.model.parameters())
+    frags = fragments(w.model, args.fragments)
+    # one outer optimizer per fragment: torchft steps a fragment's optimizer when it syncs, and an
+    # optimizer over the whole model would also step the other fragments on their inner gradients
+    outer = [torch.optim.SGD(f.parameters(), lr=args.outer_lr, momentum=args.outer_momentum, nesterov=True)
+             for f in frags]
+
+    def state_dict() -> dict:
+        return {"model": w.model.state_dict(), "inner": inner.state_dict(), "outer": [o.state_dict() for o in outer]}
+
+    def load_state_dict(sd: dict) -> None:
+        w.model.load_state_dict(sd["model"])
+        inner.load_state_dict(sd["inner"])
+        for o, o_sd in zip(outer, sd["outer"], strict=True):
+            o.load_state_dict(o_sd)
+
+    timeout = timedelta(seconds=args.timeout_s)
+    manager = Manager(
+        pg=ProcessGroupGloo(timeout=timeout), min_replica_size=1, load_state_dict=load_state_dict,
+        state_dict=state_dict, replica_id=f"bench_{args.replica}", store_addr=args.host,
+        store_port=store.port, rank=0, world_size=1, lighthouse_addr=os.environ["TORCHFT_LIGHTHOUSE"],
+        timeout=timeout, quorum_timeout=timedelta(seconds=120), use_async_quorum=False)
+    if args.algo == "localsgd":
+        sync = LocalSGD(manager, w.model, inner, sync_every=args.inner_steps)
+    else:
+        sync = DiLoCo(manager, frags, inner, outer, sync_every=args.inner_steps,
+                      should_quantize=args.quantize)
+    limit = step_limit()
+    step = 0
+    with sync:
+        while not deadline_passed() and (limit is None or step < limit):
+            inner.zero_grad()
+            loss = w.loss(w.model, step)
+            loss.backward()
+            inner.step()  # torchft's hooks sync every H steps
+            step += 1
+            log.write("worker_step", step=step, committed=True, participants=manager.num_participants(),
+                      tokens=w.tokens_per_step, loss=loss.item(), outer_step=manager.current_step())
+    if limit is not None and args.replica == 0:
+        log.write("worker_eval", step=step, eval_loss=w.eval_loss(w.model))
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,8 @@ Sections (each prints a table; all results go to bench/results/numeric_faults-<t
   local gradient at every step from step 20, for each p and seed: steps until its first trigger
   and until its eviction (an audit finds it as the audited share or as the auditor: expected
   about R / 2p steps); and, in a run of their own, ``--transients`` single plausible flips in
-  replica 0 (one every 5 steps): the fraction a sampled recomputation caught (expected p / R).
+  replica 0 (one every WATCH_STEPS + 4 steps, so a catch's watch is over before the next): the
+  fraction a sampled recomputation caught (expected p / R).
 - ``clean``: fault-free runs; every ``numeric_trigger``, verdict and eviction counted (false alarms).
 
 The peers run from their own venv (bench/.venvs/torchft, made by bench/faults.py); torchrun from
@@ -49,6 +50,8 @@ sys.path[:0] = [str(ROOT), str(PEERS), str(ROOT / "bench")]
 
 from arms import Procs, lighthouse_port, records  # noqa: E402
 from faults import ensure_torchft_venv, worker_env  # noqa: E402
+
+from tenacia.train.numerics.judge import WATCH_STEPS  # noqa: E402
 
 ARMS = ("tenacia", "tenacia-nocheck", "ddp", "torchft")
 
@@ -220,8 +223,11 @@ def section_latency(a: argparse.Namespace, out: Path) -> dict[str, Any]:
             evict = [e["step"] for e in ev if e["event"] == "replica_evicted" and e["replica"] == 1]
             runs.append({"seed": seed, "steps": steps, "first_trigger": first[0] - 20 if first else None,
                          "evicted": evict[0] - 20 if evict else None})
-        # transient flips alone (a suspect is audited every step for a while: no lemon here)
-        transients = list(range(20, 20 + 5 * a.transients, 5))
+        # transient flips alone (no lemon here), each after the watch that a catch starts is over:
+        # a replica caught is audited on every step for WATCH_STEPS, which would catch the next
+        # flips for sure and inflate the rate of independent ones
+        gap = WATCH_STEPS + 4
+        transients = list(range(20, 20 + gap * a.transients, gap))
         r = tenacia_run(out / f"transients-p{p:g}", a, transients[-1] + 3, a.replicas,
                         [f"sdc:0@{s}:local_grads:mantissa_high" for s in transients], {"audit_p": p})
         caught = {e["step"] for e in r["events"] if e["event"] == "numeric_trigger" and e["suspect"] == 0}
@@ -298,7 +304,7 @@ def main() -> None:
                    default=[1 / 4, 1 / 8, 1 / 16, 1 / 32], help="audit probabilities, e.g. 1/4,1/32")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--latency-cap", type=int, default=400)
-    p.add_argument("--transients", type=int, default=40, help="transient flips per p, one every 5 steps")
+    p.add_argument("--transients", type=int, default=40, help="transient flips per p, one every WATCH_STEPS + 4 steps")
     p.add_argument("--figure", default="", help="where the latency figure goes (default: the results folder)")
     p.add_argument("--clean-steps", type=int, default=10000)
     p.add_argument("--clean-replicas", type=int, default=4)

@@ -142,7 +142,8 @@ class NumericsConfig:
     loss_ratio: float = 1.5
     warmup_steps: int = 20  # steps before spikes over time are judged (the baseline settles first)
     strikes_to_evict: int = 2  # strikes within the window that evict a replica by name
-    strike_window_steps: int = 1000  # how far back strikes count
+    strike_window_steps: int = 1000  # how far back strikes and transient faults count
+    transients_to_evict: int = 3  # transient faults within the window that evict a replica (intermittent); 0: never
     seed: int = 0  # which steps are audited, and by whom (the same on every replica)
 
     def __post_init__(self) -> None:
@@ -152,6 +153,8 @@ class NumericsConfig:
         check(self.loss_ratio > 1, "loss_ratio", self.loss_ratio, "a number > 1")
         check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0")
         check(self.strikes_to_evict >= 1, "strikes_to_evict", self.strikes_to_evict, "an integer >= 1")
+        check(self.transients_to_evict >= 0, "transients_to_evict", self.transients_to_evict,
+              "an integer >= 0 (0: transient faults never evict)")
         check(self.strike_window_steps >= 1, "strike_window_steps", self.strike_window_steps, "an integer >= 1")
 
 

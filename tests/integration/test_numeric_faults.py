@@ -21,7 +21,10 @@ from tenacia.train.config import RunConfig
 from .procs import train_args
 
 STEPS = 40
-RUN = [f"train.steps={STEPS}", "optim.warmup_steps=10", "replicas.count=3", "checkpoint.every=100"]
+# every step has all three replicas (the first quorum waits for them, a lost one is waited for):
+# on a loaded machine a replica that starts late would heal over an injection meant for its state
+RUN = [f"train.steps={STEPS}", "optim.warmup_steps=10", "replicas.count=3", "replicas.min_replicas=3",
+       "checkpoint.every=100"]
 LIMIT_S = 240
 pytestmark = pytest.mark.timeout(LIMIT_S + 60)
 
@@ -69,7 +72,7 @@ def test_transient_faults_are_redone_and_the_run_ends_bit_identical_to_the_fault
 
 def test_corrupt_state_heals_an_lr_spike_is_instability_and_a_lemon_is_evicted_by_name(tmp_path, procs):
     faults = ["sdc:2@10:params:sign", "sdc:0@15:reduced_grads:exponent", "lr_spike@25:1000",
-              "sdc:1@32:activations:nan:every"]
+              "sdc:1@32:activations:nan:every", "sdc:2@37:vote:nan:every"]
     events, _, ledger = run(procs, tmp_path, faults)
     v = verdicts(events)
     assert v[0] == (10, "corrupt_state", None, [2], []) and v[1] == (15, "corrupt_state", None, [0], [])
@@ -79,11 +82,14 @@ def test_corrupt_state_heals_an_lr_spike_is_instability_and_a_lemon_is_evicted_b
     assert [x[1] for x in lemon] == ["faulty", "faulty"] and lemon[-1][4] == [1] and lemon[-1][0] <= 32 + 3
     evicted = [e for e in events if e["event"] == "replica_evicted"]
     banned = [e for e in events if e["event"] == "device_banned"]
-    assert [e["replica"] for e in evicted] == [1] and evicted[0]["device"].endswith(":1")
-    assert [(e["slot"], e["replacement_slot"]) for e in banned] == [(1, 3)]
+    # a device wrong only in what it sends: each re-execution is right (transient), the third evicts it
+    assert [x[1] for x in v if x[0] >= 37 and x[2] == 2] == ["transient", "transient", "intermittent"]
+    assert [e["replica"] for e in evicted] == [1, 2] and evicted[0]["device"].endswith(":1")
+    assert evicted[1]["device"].endswith(":2") and evicted[1]["step"] <= 37 + 3  # a vote leaf may be one unjudged
+    assert [(e["slot"], e["replacement_slot"]) for e in banned] == [(1, 3), (2, 4)]
     assert any(e["event"] == "heal_done" and e["replica"] == 1 and e["t"] > banned[0]["t"] for e in events)
     assert not [e for e in events if e["event"] == "fault_injected" and e.get("kind") == "sdc"
-                and e["t"] > banned[0]["t"]], "the schedule's lemon is slot 1: the replacement on slot 3 is clean"
+                and e["slot"] == 1 and e["t"] > banned[0]["t"]], "the lemon is slot 1: the replacement on slot 3 is clean"
     assert procs.run(["report", "--check", str(tmp_path)], timeout=120, log=tmp_path / "report.log") == 0
     out = (tmp_path / "report.log").read_text()
     assert "wrong numbers" in out and "evicted devices:" in out and f"{ledger.skipped_samples} skipped" in out, out

@@ -23,8 +23,11 @@ Contract (issue #14; ``docs/fault-model.md``, "Wrong numbers"):
   the peer's result already known); not reproduced, a transient error, and the step commits (two
   devices computed its numbers alike); reproduced, the auditor is faulty (a strike, it sits out
   the redo: its own share is as suspect as its audit).
-- **Eviction**: ``strikes_to_evict`` strikes within ``strike_window_steps`` evict the replica. A new
-  leader takes the strikes from the event log (``restore``).
+- **Eviction**: ``strikes_to_evict`` strikes within ``strike_window_steps`` evict the replica. So
+  do ``transients_to_evict`` transient faults of one replica (its own or as an auditor) within the
+  window: an intermittent fault (a chip wrong now and then, or wrong only in what it sends) seldom
+  reproduces in a re-execution, and would otherwise cost a redo for ever (verdict
+  ``intermittent``). A new leader takes strikes and transients from the event log (``restore``).
 """
 
 from __future__ import annotations
@@ -141,6 +144,7 @@ class Judge:
         self.loss, self.norm = Ema(), Ema()
         self.round: Recheck | None = None
         self.strikes: dict[int, list[int]] = {}  # replica -> steps of its strikes
+        self.transients: dict[int, list[int]] = {}  # replica -> steps of its transient faults
         self.watch: dict[int, int] = {}  # replica -> the last step it is audited on every step
 
     # ----- votes ------------------------------------------------------------------------------------
@@ -229,8 +233,8 @@ class Judge:
         s = rc.suspect
         self.watch[s] = step + WATCH_STEPS
         if not suspect_run.same(rc.original):
-            return Decision("discard", f"{rc.why}: not reproduced when replica {s} re-executed it: a transient fault",
-                            "transient", suspect=s)
+            why = f"{rc.why}: not reproduced when replica {s} re-executed it: a transient fault"
+            return self._intermittent(step, s, why) or Decision("discard", why, "transient", suspect=s)
         if not peer_run.same(rc.original):
             n = self.strike(s, step)
             evict = n >= self.cfg.strikes_to_evict
@@ -251,14 +255,27 @@ class Judge:
     def _auditor_verdict(self, step: int, rc: Recheck, auditor_run: Outcome) -> Decision:
         a = rc.suspect
         if not auditor_run.same(rc.original):
-            return Decision("commit", f"{rc.why}; auditor {a} did not reproduce its audit: a transient error of the "
-                                      f"auditor, the step's numbers stand", "auditor_transient", suspect=a)
+            why = f"{rc.why}; auditor {a} did not reproduce its audit: a transient error of the auditor"
+            return self._intermittent(step, a, why) or Decision("commit", f"{why}, the step's numbers stand",
+                                                                "auditor_transient", suspect=a)
         n = self.strike(a, step)
         evict = n >= self.cfg.strikes_to_evict
         self.watch[a] = step + WATCH_STEPS
         return Decision("discard", f"{rc.why}; auditor {a} reproduced its wrong audit: replica {a} is faulty "
                                    f"(strike {n})", "faulty", suspect=a, evict=[a] if evict else [],
                         bench=[] if evict else [a], strikes={a: n})
+
+    def _intermittent(self, step: int, replica: int, why: str) -> Decision | None:
+        """Record a transient fault of ``replica``; the eviction once it had ``transients_to_evict``
+        of them within the window (module docstring), else None."""
+        recent = [s for s in self.transients.get(replica, []) if s > step - self.cfg.strike_window_steps]
+        self.transients[replica] = [*recent, step]
+        n, limit = len(self.transients[replica]), self.cfg.transients_to_evict
+        if not limit or n < limit:
+            return None
+        return Decision("discard", f"{why}; {n} transient faults within {self.cfg.strike_window_steps} steps: "
+                                   f"replica {replica} has an intermittent fault", "intermittent", suspect=replica, evict=[replica],
+                        strikes={replica: len(self.strikes.get(replica, []))})
 
     # ----- strikes and watches ----------------------------------------------------------------------
     def strike(self, replica: int, step: int) -> int:
@@ -278,13 +295,17 @@ class Judge:
         for e in events:
             if e.get("event") == "numeric_verdict" and isinstance(e.get("step"), int):
                 for r in (e.get("strikes") or {}):
-                    self.strikes.setdefault(int(r), []).append(e["step"])
+                    if e.get("verdict") != "intermittent":
+                        self.strikes.setdefault(int(r), []).append(e["step"])
+                if e.get("verdict") in ("transient", "auditor_transient") and isinstance(e.get("suspect"), int):
+                    self.transients.setdefault(e["suspect"], []).append(e["step"])
             elif e.get("event") == "replica_evicted" and isinstance(e.get("replica"), int):
                 self.forget(e["replica"])
 
     def forget(self, replica: int) -> None:
         """An evicted replica's id may come back on another device: its strikes stay with the device."""
         self.strikes.pop(replica, None)
+        self.transients.pop(replica, None)
         self.watch.pop(replica, None)
 
 

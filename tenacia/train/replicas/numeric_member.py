@@ -65,7 +65,9 @@ class NumericMember:
         self.committed = self.state() if self.cfg.check and small else None
 
     def at_rest(self, step: int) -> None:
-        """The state as it starts ``step``: passed to the ``params`` and ``moments`` tamper sites."""
+        """The state as it starts ``step``: passed to the ``params`` and ``moments`` tamper sites (not
+        on a member healing in this step: its state is about to be replaced, a corruption there
+        would be erased before anything could see it, and a ``once`` fault waits for the next step)."""
         if hooks.tampering():
             t = self.trainer
             hooks.tamper("params", step, [p.data for p in t.model.parameters()])

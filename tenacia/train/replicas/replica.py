@@ -249,7 +249,8 @@ class Replica(NewcomerHealing):
             raise Rejoin(f"quorum runs step {q.step} but this replica committed {self.trainer.step}")
         self.pending_step = q.step
         self.enter("compute", q.step)
-        self.numerics.at_rest(q.step)
+        if self.id not in q.heal:  # a healing member's state is replaced by its donor's in this step
+            self.numerics.at_rest(q.step)
         timing = {"received": q.received_t, "compute_start": time.time()} if heal else None
         share = self.compute_share(q)
         flat = self.sync.contribution(self.trainer, self.grads)

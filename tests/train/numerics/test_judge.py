@@ -141,3 +141,47 @@ def test_a_new_leader_takes_the_strikes_from_the_event_log():
     reps = clean(3)
     reps[2] = report(own=reps[2].own, rest_ok=False)
     assert j.on_votes(45, reps, [0, 1, 2]).evict == [2]  # its second strike
+
+
+def transient_at(j, step, suspect=2):
+    """Step ``step``: ``suspect``'s vote is bad, its re-execution is right (not reproduced)."""
+    reps = clean(3)
+    reps[suspect] = report(own=BAD)
+    assert j.on_votes(step, reps, [0, 1, 2]).action == "recheck"
+    return j.on_rechecked(step, Outcome("good", 3.0, 1.0), Outcome("good", 3.0, 1.0))
+
+
+def test_transient_faults_that_recur_are_an_intermittent_fault_and_evict():
+    """A chip wrong now and then (or only in what it sends) seldom reproduces its error in a
+    re-execution: its third transient within the window evicts it; spread out, they never do."""
+    j = Judge(NumericsConfig(strike_window_steps=100))
+    assert transient_at(j, 10).verdict == "transient" and transient_at(j, 20).verdict == "transient"
+    d = transient_at(j, 30)
+    assert (d.action, d.verdict, d.suspect, d.evict) == ("discard", "intermittent", 2, [2])
+    assert "intermittent fault" in d.reason and "within 100 steps" in d.reason
+    j = Judge(NumericsConfig(strike_window_steps=100))
+    assert [transient_at(j, s).verdict for s in (10, 120, 240, 360)] == ["transient"] * 4  # one per window
+    j = Judge(NumericsConfig(transients_to_evict=0))
+    assert [transient_at(j, s).verdict for s in range(10, 60, 10)] == ["transient"] * 5  # 0: never
+
+
+def test_an_auditor_wrong_now_and_then_is_evicted_too():
+    seen, right = Outcome("other", 3.02, 1.02), Outcome("g2", 3.02, 1.02)
+    j = Judge(NumericsConfig())
+    verdicts = []
+    for step in (9, 19, 29):
+        reps = clean(3)
+        reps[0] = report(own=reps[0].own, audits=((2, seen),))
+        reps[2] = report(own=right)
+        assert j.on_votes(step, reps, [0, 1, 2]).action == "recheck"
+        assert j.on_rechecked(step, right, right).action == "recheck"  # the auditor repeats its audit
+        verdicts.append(j.on_rechecked(step, right, right))  # and does not reproduce it
+    assert [d.verdict for d in verdicts] == ["auditor_transient", "auditor_transient", "intermittent"]
+    assert (verdicts[-1].action, verdicts[-1].evict) == ("discard", [0])
+
+
+def test_a_new_leader_takes_the_transient_faults_from_the_event_log():
+    j = Judge(NumericsConfig())
+    j.restore([{"event": "numeric_verdict", "step": 10, "verdict": "transient", "suspect": 2, "strikes": {}},
+               {"event": "numeric_verdict", "step": 20, "verdict": "auditor_transient", "suspect": 2, "strikes": {}}])
+    assert transient_at(j, 30).evict == [2]

@@ -114,7 +114,13 @@ def _sync_rows(y: dict) -> list[tuple[str, str]]:
         ("  compute utilization", f"lock-step {util['lockstep']:.1%}, work sized to speed {util['sized']:.1%} "
                                   f"(balance: {y['balance']}); token efficiency {y['token_efficiency']:.3g}: "
                                   f"{y['tokens_needed']:.3g} tokens for the budget's quality"),
-    ]
+    ] + [(f"  site {site['site'] or '-'}", f"{site['chips']}: {_site_layout(site['layout'])}, inner step "
+                                          f"{_num(site['inner_step_s'])} s, {_num(site['tokens_per_s'])} tokens/s alone")
+         for site in y.get("per_site", [])]
+
+
+def _site_layout(lay: dict) -> str:
+    return f"TP{lay['tp']} CP{lay['cp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']} {lay['schedule']}"
 
 
 def sync_table(s: dict):
@@ -129,9 +135,8 @@ def sync_table(s: dict):
         sites.add_column(col, justify="left" if col in ("site", "chips", "layout") else "right")
     for site in s["sites"]:
         lay = site["layout"]
-        sites.add_row(site["site"] or "-", site["chips"], f"TP{lay['tp']} CP{lay['cp']} PP{lay['pp']} EP{lay['ep']} "
-                      f"DP{lay['dp']} {lay['schedule']}", _num(site["batch_seqs"]), _num(site["inner_step_s"]),
-                      _num(site["tokens_per_s"]))
+        sites.add_row(site["site"] or "-", site["chips"], _site_layout(lay), _num(site["batch_seqs"]),
+                      _num(site["inner_step_s"]), _num(site["tokens_per_s"]))
     table = Table(title=f"sync between sites: link {link['rtt_ms']:g} ms round trip, {link['gbit_s']:g} Gbit/s x "
                         f"efficiency {link['efficiency']:.3g}; fastest to the token budget at equal quality first "
                         f"(balance {inputs['fleet']['balance']}: exposed s per round and cost under it)",

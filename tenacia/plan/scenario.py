@@ -23,7 +23,15 @@ from .montecarlo import MonteCarloConfig, Outcome, simulate
 from .reliability import FailureModel, Recovery, expected_wall, failure_model
 from .sdc import POLICIES, SilentCorruption
 from .search import search_layout
-from .sites import Site, SyncEstimate, as_training_estimate, candidates, estimate_sync, plan_sites
+from .sites import (
+    Site,
+    SyncEstimate,
+    as_training_estimate,
+    candidates,
+    estimate_sync,
+    plan_sites,
+    sites_summary,
+)
 from .sync import SyncSpec
 
 
@@ -88,7 +96,7 @@ class TrainResult:
                 n for k, n in sim["events_mean"].items() if k.startswith("sdc"))},
             "uncertain_inputs": self.uncertain,
             "calibration": self.calibration.summary() if self.calibration else None,
-            "sync": self.sync.summary() if self.sync else None,
+            "sync": self.sync.summary() | {"per_site": sites_summary(self.sync.sites)} if self.sync else None,
         }
 
 

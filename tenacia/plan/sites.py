@@ -57,7 +57,7 @@ class SyncEstimate:
     rate under both ways of splitting the work, ``balance`` the plan's."""
 
     spec: SyncSpec
-    sites: int
+    sites: list[Site]
     balance: str
     tokens_round: float  # every site's tokens in one round of H inner steps
     exchange_bytes: float  # one site's bytes in one round's exchange (every fragment)
@@ -92,7 +92,7 @@ class SyncEstimate:
                 "sized": self.tokens_needed / self.rate_sized / 86400}
         return {"strategy": s.strategy, "inner_steps": s.rounds_steps,
                 "fragments": s.fragments if s.strategy == "streaming" else 1, "compression": s.compression,
-                "topk": s.topk, "sites": self.sites, "balance": self.balance,
+                "topk": s.topk, "sites": len(self.sites), "balance": self.balance,
                 "link": {"rtt_ms": s.link.rtt_ms, "gbit_s": s.link.gbit_s, "efficiency": s.link.efficiency},
                 "exchange_gb": self.exchange_bytes / 1e9, "exchange_s": self.exchange_s,
                 "bytes_per_token": self.bytes_per_token,
@@ -161,7 +161,7 @@ def estimate_sync(sites: list[Site], spec: SyncSpec, model: ModelSpec, a: Assump
     parts = spec.fragments if spec.strategy == "streaming" else 1
     one = exchange_bytes(elements / parts, spec, a.grad_reduce_bytes)
     eff = token_efficiency(spec.strategy, spec.rounds_steps, spec.compression, spec.topk, spec.quality)
-    return SyncEstimate(spec=spec, sites=len(sites), balance=balance, tokens_round=tokens_round,
+    return SyncEstimate(spec=spec, sites=sites, balance=balance, tokens_round=tokens_round,
                         exchange_bytes=parts * one, exchange_s=parts * exchange_s(one, len(sites), spec),
                         exposed_lockstep=exposed(lock), exposed_sized=exposed(sized), solo_rate=sized,
                         rate_lockstep=synced_rate(tokens_round, lock, exposed(lock)),

@@ -77,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     y = psub.add_parser("sync", help="which sync strategy, inner steps and compression keep a fleet of "
                         "sites busy, and the time and cost to the token budget at equal quality")
     _train_args(y)
+    y.add_argument("--top", type=int, default=0, metavar="N", help="print only the N fastest candidates "
+                   "(the table; --json has all)")
     y.set_defaults(handler=cmd_sync)
 
     s = psub.add_parser("serve", help="per-chip serving throughput and the chips a demand needs")
@@ -197,7 +199,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     summary = {"inputs": config.to_dict(plan), "sites": sites_summary(sites),
                "candidates": [e.summary() for e in found],
                "link_calibration": links.summary() if links else None}
-    _print(args, summary, sync_table(summary))
+    _print(args, summary, sync_table(summary, args.top))
     return 0
 
 

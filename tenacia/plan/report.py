@@ -123,12 +123,15 @@ def _site_layout(lay: dict) -> str:
     return f"TP{lay['tp']} CP{lay['cp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']} {lay['schedule']}"
 
 
-def sync_table(s: dict):
-    """``tenacia plan sync``: the sites, then every candidate, fastest to equal quality first."""
+def sync_table(s: dict, top: int = 0):
+    """``tenacia plan sync``: the sites, then the ``top`` fastest candidates to equal quality
+    (0: every one), and ddp's row whatever its rank."""
     from rich.console import Group
 
     inputs = s["inputs"]
     link = inputs["sync"]["link"]
+    shown = s["candidates"][:top] if top > 0 else list(s["candidates"])
+    shown += [c for c in s["candidates"] if c["strategy"] == "ddp" and c not in shown]
     sites = Table(title=f"sites: {inputs['model']['preset'] or 'custom'}, {inputs['tokens']:.3g} tokens, "
                         f"batch {inputs['global_batch_seqs']:,} sequences, {inputs['precision']}")
     for col in ("site", "chips", "layout", "batch (seqs)", "inner step s", "solo tokens/s"):
@@ -139,14 +142,15 @@ def sync_table(s: dict):
                       _num(site["inner_step_s"]), _num(site["tokens_per_s"]))
     table = Table(title=f"sync between sites: link {link['rtt_ms']:g} ms round trip, {link['gbit_s']:g} Gbit/s x "
                         f"efficiency {link['efficiency']:.3g}; fastest to the token budget at equal quality first "
-                        f"(balance {inputs['fleet']['balance']}: exposed s per round and cost under it)",
+                        f"(balance {inputs['fleet']['balance']}: exposed s per round and cost under it); "
+                        f"{len(shown)} of {len(s['candidates'])} candidates",
                   caption="GB/round: one site's bytes per round of H inner steps; link s: that exchange on the link; "
                           "util: tokens/s over the sites' solo tokens/s (no link, no sync), lock-step and with work "
                           "sized to each site's speed; token eff: budget / tokens for equal quality")
     for col in ("strategy", "H", "F", "outer", "top-k", "GB/round", "link s", "exposed s", "util lock",
                 "util sized", "token eff", "days lock", "days sized", "cost"):
         table.add_column(col, justify="left" if col in ("strategy", "outer") else "right")
-    for c in s["candidates"]:
+    for c in shown:
         ddp = c["strategy"] == "ddp"
         balance = "sized" if c["balance"] == "proportional" else "lockstep"
         table.add_row(c["strategy"], "1" if ddp else str(c["inner_steps"]),

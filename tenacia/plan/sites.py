@@ -181,8 +181,7 @@ def candidates(spec: SyncSpec) -> list[SyncSpec]:
             for compression in spec.search.compressions:
                 for k in spec.search.topk:
                     out.append(dataclasses.replace(spec, strategy=strategy, inner_steps=h, compression=compression,
-                                                   topk=k, fragments=min(spec.fragments, h),
-                                                   overlap_steps=min(spec.overlap_steps, h)))
+                                                   topk=k, fragments=min(spec.fragments, h)))
     return out
 
 

@@ -51,7 +51,7 @@ def test_exposed_communication_per_round():
     assert exposed_per_round(ddp, n, 2, compute_s=10.0, grad_bytes=2.0, dp_overlap=0.5) == pytest.approx(0.25)
     assert exposed_per_round(ddp, n, 2, compute_s=0.1, grad_bytes=2.0, dp_overlap=0.5) == pytest.approx(0.4)
     # streaming, 4 fragments of 0.25 s each, one every H/F = 25 steps
-    stream = SyncSpec(strategy="streaming", inner_steps=100, fragments=4, link=FAST)
+    stream = SyncSpec(strategy="streaming", inner_steps=100, fragments=4, overlap_steps=0, link=FAST)
     assert exposed_per_round(stream, n, 2, compute_s=50.0, grad_bytes=2.0, dp_overlap=0.5) == 0.0
     # 5 ms steps: a fragment's window is 25 x 5 ms = 0.125 s: 4 x 0.125 s late
     assert exposed_per_round(stream, n, 2, compute_s=0.5, grad_bytes=2.0, dp_overlap=0.5) == pytest.approx(0.5)

@@ -90,7 +90,7 @@ class SyncEstimate:
         s = self.spec
         days = {"lockstep": self.tokens_needed / self.rate_lockstep / 86400,
                 "sized": self.tokens_needed / self.rate_sized / 86400}
-        return {"strategy": s.strategy, "inner_steps": s.rounds_steps,
+        return {"strategy": s.strategy, "inner_steps": s.steps_per_round,
                 "fragments": s.fragments if s.strategy == "streaming" else 1, "compression": s.compression,
                 "topk": s.topk, "sites": len(self.sites), "balance": self.balance,
                 "link": {"rtt_ms": s.link.rtt_ms, "gbit_s": s.link.gbit_s, "efficiency": s.link.efficiency},
@@ -149,23 +149,21 @@ def plan_sites(model: ModelSpec, fleet: FleetSpec, chips: dict[str, Chip], layou
 def estimate_sync(sites: list[Site], spec: SyncSpec, model: ModelSpec, a: Assumptions, balance: str,
                   tokens: float, cost_per_s: float) -> SyncEstimate:
     """``spec`` over ``sites`` (module docstring); ``cost_per_s``: the whole fleet's price."""
-    tokens_round = spec.rounds_steps * sum(s.batch_seqs for s in sites) * model.seq_len
+    tokens_round = spec.steps_per_round * sum(s.batch_seqs for s in sites) * model.seq_len
     rates = [s.tokens_per_s for s in sites]
     elements = model.total_params_b * 1e9
 
-    def exposed(compute_rate: float) -> float:
-        return exposed_per_round(spec, elements, len(sites), tokens_round / compute_rate, a.grad_reduce_bytes,
-                                 a.dp_overlap)
-
     lock, sized = lockstep_rate([s.batch_seqs for s in sites], rates), sized_rate(rates)
+    lock_x, sized_x = (exposed_per_round(spec, elements, len(sites), tokens_round / rate, a.grad_reduce_bytes,
+                                         a.dp_overlap) for rate in (lock, sized))
     parts = spec.fragments if spec.strategy == "streaming" else 1
     one = exchange_bytes(elements / parts, spec, a.grad_reduce_bytes)
-    eff = token_efficiency(spec.strategy, spec.rounds_steps, spec.compression, spec.topk, spec.quality)
+    eff = token_efficiency(spec.strategy, spec.steps_per_round, spec.compression, spec.topk, spec.quality)
     return SyncEstimate(spec=spec, sites=sites, balance=balance, tokens_round=tokens_round,
                         exchange_bytes=parts * one, exchange_s=parts * exchange_s(one, len(sites), spec),
-                        exposed_lockstep=exposed(lock), exposed_sized=exposed(sized), solo_rate=sized,
-                        rate_lockstep=synced_rate(tokens_round, lock, exposed(lock)),
-                        rate_sized=synced_rate(tokens_round, sized, exposed(sized)), token_efficiency=eff,
+                        exposed_lockstep=lock_x, exposed_sized=sized_x, solo_rate=sized,
+                        rate_lockstep=synced_rate(tokens_round, lock, lock_x),
+                        rate_sized=synced_rate(tokens_round, sized, sized_x), token_efficiency=eff,
                         tokens_needed=tokens / eff, cost_per_s=cost_per_s)
 
 

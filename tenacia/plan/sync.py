@@ -94,7 +94,7 @@ class SyncSpec:
             check(self.topk == 0, "topk", self.topk, "0 with strategy 'ddp' (top-k applies to diloco and streaming)")
 
     @property
-    def rounds_steps(self) -> int:
+    def steps_per_round(self) -> int:
         """Inner steps per round: 1 for ddp, H otherwise."""
         return 1 if self.strategy == "ddp" else self.inner_steps
 
@@ -125,7 +125,7 @@ def exchange_s(nbytes: float, sites: int, spec: SyncSpec) -> float:
 
 def exposed_per_round(spec: SyncSpec, elements: float, sites: int, compute_s: float, grad_bytes: float,
                       dp_overlap: float) -> float:
-    """Seconds of cross-site communication a round of ``spec.rounds_steps`` inner steps, whose
+    """Seconds of cross-site communication a round of ``spec.steps_per_round`` inner steps, whose
     compute takes ``compute_s``, cannot hide (module docstring)."""
     if spec.strategy == "streaming":
         frag = exchange_s(exchange_bytes(elements / spec.fragments, spec, grad_bytes), sites, spec)

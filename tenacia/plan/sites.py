@@ -60,7 +60,7 @@ class SyncEstimate:
     sites: list[Site]
     balance: str
     tokens_round: float  # every site's tokens in one round of H inner steps
-    exchange_bytes: float  # one site's bytes in one round's exchange (every fragment)
+    exchange_bytes: float  # one site's bytes in one round's exchange (every fragment; 0: one site)
     exchange_s: float  # that exchange on the link, fragments one after another
     exposed_lockstep: float  # communication a round cannot hide, lock-step
     exposed_sized: float  # and with work sized to speed (a shorter round hides less)
@@ -160,7 +160,8 @@ def estimate_sync(sites: list[Site], spec: SyncSpec, model: ModelSpec, a: Assump
     one = exchange_bytes(elements / parts, spec, a.grad_reduce_bytes)
     eff = token_efficiency(spec.strategy, spec.steps_per_round, spec.compression, spec.topk, spec.quality)
     return SyncEstimate(spec=spec, sites=sites, balance=balance, tokens_round=tokens_round,
-                        exchange_bytes=parts * one, exchange_s=parts * exchange_s(one, len(sites), spec),
+                        exchange_bytes=parts * one if len(sites) > 1 else 0.0,
+                        exchange_s=parts * exchange_s(one, len(sites), spec),
                         exposed_lockstep=lock_x, exposed_sized=sized_x, solo_rate=sized,
                         rate_lockstep=synced_rate(tokens_round, lock, lock_x),
                         rate_sized=synced_rate(tokens_round, sized, sized_x), token_efficiency=eff,

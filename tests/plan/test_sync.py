@@ -110,7 +110,7 @@ def test_one_site_diloco_runs_at_ddp_speed(plan_from):
     ddp, _ = estimate(plan_from(flags=[*SMALL, ("fleet", "h100:64")]))
     est, _, sync = estimate_with_sync(plan_from(flags=[*SMALL, ("fleet", "h100:64"), ("sync.strategy", "diloco")]))
     assert estimate_with_sync(plan_from(flags=[*SMALL, ("fleet", "h100:32@x+h800:32@x")]))[2] is None
-    assert sync.exposed_lockstep == 0 and sync.token_efficiency == 1
+    assert sync.exposed_lockstep == sync.exchange_bytes == 0 and sync.token_efficiency == 1
     assert est.tokens_per_s == pytest.approx(ddp.tokens_per_s) and est.ideal_s == pytest.approx(ddp.ideal_s)
     assert est.mfu_bf16 == pytest.approx(ddp.mfu_bf16) and est.cost == pytest.approx(ddp.cost)
 

@@ -196,7 +196,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     links = _links(args)
     plan = _plan(args, links=links)
     sites, found = search_sync(plan)
-    summary = {"inputs": config.to_dict(plan), "sites": sites_summary(sites),
+    summary = {"inputs": config.to_dict(plan), "sites": sites_summary(sites, plan.fleet.balance),
                "candidates": [e.summary() for e in found],
                "link_calibration": links.summary() if links else None}
     _print(args, summary, sync_table(summary, args.top))

@@ -115,8 +115,14 @@ def _sync_rows(y: dict) -> list[tuple[str, str]]:
                                   f"(balance: {y['balance']}); token efficiency {y['token_efficiency']:.3g}: "
                                   f"{y['tokens_needed']:.3g} tokens for the budget's quality"),
     ] + [(f"  site {site['site'] or '-'}", f"{site['chips']}: {_site_layout(site['layout'])}, inner step "
-                                          f"{_num(site['inner_step_s'])} s, {_num(site['tokens_per_s'])} tokens/s alone")
+                                          f"{_num(site['inner_step_s'])} s, {_site_rates(site)} tokens/s alone")
          for site in y.get("per_site", [])]
+
+
+def _site_rates(site: dict) -> str:
+    """A site's solo rate; lock-step and sized apart when its chip types differ in speed."""
+    lock, sized = site["tokens_per_s"]["lockstep"], site["tokens_per_s"]["sized"]
+    return _num(lock) if lock == sized else f"{_num(lock)} lock-step / {_num(sized)} sized"
 
 
 def _site_layout(lay: dict) -> str:
@@ -139,7 +145,7 @@ def sync_table(s: dict, top: int = 0):
     for site in s["sites"]:
         lay = site["layout"]
         sites.add_row(site["site"] or "-", site["chips"], _site_layout(lay), _num(site["batch_seqs"]),
-                      _num(site["inner_step_s"]), _num(site["tokens_per_s"]))
+                      _num(site["inner_step_s"]), _site_rates(site))
     table = Table(title=f"sync between sites: link {link['rtt_ms']:g} ms round trip, {link['gbit_s']:g} Gbit/s x "
                         f"efficiency {link['efficiency']:.3g}; fastest to the token budget at equal quality first "
                         f"(balance {inputs['fleet']['balance']}: exposed s per round and cost under it); "

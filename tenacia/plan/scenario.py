@@ -96,7 +96,7 @@ class TrainResult:
                 n for k, n in sim["events_mean"].items() if k.startswith("sdc"))},
             "uncertain_inputs": self.uncertain,
             "calibration": self.calibration.summary() if self.calibration else None,
-            "sync": self.sync.summary() | {"per_site": sites_summary(self.sync.sites)} if self.sync else None,
+            "sync": self.sync.summary() | {"per_site": sites_summary(self.sync.sites, self.sync.balance)} if self.sync else None,
         }
 
 
@@ -140,7 +140,7 @@ def _sites(plan: TrainPlan, chips: dict[str, Chip]) -> tuple[list[Site], int]:
 
 
 def _sync(plan: TrainPlan, sites: list[Site], spec: SyncSpec) -> SyncEstimate:
-    cost_per_s = sum(s.estimate.cost / s.estimate.ideal_s for s in sites)
+    cost_per_s = sum(s.lockstep.cost / s.lockstep.ideal_s for s in sites)  # the same chips either way
     return estimate_sync(sites, spec, plan.model, plan.assumptions, plan.fleet.balance, plan.tokens, cost_per_s)
 
 

@@ -45,10 +45,16 @@ from .training import hardware_flops_per_token, model_flops_per_token
 
 @dataclass(kw_only=True, slots=True, frozen=True)
 class Site:
+    """One site alone (no link, no sync with other sites) with its share of the batch: its chip
+    types in lock-step and with work sized to their speed (one estimate when it has one group)."""
+
     name: str
-    estimate: TrainingEstimate  # the site alone, with its share of the batch
     batch_seqs: float
-    tokens_per_s: float  # solo rate: no link, no sync with other sites
+    lockstep: TrainingEstimate
+    sized: TrainingEstimate
+
+    def estimate(self, balance: str) -> TrainingEstimate:
+        return self.sized if balance == "proportional" else self.lockstep
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
@@ -105,11 +111,12 @@ class SyncEstimate:
                 "utilization_definition": "tokens/s over the sites' solo tokens/s summed (no link, no sync)"}
 
 
-def sites_summary(sites: list[Site]) -> list[dict]:
-    """Per site: chips, its own layout, inner step and solo rate."""
-    return [{"site": s.name, "chips": " + ".join(f"{g.chips:,} {g.chip.key}" for g in s.estimate.groups),
-             "layout": s.estimate.summary()["layout"], "batch_seqs": s.batch_seqs,
-             "inner_step_s": s.estimate.step_time_s, "tokens_per_s": s.tokens_per_s} for s in sites]
+def sites_summary(sites: list[Site], balance: str) -> list[dict]:
+    """Per site: chips, its own layout and inner step under ``balance``, its solo rates."""
+    return [{"site": s.name, "chips": " + ".join(f"{g.chips:,} {g.chip.key}" for g in s.lockstep.groups),
+             "layout": s.estimate(balance).summary()["layout"], "batch_seqs": s.batch_seqs,
+             "inner_step_s": s.estimate(balance).step_time_s,
+             "tokens_per_s": {"lockstep": s.lockstep.tokens_per_s, "sized": s.sized.tokens_per_s}} for s in sites]
 
 
 def lockstep_rate(shares: list[float], rates: list[float]) -> float:
@@ -130,7 +137,7 @@ def synced_rate(tokens_round: float, compute_rate: float, exposed_s: float) -> f
 def plan_sites(model: ModelSpec, fleet: FleetSpec, chips: dict[str, Chip], layout: Layout, a: Assumptions,
                precision: str, tokens: float, global_batch_seqs: int) -> tuple[list[Site], int]:
     """Each site of ``fleet`` alone, with its share of the batch (module docstring), and the
-    layouts estimated in all."""
+    layouts estimated in all. A site of several groups is estimated twice: lock-step and sized."""
     check(layout.dp == 0 or len(fleet.sites()) == 1, "layout.dp", layout.dp,
           "0 (every replica a site holds) for a fleet over several sites")
     resolved = fleet.resolve(chips)
@@ -139,10 +146,13 @@ def plan_sites(model: ModelSpec, fleet: FleetSpec, chips: dict[str, Chip], layou
     for name in fleet.sites():
         mine = [resolved[i] for i, g in enumerate(fleet.groups) if g.site == name]
         batch = global_batch_seqs * sum(count for _, count, _ in mine) / total
-        args = (model, mine, layout, a, precision, tokens, batch, fleet.balance)
-        est, n = search_layout(*args) if layout.searched else (estimate_training(*args), 1)
-        out.append(Site(name=name, estimate=est, batch_seqs=batch, tokens_per_s=batch * model.seq_len / est.step_time_s))
-        fits += n
+        found = {}
+        for balance in ("slowest", "proportional")[:len(mine)]:
+            args = (model, mine, layout, a, precision, tokens, batch, balance)
+            found[balance], n = search_layout(*args) if layout.searched else (estimate_training(*args), 1)
+            fits += n
+        lock = found["slowest"]
+        out.append(Site(name=name, batch_seqs=batch, lockstep=lock, sized=found.get("proportional", lock)))
     return out, fits
 
 
@@ -150,10 +160,10 @@ def estimate_sync(sites: list[Site], spec: SyncSpec, model: ModelSpec, a: Assump
                   tokens: float, cost_per_s: float) -> SyncEstimate:
     """``spec`` over ``sites`` (module docstring); ``cost_per_s``: the whole fleet's price."""
     tokens_round = spec.steps_per_round * sum(s.batch_seqs for s in sites) * model.seq_len
-    rates = [s.tokens_per_s for s in sites]
     elements = model.total_params_b * 1e9
 
-    lock, sized = lockstep_rate([s.batch_seqs for s in sites], rates), sized_rate(rates)
+    lock = lockstep_rate([s.batch_seqs for s in sites], [s.lockstep.tokens_per_s for s in sites])
+    sized = sized_rate([s.sized.tokens_per_s for s in sites])
     lock_x, sized_x = (exposed_per_round(spec, elements, len(sites), tokens_round / rate, a.grad_reduce_bytes,
                                          a.dp_overlap) for rate in (lock, sized))
     parts = spec.fragments if spec.strategy == "streaming" else 1
@@ -190,24 +200,25 @@ def as_training_estimate(sites: list[Site], est: SyncEstimate, model: ModelSpec)
     global batch at the synced rate; the tokens needed for equal quality. MFU counts the tokens
     trained per second against every chip's dense BF16 peak; HFU the FLOPs each site executes
     (its recomputation) on its share of those tokens."""
-    largest = max(sites, key=lambda s: s.estimate.chips).estimate
+    ests = [s.estimate(est.balance) for s in sites]
+    largest = max(ests, key=lambda e: e.chips)
     tokens_per_step = sum(s.batch_seqs for s in sites) * model.seq_len
     step = tokens_per_step / est.rate
     steps = est.tokens_needed / tokens_per_step
     ideal = step * steps
-    groups = [g for s in sites for g in s.estimate.groups]
+    groups = [g for e in ests for g in e.groups]
     bf16 = sum(g.chips * g.chip.peak_flops("bf16") for g in groups)
     mfu = model_flops_per_token(model) * est.rate / bf16
-    weights = ([s.tokens_per_s for s in sites] if est.balance == "proportional" else [s.batch_seqs for s in sites])
-    executed = sum(w * hardware_flops_per_token(model, s.estimate.layout.recompute) for w, s in zip(weights, sites, strict=True))
+    weights = [e.tokens_per_s if est.balance == "proportional" else e.tokens_per_step for e in ests]
+    executed = sum(w * hardware_flops_per_token(model, e.layout.recompute) for w, e in zip(weights, ests, strict=True))
     hfu = executed / sum(weights) * est.rate / bf16
     fp8 = sum(g.chips * g.chip.peak_flops("fp8") for g in groups) if largest.precision == "fp8" else None
     return dataclasses.replace(
-        largest, layout=dataclasses.replace(largest.layout, dp=sum(s.estimate.layout.dp for s in sites)),
-        groups=groups, microbatches_per_step=sum(s.estimate.microbatches_per_step for s in sites),
+        largest, layout=dataclasses.replace(largest.layout, dp=sum(e.layout.dp for e in ests)),
+        groups=groups, microbatches_per_step=sum(e.microbatches_per_step for e in ests),
         step_time_s=step, tokens_per_step=tokens_per_step, steps=steps, tokens=est.tokens_needed,
-        tokens_per_s=est.rate, ideal_s=ideal, chips=sum(s.estimate.chips for s in sites),
-        chip_hours=sum(s.estimate.chips for s in sites) * ideal / 3600,
-        cost=sum(s.estimate.cost / s.estimate.ideal_s for s in sites) * ideal,
-        energy_mwh=sum(s.estimate.energy_mwh / s.estimate.ideal_s for s in sites) * ideal,
+        tokens_per_s=est.rate, ideal_s=ideal, chips=sum(e.chips for e in ests),
+        chip_hours=sum(e.chips for e in ests) * ideal / 3600,
+        cost=sum(e.cost / e.ideal_s for e in ests) * ideal,
+        energy_mwh=sum(e.energy_mwh / e.ideal_s for e in ests) * ideal,
         mfu_bf16=mfu, hfu_bf16=hfu, mfu_precision=mfu * bf16 / fp8 if fp8 else None)

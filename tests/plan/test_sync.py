@@ -121,19 +121,34 @@ def test_two_sites_of_different_speed(plan_from):
     est, _, sync = estimate_with_sync(plan_from(flags=flags))
     a, b = sync.sites
     assert (a.batch_seqs, b.batch_seqs) == (32, 32)  # equal work per chip
-    assert a.tokens_per_s > 3 * b.tokens_per_s  # H100 against H20
+    assert a.lockstep is a.sized and b.lockstep is b.sized  # one chip type per site
+    ra, rb = a.lockstep.tokens_per_s, b.lockstep.tokens_per_s
+    assert ra == pytest.approx(32 * 2048 / a.lockstep.step_time_s) and ra > 3 * rb  # H100 against H20
     tokens_round = 100 * 64 * 2048
     # the exchange: 22.06e9 int8 values + scales per site, ring all-reduce over 2 sites
     nbytes = 22.06e9 * (1 + 4 / 128)
     assert sync.exchange_bytes == pytest.approx(nbytes)
     link_s = 2 * 0.025 + nbytes / (10e9 / 8 * 0.7)
     assert sync.exposed_lockstep == pytest.approx(link_s) == sync.exposed_sized
-    lock = tokens_round / (tokens_round / (2 * b.tokens_per_s) + link_s)
-    sized = tokens_round / (tokens_round / (a.tokens_per_s + b.tokens_per_s) + link_s)
+    lock = tokens_round / (tokens_round / (2 * rb) + link_s)
+    sized = tokens_round / (tokens_round / (ra + rb) + link_s)
     assert sync.rate_lockstep == pytest.approx(lock) and sync.rate_sized == pytest.approx(sized)
-    assert sync.solo_rate == pytest.approx(a.tokens_per_s + b.tokens_per_s)
+    assert sync.solo_rate == pytest.approx(ra + rb)
     # the plan's default balance is lock-step; its estimate is the synced run
     assert est.tokens_per_s == pytest.approx(lock) and est.ideal_s == pytest.approx(1e9 / lock)
     assert est.chips == 128 and est.cost == pytest.approx(sync.cost_per_s * est.ideal_s)
     sized_est, _, _ = estimate_with_sync(plan_from(flags=[*flags, ("fleet.balance", "proportional")]))
     assert sized_est.tokens_per_s == pytest.approx(sized) and sized > 1.5 * est.tokens_per_s
+
+
+def test_one_site_of_mixed_chips_lockstep_against_sized(plan_from):
+    """Chip types of one site: lock-step is the site's 'slowest' estimate, sized its
+    'proportional' one; utilization is measured against the sized (solo) rate."""
+    flags = [*SMALL, ("fleet", "h100:64+h20:64"), ("sync.strategy", "diloco")]
+    est, _, sync = estimate_with_sync(plan_from(flags=flags))
+    slowest, _ = estimate(plan_from(flags=[*SMALL, ("fleet", "h100:64+h20:64")]))
+    proportional, _ = estimate(plan_from(flags=[*SMALL, ("fleet", "h100:64+h20:64"), ("fleet.balance", "proportional")]))
+    assert sync.rate_lockstep == pytest.approx(slowest.tokens_per_s) == est.tokens_per_s
+    assert sync.rate_sized == pytest.approx(proportional.tokens_per_s) == sync.solo_rate
+    # 8 replicas of 8 H100 and 8 of 8 H20: lock-step runs all 16 at an H20's pace, 2 r20 / (r100 + r20)
+    assert sync.rate_lockstep / sync.rate_sized < 0.5

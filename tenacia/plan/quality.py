@@ -12,7 +12,9 @@ report, and what the defaults take from them:
 
 - DiLoCo (Douillard et al. 2023, arXiv 2311.08105): 8 workers at H = 500 perform as well as
   fully synchronous training while communicating 500x less; its ablation over H shows quality
-  falling as H grows past that. Default ``free_inner_steps`` 500, ``base_cost`` 0.
+  falling as syncs grow rarer (H = 500 its chosen trade-off). Default ``free_inner_steps`` 500,
+  ``base_cost`` 0; that H up to 500 costs nothing and beyond it a fixed share per doubling is
+  the planner's shape, not the paper's.
 - OpenDiLoCo (arXiv 2407.07852): the reproduction at H = 500, pseudo-gradients all-reduced in
   FP16 "without any performance degradation"; INTELLECT-1 (arXiv 2412.01152): 10B parameters at
   H = 100 with an int8 all-reduce, "comparable performance" at 400x less bandwidth. Default

@@ -122,7 +122,6 @@ def test_sync_answers_the_mixed_hopper_question(tmp_path, plan_from):
     (["train", "-o", "recovery.restart_s=-5"], "recovery.restart_s"),
     (["train", "-c", "no-such-scenario"], "config file"),
     (["serve", "--tpot-ms", "0"], "tpot_ms"),
-    (["sync", "--fleet", "h100:64@a+h100:64@b", "--compression", "int3"], "sync.compression"),
     (["sync", "--fleet", "h100:64@a+h100:64@b", "--gbit-s", "0"], "sync.link.gbit_s"),
 ])
 def test_bad_input_exits_2_naming_the_field(args, field):

@@ -55,7 +55,7 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
         ("model", f"{inputs['model']['preset'] or 'custom'}: {inputs['model']['activated_params_b']:g}B "
                   f"activated / {inputs['model']['total_params_b']:g}B, {t['tokens']:.3g} tokens, {t['precision']}"),
         ("fleet", fleet),
-        ("layout", _layout(t)),
+        ("layout", _layout(t) + ("; the largest site's, DP over every site (each site's below)" if s.get("sync") else "")),
         ("step time", f"{_num(t['step_time_s'])} s  ({_num(t['tokens_per_s'])} tokens/s)"),
     ]
     for g in t["groups"]:

@@ -17,8 +17,11 @@ choice as between chip types inside a site, says how the work of a round is spli
   samples per inner step; the outer average weighted by the tokens each trained), so the compute
   takes H B seq / sum_s r_s (``sized_rate``: the sum of the rates).
 
-Throughput = tokens per round / (compute + exposed communication); compute utilization = that /
-sum_s r_s, the same sites' rate with no link and no sync (the issue's definition). The time to
+The same two splits hold between the chip types of a site (``estimate.py``'s balance): a site of
+several groups is estimated both ways, its lock-step rate entering the lock-step pace and its
+sized rate the sized one. Throughput = tokens per round / (compute + exposed communication);
+compute utilization = that / sum_s r_s (sized), the same sites' rate with no link and no sync
+(the issue's definition). The time to
 the token budget at equal quality divides the budget by the token efficiency (``quality.py``).
 Not counted: the outer optimizer's step and memory (fp32 copies kept on the hosts, as
 INTELLECT-1 did); the exchange inside a site before and after the cross-site one (replicas of a
@@ -147,7 +150,7 @@ def plan_sites(model: ModelSpec, fleet: FleetSpec, chips: dict[str, Chip], layou
         mine = [resolved[i] for i, g in enumerate(fleet.groups) if g.site == name]
         batch = global_batch_seqs * sum(count for _, count, _ in mine) / total
         found = {}
-        for balance in ("slowest", "proportional")[:len(mine)]:
+        for balance in ("slowest", "proportional") if len(mine) > 1 else ("slowest",):
             args = (model, mine, layout, a, precision, tokens, batch, balance)
             found[balance], n = search_layout(*args) if layout.searched else (estimate_training(*args), 1)
             fits += n

@@ -1,4 +1,5 @@
-"""Subcommand `plan`: `train`, `serve`, `compare` and `chips`. Thin: parse, build, run, print."""
+"""Subcommand `plan`: `train`, `compare`, `sync`, `serve`, `validate` and `chips`. Thin: parse,
+build, run, print."""
 
 from __future__ import annotations
 
@@ -33,13 +34,26 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibrate", metavar="RUN_DIR", help="use a tenacia run's measured detection, stall "
                    "and heal medians (RUN_DIR/events.jsonl) as live-recovery inputs")
     p.add_argument("--charts", metavar="DIR", help="write completion-time and goodput PNG charts here")
+    p.add_argument("--strategy", help="sync between sites: ddp (every step), diloco (every H steps), "
+                   "streaming (fragments in turn, overlapped)")
+    p.add_argument("--inner-steps", help="H: inner steps per outer exchange (diloco, streaming)")
+    p.add_argument("--fragments", help="F: fragments of a streaming exchange")
+    p.add_argument("--compression", help="outer exchange: fp32, int8 or int4 (diloco, streaming)")
+    p.add_argument("--topk", help="fraction of the outer exchange's elements sent (0: all)")
+    p.add_argument("--rtt-ms", help="round trip between sites, ms")
+    p.add_argument("--gbit-s", help="link rate between sites, Gbit/s")
+    p.add_argument("--calibrate-links", metavar="JSON", help="fit sync.link.efficiency from a measured "
+                   "slow-link run (schema: tenacia/plan/calibrate.py read_link_calibration)")
 
 
 FLAGS = {"model": "model", "fleet": "fleet", "tokens": "tokens", "batch": "global_batch_seqs",
          "precision": "precision", "layout": "layout", "recovery": "recovery",
          "failure_scale": "recovery.failure_scale", "sdc_policy": "sdc.policy", "sdc_scale": "sdc.rate_scale",
          "trials": "montecarlo.trials",
-         "deadline_days": "montecarlo.deadline_days", "catalog": "catalog"}
+         "deadline_days": "montecarlo.deadline_days", "catalog": "catalog",
+         "strategy": "sync.strategy", "inner_steps": "sync.inner_steps", "fragments": "sync.fragments",
+         "compression": "sync.compression", "topk": "sync.topk", "rtt_ms": "sync.link.rtt_ms",
+         "gbit_s": "sync.link.gbit_s"}
 SERVE_FLAGS = {"model": "model", "chip": "chip", "precision": "precision", "tp": "tp", "tpot_ms": "tpot_ms",
                "tokens_per_day": "demand.tokens_per_day", "input_len": "demand.input_len",
                "output_len": "demand.output_len", "cache_hit": "demand.cache_hit_rate",
@@ -59,6 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                    help="a scenario axis, e.g. --vary fleet=h800-8k,ascend-910c-8k --vary recovery=checkpoint,live")
     c.set_defaults(handler=cmd_compare)
+
+    y = psub.add_parser("sync", help="which sync strategy, inner steps and compression keep a fleet of "
+                        "sites busy, and the time and cost to the token budget at equal quality")
+    _train_args(y)
+    y.add_argument("--top", type=int, default=0, metavar="N", help="print only the N fastest candidates "
+                   "(the table; --json has all)")
+    y.set_defaults(handler=cmd_sync)
 
     s = psub.add_parser("serve", help="per-chip serving throughput and the chips a demand needs")
     _common(s)
@@ -89,12 +110,20 @@ def _flags(args: argparse.Namespace, table: dict[str, str]) -> list[tuple[str, s
     return [(kind, getattr(args, name)) for name, kind in table.items() if getattr(args, name, None) is not None]
 
 
-def _plan(args: argparse.Namespace, extra: list[tuple[str, str]] = ()):
+def _links(args: argparse.Namespace):
+    from .calibrate import read_link_calibration
+
+    return read_link_calibration(args.calibrate_links) if args.calibrate_links else None
+
+
+def _plan(args: argparse.Namespace, extra: list[tuple[str, str]] = (), links=None):
+    """The plan of the flags; a link calibration's efficiency in place of sync.link.efficiency."""
     from .. import config
     from .inputs import build
     from .scenario import TrainPlan
 
-    return config.from_dict(TrainPlan, build(args.config, _flags(args, FLAGS) + list(extra), args.override))
+    fitted = [("sync.link.efficiency", repr(links.efficiency))] if links else []
+    return config.from_dict(TrainPlan, build(args.config, _flags(args, FLAGS) + list(extra) + fitted, args.override))
 
 
 def _print(args: argparse.Namespace, summary: dict, table) -> None:
@@ -114,8 +143,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .scenario import run_train
 
     calibration = read_calibration(args.calibrate) if args.calibrate else None
-    result = run_train(_plan(args), calibration)
-    summary = result.summary()
+    links = _links(args)
+    result = run_train(_plan(args, links=links), calibration)
+    summary = result.summary() | {"link_calibration": links.summary() if links else None}
     if args.charts:
         from .charts import completion_chart, goodput_chart
         from .scenario import goodput_curve
@@ -136,10 +166,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .scenario import goodput_curve, run_train
 
     calibration = read_calibration(args.calibrate) if args.calibrate else None
+    links = _links(args)
     rows, results = [], []
     for combo in variations(args.vary):
         label = ", ".join(f"{k}={v}" for k, v in combo) or "base"
-        result = run_train(_plan(args, combo), calibration)
+        result = run_train(_plan(args, combo, links), calibration)
         rows.append((label, result.summary()))
         results.append((label, result))
     summary = {"scenarios": [{"label": label, **s} for label, s in rows]}
@@ -153,6 +184,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
             str(goodput_chart([(label, *goodput_curve(r, GOODPUT_SCALES)) for label, r in results],
                               f"{args.charts}/goodput.png"))]
     _print(args, summary, compare_table(rows))
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from .. import config
+    from .report import sync_table
+    from .scenario import search_sync
+    from .sites import sites_summary
+
+    links = _links(args)
+    plan = _plan(args, links=links)
+    sites, found = search_sync(plan)
+    summary = {"inputs": config.to_dict(plan), "sites": sites_summary(sites, plan.fleet.balance),
+               "candidates": [e.summary() for e in found],
+               "link_calibration": links.summary() if links else None}
+    _print(args, summary, sync_table(summary, args.top))
     return 0
 
 

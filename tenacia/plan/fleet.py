@@ -25,11 +25,14 @@ PRESETS: dict[str, list[dict]] = {
 
 @dataclass(kw_only=True, slots=True)
 class FleetGroup:
-    """Chips of one type. ``price_per_hour`` 0 takes the catalog's default for the chip."""
+    """Chips of one type at one site. ``price_per_hour`` 0 takes the catalog's default for the
+    chip; groups with the same ``site`` share a site (its links: the catalog's; between sites:
+    ``sync.link``)."""
 
     chip: str
     count: int
     price_per_hour: float = 0.0
+    site: str = ""
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -64,6 +67,10 @@ class FleetSpec:
         check(bool(self.groups), "groups", self.groups,
               "at least one group (or a fleet.preset), e.g. --fleet h800:2048")
 
+    def sites(self) -> list[str]:
+        """Site names in the order their first group appears."""
+        return list(dict.fromkeys(g.site for g in self.groups))
+
     def resolve(self, chips: dict[str, Chip]) -> list[tuple[Chip, int, float]]:
         """(chip, count, price per chip-hour) per group, checked against the catalog."""
         out = []
@@ -74,12 +81,14 @@ class FleetSpec:
 
 
 def parse_fleet_shorthand(text: str) -> list[dict]:
-    """``'h20:30000,h800:10000'`` -> groups. Raises ConfigError on anything else."""
+    """``'h20:30000@east,h800:10000'`` -> groups (``@site`` optional). Raises ConfigError on
+    anything else."""
     groups = []
     for part in text.split(","):
-        chip, sep, count = part.strip().partition(":")
-        if not sep or not chip or not count.strip().isdigit() or int(count) <= 0:
-            raise ConfigError("fleet", text, "a preset name, a TOML file, or chip:count[,chip:count...] "
-                              "with positive counts, e.g. h20:30000,h800:10000")
-        groups.append(dict(chip=chip.strip(), count=int(count)))
+        chip, sep, rest = part.strip().partition(":")
+        count, at, site = rest.partition("@")
+        if not sep or not chip or not count.strip().isdigit() or int(count) <= 0 or (at and not site.strip()):
+            raise ConfigError("fleet", text, "a preset name, a TOML file, or chip:count[@site][,chip:count...] "
+                              "with positive counts, e.g. h20:30000@east,h800:10000@west")
+        groups.append(dict(chip=chip.strip(), count=int(count), site=site.strip()))
     return groups

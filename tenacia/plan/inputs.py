@@ -8,12 +8,13 @@ flags (``--model``, ``--fleet``, ``--layout``, ...), then ``-o key=value`` overr
   runs, through ``tenacia.shape``: one of its presets (``smollm2-135m``), a run directory (its
   ``[model]``), or a Hugging Face ``config.json`` (or the directory holding it)
 - fleet: a preset name (``seed-cluster``), a TOML file of ``FleetSpec`` fields, or
-  ``chip:count`` groups joined by ``,`` or ``+`` (``h20:30000+h800:10000``)
+  ``chip:count[@site]`` groups joined by ``,`` or ``+`` (``h20:30000@east+h800:10000@west``)
 - layout: ``auto`` (search every field) or ``key=value`` pairs joined by ``,``
   (``tp=8,pp=16,schedule=interleaved``: the rest is searched)
 
 ``-c`` takes a TOML path or the name of a scenario shipped in ``tenacia/plan/scenarios/``
-(``deepseek-v3-report``, ``llama-3-405b-report``, ``r2-ascend-910c``, ``r2-ascend-sdc``).
+(``deepseek-v3-report``, ``llama-3-405b-report``, ``r2-ascend-910c``, ``r2-ascend-sdc``,
+``r1-mixed-hopper-3sites``).
 """
 
 from __future__ import annotations

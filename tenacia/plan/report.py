@@ -55,7 +55,7 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
         ("model", f"{inputs['model']['preset'] or 'custom'}: {inputs['model']['activated_params_b']:g}B "
                   f"activated / {inputs['model']['total_params_b']:g}B, {t['tokens']:.3g} tokens, {t['precision']}"),
         ("fleet", fleet),
-        ("layout", _layout(t)),
+        ("layout", _layout(t) + ("; the largest site's, DP over every site (each site's below)" if s.get("sync") else "")),
         ("step time", f"{_num(t['step_time_s'])} s  ({_num(t['tokens_per_s'])} tokens/s)"),
     ]
     for g in t["groups"]:
@@ -86,6 +86,8 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
                                           f"P(deadline) {lo['p_by_deadline']:.0%} / {hi['p_by_deadline']:.0%}"))
     if sim.get("never_finishes"):
         rows.append(("progress", sim["never_finishes"]))
+    if s.get("sync"):
+        rows += _sync_rows(s["sync"])
     if s.get("calibration"):
         cal = s["calibration"]
         rows.append(("calibrated from", f"{cal['run_dir']}: " + ", ".join(
@@ -96,6 +98,75 @@ def train_table(s: dict, title: str = "tenacia plan train") -> Table:
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _sync_rows(y: dict) -> list[tuple[str, str]]:
+    """The strategy between sites: what it sends, what shows, how busy the fleet stays."""
+    link = y["link"]
+    util = y["utilization"]
+    shape = y["strategy"] + (f" H={y['inner_steps']}" if y["strategy"] != "ddp" else "") + (
+        f" F={y['fragments']}" if y["strategy"] == "streaming" else "") + (
+        f", {y['compression']}" if y["strategy"] != "ddp" else "") + (f", top-k {y['topk']:g}" if y["topk"] else "")
+    return [
+        ("sync between sites", f"{shape} over {y['sites']} sites; link {link['rtt_ms']:g} ms round trip, "
+                               f"{link['gbit_s']:g} Gbit/s x efficiency {link['efficiency']:.3g}; "
+                               f"{_num(y['exchange_gb'])} GB per site per round in {_num(y['exchange_s'])} s"),
+        ("  compute utilization", f"lock-step {util['lockstep']:.1%}, work sized to speed {util['sized']:.1%} "
+                                  f"(balance: {y['balance']}); token efficiency {y['token_efficiency']:.3g}: "
+                                  f"{y['tokens_needed']:.3g} tokens for the budget's quality"),
+    ] + [(f"  site {site['site'] or '-'}", f"{site['chips']}: {_site_layout(site['layout'])}, inner step "
+                                          f"{_num(site['inner_step_s'])} s, {_site_rates(site)} tokens/s alone")
+         for site in y.get("per_site", [])]
+
+
+def _site_rates(site: dict) -> str:
+    """A site's solo rate; lock-step and sized apart when its chip types differ in speed."""
+    lock, sized = site["tokens_per_s"]["lockstep"], site["tokens_per_s"]["sized"]
+    return _num(lock) if lock == sized else f"{_num(lock)} lock-step / {_num(sized)} sized"
+
+
+def _site_layout(lay: dict) -> str:
+    return f"TP{lay['tp']} CP{lay['cp']} PP{lay['pp']} EP{lay['ep']} DP{lay['dp']} {lay['schedule']}"
+
+
+def sync_table(s: dict, top: int = 0):
+    """``tenacia plan sync``: the sites, then the ``top`` fastest candidates to equal quality
+    (0: every one), and ddp's row whatever its rank."""
+    from rich.console import Group
+
+    inputs = s["inputs"]
+    link = inputs["sync"]["link"]
+    shown = s["candidates"][:top] if top > 0 else list(s["candidates"])
+    shown += [c for c in s["candidates"] if c["strategy"] == "ddp" and c not in shown]
+    sites = Table(title=f"sites: {inputs['model']['preset'] or 'custom'}, {inputs['tokens']:.3g} tokens, "
+                        f"batch {inputs['global_batch_seqs']:,} sequences, {inputs['precision']}")
+    for col in ("site", "chips", "layout", "batch (seqs)", "inner step s", "solo tokens/s"):
+        sites.add_column(col, justify="left" if col in ("site", "chips", "layout") else "right")
+    for site in s["sites"]:
+        lay = site["layout"]
+        sites.add_row(site["site"] or "-", site["chips"], _site_layout(lay), _num(site["batch_seqs"]),
+                      _num(site["inner_step_s"]), _site_rates(site))
+    table = Table(title=f"sync between sites: link {link['rtt_ms']:g} ms round trip, {link['gbit_s']:g} Gbit/s x "
+                        f"efficiency {link['efficiency']:.3g}; fastest to the token budget at equal quality first "
+                        f"(balance {inputs['fleet']['balance']}: exposed s per round and cost under it); "
+                        f"{len(shown)} of {len(s['candidates'])} candidates",
+                  caption="GB/round: one site's bytes per round of H inner steps; link s: that exchange on the link; "
+                          "util: tokens/s over the sites' solo tokens/s (no link, no sync), lock-step and with work "
+                          "sized to each site's speed; token eff: budget / tokens for equal quality")
+    for col in ("strategy", "H", "F", "outer", "top-k", "GB/round", "link s", "exposed s", "util lock",
+                "util sized", "token eff", "days lock", "days sized", "cost"):
+        table.add_column(col, justify="left" if col in ("strategy", "outer") else "right")
+    for c in shown:
+        ddp = c["strategy"] == "ddp"
+        balance = "sized" if c["balance"] == "proportional" else "lockstep"
+        table.add_row(c["strategy"], "1" if ddp else str(c["inner_steps"]),
+                      str(c["fragments"]) if c["strategy"] == "streaming" else "-",
+                      "gradients" if ddp else c["compression"], f"{c['topk']:g}" if c["topk"] else "-",
+                      _num(c["exchange_gb"]), _num(c["exchange_s"]), _num(c["exposed_s_per_round"][balance]),
+                      f"{c['utilization']['lockstep']:.1%}", f"{c['utilization']['sized']:.1%}",
+                      f"{c['token_efficiency']:.3f}", _num(c["days"]["lockstep"]), _num(c["days"]["sized"]),
+                      f"${c['cost'][balance] / 1e6:,.1f}M")
+    return Group(sites, table)
 
 
 def _sdc_rows(c: dict) -> list[tuple[str, str]]:

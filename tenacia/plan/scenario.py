@@ -1,6 +1,6 @@
 """One training scenario from inputs to answers: the config tree of ``tenacia plan train`` and
-the function that runs it (layout, step time, failures, Monte Carlo, what silent corruption
-costs under each detection policy)."""
+the function that runs it (layout, step time, the sync strategy between sites, failures, Monte
+Carlo, what silent corruption costs under each detection policy)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,16 @@ from .montecarlo import MonteCarloConfig, Outcome, simulate
 from .reliability import FailureModel, Recovery, expected_wall, failure_model
 from .sdc import POLICIES, SilentCorruption
 from .search import search_layout
+from .sites import (
+    Site,
+    SyncEstimate,
+    as_training_estimate,
+    candidates,
+    estimate_sync,
+    plan_sites,
+    sites_summary,
+)
+from .sync import SyncSpec
 
 
 @dataclass(kw_only=True, slots=True)
@@ -36,6 +46,7 @@ class TrainPlan:
     recovery: Recovery = field(default_factory=Recovery)
     montecarlo: MonteCarloConfig = field(default_factory=MonteCarloConfig)
     sdc: SilentCorruption = field(default_factory=SilentCorruption)
+    sync: SyncSpec = field(default_factory=SyncSpec)  # between sites (sync.py, sites.py)
     precision: str = "bf16"  # matmul precision: 'bf16' or 'fp8' (attention stays BF16)
     tokens: float = 0.0
     global_batch_seqs: int = 0
@@ -66,6 +77,7 @@ class TrainResult:
     uncertain: dict[str, list[str]]  # chip -> catalog figures flagged uncertain
     calibration: Calibration | None
     corruption: dict  # corruption_summary()
+    sync: SyncEstimate | None  # the strategy between sites, when the plan has several or not ddp
 
     def summary(self) -> dict:
         est, sim = self.estimate, self.outcome.summary(self.deadline_s)
@@ -84,6 +96,7 @@ class TrainResult:
                 n for k, n in sim["events_mean"].items() if k.startswith("sdc"))},
             "uncertain_inputs": self.uncertain,
             "calibration": self.calibration.summary() if self.calibration else None,
+            "sync": self.sync.summary() | {"per_site": sites_summary(self.sync.sites, self.sync.balance)} if self.sync else None,
         }
 
 
@@ -111,15 +124,51 @@ def work_s(est: TrainingEstimate, sdc: SilentCorruption) -> float:
     return est.ideal_s * (1 + sdc.overhead(max(1 - fixed / est.step_time_s, 0.0)))
 
 
-def estimate(plan: TrainPlan, chips: dict[str, Chip] | None = None) -> tuple[TrainingEstimate, int]:
-    """Failure-free estimate, searching the layout when any of tp/pp/ep is 0."""
-    chips = chips if chips is not None else load_catalog(plan.catalog or None)
+def _whole(plan: TrainPlan, chips: dict[str, Chip]) -> tuple[TrainingEstimate, int]:
+    """The fleet as one site under ddp, searching the layout when any of tp/pp/ep is 0."""
     fleet = plan.fleet.resolve(chips)
     args = (plan.model, fleet, plan.layout, plan.assumptions, plan.precision, plan.tokens,
             plan.global_batch_seqs, plan.fleet.balance)
     if plan.layout.searched:
         return search_layout(*args)
     return estimate_training(*args), 1
+
+
+def _sites(plan: TrainPlan, chips: dict[str, Chip]) -> tuple[list[Site], int]:
+    return plan_sites(plan.model, plan.fleet, chips, plan.layout, plan.assumptions, plan.precision, plan.tokens,
+                      plan.global_batch_seqs)
+
+
+def _sync(plan: TrainPlan, sites: list[Site], spec: SyncSpec) -> SyncEstimate:
+    cost_per_s = sum(s.lockstep.cost / s.lockstep.ideal_s for s in sites)  # the same chips either way
+    return estimate_sync(sites, spec, plan.model, plan.assumptions, plan.fleet.balance, plan.tokens, cost_per_s)
+
+
+def estimate_with_sync(plan: TrainPlan, chips: dict[str, Chip] | None = None
+                       ) -> tuple[TrainingEstimate, int, SyncEstimate | None]:
+    """Failure-free estimate and layouts estimated; with several sites or a strategy other than
+    ddp, the run as ``plan.sync`` makes it (``sites.py``) and that strategy's estimate."""
+    chips = chips if chips is not None else load_catalog(plan.catalog or None)
+    if len(plan.fleet.sites()) == 1 and plan.sync.strategy == "ddp":
+        est, fitting = _whole(plan, chips)
+        return est, fitting, None
+    sites, fitting = _sites(plan, chips)
+    sync = _sync(plan, sites, plan.sync)
+    return as_training_estimate(sites, sync, plan.model), fitting, sync
+
+
+def estimate(plan: TrainPlan, chips: dict[str, Chip] | None = None) -> tuple[TrainingEstimate, int]:
+    """Failure-free estimate and layouts estimated (``estimate_with_sync``)."""
+    est, fitting, _ = estimate_with_sync(plan, chips)
+    return est, fitting
+
+
+def search_sync(plan: TrainPlan) -> tuple[list[Site], list[SyncEstimate]]:
+    """Every candidate of ``plan.sync.search`` on the plan's sites, fastest to the token budget
+    at equal quality first (ties: fewer bytes over the link per token first)."""
+    sites, _ = _sites(plan, load_catalog(plan.catalog or None))
+    found = [_sync(plan, sites, spec) for spec in candidates(plan.sync)]
+    return sites, sorted(found, key=lambda e: (e.days, e.bytes_per_token))
 
 
 def failures_for(plan: TrainPlan, est: TrainingEstimate, recovery: Recovery | None = None,
@@ -180,7 +229,7 @@ def run_train(plan: TrainPlan, calibration: Calibration | None = None) -> TrainR
         plan = apply_calibration(plan, calibration)
     chips = load_catalog(plan.catalog or None)
     plan.sdc.check_chips(chips)
-    est, fitting = estimate(plan, chips)
+    est, fitting, sync = estimate_with_sync(plan, chips)
     fm = failures_for(plan, est)
     mc = plan.montecarlo
     work = work_s(est, plan.sdc)
@@ -194,7 +243,7 @@ def run_train(plan: TrainPlan, calibration: Calibration | None = None) -> TrainR
     uncertain = {g.chip.key: g.chip.uncertain_figures() for g in est.groups}
     return TrainResult(plan=plan, estimate=est, layouts_fitting=fitting, failures=fm, outcome=outcome, bands=bands,
                        deadline_s=deadline, uncertain=uncertain, calibration=calibration,
-                       corruption=corruption_summary(plan, est))
+                       corruption=corruption_summary(plan, est), sync=sync)
 
 
 def chip_year_rate(result: TrainResult) -> float:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tenacia.config import ConfigError
-from tenacia.plan.calibrate import read_calibration
+from tenacia.plan.calibrate import read_calibration, read_link_calibration
 from tenacia.plan.scenario import run_train
 
 
@@ -53,3 +53,51 @@ def test_missing_or_empty_log_is_a_clear_error(tmp_path):
     (tmp_path / "quiet" / "events.jsonl").write_text('{"t": 0, "event": "run_started", "source": "x", "step": null}\n')
     with pytest.raises(ConfigError, match="recovered failure"):
         read_calibration(tmp_path / "quiet")
+
+
+def write_link_run(path, efficiency=0.25):
+    """A slow-link run's JSON, made by hand from a chosen link efficiency: 4 members on 100 ms,
+    0.1 Gbit/s links (12.5e6 bytes/s each; a ring exchange pays 2 x 3 x 50 ms = 0.3 s)."""
+    rate, latency = 0.1e9 / 8, 0.3
+    ddp_extra = 1e-3 * latency + 4000 / 4 / rate / efficiency  # one all-reduce per 1,000 tokens, 4,000 bytes/token
+    diloco_extra = 1e-4 * latency + 40 / 4 / rate / efficiency
+    arms = [
+        {"strategy": "ddp", "compression": "fp32", "inner_steps": 1, "tokens_per_s_no_link": 1000.0,
+         "tokens_per_s": 1 / (1 / 1000 + ddp_extra), "bytes_per_token": 4000.0, "exchanges_per_token": 1e-3},
+        {"strategy": "diloco", "compression": "int8", "inner_steps": 50, "tokens_per_s_no_link": 2000.0,
+         "tokens_per_s": 1 / (1 / 2000 + diloco_extra), "bytes_per_token": 40.0, "exchanges_per_token": 1e-4,
+         "utilization": 0.93},
+        # overlapped: hides behind compute, says nothing of the link; left out of the fit
+        {"strategy": "streaming", "tokens_per_s_no_link": 1000.0, "tokens_per_s": 100.0, "bytes_per_token": 40.0},
+    ]
+    path.write_text(json.dumps({"link": {"rtt_ms": 100, "gbit_s": 0.1}, "members": 4, "arms": arms}))
+    return path
+
+
+def test_link_efficiency_fitted_from_a_measured_run(tmp_path):
+    cal = read_link_calibration(write_link_run(tmp_path / "links.json"))
+    assert cal.efficiency == pytest.approx(0.25)
+    assert [a["used"] for a in cal.arms] == [True, True, False]
+    for arm in cal.arms[:2]:
+        assert arm["fitted_extra_s_per_token"] == pytest.approx(arm["extra_s_per_token"])
+    assert cal.arms[1]["utilization"] == 0.93
+    # a transport faster than the link rate is capped at the link
+    assert read_link_calibration(write_link_run(tmp_path / "fast.json", efficiency=2.0)).efficiency == 1.0
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d["arms"][0].pop("tokens_per_s_no_link"), "arms[0].tokens_per_s_no_link"),
+    (lambda d: d["arms"][1].update(tokens_per_s=5000.0), "arms[1].tokens_per_s"),
+    (lambda d: d["arms"][0].update(bytes=1), "arms[0].bytes"),
+    (lambda d: d.update(members=0), "members"),
+    (lambda d: d["link"].update(gbit_s=0), "link.gbit_s"),
+    (lambda d: d.update(arms=d["arms"][2:]), "arms"),
+])
+def test_bad_link_calibration_names_the_field(tmp_path, edit, field):
+    path = write_link_run(tmp_path / "links.json")
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError) as e:
+        read_link_calibration(path)
+    assert e.value.field.endswith(field)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from .test_calibrate import write_events
+from tenacia.plan.scenario import search_sync
+
+from .test_calibrate import write_events, write_link_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,6 +93,26 @@ def test_serve_and_chips():
     assert "DeepSeek-V3 report" in chips["h800"]["scale_out_gbs"]["source"]
 
 
+def test_sync_answers_the_mixed_hopper_question(tmp_path, plan_from):
+    """The issue's question from the CLI, link efficiency calibrated; the same numbers in process."""
+    links = write_link_run(tmp_path / "links.json", efficiency=0.5)
+    out = json.loads(tenacia("sync", "-c", "r1-mixed-hopper-3sites", "--calibrate-links", str(links), "--json").stdout)
+    assert out["link_calibration"]["efficiency"] == pytest.approx(0.5)
+    assert out["inputs"]["sync"]["link"]["efficiency"] == pytest.approx(0.5)
+    assert [s["site"] for s in out["sites"]] == ["h20-site", "h800-site", "h100-site"]
+    found = out["candidates"]
+    assert len(found) == 1 + 2 * 5 * 3 * 2  # ddp once; diloco, streaming x H x compression x top-k
+    best, ddp = found[0], next(c for c in found if c["strategy"] == "ddp")
+    assert best["strategy"] != "ddp" and best["utilization"]["sized"] > 0.9 > 0.05 > ddp["utilization"]["sized"]
+    days = [c["days"]["sized"] for c in found]
+    assert days == sorted(days)
+    for c in found:  # lock-step: the H20 site sets the pace
+        assert c["utilization"]["lockstep"] <= c["utilization"]["sized"] + 1e-12
+    fitted = out["link_calibration"]["efficiency"]
+    _, expected = search_sync(plan_from("r1-mixed-hopper-3sites", overrides=[f"sync.link.efficiency={fitted!r}"]))
+    assert [c["days"] for c in found] == [e.summary()["days"] for e in expected]
+
+
 @pytest.mark.parametrize("args, field", [
     (["train", "--fleet", "h100:0"], "fleet"),
     (["train", "--fleet", "tpu:64"], "fleet.groups[0].chip"),
@@ -100,6 +122,7 @@ def test_serve_and_chips():
     (["train", "-o", "recovery.restart_s=-5"], "recovery.restart_s"),
     (["train", "-c", "no-such-scenario"], "config file"),
     (["serve", "--tpot-ms", "0"], "tpot_ms"),
+    (["sync", "--fleet", "h100:64@a+h100:64@b", "--gbit-s", "0"], "sync.link.gbit_s"),
 ])
 def test_bad_input_exits_2_naming_the_field(args, field):
     proc = tenacia(*args, check=False)

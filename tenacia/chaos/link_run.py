@@ -103,7 +103,8 @@ class LinkRun:
         placement(lab).write(path)
         cfg = self.config
         self.state = {
-            "pid": os.getpid(), "started": time.time(), "command": self.command, "finished": False,
+            "pid": os.getpid(), "forwarder_pid": lab.forwarder.pid, "started": time.time(), "command": self.command,
+            "finished": False,
             "delay_ms": cfg.delay_ms, "rate_mbit": cfg.rate_mbit, "loss": cfg.loss, "seed": cfg.seed,
             "nodes": [{"node": n.index, "address": n.address, "netns": n.netns,
                        "replicas": [self.first_id + i for i in range(self.replicas) if i % cfg.nodes == n.index]}

@@ -32,7 +32,7 @@ PING = ("import socket, statistics, sys, time\nc = socket.create_connection((sys
 
 
 def link_cmd(run_dir, *flags: str, steps: int, faults: str = "[]") -> list[str]:
-    train = train_args(run_dir, f"train.steps={steps}", "checkpoint.every=8", f"chaos.faults={faults}")
+    train = train_args(run_dir, f"train.steps={steps}", "checkpoint.every=5", f"chaos.faults={faults}")
     return ["chaos", "link", *flags, "--", sys.executable, "-m", "tenacia", *train, "--replicas", "2"]
 
 
@@ -59,8 +59,8 @@ def round_trip(state: dict) -> float:
 @pytest.mark.timeout(LIMIT_S + 60)
 def test_a_job_behind_the_link_finishes_with_bytes_per_node_and_leaves_nothing(tmp_path, procs):
     run = tmp_path / "run"
-    faults = '["link_delay@4:3", "link_rate@8:50"]'
-    code = procs.run(link_cmd(run, "--delay", "2ms", "--rate", "100mbit", steps=16, faults=faults),
+    faults = '["link_delay@3:3", "link_rate@6:50"]'
+    code = procs.run(link_cmd(run, "--delay", "2ms", "--rate", "100mbit", steps=10, faults=faults),
                      timeout=LIMIT_S, log=tmp_path / "link.log")
     log = (tmp_path / "link.log").read_text()
     assert code == 0, log[-3000:]
@@ -73,8 +73,8 @@ def test_a_job_behind_the_link_finishes_with_bytes_per_node_and_leaves_nothing(t
     for r in (0, 1):
         assert json.loads((run / "replicas" / f"r{r}.json").read_text())["control"].startswith(f"10.213.0.{r + 1}:")
     changed = [e for e in read_events(run / "events.jsonl") if e["event"] == "link_changed"]
-    assert [(e["spec"], e["by"]) for e in changed] == [("link_delay@4:3", "schedule"), ("link_rate@8:50", "schedule")]
-    assert changed[0]["step"] >= 4 and (state["delay_ms"], state["rate_mbit"]) == (3.0, 50.0)
+    assert [(e["spec"], e["by"]) for e in changed] == [("link_delay@3:3", "schedule"), ("link_rate@6:50", "schedule")]
+    assert changed[0]["step"] >= 3 and (state["delay_ms"], state["rate_mbit"]) == (3.0, 50.0)
     assert procs.run(["report", "--check", str(run)], timeout=120, log=tmp_path / "report.log") == 0, \
         (tmp_path / "report.log").read_text()[-2000:]
     assert lab_left(state["pid"]) == [] and not alive(state["forwarder_pid"])

@@ -162,8 +162,10 @@ def print_table(rows: list[dict], ceilings: dict) -> None:
     for col in ("backend", "ranks", "round trip", "rate", "operation", "time", "link use", "forwarder use",
                 "round trips", "bit-equal to rank-order sum"):
         t.add_column(col, justify="right")
+    def pct(v: float | None) -> str:
+        return f"{100 * v:.0f}%" if v is not None else "-"
+
     for r in rows:
-        pct = (lambda v: f"{100 * v:.0f}%" if v is not None else "-")
         t.add_row(r["backend"], str(r["world"]), f"{r['rtt_ms']:g} ms", f"{r['rate_mbit']:g} Mbit/s", r["op"],
                   f"{1000 * r['median_s']:.1f} ms", pct(r.get("link_use")), pct(r.get("forwarder_use")),
                   f"{r['round_trips']:.2f}" if r.get("round_trips") is not None else "-",

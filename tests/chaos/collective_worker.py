@@ -12,6 +12,7 @@
      order (rank 0 + rank 1 + ...), which this worker computes itself.
    - ``allgather BYTES N`` (tenacia only): N all-gathers of BYTES bytes -> {"median_s", "ok"}
    - ``exit``
+   A command that fails answers {"error": "<type>: <message>"}.
 """
 
 from __future__ import annotations
@@ -105,29 +106,35 @@ def main() -> None:
         word, *rest = line.split()
         if word == "exit":
             break
-        nbytes, n = int(rest[0]), int(rest[1])
-        if word == "allgather":
-            times, ok = [], True
-            for i in range(n):
-                mine = bytes([(args.rank + i) % 256]) * (nbytes + args.rank)
-                t = time.perf_counter()
-                got = backend.allgather(mine)
-                times.append(time.perf_counter() - t)
-                ok &= got == [bytes([(k + i) % 256]) * (nbytes + k) for k in range(args.world)]
-            print(json.dumps({"times_s": times, "median_s": statistics.median(times), "ok": ok}), flush=True)
-            continue
-        seed = int(rest[2]) if len(rest) > 2 else 0
-        parts = tensors(args.world, max(1, nbytes // 4), seed)
-        times = []
-        for _ in range(n):
-            x = parts[args.rank].clone()
+        try:
+            answer = run(backend, args, word, rest)
+        except Exception as e:  # noqa: BLE001 - the driver asserts on what failed
+            answer = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(answer), flush=True)
+
+
+def run(backend, args: argparse.Namespace, word: str, rest: list[str]) -> dict:
+    nbytes, n = int(rest[0]), int(rest[1])
+    if word == "allgather":
+        times, ok = [], True
+        for i in range(n):
+            mine = bytes([(args.rank + i) % 256]) * (nbytes + args.rank)
             t = time.perf_counter()
-            out = backend.allreduce(x)
+            got = backend.allgather(mine)
             times.append(time.perf_counter() - t)
-        digest = hashlib.sha256(out.numpy().tobytes()).hexdigest()
-        exact = out.numpy().tobytes() == rank_order_sum(parts).numpy().tobytes()
-        print(json.dumps({"times_s": times, "median_s": statistics.median(times), "sha256": digest, "exact": exact}),
-              flush=True)
+            ok &= got == [bytes([(k + i) % 256]) * (nbytes + k) for k in range(args.world)]
+        return {"times_s": times, "median_s": statistics.median(times), "ok": ok}
+    seed = int(rest[2]) if len(rest) > 2 else 0
+    parts = tensors(args.world, max(1, nbytes // 4), seed)
+    times = []
+    for _ in range(n):
+        x = parts[args.rank].clone()
+        t = time.perf_counter()
+        out = backend.allreduce(x)
+        times.append(time.perf_counter() - t)
+    digest = hashlib.sha256(out.numpy().tobytes()).hexdigest()
+    exact = out.numpy().tobytes() == rank_order_sum(parts).numpy().tobytes()
+    return {"times_s": times, "median_s": statistics.median(times), "sha256": digest, "exact": exact}
 
 
 if __name__ == "__main__":

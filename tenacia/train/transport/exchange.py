@@ -42,6 +42,7 @@ class Exchange:
         self.rank, self.members, self.round, self.deadline = rank, members, round_id, deadline
         self.inbound = {p: [_Inbound(s, p, len(members)) for s in socks] for p, socks in inbound.items()}
         self.outbound = outbound
+        self.peer_of = {sock: peer for peer, socks in outbound.items() for sock in socks}
         self.queues: dict[socket.socket, deque[memoryview]] = {}
         self.targets: Callable[[Header], memoryview] | None = None
         self.on_frame: Callable[[Header], None] = lambda h: None
@@ -109,7 +110,8 @@ class Exchange:
         except BlockingIOError:
             return
         except OSError as e:
-            raise TransportError(f"round {self.round}: sending failed: {e}") from None
+            raise TransportError(f"round {self.round}: sending to member {self.members[self.peer_of[sock]]} "
+                                 f"failed: {e}") from None
         self._done(sock)
 
     def _read(self, inbound: _Inbound) -> None:

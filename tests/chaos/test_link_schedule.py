@@ -6,9 +6,22 @@ import json
 import pytest
 
 from tenacia import config
-from tenacia.chaos.link_cli import parse_delay, parse_loss, parse_partition, parse_rate, train_config
+from tenacia.chaos.link_cli import (
+    parse_delay,
+    parse_loss,
+    parse_partition,
+    parse_rate,
+    train_config,
+)
 from tenacia.chaos.link_schedule import LinkAction, LinkSchedule
-from tenacia.faults import ChaosConfig, LinkChange, link_changes, numeric_faults, parse_entry, process_faults
+from tenacia.faults import (
+    ChaosConfig,
+    LinkChange,
+    link_changes,
+    numeric_faults,
+    parse_entry,
+    process_faults,
+)
 from tenacia.train.config import RunConfig
 from tenacia.train.replicas.placement import PLACEMENT_ENV, Place, Placement
 

@@ -21,7 +21,14 @@ from tenacia.chaos import netns
 from tenacia.chaos.link import LinkLab
 from tenacia.config import ConfigError
 from tenacia.process import die_with_parent
-from tenacia.train.transport import Mesh, TransportConfig, TransportError, listen, rank_order_sum, window_for
+from tenacia.train.transport import (
+    Mesh,
+    TransportConfig,
+    TransportError,
+    listen,
+    rank_order_sum,
+    window_for,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 WORKER = str(ROOT / "tests" / "chaos" / "collective_worker.py")

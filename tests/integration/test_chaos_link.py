@@ -104,3 +104,36 @@ def test_live_delay_change_then_sigint_cleans_up_everything(tmp_path, procs):
     assert all(n["sent_bytes"] > 0 for n in final["bytes"])
     assert lab_left(state["pid"]) == []
     assert not alive(state["forwarder_pid"]) and not any(alive(p) for p in pids)
+
+
+@pytest.mark.timeout(LIMIT_S)
+def test_a_failing_command_gives_its_exit_code_and_leaves_nothing(tmp_path, procs):
+    (tmp_path / "empty.txt").write_text("")
+    run = tmp_path / "run"
+    cmd = ["chaos", "link", "--delay", "1ms", "--", sys.executable, "-m", "tenacia", "train", "--replicas", "2",
+           "--run-dir", str(run), "-o", f"data.corpus={tmp_path / 'empty.txt'}"]
+    assert procs.run(cmd, timeout=LIMIT_S, log=tmp_path / "link.log") == 2  # tenacia's exit code for bad input
+    state = json.loads((run / "link.json").read_text())
+    assert state["finished"] and state["exit_code"] == 2
+    assert lab_left(state["pid"]) == [] and not alive(state["forwarder_pid"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2 * LIMIT_S + 60)
+def test_three_replicas_through_loss_and_a_partition(tmp_path, procs):
+    """Three nodes, 0.5% of packets lost (TCP retransmits), node 2 cut off for 3 s mid-run: the
+    job finishes with its ledger exact and equal states, and the bytes of every node counted."""
+    run = tmp_path / "run"
+    train = train_args(run, "train.steps=40", "checkpoint.every=10", 'chaos.faults=["partition:2@10:3"]')
+    cmd = ["chaos", "link", "--delay", "5ms", "--loss", "0.5%", "--seed", "3", "--nodes", "3", "--",
+           sys.executable, "-m", "tenacia", *train, "--replicas", "3"]
+    assert procs.run(cmd, timeout=2 * LIMIT_S, log=tmp_path / "link.log") == 0, \
+        (tmp_path / "link.log").read_text()[-3000:]
+    state = json.loads((run / "link.json").read_text())
+    assert len(state["bytes"]) == 3 and all(n["sent_bytes"] > 100_000 for n in state["bytes"])
+    assert sum(n["lost_packets"] for n in state["bytes"]) > 0
+    changes = [(e["change"], e["node"]) for e in read_events(run / "events.jsonl") if e["event"] == "link_changed"]
+    assert changes == [("disconnect", 2), ("reconnect", 2)]
+    assert procs.run(["report", "--check", str(run)], timeout=120, log=tmp_path / "report.log") == 0, \
+        (tmp_path / "report.log").read_text()[-2000:]
+    assert lab_left(state["pid"]) == []

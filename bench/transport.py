@@ -116,10 +116,16 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=2, help="40 MB all-reduces per point")
     p.add_argument("--mtu", type=int, default=9000, help="the lab link's MTU (jumbo frames: the forwarder moves "
                    "2-3x more bytes/s than at 1500)")
+    p.add_argument("--rtts", default=None, help="round trips to run, ms, comma-separated (overrides the sweep's)")
+    p.add_argument("--rates", default=None, help="rates to run, Mbit/s, comma-separated")
+    p.add_argument("--worlds", default=None, help="rank counts to run, comma-separated")
     args = p.parse_args()
     rtts = (0, 10, 50, 100, 200) if args.full else (0, 100)
     rates = (100.0, 1000.0) if args.full else (100.0,)
     worlds = (4, 2) if args.full else (4,)
+    rtts = tuple(map(float, args.rtts.split(","))) if args.rtts else rtts
+    rates = tuple(map(float, args.rates.split(","))) if args.rates else rates
+    worlds = tuple(map(int, args.worlds.split(","))) if args.worlds else worlds
     rows, ceilings = [], {}
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     with LinkLab(nodes=max(worlds), link="tun", mtu=args.mtu) as lab:

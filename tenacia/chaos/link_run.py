@@ -68,6 +68,7 @@ class LinkRun:
         self.state: dict[str, Any] = {}
         self.lab: LinkLab | None = None
         self.child: subprocess.Popen | None = None
+        self.events: EventLog | None = None
 
     # ----- the run ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -85,7 +86,9 @@ class LinkRun:
                     for s in handlers:
                         signal.signal(s, signal.SIG_IGN)
                     self._stop_child()
-                    self._finish(lab, code)
+                    self._finish(code)
+        except Interrupted as stop:  # while the lab was being built: LinkLab removed what it made
+            code = 128 + stop.signum
         finally:
             self.lab = None
             for s, previous in handlers.items():
@@ -187,7 +190,7 @@ class LinkRun:
             _signal_group(child.pid, signal.SIGKILL)
             child.wait(timeout=10)
 
-    def _finish(self, lab: LinkLab, code: int | None) -> None:
+    def _finish(self, code: int | None) -> None:
         if not self.state:
             return
         try:

@@ -106,6 +106,7 @@ def test_live_delay_change_then_sigint_cleans_up_everything(tmp_path, procs):
     assert not alive(state["forwarder_pid"]) and not any(alive(p) for p in pids)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(LIMIT_S)
 def test_a_failing_command_gives_its_exit_code_and_leaves_nothing(tmp_path, procs):
     (tmp_path / "empty.txt").write_text("")

@@ -52,12 +52,12 @@ def read_line(proc: subprocess.Popen, timeout: float) -> str:
 class Group:
     """``world`` collective workers in nodes 0 .. world-1 of ``lab``."""
 
-    def __init__(self, lab: LinkLab, world: int, backend: str, streams: int):
+    def __init__(self, lab: LinkLab, world: int, backend: str, streams: int, window: int = 0):
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
         kw = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.procs = [lab.popen(k, [sys.executable, WORKER, "--rank", str(k), "--world", str(world), "--host",
                                     lab.nodes[k].address, "--backend", backend, "--streams", str(streams),
-                                    "--timeout", "300"], **kw) for k in range(world)]
+                                    "--window", str(window), "--timeout", "300"], **kw) for k in range(world)]
         ports = [read_line(p, 60).split()[1] for p in self.procs]
         peers = ",".join(f"{lab.nodes[k].address}:{ports[k] if backend == 'tenacia' else ports[0]}"
                          for k in range(world))
@@ -113,6 +113,8 @@ def main() -> int:
     p.add_argument("--full", action="store_true", help="the whole sweep (long)")
     p.add_argument("--backends", default="gloo,tenacia")
     p.add_argument("--streams", type=int, default=4, help="TCP streams per peer of tenacia's transport")
+    p.add_argument("--window", type=int, default=0,
+                   help="socket buffer of each of tenacia's streams, bytes (default 0: the kernel's autotuning)")
     p.add_argument("--reps", type=int, default=2, help="40 MB all-reduces per point")
     p.add_argument("--mtu", type=int, default=9000, help="the lab link's MTU (jumbo frames: the forwarder moves "
                    "2-3x more bytes/s than at 1500)")
@@ -134,7 +136,7 @@ def main() -> int:
             print(f"forwarder ceiling, {world} streams at once: {ceilings[world] / 1e6:.1f} MB/s", flush=True)
         for backend in args.backends.split(","):
             for world in worlds:
-                group = Group(lab, world, backend, args.streams)
+                group = Group(lab, world, backend, args.streams, args.window)
                 for rate in rates:
                     lab.set_rate(rate)
                     for rtt in rtts:
@@ -153,7 +155,7 @@ def main() -> int:
     path = out / f"transport-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"started": started, "ended": time.strftime("%Y-%m-%d %H:%M:%S"),
                                 "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                                "load_avg": os.getloadavg(), "streams": args.streams, "mtu": args.mtu,
+                                "load_avg": os.getloadavg(), "streams": args.streams, "window": args.window, "mtu": args.mtu,
                                 "ceiling_bytes_per_s": ceilings, "rows": rows}, indent=1))
     print(f"wrote {path}")
     return 0

@@ -147,9 +147,8 @@ class LinkRun:
                 self.apply(LinkAction(what, value=float(request[what])), step, "link-set")
         if request.get("partition") is not None:
             node, seconds = request["partition"]
-            self.apply(LinkAction("disconnect", node=int(node)), step, "link-set")
-            self.schedule.reconnects.append((time.monotonic() + float(seconds),
-                                             LinkAction("reconnect", node=int(node), spec="link-set")))
+            self.apply(self.schedule.partition(int(node), float(seconds), time.monotonic(), "link-set"), step,
+                       "link-set")
         self.state["applied"] = [*self.state["applied"], request.get("id")][-50:]
         self._write()
 

@@ -31,6 +31,11 @@ class LinkSchedule:
         self.first_commit: float | None = None  # when the first committed step was seen
         self.reconnects: list[tuple[float, LinkAction]] = []  # (when, action)
 
+    def partition(self, node: int, seconds: float, now: float, spec: str) -> LinkAction:
+        """The action that cuts ``node`` off now; its reconnection becomes due ``seconds`` later."""
+        self.reconnects.append((now + seconds, LinkAction("reconnect", node=node, spec=spec)))
+        return LinkAction("disconnect", node=node, spec=spec)
+
     def due(self, step: int, now: float) -> list[LinkAction]:
         """The actions due at committed step ``step`` (0: none yet) and time ``now``."""
         if step > 0 and self.first_commit is None:
@@ -43,8 +48,7 @@ class LinkSchedule:
                 continue
             self.pending.remove(c)
             if c.kind == "partition":
-                out.append(LinkAction("disconnect", node=c.node, spec=c.spec))
-                self.reconnects.append((now + c.value, LinkAction("reconnect", node=c.node, spec=c.spec)))
+                out.append(self.partition(c.node, c.value, now, c.spec))
             else:
                 what = {"link_delay": "delay_ms", "link_rate": "rate_mbit", "link_loss": "loss"}[c.kind]
                 out.append(LinkAction(what, value=c.value, spec=c.spec))

@@ -13,6 +13,7 @@ from tenacia.chaos.link_cli import (
     parse_rate,
     train_config,
 )
+from tenacia.chaos.link_run import link_set
 from tenacia.chaos.link_schedule import LinkAction, LinkSchedule
 from tenacia.faults import (
     ChaosConfig,
@@ -113,3 +114,11 @@ def test_placement_puts_replica_i_at_place_i_mod_places(tmp_path, monkeypatch):
     path.write_text(json.dumps({"places": 3}))
     with pytest.raises(config.ConfigError, match=PLACEMENT_ENV):
         Placement.from_env()
+
+
+def test_link_set_without_a_running_link_says_so(tmp_path):
+    with pytest.raises(RuntimeError, match="no 'tenacia chaos link' is running"):
+        link_set(tmp_path, {"delay_ms": 5.0})
+    (tmp_path / "link.json").write_text(json.dumps({"pid": 2**22 + 7, "finished": False}))  # a pid not alive
+    with pytest.raises(RuntimeError, match="no 'tenacia chaos link' is running"):
+        link_set(tmp_path, {"delay_ms": 5.0})

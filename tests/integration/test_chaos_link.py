@@ -95,6 +95,9 @@ def test_live_delay_change_then_sigint_cleans_up_everything(tmp_path, procs):
     assert before < after / 5, (before, after)
     events = [e for e in read_events(run / "events.jsonl") if e["event"] == "link_changed"]
     assert [(e["change"], e["value"], e["by"]) for e in events] == [("delay_ms", 50.0, "link-set")]
+    assert procs.run(["chaos", "link-set", str(run), "--partition", "1:0.5"], timeout=60) == 0
+    wait_for(lambda: [e["change"] for e in read_events(run / "events.jsonl") if e["event"] == "link_changed"]
+             == ["delay_ms", "disconnect", "reconnect"], 30, "node 1 to be cut off and back")
 
     pids = [json.loads(f.read_text())["pid"] for f in replicas]
     os.kill(link.pid, signal.SIGINT)

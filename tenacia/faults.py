@@ -23,6 +23,17 @@ A kill point is armed by ``"<point>@<step>"``: ``mid_step@17``, ``checkpoint:mod
 plus ``kill_rate`` (kills per second, Poisson, replica chosen by the seeded RNG) and
 ``cpu_quotas`` (CPUs per replica from the start: chips of different speeds, ``tenacia.chaos.cpuquota``).
 
+Link entries change the emulated network of a run started under ``tenacia chaos link`` (which
+applies them; a run without a lab ignores them with a note). AT is a committed step ``S`` or a time
+``Ts``: seconds after the first committed step (``30s``, ``2.5s``):
+
+| entry                     | change                                                           |
+|---------------------------|------------------------------------------------------------------|
+| ``link_delay@AT:MS``      | from AT on, every packet's one-way delay is MS milliseconds (packets in flight keep theirs) |
+| ``link_rate@AT:MBIT``     | from AT on, each node's sending rate is capped at MBIT megabit/s (0: no cap) |
+| ``link_loss@AT:P``        | from AT on, each packet is lost with probability P (0 <= P < 1, seeded by ``chaos.seed``) |
+| ``partition:N@AT:T``      | at AT, node N (the namespace of this host's replicas N, N + nodes, ...) is cut off the link for T seconds |
+
 Wrong numbers (``tenacia.chaos.sdc`` injects them in-process, through ``tenacia.hooks.tamper``):
 - SITE: one of ``SDC_SITES`` (``tenacia.hooks.TAMPER_SITES`` but ``lr``); SLOT: the device slot
   (a fresh job runs replica R on slot R);
@@ -52,11 +63,14 @@ WHENS = ("once", "every", "q=<prob> with 0 < prob <= 1")
 _ENTRY = re.compile(r"^(?P<kind>[a-z_]+)(?::(?P<replica>\d+))?@(?P<step>\d+)(?::(?P<param>[0-9.]+))?$")
 _SDC = re.compile(r"^sdc:(?P<slot>\d+)@(?P<step>\d+):(?P<site>[^:]*):(?P<bits>[^:]*)(?::(?P<when>[^:]*))?$")
 _LR_SPIKE = re.compile(r"^lr_spike@(?P<step>\d+):(?P<factor>[^:]+)$")
+LINK_KINDS = ("link_delay", "link_rate", "link_loss", "partition")
+_LINK = re.compile(r"^(?P<kind>[a-z_]+)(?::(?P<node>\d+))?@(?P<at>\d+(?:\.\d+)?s|\d+):(?P<value>[0-9.]+)$")
+_ALLOWED_LINK = "link_delay@AT:MS, link_rate@AT:MBIT, link_loss@AT:P, partition:NODE@AT:SECONDS (AT: STEP or SECONDSs)"
 _ALLOWED = ("kill:R@S, hang:R@S:SECONDS, slow:R@S:FACTOR, cpu:R@S:CPUS, kill_coordinator@S, kill_healing@S, "
             "kill_checkpoint@S")
 _ALLOWED_SDC = "sdc:SLOT@STEP:SITE:BITS[:WHEN]"
 _ALLOWED_SPIKE = "lr_spike@STEP:FACTOR"
-_ALLOWED_ALL = f"{_ALLOWED}, {_ALLOWED_SDC}, {_ALLOWED_SPIKE}"
+_ALLOWED_ALL = f"{_ALLOWED}, {_ALLOWED_SDC}, {_ALLOWED_SPIKE}, {_ALLOWED_LINK}"
 
 
 def parse_kill_point(spec: str, field_name: str = "kill_at") -> tuple[str, int] | None:
@@ -131,6 +145,38 @@ class LrSpike:
         return f"lr_spike@{self.step}:{self.factor:g}"
 
 
+@dataclass(frozen=True, slots=True)
+class LinkChange:
+    """A change of the emulated link (``link_delay``, ``link_rate``, ``link_loss``, ``partition``)
+    at committed step ``step`` or ``seconds`` after the first committed step (one of the two)."""
+
+    kind: str
+    value: float  # milliseconds, megabit/s, a probability, or seconds of partition
+    step: int | None = None
+    seconds: float | None = None
+    node: int | None = None  # partition only
+
+    @property
+    def spec(self) -> str:
+        who = f":{self.node}" if self.node is not None else ""
+        at = str(self.step) if self.step is not None else f"{self.seconds:g}s"
+        return f"{self.kind}{who}@{at}:{self.value:g}"
+
+
+def _parse_link(text: str, field_name: str) -> LinkChange:
+    m = _LINK.match(text)
+    check(m is not None and m["kind"] in LINK_KINDS, field_name, text, f"{_ALLOWED_LINK} (e.g. link_delay@30s:50)")
+    kind, value = m["kind"], float(m["value"])
+    check((m["node"] is not None) == (kind == "partition"), field_name, text,
+          f"a node number with partition only: {_ALLOWED_LINK}")
+    check(kind != "link_loss" or value < 1, field_name, text, "link_loss@AT:P with 0 <= P < 1")
+    check(kind != "partition" or value > 0, field_name, text, "partition:NODE@AT:SECONDS with SECONDS > 0")
+    at = m["at"]
+    return LinkChange(kind, value, step=None if at.endswith("s") else int(at),
+                      seconds=float(at[:-1]) if at.endswith("s") else None,
+                      node=int(m["node"]) if m["node"] is not None else None)
+
+
 def _parse_sdc(text: str, field_name: str) -> NumericFault:
     m = _SDC.match(text)
     if not m:
@@ -160,10 +206,13 @@ def _parse_lr_spike(text: str, field_name: str) -> LrSpike:
     return LrSpike(int(m["step"]), factor)
 
 
-def parse_entry(text: str, field_name: str = "faults") -> Fault | NumericFault | LrSpike:
-    """Any schedule entry: a process fault (``parse_fault``), a wrong number or an lr spike."""
+def parse_entry(text: str, field_name: str = "faults") -> Fault | NumericFault | LrSpike | LinkChange:
+    """Any schedule entry: a process fault (``parse_fault``), a wrong number, an lr spike or a
+    change of the link."""
     text = text.strip()
     kind = re.match(r"^[a-z_]*", text)[0]
+    if kind in LINK_KINDS:
+        return _parse_link(text, field_name)
     if kind == "sdc":
         return _parse_sdc(text, field_name)
     if kind == "lr_spike":
@@ -180,7 +229,12 @@ def process_faults(chaos: ChaosConfig) -> list[Fault]:
 
 def numeric_faults(chaos: ChaosConfig) -> list[NumericFault | LrSpike]:
     """The schedule's wrong numbers and lr spikes (``tenacia.chaos.sdc``), in schedule order."""
-    return [f for f in map(parse_entry, chaos.faults) if not isinstance(f, Fault)]
+    return [f for f in map(parse_entry, chaos.faults) if isinstance(f, NumericFault | LrSpike)]
+
+
+def link_changes(chaos: ChaosConfig) -> list[LinkChange]:
+    """The schedule's changes of the emulated link (``tenacia chaos link``), in schedule order."""
+    return [f for f in map(parse_entry, chaos.faults) if isinstance(f, LinkChange)]
 
 
 @dataclass(kw_only=True, slots=True)

@@ -17,8 +17,6 @@ import sys
 
 from .config import add_config_args
 
-TRAIN_FLAGS = {"run_dir": "train.run_dir", "replicas": "replicas.count"}
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="inspect the run config")
@@ -46,7 +44,7 @@ def load_run_config(args: argparse.Namespace):
     from . import config
     from .train.config import RunConfig
 
-    flags = config.flag_overrides(vars(args), TRAIN_FLAGS)
+    flags = config.flag_overrides(vars(args), RunConfig.FLAGS)
     return config.load(RunConfig, args.config, flags + list(args.override))
 
 
@@ -61,8 +59,13 @@ def launch_replicas(cfg) -> int:
     """Run this host's replicas of ``cfg`` under the launcher, with the fault schedule as its
     plug-in; returns the launcher's exit code."""
     from .chaos.injector import ChaosInjector
+    from .faults import link_changes
     from .train.replicas.launcher import Launcher
+    from .train.replicas.placement import PLACEMENT_ENV
 
+    if link_changes(cfg.chaos) and PLACEMENT_ENV not in os.environ:
+        print("tenacia: the link entries of chaos.faults apply only to a run under 'tenacia chaos link'; "
+              "ignored here", file=sys.stderr)
     launcher = Launcher(cfg)
     launcher.plugins.append(ChaosInjector(cfg, launcher.run_dir, launcher.events, launcher.pid_of))
     return launcher.run()

@@ -1,4 +1,5 @@
-"""`tenacia chaos`: inject a fault into a running tenacia job by hand, as the schedule would.
+"""`tenacia chaos`: inject a fault into a running tenacia job by hand, as the schedule would; or
+run a job on an emulated network (``chaos link``, ``chaos link-set``: ``link_cli``).
 
 Targets are found through the run directory: each replica's published address record
 (``tenacia.train.replicas.addresses``) holds its pid, and the event log says which replica leads. Every fault is logged as ``fault_injected``.
@@ -12,18 +13,25 @@ import sys
 import time
 from pathlib import Path
 
+from .link_cli import register_link
+
 KINDS = ("kill", "hang", "slow", "kill-coordinator")
+KIND_HELP = {"kill": "SIGKILL a replica", "hang": "SIGSTOP a replica for --seconds",
+             "slow": "run a replica --factor times slower for --seconds",
+             "kill-coordinator": "SIGKILL the current leader"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("chaos", help="inject a fault into a running job (kill, hang, slow a replica)")
-    p.add_argument("kind", choices=KINDS, help="kill: SIGKILL; hang: SIGSTOP for --seconds; slow: run "
-                   "--factor times slower for --seconds; kill-coordinator: SIGKILL the current leader")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the job's train.run_dir")
-    p.add_argument("--replica", type=int, default=None, help="target replica id (not for kill-coordinator)")
-    p.add_argument("--seconds", type=float, default=5.0, help="how long a hang or slow-down lasts")
-    p.add_argument("--factor", type=float, default=2.0, help="slow-down factor (>= 1)")
-    p.set_defaults(handler=cmd_chaos)
+    p = sub.add_parser("chaos", help="inject a fault into a running job, or run a job on an emulated network")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind in KINDS:
+        k = kinds.add_parser(kind, help=KIND_HELP[kind])
+        k.add_argument("run_dir", metavar="RUN_DIR", help="the job's train.run_dir")
+        k.add_argument("--replica", type=int, default=None, help="target replica id (not for kill-coordinator)")
+        k.add_argument("--seconds", type=float, default=5.0, help="how long a hang or slow-down lasts")
+        k.add_argument("--factor", type=float, default=2.0, help="slow-down factor (>= 1)")
+        k.set_defaults(handler=cmd_chaos)
+    register_link(kinds)
 
 
 def leader(run_dir: Path) -> int | None:

@@ -10,7 +10,8 @@ Two kinds of link:
 - ``veth``: each node has a veth pair to a bridge in the lab's hub namespace. Kernel speed.
 - ``tun``: each node has a TUN device whose other side is a user-space forwarder
   (``tenacia.chaos.forwarder``) in the hub namespace; it holds every packet ``delay_ms`` (one
-  way, so a round trip gains ``2 * delay_ms``) and keeps packet order. Linux netem is not in
+  way, so a round trip gains ``2 * delay_ms``), keeps packet order, loses packets with probability
+  ``loss`` (seeded) and counts each node's bytes (``counters()``). Linux netem is not in
   every kernel, this works without it. A single Python forwarder is much slower than a veth
   (measured in docs/fault-model.md, "The network lab").
 Either kind can cap each node's sending rate with a ``tbf`` qdisc (``rate_mbit``).
@@ -28,8 +29,10 @@ Needs root and iproute2 (``netns.available()``).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
+import select
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -53,6 +56,8 @@ class LinkConfig:
     link: Literal["auto", "veth", "tun"] = "auto"  # auto: tun when delay_ms > 0, else veth
     delay_ms: float = 0.0  # one-way delay of every packet (tun only)
     rate_mbit: float = 0.0  # cap on each node's sending rate, megabit/s; 0: no cap
+    loss: float = 0.0  # probability that the forwarder loses a packet (tun only), seeded by ``seed``
+    seed: int = 0
     mtu: int = 1500
 
     def __post_init__(self) -> None:
@@ -62,12 +67,15 @@ class LinkConfig:
         check(self.link != "veth" or self.delay_ms == 0, "delay_ms", self.delay_ms,
               "0 with link = 'veth' (delay needs the user-space forwarder: link = 'tun' or 'auto')")
         check(self.rate_mbit >= 0, "rate_mbit", self.rate_mbit, "a rate in megabit/s >= 0 (0: no cap)")
+        check(0 <= self.loss < 1, "loss", self.loss, "a probability in [0, 1)")
+        check(self.link != "veth" or self.loss == 0, "loss", self.loss,
+              "0 with link = 'veth' (loss needs the user-space forwarder: link = 'tun' or 'auto')")
         check(576 <= self.mtu <= 65000, "mtu", self.mtu, "an integer from 576 to 65000")
 
     @property
     def kind(self) -> str:
         if self.link == "auto":
-            return "tun" if self.delay_ms > 0 else "veth"
+            return "tun" if self.delay_ms > 0 or self.loss > 0 else "veth"
         return self.link
 
 
@@ -154,7 +162,9 @@ class LinkLab:
             self.set_rate(cfg.rate_mbit)
 
     def _start_forwarder(self) -> None:
-        argv = [sys.executable, "-m", "tenacia.chaos.forwarder", "--delay-ms", str(self.config.delay_ms)]
+        cfg = self.config
+        argv = [sys.executable, "-m", "tenacia.chaos.forwarder", "--delay-ms", str(cfg.delay_ms),
+                "--loss", str(cfg.loss), "--seed", str(cfg.seed)]
         for node in self.nodes:
             argv += ["--node", f"tun{node.index}={node.address}"]
         self.forwarder = subprocess.Popen(
@@ -168,10 +178,30 @@ class LinkLab:
     # ----- changing the link live ----------------------------------------------------------------
     def set_delay(self, delay_ms: float) -> None:
         """New one-way delay for packets sent from now on (tun links only); order is kept."""
-        check(self.forwarder is not None, "link.delay_ms", delay_ms,
-              "changeable only on a 'tun' link (make the lab with link='tun')")
         check(delay_ms >= 0, "link.delay_ms", delay_ms, "a number of milliseconds >= 0")
-        self.forwarder.stdin.write(f"delay {delay_ms}\n".encode())
+        self._tell("delay_ms", delay_ms, f"delay {delay_ms}")
+
+    def set_loss(self, loss: float) -> None:
+        """New probability of losing a packet, for packets sent from now on (tun links only)."""
+        check(0 <= loss < 1, "link.loss", loss, "a probability in [0, 1)")
+        self._tell("loss", loss, f"loss {loss}")
+
+    def counters(self, timeout: float = 5.0) -> list[dict[str, int]]:
+        """Per node, what crossed the forwarder so far (tun links only): ``sent_bytes``,
+        ``sent_packets``, ``received_bytes``, ``received_packets``, ``lost_packets``."""
+        self._tell("counters", None, "stats")
+        ready, _, _ = select.select([self.forwarder.stdout], [], [], timeout)
+        line = self.forwarder.stdout.readline() if ready else b""
+        if not line:
+            raise netns.NetnsError(f"the TUN forwarder did not answer 'stats' within {timeout}s "
+                                   f"(exit code {self.forwarder.poll()})")
+        by_address = json.loads(line)
+        return [by_address[n.address] for n in self.nodes]
+
+    def _tell(self, what: str, value: object, line: str) -> None:
+        check(self.forwarder is not None, f"link.{what}", value,
+              "available only on a 'tun' link (make the lab with link='tun')")
+        self.forwarder.stdin.write(f"{line}\n".encode())
         self.forwarder.stdin.flush()
 
     def set_rate(self, rate_mbit: float, node: int | None = None) -> None:

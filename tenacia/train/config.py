@@ -172,6 +172,8 @@ class RunConfig:
     numerics: NumericsConfig = field(default_factory=NumericsConfig)
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
 
+    # the short flags of ``tenacia train``: argparse dest -> the tree field each is an alias of
+    FLAGS: ClassVar[dict[str, str]] = {"run_dir": "train.run_dir", "replicas": "replicas.count"}
     # old dotted name -> new one (tenacia 0.1.0 before the one [device] section)
     MOVED: ClassVar[dict[str, str]] = {
         "train.device": "device.type",

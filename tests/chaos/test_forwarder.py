@@ -3,6 +3,7 @@ stand in for TUN devices (same read/write-one-packet semantics, no root needed).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from tenacia.chaos.forwarder import Forwarder
+from tenacia.chaos.forwarder import Forwarder, Loss
 
 
 def ipv4_packet(dst: str, seq: int) -> bytes:
@@ -70,3 +71,55 @@ def test_unknown_destinations_and_non_ipv4_are_dropped(wires):
     node1.settimeout(2)
     assert int.from_bytes(node1.recv(100)[20:], "big") == 2
     assert fwd.dropped == 2
+
+
+def test_loss_draws_are_fixed_by_the_seed():
+    def pattern(seed: int, n: int = 4000) -> list[bool]:
+        loss = Loss(0.05, seed)
+        return [loss.drop() for _ in range(n)]
+
+    a, b, c = pattern(7), pattern(7), pattern(8)
+    assert a == b and a != c
+    assert 0.03 * 4000 < sum(a) < 0.07 * 4000  # 200 expected; a binomial's 7 sigma either side
+    assert not any(Loss(0.0, 7).drop() for _ in range(1000))
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        Loss(1.0, 0)
+
+
+@pytest.mark.timeout(20)
+def test_loss_drops_the_same_packets_for_the_same_seed_and_counts_per_node():
+    def run(seed: int) -> tuple[list[int], dict]:
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
+        for _, theirs in pairs:
+            theirs.setblocking(False)
+        fds = [p[1].fileno() for p in pairs]
+        fwd = Forwarder(fds, {socket.inet_aton("10.213.0.1"): fds[0], socket.inet_aton("10.213.0.2"): fds[1]},
+                        delay_s=0.0, loss=Loss(0.2, seed), names={fds[0]: "10.213.0.1", fds[1]: "10.213.0.2"})
+        for seq in range(200):
+            pairs[0][0].send(ipv4_packet("10.213.0.2", seq))
+            fwd.receive(fds[0], time.monotonic())
+        pairs[1][0].send(ipv4_packet("10.213.0.1", 7))
+        fwd.receive(fds[1], time.monotonic())
+        fwd.release_due(time.monotonic() + 1)
+        pairs[1][0].setblocking(False)
+        got = []
+        while True:
+            try:
+                got.append(int.from_bytes(pairs[1][0].recv(100)[20:], "big"))
+            except BlockingIOError:
+                break
+        stats = json.loads(fwd.command("stats"))
+        for a, b in pairs:
+            a.close()
+            b.close()
+        return got, stats
+
+    got, stats = run(3)
+    again, _ = run(3)
+    other, _ = run(4)
+    assert got == again and got != other and got == sorted(got)
+    lost = 200 - len(got)
+    assert 10 < lost < 80  # 40 expected
+    assert stats["10.213.0.1"] == {"sent_bytes": 200 * 24, "sent_packets": 200, "received_bytes": 24,
+                                   "received_packets": 1, "lost_packets": lost}
+    assert stats["10.213.0.2"]["received_packets"] == len(got) and stats["10.213.0.2"]["sent_packets"] == 1

@@ -25,6 +25,10 @@ Supervision plug-ins (``Supervision``): objects the caller adds to ``Launcher.pl
 replica process with each one's ``child_env`` added to its environment, and ``close``s them at
 the end. ``tenacia train`` adds the chaos injector this way; the launcher knows nothing of it.
 
+Placement (``placement.py``): the caller may say, through the environment, under which command
+prefix, environment and config overrides each replica process runs (``tenacia chaos link`` puts
+each in a network namespace of its own); the launcher applies it and keeps no spare then.
+
 Warm spare (``spare.py``, ``forked.py``): one process, started with the replicas, that imports
 torch, builds the model and loads the data once, then forks a ready replica for each replacement
 and stays for the next one. Its warm-up runs at normal priority, once per job: at idle priority
@@ -53,6 +57,7 @@ from . import addresses
 from .device_slot import EXIT_EVICTED, SLOT_ENV
 from .forked import REPORT_ENV, SpareProcess
 from .monitor import RunMonitor
+from .placement import Placement
 from .timing import Timing
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # the launcher's exit code after a SIGTERM
@@ -102,6 +107,7 @@ class Launcher:
         self.banned: set[int] = set()
         self.config_path = self.run_dir / "replicas" / f"config-{cfg.replicas.first_id}.toml"
         self.plugins: list[Supervision] = []
+        self.placement = Placement.from_env()  # where each replica process runs (placement.py)
 
     def pid_of(self, replica: int) -> int | None:
         c = self.children.get(replica)
@@ -126,6 +132,8 @@ class Launcher:
             env[SLOT_ENV] = str(self.slots[replica])
         for plugin in self.plugins:
             env.update(plugin.child_env())
+        if replica is not None:
+            cmd, env = self.placement.command(replica - self.ids[0], cmd, env)
         report_r, report_w = os.pipe() if replica is None else (-1, -1)
         if replica is None:
             env[REPORT_ENV] = str(report_w)
@@ -149,7 +157,7 @@ class Launcher:
                 return Child(replica, spare.fork(replica, join, log, self.slots[replica])), "spare"
             except OSError:
                 pass
-        self.spare = self.spawn(None, []) if self.cfg.replicas.spares else None
+        self.spare = self.spawn(None, []) if self.uses_spare else None
         return self.spawn(replica, join), "new process"
 
     def wait_address(self, replica: int) -> str:
@@ -208,9 +216,14 @@ class Launcher:
         first = self.wait_address(first_id)
         for r in self.ids[1:]:
             self.children[r] = self.spawn(r, seeds or [first])
-        if self.cfg.replicas.spares:
+        if self.uses_spare:
             self.spare = self.spawn(None, [])
         return self.supervise()
+
+    @property
+    def uses_spare(self) -> bool:
+        """A warm spare is kept unless none is asked for or replicas are placed (placement.py)."""
+        return bool(self.cfg.replicas.spares) and not self.placement
 
     def restore_bans(self) -> None:
         """Slots of this host banned earlier in this run (its event log; a resumed job) stay banned:

@@ -269,6 +269,9 @@ def draw_latency(rows: dict[str, Any], replicas: int, path: Path) -> None:
     right.set(xscale="log", xlabel="audit probability p per step", ylabel="share caught",
               title="single transient mantissa flips")
     right.legend()
+    for ax in (left, right):  # p as fractions, no minor log labels over each other
+        ax.set_xticks(ps, [f"1/{round(1 / p)}" if p < 1 else "1" for p in ps])
+        ax.minorticks_off()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

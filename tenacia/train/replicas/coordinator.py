@@ -46,7 +46,7 @@ import torch.distributed as dist
 
 from ...data.ledger import SampleLedger
 from ...events import EventLog, read_events
-from ..config import NumericsConfig, ReplicaConfig
+from ..config import LOW_COMMUNICATION, NumericsConfig, ReplicaConfig
 from ..numerics.judge import Judge
 from . import votecheck
 from .commit import StepCommit
@@ -103,7 +103,8 @@ class Coordinator(StepCommit):
         self.quorum_id = last_quorum_id
         self.votes: dict[int, Vote] = {}
         self.checks = votecheck.build(cfg.vote_checks)  # judged on every step's votes (votecheck.py)
-        self.judge = Judge(numerics) if numerics is not None and numerics.check else None
+        self.judge = (Judge(numerics, replay=cfg.sync not in LOW_COMMUNICATION)
+                      if numerics is not None and numerics.check else None)
         if self.judge is not None and events.path is not None:
             self.judge.restore(read_events(events.path))  # strikes an earlier leader gave
         self.rechecks, self.benched, self.must_heal, self.devices = {}, set(), set(), {}

@@ -113,7 +113,7 @@ class Compressor:
             values = codes.view(n_blocks, width).float() * p.scales[:, None]
         if p.indices is not None:
             values = torch.zeros(n_blocks, b, dtype=torch.float32, device=values.device).scatter_(
-                1, p.indices.long(), values)
+                1, p.indices.long().view(n_blocks, width), values)
         return values.reshape(-1)[:p.numel]
 
     # ----- the wire form: one uint8 tensor per payload --------------------------------------------------
@@ -140,7 +140,7 @@ class Compressor:
         parts, offset = {}, 0
         for name, dt, count in self.layout(n):
             size = count * torch.empty(0, dtype=dt).element_size()
-            parts[name] = buf[offset:offset + size].view(dt)
+            parts[name] = buf[offset:offset + size].clone().view(dt)  # a copy: the view needs its own alignment
             offset += size
         return Payload(parts["codes"], parts["scales"], parts.get("indices"), n)
 

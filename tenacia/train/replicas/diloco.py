@@ -124,7 +124,7 @@ class OuterRounds:
         self.pending_residual = (step, f, residual)
         mine = torch.cat([self.compressor.pack(payload), torch.tensor([tokens]).view(torch.uint8)])
         n = flat.numel() - 1
-        parts = [(self.compressor.decode(self.compressor.unpack(b[:-4], n)), float(b[-4:].view(torch.float32)))
+        parts = [(self.compressor.decode(self.compressor.unpack(b[:-4], n)), float(b[-4:].clone().view(torch.float32)))
                  for b in self.gather(mine, group, wait, wake)]
         flat.copy_(weighted_sum(parts))
 

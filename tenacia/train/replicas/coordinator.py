@@ -12,7 +12,9 @@ Contract (what is decided when, what each party may assume):
   is ``max(hang_floor_s, hang_factor x median step time)``, from measured steps: no user-tuned
   timeout. Silence counts only while the leader hears its own member's heartbeats (they take the
   same path through this process): a leader starved of CPU, hearing nobody, expels nobody. A
-  member declared hung is told ``expelled`` and must rejoin and heal.
+  member declared hung is told ``expelled`` and must rejoin and heal. The stuck bound follows each
+  member's own compute times too (``liveness.own_stuck_bound``): a replica that is slow, or a
+  diloco round of many inner steps, is not taken for a hung one.
 - Quorum. A ``quorum`` message names the members, the step they run next (all hold the same
   committed state), which of them share the batch, and which newcomers heal from which donor.
   Healing takes the quorum's first step; once that step commits every member holds the same
@@ -169,8 +171,7 @@ class Coordinator(StepCommit):
                 return
             m.last_hb = self.clock.now()
             if isinstance(msg, Heartbeat):
-                if msg.phase != m.phase or msg.step != m.phase_step:
-                    m.phase, m.phase_step, m.phase_since = msg.phase, msg.step, self.clock.now()
+                m.entered(msg.phase, msg.step, self.clock.now())
                 m.committed = max(m.committed, msg.committed)  # verdicts may be ahead of it
                 self.reported[rid] = m.committed
             elif isinstance(msg, Vote):
@@ -259,7 +260,8 @@ class Coordinator(StepCommit):
                 self._broadcast(LeaderHeartbeat())
                 self._last_beat = now
             timeout, q = self.hang_timeout, self.quorum
-            for rid, why in expulsions(self.members, self.replica, q, now, timeout, self.timing.stuck_bound(timeout)):
+            for rid, why in expulsions(self.members, self.replica, q, now, timeout, self.timing.stuck_bound(timeout),
+                                       self.timing):
                 self._lose(rid, "hang", why)
             in_quorum = [self.members[r] for r in (q.members if q else ()) if r in self.members]
             if q is not None and collective_stuck(q, in_quorum, now, timeout):

@@ -34,6 +34,8 @@ def test_a_replica_killed_mid_round_drops_out_and_heals_with_the_ledger_exact(tm
     assert lost["replica"] == 1 and lost["kind"] == "crash"
     healed = next(e for e in events if e["event"] == "heal_done" and e["t"] >= fault["t"])
     assert healed["replica"] == 1 and healed["bytes"] > 0
+    discarded = next(e for e in events if e["event"] == "step_discarded" and e["t"] >= fault["t"])
+    assert "replica 1 lost" in discarded["reason"]  # the round in flight: redone without it
     committed = [e for e in events if e["event"] == "step_committed"]
     assert [e["step"] for e in committed] == list(range(1, ROUNDS + 1))
     assert 1 not in next(e for e in committed if e["t"] > lost["t"])["members"]  # the round went on without it

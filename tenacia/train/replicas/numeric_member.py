@@ -65,10 +65,11 @@ class NumericMember:
         n_grads = gradient_numel(trainer.model)
         self.grad_part, self.replay = grad_part or (lambda flat: flat[:n_grads]), replay
         self.committed: str | None = None  # state fingerprint right after the last commit, heal or load
-        if trainer.outer is None:
+        outer = getattr(trainer, "outer", None)  # a stand-in trainer of a test may have none
+        if outer is None:
             self.state: Callable[[], str] = StateFingerprint(trainer.model, trainer.optimizer)
         else:
-            outer, buffers = trainer.outer, persistent_buffers(trainer.model)
+            buffers = persistent_buffers(trainer.model)
             self.state = lambda: fingerprint([*outer.fingerprint_tensors(), *buffers])
 
     def settle(self, members: int | None = None) -> None:

@@ -26,7 +26,9 @@ Contract (what is decided when, what each party may assume):
   holds; without a valid exclusive lease, none from a minority of the last committed quorum; a
   lone leader with an exclusive lease steps down.
 - Shares. The quorum names each sharer's ``shares``: positions in the step's global batch
-  (``shares.py``), even shares on every normal step. When the new quorum runs the step that was
+  (``shares.py``), even shares on every normal step; under diloco and streaming, shares sized to
+  each member's measured speed (``speed.py``), carried by the quorum and by each commit's verdict
+  for the quorum's next step. When the new quorum runs the step that was
   just discarded (a member lost mid-step, also after a takeover), each surviving sharer keeps the
   share it had, and only the lost members' positions are handed out again (salvage): survivors
   reuse the gradients they computed for that step, the batch is still covered exactly once.
@@ -72,6 +74,7 @@ from .protocol import (
     Welcome,
 )
 from .shares import even_shares, salvage_shares
+from .speed import SpeedLog, sized_shares
 from .steplog import StepLog
 from .takeover import resolve_takeover
 from .timing import Clock, Timing
@@ -105,6 +108,8 @@ class Coordinator(StepCommit):
         self.quorum_id = last_quorum_id
         self.votes: dict[int, Vote] = {}
         self.checks = votecheck.build(cfg.vote_checks)  # judged on every step's votes (votecheck.py)
+        # diloco, streaming: each sharer's share of a round sized to its measured speed (speed.py)
+        self.speed = SpeedLog() if cfg.sync in LOW_COMMUNICATION else None
         self.judge = (Judge(numerics, replay=cfg.sync not in LOW_COMMUNICATION)
                       if numerics is not None and numerics.check else None)
         if self.judge is not None and events.path is not None:
@@ -228,6 +233,8 @@ class Coordinator(StepCommit):
         if m is None:
             return
         self.lost_at[rid] = self.clock.now()
+        if self.speed is not None:
+            self.speed.forget(rid)
         if kind in ("hang", "evicted"):
             m.conn.try_send(Expelled(why, evict=kind == "evicted"))
         m.conn.close()
@@ -334,7 +341,7 @@ class Coordinator(StepCommit):
         if prev is not None and prev.step == step + 1 and prev.shares:
             shares = salvage_shares(prev.shares, sharers, self.batch_size)  # the same step again
         else:
-            shares = even_shares(sharers, self.batch_size)
+            shares = self.shares_for(sharers)
         heal = {r: in_sync[i % len(in_sync)] for i, r in enumerate(r for r in live if r not in in_sync)}
         self.quorum_id += 1
         self.quorum = Quorum(
@@ -348,6 +355,12 @@ class Coordinator(StepCommit):
         self.events.emit("quorum_changed", step=step, quorum_id=self.quorum_id, members=live, reason=reason,
                          healing=heal, since_commit_s=self.steps.stalled_for())
         self._broadcast(self.quorum)
+
+    def shares_for(self, sharers: list[int] | tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+        """Even shares, or (diloco, streaming) shares sized to the members' measured speeds."""
+        if self.speed is None:
+            return even_shares(sharers, self.batch_size)
+        return sized_shares(sharers, self.batch_size, self.speed.speeds())
 
     def _behind(self, live: list[int]) -> str | None:
         have = max(max(self.members[r].committed, self.members[r].pending or 0) for r in live)

@@ -212,7 +212,8 @@ class Replica(NewcomerHealing):
             except Superseded as s:
                 return s.args[0]
             first = False
-            q = q.next_step(self.cfg.step_samples)  # healed newcomers share from the 2nd step on
+            sized = self._verdict.shares if self._verdict is not None else None
+            q = q.next_step(self.cfg.step_samples, sized)  # healed newcomers share from the 2nd step on
             self.link.advance(q)
 
     def apply_resolve(self, resolve: Resolve | None) -> None:
@@ -251,7 +252,10 @@ class Replica(NewcomerHealing):
         self.enter("compute", q.step)
         self.numerics.at_rest(q.step)
         timing = {"received": q.received_t, "compute_start": time.time()} if heal else None
+        t0 = time.monotonic()
         share = self.compute_share(q)
+        if share.tokens:
+            share = replace(share, compute_s=round(time.monotonic() - t0, 6))
         flat = self.sync.contribution(self.trainer, self.grads, q.step)
         check = self.cfg.numerics.check
         own = None

@@ -122,7 +122,7 @@ class OuterRounds:
         f = self.fragment(step)
         payload, residual = self.compressor.encode(flat[:-1], self.residual.get(f))
         self.pending_residual = (step, f, residual)
-        mine = torch.cat([self.compressor.pack(payload), torch.tensor([tokens]).view(torch.uint8)])
+        mine = torch.cat([self.compressor.pack(payload), torch.tensor([tokens], device=flat.device).view(torch.uint8)])
         n = flat.numel() - 1
         parts = [(self.compressor.decode(self.compressor.unpack(b[:-4], n)), float(b[-4:].clone().view(torch.float32)))
                  for b in self.gather(mine, group, wait, wake)]

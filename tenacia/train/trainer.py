@@ -192,6 +192,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to ``train.steps`` on this process alone; returns a summary."""
         tc = self.cfg.train
+        # one process has no outer loop (replicas.sync diloco, streaming): it trains plain steps, and
+        # its checkpoints carry no outer state (a replica run resuming one starts the outer loop afresh)
+        self.outer = None
         if not (self.cfg.checkpoint.resume and self.resume()) and self.ledger is not None:
             self.ledger.rewind(0, term=self.term)  # from scratch: records of an earlier, lost attempt no longer count
         self.events.emit("run_started", step=self.step, replicas=1, device=self.device.describe(),

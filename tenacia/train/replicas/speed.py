@@ -14,7 +14,7 @@ timing, or a redone step would not be bit-identical.)
   from the largest share); a
   sharer not measured yet counts at the median of those measured (all even before any is).
 - Stragglers: a member measured under ``STRAGGLER_RATIO`` of the median speed of the quorum's
-  members for ``STRAGGLER_S`` seconds is reported once (``straggler`` event, docs/events.md),
+  members for ``Timing.straggler_s`` (a minute) is reported once (``straggler`` event, docs/events.md),
   again only after it recovered. The leader's clock drives it: a test moves a fake one.
 """
 
@@ -28,16 +28,15 @@ from .protocol import Vote
 from .shares import Shares
 
 WINDOW = 5  # measurements a member's speed is the median of
-STRAGGLER_RATIO = 0.1  # under this fraction of the median speed ...
-STRAGGLER_S = 60.0  # ... for this long: a straggler
+STRAGGLER_RATIO = 0.1  # under this fraction of the median speed for Timing.straggler_s: a straggler
 
 
 def sized_shares(sharers: Sequence[int], batch: int, speeds: Mapping[int, float]) -> Shares:
     """Positions ``0 .. batch-1`` in contiguous runs, in ``sharers`` order, sized by speed (module
     docstring)."""
-    known = [speeds[r] for r in sharers if speeds.get(r, 0) > 0]
-    fill = statistics.median(known) if known else 1.0
-    weight = [speeds[r] if speeds.get(r, 0) > 0 else fill for r in sharers]
+    measured = {r: speeds[r] for r in sharers if r in speeds and speeds[r] > 0}
+    fill = statistics.median(measured.values()) if measured else 1.0
+    weight = [measured.get(r, fill) for r in sharers]
     raw = [batch * w / sum(weight) for w in weight]
     sizes = [int(x) for x in raw]
     by_remainder = sorted(range(len(sharers)), key=lambda i: (-(raw[i] - int(raw[i])), i))
@@ -56,7 +55,8 @@ def sized_shares(sharers: Sequence[int], batch: int, speeds: Mapping[int, float]
 class SpeedLog:
     """The leader's measured speeds of its members (tokens/s) and its straggler watch."""
 
-    def __init__(self) -> None:
+    def __init__(self, straggler_s: float):
+        self.straggler_s = straggler_s
         self.samples: dict[int, deque[float]] = {}
         self.slow_since: dict[int, float] = {}
         self.reported: set[int] = set()
@@ -83,7 +83,7 @@ class SpeedLog:
                 self.reported.discard(r)
                 continue
             since = self.slow_since.setdefault(r, now)
-            if now - since >= STRAGGLER_S and r not in self.reported:
+            if now - since >= self.straggler_s and r not in self.reported:
                 self.reported.add(r)
                 out.append((r, s, median, now - since))
         return out

@@ -40,28 +40,11 @@ from ..step import lr_at
 from ..trainer import Trainer
 from .apply import PendingStep
 from .compress import Compressor
+from .group import Wait, collect, gloo_all_gather
 from .local_round import LocalRound
 
-Wait = Callable[[Callable[[], bool]], None]
 # the collective of a compressed exchange: every member's packed payload, in rank order
 Gather = Callable[[torch.Tensor, Any, Wait, Callable[..., None]], list[torch.Tensor]]
-
-
-def gloo_all_gather(buf: torch.Tensor, group: Any, wait: Wait, wake: Callable[..., None]) -> list[torch.Tensor]:
-    """All-gather of one equal-sized uint8 tensor per member over a torch process group, asleep
-    until its future completes (as ``EveryStep.reduce``)."""
-    out = [torch.empty_like(buf) for _ in range(group.size())]
-    collect(group.allgather([out], [buf]), wait, wake)
-    return out
-
-
-def collect(work: Any, wait: Wait, wake: Callable[..., None]) -> None:
-    """Sleep until the collective ``work`` completes (or fails: then ``work.wait`` raises)."""
-    # the future completes (and runs its callbacks) just before the work marks itself completed
-    done = work.get_future()
-    done.add_done_callback(wake)  # also on error: a peer died mid-collective
-    wait(done.done)
-    work.wait()
 
 
 def weighted_sum(payloads: list[tuple[torch.Tensor, float]]) -> torch.Tensor:

@@ -36,7 +36,8 @@ from ... import checkpoint as ckpt
 from ..config import SYNC_ALIASES, RunConfig
 from ..trainer import Trainer
 from .apply import PendingStep, apply_step, contribution, gradient_numel
-from .diloco import OuterRounds, Wait, collect
+from .diloco import OuterRounds
+from .group import Wait, collect
 from .shares import LocalGradients
 
 

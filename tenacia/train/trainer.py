@@ -10,6 +10,10 @@ saved (its term is not older than the sample ledger's at its step), and rewinds 
 to that step. With the same thread count, N steps straight and N steps with any number of kills
 and resumes in between give ``torch.equal`` weights on CPU.
 
+Outer state: under ``replicas.sync`` diloco or streaming the trainer also holds ``outer``
+(``outer.OuterState``: global parameters and outer momenta), saved as ``outer.safetensors`` and
+restored with the rest; a single process's ``fit`` has none.
+
 Terms: a single process writes its ledger records and checkpoint manifests under ``term``, the
 newest term its ledger already holds (0 unless a replica run wrote the ledger before), so that it
 continues a replica run's ledger instead of being read as a deposed leader. A replica's leader

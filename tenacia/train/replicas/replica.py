@@ -10,7 +10,10 @@ it still holds for the same step, from a run of it that was discarded, are reuse
 ``shares.LocalGradients``); all-reduce them (sum) in the quorum's own process group, asleep on the
 leader's inbox (the collective's future wakes it) so that a newer quorum abandons the collective
 at once; vote, holding the step as one ``PendingStep`` (vote and reduced gradients) until the
-verdict; apply on ``commit``. A quorum's ``resolve`` decides a step left pending by the last one. A fresh gloo group and fresh buffers are used for every quorum; an
+verdict; apply on ``commit``. A quorum's ``resolve`` decides a step left pending by the last one.
+What a step computes, reduces and applies is the sync strategy's (``sync.py``): gradients under
+ddp; under diloco and streaming a round of inner steps and its pseudo-gradient (``LocalRound`` in
+place of ``LocalGradients``). A fresh gloo group and fresh buffers are used for every quorum; an
 older quorum's group is retired as soon as a newer quorum starts, in a background thread, never on
 the training thread (tearing down a gloo group with a collective in flight can block for many
 seconds; see ``Replica.retire_groups``).

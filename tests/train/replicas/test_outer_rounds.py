@@ -116,3 +116,28 @@ def test_each_strategy_converges_within_tolerance_of_ddp_at_equal_tokens(tmp_pat
     if case != "streaming":
         assert all(torch.equal(p, q) for p, q in zip(trainers[0].model.parameters(), trainers[1].model.parameters(),
                                                        strict=True))
+
+
+def test_a_checkpoint_carries_the_outer_state_and_one_without_starts_it_afresh(tmp_path):
+    cfg = load(tmp_path / "run", "replicas.sync=diloco", "checkpoint.background=false")
+    t = Trainer(cfg, write_ledger=False)
+    t.outer.step(0, [torch.full_like(p, 0.01) for p in t.outer.params])  # a momentum, and globals that moved
+    saved = {k: v.clone() for k, v in t.outer.tensors().items()}
+    assert any(k.endswith(".momentum_buffer") for k in saved)
+    t.step = 1
+    t.save_checkpoint()
+    again = Trainer(cfg, write_ledger=False)
+    assert again.resume()
+    assert again.outer.tensors().keys() == saved.keys()
+    assert all(torch.equal(again.outer.tensors()[k], v) for k, v in saved.items())
+    # a ddp run's checkpoint resumed under diloco: the model's weights become the global ones, no momentum
+    ddp = Trainer(load(tmp_path / "ddp", "checkpoint.background=false"), write_ledger=False)
+    with torch.no_grad():
+        for p in ddp.model.parameters():
+            p.add_(0.5)  # trained weights, not the initial ones every trainer starts from
+    ddp.step = 1
+    ddp.save_checkpoint()
+    switched = Trainer(load(tmp_path / "ddp", "replicas.sync=diloco"), write_ledger=False)
+    assert switched.resume() and not any(k.endswith(".momentum_buffer") for k in switched.outer.tensors())
+    assert all(torch.equal(g, p) and torch.equal(g, q) for g, p, q in
+               zip(switched.outer.params, switched.model.parameters(), ddp.model.parameters(), strict=True))

@@ -141,3 +141,30 @@ def test_a_checkpoint_carries_the_outer_state_and_one_without_starts_it_afresh(t
     assert switched.resume() and not any(k.endswith(".momentum_buffer") for k in switched.outer.tensors())
     assert all(torch.equal(g, p) and torch.equal(g, q) for g, p, q in
                zip(switched.outer.params, switched.model.parameters(), ddp.model.parameters(), strict=True))
+
+
+def test_a_salvaged_round_keeps_what_it_trained_and_trains_only_the_lost_positions_more(tmp_path):
+    """LocalRound: H inner steps over a share, the model back at the round's start between calls;
+    a redo of the same round with positions added reuses the held ones and continues from the
+    local parameters with inner batches of the same size."""
+    cfg = load(tmp_path, "replicas.sync=diloco", "replicas.outer.inner_steps=4")
+    t = Trainer(cfg, write_ledger=False)
+    sync = strategy(cfg, t)
+    held = sync.local(t)
+    start = [p.detach().clone() for p in t.model.parameters()]
+    batch = t.sampler.peek(cfg.step_samples)  # 32 samples
+    _, tokens, reused = held.compute(1, range(0, 16), batch, t.data.train.get, 4, t.device)
+    assert (reused, held.inner_done, held.inner_size, tokens) == (0, 4, 4, 16 * cfg.data.seq_len)
+    assert all(torch.equal(p, s) for p, s in zip(t.model.parameters(), start, strict=True))  # at rest: the start
+    first = [v.clone() for v in held.local]
+    assert not all(torch.equal(v, s) for v, s in zip(first, start, strict=True))
+    _, tokens, reused = held.compute(1, range(0, 24), batch, t.data.train.get, 4, t.device)
+    assert (reused, held.inner_done, held.chunks, tokens) == (16, 6, [tuple(range(16)), tuple(range(16, 24))],
+                                                              24 * cfg.data.seq_len)
+    assert not all(torch.equal(v, f) for v, f in zip(held.local, first, strict=True))
+    flat = sync.contribution(t, held, 1)
+    assert flat[-1] == 24 * cfg.data.seq_len  # the token count rides at the end of the pseudo-gradient
+    expected = torch.cat([(g - v).reshape(-1) for g, v in zip(t.outer.params, held.local, strict=True)])
+    assert torch.equal(flat[:-1], expected)  # global minus local, every parameter (diloco: one fragment)
+    held.drop()
+    assert held.local is None and all(torch.equal(p, s) for p, s in zip(t.model.parameters(), start, strict=True))

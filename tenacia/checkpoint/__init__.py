@@ -23,7 +23,7 @@ _API = {
     "ForeignFormat": "format", "Superseded": "format",
     "Snapshot": "state", "load_model_weights": "state", "load_optimizer_tensors": "state",
     "model_tensors": "state", "optimizer_tensors": "state", "restore_rng": "state",
-    "state_fingerprint": "state", "take_snapshot": "state",
+    "state_fingerprint": "state", "tensors_fingerprint": "state", "take_snapshot": "state",
     "CheckpointConfig": "writer", "CheckpointWriter": "writer",
 }
 __all__ = sorted(_API)

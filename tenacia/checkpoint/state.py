@@ -53,8 +53,14 @@ def optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
 def state_fingerprint(step: int, sampler_state: dict[str, Any], model: torch.nn.Module,
                       optimizer: torch.optim.Optimizer) -> str:
     """SHA-256 over weights, AdamW moments, step and sampler position: equal iff replicas agree."""
+    return tensors_fingerprint(step, sampler_state, [model_tensors(model), optimizer_tensors(model, optimizer)])
+
+
+def tensors_fingerprint(step: int, sampler_state: dict[str, Any], parts: list[dict[str, torch.Tensor]]) -> str:
+    """SHA-256 over step, sampler position and each part's tensors by name (``state_fingerprint``
+    of whatever state a sync strategy replicates)."""
     h = hashlib.sha256(json.dumps([step, sampler_state]).encode())
-    for tensors in (model_tensors(model), optimizer_tensors(model, optimizer)):
+    for tensors in parts:
         for name in sorted(tensors):
             h.update(name.encode())
             h.update(tensors[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())

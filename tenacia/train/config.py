@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..checkpoint.writer import CheckpointConfig
-from ..config import check
+from ..config import check, check_choice
 from ..data.config import DataConfig
 from ..device import DeviceConfig
 from ..faults import ChaosConfig
@@ -69,6 +69,41 @@ class TrainConfig:
         check(self.log_every > 0, "log_every", self.log_every, "a positive integer")
 
 
+SYNC_STRATEGIES = ("ddp", "diloco", "streaming")  # replicas.sync (replicas/sync.py, docs/sync.md)
+SYNC_ALIASES = {"every_step": "ddp"}  # names configs written before the strategies were named still use
+LOW_COMMUNICATION = ("diloco", "streaming")  # strategies whose protocol step is an outer round
+
+
+@dataclass(kw_only=True, slots=True)
+class OuterConfig:
+    """The outer loop of the low-communication strategies (``replicas.sync = "diloco" | "streaming"``,
+    ``docs/sync.md``); ignored under ``ddp``.
+
+    A protocol step is then one *round*: ``inner_steps`` inner AdamW steps on each replica from the
+    round's global parameters, then one outer Nesterov SGD step on the token-weighted average of the
+    replicas' pseudo-gradients (global minus local parameters). ``train.steps`` counts rounds, and
+    a round's batch is ``inner_steps x train.batch_size`` samples.
+    """
+
+    inner_steps: int = 16  # H: inner steps per round (each replica's share of a round is split into H batches)
+    lr: float = 0.7  # outer learning rate (DiLoCo's 0.7)
+    momentum: float = 0.9  # Nesterov momentum of the outer SGD (DiLoCo's 0.9)
+    quantize: str = "fp32"  # the outer exchange: "fp32", "int8" or "int4" (symmetric, absmax scale per block)
+    block: int = 256  # elements per scale block of int8/int4 (and per top-k block)
+    error_feedback: bool = True  # what quantization and top-k did not send is kept per replica and sent next round
+    topk: float = 0.0  # fraction of each block kept, the largest magnitudes (0: off, every element is sent)
+    fragments: int = 4  # streaming only: F fragments of the parameters, round r syncs fragment r mod F
+
+    def __post_init__(self) -> None:
+        check(self.inner_steps >= 1, "inner_steps", self.inner_steps, "a positive integer")
+        check(self.lr > 0, "lr", self.lr, "a positive number")
+        check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        check_choice("quantize", self.quantize, ("fp32", "int8", "int4"))
+        check(self.block >= 1, "block", self.block, "a positive integer")
+        check(0 <= self.topk < 1, "topk", self.topk, "a fraction in [0, 1) (0: off)")
+        check(self.fragments >= 1, "fragments", self.fragments, "a positive integer")
+
+
 @dataclass(kw_only=True, slots=True)
 class ReplicaConfig:
     """Fault-tolerant data-parallel replicas (``tenacia train --replicas N``).
@@ -98,7 +133,10 @@ class ReplicaConfig:
     # the background; a leader cut off from etcd stops committing within lease_ttl_s).
     lease: str = "dir"
     lease_ttl_s: int = 3  # etcd only: seconds an etcd lease outlives its last renewal
-    sync: str = "every_step"  # what a step reduces and when (replicas/sync.py): every_step
+    # What a step reduces and when (replicas/sync.py, docs/sync.md): "ddp" (gradients, every step;
+    # "every_step" is its old name), "diloco" or "streaming" (a step is an outer round: [replicas.outer]).
+    sync: str = "ddp"
+    outer: OuterConfig = field(default_factory=OuterConfig)
     vote_checks: list[str] = field(default_factory=list)  # checks on every vote (replicas/votecheck.py)
 
     def __post_init__(self) -> None:
@@ -113,7 +151,10 @@ class ReplicaConfig:
         check(self.restart_backoff_s >= 0, "restart_backoff_s", self.restart_backoff_s, "a number >= 0")
         check(self.hang_floor_s > 0, "hang_floor_s", self.hang_floor_s, "a positive number of seconds")
         check(self.hang_factor >= 1, "hang_factor", self.hang_factor, "a number >= 1")
-        check(self.sync == "every_step", "sync", self.sync, "'every_step'")
+        check_choice("sync", self.sync, (*SYNC_STRATEGIES, *SYNC_ALIASES))
+        if self.sync == "streaming":
+            check(self.outer.fragments >= 2, "outer.fragments", self.outer.fragments,
+                  "at least 2 under replicas.sync='streaming' (1 fragment is 'diloco')")
         check(self.lease == "dir" or self.lease.startswith("etcd://"), "lease", self.lease,
               "'dir' or 'etcd://HOST:PORT[/PREFIX]'")
         check(isinstance(self.lease_ttl_s, int) and self.lease_ttl_s >= 2, "lease_ttl_s", self.lease_ttl_s,
@@ -187,6 +228,21 @@ class RunConfig:
                   "at least 300 for a trained byte-level BPE (256 bytes plus special tokens and merges)")
         check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len", self.data.seq_len,
               f"at most model.max_seq_len={self.model.max_seq_len}")
+        if self.replicas.sync in LOW_COMMUNICATION:
+            check(not self.model.is_moe, "replicas.sync", self.replicas.sync,
+                  "'ddp' for a mixture-of-experts model (its balancing biases move with the summed loads of "
+                  "every step; diloco and streaming train dense models)")
+
+    @property
+    def low_communication(self) -> bool:
+        """Is a protocol step an outer round (``replicas.sync`` diloco or streaming)?"""
+        return self.replicas.sync in LOW_COMMUNICATION
+
+    @property
+    def step_samples(self) -> int:
+        """Samples in one protocol step's global batch: ``train.batch_size``, times
+        ``replicas.outer.inner_steps`` when a step is an outer round."""
+        return self.train.batch_size * (self.replicas.outer.inner_steps if self.low_communication else 1)
 
     @property
     def replica_threads(self) -> int:

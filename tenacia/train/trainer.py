@@ -10,6 +10,10 @@ saved (its term is not older than the sample ledger's at its step), and rewinds 
 to that step. With the same thread count, N steps straight and N steps with any number of kills
 and resumes in between give ``torch.equal`` weights on CPU.
 
+Outer state: under ``replicas.sync`` diloco or streaming the trainer also holds ``outer``
+(``outer.OuterState``: global parameters and outer momenta), saved as ``outer.safetensors`` and
+restored with the rest; a single process's ``fit`` has none.
+
 Terms: a single process writes its ledger records and checkpoint manifests under ``term``, the
 newest term its ledger already holds (0 unless a replica run wrote the ledger before), so that it
 continues a replica run's ledger instead of being read as a deposed leader. A replica's leader
@@ -36,6 +40,7 @@ from ..model import build_model, loss_fn
 from ..storage import atomic_write
 from .config import RunConfig
 from .metrics import MetricsLog, expert_metrics
+from .outer import OuterState
 from .progress import Progress
 from .step import StepResult, build_optimizer, lr_at, train_step
 
@@ -60,6 +65,7 @@ class Trainer:
         o = cfg.optim
         self.optimizer = build_optimizer(self.model, lr=o.lr, weight_decay=o.weight_decay,
                                          betas=(o.beta1, o.beta2), eps=o.eps, device=self.device)
+        self.outer = self._outer_state()
         self.sampler = Sampler(len(self.data.train), cfg.data.seed)
         self.ledger = SampleLedger(self.run_dir / "ledger.jsonl") if write_ledger else None
         self.term = self.ledger.newest_term() if self.ledger is not None else 0
@@ -68,6 +74,17 @@ class Trainer:
         self.step = 0  # last committed step
         self.tokens_seen = 0  # committed target tokens, all members together
         self._write_run_files()
+
+    def _outer_state(self) -> OuterState | None:
+        """The global parameters and outer optimizer of a diloco or streaming run (``outer.py``);
+        None under ddp (and ignored by a single process's ``fit``)."""
+        if not self.cfg.low_communication:
+            return None
+        fragments = self.cfg.replicas.outer.fragments if self.cfg.replicas.sync == "streaming" else 1
+        n = len(list(self.model.parameters()))
+        cfglib.check(fragments <= n, "replicas.outer.fragments", fragments,
+                     f"at most the model's {n} parameter tensors")
+        return OuterState(self.model, self.cfg.replicas.outer, fragments)
 
     # ----- run directory -------------------------------------------------------------------
     def _write_run_files(self) -> None:
@@ -88,6 +105,9 @@ class Trainer:
         """Save under leader term ``term`` (default: this process's ``term``)."""
         meta = dict(self.meta(), term=self.term if term is None else term)
         snap = ckpt.take_snapshot(self.step, self.model, self.optimizer, self.device.type, meta)
+        if self.outer is not None:
+            snap.files["outer.safetensors"] = {k: v.detach().to("cpu", copy=True).contiguous()
+                                               for k, v in self.outer.tensors().items()}
         self.checkpoints.save(snap)
 
     def resume(self, event: str = "resumed") -> bool:
@@ -108,6 +128,11 @@ class Trainer:
         ckpt.load_model_weights(self.model, path)
         ckpt.load_optimizer_tensors(self.model, self.optimizer, ckpt.load_file(path, "optimizer.safetensors"))
         ckpt.restore_rng(ckpt.load_file(path, "state.safetensors"), self.device.type)
+        if self.outer is not None:  # a checkpoint without one (written under ddp) starts the outer loop afresh
+            if "outer.safetensors" in manifest.get("files", {}):
+                self.outer.load(ckpt.load_file(path, "outer.safetensors"))
+            else:
+                self.outer.take_model(self.model)
         self.sampler.load_state_dict(manifest["sampler"])
         self.step = int(manifest["step"])
         self.tokens_seen = int(manifest["tokens_seen"])
@@ -171,6 +196,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to ``train.steps`` on this process alone; returns a summary."""
         tc = self.cfg.train
+        # one process has no outer loop (replicas.sync diloco, streaming): it trains plain steps, and
+        # its checkpoints carry no outer state (a replica run resuming one starts the outer loop afresh)
+        self.outer = None
         if not (self.cfg.checkpoint.resume and self.resume()) and self.ledger is not None:
             self.ledger.rewind(0, term=self.term)  # from scratch: records of an earlier, lost attempt no longer count
         self.events.emit("run_started", step=self.step, replicas=1, device=self.device.describe(),

@@ -68,7 +68,7 @@ def test_the_landed_versions_config_loads_with_the_new_fields_at_their_defaults(
     cfg = config.load(RunConfig, LANDED / "run" / "config.toml", [f"data.corpus={LANDED / 'corpus.txt'}"])
     assert cfg.train.steps == 6 and cfg.train.batch_size == 8
     assert (cfg.replicas.lease, cfg.replicas.lease_ttl_s, cfg.replicas.sync, cfg.replicas.vote_checks) == \
-        ("dir", 3, "every_step", [])
+        ("dir", 3, "ddp", [])  # the default; "every_step" names it too
 
 
 REPLICA_RUN = Path(__file__).parent / "landed_replica_run"

@@ -139,8 +139,11 @@ def minority(values: Mapping[int, str]) -> tuple[list[int], bool]:
 class Judge:
     """The leader's numeric state across steps: baselines, the recheck in flight, strikes, watches."""
 
-    def __init__(self, cfg: NumericsConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: NumericsConfig, replay: bool = True):
+        """``replay``: a share can be re-executed bit for bit (ddp). Without it (diloco, streaming:
+        replicas hold their own parameters and moments between commits) a trigger cannot be
+        attributed: the suspect step's batch is skipped (verdict ``unattributed``), nobody struck."""
+        self.cfg, self.replay = cfg, replay
         self.loss, self.norm = Ema(), Ema()
         self.round: Recheck | None = None
         self.strikes: dict[int, list[int]] = {}  # replica -> steps of its strikes
@@ -157,6 +160,9 @@ class Judge:
         suspects = self._triggers(step, reports, sharers)
         if suspects:
             suspect, kind, why, auditor, seen = suspects[0]
+            if not self.replay:
+                return Decision("skip", f"{why}: no re-execution under this sync strategy", "unattributed",
+                                suspect=suspect)
             # a lone sharer is its own peer: it can tell a transient fault, not a chip from the model
             others = [r for r in sharers if r not in (suspect, auditor)] or [r for r in sharers if r != suspect] or [suspect]
             self.round = Recheck(suspect, others[0], kind, why, reports[suspect].own, reports[suspect].chunks, auditor,

@@ -108,10 +108,18 @@ def apply_step(trainer: Trainer, grads: LocalGradients, pending: PendingStep, cf
     hooks.reach("between_steps", t.step)
 
 
+OUTER = "outer:"  # prefix of the outer state's tensors among a heal's optimizer tensors (diloco, streaming)
+
+
 def load_healed(trainer: Trainer, meta: dict[str, Any], model: dict[str, torch.Tensor],
                 optim: dict[str, torch.Tensor]) -> None:
-    """Take a donor's state (``heal.HealFetch.result``) as this trainer's own."""
+    """Take a donor's state (``heal.HealFetch.result``) as this trainer's own: weights, optimizer
+    moments and, for diloco and streaming, the outer state (its tensors named ``OUTER`` + name)."""
     trainer.model.load_state_dict(model, strict=False)
-    ckpt.load_optimizer_tensors(trainer.model, trainer.optimizer, optim)
+    outer = {k.removeprefix(OUTER): v for k, v in optim.items() if k.startswith(OUTER)}
+    ckpt.load_optimizer_tensors(trainer.model, trainer.optimizer,
+                                {k: v for k, v in optim.items() if not k.startswith(OUTER)})
+    if trainer.outer is not None:
+        trainer.outer.load(outer)
     trainer.sampler.load_state_dict(meta["sampler"])
     trainer.step, trainer.tokens_seen = int(meta["step"]), int(meta["tokens_seen"])

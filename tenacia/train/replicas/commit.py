@@ -6,7 +6,9 @@ voted ok and no vote check objects, the numeric judge (``numerics/judge.py``, wh
 heal in the next quorum, a faulty one computes no share in the redo, a lemon is evicted by name);
 skip (the batch is dropped and its samples recorded as skipped); or recheck (the suspect and a
 healthy peer re-execute the suspect's share, ``Recheck``; their ``Rechecked`` answers give the
-verdict). Every trigger, re-execution and verdict is an event (``docs/events.md``).
+verdict). Every trigger, re-execution and verdict is an event (``docs/events.md``). Under diloco and
+streaming a commit also takes the votes' speed measurements and sizes the next round's shares
+(``speed.py``; the verdict carries them), and reports stragglers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from ..numerics.judge import Decision, Judge, Outcome, Report
 from . import votecheck
 from .protocol import Recheck, Rechecked, Resolve, Stop, Verdict, Vote
+from .speed import SpeedLog
 
 
 class StepCommit:
@@ -27,6 +30,7 @@ class StepCommit:
     benched: set[int]  # members that compute no share when the discarded step is redone
     must_heal: set[int]  # members whose state is corrupt: they heal in the next quorum
     devices: dict[int, str]  # replica -> its device (host:slot), from its hello
+    speed: SpeedLog | None  # diloco, streaming: measured speeds, the next round's shares, stragglers
 
     def _on_vote(self: Any, rid: int, msg: Vote) -> None:
         q = self.quorum
@@ -105,7 +109,14 @@ class StepCommit:
         first = self.votes[q.sharers[0]]
         if ok and self.ledger is not None:
             self.ledger.record(step, first.start, list(first.batch), term=self.term)
-        self._broadcast(Verdict(quorum_id=q.quorum_id, step=step, commit=ok, skip=skip))
+        sized = None
+        if ok and self.speed is not None:  # diloco, streaming: the next round's shares follow measured speeds
+            self.speed.observe(self.votes)
+            for r, speed, median, for_s in self.speed.stragglers(q.members, self.clock.now()):
+                self.events.emit("straggler", step=step, replica=r, tokens_per_s=round(speed, 1),
+                                 median_tokens_per_s=round(median, 1), for_s=round(for_s, 1))
+            sized = self.shares_for(q.members)
+        self._broadcast(Verdict(quorum_id=q.quorum_id, step=step, commit=ok, skip=skip, shares=sized))
         for r in q.members:
             self.members[r].committed = step if ok else self.members[r].committed
             self.reported[r] = self.members[r].committed
@@ -114,7 +125,7 @@ class StepCommit:
         if ok:
             self.settled = (step, q.members)
             self.steps.committed(q, votes)
-            self.quorum = q.next_step(self.batch_size)  # healed newcomers are in sync now
+            self.quorum = q.next_step(self.batch_size, sized)  # healed newcomers are in sync now
             if step >= self.total_steps:
                 self._broadcast(Stop(reason="finished", step=step))
                 self._stop()

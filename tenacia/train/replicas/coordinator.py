@@ -12,7 +12,9 @@ Contract (what is decided when, what each party may assume):
   is ``max(hang_floor_s, hang_factor x median step time)``, from measured steps: no user-tuned
   timeout. Silence counts only while the leader hears its own member's heartbeats (they take the
   same path through this process): a leader starved of CPU, hearing nobody, expels nobody. A
-  member declared hung is told ``expelled`` and must rejoin and heal.
+  member declared hung is told ``expelled`` and must rejoin and heal. The stuck bound follows each
+  member's own compute times too (``liveness.own_stuck_bound``): a replica that is slow, or a
+  diloco round of many inner steps, is not taken for a hung one.
 - Quorum. A ``quorum`` message names the members, the step they run next (all hold the same
   committed state), which of them share the batch, and which newcomers heal from which donor.
   Healing takes the quorum's first step; once that step commits every member holds the same
@@ -24,7 +26,9 @@ Contract (what is decided when, what each party may assume):
   holds; without a valid exclusive lease, none from a minority of the last committed quorum; a
   lone leader with an exclusive lease steps down.
 - Shares. The quorum names each sharer's ``shares``: positions in the step's global batch
-  (``shares.py``), even shares on every normal step. When the new quorum runs the step that was
+  (``shares.py``), even shares on every normal step; under diloco and streaming, shares sized to
+  each member's measured speed (``speed.py``), carried by the quorum and by each commit's verdict
+  for the quorum's next step. When the new quorum runs the step that was
   just discarded (a member lost mid-step, also after a takeover), each surviving sharer keeps the
   share it had, and only the lost members' positions are handed out again (salvage): survivors
   reuse the gradients they computed for that step, the batch is still covered exactly once.
@@ -46,7 +50,7 @@ import torch.distributed as dist
 
 from ...data.ledger import SampleLedger
 from ...events import EventLog, read_events
-from ..config import NumericsConfig, ReplicaConfig
+from ..config import LOW_COMMUNICATION, NumericsConfig, ReplicaConfig
 from ..numerics.judge import Judge
 from . import votecheck
 from .commit import StepCommit
@@ -70,6 +74,7 @@ from .protocol import (
     Welcome,
 )
 from .shares import even_shares, salvage_shares
+from .speed import SpeedLog, sized_shares
 from .steplog import StepLog
 from .takeover import resolve_takeover
 from .timing import Clock, Timing
@@ -103,7 +108,10 @@ class Coordinator(StepCommit):
         self.quorum_id = last_quorum_id
         self.votes: dict[int, Vote] = {}
         self.checks = votecheck.build(cfg.vote_checks)  # judged on every step's votes (votecheck.py)
-        self.judge = Judge(numerics) if numerics is not None and numerics.check else None
+        # diloco, streaming: each sharer's share of a round sized to its measured speed (speed.py)
+        self.speed = SpeedLog(timing.straggler_s) if cfg.sync in LOW_COMMUNICATION else None
+        self.judge = (Judge(numerics, replay=cfg.sync not in LOW_COMMUNICATION)
+                      if numerics is not None and numerics.check else None)
         if self.judge is not None and events.path is not None:
             self.judge.restore(read_events(events.path))  # strikes an earlier leader gave
         self.rechecks, self.benched, self.must_heal, self.devices = {}, set(), set(), {}
@@ -168,8 +176,7 @@ class Coordinator(StepCommit):
                 return
             m.last_hb = self.clock.now()
             if isinstance(msg, Heartbeat):
-                if msg.phase != m.phase or msg.step != m.phase_step:
-                    m.phase, m.phase_step, m.phase_since = msg.phase, msg.step, self.clock.now()
+                m.entered(msg.phase, msg.step, self.clock.now())
                 m.committed = max(m.committed, msg.committed)  # verdicts may be ahead of it
                 self.reported[rid] = m.committed
             elif isinstance(msg, Vote):
@@ -226,6 +233,8 @@ class Coordinator(StepCommit):
         if m is None:
             return
         self.lost_at[rid] = self.clock.now()
+        if self.speed is not None:
+            self.speed.forget(rid)
         if kind in ("hang", "evicted"):
             m.conn.try_send(Expelled(why, evict=kind == "evicted"))
         m.conn.close()
@@ -258,7 +267,8 @@ class Coordinator(StepCommit):
                 self._broadcast(LeaderHeartbeat())
                 self._last_beat = now
             timeout, q = self.hang_timeout, self.quorum
-            for rid, why in expulsions(self.members, self.replica, q, now, timeout, self.timing.stuck_bound(timeout)):
+            for rid, why in expulsions(self.members, self.replica, q, now, timeout, self.timing.stuck_bound(timeout),
+                                       self.timing):
                 self._lose(rid, "hang", why)
             in_quorum = [self.members[r] for r in (q.members if q else ()) if r in self.members]
             if q is not None and collective_stuck(q, in_quorum, now, timeout):
@@ -331,7 +341,7 @@ class Coordinator(StepCommit):
         if prev is not None and prev.step == step + 1 and prev.shares:
             shares = salvage_shares(prev.shares, sharers, self.batch_size)  # the same step again
         else:
-            shares = even_shares(sharers, self.batch_size)
+            shares = self.shares_for(sharers)
         heal = {r: in_sync[i % len(in_sync)] for i, r in enumerate(r for r in live if r not in in_sync)}
         self.quorum_id += 1
         self.quorum = Quorum(
@@ -345,6 +355,12 @@ class Coordinator(StepCommit):
         self.events.emit("quorum_changed", step=step, quorum_id=self.quorum_id, members=live, reason=reason,
                          healing=heal, since_commit_s=self.steps.stalled_for())
         self._broadcast(self.quorum)
+
+    def shares_for(self, sharers: list[int] | tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+        """Even shares, or (diloco, streaming) shares sized to the members' measured speeds."""
+        if self.speed is None:
+            return even_shares(sharers, self.batch_size)
+        return sized_shares(sharers, self.batch_size, self.speed.speeds())
 
     def _behind(self, live: list[int]) -> str | None:
         have = max(max(self.members[r].committed, self.members[r].pending or 0) for r in live)

@@ -1,4 +1,5 @@
-"""The quorum's process group: a fresh gloo group per quorum, built off the training thread."""
+"""The quorum's process group: a fresh gloo group per quorum, built off the training thread, and
+the training thread's way of waiting on its collectives (``collect``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,29 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 from .timing import Timing
+
+Wait = Callable[[Callable[[], bool]], None]  # sleeps the training thread until the predicate holds
+
+
+def collect(work: Any, wait: Wait, wake: Callable[..., None]) -> None:
+    """Sleep (``wait``) until the collective ``work`` completes, or fails: then ``work.wait`` raises."""
+    # the future completes (and runs its callbacks) just before the work marks itself completed:
+    # wait on the future, or the wake finds the work not done yet
+    done = work.get_future()
+    done.add_done_callback(wake)  # also on error: a peer died mid-collective
+    wait(done.done)
+    work.wait()
+
+
+def gloo_all_gather(buf: torch.Tensor, group: Any, wait: Wait, wake: Callable[..., None]) -> list[torch.Tensor]:
+    """All-gather of one equal-sized tensor per member over a torch process group, in rank order."""
+    out = [torch.empty_like(buf) for _ in range(group.size())]
+    collect(group.allgather([out], [buf]), wait, wake)
+    return out
 
 
 class GroupBuilder:

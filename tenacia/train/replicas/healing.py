@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ... import checkpoint as ckpt
-from .apply import load_healed
+from .apply import OUTER, load_healed
 from .heal import HealFetch
 from .protocol import Quorum
 
@@ -24,9 +24,12 @@ class NewcomerHealing:
             fetch = HealFetch(q.addrs[donor].heal, q.quorum_id, notify=self.wake, timing=self.timing)
             self.events.emit("heal_started", step=q.step, replica=self.id, peer=donor)
         if self.id in q.heal.values():
+            optim = ckpt.optimizer_tensors(t.model, t.optimizer)
+            if t.outer is not None:  # diloco, streaming: the global parameters and outer momenta too
+                optim |= {OUTER + k: v for k, v in t.outer.tensors().items()}
             self.heal_server.offer(q.quorum_id, {"step": t.step, "sampler": t.sampler.state_dict(),
                                                  "tokens_seen": t.tokens_seen, "data_fingerprint": t.data.fingerprint},
-                                   ckpt.model_tensors(t.model), ckpt.optimizer_tensors(t.model, t.optimizer))
+                                   ckpt.model_tensors(t.model), optim)
         return fetch
 
     def finish_healing(self: Any, fetch: HealFetch, q: Quorum) -> bool:

@@ -254,7 +254,7 @@ class Launcher:
 
     def supervise(self) -> int:
         tc = self.cfg.train
-        with RunMonitor(self.run_dir, tc.steps, tc.batch_size * self.cfg.data.seq_len, tc.progress,
+        with RunMonitor(self.run_dir, tc.steps, self.cfg.step_samples * self.cfg.data.seq_len, tc.progress,
                         tc.log_every) as monitor:
             while True:
                 time.sleep(min([self.timing.launcher_poll_s] + [plugin.poll_s for plugin in self.plugins]))

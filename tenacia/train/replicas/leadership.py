@@ -66,7 +66,7 @@ class Leadership:
                            cfg=cfg.replicas, timing=self.timing, total_steps=cfg.train.steps,
                            events=EventLog(self.events.path, f"coordinator:{self.id}"),
                            ledger=SampleLedger(self.run_dir / "ledger.jsonl"), expected=expected,
-                           run_dir=self.run_dir, log_every=cfg.train.log_every, batch_size=cfg.train.batch_size,
+                           run_dir=self.run_dir, log_every=cfg.train.log_every, batch_size=cfg.step_samples,
                            last_quorum_id=last_quorum_id, takeover_from=takeover_from, previous=previous,
                            numerics=cfg.numerics).start()
 

@@ -7,19 +7,25 @@ this replica or on any other (``tests/train/numerics/test_determinism.py`` prove
 the suite runs on). ``LocalGradients.chunks`` records the calls that made a member's gradients, so
 a re-execution replays exactly those. Values pass the ``hooks.tamper`` sites on the way, on
 re-execution too: a chip that computes wrong numbers every time does so when asked again.
+
+Under diloco and streaming (``replay`` False) replicas hold different parameters and inner moments
+between commits, so no peer can recompute another's share: no audits are made, the state
+fingerprint covers the replicated state only (global parameters and outer momenta,
+``outer.OuterState``), and the finite flags and spike statistics are taken on the pseudo-gradient
+(the leader's judge then skips a suspect round instead of asking for a re-execution).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ... import hooks
 from ..config import NumericsConfig
-from ..numerics.fingerprint import StateFingerprint, fingerprint
+from ..numerics.fingerprint import StateFingerprint, fingerprint, persistent_buffers
 from ..trainer import Trainer
 from .apply import contribution, gradient_numel
 from .protocol import Quorum, Recheck, Rechecked
@@ -50,11 +56,21 @@ def audit_plan(step: int, sharers: Sequence[int], watch: Mapping[int, int], p: f
 class NumericMember:
     """The numeric side of one replica's steps (``Replica`` calls it at each phase)."""
 
-    def __init__(self, cfg: NumericsConfig, trainer: Trainer, grads: LocalGradients, micro_batch_size: int):
+    def __init__(self, cfg: NumericsConfig, trainer: Trainer, grads: LocalGradients, micro_batch_size: int,
+                 grad_part: Callable[[torch.Tensor], torch.Tensor] | None = None, replay: bool = True):
+        """``grad_part(flat)``: the part of a contribution whose norm is taken (the sync strategy's;
+        default: the gradients, without a mixture of experts' loads after them);
+        ``replay``: whether a peer can recompute a share bit for bit (module docstring)."""
         self.cfg, self.trainer, self.grads, self.mbs = cfg, trainer, grads, micro_batch_size
+        n_grads = gradient_numel(trainer.model)
+        self.grad_part, self.replay = grad_part or (lambda flat: flat[:n_grads]), replay
         self.committed: str | None = None  # state fingerprint right after the last commit, heal or load
-        self.state = StateFingerprint(trainer.model, trainer.optimizer)
-        self.n_grads = gradient_numel(trainer.model)  # norms skip the expert loads after the gradients
+        outer = getattr(trainer, "outer", None)  # a stand-in trainer of a test may have none
+        if outer is None:
+            self.state: Callable[[], str] = StateFingerprint(trainer.model, trainer.optimizer)
+        else:
+            buffers = persistent_buffers(trainer.model)
+            self.state = lambda: fingerprint([*outer.fingerprint_tensors(), *buffers])
 
     def settle(self, members: int | None = None) -> None:
         """The state just changed legitimately (a commit, a heal, a resume) in a quorum of
@@ -84,7 +100,7 @@ class NumericMember:
         """A share's contribution (tampered) and its outcome (``judge.Outcome``): the fingerprint
         covers the whole contribution, the norm its gradients only."""
         flat, loss = self.tampered(step, flat, loss)
-        return flat, {"grad": fingerprint([flat]), "loss": float(loss), "gnorm": norm(flat[:self.n_grads])}
+        return flat, {"grad": fingerprint([flat]), "loss": float(loss), "gnorm": norm(self.grad_part(flat))}
 
     def recompute(self, step: int, chunks: Sequence[Sequence[int]], own: bool) -> dict[str, Any]:
         """Re-execute the share made of ``chunks`` (positions in the step's batch) from the current
@@ -111,7 +127,7 @@ class NumericMember:
     def audits(self, q: Quorum, watch: Mapping[int, int], me: int) -> list[dict[str, Any]]:
         """Recompute the peers' shares this member audits at ``q.step`` (normal steps only: every
         sharer then computed its share in one call from the same state)."""
-        if q.heal or q.resolve is not None or not self.cfg.check:
+        if q.heal or q.resolve is not None or not self.cfg.check or not self.replay:
             return []
         plan = audit_plan(q.step, q.sharers, watch, self.cfg.audit_p, self.cfg.seed)
         return [{"of": r, **self.recompute(q.step, [q.shares[r]], own=False)}
@@ -122,7 +138,7 @@ class NumericMember:
         """This member's numeric vote (``judge.Report``; ``reduced`` has passed its tamper site),
         through the ``vote`` tamper site."""
         state = self.state()
-        report = {"own": own, "rnorm": norm(reduced[:self.n_grads]), "reduced": fingerprint([reduced]), "state": state,
+        report = {"own": own, "rnorm": norm(self.grad_part(reduced)), "reduced": fingerprint([reduced]), "state": state,
                   "rest_ok": self.committed is None or state == self.committed,
                   "chunks": [list(c) for c in self.grads.chunks] if own else [], "audits": audits}
         return hooks.tamper("vote", step, report)

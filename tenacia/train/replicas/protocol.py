@@ -64,7 +64,9 @@ class Vote:
     wall-clock phase times of a quorum's first step (``docs/events.md``), else None; ``checks``
     the values of the configured vote checks (``votecheck.py``), by check name. A mixture of
     experts adds ``expert_loads``, the tokens per expert and MoE layer summed over the quorum (the
-    reduce's, alike on every member), and ``expert_bias``, the biases a commit sets from them."""
+    reduce's, alike on every member), and ``expert_bias``, the biases a commit sets from them.
+    ``compute_s``: the seconds it spent computing its share (the leader's speed measurements,
+    ``speed.py``)."""
 
     TAG: ClassVar[str] = "vote"
     replica: int
@@ -81,6 +83,7 @@ class Vote:
     checks: dict[str, Any] | None = None
     expert_loads: tuple[tuple[int, ...], ...] | None = None
     expert_bias: tuple[tuple[float, ...], ...] | None = None
+    compute_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +206,12 @@ class Quorum:
     received_t: float | None = None
     watch: dict[int, int] = field(default_factory=dict)
 
-    def next_step(self, batch_size: int) -> Quorum:
+    def next_step(self, batch_size: int, shares: dict[int, tuple[int, ...]] | None = None) -> Quorum:
         """The same quorum one step on, after ``step`` committed: every member then holds the same
-        state, so all share the batch evenly and nobody heals (no new quorum, no new group)."""
+        state, so all share the batch and nobody heals (no new quorum, no new group); evenly,
+        unless the commit's verdict sized the shares (``Verdict.shares``)."""
         return replace(self, step=self.step + 1, sharers=self.members, heal={}, resolve=None,
-                       shares=even_shares(self.members, batch_size))
+                       shares=shares or even_shares(self.members, batch_size))
 
     def rank(self, replica: int) -> int:
         return self.members.index(replica)
@@ -216,13 +220,16 @@ class Quorum:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """Every member voted: apply ``step`` (``commit``) or drop it; ``skip``: drop it and its batch
-    too (the numbers were right and the model or data unstable: the sampler moves past the batch)."""
+    too (the numbers were right and the model or data unstable: the sampler moves past the batch).
+    ``shares``: a commit's shares for the quorum's next step when the leader sized them to the
+    members' speeds (``speed.py``), else None (even shares)."""
 
     TAG: ClassVar[str] = "verdict"
     quorum_id: int
     step: int
     commit: bool
     skip: bool = False
+    shares: dict[int, tuple[int, ...]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,10 @@ it still holds for the same step, from a run of it that was discarded, are reuse
 ``shares.LocalGradients``); all-reduce them (sum) in the quorum's own process group, asleep on the
 leader's inbox (the collective's future wakes it) so that a newer quorum abandons the collective
 at once; vote, holding the step as one ``PendingStep`` (vote and reduced gradients) until the
-verdict; apply on ``commit``. A quorum's ``resolve`` decides a step left pending by the last one. A fresh gloo group and fresh buffers are used for every quorum; an
+verdict; apply on ``commit``. A quorum's ``resolve`` decides a step left pending by the last one.
+What a step computes, reduces and applies is the sync strategy's (``sync.py``): gradients under
+ddp; under diloco and streaming a round of inner steps and its pseudo-gradient (``LocalRound`` in
+place of ``LocalGradients``). A fresh gloo group and fresh buffers are used for every quorum; an
 older quorum's group is retired as soon as a newer quorum starts, in a background thread, never on
 the training thread (tearing down a gloo group with a collective in flight can block for many
 seconds; see ``Replica.retire_groups``).
@@ -59,7 +62,6 @@ from .protocol import (
     Vote,
     Wake,
 )
-from .shares import LocalGradients
 from .spare import wait_as_spare
 from .sync import strategy
 from .timing import Timing
@@ -93,11 +95,12 @@ class Replica(NewcomerHealing):
         self.heal_server = HealServer(host, host, timing=self.timing)
         self.phase = "idle"
         self.pending_step = 0
-        self.sync = strategy(cfg.replicas.sync)
+        self.sync = strategy(cfg, self.trainer)
         self.checks = votecheck.build(cfg.replicas.vote_checks)
         self.pending: PendingStep | None = None
-        self.grads = LocalGradients(self.trainer.model)  # this member's share of the step in flight
-        self.numerics = NumericMember(cfg.numerics, self.trainer, self.grads, cfg.train.micro_batch_size)
+        self.grads = self.sync.local(self.trainer)  # this member's share of the step in flight
+        self.numerics = NumericMember(cfg.numerics, self.trainer, self.grads, cfg.train.micro_batch_size,
+                                      self.sync.grad_part, replay=not cfg.low_communication)
         self.server.device = device_name(replica)
         self.server.status = self.status
         self.link = self._new_link()
@@ -212,7 +215,8 @@ class Replica(NewcomerHealing):
             except Superseded as s:
                 return s.args[0]
             first = False
-            q = q.next_step(self.cfg.train.batch_size)  # healed newcomers share from the 2nd step on
+            sized = self._verdict.shares if self._verdict is not None else None
+            q = q.next_step(self.cfg.step_samples, sized)  # healed newcomers share from the 2nd step on
             self.link.advance(q)
 
     def apply_resolve(self, resolve: Resolve | None) -> None:
@@ -252,8 +256,11 @@ class Replica(NewcomerHealing):
         if self.id not in q.heal:  # a healing member's state is replaced by its donor's in this step
             self.numerics.at_rest(q.step)
         timing = {"received": q.received_t, "compute_start": time.time()} if heal else None
+        t0 = time.monotonic()
         share = self.compute_share(q)
-        flat = self.sync.contribution(self.trainer, self.grads)
+        if share.tokens:
+            share = replace(share, compute_s=round(time.monotonic() - t0, 6))
+        flat = self.sync.contribution(self.trainer, self.grads, q.step)
         check = self.cfg.numerics.check
         own = None
         if check and self.id in q.sharers:
@@ -283,7 +290,7 @@ class Replica(NewcomerHealing):
         if not self._verdict.commit:
             if self._verdict.skip:  # the batch is dropped: its samples are recorded as skipped
                 self.grads.drop()
-                self.trainer.sampler.advance(self.cfg.train.batch_size)
+                self.trainer.sampler.advance(self.cfg.step_samples)
             raise Superseded(self._await_next("step discarded"))
         self.apply(pending)
         self.pending = None
@@ -302,7 +309,7 @@ class Replica(NewcomerHealing):
         t = self.trainer
         vote = Vote(replica=self.id, quorum_id=q.quorum_id, step=q.step, ok=False, start=t.sampler.position)
         if self.id in q.sharers:
-            ids = t.sampler.peek(self.cfg.train.batch_size)
+            ids = t.sampler.peek(self.cfg.step_samples)
             positions = q.shares[self.id]
             loss, tokens, reused = self.grads.compute(q.step, positions, ids, t.data.train.get,
                                                       self.cfg.train.micro_batch_size, t.device)
@@ -320,7 +327,8 @@ class Replica(NewcomerHealing):
             raise Superseded(self._await_next(f"group failed: {builder.error}"))
         self.enter("allreduce", self.pending_step)
         try:
-            self.sync.reduce(flat, builder.pg, lambda done: self.wait_until(done, "all-reduce"), self.wake)
+            self.sync.reduce(flat, builder.pg, lambda done: self.wait_until(done, "all-reduce"), self.wake,
+                             self.pending_step)
             if timing:
                 timing.update(group_ready=builder.ready_t, reduced=time.time())
         except Superseded:
@@ -366,8 +374,8 @@ class Replica(NewcomerHealing):
 
     def finish(self) -> int:
         t = self.trainer
-        self.events.emit("state_fingerprint", step=t.step, replica=self.id, fingerprint=ckpt.state_fingerprint(
-            t.step, t.sampler.state_dict(), t.model, t.optimizer))
+        self.events.emit("state_fingerprint", step=t.step, replica=self.id, fingerprint=ckpt.tensors_fingerprint(
+            t.step, t.sampler.state_dict(), self.sync.replicated(t)))
         coord = self.server.coordinator
         if coord is not None:  # the leader writes the final checkpoint and the eval
             eval_loss = t.evaluate()

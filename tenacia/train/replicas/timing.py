@@ -44,6 +44,7 @@ class Timing:
     stuck_floor_s: float = 10.0  # a member computing this long while a peer waits in the all-reduce...
     stuck_factor: float = 4.0  # ... and this many hang bounds, is stuck
     frozen_floor_s: float = 0.5  # a clock jump under this is never taken for a freeze
+    straggler_s: float = 60.0  # diloco, streaming: under a tenth of the median speed this long is a straggler
     hang_before_quorum_s: float = 1.0  # a member's bound for its leader's silence before any quorum
     fence_check_s: float = 0.5  # how often a leader checks for a newer term between commits
     lease_ttl_s: int = 3  # ReplicaConfig.lease_ttl_s: an etcd lease outlives its last renewal by this

@@ -198,3 +198,27 @@ def test_the_hang_bound_follows_the_measured_step_times(tmp_path):
         assert 1.5 < lost[0]["silence_s"] <= 1.6
     finally:
         lead.coord.close()
+
+
+def test_the_stuck_bound_follows_a_slow_members_own_compute_times(tmp_path):
+    """A replica whose compute phases take 8 s (a slow chip, or a diloco round of many inner steps)
+    is stuck only after 4 x 1.5 x 8 = 48 s of computing while its peers wait, not after the
+    quorum's 10 s."""
+    lead = Leader(tmp_path)
+    try:
+        lead.hello(0, 1, 2)
+        lead.phase.update({0: "allreduce", 2: "allreduce"})
+        for _ in range(3):
+            lead.phase[1] = "compute"
+            lead.run_for(8.0)
+            lead.phase[1] = "vote"
+            lead.run_for(0.2)
+        assert list(lead.coord.members[1].compute_times) == pytest.approx([8.0] * 3, abs=0.11)
+        lead.phase[1] = "compute"
+        lead.run_for(40.0)  # four times the quorum's stuck bound: a straggler still
+        assert set(lead.coord.members) == {0, 1, 2} and lead.events("failure_detected") == []
+        lead.run_for(9.0)
+        lost = lead.events("failure_detected")
+        assert [(e["replica"], e["kind"]) for e in lost] == [(1, "hang")] and "> 48." in lost[0]["reason"]
+    finally:
+        lead.coord.close()

@@ -1,0 +1,97 @@
+"""The replicated state of the low-communication sync strategies: global parameters and the outer optimizer.
+
+Under ``replicas.sync = "diloco" | "streaming"`` (``docs/sync.md``) each replica trains its own
+copy of the parameters for a round of inner AdamW steps; what every replica holds alike is this
+state: the *global* parameters (what the last outer steps made) and the outer optimizer's
+Nesterov momentum. It is what a checkpoint's ``outer.safetensors`` holds, what a newcomer heals
+from its donor with the rest, and what the numeric fingerprint compares after each commit
+(``fingerprint_tensors``); the inner AdamW moments are each replica's own.
+
+``fragments`` partition the parameters, in model order, into F contiguous groups of about equal
+element counts (streaming syncs one per round; diloco has one, the whole model).
+
+The outer step, on fragment ``f`` with the averaged pseudo-gradient ``d`` (global minus local):
+``torch.optim.SGD`` with Nesterov momentum and no dampening, i.e. ``b = mu b + d``,
+``g -= lr (d + mu b)`` on that fragment's global parameters only (the others' momentum is left
+as it was).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import OuterConfig
+
+
+def split_fragments(sizes: list[int], count: int) -> list[list[int]]:
+    """Parameter indices (model order) in ``count`` contiguous, non-empty groups of about equal
+    element counts: the next group starts once the running total reached the current group's
+    share of the whole (or when every tensor left must start a group of its own). ``ValueError``
+    when there are fewer parameters than fragments."""
+    if count > len(sizes):
+        raise ValueError(f"replicas.outer.fragments={count} but the model has only {len(sizes)} parameter tensors")
+    total, out, acc = sum(sizes), [[]], 0
+    for i, n in enumerate(sizes):
+        to_open = count - len(out)
+        if out[-1] and to_open and (acc * count >= len(out) * total or len(sizes) - i == to_open):
+            out.append([])
+        out[-1].append(i)
+        acc += n
+    return out
+
+
+class OuterState:
+    """Global parameters (copies of the model's, in its order) and their Nesterov SGD (module docstring)."""
+
+    def __init__(self, model: nn.Module, cfg: OuterConfig, fragments: int):
+        named = list(model.named_parameters())
+        self.names = [n for n, _ in named]
+        self.params = [p.detach().clone() for _, p in named]
+        self.fragments = split_fragments([p.numel() for p in self.params], fragments)
+        self.optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+    def take_model(self, model: nn.Module) -> None:
+        """The model's parameters become the global ones, with no momentum (a fresh start, or a
+        checkpoint written without an outer state)."""
+        with torch.no_grad():
+            for g, p in zip(self.params, model.parameters(), strict=True):
+                g.copy_(p)
+        self.optimizer.state.clear()
+
+    def step(self, fragment: int, average: list[torch.Tensor]) -> None:
+        """The outer step on ``fragment``'s global parameters with the averaged pseudo-gradients
+        (one per parameter of the fragment, in order)."""
+        for i, d in zip(self.fragments[fragment], average, strict=True):
+            self.params[i].grad = d.view_as(self.params[i])
+        self.optimizer.step()
+        for g in self.params:
+            g.grad = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """By name: ``<param>.global`` and ``<param>.momentum_buffer`` (once it exists)."""
+        out = {f"{n}.global": g for n, g in zip(self.names, self.params, strict=True)}
+        for n, g in zip(self.names, self.params, strict=True):
+            buf = self.optimizer.state.get(g, {}).get("momentum_buffer")
+            if buf is not None:
+                out[f"{n}.momentum_buffer"] = buf
+        return out
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Take ``tensors`` (``tensors()``'s form) as this state, bit for bit; ``ValueError`` when
+        a global parameter is missing or of another shape."""
+        self.optimizer.state.clear()
+        with torch.no_grad():
+            for n, g in zip(self.names, self.params, strict=True):
+                src = tensors.get(f"{n}.global")
+                if src is None or src.shape != g.shape:
+                    raise ValueError(f"outer state: '{n}.global' is missing or of another shape")
+                g.copy_(src)
+                buf = tensors.get(f"{n}.momentum_buffer")
+                if buf is not None:
+                    self.optimizer.state[g] = {"momentum_buffer": buf.to(g.device).clone()}
+
+    def fingerprint_tensors(self) -> list[torch.Tensor]:
+        """What must be bit-identical across replicas after a commit: global parameters, then momenta."""
+        return [*self.params, *(self.optimizer.state[g]["momentum_buffer"] for g in self.params
+                                if "momentum_buffer" in self.optimizer.state.get(g, {}))]

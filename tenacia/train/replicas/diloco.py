@@ -1,0 +1,140 @@
+"""DiLoCo and Streaming DiLoCo as a sync strategy: a protocol step is one outer round (``docs/sync.md``).
+
+A round of quorum ``q`` (``Replica.run_step``; the leader's shares, votes and commit are those of
+every step):
+- compute: each sharer trains its share of the round's batch (``inner_steps x train.batch_size``
+  samples) as inner AdamW steps from its parameters at the round's start (``local_round.py``);
+- ``contribution``: the pseudo-gradient of the round's fragment, global minus local parameters,
+  then the tokens this member trained (zeros and 0 for a member without a share: a newcomer);
+- ``reduce``: token-weighted sum over the quorum: ``[sum_i t_i d_i, sum_i t_i]``. fp32: one
+  all-reduce of ``[t d, t]``; quantized or top-k (``compress.py``): each member compresses ``d``
+  (with its error-feedback residual), the packed payloads and token counts are all-gathered
+  (``Gather``, a seam a long-link transport replaces), and each member dequantizes and sums them
+  in rank order, the same bits everywhere;
+- ``apply`` (on commit only): the outer Nesterov step on the fragment's global parameters with
+  ``sum_i t_i d_i / sum_i t_i`` (``outer.OuterState``); the fragment's local parameters become the
+  new global ones, the other fragments keep what this member trained (diloco has one fragment:
+  every replica leaves the round holding the global parameters); the error-feedback residual of
+  the round is kept; the round's batch is committed (sampler, ledger: every sample once).
+A member lost mid-round contributes nothing: the round is discarded and redone by the survivors,
+who keep what they trained (salvage) and train the lost member's positions in addition; its
+samples are recorded once, when a round that trained them commits.
+
+Streaming: the parameters are cut into ``fragments`` (F) contiguous groups; round ``r`` syncs
+fragment ``(r - 1) mod F``, so each round sends 1/F of the model and each fragment is synced every
+F rounds. The overlap of a fragment's exchange with the next round's inner steps (Streaming
+DiLoCo proper) is not done: a round's exchange runs between its inner steps and the vote, as in
+diloco.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ... import hooks
+from ..config import RunConfig
+from ..step import lr_at
+from ..trainer import Trainer
+from .apply import PendingStep
+from .compress import Compressor
+from .group import Wait, collect, gloo_all_gather
+from .local_round import LocalRound
+
+# the collective of a compressed exchange: every member's packed payload, in rank order
+Gather = Callable[[torch.Tensor, Any, Wait, Callable[..., None]], list[torch.Tensor]]
+
+
+def weighted_sum(payloads: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+    """``[sum_i t_i d_i, sum_i t_i]`` of (pseudo-gradient, tokens) pairs, summed in their order."""
+    total = torch.zeros(payloads[0][0].numel() + 1, dtype=torch.float32, device=payloads[0][0].device)
+    for d, t in payloads:
+        if t:
+            total[:-1].add_(d, alpha=t)
+            total[-1] += t
+    return total
+
+
+class OuterRounds:
+    """The diloco and streaming strategies (module docstring)."""
+
+    def __init__(self, cfg: RunConfig, trainer: Trainer, gather: Gather = gloo_all_gather):
+        o, self.cfg, self.gather = cfg.replicas.outer, cfg, gather
+        self.name = cfg.replicas.sync
+        self.outer = trainer.outer
+        self.compressor = Compressor(o.quantize, o.block, o.topk, o.error_feedback)
+        self.residual: dict[int, torch.Tensor] = {}  # fragment -> what this member has not sent yet
+        self.pending_residual: tuple[int, int, torch.Tensor] | None = None  # (step, fragment, residual)
+        opt = cfg.optim
+        inner_total = cfg.train.steps * o.inner_steps
+
+        def lr(i: int) -> float:
+            return lr_at(i, lr=opt.lr, warmup_steps=opt.warmup_steps, total_steps=inner_total,
+                         min_lr_ratio=opt.min_lr_ratio)
+
+        self.local_round = LocalRound(trainer.model, trainer.optimizer, o.inner_steps, lr, opt.grad_clip)
+
+    def local(self, trainer: Trainer) -> LocalRound:
+        return self.local_round
+
+    def fragment(self, step: int) -> int:
+        return (step - 1) % len(self.outer.fragments)
+
+    def contribution(self, trainer: Trainer, grads: LocalRound, step: int) -> torch.Tensor:
+        """``[d, t]``: round ``step``'s fragment's pseudo-gradient (global minus local) and the tokens."""
+        ids = self.outer.fragments[self.fragment(step)]
+        if grads.local is None or grads.step != step:
+            n = sum(self.outer.params[i].numel() for i in ids)
+            return torch.zeros(n + 1, dtype=torch.float32, device=self.outer.params[0].device)
+        parts = [(self.outer.params[i] - grads.local[i]).reshape(-1) for i in ids]
+        return torch.cat([*parts, torch.tensor([float(grads.tokens)], device=parts[0].device)])
+
+    def grad_part(self, flat: torch.Tensor) -> torch.Tensor:
+        """The pseudo-gradient in a contribution or reduced value (norms skip the token count)."""
+        return flat[:-1]
+
+    def reduce(self, flat: torch.Tensor, group: Any, wait: Wait, wake: Callable[..., None], step: int) -> None:
+        """``flat`` = ``[d, t]`` becomes ``[sum t_i d_i, sum t_i]`` over the quorum, in place."""
+        tokens = float(flat[-1])
+        if self.compressor.lossless:
+            flat[:-1].mul_(tokens)
+            collect(group.allreduce([flat]), wait, wake)
+            return
+        f = self.fragment(step)
+        payload, residual = self.compressor.encode(flat[:-1], self.residual.get(f))
+        self.pending_residual = (step, f, residual)
+        mine = torch.cat([self.compressor.pack(payload), torch.tensor([tokens], device=flat.device).view(torch.uint8)])
+        n = flat.numel() - 1
+        parts = [(self.compressor.decode(self.compressor.unpack(b[:-4], n)), float(b[-4:].clone().view(torch.float32)))
+                 for b in self.gather(mine, group, wait, wake)]
+        flat.copy_(weighted_sum(parts))
+
+    def apply(self, trainer: Trainer, grads: LocalRound, pending: PendingStep, cfg: RunConfig) -> None:
+        """The outer step of a committed round (module docstring)."""
+        t, flat, step = trainer, pending.grads, pending.step
+        f = self.fragment(step)
+        ids = self.outer.fragments[f]
+        total = float(flat[-1])
+        if total > 0:
+            average = (flat[:-1] / total).split([self.outer.params[i].numel() for i in ids])
+            self.outer.step(f, list(average))
+        if self.pending_residual is not None and self.pending_residual[:2] == (step, f):
+            self.residual[f] = self.pending_residual[2]
+        self.pending_residual = None
+        synced = set(ids)
+        with torch.no_grad():
+            for i, p in enumerate(t.model.parameters()):
+                if i in synced:
+                    p.copy_(self.outer.params[i])
+                elif grads.local is not None and grads.step == step:
+                    p.copy_(grads.local[i])
+        grads.drop()
+        samples = cfg.step_samples
+        t.commit(pending.vote.start, list(pending.vote.batch), samples * cfg.data.seq_len, samples=samples)
+        hooks.reach("between_steps", t.step)
+
+    def replicated(self, trainer: Trainer) -> list[dict[str, torch.Tensor]]:
+        """The state every replica holds alike after a commit: the global parameters and momenta."""
+        return [self.outer.tensors()]

@@ -1,0 +1,89 @@
+"""Compression of the outer exchange (``replicas/compress.py``): codes, scales, top-k and error
+feedback on hand-computed cases, the wire form, and the bytes each format sends."""
+
+import pytest
+import torch
+
+from tenacia.train.replicas.compress import Compressor, pack_nibbles, unpack_nibbles
+
+
+def close(a, b):
+    torch.testing.assert_close(a, torch.tensor(b, dtype=torch.float32), rtol=0, atol=1e-7)
+
+
+def test_int8_with_error_feedback_sends_over_two_rounds_what_it_could_not_send_in_one():
+    c = Compressor("int8", block=2, topk=0.0, error_feedback=True)
+    x = torch.tensor([0.5, -1.0, 0.25, 2.0])
+    # block [0.5, -1]: scale 1/127, 0.5 * 127 = 63.5 rounds (half to even) to 64; block [0.25, 2]: scale 2/127
+    p, residual = c.encode(x)
+    assert p.codes.tolist() == [64, -127, 16, 127]
+    close(p.scales, [1 / 127, 2 / 127])
+    close(c.decode(p), [64 / 127, -1.0, 32 / 127, 2.0])
+    close(residual, [-0.5 / 127, 0.0, -0.25 / 127, 0.0])
+    # the next round sends x + residual: 0.5 - 0.5/127 -> 63, and nothing is left over of the first block
+    p2, residual2 = c.encode(x, residual)
+    assert p2.codes.tolist()[:2] == [63, -127]
+    close(c.decode(p2)[:2] + c.decode(p)[:2], [1.0, -2.0])  # two rounds of 0.5 arrived as exactly 1.0
+    close(residual2[:2], [0.0, 0.0])
+
+
+def test_without_error_feedback_nothing_is_carried():
+    c = Compressor("int8", block=2, topk=0.0, error_feedback=False)
+    p, residual = c.encode(torch.tensor([0.5, -1.0]))
+    assert residual is None and p.codes.tolist() == [64, -127]
+
+
+def test_int4_codes_two_to_a_byte():
+    c = Compressor("int4", block=2, topk=0.0, error_feedback=True)
+    p, residual = c.encode(torch.tensor([0.625, -1.75, 0.0, 0.0]))
+    # scale 1.75/7 = 0.25: 2.5 rounds (half to even) to 2, -1.75 to -7; a block of zeros has scale 0, codes 0
+    assert p.codes.dtype == torch.uint8 and p.codes.tolist() == [(2 + 8) | (-7 + 8) << 4, 8 | 8 << 4]
+    close(p.scales, [0.25, 0.0])
+    close(c.decode(p), [0.5, -1.75, 0.0, 0.0])
+    close(residual, [0.125, 0.0, 0.0, 0.0])
+    codes = torch.arange(-7, 8, dtype=torch.int8)
+    assert torch.equal(unpack_nibbles(pack_nibbles(codes), codes.numel()), codes)
+
+
+def test_topk_keeps_the_largest_per_block_and_feeds_the_rest_back():
+    c = Compressor("int8", block=4, topk=0.5, error_feedback=True)
+    x = torch.tensor([0.1, -0.4, 0.3, 0.05])
+    p, residual = c.encode(x)
+    # k = 2 of 4: positions 1 and 2; scale 0.4/127; 0.3 * 127 / 0.4 = 95.25 -> 95
+    assert p.indices.reshape(-1).tolist() == [1, 2] and p.codes.tolist() == [-127, 95]
+    close(c.decode(p), [0.0, -0.4, 95 * 0.4 / 127, 0.0])
+    close(residual, [0.1, 0.0, 0.3 - 95 * 0.4 / 127, 0.05])
+    # a round with nothing new sends what was dropped: positions 0 and 3 now hold the largest values
+    p2, _ = c.encode(torch.zeros(4), residual)
+    assert p2.indices.reshape(-1).tolist() == [0, 3]
+    sent = c.decode(p2)
+    assert sent[0] == 0.1 and sent[1] == sent[2] == 0 and abs(sent[3] - 0.05) <= 0.5 * 0.1 / 127  # half a step
+
+
+def test_fp32_topk_sends_the_kept_values_as_they_are():
+    c = Compressor("fp32", block=4, topk=0.25, error_feedback=False)
+    p, _ = c.encode(torch.tensor([0.1, -0.4, 0.3, 0.05, 1.0, 0.0, 0.0, 0.0]))
+    assert p.indices.reshape(-1).tolist() == [1, 0] and p.scales.numel() == 0
+    close(c.decode(p), [0.0, -0.4, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize(("quantize", "topk", "shrink"), [("fp32", 0.0, 1.0), ("int8", 0.0, 3.9),
+                                                         ("int4", 0.0, 7.7), ("int4", 0.01, 89.0)])
+def test_payload_bytes_shrink_by_the_expected_factor_and_round_trip_the_wire(quantize, topk, shrink):
+    n, block = 4096, 256
+    c = Compressor(quantize, block=block, topk=topk, error_feedback=True)
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    p, _ = c.encode(x)
+    kept = n if not topk else n // block * max(1, round(topk * block))
+    code_bytes = {"fp32": 4 * kept, "int8": kept, "int4": (kept + 1) // 2}[quantize]
+    expected = code_bytes + (0 if quantize == "fp32" else 4 * n // block) + (2 * kept if topk else 0)
+    assert p.nbytes == c.packed_bytes(n) == expected
+    assert 4 * n / p.nbytes >= shrink
+    wire = c.pack(p)
+    assert wire.dtype == torch.uint8 and wire.numel() == expected
+    assert torch.equal(c.decode(c.unpack(wire, n)), c.decode(p))
+
+
+def test_a_format_it_does_not_have_is_refused_not_replaced():
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        Compressor("fp8", block=4, topk=0.0, error_feedback=False)

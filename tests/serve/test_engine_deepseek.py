@@ -126,3 +126,29 @@ def test_kv_bytes_per_token_are_the_latent_and_the_rotary_key_of_every_layer(tok
         assert engine.kv_bytes_per_token == cfg.n_layers * (a.kv_lora_rank + a.qk_rope_head_dim) * size
         assert engine.cache.k.numel() * size == engine.kv_bytes_per_token * engine.capacity_tokens
         assert engine.cache.v is None
+
+
+def test_a_moe_run_directory_is_served_from_its_checkpoint(tmp_path, tokenizer):
+    """``tenacia serve RUN_DIR`` of a deepseek-v3 run: its newest checkpoint, balancing biases
+    included, served with the latent cache, greedy tokens equal to the model's."""
+    from tenacia import config
+    from tenacia.checkpoint.format import write_snapshot
+    from tenacia.checkpoint.state import Snapshot, model_tensors
+    from tenacia.serve.models import load_model
+    from tests.train.moe_run import run_config
+
+    cfg = run_config(tmp_path, 1)  # the run directory tmp_path / "run" of a small moe-tiny
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(config.dumps_toml(cfg))
+    tokenizer.save(str(run_dir / "tokenizer.json"))
+    model = tiny_model(cfg.model, seed=1)
+    write_snapshot(run_dir / "checkpoints", Snapshot(5, {"model.safetensors": model_tensors(model)}, {"step": 5}))
+    served = load_model(str(run_dir), CPU, torch.float32)
+    assert torch.equal(served.model.expert_biases(), model.expert_biases())
+    engine = LLMEngine(served.model, served.tokenizer, eos_ids=set(), device=CPU,
+                       cfg=EngineConfig(kv_cache_tokens=256, block_size=8))
+    a = cfg.model.mla
+    assert engine.kv_bytes_per_token == cfg.model.n_layers * (a.kv_lora_rank + a.qk_rope_head_dim) * 4
+    prompt = tokenizer.encode("def main(argv):").ids
+    assert_equal(run(engine, {"p": prompt}, 10), {"p": greedy(model, prompt, 10)})

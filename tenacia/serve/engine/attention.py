@@ -63,8 +63,8 @@ class PagedAttention:
         of one token in a decode, one packed row (B = 1) in a prefill."""
         layout, cache = self._layout, self.cache
         if isinstance(layout, DecodeLayout):
-            if cache.v is None:
-                spec = cache.spec
+            spec = cache.spec
+            if spec.values_in_keys:
                 return self.backend.latent_decode_attention(layer, q, k, cache.k[layer], layout.slots, self.mirror,
                                                             spec.value_dim, spec.scale)
             return self.backend.decode_attention(layer, q, k, v, cache.k[layer], cache.v[layer], layout.slots,

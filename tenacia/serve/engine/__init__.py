@@ -2,10 +2,12 @@
 
 - ``sequence.py``: one request's sequence and its sampling parameters;
 - ``scheduler.py`` + ``block_pool.py``: continuous batching over a bounded cache, prefix caching;
-- ``kv_cache.py``: the paged key/value storage; ``attention.py``: the attention over it (a
-  prefill's packed sequences); ``mirror.py``: a decode batch's contiguous copy of its keys;
-- ``packed.py``: the model's layers laid out for inference, one forward for a decode and a
-  prefill, every operation through the backend;
+- ``kv_cache.py``: the paged key/value storage, what a token keeps in it (``CacheSpec``: keys and
+  values, or a latent and a rotary key); ``attention.py``: the attention over it (a prefill's
+  packed sequences); ``mirror.py``: a decode batch's contiguous copy of its keys;
+- ``packed.py``: a Llama's layers laid out for inference, one forward for a decode and a
+  prefill, every operation through the backend; ``packed_deepseek.py``: the same for a
+  deepseek-v3 model (absorbed latent attention, experts);
 - ``backend.py``: the torch backend (any device); ``cpu/``: the CPU backends (``cpu/backend.py``),
   the decode kernels (one build per instruction set), the timed products (MKL packed, oneDNN,
   the kernels' panels), huge pages and the allocator (its own index);

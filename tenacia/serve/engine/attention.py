@@ -8,7 +8,12 @@ Before each forward the runner hands ``PagedAttention`` the step's layout:
   cached) plus its new tokens, so no compute is spent on padding (neighbouring sequences of equal
   length run as one batched call; the grouping is planned once per step, ``_plan``);
 - ``begin_decode(DecodeLayout)``: one new token per sequence ``(B, 1)``; the backend's
-  ``decode_attention`` writes it and attends over the decode mirror (``mirror.py``).
+  ``decode_attention`` (``latent_decode_attention`` where the values are in the keys) writes it
+  and attends over the decode mirror (``mirror.py``).
+
+What a token stores and the softmax scale are the cache's ``CacheSpec``: for latent attention
+the model hands ``attend`` the absorbed queries, one key head, and no values (``v`` None), and
+every path reads the values as the keys' first ``value_dim`` columns.
 """
 
 from __future__ import annotations
@@ -52,35 +57,45 @@ class PagedAttention:
         self._layout = layout
         self.mirror.begin(layout)
 
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """q: (B, H, T, hd); k, v: (B, KVH, T, hd), rotated. Returns (B, H, T, hd): B sequences
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor | None) -> Tensor:
+        """q: (B, H, T, key_dim); k: (B, KVH, T, key_dim), v: (B, KVH, T, value_dim) or None where
+        the spec keeps the values in the keys; rotated. Returns (B, H, T, value_dim): B sequences
         of one token in a decode, one packed row (B = 1) in a prefill."""
         layout, cache = self._layout, self.cache
         if isinstance(layout, DecodeLayout):
+            spec = cache.spec
+            if spec.values_in_keys:
+                return self.backend.latent_decode_attention(layer, q, k, cache.k[layer], layout.slots, self.mirror,
+                                                            spec.value_dim, spec.scale)
             return self.backend.decode_attention(layer, q, k, v, cache.k[layer], cache.v[layer], layout.slots,
                                                  self.mirror)
         if isinstance(layout, PrefillLayout):
             return self._prefill(layer, layout, q, k, v)
         raise RuntimeError("PagedAttention.attend called before begin_prefill/begin_decode")
 
-    def _prefill(self, layer: int, layout: PrefillLayout, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        # q: (1, H, N, hd); k, v: (1, KVH, N, hd)
-        store_k, store_v = self.cache.k[layer], self.cache.v[layer]
-        store_k.index_copy_(0, layout.slots, k[0].transpose(0, 1))  # (N, KVH, hd)
-        store_v.index_copy_(0, layout.slots, v[0].transpose(0, 1))
+    def _prefill(self, layer: int, layout: PrefillLayout, q: Tensor, k: Tensor, v: Tensor | None) -> Tensor:
+        # q: (1, H, N, kd); k: (1, KVH, N, kd); v: (1, KVH, N, vd) or None (values in the keys)
+        spec = self.cache.spec
+        store_k = self.cache.k[layer]
+        store_k.index_copy_(0, layout.slots, k[0].transpose(0, 1))  # (N, KVH, kd)
+        if v is None:
+            v = k[..., :spec.value_dim]
+        else:
+            self.cache.v[layer].index_copy_(0, layout.slots, v[0].transpose(0, 1))
         gqa = q.size(1) != k.size(1)
         outs = []
         for offset, n, count, start, slots, mask in self._groups:
             if slots is None:  # whole new sequences: causal attention on the fresh k/v
-                outs.append(_causal(q, k, v, offset, n, count, gqa))
+                outs.append(_causal(q, k, v, offset, n, count, gqa, spec.scale))
                 continue
             # a cached prefix (prefix caching, or a long prompt's earlier chunks): attend over it too
-            KVH, hd, H = k.size(1), k.size(3), q.size(1)
-            kc = store_k.index_select(0, slots).view(count, start + n, KVH, hd).transpose(1, 2)
-            vc = store_v.index_select(0, slots).view(count, start + n, KVH, hd).transpose(1, 2)
-            qb = q[0, :, offset:offset + n * count].view(H, count, n, hd).transpose(0, 1)  # (count, H, n, hd)
-            out = F.scaled_dot_product_attention(qb, kc, vc, attn_mask=mask, enable_gqa=gqa)
-            outs.append(out.transpose(0, 1).reshape(1, H, count * n, hd))
+            KVH, kd, vd, H = k.size(1), k.size(3), v.size(3), q.size(1)
+            kc = store_k.index_select(0, slots).view(count, start + n, KVH, kd).transpose(1, 2)
+            vc = kc[..., :vd] if spec.values_in_keys else (
+                self.cache.v[layer].index_select(0, slots).view(count, start + n, KVH, vd).transpose(1, 2))
+            qb = q[0, :, offset:offset + n * count].view(H, count, n, kd).transpose(0, 1)  # (count, H, n, kd)
+            out = F.scaled_dot_product_attention(qb, kc, vc, attn_mask=mask, enable_gqa=gqa, scale=spec.scale)
+            outs.append(out.transpose(0, 1).reshape(1, H, count * n, vd))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
@@ -109,13 +124,14 @@ def _plan(layout: PrefillLayout) -> list[tuple[int, int, int, int, Tensor | None
     return groups
 
 
-def _causal(q: Tensor, k: Tensor, v: Tensor, offset: int, n: int, count: int, gqa: bool) -> Tensor:
+def _causal(q: Tensor, k: Tensor, v: Tensor, offset: int, n: int, count: int, gqa: bool,
+            scale: float | None) -> Tensor:
     """Causal attention for ``count`` packed sequences of ``n`` tokens each, starting at ``offset``
-    of the packed row, as one batched call. Returns (1, H, count * n, hd)."""
+    of the packed row, as one batched call. Returns (1, H, count * n, vd)."""
     end = offset + n * count
-    H, KVH, hd = q.size(1), k.size(1), q.size(3)
-    qb = q[0, :, offset:end].view(H, count, n, hd).transpose(0, 1)  # (count, H, n, hd)
-    kb = k[0, :, offset:end].view(KVH, count, n, hd).transpose(0, 1)
-    vb = v[0, :, offset:end].view(KVH, count, n, hd).transpose(0, 1)
-    out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=gqa)
-    return out.transpose(0, 1).reshape(1, H, count * n, hd)
+    H, KVH, kd, vd = q.size(1), k.size(1), q.size(3), v.size(3)
+    qb = q[0, :, offset:end].view(H, count, n, kd).transpose(0, 1)  # (count, H, n, kd)
+    kb = k[0, :, offset:end].view(KVH, count, n, kd).transpose(0, 1)
+    vb = v[0, :, offset:end].unflatten(1, (count, n)).transpose(0, 1)  # (count, KVH, n, vd); v may be a view of k
+    out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=gqa, scale=scale)
+    return out.transpose(0, 1).reshape(1, H, count * n, vd)

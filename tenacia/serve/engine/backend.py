@@ -8,6 +8,8 @@
   the products;
 - ``decode_attention``: a decode step's new keys and values written to their cache slots and to
   the decode mirror (``mirror.py``), then attention over the mirror (``attention.py`` calls it).
+- ``latent_decode_attention``: the same for a cache whose values are the keys' first columns
+  (latent attention: ``kv_cache.CacheSpec``), in torch ops in every backend.
 
 Two backends, and nothing else decides which ops run:
 
@@ -36,7 +38,7 @@ class DecodeRows(Protocol):
     """Where a decode step's keys and values live besides the cache (``mirror.DecodeMirror``)."""
 
     k: Tensor  # (n_layers, B, KVH, cap, hd)
-    v: Tensor
+    v: Tensor | None  # None where the values are in the keys
     lengths: Tensor  # (B,) int64: keys each sequence attends to, its new token included
 
     def rows(self) -> Tensor: ...  # (B * KVH,) int64: the flat mirror row of each new (sequence, head)
@@ -129,6 +131,24 @@ class TorchBackend:
         qg = q.reshape(B, KVH, H // KVH, hd)  # heads k*G .. k*G+G-1 read key/value head k
         out = F.scaled_dot_product_attention(qg, mk[:, :, :L], mv[:, :, :L], attn_mask=bias)
         return out.view(B, H, 1, hd)
+
+    def latent_decode_attention(self, layer: int, q: Tensor, kv: Tensor, cache_kv: Tensor, slots: Tensor,
+                                mirror: DecodeRows, value_dim: int, scale: float | None) -> Tensor:
+        """One new token per sequence, where one stored entry per token is the key of every head
+        and its first ``value_dim`` columns the value (latent attention, absorbed form). q: (B, H,
+        1, D); kv: (B, 1, 1, D); cache_kv: this layer's (slots, 1, D); slots: (B,) int64. Writes
+        kv to its cache slot and mirror row; returns attention over each sequence's entries, (B,
+        H, 1, value_dim), all heads of a sequence as one group against its one key head."""
+        B, H, _, D = q.shape
+        new = kv[:, :, 0]  # (B, 1, D)
+        cache_kv.index_copy_(0, slots, new)
+        mk = mirror.k[layer]  # (B, 1, cap, D)
+        mk.view(-1, D).index_copy_(0, mirror.rows(), new.reshape(-1, D))
+        bias = mirror.bias()
+        keys = mk[:, :, :bias.size(-1)]
+        out = F.scaled_dot_product_attention(q.reshape(B, 1, H, D), keys, keys[..., :value_dim], attn_mask=bias,
+                                             scale=scale)  # (B, 1, H, value_dim)
+        return out.view(B, H, 1, value_dim)
 
     def describe(self) -> tuple[str, str]:
         """(decode kernels, products) for the start-up line; "" where not applicable."""

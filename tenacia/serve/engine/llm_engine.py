@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 from tokenizers import Tokenizer
 
+from ...model.deepseek import DeepSeekV3
 from ...model.llama import Llama
 from ..config import EngineConfig
 from .attention import PagedAttention
@@ -22,8 +23,9 @@ from .backend import TorchBackend
 from .cpu.backend import cpu_backend
 from .detokenizer import Detokenizer, TextState
 from .grammar import Grammars, advance
-from .kv_cache import PagedKVCache
+from .kv_cache import CacheSpec, PagedKVCache
 from .packed import PackedLlama
+from .packed_deepseek import PackedDeepSeek
 from .runner import ModelRunner
 from .scheduler import Batch, Scheduler
 from .sequence import InvalidRequest, SamplingParams, Sequence, TokenLogprob, make_generator
@@ -85,31 +87,36 @@ class _Text:
     prompt_sent: bool = False  # the prompt's logprobs went out with a delta
 
 
+def pack(model: Llama | DeepSeekV3, backend: TorchBackend) -> PackedLlama | PackedDeepSeek:
+    """The serving layout of ``model``'s family."""
+    return PackedDeepSeek(model, backend) if model.cfg.is_moe else PackedLlama(model, backend)
+
+
 class LLMEngine:
-    def __init__(self, model: Llama, tokenizer: Tokenizer, *, eos_ids: set[int], cfg: EngineConfig,
+    def __init__(self, model: Llama | DeepSeekV3, tokenizer: Tokenizer, *, eos_ids: set[int], cfg: EngineConfig,
                  device: torch.device, metrics: EngineMetrics | None = None):
-        """``model`` is repacked for serving (``PackedLlama``); the engine keeps no reference to it,
-        so its caller may drop it and free the training layout's memory."""
+        """``model`` (a ``Llama`` or a ``DeepSeekV3``) is repacked for serving (``pack``); the engine
+        keeps no reference to it, so its caller may drop it and free the training layout's memory."""
         mc = model.cfg
         self.model_cfg, self.tokenizer, self.cfg, self.device = mc, tokenizer, cfg, device
         self.eos_ids = frozenset(eos_ids)
         self.max_context = mc.max_seq_len
         dtype = next(model.parameters()).dtype
         # the backend, chosen once here: the model's every operation runs in it
+        spec = CacheSpec.of(mc)  # what a token keeps in the cache, from the model's config
         if device.type == "cpu" and dtype == torch.float32:
             self.backend: TorchBackend = cpu_backend(kernels=cfg.decode_kernels, products=cfg.products,
-                                                     n_heads=mc.n_heads, n_kv_heads=mc.n_kv_heads,
-                                                     head_dim=mc.head_dim)
+                                                     n_heads=mc.n_heads, spec=spec)
         else:
             self.backend = TorchBackend()
-        self.cache = PagedKVCache(n_layers=mc.n_layers, n_kv_heads=mc.n_kv_heads, head_dim=mc.head_dim,
-                                  num_blocks=cfg.num_blocks, block_size=cfg.block_size, dtype=dtype, device=device,
+        self.cache = PagedKVCache(n_layers=mc.n_layers, spec=spec, num_blocks=cfg.num_blocks,
+                                  block_size=cfg.block_size, dtype=dtype, device=device,
                                   prefix_caching=cfg.prefix_caching)
         self.attention = PagedAttention(self.cache, self.backend)
         self.scheduler = Scheduler(self.cache.allocator, max_num_seqs=cfg.max_num_seqs,
                                    max_batched_tokens=cfg.max_batched_tokens)
         self.grammars = Grammars(tokenizer, mc.vocab_size, self.eos_ids)
-        self.runner = ModelRunner(PackedLlama(model, self.backend), self.attention, device, self.grammars)
+        self.runner = ModelRunner(pack(model, self.backend), self.attention, device, self.grammars)
         self.detokenizer = Detokenizer(tokenizer)
         self.metrics = metrics
         self._texts: dict[int, _Text] = {}
@@ -118,6 +125,11 @@ class LLMEngine:
     @property
     def capacity_tokens(self) -> int:
         return self.cache.capacity_tokens
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Cache bytes one token takes, all layers together."""
+        return self.cache.bytes_per_token
 
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
         check_request(prompt_ids, params, vocab=self.model_cfg.vocab_size, context=self.max_context,

@@ -43,6 +43,7 @@ class EngineInfo:
     max_context: int
     vocab_size: int
     capacity_tokens: int
+    kv_bytes_per_token: int  # cache bytes a token takes, all layers together
     device: str
     dtype: str
     huge_page_bytes: int

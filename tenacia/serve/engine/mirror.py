@@ -12,6 +12,9 @@ the blocks. It holds no more than those per-step gathers did (the batch's contex
 the longest plus ``MIRROR_HEADROOM`` tokens) and is freed with the batch. Positions past a
 sequence's own length are never attended: the torch backend masks them (``bias``), the kernels
 read each sequence's own ``lengths``.
+
+Where the cache keeps the values in the keys (latent attention, ``kv_cache.CacheSpec``) the
+mirror holds the keys alone (``v`` None), as the cache does.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class DecodeLayout:
 
 class DecodeMirror:
     """The mirror of one decode batch (module docstring). After ``begin(layout)``: ``k``, ``v``
-    (n_layers, B, KVH, cap, hd), ``lengths`` (B,) int64, and on demand ``rows()`` and ``bias()``
+    (n_layers, B, KVH, cap, hd; ``v`` None where the cache has none), ``lengths`` (B,) int64, and on demand ``rows()`` and ``bias()``
     for that step (``backend.DecodeRows``). ``drop()`` frees it; ``rebuilds`` counts gathers."""
 
     def __init__(self, cache: PagedKVCache):
@@ -98,13 +101,14 @@ class DecodeMirror:
             cached = [table[p // bs] * bs + p % bs for p in range(n - 1)]
             slots += cached + [0] * (cap - len(cached))  # slot 0: finite values, never attended
         context = torch.tensor(slots, device=cache.k.device)
-        n_layers, _, kvh, hd = cache.k.shape
         B = len(layout.lengths)
 
         def gather(store: Tensor) -> Tensor:
+            n_layers, _, kvh, hd = store.shape
             rows = store.index_select(1, context).view(n_layers, B, cap, kvh, hd)
             return rows.transpose(2, 3).contiguous()
 
-        self.k, self.v = gather(cache.k), gather(cache.v)
+        self.k = gather(cache.k)
+        self.v = gather(cache.v) if cache.v is not None else None
         self.cap, self._keys = cap, layout.keys
         self._lengths = [n - 1 for n in layout.lengths]

@@ -129,6 +129,7 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
     kernels, products = engine.backend.describe()
     conn.send(Ready(EngineInfo(
         max_context=engine.max_context, vocab_size=served.config.vocab_size, capacity_tokens=engine.capacity_tokens,
+        kv_bytes_per_token=engine.kv_bytes_per_token,
         device=device.type, dtype=str(device.serve_dtype).removeprefix("torch."),
         huge_page_bytes=huge_pages_in_use(), decode_kernels=kernels, products=products, pid=os.getpid())))
     EngineWorker(engine, conn, recorder).serve()

@@ -1,6 +1,6 @@
 """Turns a scheduled batch into model inputs, runs the model, and samples.
 
-The model (``PackedLlama``, the serving layout of a ``Llama``) runs its own layers; the runner only
+The model (``PackedLlama`` or ``PackedDeepSeek``, the serving layout of its family) runs its own layers; the runner only
 lays out tokens, positions and cache slots (handing the step's layout to ``PagedAttention``), and
 computes the output projection for the rows that will be sampled (the last prompt token of each
 finished prefill, every row of a decode) rather than for every prompt token. A sequence that asks
@@ -18,6 +18,7 @@ from .attention import PagedAttention, PrefillLayout
 from .grammar import Grammars
 from .mirror import DecodeLayout
 from .packed import PackedLlama
+from .packed_deepseek import PackedDeepSeek
 from .sampling import Sampler, token_logprobs
 from .scheduler import Batch
 from .sequence import Sequence, TokenLogprob
@@ -25,7 +26,7 @@ from .sequence import Sequence, TokenLogprob
 SCORE_ROWS = 256  # prompt rows projected to logits at once when scoring a prompt
 
 class ModelRunner:
-    def __init__(self, model: PackedLlama, attention: PagedAttention, device: torch.device,
+    def __init__(self, model: PackedLlama | PackedDeepSeek, attention: PagedAttention, device: torch.device,
                  grammars: Grammars | None = None):
         self.model, self.attention, self.device = model, attention, device
         self.cache = attention.cache

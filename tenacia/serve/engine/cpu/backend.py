@@ -21,6 +21,7 @@ import os
 from torch import Tensor
 
 from ..backend import DecodeRows, TorchBackend
+from ..kv_cache import CacheSpec
 from . import kernels as dk
 from .products import PackedLinear, ProductChooser
 
@@ -55,8 +56,12 @@ class KernelBackend(CpuBackend):
         self.silu_mul_pair = kernels.silu_mul_pair
 
     @staticmethod
-    def supports(n_heads: int, n_kv_heads: int, head_dim: int) -> str | None:
-        """None where the kernels run this attention shape, else why not."""
+    def supports(n_heads: int, spec: CacheSpec) -> str | None:
+        """None where the kernels run this attention shape (``n_heads`` query heads over what
+        ``spec`` caches), else why not."""
+        if spec.values_in_keys:
+            return "latent attention: the kernels are written for grouped-query attention"
+        n_kv_heads, head_dim = spec.kv_heads, spec.key_dim
         if head_dim % 2 or head_dim > dk.MAX_HEAD_DIM:
             return f"a head size of {head_dim}: the kernels need an even head size of at most {dk.MAX_HEAD_DIM}"
         if n_heads % n_kv_heads or n_heads // n_kv_heads > dk.MAX_GROUP:
@@ -74,16 +79,17 @@ class KernelBackend(CpuBackend):
         return f"on ({self.kernels.isa})", self.chooser.summary() if self.chooser is not None else ""
 
 
-def cpu_backend(*, kernels: bool, products: str, n_heads: int, n_kv_heads: int, head_dim: int) -> TorchBackend:
+def cpu_backend(*, kernels: bool, products: str, n_heads: int, spec: CacheSpec) -> TorchBackend:
     """The backend for float32 on this CPU. ``kernels``: allow the decode kernels (False:
-    ``--no-decode-kernels``); ``products``: "timed" or "default" (``EngineConfig.products``)."""
+    ``--no-decode-kernels``); ``products``: "timed" or "default" (``EngineConfig.products``);
+    ``n_heads``, ``spec``: the model's query heads and what its cache holds."""
     chosen, state = dk.choose(kernels)
     if kernels and os.environ.get(dk.ISA_ENV, "").strip() == "torch":
         return TorchBackend(f"{state}: torch ops and F.linear")
     chooser = ProductChooser() if products == "timed" else None
     if chosen is None:
         return CpuBackend(chooser, state)
-    unsuited = KernelBackend.supports(n_heads, n_kv_heads, head_dim)
+    unsuited = KernelBackend.supports(n_heads, spec)
     if unsuited:
         return CpuBackend(chooser, f"this model's shape does not suit the {chosen.isa} kernels: {unsuited}")
     return KernelBackend(chosen, chooser)

@@ -1,0 +1,167 @@
+"""The deepseek-v3 family against a dense Llama of the same size, side by side in one run.
+
+Serving: ``moe-tiny`` (latent attention: a token caches one latent and one rotary key a layer)
+against its GQA baseline, a Llama of the same layers, width and heads with 4 key/value heads
+(the ``tiny`` preset). Both with random weights (what is measured does not depend on them),
+float32, the real engine (``LLMEngine``). For each: the KV bytes per token the engine reports,
+the cache a fixed KV budget buys, the sequences of ``--prompt`` + ``--new`` tokens that fit it at
+once, and a run of exactly that many greedy requests (prefix caching off): how many ran
+together at the peak, preemptions, output tokens/s. Goal: KV bytes per token at most a quarter
+of the GQA model's. A third arm is ``moe-tiny`` with a narrower latent (``kv_lora_rank`` 48, the
+widest that meets the goal), served the same way.
+
+Training (``--train-steps`` > 0): ``moe-tiny`` against the dense ``tiny`` preset, which have
+about equal active parameters: the same batches of the stdlib corpus, alternating step by step
+(forward, backward, clip, AdamW; for moe-tiny its whole loss with MTP and balance, then the
+bias update), one torch thread; median step time as tokens/s, then the main model's
+next-token loss on held-out windows after equal tokens.
+
+    .venv/bin/python bench/moe.py      # prints a table, writes bench/results/moe-<time>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tenacia import config  # noqa: E402
+from tenacia.data.dataset import prepare_data  # noqa: E402
+from tenacia.device import detect  # noqa: E402
+from tenacia.model import build_model, loss_fn  # noqa: E402
+from tenacia.serve.config import EngineConfig  # noqa: E402
+from tenacia.serve.engine.kv_cache import CacheSpec  # noqa: E402
+from tenacia.serve.engine.llm_engine import LLMEngine  # noqa: E402
+from tenacia.serve.engine.sequence import SamplingParams  # noqa: E402
+from tenacia.shape import ModelConfig  # noqa: E402
+from tenacia.train.config import RunConfig  # noqa: E402
+from tenacia.train.step import build_optimizer  # noqa: E402
+
+CPU = torch.device("cpu")
+# the third arm: moe-tiny with the widest latent that meets the goal (48 + 16 = 64 of GQA's 256)
+ARMS = {"MLA (moe-tiny)": dict(preset="moe-tiny"), "GQA (tiny, 4 KV heads)": dict(preset="tiny"),
+        "MLA (kv_lora_rank 48)": dict(preset="moe-tiny", mla=dict(kv_lora_rank=48))}
+
+
+def serve_arm(cfg: ModelConfig, tokenizer, budget: int, prompt: int, new: int, block: int) -> dict:
+    """One model at a KV budget of ``budget`` bytes (module docstring)."""
+    per_token = cfg.n_layers * CacheSpec.of(cfg).elements_per_token * 4  # float32, as the engine will report
+    blocks = budget // (per_token * block)
+    per_seq = math.ceil((prompt + new) / block)
+    fit = blocks // per_seq
+    engine = LLMEngine(build_model(cfg).eval(), tokenizer, eos_ids=set(), device=CPU, cfg=EngineConfig(
+        kv_cache_tokens=blocks * block, block_size=block, max_num_seqs=fit, max_batched_tokens=4096,
+        prefix_caching=False))
+    assert engine.kv_bytes_per_token == per_token
+    gen = torch.Generator().manual_seed(0)
+    params = SamplingParams(max_tokens=new, temperature=0.0, ignore_eos=True)
+    for i in range(fit):
+        engine.add_request(str(i), torch.randint(4, cfg.vocab_size, (prompt,), generator=gen).tolist(), params)
+    peak, tokens, t0 = 0, 0, time.perf_counter()
+    while engine.has_work():
+        peak = max(peak, len(engine.scheduler.running))
+        tokens += sum(len(d.token_ids) for d in engine.step())
+    seconds = time.perf_counter() - t0
+    return {"kv_bytes_per_token": engine.kv_bytes_per_token, "cache_tokens": engine.capacity_tokens,
+            "fit": fit, "peak_running": peak, "preemptions": engine.scheduler.num_preemptions,
+            "output_tokens": tokens, "seconds": seconds, "output_tokens_per_s": tokens / seconds,
+            "active_params": cfg.num_active_params(), "params": cfg.num_params()}
+
+
+def train_arms(steps: int, batch: int, seq_len: int, eval_batches: int) -> dict:
+    """moe-tiny against tiny on the same batches, alternating (module docstring)."""
+    run = config.load(RunConfig, None, ["model.preset=tiny", f"data.seq_len={seq_len}"])
+    data = prepare_data(run.data, run.model.vocab_size)
+    vocab = data.tokenizer.get_vocab_size()
+    arms = {}
+    for name, preset in (("dense (tiny)", "tiny"), ("MoE (moe-tiny)", "moe-tiny")):
+        torch.manual_seed(0)
+        cfg = ModelConfig(preset=preset, vocab_size=vocab)
+        model = build_model(cfg).train()
+        o = run.optim
+        opt = build_optimizer(model, lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
+                              device=detect("cpu"))
+        arms[name] = {"cfg": cfg, "model": model, "opt": opt, "times": []}
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(data.train), generator=gen).tolist()
+    for step in range(steps + 2):
+        tokens = data.train.get(order[step * batch:(step + 1) * batch])
+        for arm in arms.values():
+            model, opt = arm["model"], arm["opt"]
+            t0 = time.perf_counter()
+            loss, _ = model.loss(tokens[:, :-1], tokens[:, 1:])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), run.optim.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if arm["cfg"].is_moe:
+                model.update_bias(model.expert_loads())
+            loss.item()
+            if step >= 2:  # two warm-up steps
+                arm["times"].append(time.perf_counter() - t0)
+    n = min(len(data.eval), eval_batches * batch)
+    results = {}
+    for name, arm in arms.items():
+        model = arm["model"].eval()
+        with torch.no_grad():
+            losses = [loss_fn(model(w[:, :-1]), w[:, 1:]).item()
+                      for w in (data.eval.get(list(range(i, min(i + batch, n)))) for i in range(0, n, batch))]
+        step_s = statistics.median(arm["times"])
+        results[name] = {"active_params": arm["cfg"].num_active_params(), "params": arm["cfg"].num_params(),
+                         "step_s": step_s, "tokens_per_s": batch * seq_len / step_s,
+                         "eval_loss": statistics.fmean(losses), "tokens": steps * batch * seq_len}
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kv-budget-mib", type=float, default=8.0, help="KV cache bytes each serving arm gets")
+    p.add_argument("--prompt", type=int, default=96, help="prompt tokens per request")
+    p.add_argument("--new", type=int, default=32, help="greedy tokens generated per request")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--train-steps", type=int, default=60, help="measured training steps per arm (0: no training)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--eval-batches", type=int, default=8)
+    p.add_argument("--out", default=f"bench/results/moe-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    from tenacia.data.tokenizer import train_bpe
+
+    tokenizer = train_bpe([Path(argparse.__file__).read_text(), Path(json.__file__).read_text()], 512)
+    budget = int(args.kv_budget_mib * 2**20)
+    serving = {name: serve_arm(config.from_dict(ModelConfig, {**kw, "vocab_size": tokenizer.get_vocab_size()}),
+                               tokenizer, budget, args.prompt, args.new, args.block_size) for name, kw in ARMS.items()}
+    mla, gqa, _ = serving.values()
+    ratio = mla["kv_bytes_per_token"] / gqa["kv_bytes_per_token"]
+    print(f"serving, float32, KV budget {args.kv_budget_mib:g} MiB, sequences of {args.prompt} + {args.new} tokens")
+    print(f"{'model':<24}{'KV B/token':>11}{'cache tokens':>14}{'fit':>6}{'peak':>6}{'preempt':>9}{'out tok/s':>11}")
+    for name, r in serving.items():
+        print(f"{name:<24}{r['kv_bytes_per_token']:>11,}{r['cache_tokens']:>14,}{r['fit']:>6}{r['peak_running']:>6}"
+              f"{r['preemptions']:>9}{r['output_tokens_per_s']:>11,.0f}")
+    print(f"KV bytes per token, moe-tiny's MLA / GQA: {ratio:.3f} (goal <= 0.25)")
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args), "serving": serving,
+              "kv_ratio": ratio}
+    if args.train_steps:
+        training = train_arms(args.train_steps, args.batch, args.seq_len, args.eval_batches)
+        print(f"\ntraining, {args.train_steps} steps of {args.batch} x {args.seq_len} tokens, one thread")
+        print(f"{'model':<18}{'active params':>14}{'params':>11}{'step':>10}{'tokens/s':>10}{'eval loss':>11}")
+        for name, r in training.items():
+            print(f"{name:<18}{r['active_params']:>14,}{r['params']:>11,}{r['step_s'] * 1000:>8.0f}ms"
+                  f"{r['tokens_per_s']:>10,.0f}{r['eval_loss']:>11.3f}")
+        result["training"] = training
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

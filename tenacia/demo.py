@@ -20,10 +20,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default="runs/demo")
     p.add_argument("--steps", type=int, default=None, help="override the demo's step count")
     p.add_argument("--no-serve", action="store_true", help="do not start the server at the end")
+    p.add_argument("--slow-links", action="store_true",
+                   help="instead: replicas on an emulated 100 ms link, diloco against ddp (root; ~3 min)")
     p.set_defaults(handler=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.slow_links:
+        from .demo_links import run_slow_links_demo
+
+        return run_slow_links_demo(args.run_dir if args.run_dir != "runs/demo" else "runs/demo-links")
     return run_demo(run_dir=args.run_dir, steps=args.steps, serve=not args.no_serve and sys.stdin is not None)
 
 

@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--timeout-s", type=float, default=60.0)
+    p.add_argument("--eval-every", type=int, default=0, help="replica 0 logs worker_eval every N steps (0: at the end)")
     args = p.parse_args()
     if args.quantize:
         try:
@@ -111,6 +112,8 @@ def train(args: argparse.Namespace, log: Log) -> None:
             step += 1
             log.write("worker_step", step=step, committed=True, participants=manager.num_participants(),
                       tokens=w.tokens_per_step, loss=loss.item(), outer_step=manager.current_step())
+            if args.eval_every and step % args.eval_every == 0 and args.replica == 0 and step != limit:
+                log.write("worker_eval", step=step, eval_loss=w.eval_loss(w.model))
     if limit is not None and args.replica == 0:
         log.write("worker_eval", step=step, eval_loss=w.eval_loss(w.model))
 

@@ -34,6 +34,14 @@ def tiny_server(tiny_dir) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="session")
+def smollm2_server() -> Iterator[ServerProcess]:
+    """SmolLM2-135M-Instruct behind a real server, started once for every module that needs it
+    (it takes half a minute to start on 2 cores)."""
+    with ServerProcess("smollm2", "--kv-cache-tokens", "16384", start_timeout=180) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
 def client(tiny_server):
     from openai import OpenAI
 

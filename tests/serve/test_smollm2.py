@@ -6,8 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .tiny import ServerProcess
-
 pytestmark = pytest.mark.smollm2
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -20,9 +18,8 @@ def smollm2_dir():
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_dir):
-    with ServerProcess("smollm2", "--kv-cache-tokens", "4096") as s:
-        yield s
+def server(smollm2_dir, smollm2_server):
+    return smollm2_server
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import jsonschema
 import pytest
 
-from .tiny import ServerProcess
-
 pytestmark = pytest.mark.smollm2
 MODEL = "smollm2-135m-instruct"
 FIELDS = {
@@ -52,12 +50,11 @@ def suite() -> list[tuple[dict, str]]:
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(smollm2_server):
     from openai import OpenAI
 
-    with ServerProcess("smollm2", "--kv-cache-tokens", "16384", start_timeout=180) as server:
-        with OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=300) as c:
-            yield c
+    with OpenAI(base_url=smollm2_server.url + "/v1", api_key="none", max_retries=0, timeout=300) as c:
+        yield c
 
 
 @pytest.mark.timeout(900)

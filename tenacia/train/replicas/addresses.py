@@ -5,11 +5,16 @@ by ``tenacia.storage``, so a reader sees the old record or the new one, never ha
 launcher reads them to find its children and live peers to join, a replica to find peers to ask
 for the leader, and ``tenacia chaos`` to find the pid it sends a fault to. A record outlives its
 process: readers that need a live replica check the pid.
+
+A seed address ``@N`` stands for "replica N's control address, once it publishes one": the
+launcher starts a job's joiners together with its first replica (each spends seconds importing
+and building its trainer) and they ``resolve`` the seed just before they join.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,4 +49,21 @@ def read_all(run_dir: str | Path) -> list[dict[str, Any]]:
             info = read(run_dir, int(f.stem[1:]))
             if info is not None:
                 out.append(info)
+    return out
+
+
+def resolve(run_dir: str | Path, seeds: list[str], timeout_s: float, poll_s: float = 0.05) -> list[str]:
+    """``seeds`` with every ``@N`` replaced by replica N's published control address (waiting for
+    it up to ``timeout_s``; the launcher removed the job's old records before starting it)."""
+    out = []
+    for seed in seeds:
+        if not seed.startswith("@"):
+            out.append(seed)
+            continue
+        replica, end = int(seed[1:]), time.monotonic() + timeout_s
+        while (info := read(run_dir, replica)) is None:
+            if time.monotonic() > end:
+                raise TimeoutError(f"replica {replica} published no address in {run_dir} within {timeout_s:.0f}s")
+            time.sleep(poll_s)
+        out.append(info["control"])
     return out

@@ -213,9 +213,9 @@ class Launcher:
         seeds = list(self.cfg.replicas.join)
         first_id = self.ids[0]
         self.children[first_id] = self.spawn(first_id, seeds)
-        first = self.wait_address(first_id)
-        for r in self.ids[1:]:
-            self.children[r] = self.spawn(r, seeds or [first])
+        for r in self.ids[1:]:  # started at once: each joins replica first_id once it publishes (addresses.resolve)
+            self.children[r] = self.spawn(r, seeds or [f"@{first_id}"])
+        self.wait_address(first_id)
         if self.uses_spare:
             self.spare = self.spawn(None, [])
         return self.supervise()

@@ -150,6 +150,7 @@ class Replica(NewcomerHealing):
         if self.trainer.step >= self.cfg.train.steps:
             return 0  # restarted after the job finished: nothing left to do
         self.numerics.settle()
+        self.seeds = self.leadership.seeds = addresses.resolve(self.cfg.train.run_dir, self.seeds, self.timing.start_s)
         if not self.seeds:  # the first replica of the job leads
             self.server.coordinator = self.leadership.first_coordinator()
         self.link.connect(self.leadership.peer_addresses if self.seeds else lambda: [self.server.addr])

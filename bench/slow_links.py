@@ -25,6 +25,11 @@ Sections (one table each; all results go to bench/results/slow_links-<time>.json
 torchft runs from its own venv (bench/.venvs/torchft, made by bench/faults.py). Its quantized
 exchange imports Triton, absent from a CPU install of torch: the torchft arms run fp32 (the worker
 refuses ``--quantize`` rather than fall back silently).
+
+Status (2026-12-03): the tenacia arms, the ceiling and both references ran in a 2-replica smoke
+run; the torchft arms do not yet sync inside the lab's namespaces (its process group configures,
+then gloo's first receive times out after 60 s each round: under investigation), and no full run
+has been recorded in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ sys.path[:0] = [str(ROOT), str(PEERS), str(ROOT / "bench")]
 from arms import Procs, lighthouse_port, records  # noqa: E402
 from faults import ensure_torchft_venv, worker_env  # noqa: E402
 from numeric_faults import cpu_model  # noqa: E402
+
+from tenacia.events import read_events  # noqa: E402
 
 # arm -> config overrides of tenacia's sync (H and F come from the flags)
 TENACIA_ARMS = {
@@ -83,9 +90,11 @@ def link_flags(rtt_ms: float, rate_mbit: float) -> list[str]:
 
 
 def metrics(run: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(training lines, eval lines) of a tenacia run's metrics.jsonl."""
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return [x for x in lines if "tokens" in x], [x for x in lines if "eval_loss" in x]
+    """(committed steps, evals) of a tenacia run, from its event log: each step's ``t`` and
+    ``tokens``, each eval's ``t`` and ``eval_loss``."""
+    events = read_events(run / "events.jsonl")
+    return ([e for e in events if e["event"] == "step_committed"],
+            [e for e in events if e["event"] == "eval" and "eval_loss" in e])
 
 
 def sent_bytes(run: Path) -> int:
@@ -95,13 +104,17 @@ def sent_bytes(run: Path) -> int:
 
 
 def summarize(train: list[dict[str, Any]], evals: list[dict[str, Any]], t0: float, tokens: int,
-              sent: int | None, target: float | None, ceiling: float | None) -> dict[str, Any]:
+              sent: int | None, target: float | None, ceiling: float | None, all_tokens: int | None = None
+              ) -> dict[str, Any]:
+    """``tokens`` trained between ``t0`` and the last step; bytes per token over ``all_tokens``
+    (default ``tokens``), every token the run trained."""
     end = train[-1]["t"] if train else t0
     rate = tokens / max(end - t0, 1e-9)
+    all_tokens = all_tokens or tokens
     reached = next((e["t"] - t0 for e in evals if target is not None and e["eval_loss"] <= target), None)
     return {"tokens": tokens, "seconds": end - t0, "tokens_per_s": rate,
             "utilization": rate / ceiling if ceiling else None,
-            "bytes_per_token": sent / tokens if sent is not None and tokens else None,
+            "bytes_per_token": sent / all_tokens if sent is not None and all_tokens else None,
             "eval_loss": evals[-1]["eval_loss"] if evals else None, "time_to_target_s": reached}
 
 
@@ -119,10 +132,11 @@ def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=a.timeout).returncode
     if code != 0:
         return {"error": f"exit {code}; see {out / 'launcher.log'}"}
-    lines, evals = metrics(run)
-    t0 = lines[0]["t"] - (lines[1]["t"] - lines[0]["t"] if len(lines) > 1 else 0)  # one step before the first line
+    steps, evals = metrics(run)
+    t0 = steps[0]["t"]  # from the first commit (start-up and the first step's rendezvous not counted)
     sent = sent_bytes(run) if rtt_ms is not None else None
-    return summarize(lines, evals, t0, lines[-1]["tokens"], sent, target, ceiling)
+    return summarize(steps, evals, t0, sum(e["tokens"] for e in steps[1:]), sent, target, ceiling,
+                     all_tokens=sum(e["tokens"] for e in steps))
 
 
 def ceiling_run(a: argparse.Namespace, out: Path) -> float:
@@ -138,11 +152,13 @@ def ceiling_run(a: argparse.Namespace, out: Path) -> float:
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
     for p in procs:
         p.wait(timeout=a.timeout)
-    rates = []
-    for r in range(a.replicas):
-        lines, _ = metrics(out / f"solo{r}")
-        rates.append(statistics.median(x["tokens_per_s"] for x in lines))
-    return sum(rates)
+    return sum(solo_rate(out / f"solo{r}") for r in range(a.replicas))
+
+
+def solo_rate(run: Path) -> float:
+    """Median tokens/s of a single-process run (its metrics.jsonl lines)."""
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return statistics.median(x["tokens_per_s"] for x in lines if "tokens_per_s" in x)
 
 
 def torchft_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float, rate_mbit: float,
@@ -262,8 +278,7 @@ def section_quotas(a: argparse.Namespace, out: Path) -> dict[str, Any]:
             p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             quotas.place(i, p.pid)
             p.wait(timeout=a.timeout)
-            lines, _ = metrics(out / f"solo{i}")
-            solos.append(statistics.median(x["tokens_per_s"] for x in lines))
+            solos.append(solo_rate(out / f"solo{i}"))
     finally:
         quotas.close()
     res: dict[str, Any] = {"quotas": a.quotas, "solo_tokens_per_s": solos, "sum_solo": sum(solos), "runs": []}

@@ -5,7 +5,9 @@ DiLoCo, fragments synced in turn).
 
 Run by bench/slow_links.py from its own venv (bench/.venvs/torchft) with TORCHFT_LIGHTHOUSE set;
 the replica hosts its own replica-group TCPStore on port 0 (on ``--host``, its address on the
-emulated link). torchft's quantized exchange (``should_quantize``) imports Triton, which a CPU
+emulated link). torchft advertises ``socket.gethostname()`` to its peers (its manager server, its
+process group's store); in a lab namespace the machine's name resolves to no lab address, so the
+worker answers ``--host`` for its host name. torchft's quantized exchange (``should_quantize``) imports Triton, which a CPU
 install of torch does not have: ``--quantize`` is refused here rather than silently dropped.
 The inner step is the workload's AdamW; the outer optimizer is SGD(lr, momentum, nesterov), as
 DiLoCo's paper and torchft's examples use.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from datetime import timedelta
 
 import torch
@@ -49,6 +52,7 @@ def main() -> None:
     p.add_argument("--timeout-s", type=float, default=60.0)
     p.add_argument("--eval-every", type=int, default=0, help="replica 0 logs worker_eval every N steps (0: at the end)")
     args = p.parse_args()
+    socket.gethostname = lambda: args.host  # module docstring: what torchft advertises to its peers
     if args.quantize:
         try:
             import torchft.collectives  # noqa: F401  (imports triton)

@@ -33,7 +33,7 @@ PRESETS: dict[str, dict] = {
     # 1 shared + 8 routed experts, 2 per token from 2 of 4 groups.
     "moe-tiny": dict(family=deepseek.FAMILY, vocab_size=4096, dim=256, n_layers=4, n_heads=8, n_kv_heads=8,
                      ffn_dim=768, norm_eps=1e-6, rope_theta=10000.0, max_seq_len=1024, tie_embeddings=True,
-                     mla=dict(q_lora_rank=128, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16,
+                     mla=dict(q_lora_rank=128, kv_lora_rank=48, qk_nope_head_dim=32, qk_rope_head_dim=16,
                               v_head_dim=32),
                      moe=dict(n_dense_layers=1, n_routed_experts=8, n_shared_experts=1, top_k=2,
                               n_expert_groups=4, n_limited_groups=2, expert_ffn_dim=256, route_scale=1.0,

@@ -7,7 +7,8 @@ Measured (2 shared cores, runs stopped at the deadline, README "A mixture of exp
 3.16 over steps 83-132 (holds); the preset's speed 1e-3, 2.73 over steps 81-130 (does not hold:
 the bias moves 0.13 at most in 130 steps). Whole 200-step runs at other speeds (2026-12-03,
 ``model.moe.bias_update_speed=...``): 0.006: 1.309, 0.01: 1.301, 0.02: 1.331, 0.05: 1.428; so the
-bias alone balances moe-tiny to about 1.30 at best here, a hair above the goal."""
+bias alone balances moe-tiny (then with a latent of 64) to about 1.30 at best here, a hair above
+the goal."""
 
 from __future__ import annotations
 

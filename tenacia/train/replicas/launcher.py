@@ -215,9 +215,9 @@ class Launcher:
         self.children[first_id] = self.spawn(first_id, seeds)
         for r in self.ids[1:]:  # started at once: each joins replica first_id once it publishes (addresses.resolve)
             self.children[r] = self.spawn(r, seeds or [f"@{first_id}"])
-        self.wait_address(first_id)
-        if self.uses_spare:
+        if self.uses_spare:  # warming up beside them: a replica lost early finds it ready
             self.spare = self.spawn(None, [])
+        self.wait_address(first_id)
         return self.supervise()
 
     @property

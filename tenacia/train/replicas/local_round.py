@@ -31,6 +31,7 @@ from torch import nn
 from ...data.sampler import shard
 from ...device import Device
 from ..step import apply_update, compute_gradients
+from .shares import keep_reusable
 
 
 class LocalRound:
@@ -55,12 +56,7 @@ class LocalRound:
         """Train this member's share ``positions`` of round ``step`` (``batch``: the round's sample
         ids); returns the mean loss over its inner batches' samples, their tokens, and how many
         positions were reused from a discarded run of the same round."""
-        held = set(self.held)
-        if self.step != step or not held <= set(positions) or not positions:
-            self.drop()
-            held = set()
-        reused = len(held)
-        todo = [p for p in positions if p not in held]
+        reused, todo = keep_reusable(self, step, positions)
         if todo:
             params = list(self.model.parameters())
             start = [p.detach().clone() for p in params]

@@ -63,20 +63,9 @@ from .protocol import (
     Wake,
 )
 from .spare import wait_as_spare
+from .step_exits import Evicted, Rejoin, Superseded
 from .sync import strategy
 from .timing import Timing
-
-
-class Superseded(Exception):
-    """A newer quorum (or a stop) arrived: drop the step in flight."""
-
-
-class Rejoin(Exception):
-    """This replica was expelled or frozen: exit and come back as a newcomer."""
-
-
-class Evicted(Exception):
-    """This replica's device computes wrong numbers: leave the job for good (``EXIT_EVICTED``)."""
 
 
 class Replica(NewcomerHealing):

@@ -42,6 +42,17 @@ def salvage_shares(previous: Shares, sharers: Sequence[int], batch: int) -> Shar
     return {r: tuple(sorted(share)) for r, share in out.items()}
 
 
+def keep_reusable(held_by, step: int, positions: Sequence[int]) -> tuple[int, list[int]]:
+    """What of ``positions`` a holder (``LocalGradients``, ``LocalRound``: ``step``, ``held``,
+    ``drop()``) computed already for ``step`` and may reuse: all it holds if they are among
+    ``positions``, else nothing (it drops them). Returns (positions reused, positions to compute)."""
+    held = set(held_by.held)
+    if held_by.step != step or not held <= set(positions) or not positions:
+        held_by.drop()
+        held = set()
+    return len(held), [p for p in positions if p not in held]
+
+
 class LocalGradients:
     """The gradients this member computed for a step, kept in the parameters' ``.grad`` (the
     all-reduce works on a flat copy) until the step is applied or dropped, so that a re-run of the
@@ -75,12 +86,7 @@ class LocalGradients:
                 micro_batch_size: int, device: Device) -> tuple[float, int, int]:
         """Gradients over ``positions`` of ``batch`` (the step's sample ids); returns the mean loss
         over them, their tokens, and how many positions were reused rather than computed."""
-        held = set(self.held)
-        if self.step != step or not held <= set(positions) or not positions:
-            self.drop()
-            held = set()
-        reused = len(held)
-        todo = [p for p in positions if p not in held]
+        reused, todo = keep_reusable(self, step, positions)
         if todo:
             take_expert_loads(self.model)  # counts of forwards outside any share are not this share's
             loss, tokens = compute_gradients(self.model, samples([batch[p] for p in todo]), micro_batch_size,

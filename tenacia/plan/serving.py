@@ -157,6 +157,11 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
     best = best_decode(plan, chip, plan.tpot_ms / 1000)
     if best is None:
         tried = plan.tp or "1..1024"
+        fixed_ms = m.layers * plan.step.layer_overhead_us / 1000
+        if fixed_ms >= plan.tpot_ms:
+            raise ConfigError("tpot_ms", plan.tpot_ms,
+                              f"more than the step's fixed cost alone: {m.layers} layers x "
+                              f"step.layer_overhead_us={plan.step.layer_overhead_us:g} = {fixed_ms:.1f} ms")
         raise ConfigError("tpot_ms", plan.tpot_ms,
                           f"a target {chip.key} can meet for {m.total_params_b:g}B parameters with tp={tried}: "
                           "no instance both holds the weights plus one sequence's KV cache and decodes "

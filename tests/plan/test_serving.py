@@ -89,8 +89,11 @@ def test_more_bandwidth_never_needs_more_chips(chips):
 
 def test_unreachable_target_is_a_clear_error(chips):
     with pytest.raises(ConfigError) as e:
-        estimate_serving(_plan("model.preset='llama-3-405b'", "tp=1", "tpot_ms=5"), chips["h100"])
+        estimate_serving(_plan("model.preset='llama-3-405b'", "tp=1", "tpot_ms=40"), chips["h100"])
     assert e.value.field == "tpot_ms" and "raise tpot_ms or tp" in e.value.allowed
+    with pytest.raises(ConfigError) as e:  # the per-layer fixed cost alone is longer than the target
+        estimate_serving(_plan("tpot_ms=10", "step.layer_overhead_us=200"), chips["h800"])
+    assert e.value.field == "tpot_ms" and "61 layers x step.layer_overhead_us=200 = 12.2 ms" in e.value.allowed
 
 
 @pytest.mark.parametrize("model, chip, precision", [("deepseek-v3", "h800", "fp8"),

@@ -26,7 +26,15 @@ from .assumptions import Assumptions
 from .catalog import Chip
 from .efficiency import TILE
 from .models import ModelSpec
-from .serving_step import WEIGHT_BYTES, StepCosts, decode_step_s, prefill_tps_per_chip, weight_bytes_per_chip
+from .serving_step import (
+    WEIGHT_BYTES,
+    StepCosts,
+    decode_parts,
+    decode_step_s,
+    prefill_tps_per_chip,
+    weight_bytes_per_chip,
+)
+
 CURVE_MS = (10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0)
 
 
@@ -98,6 +106,7 @@ class ServeEstimate:
     cost_per_day: float
     cost_per_million_tokens: float
     curve: list[dict]  # decode tokens/s per chip at each TPOT target of CURVE_MS (0: unreachable)
+    step_parts: dict  # the chosen decode step by operator (serving_step.decode_parts)
 
     def summary(self) -> dict:
         return {f.name: getattr(self, f.name) for f in self.__dataclass_fields__.values()}
@@ -178,4 +187,4 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
                          prefill_input_tps_per_chip=prefill_per_chip / (1 - d.cache_hit_rate),
                          max_batch_memory=max_mem, prefill_chips=prefill_chips, decode_chips=decode_chips,
                          chips=chips, cost_per_day=cost, cost_per_million_tokens=cost / d.tokens_per_day * 1e6,
-                         curve=decode_curve(plan, chip))
+                         curve=decode_curve(plan, chip), step_parts=decode_parts(m, chip, plan, tp, batch))

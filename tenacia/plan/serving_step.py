@@ -131,30 +131,43 @@ def _step(compute: float, comm: float, m: ModelSpec, costs: StepCosts) -> float:
     return max(compute, ov * comm) + (1 - ov) * comm + m.layers * costs.layer_overhead_us * 1e-6
 
 
-def decode_step_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> float:
-    """One decode step of ``batch`` sequences on a ``tp``-chip instance (module docstring)."""
+def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> dict[str, float]:
+    """Seconds of one decode step of ``batch`` sequences on a ``tp``-chip instance, by operator
+    (module docstring): each operator's roofline (``*_s``, and which bound it: ``*_bound``), the
+    all-to-all or all-reduce before overlap, the fixed cost, and the step."""
     a, costs, wb = plan.assumptions, plan.step, WEIGHT_BYTES[plan.precision]
     hbm = chip.memory_tbs * 1e12 * (chip.hbm_efficiency or costs.hbm_efficiency)
     context = plan.demand.input_len + plan.demand.output_len / 2
     dense, routed = serving_params(m)
     embedding = m.vocab * m.hidden  # a lookup: not read whole
     k0 = a.gemm_k_overhead
-    attention = max(batch / tp * m.decode_attention_flops(context) / gemm_rate(chip, "bf16", a),
-                    batch / tp * context * m.kv_elements_per_token * plan.kv_bytes / hbm)
+    ops = {"attention": (batch / tp * m.decode_attention_flops(context) / gemm_rate(chip, "bf16", a),
+                         batch / tp * context * m.kv_elements_per_token * plan.kv_bytes / hbm)}
     if m.is_moe:  # each chip runs its own batch / tp rows; experts take rows from every chip
         rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, 1, batch / tp, tp, k0, backward=False)
         touched = m.experts / tp * -math.expm1(batch * math.log1p(-m.experts_per_token / m.experts))
-        gemms = (max(batch / tp * 2 * dense / rate, (m.dense_params_b * 1e9 - embedding) * wb / hbm)
-                 + max(batch / tp * 2 * routed * costs.expert_imbalance / rate,
-                       m.moe_layers * touched * 3 * m.hidden * m.expert_ffn * wb / hbm))
+        ops["dense"] = (batch / tp * 2 * dense / rate, (m.dense_params_b * 1e9 - embedding) * wb / hbm)
+        ops["experts"] = (batch / tp * 2 * routed * costs.expert_imbalance / rate,
+                          m.moe_layers * touched * 3 * m.hidden * m.expert_ffn * wb / hbm)
         comm = _all_to_all_s(m, chip, plan, tp, batch / tp, node_limited=False)
     else:  # tensor parallel: weights split tp ways, two all-reduces of the batch per layer
         rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, tp, batch, 1, k0, backward=False)
-        gemms = max(batch * 2 * dense / tp / rate, (m.total_params_b * 1e9 - embedding) * wb / tp / hbm)
+        ops["dense"] = (batch * 2 * dense / tp / rate, (m.total_params_b * 1e9 - embedding) * wb / tp / hbm)
         bw, lat = _link(chip, tp, a)
         per = 2 * (tp - 1) / tp * batch * m.hidden * 2 / bw + 2 * math.log2(tp) * lat
         comm = 2 * m.layers * per if tp > 1 else 0.0
-    return _step(gemms + attention, comm, m, costs)
+    parts = {}
+    for name, (compute_s, memory_s) in ops.items():
+        parts[f"{name}_s"] = max(compute_s, memory_s)
+        parts[f"{name}_bound"] = "compute" if compute_s >= memory_s else "memory"
+    compute = sum(parts[f"{name}_s"] for name in ops)
+    return parts | {"comm_s": comm, "fixed_s": m.layers * costs.layer_overhead_us * 1e-6,
+                    "step_s": _step(compute, comm, m, costs)}
+
+
+def decode_step_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> float:
+    """One decode step of ``batch`` sequences on a ``tp``-chip instance (module docstring)."""
+    return decode_parts(m, chip, plan, tp, batch)["step_s"]
 
 
 def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:

@@ -56,9 +56,9 @@ class StepCosts:
 
     # Fixed cost of one layer per step, µs (launches, gaps, synchronisation). Fitted on the
     # serving tuning set of `tenacia plan validate`: bench/plan_tune.py serving.
-    layer_overhead_us: float = 250.0
+    layer_overhead_us: float = 50.0
     # Tokens on the most loaded expert rank / the mean. Fitted on the same set.
-    expert_imbalance: float = 2.25
+    expert_imbalance: float = 4.0
     # Share of the all-to-all hidden behind compute by micro-batch overlap (module docstring).
     comm_overlap: float = 1.0
     # Fraction of the datasheet HBM bandwidth a serving step's reads reach, for chips whose
@@ -106,7 +106,7 @@ def _all_to_all_s(m: ModelSpec, chip: Chip, plan: ServePlan, chips: int, tokens:
     """Dispatch (weight format) + combine (BF16) of ``tokens`` per chip over every MoE layer on an
     instance of ``chips``: per layer the slower of the scale-up and scale-out volumes (both links
     at once) plus each transfer's latency; the most loaded rank (``expert_imbalance``) sets the
-    pace. ``node_limited``: one copy per remote domain a token reaches (at most
+    pace, on the scale-out link too unless copies are node-limited. ``node_limited``: one copy per remote domain a token reaches (at most
     ``routing_max_groups``), else every one of its k copies."""
     if not m.is_moe or chips <= 1:
         return 0.0
@@ -119,9 +119,12 @@ def _all_to_all_s(m: ModelSpec, chip: Chip, plan: ServePlan, chips: int, tokens:
         out_copies = k * (chips - in_domain) / chips
     up_copies = k * (in_domain - 1) / chips
     per_copy = tokens * plan.step.expert_imbalance * m.hidden * (WEIGHT_BYTES[plan.precision] + 2)
+    # node-limited copies land on the remote domain's peer and are forwarded inside it (DeepEP's
+    # normal kernels): the scale-out link carries a whole domain's experts, whose load evens out
+    out_per_copy = per_copy / plan.step.expert_imbalance if node_limited else per_copy
     bw_out, lat_out = _link(chip, chips, a)
     bw_up, lat_up = _link(chip, 1, a)
-    per_layer = max(out_copies * per_copy / bw_out, up_copies * per_copy / bw_up)
+    per_layer = max(out_copies * out_per_copy / bw_out, up_copies * per_copy / bw_up)
     return m.moe_layers * (per_layer + 2 * (lat_out if domains > 1 else lat_up))
 
 

@@ -135,8 +135,22 @@ def test_micro_batch_overlap_hides_the_all_to_all_behind_compute(chips):
     exposed = _plan("step.comm_overlap=0", "step.layer_overhead_us=0")
     hidden = _plan("step.comm_overlap=1", "step.layer_overhead_us=0")
     m, h800 = exposed.model, chips["h800"]
-    per_chip = 8  # few enough that the all-to-all is shorter than the weight reads it hides behind
-    volume = 58 * per_chip * 2.25 * 8 * 24 / 32 * 7168 * (1 + 2) / (50e9 * 0.7)  # s, most loaded rank
+    per_chip = 4  # few enough that the all-to-all is shorter than the weight reads it hides behind
+    volume = 58 * per_chip * 4.0 * 8 * 24 / 32 * 7168 * (1 + 2) / (50e9 * 0.7)  # s, most loaded rank
     comm = volume + 58 * 2 * 10e-6
     diff = decode_step_s(m, h800, exposed, 32, 32 * per_chip) - decode_step_s(m, h800, hidden, 32, 32 * per_chip)
     assert diff == pytest.approx(comm, rel=1e-6)
+
+
+def test_node_limited_prefill_copies_cross_domains_at_the_mean_load(chips):
+    """Prefill on 32 H800 (4 nodes): each token reaches at most 4 nodes (here all 4), one copy
+    per remote node (3/4 of them remote: 4 x 3/4 copies), forwarded inside the node; the
+    scale-out volume does not wait for the most loaded expert, the NVLink volume does."""
+    from tenacia.plan.serving_step import _all_to_all_s
+
+    plan = _plan("step.layer_overhead_us=0")
+    m, h800 = plan.model, chips["h800"]
+    out = 4 * 3 / 4 * 2000 * 7168 * 3 / (50e9 * 0.7)  # one 2,000-token prompt a chip, FP8 + BF16
+    up = 8 * 7 / 32 * 2000 * 4.0 * 7168 * 3 / (200e9 * 0.7)
+    assert _all_to_all_s(m, h800, plan, 32, 2000, node_limited=True) == pytest.approx(
+        58 * (max(out, up) + 2 * 10e-6))

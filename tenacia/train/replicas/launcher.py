@@ -198,9 +198,10 @@ class Launcher:
             signal.signal(signal.SIGTERM, previous)
 
     def _run(self) -> int:
-        from ...data.dataset import prepare_data
+        if not self.uses_spare:  # the spare prepares the data once for all it forks
+            from ...data.dataset import prepare_data  # imports torch: only here
 
-        prepare_data(self.cfg.data, self.cfg.model.vocab_size)  # once here, so replicas hit the cache
+            prepare_data(self.cfg.data, self.cfg.model.vocab_size)  # once here, so replicas hit the cache
         self.restore_bans()
         (self.run_dir / "logs").mkdir(exist_ok=True)
         (self.run_dir / "replicas").mkdir(exist_ok=True)

@@ -32,6 +32,9 @@ class EngineConfig:
     # keeps the fastest (engine/cpu/products.py); "default" takes the kernel for a decode and
     # MKL's packed GEMM for a prefill untimed, for runs that must be reproduced exactly
     products: str = "timed"
+    # one full-size prefill and a few decode steps before serving (LLMEngine.warm_up): the first
+    # burst then finds its memory allocated and faulted in; false starts serving sooner (tests)
+    warm_up: bool = True
 
     def __post_init__(self) -> None:
         check(self.block_size > 0, "block_size", self.block_size, "a positive integer")

@@ -121,7 +121,8 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
                            device=device.torch, metrics=recorder)
         served.model = None  # the engine holds its own packed copy of the weights
         gc.collect()
-        log.info("engine warm-up took %.2f s", engine.warm_up())
+        if cfg.warm_up:
+            log.info("engine warm-up took %.2f s", engine.warm_up())
         engine.grammars.prepare()  # here, not in the middle of serving the first response_format
     except Exception as e:
         conn.send(Failed(f"{type(e).__name__}: {e}"))

@@ -193,9 +193,12 @@ class Replica(NewcomerHealing):
     def run_quorum(self, q: Quorum) -> Message:
         """Run steps in quorum ``q`` until a newer quorum or a stop arrives; return that message."""
         self.apply_resolve(q.resolve)
+        outer = self.cfg.replicas.outer
+        streams = (q.members, outer.mesh, q.step) if self.cfg.low_communication and outer.transport == "streams" \
+            else None
         builder = self.groups.get(q.quorum_id) or GroupBuilder(
             q.store, q.quorum_id, q.rank(self.id), len(q.members), self.cfg.replicas.host,
-            notify=self.wake, timing=self.timing)
+            notify=self.wake, timing=self.timing, streams=streams)
         self.groups[q.quorum_id] = builder
         self.retire_groups(q.quorum_id)
         first = True

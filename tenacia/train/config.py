@@ -121,6 +121,7 @@ class OuterConfig:
     # streaming only: a round's fragment exchange runs beside its inner steps and carries the
     # fragment as the previous round left it; the outer step lands one round late (docs/sync.md)
     overlap: bool = True
+    mix: float = 0.5  # streaming's overlap: a fragment's local copy becomes mix x local + (1 - mix) x global
     # What carries the outer exchange: "gloo" (torch's process group, one TCP connection per peer)
     # or "streams" (tenacia's long-link transport: several streams per peer, one round trip)
     transport: str = "gloo"
@@ -134,6 +135,7 @@ class OuterConfig:
         check(self.block >= 1, "block", self.block, "a positive integer")
         check(0 <= self.topk < 1, "topk", self.topk, "a fraction in [0, 1) (0: off)")
         check(self.fragments >= 1, "fragments", self.fragments, "a positive integer")
+        check(0 <= self.mix <= 1, "mix", self.mix, "a number in [0, 1] (0: the global parameters replace the local)")
         check_choice("transport", self.transport, OUTER_TRANSPORTS)
 
 

@@ -63,11 +63,14 @@ class ReducePhase:
                         builder, self.wake, measured)
 
     def reduce_in_flight(self: Any, flight: InFlight, builder: GroupBuilder, timing: dict[str, Any] | None) -> bool:
-        """Wait for the reduce started by ``begin_overlap``; False when a peer died mid-exchange."""
-        self.enter("allreduce", self.pending_step)
-        self.wait_until(flight.done.is_set, "all-reduce")
+        """Wait for the reduce started by ``begin_overlap``; False when a peer died mid-exchange.
+        As after a blocking reduce, the wait for the group is not counted in the ``allreduce``
+        phase (the leader's stuck-collective rule times that phase only)."""
+        self.wait_until(builder.done.is_set, "process group")
         if builder.error:
             raise Superseded(self._await_next(f"group failed: {builder.error}"))
+        self.enter("allreduce", self.pending_step)
+        self.wait_until(flight.done.is_set, "all-reduce")
         if timing and flight.error is None:
             timing.update(group_ready=builder.ready_t, reduced=time.time())
         return flight.error is None

@@ -13,7 +13,9 @@ at once; vote, holding the step as one ``PendingStep`` (vote and reduced gradien
 verdict; apply on ``commit``. A quorum's ``resolve`` decides a step left pending by the last one.
 What a step computes, reduces and applies is the sync strategy's (``sync.py``): gradients under
 ddp; under diloco and streaming a round of inner steps and its pseudo-gradient (``LocalRound`` in
-place of ``LocalGradients``). A fresh gloo group and fresh buffers are used for every quorum; an
+place of ``LocalGradients``; under streaming's overlap the contribution is built before the
+compute and reduced beside it: ``reducing.py``, ``overlap.py``). A fresh group (gloo's, or the
+long-link transport's: ``streams_group.py``) and fresh buffers are used for every quorum; an
 older quorum's group is retired as soon as a newer quorum starts, in a background thread, never on
 the training thread (tearing down a gloo group with a collective in flight can block for many
 seconds; see ``Replica.retire_groups``).

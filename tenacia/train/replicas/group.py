@@ -96,6 +96,8 @@ def retire(builder: GroupBuilder) -> threading.Thread:
     destructor, though, waits for that collective to finish or time out (up to the group
     timeout, ``Timing.collective_s``), without holding the GIL. So this thread, not the caller, drops the last
     reference. A group still being built is waited for first.
+    A streams group (``streams_group.py``) has no such loop: its ``shutdown`` closes the mesh,
+    and a call in flight raises at once.
     The caller must hold no other reference to ``builder.pg`` (the builder is left without one),
     nor any of its ``Work`` objects: a Work keeps its group alive, and whoever drops the last
     reference runs the destructor.

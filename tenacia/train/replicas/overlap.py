@@ -13,8 +13,8 @@ Contract: ``done`` is set, and ``wake`` called, once the reduce returned or rais
 could not be built; ``error`` then holds what failed (a peer lost mid-exchange: the member votes
 no, the round is discarded and redone, as with a blocking reduce). A thread left behind by a
 superseded step ends when its group is retired (gloo's and the streams group's calls raise then).
-``events`` records, in order, ``("sent", step)`` when the reduce starts and ``("reduced", step)``
-when it ends, for tests that prove the inner steps ran in between.
+Test: ``tests/train/replicas/test_overlap.py`` (the inner steps run while the exchange is in flight,
+on a clock of forward passes).
 """
 
 from __future__ import annotations
@@ -32,24 +32,22 @@ Reduce = Callable[[torch.Tensor, Any], None]  # (contribution, group): reduce it
 
 class InFlight:
     def __init__(self, flat: torch.Tensor, step: int, reduce: Reduce, builder: GroupBuilder,
-                 wake: Callable[..., None], measured: dict[str, Any] | None = None,
-                 events: list[tuple[str, int]] | None = None):
+                 wake: Callable[..., None], measured: dict[str, Any] | None = None):
         """``measured``: the contribution's fingerprint and norm, taken before the reduce (None:
-        checks off); ``events``: a list to append this reduce's events to (module docstring)."""
+        checks off)."""
         self.flat, self.step, self.measured = flat, step, measured
         self.error: BaseException | None = None
         self.done = threading.Event()
-        self.events = events if events is not None else []
         threading.Thread(target=self._run, args=(reduce, builder, wake), name=f"overlap-{step}",
                          daemon=True).start()
 
     def _run(self, reduce: Reduce, builder: GroupBuilder, wake: Callable[..., None]) -> None:
         try:
             builder.done.wait()
-            if builder.pg is not None:  # else the group failed: the training thread reads builder.error
-                self.events.append(("sent", self.step))
-                reduce(self.flat, builder.pg)
-                self.events.append(("reduced", self.step))
+            pg = builder.pg
+            if pg is None:  # the group failed (the training thread reads builder.error) or was retired
+                raise RuntimeError(f"no group for step {self.step}: {builder.error or 'retired'}")
+            reduce(self.flat, pg)
         except Exception as e:  # noqa: BLE001 - a peer lost mid-exchange: the member votes no
             self.error = e
         finally:

@@ -91,15 +91,12 @@ def load(run_dir: Path, *overrides: str) -> RunConfig:
 
 def train(run_dir: Path, replicas: int, *overrides: str) -> tuple[list[Trainer], list, Group]:
     """Train ``replicas`` in-process members to ``train.steps`` with the strategy the overrides
-    name; returns the trainers, their strategies and the group (bytes each member sent; ``events``:
-    each member's ``sent``, ``computed`` and ``reduced`` in order, under overlap)."""
+    name; returns the trainers, their strategies and the group (bytes each member sent)."""
     cfgs = [load(run_dir / f"r{r}", *overrides) for r in range(replicas)]
     trainers = [Trainer(c, source=f"replica:{r}", write_ledger=False) for r, c in enumerate(cfgs)]
     syncs = [strategy(c, t) for c, t in zip(cfgs, trainers, strict=True)]
     locals_ = [s.local(t) for s, t in zip(syncs, trainers, strict=True)]
     group, cfg = Group(replicas), cfgs[0]
-    events: list[list[tuple[str, int]]] = [[] for _ in range(replicas)]  # per member, in order (overlap.py)
-    group.events = events
     members = [group.member(r) for r in range(replicas)]
     for step in range(1, cfg.train.steps + 1):
         t0 = trainers[0]
@@ -114,10 +111,9 @@ def train(run_dir: Path, replicas: int, *overrides: str) -> tuple[list[Trainer],
             flight = None
             if s.overlaps:  # as Replica.begin_overlap: sent from the state at rest, reduced beside the compute
                 flight = InFlight(s.sent(t, step, True), step, lambda f, pg: s.reduce(f, pg, lambda d: None, lambda *_: None, step),
-                                  Ready(members[r]), lambda *_: None, events=events[r])
+                                  Ready(members[r]), lambda *_: None)
             _, tokens[r], _ = held.compute(step, positions, batch, t.data.train.get, cfg.train.micro_batch_size,
                                            t.device)
-            events[r].append(("computed", step))
             if flight is None:
                 flat = s.contribution(t, held, step)
                 s.reduce(flat, members[r], lambda done: None, lambda *_: None, step)

@@ -53,7 +53,9 @@ def test_fragments_are_contiguous_non_empty_and_balanced():
     ("replicas.sync=localsgd", "sync"), ("replicas.outer.inner_steps=0", "inner_steps"),
     ("replicas.outer.lr=0", "lr"), ("replicas.outer.momentum=1.0", "momentum"),
     ("replicas.outer.quantize=fp8", "quantize"), ("replicas.outer.block=0", "block"),
-    ("replicas.outer.topk=1.0", "topk"), ("replicas.outer.fragments=0", "fragments")])
+    ("replicas.outer.topk=1.0", "topk"), ("replicas.outer.fragments=0", "fragments"),
+    ("replicas.outer.mix=1.5", "mix"), ("replicas.outer.transport=tcp", "'gloo', 'streams'"),
+    ("replicas.outer.mesh.streams=0", "replicas.outer.mesh.streams")])
 def test_bad_values_name_the_field_and_what_is_allowed(tmp_path, override, field):
     with pytest.raises(ConfigError, match=field):
         load(tmp_path, override)

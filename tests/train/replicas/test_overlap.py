@@ -4,6 +4,7 @@ that counts forward passes, not seconds; the late outer step is mixed into the l
 hand-computed numbers; ``trained_tokens`` weighs the next exchange and rides in checkpoints, not
 in heals."""
 
+import threading
 from types import SimpleNamespace
 
 import torch
@@ -135,3 +136,21 @@ def test_overlap_is_streamings_only_and_can_be_turned_off(tmp_path):
                                                                         write_ledger=False)).overlaps
     off = load(tmp_path, "replicas.sync=streaming", "replicas.outer.fragments=2", "replicas.outer.overlap=false")
     assert not strategy(off, Trainer(off, write_ledger=False)).overlaps
+
+
+def test_the_wait_for_the_group_is_not_timed_as_the_all_reduce(tmp_path):
+    """The leader's stuck-collective rule times the ``allreduce`` phase only: a group still being
+    built (a mesh opening over a 100 ms link) must be waited for before that phase is entered,
+    as a blocking reduce does (a real run at 100 ms looped on 'all-reduce stuck' without it)."""
+    seen: list[str] = []
+    builder, flight = Ready(None), SimpleNamespace(done=threading.Event(), error=None)
+    builder.done.clear()
+
+    def wait_until(done, what: str) -> None:
+        seen.append(f"wait {what}")
+        (builder.done if what == "process group" else flight.done).set()  # what arrives while it waits
+        assert done()
+
+    me = SimpleNamespace(pending_step=3, wait_until=wait_until, enter=lambda phase, step: seen.append(phase))
+    assert ReducePhase.reduce_in_flight(me, flight, builder, None)
+    assert seen == ["wait process group", "allreduce", "wait all-reduce"]

@@ -3,7 +3,7 @@ only on it: k0 (``Assumptions.gemm_k_overhead``) and the large-GEMM efficiency o
 Hopper (catalog ``matmul_efficiency``). Held-out cases are never read.
 
     .venv/bin/python bench/plan_tune.py            # training: k0, matmul_efficiency
-    .venv/bin/python bench/plan_tune.py serving    # serving: alltoall_overhead_us, expert_imbalance
+    .venv/bin/python bench/plan_tune.py serving    # serving: step.layer_overhead_us, step.expert_imbalance
 
 prints, for each grid point, the tuning set's errors; then the k0 whose families' best
 efficiencies give the smallest largest absolute error (each family is fitted on its own cases,
@@ -30,8 +30,8 @@ from tenacia.plan.validation import METRICS, load_cases  # noqa: E402
 FAMILIES = {"a100": "ampere", "h100": "hopper", "h800": "hopper"}
 K0 = (0, 64, 128, 192, 256, 384)
 EFFICIENCY = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
-OVERHEAD_US = (0, 100, 200, 300, 400, 450, 500, 550, 600, 700, 800)
-IMBALANCE = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
+OVERHEAD_US = (0, 50, 100, 150, 200, 250, 300, 350, 400)
+IMBALANCE = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5, 4.0, 4.5, 5.0)
 
 
 def main() -> None:
@@ -64,24 +64,25 @@ def main() -> None:
 
 
 def tune_serving() -> None:
-    """alltoall_overhead_us and expert_imbalance of ServePlan on the serving tuning cases (DeepSeek's
-    H800 decode and prefill throughput)."""
+    """step.layer_overhead_us and step.expert_imbalance of ServePlan on the serving tuning cases
+    (DeepSeek's H800 decode and prefill throughput)."""
     cases = [c for c in load_cases() if c.set == "tuning" and c.kind == "serving"]
     chips = catalog_mod.load_catalog()
     best = None
     for overhead, imbalance in itertools.product(OVERHEAD_US, IMBALANCE):
         errors = []
         for case in cases:
-            plan = config.from_dict(ServePlan, build(None, [], [*case.overrides, f"alltoall_overhead_us={overhead}",
-                                                                f"expert_imbalance={imbalance}"]))
+            plan = config.from_dict(ServePlan, build(None, [], [*case.overrides, f"step.layer_overhead_us={overhead}",
+                                                                f"step.expert_imbalance={imbalance}"]))
             s = estimate_serving(plan, chips[plan.chip]).summary()
             errors.append(METRICS[case.metric](s) / case.published - 1)
         worst = max(abs(e) for e in errors)
-        print(f"alltoall_overhead_us={overhead:5g} expert_imbalance={imbalance:.2f}  "
+        print(f"step.layer_overhead_us={overhead:4g} step.expert_imbalance={imbalance:.2f}  "
               + "  ".join(f"{c.id} {e:+.1%}" for c, e in zip(cases, errors, strict=True)))
         if best is None or worst < best[0]:
             best = (worst, overhead, imbalance)
-    print(f"\nbest: alltoall_overhead_us={best[1]:g} expert_imbalance={best[2]:.2f} (largest |error| {best[0]:.1%})")
+    print(f"\nbest: step.layer_overhead_us={best[1]:g} step.expert_imbalance={best[2]:.2f} "
+          f"(largest |error| {best[0]:.1%})")
 
 
 def _family(plan: TrainPlan, chips: dict) -> str:

@@ -14,7 +14,8 @@ Ascend NPUs register themselves as the accelerator.
 
 CUDA, NPU and XPU paths are written for, not tested on: CI and development run on CPU.
 
-``DeviceConfig`` is the one ``[device]`` section that training runs and the server share.
+``DeviceConfig`` (``device_config.py``, torch-free) is the one ``[device]`` section that training
+runs and the server share.
 """
 
 from __future__ import annotations
@@ -26,24 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import check, check_choice
+from .config import check_choice
+from .device_config import DEVICE_CHOICES, DeviceConfig  # noqa: F401  (re-exported)
 
 BACKENDS = {"cuda": "nccl", "npu": "hccl", "xpu": "xccl", "mps": "gloo", "cpu": "gloo"}
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "npu", "xpu", "mps")
-
-
-@dataclass(kw_only=True, slots=True)
-class DeviceConfig:
-    """Where a process computes and with how many CPU threads (``[device]``)."""
-
-    type: str = "auto"  # "auto" takes the accelerator if there is one, else the CPU
-    # torch intra-op threads; 0 leaves torch's default in one process, and gives each replica
-    # process 1 (several replicas share a host's cores). Pin it for bit-identical results.
-    threads: int = 0
-
-    def __post_init__(self) -> None:
-        check_choice("type", self.type, DEVICE_CHOICES)
-        check(self.threads >= 0, "threads", self.threads, "0 (torch's default) or a positive integer")
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,12 +72,12 @@ def launch_replicas(cfg) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .chaos import killpoints
-    from .train.trainer import Trainer
-
     cfg = load_run_config(args)
     if args.replicas is not None or cfg.replicas.count > 1 or cfg.replicas.join:
-        return launch_replicas(cfg)
+        return launch_replicas(cfg)  # the launcher never imports torch: its replicas do
+
+    from .chaos import killpoints
+    from .train.trainer import Trainer
 
     killpoints.install(cfg.chaos.kill_at)
     summary = Trainer(cfg).fit()

@@ -7,7 +7,8 @@ into a trainer (``format.latest_verified``, ``state.load_*``), into the server
 
 - ``format.py``: the directory layout, writing, verifying, finding the newest that verifies;
 - ``state.py``: model, optimizer and RNG state as named tensors, both ways;
-- ``writer.py``: ``CheckpointConfig`` and the background writer that keeps the newest K;
+- ``config.py``: ``CheckpointConfig`` (torch-free);
+- ``writer.py``: the background writer that keeps the newest K;
 - ``inference.py``: a run directory's newest checkpoint as an eval-mode model;
 - ``export.py``: a run as a Hugging Face directory for transformers, vLLM, SGLang.
 """
@@ -24,7 +25,7 @@ _API = {
     "Snapshot": "state", "load_model_weights": "state", "load_optimizer_tensors": "state",
     "model_tensors": "state", "optimizer_tensors": "state", "restore_rng": "state",
     "state_fingerprint": "state", "tensors_fingerprint": "state", "take_snapshot": "state",
-    "CheckpointConfig": "writer", "CheckpointWriter": "writer",
+    "CheckpointConfig": "config", "CheckpointWriter": "writer",
 }
 __all__ = sorted(_API)
 

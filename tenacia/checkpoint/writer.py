@@ -28,12 +28,11 @@ import logging
 import shutil
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import check
 from ..events import EventLog
 from ..storage import remove_stale_temporaries
+from .config import CheckpointConfig  # noqa: F401  (its home before config.py)
 from .format import (
     CorruptCheckpoint,
     ForeignFormat,
@@ -46,20 +45,6 @@ from .format import (
 from .state import Snapshot
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True, slots=True)
-class CheckpointConfig:
-    """Crash-safe checkpoints under ``<run_dir>/checkpoints``."""
-
-    every: int = 100  # steps between checkpoints (0: only the final one)
-    keep: int = 3  # newest K verified checkpoints kept on disk
-    background: bool = True  # write files in a background thread after an in-memory copy
-    resume: bool = True  # start from the newest checkpoint that verifies, if any
-
-    def __post_init__(self) -> None:
-        check(self.every >= 0, "every", self.every, "an integer >= 0")
-        check(self.keep >= 1, "keep", self.keep, "a positive integer")
 
 
 class CheckpointWriter:

@@ -27,7 +27,7 @@ REQUIRED = ("bf16_tflops", "matmul_efficiency", "memory_gb", "memory_tbs", "scal
             "sdc_per_chip_year", "failure_rate_low", "failure_rate_high")
 HARDWARE = ("crash", "host", "hang", "sdc")  # failure kinds a chip or its server causes
 BANDS = ("low", "central", "high")
-OPTIONAL = ("fp8_tflops",)
+OPTIONAL = ("fp8_tflops", "int8_tflops", "hbm_efficiency")
 HOURS_PER_YEAR = 24 * 365.25
 
 
@@ -50,6 +50,8 @@ class Chip:
     bf16_tflops: float
     matmul_efficiency: float  # fraction of the dense peak a large GEMM reaches (efficiency.py)
     fp8_tflops: float | None
+    int8_tflops: float | None  # dense INT8 TOPS; None: INT8 matmuls run at the BF16 rate
+    hbm_efficiency: float | None  # fraction of memory_tbs serving reads reach; None: the plan's default
     memory_gb: float
     memory_tbs: float
     scale_up_gbs: float
@@ -68,7 +70,10 @@ class Chip:
     figures: dict[str, Figure] = field(default_factory=dict, compare=False)
 
     def peak_flops(self, precision: str) -> float:
-        """Dense peak in FLOP/s for ``precision`` ('bf16' or 'fp8')."""
+        """Dense peak in FLOP/s for ``precision`` ('bf16', 'fp8' or 'int8'; INT8 at the BF16 peak
+        when the catalog has no INT8 figure for the chip)."""
+        if precision == "int8":
+            return (self.int8_tflops or self.bf16_tflops) * 1e12
         if precision == "fp8":
             if self.fp8_tflops is None:
                 raise ConfigError("precision", precision,
@@ -121,6 +126,8 @@ def _chip(key: str, table: dict[str, Any], origin: str) -> Chip:
         check(raw["value"] >= 0 if zero_ok else raw["value"] > 0, f"{where}.{name}", raw["value"],
               "a number >= 0" if zero_ok else "a positive number")
         figures[name] = Figure(value=float(raw["value"]), source=raw["source"], uncertain=raw["uncertain"])
+    check("hbm_efficiency" not in figures or figures["hbm_efficiency"].value <= 1, f"{where}.hbm_efficiency",
+          figures.get("hbm_efficiency"), "a fraction of memory_tbs in (0, 1]")
     check(figures["matmul_efficiency"].value <= 1, f"{where}.matmul_efficiency",
           figures["matmul_efficiency"].value, "a fraction of the peak in (0, 1]")
     central = sum(figures[f"{kind}_per_chip_year"].value for kind in HARDWARE)
@@ -131,7 +138,9 @@ def _chip(key: str, table: dict[str, Any], origin: str) -> Chip:
     check(domain == int(domain) and domain >= 1, f"{where}.scale_up_domain", domain, "a whole number of chips >= 1")
     values = {k: f.value for k, f in figures.items()}
     values["scale_up_domain"] = int(domain)
-    return Chip(key=key, name=table["name"], fp8_tflops=values.pop("fp8_tflops", None), figures=figures, **values)
+    return Chip(key=key, name=table["name"], fp8_tflops=values.pop("fp8_tflops", None),
+                int8_tflops=values.pop("int8_tflops", None), hbm_efficiency=values.pop("hbm_efficiency", None),
+                figures=figures, **values)
 
 
 def _read(text: str, origin: str) -> dict[str, Chip]:

@@ -143,7 +143,8 @@ def estimate_training(model: ModelSpec, fleet: list[tuple[Chip, int, float]], la
                                    a.activation_memory_scale),
             grad_sync_s=grad_sync_time(model, chip, tp, pp, ep, shards, True, a),
             optimizer_s=optimizer_time(model, chip, tp, pp, ep, shards, layout.zero, a)))
-    bubble = layout.bubble_microbatches(pp)
+    slowest = max(groups, key=lambda g: g.micro.total).micro  # its F and W set the zero-bubble schedules' bubble
+    bubble = layout.bubble_microbatches(pp, slowest.forward, slowest.weight_grad)
     if balance == "proportional":
         pipe = (micro_total + dp * bubble) / sum(g.replicas / g.micro.total for g in groups)
     else:

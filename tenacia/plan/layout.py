@@ -10,14 +10,24 @@ Every field has a "search" value (0, 'auto' or None) that ``search.search_layout
 layout given in part (e.g. tp and pp) fixes those fields and searches the rest. An explicit
 layout (``resolved``) has none left.
 
-Pipeline bubbles (``bubble_microbatches``), in micro-batch times, with a micro-batch's forward,
-backward-for-inputs and backward-for-weights taking a third each (F = B = W):
+Pipeline bubbles (``bubble_microbatches``), in micro-batch times (F + B + W = 1), with F the
+forward, B the backward for inputs and W the backward for weights of one micro-batch:
 
     1f1b          pp - 1                                   (Narayanan et al. 2021)
     interleaved   (pp - 1) / v, v model chunks per stage   (Narayanan et al. 2021)
-    zb-h1         (pp - 1)(F + B - W) = (pp - 1) / 3        (Qi et al. 2023, ZB-H1; 1F1B's memory)
-    zero-bubble   (pp - 1)(F + B - 2W) = 0                  (Qi et al. 2023, ZB-H2; ~2x activations)
-    dualpipe      (pp/2 - 1)(F&B + B - 3W) = (pp/2 - 1) / 3 (DeepSeek-V3 report, Table 2)
+    zb-h1         (pp - 1)(F + B - W)                       (Qi et al. 2023, ZB-H1; 1F1B's memory)
+    zero-bubble   (pp - 1) max(F + B - 2W, 0)               (Qi et al. 2023, ZB-H2; ~2x activations)
+    dualpipe      (pp/2 - 1)(F&B + B - 3W), F&B = F + B + W (DeepSeek-V3 report, Table 2)
+
+Zero-bubble schedules fill the bubble with the deferred W passes, so they gain only as much as
+W weighs. Qi et al.'s zero assumes F = B = W; in a transformer W is only the weight-gradient
+GEMMs (a third of the matmul work, a quarter under full recomputation): attention's backward,
+the elementwise backward and the exposed communication are all B. So W < 1/3, ZB-H2 keeps a
+bubble of (pp - 1)(1 - 3W) and ZB-H1 one of (pp - 1)(1 - 2W); the training model passes each
+layout's own F and W (``training.MicroBatch``). With F = B = W = 1/3 (the defaults) they are
+the closed forms (pp - 1)/3, 0 and (pp/2 - 1)/3, and these are lower bounds of the real ones,
+which the layout search relies on. ZB-H2's price besides: up to 2pp - 1 micro-batches of
+activations in flight (``in_flight``), and DualPipe's two copies of the weights.
 """
 
 from __future__ import annotations
@@ -72,16 +82,21 @@ class Layout:
         """Model chunks per pipeline stage (v): virtual_stages for interleaved, else 1."""
         return max(self.virtual_stages, 1) if self.schedule == "interleaved" else 1
 
-    def bubble_microbatches(self, pp: int) -> float:
-        """Pipeline bubble in units of one micro-batch's forward+backward time (module docstring)."""
+    def bubble_microbatches(self, pp: int, forward: float = 1 / 3, weight_grad: float = 1 / 3) -> float:
+        """Pipeline bubble in units of one micro-batch's forward+backward time (module docstring);
+        ``forward`` and ``weight_grad``: F and W as shares of that time."""
+        f, w = forward, weight_grad
+        b = 1 - f - w
         if self.schedule == "1f1b":
             return pp - 1
         if self.schedule == "interleaved":
             return (pp - 1) / self.chunks
         if self.schedule == "zb-h1":
-            return (pp - 1) / 3
+            return (pp - 1) * (f + b - w)
+        if self.schedule == "zero-bubble":
+            return (pp - 1) * max(f + b - 2 * w, 0.0)
         if self.schedule == "dualpipe":
-            return max(pp / 2 - 1, 0) / 3
+            return max(pp / 2 - 1, 0) * max(1 + b - 3 * w, 0.0)
         return 0.0
 
     def in_flight(self, pp: int) -> float:

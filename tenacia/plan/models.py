@@ -177,6 +177,16 @@ class ModelSpec:
         ``context`` earlier tokens, over all layers (QK^T and AV, 2 FLOPs per multiply-add)."""
         return self.layers * 2 * self.heads * (self.head_dim + self.v_head_dim) * context
 
+    def decode_attention_flops(self, context: float) -> float:
+        """Forward attention FLOPs of one decoded token over ``context`` cached tokens, all layers.
+        A latent cache (``kv_dim`` below 2 kv_heads head_dim: MLA) is attended in its absorbed
+        form, as FlashMLA does: every head scores against the cached latent (``kv_dim`` wide)
+        and sums the latents, so both products are about ``kv_dim`` wide (DeepSeek-V3: 576 and
+        512, counted as 2 x 576, 6% over). Otherwise as ``attention_flops_fwd``."""
+        if self.kv_dim and self.kv_dim < 2 * self.kv_heads * self.head_dim:
+            return self.layers * 2 * self.heads * 2 * self.kv_dim * context
+        return self.attention_flops_fwd(context)
+
     @property
     def kv_elements_per_token(self) -> int:
         """Cached key/value elements per token, all layers."""

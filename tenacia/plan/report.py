@@ -215,6 +215,7 @@ def serve_table(s: dict) -> Table:
     rows = [
         ("instance", f"{s['tp']} x {s['chip']}, batch {s['batch']} (memory allows {s['max_batch_memory']})"),
         ("time per output token", f"{s['step_s'] * 1000:.1f} ms"),
+        ("the step, by operator", _step_parts(s["step_parts"])),
         ("decode", f"{_num(s['decode_tps_per_chip'])} tokens/s per chip"),
         ("prefill", f"{_num(s['prefill_tps_per_chip'])} tokens/s per chip"),
         ("chips for the demand", f"{s['chips']:,} ({s['prefill_chips']:,} prefill + {s['decode_chips']:,} decode)"),
@@ -225,6 +226,13 @@ def serve_table(s: dict) -> Table:
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _step_parts(p: dict) -> str:
+    """Each operator's ms and its bound, then the communication (before overlap) and fixed cost."""
+    ops = [k[:-2] for k in p if k.endswith("_s") and f"{k[:-2]}_bound" in p]
+    return (", ".join(f"{op} {p[op + '_s'] * 1000:.1f} ({p[op + '_bound']})" for op in ops)
+            + f"; communication {p['comm_s'] * 1000:.1f} (before overlap); fixed {p['fixed_s'] * 1000:.1f} ms")
 
 
 def chips_table(chips: dict[str, Chip]) -> Table:

@@ -46,6 +46,8 @@ class MicroBatch:
     cp: float  # exposed part of the ring-attention exchange
     zero3: float  # ZeRO-3 weight gathers
     total: float
+    forward: float  # share of total in the forward pass (F of layout.bubble_microbatches)
+    weight_grad: float  # share of total in weight-gradient GEMMs (W): zero-bubble schedules defer these
 
 
 def model_flops_per_token(model: ModelSpec) -> float:
@@ -166,8 +168,14 @@ def microbatch_time(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: i
     exposed = (t_tp + t_ep + t_pp + t_cp + t_zero3) - hidden
     # while hidden communication runs, its kernels hold comm_sm_fraction of the compute units
     total = max(compute + a.comm_sm_fraction * hidden, hidden) + exposed
+    # F: one of the matmul passes, attention's forward (1 of 3.5 + recomputation), one elementwise
+    # pass, one of the communication passes, capped at 1/3 so that the search's bound (F = W = 1/3,
+    # layout.py) stays a lower bound; W: the weight-gradient GEMMs (2 of 2 x passes FLOPs)
+    forward = (t_matmul / passes + t_attn / (3.5 + passes - 3) + t_mem / mem_passes
+               + (total - compute) / (passes - 1))
     return MicroBatch(matmul=t_matmul, attention=t_attn, memory=t_mem, tp=t_tp, ep=t_ep, pp=t_pp,
-                      cp=t_cp, zero3=t_zero3, total=total)
+                      cp=t_cp, zero3=t_zero3, total=total, forward=min(forward / total, 1 / 3),
+                      weight_grad=t_matmul / passes / total)
 
 
 def grad_sync_time(model: ModelSpec, chip: Chip, tp: int, pp: int, ep: int, dp: int,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..config import check, check_choice
-from ..device import DeviceConfig
+from ..device_config import DeviceConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 REASONING_MODES = ("auto", "think", "none")  # serve/reasoning.py

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..checkpoint.writer import CheckpointConfig
+from ..checkpoint.config import CheckpointConfig
 from ..config import check, check_choice
 from ..data.config import DataConfig
-from ..device import DeviceConfig
+from ..device_config import DeviceConfig
 from ..faults import ChaosConfig
 from ..shape import ModelConfig
 

@@ -1,5 +1,5 @@
 """SIGTERM to the launcher stops this host's replicas and its spare, and the launcher exits 143.
-Real processes: the launcher, two replicas and a warm spare."""
+Real processes: the launcher, a warm spare and the two replicas it forked."""
 
 import signal
 from pathlib import Path
@@ -15,6 +15,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def children_of(pid: int) -> set[int]:
+    """The processes under ``pid``: its children and theirs (the spare's forked replicas)."""
     out = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -23,6 +24,8 @@ def children_of(pid: int) -> set[int]:
             continue
         if int(fields[1]) == pid:  # fields after the name: state, ppid, ...
             out.add(int(stat.parent.name))
+    for child in list(out):
+        out |= children_of(child)
     return out
 
 

@@ -7,6 +7,7 @@ resumes from the newest checkpoint that verifies and is armed with the next poin
 
 import json
 
+import pytest
 import torch
 
 from tenacia import config
@@ -18,6 +19,8 @@ from .procs import final_weights, train_args
 
 STEPS = "train.steps=24"
 EVERY = "checkpoint.every=4"
+# ten process lives of ~5 s each on a quiet 2-core machine; the limit is for a loaded one
+pytestmark = pytest.mark.timeout(480)
 # (kill point, step): each must fire after the previous process's resume point
 KILL_CHAIN = [
     "mid_step@3",
@@ -33,12 +36,14 @@ KILL_CHAIN = [
 
 def test_kill_and_resume_is_bit_identical(tmp_path, procs):
     straight, faulty = tmp_path / "straight", tmp_path / "faulty"
-    assert procs.run(train_args(straight, STEPS, EVERY), timeout=90, log=tmp_path / "straight.log") == 0
+    # the straight run goes beside the faulty timeline (two cores; the kill points are steps, not times)
+    beside = procs.start(train_args(straight, STEPS, EVERY), log=tmp_path / "straight.log")
     for i, point in enumerate(KILL_CHAIN):
         code = procs.run(train_args(faulty, STEPS, EVERY), timeout=90, env={"TENACIA_KILL_AT": point},
                          log=tmp_path / "faulty.log")
         assert code == -9, f"kill point {point} (#{i}) did not fire: exit code {code}"
     assert procs.run(train_args(faulty, STEPS, EVERY), timeout=90, log=tmp_path / "faulty.log") == 0
+    assert beside.wait(timeout=90) == 0, (tmp_path / "straight.log").read_text()[-3000:]
 
     a, b = final_weights(straight), final_weights(faulty)
     assert a.keys() == b.keys()

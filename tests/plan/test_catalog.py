@@ -84,3 +84,16 @@ def test_failure_rate_band_brackets_the_central_rates(chips, tmp_path):
     with pytest.raises(ConfigError) as e:
         load_catalog(path)
     assert e.value.field.endswith("chips.my-chip.failure_rate_low")
+
+
+def test_optional_serving_figures_int8_and_hbm_efficiency(chips, tmp_path):
+    """INT8 at the catalog's INT8 peak where there is one, else the BF16 one; an HBM efficiency
+    above 1 names the figure."""
+    assert chips["ascend-910c"].peak_flops("int8") == pytest.approx(2 * chips["ascend-910c"].peak_flops("bf16"))
+    assert chips["a100"].int8_tflops is None and chips["a100"].peak_flops("int8") == chips["a100"].peak_flops("bf16")
+    assert chips["ascend-910c"].hbm_efficiency == 0.6 and chips["h100"].hbm_efficiency is None
+    path = tmp_path / "bad.toml"
+    path.write_text("[chips.my-chip]\nname = \"x\"\n" + _figures(hbm_efficiency=1.5))
+    with pytest.raises(ConfigError) as e:
+        load_catalog(path)
+    assert e.value.field.endswith("chips.my-chip.hbm_efficiency")

@@ -107,8 +107,10 @@ def test_a_run_too_large_to_simulate_is_an_error_naming_the_budget():
     ("tpot_ms=inf", "tpot_ms"),
     ("precision='int4'", "precision"),
     ("demand.tokens_per_day=nan", "demand.tokens_per_day"),
-    ("expert_imbalance=0.5", "expert_imbalance"),
-    ("alltoall_overhead_us=inf", "alltoall_overhead_us"),
+    ("step.expert_imbalance=0.5", "step.expert_imbalance"),
+    ("step.layer_overhead_us=inf", "step.layer_overhead_us"),
+    ("step.comm_overlap=1.5", "step.comm_overlap"),
+    ("step.hbm_efficiency=0", "step.hbm_efficiency"),
 ])
 def test_bad_serving_inputs_name_the_field(override, field):
     from tenacia import config

@@ -35,13 +35,47 @@ def test_step_is_microbatches_plus_bubble_times_the_microbatch(chips):
     """Hand computation: 2,048 sequences over DP128 = 16 micro-batches per replica; the step is
     (16 + bubble) micro-batch times + gradient reduction + optimizer."""
     fleet = [(chips["h100"], 16384, 2.0)]
-    for schedule, v, bubble in (("1f1b", 1, 15), ("interleaved", 5, 3), ("zb-h1", 1, 5)):
+    for schedule, v, bubble in (("1f1b", 1, 15), ("interleaved", 5, 3), ("zb-h1", 1, None)):
         est = estimate_training(LLAMA, fleet, explicit(tp=8, pp=16, schedule=schedule, virtual_stages=v,
                                                        recompute="selective"),
                                 Assumptions(), "bf16", 1e12, 2048)
         g = est.groups[0]
-        assert est.bubble == bubble
+        if bubble is None:  # ZB-H1: (pp - 1)(F + B - W) = 15 (1 - 2W), W this layout's own
+            bubble = 15 * (1 - 2 * g.micro.weight_grad)
+        assert est.bubble == pytest.approx(bubble)
         assert est.step_time_s == pytest.approx((16 + bubble) * g.micro.total + g.grad_sync_s + g.optimizer_s)
+
+
+@pytest.mark.parametrize("schedule, bubble", [
+    ("zb-h1", 7 * (1 - 2 * 0.25)),  # (pp - 1)(F + B - W), F + B + W = 1
+    ("zero-bubble", 7 * (1 - 3 * 0.25)),  # (pp - 1)(F + B - 2W)
+    ("dualpipe", 3 * (1 + 0.45 - 3 * 0.25)),  # (pp/2 - 1)(F&B + B - 3W), F&B = 1, B = 1 - 0.3 - 0.25
+])
+def test_zero_bubble_schedules_keep_a_bubble_when_weight_gradients_weigh_less_than_a_third(schedule, bubble):
+    """Hand-computed: pp = 8, F = 0.3, W = 0.25 of a micro-batch."""
+    assert Layout(schedule=schedule).bubble_microbatches(8, forward=0.3, weight_grad=0.25) == pytest.approx(bubble)
+
+
+def test_weight_gradients_are_a_third_of_the_matmuls_and_zero_bubble_does_not_always_win(chips):
+    """W = the weight-gradient GEMMs: 2 of the 6 matmul FLOPs per parameter (2 of 8 under full
+    recomputation), so below a third of a micro-batch once attention, elementwise work and
+    communication count; ZB-H2 then keeps (pp - 1)(1 - 3W) of bubble, and at long sequences
+    (attention, all B, weighs more) interleaving with many chunks beats it."""
+    fleet = [(chips["h100"], 16384, 2.0)]
+    for schedule, recompute, passes, per_w in (("zb-h1", "selective", 3, 2), ("zero-bubble", "full", 4, 3)):
+        est = estimate_training(LLAMA, fleet, explicit(tp=8, pp=16, schedule=schedule, recompute=recompute),
+                                Assumptions(), "bf16", 1e12, 2048)
+        m = est.groups[0].micro
+        assert m.weight_grad == pytest.approx(m.matmul / passes / m.total) and m.weight_grad < 1 / 3
+        assert est.bubble == pytest.approx(15 * (1 - per_w * m.weight_grad)) and est.bubble > 0
+    with pytest.raises(ConfigError):  # ZB-H2's 2pp - 1 micro-batches in flight: selective recomputation no longer fits
+        estimate_training(LLAMA, fleet, explicit(tp=8, pp=16, schedule="zero-bubble", recompute="selective"),
+                          Assumptions(), "bf16", 1e12, 2048)
+    long = dataclasses.replace(LLAMA, seq_len=131072)
+    steps = {s: estimate_training(long, fleet, explicit(tp=8, cp=16, pp=16, schedule=s, virtual_stages=v,
+                                                        recompute="full"), Assumptions(), "bf16", 1e12, 128)
+             for s, v in (("zero-bubble", 1), ("interleaved", 7))}
+    assert steps["interleaved"].step_time_s < steps["zero-bubble"].step_time_s
 
 
 def test_interleaving_multiplies_pipeline_sends_and_activation_memory(chips):

@@ -6,7 +6,8 @@ import pytest
 
 from tenacia import config
 from tenacia.config import ConfigError
-from tenacia.plan.serving import ServePlan, decode_step_s, estimate_serving
+from tenacia.plan.serving import ServePlan, estimate_serving
+from tenacia.plan.serving_step import StepCosts, decode_step_s, gemm_rate
 
 
 def _plan(*overrides):
@@ -14,14 +15,52 @@ def _plan(*overrides):
 
 
 def test_decode_step_grows_with_batch_and_memory_bound_at_small_batch(chips):
-    plan = _plan("model.preset='llama-3-405b'", "precision='fp8'")
+    plan = _plan("model.preset='llama-3-405b'", "precision='fp8'", "step.layer_overhead_us=0")
     h100 = chips["h100"]
     steps = [decode_step_s(plan.model, h100, plan, 8, b) for b in (1, 8, 64, 512)]
     assert all(a < b for a, b in zip(steps, steps[1:], strict=False))
-    # batch 1 on 8 H100: reading 405 GB of FP8 weights at 8 x 3.35 TB/s x 0.6 dominates; the
-    # rest is 252 latency-bound all-reduces
-    weights_s = 405e9 / (8 * 3.35e12 * 0.6)
-    assert weights_s < steps[0] < 1.25 * weights_s
+    # batch 1 on 8 H100: reading 405 GB of FP8 weights (less the embedding, a lookup) at
+    # 8 x 3.35 TB/s x 0.9 dominates; the rest is 252 latency-bound all-reduces and one KV cache
+    weights_s = (405e9 - 128256 * 16384) / (8 * 3.35e12 * 0.9)
+    assert weights_s < steps[0] < 1.1 * weights_s
+
+
+def test_a_decode_step_is_the_sum_of_its_operators_rooflines(chips):
+    """Hand-computed: DeepSeek-V3 in FP8 on 16 H800, 16 sequences (one a chip), all-to-all hidden,
+    no fixed cost. Every operator is memory-bound at one row a chip, so the step is the sum of
+    the reads: dense weights, the experts the batch touches, one KV cache a chip. A maximum of
+    the sums (the old roofline) would give the same here; at 128 sequences a chip attention is
+    compute-bound and the GEMMs are still weight reads, and the step is their sum."""
+    h800 = chips["h800"]
+    plan = _plan("precision='fp8'", "step.layer_overhead_us=0", "step.comm_overlap=1",
+                 "demand.input_len=4000", "demand.output_len=200")
+    m, hbm = plan.model, 3.35e12 * 0.9
+    dense_bytes = (m.dense_params_b * 1e9 - m.vocab * m.hidden) * 1.0
+    touched = 256 / 16 * (1 - (1 - 8 / 256) ** 16)  # experts per chip that 16 tokens reach
+    expert_bytes = 58 * touched * 3 * 7168 * 2048 * 1.0
+    kv_bytes = 4100 * 61 * 576 * 1.0
+    assert decode_step_s(m, h800, plan, 16, 16) == pytest.approx((dense_bytes + expert_bytes + kv_bytes) / hbm, rel=0.02)
+    # 128 a chip: MLA attention (absorbed, 2 x 576 wide products over 128 heads) at the BF16 GEMM rate
+    attention = 128 * 61 * 2 * 128 * 2 * 576 * 4100 / gemm_rate(h800, "bf16", plan.assumptions)
+    assert attention > 128 * kv_bytes / hbm  # compute-bound
+    step = decode_step_s(m, h800, plan, 16, 16 * 128)
+    assert step > attention + dense_bytes / hbm  # the sum, not the larger of the two
+
+
+def test_every_layer_pays_the_fixed_cost_once_per_step(chips):
+    for preset, tp in (("deepseek-v3", 16), ("llama-3-405b", 8)):
+        plan = _plan(f"model.preset='{preset}'", f"tp={tp}", "step.layer_overhead_us=100")
+        free = dataclasses.replace(plan, step=StepCosts(layer_overhead_us=0.0))
+        for batch in (1, 64):
+            diff = decode_step_s(plan.model, chips["h800"], plan, tp, batch) - decode_step_s(
+                plan.model, chips["h800"], free, tp, batch)
+            assert diff == pytest.approx(plan.model.layers * 100e-6)
+
+
+def test_int8_runs_at_the_int8_peak_where_the_catalog_has_one(chips):
+    a = _plan().assumptions
+    assert gemm_rate(chips["ascend-910c"], "int8", a) == pytest.approx(2 * gemm_rate(chips["ascend-910c"], "bf16", a))
+    assert gemm_rate(chips["a100"], "int8", a) == gemm_rate(chips["a100"], "bf16", a)  # no INT8 figure: BF16 rate
 
 
 def test_tighter_tpot_means_smaller_batches_and_more_chips(chips):
@@ -42,7 +81,7 @@ def test_chips_scale_with_demand_and_shrink_with_cache_hits(chips):
 
 
 def test_more_bandwidth_never_needs_more_chips(chips):
-    plan = _plan("model.preset='llama-3-405b'", "precision='fp8'")
+    plan = _plan("model.preset='llama-3-405b'", "precision='fp8'", "tpot_ms=100")
     counts = [estimate_serving(plan, dataclasses.replace(chips["h100"], memory_tbs=bw)).chips
               for bw in (1.0, 2.0, 3.35, 6.0)]
     assert all(a >= b for a, b in zip(counts, counts[1:], strict=False)) and counts[0] > counts[-1]
@@ -50,8 +89,11 @@ def test_more_bandwidth_never_needs_more_chips(chips):
 
 def test_unreachable_target_is_a_clear_error(chips):
     with pytest.raises(ConfigError) as e:
-        estimate_serving(_plan("model.preset='llama-3-405b'", "tp=1", "tpot_ms=5"), chips["h100"])
+        estimate_serving(_plan("model.preset='llama-3-405b'", "tp=1", "tpot_ms=40"), chips["h100"])
     assert e.value.field == "tpot_ms" and "raise tpot_ms or tp" in e.value.allowed
+    with pytest.raises(ConfigError) as e:  # the per-layer fixed cost alone is longer than the target
+        estimate_serving(_plan("tpot_ms=10", "step.layer_overhead_us=200"), chips["h800"])
+    assert e.value.field == "tpot_ms" and "61 layers x step.layer_overhead_us=200 = 12.2 ms" in e.value.allowed
 
 
 @pytest.mark.parametrize("model, chip, precision", [("deepseek-v3", "h800", "fp8"),
@@ -78,8 +120,8 @@ def test_int8_weights_and_kv_cache_plan_an_ascend_deployment(chips):
 
 
 def test_expert_imbalance_and_all_to_all_slow_moe_serving(chips):
-    base = _plan("tp=32", "assumptions.ep_overlap=0.0")
-    balanced = dataclasses.replace(base, expert_imbalance=1.0)
+    base = _plan("tp=32", "step.comm_overlap=0.0")
+    balanced = dataclasses.replace(base, step=dataclasses.replace(base.step, expert_imbalance=1.0))
     slow_link = dataclasses.replace(chips["h800"], scale_out_gbs=5.0)
     s = estimate_serving(base, chips["h800"])
     assert estimate_serving(balanced, chips["h800"]).prefill_tps_per_chip > s.prefill_tps_per_chip
@@ -88,15 +130,27 @@ def test_expert_imbalance_and_all_to_all_slow_moe_serving(chips):
     assert estimate_serving(base, slow_link).prefill_tps_per_chip < s.prefill_tps_per_chip
 
 
-def test_every_moe_layer_pays_the_all_to_all_fixed_cost_and_dense_models_none(chips):
-    """Each MoE layer's dispatch + combine pays alltoall_overhead_us per step, inside one
-    scale-up domain or across several alike; a dense model has no all-to-all."""
-    plan = _plan("tp=16", "assumptions.ep_overlap=0.0")
-    free = dataclasses.replace(plan, alltoall_overhead_us=0.0)
-    m = plan.model
-    for chip in (chips["h800"], dataclasses.replace(chips["h800"], scale_up_domain=16)):
-        step, step_free = (decode_step_s(m, chip, p, 16, 1) for p in (plan, free))
-        assert step - step_free == pytest.approx(m.moe_layers * plan.alltoall_overhead_us * 1e-6)
-    dense = _plan("model.preset='llama-3-405b'", "tp=8")
-    dense_free = dataclasses.replace(dense, alltoall_overhead_us=0.0)
-    assert decode_step_s(dense.model, chips["h100"], dense, 8, 4) == decode_step_s(dense.model, chips["h100"], dense_free, 8, 4)
+def test_micro_batch_overlap_hides_the_all_to_all_behind_compute(chips):
+    """Decode on 32 H800 (4 nodes): every token's 8 copies, 7/8 of them over InfiniBand."""
+    exposed = _plan("step.comm_overlap=0", "step.layer_overhead_us=0")
+    hidden = _plan("step.comm_overlap=1", "step.layer_overhead_us=0")
+    m, h800 = exposed.model, chips["h800"]
+    per_chip = 4  # few enough that the all-to-all is shorter than the weight reads it hides behind
+    volume = 58 * per_chip * 4.0 * 8 * 24 / 32 * 7168 * (1 + 2) / (50e9 * 0.7)  # s, most loaded rank
+    comm = volume + 58 * 2 * 10e-6
+    diff = decode_step_s(m, h800, exposed, 32, 32 * per_chip) - decode_step_s(m, h800, hidden, 32, 32 * per_chip)
+    assert diff == pytest.approx(comm, rel=1e-6)
+
+
+def test_node_limited_prefill_copies_cross_domains_at_the_mean_load(chips):
+    """Prefill on 32 H800 (4 nodes): each token reaches at most 4 nodes (here all 4), one copy
+    per remote node (3/4 of them remote: 4 x 3/4 copies), forwarded inside the node; the
+    scale-out volume does not wait for the most loaded expert, the NVLink volume does."""
+    from tenacia.plan.serving_step import _all_to_all_s
+
+    plan = _plan("step.layer_overhead_us=0")
+    m, h800 = plan.model, chips["h800"]
+    out = 4 * 3 / 4 * 2000 * 7168 * 3 / (50e9 * 0.7)  # one 2,000-token prompt a chip, FP8 + BF16
+    up = 8 * 7 / 32 * 2000 * 4.0 * 7168 * 3 / (200e9 * 0.7)
+    assert _all_to_all_s(m, h800, plan, 32, 2000, node_limited=True) == pytest.approx(
+        58 * (max(out, up) + 2 * 10e-6))

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ...device import DeviceConfig
+from ...device_config import DeviceConfig
 from ..config import EngineConfig
 from .cpu.host import HUGE_PAGES_ENV
 from .llm_engine import ChoiceDelta, check_request

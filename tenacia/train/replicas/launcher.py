@@ -29,9 +29,10 @@ Placement (``placement.py``): the caller may say, through the environment, under
 prefix, environment and config overrides each replica process runs (``tenacia chaos link`` puts
 each in a network namespace of its own); the launcher applies it and keeps no spare then.
 
-Warm spare (``spare.py``, ``forked.py``): one process, started with the replicas, that imports
-torch, builds the model and loads the data once, then forks a ready replica for each replacement
-and stays for the next one. Its warm-up runs at normal priority, once per job: at idle priority
+Warm spare (``spare.py``, ``forked.py``): one process, started first, that imports torch, builds
+the model and loads the data once, then forks this host's first replicas and a ready replica for
+each replacement, and stays for the next one (one warm-up instead of one per replica: on 2 cores
+three replicas and a spare warming up side by side took 9.5 s to the first step). Its warm-up runs at normal priority, once per job: at idle priority
 (as before) it never ran on a busy host, and the replacement it was for waited for a whole
 Python start-up (docs/benchmarks.md, issue 13).
 """
@@ -197,9 +198,10 @@ class Launcher:
             signal.signal(signal.SIGTERM, previous)
 
     def _run(self) -> int:
-        from ...data.dataset import prepare_data
+        if not self.uses_spare:  # the spare prepares the data once for all it forks
+            from ...data.dataset import prepare_data  # imports torch: only here
 
-        prepare_data(self.cfg.data, self.cfg.model.vocab_size)  # once here, so replicas hit the cache
+            prepare_data(self.cfg.data, self.cfg.model.vocab_size)  # once here, so replicas hit the cache
         self.restore_bans()
         (self.run_dir / "logs").mkdir(exist_ok=True)
         (self.run_dir / "replicas").mkdir(exist_ok=True)
@@ -212,11 +214,11 @@ class Launcher:
                          config=cfglib.to_dict(self.cfg))
         seeds = list(self.cfg.replicas.join)
         first_id = self.ids[0]
-        self.children[first_id] = self.spawn(first_id, seeds)
-        for r in self.ids[1:]:  # started at once: each joins replica first_id once it publishes (addresses.resolve)
-            self.children[r] = self.spawn(r, seeds or [f"@{first_id}"])
-        if self.uses_spare:  # warming up beside them: a replica lost early finds it ready
+        if self.uses_spare:  # one warm-up forks every replica, then stays for the replacements
             self.spare = self.spawn(None, [])
+        for r in self.ids:  # all at once: each joins replica first_id once it publishes (addresses.resolve)
+            join = seeds or ([] if r == first_id else [f"@{first_id}"])
+            self.children[r] = self.replace(r, join)[0] if self.uses_spare else self.spawn(r, join)
         self.wait_address(first_id)
         return self.supervise()
 

@@ -102,3 +102,15 @@ def test_an_evicted_replica_comes_back_at_once_on_a_slot_never_used_and_its_slot
     again, _ = launcher(tmp_path)  # the job's launcher started again (a resume): the ban holds
     again.restore_bans()
     assert again.banned == {1} and again.slots == {0: 0, 1: 2}
+
+
+def test_the_launcher_and_the_config_tree_read_no_torch():
+    """The launcher supervises; its replicas import torch. A launcher that imported it too put a
+    whole torch import (seconds) before the first replica's on every start."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tenacia.run, tenacia.train.replicas.launcher, tenacia.train.config, "
+            "tenacia.chaos.injector; assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

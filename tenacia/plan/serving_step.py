@@ -1,0 +1,191 @@
+"""What one serving step costs: a decode step of B sequences on an instance, a prefill step of one
+prompt per chip. ``serving.py`` chooses the instances and batches; this module only prices them.
+
+Every operator of a step is priced by its own roofline, and the operators of a layer run one
+after another, so a step is a sum of maxima, not a maximum of sums:
+
+    decode step = sum over operators of max(FLOPs / its compute rate, bytes / HBM bandwidth)
+                  + exposed all-to-all + layers x per-layer fixed cost
+
+- dense GEMMs (attention projections, shared experts, dense FFNs, output head): the batch's
+  rows through weights every chip holds (an MoE instance replicates them, a dense one splits
+  them ``tp`` ways); at a small batch they are weight reads, at a large one FLOPs;
+- routed experts: the rows the most loaded rank gets (``expert_imbalance`` x the mean) through
+  the experts the instance's batch touches, E (1 - (1 - k/E)^B) per layer, E/tp on each chip;
+- attention: each sequence reads its KV cache (``kv_elements_per_token`` x context x
+  ``kv_bytes``) and does ``ModelSpec.decode_attention_flops`` (MLA absorbed: compute-bound, as
+  FlashMLA is) at the chip's large-GEMM BF16 rate;
+- all-to-all (MoE): each MoE layer dispatches every token's k copies in the weight format and
+  combines them in BF16; copies to chips of the same scale-up domain take its link, copies to
+  other domains the scale-out link, both at once (``_all_to_all_s``). Decode sends every copy
+  (DeepEP's low-latency kernels); prefill sends one copy per remote domain with node-limited
+  routing (DeepEP's normal kernels). ``comm_overlap`` of it hides behind the step's compute, as
+  two micro-batches do (DeepSeek's dual micro-batch overlap, SGLang's two-batch overlap,
+  CloudMatrix-Infer's micro-batch pipeline);
+- per-layer fixed cost (``layer_overhead_us``): kernel launches, gaps between kernels,
+  synchronisation, whatever a layer pays however small its batch: what makes a decode step
+  take time at batch 1 beyond its weight reads.
+
+Rates: a GEMM runs at the chip's large-GEMM efficiency (catalog ``matmul_efficiency``) times its
+precision's dense peak (FP8, INT8 where the catalog has one, else BF16) times the GEMM shape
+factor of ``efficiency.py`` at the rows it really gets; HBM at ``hbm_efficiency`` of the
+datasheet bandwidth (the catalog's per-chip figure where it has one); links at ``Assumptions.comm_efficiency``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..config import check, check_finite
+from .assumptions import Assumptions
+from .catalog import Chip
+from .efficiency import attention_shape_factor, model_shape_factor
+from .models import ModelSpec
+
+if TYPE_CHECKING:
+    from .serving import ServePlan
+
+WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0}
+
+
+@dataclass(kw_only=True, slots=True)
+class StepCosts:
+    """The costs of a serving step that FLOPs and bytes do not give (module docstring)."""
+
+    # Fixed cost of one layer per step, µs (launches, gaps, synchronisation). Fitted on the
+    # serving tuning set of `tenacia plan validate`: bench/plan_tune.py serving.
+    layer_overhead_us: float = 50.0
+    # Tokens on the most loaded expert rank / the mean. Fitted on the same set.
+    expert_imbalance: float = 4.0
+    # Share of the all-to-all hidden behind compute by micro-batch overlap (module docstring).
+    comm_overlap: float = 1.0
+    # Fraction of the datasheet HBM bandwidth a serving step's reads reach, for chips whose
+    # catalog entry has no ``hbm_efficiency``: FlashMLA's dense decoding kernel reaches 3,000 of
+    # the H800's 3,350 GB/s (github.com/deepseek-ai/FlashMLA).
+    hbm_efficiency: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_finite(self)
+        check(self.layer_overhead_us >= 0, "layer_overhead_us", self.layer_overhead_us, "microseconds >= 0")
+        check(self.expert_imbalance >= 1, "expert_imbalance", self.expert_imbalance, "a number >= 1")
+        check(0 <= self.comm_overlap <= 1, "comm_overlap", self.comm_overlap, "a fraction in [0, 1]")
+        check(0 < self.hbm_efficiency <= 1, "hbm_efficiency", self.hbm_efficiency, "a fraction in (0, 1]")
+
+
+def gemm_rate(chip: Chip, precision: str, a: Assumptions) -> float:
+    """FLOP/s of a large GEMM in ``precision``: the same fraction of that precision's peak as
+    of the BF16 one (DeepGEMM's FP8 GEMMs reach 1,550 of the H800's 1,979 TFLOPS, above it)."""
+    return chip.peak_flops(precision) * chip.matmul_efficiency * a.compute_efficiency
+
+
+def _link(chip: Chip, chips: int, a: Assumptions) -> tuple[float, float]:
+    """(bytes/s, latency s) of the link between chips of an instance of ``chips``."""
+    scale_up = chips <= chip.scale_up_domain
+    bw = (chip.scale_up_gbs if scale_up else chip.scale_out_gbs) * 1e9 * a.comm_efficiency
+    lat = (chip.scale_up_latency_us if scale_up else chip.scale_out_latency_us) * 1e-6
+    return bw, lat
+
+
+def weight_bytes_per_chip(m: ModelSpec, tp: int, precision: str) -> float:
+    """Resident weights on one chip of a ``tp``-chip instance."""
+    wb = WEIGHT_BYTES[precision]
+    if m.is_moe:  # dense weights replicated, routed experts spread
+        return (m.dense_params_b + m.expert_params_b / tp) * 1e9 * wb
+    return m.total_params_b * 1e9 * wb / tp
+
+
+def serving_params(m: ModelSpec) -> tuple[float, float]:
+    """(dense, routed) matmul parameters per token in serving (training-only modules left out)."""
+    routed = m.routed_activated_params_b * 1e9
+    return m.matmul_params - m.extra_activated_params_b * 1e9 - routed, routed
+
+
+def _all_to_all_s(m: ModelSpec, chip: Chip, plan: ServePlan, chips: int, tokens: float, node_limited: bool) -> float:
+    """Dispatch (weight format) + combine (BF16) of ``tokens`` per chip over every MoE layer on an
+    instance of ``chips``: per layer the slower of the scale-up and scale-out volumes (both links
+    at once) plus each transfer's latency; the most loaded rank (``expert_imbalance``) sets the
+    pace, on the scale-out link too unless copies are node-limited. ``node_limited``: one copy per remote domain a token reaches (at most
+    ``routing_max_groups``), else every one of its k copies."""
+    if not m.is_moe or chips <= 1:
+        return 0.0
+    a, k = plan.assumptions, m.experts_per_token
+    in_domain = min(chips, chip.scale_up_domain)
+    domains = math.ceil(chips / in_domain)
+    if node_limited and m.routing_max_groups and domains > 1:
+        out_copies = min(m.routing_max_groups, domains) * (domains - 1) / domains
+    else:
+        out_copies = k * (chips - in_domain) / chips
+    up_copies = k * (in_domain - 1) / chips
+    per_copy = tokens * plan.step.expert_imbalance * m.hidden * (WEIGHT_BYTES[plan.precision] + 2)
+    # node-limited copies land on the remote domain's peer and are forwarded inside it (DeepEP's
+    # normal kernels): the scale-out link carries a whole domain's experts, whose load evens out
+    out_per_copy = per_copy / plan.step.expert_imbalance if node_limited else per_copy
+    bw_out, lat_out = _link(chip, chips, a)
+    bw_up, lat_up = _link(chip, 1, a)
+    per_layer = max(out_copies * out_per_copy / bw_out, up_copies * per_copy / bw_up)
+    return m.moe_layers * (per_layer + 2 * (lat_out if domains > 1 else lat_up))
+
+
+def _step(compute: float, comm: float, m: ModelSpec, costs: StepCosts) -> float:
+    """Compute with ``comm_overlap`` of the communication hidden behind it, plus the fixed costs."""
+    ov = costs.comm_overlap
+    return max(compute, ov * comm) + (1 - ov) * comm + m.layers * costs.layer_overhead_us * 1e-6
+
+
+def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> dict[str, float]:
+    """Seconds of one decode step of ``batch`` sequences on a ``tp``-chip instance, by operator
+    (module docstring): each operator's roofline (``*_s``, and which bound it: ``*_bound``), the
+    all-to-all or all-reduce before overlap, the fixed cost, and the step."""
+    a, costs, wb = plan.assumptions, plan.step, WEIGHT_BYTES[plan.precision]
+    hbm = chip.memory_tbs * 1e12 * (chip.hbm_efficiency or costs.hbm_efficiency)
+    context = plan.demand.input_len + plan.demand.output_len / 2
+    dense, routed = serving_params(m)
+    embedding = m.vocab * m.hidden  # a lookup: not read whole
+    k0 = a.gemm_k_overhead
+    ops = {"attention": (batch / tp * m.decode_attention_flops(context) / gemm_rate(chip, "bf16", a),
+                         batch / tp * context * m.kv_elements_per_token * plan.kv_bytes / hbm)}
+    if m.is_moe:  # each chip runs its own batch / tp rows; experts take rows from every chip
+        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, 1, batch / tp, tp, k0, backward=False)
+        touched = m.experts / tp * -math.expm1(batch * math.log1p(-m.experts_per_token / m.experts))
+        ops["dense"] = (batch / tp * 2 * dense / rate, (m.dense_params_b * 1e9 - embedding) * wb / hbm)
+        ops["experts"] = (batch / tp * 2 * routed * costs.expert_imbalance / rate,
+                          m.moe_layers * touched * 3 * m.hidden * m.expert_ffn * wb / hbm)
+        comm = _all_to_all_s(m, chip, plan, tp, batch / tp, node_limited=False)
+    else:  # tensor parallel: weights split tp ways, two all-reduces of the batch per layer
+        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, tp, batch, 1, k0, backward=False)
+        ops["dense"] = (batch * 2 * dense / tp / rate, (m.total_params_b * 1e9 - embedding) * wb / tp / hbm)
+        bw, lat = _link(chip, tp, a)
+        per = 2 * (tp - 1) / tp * batch * m.hidden * 2 / bw + 2 * math.log2(tp) * lat
+        comm = 2 * m.layers * per if tp > 1 else 0.0
+    parts = {}
+    for name, (compute_s, memory_s) in ops.items():
+        parts[f"{name}_s"] = max(compute_s, memory_s)
+        parts[f"{name}_bound"] = "compute" if compute_s >= memory_s else "memory"
+    compute = sum(parts[f"{name}_s"] for name in ops)
+    return parts | {"comm_s": comm, "fixed_s": m.layers * costs.layer_overhead_us * 1e-6,
+                    "step_s": _step(compute, comm, m, costs)}
+
+
+def decode_step_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> float:
+    """One decode step of ``batch`` sequences on a ``tp``-chip instance (module docstring)."""
+    return decode_parts(m, chip, plan, tp, batch)["step_s"]
+
+
+def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
+    """Computed prompt tokens per chip-second: each chip of a ``prefill_chips`` instance takes one
+    prompt (``input_len`` tokens) per step; matmuls at those rows, attention (causal: half the
+    prompt as context, not absorbed) and the step's all-to-all (node-limited)."""
+    a, costs, n, tokens = plan.assumptions, plan.step, plan.prefill_chips, plan.demand.input_len
+    dense, routed = serving_params(m)
+    k0 = a.gemm_k_overhead
+    if m.is_moe:  # attention replicated (data-parallel), experts spread over the instance
+        factor = model_shape_factor(m, 1, tokens, n, k0, backward=False)
+    else:
+        factor = model_shape_factor(m, n, tokens * n, 1, k0, backward=False)
+    compute = tokens * 2 * (dense + routed * costs.expert_imbalance) / (gemm_rate(chip, plan.precision, a) * factor)
+    compute += tokens * m.attention_flops_fwd(tokens / 2) / (gemm_rate(chip, "bf16", a)
+                                                            * attention_shape_factor(m, tokens, k0, backward=False))
+    comm = _all_to_all_s(m, chip, plan, n, tokens, node_limited=True)
+    return tokens / _step(compute, comm, m, costs)

@@ -74,6 +74,31 @@ SYNC_ALIASES = {"every_step": "ddp"}  # names configs written before the strateg
 LOW_COMMUNICATION = ("diloco", "streaming")  # strategies whose protocol step is an outer round
 
 
+OUTER_TRANSPORTS = ("gloo", "streams")  # replicas.outer.transport (docs/sync.md)
+
+
+@dataclass(kw_only=True, slots=True)
+class TransportConfig:
+    """The long-link transport's mesh (``tenacia.train.transport``, ``Mesh.open``): the settings of
+    ``[replicas.outer.mesh]``, read when ``replicas.outer.transport = "streams"``."""
+
+    streams: int = 4  # TCP streams to each peer; a transfer is split evenly across them
+    # Socket buffers of each stream, bytes; 0: the kernel's autotuning. Sized to the link's
+    # bandwidth-delay product divided by ``streams`` when the link is known (``window_for``).
+    window_bytes: int = 0
+    # At or below this many bytes an all-reduce sends its whole input to every peer and sums
+    # locally: half a round trip, (R-1) x the bytes. Above, reduce-scatter then all-gather: one
+    # round trip, 2 (R-1)/R x the bytes (``collectives.py``).
+    small_bytes: int = 65536
+    timeout_s: float = 60.0  # a call (or opening the mesh) that has not completed by then raises
+
+    def __post_init__(self) -> None:
+        check(1 <= self.streams <= 64, "streams", self.streams, "an integer from 1 to 64")
+        check(self.window_bytes >= 0, "window_bytes", self.window_bytes, "a number of bytes >= 0 (0: autotuning)")
+        check(self.small_bytes >= 0, "small_bytes", self.small_bytes, "a number of bytes >= 0")
+        check(self.timeout_s > 0, "timeout_s", self.timeout_s, "a positive number of seconds")
+
+
 @dataclass(kw_only=True, slots=True)
 class OuterConfig:
     """The outer loop of the low-communication strategies (``replicas.sync = "diloco" | "streaming"``,
@@ -93,6 +118,14 @@ class OuterConfig:
     error_feedback: bool = True  # what quantization and top-k did not send is kept per replica and sent next round
     topk: float = 0.0  # fraction of each block kept, the largest magnitudes (0: off, every element is sent)
     fragments: int = 4  # streaming only: F fragments of the parameters, round r syncs fragment r mod F
+    # streaming only: a round's fragment exchange runs beside its inner steps and carries the
+    # fragment as the previous round left it; the outer step lands one round late (docs/sync.md)
+    overlap: bool = True
+    mix: float = 0.5  # streaming's overlap: a fragment's local copy becomes mix x local + (1 - mix) x global
+    # What carries the outer exchange: "gloo" (torch's process group, one TCP connection per peer)
+    # or "streams" (tenacia's long-link transport: several streams per peer, one round trip)
+    transport: str = "gloo"
+    mesh: TransportConfig = field(default_factory=TransportConfig)  # transport = "streams" only
 
     def __post_init__(self) -> None:
         check(self.inner_steps >= 1, "inner_steps", self.inner_steps, "a positive integer")
@@ -102,6 +135,8 @@ class OuterConfig:
         check(self.block >= 1, "block", self.block, "a positive integer")
         check(0 <= self.topk < 1, "topk", self.topk, "a fraction in [0, 1) (0: off)")
         check(self.fragments >= 1, "fragments", self.fragments, "a positive integer")
+        check(0 <= self.mix <= 1, "mix", self.mix, "a number in [0, 1] (0: the global parameters replace the local)")
+        check_choice("transport", self.transport, OUTER_TRANSPORTS)
 
 
 @dataclass(kw_only=True, slots=True)

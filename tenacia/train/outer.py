@@ -14,6 +14,11 @@ The outer step, on fragment ``f`` with the averaged pseudo-gradient ``d`` (globa
 ``torch.optim.SGD`` with Nesterov momentum and no dampening, i.e. ``b = mu b + d``,
 ``g -= lr (d + mu b)`` on that fragment's global parameters only (the others' momentum is left
 as it was).
+
+``trained_tokens`` is this replica's own, not replicated: the tokens it trained in its last
+committed round, the weight of the fragment it sends at the start of the next round under
+streaming's overlap (``replicas/diloco.py``). A checkpoint carries it (``own_tensors``); a heal
+does not (a newcomer trained nothing of what it holds: its weight is 0).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import torch
 from torch import nn
 
 from .config import OuterConfig
+
+OWN_TOKENS = "own.trained_tokens"  # the key of ``trained_tokens`` in a checkpoint's outer.safetensors
 
 
 def split_fragments(sizes: list[int], count: int) -> list[list[int]]:
@@ -50,6 +57,7 @@ class OuterState:
         self.params = [p.detach().clone() for _, p in named]
         self.fragments = split_fragments([p.numel() for p in self.params], fragments)
         self.optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        self.trained_tokens = 0
 
     def take_model(self, model: nn.Module) -> None:
         """The model's parameters become the global ones, with no momentum (a fresh start, or a
@@ -77,10 +85,16 @@ class OuterState:
                 out[f"{n}.momentum_buffer"] = buf
         return out
 
+    def own_tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint adds to ``tensors()``: this replica's ``trained_tokens``."""
+        return {OWN_TOKENS: torch.tensor([self.trained_tokens], dtype=torch.int64)}
+
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Take ``tensors`` (``tensors()``'s form) as this state, bit for bit; ``ValueError`` when
-        a global parameter is missing or of another shape."""
+        """Take ``tensors`` (``tensors()``'s form, with ``own_tensors()`` from a checkpoint) as this
+        state, bit for bit; ``ValueError`` when a global parameter is missing or of another shape."""
         self.optimizer.state.clear()
+        own = tensors.get(OWN_TOKENS)
+        self.trained_tokens = int(own[0]) if own is not None else 0
         with torch.no_grad():
             for n, g in zip(self.names, self.params, strict=True):
                 src = tensors.get(f"{n}.global")

@@ -107,7 +107,7 @@ class Trainer:
         snap = ckpt.take_snapshot(self.step, self.model, self.optimizer, self.device.type, meta)
         if self.outer is not None:
             snap.files["outer.safetensors"] = {k: v.detach().to("cpu", copy=True).contiguous()
-                                               for k, v in self.outer.tensors().items()}
+                                               for k, v in (self.outer.tensors() | self.outer.own_tensors()).items()}
         self.checkpoints.save(snap)
 
     def resume(self, event: str = "resumed") -> bool:

@@ -25,7 +25,13 @@ pytestmark = pytest.mark.timeout(LIMIT_S + 60)
 @pytest.mark.parametrize("sync", [
     pytest.param(["replicas.sync=diloco"], id="diloco"),
     pytest.param(["replicas.sync=streaming", "replicas.outer.fragments=3", "replicas.outer.quantize=int8"],
-                 id="streaming-int8", marks=pytest.mark.slow)])
+                 id="streaming-int8", marks=pytest.mark.slow),
+    pytest.param(["replicas.sync=diloco", "replicas.outer.transport=streams"], id="diloco-streams",
+                 marks=pytest.mark.slow),
+    # the long-link transport under streaming's overlap: the exchange in flight beside the inner steps
+    # when the kill lands
+    pytest.param(["replicas.sync=streaming", "replicas.outer.fragments=2", "replicas.outer.transport=streams"],
+                 id="streaming-streams")])
 def test_a_replica_killed_mid_round_drops_out_and_heals_with_the_ledger_exact(tmp_path, procs, sync):
     args = train_args(tmp_path, *RUN, *sync, f"chaos.faults={json.dumps(['kill:1@4'])}")
     code = procs.run(args, timeout=LIMIT_S, log=tmp_path / "launcher.log")

@@ -22,9 +22,20 @@ samples are recorded once, when a round that trained them commits.
 
 Streaming: the parameters are cut into ``fragments`` (F) contiguous groups; round ``r`` syncs
 fragment ``(r - 1) mod F``, so each round sends 1/F of the model and each fragment is synced every
-F rounds. The overlap of a fragment's exchange with the next round's inner steps (Streaming
-DiLoCo proper) is not done: a round's exchange runs between its inner steps and the vote, as in
-diloco.
+F rounds.
+
+Streaming's overlap (``replicas.outer.overlap``, ``overlaps``): round ``r``'s exchange carries
+its fragment as this member holds it at rest, when the round starts (``sent``: global minus the
+parameters the previous rounds left, weighted by the tokens of this member's last committed round,
+``OuterState.trained_tokens``; zeros and 0 for a member healing in the round), so it is built
+before the inner steps and reduced beside them (``overlap.py``); the vote waits for it. On commit
+the outer step lands on that fragment one round late: its global parameters take the step, and
+its local ones, which trained on through the round, are mixed with them as Streaming DiLoCo does:
+``mix x local + (1 - mix) x global`` (``replicas.outer.mix``, its alpha, 0.5); the other fragments
+keep the round's local parameters. Streaming DiLoCo's delay is a few inner steps; here it is a
+whole round (the commit protocol applies a step only on the leader's verdict, after every
+member's reduce). Nothing is in flight between rounds: a checkpoint, written after a commit, holds
+all a resume needs (with this member's ``trained_tokens``), so a resumed round sends the same bits.
 """
 
 from __future__ import annotations
@@ -63,6 +74,7 @@ class OuterRounds:
     def __init__(self, cfg: RunConfig, trainer: Trainer, gather: Gather = gloo_all_gather):
         o, self.cfg, self.gather = cfg.replicas.outer, cfg, gather
         self.name = cfg.replicas.sync
+        self.overlaps, self.mix = self.name == "streaming" and o.overlap, o.mix
         self.outer = trainer.outer
         self.compressor = Compressor(o.quantize, o.block, o.topk, o.error_feedback)
         self.residual: dict[int, torch.Tensor] = {}  # fragment -> what this member has not sent yet
@@ -90,6 +102,20 @@ class OuterRounds:
             return torch.zeros(n + 1, dtype=torch.float32, device=self.outer.params[0].device)
         parts = [(self.outer.params[i] - grads.local[i]).reshape(-1) for i in ids]
         return torch.cat([*parts, torch.tensor([float(grads.tokens)], device=parts[0].device)])
+
+    def sent(self, trainer: Trainer, step: int, sharing: bool) -> torch.Tensor:
+        """Under overlap: ``[d, t]`` of round ``step``'s fragment as this member holds it at rest
+        (the round's start) and the tokens of its last committed round; zeros when not
+        ``sharing`` (a member healing in the round). A new tensor: the inner steps may run at once."""
+        ids = self.outer.fragments[self.fragment(step)]
+        params = list(trainer.model.parameters())
+        if not sharing:
+            n = sum(self.outer.params[i].numel() for i in ids)
+            return torch.zeros(n + 1, dtype=torch.float32, device=self.outer.params[0].device)
+        with torch.no_grad():
+            parts = [(self.outer.params[i] - params[i]).reshape(-1) for i in ids]
+            tokens = torch.tensor([float(self.outer.trained_tokens)], device=parts[0].device)
+            return torch.cat([*parts, tokens])
 
     def grad_part(self, flat: torch.Tensor) -> torch.Tensor:
         """The pseudo-gradient in a contribution or reduced value (norms skip the token count)."""
@@ -124,12 +150,16 @@ class OuterRounds:
             self.residual[f] = self.pending_residual[2]
         self.pending_residual = None
         synced = set(ids)
+        trained = grads.local is not None and grads.step == step
         with torch.no_grad():
             for i, p in enumerate(t.model.parameters()):
-                if i in synced:
+                if i in synced and self.overlaps and trained:  # the late step, mixed with the round's progress
+                    p.copy_(grads.local[i] * self.mix + self.outer.params[i] * (1 - self.mix))
+                elif i in synced:
                     p.copy_(self.outer.params[i])
-                elif grads.local is not None and grads.step == step:
+                elif trained:
                     p.copy_(grads.local[i])
+        self.outer.trained_tokens = grads.tokens if trained else 0
         grads.drop()
         samples = cfg.step_samples
         t.commit(pending.vote.start, list(pending.vote.batch), samples * cfg.data.seq_len, samples=samples)

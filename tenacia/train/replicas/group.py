@@ -1,5 +1,7 @@
-"""The quorum's process group: a fresh gloo group per quorum, built off the training thread, and
-the training thread's way of waiting on its collectives (``collect``)."""
+"""The quorum's process group: a fresh group per quorum, built off the training thread, and
+the training thread's way of waiting on its collectives (``collect``). The group is gloo's, or,
+under ``replicas.outer.transport = "streams"``, the long-link transport's (``streams_group.py``):
+the same calls, waited on the same way."""
 
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..config import TransportConfig
+from .streams_group import open_streams_group
 from .timing import Timing
 
+Streams = tuple[tuple[int, ...], TransportConfig, int]  # a streams group's members, settings, first step
 Wait = Callable[[Callable[[], bool]], None]  # sleeps the training thread until the predicate holds
 
 
@@ -40,21 +45,30 @@ class GroupBuilder:
     told by ``notify`` (called from the builder's thread) once the group is ready or failed."""
 
     def __init__(self, store_addr: str, quorum_id: int, rank: int, world: int, host: str,
-                 notify: Callable[[], None] | None = None, timing: Timing | None = None):
+                 notify: Callable[[], None] | None = None, timing: Timing | None = None,
+                 streams: Streams | None = None):
+        """``streams``: (members, mesh settings, first step) to build the long-link transport's
+        group instead of gloo's."""
         self.pg: Any = None
         self.timing = timing or Timing()
         self.notify = notify
         self.error: str | None = None
         self.ready_t: float | None = None  # wall-clock time the group was built (or failed)
         self.done = threading.Event()
-        args = (store_addr, quorum_id, rank, world, host)
+        args = (store_addr, quorum_id, rank, world, host, streams)
         threading.Thread(target=self._build, args=args, name=f"pg-{quorum_id}", daemon=True).start()
 
-    def _build(self, store_addr: str, quorum_id: int, rank: int, world: int, host: str) -> None:
+    def _build(self, store_addr: str, quorum_id: int, rank: int, world: int, host: str,
+               streams: Streams | None) -> None:
         try:
             shost, port = store_addr.rsplit(":", 1)
             store = dist.TCPStore(shost, int(port), is_master=False,
                                   timeout=timedelta(seconds=self.timing.store_client_s))
+            if streams is not None:
+                members, config, first_step = streams
+                self.pg = open_streams_group(store, quorum_id, rank, members, host, config, first_step,
+                                             self.timing.store_client_s)
+                return
             opts = dist.ProcessGroupGloo._Options()
             opts._timeout = timedelta(seconds=self.timing.collective_s)
             iface = os.environ.get("GLOO_SOCKET_IFNAME")
@@ -82,6 +96,8 @@ def retire(builder: GroupBuilder) -> threading.Thread:
     destructor, though, waits for that collective to finish or time out (up to the group
     timeout, ``Timing.collective_s``), without holding the GIL. So this thread, not the caller, drops the last
     reference. A group still being built is waited for first.
+    A streams group (``streams_group.py``) has no such loop: its ``shutdown`` closes the mesh,
+    and a call in flight raises at once.
     The caller must hold no other reference to ``builder.pg`` (the builder is left without one),
     nor any of its ``Work`` objects: a Work keeps its group alive, and whoever drops the last
     reference runs the destructor.

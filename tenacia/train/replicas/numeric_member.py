@@ -100,7 +100,11 @@ class NumericMember:
         """A share's contribution (tampered) and its outcome (``judge.Outcome``): the fingerprint
         covers the whole contribution, the norm its gradients only."""
         flat, loss = self.tampered(step, flat, loss)
-        return flat, {"grad": fingerprint([flat]), "loss": float(loss), "gnorm": norm(self.grad_part(flat))}
+        return flat, {**self.measure(flat), "loss": float(loss)}
+
+    def measure(self, flat: torch.Tensor) -> dict[str, Any]:
+        """The fingerprint of a whole contribution and the norm of its gradients (of an outcome)."""
+        return {"grad": fingerprint([flat]), "gnorm": norm(self.grad_part(flat))}
 
     def recompute(self, step: int, chunks: Sequence[Sequence[int]], own: bool) -> dict[str, Any]:
         """Re-execute the share made of ``chunks`` (positions in the step's batch) from the current

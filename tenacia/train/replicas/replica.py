@@ -13,7 +13,9 @@ at once; vote, holding the step as one ``PendingStep`` (vote and reduced gradien
 verdict; apply on ``commit``. A quorum's ``resolve`` decides a step left pending by the last one.
 What a step computes, reduces and applies is the sync strategy's (``sync.py``): gradients under
 ddp; under diloco and streaming a round of inner steps and its pseudo-gradient (``LocalRound`` in
-place of ``LocalGradients``). A fresh gloo group and fresh buffers are used for every quorum; an
+place of ``LocalGradients``; under streaming's overlap the contribution is built before the
+compute and reduced beside it: ``reducing.py``, ``overlap.py``). A fresh group (gloo's, or the
+long-link transport's: ``streams_group.py``) and fresh buffers are used for every quorum; an
 older quorum's group is retired as soon as a newer quorum starts, in a background thread, never on
 the training thread (tearing down a gloo group with a collective in flight can block for many
 seconds; see ``Replica.retire_groups``).
@@ -43,7 +45,7 @@ from ..trainer import Trainer
 from . import addresses, votecheck
 from .apply import PendingStep, expert_outcome
 from .device_slot import EXIT_EVICTED, device_name
-from .group import GroupBuilder, retire
+from .group import GroupBuilder
 from .heal import HealServer
 from .healing import NewcomerHealing
 from .leadership import JobFinished, Leadership
@@ -62,13 +64,14 @@ from .protocol import (
     Vote,
     Wake,
 )
+from .reducing import ReducePhase
 from .spare import wait_as_spare
 from .step_exits import Evicted, Rejoin, Superseded
 from .sync import strategy
 from .timing import Timing
 
 
-class Replica(NewcomerHealing):
+class Replica(NewcomerHealing, ReducePhase):
     def __init__(self, cfg: RunConfig, replica: int, seeds: list[str], trainer: Trainer | None = None):
         """``trainer``: one built (and loaded from disk) ahead of time by a spare process."""
         self.cfg, self.id, self.seeds = cfg, replica, seeds
@@ -193,11 +196,7 @@ class Replica(NewcomerHealing):
     def run_quorum(self, q: Quorum) -> Message:
         """Run steps in quorum ``q`` until a newer quorum or a stop arrives; return that message."""
         self.apply_resolve(q.resolve)
-        builder = self.groups.get(q.quorum_id) or GroupBuilder(
-            q.store, q.quorum_id, q.rank(self.id), len(q.members), self.cfg.replicas.host,
-            notify=self.wake, timing=self.timing)
-        self.groups[q.quorum_id] = builder
-        self.retire_groups(q.quorum_id)
+        builder = self.group_for(q)
         first = True
         while True:
             try:
@@ -247,22 +246,28 @@ class Replica(NewcomerHealing):
             self.numerics.at_rest(q.step)
         timing = {"received": q.received_t, "compute_start": time.time()} if heal else None
         t0 = time.monotonic()
+        check = self.cfg.numerics.check
+        flight = self.begin_overlap(q, builder, check) if self.sync.overlaps else None
         share = self.compute_share(q)
         if share.tokens:
             share = replace(share, compute_s=round(time.monotonic() - t0, 6))
-        flat = self.sync.contribution(self.trainer, self.grads, q.step)
-        check = self.cfg.numerics.check
-        own = None
-        if check and self.id in q.sharers:
-            flat, own = self.numerics.outcome(q.step, flat, share.loss)
-            share = replace(share, loss=own["loss"])
-        elif hooks.tampering():
-            flat, loss = self.numerics.tampered(q.step, flat, share.loss)
-            share = replace(share, loss=loss)
+        if flight is not None:  # the contribution is in flight since the step began
+            flat, own = flight.flat, flight.measured
+            share = replace(share, loss=hooks.tamper("loss", q.step, share.loss))
+            own = own and {**own, "loss": share.loss}
+        else:
+            flat = self.sync.contribution(self.trainer, self.grads, q.step)
+            own = None
+            if check and self.id in q.sharers:
+                flat, own = self.numerics.outcome(q.step, flat, share.loss)
+                share = replace(share, loss=own["loss"])
+            elif hooks.tampering():
+                flat, loss = self.numerics.tampered(q.step, flat, share.loss)
+                share = replace(share, loss=loss)
         audits = self.numerics.audits(q, q.watch, self.id) if check else []
         if timing:
             timing["compute_end"] = time.time()
-        ok = self.reduce(flat, builder, timing)
+        ok = self.reduce(flat, builder, timing) if flight is None else self.reduce_in_flight(flight, builder, timing)
         flat = hooks.tamper("reduced_grads", q.step, flat)
         if fetch is not None:
             ok = self.finish_healing(fetch, q) and ok
@@ -309,33 +314,6 @@ class Replica(NewcomerHealing):
             self.grads.drop()
         hooks.reach("mid_step", q.step)
         return vote
-
-    def reduce(self, flat: torch.Tensor, builder: GroupBuilder, timing: dict[str, Any] | None) -> bool:
-        """Combine ``flat`` over the quorum (the sync strategy); False when a peer died mid-collective."""
-        self.wait_until(builder.done.is_set, "process group")
-        if builder.error:
-            raise Superseded(self._await_next(f"group failed: {builder.error}"))
-        self.enter("allreduce", self.pending_step)
-        try:
-            self.sync.reduce(flat, builder.pg, lambda done: self.wait_until(done, "all-reduce"), self.wake,
-                             self.pending_step)
-            if timing:
-                timing.update(group_ready=builder.ready_t, reduced=time.time())
-        except Superseded:
-            raise
-        except Exception:  # noqa: BLE001 - a peer died mid-collective: vote no
-            return False
-        return True
-
-    def retire_groups(self, current: int) -> None:
-        """Retire the groups of quorums older than ``current`` when it starts: no member uses them
-        again (a peer still inside one of their collectives gets an error at once, and its vote
-        for an old quorum is ignored), and a group whose peer was killed mid-collective can keep
-        its TCP loop spinning, taking CPU from the step that redoes the lost work. ``group.retire``
-        tears each down in a daemon thread: the training thread never blocks, whatever collective
-        is still in flight."""
-        for qid in [k for k in self.groups if k < current]:
-            retire(self.groups.pop(qid))
 
     def _await_next(self, why: str) -> Message:
         while True:

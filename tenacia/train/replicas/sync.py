@@ -15,6 +15,8 @@ Contract of a strategy, per step (``Replica.run_step``):
 - ``contribution(trainer, grads, step)``: this member's tensor for the reduce, after its share
   (``grads``) was computed; ``grad_part(flat)``: the part of it (or of the reduced value) whose
   norm the numeric checks take;
+- ``overlaps``: whether the step's contribution is built before its compute and reduced beside it
+  (``sent(trainer, step, sharing)`` builds it then; ``overlap.py`` runs it; streaming's overlap);
 - ``reduce(flat, group, wait, wake, step)``: combine it over the quorum in place; ``wait(done)``
   sleeps the training thread on its inbox until ``done()`` (a newer quorum interrupts it),
   ``wake`` is to be called when the collective completes or fails; raises when a peer died
@@ -43,6 +45,7 @@ from .shares import LocalGradients
 
 class SyncStrategy(Protocol):
     name: str
+    overlaps: bool
 
     def local(self, trainer: Trainer) -> Any: ...
 
@@ -61,6 +64,7 @@ class EveryStep:
     """Average every step: synchronous data parallelism (module docstring)."""
 
     name = "ddp"
+    overlaps = False
 
     def __init__(self, cfg: RunConfig | None = None, trainer: Trainer | None = None):
         self.n_grads = gradient_numel(trainer.model) if trainer is not None else None

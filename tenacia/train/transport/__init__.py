@@ -24,8 +24,9 @@ The seam for a sync strategy:
 Tensors are moved through host memory (a non-CPU tensor is copied to the CPU and back).
 """
 
+from ..config import TransportConfig
 from .collectives import rank_order_sum
-from .frames import TransportConfig, TransportError, window_for
+from .frames import TransportError, window_for
 from .mesh import Mesh, listen
 
 __all__ = ["Mesh", "TransportConfig", "TransportError", "listen", "rank_order_sum", "window_for"]

@@ -17,8 +17,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ...config import check
-
 MAGIC = b"TNX1"
 _HEAD = struct.Struct("<4sBHHQQQQ")
 
@@ -32,27 +30,6 @@ KIND_NAMES = {HELLO: "hello", REDUCE_SCATTER: "reduce-scatter", ALL_GATHER: "all
 class TransportError(RuntimeError):
     """A collective could not complete: a peer closed, answered in another round or group, or
     did not answer before the deadline. The mesh it came from is closed and cannot be reused."""
-
-
-@dataclass(kw_only=True, slots=True)
-class TransportConfig:
-    """Settings of a mesh (``Mesh.open``)."""
-
-    streams: int = 4  # TCP streams to each peer; a transfer is split evenly across them
-    # Socket buffers of each stream, bytes; 0: the kernel's autotuning. Sized to the link's
-    # bandwidth-delay product divided by ``streams`` when the link is known (``window_for``).
-    window_bytes: int = 0
-    # At or below this many bytes an all-reduce sends its whole input to every peer and sums
-    # locally: half a round trip, (R-1) x the bytes. Above, reduce-scatter then all-gather: one
-    # round trip, 2 (R-1)/R x the bytes (``collectives.py``).
-    small_bytes: int = 65536
-    timeout_s: float = 60.0  # a call (or opening the mesh) that has not completed by then raises
-
-    def __post_init__(self) -> None:
-        check(1 <= self.streams <= 64, "streams", self.streams, "an integer from 1 to 64")
-        check(self.window_bytes >= 0, "window_bytes", self.window_bytes, "a number of bytes >= 0 (0: autotuning)")
-        check(self.small_bytes >= 0, "small_bytes", self.small_bytes, "a number of bytes >= 0")
-        check(self.timeout_s > 0, "timeout_s", self.timeout_s, "a positive number of seconds")
 
 
 def window_for(rate_mbit: float, rtt_ms: float, streams: int) -> int:

@@ -18,8 +18,9 @@ import time
 
 import torch
 
+from ..config import TransportConfig
 from .collectives import allgather, allreduce_sum
-from .frames import HELLO, Header, TransportConfig, TransportError, header_size, unpack
+from .frames import HELLO, Header, TransportError, header_size, unpack
 
 
 def listen(host: str, port: int = 0, window_bytes: int = 0) -> socket.socket:
@@ -103,11 +104,17 @@ class Mesh:
             raise
 
     def close(self) -> None:
-        """Close every stream: peers in a call with this member see it end at once."""
+        """Close every stream: peers in a call with this member see it end at once, and so does a
+        call of this mesh in progress on another thread (each stream is shut down before it is
+        closed, which wakes a selector waiting on it: the call raises ``TransportError``)."""
         self.closed = True
         for group in (self.inbound, self.outbound):
             for socks in group.values():
                 for sock in socks:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:  # not connected, or closed already
+                        pass
                     sock.close()
 
 

@@ -12,12 +12,21 @@ import torch
 from tenacia import config
 from tenacia.train.config import RunConfig
 from tenacia.train.replicas.apply import PendingStep
+from tenacia.train.replicas.overlap import InFlight
 from tenacia.train.replicas.protocol import Vote
 from tenacia.train.replicas.shares import even_shares
 from tenacia.train.replicas.sync import strategy
 from tenacia.train.trainer import Trainer
 
 from ...integration.procs import SMALL
+
+
+class Ready:
+    """A group builder whose group is built already."""
+
+    def __init__(self, pg) -> None:
+        self.pg, self.error, self.done = pg, None, threading.Event()
+        self.done.set()
 
 
 class Done:
@@ -99,10 +108,19 @@ def train(run_dir: Path, replicas: int, *overrides: str) -> tuple[list[Trainer],
         def run(r: int, step: int, positions: tuple[int, ...], batch: list[int], tokens: list[int],
                 reduced: list[torch.Tensor]) -> None:
             t, s, held = trainers[r], syncs[r], locals_[r]
+            flight = None
+            if s.overlaps:  # as Replica.begin_overlap: sent from the state at rest, reduced beside the compute
+                flight = InFlight(s.sent(t, step, True), step, lambda f, pg: s.reduce(f, pg, lambda d: None, lambda *_: None, step),
+                                  Ready(members[r]), lambda *_: None)
             _, tokens[r], _ = held.compute(step, positions, batch, t.data.train.get, cfg.train.micro_batch_size,
                                            t.device)
-            flat = s.contribution(t, held, step)
-            s.reduce(flat, members[r], lambda done: None, lambda *_: None, step)
+            if flight is None:
+                flat = s.contribution(t, held, step)
+                s.reduce(flat, members[r], lambda done: None, lambda *_: None, step)
+            else:
+                flight.done.wait()
+                assert flight.error is None, flight.error
+                flat = flight.flat
             reduced[r] = flat
 
         threads = [threading.Thread(target=run, args=(r, step, shares[r], batch, tokens, reduced))

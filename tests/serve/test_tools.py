@@ -23,6 +23,8 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
     "required": ["city", "days"], "additionalProperties": False}}}
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
     "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"], "additionalProperties": False}}}
+UNCLOSABLE = {"type": "function", "function": {"name": "count", "parameters": {
+    "type": "object", "properties": {"n": {"type": "integer", "minimum": 5, "maximum": 1}}, "required": ["n"]}}}
 HERMES = (
     "{% if tools %}<|im_start|>system\nYou may call these tools:\n<tools>\n{% for t in tools %}{{ t | tojson }}\n"
     "{% endfor %}</tools>\nAnswer a call as <tool_call>\n{\"name\": ..., \"arguments\": ...}\n</tool_call><|im_end|>\n{% endif %}"
@@ -141,7 +143,8 @@ def test_bad_tool_requests_are_400s(hermes, client):
     for kwargs, param in [({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
                           ({"tool_choice": "sometimes"}, "tool_choice"),
                           ({"tools": [{"type": "function"}]}, "tools[0]"),
-                          ({"tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format")]:
+                          ({"tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
+                          ({"tools": [WEATHER, UNCLOSABLE], "tool_choice": "required"}, "tools[1].function.parameters")]:
         with pytest.raises(openai.BadRequestError) as err:
             hermes_client.chat.completions.create(**{"model": "hermes", "messages": ASK, "tools": [WEATHER],
                                                      "max_tokens": 2, **kwargs})

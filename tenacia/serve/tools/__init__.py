@@ -22,6 +22,7 @@ Contract:
 from __future__ import annotations
 
 from ..config import TOOL_PARSERS
+from ..engine.grammar import refuse_unclosable
 from ..engine.sequence import InvalidRequest
 from . import hermes, llama3_json, mistral
 from .calls import ToolCallParser
@@ -62,6 +63,9 @@ def tool_grammar(fmt: str, tools: list[dict], choice: str, parallel: bool) -> st
     if choice == "auto":
         return None
     chosen = [t for t in tools if choice == "required" or t["function"]["name"] == choice]
+    for i, tool in enumerate(tools):
+        if tool in chosen and "parameters" in tool["function"]:
+            refuse_unclosable(tool["function"]["parameters"], f"tools[{i}].function.parameters")
     lark = _MODULES[fmt].grammar(chosen, parallel and choice == "required")
     grammar = LLMatcher.grammar_from_lark(lark)
     failed, messages = LLMatcher.validate_grammar_with_warnings(grammar)

@@ -56,7 +56,8 @@ def merged(deltas: list[dict]) -> list[tuple[str, str]]:
     (CALL_A, "", [("get_weather", '{"city": "Paris", "days": 3}')]),
     (CALL_A + "\n" + CALL_B, "\n", [("get_weather", '{"city": "Paris", "days": 3}'), ("get_time", '{"zone": "UTC"}')]),
     ("Let me check. " + CALL_A, "Let me check. ", [("get_weather", '{"city": "Paris", "days": 3}')]),
-    ('<tool_call>\n{"name": "f", "arguments": {oops}\n</tool_call>', '<tool_call>\n{"name": "f", "arguments": {oops}\n</tool_call>', []),
+    ('<tool_call>\n{"name": "f", "arguments": {oops}\n</tool_call>', "", [("f", "{oops}")]),  # streamed as written
+    ('<tool_call>\n{"name": f}\n</tool_call>', '<tool_call>\n{"name": f}\n</tool_call>', []),
     ("<tool_call>\n{\"name\": \"f\"", "<tool_call>\n{\"name\": \"f\"", []),  # never closed: content
     ("no calls <tool", "no calls <tool", []),
 ])
@@ -106,6 +107,9 @@ def test_a_named_tool_choice_forces_a_valid_call_streamed_as_whole(hermes):
     deltas = [t.model_dump(exclude_none=True) for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
     assert merged(deltas) == [("get_weather", call.function.arguments)]
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    # the arguments streamed as they were generated, in many events, not as one whole at the end
+    fragments = [d["function"]["arguments"] for d in deltas if "id" not in d and d["function"]["arguments"]]
+    assert len(fragments) >= 4 and all(len(f) < len(call.function.arguments) for f in fragments), fragments
 
 
 @pytest.mark.parametrize("parallel", [True, False])

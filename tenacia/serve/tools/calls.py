@@ -84,13 +84,13 @@ class OpenCall:
 @dataclass(slots=True)
 class ToolCallParser:
     """One choice's text -> content and tool-call deltas (module docstring). Subclasses write
-    ``feed``; ``emit`` turns a parsed call into its deltas."""
+    ``feed``; ``emit`` releases a call read whole, ``begin`` and ``fragment`` one whose arguments
+    stream (``start_call`` and ``stream_call`` read call objects with them)."""
 
     parallel: bool = True
     buffer: str = ""
     calls: list[dict] = field(default_factory=list)
-
-    open: OpenCall | None = None
+    streaming: OpenCall | None = None  # the call whose arguments are arriving
 
     def feed(self, text: str, final: bool = False) -> tuple[str, list[dict]]:
         raise NotImplementedError
@@ -111,20 +111,20 @@ class ToolCallParser:
     def begin(self, name: str, call_id: str | None = None) -> list[dict]:
         """Open a call whose arguments will stream: its opening delta (none when dropped)."""
         if self.calls and not self.parallel:
-            self.open = OpenCall(None)
+            self.streaming = OpenCall(None)
             return []
-        self.open = OpenCall(len(self.calls))
+        self.streaming = OpenCall(len(self.calls))
         call = {"id": call_id or self.new_id(), "type": "function", "function": {"name": name, "arguments": ""}}
         self.calls.append(call)
-        return [{"index": self.open.index, "id": call["id"], "type": "function",
+        return [{"index": self.streaming.index, "id": call["id"], "type": "function",
                  "function": {"name": name, "arguments": ""}}]
 
     def fragment(self, text: str) -> list[dict]:
         """Add ``text`` to the open call's arguments: its delta (none when empty or dropped)."""
-        if not text or self.open is None or self.open.index is None:
+        if not text or self.streaming is None or self.streaming.index is None:
             return []
-        self.calls[self.open.index]["function"]["arguments"] += text
-        return [{"index": self.open.index, "function": {"arguments": text}}]
+        self.calls[self.streaming.index]["function"]["arguments"] += text
+        return [{"index": self.streaming.index, "function": {"arguments": text}}]
 
     def start_call(self, pos: int, final: bool, keys: tuple[str, ...]) -> tuple[int, list[dict]] | str:
         """A call object at ``pos`` of the buffer: (where reading goes on, its deltas), WAIT or
@@ -148,7 +148,7 @@ class ToolCallParser:
         is over when its call object closes (the buffer then starts after it), at ``fence``
         (a tag that ends a call wherever it is; a partial one is held back), or at ``final``.
         ``value``: the arguments are a bare JSON value, with no call object around them."""
-        call, text = self.open, self.buffer
+        call, text = self.streaming, self.buffer
         stop, fenced = len(text), False
         if fence is not None:
             at = text.find(fence)
@@ -170,7 +170,7 @@ class ToolCallParser:
         self.buffer = text[pos:]
         over = closed or fenced or final
         if over:
-            self.open = None
+            self.streaming = None
         return deltas, over
 
 

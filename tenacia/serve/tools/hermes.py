@@ -42,7 +42,7 @@ class HermesParser(ToolCallParser):
                     content, self.state = content + OPEN, "text"
                 else:
                     end, opened = step
-                    self.buffer, self.state = self.buffer[end:], "call" if self.open else "close"
+                    self.buffer, self.state = self.buffer[end:], "call" if self.streaming else "close"
                     deltas += opened
             elif self.state == "call":
                 fragments, over = self.stream_call(final, fence=CLOSE)

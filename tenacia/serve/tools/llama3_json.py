@@ -41,7 +41,7 @@ class Llama3JsonParser(ToolCallParser):
                 self.buffer = ""
             else:
                 end, opened = step
-                self.buffer, self.state = self.buffer[end:], "call" if self.open else "calls"
+                self.buffer, self.state = self.buffer[end:], "call" if self.streaming else "calls"
                 deltas += opened
         content = ""
         if self.state == "content":

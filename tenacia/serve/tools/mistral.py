@@ -108,7 +108,7 @@ class MistralParser(ToolCallParser):
         if step in (WAIT, FAIL):
             return step
         end, opened = step
-        return end, opened, "call" if self.open else "sep"
+        return end, opened, "call" if self.streaming else "sep"
 
 
 def grammar(tools: list[dict], parallel: bool) -> str:

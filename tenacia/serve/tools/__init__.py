@@ -62,9 +62,10 @@ def make_parser(fmt: str, parallel: bool = True) -> ToolCallParser:
     return _PARSERS[fmt](parallel)
 
 
-def tool_grammar(fmt: str, tools: list[dict], choice: str, parallel: bool) -> str | None:
+def tool_grammar(fmt: str, tools: list[dict], choice: str, parallel: bool, template_source: str = "") -> str | None:
     """The llguidance grammar forcing a call in format ``fmt`` ("required": any tool, one or more
-    when ``parallel``; a name: that function, once); None for "auto"."""
+    when ``parallel``; a name: that function, once); None for "auto". Mistral's calls take the
+    form the chat template writes: v11's ``[TOOL_CALLS]name[ARGS]{...}`` when it has ``[ARGS]``."""
     from llguidance import LLMatcher
 
     if choice == "auto":
@@ -73,7 +74,11 @@ def tool_grammar(fmt: str, tools: list[dict], choice: str, parallel: bool) -> st
     for i, tool in enumerate(tools):
         if tool in chosen and "parameters" in tool["function"]:
             refuse_unclosable(tool["function"]["parameters"], f"tools[{i}].function.parameters")
-    lark = _MODULES[fmt].grammar(chosen, parallel and choice == "required")
+    many = parallel and choice == "required"
+    if fmt == "mistral":
+        lark = mistral.grammar(chosen, many, v11=mistral.ARGS in template_source)
+    else:
+        lark = _MODULES[fmt].grammar(chosen, many)
     grammar = LLMatcher.grammar_from_lark(lark)
     failed, messages = LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:

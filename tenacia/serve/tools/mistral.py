@@ -8,13 +8,15 @@ templates require of the ids sent back to them (a ``[CALL_ID]`` the model wrote 
 The list is read one call object at a time, arguments streaming (``calls.py``); once an item is
 no call or the list is malformed, the rest of the answer (from that item, or from the tag) is
 content. In the v11 form the arguments stream from ``[ARGS]`` until their JSON value closes (or
-the next tag, or the end). Forced calls (``grammar``) are written in the list form."""
+the next tag, or the end). Forced calls (``grammar``) take the form the chat template writes."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
+from ..engine.grammar import JSON_OPTIONS
 from ..reasoning import partial_suffix
 from .calls import FAIL, WAIT, ToolCallParser, calls_json, expect, mistral_id, skip_ws
 
@@ -111,7 +113,13 @@ class MistralParser(ToolCallParser):
         return end, opened, "call" if self.streaming else "sep"
 
 
-def grammar(tools: list[dict], parallel: bool) -> str:
-    """Lark: the tag and a list of one call of any of ``tools`` (or more when ``parallel``)."""
-    more = ' (", " call)*' if parallel else ""
-    return f'start: "{TAG}[" call{more} "]"\ncall: {calls_json(tools, "arguments")}\n'
+def grammar(tools: list[dict], parallel: bool, v11: bool = False) -> str:
+    """Lark: the tag and a list of one call of any of ``tools`` (or more when ``parallel``); or,
+    ``v11``, ``[TOOL_CALLS]name[ARGS]`` and the arguments, once (or more) a call."""
+    if not v11:
+        more = ' (", " call)*' if parallel else ""
+        return f'start: "{TAG}[" call{more} "]"\ncall: {calls_json(tools, "arguments")}\n'
+    calls = " | ".join(json.dumps(TAG + t["function"]["name"] + ARGS) + " %json"
+                       + json.dumps({**(t["function"].get("parameters") or {"type": "object"}), "x-guidance": JSON_OPTIONS})
+                       for t in tools)
+    return f'start: call{"+" if parallel else ""}\ncall: {calls}\n'

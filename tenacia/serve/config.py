@@ -14,7 +14,7 @@ from ..device_config import DeviceConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 REASONING_MODES = ("auto", "think", "none")  # serve/reasoning.py
-TOOL_PARSERS = ("auto", "hermes", "llama3_json", "mistral")  # serve/tools/
+TOOL_PARSERS = ("auto", "hermes", "llama3_json", "mistral", "pythonic")  # serve/tools/
 
 
 @dataclass(kw_only=True, slots=True)
@@ -68,8 +68,8 @@ class ServerConfig:
     # content ("auto": when the chat template writes </think>; "think": always; "none": never)
     reasoning: str = "auto"
     # the format of the model's tool calls, read and forced: "hermes" (<tool_call> blocks),
-    # "llama3_json" ({"name", "parameters"}), "mistral" ([TOOL_CALLS][...]); "auto": from the
-    # chat template's markup (serve/tools/__init__.py)
+    # "llama3_json" ({"name", "parameters"}), "mistral" ([TOOL_CALLS][...] or [TOOL_CALLS]name[ARGS]{...}),
+    # "pythonic" ([f(a=1)], read only); "auto": from the chat template's markup (serve/tools/__init__.py)
     tool_parser: str = "auto"
 
     def __post_init__(self) -> None:

@@ -229,8 +229,10 @@ class ResponseShape:
                 self._event("response.output_item.done", output_index=index, item=self._message_item(self.text))]
 
     def _call_delta(self, delta: dict[str, Any]) -> list[str]:
-        if "id" in delta:  # a new call: its id and name
-            events = self._close("reasoning") + self._close("message")
+        """A call opens with its id and name (closing the items before it); its arguments then
+        arrive in fragments; it is done when the next call opens or the response ends."""
+        if "id" in delta:
+            events = self._close("reasoning") + self._close("message") + self._close_calls()
             call = {"id": delta["id"], "function": {"name": delta["function"]["name"], "arguments": ""}}
             self.calls.append(call)
             return events + self._add(f"call{delta['index']}", self._call_item(call, "in_progress"))
@@ -238,13 +240,22 @@ class ResponseShape:
         call["function"]["arguments"] += delta["function"]["arguments"]
         index, item_id = self.open.index(f"call{delta['index']}"), "fc_" + call["id"].removeprefix("call_")
         return [self._event("response.function_call_arguments.delta", item_id=item_id, output_index=index,
-                            delta=delta["function"]["arguments"]),
-                self._event("response.function_call_arguments.done", item_id=item_id, output_index=index,
-                            arguments=call["function"]["arguments"]),
-                self._event("response.output_item.done", output_index=index, item=self._call_item(call))]
+                            delta=delta["function"]["arguments"])]
+
+    def _close_calls(self) -> list[str]:
+        events = []
+        for i, call in enumerate(self.calls):
+            kind = f"call{i}"
+            if kind not in self.closed:
+                self.closed.add(kind)
+                index, item_id = self.open.index(kind), "fc_" + call["id"].removeprefix("call_")
+                events += [self._event("response.function_call_arguments.done", item_id=item_id, output_index=index,
+                                       arguments=call["function"]["arguments"]),
+                           self._event("response.output_item.done", output_index=index, item=self._call_item(call))]
+        return events
 
     def end(self, got: Collected, include_usage: bool) -> str:
-        closing = self._close("reasoning") + self._close("message")
+        closing = self._close("reasoning") + self._close("message") + self._close_calls()
         if not self.open:  # nothing was written: the empty message the whole answer has
             closing += self._add("message", self._message_item("", "in_progress")) + self._close("message")
         final = self.response(got)

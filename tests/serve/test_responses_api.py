@@ -63,8 +63,12 @@ def test_function_calls_and_their_outputs(hermes):  # noqa: F811
     assert call.name == "get_weather" and call.call_id.startswith("call_")
     jsonschema.validate(json.loads(call.arguments), WEATHER["function"]["parameters"])
     events = list(client.responses.create(stream=True, **body))
-    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
-    assert args == call.arguments and events[-1].type == "response.completed"
+    fragments = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert "".join(fragments) == call.arguments and events[-1].type == "response.completed"
+    assert len(fragments) > 1, "the arguments stream as they are generated"
+    (done,) = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert done.arguments == call.arguments
+    assert events.index(done) > max(i for i, e in enumerate(events) if e.type == "response.function_call_arguments.delta")
     follow = client.responses.create(model="hermes", tools=[FLAT_WEATHER], max_output_tokens=4, input=[
         {"role": "user", "content": "Weather in Paris?"},
         {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},

@@ -2,7 +2,8 @@
 one call, parallel calls, text before a call, malformed JSON, a call never closed; each text fed
 whole, cut at every point in two, cut into 1-character pieces and into random pieces (fixed seed).
 However it is cut, the streamed deltas concatenate to the whole answer's calls (ids and names
-first, then arguments), and the content is the same, with none of a call's markup in it."""
+first, then arguments), and the content is the same, with none of a call's markup in it. And
+the arguments of a call stream while they are written, not once the call is over."""
 
 from __future__ import annotations
 
@@ -28,8 +29,14 @@ CASES = [
     ("hermes", HERMES_A, "", [W]),
     ("hermes", HERMES_A + "\n" + HERMES_B, "\n", [W, T]),
     ("hermes", "Let me check. " + HERMES_A, "Let me check. ", [W]),
-    ("hermes", '<tool_call>\n{"name": "f", "arguments": {oops}\n</tool_call>',
-     '<tool_call>\n{"name": "f", "arguments": {oops}\n</tool_call>', []),
+    # arguments already streaming when they turn out malformed: the call stands, as written
+    ("hermes", '<tool_call>\n{"name": "f", "arguments": {oops}\n</tool_call>', "", [("f", "{oops}")]),
+    ("hermes", '<tool_call>\n{"name": "f", "arguments": {"a": "x\n</tool_call> after', " after", [("f", '{"a": "x\n')]),
+    ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa', "", [("get_weather", '{"city": "Pa')]),
+    ("hermes", '<tool_call>\n{name: f}\n</tool_call>', '<tool_call>\n{name: f}\n</tool_call>', []),
+    # read whole: the name after the arguments, the arguments as a JSON string
+    ("hermes", '<tool_call>\n{"arguments": {"zone":"UTC"}, "name": "get_time"}\n</tool_call>', "", [T]),
+    ("hermes", '<tool_call>\n{"name": "get_time", "arguments": "{\\"zone\\": \\"UTC\\"}"}\n</tool_call>', "", [T]),
     ("hermes", '<tool_call>\n{"name": "f"', '<tool_call>\n{"name": "f"', []),
     ("hermes", "no calls <tool", "no calls <tool", []),
     ("llama3_json", LLAMA_A, "", [W]),
@@ -40,7 +47,9 @@ CASES = [
     ("llama3_json", "The weather is fine.", "The weather is fine.", []),
     ("llama3_json", "It is " + LLAMA_A, "It is " + LLAMA_A, []),  # calls only from the answer's start
     ("llama3_json", LLAMA_A + " and more", " and more", [W]),
-    ("llama3_json", '{"name": "f", "parameters": {oops}}', '{"name": "f", "parameters": {oops}}', []),
+    ("llama3_json", '{"name": "f", "parameters": {oops}}', "", [("f", "{oops}")]),
+    ("llama3_json", '{"name": f, "parameters": {}}', '{"name": f, "parameters": {}}', []),
+    ("llama3_json", '{"name": "get_time", "parameters": {"zone": "UTC"}, "x": [1, "}"]}; ' + LLAMA_A, "", [T, W]),
     ("llama3_json", '{"city": "Paris"}', '{"city": "Paris"}', []),  # JSON, but no call
     ("llama3_json", LLAMA_A + '; {"name": "g"', '; {"name": "g"', [W]),  # the second never closed
     ("mistral", "[TOOL_CALLS][" + MISTRAL_A + "]", "", [W]),
@@ -51,9 +60,29 @@ CASES = [
     ("mistral", "[TOOL_CALLS][" + MISTRAL_A + ", {oops}]", ", {oops}]", [W]),
     ("mistral", "[TOOL_CALLS]" + MISTRAL_A, "[TOOL_CALLS]" + MISTRAL_A, []),  # no list
     ("mistral", "no calls [TOOL", "no calls [TOOL", []),
+    # v11 (2025): one call a tag
+    ("mistral", "[TOOL_CALLS]get_weather[ARGS]" + W[1], "", [W]),
+    ("mistral", "Checking. [TOOL_CALLS]get_weather[ARGS]" + W[1] + "[TOOL_CALLS]get_time[ARGS]" + T[1], "Checking. ", [W, T]),
+    ("mistral", "[TOOL_CALLS]get_weather[CALL_ID]a1B2c3D4e[ARGS]" + W[1], "", [W]),
+    ("mistral", "[TOOL_CALLS]get_weather[ARGS]" + W[1] + " done", " done", [W]),
+    ("mistral", '[TOOL_CALLS]get_weather[ARGS]{"city": "Par', "", [("get_weather", '{"city": "Par')]),
+    ("mistral", "[TOOL_CALLS]get weather[ARGS]{}", "[TOOL_CALLS]get weather[ARGS]{}", []),
+    ("mistral", "[TOOL_CALLS]get_weather{}", "[TOOL_CALLS]get_weather{}", []),
+    # pythonic (Llama 3.2 / 4)
+    ("pythonic", '[get_weather(city="Paris", days=3)]', "", [W]),
+    ("pythonic", ' [get_weather(city="Paris", days=3), get_time(zone=\'UTC\')]\n', "", [W, T]),
+    ("pythonic", '<|python_start|>[get_weather(city="Paris", days=3)]<|python_end|>', "", [W]),
+    ("pythonic", '[f(a=[1, (2, 3)], b={"k": None}, c=true, d="(])")] Done.', "Done.",
+     [("f", '{"a": [1, [2, 3]], "b": {"k": null}, "c": true, "d": "(])"}')]),
+    ("pythonic", "[get_time()]", "", [("get_time", "{}")]),
+    ("pythonic", "The weather is fine.", "The weather is fine.", []),
+    ("pythonic", "[1, 2, 3]", "[1, 2, 3]", []),
+    ("pythonic", '[get_weather("Paris")]', '[get_weather("Paris")]', []),  # positional: no call
+    ("pythonic", '[get_weather(city="Paris", days=3), oops(]', ', oops(]', [W]),
+    ("pythonic", '[get_weather(city="Pa', '[get_weather(city="Pa', []),
 ]
 MARKUP = {"hermes": ("<tool_call>", "</tool_call>"), "llama3_json": ("<|python_tag|>", '"name"'),
-          "mistral": ("[TOOL_CALLS]", '"name"')}
+          "mistral": ("[TOOL_CALLS]", '"name"', "[ARGS]"), "pythonic": ("<|python_start|>", "(")}
 
 
 def run(fmt: str, pieces: list[str], parallel: bool = True) -> tuple[str, list[dict], list[dict]]:
@@ -108,11 +137,48 @@ def test_every_cut_gives_the_whole_answer(fmt, text, content, calls):
 
 
 @pytest.mark.parametrize("fmt, text", [("hermes", HERMES_A + HERMES_B), ("llama3_json", LLAMA_A + ";" + LLAMA_B),
-                                       ("mistral", "[TOOL_CALLS][" + MISTRAL_A + "," + MISTRAL_B + "]")])
+                                       ("mistral", "[TOOL_CALLS][" + MISTRAL_A + "," + MISTRAL_B + "]"),
+                                       ("mistral", "[TOOL_CALLS]get_weather[ARGS]" + W[1] + "[TOOL_CALLS]get_time[ARGS]" + T[1]),
+                                       ("pythonic", '[get_weather(city="Paris", days=3), get_time(zone="UTC")]')])
 def test_parallel_false_keeps_the_first_call(fmt, text):
     for pieces in ([text], list(text)):
         _, deltas, calls = run(fmt, pieces, parallel=False)
         assert [n for _, n, _ in joined(deltas)] == ["get_weather"] and len(calls) == 1
+
+
+@pytest.mark.parametrize("fmt, text", [("hermes", HERMES_A), ("llama3_json", LLAMA_A), ("mistral", "[TOOL_CALLS][" + MISTRAL_A + "]"),
+                                       ("mistral", "[TOOL_CALLS]get_weather[ARGS]" + W[1])])
+def test_arguments_stream_while_they_are_written(fmt, text):
+    """Fed a character at a time: the call opens once its name and the start of its arguments
+    (v11 Mistral: its ``[ARGS]``) have arrived, then each character of the arguments is a fragment of its own, sent before
+    the call's closing markup arrives."""
+    parser, seen, opened_at, fragments = make_parser(fmt), "", None, []
+    for i, ch in enumerate(text):
+        seen += ch
+        _, deltas = parser.feed(ch, final=i == len(text) - 1)
+        for d in deltas:
+            if "id" in d:
+                opened_at = len(seen)
+            else:
+                fragments.append((len(seen), d["function"]["arguments"]))
+    args_start = text.index(W[1])
+    assert opened_at in (args_start, args_start + 1), "the call opens by the arguments' first character"
+    assert fragments == [(args_start + k + 1, c) for k, c in enumerate(W[1])]
+
+
+def test_a_v11_mistral_call_keeps_the_id_the_model_wrote():
+    _, deltas, calls = run("mistral", ["[TOOL_CALLS]get_weather[CALL_ID]a1B2c3D4e[ARGS]" + W[1]])
+    assert calls[0]["id"] == deltas[0]["id"] == "a1B2c3D4e"
+
+
+def test_pythonic_calls_cannot_be_forced():
+    from tenacia.serve.engine.sequence import InvalidRequest
+    from tenacia.serve.tools import tool_grammar
+
+    from .test_tools import WEATHER
+    with pytest.raises(InvalidRequest) as err:
+        tool_grammar("pythonic", [WEATHER], "required", True)
+    assert err.value.param == "tool_choice" and "pythonic" in str(err.value)
 
 
 def test_ids_unique_and_in_the_format_s_shape():
@@ -129,6 +195,8 @@ def test_ids_unique_and_in_the_format_s_shape():
     ("auto", "{{ '<|python_tag|>' }}{{ tools }}", "llama3_json"),
     ("auto", "{% if message.role == 'ipython' %}{{ tools }}{% endif %}", "llama3_json"),
     ("auto", "{{ tools }}", "hermes"),
+    ("auto", "[func_name1(params_name1=params_value1)] {{ tools }} {% if message.role == 'ipython' %}{% endif %}", "pythonic"),
+    ("auto", "{{ '<|python_start|>' }}{{ tools }}", "pythonic"),
     ("mistral", "{% if tools %}<tool_call>{% endif %}", "mistral"),
 ])
 def test_the_format_comes_from_the_setting_or_the_template(setting, template, fmt):

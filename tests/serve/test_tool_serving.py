@@ -20,6 +20,7 @@ from .test_tools import ASK, TIME, WEATHER, merged
 from .tiny import ServerProcess, tiny_model, train_tokenizer
 from .tool_templates import MISTRAL
 
+W_ARGS = '{"city": "Paris", "days": 3}'
 CALLS = {"hermes": (HERMES_A, "\n", HERMES_B), "llama3_json": (LLAMA_A, "; ", LLAMA_B),
          "mistral": ("[TOOL_CALLS][" + MISTRAL_A, ", ", MISTRAL_B + "]")}
 
@@ -44,6 +45,20 @@ def test_each_format_s_grammar_takes_its_own_calls_only(fmt, tokenizer):
         assert not accepts(grammars, required, CALLS[other][0] + ("]" if other == "mistral" else ""))
     content, deltas = make_parser(fmt).feed(both, final=True)
     assert content.strip() == "" and [n for n, _ in merged(deltas)] == ["get_weather", "get_time"]
+
+
+def test_a_v11_mistral_template_forces_v11_calls(tokenizer):
+    grammars = Grammars(tokenizer, tokenizer.get_vocab_size(), frozenset())
+    template = "{{ '[TOOL_CALLS]' + call.function.name + '[ARGS]' + call.function.arguments }}"
+    required = tool_grammar("mistral", [WEATHER, TIME], "required", True, template)
+    named = tool_grammar("mistral", [WEATHER, TIME], "get_weather", True, template)
+    one = "[TOOL_CALLS]get_weather[ARGS]" + W_ARGS
+    both = one + '[TOOL_CALLS]get_time[ARGS]{"zone": "UTC"}'
+    assert accepts(grammars, required, one) and accepts(grammars, required, both) and accepts(grammars, named, one)
+    assert not accepts(grammars, named, both) and not accepts(grammars, required, CALLS["mistral"][0] + "]")
+    assert not accepts(grammars, named, one.replace('"Paris"', '"Paris, France"')), "city has maxLength 8"
+    content, deltas = make_parser("mistral").feed(both, final=True)
+    assert content == "" and [n for n, _ in merged(deltas)] == ["get_weather", "get_time"]
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
     "required": ["city", "days"], "additionalProperties": False}}}
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
     "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"], "additionalProperties": False}}}
+UNCLOSABLE = {"type": "function", "function": {"name": "count", "parameters": {
+    "type": "object", "properties": {"n": {"type": "integer", "minimum": 5, "maximum": 1}}, "required": ["n"]}}}
 HERMES = (
     "{% if tools %}<|im_start|>system\nYou may call these tools:\n<tools>\n{% for t in tools %}{{ t | tojson }}\n"
     "{% endfor %}</tools>\nAnswer a call as <tool_call>\n{\"name\": ..., \"arguments\": ...}\n</tool_call><|im_end|>\n{% endif %}"
@@ -54,7 +56,8 @@ def merged(deltas: list[dict]) -> list[tuple[str, str]]:
     (CALL_A, "", [("get_weather", '{"city": "Paris", "days": 3}')]),
     (CALL_A + "\n" + CALL_B, "\n", [("get_weather", '{"city": "Paris", "days": 3}'), ("get_time", '{"zone": "UTC"}')]),
     ("Let me check. " + CALL_A, "Let me check. ", [("get_weather", '{"city": "Paris", "days": 3}')]),
-    ('<tool_call>\n{"name": "f", "arguments": {oops}\n</tool_call>', '<tool_call>\n{"name": "f", "arguments": {oops}\n</tool_call>', []),
+    ('<tool_call>\n{"name": "f", "arguments": {oops}\n</tool_call>', "", [("f", "{oops}")]),  # streamed as written
+    ('<tool_call>\n{"name": f}\n</tool_call>', '<tool_call>\n{"name": f}\n</tool_call>', []),
     ("<tool_call>\n{\"name\": \"f\"", "<tool_call>\n{\"name\": \"f\"", []),  # never closed: content
     ("no calls <tool", "no calls <tool", []),
 ])
@@ -104,6 +107,9 @@ def test_a_named_tool_choice_forces_a_valid_call_streamed_as_whole(hermes):
     deltas = [t.model_dump(exclude_none=True) for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
     assert merged(deltas) == [("get_weather", call.function.arguments)]
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    # the arguments streamed as they were generated, in many events, not as one whole at the end
+    fragments = [d["function"]["arguments"] for d in deltas if "id" not in d and d["function"]["arguments"]]
+    assert len(fragments) >= 4 and all(len(f) < len(call.function.arguments) for f in fragments), fragments
 
 
 @pytest.mark.parametrize("parallel", [True, False])
@@ -141,7 +147,8 @@ def test_bad_tool_requests_are_400s(hermes, client):
     for kwargs, param in [({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
                           ({"tool_choice": "sometimes"}, "tool_choice"),
                           ({"tools": [{"type": "function"}]}, "tools[0]"),
-                          ({"tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format")]:
+                          ({"tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
+                          ({"tools": [WEATHER, UNCLOSABLE], "tool_choice": "required"}, "tools[1].function.parameters")]:
         with pytest.raises(openai.BadRequestError) as err:
             hermes_client.chat.completions.create(**{"model": "hermes", "messages": ASK, "tools": [WEATHER],
                                                      "max_tokens": 2, **kwargs})

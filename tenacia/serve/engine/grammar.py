@@ -11,6 +11,8 @@ Python, and its mask kernels are written for GPUs.
 Contract:
 - ``compile_format`` runs in the server process and needs no tokenizer: a ``response_format``
   -> an llguidance grammar string, or ``InvalidRequest`` naming what is wrong ("text" -> None).
+  A schema no finite value satisfies is refused first, naming the place and why
+  (``refuse_unclosable``, ``schema_closure.py``).
   JSON is compact (", " and ": " between items, no other whitespace), so a model cannot wander
   into endless whitespace.
 - ``Grammars`` runs in the engine: its tokenizer view is built once (``prepare``; ~1.5 s for a
@@ -29,6 +31,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
+from .schema_closure import why_unclosable
 from .sequence import InvalidRequest, Sequence
 
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -54,6 +57,7 @@ def compile_format(response_format: Any, param: str = "response_format") -> str 
             raise InvalidRequest(f"{param}.json_schema", f"{param}.json_schema must be an object "
                                  "{'name': ..., 'schema': {...}, 'strict': true}")
         schema = spec.get("schema", {})
+    refuse_unclosable(schema, f"{param}.json_schema.schema")
     try:
         grammar = LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_OPTIONS)
     except ValueError as e:
@@ -63,6 +67,18 @@ def compile_format(response_format: Any, param: str = "response_format") -> str 
         raise InvalidRequest(f"{param}.json_schema.schema",
                              f"the JSON schema cannot be enforced: {messages[0]}")
     return grammar
+
+
+def refuse_unclosable(schema: Any, param: str) -> None:
+    """InvalidRequest naming the place in ``schema`` that no finite JSON value can satisfy
+    (``schema_closure.py``): refused before generating, not found at ``max_tokens``."""
+    try:
+        failure = why_unclosable(schema)
+    except RecursionError:
+        raise InvalidRequest(param, "the JSON schema nests too deeply") from None
+    if failure is not None:
+        where, why = failure
+        raise InvalidRequest(param, f"the JSON schema cannot close (no finite JSON value satisfies it): at {where}, {why}")
 
 
 class Grammars:

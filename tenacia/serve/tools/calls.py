@@ -1,22 +1,29 @@
 """What every tool-call format shares: a parser's output (OpenAI ``tool_calls`` deltas), the
-call objects models write, and a scanner for calls written as a run of JSON objects.
+call objects models write, and the reading of a call whose arguments stream as they arrive.
 
 Contract of every ``ToolCallParser`` (``feed(text, final)`` -> (content, deltas)):
 - It reads one choice's text as it arrives, in pieces cut anywhere. Text that is no call is
-  content; text that may still become a call is held until it is decided (a partial tag, a JSON
-  object not closed yet), at the latest until ``final``.
-- A call is released only once its JSON is complete and valid, as two deltas: ``index``, ``id``,
-  ``type`` and ``name`` with empty ``arguments``, then the whole ``arguments`` string. The answer
-  is therefore the same however the text was cut: streamed fragments concatenate to exactly the
-  non-streamed ``calls``, and what is content streamed is content whole. Text that fails to
-  parse as a call (malformed JSON, an object without a name, a call never closed) is content,
-  markup included.
+  content; text that may still become a call is held until it is decided (a partial tag, a call
+  object whose head has not arrived yet), at the latest until ``final``.
+- A call opens with one delta (``index``, ``id``, ``type``, ``name``, empty ``arguments``); its
+  arguments follow as fragments. A call object whose head reads ``{"name": "...", "arguments":
+  {`` (or ``"parameters"``) opens as soon as that head has arrived, and its arguments then
+  stream as the model writes them (``open_call``, ``stream_call``): the text of the arguments
+  object as written, up to its closing brace; the rest of the call object is markup. Any other
+  call object (keys in another order, arguments as a JSON string) is read whole, then released
+  as the opening delta and one fragment. Each format says what it does with text that fails to
+  be a call (it is content, markup included, unless a call had opened already).
+- The answer is the same however the text was cut: each piece is read as far as it decides,
+  streamed fragments concatenate to exactly the non-streamed ``calls`` (which are built from the
+  same fragments), and what is content streamed is content whole. A call cut off by the end of
+  the answer keeps the arguments written so far (OpenAI's own calls may be invalid JSON).
 - ``parallel=False`` keeps the first call and drops the others.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import string
 import uuid
@@ -24,20 +31,66 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.grammar import JSON_OPTIONS
+from ..reasoning import partial_suffix
 
 WAIT, FAIL = "wait", "fail"  # a scan's verdicts: more text may decide it; it is no call
 _DECODER = json.JSONDecoder()
 _ALNUM = string.ascii_letters + string.digits
+# the head of a call object whose arguments can stream: name first, then an arguments object
+HEAD = re.compile(r'\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)+")\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)')
+
+
+@dataclass(slots=True)
+class Nesting:
+    """Where a JSON value written as text ends: braces and brackets counted outside strings."""
+
+    depth: int = 0
+    in_string: bool = False
+    escaped: bool = False
+
+    def scan(self, text: str, start: int, stop: int) -> int | None:
+        """Read ``text[start:stop]``; the index after the character that closes the value, or
+        None when the value is still open at ``stop``."""
+        for i in range(start, stop):
+            c = text[i]
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif c == "\\":
+                    self.escaped = True
+                elif c == '"':
+                    self.in_string = False
+            elif c == '"':
+                self.in_string = True
+            elif c in "{[":
+                self.depth += 1
+            elif c in "}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    return i + 1
+        return None
+
+
+@dataclass(slots=True)
+class OpenCall:
+    """A call whose arguments are streaming: its index (None: dropped, ``parallel`` is off), and
+    the nesting of its arguments ("arguments"), then of the rest of its call object ("rest")."""
+
+    index: int | None
+    nesting: Nesting = field(default_factory=Nesting)
+    phase: str = "arguments"
 
 
 @dataclass(slots=True)
 class ToolCallParser:
     """One choice's text -> content and tool-call deltas (module docstring). Subclasses write
-    ``feed``; ``emit`` turns a parsed call into its deltas."""
+    ``feed``; ``emit`` releases a call read whole, ``begin`` and ``fragment`` one whose arguments
+    stream (``start_call`` and ``stream_call`` read call objects with them)."""
 
     parallel: bool = True
     buffer: str = ""
     calls: list[dict] = field(default_factory=list)
+    streaming: OpenCall | None = None  # the call whose arguments are arriving
 
     def feed(self, text: str, final: bool = False) -> tuple[str, list[dict]]:
         raise NotImplementedError
@@ -54,6 +107,71 @@ class ToolCallParser:
         self.calls.append(call)
         return [{"index": index, "id": call["id"], "type": "function", "function": {"name": name, "arguments": ""}},
                 {"index": index, "function": {"arguments": arguments}}]
+
+    def begin(self, name: str, call_id: str | None = None) -> list[dict]:
+        """Open a call whose arguments will stream: its opening delta (none when dropped)."""
+        if self.calls and not self.parallel:
+            self.streaming = OpenCall(None)
+            return []
+        self.streaming = OpenCall(len(self.calls))
+        call = {"id": call_id or self.new_id(), "type": "function", "function": {"name": name, "arguments": ""}}
+        self.calls.append(call)
+        return [{"index": self.streaming.index, "id": call["id"], "type": "function",
+                 "function": {"name": name, "arguments": ""}}]
+
+    def fragment(self, text: str) -> list[dict]:
+        """Add ``text`` to the open call's arguments: its delta (none when empty or dropped)."""
+        if not text or self.streaming is None or self.streaming.index is None:
+            return []
+        self.calls[self.streaming.index]["function"]["arguments"] += text
+        return [{"index": self.streaming.index, "function": {"arguments": text}}]
+
+    def start_call(self, pos: int, final: bool, keys: tuple[str, ...]) -> tuple[int, list[dict]] | str:
+        """A call object at ``pos`` of the buffer: (where reading goes on, its deltas), WAIT or
+        FAIL. Its head opens a streaming call (reading goes on at its arguments: call
+        ``stream_call``); else it is read whole once it closes (reading goes on after it)."""
+        head = HEAD.match(self.buffer, pos)
+        if head:
+            try:
+                name = json.loads(head.group(1))
+            except ValueError:
+                return FAIL
+            return head.end(), self.begin(name)
+        found = decode_object(self.buffer, pos, final)
+        if found in (WAIT, FAIL):
+            return found
+        call = as_call(found[0], keys)
+        return FAIL if call is None else (found[1], self.emit(*call))
+
+    def stream_call(self, final: bool, fence: str | None = None, value: bool = False) -> tuple[list[dict], bool]:
+        """Read the buffer into the open call: (its argument fragments, whether it is over). It
+        is over when its call object closes (the buffer then starts after it), at ``fence``
+        (a tag that ends a call wherever it is; a partial one is held back), or at ``final``.
+        ``value``: the arguments are a bare JSON value, with no call object around them."""
+        call, text = self.streaming, self.buffer
+        stop, fenced = len(text), False
+        if fence is not None:
+            at = text.find(fence)
+            if at >= 0:
+                stop, fenced = at, True
+            elif not final:
+                stop -= partial_suffix(text, fence)
+        deltas, pos, closed = [], 0, False
+        if call.phase == "arguments":
+            end = call.nesting.scan(text, 0, stop)
+            pos = stop if end is None else end
+            deltas = self.fragment(text[:pos])
+            if end is not None:
+                call.phase, call.nesting = "rest", Nesting(depth=1)
+                closed = value
+        if call.phase == "rest" and not closed:
+            end = call.nesting.scan(text, pos, stop)
+            pos, closed = (stop, False) if end is None else (end, True)
+        self.buffer = text[pos:]
+        over = closed or fenced or final
+        if over:
+            self.streaming = None
+        return deltas, over
 
 
 def mistral_id() -> str:

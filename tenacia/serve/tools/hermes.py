@@ -1,53 +1,62 @@
 """The Hermes / Qwen format: each call is a block ``<tool_call>\\n{"name": ..., "arguments":
 {...}}\\n</tool_call>``, anywhere in the answer, any number of them; text around blocks is content.
 
-A block is held from its ``<tool_call>`` until its ``</tool_call>``, then parsed whole (a block
-whose JSON is no call, or that never closes, stays content, tags included)."""
+After ``<tool_call>`` the call object is read as ``calls.py`` says (its arguments streaming once
+its head has arrived); ``</tool_call>`` ends a call wherever it comes. A block whose object is
+no call (malformed before its arguments, no name), or that ends before its head, is content,
+tags included."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from ..reasoning import partial_suffix
-from .calls import ToolCallParser, as_call, calls_json
+from .calls import FAIL, WAIT, ToolCallParser, calls_json, expect, skip_ws
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+KEYS = ("arguments", "parameters")
 
 
 @dataclass(slots=True)
 class HermesParser(ToolCallParser):
+    state: str = "text"  # "text": between blocks; "block": after <tool_call>; "call": arguments streaming; "close": before </tool_call>
+
     def feed(self, text: str, final: bool = False) -> tuple[str, list[dict]]:
         self.buffer += text
         content, deltas = "", []
-        while self.buffer:
-            start = self.buffer.find(OPEN)
-            if start < 0:
-                keep = 0 if final else partial_suffix(self.buffer, OPEN)
-                content += self.buffer[:len(self.buffer) - keep]
-                self.buffer = self.buffer[len(self.buffer) - keep:]
-                break
-            content += self.buffer[:start]
-            self.buffer = self.buffer[start:]
-            end = self.buffer.find(CLOSE)
-            if end < 0:
-                if final:
-                    content, self.buffer = content + self.buffer, ""
-                break
-            block, self.buffer = self.buffer[:end + len(CLOSE)], self.buffer[end + len(CLOSE):]
-            call = _parse(block[len(OPEN):-len(CLOSE)])
-            if call is None:
-                content += block
-            else:
-                deltas += self.emit(*call)
+        while True:
+            if self.state == "text":
+                start = self.buffer.find(OPEN)
+                if start < 0:
+                    keep = 0 if final else partial_suffix(self.buffer, OPEN)
+                    content += self.buffer[:len(self.buffer) - keep]
+                    self.buffer = self.buffer[len(self.buffer) - keep:]
+                    break
+                content += self.buffer[:start]
+                self.buffer, self.state = self.buffer[start + len(OPEN):], "block"
+            elif self.state == "block":
+                step = self.start_call(skip_ws(self.buffer, 0), final, KEYS)
+                if step == WAIT:
+                    break
+                if step == FAIL:  # no call: the tag is content, and what follows is read as text
+                    content, self.state = content + OPEN, "text"
+                else:
+                    end, opened = step
+                    self.buffer, self.state = self.buffer[end:], "call" if self.streaming else "close"
+                    deltas += opened
+            elif self.state == "call":
+                fragments, over = self.stream_call(final, fence=CLOSE)
+                deltas += fragments
+                if not over:
+                    break
+                self.state = "close"
+            else:  # "close": whitespace, then the closing tag
+                pos = skip_ws(self.buffer, 0)
+                end = expect(self.buffer, pos, CLOSE, final)
+                if end == WAIT:
+                    break
+                self.buffer, self.state = self.buffer[pos if end == FAIL else end:], "text"
         return content, deltas
-
-
-def _parse(body: str) -> tuple[str, str] | None:
-    try:
-        return as_call(json.loads(body))
-    except ValueError:
-        return None
 
 
 def grammar(tools: list[dict], parallel: bool) -> str:

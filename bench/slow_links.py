@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +62,7 @@ TENACIA_ARMS = {
     "streaming": ["replicas.sync=streaming"],
     "streaming-int4": ["replicas.sync=streaming", "replicas.outer.quantize=int4"],
 }
+EXIT_GRACE_S = 60.0  # how long a tenacia arm may take to exit after its last step
 TORCHFT_ARMS = ("torchft-diloco", "torchft-streaming", "torchft-localsgd")
 DEFAULT_ARMS = ("ddp", "diloco", "streaming", "streaming-int4", "torchft-diloco", "torchft-localsgd")
 
@@ -128,15 +130,48 @@ def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None
     cmd = train if rtt_ms is None else [sys.executable, "-m", "tenacia", "chaos", "link", "--mtu", "9000",
                                         *link_flags(rtt_ms, rate_mbit), "--", *train]
     out.mkdir(parents=True, exist_ok=True)
+    last = int(next(o for o in tenacia_steps(arm, a) if o.startswith("train.steps=")).split("=")[1])
     with open(out / "launcher.log", "wb") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=a.timeout).returncode
-    if code != 0:
+        code, lingered = run_to_last_step(cmd, log, run, last, a.timeout)
+    if code != 0 and lingered is None:
         return {"error": f"exit {code}; see {out / 'launcher.log'}"}
     steps, evals = metrics(run)
     t0 = steps[0]["t"]  # from the first commit (start-up and the first step's rendezvous not counted)
     sent = sent_bytes(run) if rtt_ms is not None else None
-    return summarize(steps, evals, t0, sum(e["tokens"] for e in steps[1:]), sent, target, ceiling,
-                     all_tokens=sum(e["tokens"] for e in steps))
+    r = summarize(steps, evals, t0, sum(e["tokens"] for e in steps[1:]), sent, target, ceiling,
+                  all_tokens=sum(e["tokens"] for e in steps))
+    if lingered is not None:
+        r["stopped"] = f"still running {lingered:.0f} s after its last step: stopped (exit {code})"
+    return r
+
+
+def run_to_last_step(cmd: list[str], log: Any, run: Path, last: int, timeout: float) -> tuple[int, float | None]:
+    """Run ``cmd``; once step ``last`` committed, give it ``EXIT_GRACE_S`` to exit, then SIGTERM it
+    (``tenacia chaos link`` and the launcher both stop cleanly on it) and SIGKILL its session after
+    as long again. Returns (exit code, None) or, when it had to be stopped, (exit code, seconds it
+    ran on after its last step). Why: on this shared 2-core machine a replica once took itself for
+    frozen after the last step and waited for a quorum of peers that had already finished."""
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    start, done_at = time.monotonic(), None
+    while True:
+        try:
+            return proc.wait(timeout=5), None
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() - start > timeout:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait(), time.monotonic() - (done_at or start)
+        if done_at is None and (run / "events.jsonl").exists() and any(
+                e["event"] == "step_committed" and e["step"] == last for e in read_events(run / "events.jsonl")):
+            done_at = time.monotonic()
+        if done_at is not None and time.monotonic() - done_at > EXIT_GRACE_S:
+            lingered = time.monotonic() - done_at
+            proc.terminate()
+            try:
+                return proc.wait(timeout=EXIT_GRACE_S), lingered
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                return proc.wait(), lingered
 
 
 def ceiling_run(a: argparse.Namespace, out: Path) -> float:

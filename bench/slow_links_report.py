@@ -115,7 +115,8 @@ def markdown(result: dict[str, Any]) -> str:
                 continue
             lines.append(f"{head} {r['tokens_per_s']:,.0f} | {f(r['utilization'], '.1%')} | "
                          f"{f(r['bytes_per_token'], ',.1f')} | {f(r['eval_loss'], '.4f')} | "
-                         f"{f(r['time_to_target_s'], '.1f')} | {f(r.get('load'), '.1f')} |")
+                         f"{f(r['time_to_target_s'], '.1f')} | {f(r.get('load'), '.1f')} |"
+                         + (f" {r['stopped']}" if r.get("stopped") else ""))
     quotas = result.get("quotas")
     if quotas:
         lines += ["", f"CPU quotas {quotas['quotas']}: solo tokens/s "

@@ -71,7 +71,11 @@ def tenacia_common(a: argparse.Namespace) -> list[str]:
     return [f"model.preset={a.preset}", f"data.seq_len={a.seq_len}", "data.max_bytes=2000000",
             f"train.micro_batch_size={a.batch}", "train.progress=false", "device.threads=1",
             "checkpoint.every=0", f"train.eval_batches={a.eval_batches}", "optim.warmup_steps=10",
-            f"replicas.outer.inner_steps={a.inner_steps}", f"replicas.outer.fragments={a.fragments}"]
+            f"replicas.outer.inner_steps={a.inner_steps}", f"replicas.outer.fragments={a.fragments}",
+            # the first quorum's hang bound is this floor (no step measured yet) and a quorum that
+            # never changes keeps it: 0.5 s made the leader's replica, slow under load to read the
+            # final stop, take itself for frozen and wait for finished peers (docs/benchmarks.md)
+            "replicas.hang_floor_s=10"]
 
 
 def tenacia_steps(arm: str, a: argparse.Namespace) -> list[str]:

@@ -379,7 +379,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = ROOT / "bench" / "results" / f"slow_links-{stamp}"
     result: dict[str, Any] = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(),
-                              "args": {k: v for k, v in vars(a).items()}}
+                              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}}
     for section in a.sections.split(","):
         result[section] = {"links": section_links, "quotas": section_quotas}[section](a, out / section)
         (out.parent / f"slow_links-{stamp}.json").write_text(json.dumps(result, indent=1))

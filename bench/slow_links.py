@@ -62,6 +62,8 @@ TENACIA_ARMS = {
     "streaming": ["replicas.sync=streaming"],
     "streaming-int4": ["replicas.sync=streaming", "replicas.outer.quantize=int4"],
 }
+TORCHFT_FP32 = ("torchft arms: fp32 exchange. torchft's quantized exchange is unavailable on CPU: Manager.allreduce "
+                "quantizes only when Triton is importable (torchft/quantization.py imports it) and otherwise sends fp32")
 EXIT_GRACE_S = 60.0  # how long a tenacia arm may take to exit after its last step
 TORCHFT_ARMS = ("torchft-diloco", "torchft-streaming", "torchft-localsgd")
 DEFAULT_ARMS = ("ddp", "diloco", "streaming", "streaming-int4", "torchft-diloco", "torchft-localsgd")
@@ -151,10 +153,9 @@ def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None
 
 def run_to_last_step(cmd: list[str], log: Any, run: Path, last: int, timeout: float) -> tuple[int, float | None]:
     """Run ``cmd``; once step ``last`` committed, give it ``EXIT_GRACE_S`` to exit, then SIGTERM it
-    (``tenacia chaos link`` and the launcher both stop cleanly on it) and SIGKILL its session after
-    as long again. Returns (exit code, None) or, when it had to be stopped, (exit code, seconds it
-    ran on after its last step). Why: on this shared 2-core machine a replica once took itself for
-    frozen after the last step and waited for a quorum of peers that had already finished."""
+    (``tenacia chaos link`` and the launcher stop cleanly on it), SIGKILL its session after as long
+    again. Returns (exit code, None), or (exit code, seconds it ran on after its last step) when
+    stopped: a replica once took itself for frozen after the last step (docs/benchmarks.md)."""
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     start, done_at = time.monotonic(), None
     while True:
@@ -290,6 +291,9 @@ def section_links(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     torchft = [x for x in a.arms if x in TORCHFT_ARMS]
     res["target_peers"] = peers_reference(a, out / "ref-peers") if torchft else None
     print(f"ceiling {ceiling:.0f} tokens/s; targets: tenacia {res['target_tenacia']}, peers {res['target_peers']}")
+    if torchft:
+        res["torchft_note"] = TORCHFT_FP32
+        print(TORCHFT_FP32, flush=True)
     res["runs"] = []
     for rate in a.rates:
         for rtt in a.rtts:

@@ -26,16 +26,16 @@ torchft runs from its own venv (bench/.venvs/torchft, made by bench/faults.py). 
 exchange imports Triton, absent from a CPU install of torch: the torchft arms run fp32 (the worker
 refuses ``--quantize`` rather than fall back silently).
 
-Status (2026-12-03): the tenacia arms, the ceiling and both references ran in a 2-replica smoke
-run; the torchft arms do not yet sync inside the lab's namespaces (its process group configures,
-then gloo's first receive times out after 60 s each round: under investigation), and no full run
-has been recorded in docs/benchmarks.md.
+The goals of the issue are judged, the Markdown tables printed and the plot (tokens/s and eval loss
+against round trip) drawn by bench/slow_links_report.py, which redoes them from a stored JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -50,6 +50,7 @@ sys.path[:0] = [str(ROOT), str(PEERS), str(ROOT / "bench")]
 from arms import Procs, lighthouse_port, records  # noqa: E402
 from faults import ensure_torchft_venv, worker_env  # noqa: E402
 from numeric_faults import cpu_model  # noqa: E402
+from slow_links_report import goals, markdown, plot  # noqa: E402
 
 from tenacia.events import read_events  # noqa: E402
 
@@ -61,6 +62,9 @@ TENACIA_ARMS = {
     "streaming": ["replicas.sync=streaming"],
     "streaming-int4": ["replicas.sync=streaming", "replicas.outer.quantize=int4"],
 }
+TORCHFT_FP32 = ("torchft arms: fp32 exchange. torchft's quantized exchange is unavailable on CPU: Manager.allreduce "
+                "quantizes only when Triton is importable (torchft/quantization.py imports it) and otherwise sends fp32")
+EXIT_GRACE_S = 60.0  # how long a tenacia arm may take to exit after its last step
 TORCHFT_ARMS = ("torchft-diloco", "torchft-streaming", "torchft-localsgd")
 DEFAULT_ARMS = ("ddp", "diloco", "streaming", "streaming-int4", "torchft-diloco", "torchft-localsgd")
 
@@ -69,7 +73,11 @@ def tenacia_common(a: argparse.Namespace) -> list[str]:
     return [f"model.preset={a.preset}", f"data.seq_len={a.seq_len}", "data.max_bytes=2000000",
             f"train.micro_batch_size={a.batch}", "train.progress=false", "device.threads=1",
             "checkpoint.every=0", f"train.eval_batches={a.eval_batches}", "optim.warmup_steps=10",
-            f"replicas.outer.inner_steps={a.inner_steps}", f"replicas.outer.fragments={a.fragments}"]
+            f"replicas.outer.inner_steps={a.inner_steps}", f"replicas.outer.fragments={a.fragments}",
+            # the first quorum's hang bound is this floor (no step measured yet) and a quorum that
+            # never changes keeps it: 0.5 s made the leader's replica, slow under load to read the
+            # final stop, take itself for frozen and wait for finished peers (docs/benchmarks.md)
+            "replicas.hang_floor_s=10"]
 
 
 def tenacia_steps(arm: str, a: argparse.Namespace) -> list[str]:
@@ -128,15 +136,47 @@ def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None
     cmd = train if rtt_ms is None else [sys.executable, "-m", "tenacia", "chaos", "link", "--mtu", "9000",
                                         *link_flags(rtt_ms, rate_mbit), "--", *train]
     out.mkdir(parents=True, exist_ok=True)
+    last = int(next(o for o in tenacia_steps(arm, a) if o.startswith("train.steps=")).split("=")[1])
     with open(out / "launcher.log", "wb") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=a.timeout).returncode
-    if code != 0:
+        code, lingered = run_to_last_step(cmd, log, run, last, a.timeout)
+    if code != 0 and lingered is None:
         return {"error": f"exit {code}; see {out / 'launcher.log'}"}
     steps, evals = metrics(run)
     t0 = steps[0]["t"]  # from the first commit (start-up and the first step's rendezvous not counted)
     sent = sent_bytes(run) if rtt_ms is not None else None
-    return summarize(steps, evals, t0, sum(e["tokens"] for e in steps[1:]), sent, target, ceiling,
-                     all_tokens=sum(e["tokens"] for e in steps))
+    r = summarize(steps, evals, t0, sum(e["tokens"] for e in steps[1:]), sent, target, ceiling,
+                  all_tokens=sum(e["tokens"] for e in steps))
+    if lingered is not None:
+        r["stopped"] = f"still running {lingered:.0f} s after its last step: stopped (exit {code})"
+    return r
+
+
+def run_to_last_step(cmd: list[str], log: Any, run: Path, last: int, timeout: float) -> tuple[int, float | None]:
+    """Run ``cmd``; once step ``last`` committed, give it ``EXIT_GRACE_S`` to exit, then SIGTERM it
+    (``tenacia chaos link`` and the launcher stop cleanly on it), SIGKILL its session after as long
+    again. Returns (exit code, None), or (exit code, seconds it ran on after its last step) when
+    stopped: a replica once took itself for frozen after the last step (docs/benchmarks.md)."""
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    start, done_at = time.monotonic(), None
+    while True:
+        try:
+            return proc.wait(timeout=5), None
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() - start > timeout:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait(), time.monotonic() - (done_at or start)
+        if done_at is None and (run / "events.jsonl").exists() and any(
+                e["event"] == "step_committed" and e["step"] == last for e in read_events(run / "events.jsonl")):
+            done_at = time.monotonic()
+        if done_at is not None and time.monotonic() - done_at > EXIT_GRACE_S:
+            lingered = time.monotonic() - done_at
+            proc.terminate()
+            try:
+                return proc.wait(timeout=EXIT_GRACE_S), lingered
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                return proc.wait(), lingered
 
 
 def ceiling_run(a: argparse.Namespace, out: Path) -> float:
@@ -198,12 +238,13 @@ def torchft_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float, rate_
         sent = sum(c["sent_bytes"] for c in lab.counters())
     if any(codes):
         return {"error": f"worker exit codes {codes}; see {out}"}
-    recs = records(log)
-    steps_0 = [x for x in recs if x["event"] == "worker_step" and x["replica"] == 0]
-    t0 = min(x["t"] for x in recs if x["event"] == "worker_step")
-    trained = sum(x["tokens"] for x in recs if x["event"] == "worker_step")
-    evals = [{"t": x["t"], "eval_loss": x["eval_loss"]} for x in recs if x["event"] == "worker_eval"]
-    return summarize([{"t": max(x["t"] for x in steps_0)}], evals, t0, trained, sent, target, ceiling)
+    # as for tenacia's diloco arms, from the end of the first round (its sync done) to the last step
+    steps_done = [x for x in records(log) if x["event"] == "worker_step"]
+    t0 = min(x["t"] for x in steps_done if x["step"] == a.inner_steps)
+    trained = sum(x["tokens"] for x in steps_done if x["step"] > a.inner_steps)
+    evals = [{"t": x["t"], "eval_loss": x["eval_loss"]} for x in records(log) if x["event"] == "worker_eval"]
+    return summarize([{"t": max(x["t"] for x in steps_done)}], evals, t0, trained, sent, target, ceiling,
+                     all_tokens=sum(x["tokens"] for x in steps_done))
 
 
 def peers_reference(a: argparse.Namespace, out: Path) -> float:
@@ -240,25 +281,39 @@ HEADER = f"{'arm':<22} {'tokens/s':>9} {'util':>7} {'bytes/token':>11} {'eval':>
 
 
 def section_links(a: argparse.Namespace, out: Path) -> dict[str, Any]:
-    res: dict[str, Any] = {"ceiling_tokens_per_s": ceiling_run(a, out / "ceiling")}
-    ceiling = res["ceiling_tokens_per_s"]
+    # other jobs share this machine's cores: the ceiling is measured before and after the arms,
+    # and the arms are judged against the mean (both, and each run's load average, are recorded)
+    first = ceiling_run(a, out / "ceiling")
+    res: dict[str, Any] = {"ceiling_tokens_per_s": first, "ceilings": [first]}
+    ceiling = first
     ref = tenacia_run("ddp", a, out / "ref-tenacia", None, 0, None, ceiling)
     res["target_tenacia"] = ref.get("eval_loss")
     torchft = [x for x in a.arms if x in TORCHFT_ARMS]
     res["target_peers"] = peers_reference(a, out / "ref-peers") if torchft else None
     print(f"ceiling {ceiling:.0f} tokens/s; targets: tenacia {res['target_tenacia']}, peers {res['target_peers']}")
+    if torchft:
+        res["torchft_note"] = TORCHFT_FP32
+        print(TORCHFT_FP32, flush=True)
     res["runs"] = []
     for rate in a.rates:
         for rtt in a.rtts:
             print(f"\n{rtt:g} ms round trip, {rate:g} Mbit/s\n{HEADER}", flush=True)
             for arm in a.arms:
                 where = out / f"{arm}-{rate:g}mbit-{rtt:g}ms"
+                load = os.getloadavg()[0]
                 if arm in TORCHFT_ARMS:
                     r = torchft_run(arm, a, where, rtt, rate, res["target_peers"], ceiling)
                 else:
                     r = tenacia_run(arm, a, where, rtt, rate, res["target_tenacia"], ceiling)
-                res["runs"].append({"arm": arm, "rtt_ms": rtt, "rate_mbit": rate, **r})
+                res["runs"].append({"arm": arm, "rtt_ms": rtt, "rate_mbit": rate, "load": load, **r})
                 print(row(arm, r), flush=True)
+    res["ceilings"].append(ceiling_run(a, out / "ceiling-after"))
+    res["ceiling_tokens_per_s"] = statistics.mean(res["ceilings"])
+    for r in res["runs"]:
+        if "error" not in r:
+            r["utilization"] = r["tokens_per_s"] / res["ceiling_tokens_per_s"]
+    print(f"\nceiling after the arms {res['ceilings'][1]:.0f} tokens/s (before {first:.0f}): "
+          "utilization is over their mean", flush=True)
     return res
 
 
@@ -285,9 +340,10 @@ def section_quotas(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     print(f"\nCPU quotas {a.quotas}: solo tokens/s {[round(s) for s in solos]}, sum {sum(solos):.0f}\n{HEADER}")
     quota_list = "[" + ", ".join(f"{q:g}" for q in a.quotas) + "]"
     for arm in ("diloco", "ddp"):
+        load = os.getloadavg()[0]
         r = tenacia_run(arm, a, out / f"quotas-{arm}", None, 0, None, sum(solos),
                         extra=[f"chaos.cpu_quotas={quota_list}"])
-        res["runs"].append({"arm": arm, **r})
+        res["runs"].append({"arm": arm, "load": load, **r})
         print(row(arm, r), flush=True)
     return res
 
@@ -302,29 +358,42 @@ def main() -> None:
     p.add_argument("--preset", default="micro")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch", type=int, default=8, help="samples per replica per (inner) step")
-    p.add_argument("--tokens", type=int, default=1_200_000, help="the token budget of every arm")
+    p.add_argument("--tokens", type=int, default=1_228_800, help="the token budget of every arm")
     p.add_argument("--inner-steps", type=int, default=20, help="H")
     p.add_argument("--fragments", type=int, default=4, help="streaming: fragments synced in turn")
     p.add_argument("--eval-every", type=int, default=150_000, help="tokens between evals")
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--quotas", default="0.5,0.5,0.25,0.125")
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--png", type=Path, help="the plot (default: beside the JSON)")
     a = p.parse_args()
     a.arms = [x for x in a.arms.split(",") if x]
     unknown = [x for x in a.arms if x not in TENACIA_ARMS and x not in TORCHFT_ARMS]
     if unknown:
         p.error(f"unknown arms {unknown}; allowed: {', '.join([*TENACIA_ARMS, *TORCHFT_ARMS])}")
+    round_tokens = a.replicas * a.batch * a.seq_len * a.inner_steps
+    if a.tokens % round_tokens:
+        p.error(f"--tokens {a.tokens} must be a multiple of replicas x batch x seq-len x inner-steps = {round_tokens} "
+                "(every arm trains the same tokens, in whole rounds)")
     a.rtts = [0, 10, 50, 100, 200] if a.full else [0, 100]
     a.rates = [100, 1000] if a.full else [100]
     a.quotas = [float(x) for x in a.quotas.split(",")]
+    if "quotas" in a.sections.split(",") and len(a.quotas) != a.replicas:
+        p.error(f"--quotas has {len(a.quotas)} entries; it needs one per replica ({a.replicas})")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = ROOT / "bench" / "results" / f"slow_links-{stamp}"
     result: dict[str, Any] = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(),
-                              "args": {k: v for k, v in vars(a).items()}}
+                              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}}
     for section in a.sections.split(","):
         result[section] = {"links": section_links, "quotas": section_quotas}[section](a, out / section)
         (out.parent / f"slow_links-{stamp}.json").write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {out.parent / f'slow_links-{stamp}.json'}")
+    result["goals"] = goals(result)
+    path = out.parent / f"slow_links-{stamp}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"\n{markdown(result)}\n\nwrote {path}")
+    png = plot(result, a.png or out.parent / f"slow_links-{stamp}.png")
+    if png:
+        print(f"wrote {png}")
 
 
 if __name__ == "__main__":

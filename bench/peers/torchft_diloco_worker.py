@@ -1,13 +1,16 @@
 """One torchft replica training the shared workload with torchft's low-communication sync:
 ``--algo localsgd`` (average the weights every H steps) or ``--algo diloco`` (an outer Nesterov
 SGD step on the averaged pseudo-gradient every H steps; ``--fragments F > 1`` is its Streaming
-DiLoCo, fragments synced in turn).
+DiLoCo, one fragment synced every H steps, as in tenacia's streaming).
 
 Run by bench/slow_links.py from its own venv (bench/.venvs/torchft) with TORCHFT_LIGHTHOUSE set;
 the replica hosts its own replica-group TCPStore on port 0 (on ``--host``, its address on the
 emulated link). torchft advertises ``socket.gethostname()`` to its peers (its manager server, its
-process group's store); in a lab namespace the machine's name resolves to no lab address, so the
-worker answers ``--host`` for its host name. torchft's quantized exchange (``should_quantize``) imports Triton, which a CPU
+process group's store, its checkpoint server); in a lab namespace the machine's name resolves to
+no lab address (here to 127.0.0.1, the node's own loopback), so the worker answers ``--host`` for
+its host name and passes ``hostname=--host`` to ``Manager``, whose default for it is
+``socket.gethostname()`` evaluated when torchft is imported, before any patch (the peers' healing
+at the first quorum then dialled ``http://<machine name>:port``: refused, every round). torchft's quantized exchange (``should_quantize``) imports Triton, which a CPU
 install of torch does not have: ``--quantize`` is refused here rather than silently dropped.
 The inner step is the workload's AdamW; the outer optimizer is SGD(lr, momentum, nesterov), as
 DiLoCo's paper and torchft's examples use.
@@ -65,13 +68,29 @@ def main() -> None:
 
 
 def fragments(model: torch.nn.Module, n: int) -> list[torch.nn.Module]:
-    """``n`` contiguous groups of the model's top-level blocks (embedding, layers..., head), each
-    wrapped as one module, as torchft's Streaming DiLoCo wants its fragments."""
-    blocks = list(model.children())
-    layers = [m for m in blocks if isinstance(m, torch.nn.ModuleList)]
-    units = [*(m for m in blocks if not isinstance(m, torch.nn.ModuleList)), *(x for ml in layers for x in ml)]
-    size = -(-len(units) // n)
-    return [torch.nn.ModuleList(units[i:i + size]) for i in range(0, len(units), size)][:n]
+    """The model's parameters cut into ``n`` fragments, each wrapped as one module (what torchft's
+    Streaming DiLoCo wants): tenacia's rule (``tenacia.train.outer.split_fragments``, which this
+    venv cannot import: it needs safetensors), i.e. the parameter tensors in model order (a tied
+    weight once) in ``n`` contiguous, non-empty groups of about equal element counts, so that both
+    streaming arms sync the same fragments. A fragment per top-level block would cut the micro
+    preset into 3 and put its tied embedding in two fragments."""
+    named = list(model.named_parameters())
+    if n > len(named):
+        raise SystemExit(f"--fragments {n} but the model has only {len(named)} parameter tensors")
+    total, acc, groups = sum(p.numel() for _, p in named), 0, [[]]
+    for i, (name, p) in enumerate(named):
+        to_open = n - len(groups)
+        if groups[-1] and to_open and (acc * n >= len(groups) * total or len(named) - i == to_open):
+            groups.append([])
+        groups[-1].append((name, p))
+        acc += p.numel()
+    out = []
+    for group in groups:
+        m = torch.nn.Module()
+        for name, p in group:
+            m.register_parameter(name.replace(".", "_"), p)
+        out.append(m)
+    return out
 
 
 def train(args: argparse.Namespace, log: Log) -> None:
@@ -97,13 +116,15 @@ def train(args: argparse.Namespace, log: Log) -> None:
     timeout = timedelta(seconds=args.timeout_s)
     manager = Manager(
         pg=ProcessGroupGloo(timeout=timeout), min_replica_size=1, load_state_dict=load_state_dict,
-        state_dict=state_dict, replica_id=f"bench_{args.replica}", store_addr=args.host,
+        state_dict=state_dict, replica_id=f"bench_{args.replica}", store_addr=args.host, hostname=args.host,
         store_port=store.port, rank=0, world_size=1, lighthouse_addr=os.environ["TORCHFT_LIGHTHOUSE"],
         timeout=timeout, quorum_timeout=timedelta(seconds=120), use_async_quorum=False)
     if args.algo == "localsgd":
         sync = LocalSGD(manager, w.model, inner, sync_every=args.inner_steps)
     else:
-        sync = DiLoCo(manager, frags, inner, outer, sync_every=args.inner_steps,
+        # torchft syncs every fragment once per ``sync_every`` steps, one every sync_every / F:
+        # H * F makes it one fragment every H steps, as tenacia's streaming does (F = 1: DiLoCo)
+        sync = DiLoCo(manager, frags, inner, outer, sync_every=args.inner_steps * len(frags),
                       should_quantize=args.quantize)
     limit = step_limit()
     step = 0

@@ -1,0 +1,190 @@
+"""The issue-15 goals judged from a bench/slow_links.py result, its table in Markdown, and its plot.
+
+    .venv/bin/python bench/slow_links_report.py bench/results/slow_links-<time>.json [--png docs/img/slow_links.png]
+
+bench/slow_links.py calls ``goals`` and ``plot`` at the end of its run; this script redoes both
+from a stored JSON (and prints the Markdown tables that docs/benchmarks.md shows).
+
+The goals, at ``GOAL_RTT_MS`` round trip and ``GOAL_RATE_MBIT`` (issue 15, "Speed"), each judged
+for every tenacia low-communication arm of the run:
+- utilization: tokens/s over the same run's no-link, no-sync ceiling, >= 95% (the text adds the
+  arm's tokens/s over its own at 0 ms round trip: on a machine shared with other jobs, the ceiling
+  and the arm may see different loads);
+- bytes: ddp's bytes per token (same link) over the arm's, >= 1000;
+- loss: final eval loss (equal tokens) at most 2% above the target (tenacia ddp's on loopback);
+- time to target: the best torchft variant's time to its own family's target (the peers' DDP)
+  over the arm's time to tenacia's, >= 1.5. An arm that never reaches its target within the budget
+  has no time; a torchft variant that never does is reported so (the ratio then has only the
+  lower bound ``torchft run time / arm time``);
+- quotas: tenacia diloco on the quotas' tokens/s over the sum of the solo tokens/s, >= 90%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+GOAL_RTT_MS, GOAL_RATE_MBIT = 100, 100
+LOW_COMM = ("diloco", "diloco-int8", "streaming", "streaming-int4")
+
+
+def _at_goal(runs: list[dict[str, Any]], arm: str) -> dict[str, Any] | None:
+    return next((r for r in runs if r["arm"] == arm and r["rtt_ms"] == GOAL_RTT_MS
+                 and r["rate_mbit"] == GOAL_RATE_MBIT and "error" not in r), None)
+
+
+def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (goal, arm): ``goal``, ``arm``, ``value`` (a number or None), ``text`` (what
+    was compared) and ``met`` (True, False, or None where the run has nothing to judge)."""
+    out: list[dict[str, Any]] = []
+    links = result.get("links")
+    if links:
+        runs = links["runs"]
+        ddp = _at_goal(runs, "ddp")
+        target = links.get("target_tenacia")
+        torchft = [r for r in (_at_goal(runs, a) for a in ("torchft-diloco", "torchft-streaming", "torchft-localsgd"))
+                   if r is not None]
+        reached = [r for r in torchft if r["time_to_target_s"] is not None]
+        best_tf = min(reached, key=lambda r: r["time_to_target_s"]) if reached else None
+        for arm in LOW_COMM:
+            r = _at_goal(runs, arm)
+            if r is None:
+                continue
+            util = r["utilization"]
+            near = next((x for x in runs if x["arm"] == arm and x["rtt_ms"] == 0 and x["rate_mbit"] == GOAL_RATE_MBIT
+                         and "error" not in x), None)
+            own = f"; {r['tokens_per_s'] / near['tokens_per_s']:.0%} of its own 0 ms run" if near else ""
+            out.append({"goal": "utilization >= 95%", "arm": arm, "value": util,
+                        "text": f"{util:.1%}{own}", "met": util >= 0.95})
+            if ddp and ddp["bytes_per_token"] and r["bytes_per_token"]:
+                ratio = ddp["bytes_per_token"] / r["bytes_per_token"]
+                out.append({"goal": ">= 1000x fewer bytes/token than ddp", "arm": arm, "value": ratio,
+                            "text": f"{ratio:,.0f}x ({ddp['bytes_per_token']:,.0f} vs {r['bytes_per_token']:,.1f})",
+                            "met": ratio >= 1000})
+            if target is not None and r["eval_loss"] is not None:
+                rel = r["eval_loss"] / target - 1
+                out.append({"goal": "eval loss within 2% of ddp", "arm": arm, "value": rel,
+                            "text": f"{rel:+.2%} ({r['eval_loss']:.4f} vs {target:.4f})", "met": rel <= 0.02})
+            mine = r["time_to_target_s"]
+            if mine is None:
+                out.append({"goal": ">= 1.5x faster to target than the best torchft", "arm": arm, "value": None,
+                            "text": "did not reach the target within the token budget", "met": False})
+            elif best_tf is not None:
+                ratio = best_tf["time_to_target_s"] / mine
+                out.append({"goal": ">= 1.5x faster to target than the best torchft", "arm": arm, "value": ratio,
+                            "text": f"{ratio:.2f}x ({mine:.1f} s vs {best_tf['arm']} {best_tf['time_to_target_s']:.1f} s)",
+                            "met": ratio >= 1.5})
+            elif torchft:
+                bound = max(t["seconds"] for t in torchft) / mine
+                out.append({"goal": ">= 1.5x faster to target than the best torchft", "arm": arm, "value": bound,
+                            "text": f"no torchft variant reached its target; >= {bound:.2f}x ({mine:.1f} s vs the "
+                                    "longest torchft run)", "met": bound >= 1.5})
+    quotas = result.get("quotas")
+    if quotas:
+        for r in quotas["runs"]:
+            if "error" in r:
+                continue
+            util = r["utilization"]
+            out.append({"goal": "quotas: >= 90% of the sum of solo tokens/s", "arm": r["arm"], "value": util,
+                        "text": f"{util:.1%} ({r['tokens_per_s']:.0f} vs {quotas['sum_solo']:.0f} tokens/s)",
+                        "met": util >= 0.90 if r["arm"] != "ddp" else None})
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The run's tables (links, quotas, goals) in Markdown."""
+
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    lines = []
+    links = result.get("links")
+    if links:
+        ceilings = " and ".join(f"{c:,.0f}" for c in links.get("ceilings", []))
+        lines += [f"Ceiling (no link, no sync): {links['ceiling_tokens_per_s']:,.0f} tokens/s (before and after the "
+                  f"arms: {ceilings}). Targets: tenacia {f(links['target_tenacia'], '.4f')}, "
+                  f"peers {f(links['target_peers'], '.4f')}.", "",
+                  "| round trip | rate | arm | tokens/s | utilization | bytes/token | eval loss | to target (s) | load |",
+                  "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for r in links["runs"]:
+            head = f"| {r['rtt_ms']:g} ms | {r['rate_mbit']:g} Mbit/s | {r['arm']} |"
+            if "error" in r:
+                lines.append(f"{head} {r['error']} | | | | | |")
+                continue
+            lines.append(f"{head} {r['tokens_per_s']:,.0f} | {f(r['utilization'], '.1%')} | "
+                         f"{f(r['bytes_per_token'], ',.1f')} | {f(r['eval_loss'], '.4f')} | "
+                         f"{f(r['time_to_target_s'], '.1f')} | {f(r.get('load'), '.1f')} |"
+                         + (f" {r['stopped']}" if r.get("stopped") else ""))
+    quotas = result.get("quotas")
+    if quotas:
+        lines += ["", f"CPU quotas {quotas['quotas']}: solo tokens/s "
+                  f"{', '.join(f'{s:,.0f}' for s in quotas['solo_tokens_per_s'])} (sum {quotas['sum_solo']:,.0f}).", "",
+                  "| arm | tokens/s | of the solo sum | eval loss | load |", "|---|---:|---:|---:|---:|"]
+        for r in quotas["runs"]:
+            if "error" in r:
+                lines.append(f"| {r['arm']} | {r['error']} | | | |")
+            else:
+                lines.append(f"| {r['arm']} | {r['tokens_per_s']:,.0f} | {f(r['utilization'], '.1%')} | "
+                             f"{f(r['eval_loss'], '.4f')} | {f(r.get('load'), '.1f')} |")
+    rows = goals(result)
+    if rows:
+        lines += ["", "| goal | arm | measured | met |", "|---|---|---|---|"]
+        for g in rows:
+            met = {True: "yes", False: "**no**", None: "(lock-step reference)"}[g["met"]]
+            lines.append(f"| {g['goal']} | {g['arm']} | {g['text']} | {met} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], png: Path) -> Path | None:
+    """Tokens/s and final eval loss against round trip, one line per arm and rate (the ceiling
+    dashed); None when the run has no links section."""
+    links = result.get("links")
+    if not links:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (speed, loss) = plt.subplots(1, 2, figsize=(11, 4.2))
+    keys = sorted({(r["arm"], r["rate_mbit"]) for r in links["runs"]}, key=str)
+    for arm, rate in keys:
+        pts = sorted((r["rtt_ms"], r) for r in links["runs"]
+                     if r["arm"] == arm and r["rate_mbit"] == rate and "error" not in r)
+        if not pts:
+            continue
+        label = arm if len({k[1] for k in keys}) == 1 else f"{arm} {rate:g} Mbit/s"
+        style = "--" if arm.startswith("torchft") else "-"
+        xs = [x for x, _ in pts]
+        speed.plot(xs, [r["tokens_per_s"] for _, r in pts], style, marker="o", label=label)
+        loss.plot(xs, [r["eval_loss"] for _, r in pts], style, marker="o", label=label)
+    speed.axhline(links["ceiling_tokens_per_s"], color="grey", linestyle=":", label="ceiling (no link, no sync)")
+    speed.set(xlabel="round trip (ms)", ylabel="tokens/s (all replicas)", title="throughput", ylim=(0, None))
+    loss.set(xlabel="round trip (ms)", ylabel="eval loss at equal tokens",
+             title="loss (tenacia: own tokenizer; torchft: bytes)")
+    speed.legend(fontsize=7)
+    loss.legend(fontsize=7)
+    fig.suptitle(f"bench/slow_links.py, {result.get('date', '')}: {result['args']['replicas']} replicas, "
+                 f"{result['args']['tokens']:,} tokens each arm", fontsize=9)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("result", type=Path)
+    p.add_argument("--png", type=Path, help="write the plot here")
+    a = p.parse_args()
+    result = json.loads(a.result.read_text())
+    print(markdown(result))
+    if a.png:
+        print(f"wrote {plot(result, a.png)}")
+
+
+if __name__ == "__main__":
+    main()

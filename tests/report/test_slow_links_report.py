@@ -1,0 +1,68 @@
+"""bench/slow_links_report.py: issue 15's goals judged from a hand-built bench result."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from slow_links_report import goals, markdown, plot  # noqa: E402
+
+
+def run(arm, rtt, tps, bpt, loss, to_target, seconds=100.0):
+    return {"arm": arm, "rtt_ms": rtt, "rate_mbit": 100, "tokens_per_s": tps, "utilization": tps / 1000,
+            "bytes_per_token": bpt, "eval_loss": loss, "time_to_target_s": to_target, "seconds": seconds, "load": 3.0}
+
+
+def result(torchft_to_target):
+    return {"date": "2026-12-03", "args": {"replicas": 4, "tokens": 409600},
+            "links": {"ceiling_tokens_per_s": 1000.0, "ceilings": [990.0, 1010.0], "target_tenacia": 5.0,
+                      "target_peers": 3.0,
+                      "runs": [run("ddp", 0, 900, 1000.0, 5.0, 50.0), run("diloco", 0, 990, 50.0, 5.05, None),
+                               run("ddp", 100, 300, 1000.0, 5.0, 150.0),
+                               run("diloco", 100, 960, 0.5, 5.05, 40.0),
+                               run("streaming-int4", 100, 940, 2.0, 5.2, None),
+                               run("torchft-diloco", 100, 500, 90.0, 3.1, torchft_to_target, seconds=120.0),
+                               {"arm": "torchft-localsgd", "rtt_ms": 100, "rate_mbit": 100, "error": "exit 1"}]},
+            "quotas": {"quotas": [0.5, 0.25], "solo_tokens_per_s": [600.0, 400.0], "sum_solo": 1000.0,
+                       "runs": [{"arm": "diloco", **run("diloco", 0, 950, None, 5.1, None)},
+                                {"arm": "ddp", **run("ddp", 0, 500, None, 5.0, None)}]}}
+
+
+def judged(rows, goal, arm):
+    (row,) = [r for r in rows if r["goal"].startswith(goal) and r["arm"] == arm]
+    return row
+
+
+def test_each_goal_is_judged_at_100_ms_against_the_same_runs_ddp_and_ceiling():
+    rows = goals(result(torchft_to_target=100.0))
+    assert judged(rows, "utilization", "diloco")["met"] is True  # 96% >= 95%
+    assert judged(rows, "utilization", "streaming-int4")["met"] is False  # 94%
+    bytes_ = judged(rows, ">= 1000x", "diloco")
+    assert bytes_["value"] == pytest.approx(2000.0) and bytes_["met"]  # ddp 1000 B/token at 100 ms over 0.5
+    assert judged(rows, ">= 1000x", "streaming-int4")["met"] is False  # 500x
+    loss = judged(rows, "eval loss", "diloco")
+    assert loss["value"] == pytest.approx(0.01) and loss["met"]
+    assert judged(rows, "eval loss", "streaming-int4")["met"] is False  # +4%
+    faster = judged(rows, ">= 1.5x faster", "diloco")
+    assert faster["value"] == pytest.approx(2.5) and faster["met"]  # torchft 100 s over 40 s
+    assert judged(rows, ">= 1.5x faster", "streaming-int4")["met"] is False  # never reached the target
+    assert judged(rows, "quotas", "diloco")["met"] is True  # 95% of the solo sum
+    assert judged(rows, "quotas", "ddp")["met"] is None  # lock-step is the reference, not judged
+
+
+def test_a_torchft_that_never_reaches_its_target_gives_a_lower_bound():
+    faster = judged(goals(result(torchft_to_target=None)), ">= 1.5x faster", "diloco")
+    assert faster["value"] == pytest.approx(120.0 / 40.0) and "lower" not in faster["text"]
+    assert "no torchft variant reached" in faster["text"] and faster["met"]
+
+
+def test_tables_and_plot(tmp_path):
+    r = result(torchft_to_target=100.0)
+    text = markdown(r)
+    assert "| 100 ms | 100 Mbit/s | diloco | 960 | 96.0% | 0.5 | 5.0500 | 40.0 | 3.0 |" in text
+    assert "exit 1" in text and "990 and 1,010" in text
+    png = plot(r, tmp_path / "slow_links.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

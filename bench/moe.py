@@ -16,6 +16,16 @@ about equal active parameters: the same batches of the stdlib corpus, alternatin
 bias update), one torch thread; median step time as tokens/s, then the main model's
 next-token loss on held-out windows after equal tokens.
 
+Expert computation (``--expert-tokens`` > 0): one MoE FFN of ``moe-tiny`` (its first MoE layer,
+as initialised) against the dense FFN of its first layer (SwiGLU of width ``ffn_dim``), on the
+same random tokens, alternating, forward and backward, one torch thread. Three arms: the dense
+FFN; the expert computation (``MoE.experts_output``: the shared expert, the sort by expert, one
+product per routed expert, the weighted scatter back; the routing computed once beforehand); the
+whole MoE FFN (the router too). Each time is divided by the parameters a token passes through
+(dense: ``3 dim ffn_dim``; experts: ``(top_k + shared) 3 dim expert_ffn_dim``, plus the router's
+``E dim`` for the whole FFN). Goal: expert computation at most 1.5x the dense FFN's time per
+active parameter.
+
     .venv/bin/python bench/moe.py      # prints a table, writes bench/results/moe-<time>.json
 """
 
@@ -121,19 +131,42 @@ def train_arms(steps: int, batch: int, seq_len: int, eval_batches: int) -> dict:
     return results
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kv-budget-mib", type=float, default=8.0, help="KV cache bytes each serving arm gets")
-    p.add_argument("--prompt", type=int, default=96, help="prompt tokens per request")
-    p.add_argument("--new", type=int, default=32, help="greedy tokens generated per request")
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--train-steps", type=int, default=60, help="measured training steps per arm (0: no training)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--eval-batches", type=int, default=8)
-    p.add_argument("--out", default=f"bench/results/moe-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    args = p.parse_args()
-    torch.set_num_threads(1)
+def expert_arms(tokens: int, reps: int) -> dict:
+    """Dense FFN against moe-tiny's expert computation and whole MoE FFN (module docstring)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(preset="moe-tiny")
+    model = build_model(cfg).train()
+    moe, dense = model.moe_layers()[0], model.layers[0].feed_forward
+    m = cfg.moe
+    x = torch.randn(tokens, cfg.dim)
+    with torch.no_grad():
+        weights, indices, _ = moe.router(x)
+    arms = {"dense FFN": (lambda h: dense(h), 3 * cfg.dim * cfg.ffn_dim),
+            "MoE expert computation": (lambda h: moe.experts_output(h, weights, indices)[0],
+                                       (m.top_k + m.n_shared_experts) * 3 * cfg.dim * m.expert_ffn_dim),
+            "MoE FFN with the router": (lambda h: moe(h[None])[0],
+                                        (m.top_k + m.n_shared_experts) * 3 * cfg.dim * m.expert_ffn_dim
+                                        + m.n_routed_experts * cfg.dim)}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for rep in range(reps + 2):
+        for name, (fn, _) in arms.items():
+            h = x.clone().requires_grad_()
+            t0 = time.perf_counter()
+            fn(h).sum().backward()
+            if rep >= 2:  # two warm-ups
+                times[name].append(time.perf_counter() - t0)
+    dense_per = statistics.median(times["dense FFN"]) / arms["dense FFN"][1]
+    results = {}
+    for name, (_, active) in arms.items():
+        t = statistics.median(times[name])
+        results[name] = {"active_params": active, "seconds": t, "ns_per_active_param": t / active * 1e9,
+                         "vs_dense": t / active / dense_per}
+    results["loads"] = torch.bincount(indices.reshape(-1), minlength=m.n_routed_experts).tolist()
+    return results
+
+
+def serving_section(args: argparse.Namespace) -> dict:
+    """The three serving arms at the KV budget, printed as a table."""
     from tenacia.data.tokenizer import train_bpe
 
     tokenizer = train_bpe([Path(argparse.__file__).read_text(), Path(json.__file__).read_text()], 512)
@@ -148,8 +181,40 @@ def main() -> None:
         print(f"{name:<24}{r['kv_bytes_per_token']:>11,}{r['cache_tokens']:>14,}{r['fit']:>6}{r['peak_running']:>6}"
               f"{r['preemptions']:>9}{r['output_tokens_per_s']:>11,.0f}")
     print(f"KV bytes per token, moe-tiny's MLA / GQA: {ratio:.3f} (goal <= 0.25)")
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args), "serving": serving,
-              "kv_ratio": ratio}
+    return {"serving": serving, "kv_ratio": ratio}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kv-budget-mib", type=float, default=8.0,
+                   help="KV cache bytes each serving arm gets (0: no serving section)")
+    p.add_argument("--prompt", type=int, default=96, help="prompt tokens per request")
+    p.add_argument("--new", type=int, default=32, help="greedy tokens generated per request")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--train-steps", type=int, default=60, help="measured training steps per arm (0: no training)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--eval-batches", type=int, default=8)
+    p.add_argument("--expert-tokens", type=int, default=2048, help="tokens of the expert timing (0: none)")
+    p.add_argument("--expert-reps", type=int, default=20, help="timed forward+backward passes per arm")
+    p.add_argument("--out", default=f"bench/results/moe-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args)}
+    if args.kv_budget_mib > 0:
+        result.update(serving_section(args))
+    if args.expert_tokens:
+        experts = expert_arms(args.expert_tokens, args.expert_reps)
+        print(f"\nexpert computation, {args.expert_tokens} tokens, forward + backward, median of "
+              f"{args.expert_reps}, one thread (routed loads {experts['loads']})")
+        print(f"{'arm':<26}{'active params':>14}{'time':>10}{'ns/param':>10}{'x dense':>9}")
+        for name, r in experts.items():
+            if name != "loads":
+                print(f"{name:<26}{r['active_params']:>14,}{r['seconds'] * 1000:>8.1f}ms"
+                      f"{r['ns_per_active_param']:>10.1f}{r['vs_dense']:>9.2f}")
+        print(f"expert computation per active parameter / dense FFN's: "
+              f"{experts['MoE expert computation']['vs_dense']:.2f} (goal <= 1.5)")
+        result["experts"] = experts
     if args.train_steps:
         training = train_arms(args.train_steps, args.batch, args.seq_len, args.eval_batches)
         print(f"\ntraining, {args.train_steps} steps of {args.batch} x {args.seq_len} tokens, one thread")

@@ -25,9 +25,11 @@ from ..shape import ModelConfig
 class AttentionCache(Protocol):
     """What an inference engine gives the model to keep keys and values between calls."""
 
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor | None) -> Tensor:
         """q: (B, H, T, hd); k, v: (B, KVH, T, hd) for the new tokens, already rotated.
-        Store k/v, attend over everything cached for each sequence, return (B, H, T, hd)."""
+        Store k/v, attend over everything cached for each sequence, return (B, H, T, hd).
+        ``v`` is None where the cache keeps the values inside the keys (latent attention: the
+        "key" is the latent plus the rotary key, and the values are read from the latent)."""
         ...
 
 

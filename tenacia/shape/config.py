@@ -30,14 +30,16 @@ PRESETS: dict[str, dict] = {
                          tie_embeddings=True),
     # ~7.8M parameters (~4.2M a token passes through, as many as "tiny"; +2.1M in the MTP
     # module): tiny's width, depth, vocabulary and context; one dense layer, then three layers of
-    # 1 shared + 8 routed experts, 2 per token from 2 of 4 groups.
+    # 1 shared + 8 routed experts, 2 per token from 2 of 4 groups. Balancing: bias speed 0.01 and
+    # sequence balance weight 1e-3, ten times V3's each (V3 balances far more tokens a step);
+    # measured in docs/benchmarks.md ("Balancing moe-tiny").
     "moe-tiny": dict(family=deepseek.FAMILY, vocab_size=4096, dim=256, n_layers=4, n_heads=8, n_kv_heads=8,
                      ffn_dim=768, norm_eps=1e-6, rope_theta=10000.0, max_seq_len=1024, tie_embeddings=True,
                      mla=dict(q_lora_rank=128, kv_lora_rank=48, qk_nope_head_dim=32, qk_rope_head_dim=16,
                               v_head_dim=32),
                      moe=dict(n_dense_layers=1, n_routed_experts=8, n_shared_experts=1, top_k=2,
                               n_expert_groups=4, n_limited_groups=2, expert_ffn_dim=256, route_scale=1.0,
-                              bias_update_speed=1e-3, balance_loss_weight=1e-4),
+                              bias_update_speed=0.01, balance_loss_weight=1e-3),
                      mtp_depth=1, mtp_loss_weight=0.3),
     # deepseek-ai/DeepSeek-V3 (config.json; technical report arXiv 2412.19437): 671B parameters,
     # 37B a token. Context: the 4K of pre-training (the published 128K is YaRN-scaled rotary,

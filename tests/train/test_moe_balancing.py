@@ -3,12 +3,12 @@ max/mean (per step and MoE layer, averaged over the layers and the last 50 steps
 with the bias updating and above 1.6 with it frozen (``model.moe.bias_update_speed=0``). Minutes
 on 2 cores: under the slow marker.
 
-Measured (2 shared cores, runs stopped at the deadline, README "A mixture of experts"): frozen,
-3.16 over steps 83-132 (holds); the preset's speed 1e-3, 2.73 over steps 81-130 (does not hold:
-the bias moves 0.13 at most in 130 steps). Whole 200-step runs at other speeds (2026-12-03,
-``model.moe.bias_update_speed=...``): 0.006: 1.309, 0.01: 1.301, 0.02: 1.331, 0.05: 1.428; so the
-bias alone balances moe-tiny (then with a latent of 64) to about 1.30 at best here, a hair above
-the goal."""
+Measured on 2 shared, loaded cores (docs/benchmarks.md, "Balancing moe-tiny", 2026-12-03, the
+same overrides run through the Trainer): the preset (bias speed 0.01, sequence balance weight
+1e-3) 1.282 updating, 2.493 frozen. Earlier: speed 1e-3 (the old preset) 2.73 over steps 81-130;
+at weight 1e-4, speeds 0.006: 1.309, 0.01: 1.301, 0.02: 1.331, 0.05: 1.428. What limits it: each
+step's token composition (8 windows of 128 tokens), not the bias's speed or rule; the margin
+under 1.3 is small and other seeds are unchecked."""
 
 from __future__ import annotations
 

@@ -134,15 +134,7 @@ class MoE(nn.Module):
         B, T, D = x.shape
         flat = x.reshape(-1, D)  # (N, D)
         weights, indices, scores = self.router(flat)  # (N, k), (N, k), (N, E)
-        pairs = indices.reshape(-1)  # (N*k,) expert of each (token, slot)
-        order = torch.argsort(pairs, stable=True)
-        counts = torch.bincount(pairs, minlength=self.cfg.n_routed_experts)  # (E,)
-        token = order // self.cfg.top_k  # (N*k,) the token of each sorted pair
-        rows = self.experts(flat[token], counts.tolist())  # (N*k, D), grouped by expert
-        rows = (rows * weights.reshape(-1)[order, None]).to(x.dtype)
-        out = torch.zeros_like(flat).index_add_(0, token, rows)
-        if self.shared is not None:
-            out = out + self.shared(flat)
+        out, counts = self.experts_output(flat, weights, indices)
         with torch.no_grad():
             self.last_loads.copy_(counts)
             if self.training:
@@ -151,3 +143,19 @@ class MoE(nn.Module):
         if self.training and self.cfg.balance_loss_weight > 0:
             aux = self.cfg.balance_loss_weight * sequence_balance_loss(scores, indices, B, self.cfg.top_k)
         return out.view(B, T, D), aux
+
+    def experts_output(self, flat: Tensor, weights: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """The expert computation of a routed batch: flat (N, dim), weights and indices (N, k)
+        -> (the shared experts' output plus the weighted sum of each token's routed experts (N,
+        dim), tokens per routed expert (E,) int64). The (token, slot) pairs are sorted by expert
+        once; each expert runs on its contiguous rows; one ``index_add_`` scatters them back."""
+        pairs = indices.reshape(-1)  # (N*k,) expert of each (token, slot)
+        order = torch.argsort(pairs, stable=True)
+        counts = torch.bincount(pairs, minlength=self.cfg.n_routed_experts)  # (E,)
+        token = order // self.cfg.top_k  # (N*k,) the token of each sorted pair
+        rows = self.experts(flat[token], counts.tolist())  # (N*k, D), grouped by expert
+        rows = (rows * weights.reshape(-1)[order, None]).to(flat.dtype)
+        out = torch.zeros_like(flat).index_add_(0, token, rows)
+        if self.shared is not None:
+            out = out + self.shared(flat)
+        return out, counts

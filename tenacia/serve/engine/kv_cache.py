@@ -69,7 +69,7 @@ class PagedKVCache:
         # Zeros, not empty: a masked-out slot still enters softmax(QK)V with weight 0, and 0 * NaN
         # from uninitialised memory would poison the whole row.
         self.k = torch.zeros((n_layers, slots, spec.kv_heads, spec.key_dim), dtype=dtype, device=device)
-        self.v = None if spec.values_in_keys else torch.zeros(
+        self.v: torch.Tensor | None = None if spec.values_in_keys else torch.zeros(
             (n_layers, slots, spec.kv_heads, spec.value_dim), dtype=dtype, device=device)
         self.allocator = BlockPool(num_blocks, block_size, prefix_caching)
         self.block_size = block_size

@@ -127,8 +127,7 @@ class StepCommit:
             self.steps.committed(q, votes)
             self.quorum = q.next_step(self.batch_size, sized)  # healed newcomers are in sync now
             if step >= self.total_steps:
-                self._broadcast(Stop(reason="finished", step=step))
-                self._stop()
+                self.finish_job(step)
                 return
         else:
             self.events.emit("step_discarded", step=step, reason=reason, **({"skipped": True} if skip else {}))
@@ -137,3 +136,10 @@ class StepCommit:
         waiting = [r for r in self.members if r not in q.members]
         if waiting or not ok:
             self._maybe_form("join" if ok else "retry")
+
+    def finish_job(self: Any, step: int) -> None:
+        """Step ``step`` committed, the job's last: every member (this replica's own too) is told to
+        stop, and the coordinator is ``finished``: not a stopped leader its own member must leave."""
+        self.finished = True
+        self._broadcast(Stop(reason="finished", step=step))
+        self._stop()

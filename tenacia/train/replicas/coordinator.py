@@ -10,7 +10,7 @@ Contract (what is decided when, what each party may assume):
   ``hang_timeout`` (SIGSTOP, a frozen host), or it stays in its compute phase longer than
   ``hang_timeout`` while a peer already waits in the all-reduce (a stuck step). ``hang_timeout``
   is ``max(hang_floor_s, hang_factor x median step time)``, from measured steps: no user-tuned
-  timeout. Silence counts only while the leader hears its own member's heartbeats (they take the
+  timeout; taken again at every commit, and sent to the members with every leader heartbeat. Silence counts only while the leader hears its own member's heartbeats (they take the
   same path through this process): a leader starved of CPU, hearing nobody, expels nobody. A
   member declared hung is told ``expelled`` and must rejoin and heal. The stuck bound follows each
   member's own compute times too (``liveness.own_stuck_bound``): a replica that is slow, or a
@@ -37,6 +37,9 @@ Contract (what is decided when, what each party may assume):
   step only on that verdict. If a member is lost before that, the step is discarded everywhere:
   the next quorum carries ``resolve = {step, commit: false}``.
 - Takeover (``takeover.py``): a new leader decides the step the old one may have been committing.
+- The end. The commit of the job's last step sends ``stop`` to every member and leaves the
+  coordinator ``finished`` (``StepCommit.finish_job``); a coordinator that is waiting for members
+  once ``finished.json`` exists (they exited with the job) steps down and sends its own away.
 """
 
 from __future__ import annotations
@@ -68,7 +71,6 @@ from .protocol import (
     Quorum,
     Rechecked,
     Resolve,
-    Stop,
     Vote,
     Wait,
     Welcome,
@@ -127,6 +129,7 @@ class Coordinator(StepCommit):
         self.started = self._tick = self._last_beat = self._last_fence = self.clock.now()
         self.quorum_id_start: int | None = None if self.takeover else last_quorum_id
         self.stopped = False
+        self.finished = False  # the job's final stop was sent: this coordinator ended the run
         self.store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False,
                                    timeout=timedelta(seconds=timing.store_s))
         self.store_addr = f"{host}:{self.store.port}"
@@ -219,6 +222,16 @@ class Coordinator(StepCommit):
                                  + (f" to term {newest}" if newest > self.term else "")))
         return True
 
+    def _job_over(self) -> bool:
+        """A coordinator waiting for members after the job finished (``finished.json``: its peers
+        have exited) would wait forever: it steps down and sends its members away, who then find
+        the job over and exit (``leadership.refuse_if_finished``)."""
+        if not (self.run_dir / "finished.json").exists():
+            return False
+        self._stop()
+        self._broadcast(Expelled(f"leader {self.replica} of term {self.term}: the job has finished"))
+        return True
+
     def _stop(self) -> None:
         """Stop leading and give the lease up, once (etcd: revoked, in the background)."""
         if not self.stopped:
@@ -264,7 +277,7 @@ class Coordinator(StepCommit):
                 return
             self._tick = now
             if now - self._last_beat >= self.timing.heartbeat_s:  # members fail over when the leader goes silent
-                self._broadcast(LeaderHeartbeat())
+                self._broadcast(LeaderHeartbeat(hang_timeout=self.hang_timeout))
                 self._last_beat = now
             timeout, q = self.hang_timeout, self.quorum
             for rid, why in expulsions(self.members, self.replica, q, now, timeout, self.timing.stuck_bound(timeout),
@@ -279,6 +292,10 @@ class Coordinator(StepCommit):
                     m.phase_since = now
                 self._maybe_form("stuck collective")
             if self.quorum is None:
+                if now - self._last_fence > self.timing.fence_check_s:
+                    self._last_fence = now
+                    if self._job_over():
+                        return
                 self._maybe_form("waiting")
             elif self.lease.exclusive or now - self._last_fence > self.timing.fence_check_s:
                 self._last_fence = now  # exclusive: a local comparison, every tick
@@ -330,8 +347,7 @@ class Coordinator(StepCommit):
         for r in [r for r in self.reported if r not in self.members]:
             self.reported[r] = min(self.reported[r], step)
         if step >= self.total_steps:
-            self._broadcast(Stop(reason="finished", step=step))
-            self._stop()
+            self.finish_job(step)
             return
         # corrupt state heals from a peer; a replica found faulty computes no share of the redo
         in_sync = [r for r in live if committed[r] == step and r not in self.must_heal] or live

@@ -10,7 +10,10 @@ while the run's restart budget lasts; one evicted for wrong numbers (``device_sl
 is restarted at once on a device slot never used before, its old slot banned for the run. It rejoins through the control address of any live replica
 and heals from a peer. Once the budget is spent, a replica that exits non-zero is left dead and
 ``restart_budget_exhausted`` is logged once for it. When the leader writes ``finished.json``
-nothing is restarted any more, and a replica still alive ``Timing.after_finish_s`` later (one
+nothing is restarted any more, nor once any replica of this host exited 0 (a replica exits 0 only
+after the leader's final stop, or finding the job over: a peer that fails then, the leader among
+them before it wrote ``finished.json``, would come back with nobody to join and train again from
+its checkpoint or step 0), and a replica still alive ``Timing.after_finish_s`` later (one
 frozen through the finish and never continued) is stopped as on SIGTERM, so the launcher ends. ``supervise_once(now)`` is one look at the children, so these rules
 can be driven with a fake clock.
 
@@ -254,6 +257,10 @@ class Launcher:
     def finished(self) -> bool:
         return (self.run_dir / "finished.json").exists()
 
+    def run_over(self) -> bool:
+        """The job ended: ``finished.json``, or a replica of this host exited 0 (module docstring)."""
+        return self.finished() or any(c.proc.poll() == 0 for c in self.children.values())
+
     def supervise(self) -> int:
         tc = self.cfg.train
         with RunMonitor(self.run_dir, tc.steps, self.cfg.step_samples * self.cfg.data.seq_len, tc.progress,
@@ -275,7 +282,7 @@ class Launcher:
             code = child.proc.poll()
             if code is None or r in self.pending or r in self.given_up:
                 continue
-            if code == 0 or self.finished():
+            if code == 0 or self.run_over():
                 continue
             if code == EXIT_EVICTED:  # its device computes wrong numbers: a replacement on another one
                 self.evicted(r, now)
@@ -289,7 +296,9 @@ class Launcher:
             self.pending[r] = now + backoff
             self.events.emit("replica_exited", replica=r, code=code, backoff_s=backoff)
         for r, at in list(self.pending.items()):
-            if now >= at:
+            if self.run_over():  # the job ended during its backoff
+                del self.pending[r]
+            elif now >= at:
                 del self.pending[r]
                 self.restarts += 1
                 old = self.children[r]

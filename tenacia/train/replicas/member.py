@@ -5,7 +5,7 @@ Every replica listens on a control address. While it leads, hellos it receives g
 has itself lost the leader and is about to decide who leads next.
 
 Failover contract: a member that loses the leader (connection closed: a crash, seen at once; or no
-message for longer than the quorum's ``hang_timeout``: a freeze) picks the lowest replica id of
+message for longer than the leader's hang bound: a freeze) picks the lowest replica id of
 the last quorum other than the lost leader, in-sync members before newcomers still healing. If
 that is itself, it starts a ``Coordinator`` (a new term) and waits for the survivors; otherwise it connects there, skipping candidates that refuse
 connections. A candidate that has not noticed the loss yet redirects to the lost leader: that
@@ -16,6 +16,14 @@ silence; once that coordinator has stopped (superseded, frozen) for a hang bound
 rejoins as a newcomer even if the coordinator's ``expelled`` never reached it. A member that
 finds it was frozen itself (its heartbeat clock jumped past the hang timeout) assumes it was
 expelled, steps down if it led, and rejoins as a newcomer that heals.
+
+The hang bound a member acts on follows the step times as they are measured: a quorum carries the
+leader's bound at formation (the floor, for a job's first quorum), every ``LeaderHeartbeat`` the
+leader's bound now (``Timing.hang_bound`` of its step times), so a quorum that never changes does
+not keep the floor it formed with. The end of a job is final: once this replica's own coordinator
+sent the job's ``stop``, it is never taken for a stopped leader to leave, and a ``stop`` waiting
+in the inbox is read before a freeze is acted on (the training thread finishes instead of
+rejoining peers that have exited).
 
 Leases (``lease.py``): a candidate claims its term from the lease store. With an exclusive store
 (etcd) the claim is refused while the lost leader's lease is valid; the candidate asks again
@@ -40,12 +48,14 @@ from .protocol import (
     Frozen,
     Heartbeat,
     Hello,
+    LeaderHeartbeat,
     LeaderLost,
     Message,
     Notice,
     Quorum,
     Redirect,
     Retry,
+    Stop,
     Verdict,
     Vote,
     Welcome,
@@ -123,6 +133,7 @@ class LeaderLink:
         self.leader: int | None = None
         self._quorum_lock = threading.Lock()
         self.last_quorum: Quorum | None = None  # the newest quorum received, at the step its members run
+        self.hang_timeout: float | None = None  # the leader's newest hang bound (a quorum's, a heartbeat's)
         self.settled: tuple[int, tuple[int, ...]] = (0, ())  # (step, members) of the newest commit seen
         self.term = 0
         self._last_rx = self._tick = self.clock.now()
@@ -232,23 +243,38 @@ class LeaderLink:
         try:
             while True:
                 msg, _ = conn.recv()
-                self._last_rx = self.clock.now()
-                if isinstance(msg, Quorum):
-                    msg = replace(msg, received_t=self.clock.wall())  # for the quorum's phase timings (docs/events.md)
-                    with self._quorum_lock:
-                        self.last_quorum = msg
-                elif isinstance(msg, Verdict) and msg.commit:
-                    q = self.last_quorum
-                    if q is not None and q.quorum_id == msg.quorum_id:
-                        self.settled = (msg.step, q.members)
-                self.inbox.put(msg)
+                self.received(msg)
         except ConnectionError:
             if conn is self.conn and not self._stop:
                 self.inbox.put(LeaderLost(why="connection closed", at=self.clock.now()))
 
+    def received(self, msg: Message) -> None:
+        """A message from the leader (the reader thread): note what the link itself keeps (the
+        newest quorum, commit and hang bound), then hand it to the training thread's inbox."""
+        self._last_rx = self.clock.now()
+        if isinstance(msg, Quorum):
+            msg = replace(msg, received_t=self.clock.wall())  # for the quorum's phase timings (docs/events.md)
+            with self._quorum_lock:
+                self.last_quorum = msg
+            self.hang_timeout = msg.hang_timeout
+        elif isinstance(msg, LeaderHeartbeat) and msg.hang_timeout is not None:
+            self.hang_timeout = msg.hang_timeout
+        elif isinstance(msg, Verdict) and msg.commit:
+            q = self.last_quorum
+            if q is not None and q.quorum_id == msg.quorum_id:
+                self.settled = (msg.step, q.members)
+        self.inbox.put(msg)
+
     def freeze_limit(self) -> float:
-        q = self.last_quorum
-        return self.timing.frozen_after(q.hang_timeout if q else self.timing.hang_before_quorum_s)
+        """The silence (of the leader, of this process's own clock) taken for a freeze: the
+        leader's newest hang bound (module docstring), or ``hang_before_quorum_s`` before any."""
+        bound = self.hang_timeout if self.hang_timeout is not None else self.timing.hang_before_quorum_s
+        return self.timing.frozen_after(bound)
+
+    def stop_waiting(self) -> bool:
+        """The job's final ``stop`` waits in the inbox: the run is over whatever happened since."""
+        with self.inbox.mutex:
+            return any(isinstance(m, Stop) for m in self.inbox.queue)
 
     def was_frozen(self, now: float | None = None) -> bool:
         """True once this process has been stopped longer than the hang timeout (a stale heartbeat
@@ -292,10 +318,11 @@ class LeaderLink:
         """While this replica follows its own coordinator, silence is never a reason to fail over;
         but once that coordinator has stopped (superseded or frozen) for a hang bound, its member
         must rejoin elsewhere even if the coordinator's ``expelled`` never reached it (it would
-        otherwise wait for its own silent coordinator forever). A finished run's ``stop`` came
-        before: by then the training thread no longer reads this inbox."""
+        otherwise wait for its own silent coordinator forever). A coordinator that stopped because
+        it finished the job is not one of these: its ``stop`` waits in the inbox, and a training
+        thread slow to read it (a loaded host) must find it, not an ``expelled``."""
         coord = self.server.coordinator
-        if self.leader != self.replica or coord is None or not coord.stopped:
+        if self.leader != self.replica or coord is None or not coord.stopped or coord.finished:
             self._own_stopped_since = None
             return False
         self._own_stopped_since = self._own_stopped_since or now

@@ -172,9 +172,11 @@ class Redirect:
 
 @dataclass(frozen=True, slots=True)
 class LeaderHeartbeat:
-    """The leader is alive (members fail over when it goes silent)."""
+    """The leader is alive (members fail over when it goes silent). ``hang_timeout``: its hang
+    bound now, from the step times measured so far (members take it in place of the quorum's)."""
 
     TAG: ClassVar[str] = "leader_heartbeat"
+    hang_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,8 @@ class Quorum:
     (positions in the global batch); ``heal`` maps each newcomer to its donor for this first step.
     ``resolve`` decides the step a previous quorum left pending; ``watch`` names replicas whose share
     a peer recomputes on every step up to the given step (``numeric_member.audit_plan``). ``hang_timeout`` is the leader's
-    current hang bound (members use it to notice a silent leader). ``formed_t`` is the leader's
+    hang bound at formation (members use it to notice a silent leader, until a ``LeaderHeartbeat``
+    brings a newer one). ``formed_t`` is the leader's
     wall clock at formation; ``received_t`` the member's, set on receipt (None at the leader)."""
 
     TAG: ClassVar[str] = "quorum"

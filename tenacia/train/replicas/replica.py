@@ -114,15 +114,17 @@ class Replica(NewcomerHealing, ReducePhase):
                             pending=p.step if p else None, pending_vote=p.vote if p else None)
 
     def poll(self, block: float = 0.0) -> Message | None:
-        """Next message from the leader; handles failover and rejoin on the way."""
-        if self.link.was_frozen():
+        """Next message from the leader; handles failover and rejoin on the way. A freeze found
+        with the job's final stop waiting is no reason to rejoin: the run is over, and every
+        message before the stop (the last verdict) came from the leader that ended it."""
+        if self.link.was_frozen() and not self.link.stop_waiting():
             raise Rejoin("this process was frozen longer than the hang timeout")
         while True:
             try:
                 msg = self.link.inbox.get(timeout=block) if block else self.link.inbox.get_nowait()
             except queue.Empty:
                 return None
-            if not isinstance(msg, Wake):
+            if not isinstance(msg, Wake) and not (isinstance(msg, Frozen) and self.link.stop_waiting()):
                 break
             block = 0.0  # a wake is a nudge only: take what else is queued without waiting again
         if isinstance(msg, Expelled):
@@ -136,6 +138,11 @@ class Replica(NewcomerHealing, ReducePhase):
 
     # ----- the loop ---------------------------------------------------------------------------------
     def run(self) -> int:
+        try:  # restarted after the job finished: it is over, whatever this replica's checkpoint holds
+            self.leadership.refuse_if_finished()
+        except JobFinished as e:
+            print(f"replica {self.id}: {e}; exiting without writing", file=sys.stderr, flush=True)
+            return 0
         if self.cfg.checkpoint.resume and not self.preloaded:
             # a starting point only: the job resumes (or not) when the first quorum forms
             self.trainer.resume(event="replica_checkpoint_loaded")
@@ -155,6 +162,8 @@ class Replica(NewcomerHealing, ReducePhase):
                     return self.follow_quorums()
                 except Rejoin as e:
                     self.leadership.refuse_if_finished()
+                    if self.ended_here():
+                        return self.finish()
                     self.events.emit("replica_expelled", replica=self.id, reason=str(e))
                     self.rejoin()
         except JobFinished as e:  # not in the event log: a finished run's records stay as they are
@@ -165,6 +174,20 @@ class Replica(NewcomerHealing, ReducePhase):
             return EXIT_EVICTED
         finally:
             self.link.close()
+
+    def ended_here(self) -> bool:
+        """Did this replica's own coordinator end the job (its final stop sent, never read here:
+        the link it came on was lost)? Then there is nobody left to rejoin: the last step, still
+        pending if its verdict was not read either, is applied and the replica finishes as on the
+        stop; ``JobFinished`` if it does not hold that step."""
+        coord = self.server.coordinator
+        if coord is None or not coord.finished:
+            return False
+        self.apply_resolve(Resolve(coord.settled[0], commit=True))
+        if self.trainer.step < self.cfg.train.steps:
+            raise JobFinished(f"this replica's coordinator ended the job at step {coord.settled[0]}, "
+                              f"which it does not hold (step {self.trainer.step})")
+        return True
 
     def follow_quorums(self) -> int:
         nxt: Message | None = None
@@ -186,9 +209,9 @@ class Replica(NewcomerHealing, ReducePhase):
         self.link.close(bye=False)
         self.pending = None
         self.grads.drop()
-        last, settled = self.link.last_quorum, self.link.settled
+        last, settled, bound = self.link.last_quorum, self.link.settled, self.link.hang_timeout
         self.link = self._new_link()
-        self.link.last_quorum, self.link.settled = last, settled
+        self.link.last_quorum, self.link.settled, self.link.hang_timeout = last, settled, bound
         self.server.lost_leader = True
         self.link.connect(self.leadership.peer_addresses)
         self.link.start_heartbeats()

@@ -9,6 +9,8 @@ of 2026-11-24, 01:25-01:38", hang bound); they are not tuned per run.
 The rules they feed (``coordinator.py`` and ``member.py`` state the contracts):
 - hang bound = ``max(hang_floor_s, hang_factor x median step time)`` over the last
   ``step_window`` committed steps once ``min_step_samples`` were measured, else ``hang_floor_s``;
+  the leader takes it again at every commit and sends it with every ``LeaderHeartbeat``, so the
+  members' bound follows the measured steps too (a quorum's own carries only its formation's);
 - a member is stuck in its step when it computes for longer than the stuck bound
   ``max(stuck_floor_s, stuck_factor x hang bound)`` while a peer already waits in the all-reduce
   (a slow step is a straggler, not a hang); the collective itself is stuck when every member

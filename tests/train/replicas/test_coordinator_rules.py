@@ -15,8 +15,10 @@ from tenacia.train.replicas.protocol import (
     Expelled,
     Heartbeat,
     Hello,
+    LeaderHeartbeat,
     Quorum,
     Resolve,
+    Stop,
     Verdict,
     Vote,
     Wait,
@@ -220,5 +222,63 @@ def test_the_stuck_bound_follows_a_slow_members_own_compute_times(tmp_path):
         lead.run_for(9.0)
         lost = lead.events("failure_detected")
         assert [(e["replica"], e["kind"]) for e in lost] == [(1, "hang")] and "> 48." in lost[0]["reason"]
+    finally:
+        lead.coord.close()
+
+
+def commit_steps(lead: Leader, n: int, step_s: float) -> None:
+    """``n`` steps of the current quorum, each voted ok by all after ``step_s`` seconds."""
+    for _ in range(n):
+        q = lead.coord.quorum
+        lead.run_for(step_s)
+        for r in q.members:
+            lead.coord.on_message(r, Vote(replica=r, quorum_id=q.quorum_id, step=q.step, ok=True, start=0,
+                                          ids=tuple(range(4 * r, 4 * r + 4)), batch=tuple(range(12))))
+
+
+def test_members_are_told_the_hang_bound_as_steps_are_measured_not_only_at_formation(tmp_path):
+    """A quorum that never changes formed before any step was measured (the 0.5 s floor); the
+    leader's heartbeats carry the bound its step times give since (1.5 x 5 s), so its members do
+    not take a 2 s pause of their leader for a freeze."""
+    lead = Leader(tmp_path)
+    try:
+        lead.hello(0, 1, 2)
+        commit_steps(lead, 5, 5.0)
+        lead.run_for(0.2)
+        assert len(lead.quorums(1)) == 1 and lead.quorums(1)[0].hang_timeout == 0.5  # formed before any step
+        beats = [m.hang_timeout for m in lead.conns[1].sent if isinstance(m, LeaderHeartbeat)]
+        assert beats[0] == 0.5 and beats[-1] == pytest.approx(7.5)  # follows the measured steps
+        assert min(beats) == 0.5  # never under the floor
+    finally:
+        lead.coord.close()
+
+
+def test_the_coordinator_that_ends_the_job_says_so(tmp_path):
+    """The final stop marks the coordinator finished: its own member must not take it for a
+    stopped leader (member.py)."""
+    lead = Leader(tmp_path)
+    try:
+        lead.hello(0, 1, 2)
+        lead.coord.total_steps = 8
+        commit_steps(lead, 3, 1.0)
+        assert lead.coord.stopped and lead.coord.finished
+        assert all(isinstance(lead.conns[r].sent[-1], Stop) for r in (0, 1, 2))
+    finally:
+        lead.coord.close()
+
+
+def test_a_coordinator_left_waiting_after_the_job_finished_steps_down(tmp_path):
+    """Waiting for members that exited with the finished job would last forever: once
+    ``finished.json`` exists, a waiting coordinator stops and sends its members away (they find
+    the job over and exit)."""
+    lead = Leader(tmp_path, members=(0, 1), min_replicas=2)
+    try:
+        lead.hello(0)
+        lead.run_for(3.0)  # alone, below min_replicas: waiting
+        assert lead.coord.quorum is None and not lead.coord.stopped
+        (tmp_path / "finished.json").write_text("{}")
+        lead.run_for(lead.coord.timing.fence_check_s + 0.1)
+        assert lead.coord.stopped and not lead.coord.finished
+        assert isinstance(lead.conns[0].sent[-1], Expelled) and "finished" in lead.conns[0].sent[-1].reason
     finally:
         lead.coord.close()

@@ -6,19 +6,28 @@ import socket
 import time
 import types
 
+import pytest
+
 from tenacia.events import EventLog, read_events
 from tenacia.train.config import ReplicaConfig
 from tenacia.train.replicas.coordinator import Coordinator
+from tenacia.train.replicas.leadership import JobFinished, Leadership
 from tenacia.train.replicas.member import LeaderLink, MemberStatus
 from tenacia.train.replicas.protocol import (
     Addrs,
     Expelled,
+    Frozen,
     Heartbeat,
     Hello,
     LeaderHeartbeat,
     LeaderLost,
     Quorum,
+    Resolve,
+    Stop,
+    Verdict,
 )
+from tenacia.train.replicas.replica import Replica
+from tenacia.train.replicas.step_exits import Rejoin
 from tenacia.train.replicas.timing import Timing
 from tenacia.train.replicas.wire import Conn
 
@@ -75,7 +84,7 @@ def test_a_replica_whose_own_coordinator_stopped_rejoins_elsewhere():
     stopped (superseded, frozen) for a hang bound, the member is told to rejoin even if the
     coordinator's own ``expelled`` never reached it."""
     clock = FakeClock()
-    server = types.SimpleNamespace(addr="127.0.0.1:1", coordinator=types.SimpleNamespace(stopped=False))
+    server = types.SimpleNamespace(addr="127.0.0.1:1", coordinator=types.SimpleNamespace(stopped=False, finished=False))
     link = LeaderLink(0, server, "127.0.0.1:2", lambda: MemberStatus(step=1, phase="idle", committed=0),
                       None, None, Timing(), clock)
     link.leader = 0
@@ -164,3 +173,87 @@ def test_a_leaderless_election_goes_to_a_replica_holding_the_newest_state():
 
     assert not fresh_replica_leads(peer(20))  # the peer holds step 20: it is the one to lead
     assert fresh_replica_leads(peer(0))  # same state: the lowest id leads
+
+
+def quorum(hang_timeout: float) -> Quorum:
+    return Quorum(quorum_id=1, term=1, leader=0, step=1, members=(0, 1), sharers=(0, 1), shares={0: (0,), 1: (1,)},
+                  heal={}, store="s", addrs={r: Addrs(f"c{r}", f"h{r}") for r in (0, 1)}, hang_timeout=hang_timeout)
+
+
+def test_a_member_takes_the_hang_bound_its_leader_measures_since_the_quorum_formed():
+    """The quorum formed with the 0.5 s floor; the leader's heartbeats bring 7.5 s once steps of 5 s
+    were measured: a 2 s pause of this process (a loaded host) or of its leader is no freeze, a
+    pause past 7.5 s is."""
+    clock = FakeClock()
+    server = types.SimpleNamespace(addr="127.0.0.1:1", coordinator=None)
+    link = LeaderLink(1, server, "127.0.0.1:2", lambda: MemberStatus(step=1, phase="idle", committed=0),
+                      None, None, Timing(), clock)
+    link.received(quorum(0.5))
+    assert link.freeze_limit() == 0.5
+    link.received(LeaderHeartbeat(hang_timeout=7.5))
+    assert link.freeze_limit() == 7.5
+    link.received(LeaderHeartbeat())  # an older leader's heartbeat, without a bound: keeps the last
+    assert link.freeze_limit() == 7.5
+    clock.t += 2.0
+    assert not link.was_frozen()
+    clock.t += 6.0
+    assert link.was_frozen()
+
+
+def test_a_replica_whose_own_coordinator_finished_the_job_is_not_sent_away():
+    """The coordinator that sent the job's final stop has stopped; its own member, slow to read
+    that stop on a loaded host, must find the stop: no ``expelled``, and heartbeats go on, so the
+    training thread does not take their pause for a freeze either."""
+    clock = FakeClock()
+    server = types.SimpleNamespace(addr="127.0.0.1:1", coordinator=types.SimpleNamespace(stopped=True, finished=True))
+    link = LeaderLink(0, server, "127.0.0.1:2", lambda: MemberStatus(step=1, phase="idle", committed=0),
+                      None, None, Timing(), clock)
+    link.leader = 0
+    assert beats(link, clock, 5.0) == []  # far past the 1 s bound before any quorum
+    assert not link.was_frozen()
+
+
+def test_a_frozen_replica_with_the_final_stop_waiting_finishes_instead_of_rejoining():
+    """A freeze is acted on before the inbox, except when the job's stop waits there: then the last
+    verdict and the stop are read (the freeze notice skipped) and the replica finishes."""
+    link = LeaderLink(0, types.SimpleNamespace(addr="127.0.0.1:1", coordinator=None), "127.0.0.1:2",
+                      lambda: MemberStatus(step=1, phase="idle", committed=0), None, None, Timing(), FakeClock())
+    replica = types.SimpleNamespace(link=link)
+    link.frozen.set()
+    verdict, stop = Verdict(quorum_id=1, step=10, commit=True), Stop(reason="finished", step=10)
+    for msg in (verdict, Frozen(gap_s=2.0), stop):
+        link.inbox.put(msg)
+    assert Replica.poll(replica) == verdict
+    assert Replica.poll(replica) == stop
+    link.inbox.put(LeaderHeartbeat())
+    with pytest.raises(Rejoin):  # no stop waiting: a frozen replica rejoins
+        Replica.poll(replica)
+
+
+def test_a_replica_started_after_the_job_finished_exits_without_training(tmp_path):
+    """``finished.json`` exists when the replica starts (a restart after the finish): it exits 0
+    before loading a checkpoint or joining anyone (it would train again from step 0)."""
+    run_dir = tmp_path
+    (run_dir / "finished.json").write_text("{}")
+    leadership = types.SimpleNamespace(run_dir=run_dir)
+    leadership.refuse_if_finished = lambda: Leadership.refuse_if_finished(leadership)
+    replica = types.SimpleNamespace(id=0, leadership=leadership)  # no trainer, no link: never reached
+    assert Replica.run(replica) == 0
+
+
+def test_a_replica_whose_own_coordinator_ended_the_job_finishes_instead_of_rejoining():
+    """Sent away after its coordinator's final stop (the stop lost with its link), the leader's
+    replica does not look for peers that have exited: it applies the last step if still pending
+    and finishes."""
+    applied = []
+    replica = types.SimpleNamespace(
+        server=types.SimpleNamespace(coordinator=types.SimpleNamespace(finished=True, settled=(10, (0, 1)))),
+        trainer=types.SimpleNamespace(step=9), cfg=types.SimpleNamespace(train=types.SimpleNamespace(steps=10)))
+    replica.apply_resolve = lambda r: applied.append(r) or setattr(replica.trainer, "step", r.step)
+    assert Replica.ended_here(replica) and applied == [Resolve(10, commit=True)]
+    replica.apply_resolve = lambda r: None  # the last step is not held: exit, do not write
+    replica.trainer.step = 9
+    with pytest.raises(JobFinished):
+        Replica.ended_here(replica)
+    replica.server.coordinator.finished = False  # stopped otherwise (superseded, frozen): rejoin
+    assert not Replica.ended_here(replica)

@@ -114,3 +114,19 @@ def test_the_launcher_and_the_config_tree_read_no_torch():
             "tenacia.chaos.injector; assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_nothing_is_restarted_once_a_replica_exited_after_the_final_stop(tmp_path):
+    """The leader fails after its final stop, before writing ``finished.json``: its peers exited 0
+    (a replica does so only once the job is over), so it is not restarted to train again alone from
+    step 0; nor is one whose backoff was still running when a peer exited 0."""
+    lau, started = launcher(tmp_path, restart_budget=5, restart_backoff_s=1.0)
+    lau.children[0].proc.returncode = -15
+    assert lau.supervise_once(0.0) is None and 0 in lau.pending  # a failure mid-run: restarted after 1 s
+    lau.children[1].proc.returncode = 0
+    assert lau.supervise_once(2.0) == 1  # the job ended meanwhile: nobody left, nobody restarted
+    assert started == [] and not lau.pending and not events(tmp_path, "replica_restarted")
+    lau, started = launcher(tmp_path, restart_budget=5)
+    lau.children[1].proc.returncode, lau.children[0].proc.returncode = 0, -15
+    assert lau.supervise_once(10.0) == 1 and started == []
+    assert events(tmp_path, "launcher_done")[-1]["finished"] is False  # no finished.json: said so

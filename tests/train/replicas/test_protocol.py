@@ -49,7 +49,7 @@ EXAMPLES = [
     Hello(replica=5, control="h:1", heal="h:2", committed=40, pending=41, pending_vote=VOTE, quorum_seen=6),
     Heartbeat(replica=2, step=41, phase="allreduce", committed=40, pending=None),
     VOTE, Bye(replica=2), Welcome(leader=0, term=3), Retry(replica=1, term=2), Redirect(address="h:9"),
-    LeaderHeartbeat(), QUORUM, Verdict(quorum_id=7, step=41, commit=True), Wait(reason="1 live < 2"),
+    LeaderHeartbeat(), LeaderHeartbeat(hang_timeout=7.5), QUORUM, Verdict(quorum_id=7, step=41, commit=True), Wait(reason="1 live < 2"),
     Verdict(quorum_id=7, step=41, commit=False, skip=True), Recheck(quorum_id=7, step=41, suspect=2, share_of=2, chunks=((0, 1), (5,))),
     Rechecked(replica=1, quorum_id=7, step=41, suspect=2, outcome={"grad": "00ff", "loss": 2.5, "gnorm": 0.75}),
     Expelled(reason="faulty", evict=True),

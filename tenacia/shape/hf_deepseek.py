@@ -8,9 +8,11 @@ checkpoint: dequantize first), biases, softmax or greedy routing (DeepSeek-V2's)
 routing weights, MoE layers at a frequency other than every layer. ``num_key_value_heads`` is
 read and ignored: latent attention has one key and value per head whatever it says.
 
-Training-only fields a config.json does not hold (``mtp_loss_weight``, ``bias_update_speed``;
-``balance_loss_weight`` unless ``aux_loss_alpha`` is there) come from the ``deepseek-v3-671b``
-preset, the values of the technical report.
+Training-only fields: tenacia's export writes ``bias_update_speed`` and ``mtp_loss_weight`` beside
+Hugging Face's keys (transformers and vLLM ignore keys they do not know), so an export loads back
+with the values it trained with; a config.json without them (one made by transformers) takes
+them, and ``balance_loss_weight`` unless ``aux_loss_alpha`` is there, from the
+``deepseek-v3-671b`` preset, the values of the technical report.
 """
 
 from __future__ import annotations
@@ -76,9 +78,16 @@ def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
                       n_shared_experts=c["n_shared_experts"] or 0, top_k=c["num_experts_per_tok"],
                       n_expert_groups=c["n_group"] or 1, n_limited_groups=c["topk_group"] or 1,
                       expert_ffn_dim=c["moe_intermediate_size"], route_scale=float(c["routed_scaling_factor"]),
-                      balance_loss_weight=float(c["aux_loss_alpha"]) if "aux_loss_alpha" in c else None),
-        mtp_depth=c["num_nextn_predict_layers"],
+                      balance_loss_weight=float(c["aux_loss_alpha"]) if "aux_loss_alpha" in c else None,
+                      bias_update_speed=_optional_float(c, "bias_update_speed")),
+        mtp_depth=c["num_nextn_predict_layers"], mtp_loss_weight=_optional_float(c, "mtp_loss_weight"),
     )
+
+
+def _optional_float(config: Mapping[str, Any], key: str) -> float | None:
+    """``config[key]`` as a float, or None (the preset's value) where it is absent."""
+    value = config.get(key)
+    return None if value is None else float(value)
 
 
 def hf_config_from_model(cfg: ModelConfig, *, dtype: str, token_ids: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,6 +106,7 @@ def hf_config_from_model(cfg: ModelConfig, *, dtype: str, token_ids: Mapping[str
         "n_group": m.n_expert_groups, "topk_group": m.n_limited_groups, "num_experts_per_tok": m.top_k,
         "first_k_dense_replace": m.n_dense_layers, "moe_layer_freq": 1, "norm_topk_prob": True,
         "scoring_func": "sigmoid", "topk_method": "noaux_tc", "aux_loss_alpha": m.balance_loss_weight,
+        "bias_update_speed": m.bias_update_speed, "mtp_loss_weight": cfg.mtp_loss_weight,  # tenacia's own
         "seq_aux": True, "hidden_act": "silu", "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "rope_scaling": None,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta}, "rope_interleave": True,

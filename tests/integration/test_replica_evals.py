@@ -43,6 +43,8 @@ def test_ddp_replicas_evaluate_every_eval_every_steps_and_end_in_the_same_bits(t
     steps = 12
     plain = run_replicas(procs, tmp_path / "plain", f"train.steps={steps}")
     evaluated = run_replicas(procs, tmp_path / "evaluated", f"train.steps={steps}", "train.eval_every=4")
+    for events in (plain, evaluated):  # the precondition of a comparison bit for bit
+        assert [e["members"] for e in events if e["event"] == "step_committed"] == [[0, 1]] * steps
     assert [s for s, _ in evals(plain)] == [steps]
     assert [s for s, _ in evals(evaluated)] == [4, 8, 12]
     assert all(e["source"].startswith("replica:") for e in evaluated if e["event"] == "eval")

@@ -52,7 +52,7 @@ class TrainConfig:
     steps: int = 300
     batch_size: int = 16  # samples per optimizer step (the global batch, across all replicas)
     micro_batch_size: int = 16  # samples per forward/backward; batch_size must be a multiple
-    eval_every: int = 50  # steps between held-out evaluations (0: only at the end)
+    eval_every: int = 50  # steps (diloco, streaming: outer rounds) between held-out evals; 0: only at the end
     eval_batches: int = 4
     log_every: int = 10
     seed: int = 0  # model init and any randomness in the step

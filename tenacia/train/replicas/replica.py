@@ -42,7 +42,7 @@ from ... import hooks
 from ...storage import atomic_write_json
 from ..config import RunConfig
 from ..trainer import Trainer
-from . import addresses, votecheck
+from . import addresses, evals, votecheck
 from .apply import PendingStep, expert_outcome
 from .device_slot import EXIT_EVICTED, device_name
 from .group import GroupBuilder
@@ -357,8 +357,15 @@ class Replica(NewcomerHealing, ReducePhase):
         hooks.reach(f"phase:{phase}", step)
 
     def after_commit(self) -> None:
+        """The leader's replica evaluates every ``train.eval_every`` steps (``evals.py``; its
+        heartbeats say ``eval`` meanwhile, no hook point is reached) and saves every
+        ``checkpoint.every``."""
         t = self.trainer
         leading = self.server.coordinator is not None and not self.server.coordinator.stopped
+        if leading and evals.due(t.step, self.cfg.train.eval_every, self.cfg.train.steps):
+            self.phase = "eval"
+            evals.record_eval(t)
+            self.phase = "idle"
         every = self.cfg.checkpoint.every
         if leading and every and t.step % every == 0 and t.step < self.cfg.train.steps:
             t.save_checkpoint(term=self.server.coordinator.term)
@@ -369,8 +376,7 @@ class Replica(NewcomerHealing, ReducePhase):
             t.step, t.sampler.state_dict(), self.sync.replicated(t)))
         coord = self.server.coordinator
         if coord is not None:  # the leader writes the final checkpoint and the eval
-            eval_loss = t.evaluate()
-            t.events.emit("eval", step=t.step, eval_loss=eval_loss)
+            eval_loss = evals.record_eval(t)
             t.save_checkpoint(term=coord.term)
             t.checkpoints.wait()
             atomic_write_json(Path(self.cfg.train.run_dir) / "finished.json",

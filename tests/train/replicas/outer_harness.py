@@ -5,6 +5,7 @@ collectives meet at a barrier (one thread per member) and sum or gather in rank 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -89,9 +90,11 @@ def load(run_dir: Path, *overrides: str) -> RunConfig:
     return config.load(RunConfig, overrides=[*SMALL, "train.progress=false", f"train.run_dir={run_dir}", *overrides])
 
 
-def train(run_dir: Path, replicas: int, *overrides: str) -> tuple[list[Trainer], list, Group]:
+def train(run_dir: Path, replicas: int, *overrides: str,
+          after_commit: Callable[[list[Trainer]], None] | None = None) -> tuple[list[Trainer], list, Group]:
     """Train ``replicas`` in-process members to ``train.steps`` with the strategy the overrides
-    name; returns the trainers, their strategies and the group (bytes each member sent)."""
+    name; returns the trainers, their strategies and the group (bytes each member sent).
+    ``after_commit(trainers)`` runs after every member applied a step, as ``Replica.after_commit``."""
     cfgs = [load(run_dir / f"r{r}", *overrides) for r in range(replicas)]
     trainers = [Trainer(c, source=f"replica:{r}", write_ledger=False) for r, c in enumerate(cfgs)]
     syncs = [strategy(c, t) for c, t in zip(cfgs, trainers, strict=True)]
@@ -132,4 +135,6 @@ def train(run_dir: Path, replicas: int, *overrides: str) -> tuple[list[Trainer],
         for r in range(replicas):
             vote = Vote(replica=r, quorum_id=1, step=step, ok=True, start=start, batch=tuple(batch), tokens=tokens[r])
             syncs[r].apply(trainers[r], locals_[r], PendingStep(vote, reduced[r]), cfg)
+        if after_commit is not None:
+            after_commit(trainers)
     return trainers, syncs, group

@@ -95,6 +95,18 @@ class ToolCallParser:
     def feed(self, text: str, final: bool = False) -> tuple[str, list[dict]]:
         raise NotImplementedError
 
+    def text_until(self, tag: str, final: bool) -> tuple[str, int]:
+        """The buffer's content before ``tag`` and the tag's place in what is left (-1: not there;
+        a tail that may be the start of ``tag`` stays in the buffer unless ``final``)."""
+        start = self.buffer.find(tag)
+        if start < 0:
+            keep = 0 if final else partial_suffix(self.buffer, tag)
+            start = len(self.buffer) - keep
+            content, self.buffer = self.buffer[:start], self.buffer[start:]
+            return content, -1
+        content, self.buffer = self.buffer[:start], self.buffer[start:]
+        return content, 0
+
     def new_id(self) -> str:
         return f"call_{uuid.uuid4().hex[:24]}"
 

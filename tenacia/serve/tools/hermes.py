@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..reasoning import partial_suffix
 from .calls import FAIL, WAIT, ToolCallParser, calls_json, expect, skip_ws
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -26,14 +25,11 @@ class HermesParser(ToolCallParser):
         content, deltas = "", []
         while True:
             if self.state == "text":
-                start = self.buffer.find(OPEN)
-                if start < 0:
-                    keep = 0 if final else partial_suffix(self.buffer, OPEN)
-                    content += self.buffer[:len(self.buffer) - keep]
-                    self.buffer = self.buffer[len(self.buffer) - keep:]
+                before, found = self.text_until(OPEN, final)
+                content += before
+                if found < 0:
                     break
-                content += self.buffer[:start]
-                self.buffer, self.state = self.buffer[start + len(OPEN):], "block"
+                self.buffer, self.state = self.buffer[len(OPEN):], "block"
             elif self.state == "block":
                 step = self.start_call(skip_ws(self.buffer, 0), final, KEYS)
                 if step == WAIT:

@@ -17,7 +17,6 @@ import re
 from dataclasses import dataclass
 
 from ..engine.grammar import JSON_OPTIONS
-from ..reasoning import partial_suffix
 from .calls import FAIL, WAIT, ToolCallParser, calls_json, expect, mistral_id, skip_ws
 
 TAG, CALL_ID, ARGS = "[TOOL_CALLS]", "[CALL_ID]", "[ARGS]"
@@ -39,13 +38,11 @@ class MistralParser(ToolCallParser):
         content, deltas = "", []
         while True:
             if self.state == "text":
-                start = self.buffer.find(TAG)
-                if start < 0:
-                    keep = 0 if final else partial_suffix(self.buffer, TAG)
-                    content += self.buffer[:len(self.buffer) - keep]
-                    self.buffer = self.buffer[len(self.buffer) - keep:]
+                before, found = self.text_until(TAG, final)
+                content += before
+                if found < 0:
                     break
-                content, self.buffer, self.state = content + self.buffer[:start], self.buffer[start:], "tag"
+                self.state = "tag"
             elif self.state in ("call", "args"):
                 fragments, over = self.stream_call(final, fence=TAG if self.state == "args" else None,
                                                    value=self.state == "args")

@@ -14,7 +14,8 @@ after another, so a step is a sum of maxima, not a maximum of sums:
   the experts the instance's batch touches, E (1 - (1 - k/E)^B) per layer, E/tp on each chip;
 - attention: each sequence reads its KV cache (``kv_elements_per_token`` x context x
   ``kv_bytes``) and does ``ModelSpec.decode_attention_flops`` (MLA absorbed: compute-bound, as
-  FlashMLA is) at the chip's large-GEMM BF16 rate;
+  FlashMLA is) at the chip's large-GEMM rate in ``attention_precision`` (BF16, or FP8 as
+  FlashMLA-FP8 and FA3-FP8 run it);
 - all-to-all (MoE): each MoE layer dispatches every token's k copies in the weight format and
   combines them in BF16; copies to chips of the same scale-up domain take its link, copies to
   other domains the scale-out link, both at once (``_all_to_all_s``). Decode sends every copy
@@ -24,12 +25,19 @@ after another, so a step is a sum of maxima, not a maximum of sums:
   CloudMatrix-Infer's micro-batch pipeline);
 - per-layer fixed cost (``layer_overhead_us``): kernel launches, gaps between kernels,
   synchronisation, whatever a layer pays however small its batch: what makes a decode step
-  take time at batch 1 beyond its weight reads.
+  take time at batch 1 beyond its weight reads;
+- speculative decoding (``Speculation``, DeepSeek's MTP as SGLang runs it): each sequence's step
+  verifies ``draft_tokens`` tokens, so every GEMM, the attention FLOPs and the all-to-all carry
+  ``batch x draft_tokens`` rows while the KV cache is read once per sequence; the drafts cost
+  ``draft_tokens - 1`` passes of one more layer (the MTP module), and the step emits
+  ``accepted`` tokens per sequence on average: time per output token = step / accepted.
 
 Rates: a GEMM runs at the chip's large-GEMM efficiency (catalog ``matmul_efficiency``) times its
 precision's dense peak (FP8, INT8 where the catalog has one, else BF16) times the GEMM shape
 factor of ``efficiency.py`` at the rows it really gets; HBM at ``hbm_efficiency`` of the
-datasheet bandwidth (the catalog's per-chip figure where it has one); links at ``Assumptions.comm_efficiency``.
+datasheet bandwidth (the catalog's per-chip figure where it has one); links at ``Assumptions.comm_efficiency``,
+the all-to-all at the catalog's measured ``alltoall_efficiency`` where the chip has one (Ascend 910C:
+DeepEP-Ascend's published bandwidths).
 """
 
 from __future__ import annotations
@@ -54,11 +62,13 @@ WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0}
 class StepCosts:
     """The costs of a serving step that FLOPs and bytes do not give (module docstring)."""
 
-    # Fixed cost of one layer per step, µs (launches, gaps, synchronisation). Fitted on the
-    # serving tuning set of `tenacia plan validate`: bench/plan_tune.py serving.
-    layer_overhead_us: float = 50.0
-    # Tokens on the most loaded expert rank / the mean. Fitted on the same set.
-    expert_imbalance: float = 4.0
+    # Fixed cost of one layer per step, µs (launches, gaps, synchronisation, and whatever else a
+    # step pays at batch 1: on Ant Group's H20 decode, 43 ms a step at one sequence a GPU).
+    # Fitted on the full-load serving cases of the tuning set: bench/plan_tune.py serving.
+    layer_overhead_us: float = 475.0
+    # Tokens on the most loaded expert rank / the mean: 1 / 0.7, from Ant Group's H20 report
+    # (lmsys.org 2025-09-26: its expert load balancer keeps "a >70% load balance ratio").
+    expert_imbalance: float = 1.43
     # Share of the all-to-all hidden behind compute by micro-batch overlap (module docstring).
     comm_overlap: float = 1.0
     # Fraction of the datasheet HBM bandwidth a serving step's reads reach, for chips whose
@@ -74,16 +84,35 @@ class StepCosts:
         check(0 < self.hbm_efficiency <= 1, "hbm_efficiency", self.hbm_efficiency, "a fraction in (0, 1]")
 
 
+@dataclass(kw_only=True, slots=True)
+class Speculation:
+    """Speculative decoding (multi-token prediction) in the decode step (module docstring).
+    The defaults are no speculation."""
+
+    # Tokens each sequence's step verifies: its next token and draft_tokens - 1 drafts
+    # (SGLang's --speculative-num-draft-tokens).
+    draft_tokens: int = 1
+    # Tokens a step emits per sequence on average (the accept length; 1 <= accepted <= draft_tokens).
+    accepted: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_finite(self)
+        check(self.draft_tokens >= 1, "speculation.draft_tokens", self.draft_tokens, "a whole number >= 1")
+        check(1 <= self.accepted <= self.draft_tokens, "speculation.accepted", self.accepted,
+              f"tokens per step in [1, draft_tokens={self.draft_tokens}]")
+
+
 def gemm_rate(chip: Chip, precision: str, a: Assumptions) -> float:
     """FLOP/s of a large GEMM in ``precision``: the same fraction of that precision's peak as
     of the BF16 one (DeepGEMM's FP8 GEMMs reach 1,550 of the H800's 1,979 TFLOPS, above it)."""
     return chip.peak_flops(precision) * chip.matmul_efficiency * a.compute_efficiency
 
 
-def _link(chip: Chip, chips: int, a: Assumptions) -> tuple[float, float]:
-    """(bytes/s, latency s) of the link between chips of an instance of ``chips``."""
+def _link(chip: Chip, chips: int, efficiency: float) -> tuple[float, float]:
+    """(bytes/s, latency s) of the link between chips of an instance of ``chips``, of which
+    ``efficiency`` of the catalog bandwidth is reached."""
     scale_up = chips <= chip.scale_up_domain
-    bw = (chip.scale_up_gbs if scale_up else chip.scale_out_gbs) * 1e9 * a.comm_efficiency
+    bw = (chip.scale_up_gbs if scale_up else chip.scale_out_gbs) * 1e9 * efficiency
     lat = (chip.scale_up_latency_us if scale_up else chip.scale_out_latency_us) * 1e-6
     return bw, lat
 
@@ -122,8 +151,9 @@ def _all_to_all_s(m: ModelSpec, chip: Chip, plan: ServePlan, chips: int, tokens:
     # node-limited copies land on the remote domain's peer and are forwarded inside it (DeepEP's
     # normal kernels): the scale-out link carries a whole domain's experts, whose load evens out
     out_per_copy = per_copy / plan.step.expert_imbalance if node_limited else per_copy
-    bw_out, lat_out = _link(chip, chips, a)
-    bw_up, lat_up = _link(chip, 1, a)
+    efficiency = chip.alltoall_efficiency or a.comm_efficiency
+    bw_out, lat_out = _link(chip, chips, efficiency)
+    bw_up, lat_up = _link(chip, 1, efficiency)
     per_layer = max(out_copies * out_per_copy / bw_out, up_copies * per_copy / bw_up)
     return m.moe_layers * (per_layer + 2 * (lat_out if domains > 1 else lat_up))
 
@@ -137,40 +167,51 @@ def _step(compute: float, comm: float, m: ModelSpec, costs: StepCosts) -> float:
 def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> dict[str, float]:
     """Seconds of one decode step of ``batch`` sequences on a ``tp``-chip instance, by operator
     (module docstring): each operator's roofline (``*_s``, and which bound it: ``*_bound``), the
-    all-to-all or all-reduce before overlap, the fixed cost, and the step."""
-    a, costs, wb = plan.assumptions, plan.step, WEIGHT_BYTES[plan.precision]
+    all-to-all or all-reduce before overlap, the fixed cost, the draft passes, the step, and the
+    time per output token (``tpot_s`` = step / ``speculation.accepted``)."""
+    a, costs, wb, spec = plan.assumptions, plan.step, WEIGHT_BYTES[plan.precision], plan.speculation
+    rows = batch * spec.draft_tokens  # tokens through the GEMMs: every sequence's verified ones
     hbm = chip.memory_tbs * 1e12 * (chip.hbm_efficiency or costs.hbm_efficiency)
     context = plan.demand.input_len + plan.demand.output_len / 2
     dense, routed = serving_params(m)
     embedding = m.vocab * m.hidden  # a lookup: not read whole
     k0 = a.gemm_k_overhead
-    ops = {"attention": (batch / tp * m.decode_attention_flops(context) / gemm_rate(chip, "bf16", a),
+    ops = {"attention": (rows / tp * m.decode_attention_flops(context) / gemm_rate(chip, plan.attention_precision, a),
                          batch / tp * context * m.kv_elements_per_token * plan.kv_bytes / hbm)}
     if m.is_moe:  # each chip runs its own batch / tp rows; experts take rows from every chip
-        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, 1, batch / tp, tp, k0, backward=False)
-        touched = m.experts / tp * -math.expm1(batch * math.log1p(-m.experts_per_token / m.experts))
-        ops["dense"] = (batch / tp * 2 * dense / rate, (m.dense_params_b * 1e9 - embedding) * wb / hbm)
-        ops["experts"] = (batch / tp * 2 * routed * costs.expert_imbalance / rate,
+        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, 1, rows / tp, tp, k0, backward=False)
+        touched = m.experts / tp * -math.expm1(rows * math.log1p(-m.experts_per_token / m.experts))
+        ops["dense"] = (rows / tp * 2 * dense / rate, (m.dense_params_b * 1e9 - embedding) * wb / hbm)
+        ops["experts"] = (rows / tp * 2 * routed * costs.expert_imbalance / rate,
                           m.moe_layers * touched * 3 * m.hidden * m.expert_ffn * wb / hbm)
-        comm = _all_to_all_s(m, chip, plan, tp, batch / tp, node_limited=False)
+        comm = _all_to_all_s(m, chip, plan, tp, rows / tp, node_limited=False)
     else:  # tensor parallel: weights split tp ways, two all-reduces of the batch per layer
-        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, tp, batch, 1, k0, backward=False)
-        ops["dense"] = (batch * 2 * dense / tp / rate, (m.total_params_b * 1e9 - embedding) * wb / tp / hbm)
-        bw, lat = _link(chip, tp, a)
-        per = 2 * (tp - 1) / tp * batch * m.hidden * 2 / bw + 2 * math.log2(tp) * lat
+        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, tp, rows, 1, k0, backward=False)
+        ops["dense"] = (rows * 2 * dense / tp / rate, (m.total_params_b * 1e9 - embedding) * wb / tp / hbm)
+        bw, lat = _link(chip, tp, a.comm_efficiency)
+        per = 2 * (tp - 1) / tp * rows * m.hidden * 2 / bw + 2 * math.log2(tp) * lat
         comm = 2 * m.layers * per if tp > 1 else 0.0
     parts = {}
     for name, (compute_s, memory_s) in ops.items():
         parts[f"{name}_s"] = max(compute_s, memory_s)
         parts[f"{name}_bound"] = "compute" if compute_s >= memory_s else "memory"
     compute = sum(parts[f"{name}_s"] for name in ops)
-    return parts | {"comm_s": comm, "fixed_s": m.layers * costs.layer_overhead_us * 1e-6,
-                    "step_s": _step(compute, comm, m, costs)}
+    fixed = m.layers * costs.layer_overhead_us * 1e-6
+    # each draft is one pass of the MTP module: about one layer's share of the step
+    draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
+    step = _step(compute, comm, m, costs) + draft
+    return parts | {"comm_s": comm, "fixed_s": fixed, "draft_s": draft, "step_s": step,
+                    "tpot_s": step / spec.accepted}
 
 
 def decode_step_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> float:
     """One decode step of ``batch`` sequences on a ``tp``-chip instance (module docstring)."""
     return decode_parts(m, chip, plan, tp, batch)["step_s"]
+
+
+def decode_tpot_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> float:
+    """Time per output token of that step: the step over the tokens it emits per sequence."""
+    return decode_parts(m, chip, plan, tp, batch)["tpot_s"]
 
 
 def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
@@ -185,7 +226,7 @@ def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
     else:
         factor = model_shape_factor(m, n, tokens * n, 1, k0, backward=False)
     compute = tokens * 2 * (dense + routed * costs.expert_imbalance) / (gemm_rate(chip, plan.precision, a) * factor)
-    compute += tokens * m.attention_flops_fwd(tokens / 2) / (gemm_rate(chip, "bf16", a)
+    compute += tokens * m.attention_flops_fwd(tokens / 2) / (gemm_rate(chip, plan.attention_precision, a)
                                                             * attention_shape_factor(m, tokens, k0, backward=False))
     comm = _all_to_all_s(m, chip, plan, n, tokens, node_limited=True)
     return tokens / _step(compute, comm, m, costs)

@@ -3,7 +3,7 @@ only on it: k0 (``Assumptions.gemm_k_overhead``) and the large-GEMM efficiency o
 Hopper (catalog ``matmul_efficiency``). Held-out cases are never read.
 
     .venv/bin/python bench/plan_tune.py            # training: k0, matmul_efficiency
-    .venv/bin/python bench/plan_tune.py serving    # serving: step.layer_overhead_us
+    .venv/bin/python bench/plan_tune.py serving    # serving: step.moe_layer_overhead_us
 
 prints, for each grid point, the tuning set's errors; then the k0 whose families' best
 efficiencies give the smallest largest absolute error (each family is fitted on its own cases,
@@ -64,7 +64,7 @@ def main() -> None:
 
 
 def tune_serving() -> None:
-    """step.layer_overhead_us of ServePlan on the serving tuning cases measured at full load
+    """step.moe_layer_overhead_us of ServePlan on the serving tuning cases measured at full load
     (``load = 'benchmark'``: Ant Group's H20 figures); the production averages (DeepSeek's H800
     figures, below capacity in quiet hours) are printed beside them but not fitted. The expert
     imbalance is not fitted: StepCosts' default comes from the same report's load balance ratio.
@@ -78,7 +78,7 @@ def tune_serving() -> None:
     for overhead in OVERHEAD_US:
         errors = []
         for case in cases:
-            plan = config.from_dict(ServePlan, build(None, [], [*case.overrides, f"step.layer_overhead_us={overhead}"]))
+            plan = config.from_dict(ServePlan, build(None, [], [*case.overrides, f"step.moe_layer_overhead_us={overhead}"]))
             try:
                 s = estimate_serving(plan, chips[plan.chip]).summary()
             except ConfigError:
@@ -88,12 +88,12 @@ def tune_serving() -> None:
         mine = [e for e, f in zip(errors, fitted, strict=True) if f]
         worst = max(abs(e) for e in mine)
         rms = math.sqrt(sum(math.log1p(e) ** 2 for e in mine) / len(mine)) if math.isfinite(worst) else math.inf
-        print(f"step.layer_overhead_us={overhead:4g} rms log error {rms:.3f} largest {worst:.1%}  "
+        print(f"step.moe_layer_overhead_us={overhead:4g} rms log error {rms:.3f} largest {worst:.1%}  "
               + "  ".join(f"{c.id}{'' if f else ' (production, not fitted)'} {e:+.1%}"
                           for c, e, f in zip(cases, errors, fitted, strict=True)))
         if best is None or rms < best[0]:
             best = (rms, overhead, worst)
-    print(f"\nbest: step.layer_overhead_us={best[1]:g} "
+    print(f"\nbest: step.moe_layer_overhead_us={best[1]:g} "
           f"(rms log error {best[0]:.3f}, largest |error| {best[2]:.1%} on the benchmark cases)")
 
 

@@ -32,6 +32,7 @@ from .serving_step import (
     StepCosts,
     decode_parts,
     decode_tpot_s,
+    fixed_s,
     prefill_tps_per_chip,
     weight_bytes_per_chip,
 )
@@ -145,8 +146,10 @@ def best_decode(plan: ServePlan, chip: Chip, target_s: float) -> tuple[int, int,
         if largest == 0:
             continue
         # throughput is not monotone in the batch (a batch just past a whole GEMM tile pays for a
-        # padded one): try the largest batch, every whole tile below it, and a geometric ladder
-        tiles = range(tp * TILE, largest, max(tp * TILE, largest // 64 // (tp * TILE) * tp * TILE))
+        # padded one): try the largest batch, every batch that fills whole tiles below it (a GEMM
+        # gets batch x draft_tokens rows, / tp on an MoE instance), and a geometric ladder
+        unit = max(1, (tp if m.is_moe else 1) * TILE // plan.speculation.draft_tokens)
+        tiles = range(unit, largest, max(unit, largest // 64 // unit * unit))
         ladder = {largest, *tiles, *(max(1, round(largest / 1.25 ** i)) for i in range(32))}
         for batch in sorted(ladder):
             step = decode_tpot_s(m, chip, plan, tp, batch)
@@ -171,11 +174,13 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
     best = best_decode(plan, chip, plan.tpot_ms / 1000)
     if best is None:
         tried = plan.tp or "1..1024"
-        fixed_ms = m.layers * plan.step.layer_overhead_us / 1000
+        fixed_ms = fixed_s(m, plan.step, plan.tp or 1) * 1000 / plan.speculation.accepted
         if fixed_ms >= plan.tpot_ms:
             raise ConfigError("tpot_ms", plan.tpot_ms,
-                              f"more than the step's fixed cost alone: {m.layers} layers x "
-                              f"step.layer_overhead_us={plan.step.layer_overhead_us:g} = {fixed_ms:.1f} ms")
+                              f"more than the step's fixed cost alone: {fixed_ms:.1f} ms a token "
+                              f"({m.layers} layers x step.layer_overhead_us={plan.step.layer_overhead_us:g}, "
+                              f"{m.moe_layers if m.is_moe else 0} MoE layers x "
+                              f"step.moe_layer_overhead_us={plan.step.moe_layer_overhead_us:g})")
         raise ConfigError("tpot_ms", plan.tpot_ms,
                           f"a target {chip.key} can meet for {m.total_params_b:g}B parameters with tp={tried}: "
                           "no instance both holds the weights plus one sequence's KV cache and decodes "

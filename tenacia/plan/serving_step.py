@@ -5,7 +5,7 @@ Every operator of a step is priced by its own roofline, and the operators of a l
 after another, so a step is a sum of maxima, not a maximum of sums:
 
     decode step = sum over operators of max(FLOPs / its compute rate, bytes / HBM bandwidth)
-                  + exposed all-to-all + layers x per-layer fixed cost
+                  + exposed all-to-all + fixed costs (per layer; per MoE layer of an expert-parallel instance)
 
 - dense GEMMs (attention projections, shared experts, dense FFNs, output head): the batch's
   rows through weights every chip holds (an MoE instance replicates them, a dense one splits
@@ -23,9 +23,13 @@ after another, so a step is a sum of maxima, not a maximum of sums:
   routing (DeepEP's normal kernels). ``comm_overlap`` of it hides behind the step's compute, as
   two micro-batches do (DeepSeek's dual micro-batch overlap, SGLang's two-batch overlap,
   CloudMatrix-Infer's micro-batch pipeline);
-- per-layer fixed cost (``layer_overhead_us``): kernel launches, gaps between kernels,
-  synchronisation, whatever a layer pays however small its batch: what makes a decode step
-  take time at batch 1 beyond its weight reads;
+- fixed costs, paid however small the batch: ``layer_overhead_us`` per layer (kernel launches,
+  gaps between kernels), and ``moe_layer_overhead_us`` per MoE layer of an instance whose
+  experts span several chips (the dispatch and combine's launch, synchronisation and latency
+  floor, which micro-batch overlap cannot hide when there is little to overlap: DeepEP's
+  low-latency kernels take 77-195 µs at EP8-16 on H800 for 128 tokens a GPU, its README;
+  DeepEP-Ascend's 126-153 µs at EP8-32 on the 910C, sgl-kernel-npu's README). They are what
+  makes a decode step take time at batch 1 beyond its weight reads;
 - speculative decoding (``Speculation``, DeepSeek's MTP as SGLang runs it): each sequence's step
   verifies ``draft_tokens`` tokens, so every GEMM, the attention FLOPs and the all-to-all carry
   ``batch x draft_tokens`` rows while the KV cache is read once per sequence; the drafts cost
@@ -62,10 +66,14 @@ WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0}
 class StepCosts:
     """The costs of a serving step that FLOPs and bytes do not give (module docstring)."""
 
-    # Fixed cost of one layer per step, µs (launches, gaps, synchronisation, and whatever else a
-    # step pays at batch 1: on Ant Group's H20 decode, 43 ms a step at one sequence a GPU).
-    # Fitted on the full-load serving cases of the tuning set: bench/plan_tune.py serving.
-    layer_overhead_us: float = 475.0
+    # Fixed cost of every layer per step, µs (launches, gaps). Not fitted: the tuning set has no
+    # full-load serving case of a dense model; set it for your stack.
+    layer_overhead_us: float = 0.0
+    # Fixed cost of each MoE layer per step on an expert-parallel instance, µs (module
+    # docstring): what a step pays at batch 1 (Ant Group's H20 decode: 43 ms a step at one
+    # sequence a GPU on EP16). Fitted on the full-load serving cases of the tuning set:
+    # bench/plan_tune.py serving.
+    moe_layer_overhead_us: float = 500.0
     # Tokens on the most loaded expert rank / the mean: 1 / 0.7, from Ant Group's H20 report
     # (lmsys.org 2025-09-26: its expert load balancer keeps "a >70% load balance ratio").
     expert_imbalance: float = 1.43
@@ -79,6 +87,7 @@ class StepCosts:
     def __post_init__(self) -> None:
         check_finite(self)
         check(self.layer_overhead_us >= 0, "layer_overhead_us", self.layer_overhead_us, "microseconds >= 0")
+        check(self.moe_layer_overhead_us >= 0, "moe_layer_overhead_us", self.moe_layer_overhead_us, "microseconds >= 0")
         check(self.expert_imbalance >= 1, "expert_imbalance", self.expert_imbalance, "a number >= 1")
         check(0 <= self.comm_overlap <= 1, "comm_overlap", self.comm_overlap, "a fraction in [0, 1]")
         check(0 < self.hbm_efficiency <= 1, "hbm_efficiency", self.hbm_efficiency, "a fraction in (0, 1]")
@@ -97,8 +106,8 @@ class Speculation:
 
     def __post_init__(self) -> None:
         check_finite(self)
-        check(self.draft_tokens >= 1, "speculation.draft_tokens", self.draft_tokens, "a whole number >= 1")
-        check(1 <= self.accepted <= self.draft_tokens, "speculation.accepted", self.accepted,
+        check(self.draft_tokens >= 1, "draft_tokens", self.draft_tokens, "a whole number >= 1")
+        check(1 <= self.accepted <= self.draft_tokens, "accepted", self.accepted,
               f"tokens per step in [1, draft_tokens={self.draft_tokens}]")
 
 
@@ -158,10 +167,16 @@ def _all_to_all_s(m: ModelSpec, chip: Chip, plan: ServePlan, chips: int, tokens:
     return m.moe_layers * (per_layer + 2 * (lat_out if domains > 1 else lat_up))
 
 
-def _step(compute: float, comm: float, m: ModelSpec, costs: StepCosts) -> float:
+def fixed_s(m: ModelSpec, costs: StepCosts, chips: int) -> float:
+    """A step's fixed costs on an instance of ``chips`` (module docstring)."""
+    moe = m.moe_layers * costs.moe_layer_overhead_us if m.is_moe and chips > 1 else 0.0
+    return (m.layers * costs.layer_overhead_us + moe) * 1e-6
+
+
+def _step(compute: float, comm: float, fixed: float, costs: StepCosts) -> float:
     """Compute with ``comm_overlap`` of the communication hidden behind it, plus the fixed costs."""
     ov = costs.comm_overlap
-    return max(compute, ov * comm) + (1 - ov) * comm + m.layers * costs.layer_overhead_us * 1e-6
+    return max(compute, ov * comm) + (1 - ov) * comm + fixed
 
 
 def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> dict[str, float]:
@@ -196,10 +211,10 @@ def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int)
         parts[f"{name}_s"] = max(compute_s, memory_s)
         parts[f"{name}_bound"] = "compute" if compute_s >= memory_s else "memory"
     compute = sum(parts[f"{name}_s"] for name in ops)
-    fixed = m.layers * costs.layer_overhead_us * 1e-6
+    fixed = fixed_s(m, costs, tp)
     # each draft is one pass of the MTP module: about one layer's share of the step
     draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
-    step = _step(compute, comm, m, costs) + draft
+    step = _step(compute, comm, fixed, costs) + draft
     return parts | {"comm_s": comm, "fixed_s": fixed, "draft_s": draft, "step_s": step,
                     "tpot_s": step / spec.accepted}
 
@@ -229,4 +244,4 @@ def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
     compute += tokens * m.attention_flops_fwd(tokens / 2) / (gemm_rate(chip, plan.attention_precision, a)
                                                             * attention_shape_factor(m, tokens, k0, backward=False))
     comm = _all_to_all_s(m, chip, plan, n, tokens, node_limited=True)
-    return tokens / _step(compute, comm, m, costs)
+    return tokens / _step(compute, comm, fixed_s(m, costs, n), costs)

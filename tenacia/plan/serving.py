@@ -174,10 +174,12 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
     best = best_decode(plan, chip, plan.tpot_ms / 1000)
     if best is None:
         tried = plan.tp or "1..1024"
-        fixed_ms = fixed_s(m, plan.step, plan.tp or 1) * 1000 / plan.speculation.accepted
+        # the smallest instance that pays every fixed cost: an MoE model's experts span 2 chips
+        smallest = plan.tp or (2 if m.is_moe else 1)
+        fixed_ms = fixed_s(m, plan.step, smallest) * 1000 / plan.speculation.accepted
         if fixed_ms >= plan.tpot_ms:
             raise ConfigError("tpot_ms", plan.tpot_ms,
-                              f"more than the step's fixed cost alone: {fixed_ms:.1f} ms a token "
+                              f"more than the step's fixed cost alone on {smallest} chips or more: {fixed_ms:.1f} ms a token "
                               f"({m.layers} layers x step.layer_overhead_us={plan.step.layer_overhead_us:g}, "
                               f"{m.moe_layers if m.is_moe else 0} MoE layers x "
                               f"step.moe_layer_overhead_us={plan.step.moe_layer_overhead_us:g})")

@@ -97,7 +97,10 @@ def test_unreachable_target_is_a_clear_error(chips):
     with pytest.raises(ConfigError) as e:  # the fixed costs alone are longer than the target
         estimate_serving(_plan("tp=16", "tpot_ms=30", "step.layer_overhead_us=100"), chips["h800"])
     # 61 x 100 + 58 x 500 µs = 35.1 ms a step, one token a step
-    assert e.value.field == "tpot_ms" and "fixed cost alone: 35.1 ms a token" in e.value.allowed
+    assert e.value.field == "tpot_ms" and "fixed cost alone on 16 chips or more: 35.1 ms a token" in e.value.allowed
+    with pytest.raises(ConfigError) as e:  # searched instances: every one of 2 chips or more pays 58 x 500 µs
+        estimate_serving(_plan("tpot_ms=20"), chips["h800"])
+    assert "fixed cost alone on 2 chips or more: 29.0 ms a token" in e.value.allowed
 
 
 @pytest.mark.parametrize("model, chip, precision", [("deepseek-v3", "h800", "fp8"),

@@ -27,7 +27,7 @@ after another, so a step is a sum of maxima, not a maximum of sums:
   gaps between kernels), and ``moe_layer_overhead_us`` per MoE layer of an instance whose
   experts span several chips (the dispatch and combine's launch, synchronisation and latency
   floor, which micro-batch overlap cannot hide when there is little to overlap: DeepEP's
-  low-latency kernels take 77-195 µs at EP8-16 on H800 for 128 tokens a GPU, its README;
+  low-latency kernels take 77-195 µs at EP8-16 on H800 for 128 tokens a GPU, DeepEP's docs/legacy.md;
   DeepEP-Ascend's 126-153 µs at EP8-32 on the 910C, sgl-kernel-npu's README). They are what
   makes a decode step take time at batch 1 beyond its weight reads;
 - speculative decoding (``Speculation``, DeepSeek's MTP as SGLang runs it): each sequence's step

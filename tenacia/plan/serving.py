@@ -171,6 +171,8 @@ def decode_curve(plan: ServePlan, chip: Chip, targets_ms: tuple[float, ...] = CU
 
 def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
     m, d = plan.model, plan.demand
+    check(plan.attention_precision != "fp8" or chip.fp8_tflops is not None, "attention_precision",
+          plan.attention_precision, f"'bf16': the catalog has no FP8 throughput for {chip.key} ({chip.name})")
     best = best_decode(plan, chip, plan.tpot_ms / 1000)
     if best is None:
         tried = plan.tp or "1..1024"

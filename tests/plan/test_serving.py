@@ -201,3 +201,6 @@ def test_fp8_attention_runs_at_the_fp8_rate(chips):
     a = decode_parts(bf16.model, chips["h800"], bf16, 16, 16 * 128)
     b = decode_parts(fp8.model, chips["h800"], fp8, 16, 16 * 128)
     assert a["attention_bound"] == "compute" and b["attention_s"] == pytest.approx(a["attention_s"] / 2, rel=1e-3)
+    with pytest.raises(ConfigError) as e:  # a chip with no FP8 figure: the field that asked for it
+        estimate_serving(_plan("chip='ascend-910c'", "precision='int8'", "attention_precision='fp8'"), chips["ascend-910c"])
+    assert e.value.field == "attention_precision"

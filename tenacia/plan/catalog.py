@@ -27,7 +27,7 @@ REQUIRED = ("bf16_tflops", "matmul_efficiency", "memory_gb", "memory_tbs", "scal
             "sdc_per_chip_year", "failure_rate_low", "failure_rate_high")
 HARDWARE = ("crash", "host", "hang", "sdc")  # failure kinds a chip or its server causes
 BANDS = ("low", "central", "high")
-OPTIONAL = ("fp8_tflops", "int8_tflops", "hbm_efficiency")
+OPTIONAL = ("fp8_tflops", "int8_tflops", "hbm_efficiency", "alltoall_efficiency")
 HOURS_PER_YEAR = 24 * 365.25
 
 
@@ -52,6 +52,9 @@ class Chip:
     fp8_tflops: float | None
     int8_tflops: float | None  # dense INT8 TOPS; None: INT8 matmuls run at the BF16 rate
     hbm_efficiency: float | None  # fraction of memory_tbs serving reads reach; None: the plan's default
+    # fraction of scale_up_gbs / scale_out_gbs a serving all-to-all (MoE dispatch + combine)
+    # reaches, measured for the chip family; None: the plan's assumptions.comm_efficiency
+    alltoall_efficiency: float | None
     memory_gb: float
     memory_tbs: float
     scale_up_gbs: float
@@ -126,8 +129,9 @@ def _chip(key: str, table: dict[str, Any], origin: str) -> Chip:
         check(raw["value"] >= 0 if zero_ok else raw["value"] > 0, f"{where}.{name}", raw["value"],
               "a number >= 0" if zero_ok else "a positive number")
         figures[name] = Figure(value=float(raw["value"]), source=raw["source"], uncertain=raw["uncertain"])
-    check("hbm_efficiency" not in figures or figures["hbm_efficiency"].value <= 1, f"{where}.hbm_efficiency",
-          figures.get("hbm_efficiency"), "a fraction of memory_tbs in (0, 1]")
+    for name in ("hbm_efficiency", "alltoall_efficiency"):
+        check(name not in figures or figures[name].value <= 1, f"{where}.{name}", figures.get(name),
+              "a fraction in (0, 1]")
     check(figures["matmul_efficiency"].value <= 1, f"{where}.matmul_efficiency",
           figures["matmul_efficiency"].value, "a fraction of the peak in (0, 1]")
     central = sum(figures[f"{kind}_per_chip_year"].value for kind in HARDWARE)
@@ -140,6 +144,7 @@ def _chip(key: str, table: dict[str, Any], origin: str) -> Chip:
     values["scale_up_domain"] = int(domain)
     return Chip(key=key, name=table["name"], fp8_tflops=values.pop("fp8_tflops", None),
                 int8_tflops=values.pop("int8_tflops", None), hbm_efficiency=values.pop("hbm_efficiency", None),
+                alltoall_efficiency=values.pop("alltoall_efficiency", None),
                 figures=figures, **values)
 
 

@@ -28,9 +28,11 @@ from .efficiency import TILE
 from .models import ModelSpec
 from .serving_step import (
     WEIGHT_BYTES,
+    Speculation,
     StepCosts,
     decode_parts,
-    decode_step_s,
+    decode_tpot_s,
+    fixed_s,
     prefill_tps_per_chip,
     weight_bytes_per_chip,
 )
@@ -68,10 +70,13 @@ class ServePlan:
     chip: str = "h800"
     precision: str = "fp8"  # weights and matmuls: bf16, fp8 or int8
     kv_bytes: float = 0.0  # bytes per cached element; 0: 2 for bf16, else 1
+    # attention kernels' matmul precision: 'bf16' (FlashMLA, FA3), or 'fp8' (FlashMLA-FP8, FA3-FP8)
+    attention_precision: str = "bf16"
     tp: int = 0  # chips per decode instance; 0: the power of two with most tokens/s per chip
     tpot_ms: float = 50.0  # time-per-output-token target
     max_batch: int = 65536  # largest decode batch considered (per instance)
     step: StepCosts = field(default_factory=StepCosts)  # what a step costs beyond FLOPs and bytes
+    speculation: Speculation = field(default_factory=Speculation)  # MTP drafts verified per step
     # Chips a prefill instance spreads the routed experts over (DeepSeek V3/R1 inference overview:
     # prefill EP32 over 4 nodes)
     prefill_chips: int = 32
@@ -82,6 +87,7 @@ class ServePlan:
     def __post_init__(self) -> None:
         check_finite(self)
         check_choice("precision", self.precision, tuple(WEIGHT_BYTES))
+        check_choice("attention_precision", self.attention_precision, ("bf16", "fp8"))
         check(self.kv_bytes >= 0, "kv_bytes", self.kv_bytes, "bytes >= 0 (0: by precision)")
         check(self.tp >= 0, "tp", self.tp, "chips >= 0 (0: search)")
         check(self.tpot_ms > 0, "tpot_ms", self.tpot_ms, "milliseconds > 0")
@@ -95,7 +101,7 @@ class ServeEstimate:
     chip: str
     tp: int
     batch: int
-    step_s: float  # decode step at that batch (= time per output token)
+    step_s: float  # time per output token at that batch (the step / speculation.accepted)
     decode_tps_per_chip: float
     prefill_tps_per_chip: float  # computed (uncached) prompt tokens per prefill chip-second
     prefill_input_tps_per_chip: float  # prompt tokens per prefill chip-second, prefix-cache hits included
@@ -114,12 +120,12 @@ class ServeEstimate:
 
 def _largest_batch(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, limit: int, target: float) -> int:
     """Largest batch <= limit whose step meets ``target`` seconds (0 if even one does not)."""
-    if limit < 1 or decode_step_s(m, chip, plan, tp, 1) > target:
+    if limit < 1 or decode_tpot_s(m, chip, plan, tp, 1) > target:
         return 0
     lo, hi = 1, limit
     while lo < hi:  # step time grows with the batch
         mid = (lo + hi + 1) // 2
-        if decode_step_s(m, chip, plan, tp, mid) <= target:
+        if decode_tpot_s(m, chip, plan, tp, mid) <= target:
             lo = mid
         else:
             hi = mid - 1
@@ -140,11 +146,13 @@ def best_decode(plan: ServePlan, chip: Chip, target_s: float) -> tuple[int, int,
         if largest == 0:
             continue
         # throughput is not monotone in the batch (a batch just past a whole GEMM tile pays for a
-        # padded one): try the largest batch, every whole tile below it, and a geometric ladder
-        tiles = range(tp * TILE, largest, max(tp * TILE, largest // 64 // (tp * TILE) * tp * TILE))
+        # padded one): try the largest batch, every batch that fills whole tiles below it (a GEMM
+        # gets batch x draft_tokens rows, / tp on an MoE instance), and a geometric ladder
+        unit = max(1, (tp if m.is_moe else 1) * TILE // plan.speculation.draft_tokens)
+        tiles = range(unit, largest, max(unit, largest // 64 // unit * unit))
         ladder = {largest, *tiles, *(max(1, round(largest / 1.25 ** i)) for i in range(32))}
         for batch in sorted(ladder):
-            step = decode_step_s(m, chip, plan, tp, batch)
+            step = decode_tpot_s(m, chip, plan, tp, batch)
             if batch / step / tp > best_rate:
                 best, best_rate = (tp, batch, step, max_mem), batch / step / tp
     return best
@@ -163,14 +171,20 @@ def decode_curve(plan: ServePlan, chip: Chip, targets_ms: tuple[float, ...] = CU
 
 def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
     m, d = plan.model, plan.demand
+    check(plan.attention_precision != "fp8" or chip.fp8_tflops is not None, "attention_precision",
+          plan.attention_precision, f"'bf16': the catalog has no FP8 throughput for {chip.key} ({chip.name})")
     best = best_decode(plan, chip, plan.tpot_ms / 1000)
     if best is None:
         tried = plan.tp or "1..1024"
-        fixed_ms = m.layers * plan.step.layer_overhead_us / 1000
+        # the smallest instance that pays every fixed cost: an MoE model's experts span 2 chips
+        smallest = plan.tp or (2 if m.is_moe else 1)
+        fixed_ms = fixed_s(m, plan.step, smallest) * 1000 / plan.speculation.accepted
         if fixed_ms >= plan.tpot_ms:
             raise ConfigError("tpot_ms", plan.tpot_ms,
-                              f"more than the step's fixed cost alone: {m.layers} layers x "
-                              f"step.layer_overhead_us={plan.step.layer_overhead_us:g} = {fixed_ms:.1f} ms")
+                              f"more than the step's fixed cost alone on {smallest} chips or more: {fixed_ms:.1f} ms a token "
+                              f"({m.layers} layers x step.layer_overhead_us={plan.step.layer_overhead_us:g}, "
+                              f"{m.moe_layers if m.is_moe else 0} MoE layers x "
+                              f"step.moe_layer_overhead_us={plan.step.moe_layer_overhead_us:g})")
         raise ConfigError("tpot_ms", plan.tpot_ms,
                           f"a target {chip.key} can meet for {m.total_params_b:g}B parameters with tp={tried}: "
                           "no instance both holds the weights plus one sequence's KV cache and decodes "

@@ -5,7 +5,7 @@ Every operator of a step is priced by its own roofline, and the operators of a l
 after another, so a step is a sum of maxima, not a maximum of sums:
 
     decode step = sum over operators of max(FLOPs / its compute rate, bytes / HBM bandwidth)
-                  + exposed all-to-all + layers x per-layer fixed cost
+                  + exposed all-to-all + fixed costs (per layer; per MoE layer of an expert-parallel instance)
 
 - dense GEMMs (attention projections, shared experts, dense FFNs, output head): the batch's
   rows through weights every chip holds (an MoE instance replicates them, a dense one splits
@@ -14,7 +14,8 @@ after another, so a step is a sum of maxima, not a maximum of sums:
   the experts the instance's batch touches, E (1 - (1 - k/E)^B) per layer, E/tp on each chip;
 - attention: each sequence reads its KV cache (``kv_elements_per_token`` x context x
   ``kv_bytes``) and does ``ModelSpec.decode_attention_flops`` (MLA absorbed: compute-bound, as
-  FlashMLA is) at the chip's large-GEMM BF16 rate;
+  FlashMLA is) at the chip's large-GEMM rate in ``attention_precision`` (BF16, or FP8 as
+  FlashMLA-FP8 and FA3-FP8 run it);
 - all-to-all (MoE): each MoE layer dispatches every token's k copies in the weight format and
   combines them in BF16; copies to chips of the same scale-up domain take its link, copies to
   other domains the scale-out link, both at once (``_all_to_all_s``). Decode sends every copy
@@ -22,14 +23,25 @@ after another, so a step is a sum of maxima, not a maximum of sums:
   routing (DeepEP's normal kernels). ``comm_overlap`` of it hides behind the step's compute, as
   two micro-batches do (DeepSeek's dual micro-batch overlap, SGLang's two-batch overlap,
   CloudMatrix-Infer's micro-batch pipeline);
-- per-layer fixed cost (``layer_overhead_us``): kernel launches, gaps between kernels,
-  synchronisation, whatever a layer pays however small its batch: what makes a decode step
-  take time at batch 1 beyond its weight reads.
+- fixed costs, paid however small the batch: ``layer_overhead_us`` per layer (kernel launches,
+  gaps between kernels), and ``moe_layer_overhead_us`` per MoE layer of an instance whose
+  experts span several chips (the dispatch and combine's launch, synchronisation and latency
+  floor, which micro-batch overlap cannot hide when there is little to overlap: DeepEP's
+  low-latency kernels take 77-195 µs at EP8-16 on H800 for 128 tokens a GPU, DeepEP's docs/legacy.md;
+  DeepEP-Ascend's 126-153 µs at EP8-32 on the 910C, sgl-kernel-npu's README). They are what
+  makes a decode step take time at batch 1 beyond its weight reads;
+- speculative decoding (``Speculation``, DeepSeek's MTP as SGLang runs it): each sequence's step
+  verifies ``draft_tokens`` tokens, so every GEMM, the attention FLOPs and the all-to-all carry
+  ``batch x draft_tokens`` rows while the KV cache is read once per sequence; the drafts cost
+  ``draft_tokens - 1`` passes of one more layer (the MTP module), and the step emits
+  ``accepted`` tokens per sequence on average: time per output token = step / accepted.
 
 Rates: a GEMM runs at the chip's large-GEMM efficiency (catalog ``matmul_efficiency``) times its
 precision's dense peak (FP8, INT8 where the catalog has one, else BF16) times the GEMM shape
 factor of ``efficiency.py`` at the rows it really gets; HBM at ``hbm_efficiency`` of the
-datasheet bandwidth (the catalog's per-chip figure where it has one); links at ``Assumptions.comm_efficiency``.
+datasheet bandwidth (the catalog's per-chip figure where it has one); links at ``Assumptions.comm_efficiency``,
+the all-to-all at the catalog's measured ``alltoall_efficiency`` where the chip has one (Ascend 910C:
+DeepEP-Ascend's published bandwidths).
 """
 
 from __future__ import annotations
@@ -54,11 +66,17 @@ WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0}
 class StepCosts:
     """The costs of a serving step that FLOPs and bytes do not give (module docstring)."""
 
-    # Fixed cost of one layer per step, µs (launches, gaps, synchronisation). Fitted on the
-    # serving tuning set of `tenacia plan validate`: bench/plan_tune.py serving.
-    layer_overhead_us: float = 50.0
-    # Tokens on the most loaded expert rank / the mean. Fitted on the same set.
-    expert_imbalance: float = 4.0
+    # Fixed cost of every layer per step, µs (launches, gaps). Not fitted: the tuning set has no
+    # full-load serving case of a dense model; set it for your stack.
+    layer_overhead_us: float = 0.0
+    # Fixed cost of each MoE layer per step on an expert-parallel instance, µs (module
+    # docstring): what a step pays at batch 1 (Ant Group's H20 decode: 43 ms a step at one
+    # sequence a GPU on EP16). Fitted on the full-load serving cases of the tuning set:
+    # bench/plan_tune.py serving.
+    moe_layer_overhead_us: float = 500.0
+    # Tokens on the most loaded expert rank / the mean: 1 / 0.7, from Ant Group's H20 report
+    # (lmsys.org 2025-09-26: its expert load balancer keeps "a >70% load balance ratio").
+    expert_imbalance: float = 1.43
     # Share of the all-to-all hidden behind compute by micro-batch overlap (module docstring).
     comm_overlap: float = 1.0
     # Fraction of the datasheet HBM bandwidth a serving step's reads reach, for chips whose
@@ -69,9 +87,28 @@ class StepCosts:
     def __post_init__(self) -> None:
         check_finite(self)
         check(self.layer_overhead_us >= 0, "layer_overhead_us", self.layer_overhead_us, "microseconds >= 0")
+        check(self.moe_layer_overhead_us >= 0, "moe_layer_overhead_us", self.moe_layer_overhead_us, "microseconds >= 0")
         check(self.expert_imbalance >= 1, "expert_imbalance", self.expert_imbalance, "a number >= 1")
         check(0 <= self.comm_overlap <= 1, "comm_overlap", self.comm_overlap, "a fraction in [0, 1]")
         check(0 < self.hbm_efficiency <= 1, "hbm_efficiency", self.hbm_efficiency, "a fraction in (0, 1]")
+
+
+@dataclass(kw_only=True, slots=True)
+class Speculation:
+    """Speculative decoding (multi-token prediction) in the decode step (module docstring).
+    The defaults are no speculation."""
+
+    # Tokens each sequence's step verifies: its next token and draft_tokens - 1 drafts
+    # (SGLang's --speculative-num-draft-tokens).
+    draft_tokens: int = 1
+    # Tokens a step emits per sequence on average (the accept length; 1 <= accepted <= draft_tokens).
+    accepted: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_finite(self)
+        check(self.draft_tokens >= 1, "draft_tokens", self.draft_tokens, "a whole number >= 1")
+        check(1 <= self.accepted <= self.draft_tokens, "accepted", self.accepted,
+              f"tokens per step in [1, draft_tokens={self.draft_tokens}]")
 
 
 def gemm_rate(chip: Chip, precision: str, a: Assumptions) -> float:
@@ -80,10 +117,11 @@ def gemm_rate(chip: Chip, precision: str, a: Assumptions) -> float:
     return chip.peak_flops(precision) * chip.matmul_efficiency * a.compute_efficiency
 
 
-def _link(chip: Chip, chips: int, a: Assumptions) -> tuple[float, float]:
-    """(bytes/s, latency s) of the link between chips of an instance of ``chips``."""
+def _link(chip: Chip, chips: int, efficiency: float) -> tuple[float, float]:
+    """(bytes/s, latency s) of the link between chips of an instance of ``chips``, of which
+    ``efficiency`` of the catalog bandwidth is reached."""
     scale_up = chips <= chip.scale_up_domain
-    bw = (chip.scale_up_gbs if scale_up else chip.scale_out_gbs) * 1e9 * a.comm_efficiency
+    bw = (chip.scale_up_gbs if scale_up else chip.scale_out_gbs) * 1e9 * efficiency
     lat = (chip.scale_up_latency_us if scale_up else chip.scale_out_latency_us) * 1e-6
     return bw, lat
 
@@ -122,55 +160,73 @@ def _all_to_all_s(m: ModelSpec, chip: Chip, plan: ServePlan, chips: int, tokens:
     # node-limited copies land on the remote domain's peer and are forwarded inside it (DeepEP's
     # normal kernels): the scale-out link carries a whole domain's experts, whose load evens out
     out_per_copy = per_copy / plan.step.expert_imbalance if node_limited else per_copy
-    bw_out, lat_out = _link(chip, chips, a)
-    bw_up, lat_up = _link(chip, 1, a)
+    efficiency = chip.alltoall_efficiency or a.comm_efficiency
+    bw_out, lat_out = _link(chip, chips, efficiency)
+    bw_up, lat_up = _link(chip, 1, efficiency)
     per_layer = max(out_copies * out_per_copy / bw_out, up_copies * per_copy / bw_up)
     return m.moe_layers * (per_layer + 2 * (lat_out if domains > 1 else lat_up))
 
 
-def _step(compute: float, comm: float, m: ModelSpec, costs: StepCosts) -> float:
+def fixed_s(m: ModelSpec, costs: StepCosts, chips: int) -> float:
+    """A step's fixed costs on an instance of ``chips`` (module docstring)."""
+    moe = m.moe_layers * costs.moe_layer_overhead_us if m.is_moe and chips > 1 else 0.0
+    return (m.layers * costs.layer_overhead_us + moe) * 1e-6
+
+
+def _step(compute: float, comm: float, fixed: float, costs: StepCosts) -> float:
     """Compute with ``comm_overlap`` of the communication hidden behind it, plus the fixed costs."""
     ov = costs.comm_overlap
-    return max(compute, ov * comm) + (1 - ov) * comm + m.layers * costs.layer_overhead_us * 1e-6
+    return max(compute, ov * comm) + (1 - ov) * comm + fixed
 
 
 def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> dict[str, float]:
     """Seconds of one decode step of ``batch`` sequences on a ``tp``-chip instance, by operator
     (module docstring): each operator's roofline (``*_s``, and which bound it: ``*_bound``), the
-    all-to-all or all-reduce before overlap, the fixed cost, and the step."""
-    a, costs, wb = plan.assumptions, plan.step, WEIGHT_BYTES[plan.precision]
+    all-to-all or all-reduce before overlap, the fixed cost, the draft passes, the step, and the
+    time per output token (``tpot_s`` = step / ``speculation.accepted``)."""
+    a, costs, wb, spec = plan.assumptions, plan.step, WEIGHT_BYTES[plan.precision], plan.speculation
+    rows = batch * spec.draft_tokens  # tokens through the GEMMs: every sequence's verified ones
     hbm = chip.memory_tbs * 1e12 * (chip.hbm_efficiency or costs.hbm_efficiency)
     context = plan.demand.input_len + plan.demand.output_len / 2
     dense, routed = serving_params(m)
     embedding = m.vocab * m.hidden  # a lookup: not read whole
     k0 = a.gemm_k_overhead
-    ops = {"attention": (batch / tp * m.decode_attention_flops(context) / gemm_rate(chip, "bf16", a),
+    ops = {"attention": (rows / tp * m.decode_attention_flops(context) / gemm_rate(chip, plan.attention_precision, a),
                          batch / tp * context * m.kv_elements_per_token * plan.kv_bytes / hbm)}
     if m.is_moe:  # each chip runs its own batch / tp rows; experts take rows from every chip
-        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, 1, batch / tp, tp, k0, backward=False)
-        touched = m.experts / tp * -math.expm1(batch * math.log1p(-m.experts_per_token / m.experts))
-        ops["dense"] = (batch / tp * 2 * dense / rate, (m.dense_params_b * 1e9 - embedding) * wb / hbm)
-        ops["experts"] = (batch / tp * 2 * routed * costs.expert_imbalance / rate,
+        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, 1, rows / tp, tp, k0, backward=False)
+        touched = m.experts / tp * -math.expm1(rows * math.log1p(-m.experts_per_token / m.experts))
+        ops["dense"] = (rows / tp * 2 * dense / rate, (m.dense_params_b * 1e9 - embedding) * wb / hbm)
+        ops["experts"] = (rows / tp * 2 * routed * costs.expert_imbalance / rate,
                           m.moe_layers * touched * 3 * m.hidden * m.expert_ffn * wb / hbm)
-        comm = _all_to_all_s(m, chip, plan, tp, batch / tp, node_limited=False)
+        comm = _all_to_all_s(m, chip, plan, tp, rows / tp, node_limited=False)
     else:  # tensor parallel: weights split tp ways, two all-reduces of the batch per layer
-        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, tp, batch, 1, k0, backward=False)
-        ops["dense"] = (batch * 2 * dense / tp / rate, (m.total_params_b * 1e9 - embedding) * wb / tp / hbm)
-        bw, lat = _link(chip, tp, a)
-        per = 2 * (tp - 1) / tp * batch * m.hidden * 2 / bw + 2 * math.log2(tp) * lat
+        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, tp, rows, 1, k0, backward=False)
+        ops["dense"] = (rows * 2 * dense / tp / rate, (m.total_params_b * 1e9 - embedding) * wb / tp / hbm)
+        bw, lat = _link(chip, tp, a.comm_efficiency)
+        per = 2 * (tp - 1) / tp * rows * m.hidden * 2 / bw + 2 * math.log2(tp) * lat
         comm = 2 * m.layers * per if tp > 1 else 0.0
     parts = {}
     for name, (compute_s, memory_s) in ops.items():
         parts[f"{name}_s"] = max(compute_s, memory_s)
         parts[f"{name}_bound"] = "compute" if compute_s >= memory_s else "memory"
     compute = sum(parts[f"{name}_s"] for name in ops)
-    return parts | {"comm_s": comm, "fixed_s": m.layers * costs.layer_overhead_us * 1e-6,
-                    "step_s": _step(compute, comm, m, costs)}
+    fixed = fixed_s(m, costs, tp)
+    # each draft is one pass of the MTP module: about one layer's share of the step
+    draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
+    step = _step(compute, comm, fixed, costs) + draft
+    return parts | {"comm_s": comm, "fixed_s": fixed, "draft_s": draft, "step_s": step,
+                    "tpot_s": step / spec.accepted}
 
 
 def decode_step_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> float:
     """One decode step of ``batch`` sequences on a ``tp``-chip instance (module docstring)."""
     return decode_parts(m, chip, plan, tp, batch)["step_s"]
+
+
+def decode_tpot_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> float:
+    """Time per output token of that step: the step over the tokens it emits per sequence."""
+    return decode_parts(m, chip, plan, tp, batch)["tpot_s"]
 
 
 def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
@@ -185,7 +241,7 @@ def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
     else:
         factor = model_shape_factor(m, n, tokens * n, 1, k0, backward=False)
     compute = tokens * 2 * (dense + routed * costs.expert_imbalance) / (gemm_rate(chip, plan.precision, a) * factor)
-    compute += tokens * m.attention_flops_fwd(tokens / 2) / (gemm_rate(chip, "bf16", a)
+    compute += tokens * m.attention_flops_fwd(tokens / 2) / (gemm_rate(chip, plan.attention_precision, a)
                                                             * attention_shape_factor(m, tokens, k0, backward=False))
     comm = _all_to_all_s(m, chip, plan, n, tokens, node_limited=True)
-    return tokens / _step(compute, comm, m, costs)
+    return tokens / _step(compute, comm, fixed_s(m, costs, n), costs)

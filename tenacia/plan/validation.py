@@ -26,6 +26,7 @@ from .. import config
 from ..config import ConfigError, check, check_choice
 
 SETS = ("tuning", "held-out")
+LOADS = ("benchmark", "production")  # a figure measured at full load, or a production average
 KINDS = ("training", "reliability", "serving")
 HARDWARE = ("crash", "host", "sdc")  # Llama 3's "hardware" (NCCL watchdog hangs: "unknown")
 ACCELERATOR = ("crash", "sdc")  # Llama 3's "GPU issues"
@@ -41,6 +42,9 @@ class Case:
     source: str
     metric: str
     command: str = "train"  # 'train' or 'serve'
+    # 'production': an average over a day of real traffic (below capacity in quiet hours), not
+    # what the hardware sustains at full load; bench/plan_tune.py fits on 'benchmark' cases only
+    load: str = "benchmark"
     scenario: str = ""
     flags: list[list[str]] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
@@ -49,6 +53,7 @@ class Case:
         check_choice("set", self.set, SETS)
         check_choice("kind", self.kind, KINDS)
         check_choice("command", self.command, ("train", "serve"))
+        check_choice("load", self.load, LOADS)
         check_choice("metric", self.metric, tuple(METRICS))
         check(self.published > 0, "published", self.published, "a positive number")
         check(all(len(f) == 2 for f in self.flags), "flags", self.flags, "[kind, value] pairs")
@@ -75,12 +80,14 @@ METRICS: dict[str, Callable[[dict], float]] = {
     "interruptions_per_54_days": lambda s: s["simulation"]["interruptions_mean"] / s["simulation"]["days_mean"] * 54,
     "goodput": lambda s: s["simulation"]["goodput_mean"],
     "hardware_share": lambda s: _share(s, HARDWARE),
+    "hardware_failures_per_60_days": lambda s: 60 * sum(s["reliability"]["kinds"][k]["per_day"] for k in HARDWARE),
     "chip_share": lambda s: _share(s, ACCELERATOR),
     # serving
     "decode_tps_per_chip": lambda s: s["decode_tps_per_chip"],
     "prefill_input_tps_per_chip": lambda s: s["prefill_input_tps_per_chip"],
 }
-NEEDS_SIMULATION = {"expected_chip_hours", "interruptions_per_54_days", "goodput", "hardware_share", "chip_share"}
+NEEDS_SIMULATION = {"expected_chip_hours", "interruptions_per_54_days", "goodput", "hardware_share", "chip_share",
+                    "hardware_failures_per_60_days"}
 
 
 def _share(s: dict, kinds: tuple[str, ...]) -> float:

@@ -97,3 +97,14 @@ def test_optional_serving_figures_int8_and_hbm_efficiency(chips, tmp_path):
     with pytest.raises(ConfigError) as e:
         load_catalog(path)
     assert e.value.field.endswith("chips.my-chip.hbm_efficiency")
+
+
+def test_measured_all_to_all_efficiency_is_optional_and_a_fraction(chips, tmp_path):
+    """The 910C carries DeepEP-Ascend's measured 0.25; NVIDIA chips none (the plan's default);
+    a value above 1 names the figure."""
+    assert chips["ascend-910c"].alltoall_efficiency == 0.25 and chips["h800"].alltoall_efficiency is None
+    path = tmp_path / "bad.toml"
+    path.write_text("[chips.my-chip]\nname = \"x\"\n" + _figures(alltoall_efficiency=1.2))
+    with pytest.raises(ConfigError) as e:
+        load_catalog(path)
+    assert e.value.field.endswith("chips.my-chip.alltoall_efficiency")

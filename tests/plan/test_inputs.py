@@ -111,6 +111,12 @@ def test_a_run_too_large_to_simulate_is_an_error_naming_the_budget():
     ("step.layer_overhead_us=inf", "step.layer_overhead_us"),
     ("step.comm_overlap=1.5", "step.comm_overlap"),
     ("step.hbm_efficiency=0", "step.hbm_efficiency"),
+    ("step.moe_layer_overhead_us=-1", "step.moe_layer_overhead_us"),
+    ("step.moe_layer_overhead_us=inf", "step.moe_layer_overhead_us"),
+    ("speculation.draft_tokens=0", "speculation.draft_tokens"),
+    ("speculation.accepted=nan", "speculation.accepted"),
+    ("speculation.accepted=0.5", "speculation.accepted"),
+    ("attention_precision='int8'", "attention_precision"),
 ])
 def test_bad_serving_inputs_name_the_field(override, field):
     from tenacia import config

@@ -7,7 +7,7 @@ import pytest
 from tenacia import config
 from tenacia.config import ConfigError
 from tenacia.plan.serving import ServePlan, estimate_serving
-from tenacia.plan.serving_step import StepCosts, decode_step_s, gemm_rate
+from tenacia.plan.serving_step import StepCosts, decode_parts, decode_step_s, gemm_rate
 
 
 def _plan(*overrides):
@@ -32,7 +32,7 @@ def test_a_decode_step_is_the_sum_of_its_operators_rooflines(chips):
     the sums (the old roofline) would give the same here; at 128 sequences a chip attention is
     compute-bound and the GEMMs are still weight reads, and the step is their sum."""
     h800 = chips["h800"]
-    plan = _plan("precision='fp8'", "step.layer_overhead_us=0", "step.comm_overlap=1",
+    plan = _plan("precision='fp8'", "step.moe_layer_overhead_us=0", "step.comm_overlap=1",
                  "demand.input_len=4000", "demand.output_len=200")
     m, hbm = plan.model, 3.35e12 * 0.9
     dense_bytes = (m.dense_params_b * 1e9 - m.vocab * m.hidden) * 1.0
@@ -48,13 +48,16 @@ def test_a_decode_step_is_the_sum_of_its_operators_rooflines(chips):
 
 
 def test_every_layer_pays_the_fixed_cost_once_per_step(chips):
-    for preset, tp in (("deepseek-v3", 16), ("llama-3-405b", 8)):
-        plan = _plan(f"model.preset='{preset}'", f"tp={tp}", "step.layer_overhead_us=100")
-        free = dataclasses.replace(plan, step=StepCosts(layer_overhead_us=0.0))
+    """100 µs a layer everywhere, 300 more a MoE layer only where experts span chips."""
+    for preset, tp, expected_us in (("deepseek-v3", 16, 61 * 100 + 58 * 300), ("llama-3-405b", 8, 126 * 100),
+                                    ("deepseek-v3", 1, 61 * 100)):
+        plan = _plan(f"model.preset='{preset}'", f"tp={tp}", "step.layer_overhead_us=100",
+                     "step.moe_layer_overhead_us=300")
+        free = dataclasses.replace(plan, step=StepCosts(layer_overhead_us=0.0, moe_layer_overhead_us=0.0))
         for batch in (1, 64):
             diff = decode_step_s(plan.model, chips["h800"], plan, tp, batch) - decode_step_s(
                 plan.model, chips["h800"], free, tp, batch)
-            assert diff == pytest.approx(plan.model.layers * 100e-6)
+            assert diff == pytest.approx(expected_us * 1e-6)
 
 
 def test_int8_runs_at_the_int8_peak_where_the_catalog_has_one(chips):
@@ -91,9 +94,13 @@ def test_unreachable_target_is_a_clear_error(chips):
     with pytest.raises(ConfigError) as e:
         estimate_serving(_plan("model.preset='llama-3-405b'", "tp=1", "tpot_ms=40"), chips["h100"])
     assert e.value.field == "tpot_ms" and "raise tpot_ms or tp" in e.value.allowed
-    with pytest.raises(ConfigError) as e:  # the per-layer fixed cost alone is longer than the target
-        estimate_serving(_plan("tpot_ms=10", "step.layer_overhead_us=200"), chips["h800"])
-    assert e.value.field == "tpot_ms" and "61 layers x step.layer_overhead_us=200 = 12.2 ms" in e.value.allowed
+    with pytest.raises(ConfigError) as e:  # the fixed costs alone are longer than the target
+        estimate_serving(_plan("tp=16", "tpot_ms=30", "step.layer_overhead_us=100"), chips["h800"])
+    # 61 x 100 + 58 x 500 µs = 35.1 ms a step, one token a step
+    assert e.value.field == "tpot_ms" and "fixed cost alone on 16 chips or more: 35.1 ms a token" in e.value.allowed
+    with pytest.raises(ConfigError) as e:  # searched instances: every one of 2 chips or more pays 58 x 500 µs
+        estimate_serving(_plan("tpot_ms=20"), chips["h800"])
+    assert "fixed cost alone on 2 chips or more: 29.0 ms a token" in e.value.allowed
 
 
 @pytest.mark.parametrize("model, chip, precision", [("deepseek-v3", "h800", "fp8"),
@@ -132,11 +139,11 @@ def test_expert_imbalance_and_all_to_all_slow_moe_serving(chips):
 
 def test_micro_batch_overlap_hides_the_all_to_all_behind_compute(chips):
     """Decode on 32 H800 (4 nodes): every token's 8 copies, 7/8 of them over InfiniBand."""
-    exposed = _plan("step.comm_overlap=0", "step.layer_overhead_us=0")
-    hidden = _plan("step.comm_overlap=1", "step.layer_overhead_us=0")
+    exposed = _plan("step.comm_overlap=0", "step.moe_layer_overhead_us=0")
+    hidden = _plan("step.comm_overlap=1", "step.moe_layer_overhead_us=0")
     m, h800 = exposed.model, chips["h800"]
     per_chip = 4  # few enough that the all-to-all is shorter than the weight reads it hides behind
-    volume = 58 * per_chip * 4.0 * 8 * 24 / 32 * 7168 * (1 + 2) / (50e9 * 0.7)  # s, most loaded rank
+    volume = 58 * per_chip * 1.43 * 8 * 24 / 32 * 7168 * (1 + 2) / (50e9 * 0.7)  # s, most loaded rank
     comm = volume + 58 * 2 * 10e-6
     diff = decode_step_s(m, h800, exposed, 32, 32 * per_chip) - decode_step_s(m, h800, hidden, 32, 32 * per_chip)
     assert diff == pytest.approx(comm, rel=1e-6)
@@ -148,9 +155,52 @@ def test_node_limited_prefill_copies_cross_domains_at_the_mean_load(chips):
     scale-out volume does not wait for the most loaded expert, the NVLink volume does."""
     from tenacia.plan.serving_step import _all_to_all_s
 
-    plan = _plan("step.layer_overhead_us=0")
+    plan = _plan("step.moe_layer_overhead_us=0")
     m, h800 = plan.model, chips["h800"]
     out = 4 * 3 / 4 * 2000 * 7168 * 3 / (50e9 * 0.7)  # one 2,000-token prompt a chip, FP8 + BF16
     up = 8 * 7 / 32 * 2000 * 4.0 * 7168 * 3 / (200e9 * 0.7)
     assert _all_to_all_s(m, h800, plan, 32, 2000, node_limited=True) == pytest.approx(
         58 * (max(out, up) + 2 * 10e-6))
+
+
+def test_ascend_all_to_all_runs_at_its_measured_efficiency(chips):
+    """910C decode on 32 chips, inside one UB domain: every token's 8 copies, 31/32 of them to
+    other chips, INT8 dispatch + BF16 combine, at 0.25 of UB's 392 GB/s (DeepEP-Ascend's
+    measured EP32 bandwidth), not the plan's comm_efficiency (0.7)."""
+    from tenacia.plan.serving_step import _all_to_all_s
+
+    plan = _plan("chip='ascend-910c'", "precision='int8'")
+    m, c = plan.model, chips["ascend-910c"]
+    volume = 8 * 31 / 32 * 4 * 1.43 * 7168 * (1 + 2) / 392e9  # s at the full link
+    assert _all_to_all_s(m, c, plan, 32, 4, node_limited=False) == pytest.approx(58 * (volume / 0.25 + 2 * 3e-6))
+    default = dataclasses.replace(c, alltoall_efficiency=None)
+    assert _all_to_all_s(m, default, plan, 32, 4, node_limited=False) == pytest.approx(58 * (volume / 0.7 + 2 * 3e-6))
+
+
+def test_speculative_decoding_verifies_drafts_and_emits_accepted_tokens(chips):
+    """Draft 2, accept 2: every GEMM carries the rows of twice the batch, the KV cache is read once
+    a sequence, the drafts cost one layer's share of the step, and a token takes half a step."""
+    h800 = chips["h800"]
+    spec = _plan("tp=16", "speculation.draft_tokens=2", "speculation.accepted=2")
+    plain = _plan("tp=16")
+    s = decode_parts(spec.model, h800, spec, 16, 16 * 32)
+    p2 = decode_parts(plain.model, h800, plain, 16, 16 * 64)
+    assert s["dense_s"] == p2["dense_s"] and s["experts_s"] == p2["experts_s"] and s["comm_s"] == p2["comm_s"]
+    compute = s["attention_s"] + s["dense_s"] + s["experts_s"]
+    assert s["draft_s"] == pytest.approx((compute + s["fixed_s"]) / 61)
+    assert s["tpot_s"] == pytest.approx(s["step_s"] / 2)
+    with pytest.raises(ConfigError) as e:
+        _plan("speculation.draft_tokens=2", "speculation.accepted=2.5")
+    assert e.value.field == "speculation.accepted"
+
+
+def test_fp8_attention_runs_at_the_fp8_rate(chips):
+    """128 sequences a chip on 16 H800: MLA's absorbed attention is compute-bound, so FP8
+    (FlashMLA-FP8) halves it."""
+    bf16, fp8 = _plan("tp=16"), _plan("tp=16", "attention_precision='fp8'")
+    a = decode_parts(bf16.model, chips["h800"], bf16, 16, 16 * 128)
+    b = decode_parts(fp8.model, chips["h800"], fp8, 16, 16 * 128)
+    assert a["attention_bound"] == "compute" and b["attention_s"] == pytest.approx(a["attention_s"] / 2, rel=1e-3)
+    with pytest.raises(ConfigError) as e:  # a chip with no FP8 figure: the field that asked for it
+        estimate_serving(_plan("chip='ascend-910c'", "precision='int8'", "attention_precision='fp8'"), chips["ascend-910c"])
+    assert e.value.field == "attention_precision"

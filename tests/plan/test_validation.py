@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tenacia.plan.validation import SETS, Result, by_set, load_cases, run_case
 
 from .test_cli import tenacia
@@ -16,6 +18,21 @@ def test_cases_are_split_sourced_and_enough():
     # the two public cases of FACTS.md are where they were put before any tuning
     where = {c.id: c.set for c in cases}
     assert where["deepseek-v3-gpu-hours"] == "tuning" and where["llama3-405b-16k-tflops"] == "held-out"
+
+
+def test_serving_tuning_has_full_load_cases_and_production_ones_are_labelled():
+    serving = [c for c in load_cases() if c.kind == "serving" and c.set == "tuning"]
+    assert {c.id for c in serving if c.load == "production"} == {"deepseek-decode-h800", "deepseek-prefill-h800"}
+    assert sum(c.load == "benchmark" for c in serving) >= 4
+
+
+def test_hardware_failures_of_a_fleet_are_its_rates_times_the_days(chips):
+    """OPT-175B's fleet, 992 A100 at the catalog's A100 rates (the H100's, flagged): crash + host
+    + silent corruption per chip-year x 992 chips x 60 days (hangs are not 'hardware')."""
+    case = next(c for c in load_cases() if c.id == "opt175b-hardware-restarts")
+    a100 = chips["a100"]
+    per_year = a100.crash_per_chip_year + a100.host_per_chip_year + a100.sdc_per_chip_year
+    assert run_case(case).predicted == pytest.approx(992 * 60 * per_year / 365.25, rel=1e-6)
 
 
 def test_a_case_reports_its_error_and_a_set_its_median():

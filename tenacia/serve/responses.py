@@ -11,6 +11,7 @@ prompt's tokens (the first token has no logprob: ``null``), then the generated o
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import uuid
@@ -74,6 +75,33 @@ class Piece(NamedTuple):
     content: str
     tool_calls: list[dict]  # OpenAI tool_calls deltas
     finish_reason: str | None  # "tool_calls" instead of "stop" once the choice made calls
+    parts: list[str | dict]  # content and tool_calls in the order written (content strings, call deltas)
+
+
+def feed_in_order(parser: ToolCallParser, text: str, final: bool) -> tuple[ToolCallParser, list[str | dict]]:
+    """Feed ``text`` to ``parser``: (the parser, its content strings and call deltas in the order
+    the model wrote them). A parser answers one feed with its content and its deltas apart; when
+    one feed holds both (text and a call's end, then more text), the feed is read again from a
+    copy, a character at a time, to learn which came first (the parser's contract: any cut gives
+    the same calls and content)."""
+    before = copy.deepcopy(parser)
+    content, deltas = parser.feed(text, final)
+    if not (content and deltas):
+        return parser, ([content] if content else []) + deltas
+    parser, parts = before, []
+    for i, ch in enumerate(text):
+        content, deltas = parser.feed(ch, final and i == len(text) - 1)
+        for part in ([content] if content else []) + deltas:
+            last = parts[-1] if parts else None
+            if isinstance(part, str) and isinstance(last, str):
+                parts[-1] = last + part
+            elif (isinstance(part, dict) and isinstance(last, dict) and "id" not in part
+                  and last["index"] == part["index"]):
+                parts[-1] = {**last, "function": {**last["function"],
+                                                  "arguments": last["function"]["arguments"] + part["function"]["arguments"]}}
+            else:
+                parts.append(part)
+    return parser, parts
 
 
 @dataclass(slots=True)
@@ -92,6 +120,8 @@ class Collected:
     logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)
     prompt_logprobs: dict[int, list[TokenLogprob | None]] = field(default_factory=dict)
     finish: dict[int, str | None] = field(default_factory=dict)
+    # with tools: each choice's content strings and call indices, in the order written
+    order: dict[int, list[str | int]] = field(default_factory=dict)
 
     def add(self, deltas: list[ChoiceDelta]) -> list[Piece]:
         """Take ``deltas``; returns what each adds, split into reasoning, content and tool calls."""
@@ -105,12 +135,23 @@ class Collected:
                 splitter = self.splitters.setdefault(d.index, self.think())
                 reasoning, content = splitter.feed(d.text, len(d.token_ids), final=final)
                 self.reasoning[d.index] = self.reasoning.get(d.index, "") + reasoning
+            parts: list[str | dict] = [content] if content else []
             if self.tools is not None:
-                parser = self.parsers.setdefault(d.index, self.tools())
-                content, calls = parser.feed(content, final=final)
+                parser, parts = feed_in_order(self.parsers.setdefault(d.index, self.tools()), content, final)
+                self.parsers[d.index] = parser
+                content = "".join(p for p in parts if isinstance(p, str))
+                calls = [p for p in parts if isinstance(p, dict)]
                 if parser.calls and reason == "stop":
                     reason = "tool_calls"
-            pieces.append(Piece(reasoning, content, calls, reason))
+                order = self.order.setdefault(d.index, [])
+                for part in parts:
+                    if isinstance(part, dict):
+                        order += [part["index"]] if "id" in part else []
+                    elif order and isinstance(order[-1], str):
+                        order[-1] += part
+                    else:
+                        order.append(part)
+            pieces.append(Piece(reasoning, content, calls, reason, parts))
             self.texts[d.index] = self.texts.get(d.index, "") + content
             self.tokens[d.index] = d.completion_tokens
             self.logprobs.setdefault(d.index, []).extend(d.logprobs)
@@ -196,7 +237,8 @@ class Shape:
         return {**self._envelope(chunk=False), "choices": choices, "usage": got.usage()}
 
     def start(self, indices: range, include_usage: bool) -> str:
-        """A stream's first event: chat streams open each choice with the assistant role."""
+        """A stream's first event: chat streams open each choice with the assistant role (sent
+        with the first token, ``api.py``)."""
         if not self.chat:
             return ""
         choices = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -214,7 +256,7 @@ class Shape:
               pieces: list[Piece]) -> str | None:
         """The event for ``deltas``; ``pieces``: what each adds, from ``Collected.add``."""
         choices = []
-        for d, (reasoning, content, calls, reason) in zip(deltas, pieces, strict=True):
+        for d, (reasoning, content, calls, reason, _) in zip(deltas, pieces, strict=True):
             echo_due = self.echo is not None and d.index not in offsets
             if (not content and not reasoning and not calls and reason is None
                     and not (self.want_logprobs and d.logprobs) and not echo_due):

@@ -11,8 +11,8 @@ Contract:
 - Nothing is stored: ``previous_response_id`` is a 400 (send the whole conversation as
   ``input``), ``store`` is accepted and has no effect. A field that would change the output and
   is not implemented (``reasoning.effort``, built-in tools, non-text input) is a 400 naming it.
-- Output items: ``reasoning`` (a thinking model's), one ``message`` with ``output_text``, then
-  one ``function_call`` per call; ``status`` "incomplete" with ``incomplete_details.reason``
+- Output items: ``reasoning`` (a thinking model's), then a ``message`` with ``output_text`` per
+  run of text and a ``function_call`` per call, in the order written (``ResponseShape``); ``status`` "incomplete" with ``incomplete_details.reason``
   "max_output_tokens" when cut by length. The stream's events, each with ``sequence_number``:
   response.created, response.in_progress, then per item output_item.added, its deltas
   (output_text.delta, reasoning_text.delta, function_call_arguments.delta) and closing events,
@@ -116,34 +116,56 @@ def _tool(tool: dict[str, Any], i: int) -> dict[str, Any]:
 
 
 class ResponseShape:
-    """A ``response`` object and its stream of events, for one request (module docstring)."""
+    """A ``response`` object and its stream of events, for one request (module docstring).
+
+    Output items follow the answer's order: reasoning, then a ``message`` for each run of text
+    and a ``function_call`` for each call, as written (text after a call is a new message item).
+    A run of text that is only whitespace (the newline between two calls) is no item, unless the
+    answer has no other item. Streamed, whitespace is held until text follows it, so the stream
+    opens exactly the items the whole response holds."""
 
     def __init__(self, req: ResponsesRequest, model: str, token_text: TokenText):
         self.req, self.model, self.tt = req, model, token_text
         self.id, self.created = f"resp_{uuid.uuid4().hex[:24]}", int(time.time())
-        self.msg_id, self.rs_id = f"msg_{uuid.uuid4().hex[:24]}", f"rs_{uuid.uuid4().hex[:24]}"
+        self.rs_id = f"rs_{uuid.uuid4().hex[:24]}"
+        self.msg_ids: list[str] = []  # one per message item, in output order
         self.seq = 0
-        self.open: list[str] = []  # kinds of items added to the stream, in output order
+        self.open: list[str] = []  # items added to the stream, in output order: "reasoning", "msgK", "callI"
         self.closed: set[str] = set()
-        self.text, self.reasoning, self.calls = "", "", []
+        self.reasoning, self.calls = "", []
+        self.texts: list[str] = []  # the text of each message item streamed
+        self.pending = ""  # whitespace not yet placed in an item
 
     def response(self, got: Collected) -> dict[str, Any]:
         calls = got.parsers[0].calls if 0 in got.parsers else []
-        return self._object(got.reasoning.get(0, ""), got.texts.get(0, ""), calls, got.finish.get(0), got)
+        order = got.order.get(0, [got.texts.get(0, "")])
+        return self._object(got.reasoning.get(0, ""), order, calls, got.finish.get(0), got)
 
-    def _object(self, reasoning: str, text: str, calls: list[dict], finish: str | None, got: Collected | None,
-                status: str | None = None) -> dict[str, Any]:
+    def _msg_id(self, k: int) -> str:
+        while len(self.msg_ids) <= k:
+            self.msg_ids.append(f"msg_{uuid.uuid4().hex[:24]}")
+        return self.msg_ids[k]
+
+    def _object(self, reasoning: str, order: list[str | int], calls: list[dict], finish: str | None,
+                got: Collected | None, status: str | None = None) -> dict[str, Any]:
         output: list[dict[str, Any]] = []
         if reasoning:
             output.append(self._reasoning_item(reasoning))
-        if text or not calls:
-            output.append(self._message_item(text))
-        output += [self._call_item(c) for c in calls]
+        messages = 0
+        for part in order:
+            if isinstance(part, int):
+                output.append(self._call_item(calls[part]))
+            elif part.strip():
+                output.append(self._message_item(messages, part))
+                messages += 1
+        if messages == 0 and not calls:
+            output.append(self._message_item(0, "".join(p for p in order if isinstance(p, str))))
         usage = None
         if got is not None:
             u = got.usage()
             usage = {"input_tokens": u["prompt_tokens"], "output_tokens": u["completion_tokens"],
-                     "total_tokens": u["total_tokens"], "input_tokens_details": {"cached_tokens": 0},
+                     "total_tokens": u["total_tokens"],
+                     "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                      "output_tokens_details": {"reasoning_tokens": u.get("completion_tokens_details", {})
                                                .get("reasoning_tokens", 0)}}
         cut = finish == "length"
@@ -157,9 +179,9 @@ class ResponseShape:
                 "parallel_tool_calls": r.parallel_tool_calls, "text": r.text or {"format": {"type": "text"}},
                 "previous_response_id": None, "store": False, "metadata": {}}
 
-    def _message_item(self, text: str, status: str = "completed") -> dict[str, Any]:
+    def _message_item(self, k: int, text: str, status: str = "completed") -> dict[str, Any]:
         content = [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []
-        return {"type": "message", "id": self.msg_id, "status": status, "role": "assistant", "content": content}
+        return {"type": "message", "id": self._msg_id(k), "status": status, "role": "assistant", "content": content}
 
     def _reasoning_item(self, text: str) -> dict[str, Any]:
         return {"type": "reasoning", "id": self.rs_id, "summary": [],
@@ -177,7 +199,7 @@ class ResponseShape:
         return f"event: {kind}\ndata: " + json.dumps({"type": kind, "sequence_number": self.seq - 1, **fields}) + "\n\n"
 
     def start(self, indices: range, include_usage: bool) -> str:
-        shell = self._object("", "", [], None, None, status="in_progress")
+        shell = self._object("", [], [], None, None, status="in_progress")
         shell["output"] = []
         return self._event("response.created", response=shell) + self._event("response.in_progress", response=shell)
 
@@ -192,26 +214,42 @@ class ResponseShape:
                 events.append(self._event("response.reasoning_text.delta", item_id=self.rs_id,
                                           output_index=self.open.index("reasoning"), content_index=0,
                                           delta=piece.reasoning))
-            if piece.content:
-                if "message" not in self.open:
-                    events += self._close("reasoning") + self._add("message", self._message_item("", "in_progress"))
-                    events.append(self._event("response.content_part.added", item_id=self.msg_id,
-                                              output_index=self.open.index("message"), content_index=0,
-                                              part={"type": "output_text", "text": "", "annotations": []}))
-                self.text += piece.content
-                events.append(self._event("response.output_text.delta", item_id=self.msg_id,
-                                          output_index=self.open.index("message"), content_index=0,
-                                          delta=piece.content, logprobs=[]))
-            for delta in piece.tool_calls:
-                events += self._call_delta(delta)
+            for part in piece.parts:
+                events += self._text(part) if isinstance(part, str) else self._call_delta(part)
         return "".join(events) or None
+
+    def _text(self, text: str) -> list[str]:
+        """Text of the answer: into the open message, else a new message once it is more than
+        whitespace (closing the items before it)."""
+        self.pending += text
+        k = len(self.texts) - 1
+        events = []
+        if k < 0 or f"msg{k}" in self.closed:
+            if not self.pending.strip():
+                return []
+            k, events = k + 1, self._open_message()
+        delta, self.pending = self.pending, ""
+        self.texts[k] += delta
+        events.append(self._event("response.output_text.delta", item_id=self._msg_id(k),
+                                  output_index=self.open.index(f"msg{k}"), content_index=0, delta=delta, logprobs=[]))
+        return events
+
+    def _open_message(self) -> list[str]:
+        """A new message item (closing the items before it) and its output_text part."""
+        k = len(self.texts)
+        self.texts.append("")
+        events = self._close("reasoning") + self._close_calls()
+        events += self._add(f"msg{k}", self._message_item(k, "", "in_progress"))
+        return events + [self._event("response.content_part.added", item_id=self._msg_id(k),
+                                     output_index=self.open.index(f"msg{k}"), content_index=0,
+                                     part={"type": "output_text", "text": "", "annotations": []})]
 
     def _add(self, kind: str, item: dict[str, Any]) -> list[str]:
         self.open.append(kind)
         return [self._event("response.output_item.added", output_index=len(self.open) - 1, item=item)]
 
     def _close(self, kind: str) -> list[str]:
-        """The closing events of item ``kind``, if it is open and not closed yet."""
+        """The closing events of item ``kind`` ("reasoning" or "msgK"), if open and not closed yet."""
         if kind not in self.open or kind in self.closed:
             return []
         index = self.open.index(kind)
@@ -221,18 +259,24 @@ class ResponseShape:
                                 content_index=0, text=self.reasoning),
                     self._event("response.output_item.done", output_index=index,
                                 item=self._reasoning_item(self.reasoning))]
-        part = {"type": "output_text", "text": self.text, "annotations": []}
-        return [self._event("response.output_text.done", item_id=self.msg_id, output_index=index, content_index=0,
-                            text=self.text, logprobs=[]),
-                self._event("response.content_part.done", item_id=self.msg_id, output_index=index, content_index=0,
+        k = int(kind.removeprefix("msg"))
+        text, item_id = self.texts[k], self._msg_id(k)
+        part = {"type": "output_text", "text": text, "annotations": []}
+        return [self._event("response.output_text.done", item_id=item_id, output_index=index, content_index=0,
+                            text=text, logprobs=[]),
+                self._event("response.content_part.done", item_id=item_id, output_index=index, content_index=0,
                             part=part),
-                self._event("response.output_item.done", output_index=index, item=self._message_item(self.text))]
+                self._event("response.output_item.done", output_index=index, item=self._message_item(k, text))]
+
+    def _close_message(self) -> list[str]:
+        return self._close(f"msg{len(self.texts) - 1}") if self.texts else []
 
     def _call_delta(self, delta: dict[str, Any]) -> list[str]:
         """A call opens with its id and name (closing the items before it); its arguments then
-        arrive in fragments; it is done when the next call opens or the response ends."""
+        arrive in fragments; it is done when the next item opens or the response ends."""
         if "id" in delta:
-            events = self._close("reasoning") + self._close("message") + self._close_calls()
+            self.pending = ""  # whitespace between items is no item
+            events = self._close("reasoning") + self._close_message() + self._close_calls()
             call = {"id": delta["id"], "function": {"name": delta["function"]["name"], "arguments": ""}}
             self.calls.append(call)
             return events + self._add(f"call{delta['index']}", self._call_item(call, "in_progress"))
@@ -255,9 +299,12 @@ class ResponseShape:
         return events
 
     def end(self, got: Collected, include_usage: bool) -> str:
-        closing = self._close("reasoning") + self._close("message") + self._close_calls()
-        if not self.open:  # nothing was written: the empty message the whole answer has
-            closing += self._add("message", self._message_item("", "in_progress")) + self._close("message")
+        closing = self._close("reasoning") + self._close_message() + self._close_calls()
+        if not self.texts and not self.calls:  # no item but reasoning: the one message the whole answer has
+            closing += self._open_message()
+            if self.pending:
+                closing += self._text("")
+            closing += self._close("msg0")
         final = self.response(got)
         kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
         return "".join(closing) + self._event(kind, response=final)

@@ -46,6 +46,19 @@ def test_chat_stream_equals_whole_answer_and_ends_with_usage(client):
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
 
 
+def test_a_chat_stream_opens_with_its_first_token(tiny_server):
+    """The role chunk is written together with the first token's (as vLLM's server does), so a
+    client that times the first chunk (``vllm bench serve``) measures the time to the first
+    token: the first piece read off the socket holds both events."""
+    body = {"model": "tiny", "messages": CHAT, "max_tokens": 4, "stream": True, **GREEDY, **NO_EOS}
+    with httpx.stream("POST", tiny_server.url + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+        first = next(r.iter_raw()).decode()
+    events = [json.loads(line[6:]) for line in first.split("\n\n") if line.startswith("data: {")]
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert len(events) >= 2 and events[1]["choices"][0]["delta"]["content"]
+
+
 def test_chat_stream_without_usage_option_has_no_usage_chunk(client):
     chunks = list(client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=4, stream=True,
                                                  extra_body=NO_EOS))

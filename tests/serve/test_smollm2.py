@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytestmark = pytest.mark.smollm2
+# pytest-timeout counts a fixture's setup in the test that starts it: the shared server may take
+# up to its own start limit (600 s, conftest.py) before any of these tests' few seconds of work
+pytestmark = [pytest.mark.smollm2, pytest.mark.timeout(720)]
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 

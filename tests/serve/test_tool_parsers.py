@@ -79,7 +79,15 @@ CASES = [
     ("pythonic", "[1, 2, 3]", "[1, 2, 3]", []),
     ("pythonic", '[get_weather("Paris")]', '[get_weather("Paris")]', []),  # positional: no call
     ("pythonic", '[get_weather(city="Paris", days=3), oops(]', ', oops(]', [W]),
-    ("pythonic", '[get_weather(city="Pa', '[get_weather(city="Pa', []),
+    ("pythonic", '[get_weather(city="Pa', "", [("get_weather", '{"city": "Pa')]),  # cut: the call stands
+    ("pythonic", '[f(s="a\\"b\\n\\u00e9", t=\'x\\x41\', u="""q""", v="")]', "",
+     [("f", '{"s": "a\\"b\\né", "t": "xA", "u": "q", "v": ""}')]),  # escapes decoded, JSON's written
+    ("pythonic", "[f(a=[true, null], b=-1.5,)]", "", [("f", '{"a": [true, null], "b": -1.5}')]),
+    # the call opened, then its arguments are no Python literals: it stands, the rest is content
+    ("pythonic", "[get_weather(city=Paris)] ok", "Paris)] ok", [("get_weather", '{"city": ')]),
+    ("pythonic", "[f(a=1, a=2)]", "a=2)]", [("f", '{"a": 1')]),
+    ("pythonic", '[f(a="x" + "y")]', '+ "y")]', [("f", '{"a": "x"')]),
+    ("pythonic", "[f(a==1)]", "[f(a==1)]", []),  # a comparison, not a keyword: no call
 ]
 MARKUP = {"hermes": ("<tool_call>", "</tool_call>"), "llama3_json": ("<|python_tag|>", '"name"'),
           "mistral": ("[TOOL_CALLS]", '"name"', "[ARGS]"), "pythonic": ("<|python_start|>", "(")}
@@ -164,6 +172,27 @@ def test_arguments_stream_while_they_are_written(fmt, text):
     args_start = text.index(W[1])
     assert opened_at in (args_start, args_start + 1), "the call opens by the arguments' first character"
     assert fragments == [(args_start + k + 1, c) for k, c in enumerate(W[1])]
+
+
+def test_pythonic_arguments_stream_while_they_are_written():
+    """Fed a character at a time: the call opens at its first keyword, a string value streams a
+    character at a time (escapes once whole), any other value when it ends; only the closing
+    brace waits for the call's ")"."""
+    text = '[get_weather(city="Pa\\u00e9s", days=3)]'
+    parser, seen, fragments, opened_at = make_parser("pythonic"), "", [], None
+    for i, ch in enumerate(text):
+        seen += ch
+        for d in parser.feed(ch, final=i == len(text) - 1)[1]:
+            if "id" in d:
+                opened_at = seen
+            else:
+                fragments.append((seen, d["function"]["arguments"]))
+    assert opened_at == '[get_weather(city="'
+    at = ['[get_weather(city="', '[get_weather(city="P', '[get_weather(city="Pa', '[get_weather(city="Pa\\u00e9',
+          '[get_weather(city="Pa\\u00e9s', '[get_weather(city="Pa\\u00e9s"', '[get_weather(city="Pa\\u00e9s", days=3',
+          '[get_weather(city="Pa\\u00e9s", days=3)']
+    assert fragments == [(at[0], "{"), (at[0], '"city": '), (at[1], '"'), (at[1], "P"), (at[2], "a"), (at[3], "é"),
+                         (at[4], "s"), (at[5], '"'), (at[6], ', "days": '), (at[7], "3"), (at[7], "}")]
 
 
 def test_a_v11_mistral_call_keeps_the_id_the_model_wrote():

@@ -36,6 +36,7 @@ def generic_kernels():
 def test_the_fastest_is_kept_per_regime_and_the_others_dropped(generic_kernels, monkeypatch):
     # the kernel fastest for 16 rows; MKL (packed where it can pack) fastest for 128; oneDNN never
     cost = {("kernel", 16): 1.0, ("onednn", 16): 2.0, ("mkl-packed", 16): 3.0, ("mkl", 16): 3.0,
+            ("kernel", 1): 0.5, ("onednn", 1): 2.0, ("mkl-packed", 1): 1.0, ("mkl", 1): 1.0,
             ("kernel", 128): 9.0, ("onednn", 128): 8.0, ("mkl-packed", 128): 5.0, ("mkl", 128): 5.0}
     clock = FakeClock()
     monkeypatch.setattr(products.time, "perf_counter", clock)
@@ -46,7 +47,7 @@ def test_the_fastest_is_kept_per_regime_and_the_others_dropped(generic_kernels, 
         return real_run(self, impl, flat)
 
     monkeypatch.setattr(PackedLinear, "run", run)
-    chooser = ProductChooser(repeats=2)
+    chooser = ProductChooser(repeats=2, evict=lambda: None)
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(48, 32, generator=gen)
     lin = PackedLinear(w, kernels=generic_kernels, chooser=chooser)
@@ -74,3 +75,33 @@ def test_without_a_chooser_decode_takes_the_kernel_and_prefill_mkl(generic_kerne
         x = torch.randn(rows, 32)
         torch.testing.assert_close(lin(x), F.linear(x, w), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(plain(x), F.linear(x, w), rtol=1e-5, atol=1e-4)
+
+
+@needs_cc
+def test_a_decode_is_timed_on_evicted_weights_at_1_and_16_rows(generic_kernels, monkeypatch):
+    # oneDNN fastest at 16 rows alone, the kernel over 1 and 16 rows together: the sum decides
+    cost = {("kernel", 1): 1.0, ("kernel", 16): 3.0, ("onednn", 1): 4.0, ("onednn", 16): 2.0}
+    clock, state, runs = FakeClock(), {"cold": False}, []
+    monkeypatch.setattr(products.time, "perf_counter", clock)
+    real_run = PackedLinear.run
+
+    def run(self, impl, flat):
+        clock.now += cost.get((impl, flat.size(0)), 5.0)
+        runs.append((impl, flat.size(0), state["cold"]))
+        state["cold"] = False
+        return real_run(self, impl, flat)
+
+    monkeypatch.setattr(PackedLinear, "run", run)
+    chooser = ProductChooser(repeats=3, evict=lambda: state.update(cold=True))
+    w = torch.randn(48, 32, generator=torch.Generator().manual_seed(0))
+    lin = PackedLinear(w, kernels=generic_kernels, chooser=chooser)
+    assert lin.decode_impl == "kernel"
+    impls = len({impl for impl, _, _ in runs})
+    cold = [(rows, c) for _, rows, c in runs if c]
+    assert sorted(cold) == sorted([(1, True), (16, True)] * 3 * impls)  # every timed decode run, evicted first
+    assert not any(c for _, rows, c in runs if rows == products.PREFILL_ROWS)  # a prefill's weight stays cached
+
+
+def test_the_evictor_reads_twice_the_last_level_cache():
+    assert products.last_level_cache_bytes() > 0
+    assert products.CacheEvictor().buffer.numel() * 4 == 2 * products.last_level_cache_bytes()

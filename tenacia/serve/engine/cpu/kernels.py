@@ -79,7 +79,9 @@ ISA_ENV = "TENACIA_ISA"
 # Above this many rows MKL's packed GEMM is as fast or faster (measured in docs/serving.md,
 # "Where a decode step's time went, and the decode kernels").
 MAX_ROWS = 16
-PADDED_ROWS = (1, 2, 4, 8, 16)  # rows are padded up to one of these: one kernel pass per panel
+# up to MAX_ROWS, rows are padded up to one of these: one kernel pass reads each panel from memory;
+# more rows run as they are (the passes after the first 16 rows find the panel in cache)
+PADDED_ROWS = (1, 2, 4, 8, 16)
 CHECK_ROWS = (1, 3, 16)
 
 
@@ -217,10 +219,11 @@ class SmallLinear:
                 raise Unavailable(f"the decode GEMM disagrees with F.linear for {rows} rows")
 
     def __call__(self, x: Tensor) -> Tensor:
-        """x: (rows, in) float32 -> (rows, out). Meant for rows <= MAX_ROWS (more run correctly, in
-        passes of 16 rows, but MKL is as fast there)."""
+        """x: (rows, in) float32 -> (rows, out). Meant for rows <= MAX_ROWS; more run correctly, in
+        passes of 16 rows and a shorter last one (``ProductChooser`` times it against MKL's and
+        oneDNN's for a prefill)."""
         rows = x.size(0)
-        padded = next((p for p in PADDED_ROWS if p >= rows), -(-rows // 16) * 16)
+        padded = next((p for p in PADDED_ROWS if p >= rows), rows)
         if padded != rows or not x.is_contiguous():
             full = x.new_zeros(padded, self.in_features)
             full[:rows] = x

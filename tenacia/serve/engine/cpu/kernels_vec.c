@@ -62,9 +62,11 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
 }
 
 /* The k loop runs in chunks of KC: a chunk of a panel (KC x 64 bytes) is read from memory once,
- * by the first block of rows, which prefetches it (non-temporal: a weight is used once a step and
- * should not push the activations out of the caches), and stays in L1 for the other blocks of the
- * same rows; each block keeps its running sums in `part` between chunks. */
+ * by the first block of rows, which prefetches it FAR lines ahead into L2 (locality 1, as
+ * kernels_avx512.c; a non-temporal prefetch that far ahead lands in L1 on AMD Zen 4 and is evicted
+ * before use: measured in docs/benchmarks.md, "Serving on AMD Zen 4") and NEAR lines ahead
+ * into L1, and stays in L1 for the other blocks of the same rows; each block keeps its running
+ * sums in `part` between chunks. */
 #ifndef KC
 #define KC 128
 #endif
@@ -80,7 +82,7 @@ static inline __attribute__((always_inline)) void block(const float *x, long ldx
     for (int v = 0; v < NVP; v++) acc[m][v] = vload((first ? b : part + m * PW) + v * VEC);
   for (long kk = k0; kk < k1; kk++) {
     if (prefetch) {
-      __builtin_prefetch(panel + (kk + FAR) * PW, 0, 0);
+      __builtin_prefetch(panel + (kk + FAR) * PW, 0, 1);
       __builtin_prefetch(panel + (kk + NEAR) * PW, 0, 3);
     }
     vf w[NVP];

@@ -12,10 +12,14 @@ A ``PackedLinear`` holds one projection's weight in the layouts it can run in:
 Each layout checks itself against ``F.linear`` when it is built and is dropped if it disagrees.
 
 Which one runs is decided twice, for a decode step (``MAX_ROWS`` rows or fewer) and for a prefill
-(more), by ``ProductChooser``: it times every candidate on the first weight of each shape, at 16
-rows and at ``PREFILL_ROWS`` rows, in turns, and keeps the fastest (plain MKL only races where MKL
-cannot pack); the later layers of the same shape take
-the same choice without timing. A layout neither regime chose is dropped, so that a weight is
+(more), by ``ProductChooser``: it times every candidate on the first weight of each shape, in
+turns, and keeps the fastest (plain MKL only races where MKL cannot pack); the later layers of
+the same shape take the same choice without timing. A prefill's products are timed at
+``PREFILL_ROWS`` rows on a weight in cache (a prompt reuses each weight for every row). A decode
+step reads each weight once for a few rows, and all of them together are far larger than the
+caches, so a decode product is timed as it runs there: on a weight just pushed out of the caches
+(``evict``), at 1 row and at ``MAX_ROWS`` rows, the two times added (timed on a cached weight, a
+layout that streams poorly from memory can win: docs/benchmarks.md, "Serving on AMD Zen 4"). A layout neither regime chose is dropped, so that a weight is
 kept only in the layouts that run. Without a chooser (accelerators, tests), the defaults are the
 kernel for a decode and MKL's packed layout (else plain) for a prefill. Every implementation is
 the same float32 product in another summation order (within ~1e-6 relative of each other).
@@ -24,6 +28,7 @@ the same float32 product in another summation order (within ~1e-6 relative of ea
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 
@@ -137,12 +142,38 @@ class PackedLinear:
         return self.run(impl, flat).view(*x.shape[:-1], self.out_features)
 
 
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache this process sees (32 MiB where the system does not say)."""
+    sizes = []
+    for name in ("SC_LEVEL4_CACHE_SIZE", "SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
+        try:
+            sizes.append(os.sysconf(name))
+        except (ValueError, OSError):  # not a name this system knows
+            pass
+    return max([s for s in sizes if s > 0], default=32 << 20)
+
+
+class CacheEvictor:
+    """``evict()`` reads a buffer twice the size of the last-level cache, so that what was read
+    before (a weight just timed) must come from memory again. The buffer lives as long as this."""
+
+    def __init__(self, nbytes: int | None = None):
+        self.buffer = torch.ones((nbytes or 2 * last_level_cache_bytes()) // 4)
+
+    def __call__(self) -> None:
+        self.buffer.sum()
+
+
 class ProductChooser:
     """Times the implementations of each weight shape once and remembers the fastest for a decode
-    step and for a prefill (module docstring). ``summary`` is what the start-up line says."""
+    step and for a prefill (module docstring). ``summary`` is what the start-up line says.
+    ``evict``: makes the caches forget a weight before each decode timing (a ``CacheEvictor``
+    made for each new shape where not given)."""
 
-    def __init__(self, decode_rows: int = dk.MAX_ROWS, prefill_rows: int = PREFILL_ROWS, repeats: int = 3):
+    def __init__(self, decode_rows: int = dk.MAX_ROWS, prefill_rows: int = PREFILL_ROWS, repeats: int = 3,
+                 evict=None):
         self.decode_rows, self.prefill_rows, self.repeats = decode_rows, prefill_rows, repeats
+        self.evict = evict
         self.choices: dict[tuple, tuple[str, str]] = {}
         self.seconds = 0.0
 
@@ -151,25 +182,36 @@ class ProductChooser:
         key = (lin.out_features, lin.in_features, lin.bias is not None, tuple(available), runs_in)
         if key not in self.choices:
             t0 = time.perf_counter()
-            decode = self._fastest(lin, available, self.decode_rows) if runs_in != "prefill" else None
-            prefill = self._fastest(lin, available, self.prefill_rows) if runs_in != "decode" else None
+            decode = prefill = None
+            if runs_in != "prefill":
+                evict = self.evict or (CacheEvictor() if len(available) > 1 else None)  # freed after this shape
+                decode = self._fastest(lin, available, (1, self.decode_rows), evict)
+            if runs_in != "decode":
+                prefill = self._fastest(lin, available, (self.prefill_rows,), None)
             self.choices[key] = (decode or prefill, prefill or decode)
             self.seconds += time.perf_counter() - t0
         return self.choices[key]
 
-    def _fastest(self, lin: PackedLinear, impls: list[str], rows: int) -> str:
+    def _fastest(self, lin: PackedLinear, impls: list[str], row_counts: tuple[int, ...], evict) -> str:
+        """The implementation of least time summed over ``row_counts``; with ``evict``, each call
+        timed on a weight pushed out of the caches first."""
         if len(impls) == 1:
             return impls[0]
-        x = torch.randn(rows, lin.in_features, generator=torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)
+        xs = [torch.randn(rows, lin.in_features, generator=gen) for rows in row_counts]
         for impl in impls:
-            lin.run(impl, x)  # warm
-        best = dict.fromkeys(impls, float("inf"))
+            for x in xs:
+                lin.run(impl, x)  # warm
+        best = {(impl, i): float("inf") for impl in impls for i in range(len(xs))}
         for _ in range(self.repeats):  # in turns, so that a burst of load elsewhere hits them alike
             for impl in impls:
-                t = time.perf_counter()
-                lin.run(impl, x)
-                best[impl] = min(best[impl], time.perf_counter() - t)
-        return min(best, key=best.get)
+                for i, x in enumerate(xs):
+                    if evict is not None:
+                        evict()
+                    t = time.perf_counter()
+                    lin.run(impl, x)
+                    best[impl, i] = min(best[impl, i], time.perf_counter() - t)
+        return min(impls, key=lambda impl: sum(best[impl, i] for i in range(len(xs))))
 
     def summary(self) -> str:
         """e.g. "decode kernel x5, prefill mkl-packed x3 mkl x1 (chosen in 0.21 s)"."""

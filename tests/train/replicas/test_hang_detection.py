@@ -10,9 +10,10 @@ import pytest
 
 from tenacia.events import EventLog, read_events
 from tenacia.train.config import ReplicaConfig
+from tenacia.train.replicas.control_server import MemberStatus
 from tenacia.train.replicas.coordinator import Coordinator
 from tenacia.train.replicas.leadership import JobFinished, Leadership
-from tenacia.train.replicas.member import LeaderLink, MemberStatus
+from tenacia.train.replicas.member import LeaderLink
 from tenacia.train.replicas.protocol import (
     Addrs,
     Expelled,
@@ -151,7 +152,7 @@ def test_a_newcomer_still_healing_is_not_elected_an_in_sync_survivor_is():
 def test_a_leaderless_election_goes_to_a_replica_holding_the_newest_state():
     """A fresh replacement (replica 0, at step 0) finds only leaderless peers: it leads only if no
     peer holds a newer step (real control servers on loopback)."""
-    from tenacia.train.replicas.member import ControlServer
+    from tenacia.train.replicas.control_server import ControlServer
 
     def peer(committed):
         server = ControlServer(1, "127.0.0.1", "127.0.0.1")

@@ -60,7 +60,10 @@ from slow_links_arms import (  # noqa: E402
 )
 from slow_links_report import goals, markdown, plot  # noqa: E402
 
-DEFAULT_ARMS = ("ddp", "diloco", "streaming", "streaming-int4", "torchft-diloco", "torchft-localsgd")
+DEFAULT_ARMS = ("ddp", "diloco", "diloco-int4-topk", "streaming-int4", "torchft-diloco", "torchft-localsgd")
+DDP_NOTE = ("ddp over a link trains the first --ddp-link-tokens of the budget only (its tokens/s and bytes/token are "
+            "those of its steady steps); its eval loss at the budget is the reference's: ddp's bits do not depend on "
+            "the link (checked on every eval both runs made)")
 
 
 def row(name: str, r: dict[str, Any]) -> str:
@@ -77,14 +80,37 @@ def row(name: str, r: dict[str, Any]) -> str:
 HEADER = f"{'arm':<22} {'tokens/s':>9} {'util':>7} {'bytes/token':>11} {'eval':>8} {'to target':>9}"
 
 
+def wait_line(r: dict[str, Any]) -> str:
+    """Each member's wait in a round (median, worst) and its share of the tokens."""
+    w = r.get("waits")
+    if not w:
+        return ""
+    return "    waits in a round (median/worst, token share): " + ", ".join(
+        f"r{m} {x['median']:.0%}/{x['max']:.0%} ({x['tokens_share']:.0%})" for m, x in w.items())
+
+
+def ddp_over_link(a: argparse.Namespace, where: Path, rtt: float, rate: float, ref: dict[str, Any],
+                  ceiling: float) -> dict[str, Any]:
+    """ddp behind the link on the first ``a.ddp_link_tokens`` of the budget (``DDP_NOTE``)."""
+    r = tenacia_run("ddp", a, where, rtt, rate, None, ceiling, tokens=a.ddp_link_tokens)
+    if "error" in r:
+        return r
+    mine = {e["step"]: e["eval_loss"] for e in r.pop("evals")}
+    same = all(ref["evals_by_step"].get(k) == v for k, v in mine.items())
+    return {**r, "eval_loss": ref["eval_loss"], "time_to_target_s": None, "tokens_run": a.ddp_link_tokens,
+            "same_bits_as_reference": same}
+
+
 def section_links(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     # other jobs share this machine's cores: the ceiling is measured before and after the arms,
     # and the arms are judged against the mean (both, and each run's load average, are recorded)
     first = ceiling_run(a, out / "ceiling")
-    res: dict[str, Any] = {"ceiling_tokens_per_s": first, "ceilings": [first]}
+    res: dict[str, Any] = {"ceiling_tokens_per_s": first, "ceilings": [first], "ddp_note": DDP_NOTE}
     ceiling = first
     ref = tenacia_run("ddp", a, out / "ref-tenacia", None, 0, None, ceiling)
+    ref["evals_by_step"] = {e["step"]: e["eval_loss"] for e in ref.pop("evals", [])}
     res["target_tenacia"] = ref.get("eval_loss")
+    res["reference"] = {k: v for k, v in ref.items() if k != "evals_by_step"}
     torchft = [x for x in a.arms if x in TORCHFT_ARMS]
     res["target_peers"] = peers_reference(a, out / "ref-peers") if torchft else None
     print(f"ceiling {ceiling:.0f} tokens/s; targets: tenacia {res['target_tenacia']}, peers {res['target_peers']}")
@@ -100,10 +126,14 @@ def section_links(a: argparse.Namespace, out: Path) -> dict[str, Any]:
                 load = os.getloadavg()[0]
                 if arm in TORCHFT_ARMS:
                     r = torchft_run(arm, a, where, rtt, rate, res["target_peers"], ceiling)
+                elif arm == "ddp" and a.ddp_link_tokens < a.tokens:
+                    r = ddp_over_link(a, where, rtt, rate, ref, ceiling)
                 else:
                     r = tenacia_run(arm, a, where, rtt, rate, res["target_tenacia"], ceiling)
-                res["runs"].append({"arm": arm, "rtt_ms": rtt, "rate_mbit": rate, "load": load, **r})
-                print(row(arm, r), flush=True)
+                    r.pop("evals", None)
+                res["runs"].append({"arm": arm, "rtt_ms": rtt, "rate_mbit": rate, "load": load,
+                                    "load_after": os.getloadavg()[0], **r})
+                print(row(arm, r) + ("\n" + wait_line(r) if r.get("waits") else ""), flush=True)
     res["ceilings"].append(ceiling_run(a, out / "ceiling-after"))
     res["ceiling_tokens_per_s"] = statistics.mean(res["ceilings"])
     for r in res["runs"]:
@@ -120,7 +150,7 @@ def section_quotas(a: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     quotas = CpuQuotas()
     solos = []
-    steps = max(20, a.tokens // (a.replicas * a.batch * a.seq_len) // 4)
+    steps = max(40, a.ceiling_tokens // (a.replicas * a.batch * a.seq_len) // 2)
     try:
         for i, cores in enumerate(a.quotas):
             quotas.set(i, cores)
@@ -136,12 +166,13 @@ def section_quotas(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     res: dict[str, Any] = {"quotas": a.quotas, "solo_tokens_per_s": solos, "sum_solo": sum(solos), "runs": []}
     print(f"\nCPU quotas {a.quotas}: solo tokens/s {[round(s) for s in solos]}, sum {sum(solos):.0f}\n{HEADER}")
     quota_list = "[" + ", ".join(f"{q:g}" for q in a.quotas) + "]"
-    for arm in ("diloco", "ddp"):
+    for arm in ("diloco", "ddp"):  # ddp, the lock-step reference: on the first --ddp-link-tokens
         load = os.getloadavg()[0]
         r = tenacia_run(arm, a, out / f"quotas-{arm}", None, 0, None, sum(solos),
-                        extra=[f"chaos.cpu_quotas={quota_list}"])
-        res["runs"].append({"arm": arm, "load": load, **r})
-        print(row(arm, r), flush=True)
+                        extra=[f"chaos.cpu_quotas={quota_list}"], tokens=a.ddp_link_tokens if arm == "ddp" else None)
+        r.pop("evals", None)
+        res["runs"].append({"arm": arm, "load": load, "load_after": os.getloadavg()[0], **r})
+        print(row(arm, r) + ("\n" + wait_line(r) if r.get("waits") else ""), flush=True)
     return res
 
 
@@ -155,10 +186,15 @@ def main() -> None:
     p.add_argument("--preset", default="micro")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch", type=int, default=8, help="samples per replica per (inner) step")
-    p.add_argument("--tokens", type=int, default=1_228_800, help="the token budget of every arm")
-    p.add_argument("--inner-steps", type=int, default=20, help="H")
+    p.add_argument("--tokens", type=int, default=1_638_400, help="the token budget of every arm (8 rounds of H = 100)")
+    p.add_argument("--inner-steps", type=int, default=100, help="H")
     p.add_argument("--fragments", type=int, default=4, help="streaming: fragments synced in turn")
-    p.add_argument("--eval-every", type=int, default=150_000, help="tokens between evals")
+    p.add_argument("--topk", type=float, default=0.01, help="the *-topk arms: the fraction of each block sent")
+    p.add_argument("--rtts", default="0,100", help="round trips in ms (--full: 0,10,50,100,200)")
+    p.add_argument("--ddp-link-tokens", type=int, default=409_600,
+                   help="ddp over a link (and on quotas) trains this much of the budget only")
+    p.add_argument("--ceiling-tokens", type=int, default=204_800, help="the no-sync ceiling's and the solos' runs")
+    p.add_argument("--eval-every", type=int, default=204_800, help="tokens between evals")
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--quotas", default="0.5,0.5,0.25,0.125")
     p.add_argument("--timeout", type=float, default=3600)
@@ -172,7 +208,10 @@ def main() -> None:
     if a.tokens % round_tokens:
         p.error(f"--tokens {a.tokens} must be a multiple of replicas x batch x seq-len x inner-steps = {round_tokens} "
                 "(every arm trains the same tokens, in whole rounds)")
-    a.rtts = [0, 10, 50, 100, 200] if a.full else [0, 100]
+    if a.ddp_link_tokens % (a.replicas * a.batch * a.seq_len):
+        p.error(f"--ddp-link-tokens must be a multiple of replicas x batch x seq-len = {a.replicas * a.batch * a.seq_len}")
+    a.ddp_link_tokens = min(a.ddp_link_tokens, a.tokens)
+    a.rtts = [0, 10, 50, 100, 200] if a.full else [float(x) for x in a.rtts.split(",")]
     a.rates = [100, 1000] if a.full else [100]
     a.quotas = [float(x) for x in a.quotas.split(",")]
     if "quotas" in a.sections.split(",") and len(a.quotas) != a.replicas:

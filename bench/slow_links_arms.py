@@ -37,7 +37,11 @@ TENACIA_ARMS = {
     "diloco-int8": ["replicas.sync=diloco", "replicas.outer.quantize=int8"],
     "streaming": ["replicas.sync=streaming"],
     "streaming-int4": ["replicas.sync=streaming", "replicas.outer.quantize=int4"],
+    # SparseLoCo-style: the largest --topk of each block, 4-bit, error feedback (the default)
+    "diloco-int4-topk": ["replicas.sync=diloco", "replicas.outer.quantize=int4"],
+    "streaming-int4-topk": ["replicas.sync=streaming", "replicas.outer.quantize=int4"],
 }
+TOPK_ARMS = ("diloco-int4-topk", "streaming-int4-topk")
 TORCHFT_FP32 = ("torchft arms: fp32 exchange. torchft's quantized exchange is unavailable on CPU: Manager.allreduce "
                 "quantizes only when Triton is importable (torchft/quantization.py imports it) and otherwise sends fp32")
 EXIT_GRACE_S = 60.0  # how long a tenacia arm may take to exit after its last step
@@ -55,17 +59,18 @@ def tenacia_common(a: argparse.Namespace) -> list[str]:
             "replicas.hang_floor_s=10"]
 
 
-def tenacia_steps(arm: str, a: argparse.Namespace) -> list[str]:
-    """Equal tokens for every arm: ``a.tokens`` in all. A ddp step trains the global batch
-    (``replicas x batch`` samples); a diloco-family step is one outer round of ``inner_steps``
-    such batches."""
+def tenacia_steps(arm: str, a: argparse.Namespace, tokens: int | None = None) -> list[str]:
+    """Equal tokens for every arm: ``a.tokens`` in all (``tokens``, for a shorter run). A ddp step
+    trains the global batch (``replicas x batch`` samples); a diloco-family step is one outer round
+    of ``inner_steps`` such batches."""
     per_step = a.replicas * a.batch * a.seq_len
-    steps = a.tokens // per_step
+    steps = (tokens or a.tokens) // per_step
     if arm != "ddp":
         steps //= a.inner_steps
         per_step *= a.inner_steps
     eval_every = max(1, a.eval_every // per_step)
-    return [f"train.batch_size={a.replicas * a.batch}", f"train.steps={steps}", f"train.eval_every={eval_every}"]
+    topk = [f"replicas.outer.topk={a.topk}"] if arm in TOPK_ARMS else []
+    return [f"train.batch_size={a.replicas * a.batch}", f"train.steps={steps}", f"train.eval_every={eval_every}", *topk]
 
 
 def link_flags(rtt_ms: float, rate_mbit: float) -> list[str]:
@@ -101,17 +106,34 @@ def summarize(train: list[dict[str, Any]], evals: list[dict[str, Any]], t0: floa
             "eval_loss": evals[-1]["eval_loss"] if evals else None, "time_to_target_s": reached}
 
 
+def waits(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Each member's wait in a round: the round's time (commit to commit) less the seconds that
+    member computed, over the round's time; rounds after the first, where every member computed.
+    Per member the median and the worst round, and the members' token shares."""
+    rounds = [e for e in steps[1:] if e.get("step_time_s") and e.get("compute_s") and None not in e["compute_s"]]
+    if not rounds or any(e["members"] != rounds[0]["members"] for e in rounds):
+        return None  # none measured, or a membership change: rounds do not compare
+    out: dict[str, Any] = {}
+    for i, r in enumerate(rounds[0]["members"]):
+        w = [1 - e["compute_s"][i] / e["step_time_s"] for e in rounds]
+        out[str(r)] = {"median": statistics.median(w), "max": max(w),
+                       "tokens_share": sum(e["member_tokens"][i] for e in rounds) / sum(e["tokens"] for e in rounds)}
+    return out
+
+
 def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None, rate_mbit: float,
-                target: float | None, ceiling: float | None, extra: list[str] = ()) -> dict[str, Any]:
-    """One tenacia arm, behind ``tenacia chaos link`` unless ``rtt_ms`` is None (loopback)."""
+                target: float | None, ceiling: float | None, extra: list[str] = (),
+                tokens: int | None = None) -> dict[str, Any]:
+    """One tenacia arm, behind ``tenacia chaos link`` unless ``rtt_ms`` is None (loopback);
+    ``tokens``: a shorter run than the budget."""
     run = out / "run"
     train = [sys.executable, "-m", "tenacia", "train", "--run-dir", str(run), "--replicas", str(a.replicas)]
-    for o in [*tenacia_common(a), *TENACIA_ARMS[arm], *tenacia_steps(arm, a), *extra]:
+    for o in [*tenacia_common(a), *TENACIA_ARMS[arm], *tenacia_steps(arm, a, tokens), *extra]:
         train += ["-o", o]
     cmd = train if rtt_ms is None else [sys.executable, "-m", "tenacia", "chaos", "link", "--mtu", "9000",
                                         *link_flags(rtt_ms, rate_mbit), "--", *train]
     out.mkdir(parents=True, exist_ok=True)
-    last = int(next(o for o in tenacia_steps(arm, a) if o.startswith("train.steps=")).split("=")[1])
+    last = int(next(o for o in tenacia_steps(arm, a, tokens) if o.startswith("train.steps=")).split("=")[1])
     with open(out / "launcher.log", "wb") as log:
         code, lingered = run_to_last_step(cmd, log, run, last, a.timeout)
     if code != 0 and lingered is None:
@@ -121,6 +143,9 @@ def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None
     sent = sent_bytes(run) if rtt_ms is not None else None
     r = summarize(steps, evals, t0, sum(e["tokens"] for e in steps[1:]), sent, target, ceiling,
                   all_tokens=sum(e["tokens"] for e in steps))
+    r["rounds"] = len(steps)
+    r["waits"] = waits(steps)
+    r["evals"] = [{"step": e["step"], "eval_loss": e["eval_loss"]} for e in evals]
     if lingered is not None:
         r["stopped"] = f"still running {lingered:.0f} s after its last step: stopped (exit {code})"
     return r
@@ -155,9 +180,10 @@ def run_to_last_step(cmd: list[str], log: Any, run: Path, last: int, timeout: fl
 
 
 def ceiling_run(a: argparse.Namespace, out: Path) -> float:
-    """Tokens/s of ``a.replicas`` single-process runs at once: the same work with no sync at all."""
+    """Tokens/s of ``a.replicas`` single-process runs at once: the same work with no sync at all
+    (``a.ceiling_tokens`` in all; the median step counts, so a shorter run measures the same)."""
     out.mkdir(parents=True, exist_ok=True)
-    steps = a.tokens // (a.replicas * a.batch * a.seq_len)
+    steps = a.ceiling_tokens // (a.replicas * a.batch * a.seq_len)
     procs = []
     for r in range(a.replicas):
         cmd = [sys.executable, "-m", "tenacia", "train", "--run-dir", str(out / f"solo{r}")]

@@ -16,7 +16,10 @@ for every tenacia low-communication arm of the run:
   over the arm's time to tenacia's, >= 1.5. An arm that never reaches its target within the budget
   has no time; a torchft variant that never does is reported so (the ratio then has only the
   lower bound ``torchft run time / arm time``);
-- quotas: tenacia diloco on the quotas' tokens/s over the sum of the solo tokens/s, >= 90%.
+- quotas: tenacia diloco on the quotas' tokens/s over the sum of the solo tokens/s, >= 90%;
+- waits: on the quotas, no member waits more than 10% of a round for the others (a member's wait:
+  the round's time less its own compute; judged on each member's median round, its worst round
+  shown beside).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 GOAL_RTT_MS, GOAL_RATE_MBIT = 100, 100
-LOW_COMM = ("diloco", "diloco-int8", "streaming", "streaming-int4")
+LOW_COMM = ("diloco", "diloco-int8", "diloco-int4-topk", "streaming", "streaming-int4", "streaming-int4-topk")
 
 
 def _at_goal(runs: list[dict[str, Any]], arm: str) -> dict[str, Any] | None:
@@ -90,6 +93,13 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"goal": "quotas: >= 90% of the sum of solo tokens/s", "arm": r["arm"], "value": util,
                         "text": f"{util:.1%} ({r['tokens_per_s']:.0f} vs {quotas['sum_solo']:.0f} tokens/s)",
                         "met": util >= 0.90 if r["arm"] != "ddp" else None})
+            w = r.get("waits")
+            if w:
+                worst = max(x["median"] for x in w.values())
+                out.append({"goal": "quotas: no member waits > 10% of a round", "arm": r["arm"], "value": worst,
+                            "text": ", ".join(f"r{m} {x['median']:.1%} (worst round {x['max']:.1%})"
+                                              for m, x in w.items()),
+                            "met": worst <= 0.10 if r["arm"] != "ddp" else None})
     return out
 
 
@@ -121,13 +131,16 @@ def markdown(result: dict[str, Any]) -> str:
     if quotas:
         lines += ["", f"CPU quotas {quotas['quotas']}: solo tokens/s "
                   f"{', '.join(f'{s:,.0f}' for s in quotas['solo_tokens_per_s'])} (sum {quotas['sum_solo']:,.0f}).", "",
-                  "| arm | tokens/s | of the solo sum | eval loss | load |", "|---|---:|---:|---:|---:|"]
+                  "| arm | tokens/s | of the solo sum | eval loss | each member's wait in a round: median (worst), "
+                  "share of the tokens | load |", "|---|---:|---:|---:|---|---:|"]
         for r in quotas["runs"]:
             if "error" in r:
-                lines.append(f"| {r['arm']} | {r['error']} | | | |")
+                lines.append(f"| {r['arm']} | {r['error']} | | | | |")
             else:
+                waits = "; ".join(f"r{m} {x['median']:.1%} ({x['max']:.1%}), {x['tokens_share']:.1%}"
+                                  for m, x in (r.get("waits") or {}).items()) or "-"
                 lines.append(f"| {r['arm']} | {r['tokens_per_s']:,.0f} | {f(r['utilization'], '.1%')} | "
-                             f"{f(r['eval_loss'], '.4f')} | {f(r.get('load'), '.1f')} |")
+                             f"{f(r['eval_loss'], '.4f')} | {waits} | {f(r.get('load'), '.1f')} |")
     rows = goals(result)
     if rows:
         lines += ["", "| goal | arm | measured | met |", "|---|---|---|---|"]

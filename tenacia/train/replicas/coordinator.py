@@ -273,7 +273,7 @@ class Coordinator(StepCommit, QuorumForming):
             if self.stopped or self._frozen():
                 return
             self._tick = now
-            if now - self._last_beat >= self.timing.heartbeat_s:  # members fail over when the leader goes silent
+            if now - self._last_beat >= self.timing.heartbeat_period(self.hang_timeout):  # members fail over on silence
                 self._broadcast(LeaderHeartbeat(hang_timeout=self.hang_timeout))
                 self._last_beat = now
             timeout, q = self.hang_timeout, self.quorum

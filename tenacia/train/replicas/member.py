@@ -17,8 +17,9 @@ expelled, steps down if it led, and rejoins as a newcomer that heals.
 The hang bound a member acts on follows the step times as they are measured: a quorum carries the
 leader's bound at formation (the floor, for a job's first quorum), every ``LeaderHeartbeat`` the
 leader's bound now (``Timing.hang_bound`` of its step times), so a quorum that never changes does
-not keep the floor it formed with. The end of a job is final: once this replica's own coordinator
-sent the job's ``stop``, it is never taken for a stopped leader to leave, and a ``stop`` waiting
+not keep the floor it formed with. Heartbeats each way go ten times per bound (``timing.py``;
+every ``heartbeat_s`` until the current leader has told its bound). The end of a job is final:
+once this replica's own coordinator sent the job's ``stop``, it is never taken for a stopped leader to leave, and a ``stop`` waiting
 in the inbox is read before a freeze is acted on (the training thread finishes instead of
 rejoining peers that have exited).
 
@@ -78,6 +79,8 @@ class LeaderLink:
         self._quorum_lock = threading.Lock()
         self.last_quorum: Quorum | None = None  # the newest quorum received, at the step its members run
         self.hang_timeout: float | None = None  # the leader's newest hang bound (a quorum's, a heartbeat's)
+        self.leader_bound: float | None = None  # the bound the current leader told: heartbeats' period
+        self._sent = float("-inf")  # when this member's last heartbeat went
         self.settled: tuple[int, tuple[int, ...]] = (0, ())  # (step, members) of the newest commit seen
         self.term = 0
         self._last_rx = self._tick = self.clock.now()
@@ -166,6 +169,7 @@ class LeaderLink:
             return False
         conn.settimeout(None)
         self.conn, self.leader, self.term = conn, msg.leader, msg.term
+        self.leader_bound = None  # a new leader measures its own steps: beat often until it tells its bound
         self.server.term = self.term
         self.server.leader_addr, self.server.lost_leader = addr, False
         self._last_rx = self.clock.now()
@@ -200,9 +204,9 @@ class LeaderLink:
             msg = replace(msg, received_t=self.clock.wall())  # for the quorum's phase timings (docs/events.md)
             with self._quorum_lock:
                 self.last_quorum = msg
-            self.hang_timeout = msg.hang_timeout
+            self.hang_timeout = self.leader_bound = msg.hang_timeout
         elif isinstance(msg, LeaderHeartbeat) and msg.hang_timeout is not None:
-            self.hang_timeout = msg.hang_timeout
+            self.hang_timeout = self.leader_bound = msg.hang_timeout
         elif isinstance(msg, Verdict) and msg.commit:
             q = self.last_quorum
             if q is not None and q.quorum_id == msg.quorum_id:
@@ -235,17 +239,22 @@ class LeaderLink:
                 return
 
     def beat(self, now: float) -> bool:
-        """One heartbeat at ``now`` (``Clock.now``): tell the leader what the training thread does,
-        and tell the training thread (its inbox) when the leader went silent, when this process
-        was frozen, or when its own coordinator stopped; False once heartbeats must stop."""
+        """One tick of the heartbeat thread at ``now`` (``Clock.now``, every ``Timing.heartbeat_s``):
+        tell the leader what the training thread does (every ``Timing.heartbeat_period`` of the
+        bound the leader told), and tell the training thread (its inbox) when the leader went
+        silent, when this process was frozen, or when its own coordinator stopped; False once
+        heartbeats must stop."""
         timeout = self.freeze_limit()
         if self.was_frozen(now):
             self.inbox.put(Frozen(gap_s=now - self._tick))
             return False
         self._tick = now
-        s = self.status()
-        self.send(Heartbeat(replica=self.replica, step=s.step, phase=s.phase, committed=s.committed,
-                            pending=s.pending))
+        # sent every heartbeat_period of the leader's bound (timing.py), give or take half a tick
+        if now - self._sent >= self.timing.heartbeat_period(self.leader_bound) - self.timing.heartbeat_s / 2:
+            self._sent = now
+            s = self.status()
+            self.send(Heartbeat(replica=self.replica, step=s.step, phase=s.phase, committed=s.committed,
+                                pending=s.pending))
         # silence counts only if nothing waits unread: a member starved of CPU may run this
         # thread before its reader thread has taken the leader's pending messages
         if (self.conn is not None and self.leader != self.replica and now - self._last_rx > timeout

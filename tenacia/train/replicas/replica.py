@@ -315,7 +315,8 @@ class Replica(NewcomerHealing, ReducePhase, AfterCommit):
             ids = t.sampler.peek(self.cfg.step_samples)
             positions = q.shares[self.id]
             loss, tokens, reused = self.grads.compute(q.step, positions, ids, t.data.train.get,
-                                                      self.cfg.train.micro_batch_size, t.device)
+                                                      self.cfg.train.micro_batch_size, t.device,
+                                                      sharers=len(q.sharers))
             vote = replace(vote, ids=tuple(ids[p] for p in positions), batch=tuple(ids), tokens=tokens, loss=loss,
                            reused=reused)
         else:

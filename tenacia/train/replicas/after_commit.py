@@ -3,7 +3,8 @@ checkpoints, and the end of the job: the final fingerprint, eval, checkpoint and
 
 Only the replica whose coordinator is leading evaluates and saves (its heartbeats say ``eval``
 meanwhile). The job ends on the leader's ``stop``, or, when the link that stop came on was lost,
-on finding that this replica's own coordinator ended the job (``ended_here``).
+on finding that this replica's own coordinator ended the job (``ended_here``); a replica that
+finds so without holding the last step cannot write the end and exits non-zero (``FinishLost``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 from ... import checkpoint as ckpt
 from ...storage import atomic_write_json
 from . import evals
-from .leadership import JobFinished
 from .protocol import Resolve
+from .step_exits import FinishLost
 
 
 class AfterCommit:
@@ -51,12 +52,12 @@ class AfterCommit:
         """Did this replica's own coordinator end the job (its final stop sent, never read here:
         the link it came on was lost)? Then there is nobody left to rejoin: the last step, still
         pending if its verdict was not read either, is applied and the replica finishes as on the
-        stop; ``JobFinished`` if it does not hold that step."""
+        stop; ``FinishLost`` if it does not hold that step."""
         coord = self.server.coordinator
         if coord is None or not coord.finished:
             return False
         self.apply_resolve(Resolve(coord.settled[0], commit=True))
         if self.trainer.step < self.cfg.train.steps:
-            raise JobFinished(f"this replica's coordinator ended the job at step {coord.settled[0]}, "
-                              f"which it does not hold (step {self.trainer.step})")
+            raise FinishLost(f"this replica's coordinator ended the job at step {coord.settled[0]}, "
+                             f"which it does not hold (step {self.trainer.step})")
         return True

@@ -65,7 +65,7 @@ from .protocol import (
 )
 from .reducing import ReducePhase
 from .spare import wait_as_spare
-from .step_exits import Evicted, Rejoin, Superseded
+from .step_exits import EXIT_FINISH_LOST, Evicted, FinishLost, Rejoin, Superseded
 from .sync import strategy
 from .timing import Timing
 
@@ -171,6 +171,10 @@ class Replica(NewcomerHealing, ReducePhase, AfterCommit):
         except Evicted as e:
             print(f"replica {self.id} on {self.server.device}: {e}", file=sys.stderr, flush=True)
             return EXIT_EVICTED
+        except FinishLost as e:
+            self.events.emit("finish_lost", replica=self.id, step=self.trainer.step, reason=str(e))
+            print(f"replica {self.id}: {e}; the job is not finished", file=sys.stderr, flush=True)
+            return EXIT_FINISH_LOST
         finally:
             self.link.close()
 

@@ -13,7 +13,7 @@ from tenacia.events import EventLog, read_events
 from tenacia.train.config import ReplicaConfig
 from tenacia.train.replicas.control_server import MemberStatus
 from tenacia.train.replicas.coordinator import Coordinator
-from tenacia.train.replicas.leadership import JobFinished, Leadership
+from tenacia.train.replicas.leadership import Leadership
 from tenacia.train.replicas.member import LeaderLink
 from tenacia.train.replicas.protocol import (
     Addrs,
@@ -30,7 +30,7 @@ from tenacia.train.replicas.protocol import (
     Welcome,
 )
 from tenacia.train.replicas.replica import Replica
-from tenacia.train.replicas.step_exits import Rejoin
+from tenacia.train.replicas.step_exits import FinishLost, Rejoin
 from tenacia.train.replicas.timing import Timing
 from tenacia.train.replicas.wire import Conn
 
@@ -254,9 +254,9 @@ def test_a_replica_whose_own_coordinator_ended_the_job_finishes_instead_of_rejoi
         trainer=types.SimpleNamespace(step=9), cfg=types.SimpleNamespace(train=types.SimpleNamespace(steps=10)))
     replica.apply_resolve = lambda r: applied.append(r) or setattr(replica.trainer, "step", r.step)
     assert Replica.ended_here(replica) and applied == [Resolve(10, commit=True)]
-    replica.apply_resolve = lambda r: None  # the last step is not held: exit, do not write
+    replica.apply_resolve = lambda r: None  # the last step is not held: exit non-zero, do not write
     replica.trainer.step = 9
-    with pytest.raises(JobFinished):
+    with pytest.raises(FinishLost):
         Replica.ended_here(replica)
     replica.server.coordinator.finished = False  # stopped otherwise (superseded, frozen): rejoin
     assert not Replica.ended_here(replica)

@@ -1,14 +1,15 @@
 """Slow links and mixed chips (issue 15, "Speed"): tenacia's sync strategies against torchft's
 DiLoCo and LocalSGD on an emulated link, side by side in one run, and replicas of different speeds.
 
-    .venv/bin/python bench/slow_links.py            # 0 and 100 ms round trip at 100 Mbit/s
+    .venv/bin/python bench/slow_links.py            # 0 and 100 ms round trip at 100 Mbit/s (about 20 min, 2 cores)
     .venv/bin/python bench/slow_links.py --full     # 0, 10, 50, 100, 200 ms at 100 Mbit/s and 1 Gbit/s
     .venv/bin/python bench/slow_links.py --sections quotas
 
-Every arm trains ``--replicas`` replicas of the same preset on the same token budget, each replica
-in a network namespace of its own behind the project's TUN forwarder (``tenacia chaos link`` for
-tenacia, ``LinkLab`` directly for torchft), which holds every packet half the round trip and counts
-the bytes each node sends; ``tbf`` caps each node's sending rate.
+Every arm trains ``--replicas`` replicas of the same preset on the same token budget (default: 8
+outer rounds of H = 100), each replica in a network namespace of its own behind the project's TUN
+forwarder (``tenacia chaos link`` for tenacia, ``LinkLab`` directly for torchft), which holds every
+packet half the round trip and counts the bytes each node sends; ``tbf`` caps each node's sending
+rate. How each arm runs: ``slow_links_arms.py``.
 
 Sections (one table each; all results go to bench/results/slow_links-<time>.json):
 - ``links``: first, with no link, the compute ceiling (``--replicas`` single-process runs at once,
@@ -17,10 +18,16 @@ Sections (one table each; all results go to bench/results/slow_links-<time>.json
   (bench/peers/ddp_worker.py; the peers train byte tokens, tenacia its own tokenizer's, so eval
   losses compare within a family only). Then for each rate and round trip, each arm: tokens/s,
   compute utilization (tokens/s over the ceiling), bytes per token sent (at the forwarder),
-  final eval loss (at equal tokens), and the time to the target loss (from the first committed
-  step; evals every ``--eval-every`` tokens' worth of steps).
+  final eval loss (at equal tokens), the time to the target loss (from the first committed
+  step; evals every ``--eval-every`` tokens' worth of steps), and each member's wait in a round.
+  ddp behind a link trains only the first ``--ddp-link-tokens`` of the budget (at 100 ms it runs
+  at a twentieth of the others' speed): its tokens/s and bytes/token are its steady steps', its
+  eval loss at the budget is the reference's (ddp's bits do not depend on the link: the bench
+  checks every eval both runs made).
 - ``quotas``: replicas on CPU quotas (``--quotas``, cgroups): each quota's solo tokens/s, then
-  tenacia diloco and ddp with every replica on its quota: tokens/s over the sum of the solos.
+  tenacia diloco (the whole budget) and ddp (``--ddp-link-tokens``) with every replica on its quota:
+  tokens/s over the sum of the solos, and each member's wait in a round (the round's time less
+  its own compute, from ``step_committed``'s ``compute_s``) with its share of the tokens.
 
 torchft runs from its own venv (bench/.venvs/torchft, made by bench/faults.py). Its quantized
 exchange imports Triton, absent from a CPU install of torch: the torchft arms run fp32 (the worker
@@ -95,10 +102,10 @@ def ddp_over_link(a: argparse.Namespace, where: Path, rtt: float, rate: float, r
     r = tenacia_run("ddp", a, where, rtt, rate, None, ceiling, tokens=a.ddp_link_tokens)
     if "error" in r:
         return r
-    mine = {e["step"]: e["eval_loss"] for e in r.pop("evals")}
-    same = all(ref["evals_by_step"].get(k) == v for k, v in mine.items())
+    both = [(v, ref["evals_by_step"][k]) for k, v in ((e["step"], e["eval_loss"]) for e in r.pop("evals"))
+            if k in ref["evals_by_step"]]
     return {**r, "eval_loss": ref["eval_loss"], "time_to_target_s": None, "tokens_run": a.ddp_link_tokens,
-            "same_bits_as_reference": same}
+            "evals_compared": len(both), "same_bits_as_reference": all(x == y for x, y in both) if both else None}
 
 
 def section_links(a: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -191,7 +198,7 @@ def main() -> None:
     p.add_argument("--fragments", type=int, default=4, help="streaming: fragments synced in turn")
     p.add_argument("--topk", type=float, default=0.01, help="the *-topk arms: the fraction of each block sent")
     p.add_argument("--rtts", default="0,100", help="round trips in ms (--full: 0,10,50,100,200)")
-    p.add_argument("--ddp-link-tokens", type=int, default=409_600,
+    p.add_argument("--ddp-link-tokens", type=int, default=204_800,
                    help="ddp over a link (and on quotas) trains this much of the budget only")
     p.add_argument("--ceiling-tokens", type=int, default=204_800, help="the no-sync ceiling's and the solos' runs")
     p.add_argument("--eval-every", type=int, default=204_800, help="tokens between evals")

@@ -53,6 +53,9 @@ def tenacia_common(a: argparse.Namespace) -> list[str]:
             f"train.micro_batch_size={a.batch}", "train.progress=false", "device.threads=1",
             "checkpoint.every=0", f"train.eval_batches={a.eval_batches}", "optim.warmup_steps=10",
             f"replicas.outer.inner_steps={a.inner_steps}", f"replicas.outer.fragments={a.fragments}",
+            # the long-link transport for the outer exchange (ddp reduces through gloo whatever this says):
+            # a small exchange costs half a round trip instead of gloo's six (docs/benchmarks.md)
+            "replicas.outer.transport=streams",
             # the first quorum's hang bound is this floor (no step measured yet) and a quorum that
             # never changes keeps it: 0.5 s made the leader's replica, slow under load to read the
             # final stop, take itself for frozen and wait for finished peers (docs/benchmarks.md)

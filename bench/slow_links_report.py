@@ -1,6 +1,7 @@
 """The issue-15 goals judged from a bench/slow_links.py result, its table in Markdown, and its plot.
 
     .venv/bin/python bench/slow_links_report.py bench/results/slow_links-<time>.json [--png docs/img/slow_links.png]
+        [--calibration bench/results/links-calibration.json]   # then: tenacia plan --calibrate-links it
 
 bench/slow_links.py calls ``goals`` and ``plot`` at the end of its run; this script redoes both
 from a stored JSON (and prints the Markdown tables that docs/benchmarks.md shows).
@@ -188,15 +189,57 @@ def plot(result: dict[str, Any], png: Path) -> Path | None:
     return png
 
 
+def calibration(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's tenacia arms at the goal's link in the schema of ``tenacia plan --calibrate-links``
+    (``tenacia/plan/calibrate.py``): tokens/s with the link against the same arm at 0 ms round trip
+    (ddp: against its loopback reference), bytes and exchanges per token. An arm faster behind the
+    link than without it (noise) says nothing of the link and is left out. None without one."""
+    links = result.get("links")
+    if not links:
+        return None
+    a = result["args"]
+    round_tokens = a["replicas"] * a["batch"] * a["seq_len"]
+    arms = []
+    for r in links["runs"]:
+        if r["arm"].startswith("torchft") or r["rtt_ms"] != GOAL_RTT_MS or r["rate_mbit"] != GOAL_RATE_MBIT \
+                or "error" in r:
+            continue
+        near = (links.get("reference") if r["arm"] == "ddp" else
+                next((x for x in links["runs"] if x["arm"] == r["arm"] and x["rtt_ms"] == 0
+                      and x["rate_mbit"] == GOAL_RATE_MBIT and "error" not in x), None))
+        if not near or r["tokens_per_s"] > near["tokens_per_s"]:
+            continue
+        strategy = r["arm"].split("-")[0]
+        per_exchange = round_tokens * (1 if strategy == "ddp" else a["inner_steps"])
+        arms.append({"strategy": strategy, "compression": "int4" if "int4" in r["arm"] else
+                     "int8" if "int8" in r["arm"] else "fp32",
+                     "inner_steps": 1 if strategy == "ddp" else a["inner_steps"],
+                     "tokens_per_s": r["tokens_per_s"], "tokens_per_s_no_link": near["tokens_per_s"],
+                     "bytes_per_token": r["bytes_per_token"], "exchanges_per_token": 1 / per_exchange,
+                     "utilization": r["utilization"]})
+    if not arms:
+        return None
+    return {"link": {"rtt_ms": GOAL_RTT_MS, "gbit_s": GOAL_RATE_MBIT / 1000}, "members": a["replicas"], "arms": arms}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("result", type=Path)
     p.add_argument("--png", type=Path, help="write the plot here")
+    p.add_argument("--calibration", type=Path, help="write the planner's link calibration here "
+                   "(tenacia plan --calibrate-links)")
     a = p.parse_args()
     result = json.loads(a.result.read_text())
     print(markdown(result))
     if a.png:
         print(f"wrote {plot(result, a.png)}")
+    if a.calibration:
+        cal = calibration(result)
+        if cal is None:
+            print("no tenacia arm at the goal's link to calibrate from")
+        else:
+            a.calibration.write_text(json.dumps(cal, indent=1))
+            print(f"wrote {a.calibration}")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ from slow_links_arms import (  # noqa: E402
 )
 from slow_links_report import goals, markdown, plot  # noqa: E402
 
-DEFAULT_ARMS = ("ddp", "diloco", "diloco-int4-topk", "streaming-int4", "torchft-diloco", "torchft-localsgd")
+DEFAULT_ARMS = ("ddp", "diloco", "diloco-int8", "diloco-int4-topk", "streaming-int4", "torchft-diloco",
+                "torchft-localsgd")
 DDP_NOTE = ("ddp over a link trains the first --ddp-link-tokens of the budget only (its tokens/s and bytes/token are "
             "those of its steady steps); its eval loss at the budget is the reference's: ddp's bits do not depend on "
             "the link (checked on every eval both runs made)")
@@ -108,7 +109,7 @@ def ddp_over_link(a: argparse.Namespace, where: Path, rtt: float, rate: float, r
             "evals_compared": len(both), "same_bits_as_reference": all(x == y for x, y in both) if both else None}
 
 
-def section_links(a: argparse.Namespace, out: Path) -> dict[str, Any]:
+def section_links(a: argparse.Namespace, out: Path, save: Any) -> dict[str, Any]:
     # other jobs share this machine's cores: the ceiling is measured before and after the arms,
     # and the arms are judged against the mean (both, and each run's load average, are recorded)
     first = ceiling_run(a, out / "ceiling")
@@ -140,6 +141,7 @@ def section_links(a: argparse.Namespace, out: Path) -> dict[str, Any]:
                     r.pop("evals", None)
                 res["runs"].append({"arm": arm, "rtt_ms": rtt, "rate_mbit": rate, "load": load,
                                     "load_after": os.getloadavg()[0], **r})
+                save(res)  # what ran so far survives a run stopped early
                 print(row(arm, r) + ("\n" + wait_line(r) if r.get("waits") else ""), flush=True)
     res["ceilings"].append(ceiling_run(a, out / "ceiling-after"))
     res["ceiling_tokens_per_s"] = statistics.mean(res["ceilings"])
@@ -151,7 +153,7 @@ def section_links(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     return res
 
 
-def section_quotas(a: argparse.Namespace, out: Path) -> dict[str, Any]:
+def section_quotas(a: argparse.Namespace, out: Path, save: Any) -> dict[str, Any]:
     """Solo tokens/s per quota, then the replicas together, each on its quota."""
     from tenacia.chaos.cpuquota import CpuQuotas
 
@@ -179,13 +181,14 @@ def section_quotas(a: argparse.Namespace, out: Path) -> dict[str, Any]:
                         extra=[f"chaos.cpu_quotas={quota_list}"], tokens=a.ddp_link_tokens if arm == "ddp" else None)
         r.pop("evals", None)
         res["runs"].append({"arm": arm, "load": load, "load_after": os.getloadavg()[0], **r})
+        save(res)
         print(row(arm, r) + ("\n" + wait_line(r) if r.get("waits") else ""), flush=True)
     return res
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sections", default="links,quotas")
+    p.add_argument("--sections", default="quotas,links", help="quotas first: the shorter section")
     p.add_argument("--full", action="store_true", help="every round trip and both rates")
     p.add_argument("--arms", default=",".join(DEFAULT_ARMS),
                    help=f"of {', '.join([*TENACIA_ARMS, *TORCHFT_ARMS])}")
@@ -196,7 +199,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=1_638_400, help="the token budget of every arm (8 rounds of H = 100)")
     p.add_argument("--inner-steps", type=int, default=100, help="H")
     p.add_argument("--fragments", type=int, default=4, help="streaming: fragments synced in turn")
-    p.add_argument("--topk", type=float, default=0.01, help="the *-topk arms: the fraction of each block sent")
+    p.add_argument("--topk", type=float, default=0.03, help="the -topk arm: the fraction of each block sent")
     p.add_argument("--rtts", default="0,100", help="round trips in ms (--full: 0,10,50,100,200)")
     p.add_argument("--ddp-link-tokens", type=int, default=204_800,
                    help="ddp over a link (and on quotas) trains this much of the budget only")
@@ -227,11 +230,15 @@ def main() -> None:
     out = ROOT / "bench" / "results" / f"slow_links-{stamp}"
     result: dict[str, Any] = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(),
                               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}}
-    for section in a.sections.split(","):
-        result[section] = {"links": section_links, "quotas": section_quotas}[section](a, out / section)
-        (out.parent / f"slow_links-{stamp}.json").write_text(json.dumps(result, indent=1))
-    result["goals"] = goals(result)
     path = out.parent / f"slow_links-{stamp}.json"
+    for section in a.sections.split(","):
+
+        def save(partial: dict[str, Any], section: str = section) -> None:
+            path.write_text(json.dumps({**result, section: partial}, indent=1))
+
+        result[section] = {"links": section_links, "quotas": section_quotas}[section](a, out / section, save)
+        path.write_text(json.dumps(result, indent=1))
+    result["goals"] = goals(result)
     path.write_text(json.dumps(result, indent=1))
     print(f"\n{markdown(result)}\n\nwrote {path}")
     png = plot(result, a.png or out.parent / f"slow_links-{stamp}.png")

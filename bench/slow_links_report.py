@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 GOAL_RTT_MS, GOAL_RATE_MBIT = 100, 100
-LOW_COMM = ("diloco", "diloco-int8", "diloco-int4-topk", "streaming", "streaming-int4", "streaming-int4-topk")
+LOW_COMM = ("diloco", "diloco-int8", "diloco-int4-topk", "streaming", "streaming-int4")
 
 
 def _at_goal(runs: list[dict[str, Any]], arm: str) -> dict[str, Any] | None:

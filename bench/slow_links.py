@@ -220,6 +220,9 @@ def main() -> None:
                 "(every arm trains the same tokens, in whole rounds)")
     if a.ddp_link_tokens % (a.replicas * a.batch * a.seq_len):
         p.error(f"--ddp-link-tokens must be a multiple of replicas x batch x seq-len = {a.replicas * a.batch * a.seq_len}")
+    if a.ddp_link_tokens % a.eval_every:
+        p.error("--ddp-link-tokens must be a multiple of --eval-every: the shorter ddp is checked against its reference "
+                "at an eval both made")
     a.ddp_link_tokens = min(a.ddp_link_tokens, a.tokens)
     a.rtts = [0, 10, 50, 100, 200] if a.full else [float(x) for x in a.rtts.split(",")]
     a.rates = [100, 1000] if a.full else [100]

@@ -130,18 +130,21 @@ def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None
                 target: float | None, ceiling: float | None, extra: list[str] = (),
                 tokens: int | None = None) -> dict[str, Any]:
     """One tenacia arm, behind ``tenacia chaos link`` unless ``rtt_ms`` is None (loopback);
-    ``tokens``: a shorter run than the budget."""
+    ``tokens``: stopped once that much of the budget was trained and evaluated (the run's
+    learning-rate schedule, and so its bits, stay the whole budget's)."""
     run = out / "run"
     train = [sys.executable, "-m", "tenacia", "train", "--run-dir", str(run), "--replicas", str(a.replicas)]
-    for o in [*tenacia_common(a), *TENACIA_ARMS[arm], *tenacia_steps(arm, a, tokens), *extra]:
+    for o in [*tenacia_common(a), *TENACIA_ARMS[arm], *tenacia_steps(arm, a), *extra]:
         train += ["-o", o]
     cmd = train if rtt_ms is None else [sys.executable, "-m", "tenacia", "chaos", "link", "--mtu", "9000",
                                         *link_flags(rtt_ms, rate_mbit), "--", *train]
     out.mkdir(parents=True, exist_ok=True)
-    last = int(next(o for o in tenacia_steps(arm, a, tokens) if o.startswith("train.steps=")).split("=")[1])
+    last = int(next(o for o in tenacia_steps(arm, a) if o.startswith("train.steps=")).split("=")[1])
+    stop_after = int(next(o for o in tenacia_steps(arm, a, tokens) if o.startswith("train.steps=")).split("=")[1]) \
+        if tokens else None
     with open(out / "launcher.log", "wb") as log:
-        code, lingered = run_to_last_step(cmd, log, run, last, a.timeout)
-    if code != 0 and lingered is None:
+        code, lingered = run_to_last_step(cmd, log, run, last, a.timeout, stop_after)
+    if code != 0 and lingered is None and stop_after is None:
         return {"error": f"exit {code}; see {out / 'launcher.log'}"}
     steps, evals = metrics(run)
     t0 = steps[0]["t"]  # from the first commit (start-up and the first step's rendezvous not counted)
@@ -156,26 +159,31 @@ def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None
     return r
 
 
-def run_to_last_step(cmd: list[str], log: Any, run: Path, last: int, timeout: float) -> tuple[int, float | None]:
+def run_to_last_step(cmd: list[str], log: Any, run: Path, last: int, timeout: float,
+                     stop_after: int | None = None) -> tuple[int, float | None]:
     """Run ``cmd``; once step ``last`` committed, give it ``EXIT_GRACE_S`` to exit, then SIGTERM it
     (``tenacia chaos link`` and the launcher stop cleanly on it), SIGKILL its session after as long
     again. Returns (exit code, None), or (exit code, seconds it ran on after its last step) when
-    stopped: a replica once took itself for frozen after the last step (docs/benchmarks.md)."""
+    stopped: a replica once took itself for frozen after the last step (docs/benchmarks.md).
+    ``stop_after``: a planned stop instead, by SIGTERM as soon as step ``stop_after`` was committed
+    and evaluated (exit code, None)."""
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     start, done_at = time.monotonic(), None
+    grace = 0.0 if stop_after else EXIT_GRACE_S
     while True:
         try:
-            return proc.wait(timeout=5), None
+            return proc.wait(timeout=1 if stop_after else 5), None
         except subprocess.TimeoutExpired:
             pass
         if time.monotonic() - start > timeout:
             os.killpg(proc.pid, signal.SIGKILL)
             return proc.wait(), time.monotonic() - (done_at or start)
+        wanted = ("eval", stop_after) if stop_after else ("step_committed", last)
         if done_at is None and (run / "events.jsonl").exists() and any(
-                e["event"] == "step_committed" and e["step"] == last for e in read_events(run / "events.jsonl")):
+                e["event"] == wanted[0] and e["step"] == wanted[1] for e in read_events(run / "events.jsonl")):
             done_at = time.monotonic()
-        if done_at is not None and time.monotonic() - done_at > EXIT_GRACE_S:
-            lingered = time.monotonic() - done_at
+        if done_at is not None and time.monotonic() - done_at >= grace:
+            lingered = None if stop_after else time.monotonic() - done_at
             proc.terminate()
             try:
                 return proc.wait(timeout=EXIT_GRACE_S), lingered

@@ -1,6 +1,7 @@
 """The issue-15 goals judged from a bench/slow_links.py result, its table in Markdown, and its plot.
 
     .venv/bin/python bench/slow_links_report.py bench/results/slow_links-<time>.json [--png docs/img/slow_links.png]
+        [--calibration bench/results/links-calibration.json]   # then: tenacia plan --calibrate-links it
 
 bench/slow_links.py calls ``goals`` and ``plot`` at the end of its run; this script redoes both
 from a stored JSON (and prints the Markdown tables that docs/benchmarks.md shows).
@@ -16,7 +17,10 @@ for every tenacia low-communication arm of the run:
   over the arm's time to tenacia's, >= 1.5. An arm that never reaches its target within the budget
   has no time; a torchft variant that never does is reported so (the ratio then has only the
   lower bound ``torchft run time / arm time``);
-- quotas: tenacia diloco on the quotas' tokens/s over the sum of the solo tokens/s, >= 90%.
+- quotas: tenacia diloco on the quotas' tokens/s over the sum of the solo tokens/s, >= 90%;
+- waits: on the quotas, no member waits more than 10% of a round for the others (a member's wait:
+  the round's time less its own compute; judged on each member's median round, its worst round
+  shown beside).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 GOAL_RTT_MS, GOAL_RATE_MBIT = 100, 100
-LOW_COMM = ("diloco", "diloco-int8", "streaming", "streaming-int4")
+LOW_COMM = ("diloco", "diloco-int8", "diloco-int4-topk", "streaming", "streaming-int4")
 
 
 def _at_goal(runs: list[dict[str, Any]], arm: str) -> dict[str, Any] | None:
@@ -90,6 +94,13 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"goal": "quotas: >= 90% of the sum of solo tokens/s", "arm": r["arm"], "value": util,
                         "text": f"{util:.1%} ({r['tokens_per_s']:.0f} vs {quotas['sum_solo']:.0f} tokens/s)",
                         "met": util >= 0.90 if r["arm"] != "ddp" else None})
+            w = r.get("waits")
+            if w:
+                worst = max(x["median"] for x in w.values())
+                out.append({"goal": "quotas: no member waits > 10% of a round", "arm": r["arm"], "value": worst,
+                            "text": ", ".join(f"r{m} {x['median']:.1%} (worst round {x['max']:.1%})"
+                                              for m, x in w.items()),
+                            "met": worst <= 0.10 if r["arm"] != "ddp" else None})
     return out
 
 
@@ -121,13 +132,16 @@ def markdown(result: dict[str, Any]) -> str:
     if quotas:
         lines += ["", f"CPU quotas {quotas['quotas']}: solo tokens/s "
                   f"{', '.join(f'{s:,.0f}' for s in quotas['solo_tokens_per_s'])} (sum {quotas['sum_solo']:,.0f}).", "",
-                  "| arm | tokens/s | of the solo sum | eval loss | load |", "|---|---:|---:|---:|---:|"]
+                  "| arm | tokens/s | of the solo sum | eval loss | each member's wait in a round: median (worst), "
+                  "share of the tokens | load |", "|---|---:|---:|---:|---|---:|"]
         for r in quotas["runs"]:
             if "error" in r:
-                lines.append(f"| {r['arm']} | {r['error']} | | | |")
+                lines.append(f"| {r['arm']} | {r['error']} | | | | |")
             else:
+                waits = "; ".join(f"r{m} {x['median']:.1%} ({x['max']:.1%}), {x['tokens_share']:.1%}"
+                                  for m, x in (r.get("waits") or {}).items()) or "-"
                 lines.append(f"| {r['arm']} | {r['tokens_per_s']:,.0f} | {f(r['utilization'], '.1%')} | "
-                             f"{f(r['eval_loss'], '.4f')} | {f(r.get('load'), '.1f')} |")
+                             f"{f(r['eval_loss'], '.4f')} | {waits} | {f(r.get('load'), '.1f')} |")
     rows = goals(result)
     if rows:
         lines += ["", "| goal | arm | measured | met |", "|---|---|---|---|"]
@@ -175,15 +189,57 @@ def plot(result: dict[str, Any], png: Path) -> Path | None:
     return png
 
 
+def calibration(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's tenacia arms at the goal's link in the schema of ``tenacia plan --calibrate-links``
+    (``tenacia/plan/calibrate.py``): tokens/s with the link against the same arm at 0 ms round trip
+    (ddp: against its loopback reference), bytes and exchanges per token. An arm faster behind the
+    link than without it (noise) says nothing of the link and is left out. None without one."""
+    links = result.get("links")
+    if not links:
+        return None
+    a = result["args"]
+    round_tokens = a["replicas"] * a["batch"] * a["seq_len"]
+    arms = []
+    for r in links["runs"]:
+        if r["arm"].startswith("torchft") or r["rtt_ms"] != GOAL_RTT_MS or r["rate_mbit"] != GOAL_RATE_MBIT \
+                or "error" in r:
+            continue
+        near = (links.get("reference") if r["arm"] == "ddp" else
+                next((x for x in links["runs"] if x["arm"] == r["arm"] and x["rtt_ms"] == 0
+                      and x["rate_mbit"] == GOAL_RATE_MBIT and "error" not in x), None))
+        if not near or r["tokens_per_s"] > near["tokens_per_s"]:
+            continue
+        strategy = r["arm"].split("-")[0]
+        per_exchange = round_tokens * (1 if strategy == "ddp" else a["inner_steps"])
+        arms.append({"strategy": strategy, "compression": "int4" if "int4" in r["arm"] else
+                     "int8" if "int8" in r["arm"] else "fp32",
+                     "inner_steps": 1 if strategy == "ddp" else a["inner_steps"],
+                     "tokens_per_s": r["tokens_per_s"], "tokens_per_s_no_link": near["tokens_per_s"],
+                     "bytes_per_token": r["bytes_per_token"], "exchanges_per_token": 1 / per_exchange,
+                     "utilization": r["utilization"]})
+    if not arms:
+        return None
+    return {"link": {"rtt_ms": GOAL_RTT_MS, "gbit_s": GOAL_RATE_MBIT / 1000}, "members": a["replicas"], "arms": arms}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("result", type=Path)
     p.add_argument("--png", type=Path, help="write the plot here")
+    p.add_argument("--calibration", type=Path, help="write the planner's link calibration here "
+                   "(tenacia plan --calibrate-links)")
     a = p.parse_args()
     result = json.loads(a.result.read_text())
     print(markdown(result))
     if a.png:
         print(f"wrote {plot(result, a.png)}")
+    if a.calibration:
+        cal = calibration(result)
+        if cal is None:
+            print("no tenacia arm at the goal's link to calibrate from")
+        else:
+            a.calibration.write_text(json.dumps(cal, indent=1))
+            print(f"wrote {a.calibration}")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ from ...data.ledger import SampleLedger
 from ...events import EventLog
 from ..config import RunConfig
 from . import addresses
+from .control_server import ControlServer
 from .coordinator import Coordinator
 from .lease import LeaseHeld, StoreUnreachable, open_store
-from .member import ControlServer
 from .protocol import Quorum
 from .timing import Timing
 

@@ -12,10 +12,15 @@ parameters after inner steps over exactly the positions ``held`` names for round
 trained by one inner-step run per entry of ``chunks`` in that order, from the round's start.
 ``drop`` forgets it (the model already holds the start); ``compute`` is the only writer.
 
-Inner steps. A share is split into ``inner_steps`` (H) contiguous inner batches of near-equal size
-(``shard``): every replica runs H inner steps per round whatever the quorum's size, each on its
-share of the round's ``inner_steps x train.batch_size`` samples. Positions handed out in addition
-by a salvage run as more inner batches of the same size. Inner batches are averaged over their
+Inner steps. The round's ``inner_steps x train.batch_size`` samples are shared by the quorum's
+sharers; an inner batch holds what an even share puts in each of H (``inner_steps``) steps,
+``len(batch) / (H x sharers)`` samples, and a share is trained as ``round(len(share) / that)``
+contiguous inner batches of near-equal size (``shard``). With even shares every replica runs H inner
+steps per round whatever the quorum's size; with shares sized to measured speeds (``speed.py``) a
+faster replica runs more inner steps of the same size, a slower one fewer: every inner step then
+costs what a solo run's does (a share cut into H smaller batches would pay the per-step cost of the
+optimizer and of Python H times on fewer samples, and the slowest would fall further behind).
+Positions handed out in addition by a salvage run as more inner batches of the same size. Inner batches are averaged over their
 own samples; the inner learning rate follows the run's schedule over ``train.steps x H`` inner
 steps (``lr_at``). The inner moments are this replica's own: a round that is dropped leaves them
 advanced (they are never compared, and a newcomer copies its donor's).
@@ -47,24 +52,23 @@ class LocalRound:
         self.step: int | None = None
         self.held: list[int] = []
         self.chunks: list[tuple[int, ...]] = []
-        self.loss_sum, self.tokens, self.inner_done, self.inner_size = 0.0, 0, 0, 1
+        self.loss_sum, self.tokens, self.inner_done, self.inner_size = 0.0, 0, 0, 1.0
         self.local: list[torch.Tensor] | None = None
 
     def compute(self, step: int, positions: Sequence[int], batch: Sequence[int],
                 samples: Callable[[list[int]], torch.Tensor], micro_batch_size: int,
-                device: Device) -> tuple[float, int, int]:
+                device: Device, *, sharers: int) -> tuple[float, int, int]:
         """Train this member's share ``positions`` of round ``step`` (``batch``: the round's sample
-        ids); returns the mean loss over its inner batches' samples, their tokens, and how many
-        positions were reused from a discarded run of the same round."""
+        ids, shared by ``sharers`` members); returns the mean loss over its inner batches' samples,
+        their tokens, and how many positions were reused from a discarded run of the same round."""
         reused, todo = keep_reusable(self, step, positions)
         if todo:
             params = list(self.model.parameters())
             start = [p.detach().clone() for p in params]
             if self.local is None:
-                self.inner_size = max(1, -(-len(todo) // self.inner_steps))
-                runs = self.inner_steps
-            else:
-                runs = max(1, round(len(todo) / self.inner_size))
+                self.inner_size = max(1.0, len(batch) / (self.inner_steps * sharers))
+            runs = max(1, round(len(todo) / self.inner_size))
+            if self.local is not None:
                 with torch.no_grad():
                     for p, v in zip(params, self.local, strict=True):
                         p.copy_(v)

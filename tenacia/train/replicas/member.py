@@ -1,8 +1,5 @@
-"""A replica's side of coordination: its control server, its link to the leader, and failover.
-
-Every replica listens on a control address. While it leads, hellos it receives go to its
-``Coordinator``; otherwise it answers ``redirect`` with the leader it knows, or ``retry`` when it
-has itself lost the leader and is about to decide who leads next.
+"""A replica's side of coordination: its link to the leader, heartbeats, and failover (its
+control server, which answers other replicas' hellos: ``control_server.py``).
 
 Failover contract: a member that loses the leader (connection closed: a crash, seen at once; or no
 message for longer than the leader's hang bound: a freeze) picks the lowest replica id of
@@ -20,8 +17,9 @@ expelled, steps down if it led, and rejoins as a newcomer that heals.
 The hang bound a member acts on follows the step times as they are measured: a quorum carries the
 leader's bound at formation (the floor, for a job's first quorum), every ``LeaderHeartbeat`` the
 leader's bound now (``Timing.hang_bound`` of its step times), so a quorum that never changes does
-not keep the floor it formed with. The end of a job is final: once this replica's own coordinator
-sent the job's ``stop``, it is never taken for a stopped leader to leave, and a ``stop`` waiting
+not keep the floor it formed with. Heartbeats each way go ten times per bound (``timing.py``;
+every ``heartbeat_s`` until the current leader has told its bound). The end of a job is final:
+once this replica's own coordinator sent the job's ``stop``, it is never taken for a stopped leader to leave, and a ``stop`` waiting
 in the inbox is read before a freeze is acted on (the training thread finishes instead of
 rejoining peers that have exited).
 
@@ -37,9 +35,10 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
+from .control_server import ControlServer, MemberStatus
 from .coordinator import Coordinator
 from .lease import LeaseHeld, StoreUnreachable
 from .protocol import (
@@ -57,64 +56,10 @@ from .protocol import (
     Retry,
     Stop,
     Verdict,
-    Vote,
     Welcome,
 )
 from .timing import Clock, Timing
-from .wire import Conn, listen, serve_forever, sock_addr
-
-
-@dataclass(frozen=True, slots=True)
-class MemberStatus:
-    """What the training thread is doing, as its hellos and heartbeats report it: in ``phase`` of
-    ``step``, with ``committed`` applied and ``pending`` (with its vote) awaiting a verdict."""
-
-    step: int
-    phase: str
-    committed: int
-    pending: int | None = None
-    pending_vote: Vote | None = None
-
-
-class ControlServer:
-    """Accepts control connections; hands them to the coordinator while this replica leads."""
-
-    def __init__(self, replica: int, host: str, advertise: str):
-        self.replica, self.term = replica, 0
-        self.sock = listen(host)
-        self.addr = sock_addr(self.sock, advertise)
-        self.coordinator: Coordinator | None = None
-        self.device = ""  # host:slot this replica computes on (numeric_member.device_name)
-        self.status: Callable[[], MemberStatus] | None = None  # the training thread's, set by the replica
-        self.leader_addr: str | None = None
-        self.lost_leader = False
-        serve_forever(self.sock, self._serve, "control-accept")
-
-    def _serve(self, conn: Conn) -> None:
-        try:
-            msg, _ = conn.recv()
-        except ConnectionError:
-            return
-        coord = self.coordinator
-        if not isinstance(msg, Hello):
-            conn.close()
-            return
-        if coord is None or coord.stopped:
-            if self.lost_leader or self.leader_addr is None:
-                committed = self.status().committed if self.status is not None else 0
-                conn.try_send(Retry(replica=self.replica, term=self.term, committed=committed))
-            else:
-                conn.try_send(Redirect(self.leader_addr))
-            conn.close()
-            return
-        rid = msg.replica
-        coord.on_hello(conn, msg)
-        try:
-            while True:
-                msg, _ = conn.recv()
-                coord.on_message(rid, msg)
-        except ConnectionError:
-            coord.on_disconnect(rid, conn)
+from .wire import Conn
 
 
 class LeaderLink:
@@ -134,6 +79,8 @@ class LeaderLink:
         self._quorum_lock = threading.Lock()
         self.last_quorum: Quorum | None = None  # the newest quorum received, at the step its members run
         self.hang_timeout: float | None = None  # the leader's newest hang bound (a quorum's, a heartbeat's)
+        self.leader_bound: float | None = None  # the bound the current leader told: heartbeats' period
+        self._sent = float("-inf")  # when this member's last heartbeat went
         self.settled: tuple[int, tuple[int, ...]] = (0, ())  # (step, members) of the newest commit seen
         self.term = 0
         self._last_rx = self._tick = self.clock.now()
@@ -222,6 +169,7 @@ class LeaderLink:
             return False
         conn.settimeout(None)
         self.conn, self.leader, self.term = conn, msg.leader, msg.term
+        self.leader_bound = None  # a new leader measures its own steps: beat often until it tells its bound
         self.server.term = self.term
         self.server.leader_addr, self.server.lost_leader = addr, False
         self._last_rx = self.clock.now()
@@ -256,9 +204,9 @@ class LeaderLink:
             msg = replace(msg, received_t=self.clock.wall())  # for the quorum's phase timings (docs/events.md)
             with self._quorum_lock:
                 self.last_quorum = msg
-            self.hang_timeout = msg.hang_timeout
+            self.hang_timeout = self.leader_bound = msg.hang_timeout
         elif isinstance(msg, LeaderHeartbeat) and msg.hang_timeout is not None:
-            self.hang_timeout = msg.hang_timeout
+            self.hang_timeout = self.leader_bound = msg.hang_timeout
         elif isinstance(msg, Verdict) and msg.commit:
             q = self.last_quorum
             if q is not None and q.quorum_id == msg.quorum_id:
@@ -291,17 +239,22 @@ class LeaderLink:
                 return
 
     def beat(self, now: float) -> bool:
-        """One heartbeat at ``now`` (``Clock.now``): tell the leader what the training thread does,
-        and tell the training thread (its inbox) when the leader went silent, when this process
-        was frozen, or when its own coordinator stopped; False once heartbeats must stop."""
+        """One tick of the heartbeat thread at ``now`` (``Clock.now``, every ``Timing.heartbeat_s``):
+        tell the leader what the training thread does (every ``Timing.heartbeat_period`` of the
+        bound the leader told), and tell the training thread (its inbox) when the leader went
+        silent, when this process was frozen, or when its own coordinator stopped; False once
+        heartbeats must stop."""
         timeout = self.freeze_limit()
         if self.was_frozen(now):
             self.inbox.put(Frozen(gap_s=now - self._tick))
             return False
         self._tick = now
-        s = self.status()
-        self.send(Heartbeat(replica=self.replica, step=s.step, phase=s.phase, committed=s.committed,
-                            pending=s.pending))
+        # sent every heartbeat_period of the leader's bound (timing.py), give or take half a tick
+        if now - self._sent >= self.timing.heartbeat_period(self.leader_bound) - self.timing.heartbeat_s / 2:
+            self._sent = now
+            s = self.status()
+            self.send(Heartbeat(replica=self.replica, step=s.step, phase=s.phase, committed=s.committed,
+                                pending=s.pending))
         # silence counts only if nothing waits unread: a member starved of CPU may run this
         # thread before its reader thread has taken the leader's pending messages
         if (self.conn is not None and self.leader != self.replica and now - self._last_rx > timeout

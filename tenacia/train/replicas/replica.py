@@ -32,24 +32,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ... import checkpoint as ckpt
 from ... import hooks
-from ...storage import atomic_write_json
 from ..config import RunConfig
 from ..trainer import Trainer
-from . import addresses, evals, votecheck
+from . import addresses, votecheck
+from .after_commit import AfterCommit
 from .apply import PendingStep, expert_outcome
+from .control_server import ControlServer, MemberStatus
 from .device_slot import EXIT_EVICTED, device_name
 from .group import GroupBuilder
 from .heal import HealServer
 from .healing import NewcomerHealing
 from .leadership import JobFinished, Leadership
-from .member import ControlServer, LeaderLink, MemberStatus
+from .member import LeaderLink
 from .numeric_member import NumericMember
 from .protocol import (
     Expelled,
@@ -66,12 +65,12 @@ from .protocol import (
 )
 from .reducing import ReducePhase
 from .spare import wait_as_spare
-from .step_exits import Evicted, Rejoin, Superseded
+from .step_exits import EXIT_FINISH_LOST, Evicted, FinishLost, Rejoin, Superseded
 from .sync import strategy
 from .timing import Timing
 
 
-class Replica(NewcomerHealing, ReducePhase):
+class Replica(NewcomerHealing, ReducePhase, AfterCommit):
     def __init__(self, cfg: RunConfig, replica: int, seeds: list[str], trainer: Trainer | None = None):
         """``trainer``: one built (and loaded from disk) ahead of time by a spare process."""
         self.cfg, self.id, self.seeds = cfg, replica, seeds
@@ -172,22 +171,12 @@ class Replica(NewcomerHealing, ReducePhase):
         except Evicted as e:
             print(f"replica {self.id} on {self.server.device}: {e}", file=sys.stderr, flush=True)
             return EXIT_EVICTED
+        except FinishLost as e:
+            self.events.emit("finish_lost", replica=self.id, step=self.trainer.step, reason=str(e))
+            print(f"replica {self.id}: {e}; the job is not finished", file=sys.stderr, flush=True)
+            return EXIT_FINISH_LOST
         finally:
             self.link.close()
-
-    def ended_here(self) -> bool:
-        """Did this replica's own coordinator end the job (its final stop sent, never read here:
-        the link it came on was lost)? Then there is nobody left to rejoin: the last step, still
-        pending if its verdict was not read either, is applied and the replica finishes as on the
-        stop; ``JobFinished`` if it does not hold that step."""
-        coord = self.server.coordinator
-        if coord is None or not coord.finished:
-            return False
-        self.apply_resolve(Resolve(coord.settled[0], commit=True))
-        if self.trainer.step < self.cfg.train.steps:
-            raise JobFinished(f"this replica's coordinator ended the job at step {coord.settled[0]}, "
-                              f"which it does not hold (step {self.trainer.step})")
-        return True
 
     def follow_quorums(self) -> int:
         nxt: Message | None = None
@@ -330,7 +319,8 @@ class Replica(NewcomerHealing, ReducePhase):
             ids = t.sampler.peek(self.cfg.step_samples)
             positions = q.shares[self.id]
             loss, tokens, reused = self.grads.compute(q.step, positions, ids, t.data.train.get,
-                                                      self.cfg.train.micro_batch_size, t.device)
+                                                      self.cfg.train.micro_batch_size, t.device,
+                                                      sharers=len(q.sharers))
             vote = replace(vote, ids=tuple(ids[p] for p in positions), batch=tuple(ids), tokens=tokens, loss=loss,
                            reused=reused)
         else:
@@ -355,34 +345,6 @@ class Replica(NewcomerHealing, ReducePhase):
         the phase; ``hooks`` point ``phase:<name>`` is reached on entering it (fault injection)."""
         self.phase = phase
         hooks.reach(f"phase:{phase}", step)
-
-    def after_commit(self) -> None:
-        """The leader's replica evaluates every ``train.eval_every`` steps (``evals.py``; its
-        heartbeats say ``eval`` meanwhile, no hook point is reached) and saves every
-        ``checkpoint.every``."""
-        t = self.trainer
-        leading = self.server.coordinator is not None and not self.server.coordinator.stopped
-        if leading and evals.due(t.step, self.cfg.train.eval_every, self.cfg.train.steps):
-            self.phase = "eval"
-            evals.record_eval(t)
-            self.phase = "idle"
-        every = self.cfg.checkpoint.every
-        if leading and every and t.step % every == 0 and t.step < self.cfg.train.steps:
-            t.save_checkpoint(term=self.server.coordinator.term)
-
-    def finish(self) -> int:
-        t = self.trainer
-        self.events.emit("state_fingerprint", step=t.step, replica=self.id, fingerprint=ckpt.tensors_fingerprint(
-            t.step, t.sampler.state_dict(), self.sync.replicated(t)))
-        coord = self.server.coordinator
-        if coord is not None:  # the leader writes the final checkpoint and the eval
-            eval_loss = evals.record_eval(t)
-            t.save_checkpoint(term=coord.term)
-            t.checkpoints.wait()
-            atomic_write_json(Path(self.cfg.train.run_dir) / "finished.json",
-                              {"step": t.step, "eval_loss": eval_loss, "checkpoint": str(t.checkpoints.last_path)})
-            t.events.emit("run_finished", step=t.step, eval_loss=eval_loss)
-        return 0
 
 
 def run_replica(cfg: RunConfig, replica: int | None, join: list[str],

@@ -83,9 +83,10 @@ class LocalGradients:
         self.loads = None
 
     def compute(self, step: int, positions: Sequence[int], batch: Sequence[int], samples: Callable[[list[int]], torch.Tensor],
-                micro_batch_size: int, device: Device) -> tuple[float, int, int]:
+                micro_batch_size: int, device: Device, *, sharers: int = 1) -> tuple[float, int, int]:
         """Gradients over ``positions`` of ``batch`` (the step's sample ids); returns the mean loss
-        over them, their tokens, and how many positions were reused rather than computed."""
+        over them, their tokens, and how many positions were reused rather than computed.
+        ``sharers`` is ``LocalRound``'s (its inner batch size); a step's gradients are one batch."""
         reused, todo = keep_reusable(self, step, positions)
         if todo:
             take_expert_loads(self.model)  # counts of forwards outside any share are not this share's

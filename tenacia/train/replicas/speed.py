@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from .protocol import Vote
 from .shares import Shares
 
-WINDOW = 5  # measurements a member's speed is the median of
+WINDOW = 3  # measurements a member's speed is the median of (one outlier ignored, a change followed in two rounds)
 STRAGGLER_RATIO = 0.1  # under this fraction of the median speed for Timing.straggler_s: a straggler
 
 

@@ -3,7 +3,8 @@
 Contract (one ``StepLog`` per coordinator):
 - ``committed(q, votes)`` is called once per committed step, after its verdict was sent: it emits
   ``step_committed`` (loss averaged over the sharers' samples, their tokens, the members, the step
-  time or, after a failure, the stall; the phase timings of a quorum's first step) and writes a
+  time or, after a failure, the stall; the phase timings of a quorum's first step; each member's
+  compute seconds and tokens) and writes a
   ``metrics.jsonl`` line every ``log_every`` steps and at the last step (mean loss and tokens/s
   over the window since the previous line; for a mixture of experts, the fields
   ``metrics.expert_metrics`` writes, from the votes' summed loads and the biases they set).
@@ -58,9 +59,14 @@ class StepLog:
                 self.step_times.append(now - self.last_commit_t)
             else:
                 stall = round(now - self.stalled_since, 4)
+        # what each member computed of the step (a round under diloco and streaming), in members
+        # order: a member's wait in the step is the step time less its own compute
+        work = ({"compute_s": [votes[r].compute_s for r in q.members],
+                 "member_tokens": [votes[r].tokens for r in q.members]}
+                if any(v.compute_s is not None for v in votes.values()) else {})
         self.events.emit("step_committed", step=q.step, loss=loss, tokens=tokens, members=list(q.members),
                          step_time_s=step_time, stall_s=stall, quorum_id=q.quorum_id, phases=self._phases(q, votes),
-                         reused=sum(v.reused for v in sharers))
+                         reused=sum(v.reused for v in sharers), **work)
         self.last_commit_t, self.stalled_since = now, None
         moe = next((v for v in votes.values() if v.expert_loads is not None), None)
         if moe is not None:

@@ -17,7 +17,12 @@ The rules they feed (``coordinator.py`` and ``member.py`` state the contracts):
   waits in it for longer than the hang bound;
 - a process (leader or member) whose own clock jumped by more than ``max(hang bound,
   frozen_floor_s)`` between two ticks was frozen (SIGSTOP) and must rejoin;
-- before a member has seen a quorum, it takes ``hang_before_quorum_s`` as its leader's hang bound.
+- before a member has seen a quorum, it takes ``hang_before_quorum_s`` as its leader's hang bound;
+- heartbeats (a member's to its leader, the leader's to its members) go every ``max(heartbeat_s,
+  hang bound / heartbeats_per_bound)``, the bound being the one the current leader last told
+  (``heartbeat_s`` until it told one): silence is judged against the bound, so beating ten times
+  per bound detects as fast as beating every 100 ms, and rounds of many seconds (diloco over a
+  long link) do not send ten control messages a second each way for nothing.
 
 Time itself is read through a ``Clock`` (``now``: monotonic seconds for every decision, ``wall``:
 the wall clock for timestamps that leave the process, ``sleep``): the coordinator takes one, so its
@@ -37,7 +42,8 @@ from ..config import ReplicaConfig
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Timing:
     # liveness
-    heartbeat_s: float = 0.1  # period of members' and the leader's heartbeats (a thread of their own)
+    heartbeat_s: float = 0.1  # shortest period of members' and the leader's heartbeats (a thread of their own)
+    heartbeats_per_bound: int = 10  # a heartbeat at least this often per hang bound (heartbeat_period)
     tick_s: float = 0.02  # period of the leader's monitor (hang, stuck and fence checks)
     hang_floor_s: float = 0.5  # ReplicaConfig.hang_floor_s
     hang_factor: float = 1.5  # ReplicaConfig.hang_factor
@@ -86,6 +92,10 @@ class Timing:
         """The hang bound from the measured step times (module docstring)."""
         median = statistics.median(step_times) if len(step_times) >= self.min_step_samples else 0.0
         return max(self.hang_floor_s, self.hang_factor * median)
+
+    def heartbeat_period(self, hang: float | None) -> float:
+        """How often heartbeats go under hang bound ``hang`` (None: none known yet)."""
+        return max(self.heartbeat_s, hang / self.heartbeats_per_bound) if hang else self.heartbeat_s
 
     def stuck_bound(self, hang: float) -> float:
         return max(self.stuck_floor_s, self.stuck_factor * hang)

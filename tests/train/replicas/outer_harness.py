@@ -116,7 +116,7 @@ def train(run_dir: Path, replicas: int, *overrides: str,
                 flight = InFlight(s.sent(t, step, True), step, lambda f, pg: s.reduce(f, pg, lambda d: None, lambda *_: None, step),
                                   Ready(members[r]), lambda *_: None)
             _, tokens[r], _ = held.compute(step, positions, batch, t.data.train.get, cfg.train.micro_batch_size,
-                                           t.device)
+                                           t.device, sharers=replicas)
             if flight is None:
                 flat = s.contribution(t, held, step)
                 s.reduce(flat, members[r], lambda done: None, lambda *_: None, step)

@@ -1,8 +1,9 @@
 """The leader declares a silent member hung only while it still hears its own member; a member
 whose own coordinator stopped does not wait for it forever; a member does not take unread
-messages of its leader for silence."""
+messages of its leader for silence; heartbeats go ten times per hang bound."""
 
 import socket
+import threading
 import time
 import types
 
@@ -10,9 +11,10 @@ import pytest
 
 from tenacia.events import EventLog, read_events
 from tenacia.train.config import ReplicaConfig
+from tenacia.train.replicas.control_server import MemberStatus
 from tenacia.train.replicas.coordinator import Coordinator
-from tenacia.train.replicas.leadership import JobFinished, Leadership
-from tenacia.train.replicas.member import LeaderLink, MemberStatus
+from tenacia.train.replicas.leadership import Leadership
+from tenacia.train.replicas.member import LeaderLink
 from tenacia.train.replicas.protocol import (
     Addrs,
     Expelled,
@@ -25,9 +27,10 @@ from tenacia.train.replicas.protocol import (
     Resolve,
     Stop,
     Verdict,
+    Welcome,
 )
 from tenacia.train.replicas.replica import Replica
-from tenacia.train.replicas.step_exits import Rejoin
+from tenacia.train.replicas.step_exits import FinishLost, Rejoin
 from tenacia.train.replicas.timing import Timing
 from tenacia.train.replicas.wire import Conn
 
@@ -151,7 +154,7 @@ def test_a_newcomer_still_healing_is_not_elected_an_in_sync_survivor_is():
 def test_a_leaderless_election_goes_to_a_replica_holding_the_newest_state():
     """A fresh replacement (replica 0, at step 0) finds only leaderless peers: it leads only if no
     peer holds a newer step (real control servers on loopback)."""
-    from tenacia.train.replicas.member import ControlServer
+    from tenacia.train.replicas.control_server import ControlServer
 
     def peer(committed):
         server = ControlServer(1, "127.0.0.1", "127.0.0.1")
@@ -251,9 +254,71 @@ def test_a_replica_whose_own_coordinator_ended_the_job_finishes_instead_of_rejoi
         trainer=types.SimpleNamespace(step=9), cfg=types.SimpleNamespace(train=types.SimpleNamespace(steps=10)))
     replica.apply_resolve = lambda r: applied.append(r) or setattr(replica.trainer, "step", r.step)
     assert Replica.ended_here(replica) and applied == [Resolve(10, commit=True)]
-    replica.apply_resolve = lambda r: None  # the last step is not held: exit, do not write
+    replica.apply_resolve = lambda r: None  # the last step is not held: exit non-zero, do not write
     replica.trainer.step = 9
-    with pytest.raises(JobFinished):
+    with pytest.raises(FinishLost):
         Replica.ended_here(replica)
     replica.server.coordinator.finished = False  # stopped otherwise (superseded, frozen): rejoin
     assert not Replica.ended_here(replica)
+
+
+def test_heartbeats_go_ten_times_per_bound_and_often_again_under_a_new_leader():
+    """A member beats every 100 ms until its leader tells a bound, then ten times per bound (a
+    30 s bound: every 3 s); a new leader, whose own steps are not measured yet, gets them every
+    100 ms again until it tells its bound."""
+    clock = FakeClock()
+    server = types.SimpleNamespace(addr="127.0.0.1:1", coordinator=None, term=0, leader_addr=None, lost_leader=False,
+                                   device="")
+    link = LeaderLink(1, server, "127.0.0.1:2", lambda: MemberStatus(step=1, phase="compute", committed=0),
+                      None, None, Timing(), clock)
+    link.conn, link.leader = FakeConn(), 0
+
+    def sent(seconds: float) -> int:
+        before = len(link.conn.sent)
+        assert [m for m in beats(link, clock, seconds) if not isinstance(m, (LeaderHeartbeat, Quorum))] == []
+        return len([m for m in link.conn.sent[before:] if isinstance(m, Heartbeat)])
+
+    assert sent(0.5) == 5
+    link.received(LeaderHeartbeat(hang_timeout=30.0))
+    assert sent(9.0) == 3  # at 3 s, 6 s and 9 s after the last one
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def new_leader() -> None:
+        conn = Conn(listener.accept()[0])
+        assert isinstance(conn.recv()[0], Hello)
+        conn.send(Welcome(leader=2, term=2))
+
+    greeter = threading.Thread(target=new_leader, daemon=True)
+    greeter.start()
+    try:
+        assert link._try(f"127.0.0.1:{listener.getsockname()[1]}")
+        greeter.join(5)
+        link.conn = FakeConn()  # what the member sends its new leader, recorded
+        assert sent(0.5) == 5
+        link.received(quorum(30.0))
+        assert sent(0.5) == 0
+    finally:
+        link.close(bye=False)
+        listener.close()
+
+
+def test_the_leader_beats_ten_times_per_measured_bound(tmp_path):
+    """The leader's heartbeats go every 100 ms at the 0.5 s floor, and every 0.75 s once steps of
+    5 s make the bound 7.5 s."""
+    from .test_coordinator_rules import Leader, commit_steps
+
+    lead = Leader(tmp_path)
+    try:
+        lead.hello(0, 1, 2)
+
+        def beats_in(seconds: float) -> int:
+            before = len(lead.conns[1].sent)
+            lead.run_for(seconds)
+            return len([m for m in lead.conns[1].sent[before:] if isinstance(m, LeaderHeartbeat)])
+
+        assert 8 <= beats_in(1.0) <= 10
+        commit_steps(lead, 5, 5.0)
+        assert lead.coord.hang_timeout == pytest.approx(7.5)
+        assert 3 <= beats_in(3.0) <= 4
+    finally:
+        lead.coord.close()

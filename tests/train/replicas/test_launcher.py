@@ -4,6 +4,7 @@ after a doubling backoff, within a budget whose end is logged once per replica l
 from tenacia.events import read_events
 from tenacia.train.config import ReplicaConfig, RunConfig, TrainConfig
 from tenacia.train.replicas.launcher import Child, Launcher
+from tenacia.train.replicas.step_exits import EXIT_FINISH_LOST
 
 
 class FakeProc:
@@ -126,7 +127,7 @@ def test_nothing_is_restarted_once_a_replica_exited_after_the_final_stop(tmp_pat
     lau.children[1].proc.returncode = 0
     assert lau.supervise_once(2.0) == 1  # the job ended meanwhile: nobody left, nobody restarted
     assert started == [] and not lau.pending and not events(tmp_path, "replica_restarted")
-    lau, started = launcher(tmp_path, restart_budget=5)
-    lau.children[1].proc.returncode, lau.children[0].proc.returncode = 0, -15
+    lau, started = launcher(tmp_path, restart_budget=5)  # the leader found it did not hold the last step
+    lau.children[1].proc.returncode, lau.children[0].proc.returncode = 0, EXIT_FINISH_LOST
     assert lau.supervise_once(10.0) == 1 and started == []
     assert events(tmp_path, "launcher_done")[-1]["finished"] is False  # no finished.json: said so

@@ -148,6 +148,23 @@ def test_a_checkpoint_carries_the_outer_state_and_one_without_starts_it_afresh(t
                zip(switched.outer.params, switched.model.parameters(), ddp.model.parameters(), strict=True))
 
 
+def test_a_share_sized_to_speed_runs_more_or_fewer_inner_steps_of_the_even_size(tmp_path):
+    """An inner batch holds what an even share puts in each of H steps (32 samples, 2 sharers, H = 4:
+    4 samples), whatever the member's own share: a member given 24 (a faster one, speed.py) runs 6
+    inner steps, one given 8 runs 2, and even shares run H each."""
+    cfg = load(tmp_path, "replicas.sync=diloco", "replicas.outer.inner_steps=4")
+    t = Trainer(cfg, write_ledger=False)
+    held = strategy(cfg, t).local(t)
+    batch = t.sampler.peek(cfg.step_samples)
+    for positions, inner_steps in ((range(0, 24), 6), (range(24, 32), 2), (range(0, 16), 4)):
+        held.drop()
+        _, tokens, _ = held.compute(1, positions, batch, t.data.train.get, 4, t.device, sharers=2)
+        assert (held.inner_done, held.inner_size, tokens) == (inner_steps, 4, len(positions) * cfg.data.seq_len)
+    held.drop()
+    held.compute(1, range(0, 11), batch, t.data.train.get, 4, t.device, sharers=3)  # 32 / (4 x 3) = 2.67 a step
+    assert held.inner_done == 4 and [len(c) for c in held.chunks] == [11]
+
+
 def test_a_salvaged_round_keeps_what_it_trained_and_trains_only_the_lost_positions_more(tmp_path):
     """LocalRound: H inner steps over a share, the model back at the round's start between calls;
     a redo of the same round with positions added reuses the held ones and continues from the
@@ -158,12 +175,12 @@ def test_a_salvaged_round_keeps_what_it_trained_and_trains_only_the_lost_positio
     held = sync.local(t)
     start = [p.detach().clone() for p in t.model.parameters()]
     batch = t.sampler.peek(cfg.step_samples)  # 32 samples
-    _, tokens, reused = held.compute(1, range(0, 16), batch, t.data.train.get, 4, t.device)
+    _, tokens, reused = held.compute(1, range(0, 16), batch, t.data.train.get, 4, t.device, sharers=2)
     assert (reused, held.inner_done, held.inner_size, tokens) == (0, 4, 4, 16 * cfg.data.seq_len)
     assert all(torch.equal(p, s) for p, s in zip(t.model.parameters(), start, strict=True))  # at rest: the start
     first = [v.clone() for v in held.local]
     assert not all(torch.equal(v, s) for v, s in zip(first, start, strict=True))
-    _, tokens, reused = held.compute(1, range(0, 24), batch, t.data.train.get, 4, t.device)
+    _, tokens, reused = held.compute(1, range(0, 24), batch, t.data.train.get, 4, t.device, sharers=2)
     assert (reused, held.inner_done, held.chunks, tokens) == (16, 6, [tuple(range(16)), tuple(range(16, 24))],
                                                               24 * cfg.data.seq_len)
     assert not all(torch.equal(v, f) for v, f in zip(held.local, first, strict=True))

@@ -80,7 +80,7 @@ def test_the_exchange_is_in_flight_while_the_inner_steps_run_and_the_late_step_m
         flight = ReducePhase.begin_overlap(me, q, Ready(link), check=False)
         batch = t.sampler.peek(cfg.step_samples)
         _, tokens, _ = held.compute(1, range(len(batch)), batch, t.data.train.get, cfg.train.micro_batch_size,
-                                    t.device)
+                                    t.device, sharers=1)
         events.append("computed")
         assert flight.done.wait(60) and flight.error is None, flight.error
     finally:

@@ -58,5 +58,8 @@ def test_the_leader_sizes_a_diloco_rounds_shares_and_the_verdict_carries_them(tm
         verdict = [m for m in lead.conns[1].sent if isinstance(m, Verdict)][-1]
         assert verdict.commit and verdict.shares == {0: (0, 1, 2, 3, 4), 1: (5, 6, 7, 8, 9), 2: (10, 11)}
         assert lead.coord.quorum.step == q.step + 1 and lead.coord.quorum.shares == verdict.shares
+        # each member's compute and tokens, in members order: its wait in the round is the rest
+        committed = lead.events("step_committed")[-1]
+        assert (committed["compute_s"], committed["member_tokens"]) == ([1.0, 1.0, 3.0], [400, 400, 400])
     finally:
         lead.coord.close()

@@ -143,7 +143,11 @@ def test_frozen_leader_is_replaced_with_every_survivor_in_the_first_quorum(tmp_p
     quorum = first_after(events, "quorum_changed", takeover["t"])
     assert takeover["coordinator"] == 1 and quorum["members"] == [1, 2], quorum
     nxt = first_after(events, "step_committed", takeover["t"])
-    assert nxt["members"] == [1, 2] and nxt["reused"] > 0, nxt
+    # The step in flight at the freeze is either committed by the new leader from the survivors'
+    # ready (reduced) gradients, or discarded and run again by the new quorum reusing what the
+    # survivors had computed of it: which one depends on where in the step the freeze landed.
+    assert nxt["members"] == [1, 2], nxt
+    assert nxt.get("reason") == "decided by the new leader after takeover" or nxt["reused"] > 0, nxt
     assert nxt["t"] < fault["t"] + 2.5  # committed while the old leader is still frozen
 
 

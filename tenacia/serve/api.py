@@ -355,11 +355,8 @@ class _Api:
     async def _stream(self, handle: RequestHandle, shape: Shape, got: Collected, include_usage: bool, choices: int):
         offsets: dict[int, int] = {}
         try:
-            # a chat stream's opening (the role) goes out with its first token, as vLLM's server
-            # sends it: a client that times the first chunk (vllm bench serve) then measures the
-            # time to the first token, not to the headers; a response's events open at once
             opening = shape.start(range(choices), include_usage)
-            if opening and isinstance(shape, ResponseShape):
+            if opening and not shape.opening_waits_for_first_token:
                 yield opening
                 opening = ""
             async for deltas in handle.deltas():

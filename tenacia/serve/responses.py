@@ -236,9 +236,14 @@ class Shape:
             choices.append(choice)
         return {**self._envelope(chunk=False), "choices": choices, "usage": got.usage()}
 
+    # a chat stream's opening (the role) goes out with its first token, as vLLM's server sends
+    # it: a client that times the first chunk (vllm bench serve) then measures the time to the
+    # first token, not to the headers
+    opening_waits_for_first_token = True
+
     def start(self, indices: range, include_usage: bool) -> str:
         """A stream's first event: chat streams open each choice with the assistant role (sent
-        with the first token, ``api.py``)."""
+        with the first token: ``opening_waits_for_first_token``)."""
         if not self.chat:
             return ""
         choices = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,

@@ -198,6 +198,8 @@ class ResponseShape:
         self.seq += 1
         return f"event: {kind}\ndata: " + json.dumps({"type": kind, "sequence_number": self.seq - 1, **fields}) + "\n\n"
 
+    opening_waits_for_first_token = False  # response.created / in_progress go out at once
+
     def start(self, indices: range, include_usage: bool) -> str:
         shell = self._object("", [], [], None, None, status="in_progress")
         shell["output"] = []

@@ -283,8 +283,11 @@ def test_heartbeats_go_ten_times_per_bound_and_often_again_under_a_new_leader():
     assert sent(9.0) == 3  # at 3 s, 6 s and 9 s after the last one
     listener = socket.create_server(("127.0.0.1", 0))
 
+    held = []  # the new leader's end stays open: closed, the link's reader would report a lost leader
+
     def new_leader() -> None:
         conn = Conn(listener.accept()[0])
+        held.append(conn)
         assert isinstance(conn.recv()[0], Hello)
         conn.send(Welcome(leader=2, term=2))
 
@@ -299,6 +302,8 @@ def test_heartbeats_go_ten_times_per_bound_and_often_again_under_a_new_leader():
         assert sent(0.5) == 0
     finally:
         link.close(bye=False)
+        for conn in held:
+            conn.close()
         listener.close()
 
 

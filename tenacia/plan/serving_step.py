@@ -22,7 +22,9 @@ after another, so a step is a sum of maxima, not a maximum of sums:
   (DeepEP's low-latency kernels); prefill sends one copy per remote domain with node-limited
   routing (DeepEP's normal kernels). ``comm_overlap`` of it hides behind the step's compute, as
   two micro-batches do (DeepSeek's dual micro-batch overlap, SGLang's two-batch overlap,
-  CloudMatrix-Infer's micro-batch pipeline);
+  CloudMatrix-Infer's micro-batch pipeline); in prefill the all-to-all kernels hold
+  ``prefill_comm_core_share`` of the chip's cores while they run, and compute slows for that time
+  (DeepEP's normal kernels: 20 of 132 SMs; its low-latency decode kernels hold none);
 - fixed costs, paid however small the batch: ``layer_overhead_us`` per layer (kernel launches,
   gaps between kernels), and ``moe_layer_overhead_us`` per MoE layer of an instance whose
   experts span several chips (the dispatch and combine's launch, synchronisation and latency
@@ -79,6 +81,12 @@ class StepCosts:
     expert_imbalance: float = 1.43
     # Share of the all-to-all hidden behind compute by micro-batch overlap (module docstring).
     comm_overlap: float = 1.0
+    # Share of a chip's compute cores that prefill's all-to-all kernels hold while they run hidden
+    # behind compute: DeepEP's normal kernels take Buffer.num_sms = 20 SMs (deep_ep/buffer.py), 20
+    # of an H800's 132 (the DeepSeek-V3 report, s3.2.2, gives the same 20 for training). Decode's
+    # low-latency kernels hold none (DeepEP's README: its hook-based overlap "does not occupy any SM
+    # resource"). Not published for other chip families: the same share is assumed for every chip.
+    prefill_comm_core_share: float = 20 / 132
     # Fraction of the datasheet HBM bandwidth a serving step's reads reach, for chips whose
     # catalog entry has no ``hbm_efficiency``: FlashMLA's dense decoding kernel reaches 3,000 of
     # the H800's 3,350 GB/s (github.com/deepseek-ai/FlashMLA).
@@ -90,6 +98,8 @@ class StepCosts:
         check(self.moe_layer_overhead_us >= 0, "moe_layer_overhead_us", self.moe_layer_overhead_us, "microseconds >= 0")
         check(self.expert_imbalance >= 1, "expert_imbalance", self.expert_imbalance, "a number >= 1")
         check(0 <= self.comm_overlap <= 1, "comm_overlap", self.comm_overlap, "a fraction in [0, 1]")
+        check(0 <= self.prefill_comm_core_share < 1, "prefill_comm_core_share", self.prefill_comm_core_share,
+              "a fraction in [0, 1)")
         check(0 < self.hbm_efficiency <= 1, "hbm_efficiency", self.hbm_efficiency, "a fraction in (0, 1]")
 
 
@@ -173,10 +183,13 @@ def fixed_s(m: ModelSpec, costs: StepCosts, chips: int) -> float:
     return (m.layers * costs.layer_overhead_us + moe) * 1e-6
 
 
-def _step(compute: float, comm: float, fixed: float, costs: StepCosts) -> float:
-    """Compute with ``comm_overlap`` of the communication hidden behind it, plus the fixed costs."""
-    ov = costs.comm_overlap
-    return max(compute, ov * comm) + (1 - ov) * comm + fixed
+def _step(compute: float, comm: float, fixed: float, costs: StepCosts, core_share: float = 0.0) -> float:
+    """Compute with ``comm_overlap`` of the communication hidden behind it, plus the fixed costs.
+    While hidden communication runs, compute has ``1 - core_share`` of the chip's cores: compute
+    stretches by ``core_share x`` the hidden time it shares (at most to ``compute / (1 - core_share)``)."""
+    hidden = costs.comm_overlap * comm
+    compute = min(compute / (1 - core_share), compute + core_share * hidden)
+    return max(compute, hidden) + comm - hidden + fixed
 
 
 def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> dict[str, float]:
@@ -244,4 +257,4 @@ def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
     compute += tokens * m.attention_flops_fwd(tokens / 2) / (gemm_rate(chip, plan.attention_precision, a)
                                                             * attention_shape_factor(m, tokens, k0, backward=False))
     comm = _all_to_all_s(m, chip, plan, n, tokens, node_limited=True)
-    return tokens / _step(compute, comm, fixed_s(m, costs, n), costs)
+    return tokens / _step(compute, comm, fixed_s(m, costs, n), costs, costs.prefill_comm_core_share)

@@ -163,6 +163,26 @@ def test_node_limited_prefill_copies_cross_domains_at_the_mean_load(chips):
         58 * (max(out, up) + 2 * 10e-6))
 
 
+def test_prefill_all_to_all_holds_a_share_of_the_cores_while_hidden(chips):
+    """While hidden communication runs, compute has 1 - share of the cores. Hand-computed with a
+    share of 0.2: compute 1 s under 2 s of communication stretches to 1 / 0.8 = 1.25 s, still
+    hidden (step 2 s); compute 2 s over 1 s of communication becomes 2 + 0.2 x 1 = 2.2 s. Prefill
+    pays it; decode (low-latency kernels) does not."""
+    from tenacia.plan.serving_step import _step, prefill_tps_per_chip
+
+    costs = StepCosts(comm_overlap=1.0)
+    assert _step(1.0, 2.0, 0.0, costs, 0.2) == pytest.approx(2.0)
+    assert _step(2.0, 1.0, 0.0, costs, 0.2) == pytest.approx(2.2)
+    assert _step(2.0, 1.0, 0.5, StepCosts(comm_overlap=0.5), 0.2) == pytest.approx(2.0 + 0.2 * 0.5 + 0.5 + 0.5)
+    free, held = _plan("step.prefill_comm_core_share=0"), _plan("step.prefill_comm_core_share=0.2")
+    h800 = chips["h800"]
+    assert prefill_tps_per_chip(held.model, h800, held) < prefill_tps_per_chip(free.model, h800, free)
+    assert decode_step_s(held.model, h800, held, 32, 1024) == decode_step_s(free.model, h800, free, 32, 1024)
+    with pytest.raises(ConfigError) as e:
+        _plan("step.prefill_comm_core_share=1")
+    assert e.value.field.endswith("prefill_comm_core_share")
+
+
 def test_ascend_all_to_all_runs_at_its_measured_efficiency(chips):
     """910C decode on 32 chips, inside one UB domain: every token's 8 copies, 31/32 of them to
     other chips, INT8 dispatch + BF16 combine, at 0.25 of UB's 392 GB/s (DeepEP-Ascend's

@@ -237,7 +237,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     results = [run_case(c) for c in load_cases() if args.set in (None, c.set)]
     summary = {"cases": [{"id": r.case.id, "set": r.case.set, "kind": r.case.kind, "what": r.case.what,
                           "published": r.case.published, "predicted": r.predicted, "error": r.error,
-                          "problem": r.problem, "source": r.case.source} for r in results],
+                          "band": list(r.band) if r.band else None, "problem": r.problem,
+                          "source": r.case.source} for r in results],
                "sets": by_set(results)}
     _print(args, summary, validation_table(summary))
     return 0

@@ -260,12 +260,14 @@ def _pct(x: float | None) -> str:
 def validation_table(s: dict) -> Table:
     """One row per case, grouped by set, then each set's median and largest absolute error."""
     table = Table(title="tenacia plan validate (error = predicted / published - 1)")
-    for col in ("set", "case", "kind", "published", "predicted", "error"):
-        table.add_column(col, justify="right" if col in ("published", "predicted", "error") else "left")
+    for col in ("set", "case", "kind", "published", "predicted", "error", "failure-rate band"):
+        table.add_column(col, justify="left" if col in ("set", "case", "kind") else "right")
     for name, agg in ((n, a) for n, a in s["sets"].items() if a["cases"]):
         for c in (c for c in s["cases"] if c["set"] == name):
             error = f"{c['error']:+.1%}" if c["error"] is not None else "cannot plan"
-            table.add_row(name, c["id"], c["kind"], _num(c["published"]), _num(c["predicted"]) if c["predicted"] is not None else "-", error)
+            band = f"{_num(c['band'][0])} to {_num(c['band'][1])}" if c.get("band") else ""
+            table.add_row(name, c["id"], c["kind"], _num(c["published"]),
+                          _num(c["predicted"]) if c["predicted"] is not None else "-", error, band)
         table.add_row(name, f"[bold]{agg['planned']} of {agg['cases']} planned[/]", "", "", "median |error|",
                       f"[bold]{_pct(agg['median_abs_error'])}[/] (max {_pct(agg['max_abs_error'])})")
         for kind, k in agg["kinds"].items():

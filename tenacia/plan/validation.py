@@ -7,7 +7,8 @@ the answer. Error = predicted / published - 1. A case whose inputs the planner c
 reports the ConfigError instead of a number and counts as a failure of its set.
 
 Contract: ``load_cases`` raises ConfigError on a malformed case; ``run_case`` never raises for
-a plan the planner rejects (it returns the message); ``by_set`` gives the median and largest
+a plan the planner rejects (it returns the message), and gives a reliability case's metric also
+at the low and high ends of the catalog's failure-rate range (the band); ``by_set`` gives the median and largest
 absolute error of each set (and of each kind within it), an unplannable case counting as an
 infinite error.
 """
@@ -64,6 +65,8 @@ class Result:
     case: Case
     predicted: float | None
     problem: str  # the planner's error message when it could not plan the case
+    # reliability cases: the metric at the low and high ends of the catalog's failure-rate range
+    band: tuple[float, float] | None = None
 
     @property
     def error(self) -> float | None:
@@ -104,11 +107,11 @@ def load_cases() -> list[Case]:
     return cases
 
 
-def _summary(case: Case) -> dict:
+def _summary(case: Case, extra: tuple[str, ...] = ()) -> dict:
     from .inputs import build
 
     flags = [(k, v) for k, v in case.flags]
-    data = build(case.scenario or None, flags, case.overrides)
+    data = build(case.scenario or None, flags, [*case.overrides, *extra])
     if case.command == "serve":
         from .catalog import get_chip, load_catalog
         from .serving import ServePlan, estimate_serving
@@ -127,10 +130,16 @@ def _summary(case: Case) -> dict:
 
 
 def run_case(case: Case) -> Result:
+    """The case's metric at the catalog's central failure rates; a reliability case also at the
+    low and high ends of their range (``recovery.rate_band``)."""
+    metric = METRICS[case.metric]
     try:
-        return Result(case=case, predicted=float(METRICS[case.metric](_summary(case))), problem="")
+        predicted = float(metric(_summary(case)))
+        band = tuple(float(metric(_summary(case, (f"recovery.rate_band='{end}'",)))) for end in ("low", "high")) \
+            if case.kind == "reliability" else None
     except ConfigError as e:
         return Result(case=case, predicted=None, problem=str(e))
+    return Result(case=case, predicted=predicted, problem="", band=band)
 
 
 def by_set(results: list[Result]) -> dict[str, dict]:

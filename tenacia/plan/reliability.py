@@ -1,7 +1,8 @@
 """Failures and what they cost: per-kind fleet rates, recovery strategies, Young/Daly.
 
 Kinds of failure (rates per chip type in the catalog at the ``rate_band`` end of its range,
-scaled by ``failure_scale``; host and software rates also by the site's ``site_scale``):
+scaled by ``failure_scale``; host and software rates also by ``site_scale`` and, per named
+site, ``site_scales``):
 - crash: the accelerator dies; noticed at once.
 - host: its server, network, storage or power fails; noticed at once, costs what a crash costs.
 - software: a software bug or dependency kills the job (Llama 3: 13.4% of unexpected
@@ -30,7 +31,7 @@ Strategies:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import check, check_choice, check_finite
 from .sdc import SilentCorruption
@@ -54,7 +55,12 @@ class Recovery:
     # paper s3.3.4, the 20.3% of 419 unexpected interruptions neither hardware (78%) nor NCCL
     # watchdog hangs (1.7%), / (16,384 GPUs x 54 days).
     software_per_chip_year: float = 0.0351
-    site_scale: float = 1.0  # multiplies host and software rates: a site's infrastructure and operations
+    # Multiplies host and software rates: the sites' infrastructure and operations (no published
+    # per-site figure; Kokolis et al. 2024's two A100 clusters differ 2.8x in failures a node-day).
+    site_scale: float = 1.0
+    # A further multiplier per named site (fleet groups' ``site``), on its chips' host and
+    # software rates: -o recovery.site_scales.east=2
+    site_scales: dict[str, float] = field(default_factory=dict)
     rate_band: str = "central"  # which end of the catalog's failure-rate range: low, central, high
 
     def __post_init__(self) -> None:
@@ -68,6 +74,9 @@ class Recovery:
         check(self.failure_scale >= 0, "failure_scale", self.failure_scale, "a number >= 0")
         check(self.software_per_chip_year >= 0, "software_per_chip_year", self.software_per_chip_year, "a number >= 0")
         check(self.site_scale >= 0, "site_scale", self.site_scale, "a number >= 0")
+        for name, value in self.site_scales.items():
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+            check(ok, f"site_scales.{name}", value, "a finite number >= 0")
         check_choice("rate_band", self.rate_band, ("low", "central", "high"))
 
 

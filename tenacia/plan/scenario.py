@@ -63,6 +63,10 @@ class TrainPlan:
         check(self.tokens > 0, "tokens", self.tokens, "a token count (this model has no published run: give --tokens)")
         check(self.global_batch_seqs > 0, "global_batch_seqs", self.global_batch_seqs,
               "a batch in sequences (this model has no published run: give --batch)")
+        sites = self.fleet.sites()
+        for name in self.recovery.site_scales:
+            check(name in sites, f"recovery.site_scales.{name}", name,
+                  f"a named site of the fleet ({', '.join(repr(n) for n in sites if n) or 'none: give groups a site'})")
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
@@ -106,14 +110,20 @@ def apply_calibration(plan: TrainPlan, calibration: Calibration) -> TrainPlan:
     return dataclasses.replace(plan, recovery=recovery)
 
 
-def fleet_failure_rates(est: TrainingEstimate, recovery: Recovery, sdc: SilentCorruption) -> dict[str, float]:
+def fleet_failure_rates(plan: TrainPlan, est: TrainingEstimate, recovery: Recovery,
+                        sdc: SilentCorruption) -> dict[str, float]:
     """Failures per second of each kind over the chips the layout uses (idle chips are spares),
-    hardware at the recovery's rate band (SDC as ``sdc`` sets it); software per active chip."""
-    active = sum(g.chips - g.idle for g in est.groups)
-    rates = {kind: sum((g.chips - g.idle) * g.chip.failure_per_s(kind, band=recovery.rate_band) for g in est.groups)
+    hardware at the recovery's rate band (SDC as ``sdc`` sets it); software per active chip; host
+    and software times each group's site multiplier (``recovery.site_scales``)."""
+    f = plan.fleet  # the estimate's groups: sites in order of first appearance, fleet order inside one
+    site = [recovery.site_scales.get(g.site, 1.0) for name in f.sites() for g in f.groups if g.site == name]
+    active = [g.chips - g.idle for g in est.groups]
+    rates = {kind: sum(n * g.chip.failure_per_s(kind, band=recovery.rate_band) * (m if kind == "host" else 1.0)
+                       for n, g, m in zip(active, est.groups, site, strict=True))
              for kind in HARDWARE}
-    rates["sdc"] = sum((g.chips - g.idle) * sdc.chip_rate_per_s(g.chip, recovery.rate_band) for g in est.groups)
-    return rates | {"software": active * recovery.software_per_chip_year / (HOURS_PER_YEAR * 3600)}
+    rates["sdc"] = sum(n * sdc.chip_rate_per_s(g.chip, recovery.rate_band) for n, g in zip(active, est.groups, strict=True))
+    software = sum(n * m for n, m in zip(active, site, strict=True)) * recovery.software_per_chip_year
+    return rates | {"software": software / (HOURS_PER_YEAR * 3600)}
 
 
 def work_s(est: TrainingEstimate, sdc: SilentCorruption) -> float:
@@ -175,7 +185,7 @@ def failures_for(plan: TrainPlan, est: TrainingEstimate, recovery: Recovery | No
                  sdc: SilentCorruption | None = None) -> FailureModel:
     groups = est.layout.dp // est.layout.ep  # replica groups holding a whole model
     recovery, sdc = recovery or plan.recovery, sdc or plan.sdc
-    return failure_model(fleet_failure_rates(est, recovery, sdc), recovery, est.step_time_s, groups, sdc)
+    return failure_model(fleet_failure_rates(plan, est, recovery, sdc), recovery, est.step_time_s, groups, sdc)
 
 
 def corruption_summary(plan: TrainPlan, est: TrainingEstimate) -> dict:
@@ -187,7 +197,7 @@ def corruption_summary(plan: TrainPlan, est: TrainingEstimate) -> dict:
     what it saves (``break_even_per_chip_year``; inf: never, 0: at any rate, nan: this plan's
     rate is zero, nothing to scale)."""
     chips = sum(g.chips - g.idle for g in est.groups)
-    rate = fleet_failure_rates(est, plan.recovery, plan.sdc)["sdc"] * plan.recovery.failure_scale
+    rate = fleet_failure_rates(plan, est, plan.recovery, plan.sdc)["sdc"] * plan.recovery.failure_scale
 
     def days(policy: str, scale: float) -> float:
         sdc = dataclasses.replace(plan.sdc, policy=policy, rate_scale=plan.sdc.rate_scale * scale)

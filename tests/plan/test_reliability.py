@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from tenacia.config import ConfigError
 from tenacia.plan.montecarlo import simulate
 from tenacia.plan.reliability import (
     FailureKind,
@@ -94,6 +95,26 @@ def test_software_failures_their_own_kind_and_the_site_scales_host_and_software(
     site = {k.name: k.rate_per_s for k in failure_model(rates, Recovery(site_scale=2.0), 10, 4).kinds}
     assert base["software"] == 3e-6 and site["software"] == 6e-6 and site["host"] == 4e-6
     assert site["crash"] == base["crash"]  # the accelerator's own rate is the chip's, not the site's
+
+
+def test_a_named_site_scales_its_own_chips_host_and_software_failures(plan_from, chips):
+    """Two sites of 1,024 H100 each (TP8 PP1: every chip active), the east site's infrastructure
+    failing 3x: host and software rates rise by (3 + 1) / 2 = 2x over the fleet, crashes not."""
+    from tenacia.plan.scenario import estimate, failures_for
+
+    flags = [("model", "gpt-22b"), ("fleet", "h100:1024@east+h100:1024@west"), ("layout", "tp=8,pp=1,ep=1")]
+    both = ["tokens=1e9", "global_batch_seqs=2048"]
+    plain, east = plan_from(flags=flags, overrides=both), plan_from(flags=flags, overrides=[*both, "recovery.site_scales.east=3"])
+    est, _ = estimate(plain)
+    rates = [{k.name: k.rate_per_s for k in failures_for(p, est).kinds} for p in (plain, east)]
+    h100, per_s = chips["h100"], 1 / (365.25 * 86400)
+    assert rates[0]["host"] == pytest.approx(2048 * h100.host_per_chip_year * per_s)
+    assert rates[1]["host"] == pytest.approx(2 * rates[0]["host"])
+    assert rates[1]["software"] == pytest.approx(2 * rates[0]["software"])
+    assert rates[1]["crash"] == rates[0]["crash"]
+    with pytest.raises(ConfigError) as e:
+        plan_from(flags=flags, overrides=[*both, "recovery.site_scales.north=2"])
+    assert e.value.field == "recovery.site_scales.north"
 
 
 def test_results_report_the_band_over_the_catalog_rates(plan_from):

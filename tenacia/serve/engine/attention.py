@@ -57,6 +57,15 @@ class PagedAttention:
         self._layout = layout
         self.mirror.begin(layout)
 
+    def decode_rows(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Where a decode step's layers read and write, for a call that runs them all
+        (``cpu.decode_stack.DecodeStack``): each new token's cache slot (B,), the cache's keys and
+        values (layers, slots, KVH, hd), the mirror's (layers, B, KVH, cap, hd) and its lengths (B,)."""
+        layout, mirror = self._layout, self.mirror
+        if not isinstance(layout, DecodeLayout) or mirror.v is None:
+            raise RuntimeError("PagedAttention.decode_rows needs begin_decode and a cache with values")
+        return layout.slots, self.cache.k, self.cache.v, mirror.k, mirror.v, mirror.lengths
+
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor | None) -> Tensor:
         """q: (B, H, T, key_dim); k: (B, KVH, T, key_dim), v: (B, KVH, T, value_dim) or None where
         the spec keeps the values in the keys; rotated. Returns (B, H, T, value_dim): B sequences

@@ -150,6 +150,11 @@ class TorchBackend:
                                              scale=scale)  # (B, 1, H, value_dim)
         return out.view(B, H, 1, value_dim)
 
+    def decode_stack(self, layers: list):
+        """One call for a decode step's decoder layers (``cpu.decode_stack.DecodeStack``), or
+        None: the model calls the backend layer by layer."""
+        return None
+
     def describe(self) -> tuple[str, str]:
         """(decode kernels, products) for the start-up line; "" where not applicable."""
         return (f"off ({self.why})" if self.why else ""), ""

@@ -90,12 +90,16 @@ class PackedLlama:
         # the output projection runs on each sequence's last token only: decode-sized
         self.output = backend.linear(model.output.weight, runs_in="decode")
         self.dtype = self.embeddings.dtype
+        # a decode step's layers in one call, where the backend has one (cpu/decode_stack.py)
+        self.decode_stack = backend.decode_stack(self.layers)
 
     def hidden(self, tokens: Tensor, positions: Tensor, cache: AttentionCache, decode: bool) -> Tensor:
         """tokens, positions: (rows,) -> last hidden states (rows, dim), before the final norm.
         ``decode``: one token per sequence; else a prefill's tokens packed into one row."""
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (rows, hd)
         x = F.embedding(tokens, self.embeddings)  # (rows, dim), a new tensor: updated in place below
+        if decode and self.decode_stack is not None:
+            return self.decode_stack(x, cos, sin, *cache.decode_rows())
         delta = None
         for layer in self.layers:
             delta = layer(x, delta, cos, sin, cache, decode)

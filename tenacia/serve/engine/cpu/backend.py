@@ -23,6 +23,7 @@ from torch import Tensor
 from ..backend import DecodeRows, TorchBackend
 from ..kv_cache import CacheSpec
 from . import kernels as dk
+from .decode_stack import DecodeStack
 from .products import PackedLinear, ProductChooser
 
 
@@ -54,6 +55,7 @@ class KernelBackend(CpuBackend):
         self.rotary_ = kernels.rotary_
         self.silu_mul = kernels.silu_mul
         self.silu_mul_pair = kernels.silu_mul_pair
+        self.stack_state = "no model built yet"  # what decode_stack decided, for the start-up line
 
     @staticmethod
     def supports(n_heads: int, spec: CacheSpec) -> str | None:
@@ -75,8 +77,14 @@ class KernelBackend(CpuBackend):
         self.kernels.store_kv(k, v, cache_k, cache_v, slots, mk, mv, mirror.lengths)
         return self.kernels.decode_attention(q, mk, mv, mirror.lengths)
 
+    def decode_stack(self, layers: list) -> DecodeStack | None:
+        why = DecodeStack.why_not(layers)
+        self.stack_state = f"layer by layer: {why}" if why else "decode layers in one call"
+        return DecodeStack.build(self.kernels, layers) if why is None else None
+
     def describe(self) -> tuple[str, str]:
-        return f"on ({self.kernels.isa})", self.chooser.summary() if self.chooser is not None else ""
+        return (f"on ({self.kernels.isa}; {self.stack_state})",
+                self.chooser.summary() if self.chooser is not None else "")
 
 
 def cpu_backend(*, kernels: bool, products: str, n_heads: int, spec: CacheSpec) -> TorchBackend:

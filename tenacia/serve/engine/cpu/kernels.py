@@ -67,6 +67,7 @@ from ....storage import atomic_write, cache_root
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("kernels_avx512.c")
 VEC_SOURCE = Path(__file__).with_name("kernels_vec.c")
+STACK_SOURCE = Path(__file__).with_name("decode_stack.c")  # included by both sources
 COMMON = ["-O3", "-fopenmp", "-fPIC", "-shared"]
 # instruction set -> (source, compiler flags, the cpu_features words it needs); best first
 BUILDS: dict[str, tuple[Path, list[str], tuple[str, ...]]] = {
@@ -102,7 +103,8 @@ def _compile(cc: str, isa: str = "avx512") -> Path:
     source, flags, _ = BUILDS[isa]
     flags = COMMON + flags
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
+    text = source.read_bytes() + STACK_SOURCE.read_bytes()
+    key = hashlib.sha256(text + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
     out = cache_root() / "kernels" / f"decode_kernels-{isa}-{key}.so"
     if out.exists():
         return out
@@ -162,7 +164,8 @@ def _library(isa: str = "avx512") -> ctypes.CDLL | str:
     for name, args in (("tenacia_add_rms_norm", [p, p, p, f, p, i, i, t]), ("tenacia_rotary", [p, i, i, i, i, p, p, t]),
                        ("tenacia_silu_mul", [p, p, i, i, i, p, t]),
                        ("tenacia_decode_attention", [p, i, p, p, i, p, i, i, i, i, f, p, ctypes.c_int]),
-                       ("tenacia_store_kv", [p, p, i, i, i, i, p, p, p, p, p, i, p])):
+                       ("tenacia_store_kv", [p, p, i, i, i, i, p, p, p, p, p, i, p]),
+                       ("tenacia_decode_stack", [i, p, i, i, i, i, i, f, p, i, p, p, p, p, i, p, p, p, i, i, p, p, t])):
         getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
     return lib
 
@@ -247,6 +250,7 @@ class Kernels:
 
     def __init__(self, isa: str, lib: ctypes.CDLL):
         self.isa, self._lib = isa, lib
+        self.decode_stack_fn = lib.tenacia_decode_stack  # decode_stack.DecodeStack's way in
 
     def __repr__(self) -> str:
         return f"Kernels({self.isa!r})"

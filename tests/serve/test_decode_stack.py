@@ -3,7 +3,7 @@ into the kernels, for every build this CPU runs, equal to the same model run lay
 (the kernels' separate calls) and to the plain torch backend, for every batch from 1 sequence to
 the engine's largest (and to the torch backend for a few of them), on both attention paths of
 the kernels, with and without a qkv bias, the work shared by two threads; and taken by the
-engine only where every decode product runs in the kernels' panels."""
+engine only where every decode product runs in the kernels' panels, where the engine's greedy answers are those of the plain forward."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from tenacia.serve.engine.cpu import kernels as decode_kernels
 from tenacia.serve.engine.cpu.backend import KernelBackend
 from tenacia.serve.engine.cpu.decode_stack import DecodeStack
 from tenacia.serve.engine.kv_cache import CacheSpec, PagedKVCache
+from tenacia.serve.engine.llm_engine import LLMEngine
 from tenacia.serve.engine.mirror import DecodeLayout
 from tenacia.serve.engine.packed import PackedLlama
+from tenacia.serve.engine.sequence import SamplingParams
 from tenacia.shape import ModelConfig
 
 from ..conftest import needs_cc
@@ -111,3 +113,25 @@ def test_a_decode_product_outside_the_kernels_keeps_the_layers_one_by_one(kernel
     assert DecodeStack.why_not(packed.layers) == "layer 1's wo product does not run in the kernels' panels in a decode"
     assert backend.decode_stack(packed.layers) is None
     assert "layer by layer: layer 1's wo product" in backend.describe()[0]
+
+
+def test_the_engine_decodes_through_the_stack_as_the_plain_forward_does(kernels, model, tokenizer, monkeypatch):
+    """The products in their default layouts (the kernels' panels for a decode): the engine's
+    decode steps run in the stack, and its greedy tokens are those of the plain forward."""
+    monkeypatch.setenv(decode_kernels.ISA_ENV, kernels.isa)
+    engine = LLMEngine(model, tokenizer, eos_ids={2}, cfg=EngineConfig(products="default"), device=torch.device("cpu"))
+    assert engine.runner.model.decode_stack is not None, engine.backend.describe()
+    texts = ["def", "import json\nclass Decoder(object):", "The quick brown fox jumps over the lazy dog. " * 3]
+    prompts = [tokenizer.encode(t).ids for t in texts]
+    for i, p in enumerate(prompts):
+        engine.add_request(f"r{i}", p, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    got: dict[str, list[int]] = {}
+    while engine.has_work():
+        for d in engine.step():
+            got.setdefault(d.request_id, []).extend(d.token_ids)
+    with torch.inference_mode():
+        for i, p in enumerate(prompts):
+            ids = list(p)
+            for _ in range(8):
+                ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+            assert got[f"r{i}"] == ids[len(p):]

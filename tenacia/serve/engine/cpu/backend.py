@@ -5,7 +5,8 @@
   without one), the elementwise work and attention as torch ops;
 - ``KernelBackend``: the same, given one build of the decode kernels (``kernels.choose``): the
   products of a decode step may also run in the kernels' panels, gate and up run as one product
-  in a decode, and the elementwise work and the decode attention run in the kernels.
+  in a decode, and the elementwise work, the decode attention (all of a decode step's layers in
+  one call, ``decode_stack.py``) and a prefill's attention of whole new sequences run in the kernels.
 
 ``cpu_backend`` picks once, at the engine's start: ``KernelBackend`` where a build runs on this
 CPU and the model's shape suits it, else ``CpuBackend``; ``$TENACIA_ISA`` forces a build
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import Tensor
 
 from ..backend import DecodeRows, TorchBackend
@@ -81,6 +83,16 @@ class KernelBackend(CpuBackend):
         why = DecodeStack.why_not(layers)
         self.stack_state = f"layer by layer: {why}" if why else "decode layers in one call"
         return DecodeStack.build(self.kernels, layers) if why is None else None
+
+    def causal_attention(self, q: Tensor, k: Tensor, v: Tensor, offset: int, n: int, count: int,
+                         scale: float | None) -> Tensor:
+        H, hd = q.size(1), q.size(3)
+        out = torch.empty(count * n, H, hd)
+        for j in range(count):  # sequence j: tokens offset + j n .. offset + (j + 1) n - 1
+            rows = slice(offset + j * n, offset + (j + 1) * n)
+            self.kernels.prefill_attention(q[0, :, rows], k[0, :, rows].contiguous(), v[0, :, rows].contiguous(),
+                                           out[j * n:(j + 1) * n])
+        return out.permute(1, 0, 2).unsqueeze(0)  # (1, H, count * n, hd), a view
 
     def describe(self) -> tuple[str, str]:
         return (f"on ({self.kernels.isa}; {self.stack_state})",

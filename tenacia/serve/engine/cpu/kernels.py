@@ -164,6 +164,7 @@ def _library(isa: str = "avx512") -> ctypes.CDLL | str:
     for name, args in (("tenacia_add_rms_norm", [p, p, p, f, p, i, i, t]), ("tenacia_rotary", [p, i, i, i, i, p, p, t]),
                        ("tenacia_silu_mul", [p, p, i, i, i, p, t]),
                        ("tenacia_decode_attention", [p, i, p, p, i, p, i, i, i, i, f, p, ctypes.c_int]),
+                       ("tenacia_prefill_attention", [p, i, p, p, i, i, i, i, f, p, t]),
                        ("tenacia_store_kv", [p, p, i, i, i, i, p, p, p, p, p, i, p]),
                        ("tenacia_decode_stack", [i, p, i, i, i, i, i, f, p, i, p, p, p, p, i, p, p, p, i, i, p, p, t])):
         getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
@@ -319,6 +320,22 @@ class Kernels:
         self._lib.tenacia_decode_attention(q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), cap, lengths.data_ptr(),
                                            B, H, KVH, hd, hd ** -0.5, out.data_ptr(), torch.get_num_threads())
         return out
+
+    def prefill_attention(self, q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> None:
+        """Causal attention of one sequence's n new tokens, none cached before them. q: (H, n, hd)
+        with contiguous heads (a view of the fused q/k/v product is fine); k, v: (KVH, n, hd)
+        contiguous; out: (n, H, hd) contiguous, written: token i attends to keys 0 .. i."""
+        H, n, hd = q.shape
+        KVH = k.size(0)
+        if q.stride(0) != hd or q.stride(2) != 1 or q.dtype != torch.float32 or out.shape != (n, H, hd):
+            raise ValueError(f"prefill_attention: q (H, n, hd) float32 with contiguous heads, out (n, H, hd); got "
+                             f"{q.dtype} strides {q.stride()}, out {tuple(out.shape)}")
+        if H % KVH or H // KVH > MAX_GROUP or hd > MAX_HEAD_DIM or k.shape != (KVH, n, hd) or v.shape != k.shape:
+            raise ValueError(f"prefill_attention: {H} query heads on k {tuple(k.shape)}, v {tuple(v.shape)}")
+        for t, name in ((k, "k"), (v, "v"), (out, "out")):
+            _check(t, name)
+        self._lib.tenacia_prefill_attention(q.data_ptr(), q.stride(1), k.data_ptr(), v.data_ptr(), n, H, KVH, hd,
+                                            hd ** -0.5, out.data_ptr(), torch.get_num_threads())
 
     def store_kv(self, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, slots: Tensor,
                  mirror_k: Tensor, mirror_v: Tensor, lengths: Tensor) -> None:

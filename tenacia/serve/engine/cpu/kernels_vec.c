@@ -325,14 +325,11 @@ static void attend_any(const float *Q, const float *K, const float *V, long L, f
     for (long d = 0; d < hd; d++) O[g * hd + d] = acc[g][d] / l[g];
 }
 
-/* One task of the attention: sequence task / KVH, key/value head task % KVH. */
-static void attend_task(const float *q, long q_row, const float *k, const float *v, long cap, const long *lengths,
-                        long H, long KVH, long hd, float scale, float *out, long task) {
-  long G = H / KVH, NV = hd % VEC ? 0 : hd / VEC;
-  long b = task / KVH, kvh = task % KVH, L = lengths[b];
-  const float *K = k + (b * KVH + kvh) * cap * hd, *V = v + (b * KVH + kvh) * cap * hd;
-  const float *Q = q + b * q_row + kvh * G * hd;
-  float *O = out + (b * H + kvh * G) * hd;
+/* One query group (G heads) against L keys and values: the register-resident path where the
+ * shape has one, else the general one. */
+static void attend_head(const float *Q, const float *K, const float *V, long L, float scale, float *O, long G,
+                        long hd) {
+  long NV = hd % VEC ? 0 : hd / VEC;
 #define FAST(g, nv) else if (G == g && NV == nv && g * nv <= 64) attend_fast(Q, K, V, L, scale, O, g, nv);
   if (0) {
   }
@@ -341,11 +338,34 @@ static void attend_task(const float *q, long q_row, const float *k, const float 
 #undef FAST
 }
 
+/* One task of the attention: sequence task / KVH, key/value head task % KVH. */
+static void attend_task(const float *q, long q_row, const float *k, const float *v, long cap, const long *lengths,
+                        long H, long KVH, long hd, float scale, float *out, long task) {
+  long G = H / KVH, b = task / KVH, kvh = task % KVH;
+  attend_head(q + b * q_row + kvh * G * hd, k + (b * KVH + kvh) * cap * hd, v + (b * KVH + kvh) * cap * hd,
+              lengths[b], scale, out + (b * H + kvh * G) * hd, G, hd);
+}
+
 void tenacia_decode_attention(const float *q, long q_row, const float *k, const float *v, long cap,
                               const long *lengths, long B, long H, long KVH, long hd, float scale, float *out,
                               int threads) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (long task = 0; task < B * KVH; task++) attend_task(q, q_row, k, v, cap, lengths, H, KVH, hd, scale, out, task);
+}
+
+/* Causal attention of one sequence's n tokens, none cached before them (a prefill): token i
+ * (0 .. n - 1) attends to keys 0 .. i. q: query head h of token i at q + i * q_row + h * hd (a view
+ * of the fused q/k/v product); k, v: (KVH, n, hd); out: (n, H, hd). One task per (token,
+ * key/value head), the longest first, taken dynamically. */
+void tenacia_prefill_attention(const float *q, long q_row, const float *k, const float *v, long n, long H, long KVH,
+                               long hd, float scale, float *out, int threads) {
+  long G = H / KVH;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (long task = 0; task < n * KVH; task++) {
+    long i = n - 1 - task / KVH, kvh = task % KVH;
+    attend_head(q + i * q_row + kvh * G * hd, k + kvh * n * hd, v + kvh * n * hd, i + 1, scale,
+                out + (i * H + kvh * G) * hd, G, hd);
+  }
 }
 
 /* 4. The new token's key and value of every sequence, into its cache slot and its decode mirror

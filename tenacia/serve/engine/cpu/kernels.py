@@ -22,7 +22,11 @@ tokens alike, shared among the threads, which shortens a prefill too (measured i
 ``store_kv`` and ``decode_attention``, one new token per sequence written to its cache slot and
 its row of the decode mirror (``engine/mirror.py``), then attending over the mirror:
 each sequence reads only its own keys (no padding, no mask), one task per (sequence, key/value
-head) taken dynamically by the threads.
+head) taken dynamically by the threads. ``prefill_attention``: the same attention code for a
+prefill's whole new sequence, token i over keys 0 .. i, one task per (token, key/value head).
+
+``decode_stack.c``, included by both sources, composes the same row and panel functions into one
+call for all of a decode step's decoder layers (``decode_stack.py``).
 
 Which build (``ISAS``, best first): ``avx512`` is the hand-written ``kernels_avx512.c``;
 ``avx2`` (AVX2 + FMA) and ``generic`` (the compiler's baseline: SSE2 on x86-64, NEON on aarch64)

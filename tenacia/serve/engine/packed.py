@@ -19,6 +19,8 @@ prefill (the prompts' tokens packed into one row): embedding, then per layer RMS
 q/k/v product, rotary on q and k in place, attention through the ``AttentionCache``
 (``attention.PagedAttention``), the output product, RMSNorm and the gated MLP; each layer
 returns its output ("delta"), added to the residual stream by the next layer's fused add+norm.
+Where the backend has one (the CPU kernels, ``cpu/decode_stack.py``), a decode step's layers
+run instead in one call that does the same per layer.
 
 The original module's projection weights are not referenced afterwards: drop the ``Llama`` to
 free them. Numerics: the same math in the same dtype as ``Llama.forward`` (norms and rotary in

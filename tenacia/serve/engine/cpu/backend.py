@@ -86,6 +86,7 @@ class KernelBackend(CpuBackend):
 
     def causal_attention(self, q: Tensor, k: Tensor, v: Tensor, offset: int, n: int, count: int,
                          scale: float | None) -> Tensor:
+        # scale is None here (1 / sqrt(hd), the kernel's): this backend runs grouped-query caches only
         H, hd = q.size(1), q.size(3)
         out = torch.empty(count * n, H, hd)
         for j in range(count):  # sequence j: tokens offset + j n .. offset + (j + 1) n - 1

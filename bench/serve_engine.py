@@ -7,6 +7,7 @@ together. Prints a table and writes bench/results/serve-engine-<time>.json:
     .venv/bin/python bench/serve_engine.py --no-huge-pages         # 4 KiB pages (host.py)
     .venv/bin/python bench/serve_engine.py --isa generic           # a kernel build forced (or torch)
     .venv/bin/python bench/serve_engine.py --breakdown             # where a step's time goes
+    .venv/bin/python bench/serve_engine.py --layer-by-layer        # decode without the decode stack
 
 ``--breakdown`` times every call the model makes to its backend (each product by name, the
 attention, the elementwise kernels or ops) during the one-prompt prefill and the decode steps
@@ -49,6 +50,8 @@ def main() -> int:
     p.add_argument("--no-decode-kernels", action="store_true", help="torch ops and the timed products alone")
     p.add_argument("--isa", choices=("avx512", "avx2", "generic", "torch"), help="force a kernel build (TENACIA_ISA)")
     p.add_argument("--breakdown", action="store_true", help="time each kind of call a step makes to the backend")
+    p.add_argument("--layer-by-layer", action="store_true",
+                   help="decode each layer through the backend's calls, not in one call (engine/cpu/decode_stack.py)")
     args = p.parse_args()
     if args.isa:
         os.environ["TENACIA_ISA"] = args.isa
@@ -66,6 +69,8 @@ def main() -> int:
     engine = LLMEngine(served.model, served.tokenizer, eos_ids=served.eos_ids,
                        cfg=EngineConfig(prefix_caching=False, decode_kernels=not args.no_decode_kernels),
                        device=torch.device("cpu"))
+    if args.layer_by_layer:
+        engine.runner.model.decode_stack = None
     spans = Spans(engine) if args.breakdown else None
     rng = random.Random(0)
     single, burst, decode = [], [], []
@@ -129,6 +134,8 @@ class Spans:
                 if getattr(layer, name) is not None:
                     setattr(layer, name, self._timed(getattr(layer, name), f"product {name}"))
         model.output = self._timed(model.output, "product output")
+        if model.decode_stack is not None:  # a decode step's layers, all in one call
+            model.decode_stack = self._timed(model.decode_stack, "decode stack (every layer)")
         engine.attention.attend = self._timed(engine.attention.attend, "attention")
         for name in self.CALLS:
             setattr(engine.backend, name, self._timed(getattr(engine.backend, name), name))

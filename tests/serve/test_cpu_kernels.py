@@ -240,3 +240,20 @@ def test_the_kernel_backends_decode_attention_equals_the_torch_backends_for_ever
             results.append((out, cache.k, cache.v, mirror.k, mirror.v))
         for got, want in zip(*results, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m, B=B: f"{B} sequences: {m}")
+
+
+@pytest.mark.parametrize("heads, kv_heads, hd", [(9, 3, 64), (10, 2, 48)])
+def test_prefill_attention_equals_causal_sdpa(kernels, heads, kv_heads, hd):
+    """A prefill's attention of one new sequence, q a view of the fused q/k/v product: token i
+    attends to keys 0 .. i, as SDPA with is_causal; (9, 3, 64) on the register-resident path,
+    (10, 2, 48) on the general one; lengths across the 32-key blocks."""
+    gen = torch.Generator().manual_seed(hd)
+    for n in (1, 2, 31, 32, 33, 100):
+        fused = torch.randn(n, (heads + 2 * kv_heads) * hd, generator=gen)
+        q = fused[:, :heads * hd].view(n, heads, hd).transpose(0, 1)  # (H, n, hd), a view
+        k = fused[:, heads * hd:(heads + kv_heads) * hd].view(n, kv_heads, hd).transpose(0, 1).contiguous()
+        v = fused[:, (heads + kv_heads) * hd:].view(n, kv_heads, hd).transpose(0, 1).contiguous()
+        out = torch.empty(n, heads, hd)
+        kernels.prefill_attention(q, k, v, out)
+        want = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True)[0]
+        torch.testing.assert_close(out.transpose(0, 1), want, rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"{n} tokens: {m}")

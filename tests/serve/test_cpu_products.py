@@ -77,29 +77,43 @@ def test_without_a_chooser_decode_takes_the_kernel_and_prefill_mkl(generic_kerne
         torch.testing.assert_close(plain(x), F.linear(x, w), rtol=1e-5, atol=1e-4)
 
 
-@needs_cc
-def test_a_decode_is_timed_on_evicted_weights_at_1_and_16_rows(generic_kernels, monkeypatch):
-    # oneDNN fastest at 16 rows alone, the kernel over 1 and 16 rows together: the sum decides
-    cost = {("kernel", 1): 1.0, ("kernel", 16): 3.0, ("onednn", 1): 4.0, ("onednn", 16): 2.0}
+def test_a_decode_is_timed_on_evicted_weights_at_1_and_16_rows(monkeypatch):
+    # no decode kernels: oneDNN fastest at 16 rows alone, MKL over 1 and 16 rows together: the sum decides
+    cost = {("onednn", 1): 4.0, ("onednn", 16): 2.0}
     clock, state, runs = FakeClock(), {"cold": False}, []
     monkeypatch.setattr(products.time, "perf_counter", clock)
     real_run = PackedLinear.run
 
     def run(self, impl, flat):
-        clock.now += cost.get((impl, flat.size(0)), 5.0)
-        runs.append((impl, flat.size(0), state["cold"]))
+        rows = flat.size(0)
+        clock.now += cost.get((impl, rows), {1: 1.0, 16: 3.0}.get(rows, 5.0))  # MKL, packed or plain
+        runs.append((impl, rows, state["cold"]))
         state["cold"] = False
         return real_run(self, impl, flat)
 
     monkeypatch.setattr(PackedLinear, "run", run)
     chooser = ProductChooser(repeats=3, evict=lambda: state.update(cold=True))
     w = torch.randn(48, 32, generator=torch.Generator().manual_seed(0))
-    lin = PackedLinear(w, kernels=generic_kernels, chooser=chooser)
-    assert lin.decode_impl == "kernel"
+    lin = PackedLinear(w, kernels=None, chooser=chooser)
     impls = len({impl for impl, _, _ in runs})
+    if impls < 2:
+        pytest.skip("this torch has no oneDNN linear to race against MKL")
+    assert lin.decode_impl in ("mkl-packed", "mkl")
     cold = [(rows, c) for _, rows, c in runs if c]
     assert sorted(cold) == sorted([(1, True), (16, True)] * 3 * impls)  # every timed decode run, evicted first
     assert not any(c for _, rows, c in runs if rows == products.PREFILL_ROWS)  # a prefill's weight stays cached
+
+
+@needs_cc
+def test_with_the_decode_kernels_a_decode_takes_their_panels_untimed(generic_kernels, monkeypatch):
+    """The decode stack is made of the kernels' panels: a decode is not timed, a prefill is."""
+    runs = []
+    real_run = PackedLinear.run
+    monkeypatch.setattr(PackedLinear, "run", lambda self, impl, flat: runs.append(flat.size(0)) or real_run(self, impl, flat))
+    chooser = ProductChooser(repeats=2, evict=lambda: pytest.fail("a decode was timed"))
+    lin = PackedLinear(torch.randn(48, 32), kernels=generic_kernels, chooser=chooser)
+    assert lin.decode_impl == "kernel" and set(runs) == {products.PREFILL_ROWS}
+    assert chooser.summary().startswith("decode kernel x1, prefill ")
 
 
 def test_the_evictor_reads_twice_the_last_level_cache():

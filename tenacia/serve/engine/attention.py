@@ -57,6 +57,15 @@ class PagedAttention:
         self._layout = layout
         self.mirror.begin(layout)
 
+    def decode_rows(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Where a decode step's layers read and write, for a call that runs them all
+        (``cpu.decode_stack.DecodeStack``): each new token's cache slot (B,), the cache's keys and
+        values (layers, slots, KVH, hd), the mirror's (layers, B, KVH, cap, hd) and its lengths (B,)."""
+        layout, mirror = self._layout, self.mirror
+        if not isinstance(layout, DecodeLayout) or mirror.v is None:
+            raise RuntimeError("PagedAttention.decode_rows needs begin_decode and a cache with values")
+        return layout.slots, self.cache.k, self.cache.v, mirror.k, mirror.v, mirror.lengths
+
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor | None) -> Tensor:
         """q: (B, H, T, key_dim); k: (B, KVH, T, key_dim), v: (B, KVH, T, value_dim) or None where
         the spec keeps the values in the keys; rotated. Returns (B, H, T, value_dim): B sequences
@@ -82,11 +91,11 @@ class PagedAttention:
             v = k[..., :spec.value_dim]
         else:
             self.cache.v[layer].index_copy_(0, layout.slots, v[0].transpose(0, 1))
-        gqa = q.size(1) != k.size(1)
+        gqa = q.size(1) != k.size(1)  # for a cached prefix's attention
         outs = []
         for offset, n, count, start, slots, mask in self._groups:
             if slots is None:  # whole new sequences: causal attention on the fresh k/v
-                outs.append(_causal(q, k, v, offset, n, count, gqa, spec.scale))
+                outs.append(self.backend.causal_attention(q, k, v, offset, n, count, spec.scale))
                 continue
             # a cached prefix (prefix caching, or a long prompt's earlier chunks): attend over it too
             KVH, kd, vd, H = k.size(1), k.size(3), v.size(3), q.size(1)
@@ -122,16 +131,3 @@ def _plan(layout: PrefillLayout) -> list[tuple[int, int, int, int, Tensor | None
             groups.append((offset, n, count, start, slots, mask))
         offset, i = offset + n * count, j
     return groups
-
-
-def _causal(q: Tensor, k: Tensor, v: Tensor, offset: int, n: int, count: int, gqa: bool,
-            scale: float | None) -> Tensor:
-    """Causal attention for ``count`` packed sequences of ``n`` tokens each, starting at ``offset``
-    of the packed row, as one batched call. Returns (1, H, count * n, vd)."""
-    end = offset + n * count
-    H, KVH, kd, vd = q.size(1), k.size(1), q.size(3), v.size(3)
-    qb = q[0, :, offset:end].view(H, count, n, kd).transpose(0, 1)  # (count, H, n, kd)
-    kb = k[0, :, offset:end].view(KVH, count, n, kd).transpose(0, 1)
-    vb = v[0, :, offset:end].unflatten(1, (count, n)).transpose(0, 1)  # (count, KVH, n, vd); v may be a view of k
-    out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=gqa, scale=scale)
-    return out.transpose(0, 1).reshape(1, H, count * n, vd)

@@ -7,7 +7,8 @@
 - ``add_rms_norm``, ``rotary_``, ``silu_mul``, ``silu_mul_pair``: the elementwise work between
   the products;
 - ``decode_attention``: a decode step's new keys and values written to their cache slots and to
-  the decode mirror (``mirror.py``), then attention over the mirror (``attention.py`` calls it).
+  the decode mirror (``mirror.py``), then attention over the mirror (``attention.py`` calls it);
+- ``causal_attention``: a prefill's attention for whole new sequences (``attention.py`` calls it);
 - ``latent_decode_attention``: the same for a cache whose values are the keys' first columns
   (latent attention: ``kv_cache.CacheSpec``), in torch ops in every backend.
 
@@ -132,6 +133,20 @@ class TorchBackend:
         out = F.scaled_dot_product_attention(qg, mk[:, :, :L], mv[:, :, :L], attn_mask=bias)
         return out.view(B, H, 1, hd)
 
+    def causal_attention(self, q: Tensor, k: Tensor, v: Tensor, offset: int, n: int, count: int,
+                         scale: float | None) -> Tensor:
+        """Causal attention for ``count`` packed sequences of ``n`` new tokens each, none cached
+        before them, starting at ``offset`` of a prefill's packed row, as one batched call. q:
+        (1, H, N, kd); k: (1, KVH, N, kd); v: (1, KVH, N, vd), possibly a view of k. Returns (1, H,
+        count * n, vd)."""
+        end = offset + n * count
+        H, KVH, kd, vd = q.size(1), k.size(1), q.size(3), v.size(3)
+        qb = q[0, :, offset:end].view(H, count, n, kd).transpose(0, 1)  # (count, H, n, kd)
+        kb = k[0, :, offset:end].view(KVH, count, n, kd).transpose(0, 1)
+        vb = v[0, :, offset:end].unflatten(1, (count, n)).transpose(0, 1)  # (count, KVH, n, vd); v may be a view of k
+        out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=H != KVH, scale=scale)
+        return out.transpose(0, 1).reshape(1, H, count * n, vd)
+
     def latent_decode_attention(self, layer: int, q: Tensor, kv: Tensor, cache_kv: Tensor, slots: Tensor,
                                 mirror: DecodeRows, value_dim: int, scale: float | None) -> Tensor:
         """One new token per sequence, where one stored entry per token is the key of every head
@@ -149,6 +164,11 @@ class TorchBackend:
         out = F.scaled_dot_product_attention(q.reshape(B, 1, H, D), keys, keys[..., :value_dim], attn_mask=bias,
                                              scale=scale)  # (B, 1, H, value_dim)
         return out.view(B, H, 1, value_dim)
+
+    def decode_stack(self, layers: list):
+        """One call for a decode step's decoder layers (``cpu.decode_stack.DecodeStack``), or
+        None: the model calls the backend layer by layer."""
+        return None
 
     def describe(self) -> tuple[str, str]:
         """(decode kernels, products) for the start-up line; "" where not applicable."""

@@ -19,6 +19,8 @@ prefill (the prompts' tokens packed into one row): embedding, then per layer RMS
 q/k/v product, rotary on q and k in place, attention through the ``AttentionCache``
 (``attention.PagedAttention``), the output product, RMSNorm and the gated MLP; each layer
 returns its output ("delta"), added to the residual stream by the next layer's fused add+norm.
+Where the backend has one (the CPU kernels, ``cpu/decode_stack.py``), a decode step's layers
+run instead in one call that does the same per layer.
 
 The original module's projection weights are not referenced afterwards: drop the ``Llama`` to
 free them. Numerics: the same math in the same dtype as ``Llama.forward`` (norms and rotary in
@@ -90,12 +92,16 @@ class PackedLlama:
         # the output projection runs on each sequence's last token only: decode-sized
         self.output = backend.linear(model.output.weight, runs_in="decode")
         self.dtype = self.embeddings.dtype
+        # a decode step's layers in one call, where the backend has one (cpu/decode_stack.py)
+        self.decode_stack = backend.decode_stack(self.layers)
 
     def hidden(self, tokens: Tensor, positions: Tensor, cache: AttentionCache, decode: bool) -> Tensor:
         """tokens, positions: (rows,) -> last hidden states (rows, dim), before the final norm.
         ``decode``: one token per sequence; else a prefill's tokens packed into one row."""
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (rows, hd)
         x = F.embedding(tokens, self.embeddings)  # (rows, dim), a new tensor: updated in place below
+        if decode and self.decode_stack is not None:
+            return self.decode_stack(x, cos, sin, *cache.decode_rows())
         delta = None
         for layer in self.layers:
             delta = layer(x, delta, cos, sin, cache, decode)

@@ -5,7 +5,8 @@
   without one), the elementwise work and attention as torch ops;
 - ``KernelBackend``: the same, given one build of the decode kernels (``kernels.choose``): the
   products of a decode step may also run in the kernels' panels, gate and up run as one product
-  in a decode, and the elementwise work and the decode attention run in the kernels.
+  in a decode, and the elementwise work, the decode attention (all of a decode step's layers in
+  one call, ``decode_stack.py``) and a prefill's attention of whole new sequences run in the kernels.
 
 ``cpu_backend`` picks once, at the engine's start: ``KernelBackend`` where a build runs on this
 CPU and the model's shape suits it, else ``CpuBackend``; ``$TENACIA_ISA`` forces a build
@@ -18,11 +19,13 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import Tensor
 
 from ..backend import DecodeRows, TorchBackend
 from ..kv_cache import CacheSpec
 from . import kernels as dk
+from .decode_stack import DecodeStack
 from .products import PackedLinear, ProductChooser
 
 
@@ -54,6 +57,7 @@ class KernelBackend(CpuBackend):
         self.rotary_ = kernels.rotary_
         self.silu_mul = kernels.silu_mul
         self.silu_mul_pair = kernels.silu_mul_pair
+        self.stack_state = "no model built yet"  # what decode_stack decided, for the start-up line
 
     @staticmethod
     def supports(n_heads: int, spec: CacheSpec) -> str | None:
@@ -75,8 +79,25 @@ class KernelBackend(CpuBackend):
         self.kernels.store_kv(k, v, cache_k, cache_v, slots, mk, mv, mirror.lengths)
         return self.kernels.decode_attention(q, mk, mv, mirror.lengths)
 
+    def decode_stack(self, layers: list) -> DecodeStack | None:
+        why = DecodeStack.why_not(layers)
+        self.stack_state = f"layer by layer: {why}" if why else "decode layers in one call"
+        return DecodeStack.build(self.kernels, layers) if why is None else None
+
+    def causal_attention(self, q: Tensor, k: Tensor, v: Tensor, offset: int, n: int, count: int,
+                         scale: float | None) -> Tensor:
+        # scale is None here (1 / sqrt(hd), the kernel's): this backend runs grouped-query caches only
+        H, hd = q.size(1), q.size(3)
+        out = torch.empty(count * n, H, hd)
+        for j in range(count):  # sequence j: tokens offset + j n .. offset + (j + 1) n - 1
+            rows = slice(offset + j * n, offset + (j + 1) * n)
+            self.kernels.prefill_attention(q[0, :, rows], k[0, :, rows].contiguous(), v[0, :, rows].contiguous(),
+                                           out[j * n:(j + 1) * n])
+        return out.permute(1, 0, 2).unsqueeze(0)  # (1, H, count * n, hd), a view
+
     def describe(self) -> tuple[str, str]:
-        return f"on ({self.kernels.isa})", self.chooser.summary() if self.chooser is not None else ""
+        return (f"on ({self.kernels.isa}; {self.stack_state})",
+                self.chooser.summary() if self.chooser is not None else "")
 
 
 def cpu_backend(*, kernels: bool, products: str, n_heads: int, spec: CacheSpec) -> TorchBackend:

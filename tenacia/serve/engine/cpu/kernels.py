@@ -22,7 +22,11 @@ tokens alike, shared among the threads, which shortens a prefill too (measured i
 ``store_kv`` and ``decode_attention``, one new token per sequence written to its cache slot and
 its row of the decode mirror (``engine/mirror.py``), then attending over the mirror:
 each sequence reads only its own keys (no padding, no mask), one task per (sequence, key/value
-head) taken dynamically by the threads.
+head) taken dynamically by the threads. ``prefill_attention``: the same attention code for a
+prefill's whole new sequence, token i over keys 0 .. i, one task per (token, key/value head).
+
+``decode_stack.c``, included by both sources, composes the same row and panel functions into one
+call for all of a decode step's decoder layers (``decode_stack.py``).
 
 Which build (``ISAS``, best first): ``avx512`` is the hand-written ``kernels_avx512.c``;
 ``avx2`` (AVX2 + FMA) and ``generic`` (the compiler's baseline: SSE2 on x86-64, NEON on aarch64)
@@ -67,6 +71,7 @@ from ....storage import atomic_write, cache_root
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("kernels_avx512.c")
 VEC_SOURCE = Path(__file__).with_name("kernels_vec.c")
+STACK_SOURCE = Path(__file__).with_name("decode_stack.c")  # included by both sources
 COMMON = ["-O3", "-fopenmp", "-fPIC", "-shared"]
 # instruction set -> (source, compiler flags, the cpu_features words it needs); best first
 BUILDS: dict[str, tuple[Path, list[str], tuple[str, ...]]] = {
@@ -102,7 +107,8 @@ def _compile(cc: str, isa: str = "avx512") -> Path:
     source, flags, _ = BUILDS[isa]
     flags = COMMON + flags
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
+    text = source.read_bytes() + STACK_SOURCE.read_bytes()
+    key = hashlib.sha256(text + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
     out = cache_root() / "kernels" / f"decode_kernels-{isa}-{key}.so"
     if out.exists():
         return out
@@ -162,7 +168,9 @@ def _library(isa: str = "avx512") -> ctypes.CDLL | str:
     for name, args in (("tenacia_add_rms_norm", [p, p, p, f, p, i, i, t]), ("tenacia_rotary", [p, i, i, i, i, p, p, t]),
                        ("tenacia_silu_mul", [p, p, i, i, i, p, t]),
                        ("tenacia_decode_attention", [p, i, p, p, i, p, i, i, i, i, f, p, ctypes.c_int]),
-                       ("tenacia_store_kv", [p, p, i, i, i, i, p, p, p, p, p, i, p])):
+                       ("tenacia_prefill_attention", [p, i, p, p, i, i, i, i, f, p, t]),
+                       ("tenacia_store_kv", [p, p, i, i, i, i, p, p, p, p, p, i, p]),
+                       ("tenacia_decode_stack", [i, p, i, i, i, i, i, f, p, i, p, p, p, p, i, p, p, p, i, i, p, p, t])):
         getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
     return lib
 
@@ -247,6 +255,7 @@ class Kernels:
 
     def __init__(self, isa: str, lib: ctypes.CDLL):
         self.isa, self._lib = isa, lib
+        self.decode_stack_fn = lib.tenacia_decode_stack  # decode_stack.DecodeStack's way in
 
     def __repr__(self) -> str:
         return f"Kernels({self.isa!r})"
@@ -315,6 +324,22 @@ class Kernels:
         self._lib.tenacia_decode_attention(q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), cap, lengths.data_ptr(),
                                            B, H, KVH, hd, hd ** -0.5, out.data_ptr(), torch.get_num_threads())
         return out
+
+    def prefill_attention(self, q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> None:
+        """Causal attention of one sequence's n new tokens, none cached before them. q: (H, n, hd)
+        with contiguous heads (a view of the fused q/k/v product is fine); k, v: (KVH, n, hd)
+        contiguous; out: (n, H, hd) contiguous, written: token i attends to keys 0 .. i."""
+        H, n, hd = q.shape
+        KVH = k.size(0)
+        if q.stride(0) != hd or q.stride(2) != 1 or q.dtype != torch.float32 or out.shape != (n, H, hd):
+            raise ValueError(f"prefill_attention: q (H, n, hd) float32 with contiguous heads, out (n, H, hd); got "
+                             f"{q.dtype} strides {q.stride()}, out {tuple(out.shape)}")
+        if H % KVH or H // KVH > MAX_GROUP or hd > MAX_HEAD_DIM or k.shape != (KVH, n, hd) or v.shape != k.shape:
+            raise ValueError(f"prefill_attention: {H} query heads on k {tuple(k.shape)}, v {tuple(v.shape)}")
+        for t, name in ((k, "k"), (v, "v"), (out, "out")):
+            _check(t, name)
+        self._lib.tenacia_prefill_attention(q.data_ptr(), q.stride(1), k.data_ptr(), v.data_ptr(), n, H, KVH, hd,
+                                            hd ** -0.5, out.data_ptr(), torch.get_num_threads())
 
     def store_kv(self, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, slots: Tensor,
                  mirror_k: Tensor, mirror_v: Tensor, lengths: Tensor) -> None:

@@ -50,12 +50,10 @@ BLOCK(4)
 BLOCK(2)
 BLOCK(1)
 
-/* x: (m, k) row-major; p: packed (see above); bias: (n,) or NULL; y: (m, n) row-major. */
-void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, const float *bias,
-                        float *y, int threads) {
-  long panels = (n + 15) / 16;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (long q = 0; q < panels; q++) {
+/* Panels q0 .. q1 - 1 of y (m x n) = x (m x k) . W^T + bias: one thread's share of a product. */
+static void gemm_panels(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
+                        long q0, long q1) {
+  for (long q = q0; q < q1; q++) {
     const float *panel = p + q * k * 16;
     long col = q * 16;
     __mmask16 mask = n - col >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - col)) - 1);
@@ -67,6 +65,14 @@ void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, 
     if (m - r >= 2) { block2(x + r * k, k, panel, y + r * n + col, n, b, mask); r += 2; }
     if (m - r >= 1) block1(x + r * k, k, panel, y + r * n + col, n, b, mask);
   }
+}
+
+/* x: (m, k) row-major; p: packed (see above); bias: (n,) or NULL; y: (m, n) row-major. */
+void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, const float *bias,
+                        float *y, int threads) {
+  long panels = (n + 15) / 16;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long q = 0; q < panels; q++) gemm_panels(x, m, k, p, n, bias, y, q, q + 1);
 }
 
 /* 2. Elementwise work between the products, one call each instead of five to eight torch ops.
@@ -96,66 +102,70 @@ static inline __m512 exp16(__m512 x) {
 
 static inline __mmask16 tail(long left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
 
-/* x (rows, dim) += delta (when not NULL); out = x / sqrt(mean(x^2) + eps) * w. */
+/* x (rows, dim) += delta (when not NULL); out = x / sqrt(mean(x^2) + eps) * w. One row: */
+static void norm_row(float *xr, const float *dr, const float *w, float eps, float *out, long dim) {
+  __m512 ss = _mm512_setzero_ps();
+  for (long i = 0; i < dim; i += 16) {
+    __mmask16 m = tail(dim - i);
+    __m512 v = _mm512_maskz_loadu_ps(m, xr + i);
+    if (dr) {
+      v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dr + i));
+      _mm512_mask_storeu_ps(xr + i, m, v);
+    }
+    ss = _mm512_fmadd_ps(v, v, ss);
+  }
+  __m512 scale = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(ss) / (float)dim + eps));
+  for (long i = 0; i < dim; i += 16) {
+    __mmask16 m = tail(dim - i);
+    __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + i), scale);
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i)));
+  }
+}
+
 void tenacia_add_rms_norm(float *x, const float *delta, const float *w, float eps, float *out, long rows, long dim,
                           int threads) {
 #pragma omp parallel for schedule(static) if (rows >= PARALLEL_ROWS) num_threads(threads)
-  for (long r = 0; r < rows; r++) {
-    float *xr = x + r * dim;
-    __m512 ss = _mm512_setzero_ps();
-    for (long i = 0; i < dim; i += 16) {
-      __mmask16 m = tail(dim - i);
-      __m512 v = _mm512_maskz_loadu_ps(m, xr + i);
-      if (delta) {
-        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, delta + r * dim + i));
-        _mm512_mask_storeu_ps(xr + i, m, v);
-      }
-      ss = _mm512_fmadd_ps(v, v, ss);
-    }
-    __m512 scale = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(ss) / (float)dim + eps));
-    for (long i = 0; i < dim; i += 16) {
-      __mmask16 m = tail(dim - i);
-      __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + i), scale);
-      _mm512_mask_storeu_ps(out + r * dim + i, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i)));
-    }
-  }
+  for (long r = 0; r < rows; r++) norm_row(x + r * dim, delta ? delta + r * dim : 0, w, eps, out + r * dim, dim);
 }
 
 /* Rotary embedding in place, "rotate half" layout, on the first `heads` heads of each row of x
  * (rows, ld): x1, x2 = halves; x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin. cos, sin: (rows, hd),
  * each half repeated as in llama.rotary_table. hd even. */
+static void rotary_row(float *x, long heads, long hd, const float *c, const float *s) {
+  long half = hd / 2;
+  for (long h = 0; h < heads; h++) {
+    float *a = x + h * hd, *b = a + half;
+    for (long i = 0; i < half; i += 16) {
+      __mmask16 m = tail(half - i);
+      __m512 x1 = _mm512_maskz_loadu_ps(m, a + i), x2 = _mm512_maskz_loadu_ps(m, b + i);
+      __m512 c1 = _mm512_maskz_loadu_ps(m, c + i), s1 = _mm512_maskz_loadu_ps(m, s + i);
+      __m512 c2 = _mm512_maskz_loadu_ps(m, c + half + i), s2 = _mm512_maskz_loadu_ps(m, s + half + i);
+      _mm512_mask_storeu_ps(a + i, m, _mm512_fnmadd_ps(x2, s1, _mm512_mul_ps(x1, c1)));
+      _mm512_mask_storeu_ps(b + i, m, _mm512_fmadd_ps(x1, s2, _mm512_mul_ps(x2, c2)));
+    }
+  }
+}
+
 void tenacia_rotary(float *x, long rows, long ld, long heads, long hd, const float *cos, const float *sin,
                     int threads) {
-  long half = hd / 2;
 #pragma omp parallel for schedule(static) if (rows >= PARALLEL_ROWS) num_threads(threads)
-  for (long r = 0; r < rows; r++)
-    for (long h = 0; h < heads; h++) {
-      float *a = x + r * ld + h * hd, *b = a + half;
-      const float *c = cos + r * hd, *s = sin + r * hd;
-      for (long i = 0; i < half; i += 16) {
-        __mmask16 m = tail(half - i);
-        __m512 x1 = _mm512_maskz_loadu_ps(m, a + i), x2 = _mm512_maskz_loadu_ps(m, b + i);
-        __m512 c1 = _mm512_maskz_loadu_ps(m, c + i), s1 = _mm512_maskz_loadu_ps(m, s + i);
-        __m512 c2 = _mm512_maskz_loadu_ps(m, c + half + i), s2 = _mm512_maskz_loadu_ps(m, s + half + i);
-        _mm512_mask_storeu_ps(a + i, m, _mm512_fnmadd_ps(x2, s1, _mm512_mul_ps(x1, c1)));
-        _mm512_mask_storeu_ps(b + i, m, _mm512_fmadd_ps(x1, s2, _mm512_mul_ps(x2, c2)));
-      }
-    }
+  for (long r = 0; r < rows; r++) rotary_row(x + r * ld, heads, hd, cos + r * hd, sin + r * hd);
 }
 
 /* out (rows, n) = silu(gate) * up, silu(g) = g / (1 + exp(-g)); row r of gate at gate + r * ld, of
  * up at up + r * ld (a fused [gate | up] product: up = gate + n, ld = 2n; two products: ld = n). */
+static void silu_row(const float *g, const float *u, long n, float *o) {
+  for (long i = 0; i < n; i += 16) {
+    __mmask16 m = tail(n - i);
+    __m512 gv = _mm512_maskz_loadu_ps(m, g + i);
+    __m512 sg = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+    _mm512_mask_storeu_ps(o + i, m, _mm512_mul_ps(sg, _mm512_maskz_loadu_ps(m, u + i)));
+  }
+}
+
 void tenacia_silu_mul(const float *gate, const float *up, long ld, long rows, long n, float *out, int threads) {
 #pragma omp parallel for schedule(static) if (rows >= PARALLEL_ROWS) num_threads(threads)
-  for (long r = 0; r < rows; r++) {
-    const float *g = gate + r * ld, *u = up + r * ld;
-    for (long i = 0; i < n; i += 16) {
-      __mmask16 m = tail(n - i);
-      __m512 gv = _mm512_maskz_loadu_ps(m, g + i);
-      __m512 sg = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
-      _mm512_mask_storeu_ps(out + r * n + i, m, _mm512_mul_ps(sg, _mm512_maskz_loadu_ps(m, u + i)));
-    }
-  }
+  for (long r = 0; r < rows; r++) silu_row(gate + r * ld, up + r * ld, n, out + r * n);
 }
 
 /* 3. Attention of one new token per sequence over its cached keys and values.
@@ -299,21 +309,45 @@ static void attend_any(const float *Q, const float *K, const float *V, long L, f
   }
 }
 
+/* One query group (G heads) against L keys and values: the register-resident path where the
+ * shape has one, else the general one. */
+static void attend_head(const float *Q, const float *K, const float *V, long L, float scale, float *O, long G,
+                        long hd) {
+  long NV = hd % 16 ? 0 : hd / 16;
+#define FAST(g, nv) else if (G == g && NV == nv) attend_fast(Q, K, V, L, scale, O, g, nv);
+  if (0) {}
+  FAST(1, 4) FAST(2, 4) FAST(3, 4) FAST(4, 4) FAST(1, 8) FAST(2, 8)
+  else attend_any(Q, K, V, L, scale, O, G, hd);
+#undef FAST
+}
+
+/* One task of the attention: sequence task / KVH, key/value head task % KVH. */
+static void attend_task(const float *q, long q_row, const float *k, const float *v, long cap, const long *lengths,
+                        long H, long KVH, long hd, float scale, float *out, long task) {
+  long G = H / KVH, b = task / KVH, kvh = task % KVH;
+  attend_head(q + b * q_row + kvh * G * hd, k + (b * KVH + kvh) * cap * hd, v + (b * KVH + kvh) * cap * hd,
+              lengths[b], scale, out + (b * H + kvh * G) * hd, G, hd);
+}
+
 void tenacia_decode_attention(const float *q, long q_row, const float *k, const float *v, long cap,
                               const long *lengths, long B, long H, long KVH, long hd, float scale,
                               float *out, int threads) {
-  long G = H / KVH, NV = hd % 16 ? 0 : hd / 16;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (long task = 0; task < B * KVH; task++) {
-    long b = task / KVH, kvh = task % KVH, L = lengths[b];
-    const float *K = k + (b * KVH + kvh) * cap * hd, *V = v + (b * KVH + kvh) * cap * hd;
-    const float *Q = q + b * q_row + kvh * G * hd;
-    float *O = out + (b * H + kvh * G) * hd;
-#define FAST(g, nv) else if (G == g && NV == nv) attend_fast(Q, K, V, L, scale, O, g, nv);
-    if (0) {}
-    FAST(1, 4) FAST(2, 4) FAST(3, 4) FAST(4, 4) FAST(1, 8) FAST(2, 8)
-    else attend_any(Q, K, V, L, scale, O, G, hd);
-#undef FAST
+  for (long task = 0; task < B * KVH; task++) attend_task(q, q_row, k, v, cap, lengths, H, KVH, hd, scale, out, task);
+}
+
+/* Causal attention of one sequence's n tokens, none cached before them (a prefill): token i
+ * (0 .. n - 1) attends to keys 0 .. i. q: query head h of token i at q + i * q_row + h * hd (a view
+ * of the fused q/k/v product); k, v: (KVH, n, hd); out: (n, H, hd). One task per (token,
+ * key/value head), the longest first, taken dynamically. */
+void tenacia_prefill_attention(const float *q, long q_row, const float *k, const float *v, long n, long H, long KVH,
+                               long hd, float scale, float *out, int threads) {
+  long G = H / KVH;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (long task = 0; task < n * KVH; task++) {
+    long i = n - 1 - task / KVH, kvh = task % KVH;
+    attend_head(q + i * q_row + kvh * G * hd, k + kvh * n * hd, v + kvh * n * hd, i + 1, scale,
+                out + (i * H + kvh * G) * hd, G, hd);
   }
 }
 
@@ -321,18 +355,26 @@ void tenacia_decode_attention(const float *q, long q_row, const float *k, const 
  * mirror row, in one call (four index_copy_ calls and two copies in torch).
  * k, v: head h of sequence b at k + b * kv_row + h * hd; cache_k, cache_v: one layer's
  * (slots, KVH, hd); mirror_k, mirror_v: (B, KVH, cap, hd), row lengths[b] - 1 of sequence b. */
+static void store_kv_row(const float *k, const float *v, long kv_row, long b, long KVH, long hd, float *cache_k,
+                         float *cache_v, const long *slots, float *mirror_k, float *mirror_v, long cap,
+                         const long *lengths) {
+  for (long h = 0; h < KVH; h++) {
+    const float *ks = k + b * kv_row + h * hd, *vs = v + b * kv_row + h * hd;
+    float *ck = cache_k + (slots[b] * KVH + h) * hd, *cv = cache_v + (slots[b] * KVH + h) * hd;
+    float *mk = mirror_k + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
+    float *mv = mirror_v + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
+    for (long d = 0; d < hd; d++) {
+      ck[d] = mk[d] = ks[d];
+      cv[d] = mv[d] = vs[d];
+    }
+  }
+}
+
 void tenacia_store_kv(const float *k, const float *v, long kv_row, long B, long KVH, long hd,
                       float *cache_k, float *cache_v, const long *slots,
                       float *mirror_k, float *mirror_v, long cap, const long *lengths) {
   for (long b = 0; b < B; b++)
-    for (long h = 0; h < KVH; h++) {
-      const float *ks = k + b * kv_row + h * hd, *vs = v + b * kv_row + h * hd;
-      float *ck = cache_k + (slots[b] * KVH + h) * hd, *cv = cache_v + (slots[b] * KVH + h) * hd;
-      float *mk = mirror_k + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
-      float *mv = mirror_v + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
-      for (long d = 0; d < hd; d++) {
-        ck[d] = mk[d] = ks[d];
-        cv[d] = mv[d] = vs[d];
-      }
-    }
+    store_kv_row(k, v, kv_row, b, KVH, hd, cache_k, cache_v, slots, mirror_k, mirror_v, cap, lengths);
 }
+
+#include "decode_stack.c"

@@ -111,12 +111,10 @@ static void panel_rows(const float *x, long k, const float *panel, float *part, 
   }
 }
 
-/* x: (m, k) row-major; p: packed (see above); bias: (n,) or NULL; y: (m, n) row-major. */
-void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
-                        int threads) {
-  long panels = (n + PW - 1) / PW;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (long q = 0; q < panels; q++) {
+/* Panels q0 .. q1 - 1 of y (m x n) = x (m x k) . W^T + bias: one thread's share of a product. */
+static void gemm_panels(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
+                        long q0, long q1) {
+  for (long q = q0; q < q1; q++) {
     const float *panel = p + q * k * PW;
     long col = q * PW, cols = n - col < PW ? n - col : PW;
     float b[PW] = {0}, part[ROWS * PW];
@@ -127,6 +125,14 @@ void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, 
       for (long r = 0; r < rows; r++) memcpy(y + (r0 + r) * n + col, part + r * PW, cols * sizeof(float));
     }
   }
+}
+
+/* x: (m, k) row-major; p: packed (see above); bias: (n,) or NULL; y: (m, n) row-major. */
+void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
+                        int threads) {
+  long panels = (n + PW - 1) / PW;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long q = 0; q < panels; q++) gemm_panels(x, m, k, p, n, bias, y, q, q + 1);
 }
 
 /* 2. Elementwise work between the products (contracts in kernels_avx512.c). */
@@ -153,67 +159,69 @@ static inline vf vexp(vf x) {
   return p * (vf)e;
 }
 
+static void norm_row(float *xr, const float *dr, const float *w, float eps, float *out, long dim) {
+  vf ss = splat(0.0f);
+  long i = 0;
+  for (; i + VEC <= dim; i += VEC) {
+    vf v = vload(xr + i);
+    if (dr) {
+      v += vload(dr + i);
+      vstore(xr + i, v);
+    }
+    ss += v * v;
+  }
+  float sum = hsum(ss);
+  for (; i < dim; i++) {
+    if (dr) xr[i] += dr[i];
+    sum += xr[i] * xr[i];
+  }
+  float scale = 1.0f / sqrtf(sum / (float)dim + eps);
+  for (i = 0; i + VEC <= dim; i += VEC) vstore(out + i, vload(xr + i) * scale * vload(w + i));
+  for (; i < dim; i++) out[i] = xr[i] * scale * w[i];
+}
+
 void tenacia_add_rms_norm(float *x, const float *delta, const float *w, float eps, float *out, long rows, long dim,
                           int threads) {
 #pragma omp parallel for schedule(static) if (rows >= PARALLEL_ROWS) num_threads(threads)
-  for (long r = 0; r < rows; r++) {
-    float *xr = x + r * dim;
-    const float *dr = delta ? delta + r * dim : 0;
-    vf ss = splat(0.0f);
+  for (long r = 0; r < rows; r++) norm_row(x + r * dim, delta ? delta + r * dim : 0, w, eps, out + r * dim, dim);
+}
+
+static void rotary_row(float *x, long heads, long hd, const float *c, const float *s) {
+  long half = hd / 2;
+  for (long h = 0; h < heads; h++) {
+    float *a = x + h * hd, *b = a + half;
     long i = 0;
-    for (; i + VEC <= dim; i += VEC) {
-      vf v = vload(xr + i);
-      if (dr) {
-        v += vload(dr + i);
-        vstore(xr + i, v);
-      }
-      ss += v * v;
+    for (; i + VEC <= half; i += VEC) {
+      vf x1 = vload(a + i), x2 = vload(b + i);
+      vstore(a + i, x1 * vload(c + i) - x2 * vload(s + i));
+      vstore(b + i, x2 * vload(c + half + i) + x1 * vload(s + half + i));
     }
-    float sum = hsum(ss);
-    for (; i < dim; i++) {
-      if (dr) xr[i] += dr[i];
-      sum += xr[i] * xr[i];
+    for (; i < half; i++) {
+      float x1 = a[i], x2 = b[i];
+      a[i] = x1 * c[i] - x2 * s[i];
+      b[i] = x2 * c[half + i] + x1 * s[half + i];
     }
-    float scale = 1.0f / sqrtf(sum / (float)dim + eps);
-    for (i = 0; i + VEC <= dim; i += VEC) vstore(out + r * dim + i, vload(xr + i) * scale * vload(w + i));
-    for (; i < dim; i++) out[r * dim + i] = xr[i] * scale * w[i];
   }
 }
 
 void tenacia_rotary(float *x, long rows, long ld, long heads, long hd, const float *cos, const float *sin,
                     int threads) {
-  long half = hd / 2;
 #pragma omp parallel for schedule(static) if (rows >= PARALLEL_ROWS) num_threads(threads)
-  for (long r = 0; r < rows; r++)
-    for (long h = 0; h < heads; h++) {
-      float *a = x + r * ld + h * hd, *b = a + half;
-      const float *c = cos + r * hd, *s = sin + r * hd;
-      long i = 0;
-      for (; i + VEC <= half; i += VEC) {
-        vf x1 = vload(a + i), x2 = vload(b + i);
-        vstore(a + i, x1 * vload(c + i) - x2 * vload(s + i));
-        vstore(b + i, x2 * vload(c + half + i) + x1 * vload(s + half + i));
-      }
-      for (; i < half; i++) {
-        float x1 = a[i], x2 = b[i];
-        a[i] = x1 * c[i] - x2 * s[i];
-        b[i] = x2 * c[half + i] + x1 * s[half + i];
-      }
-    }
+  for (long r = 0; r < rows; r++) rotary_row(x + r * ld, heads, hd, cos + r * hd, sin + r * hd);
+}
+
+static void silu_row(const float *g, const float *u, long n, float *o) {
+  long i = 0;
+  for (; i + VEC <= n; i += VEC) {
+    vf gv = vload(g + i);
+    vstore(o + i, gv / (1.0f + vexp(-gv)) * vload(u + i));
+  }
+  for (; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 void tenacia_silu_mul(const float *gate, const float *up, long ld, long rows, long n, float *out, int threads) {
 #pragma omp parallel for schedule(static) if (rows >= PARALLEL_ROWS) num_threads(threads)
-  for (long r = 0; r < rows; r++) {
-    const float *g = gate + r * ld, *u = up + r * ld;
-    float *o = out + r * n;
-    long i = 0;
-    for (; i + VEC <= n; i += VEC) {
-      vf gv = vload(g + i);
-      vstore(o + i, gv / (1.0f + vexp(-gv)) * vload(u + i));
-    }
-    for (; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-  }
+  for (long r = 0; r < rows; r++) silu_row(gate + r * ld, up + r * ld, n, out + r * n);
 }
 
 /* 3. Attention of one new token per sequence over its cached keys and values (contract in
@@ -317,39 +325,71 @@ static void attend_any(const float *Q, const float *K, const float *V, long L, f
     for (long d = 0; d < hd; d++) O[g * hd + d] = acc[g][d] / l[g];
 }
 
+/* One query group (G heads) against L keys and values: the register-resident path where the
+ * shape has one, else the general one. */
+static void attend_head(const float *Q, const float *K, const float *V, long L, float scale, float *O, long G,
+                        long hd) {
+  long NV = hd % VEC ? 0 : hd / VEC;
+#define FAST(g, nv) else if (G == g && NV == nv && g * nv <= 64) attend_fast(Q, K, V, L, scale, O, g, nv);
+  if (0) {
+  }
+  FAST(1, 64 / VEC) FAST(2, 64 / VEC) FAST(3, 64 / VEC) FAST(4, 64 / VEC) FAST(1, 128 / VEC) FAST(2, 128 / VEC)
+  else attend_any(Q, K, V, L, scale, O, G, hd);
+#undef FAST
+}
+
+/* One task of the attention: sequence task / KVH, key/value head task % KVH. */
+static void attend_task(const float *q, long q_row, const float *k, const float *v, long cap, const long *lengths,
+                        long H, long KVH, long hd, float scale, float *out, long task) {
+  long G = H / KVH, b = task / KVH, kvh = task % KVH;
+  attend_head(q + b * q_row + kvh * G * hd, k + (b * KVH + kvh) * cap * hd, v + (b * KVH + kvh) * cap * hd,
+              lengths[b], scale, out + (b * H + kvh * G) * hd, G, hd);
+}
+
 void tenacia_decode_attention(const float *q, long q_row, const float *k, const float *v, long cap,
                               const long *lengths, long B, long H, long KVH, long hd, float scale, float *out,
                               int threads) {
-  long G = H / KVH, NV = hd % VEC ? 0 : hd / VEC;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (long task = 0; task < B * KVH; task++) {
-    long b = task / KVH, kvh = task % KVH, L = lengths[b];
-    const float *K = k + (b * KVH + kvh) * cap * hd, *V = v + (b * KVH + kvh) * cap * hd;
-    const float *Q = q + b * q_row + kvh * G * hd;
-    float *O = out + (b * H + kvh * G) * hd;
-#define FAST(g, nv) else if (G == g && NV == nv && g * nv <= 64) attend_fast(Q, K, V, L, scale, O, g, nv);
-    if (0) {
-    }
-    FAST(1, 64 / VEC) FAST(2, 64 / VEC) FAST(3, 64 / VEC) FAST(4, 64 / VEC) FAST(1, 128 / VEC) FAST(2, 128 / VEC)
-    else attend_any(Q, K, V, L, scale, O, G, hd);
-#undef FAST
+  for (long task = 0; task < B * KVH; task++) attend_task(q, q_row, k, v, cap, lengths, H, KVH, hd, scale, out, task);
+}
+
+/* Causal attention of one sequence's n tokens, none cached before them (a prefill): token i
+ * (0 .. n - 1) attends to keys 0 .. i. q: query head h of token i at q + i * q_row + h * hd (a view
+ * of the fused q/k/v product); k, v: (KVH, n, hd); out: (n, H, hd). One task per (token,
+ * key/value head), the longest first, taken dynamically. */
+void tenacia_prefill_attention(const float *q, long q_row, const float *k, const float *v, long n, long H, long KVH,
+                               long hd, float scale, float *out, int threads) {
+  long G = H / KVH;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (long task = 0; task < n * KVH; task++) {
+    long i = n - 1 - task / KVH, kvh = task % KVH;
+    attend_head(q + i * q_row + kvh * G * hd, k + kvh * n * hd, v + kvh * n * hd, i + 1, scale,
+                out + (i * H + kvh * G) * hd, G, hd);
   }
 }
 
 /* 4. The new token's key and value of every sequence, into its cache slot and its decode mirror
  * row (contract in kernels_avx512.c). */
+static void store_kv_row(const float *k, const float *v, long kv_row, long b, long KVH, long hd, float *cache_k,
+                         float *cache_v, const long *slots, float *mirror_k, float *mirror_v, long cap,
+                         const long *lengths) {
+  for (long h = 0; h < KVH; h++) {
+    const float *ks = k + b * kv_row + h * hd, *vs = v + b * kv_row + h * hd;
+    float *ck = cache_k + (slots[b] * KVH + h) * hd, *cv = cache_v + (slots[b] * KVH + h) * hd;
+    float *mk = mirror_k + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
+    float *mv = mirror_v + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
+    memcpy(ck, ks, hd * sizeof(float));
+    memcpy(mk, ks, hd * sizeof(float));
+    memcpy(cv, vs, hd * sizeof(float));
+    memcpy(mv, vs, hd * sizeof(float));
+  }
+}
+
 void tenacia_store_kv(const float *k, const float *v, long kv_row, long B, long KVH, long hd, float *cache_k,
                       float *cache_v, const long *slots, float *mirror_k, float *mirror_v, long cap,
                       const long *lengths) {
   for (long b = 0; b < B; b++)
-    for (long h = 0; h < KVH; h++) {
-      const float *ks = k + b * kv_row + h * hd, *vs = v + b * kv_row + h * hd;
-      float *ck = cache_k + (slots[b] * KVH + h) * hd, *cv = cache_v + (slots[b] * KVH + h) * hd;
-      float *mk = mirror_k + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
-      float *mv = mirror_v + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
-      memcpy(ck, ks, hd * sizeof(float));
-      memcpy(mk, ks, hd * sizeof(float));
-      memcpy(cv, vs, hd * sizeof(float));
-      memcpy(mv, vs, hd * sizeof(float));
-    }
+    store_kv_row(k, v, kv_row, b, KVH, hd, cache_k, cache_v, slots, mirror_k, mirror_v, cap, lengths);
 }
+
+#include "decode_stack.c"

@@ -12,7 +12,12 @@ A ``PackedLinear`` holds one projection's weight in the layouts it can run in:
 Each layout checks itself against ``F.linear`` when it is built and is dropped if it disagrees.
 
 Which one runs is decided twice, for a decode step (``MAX_ROWS`` rows or fewer) and for a prefill
-(more), by ``ProductChooser``: it times every candidate on the first weight of each shape, in
+(more). Where the engine's decode kernels run, a decode takes their panels, untimed: a decode
+step's layers run in one call into the kernels made of them (``decode_stack.py``; the step of 16
+sequences 0.79x the time of the layers one by one with each product timed, docs/benchmarks.md,
+"Serving on AMD Zen 4 with AVX-512"), and timing each product alone under other jobs' load
+chose oneDNN for a shape now and then, which would turn the stack off. Otherwise
+``ProductChooser`` decides: it times every candidate on the first weight of each shape, in
 turns, and keeps the fastest (plain MKL only races where MKL cannot pack); the later layers of
 the same shape take the same choice without timing. A prefill's products are timed at
 ``PREFILL_ROWS`` rows on a weight in cache (a prompt reuses each weight for every row). A decode
@@ -75,7 +80,8 @@ class PackedLinear:
         layouts = (self.small, self.packed, self.onednn, weight if self.packed is None else None)
         available = [name for name, layout in zip(IMPLS, layouts, strict=True) if layout is not None]
         if chooser is not None:
-            self.decode_impl, self.prefill_impl = chooser.choose(self, available, runs_in)
+            self.decode_impl, self.prefill_impl = chooser.choose(self, available, runs_in,
+                                                                 decode="kernel" if self.small is not None else None)
         else:
             self.decode_impl = available[0]
             self.prefill_impl = "mkl-packed" if self.packed is not None else "mkl"
@@ -177,13 +183,15 @@ class ProductChooser:
         self.choices: dict[tuple, tuple[str, str]] = {}
         self.seconds = 0.0
 
-    def choose(self, lin: PackedLinear, available: list[str], runs_in: str = "both") -> tuple[str, str]:
-        """(decode, prefill) implementations for ``lin``'s shape, timed in the regimes it runs in."""
-        key = (lin.out_features, lin.in_features, lin.bias is not None, tuple(available), runs_in)
+    def choose(self, lin: PackedLinear, available: list[str], runs_in: str = "both",
+               decode: str | None = None) -> tuple[str, str]:
+        """(decode, prefill) implementations for ``lin``'s shape, timed in the regimes it runs in;
+        ``decode``: the decode's, where it is given rather than timed (module docstring)."""
+        key = (lin.out_features, lin.in_features, lin.bias is not None, tuple(available), runs_in, decode)
         if key not in self.choices:
             t0 = time.perf_counter()
-            decode = prefill = None
-            if runs_in != "prefill":
+            prefill = None
+            if runs_in != "prefill" and decode is None:
                 evict = self.evict or (CacheEvictor() if len(available) > 1 else None)  # freed after this shape
                 decode = self._fastest(lin, available, (1, self.decode_rows), evict)
             if runs_in != "decode":
@@ -216,7 +224,7 @@ class ProductChooser:
     def summary(self) -> str:
         """e.g. "decode kernel x5, prefill mkl-packed x3 mkl x1 (chosen in 0.21 s)"."""
         def count(i: int, regime: str) -> str:
-            chosen = Counter(c[i] for key, c in self.choices.items() if key[-1] in ("both", regime))
+            chosen = Counter(c[i] for key, c in self.choices.items() if key[4] in ("both", regime))
             return " ".join(f"{impl} x{n}" for impl, n in chosen.most_common())
 
         return f"decode {count(0, 'decode')}, prefill {count(1, 'prefill')} (timed in {self.seconds:.2f} s)"

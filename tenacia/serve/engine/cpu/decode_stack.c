@@ -1,0 +1,81 @@
+/* A decode step's decoder layers, all of them, in one OpenMP parallel region: included at the end
+ * of kernels_avx512.c and of kernels_vec.c, it is built from each build's own row and panel
+ * functions (gemm_panels, norm_row, rotary_row, store_kv_row, attend_task, silu_row), so it is
+ * the same arithmetic as the separate calls the model would otherwise make, in the same order.
+ *
+ * Why: a decode step made ~150 calls into the kernels (five products, the norms, rotary, the
+ * attention a layer), each from Python, each product a fork and join of the OpenMP team, with the
+ * team idle while Python set up the next call. Here the team is formed once a step; the products'
+ * panels are shared among the threads, the rows' elementwise work too, and the attention's tasks
+ * are taken dynamically; a barrier separates each stage from the next. (Measured in
+ * docs/benchmarks.md, "Serving on AMD Zen 4 with AVX-512", the run of 2026-12-03 17:20.)
+ *
+ * Per layer l, for rows r (one new token per sequence), with x the residual stream and d the
+ * previous layer's output (none before the first layer):
+ *   h = RMSNorm(x += d) * attn_norm;  qkv = h . Wqkv^T + bqkv;  rotary on q and k;
+ *   k, v -> the cache slot and the mirror row of each sequence;  a = attention(q, mirror);
+ *   h = RMSNorm(x += a . Wo^T) * ffn_norm;  gu = h . [Wgate | Wup]^T;  d = (silu(g) * u) . Wdown^T
+ * and after the last layer x += d.
+ *
+ * weights: (layers, 7) pointers: attn_norm, ffn_norm, the panels of qkv, the qkv bias (or 0), the
+ * panels of wo, of [gate | up] and of down. cache_k, cache_v: layer 0 of the paged cache, a layer
+ * every cache_layer floats; mirror_k, mirror_v: layer 0 of the decode mirror (B, KVH, cap, hd),
+ * a layer every mirror_layer floats. scratch: rows * (2 dim + qkv + heads hd + 3 hidden) floats. */
+#include <omp.h>
+
+enum { W_ATTN_NORM, W_FFN_NORM, W_QKV, W_QKV_BIAS, W_WO, W_GATE_UP, W_DOWN, W_COUNT };
+
+/* this thread's share [*lo, *hi) of n items */
+static inline void share(long n, long *lo, long *hi) {
+  long t = omp_get_thread_num(), T = omp_get_num_threads();
+  *lo = n * t / T;
+  *hi = n * (t + 1) / T;
+}
+
+static inline void product(const float *x, long rows, long k, const float *p, long n, const float *bias, float *y) {
+  long lo, hi;
+  share((n + 15) / 16, &lo, &hi);
+  gemm_panels(x, rows, k, p, n, bias, y, lo, hi);
+#pragma omp barrier
+}
+
+void tenacia_decode_stack(long layers, const long *weights, long dim, long heads, long kv_heads, long hd,
+                          long hidden, float eps, float *x, long rows, const float *cos, const float *sin,
+                          float *cache_k, float *cache_v, long cache_layer, const long *slots, float *mirror_k,
+                          float *mirror_v, long mirror_layer, long cap, const long *lengths, float *scratch,
+                          int threads) {
+  long qd = heads * hd, kvd = kv_heads * hd, qkvn = qd + 2 * kvd;
+  float *h = scratch, *qkv = h + rows * dim, *att = qkv + rows * qkvn, *gu = att + rows * qd;
+  float *act = gu + rows * 2 * hidden, *d = act + rows * hidden;
+  float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel num_threads(threads)
+  {
+    long lo, hi;
+    share(rows, &lo, &hi);
+    for (long l = 0; l < layers; l++) {
+      const float *const *w = (const float *const *)(weights + l * W_COUNT);
+      for (long r = lo; r < hi; r++) norm_row(x + r * dim, l ? d + r * dim : 0, w[W_ATTN_NORM], eps, h + r * dim, dim);
+#pragma omp barrier
+      product(h, rows, dim, w[W_QKV], qkvn, w[W_QKV_BIAS], qkv);
+      float *ck = cache_k + l * cache_layer, *cv = cache_v + l * cache_layer;
+      float *mk = mirror_k + l * mirror_layer, *mv = mirror_v + l * mirror_layer;
+      for (long r = lo; r < hi; r++) {
+        rotary_row(qkv + r * qkvn, heads + kv_heads, hd, cos + r * hd, sin + r * hd);
+        store_kv_row(qkv + qd, qkv + qd + kvd, qkvn, r, kv_heads, hd, ck, cv, slots, mk, mv, cap, lengths);
+      }
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+      for (long task = 0; task < rows * kv_heads; task++)
+        attend_task(qkv, qkvn, mk, mv, cap, lengths, heads, kv_heads, hd, scale, att, task);
+      product(att, rows, qd, w[W_WO], dim, 0, d);
+      for (long r = lo; r < hi; r++) norm_row(x + r * dim, d + r * dim, w[W_FFN_NORM], eps, h + r * dim, dim);
+#pragma omp barrier
+      product(h, rows, dim, w[W_GATE_UP], 2 * hidden, 0, gu);
+      for (long r = lo; r < hi; r++) silu_row(gu + r * 2 * hidden, gu + r * 2 * hidden + hidden, hidden, act + r * hidden);
+#pragma omp barrier
+      product(act, rows, hidden, w[W_DOWN], dim, 0, d);
+    }
+    for (long r = lo; r < hi; r++)
+      for (long i = 0; i < dim; i++) x[r * dim + i] += d[r * dim + i];
+  }
+}

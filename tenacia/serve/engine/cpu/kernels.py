@@ -25,7 +25,8 @@ each sequence reads only its own keys (no padding, no mask), one task per (seque
 head) taken dynamically by the threads. ``prefill_attention``: the same attention code for a
 prefill's whole new sequence, token i over keys 0 .. i, one task per (token, key/value head).
 
-``decode_stack.c``, included by both sources, composes the same row and panel functions into one
+``attention_tasks.c``, included by both sources, drives either build's attention (its tasks and
+threads) and the key/value store; ``decode_stack.c``, included by both, composes the same row and panel functions into one
 call for all of a decode step's decoder layers (``decode_stack.py``).
 
 Which build (``ISAS``, best first): ``avx512`` is the hand-written ``kernels_avx512.c``;
@@ -72,6 +73,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("kernels_avx512.c")
 VEC_SOURCE = Path(__file__).with_name("kernels_vec.c")
 STACK_SOURCE = Path(__file__).with_name("decode_stack.c")  # included by both sources
+TASKS_SOURCE = Path(__file__).with_name("attention_tasks.c")  # included by both sources
 COMMON = ["-O3", "-fopenmp", "-fPIC", "-shared"]
 # instruction set -> (source, compiler flags, the cpu_features words it needs); best first
 BUILDS: dict[str, tuple[Path, list[str], tuple[str, ...]]] = {
@@ -107,7 +109,7 @@ def _compile(cc: str, isa: str = "avx512") -> Path:
     source, flags, _ = BUILDS[isa]
     flags = COMMON + flags
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    text = source.read_bytes() + STACK_SOURCE.read_bytes()
+    text = source.read_bytes() + TASKS_SOURCE.read_bytes() + STACK_SOURCE.read_bytes()
     key = hashlib.sha256(text + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
     out = cache_root() / "kernels" / f"decode_kernels-{isa}-{key}.so"
     if out.exists():

@@ -15,6 +15,7 @@
  */
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #define FAR 1024 /* 64-byte lines ahead prefetched towards the outer caches */
 #define NEAR 64  /* lines ahead prefetched into L1 */
@@ -321,60 +322,5 @@ static void attend_head(const float *Q, const float *K, const float *V, long L, 
 #undef FAST
 }
 
-/* One task of the attention: sequence task / KVH, key/value head task % KVH. */
-static void attend_task(const float *q, long q_row, const float *k, const float *v, long cap, const long *lengths,
-                        long H, long KVH, long hd, float scale, float *out, long task) {
-  long G = H / KVH, b = task / KVH, kvh = task % KVH;
-  attend_head(q + b * q_row + kvh * G * hd, k + (b * KVH + kvh) * cap * hd, v + (b * KVH + kvh) * cap * hd,
-              lengths[b], scale, out + (b * H + kvh * G) * hd, G, hd);
-}
-
-void tenacia_decode_attention(const float *q, long q_row, const float *k, const float *v, long cap,
-                              const long *lengths, long B, long H, long KVH, long hd, float scale,
-                              float *out, int threads) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (long task = 0; task < B * KVH; task++) attend_task(q, q_row, k, v, cap, lengths, H, KVH, hd, scale, out, task);
-}
-
-/* Causal attention of one sequence's n tokens, none cached before them (a prefill): token i
- * (0 .. n - 1) attends to keys 0 .. i. q: query head h of token i at q + i * q_row + h * hd (a view
- * of the fused q/k/v product); k, v: (KVH, n, hd); out: (n, H, hd). One task per (token,
- * key/value head), the longest first, taken dynamically. */
-void tenacia_prefill_attention(const float *q, long q_row, const float *k, const float *v, long n, long H, long KVH,
-                               long hd, float scale, float *out, int threads) {
-  long G = H / KVH;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (long task = 0; task < n * KVH; task++) {
-    long i = n - 1 - task / KVH, kvh = task % KVH;
-    attend_head(q + i * q_row + kvh * G * hd, k + kvh * n * hd, v + kvh * n * hd, i + 1, scale,
-                out + (i * H + kvh * G) * hd, G, hd);
-  }
-}
-
-/* 4. The new token's key and value of every sequence, into its paged-cache slot and its decode
- * mirror row, in one call (four index_copy_ calls and two copies in torch).
- * k, v: head h of sequence b at k + b * kv_row + h * hd; cache_k, cache_v: one layer's
- * (slots, KVH, hd); mirror_k, mirror_v: (B, KVH, cap, hd), row lengths[b] - 1 of sequence b. */
-static void store_kv_row(const float *k, const float *v, long kv_row, long b, long KVH, long hd, float *cache_k,
-                         float *cache_v, const long *slots, float *mirror_k, float *mirror_v, long cap,
-                         const long *lengths) {
-  for (long h = 0; h < KVH; h++) {
-    const float *ks = k + b * kv_row + h * hd, *vs = v + b * kv_row + h * hd;
-    float *ck = cache_k + (slots[b] * KVH + h) * hd, *cv = cache_v + (slots[b] * KVH + h) * hd;
-    float *mk = mirror_k + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
-    float *mv = mirror_v + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
-    for (long d = 0; d < hd; d++) {
-      ck[d] = mk[d] = ks[d];
-      cv[d] = mv[d] = vs[d];
-    }
-  }
-}
-
-void tenacia_store_kv(const float *k, const float *v, long kv_row, long B, long KVH, long hd,
-                      float *cache_k, float *cache_v, const long *slots,
-                      float *mirror_k, float *mirror_v, long cap, const long *lengths) {
-  for (long b = 0; b < B; b++)
-    store_kv_row(k, v, kv_row, b, KVH, hd, cache_k, cache_v, slots, mirror_k, mirror_v, cap, lengths);
-}
-
+#include "attention_tasks.c"
 #include "decode_stack.c"

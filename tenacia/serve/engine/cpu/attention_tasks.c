@@ -1,0 +1,61 @@
+/* The attention's tasks and the key/value store, the same for every build: included by
+ * kernels_avx512.c and kernels_vec.c after each defines its own attend_head (one query group of
+ * G heads against L keys and values), so each build runs its own vector code under one driver.
+ * Needs <string.h> (memcpy) and OpenMP, as both sources have. */
+
+/* One task of the attention: sequence task / KVH, key/value head task % KVH. */
+static void attend_task(const float *q, long q_row, const float *k, const float *v, long cap, const long *lengths,
+                        long H, long KVH, long hd, float scale, float *out, long task) {
+  long G = H / KVH, b = task / KVH, kvh = task % KVH;
+  attend_head(q + b * q_row + kvh * G * hd, k + (b * KVH + kvh) * cap * hd, v + (b * KVH + kvh) * cap * hd,
+              lengths[b], scale, out + (b * H + kvh * G) * hd, G, hd);
+}
+
+void tenacia_decode_attention(const float *q, long q_row, const float *k, const float *v, long cap,
+                              const long *lengths, long B, long H, long KVH, long hd, float scale, float *out,
+                              int threads) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (long task = 0; task < B * KVH; task++) attend_task(q, q_row, k, v, cap, lengths, H, KVH, hd, scale, out, task);
+}
+
+/* Causal attention of one sequence's n tokens, none cached before them (a prefill): token i
+ * (0 .. n - 1) attends to keys 0 .. i. q: query head h of token i at q + i * q_row + h * hd (a view
+ * of the fused q/k/v product); k, v: (KVH, n, hd); out: (n, H, hd). One task per (token,
+ * key/value head), the longest first, taken dynamically. */
+void tenacia_prefill_attention(const float *q, long q_row, const float *k, const float *v, long n, long H, long KVH,
+                               long hd, float scale, float *out, int threads) {
+  long G = H / KVH;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (long task = 0; task < n * KVH; task++) {
+    long i = n - 1 - task / KVH, kvh = task % KVH;
+    attend_head(q + i * q_row + kvh * G * hd, k + kvh * n * hd, v + kvh * n * hd, i + 1, scale,
+                out + (i * H + kvh * G) * hd, G, hd);
+  }
+}
+
+/* 4. The new token's key and value of every sequence, into its paged-cache slot and its decode
+ * mirror row, in one call (four index_copy_ calls and two copies in torch).
+ * k, v: head h of sequence b at k + b * kv_row + h * hd; cache_k, cache_v: one layer's
+ * (slots, KVH, hd); mirror_k, mirror_v: (B, KVH, cap, hd), row lengths[b] - 1 of sequence b. */
+static void store_kv_row(const float *k, const float *v, long kv_row, long b, long KVH, long hd, float *cache_k,
+                         float *cache_v, const long *slots, float *mirror_k, float *mirror_v, long cap,
+                         const long *lengths) {
+  for (long h = 0; h < KVH; h++) {
+    const float *ks = k + b * kv_row + h * hd, *vs = v + b * kv_row + h * hd;
+    float *ck = cache_k + (slots[b] * KVH + h) * hd, *cv = cache_v + (slots[b] * KVH + h) * hd;
+    float *mk = mirror_k + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
+    float *mv = mirror_v + ((b * KVH + h) * cap + lengths[b] - 1) * hd;
+    memcpy(ck, ks, hd * sizeof(float));
+    memcpy(mk, ks, hd * sizeof(float));
+    memcpy(cv, vs, hd * sizeof(float));
+    memcpy(mv, vs, hd * sizeof(float));
+  }
+}
+
+void tenacia_store_kv(const float *k, const float *v, long kv_row, long B, long KVH, long hd, float *cache_k,
+                      float *cache_v, const long *slots, float *mirror_k, float *mirror_v, long cap,
+                      const long *lengths) {
+  for (long b = 0; b < B; b++)
+    store_kv_row(k, v, kv_row, b, KVH, hd, cache_k, cache_v, slots, mirror_k, mirror_v, cap, lengths);
+}
+

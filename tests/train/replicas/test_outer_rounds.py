@@ -90,10 +90,10 @@ CASES = {
     "streaming-blocking": (["replicas.sync=streaming", "replicas.outer.fragments=2", "replicas.outer.overlap=false"],
                            0.03, 8),
     # per 256-element block: int8 256 codes + a 4-byte scale; int4 with top-k 10%: 26 kept, 13 bytes of codes,
-    # 52 of int16 positions, a scale
+    # 26 of uint8 positions, a scale
     "diloco-int8": (["replicas.sync=diloco", "replicas.outer.quantize=int8"], 0.03, 4 * 1024 / 260),
     "diloco-int4-topk": (["replicas.sync=diloco", "replicas.outer.quantize=int4", "replicas.outer.topk=0.1"], 0.06,
-                         4 * 1024 / 69),
+                         4 * 1024 / 43),
 }
 
 

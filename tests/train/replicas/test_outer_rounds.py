@@ -190,3 +190,20 @@ def test_a_salvaged_round_keeps_what_it_trained_and_trains_only_the_lost_positio
     assert torch.equal(flat[:-1], expected)  # global minus local, every parameter (diloco: one fragment)
     held.drop()
     assert held.local is None and all(torch.equal(p, s) for p, s in zip(t.model.parameters(), start, strict=True))
+
+
+def test_a_run_past_its_schedule_trains_the_schedule_as_a_run_of_that_length_then_holds_the_floor(tmp_path):
+    """``optim.decay_steps``: ddp's and the inner steps' learning rates over the first ``decay_steps``
+    are those of a run of that many steps, and stay at ``min_lr_ratio x lr`` past them."""
+    for sync, per_step in (("ddp", 1), ("diloco", 4)):
+        rates = []
+        for steps, decay in ((6, 0), (12, 6)):
+            cfg = load(tmp_path / f"{sync}{steps}", f"replicas.sync={sync}", "replicas.outer.inner_steps=4",
+                       f"train.steps={steps}", f"optim.decay_steps={decay}", "optim.warmup_steps=2")
+            t = Trainer(cfg, write_ledger=False)
+            lr = t.lr if sync == "ddp" else strategy(cfg, t).local(t).lr
+            rates.append([lr(i) for i in range(1, 12 * per_step + 1)])
+        short, long = rates
+        n = 6 * per_step
+        assert long[:n] == short[:n]
+        assert long[n - 1:] == [cfg.optim.lr * cfg.optim.min_lr_ratio] * (n + 1)  # the floor from the schedule's end

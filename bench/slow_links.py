@@ -1,7 +1,7 @@
 """Slow links and mixed chips (issue 15, "Speed"): tenacia's sync strategies against torchft's
 DiLoCo and LocalSGD on an emulated link, side by side in one run, and replicas of different speeds.
 
-    .venv/bin/python bench/slow_links.py            # 0 and 100 ms round trip at 100 Mbit/s (about 20 min, 2 cores)
+    .venv/bin/python bench/slow_links.py            # 0 and 100 ms round trip at 100 Mbit/s (about 25 min, 2 cores)
     .venv/bin/python bench/slow_links.py --full     # 0, 10, 50, 100, 200 ms at 100 Mbit/s and 1 Gbit/s
     .venv/bin/python bench/slow_links.py --sections quotas
 
@@ -75,8 +75,8 @@ from slow_links_arms import (  # noqa: E402
 from slow_links_report import goals, markdown, plot  # noqa: E402
 from slow_links_workload import write_workload  # noqa: E402
 
-DEFAULT_ARMS = ("ddp", "diloco", "diloco-int8", "diloco-int4-topk", "streaming-int4", "torchft-diloco",
-                "torchft-localsgd")
+# diloco-int8 and streaming (fp32) run on --arms: int8 trained as fp32 did (docs/benchmarks.md)
+DEFAULT_ARMS = ("ddp", "diloco", "diloco-int4-topk", "streaming-int4", "torchft-diloco", "torchft-localsgd")
 DDP_NOTE = ("ddp over a link trains the first --ddp-link-tokens of the budget only (its tokens/s and bytes/token are "
             "those of its steady steps); its eval loss at the budget is the reference's: ddp's bits do not depend on "
             "the link (checked on every eval both runs made)")

@@ -1,6 +1,6 @@
 """The probe that picks each strategy's inner learning rate and outer step for bench/slow_links.py.
 
-    .venv/bin/python bench/slow_links_tune.py            # 16 runs, about 13 min on 2 quiet cores; loopback, no link
+    .venv/bin/python bench/slow_links_tune.py            # 18 runs, about 15 min on 2 quiet cores; loopback, no link
 
 DiLoCo's papers tune the inner learning rate per setting; a diloco round trains 8-sample inner
 batches where ddp trains 32, so one rate does not suit both. This runs each candidate of
@@ -32,10 +32,10 @@ SEEDS = ["train.seed=1", "data.seed=1"]
 # (arm, inner lr, floor of its schedule, outer lr, outer momentum); a floor of 1 is a constant rate
 CANDIDATES = [
     ("ddp", 3e-3, 0.1, None, None), ("ddp", 5e-3, 0.1, None, None),
-    *[("diloco", lr, 0.1, olr, mom) for lr in (1e-3, 3e-3) for olr, mom in ((0.7, 0.9), (1.0, 0.0), (0.7, 0.5))],
-    ("diloco", 1e-3, 1.0, 0.7, 0.9), ("diloco", 1e-3, 1.0, 1.0, 0.0),
-    *[("diloco-int4-topk", lr, 0.1, olr, mom) for lr in (1e-3, 3e-3) for olr, mom in ((1.0, 0.0), (0.7, 0.5))],
-    ("streaming-int4", 1e-3, 0.1, 0.7, 0.9), ("streaming-int4", 1e-3, 0.1, 0.7, 0.5),
+    *[("diloco", lr, floor, olr, mom) for lr, floor in ((1e-3, 0.1), (1e-3, 1.0), (2e-3, 1.0), (3e-3, 0.1), (3e-3, 1.0))
+      for olr, mom in ((0.7, 0.9), (1.0, 0.0))],
+    *[("diloco-int4-topk", lr, floor, 1.0, 0.0) for lr, floor in ((1e-3, 0.1), (1e-3, 1.0), (3e-3, 0.1), (3e-3, 1.0))],
+    ("streaming-int4", 1e-3, 1.0, 0.7, 0.9), ("streaming-int4", 3e-3, 0.1, 0.7, 0.9),
 ]
 
 

@@ -1,6 +1,6 @@
 """The probe that picks each strategy's inner learning rate and outer step for bench/slow_links.py.
 
-    .venv/bin/python bench/slow_links_tune.py            # 18 runs, about 15 min on 2 quiet cores; loopback, no link
+    .venv/bin/python bench/slow_links_tune.py            # 22 runs, about 15 min on 2 quiet cores; loopback, no link
 
 DiLoCo's papers tune the inner learning rate per setting; a diloco round trains 8-sample inner
 batches where ddp trains 32, so one rate does not suit both. This runs each candidate of
@@ -31,11 +31,12 @@ from slow_links_arms import SETTINGS_FILE, tenacia_run  # noqa: E402
 SEEDS = ["train.seed=1", "data.seed=1"]
 # (arm, inner lr, floor of its schedule, outer lr, outer momentum); a floor of 1 is a constant rate
 CANDIDATES = [
-    ("ddp", 3e-3, 0.1, None, None), ("ddp", 5e-3, 0.1, None, None),
-    *[("diloco", lr, floor, olr, mom) for lr, floor in ((1e-3, 0.1), (1e-3, 1.0), (2e-3, 1.0), (3e-3, 0.1), (3e-3, 1.0))
+    *[("ddp", lr, 0.1, None, None) for lr in (3e-3, 5e-3, 8e-3)], ("ddp", 5e-3, 1.0, None, None),
+    *[("diloco", lr, floor, olr, mom) for lr, floor in ((1e-3, 0.1), (1e-3, 1.0), (2e-3, 1.0), (3e-3, 0.1), (3e-3, 1.0),
+                                                        (5e-3, 1.0))
       for olr, mom in ((0.7, 0.9), (1.0, 0.0))],
-    *[("diloco-int4-topk", lr, floor, 1.0, 0.0) for lr, floor in ((1e-3, 0.1), (1e-3, 1.0), (3e-3, 0.1), (3e-3, 1.0))],
-    ("streaming-int4", 1e-3, 1.0, 0.7, 0.9), ("streaming-int4", 3e-3, 0.1, 0.7, 0.9),
+    *[("diloco-int4-topk", lr, 1.0, 1.0, 0.0) for lr in (1e-3, 3e-3, 5e-3)],
+    *[("streaming-int4", lr, 1.0, 0.7, 0.9) for lr in (2e-3, 3e-3, 5e-3)],
 ]
 
 
@@ -49,16 +50,18 @@ def overrides(lr: float, floor: float, outer_lr: float | None, momentum: float |
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="", help="comma-separated arms to probe (default: all)")
+    p.add_argument("--resume", type=Path, help="a probe's JSON: its candidates are taken as run, not run again")
     a = p.parse_args()
     # bench/slow_links.py's defaults
     a.replicas, a.preset, a.seq_len, a.batch, a.tokens, a.inner_steps = 4, "micro", 64, 8, 1_638_400, 100
     a.fragments, a.topk, a.eval_every, a.eval_batches, a.timeout, a.past = 4, 0.03, 409_600, 8, 900, 1.0
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = ROOT / "bench" / "results" / f"slow_links_tune-{stamp}"
-    rows = []
+    rows = json.loads(a.resume.read_text()) if a.resume else []
+    done = {(r["arm"], r["lr"], r["min_lr_ratio"], r["outer_lr"], r["outer_momentum"]) for r in rows}
     only = [x for x in a.only.split(",") if x]
     for i, (arm, lr, floor, olr, mom) in enumerate(CANDIDATES):
-        if only and arm not in only:
+        if (only and arm not in only) or (arm, lr, floor, olr, mom) in done:
             continue
         r = tenacia_run(arm, a, out / f"{i:02d}-{arm}", None, 0, None, None, extra=overrides(lr, floor, olr, mom))
         rows.append({"arm": arm, "lr": lr, "min_lr_ratio": floor, "outer_lr": olr, "outer_momentum": mom,

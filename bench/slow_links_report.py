@@ -1,6 +1,7 @@
 """The issue-15 goals judged from a bench/slow_links.py result, its table in Markdown, and its plot.
 
     .venv/bin/python bench/slow_links_report.py bench/results/slow_links-<time>.json [--png docs/img/slow_links.png]
+        [--also bench/results/slow_links-<other time>.json]   # its link arms join the plot
         [--calibration bench/results/links-calibration.json]   # then: tenacia plan --calibrate-links it
 
 bench/slow_links.py calls ``goals`` and ``plot`` at the end of its run; this script redoes both
@@ -235,13 +236,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("result", type=Path)
     p.add_argument("--png", type=Path, help="write the plot here")
+    p.add_argument("--also", type=Path, action="append", default=[],
+                   help="another result of the same code (other round trips): its link arms join the plot")
     p.add_argument("--calibration", type=Path, help="write the planner's link calibration here "
                    "(tenacia plan --calibrate-links)")
     a = p.parse_args()
     result = json.loads(a.result.read_text())
     print(markdown(result))
     if a.png:
-        print(f"wrote {plot(result, a.png)}")
+        both = {**result, "links": {**result["links"], "runs": [*result["links"]["runs"], *(
+            r for other in a.also for r in json.loads(other.read_text())["links"]["runs"])]}}
+        print(f"wrote {plot(both if a.also else result, a.png)}")
     if a.calibration:
         cal = calibration(result)
         if cal is None:

@@ -1,7 +1,7 @@
 """Slow links and mixed chips (issue 15, "Speed"): tenacia's sync strategies against torchft's
 DiLoCo and LocalSGD on an emulated link, side by side in one run, and replicas of different speeds.
 
-    .venv/bin/python bench/slow_links.py            # 0 and 100 ms round trip at 100 Mbit/s (about 20 min, 2 cores)
+    .venv/bin/python bench/slow_links.py            # 0 and 100 ms round trip at 100 Mbit/s (about 25 min, 2 cores)
     .venv/bin/python bench/slow_links.py --full     # 0, 10, 50, 100, 200 ms at 100 Mbit/s and 1 Gbit/s
     .venv/bin/python bench/slow_links.py --sections quotas
 
@@ -13,13 +13,18 @@ rate. How each arm runs: ``slow_links_arms.py``.
 
 Sections (one table each; all results go to bench/results/slow_links-<time>.json):
 - ``links``: first, with no link, the compute ceiling (``--replicas`` single-process runs at once,
-  no sync: the same processes on the same cores) and the two references whose final eval loss is
-  the target loss of their family, fixed before any arm runs: tenacia's ddp, and the peers' DDP
-  (bench/peers/ddp_worker.py; the peers train byte tokens, tenacia its own tokenizer's, so eval
-  losses compare within a family only). Then for each rate and round trip, each arm: tokens/s,
-  compute utilization (tokens/s over the ceiling), bytes per token sent (at the forwarder),
-  final eval loss (at equal tokens), the time to the target loss (from the first committed
-  step; evals every ``--eval-every`` tokens' worth of steps), and each member's wait in a round.
+  no sync: the same processes on the same cores) and the references: tenacia's ddp, whose eval
+  loss at the budget is every arm's target, fixed before any arm runs, and the peers' DDP
+  (bench/peers/ddp_worker.py), which must come out the same: the peers train tenacia's workload,
+  written out by ``slow_links_workload.py`` (its samples in its order, its eval windows, model
+  seed, AdamW, schedule and clipping), so the same model, data and seeds. Each arm's inner
+  learning rate and outer step are chosen per strategy on a probe (``slow_links_tune.py``, other
+  seeds) and a torchft arm takes those of the tenacia arm it mirrors (``SETTINGS``). Then for each
+  rate and round trip, each arm: tokens/s, compute utilization (tokens/s over the ceiling), bytes
+  per token sent (at the forwarder), eval loss at the budget (equal tokens), the time to the
+  target loss (from the first committed step; evals every ``--eval-every`` tokens' worth of
+  steps; an arm goes on past the budget, to ``--past`` times it, until it reaches the target, its
+  schedule still the budget's), and each member's wait in a round.
   ddp behind a link trains only the first ``--ddp-link-tokens`` of the budget (at 100 ms it runs
   at a twentieth of the others' speed): its tokens/s and bytes/token are its steady steps', its
   eval loss at the budget is the reference's (ddp's bits do not depend on the link: the bench
@@ -60,15 +65,18 @@ from slow_links_arms import (  # noqa: E402
     TORCHFT_FP32,
     ceiling_run,
     peers_reference,
+    settings_overrides,
     solo_rate,
     tenacia_common,
     tenacia_run,
+    tenacia_steps,
     torchft_run,
 )
 from slow_links_report import goals, markdown, plot  # noqa: E402
+from slow_links_workload import write_workload  # noqa: E402
 
-DEFAULT_ARMS = ("ddp", "diloco", "diloco-int8", "diloco-int4-topk", "streaming-int4", "torchft-diloco",
-                "torchft-localsgd")
+# diloco-int8 and streaming (fp32) run on --arms: int8 trained as fp32 did (docs/benchmarks.md)
+DEFAULT_ARMS = ("ddp", "diloco", "diloco-int4-topk", "streaming-int4", "torchft-diloco", "torchft-localsgd")
 DDP_NOTE = ("ddp over a link trains the first --ddp-link-tokens of the budget only (its tokens/s and bytes/token are "
             "those of its steady steps); its eval loss at the budget is the reference's: ddp's bits do not depend on "
             "the link (checked on every eval both runs made)")
@@ -120,8 +128,13 @@ def section_links(a: argparse.Namespace, out: Path, save: Any) -> dict[str, Any]
     res["target_tenacia"] = ref.get("eval_loss")
     res["reference"] = {k: v for k, v in ref.items() if k != "evals_by_step"}
     torchft = [x for x in a.arms if x in TORCHFT_ARMS]
-    res["target_peers"] = peers_reference(a, out / "ref-peers") if torchft else None
-    print(f"ceiling {ceiling:.0f} tokens/s; targets: tenacia {res['target_tenacia']}, peers {res['target_peers']}")
+    a.workload = out / "workload.pt"
+    res["workload_optim"] = write_workload([*tenacia_common(a), *settings_overrides("ddp"),
+                                            *tenacia_steps("ddp", a, a.past)],
+                                           round(a.tokens * a.past) // a.seq_len, a.workload)
+    res["peers_ddp"] = peers_reference(a, out / "ref-peers") if torchft else None
+    print(f"ceiling {ceiling:.0f} tokens/s; target (tenacia ddp) {res['target_tenacia']}; "
+          f"the peers' DDP on the same workload {res['peers_ddp']}")
     if torchft:
         res["torchft_note"] = TORCHFT_FP32
         print(TORCHFT_FP32, flush=True)
@@ -133,12 +146,11 @@ def section_links(a: argparse.Namespace, out: Path, save: Any) -> dict[str, Any]
                 where = out / f"{arm}-{rate:g}mbit-{rtt:g}ms"
                 load = os.getloadavg()[0]
                 if arm in TORCHFT_ARMS:
-                    r = torchft_run(arm, a, where, rtt, rate, res["target_peers"], ceiling)
+                    r = torchft_run(arm, a, where, rtt, rate, res["target_tenacia"], ceiling)
                 elif arm == "ddp" and a.ddp_link_tokens < a.tokens:
                     r = ddp_over_link(a, where, rtt, rate, ref, ceiling)
                 else:
                     r = tenacia_run(arm, a, where, rtt, rate, res["target_tenacia"], ceiling)
-                    r.pop("evals", None)
                 res["runs"].append({"arm": arm, "rtt_ms": rtt, "rate_mbit": rate, "load": load,
                                     "load_after": os.getloadavg()[0], **r})
                 save(res)  # what ran so far survives a run stopped early
@@ -206,6 +218,8 @@ def main() -> None:
     p.add_argument("--ceiling-tokens", type=int, default=204_800, help="the no-sync ceiling's and the solos' runs")
     p.add_argument("--eval-every", type=int, default=204_800, help="tokens between evals")
     p.add_argument("--eval-batches", type=int, default=8)
+    p.add_argument("--past", type=float, default=2.0,
+                   help="a low-communication arm may go on to this many times the budget to reach the target")
     p.add_argument("--quotas", default="0.5,0.5,0.25,0.125")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--png", type=Path, help="the plot (default: beside the JSON)")

@@ -30,24 +30,44 @@ from faults import ensure_torchft_venv, worker_env  # noqa: E402
 
 from tenacia.events import read_events  # noqa: E402
 
-# arm -> config overrides of tenacia's sync (H and F come from the flags)
+# arm -> config overrides of tenacia's sync (H and F come from the flags; learning rates and the outer step from SETTINGS)
 TENACIA_ARMS = {
     "ddp": ["replicas.sync=ddp"],
     "diloco": ["replicas.sync=diloco"],
     "diloco-int8": ["replicas.sync=diloco", "replicas.outer.quantize=int8"],
     "streaming": ["replicas.sync=streaming"],
     "streaming-int4": ["replicas.sync=streaming", "replicas.outer.quantize=int4"],
-    # SparseLoCo-style: the largest --topk of each block, 4-bit, error feedback (the default), and
-    # the outer step a plain average (lr 1, no momentum): with DiLoCo's Nesterov momentum 0.9, top-k
+    # SparseLoCo-style: the largest --topk of each block, 4-bit, error feedback (the default); its
+    # default outer step a plain average (lr 1, no momentum): with DiLoCo's Nesterov momentum 0.9, top-k
     # 3% diverged in 8 rounds of H = 100 (eval loss 4.76 after 4 rounds, 6.06 after 8; docs/benchmarks.md)
-    "diloco-int4-topk": ["replicas.sync=diloco", "replicas.outer.quantize=int4", "replicas.outer.lr=1.0",
-                         "replicas.outer.momentum=0"],
+    "diloco-int4-topk": ["replicas.sync=diloco", "replicas.outer.quantize=int4"],
 }
 TOPK_ARMS = ("diloco-int4-topk",)
+# Per arm: the inner AdamW's peak rate and the schedule's floor (``optim.lr``, ``optim.min_lr_ratio``)
+# and the outer step (lr, momentum), chosen on the probe bench/slow_links_tune.py (other seeds, the
+# same budget), run before the bench, which writes them to SETTINGS_FILE (docs/benchmarks.md); these
+# defaults (tenacia's own and DiLoCo's) where it has not run. A torchft arm takes the settings of
+# the tenacia arm it mirrors (``TORCHFT_AS``): the same model, data, seeds and hyperparameters.
+SETTINGS_FILE = ROOT / "bench" / "slow_links_settings.json"
+DILOCO = {"lr": 3e-3, "min_lr_ratio": 0.1, "outer_lr": 0.7, "outer_momentum": 0.9}
+AVERAGE = {**DILOCO, "outer_lr": 1.0, "outer_momentum": 0.0}
+SETTINGS: dict[str, dict[str, float]] = {
+    "ddp": {"lr": 3e-3, "min_lr_ratio": 0.1}, "diloco": DILOCO, "diloco-int8": DILOCO, "diloco-int4-topk": AVERAGE,
+    "streaming": DILOCO, "streaming-int4": DILOCO, "localsgd": AVERAGE,
+    **(json.loads(SETTINGS_FILE.read_text())["settings"] if SETTINGS_FILE.exists() else {})}
+TORCHFT_AS = {"torchft-diloco": "diloco", "torchft-streaming": "streaming", "torchft-localsgd": "localsgd"}
 TORCHFT_FP32 = ("torchft arms: fp32 exchange. torchft's quantized exchange is unavailable on CPU: Manager.allreduce "
                 "quantizes only when Triton is importable (torchft/quantization.py imports it) and otherwise sends fp32")
 EXIT_GRACE_S = 60.0  # how long a tenacia arm may take to exit after its last step
-TORCHFT_ARMS = ("torchft-diloco", "torchft-streaming", "torchft-localsgd")
+TORCHFT_ARMS = tuple(TORCHFT_AS)
+
+
+def settings_overrides(arm: str) -> list[str]:
+    s = SETTINGS[arm]
+    out = [f"optim.lr={s['lr']:g}", f"optim.min_lr_ratio={s['min_lr_ratio']:g}"]
+    if "outer_lr" in s:
+        out += [f"replicas.outer.lr={s['outer_lr']:g}", f"replicas.outer.momentum={s['outer_momentum']:g}"]
+    return out
 
 
 def tenacia_common(a: argparse.Namespace) -> list[str]:
@@ -64,18 +84,23 @@ def tenacia_common(a: argparse.Namespace) -> list[str]:
             "replicas.hang_floor_s=10"]
 
 
-def tenacia_steps(arm: str, a: argparse.Namespace, tokens: int | None = None) -> list[str]:
-    """Equal tokens for every arm: ``a.tokens`` in all (``tokens``, for a shorter run). A ddp step
-    trains the global batch (``replicas x batch`` samples); a diloco-family step is one outer round
-    of ``inner_steps`` such batches."""
-    per_step = a.replicas * a.batch * a.seq_len
-    steps = (tokens or a.tokens) // per_step
-    if arm != "ddp":
-        steps //= a.inner_steps
-        per_step *= a.inner_steps
+def budget_steps(arm: str, a: argparse.Namespace, tokens: int | None = None) -> int:
+    """Protocol steps of ``tokens`` (default the budget): ddp's steps of the global batch
+    (``replicas x batch`` samples), or a diloco-family arm's outer rounds of ``inner_steps`` of them."""
+    steps = (tokens or a.tokens) // (a.replicas * a.batch * a.seq_len)
+    return steps if arm == "ddp" else steps // a.inner_steps
+
+
+def tenacia_steps(arm: str, a: argparse.Namespace, past: float = 1.0) -> list[str]:
+    """Equal tokens for every arm: the budget ``a.tokens``, evaluated every ``a.eval_every``; with
+    ``past`` > 1 the run may go on to ``past`` times the budget (to its target loss), its schedule
+    still the budget's (``optim.decay_steps``): the budget is trained as a run of that length."""
+    budget = budget_steps(arm, a)
+    per_step = a.tokens // budget
     eval_every = max(1, a.eval_every // per_step)
     topk = [f"replicas.outer.topk={a.topk}"] if arm in TOPK_ARMS else []
-    return [f"train.batch_size={a.replicas * a.batch}", f"train.steps={steps}", f"train.eval_every={eval_every}", *topk]
+    return [f"train.batch_size={a.replicas * a.batch}", f"train.steps={round(budget * past)}",
+            f"optim.decay_steps={budget}", f"train.eval_every={eval_every}", *topk]
 
 
 def link_flags(rtt_ms: float, rate_mbit: float) -> list[str]:
@@ -97,18 +122,24 @@ def sent_bytes(run: Path) -> int:
 
 
 def summarize(train: list[dict[str, Any]], evals: list[dict[str, Any]], t0: float, tokens: int,
-              sent: int | None, target: float | None, ceiling: float | None, all_tokens: int | None = None
-              ) -> dict[str, Any]:
-    """``tokens`` trained between ``t0`` and the last step; bytes per token over ``all_tokens``
-    (default ``tokens``), every token the run trained."""
+              sent: int | None, target: float | None, ceiling: float | None, all_tokens: int | None = None,
+              budget_eval: int | None = None) -> dict[str, Any]:
+    """``tokens`` trained between ``t0`` and the last of ``train`` (the budget's steps); bytes per
+    token over ``all_tokens`` (default ``tokens``), every token the run trained, the steps past the
+    budget too; the eval loss at step ``budget_eval`` (default the last eval); the time from ``t0``
+    to the first eval at or under ``target``, and the tokens trained by then (``evals``' ``tokens``)."""
     end = train[-1]["t"] if train else t0
     rate = tokens / max(end - t0, 1e-9)
     all_tokens = all_tokens or tokens
-    reached = next((e["t"] - t0 for e in evals if target is not None and e["eval_loss"] <= target), None)
+    hit = next((e for e in evals if target is not None and e["eval_loss"] <= target), None)
+    at_budget = next((e for e in evals if e.get("step") == budget_eval), None) if budget_eval else \
+        (evals[-1] if evals else None)
     return {"tokens": tokens, "seconds": end - t0, "tokens_per_s": rate,
             "utilization": rate / ceiling if ceiling else None,
             "bytes_per_token": sent / all_tokens if sent is not None and all_tokens else None,
-            "eval_loss": evals[-1]["eval_loss"] if evals else None, "time_to_target_s": reached}
+            "eval_loss": at_budget["eval_loss"] if at_budget else None,
+            "time_to_target_s": hit["t"] - t0 if hit else None,
+            "tokens_to_target": hit.get("tokens") if hit else None}
 
 
 def waits(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -129,67 +160,80 @@ def waits(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
 def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None, rate_mbit: float,
                 target: float | None, ceiling: float | None, extra: list[str] = (),
                 tokens: int | None = None) -> dict[str, Any]:
-    """One tenacia arm, behind ``tenacia chaos link`` unless ``rtt_ms`` is None (loopback);
-    ``tokens``: stopped once that much of the budget was trained and evaluated (the run's
-    learning-rate schedule, and so its bits, stay the whole budget's)."""
+    """One tenacia arm, behind ``tenacia chaos link`` unless ``rtt_ms`` is None (loopback). With a
+    ``target``, the run goes on past the budget (to ``a.past`` times it) until an eval reaches the
+    target, and is stopped then; tokens/s and the eval loss are the budget's. ``tokens``: stopped
+    once that much of the budget was trained and evaluated. The run's learning-rate schedule, and
+    so its bits over the budget, are the budget's in every case (``optim.decay_steps``)."""
     run = out / "run"
+    past = a.past if target is not None and tokens is None else 1.0
     train = [sys.executable, "-m", "tenacia", "train", "--run-dir", str(run), "--replicas", str(a.replicas)]
-    for o in [*tenacia_common(a), *TENACIA_ARMS[arm], *tenacia_steps(arm, a), *extra]:
+    for o in [*tenacia_common(a), *TENACIA_ARMS[arm], *settings_overrides(arm), *tenacia_steps(arm, a, past), *extra]:
         train += ["-o", o]
     cmd = train if rtt_ms is None else [sys.executable, "-m", "tenacia", "chaos", "link", "--mtu", "9000",
                                         *link_flags(rtt_ms, rate_mbit), "--", *train]
     out.mkdir(parents=True, exist_ok=True)
-    last = int(next(o for o in tenacia_steps(arm, a) if o.startswith("train.steps=")).split("=")[1])
-    stop_after = int(next(o for o in tenacia_steps(arm, a, tokens) if o.startswith("train.steps=")).split("=")[1]) \
-        if tokens else None
+    budget = budget_steps(arm, a, tokens)
+    last = round(budget_steps(arm, a) * past)
+
+    def planned_stop(events: list[dict[str, Any]]) -> bool:
+        evals = [e for e in events if e["event"] == "eval" and "eval_loss" in e]
+        at_budget = any(e["step"] == budget for e in evals)
+        return at_budget and (tokens is not None or any(e["eval_loss"] <= target for e in evals if target is not None))
+
     with open(out / "launcher.log", "wb") as log:
-        code, lingered = run_to_last_step(cmd, log, run, last, a.timeout, stop_after)
-    if code != 0 and lingered is None and stop_after is None:
+        code, lingered, planned = run_to_last_step(cmd, log, run, last, a.timeout,
+                                                   planned_stop if tokens or past > 1 else None)
+    if code != 0 and lingered is None and not planned:
         return {"error": f"exit {code}; see {out / 'launcher.log'}"}
     steps, evals = metrics(run)
     t0 = steps[0]["t"]  # from the first commit (start-up and the first step's rendezvous not counted)
     sent = sent_bytes(run) if rtt_ms is not None else None
-    r = summarize(steps, evals, t0, sum(e["tokens"] for e in steps[1:]), sent, target, ceiling,
-                  all_tokens=sum(e["tokens"] for e in steps))
-    r["rounds"] = len(steps)
-    r["waits"] = waits(steps)
-    r["evals"] = [{"step": e["step"], "eval_loss": e["eval_loss"]} for e in evals]
+    in_budget = [e for e in steps if e["step"] <= budget]
+    for e in evals:
+        e["tokens"] = sum(x["tokens"] for x in steps if x["step"] <= e["step"])
+    r = summarize(in_budget, evals, t0, sum(e["tokens"] for e in in_budget[1:]), sent, target, ceiling,
+                  all_tokens=sum(e["tokens"] for e in steps), budget_eval=budget)
+    r["rounds"] = len(in_budget)
+    r["steps_run"] = len(steps)
+    r["waits"] = waits(in_budget)
+    r["evals"] = [{"step": e["step"], "eval_loss": e["eval_loss"], "t": e["t"] - t0} for e in evals]
     if lingered is not None:
         r["stopped"] = f"still running {lingered:.0f} s after its last step: stopped (exit {code})"
     return r
 
 
 def run_to_last_step(cmd: list[str], log: Any, run: Path, last: int, timeout: float,
-                     stop_after: int | None = None) -> tuple[int, float | None]:
+                     planned_stop: Any = None) -> tuple[int, float | None, bool]:
     """Run ``cmd``; once step ``last`` committed, give it ``EXIT_GRACE_S`` to exit, then SIGTERM it
     (``tenacia chaos link`` and the launcher stop cleanly on it), SIGKILL its session after as long
-    again. Returns (exit code, None), or (exit code, seconds it ran on after its last step) when
-    stopped: a replica once took itself for frozen after the last step (docs/benchmarks.md).
-    ``stop_after``: a planned stop instead, by SIGTERM as soon as step ``stop_after`` was committed
-    and evaluated (exit code, None)."""
+    again. Returns (exit code, None, False), or (exit code, seconds it ran on after its last step,
+    False) when stopped: a replica once took itself for frozen after the last step
+    (docs/benchmarks.md). ``planned_stop(events)``: a planned stop as well, by SIGTERM as soon as it
+    holds of the run's events so far (exit code, None, True)."""
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    start, done_at = time.monotonic(), None
-    grace = 0.0 if stop_after else EXIT_GRACE_S
+    start, done_at, planned = time.monotonic(), None, False
     while True:
         try:
-            return proc.wait(timeout=1 if stop_after else 5), None
+            return proc.wait(timeout=1 if planned_stop else 5), None, False
         except subprocess.TimeoutExpired:
             pass
         if time.monotonic() - start > timeout:
             os.killpg(proc.pid, signal.SIGKILL)
-            return proc.wait(), time.monotonic() - (done_at or start)
-        wanted = ("eval", stop_after) if stop_after else ("step_committed", last)
-        if done_at is None and (run / "events.jsonl").exists() and any(
-                e["event"] == wanted[0] and e["step"] == wanted[1] for e in read_events(run / "events.jsonl")):
+            return proc.wait(), time.monotonic() - (done_at or start), False
+        events = read_events(run / "events.jsonl") if (run / "events.jsonl").exists() else []
+        if done_at is None and planned_stop is not None and planned_stop(events):
+            done_at, planned = time.monotonic(), True
+        if done_at is None and any(e["event"] == "step_committed" and e["step"] == last for e in events):
             done_at = time.monotonic()
-        if done_at is not None and time.monotonic() - done_at >= grace:
-            lingered = None if stop_after else time.monotonic() - done_at
+        if done_at is not None and (planned or time.monotonic() - done_at >= EXIT_GRACE_S):
+            lingered = None if planned else time.monotonic() - done_at
             proc.terminate()
             try:
-                return proc.wait(timeout=EXIT_GRACE_S), lingered
+                return proc.wait(timeout=EXIT_GRACE_S), lingered, planned
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-                return proc.wait(), lingered
+                return proc.wait(), lingered, planned
 
 
 def ceiling_run(a: argparse.Namespace, out: Path) -> float:
@@ -218,20 +262,25 @@ def solo_rate(run: Path) -> float:
 def torchft_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float, rate_mbit: float,
                 target: float | None, ceiling: float | None) -> dict[str, Any]:
     """torchft's DiLoCo / Streaming DiLoCo / LocalSGD, one worker per namespace; the lighthouse
-    in node 0 (its quorum traffic crosses the link too, as it would between sites)."""
+    in node 0 (its quorum traffic crosses the link too, as it would between sites). Tenacia's
+    workload (``a.workload``) and the settings of the tenacia arm it mirrors; as tenacia's arms it
+    goes on past the budget (to ``a.past`` times it) until replica 0's eval reaches ``target``."""
     from tenacia.chaos.link import LinkConfig, LinkLab
 
     venv = ensure_torchft_venv()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "workers.jsonl"
     log.unlink(missing_ok=True)
-    steps = a.tokens // (a.replicas * a.batch * a.seq_len)
+    budget = a.tokens // (a.replicas * a.batch * a.seq_len)
     algo = "localsgd" if arm == "torchft-localsgd" else "diloco"
     frags = a.fragments if arm == "torchft-streaming" else 1
+    s = SETTINGS[TORCHFT_AS[arm]]
     env = worker_env(log, time.time() + a.timeout)
-    env["BENCH_STEPS"] = str(steps)
+    env["BENCH_STEPS"] = str(round(budget * a.past))
+    env["BENCH_WORKLOAD"] = str(a.workload)
     # evals right after a sync: a multiple of H steps
     evals_at = max(a.inner_steps, a.eval_every // (a.replicas * a.batch * a.seq_len) // a.inner_steps * a.inner_steps)
+    stopped = False
     with LinkLab(LinkConfig(nodes=a.replicas, link="tun", delay_ms=rtt_ms / 2, rate_mbit=rate_mbit, mtu=9000)) as lab:
         lh_log = open(out / "lighthouse.log", "wb")
         lab.popen(0, [str(venv / "bin" / "torchft_lighthouse"), "--min_replicas", str(a.replicas), "--bind",
@@ -246,29 +295,50 @@ def torchft_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float, rate_
                                          "--inner-steps", str(a.inner_steps), "--fragments", str(frags),
                                          "--host", lab.nodes[r].address, "--preset", a.preset,
                                          "--seq-len", str(a.seq_len), "--batch", str(a.batch),
-                                         "--eval-every", str(evals_at)],
+                                         "--eval-every", str(evals_at), "--lr", f"{s['lr']:g}",
+                                         "--min-lr-ratio", f"{s['min_lr_ratio']:g}",
+                                         *([] if algo == "localsgd" else ["--outer-lr", f"{s['outer_lr']:g}",
+                                                                         "--outer-momentum", f"{s['outer_momentum']:g}"])],
                                      env, stdout=w_log, stderr=w_log))
-        codes = [w.wait(timeout=a.timeout) for w in workers]
+        deadline = time.monotonic() + a.timeout
+        while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+            time.sleep(1)
+            evals = [x for x in records(log) if x["event"] == "worker_eval"] if log.exists() else []
+            if target is not None and any(x["step"] == budget for x in evals) and \
+                    any(x["eval_loss"] <= target for x in evals):
+                stopped = True  # the target reached, the budget evaluated: no need to go on
+                for w in workers:
+                    w.terminate()
+                break
+        codes = [w.wait(timeout=EXIT_GRACE_S) for w in workers]
         sent = sum(c["sent_bytes"] for c in lab.counters())
-    if any(codes):
+    if any(codes) and not stopped:
         return {"error": f"worker exit codes {codes}; see {out}"}
-    # as for tenacia's diloco arms, from the end of the first round (its sync done) to the last step
+    # as for tenacia's diloco arms, from the end of the first round (its sync done) to the budget's last step
     steps_done = [x for x in records(log) if x["event"] == "worker_step"]
     t0 = min(x["t"] for x in steps_done if x["step"] == a.inner_steps)
-    trained = sum(x["tokens"] for x in steps_done if x["step"] > a.inner_steps)
-    evals = [{"t": x["t"], "eval_loss": x["eval_loss"]} for x in records(log) if x["event"] == "worker_eval"]
-    return summarize([{"t": max(x["t"] for x in steps_done)}], evals, t0, trained, sent, target, ceiling,
-                     all_tokens=sum(x["tokens"] for x in steps_done))
+    in_budget = [x for x in steps_done if x["step"] <= budget]
+    trained = sum(x["tokens"] for x in in_budget if x["step"] > a.inner_steps)
+    per_step = a.replicas * a.batch * a.seq_len
+    evals = [{"t": x["t"], "step": x["step"], "eval_loss": x["eval_loss"], "tokens": x["step"] * per_step}
+             for x in records(log) if x["event"] == "worker_eval"]
+    r = summarize([{"t": max(x["t"] for x in in_budget)}], evals, t0, trained, sent, target, ceiling,
+                  all_tokens=sum(x["tokens"] for x in steps_done), budget_eval=budget)
+    r["evals"] = [{"step": e["step"], "eval_loss": e["eval_loss"], "t": e["t"] - t0} for e in evals]
+    r["steps_run"] = max(x["step"] for x in steps_done)
+    return r
 
 
 def peers_reference(a: argparse.Namespace, out: Path) -> float:
-    """The peers' DDP (torchrun, loopback) on the token budget: its final eval loss is the torchft
-    arms' target."""
+    """The peers' DDP (torchrun, loopback) on the token budget, on tenacia's workload with ddp's
+    settings (``a.workload``): its final eval loss checks that both sides train alike (the target
+    is tenacia's ddp's)."""
     out.mkdir(parents=True, exist_ok=True)
     log = out / "workers.jsonl"
     log.unlink(missing_ok=True)
     env = worker_env(log, time.time() + a.timeout)
     env["BENCH_STEPS"] = str(a.tokens // (a.replicas * a.batch * a.seq_len))
+    env["BENCH_WORKLOAD"] = str(a.workload)
     procs = Procs(out)
     try:
         p = procs.start("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",

@@ -12,6 +12,13 @@ Every worker appends its records to ``$BENCH_LOG`` (one JSON object a line, one 
 ``worker_resumed``, ``worker_sigterm``, ``worker_error``, ``worker_eval``; ``bench/peers/analyze.py``
 turns them into a tenacia event log.
 
+For bench/slow_links.py, ``$BENCH_WORKLOAD`` names a file (``bench/slow_links_workload.py``) that
+makes the workload tenacia's own, so that the peers and tenacia train the same model, data and
+seeds: tenacia's samples in its sampler's order (position ``p`` of the stream is row ``p``; the
+slot rule above picks the rows), its held-out eval windows and eval batches, its model seed, its
+AdamW (weight decay on matrices only), learning-rate schedule (warmup, cosine over the schedule's
+steps, then its floor) and gradient clipping (``Workload.prepare_step`` before each optimizer step).
+
 For bench/numeric_faults.py: ``$BENCH_STEPS`` ends a worker after that many steps (then it logs
 ``worker_eval``: the loss on held-out windows), and ``$BENCH_CORRUPT`` (a JSON list of
 ``{"replica", "step", "bits", "every"}``) makes ``WrongNumbers`` flip bits of this worker's local
@@ -55,22 +62,62 @@ def token_stream() -> torch.Tensor:
 class Workload:
     """Model, optimizer and batches of one replica slot."""
 
-    def __init__(self, preset: str, seq_len: int, batch: int, replicas: int, slot: int, lr: float = 1e-3):
+    def __init__(self, preset: str, seq_len: int, batch: int, replicas: int, slot: int, lr: float | None = None,
+                 min_lr_ratio: float | None = None):
+        """``lr``: AdamW's rate (None: 1e-3; under ``$BENCH_WORKLOAD`` the file's peak rate);
+        ``min_lr_ratio``: under ``$BENCH_WORKLOAD``, the schedule's floor (None: the file's)."""
         torch.set_num_threads(1)
         self.cfg = ModelConfig(preset=preset)
         self.seq_len, self.batch, self.replicas, self.slot = seq_len, batch, replicas, slot
-        self.tokens = token_stream()
+        path = os.environ.get("BENCH_WORKLOAD")
+        self.aligned = torch.load(path, weights_only=True) if path else None
+        seed = 0
+        if self.aligned is None:
+            self.tokens = token_stream()
+            self.lr = lr or 1e-3
+        else:
+            seed, self.optim = self.aligned["seed"], dict(self.aligned["optim"])
+            self.lr = lr or self.optim["lr"]
+            if min_lr_ratio is not None:
+                self.optim["min_lr_ratio"] = min_lr_ratio
+        torch.manual_seed(seed)
         self.model = Llama(self.cfg)
-        self.model.reset_parameters(seed=0)  # identical start everywhere
-        self.lr = lr
+        self.model.reset_parameters(seed=seed)  # identical start everywhere
 
     def optimizer(self, params) -> torch.optim.AdamW:
-        return torch.optim.AdamW(params, lr=self.lr, betas=(0.9, 0.95), weight_decay=0.1)
+        if self.aligned is None:
+            return torch.optim.AdamW(params, lr=self.lr, betas=(0.9, 0.95), weight_decay=0.1)
+        from tenacia.device import detect
+        from tenacia.train.step import build_optimizer
+
+        o = self.optim
+        return build_optimizer(self.model, lr=self.lr, weight_decay=o["weight_decay"], betas=tuple(o["betas"]),
+                               eps=o["eps"], device=detect("cpu"))
+
+    def prepare_step(self, optim: torch.optim.Optimizer, step: int) -> None:
+        """Before the optimizer step ``step`` (from 0): tenacia's learning rate for it and its
+        gradient clipping (``$BENCH_WORKLOAD``; nothing otherwise: a constant rate, no clipping)."""
+        if self.aligned is None:
+            return
+        from tenacia.train.step import lr_at
+
+        o = self.optim
+        rate = lr_at(step + 1, lr=self.lr, warmup_steps=o["warmup_steps"], total_steps=o["schedule_steps"],
+                     min_lr_ratio=o["min_lr_ratio"])
+        for group in optim.param_groups:
+            group["lr"] = rate
+        if o["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), o["grad_clip"])
 
     def batch_for(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (batch, seq_len), for this slot at ``step``."""
-        n = self.tokens.numel() - self.seq_len - 1
         first = step * self.replicas * self.batch + self.slot * self.batch
+        if self.aligned is not None:
+            block = self.aligned["train"][first:first + self.batch].long()
+            if block.size(0) < self.batch:
+                raise ValueError(f"$BENCH_WORKLOAD holds {self.aligned['train'].size(0)} samples; step {step} needs more")
+            return block[:, :-1], block[:, 1:]
+        n = self.tokens.numel() - self.seq_len - 1
         rows = [self.tokens[((first + i) * STRIDE) % n:][: self.seq_len + 1] for i in range(self.batch)]
         block = torch.stack(rows)  # (batch, seq_len + 1)
         return block[:, :-1], block[:, 1:]
@@ -86,7 +133,12 @@ class Workload:
     @torch.no_grad()
     def eval_loss(self, module: torch.nn.Module, windows: int = 32) -> float:
         """Mean loss on ``windows`` fixed windows from the stream's last tenth (no training step
-        reaches them in a bench run: steps x replicas x batch stays far below 90% of the windows)."""
+        reaches them in a bench run: steps x replicas x batch stays far below 90% of the windows);
+        under ``$BENCH_WORKLOAD``, tenacia's eval: its held-out windows in its eval batches."""
+        if self.aligned is not None:
+            windows, size = self.aligned["eval"].long(), self.aligned["eval_batch"]
+            total = sum(float(loss_fn(module(b[:, :-1]), b[:, 1:])) * b.size(0) for b in windows.split(size))
+            return total / windows.size(0)
         n = self.tokens.numel() - self.seq_len - 1
         starts = [int(n * 0.9) + i * (self.seq_len + 1) for i in range(windows)]
         block = torch.stack([self.tokens[s:s + self.seq_len + 1] for s in starts])

@@ -74,6 +74,7 @@ def train(args: argparse.Namespace, rank: int, log: Log) -> None:
         optim.zero_grad()
         loss = w.loss(model, step)
         loss.backward()
+        w.prepare_step(optim, step)
         optim.step()
         step += 1  # committed: DDP applies every step it finishes
         log.write("worker_step", step=step, committed=True, participants=world, tokens=w.tokens_per_step,

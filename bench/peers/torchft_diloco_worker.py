@@ -54,6 +54,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--timeout-s", type=float, default=60.0)
     p.add_argument("--eval-every", type=int, default=0, help="replica 0 logs worker_eval every N steps (0: at the end)")
+    p.add_argument("--lr", type=float, help="the inner AdamW's (peak) rate (default: the workload's)")
+    p.add_argument("--min-lr-ratio", type=float, help="$BENCH_WORKLOAD only: the schedule's floor (default: the file's)")
     args = p.parse_args()
     socket.gethostname = lambda: args.host  # module docstring: what torchft advertises to its peers
     if args.quantize:
@@ -94,7 +96,7 @@ def fragments(model: torch.nn.Module, n: int) -> list[torch.nn.Module]:
 
 
 def train(args: argparse.Namespace, log: Log) -> None:
-    w = Workload(args.preset, args.seq_len, args.batch, args.replicas, args.replica)
+    w = Workload(args.preset, args.seq_len, args.batch, args.replicas, args.replica, args.lr, args.min_lr_ratio)
     log.write("worker_started", arm=f"torchft-{args.algo}")
     store = dist.TCPStore(args.host, 0, is_master=True, wait_for_workers=False)
     inner = w.optimizer(w.model.parameters())
@@ -133,6 +135,7 @@ def train(args: argparse.Namespace, log: Log) -> None:
             inner.zero_grad()
             loss = w.loss(w.model, step)
             loss.backward()
+            w.prepare_step(inner, step)
             inner.step()  # torchft's hooks sync every H steps
             step += 1
             log.write("worker_step", step=step, committed=True, participants=manager.num_participants(),

@@ -32,6 +32,9 @@ class OptimConfig:
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    # steps the warmup and cosine span (0: train.steps); a run past them goes on at min_lr_ratio * lr,
+    # so a run that continues past a budget trains that budget exactly as a run of that length would
+    decay_steps: int = 0
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "lr", self.lr, "a positive number")
@@ -42,6 +45,11 @@ class OptimConfig:
         check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0")
         check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
         check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0 (0 disables)")
+        check(self.decay_steps >= 0, "decay_steps", self.decay_steps, "an integer >= 0 (0: train.steps)")
+
+    def schedule_steps(self, train_steps: int) -> int:
+        """The steps the schedule spans in a run of ``train_steps``."""
+        return self.decay_steps or train_steps
 
 
 @dataclass(kw_only=True, slots=True)

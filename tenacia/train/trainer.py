@@ -142,7 +142,7 @@ class Trainer:
     # ----- one step ----------------------------------------------------------------------------
     def lr(self, step: int) -> float:
         o = self.cfg.optim
-        return lr_at(step, lr=o.lr, warmup_steps=o.warmup_steps, total_steps=self.cfg.train.steps,
+        return lr_at(step, lr=o.lr, warmup_steps=o.warmup_steps, total_steps=o.schedule_steps(self.cfg.train.steps),
                      min_lr_ratio=o.min_lr_ratio)
 
     def batch_ids(self) -> tuple[int, list[int]]:

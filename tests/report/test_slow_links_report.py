@@ -13,7 +13,8 @@ from slow_links_report import goals, markdown, plot  # noqa: E402
 
 def run(arm, rtt, tps, bpt, loss, to_target, seconds=100.0):
     return {"arm": arm, "rtt_ms": rtt, "rate_mbit": 100, "tokens_per_s": tps, "utilization": tps / 1000,
-            "bytes_per_token": bpt, "eval_loss": loss, "time_to_target_s": to_target, "seconds": seconds, "load": 3.0}
+            "bytes_per_token": bpt, "eval_loss": loss, "time_to_target_s": to_target, "seconds": seconds, "load": 3.0,
+            "tokens_to_target": None if to_target is None else 51200}
 
 
 def result(torchft_to_target):
@@ -57,12 +58,16 @@ def test_a_torchft_that_never_reaches_its_target_gives_a_lower_bound():
     faster = judged(goals(result(torchft_to_target=None)), ">= 1.5x faster", "diloco")
     assert faster["value"] == pytest.approx(120.0 / 40.0) and "lower" not in faster["text"]
     assert "no torchft variant reached" in faster["text"] and faster["met"]
+    # a torchft run that went on past the budget: the bound is its last eval's time, not the budget's
+    r = result(torchft_to_target=None)
+    r["links"]["runs"][5]["evals"] = [{"step": 100, "eval_loss": 3.2, "t": 110.0}, {"step": 200, "eval_loss": 3.1, "t": 230.0}]
+    assert judged(goals(r), ">= 1.5x faster", "diloco")["value"] == pytest.approx(230.0 / 40.0)
 
 
 def test_tables_and_plot(tmp_path):
     r = result(torchft_to_target=100.0)
     text = markdown(r)
-    assert "| 100 ms | 100 Mbit/s | diloco | 960 | 96.0% | 0.5 | 5.0500 | 40.0 | 3.0 |" in text
+    assert "| 100 ms | 100 Mbit/s | diloco | 960 | 96.0% | 0.5 | 5.0500 | 40.0 | 51,200 | 3.0 |" in text
     assert "exit 1" in text and "990 and 1,010" in text
     png = plot(r, tmp_path / "slow_links.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,8 @@ and no fallback: the format asked for is the format sent.
 A tensor of ``n`` float32 values is cut into blocks of ``block`` elements (the last one padded
 with zeros). Per block:
 - top-k (``topk`` > 0): keep the ``k = max(1, round(topk x block))`` largest magnitudes and their
-  positions in the block (int16, int32 for blocks over 32768), drop the rest;
+  positions in the block (uint8 for blocks of at most 256, int16 up to 32768, int32 above), drop
+  the rest;
 - quantize what is kept: ``scale = absmax / qmax`` (qmax 127 for int8, 7 for int4), symmetric,
   ``code = round(value / scale)`` (round half to even), dequantized as ``code x scale``; a block of
   zeros has scale 0 and codes 0. int4 codes are stored two to a byte (``code + 8`` in a nibble).
@@ -16,7 +17,8 @@ with zeros). Per block:
   (only once the round commits: a discarded round's exchange never happened).
 
 Bytes per round (``Payload.nbytes``), n values: fp32 ``4n``; int8 ``n + 4n/block``; int4 ``n/2 +
-4n/block``; with top-k f, ``f n (code + index bytes) + 4n/block``.
+4n/block``; with top-k f, ``f n (code + index bytes) + 4n/block`` (an index is one byte at
+the default block of 256).
 
 The payload is what goes over the wire (``pack``/``unpack``: one flat uint8 tensor whose size
 depends only on ``n`` and the settings, the same on every replica). Codes cannot be summed by an
@@ -72,7 +74,8 @@ class Compressor:
         return max(1, round(self.topk * self.block)) if self.topk else self.block
 
     def index_dtype(self) -> torch.dtype:
-        return torch.int16 if self.block <= 2 ** 15 else torch.int32
+        """The narrowest type that holds a position in a block."""
+        return torch.uint8 if self.block <= 2 ** 8 else torch.int16 if self.block <= 2 ** 15 else torch.int32
 
     def encode(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[Payload, torch.Tensor | None]:
         """Compress float32 ``x`` (plus ``residual`` with error feedback); returns the payload and

@@ -80,7 +80,7 @@ class OuterRounds:
         self.residual: dict[int, torch.Tensor] = {}  # fragment -> what this member has not sent yet
         self.pending_residual: tuple[int, int, torch.Tensor] | None = None  # (step, fragment, residual)
         opt = cfg.optim
-        inner_total = cfg.train.steps * o.inner_steps
+        inner_total = opt.schedule_steps(cfg.train.steps) * o.inner_steps
 
         def lr(i: int) -> float:
             return lr_at(i, lr=opt.lr, warmup_steps=opt.warmup_steps, total_steps=inner_total,

@@ -21,8 +21,8 @@ faster replica runs more inner steps of the same size, a slower one fewer: every
 costs what a solo run's does (a share cut into H smaller batches would pay the per-step cost of the
 optimizer and of Python H times on fewer samples, and the slowest would fall further behind).
 Positions handed out in addition by a salvage run as more inner batches of the same size. Inner batches are averaged over their
-own samples; the inner learning rate follows the run's schedule over ``train.steps x H`` inner
-steps (``lr_at``). The inner moments are this replica's own: a round that is dropped leaves them
+own samples; the inner learning rate follows the run's schedule over ``H`` inner steps a round
+(``optim.schedule_steps`` rounds, ``lr_at``). The inner moments are this replica's own: a round that is dropped leaves them
 advanced (they are never compared, and a newcomer copies its donor's).
 """
 

@@ -68,7 +68,7 @@ def test_fp32_topk_sends_the_kept_values_as_they_are():
 
 
 @pytest.mark.parametrize(("quantize", "topk", "shrink"), [("fp32", 0.0, 1.0), ("int8", 0.0, 3.9),
-                                                         ("int4", 0.0, 7.7), ("int4", 0.01, 89.0)])
+                                                         ("int4", 0.0, 7.7), ("int4", 0.01, 120.0)])
 def test_payload_bytes_shrink_by_the_expected_factor_and_round_trip_the_wire(quantize, topk, shrink):
     n, block = 4096, 256
     c = Compressor(quantize, block=block, topk=topk, error_feedback=True)
@@ -76,12 +76,22 @@ def test_payload_bytes_shrink_by_the_expected_factor_and_round_trip_the_wire(qua
     p, _ = c.encode(x)
     kept = n if not topk else n // block * max(1, round(topk * block))
     code_bytes = {"fp32": 4 * kept, "int8": kept, "int4": (kept + 1) // 2}[quantize]
-    expected = code_bytes + (0 if quantize == "fp32" else 4 * n // block) + (2 * kept if topk else 0)
+    expected = code_bytes + (0 if quantize == "fp32" else 4 * n // block) + (kept if topk else 0)  # uint8 positions
     assert p.nbytes == c.packed_bytes(n) == expected
     assert 4 * n / p.nbytes >= shrink
     wire = c.pack(p)
     assert wire.dtype == torch.uint8 and wire.numel() == expected
     assert torch.equal(c.decode(c.unpack(wire, n)), c.decode(p))
+
+
+def test_positions_take_the_narrowest_type_that_holds_a_block():
+    dtypes = [Compressor("int4", block=b, topk=0.1, error_feedback=True).index_dtype() for b in (256, 257, 2 ** 15, 2 ** 15 + 1)]
+    assert dtypes == [torch.uint8, torch.int16, torch.int16, torch.int32]
+    c = Compressor("int4", block=256, topk=0.01, error_feedback=True)
+    x = torch.zeros(256)
+    x[255], x[200], x[3] = 1.0, -0.5, 0.25  # position 255 must survive the byte
+    p, _ = c.encode(x)
+    assert p.indices.reshape(-1).tolist() == [3, 200, 255] and c.decode(c.unpack(c.pack(p), 256))[255] == 1.0
 
 
 def test_a_format_it_does_not_have_is_refused_not_replaced():

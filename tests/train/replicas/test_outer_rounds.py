@@ -90,10 +90,10 @@ CASES = {
     "streaming-blocking": (["replicas.sync=streaming", "replicas.outer.fragments=2", "replicas.outer.overlap=false"],
                            0.03, 8),
     # per 256-element block: int8 256 codes + a 4-byte scale; int4 with top-k 10%: 26 kept, 13 bytes of codes,
-    # 52 of int16 positions, a scale
+    # 26 of uint8 positions, a scale
     "diloco-int8": (["replicas.sync=diloco", "replicas.outer.quantize=int8"], 0.03, 4 * 1024 / 260),
     "diloco-int4-topk": (["replicas.sync=diloco", "replicas.outer.quantize=int4", "replicas.outer.topk=0.1"], 0.06,
-                         4 * 1024 / 69),
+                         4 * 1024 / 43),
 }
 
 
@@ -190,3 +190,20 @@ def test_a_salvaged_round_keeps_what_it_trained_and_trains_only_the_lost_positio
     assert torch.equal(flat[:-1], expected)  # global minus local, every parameter (diloco: one fragment)
     held.drop()
     assert held.local is None and all(torch.equal(p, s) for p, s in zip(t.model.parameters(), start, strict=True))
+
+
+def test_a_run_past_its_schedule_trains_the_schedule_as_a_run_of_that_length_then_holds_the_floor(tmp_path):
+    """``optim.decay_steps``: ddp's and the inner steps' learning rates over the first ``decay_steps``
+    are those of a run of that many steps, and stay at ``min_lr_ratio x lr`` past them."""
+    for sync, per_step in (("ddp", 1), ("diloco", 4)):
+        rates = []
+        for steps, decay in ((6, 0), (12, 6)):
+            cfg = load(tmp_path / f"{sync}{steps}", f"replicas.sync={sync}", "replicas.outer.inner_steps=4",
+                       f"train.steps={steps}", f"optim.decay_steps={decay}", "optim.warmup_steps=2")
+            t = Trainer(cfg, write_ledger=False)
+            lr = t.lr if sync == "ddp" else strategy(cfg, t).local(t).lr
+            rates.append([lr(i) for i in range(1, 12 * per_step + 1)])
+        short, long = rates
+        n = 6 * per_step
+        assert long[:n] == short[:n]
+        assert long[n - 1:] == [cfg.optim.lr * cfg.optim.min_lr_ratio] * (n + 1)  # the floor from the schedule's end

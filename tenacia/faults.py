@@ -12,6 +12,7 @@ A kill point is armed by ``"<point>@<step>"``: ``mid_step@17``, ``checkpoint:mod
 |---------------------------|------------------------------------------------------------------|
 | ``kill:R@S``              | SIGKILL replica R once step S is committed                        |
 | ``hang:R@S:T``            | SIGSTOP replica R at step S, SIGCONT it T seconds later           |
+| ``hang:R@S:+N``           | SIGSTOP replica R at step S, SIGCONT it once step S + N is committed (the others must be able to go on without it) |
 | ``slow:R@S:F``            | from step S on, replica R runs F times slower (SIGSTOP duty cycle)|
 | ``cpu:R@S:C``             | from step S on, replica R gets C CPUs (a cgroup CPU quota: a chip that turns slow; 0 lifts it) |
 | ``kill_coordinator@S``    | SIGKILL whichever replica leads at step S                         |
@@ -60,13 +61,13 @@ NUMERIC_KINDS = ("sdc", "lr_spike")
 SDC_SITES = ("params", "moments", "activations", "local_grads", "reduced_grads", "loss", "vote")
 BITS = ("sign", "exponent", "mantissa_high", "mantissa_low", "multi", "nan", "inf", "zero")
 WHENS = ("once", "every", "q=<prob> with 0 < prob <= 1")
-_ENTRY = re.compile(r"^(?P<kind>[a-z_]+)(?::(?P<replica>\d+))?@(?P<step>\d+)(?::(?P<param>[0-9.]+))?$")
+_ENTRY = re.compile(r"^(?P<kind>[a-z_]+)(?::(?P<replica>\d+))?@(?P<step>\d+)(?::(?P<param>\+?[0-9.]+))?$")
 _SDC = re.compile(r"^sdc:(?P<slot>\d+)@(?P<step>\d+):(?P<site>[^:]*):(?P<bits>[^:]*)(?::(?P<when>[^:]*))?$")
 _LR_SPIKE = re.compile(r"^lr_spike@(?P<step>\d+):(?P<factor>[^:]+)$")
 LINK_KINDS = ("link_delay", "link_rate", "link_loss", "partition")
 _LINK = re.compile(r"^(?P<kind>[a-z_]+)(?::(?P<node>\d+))?@(?P<at>\d+(?:\.\d+)?s|\d+):(?P<value>[0-9.]+)$")
 _ALLOWED_LINK = "link_delay@AT:MS, link_rate@AT:MBIT, link_loss@AT:P, partition:NODE@AT:SECONDS (AT: STEP or SECONDSs)"
-_ALLOWED = ("kill:R@S, hang:R@S:SECONDS, slow:R@S:FACTOR, cpu:R@S:CPUS, kill_coordinator@S, kill_healing@S, "
+_ALLOWED = ("kill:R@S, hang:R@S:SECONDS, hang:R@S:+STEPS, slow:R@S:FACTOR, cpu:R@S:CPUS, kill_coordinator@S, kill_healing@S, "
             "kill_checkpoint@S")
 _ALLOWED_SDC = "sdc:SLOT@STEP:SITE:BITS[:WHEN]"
 _ALLOWED_SPIKE = "lr_spike@STEP:FACTOR"
@@ -89,11 +90,13 @@ class Fault:
     step: int
     replica: int | None = None
     param: float | None = None  # seconds for hang, factor for slow, CPUs for cpu
+    resume_after: int | None = None  # hang:R@S:+N: SIGCONT once step S + N is committed (param None)
 
     @property
     def spec(self) -> str:
         who = f":{self.replica}" if self.replica is not None else ""
         extra = f":{self.param:g}" if self.param is not None else ""
+        extra = f":+{self.resume_after}" if self.resume_after is not None else extra
         return f"{self.kind}{who}@{self.step}{extra}"
 
 
@@ -108,10 +111,15 @@ def parse_fault(text: str, field_name: str = "faults") -> Fault:
     needs_param = kind in ("hang", "slow", "cpu")
     if needs_param != (m["param"] is not None):
         raise ConfigError(field_name, text, f"{kind} {'needs' if needs_param else 'takes no'} ':value'; {_ALLOWED}")
+    replica = int(replica) if replica is not None else None
+    if m["param"] and m["param"].startswith("+"):
+        if kind != "hang" or not m["param"][1:].isdigit() or int(m["param"][1:]) < 1:
+            raise ConfigError(field_name, text, f"':+STEPS' (a whole number >= 1) only after hang; {_ALLOWED}")
+        return Fault(kind, int(m["step"]), replica, resume_after=int(m["param"][1:]))
     param = float(m["param"]) if m["param"] else None
     if kind == "slow" and param is not None and param < 1:
         raise ConfigError(field_name, text, "a slow-down factor >= 1")
-    return Fault(kind, int(m["step"]), int(replica) if replica is not None else None, param)
+    return Fault(kind, int(m["step"]), replica, param)
 
 
 @dataclass(frozen=True, slots=True)

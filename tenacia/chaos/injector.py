@@ -92,6 +92,7 @@ class ChaosInjector:
         self.t0: float | None = None  # kill_rate's clock: starts at the first committed step
         self.arm_healing = False
         self._timers: list[threading.Timer] = []
+        self._frozen: list[tuple[int, int]] = []  # (pid, step whose commit sends SIGCONT): hang:R@S:+N
         self._slow: list[Slowdown] = []
         self.quotas, self._placed = self._open_quotas(chaos, first), {}
 
@@ -149,6 +150,9 @@ class ChaosInjector:
                 self.arm_healing = True
             elif f.kind != "kill_checkpoint":
                 self.fire(f)
+        for pid, until in [x for x in self._frozen if x[1] <= self.step]:
+            self._frozen.remove((pid, until))
+            send(pid, signal.SIGCONT)
         elapsed = -1.0 if self.t0 is None else time.monotonic() - self.t0
         while self.random and self.random[0][0] <= elapsed:
             _, replica = self.random.pop(0)
@@ -168,6 +172,9 @@ class ChaosInjector:
                          params={"spec": f.spec, "pid": pid})
         if f.kind == "kill":
             send(pid, signal.SIGKILL)
+        elif f.kind == "hang" and f.resume_after is not None:
+            send(pid, signal.SIGSTOP)
+            self._frozen.append((pid, f.step + f.resume_after))
         elif f.kind == "hang":
             self._timers.append(freeze_for(pid, f.param))
         elif f.kind == "slow":
@@ -182,3 +189,6 @@ class ChaosInjector:
             s.stopped.set()
         for t in self._timers:
             t.cancel()
+        for pid, _ in self._frozen:  # the run ended without the step: the process must not stay stopped
+            send(pid, signal.SIGCONT)
+        self._frozen.clear()

@@ -21,6 +21,7 @@ from tenacia.train.config import RunConfig
 @pytest.mark.parametrize("text, fault", [
     ("kill:1@20", Fault("kill", 20, 1)),
     ("hang:2@30:2.5", Fault("hang", 30, 2, 2.5)),
+    ("hang:2@30:+20", Fault("hang", 30, 2, resume_after=20)),
     ("slow:0@5:3", Fault("slow", 5, 0, 3.0)),
     ("kill_coordinator@40", Fault("kill_coordinator", 40)),
     ("kill_healing@7", Fault("kill_healing", 7)),
@@ -33,6 +34,7 @@ def test_parse(text, fault):
 @pytest.mark.parametrize("text, why", [
     ("explode:1@2", "one of kill:R@S"), ("kill@3", "needs replica"), ("hang:1@3", "needs ':value'"),
     ("kill_coordinator:1@3", "takes no replica"), ("slow:1@3:0.5", ">= 1"), ("kill:1", "one of"),
+    ("slow:1@3:+2", "only after hang"), ("hang:1@3:+0", "a whole number >= 1"), ("hang:1@3:+1.5", ":+STEPS"),
 ])
 def test_bad_entries_name_the_field_and_the_forms(text, why):
     with pytest.raises(config.ConfigError) as e:

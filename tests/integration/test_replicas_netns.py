@@ -32,7 +32,7 @@ def test_replicas_as_separate_hosts_joining_by_address(tmp_path, reference):
         assert control.startswith(a + ":")
         log1 = open(tmp_path / "host1.log", "wb")
         args1 = train_args(tmp_path, *RUN, f"replicas.host={b}", "replicas.first_id=1",
-                           f'replicas.join=["{control}"]', 'chaos.faults=["hang:1@80:1.5"]')
+                           f'replicas.join=["{control}"]', 'chaos.faults=["hang:1@50:+20"]')
         host1 = lab.popen(1, [sys.executable, "-m", "tenacia", *args1, "--replicas", "1"], stdout=log1,
                           stderr=log1)
         assert host0.wait(timeout=RUN_LIMIT_S) == 0, (tmp_path / "host0.log").read_text()[-2000:]

@@ -24,6 +24,15 @@ def _figures(**values):
     return "\n".join(f'{k} = {{ value = {v}, source = "test", uncertain = true }}' for k, v in base.items())
 
 
+def _rejected_figure(tmp_path, **figures) -> str:
+    """The field a one-chip catalog with ``figures`` over the defaults is rejected for."""
+    path = tmp_path / "bad.toml"
+    path.write_text("[chips.my-chip]\nname = \"x\"\n" + _figures(**figures))
+    with pytest.raises(ConfigError) as e:
+        load_catalog(path)
+    return e.value.field
+
+
 def test_builtin_catalog_has_every_chip_of_the_issue_with_sources(chips):
     assert {"h100", "h800", "h20", "a100", "b200", "ascend-910b", "ascend-910c"} <= set(chips)
     for chip in chips.values():
@@ -87,11 +96,7 @@ def test_failure_rate_band_brackets_the_central_rates(chips, tmp_path):
                         ("high", h100.hardware_per_chip_year * jobs / rsc1)):
         rates = sum(h100.failure_per_s(k, band=band) for k in ("crash", "host", "hang", "sdc"))
         assert rates * 365.25 * 86400 == pytest.approx(total, rel=0.01)
-    path = tmp_path / "bad.toml"
-    path.write_text("[chips.my-chip]\nname = \"x\"\n" + _figures(failure_rate_low=0.2))
-    with pytest.raises(ConfigError) as e:
-        load_catalog(path)
-    assert e.value.field.endswith("chips.my-chip.failure_rate_low")
+    assert _rejected_figure(tmp_path, failure_rate_low=0.2).endswith("chips.my-chip.failure_rate_low")
 
 
 def test_optional_serving_figures_int8_and_hbm_efficiency(chips, tmp_path):
@@ -100,19 +105,11 @@ def test_optional_serving_figures_int8_and_hbm_efficiency(chips, tmp_path):
     assert chips["ascend-910c"].peak_flops("int8") == pytest.approx(2 * chips["ascend-910c"].peak_flops("bf16"))
     assert chips["a100"].int8_tflops is None and chips["a100"].peak_flops("int8") == chips["a100"].peak_flops("bf16")
     assert chips["ascend-910c"].hbm_efficiency == 0.6 and chips["h100"].hbm_efficiency is None
-    path = tmp_path / "bad.toml"
-    path.write_text("[chips.my-chip]\nname = \"x\"\n" + _figures(hbm_efficiency=1.5))
-    with pytest.raises(ConfigError) as e:
-        load_catalog(path)
-    assert e.value.field.endswith("chips.my-chip.hbm_efficiency")
+    assert _rejected_figure(tmp_path, hbm_efficiency=1.5).endswith("chips.my-chip.hbm_efficiency")
 
 
 def test_measured_all_to_all_efficiency_is_optional_and_a_fraction(chips, tmp_path):
     """The 910C carries DeepEP-Ascend's measured 0.25; NVIDIA chips none (the plan's default);
     a value above 1 names the figure."""
     assert chips["ascend-910c"].alltoall_efficiency == 0.25 and chips["h800"].alltoall_efficiency is None
-    path = tmp_path / "bad.toml"
-    path.write_text("[chips.my-chip]\nname = \"x\"\n" + _figures(alltoall_efficiency=1.2))
-    with pytest.raises(ConfigError) as e:
-        load_catalog(path)
-    assert e.value.field.endswith("chips.my-chip.alltoall_efficiency")
+    assert _rejected_figure(tmp_path, alltoall_efficiency=1.2).endswith("chips.my-chip.alltoall_efficiency")

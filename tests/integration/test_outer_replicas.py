@@ -33,7 +33,10 @@ pytestmark = pytest.mark.timeout(LIMIT_S + 60)
     pytest.param(["replicas.sync=streaming", "replicas.outer.fragments=2", "replicas.outer.transport=streams"],
                  id="streaming-streams")])
 def test_a_replica_killed_mid_round_drops_out_and_heals_with_the_ledger_exact(tmp_path, procs, sync):
-    args = train_args(tmp_path, *RUN, *sync, f"chaos.faults={json.dumps(['kill:1@4'])}")
+    # the survivors run 20x slower after the kill, so that the run cannot end before replica 1's new
+    # process (seconds to start) is back to heal: on a quiet machine the 8 rounds left took 0.5 s
+    faults = ["kill:1@4", "slow:0@5:20", "slow:2@5:20"]
+    args = train_args(tmp_path, *RUN, *sync, f"chaos.faults={json.dumps(faults)}")
     code = procs.run(args, timeout=LIMIT_S, log=tmp_path / "launcher.log")
     assert code == 0, (tmp_path / "launcher.log").read_text()[-3000:]
     events = read_events(tmp_path / "events.jsonl")

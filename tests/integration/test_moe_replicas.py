@@ -63,7 +63,10 @@ def test_replicas_sum_expert_loads_and_stay_identical(tmp_path, procs):
 def test_a_killed_replica_heals_its_expert_biases(tmp_path, procs):
     """Every normal step audited (peers' shares recomputed: their forwards must not count), a
     replica killed mid-step (the survivors salvage their shares: counted once), healed."""
-    run_moe(procs, tmp_path, ["kill:1@7"], "numerics.audit_p=1")
+    # killed at step 3, and replica 2 runs 5x slower from step 4 on: on a quiet machine a step takes
+    # ~50 ms, and with the kill at step 7 the replacement healed at step 14 of 16 (0.4 s after the
+    # kill); the slowdown keeps the run from ending before it is back
+    run_moe(procs, tmp_path, ["kill:1@3", "slow:2@4:5"], "numerics.audit_p=1")
     events = check_moe_run(tmp_path)
     assert any(e["event"] == "fault_injected" and e.get("replica") == 1 for e in events)
     assert any(e["event"] == "heal_done" and e.get("replica") == 1 for e in events)

@@ -22,7 +22,7 @@ _API = {
     "FORMAT": "format", "CorruptCheckpoint": "format", "latest_verified": "format",
     "list_checkpoints": "format", "load_file": "format", "verify": "format", "manifest_term": "format",
     "ForeignFormat": "format", "Superseded": "format",
-    "Snapshot": "state", "load_model_weights": "state", "load_optimizer_tensors": "state",
+    "Snapshot": "format", "load_model_weights": "state", "load_optimizer_tensors": "state",
     "model_tensors": "state", "optimizer_tensors": "state", "restore_rng": "state",
     "state_fingerprint": "state", "tensors_fingerprint": "state", "take_snapshot": "state",
     "CheckpointConfig": "config", "CheckpointWriter": "writer",

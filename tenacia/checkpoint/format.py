@@ -38,8 +38,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
@@ -49,11 +50,17 @@ from .. import hooks
 from ..events import EventLog
 from ..storage import atomic_directory
 
-if TYPE_CHECKING:
-    from .state import Snapshot
-
 FORMAT = "tenacia-checkpoint/1"
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Host-memory copy of everything a checkpoint holds."""
+
+    step: int
+    files: dict[str, dict[str, torch.Tensor]]  # file name -> tensors
+    meta: dict[str, Any]  # goes into the manifest
 
 
 class CorruptCheckpoint(ValueError):

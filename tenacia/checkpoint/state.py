@@ -9,22 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .format import CorruptCheckpoint, load_file
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """Host-memory copy of everything a checkpoint holds."""
-
-    step: int
-    files: dict[str, dict[str, torch.Tensor]]  # file name -> tensors
-    meta: dict[str, Any]  # goes into the manifest
+from .format import CorruptCheckpoint, Snapshot, load_file
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:

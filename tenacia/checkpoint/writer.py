@@ -36,13 +36,13 @@ from .config import CheckpointConfig  # noqa: F401  (its home before config.py)
 from .format import (
     CorruptCheckpoint,
     ForeignFormat,
+    Snapshot,
     Superseded,
     list_checkpoints,
     read_manifest,
     verify,
     write_snapshot,
 )
-from .state import Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from . import hf_deepseek
 from .config import ModelConfig
+from .hf_fields import HFFormatError, require, rope_theta
+
+__all__ = ["HFFormatError", "hf_config_from_model", "model_config_from_hf", "rope_theta"]
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
-
-
-class HFFormatError(ValueError):
-    """A Hugging Face directory, config or state dict that tenacia cannot load faithfully."""
 
 
 # model_type -> the one architecture of it that loads.
@@ -38,29 +38,6 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise HFFormatError(f"config.json field '{field}' = {value!r} is not supported: {allowed}")
-
-
-def rope_theta(config: Mapping[str, Any]) -> float:
-    """rope_theta from either layout: transformers >= 5 ``rope_parameters``, or the older
-    top-level ``rope_theta`` plus ``rope_scaling``. Only unscaled ("default") rope is supported."""
-    params = config.get("rope_parameters")
-    field = "rope_parameters"
-    if params is None:
-        params, field = config.get("rope_scaling") or {}, "rope_scaling"
-    _require(isinstance(params, Mapping), field, params, "a table of rope parameters")
-    kind = params.get("rope_type", params.get("type", "default"))
-    _require(kind == "default", f"{field}.rope_type", kind,
-             "only 'default' (unscaled) rotary embeddings; linear/dynamic/yarn/llama3 scaling "
-             "are not implemented by tenacia's model")
-    theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
-    _require(isinstance(theta, (int, float)) and theta > 0, "rope_theta", theta,
-             "a positive number")
-    return float(theta)
-
-
 def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
     """A transformers ``LlamaConfig``, ``MistralConfig`` or ``Qwen2Config`` dict (a parsed
     config.json) -> ``ModelConfig``. Raises ``HFFormatError`` for anything the model cannot
@@ -71,45 +48,44 @@ def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
     the window, and there windowed and full causal attention are the same computation. A
     ``null`` window leaves the context at ``max_position_embeddings``."""
     model_type = config.get("model_type")
-    from . import hf_deepseek  # it builds on this module's errors
 
     if model_type == hf_deepseek.MODEL_TYPE:
         return hf_deepseek.model_config_from_hf(config)
-    _require(model_type in ARCHITECTURES, "model_type", model_type,
+    require(model_type in ARCHITECTURES, "model_type", model_type,
              f"one of {', '.join(repr(t) for t in [*ARCHITECTURES, hf_deepseek.MODEL_TYPE])} (the "
              "decoders tenacia reproduces exactly)")
     config = {**_DEFAULTS[model_type], **config}
     want = ARCHITECTURES[model_type]
     arch = config.get("architectures") or [want]
-    _require(want in arch, "architectures", arch, f"['{want}'] for model_type '{model_type}'")
+    require(want in arch, "architectures", arch, f"['{want}'] for model_type '{model_type}'")
     act = config.get("hidden_act", "silu")
-    _require(act == "silu", "hidden_act", act, "'silu' (SwiGLU)")
+    require(act == "silu", "hidden_act", act, "'silu' (SwiGLU)")
     if model_type == "llama":  # the others have no such switches
         for field in ("attention_bias", "mlp_bias"):
-            _require(not config.get(field, False), field, config.get(field), "false (no biases)")
+            require(not config.get(field, False), field, config.get(field), "false (no biases)")
     # layer_types marks the layers a sliding window applies to, when the model has one: a Qwen2
     # with use_sliding_window false has none (transformers then sets its window to None whatever
     # layer_types says), and Mistral's window is handled below by capping the context.
     layer_types = config.get("layer_types") or []
     if model_type == "llama":
-        _require(all(t == "full_attention" for t in layer_types), "layer_types", layer_types,
+        require(all(t == "full_attention" for t in layer_types), "layer_types", layer_types,
                  "'full_attention' for every layer (tenacia has no sliding-window attention)")
     max_seq_len = config["max_position_embeddings"]
     if model_type == "mistral":
         window = config["sliding_window"]
-        _require(window is None or (isinstance(window, int) and not isinstance(window, bool)
+        require(window is None or (isinstance(window, int) and not isinstance(window, bool)
                                     and window > 0), "sliding_window", window,
                  "null, or a positive integer (tenacia then caps the context at it)")
         max_seq_len = min(max_seq_len, window or max_seq_len)
     if model_type == "qwen2":
-        _require(not config.get("use_sliding_window", False), "use_sliding_window",
+        require(not config.get("use_sliding_window", False), "use_sliding_window",
                  config.get("use_sliding_window"),
                  "false (tenacia has no sliding-window attention; every layer attends to the "
                  "whole context)")
     dim, n_heads = config["hidden_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim")
     if head_dim is not None:
-        _require(head_dim * n_heads == dim, "head_dim", head_dim,
+        require(head_dim * n_heads == dim, "head_dim", head_dim,
                  f"hidden_size / num_attention_heads = {dim / n_heads:g}")
     return ModelConfig(
         vocab_size=config["vocab_size"],
@@ -138,8 +114,6 @@ def hf_config_from_model(cfg: ModelConfig, *, dtype: str = "float32",
     if unknown:
         raise TypeError(f"unknown token id argument(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     if cfg.is_moe:
-        from . import hf_deepseek
-
         return hf_deepseek.hf_config_from_model(cfg, dtype=dtype, token_ids=token_ids)
     model_type = "qwen2" if cfg.qkv_bias else "llama"
     if model_type == "qwen2":

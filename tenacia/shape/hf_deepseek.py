@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import ModelConfig
 from .deepseek import MLAConfig, MoEConfig
-from .hf import HFFormatError, rope_theta
+from .hf_fields import HFFormatError, rope_theta
 
 MODEL_TYPE = "deepseek_v3"
 ARCHITECTURE = "DeepseekV3ForCausalLM"

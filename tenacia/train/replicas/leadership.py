@@ -24,9 +24,21 @@ from ..config import RunConfig
 from . import addresses
 from .control_server import ControlServer
 from .coordinator import Coordinator
-from .lease import LeaseHeld, StoreUnreachable, open_store
+from .lease import DirLeaseStore, LeaseHeld, LeaseStore, StoreUnreachable
 from .protocol import Quorum
 from .timing import Timing
+
+
+def open_store(spec: str, run_dir: Path, ttl_s: int, request_s: float) -> LeaseStore:
+    """The store ``replicas.lease`` names (``dir`` or ``etcd://HOST:PORT[/PREFIX]``)."""
+    if spec == "dir":
+        return DirLeaseStore(run_dir)
+    if spec.startswith("etcd://"):
+        # etcd's client costs ~0.25 s to import: a replica that does not use it does not pay it
+        from .etcd_lease import EtcdLeaseStore
+
+        return EtcdLeaseStore(spec, run_dir, ttl_s, request_s)
+    raise ValueError(f"replicas.lease = {spec!r}: expected 'dir' or 'etcd://HOST:PORT[/PREFIX]'")
 
 
 class JobFinished(Exception):

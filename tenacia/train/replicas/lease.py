@@ -10,7 +10,7 @@ A replica becomes leader only by claiming a new term from the run's lease store
   learns it from the fence (a newer term file exists), checked before every commit and every
   ``Timing.fence_check_s`` between commits. Holds where the ``O_EXCL`` create is atomic (local
   filesystems, NFSv3+).
-- ``etcd://HOST:PORT[/PREFIX]`` (``etcd_lease.py``): the term counter and the leader's record live
+- ``etcd://HOST:PORT[/PREFIX]`` (``etcd_lease.py``; ``leadership.open_store`` opens either): the term counter and the leader's record live
   in etcd; the record is attached to an etcd lease of ``lease_ttl_s`` seconds that the leader
   renews in the background. A new term can be claimed only once no leader record exists: the old
   lease expired, was released, or was revoked by a member that saw the old leader's connection
@@ -75,16 +75,6 @@ class LeaseStore(Protocol):
     def leader(self) -> dict[str, Any] | None:
         """The newest term's record: ``term``, ``replica``, ``control`` (address), ``pid``."""
         ...
-
-
-def open_store(spec: str, run_dir: Path, ttl_s: int, request_s: float) -> LeaseStore:
-    """The store ``replicas.lease`` names (``dir`` or ``etcd://HOST:PORT[/PREFIX]``)."""
-    if spec == "dir":
-        return DirLeaseStore(run_dir)
-    if spec.startswith("etcd://"):
-        from .etcd_lease import EtcdLeaseStore
-        return EtcdLeaseStore(spec, run_dir, ttl_s, request_s)
-    raise ValueError(f"replicas.lease = {spec!r}: expected 'dir' or 'etcd://HOST:PORT[/PREFIX]'")
 
 
 # ----- the run directory ----------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from tenacia.chaos.etcd import ETCD, MISSING, EtcdServer
-from tenacia.train.replicas.lease import LeaseHeld, open_store
+from tenacia.train.replicas.leadership import open_store
+from tenacia.train.replicas.lease import LeaseHeld
 
 pytestmark = [pytest.mark.skipif(ETCD is None, reason=MISSING), pytest.mark.timeout(60)]
 TTL = 2

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..config import check
-
-if TYPE_CHECKING:
-    from .config import ModelConfig
 
 FAMILY = "deepseek-v3"
 
@@ -100,7 +97,22 @@ class MoEConfig:
         return self.n_routed_experts // self.n_expert_groups
 
 
-def _attention_params(cfg: ModelConfig) -> int:
+class Shape(Protocol):
+    """The fields of ``config.ModelConfig`` the counts read (a protocol, so this module, which
+    ``config.py`` builds on, does not import it back)."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    ffn_dim: int
+    vocab_size: int
+    tie_embeddings: bool
+    mtp_depth: int
+    mla: MLAConfig
+    moe: MoEConfig
+
+
+def _attention_params(cfg: Shape) -> int:
     a, h = cfg.mla, cfg.n_heads
     q = cfg.dim * h * a.qk_head_dim if not a.q_lora_rank else (
         cfg.dim * a.q_lora_rank + a.q_lora_rank + a.q_lora_rank * h * a.qk_head_dim)
@@ -108,18 +120,18 @@ def _attention_params(cfg: ModelConfig) -> int:
     return q + kv + h * a.v_head_dim * cfg.dim
 
 
-def _moe_params(cfg: ModelConfig, experts: int) -> int:
+def _moe_params(cfg: Shape, experts: int) -> int:
     """An MoE FFN with ``experts`` routed experts counted, plus the shared ones and the router."""
     m = cfg.moe
     return (experts + m.n_shared_experts) * 3 * cfg.dim * m.expert_ffn_dim + m.n_routed_experts * cfg.dim
 
 
-def _layer_params(cfg: ModelConfig, moe: bool, experts: int) -> int:
+def _layer_params(cfg: Shape, moe: bool, experts: int) -> int:
     ffn = _moe_params(cfg, experts) if moe else 3 * cfg.dim * cfg.ffn_dim
     return _attention_params(cfg) + ffn + 2 * cfg.dim
 
 
-def num_params(cfg: ModelConfig) -> int:
+def num_params(cfg: Shape) -> int:
     """Parameters of the main model (a tied embedding once), without the MTP modules: the figure
     published as a model's size (DeepSeek-V3: 671B). The balancing biases are buffers, not counted."""
     dense, moe = cfg.moe.n_dense_layers, cfg.n_layers - cfg.moe.n_dense_layers
@@ -127,7 +139,7 @@ def num_params(cfg: ModelConfig) -> int:
     return layers + cfg.vocab_size * cfg.dim * (1 if cfg.tie_embeddings else 2) + cfg.dim
 
 
-def num_active_params(cfg: ModelConfig) -> int:
+def num_active_params(cfg: Shape) -> int:
     """Main-model parameters one token passes through: all but the routed experts it is not sent
     to, embeddings counted as ``num_params`` counts them (DeepSeek's own 36.6B for V3 leaves the
     input embedding out, a lookup: subtract ``vocab_size * dim`` for that figure)."""
@@ -136,7 +148,7 @@ def num_active_params(cfg: ModelConfig) -> int:
     return layers + cfg.vocab_size * cfg.dim * (1 if cfg.tie_embeddings else 2) + cfg.dim
 
 
-def num_mtp_params(cfg: ModelConfig, *, active: bool = False) -> int:
+def num_mtp_params(cfg: Shape, *, active: bool = False) -> int:
     """Parameters of the multi-token-prediction modules beyond the main model's (each: two input
     norms, the 2d -> d projection, one MoE layer, an output norm; embedding and head are shared).
     ``active``: the routed experts one token passes through only."""

@@ -18,6 +18,11 @@ def test_cases_are_split_sourced_and_enough():
     # the two public cases of FACTS.md are where they were put before any tuning
     where = {c.id: c.set for c in cases}
     assert where["deepseek-v3-gpu-hours"] == "tuning" and where["llama3-405b-16k-tflops"] == "held-out"
+    # the blind second held-out set stays where it was committed (fbf2d27) before its first run
+    blind = {"mtnlg-530b-2240-step", "mtnlg-530b-3360-step", "bloom-176b-gpu-hours", "llama1-65b-tokens-per-gpu",
+             "nemotron4-340b-6144-step", "b200-504-gpu-failures-55d", "bloom-gpu-failures-week",
+             "xdeepserve-910c-decode-50ms", "b200-qwen3-235b-tpot-c1"}
+    assert {i for i, s in where.items() if s == "held-out-2"} == blind
 
 
 def test_serving_tuning_has_full_load_cases_and_production_ones_are_labelled():

@@ -52,7 +52,6 @@ class Case:
     overrides: list[str] = field(default_factory=list)
     days: float = 0.0  # the window a count metric (WINDOWED) counts over, in days
 
-
     def __post_init__(self) -> None:
         check_choice("set", self.set, SETS)
         check_choice("kind", self.kind, KINDS)

@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(handler=cmd_serve)
 
     v = psub.add_parser("validate", help="the planner against published figures, tuning and held-out sets apart")
-    v.add_argument("--set", choices=("tuning", "held-out"), help="only this set")
+    v.add_argument("--set", choices=("tuning", "held-out", "held-out-2"), help="only this set")
     v.add_argument("--json", action="store_true")
     v.set_defaults(handler=cmd_validate)
 

@@ -1,7 +1,8 @@
 """`tenacia plan validate`: the planner against published figures it was, or was not, tuned on.
 
 The cases live in ``validation.toml`` (this package), each with its published figure, its
-source, its set ('tuning' or 'held-out') and the plan inputs. A case runs as the command line
+source, its set ('tuning', 'held-out', or 'held-out-2': a second held-out set, committed before
+the planner was first run on it) and the plan inputs. A case runs as the command line
 would run it (``inputs.build`` + ``config.from_dict``), then one named metric (``METRICS``) reads
 the answer. Error = predicted / published - 1. A case whose inputs the planner cannot plan
 reports the ConfigError instead of a number and counts as a failure of its set.
@@ -10,7 +11,7 @@ Contract: ``load_cases`` raises ConfigError on a malformed case; ``run_case`` ne
 a plan the planner rejects (it returns the message), and gives a reliability case's metric also
 at the low and high ends of the catalog's failure-rate range (the band); ``by_set`` gives the median and largest
 absolute error of each set (and of each kind within it), an unplannable case counting as an
-infinite error.
+infinite error. A count metric (``WINDOWED``) is a rate per day times the case's ``days``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import tomllib
 from .. import config
 from ..config import ConfigError, check, check_choice
 
-SETS = ("tuning", "held-out")
+SETS = ("tuning", "held-out", "held-out-2")
 LOADS = ("benchmark", "production")  # a figure measured at full load, or a production average
 KINDS = ("training", "reliability", "serving")
 HARDWARE = ("crash", "host", "sdc")  # Llama 3's "hardware" (NCCL watchdog hangs: "unknown")
@@ -49,6 +50,7 @@ class Case:
     scenario: str = ""
     flags: list[list[str]] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
+    days: float = 0.0  # the window a count metric (WINDOWED) counts over, in days
 
     def __post_init__(self) -> None:
         check_choice("set", self.set, SETS)
@@ -58,6 +60,9 @@ class Case:
         check_choice("metric", self.metric, tuple(METRICS))
         check(self.published > 0, "published", self.published, "a positive number")
         check(all(len(f) == 2 for f in self.flags), "flags", self.flags, "[kind, value] pairs")
+        check(self.days > 0 if self.metric in WINDOWED else self.days == 0, "days", self.days,
+              f"the days {self.metric} counts over (> 0)" if self.metric in WINDOWED
+              else f"0: only {', '.join(sorted(WINDOWED))} count over a window")
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
@@ -78,6 +83,8 @@ METRICS: dict[str, Callable[[dict], float]] = {
     "mfu": lambda s: s["training"]["mfu_bf16"],
     "tflops_per_chip": lambda s: s["training"]["mfu_bf16"] * s["training"]["groups"][0]["bf16_tflops"],
     "chip_hours": lambda s: s["training"]["chip_hours"],
+    "step_time_s": lambda s: s["training"]["step_time_s"],
+    "tokens_per_s_per_chip": lambda s: s["training"]["tokens_per_s"] / s["training"]["chips"],
     # with failures
     "expected_chip_hours": lambda s: s["expected"]["chip_hours"],
     "interruptions_per_54_days": lambda s: s["simulation"]["interruptions_mean"] / s["simulation"]["days_mean"] * 54,
@@ -85,12 +92,16 @@ METRICS: dict[str, Callable[[dict], float]] = {
     "hardware_share": lambda s: _share(s, HARDWARE),
     "hardware_failures_per_60_days": lambda s: 60 * sum(s["reliability"]["kinds"][k]["per_day"] for k in HARDWARE),
     "chip_share": lambda s: _share(s, ACCELERATOR),
+    # accelerator failures (crashes: Llama 3's "GPU issues" less silent corruption) per day; x days
+    "accelerator_failures_in_days": lambda s: s["reliability"]["kinds"]["crash"]["per_day"],
     # serving
     "decode_tps_per_chip": lambda s: s["decode_tps_per_chip"],
     "prefill_input_tps_per_chip": lambda s: s["prefill_input_tps_per_chip"],
+    "decode_tpot_ms": lambda s: s["step_s"] * 1000,
 }
+WINDOWED = {"accelerator_failures_in_days"}
 NEEDS_SIMULATION = {"expected_chip_hours", "interruptions_per_54_days", "goodput", "hardware_share", "chip_share",
-                    "hardware_failures_per_60_days"}
+                    "hardware_failures_per_60_days", "accelerator_failures_in_days"}
 
 
 def _share(s: dict, kinds: tuple[str, ...]) -> float:
@@ -132,7 +143,9 @@ def _summary(case: Case, extra: tuple[str, ...] = ()) -> dict:
 def run_case(case: Case) -> Result:
     """The case's metric at the catalog's central failure rates; a reliability case also at the
     low and high ends of their range (``recovery.rate_band``)."""
-    metric = METRICS[case.metric]
+    def metric(s: dict) -> float:
+        return METRICS[case.metric](s) * (case.days if case.metric in WINDOWED else 1)
+
     try:
         predicted = float(metric(_summary(case)))
         band = tuple(float(metric(_summary(case, (f"recovery.rate_band='{end}'",)))) for end in ("low", "high")) \

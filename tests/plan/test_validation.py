@@ -18,6 +18,11 @@ def test_cases_are_split_sourced_and_enough():
     # the two public cases of FACTS.md are where they were put before any tuning
     where = {c.id: c.set for c in cases}
     assert where["deepseek-v3-gpu-hours"] == "tuning" and where["llama3-405b-16k-tflops"] == "held-out"
+    # the blind second held-out set stays where it was committed (fbf2d27) before its first run
+    blind = {"mtnlg-530b-2240-step", "mtnlg-530b-3360-step", "bloom-176b-gpu-hours", "llama1-65b-tokens-per-gpu",
+             "nemotron4-340b-6144-step", "b200-504-gpu-failures-55d", "bloom-gpu-failures-week",
+             "xdeepserve-910c-decode-50ms", "b200-qwen3-235b-tpot-c1"}
+    assert {i for i, s in where.items() if s == "held-out-2"} == blind
 
 
 def test_serving_tuning_has_full_load_cases_and_production_ones_are_labelled():
@@ -66,3 +71,23 @@ def test_held_out_training_cases_within_the_issues_bar():
     assert len(results) >= 5 and all(r.error is not None for r in results), [r.problem for r in results]
     agg = by_set(results)["held-out"]
     assert agg["median_abs_error"] <= 0.15 and agg["max_abs_error"] <= 0.25, [(r.case.id, r.error) for r in results]
+
+
+def test_new_metrics_read_the_summary_and_a_count_needs_its_window():
+    """Step time, tokens/s per chip and TPOT read the plan's summary as published figures state
+    them; a count metric is the per-day rate times the case's ``days``, which it must give."""
+    from tenacia.config import ConfigError
+    from tenacia.plan.validation import METRICS, Case
+
+    training = {"training": {"step_time_s": 60.1, "tokens_per_s": 7.6e5, "chips": 2000}}
+    assert METRICS["step_time_s"](training) == 60.1
+    assert METRICS["tokens_per_s_per_chip"](training) == 380
+    assert METRICS["decode_tpot_ms"]({"step_s": 0.0067}) == pytest.approx(6.7)
+    kinds = {"reliability": {"kinds": {"crash": {"per_day": 0.2}, "host": {"per_day": 5.0}}}}
+    assert METRICS["accelerator_failures_in_days"](kinds) == 0.2
+    base = dict(id="x", set="held-out-2", kind="reliability", what="w", published=10, source="s")
+    with pytest.raises(ConfigError, match="days"):
+        Case(**base, metric="accelerator_failures_in_days")
+    with pytest.raises(ConfigError, match="days"):
+        Case(**base, metric="goodput", days=7)
+    assert Case(**base, metric="accelerator_failures_in_days", days=55).days == 55

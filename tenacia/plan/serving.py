@@ -1,6 +1,6 @@
 """Serving: the decode batch that meets a time-per-output-token target, the throughput-versus-TPOT
 curve, prefill throughput, and the chips a demand needs. What one step costs is
-``serving_step.py``'s; this module chooses instances and batches.
+``serving_step.py``'s, what a plan says ``serve_plan.py``'s; this module chooses instances and batches.
 
 A decode instance is ``tp`` chips holding one copy of the weights. A dense model is split
 tensor-parallel. An MoE model runs as DeepSeek serves V3: attention and other dense weights
@@ -19,17 +19,14 @@ where the catalog has no INT8 figure). Queueing and time to first token are not 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..config import ConfigError, check, check_choice, check_finite
-from .assumptions import Assumptions
+from ..config import ConfigError, check
 from .catalog import Chip
 from .efficiency import TILE
 from .models import ModelSpec
+from .serve_plan import ServePlan
 from .serving_step import (
-    WEIGHT_BYTES,
-    Speculation,
-    StepCosts,
     decode_parts,
     decode_tpot_s,
     fixed_s,
@@ -38,62 +35,6 @@ from .serving_step import (
 )
 
 CURVE_MS = (10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0)
-
-
-@dataclass(kw_only=True, slots=True)
-class Demand:
-    tokens_per_day: float = 1e11  # input + output tokens served per day
-    input_len: int = 2000  # tokens per request prompt
-    output_len: int = 500  # tokens generated per request
-    cache_hit_rate: float = 0.5  # share of input tokens found in the prefix cache
-    peak_factor: float = 2.0  # peak request rate / mean request rate
-    peak_requests_per_s: float = 0.0  # when > 0, the peak rate itself (peak_factor is ignored)
-
-    def __post_init__(self) -> None:
-        check_finite(self)
-        check(self.tokens_per_day > 0, "tokens_per_day", self.tokens_per_day, "a positive number")
-        check(self.input_len > 0, "input_len", self.input_len, "a positive integer")
-        check(self.output_len > 0, "output_len", self.output_len, "a positive integer")
-        check(0 <= self.cache_hit_rate < 1, "cache_hit_rate", self.cache_hit_rate, "a fraction in [0, 1)")
-        check(self.peak_factor >= 1, "peak_factor", self.peak_factor, "a number >= 1")
-        check(self.peak_requests_per_s >= 0, "peak_requests_per_s", self.peak_requests_per_s, "a number >= 0")
-
-    @property
-    def peak_rps(self) -> float:
-        mean = self.tokens_per_day / (self.input_len + self.output_len) / 86400
-        return self.peak_requests_per_s or mean * self.peak_factor
-
-
-@dataclass(kw_only=True, slots=True)
-class ServePlan:
-    model: ModelSpec = field(default_factory=ModelSpec)
-    chip: str = "h800"
-    precision: str = "fp8"  # weights and matmuls: bf16, fp8 or int8
-    kv_bytes: float = 0.0  # bytes per cached element; 0: 2 for bf16, else 1
-    # attention kernels' matmul precision: 'bf16' (FlashMLA, FA3), or 'fp8' (FlashMLA-FP8, FA3-FP8)
-    attention_precision: str = "bf16"
-    tp: int = 0  # chips per decode instance; 0: the power of two with most tokens/s per chip
-    tpot_ms: float = 50.0  # time-per-output-token target
-    max_batch: int = 65536  # largest decode batch considered (per instance)
-    step: StepCosts = field(default_factory=StepCosts)  # what a step costs beyond FLOPs and bytes
-    speculation: Speculation = field(default_factory=Speculation)  # MTP drafts verified per step
-    # Chips a prefill instance spreads the routed experts over (DeepSeek V3/R1 inference overview:
-    # prefill EP32 over 4 nodes)
-    prefill_chips: int = 32
-    demand: Demand = field(default_factory=Demand)
-    assumptions: Assumptions = field(default_factory=Assumptions)
-    catalog: str = ""
-
-    def __post_init__(self) -> None:
-        check_finite(self)
-        check_choice("precision", self.precision, tuple(WEIGHT_BYTES))
-        check_choice("attention_precision", self.attention_precision, ("bf16", "fp8"))
-        check(self.kv_bytes >= 0, "kv_bytes", self.kv_bytes, "bytes >= 0 (0: by precision)")
-        check(self.tp >= 0, "tp", self.tp, "chips >= 0 (0: search)")
-        check(self.tpot_ms > 0, "tpot_ms", self.tpot_ms, "milliseconds > 0")
-        check(self.max_batch > 0, "max_batch", self.max_batch, "a positive integer")
-        check(self.prefill_chips >= 1, "prefill_chips", self.prefill_chips, "a positive integer")
-        self.kv_bytes = self.kv_bytes or (2.0 if self.precision == "bf16" else 1.0)
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)

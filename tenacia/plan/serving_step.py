@@ -49,77 +49,15 @@ DeepEP-Ascend's published bandwidths).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from ..config import check, check_finite
 from .assumptions import Assumptions
 from .catalog import Chip
 from .efficiency import attention_shape_factor, model_shape_factor
 from .models import ModelSpec
+from .serve_plan import WEIGHT_BYTES, ServePlan, Speculation, StepCosts
 
-if TYPE_CHECKING:
-    from .serving import ServePlan
-
-WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0}
-
-
-@dataclass(kw_only=True, slots=True)
-class StepCosts:
-    """The costs of a serving step that FLOPs and bytes do not give (module docstring)."""
-
-    # Fixed cost of every layer per step, µs (launches, gaps). Not fitted: the tuning set has no
-    # full-load serving case of a dense model; set it for your stack.
-    layer_overhead_us: float = 0.0
-    # Fixed cost of each MoE layer per step on an expert-parallel instance, µs (module
-    # docstring): what a step pays at batch 1 (Ant Group's H20 decode: 43 ms a step at one
-    # sequence a GPU on EP16). Fitted on the full-load serving cases of the tuning set:
-    # bench/plan_tune.py serving.
-    moe_layer_overhead_us: float = 500.0
-    # Tokens on the most loaded expert rank / the mean: 1 / 0.7, from Ant Group's H20 report
-    # (lmsys.org 2025-09-26: its expert load balancer keeps "a >70% load balance ratio").
-    expert_imbalance: float = 1.43
-    # Share of the all-to-all hidden behind compute by micro-batch overlap (module docstring).
-    comm_overlap: float = 1.0
-    # Share of a chip's compute cores that prefill's all-to-all kernels hold while they run hidden
-    # behind compute: DeepEP's normal kernels take Buffer.num_sms = 20 SMs (deep_ep/buffer.py), 20
-    # of an H800's 132 (the DeepSeek-V3 report, s3.2.2, gives the same 20 for training). Decode's
-    # low-latency kernels hold none (DeepEP's README: its hook-based overlap "does not occupy any SM
-    # resource"). Not published for other chip families: the same share is assumed for every chip.
-    prefill_comm_core_share: float = 20 / 132
-    # Fraction of the datasheet HBM bandwidth a serving step's reads reach, for chips whose
-    # catalog entry has no ``hbm_efficiency``: FlashMLA's dense decoding kernel reaches 3,000 of
-    # the H800's 3,350 GB/s (github.com/deepseek-ai/FlashMLA).
-    hbm_efficiency: float = 0.9
-
-    def __post_init__(self) -> None:
-        check_finite(self)
-        check(self.layer_overhead_us >= 0, "layer_overhead_us", self.layer_overhead_us, "microseconds >= 0")
-        check(self.moe_layer_overhead_us >= 0, "moe_layer_overhead_us", self.moe_layer_overhead_us, "microseconds >= 0")
-        check(self.expert_imbalance >= 1, "expert_imbalance", self.expert_imbalance, "a number >= 1")
-        check(0 <= self.comm_overlap <= 1, "comm_overlap", self.comm_overlap, "a fraction in [0, 1]")
-        check(0 <= self.prefill_comm_core_share < 1, "prefill_comm_core_share", self.prefill_comm_core_share,
-              "a fraction in [0, 1)")
-        check(0 < self.hbm_efficiency <= 1, "hbm_efficiency", self.hbm_efficiency, "a fraction in (0, 1]")
-
-
-@dataclass(kw_only=True, slots=True)
-class Speculation:
-    """Speculative decoding (multi-token prediction) in the decode step (module docstring).
-    The defaults are no speculation."""
-
-    # Tokens each sequence's step verifies: its next token and draft_tokens - 1 drafts
-    # (SGLang's --speculative-num-draft-tokens).
-    draft_tokens: int = 1
-    # Tokens a step emits per sequence on average (the accept length; 1 <= accepted <= draft_tokens).
-    accepted: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_finite(self)
-        check(self.draft_tokens >= 1, "draft_tokens", self.draft_tokens, "a whole number >= 1")
-        check(1 <= self.accepted <= self.draft_tokens, "accepted", self.accepted,
-              f"tokens per step in [1, draft_tokens={self.draft_tokens}]")
-
+__all__ = ["WEIGHT_BYTES", "Speculation", "StepCosts", "decode_parts", "decode_step_s", "decode_tpot_s",
+           "fixed_s", "gemm_rate", "prefill_tps_per_chip", "weight_bytes_per_chip"]
 
 def gemm_rate(chip: Chip, precision: str, a: Assumptions) -> float:
     """FLOP/s of a large GEMM in ``precision``: the same fraction of that precision's peak as

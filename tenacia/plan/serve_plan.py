@@ -1,0 +1,131 @@
+"""What a serving plan says, before anything is priced: the model, chip and precision, the
+time-per-output-token target, the step's costs beyond FLOPs and bytes (``StepCosts``),
+speculative decoding (``Speculation``) and the demand (``Demand``). ``serving_step.py`` prices a
+step from it, ``serving.py`` chooses instances and batches; both build on this module.
+
+Contract: every field is checked finite and in range when the plan is made, with a
+``ConfigError`` naming the field and what is allowed (``tenacia.config.check``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import check, check_choice, check_finite
+from .assumptions import Assumptions
+from .models import ModelSpec
+
+WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0}
+
+
+@dataclass(kw_only=True, slots=True)
+class StepCosts:
+    """The costs of a serving step that FLOPs and bytes do not give (module docstring)."""
+
+    # Fixed cost of every layer per step, µs (launches, gaps). Not fitted: the tuning set has no
+    # full-load serving case of a dense model; set it for your stack.
+    layer_overhead_us: float = 0.0
+    # Fixed cost of each MoE layer per step on an expert-parallel instance, µs (module
+    # docstring): what a step pays at batch 1 (Ant Group's H20 decode: 43 ms a step at one
+    # sequence a GPU on EP16). Fitted on the full-load serving cases of the tuning set:
+    # bench/plan_tune.py serving.
+    moe_layer_overhead_us: float = 500.0
+    # Tokens on the most loaded expert rank / the mean: 1 / 0.7, from Ant Group's H20 report
+    # (lmsys.org 2025-09-26: its expert load balancer keeps "a >70% load balance ratio").
+    expert_imbalance: float = 1.43
+    # Share of the all-to-all hidden behind compute by micro-batch overlap (module docstring).
+    comm_overlap: float = 1.0
+    # Share of a chip's compute cores that prefill's all-to-all kernels hold while they run hidden
+    # behind compute: DeepEP's normal kernels take Buffer.num_sms = 20 SMs (deep_ep/buffer.py), 20
+    # of an H800's 132 (the DeepSeek-V3 report, s3.2.2, gives the same 20 for training). Decode's
+    # low-latency kernels hold none (DeepEP's README: its hook-based overlap "does not occupy any SM
+    # resource"). Not published for other chip families: the same share is assumed for every chip.
+    prefill_comm_core_share: float = 20 / 132
+    # Fraction of the datasheet HBM bandwidth a serving step's reads reach, for chips whose
+    # catalog entry has no ``hbm_efficiency``: FlashMLA's dense decoding kernel reaches 3,000 of
+    # the H800's 3,350 GB/s (github.com/deepseek-ai/FlashMLA).
+    hbm_efficiency: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_finite(self)
+        check(self.layer_overhead_us >= 0, "layer_overhead_us", self.layer_overhead_us, "microseconds >= 0")
+        check(self.moe_layer_overhead_us >= 0, "moe_layer_overhead_us", self.moe_layer_overhead_us, "microseconds >= 0")
+        check(self.expert_imbalance >= 1, "expert_imbalance", self.expert_imbalance, "a number >= 1")
+        check(0 <= self.comm_overlap <= 1, "comm_overlap", self.comm_overlap, "a fraction in [0, 1]")
+        check(0 <= self.prefill_comm_core_share < 1, "prefill_comm_core_share", self.prefill_comm_core_share,
+              "a fraction in [0, 1)")
+        check(0 < self.hbm_efficiency <= 1, "hbm_efficiency", self.hbm_efficiency, "a fraction in (0, 1]")
+
+
+@dataclass(kw_only=True, slots=True)
+class Speculation:
+    """Speculative decoding (multi-token prediction) in the decode step (module docstring).
+    The defaults are no speculation."""
+
+    # Tokens each sequence's step verifies: its next token and draft_tokens - 1 drafts
+    # (SGLang's --speculative-num-draft-tokens).
+    draft_tokens: int = 1
+    # Tokens a step emits per sequence on average (the accept length; 1 <= accepted <= draft_tokens).
+    accepted: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_finite(self)
+        check(self.draft_tokens >= 1, "draft_tokens", self.draft_tokens, "a whole number >= 1")
+        check(1 <= self.accepted <= self.draft_tokens, "accepted", self.accepted,
+              f"tokens per step in [1, draft_tokens={self.draft_tokens}]")
+
+
+@dataclass(kw_only=True, slots=True)
+class Demand:
+    tokens_per_day: float = 1e11  # input + output tokens served per day
+    input_len: int = 2000  # tokens per request prompt
+    output_len: int = 500  # tokens generated per request
+    cache_hit_rate: float = 0.5  # share of input tokens found in the prefix cache
+    peak_factor: float = 2.0  # peak request rate / mean request rate
+    peak_requests_per_s: float = 0.0  # when > 0, the peak rate itself (peak_factor is ignored)
+
+    def __post_init__(self) -> None:
+        check_finite(self)
+        check(self.tokens_per_day > 0, "tokens_per_day", self.tokens_per_day, "a positive number")
+        check(self.input_len > 0, "input_len", self.input_len, "a positive integer")
+        check(self.output_len > 0, "output_len", self.output_len, "a positive integer")
+        check(0 <= self.cache_hit_rate < 1, "cache_hit_rate", self.cache_hit_rate, "a fraction in [0, 1)")
+        check(self.peak_factor >= 1, "peak_factor", self.peak_factor, "a number >= 1")
+        check(self.peak_requests_per_s >= 0, "peak_requests_per_s", self.peak_requests_per_s, "a number >= 0")
+
+    @property
+    def peak_rps(self) -> float:
+        mean = self.tokens_per_day / (self.input_len + self.output_len) / 86400
+        return self.peak_requests_per_s or mean * self.peak_factor
+
+
+@dataclass(kw_only=True, slots=True)
+class ServePlan:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    chip: str = "h800"
+    precision: str = "fp8"  # weights and matmuls: bf16, fp8 or int8
+    kv_bytes: float = 0.0  # bytes per cached element; 0: 2 for bf16, else 1
+    # attention kernels' matmul precision: 'bf16' (FlashMLA, FA3), or 'fp8' (FlashMLA-FP8, FA3-FP8)
+    attention_precision: str = "bf16"
+    tp: int = 0  # chips per decode instance; 0: the power of two with most tokens/s per chip
+    tpot_ms: float = 50.0  # time-per-output-token target
+    max_batch: int = 65536  # largest decode batch considered (per instance)
+    step: StepCosts = field(default_factory=StepCosts)  # what a step costs beyond FLOPs and bytes
+    speculation: Speculation = field(default_factory=Speculation)  # MTP drafts verified per step
+    # Chips a prefill instance spreads the routed experts over (DeepSeek V3/R1 inference overview:
+    # prefill EP32 over 4 nodes)
+    prefill_chips: int = 32
+    demand: Demand = field(default_factory=Demand)
+    assumptions: Assumptions = field(default_factory=Assumptions)
+    catalog: str = ""
+
+    def __post_init__(self) -> None:
+        check_finite(self)
+        check_choice("precision", self.precision, tuple(WEIGHT_BYTES))
+        check_choice("attention_precision", self.attention_precision, ("bf16", "fp8"))
+        check(self.kv_bytes >= 0, "kv_bytes", self.kv_bytes, "bytes >= 0 (0: by precision)")
+        check(self.tp >= 0, "tp", self.tp, "chips >= 0 (0: search)")
+        check(self.tpot_ms > 0, "tpot_ms", self.tpot_ms, "milliseconds > 0")
+        check(self.max_batch > 0, "max_batch", self.max_batch, "a positive integer")
+        check(self.prefill_chips >= 1, "prefill_chips", self.prefill_chips, "a positive integer")
+        self.kv_bytes = self.kv_bytes or (2.0 if self.precision == "bf16" else 1.0)

@@ -340,7 +340,7 @@ def encode(msg: Message) -> dict[str, Any]:
     tag = getattr(type(msg), "TAG", None)
     if WIRE.get(tag) is not type(msg):
         raise ProtocolError(f"{type(msg).__name__} is not a wire message")
-    return {"type": tag, **to_json(msg)}
+    return {"type": tag, **to_json(msg, type(msg), _hints)}
 
 
 def decode(header: dict[str, Any]) -> Message:

@@ -69,8 +69,9 @@ class Candidate:
 
 
 CANDIDATES = [
-    *[Candidate(arm="ddp", lr=lr, floor=0.1) for lr in (3e-3, 4e-3, 5e-3, 8e-3)],
-    Candidate(arm="ddp", lr=5e-3, floor=1.0),
+    # 8e-3 (2.694) and 5e-3 constant (2.636) lost to 5e-3 cosine (2.550) and 3e-3 cosine (2.631)
+    # on seed 1 (16:17-16:24) and were not run on seeds 2 and 3
+    *[Candidate(arm="ddp", lr=lr, floor=0.1) for lr in (3e-3, 4e-3, 5e-3)],
     *[Candidate(arm="diloco", lr=lr, floor=floor, outer_lr=olr, outer_momentum=mom)
       for lr, floor in ((1e-3, 0.1), (1e-3, 1.0), (2e-3, 1.0), (3e-3, 0.1), (3e-3, 1.0), (5e-3, 1.0))
       for olr, mom in ((0.7, 0.9), (1.0, 0.0))],
@@ -79,12 +80,18 @@ CANDIDATES = [
     # count as zeros in the token-weighted average): outer rates above 1 make up for it
     *[Candidate(arm="diloco-int4-topk", lr=3e-3, floor=1.0, outer_lr=olr, outer_momentum=0.0) for olr in (2.0, 4.0)],
     *[Candidate(arm="streaming-int4", lr=lr, floor=1.0, outer_lr=0.7, outer_momentum=0.9) for lr in (2e-3, 3e-3, 5e-3)],
+    # each fragment is synced twice in 8 rounds of 4 fragments: momentum has little to build on
+    *[Candidate(arm="streaming-int4", lr=2e-3, floor=1.0, outer_lr=olr, outer_momentum=mom)
+      for olr, mom in ((1.0, 0.0), (0.5, 0.9))],
 ]
 LEVERS = [
     # fewer, larger rounds cost bytes: the frontier of loss against bytes for fp32 diloco
     *[Candidate(arm="diloco", lr=2e-3, floor=1.0, outer_lr=0.7, outer_momentum=0.9, inner_steps=h) for h in (50, 25)],
     # the exchange overlapped with the next round, its step one round late (streaming with one fragment)
     Candidate(arm="streaming", lr=2e-3, floor=1.0, outer_lr=0.7, outer_momentum=0.9, extra=("replicas.outer.fragments=1",)),
+    # twice the top-k payload (31 bytes a block of 256 against 16), within 1,000x once the votes are packed
+    Candidate(arm="diloco-int4-topk", lr=3e-3, floor=1.0, outer_lr=1.0, outer_momentum=0.0,
+              extra=("replicas.outer.topk=0.07",)),
 ]
 
 

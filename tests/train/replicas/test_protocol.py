@@ -163,3 +163,12 @@ def test_packed_integers_that_do_not_unpack_are_refused_naming_the_field():
     header["batch"] = {"ints": "2:not-base64!"}
     with pytest.raises(ProtocolError, match=r"vote\.batch: packed integers"):
         decode(header)
+
+
+def test_only_the_first_sharer_sends_the_batch_the_leader_records():
+    from tenacia.train.replicas.replica import vote_to_send
+
+    vote = Vote(replica=2, quorum_id=7, step=41, ok=True, start=640, ids=(11, 12), batch=(10, 11, 12, 13))
+    assert vote_to_send(vote, QUORUM) == dataclasses.replace(vote, batch=())  # sharers (0, 2): 2 is not first
+    first = dataclasses.replace(vote, replica=0)
+    assert vote_to_send(first, QUORUM) is first

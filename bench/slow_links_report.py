@@ -141,7 +141,10 @@ def markdown(result: dict[str, Any]) -> str:
     quotas = result.get("quotas")
     if quotas:
         lines += ["", f"CPU quotas {quotas['quotas']}: solo tokens/s "
-                  f"{', '.join(f'{s:,.0f}' for s in quotas['solo_tokens_per_s'])} (sum {quotas['sum_solo']:,.0f}).", "",
+                  f"{', '.join(f'{s:,.0f}' for s in quotas['solo_tokens_per_s'])} (sum {quotas['sum_solo']:,.0f})."]
+        lines += [f"- solos {s['mode']}: {', '.join(f'{x:,.0f}' for x in s['tokens_per_s'])} (sum {s['sum']:,.0f}; "
+                  f"load {s['load']:.1f}, steal {s['steal']:.1%})" for s in quotas.get("solos", [])]
+        lines += ["",
                   "| arm | tokens/s | of the solo sum | eval loss | each member's wait in a round: median (worst), "
                   "share of the tokens | load |", "|---|---:|---:|---:|---|---:|"]
         for r in quotas["runs"]:

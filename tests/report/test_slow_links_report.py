@@ -69,5 +69,8 @@ def test_tables_and_plot(tmp_path):
     text = markdown(r)
     assert "| 100 ms | 100 Mbit/s | diloco | 960 | 96.0% | 0.5 | 5.0500 | 40.0 | 51,200 | 3.0 |" in text
     assert "exit 1" in text and "990 and 1,010" in text
+    r["quotas"]["solos"] = [{"mode": "concurrent", "tokens_per_s": [600.0, 400.0], "sum": 1000.0, "load": 1.5,
+                             "steal": 0.02}]
+    assert "- solos concurrent: 600, 400 (sum 1,000; load 1.5, steal 2.0%)" in markdown(r)
     png = plot(r, tmp_path / "slow_links.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,6 +11,12 @@ CPU quotas (``tenacia.chaos.cpuquota``), against the sum of their solo throughpu
   (the guest's speed drifts between runs, 19% between two ceilings of one afternoon).
 - Then tenacia diloco (the whole budget) and ddp (``--ddp-link-tokens``) with every replica on its
   quota: tokens/s over the solo sum, and each member's wait in a round (``waits``).
+- Drift-free, beside it: each member's own speed in the run, the median over rounds of its
+  tokens over the seconds it computed them (``step_committed``'s ``member_tokens`` and
+  ``compute_s``): the same process on the same quota at the same moment, no sync in it. The
+  replicas' tokens/s over the sum of those is what the sync (waits, votes, outer step, evals)
+  kept. At 19:36 the concurrent solo sums before and after the replicas were 34,989 and 41,680
+  tokens/s, 3 minutes apart on an otherwise idle guest with 0.2-0.9% steal (docs/benchmarks.md).
 - Every phase records the load average and the share of CPU time the hypervisor stole
   (``/proc/stat``), to tell the guest's own contention from the host's.
 """
@@ -27,6 +33,8 @@ from typing import Any
 
 from slow_links_arms import solo_rate, tenacia_common, tenacia_run
 
+from tenacia.events import read_events
+
 
 def cpu_times() -> list[int]:
     """The first line of /proc/stat: jiffies of user, nice, system, idle, iowait, irq, softirq, steal."""
@@ -38,6 +46,16 @@ def steal_share(before: list[int], after: list[int]) -> float:
     """The share of CPU time between two ``cpu_times`` that the hypervisor stole."""
     d = [b - a for a, b in zip(before, after, strict=True)]
     return d[7] / max(sum(d), 1)
+
+
+def member_speeds(steps: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Per member, the median over rounds after the first of its tokens over its compute seconds
+    (``step_committed`` events of one membership); None when none measured."""
+    rounds = [e for e in steps[1:] if e.get("compute_s") and None not in e["compute_s"]]
+    if not rounds or any(e["members"] != rounds[0]["members"] for e in rounds):
+        return None
+    return {str(m): statistics.median(e["member_tokens"][i] / e["compute_s"][i] for e in rounds)
+            for i, m in enumerate(rounds[0]["members"])}
 
 
 def quota_solos(a: argparse.Namespace, out: Path, mode: str) -> dict[str, Any]:
@@ -85,6 +103,11 @@ def section_quotas(a: argparse.Namespace, out: Path, save: Any, row: Any, wait_l
         r = tenacia_run(arm, a, out / f"quotas-{arm}", None, 0, None, first["sum"],
                         extra=[f"chaos.cpu_quotas={quota_list}"], tokens=a.ddp_link_tokens if arm == "ddp" else None)
         r.pop("evals", None)
+        if "error" not in r:
+            speeds = member_speeds([e for e in read_events(out / f"quotas-{arm}" / "run" / "events.jsonl")
+                                    if e["event"] == "step_committed"])
+            r["member_speeds"] = speeds
+            r["of_member_speeds"] = r["tokens_per_s"] / sum(speeds.values()) if speeds else None
         res["runs"].append({"arm": arm, "load": load, "load_after": os.getloadavg()[0],
                             "steal": steal_share(t0, cpu_times()), **r})
         save(res)
@@ -101,5 +124,7 @@ def section_quotas(a: argparse.Namespace, out: Path, save: Any, row: Any, wait_l
           f"(steal {res['solos'][-1]['steal']:.1%}); the runs are judged against their mean {res['sum_solo']:.0f}")
     for r in res["runs"]:
         if "error" not in r:
-            print(f"  {r['arm']}: {r['utilization']:.1%} of the solo sum")
+            inrun = r.get("of_member_speeds")
+            print(f"  {r['arm']}: {r['utilization']:.1%} of the solo sum"
+                  + (f", {inrun:.1%} of its members' own speeds in the run" if inrun else ""))
     return res

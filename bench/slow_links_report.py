@@ -145,16 +145,18 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"- solos {s['mode']}: {', '.join(f'{x:,.0f}' for x in s['tokens_per_s'])} (sum {s['sum']:,.0f}; "
                   f"load {s['load']:.1f}, steal {s['steal']:.1%})" for s in quotas.get("solos", [])]
         lines += ["",
-                  "| arm | tokens/s | of the solo sum | eval loss | each member's wait in a round: median (worst), "
-                  "share of the tokens | load |", "|---|---:|---:|---:|---|---:|"]
+                  "| arm | tokens/s | of the solo sum | of its members' own speeds in the run | eval loss | "
+                  "each member's wait in a round: median (worst), share of the tokens | load |",
+                  "|---|---:|---:|---:|---:|---|---:|"]
         for r in quotas["runs"]:
             if "error" in r:
-                lines.append(f"| {r['arm']} | {r['error']} | | | | |")
+                lines.append(f"| {r['arm']} | {r['error']} | | | | | |")
             else:
                 waits = "; ".join(f"r{m} {x['median']:.1%} ({x['max']:.1%}), {x['tokens_share']:.1%}"
                                   for m, x in (r.get("waits") or {}).items()) or "-"
                 lines.append(f"| {r['arm']} | {r['tokens_per_s']:,.0f} | {f(r['utilization'], '.1%')} | "
-                             f"{f(r['eval_loss'], '.4f')} | {waits} | {f(r.get('load'), '.1f')} |")
+                             f"{f(r.get('of_member_speeds'), '.1%')} | {f(r['eval_loss'], '.4f')} | {waits} | "
+                             f"{f(r.get('load'), '.1f')} |")
     rows = goals(result)
     if rows:
         lines += ["", "| goal | arm | measured | met |", "|---|---|---|---|"]

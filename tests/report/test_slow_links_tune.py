@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from slow_links_quotas import steal_share  # noqa: E402
+from slow_links_quotas import member_speeds, steal_share  # noqa: E402
 from slow_links_tune import select  # noqa: E402
 
 
@@ -41,3 +41,13 @@ def test_steal_share_is_the_steal_column_over_all_time_between_two_snapshots():
     # user nice system idle iowait irq softirq steal
     assert steal_share([100, 0, 20, 500, 0, 0, 0, 10], [160, 0, 30, 520, 0, 0, 0, 20]) == pytest.approx(10 / 100)
     assert steal_share([1] * 8, [1] * 8) == 0.0
+
+
+def test_member_speeds_are_each_members_median_tokens_over_compute_seconds_after_the_first_round():
+    def step(tokens, compute, members=(0, 3)):
+        return {"members": list(members), "member_tokens": tokens, "compute_s": compute}
+
+    steps = [step([1, 1], [100.0, 100.0]), step([600, 300], [2.0, 3.0]), step([600, 300], [3.0, 2.0]),
+             step([900, 300], [3.0, 3.0])]
+    assert member_speeds(steps) == {"0": 300.0, "3": 100.0}  # medians of (300, 200, 300) and (100, 150, 100)
+    assert member_speeds([*steps, step([1, 1, 1], [1.0, 1.0, 1.0], members=(0, 3, 4))]) is None  # membership changed

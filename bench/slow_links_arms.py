@@ -157,6 +157,16 @@ def waits(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
+def member_speeds(steps: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Per member, the median over rounds after the first of its tokens over its compute seconds
+    (``step_committed`` events of one membership); None when none measured."""
+    rounds = [e for e in steps[1:] if e.get("compute_s") and None not in e["compute_s"]]
+    if not rounds or any(e["members"] != rounds[0]["members"] for e in rounds):
+        return None
+    return {str(m): statistics.median(e["member_tokens"][i] / e["compute_s"][i] for e in rounds)
+            for i, m in enumerate(rounds[0]["members"])}
+
+
 def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None, rate_mbit: float,
                 target: float | None, ceiling: float | None, extra: list[str] = (),
                 tokens: int | None = None) -> dict[str, Any]:
@@ -197,6 +207,9 @@ def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None
     r["rounds"] = len(in_budget)
     r["steps_run"] = len(steps)
     r["waits"] = waits(in_budget)
+    # drift-free utilization: tokens/s over the sum of the members' own compute speeds in this run
+    r["member_speeds"] = member_speeds(in_budget)
+    r["of_member_speeds"] = r["tokens_per_s"] / sum(r["member_speeds"].values()) if r["member_speeds"] else None
     r["evals"] = [{"step": e["step"], "eval_loss": e["eval_loss"], "t": e["t"] - t0} for e in evals]
     if lingered is not None:
         r["stopped"] = f"still running {lingered:.0f} s after its last step: stopped (exit {code})"

@@ -33,8 +33,6 @@ from typing import Any
 
 from slow_links_arms import solo_rate, tenacia_common, tenacia_run
 
-from tenacia.events import read_events
-
 
 def cpu_times() -> list[int]:
     """The first line of /proc/stat: jiffies of user, nice, system, idle, iowait, irq, softirq, steal."""
@@ -46,16 +44,6 @@ def steal_share(before: list[int], after: list[int]) -> float:
     """The share of CPU time between two ``cpu_times`` that the hypervisor stole."""
     d = [b - a for a, b in zip(before, after, strict=True)]
     return d[7] / max(sum(d), 1)
-
-
-def member_speeds(steps: list[dict[str, Any]]) -> dict[str, float] | None:
-    """Per member, the median over rounds after the first of its tokens over its compute seconds
-    (``step_committed`` events of one membership); None when none measured."""
-    rounds = [e for e in steps[1:] if e.get("compute_s") and None not in e["compute_s"]]
-    if not rounds or any(e["members"] != rounds[0]["members"] for e in rounds):
-        return None
-    return {str(m): statistics.median(e["member_tokens"][i] / e["compute_s"][i] for e in rounds)
-            for i, m in enumerate(rounds[0]["members"])}
 
 
 def quota_solos(a: argparse.Namespace, out: Path, mode: str) -> dict[str, Any]:
@@ -103,11 +91,6 @@ def section_quotas(a: argparse.Namespace, out: Path, save: Any, row: Any, wait_l
         r = tenacia_run(arm, a, out / f"quotas-{arm}", None, 0, None, first["sum"],
                         extra=[f"chaos.cpu_quotas={quota_list}"], tokens=a.ddp_link_tokens if arm == "ddp" else None)
         r.pop("evals", None)
-        if "error" not in r:
-            speeds = member_speeds([e for e in read_events(out / f"quotas-{arm}" / "run" / "events.jsonl")
-                                    if e["event"] == "step_committed"])
-            r["member_speeds"] = speeds
-            r["of_member_speeds"] = r["tokens_per_s"] / sum(speeds.values()) if speeds else None
         res["runs"].append({"arm": arm, "load": load, "load_after": os.getloadavg()[0],
                             "steal": steal_share(t0, cpu_times()), **r})
         save(res)

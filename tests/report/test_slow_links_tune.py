@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from slow_links_quotas import member_speeds, steal_share  # noqa: E402
+from slow_links_arms import member_speeds  # noqa: E402
+from slow_links_quotas import steal_share  # noqa: E402
 from slow_links_tune import select  # noqa: E402
 
 

@@ -267,9 +267,15 @@ def ceiling_run(a: argparse.Namespace, out: Path) -> float:
 
 
 def solo_rate(run: Path) -> float:
-    """Median tokens/s of a single-process run (its metrics.jsonl lines)."""
+    """Tokens/s of a single-process run over its logged span: the tokens trained between its first
+    and last training lines in metrics.jsonl (every ``train.log_every`` steps) over the time between
+    them, start-up and the first interval left out. Not the median of the lines' rates: under a
+    CPU quota an interval of 10 steps spans a few 100 ms quota periods, so one interval's rate
+    depends on where the throttling fell, and the median of five moved by 20% between runs."""
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return statistics.median(x["tokens_per_s"] for x in lines if "tokens_per_s" in x)
+    lines = [x for x in lines if "tokens_per_s" in x]
+    first, last = lines[0], lines[-1]
+    return (last["tokens"] - first["tokens"]) / (last["t"] - first["t"])
 
 
 def torchft_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float, rate_mbit: float,

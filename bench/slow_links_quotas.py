@@ -1,8 +1,9 @@
 """The ``quotas`` section of bench/slow_links.py: replicas of different speeds, emulated by cgroup
 CPU quotas (``tenacia.chaos.cpuquota``), against the sum of their solo throughputs.
 
-- The solos: one single-process run per quota, each in its own cgroup on its quota, no sync;
-  tokens/s is the median step's (``solo_rate``). ``concurrent`` (the default) runs the four at
+- The solos: one single-process run per quota, each in its own cgroup on its quota, no sync,
+  steps in proportion to the quota (400 at the largest, about 16 s); tokens/s over the logged span
+  (``solo_rate``). ``concurrent`` (the default) runs the four at
   once, as the replicas run and as the links section's ceiling is measured: the same processes on
   the same cores at the same time. ``alone`` runs them one after another, as until 2026-12-03
   17:50: a solo alone on this 2-vCPU KVM guest ran up to 30% faster than the same quota beside
@@ -50,14 +51,16 @@ def quota_solos(a: argparse.Namespace, out: Path, mode: str) -> dict[str, Any]:
     """Each quota's solo tokens/s (module docstring), ``concurrent`` or ``alone``."""
     from tenacia.chaos.cpuquota import CpuQuotas
 
-    steps = max(40, a.ceiling_tokens // (a.replicas * a.batch * a.seq_len) // 2)
+    # steps in proportion to the quota: run at once, the solos train for about the same time
+    base = max(40, a.ceiling_tokens // (a.replicas * a.batch * a.seq_len) * 4)
     quotas, procs, rates = CpuQuotas(), {}, []
     load, t0 = os.getloadavg()[0], cpu_times()
     try:
         for i, cores in enumerate(a.quotas):
             quotas.set(i, cores)
             cmd = [sys.executable, "-m", "tenacia", "train", "--run-dir", str(out / f"solo{i}")]
-            for o in [*tenacia_common(a), f"train.batch_size={a.batch}", f"train.steps={steps}", "train.eval_every=0",
+            for o in [*tenacia_common(a), f"train.batch_size={a.batch}",
+                      f"train.steps={max(20, round(base * cores / max(a.quotas)))}", "train.eval_every=0",
                       f"data.seed={i}"]:
                 cmd += ["-o", o]
             procs[i] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

@@ -55,6 +55,9 @@ def test_each_goal_is_judged_at_100_ms_against_the_same_runs_ddp_and_ceiling():
     assert faster["value"] == pytest.approx(2.5) and faster["met"]  # torchft 100 s over 40 s
     assert judged(rows, ">= 1.5x faster", "streaming-int4")["met"] is False  # never reached the target
     assert judged(rows, "quotas", "diloco")["met"] is True  # 95% of the solo sum
+    r = result(torchft_to_target=100.0)
+    r["quotas"]["runs"][0]["of_member_speeds"] = 0.85  # the solos say 95%, its members' own speeds 85%
+    assert judged(goals(r), "quotas: >= 90%", "diloco")["met"] is False
     assert judged(rows, "quotas", "ddp")["met"] is None  # lock-step is the reference, not judged
 
 

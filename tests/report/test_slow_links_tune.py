@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from slow_links_arms import member_speeds  # noqa: E402
+from slow_links_arms import member_speeds, solo_rate  # noqa: E402
 from slow_links_quotas import steal_share  # noqa: E402
 from slow_links_tune import select  # noqa: E402
 
@@ -52,3 +53,11 @@ def test_member_speeds_are_each_members_median_tokens_over_compute_seconds_after
              step([900, 300], [3.0, 3.0])]
     assert member_speeds(steps) == {"0": 300.0, "3": 100.0}  # medians of (300, 200, 300) and (100, 150, 100)
     assert member_speeds([*steps, step([1, 1, 1], [1.0, 1.0, 1.0], members=(0, 3, 4))]) is None  # membership changed
+
+
+def test_a_solo_rate_is_its_tokens_over_time_between_its_first_and_last_training_lines(tmp_path):
+    lines = [{"t": 100.0, "step": 10, "tokens": 5120, "tokens_per_s": 9e9}, {"t": 100.5, "eval_loss": 3.0},
+             {"t": 101.0, "step": 20, "tokens": 10240, "tokens_per_s": 1.0},
+             {"t": 104.0, "step": 30, "tokens": 15360, "tokens_per_s": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert solo_rate(tmp_path) == pytest.approx(10240 / 4.0)  # not the median of the lines' own rates

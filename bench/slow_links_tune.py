@@ -16,7 +16,8 @@ mean eval loss over the strategy's ``SELECTION_SEEDS`` (a candidate counts only 
 all of them), written to ``bench/slow_links_settings.json`` (``slow_links_arms.SETTINGS`` reads it)
 before the bench runs. ddp's rate sets every arm's target, so it is chosen on three seeds: on one
 (seed 1) 5e-3 beat 3e-3 by 3%, on the bench's seed 0 it lost by 5% (docs/benchmarks.md).
-diloco-int8 and streaming (fp32) take diloco's and streaming-int4's; torchft's LocalSGD (a plain
+diloco-int8 and streaming (fp32) take diloco's and streaming-int4's, diloco-overlap diloco's
+until it has probes of its own; torchft's LocalSGD (a plain
 average of the weights) the best diloco candidate with a plain-average outer step (lr 1, no
 momentum).
 
@@ -88,7 +89,7 @@ LEVERS = [
     # fewer, larger rounds cost bytes: the frontier of loss against bytes for fp32 diloco
     *[Candidate(arm="diloco", lr=2e-3, floor=1.0, outer_lr=0.7, outer_momentum=0.9, inner_steps=h) for h in (50, 25)],
     # the exchange overlapped with the next round, its step one round late (streaming with one fragment)
-    Candidate(arm="streaming", lr=2e-3, floor=1.0, outer_lr=0.7, outer_momentum=0.9, extra=("replicas.outer.fragments=1",)),
+    Candidate(arm="diloco-overlap", lr=2e-3, floor=1.0, outer_lr=0.7, outer_momentum=0.9),
     # twice the top-k payload (31 bytes a block of 256 against 16), within 1,000x once the votes are packed
     Candidate(arm="diloco-int4-topk", lr=3e-3, floor=1.0, outer_lr=1.0, outer_momentum=0.0,
               extra=("replicas.outer.topk=0.07",)),
@@ -122,8 +123,8 @@ def select(rows: list[dict]) -> dict[str, dict]:
         k, v = min(plain, key=lambda kv: kv[1][1])
         best["localsgd"] = {"lr": k[1], "min_lr_ratio": k[2], "outer_lr": 1.0, "outer_momentum": 0.0, "mean": v[1],
                             "losses": {1: v[1]}}
-    for arm, twin in (("diloco-int8", "diloco"), ("streaming", "streaming-int4")):
-        if twin in best:
+    for arm, twin in (("diloco-int8", "diloco"), ("streaming", "streaming-int4"), ("diloco-overlap", "diloco")):
+        if twin in best and arm not in best:
             best[arm] = best[twin]
     return best
 

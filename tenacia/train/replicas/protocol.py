@@ -60,8 +60,9 @@ class Vote:
     """A member's result for ``step`` of quorum ``quorum_id``: ``ok`` once its all-reduce (and heal)
     succeeded. ``start`` is the sampler position and ``batch`` the sample ids of the step's global
     batch (on the wire from the first sharer only, ``replica.vote_to_send``); ``ids`` the ones this
-    member computed (its share), with their ``tokens`` and mean ``loss``; ``reused`` how many of them came from a discarded run of the same step; ``timing``
-    wall-clock phase times of a quorum's first step (``docs/events.md``), else None; ``checks``
+    member computed (its share), with their ``tokens`` and mean ``loss``; ``reused`` how many of
+    them came from a discarded run of the same step; ``timing`` wall-clock phase times of a
+    quorum's first step (``docs/events.md``), else None; ``checks``
     the values of the configured vote checks (``votecheck.py``), by check name. A mixture of
     experts adds ``expert_loads``, the tokens per expert and MoE layer summed over the quorum (the
     reduce's, alike on every member), and ``expert_bias``, the biases a commit sets from them.

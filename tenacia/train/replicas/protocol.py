@@ -66,8 +66,8 @@ class Vote:
     the values of the configured vote checks (``votecheck.py``), by check name. A mixture of
     experts adds ``expert_loads``, the tokens per expert and MoE layer summed over the quorum (the
     reduce's, alike on every member), and ``expert_bias``, the biases a commit sets from them.
-    ``compute_s``: the seconds it spent computing its share (the leader's speed measurements,
-    ``speed.py``)."""
+    ``compute_s``: the seconds it spent computing its share, and evaluating since its last vote
+    (the leader's speed measurements, ``speed.py``)."""
 
     TAG: ClassVar[str] = "vote"
     replica: int

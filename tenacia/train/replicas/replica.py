@@ -93,6 +93,7 @@ class Replica(NewcomerHealing, ReducePhase, AfterCommit):
         self.leadership = Leadership(cfg, replica, seeds, self.server, self.timing, self.events)
         self.heal_server = HealServer(host, host, timing=self.timing)
         self.phase = "idle"
+        self.evaluated_s = 0.0  # seconds of the leader's evals since this replica's last vote (after_commit.py)
         self.pending_step = 0
         self.sync = strategy(cfg, self.trainer)
         self.checks = votecheck.build(cfg.replicas.vote_checks)
@@ -269,8 +270,9 @@ class Replica(NewcomerHealing, ReducePhase, AfterCommit):
         check = self.cfg.numerics.check
         flight = self.begin_overlap(q, builder, check) if self.sync.overlaps else None
         share = self.compute_share(q)
-        if share.tokens:
-            share = replace(share, compute_s=round(time.monotonic() - t0, 6))
+        if share.tokens:  # the leader's evals since its last vote count as its compute: shares sized to both
+            share = replace(share, compute_s=round(time.monotonic() - t0 + self.evaluated_s, 6))
+        self.evaluated_s = 0.0
         if flight is not None:  # the contribution is in flight since the step began
             flat, own = flight.flat, flight.measured
             share = replace(share, loss=hooks.tamper("loss", q.step, share.loss))

@@ -29,10 +29,11 @@ Sections (one table each; all results go to bench/results/slow_links-<time>.json
   at a twentieth of the others' speed): its tokens/s and bytes/token are its steady steps', its
   eval loss at the budget is the reference's (ddp's bits do not depend on the link: the bench
   checks every eval both runs made).
-- ``quotas``: replicas on CPU quotas (``--quotas``, cgroups): each quota's solo tokens/s, then
-  tenacia diloco (the whole budget) and ddp (``--ddp-link-tokens``) with every replica on its quota:
-  tokens/s over the sum of the solos, and each member's wait in a round (the round's time less
-  its own compute, from ``step_committed``'s ``compute_s``) with its share of the tokens.
+- ``quotas``: replicas on CPU quotas (``--quotas``, cgroups): each quota's solo tokens/s (the four
+  at once, before and after the replicas: ``slow_links_quotas.py``), then tenacia diloco (the whole
+  budget) and ddp (``--ddp-link-tokens``) with every replica on its quota: tokens/s over the sum
+  of the solos, and each member's wait in a round (the round's time less its own compute, from
+  ``step_committed``'s ``compute_s``) with its share of the tokens.
 
 torchft runs from its own venv (bench/.venvs/torchft, made by bench/faults.py). Its quantized
 exchange imports Triton, absent from a CPU install of torch: the torchft arms run fp32 (the worker
@@ -48,7 +49,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,12 +66,12 @@ from slow_links_arms import (  # noqa: E402
     ceiling_run,
     peers_reference,
     settings_overrides,
-    solo_rate,
     tenacia_common,
     tenacia_run,
     tenacia_steps,
     torchft_run,
 )
+from slow_links_quotas import section_quotas  # noqa: E402
 from slow_links_report import goals, markdown, plot  # noqa: E402
 from slow_links_workload import write_workload  # noqa: E402
 
@@ -165,39 +165,6 @@ def section_links(a: argparse.Namespace, out: Path, save: Any) -> dict[str, Any]
     return res
 
 
-def section_quotas(a: argparse.Namespace, out: Path, save: Any) -> dict[str, Any]:
-    """Solo tokens/s per quota, then the replicas together, each on its quota."""
-    from tenacia.chaos.cpuquota import CpuQuotas
-
-    quotas = CpuQuotas()
-    solos = []
-    steps = max(40, a.ceiling_tokens // (a.replicas * a.batch * a.seq_len) // 2)
-    try:
-        for i, cores in enumerate(a.quotas):
-            quotas.set(i, cores)
-            cmd = [sys.executable, "-m", "tenacia", "train", "--run-dir", str(out / f"solo{i}")]
-            for o in [*tenacia_common(a), f"train.batch_size={a.batch}", f"train.steps={steps}", "train.eval_every=0"]:
-                cmd += ["-o", o]
-            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            quotas.place(i, p.pid)
-            p.wait(timeout=a.timeout)
-            solos.append(solo_rate(out / f"solo{i}"))
-    finally:
-        quotas.close()
-    res: dict[str, Any] = {"quotas": a.quotas, "solo_tokens_per_s": solos, "sum_solo": sum(solos), "runs": []}
-    print(f"\nCPU quotas {a.quotas}: solo tokens/s {[round(s) for s in solos]}, sum {sum(solos):.0f}\n{HEADER}")
-    quota_list = "[" + ", ".join(f"{q:g}" for q in a.quotas) + "]"
-    for arm in ("diloco", "ddp"):  # ddp, the lock-step reference: on the first --ddp-link-tokens
-        load = os.getloadavg()[0]
-        r = tenacia_run(arm, a, out / f"quotas-{arm}", None, 0, None, sum(solos),
-                        extra=[f"chaos.cpu_quotas={quota_list}"], tokens=a.ddp_link_tokens if arm == "ddp" else None)
-        r.pop("evals", None)
-        res["runs"].append({"arm": arm, "load": load, "load_after": os.getloadavg()[0], **r})
-        save(res)
-        print(row(arm, r) + ("\n" + wait_line(r) if r.get("waits") else ""), flush=True)
-    return res
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sections", default="quotas,links", help="quotas first: the shorter section")
@@ -221,6 +188,8 @@ def main() -> None:
     p.add_argument("--past", type=float, default=2.0,
                    help="a low-communication arm may go on to this many times the budget to reach the target")
     p.add_argument("--quotas", default="0.5,0.5,0.25,0.125")
+    p.add_argument("--solos", default="concurrent",
+                   help="how the quotas' solos run: concurrent, alone, or both (the first is the reference)")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--png", type=Path, help="the plot (default: beside the JSON)")
     a = p.parse_args()
@@ -241,6 +210,9 @@ def main() -> None:
     a.rtts = [0, 10, 50, 100, 200] if a.full else [float(x) for x in a.rtts.split(",")]
     a.rates = [100, 1000] if a.full else [100]
     a.quotas = [float(x) for x in a.quotas.split(",")]
+    a.solos = [x for x in a.solos.split(",") if x]
+    if not a.solos or any(x not in ("concurrent", "alone") for x in a.solos):
+        p.error(f"--solos {a.solos}: concurrent, alone, or both, comma-separated")
     if "quotas" in a.sections.split(",") and len(a.quotas) != a.replicas:
         p.error(f"--quotas has {len(a.quotas)} entries; it needs one per replica ({a.replicas})")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -253,7 +225,10 @@ def main() -> None:
         def save(partial: dict[str, Any], section: str = section) -> None:
             path.write_text(json.dumps({**result, section: partial}, indent=1))
 
-        result[section] = {"links": section_links, "quotas": section_quotas}[section](a, out / section, save)
+        if section == "quotas":
+            result[section] = section_quotas(a, out / section, save, row, wait_line, HEADER)
+        else:
+            result[section] = section_links(a, out / section, save)
         path.write_text(json.dumps(result, indent=1))
     result["goals"] = goals(result)
     path.write_text(json.dumps(result, indent=1))

@@ -37,6 +37,9 @@ TENACIA_ARMS = {
     "diloco-int8": ["replicas.sync=diloco", "replicas.outer.quantize=int8"],
     "streaming": ["replicas.sync=streaming"],
     "streaming-int4": ["replicas.sync=streaming", "replicas.outer.quantize=int4"],
+    # diloco with its exchange beside the next round's inner steps and its step one round late,
+    # mixed into the local copy as Streaming DiLoCo does (streaming with one fragment)
+    "diloco-overlap": ["replicas.sync=streaming", "replicas.outer.fragments=1"],
     # SparseLoCo-style: the largest --topk of each block, 4-bit, error feedback (the default); its
     # default outer step a plain average (lr 1, no momentum): with DiLoCo's Nesterov momentum 0.9, top-k
     # 3% diverged in 8 rounds of H = 100 (eval loss 4.76 after 4 rounds, 6.06 after 8; docs/benchmarks.md)
@@ -53,7 +56,7 @@ DILOCO = {"lr": 3e-3, "min_lr_ratio": 0.1, "outer_lr": 0.7, "outer_momentum": 0.
 AVERAGE = {**DILOCO, "outer_lr": 1.0, "outer_momentum": 0.0}
 SETTINGS: dict[str, dict[str, float]] = {
     "ddp": {"lr": 3e-3, "min_lr_ratio": 0.1}, "diloco": DILOCO, "diloco-int8": DILOCO, "diloco-int4-topk": AVERAGE,
-    "streaming": DILOCO, "streaming-int4": DILOCO, "localsgd": AVERAGE,
+    "streaming": DILOCO, "streaming-int4": DILOCO, "localsgd": AVERAGE, "diloco-overlap": DILOCO,
     **(json.loads(SETTINGS_FILE.read_text())["settings"] if SETTINGS_FILE.exists() else {})}
 TORCHFT_AS = {"torchft-diloco": "diloco", "torchft-streaming": "streaming", "torchft-localsgd": "localsgd"}
 TORCHFT_FP32 = ("torchft arms: fp32 exchange. torchft's quantized exchange is unavailable on CPU: Manager.allreduce "
@@ -157,6 +160,16 @@ def waits(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
+def member_speeds(steps: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Per member, the median over rounds after the first of its tokens over its compute seconds
+    (``step_committed`` events of one membership); None when none measured."""
+    rounds = [e for e in steps[1:] if e.get("compute_s") and None not in e["compute_s"]]
+    if not rounds or any(e["members"] != rounds[0]["members"] for e in rounds):
+        return None
+    return {str(m): statistics.median(e["member_tokens"][i] / e["compute_s"][i] for e in rounds)
+            for i, m in enumerate(rounds[0]["members"])}
+
+
 def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None, rate_mbit: float,
                 target: float | None, ceiling: float | None, extra: list[str] = (),
                 tokens: int | None = None) -> dict[str, Any]:
@@ -197,6 +210,9 @@ def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None
     r["rounds"] = len(in_budget)
     r["steps_run"] = len(steps)
     r["waits"] = waits(in_budget)
+    # drift-free utilization: tokens/s over the sum of the members' own compute speeds in this run
+    r["member_speeds"] = member_speeds(in_budget)
+    r["of_member_speeds"] = r["tokens_per_s"] / sum(r["member_speeds"].values()) if r["member_speeds"] else None
     r["evals"] = [{"step": e["step"], "eval_loss": e["eval_loss"], "t": e["t"] - t0} for e in evals]
     if lingered is not None:
         r["stopped"] = f"still running {lingered:.0f} s after its last step: stopped (exit {code})"
@@ -254,9 +270,15 @@ def ceiling_run(a: argparse.Namespace, out: Path) -> float:
 
 
 def solo_rate(run: Path) -> float:
-    """Median tokens/s of a single-process run (its metrics.jsonl lines)."""
+    """Tokens/s of a single-process run over its logged span: the tokens trained between its first
+    and last training lines in metrics.jsonl (every ``train.log_every`` steps) over the time between
+    them, start-up and the first interval left out. Not the median of the lines' rates: under a
+    CPU quota an interval of 10 steps spans a few 100 ms quota periods, so one interval's rate
+    depends on where the throttling fell, and the median of five moved by 20% between runs."""
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return statistics.median(x["tokens_per_s"] for x in lines if "tokens_per_s" in x)
+    lines = [x for x in lines if "tokens_per_s" in x]
+    first, last = lines[0], lines[-1]
+    return (last["tokens"] - first["tokens"]) / (last["t"] - first["t"])
 
 
 def torchft_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float, rate_mbit: float,

@@ -195,9 +195,9 @@ class ReplicaConfig:
         check(self.hang_floor_s > 0, "hang_floor_s", self.hang_floor_s, "a positive number of seconds")
         check(self.hang_factor >= 1, "hang_factor", self.hang_factor, "a number >= 1")
         check_choice("sync", self.sync, (*SYNC_STRATEGIES, *SYNC_ALIASES))
-        if self.sync == "streaming":
-            check(self.outer.fragments >= 2, "outer.fragments", self.outer.fragments,
-                  "at least 2 under replicas.sync='streaming' (1 fragment is 'diloco')")
+        if self.sync == "streaming":  # 1 fragment with overlap: diloco's exchange beside the next round
+            check(self.outer.fragments >= 2 or self.outer.overlap, "outer.fragments", self.outer.fragments,
+                  "at least 2 under replicas.sync='streaming' without outer.overlap (1 fragment is 'diloco')")
         check(self.lease == "dir" or self.lease.startswith("etcd://"), "lease", self.lease,
               "'dir' or 'etcd://HOST:PORT[/PREFIX]'")
         check(isinstance(self.lease_ttl_s, int) and self.lease_ttl_s >= 2, "lease_ttl_s", self.lease_ttl_s,

@@ -41,6 +41,10 @@ def test_each_goal_is_judged_at_100_ms_against_the_same_runs_ddp_and_ceiling():
     rows = goals(result(torchft_to_target=100.0))
     assert judged(rows, "utilization", "diloco")["met"] is True  # 96% >= 95%
     assert judged(rows, "utilization", "streaming-int4")["met"] is False  # 94%
+    r = result(torchft_to_target=100.0)
+    r["links"]["runs"][3]["of_member_speeds"] = 0.93  # the ceiling says 96%, the members' own speeds 93%
+    assert judged(goals(r), "utilization", "diloco")["met"] is False
+    assert "93.0% of its members' own speeds" in judged(goals(r), "utilization", "diloco")["text"]
     bytes_ = judged(rows, ">= 1000x", "diloco")
     assert bytes_["value"] == pytest.approx(2000.0) and bytes_["met"]  # ddp 1000 B/token at 100 ms over 0.5
     assert judged(rows, ">= 1000x", "streaming-int4")["met"] is False  # 500x
@@ -51,6 +55,9 @@ def test_each_goal_is_judged_at_100_ms_against_the_same_runs_ddp_and_ceiling():
     assert faster["value"] == pytest.approx(2.5) and faster["met"]  # torchft 100 s over 40 s
     assert judged(rows, ">= 1.5x faster", "streaming-int4")["met"] is False  # never reached the target
     assert judged(rows, "quotas", "diloco")["met"] is True  # 95% of the solo sum
+    r = result(torchft_to_target=100.0)
+    r["quotas"]["runs"][0]["of_member_speeds"] = 0.85  # the solos say 95%, its members' own speeds 85%
+    assert judged(goals(r), "quotas: >= 90%", "diloco")["met"] is False
     assert judged(rows, "quotas", "ddp")["met"] is None  # lock-step is the reference, not judged
 
 
@@ -67,7 +74,10 @@ def test_a_torchft_that_never_reaches_its_target_gives_a_lower_bound():
 def test_tables_and_plot(tmp_path):
     r = result(torchft_to_target=100.0)
     text = markdown(r)
-    assert "| 100 ms | 100 Mbit/s | diloco | 960 | 96.0% | 0.5 | 5.0500 | 40.0 | 51,200 | 3.0 |" in text
+    assert "| 100 ms | 100 Mbit/s | diloco | 960 | 96.0% | - | 0.5 | 5.0500 | 40.0 | 51,200 | 3.0 |" in text
     assert "exit 1" in text and "990 and 1,010" in text
+    r["quotas"]["solos"] = [{"mode": "concurrent", "tokens_per_s": [600.0, 400.0], "sum": 1000.0, "load": 1.5,
+                             "steal": 0.02}]
+    assert "- solos concurrent: 600, 400 (sum 1,000; load 1.5, steal 2.0%)" in markdown(r)
     png = plot(r, tmp_path / "slow_links.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

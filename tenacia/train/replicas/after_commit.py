@@ -9,6 +9,7 @@ finds so without holding the last step cannot write the end and exits non-zero (
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,16 @@ class AfterCommit:
     def after_commit(self: Any) -> None:
         """The leader's replica evaluates every ``train.eval_every`` steps (``evals.py``; its
         heartbeats say ``eval`` meanwhile, no hook point is reached) and saves every
-        ``checkpoint.every``."""
+        ``checkpoint.every``. The eval's seconds go into its next vote's ``compute_s``: under
+        diloco and streaming the leader's share of the next rounds is sized to its compute and
+        its evals together, so the others do not wait for the eval (``speed.py``)."""
         t = self.trainer
         leading = self.server.coordinator is not None and not self.server.coordinator.stopped
         if leading and evals.due(t.step, self.cfg.train.eval_every, self.cfg.train.steps):
             self.phase = "eval"
+            began = time.monotonic()
             evals.record_eval(t)
+            self.evaluated_s += time.monotonic() - began
             self.phase = "idle"
         every = self.cfg.checkpoint.every
         if leading and every and t.step % every == 0 and t.step < self.cfg.train.steps:

@@ -59,14 +59,15 @@ Layout = tuple[LayoutEntry, ...]
 class Vote:
     """A member's result for ``step`` of quorum ``quorum_id``: ``ok`` once its all-reduce (and heal)
     succeeded. ``start`` is the sampler position and ``batch`` the sample ids of the step's global
-    batch; ``ids`` the ones this member computed (its share), with their ``tokens`` and mean
-    ``loss``; ``reused`` how many of them came from a discarded run of the same step; ``timing``
-    wall-clock phase times of a quorum's first step (``docs/events.md``), else None; ``checks``
+    batch (on the wire from the first sharer only, ``replica.vote_to_send``); ``ids`` the ones this
+    member computed (its share), with their ``tokens`` and mean ``loss``; ``reused`` how many of
+    them came from a discarded run of the same step; ``timing`` wall-clock phase times of a
+    quorum's first step (``docs/events.md``), else None; ``checks``
     the values of the configured vote checks (``votecheck.py``), by check name. A mixture of
     experts adds ``expert_loads``, the tokens per expert and MoE layer summed over the quorum (the
     reduce's, alike on every member), and ``expert_bias``, the biases a commit sets from them.
-    ``compute_s``: the seconds it spent computing its share (the leader's speed measurements,
-    ``speed.py``)."""
+    ``compute_s``: the seconds it spent computing its share, and evaluating since its last vote
+    (the leader's speed measurements, ``speed.py``)."""
 
     TAG: ClassVar[str] = "vote"
     replica: int
@@ -340,7 +341,7 @@ def encode(msg: Message) -> dict[str, Any]:
     tag = getattr(type(msg), "TAG", None)
     if WIRE.get(tag) is not type(msg):
         raise ProtocolError(f"{type(msg).__name__} is not a wire message")
-    return {"type": tag, **to_json(msg)}
+    return {"type": tag, **to_json(msg, type(msg), _hints)}
 
 
 def decode(header: dict[str, Any]) -> Message:

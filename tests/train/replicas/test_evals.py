@@ -60,3 +60,20 @@ def test_evaluating_between_outer_rounds_leaves_every_members_state_as_without(t
         assert fingerprint(a) == fingerprint(b)  # each member's local weights and inner moments
         outer_a, outer_b = (ckpt.tensors_fingerprint(t.step, {}, s.replicated(t)) for t, s in ((a, sa), (b, sb)))
         assert outer_a == outer_b  # the global parameters and outer momenta
+
+
+def test_the_leaders_eval_seconds_go_into_its_next_votes_compute_seconds(tmp_path):
+    from types import SimpleNamespace
+
+    from tenacia.train.replicas.after_commit import AfterCommit
+
+    t = Trainer(load(tmp_path, "train.eval_batches=2", "train.eval_every=1", "train.steps=5"), write_ledger=False)
+    t.step_once()
+    leader = SimpleNamespace(stopped=False)
+    me = SimpleNamespace(trainer=t, cfg=t.cfg, server=SimpleNamespace(coordinator=leader), phase="idle",
+                         evaluated_s=0.25)
+    AfterCommit.after_commit(me)  # step 1 of 5, eval_every 1: due
+    assert me.evaluated_s > 0.25 and me.phase == "idle"
+    member = SimpleNamespace(**{**vars(me), "server": SimpleNamespace(coordinator=None), "evaluated_s": 0.0})
+    AfterCommit.after_commit(member)  # not leading: no eval, nothing added
+    assert member.evaluated_s == 0.0

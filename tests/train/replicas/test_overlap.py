@@ -7,6 +7,7 @@ in heals."""
 import threading
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from tenacia import hooks
@@ -54,8 +55,9 @@ class DelayedLink:
         self.arrived.wait()
 
 
-def test_the_exchange_is_in_flight_while_the_inner_steps_run_and_the_late_step_mixes(tmp_path):
-    cfg = load(tmp_path, "replicas.sync=streaming", "replicas.outer.fragments=2", "replicas.outer.inner_steps=4",
+@pytest.mark.parametrize("fragments", [2, 1])  # 1: diloco's whole exchange beside the next round
+def test_the_exchange_is_in_flight_while_the_inner_steps_run_and_the_late_step_mixes(tmp_path, fragments):
+    cfg = load(tmp_path, "replicas.sync=streaming", f"replicas.outer.fragments={fragments}", "replicas.outer.inner_steps=4",
                "replicas.outer.lr=0.5", "replicas.outer.momentum=0.9")
     t = Trainer(cfg, write_ledger=False)
     sync = strategy(cfg, t)

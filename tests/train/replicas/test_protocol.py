@@ -1,13 +1,16 @@
 """The replicas' messages: every one survives the wire unchanged with integer ids, a malformed header
 is refused with an error naming its field, and the quorum's next-step rule is the one rule."""
 
+import base64
 import dataclasses
 import json
 import socket
 import struct
+import zlib
 
 import pytest
 
+from tenacia.train.replicas.codec import pack_ints, unpack_ints
 from tenacia.train.replicas.protocol import (
     WIRE,
     Addrs,
@@ -134,3 +137,38 @@ def test_the_next_step_of_a_quorum_shares_the_batch_among_all_members_and_heals_
     assert nxt.shares == {0: (0, 1, 2), 2: (3, 4, 5), 5: (6, 7, 8)}
     same = {f.name for f in dataclasses.fields(Quorum)} - {"step", "sharers", "heal", "resolve", "shares"}
     assert all(getattr(nxt, f) == getattr(QUORUM, f) for f in same)  # the same quorum: no new group
+
+
+def test_a_rounds_long_id_tuples_are_packed_and_come_back_equal():
+    batch = tuple((i * 7919) % 31_000 for i in range(3200))  # a shuffled batch of a diloco round at H = 100
+    vote = Vote(replica=1, quorum_id=2, step=3, ok=True, start=6400, ids=batch[800:1600], batch=batch)
+    verdict = Verdict(quorum_id=2, step=3, commit=True, shares={r: tuple(range(800 * r, 800 * (r + 1))) for r in range(4)})
+    for msg, limit in ((vote, 4000 * 3), (verdict, 400)):
+        header = json.loads(json.dumps(encode(msg)))
+        assert decode(header) == msg
+        assert len(json.dumps(header)) < limit  # as JSON text: 27 KB and 18 KB
+    assert encode(verdict)["shares"]["1"] == {"ints": pack_ints(range(800, 1600))}
+    assert encode(Vote(replica=1, quorum_id=2, step=3, ok=True, batch=(5, 9)))["batch"] == [5, 9]  # short: a list
+
+
+def test_packed_integers_are_first_differences_zigzagged_at_the_narrowest_width():
+    assert zlib.decompress(base64.b64decode(pack_ints([3, 4, 4, 2]).split(":")[1])) == bytes([6, 2, 0, 3])
+    assert pack_ints([0, 300]).startswith("2:") and pack_ints([-(2**31), 2**31 - 1]).startswith("8:")
+    for values in ((), (7,), (-(2**31), 2**31 - 1, 0), tuple(range(99, -1, -1))):
+        assert unpack_ints(pack_ints(values)) == values
+
+
+def test_packed_integers_that_do_not_unpack_are_refused_naming_the_field():
+    header = encode(Vote(replica=1, quorum_id=2, step=3, ok=True, batch=tuple(range(64))))
+    header["batch"] = {"ints": "2:not-base64!"}
+    with pytest.raises(ProtocolError, match=r"vote\.batch: packed integers"):
+        decode(header)
+
+
+def test_only_the_first_sharer_sends_the_batch_the_leader_records():
+    from tenacia.train.replicas.replica import vote_to_send
+
+    vote = Vote(replica=2, quorum_id=7, step=41, ok=True, start=640, ids=(11, 12), batch=(10, 11, 12, 13))
+    assert vote_to_send(vote, QUORUM) == dataclasses.replace(vote, batch=())  # sharers (0, 2): 2 is not first
+    first = dataclasses.replace(vote, replica=0)
+    assert vote_to_send(first, QUORUM) is first

@@ -18,15 +18,26 @@ Schedule: direct, not a ring. For R members and N bytes:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import socket
+from typing import Protocol
 
 import torch
 
+from ..config import TransportConfig
 from .exchange import Exchange
 from .frames import ALL_GATHER, REDUCE_SCATTER, WHOLE, Header, TransportError
 
-if TYPE_CHECKING:
-    from .mesh import Mesh
+
+class Mesh(Protocol):
+    """What a collective reads of ``mesh.Mesh`` (a protocol: ``mesh.py`` builds on this module and
+    is not imported back): this member's rank, the group, the transport's settings and the
+    connected streams, by peer rank."""
+
+    rank: int
+    members: tuple[int, ...]
+    config: TransportConfig
+    inbound: dict[int, list[socket.socket]]
+    outbound: dict[int, list[socket.socket]]
 
 
 def rank_order_sum(parts: list[torch.Tensor]) -> torch.Tensor:

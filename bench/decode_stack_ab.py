@@ -3,14 +3,14 @@ stack (every decoder layer in one call, ``engine/cpu/decode_stack.py``), arms in
 apart changes of a few percent on a machine whose speed moves from run to run.
 
 Each ``--arm name:FLAGS`` is the kernels of ``--isa`` compiled with FLAGS added (``-D`` settings
-of the C sources, e.g. ``-DWARM=1024``; the first arm, ``base``, adds none), loaded beside the
+of the C sources, e.g. ``-DFAR=512``; the first arm, ``base``, adds none), loaded beside the
 others, with its own panels of the model's weights. A round runs ``--steps`` decode steps of
 each arm at each batch size in turn, over ``decode_path.CONTEXT`` cached tokens a sequence; the
 table gives each arm's median step, and the rate at which the layers' weights streamed (their
 bytes over the step). The machine's read rate (``bench/floors.py``) is measured before and
 after. Writes bench/results/decode-stack-ab-<time>.json.
 
-    .venv/bin/python bench/decode_stack_ab.py --arm warm:-DWARM=1024
+    .venv/bin/python bench/decode_stack_ab.py --arm far512:-DFAR=512 --arm far2048:-DFAR=2048
 """
 
 from __future__ import annotations

@@ -32,29 +32,11 @@ static inline void share(long n, long *lo, long *hi) {
   *hi = n * (t + 1) / T;
 }
 
-/* WARM: lines of this thread's share of the next product prefetched towards L2 once its share of
- * this one is done, so that its stream starts where the products' own prefetch (FAR lines ahead)
- * would have been, instead of at memory latency. 0: none. */
-#ifndef WARM
-#define WARM 0
-#endif
-
-static inline void warm(const float *p, long k, long n) {
-  long lo, hi;
-  share((n + 15) / 16, &lo, &hi);
-  const char *a = (const char *)(p + lo * k * 16);
-  long lines = (hi - lo) * k / 4; /* 64-byte lines in the share: 16 floats a k */
-  for (long i = 0; i < WARM && i < lines; i++) __builtin_prefetch(a + i * 64, 0, 1);
-}
-
-/* this thread's share of y = x . W^T + bias, then of the next product's warm-up (np: its panels,
- * or 0), then a barrier */
-static inline void product(const float *x, long rows, long k, const float *p, long n, const float *bias, float *y,
-                           const float *np, long nk, long nn) {
+/* this thread's share of y = x . W^T + bias, then a barrier */
+static inline void product(const float *x, long rows, long k, const float *p, long n, const float *bias, float *y) {
   long lo, hi;
   share((n + 15) / 16, &lo, &hi);
   gemm_panels(x, rows, k, p, n, bias, y, lo, hi);
-  if (WARM && np) warm(np, nk, nn);
 #pragma omp barrier
 }
 
@@ -75,7 +57,7 @@ void tenacia_decode_stack(long layers, const long *weights, long dim, long heads
       const float *const *w = (const float *const *)(weights + l * W_COUNT);
       for (long r = lo; r < hi; r++) norm_row(x + r * dim, l ? d + r * dim : 0, w[W_ATTN_NORM], eps, h + r * dim, dim);
 #pragma omp barrier
-      product(h, rows, dim, w[W_QKV], qkvn, w[W_QKV_BIAS], qkv, w[W_WO], qd, dim);
+      product(h, rows, dim, w[W_QKV], qkvn, w[W_QKV_BIAS], qkv);
       float *ck = cache_k + l * cache_layer, *cv = cache_v + l * cache_layer;
       float *mk = mirror_k + l * mirror_layer, *mv = mirror_v + l * mirror_layer;
       for (long r = lo; r < hi; r++) {
@@ -86,13 +68,13 @@ void tenacia_decode_stack(long layers, const long *weights, long dim, long heads
 #pragma omp for schedule(dynamic, 1)
       for (long task = 0; task < rows * kv_heads; task++)
         attend_task(qkv, qkvn, mk, mv, cap, lengths, heads, kv_heads, hd, scale, att, task);
-      product(att, rows, qd, w[W_WO], dim, 0, d, w[W_GATE_UP], dim, 2 * hidden);
+      product(att, rows, qd, w[W_WO], dim, 0, d);
       for (long r = lo; r < hi; r++) norm_row(x + r * dim, d + r * dim, w[W_FFN_NORM], eps, h + r * dim, dim);
 #pragma omp barrier
-      product(h, rows, dim, w[W_GATE_UP], 2 * hidden, 0, gu, w[W_DOWN], hidden, dim);
+      product(h, rows, dim, w[W_GATE_UP], 2 * hidden, 0, gu);
       for (long r = lo; r < hi; r++) silu_row(gu + r * 2 * hidden, gu + r * 2 * hidden + hidden, hidden, act + r * hidden);
 #pragma omp barrier
-      product(act, rows, hidden, w[W_DOWN], dim, 0, d, l + 1 < layers ? w[W_COUNT + W_QKV] : 0, dim, qkvn);
+      product(act, rows, hidden, w[W_DOWN], dim, 0, d);
     }
     for (long r = lo; r < hi; r++)
       for (long i = 0; i < dim; i++) x[r * dim + i] += d[r * dim + i];

@@ -16,7 +16,6 @@
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
-#include <stdlib.h>
 #include <string.h>
 
 #ifndef FAR
@@ -53,56 +52,15 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
   }
 BLOCK(16)
 BLOCK(8)
-/* PACKX: a block of 16 rows reads x packed k-major (xp[kk * 16 + m]), its 16 broadcasts of a k
- * from one 64-byte line, instead of from 16 rows k floats apart (16 streams, more than L1 keeps
- * once k passes ~500). 0: x as given. */
-#ifndef PACKX
-#define PACKX 0
-#endif
-static inline void block16p(const float *xp, long k, const float *panel, float *y, long ldy, const float *bias,
-                            __mmask16 mask) {
-  __m512 acc[16];
-  __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();
-  for (int m = 0; m < 16; m++) acc[m] = b;
-  for (long kk = 0; kk < k; kk++) {
-    _mm_prefetch((const char *)(panel + (kk + FAR) * 16), _MM_HINT_T2);
-    _mm_prefetch((const char *)(panel + (kk + NEAR) * 16), _MM_HINT_T0);
-    __m512 w = _mm512_loadu_ps(panel + kk * 16);
-    for (int m = 0; m < 16; m++) acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(xp[kk * 16 + m]), w, acc[m]);
-  }
-  for (int m = 0; m < 16; m++) _mm512_mask_storeu_ps(y + m * ldy, mask, acc[m]);
-}
-
-/* this thread's buffer for x packed, grown as needed (never freed: one per thread, ~100 KB) */
-static float *packed_x(long floats) {
-  static __thread float *buf;
-  static __thread long cap;
-  if (floats > cap) {
-    free(buf);
-    buf = aligned_alloc(64, ((floats * 4 + 63) / 64) * 64);
-    cap = floats;
-  }
-  return buf;
-}
-BLOCK(4)
-BLOCK(2)
-BLOCK(1)
-
 /* Panels q0 .. q1 - 1 of y (m x n) = x (m x k) . W^T + bias: one thread's share of a product. */
 static void gemm_panels(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
                         long q0, long q1) {
-  long full = PACKX && q1 > q0 ? m / 16 : 0; /* blocks of 16 rows read packed */
-  float *xp = full ? packed_x(full * 16 * k) : 0;
-  for (long blk = 0; blk < full; blk++)
-    for (long kk = 0; kk < k; kk++)
-      for (long r = 0; r < 16; r++) xp[(blk * k + kk) * 16 + r] = x[(blk * 16 + r) * k + kk];
   for (long q = q0; q < q1; q++) {
     const float *panel = p + q * k * 16;
     long col = q * 16;
     __mmask16 mask = n - col >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - col)) - 1);
     const float *b = bias ? bias + col : 0;
     long r = 0;
-    for (; r < full * 16; r += 16) block16p(xp + r * k, k, panel, y + r * n + col, n, b, mask);
     for (; r + 16 <= m; r += 16) block16(x + r * k, k, panel, y + r * n + col, n, b, mask);
     if (m - r >= 8) { block8(x + r * k, k, panel, y + r * n + col, n, b, mask); r += 8; }
     if (m - r >= 4) { block4(x + r * k, k, panel, y + r * n + col, n, b, mask); r += 4; }

@@ -15,7 +15,6 @@
  */
 #include <immintrin.h>
 #include <math.h>
-#include <omp.h>
 #include <string.h>
 
 #ifndef FAR
@@ -52,6 +51,10 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
   }
 BLOCK(16)
 BLOCK(8)
+BLOCK(4)
+BLOCK(2)
+BLOCK(1)
+
 /* Panels q0 .. q1 - 1 of y (m x n) = x (m x k) . W^T + bias: one thread's share of a product. */
 static void gemm_panels(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
                         long q0, long q1) {
@@ -73,11 +76,8 @@ static void gemm_panels(const float *x, long m, long k, const float *p, long n, 
 void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, const float *bias,
                         float *y, int threads) {
   long panels = (n + 15) / 16;
-#pragma omp parallel num_threads(threads)
-  { /* a contiguous run of panels a thread, as schedule(static) would give, in one call */
-    long t = omp_get_thread_num(), T = omp_get_num_threads();
-    gemm_panels(x, m, k, p, n, bias, y, panels * t / T, panels * (t + 1) / T);
-  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long q = 0; q < panels; q++) gemm_panels(x, m, k, p, n, bias, y, q, q + 1);
 }
 
 /* 2. Elementwise work between the products, one call each instead of five to eight torch ops.

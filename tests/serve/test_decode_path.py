@@ -53,6 +53,17 @@ def test_the_race_warms_up_then_times_every_way_in_turns_and_stops_when_the_budg
     assert len(times["a"][1]) == 5  # within the budget: every round
 
 
+def test_a_way_far_slower_than_the_best_everywhere_leaves_the_race_after_two_rounds():
+    clock = FakeClock()
+
+    def way(seconds_by_batch: dict[int, float]):
+        return lambda b: clock.advance(seconds_by_batch[b])
+
+    times = race({"fast": way({1: 1.0, 16: 2.0}), "slow at 1": way({1: 2.0, 16: 2.0}),
+                  "slow": way({1: 1.3, 16: 2.6})}, (1, 16), repeats=4, min_repeats=4, clock=clock)
+    assert [len(times[name][1]) for name in ("fast", "slow at 1", "slow")] == [4, 4, 2]
+
+
 def test_the_fastest_way_counts_each_batch_size_alike_by_medians():
     # "b" saves 5 ms at 16 sequences but loses half its time at 1: relative to the best, it loses
     times = {"a": {1: [10.0, 10.0, 99.0], 16: [40.0, 41.0, 40.0]},

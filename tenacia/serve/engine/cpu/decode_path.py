@@ -18,10 +18,11 @@ product alone once chose oneDNN for one shape, which left the kernels' stack unu
 How (``race``): one step of each way at each of ``BATCHES`` sequences (1 and ``MAX_ROWS``, the
 ends of the kernels' range) over ``CONTEXT`` cached tokens, in turns (way after way, batch after
 batch, so that a burst of load hits them alike), ``repeats`` rounds after a warm-up one, or
-fewer where ``budget_s`` runs out after ``min_repeats``. Each way's score is the sum over the
+fewer where ``budget_s`` runs out after ``min_repeats``; a way 1.25x slower than the best at
+both sizes after two rounds is dropped from the race. Each way's score is the sum over the
 batch sizes of its median over the best median at that size, so that a step of 1 sequence
-counts as much as one of 16 (``fastest``); the least score wins. About 0.5 s for SmolLM2-135M on
-2 Zen 4 cores.
+counts as much as one of 16 (``fastest``); the least score wins. 0.7-0.8 s for SmolLM2-135M on
+2 Zen 4 cores (the cache for the steps and the warm-up round included).
 
 ``$TENACIA_ISA`` forces the kernels and their one call, untimed, so that a run can be
 reproduced exactly; so does ``EngineConfig.products = "default"`` (no timing at start).
@@ -48,21 +49,27 @@ BLOCK = 16
 
 
 def race(steps: dict[str, Callable[[int], None]], batches: tuple[int, ...], *, repeats: int = 5,
-         min_repeats: int = 3, budget_s: float = 0.4,
+         min_repeats: int = 3, budget_s: float = 0.3, prune: float = 1.25,
          clock: Callable[[], float] = time.perf_counter) -> dict[str, dict[int, list[float]]]:
     """Seconds of each of ``steps`` (name -> run one step of that many sequences) at each of
     ``batches``, ``repeats`` rounds in turns after one warm-up round; no more rounds after
-    ``min_repeats`` once ``budget_s`` has passed since the first."""
+    ``min_repeats`` once ``budget_s`` has passed since the first. After two rounds a way whose
+    median is above ``prune`` times the best at every batch size is timed no more."""
     for run in steps.values():  # warm-up: first touches, the OpenMP team, the caches' state
         for b in batches:
             run(b)
     times: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batches} for name in steps}
+    running = dict(steps)
     start = clock()
     for done in range(repeats):
         if done >= min_repeats and clock() - start > budget_s:
             break
+        if done >= 2:
+            best = {b: min(statistics.median(times[name][b]) for name in running) for b in batches}
+            running = {name: run for name, run in running.items()
+                       if any(statistics.median(times[name][b]) <= prune * best[b] for b in batches)}
         for b in batches:
-            for name, run in steps.items():
+            for name, run in running.items():
                 t = clock()
                 run(b)
                 times[name][b].append(clock() - t)

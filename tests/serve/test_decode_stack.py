@@ -103,15 +103,17 @@ def test_the_stack_equals_the_layers_one_by_one_for_every_batch_size_and_torch(k
 
 
 def test_a_decode_product_outside_the_kernels_keeps_the_layers_one_by_one(kernels):
-    """The products' timing may choose another implementation for a shape (oneDNN, MKL): the
-    stack then cannot run, and the start-up line says why."""
+    """A layer's decode product outside the kernels' panels (a shape whose panels could not be
+    built): the stack cannot run, and the start-up line says why."""
     model = small_llama(3, 1, 64, False)
     backend = KernelBackend(kernels, None)
     packed = PackedLlama(model, backend)
     assert packed.decode_stack is not None and "one call" in backend.describe()[0]
     packed.layers[1].wo.decode_impl = "mkl-packed"
     assert DecodeStack.why_not(packed.layers) == "layer 1's wo product does not run in the kernels' panels in a decode"
-    assert backend.decode_stack(packed.layers) is None
+    packed.decode_stack = None
+    backend.arrange_decode(packed)
+    assert packed.decode_stack is None
     assert "layer by layer: layer 1's wo product" in backend.describe()[0]
 
 

@@ -65,8 +65,12 @@ def test_start_up_line_says_whether_decode_kernels_run(server, tiny_server):
     listening = [line for line in tiny_server.lines if "listening on" in line][0]
     if HAS_CC:  # the best build this CPU runs (the generic one runs on every CPU)
         best = "avx512" if "avx512f" in cpu_features() else "avx2" if "avx2" in cpu_features() else "generic"
-        # the tiny model's decode products all run in the kernels' panels: its layers in one call
-        assert re.search(rf"; decode kernels on \({best}; decode layers in one call\)[;)]", listening), listening
+        # the tiny model's decode products all run in the kernels' panels: the way a step runs is
+        # timed (engine/cpu/decode_path.py) and named, with each way's medians
+        assert re.search(rf"; decode kernels on \({best}; decode (one call|layer by layer(, prefill products)?) "
+                         r"\(ms a step at 1/16 sequences: one call [\d.]+/[\d.]+; layer by layer [\d.]+/[\d.]+"
+                         r"(; layer by layer, prefill products [\d.]+/[\d.]+)?; timed in [\d.]+ s\)\)[;)]",
+                         listening), listening
         assert re.search(r"; products decode .+, prefill .+ \(timed in [\d.]+ s\)\)", listening), listening
     else:  # and says why not
         assert re.search(r"; decode kernels off \(.+\)[;)]", listening), listening

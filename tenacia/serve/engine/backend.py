@@ -165,10 +165,10 @@ class TorchBackend:
                                              scale=scale)  # (B, 1, H, value_dim)
         return out.view(B, H, 1, value_dim)
 
-    def decode_stack(self, layers: list):
-        """One call for a decode step's decoder layers (``cpu.decode_stack.DecodeStack``), or
-        None: the model calls the backend layer by layer."""
-        return None
+    def arrange_decode(self, model) -> None:
+        """Set how ``model`` (a ``PackedLlama``, its ``decode_stack`` None) runs a decode step:
+        here layer by layer; the CPU kernels may give it one call for all its decoder layers
+        (``cpu.decode_stack.DecodeStack``), chosen by timing (``cpu.decode_path``)."""
 
     def describe(self) -> tuple[str, str]:
         """(decode kernels, products) for the start-up line; "" where not applicable."""

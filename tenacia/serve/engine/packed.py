@@ -19,8 +19,9 @@ prefill (the prompts' tokens packed into one row): embedding, then per layer RMS
 q/k/v product, rotary on q and k in place, attention through the ``AttentionCache``
 (``attention.PagedAttention``), the output product, RMSNorm and the gated MLP; each layer
 returns its output ("delta"), added to the residual stream by the next layer's fused add+norm.
-Where the backend has one (the CPU kernels, ``cpu/decode_stack.py``), a decode step's layers
-run instead in one call that does the same per layer.
+Where the backend has one (the CPU kernels, ``cpu/decode_stack.py``) and it is timed the faster
+at start (``cpu/decode_path.py``), a decode step's layers run instead in one call that does the
+same per layer.
 
 The original module's projection weights are not referenced afterwards: drop the ``Llama`` to
 free them. Numerics: the same math in the same dtype as ``Llama.forward`` (norms and rotary in
@@ -92,8 +93,10 @@ class PackedLlama:
         # the output projection runs on each sequence's last token only: decode-sized
         self.output = backend.linear(model.output.weight, runs_in="decode")
         self.dtype = self.embeddings.dtype
-        # a decode step's layers in one call, where the backend has one (cpu/decode_stack.py)
-        self.decode_stack = backend.decode_stack(self.layers)
+        # a decode step's layers in one call, where the backend has one and it is the faster
+        # (cpu/decode_stack.py, cpu/decode_path.py)
+        self.decode_stack = None
+        backend.arrange_decode(self)
 
     def hidden(self, tokens: Tensor, positions: Tensor, cache: AttentionCache, decode: bool) -> Tensor:
         """tokens, positions: (rows,) -> last hidden states (rows, dim), before the final norm.

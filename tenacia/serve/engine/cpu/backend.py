@@ -4,9 +4,11 @@
   implementation timed on this CPU at start by ``products.ProductChooser``, or the defaults
   without one), the elementwise work and attention as torch ops;
 - ``KernelBackend``: the same, given one build of the decode kernels (``kernels.choose``): the
-  products of a decode step may also run in the kernels' panels, gate and up run as one product
-  in a decode, and the elementwise work, the decode attention (all of a decode step's layers in
-  one call, ``decode_stack.py``) and a prefill's attention of whole new sequences run in the kernels.
+  products of a decode step run in the kernels' panels, gate and up as one product, and the
+  elementwise work, the decode attention and a prefill's attention of whole new sequences run in
+  the kernels; a decode step's layers run in one call (``decode_stack.py``), layer by layer, or
+  layer by layer with the prefill's products, whichever a whole step is timed fastest in at start
+  (``decode_path.py``).
 
 ``cpu_backend`` picks once, at the engine's start: ``KernelBackend`` where a build runs on this
 CPU and the model's shape suits it, else ``CpuBackend``; ``$TENACIA_ISA`` forces a build
@@ -18,12 +20,14 @@ CPU and the model's shape suits it, else ``CpuBackend``; ``$TENACIA_ISA`` forces
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 from torch import Tensor
 
 from ..backend import DecodeRows, TorchBackend
 from ..kv_cache import CacheSpec
+from . import decode_path
 from . import kernels as dk
 from .decode_stack import DecodeStack
 from .products import PackedLinear, ProductChooser
@@ -50,14 +54,17 @@ class KernelBackend(CpuBackend):
 
     fuse_gate_up = True
 
-    def __init__(self, kernels: dk.Kernels, chooser: ProductChooser | None):
+    def __init__(self, kernels: dk.Kernels, chooser: ProductChooser | None, forced: bool = False,
+                 clock=None):
         super().__init__(chooser, "")
         self.kernels = kernels
+        self.forced = forced  # $TENACIA_ISA named the build: nothing is timed for a decode
+        self.clock = clock or time.perf_counter  # what decode_path.choose times with (tests: a fake one)
         self.add_rms_norm = kernels.add_rms_norm
         self.rotary_ = kernels.rotary_
         self.silu_mul = kernels.silu_mul
         self.silu_mul_pair = kernels.silu_mul_pair
-        self.stack_state = "no model built yet"  # what decode_stack decided, for the start-up line
+        self.stack_state = "no model built yet"  # what arrange_decode decided, for the start-up line
 
     @staticmethod
     def supports(n_heads: int, spec: CacheSpec) -> str | None:
@@ -79,10 +86,21 @@ class KernelBackend(CpuBackend):
         self.kernels.store_kv(k, v, cache_k, cache_v, slots, mk, mv, mirror.lengths)
         return self.kernels.decode_attention(q, mk, mv, mirror.lengths)
 
-    def decode_stack(self, layers: list) -> DecodeStack | None:
-        why = DecodeStack.why_not(layers)
-        self.stack_state = f"layer by layer: {why}" if why else "decode layers in one call"
-        return DecodeStack.build(self.kernels, layers) if why is None else None
+    def arrange_decode(self, model) -> None:
+        """Give ``model`` (a ``PackedLlama``) the one call for its decode layers where they suit it
+        (``DecodeStack.why_not``), or decode layer by layer; with a product chooser and no
+        ``$TENACIA_ISA``, the way is timed (``decode_path.choose``)."""
+        why = DecodeStack.why_not(model.layers)
+        if why is not None:
+            self.stack_state = f"layer by layer: {why}"
+            return
+        stack = DecodeStack.build(self.kernels, model.layers)
+        if self.chooser is None or self.forced:
+            model.decode_stack = stack
+            self.stack_state = "decode in one call (untimed: " + (
+                f"{dk.ISA_ENV} forces the kernels)" if self.forced else "products=default)")
+            return
+        self.stack_state = decode_path.choose(model, stack, self.clock)
 
     def causal_attention(self, q: Tensor, k: Tensor, v: Tensor, offset: int, n: int, count: int,
                          scale: float | None) -> Tensor:
@@ -113,4 +131,4 @@ def cpu_backend(*, kernels: bool, products: str, n_heads: int, spec: CacheSpec) 
     unsuited = KernelBackend.supports(n_heads, spec)
     if unsuited:
         return CpuBackend(chooser, f"this model's shape does not suit the {chosen.isa} kernels: {unsuited}")
-    return KernelBackend(chosen, chooser)
+    return KernelBackend(chosen, chooser, forced=bool(os.environ.get(dk.ISA_ENV, "").strip()))

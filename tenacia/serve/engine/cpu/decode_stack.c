@@ -32,6 +32,7 @@ static inline void share(long n, long *lo, long *hi) {
   *hi = n * (t + 1) / T;
 }
 
+/* this thread's share of y = x . W^T + bias, then a barrier */
 static inline void product(const float *x, long rows, long k, const float *p, long n, const float *bias, float *y) {
   long lo, hi;
   share((n + 15) / 16, &lo, &hi);

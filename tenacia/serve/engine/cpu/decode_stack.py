@@ -8,9 +8,9 @@ all the layers, a barrier between stages. The arithmetic is the same kernels' in
 (the C file is built from their row and panel functions), so the two paths agree to float32
 rounding; ``tests/serve/test_decode_stack.py`` checks it for every batch size and build.
 
-``DecodeStack.build`` returns one only where every layer's decode products run in the kernels'
-panels (``PackedLinear.decode_impl == "kernel"``): where the products' timing chose another
-implementation for some shape, the model decodes layer by layer, and ``why_not`` says why.
+``DecodeStack.build`` makes one only where every layer's decode products run in the kernels'
+panels (``PackedLinear.decode_impl == "kernel"``; ``why_not`` says why not); whether a model
+decodes with it is timed at start (``decode_path.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class DecodeStack:
         self.eps = first.eps
         self.table = torch.tensor(table, dtype=torch.int64)  # (layers, 7) pointers
         self._keep = keep  # the tensors the pointers point into
+        self._scratch = torch.empty(0)  # the stages' activations (decode_stack.c)
 
     @staticmethod
     def why_not(layers: list) -> str | None:
@@ -72,7 +73,10 @@ class DecodeStack:
             if not t.is_contiguous():
                 raise ValueError("DecodeStack: every tensor must be contiguous")
         qkv = (self.heads + 2 * self.kv_heads) * self.head_dim
-        scratch = torch.empty(B * (2 * self.dim + qkv + self.heads * self.head_dim + 3 * self.hidden))
+        need = B * (2 * self.dim + qkv + self.heads * self.head_dim + 3 * self.hidden)
+        if self._scratch.numel() < need:  # kept between steps, grown to the largest batch yet
+            self._scratch = torch.empty(need)
+        scratch = self._scratch
         self._fn(self.layers, self.table.data_ptr(), self.dim, self.heads, self.kv_heads, self.head_dim, self.hidden,
                  self.eps, x.data_ptr(), B, cos.data_ptr(), sin.data_ptr(), cache_k.data_ptr(), cache_v.data_ptr(),
                  cache_k.stride(0), slots.data_ptr(), mirror_k.data_ptr(), mirror_v.data_ptr(), mirror_k.stride(0),

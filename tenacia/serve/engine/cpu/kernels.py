@@ -105,9 +105,11 @@ def _openmp_runtimes() -> set[str]:
     return {line.split()[-1] for line in maps.splitlines() if any(n in line.rsplit("/", 1)[-1] for n in names)}
 
 
-def _compile(cc: str, isa: str = "avx512") -> Path:
+def _compile(cc: str, isa: str = "avx512", extra: tuple[str, ...] = ()) -> Path:
+    """The cached build of ``isa``'s kernels; ``extra``: more compiler flags (``-D`` settings tried
+    by ``bench/decode_stack_ab.py``)."""
     source, flags, _ = BUILDS[isa]
-    flags = COMMON + flags
+    flags = COMMON + flags + list(extra)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
     text = source.read_bytes() + TASKS_SOURCE.read_bytes() + STACK_SOURCE.read_bytes()
     key = hashlib.sha256(text + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
@@ -142,6 +144,25 @@ def missing(isa: str) -> str | None:
     return f"this CPU has no {', '.join(lacks)} for the {isa} kernels" if lacks else None
 
 
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Give ``lib``'s functions (any build of the kernels) their C argument types; returns it."""
+    lib.tenacia_small_gemm_pack.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
+    lib.tenacia_small_gemm_pack.restype = None
+    lib.tenacia_small_gemm.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
+                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.tenacia_small_gemm.restype = None
+    p, i, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
+    t = ctypes.c_int
+    for name, args in (("tenacia_add_rms_norm", [p, p, p, f, p, i, i, t]), ("tenacia_rotary", [p, i, i, i, i, p, p, t]),
+                       ("tenacia_silu_mul", [p, p, i, i, i, p, t]),
+                       ("tenacia_decode_attention", [p, i, p, p, i, p, i, i, i, i, f, p, ctypes.c_int]),
+                       ("tenacia_prefill_attention", [p, i, p, p, i, i, i, i, f, p, t]),
+                       ("tenacia_store_kv", [p, p, i, i, i, i, p, p, p, p, p, i, p]),
+                       ("tenacia_decode_stack", [i, p, i, i, i, i, i, f, p, i, p, p, p, p, i, p, p, p, i, i, p, p, t])):
+        getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
+    return lib
+
+
 @functools.cache
 def _library(isa: str = "avx512") -> ctypes.CDLL | str:
     """The loaded kernels of ``isa``, or the reason they cannot be used."""
@@ -160,21 +181,7 @@ def _library(isa: str = "avx512") -> ctypes.CDLL | str:
     except (Unavailable, OSError) as e:
         log.info("decode kernels unavailable, decoding with torch ops and MKL: %s", e)
         return str(e)
-    lib.tenacia_small_gemm_pack.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
-    lib.tenacia_small_gemm_pack.restype = None
-    lib.tenacia_small_gemm.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
-                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    lib.tenacia_small_gemm.restype = None
-    p, i, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
-    t = ctypes.c_int
-    for name, args in (("tenacia_add_rms_norm", [p, p, p, f, p, i, i, t]), ("tenacia_rotary", [p, i, i, i, i, p, p, t]),
-                       ("tenacia_silu_mul", [p, p, i, i, i, p, t]),
-                       ("tenacia_decode_attention", [p, i, p, p, i, p, i, i, i, i, f, p, ctypes.c_int]),
-                       ("tenacia_prefill_attention", [p, i, p, p, i, i, i, i, f, p, t]),
-                       ("tenacia_store_kv", [p, p, i, i, i, i, p, p, p, p, p, i, p]),
-                       ("tenacia_decode_stack", [i, p, i, i, i, i, i, f, p, i, p, p, p, p, i, p, p, p, i, i, p, p, t])):
-        getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
-    return lib
+    return declare(lib)
 
 
 def choose(enabled: bool = True) -> tuple[Kernels | None, str]:

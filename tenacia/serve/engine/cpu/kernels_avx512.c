@@ -17,8 +17,12 @@
 #include <math.h>
 #include <string.h>
 
+#ifndef FAR
 #define FAR 1024 /* 64-byte lines ahead prefetched towards the outer caches */
-#define NEAR 64  /* lines ahead prefetched into L1 */
+#endif
+#ifndef NEAR
+#define NEAR 64 /* lines ahead prefetched into L1 */
+#endif
 
 void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
   long panels = (n + 15) / 16;

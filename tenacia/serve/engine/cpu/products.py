@@ -12,22 +12,19 @@ A ``PackedLinear`` holds one projection's weight in the layouts it can run in:
 Each layout checks itself against ``F.linear`` when it is built and is dropped if it disagrees.
 
 Which one runs is decided twice, for a decode step (``MAX_ROWS`` rows or fewer) and for a prefill
-(more). Where the engine's decode kernels run, a decode takes their panels, untimed: a decode
-step's layers run in one call into the kernels made of them (``decode_stack.py``; the step of 16
-sequences 0.79x the time of the layers one by one with each product timed, docs/benchmarks.md,
-"Serving on AMD Zen 4 with AVX-512"), and timing each product alone under other jobs' load
-chose oneDNN for a shape now and then, which would turn the stack off. Otherwise
-``ProductChooser`` decides: it times every candidate on the first weight of each shape, in
+(more), by ``ProductChooser``: it times the candidates on the first weight of each shape, in
 turns, and keeps the fastest (plain MKL only races where MKL cannot pack); the later layers of
-the same shape take the same choice without timing. A prefill's products are timed at
-``PREFILL_ROWS`` rows on a weight in cache (a prompt reuses each weight for every row). A decode
-step reads each weight once for a few rows, and all of them together are far larger than the
-caches, so a decode product is timed as it runs there: on a weight just pushed out of the caches
-(``evict``), at 1 row and at ``MAX_ROWS`` rows, the two times added (timed on a cached weight, a
-layout that streams poorly from memory can win: docs/benchmarks.md, "Serving on AMD Zen 4"). A layout neither regime chose is dropped, so that a weight is
-kept only in the layouts that run. Without a chooser (accelerators, tests), the defaults are the
-kernel for a decode and MKL's packed layout (else plain) for a prefill. Every implementation is
-the same float32 product in another summation order (within ~1e-6 relative of each other).
+the same shape take the same choice untimed. A prefill's products are timed at ``PREFILL_ROWS``
+rows on a weight in cache (a prompt reuses each weight for every row). Where the engine's decode
+kernels run, a decode's products take their panels here, and the way a whole decode step runs
+(the kernels' one call, the layers one by one, or the layers with the prefill's products) is
+timed at start on whole steps (``decode_path.py``). Without the kernels a decode product is
+timed as a decode step runs it, on a weight just pushed out of the caches (``evict``: a decode
+step's weights are far larger than the caches), at 1 row and at ``MAX_ROWS`` rows, the two
+times added. A layout no regime chose is dropped. Without a chooser (accelerators, tests), the
+defaults are the kernel for a decode and MKL's packed layout (else plain) for a prefill. Every
+implementation is the same float32 product in another summation order (within ~1e-6 relative
+of each other).
 """
 
 from __future__ import annotations
@@ -85,6 +82,10 @@ class PackedLinear:
         else:
             self.decode_impl = available[0]
             self.prefill_impl = "mkl-packed" if self.packed is not None else "mkl"
+        self.drop_unused()
+
+    def drop_unused(self) -> None:
+        """Free the layouts neither ``decode_impl`` nor ``prefill_impl`` names."""
         used = {self.decode_impl, self.prefill_impl}
         if "kernel" not in used:
             self.small = None

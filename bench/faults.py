@@ -54,6 +54,7 @@ from arms import (  # noqa: E402
     wait_full,
     worker_pids,
 )
+from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
 
 from tenacia.chaos.etcd import EtcdServer  # noqa: E402
 from tenacia.report import summary as tenacia_report  # noqa: E402
@@ -386,12 +387,10 @@ def main() -> int:
         first = nofault_rounds(arms, a, results)
         rows = [run_arm(arm, a, results, first[arm]) for arm in arms]
     print_table(rows)
-    doc = {"date": time.strftime("%Y-%m-%d"), "args": vars(a), "cpus": os.cpu_count(),
-           "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "arms": rows,
+    doc = {"args": vars(a), "loadavg_start": load_start, "arms": rows,
            "schedule": [dataclasses.asdict(f) for f in schedule(a.duration, a.replicas, a.crash_every,
                                                                  a.hang_every, a.hang_s)]}
-    path = Path(a.results) / f"faults-{stamp}.json"
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    path = write_results("faults", doc, Path(a.results) / f"faults-{stamp}.json", indent=1)
     print(f"wrote {path} and the run directories under {results}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

@@ -8,15 +8,13 @@ Prints a table and writes bench/results/link-<time>.json.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "chaos")]
 
+from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
 from test_link import Pair  # noqa: E402  (the two-rank gloo worker pair the tests use)
 
 from tenacia.chaos.link import LinkLab  # noqa: E402
@@ -53,10 +51,7 @@ def main() -> int:
         t.add_row(r["link"], f"{r['delay_ms']:g} ms", f"{r['rate_mbit']:g} Mbit/s" if r["rate_mbit"] else "-",
                   r["op"], f"{1000 * r['median_s']:.1f} ms")
     Console().print(t)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"link-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "rows": rows}, indent=1))
+    path = write_results("link", {"rows": rows}, indent=1)
     print(f"wrote {path}")
     return 0
 

@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'claim':<44} {'value':>14}")
     for key, value in result.items():
         print(f"{key:<44} {value!s:>14}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    from results_file import write_results  # bench/ is on sys.path when this runs as a script
+
+    write_results("lm_eval", result, args.out)
     return 0 if ok else 1
 
 

@@ -43,6 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
+
 from tenacia import config  # noqa: E402
 from tenacia.data.dataset import prepare_data  # noqa: E402
 from tenacia.device import detect  # noqa: E402
@@ -197,10 +199,10 @@ def main() -> None:
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--expert-tokens", type=int, default=2048, help="tokens of the expert timing (0: none)")
     p.add_argument("--expert-reps", type=int, default=20, help="timed forward+backward passes per arm")
-    p.add_argument("--out", default=f"bench/results/moe-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    p.add_argument("--out", default=None, help="results file (default: bench/results/moe-<time>.json)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args)}
+    result: dict = {"args": vars(args)}
     if args.kv_budget_mib > 0:
         result.update(serving_section(args))
     if args.expert_tokens:
@@ -223,9 +225,7 @@ def main() -> None:
             print(f"{name:<18}{r['active_params']:>14,}{r['params']:>11,}{r['step_s'] * 1000:>8.0f}ms"
                   f"{r['tokens_per_s']:>10,.0f}{r['eval_loss']:>11.3f}")
         result["training"] = training
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {write_results('moe', result, Path(args.out) if args.out else None, indent=1)}")
 
 
 if __name__ == "__main__":

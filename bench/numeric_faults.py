@@ -50,17 +50,12 @@ sys.path[:0] = [str(ROOT), str(PEERS), str(ROOT / "bench")]
 
 from arms import Procs, lighthouse_port, records  # noqa: E402
 from faults import ensure_torchft_venv, worker_env  # noqa: E402
+from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
 
+from tenacia.device import cpu_model  # noqa: E402,F401  (slow_links.py imports it from here)
 from tenacia.train.numerics.judge import WATCH_STEPS  # noqa: E402
 
 ARMS = ("tenacia", "tenacia-nocheck", "ddp", "torchft")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def tenacia_run(out: Path, a: argparse.Namespace, steps: int, replicas: int, faults: list[str],
@@ -316,15 +311,14 @@ def main() -> None:
     a.arms = a.arms.split(",")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = ROOT / "bench" / "results" / f"numeric_faults-{stamp}"
-    result: dict[str, Any] = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
-                              "cpu": cpu_model(), "args": {k: v for k, v in vars(a).items()}}
+    result: dict[str, Any] = {"args": {k: v for k, v in vars(a).items()}}
     sections = {"overhead": section_overhead, "schedule": section_schedule, "latency": section_latency,
                 "clean": section_clean}
     for name in a.sections.split(","):
         result[name] = sections[name](a, out)
-        (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-        (ROOT / "bench" / "results" / f"numeric_faults-{stamp}.json").write_text(json.dumps(result, indent=1, default=str))
-    print(f"\nwrote bench/results/numeric_faults-{stamp}.json ({result['cpu']})")
+        path = write_results("numeric_faults", result, ROOT / "bench" / "results" / f"numeric_faults-{stamp}.json",
+                             indent=1)
+    print(f"\nwrote {path} ({cpu_model()})")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["model.preset=micro", "data.seq_len=64", "data.max_bytes=300000", "train.batch_size=8",
@@ -68,10 +68,7 @@ def main() -> None:
         print(f"overlap {'on ' if overlap else 'off'}: median of medians "
               f"{statistics.median(r['s_per_round'] for r in mine):.3f} s/round, eval loss "
               f"{min(r['eval_loss'] for r in mine):.4f}-{max(r['eval_loss'] for r in mine):.4f}")
-    out = ROOT / "bench" / "results" / f"streaming-overlap-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "host": platform.processor() or platform.machine(),
-                               "load": os.getloadavg(), "runs": runs}, indent=1))
+    out = write_results("streaming-overlap", {"args": vars(args), "runs": runs}, indent=1)
     print(f"wrote {out}")
 
 

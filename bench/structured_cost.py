@@ -13,11 +13,12 @@ Prints a table and writes bench/results/structured-cost.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -94,9 +95,7 @@ def main() -> int:
     result["cost_pct"] = 100 * (1 - result["json_schema_tokens_per_s"] / result["free_tokens_per_s"])
     for key, value in result.items():
         print(f"{key:<28} {value:>10.1f}" if isinstance(value, float) else f"{key:<28} {value:>10}")
-    out = ROOT / "bench" / "results" / "structured-cost.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {write_results('structured-cost', result)}")
     return 0
 
 

@@ -14,7 +14,6 @@ Medians of per-step wall time are compared: the ratio is what counts. Goal: over
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
 
 from tenacia import config  # noqa: E402
 from tenacia.device import detect  # noqa: E402
@@ -40,7 +41,7 @@ def main() -> None:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--out", default="bench/results/train_overhead.json")
+    p.add_argument("--out", default=None, help="results file (default: bench/results/train-overhead-<time>.json)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +74,7 @@ def main() -> None:
                 plain.append(t2 - t1)
     tokens = args.batch * args.seq_len
     p_med, o_med = statistics.median(plain), statistics.median(ours)
-    result = {"date": time.strftime("%Y-%m-%d"), "preset": args.preset, "seq_len": args.seq_len,
+    result = {"preset": args.preset, "seq_len": args.seq_len,
               "batch": args.batch, "threads": args.threads, "steps": args.steps,
               "plain_step_s": plain, "tenacia_step_s": ours, "plain_tokens_per_s": tokens / p_med,
               "tenacia_tokens_per_s": tokens / o_med, "overhead": o_med / p_med - 1}
@@ -81,8 +82,7 @@ def main() -> None:
     print(f"{'plain':<10}{p_med * 1000:>13.1f} ms{tokens / p_med:>12,.0f}")
     print(f"{'tenacia':<10}{o_med * 1000:>13.1f} ms{tokens / o_med:>12,.0f}")
     print(f"overhead: {result['overhead'] * 100:+.1f}% (goal <= 3%)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {write_results('train-overhead', result, Path(args.out) if args.out else None, indent=1)}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import select
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
+
+from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
 
 from tenacia.chaos.link import LinkLab  # noqa: E402
 
@@ -150,13 +151,9 @@ def main() -> int:
                 group.close()
                 lab.set_delay(0)
     print_table(rows, ceilings)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"transport-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"started": started, "ended": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                                "load_avg": os.getloadavg(), "streams": args.streams, "window": args.window, "mtu": args.mtu,
-                                "ceiling_bytes_per_s": ceilings, "rows": rows}, indent=1))
+    path = write_results("transport", {"started": started, "ended": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                       "streams": args.streams, "window": args.window, "mtu": args.mtu,
+                                       "ceiling_bytes_per_s": ceilings, "rows": rows}, indent=1)
     print(f"wrote {path}")
     return 0
 

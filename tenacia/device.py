@@ -74,6 +74,7 @@ class Device:
             "compute dtype": str(self.autocast_dtype or torch.float32).removeprefix("torch."),
             "torch": torch.__version__,
             "cpu threads": str(torch.get_num_threads()),
+            "cpu instruction sets": " ".join(i for i in NOTABLE_ISAS if i in cpu_features()) or "none notable",
         }
 
 
@@ -104,6 +105,34 @@ def cpu_features(cpuinfo: str | None = None, mask: str | None = None) -> frozens
     return frozenset(found - {m.strip() for m in mask.split(",")})
 
 
+# the instruction sets that choose a kernel or a torch path, in the order ``tenacia info`` names them
+NOTABLE_ISAS = ("amx_tile", "avx512f", "avx512_bf16", "avx512_vnni", "avx2", "fma", "neon", "sve", "sve2")
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model as ``/proc/cpuinfo`` names it (x86 ``model name``; ARM ``Model name`` or the
+    implementer and part numbers), else ``platform``'s guess. For the record of a result only:
+    nothing chooses by it (``cpu_features`` does)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() not in fields:
+            fields[key.strip().lower()] = value.strip()
+    if fields.get("model name"):
+        return fields["model name"]
+    if "cpu implementer" in fields:
+        return f"ARM implementer {fields['cpu implementer']} part {fields.get('cpu part', '?')}"
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def _load_vendor_plugins() -> None:
     """Ascend registers its device type only once torch_npu is imported."""
     if importlib.util.find_spec("torch_npu") is not None:
@@ -123,9 +152,7 @@ def _accelerator_type() -> str | None:
 
 def _device_name(kind: str) -> str:
     if kind == "cpu":
-        import platform
-
-        return platform.processor() or platform.machine() or "cpu"
+        return cpu_model()
     module = getattr(torch, kind, None)
     get_name = getattr(module, "get_device_name", None)
     try:

@@ -18,3 +18,13 @@ def test_a_mask_runs_as_on_a_cpu_without_them(monkeypatch):
     assert "avx512f" not in cpu_features(INTEL, mask="avx512f, avx512bw")
     monkeypatch.setenv("TENACIA_CPU_MASK", "avx512f")
     assert "avx512f" not in cpu_features(INTEL) and "avx2" in cpu_features(INTEL)
+
+
+def test_the_cpu_model_is_named_for_the_record():
+    from tenacia.device import cpu_model
+
+    assert cpu_model(INTEL.replace("flags", "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags")) == \
+        "Intel(R) Xeon(R) Platinum 8480+"
+    assert cpu_model(ARM) == "ARM implementer 0x48 part ?"
+    assert cpu_model(ARM + "CPU part\t: 0xd01\n") == "ARM implementer 0x48 part 0xd01"
+    assert cpu_model("") != ""  # platform's guess, never empty

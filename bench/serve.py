@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from serve_client import best, summarize, sweep, sweep_once  # noqa: E402
-from serve_servers import RESULTS, log, settle, start_tenacia, start_vllm  # noqa: E402
+from serve_servers import RESULTS, log, settle, start_tenacia, start_vllm, stopping_all  # noqa: E402
 from serve_vllm_client import sweep as vllm_client_sweep  # noqa: E402
 from structured_cost import SCHEMA  # noqa: E402
 
@@ -375,4 +375,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with stopping_all():  # no server outlives the bench: an error, Ctrl-C or SIGTERM (`timeout`) included
+        raise SystemExit(main())

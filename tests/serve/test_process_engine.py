@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tenacia.process import alive
 from tenacia.serve.config import EngineConfig
 from tenacia.serve.engine.llm_engine import LLMEngine
 from tenacia.serve.engine.messages import Add, Deltas, StepFailed, Stop, Stopped
-from tenacia.process import alive
 from tenacia.serve.engine.process_engine import EngineWorker, Recorder
 from tenacia.serve.engine.sequence import SamplingParams
 

@@ -41,7 +41,7 @@ def test_the_race_warms_up_then_times_every_way_in_turns_and_stops_when_the_budg
             clock.advance(seconds * b)
         return run
 
-    times = race({"a": way("a", 0.1), "b": way("b", 0.2)}, (1, 4), repeats=5, min_repeats=2, budget_s=1.5,
+    times = race({"a": way("a", 0.1), "b": way("b", 0.2)}, (1, 4), repeats=5, min_repeats=2, budget_s=1.5, limit_s=10.0,
                  prune_first=3.0, clock=clock)
     # warm-up a1 a4 b1 b4, then rounds of a1 b1 a4 b4: after two rounds 3.0 s have passed
     assert calls[:4] == [("a", 1), ("a", 4), ("b", 1), ("b", 4)]

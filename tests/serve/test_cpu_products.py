@@ -1,5 +1,5 @@
-"""Which implementation runs each product: timed once per shape, the fastest kept for a decode and
-for a prefill, the layouts neither chose dropped; the timing rule checked with a fake clock."""
+"""Which implementation runs each product: timed once per shape, the one of least median time kept
+for a decode and for a prefill, the layouts neither chose dropped; the timing rule checked with a fake clock."""
 
 from __future__ import annotations
 
@@ -62,6 +62,26 @@ def test_the_fastest_is_kept_per_regime_and_the_others_dropped(generic_kernels, 
     again = PackedLinear(torch.randn(48, 32, generator=gen), kernels=generic_kernels, chooser=chooser)
     assert (again.decode_impl, again.prefill_impl) == ("kernel", mkl) and clock.now == timed  # not timed again
     assert chooser.summary().startswith(f"decode kernel x1, prefill {mkl} x1")
+
+
+@needs_cc
+def test_a_prefill_takes_the_least_median_time_not_one_lucky_call(generic_kernels, monkeypatch):
+    # at 128 rows the kernel has one call of 1 among 9s (median 9), MKL and oneDNN run 5 every call
+    clock, calls = FakeClock(), {"kernel": 0}
+    monkeypatch.setattr(products.time, "perf_counter", clock)
+    real_run = PackedLinear.run
+
+    def run(self, impl, flat):
+        if flat.size(0) == products.PREFILL_ROWS:
+            calls[impl] = calls.get(impl, 0) + 1
+            clock.now += (1.0 if calls[impl] == 3 else 9.0) if impl == "kernel" else 5.0
+        return real_run(self, impl, flat)
+
+    monkeypatch.setattr(PackedLinear, "run", run)
+    lin = PackedLinear(torch.randn(48, 32), kernels=generic_kernels,
+                       chooser=ProductChooser(repeats=5, evict=lambda: None), runs_in="prefill")
+    assert calls["kernel"] == 1 + 5  # the warm-up call, then five timed
+    assert lin.prefill_impl != "kernel"  # best of five would have taken the kernel (1 < 5)
 
 
 @needs_cc

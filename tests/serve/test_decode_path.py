@@ -41,8 +41,8 @@ def test_the_race_warms_up_then_times_every_way_in_turns_and_stops_when_the_budg
             clock.advance(seconds * b)
         return run
 
-    times = race({"a": way("a", 0.1), "b": way("b", 0.2)}, (1, 4), repeats=5, min_repeats=2, budget_s=1.5,
-                 clock=clock)
+    times = race({"a": way("a", 0.1), "b": way("b", 0.2)}, (1, 4), repeats=5, min_repeats=2, budget_s=1.5, limit_s=10.0,
+                 prune_first=3.0, clock=clock)
     # warm-up a1 a4 b1 b4, then rounds of a1 b1 a4 b4: after two rounds 3.0 s have passed
     assert calls[:4] == [("a", 1), ("a", 4), ("b", 1), ("b", 4)]
     assert calls[4:8] == [("a", 1), ("b", 1), ("a", 4), ("b", 4)]
@@ -60,8 +60,24 @@ def test_a_way_far_slower_than_the_best_everywhere_leaves_the_race_after_two_rou
         return lambda b: clock.advance(seconds_by_batch[b])
 
     times = race({"fast": way({1: 1.0, 16: 2.0}), "slow at 1": way({1: 2.0, 16: 2.0}),
-                  "slow": way({1: 1.3, 16: 2.6})}, (1, 16), repeats=4, min_repeats=4, clock=clock)
+                  "slow": way({1: 1.3, 16: 2.6})}, (1, 16), repeats=4, min_repeats=4, limit_s=1e9, clock=clock)
     assert [len(times[name][1]) for name in ("fast", "slow at 1", "slow")] == [4, 4, 2]
+    times = race({"fast": way({1: 1.0, 16: 2.0}), "twice as slow": way({1: 2.0, 16: 4.0}),
+                  "slow": way({1: 1.3, 16: 2.6})}, (1, 16), repeats=4, min_repeats=4, limit_s=1e9, clock=clock)
+    assert [len(times[name][1]) for name in ("fast", "twice as slow", "slow")] == [4, 1, 2]  # 1.5x: one round
+
+
+def test_on_a_machine_so_loaded_that_a_round_takes_seconds_the_race_stops_early_but_after_one_round():
+    clock = FakeClock()
+    spent: dict[str, float] = {}
+    times = race({"a": lambda b: clock.advance(1.0), "b": lambda b: clock.advance(1.1)}, (1, 16), repeats=5,
+                 min_repeats=3, limit_s=3.0, clock=clock, spent=spent)
+    # warm-up 4.2 s, then rounds of 4.2 s: past the 3 s limit after the first
+    assert [len(times[name][16]) for name in "ab"] == [1, 1]
+    assert spent == {"warm-up": pytest.approx(4.2), "rounds": pytest.approx(4.2), "round count": 1}
+    times = race({"a": lambda b: clock.advance(1.0)}, (1,), repeats=5, min_repeats=3, limit_s=100.0,
+                 budget_s=0.5, clock=clock)
+    assert len(times["a"][1]) == 3  # under the limit: at least min_repeats
 
 
 def test_the_fastest_way_counts_each_batch_size_alike_by_medians():

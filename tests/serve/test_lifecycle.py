@@ -66,10 +66,11 @@ def test_start_up_line_says_whether_decode_kernels_run(server, tiny_server):
     if HAS_CC:  # the best build this CPU runs (the generic one runs on every CPU)
         best = "avx512" if "avx512f" in cpu_features() else "avx2" if "avx2" in cpu_features() else "generic"
         # the tiny model's decode products all run in the kernels' panels: the way a step runs is
-        # timed (engine/cpu/decode_path.py) and named, with each way's medians
+        # timed (engine/cpu/decode_path.py) and named, with each way's medians and the seconds spent
         assert re.search(rf"; decode kernels on \({best}; decode (one call|layer by layer(, prefill products)?) "
                          r"\(ms a step at 1/16 sequences: one call [\d.]+/[\d.]+; layer by layer [\d.]+/[\d.]+"
-                         r"(; layer by layer, prefill products [\d.]+/[\d.]+)?; timed in [\d.]+ s\)\)[;)]",
+                         r"(; layer by layer, prefill products [\d.]+/[\d.]+)?; timed in [\d.]+ s: set-up [\d.]+, "
+                         r"warm-up [\d.]+, \d+ rounds [\d.]+\)\)[;)]",
                          listening), listening
         assert re.search(r"; products decode .+, prefill .+ \(timed in [\d.]+ s\)\)", listening), listening
     else:  # and says why not

@@ -1,17 +1,22 @@
 """The engine process's failure paths: a step that raises fails only the requests it ran and the
 engine serves on; a refused request fails alone; an engine process that dies fails every request
-in flight, every later one with 503, and /health says so."""
+in flight, every later one with 503, and /health says so; an engine process still loading ends
+when its server is killed."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tenacia.process import alive
 from tenacia.serve.config import EngineConfig
 from tenacia.serve.engine.llm_engine import LLMEngine
 from tenacia.serve.engine.messages import Add, Deltas, StepFailed, Stop, Stopped
@@ -89,3 +94,42 @@ def test_a_dead_engine_process_fails_requests_in_flight_then_503(tiny_dir):
             assert health.status_code == 503 and "exited" in health.json()["error"]
             after = http.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2})
             assert after.status_code == 503 and after.json()["error"]["code"] == "engine_unavailable"
+
+
+# A parent that forks a child as busy as a loading engine (no pipe read, SIGTERM ignored), which
+# watches it until ``loaded`` is set; the parent prints the child's pid and waits.
+LOADING = """
+import os, signal, sys, threading, time
+from tenacia.serve.engine.process_engine import exit_with_parent
+loaded = threading.Event()
+pid = os.fork()
+if pid == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    exit_with_parent(os.getppid(), loaded, every_s=0.05)
+    if sys.argv[1] == "loaded":
+        loaded.set()
+    time.sleep(60)
+    os._exit(0)
+print(pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("state", ["loading", "loaded"])
+def test_an_engine_process_still_loading_ends_when_its_server_is_killed(state):
+    parent = subprocess.Popen([sys.executable, "-c", LOADING, state], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    child = int(parent.stdout.readline())
+    try:
+        time.sleep(0.3)  # the watch is running (or, loaded, has stopped)
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # loaded, the watch is off: the child lives on (a loaded engine ends on its closed pipe)
+        assert alive(child) == (state == "loaded")
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -100,13 +100,15 @@ class DecodeMirror:
         for table, n in zip(layout.tables, layout.lengths, strict=True):
             cached = [table[p // bs] * bs + p % bs for p in range(n - 1)]
             slots += cached + [0] * (cap - len(cached))  # slot 0: finite values, never attended
-        context = torch.tensor(slots, device=cache.k.device)
-        B = len(layout.lengths)
+        device = cache.k.device
+        context = torch.tensor(slots, device=device).view(len(layout.lengths), 1, cap)
 
         def gather(store: Tensor) -> Tensor:
-            n_layers, _, kvh, hd = store.shape
-            rows = store.index_select(1, context).view(n_layers, B, cap, kvh, hd)
-            return rows.transpose(2, 3).contiguous()
+            # one pass, straight into the head-major layout: row (slot, head) of the store seen
+            # as (n_layers, slots * heads, hd) for each (sequence, head, position) of the mirror
+            n_layers, n_slots, kvh, hd = store.shape
+            rows = (context * kvh + torch.arange(kvh, device=device).view(1, kvh, 1)).view(-1)
+            return store.view(n_layers, n_slots * kvh, hd).index_select(1, rows).view(n_layers, -1, kvh, cap, hd)
 
         self.k = gather(cache.k)
         self.v = gather(cache.v) if cache.v is not None else None

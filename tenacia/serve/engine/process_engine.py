@@ -96,14 +96,33 @@ class Recorder:
         return events
 
 
+def exit_with_parent(parent: int, loaded: threading.Event, every_s: float = 0.5) -> threading.Thread:
+    """A daemon thread that ends this process (exit code 1) once its parent ``parent`` is gone,
+    until ``loaded`` is set. While the engine loads and times its kernels it reads no pipe, and
+    it ignores SIGTERM: a server killed then would leave it running for the rest of its start."""
+    def watch() -> None:
+        while not loaded.wait(every_s):
+            if os.getppid() != parent:
+                os._exit(1)
+
+    thread = threading.Thread(target=watch, name="tenacia-engine-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConfig) -> None:
     """The engine process: load, report ``Ready`` (or ``Failed``), then serve messages and step
     (``EngineWorker``). It ignores SIGINT and SIGTERM (Ctrl-C reaches the whole process group):
-    the server drains, then stops it with ``Stop``; if the server dies, the closed pipe ends it."""
+    the server drains, then stops it with ``Stop``; if the server dies, the closed pipe ends it,
+    or while loading, ``exit_with_parent``."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    loaded = threading.Event()
+    parent = mp.parent_process()
+    if parent is not None and parent.pid is not None:
+        exit_with_parent(parent.pid, loaded)
 
     from ...device import detect
     from ..models import load_model
@@ -127,6 +146,8 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
     except Exception as e:
         conn.send(Failed(f"{type(e).__name__}: {e}"))
         return
+    finally:
+        loaded.set()
     kernels, products = engine.backend.describe()
     conn.send(Ready(EngineInfo(
         max_context=engine.max_context, vocab_size=served.config.vocab_size, capacity_tokens=engine.capacity_tokens,

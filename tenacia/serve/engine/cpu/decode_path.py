@@ -18,11 +18,12 @@ product alone once chose oneDNN for one shape, which left the kernels' stack unu
 How (``race``): one step of each way at each of ``BATCHES`` sequences (1 and ``MAX_ROWS``, the
 ends of the kernels' range) over ``CONTEXT`` cached tokens, in turns (way after way, batch after
 batch, so that a burst of load hits them alike), ``repeats`` rounds after a warm-up one, or
-fewer where ``budget_s`` runs out after ``min_repeats``; a way 1.25x slower than the best at
-both sizes after two rounds is dropped from the race. Each way's score is the sum over the
-batch sizes of its median over the best median at that size, so that a step of 1 sequence
-counts as much as one of 16 (``fastest``); the least score wins. 0.7-0.8 s for SmolLM2-135M on
-2 Zen 4 cores (the cache for the steps and the warm-up round included).
+fewer where ``budget_s`` runs out after ``min_repeats`` (or ``limit_s`` after one round, on a
+machine so loaded that a round takes seconds); a way 1.5x slower than the best at both sizes
+after one round, or 1.25x after two, is dropped from the race. Each way's score is the sum over
+the batch sizes of its median over the best median at that size, so that a step of 1 sequence
+counts as much as one of 16 (``fastest``); the least score wins. The start-up line gives the
+medians and the seconds spent (the steps' set-up, the warm-up round, the timed rounds).
 
 ``$TENACIA_ISA`` forces the kernels and their one call, untimed, so that a run can be
 reproduced exactly; so does ``EngineConfig.products = "default"`` (no timing at start).
@@ -49,12 +50,17 @@ BLOCK = 16
 
 
 def race(steps: dict[str, Callable[[int], None]], batches: tuple[int, ...], *, repeats: int = 5,
-         min_repeats: int = 3, budget_s: float = 0.3, prune: float = 1.25,
-         clock: Callable[[], float] = time.perf_counter) -> dict[str, dict[int, list[float]]]:
+         min_repeats: int = 3, budget_s: float = 0.3, limit_s: float = 1.0, prune_first: float = 1.5,
+         prune: float = 1.25, clock: Callable[[], float] = time.perf_counter,
+         spent: dict[str, float] | None = None) -> dict[str, dict[int, list[float]]]:
     """Seconds of each of ``steps`` (name -> run one step of that many sequences) at each of
     ``batches``, ``repeats`` rounds in turns after one warm-up round; no more rounds after
-    ``min_repeats`` once ``budget_s`` has passed since the first. After two rounds a way whose
-    median is above ``prune`` times the best at every batch size is timed no more."""
+    ``min_repeats`` once ``budget_s`` has passed since the first, nor after one once ``limit_s``
+    has (a machine so loaded that three rounds take seconds). A way whose median is above
+    ``prune_first`` times the best at every batch size after one round, or above ``prune`` after
+    two or more, is timed no more. ``spent``, if given, gets the seconds of the warm-up
+    ("warm-up"), of the rounds ("rounds") and their number ("round count")."""
+    t0 = clock()
     for run in steps.values():  # warm-up: first touches, the OpenMP team, the caches' state
         for b in batches:
             run(b)
@@ -62,17 +68,21 @@ def race(steps: dict[str, Callable[[int], None]], batches: tuple[int, ...], *, r
     running = dict(steps)
     start = clock()
     for done in range(repeats):
-        if done >= min_repeats and clock() - start > budget_s:
+        if done and clock() - start > (budget_s if done >= min_repeats else limit_s):
             break
-        if done >= 2:
+        if done:
+            bound = prune_first if done == 1 else prune
             best = {b: min(statistics.median(times[name][b]) for name in running) for b in batches}
             running = {name: run for name, run in running.items()
-                       if any(statistics.median(times[name][b]) <= prune * best[b] for b in batches)}
+                       if any(statistics.median(times[name][b]) <= bound * best[b] for b in batches)}
         for b in batches:
             for name, run in running.items():
                 t = clock()
                 run(b)
                 times[name][b].append(clock() - t)
+    if spent is not None:
+        first = next(iter(times.values()))[batches[0]]
+        spent.update({"warm-up": start - t0, "rounds": clock() - start, "round count": len(first)})
     return times
 
 
@@ -146,6 +156,7 @@ def choose(model, stack: DecodeStack, clock: Callable[[], float] = time.perf_cou
     t0 = clock()
     ways = Ways(model, stack)
     steps = DecodeSteps(model, BATCHES)
+    setup = clock() - t0
 
     def step(way: str) -> Callable[[int], None]:
         def run(b: int) -> None:
@@ -153,10 +164,12 @@ def choose(model, stack: DecodeStack, clock: Callable[[], float] = time.perf_cou
             steps.run(b)
         return run
 
-    times = race({way: step(way) for way in ways.names}, BATCHES, clock=clock)
+    spent: dict[str, float] = {}
+    times = race({way: step(way) for way in ways.names}, BATCHES, clock=clock, spent=spent)
     chosen = fastest(times)
     ways.keep(chosen)
     ms = "; ".join(f"{way} " + "/".join(f"{statistics.median(times[way][b]) * 1e3:.1f}" for b in BATCHES)
                    for way in ways.names)
     sizes = "/".join(str(b) for b in BATCHES)
-    return f"decode {chosen} (ms a step at {sizes} sequences: {ms}; timed in {clock() - t0:.2f} s)"
+    return (f"decode {chosen} (ms a step at {sizes} sequences: {ms}; timed in {clock() - t0:.2f} s: "
+            f"set-up {setup:.2f}, warm-up {spent['warm-up']:.2f}, {spent['round count']} rounds {spent['rounds']:.2f})")

@@ -13,8 +13,8 @@ Each layout checks itself against ``F.linear`` when it is built and is dropped i
 
 Which one runs is decided twice, for a decode step (``MAX_ROWS`` rows or fewer) and for a prefill
 (more), by ``ProductChooser``: it times the candidates on the first weight of each shape, in
-turns, and keeps the fastest (plain MKL only races where MKL cannot pack); the later layers of
-the same shape take the same choice untimed. A prefill's products are timed at ``PREFILL_ROWS``
+turns, and keeps the one of least median time (plain MKL only races where MKL cannot pack); the
+later layers of the same shape take the same choice untimed. A prefill's products are timed at ``PREFILL_ROWS``
 rows on a weight in cache (a prompt reuses each weight for every row). Where the engine's decode
 kernels run, a decode's products take their panels here, and the way a whole decode step runs
 (the kernels' one call, the layers one by one, or the layers with the prefill's products) is
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 from collections import Counter
 
@@ -177,7 +178,7 @@ class ProductChooser:
     ``evict``: makes the caches forget a weight before each decode timing (a ``CacheEvictor``
     made for each new shape where not given)."""
 
-    def __init__(self, decode_rows: int = dk.MAX_ROWS, prefill_rows: int = PREFILL_ROWS, repeats: int = 3,
+    def __init__(self, decode_rows: int = dk.MAX_ROWS, prefill_rows: int = PREFILL_ROWS, repeats: int = 5,
                  evict=None):
         self.decode_rows, self.prefill_rows, self.repeats = decode_rows, prefill_rows, repeats
         self.evict = evict
@@ -202,8 +203,10 @@ class ProductChooser:
         return self.choices[key]
 
     def _fastest(self, lin: PackedLinear, impls: list[str], row_counts: tuple[int, ...], evict) -> str:
-        """The implementation of least time summed over ``row_counts``; with ``evict``, each call
-        timed on a weight pushed out of the caches first."""
+        """The implementation of least median time summed over ``row_counts`` (``repeats`` calls
+        of each, in turns after a warm-up; a median, so that neither one lucky call nor one
+        slowed by load elsewhere decides); with ``evict``, each call timed on a weight pushed out
+        of the caches first."""
         if len(impls) == 1:
             return impls[0]
         gen = torch.Generator().manual_seed(0)
@@ -211,7 +214,7 @@ class ProductChooser:
         for impl in impls:
             for x in xs:
                 lin.run(impl, x)  # warm
-        best = {(impl, i): float("inf") for impl in impls for i in range(len(xs))}
+        times: dict[tuple[str, int], list[float]] = {(impl, i): [] for impl in impls for i in range(len(xs))}
         for _ in range(self.repeats):  # in turns, so that a burst of load elsewhere hits them alike
             for impl in impls:
                 for i, x in enumerate(xs):
@@ -219,8 +222,8 @@ class ProductChooser:
                         evict()
                     t = time.perf_counter()
                     lin.run(impl, x)
-                    best[impl, i] = min(best[impl, i], time.perf_counter() - t)
-        return min(impls, key=lambda impl: sum(best[impl, i] for i in range(len(xs))))
+                    times[impl, i].append(time.perf_counter() - t)
+        return min(impls, key=lambda impl: sum(statistics.median(times[impl, i]) for i in range(len(xs))))
 
     def summary(self) -> str:
         """e.g. "decode kernel x5, prefill mkl-packed x3 mkl x1 (chosen in 0.21 s)"."""

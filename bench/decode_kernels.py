@@ -12,7 +12,6 @@ bench/results/decode-kernels-<time>.json:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,7 +26,9 @@ from tenacia.serve.engine.cpu.host import HUGE_PAGES_ENV  # noqa: E402  (imports
 os.environ.update(HUGE_PAGES_ENV)  # as the engine process runs: large buffers on huge pages (host.py)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
 
+from tenacia.device import cpu_model  # noqa: E402
 from tenacia.serve.engine.cpu import kernels as dk  # noqa: E402
 from tenacia.serve.engine.cpu.products import PackedLinear  # noqa: E402
 
@@ -106,13 +107,6 @@ def attention(builds: list, repeats: int, seqs: int = 16, keys: int = 130) -> li
     return out
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default="1,4,16,32", help="rows of the products (comma-separated)")
@@ -124,8 +118,7 @@ def main() -> int:
         print(f"no build of the decode kernels runs here: {dk.available()}")
         return 1
     torch.set_num_threads(args.threads)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([".venv/bin/python", *sys.argv]),
-              "cpu": cpu_model(), "threads": args.threads, "builds": [k.isa for k in builds],
+    result = {"cpu": cpu_model(), "threads": args.threads, "builds": [k.isa for k in builds],
               "read_GBps": read_bandwidth_gbps(),
               "products_30_layers": products(builds, [int(r) for r in args.rows.split(",")], args.repeats),
               "attention_30_layers_16x130_keys": attention(builds, args.repeats)}
@@ -137,9 +130,7 @@ def main() -> int:
     print("\n| keys | SDPA ms | " + " | ".join(f"{k.isa} ms" for k in builds) + " |\n|---|---|" + "---|" * len(builds))
     for r in result["attention_30_layers_16x130_keys"]:
         print(f"| {r['keys']} | {r['sdpa_ms']} | " + " | ".join(str(r[k.isa + '_ms']) for k in builds) + " |")
-    out = ROOT / "bench" / "results" / f"decode-kernels-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_results("decode-kernels", result)
     print(f"written {out.relative_to(ROOT)}")
     return 0
 

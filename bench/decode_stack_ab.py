@@ -16,7 +16,6 @@ after. Writes bench/results/decode-stack-ab-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -31,6 +30,7 @@ from tenacia.serve.engine.cpu.host import HUGE_PAGES_ENV  # noqa: E402  (imports
 
 os.environ.update(HUGE_PAGES_ENV)  # as the engine process: before torch allocates
 import torch  # noqa: E402
+from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
 
 
 def main() -> int:
@@ -78,14 +78,11 @@ def main() -> int:
                 times[name][b].append((time.perf_counter() - t) / args.steps)
     rates_after = machine_rates(args.threads)
     table = {name: {b: round(statistics.median(ts[b][1:]) * 1e3, 2) for b in batches} for name, ts in times.items()}
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([".venv/bin/python", *sys.argv]),
-              "isa": args.isa, "layer_weight_MB": round(layer_bytes / 1e6, 1), "rates_before": rates_before,
+    result = {"isa": args.isa, "layer_weight_MB": round(layer_bytes / 1e6, 1), "rates_before": rates_before,
               "rates_after": rates_after, "median_step_ms": table,
               "all_ms": {name: {b: [round(t * 1e3, 2) for t in ts[b][1:]] for b in batches} for name, ts in times.items()},
               "flags": {name: flags for name, (flags, _) in arms.items()}}
-    out = ROOT / "bench" / "results" / f"decode-stack-ab-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_results("decode-stack-ab", result)
     print(f"read {rates_before['read_GBps']} / {rates_after['read_GBps']} GB/s before / after; "
           f"layers' weights {layer_bytes / 1e6:.1f} MB")
     print("| arm | flags | " + " | ".join(f"{b} seqs: ms (GB/s)" for b in batches) + " |")

@@ -130,11 +130,9 @@ def main() -> int:
             print(f"{name} #{i}: prefill {r['prefill_ms']} ms (min {r['prefill_min_ms']}), products {r['products_ms']},"
                   f" fresh products {r['fresh_products_ms']}, huge pages {r['huge_page_mib']} MiB, {r['prefill_impls']}",
                   flush=True)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([".venv/bin/python", *sys.argv]),
-              "runs": runs}
-    out = ROOT / "bench" / "results" / f"prefill-spread-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    from results_file import write_results  # bench/ is on sys.path: this runs as a script
+
+    out = write_results("prefill-spread", {"runs": runs})
     print(f"written {out.relative_to(ROOT)}")
     return 0
 

@@ -22,14 +22,28 @@ WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0}
 class StepCosts:
     """The costs of a serving step that FLOPs and bytes do not give (module docstring)."""
 
-    # Fixed cost of every layer per step, µs (launches, gaps). Not fitted: the tuning set has no
-    # full-load serving case of a dense model; set it for your stack.
-    layer_overhead_us: float = 0.0
-    # Fixed cost of each MoE layer per step on an expert-parallel instance, µs (module
-    # docstring): what a step pays at batch 1 (Ant Group's H20 decode: 43 ms a step at one
-    # sequence a GPU on EP16). Fitted on the full-load serving cases of the tuning set:
-    # bench/plan_tune.py serving.
-    moe_layer_overhead_us: float = 500.0
+    # Fixed cost of every layer per step, µs, on every deployment: what a decode step pays per
+    # layer beyond its weight and cache reads at batch 1 (kernel launches under CUDA graphs, small
+    # GEMMs below the HBM roofline, the in-node all-reduces and the routing kernels). From
+    # TensorRT-LLM's published min-latency DeepSeek-R1 run on one 8x B200 node (tech blog 1,
+    # "Pushing Latency Boundaries", MTP table: 111 tokens/s a user without MTP, CUDA graphs + PDL):
+    # 9.01 ms a token, of which its weight reads take 0.67 ms (4.81 GB a GPU at 0.9 x 8 TB/s), so
+    # (9.01 - 0.67) ms / 61 layers = 137 µs. Derived by hand (docs/planning.md), not fitted.
+    layer_overhead_us: float = 137.0
+    # Fixed cost of each MoE layer per step on an instance whose experts span more than one
+    # scale-up domain (chips > the catalog's scale_up_domain), µs, beyond layer_overhead_us: the
+    # dispatch and combine over RDMA between nodes (DeepEP's internode low-latency kernels), which
+    # micro-batch overlap cannot hide when there is little to overlap (a published SGLang H800
+    # profile: dispatch 187 + combine 394 µs a layer, zdszero.github.io "deepseek_profile").
+    # Fitted on the full-load serving cases of the tuning set (Ant Group's H20 over two nodes)
+    # with layer_overhead_us at its value: bench/plan_tune.py serving. Inside one scale-up domain
+    # (one NVLink node, a CloudMatrix384 supernode over UB) it is not charged.
+    moe_layer_overhead_us: float = 375.0
+    # Host cost per decode step, µs (scheduling, sampling, detokenization) not hidden behind the
+    # GPU. 0: SGLang's overlap ("zero-overhead") scheduler (lmsys.org 2024-12-04, v0.4) and
+    # TensorRT-LLM's overlap scheduler (its docs, "Overlap Scheduler", on by default) run step n's
+    # CPU work while the GPU runs step n + 1. Set it for a stack without one.
+    step_overhead_us: float = 0.0
     # Tokens on the most loaded expert rank / the mean: 1 / 0.7, from Ant Group's H20 report
     # (lmsys.org 2025-09-26: its expert load balancer keeps "a >70% load balance ratio").
     expert_imbalance: float = 1.43
@@ -50,6 +64,7 @@ class StepCosts:
         check_finite(self)
         check(self.layer_overhead_us >= 0, "layer_overhead_us", self.layer_overhead_us, "microseconds >= 0")
         check(self.moe_layer_overhead_us >= 0, "moe_layer_overhead_us", self.moe_layer_overhead_us, "microseconds >= 0")
+        check(self.step_overhead_us >= 0, "step_overhead_us", self.step_overhead_us, "microseconds >= 0")
         check(self.expert_imbalance >= 1, "expert_imbalance", self.expert_imbalance, "a number >= 1")
         check(0 <= self.comm_overlap <= 1, "comm_overlap", self.comm_overlap, "a fraction in [0, 1]")
         check(0 <= self.prefill_comm_core_share < 1, "prefill_comm_core_share", self.prefill_comm_core_share,

@@ -31,6 +31,7 @@ from .serving_step import (
     decode_tpot_s,
     fixed_s,
     prefill_tps_per_chip,
+    spans_domains,
     weight_bytes_per_chip,
 )
 
@@ -117,14 +118,16 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
     best = best_decode(plan, chip, plan.tpot_ms / 1000)
     if best is None:
         tried = plan.tp or "1..1024"
-        # the smallest instance that pays every fixed cost: an MoE model's experts span 2 chips
-        smallest = plan.tp or (2 if m.is_moe else 1)
-        fixed_ms = fixed_s(m, plan.step, smallest) * 1000 / plan.speculation.accepted
+        # the smallest instance's fixed cost: no instance pays less
+        smallest = plan.tp or 1
+        fixed_ms = fixed_s(m, chip, plan.step, smallest) * 1000 / plan.speculation.accepted
         if fixed_ms >= plan.tpot_ms:
+            moe = m.moe_layers if m.is_moe and spans_domains(chip, smallest) else 0
             raise ConfigError("tpot_ms", plan.tpot_ms,
-                              f"more than the step's fixed cost alone on {smallest} chips or more: {fixed_ms:.1f} ms a token "
-                              f"({m.layers} layers x step.layer_overhead_us={plan.step.layer_overhead_us:g}, "
-                              f"{m.moe_layers if m.is_moe else 0} MoE layers x "
+                              f"more than the step's fixed cost alone on {smallest} chips: {fixed_ms:.1f} ms a token "
+                              f"(step.step_overhead_us={plan.step.step_overhead_us:g}, "
+                              f"{m.layers} layers x step.layer_overhead_us={plan.step.layer_overhead_us:g}, "
+                              f"{moe} MoE layers across scale-up domains x "
                               f"step.moe_layer_overhead_us={plan.step.moe_layer_overhead_us:g})")
         raise ConfigError("tpot_ms", plan.tpot_ms,
                           f"a target {chip.key} can meet for {m.total_params_b:g}B parameters with tp={tried}: "

@@ -5,7 +5,8 @@ Every operator of a step is priced by its own roofline, and the operators of a l
 after another, so a step is a sum of maxima, not a maximum of sums:
 
     decode step = sum over operators of max(FLOPs / its compute rate, bytes / HBM bandwidth)
-                  + exposed all-to-all + fixed costs (per layer; per MoE layer of an expert-parallel instance)
+                  + exposed all-to-all + fixed costs (per step; per layer; per MoE layer of an
+                    instance spanning several scale-up domains)
 
 - dense GEMMs (attention projections, shared experts, dense FFNs, output head): the batch's
   rows through weights every chip holds (an MoE instance replicates them, a dense one splits
@@ -25,13 +26,17 @@ after another, so a step is a sum of maxima, not a maximum of sums:
   CloudMatrix-Infer's micro-batch pipeline); in prefill the all-to-all kernels hold
   ``prefill_comm_core_share`` of the chip's cores while they run, and compute slows for that time
   (DeepEP's normal kernels: 20 of 132 SMs; its low-latency decode kernels hold none);
-- fixed costs, paid however small the batch: ``layer_overhead_us`` per layer (kernel launches,
-  gaps between kernels), and ``moe_layer_overhead_us`` per MoE layer of an instance whose
-  experts span several chips (the dispatch and combine's launch, synchronisation and latency
-  floor, which micro-batch overlap cannot hide when there is little to overlap: DeepEP's
-  low-latency kernels take 77-195 µs at EP8-16 on H800 for 128 tokens a GPU, DeepEP's docs/legacy.md;
-  DeepEP-Ascend's 126-153 µs at EP8-32 on the 910C, sgl-kernel-npu's README). They are what
-  makes a decode step take time at batch 1 beyond its weight reads;
+- fixed costs, paid however small the batch, by deployment (``fixed_s``): ``step_overhead_us``
+  once a step (host work an overlap scheduler does not hide; 0 by default), ``layer_overhead_us``
+  per layer on every deployment (launches under CUDA graphs, small GEMMs below the roofline,
+  in-node all-reduces and routing: 137 µs, from TensorRT-LLM's published batch-1 DeepSeek-R1 on
+  one 8x B200 node), and, only when an instance spans more than one scale-up domain (several
+  NVLink nodes; not a CloudMatrix384 supernode), ``moe_layer_overhead_us`` per MoE layer: the
+  dispatch and combine over RDMA between nodes, whose launch, synchronisation and latency floor
+  micro-batch overlap cannot hide when there is little to overlap (a published SGLang H800
+  profile: DeepEP's internode low-latency dispatch 187 + combine 394 µs a layer; fitted on Ant
+  Group's two-node H20 figures). They are what makes a decode step take time at batch 1
+  beyond its weight reads;
 - speculative decoding (``Speculation``, DeepSeek's MTP as SGLang runs it): each sequence's step
   verifies ``draft_tokens`` tokens, so every GEMM, the attention FLOPs and the all-to-all carry
   ``batch x draft_tokens`` rows while the KV cache is read once per sequence; the drafts cost
@@ -57,7 +62,7 @@ from .models import ModelSpec
 from .serve_plan import WEIGHT_BYTES, ServePlan, Speculation, StepCosts
 
 __all__ = ["WEIGHT_BYTES", "Speculation", "StepCosts", "decode_parts", "decode_step_s", "decode_tpot_s",
-           "fixed_s", "gemm_rate", "prefill_tps_per_chip", "weight_bytes_per_chip"]
+           "fixed_s", "gemm_rate", "spans_domains", "prefill_tps_per_chip", "weight_bytes_per_chip"]
 
 def gemm_rate(chip: Chip, precision: str, a: Assumptions) -> float:
     """FLOP/s of a large GEMM in ``precision``: the same fraction of that precision's peak as
@@ -115,10 +120,17 @@ def _all_to_all_s(m: ModelSpec, chip: Chip, plan: ServePlan, chips: int, tokens:
     return m.moe_layers * (per_layer + 2 * (lat_out if domains > 1 else lat_up))
 
 
-def fixed_s(m: ModelSpec, costs: StepCosts, chips: int) -> float:
-    """A step's fixed costs on an instance of ``chips`` (module docstring)."""
-    moe = m.moe_layers * costs.moe_layer_overhead_us if m.is_moe and chips > 1 else 0.0
-    return (m.layers * costs.layer_overhead_us + moe) * 1e-6
+def spans_domains(chip: Chip, chips: int) -> bool:
+    """Whether an instance of ``chips`` reaches past one scale-up domain (its all-to-all crosses
+    the scale-out network: RDMA between nodes)."""
+    return chips > chip.scale_up_domain
+
+
+def fixed_s(m: ModelSpec, chip: Chip, costs: StepCosts, chips: int) -> float:
+    """A step's fixed costs on an instance of ``chips`` (module docstring): the host's per step,
+    every layer's, and each MoE layer's when the experts span more than one scale-up domain."""
+    moe = m.moe_layers * costs.moe_layer_overhead_us if m.is_moe and spans_domains(chip, chips) else 0.0
+    return (costs.step_overhead_us + m.layers * costs.layer_overhead_us + moe) * 1e-6
 
 
 def _step(compute: float, comm: float, fixed: float, costs: StepCosts, core_share: float = 0.0) -> float:
@@ -162,7 +174,7 @@ def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int)
         parts[f"{name}_s"] = max(compute_s, memory_s)
         parts[f"{name}_bound"] = "compute" if compute_s >= memory_s else "memory"
     compute = sum(parts[f"{name}_s"] for name in ops)
-    fixed = fixed_s(m, costs, tp)
+    fixed = fixed_s(m, chip, costs, tp)
     # each draft is one pass of the MTP module: about one layer's share of the step
     draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
     step = _step(compute, comm, fixed, costs) + draft
@@ -195,4 +207,4 @@ def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
     compute += tokens * m.attention_flops_fwd(tokens / 2) / (gemm_rate(chip, plan.attention_precision, a)
                                                             * attention_shape_factor(m, tokens, k0, backward=False))
     comm = _all_to_all_s(m, chip, plan, n, tokens, node_limited=True)
-    return tokens / _step(compute, comm, fixed_s(m, costs, n), costs, costs.prefill_comm_core_share)
+    return tokens / _step(compute, comm, fixed_s(m, chip, costs, n), costs, costs.prefill_comm_core_share)

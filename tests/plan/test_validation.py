@@ -23,6 +23,11 @@ def test_cases_are_split_sourced_and_enough():
              "nemotron4-340b-6144-step", "b200-504-gpu-failures-55d", "bloom-gpu-failures-week",
              "xdeepserve-910c-decode-50ms", "b200-qwen3-235b-tpot-c1"}
     assert {i for i, s in where.items() if s == "held-out-2"} == blind
+    # and the third (1630592), chosen by the rule committed before it (f76a6bd, 584ae9c)
+    third = {"nemo-llama3-8b-8-b200-tokens", "nemo-llama31-405b-128-b200-tokens", "nemo-deepseek-v3-256-b200-tokens",
+             "llama2-7b-gpu-hours", "llama2-13b-gpu-hours", "llama2-34b-gpu-hours", "pu-rs-910b-qwen-1.5b-tpot",
+             "trtllm-h100-qwen3-235b-1k-8k", "nvidia-b200-maverick-tpot-c1", "nvidia-b200-maverick-max-throughput"}
+    assert {i for i, s in where.items() if s == "held-out-3"} == third
 
 
 def test_serving_tuning_has_full_load_cases_and_production_ones_are_labelled():

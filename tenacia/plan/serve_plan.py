@@ -30,15 +30,13 @@ class StepCosts:
     # 9.01 ms a token, of which its weight reads take 0.67 ms (4.81 GB a GPU at 0.9 x 8 TB/s), so
     # (9.01 - 0.67) ms / 61 layers = 137 µs. Derived by hand (docs/planning.md), not fitted.
     layer_overhead_us: float = 137.0
-    # Fixed cost of each MoE layer per step on an instance whose experts span more than one
-    # scale-up domain (chips > the catalog's scale_up_domain), µs, beyond layer_overhead_us: the
-    # dispatch and combine over RDMA between nodes (DeepEP's internode low-latency kernels), which
-    # micro-batch overlap cannot hide when there is little to overlap (a published SGLang H800
-    # profile: dispatch 187 + combine 394 µs a layer, zdszero.github.io "deepseek_profile").
-    # Fitted on the full-load serving cases of the tuning set (Ant Group's H20 over two nodes)
-    # with layer_overhead_us at its value: bench/plan_tune.py serving. Inside one scale-up domain
-    # (one NVLink node, a CloudMatrix384 supernode over UB) it is not charged.
-    moe_layer_overhead_us: float = 375.0
+    # Extra fixed cost of each MoE layer per step on an expert-parallel instance, µs, beyond
+    # layer_overhead_us and the all-to-all's published latency floor (ep_latency.py: DeepEP's
+    # low-latency kernels over RDMA across nodes, DeepEP-Ascend's inside a CloudMatrix384). 0: until
+    # 2026-12-03 23:00 UTC it was 375, fitted on the tuning set's two-node H20 cases and charged only
+    # across scale-up domains, which priced an H100 instance's all-to-all and not a 910C supernode's;
+    # the published floor replaces it (DeepEP's EP16 row, 313 µs, is that fit's own deployment).
+    moe_layer_overhead_us: float = 0.0
     # Host cost per decode step, µs (scheduling, sampling, detokenization) not hidden behind the
     # GPU. 0: SGLang's overlap ("zero-overhead") scheduler (lmsys.org 2024-12-04, v0.4) and
     # TensorRT-LLM's overlap scheduler (its docs, "Overlap Scheduler", on by default) run step n's

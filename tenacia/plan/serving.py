@@ -27,11 +27,11 @@ from .efficiency import TILE
 from .models import ModelSpec
 from .serve_plan import ServePlan
 from .serving_step import (
+    alltoall_floor_s,
     decode_parts,
     decode_tpot_s,
     fixed_s,
     prefill_tps_per_chip,
-    spans_domains,
     weight_bytes_per_chip,
 )
 
@@ -122,13 +122,14 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
         smallest = plan.tp or 1
         fixed_ms = fixed_s(m, chip, plan.step, smallest) * 1000 / plan.speculation.accepted
         if fixed_ms >= plan.tpot_ms:
-            moe = m.moe_layers if m.is_moe and spans_domains(chip, smallest) else 0
+            moe = m.moe_layers if m.is_moe and smallest > 1 else 0
+            floor = alltoall_floor_s(m, chip, smallest) * 1000
             raise ConfigError("tpot_ms", plan.tpot_ms,
                               f"more than the step's fixed cost alone on {smallest} chips: {fixed_ms:.1f} ms a token "
                               f"(step.step_overhead_us={plan.step.step_overhead_us:g}, "
                               f"{m.layers} layers x step.layer_overhead_us={plan.step.layer_overhead_us:g}, "
-                              f"{moe} MoE layers across scale-up domains x "
-                              f"step.moe_layer_overhead_us={plan.step.moe_layer_overhead_us:g})")
+                              f"{moe} MoE layers x step.moe_layer_overhead_us={plan.step.moe_layer_overhead_us:g}, "
+                              f"the all-to-all's published latency floor {floor:.1f} ms: ep_latency.py)")
         raise ConfigError("tpot_ms", plan.tpot_ms,
                           f"a target {chip.key} can meet for {m.total_params_b:g}B parameters with tp={tried}: "
                           "no instance both holds the weights plus one sequence's KV cache and decodes "

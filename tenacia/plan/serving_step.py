@@ -58,11 +58,12 @@ import math
 from .assumptions import Assumptions
 from .catalog import Chip
 from .efficiency import attention_shape_factor, model_shape_factor
+from .ep_latency import floor_us
 from .models import ModelSpec
 from .serve_plan import WEIGHT_BYTES, ServePlan, Speculation, StepCosts
 
 __all__ = ["WEIGHT_BYTES", "Speculation", "StepCosts", "decode_parts", "decode_step_s", "decode_tpot_s",
-           "fixed_s", "gemm_rate", "spans_domains", "prefill_tps_per_chip", "weight_bytes_per_chip"]
+           "alltoall_floor_s", "fixed_s", "gemm_rate", "spans_domains", "prefill_tps_per_chip", "weight_bytes_per_chip"]
 
 def gemm_rate(chip: Chip, precision: str, a: Assumptions) -> float:
     """FLOP/s of a large GEMM in ``precision``: the same fraction of that precision's peak as
@@ -126,11 +127,20 @@ def spans_domains(chip: Chip, chips: int) -> bool:
     return chips > chip.scale_up_domain
 
 
-def fixed_s(m: ModelSpec, chip: Chip, costs: StepCosts, chips: int) -> float:
+def alltoall_floor_s(m: ModelSpec, chip: Chip, chips: int) -> float:
+    """Seconds a decode step's expert all-to-all takes at least, over every MoE layer, on an
+    instance of ``chips`` (``ep_latency.py``: the published low-latency kernels' timings)."""
+    return m.moe_layers * floor_us(chip.key, chip.scale_up_domain, chips, m.is_moe) * 1e-6
+
+
+def fixed_s(m: ModelSpec, chip: Chip, costs: StepCosts, chips: int, decode: bool = True) -> float:
     """A step's fixed costs on an instance of ``chips`` (module docstring): the host's per step,
-    every layer's, and each MoE layer's when the experts span more than one scale-up domain."""
-    moe = m.moe_layers * costs.moe_layer_overhead_us if m.is_moe and spans_domains(chip, chips) else 0.0
-    return (costs.step_overhead_us + m.layers * costs.layer_overhead_us + moe) * 1e-6
+    every layer's, each MoE layer's ``moe_layer_overhead_us`` on an expert-parallel instance, and
+    in decode the all-to-all's latency floor (prefill's normal kernels are priced by bandwidth)."""
+    ep = m.is_moe and chips > 1
+    moe = m.moe_layers * costs.moe_layer_overhead_us * 1e-6 if ep else 0.0
+    floor = alltoall_floor_s(m, chip, chips) if decode else 0.0
+    return (costs.step_overhead_us + m.layers * costs.layer_overhead_us) * 1e-6 + moe + floor
 
 
 def _step(compute: float, comm: float, fixed: float, costs: StepCosts, core_share: float = 0.0) -> float:
@@ -175,6 +185,8 @@ def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int)
         parts[f"{name}_bound"] = "compute" if compute_s >= memory_s else "memory"
     compute = sum(parts[f"{name}_s"] for name in ops)
     fixed = fixed_s(m, chip, costs, tp)
+    # the all-to-all's latency floor is in ``fixed``, paid unhidden: only the time above it may hide
+    comm = max(0.0, comm - alltoall_floor_s(m, chip, tp))
     # each draft is one pass of the MTP module: about one layer's share of the step
     draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
     step = _step(compute, comm, fixed, costs) + draft
@@ -207,4 +219,4 @@ def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
     compute += tokens * m.attention_flops_fwd(tokens / 2) / (gemm_rate(chip, plan.attention_precision, a)
                                                             * attention_shape_factor(m, tokens, k0, backward=False))
     comm = _all_to_all_s(m, chip, plan, n, tokens, node_limited=True)
-    return tokens / _step(compute, comm, fixed_s(m, chip, costs, n), costs, costs.prefill_comm_core_share)
+    return tokens / _step(compute, comm, fixed_s(m, chip, costs, n, decode=False), costs, costs.prefill_comm_core_share)

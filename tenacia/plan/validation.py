@@ -1,7 +1,7 @@
 """`tenacia plan validate`: the planner against published figures it was, or was not, tuned on.
 
 The cases live in ``validation.toml`` (this package), each with its published figure, its
-source, its set ('tuning', 'held-out', 'held-out-2' or 'held-out-3': later held-out sets, each committed before
+source, its set ('tuning', 'held-out' or a later 'held-out-N': later held-out sets, each committed before
 the planner was first run on it) and the plan inputs. A case runs as the command line
 would run it (``inputs.build`` + ``config.from_dict``), then one named metric (``METRICS``) reads
 the answer. Error = predicted / published - 1. A case whose inputs the planner cannot plan
@@ -27,7 +27,7 @@ import tomllib
 from .. import config
 from ..config import ConfigError, check, check_choice
 
-SETS = ("tuning", "held-out", "held-out-2", "held-out-3")
+SETS = ("tuning", "held-out", "held-out-2", "held-out-3", "held-out-4")
 LOADS = ("benchmark", "production")  # a figure measured at full load, or a production average
 KINDS = ("training", "reliability", "serving")
 HARDWARE = ("crash", "host", "sdc")  # Llama 3's "hardware" (NCCL watchdog hangs: "unknown")

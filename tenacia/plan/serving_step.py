@@ -30,13 +30,13 @@ after another, so a step is a sum of maxima, not a maximum of sums:
   once a step (host work an overlap scheduler does not hide; 0 by default), ``layer_overhead_us``
   per layer on every deployment (launches under CUDA graphs, small GEMMs below the roofline,
   in-node all-reduces and routing: 137 µs, from TensorRT-LLM's published batch-1 DeepSeek-R1 on
-  one 8x B200 node), and, only when an instance spans more than one scale-up domain (several
-  NVLink nodes; not a CloudMatrix384 supernode), ``moe_layer_overhead_us`` per MoE layer: the
-  dispatch and combine over RDMA between nodes, whose launch, synchronisation and latency floor
-  micro-batch overlap cannot hide when there is little to overlap (a published SGLang H800
-  profile: DeepEP's internode low-latency dispatch 187 + combine 394 µs a layer; fitted on Ant
-  Group's two-node H20 figures). They are what makes a decode step take time at batch 1
-  beyond its weight reads;
+  one 8x B200 node), ``moe_layer_overhead_us`` per MoE layer of an expert-parallel instance (0
+  by default: an extra), and in decode the expert all-to-all's latency floor per MoE layer
+  (``alltoall_floor_s``, ``ep_latency.py``: the published low-latency kernels' dispatch + combine
+  at the instance's EP, DeepEP over RDMA across scale-up domains, DeepEP-Ascend inside a
+  CloudMatrix384, none inside an NVLink node), paid unhidden: only the bandwidth all-to-all above
+  it may hide behind compute. They are what makes a decode step take time at batch 1 beyond its
+  weight reads;
 - speculative decoding (``Speculation``, DeepSeek's MTP as SGLang runs it): each sequence's step
   verifies ``draft_tokens`` tokens, so every GEMM, the attention FLOPs and the all-to-all carry
   ``batch x draft_tokens`` rows while the KV cache is read once per sequence; the drafts cost

@@ -1,0 +1,131 @@
+"""Data-parallel communication as the frameworks run it: how many collectives a step holds under
+each ZeRO stage, what one costs on a two-level network, and what part of it compute hides.
+
+**What one collective costs.** An all-gather or reduce-scatter in which every rank ends with
+(or contributes) ``S`` bytes, over ``n`` ranks of which ``r`` share each scale-up domain (a
+node), ``m = ceil(n / r)`` domains, costs the slower of its two levels (Austin et al. 2025,
+"How to Scale Your Model", ch. 12 "How to Think About GPUs", "Cross-node collectives": a
+hierarchical ring, each level overlapped with the other):
+
+    t = max( (n - 1)/n x S / scale_up_bw ,  (m - 1)/m x S / (r x scale_out_bw) ) / comm_efficiency
+        + ring latency (m - 1 scale-out hops, n - m scale-up hops)
+
+``scale_out_bw`` is per chip (one NIC a chip), so a group with ``r`` ranks in a domain drives
+``r`` NICs: the domain's egress, not one chip's, is the scale-out bound. Ranks are placed as
+Megatron-LM and torchtitan order their meshes, tensor-parallel innermost, then context-parallel,
+(expert-parallel,) data-parallel, pipeline outermost: the ranks that hold the same weights
+number ``min(n, domain // (tp x cp))`` in a domain (``// ep`` more for the expert-data group).
+With tp = 8 on an 8-chip node, r = 1 and the old per-chip figure is exact; with FSDP's tp = 1,
+r = 8. An all-reduce is a reduce-scatter plus an all-gather (twice the cost).
+
+**How many, and when** (Rajbhandari et al. 2020, ZeRO, s5 and s7; Zhao et al. 2023, PyTorch
+FSDP, s3): the count follows from what a chip keeps between micro-batches (``layout.memory_per_chip``).
+    stage 0  full gradients kept: one all-reduce of the gradients a step, after the last micro-batch
+    stage 1  full gradients kept: one reduce-scatter a step; the updated weight shards all-gathered
+             once after the optimizer step
+    stage 2  gradients sharded, so each micro-batch's gradients are reduce-scattered as its
+             backward produces them (nothing to accumulate them in); weights all-gathered once a step
+    stage 3  weights sharded too: every micro-batch all-gathers each layer's weights in forward
+             and again in backward (FSDP's reshard_after_forward; under activation recomputation
+             the recomputed forward runs inside the backward's gather: still two), and
+             reduce-scatters its gradients; nothing left for the step
+Weights travel in BF16 (2 bytes), gradients in ``grad_reduce_bytes``.
+
+**What hides them** (FSDP s3.3.2-3.3.3: forward/backward prefetch, the reduce-scatter of one
+unit overlapping the next unit's backward; PyTorch DDP, Li et al. 2020: bucketed all-reduce
+during backward; Megatron-LM's distributed optimizer overlaps the parameter all-gather with the
+next forward). Each layer of a stage is one unit; its collective for the next unit runs while
+this unit computes, so over ``U`` units with per-unit compute ``c`` and communication ``x``
+
+    exposed = x + (U - 1) x max(0, x - c)
+
+(the first unit's gather, or the last unit's reduce-scatter, waits; beyond that only the excess
+of communication over compute). Backward units carry their gather and reduce-scatter together
+(one network). Step-level collectives overlap the last micro-batch's backward (gradient
+reduction) and the first micro-batch's forward (the weight all-gather of stages 1-2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .assumptions import Assumptions
+from .catalog import Chip
+from .models import ModelSpec
+
+
+def ranks_per_domain(group: int, inner: int, domain: int) -> int:
+    """Members of a data-parallel group in one scale-up domain when ``inner`` (tp x cp, x ep for
+    experts) consecutive chips separate them: ``min(group, domain // inner)``, at least 1."""
+    return max(1, min(group, domain // max(inner, 1)))
+
+
+def collective_s(nbytes: float, ranks: int, per_domain: int, chip: Chip, a: Assumptions) -> float:
+    """Seconds of one all-gather or reduce-scatter of ``nbytes`` per rank (module docstring)."""
+    if ranks <= 1 or nbytes <= 0:
+        return 0.0
+    per_domain = max(1, min(per_domain, ranks))
+    domains = math.ceil(ranks / per_domain)
+    up_bw, up_lat = chip.scale_up_gbs * 1e9, chip.scale_up_latency_us * 1e-6
+    out_bw, out_lat = chip.scale_out_gbs * 1e9, chip.scale_out_latency_us * 1e-6
+    t = (ranks - 1) / ranks * nbytes / up_bw if per_domain > 1 else 0.0
+    if domains > 1:
+        t = max(t, (domains - 1) / domains * nbytes / (per_domain * out_bw))
+    return t / a.comm_efficiency + (domains - 1) * out_lat + (ranks - domains) * up_lat
+
+
+def pipelined_exposed(compute_s: float, comm_s: float, units: float) -> float:
+    """Exposed seconds of ``comm_s`` split over ``units`` units, each unit's share overlapped
+    with one unit of ``compute_s`` (module docstring): x + (U - 1) max(0, x - c)."""
+    if comm_s <= 0:
+        return 0.0
+    u = max(units, 1.0)
+    x, c = comm_s / u, compute_s / u
+    return x + (u - 1) * max(0.0, x - c)
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class DataParallelComm:
+    """One chip's data-parallel collectives, in seconds as if alone on the network."""
+
+    weights_gather: float  # all-gather of this chip's stage weights (BF16)
+    grads_reduce: float  # reduce-scatter of this chip's stage gradients
+
+    def per_microbatch(self, zero: int) -> tuple[float, float]:
+        """(forward, backward) collectives every micro-batch runs under ZeRO stage ``zero``."""
+        if zero >= 3:
+            return self.weights_gather, self.weights_gather + self.grads_reduce
+        if zero == 2:
+            return 0.0, self.grads_reduce
+        return 0.0, 0.0
+
+    def per_step(self, zero: int) -> tuple[float, float]:
+        """(overlapping the first forward, overlapping the last backward) once a step."""
+        if zero >= 3:
+            return 0.0, 0.0
+        if zero == 2:
+            return self.weights_gather, 0.0
+        if zero == 1:
+            return self.weights_gather, self.grads_reduce
+        return 0.0, 2 * self.grads_reduce  # all-reduce: reduce-scatter + all-gather
+
+
+def data_parallel_comm(model: ModelSpec, chip: Chip, tp: int, cp: int, pp: int, ep: int, dp: int,
+                       a: Assumptions) -> DataParallelComm:
+    """The collectives of one chip over its data-parallel groups: dense weights over the
+    ``dp * cp`` chips that hold them, routed experts over the ``dp * cp / ep`` that hold each
+    expert (layout.memory_per_chip shards them the same way)."""
+    shards = dp * max(cp, 1)
+    dense = model.dense_params_b * 1e9 / (tp * pp)
+    experts = model.expert_params_b * 1e9 / (pp * ep) if model.is_moe else 0.0
+    domain = chip.scale_up_domain
+    r_dense = ranks_per_domain(shards, tp * max(cp, 1), domain)
+    group_e = max(shards // max(ep, 1), 1)
+    r_exp = ranks_per_domain(group_e, tp * max(cp, 1) * max(ep, 1), domain)
+
+    def both(per_param: float) -> float:
+        return (collective_s(dense * per_param, shards, r_dense, chip, a)
+                + collective_s(experts * per_param, group_e, r_exp, chip, a))
+
+    return DataParallelComm(weights_gather=both(2.0), grads_reduce=both(a.grad_reduce_bytes))

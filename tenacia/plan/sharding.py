@@ -5,7 +5,9 @@ each ZeRO stage, what one costs on a two-level network, and what part of it comp
 (or contributes) ``S`` bytes, over ``n`` ranks of which ``r`` share each scale-up domain (a
 node), ``m = ceil(n / r)`` domains, costs the slower of its two levels (Austin et al. 2025,
 "How to Scale Your Model", ch. 12 "How to Think About GPUs", "Cross-node collectives": a
-hierarchical ring, each level overlapped with the other):
+hierarchical ring, each level overlapped with the other; "when we have multiple axes of
+sharding, the cost of the outer reduction is reduced by a factor of the number of nodes spanned
+by the inner axis"):
 
     t = max( (n - 1)/n x S / scale_up_bw ,  (m - 1)/m x S / (r x scale_out_bw) ) / comm_efficiency
         + ring latency (m - 1 scale-out hops, n - m scale-up hops)
@@ -18,31 +20,44 @@ number ``min(n, domain // (tp x cp))`` in a domain (``// ep`` more for the exper
 With tp = 8 on an 8-chip node, r = 1 and the old per-chip figure is exact; with FSDP's tp = 1,
 r = 8. An all-reduce is a reduce-scatter plus an all-gather (twice the cost).
 
-**How many, and when** (Rajbhandari et al. 2020, ZeRO, s5 and s7; Zhao et al. 2023, PyTorch
-FSDP, s3): the count follows from what a chip keeps between micro-batches (``layout.memory_per_chip``).
+**How many, and when.** The count follows from what a chip keeps between micro-batches
+(``layout.memory_per_chip``):
     stage 0  full gradients kept: one all-reduce of the gradients a step, after the last micro-batch
-    stage 1  full gradients kept: one reduce-scatter a step; the updated weight shards all-gathered
-             once after the optimizer step
+    stage 1  full gradients kept: one reduce-scatter a step ("communicate only at gradient
+             accumulation boundaries", DeepSpeed PR #338, Rajbhandari 2020); the updated weight
+             shards all-gathered once after the optimizer step (Megatron's distributed
+             optimizer: "reduce-scatter of gradients and all-gather of updated parameters",
+             Megatron Bridge docs, "Communication Overlap")
     stage 2  gradients sharded, so each micro-batch's gradients are reduce-scattered as its
-             backward produces them (nothing to accumulate them in); weights all-gathered once a step
-    stage 3  weights sharded too: every micro-batch all-gathers each layer's weights in forward
-             and again in backward (FSDP's reshard_after_forward; under activation recomputation
-             the recomputed forward runs inside the backward's gather: still two), and
-             reduce-scatters its gradients; nothing left for the step
+             backward produces them ("Zero stage 2 communicates during non gradient accumulation
+             boundaries as well", the same PR); weights all-gathered once a step (DeepSpeed's
+             ZeRO-2 keeps whole weights, as the memory model does; FSDP's SHARD_GRAD_OP, which
+             torchtitan's docs map to ZeRO-2, gathers them once a micro-batch instead: not modelled)
+    stage 3  weights sharded too (FSDP FULL_SHARD, FSDP2 reshard_after_forward=True): every
+             micro-batch all-gathers each layer's weights before its forward and again before its
+             backward ("if True, then they are re-all-gathered in backward", torchtitan
+             docs/fsdp.md) and reduce-scatters its gradients inside the backward (FSDP2 tutorial);
+             under activation recomputation the recomputed forward runs inside the backward's
+             gather ("the pre-backward hook is responsible for the unshard", FSDP2's
+             _fsdp_state._pre_forward): still two; nothing is left for the step
 Weights travel in BF16 (2 bytes), gradients in ``grad_reduce_bytes``.
 
-**What hides them** (FSDP s3.3.2-3.3.3: forward/backward prefetch, the reduce-scatter of one
-unit overlapping the next unit's backward; PyTorch DDP, Li et al. 2020: bucketed all-reduce
-during backward; Megatron-LM's distributed optimizer overlaps the parameter all-gather with the
-next forward). Each layer of a stage is one unit; its collective for the next unit runs while
-this unit computes, so over ``U`` units with per-unit compute ``c`` and communication ``x``
+**What hides them.** Each layer of a stage is one unit (torchtitan and llm-foundry wrap every
+transformer block); its collective runs while a neighbouring unit computes: "layer 1 all-gather
+can overlap with layer 0 forward compute ... (The 1st all-gather will not be able to overlap
+with anything.)" (PyTorch docs, "FSDP Notes"); FSDP2 prefetches the backward's gathers in
+reverse forward order (torchtitan docs/fsdp.md: always BACKWARD_PRE); Megatron Core chunks its
+data-parallel communication "by the granularity of a Transformer layer and overlaps each
+communication chunk with computation. This overlap method exposes only one DP communication
+chunk" (Megatron Bridge docs, "Communication Overlap"). So over ``U`` units with per-unit
+compute ``c`` and communication ``x``
 
     exposed = x + (U - 1) x max(0, x - c)
 
-(the first unit's gather, or the last unit's reduce-scatter, waits; beyond that only the excess
-of communication over compute). Backward units carry their gather and reduce-scatter together
-(one network). Step-level collectives overlap the last micro-batch's backward (gradient
-reduction) and the first micro-batch's forward (the weight all-gather of stages 1-2).
+(one unit's collective waits; beyond that only the excess of communication over compute).
+Backward units carry their gather and reduce-scatter together (one network). Step-level
+collectives overlap the last micro-batch's backward (gradient reduction) and the first
+micro-batch's forward (the weight all-gather of stages 1-2).
 """
 
 from __future__ import annotations

@@ -47,6 +47,13 @@ class StepCosts:
     expert_imbalance: float = 1.43
     # Share of the all-to-all hidden behind compute by micro-batch overlap (module docstring).
     comm_overlap: float = 1.0
+    # Decode runs as two micro-batches of half the batch whose expert all-to-all, latency floor
+    # included, runs while the other computes (serving_step.decode_parts). A stack states it when
+    # its source publishes it: DeepSeek's decoding "leverages two micro-batches for overlapping
+    # computation and all-to-all communication ... after RDMA messages are issued, all GPU SMs
+    # are freed" (github.com/deepseek-ai/profile-data README). Off by default: the floor is paid
+    # unhidden.
+    two_batch_overlap: bool = False
     # Share of a chip's compute cores that prefill's all-to-all kernels hold while they run hidden
     # behind compute: DeepEP's normal kernels take Buffer.num_sms = 20 SMs (deep_ep/buffer.py), 20
     # of an H800's 132 (the DeepSeek-V3 report, s3.2.2, gives the same 20 for training). Decode's
@@ -65,6 +72,8 @@ class StepCosts:
         check(self.step_overhead_us >= 0, "step_overhead_us", self.step_overhead_us, "microseconds >= 0")
         check(self.expert_imbalance >= 1, "expert_imbalance", self.expert_imbalance, "a number >= 1")
         check(0 <= self.comm_overlap <= 1, "comm_overlap", self.comm_overlap, "a fraction in [0, 1]")
+        check(isinstance(self.two_batch_overlap, bool), "two_batch_overlap", self.two_batch_overlap,
+              "true or false")
         check(0 <= self.prefill_comm_core_share < 1, "prefill_comm_core_share", self.prefill_comm_core_share,
               "a fraction in [0, 1)")
         check(0 < self.hbm_efficiency <= 1, "hbm_efficiency", self.hbm_efficiency, "a fraction in (0, 1]")

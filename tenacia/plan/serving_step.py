@@ -152,11 +152,9 @@ def _step(compute: float, comm: float, fixed: float, costs: StepCosts, core_shar
     return max(compute, hidden) + comm - hidden + fixed
 
 
-def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> dict[str, float]:
-    """Seconds of one decode step of ``batch`` sequences on a ``tp``-chip instance, by operator
-    (module docstring): each operator's roofline (``*_s``, and which bound it: ``*_bound``), the
-    all-to-all or all-reduce before overlap, the fixed cost, the draft passes, the step, and the
-    time per output token (``tpot_s`` = step / ``speculation.accepted``)."""
+def _decode_work(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: float) -> tuple[dict, float, float]:
+    """(operator parts, compute, bandwidth all-to-all or all-reduce) of a decode step of ``batch``
+    sequences on a ``tp``-chip instance: each operator's roofline (module docstring)."""
     a, costs, wb, spec = plan.assumptions, plan.step, WEIGHT_BYTES[plan.precision], plan.speculation
     rows = batch * spec.draft_tokens  # tokens through the GEMMs: every sequence's verified ones
     hbm = chip.memory_tbs * 1e12 * (chip.hbm_efficiency or costs.hbm_efficiency)
@@ -183,13 +181,38 @@ def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int)
     for name, (compute_s, memory_s) in ops.items():
         parts[f"{name}_s"] = max(compute_s, memory_s)
         parts[f"{name}_bound"] = "compute" if compute_s >= memory_s else "memory"
-    compute = sum(parts[f"{name}_s"] for name in ops)
+    return parts, sum(parts[f"{name}_s"] for name in ops), comm
+
+
+def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> dict[str, float]:
+    """Seconds of one decode step of ``batch`` sequences on a ``tp``-chip instance, by operator
+    (module docstring): each operator's roofline (``*_s``, and which bound it: ``*_bound``), the
+    all-to-all or all-reduce before overlap, the fixed cost, the draft passes, the step, and the
+    time per output token (``tpot_s`` = step / ``speculation.accepted``).
+
+    With ``StepCosts.two_batch_overlap`` (a MoE instance, batch >= 2) the step runs two
+    micro-batches of batch / 2: in every layer one computes while the other's all-to-all (the
+    larger of its bandwidth time and the latency floor) runs. The chip computes 2c a layer and
+    each micro-batch cycles through c + a, so a layer takes max(2c, c + a), and the floor leaves
+    the unhidden fixed cost:
+    step = max(2 compute(B/2), compute(B/2) + max(all-to-all(B/2), floor)) + (fixed - floor) + drafts.
+    Each micro-batch reads the weights again (memory-bound GEMMs cost twice)."""
+    costs, spec = plan.step, plan.speculation
+    parts, compute, comm = _decode_work(m, chip, plan, tp, batch)
     fixed = fixed_s(m, chip, costs, tp)
-    # the all-to-all's latency floor is in ``fixed``, paid unhidden: only the time above it may hide
-    comm = max(0.0, comm - alltoall_floor_s(m, chip, tp))
-    # each draft is one pass of the MTP module: about one layer's share of the step
-    draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
-    step = _step(compute, comm, fixed, costs) + draft
+    floor = alltoall_floor_s(m, chip, tp)
+    if costs.two_batch_overlap and m.is_moe and tp > 1 and batch >= 2:
+        _, half, half_comm = _decode_work(m, chip, plan, tp, batch / 2)
+        core = max(2 * half, half + max(half_comm, floor))
+        comm, compute = max(half_comm, floor), 2 * half
+        draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
+        step = core + fixed - floor + draft
+    else:
+        # the all-to-all's latency floor is in ``fixed``, paid unhidden: only the time above it may hide
+        comm = max(0.0, comm - floor)
+        # each draft is one pass of the MTP module: about one layer's share of the step
+        draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
+        step = _step(compute, comm, fixed, costs) + draft
     return parts | {"comm_s": comm, "fixed_s": fixed, "draft_s": draft, "step_s": step,
                     "tpot_s": step / spec.accepted}
 

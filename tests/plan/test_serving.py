@@ -258,3 +258,23 @@ def test_fp8_attention_runs_at_the_fp8_rate(chips):
     with pytest.raises(ConfigError) as e:  # a chip with no FP8 figure: the field that asked for it
         estimate_serving(_plan("chip='ascend-910c'", "precision='int8'", "attention_precision='fp8'"), chips["ascend-910c"])
     assert e.value.field == "attention_precision"
+
+
+def test_two_batch_overlap_hides_the_floor_behind_the_other_micro_batch(chips):
+    """DeepSeek-V3 on 32 H800, 128 sequences a chip. Without the option the floor (EP32: 155 + 273
+    µs a MoE layer) is paid unhidden. With it, two micro-batches of 64 a chip: the chip computes
+    2c, each micro-batch cycles c + a with a = max(all-to-all of 64 a chip, floor), so the step is
+    max(2c, c + a) + the fixed cost less the floor (hand check from the half batch's parts)."""
+    off, on = _plan(), _plan("step.two_batch_overlap=true")
+    m, h800 = off.model, chips["h800"]
+    half = decode_parts(m, h800, off, 32, 32 * 64)
+    c = half["attention_s"] + half["dense_s"] + half["experts_s"]
+    floor = 58 * (155 + 273) * 1e-6
+    a = max(half["comm_s"] + floor, floor)  # comm_s is the bandwidth time above the floor
+    fixed = (61 * 137) * 1e-6 + floor
+    assert decode_parts(m, h800, on, 32, 32 * 128)["step_s"] == pytest.approx(max(2 * c, c + a) + fixed - floor)
+    # a dense model or one chip has no all-to-all: the option changes nothing
+    assert decode_parts(m, h800, on, 1, 64)["step_s"] == decode_parts(m, h800, off, 1, 64)["step_s"]
+    with pytest.raises(ConfigError) as e:
+        _plan("step.two_batch_overlap=2")
+    assert e.value.field == "step.two_batch_overlap"

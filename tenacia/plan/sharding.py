@@ -10,8 +10,13 @@ sharding, the cost of the outer reduction is reduced by a factor of the number o
 by the inner axis"):
 
     t = max( (n - 1)/n x S / scale_up_bw ,  (m - 1)/m x S / (r x scale_out_bw) ) / comm_efficiency
-        + ring latency (m - 1 scale-out hops, n - m scale-up hops)
+        + ring latency (m - 1 scale-out hops, n - m scale-up hops), once a layer's collective
 
+The latency term is NCCL's own tuning model of a ring (src/graph/tuning.cc: "(nsteps -
+nInterSteps) * intraLat + nInterSteps * interLat", nInterSteps = nNodes - 1 for an all-gather or
+reduce-scatter; its per-hop figures, Ring/Simple 6.6-9.6 µs over the network and 3.4-5.7 µs
+over NVLink across versions, bracket the catalog's 10 and 3 µs), paid by every layer's
+collective: at thousands of ranks it, not the bandwidth, bounds a layer's gather.
 ``scale_out_bw`` is per chip (one NIC a chip), so a group with ``r`` ranks in a domain drives
 ``r`` NICs: the domain's egress, not one chip's, is the scale-out bound. Ranks are placed as
 Megatron-LM and torchtitan order their meshes, tensor-parallel innermost, then context-parallel,
@@ -76,8 +81,10 @@ def ranks_per_domain(group: int, inner: int, domain: int) -> int:
     return max(1, min(group, domain // max(inner, 1)))
 
 
-def collective_s(nbytes: float, ranks: int, per_domain: int, chip: Chip, a: Assumptions) -> float:
-    """Seconds of one all-gather or reduce-scatter of ``nbytes`` per rank (module docstring)."""
+def collective_s(nbytes: float, ranks: int, per_domain: int, chip: Chip, a: Assumptions,
+                 pieces: float = 1.0) -> float:
+    """Seconds of an all-gather or reduce-scatter of ``nbytes`` per rank (module docstring), run
+    as ``pieces`` collectives (one a layer): the bandwidth term once, the ring latency each time."""
     if ranks <= 1 or nbytes <= 0:
         return 0.0
     per_domain = max(1, min(per_domain, ranks))
@@ -87,7 +94,7 @@ def collective_s(nbytes: float, ranks: int, per_domain: int, chip: Chip, a: Assu
     t = (ranks - 1) / ranks * nbytes / up_bw if per_domain > 1 else 0.0
     if domains > 1:
         t = max(t, (domains - 1) / domains * nbytes / (per_domain * out_bw))
-    return t / a.comm_efficiency + (domains - 1) * out_lat + (ranks - domains) * up_lat
+    return t / a.comm_efficiency + max(pieces, 1.0) * ((domains - 1) * out_lat + (ranks - domains) * up_lat)
 
 
 def pipelined_exposed(compute_s: float, comm_s: float, units: float) -> float:
@@ -139,8 +146,10 @@ def data_parallel_comm(model: ModelSpec, chip: Chip, tp: int, cp: int, pp: int, 
     group_e = max(shards // max(ep, 1), 1)
     r_exp = ranks_per_domain(group_e, tp * max(cp, 1) * max(ep, 1), domain)
 
+    units = model.layers / pp  # one collective a layer (module docstring)
+
     def both(per_param: float) -> float:
-        return (collective_s(dense * per_param, shards, r_dense, chip, a)
-                + collective_s(experts * per_param, group_e, r_exp, chip, a))
+        return (collective_s(dense * per_param, shards, r_dense, chip, a, units)
+                + collective_s(experts * per_param, group_e, r_exp, chip, a, units))
 
     return DataParallelComm(weights_gather=both(2.0), grads_reduce=both(a.grad_reduce_bytes))

@@ -45,6 +45,8 @@ def test_one_collective_is_bound_by_the_domain_egress_not_one_nic(chips):
     # one node: NVLink only, 7/8 x 16e9 / 300e9 / 0.7 + 7 x 3 us
     assert collective_s(16e9, 8, 8, a100, a) == pytest.approx(7 / 8 * 16e9 / 300e9 / 0.7 + 21e-6)
     assert collective_s(16e9, 1, 1, a100, a) == 0.0
+    # as 32 collectives (one a layer): the same bandwidth term, the ring latency 32 times
+    assert collective_s(16e9, 64, 8, a100, a, pieces=32) == pytest.approx(0.1 + 32 * 238e-6)
 
 
 def test_pipelined_overlap_exposes_one_unit_and_the_excess():
@@ -88,7 +90,8 @@ def test_fsdp_on_64_a100_end_to_end(chips):
     micro-batch."""
     a100, a = chips["a100"], Assumptions()
     fleet = [(a100, 64, 1.0)]
-    one = collective_s(2 * LLAMA8.dense_params_b * 1e9, 64, 8, a100, a)
+    one = collective_s(2 * LLAMA8.dense_params_b * 1e9, 64, 8, a100, a, pieces=32)  # a layer at a time
+    assert one == pytest.approx(collective_s(2 * LLAMA8.dense_params_b * 1e9, 64, 8, a100, a) + 31 * 238e-6)
     assert data_parallel_comm(LLAMA8, a100, 1, 1, 1, 1, 64, a).weights_gather == pytest.approx(one)
     lay = dataclasses.replace(explicit(tp=1, pp=1, zero=3, recompute="none"), microbatch_seqs=1)
     z3 = estimate_training(LLAMA8, fleet, lay, a, "bf16", 1e10, 64).groups[0]

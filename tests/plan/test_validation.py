@@ -97,6 +97,13 @@ def test_new_metrics_read_the_summary_and_a_count_needs_its_window():
     assert METRICS["decode_tpot_ms"]({"step_s": 0.0067}) == pytest.approx(6.7)
     kinds = {"reliability": {"kinds": {"crash": {"per_day": 0.2}, "host": {"per_day": 5.0}}}}
     assert METRICS["accelerator_failures_in_days"](kinds) == 0.2
+    # per chip and year: 0.2 crashes a day on 2,000 chips = 0.2 x 365.25 / 2,000; hardware adds
+    # host and silent corruption (5.0 + 0.1 here)
+    fleet = kinds | training
+    fleet["reliability"]["kinds"]["sdc"] = {"per_day": 0.1}
+    assert METRICS["accelerator_failures_per_chip_year"](fleet) == pytest.approx(0.2 * 365.25 / 2000)
+    assert METRICS["hardware_failures_per_chip_year"](fleet) == pytest.approx(5.3 * 365.25 / 2000)
+    assert METRICS["hardware_failures_in_days"](fleet) == pytest.approx(5.3)
     base = dict(id="x", set="held-out-2", kind="reliability", what="w", published=10, source="s")
     with pytest.raises(ConfigError, match="days"):
         Case(**base, metric="accelerator_failures_in_days")

@@ -20,8 +20,9 @@ collective: at thousands of ranks it, not the bandwidth, bounds a layer's gather
 ``scale_out_bw`` is per chip (one NIC a chip), so a group with ``r`` ranks in a domain drives
 ``r`` NICs: the domain's egress, not one chip's, is the scale-out bound. Ranks are placed as
 Megatron-LM and torchtitan order their meshes, tensor-parallel innermost, then context-parallel,
-(expert-parallel,) data-parallel, pipeline outermost: the ranks that hold the same weights
-number ``min(n, domain // (tp x cp))`` in a domain (``// ep`` more for the expert-data group).
+(expert-parallel,) data-parallel, pipeline outermost: the ranks that hold the same weights (the
+context- and data-parallel ranks of one tensor-parallel rank) number ``min(n, domain // tp)`` in
+a domain (``domain // (tp x ep)`` for the ranks that hold the same experts).
 With tp = 8 on an 8-chip node, r = 1 and the old per-chip figure is exact; with FSDP's tp = 1,
 r = 8. An all-reduce is a reduce-scatter plus an all-gather (twice the cost).
 
@@ -76,7 +77,7 @@ from .models import ModelSpec
 
 
 def ranks_per_domain(group: int, inner: int, domain: int) -> int:
-    """Members of a data-parallel group in one scale-up domain when ``inner`` (tp x cp, x ep for
+    """Members of a data-parallel group in one scale-up domain when ``inner`` (tp, x ep for
     experts) consecutive chips separate them: ``min(group, domain // inner)``, at least 1."""
     return max(1, min(group, domain // max(inner, 1)))
 
@@ -142,9 +143,9 @@ def data_parallel_comm(model: ModelSpec, chip: Chip, tp: int, cp: int, pp: int, 
     dense = model.dense_params_b * 1e9 / (tp * pp)
     experts = model.expert_params_b * 1e9 / (pp * ep) if model.is_moe else 0.0
     domain = chip.scale_up_domain
-    r_dense = ranks_per_domain(shards, tp * max(cp, 1), domain)
+    r_dense = ranks_per_domain(shards, tp, domain)  # context-parallel ranks hold the same weights
     group_e = max(shards // max(ep, 1), 1)
-    r_exp = ranks_per_domain(group_e, tp * max(cp, 1) * max(ep, 1), domain)
+    r_exp = ranks_per_domain(group_e, tp * max(ep, 1), domain)
 
     units = model.layers / pp  # one collective a layer (module docstring)
 

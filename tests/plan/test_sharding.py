@@ -103,3 +103,12 @@ def test_fsdp_on_64_a100_end_to_end(chips):
     assert z3.grad_sync_s == 0.0
     z1 = estimate_training(LLAMA8, fleet, dataclasses.replace(lay, zero=1, recompute="full"), a, "bf16", 1e10, 64).groups[0]
     assert z1.micro.zero == 0.0 and z1.grad_sync_s == pytest.approx(2 * one / 32)
+
+
+def test_context_parallel_ranks_share_the_weights_of_their_tensor_parallel_rank(chips):
+    """tp = 2, cp = 2, dp = 16 on 8-GPU A100 nodes: the 32 chips holding one half of the weights
+    are the context- and data-parallel ranks of one tensor-parallel rank, 8 / 2 = 4 a node."""
+    a100, a = chips["a100"], Assumptions()
+    comm = data_parallel_comm(LLAMA8, a100, 2, 2, 1, 1, 16, a)
+    half = 2 * LLAMA8.dense_params_b * 1e9 / 2
+    assert comm.weights_gather == pytest.approx(collective_s(half, 32, 4, a100, a, pieces=32))

@@ -24,12 +24,21 @@ class StepCosts:
 
     # Fixed cost of every layer per step, µs, on every deployment: what a decode step pays per
     # layer beyond its weight and cache reads at batch 1 (kernel launches under CUDA graphs, small
-    # GEMMs below the HBM roofline, the in-node all-reduces and the routing kernels). From
-    # TensorRT-LLM's published min-latency DeepSeek-R1 run on one 8x B200 node (tech blog 1,
-    # "Pushing Latency Boundaries", MTP table: 111 tokens/s a user without MTP, CUDA graphs + PDL):
-    # 9.01 ms a token, of which its weight reads take 0.67 ms (4.81 GB a GPU at 0.9 x 8 TB/s), so
-    # (9.01 - 0.67) ms / 61 layers = 137 µs. Derived by hand (docs/planning.md), not fitted.
-    layer_overhead_us: float = 137.0
+    # GEMMs below the HBM roofline, a tensor-parallel instance's in-node all-reduces). From
+    # gpt-fast's published batch-1 tables (pytorch-labs/gpt-fast README: Llama-2 7B and 70B in
+    # BF16 on A100-80GB, torch.compile + CUDA graphs, 1 to 8 GPUs): each row's time a token less
+    # its weight reads (the table's bytes a token at 0.9 x 2.039 TB/s), over the layers: 71, 66,
+    # 59, 59 µs (7B at 1, 2, 4, 8 GPUs), 113, 89, 76 µs (70B at 2, 4, 8); the median, 71 µs.
+    # Derived by hand (docs/planning.md), not fitted. Until 2026-12-03 23:20 UTC it was 137 µs,
+    # derived the same way from a DeepSeek-R1 (MLA + MoE) run and charged to every layer of every
+    # model: a dense layer paid an MoE layer's kernels (Maverick +223%, the 910B +22%).
+    layer_overhead_us: float = 71.0
+    # Fixed cost an MoE layer adds, µs, on every deployment (routing, the grouped expert GEMMs
+    # below their roofline at small batches, MLA's extra projections): TensorRT-LLM's published
+    # min-latency DeepSeek-R1 on one 8x B200 node (tech blog 1, "Pushing Latency Boundaries", MTP
+    # table: 111 tokens/s a user without MTP) takes 9.01 ms a token, its weight reads 0.67 ms
+    # (4.81 GB a GPU at 0.9 x 8 TB/s), so (9.01 - 0.67 - 61 x 0.071) ms / 58 MoE layers = 69 µs.
+    moe_layer_kernel_us: float = 69.0
     # Extra fixed cost of each MoE layer per step on an expert-parallel instance, µs, beyond
     # layer_overhead_us and the all-to-all's published latency floor (ep_latency.py: DeepEP's
     # low-latency kernels over RDMA across nodes, DeepEP-Ascend's inside a CloudMatrix384). 0: until
@@ -69,6 +78,7 @@ class StepCosts:
         check_finite(self)
         check(self.layer_overhead_us >= 0, "layer_overhead_us", self.layer_overhead_us, "microseconds >= 0")
         check(self.moe_layer_overhead_us >= 0, "moe_layer_overhead_us", self.moe_layer_overhead_us, "microseconds >= 0")
+        check(self.moe_layer_kernel_us >= 0, "moe_layer_kernel_us", self.moe_layer_kernel_us, "microseconds >= 0")
         check(self.step_overhead_us >= 0, "step_overhead_us", self.step_overhead_us, "microseconds >= 0")
         check(self.expert_imbalance >= 1, "expert_imbalance", self.expert_imbalance, "a number >= 1")
         check(0 <= self.comm_overlap <= 1, "comm_overlap", self.comm_overlap, "a fraction in [0, 1]")

@@ -115,6 +115,7 @@ def test_a_run_too_large_to_simulate_is_an_error_naming_the_budget():
     ("step.hbm_efficiency=0", "step.hbm_efficiency"),
     ("step.moe_layer_overhead_us=-1", "step.moe_layer_overhead_us"),
     ("step.moe_layer_overhead_us=inf", "step.moe_layer_overhead_us"),
+    ("step.moe_layer_kernel_us=-1", "step.moe_layer_kernel_us"),
     ("step.step_overhead_us=-1", "step.step_overhead_us"),
     ("step.step_overhead_us=inf", "step.step_overhead_us"),
     ("speculation.draft_tokens=0", "speculation.draft_tokens"),

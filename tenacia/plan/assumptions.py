@@ -35,7 +35,9 @@ class Assumptions:
     tp_overlap: float = 0.0
     ep_overlap: float = 0.0
     pp_overlap: float = 1.0  # point-to-point sends between stages overlap with the next micro-batch
-    dp_overlap: float = 0.5  # gradient reduction overlaps with the last micro-batch's backward
+    # Share of an exchange BETWEEN SITES hidden behind the step (sync.py, sites.py). Inside a
+    # site data-parallel communication is modelled layer by layer instead (sharding.py).
+    dp_overlap: float = 0.5
     # Share of a chip's compute units that communication kernels hold while they run hidden
     # behind compute (DeepSeek-V3 report s3.2.2: 20 of 132 SMs on H800 = 0.15): compute loses
     # this share for the duration of the hidden communication.

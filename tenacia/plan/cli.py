@@ -95,8 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--peak-factor", help="peak / mean request rate")
     s.set_defaults(handler=cmd_serve)
 
+    from .validation import SETS
+
     v = psub.add_parser("validate", help="the planner against published figures, tuning and held-out sets apart")
-    v.add_argument("--set", choices=("tuning", "held-out", "held-out-2"), help="only this set")
+    v.add_argument("--set", choices=SETS, help="only this set")
     v.add_argument("--json", action="store_true")
     v.set_defaults(handler=cmd_validate)
 

@@ -78,7 +78,7 @@ class TrainingEstimate:
                         "microbatch_s": g.micro.total, "matmul_s": g.micro.matmul,
                         "attention_s": g.micro.attention, "memory_s": g.micro.memory,
                         "tp_s": g.micro.tp, "ep_s": g.micro.ep, "pp_s": g.micro.pp, "cp_s": g.micro.cp,
-                        "zero3_s": g.micro.zero3,
+                        "zero_s": g.micro.zero, "zero_exposed_s": g.micro.zero_exposed,
                         "grad_sync_s": g.grad_sync_s, "optimizer_s": g.optimizer_s,
                         "memory_gb": g.memory.total / 1e9} for g in self.groups],
             "step_time_s": self.step_time_s, "tokens": self.tokens, "steps": self.steps,
@@ -136,12 +136,13 @@ def estimate_training(model: ModelSpec, fleet: list[tuple[Chip, int, float]], la
     groups = []
     for (chip, count, price), r in zip(fleet, replicas, strict=True):
         check_fits(model, chip, resolved, tp, pp, ep, dp, a)
+        micro = microbatch_time(model, chip, resolved, tp, pp, ep, a, precision)
         groups.append(GroupPlan(
             chip=chip, chips=count, replicas=r, idle=count - r * size, price_per_hour=price,
-            micro=microbatch_time(model, chip, resolved, tp, pp, ep, a, precision),
+            micro=micro,
             memory=memory_per_chip(model, resolved, tp, pp, ep, dp, a.optimizer_bytes_per_param,
                                    a.activation_memory_scale),
-            grad_sync_s=grad_sync_time(model, chip, tp, pp, ep, shards, True, a),
+            grad_sync_s=grad_sync_time(model, chip, resolved, tp, pp, ep, dp, micro, a),
             optimizer_s=optimizer_time(model, chip, tp, pp, ep, shards, layout.zero, a)))
     slowest = max(groups, key=lambda g: g.micro.total).micro  # its F and W set the zero-bubble schedules' bubble
     bubble = layout.bubble_microbatches(pp, slowest.forward, slowest.weight_grad)

@@ -40,6 +40,23 @@ from .models import ModelSpec
 SCHEDULES = ("1f1b", "interleaved", "zb-h1", "zero-bubble", "dualpipe")
 RECOMPUTE = ("none", "selective", "full")
 ZERO = (0, 1, 2, 3)
+# The year each technique was first published, for ``Layout.year`` (a run of that year could
+# use it; the search of a layout with a year tries nothing later):
+SINCE = {
+    "1f1b": 2020,  # PipeDream-Flush, Narayanan et al. (arXiv 2006.09503, June 2020)
+    "interleaved": 2021,  # Narayanan et al. 2021 (arXiv 2104.04473, April 2021)
+    "zb-h1": 2024, "zero-bubble": 2024,  # Qi et al. (arXiv 2401.10241, January 2024)
+    "dualpipe": 2024,  # DeepSeek-V3 technical report (arXiv 2412.19437, December 2024)
+    "none": 0,
+    "full": 2016,  # Chen et al., "Training Deep Nets with Sublinear Memory Cost" (arXiv 1604.06174)
+    "selective": 2022,  # Korthikanti et al. (arXiv 2205.05198, May 2022)
+    "cp": 2023,  # context parallelism: ring attention, Liu et al. (arXiv 2310.01889, October 2023)
+}
+
+
+def available(names: tuple[str, ...], year: int) -> tuple[str, ...]:
+    """The techniques of ``names`` published by ``year`` (all of them when year is 0)."""
+    return tuple(n for n in names if not year or SINCE[n] <= year)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -59,6 +76,10 @@ class Layout:
     # them (elementwise work only); 'full' keeps layer inputs and reruns the whole forward;
     # 'auto': search
     recompute: str = "auto"
+    # The year of the run (0: today). A run's source that names its stack's era fixes what the
+    # search may try: no schedule, recomputation mode or context parallelism published later
+    # (``SINCE``); a layout that fixes one anyway is an error.
+    year: int = 0
 
     def __post_init__(self) -> None:
         for key in ("tp", "cp", "pp", "ep", "dp", "microbatch_seqs", "virtual_stages"):
@@ -69,6 +90,13 @@ class Layout:
         if self.zero is not None:
             check_choice("zero", self.zero, ZERO)
         check_choice("recompute", self.recompute, ("auto", *RECOMPUTE))
+        check(self.year == 0 or 2016 <= self.year <= 2100, "year", self.year, "0 (today) or a year from 2016")
+        if self.year:
+            for key, name in (("schedule", self.schedule), ("recompute", self.recompute)):
+                check(name == "auto" or SINCE[name] <= self.year, key, name,
+                      f"a technique published by layout.year={self.year}: {list(available(SCHEDULES if key == 'schedule' else RECOMPUTE, self.year))}")
+            check(self.cp <= 1 or SINCE["cp"] <= self.year, "cp", self.cp,
+                  f"1: context parallelism was first published in {SINCE['cp']}, after layout.year={self.year}")
 
     @property
     def searched(self) -> bool:

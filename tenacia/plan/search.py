@@ -9,7 +9,9 @@ Candidates (a field given in the layout is fixed to its value):
 - schedule: 1F1B, interleaved with v = 2, 4, 8 or every layer of a stage its own chunk, ZB-H1,
   zero-bubble (ZB-H2), DualPipe (``layout.SCHEDULES``);
 - recomputation: none, selective, full;
-- ZeRO: the lowest stage that fits (a higher stage only adds communication).
+- ZeRO: the lowest stage that fits (a higher stage only adds communication);
+- a layout with a ``year`` tries only the schedules, recomputation modes and context
+  parallelism published by then (``layout.SINCE``).
 Shapes (tp, cp, pp, ep, micro-batch) are visited in the order of a lower bound on their step
 (``_step_bound``); once a shape's bound exceeds the best step found, no later shape can win and
 the search stops. Within a shape, (schedule, recomputation) candidates are visited in the order
@@ -27,7 +29,7 @@ from ..config import ConfigError
 from .assumptions import Assumptions
 from .catalog import Chip
 from .estimate import TrainingEstimate, check_given, estimate_training
-from .layout import RECOMPUTE, SCHEDULES, ZERO, Layout, memory_per_chip
+from .layout import RECOMPUTE, SCHEDULES, SINCE, ZERO, Layout, available, memory_per_chip
 from .models import ModelSpec
 from .training import microbatch_time
 
@@ -45,7 +47,7 @@ def _powers_of_two(limit: int) -> list[int]:
 
 def _schedules(layout: Layout, layers_per_stage: float) -> list[tuple[str, int]]:
     """(schedule, virtual stages) pairs to try."""
-    names = SCHEDULES if layout.schedule == "auto" else (layout.schedule,)
+    names = available(SCHEDULES, layout.year) if layout.schedule == "auto" else (layout.schedule,)
     out = []
     for name in names:
         if name != "interleaved":
@@ -94,7 +96,8 @@ def search_layout(model: ModelSpec, fleet: list[tuple[Chip, int, float]], layout
         chip.peak_flops(precision)  # a chip without this precision is an error, not a misfit
     domain = min(chip.scale_up_domain for chip, _, _ in fleet)
     tps = [layout.tp] if layout.tp else [t for t in _powers_of_two(domain) if model.heads % t == 0]
-    cps = [layout.cp] if layout.cp else [c for c in _powers_of_two(8)
+    cp_limit = 8 if not layout.year or SINCE["cp"] <= layout.year else 1
+    cps = [layout.cp] if layout.cp else [c for c in _powers_of_two(cp_limit)
                                          if model.seq_len % c == 0 and model.seq_len // c >= min(MIN_CP_CHUNK, model.seq_len)]
     pps = [layout.pp] if layout.pp else _powers_of_two(model.layers)
     if not model.is_moe:
@@ -102,7 +105,7 @@ def search_layout(model: ModelSpec, fleet: list[tuple[Chip, int, float]], layout
     else:
         eps = [layout.ep] if layout.ep else [e for e in _powers_of_two(model.experts) if model.experts % e == 0]
     mbs = [layout.microbatch_seqs] if layout.microbatch_seqs else list(MICROBATCHES)
-    recomputes = RECOMPUTE if layout.recompute == "auto" else (layout.recompute,)
+    recomputes = available(RECOMPUTE, layout.year) if layout.recompute == "auto" else (layout.recompute,)
     zeros = ZERO[1:] if layout.zero is None else (layout.zero,)
     shapes = []  # (lower bound on the step, replicas, fixed dimensions) of every shape the fleet can hold
     for tp in tps:

@@ -22,19 +22,47 @@ WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0}
 class StepCosts:
     """The costs of a serving step that FLOPs and bytes do not give (module docstring)."""
 
-    # Fixed cost of every layer per step, µs (launches, gaps). Not fitted: the tuning set has no
-    # full-load serving case of a dense model; set it for your stack.
-    layer_overhead_us: float = 0.0
-    # Fixed cost of each MoE layer per step on an expert-parallel instance, µs (module
-    # docstring): what a step pays at batch 1 (Ant Group's H20 decode: 43 ms a step at one
-    # sequence a GPU on EP16). Fitted on the full-load serving cases of the tuning set:
-    # bench/plan_tune.py serving.
-    moe_layer_overhead_us: float = 500.0
+    # Fixed cost of every layer per step, µs, on every deployment: what a decode step pays per
+    # layer beyond its weight and cache reads at batch 1 (kernel launches under CUDA graphs, small
+    # GEMMs below the HBM roofline, a tensor-parallel instance's in-node all-reduces). From
+    # gpt-fast's published batch-1 tables (pytorch-labs/gpt-fast README: Llama-2 7B and 70B in
+    # BF16 on A100-80GB, torch.compile + CUDA graphs, 1 to 8 GPUs): each row's time a token less
+    # its weight reads (the table's bytes a token at 0.9 x 2.039 TB/s), over the layers: 71, 66,
+    # 59, 59 µs (7B at 1, 2, 4, 8 GPUs), 113, 89, 76 µs (70B at 2, 4, 8); the median, 71 µs.
+    # Derived by hand (docs/planning.md), not fitted. Until 2026-12-03 23:20 UTC it was 137 µs,
+    # derived the same way from a DeepSeek-R1 (MLA + MoE) run and charged to every layer of every
+    # model: a dense layer paid an MoE layer's kernels (Maverick +223%, the 910B +22%).
+    layer_overhead_us: float = 71.0
+    # Fixed cost an MoE layer adds, µs, on every deployment (routing, the grouped expert GEMMs
+    # below their roofline at small batches, MLA's extra projections): TensorRT-LLM's published
+    # min-latency DeepSeek-R1 on one 8x B200 node (tech blog 1, "Pushing Latency Boundaries", MTP
+    # table: 111 tokens/s a user without MTP) takes 9.01 ms a token, its weight reads 0.67 ms
+    # (4.81 GB a GPU at 0.9 x 8 TB/s), so (9.01 - 0.67 - 61 x 0.071) ms / 58 MoE layers = 69 µs.
+    moe_layer_kernel_us: float = 69.0
+    # Extra fixed cost of each MoE layer per step on an expert-parallel instance, µs, beyond
+    # layer_overhead_us and the all-to-all's published latency floor (ep_latency.py: DeepEP's
+    # low-latency kernels over RDMA across nodes, DeepEP-Ascend's inside a CloudMatrix384). 0: until
+    # 2026-12-03 23:00 UTC it was 375, fitted on the tuning set's two-node H20 cases and charged only
+    # across scale-up domains, which priced an H100 instance's all-to-all and not a 910C supernode's;
+    # the published floor replaces it (DeepEP's EP16 row, 313 µs, is that fit's own deployment).
+    moe_layer_overhead_us: float = 0.0
+    # Host cost per decode step, µs (scheduling, sampling, detokenization) not hidden behind the
+    # GPU. 0: SGLang's overlap ("zero-overhead") scheduler (lmsys.org 2024-12-04, v0.4) and
+    # TensorRT-LLM's overlap scheduler (its docs, "Overlap Scheduler", on by default) run step n's
+    # CPU work while the GPU runs step n + 1. Set it for a stack without one.
+    step_overhead_us: float = 0.0
     # Tokens on the most loaded expert rank / the mean: 1 / 0.7, from Ant Group's H20 report
     # (lmsys.org 2025-09-26: its expert load balancer keeps "a >70% load balance ratio").
     expert_imbalance: float = 1.43
     # Share of the all-to-all hidden behind compute by micro-batch overlap (module docstring).
     comm_overlap: float = 1.0
+    # Decode runs as two micro-batches of half the batch whose expert all-to-all, latency floor
+    # included, runs while the other computes (serving_step.decode_parts). A stack states it when
+    # its source publishes it: DeepSeek's decoding "leverages two micro-batches for overlapping
+    # computation and all-to-all communication ... after RDMA messages are issued, all GPU SMs
+    # are freed" (github.com/deepseek-ai/profile-data README). Off by default: the floor is paid
+    # unhidden.
+    two_batch_overlap: bool = False
     # Share of a chip's compute cores that prefill's all-to-all kernels hold while they run hidden
     # behind compute: DeepEP's normal kernels take Buffer.num_sms = 20 SMs (deep_ep/buffer.py), 20
     # of an H800's 132 (the DeepSeek-V3 report, s3.2.2, gives the same 20 for training). Decode's
@@ -50,8 +78,12 @@ class StepCosts:
         check_finite(self)
         check(self.layer_overhead_us >= 0, "layer_overhead_us", self.layer_overhead_us, "microseconds >= 0")
         check(self.moe_layer_overhead_us >= 0, "moe_layer_overhead_us", self.moe_layer_overhead_us, "microseconds >= 0")
+        check(self.moe_layer_kernel_us >= 0, "moe_layer_kernel_us", self.moe_layer_kernel_us, "microseconds >= 0")
+        check(self.step_overhead_us >= 0, "step_overhead_us", self.step_overhead_us, "microseconds >= 0")
         check(self.expert_imbalance >= 1, "expert_imbalance", self.expert_imbalance, "a number >= 1")
         check(0 <= self.comm_overlap <= 1, "comm_overlap", self.comm_overlap, "a fraction in [0, 1]")
+        check(isinstance(self.two_batch_overlap, bool), "two_batch_overlap", self.two_batch_overlap,
+              "true or false")
         check(0 <= self.prefill_comm_core_share < 1, "prefill_comm_core_share", self.prefill_comm_core_share,
               "a fraction in [0, 1)")
         check(0 < self.hbm_efficiency <= 1, "hbm_efficiency", self.hbm_efficiency, "a fraction in (0, 1]")

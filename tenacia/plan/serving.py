@@ -27,6 +27,7 @@ from .efficiency import TILE
 from .models import ModelSpec
 from .serve_plan import ServePlan
 from .serving_step import (
+    alltoall_floor_s,
     decode_parts,
     decode_tpot_s,
     fixed_s,
@@ -117,15 +118,19 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
     best = best_decode(plan, chip, plan.tpot_ms / 1000)
     if best is None:
         tried = plan.tp or "1..1024"
-        # the smallest instance that pays every fixed cost: an MoE model's experts span 2 chips
-        smallest = plan.tp or (2 if m.is_moe else 1)
-        fixed_ms = fixed_s(m, plan.step, smallest) * 1000 / plan.speculation.accepted
+        # the smallest instance's fixed cost: no instance pays less
+        smallest = plan.tp or 1
+        fixed_ms = fixed_s(m, chip, plan.step, smallest) * 1000 / plan.speculation.accepted
         if fixed_ms >= plan.tpot_ms:
+            moe = m.moe_layers if m.is_moe and smallest > 1 else 0
+            floor = alltoall_floor_s(m, chip, smallest) * 1000
             raise ConfigError("tpot_ms", plan.tpot_ms,
-                              f"more than the step's fixed cost alone on {smallest} chips or more: {fixed_ms:.1f} ms a token "
-                              f"({m.layers} layers x step.layer_overhead_us={plan.step.layer_overhead_us:g}, "
-                              f"{m.moe_layers if m.is_moe else 0} MoE layers x "
-                              f"step.moe_layer_overhead_us={plan.step.moe_layer_overhead_us:g})")
+                              f"more than the step's fixed cost alone on {smallest} chips: {fixed_ms:.1f} ms a token "
+                              f"(step.step_overhead_us={plan.step.step_overhead_us:g}, "
+                              f"{m.layers} layers x step.layer_overhead_us={plan.step.layer_overhead_us:g}, "
+                              f"{m.moe_layers if m.is_moe else 0} MoE layers x step.moe_layer_kernel_us={plan.step.moe_layer_kernel_us:g}, "
+                              f"{moe} MoE layers x step.moe_layer_overhead_us={plan.step.moe_layer_overhead_us:g}, "
+                              f"the all-to-all's published latency floor {floor:.1f} ms: ep_latency.py)")
         raise ConfigError("tpot_ms", plan.tpot_ms,
                           f"a target {chip.key} can meet for {m.total_params_b:g}B parameters with tp={tried}: "
                           "no instance both holds the weights plus one sequence's KV cache and decodes "

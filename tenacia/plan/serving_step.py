@@ -5,7 +5,8 @@ Every operator of a step is priced by its own roofline, and the operators of a l
 after another, so a step is a sum of maxima, not a maximum of sums:
 
     decode step = sum over operators of max(FLOPs / its compute rate, bytes / HBM bandwidth)
-                  + exposed all-to-all + fixed costs (per layer; per MoE layer of an expert-parallel instance)
+                  + exposed all-to-all + fixed costs (per step; per layer; per MoE layer of an
+                    instance spanning several scale-up domains)
 
 - dense GEMMs (attention projections, shared experts, dense FFNs, output head): the batch's
   rows through weights every chip holds (an MoE instance replicates them, a dense one splits
@@ -25,13 +26,19 @@ after another, so a step is a sum of maxima, not a maximum of sums:
   CloudMatrix-Infer's micro-batch pipeline); in prefill the all-to-all kernels hold
   ``prefill_comm_core_share`` of the chip's cores while they run, and compute slows for that time
   (DeepEP's normal kernels: 20 of 132 SMs; its low-latency decode kernels hold none);
-- fixed costs, paid however small the batch: ``layer_overhead_us`` per layer (kernel launches,
-  gaps between kernels), and ``moe_layer_overhead_us`` per MoE layer of an instance whose
-  experts span several chips (the dispatch and combine's launch, synchronisation and latency
-  floor, which micro-batch overlap cannot hide when there is little to overlap: DeepEP's
-  low-latency kernels take 77-195 µs at EP8-16 on H800 for 128 tokens a GPU, DeepEP's docs/legacy.md;
-  DeepEP-Ascend's 126-153 µs at EP8-32 on the 910C, sgl-kernel-npu's README). They are what
-  makes a decode step take time at batch 1 beyond its weight reads;
+- fixed costs, paid however small the batch, by deployment (``fixed_s``): ``step_overhead_us``
+  once a step (host work an overlap scheduler does not hide; 0 by default), ``layer_overhead_us``
+  per layer on every deployment (launches under CUDA graphs, small GEMMs below the roofline,
+  in-node all-reduces: 71 µs, from gpt-fast's published batch-1 dense Llama-2 tables on 1-8
+  A100), ``moe_layer_kernel_us`` per MoE layer on every deployment (routing, grouped expert GEMMs,
+  MLA's projections: 69 µs, the rest of TensorRT-LLM's published batch-1 DeepSeek-R1 on one 8x
+  B200 node), ``moe_layer_overhead_us`` per MoE layer of an expert-parallel instance (0
+  by default: an extra), and in decode the expert all-to-all's latency floor per MoE layer
+  (``alltoall_floor_s``, ``ep_latency.py``: the published low-latency kernels' dispatch + combine
+  at the instance's EP, DeepEP over RDMA across scale-up domains, DeepEP-Ascend inside a
+  CloudMatrix384, none inside an NVLink node), paid unhidden: only the bandwidth all-to-all above
+  it may hide behind compute. They are what makes a decode step take time at batch 1 beyond its
+  weight reads;
 - speculative decoding (``Speculation``, DeepSeek's MTP as SGLang runs it): each sequence's step
   verifies ``draft_tokens`` tokens, so every GEMM, the attention FLOPs and the all-to-all carry
   ``batch x draft_tokens`` rows while the KV cache is read once per sequence; the drafts cost
@@ -53,11 +60,12 @@ import math
 from .assumptions import Assumptions
 from .catalog import Chip
 from .efficiency import attention_shape_factor, model_shape_factor
+from .ep_latency import floor_us
 from .models import ModelSpec
 from .serve_plan import WEIGHT_BYTES, ServePlan, Speculation, StepCosts
 
 __all__ = ["WEIGHT_BYTES", "Speculation", "StepCosts", "decode_parts", "decode_step_s", "decode_tpot_s",
-           "fixed_s", "gemm_rate", "prefill_tps_per_chip", "weight_bytes_per_chip"]
+           "alltoall_floor_s", "fixed_s", "gemm_rate", "spans_domains", "prefill_tps_per_chip", "weight_bytes_per_chip"]
 
 def gemm_rate(chip: Chip, precision: str, a: Assumptions) -> float:
     """FLOP/s of a large GEMM in ``precision``: the same fraction of that precision's peak as
@@ -115,10 +123,28 @@ def _all_to_all_s(m: ModelSpec, chip: Chip, plan: ServePlan, chips: int, tokens:
     return m.moe_layers * (per_layer + 2 * (lat_out if domains > 1 else lat_up))
 
 
-def fixed_s(m: ModelSpec, costs: StepCosts, chips: int) -> float:
-    """A step's fixed costs on an instance of ``chips`` (module docstring)."""
-    moe = m.moe_layers * costs.moe_layer_overhead_us if m.is_moe and chips > 1 else 0.0
-    return (m.layers * costs.layer_overhead_us + moe) * 1e-6
+def spans_domains(chip: Chip, chips: int) -> bool:
+    """Whether an instance of ``chips`` reaches past one scale-up domain (its all-to-all crosses
+    the scale-out network: RDMA between nodes)."""
+    return chips > chip.scale_up_domain
+
+
+def alltoall_floor_s(m: ModelSpec, chip: Chip, chips: int) -> float:
+    """Seconds a decode step's expert all-to-all takes at least, over every MoE layer, on an
+    instance of ``chips`` (``ep_latency.py``: the published low-latency kernels' timings)."""
+    return m.moe_layers * floor_us(chip.key, chip.scale_up_domain, chips, m.is_moe) * 1e-6
+
+
+def fixed_s(m: ModelSpec, chip: Chip, costs: StepCosts, chips: int, decode: bool = True) -> float:
+    """A step's fixed costs on an instance of ``chips`` (module docstring): the host's per step,
+    every layer's, every MoE layer's ``moe_layer_kernel_us``, each MoE layer's
+    ``moe_layer_overhead_us`` on an expert-parallel instance, and
+    in decode the all-to-all's latency floor (prefill's normal kernels are priced by bandwidth)."""
+    ep = m.is_moe and chips > 1
+    moe = m.moe_layers * costs.moe_layer_kernel_us * 1e-6  # 0 for a dense model
+    moe += m.moe_layers * costs.moe_layer_overhead_us * 1e-6 if ep else 0.0
+    floor = alltoall_floor_s(m, chip, chips) if decode else 0.0
+    return (costs.step_overhead_us + m.layers * costs.layer_overhead_us) * 1e-6 + moe + floor
 
 
 def _step(compute: float, comm: float, fixed: float, costs: StepCosts, core_share: float = 0.0) -> float:
@@ -130,11 +156,9 @@ def _step(compute: float, comm: float, fixed: float, costs: StepCosts, core_shar
     return max(compute, hidden) + comm - hidden + fixed
 
 
-def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> dict[str, float]:
-    """Seconds of one decode step of ``batch`` sequences on a ``tp``-chip instance, by operator
-    (module docstring): each operator's roofline (``*_s``, and which bound it: ``*_bound``), the
-    all-to-all or all-reduce before overlap, the fixed cost, the draft passes, the step, and the
-    time per output token (``tpot_s`` = step / ``speculation.accepted``)."""
+def _decode_work(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: float) -> tuple[dict, float, float]:
+    """(operator parts, compute, bandwidth all-to-all or all-reduce) of a decode step of ``batch``
+    sequences on a ``tp``-chip instance: each operator's roofline (module docstring)."""
     a, costs, wb, spec = plan.assumptions, plan.step, WEIGHT_BYTES[plan.precision], plan.speculation
     rows = batch * spec.draft_tokens  # tokens through the GEMMs: every sequence's verified ones
     hbm = chip.memory_tbs * 1e12 * (chip.hbm_efficiency or costs.hbm_efficiency)
@@ -161,11 +185,38 @@ def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int)
     for name, (compute_s, memory_s) in ops.items():
         parts[f"{name}_s"] = max(compute_s, memory_s)
         parts[f"{name}_bound"] = "compute" if compute_s >= memory_s else "memory"
-    compute = sum(parts[f"{name}_s"] for name in ops)
-    fixed = fixed_s(m, costs, tp)
-    # each draft is one pass of the MTP module: about one layer's share of the step
-    draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
-    step = _step(compute, comm, fixed, costs) + draft
+    return parts, sum(parts[f"{name}_s"] for name in ops), comm
+
+
+def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> dict[str, float]:
+    """Seconds of one decode step of ``batch`` sequences on a ``tp``-chip instance, by operator
+    (module docstring): each operator's roofline (``*_s``, and which bound it: ``*_bound``), the
+    all-to-all or all-reduce before overlap, the fixed cost, the draft passes, the step, and the
+    time per output token (``tpot_s`` = step / ``speculation.accepted``).
+
+    With ``StepCosts.two_batch_overlap`` (a MoE instance, batch >= 2) the step runs two
+    micro-batches of batch / 2: in every layer one computes while the other's all-to-all (the
+    larger of its bandwidth time and the latency floor) runs. The chip computes 2c a layer and
+    each micro-batch cycles through c + a, so a layer takes max(2c, c + a), and the floor leaves
+    the unhidden fixed cost:
+    step = max(2 compute(B/2), compute(B/2) + max(all-to-all(B/2), floor)) + (fixed - floor) + drafts.
+    Each micro-batch reads the weights again (memory-bound GEMMs cost twice)."""
+    costs, spec = plan.step, plan.speculation
+    parts, compute, comm = _decode_work(m, chip, plan, tp, batch)
+    fixed = fixed_s(m, chip, costs, tp)
+    floor = alltoall_floor_s(m, chip, tp)
+    if costs.two_batch_overlap and m.is_moe and tp > 1 and batch >= 2:
+        _, half, half_comm = _decode_work(m, chip, plan, tp, batch / 2)
+        core = max(2 * half, half + max(half_comm, floor))
+        comm, compute = max(half_comm, floor), 2 * half
+        draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
+        step = core + fixed - floor + draft
+    else:
+        # the all-to-all's latency floor is in ``fixed``, paid unhidden: only the time above it may hide
+        comm = max(0.0, comm - floor)
+        # each draft is one pass of the MTP module: about one layer's share of the step
+        draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
+        step = _step(compute, comm, fixed, costs) + draft
     return parts | {"comm_s": comm, "fixed_s": fixed, "draft_s": draft, "step_s": step,
                     "tpot_s": step / spec.accepted}
 
@@ -195,4 +246,4 @@ def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
     compute += tokens * m.attention_flops_fwd(tokens / 2) / (gemm_rate(chip, plan.attention_precision, a)
                                                             * attention_shape_factor(m, tokens, k0, backward=False))
     comm = _all_to_all_s(m, chip, plan, n, tokens, node_limited=True)
-    return tokens / _step(compute, comm, fixed_s(m, costs, n), costs, costs.prefill_comm_core_share)
+    return tokens / _step(compute, comm, fixed_s(m, chip, costs, n, decode=False), costs, costs.prefill_comm_core_share)

@@ -31,6 +31,7 @@ from .catalog import Chip
 from .efficiency import attention_shape_factor, model_shape_factor
 from .layout import Layout, memory_per_chip
 from .models import ModelSpec
+from .sharding import data_parallel_comm, pipelined_exposed
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
@@ -44,10 +45,13 @@ class MicroBatch:
     ep: float
     pp: float
     cp: float  # exposed part of the ring-attention exchange
-    zero3: float  # ZeRO-3 weight gathers
+    zero: float  # ZeRO-2/3 collectives of the micro-batch (weight gathers, gradient reduce-scatters)
+    zero_exposed: float  # the part of ``zero`` compute does not hide (sharding.pipelined_exposed)
     total: float
     forward: float  # share of total in the forward pass (F of layout.bubble_microbatches)
     weight_grad: float  # share of total in weight-gradient GEMMs (W): zero-bubble schedules defer these
+    fwd_compute: float  # compute (matmul, attention, elementwise) of the forward pass
+    bwd_compute: float  # compute of the backward pass (with any recomputed forward)
 
 
 def model_flops_per_token(model: ModelSpec) -> float:
@@ -156,16 +160,22 @@ def microbatch_time(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: i
         t_cp = (cp - 1) * passes * (kv / (bw * a.comm_efficiency) + model.layers / pp * lat)
         t_cp = max(t_cp - t_attn, 0.0)  # each hop overlaps one block of attention
 
-    t_zero3 = 0.0
-    if layout.zero == 3 and layout.dp > 1:  # weights gathered forward and again backward
-        shards = layout.dp * cp
-        stage = (model.dense_params_b / tp + model.expert_params_b / ep) * 1e9 / pp  # this chip's weights
-        bw, lat = _link(chip, False)
-        t_zero3 = (passes - 1) * (shards - 1) / shards * stage * 2 / (bw * a.comm_efficiency)
-
+    # data-parallel collectives of ZeRO-2/3 that every micro-batch runs, each layer's overlapped
+    # with a layer of compute (sharding.py: counts from the ZeRO and FSDP papers, FSDP's prefetch)
     compute = t_matmul + t_attn + t_mem
-    hidden = a.tp_overlap * t_tp + a.ep_overlap * t_ep + a.pp_overlap * t_pp + a.dp_overlap * t_zero3
-    exposed = (t_tp + t_ep + t_pp + t_cp + t_zero3) - hidden
+    fwd_compute = t_matmul / passes + t_attn / (3.5 + passes - 3) + t_mem / mem_passes
+    bwd_compute = compute - fwd_compute
+    t_zero = zero_exposed = 0.0
+    if (layout.zero or 0) >= 2 and layout.dp * cp > 1:
+        comm = data_parallel_comm(model, chip, tp, cp, pp, ep, layout.dp, a)
+        fwd, bwd = comm.per_microbatch(layout.zero)
+        units = model.layers / pp
+        t_zero = fwd + bwd
+        zero_exposed = pipelined_exposed(fwd_compute, fwd, units) + pipelined_exposed(bwd_compute, bwd, units)
+
+    hidden = (a.tp_overlap * t_tp + a.ep_overlap * t_ep + a.pp_overlap * t_pp
+              + (t_zero - zero_exposed))
+    exposed = (t_tp + t_ep + t_pp + t_cp + t_zero) - hidden
     # while hidden communication runs, its kernels hold comm_sm_fraction of the compute units
     total = max(compute + a.comm_sm_fraction * hidden, hidden) + exposed
     # F: one of the matmul passes, attention's forward (1 of 3.5 + recomputation), one elementwise
@@ -174,26 +184,23 @@ def microbatch_time(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: i
     forward = (t_matmul / passes + t_attn / (3.5 + passes - 3) + t_mem / mem_passes
                + (total - compute) / (passes - 1))
     return MicroBatch(matmul=t_matmul, attention=t_attn, memory=t_mem, tp=t_tp, ep=t_ep, pp=t_pp,
-                      cp=t_cp, zero3=t_zero3, total=total, forward=min(forward / total, 1 / 3),
-                      weight_grad=t_matmul / passes / total)
+                      cp=t_cp, zero=t_zero, zero_exposed=zero_exposed, total=total,
+                      forward=min(forward / total, 1 / 3), weight_grad=t_matmul / passes / total,
+                      fwd_compute=fwd_compute, bwd_compute=bwd_compute)
 
 
-def grad_sync_time(model: ModelSpec, chip: Chip, tp: int, pp: int, ep: int, dp: int,
-                   replica_chips_in_domain: bool, a: Assumptions) -> float:
-    """Exposed data-parallel gradient reduction per step: reduce-scatter + all-gather (ZeRO) or
-    all-reduce, 2(n-1)/n of the gradient bytes per chip, over the scale-out link unless the
-    whole group sits in one scale-up domain; latency of a tree, 2 log2(n) hops."""
-    if dp <= 1:
+def grad_sync_time(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: int, ep: int, dp: int,
+                   micro: MicroBatch, a: Assumptions) -> float:
+    """Exposed data-parallel communication a step adds beyond its micro-batches (sharding.py):
+    the gradient all-reduce (ZeRO-0) or reduce-scatter (ZeRO-1) during the last micro-batch's
+    backward, the weight all-gather of ZeRO-1/2 during the first micro-batch's forward, each a
+    layer's worth at a time; nothing under ZeRO-3 (every micro-batch gathers and reduces)."""
+    if dp * max(layout.cp, 1) <= 1:
         return 0.0
-    dense = model.dense_params_b * 1e9 / (tp * pp)
-    experts = model.expert_params_b * 1e9 / (pp * ep)
-    expert_group = max(dp // ep, 1)
-    volume = 2 * (dp - 1) / dp * dense * a.grad_reduce_bytes
-    if expert_group > 1:
-        volume += 2 * (expert_group - 1) / expert_group * experts * a.grad_reduce_bytes
-    bw, lat = _link(chip, replica_chips_in_domain and tp * pp * dp <= chip.scale_up_domain)
-    t = volume / (bw * a.comm_efficiency) + 2 * math.log2(dp) * lat
-    return (1 - a.dp_overlap) * t
+    comm = data_parallel_comm(model, chip, tp, layout.cp, pp, ep, dp, a)
+    first, last = comm.per_step(layout.zero or 0)
+    units = model.layers / pp
+    return pipelined_exposed(micro.fwd_compute, first, units) + pipelined_exposed(micro.bwd_compute, last, units)
 
 
 def optimizer_time(model: ModelSpec, chip: Chip, tp: int, pp: int, ep: int, dp: int, zero: int | None,

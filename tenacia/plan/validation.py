@@ -1,7 +1,7 @@
 """`tenacia plan validate`: the planner against published figures it was, or was not, tuned on.
 
 The cases live in ``validation.toml`` (this package), each with its published figure, its
-source, its set ('tuning', 'held-out', or 'held-out-2': a second held-out set, committed before
+source, its set ('tuning', 'held-out' or a later 'held-out-N': later held-out sets, each committed before
 the planner was first run on it) and the plan inputs. A case runs as the command line
 would run it (``inputs.build`` + ``config.from_dict``), then one named metric (``METRICS``) reads
 the answer. Error = predicted / published - 1. A case whose inputs the planner cannot plan
@@ -27,7 +27,7 @@ import tomllib
 from .. import config
 from ..config import ConfigError, check, check_choice
 
-SETS = ("tuning", "held-out", "held-out-2")
+SETS = ("tuning", "held-out", "held-out-2", "held-out-3", "held-out-4", "held-out-5")
 LOADS = ("benchmark", "production")  # a figure measured at full load, or a production average
 KINDS = ("training", "reliability", "serving")
 HARDWARE = ("crash", "host", "sdc")  # Llama 3's "hardware" (NCCL watchdog hangs: "unknown")
@@ -94,14 +94,20 @@ METRICS: dict[str, Callable[[dict], float]] = {
     "chip_share": lambda s: _share(s, ACCELERATOR),
     # accelerator failures (crashes: Llama 3's "GPU issues" less silent corruption) per day; x days
     "accelerator_failures_in_days": lambda s: s["reliability"]["kinds"]["crash"]["per_day"],
+    # hardware failures (crash, host, silent corruption) per day; x days
+    "hardware_failures_in_days": lambda s: sum(s["reliability"]["kinds"][k]["per_day"] for k in HARDWARE),
+    # the same as rates per chip and year of operation (a study's per-GPU rate or 1 / its MTBF)
+    "accelerator_failures_per_chip_year": lambda s: s["reliability"]["kinds"]["crash"]["per_day"] * 365.25 / s["training"]["chips"],
+    "hardware_failures_per_chip_year": lambda s: sum(s["reliability"]["kinds"][k]["per_day"] for k in HARDWARE) * 365.25 / s["training"]["chips"],
     # serving
     "decode_tps_per_chip": lambda s: s["decode_tps_per_chip"],
     "prefill_input_tps_per_chip": lambda s: s["prefill_input_tps_per_chip"],
     "decode_tpot_ms": lambda s: s["step_s"] * 1000,
 }
-WINDOWED = {"accelerator_failures_in_days"}
+WINDOWED = {"accelerator_failures_in_days", "hardware_failures_in_days"}
 NEEDS_SIMULATION = {"expected_chip_hours", "interruptions_per_54_days", "goodput", "hardware_share", "chip_share",
-                    "hardware_failures_per_60_days", "accelerator_failures_in_days"}
+                    "hardware_failures_per_60_days", "accelerator_failures_in_days", "hardware_failures_in_days",
+                    "accelerator_failures_per_chip_year", "hardware_failures_per_chip_year"}
 
 
 def _share(s: dict, kinds: tuple[str, ...]) -> float:

@@ -38,6 +38,8 @@ DAY = 86400.0
     ("recovery.software_per_chip_year=inf", "recovery.software_per_chip_year"),
     ("recovery.site_scale=-1", "recovery.site_scale"),
     ("recovery.rate_band='worst'", "recovery.rate_band"),
+    ("layout.year=1999", "layout.year"),
+    ("layout.year=inf", "layout.year"),
     ("layout.cp=-2", "layout.cp"),
     ("layout.zero=4", "layout.zero"),
 ])
@@ -113,6 +115,9 @@ def test_a_run_too_large_to_simulate_is_an_error_naming_the_budget():
     ("step.hbm_efficiency=0", "step.hbm_efficiency"),
     ("step.moe_layer_overhead_us=-1", "step.moe_layer_overhead_us"),
     ("step.moe_layer_overhead_us=inf", "step.moe_layer_overhead_us"),
+    ("step.moe_layer_kernel_us=-1", "step.moe_layer_kernel_us"),
+    ("step.step_overhead_us=-1", "step.step_overhead_us"),
+    ("step.step_overhead_us=inf", "step.step_overhead_us"),
     ("speculation.draft_tokens=0", "speculation.draft_tokens"),
     ("speculation.accepted=nan", "speculation.accepted"),
     ("speculation.accepted=0.5", "speculation.accepted"),

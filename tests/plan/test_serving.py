@@ -7,7 +7,7 @@ import pytest
 from tenacia import config
 from tenacia.config import ConfigError
 from tenacia.plan.serving import ServePlan, estimate_serving
-from tenacia.plan.serving_step import StepCosts, decode_parts, decode_step_s, gemm_rate
+from tenacia.plan.serving_step import StepCosts, decode_parts, decode_step_s, fixed_s, gemm_rate
 
 
 def _plan(*overrides):
@@ -30,9 +30,11 @@ def test_a_decode_step_is_the_sum_of_its_operators_rooflines(chips):
     no fixed cost. Every operator is memory-bound at one row a chip, so the step is the sum of
     the reads: dense weights, the experts the batch touches, one KV cache a chip. A maximum of
     the sums (the old roofline) would give the same here; at 128 sequences a chip attention is
-    compute-bound and the GEMMs are still weight reads, and the step is their sum."""
-    h800 = chips["h800"]
-    plan = _plan("precision='fp8'", "step.moe_layer_overhead_us=0", "step.comm_overlap=1",
+    compute-bound and the GEMMs are still weight reads, and the step is their sum. The 16 chips are
+    put in one scale-up domain: no all-to-all floor (test_decode_pays_the_all_to_all_floor...)."""
+    h800 = dataclasses.replace(chips["h800"], scale_up_domain=16)
+    plan = _plan("precision='fp8'", "step.moe_layer_overhead_us=0", "step.layer_overhead_us=0",
+                 "step.moe_layer_kernel_us=0", "step.comm_overlap=1",
                  "demand.input_len=4000", "demand.output_len=200")
     m, hbm = plan.model, 3.35e12 * 0.9
     dense_bytes = (m.dense_params_b * 1e9 - m.vocab * m.hidden) * 1.0
@@ -48,16 +50,43 @@ def test_a_decode_step_is_the_sum_of_its_operators_rooflines(chips):
 
 
 def test_every_layer_pays_the_fixed_cost_once_per_step(chips):
-    """100 µs a layer everywhere, 300 more a MoE layer only where experts span chips."""
-    for preset, tp, expected_us in (("deepseek-v3", 16, 61 * 100 + 58 * 300), ("llama-3-405b", 8, 126 * 100),
-                                    ("deepseek-v3", 1, 61 * 100)):
+    """50 µs a step, 100 µs a layer everywhere, 20 more a MoE layer everywhere, 300 more a MoE
+    layer on an expert-parallel instance (more than one chip), whether or not it spans scale-up
+    domains (the published all-to-all floor, in both plans, cancels)."""
+    for preset, tp, expected_us in (("deepseek-v3", 16, 50 + 61 * 100 + 58 * 320), ("llama-3-405b", 8, 50 + 126 * 100),
+                                    ("deepseek-v3", 8, 50 + 61 * 100 + 58 * 320),
+                                    ("deepseek-v3", 1, 50 + 61 * 100 + 58 * 20)):
         plan = _plan(f"model.preset='{preset}'", f"tp={tp}", "step.layer_overhead_us=100",
-                     "step.moe_layer_overhead_us=300")
-        free = dataclasses.replace(plan, step=StepCosts(layer_overhead_us=0.0, moe_layer_overhead_us=0.0))
+                     "step.moe_layer_kernel_us=20", "step.moe_layer_overhead_us=300", "step.step_overhead_us=50")
+        free = dataclasses.replace(plan, step=StepCosts(layer_overhead_us=0.0, moe_layer_kernel_us=0.0,
+                                                        moe_layer_overhead_us=0.0))
         for batch in (1, 64):
             diff = decode_step_s(plan.model, chips["h800"], plan, tp, batch) - decode_step_s(
                 plan.model, chips["h800"], free, tp, batch)
             assert diff == pytest.approx(expected_us * 1e-6)
+
+
+def test_decode_pays_the_all_to_all_floor_unhidden_and_hides_only_the_rest(chips):
+    """DeepSeek-V3 on 32 H800 (4 nodes, RDMA): DeepEP's EP32 low-latency dispatch + combine,
+    155 + 273 µs, a MoE layer in the fixed cost; the bandwidth all-to-all hides only above it.
+    At 4 sequences a chip the bandwidth time (copies 7/8 off-node... 24 of 32 chips remote at the
+    most loaded rank's 1.43) is under the floor: nothing left to hide; at 128 it is above."""
+    plan = _plan("step.comm_overlap=1")
+    m, h800 = plan.model, chips["h800"]
+    for per_chip, expected_comm_us in ((4, 0.0), (128, None)):
+        bw_us = (per_chip * 1.43 * 8 * 24 / 32 * 7168 * (1 + 2) / (50e9 * 0.7) + 2 * 10e-6) * 1e6
+        parts = decode_parts(m, h800, plan, 32, 32 * per_chip)
+        assert parts["fixed_s"] == pytest.approx((61 * 71 + 58 * 69 + 58 * (155 + 273)) * 1e-6)
+        want = 58 * max(0.0, bw_us - (155 + 273)) if expected_comm_us is None else expected_comm_us
+        assert parts["comm_s"] * 1e6 == pytest.approx(want, rel=1e-6, abs=1e-6)
+    assert 58 * ((128 * 1.43 * 6 * 7168 * 3 / 35e9 + 20e-6) * 1e6 - 428) > 0  # the 128 case hides something
+    # inside a CloudMatrix384 (384-chip UB domain): DeepEP-Ascend's EP32 row, 153 + 151 µs, at 160 NPUs
+    m910 = _plan("chip='ascend-910c'", "precision='int8'")
+    assert decode_parts(m910.model, chips["ascend-910c"], m910, 160, 160)["fixed_s"] == pytest.approx(
+        (61 * 71 + 58 * 69 + 58 * (153 + 151)) * 1e-6)
+    # one 8-GPU NVLink node: no published low-latency table, no floor; prefill never pays one
+    assert decode_parts(m, h800, plan, 8, 8)["fixed_s"] == pytest.approx((61 * 71 + 58 * 69) * 1e-6)
+    assert fixed_s(m, h800, plan.step, 32, decode=False) == pytest.approx((61 * 71 + 58 * 69) * 1e-6)
 
 
 def test_int8_runs_at_the_int8_peak_where_the_catalog_has_one(chips):
@@ -95,20 +124,24 @@ def test_unreachable_target_is_a_clear_error(chips):
         estimate_serving(_plan("model.preset='llama-3-405b'", "tp=1", "tpot_ms=40"), chips["h100"])
     assert e.value.field == "tpot_ms" and "raise tpot_ms or tp" in e.value.allowed
     with pytest.raises(ConfigError) as e:  # the fixed costs alone are longer than the target
-        estimate_serving(_plan("tp=16", "tpot_ms=30", "step.layer_overhead_us=100"), chips["h800"])
-    # 61 x 100 + 58 x 500 µs = 35.1 ms a step, one token a step
-    assert e.value.field == "tpot_ms" and "fixed cost alone on 16 chips or more: 35.1 ms a token" in e.value.allowed
-    with pytest.raises(ConfigError) as e:  # searched instances: every one of 2 chips or more pays 58 x 500 µs
-        estimate_serving(_plan("tpot_ms=20"), chips["h800"])
-    assert "fixed cost alone on 2 chips or more: 29.0 ms a token" in e.value.allowed
+        estimate_serving(_plan("tp=16", "tpot_ms=30", "step.layer_overhead_us=100", "step.moe_layer_kernel_us=0",
+                               "step.moe_layer_overhead_us=200"), chips["h800"])
+    # 16 H800 span two 8-chip domains: 61 x 100 + 58 x (200 + DeepEP's EP16 118 + 195) µs = 35.9 ms
+    assert e.value.field == "tpot_ms" and "fixed cost alone on 16 chips: 35.9 ms a token" in e.value.allowed
+    with pytest.raises(ConfigError) as e:  # searched instances: none pays less than one chip's 61 x 71 + 58 x 69 µs
+        estimate_serving(_plan("tpot_ms=8"), chips["h800"])
+    assert "fixed cost alone on 1 chips: 8.3 ms a token" in e.value.allowed
 
 
 @pytest.mark.parametrize("model, chip, precision", [("deepseek-v3", "h800", "fp8"),
                                                     ("deepseek-v3", "ascend-910c", "int8"),
                                                     ("llama-3-405b", "h100", "fp8")])
 def test_throughput_falls_as_the_tpot_target_tightens(chips, model, chip, precision):
-    """The curve is computed, never clamped: each point is its own best instance and batch."""
-    plan = _plan(f"model.preset='{model}'", f"chip='{chip}'", f"precision='{precision}'")
+    """The curve is computed, never clamped: each point is its own best instance and batch.
+    Short requests (1,000 + 200 tokens), so that KV memory does not cap the batch of 405B on one
+    H100 node before the loosest target (it would at the default 2,000 + 500)."""
+    plan = _plan(f"model.preset='{model}'", f"chip='{chip}'", f"precision='{precision}'",
+                 "demand.input_len=1000", "demand.output_len=200")
     curve = estimate_serving(plan, chips[chip]).curve
     rates = [p["decode_tps_per_chip"] for p in curve]
     assert [p["tpot_ms"] for p in curve] == sorted(p["tpot_ms"] for p in curve)
@@ -132,19 +165,23 @@ def test_expert_imbalance_and_all_to_all_slow_moe_serving(chips):
     slow_link = dataclasses.replace(chips["h800"], scale_out_gbs=5.0)
     s = estimate_serving(base, chips["h800"])
     assert estimate_serving(balanced, chips["h800"]).prefill_tps_per_chip > s.prefill_tps_per_chip
-    assert estimate_serving(balanced, chips["h800"]).decode_tps_per_chip > s.decode_tps_per_chip
+    # decode: on 4 nodes the all-to-all sits under DeepEP's EP32 floor at this batch (the floor decides);
+    # in one 32-chip domain (no published floor) the most loaded rank's copies slow it
+    one_domain = dataclasses.replace(chips["h800"], scale_up_domain=32)
+    assert estimate_serving(balanced, one_domain).decode_tps_per_chip > estimate_serving(base, one_domain).decode_tps_per_chip
     # prefill runs its own all-to-all over prefill_chips = 32 (4 nodes): a slower scale-out link slows it
     assert estimate_serving(base, slow_link).prefill_tps_per_chip < s.prefill_tps_per_chip
 
 
 def test_micro_batch_overlap_hides_the_all_to_all_behind_compute(chips):
-    """Decode on 32 H800 (4 nodes): every token's 8 copies, 7/8 of them over InfiniBand."""
-    exposed = _plan("step.comm_overlap=0", "step.moe_layer_overhead_us=0")
-    hidden = _plan("step.comm_overlap=1", "step.moe_layer_overhead_us=0")
-    m, h800 = exposed.model, chips["h800"]
+    """Decode on 32 H800 put in one 32-chip NVLink domain (no published low-latency floor there):
+    every token's 8 copies, 31/32 of them to other chips over NVLink."""
+    exposed = _plan("step.comm_overlap=0")
+    hidden = _plan("step.comm_overlap=1")
+    m, h800 = exposed.model, dataclasses.replace(chips["h800"], scale_up_domain=32)
     per_chip = 4  # few enough that the all-to-all is shorter than the weight reads it hides behind
-    volume = 58 * per_chip * 1.43 * 8 * 24 / 32 * 7168 * (1 + 2) / (50e9 * 0.7)  # s, most loaded rank
-    comm = volume + 58 * 2 * 10e-6
+    volume = 58 * per_chip * 1.43 * 8 * 31 / 32 * 7168 * (1 + 2) / (200e9 * 0.7)  # s, most loaded rank
+    comm = volume + 58 * 2 * 3e-6
     diff = decode_step_s(m, h800, exposed, 32, 32 * per_chip) - decode_step_s(m, h800, hidden, 32, 32 * per_chip)
     assert diff == pytest.approx(comm, rel=1e-6)
 
@@ -224,3 +261,39 @@ def test_fp8_attention_runs_at_the_fp8_rate(chips):
     with pytest.raises(ConfigError) as e:  # a chip with no FP8 figure: the field that asked for it
         estimate_serving(_plan("chip='ascend-910c'", "precision='int8'", "attention_precision='fp8'"), chips["ascend-910c"])
     assert e.value.field == "attention_precision"
+
+
+def test_two_batch_overlap_hides_the_floor_behind_the_other_micro_batch(chips):
+    """DeepSeek-V3 on 32 H800, 128 sequences a chip. Without the option the floor (EP32: 155 + 273
+    µs a MoE layer) is paid unhidden. With it, two micro-batches of 64 a chip: the chip computes
+    2c, each micro-batch cycles c + a with a = max(all-to-all of 64 a chip, floor), so the step is
+    max(2c, c + a) + the fixed cost less the floor (hand check from the half batch's parts)."""
+    off, on = _plan(), _plan("step.two_batch_overlap=true")
+    m, h800 = off.model, chips["h800"]
+    half = decode_parts(m, h800, off, 32, 32 * 64)
+    c = half["attention_s"] + half["dense_s"] + half["experts_s"]
+    floor = 58 * (155 + 273) * 1e-6
+    a = max(half["comm_s"] + floor, floor)  # comm_s is the bandwidth time above the floor
+    fixed = (61 * 71 + 58 * 69) * 1e-6 + floor
+    assert decode_parts(m, h800, on, 32, 32 * 128)["step_s"] == pytest.approx(max(2 * c, c + a) + fixed - floor)
+    # a dense model or one chip has no all-to-all: the option changes nothing
+    assert decode_parts(m, h800, on, 1, 64)["step_s"] == decode_parts(m, h800, off, 1, 64)["step_s"]
+    with pytest.raises(ConfigError) as e:
+        _plan("step.two_batch_overlap=2")
+    assert e.value.field == "step.two_batch_overlap"
+
+
+def test_the_fixed_costs_are_their_published_derivations():
+    """layer_overhead_us: gpt-fast's BF16 Llama-2 rows on A100-80GB (README: tokens/s and GB/s a
+    row, the GB/s over tokens/s being the bytes a token each GPU reads), each token's time less
+    those bytes at 0.9 x 2.039 TB/s, over the layers; the median. moe_layer_kernel_us: the rest of
+    TensorRT-LLM's batch-1 DeepSeek-R1 on 8 B200 (9.01 ms a token, 0.67 ms of weight reads) over
+    its 58 MoE layers once every one of its 61 layers has paid that."""
+    import statistics
+
+    rows = [(32, 104.9, 1397.31), (32, 168.84, 1181.99), (32, 254.02, 955.83), (32, 328.43, 704.10),
+            (80, 21.32, 1481.87), (80, 38.01, 1340.76), (80, 62.50, 1135.29)]
+    per_layer = [(1 / tps - gbs / tps / (0.9 * 2039)) / layers * 1e6 for layers, tps, gbs in rows]
+    costs = StepCosts()
+    assert costs.layer_overhead_us == pytest.approx(statistics.median(per_layer), abs=0.5)
+    assert costs.moe_layer_kernel_us == pytest.approx((9010 - 670 - 61 * costs.layer_overhead_us) / 58, abs=0.5)

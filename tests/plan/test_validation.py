@@ -23,6 +23,23 @@ def test_cases_are_split_sourced_and_enough():
              "nemotron4-340b-6144-step", "b200-504-gpu-failures-55d", "bloom-gpu-failures-week",
              "xdeepserve-910c-decode-50ms", "b200-qwen3-235b-tpot-c1"}
     assert {i for i, s in where.items() if s == "held-out-2"} == blind
+    # and the third (1630592), chosen by the rule committed before it (f76a6bd, 584ae9c)
+    third = {"nemo-llama3-8b-8-b200-tokens", "nemo-llama31-405b-128-b200-tokens", "nemo-deepseek-v3-256-b200-tokens",
+             "llama2-7b-gpu-hours", "llama2-13b-gpu-hours", "llama2-34b-gpu-hours", "pu-rs-910b-qwen-1.5b-tpot",
+             "trtllm-h100-qwen3-235b-1k-8k", "nvidia-b200-maverick-tpot-c1", "nvidia-b200-maverick-max-throughput"}
+    assert {i for i, s in where.items() if s == "held-out-3"} == third
+    # and the fourth, chosen by the rule committed before it (c1c6378): no reliability source on its
+    # list held a readable figure
+    fourth = {"torchtitan-llama3-8b-64-a100-sel-layer", "torchtitan-llama3-8b-64-a100-sel-op",
+              "torchtitan-llama3-70b-64-a100-full", "llmfoundry-mpt70b-64-h100", "llmfoundry-mpt70b-32-h100",
+              "llmfoundry-mpt30b-8-h100-8k", "llama31-8b-gpu-hours", "llama31-70b-gpu-hours",
+              "sglang-a3-r1-6k-1.6k-tpot", "sglang-a3-r1-3.9k-1k-tpot", "sglang-a3-r1-3.5k-1.5k-tpot"}
+    assert {i for i, s in where.items() if s == "held-out-4"} == fourth
+    # and the fifth, chosen by the rule committed before it (19a302c): four cases, no reliability source
+    # on its list readable beyond an abstract
+    fifth = {"smollm3-3b-gpu-hours", "nim-llama33-70b-2h100-fp8-c1", "nim-llama33-70b-2h100-fp8-c5",
+             "nim-llama33-70b-2h100-fp8-c25"}
+    assert {i for i, s in where.items() if s == "held-out-5"} == fifth
 
 
 def test_serving_tuning_has_full_load_cases_and_production_ones_are_labelled():
@@ -85,6 +102,13 @@ def test_new_metrics_read_the_summary_and_a_count_needs_its_window():
     assert METRICS["decode_tpot_ms"]({"step_s": 0.0067}) == pytest.approx(6.7)
     kinds = {"reliability": {"kinds": {"crash": {"per_day": 0.2}, "host": {"per_day": 5.0}}}}
     assert METRICS["accelerator_failures_in_days"](kinds) == 0.2
+    # per chip and year: 0.2 crashes a day on 2,000 chips = 0.2 x 365.25 / 2,000; hardware adds
+    # host and silent corruption (5.0 + 0.1 here)
+    fleet = kinds | training
+    fleet["reliability"]["kinds"]["sdc"] = {"per_day": 0.1}
+    assert METRICS["accelerator_failures_per_chip_year"](fleet) == pytest.approx(0.2 * 365.25 / 2000)
+    assert METRICS["hardware_failures_per_chip_year"](fleet) == pytest.approx(5.3 * 365.25 / 2000)
+    assert METRICS["hardware_failures_in_days"](fleet) == pytest.approx(5.3)
     base = dict(id="x", set="held-out-2", kind="reliability", what="w", published=10, source="s")
     with pytest.raises(ConfigError, match="days"):
         Case(**base, metric="accelerator_failures_in_days")

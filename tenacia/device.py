@@ -81,18 +81,22 @@ class Device:
 CPU_MASK_ENV = "TENACIA_CPU_MASK"
 
 
+def _cpuinfo() -> str:
+    """``/proc/cpuinfo``'s text, empty where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def cpu_features(cpuinfo: str | None = None, mask: str | None = None) -> frozenset[str]:
     """The instruction sets this CPU and kernel offer, as Linux names them in ``/proc/cpuinfo``
     (x86: ``avx512f``, ``avx2``, ``fma``, ...; ARM: ``asimd`` is reported as ``neon`` too), less
     those named in ``$TENACIA_CPU_MASK`` (comma-separated: ``avx512f`` runs tenacia and its tests
     as on a CPU without AVX-512). Kernels and the tests of kernels choose by this, never by the
     vendor or model name."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            cpuinfo = ""
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
     mask = os.environ.get(CPU_MASK_ENV, "") if mask is None else mask
     found: set[str] = set()
     for line in cpuinfo.splitlines():
@@ -113,12 +117,7 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     """The CPU's model as ``/proc/cpuinfo`` names it (x86 ``model name``; ARM ``Model name`` or the
     implementer and part numbers), else ``platform``'s guess. For the record of a result only:
     nothing chooses by it (``cpu_features`` does)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            cpuinfo = ""
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
         key, sep, value = line.partition(":")

@@ -89,3 +89,25 @@ def test_four_replicas_over_a_cosine_with_nesterov_follow_the_reference(tmp_path
             torch.testing.assert_close(p, g, rtol=1e-4, atol=1e-6)
     for g, e in zip(syncs[0].outer.params, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+def test_one_eager_replica_starts_each_round_where_synchronous_diloco_does(tmp_path):
+    """Eager (streaming, one fragment, overlap): alone, a member's own progress is the average, so
+    the outer step it makes early is the real one: after N rounds its eager start for round N + 1
+    is synchronous diloco's global parameters after N (the whole trajectory, momentum included), and
+    its global parameters, one round late, are diloco's after N - 1."""
+    common = ["optim.warmup_steps=2", "optim.min_lr_ratio=0.1", "optim.decay_steps=5", "replicas.outer.inner_steps=2",
+              "replicas.outer.lr=0.7", "replicas.outer.momentum=0.9"]
+    eager_t, eager_s, _ = train(tmp_path / "eager", 1, *common, "train.steps=5", "replicas.sync=streaming",
+                                "replicas.outer.fragments=1", "replicas.outer.eager=true")
+    sync_t, sync_s, _ = train(tmp_path / "sync", 1, *common, "train.steps=5", "replicas.sync=diloco")
+    before, _, _ = train(tmp_path / "before", 1, *common, "train.steps=4", "replicas.sync=diloco")
+    start = [p.detach().clone() for p in eager_t[0].model.parameters()]
+    with torch.no_grad():
+        eager_s[0].eager_start(6, start)
+    moved = max(float((a - b.detach()).abs().max()) for a, b in zip(start, before[0].model.parameters(), strict=True))
+    assert moved > 1e-3  # round 5 moved the weights: the comparison below is not of a standing model
+    for a, b in zip(start, sync_s[0].outer.params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(eager_s[0].outer.params, before[0].model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -18,7 +18,7 @@ Contract:
   final evaluation does: the global parameters under ddp and diloco; under streaming the synced
   fragments' global parameters and the others as this replica trained them. Under the eager outer
   step with one fragment (``replicas.outer.eager``) a replica at rest holds the global parameters
-  less its own progress not yet averaged (one member's view, noisier than any average: 0.4-0.9
+  less its own progress not yet averaged (one member's view, noisier than any average: 0.3-0.9
   higher here, docs/benchmarks.md); the evaluation reads the global parameters then, which every
   replica agrees on, one round behind (the last round's progress is in flight).
 - It only reads: no grad, eval mode and back to train mode, fixed held-out windows, no random draw,

@@ -32,7 +32,12 @@ before the inner steps and reduced beside them (``overlap.py``); the vote waits 
 the outer step lands on that fragment one round late: its global parameters take the step, and
 its local ones, which trained on through the round, are mixed with them as Streaming DiLoCo does:
 ``mix x local + (1 - mix) x global`` (``replicas.outer.mix``, its alpha, 0.5); the other fragments
-keep the round's local parameters. Streaming DiLoCo's delay is a few inner steps; here it is a
+keep the round's local parameters. Under ``replicas.outer.eager`` (in place of the mix) the
+fragment at rest is the global parameters less this member's own progress of its last round, so
+that ``sent`` carries that progress; the inner steps start where the outer step that progress
+would make lands (``eager_start``: the average's stand-in, Kale et al. 2025), and on commit the
+rest becomes the new global less the round's own progress (``LocalRound.origin`` to ``local``).
+Streaming DiLoCo's delay is a few inner steps; here it is a
 whole round (the commit protocol applies a step only on the leader's verdict, after every
 member's reduce). Nothing is in flight between rounds: a checkpoint, written after a commit, holds
 all a resume needs (with this member's ``trained_tokens``), so a resumed round sends the same bits.

@@ -40,6 +40,11 @@ TENACIA_ARMS = {
     # diloco with its exchange beside the next round's inner steps and its step one round late,
     # mixed into the local copy as Streaming DiLoCo does (streaming with one fragment)
     "diloco-overlap": ["replicas.sync=streaming", "replicas.outer.fragments=1"],
+    # the same overlap with the eager outer step (Kale et al. 2025) in place of the mix: a member
+    # starts each round where the outer step its own progress would make lands, the real step lands
+    # a round late (docs/sync.md)
+    "diloco-eager": ["replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.eager=true"],
+    "streaming-int4-eager": ["replicas.sync=streaming", "replicas.outer.quantize=int4", "replicas.outer.eager=true"],
     # SparseLoCo-style: the largest --topk of each block, 4-bit, error feedback (the default); its
     # default outer step a plain average (lr 1, no momentum): with DiLoCo's Nesterov momentum 0.9, top-k
     # 3% diverged in 8 rounds of H = 100 (eval loss 4.76 after 4 rounds, 6.06 after 8; docs/benchmarks.md)
@@ -57,6 +62,7 @@ AVERAGE = {**DILOCO, "outer_lr": 1.0, "outer_momentum": 0.0}
 SETTINGS: dict[str, dict[str, float]] = {
     "ddp": {"lr": 3e-3, "min_lr_ratio": 0.1}, "diloco": DILOCO, "diloco-int8": DILOCO, "diloco-int4-topk": AVERAGE,
     "streaming": DILOCO, "streaming-int4": DILOCO, "localsgd": AVERAGE, "diloco-overlap": DILOCO,
+    "diloco-eager": DILOCO, "streaming-int4-eager": DILOCO,
     **(json.loads(SETTINGS_FILE.read_text())["settings"] if SETTINGS_FILE.exists() else {})}
 TORCHFT_AS = {"torchft-diloco": "diloco", "torchft-streaming": "streaming", "torchft-localsgd": "localsgd"}
 TORCHFT_FP32 = ("torchft arms: fp32 exchange. torchft's quantized exchange is unavailable on CPU: Manager.allreduce "

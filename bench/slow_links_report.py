@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 GOAL_RTT_MS, GOAL_RATE_MBIT = 100, 100
-LOW_COMM = ("diloco", "diloco-int8", "diloco-int4-topk", "streaming", "streaming-int4")
+LOW_COMM = ("diloco", "diloco-int8", "diloco-int4-topk", "streaming", "streaming-int4", "diloco-overlap", "diloco-eager",
+            "streaming-int4-eager")
 
 
 def _at_goal(runs: list[dict[str, Any]], arm: str) -> dict[str, Any] | None:

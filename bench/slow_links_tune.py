@@ -84,6 +84,9 @@ CANDIDATES = [
     # each fragment is synced twice in 8 rounds of 4 fragments: momentum has little to build on
     *[Candidate(arm="streaming-int4", lr=2e-3, floor=1.0, outer_lr=olr, outer_momentum=mom)
       for olr, mom in ((1.0, 0.0), (0.5, 0.9))],
+    # the eager outer step (diloco's exchange beside the next round, its own progress the average's stand-in)
+    *[Candidate(arm="diloco-eager", lr=lr, floor=1.0, outer_lr=olr, outer_momentum=mom)
+      for lr in (2e-3, 3e-3) for olr, mom in ((0.7, 0.9), (1.0, 0.0))],
 ]
 LEVERS = [
     # fewer, larger rounds cost bytes: the frontier of loss against bytes for fp32 diloco
@@ -123,7 +126,8 @@ def select(rows: list[dict]) -> dict[str, dict]:
         k, v = min(plain, key=lambda kv: kv[1][1])
         best["localsgd"] = {"lr": k[1], "min_lr_ratio": k[2], "outer_lr": 1.0, "outer_momentum": 0.0, "mean": v[1],
                             "losses": {1: v[1]}}
-    for arm, twin in (("diloco-int8", "diloco"), ("streaming", "streaming-int4"), ("diloco-overlap", "diloco")):
+    for arm, twin in (("diloco-int8", "diloco"), ("streaming", "streaming-int4"), ("diloco-overlap", "diloco"),
+                      ("diloco-eager", "diloco"), ("streaming-int4-eager", "streaming-int4")):
         if twin in best and arm not in best:
             best[arm] = best[twin]
     return best

@@ -130,6 +130,11 @@ class OuterConfig:
     # fragment as the previous round left it; the outer step lands one round late (docs/sync.md)
     overlap: bool = True
     mix: float = 0.5  # streaming's overlap: a fragment's local copy becomes mix x local + (1 - mix) x global
+    # streaming's overlap only, in place of mix: the eager outer step (Kale et al. 2025). A member at
+    # rest holds the global parameters less its own progress not yet averaged; its inner steps start
+    # from the outer step that progress would make as the average's stand-in, and the real step lands
+    # when the average does (docs/sync.md)
+    eager: bool = False
     # What carries the outer exchange: "gloo" (torch's process group, one TCP connection per peer)
     # or "streams" (tenacia's long-link transport: several streams per peer, one round trip)
     transport: str = "gloo"
@@ -198,6 +203,8 @@ class ReplicaConfig:
         if self.sync == "streaming":  # 1 fragment with overlap: diloco's exchange beside the next round
             check(self.outer.fragments >= 2 or self.outer.overlap, "outer.fragments", self.outer.fragments,
                   "at least 2 under replicas.sync='streaming' without outer.overlap (1 fragment is 'diloco')")
+        check(not self.outer.eager or (self.sync == "streaming" and self.outer.overlap), "outer.eager",
+              self.outer.eager, "false unless replicas.sync='streaming' with outer.overlap (the step it makes early is the overlap's)")
         check(self.lease == "dir" or self.lease.startswith("etcd://"), "lease", self.lease,
               "'dir' or 'etcd://HOST:PORT[/PREFIX]'")
         check(isinstance(self.lease_ttl_s, int) and self.lease_ttl_s >= 2, "lease_ttl_s", self.lease_ttl_s,

@@ -31,7 +31,10 @@ pytestmark = pytest.mark.timeout(LIMIT_S + 60)
     # the long-link transport under streaming's overlap: the exchange in flight beside the inner steps
     # when the kill lands
     pytest.param(["replicas.sync=streaming", "replicas.outer.fragments=2", "replicas.outer.transport=streams"],
-                 id="streaming-streams")])
+                 id="streaming-streams"),
+    # the eager outer step: each member starts its rounds from its own view, the global state stays exact
+    pytest.param(["replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.eager=true",
+                  "replicas.outer.transport=streams"], id="diloco-eager", marks=pytest.mark.slow)])
 def test_a_replica_killed_mid_round_drops_out_and_heals_with_the_ledger_exact(tmp_path, procs, sync):
     # the survivors run 20x slower after the kill, so that the run cannot end before replica 1's new
     # process (seconds to start) is back to heal: on a quiet machine the 8 rounds left took 0.5 s

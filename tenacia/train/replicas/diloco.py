@@ -32,7 +32,12 @@ before the inner steps and reduced beside them (``overlap.py``); the vote waits 
 the outer step lands on that fragment one round late: its global parameters take the step, and
 its local ones, which trained on through the round, are mixed with them as Streaming DiLoCo does:
 ``mix x local + (1 - mix) x global`` (``replicas.outer.mix``, its alpha, 0.5); the other fragments
-keep the round's local parameters. Streaming DiLoCo's delay is a few inner steps; here it is a
+keep the round's local parameters. Under ``replicas.outer.eager`` (in place of the mix) the
+fragment at rest is the global parameters less this member's own progress of its last round, so
+that ``sent`` carries that progress; the inner steps start where the outer step that progress
+would make lands (``eager_start``: the average's stand-in, Kale et al. 2025), and on commit the
+rest becomes the new global less the round's own progress (``LocalRound.origin`` to ``local``).
+Streaming DiLoCo's delay is a few inner steps; here it is a
 whole round (the commit protocol applies a step only on the leader's verdict, after every
 member's reduce). Nothing is in flight between rounds: a checkpoint, written after a commit, holds
 all a resume needs (with this member's ``trained_tokens``), so a resumed round sends the same bits.
@@ -75,6 +80,7 @@ class OuterRounds:
         o, self.cfg, self.gather = cfg.replicas.outer, cfg, gather
         self.name = cfg.replicas.sync
         self.overlaps, self.mix = self.name == "streaming" and o.overlap, o.mix
+        self.eager = self.overlaps and o.eager
         self.outer = trainer.outer
         self.compressor = Compressor(o.quantize, o.block, o.topk, o.error_feedback)
         self.residual: dict[int, torch.Tensor] = {}  # fragment -> what this member has not sent yet
@@ -87,6 +93,8 @@ class OuterRounds:
                          min_lr_ratio=opt.min_lr_ratio)
 
         self.local_round = LocalRound(trainer.model, trainer.optimizer, o.inner_steps, lr, opt.grad_clip)
+        if self.eager:
+            self.local_round.begin = self.eager_start
 
     def local(self, trainer: Trainer) -> LocalRound:
         return self.local_round
@@ -116,6 +124,20 @@ class OuterRounds:
             parts = [(self.outer.params[i] - params[i]).reshape(-1) for i in ids]
             tokens = torch.tensor([float(self.outer.trained_tokens)], device=parts[0].device)
             return torch.cat([*parts, tokens])
+
+    def eager_start(self, step: int, params: list[torch.Tensor]) -> None:
+        """Eager: round ``step``'s fragment moves from rest (global less this member's progress ``d``
+        not yet averaged, which the round's exchange carries) to the global parameters after the outer
+        step ``d`` would make as the average's stand-in (Nesterov on a copy of the momentum, as
+        ``OuterState.step`` does); the other fragments stay at rest. In place, no grad."""
+        o, group = self.outer, self.outer.optimizer.param_groups[0]
+        lr, mu = group["lr"], group["momentum"]
+        for i in o.fragments[self.fragment(step)]:
+            g = o.params[i]
+            d = g - params[i]
+            buf = o.optimizer.state.get(g, {}).get("momentum_buffer")
+            b = d if buf is None else buf * mu + d
+            params[i].copy_(g - lr * (d + mu * b if group["nesterov"] else b))
 
     def grad_part(self, flat: torch.Tensor) -> torch.Tensor:
         """The pseudo-gradient in a contribution or reduced value (norms skip the token count)."""
@@ -153,7 +175,9 @@ class OuterRounds:
         trained = grads.local is not None and grads.step == step
         with torch.no_grad():
             for i, p in enumerate(t.model.parameters()):
-                if i in synced and self.overlaps and trained:  # the late step, mixed with the round's progress
+                if i in synced and self.eager and trained:  # at rest: global less the round's own progress
+                    p.copy_(self.outer.params[i] - (grads.origin[i] - grads.local[i]))
+                elif i in synced and self.overlaps and trained:  # the late step, mixed with the round's progress
                     p.copy_(grads.local[i] * self.mix + self.outer.params[i] * (1 - self.mix))
                 elif i in synced:
                     p.copy_(self.outer.params[i])

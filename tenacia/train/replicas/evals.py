@@ -16,7 +16,11 @@ Contract:
   repeated (a step redone after a resume from a checkpoint), as a single process's after a resume.
 - What it measures: ``Trainer.evaluate`` on that replica's model as the commit left it, as the
   final evaluation does: the global parameters under ddp and diloco; under streaming the synced
-  fragments' global parameters and the others as this replica trained them.
+  fragments' global parameters and the others as this replica trained them. Under the eager outer
+  step with one fragment (``replicas.outer.eager``) a replica at rest holds the global parameters
+  less its own progress not yet averaged (one member's view, noisier than any average: 0.3-0.9
+  higher here, docs/benchmarks.md); the evaluation reads the global parameters then, which every
+  replica agrees on, one round behind (the last round's progress is in flight).
 - It only reads: no grad, eval mode and back to train mode, fixed held-out windows, no random draw,
   the sampler, optimizer and outer state untouched. Fingerprints, the ledger and a resume's bits
   are those of the same run with ``eval_every = 0``.
@@ -26,6 +30,8 @@ Contract:
 """
 
 from __future__ import annotations
+
+import torch
 
 from ..metrics import MetricsLog
 from ..trainer import Trainer
@@ -38,7 +44,18 @@ def due(step: int, every: int, total: int) -> bool:
 
 def record_eval(trainer: Trainer) -> float:
     """Evaluate ``trainer``'s model at its committed step, record it, and return the loss."""
-    loss = trainer.evaluate()
+    eager = trainer.cfg.replicas.outer.eager and trainer.outer is not None and len(trainer.outer.fragments) == 1
+    if not eager:
+        loss = trainer.evaluate()
+    else:
+        params = list(trainer.model.parameters())
+        rest = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, g in zip(params, trainer.outer.params, strict=True):
+                p.copy_(g)
+            loss = trainer.evaluate()
+            for p, r in zip(params, rest, strict=True):
+                p.copy_(r)
     MetricsLog(trainer.run_dir).write(step=trainer.step, eval_loss=loss)
     trainer.events.emit("eval", step=trainer.step, eval_loss=loss)
     return loss

@@ -10,7 +10,9 @@ Invariant: outside ``compute`` the model holds this replica's parameters as they
 round started (what a donor offers, what a checkpoint saves). ``local`` is None, or holds the
 parameters after inner steps over exactly the positions ``held`` names for round ``step``,
 trained by one inner-step run per entry of ``chunks`` in that order, from the round's start.
-``drop`` forgets it (the model already holds the start); ``compute`` is the only writer.
+``drop`` forgets it (the model already holds the start); ``compute`` is the only writer. With a
+``begin`` (the eager outer step) the inner steps start where ``begin`` moves the parameters at rest,
+and ``origin`` holds that start while ``local`` is held.
 
 Inner steps. The round's ``inner_steps x train.batch_size`` samples are shared by the quorum's
 sharers; an inner batch holds what an even share puts in each of H (``inner_steps``) steps,
@@ -46,6 +48,9 @@ class LocalRound:
         self.model, self.optimizer, self.inner_steps = model, optimizer, inner_steps
         self.lr, self.grad_clip = lr, grad_clip
         self.loads = None  # dense models only: no expert loads to sum
+        # eager (``OuterRounds.eager_start``): moves the parameters at rest to where a round's inner
+        # steps start, in place; ``origin`` then holds that start (None: the start is the rest)
+        self.begin: Callable[[int, list[torch.Tensor]], None] | None = None
         self.drop()
 
     def drop(self) -> None:
@@ -54,6 +59,7 @@ class LocalRound:
         self.chunks: list[tuple[int, ...]] = []
         self.loss_sum, self.tokens, self.inner_done, self.inner_size = 0.0, 0, 0, 1.0
         self.local: list[torch.Tensor] | None = None
+        self.origin: list[torch.Tensor] | None = None
 
     def compute(self, step: int, positions: Sequence[int], batch: Sequence[int],
                 samples: Callable[[list[int]], torch.Tensor], micro_batch_size: int,
@@ -67,6 +73,10 @@ class LocalRound:
             start = [p.detach().clone() for p in params]
             if self.local is None:
                 self.inner_size = max(1.0, len(batch) / (self.inner_steps * sharers))
+                if self.begin is not None:
+                    with torch.no_grad():
+                        self.begin(step, params)
+                        self.origin = [p.detach().clone() for p in params]
             runs = max(1, round(len(todo) / self.inner_size))
             if self.local is not None:
                 with torch.no_grad():

@@ -66,6 +66,10 @@ def test_config_rules_across_fields(tmp_path):
         load(tmp_path, "replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.overlap=false")
     # one fragment with the overlap: diloco's exchange beside the next round, its step a round late
     assert load(tmp_path, "replicas.sync=streaming", "replicas.outer.fragments=1").replicas.outer.fragments == 1
+    for sync in ("replicas.sync=diloco", "replicas.outer.overlap=false"):  # the early step is the overlap's
+        with pytest.raises(ConfigError, match="outer.eager"):
+            load(tmp_path, "replicas.sync=streaming", sync, "replicas.outer.eager=true")
+    assert load(tmp_path, "replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.eager=true").replicas.outer.eager
     with pytest.raises(ConfigError, match="mixture-of-experts"):
         load(tmp_path, "model.preset=moe-tiny", "replicas.sync=diloco")
     cfg = load(tmp_path, "replicas.sync=diloco", "replicas.outer.inner_steps=5")

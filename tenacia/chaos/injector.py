@@ -45,20 +45,28 @@ def freeze_for(pid: int, seconds: float) -> threading.Timer:
 
 
 class Slowdown(threading.Thread):
-    """Runs a process ``factor`` times slower: stopped for (1 - 1/factor) of every period."""
+    """Runs a process ``factor`` times slower: stopped for (1 - 1/factor) of every period.
+
+    ``cycles`` counts the stops that reached a live process and ``stopped_s`` their measured
+    length (monotonic clock, SIGSTOP to SIGCONT): the proof that the slowdown happened, which the
+    injector logs when it ends (``slow_ended``), so a test need not infer it from step times.
+    """
 
     def __init__(self, pid_of: Callable[[], int | None], factor: float):
         super().__init__(daemon=True, name="chaos-slow")
         self.pid_of, self.factor, self.stopped = pid_of, factor, threading.Event()
+        self.cycles, self.stopped_s = 0, 0.0
 
     def run(self) -> None:
         run_s = SLOW_PERIOD_S / self.factor
         while not self.stopped.is_set():
             pid = self.pid_of()
-            if pid is not None and self.factor > 1:
-                send(pid, signal.SIGSTOP)
+            if pid is not None and self.factor > 1 and send(pid, signal.SIGSTOP):
+                t = time.monotonic()
                 time.sleep(SLOW_PERIOD_S - run_s)
                 send(pid, signal.SIGCONT)
+                self.cycles += 1
+                self.stopped_s += time.monotonic() - t
             time.sleep(run_s)
 
 
@@ -93,7 +101,7 @@ class ChaosInjector:
         self.arm_healing = False
         self._timers: list[threading.Timer] = []
         self._frozen: list[tuple[int, int]] = []  # (pid, step whose commit sends SIGCONT): hang:R@S:+N
-        self._slow: list[Slowdown] = []
+        self._slow: list[tuple[int, Slowdown]] = []  # (replica id, its slowdown)
         self.quotas, self._placed = self._open_quotas(chaos, first), {}
 
     def _open_quotas(self, chaos, first: int):
@@ -180,13 +188,17 @@ class ChaosInjector:
         elif f.kind == "slow":
             s = Slowdown(lambda r=f.replica: self.pid_of(r), f.param)
             s.start()
-            self._slow.append(s)
+            self._slow.append((f.replica, s))
 
     def close(self) -> None:
         if self.quotas is not None:
             self.quotas.close()
-        for s in self._slow:
+        for replica, s in self._slow:
             s.stopped.set()
+            s.join(timeout=2 * SLOW_PERIOD_S)  # its last stop ends with a SIGCONT before it is counted
+            self.events.emit("slow_ended", step=self.step, replica=replica, cycles=s.cycles,
+                             stopped_s=round(s.stopped_s, 3), factor=s.factor)
+        self._slow.clear()
         for t in self._timers:
             t.cancel()
         for pid, _ in self._frozen:  # the run ended without the step: the process must not stay stopped

@@ -9,9 +9,6 @@ prints a table and writes bench/results/plan.json. The issue's bar: 50,000 chips
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import platform
 import statistics
 import sys
@@ -23,6 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -106,15 +104,9 @@ def main() -> int:
         table.add_row(r["case"], _fmt(r["published"]), _fmt(r["planned"]),
                       "-" if r["error"] is None else f"{r['error']:+.1%}", f"{r['wall_s']:.3f}")
     console.print(table)
-    result = {
-        "date": datetime.date.today().isoformat(), "command": ".venv/bin/python bench/plan.py",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "platform": platform.platform()},
-        "monte_carlo": speed, "validation": checks,
-    }
-    out = ROOT / "bench" / "results" / "plan.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    software = {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform()}
+    out = write_results("plan", {"software": software, "monte_carlo": speed, "validation": checks},
+                        ROOT / "bench" / "results" / "plan.json")
     console.print(f"wrote {out.relative_to(ROOT)}")
     worst = max(r["wall_s_max"] for r in speed if r["case"].endswith("x1"))  # the seed cluster at catalog rates
     return 0 if worst < 10 else 1

@@ -5,7 +5,8 @@ a time. One command (under a second):
     .venv/bin/python bench/plan_910c_vs_h100.py
 
 prints decode tokens/s per chip at each TPOT target and prefill tokens/s per chip for each
-variant, and the ratio of each 910C variant to an H100 in FP8 (the H100 at its best precision).
+variant, and the ratio of each 910C variant to an H100 in FP8 (the H100 at its best precision),
+and writes them to bench/results/plan-910c-vs-h100-<time>.json.
 Every variant is a plain `tenacia plan serve` of DeepSeek-V3 (2,000 + 500 tokens) on a catalog
 chip changed in the named figures only.
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
 
 from tenacia import config  # noqa: E402
 from tenacia.config import ConfigError  # noqa: E402
@@ -63,6 +66,10 @@ def main() -> None:
         if label.startswith("910c") and not isinstance(r, str):
             ratios = [f"{a / b:6.0%}" if b else "     -" for a, b in zip(r[0], base[0], strict=True)]
             print(f"{label:52s} " + "  ".join(ratios) + f"  {r[1] / base[1]:6.0%}")
+    doc = {"tpot_ms": list(CURVE_MS), "variants": {
+        label: {"error": r} if isinstance(r, str) else {"decode_tps_per_chip": r[0], "prefill_tps_per_chip": r[1]}
+        for label, r in results.items()}}
+    print(f"wrote {write_results('plan-910c-vs-h100', doc).relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

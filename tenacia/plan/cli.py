@@ -99,6 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     v = psub.add_parser("validate", help="the planner against published figures, tuning and held-out sets apart")
     v.add_argument("--set", choices=SETS, help="only this set")
+    v.add_argument("--case", action="append", default=[], help="only this case id (repeatable)")
+    v.add_argument("-o", dest="extra", action="append", default=[],
+                   help="KEY=VALUE added to every case's inputs: a what-if, not a validation")
     v.add_argument("--json", action="store_true")
     v.set_defaults(handler=cmd_validate)
 
@@ -236,7 +239,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .report import validation_table
     from .validation import by_set, load_cases, run_case
 
-    results = [run_case(c) for c in load_cases() if args.set in (None, c.set)]
+    cases = [c for c in load_cases() if args.set in (None, c.set) and (not args.case or c.id in args.case)]
+    results = [run_case(c, tuple(args.extra)) for c in cases]
     summary = {"cases": [{"id": r.case.id, "set": r.case.set, "kind": r.case.kind, "what": r.case.what,
                           "published": r.case.published, "predicted": r.predicted, "error": r.error,
                           "band": list(r.band) if r.band else None, "problem": r.problem,

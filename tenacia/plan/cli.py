@@ -57,7 +57,7 @@ FLAGS = {"model": "model", "fleet": "fleet", "tokens": "tokens", "batch": "globa
 SERVE_FLAGS = {"model": "model", "chip": "chip", "precision": "precision", "tp": "tp", "tpot_ms": "tpot_ms",
                "tokens_per_day": "demand.tokens_per_day", "input_len": "demand.input_len",
                "output_len": "demand.output_len", "cache_hit": "demand.cache_hit_rate",
-               "peak_factor": "demand.peak_factor", "catalog": "catalog"}
+               "peak_factor": "demand.peak_factor", "deployment": "deployment", "catalog": "catalog"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,6 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--output-len", help="generated tokens per request")
     s.add_argument("--cache-hit", help="share of input tokens served from the prefix cache")
     s.add_argument("--peak-factor", help="peak / mean request rate")
+    s.add_argument("--deployment", choices=("disaggregated", "aggregated"),
+                   help="prefill on its own chips, or in chunks inside the decode steps (default disaggregated)")
     s.set_defaults(handler=cmd_serve)
 
     from .validation import SETS

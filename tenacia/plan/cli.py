@@ -57,7 +57,7 @@ FLAGS = {"model": "model", "fleet": "fleet", "tokens": "tokens", "batch": "globa
 SERVE_FLAGS = {"model": "model", "chip": "chip", "precision": "precision", "tp": "tp", "tpot_ms": "tpot_ms",
                "tokens_per_day": "demand.tokens_per_day", "input_len": "demand.input_len",
                "output_len": "demand.output_len", "cache_hit": "demand.cache_hit_rate",
-               "peak_factor": "demand.peak_factor", "catalog": "catalog"}
+               "peak_factor": "demand.peak_factor", "deployment": "deployment", "catalog": "catalog"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,12 +93,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--output-len", help="generated tokens per request")
     s.add_argument("--cache-hit", help="share of input tokens served from the prefix cache")
     s.add_argument("--peak-factor", help="peak / mean request rate")
+    s.add_argument("--deployment", choices=("disaggregated", "aggregated"),
+                   help="prefill on its own chips, or in chunks inside the decode steps (default disaggregated)")
     s.set_defaults(handler=cmd_serve)
 
     from .validation import SETS
 
     v = psub.add_parser("validate", help="the planner against published figures, tuning and held-out sets apart")
     v.add_argument("--set", choices=SETS, help="only this set")
+    v.add_argument("--case", action="append", default=[], help="only this case id (repeatable)")
+    v.add_argument("-o", dest="extra", action="append", default=[],
+                   help="KEY=VALUE added to every case's inputs: a what-if, not a validation")
     v.add_argument("--json", action="store_true")
     v.set_defaults(handler=cmd_validate)
 
@@ -236,7 +241,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .report import validation_table
     from .validation import by_set, load_cases, run_case
 
-    results = [run_case(c) for c in load_cases() if args.set in (None, c.set)]
+    cases = [c for c in load_cases() if args.set in (None, c.set) and (not args.case or c.id in args.case)]
+    results = [run_case(c, tuple(args.extra)) for c in cases]
     summary = {"cases": [{"id": r.case.id, "set": r.case.set, "kind": r.case.kind, "what": r.case.what,
                           "published": r.case.published, "predicted": r.predicted, "error": r.error,
                           "band": list(r.band) if r.band else None, "problem": r.problem,

@@ -215,10 +215,12 @@ def serve_table(s: dict) -> Table:
     rows = [
         ("instance", f"{s['tp']} x {s['chip']}, batch {s['batch']} (memory allows {s['max_batch_memory']})"),
         ("time per output token", f"{s['step_s'] * 1000:.1f} ms"),
+        ("time to first token", f"{s['ttft_s'] * 1000:.0f} ms (one prompt's prefill, no queueing)"),
         ("the step, by operator", _step_parts(s["step_parts"])),
         ("decode", f"{_num(s['decode_tps_per_chip'])} tokens/s per chip"),
         ("prefill", f"{_num(s['prefill_tps_per_chip'])} tokens/s per chip"),
-        ("chips for the demand", f"{s['chips']:,} ({s['prefill_chips']:,} prefill + {s['decode_chips']:,} decode)"),
+        ("chips for the demand", f"{s['chips']:,} ({s['prefill_chips']:,} prefill + {s['decode_chips']:,} decode"
+         + (", prefilling in the decode steps: aggregated)" if "chunk_share" in s["step_parts"] else ")")),
         ("decode vs TPOT target", ", ".join(f"{p['tpot_ms']:g} ms: {_num(p['decode_tps_per_chip'])}" for p in s["curve"])
          + " tokens/s per chip"),
         ("cost", f"${_num(s['cost_per_day'])} per day, ${s['cost_per_million_tokens']:.3g} per million tokens"),

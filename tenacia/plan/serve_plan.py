@@ -147,6 +147,14 @@ class ServePlan:
     # Chips a prefill instance spreads the routed experts over (DeepSeek V3/R1 inference overview:
     # prefill EP32 over 4 nodes)
     prefill_chips: int = 32
+    # 'disaggregated': prefill and decode on separate chips (DeepSeek, Mooncake, SGLang's PD mode);
+    # 'aggregated': the same chips take both, arriving prompts prefilled in chunks inside the
+    # decode steps (chunked prefill, in-flight batching: vLLM, SGLang, TensorRT-LLM and NIM run so
+    # by default). ``aggregated.py`` prices it.
+    deployment: str = "disaggregated"
+    # Tokens one aggregated step may carry (decode rows + the prompt chunk): TensorRT-LLM's
+    # max_num_tokens, 8,192 by default (tensorrt_llm/builder.py, BuildConfig, at 008b2b8d).
+    chunk_tokens: int = 8192
     demand: Demand = field(default_factory=Demand)
     assumptions: Assumptions = field(default_factory=Assumptions)
     catalog: str = ""
@@ -160,4 +168,6 @@ class ServePlan:
         check(self.tpot_ms > 0, "tpot_ms", self.tpot_ms, "milliseconds > 0")
         check(self.max_batch > 0, "max_batch", self.max_batch, "a positive integer")
         check(self.prefill_chips >= 1, "prefill_chips", self.prefill_chips, "a positive integer")
+        check_choice("deployment", self.deployment, ("disaggregated", "aggregated"))
+        check(self.chunk_tokens >= 1, "chunk_tokens", self.chunk_tokens, "a positive integer")
         self.kv_bytes = self.kv_bytes or (2.0 if self.precision == "bf16" else 1.0)

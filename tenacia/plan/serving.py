@@ -10,10 +10,12 @@ the chips (EP = tp), one all-to-all dispatch + combine per MoE layer.
 The batch is the one with the most tokens/s per chip among those whose step meets the target
 and whose KV cache fits; as the target tightens the batch shrinks and throughput falls
 (``decode_curve``), since the weight reads and fixed costs are paid per step whatever the batch.
-Prefill and decode run on separate chips (disaggregated serving); a prefix-cache hit skips the
-prefill of that share of input tokens. Precision names the weight format: bf16, fp8 or int8
+Prefill and decode run on separate chips (``deployment = 'disaggregated'``), or on the same ones,
+prompts prefilled in chunks inside the decode steps (``'aggregated'``, ``aggregated.py``: the
+step is then the mean over steps with and without a chunk, and no separate prefill chips are
+counted); a prefix-cache hit skips the prefill of that share of input tokens. Precision names the weight format: bf16, fp8 or int8
 (weights and their reads in one byte; matmuls at that precision's peak, INT8 at the BF16 one
-where the catalog has no INT8 figure). Queueing and time to first token are not modelled.
+where the catalog has no INT8 figure). Time to first token is one prompt's steps (prefill on its own chips, or its chunks), queueing not modelled.
 """
 
 from __future__ import annotations
@@ -22,18 +24,12 @@ import math
 from dataclasses import dataclass
 
 from ..config import ConfigError, check
+from .aggregated import serving_parts, tpot_s
 from .catalog import Chip
 from .efficiency import TILE
 from .models import ModelSpec
 from .serve_plan import ServePlan
-from .serving_step import (
-    alltoall_floor_s,
-    decode_parts,
-    decode_tpot_s,
-    fixed_s,
-    prefill_tps_per_chip,
-    weight_bytes_per_chip,
-)
+from .serving_step import alltoall_floor_s, fixed_s, prefill_tps_per_chip, weight_bytes_per_chip
 
 CURVE_MS = (10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0)
 
@@ -48,13 +44,14 @@ class ServeEstimate:
     prefill_tps_per_chip: float  # computed (uncached) prompt tokens per prefill chip-second
     prefill_input_tps_per_chip: float  # prompt tokens per prefill chip-second, prefix-cache hits included
     max_batch_memory: int  # sequences whose full context fits the instance's free memory
-    prefill_chips: int
+    prefill_chips: int  # 0 when aggregated: the decode chips prefill too
     decode_chips: int
     chips: int
     cost_per_day: float
     cost_per_million_tokens: float
+    ttft_s: float  # one prompt's prefill: its step on a prefill chip, or its chunks' steps when aggregated
     curve: list[dict]  # decode tokens/s per chip at each TPOT target of CURVE_MS (0: unreachable)
-    step_parts: dict  # the chosen decode step by operator (serving_step.decode_parts)
+    step_parts: dict  # the chosen step by operator (aggregated.serving_parts)
 
     def summary(self) -> dict:
         return {f.name: getattr(self, f.name) for f in self.__dataclass_fields__.values()}
@@ -62,12 +59,12 @@ class ServeEstimate:
 
 def _largest_batch(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, limit: int, target: float) -> int:
     """Largest batch <= limit whose step meets ``target`` seconds (0 if even one does not)."""
-    if limit < 1 or decode_tpot_s(m, chip, plan, tp, 1) > target:
+    if limit < 1 or tpot_s(m, chip, plan, tp, 1) > target:
         return 0
     lo, hi = 1, limit
     while lo < hi:  # step time grows with the batch
         mid = (lo + hi + 1) // 2
-        if decode_tpot_s(m, chip, plan, tp, mid) <= target:
+        if tpot_s(m, chip, plan, tp, mid) <= target:
             lo = mid
         else:
             hi = mid - 1
@@ -94,7 +91,7 @@ def best_decode(plan: ServePlan, chip: Chip, target_s: float) -> tuple[int, int,
         tiles = range(unit, largest, max(unit, largest // 64 // unit * unit))
         ladder = {largest, *tiles, *(max(1, round(largest / 1.25 ** i)) for i in range(32))}
         for batch in sorted(ladder):
-            step = decode_tpot_s(m, chip, plan, tp, batch)
+            step = tpot_s(m, chip, plan, tp, batch)
             if batch / step / tp > best_rate:
                 best, best_rate = (tp, batch, step, max_mem), batch / step / tp
     return best
@@ -138,7 +135,9 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
     tp, batch, step, max_mem = best
     prefill_per_chip = prefill_tps_per_chip(m, chip, plan)
     rps = d.peak_rps
-    prefill_chips = math.ceil(rps * d.input_len * (1 - d.cache_hit_rate) / prefill_per_chip)
+    aggregated = plan.deployment == "aggregated"
+    prefill_chips = 0 if aggregated else math.ceil(rps * d.input_len * (1 - d.cache_hit_rate) / prefill_per_chip)
+    parts = serving_parts(m, chip, plan, tp, batch)
     decode_chips = math.ceil(rps * d.output_len / (batch / step)) * tp
     chips = prefill_chips + decode_chips
     cost = chips * chip.price_per_hour * 24
@@ -147,4 +146,5 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
                          prefill_input_tps_per_chip=prefill_per_chip / (1 - d.cache_hit_rate),
                          max_batch_memory=max_mem, prefill_chips=prefill_chips, decode_chips=decode_chips,
                          chips=chips, cost_per_day=cost, cost_per_million_tokens=cost / d.tokens_per_day * 1e6,
-                         curve=decode_curve(plan, chip), step_parts=decode_parts(m, chip, plan, tp, batch))
+                         ttft_s=parts["ttft_s"] if aggregated else d.input_len / prefill_per_chip,
+                         curve=decode_curve(plan, chip), step_parts=parts)

@@ -64,7 +64,7 @@ from .ep_latency import floor_us
 from .models import ModelSpec
 from .serve_plan import WEIGHT_BYTES, ServePlan, Speculation, StepCosts
 
-__all__ = ["WEIGHT_BYTES", "Speculation", "StepCosts", "decode_parts", "decode_step_s", "decode_tpot_s",
+__all__ = ["WEIGHT_BYTES", "Speculation", "StepCosts", "decode_parts", "decode_step_s",
            "alltoall_floor_s", "fixed_s", "gemm_rate", "spans_domains", "prefill_tps_per_chip", "weight_bytes_per_chip"]
 
 def gemm_rate(chip: Chip, precision: str, a: Assumptions) -> float:
@@ -156,9 +156,14 @@ def _step(compute: float, comm: float, fixed: float, costs: StepCosts, core_shar
     return max(compute, hidden) + comm - hidden + fixed
 
 
-def _decode_work(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: float) -> tuple[dict, float, float]:
+def _decode_work(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: float,
+                 chunk: float = 0.0) -> tuple[dict, float, float]:
     """(operator parts, compute, bandwidth all-to-all or all-reduce) of a decode step of ``batch``
-    sequences on a ``tp``-chip instance: each operator's roofline (module docstring)."""
+    sequences on a ``tp``-chip instance: each operator's roofline (module docstring). ``chunk``:
+    prompt tokens prefilled in the same step (aggregated serving, ``aggregated.py``); they join
+    every GEMM's rows, and each attends to half its prompt (causal) at the prefill attention rate.
+    On an MoE instance (data-parallel attention) the chunk is one sequence's, so it lands on one
+    chip, whose dense and attention work then sets the step; its tokens reach every expert rank."""
     a, costs, wb, spec = plan.assumptions, plan.step, WEIGHT_BYTES[plan.precision], plan.speculation
     rows = batch * spec.draft_tokens  # tokens through the GEMMs: every sequence's verified ones
     hbm = chip.memory_tbs * 1e12 * (chip.hbm_efficiency or costs.hbm_efficiency)
@@ -166,20 +171,27 @@ def _decode_work(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: floa
     dense, routed = serving_params(m)
     embedding = m.vocab * m.hidden  # a lookup: not read whole
     k0 = a.gemm_k_overhead
-    ops = {"attention": (rows / tp * m.decode_attention_flops(context) / gemm_rate(chip, plan.attention_precision, a),
+    attention_rate = gemm_rate(chip, plan.attention_precision, a)
+    own_chunk = chunk if m.is_moe else chunk / tp  # the chunk's tokens on the busiest chip
+    prompt = plan.demand.input_len
+    chunk_attention = own_chunk * m.attention_flops_fwd(prompt / 2) / (
+        attention_rate * attention_shape_factor(m, prompt, k0, backward=False)) if chunk else 0.0
+    ops = {"attention": (rows / tp * m.decode_attention_flops(context) / attention_rate + chunk_attention,
                          batch / tp * context * m.kv_elements_per_token * plan.kv_bytes / hbm)}
     if m.is_moe:  # each chip runs its own batch / tp rows; experts take rows from every chip
-        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, 1, rows / tp, tp, k0, backward=False)
-        touched = m.experts / tp * -math.expm1(rows * math.log1p(-m.experts_per_token / m.experts))
-        ops["dense"] = (rows / tp * 2 * dense / rate, (m.dense_params_b * 1e9 - embedding) * wb / hbm)
-        ops["experts"] = (rows / tp * 2 * routed * costs.expert_imbalance / rate,
+        mine, spread = rows / tp + chunk, (rows + chunk) / tp
+        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, 1, spread, tp, k0, backward=False)
+        touched = m.experts / tp * -math.expm1((rows + chunk) * math.log1p(-m.experts_per_token / m.experts))
+        ops["dense"] = (mine * 2 * dense / rate, (m.dense_params_b * 1e9 - embedding) * wb / hbm)
+        ops["experts"] = (spread * 2 * routed * costs.expert_imbalance / rate,
                           m.moe_layers * touched * 3 * m.hidden * m.expert_ffn * wb / hbm)
-        comm = _all_to_all_s(m, chip, plan, tp, rows / tp, node_limited=False)
+        comm = _all_to_all_s(m, chip, plan, tp, mine, node_limited=False)
     else:  # tensor parallel: weights split tp ways, two all-reduces of the batch per layer
-        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, tp, rows, 1, k0, backward=False)
-        ops["dense"] = (rows * 2 * dense / tp / rate, (m.total_params_b * 1e9 - embedding) * wb / tp / hbm)
+        tokens = rows + chunk
+        rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, tp, tokens, 1, k0, backward=False)
+        ops["dense"] = (tokens * 2 * dense / tp / rate, (m.total_params_b * 1e9 - embedding) * wb / tp / hbm)
         bw, lat = _link(chip, tp, a.comm_efficiency)
-        per = 2 * (tp - 1) / tp * rows * m.hidden * 2 / bw + 2 * math.log2(tp) * lat
+        per = 2 * (tp - 1) / tp * tokens * m.hidden * 2 / bw + 2 * math.log2(tp) * lat
         comm = 2 * m.layers * per if tp > 1 else 0.0
     parts = {}
     for name, (compute_s, memory_s) in ops.items():
@@ -188,11 +200,13 @@ def _decode_work(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: floa
     return parts, sum(parts[f"{name}_s"] for name in ops), comm
 
 
-def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> dict[str, float]:
+def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int,
+                 chunk: float = 0.0) -> dict[str, float]:
     """Seconds of one decode step of ``batch`` sequences on a ``tp``-chip instance, by operator
     (module docstring): each operator's roofline (``*_s``, and which bound it: ``*_bound``), the
     all-to-all or all-reduce before overlap, the fixed cost, the draft passes, the step, and the
-    time per output token (``tpot_s`` = step / ``speculation.accepted``).
+    time per output token (``tpot_s`` = step / ``speculation.accepted``). ``chunk``: prompt tokens
+    prefilled in the same step (``_decode_work``; aggregated serving).
 
     With ``StepCosts.two_batch_overlap`` (a MoE instance, batch >= 2) the step runs two
     micro-batches of batch / 2: in every layer one computes while the other's all-to-all (the
@@ -202,11 +216,11 @@ def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int)
     step = max(2 compute(B/2), compute(B/2) + max(all-to-all(B/2), floor)) + (fixed - floor) + drafts.
     Each micro-batch reads the weights again (memory-bound GEMMs cost twice)."""
     costs, spec = plan.step, plan.speculation
-    parts, compute, comm = _decode_work(m, chip, plan, tp, batch)
+    parts, compute, comm = _decode_work(m, chip, plan, tp, batch, chunk)
     fixed = fixed_s(m, chip, costs, tp)
     floor = alltoall_floor_s(m, chip, tp)
     if costs.two_batch_overlap and m.is_moe and tp > 1 and batch >= 2:
-        _, half, half_comm = _decode_work(m, chip, plan, tp, batch / 2)
+        _, half, half_comm = _decode_work(m, chip, plan, tp, batch / 2, chunk / 2)
         core = max(2 * half, half + max(half_comm, floor))
         comm, compute = max(half_comm, floor), 2 * half
         draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
@@ -225,10 +239,6 @@ def decode_step_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int
     """One decode step of ``batch`` sequences on a ``tp``-chip instance (module docstring)."""
     return decode_parts(m, chip, plan, tp, batch)["step_s"]
 
-
-def decode_tpot_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> float:
-    """Time per output token of that step: the step over the tokens it emits per sequence."""
-    return decode_parts(m, chip, plan, tp, batch)["tpot_s"]
 
 
 def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:

@@ -110,7 +110,8 @@ def microbatch_time(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: i
     rate = chip.peak_flops("bf16") * chip.matmul_efficiency * a.compute_efficiency  # a large GEMM's
     speed = rate * model_shape_factor(model, tp, tokens, ep, a.gemm_k_overhead)
     if precision == "fp8":
-        speed *= min(a.fp8_speedup, chip.peak_flops("fp8") / chip.peak_flops("bf16"))
+        ratio = chip.peak_flops("fp8") / chip.peak_flops("bf16")
+        speed *= min(a.fp8_speedup or ratio, ratio)
     attn_fwd = model.attention_flops_fwd(model.seq_len / 2)
     attn_flops = attn_fwd * (3.5 + (passes - 3)) * per_chip
     t_matmul = matmul_flops / speed

@@ -27,7 +27,7 @@ import tomllib
 from .. import config
 from ..config import ConfigError, check, check_choice
 
-SETS = ("tuning", "held-out", "held-out-2", "held-out-3", "held-out-4", "held-out-5")
+SETS = ("tuning", "held-out", "held-out-2", "held-out-3", "held-out-4", "held-out-5", "held-out-6")
 LOADS = ("benchmark", "production")  # a figure measured at full load, or a production average
 KINDS = ("training", "reliability", "serving")
 HARDWARE = ("crash", "host", "sdc")  # Llama 3's "hardware" (NCCL watchdog hangs: "unknown")
@@ -103,6 +103,7 @@ METRICS: dict[str, Callable[[dict], float]] = {
     "decode_tps_per_chip": lambda s: s["decode_tps_per_chip"],
     "prefill_input_tps_per_chip": lambda s: s["prefill_input_tps_per_chip"],
     "decode_tpot_ms": lambda s: s["step_s"] * 1000,
+    "ttft_ms": lambda s: s["ttft_s"] * 1000,
 }
 WINDOWED = {"accelerator_failures_in_days", "hardware_failures_in_days"}
 NEEDS_SIMULATION = {"expected_chip_hours", "interruptions_per_54_days", "goodput", "hardware_share", "chip_share",
@@ -146,15 +147,16 @@ def _summary(case: Case, extra: tuple[str, ...] = ()) -> dict:
     return {"training": est.summary() | {"layouts_fitting": fitting}}
 
 
-def run_case(case: Case) -> Result:
+def run_case(case: Case, extra: tuple[str, ...] = ()) -> Result:
     """The case's metric at the catalog's central failure rates; a reliability case also at the
-    low and high ends of their range (``recovery.rate_band``)."""
+    low and high ends of their range (``recovery.rate_band``). ``extra``: overrides added after
+    the case's own (a what-if: the case is then no longer as published)."""
     def metric(s: dict) -> float:
         return METRICS[case.metric](s) * (case.days if case.metric in WINDOWED else 1)
 
     try:
-        predicted = float(metric(_summary(case)))
-        band = tuple(float(metric(_summary(case, (f"recovery.rate_band='{end}'",)))) for end in ("low", "high")) \
+        predicted = float(metric(_summary(case, extra)))
+        band = tuple(float(metric(_summary(case, (*extra, f"recovery.rate_band='{end}'")))) for end in ("low", "high")) \
             if case.kind == "reliability" else None
     except ConfigError as e:
         return Result(case=case, predicted=None, problem=str(e))

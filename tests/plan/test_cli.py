@@ -128,3 +128,9 @@ def test_bad_input_exits_2_naming_the_field(args, field):
     proc = tenacia(*args, check=False)
     assert proc.returncode == 2, proc.stderr
     assert f"config field '{field}'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_deployment_flag_prices_aggregated_serving():
+    out = json.loads(tenacia("serve", "--model", "llama-3-405b", "--chip", "h100", "--deployment", "aggregated",
+                             "--json").stdout)
+    assert out["prefill_chips"] == 0 and 0 < out["step_parts"]["chunk_share"] <= 1 and out["ttft_s"] > 0

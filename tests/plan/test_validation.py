@@ -81,6 +81,16 @@ def test_validate_command_prints_both_sets():
     assert all(c["source"] for c in out["cases"])
 
 
+def test_validate_runs_chosen_cases_with_what_if_overrides():
+    """`--case` picks cases by id; `-o` adds an override to each (a what-if, not a validation):
+    NIM's concurrency-25 ITL planned aggregated is longer than planned disaggregated."""
+    case = "nim-llama33-70b-2h100-fp8-c25"
+    plain = json.loads(tenacia("validate", "--case", case, "--json").stdout)["cases"]
+    what_if = json.loads(tenacia("validate", "--case", case, "-o", "deployment='aggregated'", "--json").stdout)["cases"]
+    assert [c["id"] for c in plain] == [c["id"] for c in what_if] == [case]
+    assert what_if[0]["predicted"] > 1.5 * plain[0]["predicted"]
+
+
 def test_held_out_training_cases_within_the_issues_bar():
     """Done-when of issue 18, for the training cases: median |error| <= 15%, none over 25%, on
     cases nothing was fitted to."""

@@ -30,7 +30,7 @@ PRESETS: dict[str, dict] = {
         total_params_b=671.0, activated_params_b=37.0, layers=61, hidden=7168, ffn=18432,
         heads=128, head_dim=192, v_head_dim=128, kv_heads=128, kv_dim=576, vocab=129280,
         moe_layers=58, experts=256, shared_experts=1, experts_per_token=8, expert_ffn=2048,
-        routing_max_groups=4, extra_activated_params_b=1.6, seq_len=4096,
+        routing_max_groups=4, extra_activated_params_b=1.6, mtp_depth=1, seq_len=4096,
         train_tokens=14.8e12, global_batch_seqs=15360),
     # Llama 3 paper (405B): 126 layers, width 16,384, FFN 53,248, 128 heads with 8 KV heads of
     # 128, vocabulary 128,256; pre-trained on 15.6T tokens at 8,192 context, 16M-token batches.
@@ -77,7 +77,7 @@ PRESETS: dict[str, dict] = {
         total_params_b=1200.0, activated_params_b=78.0, layers=72, hidden=8192, ffn=24576,
         heads=128, head_dim=192, v_head_dim=128, kv_heads=128, kv_dim=576, vocab=129280,
         moe_layers=69, experts=192, shared_experts=1, experts_per_token=8, expert_ffn=3584,
-        routing_max_groups=4, extra_activated_params_b=2.0, seq_len=4096,
+        routing_max_groups=4, extra_activated_params_b=2.0, mtp_depth=1, seq_len=4096,
         train_tokens=20e12, global_batch_seqs=15360),
 }
 
@@ -106,6 +106,10 @@ class ModelSpec:
     routing_max_groups: int | None = None  # node-limited routing: a token reaches at most this
     # many scale-up domains (DeepSeek-V3: 4); 0: unlimited
     extra_activated_params_b: float | None = None  # run in training only (e.g. MTP modules)
+    # multi-token-prediction depths run in training, each a pass through the output head (counted
+    # in extra_activated_params_b): the head runs 1 + mtp_depth times a token. 0 when neither
+    # given nor set by the preset (deepseek-v3, r2-guess: 1)
+    mtp_depth: int | None = None
     seq_len: int | None = None  # training sequence length
     train_tokens: float | None = None  # the published run's token count (a plan's default; 0: none)
     global_batch_seqs: int | None = None  # the published run's batch in sequences (a plan's default; 0: none)
@@ -117,6 +121,8 @@ class ModelSpec:
             for key, value in PRESETS[self.preset].items():
                 if getattr(self, key) is None:
                     setattr(self, key, value)
+        if self.mtp_depth is None:
+            self.mtp_depth = 0
         for key in self.__slots__:
             if key != "preset":
                 check(getattr(self, key) is not None, key, None,
@@ -126,7 +132,7 @@ class ModelSpec:
                     "head_dim", "v_head_dim", "kv_heads", "vocab", "seq_len"):
             check(getattr(self, key) > 0, key, getattr(self, key), "a positive number")
         for key in ("kv_dim", "moe_layers", "experts", "shared_experts", "experts_per_token",
-                    "expert_ffn", "routing_max_groups", "extra_activated_params_b", "train_tokens",
+                    "expert_ffn", "routing_max_groups", "extra_activated_params_b", "mtp_depth", "train_tokens",
                     "global_batch_seqs"):
             check(getattr(self, key) >= 0, key, getattr(self, key), "a number >= 0")
         check(self.activated_params_b <= self.total_params_b, "activated_params_b",
@@ -172,6 +178,12 @@ class ModelSpec:
         embedding (a lookup), plus modules run in training only."""
         return (self.activated_params_b + self.extra_activated_params_b) * 1e9 - self.vocab * self.hidden
 
+    @property
+    def head_params(self) -> float:
+        """Output-head parameters a token's training matmuls pass through: vocab x hidden, once
+        for the next token and once per multi-token-prediction depth (part of ``matmul_params``)."""
+        return self.vocab * self.hidden * (1 + self.mtp_depth)
+
     def attention_flops_fwd(self, context: float) -> float:
         """Forward FLOPs of the attention scores and weighted sum for one token that attends to
         ``context`` earlier tokens, over all layers (QK^T and AV, 2 FLOPs per multiply-add)."""
@@ -212,7 +224,8 @@ def from_shape(cfg: ModelConfig) -> dict:
         return dict(common, head_dim=a.qk_head_dim, v_head_dim=a.v_head_dim, kv_heads=cfg.n_heads,
                     kv_dim=a.cache_dim, moe_layers=cfg.n_layers - m.n_dense_layers, experts=m.n_routed_experts,
                     shared_experts=m.n_shared_experts, experts_per_token=m.top_k, expert_ffn=m.expert_ffn_dim,
-                    routing_max_groups=m.n_limited_groups, extra_activated_params_b=(tied + mtp) / 1e9)
+                    routing_max_groups=m.n_limited_groups, extra_activated_params_b=(tied + mtp) / 1e9,
+                    mtp_depth=cfg.mtp_depth)
     return dict(common, head_dim=cfg.head_dim, v_head_dim=cfg.head_dim, kv_heads=cfg.n_kv_heads, kv_dim=0,
                 moe_layers=0, experts=0, shared_experts=0, experts_per_token=0, expert_ffn=0,
-                routing_max_groups=0, extra_activated_params_b=tied / 1e9)
+                routing_max_groups=0, extra_activated_params_b=tied / 1e9, mtp_depth=0)

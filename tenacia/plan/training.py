@@ -4,6 +4,10 @@ For one micro-batch on one chip (the work of one pipeline stage, split ``tp`` wa
 ``seq_len / cp`` tokens of its context-parallel rank):
 
     t_compute = matmul FLOPs / (peak * matmul_efficiency * GEMM shape factor [* FP8 speedup])
+              (under FP8 the output head's GEMMs, and each multi-token-prediction head's, keep
+              the BF16 rate: Megatron-LM builds its output layer as its own ColumnParallelLinear,
+              outside Transformer Engine's per-layer FP8 context, and DeepSeek-V3 keeps "the
+              output head" in its original precision, report s3.3.1)
               + attention FLOPs / (BF16 peak * matmul_efficiency * attention shape factor)
               + elementwise bytes / (HBM bandwidth * memory_efficiency)
     t_comm    = TP collectives (scale-up link) + EP all-to-all (scale-up and scale-out at once)
@@ -109,12 +113,13 @@ def microbatch_time(model: ModelSpec, chip: Chip, layout: Layout, tp: int, pp: i
     matmul_flops = 2 * passes * (model.matmul_params - routed + routed * a.moe_imbalance) * per_chip
     rate = chip.peak_flops("bf16") * chip.matmul_efficiency * a.compute_efficiency  # a large GEMM's
     speed = rate * model_shape_factor(model, tp, tokens, ep, a.gemm_k_overhead)
-    if precision == "fp8":
+    t_matmul = matmul_flops / speed
+    if precision == "fp8":  # every GEMM but the output head's (and the MTP heads'), which stay BF16
         ratio = chip.peak_flops("fp8") / chip.peak_flops("bf16")
-        speed *= min(a.fp8_speedup or ratio, ratio)
+        head_flops = 2 * passes * model.head_params * per_chip
+        t_matmul = (matmul_flops - head_flops) / (speed * min(a.fp8_speedup or ratio, ratio)) + head_flops / speed
     attn_fwd = model.attention_flops_fwd(model.seq_len / 2)
     attn_flops = attn_fwd * (3.5 + (passes - 3)) * per_chip
-    t_matmul = matmul_flops / speed
     t_attn = attn_flops / (rate * attention_shape_factor(model, model.seq_len / cp, a.gemm_k_overhead))
     mem_passes = passes + (1 if layout.recompute == "selective" else 0)  # rerun elementwise ops
     mem_bytes = _elementwise_bytes_per_token(model, precision) * mem_passes * per_chip

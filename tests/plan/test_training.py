@@ -142,7 +142,11 @@ def test_a_model_tenacia_runs_plans_from_its_own_shape(plan_from, tmp_path):
 def test_fp8_gemms_run_at_the_peak_ratio_unless_a_recipe_says_less(chips):
     """Hand-computed: an FP8 GEMM reaches the same fraction of the FP8 peak as a BF16 GEMM of
     the BF16 one (H100: 1,978.9 / 989.4 = 2.0001x faster) by default; a recipe that states a
-    lower realized speedup (DeepSeek's block scaling, 1.3) gets that. Only the matmuls speed up."""
+    lower realized speedup (DeepSeek's block scaling, 1.3) gets that. The output head stays BF16
+    (Megatron-LM, DeepSeek-V3 s3.3.1): Llama 3 405B's matmul parameters are 405e9 - 128,256 x
+    16,384 = 402,898,653,696, of which the head is 2,101,346,304 (f = 0.52156%), so FP8 matmul
+    time / BF16 = (1 - f) / 2.0001 + f = 0.50258, and (1 - f) / 1.3 + f = 0.77043 for 1.3x.
+    Only the matmuls speed up."""
     from tenacia.plan.training import microbatch_time
 
     model, h100 = ModelSpec(preset="llama-3-405b"), chips["h100"]
@@ -150,6 +154,24 @@ def test_fp8_gemms_run_at_the_peak_ratio_unless_a_recipe_says_less(chips):
     bf16 = microbatch_time(model, h100, layout, 8, 16, 1, Assumptions(), "bf16")
     fp8 = microbatch_time(model, h100, layout, 8, 16, 1, Assumptions(), "fp8")
     block = microbatch_time(model, h100, layout, 8, 16, 1, Assumptions(fp8_speedup=1.3), "fp8")
-    assert bf16.matmul / fp8.matmul == pytest.approx(1978.9 / 989.4)
-    assert bf16.matmul / block.matmul == pytest.approx(1.3)
+    f = 2_101_346_304 / 402_898_653_696
+    assert fp8.matmul / bf16.matmul == pytest.approx((1 - f) / (1978.9 / 989.4) + f, rel=1e-6)
+    assert fp8.matmul / bf16.matmul == pytest.approx(0.50258, abs=1e-5)
+    assert block.matmul / bf16.matmul == pytest.approx(0.77043, abs=1e-5)
     assert fp8.attention == bf16.attention
+
+
+def test_fp8_keeps_every_output_head_pass_bf16_mtp_included(chips):
+    """Hand-computed: DeepSeek-V3 (one MTP depth) passes its 129,280 x 7,168 head twice a token,
+    1,853,358,080 of its (37 + 1.6)e9 - 926,679,040 = 37,673,320,960 matmul parameters; full
+    recomputation (passes 4) and no routed imbalance change nothing in the ratio (MoE imbalance 1)."""
+    from tenacia.plan.training import microbatch_time
+
+    model, h100 = ModelSpec(preset="deepseek-v3"), chips["h100"]
+    assert model.head_params == 2 * 129_280 * 7_168 == 1_853_358_080
+    layout = explicit(tp=1, pp=16, ep=8, recompute="full")
+    a = Assumptions(moe_imbalance=1.0)
+    bf16 = microbatch_time(model, h100, layout, 1, 16, 8, a, "bf16")
+    fp8 = microbatch_time(model, h100, layout, 1, 16, 8, a, "fp8")
+    f = 1_853_358_080 / 37_673_320_960
+    assert fp8.matmul / bf16.matmul == pytest.approx((1 - f) / (1978.9 / 989.4) + f, rel=1e-6)

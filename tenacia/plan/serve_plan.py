@@ -17,22 +17,40 @@ from .models import ModelSpec
 
 WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0}
 
+# Fixed cost of every layer of a decode step, µs, by serving stack (``StepCosts.stack``):
+# - gpt-fast 71: pytorch-labs/gpt-fast README, BF16 Llama-2 7B and 70B on A100-80GB, torch.compile
+#   + CUDA graphs, 1 to 8 GPUs, batch 1: each row's time a token less its weight reads (the table's
+#   bytes a token at 0.9 x 2.039 TB/s), over the layers: 71, 66, 59, 59 µs (7B at 1, 2, 4, 8 GPUs),
+#   113, 89, 76 µs (70B at 2, 4, 8); the median, 71. Until 2026-12-03 23:20 UTC 137, derived the
+#   same way from a DeepSeek-R1 (MLA + MoE) run and charged to every layer of every model.
+# - vllm 62.3: GPUStack's "Optimizing Qwen3-8B Latency on NVIDIA H100 GPUs" (gpustack/gpustack
+#   docs/performance-lab/qwen3-8b/h100-latency.md): vLLM v0.11.0, Qwen/Qwen3-8B in BF16 on one
+#   H100 SXM, ShareGPT (100 prompts: 23,260 input and 22,061 output tokens), concurrency 1: mean
+#   TPOT 7.28 ms. The planner's own step without fixed costs for that case (36 layers, width
+#   4,096, SwiGLU 12,288, 32 heads of 128 with 8 KV heads, vocabulary 151,936, untied head:
+#   8.1907B parameters; 233 in / 221 out) is 5.0375 ms, so (7.28 - 5.0375) ms / 36 = 62.3 µs.
+# - sglang 57.0, tensorrt-llm 70.4: the same page's engine comparison at concurrency 4 (same
+#   model, chip and data, so the same work a step): mean TPOT vLLM 7.38, SGLang v0.5.3.post3
+#   7.19, TensorRT-LLM v1.2.0rc1 7.67 ms; each engine's difference to vLLM over 36 layers moves
+#   vLLM's 62.3: 62.3 - 190/36 = 57.0, 62.3 + 290/36 = 70.4. At concurrency 4 the three engines
+#   also prefill arriving prompts between decode steps, each its own way: a stack figure, not a
+#   kernel-level one.
+STACK_LAYER_US = {"gpt-fast": 71.0, "vllm": 62.3, "sglang": 57.0, "tensorrt-llm": 70.4}
+
 
 @dataclass(kw_only=True, slots=True)
 class StepCosts:
     """The costs of a serving step that FLOPs and bytes do not give (module docstring)."""
 
+    # The serving stack whose per-layer fixed cost a step pays (``STACK_LAYER_US``): 'gpt-fast'
+    # (the default), 'vllm', 'sglang' or 'tensorrt-llm'. A case sets it when its source names it.
+    stack: str = "gpt-fast"
     # Fixed cost of every layer per step, µs, on every deployment: what a decode step pays per
     # layer beyond its weight and cache reads at batch 1 (kernel launches under CUDA graphs, small
-    # GEMMs below the HBM roofline, a tensor-parallel instance's in-node all-reduces). From
-    # gpt-fast's published batch-1 tables (pytorch-labs/gpt-fast README: Llama-2 7B and 70B in
-    # BF16 on A100-80GB, torch.compile + CUDA graphs, 1 to 8 GPUs): each row's time a token less
-    # its weight reads (the table's bytes a token at 0.9 x 2.039 TB/s), over the layers: 71, 66,
-    # 59, 59 µs (7B at 1, 2, 4, 8 GPUs), 113, 89, 76 µs (70B at 2, 4, 8); the median, 71 µs.
-    # Derived by hand (docs/planning.md), not fitted. Until 2026-12-03 23:20 UTC it was 137 µs,
-    # derived the same way from a DeepSeek-R1 (MLA + MoE) run and charged to every layer of every
-    # model: a dense layer paid an MoE layer's kernels (Maverick +223%, the 910B +22%).
-    layer_overhead_us: float = 71.0
+    # GEMMs below the HBM roofline, a tensor-parallel instance's in-node all-reduces). None: the
+    # stack's figure (``STACK_LAYER_US``, each derived by hand there, not fitted); a number
+    # overrides it.
+    layer_overhead_us: float | None = None
     # Fixed cost an MoE layer adds, µs, on every deployment (routing, the grouped expert GEMMs
     # below their roofline at small batches, MLA's extra projections): TensorRT-LLM's published
     # min-latency DeepSeek-R1 on one 8x B200 node (tech blog 1, "Pushing Latency Boundaries", MTP
@@ -76,6 +94,9 @@ class StepCosts:
 
     def __post_init__(self) -> None:
         check_finite(self)
+        check_choice("stack", self.stack, tuple(STACK_LAYER_US))
+        if self.layer_overhead_us is None:
+            self.layer_overhead_us = STACK_LAYER_US[self.stack]
         check(self.layer_overhead_us >= 0, "layer_overhead_us", self.layer_overhead_us, "microseconds >= 0")
         check(self.moe_layer_overhead_us >= 0, "moe_layer_overhead_us", self.moe_layer_overhead_us, "microseconds >= 0")
         check(self.moe_layer_kernel_us >= 0, "moe_layer_kernel_us", self.moe_layer_kernel_us, "microseconds >= 0")

@@ -297,3 +297,33 @@ def test_the_fixed_costs_are_their_published_derivations():
     costs = StepCosts()
     assert costs.layer_overhead_us == pytest.approx(statistics.median(per_layer), abs=0.5)
     assert costs.moe_layer_kernel_us == pytest.approx((9010 - 670 - 61 * costs.layer_overhead_us) / 58, abs=0.5)
+
+
+QWEN3_8B_BS1 = ("chip='h100'", "precision='bf16'", "tp=1", "max_batch=1", "tpot_ms=1000", "demand.input_len=233",
+                "demand.output_len=221", "demand.cache_hit_rate=0.0", "model.preset='llama-3-405b'",
+                "model.total_params_b=8.1907", "model.activated_params_b=8.1907", "model.layers=36",
+                "model.hidden=4096", "model.ffn=12288", "model.heads=32", "model.head_dim=128",
+                "model.v_head_dim=128", "model.kv_heads=8", "model.vocab=151936", "model.extra_activated_params_b=0.0")
+
+
+def test_each_stack_pays_its_derived_layer_cost_and_vllm_reproduces_its_source(chips):
+    """GPUStack's Qwen3-8B on one H100 (BF16, ShareGPT: 23,260 in / 22,061 out over 100 prompts):
+    vLLM's mean TPOT at concurrency 1 is 7.28 ms; with stack 'vllm' the planner's step is within 1%.
+    The other stacks move it by their per-layer difference over 36 layers (hand-computed:
+    SGLang (57.0 - 62.3) x 36 = -190.8 µs, TensorRT-LLM (70.4 - 62.3) x 36 = +291.6 µs); an
+    explicit layer_overhead_us overrides the stack's; an unknown stack is an error naming it."""
+    from tenacia.plan.serve_plan import STACK_LAYER_US
+
+    assert StepCosts().layer_overhead_us == STACK_LAYER_US["gpt-fast"] == 71.0
+    steps = {}
+    for stack in STACK_LAYER_US:
+        plan = _plan(*QWEN3_8B_BS1, f"step.stack='{stack}'")
+        assert plan.step.layer_overhead_us == STACK_LAYER_US[stack]
+        steps[stack] = decode_step_s(plan.model, chips["h100"], plan, 1, 1)
+    assert steps["vllm"] * 1e3 == pytest.approx(7.28, rel=0.01)
+    assert (steps["sglang"] - steps["vllm"]) * 1e6 == pytest.approx(-190.8, abs=0.01)
+    assert (steps["tensorrt-llm"] - steps["vllm"]) * 1e6 == pytest.approx(291.6, abs=0.01)
+    assert _plan(*QWEN3_8B_BS1, "step.stack='vllm'", "step.layer_overhead_us=0").step.layer_overhead_us == 0
+    with pytest.raises(ConfigError) as e:
+        _plan("step.stack='ollama'")
+    assert e.value.field == "step.stack"

@@ -27,7 +27,8 @@ import tomllib
 from .. import config
 from ..config import ConfigError, check, check_choice
 
-SETS = ("tuning", "held-out", "held-out-2", "held-out-3", "held-out-4", "held-out-5", "held-out-6")
+SETS = ("tuning", "held-out", "held-out-2", "held-out-3", "held-out-4", "held-out-5", "held-out-6",
+        "held-out-7")
 LOADS = ("benchmark", "production")  # a figure measured at full load, or a production average
 KINDS = ("training", "reliability", "serving")
 HARDWARE = ("crash", "host", "sdc")  # Llama 3's "hardware" (NCCL watchdog hangs: "unknown")

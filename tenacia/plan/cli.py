@@ -244,8 +244,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cases = [c for c in load_cases() if args.set in (None, c.set) and (not args.case or c.id in args.case)]
     results = [run_case(c, tuple(args.extra)) for c in cases]
     summary = {"cases": [{"id": r.case.id, "set": r.case.set, "kind": r.case.kind, "what": r.case.what,
-                          "published": r.case.published, "predicted": r.predicted, "error": r.error,
-                          "band": list(r.band) if r.band else None, "problem": r.problem,
+                          "published": r.case.published, "lower_bound": r.case.lower_bound,
+                          "predicted": r.predicted, "error": r.error, "met": r.met,
+                          "band": list(r.band) if r.band else None, "in_band": r.in_band, "problem": r.problem,
                           "source": r.case.source} for r in results],
                "sets": by_set(results)}
     _print(args, summary, validation_table(summary))

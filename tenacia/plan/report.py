@@ -260,20 +260,33 @@ def _pct(x: float | None) -> str:
 
 
 def validation_table(s: dict) -> Table:
-    """One row per case, grouped by set, then each set's median and largest absolute error."""
-    table = Table(title="tenacia plan validate (error = predicted / published - 1)")
-    for col in ("set", "case", "kind", "published", "predicted", "error", "failure-rate band"):
+    """One row per case, grouped by set, then each set's median and largest absolute error, how
+    many cases meet the per-case bar, and how many reliability cases hold the published figure
+    inside their failure-rate band."""
+    table = Table(title="tenacia plan validate (error = predicted / published - 1; met: |error| <= 25%, "
+                        "or planned >= published where the source gives a lower bound, shown '>=')")
+    for col in ("set", "case", "kind", "published", "predicted", "error", "met", "failure-rate band", "in band"):
         table.add_column(col, justify="left" if col in ("set", "case", "kind") else "right")
+    yes_no = {True: "yes", False: "no", None: ""}
     for name, agg in ((n, a) for n, a in s["sets"].items() if a["cases"]):
         for c in (c for c in s["cases"] if c["set"] == name):
             error = f"{c['error']:+.1%}" if c["error"] is not None else "cannot plan"
             band = f"{_num(c['band'][0])} to {_num(c['band'][1])}" if c.get("band") else ""
-            table.add_row(name, c["id"], c["kind"], _num(c["published"]),
-                          _num(c["predicted"]) if c["predicted"] is not None else "-", error, band)
+            published = (">= " if c.get("lower_bound") else "") + _num(c["published"])
+            table.add_row(name, c["id"], c["kind"], published,
+                          _num(c["predicted"]) if c["predicted"] is not None else "-", error,
+                          yes_no[c.get("met")], band, yes_no[c.get("in_band")])
         table.add_row(name, f"[bold]{agg['planned']} of {agg['cases']} planned[/]", "", "", "median |error|",
-                      f"[bold]{_pct(agg['median_abs_error'])}[/] (max {_pct(agg['max_abs_error'])})")
+                      f"[bold]{_pct(agg['median_abs_error'])}[/] (max {_pct(agg['max_abs_error'])})",
+                      f"{agg['met']} of {agg['cases']}", "", _banded(agg))
         for kind, k in agg["kinds"].items():
             table.add_row(name, f"  {kind}: {k['planned']} of {k['cases']}", "", "", "median |error|",
                           f"{_pct(k['median_abs_error'])} (max {_pct(k['max_abs_error'])})",
+                          f"{k['met']} of {k['cases']}", "", _banded(k),
                           end_section=kind == list(agg["kinds"])[-1])
     return table
+
+
+def _banded(agg: dict) -> str:
+    """'k of n' reliability cases inside their band, or nothing when no case has one."""
+    return f"{agg['in_band']} of {agg['banded']} inside" if agg["banded"] else ""

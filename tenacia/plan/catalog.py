@@ -4,6 +4,33 @@ The catalog is data (``catalog.toml`` in this package); a user file in the same 
 or overrides it chip by chip. Every figure keeps its source and an ``uncertain`` flag so that a
 plan can say which of its inputs nobody has published.
 
+Failure-rate ranges (``failure_rate_low`` / ``failure_rate_high``: crash + host + hang + sdc per
+chip-year; the plan's Monte Carlo band runs at each end). Every end is a published site rate;
+hardware rates, as the sources count them (Llama 3's "hardware": hangs apart), are raised by
+79.7/78 to the catalog's total and rounded outward to two figures. Published rates, per GPU-year:
+
+- A100 (own data, four rates): GLM-130B 0.078 (THUDM/GLM-130B logs/main-log-en.md at 212215c5: 9
+  hardware failures, 768 A100, 55 days of 2022); Meta RSC-2 0.107 and RSC-1 0.297 (Kokolis et al.
+  2024, arXiv 2410.21680: 2.34 and 6.50 per 1000 node-days); OPT-175B at least 0.644 (arXiv
+  2205.01068 s2.5: at least 105 hardware restarts, 992 A100, 2 months). Low 0.079 (GLM-130B), high
+  0.66 (OPT-175B). Central RSC-1, a choice: the largest exposure (about 16k GPUs, 11 months) and a
+  cluster's steady-state mean, where the ends are single jobs' logs. GPU-only counts inside the
+  band: BLOOM 0.14-0.27 GPU failures (1-2 a week on 384 A100; HF blog 2022-07-09).
+- Not a hardware rate, so no end: Kokolis et al.'s 7.9 h MTTF of 1,024-GPU jobs (1.08 per
+  GPU-year, every cause: software is ``recovery.software_per_chip_year``).
+- Transfer rule, for a family with fewer than two published hardware rates of its own: the
+  lowest and highest rate of any NVIDIA data-center family (today both A100's). Why: sites of one
+  chip differ more than chip families are shown to (A100 8.3x between GLM-130B and OPT-175B;
+  Meta's own two A100 clusters 2.8x; Delta, arXiv 2503.11901 abstract: H100 memory errors 3.2x
+  more frequent per GPU than the A100's, its critical hardware more resilient, no net factor).
+- Hopper (H100; H800, H20: no rate of their own): Llama 3, 0.135 hardware (Llama 3 paper s3.3.4: 78%
+  of 419 interruptions, 16,384 H100, 54 days), the central; range by transfer, 0.079-0.66.
+- B200: own Kang et al. 2026 (arXiv 2605.09370), 0.132 GPU failures (10 on 504 B200 in 55 days),
+  GPU only; central the H100's; range by transfer.
+- Ascend 910B, 910C: no published rate (FACTS.md); range by transfer; central a guess (the
+  accelerator at 3x the H100's: press reports of instability). A higher rate than any published
+  has no source: sweep it with ``recovery.failure_scale``.
+
 Contract: ``load_catalog`` returns chips keyed by a short name (``h100``, ``ascend-910c``); a
 missing required figure, a non-positive value or an unknown key raises ``ConfigError`` naming
 the chip and the figure.

@@ -163,3 +163,20 @@ def test_a_lower_bound_is_met_when_planned_at_or_above_it_and_its_error_still_co
     agg = by_set([above, below])["held-out-7"]
     assert agg["met"] == 1 and agg["max_abs_error"] == pytest.approx(23.7)
     assert agg["median_abs_error"] == pytest.approx((23.7 + 0.5) / 2)
+
+
+def test_glm130b_rows_against_the_rebuilt_a100_range(chips):
+    """GLM-130B's 768 A100 over 55 days (seen since the ranges were rebuilt from it): hardware
+    failures at the low end of the A100 range = 0.079 x (crash + host + sdc) / total x 768 x 55 /
+    365.25 = 8.94, so the published 9 lies inside; the GPU row is a lower bound ('at least 1'),
+    met by the central 24.7 planned, its error still +2,367%."""
+    a100 = chips["a100"]
+    share = (a100.crash_per_chip_year + a100.host_per_chip_year + a100.sdc_per_chip_year) / a100.hardware_per_chip_year
+    cases = {c.id: c for c in load_cases()}
+    hardware = run_case(cases["glm130b-hardware-failures-55d"])
+    assert hardware.band[0] == pytest.approx(0.079 * share * 768 * 55 / 365.25, rel=1e-6) == pytest.approx(8.94, abs=0.01)
+    assert hardware.in_band and not hardware.met
+    gpu = run_case(cases["glm130b-gpu-failures-55d"])
+    assert gpu.case.lower_bound and gpu.met and gpu.in_band
+    assert gpu.predicted == pytest.approx(a100.crash_per_chip_year * 768 * 55 / 365.25, rel=1e-6)
+    assert gpu.error == pytest.approx(23.67, abs=0.01)

@@ -7,10 +7,14 @@
  * The products' weights are packed in panels of PW = 16 output columns, k-major, whatever VEC is
  * (the same layout as kernels_avx512.c): P[(p * K + k) * 16 + j] = W[16p + j][k], zero past N.
  * A panel row is one 64-byte line; a block of MR rows keeps MR x (16 / VEC) accumulators in
- * registers and reads the panel once from memory (the next blocks of rows find it in L1/L2).
+ * registers and reads the panel once from memory (the next blocks of rows find it in L1/L2). The
+ * rows are read through a transposed copy of x (gemm_input.c).
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "gemm_input.c"
 
 #ifndef VEC
 #define VEC 4
@@ -72,9 +76,9 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
 #endif
 #define ROWS 16 /* rows a panel's chunk is shared by */
 
-/* mr (<= MRMAX) rows of x (row stride ldx) against k0 .. k1 of one panel; running sums in part
- * (mr x PW), started from b (PW) when first. */
-static inline __attribute__((always_inline)) void block(const float *x, long ldx, long k0, long k1,
+/* mr (<= MRMAX) rows of x against k0 .. k1 of one panel, row m's k-th float at xt[k * ldt + m]
+ * (gemm_input.c); running sums in part (mr x PW), started from b (PW) when first. */
+static inline __attribute__((always_inline)) void block(const float *xt, long ldt, long k0, long k1,
                                                         const float *panel, float *part, const float *b,
                                                         int first, int prefetch, const int mr) {
   vf acc[12][NVP]; /* rows up to 11 (mr < MRMAX in practice) */
@@ -88,7 +92,7 @@ static inline __attribute__((always_inline)) void block(const float *x, long ldx
     vf w[NVP];
     for (int v = 0; v < NVP; v++) w[v] = vload(panel + kk * PW + v * VEC);
     for (int m = 0; m < mr; m++) {
-      vf xm = splat(x[m * ldx + kk]);
+      vf xm = splat(xt[kk * ldt + m]);
       for (int v = 0; v < NVP; v++) acc[m][v] += xm * w[v];
     }
   }
@@ -96,14 +100,15 @@ static inline __attribute__((always_inline)) void block(const float *x, long ldx
     for (int v = 0; v < NVP; v++) vstore(part + m * PW + v * VEC, acc[m][v]);
 }
 
-/* rows r0 .. r0 + rows - 1 (rows <= ROWS) against one panel, into part (rows x PW) */
-static void panel_rows(const float *x, long k, const float *panel, float *part, const float *b, long rows) {
+/* rows (<= ROWS) rows of xt (row stride ldt, gemm_input.c) against one panel, into part (rows x PW) */
+static void panel_rows(const float *xt, long ldt, long k, const float *panel, float *part, const float *b,
+                       long rows) {
   for (long k0 = 0; k0 < k; k0 += KC) {
     long k1 = k0 + KC < k ? k0 + KC : k, r = 0;
     for (; r + MRMAX <= rows; r += MRMAX)
-      block(x + r * k, k, k0, k1, panel, part + r * PW, b, k0 == 0, r == 0, MRMAX);
+      block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, r == 0, MRMAX);
     switch (rows - r) { /* the compiler specialises block for each constant row count */
-#define LEFT(R) case R: block(x + r * k, k, k0, k1, panel, part + r * PW, b, k0 == 0, r == 0, R); break;
+#define LEFT(R) case R: block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, r == 0, R); break;
       LEFT(1) LEFT(2) LEFT(3) LEFT(4) LEFT(5) LEFT(6) LEFT(7) LEFT(8) LEFT(9) LEFT(10) LEFT(11)
 #undef LEFT
       default: break;
@@ -111,8 +116,9 @@ static void panel_rows(const float *x, long k, const float *panel, float *part, 
   }
 }
 
-/* Panels q0 .. q1 - 1 of y (m x n) = x (m x k) . W^T + bias: one thread's share of a product. */
-static void gemm_panels(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
+/* Panels q0 .. q1 - 1 of y (m x n) = x (m x k) . W^T + bias: one thread's share of a product;
+ * xt: x transposed (k x m, gemm_input.c). */
+static void gemm_panels(const float *xt, long m, long k, const float *p, long n, const float *bias, float *y,
                         long q0, long q1) {
   for (long q = q0; q < q1; q++) {
     const float *panel = p + q * k * PW;
@@ -121,7 +127,7 @@ static void gemm_panels(const float *x, long m, long k, const float *p, long n, 
     if (bias) memcpy(b, bias + col, cols * sizeof(float));
     for (long r0 = 0; r0 < m; r0 += ROWS) {
       long rows = m - r0 < ROWS ? m - r0 : ROWS;
-      panel_rows(x + r0 * k, k, panel, part, b, rows);
+      panel_rows(xt + r0, m, k, panel, part, b, rows);
       for (long r = 0; r < rows; r++) memcpy(y + (r0 + r) * n + col, part + r * PW, cols * sizeof(float));
     }
   }
@@ -131,8 +137,14 @@ static void gemm_panels(const float *x, long m, long k, const float *p, long n, 
 void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
                         int threads) {
   long panels = (n + PW - 1) / PW;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (long q = 0; q < panels; q++) gemm_panels(x, m, k, p, n, bias, y, q, q + 1);
+  float *xt = m > 1 ? aligned_alloc(64, (m * k * sizeof(float) + 63) / 64 * 64) : 0;
+#pragma omp parallel num_threads(threads)
+  {
+    const float *in = transpose_input(x, m, k, xt);
+#pragma omp for schedule(static)
+    for (long q = 0; q < panels; q++) gemm_panels(in, m, k, p, n, bias, y, q, q + 1);
+  }
+  free(xt);
 }
 
 /* 2. Elementwise work between the products (contracts in kernels_avx512.c). */

@@ -31,14 +31,19 @@ static void transpose_columns(const float *x, long rows, long k, float *xt, long
   }
 }
 
-/* Inside a parallel region, every thread of the team: this thread's share of the transposition
- * (whole tiles of columns, so that two threads write no line in common where xt is 64-byte
- * aligned), then a barrier. Returns what the products read: xt, or x itself for one row. */
-static inline const float *transpose_input(const float *x, long rows, long k, float *xt) {
-  if (rows == 1) return x;
+/* Inside a parallel region: this thread's share of the transposition, whole tiles of columns, so
+ * that two threads write no line in common where xt is 64-byte aligned (rows > 1; no barrier). */
+static inline void transpose_share(const float *x, long rows, long k, float *xt) {
   long lo, hi;
   share((k + TILE - 1) / TILE, &lo, &hi);
   transpose_columns(x, rows, k, xt, lo * TILE, hi * TILE < k ? hi * TILE : k);
+}
+
+/* Inside a parallel region, every thread of the team: its share, then a barrier. Returns what the
+ * products read: xt, or x itself for one row (no copy, no barrier). */
+static inline const float *transpose_input(const float *x, long rows, long k, float *xt) {
+  if (rows == 1) return x;
+  transpose_share(x, rows, k, xt);
 #pragma omp barrier
   return xt;
 }

@@ -90,15 +90,26 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
  * (gemm_input.c); running sums in part (mr x PW), started from b (PW) when first. */
 static inline __attribute__((always_inline)) void block(const float *xt, long ldt, long k0, long k1,
                                                         const float *panel, float *part, const float *b,
-                                                        int first, int prefetch, const int mr) {
+                                                        int first, int bi, int blocks, const int mr) {
   vf acc[12][NVP]; /* rows up to 11 (mr < MRMAX in practice) */
   for (int m = 0; m < mr; m++)
     for (int v = 0; v < NVP; v++) acc[m][v] = vload((first ? b : part + m * PW) + v * VEC);
+  int turn = bi; /* SPREAD: the far prefetches of a chunk shared by its blocks, every blocks-th line each */
+  (void)turn, (void)blocks;
   for (long kk = k0; kk < k1; kk++) {
-    if (prefetch) {
+#ifdef SPREAD
+    if (turn == 0) {
+      __builtin_prefetch(panel + (kk + FAR) * PW, 0, 1);
+      turn = blocks;
+    }
+    turn--;
+    if (bi == 0) __builtin_prefetch(panel + (kk + NEAR) * PW, 0, 3);
+#else
+    if (bi == 0) {
       __builtin_prefetch(panel + (kk + FAR) * PW, 0, 1);
       __builtin_prefetch(panel + (kk + NEAR) * PW, 0, 3);
     }
+#endif
     vf w[NVP];
     for (int v = 0; v < NVP; v++) w[v] = vload(panel + kk * PW + v * VEC);
     for (int m = 0; m < mr; m++) {
@@ -113,12 +124,13 @@ static inline __attribute__((always_inline)) void block(const float *xt, long ld
 /* rows (<= ROWS) rows of xt (row stride ldt, gemm_input.c) against one panel, into part (rows x PW) */
 static void panel_rows(const float *xt, long ldt, long k, const float *panel, float *part, const float *b,
                        long rows) {
+  int blocks = (int)((rows + MRMAX - 1) / MRMAX);
   for (long k0 = 0; k0 < k; k0 += KC) {
     long k1 = k0 + KC < k ? k0 + KC : k, r = 0;
     for (; r + MRMAX <= rows; r += MRMAX)
-      block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, r == 0, MRMAX);
+      block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, (int)(r / MRMAX), blocks, MRMAX);
     switch (rows - r) { /* the compiler specialises block for each constant row count */
-#define LEFT(R) case R: block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, r == 0, R); break;
+#define LEFT(R) case R: block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, (int)(r / MRMAX), blocks, R); break;
       LEFT(1) LEFT(2) LEFT(3) LEFT(4) LEFT(5) LEFT(6) LEFT(7) LEFT(8) LEFT(9) LEFT(10) LEFT(11)
 #undef LEFT
       default: break;

@@ -45,9 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
-import os
-import platform
 import re
 import statistics
 import subprocess
@@ -58,6 +55,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from results_file import machine, write_results  # noqa: E402
 from serve_client import best, summarize, sweep, sweep_once  # noqa: E402
 from serve_servers import RESULTS, log, settle, start_tenacia, start_vllm, stopping_all  # noqa: E402
 from serve_vllm_client import sweep as vllm_client_sweep  # noqa: E402
@@ -253,24 +251,6 @@ def ttft_spread(results: dict) -> dict:
     return out
 
 
-def machine() -> dict:
-    """The CPU (model name, x86 family/model, the instruction sets the kernels choose by), cores,
-    versions and load."""
-    info = {}
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    import torch
-
-    from tenacia.device import cpu_features
-
-    return {"cpu": info.get("model name") or platform.processor(),
-            "cpu_family_model": f"{info.get('cpu family', '?')}/{info.get('model', '?')}",
-            "isa": sorted(cpu_features() & {"avx512f", "avx2", "fma", "neon"}),
-            "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "load_average": os.getloadavg()}
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels (default 1,4,16)")
@@ -377,8 +357,7 @@ def main() -> int:
     results["floors"] = {str(c): decode_floors(shape, c, context, rates) for c in args.levels}
     results["ttft_1_over_rounds"] = ttft_spread(results)
     results["ratios"] = ratios(results, args.levels)
-    path = RESULTS / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = write_results("serve", results, RESULTS / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json")
     print()
     print(table(results, args.levels))
     if "tenacia" in results or "vllm_cpu" in results:

@@ -230,7 +230,7 @@ REFERENCE static int check_decode_stack(long rows, long heads, long kv_heads, lo
   double *d = malloc(rows * dim * sizeof(double)), o[512];
   float *qf = malloc(qkvn * sizeof(float));
   for (long i = 0; i < rows * dim; i++) rx[i] = x[i];
-  float *scratch = malloc(rows * (2 * dim + qkvn + qd + 3 * hidden) * sizeof(float));
+  float *scratch = malloc(tenacia_decode_stack_scratch(rows, dim, heads, kv_heads, hd, hidden) * sizeof(float));
   tenacia_decode_stack(LAYERS, table, dim, heads, kv_heads, hd, hidden, 1e-5f, x, rows, cos, sin, ck, cv, cache_layer,
                        slots, mk, mv, mirror_layer, CAP, lengths, scratch, 2);
   double err = 0, stored = 0;

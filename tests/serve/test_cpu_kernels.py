@@ -59,9 +59,24 @@ def test_the_engine_takes_the_best_build_or_the_one_forced(monkeypatch):
         assert (forced.isa if forced else state) == isa or state == decode_kernels.missing(isa)
 
 
+# Every row count a product of the kernels' panels meets up to here: a decode step's (up to
+# EngineConfig.max_num_seqs), a prefill's where the start-up timing chose the panels (timed at
+# products.PREFILL_ROWS) and, past both, a 16-row block, an 8, 4, 2 and 1-row tail of each kind.
+ROW_COUNTS = range(1, 201)
+
+
+def test_the_row_counts_cover_the_engines_batches():
+    from tenacia.serve.engine.cpu.products import PREFILL_ROWS
+
+    assert max(ROW_COUNTS) >= max(EngineConfig().max_num_seqs, PREFILL_ROWS, decode_kernels.MAX_ROWS)
+
+
 @pytest.mark.parametrize("out_features, in_features, bias", [(37, 19, True), (64, 576, False), (960, 576, True)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_equals_f_linear_for_every_row_count(kernels, out_features, in_features, bias, threads):
+    """Every row count from 1 to 200 (``ROW_COUNTS``) and a prefill chunk of the engine's largest
+    (``EngineConfig.max_batched_tokens``) on the smaller shapes; the decode's and a few more on
+    SmolLM2's q/k/v shape (every count there would add seconds under load, for no other path)."""
     gen = torch.Generator().manual_seed(out_features)
     weight = torch.randn(out_features, in_features, generator=gen)
     b = torch.randn(out_features, generator=gen) if bias else None
@@ -69,7 +84,9 @@ def test_equals_f_linear_for_every_row_count(kernels, out_features, in_features,
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for rows in [*range(1, decode_kernels.MAX_ROWS + 1), 37]:
+        small = out_features < 960
+        counts = [*ROW_COUNTS, EngineConfig().max_batched_tokens] if small else [*range(1, 17), 37, 128, 200]
+        for rows in counts:
             x = torch.randn(rows, in_features, generator=gen)
             want = F.linear(x, weight, b)
             got = lin(x)

@@ -20,25 +20,76 @@
  * weights: (layers, 7) pointers: attn_norm, ffn_norm, the panels of qkv, the qkv bias (or 0), the
  * panels of wo, of [gate | up] and of down. cache_k, cache_v: layer 0 of the paged cache, a layer
  * every cache_layer floats; mirror_k, mirror_v: layer 0 of the decode mirror (B, KVH, cap, hd),
- * a layer every mirror_layer floats. scratch: rows * (2 dim + qkv + heads hd + 3 hidden) floats. */
-#include <omp.h>
+ * a layer every mirror_layer floats. scratch: tenacia_decode_stack_scratch(...) floats. Each
+ * product reads its input through a transposed copy (gemm_input.c), made by the threads together
+ * before it, into one buffer all the products share. */
+#include <stdint.h>
 
 enum { W_ATTN_NORM, W_FFN_NORM, W_QKV, W_QKV_BIAS, W_WO, W_GATE_UP, W_DOWN, W_COUNT };
 
-/* this thread's share [*lo, *hi) of n items */
-static inline void share(long n, long *lo, long *hi) {
-  long t = omp_get_thread_num(), T = omp_get_num_threads();
-  *lo = n * t / T;
-  *hi = n * (t + 1) / T;
+/* Built with -DSTAGE_TIMES (bench/decode_stack_ab.py --stages only, never the engine's build):
+ * each thread adds the seconds it spent in each stage, working (up to the stage's barrier) and
+ * waiting (in the barrier, for the slowest thread), to tenacia_stage_seconds[thread][stage][0 or 1];
+ * S_FORK's wait is from the call to the thread's start in the parallel region. */
+enum { S_FORK, S_NORM, S_TRANSPOSE, S_QKV, S_ROTARY_STORE, S_ATTENTION, S_WO, S_GATE_UP, S_SILU, S_DOWN, S_COUNT };
+#ifdef STAGE_TIMES
+#define STAGE_THREADS 8
+double tenacia_stage_seconds[STAGE_THREADS * S_COUNT * 2];
+long tenacia_stage_count = S_COUNT, tenacia_stage_threads = STAGE_THREADS;
+static __thread double stage_mark;
+static inline void stage_time(int stage, int waiting) {
+  double t = omp_get_wtime();
+  int th = omp_get_thread_num();
+  if (th < STAGE_THREADS) tenacia_stage_seconds[(th * S_COUNT + stage) * 2 + waiting] += t - stage_mark;
+  stage_mark = t;
+}
+#define STAGE_START(t0) (stage_mark = (t0))
+#define WORKED(s) stage_time(s, 0)
+#define WAITED(s) stage_time(s, 1)
+#define NOW() omp_get_wtime()
+#else
+#define STAGE_START(t0) ((void)(t0))
+#define WORKED(s)
+#define WAITED(s)
+#define NOW() 0.0
+#endif
+
+static inline long max3(long a, long b, long c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+/* The floats of scratch tenacia_decode_stack needs for `rows` rows: the stages' activations and
+ * the products' transposed input (plus 16 floats to align it to 64 bytes). */
+long tenacia_decode_stack_scratch(long rows, long dim, long heads, long kv_heads, long hd, long hidden) {
+  long qd = heads * hd, qkvn = qd + 2 * kv_heads * hd;
+  return rows * (2 * dim + qkvn + qd + 3 * hidden + max3(dim, qd, hidden)) + 16;
 }
 
-/* this thread's share of y = x . W^T + bias, then a barrier */
-static inline void product(const float *x, long rows, long k, const float *p, long n, const float *bias, float *y) {
+/* this thread's share of y = x . W^T + bias, x read through xt (the team transposes it first),
+ * then a barrier */
+static inline void product(const float *x, float *xt, long rows, long k, const float *p, long n, const float *bias,
+                           float *y, int stage) {
+  const float *in = x;
+  if (rows > 1) {
+    transpose_share(x, rows, k, xt);
+    WORKED(S_TRANSPOSE);
+#pragma omp barrier
+    WAITED(S_TRANSPOSE);
+    in = xt;
+  }
   long lo, hi;
   share((n + 15) / 16, &lo, &hi);
-  gemm_panels(x, rows, k, p, n, bias, y, lo, hi);
+  gemm_panels(in, rows, k, p, n, bias, y, lo, hi);
+  WORKED(stage);
 #pragma omp barrier
+  WAITED(stage);
+  (void)stage;
 }
+
+/* this thread's rows' stage done: the time in it, the barrier, the time waited there */
+#define STAGE_END(s) \
+  do {               \
+    WORKED(s);       \
+    _Pragma("omp barrier") WAITED(s); \
+  } while (0)
 
 void tenacia_decode_stack(long layers, const long *weights, long dim, long heads, long kv_heads, long hd,
                           long hidden, float eps, float *x, long rows, const float *cos, const float *sin,
@@ -48,35 +99,42 @@ void tenacia_decode_stack(long layers, const long *weights, long dim, long heads
   long qd = heads * hd, kvd = kv_heads * hd, qkvn = qd + 2 * kvd;
   float *h = scratch, *qkv = h + rows * dim, *att = qkv + rows * qkvn, *gu = att + rows * qd;
   float *act = gu + rows * 2 * hidden, *d = act + rows * hidden;
+  float *xt = (float *)(((uintptr_t)(d + rows * dim) + 63) & ~(uintptr_t)63);
   float scale = 1.0f / sqrtf((float)hd);
+  double called = NOW();
+  (void)called;
 #pragma omp parallel num_threads(threads)
   {
+    STAGE_START(called);
+    WAITED(S_FORK);
     long lo, hi;
     share(rows, &lo, &hi);
     for (long l = 0; l < layers; l++) {
       const float *const *w = (const float *const *)(weights + l * W_COUNT);
       for (long r = lo; r < hi; r++) norm_row(x + r * dim, l ? d + r * dim : 0, w[W_ATTN_NORM], eps, h + r * dim, dim);
-#pragma omp barrier
-      product(h, rows, dim, w[W_QKV], qkvn, w[W_QKV_BIAS], qkv);
+      STAGE_END(S_NORM);
+      product(h, xt, rows, dim, w[W_QKV], qkvn, w[W_QKV_BIAS], qkv, S_QKV);
       float *ck = cache_k + l * cache_layer, *cv = cache_v + l * cache_layer;
       float *mk = mirror_k + l * mirror_layer, *mv = mirror_v + l * mirror_layer;
       for (long r = lo; r < hi; r++) {
         rotary_row(qkv + r * qkvn, heads + kv_heads, hd, cos + r * hd, sin + r * hd);
         store_kv_row(qkv + qd, qkv + qd + kvd, qkvn, r, kv_heads, hd, ck, cv, slots, mk, mv, cap, lengths);
       }
-#pragma omp barrier
-#pragma omp for schedule(dynamic, 1)
+      STAGE_END(S_ROTARY_STORE);
+#pragma omp for schedule(dynamic, 1) nowait
       for (long task = 0; task < rows * kv_heads; task++)
         attend_task(qkv, qkvn, mk, mv, cap, lengths, heads, kv_heads, hd, scale, att, task);
-      product(att, rows, qd, w[W_WO], dim, 0, d);
+      STAGE_END(S_ATTENTION);
+      product(att, xt, rows, qd, w[W_WO], dim, 0, d, S_WO);
       for (long r = lo; r < hi; r++) norm_row(x + r * dim, d + r * dim, w[W_FFN_NORM], eps, h + r * dim, dim);
-#pragma omp barrier
-      product(h, rows, dim, w[W_GATE_UP], 2 * hidden, 0, gu);
+      STAGE_END(S_NORM);
+      product(h, xt, rows, dim, w[W_GATE_UP], 2 * hidden, 0, gu, S_GATE_UP);
       for (long r = lo; r < hi; r++) silu_row(gu + r * 2 * hidden, gu + r * 2 * hidden + hidden, hidden, act + r * hidden);
-#pragma omp barrier
-      product(act, rows, hidden, w[W_DOWN], dim, 0, d);
+      STAGE_END(S_SILU);
+      product(act, xt, rows, hidden, w[W_DOWN], dim, 0, d, S_DOWN);
     }
     for (long r = lo; r < hi; r++)
       for (long i = 0; i < dim; i++) x[r * dim + i] += d[r * dim + i];
+    WORKED(S_NORM);
   }
 }

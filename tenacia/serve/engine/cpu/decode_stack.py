@@ -29,6 +29,7 @@ class DecodeStack:
     def __init__(self, kernels: dk.Kernels, layers: list, table: list[list[int]], keep: list[Tensor]):
         first = layers[0]
         self._fn = kernels.decode_stack_fn
+        self._scratch_size = kernels.decode_stack_scratch_fn
         self.layers = len(layers)
         self.dim = first.attn_norm.numel()
         self.heads, self.kv_heads, self.head_dim = first.n_heads, first.n_kv_heads, first.head_dim
@@ -72,8 +73,7 @@ class DecodeStack:
         for t in (x, cos, sin, slots, cache_k, cache_v, mirror_k, mirror_v, lengths):
             if not t.is_contiguous():
                 raise ValueError("DecodeStack: every tensor must be contiguous")
-        qkv = (self.heads + 2 * self.kv_heads) * self.head_dim
-        need = B * (2 * self.dim + qkv + self.heads * self.head_dim + 3 * self.hidden)
+        need = self._scratch_size(B, self.dim, self.heads, self.kv_heads, self.head_dim, self.hidden)
         if self._scratch.numel() < need:  # kept between steps, grown to the largest batch yet
             self._scratch = torch.empty(need)
         scratch = self._scratch

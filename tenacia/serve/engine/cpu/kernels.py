@@ -74,6 +74,7 @@ SOURCE = Path(__file__).with_name("kernels_avx512.c")
 VEC_SOURCE = Path(__file__).with_name("kernels_vec.c")
 STACK_SOURCE = Path(__file__).with_name("decode_stack.c")  # included by both sources
 TASKS_SOURCE = Path(__file__).with_name("attention_tasks.c")  # included by both sources
+INPUT_SOURCE = Path(__file__).with_name("gemm_input.c")  # included by both sources
 COMMON = ["-O3", "-fopenmp", "-fPIC", "-shared"]
 # instruction set -> (source, compiler flags, the cpu_features words it needs); best first
 BUILDS: dict[str, tuple[Path, list[str], tuple[str, ...]]] = {
@@ -111,7 +112,7 @@ def _compile(cc: str, isa: str = "avx512", extra: tuple[str, ...] = ()) -> Path:
     source, flags, _ = BUILDS[isa]
     flags = COMMON + flags + list(extra)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    text = source.read_bytes() + TASKS_SOURCE.read_bytes() + STACK_SOURCE.read_bytes()
+    text = source.read_bytes() + TASKS_SOURCE.read_bytes() + STACK_SOURCE.read_bytes() + INPUT_SOURCE.read_bytes()
     key = hashlib.sha256(text + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
     out = cache_root() / "kernels" / f"decode_kernels-{isa}-{key}.so"
     if out.exists():
@@ -160,6 +161,7 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
                        ("tenacia_store_kv", [p, p, i, i, i, i, p, p, p, p, p, i, p]),
                        ("tenacia_decode_stack", [i, p, i, i, i, i, i, f, p, i, p, p, p, p, i, p, p, p, i, i, p, p, t])):
         getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
+    lib.tenacia_decode_stack_scratch.argtypes, lib.tenacia_decode_stack_scratch.restype = [i] * 6, i
     return lib
 
 
@@ -265,6 +267,7 @@ class Kernels:
     def __init__(self, isa: str, lib: ctypes.CDLL):
         self.isa, self._lib = isa, lib
         self.decode_stack_fn = lib.tenacia_decode_stack  # decode_stack.DecodeStack's way in
+        self.decode_stack_scratch_fn = lib.tenacia_decode_stack_scratch  # the floats of scratch it needs
 
     def __repr__(self) -> str:
         return f"Kernels({self.isa!r})"

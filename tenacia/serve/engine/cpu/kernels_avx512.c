@@ -11,11 +11,15 @@
  *
  * Layout: panel p holds columns 16p .. 16p+15 (zero-padded past N):
  *   P[(p * K + k) * 16 + j] = W[16p + j][k]
- * Threads (OpenMP, the same runtime torch uses) take contiguous runs of panels.
+ * Threads (OpenMP, the same runtime torch uses) take contiguous runs of panels. The rows are read
+ * through a transposed copy of x (gemm_input.c: one stream of consecutive floats, not one per row).
  */
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "gemm_input.c"
 
 #ifndef FAR
 #define FAR 1024 /* 64-byte lines ahead prefetched towards the outer caches */
@@ -34,9 +38,10 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
       }
 }
 
-/* MR rows of x against one panel: MR accumulators of 16 columns each. */
+/* MR rows of x against one panel: MR accumulators of 16 columns each; row m's k-th float at
+ * xt[k * ldt + m] (gemm_input.c). */
 #define BLOCK(MR)                                                                                \
-  static inline void block##MR(const float *x, long k, const float *panel, float *y, long ldy,  \
+  static inline void block##MR(const float *xt, long ldt, long k, const float *panel, float *y, long ldy, \
                                const float *bias, __mmask16 mask) {                             \
     __m512 acc[MR];                                                                              \
     __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();                 \
@@ -45,7 +50,7 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
       _mm_prefetch((const char *)(panel + (kk + FAR) * 16), _MM_HINT_T2);                       \
       _mm_prefetch((const char *)(panel + (kk + NEAR) * 16), _MM_HINT_T0);                      \
       __m512 w = _mm512_loadu_ps(panel + kk * 16);                                               \
-      for (int m = 0; m < MR; m++) acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(x[m * k + kk]), w, acc[m]); \
+      for (int m = 0; m < MR; m++) acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(xt[kk * ldt + m]), w, acc[m]); \
     }                                                                                            \
     for (int m = 0; m < MR; m++) _mm512_mask_storeu_ps(y + m * ldy, mask, acc[m]);              \
   }
@@ -55,8 +60,9 @@ BLOCK(4)
 BLOCK(2)
 BLOCK(1)
 
-/* Panels q0 .. q1 - 1 of y (m x n) = x (m x k) . W^T + bias: one thread's share of a product. */
-static void gemm_panels(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
+/* Panels q0 .. q1 - 1 of y (m x n) = x (m x k) . W^T + bias: one thread's share of a product;
+ * xt: x transposed (k x m, gemm_input.c). */
+static void gemm_panels(const float *xt, long m, long k, const float *p, long n, const float *bias, float *y,
                         long q0, long q1) {
   for (long q = q0; q < q1; q++) {
     const float *panel = p + q * k * 16;
@@ -64,11 +70,11 @@ static void gemm_panels(const float *x, long m, long k, const float *p, long n, 
     __mmask16 mask = n - col >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - col)) - 1);
     const float *b = bias ? bias + col : 0;
     long r = 0;
-    for (; r + 16 <= m; r += 16) block16(x + r * k, k, panel, y + r * n + col, n, b, mask);
-    if (m - r >= 8) { block8(x + r * k, k, panel, y + r * n + col, n, b, mask); r += 8; }
-    if (m - r >= 4) { block4(x + r * k, k, panel, y + r * n + col, n, b, mask); r += 4; }
-    if (m - r >= 2) { block2(x + r * k, k, panel, y + r * n + col, n, b, mask); r += 2; }
-    if (m - r >= 1) block1(x + r * k, k, panel, y + r * n + col, n, b, mask);
+    for (; r + 16 <= m; r += 16) block16(xt + r, m, k, panel, y + r * n + col, n, b, mask);
+    if (m - r >= 8) { block8(xt + r, m, k, panel, y + r * n + col, n, b, mask); r += 8; }
+    if (m - r >= 4) { block4(xt + r, m, k, panel, y + r * n + col, n, b, mask); r += 4; }
+    if (m - r >= 2) { block2(xt + r, m, k, panel, y + r * n + col, n, b, mask); r += 2; }
+    if (m - r >= 1) block1(xt + r, m, k, panel, y + r * n + col, n, b, mask);
   }
 }
 
@@ -76,8 +82,14 @@ static void gemm_panels(const float *x, long m, long k, const float *p, long n, 
 void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, const float *bias,
                         float *y, int threads) {
   long panels = (n + 15) / 16;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (long q = 0; q < panels; q++) gemm_panels(x, m, k, p, n, bias, y, q, q + 1);
+  float *xt = m > 1 ? aligned_alloc(64, (m * k * sizeof(float) + 63) / 64 * 64) : 0;
+#pragma omp parallel num_threads(threads)
+  {
+    const float *in = transpose_input(x, m, k, xt);
+#pragma omp for schedule(static)
+    for (long q = 0; q < panels; q++) gemm_panels(in, m, k, p, n, bias, y, q, q + 1);
+  }
+  free(xt);
 }
 
 /* 2. Elementwise work between the products, one call each instead of five to eight torch ops.

@@ -7,10 +7,14 @@
  * The products' weights are packed in panels of PW = 16 output columns, k-major, whatever VEC is
  * (the same layout as kernels_avx512.c): P[(p * K + k) * 16 + j] = W[16p + j][k], zero past N.
  * A panel row is one 64-byte line; a block of MR rows keeps MR x (16 / VEC) accumulators in
- * registers and reads the panel once from memory (the next blocks of rows find it in L1/L2).
+ * registers and reads the panel once from memory (the next blocks of rows find it in L1/L2). The
+ * rows are read through a transposed copy of x (gemm_input.c).
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "gemm_input.c"
 
 #ifndef VEC
 #define VEC 4
@@ -45,10 +49,20 @@ static inline vf splat(float x) { return (vf){x, x, x, x}; }
 static inline vf vsel(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 static inline vf vmax(vf a, vf b) { return vsel(a > b, a, b); }
 static inline vf vmin(vf a, vf b) { return vsel(a < b, a, b); }
+/* the sum of v's lanes, as a tree of halves (log2 VEC dependent additions, not VEC) */
 static inline float hsum(vf v) {
-  float s = 0.0f;
-  for (int i = 0; i < VEC; i++) s += v[i];
-  return s;
+  typedef float v4 __attribute__((vector_size(16)));
+#if VEC == 16
+  typedef float v8 __attribute__((vector_size(32)));
+  v8 e = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  v4 h = __builtin_shufflevector(e, e, 0, 1, 2, 3) + __builtin_shufflevector(e, e, 4, 5, 6, 7);
+#elif VEC == 8
+  v4 h = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+#else
+  v4 h = v;
+#endif
+  h += __builtin_shufflevector(h, h, 2, 3, 0, 1);
+  return h[0] + h[1];
 }
 
 void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
@@ -72,23 +86,34 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
 #endif
 #define ROWS 16 /* rows a panel's chunk is shared by */
 
-/* mr (<= MRMAX) rows of x (row stride ldx) against k0 .. k1 of one panel; running sums in part
- * (mr x PW), started from b (PW) when first. */
-static inline __attribute__((always_inline)) void block(const float *x, long ldx, long k0, long k1,
+/* mr (<= MRMAX) rows of x against k0 .. k1 of one panel, row m's k-th float at xt[k * ldt + m]
+ * (gemm_input.c); running sums in part (mr x PW), started from b (PW) when first. */
+static inline __attribute__((always_inline)) void block(const float *xt, long ldt, long k0, long k1,
                                                         const float *panel, float *part, const float *b,
-                                                        int first, int prefetch, const int mr) {
+                                                        int first, int bi, int blocks, const int mr) {
   vf acc[12][NVP]; /* rows up to 11 (mr < MRMAX in practice) */
   for (int m = 0; m < mr; m++)
     for (int v = 0; v < NVP; v++) acc[m][v] = vload((first ? b : part + m * PW) + v * VEC);
+  int turn = bi; /* SPREAD: the far prefetches of a chunk shared by its blocks, every blocks-th line each */
+  (void)turn, (void)blocks;
   for (long kk = k0; kk < k1; kk++) {
-    if (prefetch) {
+#ifdef SPREAD
+    if (turn == 0) {
+      __builtin_prefetch(panel + (kk + FAR) * PW, 0, 1);
+      turn = blocks;
+    }
+    turn--;
+    if (bi == 0) __builtin_prefetch(panel + (kk + NEAR) * PW, 0, 3);
+#else
+    if (bi == 0) {
       __builtin_prefetch(panel + (kk + FAR) * PW, 0, 1);
       __builtin_prefetch(panel + (kk + NEAR) * PW, 0, 3);
     }
+#endif
     vf w[NVP];
     for (int v = 0; v < NVP; v++) w[v] = vload(panel + kk * PW + v * VEC);
     for (int m = 0; m < mr; m++) {
-      vf xm = splat(x[m * ldx + kk]);
+      vf xm = splat(xt[kk * ldt + m]);
       for (int v = 0; v < NVP; v++) acc[m][v] += xm * w[v];
     }
   }
@@ -96,14 +121,16 @@ static inline __attribute__((always_inline)) void block(const float *x, long ldx
     for (int v = 0; v < NVP; v++) vstore(part + m * PW + v * VEC, acc[m][v]);
 }
 
-/* rows r0 .. r0 + rows - 1 (rows <= ROWS) against one panel, into part (rows x PW) */
-static void panel_rows(const float *x, long k, const float *panel, float *part, const float *b, long rows) {
+/* rows (<= ROWS) rows of xt (row stride ldt, gemm_input.c) against one panel, into part (rows x PW) */
+static void panel_rows(const float *xt, long ldt, long k, const float *panel, float *part, const float *b,
+                       long rows) {
+  int blocks = (int)((rows + MRMAX - 1) / MRMAX);
   for (long k0 = 0; k0 < k; k0 += KC) {
     long k1 = k0 + KC < k ? k0 + KC : k, r = 0;
     for (; r + MRMAX <= rows; r += MRMAX)
-      block(x + r * k, k, k0, k1, panel, part + r * PW, b, k0 == 0, r == 0, MRMAX);
+      block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, (int)(r / MRMAX), blocks, MRMAX);
     switch (rows - r) { /* the compiler specialises block for each constant row count */
-#define LEFT(R) case R: block(x + r * k, k, k0, k1, panel, part + r * PW, b, k0 == 0, r == 0, R); break;
+#define LEFT(R) case R: block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, (int)(r / MRMAX), blocks, R); break;
       LEFT(1) LEFT(2) LEFT(3) LEFT(4) LEFT(5) LEFT(6) LEFT(7) LEFT(8) LEFT(9) LEFT(10) LEFT(11)
 #undef LEFT
       default: break;
@@ -111,8 +138,9 @@ static void panel_rows(const float *x, long k, const float *panel, float *part, 
   }
 }
 
-/* Panels q0 .. q1 - 1 of y (m x n) = x (m x k) . W^T + bias: one thread's share of a product. */
-static void gemm_panels(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
+/* Panels q0 .. q1 - 1 of y (m x n) = x (m x k) . W^T + bias: one thread's share of a product;
+ * xt: x transposed (k x m, gemm_input.c). */
+static void gemm_panels(const float *xt, long m, long k, const float *p, long n, const float *bias, float *y,
                         long q0, long q1) {
   for (long q = q0; q < q1; q++) {
     const float *panel = p + q * k * PW;
@@ -121,7 +149,7 @@ static void gemm_panels(const float *x, long m, long k, const float *p, long n, 
     if (bias) memcpy(b, bias + col, cols * sizeof(float));
     for (long r0 = 0; r0 < m; r0 += ROWS) {
       long rows = m - r0 < ROWS ? m - r0 : ROWS;
-      panel_rows(x + r0 * k, k, panel, part, b, rows);
+      panel_rows(xt + r0, m, k, panel, part, b, rows);
       for (long r = 0; r < rows; r++) memcpy(y + (r0 + r) * n + col, part + r * PW, cols * sizeof(float));
     }
   }
@@ -131,8 +159,14 @@ static void gemm_panels(const float *x, long m, long k, const float *p, long n, 
 void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
                         int threads) {
   long panels = (n + PW - 1) / PW;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (long q = 0; q < panels; q++) gemm_panels(x, m, k, p, n, bias, y, q, q + 1);
+  float *xt = m > 1 ? aligned_alloc(64, (m * k * sizeof(float) + 63) / 64 * 64) : 0;
+#pragma omp parallel num_threads(threads)
+  {
+    const float *in = transpose_input(x, m, k, xt);
+#pragma omp for schedule(static)
+    for (long q = 0; q < panels; q++) gemm_panels(in, m, k, p, n, bias, y, q, q + 1);
+  }
+  free(xt);
 }
 
 /* 2. Elementwise work between the products (contracts in kernels_avx512.c). */
@@ -226,8 +260,8 @@ void tenacia_silu_mul(const float *gate, const float *up, long ld, long rows, lo
 
 /* 3. Attention of one new token per sequence over its cached keys and values (contract in
  * kernels_avx512.c): online softmax over blocks of KEYS keys, one task per (sequence, key/value
- * head). Head sizes that are a multiple of VEC keep their accumulators in registers for the
- * common shapes (attend_fast, specialised per constant G and NV); others run attend_any. */
+ * head). Head sizes that are a multiple of VEC run attend_fast for the common shapes (specialised
+ * per constant G and NV, no register spilled in its loops: see there); others run attend_any. */
 #define KEYS 32
 #define MAX_GROUP 16
 #define MAX_HD 512
@@ -253,45 +287,63 @@ static inline float softmax_block(float *s, long n, float *m, float *l) {
   return corr;
 }
 
+/* The register-resident path. No vector lives across the whole block in registers: a score is
+ * two partial sums over the head (a short dependency chain, then one horizontal sum), and the
+ * values are added group by group, CH vectors of one group's output at a time, over the block's
+ * keys (in L1 by then), so that the live vectors are CH accumulators, a broadcast score and one
+ * loaded value: 10 of AVX2's and SSE's 16 registers, where all G x NV accumulators at once (24
+ * for SmolLM2's 3 x 64 in AVX2) spilled to the stack at every key. Between blocks a group's
+ * output waits in acc, in L1. */
+#define CH (NV < 8 ? NV : 8)
 static inline __attribute__((always_inline)) void attend_fast(const float *Q, const float *K, const float *V, long L,
                                                               float scale, float *O, const int G, const int NV) {
   const long hd = NV * VEC;
-  vf acc[MAX_GROUP * 128 / VEC > 64 ? 64 : MAX_GROUP * 128 / VEC];
+  float acc[MAX_GROUP * 128 > 256 ? 256 : MAX_GROUP * 128] __attribute__((aligned(64))); /* G * hd <= 256 */
   float m[MAX_GROUP], l[MAX_GROUP], s[MAX_GROUP][KEYS];
   for (int g = 0; g < G; g++) {
     m[g] = -INFINITY;
     l[g] = 0.0f;
-    for (int v = 0; v < NV; v++) acc[g * NV + v] = splat(0.0f);
   }
+  for (long i = 0; i < G * hd; i++) acc[i] = 0.0f;
   for (long t0 = 0; t0 < L; t0 += KEYS) {
     long n = L - t0 < KEYS ? L - t0 : KEYS;
     for (long j = 0; j < n; j++) {
       const float *kt = K + (t0 + j) * hd;
-      __builtin_prefetch(kt + KEYS * hd, 0, 3);
-      __builtin_prefetch(V + (t0 + j + KEYS) * hd, 0, 3);
+      for (long d = 0; d < hd; d += 16) { /* the keys and values a block ahead, every line */
+        __builtin_prefetch(kt + KEYS * hd + d, 0, 3);
+        __builtin_prefetch(V + (t0 + j + KEYS) * hd + d, 0, 3);
+      }
       for (int g = 0; g < G; g++) {
-        vf dot = vload(Q + g * hd) * vload(kt);
-        for (int v = 1; v < NV; v++) dot += vload(Q + g * hd + v * VEC) * vload(kt + v * VEC);
-        s[g][j] = hsum(dot) * scale;
+        const float *q = Q + g * hd;
+        vf d0 = vload(q) * vload(kt), d1 = splat(0.0f);
+        for (int v = 1; v < NV; v += 2) {
+          d1 += vload(q + v * VEC) * vload(kt + v * VEC);
+          if (v + 1 < NV) d0 += vload(q + (v + 1) * VEC) * vload(kt + (v + 1) * VEC);
+        }
+        s[g][j] = hsum(d0 + d1) * scale;
       }
     }
     for (int g = 0; g < G; g++) {
       float c = softmax_block(s[g], n, &m[g], &l[g]);
-      for (int v = 0; v < NV; v++) acc[g * NV + v] *= c;
-    }
-    for (long j = 0; j < n; j++) {
-      const float *vt = V + (t0 + j) * hd;
-      for (int g = 0; g < G; g++) {
-        vf p = splat(s[g][j]);
-        for (int v = 0; v < NV; v++) acc[g * NV + v] += p * vload(vt + v * VEC);
+      for (int v0 = 0; v0 < NV; v0 += CH) {
+        float *a = acc + g * hd + v0 * VEC;
+        const float *vt = V + t0 * hd + v0 * VEC;
+        vf r[CH];
+        for (int v = 0; v < CH; v++) r[v] = vload(a + v * VEC) * c;
+        for (long j = 0; j < n; j++) {
+          vf p = splat(s[g][j]);
+          for (int v = 0; v < CH; v++) r[v] += p * vload(vt + j * hd + v * VEC);
+        }
+        for (int v = 0; v < CH; v++) vstore(a + v * VEC, r[v]);
       }
     }
   }
   for (int g = 0; g < G; g++) {
     float inv = 1.0f / l[g];
-    for (int v = 0; v < NV; v++) vstore(O + g * hd + v * VEC, acc[g * NV + v] * inv);
+    for (int v = 0; v < NV; v++) vstore(O + g * hd + v * VEC, vload(acc + g * hd + v * VEC) * inv);
   }
 }
+#undef CH
 
 static void attend_any(const float *Q, const float *K, const float *V, long L, float scale, float *O, long G,
                        long hd) {
@@ -330,7 +382,7 @@ static void attend_any(const float *Q, const float *K, const float *V, long L, f
 static void attend_head(const float *Q, const float *K, const float *V, long L, float scale, float *O, long G,
                         long hd) {
   long NV = hd % VEC ? 0 : hd / VEC;
-#define FAST(g, nv) else if (G == g && NV == nv && g * nv <= 64) attend_fast(Q, K, V, L, scale, O, g, nv);
+#define FAST(g, nv) else if (G == g && NV == nv) attend_fast(Q, K, V, L, scale, O, g, nv);
   if (0) {
   }
   FAST(1, 64 / VEC) FAST(2, 64 / VEC) FAST(3, 64 / VEC) FAST(4, 64 / VEC) FAST(1, 128 / VEC) FAST(2, 128 / VEC)

@@ -49,11 +49,17 @@ class Speculating:
 
     def _no_verdict(self: Any, step: int, ahead: int) -> bool:
         """Between speculative inner batches of round ``ahead``: take what the leader sent; whether
-        the verdict on ``step`` is still to come. Kill point ``speculating:<replica>@<ahead>``."""
+        the verdict on ``step`` is still to come. Nothing past the verdict is read (a join's quorum
+        may follow it: the commit comes first, as in ``wait_until``). Kill point
+        ``speculating:<replica>@<ahead>``."""
         hooks.reach(f"speculating:{self.id}", ahead)
-        while (msg := self.poll()) is not None:
+
+        def arrived() -> bool:
+            return self._verdict is not None and self._verdict.step == step
+
+        while not arrived() and (msg := self.poll()) is not None:
             self.take(msg)
-        return not (self._verdict is not None and self._verdict.step == step)
+        return not arrived()
 
     def speculation_event(self: Any, step: int) -> None:
         """What became of a speculation of round ``step`` (its ``compute`` just ran), if there was one."""

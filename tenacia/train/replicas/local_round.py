@@ -17,7 +17,7 @@ and ``origin`` holds that start while ``local`` is held.
 Inner steps. The round's ``inner_steps x train.batch_size`` samples are shared by the quorum's
 sharers; an inner batch holds what an even share puts in each of H (``inner_steps``) steps,
 ``len(batch) / (H x sharers)`` samples, and a share is trained as ``round(len(share) / that)``
-contiguous inner batches of near-equal size (``shard``). With even shares every replica runs H inner
+contiguous inner batches of near-equal size (``inner_batches``). With even shares every replica runs H inner
 steps per round whatever the quorum's size; with shares sized to measured speeds (``speed.py``) a
 faster replica runs more inner steps of the same size, a slower one fewer: every inner step then
 costs what a solo run's does (a share cut into H smaller batches would pay the per-step cost of the
@@ -34,11 +34,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import nn
 
-from ...data.sampler import shard
 from ...device import Device
 from ..step import apply_update, compute_gradients
 from .shares import keep_reusable
@@ -46,11 +46,11 @@ from .shares import keep_reusable
 
 @dataclass(slots=True)
 class Ahead:
-    """Round ``step``'s first ``done`` inner batches, trained speculatively (``LocalRound.speculate``)
-    on share ``positions`` of ``batch`` among ``sharers``, from the parameters ``start``."""
+    """Round ``step``'s first ``done`` inner batches (``chunks``), trained speculatively
+    (``LocalRound.speculate``) on a share of ``batch`` among ``sharers``, from the parameters ``start``."""
 
     step: int
-    positions: tuple[int, ...]
+    chunks: list[list[int]]  # the positions of each inner batch trained, in order
     batch: tuple[int, ...]
     sharers: int
     start: list[torch.Tensor]
@@ -97,8 +97,9 @@ class LocalRound:
         """Train this member's share ``positions`` of round ``step`` (``batch``: the round's sample
         ids, shared by ``sharers`` members); returns the mean loss over its inner batches' samples,
         their tokens, and how many positions were reused from a discarded run of the same round.
-        A speculation of this round (``ahead``) whose share, batch, sharers and start are those of
-        the round, bit for bit, is taken as its first inner batches; any other is dropped (``speculated``)."""
+        A speculation of this round (``ahead``) whose inner batches are the round's first ones (the
+        same positions of the same batch, the same sharers) and whose start is the round's, bit for
+        bit, is taken as them; any other is dropped (``speculated``)."""
         reused, todo = keep_reusable(self, step, positions)
         ahead, self.ahead = self.ahead, None
         self.speculated = (ahead.done, ahead.seconds, False) if ahead is not None else None
@@ -112,8 +113,8 @@ class LocalRound:
                     with torch.no_grad():
                         self.begin(step, params)
                         self.origin = [p.detach().clone() for p in params]
-                if ahead is not None and ahead.step == step and ahead.positions == tuple(todo) and \
-                        ahead.batch == tuple(batch) and ahead.sharers == sharers and \
+                if ahead is not None and ahead.step == step and ahead.batch == tuple(batch) and \
+                        ahead.sharers == sharers and ahead.chunks == self.inner_batches(todo)[:ahead.done] and \
                         all(torch.equal(p, a) for p, a in zip(params, ahead.start, strict=True)):
                     with torch.no_grad():
                         for p, v in zip(params, ahead.local, strict=True):
@@ -168,7 +169,7 @@ class LocalRound:
                 loss, n = self._inner(step, [batch[p] for p in chunks[done]], samples, micro_batch_size, device,
                                       done + 1)
                 done, loss_sum, tokens = done + 1, loss_sum + loss, tokens + n
-            self.ahead = Ahead(step=step, positions=tuple(positions), batch=tuple(batch), sharers=sharers,
+            self.ahead = Ahead(step=step, chunks=chunks[:done], batch=tuple(batch), sharers=sharers,
                                start=[v.clone() for v in start], local=[p.detach().clone() for p in params],
                                moments=self.optimizer.state, done=done, loss_sum=loss_sum, tokens=tokens,
                                seconds=time.monotonic() - t0)
@@ -180,9 +181,13 @@ class LocalRound:
         return done
 
     def inner_batches(self, todo: list[int]) -> list[list[int]]:
-        """``todo`` cut into contiguous inner batches of near-equal size, about ``inner_size`` each."""
+        """``todo`` cut into ``round(len(todo) / inner_size)`` contiguous inner batches, the ``i``-th
+        starting at ``round(i x inner_size)``: the cuts do not depend on ``len(todo)``, so a share that
+        grew or shrank at its end keeps its first inner batches (a speculation's, ``compute``); the
+        last one holds the rest (half to one and a half inner batches)."""
         runs = min(max(1, round(len(todo) / self.inner_size)), len(todo))
-        return [shard(todo, i, runs) for i in range(runs)]
+        cuts = [min(round(i * self.inner_size), len(todo)) for i in range(runs)] + [len(todo)]
+        return [todo[a:b] for a, b in pairwise(cuts) if b > a]
 
     def _inner(self, step: int, ids: list[int], samples: Callable[[list[int]], torch.Tensor], micro_batch_size: int,
                device: Device, count: int) -> tuple[float, int]:

@@ -13,8 +13,8 @@ timing, or a redone step would not be bit-identical.)
   remainder (ties to the lower rank), every sharer at least one sample when the batch allows (taken
   from the largest share); a
   sharer not measured yet counts at the median of those measured (all even before any is).
-- ``steady_shares``: under speculation the leader keeps a round's shares while the sized ones
-  differ by at most ``HOLD`` of each (a member speculates on the current shares).
+- ``stable_shares``: under speculation the leader resizes the current shares at their ends only
+  (a member speculates on its current share; its first inner batches then stay its).
 - Stragglers: a member measured under ``STRAGGLER_RATIO`` of the median speed of the quorum's
   members for ``Timing.straggler_s`` (a minute) is reported once (``straggler`` event, docs/events.md),
   again only after it recovered. The leader's clock drives it: a test moves a fake one.
@@ -29,10 +29,6 @@ from collections.abc import Mapping, Sequence
 from .protocol import Vote
 from .shares import Shares
 
-# under speculation (``replicas.outer.speculate``): a round's shares are kept while every member's
-# sized share stays within this fraction of its current one, so that a member's speculation of the
-# next round, made on the current shares, is not thrown away for a few samples' change
-HOLD = 0.02
 WINDOW = 3  # measurements a member's speed is the median of (one outlier ignored, a change followed in two rounds)
 STRAGGLER_RATIO = 0.1  # under this fraction of the median speed for Timing.straggler_s: a straggler
 
@@ -58,13 +54,24 @@ def sized_shares(sharers: Sequence[int], batch: int, speeds: Mapping[int, float]
     return out
 
 
-def steady_shares(sized: Shares, current: Shares | None, hold: float) -> Shares:
-    """``current`` when it holds the same members and positions as ``sized`` and every member's
-    ``sized`` share is within ``hold`` (a fraction) of its ``current`` size; else ``sized``."""
-    if not hold or not current or list(current) != list(sized) or \
-            sum(map(len, current.values())) != sum(map(len, sized.values())):
+def stable_shares(sized: Shares, current: Shares | None) -> Shares:
+    """``sized``'s sizes with each member's share growing or shrinking at its end only: a member
+    keeps the first positions of its ``current`` share (up to its new size), and the positions the
+    shrinking members gave up go, in rank order, to the end of the growing members' shares. A
+    member speculating on its current share (``replicas.outer.speculate``) then finds its first
+    inner batches unchanged. ``sized`` itself when ``current`` partitions another batch or another
+    set of members. The shares need not be contiguous (``salvage_shares``' are not either)."""
+    if not current or list(current) != list(sized) or \
+            sorted(p for v in current.values() for p in v) != sorted(p for v in sized.values() for p in v):
         return sized
-    return current if all(abs(len(sized[r]) - len(current[r])) <= hold * len(current[r]) for r in sized) else sized
+    sizes = {r: len(v) for r, v in sized.items()}
+    out = {r: list(current[r][:sizes[r]]) for r in sized}
+    freed = [p for r in sized for p in current[r][sizes[r]:]]
+    for r in sized:
+        need = sizes[r] - len(out[r])
+        out[r] += freed[:need]
+        freed = freed[need:]
+    return {r: tuple(v) for r, v in out.items()}
 
 
 class SpeedLog:

@@ -1,7 +1,7 @@
 """Slow links and mixed chips (issue 15, "Speed"): tenacia's sync strategies against torchft's
 DiLoCo and LocalSGD on an emulated link, side by side in one run, and replicas of different speeds.
 
-    .venv/bin/python bench/slow_links.py            # 0 and 100 ms round trip at 100 Mbit/s (about 25 min, 2 cores)
+    .venv/bin/python bench/slow_links.py            # 0 and 100 ms round trip at 100 Mbit/s (about 35 min, 2 cores)
     .venv/bin/python bench/slow_links.py --full     # 0, 10, 50, 100, 200 ms at 100 Mbit/s and 1 Gbit/s
     .venv/bin/python bench/slow_links.py --sections quotas
 
@@ -12,8 +12,10 @@ packet half the round trip and counts the bytes each node sends; ``tbf`` caps ea
 rate. How each arm runs: ``slow_links_arms.py``.
 
 Sections (one table each; all results go to bench/results/slow_links-<time>.json):
-- ``links``: first, with no link, the compute ceiling (``--replicas`` single-process runs at once,
-  no sync: the same processes on the same cores) and the references: tenacia's ddp, whose eval
+- ``links``: with no link, the compute ceiling (``--replicas`` single-process runs at once, no
+  sync: the same processes on the same cores), measured right before every arm and after the
+  last (the machine drifts: each arm is judged against the two either side of it), and first the
+  references: tenacia's ddp, whose eval
   loss at the budget is every arm's target, fixed before any arm runs, and the peers' DDP
   (bench/peers/ddp_worker.py), which must come out the same: the peers train tenacia's workload,
   written out by ``slow_links_workload.py`` (its samples in its order, its eval windows, model
@@ -46,7 +48,6 @@ against round trip) drawn by bench/slow_links_report.py, which redoes them from 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -59,6 +60,7 @@ PEERS = ROOT / "bench" / "peers"
 sys.path[:0] = [str(ROOT), str(PEERS), str(ROOT / "bench")]
 
 from numeric_faults import cpu_model  # noqa: E402
+from results_file import write_results  # noqa: E402
 from slow_links_arms import (  # noqa: E402
     TENACIA_ARMS,
     TORCHFT_ARMS,
@@ -76,7 +78,9 @@ from slow_links_report import goals, markdown, plot  # noqa: E402
 from slow_links_workload import write_workload  # noqa: E402
 
 # diloco-int8 and streaming (fp32) run on --arms: int8 trained as fp32 did (docs/benchmarks.md)
-DEFAULT_ARMS = ("ddp", "diloco", "diloco-int4-topk", "streaming-int4", "torchft-diloco", "torchft-localsgd")
+# torchft-localsgd runs on --arms: it never beat torchft's DiLoCo to the target (docs/benchmarks.md)
+DEFAULT_ARMS = ("ddp", "diloco", "diloco-spec", "diloco-eager-spec", "streaming-int4", "diloco-int4-topk",
+                "torchft-diloco")
 DDP_NOTE = ("ddp over a link trains the first --ddp-link-tokens of the budget only (its tokens/s and bytes/token are "
             "those of its steady steps); its eval loss at the budget is the reference's: ddp's bits do not depend on "
             "the link (checked on every eval both runs made)")
@@ -118,12 +122,18 @@ def ddp_over_link(a: argparse.Namespace, where: Path, rtt: float, rate: float, r
 
 
 def section_links(a: argparse.Namespace, out: Path, save: Any) -> dict[str, Any]:
-    # other jobs share this machine's cores: the ceiling is measured before and after the arms,
-    # and the arms are judged against the mean (both, and each run's load average, are recorded)
-    first = ceiling_run(a, out / "ceiling")
-    res: dict[str, Any] = {"ceiling_tokens_per_s": first, "ceilings": [first], "ddp_note": DDP_NOTE}
-    ceiling = first
-    ref = tenacia_run("ddp", a, out / "ref-tenacia", None, 0, None, ceiling)
+    """The links section (module docstring). Other jobs share this machine's cores and the guest's
+    own speed drifts (a ceiling moved 29% within 83 s): the ceiling is measured right before every
+    arm and once after the last, and each arm's utilization is its tokens/s over the mean of the
+    two ceilings either side of it (``ceilings`` in its row; the live line uses the one before)."""
+    ceilings: list[float] = []
+
+    def ceiling() -> float:
+        ceilings.append(ceiling_run(a, out / f"ceiling-{len(ceilings)}"))
+        return ceilings[-1]
+
+    res: dict[str, Any] = {"ceilings": ceilings, "ddp_note": DDP_NOTE}
+    ref = tenacia_run("ddp", a, out / "ref-tenacia", None, 0, None, None)
     ref["evals_by_step"] = {e["step"]: e["eval_loss"] for e in ref.pop("evals", [])}
     res["target_tenacia"] = ref.get("eval_loss")
     res["reference"] = {k: v for k, v in ref.items() if k != "evals_by_step"}
@@ -133,35 +143,38 @@ def section_links(a: argparse.Namespace, out: Path, save: Any) -> dict[str, Any]
                                             *tenacia_steps("ddp", a, a.past)],
                                            round(a.tokens * a.past) // a.seq_len, a.workload)
     res["peers_ddp"] = peers_reference(a, out / "ref-peers") if torchft else None
-    print(f"ceiling {ceiling:.0f} tokens/s; target (tenacia ddp) {res['target_tenacia']}; "
-          f"the peers' DDP on the same workload {res['peers_ddp']}")
+    print(f"target (tenacia ddp) {res['target_tenacia']}; the peers' DDP on the same workload {res['peers_ddp']}")
     if torchft:
         res["torchft_note"] = TORCHFT_FP32
         print(TORCHFT_FP32, flush=True)
     res["runs"] = []
     for rate in a.rates:
         for rtt in a.rtts:
-            print(f"\n{rtt:g} ms round trip, {rate:g} Mbit/s\n{HEADER}", flush=True)
+            print(f"\n{rtt:g} ms round trip, {rate:g} Mbit/s (utilization: over the ceiling measured just before)\n"
+                  f"{HEADER}", flush=True)
             for arm in a.arms:
                 where = out / f"{arm}-{rate:g}mbit-{rtt:g}ms"
+                before = ceiling()
                 load = os.getloadavg()[0]
                 if arm in TORCHFT_ARMS:
-                    r = torchft_run(arm, a, where, rtt, rate, res["target_tenacia"], ceiling)
+                    r = torchft_run(arm, a, where, rtt, rate, res["target_tenacia"], before)
                 elif arm == "ddp" and a.ddp_link_tokens < a.tokens:
-                    r = ddp_over_link(a, where, rtt, rate, ref, ceiling)
+                    r = ddp_over_link(a, where, rtt, rate, ref, before)
                 else:
-                    r = tenacia_run(arm, a, where, rtt, rate, res["target_tenacia"], ceiling)
+                    r = tenacia_run(arm, a, where, rtt, rate, res["target_tenacia"], before)
                 res["runs"].append({"arm": arm, "rtt_ms": rtt, "rate_mbit": rate, "load": load,
-                                    "load_after": os.getloadavg()[0], **r})
+                                    "load_after": os.getloadavg()[0], "ceiling_index": len(ceilings) - 1, **r})
                 save(res)  # what ran so far survives a run stopped early
                 print(row(arm, r) + ("\n" + wait_line(r) if r.get("waits") else ""), flush=True)
-    res["ceilings"].append(ceiling_run(a, out / "ceiling-after"))
-    res["ceiling_tokens_per_s"] = statistics.mean(res["ceilings"])
+    ceiling()
+    res["ceiling_tokens_per_s"] = statistics.mean(ceilings)
     for r in res["runs"]:
+        i = r.pop("ceiling_index")
+        r["ceilings"] = ceilings[i:i + 2]
         if "error" not in r:
-            r["utilization"] = r["tokens_per_s"] / res["ceiling_tokens_per_s"]
-    print(f"\nceiling after the arms {res['ceilings'][1]:.0f} tokens/s (before {first:.0f}): "
-          "utilization is over their mean", flush=True)
+            r["utilization"] = r["tokens_per_s"] / statistics.mean(r["ceilings"])
+    print(f"\nceilings (before each arm, then after the last): {', '.join(f'{c:.0f}' for c in ceilings)} tokens/s; "
+          "each arm's utilization is over the two either side of it", flush=True)
     return res
 
 
@@ -223,15 +236,15 @@ def main() -> None:
     for section in a.sections.split(","):
 
         def save(partial: dict[str, Any], section: str = section) -> None:
-            path.write_text(json.dumps({**result, section: partial}, indent=1))
+            write_results("slow_links", {**result, section: partial}, path, indent=1)
 
         if section == "quotas":
             result[section] = section_quotas(a, out / section, save, row, wait_line, HEADER)
         else:
             result[section] = section_links(a, out / section, save)
-        path.write_text(json.dumps(result, indent=1))
+        write_results("slow_links", result, path, indent=1)
     result["goals"] = goals(result)
-    path.write_text(json.dumps(result, indent=1))
+    write_results("slow_links", result, path, indent=1)
     print(f"\n{markdown(result)}\n\nwrote {path}")
     png = plot(result, a.png or out.parent / f"slow_links-{stamp}.png")
     if png:

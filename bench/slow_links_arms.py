@@ -49,7 +49,14 @@ TENACIA_ARMS = {
     # default outer step a plain average (lr 1, no momentum): with DiLoCo's Nesterov momentum 0.9, top-k
     # 3% diverged in 8 rounds of H = 100 (eval loss 4.76 after 4 rounds, 6.06 after 8; docs/benchmarks.md)
     "diloco-int4-topk": ["replicas.sync=diloco", "replicas.outer.quantize=int4"],
+    # the speculative outer step (docs/sync.md): a member trains the next round's first inner batches
+    # while the verdict is in flight, kept when the commit starts the round where it assumed
+    "diloco-spec": ["replicas.sync=diloco", "replicas.outer.speculate=true"],
+    "diloco-eager-spec": ["replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.eager=true",
+                          "replicas.outer.speculate=true"],
 }
+# an arm that trains the same bits as another (speculation changes when, not what) takes its settings
+TWINS = {"diloco-spec": "diloco", "diloco-eager-spec": "diloco-eager"}
 TOPK_ARMS = ("diloco-int4-topk",)
 # Per arm: the inner AdamW's peak rate and the schedule's floor (``optim.lr``, ``optim.min_lr_ratio``)
 # and the outer step (lr, momentum), chosen on the probe bench/slow_links_tune.py (other seeds, the
@@ -64,6 +71,7 @@ SETTINGS: dict[str, dict[str, float]] = {
     "streaming": DILOCO, "streaming-int4": DILOCO, "localsgd": AVERAGE, "diloco-overlap": DILOCO,
     "diloco-eager": DILOCO, "streaming-int4-eager": DILOCO,
     **(json.loads(SETTINGS_FILE.read_text())["settings"] if SETTINGS_FILE.exists() else {})}
+SETTINGS.update({arm: SETTINGS[twin] for arm, twin in TWINS.items()})
 TORCHFT_AS = {"torchft-diloco": "diloco", "torchft-streaming": "streaming", "torchft-localsgd": "localsgd"}
 TORCHFT_FP32 = ("torchft arms: fp32 exchange. torchft's quantized exchange is unavailable on CPU: Manager.allreduce "
                 "quantizes only when Triton is importable (torchft/quantization.py imports it) and otherwise sends fp32")

@@ -40,7 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "bench" / "peers")]
 
-from slow_links_arms import SETTINGS_FILE, tenacia_run  # noqa: E402
+from results_file import write_results  # noqa: E402
+from slow_links_arms import SETTINGS_FILE, TWINS, tenacia_run  # noqa: E402
 
 SELECTION_SEEDS = {"ddp": (1, 2, 3)}  # every other strategy: (1,)
 H = 100  # bench/slow_links.py's --inner-steps
@@ -99,6 +100,11 @@ LEVERS = [
 ]
 
 
+def rows_of(doc: dict | list) -> list[dict]:
+    """A probe file's rows (written by results_file; a bare list before 2026-12-04)."""
+    return doc["rows"] if isinstance(doc, dict) else doc
+
+
 def key(c: Candidate | dict) -> tuple:
     d = asdict(c) if isinstance(c, Candidate) else c
     return (d["arm"], d["lr"], d.get("floor", d.get("min_lr_ratio")), d["outer_lr"], d["outer_momentum"],
@@ -127,7 +133,7 @@ def select(rows: list[dict]) -> dict[str, dict]:
         best["localsgd"] = {"lr": k[1], "min_lr_ratio": k[2], "outer_lr": 1.0, "outer_momentum": 0.0, "mean": v[1],
                             "losses": {1: v[1]}}
     for arm, twin in (("diloco-int8", "diloco"), ("streaming", "streaming-int4"), ("diloco-overlap", "diloco"),
-                      ("diloco-eager", "diloco"), ("streaming-int4-eager", "streaming-int4")):
+                      ("diloco-eager", "diloco"), ("streaming-int4-eager", "streaming-int4"), *TWINS.items()):
         if twin in best and arm not in best:
             best[arm] = best[twin]
     return best
@@ -145,7 +151,7 @@ def main() -> None:
     a.fragments, a.topk, a.eval_every, a.eval_batches, a.timeout, a.past = 4, 0.03, 409_600, 8, 900, 1.0
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = ROOT / "bench" / "results" / f"slow_links_tune-{stamp}"
-    rows = [r for f in a.resume for r in json.loads(f.read_text())]
+    rows = [r for f in a.resume for r in rows_of(json.loads(f.read_text()))]
     done = {(key(r), r.get("seed", 1)) for r in rows if r["eval_loss"] is not None}
     only = [x for x in a.only.split(",") if x]
     todo = [(c, s) for c in [*CANDIDATES, *(LEVERS if a.levers else [])]
@@ -159,8 +165,7 @@ def main() -> None:
                      "evals": r.get("evals"), "error": r.get("error")})
         print(f"{c.arm:<18} H {c.inner_steps} lr {c.lr:g} floor {c.floor:g} outer {c.outer_lr} {c.outer_momentum} "
               f"{' '.join(c.extra)} seed {seed}: {r.get('eval_loss') or r.get('error')}", flush=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        (out.parent / f"slow_links_tune-{stamp}.json").write_text(json.dumps(rows, indent=1))
+        write_results("slow_links_tune", {"rows": rows}, out.parent / f"slow_links_tune-{stamp}.json", indent=1)
     best = select(rows)
     print("\nlowest mean eval loss at the budget over the selection seeds, per strategy:")
     for arm, b in best.items():

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from .config import ConfigError, check
 
 KILL_POINTS = ("mid_step", "between_steps", "phase:compute", "phase:allreduce", "phase:vote", "phase:idle",
-               "phase:apply", "checkpoint:<file>", "checkpoint:renamed")
+               "phase:apply", "speculating:<replica>", "checkpoint:<file>", "checkpoint:renamed")
 KINDS = ("kill", "hang", "slow", "cpu", "kill_coordinator", "kill_healing", "kill_checkpoint")
 NUMERIC_KINDS = ("sdc", "lr_spike")
 SDC_SITES = ("params", "moments", "activations", "local_grads", "reduced_grads", "loss", "vote")

@@ -11,6 +11,8 @@ Points (the names users arm in ``chaos.kill_at``; ``tenacia.faults.KILL_POINTS``
 - ``between_steps``: a step committed, the next not begun;
 - ``phase:<name>``: a replica enters a phase of its step (``compute``, ``allreduce``, ``vote``,
   ``idle`` once the verdict came) or applies a committed step (``apply``);
+- ``speculating:<replica>``: replica ``<replica>`` trained an inner batch of round ``step`` ahead,
+  its vote on the round before sent (``replicas.outer.speculate``);
 - ``checkpoint:<file>``: one file of a checkpoint written into its temporary directory
   (``model.safetensors``, ``optimizer.safetensors``, ``state.safetensors``, ``manifest.json``),
   and ``checkpoint:renamed`` once the checkpoint is in place.

@@ -135,6 +135,11 @@ class OuterConfig:
     # from the outer step that progress would make as the average's stand-in, and the real step lands
     # when the average does (docs/sync.md)
     eager: bool = False
+    # diloco, and streaming's eager step: once a member's exchange of round r is reduced (the average
+    # in hand) it trains round r + 1's first inner batches while the vote and verdict are in flight,
+    # from the start the commit would give; kept when the committed round's start, batch and share
+    # are bit for bit those it assumed, otherwise redone with its inner moments restored (docs/sync.md)
+    speculate: bool = False
     # What carries the outer exchange: "gloo" (torch's process group, one TCP connection per peer)
     # or "streams" (tenacia's long-link transport: several streams per peer, one round trip)
     transport: str = "gloo"
@@ -205,6 +210,8 @@ class ReplicaConfig:
                   "at least 2 under replicas.sync='streaming' without outer.overlap (1 fragment is 'diloco')")
         check(not self.outer.eager or (self.sync == "streaming" and self.outer.overlap), "outer.eager",
               self.outer.eager, "false unless replicas.sync='streaming' with outer.overlap (the step it makes early is the overlap's)")
+        check(not self.outer.speculate or self.sync == "diloco" or self.outer.eager, "outer.speculate",
+              self.outer.speculate, "false unless replicas.sync='diloco' or outer.eager (the mix's start is not known early)")
         check(self.lease == "dir" or self.lease.startswith("etcd://"), "lease", self.lease,
               "'dir' or 'etcd://HOST:PORT[/PREFIX]'")
         check(isinstance(self.lease_ttl_s, int) and self.lease_ttl_s >= 2, "lease_ttl_s", self.lease_ttl_s,

@@ -63,3 +63,36 @@ def test_a_replica_killed_mid_round_drops_out_and_heals_with_the_ledger_exact(tm
     out = (tmp_path / "report.log").read_text()
     assert f"sample ledger: ok: {ROUNDS} committed steps, {ROUNDS * 4 * 8} samples, 0 skipped" in out, out[-2000:]
     assert "3 fingerprint(s) equal" in out, out[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sync", [
+    pytest.param(["replicas.sync=diloco"], id="diloco"),
+    pytest.param(["replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.eager=true",
+                  "replicas.outer.transport=streams"], id="diloco-eager")])
+def test_a_replica_killed_mid_speculation_drops_out_with_the_ledger_exact(tmp_path, procs, sync):
+    """``replicas.outer.speculate``: replica 1 dies while it trains round 5 ahead (kill point
+    ``speculating:1@5``, after its first speculative inner batch, its vote on round 4 sent). Round 4
+    commits; the survivors' round 5 (with what they speculated) is discarded and redone without it
+    (salvaged); every round commits once, the ledger is exact and the replicated states are equal."""
+    args = train_args(tmp_path, *RUN, *sync, "replicas.outer.speculate=true", "chaos.kill_at=speculating:1@5",
+                      f"chaos.faults={json.dumps(['slow:0@5:20', 'slow:2@5:20'])}")
+    code = procs.run(args, timeout=LIMIT_S, log=tmp_path / "launcher.log")
+    assert code == 0, (tmp_path / "launcher.log").read_text()[-3000:]
+    events = read_events(tmp_path / "events.jsonl")
+    lost = next(e for e in events if e["event"] == "failure_detected" and e["replica"] == 1)
+    assert lost["kind"] == "crash"
+    spec = [e for e in events if e["event"] == "speculation"]
+    assert any(e["replica"] == 1 and e["step"] < 5 for e in spec)  # it did speculate before
+    assert any(e["kept"] for e in spec)  # speculations taken by their rounds (their salvage too)
+    committed = [e for e in events if e["event"] == "step_committed"]
+    assert [e["step"] for e in committed] == list(range(1, ROUNDS + 1))
+    assert 1 not in next(e for e in committed if e["step"] == 5)["members"]
+    assert not [e for e in events if e["event"].startswith("numeric_")], "a false accusation"
+    prints = {e["replica"]: e["fingerprint"] for e in events if e["event"] == "state_fingerprint"
+              and e["step"] == ROUNDS}
+    assert len(prints) == 3 and len(set(prints.values())) == 1, prints
+    assert procs.run(["report", "--check", str(tmp_path)], timeout=120, log=tmp_path / "report.log") == 0, \
+        (tmp_path / "report.log").read_text()[-2000:]
+    out = (tmp_path / "report.log").read_text()
+    assert f"sample ledger: ok: {ROUNDS} committed steps, {ROUNDS * 4 * 8} samples, 0 skipped" in out, out[-2000:]

@@ -115,7 +115,7 @@ class StepCommit:
             for r, speed, median, for_s in self.speed.stragglers(q.members, self.clock.now()):
                 self.events.emit("straggler", step=step, replica=r, tokens_per_s=round(speed, 1),
                                  median_tokens_per_s=round(median, 1), for_s=round(for_s, 1))
-            sized = self.shares_for(q.members)
+            sized = self.shares_for(q.members, q.shares)
         self._broadcast(Verdict(quorum_id=q.quorum_id, step=step, commit=ok, skip=skip, shares=sized))
         for r in q.members:
             self.members[r].committed = step if ok else self.members[r].committed

@@ -45,6 +45,7 @@ all a resume needs (with this member's ``trained_tokens``), so a resumed round s
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,7 @@ import torch
 
 from ... import hooks
 from ..config import RunConfig
+from ..outer import OuterState
 from ..step import lr_at
 from ..trainer import Trainer
 from .apply import PendingStep
@@ -125,12 +127,14 @@ class OuterRounds:
             tokens = torch.tensor([float(self.outer.trained_tokens)], device=parts[0].device)
             return torch.cat([*parts, tokens])
 
-    def eager_start(self, step: int, params: list[torch.Tensor]) -> None:
+    def eager_start(self, step: int, params: list[torch.Tensor], outer: OuterState | None = None) -> None:
         """Eager: round ``step``'s fragment moves from rest (global less this member's progress ``d``
         not yet averaged, which the round's exchange carries) to the global parameters after the outer
         step ``d`` would make as the average's stand-in (Nesterov on a copy of the momentum, as
-        ``OuterState.step`` does); the other fragments stay at rest. In place, no grad."""
-        o, group = self.outer, self.outer.optimizer.param_groups[0]
+        ``OuterState.step`` does); the other fragments stay at rest. In place, no grad. ``outer``:
+        the outer state to read (default this member's; a speculation passes its predicted one)."""
+        o = outer or self.outer
+        group = o.optimizer.param_groups[0]
         lr, mu = group["lr"], group["momentum"]
         for i in o.fragments[self.fragment(step)]:
             g = o.params[i]
@@ -138,6 +142,47 @@ class OuterRounds:
             buf = o.optimizer.state.get(g, {}).get("momentum_buffer")
             b = d if buf is None else buf * mu + d
             params[i].copy_(g - lr * (d + mu * b if group["nesterov"] else b))
+
+    def start_after(self, trainer: Trainer, grads: LocalRound, pending: PendingStep) -> list[torch.Tensor]:
+        """Where round ``pending.step + 1``'s inner steps start if ``pending`` commits (speculation,
+        ``LocalRound.speculate``): ``apply``'s outer step and parameters, then ``begin``, computed on
+        copies with the same operations, so the same bits; this member's state is not touched."""
+        outer = copy.deepcopy(self.outer)
+        self._outer_step(outer, pending.grads, pending.step)
+        params = [p.detach().clone() for p in trainer.model.parameters()]
+        with torch.no_grad():
+            for p, v in zip(params, self._landed(outer, grads, pending.step, params), strict=True):
+                p.copy_(v)
+            if self.eager:
+                self.eager_start(pending.step + 1, params, outer)
+        return params
+
+    def _outer_step(self, outer: OuterState, flat: torch.Tensor, step: int) -> None:
+        """The outer step of round ``step`` on ``outer`` with the reduced ``[sum t d, sum t]``."""
+        f = self.fragment(step)
+        ids = outer.fragments[f]
+        total = float(flat[-1])
+        if total > 0:
+            outer.step(f, list((flat[:-1] / total).split([outer.params[i].numel() for i in ids])))
+
+    def _landed(self, outer: OuterState, grads: LocalRound, step: int, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each parameter once round ``step`` committed, ``outer`` holding the global parameters after
+        its outer step (module docstring); ``params``: the model's at rest."""
+        synced = set(outer.fragments[self.fragment(step)])
+        trained = grads.local is not None and grads.step == step
+        out = []
+        for i, p in enumerate(params):
+            if i in synced and self.eager and trained:  # at rest: global less the round's own progress
+                out.append(outer.params[i] - (grads.origin[i] - grads.local[i]))
+            elif i in synced and self.overlaps and trained:  # the late step, mixed with the round's progress
+                out.append(grads.local[i] * self.mix + outer.params[i] * (1 - self.mix))
+            elif i in synced:
+                out.append(outer.params[i])
+            elif trained:
+                out.append(grads.local[i])
+            else:
+                out.append(p)
+        return out
 
     def grad_part(self, flat: torch.Tensor) -> torch.Tensor:
         """The pseudo-gradient in a contribution or reduced value (norms skip the token count)."""
@@ -161,28 +206,18 @@ class OuterRounds:
 
     def apply(self, trainer: Trainer, grads: LocalRound, pending: PendingStep, cfg: RunConfig) -> None:
         """The outer step of a committed round (module docstring)."""
-        t, flat, step = trainer, pending.grads, pending.step
+        t, step = trainer, pending.step
         f = self.fragment(step)
-        ids = self.outer.fragments[f]
-        total = float(flat[-1])
-        if total > 0:
-            average = (flat[:-1] / total).split([self.outer.params[i].numel() for i in ids])
-            self.outer.step(f, list(average))
+        self._outer_step(self.outer, pending.grads, step)
         if self.pending_residual is not None and self.pending_residual[:2] == (step, f):
             self.residual[f] = self.pending_residual[2]
         self.pending_residual = None
-        synced = set(ids)
         trained = grads.local is not None and grads.step == step
         with torch.no_grad():
-            for i, p in enumerate(t.model.parameters()):
-                if i in synced and self.eager and trained:  # at rest: global less the round's own progress
-                    p.copy_(self.outer.params[i] - (grads.origin[i] - grads.local[i]))
-                elif i in synced and self.overlaps and trained:  # the late step, mixed with the round's progress
-                    p.copy_(grads.local[i] * self.mix + self.outer.params[i] * (1 - self.mix))
-                elif i in synced:
-                    p.copy_(self.outer.params[i])
-                elif trained:
-                    p.copy_(grads.local[i])
+            params = list(t.model.parameters())
+            for p, v in zip(params, self._landed(self.outer, grads, step, params), strict=True):
+                if v is not p:
+                    p.copy_(v)
         self.outer.trained_tokens = grads.tokens if trained else 0
         grads.drop()
         samples = cfg.step_samples

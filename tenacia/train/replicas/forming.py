@@ -17,7 +17,7 @@ from typing import Any
 from .majority import behind, minority
 from .protocol import Expelled, Quorum, Resolve, Wait
 from .shares import even_shares, salvage_shares
-from .speed import sized_shares
+from .speed import sized_shares, stable_shares
 from .takeover import resolve_takeover
 
 
@@ -92,11 +92,14 @@ class QuorumForming:
                          healing=heal, since_commit_s=self.steps.stalled_for())
         self._broadcast(self.quorum)
 
-    def shares_for(self: Any, sharers: list[int] | tuple[int, ...]) -> dict[int, tuple[int, ...]]:
-        """Even shares, or (diloco, streaming) shares sized to the members' measured speeds."""
+    def shares_for(self: Any, sharers: list[int] | tuple[int, ...],
+                   current: dict[int, tuple[int, ...]] | None = None) -> dict[int, tuple[int, ...]]:
+        """Even shares, or (diloco, streaming) shares sized to the members' measured speeds; under
+        speculation ``current`` (the round's) resized at the ends of its shares (``speed.stable_shares``)."""
         if self.speed is None:
             return even_shares(sharers, self.batch_size)
-        return sized_shares(sharers, self.batch_size, self.speed.speeds())
+        sized = sized_shares(sharers, self.batch_size, self.speed.speeds())
+        return stable_shares(sized, current) if self.speculate else sized
 
     def _behind(self: Any, live: list[int]) -> str | None:
         have = max(max(self.members[r].committed, self.members[r].pending or 0) for r in live)

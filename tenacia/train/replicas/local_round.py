@@ -17,7 +17,7 @@ and ``origin`` holds that start while ``local`` is held.
 Inner steps. The round's ``inner_steps x train.batch_size`` samples are shared by the quorum's
 sharers; an inner batch holds what an even share puts in each of H (``inner_steps``) steps,
 ``len(batch) / (H x sharers)`` samples, and a share is trained as ``round(len(share) / that)``
-contiguous inner batches of near-equal size (``shard``). With even shares every replica runs H inner
+contiguous inner batches of near-equal size (``inner_batches``). With even shares every replica runs H inner
 steps per round whatever the quorum's size; with shares sized to measured speeds (``speed.py``) a
 faster replica runs more inner steps of the same size, a slower one fewer: every inner step then
 costs what a solo run's does (a share cut into H smaller batches would pay the per-step cost of the
@@ -30,15 +30,42 @@ advanced (they are never compared, and a newcomer copies its donor's).
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import nn
 
-from ...data.sampler import shard
 from ...device import Device
 from ..step import apply_update, compute_gradients
 from .shares import keep_reusable
+
+
+@dataclass(slots=True)
+class Ahead:
+    """Round ``step``'s first ``done`` inner batches (``chunks``), trained speculatively
+    (``LocalRound.speculate``) on a share of ``batch`` among ``sharers``, from the parameters ``start``."""
+
+    step: int
+    chunks: list[list[int]]  # the positions of each inner batch trained, in order
+    batch: tuple[int, ...]
+    sharers: int
+    start: list[torch.Tensor]
+    local: list[torch.Tensor]  # the parameters after them
+    moments: dict  # the inner optimizer's state after them
+    done: int
+    loss_sum: float
+    tokens: int
+    seconds: float  # what they took to compute (they count in the round's compute time when kept)
+
+
+def optimizer_state_copy(optimizer: torch.optim.Optimizer) -> defaultdict:
+    """A copy of ``optimizer.state`` (tensors cloned) that can stand in for it."""
+    return defaultdict(dict, {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
+                              for p, st in optimizer.state.items()})
 
 
 class LocalRound:
@@ -51,6 +78,9 @@ class LocalRound:
         # eager (``OuterRounds.eager_start``): moves the parameters at rest to where a round's inner
         # steps start, in place; ``origin`` then holds that start (None: the start is the rest)
         self.begin: Callable[[int, list[torch.Tensor]], None] | None = None
+        self.ahead: Ahead | None = None  # a speculation waiting for its round (``speculate``)
+        # what became of the speculation the last ``compute`` found: (inner batches, seconds, kept)
+        self.speculated: tuple[int, float, bool] | None = None
         self.drop()
 
     def drop(self) -> None:
@@ -66,30 +96,42 @@ class LocalRound:
                 device: Device, *, sharers: int) -> tuple[float, int, int]:
         """Train this member's share ``positions`` of round ``step`` (``batch``: the round's sample
         ids, shared by ``sharers`` members); returns the mean loss over its inner batches' samples,
-        their tokens, and how many positions were reused from a discarded run of the same round."""
+        their tokens, and how many positions were reused from a discarded run of the same round.
+        A speculation of this round (``ahead``) whose inner batches are the round's first ones (the
+        same positions of the same batch, the same sharers) and whose start is the round's, bit for
+        bit, is taken as them; any other is dropped (``speculated``)."""
         reused, todo = keep_reusable(self, step, positions)
+        ahead, self.ahead = self.ahead, None
+        self.speculated = (ahead.done, ahead.seconds, False) if ahead is not None else None
         if todo:
             params = list(self.model.parameters())
             start = [p.detach().clone() for p in params]
+            first = 0
             if self.local is None:
                 self.inner_size = max(1.0, len(batch) / (self.inner_steps * sharers))
                 if self.begin is not None:
                     with torch.no_grad():
                         self.begin(step, params)
                         self.origin = [p.detach().clone() for p in params]
-            runs = max(1, round(len(todo) / self.inner_size))
-            if self.local is not None:
+                if ahead is not None and ahead.step == step and ahead.batch == tuple(batch) and \
+                        ahead.sharers == sharers and ahead.chunks == self.inner_batches(todo)[:ahead.done] and \
+                        all(torch.equal(p, a) for p, a in zip(params, ahead.start, strict=True)):
+                    with torch.no_grad():
+                        for p, v in zip(params, ahead.local, strict=True):
+                            p.copy_(v)
+                    self.optimizer.state = ahead.moments
+                    first, self.inner_done = ahead.done, ahead.done
+                    self.loss_sum, self.tokens = ahead.loss_sum, ahead.tokens
+                    self.speculated = (ahead.done, ahead.seconds, True)
+            else:
                 with torch.no_grad():
                     for p, v in zip(params, self.local, strict=True):
                         p.copy_(v)
-            for i in range(min(runs, len(todo))):
-                ids = [batch[p] for p in shard(todo, i, min(runs, len(todo)))]
-                loss, tokens = compute_gradients(self.model, samples(ids), micro_batch_size, len(ids), device, step=step)
+            for ids in self.inner_batches(todo)[first:]:
                 self.inner_done += 1
-                index = (step - 1) * self.inner_steps + min(self.inner_done, self.inner_steps)
-                apply_update(self.model, self.optimizer, self.lr(index), self.grad_clip)
-                self.loss_sum += loss * len(ids)
-                self.tokens += tokens
+                loss, n = self._inner(step, [batch[p] for p in ids], samples, micro_batch_size, device,
+                                      self.inner_done)
+                self.loss_sum, self.tokens = self.loss_sum + loss, self.tokens + n
             self.chunks.append(tuple(todo))
             with torch.no_grad():
                 self.local = [p.detach().clone() for p in params]
@@ -97,3 +139,61 @@ class LocalRound:
                     p.copy_(s)
         self.step, self.held = step, list(positions)
         return self.loss_sum / max(len(positions), 1), self.tokens, reused
+
+    @property
+    def kept_seconds(self) -> float:
+        """Seconds the speculation the last ``compute`` took computed (0 when none was kept)."""
+        return self.speculated[1] if self.speculated is not None and self.speculated[2] else 0.0
+
+    def speculate(self, step: int, positions: Sequence[int], batch: Sequence[int],
+                  samples: Callable[[list[int]], torch.Tensor], micro_batch_size: int, device: Device, *,
+                  sharers: int, start: list[torch.Tensor], more: Callable[[], bool]) -> int:
+        """Train round ``step``'s share ``positions`` (of ``batch``, ``sharers`` members) ahead, from
+        ``start``: its first inner batch, then the next ones while ``more()`` holds, and hold them as
+        ``ahead`` for ``compute``. Whatever happens (``more`` may raise), the model and the inner
+        optimizer's state are left as they were (a commit applies to them, a checkpoint saves them).
+        Returns the inner batches trained. Only between rounds: nothing of a round may be held."""
+        self.ahead = None
+        params = list(self.model.parameters())
+        rest = [p.detach().clone() for p in params]
+        moments = optimizer_state_copy(self.optimizer)
+        size = self.inner_size
+        self.inner_size = max(1.0, len(batch) / (self.inner_steps * sharers))
+        chunks = self.inner_batches(list(positions))
+        t0, done, loss_sum, tokens = time.monotonic(), 0, 0.0, 0
+        try:
+            with torch.no_grad():
+                for p, v in zip(params, start, strict=True):
+                    p.copy_(v)
+            while done < len(chunks) and (done == 0 or more()):
+                loss, n = self._inner(step, [batch[p] for p in chunks[done]], samples, micro_batch_size, device,
+                                      done + 1)
+                done, loss_sum, tokens = done + 1, loss_sum + loss, tokens + n
+            self.ahead = Ahead(step=step, chunks=chunks[:done], batch=tuple(batch), sharers=sharers,
+                               start=[v.clone() for v in start], local=[p.detach().clone() for p in params],
+                               moments=self.optimizer.state, done=done, loss_sum=loss_sum, tokens=tokens,
+                               seconds=time.monotonic() - t0)
+        finally:
+            with torch.no_grad():
+                for p, v in zip(params, rest, strict=True):
+                    p.copy_(v)
+            self.optimizer.state, self.inner_size = moments, size
+        return done
+
+    def inner_batches(self, todo: list[int]) -> list[list[int]]:
+        """``todo`` cut into ``round(len(todo) / inner_size)`` contiguous inner batches, the ``i``-th
+        starting at ``round(i x inner_size)``: the cuts do not depend on ``len(todo)``, so a share that
+        grew or shrank at its end keeps its first inner batches (a speculation's, ``compute``); the
+        last one holds the rest (half to one and a half inner batches)."""
+        runs = min(max(1, round(len(todo) / self.inner_size)), len(todo))
+        cuts = [min(round(i * self.inner_size), len(todo)) for i in range(runs)] + [len(todo)]
+        return [todo[a:b] for a, b in pairwise(cuts) if b > a]
+
+    def _inner(self, step: int, ids: list[int], samples: Callable[[list[int]], torch.Tensor], micro_batch_size: int,
+               device: Device, count: int) -> tuple[float, int]:
+        """The ``count``-th inner AdamW step of round ``step``, on samples ``ids``; returns the loss
+        summed over its samples and its tokens."""
+        loss, tokens = compute_gradients(self.model, samples(ids), micro_batch_size, len(ids), device, step=step)
+        index = (step - 1) * self.inner_steps + min(count, self.inner_steps)
+        apply_update(self.model, self.optimizer, self.lr(index), self.grad_clip)
+        return loss * len(ids), tokens

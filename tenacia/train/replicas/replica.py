@@ -65,6 +65,7 @@ from .protocol import (
 )
 from .reducing import ReducePhase
 from .spare import wait_as_spare
+from .speculating import Speculating
 from .step_exits import EXIT_FINISH_LOST, Evicted, FinishLost, Rejoin, Superseded
 from .sync import strategy
 from .timing import Timing
@@ -78,7 +79,7 @@ def vote_to_send(vote: Vote, q: Quorum) -> Vote:
     return vote if not q.sharers or q.sharers[0] == vote.replica else replace(vote, batch=())
 
 
-class Replica(NewcomerHealing, ReducePhase, AfterCommit):
+class Replica(NewcomerHealing, ReducePhase, AfterCommit, Speculating):
     def __init__(self, cfg: RunConfig, replica: int, seeds: list[str], trainer: Trainer | None = None):
         """``trainer``: one built (and loaded from disk) ahead of time by a spare process."""
         self.cfg, self.id, self.seeds = cfg, replica, seeds
@@ -243,15 +244,19 @@ class Replica(NewcomerHealing, ReducePhase, AfterCommit):
         wait. Whatever ``done`` watches must call ``wake`` when it changes: the thread sleeps, it does
         not spin (four replicas on two cores: a polling waiter takes CPU from the members computing)."""
         while not done():
-            msg = self.poll(block=self.timing.poll_s)
-            if isinstance(msg, (Quorum, Stop)):
-                raise Superseded(msg)
-            if isinstance(msg, Verdict):
-                self._verdict = msg
-            elif isinstance(msg, Recheck):
-                self.enter("recheck", msg.step)
-                self.link.send(self.numerics.answer(msg, self.id))
-                self.enter("vote", msg.step)
+            self.take(self.poll(block=self.timing.poll_s))
+
+    def take(self, msg: Message | None) -> None:
+        """A message from the leader in the middle of a step: a newer quorum or a stop supersedes
+        the step, a verdict is kept, a recheck answered."""
+        if isinstance(msg, (Quorum, Stop)):
+            raise Superseded(msg)
+        if isinstance(msg, Verdict):
+            self._verdict = msg
+        elif isinstance(msg, Recheck):
+            self.enter("recheck", msg.step)
+            self.link.send(self.numerics.answer(msg, self.id))
+            self.enter("vote", msg.step)
 
     # ----- one step: quorum, shares, compute, reduce, vote, apply ------------------------------------
     def run_step(self, q: Quorum, builder: GroupBuilder, heal: bool) -> None:
@@ -270,8 +275,10 @@ class Replica(NewcomerHealing, ReducePhase, AfterCommit):
         check = self.cfg.numerics.check
         flight = self.begin_overlap(q, builder, check) if self.sync.overlaps else None
         share = self.compute_share(q)
+        self.speculation_event(q.step)
         if share.tokens:  # the leader's evals since its last vote count as its compute: shares sized to both
-            share = replace(share, compute_s=round(time.monotonic() - t0 + self.evaluated_s, 6))
+            ahead = getattr(self.grads, "kept_seconds", 0.0)  # a speculation's inner batches taken by this round
+            share = replace(share, compute_s=round(time.monotonic() - t0 + self.evaluated_s + ahead, 6))
         self.evaluated_s = 0.0
         if flight is not None:  # the contribution is in flight since the step began
             flat, own = flight.flat, flight.measured
@@ -302,6 +309,8 @@ class Replica(NewcomerHealing, ReducePhase, AfterCommit):
         pending = PendingStep(vote, flat)
         self.pending = pending if ok else None
         self.link.send(vote_to_send(vote, q))
+        if ok and self.cfg.replicas.outer.speculate and self.cfg.low_communication and self.id in q.sharers:
+            self.speculate(q, pending)
         self.wait_until(lambda: self._verdict is not None and self._verdict.step == q.step, "verdict")
         self.enter("idle", q.step)
         if not self._verdict.commit:

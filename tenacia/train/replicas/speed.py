@@ -13,6 +13,8 @@ timing, or a redone step would not be bit-identical.)
   remainder (ties to the lower rank), every sharer at least one sample when the batch allows (taken
   from the largest share); a
   sharer not measured yet counts at the median of those measured (all even before any is).
+- ``stable_shares``: under speculation the leader resizes the current shares at their ends only
+  (a member speculates on its current share; its first inner batches then stay its).
 - Stragglers: a member measured under ``STRAGGLER_RATIO`` of the median speed of the quorum's
   members for ``Timing.straggler_s`` (a minute) is reported once (``straggler`` event, docs/events.md),
   again only after it recovered. The leader's clock drives it: a test moves a fake one.
@@ -50,6 +52,26 @@ def sized_shares(sharers: Sequence[int], batch: int, speeds: Mapping[int, float]
         out[r] = tuple(range(start, start + n))
         start += n
     return out
+
+
+def stable_shares(sized: Shares, current: Shares | None) -> Shares:
+    """``sized``'s sizes with each member's share growing or shrinking at its end only: a member
+    keeps the first positions of its ``current`` share (up to its new size), and the positions the
+    shrinking members gave up go, in rank order, to the end of the growing members' shares. A
+    member speculating on its current share (``replicas.outer.speculate``) then finds its first
+    inner batches unchanged. ``sized`` itself when ``current`` partitions another batch or another
+    set of members. The shares need not be contiguous (``salvage_shares``' are not either)."""
+    if not current or list(current) != list(sized) or \
+            sorted(p for v in current.values() for p in v) != sorted(p for v in sized.values() for p in v):
+        return sized
+    sizes = {r: len(v) for r, v in sized.items()}
+    out = {r: list(current[r][:sizes[r]]) for r in sized}
+    freed = [p for r in sized for p in current[r][sizes[r]:]]
+    for r in sized:
+        need = sizes[r] - len(out[r])
+        out[r] += freed[:need]
+        freed = freed[need:]
+    return {r: tuple(v) for r, v in out.items()}
 
 
 class SpeedLog:

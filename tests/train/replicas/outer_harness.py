@@ -91,10 +91,13 @@ def load(run_dir: Path, *overrides: str) -> RunConfig:
 
 
 def train(run_dir: Path, replicas: int, *overrides: str,
-          after_commit: Callable[[list[Trainer]], None] | None = None) -> tuple[list[Trainer], list, Group]:
+          after_commit: Callable[[list[Trainer]], None] | None = None,
+          voted: Callable[..., None] | None = None) -> tuple[list[Trainer], list, Group]:
     """Train ``replicas`` in-process members to ``train.steps`` with the strategy the overrides
     name; returns the trainers, their strategies and the group (bytes each member sent).
-    ``after_commit(trainers)`` runs after every member applied a step, as ``Replica.after_commit``."""
+    ``after_commit(trainers)`` runs after every member applied a step, as ``Replica.after_commit``;
+    ``voted(step, trainers, syncs, locals, pendings)`` after every member reduced, before the
+    commit (where a member speculates, ``Replica.speculate``)."""
     cfgs = [load(run_dir / f"r{r}", *overrides) for r in range(replicas)]
     trainers = [Trainer(c, source=f"replica:{r}", write_ledger=False) for r, c in enumerate(cfgs)]
     syncs = [strategy(c, t) for c, t in zip(cfgs, trainers, strict=True)]
@@ -132,9 +135,12 @@ def train(run_dir: Path, replicas: int, *overrides: str,
             th.start()
         for th in threads:
             th.join()
+        pendings = [PendingStep(Vote(replica=r, quorum_id=1, step=step, ok=True, start=start, batch=tuple(batch),
+                                     tokens=tokens[r]), reduced[r]) for r in range(replicas)]
+        if voted is not None:
+            voted(step, trainers, syncs, locals_, pendings)
         for r in range(replicas):
-            vote = Vote(replica=r, quorum_id=1, step=step, ok=True, start=start, batch=tuple(batch), tokens=tokens[r])
-            syncs[r].apply(trainers[r], locals_[r], PendingStep(vote, reduced[r]), cfg)
+            syncs[r].apply(trainers[r], locals_[r], pendings[r], cfg)
         if after_commit is not None:
             after_commit(trainers)
     return trainers, syncs, group

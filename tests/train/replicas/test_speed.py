@@ -3,7 +3,7 @@ hand-computed cases, the straggler rule on a moved clock, and the leader sizing 
 shares from its votes and carrying them in the verdict."""
 
 from tenacia.train.replicas.protocol import Verdict, Vote
-from tenacia.train.replicas.speed import SpeedLog, sized_shares
+from tenacia.train.replicas.speed import SpeedLog, sized_shares, stable_shares
 
 from .test_coordinator_rules import Leader
 
@@ -20,6 +20,20 @@ def test_unmeasured_sharers_count_at_the_median_and_nothing_measured_is_even():
     assert sized_shares([3, 5, 7], 7, {}) == {3: (0, 1, 2), 5: (3, 4), 7: (5, 6)}
     # a very slow member keeps one sample
     assert [len(s) for s in sized_shares([0, 1], 10, {0: 1000.0, 1: 1.0}).values()] == [9, 1]
+
+
+def test_under_speculation_shares_are_resized_at_their_ends():
+    current = {0: (0, 1, 2, 3), 1: (4, 5, 6, 7), 2: (8, 9, 10, 11)}
+    # sizes 3, 5, 4: replica 0 gives up its last position (3), replica 1 takes it at its end
+    sized = sized_shares([0, 1, 2], 12, {0: 60.0, 1: 100.0, 2: 80.0})
+    assert [len(s) for s in sized.values()] == [3, 5, 4]
+    assert stable_shares(sized, current) == {0: (0, 1, 2), 1: (4, 5, 6, 7, 3), 2: (8, 9, 10, 11)}
+    # replica 1 shrinks to 2, replica 2 grows to 6: what it gave up (6, 7) goes to replica 2's end
+    sized = {0: (0, 1, 2, 3), 1: (4, 5), 2: (6, 7, 8, 9, 10, 11)}
+    assert stable_shares(sized, current) == {0: (0, 1, 2, 3), 1: (4, 5), 2: (8, 9, 10, 11, 6, 7)}
+    # another batch or other members: the sized shares as they are
+    assert stable_shares(sized, {0: (0, 1), 1: (2, 3)}) == sized
+    assert stable_shares(sized, None) == sized
 
 
 def vote(r, tokens, compute_s, reused=0):

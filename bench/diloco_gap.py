@@ -1,0 +1,189 @@
+"""Where diloco's eval-loss gap to ddp comes from: DiLoCo and ddp written out as one plain loop (issue 15).
+
+    PYTHONPATH=. .venv/bin/python bench/diloco_gap.py --seed 1            # every variant, probe seed 1
+    PYTHONPATH=. .venv/bin/python bench/diloco_gap.py --seed 1 --only ddp,h1
+
+One process, one thread, the workload of bench/slow_links.py (micro model, 64-token samples, 4
+members of 8 samples, the budget of 1,638,400 tokens: 800 ddp steps or 8 rounds of H = 100) on
+loopback, deterministic: no speed-sized shares, no timing. Each variant changes one thing:
+
+- ``ddp``: one model, AdamW on the mean gradient of the step's 32 samples (tenacia's ddp);
+- ``h1``: four copies, each one AdamW step on its 8 samples, then the parameters averaged every
+  step (diloco at H = 1, outer SGD lr 1, no momentum): averaging four AdamW updates;
+- ``h1-noclip``: the same without gradient clipping (each copy clips its own 8-sample gradient);
+- ``h1-shared-v``: the same, but every copy's AdamW divides by the second moment of the *mean*
+  gradient (the moments' other half, the first moment, is linear: its average is ddp's): if this
+  is ddp to rounding, the gap of ``h1`` is made of the per-copy second moments and clipping;
+- ``diloco``: 8 rounds of H = 100, outer Nesterov (the bench's settings), each copy a contiguous
+  quarter of the round's samples (tenacia with even shares);
+- ``diloco-interleaved``: the same, but at inner step ``s`` copy ``k`` trains the samples of ddp's
+  step ``s`` in slot ``k`` (torchft's assignment in bench/peers/common.py);
+- ``torchft``: torchft's own DiLoCo (bench/slow_links_arms.py's ``torchft_run``: its venv, four
+  workers in network namespaces at 0 ms, root needed) on this seed's workload and diloco's settings:
+  what ``diloco-interleaved`` writes out, run by the peer.
+
+The same ``compute_gradients``, ``apply_update``, ``lr_at``, ``build_optimizer`` and data as
+tenacia; prints each variant's eval loss at the budget and writes them through results_file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from results_file import write_results  # noqa: E402
+
+from tenacia import config  # noqa: E402
+from tenacia.train.config import RunConfig  # noqa: E402
+from tenacia.train.step import apply_update, build_optimizer, compute_gradients, lr_at  # noqa: E402
+from tenacia.train.trainer import Trainer  # noqa: E402
+
+MEMBERS, BATCH, SEQ, TOKENS = 4, 8, 64, 1_638_400
+SETTINGS = {  # bench/slow_links_settings.json's picks (probe seeds)
+    "ddp": {"lr": 5e-3, "floor": 0.1},
+    "diloco": {"lr": 2e-3, "floor": 1.0, "outer_lr": 0.7, "outer_momentum": 0.9, "H": 100},
+}
+
+
+def trainer(seed: int, run_dir: Path, lr: float, floor: float) -> Trainer:
+    over = ["model.preset=micro", f"data.seq_len={SEQ}", "data.max_bytes=2000000", f"train.micro_batch_size={BATCH}",
+            "train.progress=false", "device.threads=1", "checkpoint.every=0", "train.eval_batches=8",
+            "optim.warmup_steps=10", f"train.seed={seed}", f"data.seed={seed}", f"optim.lr={lr:g}",
+            f"optim.min_lr_ratio={floor:g}", f"train.run_dir={run_dir}"]
+    return Trainer(config.load(RunConfig, overrides=over), write_ledger=False)
+
+
+def shared_v_step(models, opts, lr: float, clip: float) -> None:
+    """One AdamW step of every copy, each with its own first moment, all dividing by the second
+    moment of the mean gradient (kept in the first copy's state)."""
+    grads = [[p.grad for p in m.parameters()] for m in models]
+    mean = [torch.stack(gs).mean(0) for gs in zip(*grads, strict=True)]
+    if clip > 0:
+        scale = min(1.0, clip / (float(torch.linalg.vector_norm(torch.stack([g.norm() for g in mean]))) + 1e-6))
+        mean = [g * scale for g in mean]
+        for gs in grads:
+            for g in gs:
+                g.mul_(scale)
+    for m, opt in zip(models, opts, strict=True):
+        for group in opt.param_groups:
+            b1, b2, eps, wd = *group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                i = next(k for k, q in enumerate(m.parameters()) if q is p)
+                st = opt.state.setdefault(p, {"step": 0, "m": torch.zeros_like(p), "v": torch.zeros_like(p)})
+                st["step"] += 1
+                st["m"].mul_(b1).add_(p.grad, alpha=1 - b1)
+                st["v"].mul_(b2).addcmul_(mean[i], mean[i], value=1 - b2)
+                mh = st["m"] / (1 - b1 ** st["step"])
+                vh = st["v"] / (1 - b2 ** st["step"])
+                with torch.no_grad():
+                    p.mul_(1 - lr * wd)
+                    p.addcdiv_(mh, vh.sqrt().add_(eps), value=-lr)
+                p.grad = None
+
+
+def torchft(seed: int, work: Path) -> float:
+    """torchft's DiLoCo on the bench's workload with ``seed`` (module docstring)."""
+    import argparse
+
+    from slow_links_arms import tenacia_common, tenacia_steps, torchft_run
+    from slow_links_workload import write_workload
+
+    a = argparse.Namespace(replicas=MEMBERS, preset="micro", seq_len=SEQ, batch=BATCH, tokens=TOKENS,
+                           inner_steps=SETTINGS["diloco"]["H"], fragments=1, eval_every=409_600, eval_batches=8,
+                           timeout=1800, past=1.0, workload=work / f"workload-{seed}.pt")
+    over = [*tenacia_common(a), f"train.seed={seed}", f"data.seed={seed}", "optim.lr=0.005", "optim.min_lr_ratio=0.1",
+            *tenacia_steps("ddp", a)]
+    write_workload(over, TOKENS // SEQ, a.workload)
+    r = torchft_run("torchft-diloco", a, work / f"torchft-{seed}", 0, 100, None, None)
+    if "error" in r:
+        raise RuntimeError(r["error"])
+    return r["eval_loss"]
+
+
+def run(variant: str, seed: int, work: Path) -> float:
+    if variant == "torchft":
+        return torchft(seed, work)
+    low = variant != "ddp"
+    s = SETTINGS["diloco" if variant.startswith("diloco") else "ddp"]
+    t = trainer(seed, work / variant, s["lr"], s["floor"])
+    o, dev = t.cfg.optim, t.device
+    clip = 0.0 if variant == "h1-noclip" else o.grad_clip
+    steps = TOKENS // (MEMBERS * BATCH * SEQ)  # 800
+    total = steps
+    rate = lambda i: lr_at(i, lr=s["lr"], warmup_steps=o.warmup_steps, total_steps=total, min_lr_ratio=s["floor"])  # noqa: E731
+    if not low:
+        for i in range(1, steps + 1):
+            ids = t.sampler.ids_at((i - 1) * MEMBERS * BATCH, MEMBERS * BATCH)
+            compute_gradients(t.model, t.data.train.get(ids), BATCH, len(ids), dev)
+            apply_update(t.model, t.optimizer, rate(i), clip)
+        return t.evaluate()
+    h = s.get("H", 1) if variant.startswith("diloco") else 1
+    olr, mom = (s["outer_lr"], s["outer_momentum"]) if variant.startswith("diloco") else (1.0, 0.0)
+    glob = [p.detach().clone() for p in t.model.parameters()]
+    outer = torch.optim.SGD(glob, lr=olr, momentum=mom, nesterov=mom > 0)
+    models = [copy.deepcopy(t.model) for _ in range(MEMBERS)]
+    opts = [build_optimizer(m, lr=s["lr"], weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
+                            device=dev) for m in models]
+    for r in range(steps // h):
+        round_ids = t.sampler.ids_at(r * h * MEMBERS * BATCH, h * MEMBERS * BATCH)
+        for j in range(h):
+            for k, m in enumerate(models):
+                if variant == "diloco-interleaved":
+                    chunk = round_ids[(j * MEMBERS + k) * BATCH:(j * MEMBERS + k + 1) * BATCH]
+                else:  # contiguous quarters of the round, each cut into h inner batches
+                    q = round_ids[k * h * BATCH:(k + 1) * h * BATCH]
+                    chunk = q[j * BATCH:(j + 1) * BATCH]
+                compute_gradients(m, t.data.train.get(chunk), BATCH, len(chunk), dev)
+            i = r * h + j + 1
+            if variant == "h1-shared-v":
+                shared_v_step(models, opts, rate(i), clip)
+            else:
+                for m, opt in zip(models, opts, strict=True):
+                    apply_update(m, opt, rate(i), clip)
+        with torch.no_grad():
+            for i, g in enumerate(glob):
+                g.grad = torch.stack([g - list(m.parameters())[i] for m in models]).mean(0)
+        outer.step()
+        with torch.no_grad():
+            for m in models:
+                for p, g in zip(m.parameters(), glob, strict=True):
+                    p.copy_(g)
+    with torch.no_grad():
+        for p, g in zip(t.model.parameters(), glob, strict=True):
+            p.copy_(g)
+    return t.evaluate()
+
+
+VARIANTS = ("ddp", "h1", "h1-noclip", "h1-shared-v", "diloco", "diloco-interleaved", "torchft")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seed", type=int, default=1, help="a probe seed (never the bench's 0)")
+    p.add_argument("--only", default="", help="comma-separated variants (default: all)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/diloco_gap"))
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for v in [x for x in (a.only.split(",") if a.only else VARIANTS) if x]:
+        t0 = time.monotonic()
+        loss = run(v, a.seed, a.work)
+        rows.append({"variant": v, "seed": a.seed, "eval_loss": loss, "seconds": time.monotonic() - t0})
+        print(f"{v:<20} seed {a.seed}: eval loss {loss:.4f} ({time.monotonic() - t0:.0f} s)", flush=True)
+    ddp = next((r["eval_loss"] for r in rows if r["variant"] == "ddp"), None)
+    if ddp:
+        for r in rows:
+            print(f"{r['variant']:<20} {r['eval_loss']:.4f} {100 * (r['eval_loss'] / ddp - 1):+.1f}% vs ddp")
+    write_results("diloco_gap", {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""A replica's speculative outer step (a part of ``Replica``; ``replicas.outer.speculate``, docs/sync.md).
+
+Under diloco (and streaming's eager step) a member that voted on round ``r`` waits for the
+leader's verdict: one round trip, and the slowest member's compute when this one was faster.
+Once its exchange is reduced it holds the round's average, so it can compute where round
+``r + 1``'s inner steps would start if ``r`` commits (``OuterRounds.start_after``: the outer step
+and the landed parameters on copies, the same operations, the same bits). It trains round
+``r + 1``'s first inner batches from there while the verdict is in flight, on the share and batch
+the commit would give if the shares stay as they are (the leader holds them steady under
+speculation, ``speed.steady_shares``), and keeps them aside (``LocalRound.speculate``), leaving
+the model and the inner moments as they were.
+
+Contract:
+- the commit, the evaluation and a checkpoint see exactly the state they would without
+  speculation (the model at rest, the inner moments of the round's end): a checkpoint is the same
+  bits, and a resume, a heal or a redo behaves as without it;
+- round ``r + 1``'s compute takes the speculative inner batches only when its share, batch,
+  sharers and start equal the assumed ones bit for bit (``LocalRound.compute``); they then count
+  in the round's compute time (shares are sized to speeds: ``Vote.compute_s``). Otherwise they are
+  dropped, and the round is trained from its start with the moments of the round's end;
+- the verdict is still read between inner batches (and a newer quorum or a stop supersedes the
+  step as in any wait); the first inner batch runs in any case;
+- nothing is committed or recorded by it: the ledger records each sample once, when its round
+  commits. One ``speculation`` event a round says what became of it (docs/events.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ... import hooks
+from .apply import PendingStep
+from .protocol import Quorum
+
+
+class Speculating:
+    def speculate(self: Any, q: Quorum, pending: PendingStep) -> None:
+        """After voting on ``q.step``: train round ``q.step + 1``'s first inner batches ahead until the
+        verdict comes (module docstring); nothing when this member has no share of that round."""
+        t, cfg = self.trainer, self.cfg
+        nxt = q.next_step(cfg.step_samples, q.shares if q.sharers == q.members else None)
+        positions = nxt.shares.get(self.id)
+        if nxt.step > cfg.train.steps or not positions:
+            return
+        batch = t.sampler.ids_at(t.sampler.position + cfg.step_samples, cfg.step_samples)
+        start = self.sync.start_after(t, self.grads, pending)
+        self.grads.speculate(nxt.step, positions, batch, t.data.train.get, cfg.train.micro_batch_size, t.device,
+                             sharers=len(nxt.sharers), start=start, more=lambda: self._no_verdict(q.step, nxt.step))
+
+    def _no_verdict(self: Any, step: int, ahead: int) -> bool:
+        """Between speculative inner batches of round ``ahead``: take what the leader sent; whether
+        the verdict on ``step`` is still to come. Nothing past the verdict is read (a join's quorum
+        may follow it: the commit comes first, as in ``wait_until``). Kill point
+        ``speculating:<replica>@<ahead>``."""
+        hooks.reach(f"speculating:{self.id}", ahead)
+
+        def arrived() -> bool:
+            return self._verdict is not None and self._verdict.step == step
+
+        while not arrived() and (msg := self.poll()) is not None:
+            self.take(msg)
+        return not arrived()
+
+    def speculation_event(self: Any, step: int) -> None:
+        """What became of a speculation of round ``step`` (its ``compute`` just ran), if there was one."""
+        spec = getattr(self.grads, "speculated", None)
+        if spec is not None:
+            batches, seconds, kept = spec
+            self.events.emit("speculation", step=step, replica=self.id, batches=batches, seconds=round(seconds, 4),
+                             kept=kept)

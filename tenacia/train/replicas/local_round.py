@@ -99,6 +99,7 @@ class LocalRound:
         self.loss_sum, self.tokens, self.inner_done, self.inner_size = 0.0, 0, 0, 1.0
         self.local: list[torch.Tensor] | None = None
         self.origin: list[torch.Tensor] | None = None
+        self.speculated = None  # reported once, for the round whose compute found it (Replica.run_step)
 
     def compute(self, step: int, positions: Sequence[int], batch: Sequence[int],
                 samples: Callable[[list[int]], torch.Tensor], micro_batch_size: int,

@@ -6,8 +6,9 @@ optimizer. Kept aside so that a round discarded because a peer was lost, and red
 quorum with the same share (``shares.salvage_shares``), reuses what this member trained and only
 trains the positions handed to it in addition, continuing from where it stopped.
 
-Invariant: outside ``compute`` the model holds this replica's parameters as they were when the
-round started (what a donor offers, what a checkpoint saves). ``local`` is None, or holds the
+Invariant: outside ``compute`` and ``speculate`` the model holds this replica's parameters as
+they were when the round started (what a donor offers, what a checkpoint saves), and the inner
+optimizer the moments of the last round trained. ``local`` is None, or holds the
 parameters after inner steps over exactly the positions ``held`` names for round ``step``,
 trained by one inner-step run per entry of ``chunks`` in that order, from the round's start.
 ``drop`` forgets it (the model already holds the start); ``compute`` is the only writer. With a
@@ -26,6 +27,14 @@ Positions handed out in addition by a salvage run as more inner batches of the s
 own samples; the inner learning rate follows the run's schedule over ``H`` inner steps a round
 (``optim.schedule_steps`` rounds, ``lr_at``). The inner moments are this replica's own: a round that is dropped leaves them
 advanced (they are never compared, and a newcomer copies its donor's).
+
+Speculation (``replicas.outer.speculate``, ``replicas/speculating.py``): between a round's vote
+and its verdict, ``speculate`` trains the next round's first inner batches from the start the
+commit would give and holds them (``ahead``: the parameters and the moments they produced), the
+model and the moments put back; the next ``compute`` takes them when they are its first inner
+batches from the same start, bit for bit, and otherwise drops them (``speculated`` says which).
+The cuts of a share into inner batches do not depend on its length (``inner_batches``), so a share
+the leader resized at its end keeps them.
 """
 
 from __future__ import annotations
@@ -90,6 +99,7 @@ class LocalRound:
         self.loss_sum, self.tokens, self.inner_done, self.inner_size = 0.0, 0, 0, 1.0
         self.local: list[torch.Tensor] | None = None
         self.origin: list[torch.Tensor] | None = None
+        self.speculated = None  # reported once, for the round whose compute found it (Replica.run_step)
 
     def compute(self, step: int, positions: Sequence[int], batch: Sequence[int],
                 samples: Callable[[list[int]], torch.Tensor], micro_batch_size: int,

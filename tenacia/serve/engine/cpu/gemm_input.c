@@ -7,7 +7,7 @@
  * (96 KB) no longer fit in L1, so every panel reads them again from L2 through 16 streams beside
  * the panel's own. Transposed (k x rows), the MR floats of a step are consecutive: one stream,
  * one line per 16 rows, read from L1 as the panel streams past. The copy costs a read and a
- * write of the input (rows x k floats: 96 KB at most in a decode step), shared by the threads,
+ * write of the input (rows x k floats: 96 KB for 16 rows of k = 1536), shared by the threads,
  * against every panel of the product reading the input.
  *
  * Layout: xt[kk * rows + r] = x[r * k + kk]. One row is its own transpose (no copy is made). */

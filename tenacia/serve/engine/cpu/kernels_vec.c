@@ -94,22 +94,12 @@ static inline __attribute__((always_inline)) void block(const float *xt, long ld
   vf acc[12][NVP]; /* rows up to 11 (mr < MRMAX in practice) */
   for (int m = 0; m < mr; m++)
     for (int v = 0; v < NVP; v++) acc[m][v] = vload((first ? b : part + m * PW) + v * VEC);
-  int turn = bi; /* SPREAD: the far prefetches of a chunk shared by its blocks, every blocks-th line each */
-  (void)turn, (void)blocks;
+  (void)blocks;
   for (long kk = k0; kk < k1; kk++) {
-#ifdef SPREAD
-    if (turn == 0) {
-      __builtin_prefetch(panel + (kk + FAR) * PW, 0, 1);
-      turn = blocks;
-    }
-    turn--;
-    if (bi == 0) __builtin_prefetch(panel + (kk + NEAR) * PW, 0, 3);
-#else
     if (bi == 0) {
       __builtin_prefetch(panel + (kk + FAR) * PW, 0, 1);
       __builtin_prefetch(panel + (kk + NEAR) * PW, 0, 3);
     }
-#endif
     vf w[NVP];
     for (int v = 0; v < NVP; v++) w[v] = vload(panel + kk * PW + v * VEC);
     for (int m = 0; m < mr; m++) {

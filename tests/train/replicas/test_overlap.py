@@ -29,6 +29,7 @@ class DelayedLink:
     def __init__(self, events: list[str], after: int):
         self.events, self.after, self.passes = events, after, None
         self.arrived: torch.futures.Future = torch.futures.Future()
+        self.sent = threading.Event()
 
     def size(self) -> int:
         return 1
@@ -46,6 +47,7 @@ class DelayedLink:
     def allreduce(self, tensors):
         self.events.append("sent")
         self.passes = 0
+        self.sent.set()
         return self
 
     def get_future(self):
@@ -80,6 +82,9 @@ def test_the_exchange_is_in_flight_while_the_inner_steps_run_and_the_late_step_m
     stop = hooks.tamper_with(link.tick)
     try:
         flight = ReducePhase.begin_overlap(me, q, Ready(link), check=False)
+        # the exchange is sent from the overlap's own thread: wait for it, or under load the first
+        # forward passes could run before it starts and the link's clock would never reach `after`
+        assert link.sent.wait(60)
         batch = t.sampler.peek(cfg.step_samples)
         _, tokens, _ = held.compute(1, range(len(batch)), batch, t.data.train.get, cfg.train.micro_batch_size,
                                     t.device, sharers=1)

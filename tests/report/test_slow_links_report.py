@@ -74,7 +74,9 @@ def test_a_torchft_that_never_reaches_its_target_gives_a_lower_bound():
 def test_tables_and_plot(tmp_path):
     r = result(torchft_to_target=100.0)
     text = markdown(r)
-    assert "| 100 ms | 100 Mbit/s | diloco | 960 | 96.0% | - | 0.5 | 5.0500 | 40.0 | 51,200 | 3.0 |" in text
+    assert "| 100 ms | 100 Mbit/s | diloco | 960 | - | 96.0% | - | 0.5 | 5.0500 | 40.0 | 51,200 | 3.0 |" in text
+    r["links"]["runs"][3]["ceilings"] = [990.0, 1010.0]  # the ceilings measured either side of the arm
+    assert "| 100 ms | 100 Mbit/s | diloco | 960 | 990 / 1,010 | 96.0% |" in markdown(r)
     assert "exit 1" in text and "990 and 1,010" in text
     r["quotas"]["solos"] = [{"mode": "concurrent", "tokens_per_s": [600.0, 400.0], "sum": 1000.0, "load": 1.5,
                              "steal": 0.02}]

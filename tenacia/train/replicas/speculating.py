@@ -7,7 +7,7 @@ Once its exchange is reduced it holds the round's average, so it can compute whe
 and the landed parameters on copies, the same operations, the same bits). It trains round
 ``r + 1``'s first inner batches from there while the verdict is in flight, on the share and batch
 the commit would give if the shares stay as they are (the leader holds them steady under
-speculation, ``speed.steady_shares``), and keeps them aside (``LocalRound.speculate``), leaving
+speculation, ``speed.stable_shares``), and keeps them aside (``LocalRound.speculate``), leaving
 the model and the inner moments as they were.
 
 Contract:

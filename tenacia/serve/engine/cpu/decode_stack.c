@@ -63,6 +63,21 @@ long tenacia_decode_stack_scratch(long rows, long dim, long heads, long kv_heads
   return rows * (2 * dim + qkvn + qd + 3 * hidden + max3(dim, qd, hidden)) + 16;
 }
 
+/* x: (m, k) row-major; p: packed (tenacia_small_gemm_pack, 16-column panels); bias: (n,) or NULL;
+ * y: (m, n) row-major. The threads transpose x together (gemm_input.c), then share the panels. */
+void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
+                        int threads) {
+  long panels = (n + 15) / 16;
+  float *xt = m > 1 ? aligned_alloc(64, (m * k * sizeof(float) + 63) / 64 * 64) : 0;
+#pragma omp parallel num_threads(threads)
+  {
+    const float *in = transpose_input(x, m, k, xt);
+#pragma omp for schedule(static)
+    for (long q = 0; q < panels; q++) gemm_panels(in, m, k, p, n, bias, y, q, q + 1);
+  }
+  free(xt);
+}
+
 /* this thread's share of y = x . W^T + bias, x read through xt (the team transposes it first),
  * then a barrier */
 static inline void product(const float *x, float *xt, long rows, long k, const float *p, long n, const float *bias,

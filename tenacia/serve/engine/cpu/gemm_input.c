@@ -1,5 +1,5 @@
 /* The products' input, transposed: included by kernels_avx512.c and kernels_vec.c before their
- * products, used by their tenacia_small_gemm and by decode_stack.c.
+ * products, used by decode_stack.c (tenacia_small_gemm and the decode stack).
  *
  * Why: a block of MR rows against a panel reads, at every step k of its inner loop, one float of
  * each of its MR rows. In the input's own layout (rows x k, row-major) those floats lie k floats

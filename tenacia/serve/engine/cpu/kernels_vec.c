@@ -145,19 +145,7 @@ static void gemm_panels(const float *xt, long m, long k, const float *p, long n,
   }
 }
 
-/* x: (m, k) row-major; p: packed (see above); bias: (n,) or NULL; y: (m, n) row-major. */
-void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
-                        int threads) {
-  long panels = (n + PW - 1) / PW;
-  float *xt = m > 1 ? aligned_alloc(64, (m * k * sizeof(float) + 63) / 64 * 64) : 0;
-#pragma omp parallel num_threads(threads)
-  {
-    const float *in = transpose_input(x, m, k, xt);
-#pragma omp for schedule(static)
-    for (long q = 0; q < panels; q++) gemm_panels(in, m, k, p, n, bias, y, q, q + 1);
-  }
-  free(xt);
-}
+/* tenacia_small_gemm (x . W^T + bias over these panels): decode_stack.c, shared by every build. */
 
 /* 2. Elementwise work between the products (contracts in kernels_avx512.c). */
 #define PARALLEL_ROWS 64

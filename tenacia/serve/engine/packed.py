@@ -59,11 +59,13 @@ class PackedBlock:
         self.down = backend.linear(f.w2.weight)
 
     def __call__(self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, cache: AttentionCache,
-                 decode: bool) -> Tensor:
+                 decode: bool, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x: (rows, dim), the residual stream before this layer, still missing ``delta`` (the
         previous layer's output; None for the first layer), which is added in place here; rows
         are one token per sequence (``decode``) or a prefill's prompt tokens packed into one row;
-        cos, sin: (rows, hd). Returns this layer's own delta; the caller adds the last one."""
+        cos, sin: (rows, hd). Returns (the residual stream, this layer's own delta); the caller
+        adds the last delta. ``keep`` (row indices): after the attention (which stores every
+        row's key and value), only these rows go on, and the stream returned is theirs alone."""
         b, rows, hd = self.backend, x.size(0), self.head_dim
         q_size, kv_end = self.q_size, self.q_size + self.kv_size
         qkv = self.qkv(b.add_rms_norm(x, delta, self.attn_norm, self.eps))  # (rows, q + 2 kv)
@@ -74,10 +76,12 @@ class PackedBlock:
         else:  # (1, heads, N, hd): the prompt tokens packed into one row
             q, k, v = (t.view(1, rows, -1, hd).transpose(1, 2) for t in (q, k, v))
         out = cache.attend(self.layer, q, k, v).transpose(1, 2).reshape(rows, q_size)
+        if keep is not None:
+            x, out = x[keep], out[keep]  # copies: x's other rows are never read again
         h = b.add_rms_norm(x, self.wo(out), self.ffn_norm, self.eps)
         if decode and self.gate_up is not None:
-            return self.down(b.silu_mul(self.gate_up(h)))
-        return self.down(b.silu_mul_pair(self.gate(h), self.up(h)))
+            return x, self.down(b.silu_mul(self.gate_up(h)))
+        return x, self.down(b.silu_mul_pair(self.gate(h), self.up(h)))
 
 
 class PackedLlama:
@@ -98,16 +102,22 @@ class PackedLlama:
         self.decode_stack = None
         backend.arrange_decode(self)
 
-    def hidden(self, tokens: Tensor, positions: Tensor, cache: AttentionCache, decode: bool) -> Tensor:
+    def hidden(self, tokens: Tensor, positions: Tensor, cache: AttentionCache, decode: bool,
+               keep: Tensor | None = None) -> Tensor:
         """tokens, positions: (rows,) -> last hidden states (rows, dim), before the final norm.
-        ``decode``: one token per sequence; else a prefill's tokens packed into one row."""
+        ``decode``: one token per sequence; else a prefill's tokens packed into one row.
+        ``keep`` (row indices, a prefill's rows to be sampled): only those rows' hidden states,
+        (len(keep), dim); the last layer then runs its output product and MLP on them alone
+        (every row's key and value still reach the cache): for a 100-token prompt, 99 rows of
+        the last layer's wo, gate/up and down (about 3% of the prefill's arithmetic) are never
+        used."""
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (rows, hd)
         x = F.embedding(tokens, self.embeddings)  # (rows, dim), a new tensor: updated in place below
         if decode and self.decode_stack is not None:
             return self.decode_stack(x, cos, sin, *cache.decode_rows())
-        delta = None
-        for layer in self.layers:
-            delta = layer(x, delta, cos, sin, cache, decode)
+        delta, last = None, len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x, delta = layer(x, delta, cos, sin, cache, decode, keep if i == last else None)
         return x.add_(delta)
 
     def logits(self, hidden: Tensor) -> Tensor:

@@ -136,13 +136,16 @@ class PackedDeepSeek:
         self.output = backend.linear(model.output.weight, runs_in="decode")
         self.dtype = self.embeddings.dtype
 
-    def hidden(self, tokens: Tensor, positions: Tensor, cache: AttentionCache, decode: bool) -> Tensor:
-        """tokens, positions: (rows,) -> last hidden states (rows, dim), before the final norm."""
+    def hidden(self, tokens: Tensor, positions: Tensor, cache: AttentionCache, decode: bool,
+               keep: Tensor | None = None) -> Tensor:
+        """tokens, positions: (rows,) -> last hidden states (rows, dim), before the final norm;
+        ``keep`` (row indices): those rows' alone, as ``PackedLlama.hidden`` (here every row
+        runs every layer)."""
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (rows, r)
         x = F.embedding(tokens, self.embeddings)
         for layer in self.layers:
             x = layer(x, cos, sin, cache, decode)
-        return x
+        return x if keep is None else x[keep]
 
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden: (S, dim) -> float32 logits (S, vocab)."""

@@ -3,9 +3,11 @@
 The model (``PackedLlama`` or ``PackedDeepSeek``, the serving layout of its family) runs its own layers; the runner only
 lays out tokens, positions and cache slots (handing the step's layout to ``PagedAttention``), and
 computes the output projection for the rows that will be sampled (the last prompt token of each
-finished prefill, every row of a decode) rather than for every prompt token. A sequence that asks
+finished prefill, every row of a decode) rather than for every prompt token; in a prefill the
+model's last layer runs its output product and MLP on those rows alone (``keep`` of
+``PackedLlama.hidden``: every row's key and value still reach the cache). A sequence that asks
 for its prompt's logprobs (``SamplingParams.prompt_logprobs``) also has every prompt row of its
-prefill projected, ``SCORE_ROWS`` rows at a time (a (rows, vocab) float32 block each), and scored
+prefill run through every layer and projected, ``SCORE_ROWS`` rows at a time (a (rows, vocab) float32 block each), and scored
 by the same ``token_logprobs`` as a generated token.
 """
 
@@ -43,16 +45,19 @@ class ModelRunner:
             tokens, positions, rows, sampling = self._prepare_decode(batch)
         for seq, n in zip(batch.seqs, batch.chunks, strict=True):
             seq.num_cached += n
-        hidden = self.model.hidden(tokens, positions, self.attention, decode=not batch.prefill)
-        if batch.prefill:
+        # a prefill's last layer runs on the sampled rows alone, unless a prompt is scored
+        keep = rows if batch.prefill and sampling and not any(s.scores_prompt for s in batch.seqs) else None
+        hidden = self.model.hidden(tokens, positions, self.attention, decode=not batch.prefill, keep=keep)
+        if batch.prefill and keep is None:
             self._score_prompts(batch, hidden)
         if not sampling:  # a prompt chunk: it only filled the cache
             return [], []
-        logits = self.model.logits(hidden[rows])  # (S, vocab)
+        sampled_hidden = hidden if keep is not None else hidden[rows]  # (S, dim)
+        logits = self.model.logits(sampled_hidden)  # (S, vocab)
         try:
             chosen, logprobs = self.sampler(logits, sampling)
         except Exception:  # one row's failure: find it, sample the others
-            return self._sample_alone(self.model.logits(hidden[rows]), sampling)
+            return self._sample_alone(self.model.logits(sampled_hidden), sampling)
         return list(zip(sampling, chosen, logprobs, strict=True)), []
 
     def _sample_alone(self, logits: Tensor, sampling: list[Sequence]):

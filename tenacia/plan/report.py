@@ -282,6 +282,9 @@ def validation_table(s: dict) -> Table:
                           _num(c["predicted"]) if c["predicted"] is not None else "-", error,
                           yes_no[c.get("met")], band, yes_no[c.get("in_band")])
         _summary_rows(table, name, agg)
+    unplanned = [f"{c['id']}: {c['problem']}" for c in s["cases"] if c["predicted"] is None and c.get("problem")]
+    if unplanned:
+        table.caption = "cannot plan: " + " | ".join(unplanned)
     held = s.get("held_out_pooled")
     if held and held["cases"] and sum(1 for n, a in s["sets"].items() if n != "tuning" and a["cases"]) > 1:
         _summary_rows(table, "held-out, pooled", held)

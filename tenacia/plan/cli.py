@@ -239,7 +239,7 @@ def cmd_chips(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .report import validation_table
-    from .validation import by_set, load_cases, run_case
+    from .validation import by_set, load_cases, pooled, run_case
 
     cases = [c for c in load_cases() if args.set in (None, c.set) and (not args.case or c.id in args.case)]
     results = [run_case(c, tuple(args.extra)) for c in cases]
@@ -248,6 +248,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
                           "predicted": r.predicted, "error": r.error, "met": r.met,
                           "band": list(r.band) if r.band else None, "in_band": r.in_band, "problem": r.problem,
                           "source": r.case.source} for r in results],
-               "sets": by_set(results)}
+               "sets": by_set(results), "held_out_pooled": pooled(results)}
     _print(args, summary, validation_table(summary))
     return 0

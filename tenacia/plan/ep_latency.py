@@ -50,3 +50,14 @@ def floor_us(chip_key: str, scale_up_domain: int, chips: int, moe: bool) -> floa
         return _at(RDMA_US, chips)
     table = SCALE_UP_US.get(chip_key)
     return _at(table, chips) if table else 0.0
+
+
+def floor_row(chip_key: str, scale_up_domain: int, chips: int) -> str:
+    """Which published row ``floor_us`` takes for an instance of ``chips``, in words."""
+    table, fabric = (RDMA_US, "DeepEP over RDMA") if chips > scale_up_domain else (SCALE_UP_US.get(chip_key), chip_key)
+    if not table or chips <= 1:
+        return "none published"
+    row = next((size for size, _ in table if size >= chips), None)
+    if row is None:
+        return f"{fabric}'s largest published EP{table[-1][0]} row (none beyond it) for EP{chips}"
+    return f"{fabric}'s EP{row} row for EP{chips}"

@@ -260,31 +260,51 @@ def _pct(x: float | None) -> str:
 
 
 def validation_table(s: dict) -> Table:
-    """One row per case, grouped by set, then each set's median and largest absolute error, how
-    many cases meet the per-case bar, and how many reliability cases hold the published figure
-    inside their failure-rate band."""
-    table = Table(title="tenacia plan validate (error = predicted / published - 1; met: |error| <= 25%, "
-                        "or planned >= published where the source gives a lower bound, shown '>=')")
+    """One row per case, grouped by set, then each set's summary (``validation.summarize``): the
+    median and largest |error| and how many are over the bar, over point cases only; how many
+    lower bounds are reached; how many cases meet the per-case bar; how many reliability cases
+    hold the published figure inside their failure-rate band. Last, the same over every held-out
+    set together, when more than one is shown."""
+    table = Table(title="tenacia plan validate (error = predicted / published - 1; met: |error| <= 25%, or "
+                        "planned >= published where the source gives a lower bound, shown '>=': a bound "
+                        "counts as met or not, never in the median or max)")
     for col in ("set", "case", "kind", "published", "predicted", "error", "met", "failure-rate band", "in band"):
         table.add_column(col, justify="left" if col in ("set", "case", "kind") else "right")
     yes_no = {True: "yes", False: "no", None: ""}
     for name, agg in ((n, a) for n, a in s["sets"].items() if a["cases"]):
         for c in (c for c in s["cases"] if c["set"] == name):
             error = f"{c['error']:+.1%}" if c["error"] is not None else "cannot plan"
+            if c.get("lower_bound") and c["error"] is not None:
+                error = f"[dim]bound ({error})[/]"
             band = f"{_num(c['band'][0])} to {_num(c['band'][1])}" if c.get("band") else ""
             published = (">= " if c.get("lower_bound") else "") + _num(c["published"])
             table.add_row(name, c["id"], c["kind"], published,
                           _num(c["predicted"]) if c["predicted"] is not None else "-", error,
                           yes_no[c.get("met")], band, yes_no[c.get("in_band")])
-        table.add_row(name, f"[bold]{agg['planned']} of {agg['cases']} planned[/]", "", "", "median |error|",
-                      f"[bold]{_pct(agg['median_abs_error'])}[/] (max {_pct(agg['max_abs_error'])})",
-                      f"{agg['met']} of {agg['cases']}", "", _banded(agg))
-        for kind, k in agg["kinds"].items():
-            table.add_row(name, f"  {kind}: {k['planned']} of {k['cases']}", "", "", "median |error|",
-                          f"{_pct(k['median_abs_error'])} (max {_pct(k['max_abs_error'])})",
-                          f"{k['met']} of {k['cases']}", "", _banded(k),
-                          end_section=kind == list(agg["kinds"])[-1])
+        _summary_rows(table, name, agg)
+    unplanned = [f"{c['id']}: {c['problem']}" for c in s["cases"] if c["predicted"] is None and c.get("problem")]
+    if unplanned:
+        table.caption = "cannot plan: " + " | ".join(unplanned)
+    held = s.get("held_out_pooled")
+    if held and held["cases"] and sum(1 for n, a in s["sets"].items() if n != "tuning" and a["cases"]) > 1:
+        _summary_rows(table, "held-out, pooled", held)
     return table
+
+
+def _summary_rows(table: Table, name: str, agg: dict) -> None:
+    """A summary line for ``agg`` and one per kind in it."""
+    def line(label: str, a: dict, bold: bool) -> tuple[str, ...]:
+        points = f"{_pct(a['median_abs_error'])} (max {_pct(a['max_abs_error'])})"
+        over = f"{a['over_bar']} of {a['points']} over 25%" + (f"; bounds {a['bounds_met']} of {a['bounds']} met"
+                                                               if a["bounds"] else "")
+        return (name, f"[bold]{label}[/]" if bold else label, "", "", "median |error|",
+                f"[bold]{points}[/]" if bold else points, f"{a['met']} of {a['cases']}", over, _banded(a))
+
+    table.add_row(*line(f"{agg['planned']} of {agg['cases']} planned", agg, True))
+    kinds = list(agg["kinds"])
+    for kind in kinds:
+        k = agg["kinds"][kind]
+        table.add_row(*line(f"  {kind}: {k['planned']} of {k['cases']}", k, False), end_section=kind == kinds[-1])
 
 
 def _banded(agg: dict) -> str:

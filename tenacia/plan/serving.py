@@ -27,6 +27,7 @@ from ..config import ConfigError, check
 from .aggregated import serving_parts, tpot_s
 from .catalog import Chip
 from .efficiency import TILE
+from .ep_latency import floor_row
 from .models import ModelSpec
 from .serve_plan import ServePlan
 from .serving_step import alltoall_floor_s, fixed_s, prefill_tps_per_chip, weight_bytes_per_chip
@@ -97,6 +98,29 @@ def best_decode(plan: ServePlan, chip: Chip, target_s: float) -> tuple[int, int,
     return best
 
 
+def _unreachable(plan: ServePlan, chip: Chip, tried: str) -> str:
+    """Why no instance meets ``plan.tpot_ms`` although the fixed cost alone does: the fastest
+    one sequence decodes on an instance that holds the weights and its KV cache, or that none does."""
+    m, a, d = plan.model, plan.assumptions, plan.demand
+    kv_per_seq = (d.input_len + d.output_len) * m.kv_elements_per_token * plan.kv_bytes
+    fastest = None
+    for tp in ([plan.tp] if plan.tp else [2 ** i for i in range(11)]):
+        if tp * (chip.memory_gb * 1e9 * a.usable_memory - weight_bytes_per_chip(m, tp, plan.precision)) < kv_per_seq:
+            continue
+        one = serving_parts(m, chip, plan, tp, 1)
+        if fastest is None or one["tpot_s"] < fastest[1]["tpot_s"]:
+            fastest = (tp, one)
+    if fastest is None:
+        return (f"a target {chip.key} can meet for {m.total_params_b:g}B parameters with tp={tried}: no instance holds "
+                "the weights plus one sequence's KV cache; raise tp, or use precision='fp8'")
+    tp, one = fastest
+    return (f"more than one sequence alone takes on {chip.key}: {one['tpot_s'] * 1000:.1f} ms a token at the "
+            f"fastest, on tp={tp} (a step of {one['step_s'] * 1000:.1f} ms / {plan.speculation.accepted:g} tokens "
+            f"accepted: fixed costs {one['fixed_s'] * 1000:.1f} ms, attention {one['attention_s'] * 1000:.2f}, dense "
+            f"{one['dense_s'] * 1000:.2f}{', experts %.2f' % (one['experts_s'] * 1000) if 'experts_s' in one else ''}, "
+            f"all-to-all or all-reduce {one['comm_s'] * 1000:.2f}, drafts {one['draft_s'] * 1000:.2f} ms); raise tpot_ms")
+
+
 def decode_curve(plan: ServePlan, chip: Chip, targets_ms: tuple[float, ...] = CURVE_MS) -> list[dict]:
     """Decode tokens/s per chip at each TPOT target (0 where no instance meets it)."""
     out = []
@@ -127,11 +151,11 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
                               f"{m.layers} layers x step.layer_overhead_us={plan.step.layer_overhead_us:g}, "
                               f"{m.moe_layers if m.is_moe else 0} MoE layers x step.moe_layer_kernel_us={plan.step.moe_layer_kernel_us:g}, "
                               f"{moe} MoE layers x step.moe_layer_overhead_us={plan.step.moe_layer_overhead_us:g}, "
-                              f"the all-to-all's published latency floor {floor:.1f} ms: ep_latency.py)")
-        raise ConfigError("tpot_ms", plan.tpot_ms,
-                          f"a target {chip.key} can meet for {m.total_params_b:g}B parameters with tp={tried}: "
-                          "no instance both holds the weights plus one sequence's KV cache and decodes "
-                          "one token that fast; raise tpot_ms or tp, or use precision='fp8'")
+                              f"the all-to-all's published latency floor {floor:.1f} ms, "
+                              f"{floor_row(chip.key, chip.scale_up_domain, smallest)}: ep_latency.py; "
+                              f"a step of {fixed_ms * plan.speculation.accepted:.1f} ms / "
+                              f"{plan.speculation.accepted:g} tokens accepted)")
+        raise ConfigError("tpot_ms", plan.tpot_ms, _unreachable(plan, chip, str(tried)))
     tp, batch, step, max_mem = best
     prefill_per_chip = prefill_tps_per_chip(m, chip, plan)
     rps = d.peak_rps

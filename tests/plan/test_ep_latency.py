@@ -1,6 +1,6 @@
 """The all-to-all's latency floor: the published low-latency kernels' rows, by fabric and EP."""
 
-from tenacia.plan.ep_latency import RDMA_US, SCALE_UP_US, floor_us
+from tenacia.plan.ep_latency import RDMA_US, SCALE_UP_US, floor_row, floor_us
 
 
 def test_the_floor_is_the_published_row_at_or_above_the_instance():
@@ -28,3 +28,9 @@ def test_the_floor_never_falls_as_the_instance_grows():
         assert all(a <= b for a, b in zip(floors, floors[1:], strict=False))
     assert [ep for ep, _ in RDMA_US] == sorted(ep for ep, _ in RDMA_US)
     assert all([ep for ep, _ in t] == sorted(ep for ep, _ in t) for t in SCALE_UP_US.values())
+
+
+def test_the_row_taken_is_named():
+    assert floor_row("h800", 8, 24) == "DeepEP over RDMA's EP32 row for EP24"
+    assert floor_row("ascend-910c", 384, 160) == "ascend-910c's largest published EP32 row (none beyond it) for EP160"
+    assert floor_row("h100", 8, 8) == "none published"

@@ -122,12 +122,22 @@ def test_more_bandwidth_never_needs_more_chips(chips):
 def test_unreachable_target_is_a_clear_error(chips):
     with pytest.raises(ConfigError) as e:
         estimate_serving(_plan("model.preset='llama-3-405b'", "tp=1", "tpot_ms=40"), chips["h100"])
-    assert e.value.field == "tpot_ms" and "raise tpot_ms or tp" in e.value.allowed
+    assert e.value.field == "tpot_ms" and "no instance holds the weights plus one sequence's KV cache" in e.value.allowed
+    # the weights fit, the fixed cost (15.3 ms a token) is under 20 ms, one sequence is not: the
+    # message gives that sequence's time per token and its parts (CloudMatrix's decode instance)
+    plan = _plan("chip='ascend-910c'", "precision='int8'", "tp=160", "tpot_ms=20", "demand.input_len=4096",
+                 "demand.output_len=256", "speculation.draft_tokens=2", "speculation.accepted=1.7")
+    one = decode_parts(plan.model, chips["ascend-910c"], plan, 160, 1)
+    with pytest.raises(ConfigError) as e:
+        estimate_serving(plan, chips["ascend-910c"])
+    assert f"{one['tpot_s'] * 1000:.1f} ms a token at the fastest, on tp=160" in e.value.allowed
+    assert f"fixed costs {one['fixed_s'] * 1000:.1f} ms" in e.value.allowed and one["tpot_s"] > 0.020
     with pytest.raises(ConfigError) as e:  # the fixed costs alone are longer than the target
         estimate_serving(_plan("tp=16", "tpot_ms=30", "step.layer_overhead_us=100", "step.moe_layer_kernel_us=0",
                                "step.moe_layer_overhead_us=200"), chips["h800"])
     # 16 H800 span two 8-chip domains: 61 x 100 + 58 x (200 + DeepEP's EP16 118 + 195) µs = 35.9 ms
     assert e.value.field == "tpot_ms" and "fixed cost alone on 16 chips: 35.9 ms a token" in e.value.allowed
+    assert "DeepEP over RDMA's EP16 row for EP16" in e.value.allowed
     with pytest.raises(ConfigError) as e:  # searched instances: none pays less than one chip's 61 x 71 + 58 x 69 µs
         estimate_serving(_plan("tpot_ms=8"), chips["h800"])
     assert "fixed cost alone on 1 chips: 8.3 ms a token" in e.value.allowed

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tenacia.plan.validation import SETS, Result, by_set, load_cases, run_case
+from tenacia.plan.validation import SETS, Result, by_set, load_cases, pooled, run_case
 
 from .test_cli import tenacia
 
@@ -131,10 +131,11 @@ def test_new_metrics_read_the_summary_and_a_count_needs_its_window():
     assert Case(**base, metric="accelerator_failures_in_days", days=55).days == 55
 
 
-def _result(published: float, predicted: float, band: tuple[float, float] | None, lower_bound: bool = False) -> Result:
+def _result(published: float, predicted: float, band: tuple[float, float] | None, lower_bound: bool = False,
+            set_: str = "held-out-7") -> Result:
     from tenacia.plan.validation import Case
 
-    case = Case(id="x", set="held-out-7", kind="reliability", what="w", published=published, source="s",
+    case = Case(id="x", set=set_, kind="reliability", what="w", published=published, source="s",
                 metric="hardware_failures_in_days", days=55, lower_bound=lower_bound)
     return Result(case=case, predicted=predicted, problem="", band=band)
 
@@ -153,16 +154,40 @@ def test_band_coverage_and_the_per_case_bar_by_hand():
     assert agg["median_abs_error"] == pytest.approx(33.6 / 9 - 1) and agg["max_abs_error"] == pytest.approx(33.6 / 9 - 1)
 
 
-def test_a_lower_bound_is_met_when_planned_at_or_above_it_and_its_error_still_counts():
-    """GLM-130B's log names the GPU in one entry: at least 1 GPU failure. 24.7 planned meets it
-    (error +2,367%, still the set's largest); 0.5 planned does not (-50%). Inside the band when
-    the high end reaches the bound: 8.89 to 89.8 holds 'at least 1', 0.2 to 0.8 does not."""
+def test_a_lower_bound_counts_as_met_or_not_never_in_the_median_or_max():
+    """GLM-130B's log names the GPU in one entry: at least 1 GPU failure. 24.7 planned meets it,
+    0.5 planned does not; neither ratio (+2,367%, -50%) enters the median or largest |error|,
+    which are over point cases only (here one, +20%): median = max = 0.2, 0 of 1 over 25%,
+    bounds 1 of 2 met, 2 of 3 cases met. Inside the band when the high end reaches the bound:
+    8.89 to 89.8 holds 'at least 1', 0.2 to 0.8 does not."""
     above, below = _result(1, 24.7, (8.89, 89.8), lower_bound=True), _result(1, 0.5, (0.2, 0.8), lower_bound=True)
     assert above.met and above.error == pytest.approx(23.7) and above.in_band is True
     assert not below.met and below.error == pytest.approx(-0.5) and below.in_band is False
-    agg = by_set([above, below])["held-out-7"]
-    assert agg["met"] == 1 and agg["max_abs_error"] == pytest.approx(23.7)
-    assert agg["median_abs_error"] == pytest.approx((23.7 + 0.5) / 2)
+    agg = by_set([above, below, _result(10, 12, None)])["held-out-7"]
+    assert (agg["cases"], agg["points"], agg["bounds"], agg["bounds_met"], agg["met"]) == (3, 1, 2, 1, 2)
+    assert agg["median_abs_error"] == pytest.approx(0.2) == agg["max_abs_error"] and agg["over_bar"] == 0
+    only_bounds = by_set([above])["held-out-7"]
+    assert only_bounds["median_abs_error"] is None and only_bounds["max_abs_error"] is None
+
+
+def test_pooled_summary_over_every_held_out_set_leaves_tuning_out():
+    """Points +10% (held-out), -30% (held-out-3), +50% (held-out-7), an unplannable case
+    (held-out-2) and a tuning case (+200%, left out): median of 0.1, 0.3, 0.5, inf = 0.4, max
+    inf, 3 of 4 over 25%, 1 of 4 met."""
+    rs = [_result(10, 11, None, set_="held-out"), _result(10, 7, None, set_="held-out-3"),
+          _result(10, 15, None, set_="held-out-7"), _result(10, 30, None, set_="tuning")]
+    unplanned = Result(case=rs[0].case, predicted=None, problem="no")
+    agg = pooled([*rs, unplanned])
+    assert agg["cases"] == 4 and agg["median_abs_error"] == pytest.approx(0.4)
+    assert agg["max_abs_error"] == float("inf") and agg["over_bar"] == 3 and agg["met"] == 1
+
+
+def test_sources_that_state_a_minimum_are_marked_lower_bounds():
+    """OPT-175B ("at least 35 manual restarts", "70+ automatic"), Llama 3 ("more than 90%"
+    effective training time) and GLM-130B's GPU row state minima."""
+    cases = {c.id: c for c in load_cases()}
+    for case in ("opt175b-hardware-restarts", "llama3-effective-time", "glm130b-gpu-failures-55d"):
+        assert cases[case].lower_bound, case
 
 
 def test_glm130b_rows_against_the_rebuilt_a100_range(chips):

@@ -132,11 +132,11 @@ def test_new_metrics_read_the_summary_and_a_count_needs_its_window():
 
 
 def _result(published: float, predicted: float, band: tuple[float, float] | None, lower_bound: bool = False,
-            set_: str = "held-out-7") -> Result:
+            set_: str = "held-out-7", upper_bound: bool = False) -> Result:
     from tenacia.plan.validation import Case
 
     case = Case(id="x", set=set_, kind="reliability", what="w", published=published, source="s",
-                metric="hardware_failures_in_days", days=55, lower_bound=lower_bound)
+                metric="hardware_failures_in_days", days=55, lower_bound=lower_bound, upper_bound=upper_bound)
     return Result(case=case, predicted=predicted, problem="", band=band)
 
 
@@ -168,6 +168,12 @@ def test_a_lower_bound_counts_as_met_or_not_never_in_the_median_or_max():
     assert agg["median_abs_error"] == pytest.approx(0.2) == agg["max_abs_error"] and agg["over_bar"] == 0
     only_bounds = by_set([above])["held-out-7"]
     assert only_bounds["median_abs_error"] is None and only_bounds["max_abs_error"] is None
+    # a maximum ("over 1,000 tokens/s per user": a TPOT under 1.0 ms): met at 0.9, not at 2.66,
+    # inside a band whose low end reaches it; never a point either
+    under, over = _result(1.0, 0.9, None, upper_bound=True), _result(1.0, 2.66, (0.8, 3.0), upper_bound=True)
+    assert under.met and not over.met and over.in_band is True
+    agg = by_set([under, over, _result(10, 12, None)])["held-out-7"]
+    assert (agg["points"], agg["bounds"], agg["bounds_met"]) == (1, 2, 1) and agg["max_abs_error"] == pytest.approx(0.2)
 
 
 def test_pooled_summary_over_every_held_out_set_leaves_tuning_out():
@@ -184,10 +190,11 @@ def test_pooled_summary_over_every_held_out_set_leaves_tuning_out():
 
 def test_sources_that_state_a_minimum_are_marked_lower_bounds():
     """OPT-175B ("at least 35 manual restarts", "70+ automatic"), Llama 3 ("more than 90%"
-    effective training time) and GLM-130B's GPU row state minima."""
+    effective training time) and GLM-130B's GPU row state minima; NVIDIA's Maverick blog a maximum."""
     cases = {c.id: c for c in load_cases()}
     for case in ("opt175b-hardware-restarts", "llama3-effective-time", "glm130b-gpu-failures-55d"):
         assert cases[case].lower_bound, case
+    assert cases["nvidia-b200-maverick-tpot-c1"].upper_bound  # "over 1,000 tokens per second per user"
 
 
 def test_glm130b_rows_against_the_rebuilt_a100_range(chips):

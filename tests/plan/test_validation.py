@@ -82,7 +82,12 @@ def test_validate_command_prints_both_sets():
     # every reliability case says whether its band holds the published figure; every case whether it meets the bar
     assert all((c["in_band"] is None) == (c["kind"] != "reliability") for c in out["cases"])
     assert all(isinstance(c["met"], bool) for c in out["cases"])
-    assert all(set(agg) >= {"met", "banded", "in_band"} for agg in out["sets"].values())
+    assert all(set(agg) >= {"met", "banded", "in_band", "points", "bounds", "over_bar"} for agg in out["sets"].values())
+    # the pooled line: every held-out case, no tuning case, its bounds apart from its points
+    pooled_ = out["held_out_pooled"]
+    held = [c for c in out["cases"] if c["set"] != "tuning"]
+    assert pooled_["cases"] == len(held) and pooled_["bounds"] == sum(c["lower_bound"] or c["upper_bound"] for c in held)
+    assert pooled_["points"] + pooled_["bounds"] == pooled_["cases"] and set(pooled_["kinds"]) == {c["kind"] for c in held}
 
 
 def test_validate_runs_chosen_cases_with_what_if_overrides():
@@ -212,3 +217,20 @@ def test_glm130b_rows_against_the_rebuilt_a100_range(chips):
     assert gpu.case.lower_bound and gpu.met and gpu.in_band
     assert gpu.predicted == pytest.approx(a100.crash_per_chip_year * 768 * 55 / 365.25, rel=1e-6)
     assert gpu.error == pytest.approx(23.67, abs=0.01)
+
+
+def test_the_table_prints_the_pooled_line_and_why_a_case_cannot_plan():
+    from rich.console import Console
+
+    from tenacia.plan.report import validation_table
+
+    rs = [_result(10, 11, None, set_="held-out"), _result(10, 7, None, set_="held-out-3")]
+    unplanned = Result(case=rs[0].case, predicted=None, problem="tpot_ms: more than the fixed cost")
+    cases = [{"id": r.case.id, "set": r.case.set, "kind": r.case.kind, "published": r.case.published,
+              "lower_bound": False, "upper_bound": False, "predicted": r.predicted, "error": r.error, "met": r.met,
+              "band": None, "in_band": None, "problem": r.problem} for r in [*rs, unplanned]]
+    console = Console(width=200, record=True)
+    console.print(validation_table({"cases": cases, "sets": by_set([*rs, unplanned]), "held_out_pooled": pooled([*rs, unplanned])}))
+    text = console.export_text()
+    assert "held-out, pooled" in text and "2 of 3 over 25%" in text  # +10%, -30%, unplannable
+    assert "cannot plan: x: tpot_ms: more than the fixed cost" in text

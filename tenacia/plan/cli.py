@@ -245,6 +245,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     results = [run_case(c, tuple(args.extra)) for c in cases]
     summary = {"cases": [{"id": r.case.id, "set": r.case.set, "kind": r.case.kind, "what": r.case.what,
                           "published": r.case.published, "lower_bound": r.case.lower_bound,
+                          "upper_bound": r.case.upper_bound,
                           "predicted": r.predicted, "error": r.error, "met": r.met,
                           "band": list(r.band) if r.band else None, "in_band": r.in_band, "problem": r.problem,
                           "source": r.case.source} for r in results],

@@ -266,7 +266,7 @@ def validation_table(s: dict) -> Table:
     hold the published figure inside their failure-rate band. Last, the same over every held-out
     set together, when more than one is shown."""
     table = Table(title="tenacia plan validate (error = predicted / published - 1; met: |error| <= 25%, or "
-                        "planned >= published where the source gives a lower bound, shown '>=': a bound "
+                        "planned >= published where the source gives a minimum, shown '>=' (<=, '<=', a maximum): a bound "
                         "counts as met or not, never in the median or max)")
     for col in ("set", "case", "kind", "published", "predicted", "error", "met", "failure-rate band", "in band"):
         table.add_column(col, justify="left" if col in ("set", "case", "kind") else "right")
@@ -274,10 +274,10 @@ def validation_table(s: dict) -> Table:
     for name, agg in ((n, a) for n, a in s["sets"].items() if a["cases"]):
         for c in (c for c in s["cases"] if c["set"] == name):
             error = f"{c['error']:+.1%}" if c["error"] is not None else "cannot plan"
-            if c.get("lower_bound") and c["error"] is not None:
+            if (c.get("lower_bound") or c.get("upper_bound")) and c["error"] is not None:
                 error = f"[dim]bound ({error})[/]"
             band = f"{_num(c['band'][0])} to {_num(c['band'][1])}" if c.get("band") else ""
-            published = (">= " if c.get("lower_bound") else "") + _num(c["published"])
+            published = (">= " if c.get("lower_bound") else "<= " if c.get("upper_bound") else "") + _num(c["published"])
             table.add_row(name, c["id"], c["kind"], published,
                           _num(c["predicted"]) if c["predicted"] is not None else "-", error,
                           yes_no[c.get("met")], band, yes_no[c.get("in_band")])

@@ -147,6 +147,13 @@ class Demand:
         check(self.peak_requests_per_s >= 0, "peak_requests_per_s", self.peak_requests_per_s, "a number >= 0")
 
     @property
+    def prefill_context(self) -> float:
+        """Tokens a computed prompt token attends to on average: the cached prefix, which a hit
+        skips computing but not attending to (the prefix cache holds its K and V), then half of
+        the computed rest (causal): input_len x (hit + (1 - hit) / 2)."""
+        return self.input_len * (self.cache_hit_rate + (1 - self.cache_hit_rate) / 2)
+
+    @property
     def peak_rps(self) -> float:
         mean = self.tokens_per_day / (self.input_len + self.output_len) / 86400
         return self.peak_requests_per_s or mean * self.peak_factor

@@ -58,6 +58,19 @@ class ServeEstimate:
         return {f.name: getattr(self, f.name) for f in self.__dataclass_fields__.values()}
 
 
+def _instance_sizes(plan: ServePlan) -> list[int]:
+    """The decode instance sizes tried: ``plan.tp``, or the powers of two to 1,024."""
+    return [plan.tp] if plan.tp else [2 ** i for i in range(11)]
+
+
+def _memory_batch(plan: ServePlan, chip: Chip, tp: int) -> int:
+    """Sequences whose full context's KV cache fits a ``tp``-chip instance beside its weights."""
+    m, d = plan.model, plan.demand
+    kv_per_seq = (d.input_len + d.output_len) * m.kv_elements_per_token * plan.kv_bytes
+    free = tp * (chip.memory_gb * 1e9 * plan.assumptions.usable_memory - weight_bytes_per_chip(m, tp, plan.precision))
+    return int(free // kv_per_seq) if free > 0 else 0
+
+
 def _largest_batch(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, limit: int, target: float) -> int:
     """Largest batch <= limit whose step meets ``target`` seconds (0 if even one does not)."""
     if limit < 1 or tpot_s(m, chip, plan, tp, 1) > target:
@@ -76,12 +89,10 @@ def best_decode(plan: ServePlan, chip: Chip, target_s: float) -> tuple[int, int,
     """(tp, batch, step seconds, memory's batch limit) with the most decode tokens/s per chip at
     ``target_s``, over the instance sizes tried (``plan.tp`` or powers of two) and the batches
     that meet it; None if none. A looser target only adds candidates: throughput never falls."""
-    m, a, d = plan.model, plan.assumptions, plan.demand
-    kv_per_seq = (d.input_len + d.output_len) * m.kv_elements_per_token * plan.kv_bytes
+    m = plan.model
     best, best_rate = None, 0.0
-    for tp in ([plan.tp] if plan.tp else [2 ** i for i in range(11)]):
-        free = tp * (chip.memory_gb * 1e9 * a.usable_memory - weight_bytes_per_chip(m, tp, plan.precision))
-        max_mem = int(free // kv_per_seq) if free > 0 else 0
+    for tp in _instance_sizes(plan):
+        max_mem = _memory_batch(plan, chip, tp)
         largest = _largest_batch(m, chip, plan, tp, min(max_mem, plan.max_batch), target_s)
         if largest == 0:
             continue
@@ -101,11 +112,10 @@ def best_decode(plan: ServePlan, chip: Chip, target_s: float) -> tuple[int, int,
 def _unreachable(plan: ServePlan, chip: Chip, tried: str) -> str:
     """Why no instance meets ``plan.tpot_ms`` although the fixed cost alone does: the fastest
     one sequence decodes on an instance that holds the weights and its KV cache, or that none does."""
-    m, a, d = plan.model, plan.assumptions, plan.demand
-    kv_per_seq = (d.input_len + d.output_len) * m.kv_elements_per_token * plan.kv_bytes
+    m = plan.model
     fastest = None
-    for tp in ([plan.tp] if plan.tp else [2 ** i for i in range(11)]):
-        if tp * (chip.memory_gb * 1e9 * a.usable_memory - weight_bytes_per_chip(m, tp, plan.precision)) < kv_per_seq:
+    for tp in _instance_sizes(plan):
+        if _memory_batch(plan, chip, tp) < 1:
             continue
         one = serving_parts(m, chip, plan, tp, 1)
         if fastest is None or one["tpot_s"] < fastest[1]["tpot_s"]:

@@ -174,7 +174,7 @@ def _decode_work(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: floa
     attention_rate = gemm_rate(chip, plan.attention_precision, a)
     own_chunk = chunk if m.is_moe else chunk / tp  # the chunk's tokens on the busiest chip
     prompt = plan.demand.input_len
-    chunk_attention = own_chunk * m.attention_flops_fwd(prompt / 2) / (
+    chunk_attention = own_chunk * m.attention_flops_fwd(plan.demand.prefill_context) / (
         attention_rate * attention_shape_factor(m, prompt, k0, backward=False)) if chunk else 0.0
     ops = {"attention": (rows / tp * m.decode_attention_flops(context) / attention_rate + chunk_attention,
                          batch / tp * context * m.kv_elements_per_token * plan.kv_bytes / hbm)}
@@ -243,8 +243,9 @@ def decode_step_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int
 
 def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
     """Computed prompt tokens per chip-second: each chip of a ``prefill_chips`` instance takes one
-    prompt (``input_len`` tokens) per step; matmuls at those rows, attention (causal: half the
-    prompt as context, not absorbed) and the step's all-to-all (node-limited)."""
+    prompt's worth (``input_len`` tokens) per step; matmuls at those rows, attention (not absorbed)
+    over ``Demand.prefill_context`` (the cached prefix a hit skips computing is still attended to,
+    then half the computed rest: causal) and the step's all-to-all (node-limited)."""
     a, costs, n, tokens = plan.assumptions, plan.step, plan.prefill_chips, plan.demand.input_len
     dense, routed = serving_params(m)
     k0 = a.gemm_k_overhead
@@ -253,7 +254,7 @@ def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
     else:
         factor = model_shape_factor(m, n, tokens * n, 1, k0, backward=False)
     compute = tokens * 2 * (dense + routed * costs.expert_imbalance) / (gemm_rate(chip, plan.precision, a) * factor)
-    compute += tokens * m.attention_flops_fwd(tokens / 2) / (gemm_rate(chip, plan.attention_precision, a)
+    compute += tokens * m.attention_flops_fwd(plan.demand.prefill_context) / (gemm_rate(chip, plan.attention_precision, a)
                                                             * attention_shape_factor(m, tokens, k0, backward=False))
     comm = _all_to_all_s(m, chip, plan, n, tokens, node_limited=True)
     return tokens / _step(compute, comm, fixed_s(m, chip, costs, n, decode=False), costs, costs.prefill_comm_core_share)

@@ -8,9 +8,9 @@ the answer. Error = predicted / published - 1. A case whose inputs the planner c
 reports the ConfigError instead of a number and counts as a failure of its set.
 
 A case meets the issue's per-case bar when |error| <= ``CASE_BAR``. A case whose source states
-its figure only as a minimum (``lower_bound``: "at least", "more than", "70+") is no point to
-measure an error against: it meets the bar when planned >= published and enters a summary as met
-or not met only, never in the median or largest |error| (which are over point figures alone);
+its figure only as a minimum (``lower_bound``: "at least", "more than", "70+") or a maximum
+(``upper_bound``) is no point to measure an error against: it meets the bar when planned >=
+published (<= for a maximum) and enters a summary as met or not met only, never in the median or largest |error| (which are over point figures alone);
 its ratio is still listed, marked as a bound. A reliability case is inside its band when the
 published figure lies between the metric at the low and high ends of the catalog's failure-rate
 range (a lower bound: when the high end reaches it).
@@ -68,6 +68,14 @@ class Case:
     # names when others may have the same cause unnamed): met when planned >= published. Quote
     # the source's words in the case's comment.
     lower_bound: bool = False
+    # The source states the figure only as a maximum ("over 1,000 tokens per second per user" is a
+    # time per token under 1 ms): met when planned <= published.
+    upper_bound: bool = False
+
+    @property
+    def bound(self) -> bool:
+        """Whether the published figure is a bound (either side), not a point."""
+        return self.lower_bound or self.upper_bound
 
     def __post_init__(self) -> None:
         check_choice("set", self.set, SETS)
@@ -80,6 +88,8 @@ class Case:
         check(self.days > 0 if self.metric in WINDOWED else self.days == 0, "days", self.days,
               f"the days {self.metric} counts over (> 0)" if self.metric in WINDOWED
               else f"0: only {', '.join(sorted(WINDOWED))} count over a window")
+        check(not (self.lower_bound and self.upper_bound), "upper_bound", self.upper_bound,
+              "false when lower_bound is true: a figure is a point, a minimum or a maximum")
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
@@ -96,11 +106,14 @@ class Result:
 
     @property
     def met(self) -> bool:
-        """The per-case bar: |error| <= CASE_BAR, or planned >= published for a lower bound."""
+        """The per-case bar: |error| <= CASE_BAR, or planned >= published for a lower bound
+        (<= for an upper bound)."""
         if self.predicted is None:
             return False
         if self.case.lower_bound:
             return self.predicted >= self.case.published
+        if self.case.upper_bound:
+            return self.predicted <= self.case.published
         return abs(self.error) <= CASE_BAR
 
     @property
@@ -111,7 +124,9 @@ class Result:
             return None
         low, high = min(self.band), max(self.band)
         published = self.case.published
-        return high >= published if self.case.lower_bound else low <= published <= high
+        if self.case.lower_bound:
+            return high >= published
+        return low <= published if self.case.upper_bound else low <= published <= high
 
 
 METRICS: dict[str, Callable[[dict], float]] = {
@@ -202,8 +217,8 @@ def run_case(case: Case, extra: tuple[str, ...] = ()) -> Result:
 def summarize(rs: list[Result]) -> dict:
     """The summary of ``rs`` (module docstring): point cases give the median, largest and count
     over the bar of |error|; lower bounds only whether they are reached."""
-    points = [r for r in rs if not r.case.lower_bound]
-    bounds = [r for r in rs if r.case.lower_bound]
+    points = [r for r in rs if not r.case.bound]
+    bounds = [r for r in rs if r.case.bound]
     values = sorted(abs(r.error) if r.error is not None else math.inf for r in points)
     banded = [r.in_band for r in rs if r.in_band is not None]
     return {"cases": len(rs), "planned": sum(r.error is not None for r in rs), "points": len(points),

@@ -337,3 +337,20 @@ def test_each_stack_pays_its_derived_layer_cost_and_vllm_reproduces_its_source(c
     with pytest.raises(ConfigError) as e:
         _plan("step.stack='ollama'")
     assert e.value.field == "step.stack"
+
+
+def test_a_cache_hit_skips_computing_its_prefix_not_attending_to_it(chips):
+    """A computed prompt token attends to the cached prefix and half the computed rest:
+    3,620 x (0.563 + 0.437 / 2) = 2,829.03 tokens (DeepSeek's prompt and hit rate), 1,810 without
+    hits. On one chip (no all-to-all) a computed token's time grows by exactly the attention over
+    the extra 3,620 x 0.563 / 2 tokens of context."""
+    from tenacia.plan.efficiency import attention_shape_factor
+    from tenacia.plan.serving_step import prefill_tps_per_chip
+
+    hit, cold = (_plan("model.preset='llama-3-405b'", "prefill_chips=1", "demand.input_len=3620",
+                       f"demand.cache_hit_rate={h}") for h in (0.563, 0.0))
+    assert hit.demand.prefill_context == pytest.approx(2829.03) and cold.demand.prefill_context == 1810
+    m, h100, a = hit.model, chips["h100"], hit.assumptions
+    rate = gemm_rate(h100, hit.attention_precision, a) * attention_shape_factor(m, 3620, a.gemm_k_overhead, backward=False)
+    extra = m.attention_flops_fwd(3620 * 0.563 / 2) / rate
+    assert 1 / prefill_tps_per_chip(m, h100, hit) - 1 / prefill_tps_per_chip(m, h100, cold) == pytest.approx(extra)

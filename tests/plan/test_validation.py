@@ -82,7 +82,12 @@ def test_validate_command_prints_both_sets():
     # every reliability case says whether its band holds the published figure; every case whether it meets the bar
     assert all((c["in_band"] is None) == (c["kind"] != "reliability") for c in out["cases"])
     assert all(isinstance(c["met"], bool) for c in out["cases"])
-    assert all(set(agg) >= {"met", "banded", "in_band"} for agg in out["sets"].values())
+    assert all(set(agg) >= {"met", "banded", "in_band", "points", "bounds", "over_bar"} for agg in out["sets"].values())
+    # the pooled line: every held-out case, no tuning case, its bounds apart from its points
+    pooled_ = out["held_out_pooled"]
+    held = [c for c in out["cases"] if c["set"] != "tuning"]
+    assert pooled_["cases"] == len(held) and pooled_["bounds"] == sum(c["lower_bound"] or c["upper_bound"] for c in held)
+    assert pooled_["points"] + pooled_["bounds"] == pooled_["cases"] and set(pooled_["kinds"]) == {c["kind"] for c in held}
 
 
 def test_validate_runs_chosen_cases_with_what_if_overrides():
@@ -132,11 +137,11 @@ def test_new_metrics_read_the_summary_and_a_count_needs_its_window():
 
 
 def _result(published: float, predicted: float, band: tuple[float, float] | None, lower_bound: bool = False,
-            set_: str = "held-out-7") -> Result:
+            set_: str = "held-out-7", upper_bound: bool = False) -> Result:
     from tenacia.plan.validation import Case
 
     case = Case(id="x", set=set_, kind="reliability", what="w", published=published, source="s",
-                metric="hardware_failures_in_days", days=55, lower_bound=lower_bound)
+                metric="hardware_failures_in_days", days=55, lower_bound=lower_bound, upper_bound=upper_bound)
     return Result(case=case, predicted=predicted, problem="", band=band)
 
 
@@ -168,6 +173,12 @@ def test_a_lower_bound_counts_as_met_or_not_never_in_the_median_or_max():
     assert agg["median_abs_error"] == pytest.approx(0.2) == agg["max_abs_error"] and agg["over_bar"] == 0
     only_bounds = by_set([above])["held-out-7"]
     assert only_bounds["median_abs_error"] is None and only_bounds["max_abs_error"] is None
+    # a maximum ("over 1,000 tokens/s per user": a TPOT under 1.0 ms): met at 0.9, not at 2.66,
+    # inside a band whose low end reaches it; never a point either
+    under, over = _result(1.0, 0.9, None, upper_bound=True), _result(1.0, 2.66, (0.8, 3.0), upper_bound=True)
+    assert under.met and not over.met and over.in_band is True
+    agg = by_set([under, over, _result(10, 12, None)])["held-out-7"]
+    assert (agg["points"], agg["bounds"], agg["bounds_met"]) == (1, 2, 1) and agg["max_abs_error"] == pytest.approx(0.2)
 
 
 def test_pooled_summary_over_every_held_out_set_leaves_tuning_out():
@@ -184,10 +195,11 @@ def test_pooled_summary_over_every_held_out_set_leaves_tuning_out():
 
 def test_sources_that_state_a_minimum_are_marked_lower_bounds():
     """OPT-175B ("at least 35 manual restarts", "70+ automatic"), Llama 3 ("more than 90%"
-    effective training time) and GLM-130B's GPU row state minima."""
+    effective training time) and GLM-130B's GPU row state minima; NVIDIA's Maverick blog a maximum."""
     cases = {c.id: c for c in load_cases()}
     for case in ("opt175b-hardware-restarts", "llama3-effective-time", "glm130b-gpu-failures-55d"):
         assert cases[case].lower_bound, case
+    assert cases["nvidia-b200-maverick-tpot-c1"].upper_bound  # "over 1,000 tokens per second per user"
 
 
 def test_glm130b_rows_against_the_rebuilt_a100_range(chips):
@@ -205,3 +217,20 @@ def test_glm130b_rows_against_the_rebuilt_a100_range(chips):
     assert gpu.case.lower_bound and gpu.met and gpu.in_band
     assert gpu.predicted == pytest.approx(a100.crash_per_chip_year * 768 * 55 / 365.25, rel=1e-6)
     assert gpu.error == pytest.approx(23.67, abs=0.01)
+
+
+def test_the_table_prints_the_pooled_line_and_why_a_case_cannot_plan():
+    from rich.console import Console
+
+    from tenacia.plan.report import validation_table
+
+    rs = [_result(10, 11, None, set_="held-out"), _result(10, 7, None, set_="held-out-3")]
+    unplanned = Result(case=rs[0].case, predicted=None, problem="tpot_ms: more than the fixed cost")
+    cases = [{"id": r.case.id, "set": r.case.set, "kind": r.case.kind, "published": r.case.published,
+              "lower_bound": False, "upper_bound": False, "predicted": r.predicted, "error": r.error, "met": r.met,
+              "band": None, "in_band": None, "problem": r.problem} for r in [*rs, unplanned]]
+    console = Console(width=200, record=True)
+    console.print(validation_table({"cases": cases, "sets": by_set([*rs, unplanned]), "held_out_pooled": pooled([*rs, unplanned])}))
+    text = console.export_text()
+    assert "held-out, pooled" in text and "2 of 3 over 25%" in text  # +10%, -30%, unplannable
+    assert "cannot plan: x: tpot_ms: more than the fixed cost" in text

@@ -188,13 +188,15 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1, help="a probe seed (never the bench's 0)")
     p.add_argument("--only", default="", help="comma-separated variants (default: all)")
     p.add_argument("--work", type=Path, default=Path("/tmp/diloco_gap"))
+    p.add_argument("--diloco-lr", type=float, default=SETTINGS["diloco"]["lr"], help="the diloco variants' inner peak rate")
     a = p.parse_args()
+    SETTINGS["diloco"]["lr"] = a.diloco_lr
     torch.set_num_threads(1)
     rows = []
     for v in [x for x in (a.only.split(",") if a.only else VARIANTS) if x]:
         t0 = time.monotonic()
         loss = run(v, a.seed, a.work)
-        rows.append({"variant": v, "seed": a.seed, "eval_loss": loss, "seconds": time.monotonic() - t0})
+        rows.append({"variant": v, "seed": a.seed, "diloco_lr": a.diloco_lr, "eval_loss": loss, "seconds": time.monotonic() - t0})
         print(f"{v:<20} seed {a.seed}: eval loss {loss:.4f} ({time.monotonic() - t0:.0f} s)", flush=True)
     ddp = next((r["eval_loss"] for r in rows if r["variant"] == "ddp"), None)
     if ddp:

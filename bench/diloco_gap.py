@@ -138,6 +138,8 @@ def run(variant: str, seed: int, work: Path) -> float:
     if nc:
         opts = [build_noise_corrected(m, lr=s["lr"], weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
                                       reference=MEMBERS * BATCH) for m in models]
+        for opt in opts:
+            opt.corrected_beta2 = CORRECTED_BETA2
     else:
         opts = [build_optimizer(m, lr=s["lr"], weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
                                 device=dev) for m in models]
@@ -180,6 +182,7 @@ def run(variant: str, seed: int, work: Path) -> float:
     return t.evaluate()
 
 
+CORRECTED_BETA2: float | None = None  # --corrected-beta2
 VARIANTS = ("ddp", "h1", "h1-noclip", "h1-shared-v", "h1-nc", "diloco", "diloco-nc", "diloco-interleaved", "torchft")
 
 
@@ -189,14 +192,17 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated variants (default: all)")
     p.add_argument("--work", type=Path, default=Path("/tmp/diloco_gap"))
     p.add_argument("--diloco-lr", type=float, default=SETTINGS["diloco"]["lr"], help="the diloco variants' inner peak rate")
+    p.add_argument("--corrected-beta2", type=float, default=None, help="the -nc variants' corrected EMA's decay")
     a = p.parse_args()
     SETTINGS["diloco"]["lr"] = a.diloco_lr
+    global CORRECTED_BETA2
+    CORRECTED_BETA2 = a.corrected_beta2
     torch.set_num_threads(1)
     rows = []
     for v in [x for x in (a.only.split(",") if a.only else VARIANTS) if x]:
         t0 = time.monotonic()
         loss = run(v, a.seed, a.work)
-        rows.append({"variant": v, "seed": a.seed, "diloco_lr": a.diloco_lr, "eval_loss": loss, "seconds": time.monotonic() - t0})
+        rows.append({"variant": v, "seed": a.seed, "diloco_lr": a.diloco_lr, "corrected_beta2": a.corrected_beta2, "eval_loss": loss, "seconds": time.monotonic() - t0})
         print(f"{v:<20} seed {a.seed}: eval loss {loss:.4f} ({time.monotonic() - t0:.0f} s)", flush=True)
     ddp = next((r["eval_loss"] for r in rows if r["variant"] == "ddp"), None)
     if ddp:

@@ -53,9 +53,10 @@ class NoiseCorrectedAdamW(torch.optim.Optimizer):
     with no marked half (a one-sample batch) falls back to ``g^2`` for that step."""
 
     def __init__(self, params, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
-                 reference: int) -> None:
+                 reference: int, corrected_beta2: float | None = None) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
         self.reference = reference
+        self.corrected_beta2 = corrected_beta2  # the corrected EMA's decay (None: betas[1], AdamW's)
         self._half: dict[nn.Parameter, torch.Tensor] = {}  # p -> the first half's share of p.grad
         self._split = (0, 0)  # (n_a, n) of the marked step
         self._scale = 1.0  # the clipping factor of the marked step's gradients
@@ -91,11 +92,13 @@ class NoiseCorrectedAdamW(torch.optim.Optimizer):
                     u = g * g
                 p.mul_(1 - lr * wd)
                 st["exp_avg"].lerp_(g, 1 - b1)
-                st["exp_avg_sq"].mul_(b2).add_(u, alpha=1 - b2)
+                bc = self.corrected_beta2 if self.corrected_beta2 is not None else b2
+                st["exp_avg_sq"].mul_(bc).add_(u, alpha=1 - bc)
                 st["exp_avg_sq_own"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                floor = st["exp_avg_sq_own"] * (min(n, self.reference) / self.reference if halves else 1.0)
-                v = torch.maximum(st["exp_avg_sq"], floor)
-                denom = (v.sqrt() / (1 - b2 ** t) ** 0.5).add_(eps)
+                share = min(n, self.reference) / self.reference if halves else 1.0
+                floor = st["exp_avg_sq_own"] * (share / (1 - b2 ** t))
+                v = torch.maximum(st["exp_avg_sq"] / (1 - bc ** t), floor)
+                denom = v.sqrt().add_(eps)
                 p.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1 ** t))
         self._half, self._split, self._scale = {}, (0, 0), 1.0
 

@@ -14,6 +14,9 @@ loopback, deterministic: no speed-sized shares, no timing. Each variant changes 
 - ``h1-shared-v``: the same, but every copy's AdamW divides by the second moment of the *mean*
   gradient (the moments' other half, the first moment, is linear: its average is ddp's): if this
   is ddp to rounding, the gap of ``h1`` is made of the per-copy second moments and clipping;
+- ``h1-nc``, ``diloco-nc``: ``h1``, ``diloco`` with every member's inner AdamW fed the noise-corrected
+  second moment (tenacia/train/second_moment.py: each 8-sample batch as two halves of 4, an unbiased
+  per-coordinate estimate of the second moment of ddp's 32-sample mean gradient, no communication);
 - ``diloco``: 8 rounds of H = 100, outer Nesterov (the bench's settings), each copy a contiguous
   quarter of the round's samples (tenacia with even shares);
 - ``diloco-interleaved``: the same, but at inner step ``s`` copy ``k`` trains the samples of ddp's
@@ -43,6 +46,7 @@ from results_file import write_results  # noqa: E402
 
 from tenacia import config  # noqa: E402
 from tenacia.train.config import RunConfig  # noqa: E402
+from tenacia.train.second_moment import build_noise_corrected, noise_corrected_update  # noqa: E402
 from tenacia.train.step import apply_update, build_optimizer, compute_gradients, lr_at  # noqa: E402
 from tenacia.train.trainer import Trainer  # noqa: E402
 
@@ -130,8 +134,15 @@ def run(variant: str, seed: int, work: Path) -> float:
     glob = [p.detach().clone() for p in t.model.parameters()]
     outer = torch.optim.SGD(glob, lr=olr, momentum=mom, nesterov=mom > 0)
     models = [copy.deepcopy(t.model) for _ in range(MEMBERS)]
-    opts = [build_optimizer(m, lr=s["lr"], weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
-                            device=dev) for m in models]
+    nc = variant.endswith("-nc")
+    if nc:
+        opts = [build_noise_corrected(m, lr=s["lr"], weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
+                                      reference=MEMBERS * BATCH) for m in models]
+        for opt in opts:
+            opt.corrected_beta2 = CORRECTED_BETA2
+    else:
+        opts = [build_optimizer(m, lr=s["lr"], weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
+                                device=dev) for m in models]
     for r in range(steps // h):
         round_ids = t.sampler.ids_at(r * h * MEMBERS * BATCH, h * MEMBERS * BATCH)
         for j in range(h):
@@ -141,9 +152,18 @@ def run(variant: str, seed: int, work: Path) -> float:
                 else:  # contiguous quarters of the round, each cut into h inner batches
                     q = round_ids[k * h * BATCH:(k + 1) * h * BATCH]
                     chunk = q[j * BATCH:(j + 1) * BATCH]
-                compute_gradients(m, t.data.train.get(chunk), BATCH, len(chunk), dev)
+                if nc:  # two halves (module docstring: noise-corrected second moment)
+                    half = len(chunk) // 2
+                    compute_gradients(m, t.data.train.get(chunk[:half]), BATCH, len(chunk), dev)
+                    opts[k].mark_half(half, len(chunk))
+                    compute_gradients(m, t.data.train.get(chunk[half:]), BATCH, len(chunk), dev)
+                else:
+                    compute_gradients(m, t.data.train.get(chunk), BATCH, len(chunk), dev)
             i = r * h + j + 1
-            if variant == "h1-shared-v":
+            if nc:
+                for m, opt in zip(models, opts, strict=True):
+                    noise_corrected_update(m, opt, rate(i), clip)
+            elif variant == "h1-shared-v":
                 shared_v_step(models, opts, rate(i), clip)
             else:
                 for m, opt in zip(models, opts, strict=True):
@@ -162,7 +182,8 @@ def run(variant: str, seed: int, work: Path) -> float:
     return t.evaluate()
 
 
-VARIANTS = ("ddp", "h1", "h1-noclip", "h1-shared-v", "diloco", "diloco-interleaved", "torchft")
+CORRECTED_BETA2: float | None = None  # --corrected-beta2
+VARIANTS = ("ddp", "h1", "h1-noclip", "h1-shared-v", "h1-nc", "diloco", "diloco-nc", "diloco-interleaved", "torchft")
 
 
 def main() -> None:
@@ -170,13 +191,18 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1, help="a probe seed (never the bench's 0)")
     p.add_argument("--only", default="", help="comma-separated variants (default: all)")
     p.add_argument("--work", type=Path, default=Path("/tmp/diloco_gap"))
+    p.add_argument("--diloco-lr", type=float, default=SETTINGS["diloco"]["lr"], help="the diloco variants' inner peak rate")
+    p.add_argument("--corrected-beta2", type=float, default=None, help="the -nc variants' corrected EMA's decay")
     a = p.parse_args()
+    SETTINGS["diloco"]["lr"] = a.diloco_lr
+    global CORRECTED_BETA2
+    CORRECTED_BETA2 = a.corrected_beta2
     torch.set_num_threads(1)
     rows = []
     for v in [x for x in (a.only.split(",") if a.only else VARIANTS) if x]:
         t0 = time.monotonic()
         loss = run(v, a.seed, a.work)
-        rows.append({"variant": v, "seed": a.seed, "eval_loss": loss, "seconds": time.monotonic() - t0})
+        rows.append({"variant": v, "seed": a.seed, "diloco_lr": a.diloco_lr, "corrected_beta2": a.corrected_beta2, "eval_loss": loss, "seconds": time.monotonic() - t0})
         print(f"{v:<20} seed {a.seed}: eval loss {loss:.4f} ({time.monotonic() - t0:.0f} s)", flush=True)
     ddp = next((r["eval_loss"] for r in rows if r["variant"] == "ddp"), None)
     if ddp:

@@ -55,9 +55,15 @@ TENACIA_ARMS = {
     "diloco-eager-spec": ["replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.eager=true",
                           "replicas.outer.speculate=true"],
 }
+# ``<arm>-nc``: the arm with every member's inner AdamW fed the noise-corrected second moment
+# (``replicas.outer.inner_second_moment``, tenacia/train/second_moment.py); its settings are its twin's
+NOISE_CORRECTED = ("diloco", "diloco-spec", "diloco-eager", "diloco-eager-spec", "streaming-int4", "diloco-int4-topk")
+TENACIA_ARMS.update({f"{arm}-nc": [*TENACIA_ARMS[arm], "replicas.outer.inner_second_moment=noise_corrected"]
+                     for arm in NOISE_CORRECTED})
 # an arm that trains the same bits as another (speculation changes when, not what) takes its settings
 TWINS = {"diloco-spec": "diloco", "diloco-eager-spec": "diloco-eager"}
-TOPK_ARMS = ("diloco-int4-topk",)
+TWINS.update({f"{arm}-nc": TWINS.get(arm, arm) for arm in NOISE_CORRECTED})
+TOPK_ARMS = ("diloco-int4-topk", "diloco-int4-topk-nc")
 # Per arm: the inner AdamW's peak rate and the schedule's floor (``optim.lr``, ``optim.min_lr_ratio``)
 # and the outer step (lr, momentum), chosen on the probe bench/slow_links_tune.py (other seeds, the
 # same budget), run before the bench, which writes them to SETTINGS_FILE (docs/benchmarks.md); these

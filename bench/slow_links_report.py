@@ -39,7 +39,9 @@ from typing import Any
 
 GOAL_RTT_MS, GOAL_RATE_MBIT = 100, 100
 LOW_COMM = ("diloco", "diloco-int8", "diloco-int4-topk", "streaming", "streaming-int4", "diloco-overlap", "diloco-eager",
-            "streaming-int4-eager", "diloco-spec", "diloco-eager-spec")
+            "streaming-int4-eager", "diloco-spec", "diloco-eager-spec",
+            *(f"{a}-nc" for a in ("diloco", "diloco-spec", "diloco-eager", "diloco-eager-spec", "streaming-int4",
+                                  "diloco-int4-topk")))
 
 
 def _at_goal(runs: list[dict[str, Any]], arm: str) -> dict[str, Any] | None:

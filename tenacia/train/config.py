@@ -18,6 +18,7 @@ from ..data.config import DataConfig
 from ..device_config import DeviceConfig
 from ..faults import ChaosConfig
 from ..shape import ModelConfig
+from .second_moment import SECOND_MOMENTS
 
 
 @dataclass(kw_only=True, slots=True)
@@ -143,6 +144,11 @@ class OuterConfig:
     # What carries the outer exchange: "gloo" (torch's process group, one TCP connection per peer)
     # or "streams" (tenacia's long-link transport: several streams per peer, one round trip)
     transport: str = "gloo"
+    # What a member's inner AdamW divides by: "own" (the second moment of its own gradients, AdamW's)
+    # or "noise_corrected" (each inner batch as two halves, a per-coordinate unbiased estimate of the
+    # second moment of the mean gradient over train.batch_size samples, ddp's; no communication;
+    # tenacia/train/second_moment.py)
+    inner_second_moment: str = "own"
     mesh: TransportConfig = field(default_factory=TransportConfig)  # transport = "streams" only
 
     def __post_init__(self) -> None:
@@ -155,6 +161,7 @@ class OuterConfig:
         check(self.fragments >= 1, "fragments", self.fragments, "a positive integer")
         check(0 <= self.mix <= 1, "mix", self.mix, "a number in [0, 1] (0: the global parameters replace the local)")
         check_choice("transport", self.transport, OUTER_TRANSPORTS)
+        check_choice("inner_second_moment", self.inner_second_moment, SECOND_MOMENTS)
 
 
 @dataclass(kw_only=True, slots=True)

@@ -42,6 +42,7 @@ from .config import RunConfig
 from .metrics import MetricsLog, expert_metrics
 from .outer import OuterState
 from .progress import Progress
+from .second_moment import build_noise_corrected
 from .step import StepResult, build_optimizer, lr_at, train_step
 
 
@@ -63,8 +64,12 @@ class Trainer:
         self.model.reset_parameters(seed=cfg.train.seed)
         self.model.to(self.device.torch)
         o = cfg.optim
-        self.optimizer = build_optimizer(self.model, lr=o.lr, weight_decay=o.weight_decay,
-                                         betas=(o.beta1, o.beta2), eps=o.eps, device=self.device)
+        if cfg.low_communication and cfg.replicas.outer.inner_second_moment == "noise_corrected":
+            self.optimizer = build_noise_corrected(self.model, lr=o.lr, weight_decay=o.weight_decay,
+                                                   betas=(o.beta1, o.beta2), eps=o.eps, reference=cfg.train.batch_size)
+        else:
+            self.optimizer = build_optimizer(self.model, lr=o.lr, weight_decay=o.weight_decay,
+                                             betas=(o.beta1, o.beta2), eps=o.eps, device=self.device)
         self.outer = self._outer_state()
         self.sampler = Sampler(len(self.data.train), cfg.data.seed)
         self.ledger = SampleLedger(self.run_dir / "ledger.jsonl") if write_ledger else None

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from ...device import Device
+from ..second_moment import NoiseCorrectedAdamW, noise_corrected_update
 from ..step import apply_update, compute_gradients
 from .shares import keep_reusable
 
@@ -203,7 +204,16 @@ class LocalRound:
                device: Device, count: int) -> tuple[float, int]:
         """The ``count``-th inner AdamW step of round ``step``, on samples ``ids``; returns the loss
         summed over its samples and its tokens."""
-        loss, tokens = compute_gradients(self.model, samples(ids), micro_batch_size, len(ids), device, step=step)
         index = (step - 1) * self.inner_steps + min(count, self.inner_steps)
+        if isinstance(self.optimizer, NoiseCorrectedAdamW) and len(ids) >= 2:  # two halves (second_moment.py)
+            half = len(ids) // 2
+            loss_a, tokens_a = compute_gradients(self.model, samples(ids[:half]), micro_batch_size, len(ids), device,
+                                                 step=step)
+            self.optimizer.mark_half(half, len(ids))
+            loss_b, tokens_b = compute_gradients(self.model, samples(ids[half:]), micro_batch_size, len(ids), device,
+                                                 step=step)
+            noise_corrected_update(self.model, self.optimizer, self.lr(index), self.grad_clip)
+            return loss_a * half + loss_b * (len(ids) - half), tokens_a + tokens_b
+        loss, tokens = compute_gradients(self.model, samples(ids), micro_batch_size, len(ids), device, step=step)
         apply_update(self.model, self.optimizer, self.lr(index), self.grad_clip)
         return loss * len(ids), tokens

@@ -20,6 +20,7 @@ import copy
 import torch
 
 from tenacia.data.sampler import shard
+from tenacia.train.second_moment import build_noise_corrected, noise_corrected_update
 from tenacia.train.step import apply_update, build_optimizer, compute_gradients, lr_at, train_step
 from tenacia.train.trainer import Trainer
 
@@ -27,7 +28,10 @@ from .outer_harness import load, train
 
 
 def reference(cfg, rounds: int, replicas: int) -> list[torch.Tensor]:
-    """The global parameters after ``rounds`` rounds of the loop the module docstring describes."""
+    """The global parameters after ``rounds`` rounds of the loop the module docstring describes
+    (with ``replicas.outer.inner_second_moment = "noise_corrected"``: each inner batch as two halves,
+    the first ``len // 2`` samples then the rest, into ``second_moment.NoiseCorrectedAdamW``)."""
+    corrected = cfg.replicas.outer.inner_second_moment == "noise_corrected"
     t = Trainer(cfg, write_ledger=False)
     o, h, b = cfg.optim, cfg.replicas.outer.inner_steps, cfg.train.batch_size
     total = o.schedule_steps(cfg.train.steps) * h
@@ -35,7 +39,9 @@ def reference(cfg, rounds: int, replicas: int) -> list[torch.Tensor]:
     outer = torch.optim.SGD(glob, lr=cfg.replicas.outer.lr, momentum=cfg.replicas.outer.momentum,
                             nesterov=cfg.replicas.outer.momentum > 0)
     models = [copy.deepcopy(t.model) for _ in range(replicas)]
-    opts = [build_optimizer(m, lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
+    opts = [build_noise_corrected(m, lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
+                                  reference=b) if corrected else
+            build_optimizer(m, lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
                             device=t.device) for m in models]
     for r in range(1, rounds + 1):
         ids = t.sampler.ids_at((r - 1) * h * b, h * b)
@@ -43,10 +49,17 @@ def reference(cfg, rounds: int, replicas: int) -> list[torch.Tensor]:
             share = shard(range(h * b), k, replicas)
             for j in range(h):
                 chunk = [ids[q] for q in shard(share, j, h)]
-                compute_gradients(m, t.data.train.get(chunk), cfg.train.micro_batch_size, len(chunk), t.device)
                 rate = lr_at((r - 1) * h + j + 1, lr=o.lr, warmup_steps=o.warmup_steps, total_steps=total,
                              min_lr_ratio=o.min_lr_ratio)
-                apply_update(m, opt, rate, o.grad_clip)
+                if corrected:
+                    half, mbs = len(chunk) // 2, cfg.train.micro_batch_size
+                    compute_gradients(m, t.data.train.get(chunk[:half]), mbs, len(chunk), t.device)
+                    opt.mark_half(half, len(chunk))
+                    compute_gradients(m, t.data.train.get(chunk[half:]), mbs, len(chunk), t.device)
+                    noise_corrected_update(m, opt, rate, o.grad_clip)
+                else:
+                    compute_gradients(m, t.data.train.get(chunk), cfg.train.micro_batch_size, len(chunk), t.device)
+                    apply_update(m, opt, rate, o.grad_clip)
         with torch.no_grad():
             for i, g in enumerate(glob):
                 g.grad = torch.stack([g - list(m.parameters())[i] for m in models]).mean(0)
@@ -89,6 +102,22 @@ def test_four_replicas_over_a_cosine_with_nesterov_follow_the_reference(tmp_path
             torch.testing.assert_close(p, g, rtol=1e-4, atol=1e-6)
     for g, e in zip(syncs[0].outer.params, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+def test_noise_corrected_members_follow_the_reference_with_halves(tmp_path):
+    """``replicas.outer.inner_second_moment = "noise_corrected"`` on the real path (LocalRound's
+    halves, the trainer's optimizer) is the reference loop with the same optimizer, and differs
+    from the members' own second moment."""
+    over = ["train.steps=3", "optim.warmup_steps=2", "optim.min_lr_ratio=0.1", "replicas.sync=diloco",
+            "replicas.outer.inner_steps=2", "replicas.outer.lr=0.7", "replicas.outer.momentum=0.9"]
+    corrected = [*over, "replicas.outer.inner_second_moment=noise_corrected"]
+    trainers, syncs, _ = train(tmp_path / "diloco", 4, *corrected)
+    expected = reference(load(tmp_path / "ref", *corrected), rounds=3, replicas=4)
+    own = reference(load(tmp_path / "own", *over), rounds=3, replicas=4)
+    assert max(float((g - e).abs().max()) for g, e in zip(own, expected, strict=True)) > 1e-4
+    for g, e in zip(syncs[0].outer.params, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+    assert {"exp_avg_sq_own"} <= set(next(iter(trainers[0].optimizer.state.values())))
 
 
 def test_one_eager_replica_starts_each_round_where_synchronous_diloco_does(tmp_path):

@@ -5,6 +5,7 @@ convergence against ddp at equal tokens with two in-process replicas (``outer_ha
 import pytest
 import torch
 
+from tenacia.checkpoint.state import optimizer_tensors, state_fingerprint
 from tenacia.config import ConfigError
 from tenacia.train.config import OuterConfig
 from tenacia.train.outer import OuterState, split_fragments
@@ -55,7 +56,8 @@ def test_fragments_are_contiguous_non_empty_and_balanced():
     ("replicas.outer.quantize=fp8", "quantize"), ("replicas.outer.block=0", "block"),
     ("replicas.outer.topk=1.0", "topk"), ("replicas.outer.fragments=0", "fragments"),
     ("replicas.outer.mix=1.5", "mix"), ("replicas.outer.transport=tcp", "'gloo', 'streams'"),
-    ("replicas.outer.mesh.streams=0", "replicas.outer.mesh.streams")])
+    ("replicas.outer.mesh.streams=0", "replicas.outer.mesh.streams"),
+    ("replicas.outer.inner_second_moment=shared", "inner_second_moment.*'own', 'noise_corrected'")])
 def test_bad_values_name_the_field_and_what_is_allowed(tmp_path, override, field):
     with pytest.raises(ConfigError, match=field):
         load(tmp_path, override)
@@ -97,6 +99,7 @@ CASES = {
                            0.03, 8),
     # per 256-element block: int8 256 codes + a 4-byte scale; int4 with top-k 10%: 26 kept, 13 bytes of codes,
     # 26 of uint8 positions, a scale
+    "diloco-noise-corrected": (["replicas.sync=diloco", "replicas.outer.inner_second_moment=noise_corrected"], 0.03, 4),
     "diloco-int8": (["replicas.sync=diloco", "replicas.outer.quantize=int8"], 0.03, 4 * 1024 / 260),
     "diloco-int4-topk": (["replicas.sync=diloco", "replicas.outer.quantize=int4", "replicas.outer.topk=0.1"], 0.06,
                          4 * 1024 / 43),
@@ -110,7 +113,8 @@ def ddp(tmp_path_factory):
     return trainers[0].evaluate(), group.sent_bytes
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c == "diloco" else pytest.mark.slow) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in ("diloco", "diloco-noise-corrected") else pytest.mark.slow)
+                                  for c in CASES])
 def test_each_strategy_converges_within_tolerance_of_ddp_at_equal_tokens(tmp_path, ddp, case):
     overrides, tolerance, fewer_bytes = CASES[case]
     trainers, syncs, group = train(tmp_path, 2, *ROUNDS, *overrides)
@@ -152,6 +156,21 @@ def test_a_checkpoint_carries_the_outer_state_and_one_without_starts_it_afresh(t
     assert switched.resume() and not any(k.endswith(".momentum_buffer") for k in switched.outer.tensors())
     assert all(torch.equal(g, p) and torch.equal(g, q) for g, p, q in
                zip(switched.outer.params, switched.model.parameters(), ddp.model.parameters(), strict=True))
+
+
+def test_a_noise_corrected_inner_optimizer_resumes_bit_for_bit(tmp_path):
+    """The inner optimizer's state under ``inner_second_moment = "noise_corrected"`` (its own second
+    moment beside the corrected one) is saved and restored exactly: equal fingerprints."""
+    over = ["replicas.sync=diloco", "replicas.outer.inner_second_moment=noise_corrected", "checkpoint.background=false",
+            "train.steps=2", "replicas.outer.inner_steps=2"]
+    trainers, _, _ = train(tmp_path / "run", 1, *over)
+    t = trainers[0]
+    assert type(t.optimizer).__name__ == "NoiseCorrectedAdamW" and t.optimizer.state
+    t.save_checkpoint()
+    again = Trainer(load(tmp_path / "run" / "r0", *over), write_ledger=False)
+    assert again.resume()
+    assert state_fingerprint(2, {}, again.model, again.optimizer) == state_fingerprint(2, {}, t.model, t.optimizer)
+    assert any(k.endswith(".exp_avg_sq_own") for k in optimizer_tensors(again.model, again.optimizer))
 
 
 def test_a_share_sized_to_speed_runs_more_or_fewer_inner_steps_of_the_even_size(tmp_path):

@@ -259,18 +259,53 @@ def test_the_kernel_backends_decode_attention_equals_the_torch_backends_for_ever
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m, B=B: f"{B} sequences: {m}")
 
 
-@pytest.mark.parametrize("heads, kv_heads, hd", [(9, 3, 64), (10, 2, 48)])
-def test_prefill_attention_equals_causal_sdpa(kernels, heads, kv_heads, hd):
-    """A prefill's attention of one new sequence, q a view of the fused q/k/v product: token i
-    attends to keys 0 .. i, as SDPA with is_causal; (9, 3, 64) on the register-resident path,
-    (10, 2, 48) on the general one; lengths across the 32-key blocks."""
-    gen = torch.Generator().manual_seed(hd)
-    for n in (1, 2, 31, 32, 33, 100):
-        fused = torch.randn(n, (heads + 2 * kv_heads) * hd, generator=gen)
-        q = fused[:, :heads * hd].view(n, heads, hd).transpose(0, 1)  # (H, n, hd), a view
-        k = fused[:, heads * hd:(heads + kv_heads) * hd].view(n, kv_heads, hd).transpose(0, 1).contiguous()
-        v = fused[:, (heads + kv_heads) * hd:].view(n, kv_heads, hd).transpose(0, 1).contiguous()
-        out = torch.empty(n, heads, hd)
+def _prefill_inputs(n: int, heads: int, kv_heads: int, hd: int, seed: int):
+    """q (H, n, hd), k and v (KVH, n, hd): views of one fused q/k/v product, as the engine passes them."""
+    fused = torch.randn(n, (heads + 2 * kv_heads) * hd, generator=torch.Generator().manual_seed(seed))
+    q = fused[:, :heads * hd].view(n, heads, hd).transpose(0, 1)
+    k = fused[:, heads * hd:(heads + kv_heads) * hd].view(n, kv_heads, hd).transpose(0, 1)
+    v = fused[:, (heads + kv_heads) * hd:].view(n, kv_heads, hd).transpose(0, 1)
+    return q, k, v
+
+
+def _prefill(kernels, q, k, v, threads: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = torch.empty(q.size(1), q.size(0), q.size(2))
         kernels.prefill_attention(q, k, v, out)
-        want = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True)[0]
-        torch.testing.assert_close(out.transpose(0, 1), want, rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"{n} tokens: {m}")
+    finally:
+        torch.set_num_threads(before)
+    return out.transpose(0, 1)  # (H, n, hd)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("heads, kv_heads, hd, lengths", [
+    (9, 3, 64, range(1, 301)),  # SmolLM2: every length to 300
+    (10, 2, 48, (1, 2, 15, 16, 17, 24, 25, 63, 64, 65, 100, 129, 300)),  # 5 heads a group, 3 x 16 floats
+    (4, 1, 40, (1, 5, 47, 48, 49, 100, 300)),  # 40 floats: no multiple of 16, token by token in avx512
+    (4, 4, 16, (1, 16, 48, 49, 100)),
+    (32, 2, 128, (1, 3, 4, 100)),  # 16 heads a group, the most the kernel takes
+])
+def test_prefill_attention_equals_causal_sdpa(kernels, heads, kv_heads, hd, lengths, threads):
+    """A prefill's attention of one new sequence, q a view of the fused q/k/v product: token i
+    attends to keys 0 .. i, as SDPA with is_causal. The lengths cross the kernel's blocks of
+    queries (48 rows: 16 tokens of 3 heads, ...) and of keys (64; panels of 16); each length is a
+    prefix of one sequence, checked against that sequence's causal SDPA."""
+    longest = max(lengths)
+    q, k, v = _prefill_inputs(longest, heads, kv_heads, hd, seed=hd)
+    want = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True)[0]
+    for n in lengths:  # allclose: assert_close takes ~40 ms a call here, 300 calls a case
+        got = _prefill(kernels, q[:, :n], k[:, :n], v[:, :n], threads)
+        assert torch.allclose(got, want[:, :n], rtol=1e-5, atol=1e-6), (
+            f"{n} tokens: largest difference {float((got - want[:, :n]).abs().max()):.3g}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prefill_attention_of_a_2048_token_chunk_equals_causal_sdpa(kernels, threads):
+    """The engine's longest prefill chunk, SmolLM2's heads: 32 blocks of keys; k and v here
+    (KVH, n, hd) tensors of their own, not views."""
+    q, k, v = _prefill_inputs(2048, 9, 3, 64, seed=2048)
+    k, v = k.contiguous(), v.contiguous()
+    want = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True)[0]
+    torch.testing.assert_close(_prefill(kernels, q, k, v, threads), want, rtol=1e-5, atol=1e-6)

@@ -18,20 +18,7 @@ void tenacia_decode_attention(const float *q, long q_row, const float *k, const 
   for (long task = 0; task < B * KVH; task++) attend_task(q, q_row, k, v, cap, lengths, H, KVH, hd, scale, out, task);
 }
 
-/* Causal attention of one sequence's n tokens, none cached before them (a prefill): token i
- * (0 .. n - 1) attends to keys 0 .. i. q: query head h of token i at q + i * q_row + h * hd (a view
- * of the fused q/k/v product); k, v: (KVH, n, hd); out: (n, H, hd). One task per (token,
- * key/value head), the longest first, taken dynamically. */
-void tenacia_prefill_attention(const float *q, long q_row, const float *k, const float *v, long n, long H, long KVH,
-                               long hd, float scale, float *out, int threads) {
-  long G = H / KVH;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (long task = 0; task < n * KVH; task++) {
-    long i = n - 1 - task / KVH, kvh = task % KVH;
-    attend_head(q + i * q_row + kvh * G * hd, k + kvh * n * hd, v + kvh * n * hd, i + 1, scale,
-                out + (i * H + kvh * G) * hd, G, hd);
-  }
-}
+/* A prefill's causal attention: prefill_attention.c, included after this file. */
 
 /* 4. The new token's key and value of every sequence, into its paged-cache slot and its decode
  * mirror row, in one call (four index_copy_ calls and two copies in torch).

@@ -109,8 +109,7 @@ class KernelBackend(CpuBackend):
         out = torch.empty(count * n, H, hd)
         for j in range(count):  # sequence j: tokens offset + j n .. offset + (j + 1) n - 1
             rows = slice(offset + j * n, offset + (j + 1) * n)
-            self.kernels.prefill_attention(q[0, :, rows], k[0, :, rows].contiguous(), v[0, :, rows].contiguous(),
-                                           out[j * n:(j + 1) * n])
+            self.kernels.prefill_attention(q[0, :, rows], k[0, :, rows], v[0, :, rows], out[j * n:(j + 1) * n])
         return out.permute(1, 0, 2).unsqueeze(0)  # (1, H, count * n, hd), a view
 
     def describe(self) -> tuple[str, str]:

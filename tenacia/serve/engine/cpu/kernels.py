@@ -22,12 +22,14 @@ tokens alike, shared among the threads, which shortens a prefill too (measured i
 ``store_kv`` and ``decode_attention``, one new token per sequence written to its cache slot and
 its row of the decode mirror (``engine/mirror.py``), then attending over the mirror:
 each sequence reads only its own keys (no padding, no mask), one task per (sequence, key/value
-head) taken dynamically by the threads. ``prefill_attention``: the same attention code for a
-prefill's whole new sequence, token i over keys 0 .. i, one task per (token, key/value head).
+head) taken dynamically by the threads. ``prefill_attention`` (``prefill_attention.c``): a
+prefill's whole new sequence, token i over keys 0 .. i, in tiles of queries against blocks of
+keys, one task per (key/value head, block of queries).
 
-``attention_tasks.c``, included by both sources, drives either build's attention (its tasks and
-threads) and the key/value store; ``decode_stack.c``, included by both, composes the same row and panel functions into one
-call for all of a decode step's decoder layers (``decode_stack.py``).
+``attention_tasks.c``, included by both sources, drives either build's decode attention (its tasks
+and threads) and the key/value store; ``prefill_attention.c``, included by both, the prefill's;
+``decode_stack.c``, included by both, composes the same row and panel functions into one call for
+all of a decode step's decoder layers (``decode_stack.py``).
 
 Which build (``ISAS``, best first): ``avx512`` is the hand-written ``kernels_avx512.c``;
 ``avx2`` (AVX2 + FMA) and ``generic`` (the compiler's baseline: SSE2 on x86-64, NEON on aarch64)
@@ -74,6 +76,7 @@ SOURCE = Path(__file__).with_name("kernels_avx512.c")
 VEC_SOURCE = Path(__file__).with_name("kernels_vec.c")
 STACK_SOURCE = Path(__file__).with_name("decode_stack.c")  # included by both sources
 TASKS_SOURCE = Path(__file__).with_name("attention_tasks.c")  # included by both sources
+PREFILL_SOURCE = Path(__file__).with_name("prefill_attention.c")  # included by both sources
 INPUT_SOURCE = Path(__file__).with_name("gemm_input.c")  # included by both sources
 COMMON = ["-O3", "-fopenmp", "-fPIC", "-shared"]
 # instruction set -> (source, compiler flags, the cpu_features words it needs); best first
@@ -112,7 +115,7 @@ def _compile(cc: str, isa: str = "avx512", extra: tuple[str, ...] = ()) -> Path:
     source, flags, _ = BUILDS[isa]
     flags = COMMON + flags + list(extra)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    text = source.read_bytes() + TASKS_SOURCE.read_bytes() + STACK_SOURCE.read_bytes() + INPUT_SOURCE.read_bytes()
+    text = b"".join(p.read_bytes() for p in (source, TASKS_SOURCE, PREFILL_SOURCE, STACK_SOURCE, INPUT_SOURCE))
     key = hashlib.sha256(text + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
     out = cache_root() / "kernels" / f"decode_kernels-{isa}-{key}.so"
     if out.exists():
@@ -157,11 +160,12 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     for name, args in (("tenacia_add_rms_norm", [p, p, p, f, p, i, i, t]), ("tenacia_rotary", [p, i, i, i, i, p, p, t]),
                        ("tenacia_silu_mul", [p, p, i, i, i, p, t]),
                        ("tenacia_decode_attention", [p, i, p, p, i, p, i, i, i, i, f, p, ctypes.c_int]),
-                       ("tenacia_prefill_attention", [p, i, p, p, i, i, i, i, f, p, t]),
                        ("tenacia_store_kv", [p, p, i, i, i, i, p, p, p, p, p, i, p]),
                        ("tenacia_decode_stack", [i, p, i, i, i, i, i, f, p, i, p, p, p, p, i, p, p, p, i, i, p, p, t])):
         getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
     lib.tenacia_decode_stack_scratch.argtypes, lib.tenacia_decode_stack_scratch.restype = [i] * 6, i
+    lib.tenacia_prefill_attention.argtypes = [p, i, p, i, i, p, i, i, i, i, i, i, f, p, t]
+    lib.tenacia_prefill_attention.restype = ctypes.c_int
     return lib
 
 
@@ -338,9 +342,11 @@ class Kernels:
         return out
 
     def prefill_attention(self, q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> None:
-        """Causal attention of one sequence's n new tokens, none cached before them. q: (H, n, hd)
-        with contiguous heads (a view of the fused q/k/v product is fine); k, v: (KVH, n, hd)
-        contiguous; out: (n, H, hd) contiguous, written: token i attends to keys 0 .. i."""
+        """Causal attention of one sequence's n new tokens, none cached before them
+        (``prefill_attention.c``: blocks of queries against blocks of keys). q: (H, n, hd) with
+        contiguous heads; k, v: (KVH, n, hd), each head's floats contiguous, any head and token
+        strides (views of the fused q/k/v product, as the engine passes them, need no copy); out:
+        (n, H, hd) contiguous, written: token i attends to keys 0 .. i."""
         H, n, hd = q.shape
         KVH = k.size(0)
         if q.stride(0) != hd or q.stride(2) != 1 or q.dtype != torch.float32 or out.shape != (n, H, hd):
@@ -348,10 +354,15 @@ class Kernels:
                              f"{q.dtype} strides {q.stride()}, out {tuple(out.shape)}")
         if H % KVH or H // KVH > MAX_GROUP or hd > MAX_HEAD_DIM or k.shape != (KVH, n, hd) or v.shape != k.shape:
             raise ValueError(f"prefill_attention: {H} query heads on k {tuple(k.shape)}, v {tuple(v.shape)}")
-        for t, name in ((k, "k"), (v, "v"), (out, "out")):
-            _check(t, name)
-        self._lib.tenacia_prefill_attention(q.data_ptr(), q.stride(1), k.data_ptr(), v.data_ptr(), n, H, KVH, hd,
-                                            hd ** -0.5, out.data_ptr(), torch.get_num_threads())
+        for t, name in ((k, "k"), (v, "v")):
+            if t.dtype != torch.float32 or t.device.type != "cpu" or t.stride(2) != 1:
+                raise ValueError(f"prefill_attention: {name} float32 on the CPU with contiguous heads, got {t.dtype} "
+                                 f"on {t.device}, strides {t.stride()}")
+        _check(out, "out")
+        if self._lib.tenacia_prefill_attention(q.data_ptr(), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
+                                               v.data_ptr(), v.stride(0), v.stride(1), n, H, KVH, hd, hd ** -0.5,
+                                               out.data_ptr(), torch.get_num_threads()):
+            raise MemoryError(f"prefill_attention: no memory for the scratch of {n} tokens")
 
     def store_kv(self, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, slots: Tensor,
                  mirror_k: Tensor, mirror_v: Tensor, lengths: Tensor) -> None:

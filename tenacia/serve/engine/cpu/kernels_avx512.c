@@ -326,5 +326,17 @@ static void attend_head(const float *Q, const float *K, const float *V, long L, 
 #undef FAST
 }
 
+/* The vector prefill_attention.c is written on: 16 floats, the operations it needs. */
+#define VEC 16
+typedef float vf __attribute__((vector_size(64)));
+static inline vf vload(const float *p) { return (vf)_mm512_loadu_ps(p); }
+static inline void vstore(float *p, vf v) { _mm512_storeu_ps(p, (__m512)v); }
+static inline vf splat(float x) { return (vf)_mm512_set1_ps(x); }
+static inline vf vexp(vf x) { return (vf)exp16((__m512)x); }
+static inline vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
+static inline float hmax(vf v) { return _mm512_reduce_max_ps((__m512)v); }
+static inline float hsum(vf v) { return _mm512_reduce_add_ps((__m512)v); }
+
 #include "attention_tasks.c"
+#include "prefill_attention.c"
 #include "decode_stack.c"

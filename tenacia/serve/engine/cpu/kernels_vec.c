@@ -65,6 +65,13 @@ static inline float hsum(vf v) {
   return h[0] + h[1];
 }
 
+/* the largest of v's lanes */
+static inline float hmax(vf v) {
+  float top = v[0];
+  for (int i = 1; i < VEC; i++) top = v[i] > top ? v[i] : top;
+  return top;
+}
+
 void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
   long panels = (n + PW - 1) / PW;
   for (long q = 0; q < panels; q++)
@@ -369,4 +376,5 @@ static void attend_head(const float *Q, const float *K, const float *V, long L, 
 }
 
 #include "attention_tasks.c"
+#include "prefill_attention.c"
 #include "decode_stack.c"

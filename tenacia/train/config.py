@@ -18,7 +18,6 @@ from ..data.config import DataConfig
 from ..device_config import DeviceConfig
 from ..faults import ChaosConfig
 from ..shape import ModelConfig
-from .second_moment import SECOND_MOMENTS
 
 
 @dataclass(kw_only=True, slots=True)
@@ -83,6 +82,7 @@ SYNC_ALIASES = {"every_step": "ddp"}  # names configs written before the strateg
 LOW_COMMUNICATION = ("diloco", "streaming")  # strategies whose protocol step is an outer round
 
 
+SECOND_MOMENTS = ("own", "noise_corrected")  # replicas.outer.inner_second_moment (train/second_moment.py)
 OUTER_TRANSPORTS = ("gloo", "streams")  # replicas.outer.transport (docs/sync.md)
 
 

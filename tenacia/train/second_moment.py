@@ -23,6 +23,10 @@ the denominator uses ``max(exp_avg_sq, (n / B) exp_avg_sq_own)``, where ``exp_av
 usual EMA of ``g^2``: ddp's ``mu^2 + s^2 / B`` is never below ``n / B`` times the member's own
 ``mu^2 + s^2 / n`` (``n <= B``), so the floor only cuts estimates that are impossible in expectation.
 
+``corrected_beta2`` (None: AdamW's ``beta2``) gives the corrected EMA a decay of its own: one ``u`` is
+far noisier than ``g^2`` (for a coordinate of pure noise its spread is about 7 times its mean at
+N = 4), so AdamW's 0.95 leaves the corrected EMA's spread about that of its mean.
+
 Clipping scales ``g`` and ``g_a - g_b`` by the same factor (``noise_corrected_update``, the same formula
 as ``torch.nn.utils.clip_grad_norm_``). Everything else is ``torch.optim.AdamW``'s arithmetic
 (decoupled weight decay, bias corrections, ``eps`` outside the root). The halves are transient: the
@@ -33,8 +37,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-SECOND_MOMENTS = ("own", "noise_corrected")  # replicas.outer.inner_second_moment
 
 
 def ddp_second_moment(g_a: torch.Tensor, g_b: torch.Tensor, n_a: int, n_b: int, reference: int) -> torch.Tensor:

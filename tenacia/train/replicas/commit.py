@@ -109,6 +109,7 @@ class StepCommit:
         first = self.votes[q.sharers[0]]
         if ok and self.ledger is not None:
             self.ledger.record(step, first.start, list(first.batch), term=self.term)
+            self.recorded = step
         sized = None
         if ok and self.speed is not None:  # diloco, streaming: the next round's shares follow measured speeds
             self.speed.observe(self.votes)

@@ -121,6 +121,7 @@ class Coordinator(StepCommit, QuorumForming):
         self.parked: Quorum | None = None  # the last quorum while a minority waits (its resolve, its shares)
         self.refused: str | None = None
         self.reported: dict[int, int] = {}  # the step each replica last said it holds ("Ahead")
+        self.recorded = 0  # the newest step this leader's ledger holds committed (its records and rewinds)
         self.lost_at: dict[int, float] = {}
         self.steps = StepLog(events=events, run_dir=run_dir, log_every=log_every, total_steps=total_steps,
                              timing=timing, clock=self.clock)

@@ -49,6 +49,7 @@ class QuorumForming:
             # the first quorum of a job: the ledger restarts at the step the members resumed from
             start = max(self.members[r].committed for r in live)
             self.ledger.rewind(start, term=self.term)
+            self.recorded = start
             if start:
                 self.events.emit("resumed", step=start, path=None, replicas=live)
         self.quorum_id_start = None
@@ -58,11 +59,14 @@ class QuorumForming:
                 if self.members[r].pending == resolve.step:
                     committed[r] = resolve.step
         step = max(committed.values())
-        if self.ledger is not None and self.reported and step < max(self.reported.values()):
+        # the newest step known held: reported by a replica, or recorded here (a commit every member
+        # missed leaves no replica reporting it, and must not be recorded twice)
+        held = max([*self.reported.values(), self.recorded])
+        if self.ledger is not None and step < held:
             # every replica that held the newer steps is gone for good: the run goes on from here
             self.ledger.rewind(step, term=self.term)
-            self.events.emit("resumed", step=step, path=None, replicas=live,
-                             reason=f"no live replica holds step {max(self.reported.values())}")
+            self.recorded = step
+            self.events.emit("resumed", step=step, path=None, replicas=live, reason=f"no live replica holds step {held}")
         self.reported.update(committed)
         for r in [r for r in self.reported if r not in self.members]:
             self.reported[r] = min(self.reported[r], step)

@@ -186,3 +186,35 @@ def test_once_every_holder_is_gone_for_good_the_run_goes_on_from_the_live_step(t
         assert lines[-1] == {"kind": "rewind", "step": 5, "term": 1}
     finally:
         lead.coord.close()
+
+
+def test_a_commit_every_member_missed_is_redone_after_a_rewind(tmp_path):
+    """The leader recorded step 6 and sent the commit; every member rejoins holding step 5 (none
+    applied it: the commit was lost, as under an old speculation that read past its verdict). The
+    quorum redoes step 6, and the ledger rewinds to 5 before it records step 6 again: never two
+    records of one step in one term. A commit that only some members missed is healed, not redone."""
+    from .test_sharers import recorded, vote
+
+    for missed, redo in (((0, 1, 2), True), ((1, 2), False)):
+        lead = Leader(tmp_path / f"missed{len(missed)}", ledger=True, members=(0, 1, 2))
+        try:
+            lead.hello(0, 1, 2, committed=5)
+            q = lead.quorums(0)[-1]
+            for r in q.sharers:
+                lead.coord.on_message(r, vote(r, q, list(range(4 * r, 4 * r + 4))))
+            assert isinstance(lead.conns[0].sent[-1], Verdict) and lead.conns[0].sent[-1].commit
+            for r in missed:
+                lead.coord.on_disconnect(r, lead.conns[r])
+            for r in missed:
+                lead.hello(r, committed=5)
+            again = lead.quorums(0)[-1]
+            assert again.step == (6 if redo else 7), again
+            if redo:
+                for r in again.sharers:
+                    lead.coord.on_message(r, vote(r, again, list(range(4 * r, 4 * r + 4))))
+                assert recorded(lead.ledger) == [("rewind", 5), 6, ("rewind", 5), 6]
+                assert "no live replica holds step 6" in lead.events("resumed")[-1]["reason"]
+            else:
+                assert recorded(lead.ledger) == [("rewind", 5), 6]
+        finally:
+            lead.coord.close()

@@ -38,8 +38,9 @@
 #endif
 #define PVEC (16 / VEC) /* vectors per panel row */
 
-/* S[m][0 .. 16 np) = Qs[m] . the keys of np panels, mr rows; Qs (mr x hd) already scaled, kp the
- * first panel (panels hd * 16 floats apart), s row stride KBLOCK. */
+/* S[m][0 .. 16 np) = Q[m] . the keys of np panels, mr rows; Q scaled and transposed (row m's
+ * float d at qs[d * QROWS + m]: one step's mr floats side by side), kp the first panel (panels
+ * hd * 16 floats apart), s row stride KBLOCK. */
 static inline __attribute__((always_inline)) void score_tile(const float *qs, long hd, const float *kp, float *s,
                                                              const int mr, const int np) {
   vf acc[12][4]; /* mr <= SR <= 12, np * PVEC <= 4: the compiler keeps the used ones in registers */
@@ -50,7 +51,7 @@ static inline __attribute__((always_inline)) void score_tile(const float *qs, lo
     for (int p = 0; p < np; p++)
       for (int v = 0; v < PVEC; v++) w[p * PVEC + v] = vload(kp + (p * hd + d) * 16 + v * VEC);
     for (int m = 0; m < mr; m++) {
-      vf x = splat(qs[m * hd + d]);
+      vf x = splat(qs[d * QROWS + m]);
       for (int v = 0; v < np * PVEC; v++) acc[m][v] += x * w[v];
     }
   }
@@ -87,14 +88,15 @@ static void scores(const float *qs, long hd, const float *kp, float *s, long r0,
     int wide = SP > 1 && np - p >= SP;
     long r = r0;
     for (; r + SR <= r1; r += SR) {
-      if (wide) score_tile(qs + r * hd, hd, kq, sq + r * KBLOCK, SR, SP);
-      else score_tile(qs + r * hd, hd, kq, sq + r * KBLOCK, SR, 1);
+      if (wide) score_tile(qs + r, hd, kq, sq + r * KBLOCK, SR, SP);
+      else score_tile(qs + r, hd, kq, sq + r * KBLOCK, SR, 1);
     }
     switch (r1 - r) {
-#define LEFT(M)                                                          \
-  case M:                                                                \
-    if (wide) score_tile(qs + r * hd, hd, kq, sq + r * KBLOCK, M, SP);  \
-    else score_tile(qs + r * hd, hd, kq, sq + r * KBLOCK, M, 1);        \
+#define LEFT(M)                                                         \
+  case M:                                                               \
+    if (M >= SR) break; /* never: no code for it */                     \
+    if (wide) score_tile(qs + r, hd, kq, sq + r * KBLOCK, M, SP);       \
+    else score_tile(qs + r, hd, kq, sq + r * KBLOCK, M, 1);             \
     break;
       LEFT(1) LEFT(2) LEFT(3) LEFT(4) LEFT(5) LEFT(6) LEFT(7) LEFT(8) LEFT(9) LEFT(10) LEFT(11)
 #undef LEFT
@@ -115,7 +117,7 @@ static void values(const float *p, const float *corr, const float *vt, long ldv,
       const float *pr = p + r * KBLOCK, *cr = corr + r, *vc = vt + c * VEC;
       float *oc = o + r * hd + c * VEC;
       switch (mr * 8 + nc) { /* specialised for each constant shape */
-#define CASE(M, C) case M * 8 + C: value_tile(pr, cr, vc, ldv, hd, keys, oc, M, C); break;
+#define CASE(M, C) case M * 8 + C: if (M <= OR && C <= OC) value_tile(pr, cr, vc, ldv, hd, keys, oc, M, C); break;
 #define ROW(M) CASE(M, 1) CASE(M, 2) CASE(M, 3) CASE(M, 4)
         ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6)
 #undef ROW
@@ -163,7 +165,7 @@ static void prefill_task(const float *q, long q_row, const float *kp, const floa
   float *qs = scratch, *o = qs + QROWS * hd, *s = o + QROWS * hd, m[QROWS], l[QROWS], corr[QROWS];
   for (long r = 0; r < R; r++) {
     const float *qr = q + (i0 + r / G) * q_row + (kvh * G + r % G) * hd;
-    for (long d = 0; d < hd; d++) qs[r * hd + d] = qr[d] * scale;
+    for (long d = 0; d < hd; d++) qs[d * QROWS + r] = qr[d] * scale;
     for (long d = 0; d < hd; d++) o[r * hd + d] = 0.0f;
     m[r] = -INFINITY;
     l[r] = 0.0f;

@@ -3,27 +3,27 @@
  * hsum on it, and its own attend_head (the decode attention's one query group against L keys),
  * so one algorithm runs in each build's registers: AVX-512 (VEC 16), AVX2 (8), SSE2/NEON (4).
  *
- * Why: one query at a time (attend_head) reads every key and value once per query and reduces
- * every score across a vector: a 100-token prefill of SmolLM2 spent ~11 ms in attention for
- * ~0.35 GFLOP (~31 GFLOP/s, docs/benchmarks.md). Here the G query heads that share a key/value
- * head, over QT consecutive tokens, are R = QT * G rows (R <= QROWS) taken together against blocks
- * of KBLOCK keys, FlashAttention-style:
- *   S (R x KBLOCK) = Q . K^T   register-blocked: SR rows x SP panels of 16 keys per inner loop, a
- *                          broadcast query float times a vector of 16 keys' floats, no reduction;
- *   online softmax per row (the running maximum m and sum l; corr rescales what came before);
- *   O (R x hd) = corr * O + P . V   register-blocked: OR rows x OC vectors of the head.
+ * Why: one token at a time (attend_head) reads every key and value again for each token and
+ * reduces every score across a vector; the products of a prefill have no such waste (measured in
+ * docs/benchmarks.md, "A prefill's attention in tiles"). Here the G query heads that share a
+ * key/value head, over QT consecutive tokens, are R = QT * G rows (R <= QROWS) taken together
+ * against blocks of KBLOCK keys, FlashAttention-style:
+ *   S (R x KBLOCK) = Q . K^T  register-blocked: SR rows x SP panels of 16 keys per inner loop, a
+ *                             broadcast query float times a vector of 16 keys' floats, no reduction;
+ *   online softmax per row    the running maximum m and sum l; corr rescales what came before;
+ *   O (R x hd) = corr O + P . V  register-blocked: OR rows x OC vectors of the head.
  * Keys are packed once per call in panels of 16 keys, d-major (Kp[p][d][16]; the rest of the last
  * panel zero), so a step of the score loop reads one 64-byte line; values are read in place.
  *
  * Contract (tenacia_prefill_attention): one sequence's n tokens, none cached before them; token i
- * (0 .. n - 1) attends to keys 0 .. i. q: query head h of token i at q + i * q_row + h * hd;
- * key head h of token i at k + h * k_head + i * k_row (values likewise: views of the fused q/k/v
- * product, or (KVH, n, hd) tensors); out: (n, H, hd); G = H / KVH <= MAX_GROUP, hd <= MAX_HD. Threads take
- * (key/value head, query block) tasks dynamically, the longest first. A head size that is not a
- * multiple of VEC runs attend_head per token instead. */
+ * (0 .. n - 1) attends to keys 0 .. i. q: query head h of token i at q + i * q_row + h * hd; key
+ * head h of token i at k + h * k_head + i * k_row, values likewise (views of the fused q/k/v
+ * product, or (KVH, n, hd) tensors); out: (n, H, hd); G = H / KVH <= MAX_GROUP, hd <= MAX_HD.
+ * Threads take (key/value head, query block) tasks dynamically, the longest first. A head size
+ * that is not a multiple of VEC runs attend_head token by token instead. */
 
 #define QROWS 48 /* query rows (tokens x G) per task at most: S, O, Q of a task stay in L1/L2 */
-#define KBLOCK 64   /* keys per block */
+#define KBLOCK 64 /* keys per block */
 
 #if VEC == 16
 #define SR 12 /* score tile: 12 rows x 2 panels = 24 accumulators of AVX-512's 32 registers */
@@ -151,11 +151,8 @@ static inline float softmax_row(float *s, long nv, long w, float *m, float *l) {
 /* One panel of a head's keys (key t at k + t * k_row, n of them): keys 16 panel .. 16 panel + 15,
  * d-major, zero past n. */
 static void pack_keys(const float *k, long k_row, long n, long hd, long panel, float *kp) {
-  for (long j = 0; j < 16; j++) {
-    long t = panel * 16 + j;
-    const float *kt = k + t * k_row;
-    for (long d = 0; d < hd; d++) kp[d * 16 + j] = t < n ? kt[d] : 0.0f;
-  }
+  for (long j = 0, t = panel * 16; j < 16; j++, t++)
+    for (long d = 0; d < hd; d++) kp[d * 16 + j] = t < n ? k[t * k_row + d] : 0.0f;
 }
 
 /* One task: tokens i0 .. i0 + qt - 1 of head group kvh. */

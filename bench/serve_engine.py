@@ -11,7 +11,9 @@ together. Prints a table and writes bench/results/serve-engine-<time>.json:
 
 ``--breakdown`` times every call the model makes to its backend (each product by name, the
 attention, the elementwise kernels or ops) during the one-prompt prefill and the decode steps
-of the measured rounds, and prints the median milliseconds a step spends in each.
+of the measured rounds, and prints the median milliseconds a step spends in each; "of which
+causal_attention" is the part of a prefill's attention in the backend's call (the kernel and its
+wrapper), the rest of "attention" being the cache store.
 
 This is where the per-change figures of docs/serving.md ("Speed") come from: a prefill of 16 x 100
 tokens and a decode step of 16 sequences, each repeated ``--rounds`` times.
@@ -124,6 +126,7 @@ class Spans:
 
     PRODUCTS = ("qkv", "wo", "gate", "up", "gate_up", "down")
     CALLS = ("add_rms_norm", "rotary_", "silu_mul", "silu_mul_pair")
+    WITHIN = "  of which causal_attention"  # inside "attention": not added to the step's sum
 
     def __init__(self, engine):
         self.now: dict | None = None  # the running step's sums
@@ -137,6 +140,8 @@ class Spans:
         if model.decode_stack is not None:  # a decode step's layers, all in one call
             model.decode_stack = self._timed(model.decode_stack, "decode stack (every layer)")
         engine.attention.attend = self._timed(engine.attention.attend, "attention")
+        if hasattr(engine.backend, "causal_attention"):  # the part of a prefill's attention that is not the cache store
+            engine.backend.causal_attention = self._timed(engine.backend.causal_attention, self.WITHIN)
         for name in self.CALLS:
             setattr(engine.backend, name, self._timed(getattr(engine.backend, name), name))
 
@@ -160,7 +165,7 @@ class Spans:
             sums, self.now = self.now, None
             sums["whole step"] = time.perf_counter() - t
             sums["rest (sampling, layout, embedding, ...)"] = sums["whole step"] - sum(
-                v for k, v in sums.items() if k != "whole step")
+                v for k, v in sums.items() if k not in ("whole step", self.WITHIN))
             if round_ > 0:
                 self.steps.setdefault(kind, []).append(sums)
 

@@ -137,35 +137,36 @@ static int check_attention(long H, long KVH, long hd) {
  * error vectorising check_prefill_attention's reductions). */
 #define REFERENCE __attribute__((noinline, optimize("no-tree-vectorize")))
 
-/* attention of one query over L keys and values, in double */
-REFERENCE static void ref_attend(const float *Q, const float *K, const float *V, long L, long hd, double *o) {
+/* attention of one query over L keys and values (key t at K + t * ld), in double */
+REFERENCE static void ref_attend(const float *Q, const float *K, const float *V, long L, long hd, long ld, double *o) {
   double sc[128], m = -1e300, l = 0;
   for (long t = 0; t < L; t++) {
     double s = 0;
-    for (long d = 0; d < hd; d++) s += (double)Q[d] * K[t * hd + d];
+    for (long d = 0; d < hd; d++) s += (double)Q[d] * K[t * ld + d];
     sc[t] = s / sqrt((double)hd);
     m = fmax(m, sc[t]);
   }
   for (long t = 0; t < L; t++) l += exp(sc[t] - m);
   for (long d = 0; d < hd; d++) {
     o[d] = 0;
-    for (long t = 0; t < L; t++) o[d] += exp(sc[t] - m) / l * V[t * hd + d];
+    for (long t = 0; t < L; t++) o[d] += exp(sc[t] - m) / l * V[t * ld + d];
   }
 }
 
+/* q, k and v views of one fused product (n rows of H + 2 KVH heads), as the engine passes them */
 REFERENCE static int check_prefill_attention(long H, long KVH, long hd, long n) {
   long G = H / KVH, q_row = (H + 2 * KVH) * hd;
-  float *q = fill(n * q_row), *k = fill(KVH * n * hd), *v = fill(KVH * n * hd), *out = malloc(n * H * hd * sizeof(float));
-  tenacia_prefill_attention(q, q_row, k, v, n, H, KVH, hd, 1.0f / sqrtf((float)hd), out, 2);
+  float *q = fill(n * q_row), *k = q + H * hd, *v = k + KVH * hd, *out = malloc(n * H * hd * sizeof(float));
+  tenacia_prefill_attention(q, q_row, k, hd, q_row, v, hd, q_row, n, H, KVH, hd, 1.0f / sqrtf((float)hd), out, 2);
   double err = 0, o[512];
   for (long i = 0; i < n; i++)
     for (long h = 0; h < H; h++) {
-      ref_attend(q + i * q_row + h * hd, k + (h / G) * n * hd, v + (h / G) * n * hd, i + 1, hd, o);
+      ref_attend(q + i * q_row + h * hd, k + (h / G) * hd, v + (h / G) * hd, i + 1, hd, q_row, o);
       for (long d = 0; d < hd; d++) err = fmax(err, fabs(out[(i * H + h) * hd + d] - o[d]));
     }
   char what[96];
   snprintf(what, sizeof what, "prefill_attention, %ld tokens, %ld heads on %ld, head size %ld", n, H, KVH, hd);
-  free(q), free(k), free(v), free(out);
+  free(q), free(out);
   return failed(what, err, 1e-5);
 }
 
@@ -260,7 +261,7 @@ REFERENCE static int check_decode_stack(long rows, long heads, long kv_heads, lo
         }
         for (long g = 0; g < G; g++) {
           for (long j = 0; j < hd; j++) qf[j] = (float)row[(kh * G + g) * hd + j];
-          ref_attend(qf, K, V, lengths[r], hd, o);
+          ref_attend(qf, K, V, lengths[r], hd, hd, o);
           for (long j = 0; j < hd; j++) att[r * qd + (kh * G + g) * hd + j] = o[j];
         }
       }
@@ -299,8 +300,9 @@ int main(void) {
   /* the register-resident paths (G 1-4 with head size 64, G 1-2 with 128) and the general one */
   if (check_attention(9, 3, 64) || check_attention(4, 2, 128) || check_attention(10, 2, 48) || check_attention(4, 4, 16))
     return 1;
-  for (long n = 1; n <= 70; n += 23) /* the prefill's attention: the register-resident paths and the general one */
-    if (check_prefill_attention(9, 3, 64, n) || check_prefill_attention(4, 2, 128, n) || check_prefill_attention(10, 2, 48, n))
+  for (long n = 1; n <= 128; n += 23) /* the prefill's attention: across its blocks of 16 tokens and 64 keys */
+    if (check_prefill_attention(9, 3, 64, n) || check_prefill_attention(4, 2, 128, n) || check_prefill_attention(10, 2, 48, n) ||
+        check_prefill_attention(4, 1, 20, n))
       return 1;
   /* the decode stack: every row count of a decode (1 .. 32), with a bias, on both attention paths */
   for (long rows = 1; rows <= 32; rows++)

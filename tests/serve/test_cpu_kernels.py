@@ -309,3 +309,15 @@ def test_prefill_attention_of_a_2048_token_chunk_equals_causal_sdpa(kernels, thr
     k, v = k.contiguous(), v.contiguous()
     want = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True)[0]
     torch.testing.assert_close(_prefill(kernels, q, k, v, threads), want, rtol=1e-5, atol=1e-6)
+
+
+def test_store_rows_writes_a_prefills_keys_to_their_slots_as_index_copy(kernels):
+    """Views of the fused q/k/v product take the kernel; another layout (heads apart) index_copy_."""
+    gen = torch.Generator().manual_seed(5)
+    fused = torch.randn(37, 15 * 64, generator=gen)
+    slots = torch.randperm(100, generator=gen)[:37]
+    for rows in (fused[:, 576:768].view(37, 3, 64), fused[:, :576].view(37, 3, 192)[:, :, :64]):
+        store, want = torch.zeros(100, 3, 64), torch.zeros(100, 3, 64)
+        kernels.store_rows(store, slots, rows)
+        want.index_copy_(0, slots, rows)
+        assert torch.equal(store, want)

@@ -86,11 +86,11 @@ class PagedAttention:
         # q: (1, H, N, kd); k: (1, KVH, N, kd); v: (1, KVH, N, vd) or None (values in the keys)
         spec = self.cache.spec
         store_k = self.cache.k[layer]
-        store_k.index_copy_(0, layout.slots, k[0].transpose(0, 1))  # (N, KVH, kd)
+        self.backend.store_rows(store_k, layout.slots, k[0].transpose(0, 1))  # (N, KVH, kd)
         if v is None:
             v = k[..., :spec.value_dim]
         else:
-            self.cache.v[layer].index_copy_(0, layout.slots, v[0].transpose(0, 1))
+            self.backend.store_rows(self.cache.v[layer], layout.slots, v[0].transpose(0, 1))
         gqa = q.size(1) != k.size(1)  # for a cached prefix's attention
         outs = []
         for offset, n, count, start, slots, mask in self._groups:

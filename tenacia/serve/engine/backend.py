@@ -8,6 +8,7 @@
   the products;
 - ``decode_attention``: a decode step's new keys and values written to their cache slots and to
   the decode mirror (``mirror.py``), then attention over the mirror (``attention.py`` calls it);
+- ``store_rows``: a prefill's new keys (or values) written to their cache slots;
 - ``causal_attention``: a prefill's attention for whole new sequences (``attention.py`` calls it);
 - ``latent_decode_attention``: the same for a cache whose values are the keys' first columns
   (latent attention: ``kv_cache.CacheSpec``), in torch ops in every backend.
@@ -132,6 +133,11 @@ class TorchBackend:
         qg = q.reshape(B, KVH, H // KVH, hd)  # heads k*G .. k*G+G-1 read key/value head k
         out = F.scaled_dot_product_attention(qg, mk[:, :, :L], mv[:, :, :L], attn_mask=bias)
         return out.view(B, H, 1, hd)
+
+    def store_rows(self, store: Tensor, slots: Tensor, rows: Tensor) -> None:
+        """A prefill's new keys or values into the cache: ``store`` (slots, KVH, d), one layer's;
+        ``slots`` (N,) int64; ``rows`` (N, KVH, d), a view of the q/k/v product is fine."""
+        store.index_copy_(0, slots, rows)
 
     def causal_attention(self, q: Tensor, k: Tensor, v: Tensor, offset: int, n: int, count: int,
                          scale: float | None) -> Tensor:

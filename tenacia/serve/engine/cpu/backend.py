@@ -5,10 +5,10 @@
   without one), the elementwise work and attention as torch ops;
 - ``KernelBackend``: the same, given one build of the decode kernels (``kernels.choose``): the
   products of a decode step run in the kernels' panels, gate and up as one product, and the
-  elementwise work, the decode attention and a prefill's attention of whole new sequences run in
-  the kernels; a decode step's layers run in one call (``decode_stack.py``), layer by layer, or
-  layer by layer with the prefill's products, whichever a whole step is timed fastest in at start
-  (``decode_path.py``).
+  elementwise work, the decode attention, a prefill's cache store and its attention of whole new
+  sequences run in the kernels; a decode step's layers run in one call (``decode_stack.py``),
+  layer by layer, or layer by layer with the prefill's products, whichever a whole step is timed
+  fastest in at start (``decode_path.py``).
 
 ``cpu_backend`` picks once, at the engine's start: ``KernelBackend`` where a build runs on this
 CPU and the model's shape suits it, else ``CpuBackend``; ``$TENACIA_ISA`` forces a build
@@ -64,6 +64,7 @@ class KernelBackend(CpuBackend):
         self.rotary_ = kernels.rotary_
         self.silu_mul = kernels.silu_mul
         self.silu_mul_pair = kernels.silu_mul_pair
+        self.store_rows = kernels.store_rows
         self.stack_state = "no model built yet"  # what arrange_decode decided, for the start-up line
 
     @staticmethod

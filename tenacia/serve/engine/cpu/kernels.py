@@ -161,6 +161,7 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
                        ("tenacia_silu_mul", [p, p, i, i, i, p, t]),
                        ("tenacia_decode_attention", [p, i, p, p, i, p, i, i, i, i, f, p, ctypes.c_int]),
                        ("tenacia_store_kv", [p, p, i, i, i, i, p, p, p, p, p, i, p]),
+                       ("tenacia_store_rows", [p, i, i, i, p, p]),
                        ("tenacia_decode_stack", [i, p, i, i, i, i, i, f, p, i, p, p, p, p, i, p, p, p, i, i, p, p, t])):
         getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
     lib.tenacia_decode_stack_scratch.argtypes, lib.tenacia_decode_stack_scratch.restype = [i] * 6, i
@@ -363,6 +364,18 @@ class Kernels:
                                                v.data_ptr(), v.stride(0), v.stride(1), n, H, KVH, hd, hd ** -0.5,
                                                out.data_ptr(), torch.get_num_threads()):
             raise MemoryError(f"prefill_attention: no memory for the scratch of {n} tokens")
+
+    def store_rows(self, store: Tensor, slots: Tensor, rows: Tensor) -> None:
+        """``store[slots[t]] = rows[t]``: store (slots, KVH, d) contiguous float32, slots (N,) int64
+        contiguous, in range (not checked: the engine's own slots), rows (N, KVH, d) float32 with
+        each token's heads contiguous (a view of the fused q/k/v product); other layouts go to
+        index_copy_."""
+        N, KVH, d = rows.shape
+        if (rows.dtype != torch.float32 or rows.stride(2) != 1 or rows.stride(1) != d or not store.is_contiguous()
+                or store.shape[1:] != (KVH, d) or slots.dtype != torch.int64 or not slots.is_contiguous()):
+            store.index_copy_(0, slots, rows)
+            return
+        self._lib.tenacia_store_rows(rows.data_ptr(), rows.stride(0), N, KVH * d, store.data_ptr(), slots.data_ptr())
 
     def store_kv(self, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, slots: Tensor,
                  mirror_k: Tensor, mirror_v: Tensor, lengths: Tensor) -> None:

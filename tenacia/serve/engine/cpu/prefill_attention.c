@@ -3,27 +3,27 @@
  * hsum on it, and its own attend_head (the decode attention's one query group against L keys),
  * so one algorithm runs in each build's registers: AVX-512 (VEC 16), AVX2 (8), SSE2/NEON (4).
  *
- * Why: one query at a time (attend_head) reads every key and value once per query and reduces
- * every score across a vector: a 100-token prefill of SmolLM2 spent ~11 ms in attention for
- * ~0.35 GFLOP (~31 GFLOP/s, docs/benchmarks.md). Here the G query heads that share a key/value
- * head, over QT consecutive tokens, are R = QT * G rows (R <= QROWS) taken together against blocks
- * of KBLOCK keys, FlashAttention-style:
- *   S (R x KBLOCK) = Q . K^T   register-blocked: SR rows x SP panels of 16 keys per inner loop, a
- *                          broadcast query float times a vector of 16 keys' floats, no reduction;
- *   online softmax per row (the running maximum m and sum l; corr rescales what came before);
- *   O (R x hd) = corr * O + P . V   register-blocked: OR rows x OC vectors of the head.
+ * Why: one token at a time (attend_head) reads every key and value again for each token and
+ * reduces every score across a vector; the products of a prefill have no such waste (measured in
+ * docs/benchmarks.md, "A prefill's attention in tiles"). Here the G query heads that share a
+ * key/value head, over QT consecutive tokens, are R = QT * G rows (R <= QROWS) taken together
+ * against blocks of KBLOCK keys, FlashAttention-style:
+ *   S (R x KBLOCK) = Q . K^T  register-blocked: SR rows x SP panels of 16 keys per inner loop, a
+ *                             broadcast query float times a vector of 16 keys' floats, no reduction;
+ *   online softmax per row    the running maximum m and sum l; corr rescales what came before;
+ *   O (R x hd) = corr O + P . V  register-blocked: OR rows x OC vectors of the head.
  * Keys are packed once per call in panels of 16 keys, d-major (Kp[p][d][16]; the rest of the last
  * panel zero), so a step of the score loop reads one 64-byte line; values are read in place.
  *
  * Contract (tenacia_prefill_attention): one sequence's n tokens, none cached before them; token i
- * (0 .. n - 1) attends to keys 0 .. i. q: query head h of token i at q + i * q_row + h * hd;
- * key head h of token i at k + h * k_head + i * k_row (values likewise: views of the fused q/k/v
- * product, or (KVH, n, hd) tensors); out: (n, H, hd); G = H / KVH <= MAX_GROUP, hd <= MAX_HD. Threads take
- * (key/value head, query block) tasks dynamically, the longest first. A head size that is not a
- * multiple of VEC runs attend_head per token instead. */
+ * (0 .. n - 1) attends to keys 0 .. i. q: query head h of token i at q + i * q_row + h * hd; key
+ * head h of token i at k + h * k_head + i * k_row, values likewise (views of the fused q/k/v
+ * product, or (KVH, n, hd) tensors); out: (n, H, hd); G = H / KVH <= MAX_GROUP, hd <= MAX_HD.
+ * Threads take (key/value head, query block) tasks dynamically, the longest first. A head size
+ * that is not a multiple of VEC runs attend_head token by token instead. */
 
 #define QROWS 48 /* query rows (tokens x G) per task at most: S, O, Q of a task stay in L1/L2 */
-#define KBLOCK 64   /* keys per block */
+#define KBLOCK 64 /* keys per block */
 
 #if VEC == 16
 #define SR 12 /* score tile: 12 rows x 2 panels = 24 accumulators of AVX-512's 32 registers */
@@ -38,8 +38,9 @@
 #endif
 #define PVEC (16 / VEC) /* vectors per panel row */
 
-/* S[m][0 .. 16 np) = Qs[m] . the keys of np panels, mr rows; Qs (mr x hd) already scaled, kp the
- * first panel (panels hd * 16 floats apart), s row stride KBLOCK. */
+/* S[m][0 .. 16 np) = Q[m] . the keys of np panels, mr rows; Q scaled and transposed (row m's
+ * float d at qs[d * QROWS + m]: one step's mr floats side by side), kp the first panel (panels
+ * hd * 16 floats apart), s row stride KBLOCK. */
 static inline __attribute__((always_inline)) void score_tile(const float *qs, long hd, const float *kp, float *s,
                                                              const int mr, const int np) {
   vf acc[12][4]; /* mr <= SR <= 12, np * PVEC <= 4: the compiler keeps the used ones in registers */
@@ -50,7 +51,7 @@ static inline __attribute__((always_inline)) void score_tile(const float *qs, lo
     for (int p = 0; p < np; p++)
       for (int v = 0; v < PVEC; v++) w[p * PVEC + v] = vload(kp + (p * hd + d) * 16 + v * VEC);
     for (int m = 0; m < mr; m++) {
-      vf x = splat(qs[m * hd + d]);
+      vf x = splat(qs[d * QROWS + m]);
       for (int v = 0; v < np * PVEC; v++) acc[m][v] += x * w[v];
     }
   }
@@ -87,14 +88,15 @@ static void scores(const float *qs, long hd, const float *kp, float *s, long r0,
     int wide = SP > 1 && np - p >= SP;
     long r = r0;
     for (; r + SR <= r1; r += SR) {
-      if (wide) score_tile(qs + r * hd, hd, kq, sq + r * KBLOCK, SR, SP);
-      else score_tile(qs + r * hd, hd, kq, sq + r * KBLOCK, SR, 1);
+      if (wide) score_tile(qs + r, hd, kq, sq + r * KBLOCK, SR, SP);
+      else score_tile(qs + r, hd, kq, sq + r * KBLOCK, SR, 1);
     }
     switch (r1 - r) {
-#define LEFT(M)                                                          \
-  case M:                                                                \
-    if (wide) score_tile(qs + r * hd, hd, kq, sq + r * KBLOCK, M, SP);  \
-    else score_tile(qs + r * hd, hd, kq, sq + r * KBLOCK, M, 1);        \
+#define LEFT(M)                                                         \
+  case M:                                                               \
+    if (M >= SR) break; /* never: no code for it */                     \
+    if (wide) score_tile(qs + r, hd, kq, sq + r * KBLOCK, M, SP);       \
+    else score_tile(qs + r, hd, kq, sq + r * KBLOCK, M, 1);             \
     break;
       LEFT(1) LEFT(2) LEFT(3) LEFT(4) LEFT(5) LEFT(6) LEFT(7) LEFT(8) LEFT(9) LEFT(10) LEFT(11)
 #undef LEFT
@@ -115,7 +117,7 @@ static void values(const float *p, const float *corr, const float *vt, long ldv,
       const float *pr = p + r * KBLOCK, *cr = corr + r, *vc = vt + c * VEC;
       float *oc = o + r * hd + c * VEC;
       switch (mr * 8 + nc) { /* specialised for each constant shape */
-#define CASE(M, C) case M * 8 + C: value_tile(pr, cr, vc, ldv, hd, keys, oc, M, C); break;
+#define CASE(M, C) case M * 8 + C: if (M <= OR && C <= OC) value_tile(pr, cr, vc, ldv, hd, keys, oc, M, C); break;
 #define ROW(M) CASE(M, 1) CASE(M, 2) CASE(M, 3) CASE(M, 4)
         ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6)
 #undef ROW
@@ -149,11 +151,8 @@ static inline float softmax_row(float *s, long nv, long w, float *m, float *l) {
 /* One panel of a head's keys (key t at k + t * k_row, n of them): keys 16 panel .. 16 panel + 15,
  * d-major, zero past n. */
 static void pack_keys(const float *k, long k_row, long n, long hd, long panel, float *kp) {
-  for (long j = 0; j < 16; j++) {
-    long t = panel * 16 + j;
-    const float *kt = k + t * k_row;
-    for (long d = 0; d < hd; d++) kp[d * 16 + j] = t < n ? kt[d] : 0.0f;
-  }
+  for (long j = 0, t = panel * 16; j < 16; j++, t++)
+    for (long d = 0; d < hd; d++) kp[d * 16 + j] = t < n ? k[t * k_row + d] : 0.0f;
 }
 
 /* One task: tokens i0 .. i0 + qt - 1 of head group kvh. */
@@ -163,7 +162,7 @@ static void prefill_task(const float *q, long q_row, const float *kp, const floa
   float *qs = scratch, *o = qs + QROWS * hd, *s = o + QROWS * hd, m[QROWS], l[QROWS], corr[QROWS];
   for (long r = 0; r < R; r++) {
     const float *qr = q + (i0 + r / G) * q_row + (kvh * G + r % G) * hd;
-    for (long d = 0; d < hd; d++) qs[r * hd + d] = qr[d] * scale;
+    for (long d = 0; d < hd; d++) qs[d * QROWS + r] = qr[d] * scale;
     for (long d = 0; d < hd; d++) o[r * hd + d] = 0.0f;
     m[r] = -INFINITY;
     l[r] = 0.0f;

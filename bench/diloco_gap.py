@@ -11,6 +11,7 @@ loopback, deterministic: no speed-sized shares, no timing. Each variant changes 
 - ``h1``: four copies, each one AdamW step on its 8 samples, then the parameters averaged every
   step (diloco at H = 1, outer SGD lr 1, no momentum): averaging four AdamW updates;
 - ``h1-noclip``: the same without gradient clipping (each copy clips its own 8-sample gradient);
+  ``ddp-noclip``, ``h1-nc-noclip``: ddp and ``h1-nc`` without it;
 - ``h1-shared-v``: the same, but every copy's AdamW divides by the second moment of the *mean*
   gradient (the moments' other half, the first moment, is linear: its average is ddp's): if this
   is ddp to rounding, the gap of ``h1`` is made of the per-copy second moments and clipping;
@@ -115,11 +116,11 @@ def torchft(seed: int, work: Path) -> float:
 def run(variant: str, seed: int, work: Path) -> float:
     if variant == "torchft":
         return torchft(seed, work)
-    low = variant != "ddp"
+    low = not variant.startswith("ddp")
     s = SETTINGS["diloco" if variant.startswith("diloco") else "ddp"]
     t = trainer(seed, work / variant, s["lr"], s["floor"])
     o, dev = t.cfg.optim, t.device
-    clip = 0.0 if variant == "h1-noclip" else o.grad_clip
+    clip = 0.0 if variant.endswith("-noclip") else o.grad_clip
     steps = TOKENS // (MEMBERS * BATCH * SEQ)  # 800
     total = steps
     rate = lambda i: lr_at(i, lr=s["lr"], warmup_steps=o.warmup_steps, total_steps=total, min_lr_ratio=s["floor"])  # noqa: E731
@@ -134,7 +135,7 @@ def run(variant: str, seed: int, work: Path) -> float:
     glob = [p.detach().clone() for p in t.model.parameters()]
     outer = torch.optim.SGD(glob, lr=olr, momentum=mom, nesterov=mom > 0)
     models = [copy.deepcopy(t.model) for _ in range(MEMBERS)]
-    nc = variant.endswith("-nc")
+    nc = "-nc" in variant
     if nc:
         opts = [build_noise_corrected(m, lr=s["lr"], weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
                                       reference=MEMBERS * BATCH) for m in models]
@@ -183,7 +184,8 @@ def run(variant: str, seed: int, work: Path) -> float:
 
 
 CORRECTED_BETA2: float | None = None  # --corrected-beta2
-VARIANTS = ("ddp", "h1", "h1-noclip", "h1-shared-v", "h1-nc", "diloco", "diloco-nc", "diloco-interleaved", "torchft")
+VARIANTS = ("ddp", "ddp-noclip", "h1", "h1-noclip", "h1-shared-v", "h1-nc", "h1-nc-noclip", "diloco", "diloco-nc",
+            "diloco-interleaved", "torchft")
 
 
 def main() -> None:

@@ -30,22 +30,29 @@ async def one_request(client, model: str, messages: list[dict], max_tokens: int,
             "tpot": (end - first) / max(1, tokens - 1)}
 
 
-async def sweep_once(base_url: str, model: str, prompts: list[list[dict]], concurrency: int, max_tokens: int,
-                     response_format: dict | None = None) -> dict:
+async def pool(base_url: str, items: list, concurrency: int, call) -> tuple[list, float]:
+    """``await call(client, item)`` for every item, ``concurrency`` at a time over one OpenAI client;
+    (the calls' results in completion order, wall seconds)."""
     from openai import AsyncOpenAI
 
     queue: asyncio.Queue = asyncio.Queue()
-    for p in prompts:
-        queue.put_nowait(p)
-    records: list[dict] = []
+    for item in items:
+        queue.put_nowait(item)
+    records: list = []
     async with AsyncOpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0, timeout=600) as client:
         async def worker() -> None:
             while not queue.empty():
-                records.append(await one_request(client, model, queue.get_nowait(), max_tokens, response_format))
+                records.append(await call(client, queue.get_nowait()))
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        duration = time.perf_counter() - start
+        return records, time.perf_counter() - start
+
+
+async def sweep_once(base_url: str, model: str, prompts: list[list[dict]], concurrency: int, max_tokens: int,
+                     response_format: dict | None = None) -> dict:
+    records, duration = await pool(base_url, prompts, concurrency,
+                                   lambda client, p: one_request(client, model, p, max_tokens, response_format))
     return summarize(records, duration)
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from results_file import write_results  # noqa: E402
 from serve import make_prompts  # noqa: E402
+from serve_client import pool  # noqa: E402
 from serve_servers import settle, start_tenacia, stopping_all  # noqa: E402
 
 STEP = re.compile(r'^tenacia_step_seconds_(sum|count)\{kind="(prefill|decode)"\} (\S+)$', re.M)
@@ -68,20 +69,7 @@ async def one(client, model: str, messages: list[dict], max_tokens: int) -> dict
 
 
 async def sweep(url: str, model: str, prompts, concurrency: int, max_tokens: int) -> tuple[list[dict], float]:
-    from openai import AsyncOpenAI
-
-    queue: asyncio.Queue = asyncio.Queue()
-    for p in prompts:
-        queue.put_nowait(p)
-    records: list[dict] = []
-    async with AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600) as client:
-        async def worker() -> None:
-            while not queue.empty():
-                records.append(await one(client, model, queue.get_nowait(), max_tokens))
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return records, time.perf_counter() - t0
+    return await pool(url, prompts, concurrency, lambda client, p: one(client, model, p, max_tokens))
 
 
 def parts(records: list[dict], decode_mean_s: float) -> dict:

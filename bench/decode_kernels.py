@@ -29,6 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 from results_file import write_results  # noqa: E402  (bench/ is the script's own folder)
 
 from tenacia.device import cpu_model  # noqa: E402
+from tenacia.serve.engine.cpu import build as dk_build  # noqa: E402
 from tenacia.serve.engine.cpu import kernels as dk  # noqa: E402
 from tenacia.serve.engine.cpu.products import PackedLinear  # noqa: E402
 
@@ -113,7 +114,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    builds = [dk.Kernels(isa, lib) for isa in dk.ISAS if not isinstance(lib := dk._library(isa), str)]
+    builds = [dk.Kernels(isa, lib) for isa in dk.ISAS if not isinstance(lib := dk_build.library(isa), str)]
     if not builds:
         print(f"no build of the decode kernels runs here: {dk.available()}")
         return 1

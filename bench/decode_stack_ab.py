@@ -58,19 +58,19 @@ def parse_arm(spec: str, isa: str) -> tuple[str, str, str | None, tuple[str, ...
 
 
 def build(cc: str, isa: str, rev: str | None, flags: tuple[str, ...], tmp: Path) -> Path:
-    """The shared library of one arm: this checkout's (cached by kernels.py) or ``rev``'s."""
-    from tenacia.serve.engine.cpu import kernels as dk
+    """The shared library of one arm: this checkout's (cached by build.py) or ``rev``'s."""
+    from tenacia.serve.engine.cpu import build as dk_build
 
     if rev is None:
-        return dk._compile(cc, isa, flags)
+        return dk_build.compile_library(cc, isa, flags)
     where = tmp / rev.replace("/", "_")
     if not where.is_dir():
         where.mkdir(parents=True)
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, KERNELS_DIR], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(where)], input=archive.stdout, check=True)
-    source, isa_flags, _ = dk.BUILDS[isa]
+    source, isa_flags, _ = dk_build.BUILDS[isa]
     out = where / f"{isa}-{abs(hash(flags))}.so"
-    subprocess.run([cc, *dk.COMMON, *isa_flags, *flags, str(where / KERNELS_DIR / source.name), "-o", str(out)],
+    subprocess.run([cc, *dk_build.COMMON, *isa_flags, *flags, str(where / KERNELS_DIR / source.name), "-o", str(out)],
                    check=True, capture_output=True, text=True)
     return out
 
@@ -95,10 +95,10 @@ class _OldBuild:
 
 
 def load(path: Path):
-    from tenacia.serve.engine.cpu import kernels as dk
+    from tenacia.serve.engine.cpu import build as dk_build
 
     lib = ctypes.CDLL(str(path))
-    return lib, dk.declare(lib if hasattr(lib, "tenacia_decode_stack_scratch") else _OldBuild(lib))
+    return lib, dk_build.declare(lib if hasattr(lib, "tenacia_decode_stack_scratch") else _OldBuild(lib))
 
 
 def stage_table(lib: ctypes.CDLL, threads: int):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from tenacia.serve.config import EngineConfig
 from tenacia.serve.engine.backend import rms_norm, rotate
+from tenacia.serve.engine.cpu import build as decode_build
 from tenacia.serve.engine.cpu import kernels as decode_kernels
 from tenacia.serve.engine.cpu.backend import KernelBackend
 from tenacia.serve.engine.cpu.products import PackedLinear
@@ -33,19 +34,19 @@ ISAS = [pytest.param("avx512", marks=[pytest.mark.avx512, needs_cc]),
 def kernels(request) -> decode_kernels.Kernels:
     """One build of the kernels. On a CPU with its instruction set it must build and load: in CI
     (where .ci/run installs gcc) a missing compiler fails here rather than skipping."""
-    lib = decode_kernels._library(request.param)
+    lib = decode_build.library(request.param)
     assert not isinstance(lib, str), lib
     return decode_kernels.Kernels(request.param, lib)
 
 
 def test_the_kernels_build_and_load_here(kernels):
-    assert decode_kernels.missing(kernels.isa) is None
+    assert decode_build.missing(kernels.isa) is None
 
 
 def test_the_engine_takes_the_best_build_or_the_one_forced(monkeypatch):
     monkeypatch.delenv(decode_kernels.ISA_ENV, raising=False)
     chosen, isa = decode_kernels.choose()
-    best = next((i for i in decode_kernels.ISAS if decode_kernels.missing(i) is None), None)
+    best = next((i for i in decode_kernels.ISAS if decode_build.missing(i) is None), None)
     assert chosen is None or isa == best == chosen.isa
     assert decode_kernels.choose(enabled=False) == (None, "--no-decode-kernels")
     monkeypatch.setenv(decode_kernels.ISA_ENV, "torch")
@@ -56,7 +57,7 @@ def test_the_engine_takes_the_best_build_or_the_one_forced(monkeypatch):
     for isa in decode_kernels.ISAS:
         monkeypatch.setenv(decode_kernels.ISA_ENV, isa)
         forced, state = decode_kernels.choose()
-        assert (forced.isa if forced else state) == isa or state == decode_kernels.missing(isa)
+        assert (forced.isa if forced else state) == isa or state == decode_build.missing(isa)
 
 
 # Every row count a product of the kernels' panels meets up to here: a decode step's (up to
@@ -171,7 +172,7 @@ def test_a_failing_compiler_is_reported_with_its_message(tmp_path, monkeypatch):
     cc.chmod(0o755)
     monkeypatch.setenv("TENACIA_CACHE", str(tmp_path / "cache"))
     with pytest.raises(decode_kernels.Unavailable, match="boom"):
-        decode_kernels._compile(str(cc))
+        decode_build.compile_library(str(cc))
     assert not list((tmp_path / "cache" / "kernels").glob("*.so"))  # nothing half-built left behind
 
 
@@ -179,9 +180,9 @@ def test_a_failing_compiler_is_reported_with_its_message(tmp_path, monkeypatch):
 def test_a_cached_build_that_does_not_load_is_built_again(tmp_path, monkeypatch):
     monkeypatch.setenv("TENACIA_CACHE", str(tmp_path))
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    built = decode_kernels._compile(cc, "generic")
+    built = decode_build.compile_library(cc, "generic")
     built.write_bytes(b"not a shared object")  # as a truncated file would be
-    lib = decode_kernels._build_and_load(cc, "generic")
+    lib = decode_build.load_library(cc, "generic")
     assert hasattr(lib, "tenacia_small_gemm") and built.stat().st_size > 1000
 
 
@@ -321,3 +322,15 @@ def test_store_rows_writes_a_prefills_keys_to_their_slots_as_index_copy(kernels)
         kernels.store_rows(store, slots, rows)
         want.index_copy_(0, slots, rows)
         assert torch.equal(store, want)
+
+
+@pytest.mark.parametrize("bad", [-1, 100, 1 << 40])
+def test_store_rows_refuses_a_slot_outside_the_store_and_writes_nothing(kernels, bad):
+    """The C copy has no bounds of its own: a slot below 0 or past the store's end is an
+    IndexError naming the range, and the store is left as it was."""
+    rows = torch.randn(4, 3, 64)
+    store = torch.zeros(100, 3, 64)
+    slots = torch.tensor([0, 7, bad, 9])
+    with pytest.raises(IndexError, match=r"slots must be in \[0, 100\)"):
+        kernels.store_rows(store, slots, rows)
+    assert not store.any()

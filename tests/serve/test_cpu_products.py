@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tenacia.serve.engine.cpu import build as dk_build
 from tenacia.serve.engine.cpu import kernels as dk
 from tenacia.serve.engine.cpu import products
 from tenacia.serve.engine.cpu.products import PackedLinear, ProductChooser
@@ -26,7 +27,7 @@ class FakeClock:
 
 @pytest.fixture
 def generic_kernels():
-    lib = dk._library("generic")
+    lib = dk_build.library("generic")
     if isinstance(lib, str):
         pytest.skip(lib)
     return dk.Kernels("generic", lib)

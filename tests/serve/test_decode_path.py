@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tenacia.serve.engine.cpu import build as decode_build
 from tenacia.serve.engine.cpu import decode_path
 from tenacia.serve.engine.cpu import kernels as decode_kernels
 from tenacia.serve.engine.cpu.backend import KernelBackend, cpu_backend
@@ -92,7 +93,7 @@ def test_the_fastest_way_counts_each_batch_size_alike_by_medians():
 
 def _kernel_backend(clock, chooser=None) -> KernelBackend:
     isa = best_isa()
-    return KernelBackend(decode_kernels.Kernels(isa, decode_kernels._library(isa)), chooser or ProductChooser(),
+    return KernelBackend(decode_kernels.Kernels(isa, decode_build.library(isa)), chooser or ProductChooser(),
                          clock=clock)
 
 

@@ -15,6 +15,7 @@ from tenacia.model.llama import Llama
 from tenacia.serve.config import EngineConfig
 from tenacia.serve.engine.attention import PagedAttention
 from tenacia.serve.engine.backend import TorchBackend
+from tenacia.serve.engine.cpu import build as decode_build
 from tenacia.serve.engine.cpu import kernels as decode_kernels
 from tenacia.serve.engine.cpu.backend import KernelBackend
 from tenacia.serve.engine.cpu.decode_stack import DecodeStack
@@ -35,7 +36,7 @@ BLOCK = 16
 
 @pytest.fixture(params=ISAS)
 def kernels(request) -> decode_kernels.Kernels:
-    lib = decode_kernels._library(request.param)
+    lib = decode_build.library(request.param)
     assert not isinstance(lib, str), lib
     return decode_kernels.Kernels(request.param, lib)
 

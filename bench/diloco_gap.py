@@ -26,6 +26,16 @@ loopback, deterministic: no speed-sized shares, no timing. Each variant changes 
   workers in network namespaces at 0 ms, root needed) on this seed's workload and diloco's settings:
   what ``diloco-interleaved`` writes out, run by the peer.
 
+- ``outer``: any strategy of bench/diloco_plain.py (H, outer step, fragments, the late ``mix`` or
+  ``eager`` step, int8/int4, top-k, error feedback, the noise-corrected moment: the ``--h``,
+  ``--outer-lr``, ... flags), with its payload bytes per token and both evaluations (as tenacia's
+  run reports, and after a final exchange of what is still at rest) at every multiple of the budget.
+
+``--scale K`` trains K times the budget: ddp as one run of that length (its cosine schedule over
+it, evaluated at the end: ddp's reference at those tokens); ``outer`` evaluated at 1, 2, ... K
+budgets along one run (its inner rate is constant after warmup, ``floor`` 1, so each point is what
+a run of that budget gives).
+
 The same ``compute_gradients``, ``apply_update``, ``lr_at``, ``build_optimizer`` and data as
 tenacia; prints each variant's eval loss at the budget and writes them through results_file.
 """
@@ -36,6 +46,7 @@ import argparse
 import copy
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -43,6 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from diloco_plain import Spec, ddp_bytes_per_token, train  # noqa: E402
 from results_file import write_results  # noqa: E402
 
 from tenacia import config  # noqa: E402
@@ -121,7 +133,7 @@ def run(variant: str, seed: int, work: Path) -> float:
     t = trainer(seed, work / variant, s["lr"], s["floor"])
     o, dev = t.cfg.optim, t.device
     clip = 0.0 if variant.endswith("-noclip") else o.grad_clip
-    steps = TOKENS // (MEMBERS * BATCH * SEQ)  # 800
+    steps = SCALE * TOKENS // (MEMBERS * BATCH * SEQ)  # 800 a budget
     total = steps
     rate = lambda i: lr_at(i, lr=s["lr"], warmup_steps=o.warmup_steps, total_steps=total, min_lr_ratio=s["floor"])  # noqa: E731
     if not low:
@@ -183,34 +195,88 @@ def run(variant: str, seed: int, work: Path) -> float:
     return t.evaluate()
 
 
+def run_outer(spec: Spec, seed: int, work: Path) -> list[dict]:
+    """The ``outer`` variant: rows at every budget (module docstring)."""
+    t = trainer(seed, work / "outer", spec.lr, spec.floor)
+    per_budget = TOKENS // (MEMBERS * BATCH * SEQ * spec.h)
+    rows = train(t, spec, SCALE * per_budget, per_budget, CORRECTED_BETA2)
+    n = sum(p.numel() for p in t.model.parameters())
+    sizes = [sum(p.numel() for i, p in enumerate(t.model.parameters()) if i in ids)
+             for ids in _fragments(t, spec)]
+    per_round = [spec.bytes_per_round(s) for s in sizes]
+    ddp = ddp_bytes_per_token(n, SEQ)
+    for row in rows:
+        r = row["round"]
+        sent = sum(per_round[(i - 1) % spec.fragments] for i in range(1, r + 1))
+        flush = sum(per_round)  # the final exchange of every fragment
+        row["bytes_per_token"] = sent / row["tokens"]
+        row["bytes_per_token_flushed"] = (sent + flush) / row["tokens"]
+        row["fewer_bytes_than_ddp"] = ddp / row["bytes_per_token"]
+        row["fewer_bytes_than_ddp_flushed"] = ddp / row["bytes_per_token_flushed"]
+    return rows
+
+
+def _fragments(t: Trainer, spec: Spec) -> list[list[int]]:
+    from tenacia.train.outer import split_fragments
+
+    return split_fragments([p.numel() for p in t.model.parameters()], spec.fragments)
+
+
 CORRECTED_BETA2: float | None = None  # --corrected-beta2
+SCALE = 1  # --scale
 VARIANTS = ("ddp", "ddp-noclip", "h1", "h1-noclip", "h1-shared-v", "h1-nc", "h1-nc-noclip", "diloco", "diloco-nc",
-            "diloco-interleaved", "torchft")
+            "diloco-interleaved", "torchft", "outer")
 
 
 def main() -> None:
+    global CORRECTED_BETA2, SCALE, TOKENS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=1, help="a probe seed (never the bench's 0)")
     p.add_argument("--only", default="", help="comma-separated variants (default: all)")
     p.add_argument("--work", type=Path, default=Path("/tmp/diloco_gap"))
     p.add_argument("--diloco-lr", type=float, default=SETTINGS["diloco"]["lr"], help="the diloco variants' inner peak rate")
     p.add_argument("--corrected-beta2", type=float, default=None, help="the -nc variants' corrected EMA's decay")
+    p.add_argument("--scale", type=int, default=1, help="train K budgets (module docstring)")
+    p.add_argument("--tokens", type=int, default=TOKENS, help="the budget (a smaller one for a quick check)")
+    d = Spec()
+    p.add_argument("--h", type=int, default=d.h, help="outer: inner steps per round")
+    p.add_argument("--outer-lr", type=float, default=d.outer_lr)
+    p.add_argument("--outer-momentum", type=float, default=d.momentum)
+    p.add_argument("--fragments", type=int, default=d.fragments)
+    p.add_argument("--late", default=d.late, help="outer: none, mix or eager")
+    p.add_argument("--mix", type=float, default=d.mix)
+    p.add_argument("--quantize", default=d.quantize, help="outer: fp32, int8 or int4")
+    p.add_argument("--topk", type=float, default=d.topk)
+    p.add_argument("--block", type=int, default=d.block)
+    p.add_argument("--no-error-feedback", action="store_true")
+    p.add_argument("--nc", action="store_true", help="outer: the noise-corrected inner second moment")
     a = p.parse_args()
     SETTINGS["diloco"]["lr"] = a.diloco_lr
-    global CORRECTED_BETA2
-    CORRECTED_BETA2 = a.corrected_beta2
+    CORRECTED_BETA2, SCALE, TOKENS = a.corrected_beta2, a.scale, a.tokens
     torch.set_num_threads(1)
     rows = []
     for v in [x for x in (a.only.split(",") if a.only else VARIANTS) if x]:
         t0 = time.monotonic()
+        if v == "outer":
+            spec = Spec(h=a.h, lr=a.diloco_lr, outer_lr=a.outer_lr, momentum=a.outer_momentum, fragments=a.fragments,
+                        late=a.late, mix=a.mix, quantize=a.quantize, topk=a.topk, block=a.block,
+                        error_feedback=not a.no_error_feedback, nc=a.nc)
+            for r in run_outer(spec, a.seed, a.work):
+                rows.append({"variant": v, "seed": a.seed, "spec": asdict(spec), "scale": SCALE, **r,
+                             "eval_loss": r["eval"], "seconds": time.monotonic() - t0})
+                print(f"outer seed {a.seed} round {r['round']} tokens {r['tokens']}: eval {r['eval']:.4f} flushed "
+                      f"{r['eval_flushed']:.4f} {r['fewer_bytes_than_ddp']:.0f}x ({r['fewer_bytes_than_ddp_flushed']:.0f}x "
+                      f"flushed) fewer bytes than ddp ({time.monotonic() - t0:.0f} s)", flush=True)
+            continue
         loss = run(v, a.seed, a.work)
-        rows.append({"variant": v, "seed": a.seed, "diloco_lr": a.diloco_lr, "corrected_beta2": a.corrected_beta2, "eval_loss": loss, "seconds": time.monotonic() - t0})
+        rows.append({"variant": v, "seed": a.seed, "scale": SCALE, "tokens": SCALE * TOKENS, "diloco_lr": a.diloco_lr,
+                     "corrected_beta2": a.corrected_beta2, "eval_loss": loss, "seconds": time.monotonic() - t0})
         print(f"{v:<20} seed {a.seed}: eval loss {loss:.4f} ({time.monotonic() - t0:.0f} s)", flush=True)
     ddp = next((r["eval_loss"] for r in rows if r["variant"] == "ddp"), None)
     if ddp:
         for r in rows:
             print(f"{r['variant']:<20} {r['eval_loss']:.4f} {100 * (r['eval_loss'] / ddp - 1):+.1f}% vs ddp")
-    write_results("diloco_gap", {"rows": rows})
+    write_results(f"diloco_gap-seed{a.seed}", {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -240,10 +240,11 @@ def calibration(result: dict[str, Any]) -> dict[str, Any] | None:
         if not near or r["tokens_per_s"] > near["tokens_per_s"]:
             continue
         strategy = r["arm"].split("-")[0]
-        per_exchange = round_tokens * (1 if strategy == "ddp" else a["inner_steps"])
+        h = 1 if strategy == "ddp" else r.get("inner_steps", a["inner_steps"])
+        per_exchange = round_tokens * h
         arms.append({"strategy": strategy, "compression": "int4" if "int4" in r["arm"] else
                      "int8" if "int8" in r["arm"] else "fp32",
-                     "inner_steps": 1 if strategy == "ddp" else a["inner_steps"],
+                     "inner_steps": h,
                      "tokens_per_s": r["tokens_per_s"], "tokens_per_s_no_link": near["tokens_per_s"],
                      "bytes_per_token": r["bytes_per_token"], "exchanges_per_token": 1 / per_exchange,
                      "utilization": r["utilization"]})

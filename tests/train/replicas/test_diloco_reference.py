@@ -140,3 +140,82 @@ def test_one_eager_replica_starts_each_round_where_synchronous_diloco_does(tmp_p
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     for a, b in zip(eager_s[0].outer.params, before[0].model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def eager_reference(cfg, rounds: int, replicas: int, error_feedback: bool = True) -> tuple[list, list]:
+    """The eager outer step with a compressed exchange, written out (``replicas/diloco.py``'s module
+    docstring): member ``k`` at rest holds ``global - p_k`` (``p_k``: its own progress of its last
+    round, not yet averaged); round ``r`` sends ``p_k + e_k`` compressed (``e_k``: its error-feedback
+    residual, the new one what the payload did not carry), starts its inner steps at
+    ``global - lr (p_k + mu (mu m + p_k))`` (Nesterov with ``p_k`` for the average), and once the
+    round is trained the average of the decoded payloads steps the global parameters (Nesterov on
+    ``m``); its new progress is its start less where it ended. Round 1 sends nothing (no step).
+    Returns (each member's parameters at rest, the global parameters)."""
+    from tenacia.train.replicas.compress import Compressor
+
+    t = Trainer(cfg, write_ledger=False)
+    o, oc, h, b = cfg.optim, cfg.replicas.outer, cfg.replicas.outer.inner_steps, cfg.train.batch_size
+    comp = Compressor(oc.quantize, oc.block, oc.topk, error_feedback)
+    total = o.schedule_steps(cfg.train.steps) * h
+    glob = [p.detach().clone() for p in t.model.parameters()]
+    momentum: list[torch.Tensor] | None = None
+    models = [copy.deepcopy(t.model) for _ in range(replicas)]
+    opts = [build_optimizer(m, lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
+                            device=t.device) for m in models]
+    progress = [[torch.zeros_like(g) for g in glob] for _ in range(replicas)]
+    residual: list[torch.Tensor | None] = [None] * replicas
+    tokens = h * (b // replicas) * cfg.data.seq_len
+    for r in range(1, rounds + 1):
+        acc = torch.zeros(sum(g.numel() for g in glob))
+        for k in range(replicas):
+            payload, res = comp.encode(torch.cat([p.reshape(-1) for p in progress[k]]), residual[k])
+            if r > 1:  # round 1 sends zeros with no weight
+                acc.add_(comp.decode(payload), alpha=tokens)
+                residual[k] = res
+        ids = t.sampler.ids_at((r - 1) * h * b, h * b)
+        starts = []
+        for k, (m, opt) in enumerate(zip(models, opts, strict=True)):
+            with torch.no_grad():
+                for p, g, d, i in zip(m.parameters(), glob, progress[k], range(len(glob)), strict=True):
+                    buf = d if momentum is None else momentum[i] * oc.momentum + d
+                    p.copy_(g - oc.lr * (d + oc.momentum * buf))
+            starts.append([p.detach().clone() for p in m.parameters()])
+            share = shard(range(h * b), k, replicas)
+            for j in range(h):
+                chunk = [ids[q] for q in shard(share, j, h)]
+                rate = lr_at((r - 1) * h + j + 1, lr=o.lr, warmup_steps=o.warmup_steps, total_steps=total,
+                             min_lr_ratio=o.min_lr_ratio)
+                compute_gradients(m, t.data.train.get(chunk), cfg.train.micro_batch_size, len(chunk), t.device)
+                apply_update(m, opt, rate, o.grad_clip)
+        if r > 1:
+            avg = (acc / (tokens * replicas)).split([g.numel() for g in glob])
+            with torch.no_grad():
+                bufs = [d.view_as(g).clone() if momentum is None else momentum[i] * oc.momentum + d.view_as(g)
+                        for i, (g, d) in enumerate(zip(glob, avg, strict=True))]
+                momentum = bufs
+                for g, d, m_ in zip(glob, avg, bufs, strict=True):
+                    g.sub_(oc.lr * (d.view_as(g) + oc.momentum * m_))
+        for k, m in enumerate(models):
+            progress[k] = [s - p.detach() for s, p in zip(starts[k], m.parameters(), strict=True)]
+    rest = [[g - d for g, d in zip(glob, progress[k], strict=True)] for k in range(replicas)]
+    return rest, glob
+
+
+def test_four_eager_replicas_with_int4_topk_and_error_feedback_follow_the_reference(tmp_path):
+    """The eager step with a compressed exchange on the real path (``OuterRounds``: ``sent``,
+    ``eager_start``, the reduce with its residuals kept on commit, ``_landed``) is the written-out
+    loop above: the right base for the late step, and the residual carried from round to round
+    (without it the reference lands elsewhere)."""
+    over = ["train.steps=4", "optim.warmup_steps=2", "optim.min_lr_ratio=1", "replicas.sync=streaming",
+            "replicas.outer.fragments=1", "replicas.outer.eager=true", "replicas.outer.inner_steps=2",
+            "replicas.outer.lr=0.7", "replicas.outer.momentum=0.9", "replicas.outer.quantize=int4",
+            "replicas.outer.topk=0.05"]
+    trainers, syncs, _ = train(tmp_path / "eager", 4, *over)
+    rest, glob = eager_reference(load(tmp_path / "ref", *over), rounds=4, replicas=4)
+    _, glob_no_ef = eager_reference(load(tmp_path / "ref-no-ef", *over), rounds=4, replicas=4, error_feedback=False)
+    assert max(float((a - b).abs().max()) for a, b in zip(glob, glob_no_ef, strict=True)) > 1e-4
+    for g, e in zip(syncs[0].outer.params, glob, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+    for t, mine in zip(trainers, rest, strict=True):
+        for p, e in zip(t.model.parameters(), mine, strict=True):
+            torch.testing.assert_close(p, e, rtol=1e-4, atol=1e-6)

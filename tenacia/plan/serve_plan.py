@@ -58,7 +58,7 @@ class StepCosts:
     # top 2: 12.749B parameters read a token, 25.50 GB split tp ways) less the same README's Llama-2
     # 7B rows on as many GPUs (32 layers, width 4,096, dense), each token's time less its weight
     # reads at 0.9 x 2.039 TB/s over 32 layers: 106.2 - 65.9, 92.6 - 58.9, 82.9 - 58.6 µs; the
-    # median, 33.7. Until 2026-12-04 15:30 UTC 69, the rest of TensorRT-LLM's batch-1 DeepSeek-R1
+    # median, 33.7. Until 2026-12-04 14:50 UTC 69, the rest of TensorRT-LLM's batch-1 DeepSeek-R1
     # (MLA and MoE together), charged to GQA MoE models too; ``mla_layer_us`` now holds MLA's part.
     moe_layer_kernel_us: float = 33.7
     # Fixed cost of every layer with multi-head latent attention (``ModelSpec.is_mla``), µs, on

@@ -18,8 +18,8 @@ part of the all-to-all above it may hide behind compute (``serving_step.py``).
   kernels (github.com/sgl-project/sgl-kernel-npu README, "Low-Latency Kernels with Pure HCCS":
   dispatch 132/139/153 µs and combine 126/135/151 µs at EP 8/16/32, INT8 dispatch).
 - inside an NVLink node: no published low-latency table; 0 here, as the per-layer fixed cost
-  (``StepCosts.layer_overhead_us`` and ``moe_layer_kernel_us``, the latter from an 8x B200 node's batch-1 run) already hold in-node
-  communication.
+  (``StepCosts.layer_overhead_us``, ``moe_layer_kernel_us`` and ``mla_layer_us``, from batch-1 runs
+  on 1-8 A100 and on an 8x B200 node) already hold in-node communication.
 
 Contract: ``floor_us`` is >= 0, never decreases with the instance size on one fabric, and is 0 for
 a dense model's instance or one chip.

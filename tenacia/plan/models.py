@@ -195,9 +195,15 @@ class ModelSpec:
         form, as FlashMLA does: every head scores against the cached latent (``kv_dim`` wide)
         and sums the latents, so both products are about ``kv_dim`` wide (DeepSeek-V3: 576 and
         512, counted as 2 x 576, 6% over). Otherwise as ``attention_flops_fwd``."""
-        if self.kv_dim and self.kv_dim < 2 * self.kv_heads * self.head_dim:
+        if self.is_mla:
             return self.layers * 2 * self.heads * 2 * self.kv_dim * context
         return self.attention_flops_fwd(context)
+
+    @property
+    def is_mla(self) -> bool:
+        """Whether attention caches a latent (``kv_dim`` below 2 kv_heads head_dim: DeepSeek's
+        multi-head latent attention) rather than every key and value head (MHA, GQA)."""
+        return bool(self.kv_dim) and self.kv_dim < 2 * self.kv_heads * self.head_dim
 
     @property
     def kv_elements_per_token(self) -> int:

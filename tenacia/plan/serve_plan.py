@@ -51,12 +51,23 @@ class StepCosts:
     # stack's figure (``STACK_LAYER_US``, each derived by hand there, not fitted); a number
     # overrides it.
     layer_overhead_us: float | None = None
-    # Fixed cost an MoE layer adds, µs, on every deployment (routing, the grouped expert GEMMs
-    # below their roofline at small batches, MLA's extra projections): TensorRT-LLM's published
-    # min-latency DeepSeek-R1 on one 8x B200 node (tech blog 1, "Pushing Latency Boundaries", MTP
-    # table: 111 tokens/s a user without MTP) takes 9.01 ms a token, its weight reads 0.67 ms
-    # (4.81 GB a GPU at 0.9 x 8 TB/s), so (9.01 - 0.67 - 61 x 0.071) ms / 58 MoE layers = 69 µs.
-    moe_layer_kernel_us: float = 69.0
+    # Fixed cost an MoE layer adds, µs, on every deployment (routing, top-k, the gathered expert
+    # GEMMs below their roofline at small batches), whatever the attention: gpt-fast's batch-1
+    # Mixtral 8x7B in BF16 on 2 / 4 / 8 A100-80GB (pytorch-labs/gpt-fast mixtral-moe/README.md:
+    # 96.67 / 155.35 / 227.82 tokens/s; 32 layers, width 4,096, GQA 32/8 heads, 8 experts of 14,336,
+    # top 2: 12.749B parameters read a token, 25.50 GB split tp ways) less the same README's Llama-2
+    # 7B rows on as many GPUs (32 layers, width 4,096, dense), each token's time less its weight
+    # reads at 0.9 x 2.039 TB/s over 32 layers: 106.2 - 65.9, 92.6 - 58.9, 82.9 - 58.6 µs; the
+    # median, 33.7. Until 2026-12-04 14:50 UTC 69, the rest of TensorRT-LLM's batch-1 DeepSeek-R1
+    # (MLA and MoE together), charged to GQA MoE models too; ``mla_layer_us`` now holds MLA's part.
+    moe_layer_kernel_us: float = 33.7
+    # Fixed cost of every layer with multi-head latent attention (``ModelSpec.is_mla``), µs, on
+    # every deployment (MLA's extra down/up projections, norms and RoPE split): TensorRT-LLM's
+    # published min-latency DeepSeek-R1 on one 8x B200 node (tech blog 1, "Pushing Latency
+    # Boundaries", MTP table: 111 tokens/s a user without MTP) takes 9.01 ms a token, its weight
+    # reads 0.67 ms (4.81 GB a GPU at 0.9 x 8 TB/s); less 61 layers x 71 and 58 MoE layers x 33.7,
+    # over its 61 MLA layers: (9.01 - 0.67 - 4.331 - 1.953) ms / 61 = 33.7 µs.
+    mla_layer_us: float = 33.7
     # Extra fixed cost of each MoE layer per step on an expert-parallel instance, µs, beyond
     # layer_overhead_us and the all-to-all's published latency floor (ep_latency.py: DeepEP's
     # low-latency kernels over RDMA across nodes, DeepEP-Ascend's inside a CloudMatrix384). 0: until
@@ -100,6 +111,7 @@ class StepCosts:
         check(self.layer_overhead_us >= 0, "layer_overhead_us", self.layer_overhead_us, "microseconds >= 0")
         check(self.moe_layer_overhead_us >= 0, "moe_layer_overhead_us", self.moe_layer_overhead_us, "microseconds >= 0")
         check(self.moe_layer_kernel_us >= 0, "moe_layer_kernel_us", self.moe_layer_kernel_us, "microseconds >= 0")
+        check(self.mla_layer_us >= 0, "mla_layer_us", self.mla_layer_us, "microseconds >= 0")
         check(self.step_overhead_us >= 0, "step_overhead_us", self.step_overhead_us, "microseconds >= 0")
         check(self.expert_imbalance >= 1, "expert_imbalance", self.expert_imbalance, "a number >= 1")
         check(0 <= self.comm_overlap <= 1, "comm_overlap", self.comm_overlap, "a fraction in [0, 1]")

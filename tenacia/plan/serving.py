@@ -158,7 +158,8 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
             raise ConfigError("tpot_ms", plan.tpot_ms,
                               f"more than the step's fixed cost alone on {smallest} chips: {fixed_ms:.1f} ms a token "
                               f"(step.step_overhead_us={plan.step.step_overhead_us:g}, "
-                              f"{m.layers} layers x step.layer_overhead_us={plan.step.layer_overhead_us:g}, "
+                              f"{m.layers} layers x step.layer_overhead_us={plan.step.layer_overhead_us:g}"
+                              f"{f' + step.mla_layer_us={plan.step.mla_layer_us:g}' if m.is_mla else ''}, "
                               f"{m.moe_layers if m.is_moe else 0} MoE layers x step.moe_layer_kernel_us={plan.step.moe_layer_kernel_us:g}, "
                               f"{moe} MoE layers x step.moe_layer_overhead_us={plan.step.moe_layer_overhead_us:g}, "
                               f"the all-to-all's published latency floor {floor:.1f} ms, "

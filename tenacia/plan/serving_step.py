@@ -30,9 +30,10 @@ after another, so a step is a sum of maxima, not a maximum of sums:
   once a step (host work an overlap scheduler does not hide; 0 by default), ``layer_overhead_us``
   per layer on every deployment (launches under CUDA graphs, small GEMMs below the roofline,
   in-node all-reduces: 71 µs, from gpt-fast's published batch-1 dense Llama-2 tables on 1-8
-  A100), ``moe_layer_kernel_us`` per MoE layer on every deployment (routing, grouped expert GEMMs,
-  MLA's projections: 69 µs, the rest of TensorRT-LLM's published batch-1 DeepSeek-R1 on one 8x
-  B200 node), ``moe_layer_overhead_us`` per MoE layer of an expert-parallel instance (0
+  A100), ``moe_layer_kernel_us`` per MoE layer on every deployment (routing, gathered expert
+  GEMMs: 33.7 µs, gpt-fast's batch-1 Mixtral against its Llama-2 7B on as many A100),
+  ``mla_layer_us`` per layer of a latent-attention model (MLA's extra projections: 33.7 µs, the
+  rest of TensorRT-LLM's published batch-1 DeepSeek-R1 on one 8x B200 node), ``moe_layer_overhead_us`` per MoE layer of an expert-parallel instance (0
   by default: an extra), and in decode the expert all-to-all's latency floor per MoE layer
   (``alltoall_floor_s``, ``ep_latency.py``: the published low-latency kernels' dispatch + combine
   at the instance's EP, DeepEP over RDMA across scale-up domains, DeepEP-Ascend inside a
@@ -137,14 +138,15 @@ def alltoall_floor_s(m: ModelSpec, chip: Chip, chips: int) -> float:
 
 def fixed_s(m: ModelSpec, chip: Chip, costs: StepCosts, chips: int, decode: bool = True) -> float:
     """A step's fixed costs on an instance of ``chips`` (module docstring): the host's per step,
-    every layer's, every MoE layer's ``moe_layer_kernel_us``, each MoE layer's
-    ``moe_layer_overhead_us`` on an expert-parallel instance, and
-    in decode the all-to-all's latency floor (prefill's normal kernels are priced by bandwidth)."""
+    every layer's (``layer_overhead_us``, and ``mla_layer_us`` more with latent attention), every
+    MoE layer's ``moe_layer_kernel_us``, each MoE layer's ``moe_layer_overhead_us`` on an
+    expert-parallel instance, and in decode the all-to-all's latency floor (prefill's normal
+    kernels are priced by bandwidth)."""
     ep = m.is_moe and chips > 1
-    moe = m.moe_layers * costs.moe_layer_kernel_us * 1e-6  # 0 for a dense model
-    moe += m.moe_layers * costs.moe_layer_overhead_us * 1e-6 if ep else 0.0
+    layer = costs.layer_overhead_us + (costs.mla_layer_us if m.is_mla else 0.0)
+    moe = costs.moe_layer_kernel_us + (costs.moe_layer_overhead_us if ep else 0.0)  # a dense model has no MoE layer
     floor = alltoall_floor_s(m, chip, chips) if decode else 0.0
-    return (costs.step_overhead_us + m.layers * costs.layer_overhead_us) * 1e-6 + moe + floor
+    return (costs.step_overhead_us + m.layers * layer + m.moe_layers * moe) * 1e-6 + floor
 
 
 def _step(compute: float, comm: float, fixed: float, costs: StepCosts, core_share: float = 0.0) -> float:

@@ -34,7 +34,7 @@ def test_a_decode_step_is_the_sum_of_its_operators_rooflines(chips):
     put in one scale-up domain: no all-to-all floor (test_decode_pays_the_all_to_all_floor...)."""
     h800 = dataclasses.replace(chips["h800"], scale_up_domain=16)
     plan = _plan("precision='fp8'", "step.moe_layer_overhead_us=0", "step.layer_overhead_us=0",
-                 "step.moe_layer_kernel_us=0", "step.comm_overlap=1",
+                 "step.moe_layer_kernel_us=0", "step.mla_layer_us=0", "step.comm_overlap=1",
                  "demand.input_len=4000", "demand.output_len=200")
     m, hbm = plan.model, 3.35e12 * 0.9
     dense_bytes = (m.dense_params_b * 1e9 - m.vocab * m.hidden) * 1.0
@@ -50,20 +50,39 @@ def test_a_decode_step_is_the_sum_of_its_operators_rooflines(chips):
 
 
 def test_every_layer_pays_the_fixed_cost_once_per_step(chips):
-    """50 µs a step, 100 µs a layer everywhere, 20 more a MoE layer everywhere, 300 more a MoE
-    layer on an expert-parallel instance (more than one chip), whether or not it spans scale-up
-    domains (the published all-to-all floor, in both plans, cancels)."""
-    for preset, tp, expected_us in (("deepseek-v3", 16, 50 + 61 * 100 + 58 * 320), ("llama-3-405b", 8, 50 + 126 * 100),
-                                    ("deepseek-v3", 8, 50 + 61 * 100 + 58 * 320),
-                                    ("deepseek-v3", 1, 50 + 61 * 100 + 58 * 20)):
-        plan = _plan(f"model.preset='{preset}'", f"tp={tp}", "step.layer_overhead_us=100",
+    """50 µs a step, 100 µs a layer everywhere, 7 more a layer of latent attention (DeepSeek's MLA,
+    not Llama's GQA), 20 more a MoE layer everywhere, 300 more a MoE layer on an expert-parallel
+    instance (more than one chip), whether or not it spans scale-up domains (the published
+    all-to-all floor, in both plans, cancels)."""
+    for preset, tp, expected_us in (("deepseek-v3", 16, 50 + 61 * 107 + 58 * 320), ("llama-3-405b", 8, 50 + 126 * 100),
+                                    ("deepseek-v3", 8, 50 + 61 * 107 + 58 * 320),
+                                    ("deepseek-v3", 1, 50 + 61 * 107 + 58 * 20)):
+        plan = _plan(f"model.preset='{preset}'", f"tp={tp}", "step.layer_overhead_us=100", "step.mla_layer_us=7",
                      "step.moe_layer_kernel_us=20", "step.moe_layer_overhead_us=300", "step.step_overhead_us=50")
         free = dataclasses.replace(plan, step=StepCosts(layer_overhead_us=0.0, moe_layer_kernel_us=0.0,
-                                                        moe_layer_overhead_us=0.0))
+                                                        mla_layer_us=0.0, moe_layer_overhead_us=0.0))
         for batch in (1, 64):
             diff = decode_step_s(plan.model, chips["h800"], plan, tp, batch) - decode_step_s(
                 plan.model, chips["h800"], free, tp, batch)
             assert diff == pytest.approx(expected_us * 1e-6)
+
+
+QWEN3_235B = ("model.total_params_b=235.0", "model.activated_params_b=22.0", "model.layers=94", "model.hidden=4096",
+              "model.ffn=12288", "model.heads=64", "model.head_dim=128", "model.v_head_dim=128", "model.kv_heads=4",
+              "model.kv_dim=0", "model.vocab=151936", "model.moe_layers=94", "model.experts=128",
+              "model.shared_experts=0", "model.experts_per_token=8", "model.expert_ffn=1536",
+              "model.routing_max_groups=0", "model.extra_activated_params_b=0.0")
+
+
+def test_only_latent_attention_pays_the_mla_layer_cost(chips):
+    """A GQA MoE model (Qwen3-235B-A22B's shape, on one 8-GPU node: no floor) pays 94 x 71 + 94 x
+    33.7 µs a step; DeepSeek-V3 (MLA) on the same node pays 61 x (71 + 33.7) + 58 x 33.7 µs."""
+    qwen = _plan(*QWEN3_235B, "tp=8")
+    assert not qwen.model.is_mla and _plan().model.is_mla
+    assert fixed_s(qwen.model, chips["b200"], qwen.step, 8) == pytest.approx((94 * 71 + 94 * 33.7) * 1e-6)
+    deepseek = _plan("tp=8")
+    assert fixed_s(deepseek.model, chips["b200"], deepseek.step, 8) == pytest.approx(
+        (61 * (71 + 33.7) + 58 * 33.7) * 1e-6)
 
 
 def test_decode_pays_the_all_to_all_floor_unhidden_and_hides_only_the_rest(chips):
@@ -76,17 +95,17 @@ def test_decode_pays_the_all_to_all_floor_unhidden_and_hides_only_the_rest(chips
     for per_chip, expected_comm_us in ((4, 0.0), (128, None)):
         bw_us = (per_chip * 1.43 * 8 * 24 / 32 * 7168 * (1 + 2) / (50e9 * 0.7) + 2 * 10e-6) * 1e6
         parts = decode_parts(m, h800, plan, 32, 32 * per_chip)
-        assert parts["fixed_s"] == pytest.approx((61 * 71 + 58 * 69 + 58 * (155 + 273)) * 1e-6)
+        assert parts["fixed_s"] == pytest.approx((61 * (71 + 33.7) + 58 * 33.7 + 58 * (155 + 273)) * 1e-6)
         want = 58 * max(0.0, bw_us - (155 + 273)) if expected_comm_us is None else expected_comm_us
         assert parts["comm_s"] * 1e6 == pytest.approx(want, rel=1e-6, abs=1e-6)
     assert 58 * ((128 * 1.43 * 6 * 7168 * 3 / 35e9 + 20e-6) * 1e6 - 428) > 0  # the 128 case hides something
     # inside a CloudMatrix384 (384-chip UB domain): DeepEP-Ascend's EP32 row, 153 + 151 µs, at 160 NPUs
     m910 = _plan("chip='ascend-910c'", "precision='int8'")
     assert decode_parts(m910.model, chips["ascend-910c"], m910, 160, 160)["fixed_s"] == pytest.approx(
-        (61 * 71 + 58 * 69 + 58 * (153 + 151)) * 1e-6)
+        (61 * (71 + 33.7) + 58 * 33.7 + 58 * (153 + 151)) * 1e-6)
     # one 8-GPU NVLink node: no published low-latency table, no floor; prefill never pays one
-    assert decode_parts(m, h800, plan, 8, 8)["fixed_s"] == pytest.approx((61 * 71 + 58 * 69) * 1e-6)
-    assert fixed_s(m, h800, plan.step, 32, decode=False) == pytest.approx((61 * 71 + 58 * 69) * 1e-6)
+    assert decode_parts(m, h800, plan, 8, 8)["fixed_s"] == pytest.approx((61 * (71 + 33.7) + 58 * 33.7) * 1e-6)
+    assert fixed_s(m, h800, plan.step, 32, decode=False) == pytest.approx((61 * (71 + 33.7) + 58 * 33.7) * 1e-6)
 
 
 def test_int8_runs_at_the_int8_peak_where_the_catalog_has_one(chips):
@@ -134,11 +153,11 @@ def test_unreachable_target_is_a_clear_error(chips):
     assert f"fixed costs {one['fixed_s'] * 1000:.1f} ms" in e.value.allowed and one["tpot_s"] > 0.020
     with pytest.raises(ConfigError) as e:  # the fixed costs alone are longer than the target
         estimate_serving(_plan("tp=16", "tpot_ms=30", "step.layer_overhead_us=100", "step.moe_layer_kernel_us=0",
-                               "step.moe_layer_overhead_us=200"), chips["h800"])
+                               "step.mla_layer_us=0", "step.moe_layer_overhead_us=200"), chips["h800"])
     # 16 H800 span two 8-chip domains: 61 x 100 + 58 x (200 + DeepEP's EP16 118 + 195) µs = 35.9 ms
     assert e.value.field == "tpot_ms" and "fixed cost alone on 16 chips: 35.9 ms a token" in e.value.allowed
     assert "DeepEP over RDMA's EP16 row for EP16" in e.value.allowed
-    with pytest.raises(ConfigError) as e:  # searched instances: none pays less than one chip's 61 x 71 + 58 x 69 µs
+    with pytest.raises(ConfigError) as e:  # searched instances: none pays less than one chip's 61 x (71 + 33.7) + 58 x 33.7 µs
         estimate_serving(_plan("tpot_ms=8"), chips["h800"])
     assert "fixed cost alone on 1 chips: 8.3 ms a token" in e.value.allowed
 
@@ -284,7 +303,7 @@ def test_two_batch_overlap_hides_the_floor_behind_the_other_micro_batch(chips):
     c = half["attention_s"] + half["dense_s"] + half["experts_s"]
     floor = 58 * (155 + 273) * 1e-6
     a = max(half["comm_s"] + floor, floor)  # comm_s is the bandwidth time above the floor
-    fixed = (61 * 71 + 58 * 69) * 1e-6 + floor
+    fixed = (61 * (71 + 33.7) + 58 * 33.7) * 1e-6 + floor
     assert decode_parts(m, h800, on, 32, 32 * 128)["step_s"] == pytest.approx(max(2 * c, c + a) + fixed - floor)
     # a dense model or one chip has no all-to-all: the option changes nothing
     assert decode_parts(m, h800, on, 1, 64)["step_s"] == decode_parts(m, h800, off, 1, 64)["step_s"]
@@ -296,9 +315,14 @@ def test_two_batch_overlap_hides_the_floor_behind_the_other_micro_batch(chips):
 def test_the_fixed_costs_are_their_published_derivations():
     """layer_overhead_us: gpt-fast's BF16 Llama-2 rows on A100-80GB (README: tokens/s and GB/s a
     row, the GB/s over tokens/s being the bytes a token each GPU reads), each token's time less
-    those bytes at 0.9 x 2.039 TB/s, over the layers; the median. moe_layer_kernel_us: the rest of
-    TensorRT-LLM's batch-1 DeepSeek-R1 on 8 B200 (9.01 ms a token, 0.67 ms of weight reads) over
-    its 58 MoE layers once every one of its 61 layers has paid that."""
+    those bytes at 0.9 x 2.039 TB/s, over the layers; the median. moe_layer_kernel_us: gpt-fast's
+    batch-1 BF16 Mixtral 8x7B rows (mixtral-moe/README.md, 2 / 4 / 8 A100) the same way, its bytes
+    a token by hand from its shape (12,748,587,008 parameters: 32 layers of GQA attention 4,096 x
+    (4,096 + 2 x 1,024) + 4,096 x 4,096, two experts of 3 x 4,096 x 14,336 and an 8-way gate, and
+    a 32,000 x 4,096 head) split tp ways, less the Llama-2 7B row on as many GPUs (same width and
+    depth, dense); the median. mla_layer_us: the rest of TensorRT-LLM's batch-1 DeepSeek-R1 on 8
+    B200 (9.01 ms a token, 0.67 ms of weight reads) over its 61 latent-attention layers once every
+    layer and its 58 MoE layers have paid theirs."""
     import statistics
 
     rows = [(32, 104.9, 1397.31), (32, 168.84, 1181.99), (32, 254.02, 955.83), (32, 328.43, 704.10),
@@ -306,7 +330,15 @@ def test_the_fixed_costs_are_their_published_derivations():
     per_layer = [(1 / tps - gbs / tps / (0.9 * 2039)) / layers * 1e6 for layers, tps, gbs in rows]
     costs = StepCosts()
     assert costs.layer_overhead_us == pytest.approx(statistics.median(per_layer), abs=0.5)
-    assert costs.moe_layer_kernel_us == pytest.approx((9010 - 670 - 61 * costs.layer_overhead_us) / 58, abs=0.5)
+    mixtral_params = 32 * ((4096 + 2 * 1024) * 4096 + 4096 * 4096 + 2 * 3 * 4096 * 14336 + 4096 * 8) + 32000 * 4096
+    assert mixtral_params == 12_748_587_008
+    mixtral = {tp: (1 / tps - mixtral_params * 2 / tp / (0.9 * 2039e9)) / 32 * 1e6
+               for tp, tps in ((2, 96.67), (4, 155.35), (8, 227.82))}
+    llama_7b = dict(zip((2, 4, 8), per_layer[1:4], strict=True))
+    moe = statistics.median(mixtral[tp] - llama_7b[tp] for tp in (2, 4, 8))
+    assert moe == pytest.approx(33.67, abs=0.01)  # 106.2 - 65.9, 92.6 - 58.9, 82.9 - 58.6
+    assert costs.moe_layer_kernel_us == pytest.approx(moe, abs=0.05)
+    assert costs.mla_layer_us == pytest.approx((9010 - 670 - 61 * costs.layer_overhead_us - 58 * moe) / 61, abs=0.05)
 
 
 QWEN3_8B_BS1 = ("chip='h100'", "precision='bf16'", "tp=1", "max_batch=1", "tpot_ms=1000", "demand.input_len=233",

@@ -92,12 +92,13 @@ def test_validate_command_prints_both_sets():
 
 def test_validate_runs_chosen_cases_with_what_if_overrides():
     """`--case` picks cases by id; `-o` adds an override to each (a what-if, not a validation):
-    NIM's concurrency-25 ITL planned aggregated is longer than planned disaggregated."""
+    NIM's concurrency-25 ITL (its case aggregated, as a NIM serves) planned disaggregated is far
+    shorter: no prompt interrupts the decode."""
     case = "nim-llama33-70b-2h100-fp8-c25"
     plain = json.loads(tenacia("validate", "--case", case, "--json").stdout)["cases"]
-    what_if = json.loads(tenacia("validate", "--case", case, "-o", "deployment='aggregated'", "--json").stdout)["cases"]
+    what_if = json.loads(tenacia("validate", "--case", case, "-o", "deployment='disaggregated'", "--json").stdout)["cases"]
     assert [c["id"] for c in plain] == [c["id"] for c in what_if] == [case]
-    assert what_if[0]["predicted"] > 1.5 * plain[0]["predicted"]
+    assert plain[0]["predicted"] > 1.5 * what_if[0]["predicted"]
 
 
 def test_held_out_training_cases_within_the_issues_bar():

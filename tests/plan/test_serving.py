@@ -7,7 +7,14 @@ import pytest
 from tenacia import config
 from tenacia.config import ConfigError
 from tenacia.plan.serving import ServePlan, estimate_serving
-from tenacia.plan.serving_step import StepCosts, decode_parts, decode_step_s, fixed_s, gemm_rate, weight_bytes_per_chip
+from tenacia.plan.serving_step import (
+    StepCosts,
+    decode_parts,
+    decode_step_s,
+    fixed_s,
+    gemm_rate,
+    weight_bytes_per_chip,
+)
 
 
 def _plan(*overrides):

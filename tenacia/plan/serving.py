@@ -31,7 +31,7 @@ from .efficiency import TILE
 from .ep_latency import floor_row
 from .models import ModelSpec
 from .serve_plan import ServePlan
-from .serving_step import alltoall_floor_s, fixed_s, prefill_tps_per_chip, weight_bytes_per_chip
+from .serving_step import alltoall_floor_s, fixed_s, kv_copies, prefill_tps_per_chip, weight_bytes_per_chip
 
 CURVE_MS = (10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0)
 
@@ -65,9 +65,10 @@ def _instance_sizes(plan: ServePlan) -> list[int]:
 
 
 def _memory_batch(plan: ServePlan, chip: Chip, tp: int) -> int:
-    """Sequences whose full context's KV cache fits a ``tp``-chip instance beside its weights."""
+    """Sequences whose full context's KV cache (``kv_copies`` of it) fits a ``tp``-chip instance
+    beside its weights."""
     m, d = plan.model, plan.demand
-    kv_per_seq = (d.input_len + d.output_len) * m.kv_elements_per_token * plan.kv_bytes
+    kv_per_seq = (d.input_len + d.output_len) * m.kv_elements_per_token * plan.kv_bytes * kv_copies(m, plan, tp)
     free = tp * (chip.memory_gb * 1e9 * plan.assumptions.usable_memory - weight_bytes_per_chip(m, tp, plan.precision, plan.attention_parallel))
     return int(free // kv_per_seq) if free > 0 else 0
 

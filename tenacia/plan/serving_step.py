@@ -66,7 +66,8 @@ from .models import ModelSpec
 from .serve_plan import WEIGHT_BYTES, ServePlan, Speculation, StepCosts
 
 __all__ = ["WEIGHT_BYTES", "Speculation", "StepCosts", "decode_parts", "decode_step_s",
-           "alltoall_floor_s", "fixed_s", "gemm_rate", "spans_domains", "prefill_tps_per_chip", "weight_bytes_per_chip"]
+           "alltoall_floor_s", "fixed_s", "gemm_rate", "kv_copies", "spans_domains", "prefill_tps_per_chip",
+           "weight_bytes_per_chip"]
 
 def gemm_rate(chip: Chip, precision: str, a: Assumptions) -> float:
     """FLOP/s of a large GEMM in ``precision``: the same fraction of that precision's peak as
@@ -89,6 +90,16 @@ def weight_bytes_per_chip(m: ModelSpec, tp: int, precision: str, attention_paral
     if m.is_moe and attention_parallel == "data":  # dense weights replicated, routed experts spread
         return (m.dense_params_b + m.expert_params_b / tp) * 1e9 * wb
     return m.total_params_b * 1e9 * wb / tp
+
+
+def kv_copies(m: ModelSpec, plan: ServePlan, tp: int) -> float:
+    """Copies of each sequence's KV cache a ``tp``-chip instance holds (and reads): 1 when each
+    chip decodes its own sequences (an MoE instance's data-parallel attention) or when tensor
+    parallelism splits the KV heads; tp / kv_heads when tp exceeds them (GQA: each chip keeps the
+    KV head its query heads share); tp for a latent cache (MLA's latent is every head's)."""
+    if tp <= 1 or (m.is_moe and plan.attention_parallel == "data"):
+        return 1.0
+    return float(tp) if m.is_mla else max(1.0, tp / m.kv_heads)
 
 
 def serving_params(m: ModelSpec) -> tuple[float, float]:
@@ -183,7 +194,7 @@ def _decode_work(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: floa
     chunk_attention = own_chunk * m.attention_flops_fwd(plan.demand.prefill_context) / (
         attention_rate * attention_shape_factor(m, prompt, k0, backward=False)) if chunk else 0.0
     ops = {"attention": (rows / tp * m.decode_attention_flops(context) / attention_rate + chunk_attention,
-                         batch / tp * context * m.kv_elements_per_token * plan.kv_bytes / hbm)}
+                         batch / tp * context * m.kv_elements_per_token * plan.kv_bytes * kv_copies(m, plan, tp) / hbm)}
     if data_parallel:  # each chip runs its own batch / tp rows; experts take rows from every chip
         mine, spread = rows / tp + chunk, (rows + chunk) / tp
         rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, 1, spread, tp, k0, backward=False)

@@ -117,6 +117,26 @@ def test_tensor_parallel_attention_splits_an_moe_instance_like_a_dense_one(chips
     assert e.value.field == "attention_parallel"
 
 
+def test_tensor_parallelism_past_the_kv_heads_copies_the_cache(chips):
+    """Llama 3 405B has 8 KV heads: at tp=16 each KV head lives on two chips, so the instance holds
+    two copies of every sequence's cache and each chip reads as much cache a sequence as at tp=8.
+    A latent cache (DeepSeek's MLA) split tensor-parallel is on every chip; data-parallel, once.
+    Hand-computed memory batch at tp=16: 16 x (80 GB x 0.9 - 405B / 16 in FP8) / (2,500 tokens x
+    126 x 2 x 8 x 128 elements x 1 byte x 2 copies)."""
+    from tenacia.plan.serving import _memory_batch
+    from tenacia.plan.serving_step import kv_copies
+
+    h100 = chips["h100"]
+    llama = _plan("model.preset='llama-3-405b'", "chip='h100'", "precision='fp8'", "tp=16")
+    assert [kv_copies(llama.model, llama, tp) for tp in (1, 8, 16, 32)] == [1, 1, 2, 4]
+    deepseek_tp, deepseek_dp = _plan("attention_parallel='tensor'"), _plan()
+    assert kv_copies(deepseek_tp.model, deepseek_tp, 8) == 8 and kv_copies(deepseek_dp.model, deepseek_dp, 8) == 1
+    kv_seq = 2500 * 126 * 2 * 8 * 128 * 1.0
+    assert _memory_batch(llama, h100, 16) == int(16 * (80e9 * 0.9 - 405e9 / 16) // (kv_seq * 2))
+    read = {tp: decode_parts(llama.model, h100, llama, tp, 64)["attention_s"] for tp in (8, 16)}
+    assert read[16] == pytest.approx(read[8])  # memory-bound at 64 sequences: the same cache bytes a chip
+
+
 def test_an_all_reduce_inside_a_node_adds_bandwidth_not_latency(chips):
     """A tensor-parallel decode step's all-reduces inside one NVLink node are priced by bandwidth
     alone (their latency is in layer_overhead_us, derived from 1-8 GPU rows that include them):

@@ -31,7 +31,13 @@ from .efficiency import TILE
 from .ep_latency import floor_row
 from .models import ModelSpec
 from .serve_plan import ServePlan
-from .serving_step import alltoall_floor_s, fixed_s, kv_copies, prefill_tps_per_chip, weight_bytes_per_chip
+from .serving_step import (
+    alltoall_floor_s,
+    fixed_s,
+    kv_copies,
+    prefill_tps_per_chip,
+    weight_bytes_per_chip,
+)
 
 CURVE_MS = (10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0)
 

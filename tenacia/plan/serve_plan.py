@@ -180,6 +180,14 @@ class ServePlan:
     # attention kernels' matmul precision: 'bf16' (FlashMLA, FA3), or 'fp8' (FlashMLA-FP8, FA3-FP8)
     attention_precision: str = "bf16"
     tp: int = 0  # chips per decode instance; 0: the power of two with most tokens/s per chip
+    # How an MoE decode instance splits attention and the other dense weights: 'data' (every chip
+    # holds them whole and decodes its own batch / tp sequences, the routed experts spread over
+    # the chips with an all-to-all each MoE layer: DeepSeek's serving, SGLang's
+    # --enable-dp-attention, TensorRT-LLM's enable_attention_dp), or 'tensor' (split tp ways as a
+    # dense model's, every chip sees every sequence, each touched expert's weights split tp ways
+    # too, two all-reduces of the batch a layer and no all-to-all: SGLang's and vLLM's plain --tp N
+    # on an MoE model). Decode steps and aggregated chunks only; a prefill instance stays 'data'.
+    attention_parallel: str = "data"
     tpot_ms: float = 50.0  # time-per-output-token target
     max_batch: int = 65536  # largest decode batch considered (per instance)
     step: StepCosts = field(default_factory=StepCosts)  # what a step costs beyond FLOPs and bytes
@@ -203,6 +211,7 @@ class ServePlan:
         check_finite(self)
         check_choice("precision", self.precision, tuple(WEIGHT_BYTES))
         check_choice("attention_precision", self.attention_precision, ("bf16", "fp8"))
+        check_choice("attention_parallel", self.attention_parallel, ("data", "tensor"))
         check(self.kv_bytes >= 0, "kv_bytes", self.kv_bytes, "bytes >= 0 (0: by precision)")
         check(self.tp >= 0, "tp", self.tp, "chips >= 0 (0: search)")
         check(self.tpot_ms > 0, "tpot_ms", self.tpot_ms, "milliseconds > 0")

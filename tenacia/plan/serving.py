@@ -5,7 +5,8 @@ curve, prefill throughput, and the chips a demand needs. What one step costs is
 A decode instance is ``tp`` chips holding one copy of the weights. A dense model is split
 tensor-parallel. An MoE model runs as DeepSeek serves V3: attention and other dense weights
 replicated on every chip, each chip decoding its own B/tp sequences, routed experts spread over
-the chips (EP = tp), one all-to-all dispatch + combine per MoE layer.
+the chips (EP = tp), one all-to-all dispatch + combine per MoE layer; or, with
+``attention_parallel = 'tensor'``, split tensor-parallel as a dense model is (``serving_step.py``).
 
 The batch is the one with the most tokens/s per chip among those whose step meets the target
 and whose KV cache fits; as the target tightens the batch shrinks and throughput falls
@@ -30,7 +31,13 @@ from .efficiency import TILE
 from .ep_latency import floor_row
 from .models import ModelSpec
 from .serve_plan import ServePlan
-from .serving_step import alltoall_floor_s, fixed_s, prefill_tps_per_chip, weight_bytes_per_chip
+from .serving_step import (
+    alltoall_floor_s,
+    fixed_s,
+    kv_copies,
+    prefill_tps_per_chip,
+    weight_bytes_per_chip,
+)
 
 CURVE_MS = (10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0)
 
@@ -64,10 +71,11 @@ def _instance_sizes(plan: ServePlan) -> list[int]:
 
 
 def _memory_batch(plan: ServePlan, chip: Chip, tp: int) -> int:
-    """Sequences whose full context's KV cache fits a ``tp``-chip instance beside its weights."""
+    """Sequences whose full context's KV cache (``kv_copies`` of it) fits a ``tp``-chip instance
+    beside its weights."""
     m, d = plan.model, plan.demand
-    kv_per_seq = (d.input_len + d.output_len) * m.kv_elements_per_token * plan.kv_bytes
-    free = tp * (chip.memory_gb * 1e9 * plan.assumptions.usable_memory - weight_bytes_per_chip(m, tp, plan.precision))
+    kv_per_seq = (d.input_len + d.output_len) * m.kv_elements_per_token * plan.kv_bytes * kv_copies(m, plan, tp)
+    free = tp * (chip.memory_gb * 1e9 * plan.assumptions.usable_memory - weight_bytes_per_chip(m, tp, plan.precision, plan.attention_parallel))
     return int(free // kv_per_seq) if free > 0 else 0
 
 

@@ -66,7 +66,8 @@ from .models import ModelSpec
 from .serve_plan import WEIGHT_BYTES, ServePlan, Speculation, StepCosts
 
 __all__ = ["WEIGHT_BYTES", "Speculation", "StepCosts", "decode_parts", "decode_step_s",
-           "alltoall_floor_s", "fixed_s", "gemm_rate", "spans_domains", "prefill_tps_per_chip", "weight_bytes_per_chip"]
+           "alltoall_floor_s", "fixed_s", "gemm_rate", "kv_copies", "spans_domains", "prefill_tps_per_chip",
+           "weight_bytes_per_chip"]
 
 def gemm_rate(chip: Chip, precision: str, a: Assumptions) -> float:
     """FLOP/s of a large GEMM in ``precision``: the same fraction of that precision's peak as
@@ -83,12 +84,22 @@ def _link(chip: Chip, chips: int, efficiency: float) -> tuple[float, float]:
     return bw, lat
 
 
-def weight_bytes_per_chip(m: ModelSpec, tp: int, precision: str) -> float:
-    """Resident weights on one chip of a ``tp``-chip instance."""
+def weight_bytes_per_chip(m: ModelSpec, tp: int, precision: str, attention_parallel: str = "data") -> float:
+    """Resident weights on one chip of a ``tp``-chip instance (``ServePlan.attention_parallel``)."""
     wb = WEIGHT_BYTES[precision]
-    if m.is_moe:  # dense weights replicated, routed experts spread
+    if m.is_moe and attention_parallel == "data":  # dense weights replicated, routed experts spread
         return (m.dense_params_b + m.expert_params_b / tp) * 1e9 * wb
     return m.total_params_b * 1e9 * wb / tp
+
+
+def kv_copies(m: ModelSpec, plan: ServePlan, tp: int) -> float:
+    """Copies of each sequence's KV cache a ``tp``-chip instance holds (and reads): 1 when each
+    chip decodes its own sequences (an MoE instance's data-parallel attention) or when tensor
+    parallelism splits the KV heads; tp / kv_heads when tp exceeds them (GQA: each chip keeps the
+    KV head its query heads share); tp for a latent cache (MLA's latent is every head's)."""
+    if tp <= 1 or (m.is_moe and plan.attention_parallel == "data"):
+        return 1.0
+    return float(tp) if m.is_mla else max(1.0, tp / m.kv_heads)
 
 
 def serving_params(m: ModelSpec) -> tuple[float, float]:
@@ -164,8 +175,11 @@ def _decode_work(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: floa
     sequences on a ``tp``-chip instance: each operator's roofline (module docstring). ``chunk``:
     prompt tokens prefilled in the same step (aggregated serving, ``aggregated.py``); they join
     every GEMM's rows, and each attends to half its prompt (causal) at the prefill attention rate.
-    On an MoE instance (data-parallel attention) the chunk is one sequence's, so it lands on one
-    chip, whose dense and attention work then sets the step; its tokens reach every expert rank."""
+    On an MoE instance with data-parallel attention the chunk is one sequence's, so it lands on one
+    chip, whose dense and attention work then sets the step; its tokens reach every expert rank.
+    With tensor-parallel attention (``ServePlan.attention_parallel``) an MoE instance runs as a
+    dense one: every chip takes every row through 1/tp of the dense weights and of each expert
+    the batch touches, with two all-reduces of the batch a layer."""
     a, costs, wb, spec = plan.assumptions, plan.step, WEIGHT_BYTES[plan.precision], plan.speculation
     rows = batch * spec.draft_tokens  # tokens through the GEMMs: every sequence's verified ones
     hbm = chip.memory_tbs * 1e12 * (chip.hbm_efficiency or costs.hbm_efficiency)
@@ -174,13 +188,14 @@ def _decode_work(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: floa
     embedding = m.vocab * m.hidden  # a lookup: not read whole
     k0 = a.gemm_k_overhead
     attention_rate = gemm_rate(chip, plan.attention_precision, a)
-    own_chunk = chunk if m.is_moe else chunk / tp  # the chunk's tokens on the busiest chip
+    data_parallel = m.is_moe and plan.attention_parallel == "data"
+    own_chunk = chunk if data_parallel else chunk / tp  # the chunk's tokens on the busiest chip
     prompt = plan.demand.input_len
     chunk_attention = own_chunk * m.attention_flops_fwd(plan.demand.prefill_context) / (
         attention_rate * attention_shape_factor(m, prompt, k0, backward=False)) if chunk else 0.0
     ops = {"attention": (rows / tp * m.decode_attention_flops(context) / attention_rate + chunk_attention,
-                         batch / tp * context * m.kv_elements_per_token * plan.kv_bytes / hbm)}
-    if m.is_moe:  # each chip runs its own batch / tp rows; experts take rows from every chip
+                         batch / tp * context * m.kv_elements_per_token * plan.kv_bytes * kv_copies(m, plan, tp) / hbm)}
+    if data_parallel:  # each chip runs its own batch / tp rows; experts take rows from every chip
         mine, spread = rows / tp + chunk, (rows + chunk) / tp
         rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, 1, spread, tp, k0, backward=False)
         touched = m.experts / tp * -math.expm1((rows + chunk) * math.log1p(-m.experts_per_token / m.experts))
@@ -191,8 +206,15 @@ def _decode_work(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: floa
     else:  # tensor parallel: weights split tp ways, two all-reduces of the batch per layer
         tokens = rows + chunk
         rate = gemm_rate(chip, plan.precision, a) * model_shape_factor(m, tp, tokens, 1, k0, backward=False)
-        ops["dense"] = (tokens * 2 * dense / tp / rate, (m.total_params_b * 1e9 - embedding) * wb / tp / hbm)
+        ops["dense"] = (tokens * 2 * dense / tp / rate, (m.dense_params_b * 1e9 - embedding) * wb / tp / hbm)
+        if m.is_moe:  # the experts the batch touches, each split tp ways
+            touched = m.experts * -math.expm1(tokens * math.log1p(-m.experts_per_token / m.experts))
+            ops["experts"] = (tokens * 2 * routed / tp / rate,
+                              m.moe_layers * touched * 3 * m.hidden * m.expert_ffn * wb / tp / hbm)
         bw, lat = _link(chip, tp, a.comm_efficiency)
+        # inside one scale-up domain an all-reduce's latency is in layer_overhead_us (derived from
+        # batch-1 rows on 1 to 8 GPUs, all-reduces included): only its bandwidth time is added
+        lat = lat if spans_domains(chip, tp) else 0.0
         per = 2 * (tp - 1) / tp * tokens * m.hidden * 2 / bw + 2 * math.log2(tp) * lat
         comm = 2 * m.layers * per if tp > 1 else 0.0
     parts = {}
@@ -219,9 +241,10 @@ def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int,
     Each micro-batch reads the weights again (memory-bound GEMMs cost twice)."""
     costs, spec = plan.step, plan.speculation
     parts, compute, comm = _decode_work(m, chip, plan, tp, batch, chunk)
-    fixed = fixed_s(m, chip, costs, tp)
-    floor = alltoall_floor_s(m, chip, tp)
-    if costs.two_batch_overlap and m.is_moe and tp > 1 and batch >= 2:
+    all_to_all = m.is_moe and plan.attention_parallel == "data"  # tensor-parallel attention all-reduces instead
+    fixed = fixed_s(m, chip, costs, tp, decode=all_to_all)  # decode=False: no all-to-all floor
+    floor = alltoall_floor_s(m, chip, tp) if all_to_all else 0.0
+    if costs.two_batch_overlap and all_to_all and tp > 1 and batch >= 2:
         _, half, half_comm = _decode_work(m, chip, plan, tp, batch / 2, chunk / 2)
         core = max(2 * half, half + max(half_comm, floor))
         comm, compute = max(half_comm, floor), 2 * half

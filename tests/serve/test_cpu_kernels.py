@@ -334,3 +334,40 @@ def test_store_rows_refuses_a_slot_outside_the_store_and_writes_nothing(kernels,
     with pytest.raises(IndexError, match=r"slots must be in \[0, 100\)"):
         kernels.store_rows(store, slots, rows)
     assert not store.any()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 16, 17])
+@pytest.mark.parametrize("cols", [3, 16, 49152, 49157])
+def test_argmax_rows_is_torchs_first_maximum(kernels, rows, cols):
+    """Random rows, and rows whose maximum repeats (in other lanes, in the tail past the last
+    whole vector), is -inf everywhere, is +inf, or is a tie of -0.0 and 0.0: the same index as
+    ``max(dim=1).indices``, the first maximum."""
+    gen = torch.Generator().manual_seed(rows * 100_003 + cols)
+    logits = torch.randn(rows, cols, generator=gen)
+    special = [
+        lambda row: row.fill_(float("-inf")),
+        lambda row: row.__setitem__([cols - 1, cols // 2, 1], 9.0),
+        lambda row: row.__setitem__([cols // 3, 0], float("inf")),
+        lambda row: (row.fill_(-1.0), row.__setitem__(cols - 1, 0.0), row.__setitem__(cols // 2, -0.0)),
+        lambda row: row.__setitem__(cols - 1, 9.0),
+    ]
+    for r in range(min(rows, len(special))):
+        special[r](logits[r])
+    want = logits.max(dim=1).indices
+    assert torch.equal(kernels.argmax_rows(logits), want)
+    out = torch.empty(rows, dtype=torch.int64)  # the kernel's own answer, not torch's fallback
+    assert kernels._lib.tenacia_argmax_rows(logits.data_ptr(), rows, cols, cols, out.data_ptr(), 2) == 0
+    assert torch.equal(out, want)
+
+
+def test_argmax_rows_answers_as_torch_for_a_nan_and_for_other_layouts(kernels):
+    """A NaN in any row: torch's answer for the batch (its max propagates NaN); a row stride
+    longer than the row is the kernel's; columns that are not contiguous are torch's."""
+    gen = torch.Generator().manual_seed(11)
+    logits = torch.randn(5, 1000, generator=gen)
+    logits[3, 17] = float("nan")
+    assert torch.equal(kernels.argmax_rows(logits), logits.max(dim=1).indices)
+    wide = torch.randn(4, 1200, generator=gen)
+    assert torch.equal(kernels.argmax_rows(wide[:, :1000]), wide[:, :1000].max(dim=1).indices)
+    assert torch.equal(kernels.argmax_rows(wide[:, ::2]), wide[:, ::2].max(dim=1).indices)
+    assert kernels.argmax_rows(torch.empty(0, 1000)).shape == (0,)

@@ -177,6 +177,23 @@ def test_a_batch_of_plain_greedy_rows_costs_one_max():
     assert [n for n in ops.names if not n.startswith("_local_scalar")] == ["max.dim"]
 
 
+
+def test_greedy_rows_take_the_given_greedy_choice_and_sampled_rows_their_draw():
+    """``Sampler(greedy=...)``: the backend's choice answers the greedy rows (the CPU kernels'
+    ``argmax_rows``); a sampled row still draws from its own generator."""
+    asked = []
+
+    def last_column(logits):
+        asked.append(tuple(logits.shape))
+        return torch.full((logits.size(0),), logits.size(1) - 1, dtype=torch.int64)
+
+    seqs = [seq_with(SamplingParams(temperature=0.0), [3], [5]),
+            seq_with(SamplingParams(temperature=1.0, top_k=1, seed=0), [3], [5])]
+    logits = torch.randn(2, 50)
+    tokens, _ = Sampler(greedy=last_column)(logits, seqs)
+    assert asked == [(2, 50)]
+    assert tokens == [49, int(logits[1].argmax())]
+
 # --- validation ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, param", [

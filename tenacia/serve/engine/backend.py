@@ -11,7 +11,8 @@
 - ``store_rows``: a prefill's new keys (or values) written to their cache slots;
 - ``causal_attention``: a prefill's attention for whole new sequences (``attention.py`` calls it);
 - ``latent_decode_attention``: the same for a cache whose values are the keys' first columns
-  (latent attention: ``kv_cache.CacheSpec``), in torch ops in every backend.
+  (latent attention: ``kv_cache.CacheSpec``), in torch ops in every backend;
+- ``greedy``: each row's token of largest logit (``sampling.Sampler`` calls it).
 
 Two backends, and nothing else decides which ops run:
 
@@ -170,6 +171,10 @@ class TorchBackend:
         out = F.scaled_dot_product_attention(q.reshape(B, 1, H, D), keys, keys[..., :value_dim], attn_mask=bias,
                                              scale=scale)  # (B, 1, H, value_dim)
         return out.view(B, H, 1, value_dim)
+
+    def greedy(self, logits: Tensor) -> Tensor:
+        """(rows, vocab) logits -> (rows,) int64, each row's first column of its largest value."""
+        return logits.max(dim=1).indices
 
     def arrange_decode(self, model) -> None:
         """Set how ``model`` (a ``PackedLlama``, its ``decode_stack`` None) runs a decode step:

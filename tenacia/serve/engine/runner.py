@@ -32,7 +32,7 @@ class ModelRunner:
                  grammars: Grammars | None = None):
         self.model, self.attention, self.device = model, attention, device
         self.cache = attention.cache
-        self.sampler = Sampler(grammars)
+        self.sampler = Sampler(grammars, attention.backend.greedy)
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> tuple[list[tuple[Sequence, int, TokenLogprob | None]], list[tuple[Sequence, str]]]:

@@ -16,6 +16,8 @@ temperature and truncation (as OpenAI and vLLM report them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -135,12 +137,20 @@ def truncate(logits: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor | None 
     return logits
 
 
+def first_max(logits: Tensor) -> Tensor:
+    """(B, V) -> (B,) int64: each row's first column of its largest value."""
+    return logits.max(dim=1).indices
+
+
 class Sampler:
     """Chooses one token per row of ``logits`` (B, V) float32. ``grammars``: the engine's
-    ``Grammars``, which masks the rows of sequences with a response format (None: no such rows)."""
+    ``Grammars``, which masks the rows of sequences with a response format (None: no such rows).
+    ``greedy``: the greedy rows' choice, each row's first column of its largest value (the
+    backend's ``greedy``: the CPU kernels' is a vector pass where torch's max walks a row one
+    float at a time)."""
 
-    def __init__(self, grammars: Grammars | None = None):
-        self.grammars = grammars
+    def __init__(self, grammars: Grammars | None = None, greedy: Callable[[Tensor], Tensor] = first_max):
+        self.grammars, self.greedy = grammars, greedy
 
     def __call__(self, logits: Tensor, seqs: list[Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
         want_logprobs = [s.params.logprobs is not None for s in seqs]
@@ -151,9 +161,8 @@ class Sampler:
         logits = mask_early_stops(logits, seqs)
         logits = apply_repetition_penalty(logits, seqs)
         logits = apply_penalties(logits, seqs)
-        # (B,): the greedy rows' answer. max() gives the same index as argmax() (the first maximum)
-        # and on CPU is faster (measured in docs/serving.md, "Speed", the table of changes)
-        choice = logits.max(dim=1).indices
+        # (B,): the greedy rows' answer, the first maximum of each row
+        choice = self.greedy(logits)
         sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
         if sampled:
             chosen = self._sample([seqs[i] for i in sampled], logits[sampled])

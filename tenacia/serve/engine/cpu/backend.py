@@ -65,6 +65,7 @@ class KernelBackend(CpuBackend):
         self.silu_mul = kernels.silu_mul
         self.silu_mul_pair = kernels.silu_mul_pair
         self.store_rows = kernels.store_rows
+        self.greedy = kernels.argmax_rows
         self.stack_state = "no model built yet"  # what arrange_decode decided, for the start-up line
 
     @staticmethod

@@ -31,6 +31,7 @@ STACK_SOURCE = Path(__file__).with_name("decode_stack.c")  # included by both so
 TASKS_SOURCE = Path(__file__).with_name("attention_tasks.c")  # included by both sources
 PREFILL_SOURCE = Path(__file__).with_name("prefill_attention.c")  # included by both sources
 INPUT_SOURCE = Path(__file__).with_name("gemm_input.c")  # included by both sources
+GREEDY_SOURCE = Path(__file__).with_name("greedy.c")  # included by both sources
 COMMON = ["-O3", "-fopenmp", "-fPIC", "-shared"]
 # instruction set -> (source, compiler flags, the cpu_features words it needs); best first
 BUILDS: dict[str, tuple[Path, list[str], tuple[str, ...]]] = {
@@ -60,7 +61,7 @@ def compile_library(cc: str, isa: str = "avx512", extra: tuple[str, ...] = ()) -
     source, flags, _ = BUILDS[isa]
     flags = COMMON + flags + list(extra)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    text = b"".join(p.read_bytes() for p in (source, TASKS_SOURCE, PREFILL_SOURCE, STACK_SOURCE, INPUT_SOURCE))
+    text = b"".join(p.read_bytes() for p in (source, TASKS_SOURCE, PREFILL_SOURCE, STACK_SOURCE, INPUT_SOURCE, GREEDY_SOURCE))
     key = hashlib.sha256(text + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
     out = cache_root() / "kernels" / f"decode_kernels-{isa}-{key}.so"
     if out.exists():
@@ -112,6 +113,7 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.tenacia_decode_stack_scratch.argtypes, lib.tenacia_decode_stack_scratch.restype = [i] * 6, i
     lib.tenacia_prefill_attention.argtypes = [p, i, p, i, i, p, i, i, i, i, i, i, f, p, t]
     lib.tenacia_prefill_attention.restype = ctypes.c_int
+    lib.tenacia_argmax_rows.argtypes, lib.tenacia_argmax_rows.restype = [p, i, i, i, p, t], i
     return lib
 
 

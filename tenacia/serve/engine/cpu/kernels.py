@@ -260,6 +260,19 @@ class Kernels:
             return
         self._lib.tenacia_store_rows(rows.data_ptr(), rows.stride(0), N, KVH * d, store.data_ptr(), slots.data_ptr())
 
+    def argmax_rows(self, logits: Tensor) -> Tensor:
+        """Each row's first column of its largest value, (rows,) int64: ``logits.max(dim=1).indices``
+        (``greedy.c``), which answers instead for a batch with a NaN or a layout other than float32
+        (rows, cols) rows with contiguous columns."""
+        if (logits.dim() != 2 or logits.dtype != torch.float32 or logits.device.type != "cpu" or logits.size(1) == 0
+                or logits.stride(1) != 1):
+            return logits.max(dim=1).indices
+        out = torch.empty(logits.size(0), dtype=torch.int64)
+        if self._lib.tenacia_argmax_rows(logits.data_ptr(), logits.size(0), logits.size(1), logits.stride(0),
+                                         out.data_ptr(), torch.get_num_threads()):
+            return logits.max(dim=1).indices
+        return out
+
     def store_kv(self, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, slots: Tensor,
                  mirror_k: Tensor, mirror_v: Tensor, lengths: Tensor) -> None:
         """k, v: (B, KVH, 1, hd), each sequence's heads contiguous, the same row stride; cache_k,

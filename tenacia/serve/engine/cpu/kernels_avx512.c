@@ -340,3 +340,4 @@ static inline float hsum(vf v) { return _mm512_reduce_add_ps((__m512)v); }
 #include "attention_tasks.c"
 #include "prefill_attention.c"
 #include "decode_stack.c"
+#include "greedy.c"

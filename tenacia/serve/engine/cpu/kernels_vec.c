@@ -378,3 +378,4 @@ static void attend_head(const float *Q, const float *K, const float *V, long L, 
 #include "attention_tasks.c"
 #include "prefill_attention.c"
 #include "decode_stack.c"
+#include "greedy.c"

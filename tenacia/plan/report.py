@@ -231,10 +231,12 @@ def serve_table(s: dict) -> Table:
 
 
 def _step_parts(p: dict) -> str:
-    """Each operator's ms and its bound, then the communication (before overlap) and fixed cost."""
+    """Each operator's ms and its bound, then the communication (an all-to-all before overlap, or
+    an all-reduce the step waits for) and fixed cost."""
     ops = [k[:-2] for k in p if k.endswith("_s") and f"{k[:-2]}_bound" in p]
+    comm = "all-reduce, waited for" if p.get("comm_kind") == "all-reduce" else "all-to-all, before overlap"
     return (", ".join(f"{op} {p[op + '_s'] * 1000:.1f} ({p[op + '_bound']})" for op in ops)
-            + f"; communication {p['comm_s'] * 1000:.1f} (before overlap); fixed {p['fixed_s'] * 1000:.1f} ms")
+            + f"; communication {p['comm_s'] * 1000:.1f} ({comm}); fixed {p['fixed_s'] * 1000:.1f} ms")
 
 
 def chips_table(chips: dict[str, Chip]) -> Table:

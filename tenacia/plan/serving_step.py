@@ -249,7 +249,8 @@ def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int,
                  chunk: float = 0.0) -> dict[str, float]:
     """Seconds of one decode step of ``batch`` sequences on a ``tp``-chip instance, by operator
     (module docstring): each operator's roofline (``*_s``, and which bound it: ``*_bound``), the
-    all-to-all or all-reduce before overlap, the fixed cost, the draft passes, the step, and the
+    all-to-all or all-reduce before overlap (``comm_s``; ``comm_kind`` says which: only an
+    all-to-all may hide), the fixed cost, the draft passes, the step, and the
     time per output token (``tpot_s`` = step / ``speculation.accepted``). ``chunk``: prompt tokens
     prefilled in the same step (``_decode_work``; aggregated serving).
 
@@ -278,8 +279,8 @@ def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int,
         draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
         # a tensor-parallel layer waits for its all-reduces: none hides (module docstring)
         step = _step(compute, comm, fixed, costs.comm_overlap if all_to_all else 0.0) + draft
-    return parts | {"comm_s": comm, "fixed_s": fixed, "draft_s": draft, "step_s": step,
-                    "tpot_s": step / spec.accepted}
+    return parts | {"comm_s": comm, "comm_kind": "all-to-all" if all_to_all else "all-reduce", "fixed_s": fixed,
+                    "draft_s": draft, "step_s": step, "tpot_s": step / spec.accepted}
 
 
 def decode_step_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int) -> float:

@@ -30,6 +30,7 @@ def test_a_tensor_parallel_step_waits_for_its_all_reduces(chips):
         parts = decode_parts(plan.model, h100, plan, 8, 64)
         assert parts["comm_s"] == pytest.approx(want)
         assert parts["step_s"] == pytest.approx(parts["attention_s"] + parts["dense_s"] + want + parts["fixed_s"])
+        assert parts["comm_kind"] == "all-reduce"
     # an MoE instance with tensor-parallel attention all-reduces the same way: Qwen3-235B on 8 B200,
     # 16 sequences, 2 x 94 x 7/4 x 16 x 4,096 x 2 bytes at 0.7 x 900 GB/s
     b200 = chips["b200"]
@@ -38,6 +39,8 @@ def test_a_tensor_parallel_step_waits_for_its_all_reduces(chips):
     assert parts["comm_s"] == pytest.approx(2 * 94 * 2 * 7 / 8 * 16 * 4096 * 2 / (900e9 * 0.7))
     assert parts["step_s"] == pytest.approx(parts["attention_s"] + parts["dense_s"] + parts["experts_s"]
                                             + parts["comm_s"] + parts["fixed_s"])
+    data = _plan(*QWEN3_235B, "chip='b200'", "precision='bf16'", "tp=8")
+    assert decode_parts(data.model, b200, data, 8, 16)["comm_kind"] == "all-to-all"  # which may hide
 
 
 def test_prefill_splits_the_model_as_the_decode_instance_does(chips):

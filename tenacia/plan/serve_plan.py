@@ -83,7 +83,8 @@ class StepCosts:
     # Tokens on the most loaded expert rank / the mean: 1 / 0.7, from Ant Group's H20 report
     # (lmsys.org 2025-09-26: its expert load balancer keeps "a >70% load balance ratio").
     expert_imbalance: float = 1.43
-    # Share of the all-to-all hidden behind compute by micro-batch overlap (module docstring).
+    # Share of an MoE instance's all-to-all hidden behind compute by micro-batch overlap
+    # (serving_step's docstring). A tensor-parallel all-reduce never hides: the layer waits for it.
     comm_overlap: float = 1.0
     # Decode runs as two micro-batches of half the batch whose expert all-to-all, latency floor
     # included, runs while the other computes (serving_step.decode_parts). A stack states it when
@@ -186,15 +187,18 @@ class ServePlan:
     # --enable-dp-attention, TensorRT-LLM's enable_attention_dp), or 'tensor' (split tp ways as a
     # dense model's, every chip sees every sequence, each touched expert's weights split tp ways
     # too, two all-reduces of the batch a layer and no all-to-all: SGLang's and vLLM's plain --tp N
-    # on an MoE model). Decode steps and aggregated chunks only; a prefill instance stays 'data'.
+    # on an MoE model). A prefill instance splits the model the same way (prefill_chips).
     attention_parallel: str = "data"
     tpot_ms: float = 50.0  # time-per-output-token target
     max_batch: int = 65536  # largest decode batch considered (per instance)
     step: StepCosts = field(default_factory=StepCosts)  # what a step costs beyond FLOPs and bytes
     speculation: Speculation = field(default_factory=Speculation)  # MTP drafts verified per step
-    # Chips a prefill instance spreads the routed experts over (DeepSeek V3/R1 inference overview:
-    # prefill EP32 over 4 nodes)
-    prefill_chips: int = 32
+    # Chips of a prefill instance. An MoE model with data-parallel attention spreads the routed
+    # experts over them (0: 32, DeepSeek V3/R1 inference overview: prefill EP32 over 4 nodes); a
+    # dense model or attention_parallel='tensor' splits every weight over them tensor-parallel
+    # (0: the decode instance's tp, one engine doing both as SGLang's, vLLM's and TensorRT-LLM's
+    # --tp N). serving_step.prefill_tps_per_chip prices it.
+    prefill_chips: int = 0
     # 'disaggregated': prefill and decode on separate chips (DeepSeek, Mooncake, SGLang's PD mode);
     # 'aggregated': the same chips take both, arriving prompts prefilled in chunks inside the
     # decode steps (chunked prefill, in-flight batching: vLLM, SGLang, TensorRT-LLM and NIM run so
@@ -216,7 +220,7 @@ class ServePlan:
         check(self.tp >= 0, "tp", self.tp, "chips >= 0 (0: search)")
         check(self.tpot_ms > 0, "tpot_ms", self.tpot_ms, "milliseconds > 0")
         check(self.max_batch > 0, "max_batch", self.max_batch, "a positive integer")
-        check(self.prefill_chips >= 1, "prefill_chips", self.prefill_chips, "a positive integer")
+        check(self.prefill_chips >= 0, "prefill_chips", self.prefill_chips, "chips >= 0 (0: by attention_parallel)")
         check_choice("deployment", self.deployment, ("disaggregated", "aggregated"))
         check(self.chunk_tokens >= 1, "chunk_tokens", self.chunk_tokens, "a positive integer")
         self.kv_bytes = self.kv_bytes or (2.0 if self.precision == "bf16" else 1.0)

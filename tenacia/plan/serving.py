@@ -176,7 +176,7 @@ def estimate_serving(plan: ServePlan, chip: Chip) -> ServeEstimate:
                               f"{plan.speculation.accepted:g} tokens accepted)")
         raise ConfigError("tpot_ms", plan.tpot_ms, _unreachable(plan, chip, str(tried)))
     tp, batch, step, max_mem = best
-    prefill_per_chip = prefill_tps_per_chip(m, chip, plan)
+    prefill_per_chip = prefill_tps_per_chip(m, chip, plan, tp)
     rps = d.peak_rps
     aggregated = plan.deployment == "aggregated"
     prefill_chips = 0 if aggregated else math.ceil(rps * d.input_len * (1 - d.cache_hit_rate) / prefill_per_chip)

@@ -26,6 +26,17 @@ after another, so a step is a sum of maxima, not a maximum of sums:
   CloudMatrix-Infer's micro-batch pipeline); in prefill the all-to-all kernels hold
   ``prefill_comm_core_share`` of the chip's cores while they run, and compute slows for that time
   (DeepEP's normal kernels: 20 of 132 SMs; its low-latency decode kernels hold none);
+- all-reduce (tensor parallelism: a dense model, or an MoE one with ``attention_parallel =
+  'tensor'``): two of the step's rows a layer (``_all_reduce_s``), serial with the layer, never
+  hidden: the layer after needs the reduced activations (Megatron-LM's g operator), and the
+  stacks run a step's compute, memory and network operations one after another (NanoFlow, OSDI
+  2025: overlapping them within a device is its contribution, 1.91x over TensorRT-LLM); at low
+  concurrency "the time GPUs spend exchanging data can outweigh the time spent on compute"
+  (NVIDIA, "3x Faster AllReduce with NVSwitch and TensorRT-LLM MultiShot"). Its size: vLLM's
+  isolated all-reduce benchmark (PR #24111, H100 section, TP=6, BF16 rows of width 8,192) takes
+  13 µs for 0.5 MB (ca_1stage: latency) and 31 µs for 4 MB (multimem; NCCL 53); the bandwidth
+  term here, 2 x 5/6 x 4 MB at 0.7 x 450 GB/s, is 22 µs, the latency a layer being in
+  ``layer_overhead_us`` (``_all_reduce_s``);
 - fixed costs, paid however small the batch, by deployment (``fixed_s``): ``step_overhead_us``
   once a step (host work an overlap scheduler does not hide; 0 by default), ``layer_overhead_us``
   per layer on every deployment (launches under CUDA graphs, small GEMMs below the roofline,
@@ -135,6 +146,21 @@ def _all_to_all_s(m: ModelSpec, chip: Chip, plan: ServePlan, chips: int, tokens:
     return m.moe_layers * (per_layer + 2 * (lat_out if domains > 1 else lat_up))
 
 
+def _all_reduce_s(m: ModelSpec, chip: Chip, a: Assumptions, tp: int, tokens: float) -> float:
+    """A tensor-parallel step's two all-reduces a layer (after attention, after the MLP) of
+    ``tokens`` rows of BF16 activations on a ``tp``-chip instance, over every layer: ring volume
+    2 (tp - 1) / tp of the message at ``comm_efficiency`` of the link. Inside one scale-up domain
+    the latency is not added: ``layer_overhead_us`` was derived from gpt-fast's batch-1 rows on 1
+    to 8 GPUs, their all-reduces included (the 7B's per-layer cost falls from 71 µs on 1 GPU to
+    59 on 8: no separate latency term shows). Across domains each adds 2 log2(tp) link latencies.
+    Every layer waits for them: serial with the step, never hidden (``decode_parts``)."""
+    if tp <= 1:
+        return 0.0
+    bw, lat = _link(chip, tp, a.comm_efficiency)
+    lat = lat if spans_domains(chip, tp) else 0.0
+    return 2 * m.layers * (2 * (tp - 1) / tp * tokens * m.hidden * 2 / bw + 2 * math.log2(tp) * lat)
+
+
 def spans_domains(chip: Chip, chips: int) -> bool:
     """Whether an instance of ``chips`` reaches past one scale-up domain (its all-to-all crosses
     the scale-out network: RDMA between nodes)."""
@@ -160,11 +186,11 @@ def fixed_s(m: ModelSpec, chip: Chip, costs: StepCosts, chips: int, decode: bool
     return (costs.step_overhead_us + m.layers * layer + m.moe_layers * moe) * 1e-6 + floor
 
 
-def _step(compute: float, comm: float, fixed: float, costs: StepCosts, core_share: float = 0.0) -> float:
-    """Compute with ``comm_overlap`` of the communication hidden behind it, plus the fixed costs.
+def _step(compute: float, comm: float, fixed: float, overlap: float, core_share: float = 0.0) -> float:
+    """Compute with ``overlap`` of the communication hidden behind it, plus the fixed costs.
     While hidden communication runs, compute has ``1 - core_share`` of the chip's cores: compute
     stretches by ``core_share x`` the hidden time it shares (at most to ``compute / (1 - core_share)``)."""
-    hidden = costs.comm_overlap * comm
+    hidden = overlap * comm
     compute = min(compute / (1 - core_share), compute + core_share * hidden)
     return max(compute, hidden) + comm - hidden + fixed
 
@@ -211,12 +237,7 @@ def _decode_work(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: floa
             touched = m.experts * -math.expm1(tokens * math.log1p(-m.experts_per_token / m.experts))
             ops["experts"] = (tokens * 2 * routed / tp / rate,
                               m.moe_layers * touched * 3 * m.hidden * m.expert_ffn * wb / tp / hbm)
-        bw, lat = _link(chip, tp, a.comm_efficiency)
-        # inside one scale-up domain an all-reduce's latency is in layer_overhead_us (derived from
-        # batch-1 rows on 1 to 8 GPUs, all-reduces included): only its bandwidth time is added
-        lat = lat if spans_domains(chip, tp) else 0.0
-        per = 2 * (tp - 1) / tp * tokens * m.hidden * 2 / bw + 2 * math.log2(tp) * lat
-        comm = 2 * m.layers * per if tp > 1 else 0.0
+        comm = _all_reduce_s(m, chip, a, tp, tokens)
     parts = {}
     for name, (compute_s, memory_s) in ops.items():
         parts[f"{name}_s"] = max(compute_s, memory_s)
@@ -255,7 +276,8 @@ def decode_parts(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int,
         comm = max(0.0, comm - floor)
         # each draft is one pass of the MTP module: about one layer's share of the step
         draft = (spec.draft_tokens - 1) * (compute + fixed) / m.layers
-        step = _step(compute, comm, fixed, costs) + draft
+        # a tensor-parallel layer waits for its all-reduces: none hides (module docstring)
+        step = _step(compute, comm, fixed, costs.comm_overlap if all_to_all else 0.0) + draft
     return parts | {"comm_s": comm, "fixed_s": fixed, "draft_s": draft, "step_s": step,
                     "tpot_s": step / spec.accepted}
 
@@ -265,21 +287,37 @@ def decode_step_s(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int, batch: int
     return decode_parts(m, chip, plan, tp, batch)["step_s"]
 
 
+def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan, tp: int = 1) -> float:
+    """Computed prompt tokens per chip-second: each chip of a prefill instance takes one prompt's
+    worth (``input_len`` tokens) per step; matmuls at those rows, attention (not absorbed) over
+    ``Demand.prefill_context`` (the cached prefix a hit skips computing is still attended to, then
+    half the computed rest: causal), and the instance's communication. The instance splits the
+    model as the decode instance does (``ServePlan.attention_parallel``):
 
-def prefill_tps_per_chip(m: ModelSpec, chip: Chip, plan: ServePlan) -> float:
-    """Computed prompt tokens per chip-second: each chip of a ``prefill_chips`` instance takes one
-    prompt's worth (``input_len`` tokens) per step; matmuls at those rows, attention (not absorbed)
-    over ``Demand.prefill_context`` (the cached prefix a hit skips computing is still attended to,
-    then half the computed rest: causal) and the step's all-to-all (node-limited)."""
-    a, costs, n, tokens = plan.assumptions, plan.step, plan.prefill_chips, plan.demand.input_len
+    - an MoE model with data-parallel attention: attention replicated, the routed experts spread
+      over ``prefill_chips`` (32 by default: DeepSeek's EP32), the most loaded rank at
+      ``expert_imbalance``, a node-limited all-to-all ``comm_overlap`` of which hides;
+    - a dense model, or an MoE one with ``attention_parallel = 'tensor'``: every weight (each
+      expert too) split over ``prefill_chips`` chips, the decode instance's ``tp`` by default (one
+      engine prefills and decodes on the same tensor-parallel group: SGLang's, vLLM's and
+      TensorRT-LLM's ``--tp N``), every chip taking the instance's ``n x input_len`` rows through
+      1/n of each weight, so no rank is busier than another, and two all-reduces of those rows a
+      layer that the layer waits for (``_all_reduce_s``)."""
+    a, costs, tokens = plan.assumptions, plan.step, plan.demand.input_len
     dense, routed = serving_params(m)
     k0 = a.gemm_k_overhead
-    if m.is_moe:  # attention replicated (data-parallel), experts spread over the instance
+    data_parallel = m.is_moe and plan.attention_parallel == "data"
+    n = plan.prefill_chips or (32 if data_parallel else tp)
+    if data_parallel:  # attention replicated, experts spread over the instance
         factor = model_shape_factor(m, 1, tokens, n, k0, backward=False)
-    else:
+        imbalance, overlap = costs.expert_imbalance, costs.comm_overlap
+        comm = _all_to_all_s(m, chip, plan, n, tokens, node_limited=True)
+    else:  # tensor parallel: the instance's n prompts through 1/n of every weight
         factor = model_shape_factor(m, n, tokens * n, 1, k0, backward=False)
-    compute = tokens * 2 * (dense + routed * costs.expert_imbalance) / (gemm_rate(chip, plan.precision, a) * factor)
+        imbalance, overlap = 1.0, 0.0
+        comm = _all_reduce_s(m, chip, a, n, tokens * n)
+    compute = tokens * 2 * (dense + routed * imbalance) / (gemm_rate(chip, plan.precision, a) * factor)
     compute += tokens * m.attention_flops_fwd(plan.demand.prefill_context) / (gemm_rate(chip, plan.attention_precision, a)
                                                             * attention_shape_factor(m, tokens, k0, backward=False))
-    comm = _all_to_all_s(m, chip, plan, n, tokens, node_limited=True)
-    return tokens / _step(compute, comm, fixed_s(m, chip, costs, n, decode=False), costs, costs.prefill_comm_core_share)
+    share = costs.prefill_comm_core_share if data_parallel else 0.0
+    return tokens / _step(compute, comm, fixed_s(m, chip, costs, n, decode=False), overlap, share)

@@ -28,7 +28,9 @@ def test_a_share_of_the_steps_carries_a_whole_prompt(chips):
     / 0.9 for their shapes), the prompt's attention 5,000 x 80 x 2 x 64 x 256 x 2,500 / 2 chips at
     0.6 x 989.4 TFLOPS = 0.0276 s over efficiency.py's flash-attention factor: scores at K = 128,
     128 / (128 + 384) x (5,000 / 5,120)^2 = 0.2384, weighted sum 0.9287 x 5,000 / 5,120 = 0.9069,
-    their harmonic mean 0.3776: 0.0731 s; plus the fixed 80 x 71 us."""
+    their harmonic mean 0.3776: 0.0731 s; then the two all-reduces a layer the step waits for,
+    80 x 2 x 5,025 rows x 8,192 x 2 bytes (ring volume 2 x 1/2 of it on 2 chips) at 0.7 x 450 GB/s
+    = 0.0418 s; plus the fixed 80 x 71 us."""
     plan = _plan("deployment='aggregated'", "demand.input_len=5000", "demand.output_len=500")
     m, h100 = plan.model, chips["h100"]
     assert prefill_need(plan, 25) == pytest.approx(240)
@@ -38,7 +40,8 @@ def test_a_share_of_the_steps_carries_a_whole_prompt(chips):
     assert parts["step_s"] == pytest.approx(0.952 * decode + 0.048 * mixed)
     gemms = 5025 * 2 * 70.6e9 / 2 / (0.6 * 1978.9e12)
     attention = 5000 * 80 * 2 * 64 * 256 * 2500 / 2 / (0.6 * 989.4e12) / 0.3776
-    assert gemms + attention < mixed - 80 * 71e-6 < gemms / 0.9 + attention * 1.01
+    all_reduce = 80 * 2 * 5025 * 8192 * 2 / (0.7 * 450e9)
+    assert gemms + attention < mixed - 80 * 71e-6 - all_reduce < gemms / 0.9 + attention * 1.01
     assert parts["ttft_s"] == pytest.approx(mixed)  # one chunk: the whole prompt in one step
 
 

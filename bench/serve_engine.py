@@ -10,7 +10,7 @@ together. Prints a table and writes bench/results/serve-engine-<time>.json:
     .venv/bin/python bench/serve_engine.py --layer-by-layer        # decode without the decode stack
 
 ``--breakdown`` times every call the model makes to its backend (each product by name, the
-attention, the elementwise kernels or ops) during the one-prompt prefill and the decode steps
+attention, the elementwise kernels or ops, the sampling) during the one-prompt prefill and the decode steps
 of the measured rounds, and prints the median milliseconds a step spends in each; "of which
 causal_attention" is the part of a prefill's attention in the backend's call (the kernel and its
 wrapper), the rest of "attention" being the cache store.
@@ -121,8 +121,8 @@ def main() -> int:
 
 class Spans:
     """Times the model's calls to its backend, per step (``--breakdown``): every layer's products
-    by name, the output product, the attention, and the backend's elementwise calls. Steps of
-    the warm-up round (0) are not counted."""
+    by name, the output product, the attention, the backend's elementwise calls, and the
+    sampling. Steps of the warm-up round (0) are not counted."""
 
     PRODUCTS = ("qkv", "wo", "gate", "up", "gate_up", "down")
     CALLS = ("add_rms_norm", "rotary_", "silu_mul", "silu_mul_pair")
@@ -140,6 +140,7 @@ class Spans:
         if model.decode_stack is not None:  # a decode step's layers, all in one call
             model.decode_stack = self._timed(model.decode_stack, "decode stack (every layer)")
         engine.attention.attend = self._timed(engine.attention.attend, "attention")
+        engine.runner.sampler = self._timed(engine.runner.sampler, "sampling")
         if hasattr(engine.backend, "causal_attention"):  # the part of a prefill's attention that is not the cache store
             engine.backend.causal_attention = self._timed(engine.backend.causal_attention, self.WITHIN)
         for name in self.CALLS:
@@ -164,7 +165,7 @@ class Spans:
         finally:
             sums, self.now = self.now, None
             sums["whole step"] = time.perf_counter() - t
-            sums["rest (sampling, layout, embedding, ...)"] = sums["whole step"] - sum(
+            sums["rest (layout, embedding, detokenize, ...)"] = sums["whole step"] - sum(
                 v for k, v in sums.items() if k not in ("whole step", self.WITHIN))
             if round_ > 0:
                 self.steps.setdefault(kind, []).append(sums)

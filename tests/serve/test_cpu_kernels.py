@@ -327,13 +327,16 @@ def test_store_rows_writes_a_prefills_keys_to_their_slots_as_index_copy(kernels)
 @pytest.mark.parametrize("bad", [-1, 100, 1 << 40])
 def test_store_rows_refuses_a_slot_outside_the_store_and_writes_nothing(kernels, bad):
     """The C copy has no bounds of its own: a slot below 0 or past the store's end is an
-    IndexError naming the range, and the store is left as it was."""
+    IndexError naming the range and the token, and the store is left as it was; a layout that
+    goes to index_copy_ gets torch's IndexError."""
     rows = torch.randn(4, 3, 64)
     store = torch.zeros(100, 3, 64)
     slots = torch.tensor([0, 7, bad, 9])
-    with pytest.raises(IndexError, match=r"slots must be in \[0, 100\)"):
+    with pytest.raises(IndexError, match=rf"slots must be in \[0, 100\), got {bad} for token 2"):
         kernels.store_rows(store, slots, rows)
     assert not store.any()
+    with pytest.raises(IndexError):
+        kernels.store_rows(store, slots, torch.randn(4, 3, 128)[:, :, :64])
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 16, 17])

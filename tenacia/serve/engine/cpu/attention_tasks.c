@@ -39,11 +39,16 @@ static void store_kv_row(const float *k, const float *v, long kv_row, long b, lo
   }
 }
 
-/* A prefill's N new keys (or values) into one layer's cache (slots, width): row t (width floats,
- * every head of token t, at rows + t * row) to slot slots[t]; one memcpy each (torch's
- * index_copy_ of a strided view takes ~0.6 us a row). */
-void tenacia_store_rows(const float *rows, long row, long n, long width, float *store, const long *slots) {
+/* A prefill's N new keys (or values) into one layer's cache (capacity slots of width floats): row t
+ * (width floats, every head of token t, at rows + t * row) to slot slots[t]; one memcpy each
+ * (torch's index_copy_ of a strided view takes ~0.6 us a row). Returns -1, or the first t whose
+ * slot is outside [0, capacity), and then nothing is written. */
+long tenacia_store_rows(const float *rows, long row, long n, long width, float *store, long capacity,
+                        const long *slots) {
+  for (long t = 0; t < n; t++)
+    if (slots[t] < 0 || slots[t] >= capacity) return t;
   for (long t = 0; t < n; t++) memcpy(store + slots[t] * width, rows + t * row, width * sizeof(float));
+  return -1;
 }
 
 void tenacia_store_kv(const float *k, const float *v, long kv_row, long B, long KVH, long hd, float *cache_k,

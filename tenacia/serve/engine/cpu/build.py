@@ -107,13 +107,13 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
                        ("tenacia_silu_mul", [p, p, i, i, i, p, t]),
                        ("tenacia_decode_attention", [p, i, p, p, i, p, i, i, i, i, f, p, ctypes.c_int]),
                        ("tenacia_store_kv", [p, p, i, i, i, i, p, p, p, p, p, i, p]),
-                       ("tenacia_store_rows", [p, i, i, i, p, p]),
                        ("tenacia_decode_stack", [i, p, i, i, i, i, i, f, p, i, p, p, p, p, i, p, p, p, i, i, p, p, t])):
         getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
     lib.tenacia_decode_stack_scratch.argtypes, lib.tenacia_decode_stack_scratch.restype = [i] * 6, i
     lib.tenacia_prefill_attention.argtypes = [p, i, p, i, i, p, i, i, i, i, i, i, f, p, t]
     lib.tenacia_prefill_attention.restype = ctypes.c_int
     lib.tenacia_argmax_rows.argtypes, lib.tenacia_argmax_rows.restype = [p, i, i, i, p, t], i
+    lib.tenacia_store_rows.argtypes, lib.tenacia_store_rows.restype = [p, i, i, i, p, i, p], i
     return lib
 
 

@@ -248,17 +248,19 @@ class Kernels:
         """``store[slots[t]] = rows[t]``: store (slots, KVH, d) contiguous float32, slots (N,) int64
         contiguous, rows (N, KVH, d) float32 with each token's heads contiguous (a view of the
         fused q/k/v product); other layouts go to index_copy_. A slot outside [0, store.size(0))
-        raises IndexError before anything is written (the C copy would write out of bounds)."""
+        raises IndexError before anything is written (the kernel checks every slot first: its
+        copy has no bounds of its own; index_copy_ raises its own IndexError)."""
         N, KVH, d = rows.shape
-        if N:
-            low, high = (int(x) for x in torch.aminmax(slots))
-            if low < 0 or high >= store.size(0):
-                raise IndexError(f"store_rows: slots must be in [0, {store.size(0)}), got {low} .. {high}")
         if (rows.dtype != torch.float32 or rows.stride(2) != 1 or rows.stride(1) != d or not store.is_contiguous()
-                or store.shape[1:] != (KVH, d) or slots.dtype != torch.int64 or not slots.is_contiguous()):
+                or store.shape[1:] != (KVH, d) or slots.dtype != torch.int64 or not slots.is_contiguous()
+                or slots.shape != (N,)):
             store.index_copy_(0, slots, rows)
             return
-        self._lib.tenacia_store_rows(rows.data_ptr(), rows.stride(0), N, KVH * d, store.data_ptr(), slots.data_ptr())
+        bad = self._lib.tenacia_store_rows(rows.data_ptr(), rows.stride(0), N, KVH * d, store.data_ptr(), store.size(0),
+                                           slots.data_ptr())
+        if bad >= 0:
+            raise IndexError(f"store_rows: slots must be in [0, {store.size(0)}), got {int(slots[bad])} "
+                             f"for token {bad}")
 
     def argmax_rows(self, logits: Tensor) -> Tensor:
         """Each row's first column of its largest value, (rows,) int64: ``logits.max(dim=1).indices``

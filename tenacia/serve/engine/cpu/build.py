@@ -112,8 +112,9 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.tenacia_decode_stack_scratch.argtypes, lib.tenacia_decode_stack_scratch.restype = [i] * 6, i
     lib.tenacia_prefill_attention.argtypes = [p, i, p, i, i, p, i, i, i, i, i, i, f, p, t]
     lib.tenacia_prefill_attention.restype = ctypes.c_int
-    lib.tenacia_argmax_rows.argtypes, lib.tenacia_argmax_rows.restype = [p, i, i, i, p, t], i
     lib.tenacia_store_rows.argtypes, lib.tenacia_store_rows.restype = [p, i, i, i, p, i, p], i
+    if hasattr(lib, "tenacia_argmax_rows"):  # a build from before greedy.c (bench/decode_stack_ab.py loads those)
+        lib.tenacia_argmax_rows.argtypes, lib.tenacia_argmax_rows.restype = [p, i, i, i, p, t], i
     return lib
 
 

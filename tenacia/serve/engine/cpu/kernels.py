@@ -1,7 +1,7 @@
 """Hand-written float32 kernels for the decode step, one build per instruction set.
 
 A decode step of a small model is ~150 matrix products of a few rows and ~1,000 small torch ops.
-Three kinds of kernel here:
+Four kinds of kernel here:
 
 ``SmallLinear``, the products. Why: a decode step of 16 sequences reads every weight once for 16
 rows, so its products are bound by how fast the weights stream from memory. MKL's packed GEMM
@@ -26,6 +26,9 @@ head) taken dynamically by the threads. ``prefill_attention`` (``prefill_attenti
 prefill's whole new sequence, token i over keys 0 .. i, in tiles of queries against blocks of
 keys, one task per (key/value head, block of queries).
 
+``argmax_rows`` (``greedy.c``), the greedy rows' choice: each row's first maximum in one vector
+pass, where torch's ``max`` with indices walks a row one float at a time.
+
 ``attention_tasks.c``, included by both sources, drives either build's decode attention (its tasks
 and threads) and the key/value store; ``prefill_attention.c``, included by both, the prefill's;
 ``decode_stack.c``, included by both, composes the same row and panel functions into one call for
@@ -39,15 +42,15 @@ takes the best one this CPU offers (``tenacia.device.cpu_features``), once, at t
 be reproduced exactly. ``backend.cpu_backend`` turns the ``Kernels`` it got (or None) into the
 engine's backend; nothing else decides.
 
-How they are built and loaded: ``build.py``. Nothing here changes the math: float32 products with float32 accumulation, in a different
-summation order (within ~1e-6 relative of ``F.linear``; every ``SmallLinear`` checks itself
-against ``F.linear`` when it is built); SiLU's exponential is a degree-7 polynomial (relative
-error < 2e-7, as float32's own rounding).
+How they are compiled, cached and loaded, and when they cannot be: ``build.py``. Nothing here
+changes the math: float32 products with float32 accumulation, in a different summation order
+(within ~1e-6 relative of ``F.linear``; every ``SmallLinear`` checks itself against ``F.linear``
+when it is built); SiLU's exponential is a degree-7 polynomial (relative error < 2e-7, as
+float32's own rounding); ``argmax_rows`` gives the index torch's ``max`` gives.
 
 Memory: a layer keeps its weights twice (MKL's packed copy for prefill, the panels for decode).
 ``EngineConfig.decode_kernels = False`` (``tenacia serve --no-decode-kernels``) keeps one copy.
 """
-
 
 from __future__ import annotations
 

@@ -240,11 +240,14 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=TOKENS, help="the budget (a smaller one for a quick check)")
     d = Spec()
     p.add_argument("--h", type=int, default=d.h, help="outer: inner steps per round")
+    p.add_argument("--floor", type=float, default=d.floor,
+                   help="outer: the inner schedule's floor (below 1 only the last budget's row is a run of that budget)")
     p.add_argument("--outer-lr", type=float, default=d.outer_lr)
     p.add_argument("--outer-momentum", type=float, default=d.momentum)
     p.add_argument("--fragments", type=int, default=d.fragments)
     p.add_argument("--late", default=d.late, help="outer: none, mix or eager")
     p.add_argument("--mix", type=float, default=d.mix)
+    p.add_argument("--own", type=float, default=d.own, help="outer, eager: the own progress' weight in the stand-in")
     p.add_argument("--quantize", default=d.quantize, help="outer: fp32, int8 or int4")
     p.add_argument("--topk", type=float, default=d.topk)
     p.add_argument("--block", type=int, default=d.block)
@@ -258,8 +261,8 @@ def main() -> None:
     for v in [x for x in (a.only.split(",") if a.only else VARIANTS) if x]:
         t0 = time.monotonic()
         if v == "outer":
-            spec = Spec(h=a.h, lr=a.diloco_lr, outer_lr=a.outer_lr, momentum=a.outer_momentum, fragments=a.fragments,
-                        late=a.late, mix=a.mix, quantize=a.quantize, topk=a.topk, block=a.block,
+            spec = Spec(h=a.h, lr=a.diloco_lr, floor=a.floor, outer_lr=a.outer_lr, momentum=a.outer_momentum, fragments=a.fragments,
+                        late=a.late, mix=a.mix, own=a.own, quantize=a.quantize, topk=a.topk, block=a.block,
                         error_feedback=not a.no_error_feedback, nc=a.nc)
             for r in run_outer(spec, a.seed, a.work):
                 rows.append({"variant": v, "seed": a.seed, "spec": asdict(spec), "scale": SCALE, **r,

@@ -19,6 +19,9 @@ each lever):
   global parameters less its own progress of the last round (what it sends); its inner steps start
   where the outer step that progress would make lands; after them the real step lands and the
   member's fragment becomes the new global less the round's own progress.
+  ``own`` (``Spec.own``, 1 = tenacia's) weighs the stand-in: ``own x d + (1 - own) x a`` with ``a``
+  the last average the member applied (zeros before the first), e.g. ``1 / R``: its own fresh
+  progress for its share of the average, the last known average for the others'.
 - Round 1 under ``mix`` and ``eager`` sends nothing (no round trained yet): no outer step.
 
 Two evaluations at each budget: ``eval`` is what tenacia's run reports (``replicas/evals.py``: the
@@ -64,6 +67,7 @@ class Spec:
     fragments: int = 1
     late: str = "none"  # "none", "mix", "eager"
     mix: float = 0.5
+    own: float = 1.0  # eager: the weight of a member's own progress in the average's stand-in
     quantize: str = "fp32"
     topk: float = 0.0
     block: int = 256
@@ -122,6 +126,7 @@ def train(t: Trainer, spec: Spec, rounds: int, every: int, corrected_beta2: floa
     total = rounds * spec.h
     rate = lambda i: lr_at(i, lr=spec.lr, warmup_steps=o.warmup_steps, total_steps=total, min_lr_ratio=spec.floor)  # noqa: E731
     trained = False  # has a round been trained (its progress at rest, to send under mix/eager)?
+    last = [torch.zeros_like(g) for g in outer.params]  # the last average applied, per parameter
     rows = []
     for r in range(1, rounds + 1):
         f = (r - 1) % spec.fragments
@@ -130,13 +135,16 @@ def train(t: Trainer, spec: Spec, rounds: int, every: int, corrected_beta2: floa
             sent = [at_rest(outer, ms.params(k), ids) for k in range(MEMBERS)]
             if spec.late == "eager":
                 for k in range(MEMBERS):
-                    eager_start(outer, ms.params(k), ids)
+                    eager_start(outer, ms.params(k), ids, spec.own, last)
         origins = [[p.detach().clone() for p in ms.params(k)] for k in range(MEMBERS)] if spec.late == "eager" else None
         inner_round(t, spec, ms, r, rate, dev)
         if spec.late == "none":
             sent = [at_rest(outer, ms.params(k), ids) for k in range(MEMBERS)]
         if spec.late == "none" or trained:
-            outer.step(f, list(exchange(comp, ms, f, sent, commit=True).split([outer.params[i].numel() for i in ids])))
+            avg = list(exchange(comp, ms, f, sent, commit=True).split([outer.params[i].numel() for i in ids]))
+            for i, d in zip(ids, avg, strict=True):
+                last[i] = d.view_as(outer.params[i]).clone()
+            outer.step(f, avg)
         with torch.no_grad():
             for k in range(MEMBERS):
                 for i in ids:
@@ -181,14 +189,18 @@ def at_rest(outer: OuterState, params: list[torch.Tensor], ids: list[int]) -> to
         return torch.cat([(outer.params[i] - params[i]).reshape(-1) for i in ids])
 
 
-def eager_start(outer: OuterState, params: list[torch.Tensor], ids: list[int]) -> None:
-    """``OuterRounds.eager_start``: fragment ``ids`` moves to where the outer step of its own progress lands."""
+def eager_start(outer: OuterState, params: list[torch.Tensor], ids: list[int], own: float = 1.0,
+                last: list[torch.Tensor] | None = None) -> None:
+    """``OuterRounds.eager_start``: fragment ``ids`` moves to where the outer step of the stand-in
+    (its own progress, weighed with the last average by ``own``: module docstring) lands."""
     group = outer.optimizer.param_groups[0]
     lr, mu = group["lr"], group["momentum"]
     with torch.no_grad():
         for i in ids:
             g = outer.params[i]
             d = g - params[i]
+            if own != 1.0:
+                d = own * d + (1 - own) * last[i]
             buf = outer.optimizer.state.get(g, {}).get("momentum_buffer")
             b = d if buf is None else buf * mu + d
             params[i].copy_(g - lr * (d + mu * b if group["nesterov"] else b))

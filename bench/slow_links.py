@@ -66,7 +66,6 @@ from slow_links_arms import (  # noqa: E402
     TORCHFT_ARMS,
     TORCHFT_FP32,
     ceiling_run,
-    inner_steps,
     peers_reference,
     settings_overrides,
     tenacia_common,
@@ -211,12 +210,10 @@ def main() -> None:
     unknown = [x for x in a.arms if x not in TENACIA_ARMS and x not in TORCHFT_ARMS]
     if unknown:
         p.error(f"unknown arms {unknown}; allowed: {', '.join([*TENACIA_ARMS, *TORCHFT_ARMS])}")
-    for arm in [x for x in a.arms if x != "ddp" and x not in TORCHFT_ARMS] or [None]:
-        h = a.inner_steps if arm is None else inner_steps(arm, a)
-        round_tokens = a.replicas * a.batch * a.seq_len * h
-        if a.tokens % round_tokens:
-            p.error(f"--tokens {a.tokens} must be a multiple of replicas x batch x seq-len x H ({arm or 'inner-steps'}: "
-                    f"{h}) = {round_tokens} (every arm trains the same tokens, in whole rounds)")
+    round_tokens = a.replicas * a.batch * a.seq_len * a.inner_steps
+    if a.tokens % round_tokens:
+        p.error(f"--tokens {a.tokens} must be a multiple of replicas x batch x seq-len x inner-steps = {round_tokens} "
+                "(every arm trains the same tokens, in whole rounds)")
     if a.ddp_link_tokens % (a.replicas * a.batch * a.seq_len):
         p.error(f"--ddp-link-tokens must be a multiple of replicas x batch x seq-len = {a.replicas * a.batch * a.seq_len}")
     if a.ddp_link_tokens % a.eval_every:

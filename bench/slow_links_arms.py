@@ -54,13 +54,6 @@ TENACIA_ARMS = {
     "diloco-spec": ["replicas.sync=diloco", "replicas.outer.speculate=true"],
     "diloco-eager-spec": ["replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.eager=true",
                           "replicas.outer.speculate=true"],
-    # SparseLoCo-style with the exchange overlapped: diloco's eager step (one fragment), the largest
-    # top-k of each block at 4 bits with error feedback, a smaller H (its own, from SETTINGS): the
-    # probes of 2026-12-04 15:25 (bench/diloco_gap.py ``outer``, docs/benchmarks.md)
-    "diloco-eager-int4-topk": ["replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.eager=true",
-                               "replicas.outer.quantize=int4"],
-    "diloco-eager-int4-topk-spec": ["replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.eager=true",
-                                    "replicas.outer.quantize=int4", "replicas.outer.speculate=true"],
 }
 # ``<arm>-nc``: the arm with every member's inner AdamW fed the noise-corrected second moment
 # (``replicas.outer.inner_second_moment``, tenacia/train/second_moment.py); its settings are its twin's
@@ -68,14 +61,13 @@ NOISE_CORRECTED = ("diloco", "diloco-spec", "diloco-eager", "diloco-eager-spec",
 TENACIA_ARMS.update({f"{arm}-nc": [*TENACIA_ARMS[arm], "replicas.outer.inner_second_moment=noise_corrected"]
                      for arm in NOISE_CORRECTED})
 # an arm that trains the same bits as another (speculation changes when, not what) takes its settings
-TWINS = {"diloco-spec": "diloco", "diloco-eager-spec": "diloco-eager", "diloco-eager-int4-topk-spec": "diloco-eager-int4-topk"}
+TWINS = {"diloco-spec": "diloco", "diloco-eager-spec": "diloco-eager"}
 TWINS.update({f"{arm}-nc": TWINS.get(arm, arm) for arm in NOISE_CORRECTED})
-TOPK_ARMS = ("diloco-int4-topk", "diloco-int4-topk-nc", "diloco-eager-int4-topk", "diloco-eager-int4-topk-spec")
+TOPK_ARMS = ("diloco-int4-topk", "diloco-int4-topk-nc")
 # Per arm: the inner AdamW's peak rate and the schedule's floor (``optim.lr``, ``optim.min_lr_ratio``)
 # and the outer step (lr, momentum), chosen on the probe bench/slow_links_tune.py (other seeds, the
 # same budget), run before the bench, which writes them to SETTINGS_FILE (docs/benchmarks.md); these
-# defaults (tenacia's own and DiLoCo's) where it has not run. An arm's settings may also fix its own
-# H (``inner_steps``, else ``--inner-steps``) and top-k fraction (``topk``, else ``--topk``). A torchft arm takes the settings of
+# defaults (tenacia's own and DiLoCo's) where it has not run. A torchft arm takes the settings of
 # the tenacia arm it mirrors (``TORCHFT_AS``): the same model, data, seeds and hyperparameters.
 SETTINGS_FILE = ROOT / "bench" / "slow_links_settings.json"
 DILOCO = {"lr": 3e-3, "min_lr_ratio": 0.1, "outer_lr": 0.7, "outer_momentum": 0.9}
@@ -83,7 +75,7 @@ AVERAGE = {**DILOCO, "outer_lr": 1.0, "outer_momentum": 0.0}
 SETTINGS: dict[str, dict[str, float]] = {
     "ddp": {"lr": 3e-3, "min_lr_ratio": 0.1}, "diloco": DILOCO, "diloco-int8": DILOCO, "diloco-int4-topk": AVERAGE,
     "streaming": DILOCO, "streaming-int4": DILOCO, "localsgd": AVERAGE, "diloco-overlap": DILOCO,
-    "diloco-eager": DILOCO, "streaming-int4-eager": DILOCO, "diloco-eager-int4-topk": AVERAGE,
+    "diloco-eager": DILOCO, "streaming-int4-eager": DILOCO,
     **(json.loads(SETTINGS_FILE.read_text())["settings"] if SETTINGS_FILE.exists() else {})}
 SETTINGS.update({arm: SETTINGS[twin] for arm, twin in TWINS.items()})
 TORCHFT_AS = {"torchft-diloco": "diloco", "torchft-streaming": "streaming", "torchft-localsgd": "localsgd"}
@@ -98,14 +90,7 @@ def settings_overrides(arm: str) -> list[str]:
     out = [f"optim.lr={s['lr']:g}", f"optim.min_lr_ratio={s['min_lr_ratio']:g}"]
     if "outer_lr" in s:
         out += [f"replicas.outer.lr={s['outer_lr']:g}", f"replicas.outer.momentum={s['outer_momentum']:g}"]
-    if "inner_steps" in s:
-        out.append(f"replicas.outer.inner_steps={int(s['inner_steps'])}")
     return out
-
-
-def inner_steps(arm: str, a: argparse.Namespace) -> int:
-    """The arm's H: its settings' ``inner_steps``, else ``--inner-steps``."""
-    return int(SETTINGS.get(arm, {}).get("inner_steps", a.inner_steps))
 
 
 def tenacia_common(a: argparse.Namespace) -> list[str]:
@@ -126,7 +111,7 @@ def budget_steps(arm: str, a: argparse.Namespace, tokens: int | None = None) -> 
     """Protocol steps of ``tokens`` (default the budget): ddp's steps of the global batch
     (``replicas x batch`` samples), or a diloco-family arm's outer rounds of ``inner_steps`` of them."""
     steps = (tokens or a.tokens) // (a.replicas * a.batch * a.seq_len)
-    return steps if arm == "ddp" else steps // inner_steps(arm, a)
+    return steps if arm == "ddp" else steps // a.inner_steps
 
 
 def tenacia_steps(arm: str, a: argparse.Namespace, past: float = 1.0) -> list[str]:
@@ -136,7 +121,7 @@ def tenacia_steps(arm: str, a: argparse.Namespace, past: float = 1.0) -> list[st
     budget = budget_steps(arm, a)
     per_step = a.tokens // budget
     eval_every = max(1, a.eval_every // per_step)
-    topk = [f"replicas.outer.topk={SETTINGS.get(arm, {}).get('topk', a.topk):g}"] if arm in TOPK_ARMS else []
+    topk = [f"replicas.outer.topk={a.topk}"] if arm in TOPK_ARMS else []
     return [f"train.batch_size={a.replicas * a.batch}", f"train.steps={round(budget * past)}",
             f"optim.decay_steps={budget}", f"train.eval_every={eval_every}", *topk]
 
@@ -243,7 +228,6 @@ def tenacia_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float | None
     r = summarize(in_budget, evals, t0, sum(e["tokens"] for e in in_budget[1:]), sent, target, ceiling,
                   all_tokens=sum(e["tokens"] for e in steps), budget_eval=budget)
     r["rounds"] = len(in_budget)
-    r["inner_steps"] = 1 if arm == "ddp" else inner_steps(arm, a)
     r["steps_run"] = len(steps)
     r["waits"] = waits(in_budget)
     # drift-free utilization: tokens/s over the sum of the members' own compute speeds in this run

@@ -240,11 +240,10 @@ def calibration(result: dict[str, Any]) -> dict[str, Any] | None:
         if not near or r["tokens_per_s"] > near["tokens_per_s"]:
             continue
         strategy = r["arm"].split("-")[0]
-        h = 1 if strategy == "ddp" else r.get("inner_steps", a["inner_steps"])
-        per_exchange = round_tokens * h
+        per_exchange = round_tokens * (1 if strategy == "ddp" else a["inner_steps"])
         arms.append({"strategy": strategy, "compression": "int4" if "int4" in r["arm"] else
                      "int8" if "int8" in r["arm"] else "fp32",
-                     "inner_steps": h,
+                     "inner_steps": 1 if strategy == "ddp" else a["inner_steps"],
                      "tokens_per_s": r["tokens_per_s"], "tokens_per_s_no_link": near["tokens_per_s"],
                      "bytes_per_token": r["bytes_per_token"], "exchanges_per_token": 1 / per_exchange,
                      "utilization": r["utilization"]})

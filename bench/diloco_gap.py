@@ -59,6 +59,7 @@ from results_file import write_results  # noqa: E402
 
 from tenacia import config  # noqa: E402
 from tenacia.train.config import RunConfig  # noqa: E402
+from tenacia.train.outer import split_fragments  # noqa: E402
 from tenacia.train.second_moment import build_noise_corrected, noise_corrected_update  # noqa: E402
 from tenacia.train.step import apply_update, build_optimizer, compute_gradients, lr_at  # noqa: E402
 from tenacia.train.trainer import Trainer  # noqa: E402
@@ -202,7 +203,7 @@ def run_outer(spec: Spec, seed: int, work: Path) -> list[dict]:
     rows = train(t, spec, SCALE * per_budget, per_budget, CORRECTED_BETA2)
     n = sum(p.numel() for p in t.model.parameters())
     sizes = [sum(p.numel() for i, p in enumerate(t.model.parameters()) if i in ids)
-             for ids in _fragments(t, spec)]
+             for ids in split_fragments([p.numel() for p in t.model.parameters()], spec.fragments)]
     per_round = [spec.bytes_per_round(s) for s in sizes]
     ddp = ddp_bytes_per_token(n, SEQ)
     for row in rows:
@@ -214,12 +215,6 @@ def run_outer(spec: Spec, seed: int, work: Path) -> list[dict]:
         row["fewer_bytes_than_ddp"] = ddp / row["bytes_per_token"]
         row["fewer_bytes_than_ddp_flushed"] = ddp / row["bytes_per_token_flushed"]
     return rows
-
-
-def _fragments(t: Trainer, spec: Spec) -> list[list[int]]:
-    from tenacia.train.outer import split_fragments
-
-    return split_fragments([p.numel() for p in t.model.parameters()], spec.fragments)
 
 
 CORRECTED_BETA2: float | None = None  # --corrected-beta2

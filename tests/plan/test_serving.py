@@ -13,7 +13,6 @@ from tenacia.plan.serving_step import (
     decode_step_s,
     fixed_s,
     gemm_rate,
-    weight_bytes_per_chip,
 )
 
 
@@ -90,51 +89,6 @@ def test_only_latent_attention_pays_the_mla_layer_cost(chips):
     deepseek = _plan("tp=8")
     assert fixed_s(deepseek.model, chips["b200"], deepseek.step, 8) == pytest.approx(
         (61 * (71 + 33.7) + 58 * 33.7) * 1e-6)
-
-
-def test_tensor_parallel_attention_splits_an_moe_instance_like_a_dense_one(chips):
-    """Qwen3-235B-A22B in BF16 on 8 B200 at one sequence (SGLang's plain --tp 8), hand-computed:
-    with attention_parallel='tensor' each chip reads 1/8 of the dense weights (less the embedding
-    lookup) and 1/8 of the 8 experts the one token touches in each of 94 layers; with 'data' it
-    reads the dense weights whole. The tensor instance holds 235B / 8 parameters a chip, the data
-    one the dense weights whole plus 1/8 of the experts; no all-to-all floor either way (one node)."""
-    b200 = chips["b200"]
-    tensor = _plan(*QWEN3_235B, "chip='b200'", "precision='bf16'", "tp=8", "attention_parallel='tensor'")
-    data = _plan(*QWEN3_235B, "chip='b200'", "precision='bf16'", "tp=8")
-    m = tensor.model
-    hbm = b200.memory_tbs * 1e12 * (b200.hbm_efficiency or 0.9)
-    dense_bytes = (m.dense_params_b * 1e9 - 151936 * 4096) * 2
-    expert_bytes = 94 * 8 * 3 * 4096 * 1536 * 2
-    t, d = decode_parts(m, b200, tensor, 8, 1), decode_parts(m, b200, data, 8, 1)
-    assert t["dense_s"] == pytest.approx(dense_bytes / 8 / hbm)
-    assert d["dense_s"] == pytest.approx(dense_bytes / hbm)
-    assert t["experts_s"] == pytest.approx(expert_bytes / 8 / hbm)
-    assert t["fixed_s"] == d["fixed_s"] == pytest.approx((94 * 71 + 94 * 33.7) * 1e-6)
-    assert weight_bytes_per_chip(m, 8, "bf16", "tensor") == pytest.approx(235e9 * 2 / 8)
-    assert weight_bytes_per_chip(m, 8, "bf16") == pytest.approx((m.dense_params_b + m.expert_params_b / 8) * 2e9)
-    with pytest.raises(ConfigError) as e:
-        _plan("attention_parallel='expert'")
-    assert e.value.field == "attention_parallel"
-
-
-def test_tensor_parallelism_past_the_kv_heads_copies_the_cache(chips):
-    """Llama 3 405B has 8 KV heads: at tp=16 each KV head lives on two chips, so the instance holds
-    two copies of every sequence's cache and each chip reads as much cache a sequence as at tp=8.
-    A latent cache (DeepSeek's MLA) split tensor-parallel is on every chip; data-parallel, once.
-    Hand-computed memory batch at tp=16: 16 x (80 GB x 0.9 - 405B / 16 in FP8) / (2,500 tokens x
-    126 x 2 x 8 x 128 elements x 1 byte x 2 copies)."""
-    from tenacia.plan.serving import _memory_batch
-    from tenacia.plan.serving_step import kv_copies
-
-    h100 = chips["h100"]
-    llama = _plan("model.preset='llama-3-405b'", "chip='h100'", "precision='fp8'", "tp=16")
-    assert [kv_copies(llama.model, llama, tp) for tp in (1, 8, 16, 32)] == [1, 1, 2, 4]
-    deepseek_tp, deepseek_dp = _plan("attention_parallel='tensor'"), _plan()
-    assert kv_copies(deepseek_tp.model, deepseek_tp, 8) == 8 and kv_copies(deepseek_dp.model, deepseek_dp, 8) == 1
-    kv_seq = 2500 * 126 * 2 * 8 * 128 * 1.0
-    assert _memory_batch(llama, h100, 16) == int(16 * (80e9 * 0.9 - 405e9 / 16) // (kv_seq * 2))
-    read = {tp: decode_parts(llama.model, h100, llama, tp, 64)["attention_s"] for tp in (8, 16)}
-    assert read[16] == pytest.approx(read[8])  # memory-bound at 64 sequences: the same cache bytes a chip
 
 
 def test_decode_pays_the_all_to_all_floor_unhidden_and_hides_only_the_rest(chips):

@@ -98,7 +98,7 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
 static inline __attribute__((always_inline)) void block(const float *xt, long ldt, long k0, long k1,
                                                         const float *panel, float *part, const float *b,
                                                         int first, int bi, int blocks, const int mr) {
-  vf acc[12][NVP]; /* mr <= MRMAX <= 12 */
+  vf acc[12][NVP]; /* rows up to 11 (mr < MRMAX in practice) */
   for (int m = 0; m < mr; m++)
     for (int v = 0; v < NVP; v++) acc[m][v] = vload((first ? b : part + m * PW) + v * VEC);
   (void)blocks;
@@ -118,24 +118,19 @@ static inline __attribute__((always_inline)) void block(const float *xt, long ld
     for (int v = 0; v < NVP; v++) vstore(part + m * PW + v * VEC, acc[m][v]);
 }
 
-/* rows (<= ROWS) rows of xt (row stride ldt, gemm_input.c) against one panel, into part (rows x PW).
- * The rows are dealt to ceil(rows / MRMAX) blocks as evenly as they go (13 rows: 5, 4, 4, not
- * 6, 6, 1): a block of few rows has too few accumulators to cover the FMA's latency, and every
- * block takes the same k steps (measured in docs/benchmarks.md, "Serving on AMD Zen 4", 17:40). */
+/* rows (<= ROWS) rows of xt (row stride ldt, gemm_input.c) against one panel, into part (rows x PW) */
 static void panel_rows(const float *xt, long ldt, long k, const float *panel, float *part, const float *b,
                        long rows) {
   int blocks = (int)((rows + MRMAX - 1) / MRMAX);
   for (long k0 = 0; k0 < k; k0 += KC) {
     long k1 = k0 + KC < k ? k0 + KC : k, r = 0;
-    for (int bi = 0; bi < blocks; bi++) {
-      long mr = (rows - r + blocks - bi - 1) / (blocks - bi); /* <= MRMAX */
-      switch (mr) { /* the compiler specialises block for each constant row count */
-#define LEFT(R) case R: block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, bi, blocks, R); break;
-        LEFT(1) LEFT(2) LEFT(3) LEFT(4) LEFT(5) LEFT(6) LEFT(7) LEFT(8) LEFT(9) LEFT(10) LEFT(11) LEFT(12)
+    for (; r + MRMAX <= rows; r += MRMAX)
+      block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, (int)(r / MRMAX), blocks, MRMAX);
+    switch (rows - r) { /* the compiler specialises block for each constant row count */
+#define LEFT(R) case R: block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, (int)(r / MRMAX), blocks, R); break;
+      LEFT(1) LEFT(2) LEFT(3) LEFT(4) LEFT(5) LEFT(6) LEFT(7) LEFT(8) LEFT(9) LEFT(10) LEFT(11)
 #undef LEFT
-        default: break;
-      }
-      r += mr;
+      default: break;
     }
   }
 }

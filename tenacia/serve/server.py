@@ -13,6 +13,7 @@ Contract:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import signal
@@ -26,6 +27,8 @@ from .config import ServeConfig
 from .engine.process_engine import ProcessEngine
 from .metrics import ServeMetrics
 from .models import load_model
+
+log = logging.getLogger(__name__)
 
 
 class EngineStartError(RuntimeError):
@@ -45,6 +48,19 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def http_stack() -> tuple[str, str]:
+    """uvicorn's event loop and HTTP parser: ``("uvloop", "httptools")`` where both are installed
+    (dependencies of tenacia; they take about a fifth off the HTTP process's CPU at 16 streams,
+    docs/benchmarks.md, "Serving on AMD Zen 4", 2026-12-04 17:44), else asyncio's loop and h11's
+    parser for the one missing, said in one logged warning; the server runs either way."""
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    if (loop, http) != ("uvloop", "httptools"):
+        log.warning("HTTP with the %s event loop and the %s parser (uvloop or httptools not installed; "
+                    "pip install uvloop httptools for less CPU a request)", loop, http)
+    return loop, http
 
 
 def usage_examples(base_url: str, model: str, api_key: str | None = None) -> str:
@@ -95,7 +111,8 @@ def serve(root: ServeConfig, *, announce: Callable[[str], None] | None = None) -
         + (f"; decode kernels {info.decode_kernels}" if info.decode_kernels else "")
         + (f"; products {info.products}" if info.products else "") + ")")
     say(usage_examples(base, served.name, cfg.api_keys[0] if cfg.api_keys else None))
-    config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False,
+    loop, http = http_stack()
+    config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False, loop=loop, http=http,
                             timeout_graceful_shutdown=cfg.drain_timeout_s or None)
     server = uvicorn.Server(config)
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handlers it found; ours

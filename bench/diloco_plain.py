@@ -2,9 +2,9 @@
 
 bench/diloco_gap.py's ``outer`` variant. One process, four members trained one after the other,
 deterministic, no protocol: what tenacia/train/replicas/diloco.py does to the parameters, with
-tenacia's own ``OuterState`` (the outer Nesterov step), ``Compressor`` (int8/int4/int2, top-k, error
-feedback), the compressed exchange's stages (``compressed_reduce.py``), ``compute_gradients``, ``apply_update`` and inner AdamW. A round ``r`` (``Spec`` names
-each lever):
+tenacia's own ``OuterState`` (the outer Nesterov step), ``Compressor`` (int8/int4/int2, top-k,
+error feedback), the compressed exchange's stages (``compressed_reduce.py``),
+``compute_gradients``, ``apply_update`` and inner AdamW. A round ``r`` (``Spec`` names each lever):
 
 - fragment ``f = (r - 1) mod F`` of the parameters (``split_fragments``) is the round's;
 - ``late = "none"`` (diloco, streaming without overlap): every member trains ``h`` inner steps of

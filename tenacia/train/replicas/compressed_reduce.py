@@ -35,14 +35,13 @@ lost or land on the wrong values, while one in the member's own residual is sent
 quorum's chunks. Without it the sum's quantization error would be lost every round, never sent:
 ``tests/train/replicas/test_compressed_reduce.py`` sends the same int2 inputs for 40 rounds, and
 what arrived is 7% off what was sent with it (a share that falls as rounds accumulate), 21%
-without (a bias that stays). A member with ``t_j = 0``
-(no share this round) drops ``e_j``; without error feedback there is no residual at all.
-Like the first stage's, the new residual is kept only when the round commits
-(``OuterRounds.apply``); a member lost mid-exchange makes either all-to-all raise, the round is
-discarded, and nothing of it is kept.
+without (a bias that stays). A member with ``t_j = 0`` (no share this round) drops ``e_j``;
+without error feedback there is no residual at all. Like the first stage's, the new residual is
+kept only when the round commits (``OuterRounds.apply``); a member lost mid-exchange makes either
+all-to-all raise, the round is discarded, and nothing of it is kept.
 
-Bytes a member receives under ``reduce_scatter`` (``received_bytes``): its chunk from ``R - 1`` peers, then ``R - 1``
-summed chunks, about ``2 (R - 1) / R`` compressed copies of the tensor against ``R - 1`` for the
+Bytes a member receives under ``reduce_scatter`` (``received_bytes``): its chunk from ``R - 1``
+peers, then ``R - 1`` summed chunks, about ``2 (R - 1) / R`` compressed copies of the tensor against ``R - 1`` for the
 all-gather (``R = 4``: 1.5 against 3), plus 4 bytes of tokens in each message. The price: two
 one-way trips instead of one, and the sum quantized a second time.
 """

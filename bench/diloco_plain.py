@@ -35,7 +35,7 @@ A compressed exchange (``Spec.exchange``, tenacia's ``replicas.outer.exchange``)
 (each member's payload decoded and averaged) or a reduce-scatter: the stages of
 ``compressed_reduce.reduce_scatter_compressed`` run for the four members in turn, each member its
 chunk's owner, with every token count 1 (even shares: the weighted sum over the total is the
-mean), the sums' errors folded into their owners' residuals.
+mean), the sums' errors dropped as tenacia drops them (``Spec.sum_feedback``: folded instead).
 
 Bytes: ``bytes_per_round`` counts payload bytes sent by all members (tenacia's transport: fp32 as
 a direct reduce-scatter + all-gather, ``2 (R - 1) / R`` of the fragment's bytes per member, or the
@@ -59,7 +59,6 @@ from tenacia.train.replicas.compressed_reduce import (
     TOKEN_BYTES,
     assemble,
     chunk_bounds,
-    fold_lost,
     received_bytes,
     reduce_chunk,
     scatter_parts,
@@ -90,9 +89,9 @@ class Spec:
     block: int = 256
     error_feedback: bool = True
     exchange: str = "all_gather"  # a compressed exchange: "all_gather" or "reduce_scatter"
-    # reduce_scatter: the sums' errors folded into their owners' residuals (tenacia's); False drops
-    # them, a probe of that choice (tenacia has no such setting)
-    sum_feedback: bool = True
+    # reduce_scatter: True folds each sum's error into its owner's residual (over its tokens, here 1),
+    # the alternative to tenacia's dropping it (compressed_reduce.py says why; no tenacia setting)
+    sum_feedback: bool = False
     nc: bool = False  # noise-corrected inner second moment
 
     def __post_init__(self) -> None:
@@ -248,17 +247,18 @@ def exchange(comp: Compressor, spec: Spec, ms: Members, f: int, sent: list[torch
 
 
 def scattered(comp: Compressor, ms: Members, f: int, sent: list[torch.Tensor], commit: bool,
-              feedback: bool = True) -> torch.Tensor:
+              feedback: bool = False) -> torch.Tensor:
     """``exchange``'s reduce-scatter: ``reduce_scatter_compressed``'s stages, member ``j`` the owner
-    of chunk ``j``, every token count 1; the sums' errors dropped unless ``feedback``."""
+    of chunk ``j``, every token count 1; the sums' errors dropped, or with ``feedback`` added to
+    their owners' residuals."""
     bounds = chunk_bounds(sent[0].numel(), comp.block, MEMBERS)
     parts, residuals = zip(*(scatter_parts(comp, d, 1.0, ms.residual[k].get(f), bounds) for k, d in enumerate(sent)),
                            strict=True)
     summed = []
     for j, (lo, hi) in enumerate(bounds):
         packed, lost = reduce_chunk(comp, [parts[k][j] for k in range(MEMBERS)], hi - lo)
-        if feedback:
-            fold_lost(residuals[j], lost, 1.0, lo, hi)
+        if feedback and residuals[j] is not None:
+            residuals[j][lo:hi].add_(lost)
         summed.append(packed)
     if commit and comp.error_feedback:
         for k in range(MEMBERS):

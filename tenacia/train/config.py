@@ -134,7 +134,7 @@ class OuterConfig:
     # "all_gather" (every member's payload to every member, which sums them: R - 1 payloads received
     # a member, one one-way trip) or "reduce_scatter" (chunk j of every payload to member j, which
     # sums and re-quantizes it and sends that to every member: 2 (R - 1) / R payloads received, two
-    # one-way trips, a second quantization whose error feedback stays with member j)
+    # one-way trips, a second quantization whose error is dropped)
     exchange: str = "all_gather"
     fragments: int = 4  # streaming only: F fragments of the parameters, round r syncs fragment r mod F
     # streaming only: a round's fragment exchange runs beside its inner steps and carries the

@@ -18,27 +18,24 @@ each member dequantizes and sums them in rank order. One one-way trip; ``R - 1``
    chunks) and sends chunk ``j``'s packed payload, with ``t``, to member ``j``;
 2. member ``j`` dequantizes the ``R`` payloads of its chunk and sums them weighted, in rank order
    (``weighted_sum``): ``S_j = sum_i t_i d_ij``, ``T = sum_i t_i``; it compresses ``S_j`` in the
-   same format, without a residual of its own (``reduce_chunk``), and sends that payload, with
-   ``T``, to every member;
+   same format, with no residual (below; ``reduce_chunk``), and sends that payload, with ``T``, to
+   every member;
 3. all-gather: every member, ``j`` included, dequantizes the ``R`` summed chunks (``assemble``).
    Chunk ``j``'s sum was quantized once, by member ``j``, and everyone decodes the same bytes: the
    same bits on every member.
 
-Error feedback, both stages in the one residual a member already keeps per fragment. The first
-stage's is the all-gather's: what member ``i``'s payload did not carry, ``(d_i + r_i) - decoded``.
-The second: member ``j``'s re-quantization loses ``e_j = S_j - decode(compress(S_j))`` of the sum.
-It is added to member ``j``'s own residual as ``e_j / t_j`` on chunk ``j``, so that its next
-contribution ``t_j (d_j + r_j)`` sends ``e_j`` back (exactly while ``t_j`` stays the same, as with
-even shares; the first stage's residual makes the same assumption), and never kept apart by the
-chunk's owner: chunks move when the quorum's size or ranks change, so a residual per chunk would be
-lost or land on the wrong values, while one in the member's own residual is sent whatever the next
-quorum's chunks. Without it the sum's quantization error would be lost every round, never sent:
-``tests/train/replicas/test_compressed_reduce.py`` sends the same int2 inputs for 40 rounds, and
-what arrived is 7% off what was sent with it (a share that falls as rounds accumulate), 21%
-without (a bias that stays). A member with ``t_j = 0`` (no share this round) drops ``e_j``;
-without error feedback there is no residual at all. Like the first stage's, the new residual is
-kept only when the round commits (``OuterRounds.apply``); a member lost mid-exchange makes either
-all-to-all raise, the round is discarded, and nothing of it is kept.
+Error feedback: the first stage's only, the all-gather's: what member ``i``'s payload did not
+carry, ``(d_i + r_i) - decoded``, kept only when the round commits (``OuterRounds.apply``); a
+member lost mid-exchange makes either all-to-all raise, the round is discarded, and nothing of it
+is kept. What member ``j``'s re-quantization loses, ``e_j = S_j - decode(compress(S_j))``, is
+dropped. A residual of the sum kept by the chunk's owner would be lost or land on the wrong values
+when the quorum's size or ranks change (the chunks move); the alternative that survives that,
+``e_j / t_j`` folded into member ``j``'s own residual (so its next ``t_j (d_j + r_j)`` sends
+``e_j`` back), trained worse in every cell measured: dense int2, diloco H = 100, Nesterov 0.7/0.9,
+seeds 1 and 2 at 1-4x the bench's budget, 0.1 to 1.8 points of eval loss (docs/benchmarks.md,
+"Probes of 2026-12-04 18:45-19:18"; ``bench/diloco_gap.py --sum-feedback``). Dropping ``e_j`` is
+a bias, not a delay: ``tests/train/replicas/test_compressed_reduce.py`` sends the same int2
+inputs for 40 rounds, and what arrived is 21% short of what was sent (7% with the fold).
 
 Bytes a member receives under ``reduce_scatter`` (``received_bytes``): its chunk from ``R - 1``
 peers, then ``R - 1`` summed chunks, about ``2 (R - 1) / R`` compressed copies of the tensor against ``R - 1`` for the
@@ -117,13 +114,6 @@ def assemble(comp: Compressor, summed: list[torch.Tensor], bounds: list[tuple[in
     return torch.cat([*values, torch.tensor([totals[0]], dtype=torch.float32, device=values[0].device)])
 
 
-def fold_lost(residual: torch.Tensor | None, lost: torch.Tensor, tokens: float, lo: int, hi: int) -> None:
-    """The second stage's error feedback: ``lost / tokens`` into this member's own residual on its
-    chunk, in place (dropped without a residual or without tokens: module docstring)."""
-    if residual is not None and tokens > 0:
-        residual[lo:hi].add_(lost / tokens)
-
-
 def chunk_bytes(comp: Compressor, bounds: list[tuple[int, int]]) -> list[int]:
     """Bytes of each chunk's message (a packed payload and its token count)."""
     return [comp.packed_bytes(hi - lo) + TOKEN_BYTES for lo, hi in bounds]
@@ -150,13 +140,12 @@ def reduce_scatter_compressed(comp: Compressor, d: torch.Tensor, tokens: float, 
                               group: Any, wait: Wait, wake: Callable[..., None],
                               exchange: AllToAll = all_to_all) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``[sum_i t_i d_i, sum_i t_i]`` over ``group`` (module docstring) and this member's new
-    residual, both stages (None without error feedback); ``residual`` is not changed. Raises what
-    the group raises when a member is lost."""
+    residual (the first stage's; None without error feedback); ``residual`` is not changed. Raises
+    what the group raises when a member is lost."""
     world, rank = group.size(), group.rank()
     bounds = chunk_bounds(d.numel(), comp.block, world)
     sizes = chunk_bytes(comp, bounds)
     parts, new_residual = scatter_parts(comp, d, tokens, residual, bounds)
     lo, hi = bounds[rank]
-    summed, lost = reduce_chunk(comp, exchange(parts, [sizes[rank]] * world, group, wait, wake), hi - lo)
-    fold_lost(new_residual, lost, tokens, lo, hi)
+    summed, _ = reduce_chunk(comp, exchange(parts, [sizes[rank]] * world, group, wait, wake), hi - lo)
     return assemble(comp, exchange([summed] * world, sizes, group, wait, wake), bounds), new_residual

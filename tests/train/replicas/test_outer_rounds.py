@@ -96,7 +96,7 @@ def test_every_step_is_the_old_name_of_ddp(tmp_path):
 # Equal tokens: ddp's 48 steps of 8 samples, diloco's and streaming's 12 rounds of 4 inner steps.
 # Measured eval losses (2 replicas, micro model, 2026-12-03): ddp 5.266, diloco 5.375 (+2.1%),
 # streaming (2 fragments) 5.373 (+2.0%), diloco int8 with error feedback 5.375, diloco int4 with
-# top-k 10% and error feedback 5.495 (+4.3%); diloco int2 reduce-scattered with error feedback 5.451 (+3.5%,
+# top-k 10% and error feedback 5.495 (+4.3%); diloco int2 reduce-scattered with error feedback 5.444 (+3.4%,
 # 2026-12-04). Tolerances: 3% for fp32 and int8, 5% for int2, 6% for int4 + top-k.
 ROUNDS = ["train.steps=12", "optim.warmup_steps=5", "replicas.outer.inner_steps=4"]
 CASES = {

@@ -27,7 +27,8 @@ loopback, deterministic: no speed-sized shares, no timing. Each variant changes 
   what ``diloco-interleaved`` writes out, run by the peer.
 
 - ``outer``: any strategy of bench/diloco_plain.py (H, outer step, fragments, the late ``mix`` or
-  ``eager`` step, int8/int4, top-k, error feedback, the noise-corrected moment: the ``--h``,
+  ``eager`` step, int8/int4/int2, top-k, error feedback, the compressed exchange's form
+  (``--exchange all_gather|reduce_scatter``), the noise-corrected moment: the ``--h``,
   ``--outer-lr``, ... flags), with its payload bytes per token and both evaluations (as tenacia's
   run reports, and after a final exchange of what is still at rest) at every multiple of the budget.
 
@@ -243,7 +244,10 @@ def main() -> None:
     p.add_argument("--late", default=d.late, help="outer: none, mix or eager")
     p.add_argument("--mix", type=float, default=d.mix)
     p.add_argument("--own", type=float, default=d.own, help="outer, eager: the own progress' weight in the stand-in")
-    p.add_argument("--quantize", default=d.quantize, help="outer: fp32, int8 or int4")
+    p.add_argument("--quantize", default=d.quantize, help="outer: fp32, int8, int4 or int2")
+    p.add_argument("--exchange", default=d.exchange, help="outer, compressed: all_gather or reduce_scatter")
+    p.add_argument("--sum-feedback", action="store_true",
+                   help="outer, reduce_scatter: fold the sums' errors into their owners' residuals (tenacia drops them)")
     p.add_argument("--topk", type=float, default=d.topk)
     p.add_argument("--block", type=int, default=d.block)
     p.add_argument("--no-error-feedback", action="store_true")
@@ -258,7 +262,8 @@ def main() -> None:
         if v == "outer":
             spec = Spec(h=a.h, lr=a.diloco_lr, floor=a.floor, outer_lr=a.outer_lr, momentum=a.outer_momentum, fragments=a.fragments,
                         late=a.late, mix=a.mix, own=a.own, quantize=a.quantize, topk=a.topk, block=a.block,
-                        error_feedback=not a.no_error_feedback, nc=a.nc)
+                        error_feedback=not a.no_error_feedback, exchange=a.exchange,
+                        sum_feedback=a.sum_feedback, nc=a.nc)
             for r in run_outer(spec, a.seed, a.work):
                 rows.append({"variant": v, "seed": a.seed, "spec": asdict(spec), "scale": SCALE, **r,
                              "eval_loss": r["eval"], "seconds": time.monotonic() - t0})

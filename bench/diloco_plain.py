@@ -2,9 +2,9 @@
 
 bench/diloco_gap.py's ``outer`` variant. One process, four members trained one after the other,
 deterministic, no protocol: what tenacia/train/replicas/diloco.py does to the parameters, with
-tenacia's own ``OuterState`` (the outer Nesterov step), ``Compressor`` (int8/int4, top-k, error
-feedback), ``compute_gradients``, ``apply_update`` and inner AdamW. A round ``r`` (``Spec`` names
-each lever):
+tenacia's own ``OuterState`` (the outer Nesterov step), ``Compressor`` (int8/int4/int2, top-k,
+error feedback), the compressed exchange's stages (``compressed_reduce.py``),
+``compute_gradients``, ``apply_update`` and inner AdamW. A round ``r`` (``Spec`` names each lever):
 
 - fragment ``f = (r - 1) mod F`` of the parameters (``split_fragments``) is the round's;
 - ``late = "none"`` (diloco, streaming without overlap): every member trains ``h`` inner steps of
@@ -31,10 +31,18 @@ more exchange of everything not yet averaged, in the run's format: the global pa
 the mean of every member's decoded ``global - rest`` (a plain average: outer lr 1, no momentum),
 what a run that ends with a synchronous exchange evaluates.
 
+A compressed exchange (``Spec.exchange``, tenacia's ``replicas.outer.exchange``) is an all-gather
+(each member's payload decoded and averaged) or a reduce-scatter: the stages of
+``compressed_reduce.reduce_scatter_compressed`` run for the four members in turn, each member its
+chunk's owner, with every token count 1 (even shares: the weighted sum over the total is the
+mean), the sums' errors dropped as tenacia drops them (``Spec.sum_feedback``: folded instead).
+
 Bytes: ``bytes_per_round`` counts payload bytes sent by all members (tenacia's transport: fp32 as
 a direct reduce-scatter + all-gather, ``2 (R - 1) / R`` of the fragment's bytes per member, or the
 whole to every peer at or under 64 KiB; compressed as an all-gather of packed payloads, ``R - 1``
-copies per member); the token count (4 bytes) rides with it. No control messages, no TCP headers.
+copies per member, or as the reduce-scatter, a member's chunk from each peer and then every peer's
+summed chunk, about ``2 (R - 1) / R`` copies, ``compressed_reduce.received_bytes``); the token count
+(4 bytes) rides with each message. No control messages, no TCP headers.
 """
 
 from __future__ import annotations
@@ -47,6 +55,14 @@ import torch
 from tenacia.train.config import OuterConfig
 from tenacia.train.outer import OuterState
 from tenacia.train.replicas.compress import Compressor
+from tenacia.train.replicas.compressed_reduce import (
+    TOKEN_BYTES,
+    assemble,
+    chunk_bounds,
+    received_bytes,
+    reduce_chunk,
+    scatter_parts,
+)
 from tenacia.train.second_moment import build_noise_corrected, noise_corrected_update
 from tenacia.train.step import apply_update, build_optimizer, compute_gradients, lr_at
 from tenacia.train.trainer import Trainer
@@ -72,11 +88,17 @@ class Spec:
     topk: float = 0.0
     block: int = 256
     error_feedback: bool = True
+    exchange: str = "all_gather"  # a compressed exchange: "all_gather" or "reduce_scatter"
+    # reduce_scatter: True folds each sum's error into its owner's residual (over its tokens, here 1),
+    # the alternative to tenacia's dropping it (compressed_reduce.py says why; no tenacia setting)
+    sum_feedback: bool = False
     nc: bool = False  # noise-corrected inner second moment
 
     def __post_init__(self) -> None:
         if self.late not in ("none", "mix", "eager"):
             raise ValueError(f"late must be 'none', 'mix' or 'eager', not {self.late!r}")
+        if self.exchange not in ("all_gather", "reduce_scatter"):
+            raise ValueError(f"exchange must be 'all_gather' or 'reduce_scatter', not {self.exchange!r}")
 
     def compressor(self) -> Compressor:
         return Compressor(self.quantize, self.block, self.topk, self.error_feedback)
@@ -87,8 +109,10 @@ class Spec:
         if c.lossless:
             n = 4 * (numel + 1)
             per_member = (MEMBERS - 1) * n if n <= SMALL_BYTES else 2 * (MEMBERS - 1) * n // MEMBERS
+        elif self.exchange == "reduce_scatter":  # what all members receive is what all send
+            return sum(received_bytes(c, numel, MEMBERS, k) for k in range(MEMBERS))
         else:
-            per_member = (MEMBERS - 1) * (c.packed_bytes(numel) + 4)
+            per_member = (MEMBERS - 1) * (c.packed_bytes(numel) + TOKEN_BYTES)
         return MEMBERS * per_member
 
 
@@ -141,7 +165,7 @@ def train(t: Trainer, spec: Spec, rounds: int, every: int, corrected_beta2: floa
         if spec.late == "none":
             sent = [at_rest(outer, ms.params(k), ids) for k in range(MEMBERS)]
         if spec.late == "none" or trained:
-            avg = list(exchange(comp, ms, f, sent, commit=True).split([outer.params[i].numel() for i in ids]))
+            avg = list(exchange(comp, spec, ms, f, sent, commit=True).split([outer.params[i].numel() for i in ids]))
             for i, d in zip(ids, avg, strict=True):
                 last[i] = d.view_as(outer.params[i]).clone()
             outer.step(f, avg)
@@ -206,11 +230,13 @@ def eager_start(outer: OuterState, params: list[torch.Tensor], ids: list[int], o
             params[i].copy_(g - lr * (d + mu * b if group["nesterov"] else b))
 
 
-def exchange(comp: Compressor, ms: Members, f: int, sent: list[torch.Tensor], commit: bool) -> torch.Tensor:
-    """The mean of the members' ``sent`` as the exchange delivers it (each compressed with its
-    residual); the new residuals kept when ``commit``."""
+def exchange(comp: Compressor, spec: Spec, ms: Members, f: int, sent: list[torch.Tensor], commit: bool) -> torch.Tensor:
+    """The mean of the members' ``sent`` as ``spec``'s exchange delivers it (each compressed with
+    its residual); the new residuals kept when ``commit``."""
     if comp.lossless:
         return torch.stack(sent).sum(0) / MEMBERS
+    if spec.exchange == "reduce_scatter":
+        return scattered(comp, ms, f, sent, commit, spec.sum_feedback)
     out = torch.zeros_like(sent[0])
     for k, d in enumerate(sent):
         payload, residual = comp.encode(d, ms.residual[k].get(f))
@@ -218,6 +244,26 @@ def exchange(comp: Compressor, ms: Members, f: int, sent: list[torch.Tensor], co
             ms.residual[k][f] = residual
         out.add_(comp.decode(payload))
     return out / MEMBERS
+
+
+def scattered(comp: Compressor, ms: Members, f: int, sent: list[torch.Tensor], commit: bool,
+              feedback: bool = False) -> torch.Tensor:
+    """``exchange``'s reduce-scatter: ``reduce_scatter_compressed``'s stages, member ``j`` the owner
+    of chunk ``j``, every token count 1; the sums' errors dropped, or with ``feedback`` added to
+    their owners' residuals."""
+    bounds = chunk_bounds(sent[0].numel(), comp.block, MEMBERS)
+    parts, residuals = zip(*(scatter_parts(comp, d, 1.0, ms.residual[k].get(f), bounds) for k, d in enumerate(sent)),
+                           strict=True)
+    summed = []
+    for j, (lo, hi) in enumerate(bounds):
+        packed, lost = reduce_chunk(comp, [parts[k][j] for k in range(MEMBERS)], hi - lo)
+        if feedback and residuals[j] is not None:
+            residuals[j][lo:hi].add_(lost)
+        summed.append(packed)
+    if commit and comp.error_feedback:
+        for k in range(MEMBERS):
+            ms.residual[k][f] = residuals[k]
+    return assemble(comp, summed, bounds)[:-1] / MEMBERS
 
 
 def load(t: Trainer, params: list[torch.Tensor]) -> float:
@@ -237,7 +283,7 @@ def flushed(t: Trainer, spec: Spec, outer: OuterState, ms: Members, comp: Compre
     """The global parameters after one more exchange of all that is at rest, plainly averaged."""
     params = [g.clone() for g in outer.params]
     for f, ids in enumerate(outer.fragments):
-        mean = exchange(comp, ms, f, [at_rest(outer, ms.params(k), ids) for k in range(MEMBERS)], commit=False)
+        mean = exchange(comp, spec, ms, f, [at_rest(outer, ms.params(k), ids) for k in range(MEMBERS)], commit=False)
         for i, d in zip(ids, mean.split([outer.params[i].numel() for i in ids]), strict=True):
             params[i] -= d.view_as(params[i])
     return load(t, params)

@@ -84,6 +84,8 @@ LOW_COMMUNICATION = ("diloco", "streaming")  # strategies whose protocol step is
 
 SECOND_MOMENTS = ("own", "noise_corrected")  # replicas.outer.inner_second_moment (train/second_moment.py)
 OUTER_TRANSPORTS = ("gloo", "streams")  # replicas.outer.transport (docs/sync.md)
+QUANTIZE = ("fp32", "int8", "int4", "int2")  # replicas.outer.quantize (replicas/compress.py)
+COMPRESSED_EXCHANGES = ("all_gather", "reduce_scatter")  # replicas.outer.exchange (replicas/compressed_reduce.py)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -122,10 +124,18 @@ class OuterConfig:
     inner_steps: int = 16  # H: inner steps per round (each replica's share of a round is split into H batches)
     lr: float = 0.7  # outer learning rate (DiLoCo's 0.7)
     momentum: float = 0.9  # Nesterov momentum of the outer SGD (DiLoCo's 0.9)
-    quantize: str = "fp32"  # the outer exchange: "fp32", "int8" or "int4" (symmetric, absmax scale per block)
-    block: int = 256  # elements per scale block of int8/int4 (and per top-k block)
+    # the outer exchange: "fp32", "int8", "int4" (symmetric, absmax scale per block) or "int2" (four
+    # levels at +-rms/2 and +-3 rms/2 of the block, replicas/compress.py)
+    quantize: str = "fp32"
+    block: int = 256  # elements per scale block of int8/int4/int2 (and per top-k block)
     error_feedback: bool = True  # what quantization and top-k did not send is kept per replica and sent next round
     topk: float = 0.0  # fraction of each block kept, the largest magnitudes (0: off, every element is sent)
+    # How a compressed exchange (quantize not fp32, or topk) travels (replicas/compressed_reduce.py):
+    # "all_gather" (every member's payload to every member, which sums them: R - 1 payloads received
+    # a member, one one-way trip) or "reduce_scatter" (chunk j of every payload to member j, which
+    # sums and re-quantizes it and sends that to every member: 2 (R - 1) / R payloads received, two
+    # one-way trips, a second quantization whose error is dropped)
+    exchange: str = "all_gather"
     fragments: int = 4  # streaming only: F fragments of the parameters, round r syncs fragment r mod F
     # streaming only: a round's fragment exchange runs beside its inner steps and carries the
     # fragment as the previous round left it; the outer step lands one round late (docs/sync.md)
@@ -155,7 +165,8 @@ class OuterConfig:
         check(self.inner_steps >= 1, "inner_steps", self.inner_steps, "a positive integer")
         check(self.lr > 0, "lr", self.lr, "a positive number")
         check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
-        check_choice("quantize", self.quantize, ("fp32", "int8", "int4"))
+        check_choice("quantize", self.quantize, QUANTIZE)
+        check_choice("exchange", self.exchange, COMPRESSED_EXCHANGES)
         check(self.block >= 1, "block", self.block, "a positive integer")
         check(0 <= self.topk < 1, "topk", self.topk, "a fraction in [0, 1) (0: off)")
         check(self.fragments >= 1, "fragments", self.fragments, "a positive integer")

@@ -28,6 +28,9 @@ pytestmark = pytest.mark.timeout(LIMIT_S + 60)
                  id="streaming-int8", marks=pytest.mark.slow),
     pytest.param(["replicas.sync=diloco", "replicas.outer.transport=streams"], id="diloco-streams",
                  marks=pytest.mark.slow),
+    # the compressed reduce-scatter (int2) on the long-link transport, its residuals kept on commit only
+    pytest.param(["replicas.sync=diloco", "replicas.outer.quantize=int2", "replicas.outer.exchange=reduce_scatter",
+                  "replicas.outer.transport=streams"], id="diloco-int2-reduce-scatter", marks=pytest.mark.slow),
     # the long-link transport under streaming's overlap: the exchange in flight beside the inner steps
     # when the kill lands
     pytest.param(["replicas.sync=streaming", "replicas.outer.fragments=2", "replicas.outer.transport=streams"],

@@ -8,9 +8,10 @@ every step):
   then the tokens this member trained (zeros and 0 for a member without a share: a newcomer);
 - ``reduce``: token-weighted sum over the quorum: ``[sum_i t_i d_i, sum_i t_i]``. fp32: one
   all-reduce of ``[t d, t]``; quantized or top-k (``compress.py``): each member compresses ``d``
-  (with its error-feedback residual), the packed payloads and token counts are all-gathered
-  (``Gather``, a seam a long-link transport replaces), and each member dequantizes and sums them
-  in rank order, the same bits everywhere;
+  with its error-feedback residual, and the payloads are all-gathered and summed by every member
+  or reduce-scattered, summed per chunk, re-quantized and all-gathered (``replicas.outer.exchange``,
+  ``compressed_reduce.py``: seams, ``Gather`` and ``AllToAll``, that both transports serve), the
+  same bits everywhere;
 - ``apply`` (on commit only): the outer Nesterov step on the fragment's global parameters with
   ``sum_i t_i d_i / sum_i t_i`` (``outer.OuterState``); the fragment's local parameters become the
   new global ones, the other fragments keep what this member trained (diloco has one fragment:
@@ -58,28 +59,18 @@ from ..step import lr_at
 from ..trainer import Trainer
 from .apply import PendingStep
 from .compress import Compressor
-from .group import Wait, collect, gloo_all_gather
+from .compressed_reduce import AllToAll, Gather, all_gather_compressed, reduce_scatter_compressed
+from .group import Wait, all_to_all, collect, gloo_all_gather
 from .local_round import LocalRound
-
-# the collective of a compressed exchange: every member's packed payload, in rank order
-Gather = Callable[[torch.Tensor, Any, Wait, Callable[..., None]], list[torch.Tensor]]
-
-
-def weighted_sum(payloads: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
-    """``[sum_i t_i d_i, sum_i t_i]`` of (pseudo-gradient, tokens) pairs, summed in their order."""
-    total = torch.zeros(payloads[0][0].numel() + 1, dtype=torch.float32, device=payloads[0][0].device)
-    for d, t in payloads:
-        if t:
-            total[:-1].add_(d, alpha=t)
-            total[-1] += t
-    return total
 
 
 class OuterRounds:
     """The diloco and streaming strategies (module docstring)."""
 
-    def __init__(self, cfg: RunConfig, trainer: Trainer, gather: Gather = gloo_all_gather):
-        o, self.cfg, self.gather = cfg.replicas.outer, cfg, gather
+    def __init__(self, cfg: RunConfig, trainer: Trainer, gather: Gather = gloo_all_gather,
+                 exchange: AllToAll = all_to_all):
+        o, self.cfg, self.gather, self.all_to_all = cfg.replicas.outer, cfg, gather, exchange
+        self.scatters = o.exchange == "reduce_scatter"
         self.name = cfg.replicas.sync
         self.overlaps, self.mix = self.name == "streaming" and o.overlap, o.mix
         self.eager = self.overlaps and o.eager
@@ -196,13 +187,15 @@ class OuterRounds:
             collect(group.allreduce([flat]), wait, wake)
             return
         f = self.fragment(step)
-        payload, residual = self.compressor.encode(flat[:-1], self.residual.get(f))
+        self.pending_residual = None
+        if self.scatters:
+            total, residual = reduce_scatter_compressed(self.compressor, flat[:-1], tokens, self.residual.get(f),
+                                                        group, wait, wake, self.all_to_all)
+        else:
+            total, residual = all_gather_compressed(self.compressor, flat[:-1], tokens, self.residual.get(f),
+                                                    group, wait, wake, self.gather)
         self.pending_residual = (step, f, residual)
-        mine = torch.cat([self.compressor.pack(payload), torch.tensor([tokens], device=flat.device).view(torch.uint8)])
-        n = flat.numel() - 1
-        parts = [(self.compressor.decode(self.compressor.unpack(b[:-4], n)), float(b[-4:].clone().view(torch.float32)))
-                 for b in self.gather(mine, group, wait, wake)]
-        flat.copy_(weighted_sum(parts))
+        flat.copy_(total)
 
     def apply(self, trainer: Trainer, grads: LocalRound, pending: PendingStep, cfg: RunConfig) -> None:
         """The outer step of a committed round (module docstring)."""

@@ -40,6 +40,17 @@ def gloo_all_gather(buf: torch.Tensor, group: Any, wait: Wait, wake: Callable[..
     return out
 
 
+def all_to_all(parts: list[torch.Tensor], sizes: list[int], group: Any, wait: Wait,
+               wake: Callable[..., None]) -> list[torch.Tensor]:
+    """``parts[k]`` (flat uint8) to member k over a torch process group (gloo's or a
+    ``StreamsGroup``); returns what each member k sent here (``sizes[k]`` bytes), in rank order,
+    on the parts' device (the bytes travel through host memory: gloo's all-to-all is CPU-only)."""
+    out = torch.empty(sum(sizes), dtype=torch.uint8)
+    work = group.alltoall_base(out, torch.cat(parts).cpu(), list(sizes), [p.numel() for p in parts])
+    collect(work, wait, wake)
+    return list(out.to(parts[0].device).split(list(sizes)))
+
+
 class GroupBuilder:
     """Builds the quorum's gloo group in a thread; the training thread goes on meanwhile and is
     told by ``notify`` (called from the builder's thread) once the group is ready or failed."""

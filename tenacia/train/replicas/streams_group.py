@@ -2,8 +2,8 @@
 
 A ``StreamsGroup`` stands where a quorum's gloo group stands (``group.GroupBuilder`` makes one or
 the other, ``group.retire`` tears either down), with the part of a torch process group's API the
-sync strategies call: ``size``, ``allreduce([t])`` (sum in place), ``allgather([outs], [t])`` and
-``shutdown``. So the strategies, their fault tolerance and the ``Gather`` seam are the same on both
+sync strategies call: ``size``, ``rank``, ``allreduce([t])`` (sum in place), ``allgather([outs], [t])``,
+``alltoall_base(out, t, out_sizes, in_sizes)`` and ``shutdown``. So the strategies, their fault tolerance and the ``Gather`` seam are the same on both
 transports; only the wires differ (``tenacia.train.transport``: several TCP streams per peer, a
 direct reduce-scatter + all-gather, sums in rank order).
 
@@ -65,6 +65,9 @@ class StreamsGroup:
     def size(self) -> int:
         return len(self.mesh.members)
 
+    def rank(self) -> int:
+        return self.mesh.rank
+
     def _next_round(self) -> int:
         with self.lock:
             self.round += 1
@@ -89,6 +92,25 @@ class StreamsGroup:
                 out.copy_(torch.frombuffer(bytearray(got), dtype=t.dtype).view(t.shape))
 
         return Work(run, f"streams-allgather-{round_id}")
+
+    def alltoall_base(self, output: torch.Tensor, input: torch.Tensor, output_split_sizes: list[int],
+                      input_split_sizes: list[int]) -> Work:
+        """As torch's: slice k of ``input`` (``input_split_sizes`` along dim 0) to member k; what
+        member k sent here into slice k of ``output`` (``output_split_sizes``)."""
+        round_id = self._next_round()
+
+        def run() -> None:
+            data = input.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes()
+            row = input[:1].numel() * input.element_size() if input.numel() else 0
+            cuts = [0]
+            for size in input_split_sizes:
+                cuts.append(cuts[-1] + size * row)
+            got = self.mesh.alltoall([data[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)], round_id)
+            for out, blob in zip(output.split(output_split_sizes), got, strict=True):
+                if out.numel():  # a size other than expected raises here: the call fails
+                    out.copy_(torch.frombuffer(bytearray(blob), dtype=output.dtype).view(out.shape))
+
+        return Work(run, f"streams-alltoall-{round_id}")
 
     def shutdown(self) -> None:
         self.mesh.close()

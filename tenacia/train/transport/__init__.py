@@ -1,4 +1,4 @@
-"""A transport for long links: all-reduce and all-gather over several TCP streams per peer.
+"""A transport for long links: all-reduce, all-gather and all-to-all over several TCP streams per peer.
 
 Stock gloo keeps one TCP connection per peer and runs a ring: on a long, fat link it pays
 2 (R-1) one-way steps per all-reduce and keeps too little data in flight to fill the link
@@ -19,6 +19,7 @@ The seam for a sync strategy:
     mesh = Mesh.open(rank, addresses, listener, members, TransportConfig(streams=4))
     total = mesh.allreduce_sum(tensor, round_id)  # same shape and dtype on every member
     blobs = mesh.allgather(data, round_id)        # bytes of every member, in rank order
+    blobs = mesh.alltoall(parts, round_id)        # parts[k] to member k; what each sent here, in rank order
     mesh.close()                                  # or on a membership change: a new mesh
 
 Tensors are moved through host memory (a non-CPU tensor is copied to the CPU and back).

@@ -14,6 +14,8 @@ Schedule: direct, not a ring. For R members and N bytes:
   each. A ring sends the same bytes in 2 (R-1) dependent one-way steps, three round trips for
   R = 4: on a 100 ms link that is 200 ms more per call, and each step's transfer is too small to
   fill the link's bandwidth-delay product.
+- all-gather, all-to-all: each member sends its part for each peer to that peer directly (one
+  one-way trip); an all-gather is an all-to-all of the same bytes to everyone.
 """
 
 from __future__ import annotations
@@ -122,11 +124,17 @@ def _allreduce_large(mesh: Mesh, flat: torch.Tensor, round_id: int, deadline: fl
 
 
 def allgather(mesh: Mesh, data: bytes, round_id: int, deadline: float) -> list[bytes]:
+    return alltoall(mesh, [data] * len(mesh.members), round_id, deadline)
+
+
+def alltoall(mesh: Mesh, parts: list[bytes], round_id: int, deadline: float) -> list[bytes]:
+    """``parts[k]`` to member k, directly (one one-way trip); returns what each member sent to this
+    one, in rank order (its own part for itself). Sizes may differ."""
     ex = _exchange(mesh, round_id, deadline)
     peers = list(mesh.outbound)
     bufs: dict[int, memoryview] = {}
     for k in peers:
-        ex.send(k, WHOLE, memoryview(data))
+        ex.send(k, WHOLE, memoryview(parts[k]))
         ex.expect(k, [WHOLE])
 
     def targets(h: Header) -> memoryview:
@@ -135,4 +143,4 @@ def allgather(mesh: Mesh, data: bytes, round_id: int, deadline: float) -> list[b
         return _slot(bufs[h.sender], h)
 
     ex.run(targets, lambda h: None)
-    return [bytes(data) if k == mesh.rank else bytes(bufs.get(k, b"")) for k in range(len(mesh.members))]
+    return [bytes(parts[k]) if k == mesh.rank else bytes(bufs.get(k, b"")) for k in range(len(mesh.members))]

@@ -19,7 +19,7 @@ import time
 import torch
 
 from ..config import TransportConfig
-from .collectives import allgather, allreduce_sum
+from .collectives import allgather, allreduce_sum, alltoall
 from .frames import HELLO, Header, TransportError, header_size, unpack
 
 
@@ -93,6 +93,10 @@ class Mesh:
     def allgather(self, data: bytes, round_id: int) -> list[bytes]:
         """Every member's ``data``, in rank order (sizes may differ)."""
         return self._call(allgather, data, round_id)
+
+    def alltoall(self, parts: list[bytes], round_id: int) -> list[bytes]:
+        """``parts[k]`` to member k; what every member sent to this one, in rank order (sizes may differ)."""
+        return self._call(alltoall, parts, round_id)
 
     def _call(self, fn, payload, round_id: int):
         if self.closed:

@@ -57,14 +57,18 @@ class Group:
 
 class Member:
     def __init__(self, group: Group, rank: int):
-        self.group, self.rank = group, rank
+        self.group, self.index = group, rank
 
     def size(self) -> int:
         return self.group.n
 
-    def _meet(self, t: torch.Tensor) -> list[torch.Tensor]:
+    def rank(self) -> int:
+        return self.index
+
+    def _meet(self, t):
+        """Every member's ``t`` (a tensor, or a list of them), by rank."""
         g = self.group
-        g.slots[self.rank] = t.clone()
+        g.slots[self.index] = [p.clone() for p in t] if isinstance(t, list) else t.clone()
         g.barrier.wait()
         got = list(g.slots)
         g.barrier.wait()
@@ -83,6 +87,13 @@ class Member:
         for out, t in zip(outputs[0], self._meet(inputs[0]), strict=True):
             out.copy_(t)
         self.group.sent_bytes += inputs[0].numel()
+        return Done()
+
+    def alltoall_base(self, output, input, output_split_sizes, input_split_sizes):
+        got = self._meet(list(input.split(input_split_sizes)))
+        for out, parts in zip(output.split(output_split_sizes), got, strict=True):
+            out.copy_(parts[self.index])
+        self.group.sent_bytes += input.numel() - input_split_sizes[self.index]  # its own part stays here
         return Done()
 
 

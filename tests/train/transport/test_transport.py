@@ -87,6 +87,14 @@ def test_allgather_returns_every_members_bytes_in_rank_order():
 
 
 @pytest.mark.timeout(60)
+def test_alltoall_gives_each_member_what_every_member_sent_it():
+    group = meshes(3, streams=2)
+    # member k sends member j (10 k + j) repeated j + k times: sizes differ, and 0 -> 0 is empty
+    got = in_threads(lambda k: group[k].alltoall([bytes([10 * k + j]) * (j + k) for j in range(3)], 1), 3)
+    assert got == [[bytes([10 * k + j]) * (j + k) for k in range(3)] for j in range(3)]
+
+
+@pytest.mark.timeout(60)
 def test_another_group_or_round_or_size_is_refused():
     opened = meshes(2, members=[[1, 2], [1, 3]])
     assert all(isinstance(e, TransportError) and "group" in str(e) for e in opened)

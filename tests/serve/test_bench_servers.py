@@ -28,9 +28,13 @@ print(child.pid, flush=True)
 time.sleep(120)
 """
 
+# The driver takes Ctrl-C as an interactive bench does, whatever it inherited: a shell that starts
+# a job in the background without job control (`nohup make test &`) leaves SIGINT ignored, and
+# Python then keeps it ignored, so the SIGINT case would wait out its timeout.
 DRIVER = """
-import os, sys, time
+import os, signal, sys, time
 from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, os.path.join(sys.argv[1], "bench"))
 from serve_servers import Server, stopping_all
 log = Path(sys.argv[2])

@@ -6,15 +6,11 @@ a raised exchange leaving the residual as it was."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from tenacia.train.replicas.compress import Compressor
 from tenacia.train.replicas.compressed_reduce import (
@@ -28,6 +24,7 @@ from tenacia.train.replicas.compressed_reduce import (
 
 from .compressed_worker import CASES, N, inputs
 from .outer_harness import train
+from .worker_processes import run_workers
 
 WORKER = Path(__file__).with_name("compressed_worker.py")
 WORLD = 4
@@ -175,18 +172,7 @@ def test_a_raised_exchange_keeps_no_residual(tmp_path):
 
 @pytest.fixture(scope="module")
 def processes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("compressed")
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=LIMIT_S))
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(WORLD), f"127.0.0.1:{store.port}", str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(WORLD)]
-    try:
-        logs = [p.communicate(timeout=LIMIT_S)[0].decode() for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert all(p.returncode == 0 for p in procs), logs
-    return ([torch.load(out / f"{r}.pt") for r in range(WORLD)],
-            [torch.load(out / f"{r}-lost.pt") for r in range(WORLD - 1)])
+    return run_workers(WORKER, WORLD, tmp_path_factory.mktemp("compressed"), LIMIT_S)
 
 
 @pytest.mark.timeout(LIMIT_S + 30)

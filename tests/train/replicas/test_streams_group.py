@@ -2,16 +2,14 @@
 make the sync strategies' calls on gloo and on the streams transport, over real sockets; a member
 lost as an exchange starts makes the survivors' call raise at once, not at the transport's timeout."""
 
-import subprocess
-import sys
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from tenacia.train.transport import rank_order_sum
+
+from .worker_processes import run_workers
 
 WORKER = Path(__file__).with_name("streams_worker.py")
 WORLD = 3
@@ -20,18 +18,7 @@ LIMIT_S = 120
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("streams")
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=LIMIT_S))
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(WORLD), f"127.0.0.1:{store.port}", str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(WORLD)]
-    try:
-        logs = [p.communicate(timeout=LIMIT_S)[0].decode() for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert all(p.returncode == 0 for p in procs), logs
-    return ([torch.load(out / f"{r}.pt") for r in range(WORLD)],
-            [torch.load(out / f"{r}-lost.pt") for r in range(WORLD - 1)])
+    return run_workers(WORKER, WORLD, tmp_path_factory.mktemp("streams"), LIMIT_S)
 
 
 @pytest.mark.timeout(LIMIT_S + 30)

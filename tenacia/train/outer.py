@@ -19,6 +19,12 @@ as it was).
 committed round, the weight of the fragment it sends at the start of the next round under
 streaming's overlap (``replicas/diloco.py``). A checkpoint carries it (``own_tensors``); a heal
 does not (a newcomer trained nothing of what it holds: its weight is 0).
+
+``residual`` is this replica's own too: per fragment, the error-feedback residual of a compressed
+exchange (what it has not sent yet, ``replicas/compress.py``), kept when a round commits. A
+checkpoint carries it (``own.residual.<fragment>``), so a resumed run sends the bits the
+uninterrupted one would; a heal does not (what a replica had not sent is progress from global
+parameters it no longer holds).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from torch import nn
 from .config import OuterConfig
 
 OWN_TOKENS = "own.trained_tokens"  # the key of ``trained_tokens`` in a checkpoint's outer.safetensors
+OWN_RESIDUAL = "own.residual."  # + fragment: the keys of ``residual`` in a checkpoint's outer.safetensors
 
 
 def split_fragments(sizes: list[int], count: int) -> list[list[int]]:
@@ -58,6 +65,7 @@ class OuterState:
         self.fragments = split_fragments([p.numel() for p in self.params], fragments)
         self.optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
         self.trained_tokens = 0
+        self.residual: dict[int, torch.Tensor] = {}  # fragment -> what this replica has not sent yet
 
     def take_model(self, model: nn.Module) -> None:
         """The model's parameters become the global ones, with no momentum (a fresh start, or a
@@ -86,15 +94,26 @@ class OuterState:
         return out
 
     def own_tensors(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint adds to ``tensors()``: this replica's ``trained_tokens``."""
-        return {OWN_TOKENS: torch.tensor([self.trained_tokens], dtype=torch.int64)}
+        """What a checkpoint adds to ``tensors()``: this replica's ``trained_tokens`` and residuals."""
+        return {OWN_TOKENS: torch.tensor([self.trained_tokens], dtype=torch.int64),
+                **{f"{OWN_RESIDUAL}{f}": r for f, r in sorted(self.residual.items())}}
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         """Take ``tensors`` (``tensors()``'s form, with ``own_tensors()`` from a checkpoint) as this
-        state, bit for bit; ``ValueError`` when a global parameter is missing or of another shape."""
+        state, bit for bit (without ``own_tensors()``, as a heal: no trained tokens, no residuals);
+        ``ValueError`` when a global parameter is missing or of another shape, or a residual names
+        no fragment or is not of its fragment's size."""
         self.optimizer.state.clear()
         own = tensors.get(OWN_TOKENS)
         self.trained_tokens = int(own[0]) if own is not None else 0
+        self.residual = {}
+        for key, r in tensors.items():
+            if key.startswith(OWN_RESIDUAL):
+                f = key.removeprefix(OWN_RESIDUAL)
+                if not f.isdigit() or int(f) >= len(self.fragments) or r.numel() != self.fragment_size(int(f)):
+                    raise ValueError(f"outer state: '{key}' names no fragment of {len(self.fragments)} "
+                                     "or is not of its size")
+                self.residual[int(f)] = r.to(self.params[0].device, dtype=torch.float32).clone().reshape(-1)
         with torch.no_grad():
             for n, g in zip(self.names, self.params, strict=True):
                 src = tensors.get(f"{n}.global")
@@ -104,6 +123,10 @@ class OuterState:
                 buf = tensors.get(f"{n}.momentum_buffer")
                 if buf is not None:
                     self.optimizer.state[g] = {"momentum_buffer": buf.to(g.device).clone()}
+
+    def fragment_size(self, fragment: int) -> int:
+        """The number of elements in ``fragment``'s parameters."""
+        return sum(self.params[i].numel() for i in self.fragments[fragment])
 
     def fingerprint_tensors(self) -> list[torch.Tensor]:
         """What must be bit-identical across replicas after a commit: global parameters, then momenta."""

@@ -41,7 +41,8 @@ rest becomes the new global less the round's own progress (``LocalRound.origin``
 Streaming DiLoCo's delay is a few inner steps; here it is a
 whole round (the commit protocol applies a step only on the leader's verdict, after every
 member's reduce). Nothing is in flight between rounds: a checkpoint, written after a commit, holds
-all a resume needs (with this member's ``trained_tokens``), so a resumed round sends the same bits.
+all a resume needs (with this member's ``trained_tokens`` and error-feedback residuals,
+``OuterState``), so a resumed round sends the same bits.
 """
 
 from __future__ import annotations
@@ -76,7 +77,6 @@ class OuterRounds:
         self.eager = self.overlaps and o.eager
         self.outer = trainer.outer
         self.compressor = Compressor(o.quantize, o.block, o.topk, o.error_feedback)
-        self.residual: dict[int, torch.Tensor] = {}  # fragment -> what this member has not sent yet
         self.pending_residual: tuple[int, int, torch.Tensor] | None = None  # (step, fragment, residual)
         opt = cfg.optim
         inner_total = opt.schedule_steps(cfg.train.steps) * o.inner_steps
@@ -99,8 +99,8 @@ class OuterRounds:
         """``[d, t]``: round ``step``'s fragment's pseudo-gradient (global minus local) and the tokens."""
         ids = self.outer.fragments[self.fragment(step)]
         if grads.local is None or grads.step != step:
-            n = sum(self.outer.params[i].numel() for i in ids)
-            return torch.zeros(n + 1, dtype=torch.float32, device=self.outer.params[0].device)
+            return torch.zeros(self.outer.fragment_size(self.fragment(step)) + 1, dtype=torch.float32,
+                               device=self.outer.params[0].device)
         parts = [(self.outer.params[i] - grads.local[i]).reshape(-1) for i in ids]
         return torch.cat([*parts, torch.tensor([float(grads.tokens)], device=parts[0].device)])
 
@@ -111,8 +111,8 @@ class OuterRounds:
         ids = self.outer.fragments[self.fragment(step)]
         params = list(trainer.model.parameters())
         if not sharing:
-            n = sum(self.outer.params[i].numel() for i in ids)
-            return torch.zeros(n + 1, dtype=torch.float32, device=self.outer.params[0].device)
+            return torch.zeros(self.outer.fragment_size(self.fragment(step)) + 1, dtype=torch.float32,
+                               device=self.outer.params[0].device)
         with torch.no_grad():
             parts = [(self.outer.params[i] - params[i]).reshape(-1) for i in ids]
             tokens = torch.tensor([float(self.outer.trained_tokens)], device=parts[0].device)
@@ -189,10 +189,10 @@ class OuterRounds:
         f = self.fragment(step)
         self.pending_residual = None
         if self.scatters:
-            total, residual = reduce_scatter_compressed(self.compressor, flat[:-1], tokens, self.residual.get(f),
+            total, residual = reduce_scatter_compressed(self.compressor, flat[:-1], tokens, self.outer.residual.get(f),
                                                         group, wait, wake, self.all_to_all)
         else:
-            total, residual = all_gather_compressed(self.compressor, flat[:-1], tokens, self.residual.get(f),
+            total, residual = all_gather_compressed(self.compressor, flat[:-1], tokens, self.outer.residual.get(f),
                                                     group, wait, wake, self.gather)
         self.pending_residual = (step, f, residual)
         flat.copy_(total)
@@ -203,7 +203,7 @@ class OuterRounds:
         f = self.fragment(step)
         self._outer_step(self.outer, pending.grads, step)
         if self.pending_residual is not None and self.pending_residual[:2] == (step, f):
-            self.residual[f] = self.pending_residual[2]
+            self.outer.residual[f] = self.pending_residual[2]
         self.pending_residual = None
         trained = grads.local is not None and grads.step == step
         with torch.no_grad():

@@ -103,19 +103,22 @@ def load(run_dir: Path, *overrides: str) -> RunConfig:
 
 def train(run_dir: Path, replicas: int, *overrides: str,
           after_commit: Callable[[list[Trainer]], None] | None = None,
-          voted: Callable[..., None] | None = None) -> tuple[list[Trainer], list, Group]:
+          voted: Callable[..., None] | None = None, resume: bool = False) -> tuple[list[Trainer], list, Group]:
     """Train ``replicas`` in-process members to ``train.steps`` with the strategy the overrides
     name; returns the trainers, their strategies and the group (bytes each member sent).
     ``after_commit(trainers)`` runs after every member applied a step, as ``Replica.after_commit``;
     ``voted(step, trainers, syncs, locals, pendings)`` after every member reduced, before the
-    commit (where a member speculates, ``Replica.speculate``)."""
+    commit (where a member speculates, ``Replica.speculate``). ``resume``: each member first loads
+    its newest checkpoint, and the run goes on from the step it holds."""
     cfgs = [load(run_dir / f"r{r}", *overrides) for r in range(replicas)]
     trainers = [Trainer(c, source=f"replica:{r}", write_ledger=False) for r, c in enumerate(cfgs)]
+    if resume:
+        assert all(t.resume() for t in trainers) and len({t.step for t in trainers}) == 1
     syncs = [strategy(c, t) for c, t in zip(cfgs, trainers, strict=True)]
     locals_ = [s.local(t) for s, t in zip(syncs, trainers, strict=True)]
     group, cfg = Group(replicas), cfgs[0]
     members = [group.member(r) for r in range(replicas)]
-    for step in range(1, cfg.train.steps + 1):
+    for step in range(trainers[0].step + 1, cfg.train.steps + 1):
         t0 = trainers[0]
         start, batch = t0.sampler.position, t0.sampler.peek(cfg.step_samples)
         shares = even_shares(range(replicas), cfg.step_samples)

@@ -157,7 +157,7 @@ def test_a_raised_exchange_keeps_no_residual(tmp_path):
             "replicas.outer.exchange=reduce_scatter"]
     trainers, syncs, _ = train(tmp_path, 2, *over)
     sync = syncs[0]
-    kept = sync.residual[0].clone()
+    kept = sync.outer.residual[0].clone()
     assert kept.abs().sum() > 0  # the committed round left one
 
     def lost(*_):
@@ -167,7 +167,7 @@ def test_a_raised_exchange_keeps_no_residual(tmp_path):
     flat = torch.cat([torch.ones(kept.numel()), torch.tensor([8.0])])
     with pytest.raises(RuntimeError, match="peer closed"):
         sync.reduce(flat, Threads(2).member(0), None, None, 2)
-    assert sync.pending_residual is None and torch.equal(sync.residual[0], kept)
+    assert sync.pending_residual is None and torch.equal(sync.outer.residual[0], kept)
 
 
 @pytest.fixture(scope="module")

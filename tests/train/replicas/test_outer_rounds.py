@@ -183,6 +183,36 @@ def test_a_noise_corrected_inner_optimizer_resumes_bit_for_bit(tmp_path):
     assert any(k.endswith(".exp_avg_sq_own") for k in optimizer_tensors(again.model, again.optimizer))
 
 
+@pytest.mark.parametrize("exchange", ["all_gather", "reduce_scatter"])
+def test_a_compressed_run_resumed_from_its_checkpoint_sends_the_bits_of_the_uninterrupted_one(tmp_path, exchange):
+    """Error-feedback residuals are each replica's own state: a checkpoint carries them, so two
+    replicas stopped after round 2 of 4 and resumed end bit for bit where an uninterrupted run
+    ends (with the residuals dropped on resume they do not); a heal's load drops them."""
+    over = ["replicas.sync=diloco", "replicas.outer.quantize=int4", "replicas.outer.block=16", "train.steps=4",
+            f"replicas.outer.exchange={exchange}", "replicas.outer.inner_steps=2", "checkpoint.background=false"]
+
+    def save_at_2(trainers):
+        if trainers[0].step == 2:
+            for t in trainers:
+                t.save_checkpoint()
+
+    whole, _, _ = train(tmp_path / "whole", 2, *over)
+    train(tmp_path / "cut", 2, *over[:-4], "train.steps=2", *over[-3:], after_commit=save_at_2)
+    resumed, _, _ = train(tmp_path / "cut", 2, *over, resume=True)
+    assert resumed[0].outer.residual and resumed[0].outer.residual.keys() == whole[0].outer.residual.keys()
+    for a, b in zip(whole, resumed, strict=True):
+        assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True))
+        assert all(torch.equal(a.outer.residual[f], b.outer.residual[f]) for f in a.outer.residual)
+        own = b.outer.own_tensors()
+        b.outer.load(b.outer.tensors())  # as a heal: the global state, not this replica's own
+        assert b.outer.residual == {} and b.outer.trained_tokens == 0
+        b.outer.load(b.outer.tensors() | own)
+        assert torch.equal(b.outer.residual[0], a.outer.residual[0])
+    bad = resumed[0].outer.tensors() | {"own.residual.7": torch.zeros(3)}
+    with pytest.raises(ValueError, match="own.residual.7"):
+        resumed[0].outer.load(bad)
+
+
 def test_a_share_sized_to_speed_runs_more_or_fewer_inner_steps_of_the_even_size(tmp_path):
     """An inner batch holds what an even share puts in each of H steps (32 samples, 2 sharers, H = 4:
     4 samples), whatever the member's own share: a member given 24 (a faster one, speed.py) runs 6

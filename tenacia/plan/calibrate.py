@@ -99,7 +99,7 @@ def read_link_calibration(path: str | Path) -> LinkCalibration:
         {"link": {"rtt_ms": 100, "gbit_s": 0.1},  # the emulated link of every member (each its own)
          "members": 4,                             # replicas in each exchange: the ring's members
          "arms": [{"strategy": "diloco",           # ddp, diloco or streaming (a name; not checked)
-                   "compression": "int8",          # optional: fp32, int8, int4
+                   "compression": "int8",          # optional: fp32, int8, int4, int2
                    "inner_steps": 50,              # optional
                    "tokens_per_s": 950.0,          # the run with the link
                    "tokens_per_s_no_link": 1000.0, # the same arm with no delay and no rate limit

@@ -38,7 +38,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    "streaming (fragments in turn, overlapped)")
     p.add_argument("--inner-steps", help="H: inner steps per outer exchange (diloco, streaming)")
     p.add_argument("--fragments", help="F: fragments of a streaming exchange")
-    p.add_argument("--compression", help="outer exchange: fp32, int8 or int4 (diloco, streaming)")
+    p.add_argument("--compression", help="outer exchange: fp32, int8, int4 or int2 (diloco, streaming)")
+    p.add_argument("--exchange", help="how it travels: ring, all_gather or reduce_scatter (diloco, streaming)")
     p.add_argument("--topk", help="fraction of the outer exchange's elements sent (0: all)")
     p.add_argument("--rtt-ms", help="round trip between sites, ms")
     p.add_argument("--gbit-s", help="link rate between sites, Gbit/s")
@@ -52,7 +53,7 @@ FLAGS = {"model": "model", "fleet": "fleet", "tokens": "tokens", "batch": "globa
          "trials": "montecarlo.trials",
          "deadline_days": "montecarlo.deadline_days", "catalog": "catalog",
          "strategy": "sync.strategy", "inner_steps": "sync.inner_steps", "fragments": "sync.fragments",
-         "compression": "sync.compression", "topk": "sync.topk", "rtt_ms": "sync.link.rtt_ms",
+         "compression": "sync.compression", "exchange": "sync.exchange", "topk": "sync.topk", "rtt_ms": "sync.link.rtt_ms",
          "gbit_s": "sync.link.gbit_s"}
 SERVE_FLAGS = {"model": "model", "chip": "chip", "precision": "precision", "tp": "tp", "tpot_ms": "tpot_ms",
                "tokens_per_day": "demand.tokens_per_day", "input_len": "demand.input_len",

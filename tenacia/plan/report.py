@@ -106,11 +106,13 @@ def _sync_rows(y: dict) -> list[tuple[str, str]]:
     util = y["utilization"]
     shape = y["strategy"] + (f" H={y['inner_steps']}" if y["strategy"] != "ddp" else "") + (
         f" F={y['fragments']}" if y["strategy"] == "streaming" else "") + (
-        f", {y['compression']}" if y["strategy"] != "ddp" else "") + (f", top-k {y['topk']:g}" if y["topk"] else "")
+        f", {y['compression']} {y['exchange']}" if y["strategy"] != "ddp" else "") + (
+        f", top-k {y['topk']:g}" if y["topk"] else "")
     return [
         ("sync between sites", f"{shape} over {y['sites']} sites; link {link['rtt_ms']:g} ms round trip, "
                                f"{link['gbit_s']:g} Gbit/s x efficiency {link['efficiency']:.3g}; "
-                               f"{_num(y['exchange_gb'])} GB per site per round in {_num(y['exchange_s'])} s"),
+                               f"{_num(y['exchange_gb'])} GB payload per site per round, {_num(y['wire_gb'])} GB "
+                               f"sent, in {_num(y['exchange_s'])} s"),
         ("  compute utilization", f"lock-step {util['lockstep']:.1%}, work sized to speed {util['sized']:.1%} "
                                   f"(balance: {y['balance']}); token efficiency {y['token_efficiency']:.3g}: "
                                   f"{y['tokens_needed']:.3g} tokens for the budget's quality"),
@@ -150,10 +152,11 @@ def sync_table(s: dict, top: int = 0):
                         f"efficiency {link['efficiency']:.3g}; fastest to the token budget at equal quality first "
                         f"(balance {inputs['fleet']['balance']}: exposed s per round and cost under it); "
                         f"{len(shown)} of {len(s['candidates'])} candidates",
-                  caption="GB/round: one site's bytes per round of H inner steps; link s: that exchange on the link; "
+                  caption="outer: compression and exchange (ring, all_gather, reduce_scatter); GB sent: what one site "
+                          "sends over its link per round of H inner steps; link s: that exchange on the link; "
                           "util: tokens/s over the sites' solo tokens/s (no link, no sync), lock-step and with work "
                           "sized to each site's speed; token eff: budget / tokens for equal quality")
-    for col in ("strategy", "H", "F", "outer", "top-k", "GB/round", "link s", "exposed s", "util lock",
+    for col in ("strategy", "H", "F", "outer", "top-k", "GB sent", "link s", "exposed s", "util lock",
                 "util sized", "token eff", "days lock", "days sized", "cost"):
         table.add_column(col, justify="left" if col in ("strategy", "outer") else "right")
     for c in shown:
@@ -161,8 +164,8 @@ def sync_table(s: dict, top: int = 0):
         balance = "sized" if c["balance"] == "proportional" else "lockstep"
         table.add_row(c["strategy"], "1" if ddp else str(c["inner_steps"]),
                       str(c["fragments"]) if c["strategy"] == "streaming" else "-",
-                      "gradients" if ddp else c["compression"], f"{c['topk']:g}" if c["topk"] else "-",
-                      _num(c["exchange_gb"]), _num(c["exchange_s"]), _num(c["exposed_s_per_round"][balance]),
+                      "gradients" if ddp else f"{c['compression']} {c['exchange']}",
+                      f"{c['topk']:g}" if c["topk"] else "-", _num(c["wire_gb"]), _num(c["exchange_s"]), _num(c["exposed_s_per_round"][balance]),
                       f"{c['utilization']['lockstep']:.1%}", f"{c['utilization']['sized']:.1%}",
                       f"{c['token_efficiency']:.3f}", _num(c["days"]["lockstep"]), _num(c["days"]["sized"]),
                       f"${c['cost'][balance] / 1e6:,.1f}M")

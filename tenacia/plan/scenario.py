@@ -175,10 +175,11 @@ def estimate(plan: TrainPlan, chips: dict[str, Chip] | None = None) -> tuple[Tra
 
 def search_sync(plan: TrainPlan) -> tuple[list[Site], list[SyncEstimate]]:
     """Every candidate of ``plan.sync.search`` on the plan's sites, fastest to the token budget
-    at equal quality first (ties: fewer bytes over the link per token first)."""
+    at equal quality first (ties: fewer bytes sent over a site's link per token, then the shorter
+    exchange, first)."""
     sites, _ = _sites(plan, load_catalog(plan.catalog or None))
     found = [_sync(plan, sites, spec) for spec in candidates(plan.sync)]
-    return sites, sorted(found, key=lambda e: (e.days, e.bytes_per_token))
+    return sites, sorted(found, key=lambda e: (e.days, e.wire_bytes_per_token, e.exchange_s))
 
 
 def failures_for(plan: TrainPlan, est: TrainingEstimate, recovery: Recovery | None = None,

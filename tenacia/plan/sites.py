@@ -42,7 +42,7 @@ from .layout import Layout
 from .models import ModelSpec
 from .quality import token_efficiency
 from .search import search_layout
-from .sync import SyncSpec, exchange_bytes, exchange_s, exposed_per_round
+from .sync import SyncSpec, exchange_bytes, exchange_s, exposed_per_round, unmeasured, wire_bytes
 from .training import hardware_flops_per_token, model_flops_per_token
 
 
@@ -69,7 +69,8 @@ class SyncEstimate:
     sites: list[Site]
     balance: str
     tokens_round: float  # every site's tokens in one round of H inner steps
-    exchange_bytes: float  # one site's bytes in one round's exchange (every fragment; 0: one site)
+    exchange_bytes: float  # one site's payload in one round's exchange (every fragment; 0: one site)
+    wire_bytes: float  # what one site sends over its link in that exchange (its payload x the collective's copies)
     exchange_s: float  # that exchange on the link, fragments one after another
     exposed_lockstep: float  # communication a round cannot hide, lock-step
     exposed_sized: float  # and with work sized to speed (a shorter round hides less)
@@ -92,8 +93,13 @@ class SyncEstimate:
 
     @property
     def bytes_per_token(self) -> float:
-        """Bytes one site sends over the link per token the fleet trains."""
+        """One site's payload per token the fleet trains."""
         return self.exchange_bytes / self.tokens_round
+
+    @property
+    def wire_bytes_per_token(self) -> float:
+        """Bytes one site sends over its link per token the fleet trains."""
+        return self.wire_bytes / self.tokens_round
 
     def summary(self) -> dict:
         s = self.spec
@@ -101,10 +107,11 @@ class SyncEstimate:
                 "sized": self.tokens_needed / self.rate_sized / 86400}
         return {"strategy": s.strategy, "inner_steps": s.steps_per_round,
                 "fragments": s.fragments if s.strategy == "streaming" else 1, "compression": s.compression,
-                "topk": s.topk, "sites": len(self.sites), "balance": self.balance,
+                "exchange": s.exchange, "topk": s.topk, "sites": len(self.sites), "balance": self.balance,
                 "link": {"rtt_ms": s.link.rtt_ms, "gbit_s": s.link.gbit_s, "efficiency": s.link.efficiency},
-                "exchange_gb": self.exchange_bytes / 1e9, "exchange_s": self.exchange_s,
-                "bytes_per_token": self.bytes_per_token,
+                "exchange_gb": self.exchange_bytes / 1e9, "wire_gb": self.wire_bytes / 1e9,
+                "exchange_s": self.exchange_s, "bytes_per_token": self.bytes_per_token,
+                "wire_bytes_per_token": self.wire_bytes_per_token,
                 "exposed_s_per_round": {"lockstep": self.exposed_lockstep, "sized": self.exposed_sized},
                 "solo_tokens_per_s": self.solo_rate,
                 "tokens_per_s": {"lockstep": self.rate_lockstep, "sized": self.rate_sized},
@@ -171,9 +178,11 @@ def estimate_sync(sites: list[Site], spec: SyncSpec, model: ModelSpec, a: Assump
                                          a.dp_overlap) for rate in (lock, sized))
     parts = spec.fragments if spec.strategy == "streaming" else 1
     one = exchange_bytes(elements / parts, spec, a.grad_reduce_bytes)
-    eff = token_efficiency(spec.strategy, spec.steps_per_round, spec.compression, spec.topk, spec.quality)
+    eff = token_efficiency(spec.strategy, spec.steps_per_round, spec.compression, spec.exchange, spec.topk,
+                           spec.quality)
     return SyncEstimate(spec=spec, sites=sites, balance=balance, tokens_round=tokens_round,
                         exchange_bytes=parts * one if len(sites) > 1 else 0.0,
+                        wire_bytes=parts * wire_bytes(one, len(sites), spec),
                         exchange_s=parts * exchange_s(one, len(sites), spec),
                         exposed_lockstep=lock_x, exposed_sized=sized_x, solo_rate=sized,
                         rate_lockstep=synced_rate(tokens_round, lock, lock_x),
@@ -182,18 +191,23 @@ def estimate_sync(sites: list[Site], spec: SyncSpec, model: ModelSpec, a: Assump
 
 
 def candidates(spec: SyncSpec) -> list[SyncSpec]:
-    """Every strategy x inner steps x compression x top-k of ``spec.search`` (ddp once); the
-    streaming fragments capped at H."""
+    """Every strategy x inner steps x compression x exchange x top-k of ``spec.search`` (ddp
+    once, over the ring) whose form has a measured quality (``sync.unmeasured``); the streaming
+    fragments capped at H."""
     out = []
-    for strategy in spec.search.strategies:
+    search = spec.search
+    for strategy in search.strategies:
         if strategy == "ddp":
-            out.append(dataclasses.replace(spec, strategy="ddp", compression="fp32", topk=0.0))
+            out.append(dataclasses.replace(spec, strategy="ddp", compression="fp32", exchange="ring", topk=0.0))
             continue
-        for h in spec.search.inner_steps:
-            for compression in spec.search.compressions:
-                for k in spec.search.topk:
-                    out.append(dataclasses.replace(spec, strategy=strategy, inner_steps=h, compression=compression,
-                                                   topk=k, fragments=min(spec.fragments, h)))
+        for h in search.inner_steps:
+            for compression in search.compressions:
+                for exchange in search.exchanges:
+                    for k in search.topk:
+                        if unmeasured(compression, exchange, k) is None:
+                            out.append(dataclasses.replace(spec, strategy=strategy, inner_steps=h,
+                                                           compression=compression, exchange=exchange, topk=k,
+                                                           fragments=min(spec.fragments, h)))
     return out
 
 

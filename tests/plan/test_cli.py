@@ -101,7 +101,11 @@ def test_sync_answers_the_mixed_hopper_question(tmp_path, plan_from):
     assert out["inputs"]["sync"]["link"]["efficiency"] == pytest.approx(0.5)
     assert [s["site"] for s in out["sites"]] == ["h20-site", "h800-site", "h100-site"]
     found = out["candidates"]
-    assert len(found) == 1 + 2 * 5 * 3 * 2  # ddp once; diloco, streaming x H x compression x top-k
+    # ddp once; diloco, streaming x H x (4 compressions x 3 exchanges x 2 top-k, less dense int2 over
+    # the ring and the 4 top-k through the reduce-scatter: 19)
+    assert len(found) == 1 + 2 * 5 * 19
+    assert {(c["compression"], c["exchange"]) for c in found if not c["topk"]} >= {("int2", "reduce_scatter"),
+                                                                                  ("int2", "all_gather")}
     best, ddp = found[0], next(c for c in found if c["strategy"] == "ddp")
     assert best["strategy"] != "ddp" and best["utilization"]["sized"] > 0.9 > 0.05 > ddp["utilization"]["sized"]
     days = [c["days"]["sized"] for c in found]
@@ -123,6 +127,8 @@ def test_sync_answers_the_mixed_hopper_question(tmp_path, plan_from):
     (["train", "-c", "no-such-scenario"], "config file"),
     (["serve", "--tpot-ms", "0"], "tpot_ms"),
     (["sync", "--fleet", "h100:64@a+h100:64@b", "--gbit-s", "0"], "sync.link.gbit_s"),
+    (["train", "--fleet", "h100:64@a+h100:64@b", "--strategy", "diloco", "--exchange", "tree"], "sync.exchange"),
+    (["train", "--fleet", "h100:64@a+h100:64@b", "--strategy", "diloco", "--compression", "int2"], "sync.exchange"),
 ])
 def test_bad_input_exits_2_naming_the_field(args, field):
     proc = tenacia(*args, check=False)

@@ -17,11 +17,14 @@ Sections (one table each; all results go to bench/results/slow_links-<time>.json
   last (the machine drifts: each arm is judged against the two either side of it), and first the
   references: tenacia's ddp, whose eval
   loss at the budget is every arm's target, fixed before any arm runs, and the peers' DDP
-  (bench/peers/ddp_worker.py), which must come out the same: the peers train tenacia's workload,
+  (bench/peers/ddp_worker.py), which must come out the same (``--peers-ddp-tokens``: on the
+  budget's first tokens only, against tenacia ddp's eval there): the peers train tenacia's workload,
   written out by ``slow_links_workload.py`` (its samples in its order, its eval windows, model
   seed, AdamW, schedule and clipping), so the same model, data and seeds. Each arm's inner
   learning rate and outer step are chosen per strategy on a probe (``slow_links_tune.py``, other
-  seeds) and a torchft arm takes those of the tenacia arm it mirrors (``SETTINGS``). Then for each
+  seeds; ``--settings``: another budget's file, e.g. ``slow_links_settings_16x.json``, named in
+  the JSON with the settings each arm ran) and a torchft arm takes those of the tenacia arm it
+  mirrors (``slow_links_settings.py``). Then for each
   rate and round trip, each arm: tokens/s, compute utilization (tokens/s over the ceiling), bytes
   per token sent (at the forwarder), eval loss at the budget (equal tokens), the time to the
   target loss (from the first committed step; evals every ``--eval-every`` tokens' worth of
@@ -64,10 +67,11 @@ from results_file import write_results  # noqa: E402
 from slow_links_arms import (  # noqa: E402
     TENACIA_ARMS,
     TORCHFT_ARMS,
+    TORCHFT_AS,
     TORCHFT_FP32,
+    TWINS,
     ceiling_run,
     peers_reference,
-    settings_overrides,
     tenacia_common,
     tenacia_run,
     tenacia_steps,
@@ -75,6 +79,7 @@ from slow_links_arms import (  # noqa: E402
 )
 from slow_links_quotas import section_quotas  # noqa: E402
 from slow_links_report import goals, markdown, plot  # noqa: E402
+from slow_links_settings import SETTINGS_FILE, settings_overrides, use_settings  # noqa: E402
 from slow_links_workload import write_workload  # noqa: E402
 
 # diloco-int8 and streaming (fp32) run on --arms: int8 trained as fp32 did (docs/benchmarks.md)
@@ -142,8 +147,12 @@ def section_links(a: argparse.Namespace, out: Path, save: Any) -> dict[str, Any]
     res["workload_optim"] = write_workload([*tenacia_common(a), *settings_overrides("ddp"),
                                             *tenacia_steps("ddp", a, a.past)],
                                            round(a.tokens * a.past) // a.seq_len, a.workload)
-    res["peers_ddp"] = peers_reference(a, out / "ref-peers") if torchft else None
-    print(f"target (tenacia ddp) {res['target_tenacia']}; the peers' DDP on the same workload {res['peers_ddp']}")
+    res["peers_ddp"] = peers_reference(a, out / "ref-peers", a.peers_ddp_tokens) if torchft else None
+    res["peers_ddp_tokens"] = a.peers_ddp_tokens
+    # the check's other side: tenacia ddp's eval at the peers' last step (the target where that is the budget)
+    res["reference_at_peers_ddp"] = ref["evals_by_step"].get(a.peers_ddp_tokens // (a.replicas * a.batch * a.seq_len))
+    print(f"target (tenacia ddp) {res['target_tenacia']}; the peers' DDP on the same workload {res['peers_ddp']} "
+          f"after {a.peers_ddp_tokens:,} tokens (tenacia ddp there: {res['reference_at_peers_ddp']})")
     if torchft:
         res["torchft_note"] = TORCHFT_FP32
         print(TORCHFT_FP32, flush=True)
@@ -195,6 +204,12 @@ def main() -> None:
     p.add_argument("--rtts", default="0,100", help="round trips in ms (--full: 0,10,50,100,200)")
     p.add_argument("--ddp-link-tokens", type=int, default=204_800,
                    help="ddp over a link (and on quotas) trains this much of the budget only")
+    p.add_argument("--peers-ddp-tokens", type=int,
+                   help="the peers' DDP (a check that the peers train as tenacia does; with torchft arms) trains this "
+                        "much of the budget only, compared with tenacia ddp's eval there (default: the budget)")
+    p.add_argument("--settings", type=Path, default=SETTINGS_FILE,
+                   help="the arms' learning rates and outer steps, a file of slow_links_settings.json's form "
+                        "(a budget's own, e.g. bench/slow_links_settings_16x.json)")
     p.add_argument("--ceiling-tokens", type=int, default=204_800, help="the no-sync ceiling's and the solos' runs")
     p.add_argument("--eval-every", type=int, default=204_800, help="tokens between evals")
     p.add_argument("--eval-batches", type=int, default=8)
@@ -220,6 +235,17 @@ def main() -> None:
         p.error("--ddp-link-tokens must be a multiple of --eval-every: the shorter ddp is checked against its reference "
                 "at an eval both made")
     a.ddp_link_tokens = min(a.ddp_link_tokens, a.tokens)
+    a.peers_ddp_tokens = min(a.peers_ddp_tokens or a.tokens, a.tokens)
+    if a.peers_ddp_tokens % a.eval_every and a.peers_ddp_tokens != a.tokens:
+        p.error("--peers-ddp-tokens must be a multiple of --eval-every: the peers' DDP is checked against tenacia ddp's "
+                "eval there")
+    if not a.settings.exists():
+        p.error(f"--settings {a.settings}: no such file")
+    settings = use_settings(a.settings, TWINS)
+    unset = [x for x in ["ddp", *a.arms, *(["diloco"] if "quotas" in a.sections.split(",") else [])]
+             if TORCHFT_AS.get(x, x) not in settings]
+    if unset:
+        p.error(f"--settings {a.settings} has no settings for {sorted(set(unset))} (nor their twins')")
     a.rtts = [0, 10, 50, 100, 200] if a.full else [float(x) for x in a.rtts.split(",")]
     a.rates = [100, 1000] if a.full else [100]
     a.quotas = [float(x) for x in a.quotas.split(",")]
@@ -231,7 +257,9 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = ROOT / "bench" / "results" / f"slow_links-{stamp}"
     result: dict[str, Any] = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(),
-                              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}}
+                              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+                              "settings_file": str(a.settings),
+                              "settings": {x: settings[TORCHFT_AS.get(x, x)] for x in dict.fromkeys(["ddp", *a.arms])}}
     path = out.parent / f"slow_links-{stamp}.json"
     for section in a.sections.split(","):
 

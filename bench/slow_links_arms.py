@@ -27,6 +27,7 @@ sys.path[:0] = [str(ROOT), str(PEERS), str(ROOT / "bench")]
 
 from arms import Procs, lighthouse_port, records  # noqa: E402
 from faults import ensure_torchft_venv, worker_env  # noqa: E402
+from slow_links_settings import SETTINGS, SETTINGS_FILE, settings_overrides, use_settings  # noqa: E402
 
 from tenacia.events import read_events  # noqa: E402
 
@@ -54,6 +55,11 @@ TENACIA_ARMS = {
     "diloco-spec": ["replicas.sync=diloco", "replicas.outer.speculate=true"],
     "diloco-eager-spec": ["replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.eager=true",
                           "replicas.outer.speculate=true"],
+    # dense int2 (four levels a block) reduce-scattered, summed per chunk, re-quantized and all-gathered:
+    # about 1.5 compressed copies a member at R = 4 (replicas/compressed_reduce.py); and its speculative twin
+    "diloco-int2-rs": ["replicas.sync=diloco", "replicas.outer.quantize=int2", "replicas.outer.exchange=reduce_scatter"],
+    "diloco-spec-int2-rs": ["replicas.sync=diloco", "replicas.outer.quantize=int2",
+                            "replicas.outer.exchange=reduce_scatter", "replicas.outer.speculate=true"],
 }
 # ``<arm>-nc``: the arm with every member's inner AdamW fed the noise-corrected second moment
 # (``replicas.outer.inner_second_moment``, tenacia/train/second_moment.py); its settings are its twin's
@@ -61,36 +67,16 @@ NOISE_CORRECTED = ("diloco", "diloco-spec", "diloco-eager", "diloco-eager-spec",
 TENACIA_ARMS.update({f"{arm}-nc": [*TENACIA_ARMS[arm], "replicas.outer.inner_second_moment=noise_corrected"]
                      for arm in NOISE_CORRECTED})
 # an arm that trains the same bits as another (speculation changes when, not what) takes its settings
-TWINS = {"diloco-spec": "diloco", "diloco-eager-spec": "diloco-eager"}
+TWINS = {"diloco-spec": "diloco", "diloco-eager-spec": "diloco-eager", "diloco-spec-int2-rs": "diloco-int2-rs"}
 TWINS.update({f"{arm}-nc": TWINS.get(arm, arm) for arm in NOISE_CORRECTED})
 TOPK_ARMS = ("diloco-int4-topk", "diloco-int4-topk-nc")
-# Per arm: the inner AdamW's peak rate and the schedule's floor (``optim.lr``, ``optim.min_lr_ratio``)
-# and the outer step (lr, momentum), chosen on the probe bench/slow_links_tune.py (other seeds, the
-# same budget), run before the bench, which writes them to SETTINGS_FILE (docs/benchmarks.md); these
-# defaults (tenacia's own and DiLoCo's) where it has not run. A torchft arm takes the settings of
-# the tenacia arm it mirrors (``TORCHFT_AS``): the same model, data, seeds and hyperparameters.
-SETTINGS_FILE = ROOT / "bench" / "slow_links_settings.json"
-DILOCO = {"lr": 3e-3, "min_lr_ratio": 0.1, "outer_lr": 0.7, "outer_momentum": 0.9}
-AVERAGE = {**DILOCO, "outer_lr": 1.0, "outer_momentum": 0.0}
-SETTINGS: dict[str, dict[str, float]] = {
-    "ddp": {"lr": 3e-3, "min_lr_ratio": 0.1}, "diloco": DILOCO, "diloco-int8": DILOCO, "diloco-int4-topk": AVERAGE,
-    "streaming": DILOCO, "streaming-int4": DILOCO, "localsgd": AVERAGE, "diloco-overlap": DILOCO,
-    "diloco-eager": DILOCO, "streaming-int4-eager": DILOCO,
-    **(json.loads(SETTINGS_FILE.read_text())["settings"] if SETTINGS_FILE.exists() else {})}
-SETTINGS.update({arm: SETTINGS[twin] for arm, twin in TWINS.items()})
+# each arm's learning rates and outer step: bench/slow_links_settings.py (the bench's --settings picks the file)
+use_settings(SETTINGS_FILE, TWINS)
 TORCHFT_AS = {"torchft-diloco": "diloco", "torchft-streaming": "streaming", "torchft-localsgd": "localsgd"}
 TORCHFT_FP32 = ("torchft arms: fp32 exchange. torchft's quantized exchange is unavailable on CPU: Manager.allreduce "
                 "quantizes only when Triton is importable (torchft/quantization.py imports it) and otherwise sends fp32")
 EXIT_GRACE_S = 60.0  # how long a tenacia arm may take to exit after its last step
 TORCHFT_ARMS = tuple(TORCHFT_AS)
-
-
-def settings_overrides(arm: str) -> list[str]:
-    s = SETTINGS[arm]
-    out = [f"optim.lr={s['lr']:g}", f"optim.min_lr_ratio={s['min_lr_ratio']:g}"]
-    if "outer_lr" in s:
-        out += [f"replicas.outer.lr={s['outer_lr']:g}", f"replicas.outer.momentum={s['outer_momentum']:g}"]
-    return out
 
 
 def tenacia_common(a: argparse.Namespace) -> list[str]:
@@ -371,15 +357,15 @@ def torchft_run(arm: str, a: argparse.Namespace, out: Path, rtt_ms: float, rate_
     return r
 
 
-def peers_reference(a: argparse.Namespace, out: Path) -> float:
-    """The peers' DDP (torchrun, loopback) on the token budget, on tenacia's workload with ddp's
-    settings (``a.workload``): its final eval loss checks that both sides train alike (the target
-    is tenacia's ddp's)."""
+def peers_reference(a: argparse.Namespace, out: Path, tokens: int | None = None) -> float:
+    """The peers' DDP (torchrun, loopback) on the first ``tokens`` of the budget (default all of it),
+    on tenacia's workload with ddp's settings and the budget's schedule (``a.workload``): its eval
+    loss there checks that both sides train alike (the target is tenacia's ddp's)."""
     out.mkdir(parents=True, exist_ok=True)
     log = out / "workers.jsonl"
     log.unlink(missing_ok=True)
     env = worker_env(log, time.time() + a.timeout)
-    env["BENCH_STEPS"] = str(a.tokens // (a.replicas * a.batch * a.seq_len))
+    env["BENCH_STEPS"] = str((tokens or a.tokens) // (a.replicas * a.batch * a.seq_len))
     env["BENCH_WORKLOAD"] = str(a.workload)
     procs = Procs(out)
     try:

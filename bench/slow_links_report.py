@@ -39,7 +39,7 @@ from typing import Any
 
 GOAL_RTT_MS, GOAL_RATE_MBIT = 100, 100
 LOW_COMM = ("diloco", "diloco-int8", "diloco-int4-topk", "streaming", "streaming-int4", "diloco-overlap", "diloco-eager",
-            "streaming-int4-eager", "diloco-spec", "diloco-eager-spec",
+            "streaming-int4-eager", "diloco-spec", "diloco-eager-spec", "diloco-int2-rs", "diloco-spec-int2-rs",
             *(f"{a}-nc" for a in ("diloco", "diloco-spec", "diloco-eager", "diloco-eager-spec", "streaming-int4",
                                   "diloco-int4-topk")))
 
@@ -133,11 +133,14 @@ def markdown(result: dict[str, Any]) -> str:
     links = result.get("links")
     if links:
         ceilings = " and ".join(f"{c:,.0f}" for c in links.get("ceilings", []))
-        peers = links.get("peers_ddp", links.get("target_peers"))
-        lines += [f"Ceiling (no link, no sync): {links['ceiling_tokens_per_s']:,.0f} tokens/s on average (measured "
-                  f"before every arm and after the last: {ceilings}; each arm's utilization is over the two either "
-                  f"side of it). Target (tenacia ddp): {f(links['target_tenacia'], '.4f')}; the peers' DDP: "
-                  f"{f(peers, '.4f')}.", "",
+        peers = f(links.get("peers_ddp", links.get("target_peers")), ".4f")
+        if links.get("reference_at_peers_ddp") is not None and links.get("peers_ddp_tokens") != result["args"]["tokens"]:
+            peers += (f" after the budget's first {links['peers_ddp_tokens']:,} tokens (tenacia ddp there: "
+                      f"{links['reference_at_peers_ddp']:.4f})")
+        lines += [f"Ceiling (no link, no sync): {f(links.get('ceiling_tokens_per_s'), ',.0f')} tokens/s on average "
+                  f"(measured before every arm and after the last: {ceilings}; each arm's utilization is over the two "
+                  f"either side of it). Target (tenacia ddp): {f(links['target_tenacia'], '.4f')}; the peers' DDP: "
+                  f"{peers}.", "",
                   "| round trip | rate | arm | tokens/s | ceilings either side | utilization | of its members' own "
                   "speeds | bytes/token | eval loss | to target (s) | tokens to target | load |",
                   "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

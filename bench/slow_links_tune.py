@@ -13,7 +13,7 @@ prints each one's eval loss at the budget.
 
 The rule, nothing read from the bench's own runs: per strategy, the candidate with the lowest
 mean eval loss over the strategy's ``SELECTION_SEEDS`` (a candidate counts only once it ran on
-all of them), written to ``bench/slow_links_settings.json`` (``slow_links_arms.SETTINGS`` reads it)
+all of them), written to ``bench/slow_links_settings.json`` (``slow_links_settings.use_settings`` reads it)
 before the bench runs. ddp's rate sets every arm's target, so it is chosen on three seeds: on one
 (seed 1) 5e-3 beat 3e-3 by 3%, on the bench's seed 0 it lost by 5% (docs/benchmarks.md).
 diloco-int8 and streaming (fp32) take diloco's and streaming-int4's, diloco-overlap diloco's
@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "bench" / "peers")]
 
 from results_file import write_results  # noqa: E402
-from slow_links_arms import SETTINGS_FILE, TWINS, tenacia_run  # noqa: E402
+from slow_links_arms import TWINS, tenacia_run  # noqa: E402
+from slow_links_settings import SETTINGS_FILE  # noqa: E402
 
 SELECTION_SEEDS = {"ddp": (1, 2, 3)}  # every other strategy: (1,)
 H = 100  # bench/slow_links.py's --inner-steps
@@ -132,8 +133,9 @@ def select(rows: list[dict]) -> dict[str, dict]:
         k, v = min(plain, key=lambda kv: kv[1][1])
         best["localsgd"] = {"lr": k[1], "min_lr_ratio": k[2], "outer_lr": 1.0, "outer_momentum": 0.0, "mean": v[1],
                             "losses": {1: v[1]}}
-    for arm, twin in (("diloco-int8", "diloco"), ("streaming", "streaming-int4"), ("diloco-overlap", "diloco"),
-                      ("diloco-eager", "diloco"), ("streaming-int4-eager", "streaming-int4"), *TWINS.items()):
+    for arm, twin in (("diloco-int8", "diloco"), ("diloco-int2-rs", "diloco"), ("streaming", "streaming-int4"),
+                      ("diloco-overlap", "diloco"), ("diloco-eager", "diloco"), ("streaming-int4-eager", "streaming-int4"),
+                      *TWINS.items()):
         if twin in best and arm not in best:
             best[arm] = best[twin]
     return best

@@ -83,3 +83,14 @@ def test_tables_and_plot(tmp_path):
     assert "- solos concurrent: 600, 400 (sum 1,000; load 1.5, steal 2.0%)" in markdown(r)
     png = plot(r, tmp_path / "slow_links.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_int2_arms_are_judged_and_a_shorter_peers_check_is_named():
+    r = result(torchft_to_target=100.0)
+    r["links"]["runs"].append(run("diloco-spec-int2-rs", 100, 970, 0.25, 5.08, None))
+    assert judged(goals(r), ">= 1000x", "diloco-spec-int2-rs")["value"] == pytest.approx(4000.0)
+    assert judged(goals(r), "eval loss", "diloco-spec-int2-rs")["value"] == pytest.approx(0.016)
+    r["links"].update(peers_ddp=3.01, peers_ddp_tokens=51200, reference_at_peers_ddp=3.02)
+    assert "the peers' DDP: 3.0100 after the budget's first 51,200 tokens (tenacia ddp there: 3.0200)" in markdown(r)
+    del r["links"]["ceiling_tokens_per_s"]  # a run stopped before its last ceiling
+    assert "Ceiling (no link, no sync): - tokens/s" in markdown(r)

@@ -140,6 +140,15 @@ class SmallLinear:
                                      torch.get_num_threads())
         return y[:rows] if padded != rows else y
 
+    def rows_split(self, x: Tensor) -> Tensor:
+        """x: (rows, in) float32 -> (rows, out), the rows shared among the threads (a prefill)."""
+        x = x.contiguous()
+        y = torch.empty(x.size(0), self.out_features, dtype=torch.float32)
+        self._lib.tenacia_gemm_rows(x.data_ptr(), x.size(0), self.in_features, self.panels.data_ptr(),
+                                    self.out_features, self.bias.data_ptr() if self.bias is not None else None,
+                                    y.data_ptr(), torch.get_num_threads())
+        return y
+
 
 def _check(t: Tensor, name: str) -> None:
     if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():

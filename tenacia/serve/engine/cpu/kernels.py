@@ -10,7 +10,10 @@ panels, one 64-byte line per inner step, software prefetch far ahead) reads them
 whole decode step is shorter with it (measured in docs/serving.md, "Where a decode step's time
 went, and the decode kernels": ``bench/decode_kernels.py`` for the products alone,
 ``bench/serve_engine.py`` with and without ``--no-decode-kernels`` for the step). For more than
-``MAX_ROWS`` rows (prefill) MKL is as fast or faster and is used.
+``MAX_ROWS`` rows (prefill) the products are timed against MKL's and oneDNN's at start
+(``products.ProductChooser``); ``SmallLinear.rows_split`` runs the same panels with a prefill's
+rows dealt among the threads instead of the panels, where whole prefills are timed faster so
+(``prefill_path.py``).
 
 ``add_rms_norm``, ``rotary_``, ``silu_mul``, the elementwise work between the products: one call
 each where torch runs five to eight ops of a few microseconds (residual add and RMSNorm; rotary on

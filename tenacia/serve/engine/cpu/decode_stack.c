@@ -81,9 +81,9 @@ void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, 
 /* The same product with the rows shared among the threads instead of the panels, for a prefill's
  * many rows: each thread transposes its own contiguous rows (share) and runs them against every
  * panel, so that no thread reads a row of x or writes a row of y that another thread touches.
- * The elementwise kernels share a prefill's rows the same way (a static schedule: thread t's
- * rows m t / T .. m (t + 1) / T), so a row written by one of them is read here by the thread
- * that wrote it, from its own caches. */
+ * The elementwise kernels deal a prefill's rows in the same contiguous parts (OpenMP's static
+ * schedule: the same parts wherever T divides m, at most a row apart otherwise), so a row one of
+ * them wrote is read here by the thread that wrote it, from its own caches. */
 void tenacia_gemm_rows(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
                        int threads) {
   long panels = (n + 15) / 16;

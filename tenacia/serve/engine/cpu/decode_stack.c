@@ -82,7 +82,7 @@ void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, 
  * many rows: each thread transposes its own contiguous rows (share) and runs them against every
  * panel, so that no thread reads a row of x or writes a row of y that another thread touches.
  * The elementwise kernels deal a prefill's rows in the same contiguous parts (OpenMP's static
- * schedule: the same parts wherever T divides m, at most a row apart otherwise), so a row one of
+ * schedule: the same parts wherever T divides m, fewer than T rows apart otherwise), so a row one of
  * them wrote is read here by the thread that wrote it, from its own caches. */
 void tenacia_gemm_rows(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
                        int threads) {

@@ -5,7 +5,8 @@ modules, the tokenizer, FastAPI's routes, the engine's tables) that live as long
 CPython walks all of them in every collection of its oldest generation, which the allocations
 of serving set off from time to time: 70-90 ms in the engine process (a decode step or a prefill
 stalled) and ~100 ms in the HTTP process (every stream stalled), measured with
-``bench/ttft_parts.py``'s collection notes (docs/benchmarks.md, issue 12, 2026-12-04 20:50-21:40).
+``bench/ttft_parts.py``'s collection notes (docs/benchmarks.md, issue 12, "A prefill's rows dealt
+to the threads that wrote them; the start's objects out of the collector").
 ``gc.freeze()`` moves every object alive at that moment into a permanent generation that no
 collection walks; objects made later are collected as before. A cycle among the frozen objects
 is never freed: they are the process's start-up state, kept anyway.

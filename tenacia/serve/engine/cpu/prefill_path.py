@@ -13,10 +13,10 @@ Two ways, each the same float32 math in another summation order:
 
 Why whole prefills: a product timed alone finds its input in both cores' caches; in a prefill,
 a product whose threads share the columns reads every row of its input, half of them written by
-the other core. On the 2-core Zen 4 guest, whole 100-token prefills ran 0-9% faster with the
-rows shared (`avx512`; 14% for 40 and 64 tokens, level at 1,000), but 10% slower in the `avx2`
-build, whose panels are slower than oneDNN's products there (docs/benchmarks.md, issue 12,
-2026-12-04 20:50-21:40): so it is timed, not fixed.
+the other core. On the 2-core Zen 4 guest, whole 100-token prefills ran 1-9% faster with the
+rows shared in the `avx512` build (4-5% at 40 and 1,600 tokens, 1% slower at 1,000), but 6-7%
+slower in the `avx2` build, whose columns there are oneDNN's products (docs/benchmarks.md, issue
+12, "A prefill's rows dealt to the threads that wrote them"): so it is timed, not fixed.
 
 How: ``decode_path.race`` over whole prefills of one sequence of ``TOKENS`` new tokens on a cache
 of its own (freed after), the two ways in turns; the faster is kept (a tie goes to "products as

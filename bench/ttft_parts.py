@@ -25,6 +25,9 @@ warm the path and are not counted. Stages, in order:
   reader_got_deltas -> sse_yield the event loop takes it, the event stream yields the chunk
   sse_yield -> client_first      uvicorn writes it; the client reads and parses it
 
+Every garbage collection of the two server processes is noted too (generation, milliseconds,
+whether it began inside a counted TTFT).
+
 With ``--concurrency N`` (N > 1), two bursts of N requests of 64 tokens run at once and the
 engine process's loop is timed between its steps (step, the ``Deltas`` sent, the messages read).
 Prints the medians and writes bench/results/ttft-parts-<time>.json.
@@ -58,6 +61,23 @@ def mark(what: str) -> None:
         f.write(json.dumps([what, time.monotonic()]) + "\n")
 
 
+def note_collections(process: str) -> None:
+    """Note every garbage collection of this process: (``gc``, process, generation, start, ms)."""
+    import gc
+
+    started: list[float] = []
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[:] = [time.monotonic()]
+        elif started:
+            with open(os.environ[LOG_ENV], "a") as f:
+                f.write(json.dumps(["gc", started[0], process, info["generation"],
+                                    (time.monotonic() - started[0]) * 1e3]) + "\n")
+
+    gc.callbacks.append(callback)
+
+
 def timed(owner, name: str, before: str | None, after: str | None) -> None:
     """Wrap ``owner.name`` (a function or coroutine function) to note ``before`` and ``after``."""
     fn = getattr(owner, name)
@@ -85,6 +105,7 @@ def engine_worker(*args) -> None:
     """The engine process: the engine's stages wrapped, then tenacia's own ``worker_main``."""
     from tenacia.serve.engine import llm_engine, process_engine, runner
 
+    note_collections("engine")
     timed(llm_engine.LLMEngine, "add_request", "engine_add", None)
     timed(llm_engine.LLMEngine, "step", None, "step_end")
     timed(runner.ModelRunner, "run", "run_start", "run_end")
@@ -100,6 +121,7 @@ def serve(port: int, threads: int) -> int:
     from tenacia.serve.engine import process_engine
 
     process_engine.worker_main = engine_worker
+    note_collections("http")
     timed(api._Api, "chat", "chat_start", None)
     timed(api._Api, "render_chat", None, "render_chat_end")
     timed(api._Api, "encode", None, "encode_end")
@@ -193,6 +215,24 @@ def loop_times(events: list) -> dict[str, list[float]]:
     return out
 
 
+def collections_seen(notes: list) -> dict[str, dict]:
+    """Garbage collections per process and generation from the first request on (not the start's):
+    how many, their milliseconds, and how many began inside a counted request's TTFT (client_send
+    .. client_first, the first two left out)."""
+    begin = min((t for what, t, *_ in notes if what in ("client_send", "burst_start")), default=0.0)
+    sends = [t for what, t, *_ in notes if what == "client_send"][2:]
+    firsts = [t for what, t, *_ in notes if what == "client_first"][2:]
+    windows = list(zip(sends, firsts, strict=False))
+    out: dict[str, dict] = {}
+    for _, start, process, generation, ms in (n for n in notes if n[0] == "gc" and n[1] >= begin):
+        entry = out.setdefault(f"{process} gen {generation}", {"count": 0, "ms": 0.0, "largest_ms": 0.0, "in_ttft": 0})
+        entry["count"] += 1
+        entry["ms"] = round(entry["ms"] + ms, 3)
+        entry["largest_ms"] = round(max(entry["largest_ms"], ms), 3)
+        entry["in_ttft"] += any(a <= start <= b for a, b in windows)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--isa", default=None, help="TENACIA_ISA for the server (default: the engine's choice)")
@@ -230,13 +270,19 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(60)
-    events = sorted((tuple(json.loads(line)) for line in log.read_text().splitlines()), key=lambda e: e[1])
+    notes = sorted((tuple(json.loads(line)) for line in log.read_text().splitlines()), key=lambda e: e[1])
     log.unlink()
+    events = [e for e in notes if e[0] != "gc"]
     spans = loop_times(events) if args.concurrency > 1 else stage_times(events)
     medians = {k: round(statistics.median(v), 3) for k, v in spans.items()}
     for k, v in spans.items():
         print(f"{k:34s} median {medians[k]:8.3f} ms   max {max(v):8.3f}   n {len(v)}")
-    path = write_results("ttft-parts", {"setup": vars(args), "medians_ms": medians, "each_ms": spans})
+    gcs = collections_seen(notes)
+    for k, v in gcs.items():
+        print(f"gc {k:31s} {v['count']:4d} collections, {v['ms']:8.3f} ms in all, largest {v['largest_ms']:.3f}"
+              f", {v['in_ttft']} inside a counted TTFT")
+    path = write_results("ttft-parts", {"setup": vars(args), "medians_ms": medians, "each_ms": spans,
+                                        "collections": gcs})
     print(f"written {path.relative_to(ROOT)}")
     return 0
 

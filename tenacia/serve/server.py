@@ -25,6 +25,7 @@ import torch
 from .api import create_app
 from .config import ServeConfig
 from .engine.process_engine import ProcessEngine
+from .heap import freeze_start_objects
 from .metrics import ServeMetrics
 from .models import load_model
 
@@ -117,6 +118,7 @@ def serve(root: ServeConfig, *, announce: Callable[[str], None] | None = None) -
     server = uvicorn.Server(config)
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handlers it found; ours
     # only records it, so that a drained shutdown exits 0 instead of dying by the signal.
+    freeze_start_objects()
     caught: list[int] = []
     previous = {sig: signal.signal(sig, lambda s, _f: caught.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

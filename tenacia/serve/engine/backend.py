@@ -181,6 +181,10 @@ class TorchBackend:
         here layer by layer; the CPU kernels may give it one call for all its decoder layers
         (``cpu.decode_stack.DecodeStack``), chosen by timing (``cpu.decode_path``)."""
 
+    def arrange_prefill(self, model) -> None:
+        """Set how ``model``'s (a ``PackedLlama``) prefill products share the threads: here as
+        each product does; the CPU kernels may deal them the rows instead (``cpu.prefill_path``)."""
+
     def describe(self) -> tuple[str, str]:
         """(decode kernels, products) for the start-up line; "" where not applicable."""
         return (f"off ({self.why})" if self.why else ""), ""

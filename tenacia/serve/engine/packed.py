@@ -101,6 +101,7 @@ class PackedLlama:
         # (cpu/decode_stack.py, cpu/decode_path.py)
         self.decode_stack = None
         backend.arrange_decode(self)
+        backend.arrange_prefill(self)  # after the decode's way: it may have freed the kernels' panels
 
     def hidden(self, tokens: Tensor, positions: Tensor, cache: AttentionCache, decode: bool,
                keep: Tensor | None = None) -> Tensor:

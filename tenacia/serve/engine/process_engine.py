@@ -32,6 +32,7 @@ import torch
 
 from ...device_config import DeviceConfig
 from ..config import EngineConfig
+from ..heap import freeze_start_objects
 from .cpu.host import HUGE_PAGES_ENV
 from .llm_engine import ChoiceDelta, check_request
 from .messages import Abort, Add, Deltas, EngineInfo, Failed, Ready, StepFailed, Stop, Stopped
@@ -143,6 +144,7 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
         if cfg.warm_up:
             log.info("engine warm-up took %.2f s", engine.warm_up())
         engine.grammars.prepare()  # here, not in the middle of serving the first response_format
+        freeze_start_objects()
     except Exception as e:
         conn.send(Failed(f"{type(e).__name__}: {e}"))
         return

@@ -8,7 +8,8 @@
   elementwise work, the decode attention, a prefill's cache store and its attention of whole new
   sequences run in the kernels; a decode step's layers run in one call (``decode_stack.py``),
   layer by layer, or layer by layer with the prefill's products, whichever a whole step is timed
-  fastest in at start (``decode_path.py``).
+  fastest in at start (``decode_path.py``); a prefill's products deal the threads its columns or
+  its rows, whichever whole prefills are timed faster in at start (``prefill_path.py``).
 
 ``cpu_backend`` picks once, at the engine's start: ``KernelBackend`` where a build runs on this
 CPU and the model's shape suits it, else ``CpuBackend``; ``$TENACIA_ISA`` forces a build
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from ..backend import DecodeRows, TorchBackend
 from ..kv_cache import CacheSpec
-from . import decode_path
+from . import decode_path, prefill_path
 from . import kernels as dk
 from .decode_stack import DecodeStack
 from .products import PackedLinear, ProductChooser
@@ -67,6 +68,7 @@ class KernelBackend(CpuBackend):
         self.store_rows = kernels.store_rows
         self.greedy = kernels.argmax_rows
         self.stack_state = "no model built yet"  # what arrange_decode decided, for the start-up line
+        self.prefill_state = ""  # and arrange_prefill
 
     @staticmethod
     def supports(n_heads: int, spec: CacheSpec) -> str | None:
@@ -104,6 +106,15 @@ class KernelBackend(CpuBackend):
             return
         self.stack_state = decode_path.choose(model, stack, self.clock)
 
+    def arrange_prefill(self, model) -> None:
+        """Deal ``model``'s (a ``PackedLlama``) prefill products the rows rather than the columns
+        where whole prefills are timed faster so (``prefill_path.choose``); only with a product
+        chooser, and where every product still has the kernels' panels."""
+        if self.chooser is None:
+            return
+        why = prefill_path.why_not(model)
+        self.prefill_state = f"prefill {prefill_path.AS_TIMED}: {why}" if why else prefill_path.choose(model, self.clock)
+
     def causal_attention(self, q: Tensor, k: Tensor, v: Tensor, offset: int, n: int, count: int,
                          scale: float | None) -> Tensor:
         # scale is None here (1 / sqrt(hd), the kernel's): this backend runs grouped-query caches only
@@ -115,7 +126,8 @@ class KernelBackend(CpuBackend):
         return out.permute(1, 0, 2).unsqueeze(0)  # (1, H, count * n, hd), a view
 
     def describe(self) -> tuple[str, str]:
-        return (f"on ({self.kernels.isa}; {self.stack_state})",
+        prefill = f"; {self.prefill_state}" if self.prefill_state else ""
+        return (f"on ({self.kernels.isa}; {self.stack_state}{prefill})",
                 self.chooser.summary() if self.chooser is not None else "")
 
 

@@ -101,6 +101,7 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.tenacia_small_gemm.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     lib.tenacia_small_gemm.restype = None
+    lib.tenacia_gemm_rows.argtypes, lib.tenacia_gemm_rows.restype = lib.tenacia_small_gemm.argtypes, None
     p, i, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
     t = ctypes.c_int
     for name, args in (("tenacia_add_rms_norm", [p, p, p, f, p, i, i, t]), ("tenacia_rotary", [p, i, i, i, i, p, p, t]),

@@ -78,6 +78,30 @@ void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, 
   free(xt);
 }
 
+/* The same product with the rows shared among the threads instead of the panels, for a prefill's
+ * many rows: each thread transposes its own contiguous rows (share) and runs them against every
+ * panel, so that no thread reads a row of x or writes a row of y that another thread touches.
+ * The elementwise kernels deal a prefill's rows in the same contiguous parts (OpenMP's static
+ * schedule: the same parts wherever T divides m, fewer than T rows apart otherwise), so a row one of
+ * them wrote is read here by the thread that wrote it, from its own caches. */
+void tenacia_gemm_rows(const float *x, long m, long k, const float *p, long n, const float *bias, float *y,
+                       int threads) {
+  long panels = (n + 15) / 16;
+  float *xt = aligned_alloc(64, ((m * k + 16 * (long)threads) * sizeof(float) + 63) / 64 * 64);
+#pragma omp parallel num_threads(threads)
+  {
+    long r0, r1;
+    share(m, &r0, &r1);
+    float *mine = xt + (r0 * k + 16 * omp_get_thread_num() + 15) / 16 * 16; /* 64-byte aligned, apart */
+    if (r1 - r0 == 1) gemm_panels(x + r0 * k, 1, k, p, n, bias, y + r0 * n, 0, panels);
+    else if (r1 > r0) {
+      transpose_columns(x + r0 * k, r1 - r0, k, mine, 0, k);
+      gemm_panels(mine, r1 - r0, k, p, n, bias, y + r0 * n, 0, panels);
+    }
+  }
+  free(xt);
+}
+
 /* this thread's share of y = x . W^T + bias, x read through xt (the team transposes it first),
  * then a barrier */
 static inline void product(const float *x, float *xt, long rows, long k, const float *p, long n, const float *bias,

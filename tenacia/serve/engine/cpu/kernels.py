@@ -10,7 +10,10 @@ panels, one 64-byte line per inner step, software prefetch far ahead) reads them
 whole decode step is shorter with it (measured in docs/serving.md, "Where a decode step's time
 went, and the decode kernels": ``bench/decode_kernels.py`` for the products alone,
 ``bench/serve_engine.py`` with and without ``--no-decode-kernels`` for the step). For more than
-``MAX_ROWS`` rows (prefill) MKL is as fast or faster and is used.
+``MAX_ROWS`` rows (prefill) the products are timed against MKL's and oneDNN's at start
+(``products.ProductChooser``); ``SmallLinear.rows_split`` runs the same panels with a prefill's
+rows dealt among the threads instead of the panels, where whole prefills are timed faster so
+(``prefill_path.py``).
 
 ``add_rms_norm``, ``rotary_``, ``silu_mul``, the elementwise work between the products: one call
 each where torch runs five to eight ops of a few microseconds (residual add and RMSNorm; rotary on
@@ -139,6 +142,15 @@ class SmallLinear:
                                      self.bias.data_ptr() if self.bias is not None else None, y.data_ptr(),
                                      torch.get_num_threads())
         return y[:rows] if padded != rows else y
+
+    def rows_split(self, x: Tensor) -> Tensor:
+        """x: (rows, in) float32 -> (rows, out), the rows shared among the threads (a prefill)."""
+        x = x.contiguous()
+        y = torch.empty(x.size(0), self.out_features, dtype=torch.float32)
+        self._lib.tenacia_gemm_rows(x.data_ptr(), x.size(0), self.in_features, self.panels.data_ptr(),
+                                    self.out_features, self.bias.data_ptr() if self.bias is not None else None,
+                                    y.data_ptr(), torch.get_num_threads())
+        return y
 
 
 def _check(t: Tensor, name: str) -> None:

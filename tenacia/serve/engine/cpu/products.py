@@ -8,7 +8,10 @@ A ``PackedLinear`` holds one projection's weight in the layouts it can run in:
 - ``onednn``: oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, the layout
   torch's own compiler uses for CPU linears), where torch is built with oneDNN;
 - ``kernel``: the 16-column panels of the engine's decode kernels (``kernels.SmallLinear``), for
-  at most ``kernels.MAX_ROWS`` rows.
+  at most ``kernels.MAX_ROWS`` rows;
+- ``kernel-rows``: the same panels with a prefill's rows dealt among the threads rather than the
+  panels (``SmallLinear.rows_split``); never timed here, only set for every product at once by
+  ``prefill_path`` (whole prefills timed at start).
 Each layout checks itself against ``F.linear`` when it is built and is dropped if it disagrees.
 
 Which one runs is decided twice, for a decode step (``MAX_ROWS`` rows or fewer) and for a prefill
@@ -88,7 +91,7 @@ class PackedLinear:
     def drop_unused(self) -> None:
         """Free the layouts neither ``decode_impl`` nor ``prefill_impl`` names."""
         used = {self.decode_impl, self.prefill_impl}
-        if "kernel" not in used:
+        if not used & {"kernel", "kernel-rows"}:
             self.small = None
         if "mkl-packed" not in used:
             self.packed = None
@@ -138,6 +141,8 @@ class PackedLinear:
         """flat: (rows, in) -> (rows, out) with implementation ``impl``."""
         if impl == "kernel":
             return self.small(flat)
+        if impl == "kernel-rows":
+            return self.small.rows_split(flat)
         if impl == "mkl-packed":
             return torch.ops.mkl._mkl_linear(flat, self.packed, self._shape, self.bias, flat.size(0))
         if impl == "onednn":

@@ -222,6 +222,18 @@ def plot(result: dict[str, Any], png: Path) -> Path | None:
     return png
 
 
+def collective(arm: str, compression: str) -> str:
+    """The form an arm's exchange takes on the wire, in ``tenacia/plan/links.py``'s names: ddp's
+    gloo ring; the compressed exchange's direct all-gather (one one-way trip) or, for the ``-rs``
+    arms, its direct reduce-scatter (two); fp32 over the streams transport a direct reduce-scatter
+    then all-gather (two: every fp32 exchange of the bench is above its small-message size)."""
+    if arm.startswith("ddp"):
+        return "ring_allreduce"
+    if arm.endswith("-rs") or compression == "fp32" and "topk" not in arm:
+        return "reduce_scatter"
+    return "allgather"
+
+
 def calibration(result: dict[str, Any]) -> dict[str, Any] | None:
     """The run's tenacia arms at the goal's link in the schema of ``tenacia plan --calibrate-links``
     (``tenacia/plan/calibrate.py``): tokens/s with the link against the same arm at 0 ms round trip
@@ -244,8 +256,8 @@ def calibration(result: dict[str, Any]) -> dict[str, Any] | None:
             continue
         strategy = r["arm"].split("-")[0]
         per_exchange = round_tokens * (1 if strategy == "ddp" else a["inner_steps"])
-        arms.append({"strategy": strategy, "compression": "int4" if "int4" in r["arm"] else
-                     "int8" if "int8" in r["arm"] else "fp32",
+        compression = next((c for c in ("int2", "int4", "int8") if c in r["arm"]), "fp32")
+        arms.append({"strategy": strategy, "compression": compression, "collective": collective(r["arm"], compression),
                      "inner_steps": 1 if strategy == "ddp" else a["inner_steps"],
                      "tokens_per_s": r["tokens_per_s"], "tokens_per_s_no_link": near["tokens_per_s"],
                      "bytes_per_token": r["bytes_per_token"], "exchanges_per_token": 1 / per_exchange,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import ConfigError, check
 from ..events import read_events
+from .links import COLLECTIVES, trips
 
 SOURCES = {"detection_s": ("failure_detected", "detection_s"),
            "stall_s": ("quorum_changed", "stall_s"),
@@ -69,7 +70,7 @@ def read_calibration(run_dir: str | Path) -> Calibration:
 
 LINK_FIELDS = {"strategy": str, "tokens_per_s": float, "tokens_per_s_no_link": float, "bytes_per_token": float}
 LINK_OPTIONAL = {"compression": str, "inner_steps": int, "exchanges_per_token": float, "utilization": float,
-                 "overlapped": bool}
+                 "overlapped": bool, "collective": str}
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
@@ -106,10 +107,13 @@ def read_link_calibration(path: str | Path) -> LinkCalibration:
                    "bytes_per_token": 40.0,        # all members' bytes over the links per trained token
                    "exchanges_per_token": 1e-4,    # optional (default 0): collectives per trained token
                    "utilization": 0.93,            # optional: tokens/s over the solo, no-sync tokens/s
-                   "overlapped": false}]}          # optional (default: strategy == "streaming")
+                   "overlapped": false,            # optional (default: strategy == "streaming")
+                   "collective": "reduce_scatter"}]}  # optional (default ring_allreduce): one of
+                                                   # links.COLLECTIVES, the form each exchange took
 
     Per arm, the seconds the link adds per token, 1/tokens_per_s - 1/tokens_per_s_no_link, are
-    modelled as the ring's latency, exchanges_per_token x 2(members-1) x rtt/2, plus each member's
+    modelled as its collective's latency, exchanges_per_token x trips x rtt/2 (``links.trips``: a
+    ring all-reduce 2(members-1), a direct all-gather 1, the direct reduce-scatter 2), plus each member's
     bytes (bytes_per_token / members) at gbit_s x efficiency. The fit is least squares in
     1/efficiency over the arms whose exchange blocks (not ``overlapped``: what hides behind
     compute says nothing of the link's speed), capped at 1. Raises ConfigError naming the field
@@ -131,7 +135,6 @@ def read_link_calibration(path: str | Path) -> LinkCalibration:
     arms = data.get("arms")
     check(isinstance(arms, list) and bool(arms), f"{where}: arms", arms, "a non-empty list of measured arms")
     rate = gbit * 1e9 / 8
-    latency = 2 * (members - 1) * rtt / 2e3
     xs, ys, out = [], [], []
     for i, arm in enumerate(arms):
         at = f"{where}: arms[{i}]"
@@ -148,13 +151,16 @@ def read_link_calibration(path: str | Path) -> LinkCalibration:
         exchanges = _number(arm.get("exchanges_per_token", 0.0), f"{at}.exchanges_per_token", float)
         overlapped = arm.get("overlapped", arm["strategy"] == "streaming")
         check(isinstance(overlapped, bool), f"{at}.overlapped", overlapped, "true or false")
+        collective = arm.get("collective", "ring_allreduce")
+        check(collective in COLLECTIVES, f"{at}.collective", collective, f"one of {', '.join(COLLECTIVES)}")
+        latency = trips(collective, members) * rtt / 2e3
         extra = 1 / slow - 1 / fast
         x, y = nbytes / members / rate, extra - exchanges * latency
         used = not overlapped and x > 0 and y > 0
         if used:
             xs.append(x)
             ys.append(y)
-        out.append({"strategy": arm["strategy"], "compression": arm.get("compression"),
+        out.append({"strategy": arm["strategy"], "compression": arm.get("compression"), "collective": collective,
                     "extra_s_per_token": extra, "x": x, "latency_s_per_token": exchanges * latency,
                     "utilization": arm.get("utilization"), "used": used})
     check(bool(xs), f"{where}: arms", len(arms),

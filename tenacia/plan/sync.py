@@ -93,8 +93,11 @@ class SyncSpec:
     compression: str = "fp32"  # outer exchange: fp32, int8, int4 or int2
     exchange: str = "ring"  # how it travels: ring, all_gather or reduce_scatter (module docstring)
     topk: float = 0.0  # fraction of the elements sent each exchange (0: all, dense)
-    scale_block: int = 128  # quantized elements per fp32 scale
-    index_bytes: float = 4.0  # per kept element under top-k (an int32 index)
+    # quantized elements per fp32 scale, and top-k's block: the trainer's replicas.outer.block
+    scale_block: int = 256
+    # per kept element under top-k: its position in its block, a uint8 for blocks of at most 256
+    # as the trainer sends it (replicas/compress.py; int16 up to 32,768)
+    index_bytes: float = 1.0
     link: Link = field(default_factory=Link)
     quality: Quality = field(default_factory=Quality)
     search: SyncSearch = field(default_factory=SyncSearch)
@@ -111,7 +114,9 @@ class SyncSpec:
         check(self.overlap_steps >= 0, "overlap_steps", self.overlap_steps, "inner steps >= 0 (0: H/F)")
         check(0 <= self.topk < 1, "topk", self.topk, "a fraction of the elements kept in [0, 1) (0: dense)")
         check(self.scale_block >= 1, "scale_block", self.scale_block, "elements per scale >= 1")
-        check(self.index_bytes > 0, "index_bytes", self.index_bytes, "bytes per index > 0")
+        need = 1 if self.scale_block <= 256 else 2 if self.scale_block <= 32768 else 4
+        check(self.index_bytes >= need, "index_bytes", self.index_bytes,
+              f">= {need}: a position in a block of scale_block={self.scale_block} elements takes {need} byte(s)")
         if self.strategy == "ddp":
             check(self.compression == "fp32", "compression", self.compression,
                   "'fp32' with strategy 'ddp' (its gradients cross at assumptions.grad_reduce_bytes; "

@@ -101,3 +101,31 @@ def test_bad_link_calibration_names_the_field(tmp_path, edit, field):
     with pytest.raises(ConfigError) as e:
         read_link_calibration(path)
     assert e.value.field.endswith(field)
+
+
+def test_link_calibration_charges_each_collective_its_own_trips(tmp_path):
+    """A direct all-gather pays one one-way trip an exchange (50 ms at 100 ms), the direct
+    reduce-scatter two, gloo's ring 2 x 3: an arm measured with its own form's latency fits the
+    same efficiency as the ring's; charged the ring's six trips it would fit a faster link."""
+    rate, efficiency = 0.1e9 / 8, 0.4
+    arms = [{"strategy": "diloco", "compression": "int2", "collective": form, "tokens_per_s_no_link": 2000.0,
+             "tokens_per_s": 1 / (1 / 2000 + 1e-4 * trips * 0.05 + 10 / 4 / rate / efficiency),
+             "bytes_per_token": 10.0, "exchanges_per_token": 1e-4}
+            for form, trips in (("allgather", 1), ("reduce_scatter", 2), ("ring_allreduce", 6))]
+    path = tmp_path / "forms.json"
+    path.write_text(json.dumps({"link": {"rtt_ms": 100, "gbit_s": 0.1}, "members": 4, "arms": arms}))
+    cal = read_link_calibration(path)
+    assert cal.efficiency == pytest.approx(efficiency)
+    assert [a["collective"] for a in cal.arms] == ["allgather", "reduce_scatter", "ring_allreduce"]
+    for arm in cal.arms:
+        assert arm["fitted_extra_s_per_token"] == pytest.approx(arm["extra_s_per_token"])
+    wrong = json.loads(path.read_text())
+    for arm in wrong["arms"]:
+        arm.pop("collective")
+    path.write_text(json.dumps(wrong))
+    assert read_link_calibration(path).efficiency > efficiency
+    wrong["arms"][0]["collective"] = "tree"
+    path.write_text(json.dumps(wrong))
+    with pytest.raises(ConfigError) as e:
+        read_link_calibration(path)
+    assert e.value.field.endswith("arms[0].collective")

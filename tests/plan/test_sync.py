@@ -93,7 +93,7 @@ def test_all_gather_against_reduce_scatter_by_hand():
     reduce-scatter wins once 1.5 copies take longer than one trip, 1.5 x payload > 0.05 x 12.5e9,
     a payload over 0.417 GB."""
     link = Link(rtt_ms=100.0, gbit_s=100.0, efficiency=1.0)
-    ag, rs = (SyncSpec(strategy="diloco", compression="int2", exchange=e, link=link)
+    ag, rs = (SyncSpec(strategy="diloco", compression="int2", exchange=e, link=link, scale_block=128)
               for e in ("all_gather", "reduce_scatter"))
     small = exchange_bytes(1e9, ag, 2.0)  # 0.28125 GB
     assert small == exchange_bytes(1e9, rs, 2.0) == pytest.approx(0.28125e9)
@@ -243,7 +243,7 @@ def test_two_sites_of_different_speed(plan_from):
     assert ra == pytest.approx(32 * 2048 / a.lockstep.step_time_s) and ra > 3 * rb  # H100 against H20
     tokens_round = 100 * 64 * 2048
     # the exchange: 22.06e9 int8 values + scales per site, ring all-reduce over 2 sites
-    nbytes = 22.06e9 * (1 + 4 / 128)
+    nbytes = 22.06e9 * (1 + 4 / 256)
     assert sync.exchange_bytes == pytest.approx(nbytes)
     assert sync.wire_bytes == pytest.approx(nbytes)  # a ring all-reduce over 2 sends 2(R-1)/R = 1 copy
     link_s = 2 * 0.025 + nbytes / (10e9 / 8 * 0.7)
@@ -270,3 +270,14 @@ def test_one_site_of_mixed_chips_lockstep_against_sized(plan_from):
     assert sync.rate_sized == pytest.approx(proportional.tokens_per_s) == sync.solo_rate
     # 8 replicas of 8 H100 and 8 of 8 H20: lock-step runs all 16 at an H20's pace, 2 r20 / (r100 + r20)
     assert sync.rate_lockstep / sync.rate_sized < 0.5
+
+
+def test_top_k_positions_take_the_bytes_their_block_needs():
+    """The defaults are the trainer's (blocks of 256, a uint8 position each); a block a byte cannot
+    address with one-byte positions is a ConfigError naming index_bytes."""
+    spec = SyncSpec(strategy="diloco", compression="int4", exchange="all_gather", topk=0.25)
+    assert (spec.scale_block, spec.index_bytes) == (256, 1.0)
+    assert exchange_bytes(1024, spec, 2.0) == 256 * (0.5 + 4 / 256 + 1)
+    with pytest.raises(ConfigError) as e:
+        SyncSpec(strategy="diloco", compression="int4", exchange="all_gather", topk=0.25, scale_block=1024)
+    assert e.value.field == "index_bytes" and ">= 2" in str(e.value)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from slow_links_report import goals, markdown, plot  # noqa: E402
+from slow_links_report import calibration, goals, markdown, plot  # noqa: E402
 
 
 def run(arm, rtt, tps, bpt, loss, to_target, seconds=100.0):
@@ -94,3 +94,17 @@ def test_the_int2_arms_are_judged_and_a_shorter_peers_check_is_named():
     assert "the peers' DDP: 3.0100 after the budget's first 51,200 tokens (tenacia ddp there: 3.0200)" in markdown(r)
     del r["links"]["ceiling_tokens_per_s"]  # a run stopped before its last ceiling
     assert "Ceiling (no link, no sync): - tokens/s" in markdown(r)
+
+
+def test_the_planners_calibration_names_each_arms_form_on_the_wire():
+    """ddp pays gloo's ring; the compressed arms their direct all-gather, the -rs arms the direct
+    reduce-scatter; fp32 diloco the streams transport's reduce-scatter then all-gather."""
+    r = result(100.0)
+    r["args"].update(batch=8, seq_len=16, inner_steps=100)
+    r["links"]["reference"] = run("ddp", 0, 900, 1000.0, 5.0, 50.0)
+    r["links"]["runs"] += [run("diloco-int2-rs", 0, 990, 0.3, 5.1, None), run("diloco-int2-rs", 100, 950, 0.3, 5.1, 40.0),
+                           run("streaming-int4", 0, 990, 2.0, 5.2, None)]
+    cal = calibration(r)
+    forms = {(a["strategy"], a["compression"]): a["collective"] for a in cal["arms"]}
+    assert forms == {("ddp", "fp32"): "ring_allreduce", ("diloco", "fp32"): "reduce_scatter",
+                     ("streaming", "int4"): "allgather", ("diloco", "int2"): "reduce_scatter"}

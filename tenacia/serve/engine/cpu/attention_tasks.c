@@ -11,6 +11,18 @@ static void attend_task(const float *q, long q_row, const float *k, const float 
               lengths[b], scale, out + (b * H + kvh * G) * hd, G, hd);
 }
 
+/* The first block of keys and values of a task to come (KEYS of each, at most its length) toward
+ * L2, so that its start does not wait on memory: the task in hand streams its own a block ahead. */
+static inline void prefetch_task(const float *k, const float *v, long cap, const long *lengths, long KVH, long hd,
+                                 long task) {
+  long b = task / KVH, n = lengths[b] < KEYS ? lengths[b] : KEYS;
+  const char *kp = (const char *)(k + task * cap * hd), *vp = (const char *)(v + task * cap * hd);
+  for (long i = 0; i < n * hd * (long)sizeof(float); i += 64) {
+    __builtin_prefetch(kp + i, 0, 2);
+    __builtin_prefetch(vp + i, 0, 2);
+  }
+}
+
 void tenacia_decode_attention(const float *q, long q_row, const float *k, const float *v, long cap,
                               const long *lengths, long B, long H, long KVH, long hd, float scale, float *out,
                               int threads) {

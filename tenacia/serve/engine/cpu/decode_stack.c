@@ -140,6 +140,8 @@ void tenacia_decode_stack(long layers, const long *weights, long dim, long heads
   float *act = gu + rows * 2 * hidden, *d = act + rows * hidden;
   float *xt = (float *)(((uintptr_t)(d + rows * dim) + 63) & ~(uintptr_t)63);
   float scale = 1.0f / sqrtf((float)hd);
+  long taken[layers]; /* the attention's tasks taken so far, a counter a layer */
+  memset(taken, 0, sizeof taken);
   double called = NOW();
   (void)called;
 #pragma omp parallel num_threads(threads)
@@ -160,9 +162,14 @@ void tenacia_decode_stack(long layers, const long *weights, long dim, long heads
         store_kv_row(qkv + qd, qkv + qd + kvd, qkvn, r, kv_heads, hd, ck, cv, slots, mk, mv, cap, lengths);
       }
       STAGE_END(S_ROTARY_STORE);
-#pragma omp for schedule(dynamic, 1) nowait
-      for (long task = 0; task < rows * kv_heads; task++)
+      /* the tasks taken one at a time from a counter, as OpenMP's dynamic schedule would, but the
+       * next one taken before the one in hand is run, so that its first keys can be fetched */
+      for (long next = __atomic_fetch_add(taken + l, 1, __ATOMIC_RELAXED), task; next < rows * kv_heads;) {
+        task = next;
+        next = __atomic_fetch_add(taken + l, 1, __ATOMIC_RELAXED);
+        if (next < rows * kv_heads) prefetch_task(mk, mv, cap, lengths, kv_heads, hd, next);
         attend_task(qkv, qkvn, mk, mv, cap, lengths, heads, kv_heads, hd, scale, att, task);
+      }
       STAGE_END(S_ATTENTION);
       product(att, xt, rows, qd, w[W_WO], dim, 0, d, S_WO);
       for (long r = lo; r < hi; r++) norm_row(x + r * dim, d + r * dim, w[W_FFN_NORM], eps, h + r * dim, dim);

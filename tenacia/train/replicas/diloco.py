@@ -88,6 +88,9 @@ class OuterRounds:
         self.local_round = LocalRound(trainer.model, trainer.optimizer, o.inner_steps, lr, opt.grad_clip)
         if self.eager:
             self.local_round.begin = self.eager_start
+        self.delay = o.delay
+        if self.delay:
+            self.local_round.delay, self.local_round.base = self.delay, lambda: self.outer.round_end
 
     def local(self, trainer: Trainer) -> LocalRound:
         return self.local_round
@@ -212,6 +215,8 @@ class OuterRounds:
                 if v is not p:
                     p.copy_(v)
         self.outer.trained_tokens = grads.tokens if trained else 0
+        if self.delay:  # where the next round's first inner batches start (none trained: the new global)
+            self.outer.round_end = [v.clone() for v in grads.local] if trained else None
         grads.drop()
         samples = cfg.step_samples
         t.commit(pending.vote.start, list(pending.vote.batch), samples * cfg.data.seq_len, samples=samples)

@@ -35,6 +35,12 @@ model and the moments put back; the next ``compute`` takes them when they are it
 batches from the same start, bit for bit, and otherwise drops them (``speculated`` says which).
 The cuts of a share into inner batches do not depend on its length (``inner_batches``), so a share
 the leader resized at its end keeps them.
+
+The delayed outer step (``replicas.outer.delay`` = ``delay``): a round's first ``delay`` inner
+batches start from ``base()`` (this member's parameters at its last committed round's end) instead
+of the round's start, and are then rebased on it (``_rebase``: start + (trained - base)); a
+speculation of them (``speculate`` from ``base()`` with ``limit = delay``) is kept when its start is
+``base()`` bit for bit. ``base()`` None (nothing committed yet, a heal): the round starts plainly.
 """
 
 from __future__ import annotations

@@ -22,6 +22,14 @@ Contract:
   step as in any wait); the first inner batch runs in any case;
 - nothing is committed or recorded by it: the ledger records each sample once, when its round
   commits. One ``speculation`` event a round says what became of it (docs/events.md).
+
+The delayed outer step (``replicas.outer.delay``, diloco, in place of speculation) trains ahead
+earlier: right after the round's compute, beside its reduce (``begin_delayed``, ``train_ahead``),
+the next round's first ``delay`` inner batches from this member's own end of the round, which that
+round rebases on its start (``LocalRound``); the vote goes out between two of them once the reduce
+has landed. The same contract holds but the first point's: the batches ahead are an algorithm's
+(a delayed update), so the run is not plain diloco's, but it is the same bits whether they were
+trained ahead or by the round itself.
 """
 
 from __future__ import annotations

@@ -232,7 +232,7 @@ def main() -> None:
     p.add_argument("--inner-steps", type=int, default=100, help="H")
     p.add_argument("--fragments", type=int, default=4, help="streaming: fragments synced in turn")
     p.add_argument("--topk", type=float, default=0.03, help="the -topk arm: the fraction of each block sent")
-    p.add_argument("--delay", type=int, default=10,
+    p.add_argument("--delay", type=int, default=16,
                    help="the -delay arms: replicas.outer.delay, inner batches trained ahead before the rebase")
     p.add_argument("--rtts", default="0,100", help="round trips in ms (--full: 0,10,50,100,200)")
     p.add_argument("--ddp-link-tokens", type=int, default=204_800,

@@ -252,6 +252,7 @@ def main() -> None:
     p.add_argument("--block", type=int, default=d.block)
     p.add_argument("--no-error-feedback", action="store_true")
     p.add_argument("--nc", action="store_true", help="outer: the noise-corrected inner second moment")
+    p.add_argument("--delay", type=int, default=d.delay, help="outer: the delayed outer step's inner steps (tau)")
     a = p.parse_args()
     SETTINGS["diloco"]["lr"] = a.diloco_lr
     CORRECTED_BETA2, SCALE, TOKENS = a.corrected_beta2, a.scale, a.tokens
@@ -263,7 +264,7 @@ def main() -> None:
             spec = Spec(h=a.h, lr=a.diloco_lr, floor=a.floor, outer_lr=a.outer_lr, momentum=a.outer_momentum, fragments=a.fragments,
                         late=a.late, mix=a.mix, own=a.own, quantize=a.quantize, topk=a.topk, block=a.block,
                         error_feedback=not a.no_error_feedback, exchange=a.exchange,
-                        sum_feedback=a.sum_feedback, nc=a.nc)
+                        sum_feedback=a.sum_feedback, nc=a.nc, delay=a.delay)
             for r in run_outer(spec, a.seed, a.work):
                 rows.append({"variant": v, "seed": a.seed, "spec": asdict(spec), "scale": SCALE, **r,
                              "eval_loss": r["eval"], "seconds": time.monotonic() - t0})

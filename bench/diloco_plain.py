@@ -23,6 +23,10 @@ error feedback), the compressed exchange's stages (``compressed_reduce.py``),
   the last average the member applied (zeros before the first), e.g. ``1 / R``: its own fresh
   progress for its share of the average, the last known average for the others'.
 - Round 1 under ``mix`` and ``eager`` sends nothing (no round trained yet): no outer step.
+- ``delay`` (with ``late = "none"``, one fragment; tenacia's ``replicas.outer.delay``): the outer step
+  lands on the global parameters at the round's end as under ``none``, but each member goes on from
+  its own end-of-round parameters for the next round's first ``delay`` inner steps, then rebases
+  them: global + (own now - own at the round's end). Round 1 starts from the global parameters.
 
 Two evaluations at each budget: ``eval`` is what tenacia's run reports (``replicas/evals.py``: the
 global parameters under diloco and the eager step with one fragment, else member 0's model, which
@@ -93,12 +97,18 @@ class Spec:
     # the alternative to tenacia's dropping it (compressed_reduce.py says why; no tenacia setting)
     sum_feedback: bool = False
     nc: bool = False  # noise-corrected inner second moment
+    # late = "none" with one fragment: the delayed outer step (tenacia's replicas.outer.delay): a member's
+    # next round's first `delay` inner steps start from its own end-of-round parameters and are then
+    # rebased on the new global ones (global + own now - own at the round's end)
+    delay: int = 0
 
     def __post_init__(self) -> None:
         if self.late not in ("none", "mix", "eager"):
             raise ValueError(f"late must be 'none', 'mix' or 'eager', not {self.late!r}")
         if self.exchange not in ("all_gather", "reduce_scatter"):
             raise ValueError(f"exchange must be 'all_gather' or 'reduce_scatter', not {self.exchange!r}")
+        if self.delay and (self.late != "none" or self.fragments != 1 or not 0 < self.delay < self.h):
+            raise ValueError(f"delay must be in [0, h) and needs late='none' and one fragment, not {self.delay!r}")
 
     def compressor(self) -> Compressor:
         return Compressor(self.quantize, self.block, self.topk, self.error_feedback)
@@ -151,6 +161,7 @@ def train(t: Trainer, spec: Spec, rounds: int, every: int, corrected_beta2: floa
     rate = lambda i: lr_at(i, lr=spec.lr, warmup_steps=o.warmup_steps, total_steps=total, min_lr_ratio=spec.floor)  # noqa: E731
     trained = False  # has a round been trained (its progress at rest, to send under mix/eager)?
     last = [torch.zeros_like(g) for g in outer.params]  # the last average applied, per parameter
+    ends = None  # delay: each member's parameters at its last round's end
     rows = []
     for r in range(1, rounds + 1):
         f = (r - 1) % spec.fragments
@@ -161,7 +172,7 @@ def train(t: Trainer, spec: Spec, rounds: int, every: int, corrected_beta2: floa
                 for k in range(MEMBERS):
                     eager_start(outer, ms.params(k), ids, spec.own, last)
         origins = [[p.detach().clone() for p in ms.params(k)] for k in range(MEMBERS)] if spec.late == "eager" else None
-        inner_round(t, spec, ms, r, rate, dev)
+        inner_round(t, spec, ms, r, rate, dev, (lambda e=ends: rebase(outer, ms, e)) if ends else None)
         if spec.late == "none":
             sent = [at_rest(outer, ms.params(k), ids) for k in range(MEMBERS)]
         if spec.late == "none" or trained:
@@ -170,7 +181,9 @@ def train(t: Trainer, spec: Spec, rounds: int, every: int, corrected_beta2: floa
                 last[i] = d.view_as(outer.params[i]).clone()
             outer.step(f, avg)
         with torch.no_grad():
-            for k in range(MEMBERS):
+            # delay: every member goes on from its own parameters, rebased `delay` inner steps in
+            ends = [[p.detach().clone() for p in ms.params(k)] for k in range(MEMBERS)] if spec.delay else None
+            for k in range(MEMBERS if not spec.delay else 0):
                 for i in ids:
                     p, g = ms.params(k)[i], outer.params[i]
                     if spec.late == "none":
@@ -186,12 +199,15 @@ def train(t: Trainer, spec: Spec, rounds: int, every: int, corrected_beta2: floa
     return rows
 
 
-def inner_round(t: Trainer, spec: Spec, ms: Members, r: int, rate, dev) -> None:  # noqa: ANN001
-    """Every member's ``h`` inner steps of round ``r`` on its contiguous quarter of the round's samples."""
+def inner_round(t: Trainer, spec: Spec, ms: Members, r: int, rate, dev, land=None) -> None:  # noqa: ANN001
+    """Every member's ``h`` inner steps of round ``r`` on its contiguous quarter of the round's samples;
+    ``land()`` after the first ``spec.delay`` of them (the delayed outer step's rebase)."""
     h = spec.h
     round_ids = t.sampler.ids_at((r - 1) * h * MEMBERS * BATCH, h * MEMBERS * BATCH)
     clip = t.cfg.optim.grad_clip
     for j in range(h):
+        if land is not None and spec.delay and j == spec.delay:
+            land()
         i = (r - 1) * h + j + 1
         for k, (m, opt) in enumerate(zip(ms.models, ms.opts, strict=True)):
             q = round_ids[k * h * BATCH:(k + 1) * h * BATCH]
@@ -205,6 +221,15 @@ def inner_round(t: Trainer, spec: Spec, ms: Members, r: int, rate, dev) -> None:
             else:
                 compute_gradients(m, t.data.train.get(chunk), BATCH, len(chunk), dev)
                 apply_update(m, opt, rate(i), clip)
+
+
+def rebase(outer: OuterState, ms: Members, ends: list[list[torch.Tensor]]) -> None:
+    """``LocalRound._rebase``: each member's parameters, trained from its own ``ends``, become the
+    global ones plus what it trained since (global + own now - own at the round's end)."""
+    with torch.no_grad():
+        for k in range(MEMBERS):
+            for p, g, e in zip(ms.params(k), outer.params, ends[k], strict=True):
+                p.copy_(g + (p - e))
 
 
 def at_rest(outer: OuterState, params: list[torch.Tensor], ids: list[int]) -> torch.Tensor:
@@ -281,6 +306,8 @@ def evaluate(t: Trainer, spec: Spec, outer: OuterState, ms: Members) -> float:
 
 def flushed(t: Trainer, spec: Spec, outer: OuterState, ms: Members, comp: Compressor) -> float:
     """The global parameters after one more exchange of all that is at rest, plainly averaged."""
+    if spec.delay:  # the members' ends are averaged already: the global parameters hold everything sent
+        return load(t, outer.params)
     params = [g.clone() for g in outer.params]
     for f, ids in enumerate(outer.fragments):
         mean = exchange(comp, spec, ms, f, [at_rest(outer, ms.params(k), ids) for k in range(MEMBERS)], commit=False)

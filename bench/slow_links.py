@@ -24,7 +24,10 @@ Sections (one table each; all results go to bench/results/slow_links-<time>.json
   learning rate and outer step are chosen per strategy on a probe (``slow_links_tune.py``, other
   seeds; ``--settings``: another budget's file, e.g. ``slow_links_settings_16x.json``, named in
   the JSON with the settings each arm ran) and a torchft arm takes those of the tenacia arm it
-  mirrors (``slow_links_settings.py``). Then for each
+  mirrors (``slow_links_settings.py``). ``--reference-from``: tenacia's ddp is taken from an
+  earlier result of the same workload and ddp settings instead of trained again (9 minutes at 16x
+  the budget; ddp's bits depend on neither link nor time, and the ddp arm behind the link checks
+  its evals against it bit for bit). Then for each
   rate and round trip, each arm: tokens/s, compute utilization (tokens/s over the ceiling), bytes
   per token sent (at the forwarder), eval loss at the budget (equal tokens), the time to the
   target loss (from the first committed step; evals every ``--eval-every`` tokens' worth of
@@ -51,6 +54,7 @@ against round trip) drawn by bench/slow_links_report.py, which redoes them from 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -71,6 +75,7 @@ from slow_links_arms import (  # noqa: E402
     TORCHFT_FP32,
     TWINS,
     ceiling_run,
+    metrics,
     peers_reference,
     tenacia_common,
     tenacia_run,
@@ -79,7 +84,7 @@ from slow_links_arms import (  # noqa: E402
 )
 from slow_links_quotas import section_quotas  # noqa: E402
 from slow_links_report import goals, markdown, plot  # noqa: E402
-from slow_links_settings import SETTINGS_FILE, settings_overrides, use_settings  # noqa: E402
+from slow_links_settings import SETTINGS, SETTINGS_FILE, settings_overrides, use_settings  # noqa: E402
 from slow_links_workload import write_workload  # noqa: E402
 
 # diloco-int8 and streaming (fp32) run on --arms: int8 trained as fp32 did (docs/benchmarks.md)
@@ -126,6 +131,28 @@ def ddp_over_link(a: argparse.Namespace, where: Path, rtt: float, rate: float, r
             "evals_compared": len(both), "same_bits_as_reference": all(x == y for x, y in both) if both else None}
 
 
+# what must be equal for an earlier run's loopback ddp to be this run's (``--reference-from``)
+SAME_REFERENCE = ("replicas", "preset", "seq_len", "batch", "tokens", "eval_every", "eval_batches")
+
+
+def stored_reference(a: argparse.Namespace) -> dict[str, Any]:
+    """tenacia ddp on loopback from an earlier result (``--reference-from``, its JSON beside its
+    directory): ddp's bits depend on neither the link nor the time, so its target is this run's
+    when the workload and ddp's settings are; the ddp arm behind the link checks its evals against
+    these bit for bit (``same_bits_as_reference``). SystemExit when they differ."""
+    path = a.reference_from
+    stored = json.loads(path.with_suffix(".json").read_text())
+    differ = [k for k in SAME_REFERENCE if stored["args"][k] != getattr(a, k)]
+    if differ or stored["settings"]["ddp"] != SETTINGS["ddp"]:
+        raise SystemExit(f"--reference-from {path}: other {differ or 'ddp settings'} than this run")
+    ref = dict(stored["links"]["reference"])
+    _, evals = metrics(path / "links" / "ref-tenacia" / "run")
+    ref["evals_by_step"] = {e["step"]: e["eval_loss"] for e in evals}
+    if ref["evals_by_step"].get(max(ref["evals_by_step"])) != ref["eval_loss"]:
+        raise SystemExit(f"--reference-from {path}: its run directory's last eval is not its JSON's")
+    return ref
+
+
 def section_links(a: argparse.Namespace, out: Path, save: Any) -> dict[str, Any]:
     """The links section (module docstring). Other jobs share this machine's cores and the guest's
     own speed drifts (a ceiling moved 29% within 83 s): the ceiling is measured right before every
@@ -138,8 +165,12 @@ def section_links(a: argparse.Namespace, out: Path, save: Any) -> dict[str, Any]
         return ceilings[-1]
 
     res: dict[str, Any] = {"ceilings": ceilings, "ddp_note": DDP_NOTE}
-    ref = tenacia_run("ddp", a, out / "ref-tenacia", None, 0, None, None)
-    ref["evals_by_step"] = {e["step"]: e["eval_loss"] for e in ref.pop("evals", [])}
+    if a.reference_from:
+        ref = stored_reference(a)
+        res["reference_from"] = str(a.reference_from)
+    else:
+        ref = tenacia_run("ddp", a, out / "ref-tenacia", None, 0, None, None)
+        ref["evals_by_step"] = {e["step"]: e["eval_loss"] for e in ref.pop("evals", [])}
     res["target_tenacia"] = ref.get("eval_loss")
     res["reference"] = {k: v for k, v in ref.items() if k != "evals_by_step"}
     torchft = [x for x in a.arms if x in TORCHFT_ARMS]
@@ -201,6 +232,8 @@ def main() -> None:
     p.add_argument("--inner-steps", type=int, default=100, help="H")
     p.add_argument("--fragments", type=int, default=4, help="streaming: fragments synced in turn")
     p.add_argument("--topk", type=float, default=0.03, help="the -topk arm: the fraction of each block sent")
+    p.add_argument("--delay", type=int, default=16,
+                   help="the -delay arms: replicas.outer.delay, inner batches trained ahead before the rebase")
     p.add_argument("--rtts", default="0,100", help="round trips in ms (--full: 0,10,50,100,200)")
     p.add_argument("--ddp-link-tokens", type=int, default=204_800,
                    help="ddp over a link (and on quotas) trains this much of the budget only")
@@ -210,6 +243,9 @@ def main() -> None:
     p.add_argument("--settings", type=Path, default=SETTINGS_FILE,
                    help="the arms' learning rates and outer steps, a file of slow_links_settings.json's form "
                         "(a budget's own, e.g. bench/slow_links_settings_16x.json)")
+    p.add_argument("--reference-from", type=Path,
+                   help="an earlier result's directory (bench/results/slow_links-<time>): its loopback ddp is this "
+                        "run's reference and target instead of training it again (the same workload and ddp settings)")
     p.add_argument("--ceiling-tokens", type=int, default=204_800, help="the no-sync ceiling's and the solos' runs")
     p.add_argument("--eval-every", type=int, default=204_800, help="tokens between evals")
     p.add_argument("--eval-batches", type=int, default=8)

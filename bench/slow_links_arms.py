@@ -60,7 +60,13 @@ TENACIA_ARMS = {
     "diloco-int2-rs": ["replicas.sync=diloco", "replicas.outer.quantize=int2", "replicas.outer.exchange=reduce_scatter"],
     "diloco-spec-int2-rs": ["replicas.sync=diloco", "replicas.outer.quantize=int2",
                             "replicas.outer.exchange=reduce_scatter", "replicas.outer.speculate=true"],
+    # the same exchange with the delayed outer step (replicas.outer.delay = the bench's --delay): a member
+    # trains the next round's first inner batches from its own end of the round while the exchange, vote
+    # and verdict fly, then rebases them on the new global parameters (docs/sync.md)
+    "diloco-delay-int2-rs": ["replicas.sync=diloco", "replicas.outer.quantize=int2",
+                             "replicas.outer.exchange=reduce_scatter"],
 }
+DELAY_ARMS = ("diloco-delay-int2-rs",)
 # ``<arm>-nc``: the arm with every member's inner AdamW fed the noise-corrected second moment
 # (``replicas.outer.inner_second_moment``, tenacia/train/second_moment.py); its settings are its twin's
 NOISE_CORRECTED = ("diloco", "diloco-spec", "diloco-eager", "diloco-eager-spec", "streaming-int4", "diloco-int4-topk")
@@ -108,8 +114,9 @@ def tenacia_steps(arm: str, a: argparse.Namespace, past: float = 1.0) -> list[st
     per_step = a.tokens // budget
     eval_every = max(1, a.eval_every // per_step)
     topk = [f"replicas.outer.topk={a.topk}"] if arm in TOPK_ARMS else []
+    delay = [f"replicas.outer.delay={a.delay}"] if arm in DELAY_ARMS else []
     return [f"train.batch_size={a.replicas * a.batch}", f"train.steps={round(budget * past)}",
-            f"optim.decay_steps={budget}", f"train.eval_every={eval_every}", *topk]
+            f"optim.decay_steps={budget}", f"train.eval_every={eval_every}", *topk, *delay]
 
 
 def link_flags(rtt_ms: float, rate_mbit: float) -> list[str]:

@@ -40,6 +40,7 @@ from typing import Any
 GOAL_RTT_MS, GOAL_RATE_MBIT = 100, 100
 LOW_COMM = ("diloco", "diloco-int8", "diloco-int4-topk", "streaming", "streaming-int4", "diloco-overlap", "diloco-eager",
             "streaming-int4-eager", "diloco-spec", "diloco-eager-spec", "diloco-int2-rs", "diloco-spec-int2-rs",
+            "diloco-delay-int2-rs",
             *(f"{a}-nc" for a in ("diloco", "diloco-spec", "diloco-eager", "diloco-eager-spec", "streaming-int4",
                                   "diloco-int4-topk")))
 

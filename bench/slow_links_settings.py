@@ -21,8 +21,9 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "streaming": DILOCO, "streaming-int4": DILOCO, "localsgd": AVERAGE, "diloco-overlap": DILOCO,
     "diloco-eager": DILOCO, "streaming-int4-eager": DILOCO}
 # an arm added after a file's probe, with no entry of its own, takes the settings its own probes ran
-# on: the plain loop's int2 reduce-scatter probes ran on diloco's (docs/benchmarks.md, 18:45)
-UNTUNED = {"diloco-int2-rs": "diloco"}
+# on: the plain loop's int2 reduce-scatter probes ran on diloco's (docs/benchmarks.md, 18:45), its
+# delayed outer step's on the int2 reduce-scatter's (docs/benchmarks.md, 2026-12-05)
+UNTUNED = {"diloco-int2-rs": "diloco", "diloco-delay-int2-rs": "diloco-int2-rs"}
 SETTINGS: dict[str, dict[str, float]] = {}  # the settings in use (``use_settings``)
 
 
@@ -33,7 +34,9 @@ def use_settings(path: Path, twins: dict[str, str]) -> dict[str, dict[str, float
     An arm still without settings has none: ``settings_overrides`` raises KeyError for it."""
     SETTINGS.clear()
     SETTINGS.update(json.loads(path.read_text())["settings"] if path.exists() else DEFAULTS)
-    SETTINGS.update({arm: SETTINGS[src] for arm, src in UNTUNED.items() if arm not in SETTINGS and src in SETTINGS})
+    for arm, src in UNTUNED.items():  # in order: an arm may take one this filled
+        if arm not in SETTINGS and src in SETTINGS:
+            SETTINGS[arm] = SETTINGS[src]
     SETTINGS.update({arm: SETTINGS[twin] for arm, twin in twins.items() if twin in SETTINGS})
     return SETTINGS
 

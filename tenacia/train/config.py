@@ -151,6 +151,13 @@ class OuterConfig:
     # from the start the commit would give; kept when the committed round's start, batch and share
     # are bit for bit those it assumed, otherwise redone with its inner moments restored (docs/sync.md)
     speculate: bool = False
+    # diloco only, in place of speculate: the delayed outer step (Streaming DiLoCo's tau, Douillard
+    # et al. 2025). Once a member's round r is trained it sends its pseudo-gradient and trains round
+    # r + 1's first `delay` inner batches from its own end-of-round parameters while the exchange,
+    # vote and verdict fly; then rebases them on the commit: parameters = new global + (own now - own
+    # at round r's end). 0: off (the round starts from the new global). Less than inner_steps; a
+    # member's own end-of-round parameters are in its checkpoint (docs/sync.md)
+    delay: int = 0
     # What carries the outer exchange: "gloo" (torch's process group, one TCP connection per peer)
     # or "streams" (tenacia's long-link transport: several streams per peer, one round trip)
     transport: str = "gloo"
@@ -173,6 +180,8 @@ class OuterConfig:
         check(0 <= self.mix <= 1, "mix", self.mix, "a number in [0, 1] (0: the global parameters replace the local)")
         check_choice("transport", self.transport, OUTER_TRANSPORTS)
         check_choice("inner_second_moment", self.inner_second_moment, SECOND_MOMENTS)
+        check(isinstance(self.delay, int) and 0 <= self.delay < self.inner_steps, "delay", self.delay,
+              f"an integer in [0, inner_steps = {self.inner_steps}) (0: off)")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -230,6 +239,9 @@ class ReplicaConfig:
               self.outer.eager, "false unless replicas.sync='streaming' with outer.overlap (the step it makes early is the overlap's)")
         check(not self.outer.speculate or self.sync == "diloco" or self.outer.eager, "outer.speculate",
               self.outer.speculate, "false unless replicas.sync='diloco' or outer.eager (the mix's start is not known early)")
+        check(not self.outer.delay or (self.sync == "diloco" and not self.outer.speculate), "outer.delay",
+              self.outer.delay, "0 unless replicas.sync='diloco' without outer.speculate (its inner batches ahead "
+              "take the speculation's place)")
         check(self.lease == "dir" or self.lease.startswith("etcd://"), "lease", self.lease,
               "'dir' or 'etcd://HOST:PORT[/PREFIX]'")
         check(isinstance(self.lease_ttl_s, int) and self.lease_ttl_s >= 2, "lease_ttl_s", self.lease_ttl_s,

@@ -25,6 +25,13 @@ exchange (what it has not sent yet, ``replicas/compress.py``), kept when a round
 checkpoint carries it (``own.residual.<fragment>``), so a resumed run sends the bits the
 uninterrupted one would; a heal does not (what a replica had not sent is progress from global
 parameters it no longer holds).
+
+``round_end`` is this replica's own as well, under the delayed outer step only
+(``replicas.outer.delay``): its parameters at the end of its last committed round, where the next
+round's first ``delay`` inner batches start before they are rebased on the new global parameters
+(``replicas/local_round.py``). A checkpoint carries it (``own.round_end.<param>``), so a resumed
+round trains the bits the uninterrupted one did; a heal does not (the newcomer starts its next
+round from the global parameters, its donor's un-averaged progress dropped).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from .config import OuterConfig
 
 OWN_TOKENS = "own.trained_tokens"  # the key of ``trained_tokens`` in a checkpoint's outer.safetensors
 OWN_RESIDUAL = "own.residual."  # + fragment: the keys of ``residual`` in a checkpoint's outer.safetensors
+OWN_ROUND_END = "own.round_end."  # + parameter name: the keys of ``round_end`` in a checkpoint's outer.safetensors
 
 
 def split_fragments(sizes: list[int], count: int) -> list[list[int]]:
@@ -66,6 +74,7 @@ class OuterState:
         self.optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
         self.trained_tokens = 0
         self.residual: dict[int, torch.Tensor] = {}  # fragment -> what this replica has not sent yet
+        self.round_end: list[torch.Tensor] | None = None  # delay only: own parameters at its last round's end
 
     def take_model(self, model: nn.Module) -> None:
         """The model's parameters become the global ones, with no momentum (a fresh start, or a
@@ -94,16 +103,25 @@ class OuterState:
         return out
 
     def own_tensors(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint adds to ``tensors()``: this replica's ``trained_tokens`` and residuals."""
+        """What a checkpoint adds to ``tensors()``: this replica's ``trained_tokens``, residuals and
+        ``round_end`` (when held)."""
+        ends = zip(self.names, self.round_end or [], strict=False)
         return {OWN_TOKENS: torch.tensor([self.trained_tokens], dtype=torch.int64),
-                **{f"{OWN_RESIDUAL}{f}": r for f, r in sorted(self.residual.items())}}
+                **{f"{OWN_RESIDUAL}{f}": r for f, r in sorted(self.residual.items())},
+                **{f"{OWN_ROUND_END}{n}": p for n, p in ends}}
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         """Take ``tensors`` (``tensors()``'s form, with ``own_tensors()`` from a checkpoint) as this
-        state, bit for bit (without ``own_tensors()``, as a heal: no trained tokens, no residuals);
-        ``ValueError`` when a global parameter is missing or of another shape, or a residual names
-        no fragment or is not of its fragment's size."""
+        state, bit for bit (without ``own_tensors()``, as a heal: no trained tokens, no residuals, no
+        ``round_end``); ``ValueError`` when a global parameter is missing or of another shape, a
+        residual names no fragment or is not of its fragment's size, or ``round_end`` is partial."""
         self.optimizer.state.clear()
+        ends = [tensors.get(f"{OWN_ROUND_END}{n}") for n in self.names]
+        if any(e is not None for e in ends) and any(e is None or e.shape != g.shape for e, g in zip(ends, self.params,
+                                                                                                     strict=True)):
+            raise ValueError(f"outer state: '{OWN_ROUND_END}*' does not hold every parameter in its shape")
+        self.round_end = [e.to(g.device, dtype=g.dtype).clone() for e, g in zip(ends, self.params, strict=True)] \
+            if ends and ends[0] is not None else None
         own = tensors.get(OWN_TOKENS)
         self.trained_tokens = int(own[0]) if own is not None else 0
         self.residual = {}

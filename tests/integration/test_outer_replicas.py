@@ -37,7 +37,11 @@ pytestmark = pytest.mark.timeout(LIMIT_S + 60)
                  id="streaming-streams"),
     # the eager outer step: each member starts its rounds from its own view, the global state stays exact
     pytest.param(["replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.eager=true",
-                  "replicas.outer.transport=streams"], id="diloco-eager", marks=pytest.mark.slow)])
+                  "replicas.outer.transport=streams"], id="diloco-eager", marks=pytest.mark.slow),
+    # the delayed outer step: each member trains the next round's first inner batches from its own
+    # parameters while the exchange flies, int2 reduce-scattered on the long-link transport (the bench's arm)
+    pytest.param(["replicas.sync=diloco", "replicas.outer.delay=2", "replicas.outer.quantize=int2",
+                  "replicas.outer.exchange=reduce_scatter", "replicas.outer.transport=streams"], id="diloco-delay")])
 def test_a_replica_killed_mid_round_drops_out_and_heals_with_the_ledger_exact(tmp_path, procs, sync):
     # the survivors run 20x slower after the kill, so that the run cannot end before replica 1's new
     # process (seconds to start) is back to heal: on a quiet machine the 8 rounds left took 0.5 s
@@ -63,15 +67,19 @@ def test_a_replica_killed_mid_round_drops_out_and_heals_with_the_ledger_exact(tm
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sync", [
-    pytest.param(["replicas.sync=diloco"], id="diloco"),
+    pytest.param(["replicas.sync=diloco", "replicas.outer.speculate=true"], id="diloco"),
     pytest.param(["replicas.sync=streaming", "replicas.outer.fragments=1", "replicas.outer.eager=true",
-                  "replicas.outer.transport=streams"], id="diloco-eager")])
+                  "replicas.outer.transport=streams", "replicas.outer.speculate=true"], id="diloco-eager"),
+    # the delayed outer step: killed while it trains round 5's first inner batches beside round 4's exchange
+    pytest.param(["replicas.sync=diloco", "replicas.outer.delay=2", "replicas.outer.transport=streams"],
+                 id="diloco-delay")])
 def test_a_replica_killed_mid_speculation_drops_out_with_the_ledger_exact(tmp_path, procs, sync):
-    """``replicas.outer.speculate``: replica 1 dies while it trains round 5 ahead (kill point
-    ``speculating:1@5``, after its first speculative inner batch, its vote on round 4 sent). Round 4
-    commits; the survivors' round 5 (with what they speculated) is discarded and redone without it
-    (salvaged); every round commits once, the ledger is exact and the replicated states are equal."""
-    args = train_args(tmp_path, *RUN, *sync, "replicas.outer.speculate=true", "chaos.kill_at=speculating:1@5",
+    """``replicas.outer.speculate`` (and ``delay``'s inner batches ahead): replica 1 dies while it
+    trains round 5 ahead (kill point ``speculating:1@5``, after its first inner batch ahead; under
+    speculate its vote on round 4 sent, under delay perhaps not). Round 4 commits, or is redone
+    without it; the survivors' round 5 (with what they trained ahead) is discarded and redone without
+    it (salvaged); every round commits once, the ledger is exact and the replicated states are equal."""
+    args = train_args(tmp_path, *RUN, *sync, "chaos.kill_at=speculating:1@5",
                       f"chaos.faults={json.dumps(['slow:0@5:20', 'slow:2@5:20'])}")
     code = procs.run(args, timeout=LIMIT_S, log=tmp_path / "launcher.log")
     assert code == 0, (tmp_path / "launcher.log").read_text()[-3000:]

@@ -109,7 +109,8 @@ class Coordinator(StepCommit, QuorumForming):
         self.checks = votecheck.build(cfg.vote_checks)  # judged on every step's votes (votecheck.py)
         # diloco, streaming: each sharer's share of a round sized to its measured speed (speed.py)
         self.speed = SpeedLog(timing.straggler_s) if cfg.sync in LOW_COMMUNICATION else None
-        self.speculate = cfg.outer.speculate  # shares resized at their ends (speed.stable_shares)
+        # shares resized at their ends (speed.stable_shares): a member trains ahead on its current share
+        self.speculate = cfg.outer.speculate or cfg.outer.delay > 0
         self.judge = (Judge(numerics, replay=cfg.sync not in LOW_COMMUNICATION)
                       if numerics is not None and numerics.check else None)
         if self.judge is not None and events.path is not None:

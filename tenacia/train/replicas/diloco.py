@@ -38,7 +38,10 @@ fragment at rest is the global parameters less this member's own progress of its
 that ``sent`` carries that progress; the inner steps start where the outer step that progress
 would make lands (``eager_start``: the average's stand-in, Kale et al. 2025), and on commit the
 rest becomes the new global less the round's own progress (``LocalRound.origin`` to ``local``).
-Streaming DiLoCo's delay is a few inner steps; here it is a
+Under diloco's ``replicas.outer.delay`` the step lands a few inner steps late instead:
+each member's next round starts from its own end of the round (``OuterState.round_end``, kept on
+commit) and is rebased on the new global parameters ``delay`` inner batches in (``local_round.py``).
+Streaming DiLoCo's delay is a few inner steps; streaming's overlap here is a
 whole round (the commit protocol applies a step only on the leader's verdict, after every
 member's reduce). Nothing is in flight between rounds: a checkpoint, written after a commit, holds
 all a resume needs (with this member's ``trained_tokens`` and error-feedback residuals,
@@ -88,6 +91,9 @@ class OuterRounds:
         self.local_round = LocalRound(trainer.model, trainer.optimizer, o.inner_steps, lr, opt.grad_clip)
         if self.eager:
             self.local_round.begin = self.eager_start
+        self.delay = o.delay
+        if self.delay:
+            self.local_round.delay, self.local_round.base = self.delay, lambda: self.outer.round_end
 
     def local(self, trainer: Trainer) -> LocalRound:
         return self.local_round
@@ -212,6 +218,8 @@ class OuterRounds:
                 if v is not p:
                     p.copy_(v)
         self.outer.trained_tokens = grads.tokens if trained else 0
+        if self.delay:  # where the next round's first inner batches start (none trained: the new global)
+            self.outer.round_end = [v.clone() for v in grads.local] if trained else None
         grads.drop()
         samples = cfg.step_samples
         t.commit(pending.vote.start, list(pending.vote.batch), samples * cfg.data.seq_len, samples=samples)

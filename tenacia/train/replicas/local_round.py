@@ -35,6 +35,12 @@ model and the moments put back; the next ``compute`` takes them when they are it
 batches from the same start, bit for bit, and otherwise drops them (``speculated`` says which).
 The cuts of a share into inner batches do not depend on its length (``inner_batches``), so a share
 the leader resized at its end keeps them.
+
+The delayed outer step (``replicas.outer.delay`` = ``delay``): a round's first ``delay`` inner
+batches start from ``base()`` (this member's parameters at its last committed round's end) instead
+of the round's start, and are then rebased on it (``_rebase``: start + (trained - base)); a
+speculation of them (``speculate`` from ``base()`` with ``limit = delay``) is kept when its start is
+``base()`` bit for bit. ``base()`` None (nothing committed yet, a heal): the round starts plainly.
 """
 
 from __future__ import annotations
@@ -89,6 +95,11 @@ class LocalRound:
         # steps start, in place; ``origin`` then holds that start (None: the start is the rest)
         self.begin: Callable[[int, list[torch.Tensor]], None] | None = None
         self.ahead: Ahead | None = None  # a speculation waiting for its round (``speculate``)
+        # the delayed outer step (``replicas.outer.delay``): a round's first ``delay`` inner batches start
+        # from ``base()`` (this member's parameters at its last committed round's end; None: from the
+        # round's start) and are then rebased on the round's start (``_rebase``)
+        self.delay = 0
+        self.base: Callable[[], list[torch.Tensor] | None] | None = None
         # what became of the speculation the last ``compute`` found: (inner batches, seconds, kept)
         self.speculated: tuple[int, float, bool] | None = None
         self.drop()
@@ -117,16 +128,18 @@ class LocalRound:
         if todo:
             params = list(self.model.parameters())
             start = [p.detach().clone() for p in params]
-            first = 0
+            first, rebase = 0, None
             if self.local is None:
                 self.inner_size = max(1.0, len(batch) / (self.inner_steps * sharers))
                 if self.begin is not None:
                     with torch.no_grad():
                         self.begin(step, params)
                         self.origin = [p.detach().clone() for p in params]
+                base = self.base() if self.delay and self.base is not None else None
+                origin = params if base is None else base  # where the round's first inner batches start
                 if ahead is not None and ahead.step == step and ahead.batch == tuple(batch) and \
                         ahead.sharers == sharers and ahead.chunks == self.inner_batches(todo)[:ahead.done] and \
-                        all(torch.equal(p, a) for p, a in zip(params, ahead.start, strict=True)):
+                        all(torch.equal(p, a) for p, a in zip(origin, ahead.start, strict=True)):
                     with torch.no_grad():
                         for p, v in zip(params, ahead.local, strict=True):
                             p.copy_(v)
@@ -134,15 +147,26 @@ class LocalRound:
                     first, self.inner_done = ahead.done, ahead.done
                     self.loss_sum, self.tokens = ahead.loss_sum, ahead.tokens
                     self.speculated = (ahead.done, ahead.seconds, True)
+                elif base is not None:
+                    with torch.no_grad():
+                        for p, v in zip(params, base, strict=True):
+                            p.copy_(v)
+                if base is not None:
+                    rebase = (min(self.delay, len(self.inner_batches(todo))), start, base)
             else:
                 with torch.no_grad():
                     for p, v in zip(params, self.local, strict=True):
                         p.copy_(v)
             for ids in self.inner_batches(todo)[first:]:
+                if rebase is not None and self.inner_done == rebase[0]:
+                    self._rebase(params, *rebase[1:])
+                    rebase = None
                 self.inner_done += 1
                 loss, n = self._inner(step, [batch[p] for p in ids], samples, micro_batch_size, device,
                                       self.inner_done)
                 self.loss_sum, self.tokens = self.loss_sum + loss, self.tokens + n
+            if rebase is not None:  # the delay spans the whole share
+                self._rebase(params, *rebase[1:])
             self.chunks.append(tuple(todo))
             with torch.no_grad():
                 self.local = [p.detach().clone() for p in params]
@@ -158,9 +182,10 @@ class LocalRound:
 
     def speculate(self, step: int, positions: Sequence[int], batch: Sequence[int],
                   samples: Callable[[list[int]], torch.Tensor], micro_batch_size: int, device: Device, *,
-                  sharers: int, start: list[torch.Tensor], more: Callable[[], bool]) -> int:
+                  sharers: int, start: list[torch.Tensor], more: Callable[[], bool], limit: int | None = None) -> int:
         """Train round ``step``'s share ``positions`` (of ``batch``, ``sharers`` members) ahead, from
-        ``start``: its first inner batch, then the next ones while ``more()`` holds, and hold them as
+        ``start``: its first inner batch, then the next ones while ``more()`` holds (at most ``limit``
+        in all: the delayed outer step's ``delay``), and hold them as
         ``ahead`` for ``compute``. Whatever happens (``more`` may raise), the model and the inner
         optimizer's state are left as they were (a commit applies to them, a checkpoint saves them).
         Returns the inner batches trained. Only between rounds: nothing of a round may be held."""
@@ -170,7 +195,7 @@ class LocalRound:
         moments = optimizer_state_copy(self.optimizer)
         size = self.inner_size
         self.inner_size = max(1.0, len(batch) / (self.inner_steps * sharers))
-        chunks = self.inner_batches(list(positions))
+        chunks = self.inner_batches(list(positions))[:limit]
         t0, done, loss_sum, tokens = time.monotonic(), 0, 0.0, 0
         try:
             with torch.no_grad():
@@ -190,6 +215,15 @@ class LocalRound:
                     p.copy_(v)
             self.optimizer.state, self.inner_size = moments, size
         return done
+
+    @staticmethod
+    def _rebase(params: list[torch.Tensor], start: list[torch.Tensor], base: list[torch.Tensor]) -> None:
+        """The delayed outer step lands: ``params`` (trained from ``base``, this member's own
+        parameters at its last round's end) become ``start + (params - base)``, ``start`` the
+        round's start (the new global parameters). In place."""
+        with torch.no_grad():
+            for p, s, b in zip(params, start, base, strict=True):
+                p.copy_(s + (p - b))
 
     def inner_batches(self, todo: list[int]) -> list[list[int]]:
         """``todo`` cut into ``round(len(todo) / inner_size)`` contiguous inner batches, the ``i``-th

@@ -296,19 +296,30 @@ class Replica(NewcomerHealing, ReducePhase, AfterCommit, Speculating):
         audits = self.numerics.audits(q, q.watch, self.id) if check else []
         if timing:
             timing["compute_end"] = time.time()
-        ok = self.reduce(flat, builder, timing) if flight is None else self.reduce_in_flight(flight, builder, timing)
-        flat = hooks.tamper("reduced_grads", q.step, flat)
-        if fetch is not None:
-            ok = self.finish_healing(fetch, q) and ok
-        self.enter("vote", q.step)
-        checks = votecheck.measure_all(self.checks, self.trainer, flat) if self.checks else {}
-        if check:
-            checks["numerics"] = self.numerics.report(own, flat, q.step, audits)
-        experts = expert_outcome(self.trainer.model, flat) if ok else {}
-        vote = replace(share, ok=ok, timing=timing, checks=checks or None, **experts)
-        pending = PendingStep(vote, flat)
-        self.pending = pending if ok else None
-        self.link.send(vote_to_send(vote, q))
+
+        def vote() -> tuple[PendingStep, bool]:
+            """Reduce (or wait for the reduce in flight), vote and send the vote."""
+            nonlocal flat
+            ok = self.reduce(flat, builder, timing) if flight is None else self.reduce_in_flight(flight, builder, timing)
+            flat = hooks.tamper("reduced_grads", q.step, flat)
+            if fetch is not None:
+                ok = self.finish_healing(fetch, q) and ok
+            self.enter("vote", q.step)
+            checks = votecheck.measure_all(self.checks, self.trainer, flat) if self.checks else {}
+            if check:
+                checks["numerics"] = self.numerics.report(own, flat, q.step, audits)
+            experts = expert_outcome(self.trainer.model, flat) if ok else {}
+            vote = replace(share, ok=ok, timing=timing, checks=checks or None, **experts)
+            pending = PendingStep(vote, flat)
+            self.pending = pending if ok else None
+            self.link.send(vote_to_send(vote, q))
+            return pending, ok
+
+        if flight is None and self.delays(q):  # the reduce beside the next round's first inner batches
+            flight = self.begin_delayed(q, builder, flat)
+            pending, ok = self.train_ahead(q, flight, vote)
+        else:
+            pending, ok = vote()
         if ok and self.cfg.replicas.outer.speculate and self.cfg.low_communication and self.id in q.sharers:
             self.speculate(q, pending)
         self.wait_until(lambda: self._verdict is not None and self._verdict.step == q.step, "verdict")

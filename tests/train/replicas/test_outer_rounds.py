@@ -107,6 +107,8 @@ CASES = {
     # per 256-element block: int8 256 codes + a 4-byte scale; int4 with top-k 10%: 26 kept, 13 bytes of codes,
     # 26 of uint8 positions, a scale
     "diloco-noise-corrected": (["replicas.sync=diloco", "replicas.outer.inner_second_moment=noise_corrected"], 0.03, 4),
+    # the delayed outer step: each round's first inner step from the member's own end of the last round, rebased
+    "diloco-delay": (["replicas.sync=diloco", "replicas.outer.delay=1"], 0.03, 4),
     "diloco-int8": (["replicas.sync=diloco", "replicas.outer.quantize=int8"], 0.03, 4 * 1024 / 260),
     "diloco-int4-topk": (["replicas.sync=diloco", "replicas.outer.quantize=int4", "replicas.outer.topk=0.1"], 0.06,
                          4 * 1024 / 43),
@@ -123,7 +125,8 @@ def ddp(tmp_path_factory):
     return trainers[0].evaluate(), group.sent_bytes
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in ("diloco", "diloco-noise-corrected") else pytest.mark.slow)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in ("diloco", "diloco-noise-corrected", "diloco-delay")
+                                               else pytest.mark.slow)
                                   for c in CASES])
 def test_each_strategy_converges_within_tolerance_of_ddp_at_equal_tokens(tmp_path, ddp, case):
     overrides, tolerance, fewer_bytes = CASES[case]

@@ -68,7 +68,7 @@ class Speculating:
         """Whether round ``q.step``'s reduce runs beside round ``q.step + 1``'s first inner batches:
         under ``delay``, for a member that trained a share of it."""
         g = self.grads
-        return bool(getattr(self.sync, "delay", 0)) and self.id in q.sharers and g.local is not None and \
+        return self.cfg.replicas.outer.delay > 0 and self.id in q.sharers and g.local is not None and \
             g.step == q.step
 
     def begin_delayed(self: Any, q: Quorum, builder: GroupBuilder, flat: torch.Tensor) -> InFlight:
@@ -93,7 +93,7 @@ class Speculating:
             return True
 
         if nxt.step <= self.cfg.train.steps and nxt.shares.get(self.id):
-            self._ahead(nxt, [v.clone() for v in self.grads.local], more, limit=self.sync.delay)
+            self._ahead(nxt, [v.clone() for v in self.grads.local], more, limit=self.cfg.replicas.outer.delay)
         return voted[0] if voted else vote()
 
     def _no_verdict(self: Any, step: int, ahead: int) -> bool:

@@ -93,7 +93,7 @@ class OuterRounds:
             self.local_round.begin = self.eager_start
         self.delay = o.delay
         if self.delay:
-            self.local_round.delay, self.local_round.base = self.delay, lambda: self.outer.round_end
+            self.local_round.delayed = (self.delay, lambda: self.outer.round_end)
 
     def local(self, trainer: Trainer) -> LocalRound:
         return self.local_round

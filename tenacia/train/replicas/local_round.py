@@ -95,11 +95,10 @@ class LocalRound:
         # steps start, in place; ``origin`` then holds that start (None: the start is the rest)
         self.begin: Callable[[int, list[torch.Tensor]], None] | None = None
         self.ahead: Ahead | None = None  # a speculation waiting for its round (``speculate``)
-        # the delayed outer step (``replicas.outer.delay``): a round's first ``delay`` inner batches start
-        # from ``base()`` (this member's parameters at its last committed round's end; None: from the
-        # round's start) and are then rebased on the round's start (``_rebase``)
-        self.delay = 0
-        self.base: Callable[[], list[torch.Tensor] | None] | None = None
+        # the delayed outer step (``replicas.outer.delay``), (delay, base): a round's first ``delay``
+        # inner batches start from ``base()`` (this member's parameters at its last committed round's
+        # end; None: from the round's start) and are then rebased on the round's start (``_rebase``)
+        self.delayed: tuple[int, Callable[[], list[torch.Tensor] | None]] | None = None
         # what became of the speculation the last ``compute`` found: (inner batches, seconds, kept)
         self.speculated: tuple[int, float, bool] | None = None
         self.drop()
@@ -135,7 +134,7 @@ class LocalRound:
                     with torch.no_grad():
                         self.begin(step, params)
                         self.origin = [p.detach().clone() for p in params]
-                base = self.base() if self.delay and self.base is not None else None
+                base = self.delayed[1]() if self.delayed is not None else None
                 origin = params if base is None else base  # where the round's first inner batches start
                 if ahead is not None and ahead.step == step and ahead.batch == tuple(batch) and \
                         ahead.sharers == sharers and ahead.chunks == self.inner_batches(todo)[:ahead.done] and \
@@ -152,7 +151,7 @@ class LocalRound:
                         for p, v in zip(params, base, strict=True):
                             p.copy_(v)
                 if base is not None:
-                    rebase = (min(self.delay, len(self.inner_batches(todo))), start, base)
+                    rebase = (min(self.delayed[0], len(self.inner_batches(todo))), start, base)
             else:
                 with torch.no_grad():
                     for p, v in zip(params, self.local, strict=True):
@@ -186,7 +185,8 @@ class LocalRound:
         """Train round ``step``'s share ``positions`` (of ``batch``, ``sharers`` members) ahead, from
         ``start``: its first inner batch, then the next ones while ``more()`` holds (at most ``limit``
         in all: the delayed outer step's ``delay``), and hold them as
-        ``ahead`` for ``compute``. Whatever happens (``more`` may raise), the model and the inner
+        ``ahead`` for ``compute``. ``start`` is handed over, kept as the speculation's start without a
+        copy: the caller must not change it afterwards. Whatever happens (``more`` may raise), the model and the inner
         optimizer's state are left as they were (a commit applies to them, a checkpoint saves them).
         Returns the inner batches trained. Only between rounds: nothing of a round may be held."""
         self.ahead = None
@@ -206,7 +206,7 @@ class LocalRound:
                                       done + 1)
                 done, loss_sum, tokens = done + 1, loss_sum + loss, tokens + n
             self.ahead = Ahead(step=step, chunks=chunks[:done], batch=tuple(batch), sharers=sharers,
-                               start=[v.clone() for v in start], local=[p.detach().clone() for p in params],
+                               start=start, local=[p.detach().clone() for p in params],
                                moments=self.optimizer.state, done=done, loss_sum=loss_sum, tokens=tokens,
                                seconds=time.monotonic() - t0)
         finally:

@@ -3,7 +3,8 @@
     python bench/compression_tokens.py
 
 The planner charges compression as a token overhead (tenacia/plan/quality.py). This reads the
-plain-loop probes of docs/benchmarks.md ("Probes of 2026-12-04 18:45-19:18" and "18:32-20:16",
+plain-loop probes of docs/benchmarks.md ("Probes of 2026-12-04 18:45-19:18" and "18:32-20:16";
+int4 through the reduce-scatter in the trainer's form, its sums' errors dropped: 2026-12-05 02:22,
 diloco H = 100, outer Nesterov 0.7/0.9, dense, block 256, error feedback; the JSONs in
 bench/results, committed) and turns each compressed arm's loss into tokens: the tokens fp32
 diloco, same seed and schedule, takes to reach that loss, read off its own curve (loss linear in
@@ -26,17 +27,19 @@ import statistics
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-STAMP = "diloco_gap-seed{}-20261204-{}.json"
+STAMP = "diloco_gap-seed{}-{}.json"
 # seed -> fp32 diloco, constant inner rate: its rows at 1x..8x (seed 1), 1x..4x (seed 2)
-FP32_CONSTANT = {1: "183807", 2: "154306"}
+FP32_CONSTANT = {1: "20261204-183807", 2: "20261204-154306"}
 # arm -> seed -> file (constant inner rate; every row a budget)
 ARMS = {
-    "int4 reduce-scatter (sums' errors folded)": {1: "185642", 2: "185646"},
-    "int2 all-gather": {1: "190007", 2: "190010"},
-    "int2 reduce-scatter (sums' errors dropped)": {1: "191729", 2: "191738"},
+    "int4 reduce-scatter (sums' errors folded)": {1: "20261204-185642", 2: "20261204-185646"},
+    "int4 reduce-scatter (sums' errors dropped)": {1: "20261205-022533", 2: "20261205-022532"},
+    "int2 all-gather": {1: "20261204-190007", 2: "20261204-190010"},
+    "int2 reduce-scatter (sums' errors dropped)": {1: "20261204-191729", 2: "20261204-191738"},
 }
 # 16x, inner rate decayed to 0.1: (fp32 8x run or None, fp32 16x run, int2 reduce-scatter 16x run)
-DECAYED = {1: ("185009", "191815", "195142"), 2: (None, "195121", "201605")}
+DECAYED = {1: ("20261204-185009", "20261204-191815", "20261204-195142"),
+           2: (None, "20261204-195121", "20261204-201605")}
 DECAYED_ARM = "int2 reduce-scatter (sums' errors dropped), 16x decayed"
 
 

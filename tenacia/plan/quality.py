@@ -34,8 +34,9 @@ tenacia's own probes report, and what the defaults take from them:
   +10.0% (the median of 4 cells, +7.7 to +12.7%): default ``int2_cost`` 0.10; int2 through the
   reduce-scatter, its sums quantized a second time and that error dropped (tenacia's form),
   +11.4% (the median of 10 cells, +2.5 to +27.6%; seed 1 +11.0 to +27.6%, seed 2 +2.5 to
-  +11.9%): default ``int2_reduce_scatter_cost`` 0.114. int4 through the reduce-scatter (its
-  sums' errors folded, the trainer's earlier form), -0.7% (8 cells, -6.8 to +8.3%), keeps ``int4_cost`` 0 in every form; int8, finer, is charged
+  +11.9%): default ``int2_reduce_scatter_cost`` 0.114. int4 through the reduce-scatter in
+  the trainer's form (its sums' error dropped), -0.6% (8 cells, -10.3 to +4.9%; the earlier
+  form, that error folded, -0.7%), keeps ``int4_cost`` 0 in every form; int8, finer, is charged
   ``int8_cost`` in every form too (its second quantization not measured). int2's sums
   re-quantized at every hop of a ring all-reduce were not measured: ``sync.py`` refuses that
   form. Whether int2's cost shrinks with model size, as DiLoCo's gap does, is not known.

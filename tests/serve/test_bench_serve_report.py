@@ -115,7 +115,7 @@ def test_the_decode_step_through_the_server_is_itl_p50_over_the_floor_beside_tpo
 def test_a_results_file_without_itl_reads_as_before():
     results = two_builds()
     for arm in ("tenacia@avx512", "tenacia@avx2"):
-        for figures in [*results[arm].values(), *(r for v in results["rounds"][arm].values() for r in v)]:
+        for figures in (r for v in results["rounds"][arm].values() for r in v):  # the fastest rounds among them
             del figures["itl_p50_ms"], figures["itl_p99_ms"]
     assert "tenacia@avx2 ITL p50 / floor at concurrency 16" not in over_floor(results, [16])
     assert floors_table(results, [16]).splitlines()[-1].split(" | ")[4] == "-"

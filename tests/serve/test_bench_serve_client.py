@@ -58,7 +58,7 @@ async def scripted_server(script: list[bytes], seen: list[dict], status: int = 2
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     return runner, f"http://127.0.0.1:{port}"
 
 

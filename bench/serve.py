@@ -29,7 +29,11 @@ values a step reads over the read bandwidth, and its operations over the matrix-
 both measured on this machine at the start of the run; time per output token p50 over the larger
 floor says how close an engine comes to the machine's limit (the table gives it over each floor
 too: in float32 a step of 16 sequences is bound by arithmetic, not by reading the weights; the
-arithmetic is in docs/benchmarks.md, "Decode floors in float32").
+arithmetic is in docs/benchmarks.md, "Decode floors in float32"). Beside it, "decode step = ITL
+p50 / floor": the median gap between a request's consecutive content chunks, one decode step as
+a client sees it through the server, over the same floor (a prefill of other requests between
+two tokens is ITL's long tail, where it would lengthen a request's TPOT); the JSON's
+`over_floor` gives both for every round.
 
 Before each sweep the bench waits until neither server uses CPU (`settle`), so that one engine's
 leftover work never lands on the other's measurement. The machine is shared, and other processes

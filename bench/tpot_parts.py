@@ -10,7 +10,8 @@ For each round it prints: the wall time of the sweep; the engine's prefill and d
 many, their total and mean time); what is left of the wall time (the engine idle between steps:
 messages in and out, waiting for requests); each request's TPOT and how much of it is gaps much
 longer than a decode step (a prefill of other requests run between two of its tokens); and the
-processes' CPU seconds. Writes bench/results/tpot-parts-<time>.json.
+processes' CPU seconds (this client's with ``--client lean``, the default, or ``openai``, the
+SDK). Writes bench/results/tpot-parts-<time>.json.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from results_file import write_results  # noqa: E402
 from serve import make_prompts  # noqa: E402
-from serve_client import pool  # noqa: E402
+from serve_client import CLIENTS, content_times, pool  # noqa: E402
 from serve_servers import settle, start_tenacia, stopping_all  # noqa: E402
 
 STEP = re.compile(r'^tenacia_step_seconds_(sum|count)\{kind="(prefill|decode)"\} (\S+)$', re.M)
@@ -57,33 +58,26 @@ def cpu_by_process(session: int) -> dict[int, tuple[str, float]]:
     return out
 
 
-async def one(client, model: str, messages: list[dict], max_tokens: int) -> dict:
-    start, times = time.perf_counter(), []
-    stream = await client.chat.completions.create(
-        model=model, messages=messages, max_tokens=max_tokens, temperature=0.0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            times.append(time.perf_counter())
-    return {"start": start, "times": times}
-
-
-async def sweep(url: str, model: str, prompts, concurrency: int, max_tokens: int) -> tuple[list[dict], float]:
-    return await pool(url, prompts, concurrency, lambda client, p: one(client, model, p, max_tokens))
+async def sweep(url: str, model: str, prompts, concurrency: int, max_tokens: int,
+                client: str) -> tuple[list[dict], float]:
+    return await pool(url, prompts, concurrency, lambda c, p: content_times(c, model, p, max_tokens), client)
 
 
 def parts(records: list[dict], decode_mean_s: float) -> dict:
-    """TTFT p50 and each request's TPOT (ms), and the part of TPOT in gaps longer than 3 decode steps."""
-    tpot, long_gaps, n_long = [], [], []
+    """TTFT p50, each request's TPOT and the gaps' (ITL's) p50 over every request (ms), and the part
+    of TPOT in gaps longer than 3 decode steps."""
+    tpot, long_gaps, n_long, itl = [], [], [], []
     ttft = [(r["times"][0] - r["start"]) * 1e3 for r in records]
     for r in records:
         t = r["times"]
         gaps = [b - a for a, b in zip(t, t[1:], strict=False)]
         big = [g for g in gaps if g > 3 * decode_mean_s]
+        itl += gaps
         tpot.append((t[-1] - t[0]) / (len(t) - 1) * 1e3)
         long_gaps.append(sum(big) / (len(t) - 1) * 1e3)
         n_long.append(len(big))
-    return {"ttft_p50_ms": round(statistics.median(ttft), 2), "tpot_p50_ms": round(statistics.median(tpot), 2), "tpot_ms": [round(x, 2) for x in sorted(tpot)],
+    return {"ttft_p50_ms": round(statistics.median(ttft), 2), "tpot_p50_ms": round(statistics.median(tpot), 2),
+            "itl_p50_ms": round(statistics.median(itl) * 1e3, 2), "tpot_ms": [round(x, 2) for x in sorted(tpot)],
             "long_gap_share_of_tpot_p50_ms": round(statistics.median(long_gaps), 2),
             "requests_with_a_long_gap": sum(1 for n in n_long if n), "chunks_a_request": len(records[0]["times"])}
 
@@ -98,6 +92,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prefix-caching", action="store_true")
+    p.add_argument("--client", choices=CLIENTS, default="lean", help="the streaming client (bench/serve_client.py)")
     args = p.parse_args()
 
     from tenacia.data.smollm2 import smollm2_dir
@@ -106,11 +101,12 @@ def main() -> int:
     server, url, model = start_tenacia(args, args.isa, "tpot-parts")
     rounds = []
     try:
-        asyncio.run(sweep(url, model, prompts[:2], 2, 8))  # warm-up
+        asyncio.run(sweep(url, model, prompts[:2], 2, 8, args.client))  # warm-up
         for r in range(args.rounds):
             settle([server])
             before, cpu0, me0 = step_totals(url), cpu_by_process(server.proc.pid), time.process_time()
-            records, wall = asyncio.run(sweep(url, model, prompts, args.concurrency, args.output_tokens))
+            records, wall = asyncio.run(sweep(url, model, prompts, args.concurrency, args.output_tokens,
+                                                 args.client))
             after, cpu1, me1 = step_totals(url), cpu_by_process(server.proc.pid), time.process_time()
             d = {k: after[k] - before.get(k, 0.0) for k in after}
             decode_mean = d["decode_sum"] / max(1, d["decode_count"])

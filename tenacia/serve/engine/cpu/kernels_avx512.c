@@ -190,8 +190,9 @@ void tenacia_silu_mul(const float *gate, const float *up, long ld, long rows, lo
  * running maximum *m, s becomes exp(s - *m), *l the running sum. Returns the factor by which the
  * caller rescales what it accumulated before (0 on the first block, when *m was -inf). */
 static inline float softmax_block(float *s, long n, float *m, float *l) {
-  float top = *m;
-  for (long j = 0; j < n; j++) top = s[j] > top ? s[j] : top;
+  __m512 most = _mm512_set1_ps(*m);
+  for (long j = 0; j < n; j += 16) most = _mm512_max_ps(most, _mm512_mask_loadu_ps(most, tail(n - j), s + j));
+  float top = _mm512_reduce_max_ps(most);
   float corr = expf(*m - top);
   __m512 sum = _mm512_setzero_ps();
   for (long j = 0; j < n; j += 16) {
@@ -205,53 +206,154 @@ static inline float softmax_block(float *s, long n, float *m, float *l) {
   return corr;
 }
 
+/* The register-resident path, for G heads of NV * 16 floats (G * NV <= 16, the accumulators in
+ * registers; the compiler specialises it for each constant G and NV). Keys come in blocks of
+ * KB = 16 * SV. A head's scores of 16 keys are made as one vector: each key's 16 partial dot
+ * products, 4 keys folded into one vector by in-lane shuffles (fold2, fold4), 16 into one by
+ * 128-bit lane shuffles (fold_lanes): 45 operations for 16 scores, where a horizontal sum a score
+ * took ~8. The block joins the running softmax with vector operations only: its maximum is
+ * broadcast to every lane (max16), the running sum l is kept per lane and summed at the end. The
+ * values are then added with the probabilities broadcast from one 64-byte row per head, in L1. */
+#ifndef SV
+#define SV 2 /* score vectors a head and a block */
+#endif
+#define KB (16 * SV)
+
+/* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] */
+static inline __m512 fold2(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+}
+/* fold2(a, b), fold2(c, d) -> per 128-bit lane: the lane's sums of a, b, c, d */
+static inline __m512 fold4(__m512 ab, __m512 cd) {
+  return _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+/* a, b: per 128-bit lane, sums of 4 keys each (keys 0-3 of a, 4-7 of b, or of 8 and 8) -> the
+ * lanes' sums paired: applied to (keys 0-3, 4-7) and (8-11, 12-15), then to the two results, it
+ * leaves key j's whole sum in lane j */
+static inline __m512 fold_lanes(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
+}
+/* every lane: the largest of s's 16 */
+static inline __m512 max16(__m512 s) {
+  s = _mm512_max_ps(s, _mm512_shuffle_f32x4(s, s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm512_max_ps(s, _mm512_shuffle_f32x4(s, s, _MM_SHUFFLE(2, 3, 0, 1)));
+  s = _mm512_max_ps(s, _mm512_permute_ps(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm512_max_ps(s, _mm512_permute_ps(s, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+
+/* Key row kt's partial dot products with each head's query (NV vectors a head, from L1): d[g] */
+static inline __attribute__((always_inline)) void dots(const float *Q, const float *kt, __m512 *d, const int G,
+                                                       const int NV) {
+  __m512 kv[8];
+  for (int v = 0; v < NV; v++) kv[v] = _mm512_loadu_ps(kt + v * 16);
+  for (int g = 0; g < G; g++) {
+    d[g] = _mm512_mul_ps(_mm512_loadu_ps(Q + g * NV * 16), kv[0]);
+    for (int v = 1; v < NV; v++) d[g] = _mm512_fmadd_ps(_mm512_loadu_ps(Q + (g * NV + v) * 16), kv[v], d[g]);
+  }
+}
+
+/* Key j of the block at K (n keys valid) into d[g]: past n, the last valid key again (its score
+ * is masked by the caller). Its key and value KB rows ahead are prefetched while inside L
+ * (j < ahead). */
+static inline __attribute__((always_inline)) void key_dots(const float *Q, const float *K, const float *V, long j,
+                                                           long n, long ahead, __m512 *d, const int G, const int NV) {
+  const long hd = NV * 16;
+  if (j < ahead)
+    for (int v = 0; v < NV; v++) {
+      _mm_prefetch((const char *)(K + (j + KB) * hd + v * 16), _MM_HINT_T0);
+      _mm_prefetch((const char *)(V + (j + KB) * hd + v * 16), _MM_HINT_T0);
+    }
+  dots(Q, K + (j < n ? j : n - 1) * hd, d, G, NV);
+}
+
+/* Keys j0 .. j0 + 3 (j0 < n): w[g], per 128-bit lane, head g's sums of the four (fold4) */
+static inline __attribute__((always_inline)) void quad(const float *Q, const float *K, const float *V, long j0,
+                                                       long n, long ahead, __m512 *w, const int G, const int NV) {
+  __m512 a[16], b[16], pair[16];
+  key_dots(Q, K, V, j0, n, ahead, a, G, NV);
+  key_dots(Q, K, V, j0 + 1, n, ahead, b, G, NV);
+  for (int g = 0; g < G; g++) pair[g] = fold2(a[g], b[g]);
+  key_dots(Q, K, V, j0 + 2, n, ahead, a, G, NV);
+  key_dots(Q, K, V, j0 + 3, n, ahead, b, G, NV);
+  for (int g = 0; g < G; g++) w[g] = fold4(pair[g], fold2(a[g], b[g]));
+}
+
+/* Keys j0 .. j0 + 7 (j0 < n): x[g], head g's sums of keys j0 .. j0 + 3 as halves in 128-bit lanes
+ * 0 and 1, of the next four in lanes 2 and 3 (fold_lanes of two quads) */
+static inline __attribute__((always_inline)) void octet(const float *Q, const float *K, const float *V, long j0,
+                                                        long n, long ahead, __m512 *x, const int G, const int NV) {
+  __m512 w0[16], w1[16];
+  quad(Q, K, V, j0, n, ahead, w0, G, NV);
+  if (j0 + 4 < n) quad(Q, K, V, j0 + 4, n, ahead, w1, G, NV);
+  else
+    for (int g = 0; g < G; g++) w1[g] = _mm512_setzero_ps();
+  for (int g = 0; g < G; g++) x[g] = fold_lanes(w0[g], w1[g]);
+}
+
+/* Keys j0 .. j0 + 15 of the block (j0 < n): s[g], head g's 16 scores in key order (unscaled; past
+ * n, any finite value) */
+static inline __attribute__((always_inline)) void scores16(const float *Q, const float *K, const float *V, long j0,
+                                                           long n, long ahead, __m512 *s, const int G, const int NV) {
+  __m512 x[16], y[16];
+  octet(Q, K, V, j0, n, ahead, x, G, NV);
+  if (j0 + 8 < n) octet(Q, K, V, j0 + 8, n, ahead, y, G, NV);
+  else
+    for (int g = 0; g < G; g++) y[g] = _mm512_setzero_ps();
+  for (int g = 0; g < G; g++) s[g] = fold_lanes(x[g], y[g]);
+}
+
 static inline __attribute__((always_inline)) void attend_fast(const float *Q, const float *K, const float *V, long L,
                                                               float scale, float *O, const int G, const int NV) {
   const long hd = NV * 16;
-  __m512 acc[16];
-  float m[16], l[16];
-  float s[16][KEYS] __attribute__((aligned(64)));
+  __m512 acc[16], m[16], l[16];
+  float p[16][KB] __attribute__((aligned(64))); /* a block's probabilities, head by head */
   for (int g = 0; g < G; g++) {
-    m[g] = -INFINITY;
-    l[g] = 0.0f;
+    m[g] = _mm512_set1_ps(-INFINITY);
+    l[g] = _mm512_setzero_ps();
     for (int v = 0; v < NV; v++) acc[g * NV + v] = _mm512_setzero_ps();
   }
-  for (long t = 0; t < KEYS && t < L; t++) {
+  for (long t = 0; t < KB && t < L; t++) {
     _mm_prefetch((const char *)(K + t * hd), _MM_HINT_T0);
     _mm_prefetch((const char *)(V + t * hd), _MM_HINT_T0);
   }
-  for (long t0 = 0; t0 < L; t0 += KEYS) {
-    long n = L - t0 < KEYS ? L - t0 : KEYS;
-    for (long j = 0; j < n; j++) {
-      const float *kt = K + (t0 + j) * hd;
-      for (int v = 0; v < NV; v++) {
-        _mm_prefetch((const char *)(kt + KEYS * hd + v * 16), _MM_HINT_T0);
-        _mm_prefetch((const char *)(V + (t0 + j + KEYS) * hd + v * 16), _MM_HINT_T0);
-      }
-      __m512 kv[8];
-      for (int v = 0; v < NV; v++) kv[v] = _mm512_loadu_ps(kt + v * 16);
-      for (int g = 0; g < G; g++) {
-        __m512 dot = _mm512_mul_ps(_mm512_loadu_ps(Q + g * hd), kv[0]);
-        for (int v = 1; v < NV; v++) dot = _mm512_fmadd_ps(_mm512_loadu_ps(Q + g * hd + v * 16), kv[v], dot);
-        s[g][j] = _mm512_reduce_add_ps(dot) * scale;
-      }
+  for (long t0 = 0; t0 < L; t0 += KB) {
+    long n = L - t0 < KB ? L - t0 : KB;
+    __m512 s[SV][16];
+    __mmask16 valid[SV];
+    for (int sv = 0; sv < SV; sv++) {
+      if (sv * 16 < n) scores16(Q, K + t0 * hd, V + t0 * hd, sv * 16, n, L - KB - t0, s[sv], G, NV);
+      else
+        for (int g = 0; g < G; g++) s[sv][g] = _mm512_setzero_ps();
+      valid[sv] = tail(n - sv * 16 > 0 ? n - sv * 16 : 0);
+      for (int g = 0; g < G; g++) /* scaled; past n, -inf */
+        s[sv][g] = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), valid[sv], s[sv][g], _mm512_set1_ps(scale));
     }
-    for (int g = 0; g < G; g++) {
-      __m512 c = _mm512_set1_ps(softmax_block(s[g], n, &m[g], &l[g]));
-      for (int v = 0; v < NV; v++) acc[g * NV + v] = _mm512_mul_ps(acc[g * NV + v], c);
+    for (int g = 0; g < G; g++) { /* the block joins the running softmax */
+      __m512 top = m[g];
+      for (int sv = 0; sv < SV; sv++) top = _mm512_max_ps(top, s[sv][g]);
+      top = max16(top);
+      __m512 corr = exp16(_mm512_sub_ps(m[g], top)); /* ~1e-38 on the first block, when acc and l are 0 */
+      l[g] = _mm512_mul_ps(l[g], corr);
+      for (int sv = 0; sv < SV; sv++) { /* exp(-inf - top) is exp16's floor, ~1e-38: made 0 */
+        __m512 e = _mm512_maskz_mov_ps(valid[sv], exp16(_mm512_sub_ps(s[sv][g], top)));
+        l[g] = _mm512_add_ps(l[g], e);
+        _mm512_store_ps(p[g] + sv * 16, e);
+      }
+      m[g] = top;
+      for (int v = 0; v < NV; v++) acc[g * NV + v] = _mm512_mul_ps(acc[g * NV + v], corr);
     }
     for (long j = 0; j < n; j++) {
       const float *vt = V + (t0 + j) * hd;
       __m512 vv[8];
       for (int v = 0; v < NV; v++) vv[v] = _mm512_loadu_ps(vt + v * 16);
       for (int g = 0; g < G; g++) {
-        __m512 p = _mm512_set1_ps(s[g][j]);
-        for (int v = 0; v < NV; v++) acc[g * NV + v] = _mm512_fmadd_ps(p, vv[v], acc[g * NV + v]);
+        __m512 pj = _mm512_set1_ps(p[g][j]);
+        for (int v = 0; v < NV; v++) acc[g * NV + v] = _mm512_fmadd_ps(pj, vv[v], acc[g * NV + v]);
       }
     }
   }
   for (int g = 0; g < G; g++) {
-    __m512 inv = _mm512_set1_ps(1.0f / l[g]);
+    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(l[g]));
     for (int v = 0; v < NV; v++) _mm512_storeu_ps(O + g * hd + v * 16, _mm512_mul_ps(acc[g * NV + v], inv));
   }
 }

@@ -206,18 +206,18 @@ static inline float softmax_block(float *s, long n, float *m, float *l) {
   return corr;
 }
 
-/* The register-resident path, for G heads of NV * 16 floats (G * NV <= 16, the accumulators in
- * registers; the compiler specialises it for each constant G and NV). Keys come in blocks of
- * KB = 16 * SV. A head's scores of 16 keys are made as one vector: each key's 16 partial dot
- * products, 4 keys folded into one vector by in-lane shuffles (fold2, fold4), 16 into one by
- * 128-bit lane shuffles (fold_lanes): 45 operations for 16 scores, where a horizontal sum a score
- * took ~8. The block joins the running softmax with vector operations only: its maximum is
- * broadcast to every lane (max16), the running sum l is kept per lane and summed at the end. The
- * values are then added with the probabilities broadcast from one 64-byte row per head, in L1. */
-#ifndef SV
-#define SV 2 /* score vectors a head and a block */
-#endif
-#define KB (16 * SV)
+/* The register-resident path, for G heads of NV * 16 floats (G * NV <= 16: the accumulators stay
+ * in registers; the compiler specialises it for each constant G and NV). Keys come in blocks of
+ * 16, one vector of scores a head: each key's 16 partial dot products (all heads from one load of
+ * the key), 4 keys folded into one vector by in-lane shuffles (fold2, fold4), 16 into one by
+ * 128-bit lane shuffles (fold_lanes): 45 operations for 16 scores, where a horizontal sum took ~8
+ * for one. The block joins the running softmax in vectors only: its maximum broadcast to every
+ * lane (max16), the running sum l kept per lane and summed at the end. The values are then added
+ * with the probabilities broadcast from one 64-byte row per head, in L1.
+ * The keys and values stream in from memory (a step's are ~74 MB for SmolLM2 at 16 sequences of
+ * 100 tokens) by the hardware's prefetchers alone: software prefetches a block ahead, or 8, 32,
+ * 64 rows ahead, made this stage slower (bench/decode_stack_ab.py --stages); as did blocks of 32
+ * keys. The driver still fetches the first keys of the next task (attention_tasks.c). */
 
 /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] */
 static inline __m512 fold2(__m512 a, __m512 b) {
@@ -241,9 +241,11 @@ static inline __m512 max16(__m512 s) {
   return _mm512_max_ps(s, _mm512_permute_ps(s, _MM_SHUFFLE(2, 3, 0, 1)));
 }
 
-/* Key row kt's partial dot products with each head's query (NV vectors a head, from L1): d[g] */
-static inline __attribute__((always_inline)) void dots(const float *Q, const float *kt, __m512 *d, const int G,
-                                                       const int NV) {
+/* Key j of the block at K (n keys valid): d[g], its partial dot products with head g's query (NV
+ * vectors a head, from L1). Past n, the last valid key again (its score is masked by the caller). */
+static inline __attribute__((always_inline)) void key_dots(const float *Q, const float *K, long j, long n, __m512 *d,
+                                                           const int G, const int NV) {
+  const float *kt = K + (j < n ? j : n - 1) * NV * 16;
   __m512 kv[8];
   for (int v = 0; v < NV; v++) kv[v] = _mm512_loadu_ps(kt + v * 16);
   for (int g = 0; g < G; g++) {
@@ -252,51 +254,37 @@ static inline __attribute__((always_inline)) void dots(const float *Q, const flo
   }
 }
 
-/* Key j of the block at K (n keys valid) into d[g]: past n, the last valid key again (its score
- * is masked by the caller). Its key and value KB rows ahead are prefetched while inside L
- * (j < ahead). */
-static inline __attribute__((always_inline)) void key_dots(const float *Q, const float *K, const float *V, long j,
-                                                           long n, long ahead, __m512 *d, const int G, const int NV) {
-  const long hd = NV * 16;
-  if (j < ahead)
-    for (int v = 0; v < NV; v++) {
-      _mm_prefetch((const char *)(K + (j + KB) * hd + v * 16), _MM_HINT_T0);
-      _mm_prefetch((const char *)(V + (j + KB) * hd + v * 16), _MM_HINT_T0);
-    }
-  dots(Q, K + (j < n ? j : n - 1) * hd, d, G, NV);
-}
-
 /* Keys j0 .. j0 + 3 (j0 < n): w[g], per 128-bit lane, head g's sums of the four (fold4) */
-static inline __attribute__((always_inline)) void quad(const float *Q, const float *K, const float *V, long j0,
-                                                       long n, long ahead, __m512 *w, const int G, const int NV) {
+static inline __attribute__((always_inline)) void quad(const float *Q, const float *K, long j0, long n, __m512 *w,
+                                                       const int G, const int NV) {
   __m512 a[16], b[16], pair[16];
-  key_dots(Q, K, V, j0, n, ahead, a, G, NV);
-  key_dots(Q, K, V, j0 + 1, n, ahead, b, G, NV);
+  key_dots(Q, K, j0, n, a, G, NV);
+  key_dots(Q, K, j0 + 1, n, b, G, NV);
   for (int g = 0; g < G; g++) pair[g] = fold2(a[g], b[g]);
-  key_dots(Q, K, V, j0 + 2, n, ahead, a, G, NV);
-  key_dots(Q, K, V, j0 + 3, n, ahead, b, G, NV);
+  key_dots(Q, K, j0 + 2, n, a, G, NV);
+  key_dots(Q, K, j0 + 3, n, b, G, NV);
   for (int g = 0; g < G; g++) w[g] = fold4(pair[g], fold2(a[g], b[g]));
 }
 
 /* Keys j0 .. j0 + 7 (j0 < n): x[g], head g's sums of keys j0 .. j0 + 3 as halves in 128-bit lanes
- * 0 and 1, of the next four in lanes 2 and 3 (fold_lanes of two quads) */
-static inline __attribute__((always_inline)) void octet(const float *Q, const float *K, const float *V, long j0,
-                                                        long n, long ahead, __m512 *x, const int G, const int NV) {
+ * 0 and 1, of the next four in lanes 2 and 3 (fold_lanes of two quads; past n, zeros) */
+static inline __attribute__((always_inline)) void octet(const float *Q, const float *K, long j0, long n, __m512 *x,
+                                                        const int G, const int NV) {
   __m512 w0[16], w1[16];
-  quad(Q, K, V, j0, n, ahead, w0, G, NV);
-  if (j0 + 4 < n) quad(Q, K, V, j0 + 4, n, ahead, w1, G, NV);
+  quad(Q, K, j0, n, w0, G, NV);
+  if (j0 + 4 < n) quad(Q, K, j0 + 4, n, w1, G, NV);
   else
     for (int g = 0; g < G; g++) w1[g] = _mm512_setzero_ps();
   for (int g = 0; g < G; g++) x[g] = fold_lanes(w0[g], w1[g]);
 }
 
-/* Keys j0 .. j0 + 15 of the block (j0 < n): s[g], head g's 16 scores in key order (unscaled; past
- * n, any finite value) */
-static inline __attribute__((always_inline)) void scores16(const float *Q, const float *K, const float *V, long j0,
-                                                           long n, long ahead, __m512 *s, const int G, const int NV) {
+/* The block of n <= 16 keys at K: s[g], head g's 16 scores in key order (unscaled; past n, any
+ * finite value) */
+static inline __attribute__((always_inline)) void scores16(const float *Q, const float *K, long n, __m512 *s,
+                                                           const int G, const int NV) {
   __m512 x[16], y[16];
-  octet(Q, K, V, j0, n, ahead, x, G, NV);
-  if (j0 + 8 < n) octet(Q, K, V, j0 + 8, n, ahead, y, G, NV);
+  octet(Q, K, 0, n, x, G, NV);
+  if (8 < n) octet(Q, K, 8, n, y, G, NV);
   else
     for (int g = 0; g < G; g++) y[g] = _mm512_setzero_ps();
   for (int g = 0; g < G; g++) s[g] = fold_lanes(x[g], y[g]);
@@ -306,39 +294,24 @@ static inline __attribute__((always_inline)) void attend_fast(const float *Q, co
                                                               float scale, float *O, const int G, const int NV) {
   const long hd = NV * 16;
   __m512 acc[16], m[16], l[16];
-  float p[16][KB] __attribute__((aligned(64))); /* a block's probabilities, head by head */
+  float p[16][16] __attribute__((aligned(64))); /* a block's probabilities, head by head */
   for (int g = 0; g < G; g++) {
     m[g] = _mm512_set1_ps(-INFINITY);
     l[g] = _mm512_setzero_ps();
     for (int v = 0; v < NV; v++) acc[g * NV + v] = _mm512_setzero_ps();
   }
-  for (long t = 0; t < KB && t < L; t++) {
-    _mm_prefetch((const char *)(K + t * hd), _MM_HINT_T0);
-    _mm_prefetch((const char *)(V + t * hd), _MM_HINT_T0);
-  }
-  for (long t0 = 0; t0 < L; t0 += KB) {
-    long n = L - t0 < KB ? L - t0 : KB;
-    __m512 s[SV][16];
-    __mmask16 valid[SV];
-    for (int sv = 0; sv < SV; sv++) {
-      if (sv * 16 < n) scores16(Q, K + t0 * hd, V + t0 * hd, sv * 16, n, L - KB - t0, s[sv], G, NV);
-      else
-        for (int g = 0; g < G; g++) s[sv][g] = _mm512_setzero_ps();
-      valid[sv] = tail(n - sv * 16 > 0 ? n - sv * 16 : 0);
-      for (int g = 0; g < G; g++) /* scaled; past n, -inf */
-        s[sv][g] = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), valid[sv], s[sv][g], _mm512_set1_ps(scale));
-    }
-    for (int g = 0; g < G; g++) { /* the block joins the running softmax */
-      __m512 top = m[g];
-      for (int sv = 0; sv < SV; sv++) top = _mm512_max_ps(top, s[sv][g]);
-      top = max16(top);
+  for (long t0 = 0; t0 < L; t0 += 16) {
+    long n = L - t0 < 16 ? L - t0 : 16;
+    __mmask16 valid = tail(n);
+    __m512 s[16];
+    scores16(Q, K + t0 * hd, n, s, G, NV);
+    for (int g = 0; g < G; g++) { /* the block joins the running softmax; past n, score -inf, p 0 */
+      s[g] = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), valid, s[g], _mm512_set1_ps(scale));
+      __m512 top = max16(_mm512_max_ps(m[g], s[g]));
       __m512 corr = exp16(_mm512_sub_ps(m[g], top)); /* ~1e-38 on the first block, when acc and l are 0 */
-      l[g] = _mm512_mul_ps(l[g], corr);
-      for (int sv = 0; sv < SV; sv++) { /* exp(-inf - top) is exp16's floor, ~1e-38: made 0 */
-        __m512 e = _mm512_maskz_mov_ps(valid[sv], exp16(_mm512_sub_ps(s[sv][g], top)));
-        l[g] = _mm512_add_ps(l[g], e);
-        _mm512_store_ps(p[g] + sv * 16, e);
-      }
+      __m512 e = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s[g], top)));
+      l[g] = _mm512_fmadd_ps(l[g], corr, e);
+      _mm512_store_ps(p[g], e);
       m[g] = top;
       for (int v = 0; v < NV; v++) acc[g * NV + v] = _mm512_mul_ps(acc[g * NV + v], corr);
     }

@@ -307,41 +307,34 @@ static inline __attribute__((always_inline)) void dots(const float *Q, const flo
 }
 
 /* Key j of the block at K (n keys valid): d[g]; past n, the last valid key again (its score is
- * masked by the caller). Its key and value KEYS rows ahead are prefetched while inside L
- * (j < ahead). */
-static inline __attribute__((always_inline)) void key_dots(const float *Q, const float *K, const float *V, long j,
-                                                           long n, long ahead, vf *d, const int G, const int NV) {
-  const long hd = NV * VEC;
-  if (j < ahead)
-    for (long x = 0; x < hd; x += 16) { /* every 64-byte line */
-      __builtin_prefetch(K + (j + KEYS) * hd + x, 0, 3);
-      __builtin_prefetch(V + (j + KEYS) * hd + x, 0, 3);
-    }
-  dots(Q, K + (j < n ? j : n - 1) * hd, d, G, NV);
+ * masked by the caller) */
+static inline __attribute__((always_inline)) void key_dots(const float *Q, const float *K, long j, long n, vf *d,
+                                                           const int G, const int NV) {
+  dots(Q, K + (j < n ? j : n - 1) * NV * VEC, d, G, NV);
 }
 
 /* Keys j0 .. j0 + 3 (j0 < n): w[g], within each 128-bit lane, head g's sums of the four */
-static inline __attribute__((always_inline)) void quad(const float *Q, const float *K, const float *V, long j0,
-                                                       long n, long ahead, vf *w, const int G, const int NV) {
+static inline __attribute__((always_inline)) void quad(const float *Q, const float *K, long j0, long n, vf *w,
+                                                       const int G, const int NV) {
   vf a[MAX_GROUP], b[MAX_GROUP], pair[MAX_GROUP];
-  key_dots(Q, K, V, j0, n, ahead, a, G, NV);
-  key_dots(Q, K, V, j0 + 1, n, ahead, b, G, NV);
+  key_dots(Q, K, j0, n, a, G, NV);
+  key_dots(Q, K, j0 + 1, n, b, G, NV);
   for (int g = 0; g < G; g++) pair[g] = fold2(a[g], b[g]);
-  key_dots(Q, K, V, j0 + 2, n, ahead, a, G, NV);
-  key_dots(Q, K, V, j0 + 3, n, ahead, b, G, NV);
+  key_dots(Q, K, j0 + 2, n, a, G, NV);
+  key_dots(Q, K, j0 + 3, n, b, G, NV);
   for (int g = 0; g < G; g++) w[g] = fold4(pair[g], fold2(a[g], b[g]));
 }
 
 /* Keys j0 .. j0 + VEC - 1 of the block (j0 < n): s[g], head g's VEC scores in key order (unscaled;
  * past n, any finite value). For VEC = 8 two quads, their 128-bit lanes added across. */
-static inline __attribute__((always_inline)) void score_vector(const float *Q, const float *K, const float *V, long j0,
-                                                               long n, long ahead, vf *s, const int G, const int NV) {
+static inline __attribute__((always_inline)) void score_vector(const float *Q, const float *K, long j0, long n, vf *s,
+                                                               const int G, const int NV) {
 #if VEC == 4
-  quad(Q, K, V, j0, n, ahead, s, G, NV);
+  quad(Q, K, j0, n, s, G, NV);
 #else
   vf w0[MAX_GROUP], w1[MAX_GROUP];
-  quad(Q, K, V, j0, n, ahead, w0, G, NV);
-  if (j0 + 4 < n) quad(Q, K, V, j0 + 4, n, ahead, w1, G, NV);
+  quad(Q, K, j0, n, w0, G, NV);
+  if (j0 + 4 < n) quad(Q, K, j0 + 4, n, w1, G, NV);
   else
     for (int g = 0; g < G; g++) w1[g] = splat(0.0f);
   for (int g = 0; g < G; g++)
@@ -359,7 +352,9 @@ static inline __attribute__((always_inline)) void score_vector(const float *Q, c
  * time, over the block's keys (in L1 by then), so that the live vectors are CH accumulators, a
  * broadcast score and one loaded value: 10 of AVX2's and SSE's 16 registers, where all G x NV
  * accumulators at once (24 for SmolLM2's 3 x 64 in AVX2) spilled to the stack at every key.
- * Between blocks a group's output waits in acc, in L1. */
+ * Between blocks a group's output waits in acc, in L1. The keys and values stream in by the
+ * hardware's prefetchers alone: a software prefetch of each row a block ahead made the stage
+ * slower in AVX2 on AMD Zen 4 (bench/decode_stack_ab.py --stages, as kernels_avx512.c). */
 #define CH (NV < 8 ? NV : 8)
 static inline __attribute__((always_inline)) void attend_fast(const float *Q, const float *K, const float *V, long L,
                                                               float scale, float *O, const int G, const int NV) {
@@ -377,7 +372,7 @@ static inline __attribute__((always_inline)) void attend_fast(const float *Q, co
     long n = L - t0 < KEYS ? L - t0 : KEYS, whole = (n + VEC - 1) / VEC * VEC;
     for (long j0 = 0; j0 < n; j0 += VEC) {
       vf sv[MAX_GROUP];
-      score_vector(Q, K + t0 * hd, V + t0 * hd, j0, n, L - KEYS - t0, sv, G, NV);
+      score_vector(Q, K + t0 * hd, j0, n, sv, G, NV);
       vi inside = lane < (int)(n - j0); /* the lanes of keys before n */
       for (int g = 0; g < G; g++) vstore(s[g] + j0, vsel(inside, sv[g] * scale, splat(-INFINITY)));
     }

@@ -32,6 +32,8 @@ TASKS_SOURCE = Path(__file__).with_name("attention_tasks.c")  # included by both
 PREFILL_SOURCE = Path(__file__).with_name("prefill_attention.c")  # included by both sources
 INPUT_SOURCE = Path(__file__).with_name("gemm_input.c")  # included by both sources
 GREEDY_SOURCE = Path(__file__).with_name("greedy.c")  # included by both sources
+DECODE_ATTENTION_SOURCES = (Path(__file__).with_name("decode_attention_avx512.c"),  # included by SOURCE
+                            Path(__file__).with_name("decode_attention_vec.c"))  # included by VEC_SOURCE
 COMMON = ["-O3", "-fopenmp", "-fPIC", "-shared"]
 # instruction set -> (source, compiler flags, the cpu_features words it needs); best first
 BUILDS: dict[str, tuple[Path, list[str], tuple[str, ...]]] = {
@@ -61,7 +63,8 @@ def compile_library(cc: str, isa: str = "avx512", extra: tuple[str, ...] = ()) -
     source, flags, _ = BUILDS[isa]
     flags = COMMON + flags + list(extra)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    text = b"".join(p.read_bytes() for p in (source, TASKS_SOURCE, PREFILL_SOURCE, STACK_SOURCE, INPUT_SOURCE, GREEDY_SOURCE))
+    text = b"".join(p.read_bytes() for p in (source, TASKS_SOURCE, PREFILL_SOURCE, STACK_SOURCE, INPUT_SOURCE, GREEDY_SOURCE,
+                                                *DECODE_ATTENTION_SOURCES))
     key = hashlib.sha256(text + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
     out = cache_root() / "kernels" / f"decode_kernels-{isa}-{key}.so"
     if out.exists():

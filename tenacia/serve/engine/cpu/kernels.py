@@ -33,7 +33,8 @@ keys, one task per (key/value head, block of queries).
 pass, where torch's ``max`` with indices walks a row one float at a time.
 
 ``attention_tasks.c``, included by both sources, drives either build's decode attention (its tasks
-and threads) and the key/value store; ``prefill_attention.c``, included by both, the prefill's;
+and threads; the kernel of one query group: ``decode_attention_avx512.c`` and
+``decode_attention_vec.c``, included by their build's source) and the key/value store; ``prefill_attention.c``, included by both, the prefill's;
 ``decode_stack.c``, included by both, composes the same row and panel functions into one call for
 all of a decode step's decoder layers (``decode_stack.py``).
 

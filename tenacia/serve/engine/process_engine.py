@@ -25,6 +25,7 @@ import logging
 import multiprocessing as mp
 import os
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -159,22 +160,46 @@ def worker_main(conn: Any, model: str, cfg: EngineConfig, device_cfg: DeviceConf
     EngineWorker(engine, conn, recorder).serve()
 
 
+# An idle engine given a request waits for the rest of its burst (until no message for QUIET, at
+# most MOST): else the first of requests sent together is prefilled alone and waits through the
+# others' long prefill (docs/benchmarks.md, 2026-12-05: its TPOT twice the others' at 16 streams).
+ARRIVAL_QUIET_S = 0.003
+ARRIVAL_MOST_S = 0.025
+
+
 class EngineWorker:
     """The engine process's loop: messages in (``messages.ToEngine``), steps while there is
     work, messages out. A request the engine refuses, or a step that raises, fails the requests
-    it concerns (``StepFailed``) and the loop goes on serving the others."""
+    it concerns (``StepFailed``) and the loop goes on serving the others. ``clock``: seconds,
+    monotonic (tests pass a fake one)."""
 
-    def __init__(self, engine: Any, conn: Any, recorder: Recorder):
-        self.engine, self.conn, self.recorder = engine, conn, recorder
+    def __init__(self, engine: Any, conn: Any, recorder: Recorder, clock: Any = time.monotonic):
+        self.engine, self.conn, self.recorder, self.clock = engine, conn, recorder, clock
 
     def serve(self) -> None:
         while self.receive():
             self.step()
 
     def receive(self) -> bool:
-        """Handle every waiting message (waiting up to 1 s for one when idle); False to stop."""
-        if not self.conn.poll(0 if self.engine.has_work() else 1.0):
+        """Handle every waiting message (waiting up to 1 s for one when idle, and when an idle
+        engine is given work, for the rest of the burst: ``ARRIVAL_QUIET_S``, ``ARRIVAL_MOST_S``);
+        False to stop."""
+        idle = not self.engine.has_work()
+        if not self.conn.poll(1.0 if idle else 0):
             return True
+        until = self.clock() + ARRIVAL_MOST_S
+        while True:
+            if not self._handle_waiting():
+                return False
+            left = until - self.clock()
+            if not (idle and self.engine.has_work()) or left <= 0 or not self.conn.poll(min(ARRIVAL_QUIET_S, left)):
+                break
+        if self.recorder.events and not self.engine.has_work():  # aborts' metrics, with no step to carry them
+            self.conn.send(Deltas([], self.recorder.drain()))
+        return True
+
+    def _handle_waiting(self) -> bool:
+        """Every message waiting now; False to stop."""
         while self.conn.poll(0):
             try:
                 message = self.conn.recv()
@@ -195,8 +220,6 @@ class EngineWorker:
                 case Abort(parts=parts):
                     for part in parts:
                         self.engine.abort(part)
-        if self.recorder.events and not self.engine.has_work():  # aborts' metrics, with no step to carry them
-            self.conn.send(Deltas([], self.recorder.drain()))
         return True
 
     def step(self) -> None:

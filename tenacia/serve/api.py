@@ -60,8 +60,8 @@ MAX_PROMPTS = 16
 
 
 def create_app(served: ServedModel, engine: ProcessEngine, cfg: ServerConfig, metrics: ServeMetrics) -> Guard:
-    """The ASGI app. The engine's reader thread starts with the app; the engine process stops
-    after the drain."""
+    """The ASGI app. The app's event loop watches the engine's pipe from its start; the engine
+    process stops after the drain."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

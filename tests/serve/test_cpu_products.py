@@ -1,5 +1,6 @@
 """Which implementation runs each product: timed once per shape, the one of least median time kept
-for a decode and for a prefill, the layouts neither chose dropped; the timing rule checked with a fake clock."""
+for a decode, a prefill and a long prefill, the layouts none chose dropped; the timing rule checked
+with a fake clock."""
 
 from __future__ import annotations
 
@@ -35,10 +36,11 @@ def generic_kernels():
 
 @needs_cc
 def test_the_fastest_is_kept_per_regime_and_the_others_dropped(generic_kernels, monkeypatch):
-    # the kernel fastest for 16 rows; MKL (packed where it can pack) fastest for 128; oneDNN never
+    # the kernel fastest for 16 rows; MKL (packed where it can pack) fastest for 128; oneDNN for 512
     cost = {("kernel", 16): 1.0, ("onednn", 16): 2.0, ("mkl-packed", 16): 3.0, ("mkl", 16): 3.0,
             ("kernel", 1): 0.5, ("onednn", 1): 2.0, ("mkl-packed", 1): 1.0, ("mkl", 1): 1.0,
-            ("kernel", 128): 9.0, ("onednn", 128): 8.0, ("mkl-packed", 128): 5.0, ("mkl", 128): 5.0}
+            ("kernel", 128): 9.0, ("onednn", 128): 8.0, ("mkl-packed", 128): 5.0, ("mkl", 128): 5.0,
+            ("kernel", 512): 30.0, ("onednn", 512): 10.0, ("mkl-packed", 512): 20.0, ("mkl", 512): 20.0}
     clock = FakeClock()
     monkeypatch.setattr(products.time, "perf_counter", clock)
     real_run = PackedLinear.run
@@ -53,16 +55,22 @@ def test_the_fastest_is_kept_per_regime_and_the_others_dropped(generic_kernels, 
     w = torch.randn(48, 32, generator=gen)
     lin = PackedLinear(w, kernels=generic_kernels, chooser=chooser)
     mkl = "mkl-packed" if products._mkl_usable(w) and lin.packed is not None else "mkl"
-    assert (lin.decode_impl, lin.prefill_impl) == ("kernel", mkl)
-    assert lin.onednn is None and lin.small is not None  # only what runs is kept
+    long = "onednn" if torch.backends.mkldnn.is_available() else mkl
+    assert (lin.decode_impl, lin.prefill_impl, lin.long_impl) == ("kernel", mkl, long)
+    assert lin.small is not None and (lin.onednn is not None) == (long == "onednn")  # only what runs is kept
     assert (lin.packed is not None) == (mkl == "mkl-packed") and (lin.weight is not None) == (mkl == "mkl")
-    for rows in (1, 16, 17, 200):
+    ran = []
+    monkeypatch.setattr(PackedLinear, "run", lambda self, impl, flat: ran.append(impl) or real_run(self, impl, flat))
+    for rows in (1, 16, 17, products.LONG_FROM, products.LONG_FROM + 1, 600):
         x = torch.randn(rows, 32, generator=gen)
         torch.testing.assert_close(lin(x), F.linear(x, w), rtol=1e-5, atol=1e-4)
+    assert ran == ["kernel", "kernel", mkl, mkl, long, long]  # each regime's choice, by row count
+    monkeypatch.setattr(PackedLinear, "run", run)
     timed = clock.now
     again = PackedLinear(torch.randn(48, 32, generator=gen), kernels=generic_kernels, chooser=chooser)
-    assert (again.decode_impl, again.prefill_impl) == ("kernel", mkl) and clock.now == timed  # not timed again
-    assert chooser.summary().startswith(f"decode kernel x1, prefill {mkl} x1")
+    assert (again.decode_impl, again.prefill_impl, again.long_impl) == ("kernel", mkl, long)
+    assert clock.now == timed  # not timed again
+    assert chooser.summary().startswith(f"decode kernel x1, prefill {mkl} x1, long prefill (over 256 rows) {long} x1")
 
 
 @needs_cc
@@ -133,7 +141,7 @@ def test_with_the_decode_kernels_a_decode_takes_their_panels_untimed(generic_ker
     monkeypatch.setattr(PackedLinear, "run", lambda self, impl, flat: runs.append(flat.size(0)) or real_run(self, impl, flat))
     chooser = ProductChooser(repeats=2, evict=lambda: pytest.fail("a decode was timed"))
     lin = PackedLinear(torch.randn(48, 32), kernels=generic_kernels, chooser=chooser)
-    assert lin.decode_impl == "kernel" and set(runs) == {products.PREFILL_ROWS}
+    assert lin.decode_impl == "kernel" and set(runs) == {products.PREFILL_ROWS, products.LONG_PREFILL_ROWS}
     assert chooser.summary().startswith("decode kernel x1, prefill ")
 
 

@@ -142,7 +142,7 @@ class MklPrefill(ProductChooser):
 
     def choose(self, lin, available, runs_in="both", decode=None):
         prefill = "mkl-packed" if "mkl-packed" in available and runs_in != "decode" else available[0]
-        return decode or prefill, prefill
+        return decode or prefill, prefill, prefill
 
 
 @needs_cc

@@ -143,8 +143,7 @@ def test_a_failed_choice_fails_its_request_only_in_the_process_engine():
     async def main() -> None:
         engine = ProcessEngine("unused", EngineConfig())
         engine._conn, worker_end = mp.Pipe()
-        loop = asyncio.get_running_loop()
-        hurt, fine = RequestHandle(engine, "req0", 1, 2, loop), RequestHandle(engine, "req1", 1, 1, loop)
+        hurt, fine = RequestHandle(engine, "req0", 1, 2), RequestHandle(engine, "req1", 1, 1)
         engine._parts = {"req0-0": [hurt, 0, 2], "req1-0": [fine, 0, 1]}
 
         def delta(rid: str, index: int, reason: str | None = None, error: str | None = None) -> ChoiceDelta:

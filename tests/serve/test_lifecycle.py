@@ -70,10 +70,12 @@ def test_start_up_line_says_whether_decode_kernels_run(server, tiny_server):
         assert re.search(rf"; decode kernels on \({best}; decode (one call|layer by layer(, prefill products)?) "
                          r"\(ms a step at 1/16 sequences: one call [\d.]+/[\d.]+; layer by layer [\d.]+/[\d.]+"
                          r"(; layer by layer, prefill products [\d.]+/[\d.]+)?; timed in [\d.]+ s: set-up [\d.]+, "
-                         r"warm-up [\d.]+, \d+ rounds [\d.]+\); prefill (products as timed|rows shared) \(ms a prefill "
-                         r"of 100 tokens: products as timed [\d.]+; rows shared [\d.]+; timed in [\d.]+ s\)\)[;)]",
+                         r"warm-up [\d.]+, \d+ rounds [\d.]+\); prefill (products as timed|kernel panels|rows shared) "
+                         r"\(ms a prefill of 100 tokens: products as timed [\d.]+(; kernel panels [\d.]+)?; rows shared "
+                         r"[\d.]+; timed in [\d.]+ s\)\)[;)]",
                          listening), listening
-        assert re.search(r"; products decode .+, prefill .+ \(timed in [\d.]+ s\)\)", listening), listening
+        assert re.search(r"; products decode .+, prefill .+, long prefill \(over 256 rows\) .+ \(timed in [\d.]+ s\)\)",
+                         listening), listening
     else:  # and says why not
         assert re.search(r"; decode kernels off \(.+\)[;)]", listening), listening
     assert "; decode kernels off (--no-decode-kernels)" in [ln for ln in server.lines if "listening on" in ln][0]

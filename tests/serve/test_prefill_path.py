@@ -1,8 +1,9 @@
 """How a prefill's products share the threads (``engine/cpu/prefill_path.py``): the rows dealt
 among the threads give ``F.linear``'s product for every row count and thread count; a tie keeps
 the products as timed, named on the start-up line; a clock on which the columns are slow picks
-the rows for every product, frees the layouts no regime reads, and prefills the same; a model
-whose decode freed the kernels' panels is not raced."""
+the rows for every product, frees the layouts no regime reads, and prefills the same; one on which
+the kernels' panels are slow alone but fast in a whole prefill picks them for a short prefill and
+leaves a long one its own choice; a model whose decode freed the kernels' panels is not raced."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tenacia.serve.engine.cpu import prefill_path
+from tenacia.serve.engine.cpu import prefill_path, products
 from tenacia.serve.engine.cpu.backend import KernelBackend
 from tenacia.serve.engine.cpu.decode_path import PRODUCTS
-from tenacia.serve.engine.cpu.prefill_path import AS_TIMED, ROWS, PrefillSteps
-from tenacia.serve.engine.cpu.products import PackedLinear, ProductChooser
+from tenacia.serve.engine.cpu.prefill_path import AS_TIMED, COLUMNS, ROWS, PrefillSteps
+from tenacia.serve.engine.cpu.products import (
+    LONG_PREFILL_ROWS,
+    PREFILL_ROWS,
+    PackedLinear,
+    ProductChooser,
+)
 from tenacia.serve.engine.packed import PackedLlama
 
 from ..conftest import needs_cc
@@ -49,7 +55,8 @@ def test_a_tie_keeps_the_products_as_timed_and_names_the_way_on_the_start_up_lin
     backend = _backend(kernels, FakeClock())  # no way takes any time
     packed = PackedLlama(small_llama(3, 1, 64, False), backend)
     line = backend.describe()[0]
-    assert f"prefill {AS_TIMED} (ms a prefill of 100 tokens: {AS_TIMED} 0.0; {ROWS} 0.0; timed in" in line, line
+    assert f"prefill {AS_TIMED} (ms a prefill of 100 tokens: {AS_TIMED} 0.0; " in line, line
+    assert f"{ROWS} 0.0; timed in" in line, line
     assert all(getattr(layer, name).prefill_impl != "kernel-rows" for layer in packed.layers for name in PRODUCTS)
 
 
@@ -65,6 +72,7 @@ def test_a_clock_on_which_the_columns_are_slow_picks_the_rows_frees_the_rest_and
         return run(self, impl, flat)
 
     monkeypatch.setattr(PackedLinear, "run", timed_run)
+    monkeypatch.setattr(products.time, "perf_counter", clock)  # the products timed alone: all tie, the panels kept
     model = small_llama(4, 2, 48, True)
     packed = PackedLlama(model, _backend(kernels, clock))
     assert f"prefill {ROWS} (" in packed.backend.describe()[0]
@@ -91,3 +99,25 @@ def test_a_model_whose_products_lack_the_kernels_panels_is_not_raced(kernels, mo
     monkeypatch.setattr(prefill_path, "choose", no_race)
     backend.arrange_prefill(packed)
     assert backend.describe()[0].endswith(f"; prefill {AS_TIMED}: a product without the kernels' panels)")
+
+
+@needs_cc
+def test_panels_slow_alone_but_fast_in_a_whole_prefill_win_the_short_prefills_only(kernels, monkeypatch):  # noqa: F811
+    clock = FakeClock()
+    run = PackedLinear.run
+
+    def timed_run(self, impl, flat):
+        rows = flat.size(0)  # the panels slow where the chooser times products alone, the rest slow in a prefill
+        if rows > 16 and (impl == "kernel") == (rows in (PREFILL_ROWS, LONG_PREFILL_ROWS)):
+            clock.advance(0.001)
+        return run(self, impl, flat)
+
+    monkeypatch.setattr(PackedLinear, "run", timed_run)
+    monkeypatch.setattr(products.time, "perf_counter", clock)
+    packed = PackedLlama(small_llama(4, 2, 48, True), _backend(kernels, clock))
+    line = packed.backend.describe()[0]
+    assert f"prefill {COLUMNS} (" in line and f"{AS_TIMED} " in line and f"{ROWS} " in line, line
+    for layer in packed.layers:
+        for name in PRODUCTS:
+            lin = getattr(layer, name)
+            assert lin.prefill_impl == "kernel" and lin.long_impl != "kernel", (name, lin.long_impl)

@@ -5,6 +5,7 @@ when its server is killed."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
 import os
 import signal
@@ -18,9 +19,15 @@ import pytest
 
 from tenacia.process import alive
 from tenacia.serve.config import EngineConfig
-from tenacia.serve.engine.llm_engine import LLMEngine
+from tenacia.serve.engine.llm_engine import ChoiceDelta, LLMEngine
 from tenacia.serve.engine.messages import Add, Deltas, StepFailed, Stop, Stopped
-from tenacia.serve.engine.process_engine import EngineWorker, Recorder
+from tenacia.serve.engine.process_engine import (
+    EngineError,
+    EngineWorker,
+    ProcessEngine,
+    Recorder,
+    RequestHandle,
+)
 from tenacia.serve.engine.sequence import SamplingParams
 
 from .tiny import ServerProcess
@@ -67,6 +74,42 @@ def test_a_step_that_raises_fails_its_requests_and_the_engine_serves_on(model, t
     assert [type(m) for m in got] == [StepFailed] and got[0].parts == ["c-0"]
     server.send(Stop())
     assert worker.receive() is False and isinstance(server.recv(), Stopped)
+
+
+class _Exited:
+    """Stands for an engine process that has exited."""
+
+    exitcode = -9
+
+    def join(self, timeout=None) -> None:
+        pass
+
+
+@pytest.mark.timeout(30)
+def test_the_event_loop_reads_the_pipe_then_fails_every_request_when_it_closes():
+    """One message for many requests is read in the loop's thread and handed to each; its metrics
+    are replayed; a StepFailed fails its requests; a closed pipe fails the rest and stops the watch."""
+    async def main() -> None:
+        replayed = Recorder()
+        engine = ProcessEngine("unused", EngineConfig(), metrics=replayed)
+        engine._conn, worker = mp.Pipe()
+        engine._proc = _Exited()
+        a, b, c = (RequestHandle(engine, f"req{i}", 1, 1) for i in range(3))
+        engine._parts = {"req0-0": [a, 0, 1], "req1-0": [b, 0, 1], "req2-0": [c, 0, 1]}
+        engine.start()
+        worker.send(Deltas([ChoiceDelta("req0-0", 0, "x", [5], [], None, 3, 1),
+                            ChoiceDelta("req1-0", 0, "y", [6], [], "length", 3, 1)], [("decode_step", (0.02, 2))]))
+        got_a, got_b = [await asyncio.wait_for(h.queue.get(), 5) for h in (a, b)]
+        assert [d.text for d in got_a] == ["x"] and [d.finish_reason for d in got_b] == ["length"]
+        assert replayed.drain() == [("decode_step", (0.02, 2))] and "req1-0" not in engine._parts
+        worker.send(StepFailed(["req2-0"], "the engine failed during a step: boom"))
+        assert "boom" in str(await asyncio.wait_for(c.queue.get(), 5))
+        worker.close()
+        lost = await asyncio.wait_for(a.queue.get(), 5)
+        assert isinstance(lost, EngineError) and "exit code -9" in str(lost) and engine.dead is not None
+        assert engine._loop is None and engine._parts == {}
+
+    asyncio.run(main())
 
 
 def _engine_pid(server_pid: int) -> int:

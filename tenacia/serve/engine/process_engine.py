@@ -50,12 +50,10 @@ class RequestHandle:
     """One API request: one or more prompts, ``n`` choices each. Choice ``j`` of prompt ``p`` is
     reported as index ``p * n + j``."""
 
-    def __init__(self, engine: ProcessEngine, request_id: str, num_prompts: int, n: int,
-                 loop: asyncio.AbstractEventLoop):
+    def __init__(self, engine: ProcessEngine, request_id: str, num_prompts: int, n: int):
         self.engine, self.request_id, self.n = engine, request_id, n
         self.parts = [f"{request_id}-{p}" for p in range(num_prompts)]
         self.remaining = num_prompts * n
-        self.loop = loop
         self.queue: asyncio.Queue[list[ChoiceDelta] | BaseException] = asyncio.Queue()
 
     async def deltas(self) -> AsyncIterator[list[ChoiceDelta]]:
@@ -76,10 +74,8 @@ class RequestHandle:
             self.engine._cancel(self)
 
     def _put(self, item: list[ChoiceDelta] | BaseException) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
+        """In the event loop's thread, as the engine's messages are read there."""
+        self.queue.put_nowait(item)
 
 
 class Recorder:
@@ -244,11 +240,10 @@ class ProcessEngine:
         self.info: EngineInfo | None = None
         self.dead: str | None = None  # why the engine process is gone, once it is
         self._parts: dict[str, list] = {}  # engine request id -> [handle, index offset, choices left]
-        self._lock = threading.Lock()
         self._ids = itertools.count()
         self._conn = None
         self._proc = None
-        self._reader: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop watching the pipe, once started
 
     @property
     def capacity_tokens(self) -> int:
@@ -284,20 +279,34 @@ class ProcessEngine:
         return self.info
 
     def start(self) -> None:
-        self._reader = threading.Thread(target=self._read, name="tenacia-engine-reader", daemon=True)
-        self._reader.start()
+        """Watch the engine's pipe from the running event loop (call it there): its messages are
+        read in the loop's thread, one wake-up a step for all requests (a reader thread took the
+        GIL from the loop and woke it once a request: docs/benchmarks.md, 2026-12-05)."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._conn.fileno(), self._on_readable)
+
+    def _unwatch(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._conn.fileno())
+            self._loop = None
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the engine process: ``Stop``, then wait (up to ``timeout``) for its ``Stopped``
+        and its exit; kill it if it has not exited by then. In the loop's thread, once the
+        requests have drained (what the engine still sends is dropped)."""
         if self._conn is None:
             return
+        self._unwatch()
+        deadline = time.monotonic() + timeout
         try:
-            self._send(Stop())
-        except (OSError, ValueError):
+            self._conn.send(Stop())
+            while self._conn.poll(max(0.0, deadline - time.monotonic())):
+                if isinstance(self._conn.recv(), Stopped):
+                    break
+        except (OSError, ValueError, EOFError):
             pass
-        if self._reader is not None:
-            self._reader.join(timeout)
         if self._proc is not None:
-            self._proc.join(timeout)
+            self._proc.join(max(0.0, deadline - time.monotonic()))
             if self._proc.is_alive():
                 self._proc.kill()
 
@@ -312,80 +321,70 @@ class ProcessEngine:
             self.check(prompt, params)
         if self.dead is not None:
             raise EngineError(self.dead)
-        handle = RequestHandle(self, f"req{next(self._ids)}", len(prompts), params.n, asyncio.get_running_loop())
-        with self._lock:
-            for p, part in enumerate(handle.parts):
-                self._parts[part] = [handle, p * params.n, params.n]
+        handle = RequestHandle(self, f"req{next(self._ids)}", len(prompts), params.n)
+        for p, part in enumerate(handle.parts):
+            self._parts[part] = [handle, p * params.n, params.n]
         try:
-            self._send(Add(handle.parts, prompts, params))
-        except (OSError, ValueError):  # the pipe broke: the reader thread is failing everything
-            with self._lock:
-                for part in handle.parts:
-                    self._parts.pop(part, None)
+            self._conn.send(Add(handle.parts, prompts, params))
+        except (OSError, ValueError):  # the pipe broke: the pipe's watcher is failing everything
+            for part in handle.parts:
+                self._parts.pop(part, None)
             raise EngineError(self.dead or "the engine process exited") from None
         return handle
 
     def _cancel(self, handle: RequestHandle) -> None:
         """RequestHandle.cancel's way in."""
-        with self._lock:
-            for part in handle.parts:
-                self._parts.pop(part, None)
+        for part in handle.parts:
+            self._parts.pop(part, None)
         if self.dead is None:
             try:
-                self._send(Abort(handle.parts))
+                self._conn.send(Abort(handle.parts))
             except (OSError, ValueError):
                 pass
 
-    def _send(self, message: Add | Abort | Stop) -> None:
-        with self._lock:
-            self._conn.send(message)
-
-    def _read(self) -> None:
-        while True:
-            try:
+    def _on_readable(self) -> None:
+        """Every message waiting on the pipe (the loop calls it when the pipe is readable)."""
+        try:
+            while self._conn.poll(0):
                 message = self._conn.recv()
-            except (EOFError, OSError):
-                self._proc.join(1.0)
-                self.dead = f"the engine process exited (exit code {self._proc.exitcode}); restart the server"
-                self._fail_all(EngineError(self.dead))
-                return
-            match message:
-                case Stopped():
-                    return
-                case StepFailed(parts=parts, reason=reason):
-                    with self._lock:
+                match message:
+                    case StepFailed(parts=parts, reason=reason):
                         handles = {id(e[0]): e[0] for e in (self._parts.pop(p, None) for p in parts) if e}
-                    for handle in handles.values():
-                        handle._put(EngineError(reason))
-                case Deltas(deltas=deltas, metrics=events):
-                    if self.metrics is not None:
-                        for name, args in events:
-                            getattr(self.metrics, name)(*args)
-                    self._dispatch(deltas)
+                        for handle in handles.values():
+                            handle._put(EngineError(reason))
+                    case Deltas(deltas=deltas, metrics=events):
+                        if self.metrics is not None:
+                            for name, args in events:
+                                getattr(self.metrics, name)(*args)
+                        self._dispatch(deltas)
+        except (EOFError, OSError):
+            self._unwatch()
+            self._proc.join(1.0)
+            self.dead = f"the engine process exited (exit code {self._proc.exitcode}); restart the server"
+            self._fail_all(EngineError(self.dead))
 
     def _dispatch(self, deltas: list[ChoiceDelta]) -> None:
         """Hand each delta to its request's handle. A failed choice (``error``) fails its whole
         request: the handle gets the error, and its end aborts the request's other choices."""
         by_handle: dict[int, tuple[RequestHandle, list[ChoiceDelta]]] = {}
         failed: dict[int, tuple[RequestHandle, str]] = {}
-        with self._lock:
-            for d in deltas:
-                entry = self._parts.get(d.request_id)
-                if entry is None:
-                    continue
-                handle, offset, _ = entry
-                if d.error is not None:
-                    failed[id(handle)] = (handle, d.error)
-                    continue
-                d.index += offset
-                if d.finish_reason is not None:
-                    entry[2] -= 1
-                    if entry[2] == 0:
-                        del self._parts[d.request_id]
-                by_handle.setdefault(id(handle), (handle, []))[1].append(d)
-            for handle, _ in failed.values():
-                for part in handle.parts:
-                    self._parts.pop(part, None)
+        for d in deltas:
+            entry = self._parts.get(d.request_id)
+            if entry is None:
+                continue
+            handle, offset, _ = entry
+            if d.error is not None:
+                failed[id(handle)] = (handle, d.error)
+                continue
+            d.index += offset
+            if d.finish_reason is not None:
+                entry[2] -= 1
+                if entry[2] == 0:
+                    del self._parts[d.request_id]
+            by_handle.setdefault(id(handle), (handle, []))[1].append(d)
+        for handle, _ in failed.values():
+            for part in handle.parts:
+                self._parts.pop(part, None)
         for key, (handle, items) in by_handle.items():
             if key not in failed:
                 handle._put(items)
@@ -393,8 +392,7 @@ class ProcessEngine:
             handle._put(EngineError(why))
 
     def _fail_all(self, error: EngineError) -> None:
-        with self._lock:
-            handles = {id(e[0]): e[0] for e in self._parts.values()}
-            self._parts.clear()
+        handles = {id(e[0]): e[0] for e in self._parts.values()}
+        self._parts.clear()
         for handle in handles.values():
             handle._put(error)

@@ -1,11 +1,17 @@
-"""How a prefill's products share the threads, chosen by timing whole prefills on this CPU at the
-engine's start.
+"""How a short prefill's products share the threads, chosen by timing whole prefills on this CPU
+at the engine's start. (A prefill of more than ``products.LONG_FROM`` rows, such as a burst of
+prompts prefilled together, runs each product's long-prefill choice, timed alone at
+``products.LONG_PREFILL_ROWS`` rows, whatever way is chosen here.)
 
-Two ways, each the same float32 math in another summation order:
+Three ways, each the same float32 math in another summation order:
 
 - "products as timed": each product in the layout ``products.ProductChooser`` timed fastest for
   its shape alone (oneDNN's, MKL's packed GEMM, or the kernels' panels), each dealing its
   output's columns among the threads;
+- "kernel panels": every product in the kernels' panels, their columns dealt among the threads
+  (raced only where some product timed another layout faster alone: at 100 tokens the panels
+  made whole prefills 5-9% faster than oneDNN's on the 2-core Zen 4 guest, although alone, in
+  cache, the products were within noise of each other; docs/benchmarks.md, 2026-12-05);
 - "rows shared": every product in the kernels' panels with the prompt's rows dealt among the
   threads instead (``SmallLinear.rows_split``: thread t of T takes rows n t / T .. n (t + 1) / T
   against every panel), as the kernels' norm, rotary and SiLU deal them, so that between the
@@ -19,8 +25,8 @@ slower in the `avx2` build, whose columns there are oneDNN's products (docs/benc
 12, "A prefill's rows dealt to the threads that wrote them"): so it is timed, not fixed.
 
 How: ``decode_path.race`` over whole prefills of one sequence of ``TOKENS`` new tokens on a cache
-of its own (freed after), the two ways in turns; the faster is kept (a tie goes to "products as
-timed") and the layouts it does not read are freed. Raced where every product of the model still
+of its own (freed after), the ways in turns; the fastest is kept (a tie goes to "products as
+timed") and the layouts no regime reads are freed. Raced where every product of the model still
 has the kernels' panels (a decode that chose the prefill's products freed them) and the products
 are timed (``EngineConfig.products = "timed"``).
 """
@@ -37,7 +43,8 @@ from ..attention import PagedAttention, PrefillLayout
 from ..kv_cache import CacheSpec, PagedKVCache
 from .decode_path import PRODUCTS, fastest, race
 
-AS_TIMED, ROWS = "products as timed", "rows shared"
+AS_TIMED, COLUMNS, ROWS = "products as timed", "kernel panels", "rows shared"
+IMPL = {COLUMNS: "kernel", ROWS: "kernel-rows"}  # the product layout a way sets for every product
 TOKENS = 100  # a timed prefill's prompt (bench/serve.py's prompts)
 BLOCK = 16
 
@@ -64,7 +71,7 @@ class PrefillSteps:
 
 
 class Ways:
-    """Switches ``model``'s prefill products between the two ways: ``arrange(way)``."""
+    """Switches ``model``'s (short) prefill products between the ways: ``arrange(way)``."""
 
     def __init__(self, model):
         self.products = [getattr(layer, name) for layer in model.layers for name in PRODUCTS]
@@ -72,7 +79,7 @@ class Ways:
 
     def arrange(self, way: str) -> None:
         for lin, timed in zip(self.products, self.timed, strict=True):
-            lin.prefill_impl = "kernel-rows" if way == ROWS else timed
+            lin.prefill_impl = IMPL.get(way, timed)
 
     def keep(self, way: str) -> None:
         """Prefill ``way`` from now on, and free the layouts no regime reads any more."""
@@ -89,7 +96,7 @@ def why_not(model) -> str | None:
 
 
 def choose(model, clock: Callable[[], float] = time.perf_counter) -> str:
-    """Time the ways ``model`` can prefill (module docstring), leave it prefilling the faster, and
+    """Time the ways ``model`` can prefill (module docstring), leave it prefilling the fastest, and
     return the start-up line's words for it."""
     t0 = clock()
     ways, steps = Ways(model), PrefillSteps(model, (TOKENS,))
@@ -100,7 +107,8 @@ def choose(model, clock: Callable[[], float] = time.perf_counter) -> str:
             steps.run(n)
         return run
 
-    times = race({way: step(way) for way in (AS_TIMED, ROWS)}, (TOKENS,), repeats=5, min_repeats=3, budget_s=1.5,
+    candidates = (AS_TIMED, COLUMNS, ROWS) if any(impl != "kernel" for impl in ways.timed) else (AS_TIMED, ROWS)
+    times = race({way: step(way) for way in candidates}, (TOKENS,), repeats=5, min_repeats=3, budget_s=1.0,
                  limit_s=4.0, clock=clock)
     chosen = fastest(times)
     ways.keep(chosen)

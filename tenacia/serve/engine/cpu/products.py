@@ -14,11 +14,15 @@ A ``PackedLinear`` holds one projection's weight in the layouts it can run in:
   ``prefill_path`` (whole prefills timed at start).
 Each layout checks itself against ``F.linear`` when it is built and is dropped if it disagrees.
 
-Which one runs is decided twice, for a decode step (``MAX_ROWS`` rows or fewer) and for a prefill
-(more), by ``ProductChooser``: it times the candidates on the first weight of each shape, in
-turns, and keeps the one of least median time (plain MKL only races where MKL cannot pack); the
-later layers of the same shape take the same choice untimed. A prefill's products are timed at ``PREFILL_ROWS``
-rows on a weight in cache (a prompt reuses each weight for every row). Where the engine's decode
+Which one runs is decided three times, for a decode step (``MAX_ROWS`` rows or fewer), a short
+prefill (up to ``LONG_FROM`` rows) and a long one (more), by ``ProductChooser``: it times the
+candidates on the first weight of each shape, in turns, and keeps the one of least median time
+(plain MKL only races where MKL cannot pack); the later layers of the same shape take the same
+choice untimed. A prefill's products are timed at ``PREFILL_ROWS`` rows and a long prefill's at
+``LONG_PREFILL_ROWS``, on a weight in cache (a prompt reuses each weight for every row): the two
+differ (on the 2-core Zen 4 guest the kernels' panels were the fastest or level at 128 rows and
+the slowest from 512 rows on, whose transposed input no longer fits a core's L2 cache: a burst of
+16 x 100 tokens took 8-23% longer with them than with oneDNN's; docs/benchmarks.md, 2026-12-05). Where the engine's decode
 kernels run, a decode's products take their panels here, and the way a whole decode step runs
 (the kernels' one call, the layers one by one, or the layers with the prefill's products) is
 timed at start on whole steps (``decode_path.py``). Without the kernels a decode product is
@@ -52,6 +56,8 @@ log = logging.getLogger(__name__)
 # 256 were about level (measured in docs/serving.md, "Recorded observations").
 PACK_ROWS = 128
 PREFILL_ROWS = 128  # the prefill a choice is timed at
+LONG_PREFILL_ROWS = 512  # the long prefill a choice is timed at
+LONG_FROM = 256  # a prefill of more rows than this runs the long prefill's choice
 CHECK_ROWS = (1, 3, 16, 37)
 IMPLS = ("kernel", "mkl-packed", "onednn", "mkl")
 
@@ -81,16 +87,16 @@ class PackedLinear:
         layouts = (self.small, self.packed, self.onednn, weight if self.packed is None else None)
         available = [name for name, layout in zip(IMPLS, layouts, strict=True) if layout is not None]
         if chooser is not None:
-            self.decode_impl, self.prefill_impl = chooser.choose(self, available, runs_in,
-                                                                 decode="kernel" if self.small is not None else None)
+            self.decode_impl, self.prefill_impl, self.long_impl = chooser.choose(
+                self, available, runs_in, decode="kernel" if self.small is not None else None)
         else:
             self.decode_impl = available[0]
-            self.prefill_impl = "mkl-packed" if self.packed is not None else "mkl"
+            self.prefill_impl = self.long_impl = "mkl-packed" if self.packed is not None else "mkl"
         self.drop_unused()
 
     def drop_unused(self) -> None:
-        """Free the layouts neither ``decode_impl`` nor ``prefill_impl`` names."""
-        used = {self.decode_impl, self.prefill_impl}
+        """Free the layouts that none of ``decode_impl``, ``prefill_impl``, ``long_impl`` names."""
+        used = {self.decode_impl, self.prefill_impl, self.long_impl}
         if not used & {"kernel", "kernel-rows"}:
             self.small = None
         if "mkl-packed" not in used:
@@ -151,7 +157,8 @@ class PackedLinear:
 
     def __call__(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)
-        impl = self.decode_impl if flat.size(0) <= dk.MAX_ROWS else self.prefill_impl
+        rows = flat.size(0)
+        impl = self.decode_impl if rows <= dk.MAX_ROWS else self.prefill_impl if rows <= LONG_FROM else self.long_impl
         return self.run(impl, flat).view(*x.shape[:-1], self.out_features)
 
 
@@ -179,37 +186,42 @@ class CacheEvictor:
 
 class ProductChooser:
     """Times the implementations of each weight shape once and remembers the fastest for a decode
-    step and for a prefill (module docstring). ``summary`` is what the start-up line says.
-    ``evict``: makes the caches forget a weight before each decode timing (a ``CacheEvictor``
-    made for each new shape where not given)."""
+    step, a prefill and a long prefill (module docstring). ``summary`` is what the start-up line
+    says. ``evict``: makes the caches forget a weight before each decode timing (a
+    ``CacheEvictor`` made for each new shape where not given). A long prefill's products are
+    timed ``long_repeats`` times (each call is ~4x a prefill's: the start stays short)."""
 
     def __init__(self, decode_rows: int = dk.MAX_ROWS, prefill_rows: int = PREFILL_ROWS, repeats: int = 5,
-                 evict=None):
+                 evict=None, long_rows: int = LONG_PREFILL_ROWS, long_repeats: int = 3):
         self.decode_rows, self.prefill_rows, self.repeats = decode_rows, prefill_rows, repeats
+        self.long_rows, self.long_repeats = long_rows, long_repeats
         self.evict = evict
-        self.choices: dict[tuple, tuple[str, str]] = {}
+        self.choices: dict[tuple, tuple[str, str, str]] = {}
         self.seconds = 0.0
 
     def choose(self, lin: PackedLinear, available: list[str], runs_in: str = "both",
-               decode: str | None = None) -> tuple[str, str]:
-        """(decode, prefill) implementations for ``lin``'s shape, timed in the regimes it runs in;
-        ``decode``: the decode's, where it is given rather than timed (module docstring)."""
+               decode: str | None = None) -> tuple[str, str, str]:
+        """(decode, prefill, long prefill) implementations for ``lin``'s shape, timed in the
+        regimes it runs in; ``decode``: the decode's, where it is given rather than timed (module
+        docstring)."""
         key = (lin.out_features, lin.in_features, lin.bias is not None, tuple(available), runs_in, decode)
         if key not in self.choices:
             t0 = time.perf_counter()
-            prefill = None
+            prefill = long = None
             if runs_in != "prefill" and decode is None:
                 evict = self.evict or (CacheEvictor() if len(available) > 1 else None)  # freed after this shape
                 decode = self._fastest(lin, available, (1, self.decode_rows), evict)
             if runs_in != "decode":
                 prefill = self._fastest(lin, available, (self.prefill_rows,), None)
-            self.choices[key] = (decode or prefill, prefill or decode)
+                long = self._fastest(lin, available, (self.long_rows,), None, self.long_repeats)
+            self.choices[key] = (decode or prefill, prefill or decode, long or prefill or decode)
             self.seconds += time.perf_counter() - t0
         return self.choices[key]
 
-    def _fastest(self, lin: PackedLinear, impls: list[str], row_counts: tuple[int, ...], evict) -> str:
+    def _fastest(self, lin: PackedLinear, impls: list[str], row_counts: tuple[int, ...], evict,
+                 repeats: int | None = None) -> str:
         """The implementation of least median time summed over ``row_counts`` (``repeats`` calls
-        of each, in turns after a warm-up; a median, so that neither one lucky call nor one
+        of each, ``self.repeats`` if not given, in turns after a warm-up; a median, so that neither one lucky call nor one
         slowed by load elsewhere decides); with ``evict``, each call timed on a weight pushed out
         of the caches first."""
         if len(impls) == 1:
@@ -220,7 +232,7 @@ class ProductChooser:
             for x in xs:
                 lin.run(impl, x)  # warm
         times: dict[tuple[str, int], list[float]] = {(impl, i): [] for impl in impls for i in range(len(xs))}
-        for _ in range(self.repeats):  # in turns, so that a burst of load elsewhere hits them alike
+        for _ in range(repeats or self.repeats):  # in turns, so that a burst of load elsewhere hits them alike
             for impl in impls:
                 for i, x in enumerate(xs):
                     if evict is not None:
@@ -231,12 +243,14 @@ class ProductChooser:
         return min(impls, key=lambda impl: sum(statistics.median(times[impl, i]) for i in range(len(xs))))
 
     def summary(self) -> str:
-        """e.g. "decode kernel x5, prefill mkl-packed x3 mkl x1 (chosen in 0.21 s)"."""
+        """e.g. "decode kernel x5, prefill mkl-packed x3 mkl x1, long prefill (over 256 rows)
+        onednn x4 (timed in 0.21 s)"."""
         def count(i: int, regime: str) -> str:
             chosen = Counter(c[i] for key, c in self.choices.items() if key[4] in ("both", regime))
             return " ".join(f"{impl} x{n}" for impl, n in chosen.most_common())
 
-        return f"decode {count(0, 'decode')}, prefill {count(1, 'prefill')} (timed in {self.seconds:.2f} s)"
+        return (f"decode {count(0, 'decode')}, prefill {count(1, 'prefill')}, long prefill (over {LONG_FROM} rows) "
+                f"{count(2, 'prefill')} (timed in {self.seconds:.2f} s)")
 
 
 def small_linear(kernels: dk.Kernels | None, weight: Tensor, bias: Tensor | None) -> dk.SmallLinear | None:

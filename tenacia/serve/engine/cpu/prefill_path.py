@@ -10,8 +10,9 @@ Three ways, each the same float32 math in another summation order:
   output's columns among the threads;
 - "kernel panels": every product in the kernels' panels, their columns dealt among the threads
   (raced only where some product timed another layout faster alone: at 100 tokens the panels
-  made whole prefills 5-9% faster than oneDNN's on the 2-core Zen 4 guest, although alone, in
-  cache, the products were within noise of each other; docs/benchmarks.md, 2026-12-05);
+  made whole prefills 3% faster than the products as timed, oneDNN's for two of four, on the
+  2-core Zen 4 guest, although alone, in cache, they were within noise of each other;
+  docs/benchmarks.md, 2026-12-05);
 - "rows shared": every product in the kernels' panels with the prompt's rows dealt among the
   threads instead (``SmallLinear.rows_split``: thread t of T takes rows n t / T .. n (t + 1) / T
   against every panel), as the kernels' norm, rotary and SiLU deal them, so that between the

@@ -22,7 +22,7 @@ choice untimed. A prefill's products are timed at ``PREFILL_ROWS`` rows and a lo
 ``LONG_PREFILL_ROWS``, on a weight in cache (a prompt reuses each weight for every row): the two
 differ (on the 2-core Zen 4 guest the kernels' panels were the fastest or level at 128 rows and
 the slowest from 512 rows on, whose transposed input no longer fits a core's L2 cache: a burst of
-16 x 100 tokens took 8-23% longer with them than with oneDNN's; docs/benchmarks.md, 2026-12-05). Where the engine's decode
+16 x 100 tokens took 12% longer with them than with oneDNN's; docs/benchmarks.md, 2026-12-05). Where the engine's decode
 kernels run, a decode's products take their panels here, and the way a whole decode step runs
 (the kernels' one call, the layers one by one, or the layers with the prefill's products) is
 timed at start on whole steps (``decode_path.py``). Without the kernels a decode product is

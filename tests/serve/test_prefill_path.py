@@ -114,10 +114,20 @@ def test_panels_slow_alone_but_fast_in_a_whole_prefill_win_the_short_prefills_on
 
     monkeypatch.setattr(PackedLinear, "run", timed_run)
     monkeypatch.setattr(products.time, "perf_counter", clock)
-    packed = PackedLlama(small_llama(4, 2, 48, True), _backend(kernels, clock))
+    model = small_llama(4, 2, 48, True)
+    packed = PackedLlama(model, _backend(kernels, clock))
     line = packed.backend.describe()[0]
     assert f"prefill {COLUMNS} (" in line and f"{AS_TIMED} " in line and f"{ROWS} " in line, line
     for layer in packed.layers:
         for name in PRODUCTS:
             lin = getattr(layer, name)
             assert lin.prefill_impl == "kernel" and lin.long_impl != "kernel", (name, lin.long_impl)
+    ran: list[tuple[int, str]] = []
+    monkeypatch.setattr(PackedLinear, "run", lambda self, impl, flat: ran.append((flat.size(0), impl)) or run(self, impl, flat))
+    plain = PackedLlama(model, KernelBackend(kernels, None))  # MKL's or plain products, untimed
+    monkeypatch.setattr(products, "LONG_FROM", 64)  # the model's context is 256: a long prefill of 100 rows
+    for n in (17, 100):  # a short prefill in the panels, a long one in its own layout
+        ran.clear()
+        got = PrefillSteps(packed, (n,)).run(n)
+        assert {impl for rows, impl in ran if rows == n} == ({"kernel"} if n == 17 else {packed.layers[0].wo.long_impl})
+        torch.testing.assert_close(got, PrefillSteps(plain, (n,)).run(n), rtol=1e-4, atol=1e-4)

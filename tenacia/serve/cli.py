@@ -21,6 +21,7 @@ FLAGS = {
     "prefix_caching": "engine.prefix_caching", "huge_pages": "engine.huge_pages",
     "decode_kernels": "engine.decode_kernels", "max_num_seqs": "engine.max_num_seqs",
     "max_batched_tokens": "engine.max_batched_tokens", "max_prompt_tokens": "server.max_prompt_tokens",
+    "prefill_while_decoding": "engine.prefill_while_decoding",
     "max_tokens_limit": "server.max_tokens_limit", "max_body_bytes": "server.max_body_bytes",
     "max_concurrent_requests": "server.max_concurrent_requests", "drain_timeout": "server.drain_timeout_s",
     "log_level": "server.log_level", "reasoning": "server.reasoning",
@@ -52,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
       help="decode with torch ops and MKL alone: one copy of the weights, not two (engine.decode_kernels=false)")
     a("--max-num-seqs", type=int, help="sequences decoded together (engine.max_num_seqs)")
     a("--max-batched-tokens", type=int, help="prompt tokens prefilled per step (engine.max_batched_tokens)")
+    a("--prefill-while-decoding", type=int,
+      help="prompt tokens prefilled per step while other sequences decode (engine.prefill_while_decoding)")
     a("--max-prompt-tokens", type=int, help="longest prompt, 0: the model's context (server.max_prompt_tokens)")
     a("--max-tokens-limit", type=int, help="largest max_tokens a request may ask (server.max_tokens_limit)")
     a("--max-body-bytes", type=int, help="largest request body (server.max_body_bytes)")

@@ -25,6 +25,9 @@ class EngineConfig:
     block_size: int = 16  # tokens per cache block; a sequence holds ceil(len / block_size) blocks
     max_num_seqs: int = 32  # sequences decoded together in one step
     max_batched_tokens: int = 2048  # prompt tokens prefilled in one step (longer prompts are chunked)
+    # while sequences decode, a prefill step takes at most this many prompt tokens and a decode
+    # step follows it: a stream waits at most one such prefill for its next token (scheduler.py)
+    prefill_while_decoding: int = 512
     prefix_caching: bool = True  # share the cache blocks of prompts' common prefixes (block_pool.py)
     decode_kernels: bool = True  # CPU: hand-written decode kernels, a 2nd copy of the weights (engine/cpu/kernels.py)
     huge_pages: bool = True  # the engine process's large buffers on transparent huge pages (engine/cpu/host.py)
@@ -42,6 +45,8 @@ class EngineConfig:
               f"at least one block (block_size={self.block_size})")
         check(self.max_num_seqs > 0, "max_num_seqs", self.max_num_seqs, "a positive integer")
         check(self.max_batched_tokens > 0, "max_batched_tokens", self.max_batched_tokens,
+              "a positive integer")
+        check(self.prefill_while_decoding > 0, "prefill_while_decoding", self.prefill_while_decoding,
               "a positive integer")
         check_choice("products", self.products, ("timed", "default"))
 

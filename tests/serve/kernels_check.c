@@ -157,7 +157,7 @@ REFERENCE static void ref_attend(const float *Q, const float *K, const float *V,
 REFERENCE static int check_prefill_attention(long H, long KVH, long hd, long n) {
   long G = H / KVH, q_row = (H + 2 * KVH) * hd;
   float *q = fill(n * q_row), *k = q + H * hd, *v = k + KVH * hd, *out = malloc(n * H * hd * sizeof(float));
-  tenacia_prefill_attention(q, q_row, k, hd, q_row, v, hd, q_row, n, H, KVH, hd, 1.0f / sqrtf((float)hd), out, 2);
+  tenacia_prefill_attention(q, q_row, k, hd, q_row, v, hd, q_row, 0, n, H, KVH, hd, 1.0f / sqrtf((float)hd), out, 2);
   double err = 0, o[512];
   for (long i = 0; i < n; i++)
     for (long h = 0; h < H; h++) {

@@ -289,12 +289,12 @@ def _prefill_inputs(n: int, heads: int, kv_heads: int, hd: int, seed: int):
     return q, k, v
 
 
-def _prefill(kernels, q, k, v, threads: int):
+def _prefill(kernels, q, k, v, threads: int, start: int = 0):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         out = torch.empty(q.size(1), q.size(0), q.size(2))
-        kernels.prefill_attention(q, k, v, out)
+        kernels.prefill_attention(q, k, v, out, start)
     finally:
         torch.set_num_threads(before)
     return out.transpose(0, 1)  # (H, n, hd)
@@ -330,6 +330,21 @@ def test_prefill_attention_of_a_2048_token_chunk_equals_causal_sdpa(kernels, thr
     k, v = k.contiguous(), v.contiguous()
     want = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True)[0]
     torch.testing.assert_close(_prefill(kernels, q, k, v, threads), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("heads, kv_heads, hd", [(9, 3, 64), (10, 2, 48), (4, 1, 40)])
+def test_prefill_attention_after_cached_tokens_equals_the_whole_sequences_rows(kernels, heads, kv_heads, hd, threads):
+    """A chunk of n new tokens after ``start`` cached ones (a long prompt's later chunk, or a
+    cached prefix): new token i attends to keys 0 .. start + i, so its rows are the whole
+    sequence's causal attention's rows start .. start + n - 1. Starts and lengths cross the
+    kernel's blocks of 16 tokens and 64 keys; head size 40 runs token by token in avx512."""
+    q, k, v = _prefill_inputs(300, heads, kv_heads, hd, seed=hd + 1)
+    want = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True)[0]
+    for start, n in ((1, 1), (1, 16), (15, 17), (16, 48), (63, 2), (64, 64), (100, 100), (200, 100), (299, 1)):
+        got = _prefill(kernels, q[:, start:start + n], k[:, :start + n], v[:, :start + n], threads, start)
+        assert torch.allclose(got, want[:, start:start + n], rtol=1e-5, atol=1e-6), (
+            f"{n} tokens after {start}: largest difference {float((got - want[:, start:start + n]).abs().max()):.3g}")
 
 
 def test_store_rows_writes_a_prefills_keys_to_their_slots_as_index_copy(kernels):

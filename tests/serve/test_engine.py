@@ -93,6 +93,37 @@ def test_paged_batched_chunked_matches_plain_forward(model, tokenizer, kernels):
     assert engine.cache.allocator.num_free == engine.cache.allocator.num_blocks  # all blocks back
 
 
+def test_a_long_prompt_arriving_while_others_decode_alternates_with_their_steps(model, tokenizer):
+    """While sequences decode, a prompt's chunks take at most ``prefill_while_decoding`` tokens and
+    each is followed by a decode step: no stream waits through the whole prompt; answers unchanged."""
+    engine = make_engine(model, tokenizer, decode_kernels=False, block_size=4, max_batched_tokens=32,
+                         prefill_while_decoding=8, kv_cache_tokens=1024)
+    short, long = prompts(tokenizer)[0], prompts(tokenizer)[2]
+    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    engine.add_request("a", short, params)
+    engine.add_request("b", short, params)
+    schedule, steps = engine.scheduler.schedule, []
+    engine.scheduler.schedule = lambda: (lambda b: steps.append(b and (b.prefill, sum(b.chunks))) or b)(schedule())
+    out: dict[str, list[int]] = {}
+
+    def step() -> None:
+        for d in engine.step():
+            out[d.request_id] = out.get(d.request_id, []) + d.token_ids
+
+    step()  # both prompts in one prefill: nobody decodes yet, the whole budget
+    engine.add_request("c", long, params)
+    while len(out.get("c", [])) < 1:
+        step()
+    assert steps[0] == (True, 2 * len(short)) and len(long) > 3 * 8
+    after = steps[1:]
+    assert all(kind != after[i + 1][0] for i, (kind, _) in enumerate(after[:-1])), after  # in turns
+    assert all(n <= 8 for kind, n in after if kind) and sum(n for kind, n in after if kind) == len(long), after
+    while engine.has_work():
+        step()
+    for rid, prompt in (("a", short), ("b", short), ("c", long)):
+        assert out[rid] == reference_greedy(model, prompt, 16)[0], rid
+
+
 def test_small_cache_waits_and_preempts_but_answers_the_same(model, tokenizer):
     ps = prompts(tokenizer)[:2] * 3  # six sequences of 1 and ~20 prompt tokens
     params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)

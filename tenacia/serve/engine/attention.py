@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .backend import TorchBackend
@@ -91,7 +90,6 @@ class PagedAttention:
             v = k[..., :spec.value_dim]
         else:
             self.backend.store_rows(self.cache.v[layer], layout.slots, v[0].transpose(0, 1))
-        gqa = q.size(1) != k.size(1)  # for a cached prefix's attention
         outs = []
         for offset, n, count, start, slots, mask in self._groups:
             if slots is None:  # whole new sequences: causal attention on the fresh k/v
@@ -103,7 +101,7 @@ class PagedAttention:
             vc = kc[..., :vd] if spec.values_in_keys else (
                 self.cache.v[layer].index_select(0, slots).view(count, start + n, KVH, vd).transpose(1, 2))
             qb = q[0, :, offset:offset + n * count].view(H, count, n, kd).transpose(0, 1)  # (count, H, n, kd)
-            out = F.scaled_dot_product_attention(qb, kc, vc, attn_mask=mask, enable_gqa=gqa, scale=spec.scale)
+            out = self.backend.prefix_attention(qb, kc, vc, start, mask, spec.scale)
             outs.append(out.transpose(0, 1).reshape(1, H, count * n, vd))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 

@@ -154,6 +154,14 @@ class TorchBackend:
         out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=H != KVH, scale=scale)
         return out.transpose(0, 1).reshape(1, H, count * n, vd)
 
+    def prefix_attention(self, q: Tensor, k: Tensor, v: Tensor, start: int, mask: Tensor, scale: float | None) -> Tensor:
+        """Causal attention for ``count`` sequences of ``n`` new tokens each after ``start`` cached
+        ones (a cached prefix, or a long prompt's earlier chunks). q: (count, H, n, kd); k:
+        (count, KVH, start + n, kd), v: (count, KVH, start + n, vd), possibly a view of k; mask:
+        (n, start + n), True where new token i may see key j (j <= start + i). Returns (count, H,
+        n, vd)."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.size(1) != k.size(1), scale=scale)
+
     def latent_decode_attention(self, layer: int, q: Tensor, kv: Tensor, cache_kv: Tensor, slots: Tensor,
                                 mirror: DecodeRows, value_dim: int, scale: float | None) -> Tensor:
         """One new token per sequence, where one stored entry per token is the key of every head

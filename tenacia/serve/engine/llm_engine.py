@@ -114,7 +114,8 @@ class LLMEngine:
                                   prefix_caching=cfg.prefix_caching)
         self.attention = PagedAttention(self.cache, self.backend)
         self.scheduler = Scheduler(self.cache.allocator, max_num_seqs=cfg.max_num_seqs,
-                                   max_batched_tokens=cfg.max_batched_tokens)
+                                   max_batched_tokens=cfg.max_batched_tokens,
+                                   prefill_while_decoding=cfg.prefill_while_decoding)
         self.grammars = Grammars(tokenizer, mc.vocab_size, self.eos_ids)
         self.runner = ModelRunner(pack(model, self.backend), self.attention, device, self.grammars)
         self.detokenizer = Detokenizer(tokenizer)

@@ -9,7 +9,12 @@ Contract:
   (``Sequence.scores_prompt``) takes none: each of its prompt tokens must be run to be scored.
 - A step is either a prefill (new prompts, up to ``max_batched_tokens`` tokens; a longer prompt is
   split into chunks over several steps) or a decode (one token for every running sequence whose
-  prompt is in the cache). Prefill goes first, so a new request waits at most one decode step.
+  prompt is in the cache). Prefill goes first, so a new request waits at most one decode step;
+  but while sequences decode, a prefill takes at most ``prefill_while_decoding`` tokens and the
+  next step is a decode, so a running sequence waits at most one such prefill for its next token
+  (without this, a long prompt's chunks ran back to back and stopped every stream for all of
+  them: 7.2 s for a 4,000-token prompt of SmolLM2-135M on 2 CPU cores, 1.3 s at most in turns of
+  512 tokens, for 11% more time to the prompt's first token; docs/benchmarks.md, 2026-12-05).
 - A decode that needs a new block when none is free preempts the newest running sequence: its
   blocks are freed and it goes back to the front of the queue, to be prefilled again (prompt and
   outputs so far) when memory frees up. The engine rejects a request that could not fit even alone,
@@ -36,9 +41,12 @@ class Batch:
 
 
 class Scheduler:
-    def __init__(self, allocator: BlockPool, *, max_num_seqs: int, max_batched_tokens: int):
+    def __init__(self, allocator: BlockPool, *, max_num_seqs: int, max_batched_tokens: int,
+                 prefill_while_decoding: int | None = None):
         self.allocator = allocator
         self.max_num_seqs, self.max_batched_tokens = max_num_seqs, max_batched_tokens
+        self.prefill_while_decoding = min(prefill_while_decoding or max_batched_tokens, max_batched_tokens)
+        self.last_was_prefill = False
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -50,7 +58,14 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> Batch | None:
-        return self._schedule_prefill() or self._schedule_decode()
+        decoding = any(seq.prefilled for seq in self.running)
+        if decoding and self.last_was_prefill:  # the running sequences' turn (module docstring)
+            batch = self._schedule_decode() or self._schedule_prefill(self.prefill_while_decoding)
+        else:
+            batch = (self._schedule_prefill(self.prefill_while_decoding if decoding else self.max_batched_tokens)
+                     or self._schedule_decode())
+        self.last_was_prefill = batch is not None and batch.prefill
+        return batch
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """Mark ``seq`` finished and give its blocks back."""
@@ -72,8 +87,7 @@ class Scheduler:
         self.allocator.free(seq.block_table)
         seq.block_table, seq.num_cached, seq.registered = [], 0, 0
 
-    def _schedule_prefill(self) -> Batch | None:
-        budget = self.max_batched_tokens
+    def _schedule_prefill(self, budget: int) -> Batch | None:
         seqs, chunks = [], []
         for seq in self.running:  # prompts chunked in an earlier step come first
             if budget == 0:

@@ -125,6 +125,14 @@ class KernelBackend(CpuBackend):
             self.kernels.prefill_attention(q[0, :, rows], k[0, :, rows], v[0, :, rows], out[j * n:(j + 1) * n])
         return out.permute(1, 0, 2).unsqueeze(0)  # (1, H, count * n, hd), a view
 
+    def prefix_attention(self, q: Tensor, k: Tensor, v: Tensor, start: int, mask: Tensor, scale: float | None) -> Tensor:
+        # the kernel's tiles (prefill_attention.c) with the cached keys first, one sequence a call
+        count, H, n, hd = q.shape
+        out = torch.empty(count, n, H, hd)
+        for j in range(count):
+            self.kernels.prefill_attention(q[j], k[j], v[j], out[j], start)
+        return out.permute(0, 2, 1, 3)  # (count, H, n, hd), a view
+
     def describe(self) -> tuple[str, str]:
         prefill = f"; {self.prefill_state}" if self.prefill_state else ""
         return (f"on ({self.kernels.isa}; {self.stack_state}{prefill})",

@@ -114,7 +114,7 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
                        ("tenacia_decode_stack", [i, p, i, i, i, i, i, f, p, i, p, p, p, p, i, p, p, p, i, i, p, p, t])):
         getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
     lib.tenacia_decode_stack_scratch.argtypes, lib.tenacia_decode_stack_scratch.restype = [i] * 6, i
-    lib.tenacia_prefill_attention.argtypes = [p, i, p, i, i, p, i, i, i, i, i, i, f, p, t]
+    lib.tenacia_prefill_attention.argtypes = [p, i, p, i, i, p, i, i, i, i, i, i, i, f, p, t]
     lib.tenacia_prefill_attention.restype = ctypes.c_int
     lib.tenacia_store_rows.argtypes, lib.tenacia_store_rows.restype = [p, i, i, i, p, i, p], i
     if hasattr(lib, "tenacia_argmax_rows"):  # a build from before greedy.c (bench/decode_stack_ab.py loads those)

@@ -237,26 +237,29 @@ class Kernels:
                                            B, H, KVH, hd, hd ** -0.5, out.data_ptr(), torch.get_num_threads())
         return out
 
-    def prefill_attention(self, q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> None:
-        """Causal attention of one sequence's n new tokens, none cached before them
+    def prefill_attention(self, q: Tensor, k: Tensor, v: Tensor, out: Tensor, start: int = 0) -> None:
+        """Causal attention of one sequence's n new tokens after ``start`` cached ones
         (``prefill_attention.c``: blocks of queries against blocks of keys). q: (H, n, hd) with
-        contiguous heads; k, v: (KVH, n, hd), each head's floats contiguous, any head and token
-        strides (views of the fused q/k/v product, as the engine passes them, need no copy); out:
-        (n, H, hd) contiguous, written: token i attends to keys 0 .. i."""
+        contiguous heads; k, v: (KVH, start + n, hd), the cached positions then the new ones,
+        each head's floats contiguous, any head and token strides (views of the fused q/k/v
+        product, as the engine passes them, need no copy); out: (n, H, hd) contiguous, written:
+        new token i attends to keys 0 .. start + i."""
         H, n, hd = q.shape
         KVH = k.size(0)
         if q.stride(0) != hd or q.stride(2) != 1 or q.dtype != torch.float32 or out.shape != (n, H, hd):
             raise ValueError(f"prefill_attention: q (H, n, hd) float32 with contiguous heads, out (n, H, hd); got "
                              f"{q.dtype} strides {q.stride()}, out {tuple(out.shape)}")
-        if H % KVH or H // KVH > MAX_GROUP or hd > MAX_HEAD_DIM or k.shape != (KVH, n, hd) or v.shape != k.shape:
-            raise ValueError(f"prefill_attention: {H} query heads on k {tuple(k.shape)}, v {tuple(v.shape)}")
+        if (H % KVH or H // KVH > MAX_GROUP or hd > MAX_HEAD_DIM or start < 0 or k.shape != (KVH, start + n, hd)
+                or v.shape != k.shape):
+            raise ValueError(f"prefill_attention: {H} query heads, {n} new tokens after {start} on k {tuple(k.shape)}, "
+                             f"v {tuple(v.shape)}")
         for t, name in ((k, "k"), (v, "v")):
             if t.dtype != torch.float32 or t.device.type != "cpu" or t.stride(2) != 1:
                 raise ValueError(f"prefill_attention: {name} float32 on the CPU with contiguous heads, got {t.dtype} "
                                  f"on {t.device}, strides {t.stride()}")
         _check(out, "out")
         if self._lib.tenacia_prefill_attention(q.data_ptr(), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
-                                               v.data_ptr(), v.stride(0), v.stride(1), n, H, KVH, hd, hd ** -0.5,
+                                               v.data_ptr(), v.stride(0), v.stride(1), start, n, H, KVH, hd, hd ** -0.5,
                                                out.data_ptr(), torch.get_num_threads()):
             raise MemoryError(f"prefill_attention: no memory for the scratch of {n} tokens")
 

@@ -15,10 +15,12 @@
  * Keys are packed once per call in panels of 16 keys, d-major (Kp[p][d][16]; the rest of the last
  * panel zero), so a step of the score loop reads one 64-byte line; values are read in place.
  *
- * Contract (tenacia_prefill_attention): one sequence's n tokens, none cached before them; token i
- * (0 .. n - 1) attends to keys 0 .. i. q: query head h of token i at q + i * q_row + h * hd; key
- * head h of token i at k + h * k_head + i * k_row, values likewise (views of the fused q/k/v
- * product, or (KVH, n, hd) tensors); out: (n, H, hd); G = H / KVH <= MAX_GROUP, hd <= MAX_HD.
+ * Contract (tenacia_prefill_attention): one sequence's n new tokens after `start` cached ones
+ * (0 for a whole new prompt; a cached prefix, or a long prompt's earlier chunks); new token i
+ * (0 .. n - 1), at position start + i, attends to keys 0 .. start + i. q: query head h of new
+ * token i at q + i * q_row + h * hd; key head h of position t (0 .. start + n - 1) at
+ * k + h * k_head + t * k_row, values likewise (views of the fused q/k/v product, or (KVH,
+ * start + n, hd) tensors); out: (n, H, hd); G = H / KVH <= MAX_GROUP, hd <= MAX_HD.
  * Threads take (key/value head, query block) tasks dynamically, the longest first. A head size
  * that is not a multiple of VEC runs attend_head token by token instead. */
 
@@ -155,9 +157,9 @@ static void pack_keys(const float *k, long k_row, long n, long hd, long panel, f
     for (long d = 0; d < hd; d++) kp[d * 16 + j] = t < n ? k[t * k_row + d] : 0.0f;
 }
 
-/* One task: tokens i0 .. i0 + qt - 1 of head group kvh. */
+/* One task: new tokens i0 .. i0 + qt - 1 (positions start + i0 ..) of head group kvh. */
 static void prefill_task(const float *q, long q_row, const float *kp, const float *v, long v_row, long H, long G,
-                         long hd, float scale, float *out, long i0, long qt, long kvh, float *scratch) {
+                         long hd, float scale, float *out, long start, long i0, long qt, long kvh, float *scratch) {
   long R = qt * G, nk[QROWS];
   float *qs = scratch, *o = qs + QROWS * hd, *s = o + QROWS * hd, m[QROWS], l[QROWS], corr[QROWS];
   for (long r = 0; r < R; r++) {
@@ -167,14 +169,14 @@ static void prefill_task(const float *q, long q_row, const float *kp, const floa
     m[r] = -INFINITY;
     l[r] = 0.0f;
   }
-  long end = i0 + qt; /* keys 0 .. end - 1 */
+  long p0 = start + i0, end = p0 + qt; /* the first row's position; keys 0 .. end - 1 */
   for (long k0 = 0; k0 < end; k0 += KBLOCK) {
     long keys = end - k0 < KBLOCK ? end - k0 : KBLOCK;
-    /* rows that see no key of this block (tokens before k0) come first: skip them */
-    long first = k0 > i0 ? (k0 - i0) * G : 0;
+    /* rows that see no key of this block (positions before k0) come first: skip them */
+    long first = k0 > p0 ? (k0 - p0) * G : 0;
     scores(qs, hd, kp + (k0 / 16) * hd * 16, s, first, R, (int)((keys + 15) / 16));
     for (long r = first; r < R; r++) {
-      long nv = i0 + r / G - k0 + 1;
+      long nv = p0 + r / G - k0 + 1;
       nv = nv < keys ? nv : keys;
       nk[r] = nv;
       corr[r] = softmax_row(s + r * KBLOCK, nv, (keys + 15) / 16 * 16, &m[r], &l[r]);
@@ -187,29 +189,29 @@ static void prefill_task(const float *q, long q_row, const float *kp, const floa
   }
 }
 
-/* Token by token, each against keys 0 .. i (attend_head, which reads (KVH, n, hd) keys and
- * values: copied so first where they are views): the path for a head size that is not a multiple
- * of VEC. Returns -1 when memory for the copy could not be allocated, else 0. */
+/* Token by token, each against keys 0 .. start + i (attend_head, which reads (KVH, L, hd) keys
+ * and values, L = start + n: copied so first where they are views): the path for a head size that
+ * is not a multiple of VEC. Returns -1 when memory for the copy could not be allocated, else 0. */
 static int prefill_by_token(const float *q, long q_row, const float *k, long k_head, long k_row, const float *v,
-                             long v_head, long v_row, long n, long H, long KVH, long hd, float scale, float *out,
-                             int threads) {
-  long G = H / KVH, whole = k_head == n * hd && k_row == hd && v_head == n * hd && v_row == hd;
-  float *copy = whole ? 0 : malloc(sizeof(float) * 2 * KVH * n * hd);
+                             long v_head, long v_row, long start, long n, long H, long KVH, long hd, float scale,
+                             float *out, int threads) {
+  long G = H / KVH, L = start + n, whole = k_head == L * hd && k_row == hd && v_head == L * hd && v_row == hd;
+  float *copy = whole ? 0 : malloc(sizeof(float) * 2 * KVH * L * hd);
   if (copy) {
     for (long h = 0; h < KVH; h++)
-      for (long t = 0; t < n; t++) {
-        memcpy(copy + (h * n + t) * hd, k + h * k_head + t * k_row, hd * sizeof(float));
-        memcpy(copy + ((KVH + h) * n + t) * hd, v + h * v_head + t * v_row, hd * sizeof(float));
+      for (long t = 0; t < L; t++) {
+        memcpy(copy + (h * L + t) * hd, k + h * k_head + t * k_row, hd * sizeof(float));
+        memcpy(copy + ((KVH + h) * L + t) * hd, v + h * v_head + t * v_row, hd * sizeof(float));
       }
     k = copy;
-    v = copy + KVH * n * hd;
+    v = copy + KVH * L * hd;
   } else if (!whole) {
     return -1;
   }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (long task = 0; task < n * KVH; task++) {
     long i = n - 1 - task / KVH, kvh = task % KVH;
-    attend_head(q + i * q_row + kvh * G * hd, k + kvh * n * hd, v + kvh * n * hd, i + 1, scale,
+    attend_head(q + i * q_row + kvh * G * hd, k + kvh * L * hd, v + kvh * L * hd, start + i + 1, scale,
                 out + (i * H + kvh * G) * hd, G, hd);
   }
   free(copy);
@@ -218,11 +220,12 @@ static int prefill_by_token(const float *q, long q_row, const float *k, long k_h
 
 /* Returns 0, or -1 when memory for its scratch could not be allocated (out then not written). */
 int tenacia_prefill_attention(const float *q, long q_row, const float *k, long k_head, long k_row, const float *v,
-                              long v_head, long v_row, long n, long H, long KVH, long hd, float scale, float *out,
-                              int threads) {
-  long G = H / KVH, qt = QROWS / G, blocks = (n + qt - 1) / qt, panels = (n + 15) / 16;
+                              long v_head, long v_row, long start, long n, long H, long KVH, long hd, float scale,
+                              float *out, int threads) {
+  long G = H / KVH, qt = QROWS / G, blocks = (n + qt - 1) / qt, L = start + n, panels = (L + 15) / 16;
   long packed = KVH * panels * 16 * hd, each = QROWS * (2 * hd + KBLOCK);
-  if (hd % VEC) return prefill_by_token(q, q_row, k, k_head, k_row, v, v_head, v_row, n, H, KVH, hd, scale, out, threads);
+  if (hd % VEC)
+    return prefill_by_token(q, q_row, k, k_head, k_row, v, v_head, v_row, start, n, H, KVH, hd, scale, out, threads);
   float *kp = malloc(sizeof(float) * (packed + threads * each));
   if (!kp) return -1;
 #pragma omp parallel num_threads(threads)
@@ -230,11 +233,11 @@ int tenacia_prefill_attention(const float *q, long q_row, const float *k, long k
     float *scratch = kp + packed + omp_get_thread_num() * each;
 #pragma omp for schedule(static)
     for (long t = 0; t < KVH * panels; t++)
-      pack_keys(k + (t / panels) * k_head, k_row, n, hd, t % panels, kp + t * 16 * hd);
+      pack_keys(k + (t / panels) * k_head, k_row, L, hd, t % panels, kp + t * 16 * hd);
 #pragma omp for schedule(dynamic, 1)
     for (long task = 0; task < blocks * KVH; task++) { /* the last query blocks, the most keys, first */
       long b = blocks - 1 - task / KVH, kvh = task % KVH, i0 = b * qt;
-      prefill_task(q, q_row, kp + kvh * panels * 16 * hd, v + kvh * v_head, v_row, H, G, hd, scale, out, i0,
+      prefill_task(q, q_row, kp + kvh * panels * 16 * hd, v + kvh * v_head, v_row, H, G, hd, scale, out, start, i0,
                    n - i0 < qt ? n - i0 : qt, kvh, scratch);
     }
   }

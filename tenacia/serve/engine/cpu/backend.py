@@ -126,7 +126,10 @@ class KernelBackend(CpuBackend):
         return out.permute(1, 0, 2).unsqueeze(0)  # (1, H, count * n, hd), a view
 
     def prefix_attention(self, q: Tensor, k: Tensor, v: Tensor, start: int, mask: Tensor, scale: float | None) -> Tensor:
-        # the kernel's tiles (prefill_attention.c) with the cached keys first, one sequence a call
+        # the kernel's tiles (prefill_attention.c) with the cached keys first, one sequence a call;
+        # its scale is 1 / sqrt(hd) and its values a head of their own (grouped-query caches)
+        if scale is not None or v.size(-1) != q.size(-1):
+            return super().prefix_attention(q, k, v, start, mask, scale)
         count, H, n, hd = q.shape
         out = torch.empty(count, n, H, hd)
         for j in range(count):

@@ -15,7 +15,6 @@ time to its first token, and the steps it took. Writes bench/results/prefill-sta
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -25,9 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from tenacia.serve.engine.cpu.host import HUGE_PAGES_ENV  # noqa: E402  (imports no torch)
-
-os.environ.update(HUGE_PAGES_ENV)  # as `tenacia serve` starts its engine process: before torch
 
 
 def main() -> int:
@@ -40,23 +36,15 @@ def main() -> int:
     p.add_argument("--while-decoding", default="512",
                    help="comma-separated prefill_while_decoding values, an arm each (default: the engine's 512)")
     args = p.parse_args()
-    if args.isa:
-        os.environ["TENACIA_ISA"] = args.isa
+    from inprocess_engine import prepare, smollm2_engine
 
-    import torch
+    prepare(args.isa)
     from results_file import write_results
 
-    from tenacia.serve.config import EngineConfig
-    from tenacia.serve.engine.cpu.host import keep_freed_memory
-    from tenacia.serve.engine.llm_engine import LLMEngine
     from tenacia.serve.engine.sequence import SamplingParams
-    from tenacia.serve.models import load_model
 
-    torch.set_num_threads(args.threads)
-    keep_freed_memory()
-    served = load_model("smollm2", torch.device("cpu"), torch.float32)
-    cfg = EngineConfig(prefix_caching=False)
-    engine = LLMEngine(served.model, served.tokenizer, eos_ids=served.eos_ids, cfg=cfg, device=torch.device("cpu"))
+    engine = smollm2_engine(args.threads, prefix_caching=False)
+    cfg = engine.cfg
     sched = engine.scheduler
     in_turns = sched.schedule
 

@@ -11,7 +11,7 @@ turns: SmolLM2-135M float32, ``--seqs`` prompts of ``--tokens`` random tokens pr
     .venv/bin/python bench/prefill_ways.py --isa avx512 --seqs 16 --pairs 5 \
         --arms long-kernel,long-onednn,long-mkl-packed,long-kernel-rows
 
-The engine is built as ``tenacia serve`` builds it except that the race at start is skipped and
+The engine is built as ``tenacia serve`` builds it (bench/inprocess_engine.py) except that the race at start is skipped and
 no layout is freed, so that every arm's layouts stay; each round runs the arms in turns (in
 reverse order every other round), the first round warms up and is not counted. Prints each arm's
 median and its paired ratio over the first arm, and writes bench/results/prefill-ways-<time>.json.
@@ -20,7 +20,6 @@ median and its paired ratio over the first arm, and writes bench/results/prefill
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -41,18 +40,13 @@ def main() -> int:
     p.add_argument("--arms", default="timed,rows", help="comma-separated: timed, panels, rows, long-<impl>")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    if args.isa:
-        os.environ["TENACIA_ISA"] = args.isa
+    from inprocess_engine import prepare, smollm2_engine
 
-    import torch
+    prepare(args.isa)
     from results_file import write_results
 
-    from tenacia.serve.config import EngineConfig
     from tenacia.serve.engine.cpu import prefill_path, products
-    from tenacia.serve.engine.cpu.host import keep_freed_memory
-    from tenacia.serve.engine.llm_engine import LLMEngine
     from tenacia.serve.engine.sequence import SamplingParams
-    from tenacia.serve.models import load_model
 
     prefill_path.choose = lambda model, clock=None: "not raced (bench/prefill_ways.py)"
     products.PackedLinear.drop_unused = lambda self: None  # every arm's layouts kept
@@ -62,11 +56,7 @@ def main() -> int:
         if name not in short and name.removeprefix("long-") not in ("kernel", "kernel-rows", "onednn", "mkl-packed"):
             p.error(f"--arms: {name!r} is not one of timed, panels, rows, long-kernel, long-kernel-rows, "
                     "long-onednn, long-mkl-packed")
-    torch.set_num_threads(args.threads)
-    keep_freed_memory()
-    served = load_model("smollm2", torch.device("cpu"), torch.float32)
-    engine = LLMEngine(served.model, served.tokenizer, eos_ids=served.eos_ids,
-                       cfg=EngineConfig(prefix_caching=False), device=torch.device("cpu"))
+    engine = smollm2_engine(args.threads, prefix_caching=False)
     kernels_line, products_line = engine.backend.describe()
     print(f"kernels {kernels_line}; products {products_line}", flush=True)
     ways = prefill_path.Ways(engine.runner.model)

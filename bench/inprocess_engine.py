@@ -3,6 +3,7 @@ for the benches that time it without HTTP (bench/prefill_stall.py, bench/prefill
 SmolLM2-135M in float32, transparent huge pages asked for before torch loads, freed memory kept,
 torch's threads pinned.
 
+    args = parser(__doc__).parse_args()   # --isa and --threads, and the bench's own arguments
     prepare(args.isa)                      # first: before anything imports torch
     ...                                    # the bench's own imports and patches
     engine = smollm2_engine(args.threads, prefix_caching=False)   # EngineConfig fields
@@ -10,12 +11,21 @@ torch's threads pinned.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def parser(doc: str, isas: tuple[str, ...] = ("avx512", "avx2", "generic")) -> argparse.ArgumentParser:
+    """A bench's argument parser with the engine's two: ``--isa`` (one of ``isas``) and ``--threads``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--isa", choices=isas, help="force a kernel build (TENACIA_ISA)")
+    p.add_argument("--threads", type=int, default=2)
+    return p
 
 
 def prepare(isa: str | None) -> None:

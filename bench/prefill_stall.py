@@ -14,30 +14,21 @@ time to its first token, and the steps it took. Writes bench/results/prefill-sta
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from inprocess_engine import ROOT, parser, prepare, smollm2_engine  # imports no torch
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--isa", choices=("avx512", "avx2", "generic", "torch"), help="force a kernel build (TENACIA_ISA)")
+    p = parser(__doc__, ("avx512", "avx2", "generic", "torch"))
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--long-tokens", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--while-decoding", default="512",
                    help="comma-separated prefill_while_decoding values, an arm each (default: the engine's 512)")
     args = p.parse_args()
-    from inprocess_engine import prepare, smollm2_engine
-
     prepare(args.isa)
     from results_file import write_results
 

@@ -19,29 +19,20 @@ median and its paired ratio over the first arm, and writes bench/results/prefill
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from inprocess_engine import ROOT, parser, prepare, smollm2_engine  # imports no torch
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--isa", choices=("avx512", "avx2", "generic"), help="force a kernel build (TENACIA_ISA)")
+    p = parser(__doc__)
     p.add_argument("--tokens", type=int, default=100)
     p.add_argument("--seqs", type=int, default=1, help="prompts prefilled together in one step")
     p.add_argument("--pairs", type=int, default=30, help="rounds of every arm (the name kept from two arms)")
     p.add_argument("--arms", default="timed,rows", help="comma-separated: timed, panels, rows, long-<impl>")
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    from inprocess_engine import prepare, smollm2_engine
-
     prepare(args.isa)
     from results_file import write_results
 

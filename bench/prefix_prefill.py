@@ -14,28 +14,19 @@ the medians and the paired ratio; writes bench/results/prefix-prefill-<time>.jso
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from inprocess_engine import ROOT, parser, prepare, smollm2_engine  # imports no torch
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--isa", choices=("avx512", "avx2", "generic"), help="force a kernel build (TENACIA_ISA)")
+    p = parser(__doc__)
     p.add_argument("--prefix", type=int, default=1000)
     p.add_argument("--tokens", type=int, default=100)
     p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    from inprocess_engine import prepare, smollm2_engine
-
     prepare(args.isa)
     from results_file import write_results
 

@@ -186,6 +186,17 @@ def test_a_cached_build_that_does_not_load_is_built_again(tmp_path, monkeypatch)
     assert hasattr(lib, "tenacia_small_gemm") and built.stat().st_size > 1000
 
 
+def test_the_build_cache_key_reads_every_file_the_sources_include():
+    """A build is cached under a hash of the C it is made of: every file a source includes (a
+    change to any of them must build again) is among the files hashed."""
+    hashed = {p.name for p in decode_build.C_SOURCES}
+    for source in decode_build.C_SOURCES:
+        for line in source.read_text().splitlines():
+            if line.startswith('#include "'):
+                assert line.split('"')[1] in hashed, f"{source.name} includes {line}, outside the cache key"
+    assert {"kernels_avx512.c", "kernels_vec.c", "kv_ahead.c", "decode_stack.c"} <= hashed
+
+
 def test_the_engine_answers_the_same_with_and_without_the_kernel(kernels, model, tokenizer, monkeypatch):
     monkeypatch.setenv(decode_kernels.ISA_ENV, kernels.isa)
     texts = ["def", "import json\nclass Decoder(object):", "The quick brown fox jumps over the lazy dog. " * 3]

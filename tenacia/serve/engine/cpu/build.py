@@ -27,13 +27,9 @@ from ....storage import atomic_write, cache_root
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("kernels_avx512.c")
 VEC_SOURCE = Path(__file__).with_name("kernels_vec.c")
-STACK_SOURCE = Path(__file__).with_name("decode_stack.c")  # included by both sources
-TASKS_SOURCE = Path(__file__).with_name("attention_tasks.c")  # included by both sources
-PREFILL_SOURCE = Path(__file__).with_name("prefill_attention.c")  # included by both sources
-INPUT_SOURCE = Path(__file__).with_name("gemm_input.c")  # included by both sources
-GREEDY_SOURCE = Path(__file__).with_name("greedy.c")  # included by both sources
-DECODE_ATTENTION_SOURCES = (Path(__file__).with_name("decode_attention_avx512.c"),  # included by SOURCE
-                            Path(__file__).with_name("decode_attention_vec.c"))  # included by VEC_SOURCE
+# every C file of this folder: the two sources and what they include (the build's cache key reads them all)
+C_SOURCES = tuple(sorted(Path(__file__).parent.glob("*.c")))
+
 COMMON = ["-O3", "-fopenmp", "-fPIC", "-shared"]
 # instruction set -> (source, compiler flags, the cpu_features words it needs); best first
 BUILDS: dict[str, tuple[Path, list[str], tuple[str, ...]]] = {
@@ -63,8 +59,7 @@ def compile_library(cc: str, isa: str = "avx512", extra: tuple[str, ...] = ()) -
     source, flags, _ = BUILDS[isa]
     flags = COMMON + flags + list(extra)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    text = b"".join(p.read_bytes() for p in (source, TASKS_SOURCE, PREFILL_SOURCE, STACK_SOURCE, INPUT_SOURCE, GREEDY_SOURCE,
-                                                *DECODE_ATTENTION_SOURCES))
+    text = b"".join(p.read_bytes() for p in C_SOURCES)
     key = hashlib.sha256(text + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
     out = cache_root() / "kernels" / f"decode_kernels-{isa}-{key}.so"
     if out.exists():

@@ -22,7 +22,9 @@
  * every cache_layer floats; mirror_k, mirror_v: layer 0 of the decode mirror (B, KVH, cap, hd),
  * a layer every mirror_layer floats. scratch: tenacia_decode_stack_scratch(...) floats. Each
  * product reads its input through a transposed copy (gemm_input.c), made by the threads together
- * before it, into one buffer all the products share. */
+ * before it, into one buffer all the products share. From the attention of one layer to that of
+ * the next, the products' inner loops fetch the next attention's keys and values (kv_ahead.c;
+ * steps of AHEAD_ROWS rows or more, unless built with -DNO_AHEAD). */
 #include <stdint.h>
 
 enum { W_ATTN_NORM, W_FFN_NORM, W_QKV, W_QKV_BIAS, W_WO, W_GATE_UP, W_DOWN, W_COUNT };
@@ -73,7 +75,7 @@ void tenacia_small_gemm(const float *x, long m, long k, const float *p, long n, 
   {
     const float *in = transpose_input(x, m, k, xt);
 #pragma omp for schedule(static)
-    for (long q = 0; q < panels; q++) gemm_panels(in, m, k, p, n, bias, y, q, q + 1);
+    for (long q = 0; q < panels; q++) gemm_panels(in, m, k, p, n, bias, y, q, q + 1, 0);
   }
   free(xt);
 }
@@ -93,10 +95,10 @@ void tenacia_gemm_rows(const float *x, long m, long k, const float *p, long n, c
     long r0, r1;
     share(m, &r0, &r1);
     float *mine = xt + (r0 * k + 16 * omp_get_thread_num() + 15) / 16 * 16; /* 64-byte aligned, apart */
-    if (r1 - r0 == 1) gemm_panels(x + r0 * k, 1, k, p, n, bias, y + r0 * n, 0, panels);
+    if (r1 - r0 == 1) gemm_panels(x + r0 * k, 1, k, p, n, bias, y + r0 * n, 0, panels, 0);
     else if (r1 > r0) {
       transpose_columns(x + r0 * k, r1 - r0, k, mine, 0, k);
-      gemm_panels(mine, r1 - r0, k, p, n, bias, y + r0 * n, 0, panels);
+      gemm_panels(mine, r1 - r0, k, p, n, bias, y + r0 * n, 0, panels, 0);
     }
   }
   free(xt);
@@ -105,7 +107,7 @@ void tenacia_gemm_rows(const float *x, long m, long k, const float *p, long n, c
 /* this thread's share of y = x . W^T + bias, x read through xt (the team transposes it first),
  * then a barrier */
 static inline void product(const float *x, float *xt, long rows, long k, const float *p, long n, const float *bias,
-                           float *y, int stage) {
+                           float *y, int stage, struct ahead *a) {
   const float *in = x;
   if (rows > 1) {
     transpose_share(x, rows, k, xt);
@@ -116,7 +118,7 @@ static inline void product(const float *x, float *xt, long rows, long k, const f
   }
   long lo, hi;
   share((n + 15) / 16, &lo, &hi);
-  gemm_panels(in, rows, k, p, n, bias, y, lo, hi);
+  gemm_panels(in, rows, k, p, n, bias, y, lo, hi, a);
   WORKED(stage);
 #pragma omp barrier
   WAITED(stage);
@@ -150,11 +152,18 @@ void tenacia_decode_stack(long layers, const long *weights, long dim, long heads
     WAITED(S_FORK);
     long lo, hi;
     share(rows, &lo, &hi);
+    struct ahead ahead_buf, *ah = 0; /* the next attention's keys and values, fetched during the products */
+#ifndef NO_AHEAD
+    if (rows >= AHEAD_ROWS) {
+      ah = &ahead_buf;
+      ahead_start(ah, mirror_k, mirror_v, lengths, cap, hd, kv_heads, rows);
+    }
+#endif
     for (long l = 0; l < layers; l++) {
       const float *const *w = (const float *const *)(weights + l * W_COUNT);
       for (long r = lo; r < hi; r++) norm_row(x + r * dim, l ? d + r * dim : 0, w[W_ATTN_NORM], eps, h + r * dim, dim);
       STAGE_END(S_NORM);
-      product(h, xt, rows, dim, w[W_QKV], qkvn, w[W_QKV_BIAS], qkv, S_QKV);
+      product(h, xt, rows, dim, w[W_QKV], qkvn, w[W_QKV_BIAS], qkv, S_QKV, ah);
       float *ck = cache_k + l * cache_layer, *cv = cache_v + l * cache_layer;
       float *mk = mirror_k + l * mirror_layer, *mv = mirror_v + l * mirror_layer;
       for (long r = lo; r < hi; r++) {
@@ -170,14 +179,19 @@ void tenacia_decode_stack(long layers, const long *weights, long dim, long heads
         if (next < rows * kv_heads) prefetch_task(mk, mv, cap, lengths, kv_heads, hd, next);
         attend_task(qkv, qkvn, mk, mv, cap, lengths, heads, kv_heads, hd, scale, att, task);
       }
+      if (ah && l + 1 < layers)
+        ahead_start(ah, mirror_k + (l + 1) * mirror_layer, mirror_v + (l + 1) * mirror_layer, lengths, cap, hd,
+                    kv_heads, rows);
+      else if (ah)
+        ahead_stop(ah);
       STAGE_END(S_ATTENTION);
-      product(att, xt, rows, qd, w[W_WO], dim, 0, d, S_WO);
+      product(att, xt, rows, qd, w[W_WO], dim, 0, d, S_WO, ah);
       for (long r = lo; r < hi; r++) norm_row(x + r * dim, d + r * dim, w[W_FFN_NORM], eps, h + r * dim, dim);
       STAGE_END(S_NORM);
-      product(h, xt, rows, dim, w[W_GATE_UP], 2 * hidden, 0, gu, S_GATE_UP);
+            product(h, xt, rows, dim, w[W_GATE_UP], 2 * hidden, 0, gu, S_GATE_UP, ah);
       for (long r = lo; r < hi; r++) silu_row(gu + r * 2 * hidden, gu + r * 2 * hidden + hidden, hidden, act + r * hidden);
       STAGE_END(S_SILU);
-      product(act, xt, rows, hidden, w[W_DOWN], dim, 0, d, S_DOWN);
+            product(act, xt, rows, hidden, w[W_DOWN], dim, 0, d, S_DOWN, ah);
     }
     for (long r = lo; r < hi; r++)
       for (long i = 0; i < dim; i++) x[r * dim + i] += d[r * dim + i];

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "gemm_input.c"
+#include "kv_ahead.c"
 
 #ifndef FAR
 #define FAR 1024 /* 64-byte lines ahead prefetched towards the outer caches */
@@ -42,13 +43,14 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
  * xt[k * ldt + m] (gemm_input.c). */
 #define BLOCK(MR)                                                                                \
   static inline void block##MR(const float *xt, long ldt, long k, const float *panel, float *y, long ldy, \
-                               const float *bias, __mmask16 mask) {                             \
+                               const float *bias, __mmask16 mask, struct ahead *a) {           \
     __m512 acc[MR];                                                                              \
     __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();                 \
     for (int m = 0; m < MR; m++) acc[m] = b;                                                     \
     for (long kk = 0; kk < k; kk++) {                                                            \
       _mm_prefetch((const char *)(panel + (kk + FAR) * 16), _MM_HINT_T2);                       \
       _mm_prefetch((const char *)(panel + (kk + NEAR) * 16), _MM_HINT_T0);                      \
+      if (a && kk % AHEAD_EVERY == 0) ahead_step(a);                                             \
       __m512 w = _mm512_loadu_ps(panel + kk * 16);                                               \
       for (int m = 0; m < MR; m++) acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(xt[kk * ldt + m]), w, acc[m]); \
     }                                                                                            \
@@ -63,18 +65,18 @@ BLOCK(1)
 /* Panels q0 .. q1 - 1 of y (m x n) = x (m x k) . W^T + bias: one thread's share of a product;
  * xt: x transposed (k x m, gemm_input.c). */
 static void gemm_panels(const float *xt, long m, long k, const float *p, long n, const float *bias, float *y,
-                        long q0, long q1) {
+                        long q0, long q1, struct ahead *a) {
   for (long q = q0; q < q1; q++) {
     const float *panel = p + q * k * 16;
     long col = q * 16;
     __mmask16 mask = n - col >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - col)) - 1);
     const float *b = bias ? bias + col : 0;
     long r = 0;
-    for (; r + 16 <= m; r += 16) block16(xt + r, m, k, panel, y + r * n + col, n, b, mask);
-    if (m - r >= 8) { block8(xt + r, m, k, panel, y + r * n + col, n, b, mask); r += 8; }
-    if (m - r >= 4) { block4(xt + r, m, k, panel, y + r * n + col, n, b, mask); r += 4; }
-    if (m - r >= 2) { block2(xt + r, m, k, panel, y + r * n + col, n, b, mask); r += 2; }
-    if (m - r >= 1) block1(xt + r, m, k, panel, y + r * n + col, n, b, mask);
+    for (; r + 16 <= m; r += 16) block16(xt + r, m, k, panel, y + r * n + col, n, b, mask, a);
+    if (m - r >= 8) { block8(xt + r, m, k, panel, y + r * n + col, n, b, mask, a); r += 8; }
+    if (m - r >= 4) { block4(xt + r, m, k, panel, y + r * n + col, n, b, mask, a); r += 4; }
+    if (m - r >= 2) { block2(xt + r, m, k, panel, y + r * n + col, n, b, mask, a); r += 2; }
+    if (m - r >= 1) block1(xt + r, m, k, panel, y + r * n + col, n, b, mask, a);
   }
 }
 

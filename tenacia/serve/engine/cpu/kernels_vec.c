@@ -23,6 +23,9 @@
 #ifndef VEC
 #define VEC 4
 #endif
+#if VEC != 4 && VEC != 8 /* AVX-512 machines build kernels_avx512.c */
+#error "kernels_vec.c is built with VEC 4 or 8"
+#endif
 #define PW 16
 #define NVP (PW / VEC) /* vectors per panel row */
 /* rows per block: MR x NVP accumulators plus NVP panel vectors and a broadcast fit the 16
@@ -43,9 +46,7 @@ typedef int vi __attribute__((vector_size(VEC * 4)));
 static inline vf vload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
 /* one broadcast instruction: written out, since 0 + x costs an addition and a loop inserts */
-#if VEC == 16
-static inline vf splat(float x) { return (vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
-#elif VEC == 8
+#if VEC == 8
 static inline vf splat(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 #else
 static inline vf splat(float x) { return (vf){x, x, x, x}; }
@@ -56,11 +57,7 @@ static inline vf vmin(vf a, vf b) { return vsel(a < b, a, b); }
 /* the sum of v's lanes, as a tree of halves (log2 VEC dependent additions, not VEC) */
 static inline float hsum(vf v) {
   typedef float v4 __attribute__((vector_size(16)));
-#if VEC == 16
-  typedef float v8 __attribute__((vector_size(32)));
-  v8 e = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  v4 h = __builtin_shufflevector(e, e, 0, 1, 2, 3) + __builtin_shufflevector(e, e, 4, 5, 6, 7);
-#elif VEC == 8
+#if VEC == 8
   v4 h = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
 #else
   v4 h = v;

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...model.llama import AttentionCache, Llama
-from .backend import TorchBackend, rms_norm
+from .backend import TorchBackend
 
 
 class PackedBlock:
@@ -123,4 +123,4 @@ class PackedLlama:
 
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden: (S, dim) -> float32 logits (S, vocab)."""
-        return self.output(rms_norm(hidden, self.norm, self.eps)).float()
+        return self.output(self.backend.add_rms_norm(hidden.contiguous(), None, self.norm, self.eps)).float()

@@ -6,8 +6,9 @@ operations. Its memory floor is those bytes over the machine's read bandwidth (t
 few sums of 1 GiB of float32, all threads); its compute floor is those operations over the
 machine's float32 matrix-product rate (the fastest of many 1,024 x 576 x 1,536 products, all
 threads, on weights already in cache, in oneDNN's layout where torch has it, else MKL's: the
-fastest the machine was seen to multiply). Both are measured at the start and at the end of a
-run, and the larger is kept: a shared machine only ever makes them look slower. A step can be no faster than the larger of the two;
+fastest the machine was seen to multiply). `bench/serve.py` measures both at the start of a run,
+after each round and at the end, and keeps the fastest: a shared machine only ever makes them look
+slower. A step can be no faster than the larger of the two;
 `bench/serve.py` reports each engine's time per output token against them.
 """
 

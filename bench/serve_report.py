@@ -108,8 +108,11 @@ def floors_table(results: dict, levels: list[int]) -> str:
     through the server, ITL p50, over the floor ("-" where ITL was not kept)."""
     rates = results["machine_rates"]
     engines = engines_of(results)
+    seen = [results.get("machine_rates_before", {}), *results.get("machine_rates_each_round", [])]
+    reads = [r["read_GBps"] for r in seen if r]
+    spread = f"; read {min(reads)}-{max(reads)} GB/s over the run" if len(reads) > 1 else ""
     lines = [f"decode step floors (read {rates['read_GBps']} GB/s, matmul {rates['matmul_GFLOPs']} GFLOP/s, "
-             "measured in this run):",
+             f"the fastest measured in this run{spread}):",
              "concurrency | memory floor ms | compute floor ms | " + " | ".join(
                  f"{name.replace('_', '-')} TPOT p50 / floor (/ memory, / compute) | "
                  f"{name.replace('_', '-')} decode step = ITL p50 / floor" for name in engines)]

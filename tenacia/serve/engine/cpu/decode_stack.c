@@ -152,8 +152,9 @@ void tenacia_decode_stack(long layers, const long *weights, long dim, long heads
     WAITED(S_FORK);
     long lo, hi;
     share(rows, &lo, &hi);
-    struct ahead ahead_buf, *ah = 0; /* the next attention's keys and values, fetched during the products */
+    struct ahead *ah = 0; /* the next attention's keys and values, fetched during the products */
 #ifndef NO_AHEAD
+    struct ahead ahead_buf;
     if (rows >= AHEAD_ROWS) {
       ah = &ahead_buf;
       ahead_start(ah, mirror_k, mirror_v, lengths, cap, hd, kv_heads, rows);

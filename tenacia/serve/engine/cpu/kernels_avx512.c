@@ -40,21 +40,44 @@ void tenacia_small_gemm_pack(const float *w, long n, long k, float *p) {
 }
 
 /* MR rows of x against one panel: MR accumulators of 16 columns each; row m's k-th float at
- * xt[k * ldt + m] (gemm_input.c). */
+ * xt[k * ldt + m] (gemm_input.c). Fewer than 4 rows keep S = 4 / MR running sums a row, over k mod
+ * S, added at the end: a multiply-add then never waits for the one before it (one chain of
+ * dependent multiply-adds, 4 cycles each, held a row's step to ~2/3 of the read rate the machine
+ * reaches: docs/benchmarks.md, "One row's product in four sums"); -DNO_SPLIT keeps one. */
+#ifdef NO_SPLIT
+#define SPLIT(MR) 1
+#else
+#define SPLIT(MR) ((MR) >= 4 ? 1 : 4 / (MR))
+#endif
 #define BLOCK(MR)                                                                                \
   static inline void block##MR(const float *xt, long ldt, long k, const float *panel, float *y, long ldy, \
                                const float *bias, __mmask16 mask, struct ahead *a) {           \
-    __m512 acc[MR];                                                                              \
+    enum { S = SPLIT(MR) };                                                                      \
+    __m512 acc[S][MR];                                                                           \
     __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();                 \
-    for (int m = 0; m < MR; m++) acc[m] = b;                                                     \
-    for (long kk = 0; kk < k; kk++) {                                                            \
-      _mm_prefetch((const char *)(panel + (kk + FAR) * 16), _MM_HINT_T2);                       \
-      _mm_prefetch((const char *)(panel + (kk + NEAR) * 16), _MM_HINT_T0);                      \
+    for (int u = 0; u < S; u++)                                                                  \
+      for (int m = 0; m < MR; m++) acc[u][m] = u ? _mm512_setzero_ps() : b;                      \
+    long kk = 0;                                                                                 \
+    for (; kk + S <= k; kk += S) {                                                               \
       if (a && kk % AHEAD_EVERY == 0) ahead_step(a);                                             \
-      __m512 w = _mm512_loadu_ps(panel + kk * 16);                                               \
-      for (int m = 0; m < MR; m++) acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(xt[kk * ldt + m]), w, acc[m]); \
+      for (int u = 0; u < S; u++) {                                                              \
+        _mm_prefetch((const char *)(panel + (kk + u + FAR) * 16), _MM_HINT_T2);                 \
+        _mm_prefetch((const char *)(panel + (kk + u + NEAR) * 16), _MM_HINT_T0);                \
+        __m512 w = _mm512_loadu_ps(panel + (kk + u) * 16);                                       \
+        for (int m = 0; m < MR; m++)                                                             \
+          acc[u][m] = _mm512_fmadd_ps(_mm512_set1_ps(xt[(kk + u) * ldt + m]), w, acc[u][m]);     \
+      }                                                                                          \
     }                                                                                            \
-    for (int m = 0; m < MR; m++) _mm512_mask_storeu_ps(y + m * ldy, mask, acc[m]);              \
+    for (; kk < k; kk++) {                                                                       \
+      __m512 w = _mm512_loadu_ps(panel + kk * 16);                                               \
+      for (int m = 0; m < MR; m++) acc[0][m] = _mm512_fmadd_ps(_mm512_set1_ps(xt[kk * ldt + m]), w, acc[0][m]); \
+    }                                                                                            \
+    for (int m = 0; m < MR; m++) {                                                               \
+      __m512 sum = acc[0][m];                                                                    \
+      if (S == 4) sum = _mm512_add_ps(_mm512_add_ps(acc[0][m], acc[1 % S][m]), _mm512_add_ps(acc[2 % S][m], acc[3 % S][m])); \
+      else if (S == 2) sum = _mm512_add_ps(acc[0][m], acc[1 % S][m]);                            \
+      _mm512_mask_storeu_ps(y + m * ldy, mask, sum);                                             \
+    }                                                                                            \
   }
 BLOCK(16)
 BLOCK(8)

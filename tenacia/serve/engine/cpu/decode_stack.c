@@ -189,10 +189,10 @@ void tenacia_decode_stack(long layers, const long *weights, long dim, long heads
       product(att, xt, rows, qd, w[W_WO], dim, 0, d, S_WO, ah);
       for (long r = lo; r < hi; r++) norm_row(x + r * dim, d + r * dim, w[W_FFN_NORM], eps, h + r * dim, dim);
       STAGE_END(S_NORM);
-            product(h, xt, rows, dim, w[W_GATE_UP], 2 * hidden, 0, gu, S_GATE_UP, ah);
+      product(h, xt, rows, dim, w[W_GATE_UP], 2 * hidden, 0, gu, S_GATE_UP, ah);
       for (long r = lo; r < hi; r++) silu_row(gu + r * 2 * hidden, gu + r * 2 * hidden + hidden, hidden, act + r * hidden);
       STAGE_END(S_SILU);
-            product(act, xt, rows, hidden, w[W_DOWN], dim, 0, d, S_DOWN, ah);
+      product(act, xt, rows, hidden, w[W_DOWN], dim, 0, d, S_DOWN, ah);
     }
     for (long r = lo; r < hi; r++)
       for (long i = 0; i < dim; i++) x[r * dim + i] += d[r * dim + i];

@@ -9,16 +9,18 @@
  * layer's query/key/value product) do 16 multiply-adds per 64-byte line of weights for 16 rows:
  * bound by arithmetic, the memory half idle. Every AHEAD_EVERY-th step of their inner loop
  * prefetches one line of the next attention's keys and one of its values, so that the attention
- * finds them in L2 or L3 (timed in docs/benchmarks.md, "The next attention's keys and values
- * fetched during the products"). Steps of fewer than AHEAD_ROWS rows, whose products are bound
- * by reading the weights, fetch nothing ahead; nor does the vector build (kernels_vec.c) unless
- * built with -DAHEAD: in its AVX2 build the step of 16 was level with and without.
+ * finds them in L2 or L3 (~2% of a step of 16: docs/benchmarks.md, "The step of 16 against its
+ * floor, with and without the engine's cores to itself"). Steps of fewer than AHEAD_ROWS rows,
+ * whose products are bound by reading the weights, fetch nothing ahead; nor does the vector build
+ * (kernels_vec.c) unless built with -DAHEAD: in its AVX2 build the step of 16 was level with and
+ * without.
  *
  * A thread fetches the tasks (sequence, key/value head) of the attention it is likely to run: with
  * T threads taking tasks from one counter, thread t's are about t, t + T, t + 2T, ... A sequence's
  * keys (and values) of one head are its first lengths[b] rows of the decode mirror, contiguous
- * (kv_cache.py). At 8 a line pair per 8 steps a thread fetches ~3 MB a layer (SmolLM2, 16 rows):
- * what is not fetched by the attention's start is read by the attention as before. */
+ * (kv_cache.py). At a line pair every 8 steps the two threads can fetch ~3.5 MB between two
+ * attentions (SmolLM2, 16 rows; 2.5 MB at 100 tokens a sequence): what is not fetched by the
+ * attention's start the attention reads as before. */
 #ifndef AHEAD_EVERY
 #define AHEAD_EVERY 8 /* inner-loop steps per prefetch of a key line and a value line */
 #endif

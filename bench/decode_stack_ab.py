@@ -11,7 +11,7 @@ from this checkout with no flags. So one run can set two instruction sets side b
 (``--arm avx2@avx2:``) or a change against the commit before it (``--arm old@avx512@HEAD~1:``).
 
 A round runs ``--steps`` decode steps of each arm at each batch size in turn, over
-``decode_path.CONTEXT`` cached tokens a sequence; the table gives each arm's median step, and the
+``decode_path.CONTEXT`` cached tokens a sequence (``--context`` sets another); the table gives each arm's median step, and the
 rate at which the layers' weights streamed (their bytes over the step). ``--cpu-time`` also
 gives the process's CPU time per step (both threads; an OpenMP thread waiting at a barrier spins
 and counts). ``--stages`` builds every arm with ``-DSTAGE_TIMES`` and prints, per arm and batch,
@@ -126,6 +126,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu-time", action="store_true", help="also the process CPU time per step")
     p.add_argument("--stages", action="store_true", help="build with -DSTAGE_TIMES; per-stage times per thread")
+    p.add_argument("--context", type=int, help="cached tokens a sequence (default decode_path.CONTEXT, 100)")
     args = p.parse_args()
 
     from floors import machine_rates
@@ -137,6 +138,9 @@ def main() -> int:
     from tenacia.serve.engine.packed import PackedLlama
     from tenacia.serve.models import load_model
 
+    if args.context:
+        from tenacia.serve.engine.cpu import decode_path
+        decode_path.CONTEXT = args.context  # read by DecodeSteps when it builds each batch's cache
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     batches = tuple(int(b) for b in args.batches.split(","))
@@ -185,7 +189,7 @@ def main() -> int:
     result = {"isa": args.isa, "threads": args.threads, "layer_weight_MB": round(layer_bytes / 1e6, 1),
               "rates_before": rates_before, "rates_after": rates_after, "median_step_ms": table,
               "all_ms": {name: {b: [round(t * 1e3, 2) for t in ts[b][1:]] for b in batches} for name, ts in times.items()},
-              "arms": specs}
+              "arms": specs, "context": args.context or 100}
     if args.cpu_time:
         result["median_cpu_ms_per_step"] = cpu_table
     out_stages = {}

@@ -108,7 +108,8 @@ def floors_table(results: dict, levels: list[int]) -> str:
     through the server, ITL p50, over the floor ("-" where ITL was not kept)."""
     rates = results["machine_rates"]
     engines = engines_of(results)
-    seen = [results.get("machine_rates_before", {}), *results.get("machine_rates_each_round", [])]
+    seen = [results.get("machine_rates_before", {}), *results.get("machine_rates_each_round", []),
+            results.get("machine_rates_after", {})]
     reads = [r["read_GBps"] for r in seen if r]
     spread = f"; read {min(reads)}-{max(reads)} GB/s over the run" if len(reads) > 1 else ""
     lines = [f"decode step floors (read {rates['read_GBps']} GB/s, matmul {rates['matmul_GFLOPs']} GFLOP/s, "
